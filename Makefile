@@ -1,0 +1,39 @@
+# spine-gateway: the two commands a user needs are `make run` and `make test`.
+# Every set-up step lives here (or in scripts/), so a fresh Debian machine needs nothing else.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= config/gateway.yaml
+
+.PHONY: run test system-deps venv bench bench-ingest clean
+
+$(STAMP): requirements.txt setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Tools the tests and benchmarks talk to (DCMTK, Orthanc, PostgreSQL), installed when missing.
+system-deps:
+	scripts/install-system-deps.sh
+
+## Start the gateway on its embedded default: SQLite and a spool under var/, config/gateway.yaml.
+run: $(STAMP)
+	$(BIN)/spine-gateway --config $(CONFIG) serve
+
+## Install everything, then run the whole suite in a private network namespace (loopback only).
+test: $(STAMP) system-deps
+	scripts/run-tests.sh $(PYTEST_ARGS)
+
+bench: bench-ingest
+
+bench-ingest: $(STAMP) system-deps
+	scripts/in-private-net.sh $(BIN)/python bench/ingest.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

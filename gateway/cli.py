@@ -1,0 +1,154 @@
+"""``spine-gateway``: a thin shell. Parse, load the configuration, call one stage, print, return an exit code.
+
+Exit codes: 0 success, 1 the operation failed (e.g. a peer did not answer), 2 a user's mistake
+(bad configuration, bad arguments). A user's mistake is one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config import CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH, GatewayConfig, load_config
+from gateway.errors import ConfigError, GatewayError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(GatewayError):
+    """A command-line mistake: reported in one line, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spine-gateway", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=None,
+                        help=f"configuration file (default: ${CONFIG_PATH_ENV}, else {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--version", action="version", version=f"spine-gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gateway (DICOM SCP) until stopped")
+    serve.add_argument("--port", type=int, help="override node.port")
+    serve.add_argument("--host", help="override node.host")
+    serve.set_defaults(func=cmd_serve)
+
+    check = commands.add_parser("check-config", help="validate the configuration and exit")
+    check.set_defaults(func=cmd_check_config)
+
+    echo = commands.add_parser("echo", help="C-ECHO a configured peer (by name) or HOST:PORT")
+    echo.add_argument("peer", help="reviewer name, source name (its return address) or HOST:PORT")
+    echo.add_argument("--called-ae", default=None, help="called AE title for HOST:PORT (default: ANY-SCP)")
+    echo.add_argument("--timeout", type=float, default=10.0, help="seconds (default: 10)")
+    echo.set_defaults(func=cmd_echo)
+
+    status = commands.add_parser("status", help="studies and instances by state, spool use")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+    demo = commands.add_parser("demo-study", help="write a synthetic lumbar spine MR study (Part 10 files)")
+    demo.add_argument("out_dir", type=Path)
+    demo.add_argument("--instances", type=int, default=300, help="number of images (default: 300)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo_study, needs_config=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = None if getattr(args, "needs_config", True) is False else load_config(args.config)
+        return args.func(args, config)
+    except (ConfigError, UsageError) as exc:
+        print(f"spine-gateway: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except GatewayError as exc:
+        print(f"spine-gateway: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+def _configure_logging(config: GatewayConfig, *, to_file: bool) -> None:
+    from gateway.ops.logs import configure_logging
+
+    logging_config = config.logging if to_file else config.logging.model_copy(update={"file": None})
+    configure_logging(logging_config, strict=os.environ.get("SPINE_GATEWAY_LOG_STRICT") == "1")
+
+
+def cmd_serve(args: argparse.Namespace, config: GatewayConfig) -> int:
+    overrides = {k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None}
+    if overrides:
+        config = load_config(args.config, overrides={"node": overrides})
+    _configure_logging(config, to_file=True)
+    from gateway.node import GatewayNode
+
+    try:
+        GatewayNode(config).serve_forever()
+    except OSError as exc:
+        raise GatewayError(f"cannot start: {exc.strerror or exc} (node.host {config.node.host}, "
+                           f"node.port {config.node.port})") from None
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace, config: GatewayConfig) -> int:
+    print(f"configuration OK: AE {config.node.ae_title} on port {config.node.port}, "
+          f"{len(config.sources)} source(s), {len(config.reviewers)} reviewer(s)")
+    return EXIT_OK
+
+
+def _echo_target(peer: str, config: GatewayConfig, called_ae: str | None) -> tuple[str, str, int]:
+    for reviewer in config.reviewers:
+        if reviewer.name == peer:
+            return reviewer.ae_title, reviewer.host, reviewer.port
+    for source in config.sources:
+        if source.name == peer and source.return_ is not None:
+            return source.return_.ae_title, source.return_.host, source.return_.port
+    host, sep, port = peer.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UsageError(f"unknown peer {peer!r}: give a reviewer or source name, or HOST:PORT")
+    return called_ae or "ANY-SCP", host, int(port)
+
+
+def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.echo import echo
+
+    _configure_logging(config, to_file=False)
+    ae_title, host, port = _echo_target(args.peer, config, args.called_ae)
+    result = echo(config.node.ae_title, ae_title, host, port, args.timeout)
+    print(f"{args.peer}: {result.message} ({result.duration_ms} ms)")
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_status(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.models import open_database
+    from gateway.ops.status import collect_status, render_status
+
+    try:
+        open_database(config.storage.database, max_connections=2)
+    except Exception as exc:  # noqa: BLE001 - a database the CLI cannot open is the user's situation, not a bug
+        raise GatewayError(f"cannot open the database ({type(exc).__name__})") from None
+    snapshot = collect_status(config.storage.spool_dir)
+    if args.json:
+        print(json.dumps(snapshot, indent=2, sort_keys=True))
+    else:
+        from rich.console import Console
+
+        render_status(snapshot, Console())
+    return EXIT_OK
+
+
+def cmd_demo_study(args: argparse.Namespace, _config: None) -> int:
+    from gateway.demo import write_demo_study
+
+    if args.instances < 1:
+        raise UsageError("--instances must be at least 1")
+    paths = write_demo_study(args.out_dir, args.instances, seed=args.seed)
+    print(f"wrote {len(paths)} instances to {args.out_dir}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""The gateway's configuration: one validated object, read before anything else starts.
+
+Sources, in order of precedence (later wins):
+
+1. the YAML file (``--config PATH``, else ``$SPINE_GATEWAY_CONFIG``, else ``config/gateway.yaml``);
+2. environment variables ``SPINE_GATEWAY__<SECTION>__<KEY>`` (e.g. ``SPINE_GATEWAY__NODE__PORT=11113``),
+   derived from the model itself, so every scalar option can be overridden without a hand-kept list;
+3. the command-line flags that were actually passed.
+
+Every model refuses unknown keys, so a misspelt key is an error naming the key and the file, never
+silently ignored. ``config/gateway.yaml`` documents every option next to its default, and a test checks
+that it lists every field of these models.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.errors import ConfigError
+
+SECONDS = float
+BYTES = int
+DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
+CONFIG_PATH_ENV = "SPINE_GATEWAY_CONFIG"
+ENV_PREFIX = "SPINE_GATEWAY__"
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: 16 chars, no backslash
+
+
+def _check_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or not _AE_TITLE.match(value):
+        raise ValueError("must be 1-16 printable characters without a backslash")
+    return stripped
+
+
+AETitle = Annotated[str, AfterValidator(_check_ae_title)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class TLSConfig(_Section):
+    """TLS on the DICOM port (DICOM PS3.15 Annex B.1, the TLS secure transport profile)."""
+
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _files_when_enabled(self) -> TLSConfig:
+        if self.enabled and not (self.cert_file and self.key_file):
+            raise ValueError("cert_file and key_file are required when enabled is true")
+        if self.require_client_cert and not self.ca_file:
+            raise ValueError("ca_file is required when require_client_cert is true")
+        return self
+
+
+class NodeConfig(_Section):
+    """The gateway's own DICOM application entity."""
+
+    ae_title: AETitle = "SPINEGW"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    max_associations: int = Field(20, ge=1, le=1000)
+    max_pdu_bytes: BYTES = Field(1_048_576, ge=0)
+    acse_timeout_s: SECONDS = Field(30.0, gt=0)
+    dimse_timeout_s: SECONDS = Field(60.0, gt=0)
+    network_timeout_s: SECONDS = Field(60.0, gt=0)
+    tls: TLSConfig = TLSConfig()
+
+
+class StorageConfig(_Section):
+    """Where received instances and the database live."""
+
+    spool_dir: Path = Path("var/spool")
+    database: str = "sqlite:///var/gateway.db"
+    min_free_bytes: BYTES = Field(1_073_741_824, ge=0)
+
+    @field_validator("database")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not re.match(r"^(sqlite|postgres|postgresql)://", value):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+
+class LoggingConfig(_Section):
+    """Structured logs: one JSON object a line in ``file``, a readable rendering on the console."""
+
+    format: Literal["json", "console"] = "json"
+    file: Path | None = Path("var/log/routing.jsonl")
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    max_bytes: BYTES = Field(50_000_000, ge=1024)
+    backups: int = Field(10, ge=0)
+
+
+class DicomPeer(_Section):
+    """An application entity the gateway connects to."""
+
+    ae_title: AETitle
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class SourceConfig(_Section):
+    """A hospital or imaging centre allowed to send studies, and where its reports go back to."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    ae_title: AETitle
+    host: str | None = None
+    return_: DicomPeer | None = Field(None, alias="return")
+
+
+class ReviewerConfig(_Section):
+    """A reviewer in the second-opinion pool: its workstation's DICOM address."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    ae_title: AETitle
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class GatewayConfig(_Section):
+    """The whole configuration, handed down whole."""
+
+    node: NodeConfig = NodeConfig()
+    storage: StorageConfig = StorageConfig()
+    logging: LoggingConfig = LoggingConfig()
+    sources: list[SourceConfig] = Field(default_factory=list)
+    reviewers: list[ReviewerConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_peers(self) -> GatewayConfig:
+        for kind, peers in (("sources", self.sources), ("reviewers", self.reviewers)):
+            names = [p.name for p in peers]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{kind}: duplicate name {dupes[0]!r}")
+        titles = [p.ae_title for p in [*self.sources, *self.reviewers]]
+        dupes = sorted({t for t in titles if titles.count(t) > 1})
+        if dupes:
+            raise ValueError(f"AE title {dupes[0]!r} is used by more than one source or reviewer")
+        if not self.sources and not self.reviewers:
+            raise ValueError("sources: at least one source or reviewer is required (an empty allowlist would accept anyone)")
+        return self
+
+    def source_by_ae(self, ae_title: str) -> SourceConfig | None:
+        return next((s for s in self.sources if s.ae_title == ae_title), None)
+
+    def reviewer_by_ae(self, ae_title: str) -> ReviewerConfig | None:
+        return next((r for r in self.reviewers if r.ae_title == ae_title), None)
+
+
+def load_config(path: Path | str | None = None, environ: dict[str, str] | None = None,
+                overrides: dict[str, Any] | None = None) -> GatewayConfig:
+    """Read, merge and validate the configuration.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, or a key, type or value is wrong. Its message is
+            one line naming the file and the key.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    config_path = Path(path or environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
+    data = _read_yaml(config_path)
+    _merge(data, _environment_overrides(environ))
+    _merge(data, overrides or {})
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{config_path}: {_describe(exc)}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def _environment_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """``SPINE_GATEWAY__NODE__PORT=11113`` → ``{"node": {"port": "11113"}}`` (pydantic converts types)."""
+    result: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
+        if not parts:
+            continue
+        target = result
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = value
+    return result
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _describe(exc: ValidationError) -> str:
+    """All problems, each as ``key.path: message``, joined on one line."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif "input" in error and error["type"] not in ("missing",) and not isinstance(error["input"], dict):
+            message += f" (got {error['input']!r})"
+        problems.append(f"{where}: {message}")
+    return "; ".join(problems)

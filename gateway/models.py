@@ -1,0 +1,210 @@
+"""The database: peewee models, connection set-up and schema versioning.
+
+One module holds every table so that the stages can meet here and nowhere else: the SCP's last act is
+a committed ``Instance`` row, which the later stages pick up. SQLite is the embedded default
+(``sqlite:///var/gateway.db``); PostgreSQL is used through the same URL form
+(``postgresql://user:password@host:port/db``).
+
+Schema changes are numbered migrations (``MIGRATIONS``) applied in order at start-up inside a
+transaction, each recorded in ``schema_version``: an upgrade adds columns and tables, it never drops data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+import peewee
+from peewee import (
+    BigIntegerField,
+    CharField,
+    DatabaseProxy,
+    DateTimeField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+)
+from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
+
+from gateway.errors import ConfigError
+
+db = DatabaseProxy()
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC timestamps everywhere in the database (SQLite has no time zones)."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def new_study_key() -> str:
+    """A random handle for a study: the only study identifier that appears in logs and on screens."""
+    return secrets.token_hex(6)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = db
+        legacy_table_names = False
+
+
+class SchemaVersion(BaseModel):
+    version = IntegerField(primary_key=True)
+    applied_at = DateTimeField(default=utcnow)
+
+
+class Source(BaseModel):
+    """A sender allowed by the configuration (synchronised from ``sources:`` at start-up)."""
+
+    name = CharField(max_length=64, unique=True)
+    ae_title = CharField(max_length=16)
+    created_at = DateTimeField(default=utcnow)
+
+
+class StudyState:
+    """States of a received study (the case state machine grows from here in later stages)."""
+
+    RECEIVING = "receiving"
+    ALL = (RECEIVING,)
+
+
+class Study(BaseModel):
+    key = CharField(max_length=16, unique=True, default=new_study_key)
+    study_uid = CharField(max_length=64, unique=True)
+    source = ForeignKeyField(Source, null=True, backref="studies", on_delete="RESTRICT")
+    calling_ae = CharField(max_length=16)
+    state = CharField(max_length=32, default=StudyState.RECEIVING, index=True)
+    first_received_at = DateTimeField(default=utcnow)
+    last_received_at = DateTimeField(default=utcnow, index=True)
+
+
+class Series(BaseModel):
+    study = ForeignKeyField(Study, backref="series", on_delete="CASCADE")
+    series_uid = CharField(max_length=64, unique=True)
+    modality = CharField(max_length=16, null=True)
+
+
+class InstanceState:
+    STORED = "stored"
+    ALL = (STORED,)
+
+
+class Instance(BaseModel):
+    study = ForeignKeyField(Study, backref="instances", on_delete="CASCADE")
+    series = ForeignKeyField(Series, backref="instances", on_delete="CASCADE")
+    sop_instance_uid = CharField(max_length=64, index=True)
+    sop_class_uid = CharField(max_length=64)
+    transfer_syntax = CharField(max_length=64)
+    version = IntegerField(default=1)
+    size = BigIntegerField()
+    sha256 = CharField(max_length=64)
+    spool_path = CharField(max_length=255)
+    calling_ae = CharField(max_length=16)
+    received_at = DateTimeField(default=utcnow)
+    state = CharField(max_length=32, default=InstanceState.STORED, index=True)
+
+    class Meta:
+        indexes = ((("sop_instance_uid", "sha256"), True),)
+
+
+class QuarantinedObject(BaseModel):
+    """Something received that was refused or could not be processed, kept for diagnosis."""
+
+    received_at = DateTimeField(default=utcnow, index=True)
+    calling_ae = CharField(max_length=16)
+    peer_host = CharField(max_length=64, null=True)
+    reason = CharField(max_length=64)
+    detail = TextField(default="")
+    status = IntegerField()
+    size = BigIntegerField(default=0)
+    spool_path = CharField(max_length=255, null=True)
+
+
+MODELS_V1 = [SchemaVersion, Source, Study, Series, Instance, QuarantinedObject]
+
+
+def _migrate_to_1(database: peewee.Database) -> None:
+    database.create_tables(MODELS_V1)
+
+
+MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
+    (1, _migrate_to_1),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def make_database(url: str, max_connections: int = 32) -> peewee.Database:
+    """Build (without connecting) the peewee database that ``url`` names.
+
+    Raises:
+        ConfigError: the URL's scheme is neither sqlite nor postgresql.
+    """
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else parsed.path
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # Pooled so that each C-STORE can take and give back a connection cheaply from any thread.
+        return PooledSqliteDatabase(
+            path or ":memory:",
+            max_connections=max_connections,
+            stale_timeout=300,
+            timeout=30,
+            check_same_thread=False,
+            pragmas={
+                "journal_mode": "wal",
+                "synchronous": "full",  # a committed row survives power loss, not only a crash
+                "foreign_keys": 1,
+                "busy_timeout": 30000,
+            },
+        )
+    if parsed.scheme in ("postgres", "postgresql"):
+        return PooledPostgresqlDatabase(
+            parsed.path.lstrip("/"),
+            user=parsed.username,
+            password=parsed.password,
+            host=parsed.hostname,
+            port=parsed.port or 5432,
+            max_connections=max_connections,
+            stale_timeout=300,
+            timeout=30,
+        )
+    raise ConfigError(f"storage.database: unsupported scheme {parsed.scheme!r}")
+
+
+def open_database(url: str, max_connections: int = 32) -> peewee.Database:
+    """Bind the models to ``url`` and bring its schema up to date."""
+    database = make_database(url, max_connections)
+    db.initialize(database)
+    migrate(database)
+    return database
+
+
+def migrate(database: peewee.Database) -> int:
+    """Apply every migration newer than the database's version; return the version reached."""
+    with database.connection_context():
+        database.create_tables([SchemaVersion])
+        with database.atomic():
+            if isinstance(database, peewee.PostgresqlDatabase):
+                # Two nodes starting together on one database: only one migrates at a time.
+                database.execute_sql("SELECT pg_advisory_xact_lock(7355608)")
+            current = SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar() or 0
+            for version, step in MIGRATIONS:
+                if version > current:
+                    step(database)
+                    SchemaVersion.create(version=version)
+                    current = version
+    return current
+
+
+def sync_sources(names_and_titles: list[tuple[str, str]]) -> None:
+    """Make the ``source`` table hold every configured source (rows are never deleted: studies refer to them)."""
+    with db.atomic():
+        for name, ae_title in names_and_titles:
+            row, created = Source.get_or_create(name=name, defaults={"ae_title": ae_title})
+            if not created and row.ae_title != ae_title:
+                row.ae_title = ae_title
+                row.save()

@@ -1,0 +1,1 @@
+"""Operations: logging, status, metrics and audit."""

@@ -1,0 +1,163 @@
+"""pynetdicom event handlers: small, each returns a status, all state lives in the receiver and the database.
+
+Statuses answered to C-STORE:
+    0x0000  stored durably (or already stored with the same bytes)
+    0xA700  out of resources: disk full, free space under the floor, database unavailable
+    0xA900  the dataset's SOP Class/Instance UID contradicts the request or its presentation context
+    0xC000  cannot understand: undecodable dataset, or missing/invalid Study, Series or SOP Instance UID
+    0x0124  refused, not authorized: the caller may not store this here
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass, field
+
+import structlog
+from pydicom.dataset import Dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.filebase import DicomBytesIO
+from pynetdicom import evt
+from pynetdicom.association import Association
+
+from gateway import status
+from gateway.dicomnet import set_tcp_nodelay
+from gateway.errors import InvalidInstance, OutOfResources, SpoolError
+from gateway.models import QuarantinedObject, db
+from gateway.scp.policy import AssociationPolicy, AssociationRefused, Caller
+from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance, elapsed_ms
+
+log = structlog.get_logger("scp")
+
+
+@dataclass
+class AssociationStats:
+    caller: Caller
+    peer: str
+    started: float = field(default_factory=time.perf_counter)
+    instances: int = 0
+    bytes: int = 0
+    failures: int = 0
+    cache: AssociationCache = field(default_factory=AssociationCache)
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    rsp = Dataset()
+    rsp.Status = code
+    if comment:
+        rsp.ErrorComment = comment[:64]
+    return rsp
+
+
+class ScpHandlers:
+    """Binds the SCP's events to the association policy and the instance receiver."""
+
+    def __init__(self, policy: AssociationPolicy, receiver: InstanceReceiver) -> None:
+        self.policy = policy
+        self.receiver = receiver
+        self._associations: weakref.WeakKeyDictionary[Association, AssociationStats] = weakref.WeakKeyDictionary()
+
+    def bindings(self) -> list[tuple]:
+        return [
+            (evt.EVT_CONN_OPEN, set_tcp_nodelay),
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_RELEASED, self.on_closed),
+            (evt.EVT_ABORTED, self.on_closed),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+        ]
+
+    def on_requested(self, event: evt.Event) -> None:
+        """Admit or reject the association before negotiation (A-ASSOCIATE-RJ with the matching reason)."""
+        requestor = event.assoc.requestor
+        calling = str(requestor.primitive.calling_ae_title or "")
+        called = str(requestor.primitive.called_ae_title or "")
+        peer = requestor.address
+        try:
+            caller = self.policy.admit(calling, called, peer)
+        except AssociationRefused as refusal:
+            log.warning("association_rejected", reason=refusal.reason, calling_ae=calling.strip(),
+                        called_ae=called.strip(), peer=peer)
+            event.assoc.acse.send_reject(refusal.result, refusal.source, refusal.diagnostic)
+            event.assoc.kill()
+            return
+        self._associations[event.assoc] = AssociationStats(caller, peer)
+        log.info("association_accepted", source=caller.name, calling_ae=caller.ae_title, peer=peer)
+
+    def on_closed(self, event: evt.Event) -> None:
+        stats = self._associations.pop(event.assoc, None)
+        if stats is None:
+            return
+        log.info("association_closed", source=stats.caller.name, state="aborted" if event.assoc.is_aborted else "released",
+                 instances=stats.instances, bytes=stats.bytes, count=stats.failures,
+                 duration_ms=elapsed_ms(stats.started))
+
+    def on_echo(self, event: evt.Event) -> int:
+        """C-ECHO: always 0x0000 (Success) for an admitted caller."""
+        return status.SUCCESS
+
+    def on_store(self, event: evt.Event) -> Dataset:
+        """C-STORE: see the module docstring for the statuses."""
+        started = time.perf_counter()
+        stats = self._associations.get(event.assoc)
+        if stats is None:  # not admitted through on_requested: cannot happen, refuse rather than guess
+            return _status(status.NOT_AUTHORIZED, "association not admitted")
+        part10 = b""
+        try:
+            part10, received = self._received(event, stats)
+            if stats.caller.role != "source":
+                raise InvalidInstance("reviewer_may_not_store_studies", status.NOT_AUTHORIZED)
+            result = self.receiver.receive(received, stats.cache)
+        except InvalidInstance as refusal:
+            return self._refuse(stats, part10, refusal.status, refusal.reason, refusal.detail, started)
+        except OutOfResources as exc:
+            return self._fail(stats, status.OUT_OF_RESOURCES, "out_of_resources", str(exc), started)
+        except SpoolError as exc:
+            return self._fail(stats, status.OUT_OF_RESOURCES, "spool_error", str(exc), started)
+        stats.instances += 1
+        stats.bytes += len(part10)
+        log.info("instance_duplicate" if result.duplicate else "instance_stored", study=result.study_key,
+                 source=stats.caller.name, status=status.SUCCESS, version=result.version, bytes=len(part10),
+                 sop_class=received.context_sop_class, duration_ms=elapsed_ms(started))
+        return _status(status.SUCCESS)
+
+    @staticmethod
+    def _received(event: evt.Event, stats: AssociationStats) -> tuple[bytes, ReceivedInstance]:
+        dataset_bytes = event.request.DataSet.getvalue()
+        meta = DicomBytesIO()
+        meta.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(meta, event.file_meta, enforce_standard=True)
+        part10 = meta.getvalue() + dataset_bytes
+        return part10, ReceivedInstance(
+            part10=part10,
+            dataset_length=len(dataset_bytes),
+            context_sop_class=str(event.context.abstract_syntax),
+            affected_sop_instance=str(event.request.AffectedSOPInstanceUID or ""),
+            transfer_syntax=str(event.context.transfer_syntax),
+            calling_ae=stats.caller.ae_title,
+        )
+
+    def _refuse(self, stats: AssociationStats, part10: bytes, code: int, reason: str, detail: str,
+                started: float) -> Dataset:
+        """Answer a refusal, keep the bytes in quarantine, record why."""
+        stats.failures += 1
+        path = self.receiver.spool.quarantine(part10) if part10 else None
+        try:
+            with db.connection_context():
+                QuarantinedObject.create(
+                    calling_ae=stats.caller.ae_title, peer_host=stats.peer, reason=reason, detail=detail[:500],
+                    status=code, size=len(part10),
+                    spool_path=self.receiver.spool.relative(path) if path and path.name else None)
+        except Exception:  # noqa: BLE001 - the refusal must still be answered and logged
+            log.error("quarantine_record_failed", reason=reason, source=stats.caller.name)
+        log.warning("instance_refused", source=stats.caller.name, status=code, reason=reason,
+                    duration_ms=elapsed_ms(started))
+        return _status(code, reason)
+
+    @staticmethod
+    def _fail(stats: AssociationStats, code: int, reason: str, detail: str, started: float) -> Dataset:
+        stats.failures += 1
+        log.error("instance_not_stored", source=stats.caller.name, status=code, reason=reason, error=detail,
+                  duration_ms=elapsed_ms(started))
+        return _status(code, reason)

@@ -1,0 +1,60 @@
+"""Who may open an association with the gateway, decided during association negotiation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway import status
+from gateway.config import GatewayConfig
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An admitted peer: a configured source (sends studies) or reviewer (sends reports)."""
+
+    role: str  # "source" or "reviewer"
+    name: str
+    ae_title: str
+
+
+class AssociationRefused(Exception):
+    """The association request must be rejected. ``reason`` is logged; the rest goes in the A-ASSOCIATE-RJ."""
+
+    def __init__(self, reason: str, diagnostic: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.result = status.REJECTED_PERMANENT
+        self.source = status.SOURCE_SERVICE_USER
+        self.diagnostic = diagnostic
+
+
+class AssociationPolicy:
+    """Calling AE title must be a configured source or reviewer (and come from its host when one is set);
+    the called AE title must be ours."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.own_ae_title = config.node.ae_title
+        self.sources = {s.ae_title: s for s in config.sources}
+        self.reviewers = {r.ae_title: r for r in config.reviewers}
+
+    def admit(self, calling_ae: str, called_ae: str, peer_host: str) -> Caller:
+        """Return who is calling.
+
+        Raises:
+            AssociationRefused: unknown calling AE, wrong host, or wrong called AE.
+        """
+        calling_ae, called_ae = calling_ae.strip(), called_ae.strip()
+        if called_ae != self.own_ae_title:
+            raise AssociationRefused("called_ae_not_recognized", status.DIAG_CALLED_AE_NOT_RECOGNIZED)
+        source = self.sources.get(calling_ae)
+        if source is not None:
+            if source.host and source.host != peer_host:
+                raise AssociationRefused("calling_host_not_allowed", status.DIAG_CALLING_AE_NOT_RECOGNIZED)
+            return Caller("source", source.name, calling_ae)
+        reviewer = self.reviewers.get(calling_ae)
+        if reviewer is not None:
+            return Caller("reviewer", reviewer.name, calling_ae)
+        raise AssociationRefused("calling_ae_not_recognized", status.DIAG_CALLING_AE_NOT_RECOGNIZED)
+
+    def known_ae_titles(self) -> list[str]:
+        return sorted({*self.sources, *self.reviewers})

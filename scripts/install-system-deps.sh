@@ -1,0 +1,20 @@
+#!/bin/sh
+# Install the real DICOM peers and the database the test suite and benchmarks use, when missing:
+# DCMTK (storescu, storescp, echoscu, dcmdump, dsrdump), Orthanc, PostgreSQL 15, iproute2, util-linux (unshare).
+set -eu
+missing=""
+[ -x /usr/bin/storescu ] && [ -x /usr/bin/dsrdump ] || missing="$missing dcmtk"
+[ -x /usr/sbin/Orthanc ] || missing="$missing orthanc"
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$missing postgresql-15"
+command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+command -v unshare >/dev/null 2>&1 || missing="$missing util-linux"
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "error: missing system packages:$missing (run 'sudo apt-get install$missing')" >&2
+  exit 1
+fi
+echo "installing system packages:$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null
