@@ -123,7 +123,22 @@ class QuarantinedObject(BaseModel):
     spool_path = CharField(max_length=255, null=True)
 
 
-MODELS_V1 = [SchemaVersion, Source, Study, Series, Instance, QuarantinedObject]
+class AuditEvent(BaseModel):
+    """Every action on patient data: who (AE title, host), what (action, study key), when, and the outcome.
+
+    Only pseudonymous handles are stored here; the row is safe to show and to export.
+    """
+
+    at = DateTimeField(default=utcnow, index=True)
+    action = CharField(max_length=32, index=True)  # received, refused, deidentified, sent, report_received, ...
+    actor_ae = CharField(max_length=16, null=True)
+    actor_host = CharField(max_length=64, null=True)
+    study_key = CharField(max_length=16, null=True, index=True)
+    outcome = CharField(max_length=16, default="success")  # success, refused, failed
+    detail = CharField(max_length=255, default="")
+
+
+MODELS_V1 = [SchemaVersion, Source, Study, Series, Instance, QuarantinedObject, AuditEvent]
 
 
 def _migrate_to_1(database: peewee.Database) -> None:
