@@ -21,6 +21,7 @@ from gateway import status
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
 from gateway.models import Instance, Series, Study, db, utcnow
 from gateway.scp.spool import Spool
+from gateway.scp.wellformed import check_well_formed
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 
@@ -118,9 +119,10 @@ class InstanceReceiver:
             OutOfResources: disk full or database unavailable (0xA700).
             SpoolError: other I/O failures (0xA700).
         """
+        dataset = memoryview(received.part10)[len(received.part10) - received.dataset_length:]
+        check_well_formed(dataset, received.transfer_syntax)
         header = read_header(received.part10)
         check_context(header, received)
-        dataset = memoryview(received.part10)[len(received.part10) - received.dataset_length:]
         digest = hashlib.sha256(dataset).hexdigest()
         try:
             with db.connection_context():

@@ -1,0 +1,236 @@
+"""The referral document: pydantic models and the JSON/YAML parser.
+
+A referral arrives as JSON or YAML in exactly the shape of :class:`Referral`; unknown keys are
+refused. Validation problems are reported as one line per field, naming the field path and echoing
+the offending value only for enum and number fields (never the free text of a PHI field).
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import json
+import re
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
+
+from gateway.referral.codes import NON_URGENT_FLAGS, RedFlag
+from gateway.referral.errors import ReferralValidationError
+
+__all__ = [
+    "Clinical",
+    "Pain",
+    "Patient",
+    "Referral",
+    "Referrer",
+    "Urgency",
+    "parse_referral",
+    "validate_referral_data",
+]
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _iso_date(value: Any) -> Any:
+    """Accept a date, or a string in YYYY-MM-DD form; leave anything else for pydantic to refuse."""
+    if isinstance(value, datetime.datetime):
+        raise ValueError("must be a date in YYYY-MM-DD form, not a date-time")
+    if isinstance(value, datetime.date):
+        return value
+    if isinstance(value, str) and _ISO_DATE.match(value):
+        try:
+            return datetime.date.fromisoformat(value)
+        except ValueError:
+            raise ValueError("not a valid calendar date") from None
+    raise ValueError("must be a date in YYYY-MM-DD form")
+
+
+IsoDate = Annotated[datetime.date, BeforeValidator(_iso_date)]
+NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+class Urgency(str, enum.Enum):
+    """Urgency as stated by the referrer."""
+
+    ROUTINE = "routine"
+    URGENT = "urgent"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class Patient(_Strict):
+    """The patient as the referring site knows them (PHI: never leaves the gateway)."""
+
+    id: NonEmptyText
+    name: NonEmptyText
+    birth_date: IsoDate | None = None
+
+
+class Referrer(_Strict):
+    """The referring clinician (PHI)."""
+
+    name: NonEmptyText
+    contact: str | None = None
+
+
+class Pain(_Strict):
+    """Pain pattern; intensity on a 0-10 numeric rating scale."""
+
+    location: str | None = None
+    intensity: int | None = Field(default=None, ge=0, le=10)
+    nature: str | None = None
+    duration_weeks: int | None = Field(default=None, ge=0, le=5200)
+    radiation: str | None = None
+
+
+class Clinical(_Strict):
+    """Clinical content of the referral (free text may contain identifiers until scrubbed)."""
+
+    history: str | None = None
+    symptoms: str | None = None
+    pain: Pain | None = None
+    red_flags: list[RedFlag] = Field(default_factory=list)
+    examination: str | None = None
+    emg: str | None = None
+    prior_treatment: str | None = None
+    prior_imaging: str | None = None
+    question: str | None = None
+
+
+class Referral(_Strict):
+    """A referral for a second opinion on spine imaging."""
+
+    source: NonEmptyText
+    accession_number: NonEmptyText = Field(max_length=64)
+    patient: Patient
+    urgency: Urgency = Urgency.ROUTINE
+    referrer: Referrer | None = None
+    clinical: Clinical = Field(default_factory=Clinical)
+    subspecialty: str | None = None
+    study_date: IsoDate | None = None
+
+    @property
+    def effective_urgency(self) -> Urgency:
+        """``urgent`` if the referrer said so or any declared red flag demands it."""
+        if self.urgency is Urgency.URGENT:
+            return Urgency.URGENT
+        if any(flag not in NON_URGENT_FLAGS for flag in self.clinical.red_flags):
+            return Urgency.URGENT
+        return Urgency.ROUTINE
+
+
+# Fields whose value may be echoed in an error message: enums and numbers carry no free text.
+_ECHOABLE_LEAVES = {"urgency", "red_flags", "intensity", "duration_weeks"}
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in location) or "<document>"
+
+
+def _may_echo(location: tuple[int | str, ...]) -> bool:
+    names = [part for part in location if isinstance(part, str)]
+    return bool(names) and names[-1] in _ECHOABLE_LEAVES
+
+
+def _describe(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    context = error.get("ctx") or {}
+    if kind == "missing":
+        return "required"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind in {"string_too_short"}:
+        return "must not be empty"
+    if kind == "string_too_long":
+        return f"must be at most {context.get('max_length')} characters"
+    if kind in {"greater_than_equal", "less_than_equal"} and error["loc"][-1] == "intensity":
+        return "must be between 0 and 10"
+    if kind == "greater_than_equal":
+        return f"must be >= {context.get('ge')}"
+    if kind == "less_than_equal":
+        return f"must be <= {context.get('le')}"
+    if kind == "enum":
+        return f"must be one of: {context.get('expected')}"
+    if kind == "value_error":
+        return str(context.get("error", "invalid value"))
+    if kind.startswith("int_"):
+        return "must be a whole number"
+    if kind.startswith("string_"):
+        return "must be a string"
+    if kind in {"model_type", "model_attributes_type", "dict_type"}:
+        return "must be a mapping"
+    if kind == "list_type":
+        return "must be a list"
+    return "invalid value"
+
+
+def _problem_lines(error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors(include_url=False):
+        line = f"{_field_path(item['loc'])}: {_describe(item)}"
+        if _may_echo(item["loc"]) and item["type"] not in {"missing", "extra_forbidden"}:
+            line += f" (got {item['input']!r:.40})"
+        lines.append(line)
+    return lines
+
+
+def _load(text: str, fmt: str) -> Any:
+    if fmt == "json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ReferralValidationError(
+                [f"<document>: not valid JSON (line {exc.lineno}, column {exc.colno})"]
+            ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ReferralValidationError([f"<document>: not valid YAML{where}"]) from None
+
+
+def parse_referral(text_or_bytes: str | bytes, fmt: Literal["json", "yaml"] = "json") -> Referral:
+    """Parse and validate a referral document.
+
+    Args:
+        text_or_bytes: the document, as text or UTF-8 bytes.
+        fmt: ``"json"`` or ``"yaml"``.
+
+    Returns:
+        The validated :class:`Referral`.
+
+    Raises:
+        ReferralValidationError: with ``problems``, one line per bad field.
+        ValueError: if ``fmt`` is not one of the two formats.
+    """
+    if fmt not in ("json", "yaml"):
+        raise ValueError("fmt must be 'json' or 'yaml'")
+    if isinstance(text_or_bytes, bytes):
+        try:
+            text = text_or_bytes.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ReferralValidationError(["<document>: not UTF-8 text"]) from None
+    elif isinstance(text_or_bytes, str):
+        text = text_or_bytes
+    else:
+        raise TypeError("text_or_bytes must be str or bytes")
+    return validate_referral_data(_load(text, fmt))
+
+
+def validate_referral_data(data: Any) -> Referral:
+    """Validate already-decoded data (a mapping) as a :class:`Referral`.
+
+    Raises:
+        ReferralValidationError: with one line per bad field.
+    """
+    if not isinstance(data, dict):
+        raise ReferralValidationError(["<document>: must be a mapping"])
+    try:
+        return Referral.model_validate(data)
+    except ValidationError as exc:
+        raise ReferralValidationError(_problem_lines(exc)) from None

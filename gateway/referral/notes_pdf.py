@@ -1,0 +1,216 @@
+"""The scrubbed referral notes as a PDF (reportlab), wrapped as DICOM Encapsulated PDF Storage.
+
+The PDF's document information (Title, Author, Subject, Creator, Producer, dates) is fixed text
+and the build time: no PHI. The DICOM object copies the Patient and General Study modules from
+one de-identified image of the pseudonymous study and lives in its own series (Modality DOC).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import io
+from xml.sax.saxutils import escape
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import getSampleStyleSheet
+from reportlab.lib.units import mm
+from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+from gateway.referral import codes
+from gateway.referral.charset import specific_character_set
+from gateway.referral.document import Urgency
+from gateway.referral.scrub import ScrubbedNotes
+
+__all__ = ["ENCAPSULATED_PDF_STORAGE", "NotesPDFBuilder", "build_notes_pdf_dataset", "render_notes_pdf"]
+
+ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
+PDF_TITLE = "Referral clinical notes (de-identified)"
+PDF_AUTHOR = "spine-gateway"
+DEFAULT_SERIES_NUMBER = 991
+_PATIENT_STUDY_KEYWORDS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientIdentityRemoved",
+    "DeidentificationMethod", "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName",
+    "StudyID", "AccessionNumber",
+)
+_REQUIRED = ("StudyInstanceUID", "PatientID", "PatientName")
+_SECTIONS = (
+    ("History", "history"), ("Symptoms", "symptoms"), ("Examination", "examination"),
+    ("EMG / nerve conduction", "emg"), ("Prior treatment", "prior_treatment"),
+    ("Prior imaging", "prior_imaging"), ("Clinical question", "question"),
+)
+
+
+def _paragraphs(text: str, style: object) -> list[Paragraph]:
+    return [Paragraph(escape(line), style) for line in text.splitlines() if line.strip()]
+
+
+def _pain_table(notes: ScrubbedNotes, styles: dict) -> list[object]:
+    pain = notes.pain
+    if pain is None:
+        return []
+    rows = [(label, value) for label, value in (
+        ("Location", pain.location), ("Character", pain.nature), ("Radiation", pain.radiation),
+        ("Duration", f"{pain.duration_weeks} weeks" if pain.duration_weeks is not None else None),
+    ) if value]
+    flow: list[object] = [Paragraph("Pain pattern", styles["Heading2"])]
+    if rows:
+        flow.append(Table([(k, Paragraph(escape(v), styles["BodyText"])) for k, v in rows],
+                          colWidths=[35 * mm, 135 * mm]))
+    if pain.intensity is not None:
+        flow.append(Paragraph(f"Pain intensity: {pain.intensity}/10", styles["BodyText"]))
+        scale = Table([[str(n) for n in range(11)]], colWidths=[10 * mm] * 11)
+        scale.setStyle(TableStyle([
+            ("GRID", (0, 0), (-1, -1), 0.5, colors.grey),
+            ("ALIGN", (0, 0), (-1, -1), "CENTER"),
+            ("BACKGROUND", (pain.intensity, 0), (pain.intensity, 0), colors.orange),
+        ]))
+        flow.append(scale)
+    return flow
+
+
+def _flags_table(notes: ScrubbedNotes, styles: dict) -> list[object]:
+    flow: list[object] = [Paragraph("Red flags", styles["Heading2"])]
+    if not notes.flags:
+        return flow + [Paragraph("None declared or detected.", styles["BodyText"])]
+    rows = [["Red flag", "Declared", "Detected", "Phrase"]] + [
+        [codes.RED_FLAG_CODES[f.code].meaning, "yes" if f.declared else "no", "yes" if f.detected else "no",
+         Paragraph(escape(f.phrase or ""), styles["BodyText"])]
+        for f in notes.flags
+    ]
+    table = Table(rows, colWidths=[65 * mm, 20 * mm, 20 * mm, 65 * mm])
+    table.setStyle(TableStyle([
+        ("GRID", (0, 0), (-1, -1), 0.5, colors.grey),
+        ("BACKGROUND", (0, 0), (-1, 0), colors.lightgrey),
+        ("VALIGN", (0, 0), (-1, -1), "TOP"),
+    ]))
+    return flow + [table]
+
+
+def render_notes_pdf(notes: ScrubbedNotes) -> bytes:
+    """Render the notes to PDF bytes: title, urgency, sections, pain scale, red flags table."""
+    if not isinstance(notes, ScrubbedNotes):
+        raise TypeError("notes must be a ScrubbedNotes")
+    styles = getSampleStyleSheet()
+    buffer = io.BytesIO()
+    document = SimpleDocTemplate(buffer, pagesize=A4, title=PDF_TITLE, author=PDF_AUTHOR,
+                                 subject="Referral notes", creator=PDF_AUTHOR, producer=PDF_AUTHOR,
+                                 keywords="")
+    urgency = "URGENT" if notes.urgency is Urgency.URGENT else "Routine"
+    flow: list[object] = [Paragraph(PDF_TITLE, styles["Title"]),
+                          Paragraph(f"Urgency: {urgency}", styles["Heading3"])]
+    for heading, attribute in _SECTIONS[:2]:
+        flow += _section(heading, getattr(notes, attribute), styles)
+    flow += _pain_table(notes, styles)
+    for heading, attribute in _SECTIONS[2:]:
+        flow += _section(heading, getattr(notes, attribute), styles)
+    flow += [Spacer(1, 4 * mm), *_flags_table(notes, styles)]
+    document.build(flow)
+    return buffer.getvalue()
+
+
+def _section(heading: str, text: str | None, styles: dict) -> list[object]:
+    if not text:
+        return []
+    return [Paragraph(heading, styles["Heading2"]), *_paragraphs(text, styles["BodyText"])]
+
+
+class NotesPDFBuilder:
+    """Builds the Encapsulated PDF Storage object of the notes.
+
+    Args:
+        evidence: one de-identified image of the pseudonymous study (patient and study copied).
+        notes: the scrubbed notes.
+        series_instance_uid, sop_instance_uid: new UIDs; fresh ``2.25.`` UIDs when None.
+        series_number: Series Number (default :data:`DEFAULT_SERIES_NUMBER`).
+        instance_number: Instance Number (default 1).
+        manufacturer: Manufacturer of the creating equipment.
+
+    Raises:
+        TypeError: an argument of the wrong type (named in the message).
+        ValueError: evidence lacks a required attribute, or a UID repeats one of the evidence's.
+    """
+
+    def __init__(self, evidence: Dataset, notes: ScrubbedNotes, *, series_instance_uid: str | None = None,
+                 sop_instance_uid: str | None = None, series_number: int = DEFAULT_SERIES_NUMBER,
+                 instance_number: int = 1, manufacturer: str = PDF_AUTHOR) -> None:
+        if not isinstance(evidence, Dataset):
+            raise TypeError("evidence must be a pydicom Dataset")
+        if not isinstance(notes, ScrubbedNotes):
+            raise TypeError("notes must be a ScrubbedNotes")
+        missing = [k for k in _REQUIRED if k not in evidence]
+        if missing:
+            raise ValueError(f"evidence lacks required attribute(s): {', '.join(missing)}")
+        for name, uid in (("series_instance_uid", series_instance_uid), ("sop_instance_uid", sop_instance_uid)):
+            if uid is not None and uid in (evidence.get("SeriesInstanceUID"), evidence.get("SOPInstanceUID")):
+                raise ValueError(f"{name} must differ from the evidence's UIDs")
+        for name, number in (("series_number", series_number), ("instance_number", instance_number)):
+            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+                raise TypeError(f"{name} must be a positive int")
+        self._evidence = evidence
+        self._notes = notes
+        self._series_instance_uid = series_instance_uid or generate_uid(prefix=None)
+        self._sop_instance_uid = sop_instance_uid or generate_uid(prefix=None)
+        self._series_number = series_number
+        self._instance_number = instance_number
+        self._manufacturer = manufacturer
+
+    def build(self) -> Dataset:
+        """Render the PDF and return the Encapsulated PDF dataset (with file meta)."""
+        pdf = render_notes_pdf(self._notes)
+        now = datetime.datetime.now()
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ENCAPSULATED_PDF_STORAGE
+        ds.file_meta.MediaStorageSOPInstanceUID = self._sop_instance_uid
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = ENCAPSULATED_PDF_STORAGE
+        ds.SOPInstanceUID = self._sop_instance_uid
+        ds.InstanceCreationDate = now.strftime("%Y%m%d")
+        ds.InstanceCreationTime = now.strftime("%H%M%S")
+        for keyword in _PATIENT_STUDY_KEYWORDS:
+            if keyword in self._evidence:
+                ds.add(copy.deepcopy(self._evidence[keyword]))
+        self._fill_type2_patient_study(ds)
+        charset = specific_character_set([*(e.value for e in ds), PDF_TITLE])
+        if charset is not None:
+            ds.SpecificCharacterSet = charset
+        ds.Modality = "DOC"
+        ds.SeriesInstanceUID = self._series_instance_uid
+        ds.SeriesNumber = self._series_number
+        ds.SeriesDescription = "Referral notes PDF (de-identified)"
+        ds.Manufacturer = self._manufacturer
+        ds.ConversionType = "WSD"
+        ds.InstanceNumber = self._instance_number
+        ds.ContentDate = now.strftime("%Y%m%d")
+        ds.ContentTime = now.strftime("%H%M%S")
+        ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
+        ds.BurnedInAnnotation = "NO"
+        ds.DocumentTitle = PDF_TITLE
+        concept = Dataset()
+        concept.CodeValue = codes.CLINICAL_INFORMATION.value
+        concept.CodingSchemeDesignator = codes.CLINICAL_INFORMATION.scheme
+        concept.CodeMeaning = codes.CLINICAL_INFORMATION.meaning
+        ds.ConceptNameCodeSequence = [concept]
+        ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+        ds.EncapsulatedDocumentLength = len(pdf)
+        ds.EncapsulatedDocument = pdf + (b"\x00" if len(pdf) % 2 else b"")
+        return ds
+
+    @staticmethod
+    def _fill_type2_patient_study(ds: Dataset) -> None:
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                        "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+            if keyword not in ds or ds[keyword].value is None:
+                setattr(ds, keyword, "")
+        for keyword in ("PatientIdentityRemoved", "DeidentificationMethod"):
+            if keyword in ds and ds[keyword].value in (None, ""):
+                del ds[keyword]
+
+
+def build_notes_pdf_dataset(evidence: Dataset, notes: ScrubbedNotes, **options: object) -> Dataset:
+    """Shorthand for ``NotesPDFBuilder(evidence, notes, **options).build()``."""
+    return NotesPDFBuilder(evidence, notes, **options).build()  # type: ignore[arg-type]

@@ -1,0 +1,413 @@
+"""Deterministic, offline scrubbing of referral free text, and the scrubbed notes it produces.
+
+Two kinds of rules run, in this order, each on the text left unclaimed by the previous ones:
+
+1. **patterns**: URLs, e-mail addresses, then the identifiers the gateway knows (patient IDs and
+   accession, the referrer's contact, institution names), then **dates before phone numbers**
+   (else "12 04 1971" would read as a phone number), UK/US postcodes, phone numbers, street
+   addresses ("4 Elm Road");
+2. **names**: patient and referrer name parts, matched whole and token by token after folding
+   case and accents (NFKD), and fuzzily: a token of 5 or more letters within edit distance 1 of a
+   name part of 5 or more letters goes too; last, digit runs of 6 or more.
+
+Dates are shifted by the patient's date offset (days) and written in ISO form inside brackets,
+``[2024-03-05]``; the birth date becomes ``[DOB]``; a date that cannot be parsed becomes
+``[DATE]``. The brackets mark the scrubber's own output: such tokens are left alone by a second
+pass, which makes scrubbing idempotent.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+from gateway.referral.document import Referral, Urgency
+from gateway.referral.codes import NON_URGENT_FLAGS
+from gateway.referral.redflags import FlagFinding, flags_for
+
+__all__ = ["KnownIdentifiers", "ScrubbedNotes", "ScrubbedPain", "TextScrubber", "scrub_referral"]
+
+NAME, ID, DATE, DOB, PHONE, EMAIL, URL, POSTCODE, CONTACT, INSTITUTION, ADDRESS = (
+    "[NAME]", "[ID]", "[DATE]", "[DOB]", "[PHONE]", "[EMAIL]", "[URL]", "[POSTCODE]", "[CONTACT]",
+    "[INSTITUTION]", "[ADDRESS]",
+)
+_TOKENS = (NAME, ID, DATE, DOB, PHONE, EMAIL, URL, POSTCODE, CONTACT, INSTITUTION, ADDRESS)
+_PROTECTED = re.compile("|".join(re.escape(t) for t in _TOKENS) + r"|\[(\d{4}-\d{2}-\d{2})\]")
+_TITLES = {"dr", "mr", "mrs", "ms", "miss", "mx", "prof", "professor", "sir", "dame", "md", "frcs", "mbbs"}
+_MASK = "\x00"
+_FUZZY_MIN_LENGTH = 5
+_SEPARATORS = r"[\s\-/.,_'’]{0,2}"
+_TWO_DIGIT_YEAR_PIVOT = 40  # "71" is 1971, "23" is 2023
+
+_MONTHS = {
+    "jan": 1, "feb": 2, "mar": 3, "apr": 4, "may": 5, "jun": 6,
+    "jul": 7, "aug": 8, "sep": 9, "oct": 10, "nov": 11, "dec": 12,
+}
+_MONTH = (r"(jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
+          r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?")
+_ORD = r"(?:st|nd|rd|th)?"
+_DATE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("ymd", re.compile(r"(?<![\d.])(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?![\d])")),
+    ("numeric", re.compile(r"(?<![\d/.\-])(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{4}|\d{2})(?![\d/\-]|\.\d)")),
+    ("compact", re.compile(r"(?<!\d)((?:19|20)\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)")),
+    ("dmy_text", re.compile(rf"(?<!\d)(\d{{1,2}}){_ORD}(?:\s+of)?[\s\-.]*{_MONTH}[\s\-.,]*(\d{{4}}|\d{{2}})(?!\d)",
+                            re.IGNORECASE)),
+    ("mdy_text", re.compile(rf"\b{_MONTH}\s+(\d{{1,2}}){_ORD},?\s+(\d{{4}})(?!\d)", re.IGNORECASE)),
+    ("month_year", re.compile(rf"\b{_MONTH}\s+(\d{{4}})(?!\d)", re.IGNORECASE)),
+)
+_URL = re.compile(r"\b(?:https?://|ftp://|www\.)[^\s<>\"]+", re.IGNORECASE)
+_EMAIL = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+", re.IGNORECASE)
+_PHONE = re.compile(r"(?<![\w+])\+?\(?\d[\d\s().\-]{6,}\d(?!\w)")
+_UK_POSTCODE = re.compile(r"\b(?:[A-Z]{1,2}\d[A-Z\d]?|GIR) ?\d[ABD-HJLNP-UW-Z]{2}\b")
+_US_STATES = ("AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH "
+              "NJ NM NY NC ND OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY").split()
+_US_ZIP = re.compile(r"\b\d{5}-\d{4}\b|(?<=\b(?:" + "|".join(_US_STATES) + r") )\d{5}\b")
+# House number and capitalised street name ("4 Elm Road", "12a High St"); case-sensitive on purpose.
+_STREET_ADDRESS = re.compile(
+    r"\b\d{1,4}[a-zA-Z]?,?\s+(?:[A-Z][a-z]+\s+){1,3}(?:Road|Street|Avenue|Lane|Drive|Close|Way|Crescent|"
+    r"Place|Court|Terrace|Gardens|Grove|Square|Rd|St|Ave)\b\.?"
+)
+_DIGIT_RUN = re.compile(r"\d{6,}")
+_LETTER_TOKEN = re.compile(r"[^\W\d_]+")
+
+
+def _fold(text: str) -> tuple[str, list[int]]:
+    """Strip accents (NFKD without combining marks), keeping a map to the original positions."""
+    chars: list[str] = []
+    origin: list[int] = []
+    for position, char in enumerate(text):
+        for part in unicodedata.normalize("NFKD", char):
+            if not unicodedata.combining(part):
+                chars.append(part)
+                origin.append(position)
+    return "".join(chars), origin
+
+
+def _fold_plain(text: str) -> str:
+    return _fold(text)[0].lower()
+
+
+def levenshtein_at_most_one(a: str, b: str) -> bool:
+    """True when ``a`` and ``b`` differ by at most one insertion, deletion or substitution."""
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    for index, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            tail = index if len(a) < len(b) else index + 1
+            return a[tail:] == b[index + 1:]
+    return True
+
+
+def _flexible_literal(value: str) -> re.Pattern[str] | None:
+    """Pattern for ``value`` ignoring case, accents and light punctuation between its characters."""
+    compact = [c for c in _fold_plain(value) if c.isalnum()]
+    if not compact:
+        return None
+    body = _SEPARATORS.join(re.escape(c) for c in compact)
+    plus = r"\+?" if value.lstrip().startswith("+") else ""
+    return re.compile(rf"(?<![^\W_]){plus}{body}(?![^\W_])", re.IGNORECASE)
+
+
+def _longest_first_patterns(values: Iterable[str], min_length: int) -> list[re.Pattern[str]]:
+    """Flexible patterns for ``values``, longest first so "St Mary's Hospital" wins over "St Mary's"."""
+    kept = sorted({v for v in values if len(v.strip()) >= min_length}, key=lambda v: (-len(v), v))
+    return [pattern for pattern in map(_flexible_literal, kept) if pattern is not None]
+
+
+def _name_parts(name: str) -> set[str]:
+    parts = re.split(r"[^\w]+|_|\d", _fold_plain(name.replace("^", " ")))
+    return {p for p in parts if len(p) >= 2 and p not in _TITLES}
+
+
+@dataclass(frozen=True)
+class KnownIdentifiers:
+    """Every identifier the gateway knows for one referral; all are removed from free text.
+
+    Attributes:
+        names: person names (patient and referrer), in any form ("Doe^Jane", "Dr Alan Smith").
+        ids: patient IDs, accession numbers and other identifiers.
+        birth_dates: the patient's birth date(s).
+        contacts: contact strings (phone numbers, e-mail addresses, addresses).
+        institutions: names of the referring institution(s) and the source name.
+    """
+
+    names: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()
+    birth_dates: tuple[datetime.date, ...] = ()
+    contacts: tuple[str, ...] = ()
+    institutions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for attribute in ("names", "ids", "contacts", "institutions"):
+            values = getattr(self, attribute)
+            if isinstance(values, str) or not all(isinstance(v, str) for v in values):
+                raise TypeError(f"KnownIdentifiers.{attribute} must be a sequence of str")
+        if not all(isinstance(d, datetime.date) for d in self.birth_dates):
+            raise TypeError("KnownIdentifiers.birth_dates must be a sequence of datetime.date")
+
+    @classmethod
+    def from_referral(cls, referral: Referral, institution_names: Iterable[str] = ()) -> KnownIdentifiers:
+        """Collect the identifiers of ``referral`` plus the given institution names."""
+        names = [referral.patient.name]
+        contacts: list[str] = []
+        if referral.referrer is not None:
+            names.append(referral.referrer.name)
+            if referral.referrer.contact:
+                contacts += [c.strip() for c in re.split(r"[,;]", referral.referrer.contact) if c.strip()]
+        birth = (referral.patient.birth_date,) if referral.patient.birth_date else ()
+        return cls(
+            names=tuple(names),
+            ids=(referral.patient.id, referral.accession_number),
+            birth_dates=birth,
+            contacts=tuple(contacts),
+            institutions=(referral.source, *institution_names),
+        )
+
+
+@dataclass
+class _Work:
+    """Text being scrubbed: folded copy with claimed regions masked, and the claims so far."""
+
+    original: str
+    folded: str
+    origin: list[int]
+    masked: list[str]
+    claims: list[tuple[int, int, str]] = field(default_factory=list)
+
+    def view(self) -> str:
+        return "".join(self.masked)
+
+    def claim(self, start: int, end: int, replacement: str | None) -> None:
+        if start >= end or any(c == _MASK for c in self.masked[start:end]):
+            return
+        self.masked[start:end] = [_MASK] * (end - start)
+        if replacement is not None:
+            self.claims.append((self.origin[start], self.origin[end - 1] + 1, replacement))
+
+    def result(self) -> str:
+        pieces, cursor = [], 0
+        for start, end, replacement in sorted(self.claims):
+            if start < cursor:
+                continue
+            pieces += [self.original[cursor:start], replacement]
+            cursor = end
+        pieces.append(self.original[cursor:])
+        return "".join(pieces)
+
+
+class TextScrubber:
+    """Removes known identifiers and identifier patterns from free text.
+
+    Args:
+        known: the identifiers of this referral.
+        date_offset_days: days added to every date found (the patient's pseudonymous offset).
+        day_first: read ambiguous numeric dates as day/month (UK) rather than month/day (US).
+
+    Raises:
+        TypeError: if ``known`` is not a :class:`KnownIdentifiers` or the offset not an int.
+    """
+
+    def __init__(self, known: KnownIdentifiers, date_offset_days: int, *, day_first: bool = True) -> None:
+        if not isinstance(known, KnownIdentifiers):
+            raise TypeError("known must be a KnownIdentifiers")
+        if isinstance(date_offset_days, bool) or not isinstance(date_offset_days, int):
+            raise TypeError("date_offset_days must be an int")
+        self._offset = datetime.timedelta(days=date_offset_days)
+        self._day_first = day_first
+        self._birth_dates = frozenset(known.birth_dates)
+        whole_name_parts = [part for name in known.names for part in re.split(r"[\s^]+", name)
+                            if len(part) >= 2 and _fold_plain(part) not in _TITLES]
+        self._id_patterns = _longest_first_patterns(known.ids, min_length=1)
+        self._contact_patterns = _longest_first_patterns(known.contacts, min_length=5)
+        self._institution_patterns = _longest_first_patterns(known.institutions, min_length=4)
+        self._whole_name_patterns = _longest_first_patterns(whole_name_parts, min_length=2)
+        self._name_parts = frozenset(part for n in known.names for part in _name_parts(n))
+        self._fuzzy_parts = tuple(p for p in self._name_parts if len(p) >= _FUZZY_MIN_LENGTH)
+
+    def scrub(self, text: str) -> str:
+        """Return ``text`` with every identifier replaced by a bracketed token."""
+        if not isinstance(text, str):
+            raise TypeError("text must be str")
+        folded, origin = _fold(text)
+        work = _Work(text, folded, origin, list(folded))
+        self._protect_own_tokens(work)
+        self._replace_pattern(work, _URL, URL)
+        self._replace_pattern(work, _EMAIL, EMAIL)
+        for pattern in self._id_patterns:
+            self._replace_pattern(work, pattern, ID)
+        for pattern in self._contact_patterns:
+            self._replace_pattern(work, pattern, CONTACT)
+        self._replace_dates(work)
+        self._replace_pattern(work, _UK_POSTCODE, POSTCODE)
+        self._replace_pattern(work, _US_ZIP, POSTCODE)
+        self._replace_phones(work)
+        self._replace_pattern(work, _STREET_ADDRESS, ADDRESS)
+        for pattern in self._institution_patterns:
+            self._replace_pattern(work, pattern, INSTITUTION)
+        for pattern in self._whole_name_patterns:
+            self._replace_pattern(work, pattern, NAME)
+        self._replace_name_tokens(work)
+        self._replace_pattern(work, _DIGIT_RUN, ID)
+        return work.result()
+
+    def _protect_own_tokens(self, work: _Work) -> None:
+        for match in _PROTECTED.finditer(work.view()):
+            iso = match.group(1)
+            is_birth = iso is not None and self._is_birth_date(iso)
+            work.claim(match.start(), match.end(), DOB if is_birth else None)
+
+    def _is_birth_date(self, iso: str) -> bool:
+        try:
+            return datetime.date.fromisoformat(iso) in self._birth_dates
+        except ValueError:
+            return False
+
+    @staticmethod
+    def _replace_pattern(work: _Work, pattern: re.Pattern[str], token: str,
+                         accept: Callable[[re.Match[str]], bool] | None = None) -> None:
+        for match in list(pattern.finditer(work.view())):
+            end = match.end()
+            if token == URL:
+                end -= len(match.group(0)) - len(match.group(0).rstrip(".,;:)!?'\""))
+            if accept is None or accept(match):
+                work.claim(match.start(), end, token)
+
+    def _replace_dates(self, work: _Work) -> None:
+        for kind, pattern in _DATE_PATTERNS:
+            for match in list(pattern.finditer(work.view())):
+                work.claim(match.start(), match.end(), self._date_token(kind, match.groups()))
+
+    def _date_token(self, kind: str, groups: Sequence[str]) -> str:
+        candidates = _date_candidates(kind, groups, self._day_first)
+        if any(day in self._birth_dates for day in candidates):
+            return DOB
+        if not candidates:
+            return DATE
+        shifted = candidates[0] + self._offset
+        return DATE if shifted in self._birth_dates else f"[{shifted.isoformat()}]"
+
+    def _replace_phones(self, work: _Work) -> None:
+        def looks_like_phone(match: re.Match[str]) -> bool:
+            digits = sum(c.isdigit() for c in match.group(0))
+            return 9 <= digits <= 15
+        self._replace_pattern(work, _PHONE, PHONE, looks_like_phone)
+
+    def _replace_name_tokens(self, work: _Work) -> None:
+        for match in list(_LETTER_TOKEN.finditer(work.view())):
+            token = match.group(0).lower()
+            if token in self._name_parts or (
+                len(token) >= _FUZZY_MIN_LENGTH
+                and any(levenshtein_at_most_one(token, part) for part in self._fuzzy_parts)
+            ):
+                work.claim(match.start(), match.end(), NAME)
+
+
+def _year(text: str) -> int:
+    year = int(text)
+    if len(text) == 2:
+        year += 2000 if year < _TWO_DIGIT_YEAR_PIVOT else 1900
+    return year
+
+
+def _safe_date(year: int, month: int, day: int) -> datetime.date | None:
+    try:
+        return datetime.date(year, month, day)
+    except ValueError:
+        return None
+
+
+def _date_candidates(kind: str, groups: Sequence[str], day_first: bool) -> list[datetime.date]:
+    """Possible readings of a date match, preferred first; [] when none is a valid date."""
+    if kind in ("ymd", "compact"):
+        readings = [(int(groups[0]), int(groups[1]), int(groups[2]))]
+    elif kind == "numeric":
+        first, second, year = int(groups[0]), int(groups[1]), _year(groups[2])
+        day_month = (year, second, first)
+        month_day = (year, first, second)
+        readings = [day_month, month_day] if day_first else [month_day, day_month]
+    elif kind == "dmy_text":
+        readings = [(_year(groups[2]), _MONTHS[groups[1][:3].lower()], int(groups[0]))]
+    elif kind == "mdy_text":
+        readings = [(int(groups[2]), _MONTHS[groups[0][:3].lower()], int(groups[1]))]
+    else:  # month and year only: not a day, cannot be shifted
+        return []
+    return [d for d in (_safe_date(*r) for r in readings) if d is not None]
+
+
+@dataclass(frozen=True)
+class ScrubbedPain:
+    """Pain pattern with scrubbed text fields."""
+
+    location: str | None = None
+    intensity: int | None = None
+    nature: str | None = None
+    duration_weeks: int | None = None
+    radiation: str | None = None
+
+
+@dataclass(frozen=True)
+class ScrubbedNotes:
+    """The clinical notes of a referral, free of identifiers, ready for the DICOM builders."""
+
+    urgency: Urgency
+    flags: tuple[FlagFinding, ...] = ()
+    history: str | None = None
+    symptoms: str | None = None
+    pain: ScrubbedPain | None = None
+    examination: str | None = None
+    emg: str | None = None
+    prior_treatment: str | None = None
+    prior_imaging: str | None = None
+    question: str | None = None
+    subspecialty: str | None = None
+
+    def texts(self) -> list[str]:
+        """Every free-text value of the notes (for checks and previews)."""
+        values = [self.history, self.symptoms, self.examination, self.emg, self.prior_treatment,
+                  self.prior_imaging, self.question, self.subspecialty]
+        if self.pain is not None:
+            values += [self.pain.location, self.pain.nature, self.pain.radiation]
+        values += [f.phrase for f in self.flags]
+        return [v for v in values if v]
+
+
+def scrub_referral(referral: Referral, date_offset_days: int, institution_names: Iterable[str] = (),
+                   *, day_first: bool = True) -> ScrubbedNotes:
+    """Scrub every free-text field of ``referral`` and combine declared and detected red flags.
+
+    Red flags are detected on the original text (identifiers do not affect them); their trigger
+    phrases are scrubbed too. The urgency is ``urgent`` if the referrer said so or any red flag,
+    declared or detected, other than the three non-urgent ones is present.
+    """
+    if not isinstance(referral, Referral):
+        raise TypeError("referral must be a Referral")
+    scrubber = TextScrubber(KnownIdentifiers.from_referral(referral, institution_names), date_offset_days,
+                            day_first=day_first)
+
+    def clean(text: str | None) -> str | None:
+        return scrubber.scrub(text) if text else None
+
+    findings = tuple(replace(f, phrase=clean(f.phrase)) for f in flags_for(referral))
+    urgent = referral.urgency is Urgency.URGENT or any(f.code not in NON_URGENT_FLAGS for f in findings)
+    clinical, pain = referral.clinical, referral.clinical.pain
+    return ScrubbedNotes(
+        urgency=Urgency.URGENT if urgent else Urgency.ROUTINE,
+        flags=findings,
+        history=clean(clinical.history),
+        symptoms=clean(clinical.symptoms),
+        pain=None if pain is None else ScrubbedPain(
+            location=clean(pain.location), intensity=pain.intensity, nature=clean(pain.nature),
+            duration_weeks=pain.duration_weeks, radiation=clean(pain.radiation),
+        ),
+        examination=clean(clinical.examination),
+        emg=clean(clinical.emg),
+        prior_treatment=clean(clinical.prior_treatment),
+        prior_imaging=clean(clinical.prior_imaging),
+        question=clean(clinical.question),
+        subspecialty=clean(referral.subspecialty),
+    )

@@ -1,0 +1,129 @@
+"""A structural check of a received dataset's encoding, before anything trusts it.
+
+pydicom reads leniently: a truncated value, a length running past the end or a tag out of order is
+read as best it can. The gateway must not acknowledge such data as an image, so this walks the element
+headers (never decoding values): tags ascend within each dataset, every length fits inside its parent,
+explicit VRs are real VRs, and undefined-length sequences and encapsulated pixel data are properly
+delimited. It costs a few microseconds per element.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from gateway import status
+from gateway.errors import InvalidInstance
+
+UNDEFINED = 0xFFFFFFFF
+ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_SHORT_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
+              b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
+MAX_DEPTH = 16
+
+
+class _Walker:
+    def __init__(self, data: memoryview, implicit: bool, little: bool) -> None:
+        self.data = data
+        self.implicit = implicit
+        self.endian = "<" if little else ">"
+
+    def fail(self, detail: str) -> InvalidInstance:
+        return InvalidInstance("malformed_dataset", status.CANNOT_UNDERSTAND, detail)
+
+    def _u16(self, pos: int) -> int:
+        return struct.unpack_from(self.endian + "H", self.data, pos)[0]
+
+    def _u32(self, pos: int) -> int:
+        return struct.unpack_from(self.endian + "I", self.data, pos)[0]
+
+    def tag_at(self, pos: int, end: int) -> int:
+        if pos + 8 > end:
+            raise self.fail("truncated element header")
+        return (self._u16(pos) << 16) | self._u16(pos + 2)
+
+    def dataset(self, pos: int, end: int, depth: int, until_item_end: bool = False) -> int:
+        """Walk elements from ``pos``; return where the dataset ends."""
+        if depth > MAX_DEPTH:
+            raise self.fail("sequences nested too deeply")
+        last_tag = -1
+        while pos < end:
+            tag = self.tag_at(pos, end)
+            if tag == ITEM_END:
+                if not until_item_end:
+                    raise self.fail("item delimiter outside an item")
+                return pos + 8
+            if tag <= last_tag:
+                raise self.fail("tags out of order")
+            last_tag = tag
+            pos = self.element(pos, end, tag, depth)
+        if until_item_end:
+            raise self.fail("undefined-length item without a delimiter")
+        return pos
+
+    def element(self, pos: int, end: int, tag: int, depth: int) -> int:
+        vr: bytes | None = None
+        if self.implicit or tag >> 16 == 0xFFFE:
+            length, pos = self._u32(pos + 4), pos + 8
+        else:
+            vr = bytes(self.data[pos + 4:pos + 6])
+            if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    raise self.fail("truncated element header")
+                length, pos = self._u32(pos + 8), pos + 12
+            elif vr in _SHORT_VRS:
+                length, pos = self._u16(pos + 6), pos + 8
+            else:
+                raise self.fail("invalid VR")
+        if length == UNDEFINED:
+            if tag == 0x7FE00010:
+                return self.items(pos, end, depth, encapsulated=True)
+            if vr in (None, b"SQ", b"UN"):
+                return self.items(pos, end, depth, encapsulated=False)
+            raise self.fail("undefined length on a value that cannot have one")
+        if pos + length > end:
+            raise self.fail("value length runs past the end")
+        if vr == b"SQ" and length:
+            self.items(pos, pos + length, depth, encapsulated=False, defined_end=True)
+        return pos + length
+
+    def items(self, pos: int, end: int, depth: int, *, encapsulated: bool, defined_end: bool = False) -> int:
+        """Walk sequence items (or encapsulated fragments) until the sequence delimiter or ``end``."""
+        while pos < end:
+            tag = self.tag_at(pos, end)
+            length = self._u32(pos + 4)
+            pos += 8
+            if tag == SEQUENCE_END:
+                return pos
+            if tag != ITEM:
+                raise self.fail("expected a sequence item")
+            if length == UNDEFINED:
+                if encapsulated:
+                    raise self.fail("undefined-length pixel data fragment")
+                pos = self.dataset(pos, end, depth + 1, until_item_end=True)
+                continue
+            if pos + length > end:
+                raise self.fail("item length runs past the end")
+            if not encapsulated:
+                self.dataset(pos, pos + length, depth + 1)
+            pos += length
+        if defined_end:
+            return pos
+        raise self.fail("undefined-length sequence without a delimiter")
+
+
+def check_well_formed(dataset: bytes | memoryview, transfer_syntax: str) -> None:
+    """Raise ``InvalidInstance`` (malformed_dataset, 0xC000) unless the encoding is structurally sound.
+
+    Deflated datasets are not walked here (the header parse inflates and reads them).
+    """
+    if transfer_syntax == "1.2.840.10008.1.2.1.99":
+        return
+    walker = _Walker(memoryview(dataset), implicit=transfer_syntax == "1.2.840.10008.1.2",
+                     little=transfer_syntax != "1.2.840.10008.1.2.2")
+    if len(walker.data) == 0:
+        raise walker.fail("empty dataset")
+    try:
+        walker.dataset(0, len(walker.data), depth=0)
+    except struct.error:
+        raise walker.fail("truncated element header") from None

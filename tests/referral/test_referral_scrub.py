@@ -1,0 +1,163 @@
+"""Scrubbing identifiers from free text."""
+
+from __future__ import annotations
+
+import datetime
+import re
+import unicodedata
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from gateway.referral.scrub import KnownIdentifiers, TextScrubber, levenshtein_at_most_one
+
+BIRTH = datetime.date(1971, 4, 12)
+KNOWN = KnownIdentifiers(
+    names=("Pemberton^Zoë", "Dr Alan Whitcombe"),
+    ids=("MRN0012345", "A1234567"),
+    birth_dates=(BIRTH,),
+    contacts=("alan.whitcombe@stmarys.example", "+44 20 7946 0000"),
+    institutions=("st-marys", "St Mary's Hospital"),
+)
+OFFSET = 30
+
+
+@pytest.fixture
+def scrubber() -> TextScrubber:
+    return TextScrubber(KNOWN, OFFSET)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Zoë Pemberton", "[NAME] [NAME]"),
+    ("ZOE PEMBERTON", "[NAME] [NAME]"),
+    ("Mrs Pembertin (sic)", "Mrs [NAME] (sic)"),
+    ("pemberton's knee", "[NAME]'s knee"),
+    ("Seen by Dr Whitcomb.", "Seen by Dr [NAME]."),
+    ("MRN0012345", "[ID]"),
+    ("MRN 001-2345", "[ID]"),
+    ("acc a1234567.", "acc [ID]."),
+    ("DOB 12/04/1971", "DOB [DOB]"),
+    ("DOB 1971-04-12", "DOB [DOB]"),
+    ("DOB 12 April 1971", "DOB [DOB]"),
+    ("DOB April 12th, 1971", "DOB [DOB]"),
+    ("DOB 12.04.71", "DOB [DOB]"),
+    ("DOB 19710412", "DOB [DOB]"),
+    ("MRI on 03/02/2024.", "MRI on [2024-03-04]."),
+    ("MRI on 2024-02-03.", "MRI on [2024-03-04]."),
+    ("MRI 31/02/2024", "MRI [DATE]"),
+    ("since March 2023", "since [DATE]"),
+    ("call 020 7946 0123 or (555) 123-4567", "call [PHONE] or [PHONE]"),
+    ("ring +44 20 7946 0000", "ring [CONTACT]"),
+    ("mail alan.whitcombe@stmarys.example.", "mail [EMAIL]."),
+    ("mail j.bloggs@nhs.net", "mail [EMAIL]"),
+    ("see https://portal.example.org/p?id=7.", "see [URL]."),
+    ("lives in W1A 1AA, London", "lives in [POSTCODE], London"),
+    ("Boston MA 02118 or 90210-1234", "Boston MA [POSTCODE] or [POSTCODE]"),
+    ("ref 12345678", "ref [ID]"),
+    ("at St. Mary's Hospital", "at [INSTITUTION]"),
+    ("at ST MARYS", "at [INSTITUTION]"),
+    ("lives at 4 Elm Road, London", "lives at [ADDRESS], London"),
+    ("12a High St. near the station", "[ADDRESS] near the station"),
+])
+def test_identifiers_are_replaced(scrubber, text, expected):
+    assert scrubber.scrub(text) == expected
+
+
+CLINICAL = ("L4-L5 L5/S1 S1 C5/6 T12 VAS 7/10 3/5 power 10 weeks 8 kg 2.5 mg EHL 4/5 "
+            "SLR 40 degrees 12 months Grade 2 listhesis")
+
+
+def test_clinical_tokens_survive(scrubber):
+    assert scrubber.scrub(CLINICAL) == CLINICAL
+
+
+def test_dates_before_phones(scrubber):
+    assert scrubber.scrub("seen 12 04 2023") != "seen [PHONE]"
+    assert scrubber.scrub("seen 12-04-2023 and 12.04.2023") == "seen [2023-05-12] and [2023-05-12]"
+
+
+def test_day_first_can_be_switched_off():
+    assert TextScrubber(KNOWN, 0, day_first=False).scrub("03/02/2024") == "[2024-03-02]"
+
+
+def test_shifted_date_equal_to_birth_date_is_not_written():
+    before_birth = (BIRTH - datetime.timedelta(days=OFFSET)).isoformat()
+    assert TextScrubber(KNOWN, OFFSET).scrub(before_birth) == "[DATE]"
+
+
+def test_bracketed_birth_date_is_not_protected(scrubber):
+    assert scrubber.scrub("[1971-04-12]") == "[DOB]"
+
+
+def test_constructor_validates_arguments():
+    with pytest.raises(TypeError, match="known"):
+        TextScrubber({"names": []}, 0)
+    with pytest.raises(TypeError, match="date_offset_days"):
+        TextScrubber(KNOWN, "30")
+    with pytest.raises(TypeError, match="KnownIdentifiers.names"):
+        KnownIdentifiers(names="Jane Doe")
+
+
+@pytest.mark.parametrize("a,b,expected", [
+    ("pemberton", "pembertin", True), ("pemberton", "pemberto", True), ("pemberton", "pembberton", True),
+    ("pemberton", "pembretin", False), ("smith", "smyth", True), ("smith", "smithers", False), ("", "a", True),
+])
+def test_levenshtein_at_most_one(a, b, expected):
+    assert levenshtein_at_most_one(a, b) is expected
+    assert levenshtein_at_most_one(b, a) is expected
+
+
+IDENTIFIER_FORMS = [
+    "Zoë", "Zoe", "ZOË", "Pemberton", "PEMBERTON", "Pembertin", "Pemberten", "Pémberton", "Alan", "Whitcombe",
+    "Whitcomb", "MRN0012345", "A1234567", "12/04/1971", "1971-04-12", "12 April 1971", "April 12, 1971",
+    "19710412", "alan.whitcombe@stmarys.example", "+44 20 7946 0000", "St Mary's Hospital", "st-marys",
+]
+CLINICAL_WORDS = CLINICAL.split() + ["radiating", "left", "calf", "burning", "reflex", "absent", "disc",
+                                     "MRI", "stenosis", "and", "the", "pain", "at", "with"]
+SEPARATORS = [" ", ", ", ". ", "; ", " (", ") ", "\n", " - "]
+
+
+def _folded(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
+
+
+def _survivors(output: str) -> list[str]:
+    folded = _folded(output)
+    found = []
+    for form in IDENTIFIER_FORMS:
+        pattern = rf"(?<![a-z0-9]){re.escape(_folded(form))}(?![a-z0-9])"
+        if re.search(pattern, folded):
+            found.append(form)
+    for part in ("7946", "0012345", "1234567", "whitcomb", "pember"):
+        if part in folded:
+            found.append(part)
+    return found
+
+
+interleaved = st.lists(
+    st.tuples(st.sampled_from(CLINICAL_WORDS + IDENTIFIER_FORMS), st.sampled_from(SEPARATORS)),
+    min_size=1, max_size=25,
+).map(lambda pairs: "".join(word + separator for word, separator in pairs))
+
+
+@settings(max_examples=300, deadline=None)
+@given(interleaved)
+def test_no_known_identifier_survives(text):
+    output = TextScrubber(KNOWN, OFFSET).scrub(text)
+    assert _survivors(output) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(interleaved | st.text(max_size=80))
+def test_scrubbing_is_idempotent(text):
+    scrubber = TextScrubber(KNOWN, OFFSET)
+    once = scrubber.scrub(text)
+    assert scrubber.scrub(once) == once
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(CLINICAL_WORDS), max_size=20))
+def test_clinical_words_alone_are_untouched(words):
+    text = " ; ".join(words)  # separators keep numbers apart, so nothing looks like a phone number
+    assert TextScrubber(KNOWN, OFFSET).scrub(text) == text

@@ -1,0 +1,121 @@
+"""Configuration: the shipped file documents every option at its default; mistakes are one clear line, exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from gateway.config import GatewayConfig, load_config
+from gateway.errors import ConfigError
+from support.peers import REPO
+
+SHIPPED = REPO / "config" / "gateway.yaml"
+
+
+def _section_models(model: type[BaseModel], prefix: str = ""):
+    """Yield (dotted path, field name, field) for every scalar option of every nested section."""
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _section_models(annotation, f"{prefix}{key}.")
+        elif key not in ("sources", "reviewers"):
+            yield prefix + key, field
+
+
+def test_shipped_config_is_valid():
+    config = load_config(SHIPPED, environ={})
+    assert config.node.ae_title == "SPINEGW" and config.node.port == 11112
+    assert config.storage.database == "sqlite:///var/gateway.db"
+
+
+@pytest.mark.parametrize(("path", "field"), list(_section_models(GatewayConfig)),
+                         ids=[p for p, _ in _section_models(GatewayConfig)])
+def test_shipped_config_lists_every_option_at_its_default(path, field):
+    data = yaml.safe_load(SHIPPED.read_text())
+    value = data
+    for part in path.split("."):
+        assert isinstance(value, dict) and part in value, f"{path} is not documented in config/gateway.yaml"
+        value = value[part]
+    default = field.get_default(call_default_factory=True)
+    as_str = lambda v: None if v is None else str(v)  # noqa: E731 - paths and numbers compare as text
+    assert as_str(value) == as_str(default), f"{path}: file says {value!r}, default is {default!r}"
+
+
+def test_shipped_config_comments_every_option():
+    for number, line in enumerate(SHIPPED.read_text().splitlines(), 1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and not stripped.startswith("- ") and ":" in stripped:
+            key, _, rest = stripped.partition(":")
+            if rest.strip():  # a key with a value, not a section header
+                assert "#" in rest or key in ("ae_title", "host", "port"), f"line {number} has no comment: {line}"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = "sources:\n  - {name: st-marys, ae_title: STMARYS_PACS}\n"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("node: {prot: 11112}\n" + MINIMAL, "node.prot: unknown key"),
+    ("node: {port: 70000}\n" + MINIMAL, "node.port: Input should be less than or equal to 65535 (got 70000)"),
+    ("node: {port: many}\n" + MINIMAL, "node.port: Input should be a valid integer"),
+    ("node: {ae_title: 'WAY_TOO_LONG_AE_TITLE'}\n" + MINIMAL, "node.ae_title"),
+    ("storage: {database: 'mysql://x'}\n" + MINIMAL, "storage.database"),
+    ("node: {tls: {enabled: true}}\n" + MINIMAL, "node.tls: Value error, cert_file and key_file are required"),
+    ("sources: []\n", "at least one source or reviewer"),
+    ("sources:\n  - {name: a, ae_title: X}\n  - {name: b, ae_title: X}\n", "AE title 'X' is used by more than one"),
+    ("node: [1, 2\n", "not valid YAML at line"),
+])
+def test_bad_config_is_one_line_naming_the_key(tmp_path, text, expected):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    message = str(info.value)
+    assert expected in message and str(path) in message and "\n" not in message
+
+
+def test_environment_overrides_the_file(tmp_path):
+    path = _write(tmp_path, MINIMAL)
+    config = load_config(path, environ={"SPINE_GATEWAY__NODE__PORT": "11113", "SPINE_GATEWAY__LOGGING__LEVEL": "debug"})
+    assert config.node.port == 11113 and config.logging.level == "debug"
+    assert load_config(None, environ={"SPINE_GATEWAY_CONFIG": str(path)}).sources[0].name == "st-marys"
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=60)
+
+
+def test_cli_check_config_exit_codes_and_no_traceback(tmp_path):
+    good = _cli("--config", str(SHIPPED), "check-config", cwd=tmp_path)
+    assert good.returncode == 0 and "configuration OK" in good.stdout
+    bad = _cli("--config", str(_write(tmp_path, "node: {prot: 1}\n" + MINIMAL)), "check-config", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "node.prot: unknown key" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    missing = _cli("--config", str(tmp_path / "nope.yaml"), "serve", cwd=tmp_path)
+    assert missing.returncode == 2 and "cannot read the configuration file" in missing.stderr
+
+
+def test_cli_serve_on_a_taken_port_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = _write(tmp_path, f"node: {{host: 127.0.0.1, port: {port}}}\nstorage: {{spool_dir: {tmp_path}/s, "
+                                f"database: 'sqlite:///{tmp_path}/g.db'}}\nlogging: {{file: null}}\n" + MINIMAL)
+        result = _cli("--config", str(path), "serve", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr and "Traceback" not in result.stderr
