@@ -64,21 +64,39 @@ class Source(BaseModel):
     created_at = DateTimeField(default=utcnow)
 
 
-class StudyState:
-    """States of a received study (the case state machine grows from here in later stages)."""
+class CaseState:
+    """States of a case (one study sent for a second opinion). ``gateway.cases`` holds the allowed transitions."""
 
-    RECEIVING = "receiving"
-    ALL = (RECEIVING,)
+    RECEIVING = "receiving"            # instances arriving
+    COMPLETE = "complete"              # no new instance for routing.stable_after_s
+    DEIDENTIFIED = "deidentified"      # every instance de-identified into the outbound area
+    NOTES_ATTACHED = "notes_attached"  # the referral's notes (SR + PDF) built into the pseudonymous study
+    ASSIGNED = "assigned"
+    DELIVERING = "delivering"
+    DELIVERED = "delivered"
+    REPORTED = "reported"
+    REPORT_DELIVERED = "report_delivered"
+    HELD = "held"                      # waiting for a referral, an approval or an operator
+    QUARANTINED = "quarantined"        # something identifying or unsafe was found; nothing leaves
+    FAILED = "failed"
+    REJECTED_NOT_SPINE = "rejected_not_spine"
 
 
 class Study(BaseModel):
+    """A received study, and the case it becomes. ``key`` is its only identifier in logs and on screens."""
+
     key = CharField(max_length=16, unique=True, default=new_study_key)
     study_uid = CharField(max_length=64, unique=True)
     source = ForeignKeyField(Source, null=True, backref="studies", on_delete="RESTRICT")
     calling_ae = CharField(max_length=16)
-    state = CharField(max_length=32, default=StudyState.RECEIVING, index=True)
+    state = CharField(max_length=32, default=CaseState.RECEIVING, index=True)
+    state_changed_at = DateTimeField(default=utcnow)
+    hold_reason = CharField(max_length=64, null=True)
+    urgency = CharField(max_length=16, default="routine")
+    pseudo_study_uid = CharField(max_length=64, null=True, unique=True)
     first_received_at = DateTimeField(default=utcnow)
     last_received_at = DateTimeField(default=utcnow, index=True)
+    report_delivered_at = DateTimeField(null=True)
 
 
 class Series(BaseModel):
@@ -88,8 +106,9 @@ class Series(BaseModel):
 
 
 class InstanceState:
-    STORED = "stored"
-    ALL = (STORED,)
+    STORED = "stored"              # in the spool, not yet de-identified
+    DEIDENTIFIED = "deidentified"  # its outbound object exists
+    QUARANTINED = "quarantined"    # refused by de-identification (burned-in risk, unsupported, leak)
 
 
 class Instance(BaseModel):
@@ -108,6 +127,73 @@ class Instance(BaseModel):
 
     class Meta:
         indexes = ((("sop_instance_uid", "sha256"), True),)
+
+
+class StudyIdentity(BaseModel):
+    """The study's original identifying attributes: for the outbound guard and to re-identify reports.
+
+    PHI: never logged, never sent anywhere.
+    """
+
+    study = ForeignKeyField(Study, unique=True, backref="identity", on_delete="CASCADE")
+    patient_name = CharField(max_length=324, default="")
+    patient_id = CharField(max_length=64, default="")
+    birth_date = CharField(max_length=8, default="")
+    sex = CharField(max_length=16, default="")
+    accession_number = CharField(max_length=16, default="")
+    study_date = CharField(max_length=8, default="")
+    study_time = CharField(max_length=16, default="")
+    dicom_study_id = CharField(max_length=16, default="")  # (0020,0010) Study ID
+    referring_physician = CharField(max_length=324, default="")
+    study_description = CharField(max_length=64, default="")
+    institution_name = CharField(max_length=64, default="")
+    pseudo_patient_id = CharField(max_length=64, default="")
+    pseudo_accession_number = CharField(max_length=16, default="")
+    date_offset_days = IntegerField(default=0)
+
+
+class UidMap(BaseModel):
+    """Original UID ↔ pseudonymous UID, for every UID the de-identifier replaced."""
+
+    original_uid = CharField(max_length=64, unique=True)
+    pseudo_uid = CharField(max_length=64, unique=True)
+    study = ForeignKeyField(Study, backref="uid_maps", on_delete="CASCADE")
+
+
+class OutboundObject(BaseModel):
+    """A de-identified object ready to leave: an image, or the notes SR / PDF the gateway built."""
+
+    study = ForeignKeyField(Study, backref="outbound", on_delete="CASCADE")
+    instance = ForeignKeyField(Instance, null=True, backref="outbound", on_delete="CASCADE")
+    kind = CharField(max_length=16, default="image")  # image, notes_sr, notes_pdf
+    sop_instance_uid = CharField(max_length=64, unique=True)
+    sop_class_uid = CharField(max_length=64)
+    transfer_syntax = CharField(max_length=64)
+    spool_path = CharField(max_length=255)
+    sha256 = CharField(max_length=64)
+    size = BigIntegerField()
+    created_at = DateTimeField(default=utcnow)
+
+
+class Referral(BaseModel):
+    """A referral and its clinical notes. Patient and referrer fields are for matching and scrubbing only."""
+
+    source = ForeignKeyField(Source, backref="referrals", on_delete="RESTRICT")
+    accession_number = CharField(max_length=64, index=True)
+    patient_id = CharField(max_length=64, index=True)
+    patient_name = CharField(max_length=324, default="")
+    birth_date = CharField(max_length=10, default="")
+    study_date = CharField(max_length=10, null=True)
+    urgency = CharField(max_length=16, default="routine")
+    subspecialty = CharField(max_length=64, null=True)
+    document = TextField()  # the validated referral as JSON (free text included): PHI
+    received_via = CharField(max_length=16)  # cli, http, hl7
+    received_at = DateTimeField(default=utcnow, index=True)
+    state = CharField(max_length=16, default="waiting", index=True)  # waiting, matched, expired
+    study = ForeignKeyField(Study, null=True, unique=True, backref="referrals", on_delete="SET NULL")
+    matched_at = DateTimeField(null=True)
+    approved_at = DateTimeField(null=True)
+    approved_by = CharField(max_length=64, null=True)
 
 
 class QuarantinedObject(BaseModel):
@@ -138,7 +224,8 @@ class AuditEvent(BaseModel):
     detail = CharField(max_length=255, default="")
 
 
-MODELS_V1 = [SchemaVersion, Source, Study, Series, Instance, QuarantinedObject, AuditEvent]
+MODELS_V1 = [SchemaVersion, Source, Study, Series, Instance, StudyIdentity, UidMap, OutboundObject, Referral,
+             QuarantinedObject, AuditEvent]
 
 
 def _migrate_to_1(database: peewee.Database) -> None:
