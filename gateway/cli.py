@@ -48,6 +48,32 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
 
+    tail = commands.add_parser("tail", help="the routing log, one line per event (follows rotation with -f)")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep reading as events arrive")
+    tail.add_argument("--case", help="only this case (study key)")
+    tail.add_argument("--source", help="only this source")
+    tail.add_argument("--reviewer", help="only this reviewer")
+    tail.add_argument("--level", default="debug", help="minimum level: debug, info, warning, error")
+    tail.add_argument("--since", help="only events newer than this, e.g. 30m, 1h, 2d")
+    tail.add_argument("--json", action="store_true", help="print the JSON lines as they are")
+    tail.set_defaults(func=cmd_tail)
+
+    audit = commands.add_parser("audit", help="the audit trail of actions on patient data")
+    audit.add_argument("--case", help="only this case (study key)")
+    audit.add_argument("--limit", type=int, default=100)
+    audit.add_argument("--json", action="store_true")
+    audit.set_defaults(func=cmd_audit)
+
+    purge = commands.add_parser("purge", help="delete originals of cases reported more than N days ago")
+    purge.add_argument("--days", type=int, default=None, help="retention in days (default: retention.days)")
+    purge.add_argument("--dry-run", action="store_true", help="only show what would be deleted")
+    purge.set_defaults(func=cmd_purge)
+
+    deid = commands.add_parser("deid", help="de-identify a folder of DICOM files offline")
+    deid.add_argument("in_dir", type=Path)
+    deid.add_argument("out_dir", type=Path)
+    deid.set_defaults(func=cmd_deid)
+
     demo = commands.add_parser("demo-study", help="write a synthetic lumbar spine MR study (Part 10 files)")
     demo.add_argument("out_dir", type=Path)
     demo.add_argument("--instances", type=int, default=300, help="number of images (default: 300)")
@@ -123,13 +149,9 @@ def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_status(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.models import open_database
     from gateway.ops.status import collect_status, render_status
 
-    try:
-        open_database(config.storage.database, max_connections=2)
-    except Exception as exc:  # noqa: BLE001 - a database the CLI cannot open is the user's situation, not a bug
-        raise GatewayError(f"cannot open the database ({type(exc).__name__})") from None
+    _open_database(config)
     snapshot = collect_status(config.storage.spool_dir)
     if args.json:
         print(json.dumps(snapshot, indent=2, sort_keys=True))
@@ -138,6 +160,92 @@ def cmd_status(args: argparse.Namespace, config: GatewayConfig) -> int:
 
         render_status(snapshot, Console())
     return EXIT_OK
+
+
+def _open_database(config: GatewayConfig) -> None:
+    from gateway.models import open_database
+
+    try:
+        open_database(config.storage.database, max_connections=2)
+    except Exception as exc:  # noqa: BLE001 - a database the CLI cannot open is the user's situation, not a bug
+        raise GatewayError(f"cannot open the database ({type(exc).__name__})") from None
+
+
+def cmd_tail(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.ops.tail import TailFilter, follow_log, format_event, format_json, parse_since
+
+    if config.logging.file is None:
+        raise UsageError("logging.file is null: there is no log file to read")
+    try:
+        since = parse_since(args.since) if args.since else None
+        filters = TailFilter(case=args.case, source=args.source, reviewer=args.reviewer, min_level=args.level)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    color = sys.stdout.isatty()
+    try:
+        for event in follow_log(config.logging.file, follow=args.follow, filters=filters, since=since):
+            print(format_json(event) if args.json else format_event(event, color), flush=True)
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.ops.audit import query, render_audit
+
+    _open_database(config)
+    events = query(case=args.case, limit=args.limit)
+    if args.json:
+        print(json.dumps(events, indent=2, default=str))
+    else:
+        from rich.console import Console
+
+        render_audit(events, Console())
+    return EXIT_OK
+
+
+def cmd_purge(args: argparse.Namespace, config: GatewayConfig) -> int:
+    import datetime as dt
+
+    from gateway.ops.retention import plan_purge, purge
+
+    days = args.days if args.days is not None else config.retention.days
+    if days < 0:
+        raise UsageError("--days must be 0 or more")
+    _open_database(config)
+    items = plan_purge(dt.datetime.now(dt.UTC), days, spool_dir=config.storage.spool_dir)
+    result = purge(items, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    for item in items:
+        print(f"{verb} case {item.study_key}: {item.instances} instance(s), {item.bytes / 1e6:.1f} MB")
+    print(f"{verb} {len(result.studies)} case(s), {result.files_deleted} file(s), {result.bytes_freed / 1e6:.1f} MB"
+          + (f"; skipped {len(result.skipped)} whose state changed" if result.skipped else ""))
+    return EXIT_OK
+
+
+def cmd_deid(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.deid.offline import deidentify_folder
+    from gateway.deid.secret import load_or_create_secret
+
+    if not args.in_dir.is_dir():
+        raise UsageError(f"{args.in_dir}: not a directory")
+    secret, _created = load_or_create_secret(config.deid.secret_env, secret_path(config))
+    summary = deidentify_folder(args.in_dir, args.out_dir, config.deid.options(), secret,
+                                progress=sys.stderr.isatty())
+    print(f"de-identified {summary.done} file(s) into {args.out_dir}; quarantined {summary.quarantined_count}")
+    for reason, count in sorted(summary.reasons().items()):
+        print(f"  quarantined {count}: {reason}")
+    return EXIT_OK if summary.done or not summary.quarantined_count else EXIT_FAILED
+
+
+def secret_path(config: GatewayConfig) -> Path:
+    """Where the pseudonym key lives when the environment does not give it: beside the database."""
+    if config.deid.secret_file is not None:
+        return Path(config.deid.secret_file)
+    database = config.storage.database
+    if database.startswith("sqlite:///"):
+        return Path(database[len("sqlite:///"):]).parent / "secret.key"
+    return Path(config.storage.spool_dir).parent / "secret.key"
 
 
 def cmd_demo_study(args: argparse.Namespace, _config: None) -> int:

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.deid.options import DeidOptions
 from gateway.errors import ConfigError
 
 SECONDS = float
@@ -129,12 +130,69 @@ class ReviewerConfig(_Section):
     port: int = Field(ge=1, le=65535)
 
 
+class HttpConfig(_Section):
+    """The one HTTP server: /healthz, /metrics and POST /referrals."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    token_env: str = "SPINE_GATEWAY_API_TOKEN"
+
+
+class DeidConfig(DeidOptions):
+    """De-identification (PS3.15 Annex E): the profile options plus where the pseudonym key comes from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    secret_env: str = "SPINE_GATEWAY_SECRET"
+    secret_file: Path | None = None
+
+    def options(self) -> DeidOptions:
+        return DeidOptions(**self.model_dump(exclude={"secret_env", "secret_file"}))
+
+
+class ReferralsConfig(_Section):
+    """How studies wait for their referral, and whether a person approves the scrubbed notes."""
+
+    wait_s: SECONDS = Field(86400.0, ge=0)
+    on_timeout: Literal["route", "hold"] = "route"
+    require_approval: bool = False
+
+
+class Hl7Config(_Section):
+    """HL7 v2 orders (ORM^O01, OMI^O23) over MLLP. ``facilities`` maps MSH-4 to a source name."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(2575, ge=0, le=65535)
+    facilities: dict[str, str] = Field(default_factory=dict)
+
+
+class RoutingConfig(_Section):
+    """When a study counts as complete, and how often the pipeline looks for work."""
+
+    stable_after_s: SECONDS = Field(60.0, ge=0)
+    poll_s: SECONDS = Field(5.0, gt=0)
+
+
+class RetentionConfig(_Section):
+    """How long originals stay in the spool once the report is home."""
+
+    days: int = Field(30, ge=0)
+
+
 class GatewayConfig(_Section):
     """The whole configuration, handed down whole."""
 
     node: NodeConfig = NodeConfig()
     storage: StorageConfig = StorageConfig()
     logging: LoggingConfig = LoggingConfig()
+    http: HttpConfig = HttpConfig()
+    deid: DeidConfig = DeidConfig()
+    referrals: ReferralsConfig = ReferralsConfig()
+    hl7: Hl7Config = Hl7Config()
+    routing: RoutingConfig = RoutingConfig()
+    retention: RetentionConfig = RetentionConfig()
     sources: list[SourceConfig] = Field(default_factory=list)
     reviewers: list[ReviewerConfig] = Field(default_factory=list)
 
@@ -149,6 +207,9 @@ class GatewayConfig(_Section):
         dupes = sorted({t for t in titles if titles.count(t) > 1})
         if dupes:
             raise ValueError(f"AE title {dupes[0]!r} is used by more than one source or reviewer")
+        unknown = sorted(set(self.hl7.facilities.values()) - {s.name for s in self.sources})
+        if unknown:
+            raise ValueError(f"hl7.facilities: {unknown[0]!r} is not a configured source")
         if not self.sources and not self.reviewers:
             raise ValueError("sources: at least one source or reviewer is required (an empty allowlist would accept anyone)")
         return self

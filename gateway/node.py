@@ -10,6 +10,7 @@ import structlog
 from gateway import __version__
 from gateway.config import GatewayConfig
 from gateway.models import SCHEMA_VERSION, Source, db, open_database, sync_sources
+from gateway.ops.http import HttpServer, standard_health_checks
 from gateway.scp.handlers import ScpHandlers
 from gateway.scp.policy import AssociationPolicy
 from gateway.scp.receiver import InstanceReceiver
@@ -26,6 +27,7 @@ class GatewayNode:
         self.config = config
         self.spool = Spool(config.storage.spool_dir, config.storage.min_free_bytes)
         self.server = None
+        self.http: HttpServer | None = None
         self._stop = threading.Event()
 
     def start(self) -> None:
@@ -38,6 +40,11 @@ class GatewayNode:
             log.warning("spool_partial_files_removed", count=removed)
         handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids))
         self.server = start_scp(self.config.node, handlers)
+        if self.config.http.enabled:
+            checks = standard_health_checks(db, lambda: self.server is not None, self.config.storage.spool_dir,
+                                            self.config.storage.min_free_bytes)
+            self.http = HttpServer(self.config.http, checks)
+            self.http.start()
         log.info("gateway_started", ae_title=self.config.node.ae_title, port=self.config.node.port,
                  version=__version__, to_version=SCHEMA_VERSION, tls=self.config.node.tls.enabled)
 
@@ -52,6 +59,9 @@ class GatewayNode:
             self.stop()
 
     def stop(self) -> None:
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
         if self.server is not None:
             self.server.shutdown()
             self.server = None

@@ -43,8 +43,16 @@ def test_shipped_config_lists_every_option_at_its_default(path, field):
         assert isinstance(value, dict) and part in value, f"{path} is not documented in config/gateway.yaml"
         value = value[part]
     default = field.get_default(call_default_factory=True)
-    as_str = lambda v: None if v is None else str(v)  # noqa: E731 - paths and numbers compare as text
-    assert as_str(value) == as_str(default), f"{path}: file says {value!r}, default is {default!r}"
+    assert _comparable(value) == _comparable(default), f"{path}: file says {value!r}, default is {default!r}"
+
+
+def _comparable(value):
+    """Paths, enums and numbers compare as text; empty tuples, sets and lists as lists."""
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return sorted(map(str, value))
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    return None if value is None else str(getattr(value, "value", value))
 
 
 def test_shipped_config_comments_every_option():

@@ -24,8 +24,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import peewee
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.config import HttpConfig
 from gateway.errors import GatewayError
 from gateway.ops.metrics import CONTENT_TYPE, METRICS, GatewayMetrics
 
@@ -33,16 +33,6 @@ log = structlog.get_logger("http")
 MAX_BODY_BYTES = 10 * 1024 * 1024
 REQUEST_TIMEOUT_S = 30.0
 TOKEN_NOT_CONFIGURED = "API token not configured"
-
-
-class HttpConfig(BaseModel):
-    """The HTTP endpoint for health, metrics and the API (moves to :mod:`gateway.config` as ``http:``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)  # 0: any free port (tests)
-    token_env: str = Field("SPINE_GATEWAY_API_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class HealthCheckFailed(GatewayError):

@@ -2,9 +2,7 @@
 
 Only a study in the ``report_delivered`` state is ever selected; any other state (still receiving, being
 de-identified, routed, awaiting a report…) is never touched. The delivery time is
-``Study.report_delivered_at`` when the model has that column, else ``Study.last_received_at`` (the model of
-today has no delivery timestamp; ``last_received_at`` is never later than the delivery, so a study can only be
-kept longer than asked, never purged early).
+``Study.report_delivered_at``, set when the report reached the source's PACS.
 
 Purging happens in two steps: :func:`plan_purge` lists what would go, :func:`purge` does it (or, with
 ``dry_run``, only reports). For each study its rows are deleted in one transaction first (re-checking the
@@ -61,7 +59,7 @@ class PurgeResult:
 
 
 def _delivered_at_field() -> peewee.Field:
-    return getattr(Study, "report_delivered_at", None) or Study.last_received_at
+    return Study.report_delivered_at
 
 
 def _naive_utc(moment: dt.datetime) -> dt.datetime:

@@ -25,6 +25,7 @@ from gateway import status
 from gateway.dicomnet import set_tcp_nodelay
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
 from gateway.models import QuarantinedObject, db
+from gateway.ops import audit, metrics
 from gateway.scp.policy import AssociationPolicy, AssociationRefused, Caller
 from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance, elapsed_ms
 
@@ -40,6 +41,7 @@ class AssociationStats:
     bytes: int = 0
     failures: int = 0
     cache: AssociationCache = field(default_factory=AssociationCache)
+    studies: dict[str, int] = field(default_factory=dict)  # study key -> instances stored
 
 
 def _status(code: int, comment: str = "") -> Dataset:
@@ -81,14 +83,20 @@ class ScpHandlers:
                         called_ae=called.strip(), peer=peer)
             event.assoc.acse.send_reject(refusal.result, refusal.source, refusal.diagnostic)
             event.assoc.kill()
+            metrics.record_association("rejected")
+            self._audit("association_refused", calling.strip()[:16], peer, None, "refused", refusal.reason)
             return
         self._associations[event.assoc] = AssociationStats(caller, peer)
+        metrics.record_association("accepted")
         log.info("association_accepted", source=caller.name, calling_ae=caller.ae_title, peer=peer)
 
     def on_closed(self, event: evt.Event) -> None:
         stats = self._associations.pop(event.assoc, None)
         if stats is None:
             return
+        metrics.record_association("aborted" if event.assoc.is_aborted else "released")
+        for study_key, count in stats.studies.items():
+            self._audit("received", stats.caller.ae_title, stats.peer, study_key, "success", f"{count} instance(s)")
         log.info("association_closed", source=stats.caller.name, state="aborted" if event.assoc.is_aborted else "released",
                  instances=stats.instances, bytes=stats.bytes, count=stats.failures,
                  duration_ms=elapsed_ms(stats.started))
@@ -117,6 +125,9 @@ class ScpHandlers:
             return self._fail(stats, status.OUT_OF_RESOURCES, "spool_error", str(exc), started)
         stats.instances += 1
         stats.bytes += len(part10)
+        stats.studies[result.study_key] = stats.studies.get(result.study_key, 0) + 1
+        metrics.record_instance("duplicate" if result.duplicate else "stored", len(part10),
+                                time.perf_counter() - started)
         log.info("instance_duplicate" if result.duplicate else "instance_stored", study=result.study_key,
                  source=stats.caller.name, status=status.SUCCESS, version=result.version, bytes=len(part10),
                  sop_class=received.context_sop_class, duration_ms=elapsed_ms(started))
@@ -153,11 +164,23 @@ class ScpHandlers:
             log.error("quarantine_record_failed", reason=reason, source=stats.caller.name)
         log.warning("instance_refused", source=stats.caller.name, status=code, reason=reason,
                     duration_ms=elapsed_ms(started))
+        metrics.record_instance("refused", len(part10), time.perf_counter() - started)
+        self._audit("instance_refused", stats.caller.ae_title, stats.peer, None, "refused", reason)
         return _status(code, reason)
+
+    @staticmethod
+    def _audit(action: str, actor_ae: str, peer: str, study_key: str | None, outcome: str, detail: str) -> None:
+        """Audit from the edge: a failure to audit is logged, never turned into a DICOM failure."""
+        try:
+            audit.record(action, actor_ae=actor_ae, actor_host=peer, study_key=study_key, outcome=outcome,
+                         detail=detail)
+        except Exception:  # noqa: BLE001 - audit.record has already logged why
+            pass
 
     @staticmethod
     def _fail(stats: AssociationStats, code: int, reason: str, detail: str, started: float) -> Dataset:
         stats.failures += 1
+        metrics.record_instance("failed", 0, time.perf_counter() - started)
         log.error("instance_not_stored", source=stats.caller.name, status=code, reason=reason, error=detail,
                   duration_ms=elapsed_ms(started))
         return _status(code, reason)

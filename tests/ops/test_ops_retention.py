@@ -35,7 +35,8 @@ def _study(spool: Path, state: str, received_at: dt.datetime, contents: list[byt
     n = next(_counter)
     with db.connection_context():
         study = Study.create(study_uid=f"2.25.{n}", calling_ae="NORTH", state=state,
-                             first_received_at=received_at, last_received_at=received_at)
+                             first_received_at=received_at, last_received_at=received_at,
+                             report_delivered_at=received_at if state == "report_delivered" else None)
         series = Series.create(study=study, series_uid=f"2.25.{n}.1", modality="MR")
         for i, content in enumerate(contents):
             digest = hashlib.sha256(content).hexdigest()
