@@ -1,0 +1,66 @@
+"""Decide whether an object may carry identifiers in its pixels or document body."""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+from pydicom import uid
+
+from gateway.deid.errors import BurnedInRiskError
+
+# SOP classes whose content is a picture of a screen, a scanned page or a document body.
+RISKY_SOP_CLASSES: dict[str, str] = {
+    uid.SecondaryCaptureImageStorage: "secondary capture",
+    uid.MultiFrameSingleBitSecondaryCaptureImageStorage: "secondary capture",
+    uid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage: "secondary capture",
+    uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage: "secondary capture",
+    uid.MultiFrameTrueColorSecondaryCaptureImageStorage: "secondary capture",
+    uid.UltrasoundImageStorage: "ultrasound",
+    uid.UltrasoundMultiFrameImageStorage: "ultrasound",
+    "1.2.840.10008.5.1.4.1.1.6": "ultrasound (retired)",
+    "1.2.840.10008.5.1.4.1.1.3": "ultrasound (retired)",
+    "1.2.840.10008.5.1.4.1.1.3.1": "ultrasound (retired)",
+    uid.EncapsulatedPDFStorage: "encapsulated PDF",
+    uid.EncapsulatedCDAStorage: "encapsulated CDA",
+    uid.VLPhotographicImageStorage: "photograph",
+    uid.VideoEndoscopicImageStorage: "video",
+    uid.VideoMicroscopicImageStorage: "video",
+    uid.VideoPhotographicImageStorage: "video",
+}
+RISKY_MODALITIES = {"US": "ultrasound", "OT": "modality OT", "DOC": "scanned document", "SC": "secondary capture"}
+RISKY_IMAGE_TYPE_WORDS = {"SCREEN SAVE": "screen save", "DOSE_INFO": "dose screen", "DOSE INFO": "dose screen"}
+RISKY_CONVERSION_TYPES = {"SD": "scanned document", "SI": "scanned image", "WSD": "workstation capture"}
+
+
+def burned_in_risk(dataset: Dataset) -> str | None:
+    """The reason this object may carry burned-in identifiers, or None if no sign of it was found."""
+    if str(dataset.get("BurnedInAnnotation", "")).strip().upper() == "YES":
+        return "BurnedInAnnotation is YES"
+    sop_class = str(dataset.get("SOPClassUID", "")).strip()
+    if sop_class in RISKY_SOP_CLASSES:
+        return f"SOP class: {RISKY_SOP_CLASSES[sop_class]}"
+    modality = str(dataset.get("Modality", "")).strip().upper()
+    if modality in RISKY_MODALITIES:
+        return f"Modality: {RISKY_MODALITIES[modality]}"
+    conversion = str(dataset.get("ConversionType", "")).strip().upper()
+    if conversion in RISKY_CONVERSION_TYPES:
+        return f"ConversionType: {RISKY_CONVERSION_TYPES[conversion]}"
+    image_type = "\\".join(str(value) for value in _as_list(dataset.get("ImageType"))).upper()
+    for word, reason in RISKY_IMAGE_TYPE_WORDS.items():
+        if word in image_type:
+            return f"ImageType: {reason}"
+    return None
+
+
+def check_burned_in(dataset: Dataset) -> None:
+    """Raise :class:`BurnedInRiskError` when :func:`burned_in_risk` finds a reason."""
+    reason = burned_in_risk(dataset)
+    if reason is not None:
+        raise BurnedInRiskError(reason)
+
+
+def _as_list(value: object) -> list[object]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return list(value)  # type: ignore[arg-type]
+    return [value]

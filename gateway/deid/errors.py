@@ -1,0 +1,42 @@
+"""Exceptions raised by the de-identification engine.
+
+Messages name attributes, paths or reasons, never values: a message may end up in a log.
+"""
+
+from __future__ import annotations
+
+
+class DeidError(Exception):
+    """Base of every error raised by :mod:`gateway.deid`."""
+
+
+class QuarantineError(DeidError):
+    """The object must not leave the gateway; ``reason`` says why (no PHI)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BurnedInRiskError(QuarantineError):
+    """The object may carry identifiers burned into its pixels or document body."""
+
+
+class UnsupportedObjectError(QuarantineError):
+    """The object cannot be de-identified safely (e.g. a DICOMDIR or no SOP Instance UID)."""
+
+
+class BlankingNotImplementedError(QuarantineError, NotImplementedError):
+    """``burned_in='blank'`` was asked for, but per-device pixel blanking is not implemented yet."""
+
+
+class IdentifierLeakError(QuarantineError):
+    """The outbound guard found a patient identifier; ``paths`` name where, never what."""
+
+    def __init__(self, paths: list[str]) -> None:
+        super().__init__(f"identifier found at {len(paths)} path(s): {', '.join(paths)}")
+        self.paths = paths
+
+
+class TableError(DeidError):
+    """The bundled Annex E table is malformed."""

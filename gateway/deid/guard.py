@@ -1,0 +1,210 @@
+"""Outbound guard: look for a patient's own identifiers anywhere in a dataset about to leave.
+
+Leaks are reported by attribute path (``ReferencedStudySequence[0].StudyDescription``,
+``(0009,1001)``, ``file_meta.ImplementationVersionName``), never by value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+
+from gateway.deid.errors import IdentifierLeakError
+from gateway.deid.pseudonym import is_standard_uid
+
+PIXEL_DATA_TAG = 0x7FE00010
+MIN_NAME_PART = 3
+_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+_BYTE_VRS = frozenset({"OB", "UN", "OW"})
+# Values the engine itself writes; a source that already used them as a name is not identified by them.
+_PLACEHOLDER_NAMES = frozenset({"ANONYMOUS", "ANONYMIZED", "ANONYMISED", "SPINEGW"})
+
+
+@dataclass(frozen=True, slots=True)
+class PatientIdentifiers:
+    """The identifiers of one patient and study, as found in the original objects."""
+
+    name_parts: tuple[str, ...] = ()
+    patient_ids: tuple[str, ...] = ()
+    accession_numbers: tuple[str, ...] = ()
+    birth_dates: tuple[date, ...] = ()
+    institution_names: tuple[str, ...] = ()
+    referring_physician_name_parts: tuple[str, ...] = ()
+    uids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Leak:
+    """One identifier found: where, and which kind of identifier (never the value)."""
+
+    path: str
+    kind: str
+
+
+def _bounded(alternatives: list[str], boundary: str) -> re.Pattern[str] | None:
+    if not alternatives:
+        return None
+    body = "|".join(sorted(set(alternatives), key=len, reverse=True))
+    return re.compile(f"(?<!{boundary})(?:{body})(?!{boundary})", re.IGNORECASE)
+
+
+def _date_forms(value: date) -> list[str]:
+    return [
+        value.strftime("%Y%m%d"),
+        value.strftime("%Y-%m-%d"),
+        value.strftime("%d/%m/%Y"),
+        value.strftime("%d.%m.%Y"),
+    ]
+
+
+def _flexible_spaces(text: str) -> str:
+    return r"\s+".join(re.escape(word) for word in text.split())
+
+
+def _long_enough(values: tuple[str, ...]) -> list[str]:
+    """IDs shorter than 3 characters would match inside any number; they are not searched for."""
+    return [re.escape(v.strip()) for v in values if len(v.strip()) >= MIN_NAME_PART]
+
+
+def _compile(identifiers: PatientIdentifiers) -> list[tuple[str, re.Pattern[str]]]:
+    word = "[A-Za-z0-9]"
+    names = [re.escape(p) for p in identifiers.name_parts if len(p) >= MIN_NAME_PART]
+    referring = [re.escape(p) for p in identifiers.referring_physician_name_parts if len(p) >= MIN_NAME_PART]
+    candidates = {
+        "patient name": _bounded(names, word),
+        "patient id": _bounded(_long_enough(identifiers.patient_ids), word),
+        "accession number": _bounded(_long_enough(identifiers.accession_numbers), word),
+        "birth date": _bounded([re.escape(f) for d in identifiers.birth_dates for f in _date_forms(d)], "[0-9]"),
+        "institution name": _bounded([_flexible_spaces(v) for v in identifiers.institution_names if v.strip()], word),
+        "referring physician name": _bounded(referring, word),
+        "uid": _bounded([re.escape(v) for v in identifiers.uids if v.strip()], "[0-9.]"),
+    }
+    return [(kind, pattern) for kind, pattern in candidates.items() if pattern is not None]
+
+
+def _element_name(elem: DataElement) -> str:
+    if elem.tag.is_private or not elem.keyword:
+        return f"({elem.tag.group:04X},{elem.tag.element:04X})"
+    return elem.keyword
+
+
+def _searchable_text(elem: DataElement) -> str | None:
+    if elem.tag == PIXEL_DATA_TAG or elem.value is None:
+        return None
+    value = elem.value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("latin-1") if elem.VR in _BYTE_VRS or elem.VR in _STRING_VRS else None
+    if elem.VR in _STRING_VRS:
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            return "\\".join(str(part) for part in value)
+        return str(value)
+    return None
+
+
+def _walk(dataset: Dataset, prefix: str) -> Iterator[tuple[str, DataElement]]:
+    for elem in dataset:
+        path = f"{prefix}{_element_name(elem)}"
+        if elem.VR == "SQ":
+            for index, item in enumerate(elem.value):
+                yield from _walk(item, f"{path}[{index}].")
+        else:
+            yield path, elem
+
+
+def find_leaks(dataset: Dataset, identifiers: PatientIdentifiers) -> list[Leak]:
+    """Every place in ``dataset`` (file meta included) where one of ``identifiers`` appears.
+
+    Strings are matched case-insensitively; name parts shorter than 3 characters are ignored and
+    names, IDs and accession numbers must stand as whole words. OB/OW/UN values are searched as
+    latin-1 text, except Pixel Data.
+    """
+    patterns = _compile(identifiers)
+    if not patterns:
+        return []
+    leaks: list[Leak] = []
+    sources: list[tuple[Dataset, str]] = [(dataset, "")]
+    file_meta = getattr(dataset, "file_meta", None)
+    if file_meta is not None:
+        sources.insert(0, (file_meta, "file_meta."))
+    for source, prefix in sources:
+        for path, elem in _walk(source, prefix):
+            text = _searchable_text(elem)
+            if not text:
+                continue
+            leaks.extend(Leak(path, kind) for kind, pattern in patterns if pattern.search(text))
+    return leaks
+
+
+def assert_no_leaks(dataset: Dataset, identifiers: PatientIdentifiers) -> None:
+    """Raise :class:`IdentifierLeakError` naming the paths when :func:`find_leaks` finds anything."""
+    leaks = find_leaks(dataset, identifiers)
+    if leaks:
+        raise IdentifierLeakError(sorted({leak.path for leak in leaks}))
+
+
+def _name_parts(value: object) -> list[str]:
+    parts = re.split(r"[\^=\s,]+", str(value or ""))
+    return [part for part in parts if len(part) >= MIN_NAME_PART and part.upper() not in _PLACEHOLDER_NAMES]
+
+
+def _parse_date(value: object) -> date | None:
+    text = str(value or "").strip()
+    if len(text) != 8 or not text.isdigit():
+        return None
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
+
+
+def _instance_uids(dataset: Dataset) -> Iterator[str]:
+    for _, elem in _walk(dataset, ""):
+        if elem.VR != "UI" or elem.VM == 0 or "ClassUID" in (elem.keyword or "") or elem.keyword == "TransferSyntaxUID":
+            continue
+        values = elem.value if elem.VM > 1 else [elem.value]
+        yield from (str(v).strip() for v in values if str(v).strip() and not is_standard_uid(str(v)))
+
+
+def identifiers_from_dataset(
+    dataset: Dataset, *, include_uids: bool = True, include_institution: bool = True
+) -> PatientIdentifiers:
+    """Collect the identifiers of the patient and study from an original (not de-identified) dataset.
+
+    Pass ``include_uids=False`` under Retain UIDs and ``include_institution=False`` under Retain
+    Institution Identity, where those values are meant to stay.
+    """
+    names = _name_parts(dataset.get("PatientName"))
+    for keyword in ("OtherPatientNames", "PatientBirthName"):
+        names += _name_parts(dataset.get(keyword))
+    patient_ids = [str(dataset.get("PatientID", "") or "").strip()]
+    patient_ids += [str(v).strip() for v in _values(dataset.get("OtherPatientIDs"))]
+    birth = _parse_date(dataset.get("PatientBirthDate"))
+    uids: list[str] = []
+    if include_uids:
+        uids = list(dict.fromkeys(_instance_uids(dataset)))
+        meta = getattr(dataset, "file_meta", None)
+        if meta is not None and meta.get("MediaStorageSOPInstanceUID"):
+            uids.append(str(meta.MediaStorageSOPInstanceUID))
+    institution = str(dataset.get("InstitutionName", "") or "").strip() if include_institution else ""
+    return PatientIdentifiers(
+        name_parts=tuple(dict.fromkeys(names)),
+        patient_ids=tuple(v for v in patient_ids if v),
+        accession_numbers=tuple(v for v in [str(dataset.get("AccessionNumber", "") or "").strip()] if v),
+        birth_dates=(birth,) if birth else (),
+        institution_names=(institution,) if institution else (),
+        referring_physician_name_parts=tuple(_name_parts(dataset.get("ReferringPhysicianName"))),
+        uids=tuple(dict.fromkeys(uids)),
+    )
+
+
+def _values(value: object) -> list[object]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return list(value)  # type: ignore[arg-type]
+    return [value]
