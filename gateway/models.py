@@ -97,6 +97,13 @@ class Study(BaseModel):
     first_received_at = DateTimeField(default=utcnow)
     last_received_at = DateTimeField(default=utcnow, index=True)
     report_delivered_at = DateTimeField(null=True)
+    reviewer = CharField(max_length=64, null=True, index=True)  # name of the assigned reviewer
+    sla_due_at = DateTimeField(null=True)
+    sla_flagged_at = DateTimeField(null=True)
+    delivery_attempts = IntegerField(default=0)
+    next_attempt_at = DateTimeField(null=True)
+    claimed_by = CharField(max_length=64, null=True)  # node holding the case while it works on it
+    claimed_until = DateTimeField(null=True)
 
 
 class Series(BaseModel):
@@ -196,6 +203,43 @@ class Referral(BaseModel):
     approved_by = CharField(max_length=64, null=True)
 
 
+class Assignment(BaseModel):
+    """Every assignment of a case to a reviewer, with why; ``active`` marks the current one."""
+
+    study = ForeignKeyField(Study, backref="assignments", on_delete="CASCADE")
+    reviewer = CharField(max_length=64, index=True)
+    assigned_at = DateTimeField(default=utcnow)
+    reason = CharField(max_length=255)
+    active = peewee.BooleanField(default=True, index=True)
+    ended_at = DateTimeField(null=True)
+    ended_reason = CharField(max_length=64, null=True)
+
+
+class Delivery(BaseModel):
+    """The per-object delivery ledger: one row per outbound object and destination."""
+
+    outbound = ForeignKeyField(OutboundObject, backref="deliveries", on_delete="CASCADE")
+    destination = CharField(max_length=80)  # "reviewer:<name>" or "source:<name>"
+    state = CharField(max_length=16, default="pending", index=True)  # pending, sent, failed
+    attempts = IntegerField(default=0)
+    last_status = IntegerField(null=True)
+    last_error = CharField(max_length=255, null=True)
+    sent_at = DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("outbound", "destination"), True),)
+
+
+class PeerHealth(BaseModel):
+    """The last C-ECHO result of each configured peer."""
+
+    name = CharField(max_length=80, unique=True)  # "reviewer:<name>" or "source:<name>"
+    ok = peewee.BooleanField(default=False)
+    checked_at = DateTimeField(default=utcnow)
+    changed_at = DateTimeField(default=utcnow)
+    detail = CharField(max_length=255, default="")
+
+
 class QuarantinedObject(BaseModel):
     """Something received that was refused or could not be processed, kept for diagnosis."""
 
@@ -225,7 +269,7 @@ class AuditEvent(BaseModel):
 
 
 MODELS_V1 = [SchemaVersion, Source, Study, Series, Instance, StudyIdentity, UidMap, OutboundObject, Referral,
-             QuarantinedObject, AuditEvent]
+             Assignment, Delivery, PeerHealth, QuarantinedObject, AuditEvent]
 
 
 def _migrate_to_1(database: peewee.Database) -> None:
