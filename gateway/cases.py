@@ -16,10 +16,10 @@ from gateway.models import Study, utcnow
 log = structlog.get_logger("cases")
 
 TRANSITIONS: dict[str, frozenset[str]] = {
-    S.RECEIVING: frozenset({S.COMPLETE}),
+    S.RECEIVING: frozenset({S.COMPLETE, S.REJECTED_NOT_SPINE}),
     S.COMPLETE: frozenset({S.DEIDENTIFIED, S.QUARANTINED, S.REJECTED_NOT_SPINE, S.HELD, S.RECEIVING}),
     S.DEIDENTIFIED: frozenset({S.NOTES_ATTACHED, S.HELD, S.QUARANTINED}),
-    S.HELD: frozenset({S.COMPLETE, S.DEIDENTIFIED, S.NOTES_ATTACHED, S.QUARANTINED}),
+    S.HELD: frozenset({S.COMPLETE, S.DEIDENTIFIED, S.NOTES_ATTACHED, S.QUARANTINED, S.ASSIGNED}),
     S.NOTES_ATTACHED: frozenset({S.ASSIGNED, S.HELD}),
     S.ASSIGNED: frozenset({S.DELIVERING, S.HELD}),
     S.DELIVERING: frozenset({S.DELIVERED, S.FAILED, S.QUARANTINED}),

@@ -229,23 +229,13 @@ def cmd_deid(args: argparse.Namespace, config: GatewayConfig) -> int:
 
     if not args.in_dir.is_dir():
         raise UsageError(f"{args.in_dir}: not a directory")
-    secret, _created = load_or_create_secret(config.deid.secret_env, secret_path(config))
+    secret, _created = load_or_create_secret(config.deid.secret_env, config.secret_path())
     summary = deidentify_folder(args.in_dir, args.out_dir, config.deid.options(), secret,
                                 progress=sys.stderr.isatty())
     print(f"de-identified {summary.done} file(s) into {args.out_dir}; quarantined {summary.quarantined_count}")
     for reason, count in sorted(summary.reasons().items()):
         print(f"  quarantined {count}: {reason}")
     return EXIT_OK if summary.done or not summary.quarantined_count else EXIT_FAILED
-
-
-def secret_path(config: GatewayConfig) -> Path:
-    """Where the pseudonym key lives when the environment does not give it: beside the database."""
-    if config.deid.secret_file is not None:
-        return Path(config.deid.secret_file)
-    database = config.storage.database
-    if database.startswith("sqlite:///"):
-        return Path(database[len("sqlite:///"):]).parent / "secret.key"
-    return Path(config.storage.spool_dir).parent / "secret.key"
 
 
 def cmd_demo_study(args: argparse.Namespace, _config: None) -> int:

@@ -121,13 +121,51 @@ class SourceConfig(_Section):
     return_: DicomPeer | None = Field(None, alias="return")
 
 
+_HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+
+
 class ReviewerConfig(_Section):
-    """A reviewer in the second-opinion pool: its workstation's DICOM address."""
+    """A reviewer in the second-opinion pool: its workstation's DICOM address, what it reads and when.
+
+    ``modalities`` empty means every modality. ``hours`` is ``HH:MM-HH:MM`` in ``timezone`` (an IANA name);
+    ``00:00-24:00`` is always on, and a range whose end is before its start runs over midnight.
+    """
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     ae_title: AETitle
     host: str
     port: int = Field(ge=1, le=65535)
+    modalities: list[str] = Field(default_factory=list)
+    subspecialties: list[str] = Field(default_factory=list)
+    max_open_cases: int = Field(10, ge=1)
+    hours: str = "00:00-24:00"
+    timezone: str = "UTC"
+    urgent: bool = True
+    enabled: bool = True
+
+    @field_validator("hours")
+    @classmethod
+    def _hours_range(cls, value: str) -> str:
+        match = _HOURS.match(value)
+        if not match or (match.group(3) == "24" and match.group(4) != "00"):
+            raise ValueError("must be HH:MM-HH:MM, e.g. 08:00-18:00 (00:00-24:00 = always)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("must be an IANA time zone name, e.g. Europe/London") from None
+        return value
+
+    @field_validator("modalities", "subspecialties")
+    @classmethod
+    def _upper_or_lower(cls, value: list[str]) -> list[str]:
+        return [v.strip() for v in value if v.strip()]
 
 
 class HttpConfig(_Section):
@@ -168,11 +206,38 @@ class Hl7Config(_Section):
     facilities: dict[str, str] = Field(default_factory=dict)
 
 
+SPINE_BODY_PARTS = ["SPINE", "CSPINE", "TSPINE", "LSPINE", "SSPINE", "CTSPINE", "TLSPINE", "LSSPINE",
+                    "WHOLESPINE", "COCCYX", "SACRUM", "LUMBAR", "CERVICAL", "THORACIC", "SPINALCORD"]
+SPINE_KEYWORDS = ["SPINE", "SPINAL", "LUMBAR", "CERVICAL", "THORACIC", "SACR", "COCCY", "L-SPINE", "C-SPINE",
+                  "T-SPINE", "LWS", "HWS", "BWS", "WIRBELSAEULE", "RACHIS"]
+
+
+class SlaConfig(_Section):
+    """Hours a reviewer has to send the report, counted from the assignment."""
+
+    urgent: float = Field(24.0, gt=0)
+    routine: float = Field(120.0, gt=0)
+
+
+class RetryConfig(_Section):
+    """Delivery retries: exponential backoff from ``initial_s`` doubling up to ``max_s``, with jitter."""
+
+    max_attempts: int = Field(12, ge=1)
+    initial_s: SECONDS = Field(5.0, gt=0)
+    max_s: SECONDS = Field(600.0, gt=0)
+
+
 class RoutingConfig(_Section):
-    """When a study counts as complete, and how often the pipeline looks for work."""
+    """Completion, the spine filter, reviewer assignment, delivery retries, SLAs and peer checks."""
 
     stable_after_s: SECONDS = Field(60.0, ge=0)
     poll_s: SECONDS = Field(5.0, gt=0)
+    body_parts: list[str] = Field(default_factory=lambda: list(SPINE_BODY_PARTS))
+    keywords: list[str] = Field(default_factory=lambda: list(SPINE_KEYWORDS))
+    sla_h: SlaConfig = SlaConfig()
+    reassign_after_sla: bool = False
+    retry: RetryConfig = RetryConfig()
+    echo_interval_s: SECONDS = Field(60.0, gt=0)
 
 
 class RetentionConfig(_Section):
@@ -213,6 +278,14 @@ class GatewayConfig(_Section):
         if not self.sources and not self.reviewers:
             raise ValueError("sources: at least one source or reviewer is required (an empty allowlist would accept anyone)")
         return self
+
+    def secret_path(self) -> Path:
+        """Where the pseudonym key is kept when the environment does not give it: beside the database."""
+        if self.deid.secret_file is not None:
+            return Path(self.deid.secret_file)
+        if self.storage.database.startswith("sqlite:///"):
+            return Path(self.storage.database[len("sqlite:///"):]).parent / "secret.key"
+        return Path(self.storage.spool_dir).parent / "secret.key"
 
     def source_by_ae(self, ae_title: str) -> SourceConfig | None:
         return next((s for s in self.sources if s.ae_title == ae_title), None)

@@ -116,6 +116,7 @@ class InstanceState:
     STORED = "stored"              # in the spool, not yet de-identified
     DEIDENTIFIED = "deidentified"  # its outbound object exists
     QUARANTINED = "quarantined"    # refused by de-identification (burned-in risk, unsupported, leak)
+    SUPERSEDED = "superseded"      # a newer version of the same SOP instance arrived
 
 
 class Instance(BaseModel):

@@ -1,4 +1,4 @@
-"""The running gateway: wires the configuration, database, spool and SCP together, and stops them cleanly."""
+"""The running gateway: wires the configuration, database, spool, SCP, HTTP server and pipeline together."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ import structlog
 
 from gateway import __version__
 from gateway.config import GatewayConfig
+from gateway.deid.secret import load_or_create_secret
+from gateway.deid.stage import DeidStage
 from gateway.models import SCHEMA_VERSION, Source, db, open_database, sync_sources
 from gateway.ops.http import HttpServer, standard_health_checks
+from gateway.pipeline import Pipeline, Stage
+from gateway.routing.completion import CompletionStage
 from gateway.scp.handlers import ScpHandlers
 from gateway.scp.policy import AssociationPolicy
 from gateway.scp.receiver import InstanceReceiver
@@ -21,13 +25,15 @@ log = structlog.get_logger("node")
 
 
 class GatewayNode:
-    """One gateway process. ``start()`` returns once the SCP is listening."""
+    """One gateway process. ``start()`` returns once the SCP is listening and the pipeline runs."""
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.spool = Spool(config.storage.spool_dir, config.storage.min_free_bytes)
         self.server = None
         self.http: HttpServer | None = None
+        self.pipeline: Pipeline | None = None
+        self.secret = b""
         self._stop = threading.Event()
 
     def start(self) -> None:
@@ -38,15 +44,36 @@ class GatewayNode:
         removed = self.spool.prepare()
         if removed:
             log.warning("spool_partial_files_removed", count=removed)
+        self._load_secret()
         handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids))
         self.server = start_scp(self.config.node, handlers)
+        self._start_listeners()
+        self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s)
+        self.pipeline.start()
+        log.info("gateway_started", ae_title=self.config.node.ae_title, port=self.config.node.port,
+                 version=__version__, to_version=SCHEMA_VERSION, tls=self.config.node.tls.enabled)
+
+    def _load_secret(self) -> None:
+        path = self.config.secret_path()
+        self.secret, created = load_or_create_secret(self.config.deid.secret_env, path)
+        if created:
+            log.warning("pseudonym_key_created", path=str(path),
+                        reason=f"set {self.config.deid.secret_env} to manage the key yourself")
+
+    def _stages(self) -> list[Stage]:
+        """The pipeline, in order. Each stage reads cases in one state and leaves them in the next."""
+        return [
+            CompletionStage(self.config.routing),
+            DeidStage(self.config.deid.options(), self.secret, self.spool),
+        ]
+
+    def _start_listeners(self) -> None:
+        """Servers beside the DICOM port: the HTTP API (health, metrics, referrals)."""
         if self.config.http.enabled:
             checks = standard_health_checks(db, lambda: self.server is not None, self.config.storage.spool_dir,
                                             self.config.storage.min_free_bytes)
             self.http = HttpServer(self.config.http, checks)
             self.http.start()
-        log.info("gateway_started", ae_title=self.config.node.ae_title, port=self.config.node.port,
-                 version=__version__, to_version=SCHEMA_VERSION, tls=self.config.node.tls.enabled)
 
     def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT."""
@@ -59,6 +86,9 @@ class GatewayNode:
             self.stop()
 
     def stop(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.stop()
+            self.pipeline = None
         if self.http is not None:
             self.http.stop()
             self.http = None

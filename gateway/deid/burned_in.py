@@ -28,6 +28,7 @@ RISKY_SOP_CLASSES: dict[str, str] = {
 }
 RISKY_MODALITIES = {"US": "ultrasound", "OT": "modality OT", "DOC": "scanned document", "SC": "secondary capture"}
 RISKY_IMAGE_TYPE_WORDS = {"SCREEN SAVE": "screen save", "DOSE_INFO": "dose screen", "DOSE INFO": "dose screen"}
+RISKY_SERIES_WORDS = {"DOSE REPORT": "dose report", "DOSE INFO": "dose screen", "SCREEN SAVE": "screen capture"}
 RISKY_CONVERSION_TYPES = {"SD": "scanned document", "SI": "scanned image", "WSD": "workstation capture"}
 
 
@@ -48,6 +49,10 @@ def burned_in_risk(dataset: Dataset) -> str | None:
     for word, reason in RISKY_IMAGE_TYPE_WORDS.items():
         if word in image_type:
             return f"ImageType: {reason}"
+    series = str(dataset.get("SeriesDescription", "") or "").upper()
+    for word, reason in RISKY_SERIES_WORDS.items():
+        if word in series:
+            return f"SeriesDescription: {reason}"
     return None
 
 

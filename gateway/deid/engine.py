@@ -11,6 +11,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 
 from gateway.deid.actions import Action, CompiledActions, ResolvedAction, compile_actions
 from gateway.deid.burned_in import burned_in_risk
@@ -324,7 +325,8 @@ class Deidentifier:
             run.mapping.uids[original] = pseudonym
         return pseudonym
 
-    def _filter_private(self, dataset: Dataset, private_tags: list, run: _Run) -> None:
+    def _filter_private(self, dataset: Dataset, private_tags: list[BaseTag], run: _Run) -> None:
+        """Remove private elements and creators, except allowlisted ones under Retain Safe Private."""
         keep: set[int] = set()
         if self.options.retain_safe_private and self._private_allowlist:
             for tag in private_tags:

@@ -3,6 +3,7 @@
 Layout under ``storage.spool_dir``::
 
     objects/ab/<sha256 of the dataset bytes>.dcm   originals, content-addressed (a resend is stored once)
+    outbound/<case key>/<pseudonymous UID>.dcm      de-identified objects ready to leave
     quarantine/<date>/<random>.dcm                  refused data kept for diagnosis
     tmp/                                            files being written; emptied at start-up
 
@@ -33,12 +34,13 @@ class Spool:
         self.min_free_bytes = min_free_bytes
         self.objects = self.root / "objects"
         self.quarantine_dir = self.root / "quarantine"
+        self.outbound = self.root / "outbound"
         self.tmp = self.root / "tmp"
         self._known_dirs: set[Path] = set()
 
     def prepare(self) -> int:
         """Create the layout and remove half-written files left by a crash; return how many were removed."""
-        for directory in (self.root, self.objects, self.quarantine_dir, self.tmp):
+        for directory in (self.root, self.objects, self.quarantine_dir, self.outbound, self.tmp):
             directory.mkdir(parents=True, exist_ok=True)
         stale = list(self.tmp.iterdir())
         for leftover in stale:
@@ -68,6 +70,20 @@ class Spool:
             return final
         self._check_free_space(len(data))
         self._ensure_dir(final.parent)
+        self._write_atomically(final, data)
+        return final
+
+    def write_outbound(self, case_key: str, name: str, data: bytes) -> Path:
+        """Write a de-identified object for ``case_key`` durably, replacing any earlier file of that name.
+
+        Raises:
+            OutOfResources: below the free-space floor, or the disk filled up.
+            SpoolError: any other I/O failure.
+        """
+        directory = self.outbound / case_key
+        self._check_free_space(len(data))
+        self._ensure_dir(directory)
+        final = directory / name
         self._write_atomically(final, data)
         return final
 

@@ -74,6 +74,7 @@ class GatewayProcess:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.http_port = free_port()
         self.ae_title = "SPINEGW"
         self.spool_dir = Path((storage or {}).get("spool_dir", self.workdir / "spool"))
         self.log_file = self.workdir / "log" / "routing.jsonl"
@@ -82,6 +83,7 @@ class GatewayProcess:
             "storage": {"spool_dir": str(self.spool_dir), "database": database_url, "min_free_bytes": 0,
                         **(storage or {})},
             "logging": {"file": str(self.log_file), "level": "info"},
+            "http": {"host": "127.0.0.1", "port": self.http_port},
             "sources": sources if sources is not None else [{"name": "st-marys", "ae_title": "STMARYS_PACS"}],
             "reviewers": reviewers if reviewers is not None else [
                 {"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": 4243}],

@@ -1,0 +1,31 @@
+"""Study completion: a study is complete when no instance has arrived for ``routing.stable_after_s``."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from gateway import cases
+from gateway.config import RoutingConfig
+from gateway.models import CaseState, Study
+from gateway.routing.spine import SpineFilter
+
+
+class CompletionStage:
+    """RECEIVING → COMPLETE once the study has been quiet for ``stable_after_s``."""
+
+    name = "completion"
+
+    def __init__(self, routing: RoutingConfig, spine_filter: SpineFilter | None = None) -> None:
+        self.stable_after = dt.timedelta(seconds=routing.stable_after_s)
+        self.spine_filter = spine_filter  # non-spine studies go to REJECTED_NOT_SPINE instead of COMPLETE
+
+    def run_once(self, now: dt.datetime) -> int:
+        quiet = (Study.select()
+                 .where((Study.state == CaseState.RECEIVING) & (Study.last_received_at <= now - self.stable_after))
+                 .order_by(Study.last_received_at))
+        return sum(self._complete(study) for study in quiet)
+
+    def _complete(self, study: Study) -> bool:
+        if self.spine_filter is not None and self.spine_filter.reject_if_not_spine(study):
+            return True
+        return cases.move(study, CaseState.COMPLETE, reason="stable")
