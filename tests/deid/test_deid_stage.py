@@ -1,0 +1,78 @@
+"""The de-identification stage inside a running node: what DCMTK sends comes out de-identified, consistently."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pydicom
+
+from gateway.deid.guard import find_leaks, identifiers_from_dataset
+from gateway.models import make_database
+from support.dicomfiles import sop_instance_uid
+from support.peers import GatewayProcess, storescu, wait_until
+
+FAST = {"routing": {"stable_after_s": 0.5, "poll_s": 0.2}}
+
+
+def _query(url: str, sql: str) -> list[tuple]:
+    database = make_database(url, max_connections=2)
+    with database.connection_context():
+        return list(database.execute_sql(sql).fetchall())
+
+
+def _outbound(node: GatewayProcess, url: str) -> list[Path]:
+    return [node.spool_dir / row[0] for row in _query(url, "SELECT spool_path FROM outbound_object WHERE kind = 'image'")]
+
+
+def test_study_split_over_two_associations_is_deidentified_as_one(tmp_path, database_url, small_study):
+    node = GatewayProcess(tmp_path / "gw", database_url, extra=FAST).start()
+    try:
+        assert storescu("127.0.0.1", node.port, small_study[:6], calling="STMARYS_PACS").returncode == 0
+        wait_until(lambda: _query(database_url, "SELECT state FROM study") == [("deidentified",)], 60,
+                   "the case to be de-identified")
+        # the rest of the study arrives after the case moved on: de-identified as late instances
+        assert storescu("127.0.0.1", node.port, small_study[6:], calling="STMARYS_PACS").returncode == 0
+        wait_until(lambda: len(_outbound(node, database_url)) == len(small_study), 60, "every instance de-identified")
+        (key, pseudo_study_uid), = _query(database_url, "SELECT key, pseudo_study_uid FROM study")
+        originals = {sop_instance_uid(p): pydicom.dcmread(p) for p in small_study}
+        mapped = dict(_query(database_url, "SELECT original_uid, pseudo_uid FROM uid_map"))
+        for path in _outbound(node, database_url):
+            out = pydicom.dcmread(path)
+            original_uid = next(o for o, p in mapped.items() if p == out.SOPInstanceUID)
+            original = originals[original_uid]
+            assert out.StudyInstanceUID == pseudo_study_uid and out.StudyInstanceUID.startswith("2.25.")
+            assert out.PatientName == f"SPINEGW^{key}"
+            assert out.PatientIdentityRemoved == "YES"
+            assert "113100" in [item.CodeValue for item in out.DeidentificationMethodCodeSequence]
+            assert out.PixelData == original.PixelData, "pixel data must never change"
+            assert out.SeriesDescription == original.SeriesDescription  # "SAG T2 TSE" is a safe descriptor
+            assert out.PatientSex == original.PatientSex and out.PatientAge == original.PatientAge
+            assert find_leaks(out, identifiers_from_dataset(original)) == []
+            assert path.name == f"{out.SOPInstanceUID}.dcm" and key in str(path)
+        log_text = node.log_file.read_text()
+        for original in originals.values():
+            for value in (str(original.PatientName), original.PatientID, original.AccessionNumber,
+                          original.StudyInstanceUID, original.SOPInstanceUID):
+                assert value not in log_text
+        events = [json.loads(line)["event"] for line in log_text.splitlines()]
+        assert "case_deidentified" in events and "late_instance_deidentified" in events
+    finally:
+        node.stop()
+
+
+def test_same_study_sent_again_keeps_its_pseudonyms(tmp_path, small_study):
+    """Two nodes with the same key give the same pseudonymous UIDs: a study sent twice stays one study."""
+    first_url, second_url = f"sqlite:///{tmp_path}/a/gateway.db", f"sqlite:///{tmp_path}/b/gateway.db"
+    results = []
+    for url, workdir in ((first_url, tmp_path / "a"), (second_url, tmp_path / "b")):
+        node = GatewayProcess(workdir, url, extra={**FAST, "deid": {"secret_file": str(tmp_path / "shared.key")}})
+        node.start()
+        try:
+            assert storescu("127.0.0.1", node.port, small_study, calling="STMARYS_PACS").returncode == 0
+            wait_until(lambda: len(_outbound(node, url)) == len(small_study), 60, "every instance de-identified")
+            results.append(sorted(_query(url, "SELECT original_uid, pseudo_uid FROM uid_map")))
+        finally:
+            node.stop()
+    assert results[0] == results[1]
+    assert (tmp_path / "shared.key").stat().st_mode & 0o777 == 0o600
