@@ -56,4 +56,16 @@ def set_tcp_nodelay(event: evt.Event) -> None:
             pass  # the peer may already have gone; the association will notice on its own
 
 
-NODELAY_HANDLER = (evt.EVT_CONN_OPEN, set_tcp_nodelay)
+# pynetdicom's DUL thread sleeps this long between polls when idle (its default is 1 ms, paid on every
+# request and response). A shorter delay costs a little CPU while an association is open, and saves about
+# half a millisecond per instance.
+DUL_POLL_DELAY_S = 0.0002
+
+
+def tune_association(event: evt.Event) -> None:
+    """EVT_CONN_OPEN handler: TCP_NODELAY, and a shorter DUL poll delay."""
+    set_tcp_nodelay(event)
+    event.assoc.dul._run_loop_delay = DUL_POLL_DELAY_S
+
+
+NODELAY_HANDLER = (evt.EVT_CONN_OPEN, tune_association)

@@ -22,7 +22,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 
 from gateway import status
-from gateway.dicomnet import set_tcp_nodelay
+from gateway.dicomnet import NODELAY_HANDLER
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
 from gateway.models import QuarantinedObject, db
 from gateway.ops import audit, metrics
@@ -62,7 +62,7 @@ class ScpHandlers:
 
     def bindings(self) -> list[tuple]:
         return [
-            (evt.EVT_CONN_OPEN, set_tcp_nodelay),
+            NODELAY_HANDLER,
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_RELEASED, self.on_closed),
             (evt.EVT_ABORTED, self.on_closed),

@@ -62,6 +62,7 @@ class AssociationCache:
 
     studies: dict[str, tuple[int, str]] = field(default_factory=dict)
     series: dict[str, int] = field(default_factory=dict)
+    touched: dict[int, float] = field(default_factory=dict)  # study id -> monotonic time of the last touch
 
 
 def read_header(part10: bytes) -> InstanceHeader:
@@ -126,46 +127,48 @@ class InstanceReceiver:
         digest = hashlib.sha256(dataset).hexdigest()
         try:
             with db.connection_context():
-                existing = self._existing(header.sop_instance_uid, digest)
-                if existing is not None:
-                    return StoreResult(existing.study.key, duplicate=True, version=existing.version)
+                versions = self._versions(header.sop_instance_uid)
+                if digest in versions:
+                    return StoreResult(versions[digest][1], duplicate=True, version=versions[digest][0])
                 path = self.spool.store(received.part10, digest)
-                return self._commit(header, received, digest, self.spool.relative(path), cache)
+                version = max((v for v, _ in versions.values()), default=0) + 1
+                return self._commit(header, received, digest, self.spool.relative(path), version, cache)
         except peewee.OperationalError as exc:
             raise OutOfResources(f"database unavailable: {type(exc).__name__}") from exc
         except peewee.InterfaceError as exc:
             raise OutOfResources(f"database unavailable: {type(exc).__name__}") from exc
 
     @staticmethod
-    def _existing(sop_instance_uid: str, digest: str) -> Instance | None:
-        return (Instance.select(Instance, Study.key).join(Study)
-                .where((Instance.sop_instance_uid == sop_instance_uid) & (Instance.sha256 == digest))
-                .first())
+    def _versions(sop_instance_uid: str) -> dict[str, tuple[int, str]]:
+        """sha256 → (version, study key) of every stored version of this SOP instance (usually none)."""
+        rows = (Instance.select(Instance.sha256, Instance.version, Study.key).join(Study)
+                .where(Instance.sop_instance_uid == sop_instance_uid).tuples())
+        return {sha: (version, key) for sha, version, key in rows}
 
     def _commit(self, header: InstanceHeader, received: ReceivedInstance, digest: str, relative_path: str,
-                cache: AssociationCache) -> StoreResult:
+                version: int, cache: AssociationCache) -> StoreResult:
         for attempt in (1, 2):
             try:
                 with db.atomic():
                     study_id, study_key = self._study(header, received, cache)
                     series_id = self._series(header, study_id, cache)
-                    version = self._next_version(header.sop_instance_uid)
                     Instance.insert(
                         study=study_id, series=series_id, sop_instance_uid=header.sop_instance_uid,
                         sop_class_uid=header.sop_class_uid, transfer_syntax=received.transfer_syntax,
                         version=version, size=len(received.part10), sha256=digest, spool_path=relative_path,
                         calling_ae=received.calling_ae, received_at=utcnow(),
                     ).execute()
-                    Study.update(last_received_at=utcnow()).where(Study.id == study_id).execute()
+                    self._touch_study(study_id, cache)
                 return StoreResult(study_key, version=version)
             except peewee.IntegrityError:
                 # Another association created the same study or series at the same moment: re-read it.
                 self._forget(header, cache)
                 if attempt == 2:
-                    existing = self._existing(header.sop_instance_uid, digest)
-                    if existing is not None:
-                        return StoreResult(existing.study.key, duplicate=True, version=existing.version)
+                    stored = self._versions(header.sop_instance_uid).get(digest)
+                    if stored is not None:
+                        return StoreResult(stored[1], duplicate=True, version=stored[0])
                     raise
+                version = max((v for v, _ in self._versions(header.sop_instance_uid).values()), default=0) + 1
             except Exception:
                 self._forget(header, cache)  # ids cached inside a rolled-back transaction are void
                 raise
@@ -197,10 +200,16 @@ class InstanceReceiver:
         return row.id
 
     @staticmethod
-    def _next_version(sop_instance_uid: str) -> int:
-        latest = (Instance.select(peewee.fn.MAX(Instance.version))
-                  .where(Instance.sop_instance_uid == sop_instance_uid).scalar())
-        return (latest or 0) + 1
+    def _touch_study(study_id: int, cache: AssociationCache) -> None:
+        """Keep ``Study.last_received_at`` fresh for the completion stage, at most once a second per study.
+
+        The completion stage waits ``stable_after_s`` (a minute by default) past this time, so a second of
+        staleness never completes a study early while instances still flow; it spares an UPDATE per instance.
+        """
+        now = time.monotonic()
+        if now - cache.touched.get(study_id, 0.0) >= 1.0:
+            Study.update(last_received_at=utcnow()).where(Study.id == study_id).execute()
+            cache.touched[study_id] = now
 
 
 def elapsed_ms(started: float) -> int:
