@@ -173,7 +173,7 @@ class OutboundObject(BaseModel):
 
     study = ForeignKeyField(Study, backref="outbound", on_delete="CASCADE")
     instance = ForeignKeyField(Instance, null=True, backref="outbound", on_delete="CASCADE")
-    kind = CharField(max_length=16, default="image")  # image, notes_sr, notes_pdf
+    kind = CharField(max_length=16, default="image")  # image, notes_sr, notes_pdf, report
     sop_instance_uid = CharField(max_length=64, unique=True)
     sop_class_uid = CharField(max_length=64)
     transfer_syntax = CharField(max_length=64)
@@ -231,6 +231,27 @@ class Delivery(BaseModel):
         indexes = ((("outbound", "destination"), True),)
 
 
+class ReportObject(BaseModel):
+    """A report (SR, Key Object Selection or Encapsulated PDF) received from the reviewer a case was assigned to.
+
+    ``spool_path`` holds it as the reviewer sent it (pseudonymous); ``outbound`` is its re-identified copy,
+    which goes only to the source that sent the study.
+    """
+
+    study = ForeignKeyField(Study, backref="reports", on_delete="CASCADE")
+    reviewer = CharField(max_length=64)
+    calling_ae = CharField(max_length=16)
+    sop_class_uid = CharField(max_length=64)
+    sop_instance_uid = CharField(max_length=64, unique=True)
+    transfer_syntax = CharField(max_length=64)
+    spool_path = CharField(max_length=255)
+    sha256 = CharField(max_length=64)
+    size = BigIntegerField()
+    received_at = DateTimeField(default=utcnow)
+    state = CharField(max_length=16, default="received", index=True)  # received, reidentified, failed
+    outbound = ForeignKeyField(OutboundObject, null=True, backref="report", on_delete="SET NULL")
+
+
 class PeerHealth(BaseModel):
     """The last C-ECHO result of each configured peer."""
 
@@ -270,7 +291,7 @@ class AuditEvent(BaseModel):
 
 
 MODELS_V1 = [SchemaVersion, Source, Study, Series, Instance, StudyIdentity, UidMap, OutboundObject, Referral,
-             Assignment, Delivery, PeerHealth, QuarantinedObject, AuditEvent]
+             Assignment, Delivery, ReportObject, PeerHealth, QuarantinedObject, AuditEvent]
 
 
 def _migrate_to_1(database: peewee.Database) -> None:
