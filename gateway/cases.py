@@ -22,11 +22,11 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     S.HELD: frozenset({S.COMPLETE, S.DEIDENTIFIED, S.NOTES_ATTACHED, S.QUARANTINED, S.ASSIGNED}),
     S.NOTES_ATTACHED: frozenset({S.ASSIGNED, S.HELD}),
     S.ASSIGNED: frozenset({S.DELIVERING, S.HELD}),
-    S.DELIVERING: frozenset({S.DELIVERED, S.FAILED, S.QUARANTINED}),
+    S.DELIVERING: frozenset({S.DELIVERED, S.FAILED, S.QUARANTINED, S.REPORTED}),
     S.FAILED: frozenset({S.DELIVERING, S.ASSIGNED}),
     S.DELIVERED: frozenset({S.REPORTED, S.DELIVERING, S.ASSIGNED}),
     S.REPORTED: frozenset({S.REPORT_DELIVERED, S.FAILED}),
-    S.REPORT_DELIVERED: frozenset(),
+    S.REPORT_DELIVERED: frozenset({S.REPORTED}),  # an addendum from the reviewer goes home too
     S.QUARANTINED: frozenset({S.COMPLETE}),
     S.REJECTED_NOT_SPINE: frozenset({S.COMPLETE}),
 }

@@ -15,6 +15,7 @@ from pathlib import Path
 from gateway import __version__
 from gateway.config import CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH, GatewayConfig, load_config
 from gateway.errors import ConfigError, GatewayError
+from gateway.referral.commands import add_referral_commands
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -48,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
 
+    retry = commands.add_parser("retry", help="send a failed case again (its delivery attempts start over)")
+    retry.add_argument("case", help="the case's key (as shown by status and the log)")
+    retry.set_defaults(func=cmd_retry)
+
     tail = commands.add_parser("tail", help="the routing log, one line per event (follows rotation with -f)")
     tail.add_argument("-f", "--follow", action="store_true", help="keep reading as events arrive")
     tail.add_argument("--case", help="only this case (study key)")
@@ -79,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--instances", type=int, default=300, help="number of images (default: 300)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo_study, needs_config=False)
+    add_referral_commands(commands)
     return parser
 
 
@@ -152,13 +158,29 @@ def cmd_status(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.ops.status import collect_status, render_status
 
     _open_database(config)
-    snapshot = collect_status(config.storage.spool_dir)
+    snapshot = collect_status(config.storage.spool_dir, config.reviewers)
     if args.json:
         print(json.dumps(snapshot, indent=2, sort_keys=True))
     else:
         from rich.console import Console
 
         render_status(snapshot, Console())
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.models import Study, db
+    from gateway.routing.deliver import retry_case
+
+    _configure_logging(config, to_file=True)
+    _open_database(config)
+    with db.connection_context():
+        study = Study.get_or_none(Study.key == args.case)
+        if study is None:
+            raise UsageError(f"no case {args.case!r}")
+        if not retry_case(study):
+            raise UsageError(f"case {args.case} is {study.state}; only a failed case can be retried")
+    print(f"case {args.case}: delivering again")
     return EXIT_OK
 
 

@@ -14,7 +14,17 @@ from gateway.deid.stage import DeidStage
 from gateway.models import SCHEMA_VERSION, Source, db, open_database, sync_sources
 from gateway.ops.http import HttpServer, standard_health_checks
 from gateway.pipeline import Pipeline, Stage
+from gateway.referral.http_api import register_referral_routes
+from gateway.referral.mllp import start_hl7_listener
+from gateway.referral.stage import NotesStage
+from gateway.reports.intake import ReportIntake
+from gateway.reports.stage import ReportStage
+from gateway.routing.assign import AssignmentStage
 from gateway.routing.completion import CompletionStage
+from gateway.routing.deliver import DeliveryStage
+from gateway.routing.health import HealthStage
+from gateway.routing.sla import SlaStage
+from gateway.routing.spine import SpineFilter
 from gateway.scp.handlers import ScpHandlers
 from gateway.scp.policy import AssociationPolicy
 from gateway.scp.receiver import InstanceReceiver
@@ -32,6 +42,7 @@ class GatewayNode:
         self.spool = Spool(config.storage.spool_dir, config.storage.min_free_bytes)
         self.server = None
         self.http: HttpServer | None = None
+        self.hl7 = None  # the MLLP listener (gateway.referral.mllp) when hl7.enabled
         self.pipeline: Pipeline | None = None
         self.secret = b""
         self._stop = threading.Event()
@@ -45,7 +56,8 @@ class GatewayNode:
         if removed:
             log.warning("spool_partial_files_removed", count=removed)
         self._load_secret()
-        handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids))
+        handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids),
+                               ReportIntake(self.spool))
         self.server = start_scp(self.config.node, handlers)
         self._start_listeners()
         self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s)
@@ -63,8 +75,16 @@ class GatewayNode:
     def _stages(self) -> list[Stage]:
         """The pipeline, in order. Each stage reads cases in one state and leaves them in the next."""
         return [
-            CompletionStage(self.config.routing),
+            CompletionStage(self.config.routing, SpineFilter(self.config.routing, self.config.storage.spool_dir)),
             DeidStage(self.config.deid.options(), self.secret, self.spool),
+            NotesStage(self.config, self.spool),
+            # routing (issue 5): after the notes stage
+            AssignmentStage(self.config.reviewers, self.config.routing),
+            DeliveryStage(self.config),
+            SlaStage(self.config.reviewers, self.config.routing),
+            HealthStage(self.config),
+            # reports back home (issue 6): REPORTED → REPORT_DELIVERED
+            ReportStage(self.config, self.spool, self.secret),
         ]
 
     def _start_listeners(self) -> None:
@@ -73,7 +93,9 @@ class GatewayNode:
             checks = standard_health_checks(db, lambda: self.server is not None, self.config.storage.spool_dir,
                                             self.config.storage.min_free_bytes)
             self.http = HttpServer(self.config.http, checks)
+            register_referral_routes(self.http)
             self.http.start()
+        self.hl7 = start_hl7_listener(self.config.hl7)
 
     def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT."""
@@ -92,6 +114,9 @@ class GatewayNode:
         if self.http is not None:
             self.http.stop()
             self.http = None
+        if self.hl7 is not None:
+            self.hl7.stop()
+            self.hl7 = None
         if self.server is not None:
             self.server.shutdown()
             self.server = None

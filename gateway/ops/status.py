@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import peewee
@@ -11,9 +12,18 @@ import peewee
 from gateway.models import Instance, QuarantinedObject, Study, db
 
 
-def collect_status(spool_dir: Path) -> dict[str, Any]:
-    """A JSON-ready snapshot. Studies appear only by their random key, never by UID."""
+def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, Any]:
+    """A JSON-ready snapshot. Cases appear only by their random key, never by UID.
+
+    ``reviewers`` (the configured pool) adds each reviewer's load and SLA breaches; the routing section
+    (queues, oldest waiting case per state, peer C-ECHO results) is always there.
+    """
+    from gateway.reports.overview import reports_snapshot
+    from gateway.routing.overview import routing_snapshot
+
     with db.connection_context():
+        routing = routing_snapshot(reviewers)
+        reports = reports_snapshot()
         studies = {state: count for state, count in
                    Study.select(Study.state, peewee.fn.COUNT(Study.id)).group_by(Study.state).tuples()}
         instances = {state: count for state, count in
@@ -30,6 +40,9 @@ def collect_status(spool_dir: Path) -> dict[str, Any]:
     disk = shutil.disk_usage(spool_dir) if Path(spool_dir).exists() else None
     return {
         "studies_by_state": studies,
+        "cases_by_state": studies,
+        **routing,
+        "reports": reports,
         "instances_by_state": instances,
         "instances_total": sum(instances.values()),
         "stored_bytes": int(total_bytes or 0),
@@ -44,18 +57,22 @@ def render_status(snapshot: dict[str, Any], console: Any) -> None:
     """Rich tables on a terminal; rich degrades to plain text in a pipe."""
     from rich.table import Table
 
-    states = Table(title="Studies and instances by state")
+    states = Table(title="Cases and instances by state")
     states.add_column("kind")
     states.add_column("state")
     states.add_column("count", justify="right")
     for state, count in sorted(snapshot["studies_by_state"].items()):
-        states.add_row("study", state, str(count))
+        states.add_row("case", state, str(count))
     for state, count in sorted(snapshot["instances_by_state"].items()):
         states.add_row("instance", state, str(count))
     states.add_row("quarantined", "-", str(snapshot["quarantined"]))
     console.print(states)
-    recent = Table(title="Most recent studies")
-    for column in ("study", "state", "instances", "last_received_at"):
+    _render_routing(snapshot, console)
+    from gateway.reports.overview import render_reports
+
+    render_reports(snapshot, console)
+    recent = Table(title="Most recent cases")
+    for column in ("case", "state", "instances", "last_received_at"):
         recent.add_column(column)
     for row in snapshot["recent_studies"]:
         recent.add_row(row["study"], row["state"], str(row["instances"]), row["last_received_at"])
@@ -64,3 +81,31 @@ def render_status(snapshot: dict[str, Any], console: Any) -> None:
     free = spool["free_bytes"]
     console.print(f"spool {spool['path']}: {snapshot['stored_bytes'] / 1e6:.1f} MB stored, "
                   f"{(free or 0) / 1e9:.1f} GB free")
+
+
+def _render_routing(snapshot: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    reviewers = Table(title="Reviewers")
+    for column in ("reviewer", "enabled", "open cases", "SLA breaches", "last C-ECHO"):
+        reviewers.add_column(column)
+    for row in snapshot.get("reviewers", []):
+        echo = "never" if row["echo_ok"] is None else f"{'ok' if row['echo_ok'] else 'FAILED'} {row['echo_at']}"
+        reviewers.add_row(row["reviewer"], "yes" if row["enabled"] else "no",
+                          f"{row['open_cases']}/{row['max_open_cases']}", str(row["sla_breaches"]), echo)
+    console.print(reviewers)
+    queue = snapshot.get("queue", {})
+    console.print(f"queue: {queue.get('waiting_assignment', 0)} waiting for a reviewer, "
+                  f"{queue.get('waiting_delivery', 0)} waiting for delivery")
+    oldest = Table(title="Oldest waiting case per state")
+    for column in ("state", "case", "since", "reason"):
+        oldest.add_column(column)
+    for state, row in sorted(snapshot.get("oldest_waiting", {}).items()):
+        oldest.add_row(state, row["case"], row["since"] or "", row["reason"] or "")
+    console.print(oldest)
+    peers = Table(title="Peers (last C-ECHO)")
+    for column in ("peer", "ok", "checked_at", "detail"):
+        peers.add_column(column)
+    for row in snapshot.get("peers", []):
+        peers.add_row(row["peer"], "ok" if row["ok"] else "FAILED", row["checked_at"] or "", row["detail"])
+    console.print(peers)

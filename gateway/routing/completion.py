@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
+from peewee import fn
+
 from gateway import cases
 from gateway.config import RoutingConfig
-from gateway.models import CaseState, Study
+from gateway.models import CaseState, Instance, Study
 from gateway.routing.spine import SpineFilter
 
 
@@ -20,8 +22,12 @@ class CompletionStage:
         self.spine_filter = spine_filter  # non-spine studies go to REJECTED_NOT_SPINE instead of COMPLETE
 
     def run_once(self, now: dt.datetime) -> int:
+        cutoff = now - self.stable_after
+        # Study.last_received_at is refreshed at most once a second by the SCP: confirm with the instances.
+        last_instance = Instance.select(fn.MAX(Instance.received_at)).where(Instance.study == Study.id)
         quiet = (Study.select()
-                 .where((Study.state == CaseState.RECEIVING) & (Study.last_received_at <= now - self.stable_after))
+                 .where((Study.state == CaseState.RECEIVING) & (Study.last_received_at <= cutoff)
+                        & (last_instance <= cutoff))
                  .order_by(Study.last_received_at))
         return sum(self._complete(study) for study in quiet)
 

@@ -1,0 +1,119 @@
+"""The referral commands of ``spine-gateway``: ``referral add FILE``, ``notes show CASE``, ``notes approve CASE``.
+
+Thin: parse, open the database, call the library, print, return an exit code. A user's mistake is one line
+on stderr and exit 2; for an invalid referral that is one line per problem, each naming the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from gateway.config import GatewayConfig
+
+__all__ = ["add_referral_commands", "cmd_notes_approve", "cmd_notes_show", "cmd_referral_add"]
+
+EXIT_OK, EXIT_USAGE = 0, 2
+_YAML_SUFFIXES = {".yaml", ".yml"}
+
+
+def add_referral_commands(commands: argparse._SubParsersAction) -> None:
+    """Register ``referral`` and ``notes`` on the CLI's sub-command parser."""
+    referral = commands.add_parser("referral", help="referrals: add one from a JSON or YAML file")
+    referral_commands = referral.add_subparsers(dest="referral_command", required=True, metavar="ACTION")
+    add = referral_commands.add_parser("add", help="validate and store a referral (JSON or YAML)")
+    add.add_argument("file", type=Path, help="the referral document (.json, .yaml or .yml)")
+    add.set_defaults(func=cmd_referral_add)
+
+    notes = commands.add_parser("notes", help="the scrubbed notes of a case: show, approve")
+    notes_commands = notes.add_subparsers(dest="notes_command", required=True, metavar="ACTION")
+    show = notes_commands.add_parser("show", help="original and scrubbed notes of a case, side by side")
+    show.add_argument("case", help="the case (study key)")
+    show.set_defaults(func=cmd_notes_show)
+    approve = notes_commands.add_parser("approve", help="approve the scrubbed notes of a case")
+    approve.add_argument("case", help="the case (study key)")
+    approve.set_defaults(func=cmd_notes_approve)
+
+
+def _usage_error(message: str) -> Exception:
+    from gateway.cli import UsageError
+
+    return UsageError(message)
+
+
+def _open(config: GatewayConfig) -> None:
+    from gateway.errors import GatewayError
+    from gateway.models import open_database
+    from gateway.ops.logs import configure_logging
+
+    configure_logging(config.logging, strict=os.environ.get("SPINE_GATEWAY_LOG_STRICT") == "1", console=False)
+    try:
+        open_database(config.storage.database, max_connections=2)
+    except Exception as exc:  # noqa: BLE001 - a database the CLI cannot open is the user's situation
+        raise GatewayError(f"cannot open the database ({type(exc).__name__})") from None
+
+
+def cmd_referral_add(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.models import db
+    from gateway.referral.document import parse_referral
+    from gateway.referral.errors import ReferralValidationError
+    from gateway.referral.intake import store_referral
+
+    path: Path = args.file
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _usage_error(f"{path}: cannot read ({exc.strerror})") from None
+    fmt = "yaml" if path.suffix.lower() in _YAML_SUFFIXES else "json"
+    try:
+        referral = parse_referral(data, fmt)
+        _open(config)
+        with db.connection_context():
+            row = store_referral(referral, "cli")
+    except ReferralValidationError as exc:
+        for problem in exc.problems:
+            print(f"spine-gateway: {path.name}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    matched = f", matched to case {row.study.key}" if row.study_id else ", waiting for its study"
+    print(f"referral {row.id} stored{matched}")
+    return EXIT_OK
+
+
+def _stage(config: GatewayConfig):  # noqa: ANN202 - a NotesStage (imported late to keep the CLI light)
+    from gateway.referral.stage import NotesStage
+    from gateway.scp.spool import Spool
+
+    return NotesStage(config, Spool(config.storage.spool_dir, config.storage.min_free_bytes))
+
+
+def cmd_notes_show(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from rich.console import Console
+
+    from gateway.models import db
+    from gateway.referral.review import UnknownCase, preview_notes, render_preview
+    from gateway.referral.stage import NotesStageError
+
+    _open(config)
+    try:
+        with db.connection_context():
+            preview = preview_notes(_stage(config), args.case)
+    except (UnknownCase, NotesStageError) as exc:
+        raise _usage_error(str(exc)) from None
+    render_preview(preview, Console())
+    return EXIT_OK
+
+
+def cmd_notes_approve(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.models import db
+    from gateway.referral.review import UnknownCase, approve_notes
+
+    _open(config)
+    try:
+        with db.connection_context():
+            who = approve_notes(args.case)
+    except UnknownCase as exc:
+        raise _usage_error(str(exc)) from None
+    print(f"notes of case {args.case} approved by {who}")
+    return EXIT_OK

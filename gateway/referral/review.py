@@ -1,0 +1,129 @@
+"""The human check of the scrubbed notes: ``notes show`` (original beside scrubbed) and ``notes approve``.
+
+The preview shows PHI (the original text) on the operator's terminal only; nothing of it is logged.
+Approval is recorded on the matched referral (``approved_at``, ``approved_by``) and, for every case,
+as a ``notes_approved`` audit row, which is what the notes stage checks (a case routed on its DICOM
+header's notes has no referral row).
+"""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass
+
+import structlog
+
+from gateway.models import Referral as ReferralRow
+from gateway.models import Study, utcnow
+from gateway.ops import audit
+from gateway.referral.compose import HEADER_NOTE_KEYWORDS
+from gateway.referral.errors import ReferralError
+from gateway.referral.matching import matched_referral
+from gateway.referral.scrub import ScrubbedNotes
+from gateway.referral.stage import APPROVAL_ACTION, NotesStage, is_approved, load_document
+
+__all__ = ["NotesPreview", "UnknownCase", "approve_notes", "preview_notes", "render_preview"]
+
+log = structlog.get_logger("notes")
+
+_FIELDS = ("history", "symptoms", "examination", "emg", "prior_treatment", "prior_imaging", "question")
+_PAIN_FIELDS = ("location", "nature", "radiation")
+
+
+class UnknownCase(ReferralError):
+    """No case has this key."""
+
+
+@dataclass(frozen=True)
+class NotesPreview:
+    """What ``notes show`` prints: (field, original, scrubbed) rows, flags and urgency."""
+
+    case: str
+    state: str
+    from_referral: bool
+    rows: tuple[tuple[str, str, str], ...]
+    flags: tuple[tuple[str, str, str], ...]  # code, provenance, scrubbed phrase
+    urgency: str
+    approved: bool
+
+
+def _study(case: str) -> Study:
+    study = Study.get_or_none(Study.key == case)
+    if study is None:
+        raise UnknownCase(f"no case with key {case!r}")
+    return study
+
+
+def _scrubbed_value(notes: ScrubbedNotes, name: str) -> str:
+    if name.startswith("pain."):
+        return (getattr(notes.pain, name[5:]) or "") if notes.pain is not None else ""
+    return getattr(notes, name) or ""
+
+
+def preview_notes(stage: NotesStage, case: str) -> NotesPreview:
+    """The original and the scrubbed notes of ``case`` side by side.
+
+    Raises:
+        UnknownCase: no case has this key.
+        NotesStageError: the case is not de-identified yet.
+    """
+    study = _study(case)
+    row = matched_referral(study)
+    document = load_document(row) if row is not None else None
+    notes = stage.notes_for(study, document)
+    if document is not None:
+        clinical = document.clinical
+        originals = {name: getattr(clinical, name) or "" for name in _FIELDS}
+        if clinical.pain is not None:
+            originals.update({f"pain.{n}": getattr(clinical.pain, n) or "" for n in _PAIN_FIELDS})
+    else:
+        header = stage.header_notes(study)
+        originals = {field: header.get(keyword, "") for keyword, field in HEADER_NOTE_KEYWORDS.items()}
+    rows = tuple((name, original, _scrubbed_value(notes, name)) for name, original in originals.items()
+                 if original or _scrubbed_value(notes, name))
+    if document is None and not any(r[0] == "history" for r in rows):
+        rows = (("history", "", notes.history or ""), *rows)
+    flags = tuple((f.code.value, "declared" if f.declared else "detected", f.phrase or "") for f in notes.flags)
+    return NotesPreview(case=study.key, state=study.state, from_referral=document is not None, rows=rows,
+                        flags=flags, urgency=notes.urgency.value, approved=is_approved(study, row))
+
+
+def render_preview(preview: NotesPreview, console: object) -> None:
+    """Print the preview as rich tables (plain text in a pipe)."""
+    from rich.table import Table
+
+    title = (f"Case {preview.case} ({preview.state}) - notes from "
+             f"{'the referral' if preview.from_referral else 'the DICOM header (no referral)'}")
+    table = Table(title=title, show_lines=True)
+    table.add_column("field")
+    table.add_column("original (PHI)")
+    table.add_column("scrubbed (leaves the gateway)")
+    for name, original, scrubbed in preview.rows:
+        table.add_row(name, original, scrubbed)
+    console.print(table)  # type: ignore[attr-defined]
+    if preview.flags:
+        flags = Table(title="Red flags")
+        for column in ("code", "source", "phrase (scrubbed)"):
+            flags.add_column(column)
+        for row in preview.flags:
+            flags.add_row(*row)
+        console.print(flags)  # type: ignore[attr-defined]
+    approved = "yes" if preview.approved else "no"
+    console.print(f"urgency: {preview.urgency}; approved: {approved}")  # type: ignore[attr-defined]
+
+
+def approve_notes(case: str, user: str | None = None) -> str:
+    """Record that ``user`` (default: the OS user) approved the scrubbed notes of ``case``; return the user.
+
+    Raises:
+        UnknownCase: no case has this key.
+    """
+    study = _study(case)
+    who = (user or getpass.getuser())[:64]
+    row = matched_referral(study)
+    if row is not None:
+        ReferralRow.update(approved_at=utcnow(), approved_by=who).where(ReferralRow.id == row.id).execute()
+    audit.record(APPROVAL_ACTION, actor_ae=None, actor_host=None, study_key=study.key,
+                 detail=f"approved by {who}")
+    log.info("notes_approved", case=study.key)
+    return who

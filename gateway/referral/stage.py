@@ -1,0 +1,271 @@
+"""The notes stage: DEIDENTIFIED → NOTES_ATTACHED, with the referral's scrubbed notes inside the pseudonymous study.
+
+For each de-identified case (and each case HELD awaiting its referral or an approval) the stage:
+
+1. matches the case's referral (:mod:`gateway.referral.matching`); with none yet, the case waits in
+   HELD(``awaiting_referral``) for up to ``referrals.wait_s``; past that, ``on_timeout: route`` takes the
+   DICOM header's own notes (flagged "no referral") and ``hold`` leaves it HELD(``no_referral``) until a
+   late referral arrives;
+2. with ``referrals.require_approval``, waits in HELD(``awaiting_approval``) until ``notes approve``;
+3. scrubs the notes, detects red flags (each logged by code only) and sets the case's urgency;
+4. builds the notes SR and the Encapsulated PDF in new series of the pseudonymous study, checks both with
+   the outbound guard (a hit quarantines the case, naming the attribute path only), and writes them as
+   outbound objects;
+5. writes the short scrubbed reason into Reason for the Requested Procedure (0040,1002) of every outbound
+   image, and moves the case to NOTES_ATTACHED.
+
+The waiting time counts from ``Study.state_changed_at``; moving into HELD(``awaiting_referral``) happens on
+the first run after de-identification, so the wait is at most one ``routing.poll_s`` longer than configured.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import unicodedata
+from pathlib import Path
+
+import pydicom
+import structlog
+from pydicom.dataset import Dataset
+
+from gateway import cases
+from gateway.config import GatewayConfig
+from gateway.deid.guard import find_leaks
+from gateway.models import (
+    AuditEvent,
+    CaseState,
+    Instance,
+    InstanceState,
+    OutboundObject,
+    Study,
+    StudyIdentity,
+    UidMap,
+    db,
+)
+from gateway.ops import audit
+from gateway.referral.compose import (
+    HEADER_NOTE_KEYWORDS,
+    guard_identifiers,
+    known_identifiers,
+    scrub_header_notes,
+    scrub_referral_notes,
+)
+from gateway.referral.document import Referral
+from gateway.referral.errors import ReferralError
+from gateway.referral.matching import expire_referrals, match_study
+from gateway.referral.notes_pdf import NotesPDFBuilder
+from gateway.referral.notes_sr import EVIDENCE_REQUIRED_ATTRIBUTES, NotesSRBuilder
+from gateway.referral.reason import short_reason
+from gateway.referral.scrub import ScrubbedNotes
+from gateway.scp.spool import Spool
+
+__all__ = ["APPROVAL_ACTION", "AWAITING_APPROVAL", "AWAITING_REFERRAL", "NO_REFERRAL", "NotesStage", "NotesStageError",
+           "is_approved", "load_document"]
+
+log = structlog.get_logger("notes")
+
+AWAITING_REFERRAL = "awaiting_referral"
+AWAITING_APPROVAL = "awaiting_approval"
+NO_REFERRAL = "no_referral"
+APPROVAL_ACTION = "notes_approved"
+_UID_KEYWORDS = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"}
+
+
+class NotesStageError(ReferralError):
+    """A case's notes cannot be built (e.g. it has no de-identified image to use as evidence)."""
+
+
+def load_document(referral_row: object) -> Referral:
+    """The validated referral document stored in a ``models.Referral`` row."""
+    return Referral.model_validate_json(referral_row.document)  # type: ignore[attr-defined]
+
+
+def is_approved(study: Study, referral_row: object | None) -> bool:
+    """Whether a person approved the scrubbed notes of ``study`` (``notes approve``)."""
+    if referral_row is not None and getattr(referral_row, "approved_at", None) is not None:
+        return True
+    return AuditEvent.select().where((AuditEvent.action == APPROVAL_ACTION) & (AuditEvent.study_key == study.key)
+                                     & (AuditEvent.outcome == "success")).exists()
+
+
+def _encode(dataset: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _fits_charset(text: str, dataset: Dataset) -> str:
+    """The reason as the image's character set can hold it (accents folded away unless it is UTF-8)."""
+    charsets = dataset.get("SpecificCharacterSet") or ""
+    charsets = [charsets] if isinstance(charsets, str) else list(charsets)
+    if "ISO_IR 192" in charsets or text.isascii():
+        return text
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+
+
+class NotesStage:
+    """Attach each de-identified case's scrubbed notes (SR + PDF) to its pseudonymous study.
+
+    Args:
+        config: the whole configuration (``referrals`` is read).
+        spool: where originals are read and outbound objects written.
+    """
+
+    name = "notes"
+
+    def __init__(self, config: GatewayConfig, spool: Spool) -> None:
+        if not isinstance(config, GatewayConfig):
+            raise TypeError("config must be a GatewayConfig")
+        if not isinstance(spool, Spool):
+            raise TypeError("spool must be a Spool")
+        self.config = config
+        self.referrals = config.referrals
+        self.spool = spool
+
+    def run_once(self, now: dt.datetime) -> int:
+        """Advance every case waiting for notes; return how many changed state."""
+        expire_referrals(now, self.referrals.wait_s)
+        moved = 0
+        for study in self._cases():
+            try:
+                moved += self._advance(study, now)
+            except Exception as exc:  # noqa: BLE001 - one broken case must not stop the others
+                log.error("notes_failed", case=study.key, error=type(exc).__name__)
+        return moved
+
+    @staticmethod
+    def _cases() -> list[Study]:
+        waiting = (Study.state == CaseState.DEIDENTIFIED) | (
+            (Study.state == CaseState.HELD) & Study.hold_reason.in_([AWAITING_REFERRAL, AWAITING_APPROVAL,
+                                                                     NO_REFERRAL]))
+        return list(Study.select().where(waiting).order_by(Study.state_changed_at))
+
+    def _advance(self, study: Study, now: dt.datetime) -> int:
+        referral_row = match_study(study)
+        document = load_document(referral_row) if referral_row is not None else None
+        if referral_row is None:
+            if study.hold_reason == NO_REFERRAL:
+                return 0  # held after the wait; released only by a referral that arrives late
+            waited_s = (now - study.state_changed_at).total_seconds()
+            if waited_s < self.referrals.wait_s:
+                return self._hold(study, AWAITING_REFERRAL)
+            log.info("referral_wait_timeout", case=study.key, reason=self.referrals.on_timeout)
+            if self.referrals.on_timeout == "hold":
+                return self._hold(study, NO_REFERRAL)
+        if self.referrals.require_approval and not is_approved(study, referral_row):
+            return self._hold(study, AWAITING_APPROVAL)
+        return self._attach(study, document)
+
+    @staticmethod
+    def _hold(study: Study, reason: str) -> int:
+        """Put the case in HELD(``reason``); 0 when it already is there."""
+        if study.state == CaseState.HELD:
+            if study.hold_reason == reason:
+                return 0
+            # HELD → HELD is not a transition; changing the reason goes through DEIDENTIFIED.
+            if not cases.move(study, CaseState.DEIDENTIFIED, reason="hold_reason_changed"):
+                return 0
+        return int(cases.move(study, CaseState.HELD, reason=reason))
+
+    # --- building and attaching the notes ---
+
+    def notes_for(self, study: Study, document: Referral | None) -> ScrubbedNotes:
+        """The scrubbed notes of ``study``: from its referral, else from the original DICOM header."""
+        identity = StudyIdentity.get_or_none(StudyIdentity.study == study.id)
+        if identity is None:
+            raise NotesStageError("the case has no de-identification identity")
+        known = known_identifiers(identity, document)
+        if document is not None:
+            return scrub_referral_notes(document, known, identity.date_offset_days)
+        return scrub_header_notes(self.header_notes(study), known, identity.date_offset_days)
+
+    def header_notes(self, study: Study) -> dict[str, str]:
+        """The DICOM header's own notes, read from one original instance of ``study`` (PHI)."""
+        instance = (Instance.select().where((Instance.study == study.id)
+                                            & (Instance.state != InstanceState.QUARANTINED))
+                    .order_by(Instance.id).first())
+        if instance is None:
+            return {}
+        dataset = pydicom.dcmread(self.spool.absolute(instance.spool_path), stop_before_pixels=True,
+                                  specific_tags=[*HEADER_NOTE_KEYWORDS, "SpecificCharacterSet"])
+        return {keyword: str(dataset.get(keyword) or "") for keyword in HEADER_NOTE_KEYWORDS}
+
+    def _outbound_path(self, row: OutboundObject) -> Path:
+        path = Path(row.spool_path)
+        return path if path.is_absolute() else self.spool.absolute(row.spool_path)
+
+    def _evidence(self, images: list[OutboundObject]) -> Dataset:
+        if not images:
+            raise NotesStageError("the case has no de-identified image to use as evidence")
+        evidence = pydicom.dcmread(self._outbound_path(images[0]), stop_before_pixels=True)
+        for keyword in EVIDENCE_REQUIRED_ATTRIBUTES:
+            if keyword not in evidence and keyword not in _UID_KEYWORDS:
+                setattr(evidence, keyword, "")  # type 2 in the SR: empty is valid
+        return evidence
+
+    def _attach(self, study: Study, document: Referral | None) -> int:
+        notes = self.notes_for(study, document)
+        for flag in notes.flags:
+            status = "declared" if flag.declared and not flag.detected else (
+                "detected" if not flag.declared else "declared_and_detected")
+            log.info("red_flag", case=study.key, reason=flag.code.value, status=status)
+        images = list(OutboundObject.select().where((OutboundObject.study == study.id)
+                                                    & (OutboundObject.kind == "image")).order_by(OutboundObject.id))
+        evidence = self._evidence(images)
+        built = {"notes_sr": NotesSRBuilder(evidence, notes).build(),
+                 "notes_pdf": NotesPDFBuilder(evidence, notes).build()}
+        identity = StudyIdentity.get(StudyIdentity.study == study.id)
+        original_uids = [study.study_uid, *(m.original_uid for m in UidMap.select().where(UidMap.study == study.id))]
+        identifiers = guard_identifiers(identity, document, original_uids)
+        for kind, dataset in built.items():
+            leaks = find_leaks(dataset, identifiers)
+            if leaks:
+                return self._quarantine(study, f"{kind}:{leaks[0].path}")
+        reason = short_reason(notes)
+        with db.atomic():
+            self._replace_notes_objects(study, built)
+            for image in images:
+                self._write_reason(study, image, reason)
+            moved = cases.move(study, CaseState.NOTES_ATTACHED,
+                               reason="referral" if document is not None else NO_REFERRAL,
+                               urgency=notes.urgency.value)
+        if moved:
+            audit.record("notes_attached", actor_ae=None, actor_host=None, study_key=study.key,
+                         detail=f"{'referral' if document is not None else 'no referral'}; "
+                                f"{len(notes.flags)} red flag(s); urgency {notes.urgency.value}")
+        return int(moved)
+
+    def _quarantine(self, study: Study, where: str) -> int:
+        moved = cases.move(study, CaseState.QUARANTINED, reason=f"notes_leak {where}"[:64])
+        if moved:
+            audit.record("quarantined", actor_ae=None, actor_host=None, study_key=study.key, outcome="refused",
+                         detail=f"outbound guard hit in {where}")
+        return int(moved)
+
+    def _replace_notes_objects(self, study: Study, built: dict[str, Dataset]) -> None:
+        stale = list(OutboundObject.select().where((OutboundObject.study == study.id)
+                                                   & OutboundObject.kind.in_(list(built))))
+        for row in stale:
+            self._outbound_path(row).unlink(missing_ok=True)
+            row.delete_instance()
+        for kind, dataset in built.items():
+            data = _encode(dataset)
+            path = self.spool.write_outbound(study.key, f"{dataset.SOPInstanceUID}.dcm", data)
+            OutboundObject.create(study=study.id, instance=None, kind=kind,
+                                  sop_instance_uid=str(dataset.SOPInstanceUID),
+                                  sop_class_uid=str(dataset.SOPClassUID),
+                                  transfer_syntax=str(dataset.file_meta.TransferSyntaxUID),
+                                  spool_path=self.spool.relative(path),
+                                  sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
+    def _write_reason(self, study: Study, image: OutboundObject, reason: str) -> None:
+        """Set (0040,1002) in one outbound image, rewriting the file atomically; pixel bytes stay as they are."""
+        path = self._outbound_path(image)
+        dataset = pydicom.dcmread(path)
+        dataset.ReasonForTheRequestedProcedure = _fits_charset(reason, dataset)
+        data = _encode(dataset)
+        self.spool.write_outbound(study.key, path.name, data)
+        image.sha256, image.size = hashlib.sha256(data).hexdigest(), len(data)
+        image.save()

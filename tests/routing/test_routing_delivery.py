@@ -1,0 +1,209 @@
+"""Delivery to real reviewers (DCMTK storescp, Orthanc): ledger, retries, restart after kill -9, transcoding."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
+from structlog.testing import capture_logs
+
+from gateway.config import GatewayConfig
+from gateway.models import CaseState, Delivery, OutboundObject, Study, utcnow
+from gateway.routing.deliver import DeliveryStage, backoff_s, retry_case
+from routing_db import add_outbound, make_case, open_db
+from support.dicomfiles import dataset_bytes, sop_instance_uid
+from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc, free_port, wait_until
+
+
+def _config(tmp_path: Path, port: int, ae_title: str, **retry) -> GatewayConfig:
+    return GatewayConfig.model_validate({
+        "node": {"ae_title": "SPINEGW"},
+        "storage": {"spool_dir": str(tmp_path / "spool"), "database": f"sqlite:///{tmp_path}/gw.db"},
+        "sources": [{"name": "st-marys", "ae_title": "STMARYS_PACS"}],
+        "reviewers": [{"name": "dr-a", "ae_title": ae_title, "host": "127.0.0.1", "port": port}],
+        "routing": {"retry": {"max_attempts": 12, "initial_s": 0.2, "max_s": 1.0, **retry}},
+    })
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = open_db(f"sqlite:///{tmp_path}/gw.db")
+    with database.connection_context():
+        yield database
+
+
+@pytest.fixture
+def storescp(tmp_path):
+    scp = DcmtkStoreSCP(tmp_path / "storescp", ae_title="REVIEW_A").start()
+    yield scp
+    scp.stop()
+
+
+@pytest.fixture
+def orthanc(tmp_path):
+    server = Orthanc(tmp_path / "orthanc", "REVIEW_A").start()
+    yield server
+    server.stop()
+
+
+def _orthanc_instances(orthanc: Orthanc) -> int:
+    return sum(len(orthanc.get(f"/studies/{sid}/instances")) for sid in orthanc.get("/studies"))
+
+
+def _received(scp: DcmtkStoreSCP) -> list[Path]:
+    return sorted(p for p in scp.out_dir.iterdir() if p.is_file())
+
+
+def test_delivered_to_storescp_undecoded_with_a_ledger_row_each(tmp_path, db, storescp, small_study):
+    config = _config(tmp_path, storescp.port, "REVIEW_A")
+    study = make_case(CaseState.ASSIGNED, reviewer="dr-a")
+    add_outbound(study, config.storage.spool_dir, small_study)
+    with capture_logs() as logs:
+        assert DeliveryStage(config).run_once(utcnow()) == 1
+    assert Study.get_by_id(study.id).state == CaseState.DELIVERED
+    received = {sop_instance_uid(p): dataset_bytes(p) for p in _received(storescp)}
+    assert received == {sop_instance_uid(p): dataset_bytes(p) for p in small_study}, "bytes sent as stored"
+    assert [d.state for d in Delivery.select()] == ["sent"] * len(small_study)
+    assert all(d.destination == "reviewer:dr-a" and d.last_status == 0 for d in Delivery.select())
+    attempt, = [e for e in logs if e["event"] == "delivery_attempt"]
+    assert attempt["status"] == "delivered" and attempt["instances"] == len(small_study) and attempt["attempt"] == 1
+
+
+def test_late_object_is_sent_alone_after_delivery(tmp_path, db, storescp, small_study):
+    config = _config(tmp_path, storescp.port, "REVIEW_A")
+    study = make_case(CaseState.ASSIGNED, reviewer="dr-a")
+    add_outbound(study, config.storage.spool_dir, small_study[:-1])
+    stage = DeliveryStage(config)
+    stage.run_once(utcnow())
+    assert Study.get_by_id(study.id).state == CaseState.DELIVERED
+    assert stage.run_once(utcnow()) == 0, "nothing missing, nothing sent"
+    add_outbound(Study.get_by_id(study.id), config.storage.spool_dir, small_study[-1:])
+    with capture_logs() as logs:
+        stage.run_once(utcnow())
+    assert Study.get_by_id(study.id).state == CaseState.DELIVERED
+    assert [e["instances"] for e in logs if e["event"] == "delivery_attempt"] == [1]
+    assert all(d.attempts == 1 for d in Delivery.select())
+    assert len(_received(storescp)) == len(small_study)
+
+
+def test_reviewer_down_then_up_delivered_once_after_retries(tmp_path, db, small_study):
+    orthanc = Orthanc(tmp_path / "orthanc", "REVIEW_A")  # not started yet: the reviewer is down
+    config = _config(tmp_path, orthanc.dicom_port, "REVIEW_A")
+    study = make_case(CaseState.ASSIGNED, reviewer="dr-a")
+    add_outbound(study, config.storage.spool_dir, small_study)
+    stage = DeliveryStage(config)
+    with capture_logs() as logs:
+        stage.run_once(utcnow())
+        row = Study.get_by_id(study.id)
+        assert row.state == CaseState.DELIVERING and row.delivery_attempts == 1 and row.next_attempt_at > utcnow()
+        assert stage.run_once(utcnow()) == 0 and not stage.due(utcnow()), "not before its retry time"
+        wait_until(lambda: stage.run_once(utcnow()) or Study.get_by_id(study.id).delivery_attempts >= 3, 20,
+                   "a third failed attempt")
+        orthanc.start()
+        try:
+            wait_until(lambda: stage.run_once(utcnow()) and Study.get_by_id(study.id).state == CaseState.DELIVERED,
+                       30, "the delivery once the reviewer is back")
+            assert _orthanc_instances(orthanc) == len(small_study)
+            assert len(orthanc.get("/studies")) == 1
+        finally:
+            orthanc.stop()
+    attempts = [e for e in logs if e["event"] == "delivery_attempt"]
+    assert [e["status"] for e in attempts][-1] == "delivered" and len(attempts) >= 4
+    assert all(e["status"] == "no_association" for e in attempts[:-1])
+    assert [e["attempt"] for e in attempts] == list(range(1, len(attempts) + 1))
+    assert all(d.state == "sent" and d.attempts == 1 for d in Delivery.select())
+
+
+def test_after_max_attempts_failed_with_an_alert_then_retry_resends(tmp_path, db, small_study, orthanc):
+    config = _config(tmp_path, free_port(), "REVIEW_A", max_attempts=2)
+    study = make_case(CaseState.ASSIGNED, reviewer="dr-a")
+    add_outbound(study, config.storage.spool_dir, small_study[:2])
+    stage = DeliveryStage(config)
+    with capture_logs() as logs:
+        wait_until(lambda: stage.run_once(utcnow()) and Study.get_by_id(study.id).state == CaseState.FAILED, 20,
+                   "the case to fail")
+    alert, = [e for e in logs if e["event"] == "delivery_failed"]
+    assert alert["log_level"] == "error" and alert["case"] == study.key and alert["attempt"] == 2
+    assert retry_case(Study.get_by_id(study.id))
+    assert Study.get_by_id(study.id).state == CaseState.DELIVERING and Study.get_by_id(study.id).delivery_attempts == 0
+    stage = DeliveryStage(_config(tmp_path, orthanc.dicom_port, "REVIEW_A"))  # the reviewer's address fixed
+    stage.run_once(utcnow())
+    assert Study.get_by_id(study.id).state == CaseState.DELIVERED and _orthanc_instances(orthanc) == 2
+    assert not retry_case(Study.get_by_id(study.id)), "only a failed case can be retried"
+
+
+def test_backoff_grows_with_jitter_and_is_capped(tmp_path):
+    retry = _config(tmp_path, 104, "X", initial_s=5, max_s=600).routing.retry
+    waits = [backoff_s(retry, n) for n in range(1, 12)]
+    for n, wait in enumerate(waits, 1):
+        ceiling = min(600, 5 * 2 ** (n - 1))
+        assert ceiling / 2 <= wait <= ceiling
+    assert len({round(backoff_s(retry, 3), 6) for _ in range(20)}) > 1, "jitter"
+
+
+@pytest.mark.parametrize("syntax", [JPEG2000Lossless, JPEGLSLossless], ids=["j2k", "jpegls"])
+def test_explicit_little_endian_only_destination_gets_transcoded_pixels(tmp_path, db, small_study, syntax):
+    compressed = []
+    for path in small_study[:3]:
+        ds = pydicom.dcmread(path)
+        ds.compress(syntax)
+        out = tmp_path / "compressed" / path.name
+        out.parent.mkdir(exist_ok=True)
+        ds.save_as(out, enforce_file_format=True)
+        compressed.append(out)
+    scp = DcmtkStoreSCP(tmp_path / "storescp", ae_title="REVIEW_A", extra_args=["+xe"]).start()
+    try:
+        config = _config(tmp_path, scp.port, "REVIEW_A")
+        study = make_case(CaseState.ASSIGNED, reviewer="dr-a")
+        add_outbound(study, config.storage.spool_dir, compressed)
+        DeliveryStage(config).run_once(utcnow())
+        assert Study.get_by_id(study.id).state == CaseState.DELIVERED
+        received = {sop_instance_uid(p): pydicom.dcmread(p) for p in _received(scp)}
+    finally:
+        scp.stop()
+    assert len(received) == len(compressed)
+    for path in compressed:
+        original = pydicom.dcmread(path)
+        copy = received[original.SOPInstanceUID]
+        assert copy.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert np.array_equal(copy.pixel_array, original.pixel_array)
+
+
+def test_kill_9_mid_delivery_then_restart_completes_without_duplicates(tmp_path, big_study):
+    orthanc = Orthanc(tmp_path / "orthanc", "REVIEW_A").start()
+    url = f"sqlite:///{tmp_path}/gw.db"
+    node = GatewayProcess(tmp_path / "gw", url, reviewers=[
+        {"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": orthanc.dicom_port}],
+        extra={"routing": {"poll_s": 0.2, "stable_after_s": 0.5, "retry": {"initial_s": 0.2, "max_s": 1.0,
+                                                                             "max_attempts": 12}}})
+    database = open_db(url)
+    with database.connection_context():
+        study = make_case(CaseState.ASSIGNED, reviewer="dr-a")
+        add_outbound(study, node.spool_dir, big_study)
+    database.close()
+
+    def sent() -> int:
+        with database.connection_context():
+            return Delivery.select().where(Delivery.state == "sent").count()
+
+    try:
+        node.start()
+        wait_until(lambda: sent() >= 20, 60, "part of the study to be delivered")
+        node.kill()
+        part = sent()
+        assert part < len(big_study), "killed mid-delivery"
+        node.start()
+        wait_until(lambda: sent() == len(big_study), 120, "the rest of the study after the restart")
+        with database.connection_context():
+            wait_until(lambda: Study.get_by_id(study.id).state == CaseState.DELIVERED, 30, "the case delivered")
+        assert _orthanc_instances(orthanc) == len(big_study)
+        assert len(orthanc.get("/studies")) == 1
+        events = [e for e in node.log_events() if e["event"] == "delivery_attempt"]
+        assert events[-1]["status"] == "delivered" and events[-1]["instances"] <= len(big_study) - part + 1
+    finally:
+        node.stop()
+        orthanc.stop()
