@@ -1,11 +1,23 @@
-"""The case state machine: which transitions are legal, and the one function that makes them.
+"""The case state machine: which transitions are legal, the one function that makes them, and claims.
 
 Every transition is a conditional UPDATE (``WHERE state = <from>``), so two nodes or two jobs can never
 both move the same case, and it is one log event. Stages find their work by state and leave it in the
 next state: this module is how they hand over, never by calling each other.
+
+Several nodes may share one database. Before working on a case, a stage *claims* it: a lease written with a
+compare-and-set UPDATE (``claimed_by``/``claimed_until``, taken only when free, expired or already ours),
+renewed while the work goes on and released at the end. A node that dies loses its leases when they expire
+and another node picks its cases up. The node's identity is stable across restarts (host and DICOM port), so
+a restarted node takes its own cases back at once.
 """
 
 from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import socket
+from collections.abc import Iterator
 
 import structlog
 
@@ -70,3 +82,59 @@ def move(study: Study, target: str, *, reason: str | None = None, **fields: obje
     log.info("case_state_changed", case=study.key, state=target, reason=reason,
              source=study.source.name if study.source_id else None)
     return True
+
+
+LEASE = dt.timedelta(seconds=120)
+_node_id = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def set_node_identity(name: str, lease_s: float | None = None) -> None:
+    """Name this process for claims (the node does it at start: ``<host>-<DICOM port>``) and set the lease."""
+    global _node_id, LEASE
+    _node_id = name[:64]
+    if lease_s is not None:
+        LEASE = dt.timedelta(seconds=lease_s)
+
+
+def node_identity() -> str:
+    return _node_id
+
+
+def claim(study: Study, lease: dt.timedelta | None = None) -> bool:
+    """Take (or renew) the lease on ``study``; False when another live node holds it."""
+    now, lease = utcnow(), lease or LEASE
+    free = Study.claimed_until.is_null() | (Study.claimed_until < now) | (Study.claimed_by == _node_id)
+    return Study.update(claimed_by=_node_id, claimed_until=now + lease).where(
+        (Study.id == study.id) & free).execute() == 1
+
+
+def renew(study: Study, lease: dt.timedelta | None = None) -> bool:
+    """Extend our lease; False when it was lost (expired and taken by another node): stop working then."""
+    return Study.update(claimed_until=utcnow() + (lease or LEASE)).where(
+        (Study.id == study.id) & (Study.claimed_by == _node_id)).execute() == 1
+
+
+def release(study: Study) -> None:
+    Study.update(claimed_by=None, claimed_until=None).where(
+        (Study.id == study.id) & (Study.claimed_by == _node_id)).execute()
+
+
+def release_all_of_this_node() -> int:
+    """At start-up: leases this node held before it stopped are void."""
+    return Study.update(claimed_by=None, claimed_until=None).where(Study.claimed_by == _node_id).execute()
+
+
+@contextlib.contextmanager
+def claimed(study: Study, *states: str) -> Iterator[bool]:
+    """``with claimed(study, <states>) as mine:`` work on the case only if ``mine``: the lease is ours and the
+    case is still in one of ``states`` (another node may have moved it since it was selected). The lease is
+    released afterwards."""
+    mine = claim(study)
+    try:
+        if mine and states:
+            current = Study.select(Study.state).where(Study.id == study.id).scalar()
+            mine = current in states
+            study.state = current
+        yield mine
+    finally:
+        release(study)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 
 import structlog
 
-from gateway import __version__
+from gateway import __version__, cases
 from gateway.config import GatewayConfig
 from gateway.deid.secret import load_or_create_secret
 from gateway.deid.stage import DeidStage
@@ -39,7 +40,8 @@ class GatewayNode:
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        self.spool = Spool(config.storage.spool_dir, config.storage.min_free_bytes)
+        self.identity = f"{socket.gethostname()}-{config.node.port}"
+        self.spool = Spool(config.storage.spool_dir, config.storage.min_free_bytes, node_tag=self.identity)
         self.server = None
         self.http: HttpServer | None = None
         self.hl7 = None  # the MLLP listener (gateway.referral.mllp) when hl7.enabled
@@ -50,6 +52,9 @@ class GatewayNode:
     def start(self) -> None:
         open_database(self.config.storage.database, max_connections=self.config.node.max_associations + 8)
         sync_sources([(s.name, s.ae_title) for s in self.config.sources])
+        cases.set_node_identity(self.identity, self.config.routing.claim_lease_s)
+        with db.connection_context():
+            cases.release_all_of_this_node()
         with db.connection_context():
             source_ids = {row.ae_title: row.id for row in Source.select()}
         removed = self.spool.prepare()

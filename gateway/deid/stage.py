@@ -68,7 +68,10 @@ class DeidStage:
     def run_once(self, now: dt.datetime) -> int:
         ready = (Study.select().where(Study.state == CaseState.COMPLETE)
                  .order_by(Study.urgency.desc(), Study.state_changed_at).limit(BATCH))
-        moved = sum(self.deidentify_case(study) for study in ready)
+        moved = 0
+        for study in ready:
+            with cases.claimed(study, CaseState.COMPLETE) as mine:
+                moved += mine and self.deidentify_case(study)
         self.deidentify_late_instances()
         return moved
 
@@ -77,7 +80,9 @@ class DeidStage:
         instances = self._latest_stored(study)
         done = quarantined = 0
         try:
-            for instance in instances:
+            for number, instance in enumerate(instances, 1):
+                if number % 50 == 0 and not cases.renew(study):
+                    return False  # the lease was lost: another node carries on
                 if self._deidentify_instance(study, instance):
                     done += 1
                 else:
@@ -100,17 +105,26 @@ class DeidStage:
         return cases.move(study, CaseState.DEIDENTIFIED, reason="deidentified", pseudo_study_uid=pseudo_study_uid)
 
     def deidentify_late_instances(self) -> int:
-        late = (Instance.select(Instance, Study).join(Study)
-                .where((Instance.state == InstanceState.STORED) & (Study.state.in_(_PAST_DEID))))
+        """Instances stored after their case was de-identified join its outbound set."""
+        studies = (Study.select().join(Instance)
+                   .where((Instance.state == InstanceState.STORED) & (Study.state.in_(_PAST_DEID))).distinct())
         count = 0
-        for instance in late:
+        for study in studies:
+            with cases.claimed(study, *_PAST_DEID) as mine:
+                if mine:
+                    count += self._deidentify_late(study)
+        return count
+
+    def _deidentify_late(self, study: Study) -> int:
+        count = 0
+        for instance in self._latest_stored(study):
             try:
-                count += self._deidentify_instance(instance.study, instance)
+                count += self._deidentify_instance(study, instance)
             except LeakFound as leak:
-                log.error("outbound_leak", case=instance.study.key, path=str(leak), reason="identifier_found")
+                log.error("outbound_leak", case=study.key, path=str(leak), reason="identifier_found")
                 Instance.update(state=InstanceState.QUARANTINED).where(Instance.id == instance.id).execute()
                 continue
-            log.info("late_instance_deidentified", case=instance.study.key, state=instance.study.state)
+            log.info("late_instance_deidentified", case=study.key, state=study.state)
         return count
 
     def _latest_stored(self, study: Study) -> list[Instance]:

@@ -129,10 +129,13 @@ class NotesStage:
         expire_referrals(now, self.referrals.wait_s)
         moved = 0
         for study in self._cases():
-            try:
-                moved += self._advance(study, now)
-            except Exception as exc:  # noqa: BLE001 - one broken case must not stop the others
-                log.error("notes_failed", case=study.key, error=type(exc).__name__)
+            with cases.claimed(study, CaseState.DEIDENTIFIED, CaseState.HELD) as mine:
+                if not mine:
+                    continue
+                try:
+                    moved += self._advance(study, now)
+                except Exception as exc:  # noqa: BLE001 - one broken case must not stop the others
+                    log.error("notes_failed", case=study.key, error=type(exc).__name__)
         return moved
 
     @staticmethod

@@ -181,14 +181,17 @@ class AssignmentStage:
         load, recent, down = open_cases(), last_assigned(), unhealthy_peers()
         moved = 0
         for study, needs in pending:
-            choice = self.pool.choose(needs, now, load, recent, down)
-            if choice is None:
-                moved += self._hold(study)
-                continue
-            if self._assign(study, choice, needs, now):
-                load[choice.reviewer.name] = load.get(choice.reviewer.name, 0) + 1
-                recent[choice.reviewer.name] = utcnow()  # strictly later than every earlier assignment
-                moved += 1
+            with cases.claimed(study, CaseState.NOTES_ATTACHED, CaseState.HELD) as mine:
+                if not mine:
+                    continue
+                choice = self.pool.choose(needs, now, load, recent, down)
+                if choice is None:
+                    moved += self._hold(study)
+                    continue
+                if self._assign(study, choice, needs, now):
+                    load[choice.reviewer.name] = load.get(choice.reviewer.name, 0) + 1
+                    recent[choice.reviewer.name] = utcnow()  # strictly later than every earlier assignment
+                    moved += 1
         return moved
 
     def _hold(self, study: Study) -> int:

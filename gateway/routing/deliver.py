@@ -98,7 +98,11 @@ class DeliveryStage:
         return list(Study.select().where(Study.id.in_(ids)))
 
     def run_once(self, now: dt.datetime) -> int:
-        return sum(self.deliver(study) for study in self.due(now))
+        moved = 0
+        for study in self.due(now):
+            with cases.claimed(study, CaseState.ASSIGNED, CaseState.DELIVERING, CaseState.DELIVERED) as mine:
+                moved += mine and self.deliver(study)
+        return moved
 
     def deliver(self, study: Study) -> bool:
         """One attempt for ``study``; True when the case changed state."""
@@ -172,9 +176,11 @@ class DeliveryStage:
             return AttemptResult("no_association", remaining=len(pending))
         sent = 0
         try:
-            for outbound in pending:
+            for number, outbound in enumerate(pending, 1):
                 if not assoc.is_established:
                     break
+                if number % 20 == 0 and not cases.renew(Study(id=outbound.study_id)):
+                    break  # our lease on the case was lost: another node carries on, never both
                 if self._store(assoc, outbound, destination):
                     sent += 1
         finally:

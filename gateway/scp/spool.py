@@ -5,7 +5,7 @@ Layout under ``storage.spool_dir``::
     objects/ab/<sha256 of the dataset bytes>.dcm   originals, content-addressed (a resend is stored once)
     outbound/<case key>/<pseudonymous UID>.dcm      de-identified objects ready to leave
     quarantine/<date>/<random>.dcm                  refused data kept for diagnosis
-    tmp/                                            files being written; emptied at start-up
+    tmp/<node>/                                     files being written, per node; emptied at start-up
 
 A write goes to ``tmp/``, is fsynced, renamed into place, and the directory is fsynced, so a file under
 ``objects/`` is always complete: a kill -9 at any moment leaves at worst a stray file in ``tmp/``.
@@ -16,33 +16,45 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import shutil
+import time
 from pathlib import Path
 
 from gateway.errors import OutOfResources, SpoolError
 from gateway.models import utcnow
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+STALE_TMP_S = 3600
 
 
 class Spool:
     """Content-addressed, crash-safe storage for received DICOM files."""
 
-    def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
+    def __init__(self, root: Path, min_free_bytes: int = 0, node_tag: str = "local") -> None:
         self.root = Path(root)
         self.min_free_bytes = min_free_bytes
+        self.node_tag = re.sub(r"[^A-Za-z0-9_.-]", "_", node_tag) or "local"
         self.objects = self.root / "objects"
         self.quarantine_dir = self.root / "quarantine"
         self.outbound = self.root / "outbound"
-        self.tmp = self.root / "tmp"
+        self.tmp_root = self.root / "tmp"
+        self.tmp = self.tmp_root / self.node_tag  # per node: several nodes may share one spool
         self._known_dirs: set[Path] = set()
 
     def prepare(self) -> int:
-        """Create the layout and remove half-written files left by a crash; return how many were removed."""
+        """Create the layout and remove half-written files left by a crash; return how many were removed.
+
+        Our own ``tmp/<node>/`` is emptied; another node's half-written files are removed only when older than
+        an hour (that node is gone: a live one renames its files within seconds).
+        """
         for directory in (self.root, self.objects, self.quarantine_dir, self.outbound, self.tmp):
             directory.mkdir(parents=True, exist_ok=True)
-        stale = list(self.tmp.iterdir())
+        cutoff = time.time() - STALE_TMP_S
+        stale = [p for p in self.tmp.iterdir()]
+        stale += [p for d in self.tmp_root.iterdir() if d.is_dir() and d != self.tmp
+                  for p in d.iterdir() if p.stat().st_mtime < cutoff]
         for leftover in stale:
             leftover.unlink(missing_ok=True)
         return len(stale)

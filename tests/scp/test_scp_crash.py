@@ -33,7 +33,8 @@ def test_kill_9_mid_transfer_keeps_every_acknowledged_instance(tmp_path, databas
 
     node.start()  # same config, same database, same spool
     try:
-        assert list((node.spool_dir / "tmp").iterdir()) == [], "half-written files survived the restart"
+        assert [p for d in (node.spool_dir / "tmp").iterdir() for p in d.iterdir()] == [], \
+            "half-written files survived the restart"
         spool = spool_index(node.spool_dir)  # also checks every file's content against its name
         rows = instances_in_db(database_url)
         for path in acknowledged:
