@@ -16,6 +16,7 @@ from gateway import __version__
 from gateway.config import CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH, GatewayConfig, load_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.referral.commands import add_referral_commands
+from gateway.reports.commands import add_report_commands
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -85,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo_study, needs_config=False)
     add_referral_commands(commands)
+    add_report_commands(commands)
     return parser
 
 

@@ -322,6 +322,9 @@ def make_database(url: str, max_connections: int = 32) -> peewee.Database:
             stale_timeout=300,
             timeout=30,
             check_same_thread=False,
+            # BEGIN IMMEDIATE: a transaction that reads and then writes must not fail at once with
+            # SQLITE_BUSY when another connection committed in between (the busy timeout does not apply then).
+            lock_type="IMMEDIATE",
             pragmas={
                 "journal_mode": "wal",
                 "synchronous": "full",  # a committed row survives power loss, not only a crash

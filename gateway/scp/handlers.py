@@ -5,7 +5,9 @@ Statuses answered to C-STORE:
     0xA700  out of resources: disk full, free space under the floor, database unavailable
     0xA900  the dataset's SOP Class/Instance UID contradicts the request or its presentation context
     0xC000  cannot understand: undecodable dataset, or missing/invalid Study, Series or SOP Instance UID
-    0x0124  refused, not authorized: the caller may not store this here
+    0x0124  refused, not authorized: the caller may not store this here (a reviewer may store only its report
+            for a case assigned to it; a source may not store a report into a pseudonymous study: see
+            ``gateway.reports.intake``)
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import time
 import weakref
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import structlog
 from pydicom.dataset import Dataset
@@ -52,12 +55,22 @@ def _status(code: int, comment: str = "") -> Dataset:
     return rsp
 
 
-class ScpHandlers:
-    """Binds the SCP's events to the association policy and the instance receiver."""
+class ReportGate(Protocol):
+    """What the SCP needs of the report intake (``gateway.reports.intake.ReportIntake``)."""
 
-    def __init__(self, policy: AssociationPolicy, receiver: InstanceReceiver) -> None:
+    def receive(self, received: ReceivedInstance, reviewer: str) -> Any: ...
+
+    def check_source_upload(self, received: ReceivedInstance) -> None: ...
+
+
+class ScpHandlers:
+    """Binds the SCP's events to the association policy, the instance receiver and the report intake."""
+
+    def __init__(self, policy: AssociationPolicy, receiver: InstanceReceiver,
+                 reports: ReportGate | None = None) -> None:
         self.policy = policy
         self.receiver = receiver
+        self.reports = reports
         self._associations: weakref.WeakKeyDictionary[Association, AssociationStats] = weakref.WeakKeyDictionary()
 
     def bindings(self) -> list[tuple]:
@@ -115,10 +128,13 @@ class ScpHandlers:
         try:
             part10, received = self._received(event, stats)
             if stats.caller.role != "source":
-                raise InvalidInstance("reviewer_may_not_store_studies", status.NOT_AUTHORIZED)
+                return self._report(stats, received, started)
+            if self.reports is not None:
+                self.reports.check_source_upload(received)
             result = self.receiver.receive(received, stats.cache)
         except InvalidInstance as refusal:
-            return self._refuse(stats, part10, refusal.status, refusal.reason, refusal.detail, started)
+            return self._refuse(stats, part10, refusal.status, refusal.reason, refusal.detail, started,
+                                getattr(refusal, "event", "instance_refused"), getattr(refusal, "study_key", None))
         except OutOfResources as exc:
             return self._fail(stats, status.OUT_OF_RESOURCES, "out_of_resources", str(exc), started)
         except SpoolError as exc:
@@ -131,6 +147,20 @@ class ScpHandlers:
         log.info("instance_duplicate" if result.duplicate else "instance_stored", study=result.study_key,
                  source=stats.caller.name, status=status.SUCCESS, version=result.version, bytes=len(part10),
                  sop_class=received.context_sop_class, duration_ms=elapsed_ms(started))
+        return _status(status.SUCCESS)
+
+    def _report(self, stats: AssociationStats, received: ReceivedInstance, started: float) -> Dataset:
+        """A reviewer's C-STORE: its report, through the report intake (which raises to refuse)."""
+        if self.reports is None:
+            raise InvalidInstance("reviewer_may_not_store_studies", status.NOT_AUTHORIZED)
+        receipt = self.reports.receive(received, stats.caller.name)
+        stats.instances += 1
+        log.info("report_received", study=receipt.study_key, reviewer=stats.caller.name, status=status.SUCCESS,
+                 sop_class=received.context_sop_class, reason="duplicate" if receipt.duplicate else None,
+                 duration_ms=elapsed_ms(started))
+        if not receipt.duplicate:
+            self._audit("report_received", stats.caller.ae_title, stats.peer, receipt.study_key, "success",
+                        f"{received.context_sop_class} from reviewer {stats.caller.name}")
         return _status(status.SUCCESS)
 
     @staticmethod
@@ -150,8 +180,8 @@ class ScpHandlers:
         )
 
     def _refuse(self, stats: AssociationStats, part10: bytes, code: int, reason: str, detail: str,
-                started: float) -> Dataset:
-        """Answer a refusal, keep the bytes in quarantine, record why."""
+                started: float, event: str = "instance_refused", study_key: str | None = None) -> Dataset:
+        """Answer a refusal, keep the bytes in quarantine, record why (logged and audited as ``event``)."""
         stats.failures += 1
         path = self.receiver.spool.quarantine(part10) if part10 else None
         try:
@@ -162,10 +192,10 @@ class ScpHandlers:
                     spool_path=self.receiver.spool.relative(path) if path and path.name else None)
         except Exception:  # noqa: BLE001 - the refusal must still be answered and logged
             log.error("quarantine_record_failed", reason=reason, source=stats.caller.name)
-        log.warning("instance_refused", source=stats.caller.name, status=code, reason=reason,
+        log.warning(event, source=stats.caller.name, study=study_key, status=code, reason=reason,
                     duration_ms=elapsed_ms(started))
         metrics.record_instance("refused", len(part10), time.perf_counter() - started)
-        self._audit("instance_refused", stats.caller.ae_title, stats.peer, None, "refused", reason)
+        self._audit(event, stats.caller.ae_title, stats.peer, study_key, "refused", reason)
         return _status(code, reason)
 
     @staticmethod

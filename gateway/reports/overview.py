@@ -1,0 +1,57 @@
+"""The reports part of ``spine-gateway status``: reports received and home, and the turnaround.
+
+Turnaround is, per case, the time from its first received instance (``Study.first_received_at``) to its report
+stored by the source (``Study.report_delivered_at``). Cases appear by their random key only.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import peewee
+
+from gateway.models import ReportObject, Study
+
+RECENT = 10
+
+
+def reports_snapshot() -> dict[str, Any]:
+    """Counts of report objects by state, and turnaround figures over every case whose report is home."""
+    objects = dict(ReportObject.select(ReportObject.state, peewee.fn.COUNT(ReportObject.id))
+                   .group_by(ReportObject.state).tuples())
+    rows = list(Study.select(Study.key, Study.first_received_at, Study.report_delivered_at)
+                .where(Study.report_delivered_at.is_null(False))
+                .order_by(Study.report_delivered_at.desc()).tuples())
+    seconds = [max((home - first).total_seconds(), 0.0) for _, first, home in rows]
+    turnaround = {"cases": len(seconds), "median_s": None, "max_s": None}
+    if seconds:
+        turnaround.update(median_s=round(statistics.median(seconds), 1), max_s=round(max(seconds), 1))
+    recent = [{"case": key, "turnaround_s": round(value, 1), "report_delivered_at": home.isoformat() + "Z"}
+              for (key, _, home), value in zip(rows[:RECENT], seconds[:RECENT])]
+    return {"report_objects_by_state": objects, "turnaround": turnaround, "recent_reports": recent}
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def render_reports(snapshot: dict[str, Any], console: Any) -> None:
+    """One table: the most recent reports home, with their turnaround; a summary line above it."""
+    from rich.table import Table
+
+    reports = snapshot.get("reports")
+    if not reports:
+        return
+    turnaround = reports["turnaround"]
+    console.print(f"reports home: {turnaround['cases']} case(s), turnaround median "
+                  f"{_duration(turnaround['median_s'])}, max {_duration(turnaround['max_s'])}")
+    table = Table(title="Most recent reports home")
+    for column in ("case", "turnaround", "report_delivered_at"):
+        table.add_column(column)
+    for row in reports["recent_reports"]:
+        table.add_row(row["case"], _duration(row["turnaround_s"]), row["report_delivered_at"])
+    console.print(table)

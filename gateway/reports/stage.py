@@ -1,0 +1,268 @@
+"""The report stage: REPORTED → (re-identify, deliver to the source) → REPORT_DELIVERED.
+
+For each REPORTED case whose retry time has come: every received report (``ReportObject`` state
+``received``) is re-identified from the stored mapping into ``spool/outbound/<case key>/`` as an
+``OutboundObject(kind="report")`` (state ``reidentified``; ``failed`` when it cannot be), then every report
+object not yet stored by the source is sent to the source's ``return`` peer through the delivery engine
+(``gateway.routing.deliver``: one association per attempt, the per-object ``Delivery`` ledger under
+``source:<name>``). All stored: REPORT_DELIVERED with ``report_delivered_at`` (turnaround = that minus
+``first_received_at``). Failed attempts back off like image delivery; after ``routing.retry.max_attempts``,
+or with no ``return`` configured, or when no report could be re-identified, the case is FAILED. The
+operator's ``retry`` sends a FAILED case through DELIVERING (nothing left for the reviewer) to DELIVERED;
+this stage then takes a DELIVERED case that has undelivered reports back to REPORTED.
+
+The ledger makes delivery exactly-once per object from the gateway's side, and the re-identified UIDs are
+derived (not random), so even a copy re-sent after a crash is the same instance to the PACS.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import time
+
+import pydicom
+import pydicom.errors
+import structlog
+from pydicom.dataset import Dataset
+
+from gateway import cases
+from gateway.config import GatewayConfig, SourceConfig
+from gateway.models import (
+    CaseState,
+    Delivery,
+    OutboundObject,
+    ReportObject,
+    Study,
+    StudyIdentity,
+    UidMap,
+    db,
+    utcnow,
+)
+from gateway.ops import audit
+from gateway.reports.errors import ReidentificationError
+from gateway.reports.reidentify import CaseMapping, Reidentifier, derived_report_uid
+from gateway.routing.deliver import REPORT_KIND, SENT, DeliveryStage, backoff_s
+from gateway.scp.spool import Spool
+
+log = structlog.get_logger("reports")
+
+RECEIVED, REIDENTIFIED, FAILED = "received", "reidentified", "failed"
+
+
+def source_peer(name: str) -> str:
+    """The ``Delivery.destination`` (and ``PeerHealth.name``) of a source's return destination."""
+    return f"source:{name}"
+
+
+def case_mapping(study: Study) -> CaseMapping:
+    """The case's originals and pseudonyms from ``StudyIdentity`` and ``UidMap``.
+
+    Raises:
+        ReidentificationError: the case has no stored identity or no pseudonymous study.
+    """
+    identity = StudyIdentity.get_or_none(StudyIdentity.study == study)
+    if identity is None or not study.pseudo_study_uid:
+        raise ReidentificationError("StudyIdentity: no stored mapping for the case")
+    uids = dict(UidMap.select(UidMap.pseudo_uid, UidMap.original_uid).where(UidMap.study == study).tuples())
+    return CaseMapping(
+        case_key=study.key, study_uid=study.study_uid, pseudo_study_uid=study.pseudo_study_uid,
+        patient_name=identity.patient_name, patient_id=identity.patient_id, birth_date=identity.birth_date,
+        sex=identity.sex, accession_number=identity.accession_number, study_date=identity.study_date,
+        study_time=identity.study_time, study_id=identity.dicom_study_id,
+        referring_physician=identity.referring_physician, study_description=identity.study_description,
+        pseudo_patient_id=identity.pseudo_patient_id, pseudo_accession_number=identity.pseudo_accession_number,
+        date_offset_days=identity.date_offset_days, uids=uids)
+
+
+def encode(dataset: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+class ReportStage:
+    """REPORTED → REPORT_DELIVERED (or FAILED). See the module docstring."""
+
+    name = "reports"
+
+    def __init__(self, config: GatewayConfig, spool: Spool, secret: bytes) -> None:
+        self.config = config
+        self.spool = spool
+        self.secret = secret
+        self.sources = {s.name: s for s in config.sources}
+        self.retry = config.routing.retry
+        self.delivery = DeliveryStage(config)
+
+    def run_once(self, now: dt.datetime) -> int:
+        moved = self._resume_delivered_with_reports()
+        due = (Study.select().where((Study.state == CaseState.REPORTED)
+                                    & (Study.next_attempt_at.is_null() | (Study.next_attempt_at <= now)))
+               .order_by(Study.urgency.desc(), Study.state_changed_at))
+        for study in due:
+            with cases.claimed(study, CaseState.REPORTED) as mine:  # one node per case, never two
+                moved += mine and self.process(study)
+        return moved
+
+    @staticmethod
+    def _resume_delivered_with_reports() -> int:
+        """DELIVERED cases holding a report not yet home (after an operator's retry) go back to REPORTED."""
+        waiting = (Study.select().join(ReportObject).where(
+            (Study.state == CaseState.DELIVERED) & (ReportObject.state != FAILED)).distinct())
+        moved = 0
+        for study in waiting:
+            if ReportStage._undelivered_reports(study) and cases.move(
+                    study, CaseState.REPORTED, reason="report_waiting", delivery_attempts=0, next_attempt_at=None):
+                moved += 1
+        return moved
+
+    @staticmethod
+    def _undelivered_reports(study: Study) -> bool:
+        reports = list(ReportObject.select().where((ReportObject.study == study) & (ReportObject.state != FAILED)))
+        if any(r.state == RECEIVED for r in reports):
+            return True
+        outbound_ids = [r.outbound_id for r in reports if r.outbound_id]
+        sent = Delivery.select().where(Delivery.outbound.in_(outbound_ids) & (Delivery.state == SENT)
+                                       & Delivery.destination.startswith("source:")).count() if outbound_ids else 0
+        return sent < len(outbound_ids)
+
+    def process(self, study: Study) -> bool:
+        """Re-identify what is new, then one delivery attempt; True when the case changed state."""
+        source = self.sources.get(study.source.name) if study.source_id else None
+        if source is None or source.return_ is None:
+            log.error("report_no_return", case=study.key, source=source.name if source else None)
+            audit.record("report_sent", actor_ae=None, actor_host=None, study_key=study.key, outcome="failed",
+                         detail="the source has no return destination configured")
+            return cases.move(study, CaseState.FAILED, reason="no_return_destination")
+        self.reidentify_received(study)
+        pending = self.pending_objects(study, source)
+        if not pending and not self._has_deliverable(study):
+            log.error("report_unusable", case=study.key)
+            return cases.move(study, CaseState.FAILED, reason="report_unusable")
+        return self._deliver(study, source, pending)
+
+    # -- re-identification ---------------------------------------------------------------------------
+
+    def reidentify_received(self, study: Study) -> int:
+        """Re-identify every received report of ``study`` into the outbound area; return how many."""
+        received = list(ReportObject.select().where((ReportObject.study == study)
+                                                    & (ReportObject.state == RECEIVED)))
+        if not received:
+            return 0
+        try:
+            reidentifier = Reidentifier(case_mapping(study), self.secret, self._report_uids(study))
+        except ReidentificationError as exc:
+            for report in received:
+                self._report_failed(study, report, str(exc))
+            return 0
+        done = 0
+        for report in received:
+            try:
+                dataset = pydicom.dcmread(self.spool.absolute(report.spool_path))
+                done += self._reidentify_one(study, report, reidentifier, dataset)
+            except (ReidentificationError, pydicom.errors.InvalidDicomError, ValueError, AttributeError,
+                    KeyError, TypeError, OSError) as exc:
+                self._report_failed(study, report, str(exc) if isinstance(exc, ReidentificationError)
+                                    else type(exc).__name__)
+        return done
+
+    def _report_uids(self, study: Study) -> dict[str, str]:
+        """Pseudonymous Series/SOP Instance UIDs of the case's reports → their re-identified UIDs."""
+        uids: dict[str, str] = {}
+        for report in ReportObject.select().where(ReportObject.study == study):
+            try:
+                header = pydicom.dcmread(self.spool.absolute(report.spool_path), stop_before_pixels=True,
+                                         specific_tags=["SeriesInstanceUID", "SOPInstanceUID"])
+            except (OSError, pydicom.errors.InvalidDicomError, ValueError):
+                continue
+            if header.get("SeriesInstanceUID"):
+                uids[str(header.SeriesInstanceUID)] = derived_report_uid(self.secret, "series",
+                                                                         str(header.SeriesInstanceUID))
+            uids[report.sop_instance_uid] = derived_report_uid(self.secret, "instance", report.sop_instance_uid)
+        return uids
+
+    def _reidentify_one(self, study: Study, report: ReportObject, reidentifier: Reidentifier,
+                        dataset: Dataset) -> int:
+        started = time.perf_counter()
+        result = reidentifier.reidentify(dataset)
+        data = encode(result)
+        sop_uid = str(result.SOPInstanceUID)
+        path = self.spool.write_outbound(study.key, f"report-{sop_uid}.dcm", data)
+        with db.atomic():
+            outbound = OutboundObject.get_or_none(OutboundObject.sop_instance_uid == sop_uid)
+            if outbound is None:
+                outbound = OutboundObject.create(
+                    study=study, instance=None, kind=REPORT_KIND, sop_instance_uid=sop_uid,
+                    sop_class_uid=str(result.SOPClassUID), transfer_syntax=str(result.file_meta.TransferSyntaxUID),
+                    spool_path=self.spool.relative(path), sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+            ReportObject.update(state=REIDENTIFIED, outbound=outbound).where(ReportObject.id == report.id).execute()
+        log.info("report_reidentified", case=study.key, reviewer=report.reviewer, sop_class=report.sop_class_uid,
+                 duration_ms=int((time.perf_counter() - started) * 1000))
+        audit.record("report_reidentified", actor_ae=None, actor_host=None, study_key=study.key,
+                     detail=f"{report.sop_class_uid} from reviewer {report.reviewer}")
+        return 1
+
+    @staticmethod
+    def _report_failed(study: Study, report: ReportObject, why: str) -> None:
+        ReportObject.update(state=FAILED).where(ReportObject.id == report.id).execute()
+        log.error("report_reidentification_failed", case=study.key, reviewer=report.reviewer, error=why[:200])
+        audit.record("report_reidentified", actor_ae=None, actor_host=None, study_key=study.key, outcome="failed",
+                     detail=why)
+
+    # -- delivery ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def pending_objects(study: Study, source: SourceConfig) -> list[OutboundObject]:
+        """The case's re-identified reports not yet stored by the source (ledger rows created as needed)."""
+        destination = source_peer(source.name)
+        objects = list(OutboundObject.select().where((OutboundObject.study == study)
+                                                     & (OutboundObject.kind == REPORT_KIND))
+                       .order_by(OutboundObject.id))
+        sent = {oid for (oid,) in Delivery.select(Delivery.outbound).where(
+            (Delivery.destination == destination) & (Delivery.state == SENT)
+            & Delivery.outbound.in_([o.id for o in objects])).tuples()} if objects else set()
+        pending = [o for o in objects if o.id not in sent]
+        for outbound in pending:
+            Delivery.get_or_create(outbound=outbound, destination=destination)
+        return pending
+
+    @staticmethod
+    def _has_deliverable(study: Study) -> bool:
+        return OutboundObject.select().where((OutboundObject.study == study)
+                                             & (OutboundObject.kind == REPORT_KIND)).exists()
+
+    def _deliver(self, study: Study, source: SourceConfig, pending: list[OutboundObject]) -> bool:
+        peer = source.return_
+        attempt = study.delivery_attempts + 1
+        started = time.perf_counter()
+        result = self.delivery.send(peer, source_peer(source.name), pending)
+        seconds = time.perf_counter() - started
+        log.info("report_delivery_attempt", case=study.key, source=source.name, attempt=attempt,
+                 status=result.status, instances=result.sent, duration_ms=int(seconds * 1000))
+        if result.status == "delivered":
+            return self._delivered(study, source, attempt, result.sent)
+        return self._failed_attempt(study, source, attempt)
+
+    def _delivered(self, study: Study, source: SourceConfig, attempt: int, sent: int) -> bool:
+        now = utcnow()
+        moved = cases.move(study, CaseState.REPORT_DELIVERED, reason="report_delivered", report_delivered_at=now,
+                           delivery_attempts=0, next_attempt_at=None)
+        turnaround = now - study.first_received_at
+        log.info("report_delivered", case=study.key, source=source.name, instances=sent,
+                 duration_ms=int(turnaround.total_seconds() * 1000))
+        audit.record("report_sent", actor_ae=source.return_.ae_title, actor_host=source.return_.host,
+                     study_key=study.key, detail=f"{sent} object(s) to source {source.name}, attempt {attempt}")
+        return moved
+
+    def _failed_attempt(self, study: Study, source: SourceConfig, attempt: int) -> bool:
+        if attempt >= self.retry.max_attempts:
+            log.error("report_delivery_failed", case=study.key, source=source.name, attempt=attempt)
+            audit.record("report_sent", actor_ae=source.return_.ae_title, actor_host=source.return_.host,
+                         study_key=study.key, outcome="failed", detail=f"gave up after {attempt} attempt(s)")
+            return cases.move(study, CaseState.FAILED, reason="report_delivery_failed", delivery_attempts=attempt,
+                              next_attempt_at=None)
+        next_at = utcnow() + dt.timedelta(seconds=backoff_s(self.retry, attempt))
+        Study.update(delivery_attempts=attempt, next_attempt_at=next_at).where(Study.id == study.id).execute()
+        study.delivery_attempts, study.next_attempt_at = attempt, next_at
+        return False

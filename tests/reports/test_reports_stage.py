@@ -1,0 +1,142 @@
+"""ReportStage on SQLite and PostgreSQL against a real DCMTK storescp as the source's return destination:
+re-identify, deliver once through the ledger, back off while the PACS is down, FAILED after the last attempt,
+and the operator's retry bringing the report home."""
+
+from __future__ import annotations
+
+import pydicom
+
+from gateway import cases
+from gateway.config import GatewayConfig
+from gateway.deid.engine import Deidentifier, PatientContext
+from gateway.deid.options import DeidOptions
+from gateway.demo import DemoPatient, write_demo_study
+from gateway.models import (
+    CaseState,
+    Delivery,
+    OutboundObject,
+    ReportObject,
+    Source,
+    Study,
+    StudyIdentity,
+    UidMap,
+    db,
+    open_database,
+    utcnow,
+)
+from gateway.reports import codes
+from gateway.reports.builder import ImageRef, ReportContent, ReportFinding, ReportSRBuilder
+from gateway.reports.stage import ReportStage
+from gateway.routing.deliver import DeliveryStage, retry_case
+from gateway.scp.spool import Spool
+from support.peers import DcmtkStoreSCP, free_port
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+PATIENT = DemoPatient()
+
+
+def _config(tmp_path, port: int, max_attempts: int = 3) -> GatewayConfig:
+    return GatewayConfig.model_validate({
+        "storage": {"spool_dir": str(tmp_path / "spool"), "min_free_bytes": 0},
+        "routing": {"retry": {"initial_s": 0.01, "max_s": 0.02, "max_attempts": max_attempts}},
+        "sources": [{"name": "st-marys", "ae_title": "HOSP_PACS",
+                     "return": {"ae_title": "STORESCP", "host": "127.0.0.1", "port": port}}],
+        "reviewers": [{"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": 104}]})
+
+
+def _reported_case(tmp_path, spool: Spool) -> tuple[Study, list[pydicom.Dataset]]:
+    """A case as the pipeline leaves it once dr-a's report arrived: identity, UID map, the report spooled."""
+    originals = [pydicom.dcmread(p) for p in write_demo_study(tmp_path / "study", 3, seed=3, rows=16, cols=16)]
+    source = Source.create(name="st-marys", ae_title="HOSP_PACS")
+    study = Study.create(study_uid=originals[0].StudyInstanceUID, source=source, calling_ae="HOSP_PACS",
+                         state=CaseState.REPORTED, reviewer="dr-a")
+    deidentifier = Deidentifier(DeidOptions(), SECRET)
+    results = [deidentifier.deidentify(ds, PatientContext("st-marys", study.key)) for ds in originals]
+    for original, pseudo in {k: v for r in results for k, v in r.mapping.uids.items()}.items():
+        UidMap.create(original_uid=original, pseudo_uid=pseudo, study=study)
+    mapping = results[0].mapping
+    StudyIdentity.create(study=study, patient_name=PATIENT.name, patient_id=PATIENT.patient_id,
+                         birth_date=PATIENT.birth_date, sex=PATIENT.sex, accession_number=PATIENT.accession,
+                         study_date=PATIENT.study_date, study_time=str(originals[0].StudyTime),
+                         pseudo_patient_id=mapping.patient_id, pseudo_accession_number=mapping.accession or "",
+                         date_offset_days=mapping.date_offset_days or 0)
+    Study.update(pseudo_study_uid=results[0].dataset.StudyInstanceUID).where(Study.id == study.id).execute()
+    images = [r.dataset for r in results]
+    refs = tuple(ImageRef(str(d.SOPClassUID), str(d.SOPInstanceUID), str(d.SeriesInstanceUID)) for d in images)
+    report = ReportSRBuilder(images[0], ReportContent(
+        title=codes.TITLES["mri-spine"], findings=(ReportFinding("Disc extrusion.", refs[:2]),),
+        impressions=("Extrusion.",))).build()
+    path = tmp_path / "report.dcm"
+    report.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    stored = spool.store(data, "ab" * 32)
+    ReportObject.create(study=study, reviewer="dr-a", calling_ae="REVIEW_A", sop_class_uid=report.SOPClassUID,
+                        sop_instance_uid=report.SOPInstanceUID, transfer_syntax=report.file_meta.TransferSyntaxUID,
+                        spool_path=spool.relative(stored), sha256="ab" * 32, size=len(data))
+    return Study.get_by_id(study.id), originals
+
+
+def _run(stage: ReportStage) -> int:
+    return stage.run_once(utcnow())
+
+
+def test_reports_stage_delivers_once_backs_off_fails_and_retries(tmp_path, database_url):
+    database = open_database(database_url)
+    scp = DcmtkStoreSCP(tmp_path / "hospital", ae_title="STORESCP")
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    try:
+        with db.connection_context():
+            study, originals = _reported_case(tmp_path, spool)
+            # The hospital is down: attempts back off, then the case fails.
+            down = ReportStage(_config(tmp_path, free_port(), max_attempts=2), spool, SECRET)
+            assert _run(down) == 0
+            study = Study.get_by_id(study.id)
+            assert study.state == CaseState.REPORTED and study.delivery_attempts == 1
+            assert ReportObject.get().state == "reidentified"
+            (outbound,) = OutboundObject.select().where(OutboundObject.kind == "report")
+            assert Delivery.get(Delivery.outbound == outbound).destination == "source:st-marys"
+            Study.update(next_attempt_at=None).where(Study.id == study.id).execute()
+            assert _run(down) == 1
+            study = Study.get_by_id(study.id)
+            assert (study.state, study.state_changed_at is not None) == (CaseState.FAILED, True)
+
+            # Up again, the operator retries: DELIVERING → (nothing left for the reviewer) DELIVERED → REPORTED.
+            scp.start()
+            up = ReportStage(_config(tmp_path, scp.port), spool, SECRET)
+            assert retry_case(study)
+            cases.move(study, CaseState.DELIVERED, reason="all_objects_sent")
+            images_delivery = DeliveryStage(up.config)
+            assert study.id not in {s.id for s in images_delivery.due(utcnow())}, "a report is no image to resend"
+            assert images_delivery.pending_objects(study, up.config.reviewers[0]) == [], "never to a reviewer"
+            assert _run(up) == 2  # back to REPORTED, then home
+            study = Study.get_by_id(study.id)
+            assert study.state == CaseState.REPORT_DELIVERED and study.report_delivered_at is not None
+            assert Delivery.get(Delivery.outbound == outbound).state == "sent"
+            assert _run(up) == 0, "nothing is sent twice"
+        received = list(scp.out_dir.iterdir())
+        assert len(received) == 1
+        home = pydicom.dcmread(received[0])
+        assert home.PatientID == PATIENT.patient_id and home.StudyInstanceUID == originals[0].StudyInstanceUID
+        assert home.SOPInstanceUID == outbound.sop_instance_uid
+    finally:
+        scp.stop()
+        database.close()
+
+
+def test_reports_stage_without_return_destination_fails_the_case(tmp_path, database_url):
+    database = open_database(database_url)
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    config = GatewayConfig.model_validate({
+        "storage": {"spool_dir": str(tmp_path / "spool")},
+        "sources": [{"name": "st-marys", "ae_title": "HOSP_PACS"}],
+        "reviewers": [{"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": 104}]})
+    try:
+        with db.connection_context():
+            study, _ = _reported_case(tmp_path, spool)
+            assert _run(ReportStage(config, spool, SECRET)) == 1
+            assert Study.get_by_id(study.id).state == CaseState.FAILED
+            assert not OutboundObject.select().where(OutboundObject.kind == "report").exists()
+    finally:
+        database.close()
