@@ -112,8 +112,11 @@ def configure_logging(config: LoggingConfig, *, strict: bool = False, console: b
         console_handler.setFormatter(formatter(renderer))
         root.addHandler(console_handler)
     # pynetdicom's DEBUG and INFO output prints original UIDs and AE details: keep it at WARNING.
-    for noisy in ("pynetdicom", "peewee", "apscheduler"):
+    for noisy in ("pynetdicom", "peewee", "highdicom"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # APScheduler warns each time a tick is skipped because the stage's previous run is still going: that is
+    # the design (one run per stage at a time), not news.
+    logging.getLogger("apscheduler").setLevel(max(level, logging.ERROR))
 
 
 def get_logger(component: str) -> Any:
