@@ -100,36 +100,41 @@ def node_identity() -> str:
     return _node_id
 
 
-def claim(study: Study, lease: dt.timedelta | None = None) -> bool:
-    """Take (or renew) the lease on ``study``; False when another live node holds it."""
-    now, lease = utcnow(), lease or LEASE
-    free = Study.claimed_until.is_null() | (Study.claimed_until < now) | (Study.claimed_by == _node_id)
-    return Study.update(claimed_by=_node_id, claimed_until=now + lease).where(
+def _owner(stage: str) -> str:
+    return f"{_node_id}/{stage}"[:64] if stage else _node_id
+
+
+def claim(study: Study, stage: str = "", lease: dt.timedelta | None = None) -> bool:
+    """Take (or renew) ``stage``'s lease on ``study``; False when another stage or live node holds it."""
+    now, lease, owner = utcnow(), lease or LEASE, _owner(stage)
+    free = Study.claimed_until.is_null() | (Study.claimed_until < now) | (Study.claimed_by == owner)
+    return Study.update(claimed_by=owner, claimed_until=now + lease).where(
         (Study.id == study.id) & free).execute() == 1
 
 
-def renew(study: Study, lease: dt.timedelta | None = None) -> bool:
+def renew(study: Study, stage: str = "", lease: dt.timedelta | None = None) -> bool:
     """Extend our lease; False when it was lost (expired and taken by another node): stop working then."""
     return Study.update(claimed_until=utcnow() + (lease or LEASE)).where(
-        (Study.id == study.id) & (Study.claimed_by == _node_id)).execute() == 1
+        (Study.id == study.id) & (Study.claimed_by == _owner(stage))).execute() == 1
 
 
-def release(study: Study) -> None:
+def release(study: Study, stage: str = "") -> None:
     Study.update(claimed_by=None, claimed_until=None).where(
-        (Study.id == study.id) & (Study.claimed_by == _node_id)).execute()
+        (Study.id == study.id) & (Study.claimed_by == _owner(stage))).execute()
 
 
 def release_all_of_this_node() -> int:
     """At start-up: leases this node held before it stopped are void."""
-    return Study.update(claimed_by=None, claimed_until=None).where(Study.claimed_by == _node_id).execute()
+    return Study.update(claimed_by=None, claimed_until=None).where(
+        (Study.claimed_by == _node_id) | Study.claimed_by.startswith(f"{_node_id}/")).execute()
 
 
 @contextlib.contextmanager
-def claimed(study: Study, *states: str) -> Iterator[bool]:
-    """``with claimed(study, <states>) as mine:`` work on the case only if ``mine``: the lease is ours and the
-    case is still in one of ``states`` (another node may have moved it since it was selected). The lease is
-    released afterwards."""
-    mine = claim(study)
+def claimed(study: Study, *states: str, stage: str = "") -> Iterator[bool]:
+    """``with claimed(study, <states>, stage=...) as mine:`` work on the case only if ``mine``: the lease is
+    ours and the case is still in one of ``states`` (another node may have moved it since it was selected).
+    One stage at a time holds a case, in this node as across nodes. The lease is released afterwards."""
+    mine = claim(study, stage)
     try:
         if mine and states:
             current = Study.select(Study.state).where(Study.id == study.id).scalar()
@@ -137,4 +142,4 @@ def claimed(study: Study, *states: str) -> Iterator[bool]:
             study.state = current
         yield mine
     finally:
-        release(study)
+        release(study, stage)

@@ -184,9 +184,10 @@ class DeidConfig(DeidOptions):
 
     secret_env: str = "SPINE_GATEWAY_SECRET"
     secret_file: Path | None = None
+    workers: int | None = Field(None, ge=0)
 
     def options(self) -> DeidOptions:
-        return DeidOptions(**self.model_dump(exclude={"secret_env", "secret_file"}))
+        return DeidOptions(**self.model_dump(exclude={"secret_env", "secret_file", "workers"}))
 
 
 class ReferralsConfig(_Section):

@@ -81,7 +81,7 @@ class GatewayNode:
         """The pipeline, in order. Each stage reads cases in one state and leaves them in the next."""
         return [
             CompletionStage(self.config.routing, SpineFilter(self.config.routing, self.config.storage.spool_dir)),
-            DeidStage(self.config.deid.options(), self.secret, self.spool),
+            DeidStage(self.config.deid.options(), self.secret, self.spool, workers=self.config.deid.workers),
             NotesStage(self.config, self.spool),
             # routing (issue 5): after the notes stage
             AssignmentStage(self.config.reviewers, self.config.routing),
@@ -115,6 +115,8 @@ class GatewayNode:
     def stop(self) -> None:
         if self.pipeline is not None:
             self.pipeline.stop()
+            for stage in self.pipeline.stages:
+                getattr(stage, "close", lambda: None)()
             self.pipeline = None
         if self.http is not None:
             self.http.stop()

@@ -3,29 +3,32 @@
 For each case it reads the originals from the spool (pixel data is read as bytes and never decoded), applies
 the Annex E profile, runs the outbound guard against the instance's own identifiers, writes the result under
 ``spool/outbound/<case key>/`` and records the mapping (``StudyIdentity``, ``UidMap``) in the database, which
-is the only place it lives. Instances that arrive after their case moved on are de-identified on their own
-and join the outbound set (the delivery ledger sends what is missing).
+is the only place it lives. The CPU work runs in worker processes (``gateway.deid.work``); this thread keeps
+the file writes and the database.
 
-Contract: reads ``Study.state == complete`` and ``Instance.state == stored``; leaves ``deidentified`` (or
-``quarantined`` with a reason), ``OutboundObject(kind="image")`` rows and their files.
+Work is not left for the end: instances of a study still being received are de-identified as they come
+(early), so that little remains when the study completes; and instances that arrive after their case moved
+on are de-identified on their own and join the outbound set (late; the delivery ledger sends what is missing).
+
+Contract: reads ``Study.state`` (``receiving`` and later) and ``Instance.state == stored``; leaves the case
+``deidentified`` (or ``quarantined`` with a reason), ``OutboundObject(kind="image")`` rows and their files.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import repeat
 
-import pydicom
 import structlog
-from pydicom.dataset import Dataset
 
 from gateway import cases
-from gateway.deid.engine import DeidMapping, Deidentifier, PatientContext
-from gateway.deid.errors import QuarantineError
-from gateway.deid.guard import find_leaks, identifiers_from_dataset
+from gateway.deid.engine import DeidMapping, Deidentifier
 from gateway.deid.options import DeidOptions
+from gateway.deid.work import DeidWork, WorkPool, deidentify_file, default_workers, init_worker
 from gateway.models import (
     CaseState,
     Delivery,
@@ -42,163 +45,183 @@ from gateway.scp.spool import Spool
 
 log = structlog.get_logger("deid")
 BATCH = 5
+CHUNK = 32  # instances handed to the workers at a time, recorded in one transaction
 # States in which a case has already been de-identified: an instance arriving now is a late one.
 _PAST_DEID = (CaseState.DEIDENTIFIED, CaseState.NOTES_ATTACHED, CaseState.ASSIGNED, CaseState.DELIVERING,
               CaseState.DELIVERED, CaseState.FAILED, CaseState.HELD)
 
 
-class LeakFound(Exception):
-    """The guard found one of the patient's identifiers in an outgoing object (paths only, never values)."""
-
-    def __init__(self, paths: list[str]) -> None:
-        super().__init__(", ".join(paths))
-        self.paths = paths
+@dataclass
+class Outcome:
+    done: int = 0
+    quarantined: int = 0
+    leak_paths: tuple[str, ...] = ()
+    lease_lost: bool = False
 
 
 class DeidStage:
-    """COMPLETE → DEIDENTIFIED (or QUARANTINED)."""
+    """COMPLETE → DEIDENTIFIED (or QUARANTINED); early and late instances on the side."""
 
     name = "deid"
 
-    def __init__(self, options: DeidOptions, secret: bytes, spool: Spool) -> None:
+    def __init__(self, options: DeidOptions, secret: bytes, spool: Spool, workers: int | None = 0) -> None:
         self.deidentifier = Deidentifier(options, secret)
         self.options = options
         self.spool = spool
+        self.pool = WorkPool(default_workers() if workers is None else workers, init_worker,
+                             (options.model_dump_json(), secret))
+
+    def close(self) -> None:
+        self.pool.shutdown()
 
     def run_once(self, now: dt.datetime) -> int:
-        ready = (Study.select().where(Study.state == CaseState.COMPLETE)
-                 .order_by(Study.urgency.desc(), Study.state_changed_at).limit(BATCH))
+        ready = list(Study.select().where(Study.state == CaseState.COMPLETE)
+                     .order_by(Study.urgency.desc(), Study.state_changed_at).limit(BATCH))
         moved = 0
         for study in ready:
-            with cases.claimed(study, CaseState.COMPLETE) as mine:
+            with cases.claimed(study, CaseState.COMPLETE, stage=self.name) as mine:
                 moved += mine and self.deidentify_case(study)
-        self.deidentify_late_instances()
+        self.deidentify_outside_completion()
         return moved
 
     def deidentify_case(self, study: Study) -> bool:
         started = time.perf_counter()
-        instances = self._latest_stored(study)
-        done = quarantined = 0
-        try:
-            for number, instance in enumerate(instances, 1):
-                if number % 50 == 0 and not cases.renew(study):
-                    return False  # the lease was lost: another node carries on
-                if self._deidentify_instance(study, instance):
-                    done += 1
-                else:
-                    quarantined += 1
-        except LeakFound as leak:
-            log.error("outbound_leak", case=study.key, path=str(leak), reason="identifier_found")
-            audit.record("quarantined", actor_ae=None, actor_host=None, study_key=study.key, outcome="refused",
-                         detail=f"identifier found at {leak}"[:255])
-            return cases.move(study, CaseState.QUARANTINED, reason="identifier_leak")
+        outcome = self._process(study, self._latest_stored(study))
+        if outcome.lease_lost:
+            return False  # another node carries on
+        if outcome.leak_paths:
+            return self._quarantine_case(study, outcome.leak_paths)
         has_images = OutboundObject.select().where((OutboundObject.study == study)
                                                    & (OutboundObject.kind == "image")).exists()
         if not has_images:
             return cases.move(study, CaseState.QUARANTINED, reason="nothing_to_send")
-        log.info("case_deidentified", case=study.key, instances=done, count=quarantined,
+        images = OutboundObject.select().where((OutboundObject.study == study)
+                                               & (OutboundObject.kind == "image")).count()
+        log.info("case_deidentified", case=study.key, instances=images, count=outcome.quarantined,
                  duration_ms=int((time.perf_counter() - started) * 1000))
         audit.record("deidentified", actor_ae=None, actor_host=None, study_key=study.key,
-                     detail=f"{done} instance(s), {quarantined} quarantined")
+                     detail=f"{images} instance(s), {outcome.quarantined} quarantined")
         pseudo_study_uid = study.study_uid if self.options.retain_uids else \
             self.deidentifier.uid_pseudonym(study.study_uid)
         return cases.move(study, CaseState.DEIDENTIFIED, reason="deidentified", pseudo_study_uid=pseudo_study_uid)
 
-    def deidentify_late_instances(self) -> int:
-        """Instances stored after their case was de-identified join its outbound set."""
-        studies = (Study.select().join(Instance)
-                   .where((Instance.state == InstanceState.STORED) & (Study.state.in_(_PAST_DEID))).distinct())
+    def deidentify_outside_completion(self) -> int:
+        """Early instances (study still receiving) and late ones (case already de-identified)."""
+        waiting = list(Study.select().join(Instance)
+                       .where((Instance.state == InstanceState.STORED)
+                              & Study.state.in_([CaseState.RECEIVING, *_PAST_DEID])).distinct())
         count = 0
-        for study in studies:
-            with cases.claimed(study, *_PAST_DEID) as mine:
+        for study in waiting:
+            with cases.claimed(study, CaseState.RECEIVING, *_PAST_DEID, stage=self.name) as mine:
                 if mine:
-                    count += self._deidentify_late(study)
+                    count += self._early_or_late(study)
         return count
 
-    def _deidentify_late(self, study: Study) -> int:
-        count = 0
-        for instance in self._latest_stored(study):
-            try:
-                count += self._deidentify_instance(study, instance)
-            except LeakFound as leak:
-                log.error("outbound_leak", case=study.key, path=str(leak), reason="identifier_found")
-                Instance.update(state=InstanceState.QUARANTINED).where(Instance.id == instance.id).execute()
-                continue
-            log.info("late_instance_deidentified", case=study.key, state=study.state)
-        return count
+    def _early_or_late(self, study: Study) -> int:
+        late = study.state != CaseState.RECEIVING
+        outcome = self._process(study, self._latest_stored(study), stop_on_leak=not late)
+        if outcome.leak_paths and late:
+            log.error("outbound_leak", case=study.key, path=", ".join(outcome.leak_paths), reason="identifier_found")
+        if late and outcome.done:
+            log.info("late_instances_deidentified", case=study.key, state=study.state, instances=outcome.done)
+        return outcome.done
+
+    def _process(self, study: Study, instances: list[Instance], stop_on_leak: bool = True) -> Outcome:
+        """De-identify ``instances`` chunk by chunk. With ``stop_on_leak`` a guard hit stops at once and leaves
+        the rest stored (the case is then quarantined by the caller, or at completion); otherwise the leaking
+        instance alone is quarantined."""
+        outcome = Outcome()
+        source = study.source.name if study.source_id else study.calling_ae
+        for chunk in _chunks(instances, CHUNK):
+            if not cases.renew(study, self.name):
+                outcome.lease_lost = True
+                return outcome
+            started = time.perf_counter()
+            paths = [str(self.spool.absolute(i.spool_path)) for i in chunk]
+            works = list(self.pool.map(deidentify_file, paths, repeat(source), repeat(study.key)))
+            written = []
+            for instance, work in zip(chunk, works):
+                if work.quarantine_reason:
+                    self._quarantine_instance(study, instance, work.quarantine_reason)
+                    outcome.quarantined += 1
+                elif work.leak_paths:
+                    if stop_on_leak:
+                        outcome.leak_paths = tuple(work.leak_paths)
+                        self._record(study, written)
+                        return outcome
+                    self._quarantine_instance(study, instance, "identifier_leak")
+                    outcome.quarantined += 1
+                else:
+                    path = self.spool.write_outbound(study.key, f"{work.sop_instance_uid}.dcm", work.data)
+                    written.append((instance, work, self.spool.relative(path)))
+            self._record(study, written)
+            outcome.done += len(written)
+            if written:
+                metrics.observe_deidentification((time.perf_counter() - started) / len(written))
+        return outcome
+
+    def _record(self, study: Study, written: list[tuple[Instance, DeidWork, str]]) -> None:
+        if not written:
+            return
+        with db.atomic():
+            for instance, work, relative in written:
+                self._record_identity(study, work)
+                self._record_uids(study, work.mapping)
+                self._record_outbound(study, instance, work, relative)
+            Instance.update(state=InstanceState.DEIDENTIFIED).where(
+                Instance.id.in_([instance.id for instance, _, _ in written])).execute()
 
     def _latest_stored(self, study: Study) -> list[Instance]:
         """The newest version of each SOP instance; older versions are marked superseded."""
         latest: dict[str, Instance] = {}
-        for instance in study.instances.where(Instance.state == InstanceState.STORED).order_by(Instance.version):
+        stored = list(study.instances.where(Instance.state == InstanceState.STORED).order_by(Instance.version))
+        for instance in stored:
             previous = latest.get(instance.sop_instance_uid)
             if previous is not None:
                 Instance.update(state=InstanceState.SUPERSEDED).where(Instance.id == previous.id).execute()
             latest[instance.sop_instance_uid] = instance
         return list(latest.values())
 
-    def _deidentify_instance(self, study: Study, instance: Instance) -> bool:
-        """De-identify one instance into the outbound area; False when it is quarantined instead."""
-        started = time.perf_counter()
-        original = pydicom.dcmread(self.spool.absolute(instance.spool_path))
-        try:
-            result = self.deidentifier.deidentify(original, PatientContext(study.source.name if study.source_id
-                                                                           else study.calling_ae, study.key))
-        except QuarantineError as refusal:
-            self._quarantine_instance(study, instance, refusal.reason)
-            return False
-        leaks = find_leaks(result.dataset, identifiers_from_dataset(
-            original, include_uids=not self.options.retain_uids,
-            include_institution=not self.options.retain_institution_id))
-        if leaks:
-            raise LeakFound([leak.path for leak in leaks])
-        data = _encode(result.dataset)
-        sop_uid = str(result.dataset.SOPInstanceUID)
-        path = self.spool.write_outbound(study.key, f"{sop_uid}.dcm", data)
-        with db.atomic():
-            self._record_identity(study, original, result.mapping)
-            self._record_uids(study, result.mapping)
-            self._record_outbound(study, instance, result.dataset, self.spool.relative(path), data)
-            Instance.update(state=InstanceState.DEIDENTIFIED).where(Instance.id == instance.id).execute()
-        metrics.observe_deidentification(time.perf_counter() - started)
-        return True
+    @staticmethod
+    def _quarantine_case(study: Study, leak_paths: tuple[str, ...]) -> bool:
+        where = ", ".join(leak_paths)
+        log.error("outbound_leak", case=study.key, path=where, reason="identifier_found")
+        audit.record("quarantined", actor_ae=None, actor_host=None, study_key=study.key, outcome="refused",
+                     detail=f"identifier found at {where}"[:255])
+        return cases.move(study, CaseState.QUARANTINED, reason="identifier_leak")
 
-    def _quarantine_instance(self, study: Study, instance: Instance, reason: str) -> None:
+    @staticmethod
+    def _quarantine_instance(study: Study, instance: Instance, reason: str) -> None:
         Instance.update(state=InstanceState.QUARANTINED).where(Instance.id == instance.id).execute()
         log.warning("instance_quarantined", case=study.key, reason=reason, sop_class=instance.sop_class_uid)
         audit.record("instance_quarantined", actor_ae=None, actor_host=None, study_key=study.key,
                      outcome="refused", detail=reason)
 
     @staticmethod
-    def _record_identity(study: Study, original: Dataset, mapping: DeidMapping) -> None:
+    def _record_identity(study: Study, work: DeidWork) -> None:
         if StudyIdentity.select().where(StudyIdentity.study == study).exists():
             return
-        text = lambda keyword, size: str(original.get(keyword, "") or "")[:size]  # noqa: E731
-        StudyIdentity.create(
-            study=study, patient_name=text("PatientName", 324), patient_id=text("PatientID", 64),
-            birth_date=text("PatientBirthDate", 8), sex=text("PatientSex", 16),
-            accession_number=text("AccessionNumber", 16), study_date=text("StudyDate", 8),
-            study_time=text("StudyTime", 16), dicom_study_id=text("StudyID", 16),
-            referring_physician=text("ReferringPhysicianName", 324), study_description=text("StudyDescription", 64),
-            institution_name=text("InstitutionName", 64), pseudo_patient_id=mapping.patient_id,
-            pseudo_accession_number=mapping.accession or "", date_offset_days=mapping.date_offset_days or 0)
+        mapping = work.mapping
+        StudyIdentity.create(study=study, **work.identity, pseudo_patient_id=mapping.patient_id,
+                             pseudo_accession_number=mapping.accession or "",
+                             date_offset_days=mapping.date_offset_days or 0)
 
     @staticmethod
     def _record_uids(study: Study, mapping: DeidMapping) -> None:
         rows = [{"original_uid": original, "pseudo_uid": pseudo, "study": study.id}
                 for original, pseudo in mapping.uids.items() if original != pseudo]
-        for chunk in range(0, len(rows), 200):
-            UidMap.insert_many(rows[chunk:chunk + 200]).on_conflict_ignore().execute()
+        for start in range(0, len(rows), 200):
+            UidMap.insert_many(rows[start:start + 200]).on_conflict_ignore().execute()
 
     @staticmethod
-    def _record_outbound(study: Study, instance: Instance, dataset: Dataset, relative: str, data: bytes) -> None:
+    def _record_outbound(study: Study, instance: Instance, work: DeidWork, relative: str) -> None:
         values = {
             "study": study.id, "instance": instance.id, "kind": "image",
-            "sop_instance_uid": str(dataset.SOPInstanceUID), "sop_class_uid": str(dataset.SOPClassUID),
-            "transfer_syntax": str(dataset.file_meta.TransferSyntaxUID), "spool_path": relative,
-            "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+            "sop_instance_uid": work.sop_instance_uid, "sop_class_uid": work.sop_class_uid,
+            "transfer_syntax": work.transfer_syntax, "spool_path": relative,
+            "sha256": hashlib.sha256(work.data).hexdigest(), "size": len(work.data),
         }
-        existing = OutboundObject.get_or_none(OutboundObject.sop_instance_uid == values["sop_instance_uid"])
+        existing = OutboundObject.get_or_none(OutboundObject.sop_instance_uid == work.sop_instance_uid)
         if existing is None:
             OutboundObject.insert(values).execute()
             return
@@ -207,8 +230,6 @@ class DeidStage:
         Delivery.update(state="pending").where(Delivery.outbound == existing.id).execute()
 
 
-def _encode(dataset: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
+def _chunks(items: list[Instance], size: int) -> Iterator[list[Instance]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

@@ -129,7 +129,7 @@ class NotesStage:
         expire_referrals(now, self.referrals.wait_s)
         moved = 0
         for study in self._cases():
-            with cases.claimed(study, CaseState.DEIDENTIFIED, CaseState.HELD) as mine:
+            with cases.claimed(study, CaseState.DEIDENTIFIED, CaseState.HELD, stage=self.name) as mine:
                 if not mine:
                     continue
                 try:

@@ -101,7 +101,7 @@ class ReportStage:
                                     & (Study.next_attempt_at.is_null() | (Study.next_attempt_at <= now)))
                .order_by(Study.urgency.desc(), Study.state_changed_at))
         for study in due:
-            with cases.claimed(study, CaseState.REPORTED) as mine:  # one node per case, never two
+            with cases.claimed(study, CaseState.REPORTED, stage=self.name) as mine:  # one node per case, never two
                 moved += mine and self.process(study)
         return moved
 

@@ -181,7 +181,7 @@ class AssignmentStage:
         load, recent, down = open_cases(), last_assigned(), unhealthy_peers()
         moved = 0
         for study, needs in pending:
-            with cases.claimed(study, CaseState.NOTES_ATTACHED, CaseState.HELD) as mine:
+            with cases.claimed(study, CaseState.NOTES_ATTACHED, CaseState.HELD, stage=self.name) as mine:
                 if not mine:
                     continue
                 choice = self.pool.choose(needs, now, load, recent, down)

@@ -100,7 +100,8 @@ class DeliveryStage:
     def run_once(self, now: dt.datetime) -> int:
         moved = 0
         for study in self.due(now):
-            with cases.claimed(study, CaseState.ASSIGNED, CaseState.DELIVERING, CaseState.DELIVERED) as mine:
+            with cases.claimed(study, CaseState.ASSIGNED, CaseState.DELIVERING, CaseState.DELIVERED,
+                               stage=self.name) as mine:
                 moved += mine and self.deliver(study)
         return moved
 
@@ -179,7 +180,7 @@ class DeliveryStage:
             for number, outbound in enumerate(pending, 1):
                 if not assoc.is_established:
                     break
-                if number % 20 == 0 and not cases.renew(Study(id=outbound.study_id)):
+                if number % 20 == 0 and not cases.renew(Study(id=outbound.study_id), self.name):
                     break  # our lease on the case was lost: another node carries on, never both
                 if self._store(assoc, outbound, destination):
                     sent += 1

@@ -56,7 +56,7 @@ def test_study_split_over_two_associations_is_deidentified_as_one(tmp_path, data
                           original.StudyInstanceUID, original.SOPInstanceUID):
                 assert value not in log_text
         events = [json.loads(line)["event"] for line in log_text.splitlines()]
-        assert "case_deidentified" in events and "late_instance_deidentified" in events
+        assert "case_deidentified" in events and "late_instances_deidentified" in events
     finally:
         node.stop()
 

@@ -1,0 +1,114 @@
+"""The CPU-bound part of de-identification, as plain functions that a process pool can run.
+
+The stage thread keeps the I/O and the database; reading a file, applying the profile, running the guard and
+encoding the result happen here, in worker processes (``deid.workers``) so that the work uses every core and
+does not compete with the DICOM receiver for the interpreter lock.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from gateway.deid.engine import DeidMapping, Deidentifier, PatientContext
+from gateway.deid.errors import QuarantineError
+from gateway.deid.guard import find_leaks, identifiers_from_dataset
+from gateway.deid.options import DeidOptions
+
+IDENTITY_FIELDS = {  # StudyIdentity column -> (keyword, maximum length)
+    "patient_name": ("PatientName", 324), "patient_id": ("PatientID", 64), "birth_date": ("PatientBirthDate", 8),
+    "sex": ("PatientSex", 16), "accession_number": ("AccessionNumber", 16), "study_date": ("StudyDate", 8),
+    "study_time": ("StudyTime", 16), "dicom_study_id": ("StudyID", 16),
+    "referring_physician": ("ReferringPhysicianName", 324), "study_description": ("StudyDescription", 64),
+    "institution_name": ("InstitutionName", 64),
+}
+
+
+@dataclass
+class DeidWork:
+    """The outcome for one file: either ``data`` to write, or why it must not leave."""
+
+    data: bytes = b""
+    sop_instance_uid: str = ""
+    sop_class_uid: str = ""
+    transfer_syntax: str = ""
+    mapping: DeidMapping | None = None
+    identity: dict[str, str] = field(default_factory=dict)
+    quarantine_reason: str | None = None
+    leak_paths: list[str] = field(default_factory=list)
+
+
+_deidentifier: Deidentifier | None = None
+
+
+def init_worker(options_json: str, secret: bytes) -> None:
+    """Process-pool initializer: build the de-identifier once per worker."""
+    global _deidentifier
+    _deidentifier = Deidentifier(DeidOptions.model_validate_json(options_json), secret)
+
+
+def deidentify_file(path: str, source: str, case_label: str) -> DeidWork:
+    """Read one original from the spool, de-identify it, check it with the outbound guard, encode it."""
+    assert _deidentifier is not None, "init_worker was not called"
+    options = _deidentifier.options
+    original = pydicom.dcmread(path)
+    # Everything needed from the original is taken first: it is then de-identified in place (no copy of the
+    # pixel data).
+    identifiers = identifiers_from_dataset(original, include_uids=not options.retain_uids,
+                                           include_institution=not options.retain_institution_id)
+    identity = {column: str(original.get(keyword, "") or "")[:size]
+                for column, (keyword, size) in IDENTITY_FIELDS.items()}
+    try:
+        result = _deidentifier.deidentify(original, PatientContext(source, case_label), copy_dataset=False)
+    except QuarantineError as refusal:
+        return DeidWork(quarantine_reason=refusal.reason)
+    leaks = find_leaks(result.dataset, identifiers)
+    if leaks:
+        return DeidWork(leak_paths=[leak.path for leak in leaks])
+    return DeidWork(
+        data=encode(result.dataset), sop_instance_uid=str(result.dataset.SOPInstanceUID),
+        sop_class_uid=str(result.dataset.SOPClassUID),
+        transfer_syntax=str(result.dataset.file_meta.TransferSyntaxUID), mapping=result.mapping,
+        identity=identity)
+
+
+def encode(dataset: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+class WorkPool:
+    """Runs work functions in worker processes, or inline when ``workers`` is 0 (tests, tiny deployments)."""
+
+    def __init__(self, workers: int, initializer: Callable[..., None], initargs: tuple[Any, ...]) -> None:
+        self.workers = workers
+        if workers > 0:
+            # spawn, not fork: the node is multi-threaded (pynetdicom, scheduler, HTTP) when the pool starts.
+            self._executor: ProcessPoolExecutor | None = ProcessPoolExecutor(
+                workers, mp_context=get_context("spawn"), initializer=initializer, initargs=initargs)
+        else:
+            self._executor = None
+            initializer(*initargs)
+
+    def map(self, function: Callable[..., Any], *iterables: Iterable[Any]) -> Iterator[Any]:
+        if self._executor is None:
+            return map(function, *iterables)
+        return self._executor.map(function, *iterables, chunksize=4)
+
+    def shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def default_workers() -> int:
+    """One worker per core but one (left to the DICOM receiver), at least one."""
+    return max(1, (os.cpu_count() or 1) - 1)
