@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import os
 import socket
+import time
 from collections.abc import Iterator
 
 import structlog
@@ -143,3 +144,18 @@ def claimed(study: Study, *states: str, stage: str = "") -> Iterator[bool]:
         yield mine
     finally:
         release(study, stage)
+
+
+class Lease:
+    """Keeps a claim alive during long work: ``keep()`` renews it once a third of the lease has passed, and
+    says False when it was lost (then stop: another node has taken the case over)."""
+
+    def __init__(self, study: Study, stage: str) -> None:
+        self.study, self.stage = study, stage
+        self.renewed = time.monotonic()
+
+    def keep(self) -> bool:
+        if time.monotonic() - self.renewed < LEASE.total_seconds() / 3:
+            return True
+        self.renewed = time.monotonic()
+        return renew(self.study, self.stage)

@@ -282,12 +282,13 @@ class GatewayConfig(_Section):
         return self
 
     def secret_path(self) -> Path:
-        """Where the pseudonym key is kept when the environment does not give it: beside the database."""
+        """Where the pseudonym key is kept when the environment does not give it: beside the SQLite database,
+        or, with PostgreSQL, in the spool directory (which several nodes share)."""
         if self.deid.secret_file is not None:
             return Path(self.deid.secret_file)
         if self.storage.database.startswith("sqlite:///"):
             return Path(self.storage.database[len("sqlite:///"):]).parent / "secret.key"
-        return Path(self.storage.spool_dir).parent / "secret.key"
+        return Path(self.storage.spool_dir) / "secret.key"
 
     def source_by_ae(self, ae_title: str) -> SourceConfig | None:
         return next((s for s in self.sources if s.ae_title == ae_title), None)

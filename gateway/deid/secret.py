@@ -41,11 +41,17 @@ def load_or_create_secret(env_var: str, path: Path) -> tuple[bytes, bool]:
     if path.exists():
         return _decode(path.read_text(encoding="ascii"), f"secret file {path}"), False
     secret = secrets.token_bytes(SECRET_BYTES)
-    _write_atomically(path, secret.hex() + "\n")
+    if not _write_atomically(path, secret.hex() + "\n"):
+        # Another process (a second node starting at the same moment) created it first: use that one.
+        return _decode(path.read_text(encoding="ascii"), f"secret file {path}"), False
     return secret, True
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_atomically(path: Path, text: str) -> bool:
+    """Create ``path`` with ``text`` durably, never replacing an existing file; False when it already exists.
+
+    ``os.link`` is atomic and fails when the name exists, so two processes racing to create the key end with
+    one key, not one each."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -54,7 +60,12 @@ def _write_atomically(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        finally:
+            temporary.unlink(missing_ok=True)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -63,3 +74,4 @@ def _write_atomically(path: Path, text: str) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+    return True

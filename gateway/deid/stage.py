@@ -132,8 +132,9 @@ class DeidStage:
         instance alone is quarantined."""
         outcome = Outcome()
         source = study.source.name if study.source_id else study.calling_ae
+        lease = cases.Lease(study, self.name)
         for chunk in _chunks(instances, CHUNK):
-            if not cases.renew(study, self.name):
+            if not lease.keep():
                 outcome.lease_lost = True
                 return outcome
             started = time.perf_counter()

@@ -14,13 +14,14 @@ never rows pointing at missing files.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import peewee
 import structlog
 
-from gateway.models import Instance, Series, Study, db
+from gateway.models import Instance, ReportObject, Series, Study, db
 from gateway.ops import audit
 
 log = structlog.get_logger("retention")
@@ -45,6 +46,7 @@ class PurgeItem:
     instances: int
     bytes: int
     files: tuple[SpoolFile, ...]
+    outbound_dir: Path
 
 
 @dataclass(frozen=True)
@@ -91,13 +93,16 @@ def plan_purge(now: dt.datetime, days: int, *, spool_dir: Path) -> list[PurgeIte
         selected = [s.id for s in studies]
         for study in studies:
             instances = list(Instance.select(Instance.spool_path, Instance.size).where(Instance.study == study.id))
-            paths = {i.spool_path for i in instances}
+            reports = {r.spool_path for r in ReportObject.select(ReportObject.spool_path)
+                       .where(ReportObject.study == study.id)}
+            paths = {i.spool_path for i in instances} | reports
             shared = {p for (p,) in Instance.select(Instance.spool_path)
                       .where(Instance.spool_path.in_(list(paths)) & Instance.study.not_in(selected)).tuples()}
             files = tuple(sorted(SpoolFile(p, f) for p in paths - shared
                                  if (f := _spool_file(spool_dir, p)) is not None))
             items.append(PurgeItem(study.id, study.key, getattr(study, delivered_at.name), len(instances),
-                                   sum(i.size for i in instances), files))
+                                   sum(i.size for i in instances), files,
+                                   Path(spool_dir) / "outbound" / study.key))
     return items
 
 
@@ -115,6 +120,8 @@ def purge(items: list[PurgeItem], *, dry_run: bool) -> PurgeResult:
             skipped.append(item.study_key)
             continue
         deleted, freed = _delete_unreferenced(item.files)
+        # The case's de-identified copies and its re-identified report go with it.
+        shutil.rmtree(item.outbound_dir, ignore_errors=True)
         files_deleted += deleted
         bytes_freed += freed
         purged.append(item.study_key)

@@ -236,7 +236,7 @@ class ReportStage:
         peer = source.return_
         attempt = study.delivery_attempts + 1
         started = time.perf_counter()
-        result = self.delivery.send(peer, source_peer(source.name), pending)
+        result = self.delivery.send(peer, source_peer(source.name), pending, cases.Lease(study, self.name))
         seconds = time.perf_counter() - started
         log.info("report_delivery_attempt", case=study.key, source=source.name, attempt=attempt,
                  status=result.status, instances=result.sent, duration_ms=int(seconds * 1000))

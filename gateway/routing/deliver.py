@@ -164,10 +164,11 @@ class DeliveryStage:
         return pending
 
     def _attempt(self, study: Study, reviewer: ReviewerConfig) -> AttemptResult:
-        return self.send(reviewer, reviewer_peer(reviewer.name), self.pending_objects(study, reviewer))
+        return self.send(reviewer, reviewer_peer(reviewer.name), self.pending_objects(study, reviewer),
+                         cases.Lease(study, self.name))
 
     def send(self, peer: ReviewerConfig | DicomPeer, destination: str,
-             pending: Sequence[OutboundObject]) -> AttemptResult:
+             pending: Sequence[OutboundObject], lease: cases.Lease | None = None) -> AttemptResult:
         """C-STORE ``pending`` to ``peer`` over one association, recording each response in the ledger rows
         (``Delivery``, which must exist) of ``destination`` (``reviewer:<name>`` or ``source:<name>``)."""
         if not pending:
@@ -177,10 +178,10 @@ class DeliveryStage:
             return AttemptResult("no_association", remaining=len(pending))
         sent = 0
         try:
-            for number, outbound in enumerate(pending, 1):
+            for outbound in pending:
                 if not assoc.is_established:
                     break
-                if number % 20 == 0 and not cases.renew(Study(id=outbound.study_id), self.name):
+                if lease is not None and not lease.keep():
                     break  # our lease on the case was lost: another node carries on, never both
                 if self._store(assoc, outbound, destination):
                     sent += 1

@@ -135,7 +135,7 @@ class InstanceReceiver:
                 return self._commit(header, received, digest, self.spool.relative(path), version, cache)
         except peewee.OperationalError as exc:
             raise OutOfResources(f"database unavailable: {type(exc).__name__}") from exc
-        except peewee.InterfaceError as exc:
+        except (peewee.InterfaceError, peewee.DatabaseError) as exc:
             raise OutOfResources(f"database unavailable: {type(exc).__name__}") from exc
 
     @staticmethod
@@ -149,7 +149,7 @@ class InstanceReceiver:
                 version: int, cache: AssociationCache) -> StoreResult:
         for attempt in (1, 2):
             try:
-                with db.atomic():
+                with _write_transaction():
                     study_id, study_key = self._study(header, received, cache)
                     series_id = self._series(header, study_id, cache)
                     Instance.insert(
@@ -167,7 +167,7 @@ class InstanceReceiver:
                     stored = self._versions(header.sop_instance_uid).get(digest)
                     if stored is not None:
                         return StoreResult(stored[1], duplicate=True, version=stored[0])
-                    raise
+                    raise SpoolError("the row could not be committed (a conflicting write twice)") from None
                 version = max((v for v, _ in self._versions(header.sop_instance_uid).values()), default=0) + 1
             except Exception:
                 self._forget(header, cache)  # ids cached inside a rolled-back transaction are void
@@ -210,6 +210,16 @@ class InstanceReceiver:
         if now - cache.touched.get(study_id, 0.0) >= 1.0:
             Study.update(last_received_at=utcnow()).where(Study.id == study_id).execute()
             cache.touched[study_id] = now
+
+
+def _write_transaction():
+    """A transaction that reads then writes. On SQLite it takes the write lock up front (BEGIN IMMEDIATE):
+    a deferred transaction that reads first cannot upgrade while another association writes, and SQLite
+    then fails at once with "database is locked" instead of waiting ``busy_timeout``, which under
+    concurrent associations turned good instances into 0xA700."""
+    if isinstance(db.obj, peewee.SqliteDatabase):
+        return db.atomic("IMMEDIATE")
+    return db.atomic()
 
 
 def elapsed_ms(started: float) -> int:

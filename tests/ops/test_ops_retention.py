@@ -50,7 +50,7 @@ def _study(spool: Path, state: str, received_at: dt.datetime, contents: list[byt
 
 
 def _files(spool: Path) -> set[str]:
-    return {p.relative_to(spool).as_posix() for p in spool.rglob("*.dcm")}
+    return {p.relative_to(spool).as_posix() for p in (spool / "objects").rglob("*.dcm")}
 
 
 def _keys() -> set[str]:
@@ -72,6 +72,9 @@ def test_a_delivered_study_past_retention_loses_its_rows_and_files(spool):
     old = _study(spool, REPORT_DELIVERED, OLD, [b"a1", b"a2", b"a3"])
     recent = _study(spool, REPORT_DELIVERED, RECENT, [b"r1"])
     waiting = _study(spool, "receiving", OLD, [b"w1"])
+    for study in (old, waiting):  # de-identified copies, and for the old one its re-identified report
+        (spool / "outbound" / study.key).mkdir(parents=True)
+        (spool / "outbound" / study.key / "report.dcm").write_bytes(b"report")
     [item] = plan_purge(NOW, 30, spool_dir=spool)
     assert (item.study_key, item.instances, item.bytes, len(item.files)) == (old.key, 3, 6, 3)
     assert all(f.path.is_relative_to(spool) for f in item.files)
@@ -87,6 +90,8 @@ def test_a_delivered_study_past_retention_loses_its_rows_and_files(spool):
     assert audit_row.action == "purged"
     remaining = _files(spool)
     assert len(remaining) == 2 and not any(f.relative in remaining for f in item.files)
+    assert not (spool / "outbound" / old.key).exists()
+    assert (spool / "outbound" / waiting.key / "report.dcm").exists()
 
 
 def test_retention_is_counted_from_the_delivery_time(spool):
