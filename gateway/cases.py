@@ -30,18 +30,18 @@ log = structlog.get_logger("cases")
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     S.RECEIVING: frozenset({S.COMPLETE, S.REJECTED_NOT_SPINE}),
-    S.COMPLETE: frozenset({S.DEIDENTIFIED, S.QUARANTINED, S.REJECTED_NOT_SPINE, S.HELD, S.RECEIVING}),
+    S.COMPLETE: frozenset({S.DEIDENTIFIED, S.QUARANTINED, S.REJECTED_NOT_SPINE}),
     S.DEIDENTIFIED: frozenset({S.NOTES_ATTACHED, S.HELD, S.QUARANTINED}),
-    S.HELD: frozenset({S.COMPLETE, S.DEIDENTIFIED, S.NOTES_ATTACHED, S.QUARANTINED, S.ASSIGNED}),
+    S.HELD: frozenset({S.DEIDENTIFIED, S.NOTES_ATTACHED, S.QUARANTINED, S.ASSIGNED}),
     S.NOTES_ATTACHED: frozenset({S.ASSIGNED, S.HELD}),
-    S.ASSIGNED: frozenset({S.DELIVERING, S.HELD}),
-    S.DELIVERING: frozenset({S.DELIVERED, S.FAILED, S.QUARANTINED, S.REPORTED}),
+    S.ASSIGNED: frozenset({S.DELIVERING}),
+    S.DELIVERING: frozenset({S.DELIVERED, S.FAILED, S.REPORTED}),
     S.FAILED: frozenset({S.DELIVERING, S.ASSIGNED}),
     S.DELIVERED: frozenset({S.REPORTED, S.DELIVERING, S.ASSIGNED}),
     S.REPORTED: frozenset({S.REPORT_DELIVERED, S.FAILED}),
     S.REPORT_DELIVERED: frozenset({S.REPORTED}),  # an addendum from the reviewer goes home too
-    S.QUARANTINED: frozenset({S.COMPLETE}),
-    S.REJECTED_NOT_SPINE: frozenset({S.COMPLETE}),
+    S.QUARANTINED: frozenset({S.COMPLETE}),  # spine-gateway release CASE, after a person looked
+    S.REJECTED_NOT_SPINE: frozenset({S.COMPLETE}),  # spine-gateway release CASE: it is spine after all
 }
 ALL_STATES = frozenset(TRANSITIONS)
 

@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument("case", help="the case's key (as shown by status and the log)")
     retry.set_defaults(func=cmd_retry)
 
+    release = commands.add_parser("release", help="send a quarantined or not-spine case through the pipeline again")
+    release.add_argument("case", help="the case's key")
+    release.set_defaults(func=cmd_release)
+
     tail = commands.add_parser("tail", help="the routing log, one line per event (follows rotation with -f)")
     tail.add_argument("-f", "--follow", action="store_true", help="keep reading as events arrive")
     tail.add_argument("--case", help="only this case (study key)")
@@ -183,6 +187,29 @@ def cmd_retry(args: argparse.Namespace, config: GatewayConfig) -> int:
         if not retry_case(study):
             raise UsageError(f"case {args.case} is {study.state}; only a failed case can be retried")
     print(f"case {args.case}: delivering again")
+    return EXIT_OK
+
+
+def cmd_release(args: argparse.Namespace, config: GatewayConfig) -> int:
+    """QUARANTINED or REJECTED_NOT_SPINE → COMPLETE: the case is de-identified (and checked) again from scratch."""
+    import getpass
+
+    from gateway import cases
+    from gateway.models import CaseState, Study, db
+    from gateway.ops import audit
+
+    _configure_logging(config, to_file=True)
+    _open_database(config)
+    with db.connection_context():
+        study = Study.get_or_none(Study.key == args.case)
+        if study is None:
+            raise UsageError(f"no case {args.case!r}")
+        if study.state not in (CaseState.QUARANTINED, CaseState.REJECTED_NOT_SPINE):
+            raise UsageError(f"case {args.case} is {study.state}; only a quarantined or rejected case is released")
+        if not cases.move(study, CaseState.COMPLETE, reason="released"):
+            raise GatewayError(f"case {args.case} changed state meanwhile; look again with status")
+        audit.record("released", actor_ae=None, actor_host=getpass.getuser()[:64], study_key=study.key)
+    print(f"case {args.case}: released, it goes through de-identification again")
     return EXIT_OK
 
 
