@@ -12,6 +12,7 @@ from gateway import __version__, cases
 from gateway.config import GatewayConfig
 from gateway.deid.secret import load_or_create_secret
 from gateway.deid.stage import DeidStage
+from gateway.deid.work import WorkPool, deid_pool
 from gateway.models import SCHEMA_VERSION, Source, db, open_database, sync_sources
 from gateway.ops.http import HttpServer, standard_health_checks
 from gateway.pipeline import Pipeline, Stage
@@ -46,6 +47,7 @@ class GatewayNode:
         self.http: HttpServer | None = None
         self.hl7 = None  # the MLLP listener (gateway.referral.mllp) when hl7.enabled
         self.pipeline: Pipeline | None = None
+        self.work_pool: WorkPool | None = None
         self.secret = b""
         self._stop = threading.Event()
 
@@ -65,6 +67,7 @@ class GatewayNode:
                                ReportIntake(self.spool))
         self.server = start_scp(self.config.node, handlers)
         self._start_listeners()
+        self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)
         self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s)
         self.pipeline.start()
         log.info("gateway_started", ae_title=self.config.node.ae_title, port=self.config.node.port,
@@ -81,8 +84,8 @@ class GatewayNode:
         """The pipeline, in order. Each stage reads cases in one state and leaves them in the next."""
         return [
             CompletionStage(self.config.routing, SpineFilter(self.config.routing, self.config.storage.spool_dir)),
-            DeidStage(self.config.deid.options(), self.secret, self.spool, workers=self.config.deid.workers),
-            NotesStage(self.config, self.spool),
+            DeidStage(self.config.deid.options(), self.secret, self.spool, pool=self.work_pool),
+            NotesStage(self.config, self.spool, pool=self.work_pool),
             # routing (issue 5): after the notes stage
             AssignmentStage(self.config.reviewers, self.config.routing),
             DeliveryStage(self.config),
@@ -115,9 +118,10 @@ class GatewayNode:
     def stop(self) -> None:
         if self.pipeline is not None:
             self.pipeline.stop()
-            for stage in self.pipeline.stages:
-                getattr(stage, "close", lambda: None)()
             self.pipeline = None
+        if self.work_pool is not None:
+            self.work_pool.shutdown()
+            self.work_pool = None
         if self.http is not None:
             self.http.stop()
             self.http = None

@@ -28,7 +28,7 @@ import structlog
 from gateway import cases
 from gateway.deid.engine import DeidMapping, Deidentifier
 from gateway.deid.options import DeidOptions
-from gateway.deid.work import DeidWork, WorkPool, deidentify_file, default_workers, init_worker
+from gateway.deid.work import DeidWork, WorkPool, deid_pool, deidentify_file
 from gateway.models import (
     CaseState,
     Delivery,
@@ -64,15 +64,11 @@ class DeidStage:
 
     name = "deid"
 
-    def __init__(self, options: DeidOptions, secret: bytes, spool: Spool, workers: int | None = 0) -> None:
+    def __init__(self, options: DeidOptions, secret: bytes, spool: Spool, pool: WorkPool | None = None) -> None:
         self.deidentifier = Deidentifier(options, secret)
         self.options = options
         self.spool = spool
-        self.pool = WorkPool(default_workers() if workers is None else workers, init_worker,
-                             (options.model_dump_json(), secret))
-
-    def close(self) -> None:
-        self.pool.shutdown()
+        self.pool = pool or deid_pool(options, secret, workers=0)
 
     def run_once(self, now: dt.datetime) -> int:
         ready = list(Study.select().where(Study.state == CaseState.COMPLETE)

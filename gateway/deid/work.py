@@ -112,3 +112,9 @@ class WorkPool:
 def default_workers() -> int:
     """One worker per core but one (left to the DICOM receiver), at least one."""
     return max(1, (os.cpu_count() or 1) - 1)
+
+
+def deid_pool(options: DeidOptions, secret: bytes, workers: int | None = None) -> WorkPool:
+    """The node's pool of worker processes (``workers``: None for the default, 0 to work in this process)."""
+    return WorkPool(default_workers() if workers is None else workers, init_worker,
+                    (options.model_dump_json(), secret))

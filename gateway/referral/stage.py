@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import io
 import unicodedata
+from itertools import repeat
 from pathlib import Path
 
 import pydicom
@@ -33,6 +34,7 @@ from pydicom.dataset import Dataset
 from gateway import cases
 from gateway.config import GatewayConfig
 from gateway.deid.guard import find_leaks
+from gateway.deid.work import WorkPool
 from gateway.models import (
     AuditEvent,
     CaseState,
@@ -105,6 +107,13 @@ def _fits_charset(text: str, dataset: Dataset) -> str:
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
 
 
+def with_reason(path: str, reason: str) -> bytes:
+    """The outbound image at ``path`` re-encoded with Reason for the Requested Procedure set (a pool function)."""
+    dataset = pydicom.dcmread(path)
+    dataset.ReasonForTheRequestedProcedure = _fits_charset(reason, dataset)
+    return _encode(dataset)
+
+
 class NotesStage:
     """Attach each de-identified case's scrubbed notes (SR + PDF) to its pseudonymous study.
 
@@ -115,7 +124,7 @@ class NotesStage:
 
     name = "notes"
 
-    def __init__(self, config: GatewayConfig, spool: Spool) -> None:
+    def __init__(self, config: GatewayConfig, spool: Spool, pool: WorkPool | None = None) -> None:
         if not isinstance(config, GatewayConfig):
             raise TypeError("config must be a GatewayConfig")
         if not isinstance(spool, Spool):
@@ -123,6 +132,7 @@ class NotesStage:
         self.config = config
         self.referrals = config.referrals
         self.spool = spool
+        self.pool = pool  # worker processes for rewriting the images; None: in this thread
 
     def run_once(self, now: dt.datetime) -> int:
         """Advance every case waiting for notes; return how many changed state."""
@@ -229,8 +239,7 @@ class NotesStage:
         reason = short_reason(notes)
         with db.atomic():
             self._replace_notes_objects(study, built)
-            for image in images:
-                self._write_reason(study, image, reason)
+            self._write_reason(study, images, reason)
             moved = cases.move(study, CaseState.NOTES_ATTACHED,
                                reason="referral" if document is not None else NO_REFERRAL,
                                urgency=notes.urgency.value)
@@ -263,12 +272,13 @@ class NotesStage:
                                   spool_path=self.spool.relative(path),
                                   sha256=hashlib.sha256(data).hexdigest(), size=len(data))
 
-    def _write_reason(self, study: Study, image: OutboundObject, reason: str) -> None:
-        """Set (0040,1002) in one outbound image, rewriting the file atomically; pixel bytes stay as they are."""
-        path = self._outbound_path(image)
-        dataset = pydicom.dcmread(path)
-        dataset.ReasonForTheRequestedProcedure = _fits_charset(reason, dataset)
-        data = _encode(dataset)
-        self.spool.write_outbound(study.key, path.name, data)
-        image.sha256, image.size = hashlib.sha256(data).hexdigest(), len(data)
-        image.save()
+    def _write_reason(self, study: Study, images: list[OutboundObject], reason: str) -> None:
+        """Set (0040,1002) in every outbound image, rewriting each file atomically; pixel bytes stay as they are.
+
+        The files are re-encoded in the worker processes when the node has them."""
+        paths = [str(self._outbound_path(image)) for image in images]
+        mapper = self.pool.map if self.pool is not None else map
+        for image, path, data in zip(images, paths, mapper(with_reason, paths, repeat(reason))):
+            self.spool.write_outbound(study.key, Path(path).name, data)
+            image.sha256, image.size = hashlib.sha256(data).hexdigest(), len(data)
+            image.save()
