@@ -43,7 +43,7 @@ from gateway.models import (
 from gateway.ops import audit
 from gateway.reports.errors import ReidentificationError
 from gateway.reports.reidentify import CaseMapping, Reidentifier, derived_report_uid
-from gateway.routing.deliver import REPORT_KIND, SENT, DeliveryStage, backoff_s
+from gateway.routing.deliver import REPORT_KIND, SENT, DeliveryStage, backoff_s, unsent_objects
 from gateway.scp.spool import Spool
 
 log = structlog.get_logger("reports")
@@ -215,17 +215,7 @@ class ReportStage:
     @staticmethod
     def pending_objects(study: Study, source: SourceConfig) -> list[OutboundObject]:
         """The case's re-identified reports not yet stored by the source (ledger rows created as needed)."""
-        destination = source_peer(source.name)
-        objects = list(OutboundObject.select().where((OutboundObject.study == study)
-                                                     & (OutboundObject.kind == REPORT_KIND))
-                       .order_by(OutboundObject.id))
-        sent = {oid for (oid,) in Delivery.select(Delivery.outbound).where(
-            (Delivery.destination == destination) & (Delivery.state == SENT)
-            & Delivery.outbound.in_([o.id for o in objects])).tuples()} if objects else set()
-        pending = [o for o in objects if o.id not in sent]
-        for outbound in pending:
-            Delivery.get_or_create(outbound=outbound, destination=destination)
-        return pending
+        return unsent_objects(study, source_peer(source.name), OutboundObject.kind == REPORT_KIND)
 
     @staticmethod
     def _has_deliverable(study: Study) -> bool:

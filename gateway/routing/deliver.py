@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import peewee
 import pydicom
 import structlog
 from pydicom.dataset import Dataset
@@ -150,18 +151,8 @@ class DeliveryStage:
     # -- one association ---------------------------------------------------------------------------------
 
     def pending_objects(self, study: Study, reviewer: ReviewerConfig) -> list[OutboundObject]:
-        """The case's outbound objects not yet stored by ``reviewer`` (ledger rows created as needed)."""
-        destination = reviewer_peer(reviewer.name)
-        objects = list(OutboundObject.select().where((OutboundObject.study == study)
-                                                     & (OutboundObject.kind != REPORT_KIND))  # PHI: source only
-                       .order_by(OutboundObject.id))
-        sent = {outbound_id for (outbound_id,) in Delivery.select(Delivery.outbound).where(
-            (Delivery.destination == destination) & (Delivery.state == SENT)
-            & Delivery.outbound.in_([o.id for o in objects])).tuples()} if objects else set()
-        pending = [o for o in objects if o.id not in sent]
-        for outbound in pending:
-            Delivery.get_or_create(outbound=outbound, destination=destination)
-        return pending
+        """The case's outbound objects not yet stored by ``reviewer`` (re-identified reports never: PHI)."""
+        return unsent_objects(study, reviewer_peer(reviewer.name), OutboundObject.kind != REPORT_KIND)
 
     def _attempt(self, study: Study, reviewer: ReviewerConfig) -> AttemptResult:
         return self.send(reviewer, reviewer_peer(reviewer.name), self.pending_objects(study, reviewer),
@@ -219,6 +210,20 @@ class DeliveryStage:
         ok = status in STORED_STATUSES
         _update_ledger(outbound, destination, ok, status, error or _status_text(status))
         return ok
+
+
+def unsent_objects(study: Study, destination: str, which: peewee.Expression) -> list[OutboundObject]:
+    """The case's outbound objects matching ``which`` that the ledger does not show as sent to
+    ``destination``, in creation order; their ledger rows are created as needed."""
+    objects = list(OutboundObject.select().where((OutboundObject.study == study) & which)
+                   .order_by(OutboundObject.id))
+    sent = {outbound_id for (outbound_id,) in Delivery.select(Delivery.outbound).where(
+        (Delivery.destination == destination) & (Delivery.state == SENT)
+        & Delivery.outbound.in_([o.id for o in objects])).tuples()} if objects else set()
+    pending = [o for o in objects if o.id not in sent]
+    for outbound in pending:
+        Delivery.get_or_create(outbound=outbound, destination=destination)
+    return pending
 
 
 def _contexts(objects: Sequence[OutboundObject]) -> dict[str, list[str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
 from structlog.testing import capture_logs
 
 from gateway.config import GatewayConfig
-from gateway.models import CaseState, Delivery, OutboundObject, Study, utcnow
+from gateway.models import CaseState, Delivery, Study, utcnow
 from gateway.routing.deliver import DeliveryStage, backoff_s, retry_case
 from routing_db import add_outbound, make_case, open_db
 from support.dicomfiles import dataset_bytes, sop_instance_uid
