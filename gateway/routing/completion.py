@@ -29,7 +29,8 @@ class CompletionStage:
                  .where((Study.state == CaseState.RECEIVING) & (Study.last_received_at <= cutoff)
                         & (last_instance <= cutoff))
                  .order_by(Study.last_received_at))
-        return sum(self._complete(study) for study in quiet)
+        # list(): fetched whole before any write; on SQLite a half-read cursor makes the writes fail at once.
+        return sum(self._complete(study) for study in list(quiet))
 
     def _complete(self, study: Study) -> bool:
         if self.spine_filter is not None and self.spine_filter.reject_if_not_spine(study):

@@ -57,7 +57,7 @@ class SlaStage:
                                        & Study.sla_flagged_at.is_null(False))
         load, recent, down = open_cases(), last_assigned(), unhealthy_peers()
         moved = 0
-        for study in flagged:
+        for study in list(flagged):  # fetched whole before writing (SQLite: see CompletionStage.run_once)
             needs = CaseNeeds.of(study)
             choice = self.pool.choose(needs, now, load, recent, down, exclude=[study.reviewer or ""])
             if choice is None:
