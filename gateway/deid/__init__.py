@@ -13,7 +13,6 @@ This package knows no network and no database, and logs nothing identifying.
 from gateway.deid.burned_in import burned_in_risk
 from gateway.deid.engine import DeidMapping, DeidResult, Deidentifier, PatientContext
 from gateway.deid.errors import (
-    BlankingNotImplementedError,
     BurnedInRiskError,
     DeidError,
     IdentifierLeakError,
@@ -21,11 +20,11 @@ from gateway.deid.errors import (
     UnsupportedObjectError,
 )
 from gateway.deid.guard import Leak, PatientIdentifiers, assert_no_leaks, find_leaks, identifiers_from_dataset
-from gateway.deid.options import BurnedInPolicy, DeidOptions, PrivateTagRule
+from gateway.deid.options import BlankRegion, BurnedInPolicy, DeidOptions, PrivateTagRule
 from gateway.deid.secret import load_or_create_secret
 
 __all__ = [
-    "BlankingNotImplementedError",
+    "BlankRegion",
     "BurnedInPolicy",
     "BurnedInRiskError",
     "DeidError",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pydicom.dataset import Dataset
 from pydicom import uid
+from pydicom.dataset import Dataset
 
 from gateway.deid.errors import BurnedInRiskError
+from gateway.deid.options import BlankRegion
 
 # SOP classes whose content is a picture of a screen, a scanned page or a document body.
 RISKY_SOP_CLASSES: dict[str, str] = {
@@ -69,3 +70,27 @@ def _as_list(value: object) -> list[object]:
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         return list(value)  # type: ignore[arg-type]
     return [value]
+
+
+def blank_region_for(dataset: Dataset, regions: tuple[BlankRegion, ...]) -> BlankRegion | None:
+    """The configured region of this device and image size, if any (and only for objects with pixels)."""
+    if "PixelData" not in dataset:
+        return None
+    manufacturer = str(dataset.get("Manufacturer", "") or "")
+    model = str(dataset.get("ManufacturerModelName", "") or "")
+    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
+    return next((r for r in regions if r.matches(manufacturer, model, rows, columns)), None)
+
+
+def blank_pixels(dataset: Dataset, region: BlankRegion) -> None:
+    """Zero ``region``'s rectangles in every frame and sample; the pixel data ends uncompressed
+    (Explicit VR Little Endian) and Burned In Annotation says NO. The SOP Instance UID is kept (the
+    de-identifier replaces it like any other)."""
+    if dataset.file_meta.TransferSyntaxUID.is_compressed:
+        dataset.decompress(generate_instance_uid=False)
+    pixels = dataset.pixel_array.copy()
+    frames = pixels if int(dataset.get("NumberOfFrames", 1) or 1) > 1 else pixels[None, ...]
+    for x0, y0, x1, y1 in region.rectangles:
+        frames[:, y0:y1, x0:x1, ...] = 0
+    dataset.PixelData = frames.tobytes()
+    dataset.BurnedInAnnotation = "NO"

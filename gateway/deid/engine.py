@@ -14,9 +14,9 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
 from gateway.deid.actions import Action, CompiledActions, ResolvedAction, compile_actions
-from gateway.deid.burned_in import burned_in_risk
-from gateway.deid.errors import BlankingNotImplementedError, BurnedInRiskError, UnsupportedObjectError
-from gateway.deid.options import BurnedInPolicy, DeidOptions
+from gateway.deid.burned_in import blank_pixels, blank_region_for, burned_in_risk
+from gateway.deid.errors import BurnedInRiskError, UnsupportedObjectError
+from gateway.deid.options import BlankRegion, BurnedInPolicy, DeidOptions
 from gateway.deid.pseudonym import Pseudonymizer, is_standard_uid, uuid_derived_uid
 from gateway.deid.values import TEXT_VRS, dummy_value, is_safe_descriptor, shift_date, shift_datetime
 
@@ -45,6 +45,7 @@ _NON_INSTANCE_UID_KEYWORDS = frozenset(
 # PS3.16 CID 7050 De-identification Method.
 _METHOD_CODES: dict[str, tuple[str, str]] = {
     "basic": ("113100", "Basic Application Confidentiality Profile"),
+    "clean_pixel_data": ("113101", "Clean Pixel Data Option"),
     "clean_graphics": ("113103", "Clean Graphics Option"),
     "clean_structured_content": ("113104", "Clean Structured Content Option"),
     "clean_descriptors": ("113105", "Clean Descriptors Option"),
@@ -143,15 +144,17 @@ class Deidentifier:
 
         Raises:
             UnsupportedObjectError: no SOP Class/Instance UID, or a DICOMDIR.
-            BurnedInRiskError: the object may carry burned-in identifiers (``burned_in='reject'``).
-            BlankingNotImplementedError: such an object under ``burned_in='blank'``.
+            BurnedInRiskError: the object may carry burned-in identifiers, and either ``burned_in`` is
+                ``reject`` or no ``blank_regions`` entry fits its device and image size.
         """
-        self._check_supported(dataset)
+        blank = self._check_supported(dataset)
         work = copy.deepcopy(dataset) if copy_dataset else dataset
+        if blank is not None:
+            blank_pixels(work, blank)
         run = self._start_run(work, context)
         self._walk(work, run)
         self._set_patient_module(work, run)
-        self._set_method_attributes(work)
+        self._set_method_attributes(work, pixels_cleaned=blank is not None)
         self._rebuild_file_meta(work, run)
         return DeidResult(dataset=work, mapping=run.mapping, method=self.method)
 
@@ -165,7 +168,8 @@ class Deidentifier:
 
     # -- checks and set-up ----------------------------------------------------------------------
 
-    def _check_supported(self, dataset: Dataset) -> None:
+    def _check_supported(self, dataset: Dataset) -> BlankRegion | None:
+        """Refuse what cannot be de-identified; return the region to blank when pixels must be cleaned."""
         sop_class = str(dataset.get("SOPClassUID", "") or "").strip()
         if not sop_class or not str(dataset.get("SOPInstanceUID", "") or "").strip():
             raise UnsupportedObjectError("SOPClassUID or SOPInstanceUID missing")
@@ -173,10 +177,12 @@ class Deidentifier:
             raise UnsupportedObjectError("media storage directory (DICOMDIR)")
         reason = burned_in_risk(dataset)
         if reason is None:
-            return
+            return None
         if self.options.burned_in is BurnedInPolicy.BLANK:
-            # TODO: blank per-device rectangles (decode, zero, re-encode) once the device table exists.
-            raise BlankingNotImplementedError(f"pixel blanking not implemented ({reason})")
+            region = blank_region_for(dataset, self.options.blank_regions)
+            if region is not None:
+                return region
+            raise BurnedInRiskError(f"{reason}; no blank_regions entry for this device and image size")
         raise BurnedInRiskError(reason)
 
     def _start_run(self, dataset: Dataset, context: PatientContext) -> _Run:
@@ -348,11 +354,12 @@ class Deidentifier:
         dataset.PatientName = run.mapping.patient_name
         dataset.PatientID = run.mapping.patient_id
 
-    def _set_method_attributes(self, dataset: Dataset) -> None:
+    def _set_method_attributes(self, dataset: Dataset, pixels_cleaned: bool = False) -> None:
         dataset.PatientIdentityRemoved = "YES"
-        dataset.DeidentificationMethod = list(self.method)
+        keys = self._method_keys() + (["clean_pixel_data"] if pixels_cleaned else [])
+        dataset.DeidentificationMethod = list(self.method) + (["Clean Pixel Data"] if pixels_cleaned else [])
         items = []
-        for key in self._method_keys():
+        for key in keys:
             code_value, meaning = _METHOD_CODES[key]
             item = Dataset()
             item.CodeValue = code_value

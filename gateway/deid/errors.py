@@ -26,10 +26,6 @@ class UnsupportedObjectError(QuarantineError):
     """The object cannot be de-identified safely (e.g. a DICOMDIR or no SOP Instance UID)."""
 
 
-class BlankingNotImplementedError(QuarantineError, NotImplementedError):
-    """``burned_in='blank'`` was asked for, but per-device pixel blanking is not implemented yet."""
-
-
 class IdentifierLeakError(QuarantineError):
     """The outbound guard found a patient identifier; ``paths`` name where, never what."""
 

@@ -13,7 +13,7 @@ class BurnedInPolicy(str, enum.Enum):
     """What to do with objects that may carry identifiers burned into the pixels."""
 
     REJECT = "reject"  # raise BurnedInRiskError: the object is quarantined
-    BLANK = "blank"  # blank per-device rectangles (not implemented yet: raises BlankingNotImplementedError)
+    BLANK = "blank"  # blank the configured rectangles of the device (``blank_regions``); quarantine if none fits
 
 
 class PrivateTagRule(BaseModel):
@@ -35,6 +35,31 @@ class PrivateTagRule(BaseModel):
         if group % 2 == 0:
             raise ValueError("a private group number is odd")
         return group
+
+
+class BlankRegion(BaseModel):
+    """Where one kind of device burns text into its images: rectangles to blank, for one image size.
+
+    ``manufacturer`` and ``model`` match (case-insensitively) as substrings of Manufacturer and Manufacturer's
+    Model Name; empty matches any. Each rectangle is ``[x0, y0, x1, y1]`` in pixels, ends excluded.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    manufacturer: str = ""
+    model: str = ""
+    rows: int = Field(ge=1)
+    columns: int = Field(ge=1)
+    rectangles: tuple[tuple[int, int, int, int], ...] = Field(min_length=1)
+
+    def model_post_init(self, __context: object) -> None:
+        for x0, y0, x1, y1 in self.rectangles:
+            if not (0 <= x0 < x1 <= self.columns and 0 <= y0 < y1 <= self.rows):
+                raise ValueError(f"rectangle {[x0, y0, x1, y1]} is not inside {self.columns}x{self.rows}")
+
+    def matches(self, manufacturer: str, model: str, rows: int, columns: int) -> bool:
+        return (self.manufacturer.upper() in manufacturer.upper() and self.model.upper() in model.upper()
+                and (self.rows, self.columns) == (rows, columns))
 
 
 class DeidOptions(BaseModel):
@@ -67,6 +92,8 @@ class DeidOptions(BaseModel):
     """Keep graphic annotations, de-identifying their items; bitmap overlays are still removed (113103)."""
     burned_in: BurnedInPolicy = BurnedInPolicy.REJECT
     """Policy for objects that may carry burned-in identifiers."""
+    blank_regions: tuple[BlankRegion, ...] = ()
+    """With ``burned_in: blank``: per device and image size, the rectangles that are blanked (113101)."""
     extra_descriptor_words: frozenset[str] = frozenset()
     """Words added to the built-in safe clinical word list (compared upper-case)."""
     min_date_offset_days: int = -3650

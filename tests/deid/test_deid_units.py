@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from pathlib import Path
 
 from pydicom.data import get_testdata_files
 from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage, EncapsulatedPDFStorage, SecondaryCaptureImageStorage, UltrasoundImageStorage
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    CTImageStorage,
+    EncapsulatedPDFStorage,
+    ExplicitVRLittleEndian,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+    UltrasoundImageStorage,
+)
 
 from gateway.deid import (
-    BlankingNotImplementedError,
+    BlankRegion,
     BurnedInRiskError,
     DeidOptions,
     Deidentifier,
@@ -168,8 +176,47 @@ def test_burned_in_risk_is_refused(sop_class: str, modality: str, extra: dict) -
     with pytest.raises(BurnedInRiskError) as raised:
         Deidentifier(None, SECRET).deidentify(ds, PatientContext("SITE"))
     assert raised.value.reason
-    with pytest.raises(BlankingNotImplementedError):
+    with pytest.raises(BurnedInRiskError) as raised:  # blanking, but no rectangles for this device
         Deidentifier(DeidOptions(burned_in="blank"), SECRET).deidentify(ds, PatientContext("SITE"))
+    assert "no blank_regions entry" in raised.value.reason
+
+
+def _screen(syntax: str) -> Dataset:
+    """A 32x32 secondary capture from an 'ACME VIEWER 3' whose top-left corner carries burned-in text."""
+    ds = _image(SecondaryCaptureImageStorage, "OT")
+    ds.Manufacturer, ds.ManufacturerModelName = "ACME Medical", "VIEWER 3"
+    ds.BurnedInAnnotation = "YES"
+    ds.Rows = ds.Columns = 32
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = np.full((32, 32), 700, dtype="<u2").tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if syntax != ExplicitVRLittleEndian:
+        ds.compress(syntax)
+    return ds
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, RLELossless])
+def test_burned_in_text_is_blanked_in_the_configured_rectangles(syntax: str) -> None:
+    region = BlankRegion(manufacturer="acme", model="viewer", rows=32, columns=32, rectangles=((0, 0, 16, 8),))
+    options = DeidOptions(burned_in="blank", blank_regions=(region,))
+    out = Deidentifier(options, SECRET).deidentify(_screen(syntax), PatientContext("SITE")).dataset
+    pixels = out.pixel_array
+    assert (pixels[0:8, 0:16] == 0).all()
+    assert (pixels[8:, :] == 700).all() and (pixels[:8, 16:] == 700).all()
+    assert out.BurnedInAnnotation == "NO"
+    assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert "113101" in [item.CodeValue for item in out.DeidentificationMethodCodeSequence]
+    other_size = BlankRegion(manufacturer="acme", rows=64, columns=64, rectangles=((0, 0, 16, 8),))
+    with pytest.raises(BurnedInRiskError):
+        Deidentifier(DeidOptions(burned_in="blank", blank_regions=(other_size,)), SECRET).deidentify(
+            _screen(syntax), PatientContext("SITE"))
+
+
+def test_blank_region_rectangles_must_fit_the_image() -> None:
+    with pytest.raises(ValueError, match="not inside"):
+        BlankRegion(rows=32, columns=32, rectangles=((0, 0, 40, 8),))
 
 
 def test_unsupported_objects() -> None:
