@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from gateway import __version__
 from gateway.config import CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH, GatewayConfig, load_config
@@ -175,15 +176,13 @@ def cmd_status(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.models import Study, db
+    from gateway.models import db
     from gateway.routing.deliver import retry_case
 
     _configure_logging(config, to_file=True)
     _open_database(config)
     with db.connection_context():
-        study = Study.get_or_none(Study.key == args.case)
-        if study is None:
-            raise UsageError(f"no case {args.case!r}")
+        study = _case(args.case)
         if not retry_case(study):
             raise UsageError(f"case {args.case} is {study.state}; only a failed case can be retried")
     print(f"case {args.case}: delivering again")
@@ -195,15 +194,13 @@ def cmd_release(args: argparse.Namespace, config: GatewayConfig) -> int:
     import getpass
 
     from gateway import cases
-    from gateway.models import CaseState, Study, db
+    from gateway.models import CaseState, db
     from gateway.ops import audit
 
     _configure_logging(config, to_file=True)
     _open_database(config)
     with db.connection_context():
-        study = Study.get_or_none(Study.key == args.case)
-        if study is None:
-            raise UsageError(f"no case {args.case!r}")
+        study = _case(args.case)
         if study.state not in (CaseState.QUARANTINED, CaseState.REJECTED_NOT_SPINE):
             raise UsageError(f"case {args.case} is {study.state}; only a quarantined or rejected case is released")
         if not cases.move(study, CaseState.COMPLETE, reason="released"):
@@ -211,6 +208,16 @@ def cmd_release(args: argparse.Namespace, config: GatewayConfig) -> int:
         audit.record("released", actor_ae=None, actor_host=getpass.getuser()[:64], study_key=study.key)
     print(f"case {args.case}: released, it goes through de-identification again")
     return EXIT_OK
+
+
+def _case(key: str) -> Any:
+    """The case (study row) with this key, or a one-line usage error."""
+    from gateway.models import Study
+
+    study = Study.get_or_none(Study.key == key)
+    if study is None:
+        raise UsageError(f"no case {key!r}")
+    return study
 
 
 def _open_database(config: GatewayConfig) -> None:
