@@ -13,7 +13,7 @@ import io
 from xml.sax.saxutils import escape
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import getSampleStyleSheet
@@ -23,6 +23,7 @@ from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, Tabl
 from gateway.referral import codes
 from gateway.referral.charset import specific_character_set
 from gateway.referral.document import Urgency
+from gateway.referral.notes_base import _NotesBuilder
 from gateway.referral.scrub import ScrubbedNotes
 
 __all__ = ["ENCAPSULATED_PDF_STORAGE", "NotesPDFBuilder", "build_notes_pdf_dataset", "render_notes_pdf"]
@@ -118,7 +119,7 @@ def _section(heading: str, text: str | None, styles: dict) -> list[object]:
     return [Paragraph(heading, styles["Heading2"]), *_paragraphs(text, styles["BodyText"])]
 
 
-class NotesPDFBuilder:
+class NotesPDFBuilder(_NotesBuilder):
     """Builds the Encapsulated PDF Storage object of the notes.
 
     Args:
@@ -134,29 +135,14 @@ class NotesPDFBuilder:
         ValueError: evidence lacks a required attribute, or a UID repeats one of the evidence's.
     """
 
+    required_attributes = _REQUIRED
+
     def __init__(self, evidence: Dataset, notes: ScrubbedNotes, *, series_instance_uid: str | None = None,
                  sop_instance_uid: str | None = None, series_number: int = DEFAULT_SERIES_NUMBER,
                  instance_number: int = 1, manufacturer: str = PDF_AUTHOR) -> None:
-        if not isinstance(evidence, Dataset):
-            raise TypeError("evidence must be a pydicom Dataset")
-        if not isinstance(notes, ScrubbedNotes):
-            raise TypeError("notes must be a ScrubbedNotes")
-        missing = [k for k in _REQUIRED if k not in evidence]
-        if missing:
-            raise ValueError(f"evidence lacks required attribute(s): {', '.join(missing)}")
-        for name, uid in (("series_instance_uid", series_instance_uid), ("sop_instance_uid", sop_instance_uid)):
-            if uid is not None and uid in (evidence.get("SeriesInstanceUID"), evidence.get("SOPInstanceUID")):
-                raise ValueError(f"{name} must differ from the evidence's UIDs")
-        for name, number in (("series_number", series_number), ("instance_number", instance_number)):
-            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-                raise TypeError(f"{name} must be a positive int")
-        self._evidence = evidence
-        self._notes = notes
-        self._series_instance_uid = series_instance_uid or generate_uid(prefix=None)
-        self._sop_instance_uid = sop_instance_uid or generate_uid(prefix=None)
-        self._series_number = series_number
-        self._instance_number = instance_number
-        self._manufacturer = manufacturer
+        super().__init__(evidence, notes, series_instance_uid=series_instance_uid,
+                         sop_instance_uid=sop_instance_uid, series_number=series_number,
+                         instance_number=instance_number, manufacturer=manufacturer)
 
     def build(self) -> Dataset:
         """Render the PDF and return the Encapsulated PDF dataset (with file meta)."""

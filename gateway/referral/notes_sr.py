@@ -33,11 +33,11 @@ from highdicom.sr import (
     TextContentItem,
 )
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 
 from gateway.referral import codes
 from gateway.referral.charset import specific_character_set
 from gateway.referral.document import Urgency
+from gateway.referral.notes_base import _NotesBuilder
 from gateway.referral.redflags import FlagFinding
 from gateway.referral.scrub import ScrubbedNotes, ScrubbedPain
 
@@ -149,16 +149,7 @@ class RequestSection:
         return _container(codes.REQUEST, _text(codes.CLINICAL_QUESTION, self._question))
 
 
-def _check_uid(name: str, value: str | None) -> None:
-    if value is None:
-        return
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str")
-    if not value or len(value) > 64 or not all(part.isdigit() for part in value.split(".")):
-        raise ValueError(f"{name} is not a valid DICOM UID")
-
-
-class NotesSRBuilder:
+class NotesSRBuilder(_NotesBuilder):
     """Builds the notes SR of one referral.
 
     Args:
@@ -177,36 +168,14 @@ class NotesSRBuilder:
             the evidence's, or a number is not positive.
     """
 
+    required_attributes = EVIDENCE_REQUIRED_ATTRIBUTES
+
     def __init__(self, evidence: Dataset, notes: ScrubbedNotes, *, series_instance_uid: str | None = None,
                  sop_instance_uid: str | None = None, series_number: int = DEFAULT_SERIES_NUMBER,
                  instance_number: int = 1, manufacturer: str = DEFAULT_MANUFACTURER) -> None:
-        if not isinstance(evidence, Dataset):
-            raise TypeError("evidence must be a pydicom Dataset")
-        if not isinstance(notes, ScrubbedNotes):
-            raise TypeError("notes must be a ScrubbedNotes")
-        missing = [keyword for keyword in EVIDENCE_REQUIRED_ATTRIBUTES if keyword not in evidence]
-        if missing:
-            raise ValueError(f"evidence lacks required attribute(s): {', '.join(missing)}")
-        _check_uid("series_instance_uid", series_instance_uid)
-        _check_uid("sop_instance_uid", sop_instance_uid)
-        if series_instance_uid is not None and series_instance_uid == evidence.SeriesInstanceUID:
-            raise ValueError("series_instance_uid must differ from the evidence's series")
-        if sop_instance_uid is not None and sop_instance_uid == evidence.SOPInstanceUID:
-            raise ValueError("sop_instance_uid must differ from the evidence's instance")
-        for name, number in (("series_number", series_number), ("instance_number", instance_number)):
-            if isinstance(number, bool) or not isinstance(number, int):
-                raise TypeError(f"{name} must be an int")
-            if number < 1:
-                raise ValueError(f"{name} must be positive")
-        if not isinstance(manufacturer, str) or not manufacturer:
-            raise TypeError("manufacturer must be a non-empty str")
-        self._evidence = evidence
-        self._notes = notes
-        self._series_instance_uid = series_instance_uid or generate_uid(prefix=None)
-        self._sop_instance_uid = sop_instance_uid or generate_uid(prefix=None)
-        self._series_number = series_number
-        self._instance_number = instance_number
-        self._manufacturer = manufacturer
+        super().__init__(evidence, notes, series_instance_uid=series_instance_uid,
+                         sop_instance_uid=sop_instance_uid, series_number=series_number,
+                         instance_number=instance_number, manufacturer=manufacturer)
 
     def content(self) -> ContainerContentItem:
         """The root container of the document."""
