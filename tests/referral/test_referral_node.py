@@ -121,7 +121,8 @@ def wait_for_notes(node: GatewayProcess, timeout: float = 60) -> tuple[tuple, di
         if case is None:
             return None
         paths = notes_paths(node, case[0])
-        return (case, paths) if "notes_sr" in paths else None
+        # the case row is read again: it may have been read before the notes stage's transaction committed
+        return (case_row(node), paths) if "notes_sr" in paths else None
 
     return wait_until(ready, timeout, "the notes SR to be attached")
 
