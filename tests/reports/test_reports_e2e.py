@@ -161,7 +161,7 @@ def test_reports_create_builds_valid_srs_and_sends_them_in_as_the_reviewer(site,
                          "--pdf", "--key-images")
     assert sent.stdout.count(": 0x0000") == 3, sent.stdout
     wait_until(lambda: len(site.hospital.get("/instances")) == before + 3, 60, "SR, PDF and KO home")
-    wait_until(lambda: site.node.status()["cases_by_state"] == {"report_delivered": 1}, 30, "the case home again")
+    wait_until(lambda: site.node.status()["cases_by_state"] == {"report_delivered": 1}, 120, "the case home again")
     originals = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in site.originals}
     key_objects = [i for i in hospital_instances(site.hospital) if i.get("Modality") == "KO"]
     assert len(key_objects) == 1

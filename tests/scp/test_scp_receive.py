@@ -227,7 +227,7 @@ def test_orthanc_sends_a_study(tmp_path, database_url, small_study):
     try:
         study_id = orthanc.upload(small_study)[0]["ParentStudy"]
         orthanc.post("/modalities/gateway/store", {"Resources": [study_id], "Synchronous": True})
-        wait_until(lambda: len(instances_in_db(database_url)) == len(small_study), 30, "all instances stored")
+        wait_until(lambda: len(instances_in_db(database_url)) == len(small_study), 120, "all instances stored")
         spool = spool_index(node.spool_dir)
         assert set(spool) == {sop_instance_uid(p) for p in small_study}
     finally:
