@@ -98,12 +98,19 @@ class GatewayNode:
     def _start_listeners(self) -> None:
         """Servers beside the DICOM port: the HTTP API (health, metrics, referrals)."""
         if self.config.http.enabled:
-            checks = standard_health_checks(db, lambda: self.server is not None, self.config.storage.spool_dir,
+            checks = standard_health_checks(db, self.accepting, self.config.storage.spool_dir,
                                             self.config.storage.min_free_bytes)
             self.http = HttpServer(self.config.http, checks)
             register_referral_routes(self.http)
             self.http.start()
         self.hl7 = start_hl7_listener(self.config.hl7)
+
+    def accepting(self) -> bool:
+        """The DICOM port is open and pynetdicom's acceptor thread is alive."""
+        server = self.server
+        if server is None or server.socket is None or server.socket.fileno() < 0:
+            return False
+        return any(t.name.startswith("AcceptorServer@") and t.is_alive() for t in threading.enumerate())
 
     def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import urllib.request
 import subprocess
 from pathlib import Path
 
@@ -49,6 +51,9 @@ def test_dcmtk_echo_and_store(gateway, database_url, small_study):
     snapshot = gateway.status()
     assert snapshot["instances_total"] == len(small_study)
     assert snapshot["studies_by_state"] == {"receiving": 1}
+    with urllib.request.urlopen(f"http://127.0.0.1:{gateway.http_port}/healthz", timeout=10) as rsp:
+        health = json.loads(rsp.read())
+    assert health["status"] == "ok" and health["checks"]["scp"]["ok"] is True
     events = [e["event"] for e in gateway.log_events()]
     assert events.count("instance_stored") == len(small_study)
     assert "association_accepted" in events and "association_closed" in events
