@@ -26,6 +26,7 @@ import peewee
 import structlog
 
 from gateway.config import HttpConfig
+from gateway.ops.serving import serve_in_thread, stop_serving
 from gateway.errors import GatewayError
 from gateway.ops.metrics import CONTENT_TYPE, METRICS, GatewayMetrics
 
@@ -195,19 +196,14 @@ class HttpServer:
         server = ThreadingHTTPServer((self.config.host, self.config.port), _make_request_handler(self))
         server.daemon_threads = True
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="http-server", daemon=True)
-        self._thread.start()
+        self._thread = serve_in_thread(server, "http-server")
         log.info("http_started", port=self.port, component="http")
 
     def stop(self) -> None:
         """Stop serving and close the socket (idempotent)."""
         if self._server is None:
             return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
+        stop_serving(self._server, self._thread)
         self._server = None
         self._thread = None
 

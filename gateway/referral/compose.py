@@ -11,14 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 
 from gateway.deid.guard import PatientIdentifiers
 from gateway.models import StudyIdentity
 from gateway.referral.codes import NON_URGENT_FLAGS
 from gateway.referral.document import Referral, Urgency
-from gateway.referral.redflags import FlagFinding, detect_red_flags, flags_for
-from gateway.referral.scrub import KnownIdentifiers, ScrubbedNotes, ScrubbedPain, TextScrubber
+from gateway.referral.redflags import FlagFinding, detect_red_flags
+from gateway.referral.scrub import KnownIdentifiers, ScrubbedNotes, TextScrubber, scrub_referral
 
 __all__ = [
     "HEADER_NOTE_KEYWORDS",
@@ -112,33 +111,9 @@ def _urgency(referral_urgent: bool, flags: Iterable[FlagFinding]) -> Urgency:
 
 
 def scrub_referral_notes(referral: Referral, known: KnownIdentifiers, date_offset_days: int) -> ScrubbedNotes:
-    """Scrub every free-text field of ``referral`` with ``known`` and combine declared and detected red flags.
-
-    Like :func:`gateway.referral.scrub.scrub_referral`, but with the identifiers of the whole case
-    (the study header's too), not only the referral's own.
-    """
-    scrubber = TextScrubber(known, date_offset_days)
-
-    def clean(text: str | None) -> str | None:
-        return scrubber.scrub(text) if text else None
-
-    findings = tuple(replace(f, phrase=clean(f.phrase)) for f in flags_for(referral))
-    clinical, pain = referral.clinical, referral.clinical.pain
-    return ScrubbedNotes(
-        urgency=_urgency(referral.urgency is Urgency.URGENT, findings),
-        flags=findings,
-        history=clean(clinical.history),
-        symptoms=clean(clinical.symptoms),
-        pain=None if pain is None else ScrubbedPain(
-            location=clean(pain.location), intensity=pain.intensity, nature=clean(pain.nature),
-            duration_weeks=pain.duration_weeks, radiation=clean(pain.radiation)),
-        examination=clean(clinical.examination),
-        emg=clean(clinical.emg),
-        prior_treatment=clean(clinical.prior_treatment),
-        prior_imaging=clean(clinical.prior_imaging),
-        question=clean(clinical.question),
-        subspecialty=clean(referral.subspecialty),
-    )
+    """:func:`gateway.referral.scrub.scrub_referral` with the identifiers of the whole case (the study
+    header's too), not only the referral's own."""
+    return scrub_referral(referral, date_offset_days, known=known)
 
 
 def scrub_header_notes(header_notes: Mapping[str, str], known: KnownIdentifiers,

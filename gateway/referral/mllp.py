@@ -20,6 +20,7 @@ import structlog
 
 from gateway.config import Hl7Config
 from gateway.models import db
+from gateway.ops.serving import serve_in_thread, stop_serving
 from gateway.referral.document import Referral
 from gateway.referral.errors import HL7ParseError, ReferralValidationError
 from gateway.referral.hl7 import build_ack, parse_hl7_referral
@@ -154,19 +155,14 @@ class MllpServer:
         if self._server is not None:
             return
         self._server = _ThreadingServer((self.config.host, self.config.port), self._answer)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="mllp-server", daemon=True)
-        self._thread.start()
+        self._thread = serve_in_thread(self._server, "mllp-server")
         log.info("hl7_started", port=self.port, component="hl7")
 
     def stop(self) -> None:
         """Stop serving and close the socket (idempotent)."""
         if self._server is None:
             return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
+        stop_serving(self._server, self._thread)
         self._server = None
         self._thread = None
 

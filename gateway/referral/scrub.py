@@ -377,17 +377,18 @@ class ScrubbedNotes:
 
 
 def scrub_referral(referral: Referral, date_offset_days: int, institution_names: Iterable[str] = (),
-                   *, day_first: bool = True) -> ScrubbedNotes:
+                   *, day_first: bool = True, known: KnownIdentifiers | None = None) -> ScrubbedNotes:
     """Scrub every free-text field of ``referral`` and combine declared and detected red flags.
 
     Red flags are detected on the original text (identifiers do not affect them); their trigger
     phrases are scrubbed too. The urgency is ``urgent`` if the referrer said so or any red flag,
-    declared or detected, other than the three non-urgent ones is present.
+    declared or detected, other than the three non-urgent ones is present. ``known`` replaces the
+    identifiers taken from the referral itself (the node passes those of the whole case).
     """
     if not isinstance(referral, Referral):
         raise TypeError("referral must be a Referral")
-    scrubber = TextScrubber(KnownIdentifiers.from_referral(referral, institution_names), date_offset_days,
-                            day_first=day_first)
+    known = known or KnownIdentifiers.from_referral(referral, institution_names)
+    scrubber = TextScrubber(known, date_offset_days, day_first=day_first)
 
     def clean(text: str | None) -> str | None:
         return scrubber.scrub(text) if text else None
