@@ -28,6 +28,8 @@ from peewee import (
     Model,
     TextField,
 )
+from playhouse.migrate import SchemaMigrator
+from playhouse.migrate import migrate as playhouse_migrate
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
 from gateway.errors import ConfigError
@@ -132,6 +134,7 @@ class Instance(BaseModel):
     calling_ae = CharField(max_length=16)
     received_at = DateTimeField(default=utcnow)
     state = CharField(max_length=32, default=InstanceState.STORED, index=True)
+    node = CharField(max_length=128, null=True)  # the node that received it (see scp.receiver)
 
     class Meta:
         indexes = ((("sop_instance_uid", "sha256"), True),)
@@ -298,8 +301,16 @@ def _migrate_to_1(database: peewee.Database) -> None:
     database.create_tables(MODELS_V1)
 
 
+def _migrate_to_2(database: peewee.Database) -> None:
+    """``instance.node``: which node received the instance (a database made at version 1 lacks it)."""
+    if "node" not in {column.name for column in database.get_columns(Instance._meta.table_name)}:
+        migrator = SchemaMigrator.from_database(database)
+        playhouse_migrate(migrator.add_column(Instance._meta.table_name, "node", Instance.node))
+
+
 MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (1, _migrate_to_1),
+    (2, _migrate_to_2),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

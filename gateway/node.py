@@ -28,8 +28,8 @@ from gateway.routing.health import HealthStage
 from gateway.routing.sla import SlaStage
 from gateway.routing.spine import SpineFilter
 from gateway.scp.handlers import ScpHandlers
+from gateway.scp.receiver import InstanceReceiver, remove_unplaced_receipts
 from gateway.scp.policy import AssociationPolicy
-from gateway.scp.receiver import InstanceReceiver
 from gateway.scp.server import start_scp
 from gateway.scp.spool import Spool
 
@@ -62,8 +62,13 @@ class GatewayNode:
         removed = self.spool.prepare()
         if removed:
             log.warning("spool_partial_files_removed", count=removed)
+        with db.connection_context():
+            unplaced = remove_unplaced_receipts(self.spool, self.identity)
+        if unplaced:
+            log.warning("unacknowledged_receipts_removed", count=unplaced,
+                        reason="row committed, file never placed: the node stopped in between")
         self._load_secret()
-        handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids),
+        handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids, self.identity),
                                ReportIntake(self.spool))
         self.server = start_scp(self.config.node, handlers)
         self._start_listeners()

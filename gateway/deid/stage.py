@@ -169,9 +169,15 @@ class DeidStage:
                 Instance.id.in_([instance.id for instance, _, _ in written])).execute()
 
     def _latest_stored(self, study: Study) -> list[Instance]:
-        """The newest version of each SOP instance; older versions are marked superseded."""
+        """The newest version of each SOP instance; older versions are marked superseded.
+
+        An instance whose file is not in the spool yet is left for a later run: the receiver commits the row
+        while the file is still being made durable (``scp.receiver.InstanceReceiver``).
+        """
         latest: dict[str, Instance] = {}
-        stored = list(study.instances.where(Instance.state == InstanceState.STORED).order_by(Instance.version))
+        stored = [instance for instance in
+                  study.instances.where(Instance.state == InstanceState.STORED).order_by(Instance.version)
+                  if self.spool.absolute(instance.spool_path).exists()]
         for instance in stored:
             previous = latest.get(instance.sop_instance_uid)
             if previous is not None:

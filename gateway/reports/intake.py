@@ -34,9 +34,8 @@ from gateway.errors import OutOfResources
 from gateway.models import CaseState, ReportObject, Study, db
 from gateway.reports.codes import REPORT_CLASSES
 from gateway.reports.errors import ReportRefused
-from gateway.scp.receiver import ReceivedInstance, check_context, read_header
+from gateway.scp.receiver import ReceivedInstance, check_context, parse_header
 from gateway.scp.spool import Spool
-from gateway.scp.wellformed import check_well_formed
 
 log = structlog.get_logger("reports.intake")
 
@@ -67,17 +66,15 @@ class ReportIntake:
             OutOfResources: disk full, database unavailable, or the case changed under us (0xA700).
             SpoolError: other I/O failures (0xA700).
         """
-        check_well_formed(memoryview(received.part10)[len(received.part10) - received.dataset_length:],
-                          received.transfer_syntax)
-        header = read_header(received.part10)
+        header = parse_header(received)
         check_context(header, received)
         if header.sop_class_uid not in REPORT_CLASSES:
             raise ReportRefused("not_a_report_class")
         try:
             with db.connection_context():
                 study = self._assigned_case(header.study_uid, reviewer)
-                digest = hashlib.sha256(received.part10[len(received.part10) - received.dataset_length:]).hexdigest()
-                path = self.spool.store(received.part10, digest)
+                digest = hashlib.sha256(received.dataset).hexdigest()
+                path = self.spool.store((received.meta, received.dataset), digest)
                 return self._commit(study, header, received, reviewer, digest, self.spool.relative(path))
         except (peewee.OperationalError, peewee.InterfaceError) as exc:
             raise OutOfResources(f"database unavailable: {type(exc).__name__}") from exc
@@ -105,7 +102,7 @@ class ReportIntake:
             ReportObject.create(study=study, reviewer=reviewer, calling_ae=received.calling_ae,
                                 sop_class_uid=header.sop_class_uid, sop_instance_uid=header.sop_instance_uid,
                                 transfer_syntax=received.transfer_syntax, spool_path=relative_path, sha256=digest,
-                                size=len(received.part10))
+                                size=received.size)
             if study.state != CaseState.REPORTED and not cases.move(
                     study, CaseState.REPORTED, reason="report_received", next_attempt_at=None, delivery_attempts=0):
                 raise OutOfResources("the case changed state while the report arrived; send it again")
@@ -121,7 +118,7 @@ class ReportIntake:
         """
         if received.context_sop_class not in REPORT_CLASSES:
             return
-        header = read_header(received.part10)
+        header = parse_header(received)
         with db.connection_context():
             pseudonymous = Study.get_or_none(Study.pseudo_study_uid == header.study_uid)
         if pseudonymous is not None:

@@ -19,8 +19,6 @@ from typing import Any, Protocol
 
 import structlog
 from pydicom.dataset import Dataset
-from pydicom.filewriter import write_file_meta_info
-from pydicom.filebase import DicomBytesIO
 from pynetdicom import evt
 from pynetdicom.association import Association
 
@@ -29,10 +27,12 @@ from gateway.dicomnet import NODELAY_HANDLER
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
 from gateway.models import QuarantinedObject, db
 from gateway.ops import audit, metrics
+from gateway.scp.filemeta import part10_header
 from gateway.scp.policy import AssociationPolicy, AssociationRefused, Caller
 from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance, elapsed_ms
 
 log = structlog.get_logger("scp")
+
 
 
 @dataclass
@@ -118,36 +118,36 @@ class ScpHandlers:
         """C-ECHO: always 0x0000 (Success) for an admitted caller."""
         return status.SUCCESS
 
-    def on_store(self, event: evt.Event) -> Dataset:
+    def on_store(self, event: evt.Event) -> Dataset | int:
         """C-STORE: see the module docstring for the statuses."""
         started = time.perf_counter()
         stats = self._associations.get(event.assoc)
         if stats is None:  # not admitted through on_requested: cannot happen, refuse rather than guess
             return _status(status.NOT_AUTHORIZED, "association not admitted")
-        part10 = b""
+        received: ReceivedInstance | None = None
         try:
-            part10, received = self._received(event, stats)
+            received = self._received(event, stats)
             if stats.caller.role != "source":
                 return self._report(stats, received, started)
             if self.reports is not None:
                 self.reports.check_source_upload(received)
             result = self.receiver.receive(received, stats.cache)
         except InvalidInstance as refusal:
-            return self._refuse(stats, part10, refusal.status, refusal.reason, refusal.detail, started,
+            return self._refuse(stats, received.part10 if received else b"", refusal.status, refusal.reason, refusal.detail, started,
                                 getattr(refusal, "event", "instance_refused"), getattr(refusal, "study_key", None))
         except OutOfResources as exc:
             return self._fail(stats, status.OUT_OF_RESOURCES, "out_of_resources", str(exc), started)
         except SpoolError as exc:
             return self._fail(stats, status.OUT_OF_RESOURCES, "spool_error", str(exc), started)
         stats.instances += 1
-        stats.bytes += len(part10)
+        stats.bytes += received.size
         stats.studies[result.study_key] = stats.studies.get(result.study_key, 0) + 1
-        metrics.record_instance("duplicate" if result.duplicate else "stored", len(part10),
+        metrics.record_instance("duplicate" if result.duplicate else "stored", received.size,
                                 time.perf_counter() - started)
         log.info("instance_duplicate" if result.duplicate else "instance_stored", study=result.study_key,
-                 source=stats.caller.name, status=status.SUCCESS, version=result.version, bytes=len(part10),
+                 source=stats.caller.name, status=status.SUCCESS, version=result.version, bytes=received.size,
                  sop_class=received.context_sop_class, duration_ms=elapsed_ms(started))
-        return _status(status.SUCCESS)
+        return status.SUCCESS
 
     def _report(self, stats: AssociationStats, received: ReceivedInstance, started: float) -> Dataset:
         """A reviewer's C-STORE: its report, through the report intake (which raises to refuse)."""
@@ -164,18 +164,25 @@ class ScpHandlers:
         return _status(status.SUCCESS)
 
     @staticmethod
-    def _received(event: evt.Event, stats: AssociationStats) -> tuple[bytes, ReceivedInstance]:
-        dataset_bytes = event.request.DataSet.getvalue()
-        meta = DicomBytesIO()
-        meta.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(meta, event.file_meta, enforce_standard=True)
-        part10 = meta.getvalue() + dataset_bytes
-        return part10, ReceivedInstance(
-            part10=part10,
-            dataset_length=len(dataset_bytes),
+    def _received(event: evt.Event, stats: AssociationStats) -> ReceivedInstance:
+        """The request as the receiver takes it: the dataset's bytes as sent, and the file meta to put before it.
+
+        Raises:
+            InvalidInstance: a UID in the request that is not even ASCII (0xC000).
+        """
+        request = event.request
+        transfer_syntax = str(event.context.transfer_syntax)
+        affected_instance = str(request.AffectedSOPInstanceUID or "")
+        try:
+            meta = part10_header(str(request.AffectedSOPClassUID or ""), affected_instance, transfer_syntax)
+        except UnicodeEncodeError:
+            raise InvalidInstance("invalid_uids", status.CANNOT_UNDERSTAND, "request UIDs") from None
+        return ReceivedInstance(
+            meta=meta,
+            dataset=request.DataSet.getvalue(),
             context_sop_class=str(event.context.abstract_syntax),
-            affected_sop_instance=str(event.request.AffectedSOPInstanceUID or ""),
-            transfer_syntax=str(event.context.transfer_syntax),
+            affected_sop_instance=affected_instance,
+            transfer_syntax=transfer_syntax,
             calling_ae=stats.caller.ae_title,
         )
 

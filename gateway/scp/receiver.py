@@ -11,7 +11,9 @@ import hashlib
 import io
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import peewee
 import pydicom
@@ -19,11 +21,14 @@ from pydicom.errors import InvalidDicomError
 
 from gateway import status
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
-from gateway.models import Instance, Series, Study, db, utcnow
+from gateway.models import Instance, InstanceState, Series, Study, db, utcnow
 from gateway.scp.spool import Spool
 from gateway.scp.wellformed import check_well_formed
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+STUDY_UID, SERIES_UID, SOP_INSTANCE_UID, SOP_CLASS_UID, MODALITY = (
+    0x0020000D, 0x0020000E, 0x00080018, 0x00080016, 0x00080060)
+HEADER_TAGS = frozenset({STUDY_UID, SERIES_UID, SOP_INSTANCE_UID, SOP_CLASS_UID, MODALITY})
 
 
 @dataclass(frozen=True)
@@ -41,12 +46,21 @@ class InstanceHeader:
 class ReceivedInstance:
     """One C-STORE request as the network layer hands it over."""
 
-    part10: bytes            # preamble + file meta + dataset bytes exactly as received
-    dataset_length: int      # how many trailing bytes of ``part10`` are the dataset
-    context_sop_class: str   # the SOP class of the presentation context it arrived on
+    meta: bytes                     # preamble, "DICM" and the file meta group: what precedes the dataset on disk
+    dataset: bytes | memoryview     # the dataset bytes exactly as received
+    context_sop_class: str          # the SOP class of the presentation context it arrived on
     affected_sop_instance: str
     transfer_syntax: str
     calling_ae: str
+
+    @property
+    def size(self) -> int:
+        return len(self.meta) + len(self.dataset)
+
+    @property
+    def part10(self) -> bytes:
+        """The whole Part 10 file in one buffer (a copy: the hot path writes ``meta`` and ``dataset`` apart)."""
+        return self.meta + bytes(self.dataset)
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,36 @@ def read_header(part10: bytes) -> InstanceHeader:
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OverflowError,
             NotImplementedError, AttributeError, IndexError, UnicodeError, OSError) as exc:
         raise InvalidInstance("malformed_dataset", status.CANNOT_UNDERSTAND, type(exc).__name__) from None
+    return _checked_header(values, modality)
+
+
+def header_from_values(found: dict[int, bytes]) -> InstanceHeader:
+    """The header from the raw top-level values the structural walk collected (``HEADER_TAGS``).
+
+    UIs and CSs are ASCII in every character set DICOM allows, so no decoding beyond that is needed.
+
+    Raises:
+        InvalidInstance: missing/invalid UIDs (0xC000).
+    """
+    def text(tag: int) -> str | None:
+        raw = found.get(tag)
+        return raw.decode("ascii", "replace").strip("\0 ") if raw else None
+    values = {"study_uid": text(STUDY_UID), "series_uid": text(SERIES_UID),
+              "sop_instance_uid": text(SOP_INSTANCE_UID), "sop_class_uid": text(SOP_CLASS_UID)}
+    return _checked_header(values, text(MODALITY))
+
+
+def parse_header(received: ReceivedInstance) -> InstanceHeader:
+    """Check the dataset's structure and read its identity: from the walk's values, or (deflated) by pydicom.
+
+    Raises:
+        InvalidInstance: malformed, or missing/invalid UIDs (0xC000).
+    """
+    found = check_well_formed(received.dataset, received.transfer_syntax, HEADER_TAGS)
+    return header_from_values(found) if found is not None else read_header(received.part10)
+
+
+def _checked_header(values: dict, modality: object) -> InstanceHeader:
     missing = [name for name, value in values.items() if not value]
     if missing:
         raise InvalidInstance("missing_uids", status.CANNOT_UNDERSTAND, ",".join(missing))
@@ -105,12 +149,27 @@ def check_context(header: InstanceHeader, received: ReceivedInstance) -> None:
         raise InvalidInstance("sop_instance_mismatch", status.DATASET_DOES_NOT_MATCH_SOP_CLASS)
 
 
-class InstanceReceiver:
-    """Turns a ``ReceivedInstance`` into a spooled file and a committed ``Instance`` row."""
+def sha256_hex(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
 
-    def __init__(self, spool: Spool, source_ids: dict[str, int]) -> None:
+
+class InstanceReceiver:
+    """Turns a ``ReceivedInstance`` into a spooled file and a committed ``Instance`` row.
+
+    The file and the row are made durable side by side, and success is answered only when both are: the
+    digest is computed on one thread while another writes and fsyncs the file, and this one commits the row
+    as soon as the digest is known. A crash between the two can leave a row whose file was never placed;
+    such a receipt was never acknowledged, and ``remove_unplaced_receipts`` deletes it when the node that
+    received it starts again (the row names its node). Readers skip a row whose file is not there yet.
+    """
+
+    def __init__(self, spool: Spool, source_ids: dict[str, int], node: str | None = None) -> None:
         self.spool = spool
         self.source_ids = source_ids
+        self.node = node
+        # hashlib and file writes release the GIL: digest and file are made on other cores meanwhile.
+        self._hashing = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-hash")
+        self._spooling = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-write")
 
     def receive(self, received: ReceivedInstance, cache: AssociationCache) -> StoreResult:
         """Store one instance durably.
@@ -120,30 +179,69 @@ class InstanceReceiver:
             OutOfResources: disk full or database unavailable (0xA700).
             SpoolError: other I/O failures (0xA700).
         """
-        dataset = memoryview(received.part10)[len(received.part10) - received.dataset_length:]
-        check_well_formed(dataset, received.transfer_syntax)
-        header = read_header(received.part10)
+        header = parse_header(received)
         check_context(header, received)
-        digest = hashlib.sha256(dataset).hexdigest()
+        hashing: Future[str] = self._hashing.submit(sha256_hex, received.dataset)
+        spooling: Future[Path] = self._spooling.submit(self._spool_file, received, hashing)
         try:
             with db.connection_context():
-                versions = self._versions(header.sop_instance_uid)
-                if digest in versions:
-                    return StoreResult(versions[digest][1], duplicate=True, version=versions[digest][0])
-                path = self.spool.store(received.part10, digest)
-                version = max((v for v, _ in versions.values()), default=0) + 1
-                return self._commit(header, received, digest, self.spool.relative(path), version, cache)
+                return self._record(header, received, hashing, spooling, cache)
         except peewee.OperationalError as exc:
             raise OutOfResources(f"database unavailable: {type(exc).__name__}") from exc
         except (peewee.InterfaceError, peewee.DatabaseError) as exc:
             raise OutOfResources(f"database unavailable: {type(exc).__name__}") from exc
+        finally:
+            _settle(spooling)
+
+    def _spool_file(self, received: ReceivedInstance, hashing: Future[str]) -> Path:
+        written = self.spool.write_temporary((received.meta, received.dataset))
+        try:
+            digest = hashing.result()
+        except BaseException:
+            self.spool.discard(written)
+            raise
+        return self.spool.place(written, digest)
+
+    def _record(self, header: InstanceHeader, received: ReceivedInstance, hashing: Future[str],
+                spooling: Future[Path], cache: AssociationCache) -> StoreResult:
+        versions = self._versions(header.sop_instance_uid)
+        digest = hashing.result()
+        if digest in versions:
+            spooling.result()  # placed again: the earlier receipt may have died before placing its file
+            stored = self._versions(header.sop_instance_uid).get(digest)  # still there (not removed meanwhile)
+            if stored is not None:
+                return StoreResult(stored[1], duplicate=True, version=stored[0])
+            versions = self._versions(header.sop_instance_uid)
+        version = max((v for v, _ in versions.values()), default=0) + 1
+        relative_path = self.spool.relative(self.spool.path_for(digest))
+        result = self._commit(header, received, digest, relative_path, version, cache)
+        try:
+            spooling.result()
+        except (OutOfResources, SpoolError):
+            if not result.duplicate:
+                self._forget_row(header.sop_instance_uid, digest)
+            raise
+        return result
+
+    def _forget_row(self, sop_instance_uid: str, digest: str) -> None:
+        """Take back the row of a receipt whose file could not be written (unless another receipt of the same
+        bytes placed the file meanwhile: then the row is good)."""
+        if self.spool.path_for(digest).exists():
+            return
+        try:
+            Instance.delete().where((Instance.sop_instance_uid == sop_instance_uid) & (Instance.sha256 == digest)
+                                    & (Instance.node == self.node)).execute()
+        except peewee.PeeweeException:
+            pass  # the node's next start removes it (remove_unplaced_receipts)
 
     @staticmethod
     def _versions(sop_instance_uid: str) -> dict[str, tuple[int, str]]:
-        """sha256 → (version, study key) of every stored version of this SOP instance (usually none)."""
-        rows = (Instance.select(Instance.sha256, Instance.version, Study.key).join(Study)
-                .where(Instance.sop_instance_uid == sop_instance_uid).tuples())
-        return {sha: (version, key) for sha, version, key in rows}
+        """sha256 → (version, study key) of every stored version of this SOP instance (usually none).
+
+        Plain SQL: asked once per received instance, and peewee's query building cost more than the query.
+        """
+        cursor = db.execute_sql(_VERSIONS_SQL.format(param=db.param), (sop_instance_uid,))
+        return {sha: (version, key) for sha, version, key in cursor.fetchall()}
 
     def _commit(self, header: InstanceHeader, received: ReceivedInstance, digest: str, relative_path: str,
                 version: int, cache: AssociationCache) -> StoreResult:
@@ -155,8 +253,8 @@ class InstanceReceiver:
                     Instance.insert(
                         study=study_id, series=series_id, sop_instance_uid=header.sop_instance_uid,
                         sop_class_uid=header.sop_class_uid, transfer_syntax=received.transfer_syntax,
-                        version=version, size=len(received.part10), sha256=digest, spool_path=relative_path,
-                        calling_ae=received.calling_ae, received_at=utcnow(),
+                        version=version, size=received.size, sha256=digest, spool_path=relative_path,
+                        calling_ae=received.calling_ae, received_at=utcnow(), node=self.node,
                     ).execute()
                     self._touch_study(study_id, cache)
                 return StoreResult(study_key, version=version)
@@ -212,6 +310,10 @@ class InstanceReceiver:
             cache.touched[study_id] = now
 
 
+_VERSIONS_SQL = (f'SELECT i.sha256, i.version, s."key" FROM "{Instance._meta.table_name}" i '
+                 f'JOIN "{Study._meta.table_name}" s ON s.id = i.study_id WHERE i.sop_instance_uid = {{param}}')
+
+
 def _write_transaction():
     """A transaction that reads then writes. On SQLite it takes the write lock up front (BEGIN IMMEDIATE):
     a deferred transaction that reads first cannot upgrade while another association writes, and SQLite
@@ -220,6 +322,28 @@ def _write_transaction():
     if isinstance(db.obj, peewee.SqliteDatabase):
         return db.atomic("IMMEDIATE")
     return db.atomic()
+
+
+def _settle(future: Future) -> None:
+    """Wait for a background step to finish, whatever became of it (its errors are the caller's business)."""
+    try:
+        future.result()
+    except BaseException:  # noqa: BLE001 - already reported through the path that awaited it, or moot
+        pass
+
+
+def remove_unplaced_receipts(spool: Spool, node: str) -> int:
+    """Delete rows this node committed for instances whose file it never placed (it died in between).
+
+    Such an instance was never acknowledged (success waits for both), so its sender still holds it. Run at
+    start-up, before the node serves: only this node's rows, since another node's may be in flight.
+    """
+    stored = (Instance.select(Instance.id, Instance.spool_path)
+              .where((Instance.node == node) & (Instance.state == InstanceState.STORED)).tuples())
+    unplaced = [row_id for row_id, relative in stored if not spool.absolute(relative).exists()]
+    for start in range(0, len(unplaced), 500):
+        Instance.delete().where(Instance.id.in_(unplaced[start:start + 500])).execute()
+    return len(unplaced)
 
 
 def elapsed_ms(started: float) -> int:

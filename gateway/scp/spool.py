@@ -20,6 +20,7 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.errors import OutOfResources, SpoolError
@@ -51,6 +52,7 @@ class Spool:
         """
         for directory in (self.root, self.objects, self.quarantine_dir, self.outbound, self.tmp):
             directory.mkdir(parents=True, exist_ok=True)
+        self._prepare_object_buckets()
         cutoff = time.time() - STALE_TMP_S
         stale = [p for p in self.tmp.iterdir()]
         stale += [p for d in self.tmp_root.iterdir() if d.is_dir() and d != self.tmp
@@ -58,6 +60,19 @@ class Spool:
         for leftover in stale:
             leftover.unlink(missing_ok=True)
         return len(stale)
+
+    def _prepare_object_buckets(self) -> None:
+        """Create the 256 ``objects/xx/`` directories up front (and make them durable once), so that the first
+        instances received into a new spool do not each pay for a directory creation and two fsyncs."""
+        created = False
+        for bucket in range(256):
+            directory = self.objects / f"{bucket:02x}"
+            if not directory.is_dir():
+                directory.mkdir(exist_ok=True)
+                created = True
+            self._known_dirs.add(directory)
+        if created:
+            self._fsync_dir(self.objects)
 
     def path_for(self, digest: str) -> Path:
         return self.objects / digest[:2] / f"{digest}.dcm"
@@ -68,7 +83,7 @@ class Spool:
     def absolute(self, relative: str) -> Path:
         return self.root / relative
 
-    def store(self, data: bytes, digest: str) -> Path:
+    def store(self, data: bytes | Sequence[bytes | memoryview], digest: str) -> Path:
         """Write ``data`` under its digest, durably. Returns the final path.
 
         Raises:
@@ -76,14 +91,47 @@ class Spool:
             SpoolError: any other I/O failure.
         """
         final = self.path_for(digest)
-        if final.exists() and final.stat().st_size == len(data):
+        size = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else sum(len(part) for part in data)
+        if final.exists() and final.stat().st_size == size:
             # Complete by construction (renamed only after fsync); make sure its name is durable too.
             self._fsync_dir(final.parent)
             return final
-        self._check_free_space(len(data))
+        self.check_free_space(size)
         self._ensure_dir(final.parent)
         self._write_atomically(final, data)
         return final
+
+    def write_temporary(self, parts: Sequence[bytes | memoryview]) -> Path:
+        """Write ``parts`` one after the other into a new file under ``tmp/`` and fsync it; return its path.
+
+        The first half of ``store`` for a caller that learns the digest meanwhile: ``place`` finishes it.
+
+        Raises:
+            OutOfResources: below the free-space floor, or the disk filled up.
+            SpoolError: any other I/O failure.
+        """
+        self.check_free_space(sum(len(part) for part in parts))
+        return self._write_synced(parts)
+
+    def place(self, written: Path, digest: str) -> Path:
+        """Rename a file from ``write_temporary`` to its content address and make the name durable.
+
+        Raises:
+            OutOfResources: the disk filled up.
+            SpoolError: any other I/O failure.
+        """
+        final = self.path_for(digest)
+        try:
+            self._ensure_dir(final.parent)
+            os.rename(written, final)  # same digest already there: replaced by identical bytes
+            self._fsync_dir(final.parent)
+        except OSError as exc:
+            written.unlink(missing_ok=True)
+            raise self.io_error(exc) from exc
+        return final
+
+    def discard(self, written: Path) -> None:
+        written.unlink(missing_ok=True)
 
     def write_outbound(self, case_key: str, name: str, data: bytes) -> Path:
         """Write a de-identified object for ``case_key`` durably, replacing any earlier file of that name.
@@ -93,7 +141,7 @@ class Spool:
             SpoolError: any other I/O failure.
         """
         directory = self.outbound / case_key
-        self._check_free_space(len(data))
+        self.check_free_space(len(data))
         self._ensure_dir(directory)
         final = directory / name
         self._write_atomically(final, data)
@@ -105,7 +153,7 @@ class Spool:
             day = self.quarantine_dir / utcnow().strftime("%Y-%m-%d")
             self._ensure_dir(day)
             final = day / f"{secrets.token_hex(8)}.dcm"
-            self._check_free_space(len(data))
+            self.check_free_space(len(data))
             self._write_atomically(final, data)
             return final
         except (OSError, SpoolError):
@@ -114,29 +162,39 @@ class Spool:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
-    def _check_free_space(self, needed: int) -> None:
+    def check_free_space(self, needed: int) -> None:
         if self.min_free_bytes and self.free_bytes() - needed < self.min_free_bytes:
             raise OutOfResources("free space in the spool is below storage.min_free_bytes")
 
-    def _write_atomically(self, final: Path, data: bytes) -> None:
-        tmp = self.tmp / f"{secrets.token_hex(8)}.part"
+    def _write_atomically(self, final: Path, data: bytes | Sequence[bytes | memoryview]) -> None:
+        tmp = self._write_synced((data,) if isinstance(data, (bytes, bytearray, memoryview)) else data)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
             os.rename(tmp, final)
             self._fsync_dir(final.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            if exc.errno in _NO_SPACE:
-                raise OutOfResources("the spool disk is full") from exc
-            raise SpoolError(f"spool write failed: {exc.strerror}") from exc
+            raise self.io_error(exc) from exc
+
+    def _write_synced(self, parts: Sequence[bytes | memoryview]) -> Path:
+        """A new file under ``tmp/`` holding ``parts`` in order, fsynced. Removed again on failure."""
+        tmp = self.tmp / f"{secrets.token_hex(8)}.part"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                _write_all(fd, parts)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise self.io_error(exc) from exc
+        return tmp
+
+    @staticmethod
+    def io_error(exc: OSError) -> OutOfResources | SpoolError:
+        if exc.errno in _NO_SPACE:
+            return OutOfResources("the spool disk is full")
+        return SpoolError(f"spool write failed: {exc.strerror}")
 
     def _ensure_dir(self, directory: Path) -> None:
         if directory in self._known_dirs:
@@ -153,3 +211,15 @@ class Spool:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
+    """``os.writev`` until every byte of ``parts`` is written (a write may be short)."""
+    views = [memoryview(part).cast("B") for part in parts if len(part)]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]

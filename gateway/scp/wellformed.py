@@ -23,10 +23,13 @@ MAX_DEPTH = 16
 
 
 class _Walker:
-    def __init__(self, data: memoryview, implicit: bool, little: bool) -> None:
+    def __init__(self, data: memoryview, implicit: bool, little: bool, wanted: frozenset[int] = frozenset()) -> None:
         self.data = data
         self.implicit = implicit
         self.endian = "<" if little else ">"
+        self.wanted = wanted
+        self.found: dict[int, bytes] = {}
+        self._value: tuple[int, int] = (0, 0)  # offset and length of the last defined-length value
 
     def fail(self, detail: str) -> InvalidInstance:
         return InvalidInstance("malformed_dataset", status.CANNOT_UNDERSTAND, detail)
@@ -57,6 +60,9 @@ class _Walker:
                 raise self.fail("tags out of order")
             last_tag = tag
             pos = self.element(pos, end, tag, depth)
+            if depth == 0 and tag in self.wanted:
+                start, length = self._value
+                self.found[tag] = bytes(self.data[start:start + length])
         if until_item_end:
             raise self.fail("undefined-length item without a delimiter")
         return pos
@@ -76,6 +82,7 @@ class _Walker:
             else:
                 raise self.fail("invalid VR")
         if length == UNDEFINED:
+            self._value = (pos, 0)
             if tag == 0x7FE00010:
                 return self.items(pos, end, depth, encapsulated=True)
             if vr in (None, b"SQ", b"UN"):
@@ -83,6 +90,7 @@ class _Walker:
             raise self.fail("undefined length on a value that cannot have one")
         if pos + length > end:
             raise self.fail("value length runs past the end")
+        self._value = (pos, length)
         if vr == b"SQ" and length:
             self.items(pos, pos + length, depth, encapsulated=False, defined_end=True)
         return pos + length
@@ -112,18 +120,24 @@ class _Walker:
         raise self.fail("undefined-length sequence without a delimiter")
 
 
-def check_well_formed(dataset: bytes | memoryview, transfer_syntax: str) -> None:
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def check_well_formed(dataset: bytes | memoryview, transfer_syntax: str,
+                      wanted: frozenset[int] = frozenset()) -> dict[int, bytes] | None:
     """Raise ``InvalidInstance`` (malformed_dataset, 0xC000) unless the encoding is structurally sound.
 
-    Deflated datasets are not walked here (the header parse inflates and reads them).
+    Returns the raw values of the top-level elements in ``wanted`` (tags as ``0xGGGGEEEE``) met on the way,
+    or None for a deflated dataset, which is not walked here (the header parse inflates and reads it).
     """
-    if transfer_syntax == "1.2.840.10008.1.2.1.99":
-        return
+    if transfer_syntax == DEFLATED:
+        return None
     walker = _Walker(memoryview(dataset), implicit=transfer_syntax == "1.2.840.10008.1.2",
-                     little=transfer_syntax != "1.2.840.10008.1.2.2")
+                     little=transfer_syntax != "1.2.840.10008.1.2.2", wanted=wanted)
     if len(walker.data) == 0:
         raise walker.fail("empty dataset")
     try:
         walker.dataset(0, len(walker.data), depth=0)
     except struct.error:
         raise walker.fail("truncated element header") from None
+    return walker.found

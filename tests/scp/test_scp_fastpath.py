@@ -1,0 +1,252 @@
+"""The receiving hot path's own parts, checked against what they replace or promise.
+
+Each one stands in for slower general machinery (pydicom's encoders, pynetdicom's socket reads and polling
+reactors) or reorders durable writes; these tests hold them to the same bytes and the same guarantees.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import socket
+import threading
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_ECHO_RSP, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dsutils import encode as pynetdicom_encode
+
+from gateway.deid.options import DeidOptions
+from gateway.deid.stage import DeidStage
+from gateway.deid.work import deid_pool
+from gateway.dicomnet import _wait_for_message, encode_command_set, recv_exactly
+from gateway.models import Instance, InstanceState, SchemaVersion, db, migrate, open_database
+from gateway.scp.filemeta import part10_header
+from gateway.errors import InvalidInstance
+from gateway.scp.receiver import (HEADER_TAGS, AssociationCache, InstanceReceiver, ReceivedInstance,
+                                  header_from_values, parse_header, read_header, remove_unplaced_receipts)
+from gateway.scp.spool import Spool
+from gateway.scp.wellformed import check_well_formed
+from support.dicomfiles import dataset_bytes
+
+MR = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def test_recv_exactly_reads_a_whole_pdu_and_stops_short_only_when_the_peer_closes():
+    left, right = socket.socketpair()
+    payload = bytes(random.Random(1).getrandbits(8) for _ in range(300_000))
+    sender = threading.Thread(target=lambda: (left.sendall(payload), left.sendall(b"tail"), left.close()))
+    sender.start()
+    assert recv_exactly(right, len(payload)) == payload
+    # the peer claims far more than it sends (as a hostile PDU length would): what came, no more, no 4 GiB buffer
+    assert recv_exactly(right, 2**32 - 1) == b"tail"
+    sender.join()
+    right.close()
+
+
+def _store_rq(rng: random.Random) -> C_STORE:
+    primitive = C_STORE()
+    primitive.MessageID = rng.randint(1, 65535)
+    primitive.Priority = rng.choice([0, 1, 2])
+    primitive.AffectedSOPClassUID = f"1.2.840.10008.5.1.4.1.1.{rng.randint(1, 999)}"
+    primitive.AffectedSOPInstanceUID = "1.2." + ".".join(str(rng.randint(0, 10**9)) for _ in range(rng.randint(1, 5)))
+    if rng.random() < 0.3:
+        primitive.MoveOriginatorApplicationEntityTitle = "AE" * rng.randint(1, 8)
+        primitive.MoveOriginatorMessageID = rng.randint(1, 65535)
+    primitive.DataSet = BytesIO(b"\0" * 8)
+    return primitive
+
+
+def _store_rsp(rng: random.Random) -> C_STORE:
+    primitive = C_STORE()
+    primitive.MessageIDBeingRespondedTo = rng.randint(1, 65535)
+    primitive.AffectedSOPClassUID = MR
+    primitive.AffectedSOPInstanceUID = f"2.25.{rng.randint(0, 10**30)}"
+    primitive.Status = rng.choice([0x0000, 0xA700, 0xA900, 0xC000, 0x0124, 0xB000])
+    if rng.random() < 0.5:
+        primitive.ErrorComment = "x" * rng.randint(1, 64)
+    return primitive
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_command_sets_encode_to_the_same_bytes_as_pydicom(seed):
+    rng = random.Random(seed)
+    messages = []
+    for _ in range(200):
+        request, response = C_STORE_RQ(), C_STORE_RSP()
+        request.primitive_to_message(_store_rq(rng))
+        response.primitive_to_message(_store_rsp(rng))
+        messages += [request, response]
+    echo, echo_rsp = C_ECHO_RQ(), C_ECHO_RSP()
+    primitive = C_ECHO()
+    primitive.MessageID = 7
+    primitive.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    echo.primitive_to_message(primitive)
+    primitive.MessageIDBeingRespondedTo, primitive.Status = 7, 0
+    echo_rsp.primitive_to_message(primitive)
+    for message in [*messages, echo, echo_rsp]:
+        assert encode_command_set(message.command_set, True, True) == \
+            pynetdicom_encode(message.command_set, True, True)
+
+
+def test_command_sets_outside_the_fast_shapes_go_to_pydicom():
+    message = C_STORE_RSP()
+    message.primitive_to_message(_store_rsp(random.Random(3)))
+    message.command_set.OffendingElement = [0x00100010, 0x00100020]  # AT, two values
+    assert encode_command_set(message.command_set, True, True) == pynetdicom_encode(message.command_set, True, True)
+    message.command_set.ErrorComment = "Zürich"  # not ASCII
+    assert encode_command_set(message.command_set, True, True) == pynetdicom_encode(message.command_set, True, True)
+
+
+@pytest.mark.parametrize("instance_uid", ["1.2.3.4", "1.2.3.45", "2.25.123456789012345678901234567890"])
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.4.90"])
+def test_file_meta_is_byte_for_byte_what_pydicom_writes(instance_uid, syntax):
+    meta = FileMetaDataset()
+    meta.FileMetaInformationGroupLength = 0
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = MR
+    meta.MediaStorageSOPInstanceUID = instance_uid
+    meta.TransferSyntaxUID = syntax
+    meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = PYNETDICOM_IMPLEMENTATION_VERSION
+    expected = DicomBytesIO()
+    expected.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(expected, meta, enforce_standard=True)
+    assert part10_header(MR, instance_uid, syntax) == expected.getvalue()
+
+
+def _received(path: Path, syntax: str | None = None) -> ReceivedInstance:
+    ds = pydicom.dcmread(path)
+    syntax = syntax or str(ds.file_meta.TransferSyntaxUID)
+    if syntax != str(ds.file_meta.TransferSyntaxUID):
+        buffer = DicomBytesIO()
+        buffer.is_implicit_VR = syntax == ImplicitVRLittleEndian
+        buffer.is_little_endian = syntax != ExplicitVRBigEndian
+        write_dataset(buffer, ds)
+        dataset = buffer.getvalue()
+    else:
+        dataset = dataset_bytes(path)
+    return ReceivedInstance(meta=part10_header(str(ds.SOPClassUID), str(ds.SOPInstanceUID), syntax),
+                            dataset=dataset, context_sop_class=str(ds.SOPClassUID),
+                            affected_sop_instance=str(ds.SOPInstanceUID), transfer_syntax=syntax,
+                            calling_ae="STMARYS_PACS")
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian])
+def test_the_structural_walk_reads_the_same_identity_as_pydicom(small_study, syntax):
+    for path in small_study[:3]:
+        received = _received(path, syntax)
+        assert parse_header(received) == read_header(received.part10)
+
+
+@pytest.mark.parametrize("dropped", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+def test_the_walk_finds_a_missing_identity_as_pydicom_does(small_study, dropped):
+    ds = pydicom.dcmread(small_study[0])
+    delattr(ds, dropped)
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR, buffer.is_little_endian = False, True
+    write_dataset(buffer, ds)
+    received = ReceivedInstance(meta=b"", dataset=buffer.getvalue(), context_sop_class=MR,
+                                affected_sop_instance=str(ds.SOPInstanceUID) if dropped != "SOPInstanceUID" else "",
+                                transfer_syntax=ExplicitVRLittleEndian, calling_ae="STMARYS_PACS")
+    with pytest.raises(InvalidInstance) as refused:
+        parse_header(received)
+    assert refused.value.reason == "missing_uids"
+    found = check_well_formed(received.dataset, ExplicitVRLittleEndian, HEADER_TAGS)
+    with pytest.raises(InvalidInstance):
+        header_from_values(found)
+
+
+def test_the_association_reactor_wakes_for_a_message_and_leaves_it_to_a_blocked_sender():
+    class Reactor:
+        dimse = type("Dimse", (), {})()
+    reactor = Reactor()
+    reactor.dimse.msg_queue = queue.Queue()
+    waiting = threading.Thread(target=_wait_for_message, args=(reactor, 30.0))
+    blocked: list = []
+    sender = threading.Thread(target=lambda: blocked.append(reactor.dimse.msg_queue.get(timeout=30)))
+    waiting.start()
+    sender.start()
+    reactor.dimse.msg_queue.put("C-STORE-RSP")
+    waiting.join(10)
+    sender.join(10)
+    assert not waiting.is_alive(), "the reactor slept on although a message was queued"
+    assert blocked == ["C-STORE-RSP"], "a sender blocked on the same queue missed the message"
+
+
+@pytest.fixture
+def receiving(tmp_path, database_url):
+    database = open_database(database_url, max_connections=4)
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    yield spool
+    database.close()
+
+
+def test_a_receipt_whose_file_never_landed_is_removed_at_start_up_for_its_own_node_only(receiving, small_study):
+    spool = receiving
+    mine, theirs = InstanceReceiver(spool, {}, "node-a"), InstanceReceiver(spool, {}, "node-b")
+    kept = mine.receive(_received(small_study[0]), AssociationCache())
+    for receiver, path in ((mine, small_study[1]), (theirs, small_study[2])):
+        receiver.receive(_received(path), AssociationCache())
+    with db.connection_context():
+        rows = {row.sop_instance_uid: row for row in Instance.select()}
+    unplaced = [rows[str(pydicom.dcmread(p).SOPInstanceUID)] for p in small_study[1:3]]
+    for row in unplaced:  # what a crash between the row's commit and the file's rename leaves
+        spool.absolute(row.spool_path).unlink()
+    with db.connection_context():
+        assert remove_unplaced_receipts(spool, "node-a") == 1
+        left = {row.sop_instance_uid for row in Instance.select()}
+    assert left == {rows[str(pydicom.dcmread(small_study[0]).SOPInstanceUID)].sop_instance_uid,
+                    unplaced[1].sop_instance_uid}, "only node-a's unplaced row goes; node-b may still be placing"
+    assert not kept.duplicate
+
+
+def test_a_resent_instance_whose_file_is_missing_is_placed_again(receiving, small_study):
+    spool = receiving
+    receiver = InstanceReceiver(spool, {}, "node-a")
+    receiver.receive(_received(small_study[0]), AssociationCache())
+    with db.connection_context():
+        row = Instance.get()
+    spool.absolute(row.spool_path).unlink()
+    again = receiver.receive(_received(small_study[0]), AssociationCache())
+    assert again.duplicate
+    assert spool.absolute(row.spool_path).read_bytes().endswith(dataset_bytes(small_study[0]))
+
+
+def test_deidentification_waits_for_a_file_still_being_placed(receiving, small_study):
+    spool = receiving
+    receiver = InstanceReceiver(spool, {}, "node-a")
+    for path in small_study[:3]:
+        receiver.receive(_received(path), AssociationCache())
+    with db.connection_context():
+        rows = list(Instance.select().order_by(Instance.id))
+        spool.absolute(rows[1].spool_path).unlink()
+        options = DeidOptions()
+        stage = DeidStage(options, b"k" * 32, spool, deid_pool(options, b"k" * 32, workers=0))
+        latest = stage._latest_stored(rows[0].study)
+        assert {i.id for i in latest} == {rows[0].id, rows[2].id}
+        assert Instance.get_by_id(rows[1].id).state == InstanceState.STORED
+
+
+def test_a_version_1_database_gains_the_node_column_and_keeps_its_rows(tmp_path, small_study):
+    database = open_database(f"sqlite:///{tmp_path}/old.db")
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    InstanceReceiver(spool, {}, None).receive(_received(small_study[0]), AssociationCache())
+    with database.connection_context():  # make it what release 1 left behind
+        database.execute_sql('ALTER TABLE "instance" DROP COLUMN "node"')
+        SchemaVersion.delete().where(SchemaVersion.version > 1).execute()
+    assert migrate(database) == 2
+    with database.connection_context():
+        assert "node" in {c.name for c in database.get_columns("instance")}
+        assert Instance.select().count() == 1
+    database.close()
