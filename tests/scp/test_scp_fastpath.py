@@ -6,10 +6,12 @@ reactors) or reorders durable writes; these tests hold them to the same bytes an
 
 from __future__ import annotations
 
+import os
 import queue
 import random
 import socket
 import threading
+import time
 from io import BytesIO
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_ECHO_RSP, C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import encode as pynetdicom_encode
@@ -27,7 +29,8 @@ from pynetdicom.dsutils import encode as pynetdicom_encode
 from gateway.deid.options import DeidOptions
 from gateway.deid.stage import DeidStage
 from gateway.deid.work import deid_pool
-from gateway.dicomnet import _wait_for_message, encode_command_set, recv_exactly
+from gateway.dicomnet import (NODELAY_HANDLER, _StoresServedInline, _wait_for_message, encode_command_set,
+                              recv_exactly)
 from gateway.models import Instance, InstanceState, SchemaVersion, db, migrate, open_database
 from gateway.scp.filemeta import part10_header
 from gateway.errors import InvalidInstance
@@ -36,6 +39,7 @@ from gateway.scp.receiver import (HEADER_TAGS, AssociationCache, InstanceReceive
 from gateway.scp.spool import Spool
 from gateway.scp.wellformed import check_well_formed
 from support.dicomfiles import dataset_bytes
+from support.peers import free_port
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
 
@@ -250,3 +254,49 @@ def test_a_version_1_database_gains_the_node_column_and_keeps_its_rows(tmp_path,
         assert "node" in {c.name for c in database.get_columns("instance")}
         assert Instance.select().count() == 1
     database.close()
+
+
+def test_a_store_service_failing_in_the_dul_thread_leaves_the_association_serving():
+    class Association:
+        is_established = True
+        served: list = []
+
+        def _serve_request(self, message, context_id):
+            raise RuntimeError("handler blew up")
+
+    inline = _StoresServedInline(Association())
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = MR
+    request.AffectedSOPInstanceUID = "1.2.3"
+    request.DataSet = BytesIO(b"\0" * 8)
+    inline.put((1, request))  # served (and failed) at once, not queued, not raised
+    assert inline.empty()
+    echo = C_ECHO()
+    echo.MessageID = 2
+    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    inline.put((3, echo))
+    assert inline.get_nowait() == (3, echo)
+
+
+def test_associations_do_not_leak_their_wake_up_sockets():
+    ae = AE("SPINEGW")
+    ae.add_supported_context("1.2.840.10008.1.1")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[NODELAY_HANDLER])
+    try:
+        def echo() -> None:
+            assoc = ae.associate("127.0.0.1", port, ae_title="SPINEGW", evt_handlers=[NODELAY_HANDLER])
+            assert assoc.is_established
+            assert assoc.send_c_echo().Status == 0
+            assoc.release()
+        echo()  # the first one sets up what stays (the server's threads, logging)
+        time.sleep(0.5)
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(30):
+            echo()
+        time.sleep(0.5)
+        assert len(os.listdir("/proc/self/fd")) <= before + 4
+    finally:
+        server.shutdown()
