@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -94,7 +96,8 @@ class WorkPool:
         if workers > 0:
             # spawn, not fork: the node is multi-threaded (pynetdicom, scheduler, HTTP) when the pool starts.
             self._executor: ProcessPoolExecutor | None = ProcessPoolExecutor(
-                workers, mp_context=get_context("spawn"), initializer=initializer, initargs=initargs)
+                workers, mp_context=get_context("spawn"), initializer=_start_worker,
+                initargs=(initializer, *initargs))
         else:
             self._executor = None
             initializer(*initargs)
@@ -107,6 +110,27 @@ class WorkPool:
     def shutdown(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+ORPHAN_CHECK_S = 1.0
+
+
+def _start_worker(initializer: Callable[..., None], *initargs: Any) -> None:
+    """Worker-process initializer: exit when the node is gone, then run ``initializer``.
+
+    A node killed outright (kill -9, out of memory) cannot shut its pool down, and its workers would wait
+    on their pipe for ever, each holding a de-identifier and a hundred megabytes; a restarted node starts
+    a new pool beside them. They watch their parent instead, and leave when it changes.
+    """
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
+    initializer(*initargs)
 
 
 def default_workers() -> int:

@@ -76,3 +76,30 @@ def test_same_study_sent_again_keeps_its_pseudonyms(tmp_path, small_study):
             node.stop()
     assert results[0] == results[1]
     assert (tmp_path / "shared.key").stat().st_mode & 0o777 == 0o600
+
+
+def _worker_processes(parent: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            ppid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:"))
+            if ppid == parent and b"multiprocessing.spawn" in command:
+                found.add(int(entry.name))
+    return found
+
+
+def test_deidentification_workers_leave_with_a_killed_node(tmp_path, small_study):
+    url = f"sqlite:///{tmp_path}/gw.db"
+    node = GatewayProcess(tmp_path / "gw", url, extra={**FAST, "deid": {"workers": 1}}).start()
+    assert storescu("127.0.0.1", node.port, small_study, calling="STMARYS_PACS").returncode == 0
+    wait_until(lambda: _outbound(node, url), 60, "an instance de-identified by a worker process")
+    workers = _worker_processes(node.proc.pid)
+    assert workers, "the node de-identifies in worker processes"
+    node.kill()  # kill -9: the pool is never shut down
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 30,
+               "the orphaned workers to exit")
