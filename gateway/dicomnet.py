@@ -35,6 +35,8 @@ from pydicom.uid import (
 )
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.dsutils import encode as pydicom_encode
 
 log = structlog.get_logger("dicomnet")
@@ -86,6 +88,8 @@ def tune_association(event: evt.Event) -> None:
     read_pdus_whole(event)
     if event.assoc.is_requestor:
         requeue_stolen_responses(event.assoc)
+        pause_reactor_promptly(event.assoc)
+        send_data_directly(event.assoc)
     else:
         serve_stores_in_dul_thread(event.assoc)
     wake_dul_on_send(event.assoc.dul)
@@ -158,6 +162,53 @@ def serve_stores_in_dul_thread(assoc: Any) -> None:
     while not pending.empty():  # nothing is expected this early, but keep anything that is
         inline.put(pending.get_nowait())
     assoc.dimse.msg_queue = inline
+
+
+def send_data_directly(assoc: Any) -> None:
+    """Let a requestor's thread send its P-DATA PDUs itself instead of queueing each for the DUL thread.
+
+    pynetdicom queues every PDU of a C-STORE for the DUL thread to encode and send, one per turn of its
+    loop: a 512x512 image goes as 32 PDUs to a peer that takes 16 KiB PDUs (DCMTK's default), 32 hand-offs
+    between threads. In the data-transfer state (Sta6) a P-DATA leaves the state machine where it was, so
+    it is sent here directly when nothing is queued ahead of it; a lock keeps each PDU's bytes whole
+    against the DUL thread's own sends. Anything else (release, abort) is queued as before.
+    """
+    dul = assoc.dul
+    transport = dul.socket
+    lock = threading.Lock()
+    transport_send = transport.send
+
+    def send_whole(bytestream: bytes) -> None:
+        with lock:
+            transport_send(bytestream)
+
+    transport.send = send_whole
+    queue_pdu = dul.send_pdu
+
+    def send_pdu(primitive: Any) -> None:
+        if (isinstance(primitive, P_DATA) and threading.current_thread() is not dul
+                and dul.state_machine.current_state == "Sta6" and dul.to_provider_queue.empty()):
+            dul._send(P_DATA_TF(primitive))
+            return
+        queue_pdu(primitive)
+
+    dul.send_pdu = send_pdu
+
+
+def pause_reactor_promptly(assoc: Any) -> None:
+    """A requestor's ``send_*`` first asks the association's reactor to pause and waits until it has: make
+    the reactor's wait (``_wait_for_message``) end at that request, not at the end of its millisecond.
+    Paid before every C-STORE a delivery sends."""
+    checkpoint = assoc._reactor_checkpoint
+    clear = checkpoint.clear
+    messages = assoc.dimse.msg_queue
+
+    def clear_and_wake() -> None:
+        clear()
+        with messages.not_empty:
+            messages.not_empty.notify_all()
+
+    checkpoint.clear = clear_and_wake
 
 
 def requeue_stolen_responses(assoc: Any) -> None:
@@ -261,7 +312,7 @@ def _wait_for_message(assoc: Any, seconds: float) -> None:
         time.sleep(seconds)
         return
     with messages.not_empty:  # holds the queue's mutex: hence _qsize(), as Queue's own methods do
-        if not messages._qsize():
+        if not messages._qsize() and assoc._reactor_checkpoint.is_set():  # cleared: a send_* wants it paused
             messages.not_empty.wait(seconds)
         if messages._qsize():
             # A put notifies one waiter; if that was this reactor, a send_*() blocked on the same queue
@@ -347,7 +398,8 @@ _ENCODERS = {**{vr: _number(vr) for vr in _COMMAND_PACKERS}, **{vr: _text(vr) fo
 
 def install_fast_paths() -> None:
     """Make pynetdicom's reactor sleeps wake early (see ``_ReactorClock``) and its command sets encode
-    quickly (see ``encode_command_set``), and leave out its standard per-PDU and per-message log handlers:
+    quickly (see ``encode_command_set``), send stored files without decoding them, and leave out its
+    standard per-PDU and per-message log handlers:
     they format every PDU and command set for DEBUG and INFO lines that the gateway keeps at WARNING anyway
     (``gateway.ops.logs``), a tenth of a bare association's time. Idempotent, process-wide."""
     for module in (pynetdicom.association, pynetdicom.dul):
@@ -355,6 +407,9 @@ def install_fast_paths() -> None:
             module.time = _ReactorClock()  # type: ignore[assignment]
     pynetdicom.dimse_messages.encode = encode_command_set  # type: ignore[assignment]
     pynetdicom._config.LOG_HANDLER_LEVEL = "none"
+    # send_c_store(path) sends the file's dataset bytes as stored instead of decoding and re-encoding them
+    # (a delivery sends a path only over a context that accepted the file's own transfer syntax).
+    pynetdicom._config.STORE_SEND_CHUNKED_DATASET = True
 
 
 install_fast_paths()
