@@ -18,6 +18,7 @@ from gateway.ops.http import HttpServer, standard_health_checks
 from gateway.pipeline import Pipeline, Stage
 from gateway.referral.http_api import register_referral_routes
 from gateway.referral.mllp import start_hl7_listener
+from gateway.referral.notes_sr import load_standard_tables
 from gateway.referral.stage import NotesStage
 from gateway.reports.intake import ReportIntake
 from gateway.reports.stage import ReportStage
@@ -68,6 +69,7 @@ class GatewayNode:
             log.warning("unacknowledged_receipts_removed", count=unplaced,
                         reason="row committed, file never placed: the node stopped in between")
         self._load_secret()
+        threading.Thread(target=load_standard_tables, name="highdicom-tables", daemon=True).start()
         handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids, self.identity),
                                ReportIntake(self.spool))
         self.server = start_scp(self.config.node, handlers)
@@ -90,7 +92,7 @@ class GatewayNode:
         return [
             CompletionStage(self.config.routing, SpineFilter(self.config.routing, self.config.storage.spool_dir)),
             DeidStage(self.config.deid.options(), self.secret, self.spool, pool=self.work_pool),
-            NotesStage(self.config, self.spool, pool=self.work_pool),
+            NotesStage(self.config, self.spool),
             # routing (issue 5): after the notes stage
             AssignmentStage(self.config.reviewers, self.config.routing),
             DeliveryStage(self.config),

@@ -136,7 +136,7 @@ class DeidStage:
             started = time.perf_counter()
             paths = [str(self.spool.absolute(i.spool_path)) for i in chunk]
             works = list(self.pool.map(deidentify_file, paths, repeat(source), repeat(study.key)))
-            written = []
+            ready: list[tuple[Instance, DeidWork]] = []
             for instance, work in zip(chunk, works):
                 if work.quarantine_reason:
                     self._quarantine_instance(study, instance, work.quarantine_reason)
@@ -144,18 +144,24 @@ class DeidStage:
                 elif work.leak_paths:
                     if stop_on_leak:
                         outcome.leak_paths = tuple(work.leak_paths)
-                        self._record(study, written)
+                        self._record(study, self._write(study, ready))
                         return outcome
                     self._quarantine_instance(study, instance, "identifier_leak")
                     outcome.quarantined += 1
                 else:
-                    path = self.spool.write_outbound(study.key, f"{work.sop_instance_uid}.dcm", work.data)
-                    written.append((instance, work, self.spool.relative(path)))
+                    ready.append((instance, work))
+            written = self._write(study, ready)
             self._record(study, written)
             outcome.done += len(written)
             if written:
                 metrics.observe_deidentification((time.perf_counter() - started) / len(written))
         return outcome
+
+    def _write(self, study: Study, ready: list[tuple[Instance, DeidWork]]) -> list[tuple[Instance, DeidWork, str]]:
+        """Write a chunk's de-identified objects to the case's outbound folder, all durable on return."""
+        paths = self.spool.write_outbound_batch(study.key, [(f"{work.sop_instance_uid}.dcm", work.data)
+                                                            for _, work in ready])
+        return [(instance, work, self.spool.relative(path)) for (instance, work), path in zip(ready, paths)]
 
     def _record(self, study: Study, written: list[tuple[Instance, DeidWork, str]]) -> None:
         if not written:

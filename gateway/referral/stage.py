@@ -24,7 +24,7 @@ import datetime as dt
 import hashlib
 import io
 import unicodedata
-from itertools import repeat
+from itertools import islice, repeat
 from pathlib import Path
 
 import pydicom
@@ -34,7 +34,6 @@ from pydicom.dataset import Dataset
 from gateway import cases
 from gateway.config import GatewayConfig
 from gateway.deid.guard import find_leaks
-from gateway.deid.work import WorkPool
 from gateway.models import (
     AuditEvent,
     CaseState,
@@ -61,6 +60,7 @@ from gateway.referral.notes_pdf import NotesPDFBuilder
 from gateway.referral.notes_sr import EVIDENCE_REQUIRED_ATTRIBUTES, NotesSRBuilder
 from gateway.referral.reason import short_reason
 from gateway.referral.scrub import ScrubbedNotes
+from gateway.scp.rawedit import set_text_element
 from gateway.scp.spool import Spool
 
 __all__ = ["APPROVAL_ACTION", "AWAITING_APPROVAL", "AWAITING_REFERRAL", "NO_REFERRAL", "NotesStage", "NotesStageError",
@@ -92,6 +92,10 @@ def is_approved(study: Study, referral_row: object | None) -> bool:
                                      & (AuditEvent.outcome == "success")).exists()
 
 
+REASON_FOR_THE_REQUESTED_PROCEDURE = 0x00401002
+REASON_BATCH = 32  # images rewritten and made durable together
+
+
 def _encode(dataset: Dataset) -> bytes:
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
@@ -108,7 +112,11 @@ def _fits_charset(text: str, dataset: Dataset) -> str:
 
 
 def with_reason(path: str, reason: str) -> bytes:
-    """The outbound image at ``path`` re-encoded with Reason for the Requested Procedure set (a pool function)."""
+    """The outbound image at ``path`` with Reason for the Requested Procedure set: set in
+    the encoded bytes where it can be (``scp.rawedit``), else by decoding and re-encoding the file."""
+    in_place = set_text_element(Path(path).read_bytes(), REASON_FOR_THE_REQUESTED_PROCEDURE, "LO", reason)
+    if in_place is not None:
+        return in_place
     dataset = pydicom.dcmread(path)
     dataset.ReasonForTheRequestedProcedure = _fits_charset(reason, dataset)
     return _encode(dataset)
@@ -124,7 +132,7 @@ class NotesStage:
 
     name = "notes"
 
-    def __init__(self, config: GatewayConfig, spool: Spool, pool: WorkPool | None = None) -> None:
+    def __init__(self, config: GatewayConfig, spool: Spool) -> None:
         if not isinstance(config, GatewayConfig):
             raise TypeError("config must be a GatewayConfig")
         if not isinstance(spool, Spool):
@@ -132,7 +140,6 @@ class NotesStage:
         self.config = config
         self.referrals = config.referrals
         self.spool = spool
-        self.pool = pool  # worker processes for rewriting the images; None: in this thread
 
     def run_once(self, now: dt.datetime) -> int:
         """Advance every case waiting for notes; return how many changed state."""
@@ -275,10 +282,12 @@ class NotesStage:
     def _write_reason(self, study: Study, images: list[OutboundObject], reason: str) -> None:
         """Set (0040,1002) in every outbound image, rewriting each file atomically; pixel bytes stay as they are.
 
-        The files are re-encoded in the worker processes when the node has them."""
+        Done here, not in the worker processes: set in the encoded bytes (``with_reason``), an image takes a
+        fraction of a millisecond, less than sending it to a worker and back."""
         paths = [str(self._outbound_path(image)) for image in images]
-        mapper = self.pool.map if self.pool is not None else map
-        for image, path, data in zip(images, paths, mapper(with_reason, paths, repeat(reason))):
-            self.spool.write_outbound(study.key, Path(path).name, data)
-            image.sha256, image.size = hashlib.sha256(data).hexdigest(), len(data)
-            image.save()
+        rewritten = zip(images, paths, map(with_reason, paths, repeat(reason)))
+        while batch := list(islice(rewritten, REASON_BATCH)):
+            self.spool.write_outbound_batch(study.key, [(Path(path).name, data) for _, path, data in batch])
+            for image, _, data in batch:
+                image.sha256, image.size = hashlib.sha256(data).hexdigest(), len(data)
+                image.save()

@@ -29,6 +29,7 @@ class _Walker:
         self.endian = "<" if little else ">"
         self.wanted = wanted
         self.found: dict[int, bytes] = {}
+        self.spans: list[tuple[int, int, int]] = []  # top-level elements: (tag, start, end)
         self._value: tuple[int, int] = (0, 0)  # offset and length of the last defined-length value
 
     def fail(self, detail: str) -> InvalidInstance:
@@ -59,10 +60,13 @@ class _Walker:
             if tag <= last_tag:
                 raise self.fail("tags out of order")
             last_tag = tag
+            start = pos
             pos = self.element(pos, end, tag, depth)
-            if depth == 0 and tag in self.wanted:
-                start, length = self._value
-                self.found[tag] = bytes(self.data[start:start + length])
+            if depth == 0:
+                self.spans.append((tag, start, pos))
+                if tag in self.wanted:
+                    value_start, length = self._value
+                    self.found[tag] = bytes(self.data[value_start:value_start + length])
         if until_item_end:
             raise self.fail("undefined-length item without a delimiter")
         return pos
@@ -123,6 +127,20 @@ class _Walker:
 DEFLATED = "1.2.840.10008.1.2.1.99"
 
 
+def top_level_elements(dataset: bytes | memoryview, transfer_syntax: str,
+                       wanted: frozenset[int] = frozenset()) -> tuple[list[tuple[int, int, int]], dict[int, bytes]]:
+    """Check the structure (as ``check_well_formed`` does) and return every top-level element as
+    ``(tag, start, end)`` offsets into ``dataset``, and the raw values of those in ``wanted``.
+
+    Raises:
+        InvalidInstance: malformed, or deflated (not walked here).
+    """
+    walker = _walk(dataset, transfer_syntax, wanted)
+    if walker is None:
+        raise InvalidInstance("malformed_dataset", status.CANNOT_UNDERSTAND, "deflated: not walked")
+    return walker.spans, walker.found
+
+
 def check_well_formed(dataset: bytes | memoryview, transfer_syntax: str,
                       wanted: frozenset[int] = frozenset()) -> dict[int, bytes] | None:
     """Raise ``InvalidInstance`` (malformed_dataset, 0xC000) unless the encoding is structurally sound.
@@ -130,6 +148,11 @@ def check_well_formed(dataset: bytes | memoryview, transfer_syntax: str,
     Returns the raw values of the top-level elements in ``wanted`` (tags as ``0xGGGGEEEE``) met on the way,
     or None for a deflated dataset, which is not walked here (the header parse inflates and reads it).
     """
+    walker = _walk(dataset, transfer_syntax, wanted)
+    return None if walker is None else walker.found
+
+
+def _walk(dataset: bytes | memoryview, transfer_syntax: str, wanted: frozenset[int]) -> _Walker | None:
     if transfer_syntax == DEFLATED:
         return None
     walker = _Walker(memoryview(dataset), implicit=transfer_syntax == "1.2.840.10008.1.2",
@@ -140,4 +163,4 @@ def check_well_formed(dataset: bytes | memoryview, transfer_syntax: str,
         walker.dataset(0, len(walker.data), depth=0)
     except struct.error:
         raise walker.fail("truncated element header") from None
-    return walker.found
+    return walker

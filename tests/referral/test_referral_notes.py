@@ -65,9 +65,20 @@ def _leaks(text: str) -> list[str]:
 
 
 def _byte_leaks(data: bytes) -> list[str]:
+    """Identifiers found anywhere in the bytes. An all-digit one (a year of birth) counts only standing alone:
+    inside a longer run of digits it is part of a random pseudonymous UID (2.25.<39 digits>), not a leak."""
     lowered = data.lower()
-    return [i for i in IDENTIFIERS for encoding in ("utf-8", "latin-1", "utf-16-le")
-            if i.lower().encode(encoding) in lowered]
+    found = []
+    for identifier in IDENTIFIERS:
+        for encoding in ("utf-8", "latin-1", "utf-16-le"):
+            raw = identifier.lower().encode(encoding)
+            if identifier.isdigit() and encoding != "utf-16-le":
+                hit = re.search(rb"(?<![0-9])" + re.escape(raw) + rb"(?![0-9])", lowered) is not None
+            else:
+                hit = raw in lowered
+            if hit:
+                found.append(identifier)
+    return found
 
 
 def _strings(dataset: Dataset) -> list[str]:

@@ -172,7 +172,9 @@ def test_the_walk_finds_a_missing_identity_as_pydicom_does(small_study, dropped)
 def test_the_association_reactor_wakes_for_a_message_and_leaves_it_to_a_blocked_sender():
     class Reactor:
         dimse = type("Dimse", (), {})()
+        _reactor_checkpoint = threading.Event()
     reactor = Reactor()
+    reactor._reactor_checkpoint.set()  # running, not asked to pause
     reactor.dimse.msg_queue = queue.Queue()
     waiting = threading.Thread(target=_wait_for_message, args=(reactor, 30.0))
     blocked: list = []
