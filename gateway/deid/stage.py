@@ -46,6 +46,10 @@ from gateway.scp.spool import Spool
 log = structlog.get_logger("deid")
 BATCH = 5
 CHUNK = 32  # instances handed to the workers at a time, recorded in one transaction
+# Instances of a study still arriving (and late ones) are de-identified at most this often: each run claims
+# the case and writes in the database and the spool, which at every poll (``routing.poll_s``) would take a
+# receiving node's write lock and disk many times a second for a handful of instances each time.
+OUTSIDE_COMPLETION_PERIOD_S = 1.0
 # States in which a case has already been de-identified: an instance arriving now is a late one.
 _PAST_DEID = (CaseState.DEIDENTIFIED, CaseState.NOTES_ATTACHED, CaseState.ASSIGNED, CaseState.DELIVERING,
               CaseState.DELIVERED, CaseState.FAILED, CaseState.HELD)
@@ -69,6 +73,7 @@ class DeidStage:
         self.options = options
         self.spool = spool
         self.pool = pool or deid_pool(options, secret, workers=0)
+        self._outside_completion_due = 0.0
 
     def run_once(self, now: dt.datetime) -> int:
         ready = list(Study.select().where(Study.state == CaseState.COMPLETE)
@@ -77,7 +82,9 @@ class DeidStage:
         for study in ready:
             with cases.claimed(study, CaseState.COMPLETE, stage=self.name) as mine:
                 moved += mine and self.deidentify_case(study)
-        self.deidentify_outside_completion()
+        if time.monotonic() >= self._outside_completion_due:
+            self._outside_completion_due = time.monotonic() + OUTSIDE_COMPLETION_PERIOD_S
+            self.deidentify_outside_completion()
         return moved
 
     def deidentify_case(self, study: Study) -> bool:
