@@ -97,7 +97,7 @@ class WorkPool:
             # spawn, not fork: the node is multi-threaded (pynetdicom, scheduler, HTTP) when the pool starts.
             self._executor: ProcessPoolExecutor | None = ProcessPoolExecutor(
                 workers, mp_context=get_context("spawn"), initializer=_start_worker,
-                initargs=(initializer, *initargs))
+                initargs=(os.getpid(), initializer, *initargs))
         else:
             self._executor = None
             initializer(*initargs)
@@ -115,17 +115,16 @@ class WorkPool:
 ORPHAN_CHECK_S = 1.0
 
 
-def _start_worker(initializer: Callable[..., None], *initargs: Any) -> None:
+def _start_worker(node_pid: int, initializer: Callable[..., None], *initargs: Any) -> None:
     """Worker-process initializer: exit when the node is gone, then run ``initializer``.
 
     A node killed outright (kill -9, out of memory) cannot shut its pool down, and its workers would wait
     on their pipe for ever, each holding a de-identifier and a hundred megabytes; a restarted node starts
-    a new pool beside them. They watch their parent instead, and leave when it changes.
+    a new pool beside them. They watch their parent instead, and leave when it is no longer ``node_pid``
+    (given by the node: a worker still starting when the node died already has another parent).
     """
-    parent = os.getppid()
-
     def watch_parent() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == node_pid:
             time.sleep(ORPHAN_CHECK_S)
         os._exit(0)
 

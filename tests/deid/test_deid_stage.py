@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
@@ -104,3 +106,15 @@ def test_deidentification_workers_leave_with_a_killed_node(tmp_path, small_study
     node.kill()  # kill -9: the pool is never shut down
     wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 30,
                "the orphaned workers to exit")
+
+
+def test_a_worker_that_starts_after_its_node_died_leaves_too():
+    """A worker still starting when its node died already has another parent: it must not wait for that one."""
+    code = ("import time\nfrom gateway.deid.work import _start_worker\n"
+            "_start_worker(1, lambda: None)\ntime.sleep(60)\n")  # pid 1 stands for the node: not our parent
+    worker = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert worker.wait(timeout=20) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
