@@ -34,7 +34,6 @@ from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedIns
 log = structlog.get_logger("scp")
 
 
-
 @dataclass
 class AssociationStats:
     caller: Caller
@@ -133,7 +132,8 @@ class ScpHandlers:
                 self.reports.check_source_upload(received)
             result = self.receiver.receive(received, stats.cache)
         except InvalidInstance as refusal:
-            return self._refuse(stats, received.part10 if received else b"", refusal.status, refusal.reason, refusal.detail, started,
+            part10 = received.part10 if received is not None else b""
+            return self._refuse(stats, part10, refusal.status, refusal.reason, refusal.detail, started,
                                 getattr(refusal, "event", "instance_refused"), getattr(refusal, "study_key", None))
         except OutOfResources as exc:
             return self._fail(stats, status.OUT_OF_RESOURCES, "out_of_resources", str(exc), started)

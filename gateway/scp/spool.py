@@ -123,13 +123,7 @@ class Spool:
             SpoolError: any other I/O failure.
         """
         final = self.path_for(digest)
-        try:
-            self._ensure_dir(final.parent)
-            os.rename(written, final)  # same digest already there: replaced by identical bytes
-            self._fsync_dir(final.parent)
-        except OSError as exc:
-            written.unlink(missing_ok=True)
-            raise self.io_error(exc) from exc
+        self._rename_durably([written], [final])  # same digest already there: replaced by identical bytes
         return final
 
     def discard(self, written: Path) -> None:
@@ -142,12 +136,7 @@ class Spool:
             OutOfResources: below the free-space floor, or the disk filled up.
             SpoolError: any other I/O failure.
         """
-        directory = self.outbound / case_key
-        self.check_free_space(len(data))
-        self._ensure_dir(directory)
-        final = directory / name
-        self._write_atomically(final, data)
-        return final
+        return self.write_outbound_batch(case_key, [(name, data)])[0]
 
     def write_outbound_batch(self, case_key: str, objects: Sequence[tuple[str, bytes]]) -> list[Path]:
         """``write_outbound`` for several objects at once: each file is written and fsynced (several at a
@@ -155,8 +144,8 @@ class Spool:
         is fsynced once for all. Each file is whole under its name; the names are all durable on return.
 
         Raises:
-            OutOfResources: below the free-space floor, or the disk filled up (nothing is left in place
-                of an earlier file of the same name).
+            OutOfResources: below the free-space floor, or the disk filled up while writing (every earlier
+                file of the same names is then left as it was).
             SpoolError: any other I/O failure.
         """
         if not objects:
@@ -176,14 +165,7 @@ class Spool:
                 tmp.unlink(missing_ok=True)
             raise failure
         finals = [directory / name for name, _ in objects]
-        try:
-            for tmp, final in zip(written, finals):
-                os.rename(tmp, final)
-            self._fsync_dir(directory)
-        except OSError as exc:
-            for tmp in written:
-                tmp.unlink(missing_ok=True)
-            raise self.io_error(exc) from exc
+        self._rename_durably(written, finals)
         return finals
 
     def quarantine(self, data: bytes) -> Path:
@@ -207,11 +189,24 @@ class Spool:
 
     def _write_atomically(self, final: Path, data: bytes | Sequence[bytes | memoryview]) -> None:
         tmp = self._write_synced((data,) if isinstance(data, (bytes, bytearray, memoryview)) else data)
+        self._rename_durably([tmp], [final])
+
+    def _rename_durably(self, written: Sequence[Path], finals: Sequence[Path]) -> None:
+        """Rename fsynced temporary files to their final names (all in one directory) and fsync that
+        directory once. On failure the temporary files not yet renamed are removed.
+
+        Raises:
+            OutOfResources: the disk filled up.
+            SpoolError: any other I/O failure.
+        """
         try:
-            os.rename(tmp, final)
-            self._fsync_dir(final.parent)
+            self._ensure_dir(finals[0].parent)
+            for tmp, final in zip(written, finals):
+                os.rename(tmp, final)
+            self._fsync_dir(finals[0].parent)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            for tmp in written:
+                tmp.unlink(missing_ok=True)
             raise self.io_error(exc) from exc
 
     def _write_synced(self, parts: Sequence[bytes | memoryview]) -> Path:
