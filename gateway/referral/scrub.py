@@ -134,6 +134,10 @@ class KnownIdentifiers:
         birth_dates: the patient's birth date(s).
         contacts: contact strings (phone numbers, e-mail addresses, addresses).
         institutions: names of the referring institution(s) and the source name.
+        places: addresses and their parts (street, town, postcode, country of residence).
+        organisations: institutions' departments and addresses, employers, any other organisation.
+        phones: telephone numbers, as written anywhere (header or referral).
+        emails: e-mail addresses.
     """
 
     names: tuple[str, ...] = ()
@@ -141,9 +145,14 @@ class KnownIdentifiers:
     birth_dates: tuple[datetime.date, ...] = ()
     contacts: tuple[str, ...] = ()
     institutions: tuple[str, ...] = ()
+    places: tuple[str, ...] = ()
+    organisations: tuple[str, ...] = ()
+    phones: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for attribute in ("names", "ids", "contacts", "institutions"):
+        for attribute in ("names", "ids", "contacts", "institutions", "places", "organisations", "phones",
+                          "emails"):
             values = getattr(self, attribute)
             if isinstance(values, str) or not all(isinstance(v, str) for v in values):
                 raise TypeError(f"KnownIdentifiers.{attribute} must be a sequence of str")
@@ -223,8 +232,10 @@ class TextScrubber:
         whole_name_parts = [part for name in known.names for part in re.split(r"[\s^]+", name)
                             if len(part) >= 2 and _fold_plain(part) not in _TITLES]
         self._id_patterns = _longest_first_patterns(known.ids, min_length=1)
-        self._contact_patterns = _longest_first_patterns(known.contacts, min_length=5)
+        self._contact_patterns = _longest_first_patterns((*known.contacts, *known.phones, *known.emails),
+                                                         min_length=5)
         self._institution_patterns = _longest_first_patterns(known.institutions, min_length=4)
+        self._place_patterns = _longest_first_patterns((*known.places, *known.organisations), min_length=4)
         self._whole_name_patterns = _longest_first_patterns(whole_name_parts, min_length=2)
         self._name_parts = frozenset(part for n in known.names for part in _name_parts(n))
         self._fuzzy_parts = tuple(p for p in self._name_parts if len(p) >= _FUZZY_MIN_LENGTH)
@@ -247,6 +258,8 @@ class TextScrubber:
         self._replace_pattern(work, _US_ZIP, POSTCODE)
         self._replace_phones(work)
         self._replace_pattern(work, _STREET_ADDRESS, ADDRESS)
+        for pattern in self._place_patterns:
+            self._replace_pattern(work, pattern, ADDRESS)
         for pattern in self._institution_patterns:
             self._replace_pattern(work, pattern, INSTITUTION)
         for pattern in self._whole_name_patterns:
