@@ -18,14 +18,27 @@ pass, which makes scrubbing idempotent.
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from gateway.referral.document import Referral, Urgency
+from gateway.referral.clinical_terms import CLINICAL_VALUE, is_clinical_word
 from gateway.referral.codes import NON_URGENT_FLAGS
+from gateway.referral.document import Referral, Urgency
+from gateway.referral.entities import (
+    IDENTIFIER,
+    ORGANISATION,
+    PERSON,
+    PHONE_NUMBER,
+    PLACE,
+    Entity,
+    find_entities,
+    find_numbers,
+    is_common_word,
+)
 from gateway.referral.redflags import FlagFinding, flags_for
 
 __all__ = ["KnownIdentifiers", "ScrubbedNotes", "ScrubbedPain", "TextScrubber", "scrub_referral"]
@@ -37,7 +50,8 @@ NAME, ID, DATE, DOB, PHONE, EMAIL, URL, POSTCODE, CONTACT, INSTITUTION, ADDRESS 
 _TOKENS = (NAME, ID, DATE, DOB, PHONE, EMAIL, URL, POSTCODE, CONTACT, INSTITUTION, ADDRESS)
 _PROTECTED = re.compile("|".join(re.escape(t) for t in _TOKENS) + r"|\[(\d{4}-\d{2}-\d{2})\]")
 _TITLES = {"dr", "mr", "mrs", "ms", "miss", "mx", "prof", "professor", "sir", "dame", "md", "frcs", "mbbs"}
-_MASK = "\x00"
+_MASK = "\x00"      # claimed by an identifier rule
+_KEPT = "\x01"      # protected: the scrubber's own tokens, clinical values
 _FUZZY_MIN_LENGTH = 5
 _SEPARATORS = r"[\s\-/.,_'’]{0,2}"
 _TWO_DIGIT_YEAR_PIVOT = 40  # "71" is 1971, "23" is 2023
@@ -45,10 +59,12 @@ _TWO_DIGIT_YEAR_PIVOT = 40  # "71" is 1971, "23" is 2023
 _MONTHS = {
     "jan": 1, "feb": 2, "mar": 3, "apr": 4, "may": 5, "jun": 6,
     "jul": 7, "aug": 8, "sep": 9, "oct": 10, "nov": 11, "dec": 12,
+    "jän": 1, "mae": 3, "maer": 3, "mär": 3, "mai": 5, "okt": 10, "dez": 12,
 }
-_MONTH = (r"(jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
-          r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?")
-_ORD = r"(?:st|nd|rd|th)?"
+# English and German month names (the text is folded: "März" reads "Marz").
+_MONTH = (r"(jan(?:uary|uar)?|jän(?:ner)?|feb(?:ruary|ruar)?|m(?:ar|ae?r)(?:ch|z)?|apr(?:il)?|ma[yi]|jun[ei]?|"
+          r"jul[yi]?|aug(?:ust)?|sep(?:t(?:ember)?)?|o[ck]t(?:ober)?|nov(?:ember)?|de[cz](?:ember)?)\.?")
+_ORD = r"(?:st|nd|rd|th|\.)?"
 _DATE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("ymd", re.compile(r"(?<![\d.])(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?![\d])")),
     ("numeric", re.compile(r"(?<![\d/.\-])(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{4}|\d{2})(?![\d/\-]|\.\d)")),
@@ -57,10 +73,15 @@ _DATE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
                             re.IGNORECASE)),
     ("mdy_text", re.compile(rf"\b{_MONTH}\s+(\d{{1,2}}){_ORD},?\s+(\d{{4}})(?!\d)", re.IGNORECASE)),
     ("month_year", re.compile(rf"\b{_MONTH}\s+(\d{{4}})(?!\d)", re.IGNORECASE)),
+    ("day_month", re.compile(rf"(?<![\d.])(\d{{1,2}}){_ORD}(?:\s+of)?\s+{_MONTH}(?![\w])", re.IGNORECASE)),
+    ("month_day", re.compile(rf"\b{_MONTH}\s+(\d{{1,2}}){_ORD}(?![\d\w:])", re.IGNORECASE)),
 )
+# A weekday before a date goes with it ("Mon 11th March 2024").
+_WEEKDAY = re.compile(r"\b(?:mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun|montag|dienstag|mittwoch|donnerstag|"
+                      r"freitag|samstag|sonntag|monday|tuesday|wednesday|thursday|friday|saturday|sunday)\.?,?\s+"
+                      r"(?=\[|\x00)", re.IGNORECASE)
 _URL = re.compile(r"\b(?:https?://|ftp://|www\.)[^\s<>\"]+", re.IGNORECASE)
 _EMAIL = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+", re.IGNORECASE)
-_PHONE = re.compile(r"(?<![\w+])\+?\(?\d[\d\s().\-]{6,}\d(?!\w)")
 _UK_POSTCODE = re.compile(r"\b(?:[A-Z]{1,2}\d[A-Z\d]?|GIR) ?\d[ABD-HJLNP-UW-Z]{2}\b")
 _US_STATES = ("AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH "
               "NJ NM NY NC ND OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY").split()
@@ -72,6 +93,7 @@ _STREET_ADDRESS = re.compile(
 )
 _DIGIT_RUN = re.compile(r"\d{6,}")
 _LETTER_TOKEN = re.compile(r"[^\W\d_]+")
+_WORDS = re.compile(r"[^\W\d_]+")
 
 
 def _fold(text: str) -> tuple[str, list[int]]:
@@ -120,8 +142,10 @@ def _longest_first_patterns(values: Iterable[str], min_length: int) -> list[re.P
 
 
 def _name_parts(name: str) -> set[str]:
-    parts = re.split(r"[^\w]+|_|\d", _fold_plain(name.replace("^", " ")))
-    return {p for p in parts if len(p) >= 2 and p not in _TITLES}
+    """Folded parts of a person name, with their German transliterations (ü → ue, ß → ss)."""
+    parts = re.split(r"[^\w]+|_|\d", name.replace("^", " ").lower())
+    kept = {p for p in parts if len(p) >= 2 and _fold_plain(p) not in _TITLES and not _is_cjk(p)}
+    return {_fold_plain(v) for p in kept for v in _spellings(p)}
 
 
 @dataclass(frozen=True)
@@ -192,11 +216,18 @@ class _Work:
         return "".join(self.masked)
 
     def claim(self, start: int, end: int, replacement: str | None) -> None:
-        if start >= end or any(c == _MASK for c in self.masked[start:end]):
+        if start >= end or any(c in (_MASK, _KEPT) for c in self.masked[start:end]):
             return
-        self.masked[start:end] = [_MASK] * (end - start)
+        self.masked[start:end] = [_MASK if replacement is not None else _KEPT] * (end - start)
         if replacement is not None:
             self.claims.append((self.origin[start], self.origin[end - 1] + 1, replacement))
+
+    def folded_index(self, position: int) -> int:
+        """The folded index where original ``position`` starts (``len`` for the end)."""
+        return bisect.bisect_left(self.origin, position)
+
+    def original_slice(self, start: int, end: int) -> str:
+        return self.original[self.origin[start]:self.origin[end - 1] + 1] if end > start else ""
 
     def result(self) -> str:
         pieces, cursor = [], 0
@@ -221,27 +252,45 @@ class TextScrubber:
         TypeError: if ``known`` is not a :class:`KnownIdentifiers` or the offset not an int.
     """
 
-    def __init__(self, known: KnownIdentifiers, date_offset_days: int, *, day_first: bool = True) -> None:
+    def __init__(self, known: KnownIdentifiers, date_offset_days: int, *, day_first: bool = True,
+                 use_model: bool = True) -> None:
         if not isinstance(known, KnownIdentifiers):
             raise TypeError("known must be a KnownIdentifiers")
         if isinstance(date_offset_days, bool) or not isinstance(date_offset_days, int):
             raise TypeError("date_offset_days must be an int")
         self._offset = datetime.timedelta(days=date_offset_days)
         self._day_first = day_first
+        self._use_model = use_model
         self._birth_dates = frozenset(known.birth_dates)
-        whole_name_parts = [part for name in known.names for part in re.split(r"[\s^]+", name)
-                            if len(part) >= 2 and _fold_plain(part) not in _TITLES]
+        whole_names = [" ".join(p for p in re.split(r"[\s^]+", name) if _fold_plain(p) not in _TITLES)
+                       for name in known.names]
+        whole_names += ["".join(re.split(r"[\s^]+", name)) for name in known.names if _is_cjk(name)]
+        whole_names += [part for name in known.names for part in re.split(r"[\s^]+", name)
+                        if re.search(r"\w[\-'’]\w", part)]  # double-barrelled: Smith-Jones, O'Brien
         self._id_patterns = _longest_first_patterns(known.ids, min_length=1)
         self._contact_patterns = _longest_first_patterns((*known.contacts, *known.phones, *known.emails),
                                                          min_length=5)
         self._institution_patterns = _longest_first_patterns(known.institutions, min_length=4)
         self._place_patterns = _longest_first_patterns((*known.places, *known.organisations), min_length=4)
-        self._whole_name_patterns = _longest_first_patterns(whole_name_parts, min_length=2)
-        self._name_parts = frozenset(part for n in known.names for part in _name_parts(n))
-        self._fuzzy_parts = tuple(p for p in self._name_parts if len(p) >= _FUZZY_MIN_LENGTH)
+        self._whole_name_patterns = _longest_first_patterns(
+            [n for n in whole_names if len(_WORDS.findall(n)) > 1 or _is_cjk(n)], min_length=3)
+        parts = {variant for n in known.names for part in _name_parts(n) for variant in _spellings(part)}
+        parts |= {c for n in known.names for c in n if _is_cjk(c)}
+        # A part that is an ordinary or clinical word (Power, Long, Weeks, Hoffmann) goes only where the text
+        # uses it as a name; the others go wherever they stand, and near misses of 5+ letters go when capitalised.
+        self._ambiguous_parts = frozenset(p for p in parts if is_common_word(p))
+        self._name_parts = frozenset(parts - self._ambiguous_parts)
+        self._fuzzy_parts = tuple(sorted(p for p in self._name_parts if len(p) >= _FUZZY_MIN_LENGTH))
 
     def scrub(self, text: str) -> str:
         """Return ``text`` with every identifier replaced by a bracketed token."""
+        return self._scrub(text).result()
+
+    def spans(self, text: str) -> list[tuple[int, int, str]]:
+        """The spans of ``text`` that :meth:`scrub` replaces, with their tokens, in order."""
+        return sorted(self._scrub(text).claims)
+
+    def _scrub(self, text: str) -> _Work:
         if not isinstance(text, str):
             raise TypeError("text must be str")
         folded, origin = _fold(text)
@@ -249,14 +298,17 @@ class TextScrubber:
         self._protect_own_tokens(work)
         self._replace_pattern(work, _URL, URL)
         self._replace_pattern(work, _EMAIL, EMAIL)
+        self._replace_pattern(work, CLINICAL_VALUE, None)  # kept as they are: "CRP 120", "L4-L5", "4.2 (5.0)"
         for pattern in self._id_patterns:
             self._replace_pattern(work, pattern, ID)
         for pattern in self._contact_patterns:
             self._replace_pattern(work, pattern, CONTACT)
         self._replace_dates(work)
+        numbers = find_numbers(text)
+        self._claim_entities(work, [e for e in numbers if e.kind == IDENTIFIER], ID)
         self._replace_pattern(work, _UK_POSTCODE, POSTCODE)
         self._replace_pattern(work, _US_ZIP, POSTCODE)
-        self._replace_phones(work)
+        self._claim_entities(work, [e for e in numbers if e.kind == PHONE_NUMBER], PHONE)
         self._replace_pattern(work, _STREET_ADDRESS, ADDRESS)
         for pattern in self._place_patterns:
             self._replace_pattern(work, pattern, ADDRESS)
@@ -265,8 +317,23 @@ class TextScrubber:
         for pattern in self._whole_name_patterns:
             self._replace_pattern(work, pattern, NAME)
         self._replace_name_tokens(work)
+        tokens = {PERSON: NAME, ORGANISATION: INSTITUTION, PLACE: ADDRESS}
+        for entity in find_entities(text, use_model=self._use_model):
+            self._claim_entities(work, [entity], tokens[entity.kind])
         self._replace_pattern(work, _DIGIT_RUN, ID)
-        return work.result()
+        return work
+
+    @staticmethod
+    def _claim_entities(work: _Work, entities: Iterable[Entity], token: str) -> None:
+        """Claim each entity's still unclaimed stretches that hold a letter or digit."""
+        for entity in entities:
+            start, end = work.folded_index(entity.start), work.folded_index(entity.end)
+            for run in re.finditer(r"[^\x00\x01]+", work.view()[start:end]):
+                piece = run.group(0)
+                if any(c.isalnum() for c in piece):
+                    lead = len(piece) - len(piece.lstrip(" ,;:()'’-"))
+                    trail = len(piece) - len(piece.rstrip(" ,;:()'’-"))
+                    work.claim(start + run.start() + lead, start + run.end() - trail, token)
 
     def _protect_own_tokens(self, work: _Work) -> None:
         for match in _PROTECTED.finditer(work.view()):
@@ -281,7 +348,7 @@ class TextScrubber:
             return False
 
     @staticmethod
-    def _replace_pattern(work: _Work, pattern: re.Pattern[str], token: str,
+    def _replace_pattern(work: _Work, pattern: re.Pattern[str], token: str | None,
                          accept: Callable[[re.Match[str]], bool] | None = None) -> None:
         for match in list(pattern.finditer(work.view())):
             end = match.end()
@@ -294,6 +361,7 @@ class TextScrubber:
         for kind, pattern in _DATE_PATTERNS:
             for match in list(pattern.finditer(work.view())):
                 work.claim(match.start(), match.end(), self._date_token(kind, match.groups()))
+        self._replace_pattern(work, _WEEKDAY, "")
 
     def _date_token(self, kind: str, groups: Sequence[str]) -> str:
         candidates = _date_candidates(kind, groups, self._day_first)
@@ -304,20 +372,56 @@ class TextScrubber:
         shifted = candidates[0] + self._offset
         return DATE if shifted in self._birth_dates else f"[{shifted.isoformat()}]"
 
-    def _replace_phones(self, work: _Work) -> None:
-        def looks_like_phone(match: re.Match[str]) -> bool:
-            digits = sum(c.isdigit() for c in match.group(0))
-            return 9 <= digits <= 15
-        self._replace_pattern(work, _PHONE, PHONE, looks_like_phone)
-
     def _replace_name_tokens(self, work: _Work) -> None:
-        for match in list(_LETTER_TOKEN.finditer(work.view())):
+        view = work.view()
+        for match in list(_LETTER_TOKEN.finditer(view)):
             token = match.group(0).lower()
+            original = work.original_slice(match.start(), match.end())
             if token in self._name_parts or (
-                len(token) >= _FUZZY_MIN_LENGTH
+                len(token) >= _FUZZY_MIN_LENGTH and original[:1].isupper() and not is_common_word(token)
                 and any(levenshtein_at_most_one(token, part) for part in self._fuzzy_parts)
             ):
                 work.claim(match.start(), match.end(), NAME)
+            elif token in self._ambiguous_parts and self._used_as_name(work, match.start(), match.end()):
+                work.claim(match.start(), match.end(), NAME)
+
+    def _used_as_name(self, work: _Work, start: int, end: int) -> bool:
+        """An ordinary word that is also the patient's name is a name here: capitalised, and after a title,
+        next to another part of the name, possessive, or capitalised mid-sentence and standing alone."""
+        original = work.original_slice(start, end)
+        if not original[:1].isupper():
+            return False
+        before, after = work.folded[max(0, start - 40):start], work.folded[end:end + 40]
+        if re.search(r"(?:\b(?:dr|mr|mrs|ms|miss|mx|prof|professor|herr|herrn|frau|sir|dame)\.?\s*|"
+                     r"\x00[\s,]*|(?:patient|pt|name|nee|geb\.?)[:\s]+)$", _masked_tail(work, start), re.IGNORECASE):
+            return True
+        if re.match(r"[\s,]*\x00", work.view()[end:end + 4]) or re.match(r"['’]s\b", after):
+            return True
+        if re.match(r"[\s,]+(?:[a-z]+\s+)?[^\W\d_]", after) and self._next_word_is_name(after):
+            return True
+        sentence_start = re.search(r"(?:^|[.!?:;\n(]\s*)$", before) is not None
+        joined = re.match(r"[\-/]", after) or re.search(r"[\-/]$", before)
+        followed_by_value = re.match(r"\s*\d", after)
+        return not sentence_start and not joined and not followed_by_value and original.isalpha() and (
+            original.isupper() or original.istitle()) and not is_clinical_word(original)
+
+    def _next_word_is_name(self, after: str) -> bool:
+        word = re.match(r"[\s,]+([^\W\d_]+)", after)
+        return word is not None and word.group(1).lower() in self._name_parts
+
+
+def _masked_tail(work: _Work, start: int) -> str:
+    return work.view()[max(0, start - 40):start]
+
+
+def _is_cjk(text: str) -> bool:
+    return any("\u3040" <= c <= "\u9fff" or "\uac00" <= c <= "\ud7af" for c in text)
+
+
+def _spellings(part: str) -> set[str]:
+    """A folded name part and its German transliteration (Müller → mueller, Strauß → strauss)."""
+    umlauts = {"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", "æ": "ae", "ø": "oe"}
+    return {part, "".join(umlauts.get(c, c) for c in part)}
 
 
 def _year(text: str) -> int:
