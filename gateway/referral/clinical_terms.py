@@ -21,6 +21,8 @@ jendrassik chaddock oppenheim gordon wartenberg mennell trendelenburg bechterew 
 chiari arnold klippel feil modic pfirrmann meyerding frankel asia jefferson hangman chance smith
 robinson cloward tuffier mckenzie williams barthel glasgow karnofsky nurick japanese wiltse ranawat
 tokuhashi tomita spinal kummell kummel baastrup bertolotti marfan ehlers danlos parkinson guillain barre
+charcot gowers tarlov schmorl crohn addison bell down cushing lyme hodgkin sjogren reiter still bouchard heberden
+claudicatio spinalis
 horner harrington cotrel dubousset luque roy camille magerl tile anderson dalonzo weber
 """.split())
 
@@ -41,12 +43,20 @@ median ulnar radial femoral sciatic n g2p1 hla b27 ra sle ankylosing dish opll o
 kraft syndrom myelopathie gangunsicherheit zervikale zeichen reflex reflexe sign test syndrome fracture
 fraktur score scale grade type klassifikation manoeuvre maneuver phenomenon scan bladder odontoid
 wedge pars hard collar theatre ward clinic cmap pelvic girdle insufficiency piriformis discitis
+dural dura durale arachnoid thecal theca sac disc disk discs annulus anulus nucleus pulposus facet facets
+pedicle pedicles lamina laminae spinous transverse process foramen foramina foraminal recess root roots
+nerve nerves cord conus filum ligamentum flavum endplate endplates vertebra vertebrae vertebral body
+uncovertebral atlas axis dens odontoid occiput sacroiliac iliac ilium coccygeal paraspinal psoas
+multifidus erector spinae gluteal glutei hamstring hamstrings quadriceps dermatome myotome l1 l2 l3 l4 l5
+s1 s2 c1 c2 c3 c4 c5 c6 c7 c8 t1 t2 t3 t4 t5 t6 t7 t8 t9 t10 t11 t12
 """.split())
 
 #: Words after an eponym that make it clinical: "Hoffmann sign", "Jefferson fracture", "Brown-Séquard".
 CLINICAL_NOUN_AFTER = re.compile(r"[\s\-]*(?:sign|test|reflex|zeichen|syndrome?|fracture|fraktur|score|scale|"
                                  r"grade|type|classification|klassifikation|manoeuvre|maneuver|phenomenon|"
-                                 r"disease|positive|negative|positiv|negativ|sequard|séquard)\b", re.IGNORECASE)
+                                 r"disease|positive|negative|positiv|negativ|sequard|séquard|palsy|node|nodes|cyst|joint|gait|"
+                                 r"arthropathy|neuropathy|triad|lähmung|krankheit|syndrom|hinken|malformation|"
+                                 r"classification|ratio|angle|line|position|manoeuvre)\b", re.IGNORECASE)
 
 _LEVEL = r"(?:[CTLS]|Th|LWK|BWK|HWK)\s?\d{1,2}"
 #: Clinical values protected from every identifier rule (case-sensitive where case carries meaning).

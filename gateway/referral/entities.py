@@ -157,7 +157,7 @@ _PERSON_RULES = (
     re.compile(rf"(?i:\b(?:her|his|their|the|and|with|by)?\s*{_RELATIVE})\b[\s,:(]+(?:is\s|was\s)?(?P<n>{_NAME_SEQ})"),
     re.compile(rf"(?i:\b{_INTRO})\b(?:\s+(?:by|with|to|is|durch|von|:))*[\s:,]+(?:{_TITLE}\s+)?(?P<n>{_NAME_SEQ})"),
     re.compile(rf"(?P<n>{_NAME_SEQ}),?\s+(?:MD|DO|RN|NP|PA-C|FRCS|MRCP|MRCGP|FRCP|PhD)\b"),
-    re.compile(rf"(?P<n>{_CAP})['’]s\b"),
+    re.compile(rf"(?P<n>{_CAP})['’]s\b(?!(?i:{CLINICAL_NOUN_AFTER.pattern}))"),
 )
 # Lower-case slips after a relative word: "wife sharon says".
 _RELATIVE_LOWER = re.compile(rf"(?i:\b{_RELATIVE})\b[\s,:(]+(?P<n>[^\W\d_]{{3,}})")
@@ -205,7 +205,8 @@ _ID_LABEL = re.compile(
     r"social security|medicaid|medicare|insurance|member|policy|Versicherten|Versichertennummer|"
     r"Krankenversichertennummer|KVNR|Kassen|Personalausweis|passport|licen[cs]e|study)\s*"
     r"(?:-|\s)?(?:no\.?|nr\.?|num(?:ber)?|#|id|ID|number|nummer)?\s*[:.#]?\s*)"
-    r"(?P<n>[A-Z]{0,4}[-\s]?\d[\d\s\-/]{1,14}\d[A-Z]?|[A-Z]\d{9}|\d)\b")
+    r"(?P<n>[A-Z]{0,4}[-\s]?\d[\d\s\-/]{1,14}\d[A-Z]?|[A-Z]\d{9}|\d|"
+    r"(?=[A-Z0-9\-]*\d[A-Z0-9\-]*\d)[A-Z0-9]{2,6}(?:-[A-Z0-9]{2,6}){1,3})\b")
 _PHONE_LABEL = re.compile(r"(?i:\b(?:tel|telephone|phone|ph|mobile|mob|cell|call|ring|rang|contact|fax|"
                           r"Handy|Telefon|Rückruf|erreichbar|text|whatsapp|landline|home|work|office|on)\b)[.:\s]*$")
 _NHS_LIKE = re.compile(r"(?<![\d\-])\d{3}[ \-]?\d{3}[ \-]?\d{4}(?![\d\-])")

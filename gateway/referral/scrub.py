@@ -25,7 +25,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from gateway.referral.clinical_terms import CLINICAL_VALUE, is_clinical_word
+from gateway.referral.clinical_terms import CLINICAL_NOUN_AFTER, CLINICAL_VALUE, is_clinical_word
 from gateway.referral.codes import NON_URGENT_FLAGS
 from gateway.referral.document import Referral, Urgency
 from gateway.referral.entities import (
@@ -72,6 +72,9 @@ _DATE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("dmy_text", re.compile(rf"(?<!\d)(\d{{1,2}}){_ORD}(?:\s+of)?[\s\-.]*{_MONTH}[\s\-.,]*(\d{{4}}|\d{{2}})(?!\d)",
                             re.IGNORECASE)),
     ("mdy_text", re.compile(rf"\b{_MONTH}\s+(\d{{1,2}}){_ORD},?\s+(\d{{4}})(?!\d)", re.IGNORECASE)),
+    ("holiday", re.compile(r"\b(christmas day|christmas eve|boxing day|new year'?s day|new year'?s eve|"
+                           r"heiligabend|silvester|neujahr|1\. weihnachtstag)(?:\s+(?:of\s+)?)(\d{4})(?!\d)",
+                           re.IGNORECASE)),
     ("month_year", re.compile(rf"\b{_MONTH}\s+(\d{{4}})(?!\d)", re.IGNORECASE)),
     ("day_month", re.compile(rf"(?<![\d.])(\d{{1,2}}){_ORD}(?:\s+of)?\s+{_MONTH}(?![\w])", re.IGNORECASE)),
     ("month_day", re.compile(rf"\b{_MONTH}\s+(\d{{1,2}}){_ORD}(?![\d\w:])", re.IGNORECASE)),
@@ -80,6 +83,9 @@ _DATE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 _WEEKDAY = re.compile(r"\b(?:mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun|montag|dienstag|mittwoch|donnerstag|"
                       r"freitag|samstag|sonntag|monday|tuesday|wednesday|thursday|friday|saturday|sunday)\.?,?\s+"
                       r"(?=\[|\x00)", re.IGNORECASE)
+_HOLIDAYS = {"christmasday": (12, 25), "christmaseve": (12, 24), "boxingday": (12, 26), "newyearsday": (1, 1),
+             "newyearday": (1, 1), "newyearseve": (12, 31), "newyeareve": (12, 31), "heiligabend": (12, 24),
+             "silvester": (12, 31), "neujahr": (1, 1), "1weihnachtstag": (12, 25)}
 _URL = re.compile(r"\b(?:https?://|ftp://|www\.)[^\s<>\"]+", re.IGNORECASE)
 _EMAIL = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+", re.IGNORECASE)
 _UK_POSTCODE = re.compile(r"\b(?:[A-Z]{1,2}\d[A-Z\d]?|GIR) ?\d[ABD-HJLNP-UW-Z]{2}\b")
@@ -395,19 +401,31 @@ class TextScrubber:
         if re.search(r"(?:\b(?:dr|mr|mrs|ms|miss|mx|prof|professor|herr|herrn|frau|sir|dame)\.?\s*|"
                      r"\x00[\s,]*|(?:patient|pt|name|nee|geb\.?)[:\s]+)$", _masked_tail(work, start), re.IGNORECASE):
             return True
+        if CLINICAL_NOUN_AFTER.match(after[2:] if re.match(r"['’]s\b", after) else after):
+            return False  # "Bell's palsy", "Hoffmann sign", "Brown-Séquard"
         if re.match(r"[\s,]*\x00", work.view()[end:end + 4]) or re.match(r"['’]s\b", after):
             return True
         if re.match(r"[\s,]+(?:[a-z]+\s+)?[^\W\d_]", after) and self._next_word_is_name(after):
             return True
-        sentence_start = re.search(r"(?:^|[.!?:;\n(]\s*)$", before) is not None
         joined = re.match(r"[\-/]", after) or re.search(r"[\-/]$", before)
         followed_by_value = re.match(r"\s*\d", after)
-        return not sentence_start and not joined and not followed_by_value and original.isalpha() and (
-            original.isupper() or original.istitle()) and not is_clinical_word(original)
+        if joined or followed_by_value or not original.isalpha() or is_clinical_word(original):
+            return False
+        if re.search(r"(?:^|[.!?:;\n(]\s*)$", before):
+            # At the start of a sentence "Long history", "Power 4/5" are words; "Smith reports",
+            # "Margaret (Peggy)" and "Weeks, 54," are the name.
+            return re.match(rf"\s*(?:[(,\-–:]|$|{_NAME_VERBS}\b)", after, re.IGNORECASE) is not None
+        return original.isupper() or original.istitle()
 
     def _next_word_is_name(self, after: str) -> bool:
         word = re.match(r"[\s,]+([^\W\d_]+)", after)
         return word is not None and word.group(1).lower() in self._name_parts
+
+
+_NAME_VERBS = (r"(?:is|was|has|had|reports?|reported|says|said|states|stated|describes|described|complains|"
+               r"presents|presented|denies|denied|feels|felt|tells|told|attends|attended|came|went|lives|lived|"
+               r"works|worked|walks|would|will|can|could|does|did|notes|noticed|wants|wishes|asks|asked|"
+               r"ist|war|hat|hatte|berichtet|klagt|gibt|kam|wurde|wird|kann|möchte|lebt|arbeitet)")
 
 
 def _masked_tail(work: _Work, start: int) -> str:
@@ -451,6 +469,9 @@ def _date_candidates(kind: str, groups: Sequence[str], day_first: bool) -> list[
         readings = [(_year(groups[2]), _MONTHS[groups[1][:3].lower()], int(groups[0]))]
     elif kind == "mdy_text":
         readings = [(int(groups[2]), _MONTHS[groups[0][:3].lower()], int(groups[1]))]
+    elif kind == "holiday":
+        month, day = _HOLIDAYS[re.sub(r"[^a-z1]", "", groups[0].lower())]
+        readings = [(int(groups[1]), month, day)]
     else:  # month and year only: not a day, cannot be shifted
         return []
     return [d for d in (_safe_date(*r) for r in readings) if d is not None]

@@ -6,7 +6,9 @@ Every case is written in a small markup and parsed into plain text plus spans:
 * ``[[cat!:text]]`` an identifier the node holds (it is also in the case's ``known`` fields);
 * ``{{text}}`` a clinical term that must survive scrubbing.
 
-Categories: ``name``, ``place``, ``org``, ``date``, ``id``, ``phone``, ``contact``.
+Categories: ``name``, ``place``, ``org``, ``date``, ``id``, ``phone``, ``contact``. As in HIPAA's Safe
+Harbor list, a year alone and a state or country of citizenship are not identifiers; a country of residence,
+towns, streets and postcodes are.
 
 :func:`generated_cases` builds cases from seeded random choices (``random.Random(SEED)``: the same
 corpus on every run); :mod:`notes_corpus_hand` adds hand-written cases in the phrasing clinicians use,

@@ -129,6 +129,56 @@ _HAND: list[tuple[str, str, dict, str]] = [
     ("hand-double", "uk", {"names": ["Bowes-Lyon^Henrietta"], "ids": ["H12"], "birth_dates": [D(1939, 9, 1)]},
      "[[name!:Mrs Bowes-Lyon]] ([[name!:Lyon]] on the ward list). Husband [[name:Archibald Bowes-Lyon]]. "
      "{{Insufficiency fracture}} of the {{sacrum}}; {{Denis zone 1}}."),
+
+    # --- written after the scrubber existed, without running it first: phrasing it was not built around ---
+    ("hand-noctx", "uk", {"names": ["Price^Gareth"], "ids": ["Q1"], "birth_dates": [D(1970, 1, 2)]},
+     "Spoke to [[name:Nkechi]] on the phone; [[name:Nkechi]] is anxious about surgery. [[name!:Gareth]] "
+     "himself drives to [[place:Coventry]] daily. {{Schmorl's node}} at {{L2}}, {{Modic type 1}} change {{L4-L5}}."),
+    ("hand-team", "uk", {"names": ["Lloyd^Bethan"], "ids": ["L0001"], "birth_dates": [D(1982, 5, 5)]},
+     "Team: Dr [[name:Okafor]], Sr [[name:Bramley]], physio [[name:Lena]]. [[name!:Bethan]] is from "
+     "[[place:Swansea]] originally, was on holiday in [[place:Tenerife]] when it started. {{Tarlov cyst}} {{S2}}, "
+     "{{Crohn's disease}} on {{azathioprine 100 mg}}."),
+    ("hand-employers", "uk", {"names": ["Evans^Rhodri"], "ids": ["E2"], "birth_dates": [D(1959, 9, 9)]},
+     "[[name!:Rhodri Evans]] worked 20 years at [[org:British Steel]] [[place:Port Talbot]], now volunteers at "
+     "[[org:Oxfam]]. Plays bowls for [[org:Llanelli Wanderers]]. {{Parkinson's disease}}, {{Trendelenburg gait}}, "
+     "{{Bell's palsy}} 2015."),
+    ("hand-us-kaiser", "us", {"names": ["Reyes^Carmen"], "ids": ["K-778112"], "birth_dates": [D(1977, 11, 30)]},
+     "Chart [[id!:K-778112]]. [[name!:Carmen Reyes]], 46F, seen by Dr. [[name:Villanueva]] (ortho) at "
+     "[[org:Kaiser Permanente Oakland]] on [[date:04-Jan-24]]. Medicare # [[id:1EG4-TE5-MK73]]. "
+     "Cell [[phone:+1-415-555-0134]]. {{Chiari I}} malformation, {{Lhermitte's sign}} positive, {{Klippel-Feil}}."),
+    ("hand-de-praxis", "de", {"names": ["Schulz^Petra"], "ids": ["S-99"], "birth_dates": [D(1964, 4, 1)]},
+     "Zuweisung: Frau Dr. [[name:Bauer]], [[org:Gemeinschaftspraxis Bauer & Lenz]], [[place:Nürnberg]]. "
+     "Frau [[name!:Schulz]] wohnt in der [[place:Goethestr. 5]] in [[place:04109]] [[place:Leipzig]], "
+     "Arbeitgeber: [[org:Stadtwerke Bielefeld]]. Telefon [[phone:(+49) 171/2345678]]. {{Guillain-Barré}} 2010, "
+     "jetzt {{Horner-Syndrom}} rechts, {{Trendelenburg-Hinken}}."),
+    ("hand-quotes", "uk", {"names": ["Kenwright^Margaret"], "ids": ["MK7"], "birth_dates": [D(1938, 6, 6)]},
+     "[[name!:Margaret]] (\"[[name:Peggy]]\") [[name!:Kenwright]], DOB: [[date!:1938-06-06]], lives alone in "
+     "[[place:Morecambe]]; neighbour [[name:Stan Pilkington]] has a key. {{Paget's disease}} of {{L3}}, "
+     "{{Charcot}} joint {{right}} ankle, {{Gowers}} sign absent."),
+    ("hand-email-gp", "uk", {"names": ["Ahmed^Yusuf"], "ids": ["YA-1"], "birth_dates": [D(1991, 2, 14)]},
+     "Queries to [[contact:dr.ahmed@nhs.net]] (no relation) or [[contact:reception.fairfield@nhs.net]]. "
+     "[[name!:Yusuf Ahmed]], taxi driver for [[org:Uber]], previously [[org:Royal Navy]]. Tel "
+     "[[phone:0121 496 0000 ext 2231]]. {{Down syndrome}} brother. {{Addison's disease}}, {{hydrocortisone 20 mg}}."),
+    ("hand-dates-more", "us", {"names": ["Pruitt^Wayne"], "ids": ["WP-3"], "birth_dates": [D(1962, 3, 4)]},
+     "DOB: [[date!:03/04/1962]]. Fell [[date:2 Feb]], ED visit [[date:Feb 3rd]], MRI [[date:2/10/2024]], "
+     "f/u [[date:02/24/24]]. Wife [[name:Darlene]], daughter [[name:Kaylee Pruitt]]. {{L1 burst fracture}}, "
+     "{{TLICS 4}}, {{Frankel C}}."),
+    ("hand-mixed-script", "de", {"names": ["Papadopoulos^Nikos", "Παπαδόπουλος^Νίκος"], "ids": ["GR-5"],
+                                 "birth_dates": [D(1955, 8, 15)]},
+     "Herr [[name!:Nikos Papadopoulos]] ([[name!:Νίκος Παπαδόπουλος]]), Gastwirt in [[place:Offenbach]], "
+     "Tochter [[name:Eleni]] übersetzt. {{Spondylolisthesis}} {{Meyerding II}} {{L5/S1}}, {{Claudicatio spinalis}}."),
+    ("hand-address-uk", "uk", {"names": ["Hughes^Olwen"], "ids": ["OH-2"], "birth_dates": [D(1947, 7, 7)]},
+     "Address: [[place:Flat 3, 27 Cathedral Road]], [[place:Cardiff]] [[place:CF11 9HA]]. Previously at "
+     "[[place:Ty Gwyn Farm]], [[place:Llanwrtyd Wells]]. Carer from [[org:Bluebird Care]] visits twice daily. "
+     "{{Osteoporosis}}, {{T-score -3.1}}, {{zoledronic acid 5 mg}}."),
+    ("hand-ssn-formats", "us", {"names": ["Lindgren^Erik"], "ids": ["EL"], "birth_dates": [D(1973, 10, 10)]},
+     "[[name!:Erik Lindgren]] SSN: [[id:123 45 6789]], alt ID [[id:456-78-9012]]. Employer [[org:Boeing]] "
+     "[[place:Everett]], WA. Ph [[phone:425.555.0199]]. {{Ankylosing spondylitis}}, {{HLA-B27}} positive, "
+     "{{Schober 2 cm}}."),
+    ("hand-gp-surgery", "uk", {"names": ["Bell^Martin"], "ids": ["MB4"], "birth_dates": [D(1968, 12, 1)]},
+     "Mr [[name!:Bell]] was reviewed at [[org:The Elms Medical Practice]] by [[name:Dr Sunita Varghese]]. "
+     "He has {{Bell's palsy}} from 2019... {{L5}} {{radiculopathy}}, {{power 4/5}} {{EHL}}. "
+     "He does shifts at [[org:Asda]] [[place:Pudsey]]."),
 ]
 
 
