@@ -119,6 +119,15 @@ class SourceConfig(_Section):
     ae_title: AETitle
     host: str | None = None
     return_: DicomPeer | None = Field(None, alias="return")
+    locale: str = Field("en-GB", pattern=r"^[a-z]{2}-[A-Z]{2}$")
+    date_order: Literal["day_first", "month_first"] | None = None
+
+    @property
+    def day_first(self) -> bool:
+        """How the source's referrals write numeric dates: ``date_order``, else month first for en-US only."""
+        if self.date_order is not None:
+            return self.date_order == "day_first"
+        return self.locale != "en-US"
 
 
 _HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install the real DICOM peers and the database the test suite and benchmarks use, when missing:
-# DCMTK (storescu, storescp, echoscu, dcmdump, dsrdump), Orthanc, PostgreSQL 15, iproute2, util-linux (unshare).
+# DCMTK (storescu, storescp, echoscu, dcmdump, dsrdump), Orthanc, PostgreSQL 15, iproute2, util-linux (unshare),
+# and the notes PDF's fonts (fonts-dejavu-core, fonts-wqy-microhei).
 set -eu
 missing=""
 [ -x /usr/bin/storescu ] && [ -x /usr/bin/dsrdump ] || missing="$missing dcmtk"
@@ -8,6 +9,9 @@ missing=""
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$missing postgresql-15"
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 command -v unshare >/dev/null 2>&1 || missing="$missing util-linux"
+# Fonts embedded in the notes PDF: DejaVu Sans (Latin, Greek, Cyrillic) and WenQuanYi Micro Hei (CJK).
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$missing fonts-dejavu-core"
+[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing="$missing fonts-wqy-microhei"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "error: missing system packages:$missing (run 'sudo apt-get install$missing')" >&2

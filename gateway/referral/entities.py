@@ -260,6 +260,8 @@ def _phones(text: str) -> list[Entity]:
                 start, end = match.start, match.end
                 if leniency is phonenumbers.Leniency.POSSIBLE and not _phone_label_before(text, start, match.raw_string):
                     continue
+                if start > 0 and text[start - 1] == "(" and ")" in match.raw_string[:6]:
+                    start -= 1  # "(555) 123-4567": the matcher leaves the opening parenthesis out
                 found.setdefault((start, end), Entity(start, end, PHONE_NUMBER))
     return list(found.values())
 
@@ -277,8 +279,6 @@ def _rule_entities(text: str) -> Iterator[Entity]:
     for rule in _ADDRESS_RULES:
         for match in rule.finditer(text):
             yield Entity(match.start(), match.end(), PLACE)
-    for match in _US_STATE_ZIP.finditer(text):
-        yield Entity(match.start(), match.end(), PLACE)
     for match in _DE_POSTCODE.finditer(text):
         yield Entity(match.start(), match.end(), PLACE)
     for rule in _ORG_RULES:

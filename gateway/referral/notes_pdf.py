@@ -1,7 +1,13 @@
 """The scrubbed referral notes as a PDF (reportlab), wrapped as DICOM Encapsulated PDF Storage.
 
 The PDF's document information (Title, Author, Subject, Creator, Producer, dates) is fixed text
-and the build time: no PHI. The DICOM object copies the Patient and General Study modules from
+and the build time: no PHI.
+
+Text is set in DejaVu Sans (Latin with every accent, Greek, Cyrillic) and, for the letters it lacks
+(Chinese, Japanese, Korean), WenQuanYi Micro Hei, both embedded as TrueType subsets: "Dvořák" and "王伟"
+print as letters, not boxes. The fonts come from the Debian packages fonts-dejavu-core and
+fonts-wqy-microhei (scripts/install-system-deps.sh), found at run time; without them the PDF falls back to
+Helvetica (Latin-1 only) and the node logs ``notes_pdf_font`` once. The DICOM object copies the Patient and General Study modules from
 one de-identified image of the pseudonymous study and lives in its own series (Modality DOC).
 """
 
@@ -9,15 +15,20 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import io
+from pathlib import Path
 from xml.sax.saxutils import escape
 
+import structlog
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import getSampleStyleSheet
 from reportlab.lib.units import mm
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from gateway.referral import codes
@@ -26,7 +37,10 @@ from gateway.referral.document import Urgency
 from gateway.referral.notes_base import _NotesBuilder
 from gateway.referral.scrub import ScrubbedNotes
 
-__all__ = ["ENCAPSULATED_PDF_STORAGE", "NotesPDFBuilder", "build_notes_pdf_dataset", "render_notes_pdf"]
+__all__ = ["ENCAPSULATED_PDF_STORAGE", "NotesPDFBuilder", "build_notes_pdf_dataset", "font_for", "notes_fonts",
+           "render_notes_pdf"]
+
+log = structlog.get_logger("notes")
 
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 PDF_TITLE = "Referral clinical notes (de-identified)"
@@ -45,8 +59,67 @@ _SECTIONS = (
 )
 
 
+FONT_DIRS = (Path("/usr/share/fonts/truetype"), Path("/usr/share/fonts"), Path("/usr/local/share/fonts"))
+_FONT_FILES = {  # registered name → (file below a font directory, index in a collection)
+    "NotesSans": ("dejavu/DejaVuSans.ttf", 0),
+    "NotesSans-Bold": ("dejavu/DejaVuSans-Bold.ttf", 0),
+    "NotesCJK": ("wqy/wqy-microhei.ttc", 0),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def notes_fonts() -> dict[str, TTFont]:
+    """The embedded fonts found on this machine, registered with reportlab (once per process)."""
+    fonts: dict[str, TTFont] = {}
+    for name, (relative, index) in _FONT_FILES.items():
+        path = next((d / relative for d in FONT_DIRS if (d / relative).is_file()), None)
+        if path is None:
+            continue
+        font = TTFont(name, str(path), subfontIndex=index)
+        pdfmetrics.registerFont(font)
+        fonts[name] = font
+    if "NotesSans" not in fonts or "NotesCJK" not in fonts:
+        log.warning("notes_pdf_font", reason="fonts-dejavu-core or fonts-wqy-microhei missing: "
+                                             "letters outside Latin-1 print as boxes in the notes PDF")
+    return fonts
+
+
+def font_for(char: str) -> str:
+    """The registered font that draws ``char``: DejaVu Sans, else the CJK font, else Helvetica."""
+    fonts = notes_fonts()
+    for name in ("NotesSans", "NotesCJK"):
+        if name in fonts and ord(char) in fonts[name].face.charToGlyph:
+            return name
+    return "NotesSans" if "NotesSans" in fonts else "Helvetica"
+
+
+def _markup(text: str) -> str:
+    """``text`` escaped for a Paragraph, with runs the body font cannot draw set in the CJK font."""
+    pieces: list[str] = []
+    for char in text:
+        font = "NotesCJK" if not char.isspace() and font_for(char) == "NotesCJK" else None
+        piece = escape(char)
+        pieces.append(f'<font name="NotesCJK">{piece}</font>' if font else piece)
+    return "".join(pieces).replace('</font><font name="NotesCJK">', "")
+
+
+def _styles() -> dict:
+    styles = getSampleStyleSheet()
+    fonts = notes_fonts()
+    if "NotesSans" in fonts:
+        for name in ("BodyText", "Normal"):
+            styles[name].fontName = "NotesSans"
+        for name in ("Title", "Heading2", "Heading3"):
+            styles[name].fontName = "NotesSans-Bold" if "NotesSans-Bold" in fonts else "NotesSans"
+    return styles
+
+
+def _table_font() -> str:
+    return "NotesSans" if "NotesSans" in notes_fonts() else "Helvetica"
+
+
 def _paragraphs(text: str, style: object) -> list[Paragraph]:
-    return [Paragraph(escape(line), style) for line in text.splitlines() if line.strip()]
+    return [Paragraph(_markup(line), style) for line in text.splitlines() if line.strip()]
 
 
 def _pain_table(notes: ScrubbedNotes, styles: dict) -> list[object]:
@@ -59,8 +132,10 @@ def _pain_table(notes: ScrubbedNotes, styles: dict) -> list[object]:
     ) if value]
     flow: list[object] = [Paragraph("Pain pattern", styles["Heading2"])]
     if rows:
-        flow.append(Table([(k, Paragraph(escape(v), styles["BodyText"])) for k, v in rows],
-                          colWidths=[35 * mm, 135 * mm]))
+        table = Table([(k, Paragraph(_markup(v), styles["BodyText"])) for k, v in rows],
+                      colWidths=[35 * mm, 135 * mm])
+        table.setStyle(TableStyle([("FONTNAME", (0, 0), (-1, -1), _table_font())]))
+        flow.append(table)
     if pain.intensity is not None:
         flow.append(Paragraph(f"Pain intensity: {pain.intensity}/10", styles["BodyText"]))
         scale = Table([[str(n) for n in range(11)]], colWidths=[10 * mm] * 11)
@@ -79,11 +154,12 @@ def _flags_table(notes: ScrubbedNotes, styles: dict) -> list[object]:
         return flow + [Paragraph("None declared or detected.", styles["BodyText"])]
     rows = [["Red flag", "Declared", "Detected", "Phrase"]] + [
         [codes.RED_FLAG_CODES[f.code].meaning, "yes" if f.declared else "no", "yes" if f.detected else "no",
-         Paragraph(escape(f.phrase or ""), styles["BodyText"])]
+         Paragraph(_markup(f.phrase or ""), styles["BodyText"])]
         for f in notes.flags
     ]
     table = Table(rows, colWidths=[65 * mm, 20 * mm, 20 * mm, 65 * mm])
     table.setStyle(TableStyle([
+        ("FONTNAME", (0, 0), (-1, -1), _table_font()),
         ("GRID", (0, 0), (-1, -1), 0.5, colors.grey),
         ("BACKGROUND", (0, 0), (-1, 0), colors.lightgrey),
         ("VALIGN", (0, 0), (-1, -1), "TOP"),
@@ -95,7 +171,7 @@ def render_notes_pdf(notes: ScrubbedNotes) -> bytes:
     """Render the notes to PDF bytes: title, urgency, sections, pain scale, red flags table."""
     if not isinstance(notes, ScrubbedNotes):
         raise TypeError("notes must be a ScrubbedNotes")
-    styles = getSampleStyleSheet()
+    styles = _styles()
     buffer = io.BytesIO()
     document = SimpleDocTemplate(buffer, pagesize=A4, title=PDF_TITLE, author=PDF_AUTHOR,
                                  subject="Referral notes", creator=PDF_AUTHOR, producer=PDF_AUTHOR,

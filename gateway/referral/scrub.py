@@ -337,7 +337,7 @@ class TextScrubber:
             for run in re.finditer(r"[^\x00\x01]+", work.view()[start:end]):
                 piece = run.group(0)
                 if any(c.isalnum() for c in piece):
-                    lead = len(piece) - len(piece.lstrip(" ,;:()'’-"))
+                    lead = len(piece) - len(piece.lstrip(" ,;:)'’-" if ")" in piece else " ,;:()'’-"))
                     trail = len(piece) - len(piece.rstrip(" ,;:()'’-"))
                     work.claim(start + run.start() + lead, start + run.end() - trail, token)
 
@@ -412,9 +412,9 @@ class TextScrubber:
         if joined or followed_by_value or not original.isalpha() or is_clinical_word(original):
             return False
         if re.search(r"(?:^|[.!?:;\n(]\s*)$", before):
-            # At the start of a sentence "Long history", "Power 4/5" are words; "Smith reports",
-            # "Margaret (Peggy)" and "Weeks, 54," are the name.
-            return re.match(rf"\s*(?:[(,\-–:]|$|{_NAME_VERBS}\b)", after, re.IGNORECASE) is not None
+            # At the start of a sentence "Long history", "Brown urine" are words; "Smith reports",
+            # "Margaret (Peggy)", "Alan L4-L5" and "Weeks, 54," are the name.
+            return not re.match(r"\s+[a-zß-ÿ]", after) or re.match(rf"\s+{_NAME_VERBS}\b", after) is not None
         return original.isupper() or original.istitle()
 
     def _next_word_is_name(self, after: str) -> bool:

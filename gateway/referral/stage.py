@@ -51,7 +51,6 @@ from gateway.referral.compose import (
     guard_identifiers,
     known_identifiers,
     scrub_header_notes,
-    scrub_referral_notes,
 )
 from gateway.referral.document import Referral
 from gateway.referral.errors import ReferralError
@@ -59,7 +58,7 @@ from gateway.referral.matching import expire_referrals, match_study
 from gateway.referral.notes_pdf import NotesPDFBuilder
 from gateway.referral.notes_sr import EVIDENCE_REQUIRED_ATTRIBUTES, NotesSRBuilder
 from gateway.referral.reason import short_reason
-from gateway.referral.scrub import ScrubbedNotes
+from gateway.referral.scrub import ScrubbedNotes, scrub_referral
 from gateway.scp.rawedit import set_text_element
 from gateway.scp.spool import Spool
 
@@ -198,8 +197,15 @@ class NotesStage:
             raise NotesStageError("the case has no de-identification identity")
         known = known_identifiers(identity, document)
         if document is not None:
-            return scrub_referral_notes(document, known, identity.date_offset_days)
+            return scrub_referral(document, identity.date_offset_days, known=known,
+                                  day_first=self._day_first(study, document))
         return scrub_header_notes(self.header_notes(study), known, identity.date_offset_days)
+
+    def _day_first(self, study: Study, document: Referral) -> bool:
+        """The date order of the source that sent the study (else the referral's), from the configuration."""
+        names = [study.source.name if study.source_id is not None else None, document.source]
+        source = next((s for name in names for s in self.config.sources if s.name == name), None)
+        return True if source is None else source.day_first
 
     def header_notes(self, study: Study) -> dict[str, str]:
         """The DICOM header's own notes, read from one original instance of ``study`` (PHI)."""
