@@ -48,7 +48,7 @@ pedicle pedicles lamina laminae spinous transverse process foramen foramina fora
 nerve nerves cord conus filum ligamentum flavum endplate endplates vertebra vertebrae vertebral body
 uncovertebral atlas axis dens odontoid occiput sacroiliac iliac ilium coccygeal paraspinal psoas
 multifidus erector spinae gluteal glutei hamstring hamstrings quadriceps dermatome myotome l1 l2 l3 l4 l5
-s1 s2 c1 c2 c3 c4 c5 c6 c7 c8 t1 t2 t3 t4 t5 t6 t7 t8 t9 t10 t11 t12
+power strength tone s1 s2 c1 c2 c3 c4 c5 c6 c7 c8 t1 t2 t3 t4 t5 t6 t7 t8 t9 t10 t11 t12
 """.split())
 
 #: Words after an eponym that make it clinical: "Hoffmann sign", "Jefferson fracture", "Brown-Séquard".
@@ -65,7 +65,7 @@ CLINICAL_VALUE = re.compile("|".join((
     r"\b(?:VAS|NRS|ODI|NDI|mJOA|JOA|EQ-5D|BMI|GCS|ASIA|TLICS|SINS)\s?[A-E]?\d+(?:[.,]\d+)?(?:\s?/\s?\d+|\s?%)?",
     r"\b(?:CRP|Hb|Hgb|WCC|WBC|ESR|BSG|PCT|INR|Na|K|Cr|eGFR|HbA1c|PSA|ALP|Ca|Leukozyten|Thrombozyten|Plt)"
     r"\s?(?:of\s)?\d{1,4}(?:[.,]\d+)?(?![\d\w])",
-    r"\b\d+(?:[.,]\d+)?\s?(?:mg|g|mcg|µg|ug|ml|mL|l|IU|IE|units|mmol|mV|uV|µV|ms|m/s|cm|mm|kg|Grad|°|%)"
+    r"(?<![\d/.\-])\b\d+(?:[.,]\d+)?\s?(?:mg|g|mcg|µg|ug|ml|mL|l|IU|IE|units|mmol|mV|uV|µV|ms|m/s|cm|mm|kg|Grad|°|%)"
     r"(?![\w])",
     r"\b\d+[.,]\d+\s?\(\d+[.,]\d+\)(?:\s+\d+(?:[.,]\d+)?\s?\(\d+(?:[.,]\d+)?\))*\s?(?:mV|uV|µV|ms|m/s)?",
     r"\b\d+\s?\(\d+\)(?:\s+\d+\s?\(\d+\))*\s?(?:mV|uV|µV|ms|m/s)\b",

@@ -285,6 +285,7 @@ class TextScrubber:
         # A part that is an ordinary or clinical word (Power, Long, Weeks, Hoffmann) goes only where the text
         # uses it as a name; the others go wherever they stand, and near misses of 5+ letters go when capitalised.
         self._ambiguous_parts = frozenset(p for p in parts if is_common_word(p))
+        self._given_parts = frozenset(v for n in known.names for g in _given_names(n) for v in _name_parts(g))
         self._name_parts = frozenset(parts - self._ambiguous_parts)
         self._fuzzy_parts = tuple(sorted(p for p in self._name_parts if len(p) >= _FUZZY_MIN_LENGTH))
 
@@ -401,17 +402,19 @@ class TextScrubber:
         if re.search(r"(?:\b(?:dr|mr|mrs|ms|miss|mx|prof|professor|herr|herrn|frau|sir|dame)\.?\s*|"
                      r"\x00[\s,]*|(?:patient|pt|name|nee|geb\.?)[:\s]+)$", _masked_tail(work, start), re.IGNORECASE):
             return True
-        if CLINICAL_NOUN_AFTER.match(after[2:] if re.match(r"['’]s\b", after) else after):
+        if is_clinical_word(original) and CLINICAL_NOUN_AFTER.match(
+                after[2:] if re.match(r"['’]s\b", after) else after):
             return False  # "Bell's palsy", "Hoffmann sign", "Brown-Séquard"
         if re.match(r"[\s,]*\x00", work.view()[end:end + 4]) or re.match(r"['’]s\b", after):
             return True
         if re.match(r"[\s,]+(?:[a-z]+\s+)?[^\W\d_]", after) and self._next_word_is_name(after):
             return True
         joined = re.match(r"[\-/]", after) or re.search(r"[\-/]$", before)
-        followed_by_value = re.match(r"\s*\d", after)
-        if joined or followed_by_value or not original.isalpha() or is_clinical_word(original):
-            return False
+        if joined or not original.isalpha() or is_clinical_word(original):
+            return False  # "Brown-Séquard", "Power 4/5" (power is a clinical word)
         if re.search(r"(?:^|[.!?:;\n(]\s*)$", before):
+            if _fold_plain(original) in self._given_parts:
+                return True  # a given name (Alan, Margaret) opens a sentence as a name, not as a word
             # At the start of a sentence "Long history", "Brown urine" are words; "Smith reports",
             # "Margaret (Peggy)", "Alan L4-L5" and "Weeks, 54," are the name.
             return not re.match(r"\s+[a-zß-ÿ]", after) or re.match(rf"\s+{_NAME_VERBS}\b", after) is not None
@@ -426,6 +429,15 @@ _NAME_VERBS = (r"(?:is|was|has|had|reports?|reported|says|said|states|stated|des
                r"presents|presented|denies|denied|feels|felt|tells|told|attends|attended|came|went|lives|lived|"
                r"works|worked|walks|would|will|can|could|does|did|notes|noticed|wants|wishes|asks|asked|"
                r"ist|war|hat|hatte|berichtet|klagt|gibt|kam|wurde|wird|kann|möchte|lebt|arbeitet)")
+
+
+def _given_names(name: str) -> list[str]:
+    """The given names of a person name: after the family name in DICOM form (Doe^Jane^Marie), before it
+    otherwise (Dr Alan Whitcombe)."""
+    if "^" in name:
+        return [g for g in name.split("^")[1:3] if g]
+    words = [w for w in re.split(r"[\s,]+", name) if w and _fold_plain(w).rstrip(".") not in _TITLES]
+    return words[:-1]
 
 
 def _masked_tail(work: _Work, start: int) -> str:
