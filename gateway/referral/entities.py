@@ -122,6 +122,8 @@ def _plausible(text: str, start: int, end: int, kind: str) -> bool:
     """A model span is kept unless it is clinical vocabulary, lower case, or a single ordinary word."""
     value = text[start:end]
     words = _WORD.findall(value)
+    if "[" in value or "]" in value or "\n" in value:  # the scrubber's own tokens; a line break ends a name
+        return False
     if not words or any(is_clinical_word(w) for w in words) or any(c.isdigit() for c in value):
         return False
     if not any(w[0].isupper() for w in words):
