@@ -132,7 +132,7 @@ def _plausible(text: str, start: int, end: int, kind: str) -> bool:
         return False
     if not words or any(is_clinical_word(w) for w in words) or any(c.isdigit() for c in value):
         return False
-    if not any(w[0].isupper() for w in words):
+    if not (words[0][0].isupper() and words[-1][0].isupper()):  # "Zugezogen aus", "Kassiererin bei"
         return False
     if any(w.lower().rstrip(".") in _TITLE_WORDS_BARE for w in words[-1:]):
         return False
@@ -196,7 +196,7 @@ _PLACE_RULES = (
     re.compile(rf"(?P<n>{_CAP}(?:\s+{_CAP})*),\s+(?:[A-Z]{{2}})\s+\d{{5}}"),               # Austin, TX 78701
 )
 _ADDRESS_RULES = (
-    re.compile(r"\b\d{1,5}[a-zA-Z]?,?\s+(?:[NSEW]\.?\s+)?(?:[^\W\d_][\w'’\-]*\s+){1,3}"
+    re.compile(r"\b\d{1,5}[a-zA-Z]?,?\s+(?:[NSEW]\.?\s+)?(?:[^\W\d_a-zß-ÿ][\w'’\-]*\s+){1,3}"
                r"(?:Road|Rd|Street|St|Avenue|Ave|Lane|Ln|Drive|Dr|Close|Way|Crescent|Place|Pl|Court|Ct|Terrace|"
                r"Gardens|Grove|Square|Boulevard|Blvd|Parkway|Pkwy|Highway|Hwy|Row|Mews|Hill|Walk)\b\.?"
                r"(?:\s+(?:NE|NW|SE|SW|N|S|E|W)\b)?(?:,?\s+(?:Apt|Apartment|Unit|Suite|Flat|#)\.?\s*\w+)?"),
@@ -355,6 +355,8 @@ bed rehab physio january february march april may june july august september oct
 monday tuesday wednesday thursday friday saturday sunday mr mrs ms dr herr frau der die das""".split())
 _GAZETTEER_COUNTRIES = ("GB", "US", "DE", "AT", "CH", "IE")
 _PLACE_PREPOSITION = re.compile(r"(?i:\b(?:in|from|at|near|to|of|aus|nach|bei|von|im|nahe)\s+)$")
+# "London W1A 1AA", "Austin, TX 78701", "Boston MA 02118": a town before its postcode.
+_POSTCODE_AFTER = re.compile(r",?\s+(?:(?:[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2})|(?:[A-Z]{2}\s+)?\d{5}(?![\d\s]*\d))\b")
 _CAP_SEQUENCE = re.compile(rf"{_CAP}(?:[ \-]{_CAP}){{0,3}}")
 
 
@@ -414,7 +416,10 @@ def _place_here(text: str, start: int, end: int, value: str) -> bool:
     if any(is_clinical_word(w) for w in words) or value.lower() in _NOT_PLACES:
         return False
     if len(words) == 1 and (_zipf(words[0].lower(), "en") >= COMMON_WORD_ZIPF or words[0].isupper()):
-        return bool(_PLACE_PREPOSITION.search(text[max(0, start - 12):start])) and not words[0].isupper()
+        if words[0].isupper():
+            return False
+        return bool(_PLACE_PREPOSITION.search(text[max(0, start - 12):start])
+                    or _POSTCODE_AFTER.match(text, end) or re.search(r"\d{5}\s+$", text[max(0, start - 8):start]))
     return True
 
 
