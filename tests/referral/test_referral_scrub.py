@@ -52,7 +52,7 @@ def scrubber() -> TextScrubber:
     ("mail j.bloggs@nhs.net", "mail [EMAIL]"),
     ("see https://portal.example.org/p?id=7.", "see [URL]."),
     ("lives in W1A 1AA, London", "lives in [POSTCODE], London"),
-    ("Boston MA 02118 or 90210-1234", "Boston MA [POSTCODE] or [POSTCODE]"),
+    ("Boston MA 02118 or 90210-1234", "[ADDRESS] MA [POSTCODE] or [POSTCODE]"),  # the town goes too
     ("ref 12345678", "ref [ID]"),
     ("at St. Mary's Hospital", "at [INSTITUTION]"),
     ("at ST MARYS", "at [INSTITUTION]"),
