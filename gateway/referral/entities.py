@@ -206,8 +206,6 @@ _ADDRESS_RULES = (
     re.compile(r"\b(?:Am|An der|Auf der|Im|In der|Zum|Zur)\s+[A-ZÄÖÜ][\wäöüß\-]+\s+\d{1,4}[a-z]?\b"),
     re.compile(r"\b\d{1,4}\s+(?:[A-Z][\w'’\-]+\s+)?(?:Kingsway|Broadway|Parade|High Street|Green)\b"),
 )
-_US_STATE_ZIP = re.compile(r"\b(?:A[LKZR]|C[AOT]|D[EC]|FL|GA|HI|I[DLNA]|K[SY]|LA|M[EDAINSOT]|N[EVHJMYCD]|"
-                           r"O[HKR]|PA|RI|S[CD]|T[NX]|UT|V[TA]|W[AVIY])\s+\d{5}(?:-\d{4})?\b")
 _DE_POSTCODE = re.compile(r"(?<![\d\-/.])\d{5}(?=\s+[A-ZÄÖÜ][a-zäöüß])")
 _ID_LABEL = re.compile(
     r"(?i:\b(?:NHS|CHI|H&C|hosp(?:ital)?|MRN|medical record|record|patient|pat|case|Fall|chart|ssn|"
@@ -222,7 +220,6 @@ _NHS_LIKE = re.compile(r"(?<![\d\-])\d{3}[ \-]?\d{3}[ \-]?\d{4}(?![\d\-])")
 _SSN_LIKE = re.compile(r"(?<![\d\-])\d{3}-\d{2}-\d{4}(?![\d\-])")
 _KVNR_LIKE = re.compile(r"\b[A-Z]\d{9}\b")
 _LEADING_WORD = re.compile(rf"(?i:{_RELATIVE}|{_INTRO}|Hausärztin|Hausarzt|Kollege|Kollegin)")
-_SENTENCE_END = re.compile(r"(?:^|[.!?:;]\s+|\n\s*)$")
 
 
 def _name_context(text: str, start: int, end: int) -> bool:
