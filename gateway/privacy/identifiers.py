@@ -362,7 +362,7 @@ def _date_bodies(day: dt.date) -> list[str]:
         f"{y}{sep}{months}{sep}{days}",
         f"{days}{sep}{months}{sep}{years}",
         f"{months}{sep}{days}{sep}{years}",
-        rf"{days}{ordinal}\s*(?:of\s+)?{month_name}[\s\-.,]{{0,3}}{years}",
+        rf"{days}{ordinal}[\s\-./]{{0,3}}(?:of\s+)?{month_name}[\s\-.,/]{{0,3}}{years}",
         rf"{month_name}\s*{days}{ordinal},?\s+{years}",
     ]
 

@@ -63,6 +63,10 @@ brown sequard séquard pott potts scheuermann bechterew bekhterev baastrup berto
 cobb meyerding pfirrmann modic kambin wiltse
 bilateral unilateral left right links rechts beidseits lateral medial anterior posterior ventral dorsal
 cranial caudal proximal distal paramedian paracentral foraminal extraforaminal
+radiology neuroradiology neurosurgery neurosurgical orthopaedics orthopedics orthopaedic orthopedic neurology
+rheumatology oncology haematology hematology urology physiotherapy anaesthetics anesthesiology
+musculoskeletal msk outpatient outpatients inpatient department dept unit imaging radiographer radiologist
+neurologist neurosurgeon rheumatologist orthopaedist spinal triage
 """.split())
 
 _NOTES_TEXT = """

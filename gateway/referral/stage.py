@@ -272,12 +272,12 @@ class NotesStage:
         with db.atomic():
             self._replace_notes_objects(study, built)
             self._write_reason(study, images, reason)
-        leak = self._final_check(study, identifiers)
-        if leak is not None:
-            return self._quarantine(study, leak)
-        moved = cases.move(study, CaseState.NOTES_ATTACHED,
-                           reason="referral" if document is not None else NO_REFERRAL,
-                           urgency=notes.urgency.value)
+            leak = self._final_check(study, identifiers)
+            if leak is not None:
+                return self._quarantine(study, leak)
+            moved = cases.move(study, CaseState.NOTES_ATTACHED,
+                               reason="referral" if document is not None else NO_REFERRAL,
+                               urgency=notes.urgency.value)
         if moved:
             audit.record("notes_attached", actor_ae=None, actor_host=None, study_key=study.key,
                          detail=f"{'referral' if document is not None else 'no referral'}; "
