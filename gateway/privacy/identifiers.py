@@ -34,8 +34,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from functools import cached_property
 from typing import Any
 
@@ -46,8 +47,12 @@ __all__ = [
     "HEADER_KEYWORDS",
     "IdentifierSet",
     "SearchTerm",
+    "from_header",
+    "from_referral",
     "header_values",
     "identifier_set_for_study",
+    "merge_header_values",
+    "name_groups",
     "split_address",
 ]
 
@@ -136,12 +141,9 @@ class IdentifierSet:
     organisations: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
     uids: tuple[str, ...] = ()
-    _terms: list[SearchTerm] = field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for item in fields(self):
-            if item.name.startswith("_"):
-                continue
             values = getattr(self, item.name)
             if isinstance(values, (str, bytes)):
                 raise TypeError(f"IdentifierSet.{item.name} must be a sequence, not a single value")
@@ -152,7 +154,7 @@ class IdentifierSet:
 
     def merged(self, *others: IdentifierSet) -> IdentifierSet:
         """This set and ``others`` together (duplicates removed, order kept)."""
-        values = {item.name: list(getattr(self, item.name)) for item in fields(self) if not item.name.startswith("_")}
+        values = {item.name: list(getattr(self, item.name)) for item in fields(self)}
         for other in others:
             for name in values:
                 values[name] += getattr(other, name)
@@ -160,7 +162,7 @@ class IdentifierSet:
 
     def without(self, *names: str) -> IdentifierSet:
         """This set less whole categories (``"institutions"`` under Retain Institution Identity, ...)."""
-        return replace(self, **{name: () for name in names}, _terms=[])
+        return replace(self, **{name: () for name in names})
 
     @property
     def person_names(self) -> tuple[str, ...]:
@@ -222,8 +224,6 @@ class IdentifierSet:
 # --- patterns ---
 
 def _nfkc(text: str) -> str:
-    import unicodedata
-
     return unicodedata.normalize("NFKC", text)
 
 
