@@ -39,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=300)
     args = parser.parse_args()
-    files = study()[: args.instances]
+    files = study(args.instances)
     outbound = Path(tempfile.mkdtemp(prefix="guard-bench-"))
     deidentifier = Deidentifier(DeidOptions(), bytes(32))
     context = PatientContext(source="st-marys", case_label="a1b2c3d4e5f6")

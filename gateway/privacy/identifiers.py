@@ -73,6 +73,8 @@ HEADER_KEYWORDS = (*PATIENT_NAME_KEYWORDS, *RELATIVE_NAME_KEYWORDS, *CLINICIAN_N
                    *PHONE_KEYWORDS, *TELECOM_KEYWORDS, *ID_KEYWORDS, *INSTITUTION_KEYWORDS,
                    *ORGANISATION_KEYWORDS, *BIRTH_DATE_KEYWORDS)
 _MAX_VALUES_PER_KEYWORD = 32
+_MEMO_MAX_TEXT = 256
+_MEMO_MAX_ENTRIES = 8192
 
 # Searched in folded text: a "word" character is a folded letter or digit.
 _B = "(?<![a-z0-9])"
@@ -192,10 +194,26 @@ class IdentifierSet:
         return None
 
     def kinds_found(self, text: str) -> list[str]:
-        """Every kind of identifier found in ``text`` (once each)."""
+        """Every kind of identifier found in ``text`` (once each).
+
+        Short texts are remembered: the images of a study repeat most of their values."""
+        if len(text) > _MEMO_MAX_TEXT:
+            return self._search(text)
+        memo = self._memo
+        if text not in memo:
+            if len(memo) >= _MEMO_MAX_ENTRIES:
+                memo.clear()
+            memo[text] = self._search(text)
+        return list(memo[text])
+
+    def _search(self, text: str) -> list[str]:
         folded, raw = fold(text), _nfkc(text)
         return list(dict.fromkeys(term.kind for term in self._compiled
                                   if term.pattern.search(folded if term.folded else raw)))
+
+    @cached_property
+    def _memo(self) -> dict[str, list[str]]:
+        return {}
 
     @cached_property
     def _compiled(self) -> tuple[SearchTerm, ...]:
@@ -213,7 +231,7 @@ class IdentifierSet:
         terms += _alternation("e-mail", [re.escape(fold(v)) for v in self.emails])
         terms += _alternation("institution", [b for v in self.institutions for b in _phrase_bodies(v)])
         terms += _alternation("organisation", [b for v in self.organisations for b in _phrase_bodies(v)])
-        terms += _alternation("source", [b for v in self.sources for b in _phrase_bodies(v, whole=True)])
+        terms += _alternation("source", [b for v in self.sources for b in _phrase_bodies(v)])
         uids = [re.escape(u.strip()) for u in self.uids if u.strip()]
         if uids:
             terms.append(SearchTerm("uid", re.compile(r"(?<![0-9.])(?:" + "|".join(uids) + r")(?![0-9.])"),
@@ -311,16 +329,16 @@ def _raw_name_bodies(group: list[str]) -> list[str]:
     return bodies
 
 
-def _phrase_bodies(value: str, *, whole: bool = False) -> list[str]:
-    """A place, institution or source: whole when it has a distinctive word (or ``whole``); distinctive
-    words alone."""
+def _phrase_bodies(value: str) -> list[str]:
+    """A place, institution or source: whole when it has a distinctive word; distinctive words alone
+    ("Hospital A" is not searched: "admitted to hospital a week ago")."""
     bodies: list[str] = []
     for variant in spelling_variants(value):
         parts = words(variant)
         if not parts:
             continue
         distinctive = [p for p in parts if not p.isdigit() and is_distinctive(p)]
-        if distinctive or whole and len("".join(parts)) >= 4:
+        if distinctive:
             bodies.append(_PHRASE_JOIN.join(_word_body(p) for p in parts))
         bodies += [_word_body(p) for p in distinctive]
     return bodies

@@ -189,3 +189,9 @@ def test_common_and_clinical_words_are_told_from_distinctive_ones():
     assert all(is_common(w) for w in ["Long", "Hand", "Power", "Brown", "weeks", "Prior", "Miss", "Professor",
                                       "walker", "Babinski", "Radiology"])
     assert not any(is_common(w) for w in ["Kettering", "Hargreaves", "Thrapston", "Okonkwo", "Pemberton"])
+
+
+def test_a_source_or_institution_of_common_words_is_not_searched_as_a_phrase():
+    identifiers = IdentifierSet(sources=("hospital-a", "PACS"), institutions=("General Hospital",))
+    assert identifiers.kinds_found("Admitted to hospital a week ago; general hospital; images on PACS.") == []
+    assert IdentifierSet(sources=("st-marys", "KGH_PACS")).kinds_found("sent from KGH") == ["source"]
