@@ -141,6 +141,7 @@ class IdentifierSet:
     emails: tuple[str, ...] = ()
     institutions: tuple[str, ...] = ()
     organisations: tuple[str, ...] = ()
+    institution_addresses: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
     uids: tuple[str, ...] = ()
 
@@ -172,26 +173,19 @@ class IdentifierSet:
 
     @property
     def places(self) -> tuple[str, ...]:
+        """The patient's (and referrer's) address parts."""
         return (*self.streets, *self.towns, *self.postcodes)
+
+    @property
+    def institution_places(self) -> tuple[str, ...]:
+        """The institution's address parts."""
+        return tuple(part for parts in _split_all(self.institution_addresses) for part in parts)
 
     # --- searching ---
 
     def search_terms(self) -> tuple[SearchTerm, ...]:
         """Compiled patterns, one or a few per kind of identifier (see the module's docstring)."""
         return self._compiled
-
-    def first_hit(self, text: str) -> str | None:
-        """The kind of the first identifier found in ``text``, or None."""
-        folded, raw = fold(text), None
-        for term in self._compiled:
-            if term.folded:
-                if term.pattern.search(folded):
-                    return term.kind
-            else:
-                raw = raw if raw is not None else _nfkc(text)
-                if term.pattern.search(raw):
-                    return term.kind
-        return None
 
     def kinds_found(self, text: str) -> list[str]:
         """Every kind of identifier found in ``text`` (once each).
@@ -231,6 +225,10 @@ class IdentifierSet:
         terms += _alternation("e-mail", [re.escape(fold(v)) for v in self.emails])
         terms += _alternation("institution", [b for v in self.institutions for b in _phrase_bodies(v)])
         terms += _alternation("organisation", [b for v in self.organisations for b in _phrase_bodies(v)])
+        institution_streets, institution_towns, institution_postcodes = _split_all(self.institution_addresses)
+        terms += _alternation("institution address", [b for v in (*institution_streets, *institution_towns)
+                                                      for b in _phrase_bodies(v)])
+        terms += _alternation("institution address", [_compact_body(v) for v in institution_postcodes])
         terms += _alternation("source", [b for v in self.sources for b in _phrase_bodies(v)])
         uids = [re.escape(u.strip()) for u in self.uids if u.strip()]
         if uids:
@@ -416,6 +414,18 @@ def split_address(value: str) -> tuple[list[str], list[str], list[str]]:
     return streets, towns, postcodes
 
 
+def _split_all(addresses: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
+    streets: list[str] = []
+    towns: list[str] = []
+    postcodes: list[str] = []
+    for address in addresses:
+        s, t, p = split_address(address)
+        streets += s
+        towns += t
+        postcodes += p
+    return streets, towns, postcodes
+
+
 def _telecom_parts(value: str) -> tuple[list[str], list[str]]:
     """Phones and e-mail addresses in a telecom value (e.g. PatientTelecomInformation)."""
     emails = re.findall(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+", value)
@@ -438,24 +448,13 @@ def from_header(values: Mapping[str, Sequence[str]]) -> IdentifierSet:
     def get(*keywords: str) -> list[str]:
         return [v for keyword in keywords for v in values.get(keyword, ()) if v and str(v).strip()]
 
-    streets, towns, postcodes = [], [], []
-    for address in get(*ADDRESS_KEYWORDS):
-        s, t, p = split_address(address)
-        streets += s
-        towns += t
-        postcodes += p
+    streets, towns, postcodes = _split_all(get(*ADDRESS_KEYWORDS))
     phones = get(*PHONE_KEYWORDS)
     emails: list[str] = []
     for telecom in get(*TELECOM_KEYWORDS):
         p, e = _telecom_parts(telecom)
         phones += p
         emails += e
-    organisations = get("InstitutionalDepartmentName", "RequestingService")
-    for address in get("InstitutionAddress"):
-        s, t, p = split_address(address)
-        organisations += s
-        towns += t
-        postcodes += p
     return IdentifierSet(
         patient_names=tuple(get(*PATIENT_NAME_KEYWORDS)),
         relative_names=tuple(get(*RELATIVE_NAME_KEYWORDS)),
@@ -465,7 +464,8 @@ def from_header(values: Mapping[str, Sequence[str]]) -> IdentifierSet:
         streets=tuple(streets), towns=tuple(towns), postcodes=tuple(postcodes),
         phones=tuple(phones), emails=tuple(emails),
         institutions=tuple(get(*INSTITUTION_KEYWORDS)),
-        organisations=tuple(organisations),
+        organisations=tuple(get("InstitutionalDepartmentName", "RequestingService")),
+        institution_addresses=tuple(get("InstitutionAddress")),
     )
 
 
@@ -579,7 +579,7 @@ def identifier_set_for_study(study: Any, referral: Any | None = None, *, include
         originals = [study.study_uid, *(m.original_uid for m in UidMap.select().where(UidMap.study == study.id))]
         found = found.merged(IdentifierSet(uids=tuple(originals)))
     if not include_institution:
-        found = found.without("institutions", "organisations")
+        found = found.without("institutions", "organisations", "institution_addresses")
     return found
 
 

@@ -122,7 +122,7 @@ def known_identifiers(identifiers: IdentifierSet) -> KnownIdentifiers:
         birth_dates=identifiers.birth_dates,
         institutions=(*identifiers.institutions, *identifiers.sources),
         places=identifiers.places,
-        organisations=identifiers.organisations,
+        organisations=(*identifiers.organisations, *identifiers.institution_places),
         phones=identifiers.phones,
         emails=identifiers.emails,
     )

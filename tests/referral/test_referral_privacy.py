@@ -174,3 +174,14 @@ def test_ordinary_words_equal_to_a_name_do_not_quarantine(world, tmp_path, case_
                   "prior_imaging": "X-ray: normal.", "prior_treatment": "Physiotherapy for 6 weeks."})
     case = _run(world, _case(world, tmp_path, document, patient=patient, header={}))
     assert case.state == CaseState.NOTES_ATTACHED, _quarantine_detail(case)
+
+
+def test_under_retain_institution_identity_the_institution_kept_in_the_images_is_not_a_leak(world, tmp_path):
+    deid = world.config.deid.model_copy(update={"retain_institution_id": True})
+    world.config = world.config.model_copy(update={"deid": deid})
+    case = _run(world, _case(world, tmp_path, referral_document()))
+    assert case.state == CaseState.NOTES_ATTACHED, case.hold_reason
+    image = OutboundObject.select().where((OutboundObject.study == case.id)
+                                          & (OutboundObject.kind == "image")).first()
+    kept = pydicom.dcmread(world.spool.absolute(image.spool_path), stop_before_pixels=True)
+    assert kept.InstitutionName == PATIENT.institution and "Kettering" in kept.InstitutionAddress
