@@ -110,10 +110,11 @@ def _urgency(referral_urgent: bool, flags: Iterable[FlagFinding]) -> Urgency:
     return Urgency.URGENT if urgent else Urgency.ROUTINE
 
 
-def scrub_referral_notes(referral: Referral, known: KnownIdentifiers, date_offset_days: int) -> ScrubbedNotes:
+def scrub_referral_notes(referral: Referral, known: KnownIdentifiers, date_offset_days: int, *,
+                         day_first: bool = True) -> ScrubbedNotes:
     """:func:`gateway.referral.scrub.scrub_referral` with the identifiers of the whole case (the study
-    header's too), not only the referral's own."""
-    return scrub_referral(referral, date_offset_days, known=known)
+    header's too), not only the referral's own, and the date order of the case's source."""
+    return scrub_referral(referral, date_offset_days, known=known, day_first=day_first)
 
 
 def scrub_header_notes(header_notes: Mapping[str, str], known: KnownIdentifiers,

@@ -54,6 +54,7 @@ from gateway.privacy.identifiers import IdentifierSet, identifier_set_for_study
 from gateway.referral.compose import (
     HEADER_NOTE_KEYWORDS,
     scrub_header_notes,
+    scrub_referral_notes,
 )
 from gateway.referral.document import Referral
 from gateway.referral.errors import ReferralError
@@ -61,7 +62,7 @@ from gateway.referral.matching import expire_referrals, match_study
 from gateway.referral.notes_pdf import NotesPDFBuilder
 from gateway.referral.notes_sr import EVIDENCE_REQUIRED_ATTRIBUTES, NotesSRBuilder
 from gateway.referral.reason import short_reason
-from gateway.referral.scrub import KnownIdentifiers, ScrubbedNotes, scrub_referral
+from gateway.referral.scrub import KnownIdentifiers, ScrubbedNotes
 from gateway.scp.rawedit import set_text_element
 from gateway.scp.spool import Spool
 
@@ -224,8 +225,8 @@ class NotesStage:
             raise NotesStageError("the case has no de-identification identity")
         known = known_identifiers(self.identifiers_for(study, document))
         if document is not None:
-            return scrub_referral(document, identity.date_offset_days, known=known,
-                                  day_first=self._day_first(study, document))
+            return scrub_referral_notes(document, known, identity.date_offset_days,
+                                        day_first=self._day_first(study, document))
         return scrub_header_notes(self.header_notes(study), known, identity.date_offset_days)
 
     def _day_first(self, study: Study, document: Referral) -> bool:

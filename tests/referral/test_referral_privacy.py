@@ -20,9 +20,9 @@ import gateway.referral.stage as notes_stage
 from gateway.demo import DemoPatient
 from gateway.models import AuditEvent, CaseState, OutboundObject, Study, StudyIdentity, utcnow
 from gateway.privacy.identifiers import identifier_set_for_study
-from gateway.referral.document import validate_referral_data
+from gateway.referral.document import Urgency, validate_referral_data
 from gateway.referral.intake import store_referral
-from gateway.referral.scrub import KnownIdentifiers, scrub_referral
+from gateway.referral.scrub import KnownIdentifiers, ScrubbedNotes, scrub_referral
 from gateway.referral.stage import NotesStage
 from privacy_cases import HEADER, MENTIONS, PATIENT, referral_document, write_held_study
 from referral_cases import close_world, make_world
@@ -90,9 +90,11 @@ def test_held_identifiers_written_in_the_notes_are_scrubbed_from_everything_deli
 
 
 def _scrubber_told_nothing(monkeypatch) -> None:
-    """Fault injection: the scrubber is given no identifiers (patterns such as phone numbers still go)."""
-    def unscrubbed(referral, known, date_offset_days):
-        return scrub_referral(referral, date_offset_days, known=KnownIdentifiers())
+    """Fault injection: the notes carry the referral's history as written (the scrubber's named-entity
+    layer would otherwise remove the held identifiers without being told them)."""
+    def unscrubbed(referral, known, date_offset_days, **options):
+        notes = scrub_referral(referral, date_offset_days, known=KnownIdentifiers(), **options)
+        return replace(notes, history=referral.clinical.history)
     monkeypatch.setattr(notes_stage, "scrub_referral_notes", unscrubbed)
 
 
@@ -104,7 +106,7 @@ def test_a_held_identifier_the_scrubber_missed_is_caught_in_the_sr_and_the_pdf(w
     case = _case(world, tmp_path, referral_document(clinical={"history": text}))
     stage = NotesStage(world.config, world.spool)
     document = validate_referral_data(referral_document(clinical={"history": text}))
-    notes = scrub_referral(document, 0, known=KnownIdentifiers())
+    notes = ScrubbedNotes(urgency=Urgency.ROUTINE, history=text)  # as if the scrubber had missed it
     assert MENTIONS[what] in notes.history
     identifiers = stage.identifiers_for(case, document)
     evidence = stage._evidence(list(OutboundObject.select().where(OutboundObject.study == case.id)))
@@ -129,8 +131,8 @@ def test_a_name_only_in_the_red_flag_table_of_the_pdf_is_caught(world, tmp_path,
     """The red flag's trigger phrase is printed in the PDF's table only (the SR codes the flag)."""
     scrubbed = notes_stage.scrub_referral_notes
 
-    def phrase_unscrubbed(referral, known, date_offset_days):
-        notes = scrubbed(referral, known, date_offset_days)
+    def phrase_unscrubbed(referral, known, date_offset_days, **options):
+        notes = scrubbed(referral, known, date_offset_days, **options)
         return replace(notes, flags=tuple(replace(f, phrase="pain at night since Thrapston") for f in notes.flags))
     monkeypatch.setattr(notes_stage, "scrub_referral_notes", phrase_unscrubbed)
     document = referral_document()
