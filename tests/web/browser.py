@@ -8,6 +8,7 @@ from pathlib import Path
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.wait import WebDriverWait
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -60,10 +61,13 @@ class Browser:
         self.fill("name", name)
         self.fill("password", password)
         self.click("form[action='/login'] button")
+        WebDriverWait(self.driver, 60).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "form.signout, p.error"))
 
     def shot(self, name: str) -> Path:
         height = self.driver.execute_script("return document.documentElement.scrollHeight")
         self.driver.set_window_size(1280, min(max(int(height), 700), 4000))
+        self.driver.execute_script("document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0)")
         path = self.shots / f"{name}.png"
         self.driver.save_screenshot(str(path))
         self.driver.set_window_size(1280, 1000)

@@ -108,7 +108,7 @@ def test_the_journey_from_referral_to_report(site, browser):
     browser.fill("clinical.history", "Jane Doe, 55, low back pain for 10 weeks after lifting.")
     browser.click("form[action='/referrer/new'] button[type=submit]")
     assert "must be between 0 and 10" in browser.problem("clinical.pain.intensity")
-    assert browser.problem("accession_number") == "required"
+    assert browser.problem("accession_number") == "must not be empty"
     assert browser.driver.find_element("name", "patient.family").get_attribute("value") == "Doe"
     browser.shot("referrer-form-errors")
 
