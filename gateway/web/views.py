@@ -150,7 +150,7 @@ def sr_lines(dataset: Dataset, depth: int = 0) -> list[tuple[int, str, str]]:
     """(depth, concept name, value) for every content item, in document order; IMAGE references are left out."""
     lines: list[tuple[int, str, str]] = []
     for item in dataset.get("ContentSequence", []):
-        if item.get("ValueType") == "IMAGE":
+        if item.get("ValueType") == "IMAGE" or item.get("RelationshipType") == "HAS CONCEPT MOD":
             continue
         lines.append((depth, _meaning(item), _value(item)))
         lines.extend(sr_lines(item, depth + 1))
