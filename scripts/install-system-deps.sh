@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install the real DICOM peers and the database the test suite and benchmarks use, when missing:
-# DCMTK (storescu, storescp, echoscu, dcmdump, dsrdump), Orthanc, PostgreSQL 15, iproute2, util-linux (unshare).
+# DCMTK (storescu, storescp, echoscu, dcmdump, dsrdump), Orthanc, PostgreSQL 15, iproute2, util-linux (unshare),
+# chromium and chromium-driver (the portal's browser tests drive Debian's chromium through its chromedriver).
 set -eu
 missing=""
 [ -x /usr/bin/storescu ] && [ -x /usr/bin/dsrdump ] || missing="$missing dcmtk"
@@ -8,6 +9,8 @@ missing=""
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$missing postgresql-15"
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 command -v unshare >/dev/null 2>&1 || missing="$missing util-linux"
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
+[ -x /usr/bin/chromedriver ] || missing="$missing chromium-driver"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "error: missing system packages:$missing (run 'sudo apt-get install$missing')" >&2
