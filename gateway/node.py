@@ -72,8 +72,8 @@ class GatewayNode:
         threading.Thread(target=load_standard_tables, name="highdicom-tables", daemon=True).start()
         handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids, self.identity),
                                ReportIntake(self.spool))
+        self._start_listeners()  # before the SCP: whoever sees the DICOM port answer finds HTTP up too
         self.server = start_scp(self.config.node, handlers)
-        self._start_listeners()
         self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)
         self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s)
         self.pipeline.start()
