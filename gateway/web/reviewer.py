@@ -1,7 +1,7 @@
 """Reviewer pages: the worklist, a case (pseudonymous only) and the structured report form.
 
-The report is built by :mod:`gateway.reports.create`, exactly as ``spine-gateway report create`` builds it
-(TID 2000 SR, Encapsulated PDF, and a Key Object Selection when key images are named), and sent in to the
+The report is built by :mod:`gateway.reports.create`, exactly as ``spine-gateway report create --pdf`` builds
+it (a TID 2000 SR whose findings reference their key images, and an Encapsulated PDF), and sent in to the
 gateway's own SCP with the assigned reviewer's AE title: the same intake, the same rules.
 """
 
@@ -57,9 +57,7 @@ def submit(page: Page) -> Response:
         calling_ae = reviewer_ae_title(study, page.portal.config)
         images = case_images(study, page.portal.spool)
         content = report_content(result.value, images)
-        key_images = any(finding.images for finding in result.value.findings)
-        objects = build_report_objects(content, images.evidence, sr_class=codes.BASIC_TEXT_SR, pdf=True,
-                                       key_images=key_images)
+        objects = build_report_objects(content, images.evidence, sr_class=codes.BASIC_TEXT_SR, pdf=True)
     except (ReportBuildError, ValueError) as exc:
         result.add("", str(exc))
         return case(page, result.values, result.errors, status=422)

@@ -8,6 +8,7 @@ from pathlib import Path
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.wait import WebDriverWait
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -44,6 +45,13 @@ class Browser:
     def click(self, css: str) -> None:
         self.driver.find_element(By.CSS_SELECTOR, css).click()
 
+    def submit(self, css: str) -> None:
+        """Click a submit button or link and wait until the next page has replaced this one."""
+        old = self.driver.find_element(By.TAG_NAME, "html")
+        self.click(css)
+        WebDriverWait(self.driver, 60).until(staleness_of(old))
+        WebDriverWait(self.driver, 60).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
     def text(self) -> str:
         return self.driver.find_element(By.TAG_NAME, "body").text
 
@@ -60,17 +68,19 @@ class Browser:
         self.open("/login")
         self.fill("name", name)
         self.fill("password", password)
-        self.click("form[action='/login'] button")
-        WebDriverWait(self.driver, 60).until(
-            lambda d: d.find_elements(By.CSS_SELECTOR, "form.signout, p.error"))
+        self.submit("form[action='/login'] button")
 
     def shot(self, name: str) -> Path:
-        height = self.driver.execute_script("return document.documentElement.scrollHeight")
-        self.driver.set_window_size(1280, min(max(int(height), 700), 4000))
+        """A full-page PNG of the current page (through the DevTools protocol), saved as ``<shots>/<name>.png``."""
+        import base64
+
         self.driver.execute_script("document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0)")
+        size = self.driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+        image = self.driver.execute_cdp_cmd("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 4000), "scale": 1}})
         path = self.shots / f"{name}.png"
-        self.driver.save_screenshot(str(path))
-        self.driver.set_window_size(1280, 1000)
+        path.write_bytes(base64.b64decode(image["data"]))
         return path
 
     def cookie(self, name: str) -> str | None:

@@ -106,7 +106,7 @@ def test_the_journey_from_referral_to_report(site, browser):
     browser.fill("patient.birth_date", "04121971")  # typed into a date input: 1971-04-12
     browser.fill("clinical.pain.intensity", "12")
     browser.fill("clinical.history", "Jane Doe, 55, low back pain for 10 weeks after lifting.")
-    browser.click("form[action='/referrer/new'] button[type=submit]")
+    browser.submit("form[action='/referrer/new'] button[type=submit]")
     assert "must be between 0 and 10" in browser.problem("clinical.pain.intensity")
     assert browser.problem("accession_number") == "must not be empty"
     assert browser.driver.find_element("name", "patient.family").get_attribute("value") == "Doe"
@@ -122,7 +122,7 @@ def test_the_journey_from_referral_to_report(site, browser):
     browser.fill("clinical.question", "L4-L5 disc herniation compressing the L5 root?")
     browser.click("input[value=no_improvement_6_weeks]")
     browser.shot("referrer-form")
-    browser.click("form[action='/referrer/new'] button[type=submit]")
+    browser.submit("form[action='/referrer/new'] button[type=submit]")
     assert "Referral" in browser.text() and "received" in browser.text()
     assert "waiting for the images" in browser.text()
 
@@ -136,7 +136,7 @@ def test_the_journey_from_referral_to_report(site, browser):
     browser.login("dr-a", PASSWORD)
     assert "Worklist" in browser.text()
     browser.shot("reviewer-worklist")
-    browser.click("table a[href^='/reviewer/cases/']")
+    browser.submit("table a[href^='/reviewer/cases/']")
     html = browser.html()
     assert "Clinical notes" in html and "straight leg raise" in html
     for identifier in IDENTIFIERS:
@@ -146,7 +146,7 @@ def test_the_journey_from_referral_to_report(site, browser):
     browser.fill("finding.L4-L5", "Left paracentral disc extrusion compressing the left L5 root.")
     browser.fill("images.L4-L5", "99:99")
     browser.fill("impression", "L4-L5 disc extrusion with left L5 root compression.")
-    browser.click("form[action$='/report'] button[type=submit]")
+    browser.submit("form[action$='/report'] button[type=submit]")
     assert "series 99 has no instance 99" in browser.problem("images.L4-L5")
     assert "Left paracentral" in browser.driver.find_element("name", "finding.L4-L5").get_attribute("value")
     browser.fill("images.L4-L5", key_image)
@@ -154,7 +154,7 @@ def test_the_journey_from_referral_to_report(site, browser):
     browser.fill("recommendation", "Spinal surgery opinion.")
     browser.fill("finding.L5-S1", "Mild disc bulge without root contact.")
     browser.shot("reviewer-case")
-    browser.click("form[action$='/report'] button[type=submit]")
+    browser.submit("form[action$='/report'] button[type=submit]")
     assert "sent" in browser.text()
 
     wait_until(lambda: _state(site) == {"report_delivered": 1}, 180, "the report delivered to the hospital")
@@ -167,7 +167,7 @@ def test_the_journey_from_referral_to_report(site, browser):
 
     browser.login("stmarys", PASSWORD)
     assert "reported" in browser.text()
-    browser.click(f"a[href^='/referrer/referrals/']")
+    browser.submit(f"a[href^='/referrer/referrals/']")
     text = browser.text()
     assert "Left paracentral disc extrusion" in text and "Answer to the clinical question" in text
     browser.shot("referrer-report")
@@ -180,7 +180,7 @@ def test_the_journey_from_referral_to_report(site, browser):
     browser.login("ops", PASSWORD)
     assert "report_delivered" in browser.text()
     browser.shot("ops-overview")
-    browser.click("a[href^='/ops/cases/']")
+    browser.submit("a[href^='/ops/cases/']")
     assert "web_report_written" in browser.text() and "web:dr-a" in browser.text()
     browser.shot("ops-case")
 
@@ -278,3 +278,23 @@ def test_the_referral_schema_is_published(site):
     schema = json.loads(body)
     assert status == 200 and schema["title"] == "spine-gateway referral"
     assert set(schema["required"]) == {"source", "accession_number", "patient"}
+
+
+def test_operator_actions_call_the_cli_functions_and_are_audited_by_name(site):
+    import json
+
+    cookie, token = _signed_in(site, "ops")
+    key = re.search(r"/ops/cases/([0-9a-f]+)", _http(site, "/ops", cookie=cookie)[1]).group(1)
+    assert _http(site, f"/ops/cases/{key}/approve", data={"csrf_token": token}, cookie=cookie)[0] == 303
+    status, page = _http(site, f"/ops/cases/{key}/retry", data={"csrf_token": token}, cookie=cookie)
+    assert status == 409 and "only a failed case can be retried" in page
+    status, page = _http(site, f"/ops/cases/{key}/release", data={"csrf_token": token}, cookie=cookie)
+    assert status == 409 and "only a quarantined or rejected case is released" in page
+    assert _http(site, "/ops/cases/000000000000", cookie=cookie)[0] == 404
+    events = json.loads(site.node.cli("audit", "--case", key, "--json").stdout)
+    by_action = {(e["action"], e["outcome"]): e for e in events}
+    assert by_action[("notes_approved", "success")]["detail"] == "approved by web:ops"
+    assert by_action[("web_notes_approved", "success")]["actor_host"] == "web:ops"
+    assert by_action[("web_retry", "refused")]["actor_host"] == "web:ops"
+    assert by_action[("web_release", "refused")]["detail"].startswith("by ops from 127.0.0.1")
+    assert site.node.status()["cases_by_state"] == {"report_delivered": 1}
