@@ -42,8 +42,9 @@ def _usage(message: str) -> Exception:
 
 
 def _open(config: GatewayConfig) -> None:
-    from gateway.cli import _open_database
+    from gateway.cli import _configure_logging, _open_database
 
+    _configure_logging(config, to_file=True)  # the audit event goes to the log file, as for retry and release
     _open_database(config)
 
 

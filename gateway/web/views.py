@@ -177,7 +177,10 @@ def sla_clock(due: dt.datetime | None, now: dt.datetime) -> tuple[str, bool]:
         return "no deadline", False
     seconds = int((due - now).total_seconds())
     span = abs(seconds) // 60
-    text = f"{span // 60} h {span % 60:02d} min" if span >= 60 else f"{span} min"
+    if span >= 48 * 60:
+        text = f"{span // 1440} d {span % 1440 // 60} h"
+    else:
+        text = f"{span // 60} h {span % 60:02d} min" if span >= 60 else f"{span} min"
     return (f"{text} left", False) if seconds >= 0 else (f"overdue by {text}", True)
 
 
