@@ -33,6 +33,7 @@ from gateway.web import auth
 log = structlog.get_logger("web")
 HERE = Path(__file__).parent
 MAX_FORM_FIELDS = 200
+MAX_FORM_BYTES = 1024 * 1024
 HOME = {"referrer": "/referrer", "reviewer": "/reviewer", "ops": "/ops"}
 
 
@@ -98,6 +99,10 @@ def guard(portal: Portal, handler: Handler, role: str | None) -> Callable[[Reque
     async def endpoint(request: Request) -> Response:
         form = None
         if request.method == "POST":
+            declared = request.headers.get("content-length", "")
+            if not declared.isdigit() or int(declared) > MAX_FORM_BYTES:
+                return HTMLResponse("<!doctype html><title>Too large</title><p>The form is too large.</p>",
+                                    status_code=413, headers=_SECURITY_HEADERS)
             form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
         return await run_in_threadpool(_run, portal, handler, role, request, form)
 
@@ -129,6 +134,11 @@ def _run(portal: Portal, handler: Handler, role: str | None, request: Request, f
                 log.warning("web_refused", status=refusal.status, reason=request.url.path[:64])
             return page.render("error.html", status=refusal.status, message=refusal.message,
                                title="Not allowed" if refusal.status == 403 else "Not found")
+        except Exception as exc:  # noqa: BLE001 - only the type is logged: a message may quote a form (PHI)
+            log.error("web_handler_failed", error=type(exc).__name__, reason=request.url.path[:64])
+            return page.render("error.html", status=500, title="Something went wrong",
+                               message="The page could not be shown. The operators find the error in the log "
+                                       "(web_handler_failed); try again, or ask them.")
 
 
 def templates() -> jinja2.Environment:

@@ -31,7 +31,7 @@ from gateway.deid.stage import DeidStage
 from gateway.deid.work import deid_pool
 from gateway.dicomnet import (NODELAY_HANDLER, _StoresServedInline, _wait_for_message, encode_command_set,
                               recv_exactly)
-from gateway.models import Instance, InstanceState, SchemaVersion, db, migrate, open_database
+from gateway.models import SCHEMA_VERSION, Instance, InstanceState, SchemaVersion, db, migrate, open_database
 from gateway.scp.filemeta import part10_header
 from gateway.errors import InvalidInstance
 from gateway.scp.receiver import (HEADER_TAGS, AssociationCache, InstanceReceiver, ReceivedInstance,
@@ -251,7 +251,7 @@ def test_a_version_1_database_gains_the_node_column_and_keeps_its_rows(tmp_path,
     with database.connection_context():  # make it what release 1 left behind
         database.execute_sql('ALTER TABLE "instance" DROP COLUMN "node"')
         SchemaVersion.delete().where(SchemaVersion.version > 1).execute()
-    assert migrate(database) == 2
+    assert migrate(database) == SCHEMA_VERSION  # the newest migration (2 added the column)
     with database.connection_context():
         assert "node" in {c.name for c in database.get_columns("instance")}
         assert Instance.select().count() == 1
