@@ -116,34 +116,33 @@ def test_the_sla_clock_reads_in_words():
     assert sla_clock(None, now) == ("no deadline", False)
 
 
-def test_user_commands_answer_mistakes_in_one_line(tmp_path, capsys, monkeypatch):
-    import io
+def test_user_commands_answer_mistakes_in_one_line(tmp_path):
+    import subprocess
+    import sys
 
     import yaml
-
-    from gateway.cli import main
 
     config = tmp_path / "gateway.yaml"
     config.write_text(yaml.safe_dump({
         "storage": {"database": f"sqlite:///{tmp_path}/gw.db", "spool_dir": str(tmp_path / "spool")},
-        "logging": {"file": None},
+        "logging": {"file": str(tmp_path / "routing.jsonl")},
         "sources": [{"name": "st-marys", "ae_title": "HOSP_PACS"}],
         "reviewers": [{"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": 4243}]}))
 
     def run(*args: str, password: str = "long enough password") -> tuple[int, str, str]:
-        monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))
-        code = main(["--config", str(config), "user", *args])
-        out, err = capsys.readouterr()
-        return code, out, err
+        done = subprocess.run([sys.executable, "-m", "gateway", "--config", str(config), "user", *args],
+                              input=password + "\n", capture_output=True, text=True, timeout=120)
+        return done.returncode, done.stdout, done.stderr
 
     assert run("add", "desk", "--role", "referrer", "--source", "nowhere", "--password-stdin")[0:3:2] == (
         2, "spine-gateway: a referrer needs --source, the name of a configured source\n")
     assert run("add", "desk", "--role", "referrer", "--source", "st-marys", "--password-stdin",
                password="short")[0] == 2
-    code, out, _ = run("add", "desk", "--role", "referrer", "--source", "st-marys", "--password-stdin")
-    assert code == 0 and out.endswith("user desk added (referrer)\n")
+    assert run("add", "desk", "--role", "referrer", "--source", "st-marys", "--password-stdin")[:2] == (
+        0, "user desk added (referrer)\n")
     assert run("add", "desk", "--role", "ops", "--password-stdin")[0] == 2
     assert run("disable", "nobody")[0] == 2
     assert run("disable", "desk")[0] == 0
     code, out, _ = run("list")
     assert code == 0 and "desk" in out and "disabled" in out
+    assert '"reason": "user_added"' in (tmp_path / "routing.jsonl").read_text()
