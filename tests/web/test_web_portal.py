@@ -53,11 +53,13 @@ class Site:
              "return": {"ae_title": "HOSP_PACS", "host": "127.0.0.1", "port": self.hospital.port}},
             {"name": "north", "ae_title": "NORTH_PACS"}]
         self.node.config["reviewers"] = [
-            {"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": self.reviewer.port}]
+            {"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": self.reviewer.port},
+            {"name": "dr-b", "ae_title": "REVIEW_B", "host": "127.0.0.1", "port": free_port(), "enabled": False}]
         self.node.start()
         for name, role, scope in (("stmarys", "referrer", ["--source", "st-marys"]),
                                   ("north", "referrer", ["--source", "north"]),
-                                  ("dr-a", "reviewer", ["--reviewer", "dr-a"]), ("ops", "ops", [])):
+                                  ("dr-a", "reviewer", ["--reviewer", "dr-a"]),
+                                  ("dr-b", "reviewer", ["--reviewer", "dr-b"]), ("ops", "ops", [])):
             self.user_add(name, role, *scope)
 
     def user_add(self, name: str, role: str, *scope: str) -> subprocess.CompletedProcess:
@@ -139,6 +141,7 @@ def test_the_journey_from_referral_to_report(site, browser):
     browser.submit("table a[href^='/reviewer/cases/']")
     html = browser.html()
     assert "Clinical notes" in html and "straight leg raise" in html
+    only_the_assigned_reviewer_sees(site, browser.driver.current_url.rsplit("/", 1)[1])
     for identifier in IDENTIFIERS:
         assert identifier not in html, identifier
     series = browser.driver.find_elements("css selector", "section table tbody tr")[0].text.split()
@@ -217,8 +220,8 @@ def _signed_in(site: Site, name: str) -> tuple[str, str]:
         assert redirect.code == 303, redirect.code
         session = redirect.headers["Set-Cookie"].split(";")[0]
     status, page = _http(site, "/", cookie=session)
-    status, page = _http(site, "/referrer" if name in ("stmarys", "north") else "/reviewer" if name == "dr-a"
-                         else "/ops", cookie=session)
+    status, page = _http(site, "/referrer" if name in ("stmarys", "north") else "/reviewer"
+                         if name.startswith("dr-") else "/ops", cookie=session)
     assert status == 200, status
     return session, re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
 
@@ -254,6 +257,17 @@ def test_a_referrer_cannot_open_reviewer_or_operator_pages(site):
     assert _http(site, f"/reviewer/cases/{key}", cookie=cookie)[0] == 403
     assert _http(site, f"/ops/cases/{key}/retry", data={"csrf_token": token}, cookie=cookie)[0] == 403
     assert _http(site, "/referrer")[0] == 303  # not signed in: to the sign-in page
+
+
+def only_the_assigned_reviewer_sees(site: Site, key: str) -> None:
+    """While the case is with dr-a: dr-b neither sees it nor may report it."""
+    other, token = _signed_in(site, "dr-b")
+    assert key not in _http(site, "/reviewer", cookie=other)[1]
+    assert _http(site, f"/reviewer/cases/{key}", cookie=other)[0] == 404
+    form = {"csrf_token": token, "finding.L4-L5": "Normal.", "impression": "Normal."}
+    assert _http(site, f"/reviewer/cases/{key}/report", data=form, cookie=other)[0] == 404
+    for path in ("/referrer", "/ops"):
+        assert _http(site, path, cookie=other)[0] == 403
 
 
 def test_the_eleventh_wrong_password_in_a_minute_is_refused(site):
