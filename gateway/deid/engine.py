@@ -181,6 +181,7 @@ class Deidentifier:
         self._set_patient_module(work, run)
         self._set_method_attributes(work, pixels_cleaned=plan is not None)
         self._rebuild_file_meta(work, run)
+        _resolve_vrs(work)  # a body read as implicit VR under an explicit syntax is written with its VRs
         return DeidResult(dataset=work, mapping=run.mapping, method=self.method, pixels=report)
 
     def _read_pixels(self, dataset: Dataset, identifiers: PatientIdentifiers) -> PixelReport:
@@ -453,6 +454,18 @@ def _decoded(dataset: Dataset, tag: int) -> DataElement | None:
     except Exception:  # noqa: BLE001 - pydicom raises many types on hostile bytes; dropping is safe
         del dataset[tag]
         return None
+
+
+def _resolve_vrs(dataset: Dataset) -> None:
+    """Turn every raw element read without its VR into a typed one, dropping those that cannot be decoded."""
+    for tag in list(dataset.keys()):
+        raw = dataset.get_item(tag)
+        if raw is None or getattr(raw, "VR", "") is not None:
+            continue
+        elem = _decoded(dataset, int(tag))
+        if elem is not None and elem.VR == "SQ":
+            for item in elem.value:
+                _resolve_vrs(item)
 
 
 def _private_creator(dataset: Dataset, creator_tag: int) -> str | None:

@@ -182,11 +182,10 @@ _VIDEO_SYNTAXES = frozenset({
 def _store(dataset: Dataset, frames: np.ndarray) -> None:
     """Write the cleaned frames back as native (uncompressed) pixel data, Explicit VR Little Endian when the
     original was compressed; colour leaves as RGB, interleaved."""
-    syntax = dataset.file_meta.TransferSyntaxUID
-    if syntax.is_compressed:
-        dataset.file_meta.TransferSyntaxUID = dicom_uid.ExplicitVRLittleEndian
-        dataset["PixelData"].VR = "OB" if int(dataset.BitsAllocated) <= 8 else "OW"
-        dataset["PixelData"].is_undefined_length = False
+    if dataset.file_meta.TransferSyntaxUID.is_compressed:
+        # pydicom's own decompression sets the syntax (Explicit VR Little Endian), the element's VR and length,
+        # and the photometric interpretation; its pixels are then replaced by the cleaned ones.
+        dataset.decompress(generate_instance_uid=False)
     samples = int(dataset.get("SamplesPerPixel", 1) or 1)
     if samples > 1:
         dataset.PhotometricInterpretation = "RGB"  # pydicom hands colour out as RGB, whatever it was stored as
