@@ -29,6 +29,7 @@ from gateway.deid.options import OcrOptions
 Box = tuple[int, int, int, int]
 CLEANING_ROUNDS = 2  # read, blank, read again; blank and read once more when that still finds words
 MIN_TEXT_HEIGHT = 6  # pixels: shorter 'words' are noise in the anatomy, not text a person could read
+GROWTH = 1.5  # how far, in text heights, a word box may grow over ink beside it
 SOLID_COLUMN = 0.85  # a column of the text band this full of ink is anatomy (or a bar), not glyphs
 
 
@@ -122,14 +123,15 @@ def _grown(box: Box, picture: np.ndarray) -> Box:
     ink = np.abs(band - ink_level) <= tolerance
     fraction = ink.mean(axis=0)
     inky = (fraction > 0) & (fraction <= SOLID_COLUMN)
-    gap = max(2, y1 - y0)
-    return _extend(inky, x0, -1, gap), y0, _extend(inky, x1 - 1, +1, gap) + 1, y1
+    height = max(2, y1 - y0)
+    return _extend(inky, x0, -1, height), y0, _extend(inky, x1 - 1, +1, height) + 1, y1
 
 
-def _extend(inky: np.ndarray, edge: int, step: int, gap: int) -> int:
-    """The last inky column reached from ``edge`` going ``step`` without ``gap`` clear columns in a row."""
+def _extend(inky: np.ndarray, edge: int, step: int, height: int) -> int:
+    """The last inky column reached from ``edge`` going ``step`` without ``height`` clear columns in a row, and
+    no further than ``GROWTH`` times ``height`` (a glyph or two): anatomy of the text's shade is not text."""
     last, clear, column = edge, 0, edge + step
-    while 0 <= column < len(inky) and clear <= gap:
+    while 0 <= column < len(inky) and clear <= height and abs(column - edge) <= GROWTH * height:
         if inky[column]:
             last, clear = column, 0
         else:
@@ -158,8 +160,10 @@ def _frames(dataset: Dataset, options: OcrOptions) -> np.ndarray:
     if count > options.max_frames:
         raise BurnedInRiskError(f"burned-in text check: {count} frames, more than ocr.max_frames")
     photometric = str(dataset.get("PhotometricInterpretation", "")).strip().upper()
-    if int(dataset.get("BitsAllocated", 0) or 0) == 1 or photometric == "PALETTE COLOR":
-        raise BurnedInRiskError(f"burned-in text check: {photometric or '1-bit'} pixels are not read by OCR")
+    if int(dataset.get("BitsAllocated", 0) or 0) == 1:
+        raise BurnedInRiskError("burned-in text check: 1-bit pixels are not read by OCR")
+    if photometric == "PALETTE COLOR":
+        raise BurnedInRiskError("burned-in text check: PALETTE COLOR pixels are not read by OCR")
     if str(dataset.file_meta.get("TransferSyntaxUID", "")) in _VIDEO_SYNTAXES:
         raise BurnedInRiskError("burned-in text check: video is not read by OCR")
     try:

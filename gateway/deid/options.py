@@ -34,7 +34,7 @@ class OcrOptions(BaseModel):
     """Quarantine when any text at all is still readable after cleaning, not only an identifier."""
     margin_px: int = Field(4, ge=0, le=64)
     """Pixels added around each word box before it is blanked."""
-    min_confidence: float = Field(40.0, ge=0, le=100)
+    min_confidence: float = Field(60.0, ge=0, le=100)
     """A word is blanked (and counts as text in strict mode) from this confidence; identifiers at any."""
     upscale_below_px: int = Field(1200, ge=0)
     """Images whose longer side is below this are read at twice their size (small text reads better)."""
