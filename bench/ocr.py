@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "deid"))
 
 from ocr_images import Text, anatomy, burn, dx_dataset  # noqa: E402
 
-from gateway.deid import Deidentifier, PatientContext  # noqa: E402
+from gateway.deid import Deidentifier, DeidOptions, PatientContext  # noqa: E402
+from gateway.deid.options import OcrOptions  # noqa: E402
 
 ROWS, COLUMNS = 2500, 2000
 
@@ -37,12 +38,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--window", action="store_true", help="give the images a header window (else min-max)")
+    parser.add_argument("--reduce-from", type=int, default=0, help="deid.ocr.reduce_from_px (0: full size)")
+    parser.add_argument("--noise", type=float, default=0.02, help="white noise of the anatomy, fraction of range")
     args = parser.parse_args()
     texts = [Text("MORGENSTERN HELENA", 40, 40, 48), Text("DOB 14/03/1962", 40, 100, 40),
              Text("ID PID7734521", 1500, 40, 40), Text("ACC55190", 1600, 2400, 40),
              Text("Riverside General Hospital", 40, 2420, 36)]
-    base = anatomy(ROWS, COLUMNS, bits=12)
-    deidentifier = Deidentifier(None, b"bench-ocr-secret-0123456789abcdef")
+    base = anatomy(ROWS, COLUMNS, bits=12, noise=args.noise)
+    options = DeidOptions(ocr=OcrOptions(reduce_from_px=args.reduce_from))
+    deidentifier = Deidentifier(options, b"bench-ocr-secret-0123456789abcdef")
     start_rss = rss_mb()
     times: list[float] = []
     cpu: list[float] = []
@@ -58,7 +62,8 @@ def main() -> int:
         if index == 0:
             first_rss = rss_mb()
     warm = times[1:] or times
-    print(f"images: {len(times)} of {COLUMNS}x{ROWS} 16-bit (12 stored), window: {'header' if args.window else 'min-max'}")
+    print(f"images: {len(times)} of {COLUMNS}x{ROWS} 16-bit (12 stored), window: {'header' if args.window else 'min-max'}, "
+          f"noise {args.noise:.1%}, read at {'half size' if args.reduce_from else 'full size'}")
     print(f"first image (engine start): {times[0]:.2f} s")
     print(f"per image after the first: mean {sum(warm) / len(warm):.2f} s, max {max(warm):.2f} s (wall clock)")
     warm_cpu = cpu[1:] or cpu

@@ -62,7 +62,7 @@ def clean_burned_in_text(dataset: Dataset, identifiers: PatientIdentifiers, opti
     report = PixelReport(frames=len(frames))
     engine = engine_for(options.language)
     terms = search_terms(identifiers)
-    upscale = max(frames.shape[1:3]) < options.upscale_below_px
+    zoom = _zoom(max(frames.shape[1:3]), options)
     view = _Viewer(dataset)
     left_kinds: set[str] = set()
     any_text_left = False
@@ -70,7 +70,7 @@ def clean_burned_in_text(dataset: Dataset, identifiers: PatientIdentifiers, opti
         frame = frames[index]
         darkest = view.darkest(frame)
         picture = view.window(frame)
-        reading = engine.read(picture, upscale=upscale)
+        reading = engine.read(picture, zoom=zoom)
         for _ in range(CLEANING_ROUNDS):
             words = [w for w in reading.words if _blankable(w, options) or identifiers_found([w.text], [], terms)]
             if not words:
@@ -82,7 +82,7 @@ def clean_burned_in_text(dataset: Dataset, identifiers: PatientIdentifiers, opti
             report.boxes_blanked += len(words)
             report.changed = True
             picture = view.window(frame)
-            reading = engine.read(picture, upscale=upscale)  # the check: what a person could still read
+            reading = engine.read(picture, zoom=zoom)  # the check: what a person could still read
         left_kinds |= _identifiers_left(reading, terms)
         any_text_left |= any(_blankable(w, options) for w in reading.words)
     report.found_kinds = sorted(left_kinds)
@@ -96,6 +96,14 @@ def clean_burned_in_text(dataset: Dataset, identifiers: PatientIdentifiers, opti
         report.verdict = "cleaned"
     dataset.BurnedInAnnotation = "NO"
     return report
+
+
+def _zoom(longer_side: int, options: OcrOptions) -> float:
+    if longer_side < options.upscale_below_px:
+        return 2
+    if options.reduce_from_px and longer_side >= options.reduce_from_px:
+        return 0.5
+    return 1
 
 
 def _blankable(word: Word, options: OcrOptions) -> bool:

@@ -23,7 +23,7 @@ from gateway.deid.errors import OcrUnavailableError  # noqa: E402
 # Page segmentation mode 11 (sparse text): text anywhere, in no particular order; the layout of a page would
 # only waste time on an X-ray.
 SPARSE_TEXT_PSM = 11
-UPSCALE = 2
+ZOOMS = (0.5, 1, 2)  # half size (large, noisy images: fast), as is, double size (small text reads better)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,28 +62,33 @@ class OcrEngine:
             raise OcrUnavailableError(f"OCR unavailable: no tesseract language data {language!r}") from missing
         self._lock = threading.Lock()
 
-    def read(self, picture: np.ndarray, *, upscale: bool = False) -> Reading:
-        """Words and lines of an 8-bit 2-D ``picture``, read as it is and inverted."""
-        readings = [self._read_once(image, upscale) for image in (picture, 255 - picture)]
+    def read(self, picture: np.ndarray, *, zoom: float = 1) -> Reading:
+        """Words and lines of an 8-bit 2-D ``picture``, read as it is and inverted, at ``zoom`` (one of
+        :data:`ZOOMS`); boxes are in ``picture``'s pixels whatever the zoom."""
+        if zoom not in ZOOMS:
+            raise ValueError(f"zoom must be one of {ZOOMS}")
+        image = Image.fromarray(np.ascontiguousarray(picture, dtype=np.uint8), mode="L")
+        if zoom > 1:
+            image = image.resize((image.width * 2, image.height * 2), Image.Resampling.BICUBIC)
+        elif zoom < 1:
+            image = image.reduce(2)  # the mean of each 2 x 2 block
+        inverse = Image.fromarray(255 - np.asarray(image), mode="L")
+        readings = [self._read_once(each, zoom) for each in (image, inverse)]
         return Reading(words=tuple(w for r in readings for w in r.words),
                        lines=tuple(line for r in readings for line in r.lines))
 
-    def _read_once(self, picture: np.ndarray, upscale: bool) -> Reading:
-        image = Image.fromarray(np.ascontiguousarray(picture, dtype=np.uint8), mode="L")
-        factor = UPSCALE if upscale else 1
-        if factor > 1:
-            image = image.resize((image.width * factor, image.height * factor), Image.Resampling.BICUBIC)
+    def _read_once(self, image: Image.Image, zoom: float) -> Reading:
         level = self._tesserocr.RIL
         with self._lock:
             self._api.SetImage(image)
             self._api.Recognize()
-            words = list(self._results(level.WORD, factor))
-            lines = [text for _, _, text in self._results(level.TEXTLINE, factor)]
+            words = list(self._results(level.WORD, zoom))
+            lines = [text for _, _, text in self._results(level.TEXTLINE, zoom)]
             self._api.Clear()
         return Reading(words=tuple(Word(box, confidence, text) for box, confidence, text in words),
                        lines=tuple(lines))
 
-    def _results(self, level: int, factor: int):
+    def _results(self, level: int, zoom: float):
         iterator = self._api.GetIterator()
         if iterator is None:
             return
@@ -96,7 +101,7 @@ class OcrEngine:
             if not text or not text.strip() or box is None:
                 continue
             x0, y0, x1, y1 = box
-            scaled = (x0 // factor, y0 // factor, -(-x1 // factor), -(-y1 // factor))
+            scaled = (int(x0 // zoom), int(y0 // zoom), int(-(-x1 // zoom)), int(-(-y1 // zoom)))
             yield scaled, float(result.Confidence(level)), text.strip()
 
 

@@ -34,15 +34,16 @@ class Text:
     size: int
 
 
-def anatomy(rows: int, columns: int, bits: int = 16, seed: int = 7) -> np.ndarray:
-    """A smooth, noisy body-like picture with brighter blocks for vertebrae, in ``bits`` stored bits."""
+def anatomy(rows: int, columns: int, bits: int = 16, seed: int = 7, noise: float = 0.02) -> np.ndarray:
+    """A smooth, noisy body-like picture with brighter blocks for vertebrae, in ``bits`` stored bits
+    (``noise``: standard deviation of white noise, as a fraction of the range)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:rows, 0:columns]
     body = np.exp(-(((xx - columns / 2) / (columns / 4)) ** 2 + ((yy - rows / 2) / (rows / 2.6)) ** 2))
     for k in range(5):
         top = int(rows * (0.12 + k * 0.16))
         body[top:top + int(rows * 0.11), int(columns * 0.4):int(columns * 0.6)] += 0.25
-    picture = body * 0.6 + rng.normal(0, 0.02, body.shape)
+    picture = body * 0.6 + rng.normal(0, noise, body.shape)
     top = 2 ** bits - 1
     return np.clip(picture * top, 0, top).astype(np.uint16 if bits > 8 else np.uint8)
 

@@ -76,8 +76,8 @@ def _readable_identifiers(dataset, identifiers) -> set[str]:
     pixels = dataset.pixel_array
     picture = _Viewer(dataset).window(pixels)
     found: set[str] = set()
-    for upscale in (False, True):
-        reading = engine_for("eng").read(picture, upscale=upscale)
+    for zoom in (1, 2):
+        reading = engine_for("eng").read(picture, zoom=zoom)
         found |= identifiers_found([w.text for w in reading.words], reading.lines, search_terms(identifiers))
     return found
 
@@ -179,7 +179,7 @@ def test_every_frame_of_a_multi_frame_object_is_cleaned():
     cleaned = result.dataset.pixel_array
     for k in range(3):
         assert (cleaned[k] != frames[k]).any(), f"frame {k} was not cleaned"
-        reading = engine_for("eng").read(cleaned[k], upscale=True)
+        reading = engine_for("eng").read(cleaned[k], zoom=2)
         assert not identifiers_found([w.text for w in reading.words], reading.lines,
                                      search_terms(identifiers_from_dataset(dataset)))
 
