@@ -50,6 +50,7 @@ def main() -> int:
     start_rss = rss_mb()
     times: list[float] = []
     cpu: list[float] = []
+    trajectory: list[int] = []
     first_rss = 0.0
     for index in range(args.images):
         pixels = burn(base, texts, 4095 - index)
@@ -61,6 +62,7 @@ def main() -> int:
         assert result.pixels is not None and result.pixels.verdict == "cleaned", result.pixels
         if index == 0:
             first_rss = rss_mb()
+        trajectory.append(round(rss_mb()))
     warm = times[1:] or times
     print(f"images: {len(times)} of {COLUMNS}x{ROWS} 16-bit (12 stored), window: {'header' if args.window else 'min-max'}, "
           f"noise {args.noise:.1%}, read at {'half size' if args.reduce_from else 'full size'}")
@@ -71,6 +73,7 @@ def main() -> int:
           f"boxes blanked {result.pixels.boxes_blanked}")
     print(f"RSS: start {start_rss:.0f} MB, after first {first_rss:.0f} MB, end {rss_mb():.0f} MB; "
           f"peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    print(f"RSS after each image (MB): {trajectory}")
     return 0
 
 

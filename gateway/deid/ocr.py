@@ -23,7 +23,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi
 from gateway.deid.errors import BurnedInRiskError, BurnedInTextError
 from gateway.deid.guard import PatientIdentifiers
 from gateway.deid.ocr_engine import Reading, Word, engine_for
-from gateway.deid.ocr_match import has_text, identifiers_found, search_terms
+from gateway.deid.ocr_match import has_text, identifiers_found, is_identifier_piece, search_terms
 from gateway.deid.options import OcrOptions
 
 Box = tuple[int, int, int, int]
@@ -72,7 +72,7 @@ def clean_burned_in_text(dataset: Dataset, identifiers: PatientIdentifiers, opti
         picture = view.window(frame)
         reading = engine.read(picture, zoom=zoom)
         for _ in range(CLEANING_ROUNDS):
-            words = [w for w in reading.words if _blankable(w, options) or identifiers_found([w.text], [], terms)]
+            words = [w for w in reading.words if _blankable(w, options) or is_identifier_piece(w.text, terms)]
             if not words:
                 break
             for word in words:

@@ -76,6 +76,16 @@ def identifiers_found(words: Iterable[str], lines: Iterable[str], terms: tuple[S
     return found
 
 
+def is_identifier_piece(word: str, terms: tuple[SearchTerm, ...]) -> bool:
+    """Whether ``word`` (OCR text, PHI) is an identifier or a piece of one of at least :data:`MIN_TERM`
+    characters (OCR often splits an ID or a date in two, each half read with little confidence)."""
+    folded = fold(word)
+    if len(folded) < MIN_TERM:
+        return False
+    return folded in {term.folded for term in terms} or any(folded in term.folded for term in terms) \
+        or bool(identifiers_found([word], [], terms))
+
+
 def _term_in(term: str, words: set[str], lines: list[str]) -> bool:
     if term in words:
         return True

@@ -37,7 +37,7 @@ from gateway.deid.errors import BurnedInTextError
 from gateway.deid.guard import identifiers_from_dataset
 from gateway.deid.ocr import _Viewer
 from gateway.deid.ocr_engine import engine_for
-from gateway.deid.ocr_match import birth_date_forms, fold, identifiers_found, search_terms
+from gateway.deid.ocr_match import birth_date_forms, fold, identifiers_found, is_identifier_piece, search_terms
 from gateway.deid.options import BurnedInPolicy, OcrOptions
 
 SECRET = b"ocr-tests-secret-0123456789abcdef"
@@ -354,3 +354,10 @@ def test_identifiers_are_found_in_ocr_text_despite_small_errors():
     assert identifiers_found(["P1D7734521"], [], terms) == {"patient id"}
     assert identifiers_found(["LATERAL", "L5", "STANDING"], ["LATERAL STANDING"], terms) == set()
     assert replace(terms[0]) == terms[0]
+
+
+def test_pieces_of_an_identifier_are_blanked_whatever_their_confidence():
+    terms = search_terms(identifiers_from_dataset(dx_dataset(anatomy(10, 10, bits=8))))
+    assert is_identifier_piece("PID7", terms) and is_identifier_piece("734521", terms)
+    assert is_identifier_piece("14/03/", terms) and is_identifier_piece("Riverside", terms)
+    assert not is_identifier_piece("AP", terms) and not is_identifier_piece("STANDING", terms)
