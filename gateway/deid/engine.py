@@ -192,6 +192,11 @@ class Deidentifier:
             if refusal.report is None:
                 refusal.report = PixelReport(verdict="quarantined", reason=refusal.reason)
             raise
+        except Exception as failure:  # noqa: BLE001 - hostile pixels may break any step: fail closed
+            reason = f"burned-in text check failed ({type(failure).__name__})"
+            refusal = BurnedInRiskError(reason)
+            refusal.report = PixelReport(verdict="quarantined", reason=reason)
+            raise refusal from failure
 
     def patient_pseudonym(self, source: str, original_patient_id: str) -> str:
         """The Patient ID that :meth:`deidentify` gives this patient of this source."""

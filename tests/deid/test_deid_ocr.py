@@ -33,7 +33,7 @@ from structlog.testing import capture_logs
 
 from gateway.deid import BurnedInRiskError, Deidentifier, DeidOptions, PatientContext
 from gateway.deid import ocr as ocr_module
-from gateway.deid.errors import BurnedInTextError
+from gateway.deid.errors import BurnedInTextError, OcrUnavailableError
 from gateway.deid.guard import identifiers_from_dataset
 from gateway.deid.ocr import _Viewer
 from gateway.deid.ocr_engine import engine_for
@@ -258,6 +258,20 @@ def test_objects_that_cannot_be_read_are_quarantined_with_a_reason():
     pdf_like.BitsAllocated, pdf_like.BitsStored, pdf_like.HighBit = 1, 1, 0
     with pytest.raises(BurnedInRiskError, match="1-bit") as refused:
         Deidentifier(None, SECRET).deidentify(pdf_like, PatientContext("H"))
+    assert refused.value.report.verdict == "quarantined"
+
+
+def test_without_the_language_data_images_are_quarantined_not_passed():
+    dataset = dx_dataset(anatomy(100, 100, bits=8))
+    with pytest.raises(OcrUnavailableError, match="no tesseract language data"):
+        Deidentifier(DeidOptions(ocr=OcrOptions(language="xxx")), SECRET).deidentify(dataset, PatientContext("H"))
+
+
+def test_pixels_that_break_the_check_quarantine_the_object():
+    dataset = dx_dataset(anatomy(100, 100, bits=8))
+    dataset.PixelData = dataset.PixelData[:-100]  # truncated
+    with pytest.raises(BurnedInRiskError, match="burned-in text check") as refused:
+        Deidentifier(None, SECRET).deidentify(dataset, PatientContext("H"))
     assert refused.value.report.verdict == "quarantined"
 
 
