@@ -39,6 +39,7 @@ class PixelReport:
 
     frames: int = 0
     boxes_found: int = 0
+    """Distinct word boxes that look like text (any confidence), over every reading that led to blanking."""
     boxes_blanked: int = 0
     verdict: str = "clean"
     """``clean`` (nothing to blank), ``cleaned`` (boxes blanked, nothing readable left) or ``quarantined``."""
@@ -72,14 +73,14 @@ def clean_burned_in_text(dataset: Dataset, identifiers: PatientIdentifiers, opti
         picture = view.window(frame)
         reading = engine.read(picture, zoom=zoom)
         for _ in range(CLEANING_ROUNDS):
-            words = [w for w in reading.words if _blankable(w, options) or is_identifier_piece(w.text, terms)]
-            if not words:
+            report.boxes_found += len({w.box for w in reading.words if _text_like(w)})
+            boxes = {w.box for w in reading.words if _blankable(w, options) or is_identifier_piece(w.text, terms)}
+            if not boxes:
                 break
-            for word in words:
-                x0, y0, x1, y1 = _with_margin(_grown(word.box, picture), options.margin_px, frame.shape)
+            for box in boxes:
+                x0, y0, x1, y1 = _with_margin(_grown(box, picture), options.margin_px, frame.shape)
                 frame[y0:y1, x0:x1, ...] = darkest
-            report.boxes_found += len(words)
-            report.boxes_blanked += len(words)
+            report.boxes_blanked += len(boxes)
             report.changed = True
             picture = view.window(frame)
             reading = engine.read(picture, zoom=zoom)  # the check: what a person could still read
@@ -106,11 +107,15 @@ def _zoom(longer_side: int, options: OcrOptions) -> float:
     return 1
 
 
+def _text_like(word: Word) -> bool:
+    """At least two letters or digits, tall enough to be read by a person (noise in the anatomy reads as short,
+    flat, low-confidence 'words')."""
+    return has_text(word.text) and word.box[3] - word.box[1] >= MIN_TEXT_HEIGHT
+
+
 def _blankable(word: Word, options: OcrOptions) -> bool:
-    """A word read with some confidence, of at least two letters or digits, tall enough to be read by a person
-    (noise in the anatomy reads as short, flat, low-confidence 'words')."""
-    x0, y0, x1, y1 = word.box
-    return has_text(word.text) and word.confidence >= options.min_confidence and y1 - y0 >= MIN_TEXT_HEIGHT
+    """A text-like word read with at least ``min_confidence``."""
+    return _text_like(word) and word.confidence >= options.min_confidence
 
 
 def _grown(box: Box, picture: np.ndarray) -> Box:
