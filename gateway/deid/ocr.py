@@ -207,7 +207,8 @@ def _store(dataset: Dataset, frames: np.ndarray) -> None:
     if samples > 1:
         dataset.PhotometricInterpretation = "RGB"  # pydicom hands colour out as RGB, whatever it was stored as
         dataset.PlanarConfiguration = 0
-    data = frames.astype(frames.dtype.newbyteorder("<"), copy=False).tobytes()
+    order = ">" if dataset.file_meta.TransferSyntaxUID == dicom_uid.ExplicitVRBigEndian else "<"
+    data = frames.astype(frames.dtype.newbyteorder(order), copy=False).tobytes()
     dataset.PixelData = data + b"\0" if len(data) % 2 else data
 
 
