@@ -61,7 +61,7 @@ CLINICAL_NOUN_AFTER = re.compile(r"[\s\-]*(?:sign|test|reflex|zeichen|syndrome?|
 _LEVEL = r"(?:[CTLS]|Th|LWK|BWK|HWK)\s?\d{1,2}"
 #: Clinical values protected from every identifier rule (case-sensitive where case carries meaning).
 CLINICAL_VALUE = re.compile("|".join((
-    rf"\b{_LEVEL}(?:\s?[-/–]\s?(?:{_LEVEL}|\d{{1,2}}))*\b",                      # L4-L5, L5/S1, C5/6, LWK 1
+    rf"\b{_LEVEL}(?:[-/–](?:{_LEVEL}|\d{{1,2}}(?![/.\d]))|\s?[-/–]\s?{_LEVEL})*\b",  # L4-L5, L5/S1, C5/6, LWK 1
     r"\b(?:VAS|NRS|ODI|NDI|mJOA|JOA|EQ-5D|BMI|GCS|ASIA|TLICS|SINS)\s?[A-E]?\d{1,3}(?:[.,]\d+)?(?:\s?/\s?\d{1,3}|\s?%)?(?!\d)",
     r"\b(?:CRP|Hb|Hgb|WCC|WBC|ESR|BSG|PCT|INR|Na|K|Cr|eGFR|HbA1c|PSA|ALP|Ca|Leukozyten|Thrombozyten|Plt)"
     r"\s?(?:of\s)?\d{1,4}(?:[.,]\d+)?(?![\d\w])",
