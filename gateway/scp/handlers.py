@@ -27,7 +27,7 @@ from gateway.dicomnet import NODELAY_HANDLER
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
 from gateway.models import QuarantinedObject, db
 from gateway.ops import audit, metrics
-from gateway.scp.filemeta import part10_header
+from gateway.dicom.filemeta import part10_header
 from gateway.scp.policy import AssociationPolicy, AssociationRefused, Caller
 from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance, elapsed_ms
 

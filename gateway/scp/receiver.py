@@ -23,7 +23,7 @@ from gateway import status
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
 from gateway.models import Instance, InstanceState, Series, Study, db, utcnow
 from gateway.scp.spool import Spool
-from gateway.scp.wellformed import check_well_formed
+from gateway.dicom.wellformed import check_well_formed
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 STUDY_UID, SERIES_UID, SOP_INSTANCE_UID, SOP_CLASS_UID, MODALITY = (
