@@ -11,8 +11,8 @@ Here a connection first waits in the gate, in its own short-lived thread, holdin
   connection must finish its handshake within the same deadline;
 - a connection that closes first, sends anything else, or is too slow (one byte a second) is dropped at once
   when that is known, and at the deadline at the latest;
-- each host may have at most ``node.max_pending_per_host`` connections in the gate at once; more are closed on
-  arrival, before a thread is started for them.
+- each host may have at most ``node.max_pending_per_host`` connections in the gate at once, and all hosts together
+  ``MAX_PENDING_TOTAL``; more are closed on arrival, before a thread is started for them.
 
 The gate only peeks at the bytes (``MSG_PEEK``): a connection that passes reaches pynetdicom untouched, and
 pynetdicom negotiates as before. Over TLS the decrypted bytes cannot be peeked, so there the gate covers the
@@ -47,6 +47,7 @@ RQ_FIXED_FIELDS = 68
 APPLICATION_CONTEXT_ITEM = 0x10
 MAX_RQ_LENGTH = 1 << 20  # 128 presentation contexts and every extended negotiation fit in far less
 PEEKED_PDU_BYTES = 32 * 1024  # waited for in the kernel's buffer (SO_RCVLOWAT); more is pynetdicom's to read
+MAX_PENDING_TOTAL = 512  # from all hosts together: a scan from many addresses costs at most this many threads
 DROP_LOG_INTERVAL_S = 10.0
 _SHORT_POLL_S = 0.02  # where SO_RCVLOWAT is not honoured: look again this often for the missing bytes
 _HANGUP = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
@@ -93,6 +94,7 @@ class NegotiationGate:
         self.timeout_s = timeout_s
         self.max_pending_per_host = max_pending_per_host
         self._pending: dict[str, int] = {}
+        self._total = 0
         self._lock = threading.Lock()
         self._drops = _DropLog()
 
@@ -100,10 +102,11 @@ class NegotiationGate:
         """Take a place in the gate for ``host``; False (and the drop recorded) when its places are all taken."""
         with self._lock:
             waiting = self._pending.get(host, 0)
-            if waiting >= self.max_pending_per_host:
+            if waiting >= self.max_pending_per_host or self._total >= MAX_PENDING_TOTAL:
                 admitted = False
             else:
                 self._pending[host] = waiting + 1
+                self._total += 1
                 admitted = True
         if not admitted:
             self.dropped(host, "too_many_pending")
@@ -111,6 +114,7 @@ class NegotiationGate:
 
     def leave(self, host: str) -> None:
         with self._lock:
+            self._total = max(0, self._total - 1)
             left = self._pending.get(host, 1) - 1
             if left > 0:
                 self._pending[host] = left

@@ -366,7 +366,7 @@ def bounded_database_wait(seconds: float | None) -> Iterator[None]:
     sqlite = isinstance(db.obj, peewee.SqliteDatabase)
     previous = None
     if sqlite:
-        previous = db.execute_sql("PRAGMA busy_timeout").fetchone()[0]
+        previous = _sqlite_busy_timeout()
         db.execute_sql(f"PRAGMA busy_timeout = {milliseconds}")
     _wait_bound.milliseconds = milliseconds
     try:
@@ -378,6 +378,17 @@ def bounded_database_wait(seconds: float | None) -> Iterator[None]:
                 db.execute_sql(f"PRAGMA busy_timeout = {int(previous)}")
             except peewee.PeeweeException:
                 pass  # the connection is broken: the pool discards it
+
+
+def _sqlite_busy_timeout() -> int:
+    """The busy timeout every pooled SQLite connection is opened with (``models.make_database``), read once."""
+    global _SQLITE_BUSY_TIMEOUT_MS
+    if _SQLITE_BUSY_TIMEOUT_MS is None:
+        _SQLITE_BUSY_TIMEOUT_MS = int(db.execute_sql("PRAGMA busy_timeout").fetchone()[0])
+    return _SQLITE_BUSY_TIMEOUT_MS
+
+
+_SQLITE_BUSY_TIMEOUT_MS: int | None = None
 
 
 def is_busy(exc: BaseException) -> bool:

@@ -63,8 +63,8 @@ class GatedRequestHandler(RequestHandler):
             if self.server.closing.is_set():
                 raise Dropped("server_stopping")
             gate.wait_for_request(self.request, started)
-        except Dropped as drop:
-            gate.dropped(host, drop.reason)
+        except (Dropped, OSError) as failure:
+            gate.dropped(host, failure.reason if isinstance(failure, Dropped) else "closed_before_request")
             self.server.shutdown_request(self.request)
             return
         finally:
@@ -78,6 +78,9 @@ class GatedAssociationServer(ThreadedAssociationServer):
     the gate's deadline, instead of in the accepting thread (where a silent client held every other one up)."""
 
     block_on_close = False  # stopping does not wait for connections still in the gate (they are dropped)
+    # The listen backlog (socketserver's default is 5): a burst of connections (a scan, many senders starting
+    # at once) beyond it has its SYNs dropped, and each waits a second for its SYN to be sent again.
+    request_queue_size = socket.SOMAXCONN
     daemon_threads = True
 
     def __init__(self, *args: Any, gate: NegotiationGate, **kwargs: Any) -> None:
