@@ -390,7 +390,8 @@ def _check_and_install() -> FastPaths:
     version = str(getattr(pynetdicom, "__version__", "unknown"))
     missing = tuple(missing_hook_points())
     if version not in SUPPORTED_PYNETDICOM or missing:
-        reason = f"pynetdicom {version}" + (f" lacks {', '.join(missing)}" if missing else " is not a version the hooks know")
+        differs = f"lacks {', '.join(missing)}" if missing else "is not a version the hooks know"
+        reason = f"pynetdicom {version} {differs}"
         log.warning("pynetdicom_hooks_not_installed", version=version, reason=reason,
                     error=f"supported: {', '.join(SUPPORTED_PYNETDICOM)}; running stock pynetdicom (slower)")
         return FastPaths(False, version, missing)

@@ -114,7 +114,8 @@ class ScpHandlers:
         metrics.record_association("aborted" if event.assoc.is_aborted else "released")
         for study_key, count in stats.studies.items():
             self._audit("received", stats.caller.ae_title, stats.peer, study_key, "success", f"{count} instance(s)")
-        log.info("association_closed", **_named(stats.caller), state="aborted" if event.assoc.is_aborted else "released",
+        log.info("association_closed", **_named(stats.caller),
+                 state="aborted" if event.assoc.is_aborted else "released",
                  instances=stats.instances, bytes=stats.bytes, count=stats.failures,
                  duration_ms=elapsed_ms(stats.started))
 
