@@ -76,6 +76,9 @@ class NodeConfig(_Section):
     acse_timeout_s: SECONDS = Field(30.0, gt=0)
     dimse_timeout_s: SECONDS = Field(60.0, gt=0)
     network_timeout_s: SECONDS = Field(60.0, gt=0)
+    negotiation_timeout_s: SECONDS = Field(5.0, gt=0)
+    max_pending_per_host: int = Field(16, ge=1, le=1000)
+    store_commit_timeout_s: SECONDS = Field(5.0, gt=0)
     tls: TLSConfig = TLSConfig()
 
 

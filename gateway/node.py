@@ -13,6 +13,7 @@ from gateway.config import GatewayConfig
 from gateway.deid.secret import load_or_create_secret
 from gateway.deid.stage import DeidStage
 from gateway.deid.work import WorkPool, deid_pool
+from gateway.dicomnet import install_fast_paths
 from gateway.models import SCHEMA_VERSION, Source, db, open_database, sync_sources
 from gateway.ops.http import HttpServer, standard_health_checks
 from gateway.pipeline import Pipeline, Stage
@@ -72,9 +73,11 @@ class GatewayNode:
         self._load_secret()
         load_engine()  # the notes scrubber's model and word lists, once, before the node listens
         threading.Thread(target=load_standard_tables, name="highdicom-tables", daemon=True).start()
-        handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids, self.identity),
+        handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids, self.identity,
+                                                        commit_timeout_s=self.config.node.store_commit_timeout_s),
                                ReportIntake(self.spool))
         self._start_listeners()  # before the SCP: whoever sees the DICOM port answer finds HTTP up too
+        install_fast_paths()  # pynetdicom's hooks, checked first: stock pynetdicom (and one warning) otherwise
         self.server = start_scp(self.config.node, handlers)
         self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)
         self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s)
