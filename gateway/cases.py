@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import structlog
 
+from gateway import wakeup
 from gateway.errors import GatewayError
 from gateway.models import CaseState as S
 from gateway.models import Study, utcnow
@@ -77,6 +78,7 @@ def move(study: Study, target: str, *, reason: str | None = None, **fields: obje
     changed = Study.update(values).where((Study.id == study.id) & (Study.state == current)).execute()
     if not changed:
         return False
+    wakeup.notify(target)  # the stages consuming ``target`` run once this commits (gateway.wakeup)
     study.state, study.state_changed_at = target, now
     for name, value in fields.items():
         setattr(study, name, value)

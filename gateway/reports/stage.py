@@ -27,7 +27,7 @@ import pydicom.errors
 import structlog
 from pydicom.dataset import Dataset
 
-from gateway import cases
+from gateway import cases, wakeup
 from gateway.config import GatewayConfig, SourceConfig
 from gateway.models import (
     CaseState,
@@ -255,4 +255,5 @@ class ReportStage:
         next_at = utcnow() + dt.timedelta(seconds=backoff_s(self.retry, attempt))
         Study.update(delivery_attempts=attempt, next_attempt_at=next_at).where(Study.id == study.id).execute()
         study.delivery_attempts, study.next_attempt_at = attempt, next_at
+        wakeup.wake_at(CaseState.REPORTED, next_at)  # the retry runs when due, not at a later poll
         return False
