@@ -138,6 +138,7 @@ def claimed(study: Study, *states: str, stage: str = "") -> Iterator[bool]:
     ours and the case is still in one of ``states`` (another node may have moved it since it was selected).
     One stage at a time holds a case, in this node as across nodes. The lease is released afterwards."""
     mine = claim(study, stage)
+    wakeup.claim_taken()
     try:
         if mine and states:
             current = Study.select(Study.state).where(Study.id == study.id).scalar()
@@ -145,7 +146,8 @@ def claimed(study: Study, *states: str, stage: str = "") -> Iterator[bool]:
             study.state = current
         yield mine
     finally:
-        release(study, stage)
+        with wakeup.releasing_claim():  # wake-ups for moves made under the claim go out once it is released
+            release(study, stage)
 
 
 class Lease:

@@ -24,13 +24,14 @@ at once, and a wake-up that comes while the stage runs makes it run once more ri
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import heapq
 import select
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import peewee
 import structlog
@@ -277,12 +278,28 @@ class Wakeups:
 
     def notify(self, topic: str) -> None:
         """There is work under ``topic`` in the current transaction (or just committed, outside one)."""
-        if self._pg:
-            db.execute_sql("SELECT pg_notify(%s, %s)", (CHANNEL, f"{topic} {self.node_id}"))
+        self._send(topic)
         try:
-            db.after_commit(lambda: self.deliver(topic))
+            db.after_commit(lambda: self._committed(topic))
         except ValueError:
             pass  # a manual transaction has no commit hook: the poll finds the work
+
+    def _send(self, topic: str) -> None:
+        if self._pg:
+            db.execute_sql("SELECT pg_notify(%s, %s)", (CHANNEL, f"{topic} {self.node_id}"))
+
+    def _committed(self, topic: str) -> None:
+        if getattr(_claims, "depth", 0):
+            _claims.pending.add(topic)  # the case is still claimed: the next stage could not take it yet
+        else:
+            self.deliver(topic)
+
+    def released(self, topics: Iterable[str]) -> None:
+        """The claim under which ``topics`` were committed is released: wake everyone again, other nodes too
+        (their stage, woken at the commit, may have found the case still claimed)."""
+        for topic in topics:
+            self._send(topic)
+            db.after_commit(lambda topic=topic: self.deliver(topic))
 
     def wake_at(self, topic: str, when: dt.datetime) -> None:
         """Deliver ``topic`` in this node at ``when`` (naive UTC, as in the database)."""
@@ -301,6 +318,7 @@ class Wakeups:
 
 
 _hub: Wakeups | None = None
+_claims = threading.local()  # per thread: claims held (depth) and topics committed under them (pending)
 
 
 def install(hub: Wakeups | None) -> None:
@@ -326,3 +344,28 @@ def wake_at(topic: str, when: dt.datetime | None) -> None:
     hub = _hub
     if hub is not None and when is not None:
         hub.wake_at(topic, when)
+
+
+def claim_taken() -> None:
+    """A stage took a claim on a case (``cases.claimed``): wake-ups for what it commits wait for the release."""
+    _claims.depth = getattr(_claims, "depth", 0) + 1
+    if _claims.depth == 1:
+        _claims.pending = set()
+
+
+@contextlib.contextmanager
+def releasing_claim() -> Iterator[None]:
+    """Around the release of a claim: then the wake-ups it held back go out, when the next stage can claim the
+    case (also when the release fails: the lease then expires by itself)."""
+    try:
+        yield
+    finally:
+        _claims.depth -= 1
+        if _claims.depth == 0 and _claims.pending:
+            topics, _claims.pending = _claims.pending, set()
+            hub = _hub
+            if hub is not None:
+                try:
+                    hub.released(topics)
+                except peewee.PeeweeException as exc:  # the database is failing: the poll finds the work
+                    log.warning("wakeup_failed", component="wakeup", error=type(exc).__name__)

@@ -84,6 +84,24 @@ def test_a_state_change_wakes_its_stage_after_the_commit_and_not_after_a_rollbac
         assert seen == [CaseState.ASSIGNED, CaseState.DELIVERING]
 
 
+def test_a_move_under_a_claim_wakes_the_next_stage_once_the_claim_is_released(case_db):
+    """Else the woken stage finds the case still claimed by the stage that moved it, and skips it."""
+    database, _, study, hub = case_db
+    could_claim: list[bool] = []
+
+    def next_stage() -> None:
+        could_claim.append(cases.claim(Study.get_by_id(study.id), "delivery"))
+
+    hub.subscribe({CaseState.ASSIGNED}, next_stage)
+    with database.connection_context():
+        with cases.claimed(study, CaseState.NOTES_ATTACHED, stage="assignment") as mine:
+            assert mine
+            with db.atomic():
+                assert cases.move(study, CaseState.ASSIGNED, reason="test")
+            assert could_claim == [], "woken while the case is still claimed"
+        assert could_claim == [True]
+
+
 def test_an_event_topic_and_a_timer_wake_their_stage(case_db):
     database, _, _, hub = case_db
     woken: list[str] = []
