@@ -42,8 +42,8 @@ class Pipeline:
         for stage in self.stages:
             # wake-ups (gateway.wakeup): one run at a time per stage, a wake-up during a run makes one more
             run = wakeup.CoalescedRun(partial(self._tick, stage), kick=partial(self._run_now, stage.name))
-            self.scheduler.add_job(run.run, "interval", seconds=self.poll_s, id=stage.name,
-                                   max_instances=2, coalesce=True, next_run_time=dt.datetime.now(dt.UTC))
+            self.scheduler.add_job(run.run, "interval", seconds=self.poll_s, id=stage.name, max_instances=2,
+                                   coalesce=True, misfire_grace_time=None, next_run_time=dt.datetime.now(dt.UTC))
             if self.wakeups is not None:
                 self.wakeups.subscribe(wakeup.topics_of(stage.name), run.wake)
         self.scheduler.start()
