@@ -6,8 +6,9 @@ of the first storescu to the exit of the last (every C-STORE answered: for the g
 Medians of interleaved runs in one run of the script; fresh processes and storage for each run. The gateway runs
 the shipped configuration with the stability wait out of the way (so that the pipeline does not de-identify
 while the senders are measured); Orthanc runs its defaults. TCP_NODELAY=1 for DCMTK and Orthanc; the gateway
-sets it itself. Optionally ``--py-spy DIR`` records a flame graph of the gateway during one five-sender run
-(py-spy from PyPI, ``pip install py-spy``).
+sets it itself. Optionally ``--py-spy DIR`` records the gateway's stacks (idle threads included, collapsed
+"folded" format, for flamegraph.pl or speedscope) during the last run of each mode (py-spy from PyPI:
+``.venv/bin/pip install py-spy``; summarise with ``bench/spy_summary.py FILE``).
 
     scripts/in-private-net.sh .venv/bin/python bench/concurrent.py [--runs 5] [--senders 5] [--instances 100]
 """
@@ -94,8 +95,9 @@ def measure(name: str, work: Path, sets: list[list[Path]], together: bool, cpu: 
     recorder = None
     try:
         if spy is not None:
-            recorder = subprocess.Popen(["py-spy", "record", "--pid", str(node.proc.pid), "--subprocesses",
-                                         "--rate", "200", "--format", "speedscope", "-o", str(spy)],
+            recorder = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                                         str(node.proc.pid), "--idle", "--rate", "100", "--format", "raw",
+                                         "-o", str(spy)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)  # py-spy attaches
         before = cpu_seconds(node.proc.pid)
@@ -129,7 +131,7 @@ def main() -> int:
                 spy = None
                 if args.py_spy and peer == "gateway" and run == args.runs - 1:
                     args.py_spy.mkdir(parents=True, exist_ok=True)
-                    spy = args.py_spy / f"gateway-{'together' if together else 'serial'}.speedscope.json"
+                    spy = args.py_spy / f"gateway-{'together' if together else 'serial'}.folded"
                 seconds = measure(peer, work, sets, together, cpu[together] if peer == "gateway" else [], spy)
                 values.append(seconds)
                 mode = f"{args.senders} at once" if together else "one by one"
