@@ -15,8 +15,8 @@ for any wake-up that is lost.
   since notifications sent meanwhile are gone.
 - **Timers** (:func:`wake_at`): work that becomes due with time, not with a write: a study turning stable
   (``routing.stable_after_s`` after its last instance) and a delivery retry coming due.
-- **Association ends**: an association that may have stored instances wakes completion and early
-  de-identification (:meth:`Wakeups.watch_server`).
+- **Association ends**: an association that may have stored instances wakes completion, which then sets
+  the stability timer (:meth:`Wakeups.watch_server`).
 
 A stage is run through :class:`CoalescedRun`: any number of wake-ups make one run, never two runs of a stage
 at once, and a wake-up that comes while the stage runs makes it run once more right after.
@@ -51,7 +51,9 @@ REPORT = "report"        # a reviewer's report object arrived (also for a case a
 # Stage name -> the topics that may give it work. A stage not listed runs on its poll only (SLA, peer checks).
 STAGE_TOPICS: dict[str, frozenset[str]] = {
     "completion": frozenset({INSTANCES, STABLE}),
-    "deid": frozenset({S.COMPLETE, INSTANCES}),
+    # not INSTANCES: early de-identification of a study still receiving keeps to its poll, so that it does not
+    # take the CPU from the next sender's ingest (bench/concurrent.py, senders one after the other)
+    "deid": frozenset({S.COMPLETE}),
     "notes": frozenset({S.DEIDENTIFIED, S.HELD, REFERRAL}),
     # a reported case frees a reviewer's capacity: a case held for want of a reviewer may go now
     "assignment": frozenset({S.NOTES_ATTACHED, S.HELD, S.REPORTED, S.REPORT_DELIVERED}),
