@@ -107,9 +107,11 @@ class ReportStage:
 
     @staticmethod
     def _resume_delivered_with_reports() -> int:
-        """DELIVERED cases holding a report not yet home (after an operator's retry) go back to REPORTED."""
+        """DELIVERED cases holding a report not yet home (after an operator's retry) go back to REPORTED; so do
+        REPORT_DELIVERED ones holding a report that arrived while the case was being closed (same association)."""
         waiting = (Study.select().join(ReportObject).where(
-            (Study.state == CaseState.DELIVERED) & (ReportObject.state != FAILED)).distinct())
+            ((Study.state == CaseState.DELIVERED) & (ReportObject.state != FAILED))
+            | ((Study.state == CaseState.REPORT_DELIVERED) & (ReportObject.state == RECEIVED))).distinct())
         moved = 0
         for study in waiting:
             if ReportStage._undelivered_reports(study) and cases.move(
