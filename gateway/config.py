@@ -76,6 +76,9 @@ class NodeConfig(_Section):
     acse_timeout_s: SECONDS = Field(30.0, gt=0)
     dimse_timeout_s: SECONDS = Field(60.0, gt=0)
     network_timeout_s: SECONDS = Field(60.0, gt=0)
+    negotiation_timeout_s: SECONDS = Field(5.0, gt=0)
+    max_pending_per_host: int = Field(16, ge=1, le=1000)
+    store_commit_timeout_s: SECONDS = Field(5.0, gt=0)
     tls: TLSConfig = TLSConfig()
 
 
@@ -169,12 +172,16 @@ class ReviewerConfig(_Section):
 
 
 class HttpConfig(_Section):
-    """The one HTTP server: /healthz, /metrics and POST /referrals."""
+    """The one HTTP server: /healthz, /metrics, POST /referrals and the web portal."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     token_env: str = "SPINE_GATEWAY_API_TOKEN"
+    portal: bool = True
+    session_hours: float = Field(8.0, gt=0, le=24 * 30)
+    secure_cookies: bool = False
+    login_attempts_per_minute: int = Field(10, ge=1, le=1000)
 
 
 class DeidConfig(DeidOptions):

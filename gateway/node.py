@@ -13,6 +13,7 @@ from gateway.config import GatewayConfig
 from gateway.deid.secret import load_or_create_secret
 from gateway.deid.stage import DeidStage
 from gateway.deid.work import WorkPool, deid_pool
+from gateway.dicomnet import install_fast_paths
 from gateway.models import SCHEMA_VERSION, Source, db, open_database, sync_sources
 from gateway.ops.http import HttpServer, standard_health_checks
 from gateway.pipeline import Pipeline, Stage
@@ -71,10 +72,12 @@ class GatewayNode:
                         reason="row committed, file never placed: the node stopped in between")
         self._load_secret()
         threading.Thread(target=load_standard_tables, name="highdicom-tables", daemon=True).start()
-        handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids, self.identity),
+        handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids, self.identity,
+                                                        commit_timeout_s=self.config.node.store_commit_timeout_s),
                                ReportIntake(self.spool))
+        self._start_listeners()  # before the SCP: whoever sees the DICOM port answer finds HTTP up too
+        install_fast_paths()  # pynetdicom's hooks, checked first: stock pynetdicom (and one warning) otherwise
         self.server = start_scp(self.config.node, handlers)
-        self._start_listeners()
         self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)
         self._start_wakeups()
         self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s, self.wakeups)
@@ -118,8 +121,19 @@ class GatewayNode:
                                             self.config.storage.min_free_bytes)
             self.http = HttpServer(self.config.http, checks)
             register_referral_routes(self.http)
+            self._add_portal(self.http)
             self.http.start()
         self.hl7 = start_hl7_listener(self.config.hl7)
+
+    def _add_portal(self, http: HttpServer) -> None:
+        """The referral schema, and the web portal when ``http.portal`` (gateway.web)."""
+        from gateway.web.schema import SCHEMA_PATH, handle_schema
+
+        http.add_route("GET", SCHEMA_PATH, handle_schema, auth=False)
+        if self.config.http.portal:
+            from gateway.web.app import build_portal
+
+            http.mount(build_portal(self.config, self.spool))
 
     def accepting(self) -> bool:
         """The DICOM port is open and pynetdicom's acceptor thread is alive."""
