@@ -249,6 +249,7 @@ class RoutingConfig(_Section):
 
     stable_after_s: SECONDS = Field(60.0, ge=0)
     poll_s: SECONDS = Field(5.0, gt=0)
+    wakeups: bool = True
     claim_lease_s: SECONDS = Field(120.0, gt=0)
     body_parts: list[str] = Field(default_factory=lambda: list(SPINE_BODY_PARTS))
     keywords: list[str] = Field(default_factory=lambda: list(SPINE_KEYWORDS))

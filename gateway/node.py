@@ -8,7 +8,7 @@ import threading
 
 import structlog
 
-from gateway import __version__, cases
+from gateway import __version__, cases, wakeup
 from gateway.config import GatewayConfig
 from gateway.deid.secret import load_or_create_secret
 from gateway.deid.stage import DeidStage
@@ -50,6 +50,7 @@ class GatewayNode:
         self.http: HttpServer | None = None
         self.hl7 = None  # the MLLP listener (gateway.referral.mllp) when hl7.enabled
         self.pipeline: Pipeline | None = None
+        self.wakeups: wakeup.Wakeups | None = None
         self.work_pool: WorkPool | None = None
         self.secret = b""
         self._stop = threading.Event()
@@ -80,10 +81,18 @@ class GatewayNode:
         install_fast_paths()  # pynetdicom's hooks, checked first: stock pynetdicom (and one warning) otherwise
         self.server = start_scp(self.config.node, handlers)
         self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)
-        self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s)
+        self._start_wakeups()
+        self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s, self.wakeups)
         self.pipeline.start()
         log.info("gateway_started", ae_title=self.config.node.ae_title, port=self.config.node.port,
                  version=__version__, to_version=SCHEMA_VERSION, tls=self.config.node.tls.enabled)
+
+    def _start_wakeups(self) -> None:
+        """``routing.wakeups``: stages woken by committed state changes (and NOTIFY from other nodes)."""
+        if self.config.routing.wakeups:
+            self.wakeups = wakeup.Wakeups(self.identity).start()
+            self.wakeups.watch_server(self.server)
+            wakeup.install(self.wakeups)
 
     def _load_secret(self) -> None:
         path = self.config.secret_path()
@@ -146,6 +155,10 @@ class GatewayNode:
             self.stop()
 
     def stop(self) -> None:
+        if self.wakeups is not None:
+            wakeup.install(None)
+            self.wakeups.stop()
+            self.wakeups = None
         if self.pipeline is not None:
             self.pipeline.stop()
             self.pipeline = None

@@ -10,11 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Protocol
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from gateway import wakeup
 from gateway.models import db, utcnow
 
 log = structlog.get_logger("pipeline")
@@ -30,16 +32,26 @@ class Stage(Protocol):
 
 
 class Pipeline:
-    def __init__(self, stages: Sequence[Stage], poll_s: float) -> None:
+    def __init__(self, stages: Sequence[Stage], poll_s: float, wakeups: wakeup.Wakeups | None = None) -> None:
         self.stages = list(stages)
         self.poll_s = poll_s
         self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.wakeups = wakeups
 
     def start(self) -> None:
         for stage in self.stages:
-            self.scheduler.add_job(self._tick, "interval", args=[stage], seconds=self.poll_s, id=stage.name,
-                                   max_instances=1, coalesce=True, next_run_time=dt.datetime.now(dt.UTC))
+            # wake-ups (gateway.wakeup): one run at a time per stage, a wake-up during a run makes one more
+            run = wakeup.CoalescedRun(partial(self._tick, stage), kick=partial(self._run_now, stage.name))
+            self.scheduler.add_job(run.run, "interval", seconds=self.poll_s, id=stage.name, max_instances=2,
+                                   coalesce=True, misfire_grace_time=None, next_run_time=dt.datetime.now(dt.UTC))
+            if self.wakeups is not None:
+                self.wakeups.subscribe(wakeup.topics_of(stage.name), run.wake)
         self.scheduler.start()
+
+    def _run_now(self, job_id: str) -> None:
+        """A wake-up: the stage's job runs now (the poll goes on from there)."""
+        if self.scheduler.running:
+            self.scheduler.modify_job(job_id, next_run_time=dt.datetime.now(dt.UTC))
 
     def stop(self) -> None:
         if self.scheduler.running:

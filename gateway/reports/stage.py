@@ -27,7 +27,7 @@ import pydicom.errors
 import structlog
 from pydicom.dataset import Dataset
 
-from gateway import cases
+from gateway import cases, wakeup
 from gateway.config import GatewayConfig, SourceConfig
 from gateway.models import (
     CaseState,
@@ -107,9 +107,11 @@ class ReportStage:
 
     @staticmethod
     def _resume_delivered_with_reports() -> int:
-        """DELIVERED cases holding a report not yet home (after an operator's retry) go back to REPORTED."""
+        """DELIVERED cases holding a report not yet home (after an operator's retry) go back to REPORTED; so do
+        REPORT_DELIVERED ones holding a report that arrived while the case was being closed (same association)."""
         waiting = (Study.select().join(ReportObject).where(
-            (Study.state == CaseState.DELIVERED) & (ReportObject.state != FAILED)).distinct())
+            ((Study.state == CaseState.DELIVERED) & (ReportObject.state != FAILED))
+            | ((Study.state == CaseState.REPORT_DELIVERED) & (ReportObject.state == RECEIVED))).distinct())
         moved = 0
         for study in waiting:
             if ReportStage._undelivered_reports(study) and cases.move(
@@ -255,4 +257,5 @@ class ReportStage:
         next_at = utcnow() + dt.timedelta(seconds=backoff_s(self.retry, attempt))
         Study.update(delivery_attempts=attempt, next_attempt_at=next_at).where(Study.id == study.id).execute()
         study.delivery_attempts, study.next_attempt_at = attempt, next_at
+        wakeup.wake_at(CaseState.REPORTED, next_at)  # the retry runs when due, not at a later poll
         return False

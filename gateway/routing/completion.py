@@ -6,7 +6,7 @@ import datetime as dt
 
 from peewee import fn
 
-from gateway import cases
+from gateway import cases, wakeup
 from gateway.config import RoutingConfig
 from gateway.models import CaseState, Instance, Study
 from gateway.routing.spine import SpineFilter
@@ -30,7 +30,16 @@ class CompletionStage:
                         & (last_instance <= cutoff))
                  .order_by(Study.last_received_at))
         # list(): fetched whole before any write; on SQLite a half-read cursor makes the writes fail at once.
-        return sum(self._complete(study) for study in list(quiet))
+        moved = sum(self._complete(study) for study in list(quiet))
+        wakeup.wake_at(wakeup.STABLE, self.next_stable_at())
+        return moved
+
+    def next_stable_at(self) -> dt.datetime | None:
+        """When the next receiving study will have been quiet for ``stable_after_s`` (None: none receiving)."""
+        last = (Instance.select(Study.last_received_at, fn.MAX(Instance.received_at)).join(Study)
+                .where(Study.state == CaseState.RECEIVING).group_by(Study.id, Study.last_received_at).tuples())
+        times = [max(t for t in pair if t is not None) for pair in last if any(pair)]
+        return min(times) + self.stable_after if times else None
 
     def _complete(self, study: Study) -> bool:
         if self.spine_filter is not None and self.spine_filter.reject_if_not_spine(study):

@@ -28,7 +28,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
-from gateway import cases
+from gateway import cases, wakeup
 from gateway.config import DicomPeer, GatewayConfig, RetryConfig, ReviewerConfig
 from gateway.dicomnet import NODELAY_HANDLER
 from gateway.models import CaseState, Delivery, OutboundObject, Study, utcnow
@@ -146,6 +146,7 @@ class DeliveryStage:
         next_at = utcnow() + dt.timedelta(seconds=backoff_s(self.retry, attempt))
         Study.update(delivery_attempts=attempt, next_attempt_at=next_at).where(Study.id == study.id).execute()
         study.delivery_attempts, study.next_attempt_at = attempt, next_at
+        wakeup.wake_at(CaseState.DELIVERING, next_at)  # the retry runs when due, not at a later poll
         return False
 
     # -- one association ---------------------------------------------------------------------------------
