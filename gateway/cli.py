@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
 
-    retry = commands.add_parser("retry", help="send a failed case again (its delivery attempts start over)")
+    retry = commands.add_parser("retry", help="send a failed case again on the leg that failed (study to the "
+                                              "reviewer, or report to the source); that leg's attempts start over")
     retry.add_argument("case", help="the case's key (as shown by status and the log)")
     retry.set_defaults(func=cmd_retry)
 
@@ -92,16 +93,45 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo_study, needs_config=False)
     add_referral_commands(commands)
     add_report_commands(commands)
+    _accept_config_after_command(parser)
     return parser
 
 
+def _accept_config_after_command(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` is taken after any command too (``spine-gateway status --config FILE``); given only
+    there it does not hide the one given before the command (``argparse.SUPPRESS``)."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for command in set(action.choices.values()):
+            if "--config" not in command._option_string_actions:
+                command.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                                     help="configuration file (also accepted before the command)")
+            _accept_config_after_command(command)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import peewee
+
+    from gateway.deid.secret import SecretError
+
     args = _parser().parse_args(argv)
     try:
         config = None if getattr(args, "needs_config", True) is False else load_config(args.config)
         return args.func(args, config)
     except (ConfigError, UsageError) as exc:
         print(f"spine-gateway: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SecretError as exc:
+        print(f"spine-gateway: {exc} (set it to at least 32 hex digits, or unset it to use the key file)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except peewee.DatabaseError as exc:  # an outage in the middle of a command: never a traceback
+        print(f"spine-gateway: the database is unavailable ({type(exc).__name__}); check storage.database "
+              "and that the database server is running", file=sys.stderr)
+        return EXIT_USAGE
+    except peewee.InterfaceError as exc:
+        print(f"spine-gateway: the database is unavailable ({type(exc).__name__})", file=sys.stderr)
         return EXIT_USAGE
     except GatewayError as exc:
         print(f"spine-gateway: {exc}", file=sys.stderr)
@@ -183,9 +213,14 @@ def cmd_retry(args: argparse.Namespace, config: GatewayConfig) -> int:
     _open_database(config)
     with db.connection_context():
         study = _case(args.case)
-        if not retry_case(study):
-            raise UsageError(f"case {args.case} is {study.state}; only a failed case can be retried")
-    print(f"case {args.case}: delivering again")
+        state = study.state
+        leg = retry_case(study)
+        if leg is None:
+            raise UsageError(f"case {args.case} is {state}; only a failed or report_failed case can be retried")
+    if leg == "report":
+        print(f"case {args.case}: sending the report to the source again")
+    else:
+        print(f"case {args.case}: delivering the study to the reviewer again")
     return EXIT_OK
 
 
@@ -226,7 +261,8 @@ def _open_database(config: GatewayConfig) -> None:
     try:
         open_database(config.storage.database, max_connections=2)
     except Exception as exc:  # noqa: BLE001 - a database the CLI cannot open is the user's situation, not a bug
-        raise GatewayError(f"cannot open the database ({type(exc).__name__})") from None
+        raise UsageError(f"cannot open the database ({type(exc).__name__}); check storage.database and that "
+                         "the database server is running") from None
 
 
 def cmd_tail(args: argparse.Namespace, config: GatewayConfig) -> int:
