@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.config import CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH, GatewayConfig, load_config
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, DatabaseUnavailable, GatewayError
 from gateway.referral.commands import add_referral_commands
 from gateway.reports.commands import add_report_commands
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = None if getattr(args, "needs_config", True) is False else load_config(args.config)
         return args.func(args, config)
-    except (ConfigError, UsageError) as exc:
+    except (ConfigError, UsageError, DatabaseUnavailable) as exc:
         print(f"spine-gateway: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except SecretError as exc:
@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     except GatewayError as exc:
         print(f"spine-gateway: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as exc:  # a file or directory the command needs (the database's, a findings file, ...)
+        print(f"spine-gateway: {exc.strerror or type(exc).__name__}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILED
 
@@ -261,8 +265,8 @@ def _open_database(config: GatewayConfig) -> None:
     try:
         open_database(config.storage.database, max_connections=2)
     except Exception as exc:  # noqa: BLE001 - a database the CLI cannot open is the user's situation, not a bug
-        raise UsageError(f"cannot open the database ({type(exc).__name__}); check storage.database and that "
-                         "the database server is running") from None
+        raise DatabaseUnavailable(f"cannot open the database ({type(exc).__name__}); check storage.database and "
+                                  "that the database server is running") from None
 
 
 def cmd_tail(args: argparse.Namespace, config: GatewayConfig) -> int:
