@@ -325,14 +325,21 @@ STAGE_LOOP_COLUMNS = ("state_reason", "stage_failures", "stage_error", "stage_re
 
 def _migrate_to_4(database: peewee.Database) -> None:
     """The stage loop's per-case failure count and back-off, the report leg's own attempts, and the reason of
-    the state. A case FAILED on its report leg (it holds a report) becomes REPORT_FAILED."""
+    the state. A case FAILED on its report leg (it holds a report) becomes REPORT_FAILED.
+
+    Plain ``ALTER TABLE ... ADD COLUMN`` with the default in the column: playhouse's SQLite migrator rebuilds
+    the table for a NOT NULL column, and dropping the old ``study`` table would cascade to its children."""
     table = Study._meta.table_name
     present = {column.name for column in database.get_columns(table)}
-    migrator = SchemaMigrator.from_database(database)
-    missing = [migrator.add_column(table, name, Study._meta.fields[name])
-               for name in STAGE_LOOP_COLUMNS if name not in present]
-    if missing:
-        playhouse_migrate(*missing)
+    timestamp = database._field_types["DATETIME"]
+    definitions = {
+        "state_reason": "VARCHAR(64)", "stage_failures": "INTEGER NOT NULL DEFAULT 0",
+        "stage_error": "VARCHAR(64)", "stage_retry_at": timestamp,
+        "report_attempts": "INTEGER NOT NULL DEFAULT 0", "report_next_attempt_at": timestamp,
+    }
+    for name in STAGE_LOOP_COLUMNS:
+        if name not in present:
+            database.execute_sql(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {definitions[name]}')
     with_reports = ReportObject.select(ReportObject.study)
     Study.update(state=CaseState.REPORT_FAILED).where(
         (Study.state == CaseState.FAILED) & Study.id.in_(with_reports)).execute()

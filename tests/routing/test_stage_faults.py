@@ -331,6 +331,20 @@ def test_a_stage_failure_backs_off_the_case_then_gives_up(site):
     assert listed and listed[0]["failures"] == 1 and listed[0]["last_error"] == "completion:InjectedFault"
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_deidentification_histogram_counts_instances(site):
+    from gateway.ops.metrics import METRICS
+
+    def observed() -> float:
+        return METRICS.registry.get_sample_value("spine_gateway_deidentification_seconds_count") or 0.0
+
+    before = observed()
+    healthy = site.receive("healthy", seed=46)
+    site.run_until(lambda: Study.get_by_id(healthy.id).state == CaseState.DELIVERED, "the case delivered")
+    assert observed() - before == 4, "one observation per de-identified instance, as its help says"
+    assert "instance" in METRICS.deid_seconds._documentation
+
+
 def _worker_pids(node_pid: int) -> list[int]:
     """The node's de-identification worker processes (spawned: ``multiprocessing.spawn``)."""
     pids = []

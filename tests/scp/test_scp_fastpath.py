@@ -251,7 +251,7 @@ def test_a_version_1_database_gains_the_node_column_and_keeps_its_rows(tmp_path,
     with database.connection_context():  # make it what release 1 left behind
         database.execute_sql('ALTER TABLE "instance" DROP COLUMN "node"')
         SchemaVersion.delete().where(SchemaVersion.version > 1).execute()
-    assert migrate(database) == 2
+    assert migrate(database) >= 2  # and every later migration
     with database.connection_context():
         assert "node" in {c.name for c in database.get_columns("instance")}
         assert Instance.select().count() == 1
