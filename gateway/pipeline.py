@@ -8,7 +8,8 @@ at a time (``gateway.cases.claimed``) and runs the stage's ``step`` for each. A 
 (``case_step_failed``: stage, case, error type; never the message, which may carry PHI), the case backs off
 exponentially (``Study.stage_failures``, ``Study.stage_retry_at``), and after ``pipeline.max_failures`` failures
 it goes to the stage's give-up state (QUARANTINED, FAILED or REPORT_FAILED) with the reason
-``<stage>:<ErrorType>``. Other cases keep flowing: one broken case never holds up a healthy one.
+``<stage>:<ErrorType>``. Other cases keep flowing: one broken case never holds up a healthy one. A failure of
+the node's surroundings (disk full, database away: ``node_wide``) backs the case off but never gives it up.
 
 A stage that is not about cases (peer health) only has ``run_once``; an exception there is logged and the
 next tick tries again.
@@ -17,6 +18,7 @@ next tick tries again.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import random
 import threading
 import time
@@ -24,10 +26,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import peewee
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from gateway import cases
+from gateway.errors import SpoolError
 from gateway.models import Study, db, utcnow
 
 log = structlog.get_logger("pipeline")
@@ -101,6 +105,14 @@ def run_case_stage(stage: CaseStage, now: dt.datetime, policy: FailurePolicy = D
     return moved
 
 
+def node_wide(exc: BaseException) -> bool:
+    """A failure of the node's surroundings, not of the case: a full disk, the database away. The case backs
+    off like any other but is never given up for it (a day of full disk must not quarantine every case)."""
+    if isinstance(exc, (SpoolError, peewee.OperationalError, peewee.InterfaceError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def case_failed(stage: CaseStage, study: Study, exc: BaseException, policy: FailurePolicy) -> bool:
     """Count a failed step on ``study``: back it off, or give it up after ``policy.max_failures``.
     True when the case changed state."""
@@ -111,7 +123,7 @@ def case_failed(stage: CaseStage, study: Study, exc: BaseException, policy: Fail
     failures = current.stage_failures + 1
     log.error("case_step_failed", component=stage.name, case=current.key, state=current.state,
               error=type(exc).__name__, attempt=failures)
-    target = stage.give_up(current) if failures >= policy.max_failures else None
+    target = stage.give_up(current) if failures >= policy.max_failures and not node_wide(exc) else None
     if target is not None and cases.can_move(current.state, target):
         if cases.move(current, target, reason=error):
             log.error("case_given_up", component=stage.name, case=current.key, state=target, reason=error,

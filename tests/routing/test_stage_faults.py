@@ -14,6 +14,7 @@ and sees the pool rebuilt and the next study delivered.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -332,6 +333,28 @@ def test_a_stage_failure_backs_off_the_case_then_gives_up(site):
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_wake_runs_a_stage_at_once(site):
+    """``wake()`` is the one call that runs a stage now: with a poll of an hour, only the wake can move the case."""
+    completion = site.stages["completion"]
+    runs: list[object] = []
+    due = completion.due
+    completion.due = lambda now: runs.append(now) or due(now)
+    pipeline = Pipeline([completion], 3600, FailurePolicy.of(site.config.routing.case_failures))
+    loop = pipeline.loops["completion"]
+    pipeline.start()
+    try:
+        wait_until(lambda: runs and not loop._running.locked(), 30, "the first scheduled run to end")
+        case = site.receive("woken", seed=47)
+        time.sleep(0.5)
+        assert site.state(case).state == CaseState.RECEIVING, "no scheduled run before an hour"
+        pipeline.wake("completion")
+        wait_until(lambda: site.state(case).state == CaseState.COMPLETE, 30, "the woken stage to complete the case")
+        assert len(runs) == 2
+    finally:
+        pipeline.stop()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_deidentification_histogram_counts_instances(site):
     from gateway.ops.metrics import METRICS
 
@@ -343,6 +366,24 @@ def test_the_deidentification_histogram_counts_instances(site):
     site.run_until(lambda: Study.get_by_id(healthy.id).state == CaseState.DELIVERED, "the case delivered")
     assert observed() - before == 4, "one observation per de-identified instance, as its help says"
     assert "instance" in METRICS.deid_seconds._documentation
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_full_disk_backs_a_case_off_but_never_gives_it_up(site):
+    """ENOSPC is the node's trouble, not the case's: past max_failures the case still waits, then goes on."""
+    case = site.receive("disk-full", seed=48)
+    full: list[int] = []
+
+    def disk_full(study):
+        full.append(1)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    stage = site.stages["deid"]
+    original = stage.step
+    stage.step = lambda study, now: disk_full(study) if len(full) < MAX_FAILURES + 2 else original(study, now)
+    site.run_until(lambda: Study.get_by_id(case.id).stage_failures >= MAX_FAILURES + 1, "failures past the limit")
+    assert site.state(case).state == CaseState.COMPLETE, "not quarantined for a full disk"
+    site.run_until(lambda: Study.get_by_id(case.id).state == CaseState.DELIVERED, "space back: delivered")
 
 
 def _worker_pids(node_pid: int) -> list[int]:
