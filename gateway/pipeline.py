@@ -33,6 +33,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from gateway import cases
 from gateway.errors import SpoolError
 from gateway.models import Study, db, utcnow
+from gateway.ops import audit
 
 log = structlog.get_logger("pipeline")
 
@@ -128,8 +129,6 @@ def case_failed(stage: CaseStage, study: Study, exc: BaseException, policy: Fail
         if cases.move(current, target, reason=error):
             log.error("case_given_up", component=stage.name, case=current.key, state=target, reason=error,
                       attempt=failures)
-            from gateway.ops import audit
-
             audit.record("given_up", actor_ae=None, actor_host=None, study_key=current.key, outcome="failed",
                          detail=f"{error} after {failures} failure(s)")
             return True
