@@ -172,6 +172,10 @@ class StudyIdentity(BaseModel):
     pseudo_patient_id = CharField(max_length=64, default="")
     pseudo_accession_number = CharField(max_length=16, default="")
     date_offset_days = IntegerField(default=0)
+    # Every other identifying header value of the study's originals, as JSON {keyword: [values]}: names of
+    # relatives and clinicians, address, phones, other IDs, institution address and department
+    # (gateway.privacy.identifiers.header_values). For the scrubber and the outbound guard. (migration 3)
+    header_values = TextField(default="")
 
 
 class UidMap(BaseModel):
@@ -319,6 +323,14 @@ def _migrate_to_2(database: peewee.Database) -> None:
         playhouse_migrate(migrator.add_column(Instance._meta.table_name, "node", Instance.node))
 
 
+def _migrate_to_3(database: peewee.Database) -> None:
+    """``study_identity.header_values``: the identifying header values beyond the fixed columns."""
+    table = StudyIdentity._meta.table_name
+    if "header_values" not in {column.name for column in database.get_columns(table)}:
+        migrator = SchemaMigrator.from_database(database)
+        playhouse_migrate(migrator.add_column(table, "header_values", StudyIdentity.header_values))
+
+
 STAGE_LOOP_COLUMNS = ("state_reason", "stage_failures", "stage_error", "stage_retry_at", "report_attempts",
                       "report_next_attempt_at")
 
@@ -348,6 +360,7 @@ def _migrate_to_4(database: peewee.Database) -> None:
 MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (1, _migrate_to_1),
     (2, _migrate_to_2),
+    (3, _migrate_to_3),
     (4, _migrate_to_4),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -1,7 +1,18 @@
 """Outbound guard: look for a patient's own identifiers anywhere in a dataset about to leave.
 
 Leaks are reported by attribute path (``ReferencedStudySequence[0].StudyDescription``,
-``(0009,1001)``, ``file_meta.ImplementationVersionName``), never by value.
+``(0009,1001)``, ``file_meta.ImplementationVersionName``, ``ContentSequence[2].ContentSequence[0].TextValue``,
+``EncapsulatedDocument/pdf-text``), never by value.
+
+Two views of "the patient's identifiers":
+
+- :class:`PatientIdentifiers`, taken from one original instance (:func:`identifiers_from_dataset`): what
+  the de-identification workers check each image against;
+- :class:`gateway.privacy.identifiers.IdentifierSet`, everything the node holds for the case (header,
+  referral, source): what the notes stage checks the final bytes of every outbound object against
+  (:func:`find_leaks_in_file`). Text is folded (case, accents, ß, transliteration) and the search terms
+  come from :meth:`IdentifierSet.search_terms`; an Encapsulated PDF is also searched in its extracted text
+  (its streams are compressed), reported as ``EncapsulatedDocument/pdf-text``.
 """
 
 from __future__ import annotations
@@ -10,12 +21,15 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
+import pydicom
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from gateway.deid.errors import IdentifierLeakError
 from gateway.deid.pseudonym import is_standard_uid
+from gateway.privacy.identifiers import IdentifierSet
 
 PIXEL_DATA_TAG = 0x7FE00010
 MIN_NAME_PART = 3
@@ -116,28 +130,94 @@ def _walk(dataset: Dataset, prefix: str) -> Iterator[tuple[str, DataElement]]:
             yield path, elem
 
 
-def find_leaks(dataset: Dataset, identifiers: PatientIdentifiers) -> list[Leak]:
+def find_leaks(dataset: Dataset, identifiers: PatientIdentifiers | IdentifierSet) -> list[Leak]:
     """Every place in ``dataset`` (file meta included) where one of ``identifiers`` appears.
 
     Strings are matched case-insensitively; name parts shorter than 3 characters are ignored and
     names, IDs and accession numbers must stand as whole words. OB/OW/UN values are searched as
-    latin-1 text, except Pixel Data.
+    latin-1 text, except Pixel Data. With an :class:`IdentifierSet`, text is folded first and an
+    Encapsulated PDF's extracted text is searched too.
     """
+    if isinstance(identifiers, IdentifierSet):
+        return _find_in_case(dataset, identifiers)
     patterns = _compile(identifiers)
     if not patterns:
         return []
     leaks: list[Leak] = []
-    sources: list[tuple[Dataset, str]] = [(dataset, "")]
-    file_meta = getattr(dataset, "file_meta", None)
-    if file_meta is not None:
-        sources.insert(0, (file_meta, "file_meta."))
-    for source, prefix in sources:
+    for source, prefix in _sources(dataset):
         for path, elem in _walk(source, prefix):
             text = _searchable_text(elem)
             if not text:
                 continue
             leaks.extend(Leak(path, kind) for kind, pattern in patterns if pattern.search(text))
     return leaks
+
+
+def _sources(dataset: Dataset) -> list[tuple[Dataset, str]]:
+    sources: list[tuple[Dataset, str]] = [(dataset, "")]
+    file_meta = getattr(dataset, "file_meta", None)
+    if file_meta is not None:
+        sources.insert(0, (file_meta, "file_meta."))
+    return sources
+
+
+def _find_in_case(dataset: Dataset, identifiers: IdentifierSet) -> list[Leak]:
+    leaks: list[Leak] = []
+    for source, prefix in _sources(dataset):
+        for path, elem in _walk(source, prefix):
+            text = _searchable_text(elem)
+            if text:
+                leaks += [Leak(path, kind) for kind in identifiers.kinds_found(text)]
+            if elem.tag == ENCAPSULATED_DOCUMENT_TAG and _is_pdf(source):
+                leaks += [Leak(f"{path}/pdf-text", kind) for kind in identifiers.kinds_found(pdf_text(elem.value))]
+    return leaks
+
+
+ENCAPSULATED_DOCUMENT_TAG = 0x00420011
+
+
+class UnreadablePDFError(ValueError):
+    """An Encapsulated PDF whose text cannot be extracted: it cannot be checked, so it must not leave."""
+
+
+def _is_pdf(dataset: Dataset) -> bool:
+    return str(dataset.get("MIMETypeOfEncapsulatedDocument", "") or "").strip().lower() == "application/pdf"
+
+
+def pdf_text(document: bytes) -> str:
+    """The text of a PDF as a reader sees it: every page's text (tables included) and the document info.
+
+    Raises:
+        UnreadablePDFError: pypdf cannot read the document.
+    """
+    import io as _io
+
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    data = bytes(document).rstrip(b"\x00")
+    try:
+        reader = PdfReader(_io.BytesIO(data))
+        pages = [page.extract_text() or "" for page in reader.pages]
+        info = [str(value) for value in (reader.metadata or {}).values()]
+    except (PyPdfError, ValueError, KeyError, TypeError) as exc:
+        raise UnreadablePDFError(f"PDF text cannot be extracted ({type(exc).__name__})") from None
+    return "\n".join([*pages, *info])
+
+
+def find_leaks_in_file(path: str | Path, identifiers: IdentifierSet, *, pixel_data: bool = False) -> list[Leak]:
+    """Every leak in the Part 10 file at ``path`` as it will leave (read back from the disk).
+
+    The pixel data itself is never searched; with ``pixel_data=False`` (images) the file is read up to it,
+    since nothing after it changes once the image was de-identified (and checked) by the workers. An
+    Encapsulated PDF whose text cannot be extracted is reported as a leak at ``EncapsulatedDocument/pdf-text``
+    with kind ``unreadable pdf``: what cannot be checked does not leave.
+    """
+    dataset = pydicom.dcmread(str(path), stop_before_pixels=not pixel_data)
+    try:
+        return find_leaks(dataset, identifiers)
+    except UnreadablePDFError:
+        return [Leak("EncapsulatedDocument/pdf-text", "unreadable pdf")]
 
 
 def assert_no_leaks(dataset: Dataset, identifiers: PatientIdentifiers) -> None:

@@ -42,6 +42,7 @@ from gateway.models import (
 )
 from gateway.ops import audit, metrics
 from gateway.pipeline import run_case_stage
+from gateway.privacy.identifiers import merge_header_values
 from gateway.scp.spool import Spool
 
 log = structlog.get_logger("deid")
@@ -191,8 +192,8 @@ class DeidStage:
         if not written:
             return
         with db.atomic():
+            self._record_identity(study, [work for _, work, _ in written])
             for instance, work, relative in written:
-                self._record_identity(study, work)
                 self._record_uids(study, work.mapping)
                 self._record_outbound(study, instance, work, relative)
             Instance.update(state=InstanceState.DEIDENTIFIED).where(
@@ -231,13 +232,19 @@ class DeidStage:
                      outcome="refused", detail=reason)
 
     @staticmethod
-    def _record_identity(study: Study, work: DeidWork) -> None:
-        if StudyIdentity.select().where(StudyIdentity.study == study).exists():
-            return
-        mapping = work.mapping
-        StudyIdentity.create(study=study, **work.identity, pseudo_patient_id=mapping.patient_id,
-                             pseudo_accession_number=mapping.accession or "",
-                             date_offset_days=mapping.date_offset_days or 0)
+    def _record_identity(study: Study, works: list[DeidWork]) -> None:
+        """The study's identity from its first instance; the identifying header values of every instance
+        (series may name other operators or performing physicians) gathered into ``header_values``."""
+        identity = StudyIdentity.get_or_none(StudyIdentity.study == study)
+        if identity is None:
+            first = works[0]
+            mapping = first.mapping
+            identity = StudyIdentity.create(study=study, **first.identity, pseudo_patient_id=mapping.patient_id,
+                                            pseudo_accession_number=mapping.accession or "",
+                                            date_offset_days=mapping.date_offset_days or 0)
+        merged = merge_header_values(identity.header_values, *(work.header for work in works))
+        if merged != identity.header_values:
+            StudyIdentity.update(header_values=merged).where(StudyIdentity.id == identity.id).execute()
 
     @staticmethod
     def _record_uids(study: Study, mapping: DeidMapping) -> None:

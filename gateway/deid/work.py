@@ -27,6 +27,7 @@ from gateway.deid.engine import DeidMapping, Deidentifier, PatientContext
 from gateway.deid.errors import QuarantineError
 from gateway.deid.guard import find_leaks, identifiers_from_dataset
 from gateway.deid.options import DeidOptions
+from gateway.privacy.identifiers import header_values
 
 log = structlog.get_logger("deid")
 
@@ -49,6 +50,7 @@ class DeidWork:
     transfer_syntax: str = ""
     mapping: DeidMapping | None = None
     identity: dict[str, str] = field(default_factory=dict)
+    header: dict[str, list[str]] = field(default_factory=dict)  # StudyIdentity.header_values of this file
     quarantine_reason: str | None = None
     leak_paths: list[str] = field(default_factory=list)
 
@@ -73,6 +75,7 @@ def deidentify_file(path: str, source: str, case_label: str) -> DeidWork:
                                            include_institution=not options.retain_institution_id)
     identity = {column: str(original.get(keyword, "") or "")[:size]
                 for column, (keyword, size) in IDENTITY_FIELDS.items()}
+    header = header_values(original)
     try:
         result = _deidentifier.deidentify(original, PatientContext(source, case_label), copy_dataset=False)
     except QuarantineError as refusal:
@@ -84,7 +87,7 @@ def deidentify_file(path: str, source: str, case_label: str) -> DeidWork:
         data=encode(result.dataset), sop_instance_uid=str(result.dataset.SOPInstanceUID),
         sop_class_uid=str(result.dataset.SOPClassUID),
         transfer_syntax=str(result.dataset.file_meta.TransferSyntaxUID), mapping=result.mapping,
-        identity=identity)
+        identity=identity, header=header)
 
 
 def encode(dataset: Dataset) -> bytes:

@@ -20,6 +20,7 @@ from gateway.referral.codes import NON_URGENT_FLAGS, RedFlag
 from gateway.referral.errors import ReferralValidationError
 
 __all__ = [
+    "Address",
     "Clinical",
     "Pain",
     "Patient",
@@ -62,12 +63,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
+class Address(_Strict):
+    """A postal address (PHI): every part optional, as the referring system has it."""
+
+    street: str | None = None
+    other: str | None = None  # second line: building, district
+    town: str | None = None
+    region: str | None = None  # county, state
+    postcode: str | None = None
+    country: str | None = None
+
+
 class Patient(_Strict):
-    """The patient as the referring site knows them (PHI: never leaves the gateway)."""
+    """The patient as the referring site knows them (PHI: never leaves the gateway).
+
+    ``address``, ``phones``, ``email`` and ``other_ids`` are optional; the gateway uses them only to find and
+    remove them from the notes (and to check that none leaves).
+    """
 
     id: NonEmptyText
     name: NonEmptyText
     birth_date: IsoDate | None = None
+    address: Address | None = None
+    phones: list[NonEmptyText] = Field(default_factory=list, max_length=16)
+    email: str | None = None
+    other_ids: list[NonEmptyText] = Field(default_factory=list, max_length=16)
 
 
 class Referrer(_Strict):
@@ -163,6 +183,8 @@ def _describe(error: dict[str, Any]) -> str:
         return "must be a string"
     if kind in {"model_type", "model_attributes_type", "dict_type"}:
         return "must be a mapping"
+    if kind == "too_long":
+        return f"must have at most {context.get('max_length')} items"
     if kind == "list_type":
         return "must be a list"
     return "invalid value"

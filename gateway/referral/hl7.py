@@ -8,6 +8,9 @@ Referral field         HL7 source
 source                 MSH-4 sending facility (HD.1), mapped through the ``facility_sources`` dict
 accession_number       IPC-1 (OMI), else OBR-18 placer field 1, else OBR-3 / ORC-3 filler order
 patient.id/name/dob    PID-3 (first CX.1), PID-5 (XPN family^given), PID-7 (date part)
+patient.other_ids      PID-3 repetitions after the first (CX.1)
+patient.address        PID-11 (first XAD: street^other^city^state^postcode^country)
+patient.phones/email   PID-13 home and PID-14 business (every XTN; XTN.4 e-mail address)
 referrer               ORC-12 ordering provider (else OBR-16); ORC-14 call-back phone as contact
 urgency                priority S (stat) or A (ASAP) in TQ1-9, ORC-7.6, OBR-27.6 or OBR-5 -> urgent
 study_date             TQ1-7 start, else OBR-7, else ORC-7.4 (date part)
@@ -185,6 +188,35 @@ def _telephone(parts: list[str]) -> str:
     return parts[0] if parts else ""
 
 
+def _patient(pid: Any) -> dict[str, Any]:
+    ids = [parts[0].split("&")[0].strip() for parts in _repetitions(pid, 3) if parts and parts[0].strip()]
+    patient: dict[str, Any] = {
+        "id": ids[0] if ids else "",
+        "name": "^".join(p for p in _components(pid, 5)[:2]),
+        "birth_date": _hl7_date(_component(pid, 7), "PID-7"),
+    }
+    other_ids = list(dict.fromkeys(i for i in ids[1:] if i != patient["id"]))
+    if other_ids:
+        patient["other_ids"] = other_ids
+    address = _address(_components(pid, 11))
+    if address:
+        patient["address"] = address
+    telecoms = _repetitions(pid, 13) + _repetitions(pid, 14)
+    phones = list(dict.fromkeys(p for p in (_telephone(parts) for parts in telecoms) if p.strip()))
+    if phones:
+        patient["phones"] = phones
+    emails = [parts[3].strip() for parts in telecoms if len(parts) > 3 and "@" in parts[3]]
+    if emails:
+        patient["email"] = emails[0]
+    return patient
+
+
+def _address(parts: list[str]) -> dict[str, str]:
+    """XAD to the referral's address: street (SAD.1), other, city, state, postcode, country."""
+    names = ("street", "other", "town", "region", "postcode", "country")
+    return {name: part.split("&")[0].strip() for name, part in zip(names, parts) if part.split("&")[0].strip()}
+
+
 def _join(*texts: str | None) -> str | None:
     kept = [text.strip() for text in texts if text and text.strip()]
     return "\n".join(kept) if kept else None
@@ -260,11 +292,7 @@ def parse_hl7_referral(raw: str | bytes | Message, facility_sources: Mapping[str
     data: dict[str, Any] = {
         "source": facility_sources[facility],
         "accession_number": _accession(message),
-        "patient": {
-            "id": _component(pid, 3),
-            "name": "^".join(p for p in _components(pid, 5)[:2]),
-            "birth_date": _hl7_date(_component(pid, 7), "PID-7"),
-        },
+        "patient": _patient(pid),
         "urgency": "urgent" if _is_urgent(message) else "routine",
         "referrer": _referrer(message),
         "clinical": _clinical(message),

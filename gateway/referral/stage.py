@@ -12,7 +12,12 @@ For each de-identified case (and each case HELD awaiting its referral or an appr
    the outbound guard (a hit quarantines the case, naming the attribute path only), and writes them as
    outbound objects;
 5. writes the short scrubbed reason into Reason for the Requested Procedure (0040,1002) of every outbound
-   image, and moves the case to NOTES_ATTACHED.
+   image;
+6. checks the final bytes of every outbound object of the case (images, SR, PDF), read back from the spool,
+   with the outbound guard, and only then moves the case to NOTES_ATTACHED (where it can be assigned).
+
+The scrubber and the guard see one set of identifiers: everything the node holds for the case
+(:func:`gateway.privacy.identifiers.identifier_set_for_study`: the original header, the referral, the source).
 
 The waiting time counts from ``Study.state_changed_at``; moving into HELD(``awaiting_referral``) happens on
 the first run after de-identification, so the wait is at most one ``routing.poll_s`` longer than configured.
@@ -33,7 +38,7 @@ from pydicom.dataset import Dataset
 
 from gateway import cases
 from gateway.config import GatewayConfig
-from gateway.deid.guard import find_leaks
+from gateway.deid.guard import find_leaks, find_leaks_in_file
 from gateway.models import (
     AuditEvent,
     CaseState,
@@ -42,15 +47,13 @@ from gateway.models import (
     OutboundObject,
     Study,
     StudyIdentity,
-    UidMap,
     db,
 )
 from gateway.ops import audit
 from gateway.pipeline import run_case_stage
+from gateway.privacy.identifiers import IdentifierSet, identifier_set_for_study
 from gateway.referral.compose import (
     HEADER_NOTE_KEYWORDS,
-    guard_identifiers,
-    known_identifiers,
     scrub_header_notes,
     scrub_referral_notes,
 )
@@ -60,7 +63,7 @@ from gateway.referral.matching import expire_referrals, match_study
 from gateway.referral.notes_pdf import NotesPDFBuilder
 from gateway.referral.notes_sr import EVIDENCE_REQUIRED_ATTRIBUTES, NotesSRBuilder
 from gateway.referral.reason import short_reason
-from gateway.referral.scrub import ScrubbedNotes
+from gateway.referral.scrub import KnownIdentifiers, ScrubbedNotes
 from gateway.scp.rawedit import set_text_element
 from gateway.scp.spool import Spool
 
@@ -110,6 +113,20 @@ def _fits_charset(text: str, dataset: Dataset) -> str:
     if "ISO_IR 192" in charsets or text.isascii():
         return text
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+
+
+def known_identifiers(identifiers: IdentifierSet) -> KnownIdentifiers:
+    """The scrubber's view of the case's identifier set (one set for the scrubber and the guard)."""
+    return KnownIdentifiers(
+        names=identifiers.person_names,
+        ids=identifiers.ids,
+        birth_dates=identifiers.birth_dates,
+        institutions=(*identifiers.institutions, *identifiers.sources),
+        places=identifiers.places,
+        organisations=(*identifiers.organisations, *identifiers.institution_places),
+        phones=identifiers.phones,
+        emails=identifiers.emails,
+    )
 
 
 def with_reason(path: str, reason: str) -> bytes:
@@ -199,12 +216,22 @@ class NotesStage:
 
     # --- building and attaching the notes ---
 
+    def identifiers_for(self, study: Study, document: Referral | None) -> IdentifierSet:
+        """Everything the node holds for ``study``, less what the de-identification options keep in the
+        images (the institution under Retain Institution Identity, UIDs under Retain UIDs)."""
+        options = self.config.deid
+        try:
+            return identifier_set_for_study(study, document, include_uids=not options.retain_uids,
+                                            include_institution=not options.retain_institution_id)
+        except LookupError as exc:
+            raise NotesStageError(str(exc)) from None
+
     def notes_for(self, study: Study, document: Referral | None) -> ScrubbedNotes:
         """The scrubbed notes of ``study``: from its referral, else from the original DICOM header."""
         identity = StudyIdentity.get_or_none(StudyIdentity.study == study.id)
         if identity is None:
             raise NotesStageError("the case has no de-identification identity")
-        known = known_identifiers(identity, document)
+        known = known_identifiers(self.identifiers_for(study, document))
         if document is not None:
             return scrub_referral_notes(document, known, identity.date_offset_days)
         return scrub_header_notes(self.header_notes(study), known, identity.date_offset_days)
@@ -244,9 +271,7 @@ class NotesStage:
         evidence = self._evidence(images)
         built = {"notes_sr": NotesSRBuilder(evidence, notes).build(),
                  "notes_pdf": NotesPDFBuilder(evidence, notes).build()}
-        identity = StudyIdentity.get(StudyIdentity.study == study.id)
-        original_uids = [study.study_uid, *(m.original_uid for m in UidMap.select().where(UidMap.study == study.id))]
-        identifiers = guard_identifiers(identity, document, original_uids)
+        identifiers = self.identifiers_for(study, document)
         for kind, dataset in built.items():
             leaks = find_leaks(dataset, identifiers)
             if leaks:
@@ -255,6 +280,9 @@ class NotesStage:
         with db.atomic():
             self._replace_notes_objects(study, built)
             self._write_reason(study, images, reason)
+            leak = self._final_check(study, identifiers)
+            if leak is not None:
+                return self._quarantine(study, leak)
             moved = cases.move(study, CaseState.NOTES_ATTACHED,
                                reason="referral" if document is not None else NO_REFERRAL,
                                urgency=notes.urgency.value)
@@ -263,6 +291,18 @@ class NotesStage:
                          detail=f"{'referral' if document is not None else 'no referral'}; "
                                 f"{len(notes.flags)} red flag(s); urgency {notes.urgency.value}")
         return int(moved)
+
+    def _final_check(self, study: Study, identifiers: IdentifierSet) -> str | None:
+        """Guard what leaves, after the last change: every outbound object of the case as it lies in the
+        spool. Returns "<kind>:<attribute path>" of the first leak, or None."""
+        rows = OutboundObject.select().where(OutboundObject.study == study.id).order_by(OutboundObject.id)
+        for row in rows:
+            leaks = find_leaks_in_file(self._outbound_path(row), identifiers, pixel_data=row.kind != "image")
+            if leaks:
+                log.error("outbound_leak", case=study.key, path=f"{row.kind}:{leaks[0].path}",
+                          reason="identifier_found")
+                return f"{row.kind}:{leaks[0].path}"
+        return None
 
     def _quarantine(self, study: Study, where: str) -> int:
         moved = cases.move(study, CaseState.QUARANTINED, reason=f"notes_leak {where}"[:64])

@@ -155,3 +155,28 @@ def test_any_json_value_parses_or_raises_the_validation_error(value):
         parse_referral(json.dumps(value))
     except ReferralValidationError as error:
         assert all(":" in p for p in error.problems)
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_patient_address_phones_email_and_other_ids_are_optional_fields(fmt):
+    document = copy.deepcopy(VALID)
+    document["patient"].update({
+        "address": {"street": "14 Wychwood Crescent", "town": "Thrapston", "postcode": "NN14 4QT", "country": "UK"},
+        "phones": ["01832 736415", "+44 7700 900123"], "email": "jane.doe@mail.example",
+        "other_ids": ["NHS9434765919"]})
+    text = json.dumps(document) if fmt == "json" else yaml.safe_dump(document)
+    patient = parse_referral(text, fmt).patient
+    assert patient.address.town == "Thrapston" and patient.address.region is None
+    assert patient.phones == ["01832 736415", "+44 7700 900123"] and patient.other_ids == ["NHS9434765919"]
+    assert patient.email == "jane.doe@mail.example"
+    assert parse_referral(json.dumps(VALID)).patient.address is None
+
+
+def test_a_bad_address_is_named_without_echoing_it():
+    document = copy.deepcopy(VALID)
+    document["patient"]["address"] = {"street": "14 Wychwood Crescent", "flat": "2"}
+    document["patient"]["phones"] = "01832 736415"
+    with pytest.raises(ReferralValidationError) as error:
+        parse_referral(json.dumps(document))
+    assert error.value.problems == ["patient.address.flat: unknown field", "patient.phones: must be a list"]
+    assert "736415" not in str(error.value.problems)

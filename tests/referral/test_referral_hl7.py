@@ -154,3 +154,24 @@ def test_reject_ack(orm):
 def test_ack_of_garbage_raises(orm):
     with pytest.raises(HL7ParseError):
         build_ack("not hl7", accept=True, error_text=None)
+
+
+def test_patient_address_phones_email_and_other_ids_are_mapped(orm):
+    pid = ("PID|1||MRN0012345^^^STM^MR~NHS9434765919^^^NHS^NH~OTH-55120^^^KGH^PI||Doe^Jane^^^Ms||19710412|F|||"
+           "14 Wychwood Crescent^Flat 2^Thrapston^Northants^NN14 4QT^GBR||^PRN^PH^^44^1832^736415~"
+           "^NET^Internet^jane.doe@mail.example|^WPN^PH^^44^20^79460123")
+    message = "\r".join(pid if line.startswith("PID|") else line for line in orm.split("\r"))
+    patient = parse_hl7_referral(message, SOURCES).patient
+    assert patient.id == "MRN0012345"
+    assert patient.other_ids == ["NHS9434765919", "OTH-55120"]
+    assert (patient.address.street, patient.address.other, patient.address.town, patient.address.region,
+            patient.address.postcode, patient.address.country) == (
+        "14 Wychwood Crescent", "Flat 2", "Thrapston", "Northants", "NN14 4QT", "GBR")
+    assert patient.phones == ["+44 1832 736415", "+44 20 79460123"]
+    assert patient.email == "jane.doe@mail.example"
+
+
+def test_the_fixture_address_and_phone_are_kept(orm):
+    patient = parse_hl7_referral(orm, SOURCES).patient
+    assert patient.address.street == "1 High Street" and patient.address.postcode == "W1A 1AA"
+    assert patient.phones == ["+44 20 79460123"] and patient.other_ids == []

@@ -31,7 +31,7 @@ from gateway.deid.stage import DeidStage
 from gateway.deid.work import deid_pool
 from gateway.dicomnet import (NODELAY_HANDLER, _StoresServedInline, _wait_for_message, encode_command_set,
                               recv_exactly)
-from gateway.models import Instance, InstanceState, SchemaVersion, db, migrate, open_database
+from gateway.models import SCHEMA_VERSION, Instance, InstanceState, SchemaVersion, db, migrate, open_database
 from gateway.scp.filemeta import part10_header
 from gateway.errors import InvalidInstance
 from gateway.scp.receiver import (HEADER_TAGS, AssociationCache, InstanceReceiver, ReceivedInstance,
@@ -251,7 +251,7 @@ def test_a_version_1_database_gains_the_node_column_and_keeps_its_rows(tmp_path,
     with database.connection_context():  # make it what release 1 left behind
         database.execute_sql('ALTER TABLE "instance" DROP COLUMN "node"')
         SchemaVersion.delete().where(SchemaVersion.version > 1).execute()
-    assert migrate(database) >= 2  # and every later migration
+    assert migrate(database) == SCHEMA_VERSION
     with database.connection_context():
         assert "node" in {c.name for c in database.get_columns("instance")}
         assert Instance.select().count() == 1
@@ -302,3 +302,20 @@ def test_associations_do_not_leak_their_wake_up_sockets():
         assert len(os.listdir("/proc/self/fd")) <= before + 4
     finally:
         server.shutdown()
+
+
+def test_a_version_2_database_gains_the_held_header_values_and_keeps_its_identities(tmp_path):
+    from gateway.models import CaseState, Source, Study, StudyIdentity
+    database = open_database(f"sqlite:///{tmp_path}/old.db")
+    with database.connection_context():
+        source = Source.create(name="st-marys", ae_title="STMARYS_PACS")
+        study = Study.create(study_uid="1.2.3", source=source, calling_ae="STMARYS_PACS", state=CaseState.COMPLETE)
+        StudyIdentity.create(study=study, patient_name="DOE^JANE")
+        database.execute_sql('ALTER TABLE "study_identity" DROP COLUMN "header_values"')
+        SchemaVersion.delete().where(SchemaVersion.version > 2).execute()
+    assert migrate(database) == SCHEMA_VERSION
+    with database.connection_context():
+        assert "header_values" in {c.name for c in database.get_columns("study_identity")}
+        identity = StudyIdentity.get()
+        assert identity.patient_name == "DOE^JANE" and identity.header_values == ""
+    database.close()
