@@ -18,6 +18,7 @@ from gateway.config import CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH, GatewayConfig, 
 from gateway.errors import ConfigError, DatabaseUnavailable, GatewayError
 from gateway.referral.commands import add_referral_commands
 from gateway.reports.commands import add_report_commands
+from gateway.web.commands import add_user_commands
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -93,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo_study, needs_config=False)
     add_referral_commands(commands)
     add_report_commands(commands)
+    add_user_commands(commands)
     _accept_config_after_command(parser)
     return parser
 

@@ -169,12 +169,16 @@ class ReviewerConfig(_Section):
 
 
 class HttpConfig(_Section):
-    """The one HTTP server: /healthz, /metrics and POST /referrals."""
+    """The one HTTP server: /healthz, /metrics, POST /referrals and the web portal."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     token_env: str = "SPINE_GATEWAY_API_TOKEN"
+    portal: bool = True
+    session_hours: float = Field(8.0, gt=0, le=24 * 30)
+    secure_cookies: bool = False
+    login_attempts_per_minute: int = Field(10, ge=1, le=1000)
 
 
 class DeidConfig(DeidOptions):

@@ -308,6 +308,29 @@ class AuditEvent(BaseModel):
     detail = CharField(max_length=255, default="")
 
 
+class WebUser(BaseModel):
+    """An account of the web portal: a referrer (one source), a reviewer (one reviewer) or an operator."""
+
+    name = CharField(max_length=64, unique=True)
+    role = CharField(max_length=16)  # referrer, reviewer, ops
+    source = CharField(max_length=64, null=True)    # the source a referrer writes for
+    reviewer = CharField(max_length=64, null=True)  # the configured reviewer a reviewer account is
+    password_hash = CharField(max_length=255)       # argon2id, with its parameters and salt
+    enabled = peewee.BooleanField(default=True)
+    created_at = DateTimeField(default=utcnow)
+    last_login_at = DateTimeField(null=True)
+
+
+class WebSession(BaseModel):
+    """A signed-in browser: the SHA-256 of its cookie's token (never the token), and its CSRF token."""
+
+    token_sha256 = CharField(max_length=64, unique=True)
+    user = ForeignKeyField(WebUser, backref="sessions", on_delete="CASCADE")
+    csrf_token = CharField(max_length=64)
+    created_at = DateTimeField(default=utcnow)
+    expires_at = DateTimeField(index=True)
+
+
 MODELS_V1 = [SchemaVersion, Source, Study, Series, Instance, StudyIdentity, UidMap, OutboundObject, Referral,
              Assignment, Delivery, ReportObject, PeerHealth, QuarantinedObject, AuditEvent]
 
@@ -357,11 +380,17 @@ def _migrate_to_4(database: peewee.Database) -> None:
         (Study.state == CaseState.FAILED) & Study.id.in_(with_reports)).execute()
 
 
+def _migrate_to_5(database: peewee.Database) -> None:
+    """The web portal's accounts and sessions."""
+    database.create_tables([WebUser, WebSession], safe=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (1, _migrate_to_1),
     (2, _migrate_to_2),
     (3, _migrate_to_3),
     (4, _migrate_to_4),
+    (5, _migrate_to_5),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

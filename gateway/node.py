@@ -72,8 +72,8 @@ class GatewayNode:
         threading.Thread(target=load_standard_tables, name="highdicom-tables", daemon=True).start()
         handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids, self.identity),
                                ReportIntake(self.spool))
+        self._start_listeners()  # before the SCP: whoever sees the DICOM port answer finds HTTP up too
         self.server = start_scp(self.config.node, handlers)
-        self._start_listeners()
         self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)
         self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s,
                                  FailurePolicy.of(self.config.routing.case_failures))
@@ -110,8 +110,19 @@ class GatewayNode:
                                             self.config.storage.min_free_bytes)
             self.http = HttpServer(self.config.http, checks)
             register_referral_routes(self.http)
+            self._add_portal(self.http)
             self.http.start()
         self.hl7 = start_hl7_listener(self.config.hl7)
+
+    def _add_portal(self, http: HttpServer) -> None:
+        """The referral schema, and the web portal when ``http.portal`` (gateway.web)."""
+        from gateway.web.schema import SCHEMA_PATH, handle_schema
+
+        http.add_route("GET", SCHEMA_PATH, handle_schema, auth=False)
+        if self.config.http.portal:
+            from gateway.web.app import build_portal
+
+            http.mount(build_portal(self.config, self.spool))
 
     def accepting(self) -> bool:
         """The DICOM port is open and pynetdicom's acceptor thread is alive."""

@@ -1,6 +1,9 @@
 #!/bin/sh
 # Install the real DICOM peers and the database the test suite and benchmarks use, when missing:
-# DCMTK (storescu, storescp, echoscu, dcmdump, dsrdump), Orthanc, PostgreSQL 15, iproute2, util-linux (unshare).
+# DCMTK (storescu, storescp, echoscu, dcmdump, dsrdump), Orthanc, PostgreSQL 15, iproute2, util-linux (unshare);
+# tesseract with its English data (the OCR of burned-in text), the headers and pkg-config that tesserocr
+# compiles against (pip builds it from source on `make venv`), and the DejaVu font the OCR tests draw with;
+# chromium and chromium-driver (the portal's browser tests drive Debian's chromium through its chromedriver).
 set -eu
 missing=""
 [ -x /usr/bin/storescu ] && [ -x /usr/bin/dsrdump ] || missing="$missing dcmtk"
@@ -8,6 +11,13 @@ missing=""
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$missing postgresql-15"
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 command -v unshare >/dev/null 2>&1 || missing="$missing util-linux"
+[ -f /usr/share/tesseract-ocr/5/tessdata/eng.traineddata ] || missing="$missing tesseract-ocr tesseract-ocr-eng"
+[ -f /usr/include/tesseract/baseapi.h ] || missing="$missing libtesseract-dev"
+[ -f /usr/include/leptonica/allheaders.h ] || missing="$missing libleptonica-dev"
+command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$missing fonts-dejavu-core"
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
+[ -x /usr/bin/chromedriver ] || missing="$missing chromium-driver"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "error: missing system packages:$missing (run 'sudo apt-get install$missing')" >&2

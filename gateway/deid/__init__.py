@@ -20,7 +20,7 @@ from gateway.deid.errors import (
     UnsupportedObjectError,
 )
 from gateway.deid.guard import Leak, PatientIdentifiers, assert_no_leaks, find_leaks, identifiers_from_dataset
-from gateway.deid.options import BlankRegion, BurnedInPolicy, DeidOptions, PrivateTagRule
+from gateway.deid.options import BlankRegion, BurnedInPolicy, DeidOptions, OcrOptions, PrivateTagRule
 from gateway.deid.secret import load_or_create_secret
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "Deidentifier",
     "IdentifierLeakError",
     "Leak",
+    "OcrOptions",
     "PatientContext",
     "PatientIdentifiers",
     "PrivateTagRule",

@@ -6,7 +6,7 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 
 from gateway.deid.errors import BurnedInRiskError
-from gateway.deid.options import BlankRegion
+from gateway.deid.options import BlankRegion, OcrOptions
 
 # SOP classes whose content is a picture of a screen, a scanned page or a document body.
 RISKY_SOP_CLASSES: dict[str, str] = {
@@ -55,6 +55,26 @@ def burned_in_risk(dataset: Dataset) -> str | None:
         if word in series:
             return f"SeriesDescription: {reason}"
     return None
+
+
+def ocr_reason(dataset: Dataset, options: OcrOptions) -> str | None:
+    """Why the pixels of this object are read by OCR (``burned_in: ocr``), or None when they are not.
+
+    Read: any image that shows a sign of burned-in text (:func:`burned_in_risk`), and every image of the
+    modalities in ``options.modalities`` unless it says BurnedInAnnotation NO (and ``trust_burned_in_no``).
+    """
+    if "PixelData" not in dataset:
+        return None
+    risk = burned_in_risk(dataset)
+    if risk is not None:
+        return risk
+    modality = str(dataset.get("Modality", "") or "").strip().upper()
+    if modality not in options.modalities:
+        return None
+    flag = str(dataset.get("BurnedInAnnotation", "") or "").strip().upper()
+    if flag == "NO" and options.trust_burned_in_no:
+        return None
+    return f"Modality: {modality}, BurnedInAnnotation {flag or 'absent'}"
 
 
 def check_burned_in(dataset: Dataset) -> None:

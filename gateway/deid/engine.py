@@ -14,8 +14,10 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
 from gateway.deid.actions import Action, CompiledActions, ResolvedAction, compile_actions
-from gateway.deid.burned_in import blank_pixels, blank_region_for, burned_in_risk
+from gateway.deid.burned_in import blank_pixels, blank_region_for, burned_in_risk, ocr_reason
 from gateway.deid.errors import BurnedInRiskError, UnsupportedObjectError
+from gateway.deid.guard import PatientIdentifiers, identifiers_from_dataset
+from gateway.deid.ocr import PixelReport, clean_burned_in_text
 from gateway.deid.options import BlankRegion, BurnedInPolicy, DeidOptions
 from gateway.deid.pseudonym import Pseudonymizer, is_standard_uid, uuid_derived_uid
 from gateway.deid.values import TEXT_VRS, dummy_value, is_safe_descriptor, shift_date, shift_datetime
@@ -105,6 +107,16 @@ class DeidResult:
     dataset: Dataset
     mapping: DeidMapping
     method: tuple[str, ...]
+    pixels: PixelReport | None = None
+    """What the OCR pass did (``burned_in: ocr``), or None when the pixels were not read."""
+
+
+class _ReadPixels:
+    """The plan for an object whose pixels are read by OCR, after its device's rectangles (if any) are blanked."""
+
+    def __init__(self, reason: str, region: BlankRegion | None) -> None:
+        self.reason = reason
+        self.region = region
 
 
 @dataclass(slots=True)
@@ -139,24 +151,52 @@ class Deidentifier:
 
     # -- public API -----------------------------------------------------------------------------
 
-    def deidentify(self, dataset: Dataset, context: PatientContext, *, copy_dataset: bool = True) -> DeidResult:
+    def deidentify(self, dataset: Dataset, context: PatientContext, *, copy_dataset: bool = True,
+                   pixel_identifiers: PatientIdentifiers | None = None) -> DeidResult:
         """De-identify ``dataset``; by default a copy, leaving the original untouched.
+
+        ``pixel_identifiers`` are what the OCR pass (``burned_in: ocr``) must not leave readable in the
+        pixels; by default those of ``dataset`` itself.
 
         Raises:
             UnsupportedObjectError: no SOP Class/Instance UID, or a DICOMDIR.
             BurnedInRiskError: the object may carry burned-in identifiers, and either ``burned_in`` is
-                ``reject`` or no ``blank_regions`` entry fits its device and image size.
+                ``reject``, or no ``blank_regions`` entry fits its device and image size, or (``ocr``) the
+                pixels cannot be read or text is still readable after cleaning (the error's ``report``).
         """
-        blank = self._check_supported(dataset)
+        plan = self._check_supported(dataset)
+        if isinstance(plan, _ReadPixels) and pixel_identifiers is None:
+            pixel_identifiers = identifiers_from_dataset(
+                dataset, include_uids=False, include_institution=not self.options.retain_institution_id)
         work = copy.deepcopy(dataset) if copy_dataset else dataset
-        if blank is not None:
-            blank_pixels(work, blank)
+        report = None
+        if isinstance(plan, BlankRegion):
+            blank_pixels(work, plan)
+        elif isinstance(plan, _ReadPixels):
+            if plan.region is not None:
+                blank_pixels(work, plan.region)
+            report = self._read_pixels(work, pixel_identifiers or PatientIdentifiers())
         run = self._start_run(work, context)
         self._walk(work, run)
         self._set_patient_module(work, run)
-        self._set_method_attributes(work, pixels_cleaned=blank is not None)
+        self._set_method_attributes(work, pixels_cleaned=plan is not None)
         self._rebuild_file_meta(work, run)
-        return DeidResult(dataset=work, mapping=run.mapping, method=self.method)
+        _resolve_vrs(work)  # a body read as implicit VR under an explicit syntax is written with its VRs
+        return DeidResult(dataset=work, mapping=run.mapping, method=self.method, pixels=report)
+
+    def _read_pixels(self, dataset: Dataset, identifiers: PatientIdentifiers) -> PixelReport:
+        """The OCR pass; a refusal carries the pass's report (counts, no text) for the decision's log event."""
+        try:
+            return clean_burned_in_text(dataset, identifiers, self.options.ocr)
+        except BurnedInRiskError as refusal:
+            if refusal.report is None:
+                refusal.report = PixelReport(verdict="quarantined", reason=refusal.reason)
+            raise
+        except Exception as failure:  # noqa: BLE001 - hostile pixels may break any step: fail closed
+            reason = f"burned-in text check failed ({type(failure).__name__})"
+            refusal = BurnedInRiskError(reason)
+            refusal.report = PixelReport(verdict="quarantined", reason=reason)
+            raise refusal from failure
 
     def patient_pseudonym(self, source: str, original_patient_id: str) -> str:
         """The Patient ID that :meth:`deidentify` gives this patient of this source."""
@@ -168,13 +208,17 @@ class Deidentifier:
 
     # -- checks and set-up ----------------------------------------------------------------------
 
-    def _check_supported(self, dataset: Dataset) -> BlankRegion | None:
-        """Refuse what cannot be de-identified; return the region to blank when pixels must be cleaned."""
+    def _check_supported(self, dataset: Dataset) -> BlankRegion | _ReadPixels | None:
+        """Refuse what cannot be de-identified; return how the pixels are cleaned, or None when they are not."""
         sop_class = str(dataset.get("SOPClassUID", "") or "").strip()
         if not sop_class or not str(dataset.get("SOPInstanceUID", "") or "").strip():
             raise UnsupportedObjectError("SOPClassUID or SOPInstanceUID missing")
         if sop_class == dicom_uid.MediaStorageDirectoryStorage or "DirectoryRecordSequence" in dataset:
             raise UnsupportedObjectError("media storage directory (DICOMDIR)")
+        if self.options.burned_in is BurnedInPolicy.OCR:
+            read = ocr_reason(dataset, self.options.ocr)
+            if read is not None:
+                return _ReadPixels(read, blank_region_for(dataset, self.options.blank_regions))
         reason = burned_in_risk(dataset)
         if reason is None:
             return None
@@ -415,6 +459,18 @@ def _decoded(dataset: Dataset, tag: int) -> DataElement | None:
     except Exception:  # noqa: BLE001 - pydicom raises many types on hostile bytes; dropping is safe
         del dataset[tag]
         return None
+
+
+def _resolve_vrs(dataset: Dataset) -> None:
+    """Turn every raw element read without its VR into a typed one, dropping those that cannot be decoded."""
+    for tag in list(dataset.keys()):
+        raw = dataset.get_item(tag)
+        if raw is None or getattr(raw, "VR", "") is not None:
+            continue
+        elem = _decoded(dataset, int(tag))
+        if elem is not None and elem.VR == "SQ":
+            for item in elem.value:
+                _resolve_vrs(item)
 
 
 def _private_creator(dataset: Dataset, creator_tag: int) -> str | None:

@@ -19,7 +19,27 @@ class QuarantineError(DeidError):
 
 
 class BurnedInRiskError(QuarantineError):
-    """The object may carry identifiers burned into its pixels or document body."""
+    """The object may carry identifiers burned into its pixels or document body.
+
+    When raised by the OCR pass, ``report`` is its :class:`gateway.deid.ocr.PixelReport` (counts, no text).
+    """
+
+    report: object = None
+
+
+class BurnedInTextError(BurnedInRiskError):
+    """Text is still readable in the pixels after cleaning; ``reason`` names what kind, never the text.
+
+    ``report`` is the :class:`gateway.deid.ocr.PixelReport` of the pass (counts, no text).
+    """
+
+    def __init__(self, reason: str, report: object = None) -> None:
+        super().__init__(reason)
+        self.report = report
+
+
+class OcrUnavailableError(BurnedInRiskError):
+    """The OCR engine or its language data is missing: images that need reading cannot be checked."""
 
 
 class UnsupportedObjectError(QuarantineError):

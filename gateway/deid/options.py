@@ -12,8 +12,44 @@ from gateway.deid.table import ProfileOption
 class BurnedInPolicy(str, enum.Enum):
     """What to do with objects that may carry identifiers burned into the pixels."""
 
+    OCR = "ocr"  # find text by OCR, blank it, check again (``ocr``); quarantine what cannot be cleaned
     REJECT = "reject"  # raise BurnedInRiskError: the object is quarantined
     BLANK = "blank"  # blank the configured rectangles of the device (``blank_regions``); quarantine if none fits
+
+
+# Modalities whose images often carry burned-in text (names, dates, IDs written by the device or a digitiser).
+OCR_MODALITIES = ("CR", "DX", "MG", "RF", "XA", "SC", "US", "OT", "PX", "IO", "ES", "XC")
+
+
+class OcrOptions(BaseModel):
+    """How ``burned_in: ocr`` finds and removes burned-in text (tesseract, offline)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    modalities: tuple[str, ...] = OCR_MODALITIES
+    """Modalities whose images are read by OCR; others only when a sign of burned-in text is found."""
+    trust_burned_in_no: bool = True
+    """Skip OCR for an image of those modalities whose BurnedInAnnotation is NO (and shows no other sign)."""
+    strict: bool = False
+    """Quarantine when any text at all is still readable after cleaning, not only an identifier."""
+    margin_px: int = Field(4, ge=0, le=64)
+    """Pixels added around each word box before it is blanked."""
+    min_confidence: float = Field(60.0, ge=0, le=100)
+    """A word is blanked (and counts as text in strict mode) from this confidence; identifiers at any."""
+    upscale_below_px: int = Field(1200, ge=0)
+    """Images whose longer side is below this are read at twice their size (small text reads better)."""
+    reduce_from_px: int = Field(0, ge=0)
+    """Images whose longer side is at least this are read at half their size: several times faster on large
+    noisy images, but text under about 20 pixels high is then missed (0: never)."""
+    max_frames: int = Field(300, ge=1)
+    """Objects with more frames are quarantined rather than read frame by frame."""
+    language: str = Field("eng", min_length=1)
+    """Tesseract language data (Debian package tesseract-ocr-<language>)."""
+
+    @field_validator("modalities")
+    @classmethod
+    def _upper_modalities(cls, modalities: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(modality.strip().upper() for modality in modalities)
 
 
 class PrivateTagRule(BaseModel):
@@ -90,8 +126,10 @@ class DeidOptions(BaseModel):
     """Keep SR content / acquisition context sequences, de-identifying their items (113104)."""
     clean_graphics: bool = True
     """Keep graphic annotations, de-identifying their items; bitmap overlays are still removed (113103)."""
-    burned_in: BurnedInPolicy = BurnedInPolicy.REJECT
+    burned_in: BurnedInPolicy = BurnedInPolicy.OCR
     """Policy for objects that may carry burned-in identifiers."""
+    ocr: OcrOptions = OcrOptions()
+    """With ``burned_in: ocr``: which images are read and how text is blanked (113101)."""
     blank_regions: tuple[BlankRegion, ...] = ()
     """With ``burned_in: blank``: per device and image size, the rectangles that are blanked (113101)."""
     extra_descriptor_words: frozenset[str] = frozenset()

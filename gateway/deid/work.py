@@ -24,7 +24,7 @@ import structlog
 from pydicom.dataset import Dataset
 
 from gateway.deid.engine import DeidMapping, Deidentifier, PatientContext
-from gateway.deid.errors import QuarantineError
+from gateway.deid.errors import BurnedInRiskError, QuarantineError
 from gateway.deid.guard import find_leaks, identifiers_from_dataset
 from gateway.deid.options import DeidOptions
 from gateway.privacy.identifiers import header_values
@@ -53,6 +53,11 @@ class DeidWork:
     header: dict[str, list[str]] = field(default_factory=dict)  # StudyIdentity.header_values of this file
     quarantine_reason: str | None = None
     leak_paths: list[str] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    """Log events made in the worker, logged by the node when the result comes back (its logging is set up)."""
+
+
+log = structlog.get_logger("deid")
 
 
 _deidentifier: Deidentifier | None = None
@@ -76,18 +81,39 @@ def deidentify_file(path: str, source: str, case_label: str) -> DeidWork:
     identity = {column: str(original.get(keyword, "") or "")[:size]
                 for column, (keyword, size) in IDENTITY_FIELDS.items()}
     header = header_values(original)
+    sop_class = str(original.get("SOPClassUID", "") or "")
     try:
         result = _deidentifier.deidentify(original, PatientContext(source, case_label), copy_dataset=False)
     except QuarantineError as refusal:
-        return DeidWork(quarantine_reason=refusal.reason)
+        report = refusal.report if isinstance(refusal, BurnedInRiskError) else None
+        return DeidWork(quarantine_reason=refusal.reason, events=_pixel_events(report, case_label, sop_class))
+    events = _pixel_events(result.pixels, case_label, sop_class)
     leaks = find_leaks(result.dataset, identifiers)
     if leaks:
-        return DeidWork(leak_paths=[leak.path for leak in leaks])
+        return DeidWork(leak_paths=[leak.path for leak in leaks], events=events)
     return DeidWork(
         data=encode(result.dataset), sop_instance_uid=str(result.dataset.SOPInstanceUID),
         sop_class_uid=str(result.dataset.SOPClassUID),
         transfer_syntax=str(result.dataset.file_meta.TransferSyntaxUID), mapping=result.mapping,
-        identity=identity, header=header)
+        identity=identity, header=header, events=events)
+
+
+def _pixel_events(report: Any, case: str, sop_class: str) -> list[dict[str, Any]]:
+    """The one log event of an OCR decision: counts and the verdict, never the text read."""
+    if report is None:
+        return []
+    return [{"event": "burned_in_text", "case": case, "sop_class": sop_class, "frames": report.frames,
+             "boxes_found": report.boxes_found, "boxes_blanked": report.boxes_blanked, "verdict": report.verdict,
+             "reason": report.reason or None}]
+
+
+def log_events(results: Iterable[Any]) -> Iterator[Any]:
+    """Pass ``results`` through, logging (in this process) the events each one brought from its worker."""
+    for result in results:
+        for event in getattr(result, "events", ()) or ():
+            fields = {key: value for key, value in event.items() if value is not None}
+            log.info(fields.pop("event"), **fields)
+        yield result
 
 
 def encode(dataset: Dataset) -> bytes:
@@ -122,8 +148,8 @@ class WorkPool:
 
     def map(self, function: Callable[..., Any], *iterables: Iterable[Any]) -> Iterator[Any]:
         if self._executor is None:
-            return map(function, *iterables)
-        return self._executor.map(function, *iterables, chunksize=4)
+            return log_events(map(function, *iterables))
+        return log_events(self._executor.map(function, *iterables, chunksize=4))
 
     def run(self, function: Callable[..., Any], *iterables: Iterable[Any]) -> list[Any]:
         """``function`` over ``iterables`` (zipped), all results in order; a broken pool is rebuilt once.

@@ -1,10 +1,11 @@
-"""The gateway's one small HTTP server: ``/healthz``, ``/metrics`` and a route table for the API.
+"""The gateway's one HTTP server: ``/healthz``, ``/metrics``, a route table for the API, and the web portal.
 
-It runs the standard library's :class:`~http.server.ThreadingHTTPServer` in a daemon thread. Other modules
-register their endpoints with :meth:`HttpServer.add_route` (the referral endpoint ``POST /referrals`` does);
-routes are authenticated by default with a bearer token read from the environment variable that
-``http.token_env`` names, compared in constant time. With no token configured, authenticated routes answer
-503, so an API is never left open by omission.
+An ASGI application (Starlette) served by uvicorn in a daemon thread. Other modules register their API
+endpoints with :meth:`HttpServer.add_route` (the referral endpoint ``POST /referrals`` does); routes are
+authenticated by default with a bearer token read from the environment variable that ``http.token_env``
+names, compared in constant time. With no token configured, authenticated routes answer 503, so an API is
+never left open by omission. Every other path goes to the application given to :meth:`HttpServer.mount`
+(the portal, :mod:`gateway.web`), or answers 404.
 """
 
 from __future__ import annotations
@@ -13,26 +14,28 @@ import hmac
 import json
 import os
 import shutil
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import peewee
 import structlog
+import uvicorn
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request as StarletteRequest
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.config import HttpConfig
-from gateway.ops.serving import serve_in_thread, stop_serving
 from gateway.errors import GatewayError
 from gateway.ops.metrics import CONTENT_TYPE, METRICS, GatewayMetrics
 
 log = structlog.get_logger("http")
 MAX_BODY_BYTES = 10 * 1024 * 1024
-REQUEST_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_S = 30
 TOKEN_NOT_CONFIGURED = "API token not configured"
 
 
@@ -136,13 +139,14 @@ def standard_health_checks(database: peewee.Database | peewee.DatabaseProxy, is_
 
 
 class HttpServer:
-    """Health, metrics and API routes over HTTP. ``start()`` returns once the socket is bound.
+    """Health, metrics, API routes and a mounted application over HTTP. ``start()`` returns once serving.
 
     Args:
         config: where to listen, and which environment variable holds the API token.
         health_checks: name → check, run in order for every ``GET /healthz``.
         metrics: whose registry ``GET /metrics`` renders (default: the process's :data:`METRICS`).
         environ: where the token is read, at each request (default: ``os.environ``).
+        max_body_bytes: a larger request body is refused with 413 before any handler runs.
     """
 
     def __init__(self, config: HttpConfig, health_checks: Mapping[str, HealthCheck], *,
@@ -156,7 +160,9 @@ class HttpServer:
         self.environ = os.environ if environ is None else environ
         self.max_body_bytes = max_body_bytes
         self._routes: dict[tuple[str, str], _Route] = {}
-        self._server: ThreadingHTTPServer | None = None
+        self._mounted: ASGIApp | None = None
+        self._server: uvicorn.Server | None = None
+        self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self.add_route("GET", "/healthz", self._healthz, auth=False)
         self.add_route("GET", "/metrics", self._metrics, auth=False)
@@ -168,9 +174,9 @@ class HttpServer:
         Raises:
             RuntimeError: the server is not started.
         """
-        if self._server is None:
+        if self._socket is None:
             raise RuntimeError("the HTTP server is not started")
-        return int(self._server.server_address[1])
+        return int(self._socket.getsockname()[1])
 
     def add_route(self, method: str, path: str, handler: Handler, auth: bool = True) -> None:
         """Serve ``method path`` with ``handler``; with ``auth``, only for a request bearing the API token.
@@ -185,32 +191,74 @@ class HttpServer:
             raise RouteError(f"route {method} {path} is already registered")
         self._routes[(method, path)] = _Route(handler, auth)
 
+    def mount(self, app: ASGIApp) -> None:
+        """Serve every path that is not a registered route with ``app`` (the portal)."""
+        self._mounted = app
+
     def start(self) -> None:
         """Bind and serve in a daemon thread.
 
         Raises:
             OSError: the address cannot be bound.
+            RuntimeError: the server did not start serving.
         """
         if self._server is not None:
             return
-        server = ThreadingHTTPServer((self.config.host, self.config.port), _make_request_handler(self))
-        server.daemon_threads = True
+        self._socket = _listening_socket(self.config.host, self.config.port)
+        server = uvicorn.Server(uvicorn.Config(
+            self, log_config=None, access_log=False, lifespan="off", server_header=False, date_header=True,
+            timeout_keep_alive=REQUEST_TIMEOUT_S, proxy_headers=False, limit_concurrency=256))
         self._server = server
-        self._thread = serve_in_thread(server, "http-server")
+        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [self._socket]}, name="http-server",
+                                        daemon=True)
+        self._thread.start()
+        deadline = threading.Event()
+        for _ in range(200):
+            if server.started or not self._thread.is_alive():
+                break
+            deadline.wait(0.05)
+        if not server.started:
+            self.stop()
+            raise RuntimeError("the HTTP server did not start")
         log.info("http_started", port=self.port, component="http")
 
     def stop(self) -> None:
         """Stop serving and close the socket (idempotent)."""
         if self._server is None:
             return
-        stop_serving(self._server, self._thread)
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=REQUEST_TIMEOUT_S)
+        if self._socket is not None:
+            self._socket.close()
         self._server = None
+        self._socket = None
         self._thread = None
 
-    # --- dispatch (called from the request handler's thread) ---
+    # --- ASGI ---
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if self._mounted is not None and not any(p == path for _, p in self._routes):
+            await self._mounted(scope, receive, send)
+            return
+        request = StarletteRequest(scope, receive)
+        body = await _read_body(request, self.max_body_bytes)
+        if isinstance(body, Response):
+            answer = body
+        else:
+            answer = await run_in_threadpool(self.dispatch, Request(
+                request.method, path, _query(request), request.headers, body))
+        await _send(answer, send, head_only=request.method == "HEAD")
+
+    # --- dispatch (called in a worker thread) ---
 
     def dispatch(self, request: Request) -> Response:
         route = self._routes.get((request.method, request.path))
+        if route is None and request.method == "HEAD":
+            route = self._routes.get(("GET", request.path))
         if route is None:
             allowed = sorted(m for m, p in self._routes if p == request.path)
             if allowed:
@@ -257,43 +305,48 @@ class HttpServer:
         return Response(HTTPStatus.OK, self.metrics.render(), content_type=CONTENT_TYPE)
 
 
-def _make_request_handler(app: HttpServer) -> type[BaseHTTPRequestHandler]:
-    class RequestHandler(BaseHTTPRequestHandler):
-        server_version = "spine-gateway"
-        sys_version = ""
-        protocol_version = "HTTP/1.1"
-        timeout = REQUEST_TIMEOUT_S
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
-        def _handle(self) -> None:
-            url = urlsplit(self.path)
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            if length < 0 or length > app.max_body_bytes:
-                self.close_connection = True
-                self._send(Response.json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE if length > 0 else
-                                         HTTPStatus.BAD_REQUEST, {"error": "bad or too large body"}))
-                return
-            body = self.rfile.read(length) if length else b""
-            # the headers object itself: its get() is case-insensitive, as HTTP header names are
-            request = Request(self.command, url.path, parse_qs(url.query), self.headers, body)
-            self._send(app.dispatch(request))
 
-        def _send(self, response: Response) -> None:
-            self.send_response(response.status)
-            self.send_header("Content-Type", response.content_type)
-            self.send_header("Content-Length", str(len(response.body)))
-            self.send_header("Cache-Control", "no-store")
-            for name, value in response.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(response.body)
+def _query(request: StarletteRequest) -> dict[str, list[str]]:
+    query: dict[str, list[str]] = {}
+    for name, value in request.query_params.multi_items():
+        query.setdefault(name, []).append(value)
+    return query
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-            """Silenced: request lines would flood the log with /healthz probes."""
+async def _read_body(request: StarletteRequest, limit: int) -> bytes | Response:
+    """The body, or the refusal: 413 over ``limit`` (by Content-Length before reading, or while reading)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            return Response.json(HTTPStatus.BAD_REQUEST, {"error": "bad or too large body"})
+        if int(declared) > limit:
+            return Response.json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "bad or too large body"})
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return Response.json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "bad or too large body"})
+        chunks.append(chunk)
+    return b"".join(chunks)
 
-    return RequestHandler
+
+async def _send(response: Response, send: Send, *, head_only: bool) -> None:
+    """Send ``response`` with its header names in their usual capitalisation (API clients may match them so)."""
+    headers = {"Content-Type": response.content_type, "Content-Length": str(len(response.body)),
+               "Cache-Control": "no-store", **response.headers}
+    await send({"type": "http.response.start", "status": response.status,
+                "headers": [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]})
+    await send({"type": "http.response.body", "body": b"" if head_only else response.body})

@@ -29,6 +29,8 @@ LOG_KEYS = frozenset({
     "logger", "calling_ae", "called_ae", "peer", "reason", "instances", "bytes", "sop_class",
     "transfer_syntax", "ae_title", "port", "version", "count", "free_bytes", "exception", "path",
     "component", "from_version", "to_version", "tls",
+    # burned-in text (OCR) decisions: counts and a verdict, never the text
+    "frames", "boxes_found", "boxes_blanked", "verdict",
 })
 _UID = re.compile(r"\b[0-2](?:\.(?:0|[1-9]\d*)){3,}\b")
 _SAFE_UID_PREFIXES = ("1.2.840.10008.", "2.25.")

@@ -10,11 +10,12 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_files
 
-from gateway.deid import load_or_create_secret
+from gateway.deid import BurnedInPolicy, DeidOptions, load_or_create_secret
 from gateway.deid.offline import deidentify_folder
 from gateway.deid.secret import SecretError
 
 SECRET = b"offline-secret-0123456789abcdef01"
+REJECT = DeidOptions(burned_in=BurnedInPolicy.REJECT)  # the screen capture is refused, not read by OCR
 
 
 def bundled(name: str) -> Path:
@@ -33,7 +34,7 @@ def _fill(in_dir: Path) -> None:
 def test_folder_is_deidentified_and_risky_files_quarantined(tmp_path: Path) -> None:
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     _fill(in_dir)
-    summary = deidentify_folder(in_dir, out_dir, None, SECRET, progress=False)
+    summary = deidentify_folder(in_dir, out_dir, REJECT, SECRET, progress=False)
     assert summary.done == 1
     reasons = {item.path.name: item.reason for item in summary.quarantined}
     assert reasons["screen.dcm"] == "SOP class: secondary capture"
@@ -56,7 +57,7 @@ def test_folder_is_deidentified_and_risky_files_quarantined(tmp_path: Path) -> N
 def test_folder_run_with_progress_bar(tmp_path: Path) -> None:
     in_dir = tmp_path / "in"
     _fill(in_dir)
-    summary = deidentify_folder(in_dir, tmp_path / "out", None, SECRET, progress=True)
+    summary = deidentify_folder(in_dir, tmp_path / "out", REJECT, SECRET, progress=True)
     assert summary.done == 1 and summary.quarantined_count == 3
 
 

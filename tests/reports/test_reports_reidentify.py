@@ -151,7 +151,8 @@ def test_reports_text_restorer_leaves_unrelated_text_alone(text):
     if not any(marker in text for marker in ("ffffffffffff", "SPGWFFFF", "AFFFF", "20191225", "2019-12-25",
                                              "25.12.2019", "25/12/2019")):
         assert restorer.restore(text) == text
-    assert "SPINEGW" not in restorer.restore(text + " SPINEGW^ffffffffffff")
+    if "SPINEGW" not in text:  # the text may itself hold the word, which is not a pseudonym to restore
+        assert "SPINEGW" not in restorer.restore(text + " SPINEGW^ffffffffffff")
 
 
 def test_reports_walk_visits_nested_items(case):

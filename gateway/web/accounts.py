@@ -1,0 +1,110 @@
+"""Portal accounts: ``spine-gateway user add|list|disable``, password hashing (argon2id) and checking.
+
+A referrer account writes for one configured source, a reviewer account is one configured reviewer, an
+operator account sees everything the ``status`` command shows. Passwords are stored only as argon2id hashes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
+from gateway.models import WebUser, db, utcnow
+
+ROLES = ("referrer", "reviewer", "ops")
+MIN_PASSWORD_LENGTH = 10
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_HASHER = PasswordHasher()
+# Checked against when the user does not exist, so that an unknown name costs the same time as a known one.
+_DUMMY_HASH = _HASHER.hash("not a password of anyone")
+
+
+class AccountError(GatewayError):
+    """A user's mistake with an account (bad name, role, source, reviewer or password): one line."""
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    role: str
+    source: str | None
+    reviewer: str | None
+    enabled: bool
+    last_login_at: str | None
+
+
+def hash_password(password: str) -> str:
+    """The argon2id hash of ``password`` (with its own salt and parameters).
+
+    Raises:
+        AccountError: shorter than :data:`MIN_PASSWORD_LENGTH`.
+    """
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"the password must be at least {MIN_PASSWORD_LENGTH} characters")
+    return _HASHER.hash(password)
+
+
+def check_password(user: WebUser | None, password: str) -> bool:
+    """True when ``user`` exists, is enabled and ``password`` is theirs (constant work either way)."""
+    try:
+        return bool(_HASHER.verify(user.password_hash if user is not None else _DUMMY_HASH, password)) \
+            and user is not None and user.enabled
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def add_user(config: GatewayConfig, name: str, role: str, password: str, *, source: str | None = None,
+             reviewer: str | None = None) -> WebUser:
+    """Create an account (call inside a database connection).
+
+    Raises:
+        AccountError: bad name or role, a referrer without a configured source, a reviewer without a configured
+            reviewer, a short password, or the name is taken.
+    """
+    if not _NAME.match(name or ""):
+        raise AccountError("the user name must be 1-64 letters, digits, '.', '_', '@' or '-'")
+    if role not in ROLES:
+        raise AccountError(f"--role must be one of {', '.join(ROLES)}")
+    if role == "referrer" and source not in {s.name for s in config.sources}:
+        raise AccountError("a referrer needs --source, the name of a configured source")
+    if role == "reviewer" and reviewer not in {r.name for r in config.reviewers}:
+        raise AccountError("a reviewer needs --reviewer, the name of a configured reviewer")
+    if role != "referrer" and source or role != "reviewer" and reviewer:
+        raise AccountError("--source is for referrers and --reviewer for reviewers only")
+    password_hash = hash_password(password)
+    with db.atomic():
+        if WebUser.get_or_none(WebUser.name == name) is not None:
+            raise AccountError(f"user {name!r} exists already")
+        return WebUser.create(name=name, role=role, source=source, reviewer=reviewer, password_hash=password_hash)
+
+
+def list_users() -> list[Account]:
+    """Every account, by name (call inside a database connection)."""
+    return [Account(u.name, u.role, u.source, u.reviewer, u.enabled,
+                    u.last_login_at.isoformat() + "Z" if u.last_login_at else None)
+            for u in WebUser.select().order_by(WebUser.name)]
+
+
+def disable_user(name: str) -> None:
+    """Disable an account and end its sessions (call inside a database connection).
+
+    Raises:
+        AccountError: no such user.
+    """
+    from gateway.models import WebSession
+
+    with db.atomic():
+        user = WebUser.get_or_none(WebUser.name == name)
+        if user is None:
+            raise AccountError(f"no user {name!r}")
+        WebUser.update(enabled=False).where(WebUser.id == user.id).execute()
+        WebSession.delete().where(WebSession.user == user.id).execute()
+
+
+def record_login(user: WebUser) -> None:
+    WebUser.update(last_login_at=utcnow()).where(WebUser.id == user.id).execute()

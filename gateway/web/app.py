@@ -1,0 +1,170 @@
+"""The portal's Starlette application: routes, the sign-in guard, CSRF and rendering.
+
+Every page handler is a plain function run in a worker thread inside a database connection; it receives a
+:class:`Page` (the request, the signed-in user, the posted form) and returns a response. ``guard`` refuses
+what the user's role may not see (403), sends an anonymous browser to the sign-in page, and refuses a POST
+whose CSRF token is missing or wrong (403).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+import structlog
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from gateway.config import GatewayConfig
+from gateway.models import db
+from gateway.ops import audit
+from gateway.scp.spool import Spool
+from gateway.web import auth
+
+log = structlog.get_logger("web")
+HERE = Path(__file__).parent
+MAX_FORM_FIELDS = 200
+MAX_FORM_BYTES = 1024 * 1024
+HOME = {"referrer": "/referrer", "reviewer": "/reviewer", "ops": "/ops"}
+
+
+class Refused(Exception):
+    """Answer with this status and a short page (403, 404)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Portal:
+    """What the pages need: the configuration, the spool, the templates and the login limiter."""
+
+    config: GatewayConfig
+    spool: Spool
+    templates: jinja2.Environment
+    limiter: auth.LoginLimiter
+
+
+@dataclass
+class Page:
+    portal: Portal
+    request: Request
+    signed_in: auth.SignedIn | None
+    form: FormData | None
+    anonymous_csrf: str = ""
+
+    @property
+    def user(self) -> Any:
+        return self.signed_in.user if self.signed_in else None
+
+    @property
+    def address(self) -> str:
+        return self.request.client.host if self.request.client else "-"
+
+    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        html = self.portal.templates.get_template(template).render(
+            user=self.user, csrf=self.signed_in.csrf_token if self.signed_in else self.anonymous_csrf, path=self.request.url.path,
+            **context)
+        return HTMLResponse(html, status_code=status, headers=_SECURITY_HEADERS)
+
+    def audit(self, action: str, study_key: str | None = None, outcome: str = "success", detail: str = "") -> None:
+        """An audit row naming the portal user (``actor_host``: ``web:<name>``) and their address."""
+        who = self.user.name if self.user is not None else "-"
+        audit.record(action, actor_ae=None, actor_host=f"web:{who}"[:64], study_key=study_key, outcome=outcome,
+                     detail=f"by {who} from {self.address}" + (f"; {detail}" if detail else ""))
+
+
+_SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+                     "Referrer-Policy": "same-origin",
+                     "Content-Security-Policy": "default-src 'self'; style-src 'self'; img-src 'self' data:; "
+                                                "frame-ancestors 'none'; form-action 'self'"}
+
+Handler = Callable[[Page], Response]
+
+
+def guard(portal: Portal, handler: Handler, role: str | None) -> Callable[[Request], Any]:
+    """The Starlette endpoint around ``handler``: sign-in, role and CSRF checks, a database connection."""
+
+    async def endpoint(request: Request) -> Response:
+        form = None
+        if request.method == "POST":
+            declared = request.headers.get("content-length", "")
+            if not declared.isdigit() or int(declared) > MAX_FORM_BYTES:
+                return HTMLResponse("<!doctype html><title>Too large</title><p>The form is too large.</p>",
+                                    status_code=413, headers=_SECURITY_HEADERS)
+            form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+        return await run_in_threadpool(_run, portal, handler, role, request, form)
+
+    return endpoint
+
+
+def _run(portal: Portal, handler: Handler, role: str | None, request: Request, form: FormData | None) -> Response:
+    with db.connection_context():
+        signed_in = auth.session_of(request.cookies.get(auth.COOKIE))
+        anonymous_csrf = request.cookies.get(auth.ANONYMOUS_CSRF_COOKIE) or ""
+        page = Page(portal, request, signed_in, form, anonymous_csrf or auth.new_csrf_token())
+        try:
+            if role is not None:
+                if signed_in is None:
+                    return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+                if signed_in.user.role != role:
+                    raise Refused(403, "This page is not for your role.")
+            expected = signed_in.csrf_token if signed_in is not None else anonymous_csrf
+            if form is not None and not auth.csrf_ok(expected, form.get("csrf_token")):
+                raise Refused(403, "The form has expired or did not come from this site. Go back, reload and "
+                                   "send it again.")
+            response = handler(page)
+            if signed_in is None and not anonymous_csrf:
+                response.set_cookie(auth.ANONYMOUS_CSRF_COOKIE, page.anonymous_csrf, httponly=True, samesite="lax",
+                                    secure=portal.config.http.secure_cookies or request.url.scheme == "https")
+            return response
+        except Refused as refusal:
+            if refusal.status == 403 and signed_in is not None:
+                log.warning("web_refused", status=refusal.status, reason=request.url.path[:64])
+            return page.render("error.html", status=refusal.status, message=refusal.message,
+                               title="Not allowed" if refusal.status == 403 else "Not found")
+        except Exception as exc:  # noqa: BLE001 - only the type is logged: a message may quote a form (PHI)
+            log.error("web_handler_failed", error=type(exc).__name__, reason=request.url.path[:64])
+            return page.render("error.html", status=500, title="Something went wrong",
+                               message="The page could not be shown. The operators find the error in the log "
+                                       "(web_handler_failed); try again, or ask them.")
+
+
+def templates() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return env
+
+
+def build_portal(config: GatewayConfig, spool: Spool) -> Starlette:
+    """The portal application (mounted on the node's HTTP server by :meth:`HttpServer.mount`)."""
+    from gateway.web import ops, referrer, reviewer, signin
+
+    portal = Portal(config, spool, templates(), auth.LoginLimiter(config.http.login_attempts_per_minute))
+    routes = []
+    for module in (signin, referrer, reviewer, ops):
+        for method, path, handler, role in module.ROUTES:
+            routes.append(Route(path, guard(portal, handler, role), methods=[method]))
+    routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
+    return Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
+
+
+async def _not_found(_request: Request, _exc: Exception) -> Response:
+    return HTMLResponse("<!doctype html><title>Not found</title><p>Not found. <a href=\"/\">Home</a></p>",
+                        status_code=404, headers=_SECURITY_HEADERS)
+
+
+async def _not_allowed(_request: Request, _exc: Exception) -> Response:
+    return HTMLResponse("<!doctype html><title>Method not allowed</title><p>Method not allowed.</p>",
+                        status_code=405, headers=_SECURITY_HEADERS)

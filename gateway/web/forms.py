@@ -1,0 +1,182 @@
+"""The two forms: a referral (mirrors :class:`gateway.referral.document.Referral`) and a reviewer's report
+(becomes a :class:`gateway.reports.findings.FindingsDocument`). Each problem is attached to its form field."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway.referral.codes import RedFlag
+from gateway.referral.document import Referral, validate_referral_data
+from gateway.referral.errors import ReferralValidationError
+from gateway.reports.findings import Finding, FindingsDocument
+
+RED_FLAG_LABELS = {
+    RedFlag.CAUDA_EQUINA: "Cauda equina symptoms (saddle anaesthesia, bladder or bowel dysfunction)",
+    RedFlag.PROGRESSIVE_NEUROLOGICAL_DEFICIT: "Progressive neurological deficit",
+    RedFlag.FEVER_OR_INFECTION: "Fever or suspected infection",
+    RedFlag.CANCER_HISTORY: "History of cancer",
+    RedFlag.UNEXPLAINED_WEIGHT_LOSS: "Unexplained weight loss",
+    RedFlag.SIGNIFICANT_TRAUMA: "Significant trauma",
+    RedFlag.IMMUNOSUPPRESSION: "Immunosuppression",
+    RedFlag.IV_DRUG_USE: "Intravenous drug use",
+    RedFlag.AGE_OVER_50_NEW_PAIN: "Age over 50 with new pain",
+    RedFlag.NIGHT_OR_REST_PAIN: "Pain at night or at rest",
+    RedFlag.NO_IMPROVEMENT_6_WEEKS: "No improvement after 6 weeks",
+}
+TEXT_FIELDS = ("accession_number", "patient.id", "patient.family", "patient.given", "patient.birth_date",
+               "study_date", "urgency", "referrer.name", "referrer.contact", "clinical.history", "clinical.symptoms",
+               "clinical.pain.location", "clinical.pain.intensity", "clinical.pain.nature",
+               "clinical.pain.duration_weeks", "clinical.pain.radiation", "clinical.examination", "clinical.emg",
+               "clinical.prior_treatment", "clinical.prior_imaging", "clinical.question")
+# A problem on a document path is shown next to this form field.
+_FIELD_OF_PATH = {"patient.name": "patient.family", "patient": "patient.id", "clinical.red_flags": "clinical.red_flags"}
+LEVELS = ("L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")
+
+
+@dataclass
+class FormResult:
+    """Either a value, or problems by field (``""`` for the form as a whole); ``values`` to fill the form again."""
+
+    values: dict[str, Any]
+    errors: dict[str, list[str]] = field(default_factory=dict)
+    value: Any = None
+
+    def add(self, name: str, message: str) -> None:
+        self.errors.setdefault(name, []).append(message)
+
+
+def _clean(form: Mapping[str, Any], name: str) -> str:
+    return str(form.get(name) or "").strip()
+
+
+def _number(text: str) -> int | str:
+    return int(text) if re.fullmatch(r"-?\d{1,6}", text) else text
+
+
+def referral_document(form: Mapping[str, Any], flags: list[str], source: str) -> dict[str, Any]:
+    """The referral document the form describes (empty fields left out)."""
+    get = lambda name: _clean(form, name)  # noqa: E731
+    family, given = get("patient.family"), get("patient.given")
+    patient = {"id": get("patient.id"), "name": f"{family}^{given}" if given else family}
+    if get("patient.birth_date"):
+        patient["birth_date"] = get("patient.birth_date")
+    document: dict[str, Any] = {"source": source, "accession_number": get("accession_number"), "patient": patient,
+                                "urgency": get("urgency") or "routine"}
+    if get("study_date"):
+        document["study_date"] = get("study_date")
+    if get("referrer.name") or get("referrer.contact"):
+        document["referrer"] = {"name": get("referrer.name"),
+                                **({"contact": get("referrer.contact")} if get("referrer.contact") else {})}
+    pain = {name: get(f"clinical.pain.{name}") for name in ("location", "intensity", "nature", "duration_weeks",
+                                                             "radiation")}
+    pain = {k: (_number(v) if k in ("intensity", "duration_weeks") else v) for k, v in pain.items() if v}
+    clinical: dict[str, Any] = {name: get(f"clinical.{name}") for name in (
+        "history", "symptoms", "examination", "emg", "prior_treatment", "prior_imaging", "question")}
+    clinical = {k: v for k, v in clinical.items() if v}
+    if pain:
+        clinical["pain"] = pain
+    if flags:
+        clinical["red_flags"] = flags
+    document["clinical"] = clinical
+    return document
+
+
+def parse_referral_form(form: Mapping[str, Any], flags: list[str], source: str) -> FormResult:
+    """Validate the form as a referral: ``value`` is the :class:`Referral`, or ``errors`` by field."""
+    values = {name: _clean(form, name) for name in TEXT_FIELDS}
+    values["clinical.red_flags"] = list(flags)
+    result = FormResult(values)
+    try:
+        result.value = validate_referral_data(referral_document(form, flags, source))
+    except ReferralValidationError as exc:
+        for problem in exc.problems:
+            path, _, message = problem.partition(": ")
+            result.add(field_of(path), message)
+    return result
+
+
+def field_of(path: str) -> str:
+    """The form field showing a problem on the document's ``path`` (``""``: the form as a whole)."""
+    if path in _FIELD_OF_PATH:
+        return _FIELD_OF_PATH[path]
+    if path.startswith("clinical.red_flags"):
+        return "clinical.red_flags"
+    if path.startswith("referrer"):
+        return "referrer.name" if path in ("referrer", "referrer.name") else path
+    if path.startswith("clinical.pain") and path not in TEXT_FIELDS:
+        return "clinical.pain.location"
+    return path if path in TEXT_FIELDS else ""
+
+
+# --- the reviewer's report ------------------------------------------------------------------------------------
+
+REPORT_FIELDS = (*(f"finding.{level}" for level in LEVELS), *(f"images.{level}" for level in LEVELS),
+                 "finding.other", "images.other", "impression", "answer", "recommendation", "observer")
+_IMAGE_REF = re.compile(r"^\s*(?:(\d{1,6})\s*[:/]\s*)?(\d{1,6})\s*$")
+
+
+def image_refs(text: str, positions: Mapping[tuple[int, int], str]) -> tuple[list[int | str], list[str]]:
+    """Key images written as ``series:instance`` (or an instance number alone), comma-separated.
+
+    Returns the references for :class:`Finding` (a pseudonymous SOP Instance UID for ``series:instance``, the
+    number alone otherwise) and the problems.
+    """
+    refs: list[int | str] = []
+    problems = []
+    normalised = re.sub(r"\s*[:/]\s*", ":", text.strip())
+    for part in (p for p in re.split(r"[,;\s]+", normalised) if p):
+        match = _IMAGE_REF.match(part)
+        if match is None:
+            problems.append(f"{part!r}: write series:instance, e.g. 3:12")
+        elif match.group(1) is None:
+            refs.append(int(match.group(2)))
+        elif (int(match.group(1)), int(match.group(2))) not in positions:
+            problems.append(f"series {match.group(1)} has no instance {match.group(2)}")
+        else:
+            refs.append(positions[(int(match.group(1)), int(match.group(2)))])
+    return refs, problems
+
+
+def parse_report_form(form: Mapping[str, Any], positions: Mapping[tuple[int, int], str]) -> FormResult:
+    """Validate the report form: ``value`` is the :class:`FindingsDocument`, or ``errors`` by field."""
+    values = {name: _clean(form, name) for name in REPORT_FIELDS}
+    result = FormResult(values)
+    findings = []
+    for level in (*LEVELS, "other"):
+        text, images = values[f"finding.{level}"], values[f"images.{level}"]
+        refs, problems = image_refs(images, positions)
+        for problem in problems:
+            result.add(f"images.{level}", problem)
+        if images and not text:
+            result.add(f"finding.{level}", "describe the finding these key images show")
+        if text:
+            prefix = "" if level == "other" else f"{level}: "
+            try:
+                findings.append(Finding(text=prefix + text, images=refs))
+            except ValidationError as exc:
+                result.add(f"images.{level}", "; ".join(e["msg"] for e in exc.errors()))
+    if not findings and not result.errors:
+        result.add("finding.L1-L2", "describe at least one level (or other findings)")
+    if not values["impression"]:
+        result.add("impression", "required")
+    if result.errors:
+        return result
+    impressions = [values["impression"]]
+    if values["answer"]:
+        impressions.append(f"Answer to the clinical question: {values['answer']}")
+    try:
+        result.value = FindingsDocument(
+            findings=findings, impressions=impressions,
+            recommendations=[values["recommendation"]] if values["recommendation"] else [],
+            observer=values["observer"] or None)
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = {"observer": "observer", "impressions": "impression", "recommendations": "recommendation"}.get(
+                str(error["loc"][0]), "")
+            result.add(name, error["msg"])
+    return result

@@ -1,0 +1,86 @@
+"""Operator pages: cases by state, the cases that need a person (with the reason), a case's timeline,
+reviewers' load and peer health; and the CLI's actions (retry, release, approve notes) as POST buttons,
+each calling the same function as the CLI and audited with the operator's name."""
+
+from __future__ import annotations
+
+from starlette.responses import RedirectResponse, Response
+
+from gateway import cases
+from gateway.models import CaseState
+from gateway.ops import audit
+from gateway.ops.status import collect_status
+from gateway.referral.review import UnknownCase, approve_notes
+from gateway.routing.deliver import retry_case
+from gateway.web import views
+from gateway.web.app import Page, Refused
+
+
+def overview(page: Page) -> Response:
+    snapshot = collect_status(page.portal.config.storage.spool_dir, page.portal.config.reviewers)
+    return page.render("ops_overview.html", title="Operations", snapshot=snapshot,
+                       attention=views.attention_cases(), done=page.request.query_params.get("done", ""))
+
+
+def _study(page: Page):
+    study = views.case_summary(str(page.request.path_params["key"]))
+    if study is None:
+        raise Refused(404, "No such case.")
+    return study
+
+
+def case(page: Page) -> Response:
+    study = _study(page)
+    return page.render("ops_case.html", title=f"Case {study.key}", study=study,
+                       events=audit.query(case=study.key, limit=500), plain=views.plain_state(study),
+                       when=views.when, done=page.request.query_params.get("done", ""), error="")
+
+
+def _done(study, what: str) -> Response:
+    return RedirectResponse(f"/ops/cases/{study.key}?done={what}", status_code=303)
+
+
+def _refuse(page: Page, study, message: str) -> Response:
+    return page.render("ops_case.html", status=409, title=f"Case {study.key}", study=study,
+                       events=audit.query(case=study.key, limit=500), plain=views.plain_state(study),
+                       when=views.when, done="", error=message)
+
+
+def retry(page: Page) -> Response:
+    study = _study(page)
+    if not retry_case(study):
+        page.audit("web_retry", study_key=study.key, outcome="refused", detail=f"state {study.state}")
+        return _refuse(page, study, f"The case is {study.state}; only a failed case can be retried "
+                                    "(failed: the study to the reviewer; report_failed: the report home).")
+    page.audit("web_retry", study_key=study.key)
+    return _done(study, "retry")
+
+
+def release(page: Page) -> Response:
+    """As ``spine-gateway release``: QUARANTINED or REJECTED_NOT_SPINE → COMPLETE, de-identified again."""
+    study = _study(page)
+    if study.state not in (CaseState.QUARANTINED, CaseState.REJECTED_NOT_SPINE) or not cases.move(
+            study, CaseState.COMPLETE, reason="released"):
+        page.audit("web_release", study_key=study.key, outcome="refused", detail=f"state {study.state}")
+        return _refuse(page, study, f"The case is {study.state}; only a quarantined or rejected case is released.")
+    page.audit("released", study_key=study.key)
+    return _done(study, "release")
+
+
+def approve(page: Page) -> Response:
+    study = _study(page)
+    try:
+        approve_notes(study.key, user=f"web:{page.user.name}")
+    except UnknownCase:
+        raise Refused(404, "No such case.") from None
+    page.audit("web_notes_approved", study_key=study.key)
+    return _done(study, "approve")
+
+
+ROUTES = [
+    ("GET", "/ops", overview, "ops"),
+    ("GET", "/ops/cases/{key}", case, "ops"),
+    ("POST", "/ops/cases/{key}/retry", retry, "ops"),
+    ("POST", "/ops/cases/{key}/release", release, "ops"),
+    ("POST", "/ops/cases/{key}/approve", approve, "ops"),
+]

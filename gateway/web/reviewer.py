@@ -1,0 +1,83 @@
+"""Reviewer pages: the worklist, a case (pseudonymous only) and the structured report form.
+
+The report is built by :mod:`gateway.reports.create`, exactly as ``spine-gateway report create --pdf`` builds
+it (a TID 2000 SR whose findings reference their key images, and an Encapsulated PDF), and sent in to the
+gateway's own SCP with the assigned reviewer's AE title: the same intake, the same rules.
+"""
+
+from __future__ import annotations
+
+from starlette.responses import RedirectResponse, Response
+
+from gateway.reports import codes
+from gateway.reports.create import (
+    build_report_objects,
+    case_images,
+    report_content,
+    reviewer_ae_title,
+    send_as_reviewer,
+)
+from gateway.reports.errors import ReportBuildError
+from gateway.web import views
+from gateway.web.app import Page, Refused
+from gateway.web.forms import LEVELS, parse_report_form
+
+
+def worklist(page: Page) -> Response:
+    return page.render("reviewer_worklist.html", title="Worklist", rows=views.worklist(page.user.reviewer),
+                       sent=page.request.query_params.get("sent", ""))
+
+
+def _case(page: Page):
+    study = views.reviewer_case(page.user.reviewer, str(page.request.path_params["key"]))
+    if study is None:
+        raise Refused(404, "No such case on your worklist.")
+    return study
+
+
+def case(page: Page, values: dict | None = None, errors: dict | None = None, status: int = 200) -> Response:
+    study = _case(page)
+    index = views.images_index(study, page.portal.spool)
+    if values is None:
+        page.audit("web_case_opened", study_key=study.key)
+    clock, overdue = views.sla_clock(study.sla_due_at, views.utcnow())
+    return page.render("reviewer_case.html", status=status, title=f"Case {study.key}", study=study,
+                       notes=views.scrubbed_notes(study, page.portal.spool), series=index.series, levels=LEVELS,
+                       values=values or {}, errors=errors or {}, clock=clock, overdue=overdue,
+                       reported=study.state == views.S.REPORTED)
+
+
+def submit(page: Page) -> Response:
+    study = _case(page)
+    index = views.images_index(study, page.portal.spool)
+    result = parse_report_form(page.form, index.by_position)
+    if result.value is None:
+        return case(page, result.values, result.errors, status=422)
+    try:
+        calling_ae = reviewer_ae_title(study, page.portal.config)
+        images = case_images(study, page.portal.spool)
+        content = report_content(result.value, images)
+        objects = build_report_objects(content, images.evidence, sr_class=codes.BASIC_TEXT_SR, pdf=True)
+    except (ReportBuildError, ValueError) as exc:
+        result.add("", str(exc))
+        return case(page, result.values, result.errors, status=422)
+    try:
+        statuses = send_as_reviewer(objects, calling_ae, page.portal.config)
+    except ReportBuildError as exc:
+        statuses = []
+        result.add("", f"{exc}. Nothing was lost: send the report again.")
+    if not statuses or any(status != 0 for status in statuses):
+        answers = ", ".join("no answer" if s is None else f"0x{s:04X}" for s in statuses)
+        page.audit("web_report_written", study_key=study.key, outcome="failed", detail=answers[:100])
+        if statuses:
+            result.add("", f"The gateway did not take the report ({answers}). Send it again, or call an operator.")
+        return case(page, result.values, result.errors, status=502)
+    page.audit("web_report_written", study_key=study.key, detail=f"{len(objects)} object(s)")
+    return RedirectResponse(f"/reviewer?sent={study.key}", status_code=303)
+
+
+ROUTES = [
+    ("GET", "/reviewer", worklist, "reviewer"),
+    ("GET", "/reviewer/cases/{key}", case, "reviewer"),
+    ("POST", "/reviewer/cases/{key}/report", submit, "reviewer"),
+]

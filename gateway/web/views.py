@@ -1,0 +1,278 @@
+"""What the pages show, read from the database and the spool (no web framework here).
+
+Referrers see their own source's referrals and studies, in plain words. Reviewers see only pseudonymous
+things: the case key, the de-identified images' series and instance numbers, and the notes as the notes SR
+the gateway built from the scrubbed notes (the same object the reviewer's workstation receives).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom
+import peewee
+from pydicom.dataset import Dataset
+
+from gateway.models import CaseState, OutboundObject, ReportObject, Study, utcnow
+from gateway.models import Referral as ReferralRow
+from gateway.models import Source
+from gateway.scp.spool import Spool
+
+S = CaseState
+_PLAIN = {
+    S.RECEIVING: "receiving the images",
+    S.COMPLETE: "received, being prepared",
+    S.DEIDENTIFIED: "received, being prepared",
+    S.NOTES_ATTACHED: "received, waiting for a reviewer",
+    S.ASSIGNED: "sent to a reviewer",
+    S.DELIVERING: "being sent to a reviewer",
+    S.DELIVERED: "with a reviewer",
+    S.REPORTED: "report written, on its way back",
+    S.REPORT_DELIVERED: "reported",
+    S.QUARANTINED: "stopped for a safety check (the operators are told)",
+    S.FAILED: "delivery problem (the operators are told)",
+    S.REPORT_FAILED: "report written, problem sending it back (the operators are told)",
+    S.REJECTED_NOT_SPINE: "not a spine study: not sent",
+}
+_HELD = {"awaiting_referral": "waiting for the referral", "no_referral": "waiting for the referral",
+         "no_reviewer": "waiting for a free reviewer", "awaiting_approval": "waiting for the notes to be checked"}
+OPEN_FOR_REVIEWER = (S.DELIVERING, S.DELIVERED, S.REPORTED)
+ATTENTION = (S.HELD, S.QUARANTINED, S.FAILED, S.REPORT_FAILED, S.REJECTED_NOT_SPINE)
+
+
+def plain_state(study: Study | None) -> str:
+    """A case's state in words a referrer understands."""
+    if study is None:
+        return "waiting for the images"
+    if study.state == S.HELD:
+        return _HELD.get(study.hold_reason or "", "on hold (the operators are told)")
+    return _PLAIN.get(study.state, study.state.replace("_", " "))
+
+
+def when(moment: dt.datetime | None) -> str:
+    return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+# --- referrer -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReferrerRow:
+    link: str | None
+    accession: str
+    patient: str
+    urgency: str
+    state: str
+    received: str
+    updated: str
+
+
+def referrer_cases(source_name: str) -> list[ReferrerRow]:
+    """The source's referrals (newest first), then its studies that no referral matched yet."""
+    rows = []
+    referrals = (ReferralRow.select(ReferralRow, Study).join(Study, peewee.JOIN.LEFT_OUTER)
+                 .switch(ReferralRow).join(Source).where(Source.name == source_name)
+                 .order_by(ReferralRow.received_at.desc()).limit(500))
+    for referral in referrals:
+        study = referral.study if referral.study_id else None
+        rows.append(ReferrerRow(f"/referrer/referrals/{referral.id}", referral.accession_number,
+                                referral.patient_name.replace("^", ", ", 1).replace("^", " "), referral.urgency,
+                                plain_state(study), when(referral.received_at),
+                                when(study.state_changed_at if study else referral.received_at)))
+    unmatched = (Study.select().join(Source).switch(Study).join(ReferralRow, peewee.JOIN.LEFT_OUTER)
+                 .where((Source.name == source_name) & ReferralRow.id.is_null())
+                 .order_by(Study.first_received_at.desc()).limit(500))
+    for study in unmatched:
+        rows.append(ReferrerRow(None, "", "(images without a referral)", study.urgency, plain_state(study),
+                                when(study.first_received_at), when(study.state_changed_at)))
+    return rows
+
+
+def referral_for(source_name: str, referral_id: int) -> ReferralRow | None:
+    """The referral if it belongs to this source, else None (the page answers 404 either way)."""
+    return (ReferralRow.select().join(Source)
+            .where((ReferralRow.id == referral_id) & (Source.name == source_name)).first())
+
+
+@dataclass
+class ReportView:
+    """The re-identified report of a case: its text (SR content) and its PDF when one was written."""
+
+    lines: list[tuple[int, str, str]] = field(default_factory=list)
+    pdf: bytes | None = None
+    received: str = ""
+
+
+def returned_report(study: Study, spool: Spool) -> ReportView | None:
+    """The report as the source receives it (re-identified), or None while there is none."""
+    reports = (ReportObject.select().where((ReportObject.study == study) & ReportObject.outbound.is_null(False))
+               .order_by(ReportObject.received_at, ReportObject.id))
+    view = ReportView()
+    for report in reports:
+        outbound = OutboundObject.get_by_id(report.outbound_id)
+        dataset = pydicom.dcmread(spool.absolute(outbound.spool_path))
+        if "EncapsulatedDocument" in dataset and view.pdf is None:
+            view.pdf = bytes(dataset.EncapsulatedDocument).rstrip(b"\0") + b"\n"
+        elif dataset.get("ContentSequence") and not view.lines and dataset.get("ValueType") == "CONTAINER":
+            view.lines = sr_lines(dataset)
+        view.received = view.received or when(report.received_at)
+    return view if (view.lines or view.pdf) else None
+
+
+# --- SR content -----------------------------------------------------------------------------------------------
+
+
+def _meaning(item: Dataset) -> str:
+    names = item.get("ConceptNameCodeSequence")
+    return str(names[0].CodeMeaning) if names else ""
+
+
+def _value(item: Dataset) -> str:
+    kind = item.get("ValueType", "")
+    if kind == "TEXT":
+        return str(item.get("TextValue", ""))
+    if kind == "CODE" and item.get("ConceptCodeSequence"):
+        return str(item.ConceptCodeSequence[0].CodeMeaning)
+    if kind == "NUM" and item.get("MeasuredValueSequence"):
+        measured = item.MeasuredValueSequence[0]
+        units = measured.get("MeasurementUnitsCodeSequence")
+        unit = f" {units[0].CodeValue}" if units and units[0].CodeValue not in ("1", "{score}") else ""
+        return f"{measured.NumericValue}{unit}"
+    if kind == "PNAME":
+        return str(item.get("PersonName", ""))
+    if kind == "IMAGE" and item.get("ReferencedSOPSequence"):
+        return "key image"
+    return ""
+
+
+def sr_lines(dataset: Dataset, depth: int = 0) -> list[tuple[int, str, str]]:
+    """(depth, concept name, value) for every content item, in document order; IMAGE references are left out."""
+    lines: list[tuple[int, str, str]] = []
+    for item in dataset.get("ContentSequence", []):
+        if item.get("ValueType") == "IMAGE" or item.get("RelationshipType") == "HAS CONCEPT MOD":
+            continue
+        lines.append((depth, _meaning(item), _value(item)))
+        lines.extend(sr_lines(item, depth + 1))
+    return lines
+
+
+# --- reviewer -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorklistRow:
+    key: str
+    urgent: bool
+    state: str
+    delivered: str
+    due: str
+    clock: str
+    overdue: bool
+
+
+def sla_clock(due: dt.datetime | None, now: dt.datetime) -> tuple[str, bool]:
+    """("3 h 20 min left" or "overdue by 15 min", overdue?)."""
+    if due is None:
+        return "no deadline", False
+    seconds = int((due - now).total_seconds())
+    span = abs(seconds) // 60
+    if span >= 48 * 60:
+        text = f"{span // 1440} d {span % 1440 // 60} h"
+    else:
+        text = f"{span // 60} h {span % 60:02d} min" if span >= 60 else f"{span} min"
+    return (f"{text} left", False) if seconds >= 0 else (f"overdue by {text}", True)
+
+
+def worklist(reviewer: str) -> list[WorklistRow]:
+    """The reviewer's open cases: urgent first, then by SLA deadline."""
+    now = utcnow()
+    rows = []
+    cases = Study.select().where((Study.reviewer == reviewer) & Study.state.in_(OPEN_FOR_REVIEWER))
+    for study in cases:
+        clock, overdue = sla_clock(study.sla_due_at, now)
+        state = "report sent" if study.state == S.REPORTED else (
+            "images arriving" if study.state == S.DELIVERING else "to report")
+        rows.append(WorklistRow(study.key, study.urgency == "urgent", state, when(study.state_changed_at),
+                                when(study.sla_due_at), clock, overdue))
+    far = dt.datetime.max
+    order = {study.key: study.sla_due_at or far for study in cases}
+    return sorted(rows, key=lambda r: (not r.urgent, r.state == "report sent", order[r.key]))
+
+
+def reviewer_case(reviewer: str, key: str) -> Study | None:
+    """The case if it is assigned to this reviewer and open, else None (404)."""
+    return Study.get_or_none((Study.key == key) & (Study.reviewer == reviewer) & Study.state.in_(OPEN_FOR_REVIEWER))
+
+
+@dataclass(frozen=True)
+class SeriesRow:
+    number: str
+    modality: str
+    instances: int
+    first: int | None
+    last: int | None
+
+
+@dataclass
+class CaseImagesIndex:
+    """The de-identified images by (series number, instance number) → pseudonymous SOP Instance UID."""
+
+    series: list[SeriesRow]
+    by_position: dict[tuple[int, int], str]
+
+
+def images_index(study: Study, spool: Spool) -> CaseImagesIndex:
+    tags = ["SeriesNumber", "InstanceNumber", "Modality", "SOPInstanceUID"]
+    by_series: dict[str, list[int]] = {}
+    modality: dict[str, str] = {}
+    by_position: dict[tuple[int, int], str] = {}
+    images = OutboundObject.select().where((OutboundObject.study == study) & (OutboundObject.kind == "image"))
+    for row in images:
+        header = pydicom.dcmread(spool.absolute(row.spool_path), stop_before_pixels=True, specific_tags=tags)
+        series = str(header.get("SeriesNumber", "") or "")
+        number = header.get("InstanceNumber")
+        by_series.setdefault(series, [])
+        modality[series] = str(header.get("Modality", ""))
+        if number is not None:
+            by_series[series].append(int(number))
+            if series.isdigit():
+                by_position[(int(series), int(number))] = str(header.SOPInstanceUID)
+    rows = [SeriesRow(series, modality[series], len(numbers), min(numbers, default=None),
+                      max(numbers, default=None))
+            for series, numbers in sorted(by_series.items(), key=lambda kv: (len(kv[0]), kv[0]))]
+    return CaseImagesIndex(rows, by_position)
+
+
+def scrubbed_notes(study: Study, spool: Spool) -> list[tuple[int, str, str]]:
+    """The notes as the gateway sent them to the reviewer: the content of the case's notes SR (scrubbed)."""
+    row = (OutboundObject.select().where((OutboundObject.study == study) & (OutboundObject.kind == "notes_sr"))
+           .order_by(OutboundObject.id.desc()).first())
+    if row is None:
+        return []
+    return sr_lines(pydicom.dcmread(spool.absolute(row.spool_path)))
+
+
+# --- operators ------------------------------------------------------------------------------------------------
+
+
+def attention_cases() -> list[dict[str, Any]]:
+    """Held, quarantined, failed and rejected cases with the reason (the hold reason or the last audit event)."""
+    from gateway.models import AuditEvent
+
+    rows = []
+    for study in Study.select().where(Study.state.in_(ATTENTION)).order_by(Study.state_changed_at.desc()).limit(200):
+        reason = study.hold_reason
+        if not reason:
+            last = (AuditEvent.select().where((AuditEvent.study_key == study.key) & (AuditEvent.outcome != "success"))
+                    .order_by(AuditEvent.at.desc()).first())
+            reason = f"{last.action}: {last.detail}" if last is not None else ""
+        rows.append({"key": study.key, "state": study.state, "reason": reason or "-",
+                     "since": when(study.state_changed_at), "source": study.source.name if study.source_id else "",
+                     "reviewer": study.reviewer or ""})
+    return rows
+
+
+def case_summary(key: str) -> Study | None:
+    return Study.get_or_none(Study.key == key)

@@ -1,0 +1,148 @@
+"""Accounts, the login limiter, the forms and migration 5, without a browser."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import GatewayConfig
+from gateway.models import MIGRATIONS, SchemaVersion, WebUser, db, make_database, migrate, open_database
+from gateway.web.accounts import AccountError, add_user, check_password, disable_user, list_users
+from gateway.web.auth import LoginLimiter, session_of, start_session
+from gateway.web.forms import parse_referral_form, parse_report_form
+
+CONFIG = GatewayConfig.model_validate({
+    "sources": [{"name": "st-marys", "ae_title": "HOSP_PACS"}],
+    "reviewers": [{"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": 4243}]})
+
+
+@pytest.fixture
+def database(tmp_path):
+    database = open_database(f"sqlite:///{tmp_path}/gw.db", max_connections=2)
+    with db.connection_context():
+        yield database
+    database.close_all()
+
+
+def test_accounts_are_checked_hashed_and_disabled(database):
+    with pytest.raises(AccountError, match="--source"):
+        add_user(CONFIG, "x", "referrer", "long enough password")
+    with pytest.raises(AccountError, match="--reviewer"):
+        add_user(CONFIG, "x", "reviewer", "long enough password", reviewer="dr-z")
+    with pytest.raises(AccountError, match="at least 10"):
+        add_user(CONFIG, "x", "ops", "short")
+    user = add_user(CONFIG, "desk", "referrer", "long enough password", source="st-marys")
+    assert "long enough" not in user.password_hash and user.password_hash.startswith("$argon2id$")
+    with pytest.raises(AccountError, match="exists"):
+        add_user(CONFIG, "desk", "ops", "long enough password")
+    assert check_password(user, "long enough password") and not check_password(user, "wrong password!")
+    assert not check_password(None, "long enough password")
+    token = start_session(user, hours=1)
+    assert session_of(token).user.name == "desk" and session_of(token + "x") is None
+    disable_user("desk")
+    assert session_of(token) is None
+    assert not check_password(WebUser.get(WebUser.name == "desk"), "long enough password")
+    assert [a.enabled for a in list_users()] == [False]
+
+
+def test_the_limiter_refuses_the_eleventh_wrong_password_for_a_minute():
+    now = [1000.0]
+    limiter = LoginLimiter(10, clock=lambda: now[0])
+    for _ in range(10):
+        assert limiter.allowed("desk", "10.0.0.1")
+        limiter.failed("desk", "10.0.0.1")
+    assert not limiter.allowed("desk", "10.0.0.1")
+    assert not limiter.allowed("DESK", "10.0.0.1")
+    assert limiter.allowed("desk", "10.0.0.2") and limiter.allowed("other", "10.0.0.1")
+    now[0] += 61
+    assert limiter.allowed("desk", "10.0.0.1")
+
+
+def test_the_referral_form_names_each_field():
+    result = parse_referral_form({"patient.family": "Doe", "clinical.pain.intensity": "eleven",
+                                  "clinical.pain.duration_weeks": "-1"}, ["sore_toe"], "st-marys")
+    assert result.value is None
+    assert result.errors["accession_number"] == ["must not be empty"]
+    assert result.errors["patient.id"] == ["must not be empty"]
+    assert result.errors["clinical.pain.intensity"] == ["must be a whole number (got 'eleven')"]
+    assert result.errors["clinical.pain.duration_weeks"][0].startswith("must be >= 0")
+    assert result.errors["clinical.red_flags"][0].startswith("must be one of")
+    assert result.values["patient.family"] == "Doe"
+    good = parse_referral_form({"patient.family": "Doe", "patient.given": "Jane", "patient.id": "P1",
+                                "accession_number": "A1", "clinical.pain.intensity": "7"},
+                               ["cauda_equina"], "st-marys")
+    assert good.errors == {} and good.value.patient.name == "Doe^Jane"
+    assert good.value.effective_urgency.value == "urgent"
+
+
+def test_the_report_form_resolves_key_images_by_series_and_instance():
+    positions = {(3, 12): "2.25.312", (3, 13): "2.25.313"}
+    result = parse_report_form({"finding.L4-L5": "Extrusion.", "images.L4-L5": "3:12, 3 : 13",
+                                "impression": "Extrusion at L4-L5.", "answer": "Yes."}, positions)
+    assert result.errors == {}
+    (finding,) = result.value.findings
+    assert finding.text == "L4-L5: Extrusion." and finding.images == ["2.25.312", "2.25.313"]
+    assert result.value.impressions == ["Extrusion at L4-L5.", "Answer to the clinical question: Yes."]
+    bad = parse_report_form({"images.L1-L2": "4:1, x"}, positions)
+    assert bad.errors["images.L1-L2"] == ["series 4 has no instance 1", "'x': write series:instance, e.g. 3:12"]
+    assert bad.errors["finding.L1-L2"] == ["describe the finding these key images show"]
+    assert bad.errors["impression"] == ["required"]
+
+
+def test_a_database_made_before_the_portal_is_upgraded(tmp_path):
+    database = make_database(f"sqlite:///{tmp_path}/old.db")
+    db.initialize(database)
+    with database.connection_context():
+        database.create_tables([SchemaVersion])
+        for version, step in MIGRATIONS:
+            if version < 5:
+                step(database)
+                SchemaVersion.create(version=version)
+        assert "web_user" not in database.get_tables()
+    assert migrate(database) == MIGRATIONS[-1][0]
+    with database.connection_context():
+        assert {"web_user", "web_session"} <= set(database.get_tables())
+    database.close_all()
+
+
+def test_the_sla_clock_reads_in_words():
+    import datetime as dt
+
+    from gateway.web.views import sla_clock
+
+    now = dt.datetime(2026, 1, 1)
+    assert sla_clock(now + dt.timedelta(days=5), now) == ("5 d 0 h left", False)
+    assert sla_clock(now + dt.timedelta(hours=3, minutes=5), now) == ("3 h 05 min left", False)
+    assert sla_clock(now - dt.timedelta(minutes=15), now) == ("overdue by 15 min", True)
+    assert sla_clock(None, now) == ("no deadline", False)
+
+
+def test_user_commands_answer_mistakes_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({
+        "storage": {"database": f"sqlite:///{tmp_path}/gw.db", "spool_dir": str(tmp_path / "spool")},
+        "logging": {"file": str(tmp_path / "routing.jsonl")},
+        "sources": [{"name": "st-marys", "ae_title": "HOSP_PACS"}],
+        "reviewers": [{"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": 4243}]}))
+
+    def run(*args: str, password: str = "long enough password") -> tuple[int, str, str]:
+        done = subprocess.run([sys.executable, "-m", "gateway", "--config", str(config), "user", *args],
+                              input=password + "\n", capture_output=True, text=True, timeout=120)
+        return done.returncode, done.stdout, done.stderr
+
+    assert run("add", "desk", "--role", "referrer", "--source", "nowhere", "--password-stdin")[0:3:2] == (
+        2, "spine-gateway: a referrer needs --source, the name of a configured source\n")
+    assert run("add", "desk", "--role", "referrer", "--source", "st-marys", "--password-stdin",
+               password="short")[0] == 2
+    assert run("add", "desk", "--role", "referrer", "--source", "st-marys", "--password-stdin")[:2] == (
+        0, "user desk added (referrer)\n")
+    assert run("add", "desk", "--role", "ops", "--password-stdin")[0] == 2
+    assert run("disable", "nobody")[0] == 2
+    assert run("disable", "desk")[0] == 0
+    code, out, _ = run("list")
+    assert code == 0 and "desk" in out and "disabled" in out
+    assert '"reason": "user_added"' in (tmp_path / "routing.jsonl").read_text()
