@@ -10,7 +10,8 @@ shared with the study leg (``gateway.routing.send``: one association per attempt
 ``Study.report_next_attempt_at``) and its own failure state: failed attempts back off like image delivery;
 after ``routing.retry.max_attempts``, or with no ``return`` configured, or when no report could be
 re-identified, the case is REPORT_FAILED. The operator's ``retry`` takes a REPORT_FAILED case back to
-REPORTED (never through the study leg's states), and a corrected report from the reviewer does too.
+REPORTED (never through the study leg's states), and a corrected report from the reviewer does too. A report
+that arrives while the case is on its way to REPORT_DELIVERED takes it back to REPORTED (``report_waiting``).
 
 The ledger makes delivery exactly-once per object from the gateway's side, and the re-identified UIDs are
 derived (not random), so even a copy re-sent after a crash is the same instance to the PACS.
@@ -32,6 +33,7 @@ from gateway import cases
 from gateway.config import GatewayConfig, SourceConfig
 from gateway.models import (
     CaseState,
+    Delivery,
     OutboundObject,
     ReportObject,
     Study,
@@ -45,7 +47,7 @@ from gateway.reports.errors import ReidentificationError
 from gateway.reports.reidentify import CaseMapping, Reidentifier, derived_report_uid
 from gateway.pipeline import run_case_stage
 from gateway.routing.deliver import REPORT_KIND
-from gateway.routing.send import REPORT_LEG, send_objects, unsent_objects
+from gateway.routing.send import REPORT_LEG, SENT, send_objects, unsent_objects
 from gateway.scp.spool import Spool
 
 log = structlog.get_logger("reports")
@@ -100,6 +102,25 @@ class ReportStage:
 
     def run_once(self, now: dt.datetime) -> int:
         return run_case_stage(self, now)
+
+    @staticmethod
+    def prepare(now: dt.datetime) -> int:
+        """A report that arrived while its case was on its way to REPORT_DELIVERED (the stage had already read
+        the received reports) takes the case back to REPORTED."""
+        waiting = (Study.select().join(ReportObject).where(
+            (Study.state == CaseState.REPORT_DELIVERED) & (ReportObject.state != FAILED)).distinct())
+        return sum(1 for study in list(waiting) if ReportStage._undelivered_reports(study) and cases.move(
+            study, CaseState.REPORTED, reason="report_waiting", **REPORT_LEG.reset()))
+
+    @staticmethod
+    def _undelivered_reports(study: Study) -> bool:
+        reports = list(ReportObject.select().where((ReportObject.study == study) & (ReportObject.state != FAILED)))
+        if any(r.state == RECEIVED for r in reports):
+            return True
+        outbound_ids = [r.outbound_id for r in reports if r.outbound_id]
+        sent = Delivery.select().where(Delivery.outbound.in_(outbound_ids) & (Delivery.state == SENT)
+                                       & Delivery.destination.startswith("source:")).count() if outbound_ids else 0
+        return sent < len(outbound_ids)
 
     @staticmethod
     def due(now: dt.datetime) -> list[Study]:

@@ -166,7 +166,7 @@ class Site:
                 for p in self.reviewer.out_dir.iterdir() if p.is_file()}
         return expected & held
 
-    def add_report(self, study: Study, unusable: bool = False) -> None:
+    def add_report(self, study: Study, unusable: bool = False, move: bool = True, seed: int = 0) -> None:
         """The reviewer's report of a delivered case, as the report intake leaves it (REPORTED)."""
         with db.connection_context():
             study = Study.get_by_id(study.id)
@@ -177,7 +177,7 @@ class Site:
                          for d in images)
             report = ReportSRBuilder(images[0], ReportContent(
                 title=codes.TITLES["mri-spine"], findings=(ReportFinding("Disc extrusion.", refs[:2]),),
-                impressions=("Extrusion.",))).build()
+                impressions=(f"Extrusion {seed}.",))).build()
             buffer = io.BytesIO()
             report.save_as(buffer, enforce_file_format=True)
             data = b"not a DICOM file at all" if unusable else buffer.getvalue()
@@ -187,7 +187,8 @@ class Site:
                                 sop_instance_uid=report.SOPInstanceUID,
                                 transfer_syntax=report.file_meta.TransferSyntaxUID,
                                 spool_path=self.node.spool.relative(stored), sha256=digest, size=len(data))
-            assert cases.move(study, CaseState.REPORTED, reason="report_received")
+            if move:
+                assert cases.move(study, CaseState.REPORTED, reason="report_received")
 
     def close(self) -> None:
         self.reviewer.stop()
@@ -312,6 +313,21 @@ def test_a_poisoned_report_does_not_hold_up_a_healthy_one(site, poison, how, rea
         assert site.state(poisoned).state == CaseState.REPORTED
         site.run_until(lambda: Study.get_by_id(poisoned.id).state == CaseState.REPORT_DELIVERED, "retried home")
         assert len([p for p in site.pacs.out_dir.iterdir() if p.is_file()]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_report_arriving_while_the_last_one_goes_home_is_not_stranded(site):
+    """The intake saw REPORTED and did not move the case; the stage had already read the received reports and
+    moved it to REPORT_DELIVERED: the late report takes the case back to REPORTED and goes home too."""
+    case = site.receive("two-reports", seed=49)
+    site.run_until(lambda: Study.get_by_id(case.id).state == CaseState.DELIVERED, "delivered")
+    site.add_report(case)
+    site.run_until(lambda: Study.get_by_id(case.id).state == CaseState.REPORT_DELIVERED, "the first report home")
+    site.add_report(case, move=False, seed=1)  # the race: the case stays REPORT_DELIVERED
+    site.run_until(lambda: len([p for p in site.pacs.out_dir.iterdir() if p.is_file()]) == 2
+                   and Study.get_by_id(case.id).state == CaseState.REPORT_DELIVERED, "the second report home")
+    assert site.state(case).state_reason == "report_delivered"
 
 
 @pytest.mark.slow
