@@ -1,18 +1,30 @@
-"""End-to-end benchmark (not a test): first instance sent by storescu → whole study at a reviewer.
+"""End-to-end benchmark (not a test): first instance sent by storescu → whole study at a storescp reviewer,
+and the report's way back. Medians of interleaved runs, in one run of the script.
 
-Three paths for the same 300-instance study, in one run:
+Paths for the same study (``--instances``, 300 by default), each run with fresh processes and storage:
 
-(a) plain DCMTK: storescu → storescp (the floor);
-(b) Orthanc as a forwarder: storescu → Orthanc, then REST ``POST /modalities/reviewer/store`` to a storescp
-    (Orthanc forwards the study untouched; the POST is issued the moment storescu has finished);
-(c) spine-gateway: storescu → gateway, which completes the study, checks it is spine, de-identifies it,
-    attaches the referral's notes (added beforehand), assigns it and delivers it to a storescp reviewer.
-    The stability wait (``routing.stable_after_s``) is subtracted: it is a configured pause, not work.
+(plain)      DCMTK storescu → storescp (the floor);
+(forward)    storescu → Orthanc, then ``POST /modalities/reviewer/store`` to a storescp (untouched copy);
+(anonymize)  storescu → Orthanc, ``POST /studies/{id}/anonymize``, then the anonymized study forwarded to a
+             storescp through ``POST /modalities/reviewer/store`` (each POST issued the moment the step before
+             has finished: a script that knows when the study is complete);
+(gateway)    storescu → spine-gateway with the SHIPPED configuration (config/gateway.yaml: routing, deid,
+             referrals, node limits; only addresses, paths and peers are set here): completion, spine check,
+             de-identification, notes from the referral added beforehand, assignment, delivery to a storescp
+             reviewer. The stability wait (``routing.stable_after_s``, 60 s shipped) is subtracted: it is a
+             configured pause (the gateway cannot know a study is complete), not work.
 
-TCP_NODELAY=1 for the DCMTK tools and Orthanc; the gateway sets it itself. Run as root through
-``scripts/in-private-net.sh`` so that the servers live in a network namespace with only loopback:
+Then, on each gateway run, the report's way back: a report SR (built once by ``report create --no-send``) is
+sent by storescu as the reviewer; timed from the storescu call to the re-identified report written by the
+source's storescp (playing the PACS), and from the gateway's ``report_received`` log event to its
+``report_delivered`` event.
 
-    scripts/in-private-net.sh .venv/bin/python bench/e2e.py [--instances 300] [--stable-after 1.0]
+TCP_NODELAY=1 for the DCMTK tools and Orthanc; the gateway sets it on its own sockets. Run as root through
+``scripts/in-private-net.sh`` (servers in a network namespace with only loopback):
+
+    scripts/in-private-net.sh .venv/bin/python bench/e2e.py [--runs 5] [--instances 300] [--poll-only]
+
+``--poll-only`` also times the gateway with ``routing.wakeups: false`` (the shipped poll alone), for comparison.
 """
 
 from __future__ import annotations
@@ -20,10 +32,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the suite's process helpers: real peers started and stopped by PID
@@ -34,86 +49,160 @@ from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc, storescu, wait
 
 from gateway.demo import DemoPatient  # noqa: E402
 
+SHIPPED = yaml.safe_load((REPO / "config" / "gateway.yaml").read_text())
 REFERRAL = {"source": "st-marys", "accession_number": DemoPatient().accession, "urgency": "routine",
             "patient": {"id": DemoPatient().patient_id, "name": "Doe^Jane"},
             "clinical": {"history": "Low back pain for 10 weeks.", "question": "L4-L5 disc herniation?"}}
+FINDINGS = "findings: [{text: L4-L5 disc extrusion.}]\nimpressions: [L4-L5 disc extrusion.]\n"
+POLL_INTERVAL = 0.01  # how often the script looks at the reviewer's folder
 
 
 def received(scp: DcmtkStoreSCP) -> int:
     return sum(1 for p in scp.out_dir.iterdir() if p.is_file())
 
 
+def send(port: int, files: list[Path], calling: str, called: str) -> None:
+    result = storescu("127.0.0.1", port, files, calling=calling, called=called, timeout=3600)
+    if result.returncode != 0 or "E:" in result.stderr:
+        raise SystemExit(f"storescu failed: {result.stderr[-500:]}")
+
+
 def plain(files: list[Path], work: Path) -> float:
-    scp = DcmtkStoreSCP(work / "plain", ae_title="REVIEWER").start()
+    scp = DcmtkStoreSCP(work / "reviewer", ae_title="REVIEWER").start()
     try:
         started = time.perf_counter()
-        assert storescu("127.0.0.1", scp.port, files, calling="BENCH", called="REVIEWER").returncode == 0
-        wait_until(lambda: received(scp) >= len(files), 120, "storescp to write every file", interval=0.005)
+        send(scp.port, files, "BENCH", "REVIEWER")
+        wait_until(lambda: received(scp) >= len(files), 600, "storescp to write every file", POLL_INTERVAL)
         return time.perf_counter() - started
     finally:
         scp.stop()
 
 
-def orthanc_forward(files: list[Path], work: Path) -> float:
-    scp = DcmtkStoreSCP(work / "orthanc-reviewer", ae_title="REVIEWER").start()
-    orthanc = Orthanc(work / "orthanc", "ORTHANC", modalities={"reviewer": ["REVIEWER", "127.0.0.1", scp.port]})
-    orthanc.start()
+def orthanc(files: list[Path], work: Path, anonymize: bool) -> float:
+    scp = DcmtkStoreSCP(work / "reviewer", ae_title="REVIEWER").start()
+    peer = Orthanc(work / "orthanc", "ORTHANC", modalities={"reviewer": ["REVIEWER", "127.0.0.1", scp.port]})
+    peer.start()
     try:
         started = time.perf_counter()
-        assert storescu("127.0.0.1", orthanc.dicom_port, files, calling="BENCH", called="ORTHANC").returncode == 0
-        study_id, = orthanc.get("/studies")
-        orthanc.post("/modalities/reviewer/store", {"Resources": [study_id], "Synchronous": True})
-        wait_until(lambda: received(scp) >= len(files), 120, "the forwarded study", interval=0.005)
+        send(peer.dicom_port, files, "BENCH", "ORTHANC")
+        study_id, = peer.get("/studies")
+        if anonymize:
+            study_id = peer.post(f"/studies/{study_id}/anonymize", {"Force": False})["ID"]
+        peer.post("/modalities/reviewer/store", {"Resources": [study_id], "Synchronous": True})
+        wait_until(lambda: received(scp) >= len(files), 600, "the forwarded study", POLL_INTERVAL)
         return time.perf_counter() - started
     finally:
-        orthanc.stop()
+        peer.stop()
         scp.stop()
 
 
-def gateway(files: list[Path], work: Path, stable_after: float) -> tuple[float, int]:
-    scp = DcmtkStoreSCP(work / "gw-reviewer", ae_title="REVIEWER").start()
-    node = GatewayProcess(work / "gw", f"sqlite:///{work}/gw/gateway.db", reviewers=[
-        {"name": "dr-a", "ae_title": "REVIEWER", "host": "127.0.0.1", "port": scp.port}],
-        extra={"routing": {"stable_after_s": stable_after, "poll_s": 0.05}, "http": {"enabled": False}})
+def _ts(event: dict) -> dt.datetime:
+    return dt.datetime.fromisoformat(event["ts"].replace("Z", "+00:00"))
+
+
+def gateway(files: list[Path], work: Path, report: Path | None, wakeups: bool = True
+            ) -> tuple[float, float | None, float | None, Path | None]:
+    """(study seconds minus the stability wait, report wall seconds, report seconds in the log, built report)."""
+    reviewer = DcmtkStoreSCP(work / "reviewer", ae_title="REVIEWER").start()
+    source = DcmtkStoreSCP(work / "source", ae_title="STMARYS_PACS").start()
+    node_shipped = {k: v for k, v in SHIPPED["node"].items() if k not in ("host", "port", "ae_title")}
+    routing = {**SHIPPED["routing"], "wakeups": wakeups and SHIPPED["routing"].get("wakeups", True)}
+    node = GatewayProcess(
+        work / "gw", f"sqlite:///{work}/gw/gateway.db", node=node_shipped,
+        sources=[{"name": "st-marys", "ae_title": "STMARYS_PACS",
+                  "return": {"ae_title": "STMARYS_PACS", "host": "127.0.0.1", "port": source.port}}],
+        reviewers=[{"name": "dr-a", "ae_title": "REVIEWER", "host": "127.0.0.1", "port": reviewer.port}],
+        extra={"routing": routing, "deid": SHIPPED["deid"], "referrals": SHIPPED["referrals"],
+               "http": {"enabled": False}})
+    stable_after = float(SHIPPED["routing"]["stable_after_s"])
     try:
         node.start()
-        referral = work / "referral.json"
-        referral.write_text(json.dumps(REFERRAL))
-        node.cli("referral", "add", str(referral))
-        started_wall = dt.datetime.now(dt.UTC)
-        assert storescu("127.0.0.1", node.port, files, calling="STMARYS_PACS").returncode == 0
-
-        def delivered() -> dict | None:
-            return next((e for e in node.log_events()
-                         if e["event"] == "case_state_changed" and e.get("state") == "delivered"), None)
-
-        event = wait_until(delivered, 600, "the gateway to deliver the study", interval=0.05)
-        elapsed_wall = (dt.datetime.fromisoformat(event["ts"].replace("Z", "+00:00")) - started_wall).total_seconds()
-        return elapsed_wall - stable_after, received(scp)
+        (work / "referral.json").write_text(json.dumps(REFERRAL))
+        node.cli("referral", "add", str(work / "referral.json"))
+        expected = len(files) + 2  # the images, the notes SR and the notes PDF
+        started = time.perf_counter()
+        send(node.port, files, "STMARYS_PACS", "SPINEGW")
+        wait_until(lambda: received(reviewer) >= expected, 900, "the gateway to deliver the study", POLL_INTERVAL)
+        study_s = time.perf_counter() - started - stable_after
+        wait_until(lambda: any(e["event"] == "case_state_changed" and e.get("state") == "delivered"
+                               for e in node.log_events()), 60, "the delivery to be committed")
+        report_wall = report_log = None
+        if report is None:
+            case_key = node.status()["recent_studies"][0]["study"]
+            (work / "findings.yaml").write_text(FINDINGS)
+            node.cli("report", "create", case_key, "--findings", str(work / "findings.yaml"), "--no-send",
+                     "--out", str(work / "report"))
+            report = next((work / "report").glob("*.dcm"))
+        else:
+            started = time.perf_counter()
+            send(node.port, [report], "REVIEWER", "SPINEGW")
+            wait_until(lambda: received(source) >= 1, 120, "the report at the source", POLL_INTERVAL)
+            report_wall = time.perf_counter() - started
+            events = wait_until(lambda: _report_events(node), 60, "the report delivery logged")
+            report_log = (_ts(events[1]) - _ts(events[0])).total_seconds()
+        return study_s, report_wall, report_log, report
     finally:
         node.stop()
-        scp.stop()
+        source.stop()
+        reviewer.stop()
+
+
+def _report_events(node: GatewayProcess) -> tuple[dict, dict] | None:
+    events = node.log_events()
+    got = next((e for e in events if e["event"] == "report_received"), None)
+    done = next((e for e in events if e["event"] == "report_delivered"), None)
+    return (got, done) if got and done else None
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=300)
-    parser.add_argument("--stable-after", type=float, default=1.0, help="gateway routing.stable_after_s")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--poll-only", action="store_true", help="also the gateway with routing.wakeups false")
     args = parser.parse_args()
     files = study(args.instances)
     megabytes = sum(p.stat().st_size for p in files) / 1e6
-    with tempfile.TemporaryDirectory(prefix="spinegw-e2e-") as tmp:
-        work = Path(tmp)
-        t_plain = plain(files, work)
-        t_orthanc = orthanc_forward(files, work)
-        t_gateway, objects = gateway(files, work, args.stable_after)
-    print(f"study: {len(files)} instances, {megabytes:.0f} MB")
-    print(f"plain storescu -> storescp:                      {t_plain:7.2f} s")
-    print(f"storescu -> Orthanc -> forward to storescp:      {t_orthanc:7.2f} s")
-    print(f"storescu -> spine-gateway -> storescp reviewer:  {t_gateway:7.2f} s "
-          f"({objects} objects incl. notes; stability wait {args.stable_after:.1f} s subtracted)")
-    print(f"gateway / plain:   {t_gateway / t_plain:5.2f}")
-    print(f"gateway / Orthanc: {t_gateway / t_orthanc:5.2f}  ({'gateway first' if t_gateway < t_orthanc else 'Orthanc first'})")
+    times: dict[str, list[float]] = {"plain": [], "forward": [], "anonymize": [], "gateway": []}
+    if args.poll_only:
+        times["gateway, poll only"] = []
+    report_wall: list[float] = []
+    report_log: list[float] = []
+    report: Path | None = None
+    with tempfile.TemporaryDirectory(prefix="spinegw-e2e-", dir="/var/tmp") as tmp:
+        # one unmeasured gateway run builds the report SR (pseudonymous UIDs are stable: same key, same study)
+        key = Path(tmp) / "secret.key"
+        key.write_text("ab" * 32 + "\n")
+        SHIPPED["deid"]["secret_file"] = str(key)
+        *_, report = gateway(files, Path(tmp) / "warm-up", None)
+        for run in range(args.runs):
+            for name in times:  # interleaved, so that drifts of the (shared) machine hit every path alike
+                work = Path(tmp) / f"{name.replace(', ', '-')}-{run}"
+                if name == "plain":
+                    seconds = plain(files, work)
+                elif name in ("forward", "anonymize"):
+                    seconds = orthanc(files, work, anonymize=name == "anonymize")
+                else:
+                    seconds, wall, logged, _ = gateway(files, work, report, wakeups=name == "gateway")
+                    if name == "gateway":
+                        report_wall.append(wall)
+                        report_log.append(logged)
+                times[name].append(seconds)
+                print(f"  run {run + 1} {name:18s} {seconds:7.2f} s", flush=True)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    routing = SHIPPED["routing"]
+    print(f"\nstudy: {len(files)} instances, {megabytes:.0f} MB; medians of {args.runs} interleaved runs")
+    print(f"gateway: shipped config (poll_s {routing['poll_s']}, stable_after_s {routing['stable_after_s']} "
+          f"subtracted, wakeups {routing.get('wakeups', True)})")
+    labels = {"plain": "storescu -> storescp", "forward": "storescu -> Orthanc -> forward",
+              "anonymize": "storescu -> Orthanc -> anonymize -> forward",
+              "gateway": "storescu -> spine-gateway -> reviewer", "gateway, poll only": "  same, wakeups: false"}
+    for name, seconds in median.items():
+        print(f"{labels[name]:45s} {seconds:7.2f} s   (runs: {', '.join(f'{v:.2f}' for v in times[name])})")
+    print(f"gateway / Orthanc anonymize+forward: {median['gateway'] / median['anonymize']:5.2f}  (target <= 0.70)")
+    print(f"gateway / Orthanc forward:           {median['gateway'] / median['forward']:5.2f}")
+    print(f"gateway / storescu->storescp:        {median['gateway'] / median['plain']:5.2f}")
+    print(f"report received -> re-identified report at the source: {statistics.median(report_wall):.3f} s wall "
+          f"(storescu call to file), {statistics.median(report_log):.3f} s in the gateway's log (target < 1 s)")
     return 0
 
 

@@ -23,9 +23,11 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "hardening")]
 
 from hardening_load import make_studies, run_load  # noqa: E402
 from support.peers import PostgresCluster  # noqa: E402
+from gateway.dicomnet import install_fast_paths  # noqa: E402
 
 
 def main() -> int:
+    install_fast_paths()  # the in-process senders and reviewer run with the gateway's pynetdicom hooks, as a node
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--associations", type=int, default=20)
     parser.add_argument("--instances", type=int, default=3000)

@@ -31,6 +31,7 @@ from hardening_flow import Ledger, send_files, uid_of, unacknowledged, wait_all_
 from hardening_load import SOURCES  # noqa: E402
 from hardening_support import CountingReviewer, fast_extra, reviewer_config  # noqa: E402
 from support.peers import GatewayProcess, PostgresCluster  # noqa: E402
+from gateway.dicomnet import install_fast_paths  # noqa: E402
 
 
 class Chaos:
@@ -82,6 +83,7 @@ def chaos_loop(node: GatewayProcess, reviewer: CountingReviewer, cluster: Postgr
 
 
 def main() -> int:
+    install_fast_paths()  # the in-process senders and reviewer run with the gateway's pynetdicom hooks, as a node
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--interval", type=float, default=5.0, help="mean seconds between kills")

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import structlog
 
+from gateway import wakeup
 from gateway.errors import GatewayError
 from gateway.models import CaseState as S
 from gateway.models import Study, utcnow
@@ -86,6 +87,7 @@ def move(study: Study, target: str, *, reason: str | None = None, **fields: obje
     changed = Study.update(values).where((Study.id == study.id) & (Study.state == current)).execute()
     if not changed:
         return False
+    wakeup.notify(target)  # the stages consuming ``target`` run once this commits (gateway.wakeup)
     study.state, study.state_changed_at = target, now
     study.state_reason = reason[:64] if reason else None
     study.stage_failures, study.stage_error, study.stage_retry_at = 0, None, None
@@ -147,6 +149,7 @@ def claimed(study: Study, *states: str, stage: str = "") -> Iterator[bool]:
     ours and the case is still in one of ``states`` (another node may have moved it since it was selected).
     One stage at a time holds a case, in this node as across nodes. The lease is released afterwards."""
     mine = claim(study, stage)
+    wakeup.claim_taken()
     try:
         if mine and states:
             current = Study.select(Study.state).where(Study.id == study.id).scalar()
@@ -154,7 +157,8 @@ def claimed(study: Study, *states: str, stage: str = "") -> Iterator[bool]:
             study.state = current
         yield mine
     finally:
-        release(study, stage)
+        with wakeup.releasing_claim():  # wake-ups for moves made under the claim go out once it is released
+            release(study, stage)
 
 
 class Lease:

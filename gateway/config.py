@@ -76,6 +76,9 @@ class NodeConfig(_Section):
     acse_timeout_s: SECONDS = Field(30.0, gt=0)
     dimse_timeout_s: SECONDS = Field(60.0, gt=0)
     network_timeout_s: SECONDS = Field(60.0, gt=0)
+    negotiation_timeout_s: SECONDS = Field(5.0, gt=0)
+    max_pending_per_host: int = Field(16, ge=1, le=1000)
+    store_commit_timeout_s: SECONDS = Field(5.0, gt=0)
     tls: TLSConfig = TLSConfig()
 
 
@@ -246,6 +249,7 @@ class RoutingConfig(_Section):
 
     stable_after_s: SECONDS = Field(60.0, ge=0)
     poll_s: SECONDS = Field(5.0, gt=0)
+    wakeups: bool = True
     claim_lease_s: SECONDS = Field(120.0, gt=0)
     body_parts: list[str] = Field(default_factory=lambda: list(SPINE_BODY_PARTS))
     keywords: list[str] = Field(default_factory=lambda: list(SPINE_KEYWORDS))

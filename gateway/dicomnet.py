@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import queue
 import select
 import socket
 import ssl
-import struct
 import sys
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
+import pynetdicom
 import pynetdicom._config
 import pynetdicom.association
 import pynetdicom.dimse_messages
@@ -37,7 +39,8 @@ from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.dsutils import encode as pydicom_encode
+
+from gateway.dicom.command import encode_command_set
 
 log = structlog.get_logger("dicomnet")
 
@@ -82,9 +85,12 @@ DUL_POLL_DELAY_S = 0.005
 
 
 def tune_association(event: evt.Event) -> None:
-    """EVT_CONN_OPEN handler: TCP_NODELAY, whole-PDU socket reads, and a DUL that wakes when there is work."""
+    """EVT_CONN_OPEN handler: TCP_NODELAY and bounded socket reads always; with the hooks installed
+    (``install_fast_paths``), also whole-PDU socket reads and a DUL that wakes when there is work."""
     set_tcp_nodelay(event)
     bound_socket_reads(event)
+    if not fast_paths_installed():
+        return
     read_pdus_whole(event)
     if event.assoc.is_requestor:
         requeue_stolen_responses(event.assoc)
@@ -342,66 +348,53 @@ def _wait_for_bytes(dul: Any, seconds: float) -> None:
             pass
 
 
-_COMMAND_PACKERS = {"US": struct.Struct("<H"), "UL": struct.Struct("<I")}
-_COMMAND_TEXT_PAD = {"UI": b"\0", "AE": b" ", "LO": b" ", "SH": b" ", "ST": b" "}
-_ELEMENT_HEADER = struct.Struct("<HHI")
+SUPPORTED_PYNETDICOM = ("3.0.4",)  # the versions whose internals the hooks below were written against and tested on
 
 
-def encode_command_set(ds: Any, is_implicit_vr: bool, is_little_endian: bool, *args: Any, **kwargs: Any) -> Any:
-    """pynetdicom's ``encode`` for DIMSE command sets, without pydicom's general machinery where possible.
+@dataclass(frozen=True)
+class FastPaths:
+    """What ``install_fast_paths`` found: whether the hooks are in effect, and if not, why."""
 
-    A command set is Implicit VR Little Endian, group 0000, and (for C-STORE, C-ECHO and their responses)
-    made of single US, UL and text values: those are packed here directly, in a tenth of the time pydicom
-    takes (pynetdicom encodes every command set twice, once to measure it; a quarter of a millisecond on
-    every C-STORE request and response). Anything else goes to pynetdicom's own ``encode``, which the tests
-    hold this to byte for byte.
+    installed: bool
+    version: str
+    missing: tuple[str, ...] = ()
+
+
+_installed: FastPaths | None = None
+_install_lock = threading.Lock()
+
+
+def install_fast_paths() -> FastPaths:
+    """Install the gateway's pynetdicom hooks, once per process, if pynetdicom is a version they were made for
+    and has every attribute they replace or call; else leave pynetdicom stock and log one warning.
+
+    The hooks: pynetdicom's reactor sleeps wake early (``_ReactorClock``); command sets encode quickly
+    (``encode_command_set``); stored files are sent without being decoded; its per-PDU and per-message log
+    handlers are left out (they format every PDU and command set for DEBUG and INFO lines that the gateway
+    keeps at WARNING anyway, ``gateway.ops.logs``: a tenth of a bare association's time); and each association
+    is tuned when its connection opens (``tune_association``). Stock pynetdicom is slower, never wrong.
+    Call it when the node starts (``GatewayNode.start``) and wherever else associations should be fast.
     """
-    if not (is_implicit_vr and is_little_endian) or args or kwargs:
-        return pydicom_encode(ds, is_implicit_vr, is_little_endian, *args, **kwargs)
-    parts = []
-    for element in ds:
-        value = element.value
-        if element.tag >> 16 != 0 or isinstance(value, (list, tuple, bytes)) or element.VR not in _ENCODERS:
-            return pydicom_encode(ds, is_implicit_vr, is_little_endian)
-        raw = _ENCODERS[element.VR](value)
-        if raw is None:
-            return pydicom_encode(ds, is_implicit_vr, is_little_endian)
-        parts.append(_ELEMENT_HEADER.pack(0, element.tag & 0xFFFF, len(raw)) + raw)
-    return b"".join(parts)
+    global _installed
+    with _install_lock:
+        if _installed is None:
+            _installed = _check_and_install()
+        return _installed
 
 
-def _number(vr: str) -> Any:
-    packer = _COMMAND_PACKERS[vr]
-
-    def pack(value: Any) -> bytes | None:
-        if value is None or value == "":
-            return b""
-        return packer.pack(value) if isinstance(value, int) and not isinstance(value, bool) else None
-    return pack
+def fast_paths_installed() -> bool:
+    return _installed is not None and _installed.installed
 
 
-def _text(vr: str) -> Any:
-    pad = _COMMAND_TEXT_PAD[vr]
-
-    def pack(value: Any) -> bytes | None:
-        if value is None:
-            return b""
-        if not isinstance(value, str) or not value.isascii():
-            return None
-        raw = value.encode("ascii")
-        return raw + pad if len(raw) % 2 else raw
-    return pack
-
-
-_ENCODERS = {**{vr: _number(vr) for vr in _COMMAND_PACKERS}, **{vr: _text(vr) for vr in _COMMAND_TEXT_PAD}}
-
-
-def install_fast_paths() -> None:
-    """Make pynetdicom's reactor sleeps wake early (see ``_ReactorClock``) and its command sets encode
-    quickly (see ``encode_command_set``), send stored files without decoding them, and leave out its
-    standard per-PDU and per-message log handlers:
-    they format every PDU and command set for DEBUG and INFO lines that the gateway keeps at WARNING anyway
-    (``gateway.ops.logs``), a tenth of a bare association's time. Idempotent, process-wide."""
+def _check_and_install() -> FastPaths:
+    version = str(getattr(pynetdicom, "__version__", "unknown"))
+    missing = tuple(missing_hook_points())
+    if version not in SUPPORTED_PYNETDICOM or missing:
+        differs = f"lacks {', '.join(missing)}" if missing else "is not a version the hooks know"
+        reason = f"pynetdicom {version} {differs}"
+        log.warning("pynetdicom_hooks_not_installed", version=version, reason=reason,
+                    error=f"supported: {', '.join(SUPPORTED_PYNETDICOM)}; running stock pynetdicom (slower)")
+        return FastPaths(False, version, missing)
     for module in (pynetdicom.association, pynetdicom.dul):
         if not isinstance(module.time, _ReactorClock):
             module.time = _ReactorClock()  # type: ignore[assignment]
@@ -410,8 +403,64 @@ def install_fast_paths() -> None:
     # send_c_store(path) sends the file's dataset bytes as stored instead of decoding and re-encoding them
     # (a delivery sends a path only over a context that accepted the file's own transfer syntax).
     pynetdicom._config.STORE_SEND_CHUNKED_DATASET = True
+    return FastPaths(True, version)
 
 
-install_fast_paths()
+def missing_hook_points() -> list[str]:
+    """Every pynetdicom attribute the hooks replace or rely on that is absent or not of the expected shape."""
+    from pynetdicom.association import Association
+    from pynetdicom.dimse_messages import DIMSEMessage
+    from pynetdicom.dul import DULServiceProvider
+    from pynetdicom.transport import AssociationSocket
+
+    missing: list[str] = []
+
+    def need(ok: Any, name: str) -> None:
+        try:
+            good = bool(ok())
+        except Exception:  # noqa: BLE001 - any failure to look means the attribute is not as expected
+            good = False
+        if not good:
+            missing.append(name)
+
+    def calls(function: Any, *names: str) -> bool:
+        return set(names) <= set(function.__code__.co_names)
+
+    need(lambda: isinstance(pynetdicom.association.time, (type(time), _ReactorClock)), "association.time")
+    need(lambda: isinstance(pynetdicom.dul.time, (type(time), _ReactorClock)), "dul.time")
+    need(lambda: calls(Association._run_reactor, "time", "sleep", "_serve_request"), "Association._run_reactor")
+    need(lambda: calls(DULServiceProvider.run_reactor, "time", "sleep", "_run_loop_delay"),
+         "DULServiceProvider.run_reactor")
+    need(lambda: callable(pynetdicom.dimse_messages.encode) and calls(DIMSEMessage.encode_msg, "encode"),
+         "dimse_messages.encode")
+    need(lambda: hasattr(pynetdicom._config, "LOG_HANDLER_LEVEL"), "_config.LOG_HANDLER_LEVEL")
+    need(lambda: hasattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET"), "_config.STORE_SEND_CHUNKED_DATASET")
+    need(lambda: list(inspect.signature(Association._serve_request).parameters) == ["self", "msg", "context_id"],
+         "Association._serve_request")
+    need(lambda: calls(DULServiceProvider._read_pdu_data, "socket", "recv"), "DULServiceProvider._read_pdu_data")
+    need(lambda: callable(AssociationSocket.recv) and callable(DULServiceProvider._send), "DULServiceProvider._send")
+    need(lambda: isinstance(C_STORE.is_valid_request, property), "C_STORE.is_valid_request")
+    probe = _probe_association()
+    if probe is None:
+        missing.append("Association(ae, 'acceptor')")
+        return missing
+    need(lambda: isinstance(probe._reactor_checkpoint, threading.Event), "Association._reactor_checkpoint")
+    need(lambda: isinstance(probe.dimse.msg_queue, queue.Queue), "DIMSEServiceProvider.msg_queue")
+    need(lambda: isinstance(probe.dul.to_provider_queue, queue.Queue), "DULServiceProvider.to_provider_queue")
+    need(lambda: isinstance(probe.dul._run_loop_delay, float), "DULServiceProvider._run_loop_delay")
+    need(lambda: isinstance(probe.dul.state_machine.current_state, str), "StateMachine.current_state")
+    need(lambda: callable(probe.dul.send_pdu) and hasattr(probe.dul, "socket"), "DULServiceProvider.send_pdu")
+    need(lambda: isinstance(probe.is_established, bool) and isinstance(probe.is_requestor, bool),
+         "Association.is_established")
+    return missing
+
+
+def _probe_association() -> Any:
+    """An acceptor ``Association`` never started, to look at the attributes its constructor sets."""
+    try:
+        return pynetdicom.association.Association(pynetdicom.AE(), "acceptor")
+    except Exception:  # noqa: BLE001 - a constructor that changed shape: the hooks cannot be checked
+        return None
+
 
 NODELAY_HANDLER = (evt.EVT_CONN_OPEN, tune_association)

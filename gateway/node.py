@@ -8,11 +8,12 @@ import threading
 
 import structlog
 
-from gateway import __version__, cases
+from gateway import __version__, cases, wakeup
 from gateway.config import GatewayConfig
 from gateway.deid.secret import load_or_create_secret
 from gateway.deid.stage import DeidStage
 from gateway.deid.work import WorkPool, deid_pool
+from gateway.dicomnet import install_fast_paths
 from gateway.models import SCHEMA_VERSION, Source, db, open_database, sync_sources
 from gateway.ops.http import HttpServer, standard_health_checks
 from gateway.pipeline import FailurePolicy, Pipeline, Stage
@@ -48,6 +49,7 @@ class GatewayNode:
         self.http: HttpServer | None = None
         self.hl7 = None  # the MLLP listener (gateway.referral.mllp) when hl7.enabled
         self.pipeline: Pipeline | None = None
+        self.wakeups: wakeup.Wakeups | None = None
         self.work_pool: WorkPool | None = None
         self.secret = b""
         self._stop = threading.Event()
@@ -70,16 +72,26 @@ class GatewayNode:
                         reason="row committed, file never placed: the node stopped in between")
         self._load_secret()
         threading.Thread(target=load_standard_tables, name="highdicom-tables", daemon=True).start()
-        handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids, self.identity),
+        handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids, self.identity,
+                                                        commit_timeout_s=self.config.node.store_commit_timeout_s),
                                ReportIntake(self.spool))
         self._start_listeners()  # before the SCP: whoever sees the DICOM port answer finds HTTP up too
+        install_fast_paths()  # pynetdicom's hooks, checked first: stock pynetdicom (and one warning) otherwise
         self.server = start_scp(self.config.node, handlers)
         self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)
-        self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s,
+        self._start_wakeups()
+        self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s, self.wakeups,
                                  FailurePolicy.of(self.config.routing.case_failures))
         self.pipeline.start()
         log.info("gateway_started", ae_title=self.config.node.ae_title, port=self.config.node.port,
                  version=__version__, to_version=SCHEMA_VERSION, tls=self.config.node.tls.enabled)
+
+    def _start_wakeups(self) -> None:
+        """``routing.wakeups``: stages woken by committed state changes (and NOTIFY from other nodes)."""
+        if self.config.routing.wakeups:
+            self.wakeups = wakeup.Wakeups(self.identity).start()
+            self.wakeups.watch_server(self.server)
+            wakeup.install(self.wakeups)
 
     def _load_secret(self) -> None:
         path = self.config.secret_path()
@@ -142,6 +154,10 @@ class GatewayNode:
             self.stop()
 
     def stop(self) -> None:
+        if self.wakeups is not None:
+            wakeup.install(None)
+            self.wakeups.stop()
+            self.wakeups = None
         if self.pipeline is not None:
             self.pipeline.stop()
             self.pipeline = None

@@ -1,12 +1,13 @@
 """The pipeline: each stage finds its work by case state in the database and leaves it in the next state.
 
 Stages never call each other. Every stage runs in the same loop (``StageLoop``), scheduled every
-``routing.poll_s``, one run at a time per stage; ``wake()`` runs a stage at once.
+``routing.poll_s``, one run at a time per stage, and woken at once by a committed state change
+(``gateway.wakeup``) or ``Pipeline.wake``.
 
 A *case stage* (``CaseStage``) says which cases are due and how to advance one. The loop claims the cases one
 at a time (``gateway.cases.claimed``) and runs the stage's ``step`` for each. A step that raises is logged
 (``case_step_failed``: stage, case, error type; never the message, which may carry PHI), the case backs off
-exponentially (``Study.stage_failures``, ``Study.stage_retry_at``), and after ``pipeline.max_failures`` failures
+exponentially (``Study.stage_failures``, ``Study.stage_retry_at``), and after ``routing.case_failures.max_failures`` failures
 it goes to the stage's give-up state (QUARANTINED, FAILED or REPORT_FAILED) with the reason
 ``<stage>:<ErrorType>``. Other cases keep flowing: one broken case never holds up a healthy one. A failure of
 the node's surroundings (disk full, database away: ``node_wide``) backs the case off but never gives it up.
@@ -24,13 +25,14 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol, runtime_checkable
 
 import peewee
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from gateway import cases
+from gateway import cases, wakeup
 from gateway.errors import SpoolError
 from gateway.models import Study, db, utcnow
 from gateway.ops import audit
@@ -140,15 +142,14 @@ def case_failed(stage: CaseStage, study: Study, exc: BaseException, policy: Fail
 
 
 class StageLoop:
-    """Runs one stage: every ``poll_s`` from the scheduler, or at once on ``wake()``."""
+    """One stage's run: a case stage through ``run_case_stage`` (with the node's ``FailurePolicy``), any other
+    stage's own ``run_once``. ``Pipeline`` schedules it and wakes it; ``tick()`` runs it here and now."""
 
     def __init__(self, stage: Stage, policy: FailurePolicy = DEFAULT_POLICY) -> None:
         self.stage = stage
         self.policy = policy
         self.name = stage.name
-        self._scheduler: BackgroundScheduler | None = None
         self._running = threading.Lock()
-        self._again = threading.Event()  # a wake() came during a run: run once more right after it
 
     def run_once(self, now: dt.datetime) -> int:
         """One run (the caller holds a database connection)."""
@@ -157,20 +158,16 @@ class StageLoop:
         return self.stage.run_once(now)
 
     def tick(self) -> None:
-        """A scheduled run: never raises; an error outside any one case is logged and the next tick retries."""
-        if not self._running.acquire(blocking=False):
-            self._again.set()  # a run is going on: it runs once more when it ends
-            return
-        try:
-            self._again.clear()
-            self._run_logged()
-            while self._again.is_set():
-                self._again.clear()
-                self._run_logged()
-        finally:
-            self._running.release()
+        """One run in this thread, unless one is going on."""
+        if self._running.acquire(blocking=False):
+            try:
+                self.run_logged()
+            finally:
+                self._running.release()
 
-    def _run_logged(self) -> None:
+    def run_logged(self) -> None:
+        """One run with its own connection; never raises: an error outside any one case is logged and the
+        next run tries again."""
         started = time.perf_counter()
         try:
             with db.connection_context():
@@ -182,41 +179,47 @@ class StageLoop:
             log.debug("stage_ran", component=self.name, count=moved,
                       duration_ms=int((time.perf_counter() - started) * 1000))
 
-    def wake(self) -> None:
-        """Run the stage now: on the scheduler's threads when the loop is scheduled (a run going on runs once
-        more when it ends), else in the caller's thread."""
-        if self._scheduler is None or not self._scheduler.running:
-            self.tick()
-        elif self._running.locked():
-            self._again.set()
-        else:
-            self._scheduler.modify_job(self.name, next_run_time=dt.datetime.now(dt.UTC))
-
-    def schedule(self, scheduler: BackgroundScheduler, poll_s: float) -> None:
-        self._scheduler = scheduler
-        scheduler.add_job(self.tick, "interval", seconds=poll_s, id=self.name, max_instances=1, coalesce=True,
-                          next_run_time=dt.datetime.now(dt.UTC))
-
 
 class Pipeline:
-    def __init__(self, stages: Sequence[Stage], poll_s: float, policy: FailurePolicy = DEFAULT_POLICY) -> None:
+    """Every stage's loop on one scheduler: each runs every ``poll_s``, and at once when woken (``wake``, or a
+    committed state change through ``wakeups``, see ``gateway.wakeup``); one run at a time per stage."""
+
+    def __init__(self, stages: Sequence[Stage], poll_s: float, wakeups: wakeup.Wakeups | None = None,
+                 policy: FailurePolicy = DEFAULT_POLICY) -> None:
         self.stages = list(stages)
         self.poll_s = poll_s
         self.loops = {stage.name: StageLoop(stage, policy) for stage in self.stages}
         self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.wakeups = wakeups
+        self._runs: dict[str, wakeup.CoalescedRun] = {}
 
     def start(self) -> None:
-        for loop in self.loops.values():
-            loop.schedule(self.scheduler, self.poll_s)
+        for name, loop in self.loops.items():
+            # wake-ups (gateway.wakeup): one run at a time per stage, a wake-up during a run makes one more
+            run = wakeup.CoalescedRun(loop.run_logged, kick=partial(self._run_now, name))
+            self._runs[name] = run
+            self.scheduler.add_job(run.run, "interval", seconds=self.poll_s, id=name, max_instances=2,
+                                   coalesce=True, misfire_grace_time=None, next_run_time=dt.datetime.now(dt.UTC))
+            if self.wakeups is not None:
+                self.wakeups.subscribe(wakeup.topics_of(name), run.wake)
         self.scheduler.start()
+
+    def wake(self, stage_name: str) -> None:
+        """Run the stage called ``stage_name`` now (a run going on runs once more when it ends)."""
+        run = self._runs.get(stage_name)
+        if run is not None and self.scheduler.running:
+            run.wake()
+        else:
+            self.loops[stage_name].tick()
+
+    def _run_now(self, job_id: str) -> None:
+        """A wake-up: the stage's job runs now (the poll goes on from there)."""
+        if self.scheduler.running:
+            self.scheduler.modify_job(job_id, next_run_time=dt.datetime.now(dt.UTC))
 
     def stop(self) -> None:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
-
-    def wake(self, stage_name: str) -> None:
-        """Run the stage called ``stage_name`` now (e.g. when a case reached the state it works on)."""
-        self.loops[stage_name].wake()
 
     def run_all_once(self) -> int:
         """Run every stage once, in order (for the CLI and tests)."""

@@ -9,6 +9,7 @@ from pydicom import config as pydicom_config
 
 from support.peers import GatewayProcess, PostgresCluster
 from gateway.demo import write_demo_study
+from gateway.dicomnet import install_fast_paths
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -18,6 +19,15 @@ def strict_dicom():
     pydicom_config.settings.writing_validation_mode = pydicom_config.RAISE
     yield
     pydicom_config.settings.writing_validation_mode = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pynetdicom_hooks():
+    """The gateway's pynetdicom hooks, as a node installs them when it starts; in-process SCPs and SCUs of the
+    tests run with them. Installing them must succeed on the pinned pynetdicom."""
+    installed = install_fast_paths()
+    assert installed.installed, f"pynetdicom hooks not installed: {installed}"
+    return installed
 
 
 @pytest.fixture(scope="session")

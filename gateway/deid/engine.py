@@ -20,7 +20,8 @@ from gateway.deid.guard import PatientIdentifiers, identifiers_from_dataset
 from gateway.deid.ocr import PixelReport, clean_burned_in_text
 from gateway.deid.options import BlankRegion, BurnedInPolicy, DeidOptions
 from gateway.deid.pseudonym import Pseudonymizer, is_standard_uid, uuid_derived_uid
-from gateway.deid.values import TEXT_VRS, dummy_value, is_safe_descriptor, shift_date, shift_datetime
+from gateway.deid.values import dummy_value, is_safe_descriptor, shift_date, shift_datetime
+from gateway.dicom.vr import FREE_TEXT_VRS
 
 PATIENT_NAME_PREFIX = "SPINEGW"
 IMPLEMENTATION_VERSION_NAME = "SPINEGW_0_1"
@@ -348,7 +349,7 @@ class Deidentifier:
     def _apply_clean(self, dataset: Dataset, elem: DataElement, resolved: ResolvedAction, run: _Run) -> None:
         if elem.VR == "SQ":
             self._walk_items(elem, run)
-        elif elem.VR in TEXT_VRS and is_safe_descriptor(_as_text(elem.value), self.options.extra_descriptor_words):
+        elif elem.VR in FREE_TEXT_VRS and is_safe_descriptor(_as_text(elem.value), self.options.extra_descriptor_words):
             return
         else:
             self._apply(dataset, elem, resolved.fallback, resolved, run)

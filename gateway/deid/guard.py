@@ -29,11 +29,11 @@ from pydicom.dataset import Dataset
 
 from gateway.deid.errors import IdentifierLeakError
 from gateway.deid.pseudonym import is_standard_uid
+from gateway.dicom.vr import TEXT_VRS
 from gateway.privacy.identifiers import IdentifierSet
 
 PIXEL_DATA_TAG = 0x7FE00010
 MIN_NAME_PART = 3
-_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
 _BYTE_VRS = frozenset({"OB", "UN", "OW"})
 # Values the engine itself writes; a source that already used them as a name is not identified by them.
 _PLACEHOLDER_NAMES = frozenset({"ANONYMOUS", "ANONYMIZED", "ANONYMISED", "SPINEGW"})
@@ -112,8 +112,8 @@ def _searchable_text(elem: DataElement) -> str | None:
         return None
     value = elem.value
     if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("latin-1") if elem.VR in _BYTE_VRS or elem.VR in _STRING_VRS else None
-    if elem.VR in _STRING_VRS:
+        return bytes(value).decode("latin-1") if elem.VR in _BYTE_VRS or elem.VR in TEXT_VRS else None
+    if elem.VR in TEXT_VRS:
         if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
             return "\\".join(str(part) for part in value)
         return str(value)

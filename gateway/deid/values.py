@@ -36,7 +36,6 @@ _DUMMY_BY_VR: dict[str, Any] = {
     "OV": b"\x00" * 8,
     "UN": b"\x00\x00",
 }
-TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
 
 
 def dummy_value(vr: str) -> Any:

@@ -112,13 +112,30 @@ def configure_logging(config: LoggingConfig, *, strict: bool = False, console: b
         renderer = structlog.dev.ConsoleRenderer() if human else structlog.processors.JSONRenderer()
         console_handler = logging.StreamHandler(sys.stderr)
         console_handler.setFormatter(formatter(renderer))
+        console_handler.addFilter(_not_from_pynetdicom)
         root.addHandler(console_handler)
     # pynetdicom's DEBUG and INFO output prints original UIDs and AE details: keep it at WARNING.
     for noisy in ("pynetdicom", "peewee", "highdicom"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    transport = logging.getLogger("pynetdicom.transport")
+    if _unreachable_peer_lines not in transport.filters:
+        transport.addFilter(_unreachable_peer_lines)
     # APScheduler warns each time a tick is skipped because the stage's previous run is still going: that is
     # the design (one run per stage at a time), not news.
     logging.getLogger("apscheduler").setLevel(max(level, logging.ERROR))
+
+
+def _not_from_pynetdicom(record: logging.LogRecord) -> bool:
+    """Console filter: pynetdicom's own lines go to the log file only. The console carries the gateway's
+    events, which say the same in one line each (``peer_down``, ``delivery_failed``, ``association_rejected``)."""
+    return not record.name.startswith("pynetdicom")
+
+
+def _unreachable_peer_lines(record: logging.LogRecord) -> bool:
+    """Drop pynetdicom's two or three ERROR lines for each connection it could not open (its ``connect``):
+    the gateway logs one event per unreachable peer (``peer_down``, ``delivery_failed``) instead, and a peer down
+    for an hour would otherwise write them at every health check and every delivery attempt."""
+    return not (record.funcName == "connect" and record.levelno >= logging.ERROR)
 
 
 def get_logger(component: str) -> Any:

@@ -19,7 +19,7 @@ from gateway.models import Study, db
 
 PREFIX = "spine_gateway"
 INSTANCE_RESULTS = ("stored", "duplicate", "refused", "failed")
-ASSOCIATION_RESULTS = ("accepted", "rejected", "aborted", "released")
+ASSOCIATION_RESULTS = ("accepted", "rejected", "aborted", "released", "dropped")
 DELIVERY_RESULTS = ("delivered", "failed")
 # Seconds: from a few milliseconds (one small instance) to minutes (a whole study over a slow link).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0, 600.0)
@@ -99,7 +99,7 @@ class GatewayMetrics:
             self.store_seconds.observe(seconds)
 
     def record_association(self, result: str) -> None:
-        """An association accepted, rejected, aborted or released."""
+        """An association accepted, rejected, aborted or released, or a connection dropped before negotiating."""
         self.associations.labels(result=_check_label("association", result, ASSOCIATION_RESULTS)).inc()
 
     def record_delivery(self, result: str, seconds: float, *, retry: bool = False) -> None:

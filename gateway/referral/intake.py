@@ -14,7 +14,7 @@ from typing import Literal
 
 import structlog
 
-from gateway import models
+from gateway import models, wakeup
 from gateway.ops import audit
 from gateway.referral.document import Referral
 from gateway.referral.errors import ReferralValidationError
@@ -69,6 +69,7 @@ def store_referral(referral: Referral, via: IntakePath) -> models.Referral:
                 received_via=via,
             )
             study = match_referral(row)
+            wakeup.notify(wakeup.REFERRAL)  # the notes stage runs once this commits: a held case may go on
             audit.record("referral_received", actor_ae=None, actor_host=None,
                          study_key=study.key if study is not None else None,
                          detail=f"referral {row.id} via {via}")

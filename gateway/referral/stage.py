@@ -64,7 +64,7 @@ from gateway.referral.notes_pdf import NotesPDFBuilder
 from gateway.referral.notes_sr import EVIDENCE_REQUIRED_ATTRIBUTES, NotesSRBuilder
 from gateway.referral.reason import short_reason
 from gateway.referral.scrub import KnownIdentifiers, ScrubbedNotes
-from gateway.scp.rawedit import set_text_element
+from gateway.dicom.rawedit import set_text_element
 from gateway.scp.spool import Spool
 
 __all__ = ["APPROVAL_ACTION", "AWAITING_APPROVAL", "AWAITING_REFERRAL", "NO_REFERRAL", "NotesStage", "NotesStageError",
@@ -131,7 +131,7 @@ def known_identifiers(identifiers: IdentifierSet) -> KnownIdentifiers:
 
 def with_reason(path: str, reason: str) -> bytes:
     """The outbound image at ``path`` with Reason for the Requested Procedure set: set in
-    the encoded bytes where it can be (``scp.rawedit``), else by decoding and re-encoding the file."""
+    the encoded bytes where it can be (``dicom.rawedit``), else by decoding and re-encoding the file."""
     in_place = set_text_element(Path(path).read_bytes(), REASON_FOR_THE_REQUESTED_PROCEDURE, "LO", reason)
     if in_place is not None:
         return in_place

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import peewee
 import structlog
 
-from gateway import cases
+from gateway import cases, wakeup
 from gateway.errors import OutOfResources
 from gateway.models import CaseState, ReportObject, Study, db
 from gateway.reports.codes import REPORT_CLASSES
@@ -103,6 +103,7 @@ class ReportIntake:
                                 sop_class_uid=header.sop_class_uid, sop_instance_uid=header.sop_instance_uid,
                                 transfer_syntax=received.transfer_syntax, spool_path=relative_path, sha256=digest,
                                 size=received.size)
+            wakeup.notify(wakeup.REPORT)  # the report stage runs once this commits (also for a reported case)
             if study.state != CaseState.REPORTED and not cases.move(
                     study, CaseState.REPORTED, reason="report_received", report_next_attempt_at=None,
                     report_attempts=0):

@@ -32,13 +32,14 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from gateway.deid.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, PATIENT_NAME_PREFIX
 from gateway.deid.pseudonym import uuid_derived_uid
+from gateway.dicom.vr import FREE_TEXT_VRS
 from gateway.referral.charset import specific_character_set
 from gateway.reports.codes import REPORT_CLASSES
 from gateway.reports.errors import ReidentificationError
 
 REMOVED_DEID_KEYWORDS = ("PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
                          "LongitudinalTemporalInformationModified")
-_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "PN", "UC"})
+_TEXT_VRS = FREE_TEXT_VRS - {"AE", "CS", "UR"}  # what a reviewer writes: names, descriptions, free text
 _MAX_LENGTH = {"SH": 16, "LO": 64, "ST": 1024, "LT": 10240, "PN": 324}
 
 

@@ -29,7 +29,7 @@ import pydicom.errors
 import structlog
 from pydicom.dataset import Dataset
 
-from gateway import cases
+from gateway import cases, wakeup
 from gateway.config import GatewayConfig, SourceConfig
 from gateway.models import (
     CaseState,

@@ -6,7 +6,7 @@ import datetime as dt
 
 from peewee import fn
 
-from gateway import cases
+from gateway import cases, wakeup
 from gateway.config import RoutingConfig
 from gateway.models import CaseState, Instance, Study
 from gateway.pipeline import run_case_stage
@@ -35,7 +35,17 @@ class CompletionStage:
                         & (last_instance <= cutoff))
                  .order_by(Study.last_received_at))
         # list(): fetched whole before any write; on SQLite a half-read cursor makes the writes fail at once.
+        wakeup.wake_at(wakeup.STABLE, self.next_stable_at(now))
         return list(quiet)
+
+    def next_stable_at(self, now: dt.datetime | None = None) -> dt.datetime | None:
+        """When the next receiving study will have been quiet for ``stable_after_s`` (None: none receiving); a
+        study already quiet (due now, or backing off after a failure) is left to this run and the poll."""
+        last = (Instance.select(Study.last_received_at, fn.MAX(Instance.received_at)).join(Study)
+                .where(Study.state == CaseState.RECEIVING).group_by(Study.id, Study.last_received_at).tuples())
+        times = [max(t for t in pair if t is not None) + self.stable_after for pair in last if any(pair)]
+        times = [t for t in times if now is None or t > now]
+        return min(times) if times else None
 
     @staticmethod
     def give_up(study: Study) -> str:

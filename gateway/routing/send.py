@@ -27,7 +27,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
-from gateway import cases
+from gateway import cases, wakeup
 from gateway.config import DicomPeer, NodeConfig, RetryConfig, ReviewerConfig
 from gateway.dicomnet import NODELAY_HANDLER
 from gateway.models import CaseState, Delivery, OutboundObject, Study, utcnow
@@ -60,6 +60,7 @@ class Leg:
     failed_state: str
     attempts: peewee.Field
     next_attempt_at: peewee.Field
+    retry_topic: str  # the wake-up (gateway.wakeup) that runs the leg's stage when the retry is due
 
     def attempt_of(self, study: Study) -> int:
         """The number of the attempt about to be made (1-based)."""
@@ -75,6 +76,7 @@ class Leg:
         Study.update({self.attempts: attempt, self.next_attempt_at: next_at}).where(Study.id == study.id).execute()
         setattr(study, self.attempts.name, attempt)
         setattr(study, self.next_attempt_at.name, next_at)
+        wakeup.wake_at(self.retry_topic, next_at)  # the retry runs when due, not at a later poll
 
     def give_up(self, study: Study, attempt: int, reason: str) -> bool:
         """The leg's failure state, with its attempts kept for the operator to see."""
@@ -82,8 +84,9 @@ class Leg:
                           **{self.attempts.name: attempt, self.next_attempt_at.name: None})
 
 
-STUDY_LEG = Leg("study", CaseState.FAILED, Study.delivery_attempts, Study.next_attempt_at)
-REPORT_LEG = Leg("report", CaseState.REPORT_FAILED, Study.report_attempts, Study.report_next_attempt_at)
+STUDY_LEG = Leg("study", CaseState.FAILED, Study.delivery_attempts, Study.next_attempt_at, CaseState.DELIVERING)
+REPORT_LEG = Leg("report", CaseState.REPORT_FAILED, Study.report_attempts, Study.report_next_attempt_at,
+                 CaseState.REPORTED)
 
 
 def backoff_s(retry: RetryConfig, attempt: int, rng: random.Random | None = None) -> float:

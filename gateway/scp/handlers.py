@@ -27,7 +27,7 @@ from gateway.dicomnet import NODELAY_HANDLER
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
 from gateway.models import QuarantinedObject, db
 from gateway.ops import audit, metrics
-from gateway.scp.filemeta import part10_header
+from gateway.dicom.filemeta import part10_header
 from gateway.scp.policy import AssociationPolicy, AssociationRefused, Caller
 from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance, elapsed_ms
 
@@ -44,6 +44,11 @@ class AssociationStats:
     failures: int = 0
     cache: AssociationCache = field(default_factory=AssociationCache)
     studies: dict[str, int] = field(default_factory=dict)  # study key -> instances stored
+
+
+def _named(caller: Caller) -> dict[str, str]:
+    """The log key naming a caller by its role: ``source=`` for a source, ``reviewer=`` for a reviewer."""
+    return {"reviewer" if caller.role == "reviewer" else "source": caller.name}
 
 
 def _status(code: int, comment: str = "") -> Dataset:
@@ -100,7 +105,7 @@ class ScpHandlers:
             return
         self._associations[event.assoc] = AssociationStats(caller, peer)
         metrics.record_association("accepted")
-        log.info("association_accepted", source=caller.name, calling_ae=caller.ae_title, peer=peer)
+        log.info("association_accepted", **_named(caller), calling_ae=caller.ae_title, peer=peer)
 
     def on_closed(self, event: evt.Event) -> None:
         stats = self._associations.pop(event.assoc, None)
@@ -109,7 +114,8 @@ class ScpHandlers:
         metrics.record_association("aborted" if event.assoc.is_aborted else "released")
         for study_key, count in stats.studies.items():
             self._audit("received", stats.caller.ae_title, stats.peer, study_key, "success", f"{count} instance(s)")
-        log.info("association_closed", source=stats.caller.name, state="aborted" if event.assoc.is_aborted else "released",
+        log.info("association_closed", **_named(stats.caller),
+                 state="aborted" if event.assoc.is_aborted else "released",
                  instances=stats.instances, bytes=stats.bytes, count=stats.failures,
                  duration_ms=elapsed_ms(stats.started))
 
@@ -155,6 +161,7 @@ class ScpHandlers:
             raise InvalidInstance("reviewer_may_not_store_studies", status.NOT_AUTHORIZED)
         receipt = self.reports.receive(received, stats.caller.name)
         stats.instances += 1
+        stats.bytes += received.size
         log.info("report_received", case=receipt.study_key, reviewer=stats.caller.name, status=status.SUCCESS,
                  sop_class=received.context_sop_class, reason="duplicate" if receipt.duplicate else None,
                  duration_ms=elapsed_ms(started))
@@ -198,8 +205,8 @@ class ScpHandlers:
                     status=code, size=len(part10),
                     spool_path=self.receiver.spool.relative(path) if path and path.name else None)
         except Exception:  # noqa: BLE001 - the refusal must still be answered and logged
-            log.error("quarantine_record_failed", reason=reason, source=stats.caller.name)
-        log.warning(event, source=stats.caller.name, case=study_key, status=code, reason=reason,
+            log.error("quarantine_record_failed", reason=reason, **_named(stats.caller))
+        log.warning(event, **_named(stats.caller), case=study_key, status=code, reason=reason,
                     duration_ms=elapsed_ms(started))
         metrics.record_instance("refused", len(part10), time.perf_counter() - started)
         self._audit(event, stats.caller.ae_title, stats.peer, study_key, "refused", reason)
@@ -218,6 +225,6 @@ class ScpHandlers:
     def _fail(stats: AssociationStats, code: int, reason: str, detail: str, started: float) -> Dataset:
         stats.failures += 1
         metrics.record_instance("failed", 0, time.perf_counter() - started)
-        log.error("instance_not_stored", source=stats.caller.name, status=code, reason=reason, error=detail,
+        log.error("instance_not_stored", **_named(stats.caller), status=code, reason=reason, error=detail,
                   duration_ms=elapsed_ms(started))
         return _status(code, reason)

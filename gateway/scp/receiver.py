@@ -7,10 +7,13 @@ then) success.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import re
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +26,7 @@ from gateway import status
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
 from gateway.models import Instance, InstanceState, Series, Study, db, utcnow
 from gateway.scp.spool import Spool
-from gateway.scp.wellformed import check_well_formed
+from gateway.dicom.wellformed import check_well_formed
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 STUDY_UID, SERIES_UID, SOP_INSTANCE_UID, SOP_CLASS_UID, MODALITY = (
@@ -163,10 +166,12 @@ class InstanceReceiver:
     received it starts again (the row names its node). Readers skip a row whose file is not there yet.
     """
 
-    def __init__(self, spool: Spool, source_ids: dict[str, int], node: str | None = None) -> None:
+    def __init__(self, spool: Spool, source_ids: dict[str, int], node: str | None = None,
+                 commit_timeout_s: float | None = None) -> None:
         self.spool = spool
         self.source_ids = source_ids
         self.node = node
+        self.commit_timeout_s = commit_timeout_s  # the longest wait for the database (None: the database's own)
         # hashlib and file writes release the GIL: digest and file are made on other cores meanwhile.
         self._hashing = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-hash")
         self._spooling = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-write")
@@ -176,7 +181,9 @@ class InstanceReceiver:
 
         Raises:
             InvalidInstance: refused (the caller answers with its status and quarantines the bytes).
-            OutOfResources: disk full or database unavailable (0xA700).
+            OutOfResources: disk full, database unavailable, or busy past ``commit_timeout_s`` (0xA700). The
+                row is not committed then; a file already placed stays in the content-addressed spool, where
+                a resend of the same bytes finds it (no row refers to it otherwise).
             SpoolError: other I/O failures (0xA700).
         """
         header = parse_header(received)
@@ -184,9 +191,11 @@ class InstanceReceiver:
         hashing: Future[str] = self._hashing.submit(sha256_hex, received.dataset)
         spooling: Future[Path] = self._spooling.submit(self._spool_file, received, hashing)
         try:
-            with db.connection_context():
+            with db.connection_context(), bounded_database_wait(self.commit_timeout_s):
                 return self._record(header, received, hashing, spooling, cache)
         except peewee.OperationalError as exc:
+            if is_busy(exc):
+                raise OutOfResources(f"database busy past {self.commit_timeout_s} s") from exc
             raise OutOfResources(f"database unavailable: {type(exc).__name__}") from exc
         except (peewee.InterfaceError, peewee.DatabaseError) as exc:
             raise OutOfResources(f"database unavailable: {type(exc).__name__}") from exc
@@ -321,7 +330,72 @@ def _write_transaction():
     concurrent associations turned good instances into 0xA700."""
     if isinstance(db.obj, peewee.SqliteDatabase):
         return db.atomic("IMMEDIATE")
-    return db.atomic()
+    return _BoundedPostgresTransaction()
+
+
+_wait_bound = threading.local()  # the bound in force in this thread (see bounded_database_wait)
+
+
+class _BoundedPostgresTransaction:
+    """``db.atomic()`` whose lock and statement waits end at the thread's bound (``SET LOCAL``, so they end
+    with the transaction)."""
+
+    def __enter__(self) -> None:
+        self._atomic = db.atomic()
+        self._atomic.__enter__()
+        milliseconds = getattr(_wait_bound, "milliseconds", None)
+        if milliseconds:
+            db.execute_sql(f"SET LOCAL lock_timeout = {milliseconds}; SET LOCAL statement_timeout = {milliseconds}")
+
+    def __exit__(self, *exc_info: object) -> bool | None:
+        return self._atomic.__exit__(*exc_info)
+
+
+@contextlib.contextmanager
+def bounded_database_wait(seconds: float | None) -> Iterator[None]:
+    """Within the block, a wait for the database (SQLite's lock, PostgreSQL's locks and statements) ends after
+    ``seconds`` with ``peewee.OperationalError`` (see ``is_busy``) instead of stalling the association.
+
+    SQLite's ``busy_timeout`` is the connection's, so it is set for the block and put back after it (the
+    pooled connection serves other threads next). Must run inside ``db.connection_context()``.
+    """
+    if not seconds:
+        yield
+        return
+    milliseconds = max(1, int(seconds * 1000))
+    sqlite = isinstance(db.obj, peewee.SqliteDatabase)
+    previous = None
+    if sqlite:
+        previous = _sqlite_busy_timeout()
+        db.execute_sql(f"PRAGMA busy_timeout = {milliseconds}")
+    _wait_bound.milliseconds = milliseconds
+    try:
+        yield
+    finally:
+        _wait_bound.milliseconds = None
+        if sqlite and previous is not None:
+            try:
+                db.execute_sql(f"PRAGMA busy_timeout = {int(previous)}")
+            except peewee.PeeweeException:
+                pass  # the connection is broken: the pool discards it
+
+
+def _sqlite_busy_timeout() -> int:
+    """The busy timeout every pooled SQLite connection is opened with (``models.make_database``), read once."""
+    global _SQLITE_BUSY_TIMEOUT_MS
+    if _SQLITE_BUSY_TIMEOUT_MS is None:
+        _SQLITE_BUSY_TIMEOUT_MS = int(db.execute_sql("PRAGMA busy_timeout").fetchone()[0])
+    return _SQLITE_BUSY_TIMEOUT_MS
+
+
+_SQLITE_BUSY_TIMEOUT_MS: int | None = None
+
+
+def is_busy(exc: BaseException) -> bool:
+    """The database error is a wait cut short: SQLite's lock held past ``busy_timeout``, or PostgreSQL's
+    ``lock_timeout``/``statement_timeout``."""
+    text = str(exc).lower()
+    return "database is locked" in text or "lock timeout" in text or "statement timeout" in text
 
 
 def _settle(future: Future) -> None:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
 
 from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from gateway.config import NodeConfig
 from gateway.dicomnet import ACCEPTED_TRANSFER_SYNTAXES
+from gateway.scp.gate import Dropped, NegotiationGate
 from gateway.scp.handlers import ScpHandlers
 
 
@@ -43,8 +49,78 @@ def tls_context(node: NodeConfig) -> ssl.SSLContext | None:
     return context
 
 
-def start_scp(node: NodeConfig, handlers: ScpHandlers) -> ThreadedAssociationServer:
-    """Start listening in the background; the caller stops it with ``server.shutdown()``."""
+class GatedRequestHandler(RequestHandler):
+    """pynetdicom's handler for one connection, behind the negotiation gate (``gateway.scp.gate``): the
+    ``Association`` (and its slot under ``max_associations``) is made only for a connection that has sent an
+    A-ASSOCIATE-RQ in time."""
+
+    server: GatedAssociationServer
+
+    def handle(self) -> None:
+        started = time.monotonic()
+        gate, host = self.server.gate, str(self.client_address[0])
+        try:
+            if self.server.closing.is_set():
+                raise Dropped("server_stopping")
+            gate.wait_for_request(self.request, started)
+        except (Dropped, OSError) as failure:
+            gate.dropped(host, failure.reason if isinstance(failure, Dropped) else "closed_before_request")
+            self.server.shutdown_request(self.request)
+            return
+        finally:
+            gate.leave(host)
+        super().handle()
+
+
+class GatedAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with the gate: a place per host is taken on accept (no thread is started
+    for a host whose places are taken), and a TLS handshake happens in the connection's own thread, within
+    the gate's deadline, instead of in the accepting thread (where a silent client held every other one up)."""
+
+    block_on_close = False  # stopping does not wait for connections still in the gate (they are dropped)
+    # The listen backlog (socketserver's default is 5): a burst of connections (a scan, many senders starting
+    # at once) beyond it has its SYNs dropped, and each waits a second for its SYN to be sent again.
+    request_queue_size = socket.SOMAXCONN
+    daemon_threads = True
+
+    def __init__(self, *args: Any, gate: NegotiationGate, **kwargs: Any) -> None:
+        self.gate = gate
+        self.closing = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        client_socket, address = self.socket.accept()
+        if self.ssl_context:
+            client_socket = self.ssl_context.wrap_socket(client_socket, server_side=True,
+                                                         do_handshake_on_connect=False)
+        return client_socket, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        return self.gate.enter(str(client_address[0]))
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.gate.leave(str(client_address[0]))  # no thread will
+            raise
+
+    def shutdown(self) -> None:
+        self.closing.set()
+        super().shutdown()
+
+
+def start_scp(node: NodeConfig, handlers: ScpHandlers) -> GatedAssociationServer:
+    """Start listening in the background; the caller stops it with ``server.shutdown()``.
+
+    As pynetdicom's ``AE.start_server(block=False)``, with ``GatedAssociationServer`` for its server.
+    """
     ae = build_ae(node, handlers.policy.known_ae_titles())
-    return ae.start_server((node.host, node.port), block=False, evt_handlers=handlers.bindings(),
-                           ssl_context=tls_context(node))
+    gate = NegotiationGate(node.negotiation_timeout_s, node.max_pending_per_host)
+    server = ae.make_server((node.host, node.port), evt_handlers=handlers.bindings(), ssl_context=tls_context(node),
+                            server_class=GatedAssociationServer, request_handler=GatedRequestHandler, gate=gate)
+    ae._servers.append(server)  # as start_server does: AE.shutdown() stops it, and server.shutdown() expects it
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{stamp}", daemon=True).start()
+    return server
+

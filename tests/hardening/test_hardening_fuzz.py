@@ -292,8 +292,8 @@ def test_slow_clients_hold_slots_until_the_timeouts_then_free_them(tmp_path):
     partial P-DATA): the node answers C-ECHO at once on the free slot and drops every slow peer within its
     timeouts (a partial PDU used to hold its slot and thread forever), with no thread left behind."""
     node = GatewayProcess(tmp_path / "gw", f"sqlite:///{tmp_path}/gateway.db",
-                          node={"max_associations": 5, "acse_timeout_s": 1.5, "network_timeout_s": 2,
-                                "dimse_timeout_s": 3}, extra={"http": {"enabled": False}}).start()
+                          node={"max_associations": 5, "acse_timeout_s": 1.5, "negotiation_timeout_s": 1.5,
+                                "network_timeout_s": 2, "dimse_timeout_s": 3}, extra={"http": {"enabled": False}}).start()
     try:
         baseline = _settled_threads(node.proc.pid, thread_count(node.proc.pid), 5)
         silent = [RawPeer(node.port, timeout=30) for _ in range(2)]
@@ -327,8 +327,8 @@ def _closed(peer: RawPeer) -> bool:
 
 def test_all_slots_held_by_silent_peers_are_freed_by_the_timeouts(tmp_path):
     node = GatewayProcess(tmp_path / "gw", f"sqlite:///{tmp_path}/gateway.db",
-                          node={"max_associations": 3, "acse_timeout_s": 1.5, "network_timeout_s": 2,
-                                "dimse_timeout_s": 3}, extra={"http": {"enabled": False}}).start()
+                          node={"max_associations": 3, "acse_timeout_s": 1.5, "negotiation_timeout_s": 1.5,
+                                "network_timeout_s": 2, "dimse_timeout_s": 3}, extra={"http": {"enabled": False}}).start()
     try:
         baseline = thread_count(node.proc.pid)
         silent = [RawPeer(node.port, timeout=30) for _ in range(6)]

@@ -116,6 +116,9 @@ def test_reports_round_trip_hospital_down_then_up(site, tmp_path):
     assert "reports home: 1 case(s)" in site.node.cli("status").stdout
     received = _events(site.node, "report_received")
     assert len(received) == 1 and received[0]["reviewer"] == "dr-a"
+    carried = [e for e in _events(site.node, "association_closed") if e.get("reviewer") == "dr-a" and e["instances"]]
+    assert carried and all(e["bytes"] > 0 and "source" not in e for e in carried), "a reviewer's association"
+    assert not [e for e in _events(site.node, "association_accepted") if e.get("source") == "dr-a"]
     assert len(_events(site.node, "report_delivered")) == 1
 
 

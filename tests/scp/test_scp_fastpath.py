@@ -29,15 +29,15 @@ from pynetdicom.dsutils import encode as pynetdicom_encode
 from gateway.deid.options import DeidOptions
 from gateway.deid.stage import DeidStage
 from gateway.deid.work import deid_pool
-from gateway.dicomnet import (NODELAY_HANDLER, _StoresServedInline, _wait_for_message, encode_command_set,
-                              recv_exactly)
+from gateway.dicom.command import encode_command_set
+from gateway.dicomnet import NODELAY_HANDLER, _StoresServedInline, _wait_for_message, recv_exactly
 from gateway.models import SCHEMA_VERSION, Instance, InstanceState, SchemaVersion, db, migrate, open_database
-from gateway.scp.filemeta import part10_header
+from gateway.dicom.filemeta import part10_header
 from gateway.errors import InvalidInstance
 from gateway.scp.receiver import (HEADER_TAGS, AssociationCache, InstanceReceiver, ReceivedInstance,
                                   header_from_values, parse_header, read_header, remove_unplaced_receipts)
 from gateway.scp.spool import Spool
-from gateway.scp.wellformed import check_well_formed
+from gateway.dicom.wellformed import check_well_formed
 from support.dicomfiles import dataset_bytes
 from support.peers import free_port
 

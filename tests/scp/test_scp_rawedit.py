@@ -11,8 +11,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from gateway.referral.stage import REASON_FOR_THE_REQUESTED_PROCEDURE, with_reason
-from gateway.scp.rawedit import file_meta_end_and_syntax, set_text_element
-from gateway.scp.wellformed import top_level_elements
+from gateway.dicom.rawedit import file_meta_end_and_syntax, set_text_element
+from gateway.dicom.wellformed import top_level_elements
 
 FILES = ["CT_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR_small_jp2klossless.dcm",
          "SC_rgb_rle.dcm", "JPEG2000.dcm"]

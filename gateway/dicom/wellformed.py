@@ -12,13 +12,11 @@ from __future__ import annotations
 import struct
 
 from gateway import status
+from gateway.dicom.vr import LONG_LENGTH_VR_BYTES, SHORT_LENGTH_VR_BYTES
 from gateway.errors import InvalidInstance
 
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-_SHORT_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
-              b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 MAX_DEPTH = 16
 
 
@@ -77,11 +75,11 @@ class _Walker:
             length, pos = self._u32(pos + 4), pos + 8
         else:
             vr = bytes(self.data[pos + 4:pos + 6])
-            if vr in _LONG_VRS:
+            if vr in LONG_LENGTH_VR_BYTES:
                 if pos + 12 > end:
                     raise self.fail("truncated element header")
                 length, pos = self._u32(pos + 8), pos + 12
-            elif vr in _SHORT_VRS:
+            elif vr in SHORT_LENGTH_VR_BYTES:
                 length, pos = self._u16(pos + 6), pos + 8
             else:
                 raise self.fail("invalid VR")

@@ -11,12 +11,12 @@ from __future__ import annotations
 import struct
 
 from gateway.errors import InvalidInstance
-from gateway.scp.wellformed import DEFLATED, top_level_elements
+from gateway.dicom.vr import LONG_LENGTH_VR_BYTES, SHORT_MULTI_VALUED_TEXT_VRS, padding
+from gateway.dicom.wellformed import DEFLATED, top_level_elements
 
 _META_START = 132  # 128-byte preamble and "DICM"
 _TRANSFER_SYNTAX = 0x00020010
 _SPECIFIC_CHARACTER_SET = 0x00080005
-_SHORT_TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI"}
 
 
 def file_meta_end_and_syntax(part10: bytes) -> tuple[int, str] | None:
@@ -31,7 +31,7 @@ def file_meta_end_and_syntax(part10: bytes) -> tuple[int, str] | None:
     pos = _META_START + 12
     while pos + 8 <= end:
         group, element, vr = struct.unpack_from("<HH2s", part10, pos)
-        if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR"):
+        if vr in LONG_LENGTH_VR_BYTES:
             length, header = struct.unpack_from("<I", part10, pos + 8)[0], 12
         else:
             length, header = struct.unpack_from("<H", part10, pos + 6)[0], 8
@@ -50,7 +50,7 @@ def set_text_element(part10: bytes, tag: int, vr: str, text: str) -> bytes | Non
     text beyond ASCII in a file whose character set is not UTF-8): the caller then decodes and re-encodes
     the file with pydicom.
     """
-    if vr not in _SHORT_TEXT_VRS:
+    if vr not in SHORT_MULTI_VALUED_TEXT_VRS:
         raise ValueError(f"{vr} values are not handled here")
     located = file_meta_end_and_syntax(part10)
     if located is None or located[1] == DEFLATED:
@@ -70,7 +70,7 @@ def set_text_element(part10: bytes, tag: int, vr: str, text: str) -> bytes | Non
         return None
     if len(value) > 0xFFFE:
         raise ValueError(f"{len(value)} bytes do not fit a short-length {vr} value")
-    padded = value + (b"\0" if vr == "UI" else b" ") if len(value) % 2 else value
+    padded = value + padding(vr) if len(value) % 2 else value
     encoded = _element_bytes(tag, vr, padded, syntax)
     start = end = len(part10) - meta_end
     for element_tag, element_start, element_end in elements:

@@ -3,7 +3,7 @@
 The C-STORE handler needs these ~200 bytes in front of every received dataset. pydicom's
 ``write_file_meta_info`` on pynetdicom's ``event.file_meta`` builds two Datasets to produce them, a
 quarter of a millisecond per instance; the group is fixed in shape (PS3.10 7.1: Explicit VR Little
-Endian, these elements in this order), so it is written here. ``tests/scp/test_filemeta.py`` checks
+Endian, these elements in this order), so it is written here. ``tests/scp/test_scp_fastpath.py`` checks
 the bytes are the same as pydicom's.
 """
 

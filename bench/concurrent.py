@@ -1,0 +1,156 @@
+"""Many senders at once (not a test): five DCMTK storescu processes, each sending its own study in one
+association, all started together, into (a) DCMTK storescp, (b) Orthanc, (c) spine-gateway; and the same
+studies by one sender after the other, for comparison. Total instances/s = all instances / time from the start
+of the first storescu to the exit of the last (every C-STORE answered: for the gateway, fsynced and committed).
+
+Medians of interleaved runs in one run of the script; fresh processes and storage for each run. The gateway runs
+the shipped configuration with the stability wait out of the way (so that the pipeline does not de-identify
+while the senders are measured); Orthanc runs its defaults. TCP_NODELAY=1 for DCMTK and Orthanc; the gateway
+sets it itself. Optionally ``--py-spy DIR`` records the gateway's stacks (idle threads included, collapsed
+"folded" format, for flamegraph.pl or speedscope) during the last run of each mode (py-spy from PyPI:
+``.venv/bin/pip install py-spy``; summarise with ``bench/spy_summary.py FILE``).
+
+    scripts/in-private-net.sh .venv/bin/python bench/concurrent.py [--runs 5] [--senders 5] [--instances 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from ingest import CACHE, cpu_seconds, send  # noqa: E402
+from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc  # noqa: E402
+
+from gateway.demo import write_demo_study  # noqa: E402
+
+
+def studies(count: int, instances: int) -> list[list[Path]]:
+    """``count`` distinct studies (own patient seed, own UIDs) of ``instances`` each, cached under bench/out."""
+    out = []
+    for n in range(count):
+        folder = CACHE / f"concurrent-{instances}-{n}"
+        files = sorted(folder.glob("*.dcm"))
+        if len(files) != instances:
+            shutil.rmtree(folder, ignore_errors=True)
+            files = write_demo_study(folder, instances, seed=100 + n)
+        out.append(files)
+    return out
+
+
+def at_once(port: int, called: str, sets: list[list[Path]]) -> float:
+    errors: list[BaseException] = []
+
+    def one(files: list[Path]) -> None:
+        try:
+            send(port, files, called)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(files,)) for files in sets]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise SystemExit(f"a sender failed: {errors[0]}")
+    return time.perf_counter() - started
+
+
+def one_after_another(port: int, called: str, sets: list[list[Path]]) -> float:
+    started = time.perf_counter()
+    for files in sets:
+        send(port, files, called)
+    return time.perf_counter() - started
+
+
+def measure(name: str, work: Path, sets: list[list[Path]], together: bool, cpu: list[float],
+            spy: Path | None = None) -> float:
+    sender = at_once if together else one_after_another
+    if name == "storescp":
+        peer = DcmtkStoreSCP(work).start()
+        try:
+            return sender(peer.port, peer.ae_title, sets)
+        finally:
+            peer.stop()
+    if name == "orthanc":
+        peer = Orthanc(work, "ORTHANC").start()
+        try:
+            return sender(peer.dicom_port, "ORTHANC", sets)
+        finally:
+            peer.stop()
+    node = GatewayProcess(work, f"sqlite:///{work}/gateway.db",
+                          extra={"routing": {"stable_after_s": 3600}, "http": {"enabled": False}}).start()
+    recorder = None
+    try:
+        if spy is not None:
+            recorder = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                                         str(node.proc.pid), "--idle", "--rate", "100", "--format", "raw",
+                                         "-o", str(spy)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)  # py-spy attaches
+        before = cpu_seconds(node.proc.pid)
+        seconds = sender(node.port, "SPINEGW", sets)
+        cpu.append((cpu_seconds(node.proc.pid) - before) / sum(len(s) for s in sets))
+        return seconds
+    finally:
+        if recorder is not None:
+            recorder.send_signal(2)  # SIGINT: py-spy writes its output and exits
+            recorder.wait(60)
+        node.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--senders", type=int, default=5)
+    parser.add_argument("--instances", type=int, default=100, help="instances per sender's study")
+    parser.add_argument("--py-spy", type=Path, default=None, help="record the gateway in the last run into DIR")
+    args = parser.parse_args()
+    sets = studies(args.senders, args.instances)
+    total = sum(len(s) for s in sets)
+    megabytes = sum(p.stat().st_size for s in sets for p in s) / 1e6
+    peers = ("storescp", "orthanc", "gateway")
+    times = {(peer, together): [] for peer in peers for together in (True, False)}
+    cpu = {True: [], False: []}
+    with tempfile.TemporaryDirectory(prefix="spinegw-conc-", dir="/var/tmp") as tmp:
+        for run in range(args.runs):
+            for (peer, together), values in times.items():  # interleaved
+                work = Path(tmp) / f"{peer}-{together}-{run}"
+                spy = None
+                if args.py_spy and peer == "gateway" and run == args.runs - 1:
+                    args.py_spy.mkdir(parents=True, exist_ok=True)
+                    spy = args.py_spy / f"gateway-{'together' if together else 'serial'}.folded"
+                seconds = measure(peer, work, sets, together, cpu[together] if peer == "gateway" else [], spy)
+                values.append(seconds)
+                mode = f"{args.senders} at once" if together else "one by one"
+                print(f"  run {run + 1} {peer:8s} {mode:10s} {total / seconds:7.1f} instances/s", flush=True)
+                shutil.rmtree(work, ignore_errors=True)
+    rate = {key: total / statistics.median(values) for key, values in times.items()}
+    print(f"\n{args.senders} studies x {args.instances} instances ({total} instances, {megabytes:.0f} MB); "
+          f"medians of {args.runs} interleaved runs")
+    print(f"{'peer':10s} {f'{args.senders} at once':>14s} {'one by one':>12s}   (instances/s)")
+    for peer in peers:
+        print(f"{peer:10s} {rate[(peer, True)]:14.1f} {rate[(peer, False)]:12.1f}")
+    print(f"gateway / Orthanc, {args.senders} at once: {rate[('gateway', True)] / rate[('orthanc', True)]:.2f} "
+          f"(target >= 1.20)")
+    print(f"gateway / Orthanc, one by one:  {rate[('gateway', False)] / rate[('orthanc', False)]:.2f}")
+    print(f"gateway, {args.senders} at once / one by one: {rate[('gateway', True)] / rate[('gateway', False)]:.2f}")
+    print(f"gateway CPU per instance: {statistics.median(cpu[True]) * 1000:.2f} ms at once, "
+          f"{statistics.median(cpu[False]) * 1000:.2f} ms one by one")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

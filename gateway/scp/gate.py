@@ -1,0 +1,230 @@
+"""The door before association negotiation: a connection must show an A-ASSOCIATE-RQ before it costs anything.
+
+pynetdicom gives every accepted TCP connection an ``Association`` thread at once, and counts that thread against
+``max_associations`` until negotiation ends or the ACSE timeout (30 s) expires. Load balancers' health checks and
+port scanners open connections that say nothing, or garbage: 25 of them locked every sender out for half a minute.
+
+Here a connection first waits in the gate, in its own short-lived thread, holding no association slot:
+
+- it must deliver the header of an A-ASSOCIATE-RQ PDU (type 01H, a plausible length, protocol version bit 0) and
+  then the PDU's bytes (up to ``PEEKED_PDU_BYTES``) within ``node.negotiation_timeout_s`` of connecting; a TLS
+  connection must finish its handshake within the same deadline;
+- a connection that closes first, sends anything else, or is too slow (one byte a second) is dropped at once
+  when that is known, and at the deadline at the latest;
+- each host may have at most ``node.max_pending_per_host`` connections in the gate at once, and all hosts together
+  ``MAX_PENDING_TOTAL``; more are closed on arrival, before a thread is started for them.
+
+The gate only peeks at the bytes (``MSG_PEEK``): a connection that passes reaches pynetdicom untouched, and
+pynetdicom negotiates as before. Over TLS the decrypted bytes cannot be peeked, so there the gate covers the
+handshake and the arrival of the first bytes; pynetdicom's network timeout bounds the rest.
+
+Each drop logs ``connection_dropped`` (reason, peer host), at most one line per host and reason every
+``DROP_LOG_INTERVAL_S``, counting the drops it stands for.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from gateway.ops import metrics
+
+log = structlog.get_logger("scp.gate")
+
+A_ASSOCIATE_RQ = 0x01
+PDU_HEADER = struct.Struct(">BBL")
+# Fixed fields of an A-ASSOCIATE-RQ after its 6-byte header: version, reserved, called and calling AE titles,
+# 32 reserved bytes (PS3.8 9.3.2); then the variable items, the Application Context Item (10H) first.
+RQ_FIXED_FIELDS = 68
+APPLICATION_CONTEXT_ITEM = 0x10
+MAX_RQ_LENGTH = 1 << 20  # 128 presentation contexts and every extended negotiation fit in far less
+PEEKED_PDU_BYTES = 32 * 1024  # waited for in the kernel's buffer (SO_RCVLOWAT); more is pynetdicom's to read
+MAX_PENDING_TOTAL = 512  # from all hosts together: a scan from many addresses costs at most this many threads
+DROP_LOG_INTERVAL_S = 10.0
+_SHORT_POLL_S = 0.02  # where SO_RCVLOWAT is not honoured: look again this often for the missing bytes
+_HANGUP = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
+
+
+class Dropped(Exception):
+    """A connection refused at the gate; ``reason`` names why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _DropLog:
+    """One ``connection_dropped`` line per (host, reason) each interval, with the count it stands for."""
+
+    interval_s: float = DROP_LOG_INTERVAL_S
+    _last: dict[tuple[str, str], float] = field(default_factory=dict)
+    _unlogged: dict[tuple[str, str], int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, host: str, reason: str) -> None:
+        key = (host, reason)
+        now = time.monotonic()
+        with self._lock:
+            count = self._unlogged.get(key, 0) + 1
+            if now - self._last.get(key, -self.interval_s) < self.interval_s:
+                self._unlogged[key] = count
+                return
+            self._last[key] = now
+            self._unlogged.pop(key, None)
+            if len(self._last) > 10_000:  # a scan from many addresses: forget the oldest
+                for stale in sorted(self._last, key=self._last.__getitem__)[:5_000]:
+                    self._last.pop(stale, None)
+                    self._unlogged.pop(stale, None)
+        log.warning("connection_dropped", reason=reason, peer=host, count=count)
+
+
+class NegotiationGate:
+    """Admits connections to negotiation; see the module docstring."""
+
+    def __init__(self, timeout_s: float, max_pending_per_host: int) -> None:
+        self.timeout_s = timeout_s
+        self.max_pending_per_host = max_pending_per_host
+        self._pending: dict[str, int] = {}
+        self._total = 0
+        self._lock = threading.Lock()
+        self._drops = _DropLog()
+
+    def enter(self, host: str) -> bool:
+        """Take a place in the gate for ``host``; False (and the drop recorded) when its places are all taken."""
+        with self._lock:
+            waiting = self._pending.get(host, 0)
+            if waiting >= self.max_pending_per_host or self._total >= MAX_PENDING_TOTAL:
+                admitted = False
+            else:
+                self._pending[host] = waiting + 1
+                self._total += 1
+                admitted = True
+        if not admitted:
+            self.dropped(host, "too_many_pending")
+        return admitted
+
+    def leave(self, host: str) -> None:
+        with self._lock:
+            self._total = max(0, self._total - 1)
+            left = self._pending.get(host, 1) - 1
+            if left > 0:
+                self._pending[host] = left
+            else:
+                self._pending.pop(host, None)
+
+    def pending(self, host: str) -> int:
+        with self._lock:
+            return self._pending.get(host, 0)
+
+    def dropped(self, host: str, reason: str) -> None:
+        metrics.record_association("dropped")
+        self._drops.record(host, reason)
+
+    def wait_for_request(self, sock: socket.socket, started: float) -> None:
+        """Return once ``sock`` holds an A-ASSOCIATE-RQ (or, over TLS, its first bytes) within the deadline.
+
+        Raises:
+            Dropped: closed, garbage, or too slow (``reason`` says which).
+        """
+        deadline = started + self.timeout_s
+        if isinstance(sock, ssl.SSLSocket):
+            _handshake(sock, deadline)
+            if not sock.pending():
+                _wait_readable(sock, deadline)
+            return
+        header = _peek_at_least(sock, PDU_HEADER.size, deadline)
+        pdu_type, _, length = PDU_HEADER.unpack_from(header)
+        if pdu_type != A_ASSOCIATE_RQ or not RQ_FIXED_FIELDS < length <= MAX_RQ_LENGTH:
+            raise Dropped("not_an_association_request")
+        wanted = PDU_HEADER.size + min(length, PEEKED_PDU_BYTES)
+        request = _peek_at_least(sock, min(wanted, PDU_HEADER.size + RQ_FIXED_FIELDS + 1), deadline)
+        version = struct.unpack_from(">H", request, PDU_HEADER.size)[0]
+        if not version & 1 or request[PDU_HEADER.size + RQ_FIXED_FIELDS] != APPLICATION_CONTEXT_ITEM:
+            raise Dropped("not_an_association_request")
+        _peek_at_least(sock, wanted, deadline)
+
+
+def _peek_at_least(sock: socket.socket, count: int, deadline: float) -> bytes:
+    """The first ``count`` bytes waiting on ``sock``, left in place for pynetdicom to read.
+
+    Raises:
+        Dropped: the peer closed first ("closed_before_request") or the deadline passed ("negotiation_timeout").
+    """
+    lowat = _set_rcvlowat(sock, count)
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | _HANGUP)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Dropped("negotiation_timeout")
+            events = poller.poll(remaining * 1000)
+            if not events:
+                continue  # the deadline check above ends it
+            try:
+                seen = sock.recv(count, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue  # readable a moment ago, not now: look again
+            except OSError:
+                raise Dropped("closed_before_request") from None
+            if len(seen) >= count:
+                return seen
+            if not seen or events[0][1] & _HANGUP:
+                raise Dropped("closed_before_request")
+            # Readable yet short, and still open: SO_RCVLOWAT not honoured (or capped by the buffer size).
+            time.sleep(min(_SHORT_POLL_S, max(0.0, deadline - time.monotonic())))
+    finally:
+        if lowat:
+            _set_rcvlowat(sock, 1)
+
+
+def _set_rcvlowat(sock: socket.socket, count: int) -> bool:
+    """Make poll() report ``sock`` readable only once ``count`` bytes (or EOF) are there. False if unsupported."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, count)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def _handshake(sock: ssl.SSLSocket, deadline: float) -> None:
+    sock.setblocking(False)
+    try:
+        while True:
+            try:
+                sock.do_handshake()
+                return
+            except ssl.SSLWantReadError:
+                _wait(sock, select.POLLIN, deadline)
+            except ssl.SSLWantWriteError:
+                _wait(sock, select.POLLOUT, deadline)
+            except (ssl.SSLError, OSError):
+                raise Dropped("tls_handshake_failed") from None
+    finally:
+        sock.setblocking(True)
+
+
+def _wait_readable(sock: Any, deadline: float) -> None:
+    _wait(sock, select.POLLIN, deadline)
+
+
+def _wait(sock: Any, event: int, deadline: float) -> None:
+    poller = select.poll()
+    poller.register(sock, event | _HANGUP)
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise Dropped("negotiation_timeout")
+    events = poller.poll(remaining * 1000)
+    if not events:
+        raise Dropped("negotiation_timeout")
+    if events[0][1] & _HANGUP and not events[0][1] & event:
+        raise Dropped("closed_before_request")

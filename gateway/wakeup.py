@@ -1,0 +1,373 @@
+"""Wake-ups: the stage that takes a case next runs at once, instead of at its next poll.
+
+Stages still find their work in the database and never call each other. A wake-up only says "there may be
+work under this *topic*" (a case state such as ``complete``, or an event such as ``referral``); the woken
+stage queries the database exactly as at a poll, and the poll (``routing.poll_s``) stays as the fallback
+for any wake-up that is lost.
+
+- **In-process**: :func:`notify` is called where the work is made (``cases.move`` for every state change,
+  the report and referral intakes for new objects). Inside a transaction it is delivered only once the
+  transaction commits (peewee's ``after_commit``; a rollback drops it), so a woken stage always sees the
+  change; outside one the row is already committed and it is delivered at once.
+- **Across nodes** (PostgreSQL): the same call sends ``NOTIFY spine_gateway_wakeup`` in the same
+  transaction, which PostgreSQL delivers only on commit. Each node keeps one listener thread with a
+  connection of its own (``LISTEN``), reconnecting with a backoff; after a reconnect it wakes every stage,
+  since notifications sent meanwhile are gone.
+- **Timers** (:func:`wake_at`): work that becomes due with time, not with a write: a study turning stable
+  (``routing.stable_after_s`` after its last instance) and a delivery retry coming due.
+- **Association ends**: an association that may have stored instances wakes completion, which then sets
+  the stability timer (:meth:`Wakeups.watch_server`).
+
+A stage is run through :class:`CoalescedRun`: any number of wake-ups make one run, never two runs of a stage
+at once, and a wake-up that comes while the stage runs makes it run once more right after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import heapq
+import select
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+
+import peewee
+import structlog
+
+from gateway.models import CaseState as S
+from gateway.models import db, utcnow
+
+log = structlog.get_logger("wakeup")
+
+CHANNEL = "spine_gateway_wakeup"
+# Topics that are events, not case states.
+INSTANCES = "instances"  # an association that may have stored instances ended
+STABLE = "stable"        # a receiving study has had no instance for routing.stable_after_s
+REFERRAL = "referral"    # a referral arrived (it may release a held case)
+REPORT = "report"        # a reviewer's report object arrived (also for a case already reported)
+
+# Stage name -> the topics that may give it work. A stage not listed runs on its poll only (SLA, peer checks).
+STAGE_TOPICS: dict[str, frozenset[str]] = {
+    "completion": frozenset({INSTANCES, STABLE}),
+    # not INSTANCES: early de-identification of a study still receiving keeps to its poll, so that it does not
+    # take the CPU from the next sender's ingest (bench/concurrent.py, senders one after the other)
+    "deid": frozenset({S.COMPLETE}),
+    "notes": frozenset({S.DEIDENTIFIED, S.HELD, REFERRAL}),
+    # a reported case frees a reviewer's capacity: a case held for want of a reviewer may go now
+    "assignment": frozenset({S.NOTES_ATTACHED, S.HELD, S.REPORTED, S.REPORT_DELIVERED}),
+    "delivery": frozenset({S.ASSIGNED, S.DELIVERING}),
+    "reports": frozenset({S.REPORTED, S.DELIVERED, REPORT}),
+}
+ALL_TOPICS = frozenset().union(*STAGE_TOPICS.values())
+
+LISTEN_BACKOFF_S = (0.5, 30.0)  # first and longest wait before the listener reconnects
+PAST_DUE_DELAY_S = 1.0          # a timer asked for the past fires this late (no busy loop on a stuck case)
+
+
+def topics_of(stage_name: str) -> frozenset[str]:
+    return STAGE_TOPICS.get(stage_name, frozenset())
+
+
+class CoalescedRun:
+    """Calls ``work`` so that it never runs twice at once and no wake-up is lost.
+
+    ``run()`` (the poll, or the run a wake-up asked for) does the work, unless it is already running: then
+    it only asks the running one to go once more. ``wake()`` asks ``kick`` to schedule ``run()`` now, or, while
+    the work runs, to go once more right after (its query may have been made before the change).
+    """
+
+    def __init__(self, work: Callable[[], None], kick: Callable[[], None]) -> None:
+        self._work, self._kick = work, kick
+        self._lock = threading.Lock()
+        self._running = False
+        self._again = False
+
+    def run(self) -> None:
+        with self._lock:
+            if self._running:
+                self._again = True
+                return
+            self._running, self._again = True, False
+        while True:
+            try:
+                self._work()
+            finally:
+                with self._lock:
+                    again, self._again = self._again, False
+                    if not again:
+                        self._running = False
+            if not again:
+                return
+
+    def wake(self) -> None:
+        with self._lock:
+            if self._running:
+                self._again = True
+                return
+        self._kick()
+
+
+class _Timers:
+    """One thread delivering topics at given monotonic times."""
+
+    def __init__(self, deliver: Callable[[str], None]) -> None:
+        self._deliver = deliver
+        self._heap: list[tuple[float, str]] = []
+        self._cv = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="wakeup-timers", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def at(self, deadline: float, topic: str) -> None:
+        with self._cv:
+            entry = (round(deadline, 2), topic)
+            if entry not in self._heap:
+                heapq.heappush(self._heap, entry)
+                self._cv.notify()
+
+    def pending(self) -> list[tuple[float, str]]:
+        with self._cv:
+            return sorted(self._heap)
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    self._cv.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                if self._stopped:
+                    return
+                due: set[str] = set()
+                while self._heap and self._heap[0][0] <= time.monotonic():
+                    due.add(heapq.heappop(self._heap)[1])
+            for topic in due:
+                self._deliver(topic)
+
+
+class PgListener:
+    """``LISTEN spine_gateway_wakeup`` on a connection of its own, in a thread; reconnects with a backoff.
+
+    ``on_topic`` gets each topic another node notified; ``on_reconnect`` is called after a reconnection
+    (not after the first connection), when notifications may have been missed.
+    """
+
+    def __init__(self, connect: Callable[[], object], own_id: str, on_topic: Callable[[str], None],
+                 on_reconnect: Callable[[], None]) -> None:
+        self._connect, self._own_id = connect, own_id
+        self._on_topic, self._on_reconnect = on_topic, on_reconnect
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="wakeup-listener", daemon=True)
+        self.connected = threading.Event()
+        self._conn: object | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _loop(self) -> None:
+        import psycopg2  # only with PostgreSQL
+
+        backoff, first = LISTEN_BACKOFF_S[0], True
+        while not self._stop.is_set():
+            try:
+                self._listen(first)
+                backoff = LISTEN_BACKOFF_S[0]
+            except (psycopg2.Error, OSError) as exc:
+                self.connected.clear()
+                log.warning("wakeup_listener_lost", component="wakeup", error=type(exc).__name__,
+                            reason=f"reconnecting in {backoff:.1f} s; the poll carries on meanwhile")
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, LISTEN_BACKOFF_S[1])
+            finally:
+                self._close()
+            first = False
+
+    def _listen(self, first: bool) -> None:
+        conn = self._conn = self._connect()
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(f"LISTEN {CHANNEL}")
+        self.connected.set()
+        if not first:
+            log.info("wakeup_listener_reconnected", component="wakeup")
+            self._on_reconnect()
+        while not self._stop.is_set():
+            if not select.select([conn], [], [], 1.0)[0]:
+                continue
+            conn.poll()
+            while conn.notifies:
+                topic, _, sender = conn.notifies.pop(0).payload.partition(" ")
+                if sender != self._own_id:  # our own were delivered in-process at commit
+                    self._on_topic(topic)
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is dropped anyway
+                pass
+
+    def break_connection(self) -> None:
+        """Close the listening connection under the thread (tests: a lost connection must be regained)."""
+        conn = self._conn
+        if conn is not None:
+            conn.close()
+
+
+def _pg_connect_fn(database: peewee.PostgresqlDatabase) -> Callable[[], object]:
+    def connect() -> object:
+        import psycopg2
+
+        params = {k: v for k, v in database.connect_params.items()
+                  if k in ("user", "password", "host", "port") and v is not None}
+        return psycopg2.connect(dbname=database.database, connect_timeout=10, **params)
+    return connect
+
+
+class Wakeups:
+    """The node's wake-ups: subscriptions by topic, delivery after commit, timers, and the PostgreSQL side."""
+
+    def __init__(self, node_id: str, database: peewee.Database | None = None) -> None:
+        self.node_id = node_id
+        self._subscribers: dict[str, list[Callable[[], None]]] = defaultdict(list)
+        self._timers = _Timers(self.deliver)
+        database = database if database is not None else db.obj
+        self._pg = isinstance(database, peewee.PostgresqlDatabase)
+        self.listener = PgListener(_pg_connect_fn(database), node_id, self.deliver, self.deliver_all) \
+            if self._pg else None
+
+    def start(self) -> Wakeups:
+        self._timers.start()
+        if self.listener is not None:
+            self.listener.start()
+        return self
+
+    def stop(self) -> None:
+        self._timers.stop()
+        if self.listener is not None:
+            self.listener.stop()
+
+    def subscribe(self, topics: Iterable[str], callback: Callable[[], None]) -> None:
+        for topic in topics:
+            self._subscribers[topic].append(callback)
+
+    def deliver(self, topic: str) -> None:
+        """Wake this node's subscribers of ``topic`` now (the work is committed)."""
+        for callback in list(self._subscribers.get(topic, ())):
+            try:
+                callback()
+            except Exception as exc:  # noqa: BLE001 - a wake-up that fails is a poll later, never an error
+                log.warning("wakeup_failed", component="wakeup", state=topic, error=type(exc).__name__)
+
+    def deliver_all(self) -> None:
+        for topic in list(self._subscribers):
+            self.deliver(topic)
+
+    def notify(self, topic: str) -> None:
+        """There is work under ``topic`` in the current transaction (or just committed, outside one)."""
+        self._send(topic)
+        try:
+            db.after_commit(lambda: self._committed(topic))
+        except ValueError:
+            pass  # a manual transaction has no commit hook: the poll finds the work
+
+    def _send(self, topic: str) -> None:
+        if self._pg:
+            db.execute_sql("SELECT pg_notify(%s, %s)", (CHANNEL, f"{topic} {self.node_id}"))
+
+    def _committed(self, topic: str) -> None:
+        if getattr(_claims, "depth", 0):
+            _claims.pending.add(topic)  # the case is still claimed: the next stage could not take it yet
+        else:
+            self.deliver(topic)
+
+    def released(self, topics: Iterable[str]) -> None:
+        """The claim under which ``topics`` were committed is released: wake everyone again, other nodes too
+        (their stage, woken at the commit, may have found the case still claimed)."""
+        for topic in topics:
+            self._send(topic)
+            db.after_commit(lambda topic=topic: self.deliver(topic))
+
+    def wake_at(self, topic: str, when: dt.datetime) -> None:
+        """Deliver ``topic`` in this node at ``when`` (naive UTC, as in the database)."""
+        delay = (when - utcnow()).total_seconds()
+        self._timers.at(time.monotonic() + (delay if delay > 0 else PAST_DUE_DELAY_S), topic)
+
+    def watch_server(self, server: object) -> None:
+        """Wake completion and early de-identification whenever an association with the SCP ends."""
+        from pynetdicom import evt
+
+        for event in (evt.EVT_RELEASED, evt.EVT_ABORTED):
+            server.bind(event, self._association_ended)
+
+    def _association_ended(self, event: object) -> None:
+        self.deliver(INSTANCES)
+
+
+_hub: Wakeups | None = None
+_claims = threading.local()  # per thread: claims held (depth) and topics committed under them (pending)
+
+
+def install(hub: Wakeups | None) -> None:
+    """Make ``hub`` the process's wake-ups (the node does it at start; None turns them off)."""
+    global _hub
+    _hub = hub
+
+
+def current() -> Wakeups | None:
+    return _hub
+
+
+def notify(topic: str) -> None:
+    """Called where work is made (a committed state change, a new report or referral): wakes the stages
+    that consume ``topic`` after the commit, in this node and, with PostgreSQL, in every node."""
+    hub = _hub
+    if hub is not None:
+        hub.notify(topic)
+
+
+def wake_at(topic: str, when: dt.datetime | None) -> None:
+    """Work under ``topic`` becomes due at ``when`` (naive UTC); None: nothing is due."""
+    hub = _hub
+    if hub is not None and when is not None:
+        hub.wake_at(topic, when)
+
+
+def claim_taken() -> None:
+    """A stage took a claim on a case (``cases.claimed``): wake-ups for what it commits wait for the release."""
+    _claims.depth = getattr(_claims, "depth", 0) + 1
+    if _claims.depth == 1:
+        _claims.pending = set()
+
+
+@contextlib.contextmanager
+def releasing_claim() -> Iterator[None]:
+    """Around the release of a claim: then the wake-ups it held back go out, when the next stage can claim the
+    case (also when the release fails: the lease then expires by itself)."""
+    try:
+        yield
+    finally:
+        _claims.depth -= 1
+        if _claims.depth == 0 and _claims.pending:
+            topics, _claims.pending = _claims.pending, set()
+            hub = _hub
+            if hub is not None:
+                try:
+                    hub.released(topics)
+                except peewee.PeeweeException as exc:  # the database is failing: the poll finds the work
+                    log.warning("wakeup_failed", component="wakeup", error=type(exc).__name__)

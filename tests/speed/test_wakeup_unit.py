@@ -1,0 +1,162 @@
+"""Wake-ups inside one process: delivered after the commit and never before, lost on rollback, coalesced runs,
+timers, and PostgreSQL's NOTIFY (sent in the transaction, heard by a listener that reconnects)."""
+
+from __future__ import annotations
+
+import select
+import threading
+
+import psycopg2
+import pytest
+
+from gateway import cases, wakeup
+from gateway.models import CaseState, Source, Study, db, make_database, open_database, utcnow
+from support.peers import wait_until
+
+
+def test_a_wake_during_a_run_makes_exactly_one_more_run_and_never_two_at_once():
+    started, release = threading.Event(), threading.Event()
+    runs, active, most_active, kicks = [], [0], [0], []
+
+    def work() -> None:
+        active[0] += 1
+        most_active[0] = max(most_active[0], active[0])
+        runs.append(1)
+        if len(runs) == 1:
+            started.set()
+            release.wait(30)
+        active[0] -= 1
+
+    run = wakeup.CoalescedRun(work, kick=lambda: kicks.append(1))
+    first = threading.Thread(target=run.run)
+    first.start()
+    assert started.wait(30)
+    run.wake()
+    run.wake()
+    run.run()  # the poll firing meanwhile: it must not start a second run of the stage
+    assert kicks == [] and len(runs) == 1
+    release.set()
+    first.join(30)
+    assert len(runs) == 2, "the wake-ups during the run make one more run, coalesced"
+    assert most_active[0] == 1
+    run.wake()
+    assert kicks == [1], "an idle stage is scheduled at once"
+
+
+@pytest.fixture
+def case_db(database_url):
+    database = open_database(database_url, max_connections=4)
+    other = make_database(database_url, max_connections=2)  # a second connection pool: sees committed rows only
+    with database.connection_context():
+        source, _ = Source.get_or_create(name="st-marys", defaults={"ae_title": "STMARYS_PACS"})
+        study = Study.create(study_uid="1.2.826.0.1.3680043.2.1125.9.1", calling_ae="STMARYS_PACS", source=source,
+                             state=CaseState.NOTES_ATTACHED, reviewer="dr-a")
+    hub = wakeup.Wakeups("node-a", database).start()
+    wakeup.install(hub)
+    yield database, other, study, hub
+    wakeup.install(None)
+    hub.stop()
+    other.close()
+    database.close()
+
+
+def _committed_state(other, study: Study) -> str:
+    with other.connection_context():
+        return other.execute_sql("SELECT state FROM study WHERE id = %s".replace("%s", other.param),
+                                 (study.id,)).fetchone()[0]
+
+
+def test_a_state_change_wakes_its_stage_after_the_commit_and_not_after_a_rollback(case_db):
+    database, other, study, hub = case_db
+    seen: list[str] = []
+    hub.subscribe({CaseState.ASSIGNED, CaseState.DELIVERING}, lambda: seen.append(_committed_state(other, study)))
+    with database.connection_context():
+        with db.atomic():
+            assert cases.move(study, CaseState.ASSIGNED, reason="test")
+            assert seen == [], "woken before the commit"
+        assert seen == [CaseState.ASSIGNED], "woken once, and the woken stage sees the committed state"
+        with pytest.raises(RuntimeError), db.atomic():
+            assert cases.move(study, CaseState.DELIVERING, reason="test")
+            raise RuntimeError("the transaction fails")
+        assert seen == [CaseState.ASSIGNED], "a rolled-back change wakes nobody"
+        study = Study.get_by_id(study.id)
+        assert cases.move(study, CaseState.DELIVERING, reason="test")  # outside a transaction: committed already
+        assert seen == [CaseState.ASSIGNED, CaseState.DELIVERING]
+
+
+def test_a_move_under_a_claim_wakes_the_next_stage_once_the_claim_is_released(case_db):
+    """Else the woken stage finds the case still claimed by the stage that moved it, and skips it."""
+    database, _, study, hub = case_db
+    could_claim: list[bool] = []
+
+    def next_stage() -> None:
+        could_claim.append(cases.claim(Study.get_by_id(study.id), "delivery"))
+
+    hub.subscribe({CaseState.ASSIGNED}, next_stage)
+    with database.connection_context():
+        with cases.claimed(study, CaseState.NOTES_ATTACHED, stage="assignment") as mine:
+            assert mine
+            with db.atomic():
+                assert cases.move(study, CaseState.ASSIGNED, reason="test")
+            assert could_claim == [], "woken while the case is still claimed"
+        assert could_claim == [True]
+
+
+def test_an_event_topic_and_a_timer_wake_their_stage(case_db):
+    database, _, _, hub = case_db
+    woken: list[str] = []
+    hub.subscribe({wakeup.REFERRAL}, lambda: woken.append(wakeup.REFERRAL))
+    hub.subscribe({wakeup.STABLE}, lambda: woken.append(wakeup.STABLE))
+    with database.connection_context(), db.atomic():
+        wakeup.notify(wakeup.REFERRAL)
+        assert woken == []
+    assert woken == [wakeup.REFERRAL]
+    wakeup.wake_at(wakeup.STABLE, utcnow())  # due now: delivered by the timer thread
+    wait_until(lambda: wakeup.STABLE in woken, 30, "the timer to fire")
+
+
+def _listen(url_db: str):
+    conn = psycopg2.connect(**url_db)
+    conn.autocommit = True
+    conn.cursor().execute(f"LISTEN {wakeup.CHANNEL}")
+    return conn
+
+
+def _payloads(conn, timeout: float) -> list[str]:
+    if select.select([conn], [], [], timeout)[0]:
+        conn.poll()
+    payloads = [n.payload for n in conn.notifies]
+    conn.notifies.clear()
+    return payloads
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_notify_is_sent_in_the_transaction_and_heard_by_other_nodes(case_db):
+    database, _, study, hub = case_db
+    params = {"dbname": database.database, **{k: v for k, v in database.connect_params.items()
+                                               if k in ("user", "password", "host", "port") and v is not None}}
+    other_node = _listen(params)
+    woken: list[str] = []
+    hub.subscribe({CaseState.REPORTED}, lambda: woken.append(CaseState.REPORTED))
+    wait_until(hub.listener.connected.is_set, 30, "the listener to LISTEN")
+    with database.connection_context():
+        with db.atomic():
+            assert cases.move(study, CaseState.ASSIGNED, reason="test")
+            assert _payloads(other_node, 0.3) == [], "NOTIFY must not be delivered before the commit"
+        assert _payloads(other_node, 30) == [f"{CaseState.ASSIGNED} node-a"]
+
+        # Another node's NOTIFY wakes this node's subscribers through the listener.
+        sender = psycopg2.connect(**params)
+        sender.autocommit = True
+        sender.cursor().execute("SELECT pg_notify(%s, %s)", (wakeup.CHANNEL, f"{CaseState.REPORTED} node-b"))
+        wait_until(lambda: woken == [CaseState.REPORTED], 30, "NOTIFY from node-b to wake the subscriber")
+
+        # The listener's connection breaks: it reconnects, wakes everyone (it may have missed some), and hears again.
+        hub.listener.break_connection()
+        wait_until(lambda: len(woken) >= 2, 60, "the listener to reconnect and wake every stage")
+        wait_until(hub.listener.connected.is_set, 30, "the listener to LISTEN again")
+        woken.clear()
+        sender.cursor().execute("SELECT pg_notify(%s, %s)", (wakeup.CHANNEL, f"{CaseState.REPORTED} node-b"))
+        wait_until(lambda: woken == [CaseState.REPORTED], 30, "NOTIFY heard after the reconnection")
+        sender.close()
+    other_node.close()
