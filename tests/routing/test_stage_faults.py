@@ -136,7 +136,8 @@ class Site:
                     return
             time.sleep(0.02)
         with db.connection_context():
-            states = {s.key: (s.state, s.state_reason, s.stage_error) for s in Study.select()}
+            states = {s.key: (s.state, s.state_reason, s.stage_error, s.stage_failures, s.stage_retry_at)
+                      for s in Study.select()}
         raise AssertionError(f"timed out waiting for {what}: {states}")
 
     def state(self, study: Study) -> Study:
