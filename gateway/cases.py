@@ -30,20 +30,26 @@ from gateway.models import Study, utcnow
 log = structlog.get_logger("cases")
 
 TRANSITIONS: dict[str, frozenset[str]] = {
-    S.RECEIVING: frozenset({S.COMPLETE, S.REJECTED_NOT_SPINE}),
+    S.RECEIVING: frozenset({S.COMPLETE, S.REJECTED_NOT_SPINE, S.QUARANTINED}),
     S.COMPLETE: frozenset({S.DEIDENTIFIED, S.QUARANTINED, S.REJECTED_NOT_SPINE}),
     S.DEIDENTIFIED: frozenset({S.NOTES_ATTACHED, S.HELD, S.QUARANTINED}),
     S.HELD: frozenset({S.DEIDENTIFIED, S.NOTES_ATTACHED, S.QUARANTINED, S.ASSIGNED}),
-    S.NOTES_ATTACHED: frozenset({S.ASSIGNED, S.HELD}),
-    S.ASSIGNED: frozenset({S.DELIVERING}),
+    S.NOTES_ATTACHED: frozenset({S.ASSIGNED, S.HELD, S.QUARANTINED}),
+    # The study leg: to the reviewer.
+    S.ASSIGNED: frozenset({S.DELIVERING, S.FAILED}),
     S.DELIVERING: frozenset({S.DELIVERED, S.FAILED, S.REPORTED}),
-    S.FAILED: frozenset({S.DELIVERING, S.ASSIGNED}),
+    S.FAILED: frozenset({S.DELIVERING, S.ASSIGNED}),  # spine-gateway retry CASE; or reassigned after the SLA
     S.DELIVERED: frozenset({S.REPORTED, S.DELIVERING, S.ASSIGNED}),
-    S.REPORTED: frozenset({S.REPORT_DELIVERED, S.FAILED}),
+    # The report leg: home to the source.
+    S.REPORTED: frozenset({S.REPORT_DELIVERED, S.REPORT_FAILED}),
+    S.REPORT_FAILED: frozenset({S.REPORTED}),  # spine-gateway retry CASE, or a corrected report arrives
     S.REPORT_DELIVERED: frozenset({S.REPORTED}),  # an addendum from the reviewer goes home too
     S.QUARANTINED: frozenset({S.COMPLETE}),  # spine-gateway release CASE, after a person looked
     S.REJECTED_NOT_SPINE: frozenset({S.COMPLETE}),  # spine-gateway release CASE: it is spine after all
 }
+# Where a case waits for a person; the stage loop's give-up states are among them.
+STUCK_STATES = (S.QUARANTINED, S.FAILED, S.REPORT_FAILED)
+REPORT_LEG = frozenset({S.REPORTED, S.REPORT_DELIVERED, S.REPORT_FAILED})
 ALL_STATES = frozenset(TRANSITIONS)
 
 
@@ -64,6 +70,7 @@ def move(study: Study, target: str, *, reason: str | None = None, **fields: obje
     """Move ``study`` from its current state to ``target`` (and set ``fields``) if nobody moved it first.
 
     Returns False when another worker changed the state in the meantime (the caller leaves the case alone).
+    The reason is kept as ``Study.state_reason``; the stage loop's failure count and back-off start over.
 
     Raises:
         IllegalTransition: the state machine does not allow this move.
@@ -74,12 +81,16 @@ def move(study: Study, target: str, *, reason: str | None = None, **fields: obje
     now = utcnow()
     values = {Study.state: target, Study.state_changed_at: now,
               Study.hold_reason: reason if target == S.HELD else None,
+              Study.state_reason: reason[:64] if reason else None,
+              Study.stage_failures: 0, Study.stage_error: None, Study.stage_retry_at: None,
               **{getattr(Study, name): value for name, value in fields.items()}}
     changed = Study.update(values).where((Study.id == study.id) & (Study.state == current)).execute()
     if not changed:
         return False
     wakeup.notify(target)  # the stages consuming ``target`` run once this commits (gateway.wakeup)
     study.state, study.state_changed_at = target, now
+    study.state_reason = reason[:64] if reason else None
+    study.stage_failures, study.stage_error, study.stage_retry_at = 0, None, None
     for name, value in fields.items():
         setattr(study, name, value)
     log.info("case_state_changed", case=study.key, state=target, reason=reason,

@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.config import CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH, GatewayConfig, load_config
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, DatabaseUnavailable, GatewayError
 from gateway.referral.commands import add_referral_commands
 from gateway.reports.commands import add_report_commands
 from gateway.web.commands import add_user_commands
@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
 
-    retry = commands.add_parser("retry", help="send a failed case again (its delivery attempts start over)")
+    retry = commands.add_parser("retry", help="send a failed case again on the leg that failed (study to the "
+                                              "reviewer, or report to the source); that leg's attempts start over")
     retry.add_argument("case", help="the case's key (as shown by status and the log)")
     retry.set_defaults(func=cmd_retry)
 
@@ -94,20 +95,53 @@ def _parser() -> argparse.ArgumentParser:
     add_referral_commands(commands)
     add_report_commands(commands)
     add_user_commands(commands)
+    _accept_config_after_command(parser)
     return parser
 
 
+def _accept_config_after_command(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` is taken after any command too (``spine-gateway status --config FILE``); given only
+    there it does not hide the one given before the command (``argparse.SUPPRESS``)."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for command in set(action.choices.values()):
+            if "--config" not in command._option_string_actions:
+                command.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                                     help="configuration file (also accepted before the command)")
+            _accept_config_after_command(command)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import peewee
+
+    from gateway.deid.secret import SecretError
+
     args = _parser().parse_args(argv)
     try:
         config = None if getattr(args, "needs_config", True) is False else load_config(args.config)
         return args.func(args, config)
-    except (ConfigError, UsageError) as exc:
+    except (ConfigError, UsageError, DatabaseUnavailable) as exc:
         print(f"spine-gateway: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SecretError as exc:
+        print(f"spine-gateway: {exc} (set it to at least 32 hex digits, or unset it to use the key file)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    except peewee.DatabaseError as exc:  # an outage in the middle of a command: never a traceback
+        print(f"spine-gateway: the database is unavailable ({type(exc).__name__}); check storage.database "
+              "and that the database server is running", file=sys.stderr)
+        return EXIT_USAGE
+    except peewee.InterfaceError as exc:
+        print(f"spine-gateway: the database is unavailable ({type(exc).__name__})", file=sys.stderr)
         return EXIT_USAGE
     except GatewayError as exc:
         print(f"spine-gateway: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as exc:  # a file or directory the command needs (the database's, a findings file, ...)
+        print(f"spine-gateway: {exc.strerror or type(exc).__name__}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILED
 
@@ -185,9 +219,14 @@ def cmd_retry(args: argparse.Namespace, config: GatewayConfig) -> int:
     _open_database(config)
     with db.connection_context():
         study = _case(args.case)
-        if not retry_case(study):
-            raise UsageError(f"case {args.case} is {study.state}; only a failed case can be retried")
-    print(f"case {args.case}: delivering again")
+        state = study.state
+        leg = retry_case(study)
+        if leg is None:
+            raise UsageError(f"case {args.case} is {state}; only a failed or report_failed case can be retried")
+    if leg == "report":
+        print(f"case {args.case}: sending the report to the source again")
+    else:
+        print(f"case {args.case}: delivering the study to the reviewer again")
     return EXIT_OK
 
 
@@ -228,7 +267,8 @@ def _open_database(config: GatewayConfig) -> None:
     try:
         open_database(config.storage.database, max_connections=2)
     except Exception as exc:  # noqa: BLE001 - a database the CLI cannot open is the user's situation, not a bug
-        raise GatewayError(f"cannot open the database ({type(exc).__name__})") from None
+        raise DatabaseUnavailable(f"cannot open the database ({type(exc).__name__}); check storage.database and "
+                                  "that the database server is running") from None
 
 
 def cmd_tail(args: argparse.Namespace, config: GatewayConfig) -> int:

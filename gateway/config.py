@@ -244,6 +244,15 @@ class RetryConfig(_Section):
     max_s: SECONDS = Field(600.0, gt=0)
 
 
+class CaseFailuresConfig(_Section):
+    """A stage's step that raises on one case: the case backs off (doubling from ``initial_s`` up to ``max_s``)
+    and, after ``max_failures``, goes to QUARANTINED, FAILED or REPORT_FAILED with the error as its reason."""
+
+    max_failures: int = Field(5, ge=1)
+    initial_s: SECONDS = Field(10.0, gt=0)
+    max_s: SECONDS = Field(600.0, gt=0)
+
+
 class RoutingConfig(_Section):
     """Completion, the spine filter, reviewer assignment, delivery retries, SLAs and peer checks."""
 
@@ -256,6 +265,7 @@ class RoutingConfig(_Section):
     sla_h: SlaConfig = SlaConfig()
     reassign_after_sla: bool = False
     retry: RetryConfig = RetryConfig()
+    case_failures: CaseFailuresConfig = CaseFailuresConfig()
     echo_interval_s: SECONDS = Field(60.0, gt=0)
 
 

@@ -80,7 +80,8 @@ class CaseState:
     REPORT_DELIVERED = "report_delivered"
     HELD = "held"                      # waiting for a referral, an approval or an operator
     QUARANTINED = "quarantined"        # something identifying or unsafe was found; nothing leaves
-    FAILED = "failed"
+    FAILED = "failed"                  # the study leg gave up (delivery to the reviewer, or a stage gave up)
+    REPORT_FAILED = "report_failed"    # the report leg gave up (re-identification or delivery to the source)
     REJECTED_NOT_SPINE = "rejected_not_spine"
 
 
@@ -106,6 +107,16 @@ class Study(BaseModel):
     next_attempt_at = DateTimeField(null=True)
     claimed_by = CharField(max_length=64, null=True)  # node holding the case while it works on it
     claimed_until = DateTimeField(null=True)
+    # Migration 4. Why the case is in its state (the transition's reason, e.g. ``deid:InvalidDicomError``).
+    state_reason = CharField(max_length=64, null=True)
+    # A stage's step that raised on this case: how often since the case last changed state, the last error
+    # type (``<stage>:<ErrorType>``) and when the stage may try the case again (exponential back-off).
+    stage_failures = IntegerField(default=0)
+    stage_error = CharField(max_length=64, null=True)
+    stage_retry_at = DateTimeField(null=True)
+    # The report leg's own attempts (the study leg has ``delivery_attempts`` and ``next_attempt_at``).
+    report_attempts = IntegerField(default=0)
+    report_next_attempt_at = DateTimeField(null=True)
 
 
 class Series(BaseModel):
@@ -343,6 +354,32 @@ def _migrate_to_3(database: peewee.Database) -> None:
         playhouse_migrate(migrator.add_column(table, "header_values", StudyIdentity.header_values))
 
 
+STAGE_LOOP_COLUMNS = ("state_reason", "stage_failures", "stage_error", "stage_retry_at", "report_attempts",
+                      "report_next_attempt_at")
+
+
+def _migrate_to_4(database: peewee.Database) -> None:
+    """The stage loop's per-case failure count and back-off, the report leg's own attempts, and the reason of
+    the state. A case FAILED on its report leg (it holds a report) becomes REPORT_FAILED.
+
+    Plain ``ALTER TABLE ... ADD COLUMN`` with the default in the column: playhouse's SQLite migrator rebuilds
+    the table for a NOT NULL column, and dropping the old ``study`` table would cascade to its children."""
+    table = Study._meta.table_name
+    present = {column.name for column in database.get_columns(table)}
+    timestamp = database._field_types["DATETIME"]
+    definitions = {
+        "state_reason": "VARCHAR(64)", "stage_failures": "INTEGER NOT NULL DEFAULT 0",
+        "stage_error": "VARCHAR(64)", "stage_retry_at": timestamp,
+        "report_attempts": "INTEGER NOT NULL DEFAULT 0", "report_next_attempt_at": timestamp,
+    }
+    for name in STAGE_LOOP_COLUMNS:
+        if name not in present:
+            database.execute_sql(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {definitions[name]}')
+    with_reports = ReportObject.select(ReportObject.study)
+    Study.update(state=CaseState.REPORT_FAILED).where(
+        (Study.state == CaseState.FAILED) & Study.id.in_(with_reports)).execute()
+
+
 def _migrate_to_5(database: peewee.Database) -> None:
     """The web portal's accounts and sessions."""
     database.create_tables([WebUser, WebSession], safe=True)
@@ -352,6 +389,7 @@ MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (1, _migrate_to_1),
     (2, _migrate_to_2),
     (3, _migrate_to_3),
+    (4, _migrate_to_4),
     (5, _migrate_to_5),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]

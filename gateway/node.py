@@ -16,7 +16,7 @@ from gateway.deid.work import WorkPool, deid_pool
 from gateway.dicomnet import install_fast_paths
 from gateway.models import SCHEMA_VERSION, Source, db, open_database, sync_sources
 from gateway.ops.http import HttpServer, standard_health_checks
-from gateway.pipeline import Pipeline, Stage
+from gateway.pipeline import FailurePolicy, Pipeline, Stage
 from gateway.referral.entities import load_engine
 from gateway.referral.http_api import register_referral_routes
 from gateway.referral.mllp import start_hl7_listener
@@ -82,7 +82,8 @@ class GatewayNode:
         self.server = start_scp(self.config.node, handlers)
         self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)
         self._start_wakeups()
-        self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s, self.wakeups)
+        self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s, self.wakeups,
+                                 FailurePolicy.of(self.config.routing.case_failures))
         self.pipeline.start()
         log.info("gateway_started", ae_title=self.config.node.ae_title, port=self.config.node.port,
                  version=__version__, to_version=SCHEMA_VERSION, tls=self.config.node.tls.enabled)

@@ -1,23 +1,41 @@
 """The pipeline: each stage finds its work by case state in the database and leaves it in the next state.
 
-Stages never call each other. The scheduler runs each stage's ``run_once`` on an interval, one run at a time
-per stage; a stage that raises is logged and tried again at the next tick, so one bad case cannot stop the
-node.
+Stages never call each other. Every stage runs in the same loop (``StageLoop``), scheduled every
+``routing.poll_s``, one run at a time per stage, and woken at once by a committed state change
+(``gateway.wakeup``) or ``Pipeline.wake``.
+
+A *case stage* (``CaseStage``) says which cases are due and how to advance one. The loop claims the cases one
+at a time (``gateway.cases.claimed``) and runs the stage's ``step`` for each. A step that raises is logged
+(``case_step_failed``: stage, case, error type; never the message, which may carry PHI), the case backs off
+exponentially (``Study.stage_failures``, ``Study.stage_retry_at``), and after ``routing.case_failures.max_failures`` failures
+it goes to the stage's give-up state (QUARANTINED, FAILED or REPORT_FAILED) with the reason
+``<stage>:<ErrorType>``. Other cases keep flowing: one broken case never holds up a healthy one. A failure of
+the node's surroundings (disk full, database away: ``node_wide``) backs the case off but never gives it up.
+
+A stage that is not about cases (peer health) only has ``run_once``; an exception there is logged and the
+next tick tries again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import random
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+import peewee
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from gateway import wakeup
-from gateway.models import db, utcnow
+from gateway import cases, wakeup
+from gateway.errors import SpoolError
+from gateway.models import Study, db, utcnow
+from gateway.ops import audit
 
 log = structlog.get_logger("pipeline")
 
@@ -31,22 +49,168 @@ class Stage(Protocol):
         """Advance every case that is ready; return how many moved."""
 
 
+@runtime_checkable
+class CaseStage(Protocol):
+    """A stage that advances cases one at a time.
+
+    ``claim_states``: the states a case must still be in once claimed. ``due(now)``: the cases to try, in
+    order (the loop skips those backing off). ``step(study, now)``: advance one claimed case, True (or a count)
+    when it changed something. ``give_up(study)``: the state a case goes to after too many failures, or None to keep
+    backing off (e.g. a case still receiving). ``prepare(now)``: work before the cases, or nothing.
+    """
+
+    name: str
+    claim_states: tuple[str, ...]
+
+    def due(self, now: dt.datetime) -> Iterable[Study]: ...
+
+    def step(self, study: Study, now: dt.datetime) -> bool | int: ...
+
+    def give_up(self, study: Study) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """How the loop treats a case whose step raised: ``max_failures`` tries, waits doubling from ``initial_s``
+    up to ``max_s`` (drawn from the upper half, so that cases failing together do not retry together)."""
+
+    max_failures: int = 5
+    initial_s: float = 10.0
+    max_s: float = 600.0
+
+    @classmethod
+    def of(cls, config: object) -> FailurePolicy:
+        """From ``routing.case_failures`` (a ``CaseFailuresConfig``)."""
+        return cls(config.max_failures, config.initial_s, config.max_s)  # type: ignore[attr-defined]
+
+    def backoff_s(self, failures: int) -> float:
+        ceiling = min(self.max_s, self.initial_s * (2 ** max(failures - 1, 0)))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+DEFAULT_POLICY = FailurePolicy()
+
+
+def run_case_stage(stage: CaseStage, now: dt.datetime, policy: FailurePolicy = DEFAULT_POLICY) -> int:
+    """One run of ``stage``: its ``prepare``, then each due case claimed and stepped on its own."""
+    prepare = getattr(stage, "prepare", None)
+    moved = prepare(now) if prepare is not None else 0
+    for study in list(stage.due(now)):
+        if study.stage_retry_at is not None and study.stage_retry_at > now:
+            continue  # backing off after a failure
+        with cases.claimed(study, *stage.claim_states, stage=stage.name) as mine:
+            if not mine:
+                continue
+            try:
+                moved += int(stage.step(study, now))
+            except Exception as exc:  # noqa: BLE001 - one broken case must not stop the others
+                moved += case_failed(stage, study, exc, policy)
+    return moved
+
+
+def node_wide(exc: BaseException) -> bool:
+    """A failure of the node's surroundings, not of the case: a full disk, the database away. The case backs
+    off like any other but is never given up for it (a day of full disk must not quarantine every case)."""
+    if isinstance(exc, (SpoolError, peewee.OperationalError, peewee.InterfaceError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def case_failed(stage: CaseStage, study: Study, exc: BaseException, policy: FailurePolicy) -> bool:
+    """Count a failed step on ``study``: back it off, or give it up after ``policy.max_failures``.
+    True when the case changed state."""
+    error = f"{stage.name}:{type(exc).__name__}"[:64]
+    current = Study.get_or_none(Study.id == study.id)
+    if current is None:
+        return False
+    failures = current.stage_failures + 1
+    log.error("case_step_failed", component=stage.name, case=current.key, state=current.state,
+              error=type(exc).__name__, attempt=failures)
+    target = stage.give_up(current) if failures >= policy.max_failures and not node_wide(exc) else None
+    if target is not None and cases.can_move(current.state, target):
+        if cases.move(current, target, reason=error):
+            log.error("case_given_up", component=stage.name, case=current.key, state=target, reason=error,
+                      attempt=failures)
+            audit.record("given_up", actor_ae=None, actor_host=None, study_key=current.key, outcome="failed",
+                         detail=f"{error} after {failures} failure(s)")
+            return True
+    retry_at = utcnow() + dt.timedelta(seconds=policy.backoff_s(failures))
+    Study.update(stage_failures=failures, stage_error=error, stage_retry_at=retry_at).where(
+        (Study.id == current.id) & (Study.state == current.state)).execute()
+    study.stage_failures, study.stage_error, study.stage_retry_at = failures, error, retry_at
+    return False
+
+
+class StageLoop:
+    """One stage's run: a case stage through ``run_case_stage`` (with the node's ``FailurePolicy``), any other
+    stage's own ``run_once``. ``Pipeline`` schedules it and wakes it; ``tick()`` runs it here and now."""
+
+    def __init__(self, stage: Stage, policy: FailurePolicy = DEFAULT_POLICY) -> None:
+        self.stage = stage
+        self.policy = policy
+        self.name = stage.name
+        self._running = threading.Lock()
+
+    def run_once(self, now: dt.datetime) -> int:
+        """One run (the caller holds a database connection)."""
+        if isinstance(self.stage, CaseStage):
+            return run_case_stage(self.stage, now, self.policy)
+        return self.stage.run_once(now)
+
+    def tick(self) -> None:
+        """One run in this thread, unless one is going on."""
+        if self._running.acquire(blocking=False):
+            try:
+                self.run_logged()
+            finally:
+                self._running.release()
+
+    def run_logged(self) -> None:
+        """One run with its own connection; never raises: an error outside any one case is logged and the
+        next run tries again."""
+        started = time.perf_counter()
+        try:
+            with db.connection_context():
+                moved = self.run_once(utcnow())
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback; the next tick tries again
+            log.exception("stage_failed", component=self.name, error=type(exc).__name__)
+            return
+        if moved:
+            log.debug("stage_ran", component=self.name, count=moved,
+                      duration_ms=int((time.perf_counter() - started) * 1000))
+
+
 class Pipeline:
-    def __init__(self, stages: Sequence[Stage], poll_s: float, wakeups: wakeup.Wakeups | None = None) -> None:
+    """Every stage's loop on one scheduler: each runs every ``poll_s``, and at once when woken (``wake``, or a
+    committed state change through ``wakeups``, see ``gateway.wakeup``); one run at a time per stage."""
+
+    def __init__(self, stages: Sequence[Stage], poll_s: float, wakeups: wakeup.Wakeups | None = None,
+                 policy: FailurePolicy = DEFAULT_POLICY) -> None:
         self.stages = list(stages)
         self.poll_s = poll_s
+        self.loops = {stage.name: StageLoop(stage, policy) for stage in self.stages}
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.wakeups = wakeups
+        self._runs: dict[str, wakeup.CoalescedRun] = {}
 
     def start(self) -> None:
-        for stage in self.stages:
+        for name, loop in self.loops.items():
             # wake-ups (gateway.wakeup): one run at a time per stage, a wake-up during a run makes one more
-            run = wakeup.CoalescedRun(partial(self._tick, stage), kick=partial(self._run_now, stage.name))
-            self.scheduler.add_job(run.run, "interval", seconds=self.poll_s, id=stage.name, max_instances=2,
+            run = wakeup.CoalescedRun(loop.run_logged, kick=partial(self._run_now, name))
+            self._runs[name] = run
+            self.scheduler.add_job(run.run, "interval", seconds=self.poll_s, id=name, max_instances=2,
                                    coalesce=True, misfire_grace_time=None, next_run_time=dt.datetime.now(dt.UTC))
             if self.wakeups is not None:
-                self.wakeups.subscribe(wakeup.topics_of(stage.name), run.wake)
+                self.wakeups.subscribe(wakeup.topics_of(name), run.wake)
         self.scheduler.start()
+
+    def wake(self, stage_name: str) -> None:
+        """Run the stage called ``stage_name`` now (a run going on runs once more when it ends)."""
+        run = self._runs.get(stage_name)
+        if run is not None and self.scheduler.running:
+            run.wake()
+        else:
+            self.loops[stage_name].tick()
 
     def _run_now(self, job_id: str) -> None:
         """A wake-up: the stage's job runs now (the poll goes on from there)."""
@@ -57,23 +221,10 @@ class Pipeline:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
 
-    @staticmethod
-    def _tick(stage: Stage) -> None:
-        started = time.perf_counter()
-        try:
-            with db.connection_context():
-                moved = stage.run_once(utcnow())
-        except Exception as exc:  # noqa: BLE001 - logged with its traceback; the next tick tries again
-            log.exception("stage_failed", component=stage.name, error=type(exc).__name__)
-            return
-        if moved:
-            log.debug("stage_ran", component=stage.name, count=moved,
-                      duration_ms=int((time.perf_counter() - started) * 1000))
-
     def run_all_once(self) -> int:
         """Run every stage once, in order (for the CLI and tests)."""
         moved = 0
         with db.connection_context():
-            for stage in self.stages:
-                moved += stage.run_once(utcnow())
+            for loop in self.loops.values():
+                moved += loop.run_once(utcnow())
         return moved

@@ -41,6 +41,7 @@ from gateway.models import (
     db,
 )
 from gateway.ops import audit, metrics
+from gateway.pipeline import run_case_stage
 from gateway.privacy.identifiers import merge_header_values
 from gateway.scp.spool import Spool
 
@@ -76,17 +77,30 @@ class DeidStage:
         self.pool = pool or deid_pool(options, secret, workers=0)
         self._outside_completion_due = 0.0
 
+    claim_states = (CaseState.COMPLETE, CaseState.RECEIVING, *_PAST_DEID)
+
     def run_once(self, now: dt.datetime) -> int:
+        return run_case_stage(self, now)
+
+    def due(self, now: dt.datetime) -> list[Study]:
+        """COMPLETE cases, urgent then oldest, and (at most once a second) cases with early or late instances."""
         ready = list(Study.select().where(Study.state == CaseState.COMPLETE)
                      .order_by(Study.urgency.desc(), Study.state_changed_at).limit(BATCH))
-        moved = 0
-        for study in ready:
-            with cases.claimed(study, CaseState.COMPLETE, stage=self.name) as mine:
-                moved += mine and self.deidentify_case(study)
         if time.monotonic() >= self._outside_completion_due:
             self._outside_completion_due = time.monotonic() + OUTSIDE_COMPLETION_PERIOD_S
-            self.deidentify_outside_completion()
-        return moved
+            ready += self._outside_completion()
+        return ready
+
+    def step(self, study: Study, now: dt.datetime) -> bool:
+        if study.state == CaseState.COMPLETE:
+            return self.deidentify_case(study)
+        self._early_or_late(study)
+        return False
+
+    @staticmethod
+    def give_up(study: Study) -> str | None:
+        """A COMPLETE case that keeps failing is quarantined; early and late instances only back off."""
+        return CaseState.QUARANTINED if study.state == CaseState.COMPLETE else None
 
     def deidentify_case(self, study: Study) -> bool:
         started = time.perf_counter()
@@ -111,15 +125,18 @@ class DeidStage:
 
     def deidentify_outside_completion(self) -> int:
         """Early instances (study still receiving) and late ones (case already de-identified)."""
-        waiting = list(Study.select().join(Instance)
-                       .where((Instance.state == InstanceState.STORED)
-                              & Study.state.in_([CaseState.RECEIVING, *_PAST_DEID])).distinct())
         count = 0
-        for study in waiting:
+        for study in self._outside_completion():
             with cases.claimed(study, CaseState.RECEIVING, *_PAST_DEID, stage=self.name) as mine:
                 if mine:
                     count += self._early_or_late(study)
         return count
+
+    @staticmethod
+    def _outside_completion() -> list[Study]:
+        return list(Study.select().join(Instance)
+                    .where((Instance.state == InstanceState.STORED)
+                           & Study.state.in_([CaseState.RECEIVING, *_PAST_DEID])).distinct())
 
     def _early_or_late(self, study: Study) -> int:
         late = study.state != CaseState.RECEIVING
@@ -143,7 +160,7 @@ class DeidStage:
                 return outcome
             started = time.perf_counter()
             paths = [str(self.spool.absolute(i.spool_path)) for i in chunk]
-            works = list(self.pool.map(deidentify_file, paths, repeat(source), repeat(study.key)))
+            works = self.pool.run(deidentify_file, paths, repeat(source), repeat(study.key))
             ready: list[tuple[Instance, DeidWork]] = []
             for instance, work in zip(chunk, works):
                 if work.quarantine_reason:
@@ -162,7 +179,7 @@ class DeidStage:
             self._record(study, written)
             outcome.done += len(written)
             if written:
-                metrics.observe_deidentification((time.perf_counter() - started) / len(written))
+                metrics.observe_deidentification(time.perf_counter() - started, len(written))
         return outcome
 
     def _write(self, study: Study, ready: list[tuple[Instance, DeidWork]]) -> list[tuple[Instance, DeidWork, str]]:

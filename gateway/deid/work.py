@@ -13,6 +13,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from itertools import islice
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Any
@@ -26,6 +28,8 @@ from gateway.deid.errors import BurnedInRiskError, QuarantineError
 from gateway.deid.guard import find_leaks, identifiers_from_dataset
 from gateway.deid.options import DeidOptions
 from gateway.privacy.identifiers import header_values
+
+log = structlog.get_logger("deid")
 
 IDENTITY_FIELDS = {  # StudyIdentity column -> (keyword, maximum length)
     "patient_name": ("PatientName", 324), "patient_id": ("PatientID", 64), "birth_date": ("PatientBirthDate", 8),
@@ -119,23 +123,63 @@ def encode(dataset: Dataset) -> bytes:
 
 
 class WorkPool:
-    """Runs work functions in worker processes, or inline when ``workers`` is 0 (tests, tiny deployments)."""
+    """Runs work functions in worker processes, or inline when ``workers`` is 0 (tests, tiny deployments).
+
+    A pool whose worker died (killed, out of memory) is broken for good in ``ProcessPoolExecutor``: ``run``
+    then builds a new one and tries the batch once more; a batch that breaks the new pool too raises
+    ``BrokenProcessPool`` (the stage loop backs that case off and, in the end, quarantines it).
+    """
 
     def __init__(self, workers: int, initializer: Callable[..., None], initargs: tuple[Any, ...]) -> None:
         self.workers = workers
+        self._initializer, self._initargs = initializer, initargs
+        self._lock = threading.Lock()
+        self.rebuilt = 0  # how many times a broken pool was replaced
         if workers > 0:
-            # spawn, not fork: the node is multi-threaded (pynetdicom, scheduler, HTTP) when the pool starts.
-            self._executor: ProcessPoolExecutor | None = ProcessPoolExecutor(
-                workers, mp_context=get_context("spawn"), initializer=_start_worker,
-                initargs=(os.getpid(), initializer, *initargs))
+            self._executor: ProcessPoolExecutor | None = self._new_executor()
         else:
             self._executor = None
             initializer(*initargs)
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        # spawn, not fork: the node is multi-threaded (pynetdicom, scheduler, HTTP) when the pool starts.
+        return ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=_start_worker,
+                                   initargs=(os.getpid(), self._initializer, *self._initargs))
 
     def map(self, function: Callable[..., Any], *iterables: Iterable[Any]) -> Iterator[Any]:
         if self._executor is None:
             return log_events(map(function, *iterables))
         return log_events(self._executor.map(function, *iterables, chunksize=4))
+
+    def run(self, function: Callable[..., Any], *iterables: Iterable[Any]) -> list[Any]:
+        """``function`` over ``iterables`` (zipped), all results in order; a broken pool is rebuilt once.
+
+        Raises:
+            BrokenProcessPool: the rebuilt pool broke as well.
+        """
+        first, *rest = iterables
+        items = list(first)
+        arguments = [items, *(list(islice(column, len(items))) for column in rest)]  # kept for a second try
+        try:
+            return list(self.map(function, *arguments))
+        except BrokenProcessPool:
+            self._rebuild()
+            return list(self.map(function, *arguments))
+
+    def _rebuild(self) -> None:
+        with self._lock:
+            broken = self._executor
+            if broken is None:
+                return
+            self._executor = self._new_executor()
+            self.rebuilt += 1
+        broken.shutdown(wait=False, cancel_futures=True)
+        log.warning("worker_pool_rebuilt", component="deid", count=self.rebuilt)
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes' ids (for operators and tests); empty when working inline."""
+        processes = getattr(self._executor, "_processes", None) or {}
+        return list(processes)
 
     def shutdown(self) -> None:
         if self._executor is not None:

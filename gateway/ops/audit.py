@@ -48,7 +48,7 @@ def record(action: str, *, actor_ae: str | None, actor_host: str | None, study_k
         raise ValueError("audit action must be snake_case, 1-32 characters")
     if outcome not in OUTCOMES:
         raise ValueError(f"audit outcome must be one of {', '.join(OUTCOMES)}")
-    fields: dict[str, Any] = {"reason": action, "calling_ae": actor_ae, "peer": actor_host, "study": study_key,
+    fields: dict[str, Any] = {"reason": action, "calling_ae": actor_ae, "peer": actor_host, "case": study_key,
                               "status": outcome}
     try:
         with _connection(), db.atomic():

@@ -22,8 +22,8 @@ import structlog
 from gateway.config import LoggingConfig
 
 LOG_KEYS = frozenset({
-    # the fixed keys of a routing event
-    "ts", "level", "event", "case", "study", "source", "reviewer", "state", "status", "attempt",
+    # the fixed keys of a routing event (the case's key is always ``case``; old files may say ``study``)
+    "ts", "level", "event", "case", "source", "reviewer", "state", "status", "attempt",
     "duration_ms", "error",
     # context for receiving and operations
     "logger", "calling_ae", "called_ae", "peer", "reason", "instances", "bytes", "sop_class",

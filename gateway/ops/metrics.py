@@ -80,7 +80,7 @@ class GatewayMetrics:
         self.retries = Counter(f"{PREFIX}_delivery_retries", "Delivery attempts that were retries", registry=r)
         self.store_seconds = Histogram(f"{PREFIX}_store_seconds", "Time to make one instance durable",
                                        buckets=LATENCY_BUCKETS, registry=r)
-        self.deid_seconds = Histogram(f"{PREFIX}_deidentification_seconds", "Time to de-identify one study",
+        self.deid_seconds = Histogram(f"{PREFIX}_deidentification_seconds", "Time to de-identify one instance",
                                       buckets=LATENCY_BUCKETS, registry=r)
         self.delivery_seconds = Histogram(f"{PREFIX}_delivery_seconds", "Time to deliver one study",
                                           buckets=LATENCY_BUCKETS, registry=r)
@@ -110,8 +110,10 @@ class GatewayMetrics:
         if result == "delivered":
             self.delivery_seconds.observe(seconds)
 
-    def observe_deidentification(self, seconds: float) -> None:
-        self.deid_seconds.observe(seconds)
+    def observe_deidentification(self, seconds: float, instances: int = 1) -> None:
+        """``instances`` de-identified together in ``seconds``: one observation per instance (the mean)."""
+        for _ in range(instances):
+            self.deid_seconds.observe(seconds / instances)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""
@@ -137,6 +139,6 @@ def record_delivery(result: str, seconds: float, *, retry: bool = False) -> None
     METRICS.record_delivery(result, seconds, retry=retry)
 
 
-def observe_deidentification(seconds: float) -> None:
+def observe_deidentification(seconds: float, instances: int = 1) -> None:
     """See :meth:`GatewayMetrics.observe_deidentification`."""
-    METRICS.observe_deidentification(seconds)
+    METRICS.observe_deidentification(seconds, instances)

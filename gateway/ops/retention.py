@@ -125,7 +125,7 @@ def purge(items: list[PurgeItem], *, dry_run: bool) -> PurgeResult:
         files_deleted += deleted
         bytes_freed += freed
         purged.append(item.study_key)
-        log.info("study_purged", study=item.study_key, instances=item.instances, count=deleted, bytes=freed)
+        log.info("study_purged", case=item.study_key, instances=item.instances, count=deleted, bytes=freed)
         audit.record("purged", actor_ae=None, actor_host=None, study_key=item.study_key,
                      detail=f"{item.instances} instances, {deleted} files")
     return PurgeResult(False, tuple(purged), files_deleted, bytes_freed, tuple(skipped))

@@ -30,6 +30,7 @@ def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, 
                      Instance.select(Instance.state, peewee.fn.COUNT(Instance.id)).group_by(Instance.state).tuples()}
         total_bytes = Instance.select(peewee.fn.COALESCE(peewee.fn.SUM(Instance.size), 0)).scalar()
         quarantined = QuarantinedObject.select().count()
+        attention = needs_attention()
         recent = [
             {"study": key, "state": state, "instances": count, "last_received_at": last.isoformat() + "Z"}
             for key, state, count, last in (
@@ -48,9 +49,31 @@ def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, 
         "stored_bytes": int(total_bytes or 0),
         "quarantined": quarantined,
         "recent_studies": recent,
+        "needs_attention": attention,
         "spool": {"path": str(spool_dir), "free_bytes": disk.free if disk else None,
                   "total_bytes": disk.total if disk else None},
     }
+
+
+ATTENTION_LIMIT = 50
+
+
+def needs_attention() -> list[dict[str, Any]]:
+    """Cases waiting for a person (quarantined, failed, report_failed) and cases a stage is backing off after
+    a failure, newest first, with why: the state's reason, the last error and how many failures."""
+    from gateway.cases import STUCK_STATES
+
+    query = (Study.select().where(Study.state.in_(STUCK_STATES) | (Study.stage_failures > 0))
+             .order_by(Study.state_changed_at.desc()).limit(ATTENTION_LIMIT))
+    return [{"case": study.key, "state": study.state, "reason": study.state_reason or study.hold_reason,
+             "since": _iso(study.state_changed_at), "failures": study.stage_failures,
+             "last_error": study.stage_error, "retry_at": _iso(study.stage_retry_at),
+             "delivery_attempts": study.delivery_attempts, "report_attempts": study.report_attempts}
+            for study in query]
+
+
+def _iso(moment: Any) -> str | None:
+    return None if moment is None else moment.isoformat() + "Z"
 
 
 def render_status(snapshot: dict[str, Any], console: Any) -> None:
@@ -77,6 +100,7 @@ def render_status(snapshot: dict[str, Any], console: Any) -> None:
     for row in snapshot["recent_studies"]:
         recent.add_row(row["study"], row["state"], str(row["instances"]), row["last_received_at"])
     console.print(recent)
+    _render_attention(snapshot, console)
     spool = snapshot["spool"]
     free = spool["free_bytes"]
     console.print(f"spool {spool['path']}: {snapshot['stored_bytes'] / 1e6:.1f} MB stored, "
@@ -109,3 +133,19 @@ def _render_routing(snapshot: dict[str, Any], console: Any) -> None:
     for row in snapshot.get("peers", []):
         peers.add_row(row["peer"], "ok" if row["ok"] else "FAILED", row["checked_at"] or "", row["detail"])
     console.print(peers)
+
+
+def _render_attention(snapshot: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    rows = snapshot.get("needs_attention", [])
+    if not rows:
+        console.print("no case needs attention")
+        return
+    table = Table(title="Cases needing attention (retry CASE / release CASE)")
+    for column in ("case", "state", "reason", "since", "failures", "last error", "next try"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["case"], row["state"], row["reason"] or "", row["since"] or "", str(row["failures"]),
+                      row["last_error"] or "", row["retry_at"] or "")
+    console.print(table)

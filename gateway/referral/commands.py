@@ -44,7 +44,7 @@ def _usage_error(message: str) -> Exception:
 
 
 def _open(config: GatewayConfig) -> None:
-    from gateway.errors import GatewayError
+    from gateway.errors import DatabaseUnavailable
     from gateway.models import open_database
     from gateway.ops.logs import configure_logging
 
@@ -52,7 +52,7 @@ def _open(config: GatewayConfig) -> None:
     try:
         open_database(config.storage.database, max_connections=2)
     except Exception as exc:  # noqa: BLE001 - a database the CLI cannot open is the user's situation
-        raise GatewayError(f"cannot open the database ({type(exc).__name__})") from None
+        raise DatabaseUnavailable(f"cannot open the database ({type(exc).__name__})") from None
 
 
 def cmd_referral_add(args: argparse.Namespace, config: GatewayConfig) -> int:

@@ -50,6 +50,7 @@ from gateway.models import (
     db,
 )
 from gateway.ops import audit
+from gateway.pipeline import run_case_stage
 from gateway.privacy.identifiers import IdentifierSet, identifier_set_for_study
 from gateway.referral.compose import (
     HEADER_NOTE_KEYWORDS,
@@ -158,19 +159,26 @@ class NotesStage:
         self.referrals = config.referrals
         self.spool = spool
 
+    claim_states = (CaseState.DEIDENTIFIED, CaseState.HELD)
+
     def run_once(self, now: dt.datetime) -> int:
-        """Advance every case waiting for notes; return how many changed state."""
+        """Advance every case waiting for notes; return how many changed state (one broken case is backed
+        off, then quarantined, by the shared stage loop; the others go on)."""
+        return run_case_stage(self, now)
+
+    def prepare(self, now: dt.datetime) -> int:
         expire_referrals(now, self.referrals.wait_s)
-        moved = 0
-        for study in self._cases():
-            with cases.claimed(study, CaseState.DEIDENTIFIED, CaseState.HELD, stage=self.name) as mine:
-                if not mine:
-                    continue
-                try:
-                    moved += self._advance(study, now)
-                except Exception as exc:  # noqa: BLE001 - one broken case must not stop the others
-                    log.error("notes_failed", case=study.key, error=type(exc).__name__)
-        return moved
+        return 0
+
+    def due(self, now: dt.datetime) -> list[Study]:
+        return self._cases()
+
+    def step(self, study: Study, now: dt.datetime) -> bool:
+        return bool(self._advance(study, now))
+
+    @staticmethod
+    def give_up(study: Study) -> str:
+        return CaseState.QUARANTINED
 
     @staticmethod
     def _cases() -> list[Study]:

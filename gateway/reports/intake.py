@@ -40,7 +40,7 @@ from gateway.scp.spool import Spool
 log = structlog.get_logger("reports.intake")
 
 ACCEPTING_STATES = frozenset({CaseState.DELIVERING, CaseState.DELIVERED, CaseState.REPORTED,
-                              CaseState.REPORT_DELIVERED})
+                              CaseState.REPORT_DELIVERED, CaseState.REPORT_FAILED})
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,8 @@ class ReportIntake:
                                 size=received.size)
             wakeup.notify(wakeup.REPORT)  # the report stage runs once this commits (also for a reported case)
             if study.state != CaseState.REPORTED and not cases.move(
-                    study, CaseState.REPORTED, reason="report_received", next_attempt_at=None, delivery_attempts=0):
+                    study, CaseState.REPORTED, reason="report_received", report_next_attempt_at=None,
+                    report_attempts=0):
                 raise OutOfResources("the case changed state while the report arrived; send it again")
         return ReportReceipt(study.key)
 

@@ -3,13 +3,15 @@
 For each REPORTED case whose retry time has come: every received report (``ReportObject`` state
 ``received``) is re-identified from the stored mapping into ``spool/outbound/<case key>/`` as an
 ``OutboundObject(kind="report")`` (state ``reidentified``; ``failed`` when it cannot be), then every report
-object not yet stored by the source is sent to the source's ``return`` peer through the delivery engine
-(``gateway.routing.deliver``: one association per attempt, the per-object ``Delivery`` ledger under
+object not yet stored by the source is sent to the source's ``return`` peer through the delivery function
+shared with the study leg (``gateway.routing.send``: one association per attempt, the per-object ``Delivery`` ledger under
 ``source:<name>``). All stored: REPORT_DELIVERED with ``report_delivered_at`` (turnaround = that minus
-``first_received_at``). Failed attempts back off like image delivery; after ``routing.retry.max_attempts``,
-or with no ``return`` configured, or when no report could be re-identified, the case is FAILED. The
-operator's ``retry`` sends a FAILED case through DELIVERING (nothing left for the reviewer) to DELIVERED;
-this stage then takes a DELIVERED case that has undelivered reports back to REPORTED.
+``first_received_at``). The report leg has its own attempt counter and retry time (``Study.report_attempts``,
+``Study.report_next_attempt_at``) and its own failure state: failed attempts back off like image delivery;
+after ``routing.retry.max_attempts``, or with no ``return`` configured, or when no report could be
+re-identified, the case is REPORT_FAILED. The operator's ``retry`` takes a REPORT_FAILED case back to
+REPORTED (never through the study leg's states), and a corrected report from the reviewer does too. A report
+that arrives while the case is on its way to REPORT_DELIVERED takes it back to REPORTED (``report_waiting``).
 
 The ledger makes delivery exactly-once per object from the gateway's side, and the re-identified UIDs are
 derived (not random), so even a copy re-sent after a crash is the same instance to the PACS.
@@ -43,7 +45,9 @@ from gateway.models import (
 from gateway.ops import audit
 from gateway.reports.errors import ReidentificationError
 from gateway.reports.reidentify import CaseMapping, Reidentifier, derived_report_uid
-from gateway.routing.deliver import REPORT_KIND, SENT, DeliveryStage, backoff_s, unsent_objects
+from gateway.pipeline import run_case_stage
+from gateway.routing.deliver import REPORT_KIND
+from gateway.routing.send import REPORT_LEG, SENT, send_objects, unsent_objects
 from gateway.scp.spool import Spool
 
 log = structlog.get_logger("reports")
@@ -83,7 +87,7 @@ def encode(dataset: Dataset) -> bytes:
 
 
 class ReportStage:
-    """REPORTED → REPORT_DELIVERED (or FAILED). See the module docstring."""
+    """REPORTED → REPORT_DELIVERED (or REPORT_FAILED). See the module docstring."""
 
     name = "reports"
 
@@ -93,31 +97,20 @@ class ReportStage:
         self.secret = secret
         self.sources = {s.name: s for s in config.sources}
         self.retry = config.routing.retry
-        self.delivery = DeliveryStage(config)
+
+    claim_states = (CaseState.REPORTED,)  # one node per case, never two
 
     def run_once(self, now: dt.datetime) -> int:
-        moved = self._resume_delivered_with_reports()
-        due = (Study.select().where((Study.state == CaseState.REPORTED)
-                                    & (Study.next_attempt_at.is_null() | (Study.next_attempt_at <= now)))
-               .order_by(Study.urgency.desc(), Study.state_changed_at))
-        for study in due:
-            with cases.claimed(study, CaseState.REPORTED, stage=self.name) as mine:  # one node per case, never two
-                moved += mine and self.process(study)
-        return moved
+        return run_case_stage(self, now)
 
     @staticmethod
-    def _resume_delivered_with_reports() -> int:
-        """DELIVERED cases holding a report not yet home (after an operator's retry) go back to REPORTED; so do
-        REPORT_DELIVERED ones holding a report that arrived while the case was being closed (same association)."""
+    def prepare(now: dt.datetime) -> int:
+        """A report that arrived while its case was on its way to REPORT_DELIVERED (the stage had already read
+        the received reports) takes the case back to REPORTED."""
         waiting = (Study.select().join(ReportObject).where(
-            ((Study.state == CaseState.DELIVERED) & (ReportObject.state != FAILED))
-            | ((Study.state == CaseState.REPORT_DELIVERED) & (ReportObject.state == RECEIVED))).distinct())
-        moved = 0
-        for study in waiting:
-            if ReportStage._undelivered_reports(study) and cases.move(
-                    study, CaseState.REPORTED, reason="report_waiting", delivery_attempts=0, next_attempt_at=None):
-                moved += 1
-        return moved
+            (Study.state == CaseState.REPORT_DELIVERED) & (ReportObject.state != FAILED)).distinct())
+        return sum(1 for study in list(waiting) if ReportStage._undelivered_reports(study) and cases.move(
+            study, CaseState.REPORTED, reason="report_waiting", **REPORT_LEG.reset()))
 
     @staticmethod
     def _undelivered_reports(study: Study) -> bool:
@@ -129,6 +122,20 @@ class ReportStage:
                                        & Delivery.destination.startswith("source:")).count() if outbound_ids else 0
         return sent < len(outbound_ids)
 
+    @staticmethod
+    def due(now: dt.datetime) -> list[Study]:
+        return list(Study.select().where(
+            (Study.state == CaseState.REPORTED)
+            & (Study.report_next_attempt_at.is_null() | (Study.report_next_attempt_at <= now)))
+            .order_by(Study.urgency.desc(), Study.state_changed_at))
+
+    def step(self, study: Study, now: dt.datetime) -> bool:
+        return self.process(study)
+
+    @staticmethod
+    def give_up(study: Study) -> str:
+        return CaseState.REPORT_FAILED
+
     def process(self, study: Study) -> bool:
         """Re-identify what is new, then one delivery attempt; True when the case changed state."""
         source = self.sources.get(study.source.name) if study.source_id else None
@@ -136,12 +143,12 @@ class ReportStage:
             log.error("report_no_return", case=study.key, source=source.name if source else None)
             audit.record("report_sent", actor_ae=None, actor_host=None, study_key=study.key, outcome="failed",
                          detail="the source has no return destination configured")
-            return cases.move(study, CaseState.FAILED, reason="no_return_destination")
+            return cases.move(study, CaseState.REPORT_FAILED, reason="no_return_destination")
         self.reidentify_received(study)
         pending = self.pending_objects(study, source)
         if not pending and not self._has_deliverable(study):
             log.error("report_unusable", case=study.key)
-            return cases.move(study, CaseState.FAILED, reason="report_unusable")
+            return cases.move(study, CaseState.REPORT_FAILED, reason="report_unusable")
         return self._deliver(study, source, pending)
 
     # -- re-identification ---------------------------------------------------------------------------
@@ -225,10 +232,10 @@ class ReportStage:
                                              & (OutboundObject.kind == REPORT_KIND)).exists()
 
     def _deliver(self, study: Study, source: SourceConfig, pending: list[OutboundObject]) -> bool:
-        peer = source.return_
-        attempt = study.delivery_attempts + 1
+        attempt = REPORT_LEG.attempt_of(study)
         started = time.perf_counter()
-        result = self.delivery.send(peer, source_peer(source.name), pending, cases.Lease(study, self.name))
+        result = send_objects(self.config.node, self.spool.root, source.return_, source_peer(source.name), pending,
+                              cases.Lease(study, self.name))
         seconds = time.perf_counter() - started
         log.info("report_delivery_attempt", case=study.key, source=source.name, attempt=attempt,
                  status=result.status, instances=result.sent, duration_ms=int(seconds * 1000))
@@ -239,7 +246,7 @@ class ReportStage:
     def _delivered(self, study: Study, source: SourceConfig, attempt: int, sent: int) -> bool:
         now = utcnow()
         moved = cases.move(study, CaseState.REPORT_DELIVERED, reason="report_delivered", report_delivered_at=now,
-                           delivery_attempts=0, next_attempt_at=None)
+                           **REPORT_LEG.reset())
         turnaround = now - study.first_received_at
         log.info("report_delivered", case=study.key, source=source.name, instances=sent,
                  duration_ms=int(turnaround.total_seconds() * 1000))
@@ -252,10 +259,6 @@ class ReportStage:
             log.error("report_delivery_failed", case=study.key, source=source.name, attempt=attempt)
             audit.record("report_sent", actor_ae=source.return_.ae_title, actor_host=source.return_.host,
                          study_key=study.key, outcome="failed", detail=f"gave up after {attempt} attempt(s)")
-            return cases.move(study, CaseState.FAILED, reason="report_delivery_failed", delivery_attempts=attempt,
-                              next_attempt_at=None)
-        next_at = utcnow() + dt.timedelta(seconds=backoff_s(self.retry, attempt))
-        Study.update(delivery_attempts=attempt, next_attempt_at=next_at).where(Study.id == study.id).execute()
-        study.delivery_attempts, study.next_attempt_at = attempt, next_at
-        wakeup.wake_at(CaseState.REPORTED, next_at)  # the retry runs when due, not at a later poll
+            return REPORT_LEG.give_up(study, attempt, "report_delivery_failed")
+        REPORT_LEG.retry_later(study, attempt, self.retry)
         return False

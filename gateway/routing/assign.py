@@ -21,6 +21,7 @@ import structlog
 from gateway import cases
 from gateway.config import ReviewerConfig, RoutingConfig
 from gateway.models import Assignment, CaseState, PeerHealth, Referral, Series, Study, utcnow
+from gateway.pipeline import run_case_stage
 
 log = structlog.get_logger("routing.assign")
 
@@ -156,6 +157,15 @@ def record_assignment(study: Study, reviewer: str, reason: str, now: dt.datetime
     return Assignment.create(study=study, reviewer=reviewer, reason=reason, assigned_at=now)
 
 
+def _needs_for_order(study: Study) -> CaseNeeds:
+    """The case's needs, to order the queue; a case whose needs cannot be read sorts as routine (its own step
+    raises again, and the stage loop deals with that case alone)."""
+    try:
+        return CaseNeeds.of(study)
+    except Exception:  # noqa: BLE001 - one unreadable case must not stop the queue
+        return CaseNeeds(frozenset(), None, False)
+
+
 class AssignmentStage:
     """NOTES_ATTACHED and HELD(no_reviewer) → ASSIGNED, or NOTES_ATTACHED → HELD(no_reviewer)."""
 
@@ -164,35 +174,45 @@ class AssignmentStage:
     def __init__(self, reviewers: Sequence[ReviewerConfig], routing: RoutingConfig) -> None:
         self.pool = ReviewerPool(reviewers)
         self.routing = routing
+        self._load: dict[str, int] = {}
+        self._recent: dict[str, dt.datetime] = {}
+        self._down: set[str] = set()
 
     def waiting(self) -> list[tuple[Study, CaseNeeds]]:
         """Cases to assign: urgent first, then oldest."""
         query = Study.select().where(
             (Study.state == CaseState.NOTES_ATTACHED)
             | ((Study.state == CaseState.HELD) & (Study.hold_reason == NO_REVIEWER)))
-        pending = [(study, CaseNeeds.of(study)) for study in query]
+        pending = [(study, _needs_for_order(study)) for study in query]
         pending.sort(key=lambda pair: (not pair[1].urgent, pair[0].first_received_at, pair[0].id))
         return pending
 
+    claim_states = (CaseState.NOTES_ATTACHED, CaseState.HELD)
+
     def run_once(self, now: dt.datetime) -> int:
+        return run_case_stage(self, now)
+
+    def due(self, now: dt.datetime) -> list[Study]:
+        """The waiting cases; the reviewers' load is read once for the whole run."""
         pending = self.waiting()
-        if not pending:
-            return 0
-        load, recent, down = open_cases(), last_assigned(), unhealthy_peers()
-        moved = 0
-        for study, needs in pending:
-            with cases.claimed(study, CaseState.NOTES_ATTACHED, CaseState.HELD, stage=self.name) as mine:
-                if not mine:
-                    continue
-                choice = self.pool.choose(needs, now, load, recent, down)
-                if choice is None:
-                    moved += self._hold(study)
-                    continue
-                if self._assign(study, choice, needs, now):
-                    load[choice.reviewer.name] = load.get(choice.reviewer.name, 0) + 1
-                    recent[choice.reviewer.name] = utcnow()  # strictly later than every earlier assignment
-                    moved += 1
-        return moved
+        if pending:
+            self._load, self._recent, self._down = open_cases(), last_assigned(), unhealthy_peers()
+        return [study for study, _ in pending]
+
+    def step(self, study: Study, now: dt.datetime) -> bool:
+        needs = CaseNeeds.of(study)
+        choice = self.pool.choose(needs, now, self._load, self._recent, self._down)
+        if choice is None:
+            return bool(self._hold(study))
+        if not self._assign(study, choice, needs, now):
+            return False
+        self._load[choice.reviewer.name] = self._load.get(choice.reviewer.name, 0) + 1
+        self._recent[choice.reviewer.name] = utcnow()  # strictly later than every earlier assignment
+        return True
+
+    @staticmethod
+    def give_up(study: Study) -> str:
+        return CaseState.QUARANTINED
 
     def _hold(self, study: Study) -> int:
         if study.state == CaseState.HELD:

@@ -9,6 +9,7 @@ from peewee import fn
 from gateway import cases, wakeup
 from gateway.config import RoutingConfig
 from gateway.models import CaseState, Instance, Study
+from gateway.pipeline import run_case_stage
 from gateway.routing.spine import SpineFilter
 
 
@@ -16,12 +17,16 @@ class CompletionStage:
     """RECEIVING → COMPLETE once the study has been quiet for ``stable_after_s``."""
 
     name = "completion"
+    claim_states = (CaseState.RECEIVING,)
 
     def __init__(self, routing: RoutingConfig, spine_filter: SpineFilter | None = None) -> None:
         self.stable_after = dt.timedelta(seconds=routing.stable_after_s)
         self.spine_filter = spine_filter  # non-spine studies go to REJECTED_NOT_SPINE instead of COMPLETE
 
     def run_once(self, now: dt.datetime) -> int:
+        return run_case_stage(self, now)
+
+    def due(self, now: dt.datetime) -> list[Study]:
         cutoff = now - self.stable_after
         # Study.last_received_at is refreshed at most once a second by the SCP: confirm with the instances.
         last_instance = Instance.select(fn.MAX(Instance.received_at)).where(Instance.study == Study.id)
@@ -30,18 +35,24 @@ class CompletionStage:
                         & (last_instance <= cutoff))
                  .order_by(Study.last_received_at))
         # list(): fetched whole before any write; on SQLite a half-read cursor makes the writes fail at once.
-        moved = sum(self._complete(study) for study in list(quiet))
-        wakeup.wake_at(wakeup.STABLE, self.next_stable_at())
-        return moved
+        wakeup.wake_at(wakeup.STABLE, self.next_stable_at(now))
+        return list(quiet)
 
-    def next_stable_at(self) -> dt.datetime | None:
-        """When the next receiving study will have been quiet for ``stable_after_s`` (None: none receiving)."""
+    def next_stable_at(self, now: dt.datetime | None = None) -> dt.datetime | None:
+        """When the next receiving study will have been quiet for ``stable_after_s`` (None: none receiving); a
+        study already quiet (due now, or backing off after a failure) is left to this run and the poll."""
         last = (Instance.select(Study.last_received_at, fn.MAX(Instance.received_at)).join(Study)
                 .where(Study.state == CaseState.RECEIVING).group_by(Study.id, Study.last_received_at).tuples())
-        times = [max(t for t in pair if t is not None) for pair in last if any(pair)]
-        return min(times) + self.stable_after if times else None
+        times = [max(t for t in pair if t is not None) + self.stable_after for pair in last if any(pair)]
+        times = [t for t in times if now is None or t > now]
+        return min(times) if times else None
 
-    def _complete(self, study: Study) -> bool:
+    @staticmethod
+    def give_up(study: Study) -> str:
+        """A study the completion step keeps failing on (e.g. the spine filter cannot read it) is quarantined."""
+        return CaseState.QUARANTINED
+
+    def step(self, study: Study, now: dt.datetime) -> bool:
         if self.spine_filter is not None and self.spine_filter.reject_if_not_spine(study):
             return True
         return cases.move(study, CaseState.COMPLETE, reason="stable")

@@ -54,11 +54,11 @@ def queue_depth() -> dict[str, int]:
 def oldest_waiting() -> dict[str, dict[str, Any]]:
     """State → the case that has been in it longest (and since when)."""
     oldest: dict[str, dict[str, Any]] = {}
-    query = (Study.select(Study.state, Study.key, Study.state_changed_at, Study.hold_reason)
+    query = (Study.select(Study.state, Study.key, Study.state_changed_at, Study.hold_reason, Study.state_reason)
              .where(Study.state.not_in(FINAL_STATES)).order_by(Study.state_changed_at))
-    for state, key, since, hold_reason in query.tuples():
+    for state, key, since, hold_reason, state_reason in query.tuples():
         if state not in oldest:
-            oldest[state] = {"case": key, "since": _iso(since), "reason": hold_reason}
+            oldest[state] = {"case": key, "since": _iso(since), "reason": hold_reason or state_reason}
     return oldest
 
 

@@ -16,6 +16,7 @@ import structlog
 from gateway import cases
 from gateway.config import ReviewerConfig, RoutingConfig
 from gateway.models import Assignment, CaseState, Study
+from gateway.pipeline import run_case_stage
 from gateway.routing.assign import (
     OPEN_STATES,
     CaseNeeds,
@@ -28,6 +29,8 @@ from gateway.routing.assign import (
 
 log = structlog.get_logger("routing.sla")
 SLA_BREACHED = "sla_breached"
+# A flagged case still DELIVERING is reassigned once its attempt settles.
+REASSIGNABLE = (CaseState.ASSIGNED, CaseState.DELIVERED, CaseState.FAILED)
 
 
 class SlaStage:
@@ -38,44 +41,65 @@ class SlaStage:
     def __init__(self, reviewers: Sequence[ReviewerConfig], routing: RoutingConfig) -> None:
         self.pool = ReviewerPool(reviewers)
         self.routing = routing
+        self._load: dict[str, int] = {}
+        self._recent: dict[str, dt.datetime] = {}
+        self._down: set[str] = set()
+
+    claim_states = OPEN_STATES
 
     def run_once(self, now: dt.datetime) -> int:
+        return run_case_stage(self, now)
+
+    def due(self, now: dt.datetime) -> list[Study]:
+        """Cases past their deadline not yet flagged, then (with ``reassign_after_sla``) flagged cases that can
+        go to another reviewer; the reviewers' load is read once for the run."""
         overdue = list(Study.select().where(Study.state.in_(OPEN_STATES) & Study.sla_due_at.is_null(False)
                                             & (Study.sla_due_at <= now) & Study.sla_flagged_at.is_null()))
+        if not self.routing.reassign_after_sla:
+            return overdue
+        self._load, self._recent, self._down = open_cases(), last_assigned(), unhealthy_peers()
+        flagged = list(Study.select().where(Study.state.in_(REASSIGNABLE) & Study.sla_flagged_at.is_null(False)))
+        return overdue + flagged
+
+    def step(self, study: Study, now: dt.datetime) -> int:
+        """Flag the breach (once), then reassign when configured; returns how many of the two happened."""
         changed = 0
-        for study in overdue:
-            Study.update(sla_flagged_at=now).where(Study.id == study.id).execute()
-            study.sla_flagged_at = now
-            log.warning(SLA_BREACHED, case=study.key, reviewer=study.reviewer, state=study.state)
+        if study.sla_flagged_at is None:
+            self._flag(study, now)
             changed += 1
-        if self.routing.reassign_after_sla:
-            changed += self._reassign_flagged(now)
+        if self.routing.reassign_after_sla and study.state in REASSIGNABLE:
+            changed += self._reassign(study, now)
         return changed
 
-    def _reassign_flagged(self, now: dt.datetime) -> int:
-        flagged = Study.select().where(Study.state.in_((CaseState.ASSIGNED, CaseState.DELIVERED, CaseState.FAILED))
-                                       & Study.sla_flagged_at.is_null(False))
-        load, recent, down = open_cases(), last_assigned(), unhealthy_peers()
-        moved = 0
-        for study in list(flagged):  # fetched whole before writing (SQLite: see CompletionStage.run_once)
-            needs = CaseNeeds.of(study)
-            choice = self.pool.choose(needs, now, load, recent, down, exclude=[study.reviewer or ""])
-            if choice is None:
-                continue
-            reason = f"{SLA_BREACHED} {choice.reason}"
-            fields = dict(reviewer=choice.reviewer.name, sla_due_at=sla_due(self.routing, needs.urgent, now),
-                          sla_flagged_at=None, delivery_attempts=0, next_attempt_at=None)
-            if study.state == CaseState.ASSIGNED:
-                updated = Study.update(**fields).where((Study.id == study.id) & (Study.state == CaseState.ASSIGNED))
-                if not updated.execute():
-                    continue
-            elif not cases.move(study, CaseState.ASSIGNED, reason=SLA_BREACHED, **fields):
-                continue
-            (Assignment.update(active=False, ended_at=now, ended_reason=SLA_BREACHED)
-             .where((Assignment.study == study) & (Assignment.active == True)).execute())  # noqa: E712
-            Assignment.create(study=study, reviewer=choice.reviewer.name, reason=reason, assigned_at=now)
-            log.info("case_assigned", case=study.key, reviewer=choice.reviewer.name, reason=reason)
-            load[choice.reviewer.name] = load.get(choice.reviewer.name, 0) + 1
-            recent[choice.reviewer.name] = now
-            moved += 1
-        return moved
+    @staticmethod
+    def give_up(study: Study) -> None:
+        """A deadline check that keeps failing only backs off: the case itself is not at fault."""
+        return None
+
+    @staticmethod
+    def _flag(study: Study, now: dt.datetime) -> None:
+        Study.update(sla_flagged_at=now).where(Study.id == study.id).execute()
+        study.sla_flagged_at = now
+        log.warning(SLA_BREACHED, case=study.key, reviewer=study.reviewer, state=study.state)
+
+    def _reassign(self, study: Study, now: dt.datetime) -> bool:
+        needs = CaseNeeds.of(study)
+        choice = self.pool.choose(needs, now, self._load, self._recent, self._down, exclude=[study.reviewer or ""])
+        if choice is None:
+            return False
+        reason = f"{SLA_BREACHED} {choice.reason}"
+        fields = dict(reviewer=choice.reviewer.name, sla_due_at=sla_due(self.routing, needs.urgent, now),
+                      sla_flagged_at=None, delivery_attempts=0, next_attempt_at=None)
+        if study.state == CaseState.ASSIGNED:
+            updated = Study.update(**fields).where((Study.id == study.id) & (Study.state == CaseState.ASSIGNED))
+            if not updated.execute():
+                return False
+        elif not cases.move(study, CaseState.ASSIGNED, reason=SLA_BREACHED, **fields):
+            return False
+        (Assignment.update(active=False, ended_at=now, ended_reason=SLA_BREACHED)
+         .where((Assignment.study == study) & (Assignment.active == True)).execute())  # noqa: E712
+        Assignment.create(study=study, reviewer=choice.reviewer.name, reason=reason, assigned_at=now)
+        log.info("case_assigned", case=study.key, reviewer=choice.reviewer.name, reason=reason)
+        self._load[choice.reviewer.name] = self._load.get(choice.reviewer.name, 0) + 1
+        self._recent[choice.reviewer.name] = now
+        return True

@@ -150,7 +150,7 @@ class ScpHandlers:
         stats.studies[result.study_key] = stats.studies.get(result.study_key, 0) + 1
         metrics.record_instance("duplicate" if result.duplicate else "stored", received.size,
                                 time.perf_counter() - started)
-        log.info("instance_duplicate" if result.duplicate else "instance_stored", study=result.study_key,
+        log.info("instance_duplicate" if result.duplicate else "instance_stored", case=result.study_key,
                  source=stats.caller.name, status=status.SUCCESS, version=result.version, bytes=received.size,
                  sop_class=received.context_sop_class, duration_ms=elapsed_ms(started))
         return status.SUCCESS
@@ -162,7 +162,7 @@ class ScpHandlers:
         receipt = self.reports.receive(received, stats.caller.name)
         stats.instances += 1
         stats.bytes += received.size
-        log.info("report_received", study=receipt.study_key, reviewer=stats.caller.name, status=status.SUCCESS,
+        log.info("report_received", case=receipt.study_key, reviewer=stats.caller.name, status=status.SUCCESS,
                  sop_class=received.context_sop_class, reason="duplicate" if receipt.duplicate else None,
                  duration_ms=elapsed_ms(started))
         if not receipt.duplicate:
@@ -206,7 +206,7 @@ class ScpHandlers:
                     spool_path=self.receiver.spool.relative(path) if path and path.name else None)
         except Exception:  # noqa: BLE001 - the refusal must still be answered and logged
             log.error("quarantine_record_failed", reason=reason, **_named(stats.caller))
-        log.warning(event, **_named(stats.caller), study=study_key, status=code, reason=reason,
+        log.warning(event, **_named(stats.caller), case=study_key, status=code, reason=reason,
                     duration_ms=elapsed_ms(started))
         metrics.record_instance("refused", len(part10), time.perf_counter() - started)
         self._audit(event, stats.caller.ae_title, stats.peer, study_key, "refused", reason)

@@ -50,7 +50,8 @@ def retry(page: Page) -> Response:
     study = _study(page)
     if not retry_case(study):
         page.audit("web_retry", study_key=study.key, outcome="refused", detail=f"state {study.state}")
-        return _refuse(page, study, f"The case is {study.state}; only a failed case can be retried.")
+        return _refuse(page, study, f"The case is {study.state}; only a failed case can be retried "
+                                    "(failed: the study to the reviewer; report_failed: the report home).")
     page.audit("web_retry", study_key=study.key)
     return _done(study, "retry")
 

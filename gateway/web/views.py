@@ -33,12 +33,13 @@ _PLAIN = {
     S.REPORT_DELIVERED: "reported",
     S.QUARANTINED: "stopped for a safety check (the operators are told)",
     S.FAILED: "delivery problem (the operators are told)",
+    S.REPORT_FAILED: "report written, problem sending it back (the operators are told)",
     S.REJECTED_NOT_SPINE: "not a spine study: not sent",
 }
 _HELD = {"awaiting_referral": "waiting for the referral", "no_referral": "waiting for the referral",
          "no_reviewer": "waiting for a free reviewer", "awaiting_approval": "waiting for the notes to be checked"}
 OPEN_FOR_REVIEWER = (S.DELIVERING, S.DELIVERED, S.REPORTED)
-ATTENTION = (S.HELD, S.QUARANTINED, S.FAILED, S.REJECTED_NOT_SPINE)
+ATTENTION = (S.HELD, S.QUARANTINED, S.FAILED, S.REPORT_FAILED, S.REJECTED_NOT_SPINE)
 
 
 def plain_state(study: Study | None) -> str:

@@ -145,8 +145,9 @@ def test_full_spool_during_deidentification_loses_nothing_and_resumes(tmp_path):
         send_files(node.port, files, ledger, uids)
         assert ledger.acknowledged, "some originals must fit"
         assert all(code == 0xA700 for code in ledger.failures), "a full disk answers 0xA700 only"
-        wait_until(lambda: any(e["event"] == "stage_failed" and e.get("component") == "deid"
-                               for e in node.log_events()), 60, "de-identification hitting the full disk")
+        failed = ("stage_failed", "case_step_failed")
+        wait_until(lambda: any(e["event"] in failed and e.get("component") == "deid" for e in node.log_events()),
+                   60, "de-identification hitting the full disk")
         assert node.proc.poll() is None
         assert not list(spool.rglob("*.part")), "no partial file is left behind"
         subprocess.run(["mount", "-o", "remount,size=64m", str(spool)], check=True)

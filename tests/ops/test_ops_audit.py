@@ -76,7 +76,7 @@ def test_log_event_uses_allowlisted_keys_and_never_the_detail(database):
                      detail=PHI_DETAIL)
     [event] = logs
     assert event == {"event": "audit", "log_level": "info", "reason": "sent", "calling_ae": "REVIEW1",
-                     "peer": "10.0.0.7", "study": "ab12", "status": "failed"}
+                     "peer": "10.0.0.7", "case": "ab12", "status": "failed"}
     assert set(event) - {"log_level"} <= LOG_KEYS
     with db.connection_context():
         assert AuditEvent.get().detail == PHI_DETAIL[:255]  # kept in the row, for the audit trail only
@@ -88,7 +88,7 @@ def test_log_event_passes_the_strict_guard_into_the_json_file(database, strict_j
     logging.getLogger().handlers[0].flush()
     [line] = strict_json_log.read_text().splitlines()
     event = json.loads(line)
-    assert event["event"] == "audit" and event["reason"] == "received" and event["study"] == "ab12cd34ef56"
+    assert event["event"] == "audit" and event["reason"] == "received" and event["case"] == "ab12cd34ef56"
     assert set(event) <= LOG_KEYS
     assert "DOE" not in line and "123456" not in line
 

@@ -1,12 +1,12 @@
 """ReportStage on SQLite and PostgreSQL against a real DCMTK storescp as the source's return destination:
-re-identify, deliver once through the ledger, back off while the PACS is down, FAILED after the last attempt,
-and the operator's retry bringing the report home."""
+re-identify, deliver once through the ledger, back off while the PACS is down, REPORT_FAILED after the last
+attempt (the report leg's own counters; the study leg's untouched), and the operator's retry bringing the report
+home without walking the study leg's states."""
 
 from __future__ import annotations
 
 import pydicom
 
-from gateway import cases
 from gateway.config import GatewayConfig
 from gateway.deid.engine import Deidentifier, PatientContext
 from gateway.deid.options import DeidOptions
@@ -92,24 +92,27 @@ def test_reports_stage_delivers_once_backs_off_fails_and_retries(tmp_path, datab
             down = ReportStage(_config(tmp_path, free_port(), max_attempts=2), spool, SECRET)
             assert _run(down) == 0
             study = Study.get_by_id(study.id)
-            assert study.state == CaseState.REPORTED and study.delivery_attempts == 1
+            assert study.state == CaseState.REPORTED and study.report_attempts == 1
+            assert study.delivery_attempts == 0 and study.report_next_attempt_at is not None, "its own counter"
             assert ReportObject.get().state == "reidentified"
             (outbound,) = OutboundObject.select().where(OutboundObject.kind == "report")
-            assert Delivery.get(Delivery.outbound == outbound).destination == "source:st-marys"
-            Study.update(next_attempt_at=None).where(Study.id == study.id).execute()
+            row = Delivery.get(Delivery.outbound == outbound)
+            assert (row.destination, row.attempts) == ("source:st-marys", 1), "the ledger row counts the attempt"
+            Study.update(report_next_attempt_at=None).where(Study.id == study.id).execute()
             assert _run(down) == 1
             study = Study.get_by_id(study.id)
-            assert (study.state, study.state_changed_at is not None) == (CaseState.FAILED, True)
+            assert (study.state, study.state_reason) == (CaseState.REPORT_FAILED, "report_delivery_failed")
+            assert Delivery.get(Delivery.outbound == outbound).attempts == 2
 
-            # Up again, the operator retries: DELIVERING → (nothing left for the reviewer) DELIVERED → REPORTED.
+            # Up again, the operator retries the report leg: REPORT_FAILED → REPORTED, then home.
             scp.start()
             up = ReportStage(_config(tmp_path, scp.port), spool, SECRET)
-            assert retry_case(study)
-            cases.move(study, CaseState.DELIVERED, reason="all_objects_sent")
+            assert retry_case(study) == "report"
+            assert Study.get_by_id(study.id).state == CaseState.REPORTED and study.report_attempts == 0
             images_delivery = DeliveryStage(up.config)
             assert study.id not in {s.id for s in images_delivery.due(utcnow())}, "a report is no image to resend"
             assert images_delivery.pending_objects(study, up.config.reviewers[0]) == [], "never to a reviewer"
-            assert _run(up) == 2  # back to REPORTED, then home
+            assert _run(up) == 1  # home
             study = Study.get_by_id(study.id)
             assert study.state == CaseState.REPORT_DELIVERED and study.report_delivered_at is not None
             assert Delivery.get(Delivery.outbound == outbound).state == "sent"
@@ -136,7 +139,7 @@ def test_reports_stage_without_return_destination_fails_the_case(tmp_path, datab
         with db.connection_context():
             study, _ = _reported_case(tmp_path, spool)
             assert _run(ReportStage(config, spool, SECRET)) == 1
-            assert Study.get_by_id(study.id).state == CaseState.FAILED
+            assert Study.get_by_id(study.id).state == CaseState.REPORT_FAILED
             assert not OutboundObject.select().where(OutboundObject.kind == "report").exists()
     finally:
         database.close()

@@ -92,7 +92,7 @@ def test_retry_command(tmp_path):
     node.write_config()
     assert node.cli("retry", failed.key).returncode == 0
     refused = node.cli("retry", delivered.key, check=False)
-    assert refused.returncode == 2 and "only a failed case" in refused.stderr
+    assert refused.returncode == 2 and "only a failed or report_failed case" in refused.stderr
     assert node.cli("retry", "nosuchcase", check=False).returncode == 2
     with database.connection_context():
         row = Study.get_by_id(failed.id)

@@ -10,7 +10,7 @@ sets it itself. Optionally ``--py-spy DIR`` records the gateway's stacks (idle t
 "folded" format, for flamegraph.pl or speedscope) during the last run of each mode (py-spy from PyPI:
 ``.venv/bin/pip install py-spy``; summarise with ``bench/spy_summary.py FILE``).
 
-    scripts/in-private-net.sh .venv/bin/python bench/concurrent.py [--runs 5] [--senders 5] [--instances 100]
+    scripts/in-private-net.sh .venv/bin/python bench/senders.py [--runs 5] [--senders 5] [--instances 100]
 """
 
 from __future__ import annotations

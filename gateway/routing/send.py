@@ -1,0 +1,232 @@
+"""Sending outbound objects to a DICOM peer: the one delivery function of both legs of a case.
+
+The study leg (``routing.deliver``: de-identified images and notes to the reviewer) and the report leg
+(``reports.stage``: re-identified reports to the source) both call ``send_objects``: one association per
+attempt, one C-STORE per object, each response recorded in the object's ledger row (``Delivery``, one per
+object and destination, with its own ``attempts``). Each leg keeps its own attempt counter and retry time on
+the case (``Leg``), backs off the same way and gives up into its own failure state.
+
+Transfer syntaxes: each (SOP class, stored syntax) pair is proposed with the stored syntax first and
+Explicit VR Little Endian second. When the peer accepts the stored syntax the file's bytes go out
+undecoded (``STORE_SEND_CHUNKED_DATASET``); otherwise the dataset is decoded (pylibjpeg) and sent as
+Explicit VR Little Endian.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import peewee
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian
+from pynetdicom import AE, _config
+from pynetdicom.association import Association
+
+from gateway import cases, wakeup
+from gateway.config import DicomPeer, NodeConfig, RetryConfig, ReviewerConfig
+from gateway.dicomnet import NODELAY_HANDLER
+from gateway.models import CaseState, Delivery, OutboundObject, Study, utcnow
+from gateway.routing.errors import RoutingError
+
+SENT, PENDING, FAILED = "sent", "pending", "failed"
+# C-STORE statuses that mean stored: success and the warnings (coercion, elements discarded, mismatch).
+STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
+
+
+class TooManyContexts(RoutingError):
+    """The objects to send need more presentation contexts than one association can hold."""
+
+
+@dataclass
+class AttemptResult:
+    """What one delivery attempt did."""
+
+    status: str          # delivered, partial, no_association, aborted
+    sent: int = 0
+    remaining: int = 0
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One leg of a case: its attempt counter, its retry time and the state it gives up into."""
+
+    name: str
+    failed_state: str
+    attempts: peewee.Field
+    next_attempt_at: peewee.Field
+    retry_topic: str  # the wake-up (gateway.wakeup) that runs the leg's stage when the retry is due
+
+    def attempt_of(self, study: Study) -> int:
+        """The number of the attempt about to be made (1-based)."""
+        return getattr(study, self.attempts.name) + 1
+
+    def reset(self) -> dict[str, object]:
+        """Fields that start the leg's attempts over (for ``cases.move``)."""
+        return {self.attempts.name: 0, self.next_attempt_at.name: None}
+
+    def retry_later(self, study: Study, attempt: int, retry: RetryConfig) -> None:
+        """Record failed attempt ``attempt`` and when the next one is due."""
+        next_at = utcnow() + dt.timedelta(seconds=backoff_s(retry, attempt))
+        Study.update({self.attempts: attempt, self.next_attempt_at: next_at}).where(Study.id == study.id).execute()
+        setattr(study, self.attempts.name, attempt)
+        setattr(study, self.next_attempt_at.name, next_at)
+        wakeup.wake_at(self.retry_topic, next_at)  # the retry runs when due, not at a later poll
+
+    def give_up(self, study: Study, attempt: int, reason: str) -> bool:
+        """The leg's failure state, with its attempts kept for the operator to see."""
+        return cases.move(study, self.failed_state, reason=reason,
+                          **{self.attempts.name: attempt, self.next_attempt_at.name: None})
+
+
+STUDY_LEG = Leg("study", CaseState.FAILED, Study.delivery_attempts, Study.next_attempt_at, CaseState.DELIVERING)
+REPORT_LEG = Leg("report", CaseState.REPORT_FAILED, Study.report_attempts, Study.report_next_attempt_at,
+                 CaseState.REPORTED)
+
+
+def backoff_s(retry: RetryConfig, attempt: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based): exponential, capped, with jitter.
+
+    The wait is drawn uniformly from the upper half of ``min(max_s, initial_s * 2**(attempt-1))``, so that
+    cases failing together do not retry together.
+    """
+    ceiling = min(retry.max_s, retry.initial_s * (2 ** max(attempt - 1, 0)))
+    return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+def send_objects(node: NodeConfig, spool_dir: Path, peer: ReviewerConfig | DicomPeer, destination: str,
+                 pending: Sequence[OutboundObject], lease: cases.Lease | None = None) -> AttemptResult:
+    """C-STORE ``pending`` to ``peer`` over one association, recording each response in the ledger rows
+    (``Delivery``, which must exist) of ``destination`` (``reviewer:<name>`` or ``source:<name>``).
+
+    Raises:
+        TooManyContexts: the objects need more than 128 presentation contexts.
+    """
+    if not pending:
+        return AttemptResult("delivered")
+    # Send stored files as they are, without decoding them (only when the syntax is accepted as stored).
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    assoc = _associate(node, peer, pending)
+    if not assoc.is_established:
+        _count_attempt(pending, destination, "no association")
+        return AttemptResult("no_association", remaining=len(pending))
+    sent = 0
+    tried: set[int] = set()
+    try:
+        for outbound in pending:
+            if not assoc.is_established:
+                break
+            if lease is not None and not lease.keep():
+                break  # our lease on the case was lost: another node carries on, never both
+            tried.add(outbound.id)
+            if _store(assoc, spool_dir, outbound, destination):
+                sent += 1
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    _count_attempt([o for o in pending if o.id not in tried], destination, "association ended")
+    remaining = len(pending) - sent
+    if remaining == 0:
+        return AttemptResult("delivered", sent=sent)
+    return AttemptResult("partial" if sent else "aborted", sent=sent, remaining=remaining)
+
+
+def _associate(node: NodeConfig, peer: ReviewerConfig | DicomPeer,
+               objects: Sequence[OutboundObject]) -> Association:
+    contexts = _contexts(objects)
+    ae = AE(ae_title=node.ae_title)
+    ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = (node.acse_timeout_s, node.dimse_timeout_s,
+                                                             node.network_timeout_s)
+    ae.connection_timeout = node.acse_timeout_s
+    ae.maximum_pdu_size = node.max_pdu_bytes
+    for sop_class, syntaxes in contexts.items():
+        ae.add_requested_context(sop_class, syntaxes)
+    return ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[NODELAY_HANDLER])
+
+
+def _store(assoc: Association, spool_dir: Path, outbound: OutboundObject, destination: str) -> bool:
+    path = spool_dir / outbound.spool_path
+    accepted = _accepted_syntaxes(assoc, outbound.sop_class_uid)
+    status: int | None = None
+    error = ""
+    try:
+        if not path.is_file():
+            raise FileNotFoundError(outbound.spool_path)
+        payload = path if outbound.transfer_syntax in accepted else transcode(path)
+        rsp = assoc.send_c_store(payload)
+        status = getattr(rsp, "Status", None)
+    except (OSError, ValueError, RuntimeError, AttributeError, NotImplementedError) as exc:
+        error = type(exc).__name__
+    ok = status in STORED_STATUSES
+    _update_ledger(outbound, destination, ok, status, error or _status_text(status))
+    return ok
+
+
+def unsent_objects(study: Study, destination: str, which: peewee.Expression) -> list[OutboundObject]:
+    """The case's outbound objects matching ``which`` that the ledger does not show as sent to
+    ``destination``, in creation order; their ledger rows are created as needed."""
+    objects = list(OutboundObject.select().where((OutboundObject.study == study) & which)
+                   .order_by(OutboundObject.id))
+    sent = {outbound_id for (outbound_id,) in Delivery.select(Delivery.outbound).where(
+        (Delivery.destination == destination) & (Delivery.state == SENT)
+        & Delivery.outbound.in_([o.id for o in objects])).tuples()} if objects else set()
+    pending = [o for o in objects if o.id not in sent]
+    for outbound in pending:
+        Delivery.get_or_create(outbound=outbound, destination=destination)
+    return pending
+
+
+def _contexts(objects: Sequence[OutboundObject]) -> dict[str, list[str]]:
+    """SOP class → transfer syntaxes to propose (stored ones first, Explicit VR Little Endian as fallback)."""
+    contexts: dict[str, list[str]] = {}
+    for outbound in objects:
+        syntaxes = contexts.setdefault(outbound.sop_class_uid, [])
+        if outbound.transfer_syntax not in syntaxes:
+            syntaxes.append(outbound.transfer_syntax)
+    for syntaxes in contexts.values():
+        if ExplicitVRLittleEndian not in syntaxes:
+            syntaxes.append(ExplicitVRLittleEndian)
+    if len(contexts) > MAX_CONTEXTS:
+        raise TooManyContexts(f"a case needs {len(contexts)} presentation contexts; at most {MAX_CONTEXTS} fit")
+    return contexts
+
+
+def _accepted_syntaxes(assoc: Association, sop_class: str) -> set[str]:
+    return {str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class}
+
+
+def transcode(path: Path) -> Dataset:
+    """The file's dataset with its pixel data decompressed, to be sent as Explicit VR Little Endian."""
+    ds = pydicom.dcmread(path)
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    if syntax.is_compressed:
+        # pylibjpeg / pydicom decoders; the syntax becomes Explicit VR Little Endian. The SOP Instance UID stays:
+        # a change of transfer syntax is not a new instance, and the ledger knows the object by it.
+        ds.decompress(generate_instance_uid=False)
+    else:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def _status_text(status: int | None) -> str:
+    return "no response" if status is None else f"0x{status:04X}"
+
+
+def _update_ledger(outbound: OutboundObject, destination: str, ok: bool, status: int | None, detail: str) -> None:
+    values = {Delivery.attempts: Delivery.attempts + 1, Delivery.last_status: status,
+              Delivery.state: SENT if ok else FAILED, Delivery.last_error: None if ok else detail[:255]}
+    if ok:
+        values[Delivery.sent_at] = utcnow()
+    Delivery.update(values).where((Delivery.outbound == outbound) & (Delivery.destination == destination)).execute()
+
+
+def _count_attempt(objects: Sequence[OutboundObject], destination: str, detail: str) -> None:
+    """An attempt that did not reach these objects still counts on their ledger rows."""
+    if objects:
+        Delivery.update({Delivery.attempts: Delivery.attempts + 1, Delivery.last_error: detail}).where(
+            Delivery.outbound.in_([o.id for o in objects]) & (Delivery.destination == destination)).execute()
