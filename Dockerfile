@@ -17,6 +17,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/spine-gateway
 
+# System packages the node needs: tesseract (OCR of burned-in text; tesserocr compiles against it) and the
+# notes PDF's fonts.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tesseract-ocr tesseract-ocr-eng libtesseract-dev \
+       libleptonica-dev pkg-config g++ fonts-dejavu-core fonts-wqy-microhei \
+    && rm -rf /var/lib/apt/lists/*
+
 # Dependencies first, in their own layer: they change far less often than the code.
 COPY requirements.txt ./
 RUN pip install -r requirements.txt

@@ -10,6 +10,7 @@ CONFIG ?= config/gateway.yaml
 .PHONY: run test system-deps venv bench bench-ingest clean
 
 $(STAMP): requirements.txt setup.cfg pyproject.toml
+	scripts/install-system-deps.sh --runtime
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt

@@ -5,20 +5,25 @@
 # compiles against (pip builds it from source on `make venv`), and the DejaVu font the OCR tests draw with;
 # chromium and chromium-driver (the portal's browser tests drive Debian's chromium through its chromedriver);
 # the notes PDF's fonts (fonts-dejavu-core, fonts-wqy-microhei).
+#
+# With --runtime, only what the node itself needs to install and run (`make run`): tesseract and what tesserocr
+# compiles against, and the notes PDF's fonts.
 set -eu
 missing=""
-[ -x /usr/bin/storescu ] && [ -x /usr/bin/dsrdump ] || missing="$missing dcmtk"
-[ -x /usr/sbin/Orthanc ] || missing="$missing orthanc"
-[ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$missing postgresql-15"
-command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
-command -v unshare >/dev/null 2>&1 || missing="$missing util-linux"
+if [ "${1:-}" != "--runtime" ]; then
+  [ -x /usr/bin/storescu ] && [ -x /usr/bin/dsrdump ] || missing="$missing dcmtk"
+  [ -x /usr/sbin/Orthanc ] || missing="$missing orthanc"
+  [ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$missing postgresql-15"
+  command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+  command -v unshare >/dev/null 2>&1 || missing="$missing util-linux"
+  [ -x /usr/bin/chromium ] || missing="$missing chromium"
+  [ -x /usr/bin/chromedriver ] || missing="$missing chromium-driver"
+fi
 [ -f /usr/share/tesseract-ocr/5/tessdata/eng.traineddata ] || missing="$missing tesseract-ocr tesseract-ocr-eng"
 [ -f /usr/include/tesseract/baseapi.h ] || missing="$missing libtesseract-dev"
 [ -f /usr/include/leptonica/allheaders.h ] || missing="$missing libleptonica-dev"
 command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$missing fonts-dejavu-core"
-[ -x /usr/bin/chromium ] || missing="$missing chromium"
-[ -x /usr/bin/chromedriver ] || missing="$missing chromium-driver"
 # The notes PDF also embeds WenQuanYi Micro Hei for CJK letters.
 [ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing="$missing fonts-wqy-microhei"
 [ -z "$missing" ] && exit 0
