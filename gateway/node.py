@@ -83,7 +83,7 @@ class GatewayNode:
         self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)
         self._start_wakeups()
         self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s, self.wakeups,
-                                 FailurePolicy.of(self.config.routing.case_failures))
+                                 policy=FailurePolicy.of(self.config.routing.case_failures))
         self.pipeline.start()
         log.info("gateway_started", ae_title=self.config.node.ae_title, port=self.config.node.port,
                  version=__version__, to_version=SCHEMA_VERSION, tls=self.config.node.tls.enabled)

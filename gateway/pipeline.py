@@ -184,7 +184,7 @@ class Pipeline:
     """Every stage's loop on one scheduler: each runs every ``poll_s``, and at once when woken (``wake``, or a
     committed state change through ``wakeups``, see ``gateway.wakeup``); one run at a time per stage."""
 
-    def __init__(self, stages: Sequence[Stage], poll_s: float, wakeups: wakeup.Wakeups | None = None,
+    def __init__(self, stages: Sequence[Stage], poll_s: float, wakeups: wakeup.Wakeups | None = None, *,
                  policy: FailurePolicy = DEFAULT_POLICY) -> None:
         self.stages = list(stages)
         self.poll_s = poll_s

@@ -95,7 +95,8 @@ class Site:
         self.node.secret = SECRET
         self.node.work_pool = deid_pool(self.config.deid.options(), SECRET, workers=0)
         self.stages = {stage.name: stage for stage in self.node._stages()}
-        self.pipeline = Pipeline(list(self.stages.values()), 0.1, FailurePolicy.of(self.config.routing.case_failures))
+        self.pipeline = Pipeline(list(self.stages.values()), 0.1,
+                                 policy=FailurePolicy.of(self.config.routing.case_failures))
 
     def receive(self, name: str, seed: int) -> Study:
         """A study as the receiver leaves it: originals in the spool, rows committed, quiet since a while."""
@@ -338,7 +339,7 @@ def test_a_stage_failure_backs_off_the_case_then_gives_up(site):
     poisoned = site.receive("poisoned", seed=45)
     site.poison_step("completion", poisoned)
     site.pipeline = Pipeline(list(site.stages.values()), 0.1,
-                             FailurePolicy(MAX_FAILURES, initial_s=600, max_s=600))
+                             policy=FailurePolicy(MAX_FAILURES, initial_s=600, max_s=600))
     site.pipeline.run_all_once()
     row = site.state(poisoned)
     assert (row.state, row.stage_failures, row.stage_error) == (CaseState.RECEIVING, 1, "completion:InjectedFault")
@@ -356,7 +357,7 @@ def test_wake_runs_a_stage_at_once(site):
     runs: list[object] = []
     due = completion.due
     completion.due = lambda now: runs.append(now) or due(now)
-    pipeline = Pipeline([completion], 3600, FailurePolicy.of(site.config.routing.case_failures))
+    pipeline = Pipeline([completion], 3600, policy=FailurePolicy.of(site.config.routing.case_failures))
     loop = pipeline.loops["completion"]
     pipeline.start()
     try:
