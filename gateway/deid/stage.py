@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ CHUNK = 32  # instances handed to the workers at a time, recorded in one transac
 # the case and writes in the database and the spool, which at every poll (``routing.poll_s``) would take a
 # receiving node's write lock and disk many times a second for a handful of instances each time.
 OUTSIDE_COMPLETION_PERIOD_S = 1.0
+# At most this much image text is recorded per case (``StudyIdentity.image_text``); beyond it (a private element
+# holding a distinct blob in every image, say) the notes stage's final check reads the image files back instead.
+IMAGE_TEXT_MAX_CHARS = 4_000_000
 # States in which a case has already been de-identified: an instance arriving now is a late one.
 _PAST_DEID = (CaseState.DEIDENTIFIED, CaseState.NOTES_ATTACHED, CaseState.ASSIGNED, CaseState.DELIVERING,
               CaseState.DELIVERED, CaseState.FAILED, CaseState.HELD)
@@ -243,8 +247,14 @@ class DeidStage:
                                             pseudo_accession_number=mapping.accession or "",
                                             date_offset_days=mapping.date_offset_days or 0)
         merged = merge_header_values(identity.header_values, *(work.header for work in works))
+        image_text = merge_image_text(identity.image_text, [work.text_values for work in works])
+        changes = {}
         if merged != identity.header_values:
-            StudyIdentity.update(header_values=merged).where(StudyIdentity.id == identity.id).execute()
+            changes[StudyIdentity.header_values] = merged
+        if image_text != identity.image_text:
+            changes[StudyIdentity.image_text] = image_text
+        if changes:
+            StudyIdentity.update(changes).where(StudyIdentity.id == identity.id).execute()
 
     @staticmethod
     def _record_uids(study: Study, mapping: DeidMapping) -> None:
@@ -268,6 +278,28 @@ class DeidStage:
         # A newer version of an object already out: replace it, and let the ledger send it again.
         OutboundObject.update(values).where(OutboundObject.id == existing.id).execute()
         Delivery.update(state="pending").where(Delivery.outbound == existing.id).execute()
+
+
+def merge_image_text(stored: str | None, more: list[list[tuple[str, str]] | None]) -> str | None:
+    """``StudyIdentity.image_text`` with the texts of ``more`` (each a worker's ``DeidWork.text_values``) added:
+    JSON {text: attribute path}, each text once. None (the final check reads the image files instead) when it
+    already was None, when one of ``more`` is None, or when the texts would pass ``IMAGE_TEXT_MAX_CHARS``."""
+    if stored is None or any(values is None for values in more):
+        return None
+    current: dict[str, str] = json.loads(stored) if stored else {}
+    size = len(stored)
+    changed = False
+    for values in more:
+        for path, text in values or ():
+            if text not in current:
+                current[text] = path
+                size += len(text) + len(path) + 8
+                changed = True
+    if not changed:
+        return stored
+    if size > IMAGE_TEXT_MAX_CHARS:
+        return None
+    return json.dumps(current, ensure_ascii=False)
 
 
 def _chunks(items: list[Instance], size: int) -> Iterator[list[Instance]]:

@@ -1,14 +1,18 @@
 """Setting one top-level text element of a Part 10 file in its encoded bytes, without decoding the rest.
 
-The notes stage writes Reason for the Requested Procedure into every de-identified image of a case. Read
-and re-encoded by pydicom that is a few milliseconds an image (the pixel data is copied through); here the
-file's top-level elements are located by the structural walk (``wellformed``) and the one element is
-inserted or replaced in place: a fraction of a millisecond, pixel bytes untouched.
+The delivery writes Reason for the Requested Procedure into every de-identified image of a case as it leaves
+(``routing.send``). Read and re-encoded by pydicom that is a few milliseconds an image (the pixel data is copied
+through); here the file's top-level elements are located by the structural walk (``wellformed``) and the one
+element is inserted or replaced in place: a fraction of a millisecond, pixel bytes untouched.
 """
 
 from __future__ import annotations
 
+import io
 import struct
+import unicodedata
+
+import pydicom
 
 from gateway.errors import InvalidInstance
 from gateway.dicom.vr import LONG_LENGTH_VR_BYTES, SHORT_MULTI_VALUED_TEXT_VRS, padding
@@ -78,6 +82,34 @@ def set_text_element(part10: bytes, tag: int, vr: str, text: str) -> bytes | Non
             start, end = element_start, element_end if element_tag == tag else element_start
             break
     return part10[:meta_end + start] + encoded + part10[meta_end + end:]
+
+
+def with_text_element(part10: bytes, tag: int, vr: str, text: str) -> bytes:
+    """``part10`` with the top-level element ``tag`` set to ``text``: in the encoded bytes where it can be
+    (``set_text_element``), else by decoding and re-encoding the object with pydicom, the text folded to ASCII
+    (accents dropped) unless the object's character set is UTF-8.
+
+    Raises:
+        pydicom.errors.InvalidDicomError, ValueError: ``part10`` cannot be decoded either.
+    """
+    in_place = set_text_element(part10, tag, vr, text)
+    if in_place is not None:
+        return in_place
+    dataset = pydicom.dcmread(io.BytesIO(part10))
+    dataset.add_new(tag, vr, fits_charset(text, dataset.get("SpecificCharacterSet")))
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def fits_charset(text: str, specific_character_set: object) -> str:
+    """``text`` as a dataset with this Specific Character Set can hold it (accents folded away unless it is
+    UTF-8, ISO_IR 192)."""
+    charsets = specific_character_set or ""
+    charsets = [charsets] if isinstance(charsets, str) else list(charsets)  # type: ignore[call-overload]
+    if "ISO_IR 192" in charsets or text.isascii():
+        return text
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
 
 
 def _element_bytes(tag: int, vr: str, value: bytes, syntax: str) -> bytes:
