@@ -106,10 +106,12 @@ class GatewayNode:
 
     def _stages(self) -> list[Stage]:
         """The pipeline, in order. Each stage reads cases in one state and leaves them in the next."""
+        notes = NotesStage(self.config, self.spool)
         return [
             CompletionStage(self.config.routing, SpineFilter(self.config.routing, self.config.storage.spool_dir)),
-            DeidStage(self.config.deid.options(), self.secret, self.spool, pool=self.work_pool),
-            NotesStage(self.config, self.spool),
+            DeidStage(self.config.deid.options(), self.secret, self.spool, pool=self.work_pool,
+                      case_identifiers=notes.case_identifiers),
+            notes,
             # routing (issue 5): after the notes stage
             AssignmentStage(self.config.reviewers, self.config.routing),
             DeliveryStage(self.config),

@@ -9,8 +9,9 @@ Two views of "the patient's identifiers":
 - :class:`PatientIdentifiers`, taken from one original instance (:func:`identifiers_from_dataset`): what
   the de-identification workers check each image against;
 - :class:`gateway.privacy.identifiers.IdentifierSet`, everything the node holds for the case (header,
-  referral, source): what the notes stage checks the final bytes of every outbound object against
-  (:func:`find_leaks_in_file`). Text is folded (case, accents, ß, transliteration) and the search terms
+  referral, source): what the notes stage checks every outbound object against, the notes objects as
+  written (:func:`find_leaks_in_file`) and the images' text as the workers read it back from their output
+  (:func:`searchable_values`, :func:`find_leaks_in_values`). Text is folded (case, accents, ß, transliteration) and the search terms
   come from :meth:`IdentifierSet.search_terms`; an Encapsulated PDF is also searched in its extracted text
   (its streams are compressed), reported as ``EncapsulatedDocument/pdf-text``.
 """

@@ -20,7 +20,7 @@ import datetime as dt
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import repeat
 
@@ -28,6 +28,7 @@ import structlog
 
 from gateway import cases
 from gateway.deid.engine import DeidMapping, Deidentifier
+from gateway.deid.guard import find_leaks_in_values
 from gateway.deid.options import DeidOptions
 from gateway.deid.work import DeidWork, WorkPool, deid_pool, deidentify_file
 from gateway.models import (
@@ -43,7 +44,7 @@ from gateway.models import (
 )
 from gateway.ops import audit, metrics
 from gateway.pipeline import run_case_stage
-from gateway.privacy.identifiers import merge_header_values
+from gateway.privacy.identifiers import IdentifierSet, identifier_set_for_study, merge_header_values
 from gateway.scp.spool import Spool
 
 log = structlog.get_logger("deid")
@@ -74,12 +75,20 @@ class DeidStage:
 
     name = "deid"
 
-    def __init__(self, options: DeidOptions, secret: bytes, spool: Spool, pool: WorkPool | None = None) -> None:
+    def __init__(self, options: DeidOptions, secret: bytes, spool: Spool, pool: WorkPool | None = None,
+                 case_identifiers: Callable[[Study], IdentifierSet] | None = None) -> None:
         self.deidentifier = Deidentifier(options, secret)
         self.options = options
         self.spool = spool
         self.pool = pool or deid_pool(options, secret, workers=0)
+        # Everything the node holds for a case (the node passes the notes stage's, with the matched referral):
+        # late instances are checked against it, as the notes stage checks the others.
+        self.case_identifiers = case_identifiers or self._header_identifiers
         self._outside_completion_due = 0.0
+
+    def _header_identifiers(self, study: Study) -> IdentifierSet:
+        return identifier_set_for_study(study, None, include_uids=not self.options.retain_uids,
+                                        include_institution=not self.options.retain_institution_id)
 
     claim_states = (CaseState.COMPLETE, CaseState.RECEIVING, *_PAST_DEID)
 
@@ -153,9 +162,12 @@ class DeidStage:
 
     def _process(self, study: Study, instances: list[Instance], stop_on_leak: bool = True) -> Outcome:
         """De-identify ``instances`` chunk by chunk. With ``stop_on_leak`` a guard hit stops at once and leaves
-        the rest stored (the case is then quarantined by the caller, or at completion); otherwise the leaking
-        instance alone is quarantined."""
+        the rest stored (the case is then quarantined by the caller, or at completion); otherwise (late
+        instances) the leaking instance alone is quarantined, and each instance's text is also checked against
+        everything the node holds for the case (``case_identifiers``), as the notes stage's final check does
+        for the instances it saw."""
         outcome = Outcome()
+        case_set: list[IdentifierSet] = []  # the case's identifiers, looked up once, at the first late instance
         source = study.source.name if study.source_id else study.calling_ae
         lease = cases.Lease(study, self.name)
         for chunk in _chunks(instances, CHUNK):
@@ -177,6 +189,9 @@ class DeidStage:
                         return outcome
                     self._quarantine_instance(study, instance, "identifier_leak")
                     outcome.quarantined += 1
+                elif not stop_on_leak and self._late_leak(study, work, case_set):
+                    self._quarantine_instance(study, instance, "identifier_leak")
+                    outcome.quarantined += 1
                 else:
                     ready.append((instance, work))
             written = self._write(study, ready)
@@ -185,6 +200,18 @@ class DeidStage:
             if written:
                 metrics.observe_deidentification(time.perf_counter() - started, len(written))
         return outcome
+
+    def _late_leak(self, study: Study, work: DeidWork, case_set: list[IdentifierSet]) -> bool:
+        """Whether a late instance's text holds one of the case's identifiers (or could not be taken)."""
+        if work.text_values is None:
+            leaks = ["EncapsulatedDocument/pdf-text"]  # an unreadable PDF: what cannot be checked does not leave
+        else:
+            if not case_set:
+                case_set.append(self.case_identifiers(study))
+            leaks = [leak.path for leak in find_leaks_in_values(work.text_values, case_set[0])]
+        if leaks:
+            log.error("outbound_leak", case=study.key, path=f"image:{leaks[0]}", reason="identifier_found")
+        return bool(leaks)
 
     def _write(self, study: Study, ready: list[tuple[Instance, DeidWork]]) -> list[tuple[Instance, DeidWork, str]]:
         """Write a chunk's de-identified objects to the case's outbound folder, all durable on return."""

@@ -51,6 +51,7 @@ from gateway.models import (
     StudyIdentity,
     db,
 )
+from gateway.models import Referral as ReferralRow
 from gateway.ops import audit
 from gateway.pipeline import run_case_stage
 from gateway.privacy.identifiers import IdentifierSet, identifier_set_for_study
@@ -219,12 +220,20 @@ class NotesStage:
         except LookupError as exc:
             raise NotesStageError(str(exc)) from None
 
-    def notes_for(self, study: Study, document: Referral | None) -> ScrubbedNotes:
-        """The scrubbed notes of ``study``: from its referral, else from the original DICOM header."""
+    def case_identifiers(self, study: Study) -> IdentifierSet:
+        """``identifiers_for`` the case with its matched referral, if any (for the de-identification stage's
+        check of late instances)."""
+        row = ReferralRow.get_or_none(ReferralRow.study == study.id)
+        return self.identifiers_for(study, load_document(row) if row is not None else None)
+
+    def notes_for(self, study: Study, document: Referral | None,
+                  identifiers: IdentifierSet | None = None) -> ScrubbedNotes:
+        """The scrubbed notes of ``study``: from its referral, else from the original DICOM header
+        (``identifiers``: the case's ``identifiers_for``, when the caller has them already)."""
         identity = StudyIdentity.get_or_none(StudyIdentity.study == study.id)
         if identity is None:
             raise NotesStageError("the case has no de-identification identity")
-        known = known_identifiers(self.identifiers_for(study, document))
+        known = known_identifiers(identifiers or self.identifiers_for(study, document))
         if document is not None:
             return scrub_referral_notes(document, known, identity.date_offset_days,
                                         day_first=self._day_first(study, document))
@@ -261,7 +270,8 @@ class NotesStage:
         return evidence
 
     def _attach(self, study: Study, document: Referral | None) -> int:
-        notes = self.notes_for(study, document)
+        identifiers = self.identifiers_for(study, document)  # one set, its patterns compiled once
+        notes = self.notes_for(study, document, identifiers)
         for flag in notes.flags:
             status = "declared" if flag.declared and not flag.detected else (
                 "detected" if not flag.declared else "declared_and_detected")
@@ -271,7 +281,6 @@ class NotesStage:
         evidence = self._evidence(images)
         built = {"notes_sr": NotesSRBuilder(evidence, notes).build(),
                  "notes_pdf": NotesPDFBuilder(evidence, notes).build()}
-        identifiers = self.identifiers_for(study, document)
         for kind, dataset in built.items():
             leaks = find_leaks(dataset, identifiers)
             if leaks:

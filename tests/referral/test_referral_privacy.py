@@ -8,6 +8,7 @@ outbound guard must quarantine the case and name where, never what.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import replace
@@ -19,14 +20,25 @@ from pypdf import PdfReader
 import gateway.referral.stage as notes_stage
 from gateway.deid.guard import searchable_values
 from gateway.demo import DemoPatient
-from gateway.models import AuditEvent, CaseState, OutboundObject, Study, StudyIdentity, utcnow
+from gateway.deid.stage import DeidStage
+from gateway.models import (
+    AuditEvent,
+    CaseState,
+    Instance,
+    InstanceState,
+    OutboundObject,
+    Series,
+    Study,
+    StudyIdentity,
+    utcnow,
+)
 from gateway.privacy.identifiers import identifier_set_for_study
 from gateway.referral.document import Urgency, validate_referral_data
 from gateway.referral.intake import store_referral
 from gateway.referral.scrub import KnownIdentifiers, ScrubbedNotes, scrub_referral
 from gateway.referral.stage import NotesStage
 from privacy_cases import HEADER, MENTIONS, PATIENT, referral_document, write_held_study
-from referral_cases import close_world, make_world
+from referral_cases import SECRET, close_world, make_world
 
 
 @pytest.fixture
@@ -167,6 +179,41 @@ def test_a_referral_only_identifier_in_an_images_retained_text_quarantines_the_c
     assert case.state == CaseState.QUARANTINED
     assert _quarantine_detail(case) == "outbound guard hit in image:SequenceName"
     assert case.notes_reason is None, "nothing was recorded for the delivery"
+
+
+def _receive_late(world, study: Study, path) -> Instance:
+    """``path`` stored as the SCP would, for a case that already moved on (a late instance)."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    series, _ = Series.get_or_create(series_uid=header.SeriesInstanceUID,
+                                     defaults={"study": study, "modality": header.Modality})
+    return Instance.create(study=study, series=series, sop_instance_uid=header.SOPInstanceUID,
+                           sop_class_uid=header.SOPClassUID, transfer_syntax=header.file_meta.TransferSyntaxUID,
+                           size=len(data), sha256=digest, spool_path=world.spool.relative(world.spool.store(data, digest)),
+                           calling_ae=study.calling_ae)
+
+
+def test_a_late_instance_is_checked_against_the_whole_case_too(world, tmp_path):
+    """An instance arriving after the notes were attached is checked against the referral's identifiers as
+    well (the node gives the de-identification stage the notes stage's ``case_identifiers``)."""
+    files = write_held_study(tmp_path / "study", 4)
+    for path in files[2:]:
+        dataset = pydicom.dcmread(path)
+        dataset.SequenceName = "tse Trowbridge" if path == files[2] else "tse"
+        dataset.save_as(path, enforce_file_format=True)
+    case = world.deidentified_case(files[:2])
+    store_referral(validate_referral_data(referral_document(referrer={"name": "Dr Imelda Trowbridge"})), "cli")
+    assert _run(world, case).state == CaseState.NOTES_ATTACHED
+    leaking, clean = (_receive_late(world, case, path) for path in files[2:])
+    notes = NotesStage(world.config, world.spool)
+    deid = DeidStage(world.config.deid.options(), SECRET, world.spool, case_identifiers=notes.case_identifiers)
+    deid.step(Study.get_by_id(case.id), utcnow())
+    assert Instance.get_by_id(leaking.id).state == InstanceState.QUARANTINED
+    assert Instance.get_by_id(clean.id).state == InstanceState.DEIDENTIFIED
+    images = OutboundObject.select().where((OutboundObject.study == case.id) & (OutboundObject.kind == "image"))
+    assert images.count() == 3
+    assert Study.get_by_id(case.id).state == CaseState.NOTES_ATTACHED, "the rest of the case goes on"
 
 
 def test_the_image_text_is_recorded_once_per_value_with_its_path(world, tmp_path):
