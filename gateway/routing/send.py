@@ -38,6 +38,7 @@ from pathlib import Path
 import peewee
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
@@ -134,14 +135,15 @@ def send_objects(node: NodeConfig, spool_dir: Path, peer: ReviewerConfig | Dicom
     # Send stored files as they are, without decoding them (only when the syntax is accepted as stored).
     _config.STORE_SEND_CHUNKED_DATASET = True
     assoc = _associate(node, peer, pending)
-    ledger = _LedgerBatch(destination)
     if not assoc.is_established:
         _count_attempt(pending, destination, "no association")
         return AttemptResult("no_association", remaining=len(pending))
+    ledger = _LedgerBatch(destination)
     sent = 0
     tried: set[int] = set()
-    memory = _MemoryFile(spool_dir) if reason is not None else None
+    memory: _MemoryFile | None = None
     try:
+        memory = _MemoryFile(spool_dir) if reason is not None else None
         for outbound in pending:
             if not assoc.is_established:
                 break
@@ -196,7 +198,7 @@ def _store(assoc: Association, spool_dir: Path, outbound: OutboundObject, ledger
             payload = memory.holding(with_reason(path.read_bytes(), image_reason))
         rsp = assoc.send_c_store(payload)
         status = getattr(rsp, "Status", None)
-    except (OSError, ValueError, RuntimeError, AttributeError, NotImplementedError) as exc:
+    except (OSError, ValueError, RuntimeError, AttributeError, NotImplementedError, InvalidDicomError) as exc:
         error = type(exc).__name__
     ok = status in STORED_STATUSES
     ledger.record(outbound, ok, status, error or _status_text(status))
