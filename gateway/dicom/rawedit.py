@@ -23,7 +23,7 @@ _TRANSFER_SYNTAX = 0x00020010
 _SPECIFIC_CHARACTER_SET = 0x00080005
 
 
-def file_meta_end_and_syntax(part10: bytes) -> tuple[int, str] | None:
+def file_meta_end_and_syntax(part10: bytes | memoryview) -> tuple[int, str] | None:
     """Where the dataset starts in ``part10`` and its transfer syntax, or None if the file meta is not the
     standard Explicit VR Little Endian group with its group length first."""
     if len(part10) < _META_START + 12 or part10[128:_META_START] != b"DICM":
@@ -40,7 +40,7 @@ def file_meta_end_and_syntax(part10: bytes) -> tuple[int, str] | None:
         else:
             length, header = struct.unpack_from("<H", part10, pos + 6)[0], 8
         if (group << 16 | element) == _TRANSFER_SYNTAX:
-            value = part10[pos + header:pos + header + length]
+            value = bytes(part10[pos + header:pos + header + length])
             return end, value.decode("ascii", "replace").strip("\0 ")
         pos += header + length
     return None
@@ -53,6 +53,18 @@ def set_text_element(part10: bytes, tag: int, vr: str, text: str) -> bytes | Non
     Returns None when it cannot be done in place (deflated or unusual file meta, a malformed dataset, or
     text beyond ASCII in a file whose character set is not UTF-8): the caller then decodes and re-encodes
     the file with pydicom.
+    """
+    edit = text_element_edit(part10, tag, vr, text)
+    if edit is None:
+        return None
+    start, end, encoded = edit
+    return bytes(part10[:start]) + encoded + bytes(part10[end:])
+
+
+def text_element_edit(part10: bytes | memoryview, tag: int, vr: str, text: str) -> tuple[int, int, bytes] | None:
+    """The edit that sets the top-level element ``tag`` of ``part10`` to ``text`` (see ``set_text_element``),
+    as ``(start, end, encoded)``: ``part10[start:end]`` (empty for an insertion) becomes ``encoded``. For a
+    caller that writes the pieces out without joining them. None when it cannot be done in place.
     """
     if vr not in SHORT_MULTI_VALUED_TEXT_VRS:
         raise ValueError(f"{vr} values are not handled here")
@@ -81,7 +93,7 @@ def set_text_element(part10: bytes, tag: int, vr: str, text: str) -> bytes | Non
         if element_tag >= tag:
             start, end = element_start, element_end if element_tag == tag else element_start
             break
-    return part10[:meta_end + start] + encoded + part10[meta_end + end:]
+    return meta_end + start, meta_end + end, encoded
 
 
 def with_text_element(part10: bytes, tag: int, vr: str, text: str) -> bytes:

@@ -45,7 +45,7 @@ from pynetdicom.association import Association
 
 from gateway import cases, wakeup
 from gateway.config import DicomPeer, NodeConfig, RetryConfig, ReviewerConfig
-from gateway.dicom.rawedit import fits_charset, with_text_element
+from gateway.dicom.rawedit import fits_charset, text_element_edit, with_text_element
 from gateway.dicomnet import NODELAY_HANDLER
 from gateway.models import CaseState, Delivery, OutboundObject, Study, db, utcnow
 from gateway.routing.errors import RoutingError
@@ -186,16 +186,14 @@ def _store(assoc: Association, spool_dir: Path, outbound: OutboundObject, ledger
     accepted = _accepted_syntaxes(assoc, outbound.sop_class_uid)
     status: int | None = None
     error = ""
-    try:
-        if not path.is_file():
-            raise FileNotFoundError(outbound.spool_path)
+    try:  # a missing file raises FileNotFoundError (an OSError) where it is opened
         image_reason = reason if outbound.kind == IMAGE_KIND else None
         if outbound.transfer_syntax not in accepted:
             payload: Path | Dataset = transcode(path, image_reason)
         elif image_reason is None or memory is None:
             payload = path  # sent from the file, undecoded
         else:
-            payload = memory.holding(with_reason(path.read_bytes(), image_reason))
+            payload = memory.holding_with_reason(path, image_reason)  # the file's bytes and the reason
         rsp = assoc.send_c_store(payload)
         status = getattr(rsp, "Status", None)
     except (OSError, ValueError, RuntimeError, AttributeError, NotImplementedError, InvalidDicomError) as exc:
@@ -213,7 +211,10 @@ def with_reason(part10: bytes, reason: str) -> bytes:
 class _MemoryFile:
     """One in-memory file that holds the object being sent, by path (pynetdicom sends a file by path without
     decoding it): an anonymous ``memfd_create`` file, named ``/proc/self/fd/<fd>``; an unlinked-on-close
-    temporary file in the spool's folder where that is not available."""
+    temporary file in the spool's folder where that is not available.
+
+    Its pages and the read buffer are kept from one object to the next (no allocation, no page faults per
+    object), and the edited object is written as three pieces (before, the element, after), never joined."""
 
     def __init__(self, spool_dir: Path) -> None:
         self._temporary = None
@@ -224,14 +225,39 @@ class _MemoryFile:
             self._temporary = tempfile.NamedTemporaryFile(dir=spool_dir, prefix=".sending-", suffix=".dcm")
             self._fd = self._temporary.fileno()
             self.path = Path(self._temporary.name)
+        self._buffer = bytearray()
 
-    def holding(self, data: bytes) -> Path:
-        """The file's path, with ``data`` (only) in it."""
-        os.ftruncate(self._fd, 0)
-        view, written = memoryview(data), 0
-        while written < len(data):
-            written += os.pwrite(self._fd, view[written:], written)
+    def holding_with_reason(self, path: Path, reason: str) -> Path:
+        """The file's path, holding the Part 10 object at ``path`` with (0040,1002) set to ``reason``."""
+        with open(path, "rb", buffering=0) as source:
+            size = os.fstat(source.fileno()).st_size
+            if len(self._buffer) < size:
+                self._buffer = bytearray(size)
+            with memoryview(self._buffer) as whole:
+                data = whole[:size]
+                read = 0
+                while read < size:
+                    count = source.readinto(data[read:])
+                    if not count:
+                        raise OSError(f"{path.name} shrank while being read")
+                    read += count
+                edit = text_element_edit(data, REASON_FOR_THE_REQUESTED_PROCEDURE, "LO", reason)
+                if edit is None:
+                    self._write([with_reason(bytes(data), reason)])
+                else:
+                    start, end, encoded = edit
+                    self._write([data[:start], encoded, data[end:]])
+                data.release()
         return self.path
+
+    def _write(self, pieces: list[bytes | memoryview]) -> None:
+        total = sum(len(piece) for piece in pieces)
+        written = os.pwritev(self._fd, pieces, 0) if hasattr(os, "pwritev") else 0
+        if written < total:  # a short write (or no pwritev): the rest, joined
+            rest = memoryview(b"".join(pieces))
+            while written < total:
+                written += os.pwrite(self._fd, rest[written:], written)
+        os.ftruncate(self._fd, total)  # after writing: the pages of a longer object before stay allocated
 
     def close(self) -> None:
         if self._temporary is not None:
