@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from ingest import CACHE, cpu_seconds, send  # noqa: E402
+from ingest import CACHE, cpu_seconds, send, settle  # noqa: E402
 from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc  # noqa: E402
 
 from gateway.demo import write_demo_study  # noqa: E402
@@ -100,6 +100,7 @@ def measure(name: str, work: Path, sets: list[list[Path]], together: bool, cpu: 
                                          "-o", str(spy)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)  # py-spy attaches
+        settle(node.proc.pid)
         before = cpu_seconds(node.proc.pid)
         seconds = sender(node.port, "SPINEGW", sets)
         cpu.append((cpu_seconds(node.proc.pid) - before) / sum(len(s) for s in sets))
