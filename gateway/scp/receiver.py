@@ -173,9 +173,9 @@ class InstanceReceiver:
     """Turns a ``ReceivedInstance`` into a spooled file and a committed ``Instance`` row.
 
     The file and the row are made durable side by side, and success is answered only when both are: the
-    digest is computed on one thread while another writes and fsyncs the file, and this one hands the row to
-    the group commit (``gateway.scp.commit``) as soon as the digest is known, where it is committed together
-    with the rows of every other association waiting at that moment. A crash between the two can leave a row
+    handler's thread computes the digest while another thread writes and fsyncs the file, then hands the row
+    to the group commit (``gateway.scp.commit``), where it is committed together with the rows of every other
+    association waiting at that moment. A crash between the two can leave a row
     whose file was never placed; such a receipt was never acknowledged, and ``remove_unplaced_receipts``
     deletes it when the node that received it starts again (the row names its node). Readers skip a row
     whose file is not there yet.
@@ -188,8 +188,7 @@ class InstanceReceiver:
         self.node = node
         self.commit_timeout_s = commit_timeout_s  # the longest wait for the database (None: the database's own)
         self.group = GroupCommit(self._commit_group, max_group=max_group, on_group=metrics.record_commit_group)
-        # hashlib and file writes release the GIL: digest and file are made on other cores meanwhile.
-        self._hashing = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-hash")
+        # File writes release the GIL: the file is written on another core while this thread hashes it.
         self._spooling = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-write")
 
     def receive(self, received: ReceivedInstance, cache: AssociationCache) -> StoreResult:
@@ -205,10 +204,15 @@ class InstanceReceiver:
         """
         header = parse_header(received)
         check_context(header, received)
-        hashing: Future[str] = self._hashing.submit(sha256_hex, received.dataset)
+        hashing: Future[str] = Future()
         spooling: Future[Path] = self._spooling.submit(self._spool_file, received, hashing)
         try:
-            digest = hashing.result()
+            try:  # here, while the file is written: hashlib releases the GIL, so both go on at once
+                digest = sha256_hex(received.dataset)
+            except BaseException as exc:
+                hashing.set_exception(exc)
+                raise
+            hashing.set_result(digest)
             row = PendingRow(header, received, digest, self.spool.relative(self.spool.path_for(digest)), cache)
             result = self.group.submit(row)
             try:
