@@ -202,15 +202,17 @@ class InstanceReceiver:
                 it (no row refers to it otherwise).
             SpoolError: other I/O failures (0xA700).
         """
-        header = parse_header(received)
-        check_context(header, received)
         hashing: Future[str] = Future()
+        # The file is written from here on, while this thread checks and hashes the dataset (hashlib releases
+        # the GIL): it is placed under its digest, or discarded if the instance is refused.
         spooling: Future[Path] = self._spooling.submit(self._spool_file, received, hashing)
         try:
-            try:  # here, while the file is written: hashlib releases the GIL, so both go on at once
+            try:
+                header = parse_header(received)
+                check_context(header, received)
                 digest = sha256_hex(received.dataset)
-            except BaseException as exc:
-                hashing.set_exception(exc)
+            except BaseException:
+                hashing.cancel()  # the writer discards its temporary file
                 raise
             hashing.set_result(digest)
             row = PendingRow(header, received, digest, self.spool.relative(self.spool.path_for(digest)), cache)
