@@ -115,9 +115,11 @@ def _accept_config_after_command(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     import peewee
 
+    from gateway import wakeup
     from gateway.deid.secret import SecretError
 
     args = _parser().parse_args(argv)
+    hub = wakeup.current()  # a command run inside a process with a node keeps that node's wake-ups
     try:
         config = None if getattr(args, "needs_config", True) is False else load_config(args.config)
         return args.func(args, config)
@@ -144,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILED
+    finally:
+        wakeup.install(hub)  # the command's own wake-ups (open_command_database) end with it
 
 
 def _configure_logging(config: GatewayConfig, *, to_file: bool) -> None:
@@ -200,7 +204,7 @@ def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
 def cmd_status(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.ops.status import collect_status, render_status
 
-    _open_database(config)
+    open_command_database(config)
     snapshot = collect_status(config.storage.spool_dir, config.reviewers)
     if args.json:
         print(json.dumps(snapshot, indent=2, sort_keys=True))
@@ -216,7 +220,7 @@ def cmd_retry(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.routing.deliver import retry_case
 
     _configure_logging(config, to_file=True)
-    _open_database(config)
+    open_command_database(config)
     with db.connection_context():
         study = _case(args.case)
         state = study.state
@@ -239,7 +243,7 @@ def cmd_release(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.ops import audit
 
     _configure_logging(config, to_file=True)
-    _open_database(config)
+    open_command_database(config)
     with db.connection_context():
         study = _case(args.case)
         if study.state not in (CaseState.QUARANTINED, CaseState.REJECTED_NOT_SPINE):
@@ -261,14 +265,23 @@ def _case(key: str) -> Any:
     return study
 
 
-def _open_database(config: GatewayConfig) -> None:
+def open_command_database(config: GatewayConfig) -> None:
+    """Open the database for a command: the one place where every command that writes gets at it.
+
+    With ``routing.wakeups`` it also installs the command's wake-ups (``gateway.wakeup.CommandWakeups``): a
+    case the command moves wakes the node's stage at once, through NOTIFY on PostgreSQL and the node's socket
+    on SQLite, instead of at the node's next poll.
+    """
+    from gateway import wakeup
     from gateway.models import open_database
 
     try:
-        open_database(config.storage.database, max_connections=2)
+        database = open_database(config.storage.database, max_connections=2)
     except Exception as exc:  # noqa: BLE001 - a database the CLI cannot open is the user's situation, not a bug
         raise DatabaseUnavailable(f"cannot open the database ({type(exc).__name__}); check storage.database and "
                                   "that the database server is running") from None
+    if config.routing.wakeups and wakeup.current() is None:  # in a node's own process, the node's do it
+        wakeup.install(wakeup.CommandWakeups(database, config.storage.spool_dir))
 
 
 def cmd_tail(args: argparse.Namespace, config: GatewayConfig) -> int:
@@ -293,7 +306,7 @@ def cmd_tail(args: argparse.Namespace, config: GatewayConfig) -> int:
 def cmd_audit(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.ops.audit import query, render_audit
 
-    _open_database(config)
+    open_command_database(config)
     events = query(case=args.case, limit=args.limit)
     if args.json:
         print(json.dumps(events, indent=2, default=str))
@@ -312,7 +325,7 @@ def cmd_purge(args: argparse.Namespace, config: GatewayConfig) -> int:
     days = args.days if args.days is not None else config.retention.days
     if days < 0:
         raise UsageError("--days must be 0 or more")
-    _open_database(config)
+    open_command_database(config)
     items = plan_purge(dt.datetime.now(dt.UTC), days, spool_dir=config.storage.spool_dir)
     result = purge(items, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"

@@ -89,9 +89,11 @@ class GatewayNode:
                  version=__version__, to_version=SCHEMA_VERSION, tls=self.config.node.tls.enabled)
 
     def _start_wakeups(self) -> None:
-        """``routing.wakeups``: stages woken by committed state changes (and NOTIFY from other nodes)."""
+        """``routing.wakeups``: stages woken by committed state changes, by NOTIFY from other nodes and commands
+        (PostgreSQL), and by commands through the socket in the spool directory (SQLite)."""
         if self.config.routing.wakeups:
-            self.wakeups = wakeup.Wakeups(self.identity).start()
+            self.wakeups = wakeup.Wakeups(self.identity,
+                                          local_socket=wakeup.socket_path(self.config.storage.spool_dir)).start()
             self.wakeups.watch_server(self.server)
             wakeup.install(self.wakeups)
 

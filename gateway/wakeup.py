@@ -17,6 +17,14 @@ for any wake-up that is lost.
   (``routing.stable_after_s`` after its last instance) and a delivery retry coming due.
 - **Association ends**: an association that may have stored instances wakes completion, which then sets
   the stability timer (:meth:`Wakeups.watch_server`).
+- **Commands** (``spine-gateway retry``, ``release``, ``referral add``, ``notes approve``, ...) run in a process
+  of their own, which runs no stage: the CLI installs :class:`CommandWakeups` where it opens the database
+  (``gateway.cli.open_command_database``), so the same :func:`notify` calls reach the node. On PostgreSQL that is
+  the NOTIFY above, sent in the command's transaction and heard by every node. On SQLite (one node per
+  database) the node binds a Unix datagram socket, ``wakeup.sock`` in its spool directory (mode 0600, taken
+  over at start when a node that is gone left it behind, removed at stop), and the command sends it the topic
+  names once its transaction has committed: topic names only, never a case or any identifier. A command that
+  finds no node there carries on silently; the poll remains the fallback.
 
 A stage is run through :class:`CoalescedRun`: any number of wake-ups make one run, never two runs of a stage
 at once, and a wake-up that comes while the stage runs makes it run once more right after.
@@ -27,11 +35,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import heapq
+import os
 import select
+import socket
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import peewee
 import structlog
@@ -45,7 +56,7 @@ CHANNEL = "spine_gateway_wakeup"
 # Topics that are events, not case states.
 INSTANCES = "instances"  # an association that may have stored instances ended
 STABLE = "stable"        # a receiving study has had no instance for routing.stable_after_s
-REFERRAL = "referral"    # a referral arrived (it may release a held case)
+REFERRAL = "referral"    # a referral arrived or its notes were approved (it may release a held case)
 REPORT = "report"        # a reviewer's report object arrived (also for a case already reported)
 
 # Stage name -> the topics that may give it work. A stage not listed runs on its poll only (SLA, peer checks).
@@ -64,6 +75,9 @@ ALL_TOPICS = frozenset().union(*STAGE_TOPICS.values())
 
 LISTEN_BACKOFF_S = (0.5, 30.0)  # first and longest wait before the listener reconnects
 PAST_DUE_DELAY_S = 1.0          # a timer asked for the past fires this late (no busy loop on a stuck case)
+SOCKET_NAME = "wakeup.sock"     # SQLite: the node's datagram socket, in its spool directory
+DATAGRAM_MAX = 512              # a message is a few topic names separated by spaces
+_UNIX_PATH_MAX = 107            # sun_path less its NUL: a longer path is reached through /proc/self/fd
 
 
 def topics_of(stage_name: str) -> frozenset[str]:
@@ -229,6 +243,140 @@ class PgListener:
             conn.close()
 
 
+def socket_path(spool_dir: Path | str) -> Path:
+    """Where a node on SQLite listens for the wake-ups of commands (``<spool_dir>/wakeup.sock``)."""
+    return Path(spool_dir) / SOCKET_NAME
+
+
+@contextlib.contextmanager
+def _unix_address(path: Path) -> Iterator[str]:
+    """``path`` as an AF_UNIX address; when it is too long (deep spool directories), the same file reached
+    through an open descriptor of its directory (``/proc/self/fd/N/wakeup.sock``)."""
+    if len(os.fsencode(path)) <= _UNIX_PATH_MAX:
+        yield str(path)
+        return
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{directory}/{path.name}"
+    finally:
+        os.close(directory)
+
+
+def _topics_message(topics: Iterable[str]) -> bytes:
+    return " ".join(sorted(set(topics) & ALL_TOPICS)).encode("ascii")
+
+
+def _topics_of_message(data: bytes) -> list[str]:
+    """The known topics in a datagram; anything else in it is ignored."""
+    return sorted(set(data.decode("ascii", "replace").split()) & ALL_TOPICS)
+
+
+def poke(path: Path, topics: Iterable[str]) -> bool:
+    """Send ``topics`` to the node listening at ``path`` (SQLite); False, silently, when no node listens there
+    (none running, a stale socket file, no permission, its queue full): the node's poll finds the work."""
+    message = _topics_message(topics)
+    if not message:
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender, _unix_address(path) as address:
+            sender.setblocking(False)
+            sender.sendto(message, address)
+    except OSError:
+        return False
+    return True
+
+
+class LocalListener:
+    """The node's end of the SQLite channel: a Unix datagram socket at ``path`` (0600), read in a thread.
+
+    ``on_topic`` gets each known topic a command sent. At start a socket file left by a node that is gone is
+    replaced; one that a live process still answers on is left alone (then this node has no channel, and
+    commands wake the other one: two nodes on one SQLite spool are a mistake the log names).
+    """
+
+    def __init__(self, path: Path, on_topic: Callable[[str], None]) -> None:
+        self.path, self._on_topic = Path(path), on_topic
+        self._sock: socket.socket | None = None
+        self._inode: int | None = None
+        self._wake_r, self._wake_w = -1, -1
+        self._thread = threading.Thread(target=self._loop, name="wakeup-local", daemon=True)
+
+    def start(self) -> bool:
+        """Bind and start reading; False (logged) when the socket could not be had: the poll carries on."""
+        try:
+            self._sock = self._bind()
+        except OSError as exc:
+            log.warning("wakeup_socket_unavailable", component="wakeup", path=str(self.path),
+                        error=type(exc).__name__, reason="commands wake this node only at its poll")
+            return False
+        if self._sock is None:
+            log.warning("wakeup_socket_in_use", component="wakeup", path=str(self.path),
+                        reason="another live process listens there; commands wake this node only at its poll")
+            return False
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread.start()
+        return True
+
+    def _bind(self) -> socket.socket | None:
+        """A socket bound under a name of our own, made 0600, then renamed over ``path`` (no moment when it is
+        reachable with looser permissions; a stale file is replaced in the same step). None: ``path`` is live."""
+        temporary = self.path.with_name(f".{SOCKET_NAME}.{os.getpid()}")
+        temporary.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            with _unix_address(temporary) as address:
+                sock.bind(address)
+            os.chmod(temporary, 0o600)
+            if _answers(self.path):
+                temporary.unlink(missing_ok=True)
+                sock.close()
+                return None
+            os.replace(temporary, self.path)
+            self._inode = os.stat(self.path).st_ino
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            sock.close()
+            raise
+        return sock
+
+    def stop(self) -> None:
+        if self._sock is None:
+            return
+        os.write(self._wake_w, b"x")
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self._sock.close()
+        self._sock = None
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        with contextlib.suppress(OSError):  # remove our socket file, never one a later node put there
+            if os.stat(self.path).st_ino == self._inode:
+                self.path.unlink()
+
+    def _loop(self) -> None:
+        sock = self._sock
+        while True:
+            readable = select.select([sock, self._wake_r], [], [])[0]
+            if self._wake_r in readable:
+                return
+            try:
+                data = sock.recv(DATAGRAM_MAX)
+            except OSError:
+                continue
+            for topic in _topics_of_message(data):
+                self._on_topic(topic)
+
+
+def _answers(path: Path) -> bool:
+    """A live socket is bound at ``path`` (connecting a datagram socket to a stale file is refused)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe, _unix_address(path) as address:
+            probe.connect(address)
+    except OSError:
+        return False
+    return True
+
+
 def _pg_connect_fn(database: peewee.PostgresqlDatabase) -> Callable[[], object]:
     def connect() -> object:
         import psycopg2
@@ -242,7 +390,8 @@ def _pg_connect_fn(database: peewee.PostgresqlDatabase) -> Callable[[], object]:
 class Wakeups:
     """The node's wake-ups: subscriptions by topic, delivery after commit, timers, and the PostgreSQL side."""
 
-    def __init__(self, node_id: str, database: peewee.Database | None = None) -> None:
+    def __init__(self, node_id: str, database: peewee.Database | None = None, *,
+                 local_socket: Path | None = None) -> None:
         self.node_id = node_id
         self._subscribers: dict[str, list[Callable[[], None]]] = defaultdict(list)
         self._timers = _Timers(self.deliver)
@@ -250,17 +399,24 @@ class Wakeups:
         self._pg = isinstance(database, peewee.PostgresqlDatabase)
         self.listener = PgListener(_pg_connect_fn(database), node_id, self.deliver, self.deliver_all) \
             if self._pg else None
+        # SQLite: commands run from the shell wake this node through a socket (PostgreSQL: they NOTIFY)
+        self.local = LocalListener(local_socket, self.deliver) if local_socket is not None and not self._pg \
+            else None
 
     def start(self) -> Wakeups:
         self._timers.start()
         if self.listener is not None:
             self.listener.start()
+        if self.local is not None and not self.local.start():
+            self.local = None
         return self
 
     def stop(self) -> None:
         self._timers.stop()
         if self.listener is not None:
             self.listener.stop()
+        if self.local is not None:
+            self.local.stop()
 
     def subscribe(self, topics: Iterable[str], callback: Callable[[], None]) -> None:
         for topic in topics:
@@ -317,6 +473,28 @@ class Wakeups:
 
     def _association_ended(self, event: object) -> None:
         self.deliver(INSTANCES)
+
+
+class CommandWakeups(Wakeups):
+    """The wake-ups of a command run from the shell: a process that runs no stage, whose changes wake the node.
+
+    :func:`notify` works as in a node: on PostgreSQL the NOTIFY goes out in the command's transaction, under
+    the command's own identity, so every node's listener hears it. Delivery after the commit, which in a node
+    runs its own stages, here sends the topic to the node's socket on SQLite (:func:`poke`); on PostgreSQL the
+    NOTIFY has done it. No thread is started: :meth:`start` is never called.
+    """
+
+    def __init__(self, database: peewee.Database, spool_dir: Path | str) -> None:
+        super().__init__(f"cli-{socket.gethostname()}-{os.getpid()}"[:64], database)
+        self.listener = None  # a command does not listen
+        self._socket = socket_path(spool_dir)
+
+    def deliver(self, topic: str) -> None:
+        if not self._pg:
+            poke(self._socket, [topic])
+
+    def wake_at(self, topic: str, when: dt.datetime) -> None:
+        """A command keeps no timer (it exits): what becomes due later is found by the node's poll."""
 
 
 _hub: Wakeups | None = None

@@ -44,15 +44,11 @@ def _usage_error(message: str) -> Exception:
 
 
 def _open(config: GatewayConfig) -> None:
-    from gateway.errors import DatabaseUnavailable
-    from gateway.models import open_database
+    from gateway.cli import open_command_database
     from gateway.ops.logs import configure_logging
 
     configure_logging(config.logging, strict=os.environ.get("SPINE_GATEWAY_LOG_STRICT") == "1", console=False)
-    try:
-        open_database(config.storage.database, max_connections=2)
-    except Exception as exc:  # noqa: BLE001 - a database the CLI cannot open is the user's situation
-        raise DatabaseUnavailable(f"cannot open the database ({type(exc).__name__})") from None
+    open_command_database(config)  # with the command's wake-ups: a referral or approval wakes the node
 
 
 def cmd_referral_add(args: argparse.Namespace, config: GatewayConfig) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from gateway import wakeup
 from gateway.models import Referral as ReferralRow
 from gateway.models import Study, utcnow
 from gateway.ops import audit
@@ -125,5 +126,6 @@ def approve_notes(case: str, user: str | None = None) -> str:
         ReferralRow.update(approved_at=utcnow(), approved_by=who).where(ReferralRow.id == row.id).execute()
     audit.record(APPROVAL_ACTION, actor_ae=None, actor_host=None, study_key=study.key,
                  detail=f"approved by {who}")
+    wakeup.notify(wakeup.REFERRAL)  # the notes stage looks again: a case HELD awaiting approval may go on
     log.info("notes_approved", case=study.key)
     return who

@@ -36,8 +36,8 @@ def add_report_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_report_create(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.cli import UsageError
-    from gateway.models import Study, db, open_database
+    from gateway.cli import UsageError, open_command_database
+    from gateway.models import Study, db
     from gateway.ops.logs import configure_logging
     from gateway.reports import codes
     from gateway.reports.create import (
@@ -54,7 +54,7 @@ def cmd_report_create(args: argparse.Namespace, config: GatewayConfig) -> int:
     configure_logging(config.logging, strict=os.environ.get("SPINE_GATEWAY_LOG_STRICT") == "1", console=False)
     try:
         document = load_findings(args.findings)
-        open_database(config.storage.database, max_connections=2)
+        open_command_database(config)
         with db.connection_context():
             study = Study.get_or_none(Study.key == args.case)
             if study is None:

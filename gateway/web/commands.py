@@ -42,10 +42,10 @@ def _usage(message: str) -> Exception:
 
 
 def _open(config: GatewayConfig) -> None:
-    from gateway.cli import _configure_logging, _open_database
+    from gateway.cli import _configure_logging, open_command_database
 
     _configure_logging(config, to_file=True)  # the audit event goes to the log file, as for retry and release
-    _open_database(config)
+    open_command_database(config)
 
 
 def _password(from_stdin: bool) -> str:
