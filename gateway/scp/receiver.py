@@ -173,12 +173,11 @@ class InstanceReceiver:
     """Turns a ``ReceivedInstance`` into a spooled file and a committed ``Instance`` row.
 
     The file and the row are made durable side by side, and success is answered only when both are: the
-    handler's thread computes the digest while another thread writes and fsyncs the file, then hands the row
-    to the group commit (``gateway.scp.commit``), where it is committed together with the rows of every other
-    association waiting at that moment. A crash between the two can leave a row
-    whose file was never placed; such a receipt was never acknowledged, and ``remove_unplaced_receipts``
-    deletes it when the node that received it starts again (the row names its node). Readers skip a row
-    whose file is not there yet.
+    handler's thread checks and hashes the dataset while another thread writes and fsyncs the file, then hands
+    the row to the group commit (``gateway.scp.commit``), where it is committed together with the rows of every
+    other association waiting at that moment. A crash between the two can leave a row whose file was never
+    placed; such a receipt was never acknowledged, and ``remove_unplaced_receipts`` deletes it when the node
+    that received it starts again (the row names its node). Readers skip a row whose file is not there yet.
     """
 
     def __init__(self, spool: Spool, source_ids: dict[str, int], node: str | None = None,
