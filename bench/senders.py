@@ -4,8 +4,9 @@ studies by one sender after the other, for comparison. Total instances/s = all i
 of the first storescu to the exit of the last (every C-STORE answered: for the gateway, fsynced and committed).
 
 Medians of interleaved runs in one run of the script; fresh processes and storage for each run. The gateway runs
-the shipped configuration with the stability wait out of the way (so that the pipeline does not de-identify
-while the senders are measured); Orthanc runs its defaults. TCP_NODELAY=1 for DCMTK and Orthanc; the gateway
+the shipped configuration with the stability wait out of the way (so that no case completes while the senders
+are measured; early de-identification still runs beside the receiving, as in production); Orthanc runs its
+defaults. TCP_NODELAY=1 for DCMTK and Orthanc; the gateway
 sets it itself. Optionally ``--py-spy DIR`` records the gateway's stacks (idle threads included, collapsed
 "folded" format, for flamegraph.pl or speedscope) during the last run of each mode (py-spy from PyPI:
 ``.venv/bin/pip install py-spy``; summarise with ``bench/spy_summary.py FILE``).
