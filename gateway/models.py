@@ -117,6 +117,11 @@ class Study(BaseModel):
     # The report leg's own attempts (the study leg has ``delivery_attempts`` and ``next_attempt_at``).
     report_attempts = IntegerField(default=0)
     report_next_attempt_at = DateTimeField(null=True)
+    # Migration 6. The short scrubbed reason for the requested procedure, set by the notes stage: the delivery
+    # writes it into (0040,1002) of each image as it leaves (the spool keeps the de-identified images as they
+    # were made). NULL: no reason to add (not yet through the notes stage, or through it before migration 6,
+    # when the images on disk got it themselves).
+    notes_reason = CharField(max_length=64, null=True)
 
 
 class Series(BaseModel):
@@ -176,6 +181,12 @@ class StudyIdentity(BaseModel):
     # relatives and clinicians, address, phones, other IDs, institution address and department
     # (gateway.privacy.identifiers.header_values). For the scrubber and the outbound guard. (migration 3)
     header_values = TextField(default="")
+    # Every searchable text of the case's de-identified images as the workers encoded them, once each, as JSON
+    # {text: attribute path} (gateway.deid.work.encoded_text_values), for the notes stage's final check
+    # against the whole case's identifiers. PHI-free by intent, but checked as if it were not: never logged.
+    # NULL: not recorded (a case de-identified before migration 6, an unreadable PDF, or more text than
+    # IMAGE_TEXT_MAX_CHARS): the final check then reads the image files back. (migration 6)
+    image_text = TextField(null=True, default="")
 
 
 class UidMap(BaseModel):
@@ -385,12 +396,24 @@ def _migrate_to_5(database: peewee.Database) -> None:
     database.create_tables([WebUser, WebSession], safe=True)
 
 
+def _migrate_to_6(database: peewee.Database) -> None:
+    """``study.notes_reason`` (the reason the delivery adds to each image) and ``study_identity.image_text``
+    (the images' text, for the notes stage's final check). Both NULL on existing rows: a case past the notes
+    stage already has the reason in its images on disk, and a case de-identified before has its image files
+    read back by the final check, as before."""
+    for table, name, definition in ((Study._meta.table_name, "notes_reason", "VARCHAR(64)"),
+                                    (StudyIdentity._meta.table_name, "image_text", "TEXT")):
+        if name not in {column.name for column in database.get_columns(table)}:
+            database.execute_sql(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {definition}')
+
+
 MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (1, _migrate_to_1),
     (2, _migrate_to_2),
     (3, _migrate_to_3),
     (4, _migrate_to_4),
     (5, _migrate_to_5),
+    (6, _migrate_to_6),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -22,6 +22,7 @@ from gateway.referral.http_api import register_referral_routes
 from gateway.referral.mllp import start_hl7_listener
 from gateway.referral.notes_sr import load_standard_tables
 from gateway.referral.stage import NotesStage
+from gateway.referral.stage import warm_up as warm_up_notes
 from gateway.reports.intake import ReportIntake
 from gateway.reports.stage import ReportStage
 from gateway.routing.assign import AssignmentStage
@@ -74,6 +75,7 @@ class GatewayNode:
         self._load_secret()
         load_engine()  # the notes scrubber's model and word lists, once, before the node listens
         threading.Thread(target=load_standard_tables, name="highdicom-tables", daemon=True).start()
+        threading.Thread(target=warm_up_notes, name="notes-warm-up", daemon=True).start()
         handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids, self.identity,
                                                         commit_timeout_s=self.config.node.store_commit_timeout_s),
                                ReportIntake(self.spool))
@@ -106,10 +108,12 @@ class GatewayNode:
 
     def _stages(self) -> list[Stage]:
         """The pipeline, in order. Each stage reads cases in one state and leaves them in the next."""
+        notes = NotesStage(self.config, self.spool)
         return [
             CompletionStage(self.config.routing, SpineFilter(self.config.routing, self.config.storage.spool_dir)),
-            DeidStage(self.config.deid.options(), self.secret, self.spool, pool=self.work_pool),
-            NotesStage(self.config, self.spool),
+            DeidStage(self.config.deid.options(), self.secret, self.spool, pool=self.work_pool,
+                      case_identifiers=notes.case_identifiers),
+            notes,
             # routing (issue 5): after the notes stage
             AssignmentStage(self.config.reviewers, self.config.routing),
             DeliveryStage(self.config),

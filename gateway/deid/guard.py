@@ -9,8 +9,9 @@ Two views of "the patient's identifiers":
 - :class:`PatientIdentifiers`, taken from one original instance (:func:`identifiers_from_dataset`): what
   the de-identification workers check each image against;
 - :class:`gateway.privacy.identifiers.IdentifierSet`, everything the node holds for the case (header,
-  referral, source): what the notes stage checks the final bytes of every outbound object against
-  (:func:`find_leaks_in_file`). Text is folded (case, accents, ß, transliteration) and the search terms
+  referral, source): what the notes stage checks every outbound object against, the notes objects as
+  written (:func:`find_leaks_in_file`) and the images' text as the workers read it back from their output
+  (:func:`searchable_values`, :func:`find_leaks_in_values`). Text is folded (case, accents, ß, transliteration) and the search terms
   come from :meth:`IdentifierSet.search_terms`; an Encapsulated PDF is also searched in its extracted text
   (its streams are compressed), reported as ``EncapsulatedDocument/pdf-text``.
 """
@@ -18,7 +19,7 @@ Two views of "the patient's identifiers":
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -162,15 +163,32 @@ def _sources(dataset: Dataset) -> list[tuple[Dataset, str]]:
 
 
 def _find_in_case(dataset: Dataset, identifiers: IdentifierSet) -> list[Leak]:
-    leaks: list[Leak] = []
+    return find_leaks_in_values(searchable_values(dataset), identifiers)
+
+
+def searchable_values(dataset: Dataset) -> list[tuple[str, str]]:
+    """Every text the case-level guard searches in ``dataset`` (file meta included), as (attribute path,
+    text): the values :func:`find_leaks` reads, and an Encapsulated PDF's extracted text at
+    ``<path>/pdf-text``. The pixel data is never among them.
+
+    Raises:
+        UnreadablePDFError: an Encapsulated PDF whose text cannot be extracted.
+    """
+    values: list[tuple[str, str]] = []
     for source, prefix in _sources(dataset):
         for path, elem in _walk(source, prefix):
             text = _searchable_text(elem)
             if text:
-                leaks += [Leak(path, kind) for kind in identifiers.kinds_found(text)]
+                values.append((path, text))
             if elem.tag == ENCAPSULATED_DOCUMENT_TAG and _is_pdf(source):
-                leaks += [Leak(f"{path}/pdf-text", kind) for kind in identifiers.kinds_found(pdf_text(elem.value))]
-    return leaks
+                values.append((f"{path}/pdf-text", pdf_text(elem.value)))
+    return values
+
+
+def find_leaks_in_values(values: Iterable[tuple[str, str]], identifiers: IdentifierSet) -> list[Leak]:
+    """Every identifier of ``identifiers`` in ``values`` ((attribute path, text) pairs, e.g. recorded by the
+    de-identification workers from their encoded output, ``searchable_values``)."""
+    return [Leak(path, kind) for path, text in values for kind in identifiers.kinds_found(text)]
 
 
 ENCAPSULATED_DOCUMENT_TAG = 0x00420011

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import repeat
 
@@ -27,6 +28,7 @@ import structlog
 
 from gateway import cases
 from gateway.deid.engine import DeidMapping, Deidentifier
+from gateway.deid.guard import find_leaks_in_values
 from gateway.deid.options import DeidOptions
 from gateway.deid.work import DeidWork, WorkPool, deid_pool, deidentify_file
 from gateway.models import (
@@ -42,7 +44,7 @@ from gateway.models import (
 )
 from gateway.ops import audit, metrics
 from gateway.pipeline import run_case_stage
-from gateway.privacy.identifiers import merge_header_values
+from gateway.privacy.identifiers import IdentifierSet, identifier_set_for_study, merge_header_values
 from gateway.scp.spool import Spool
 
 log = structlog.get_logger("deid")
@@ -52,6 +54,9 @@ CHUNK = 32  # instances handed to the workers at a time, recorded in one transac
 # the case and writes in the database and the spool, which at every poll (``routing.poll_s``) would take a
 # receiving node's write lock and disk many times a second for a handful of instances each time.
 OUTSIDE_COMPLETION_PERIOD_S = 1.0
+# At most this much image text is recorded per case (``StudyIdentity.image_text``); beyond it (a private element
+# holding a distinct blob in every image, say) the notes stage's final check reads the image files back instead.
+IMAGE_TEXT_MAX_CHARS = 4_000_000
 # States in which a case has already been de-identified: an instance arriving now is a late one.
 _PAST_DEID = (CaseState.DEIDENTIFIED, CaseState.NOTES_ATTACHED, CaseState.ASSIGNED, CaseState.DELIVERING,
               CaseState.DELIVERED, CaseState.FAILED, CaseState.HELD)
@@ -70,12 +75,20 @@ class DeidStage:
 
     name = "deid"
 
-    def __init__(self, options: DeidOptions, secret: bytes, spool: Spool, pool: WorkPool | None = None) -> None:
+    def __init__(self, options: DeidOptions, secret: bytes, spool: Spool, pool: WorkPool | None = None,
+                 case_identifiers: Callable[[Study], IdentifierSet] | None = None) -> None:
         self.deidentifier = Deidentifier(options, secret)
         self.options = options
         self.spool = spool
         self.pool = pool or deid_pool(options, secret, workers=0)
+        # Everything the node holds for a case (the node passes the notes stage's, with the matched referral):
+        # late instances are checked against it, as the notes stage checks the others.
+        self.case_identifiers = case_identifiers or self._header_identifiers
         self._outside_completion_due = 0.0
+
+    def _header_identifiers(self, study: Study) -> IdentifierSet:
+        return identifier_set_for_study(study, None, include_uids=not self.options.retain_uids,
+                                        include_institution=not self.options.retain_institution_id)
 
     claim_states = (CaseState.COMPLETE, CaseState.RECEIVING, *_PAST_DEID)
 
@@ -149,9 +162,12 @@ class DeidStage:
 
     def _process(self, study: Study, instances: list[Instance], stop_on_leak: bool = True) -> Outcome:
         """De-identify ``instances`` chunk by chunk. With ``stop_on_leak`` a guard hit stops at once and leaves
-        the rest stored (the case is then quarantined by the caller, or at completion); otherwise the leaking
-        instance alone is quarantined."""
+        the rest stored (the case is then quarantined by the caller, or at completion); otherwise (late
+        instances) the leaking instance alone is quarantined, and each instance's text is also checked against
+        everything the node holds for the case (``case_identifiers``), as the notes stage's final check does
+        for the instances it saw."""
         outcome = Outcome()
+        case_set: list[IdentifierSet] = []  # the case's identifiers, looked up once, at the first late instance
         source = study.source.name if study.source_id else study.calling_ae
         lease = cases.Lease(study, self.name)
         for chunk in _chunks(instances, CHUNK):
@@ -173,6 +189,9 @@ class DeidStage:
                         return outcome
                     self._quarantine_instance(study, instance, "identifier_leak")
                     outcome.quarantined += 1
+                elif not stop_on_leak and self._late_leak(study, work, case_set):
+                    self._quarantine_instance(study, instance, "identifier_leak")
+                    outcome.quarantined += 1
                 else:
                     ready.append((instance, work))
             written = self._write(study, ready)
@@ -181,6 +200,18 @@ class DeidStage:
             if written:
                 metrics.observe_deidentification(time.perf_counter() - started, len(written))
         return outcome
+
+    def _late_leak(self, study: Study, work: DeidWork, case_set: list[IdentifierSet]) -> bool:
+        """Whether a late instance's text holds one of the case's identifiers (or could not be taken)."""
+        if work.text_values is None:
+            leaks = ["EncapsulatedDocument/pdf-text"]  # an unreadable PDF: what cannot be checked does not leave
+        else:
+            if not case_set:
+                case_set.append(self.case_identifiers(study))
+            leaks = [leak.path for leak in find_leaks_in_values(work.text_values, case_set[0])]
+        if leaks:
+            log.error("outbound_leak", case=study.key, path=f"image:{leaks[0]}", reason="identifier_found")
+        return bool(leaks)
 
     def _write(self, study: Study, ready: list[tuple[Instance, DeidWork]]) -> list[tuple[Instance, DeidWork, str]]:
         """Write a chunk's de-identified objects to the case's outbound folder, all durable on return."""
@@ -243,8 +274,14 @@ class DeidStage:
                                             pseudo_accession_number=mapping.accession or "",
                                             date_offset_days=mapping.date_offset_days or 0)
         merged = merge_header_values(identity.header_values, *(work.header for work in works))
+        image_text = merge_image_text(identity.image_text, [work.text_values for work in works])
+        changes = {}
         if merged != identity.header_values:
-            StudyIdentity.update(header_values=merged).where(StudyIdentity.id == identity.id).execute()
+            changes[StudyIdentity.header_values] = merged
+        if image_text != identity.image_text:
+            changes[StudyIdentity.image_text] = image_text
+        if changes:
+            StudyIdentity.update(changes).where(StudyIdentity.id == identity.id).execute()
 
     @staticmethod
     def _record_uids(study: Study, mapping: DeidMapping) -> None:
@@ -268,6 +305,28 @@ class DeidStage:
         # A newer version of an object already out: replace it, and let the ledger send it again.
         OutboundObject.update(values).where(OutboundObject.id == existing.id).execute()
         Delivery.update(state="pending").where(Delivery.outbound == existing.id).execute()
+
+
+def merge_image_text(stored: str | None, more: list[list[tuple[str, str]] | None]) -> str | None:
+    """``StudyIdentity.image_text`` with the texts of ``more`` (each a worker's ``DeidWork.text_values``) added:
+    JSON {text: attribute path}, each text once. None (the final check reads the image files instead) when it
+    already was None, when one of ``more`` is None, or when the texts would pass ``IMAGE_TEXT_MAX_CHARS``."""
+    if stored is None or any(values is None for values in more):
+        return None
+    current: dict[str, str] = json.loads(stored) if stored else {}
+    size = len(stored)
+    changed = False
+    for values in more:
+        for path, text in values or ():
+            if text not in current:
+                current[text] = path
+                size += len(text) + len(path) + 8
+                changed = True
+    if not changed:
+        return stored
+    if size > IMAGE_TEXT_MAX_CHARS:
+        return None
+    return json.dumps(current, ensure_ascii=False)
 
 
 def _chunks(items: list[Instance], size: int) -> Iterator[list[Instance]]:

@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 
 from gateway.deid.engine import DeidMapping, Deidentifier, PatientContext
 from gateway.deid.errors import BurnedInRiskError, QuarantineError
-from gateway.deid.guard import find_leaks, identifiers_from_dataset
+from gateway.deid.guard import UnreadablePDFError, find_leaks, identifiers_from_dataset, searchable_values
 from gateway.deid.options import DeidOptions
 from gateway.privacy.identifiers import header_values
 
@@ -51,6 +51,11 @@ class DeidWork:
     mapping: DeidMapping | None = None
     identity: dict[str, str] = field(default_factory=dict)
     header: dict[str, list[str]] = field(default_factory=dict)  # StudyIdentity.header_values of this file
+    text_values: list[tuple[str, str]] | None = None
+    """Every searchable text of ``data`` as read back from it, (attribute path, text), each text once
+    (``guard.searchable_values``): the notes stage checks them against the whole case's identifiers
+    (``StudyIdentity.image_text``). None when they cannot be taken (an unreadable PDF): the notes stage then
+    reads the file itself."""
     quarantine_reason: str | None = None
     leak_paths: list[str] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -91,11 +96,27 @@ def deidentify_file(path: str, source: str, case_label: str) -> DeidWork:
     leaks = find_leaks(result.dataset, identifiers)
     if leaks:
         return DeidWork(leak_paths=[leak.path for leak in leaks], events=events)
+    data = encode(result.dataset)
     return DeidWork(
-        data=encode(result.dataset), sop_instance_uid=str(result.dataset.SOPInstanceUID),
+        data=data, sop_instance_uid=str(result.dataset.SOPInstanceUID),
         sop_class_uid=str(result.dataset.SOPClassUID),
         transfer_syntax=str(result.dataset.file_meta.TransferSyntaxUID), mapping=result.mapping,
-        identity=identity, header=header, events=events)
+        identity=identity, header=header, text_values=encoded_text_values(data), events=events)
+
+
+def encoded_text_values(data: bytes) -> list[tuple[str, str]] | None:
+    """The searchable texts of the encoded object ``data``, read back from the bytes that will be written
+    (not from the dataset that made them), each text once with the first path it was found at; None when
+    an Encapsulated PDF in it cannot be read."""
+    dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    try:
+        values = searchable_values(dataset)
+    except UnreadablePDFError:
+        return None
+    first_paths: dict[str, str] = {}
+    for path, text in values:
+        first_paths.setdefault(text, path)
+    return [(path, text) for text, path in first_paths.items()]
 
 
 def _pixel_events(report: Any, case: str, sop_class: str) -> list[dict[str, Any]]:

@@ -1,14 +1,18 @@
 """Setting one top-level text element of a Part 10 file in its encoded bytes, without decoding the rest.
 
-The notes stage writes Reason for the Requested Procedure into every de-identified image of a case. Read
-and re-encoded by pydicom that is a few milliseconds an image (the pixel data is copied through); here the
-file's top-level elements are located by the structural walk (``wellformed``) and the one element is
-inserted or replaced in place: a fraction of a millisecond, pixel bytes untouched.
+The delivery writes Reason for the Requested Procedure into every de-identified image of a case as it leaves
+(``routing.send``). Read and re-encoded by pydicom that is a few milliseconds an image (the pixel data is copied
+through); here the file's top-level elements are located by the structural walk (``wellformed``) and the one
+element is inserted or replaced in place: a fraction of a millisecond, pixel bytes untouched.
 """
 
 from __future__ import annotations
 
+import io
 import struct
+import unicodedata
+
+import pydicom
 
 from gateway.errors import InvalidInstance
 from gateway.dicom.vr import LONG_LENGTH_VR_BYTES, SHORT_MULTI_VALUED_TEXT_VRS, padding
@@ -19,7 +23,7 @@ _TRANSFER_SYNTAX = 0x00020010
 _SPECIFIC_CHARACTER_SET = 0x00080005
 
 
-def file_meta_end_and_syntax(part10: bytes) -> tuple[int, str] | None:
+def file_meta_end_and_syntax(part10: bytes | memoryview) -> tuple[int, str] | None:
     """Where the dataset starts in ``part10`` and its transfer syntax, or None if the file meta is not the
     standard Explicit VR Little Endian group with its group length first."""
     if len(part10) < _META_START + 12 or part10[128:_META_START] != b"DICM":
@@ -36,7 +40,7 @@ def file_meta_end_and_syntax(part10: bytes) -> tuple[int, str] | None:
         else:
             length, header = struct.unpack_from("<H", part10, pos + 6)[0], 8
         if (group << 16 | element) == _TRANSFER_SYNTAX:
-            value = part10[pos + header:pos + header + length]
+            value = bytes(part10[pos + header:pos + header + length])
             return end, value.decode("ascii", "replace").strip("\0 ")
         pos += header + length
     return None
@@ -49,6 +53,18 @@ def set_text_element(part10: bytes, tag: int, vr: str, text: str) -> bytes | Non
     Returns None when it cannot be done in place (deflated or unusual file meta, a malformed dataset, or
     text beyond ASCII in a file whose character set is not UTF-8): the caller then decodes and re-encodes
     the file with pydicom.
+    """
+    edit = text_element_edit(part10, tag, vr, text)
+    if edit is None:
+        return None
+    start, end, encoded = edit
+    return bytes(part10[:start]) + encoded + bytes(part10[end:])
+
+
+def text_element_edit(part10: bytes | memoryview, tag: int, vr: str, text: str) -> tuple[int, int, bytes] | None:
+    """The edit that sets the top-level element ``tag`` of ``part10`` to ``text`` (see ``set_text_element``),
+    as ``(start, end, encoded)``: ``part10[start:end]`` (empty for an insertion) becomes ``encoded``. For a
+    caller that writes the pieces out without joining them. None when it cannot be done in place.
     """
     if vr not in SHORT_MULTI_VALUED_TEXT_VRS:
         raise ValueError(f"{vr} values are not handled here")
@@ -77,7 +93,35 @@ def set_text_element(part10: bytes, tag: int, vr: str, text: str) -> bytes | Non
         if element_tag >= tag:
             start, end = element_start, element_end if element_tag == tag else element_start
             break
-    return part10[:meta_end + start] + encoded + part10[meta_end + end:]
+    return meta_end + start, meta_end + end, encoded
+
+
+def with_text_element(part10: bytes, tag: int, vr: str, text: str) -> bytes:
+    """``part10`` with the top-level element ``tag`` set to ``text``: in the encoded bytes where it can be
+    (``set_text_element``), else by decoding and re-encoding the object with pydicom, the text folded to ASCII
+    (accents dropped) unless the object's character set is UTF-8.
+
+    Raises:
+        pydicom.errors.InvalidDicomError, ValueError: ``part10`` cannot be decoded either.
+    """
+    in_place = set_text_element(part10, tag, vr, text)
+    if in_place is not None:
+        return in_place
+    dataset = pydicom.dcmread(io.BytesIO(part10))
+    dataset.add_new(tag, vr, fits_charset(text, dataset.get("SpecificCharacterSet")))
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def fits_charset(text: str, specific_character_set: object) -> str:
+    """``text`` as a dataset with this Specific Character Set can hold it (accents folded away unless it is
+    UTF-8, ISO_IR 192)."""
+    charsets = specific_character_set or ""
+    charsets = [charsets] if isinstance(charsets, str) else list(charsets)  # type: ignore[call-overload]
+    if "ISO_IR 192" in charsets or text.isascii():
+        return text
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
 
 
 def _element_bytes(tag: int, vr: str, value: bytes, syntax: str) -> bytes:

@@ -11,10 +11,13 @@ For each de-identified case (and each case HELD awaiting its referral or an appr
 4. builds the notes SR and the Encapsulated PDF in new series of the pseudonymous study, checks both with
    the outbound guard (a hit quarantines the case, naming the attribute path only), and writes them as
    outbound objects;
-5. writes the short scrubbed reason into Reason for the Requested Procedure (0040,1002) of every outbound
-   image;
-6. checks the final bytes of every outbound object of the case (images, SR, PDF), read back from the spool,
-   with the outbound guard, and only then moves the case to NOTES_ATTACHED (where it can be assigned).
+5. records the short scrubbed reason for the requested procedure (``Study.notes_reason``): the delivery sets
+   it in Reason for the Requested Procedure (0040,1002) of every image as it leaves (``routing.send``); the
+   images in the spool stay as the de-identification workers wrote them;
+6. checks what will leave against the whole case's identifiers, and only then moves the case to
+   NOTES_ATTACHED (where it can be assigned): the notes SR and PDF read back from the spool, the reason, and
+   every text of every image as the workers read it back from their encoded output
+   (``StudyIdentity.image_text``; the image files themselves when it was not recorded).
 
 The scrubber and the guard see one set of identifiers: everything the node holds for the case
 (:func:`gateway.privacy.identifiers.identifier_set_for_study`: the original header, the referral, the source).
@@ -28,8 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-import unicodedata
-from itertools import islice, repeat
+import json
 from pathlib import Path
 
 import pydicom
@@ -38,7 +40,7 @@ from pydicom.dataset import Dataset
 
 from gateway import cases
 from gateway.config import GatewayConfig
-from gateway.deid.guard import find_leaks, find_leaks_in_file
+from gateway.deid.guard import find_leaks, find_leaks_in_file, find_leaks_in_values
 from gateway.models import (
     AuditEvent,
     CaseState,
@@ -49,6 +51,7 @@ from gateway.models import (
     StudyIdentity,
     db,
 )
+from gateway.models import Referral as ReferralRow
 from gateway.ops import audit
 from gateway.pipeline import run_case_stage
 from gateway.privacy.identifiers import IdentifierSet, identifier_set_for_study
@@ -64,7 +67,7 @@ from gateway.referral.notes_pdf import NotesPDFBuilder
 from gateway.referral.notes_sr import EVIDENCE_REQUIRED_ATTRIBUTES, NotesSRBuilder
 from gateway.referral.reason import short_reason
 from gateway.referral.scrub import KnownIdentifiers, ScrubbedNotes
-from gateway.dicom.rawedit import set_text_element
+from gateway.dicom.rawedit import fits_charset
 from gateway.scp.spool import Spool
 
 __all__ = ["APPROVAL_ACTION", "AWAITING_APPROVAL", "AWAITING_REFERRAL", "NO_REFERRAL", "NotesStage", "NotesStageError",
@@ -96,23 +99,25 @@ def is_approved(study: Study, referral_row: object | None) -> bool:
                                      & (AuditEvent.outcome == "success")).exists()
 
 
-REASON_FOR_THE_REQUESTED_PROCEDURE = 0x00401002
-REASON_BATCH = 32  # images rewritten and made durable together
-
-
 def _encode(dataset: Dataset) -> bytes:
     buffer = io.BytesIO()
     pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
     return buffer.getvalue()
 
 
-def _fits_charset(text: str, dataset: Dataset) -> str:
-    """The reason as the image's character set can hold it (accents folded away unless it is UTF-8)."""
-    charsets = dataset.get("SpecificCharacterSet") or ""
-    charsets = [charsets] if isinstance(charsets, str) else list(charsets)
-    if "ISO_IR 192" in charsets or text.isascii():
-        return text
-    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+def warm_up() -> None:
+    """Load, once per process and before the first case needs them, what building and checking the notes
+    loads on first use: the PDF fonts (parsed by reportlab, a few hundred milliseconds), reportlab's
+    layout modules and pypdf (imported lazily by the guard's PDF text extraction). The node runs it in a
+    thread at start."""
+    from gateway.deid.guard import pdf_text
+    from gateway.referral.document import Urgency
+    from gateway.referral.notes_pdf import render_notes_pdf
+
+    try:
+        pdf_text(render_notes_pdf(ScrubbedNotes(urgency=Urgency.ROUTINE, history="Warm-up.", question="Warm-up?")))
+    except Exception as exc:  # noqa: BLE001 - only a head start: the first case loads whatever is missing
+        log.warning("notes_warm_up_failed", error=type(exc).__name__)
 
 
 def known_identifiers(identifiers: IdentifierSet) -> KnownIdentifiers:
@@ -127,17 +132,6 @@ def known_identifiers(identifiers: IdentifierSet) -> KnownIdentifiers:
         phones=identifiers.phones,
         emails=identifiers.emails,
     )
-
-
-def with_reason(path: str, reason: str) -> bytes:
-    """The outbound image at ``path`` with Reason for the Requested Procedure set: set in
-    the encoded bytes where it can be (``dicom.rawedit``), else by decoding and re-encoding the file."""
-    in_place = set_text_element(Path(path).read_bytes(), REASON_FOR_THE_REQUESTED_PROCEDURE, "LO", reason)
-    if in_place is not None:
-        return in_place
-    dataset = pydicom.dcmread(path)
-    dataset.ReasonForTheRequestedProcedure = _fits_charset(reason, dataset)
-    return _encode(dataset)
 
 
 class NotesStage:
@@ -226,12 +220,20 @@ class NotesStage:
         except LookupError as exc:
             raise NotesStageError(str(exc)) from None
 
-    def notes_for(self, study: Study, document: Referral | None) -> ScrubbedNotes:
-        """The scrubbed notes of ``study``: from its referral, else from the original DICOM header."""
+    def case_identifiers(self, study: Study) -> IdentifierSet:
+        """``identifiers_for`` the case with its matched referral, if any (for the de-identification stage's
+        check of late instances)."""
+        row = ReferralRow.get_or_none(ReferralRow.study == study.id)
+        return self.identifiers_for(study, load_document(row) if row is not None else None)
+
+    def notes_for(self, study: Study, document: Referral | None,
+                  identifiers: IdentifierSet | None = None) -> ScrubbedNotes:
+        """The scrubbed notes of ``study``: from its referral, else from the original DICOM header
+        (``identifiers``: the case's ``identifiers_for``, when the caller has them already)."""
         identity = StudyIdentity.get_or_none(StudyIdentity.study == study.id)
         if identity is None:
             raise NotesStageError("the case has no de-identification identity")
-        known = known_identifiers(self.identifiers_for(study, document))
+        known = known_identifiers(identifiers or self.identifiers_for(study, document))
         if document is not None:
             return scrub_referral_notes(document, known, identity.date_offset_days,
                                         day_first=self._day_first(study, document))
@@ -268,7 +270,8 @@ class NotesStage:
         return evidence
 
     def _attach(self, study: Study, document: Referral | None) -> int:
-        notes = self.notes_for(study, document)
+        identifiers = self.identifiers_for(study, document)  # one set, its patterns compiled once
+        notes = self.notes_for(study, document, identifiers)
         for flag in notes.flags:
             status = "declared" if flag.declared and not flag.detected else (
                 "detected" if not flag.declared else "declared_and_detected")
@@ -278,7 +281,6 @@ class NotesStage:
         evidence = self._evidence(images)
         built = {"notes_sr": NotesSRBuilder(evidence, notes).build(),
                  "notes_pdf": NotesPDFBuilder(evidence, notes).build()}
-        identifiers = self.identifiers_for(study, document)
         for kind, dataset in built.items():
             leaks = find_leaks(dataset, identifiers)
             if leaks:
@@ -286,30 +288,45 @@ class NotesStage:
         reason = short_reason(notes)
         with db.atomic():
             self._replace_notes_objects(study, built)
-            self._write_reason(study, images, reason)
-            leak = self._final_check(study, identifiers)
+            leak = self._final_check(study, identifiers, reason)
             if leak is not None:
                 return self._quarantine(study, leak)
             moved = cases.move(study, CaseState.NOTES_ATTACHED,
                                reason="referral" if document is not None else NO_REFERRAL,
-                               urgency=notes.urgency.value)
+                               urgency=notes.urgency.value, notes_reason=reason)
         if moved:
             audit.record("notes_attached", actor_ae=None, actor_host=None, study_key=study.key,
                          detail=f"{'referral' if document is not None else 'no referral'}; "
                                 f"{len(notes.flags)} red flag(s); urgency {notes.urgency.value}")
         return int(moved)
 
-    def _final_check(self, study: Study, identifiers: IdentifierSet) -> str | None:
-        """Guard what leaves, after the last change: every outbound object of the case as it lies in the
-        spool. Returns "<kind>:<attribute path>" of the first leak, or None."""
-        rows = OutboundObject.select().where(OutboundObject.study == study.id).order_by(OutboundObject.id)
-        for row in rows:
+    def _final_check(self, study: Study, identifiers: IdentifierSet, reason: str) -> str | None:
+        """Guard what leaves, after the last change, against the whole case's identifiers: the notes objects
+        as they lie in the spool, the reason the delivery adds to every image (as written and as folded for
+        an image whose character set is not UTF-8), and every text of the images as the workers read it back
+        from their encoded output (``StudyIdentity.image_text``; without it, the image files read back).
+        Returns "<kind>:<attribute path>" of the first leak, or None."""
+        if any(identifiers.kinds_found(text) for text in (reason, fits_charset(reason, None))):
+            return self._leak(study, "image:ReasonForTheRequestedProcedure")
+        identity = StudyIdentity.get(StudyIdentity.study == study.id)
+        if identity.image_text is not None:
+            recorded = json.loads(identity.image_text) if identity.image_text else {}
+            leaks = find_leaks_in_values(((path, text) for text, path in recorded.items()), identifiers)
+            if leaks:
+                return self._leak(study, f"image:{leaks[0].path}")
+        rows = OutboundObject.select().where(OutboundObject.study == study.id)
+        if identity.image_text is not None:
+            rows = rows.where(OutboundObject.kind != "image")  # their text was checked above
+        for row in rows.order_by(OutboundObject.id):
             leaks = find_leaks_in_file(self._outbound_path(row), identifiers, pixel_data=row.kind != "image")
             if leaks:
-                log.error("outbound_leak", case=study.key, path=f"{row.kind}:{leaks[0].path}",
-                          reason="identifier_found")
-                return f"{row.kind}:{leaks[0].path}"
+                return self._leak(study, f"{row.kind}:{leaks[0].path}")
         return None
+
+    @staticmethod
+    def _leak(study: Study, where: str) -> str:
+        log.error("outbound_leak", case=study.key, path=where, reason="identifier_found")
+        return where
 
     def _quarantine(self, study: Study, where: str) -> int:
         moved = cases.move(study, CaseState.QUARANTINED, reason=f"notes_leak {where}"[:64])
@@ -333,16 +350,3 @@ class NotesStage:
                                   transfer_syntax=str(dataset.file_meta.TransferSyntaxUID),
                                   spool_path=self.spool.relative(path),
                                   sha256=hashlib.sha256(data).hexdigest(), size=len(data))
-
-    def _write_reason(self, study: Study, images: list[OutboundObject], reason: str) -> None:
-        """Set (0040,1002) in every outbound image, rewriting each file atomically; pixel bytes stay as they are.
-
-        Done here, not in the worker processes: set in the encoded bytes (``with_reason``), an image takes a
-        fraction of a millisecond, less than sending it to a worker and back."""
-        paths = [str(self._outbound_path(image)) for image in images]
-        rewritten = zip(images, paths, map(with_reason, paths, repeat(reason)))
-        while batch := list(islice(rewritten, REASON_BATCH)):
-            self.spool.write_outbound_batch(study.key, [(Path(path).name, data) for _, path, data in batch])
-            for image, _, data in batch:
-                image.sha256, image.size = hashlib.sha256(data).hexdigest(), len(data)
-                image.save()

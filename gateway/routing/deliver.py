@@ -1,10 +1,12 @@
 """Delivery: every de-identified object of a case to its reviewer, once, over one association per attempt.
 
 ASSIGNED → DELIVERING → DELIVERED, or FAILED after ``routing.retry.max_attempts`` (the study leg's own
-counter, ``Study.delivery_attempts``). The per-object ledger (``Delivery``, destination ``reviewer:<name>``) is
-updated after each C-STORE response, so a retry, a restart after ``kill -9`` or an object added later (a late
-instance de-identified after the case left) sends only what is missing: a DELIVERED case with an unsent
-object goes back to DELIVERING. The sending itself is ``routing.send.send_objects``, shared with the report leg.
+counter, ``Study.delivery_attempts``). The per-object ledger (``Delivery``, destination ``reviewer:<name>``)
+records each C-STORE response (in batches, see ``routing.send``), so a retry, a restart after ``kill -9`` or an
+object added later (a late instance de-identified after the case left) sends only what is missing: a DELIVERED
+case with an unsent object goes back to DELIVERING. The sending itself is ``routing.send.send_objects``, shared
+with the report leg; the images get the notes stage's reason (``Study.notes_reason``) in (0040,1002) as they
+leave.
 """
 
 from __future__ import annotations
@@ -132,7 +134,8 @@ class DeliveryStage:
 
     def _attempt(self, study: Study, reviewer: ReviewerConfig) -> AttemptResult:
         return send_objects(self.config.node, self.spool_dir, reviewer, reviewer_peer(reviewer.name),
-                            self.pending_objects(study, reviewer), cases.Lease(study, self.name))
+                            self.pending_objects(study, reviewer), cases.Lease(study, self.name),
+                            reason=study.notes_reason)
 
 
 def retry_case(study: Study) -> str | None:

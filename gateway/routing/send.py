@@ -10,12 +10,27 @@ Transfer syntaxes: each (SOP class, stored syntax) pair is proposed with the sto
 Explicit VR Little Endian second. When the peer accepts the stored syntax the file's bytes go out
 undecoded (``STORE_SEND_CHUNKED_DATASET``); otherwise the dataset is decoded (pylibjpeg) and sent as
 Explicit VR Little Endian.
+
+Reason for the Requested Procedure: given a ``reason`` (the study leg passes the notes stage's
+``Study.notes_reason``), every image gets it in (0040,1002) as it leaves: set in the file's bytes in memory
+(``dicom.rawedit``), which pynetdicom then reads from an anonymous in-memory file (``memfd_create``; a
+temporary file where there is none). The spool keeps each image exactly as the de-identification wrote it.
+
+The ledger: each response is recorded, but not in its own transaction. Outcomes are written together every
+``LEDGER_BATCH`` objects or ``LEDGER_FLUSH_S`` seconds, whichever comes first, and always when the attempt
+ends (released, aborted, lease lost, or an error raised). A ``kill -9`` in the middle of an attempt loses at
+most the last unwritten batch of outcomes: those objects are sent again by the next attempt (after a restart),
+with the same SOP Instance UIDs, and the peer replaces its copies. Nothing is lost and nothing is taken for
+sent that was not; only those few objects may arrive twice.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
+import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,20 +38,26 @@ from pathlib import Path
 import peewee
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
 from gateway import cases, wakeup
 from gateway.config import DicomPeer, NodeConfig, RetryConfig, ReviewerConfig
+from gateway.dicom.rawedit import fits_charset, text_element_edit, with_text_element
 from gateway.dicomnet import NODELAY_HANDLER
-from gateway.models import CaseState, Delivery, OutboundObject, Study, utcnow
+from gateway.models import CaseState, Delivery, OutboundObject, Study, db, utcnow
 from gateway.routing.errors import RoutingError
 
 SENT, PENDING, FAILED = "sent", "pending", "failed"
 # C-STORE statuses that mean stored: success and the warnings (coercion, elements discarded, mismatch).
 STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
+LEDGER_BATCH = 32      # C-STORE outcomes written to the ledger in one transaction...
+LEDGER_FLUSH_S = 0.25  # ...or after this long, whichever comes first (and always when the attempt ends)
+REASON_FOR_THE_REQUESTED_PROCEDURE = 0x00401002
+IMAGE_KIND = "image"
 
 
 class TooManyContexts(RoutingError):
@@ -100,9 +121,11 @@ def backoff_s(retry: RetryConfig, attempt: int, rng: random.Random | None = None
 
 
 def send_objects(node: NodeConfig, spool_dir: Path, peer: ReviewerConfig | DicomPeer, destination: str,
-                 pending: Sequence[OutboundObject], lease: cases.Lease | None = None) -> AttemptResult:
+                 pending: Sequence[OutboundObject], lease: cases.Lease | None = None, *,
+                 reason: str | None = None) -> AttemptResult:
     """C-STORE ``pending`` to ``peer`` over one association, recording each response in the ledger rows
-    (``Delivery``, which must exist) of ``destination`` (``reviewer:<name>`` or ``source:<name>``).
+    (``Delivery``, which must exist) of ``destination`` (``reviewer:<name>`` or ``source:<name>``), in batches
+    (see the module's docstring). With ``reason``, every image goes out with it in (0040,1002).
 
     Raises:
         TooManyContexts: the objects need more than 128 presentation contexts.
@@ -115,20 +138,28 @@ def send_objects(node: NodeConfig, spool_dir: Path, peer: ReviewerConfig | Dicom
     if not assoc.is_established:
         _count_attempt(pending, destination, "no association")
         return AttemptResult("no_association", remaining=len(pending))
+    ledger = _LedgerBatch(destination)
     sent = 0
     tried: set[int] = set()
+    memory: _MemoryFile | None = None
     try:
+        memory = _MemoryFile(spool_dir) if reason is not None else None
         for outbound in pending:
             if not assoc.is_established:
                 break
             if lease is not None and not lease.keep():
                 break  # our lease on the case was lost: another node carries on, never both
             tried.add(outbound.id)
-            if _store(assoc, spool_dir, outbound, destination):
+            if _store(assoc, spool_dir, outbound, ledger, reason, memory):
                 sent += 1
     finally:
-        if assoc.is_established:
-            assoc.release()
+        try:
+            if assoc.is_established:
+                assoc.release()
+        finally:
+            if memory is not None:
+                memory.close()
+            ledger.flush()
     _count_attempt([o for o in pending if o.id not in tried], destination, "association ended")
     remaining = len(pending) - sent
     if remaining == 0:
@@ -149,22 +180,127 @@ def _associate(node: NodeConfig, peer: ReviewerConfig | DicomPeer,
     return ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[NODELAY_HANDLER])
 
 
-def _store(assoc: Association, spool_dir: Path, outbound: OutboundObject, destination: str) -> bool:
+def _store(assoc: Association, spool_dir: Path, outbound: OutboundObject, ledger: _LedgerBatch,
+           reason: str | None, memory: _MemoryFile | None) -> bool:
     path = spool_dir / outbound.spool_path
     accepted = _accepted_syntaxes(assoc, outbound.sop_class_uid)
     status: int | None = None
     error = ""
-    try:
-        if not path.is_file():
-            raise FileNotFoundError(outbound.spool_path)
-        payload = path if outbound.transfer_syntax in accepted else transcode(path)
+    try:  # a missing file raises FileNotFoundError (an OSError) where it is opened
+        image_reason = reason if outbound.kind == IMAGE_KIND else None
+        if outbound.transfer_syntax not in accepted:
+            payload: Path | Dataset = transcode(path, image_reason)
+        elif image_reason is None or memory is None:
+            payload = path  # sent from the file, undecoded
+        else:
+            payload = memory.holding_with_reason(path, image_reason)  # the file's bytes and the reason
         rsp = assoc.send_c_store(payload)
         status = getattr(rsp, "Status", None)
-    except (OSError, ValueError, RuntimeError, AttributeError, NotImplementedError) as exc:
+    except (OSError, ValueError, RuntimeError, AttributeError, NotImplementedError, InvalidDicomError) as exc:
         error = type(exc).__name__
     ok = status in STORED_STATUSES
-    _update_ledger(outbound, destination, ok, status, error or _status_text(status))
+    ledger.record(outbound, ok, status, error or _status_text(status))
     return ok
+
+
+def with_reason(part10: bytes, reason: str) -> bytes:
+    """The Part 10 object ``part10`` with Reason for the Requested Procedure (0040,1002) set to ``reason``."""
+    return with_text_element(part10, REASON_FOR_THE_REQUESTED_PROCEDURE, "LO", reason)
+
+
+class _MemoryFile:
+    """One in-memory file that holds the object being sent, by path (pynetdicom sends a file by path without
+    decoding it): an anonymous ``memfd_create`` file, named ``/proc/self/fd/<fd>``; an unlinked-on-close
+    temporary file in the spool's folder where that is not available.
+
+    Its pages and the read buffer are kept from one object to the next (no allocation, no page faults per
+    object), and the edited object is written as three pieces (before, the element, after), never joined."""
+
+    def __init__(self, spool_dir: Path) -> None:
+        self._temporary = None
+        if hasattr(os, "memfd_create") and Path("/proc/self/fd").is_dir():
+            self._fd = os.memfd_create("spine-gateway-outbound", os.MFD_CLOEXEC)
+            self.path = Path(f"/proc/self/fd/{self._fd}")
+        else:
+            self._temporary = tempfile.NamedTemporaryFile(dir=spool_dir, prefix=".sending-", suffix=".dcm")
+            self._fd = self._temporary.fileno()
+            self.path = Path(self._temporary.name)
+        self._buffer = bytearray()
+
+    def holding_with_reason(self, path: Path, reason: str) -> Path:
+        """The file's path, holding the Part 10 object at ``path`` with (0040,1002) set to ``reason``."""
+        with open(path, "rb", buffering=0) as source:
+            size = os.fstat(source.fileno()).st_size
+            if len(self._buffer) < size:
+                self._buffer = bytearray(size)
+            with memoryview(self._buffer) as whole:
+                data = whole[:size]
+                read = 0
+                while read < size:
+                    count = source.readinto(data[read:])
+                    if not count:
+                        raise OSError(f"{path.name} shrank while being read")
+                    read += count
+                edit = text_element_edit(data, REASON_FOR_THE_REQUESTED_PROCEDURE, "LO", reason)
+                if edit is None:
+                    self._write([with_reason(bytes(data), reason)])
+                else:
+                    start, end, encoded = edit
+                    self._write([data[:start], encoded, data[end:]])
+                data.release()
+        return self.path
+
+    def _write(self, pieces: list[bytes | memoryview]) -> None:
+        total = sum(len(piece) for piece in pieces)
+        written = os.pwritev(self._fd, pieces, 0) if hasattr(os, "pwritev") else 0
+        if written < total:  # a short write (or no pwritev): the rest, joined
+            rest = memoryview(b"".join(pieces))
+            while written < total:
+                written += os.pwrite(self._fd, rest[written:], written)
+        os.ftruncate(self._fd, total)  # after writing: the pages of a longer object before stay allocated
+
+    def close(self) -> None:
+        if self._temporary is not None:
+            self._temporary.close()
+        else:
+            os.close(self._fd)
+
+
+class _LedgerBatch:
+    """C-STORE outcomes of one attempt, written to the ledger (``Delivery``) in batched transactions."""
+
+    def __init__(self, destination: str) -> None:
+        self.destination = destination
+        self._outcomes: list[tuple[int, bool, int | None, str, dt.datetime]] = []
+        self._since = time.monotonic()
+
+    def record(self, outbound: OutboundObject, ok: bool, status: int | None, detail: str) -> None:
+        self._outcomes.append((outbound.id, ok, status, detail, utcnow()))
+        if len(self._outcomes) >= LEDGER_BATCH or time.monotonic() - self._since >= LEDGER_FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is recorded, in one transaction: stored objects grouped by status, failures one by one."""
+        outcomes, self._outcomes = self._outcomes, []
+        self._since = time.monotonic()
+        if not outcomes:
+            return
+        stored: dict[int | None, list[int]] = {}
+        for outbound_id, ok, status, _, _ in outcomes:
+            if ok:
+                stored.setdefault(status, []).append(outbound_id)
+        sent_at = max(at for *_, at in outcomes)
+        mine = Delivery.destination == self.destination
+        with db.atomic():
+            for status, ids in stored.items():
+                Delivery.update({Delivery.attempts: Delivery.attempts + 1, Delivery.last_status: status,
+                                 Delivery.state: SENT, Delivery.last_error: None, Delivery.sent_at: sent_at}).where(
+                    mine & Delivery.outbound.in_(ids)).execute()
+            for outbound_id, ok, status, detail, _ in outcomes:
+                if not ok:
+                    Delivery.update({Delivery.attempts: Delivery.attempts + 1, Delivery.last_status: status,
+                                     Delivery.state: FAILED, Delivery.last_error: detail[:255]}).where(
+                        mine & (Delivery.outbound == outbound_id)).execute()
 
 
 def unsent_objects(study: Study, destination: str, which: peewee.Expression) -> list[OutboundObject]:
@@ -176,8 +312,12 @@ def unsent_objects(study: Study, destination: str, which: peewee.Expression) -> 
         (Delivery.destination == destination) & (Delivery.state == SENT)
         & Delivery.outbound.in_([o.id for o in objects])).tuples()} if objects else set()
     pending = [o for o in objects if o.id not in sent]
-    for outbound in pending:
-        Delivery.get_or_create(outbound=outbound, destination=destination)
+    if pending:
+        # The missing ledger rows, in one statement (an existing row, failed or pending, is kept as it is).
+        rows = [{"outbound": o.id, "destination": destination} for o in pending]
+        with db.atomic():
+            for start in range(0, len(rows), 200):
+                Delivery.insert_many(rows[start:start + 200]).on_conflict_ignore().execute()
     return pending
 
 
@@ -200,9 +340,12 @@ def _accepted_syntaxes(assoc: Association, sop_class: str) -> set[str]:
     return {str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class}
 
 
-def transcode(path: Path) -> Dataset:
-    """The file's dataset with its pixel data decompressed, to be sent as Explicit VR Little Endian."""
+def transcode(path: Path, reason: str | None = None) -> Dataset:
+    """The file's dataset with its pixel data decompressed, to be sent as Explicit VR Little Endian (with
+    ``reason`` in Reason for the Requested Procedure, if given)."""
     ds = pydicom.dcmread(path)
+    if reason is not None:
+        ds.ReasonForTheRequestedProcedure = fits_charset(reason, ds.get("SpecificCharacterSet"))
     syntax = UID(ds.file_meta.TransferSyntaxUID)
     if syntax.is_compressed:
         # pylibjpeg / pydicom decoders; the syntax becomes Explicit VR Little Endian. The SOP Instance UID stays:
@@ -215,14 +358,6 @@ def transcode(path: Path) -> Dataset:
 
 def _status_text(status: int | None) -> str:
     return "no response" if status is None else f"0x{status:04X}"
-
-
-def _update_ledger(outbound: OutboundObject, destination: str, ok: bool, status: int | None, detail: str) -> None:
-    values = {Delivery.attempts: Delivery.attempts + 1, Delivery.last_status: status,
-              Delivery.state: SENT if ok else FAILED, Delivery.last_error: None if ok else detail[:255]}
-    if ok:
-        values[Delivery.sent_at] = utcnow()
-    Delivery.update(values).where((Delivery.outbound == outbound) & (Delivery.destination == destination)).execute()
 
 
 def _count_attempt(objects: Sequence[OutboundObject], destination: str, detail: str) -> None:

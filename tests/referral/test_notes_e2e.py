@@ -137,12 +137,24 @@ def test_german_and_us_referrals_reach_the_reviewer_without_identifiers(tmp_path
                 except Exception:  # noqa: BLE001 - a file storescp is still writing
                     return None
             notes = [p for p, modality in received.items() if modality in ("SR", "DOC")]
-            return notes if sorted(received[p] for p in notes) == ["DOC", "DOC", "SR", "SR"] else None
+            images = [p for p, modality in received.items() if modality == "MR"]
+            complete = sorted(received[p] for p in notes) == ["DOC", "DOC", "SR", "SR"] and len(images) == 4
+            return [*notes, *images] if complete else None
 
-        received = wait_until(notes_received, 240, "two notes SRs and two notes PDFs at the reviewer")
+        received = wait_until(notes_received, 240, "two notes SRs, two notes PDFs and four images at the reviewer")
     finally:
         node.stop()
         reviewer.stop()
+
+    # Every image arrives with the case's short scrubbed reason in (0040,1002), set as it left the node.
+    reasons: dict[str, set[str]] = {}
+    for path in received:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        if dataset.Modality == "MR":
+            reasons.setdefault(str(dataset.StudyInstanceUID), set()).add(dataset.ReasonForTheRequestedProcedure)
+    assert len(reasons) == 2 and all(len(values) == 1 for values in reasons.values()), reasons
+    for (reason,) in reasons.values():
+        assert reason.endswith("Disc herniation L5/S1 with root compression?") and len(reason) <= 64, reason
 
     by_accession: dict[str, list[str]] = {}
     for path in received:
@@ -156,3 +168,6 @@ def test_german_and_us_referrals_reach_the_reviewer_without_identifiers(tmp_path
         for term in case.keep:
             assert _fold(term.text) in _fold(everything), (key, term.text)
     assert "Disc herniation L5/S1" in everything
+    for key, (case, _, _, patient) in CASES.items():
+        words = _identifier_words(case) + [patient.patient_id, patient.accession, patient.birth_date]
+        assert _leaks("\n".join(r for (r,) in reasons.values()), words) == [], key

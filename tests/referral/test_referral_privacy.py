@@ -8,6 +8,7 @@ outbound guard must quarantine the case and name where, never what.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import replace
@@ -17,15 +18,27 @@ import pytest
 from pypdf import PdfReader
 
 import gateway.referral.stage as notes_stage
+from gateway.deid.guard import searchable_values
 from gateway.demo import DemoPatient
-from gateway.models import AuditEvent, CaseState, OutboundObject, Study, StudyIdentity, utcnow
+from gateway.deid.stage import DeidStage
+from gateway.models import (
+    AuditEvent,
+    CaseState,
+    Instance,
+    InstanceState,
+    OutboundObject,
+    Series,
+    Study,
+    StudyIdentity,
+    utcnow,
+)
 from gateway.privacy.identifiers import identifier_set_for_study
 from gateway.referral.document import Urgency, validate_referral_data
 from gateway.referral.intake import store_referral
 from gateway.referral.scrub import KnownIdentifiers, ScrubbedNotes, scrub_referral
 from gateway.referral.stage import NotesStage
 from privacy_cases import HEADER, MENTIONS, PATIENT, referral_document, write_held_study
-from referral_cases import close_world, make_world
+from referral_cases import SECRET, close_world, make_world
 
 
 @pytest.fixture
@@ -142,12 +155,78 @@ def test_a_name_only_in_the_red_flag_table_of_the_pdf_is_caught(world, tmp_path,
     assert "notes_pdf:EncapsulatedDocument/pdf-text" in _quarantine_detail(case)
 
 
-def test_the_reason_written_into_the_images_after_the_notes_is_guarded(world, tmp_path, monkeypatch):
-    """(0040,1002) is set in every image after the notes objects were checked: the final bytes are checked."""
+def test_the_reason_the_images_will_carry_is_guarded(world, tmp_path, monkeypatch):
+    """(0040,1002) is set in every image as it leaves (by the delivery): the notes stage checks it first."""
     monkeypatch.setattr(notes_stage, "short_reason", lambda notes: "Query compression, Thrapston clinic")
     case = _run(world, _case(world, tmp_path, referral_document()))
     assert case.state == CaseState.QUARANTINED
     assert "image:ReasonForTheRequestedProcedure" in _quarantine_detail(case)
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["image text recorded", "image files read back"])
+def test_a_referral_only_identifier_in_an_images_retained_text_quarantines_the_case(world, tmp_path, recorded):
+    """The workers check each image against its own header only; a name only the referral holds, left in a
+    retained attribute, is found by the notes stage's final check: in the text the workers recorded from
+    their encoded output, or (a case de-identified before migration 6) in the image files read back."""
+    files = write_held_study(tmp_path / "study", header={**HEADER, "SequenceName": "tse Trowbridge"})
+    case = world.deidentified_case(files)
+    identity = StudyIdentity.get(StudyIdentity.study == case.id)
+    assert "tse Trowbridge" in json.loads(identity.image_text), "the retained text is recorded"
+    if not recorded:
+        StudyIdentity.update(image_text=None).where(StudyIdentity.id == identity.id).execute()
+    store_referral(validate_referral_data(referral_document(referrer={"name": "Dr Imelda Trowbridge"})), "cli")
+    case = _run(world, case)
+    assert case.state == CaseState.QUARANTINED
+    assert _quarantine_detail(case) == "outbound guard hit in image:SequenceName"
+    assert case.notes_reason is None, "nothing was recorded for the delivery"
+
+
+def _receive_late(world, study: Study, path) -> Instance:
+    """``path`` stored as the SCP would, for a case that already moved on (a late instance)."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    series, _ = Series.get_or_create(series_uid=header.SeriesInstanceUID,
+                                     defaults={"study": study, "modality": header.Modality})
+    return Instance.create(study=study, series=series, sop_instance_uid=header.SOPInstanceUID,
+                           sop_class_uid=header.SOPClassUID, transfer_syntax=header.file_meta.TransferSyntaxUID,
+                           size=len(data), sha256=digest, spool_path=world.spool.relative(world.spool.store(data, digest)),
+                           calling_ae=study.calling_ae)
+
+
+def test_a_late_instance_is_checked_against_the_whole_case_too(world, tmp_path):
+    """An instance arriving after the notes were attached is checked against the referral's identifiers as
+    well (the node gives the de-identification stage the notes stage's ``case_identifiers``)."""
+    files = write_held_study(tmp_path / "study", 4)
+    for path in files[2:]:
+        dataset = pydicom.dcmread(path)
+        dataset.SequenceName = "tse Trowbridge" if path == files[2] else "tse"
+        dataset.save_as(path, enforce_file_format=True)
+    case = world.deidentified_case(files[:2])
+    store_referral(validate_referral_data(referral_document(referrer={"name": "Dr Imelda Trowbridge"})), "cli")
+    assert _run(world, case).state == CaseState.NOTES_ATTACHED
+    leaking, clean = (_receive_late(world, case, path) for path in files[2:])
+    notes = NotesStage(world.config, world.spool)
+    deid = DeidStage(world.config.deid.options(), SECRET, world.spool, case_identifiers=notes.case_identifiers)
+    deid.step(Study.get_by_id(case.id), utcnow())
+    assert Instance.get_by_id(leaking.id).state == InstanceState.QUARANTINED
+    assert Instance.get_by_id(clean.id).state == InstanceState.DEIDENTIFIED
+    images = OutboundObject.select().where((OutboundObject.study == case.id) & (OutboundObject.kind == "image"))
+    assert images.count() == 3
+    assert Study.get_by_id(case.id).state == CaseState.NOTES_ATTACHED, "the rest of the case goes on"
+
+
+def test_the_image_text_is_recorded_once_per_value_with_its_path(world, tmp_path):
+    case = _case(world, tmp_path, referral_document())
+    recorded = json.loads(StudyIdentity.get(StudyIdentity.study == case.id).image_text)
+    images = OutboundObject.select().where((OutboundObject.study == case.id) & (OutboundObject.kind == "image"))
+    assert images.count() == 2
+    for image in images:
+        dataset = pydicom.dcmread(world.spool.absolute(image.spool_path), stop_before_pixels=True)
+        assert {text for _, text in searchable_values(dataset)} <= set(recorded)  # the file as it lies
+        assert recorded[str(dataset.SOPInstanceUID)] == "file_meta.MediaStorageSOPInstanceUID"  # its first path
+    assert recorded["MR"] == "Modality"
+    assert recorded["1.2.840.10008.1.2.1"].startswith("file_meta.")
 
 
 FALSE_ALARMS = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +13,9 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
 from structlog.testing import capture_logs
 
 from gateway.config import GatewayConfig
-from gateway.models import CaseState, Delivery, Study, utcnow
+from gateway.models import CaseState, Delivery, OutboundObject, Study, utcnow
 from gateway.routing.deliver import DeliveryStage, backoff_s, retry_case
+from gateway.routing.send import LEDGER_BATCH
 from routing_db import add_outbound, make_case, open_db
 from support.dicomfiles import dataset_bytes, sop_instance_uid
 from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc, free_port, wait_until
@@ -203,7 +206,117 @@ def test_kill_9_mid_delivery_then_restart_completes_without_duplicates(tmp_path,
         assert _orthanc_instances(orthanc) == len(big_study)
         assert len(orthanc.get("/studies")) == 1
         events = [e for e in node.log_events() if e["event"] == "delivery_attempt"]
-        assert events[-1]["status"] == "delivered" and events[-1]["instances"] <= len(big_study) - part + 1
+        # The ledger is written in batches: the outcomes of at most one batch die with the node, and those
+        # objects are sent again (same SOP Instance UIDs: the reviewer replaces them, one study, 300 instances).
+        assert events[-1]["status"] == "delivered"
+        assert events[-1]["instances"] <= len(big_study) - part + LEDGER_BATCH + 1
     finally:
         node.stop()
         orthanc.stop()
+
+
+REASON = "URGENT: Cauda equina syndrome?"
+
+
+def _elements(dataset: pydicom.Dataset) -> list[tuple[int, object]]:
+    """The dataset's top-level elements (file meta left out: storescp writes its own), less (0040,1002)."""
+    return [(int(e.tag), e.value) for e in dataset if e.keyword != "ReasonForTheRequestedProcedure"]
+
+
+def test_images_leave_with_the_notes_reason_and_the_spool_keeps_them_as_written(tmp_path, db, storescp, small_study):
+    config = _config(tmp_path, storescp.port, "REVIEW_A")
+    study = make_case(CaseState.ASSIGNED, reviewer="dr-a")
+    Study.update(notes_reason=REASON).where(Study.id == study.id).execute()
+    rows = add_outbound(study, config.storage.spool_dir, small_study[:4])
+    OutboundObject.update(kind="notes_sr").where(OutboundObject.id == rows[-1].id).execute()  # not an image
+    spooled = {row.sop_instance_uid: (Path(config.storage.spool_dir) / row.spool_path).read_bytes() for row in rows}
+    assert DeliveryStage(config).run_once(utcnow()) == 1
+    assert Study.get_by_id(study.id).state == CaseState.DELIVERED
+    received = {sop_instance_uid(p): p for p in _received(storescp)}
+    assert set(received) == set(spooled)
+    for row in rows:
+        dataset = pydicom.dcmread(received[row.sop_instance_uid])
+        original = pydicom.dcmread(io.BytesIO(spooled[row.sop_instance_uid]))
+        if row.id == rows[-1].id:
+            assert "ReasonForTheRequestedProcedure" not in dataset, "only images get the reason"
+        else:
+            assert dataset.ReasonForTheRequestedProcedure == REASON
+        assert _elements(dataset) == _elements(original), "nothing else changed"
+        assert (Path(config.storage.spool_dir) / row.spool_path).read_bytes() == spooled[row.sop_instance_uid]
+    assert [d.state for d in Delivery.select()] == ["sent"] * len(rows)
+
+
+def test_the_reason_fits_each_images_character_set_and_transcoded_images_get_it_too(tmp_path, db, small_study):
+    """Accents are folded away in a Latin-1 image (pydicom's re-encoding, as the in-place edit cannot), kept in a
+    UTF-8 one (in place), and a compressed image the reviewer only takes decoded gets the reason as well."""
+    reason = "Névralgie L5?"
+    files = {}
+    for name, path, charset, syntax in (("latin1", small_study[0], "ISO_IR 100", None),
+                                        ("utf8", small_study[1], "ISO_IR 192", None),
+                                        ("j2k", small_study[2], "ISO_IR 192", JPEG2000Lossless)):
+        dataset = pydicom.dcmread(path)
+        dataset.SpecificCharacterSet = charset
+        if syntax is not None:
+            dataset.compress(syntax)
+        files[name] = tmp_path / f"{name}.dcm"
+        dataset.save_as(files[name], enforce_file_format=True)
+    scp = DcmtkStoreSCP(tmp_path / "storescp", ae_title="REVIEW_A", extra_args=["+xe"]).start()
+    try:
+        config = _config(tmp_path, scp.port, "REVIEW_A")
+        study = make_case(CaseState.ASSIGNED, reviewer="dr-a")
+        Study.update(notes_reason=reason).where(Study.id == study.id).execute()
+        add_outbound(study, config.storage.spool_dir, list(files.values()))
+        DeliveryStage(config).run_once(utcnow())
+        assert Study.get_by_id(study.id).state == CaseState.DELIVERED
+        received = {sop_instance_uid(p): pydicom.dcmread(p) for p in _received(scp)}
+    finally:
+        scp.stop()
+    reasons = {name: received[sop_instance_uid(path)].ReasonForTheRequestedProcedure for name, path in files.items()}
+    assert reasons == {"latin1": "Nevralgie L5?", "utf8": reason, "j2k": reason}
+    assert received[sop_instance_uid(files["j2k"])].file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+
+def _kill(scp: DcmtkStoreSCP) -> None:
+    scp.proc.kill()
+    scp.proc.wait()
+    scp.proc = None
+
+
+def test_the_ledger_after_a_delivery_cut_short_and_the_retry_that_sends_only_the_rest(tmp_path, db, big_study):
+    """The reviewer is killed mid-association: the ledger (written in batches) shows as sent exactly what the
+    reviewer acknowledged, at most the one object in flight is unaccounted, and the retry sends only the rest."""
+    scp = DcmtkStoreSCP(tmp_path / "first", ae_title="REVIEW_A").start()
+    config = _config(tmp_path, scp.port, "REVIEW_A")
+    study = make_case(CaseState.ASSIGNED, reviewer="dr-a")
+    Study.update(notes_reason=REASON).where(Study.id == study.id).execute()
+    add_outbound(study, config.storage.spool_dir, big_study)
+    stage = DeliveryStage(config)
+    killer = threading.Thread(target=lambda: (wait_until(lambda: len(_received(scp)) >= 60, 60, "60 objects"),
+                                              _kill(scp)))
+    killer.start()
+    try:
+        stage.run_once(utcnow())
+    finally:
+        killer.join()
+        scp.stop()
+    row = Study.get_by_id(study.id)
+    assert row.state == CaseState.DELIVERING and row.delivery_attempts == 1
+    first = {sop_instance_uid(p) for p in _received(scp)}
+    sent = {d.outbound.sop_instance_uid for d in Delivery.select().where(Delivery.state == "sent")}
+    assert 60 <= len(sent) < len(big_study)
+    assert sent <= first and len(first - sent) <= 1, "the ledger shows every acknowledged object, and only those"
+    assert Delivery.select().count() == len(big_study) and all(d.attempts == 1 for d in Delivery.select())
+
+    second = DcmtkStoreSCP(tmp_path / "second", ae_title="REVIEW_A")
+    second.port = scp.port
+    second.start()
+    try:
+        Study.update(next_attempt_at=None).where(Study.id == study.id).execute()
+        assert stage.run_once(utcnow()) == 1
+    finally:
+        second.stop()
+    assert Study.get_by_id(study.id).state == CaseState.DELIVERED
+    again = {sop_instance_uid(p) for p in _received(second)}
+    assert again == {sop_instance_uid(p) for p in big_study} - sent, "the retry sends only what was not sent"
+    assert all(d.state == "sent" for d in Delivery.select())
+    assert {d.attempts for d in Delivery.select() if d.outbound.sop_instance_uid in sent} == {1}

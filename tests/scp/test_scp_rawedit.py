@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from gateway.referral.stage import REASON_FOR_THE_REQUESTED_PROCEDURE, with_reason
+from gateway.routing.send import REASON_FOR_THE_REQUESTED_PROCEDURE, with_reason
 from gateway.dicom.rawedit import file_meta_end_and_syntax, set_text_element
 from gateway.dicom.wellformed import top_level_elements
 
@@ -38,7 +38,7 @@ def _same(left: pydicom.Dataset, right: pydicom.Dataset) -> None:
 def test_the_reason_set_in_place_reads_back_as_pydicom_would_write_it(tmp_path, name, reason):
     path = tmp_path / name
     shutil.copy(get_testdata_file(name), path)
-    in_place = with_reason(str(path), reason)
+    in_place = with_reason(path.read_bytes(), reason)
     assert in_place is not None
     _same(pydicom.dcmread(io.BytesIO(in_place)), _by_pydicom(path, reason))
     original = path.read_bytes()
@@ -48,7 +48,7 @@ def test_the_reason_set_in_place_reads_back_as_pydicom_would_write_it(tmp_path, 
 @pytest.mark.parametrize("name", FILES[:3])
 def test_an_existing_reason_is_replaced_not_repeated(tmp_path, name):
     path = tmp_path / name
-    path.write_bytes(with_reason(get_testdata_file(name), "First reason, odd"))
+    path.write_bytes(with_reason(Path(get_testdata_file(name)).read_bytes(), "First reason, odd"))
     again = set_text_element(path.read_bytes(), REASON_FOR_THE_REQUESTED_PROCEDURE, "LO", "Second")
     dataset = pydicom.dcmread(io.BytesIO(again))
     assert dataset.ReasonForTheRequestedProcedure == "Second"
@@ -63,7 +63,7 @@ def test_text_beyond_ascii_is_left_to_pydicom_unless_the_file_is_utf8(tmp_path):
     dataset.SpecificCharacterSet = "ISO_IR 100"
     dataset.save_as(path)
     assert set_text_element(path.read_bytes(), REASON_FOR_THE_REQUESTED_PROCEDURE, "LO", "Névralgie") is None
-    assert pydicom.dcmread(io.BytesIO(with_reason(str(path), "Névralgie"))).ReasonForTheRequestedProcedure \
+    assert pydicom.dcmread(io.BytesIO(with_reason(path.read_bytes(), "Névralgie"))).ReasonForTheRequestedProcedure \
         == "Nevralgie"  # pydicom's path, accents folded as before
     dataset.SpecificCharacterSet = "ISO_IR 192"
     dataset.save_as(path)
