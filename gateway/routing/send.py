@@ -26,6 +26,7 @@ sent that was not; only those few objects may arrive twice.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import random
@@ -45,8 +46,8 @@ from pynetdicom.association import Association
 
 from gateway import cases, wakeup
 from gateway.config import DicomPeer, NodeConfig, RetryConfig, ReviewerConfig
-from gateway.dicom.rawedit import fits_charset, text_element_edit, with_text_element
-from gateway.dicomnet import NODELAY_HANDLER
+from gateway.dicom.rawedit import file_meta_end_and_syntax, fits_charset, text_element_edit, with_text_element
+from gateway.dicomnet import NODELAY_HANDLER, DirectStores
 from gateway.models import CaseState, Delivery, OutboundObject, Study, db, utcnow
 from gateway.routing.errors import RoutingError
 
@@ -141,24 +142,23 @@ def send_objects(node: NodeConfig, spool_dir: Path, peer: ReviewerConfig | Dicom
     ledger = _LedgerBatch(destination)
     sent = 0
     tried: set[int] = set()
-    memory: _MemoryFile | None = None
+    sender = _Sender(assoc, spool_dir, reason)
     try:
-        memory = _MemoryFile(spool_dir) if reason is not None else None
-        for outbound in pending:
-            if not assoc.is_established:
-                break
-            if lease is not None and not lease.keep():
-                break  # our lease on the case was lost: another node carries on, never both
-            tried.add(outbound.id)
-            if _store(assoc, spool_dir, outbound, ledger, reason, memory):
-                sent += 1
+        with sender.direct if sender.direct is not None else contextlib.nullcontext():
+            for outbound in pending:
+                if not assoc.is_established or (sender.direct is not None and sender.direct.broken):
+                    break
+                if lease is not None and not lease.keep():
+                    break  # our lease on the case was lost: another node carries on, never both
+                tried.add(outbound.id)
+                if sender.store(outbound, ledger):
+                    sent += 1
     finally:
         try:
             if assoc.is_established:
                 assoc.release()
         finally:
-            if memory is not None:
-                memory.close()
+            sender.close()
             ledger.flush()
     _count_attempt([o for o in pending if o.id not in tried], destination, "association ended")
     remaining = len(pending) - sent
@@ -180,27 +180,92 @@ def _associate(node: NodeConfig, peer: ReviewerConfig | DicomPeer,
     return ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[NODELAY_HANDLER])
 
 
-def _store(assoc: Association, spool_dir: Path, outbound: OutboundObject, ledger: _LedgerBatch,
-           reason: str | None, memory: _MemoryFile | None) -> bool:
-    path = spool_dir / outbound.spool_path
-    accepted = _accepted_syntaxes(assoc, outbound.sop_class_uid)
-    status: int | None = None
-    error = ""
-    try:  # a missing file raises FileNotFoundError (an OSError) where it is opened
-        image_reason = reason if outbound.kind == IMAGE_KIND else None
+class _Sender:
+    """Sends one object at a time over ``assoc``: its file's bytes as stored (with the reason set in images,
+    given one) when the peer accepted the stored syntax, else the decoded dataset (``transcode``).
+
+    With the hooks installed (``dicomnet.DirectStores``) the file is read into a kept buffer and its data set
+    goes straight to the socket, the reason's element written between the two untouched parts of the
+    buffer. Otherwise pynetdicom's ``send_c_store`` sends the file by path, an edited one from an in-memory
+    file (``_MemoryFile``)."""
+
+    def __init__(self, assoc: Association, spool_dir: Path, reason: str | None) -> None:
+        self.assoc = assoc
+        self.spool_dir = spool_dir
+        self.reason = reason
+        self.direct = DirectStores(assoc) if DirectStores.available(assoc) else None
+        self._buffer = _ReadBuffer()
+        self._memory: _MemoryFile | None = None
+
+    def store(self, outbound: OutboundObject, ledger: _LedgerBatch) -> bool:
+        path = self.spool_dir / outbound.spool_path
+        status: int | None = None
+        error = ""
+        try:  # a missing file raises FileNotFoundError (an OSError) where it is opened
+            image_reason = self.reason if outbound.kind == IMAGE_KIND else None
+            rsp = self._store_direct(path, outbound, image_reason)
+            if rsp is None:
+                rsp = self._store_stock(path, outbound, image_reason)
+            status = getattr(rsp, "Status", None)
+        except (OSError, ValueError, RuntimeError, AttributeError, NotImplementedError, InvalidDicomError) as exc:
+            error = type(exc).__name__
+        ok = status in STORED_STATUSES
+        ledger.record(outbound, ok, status, error or _status_text(status))
+        return ok
+
+    def _store_direct(self, path: Path, outbound: OutboundObject, reason: str | None) -> Dataset | None:
+        """The response to the object sent by ``DirectStores``; None when it is not sent that way (no hooks,
+        its stored syntax not accepted, or file meta the in-place reading does not know)."""
+        if self.direct is None:
+            return None
+        context_id = self.direct.context_id(outbound.sop_class_uid, outbound.transfer_syntax)
+        if context_id is None:
+            return None
+        pieces = _data_set_pieces(self._buffer.read(path), outbound.transfer_syntax, reason)
+        if pieces is None:
+            return None
+        return self.direct.store(context_id, outbound.sop_class_uid, outbound.sop_instance_uid, pieces)
+
+    def _store_stock(self, path: Path, outbound: OutboundObject, reason: str | None) -> Dataset:
+        accepted = _accepted_syntaxes(self.assoc, outbound.sop_class_uid)
         if outbound.transfer_syntax not in accepted:
-            payload: Path | Dataset = transcode(path, image_reason)
-        elif image_reason is None or memory is None:
+            payload: Path | Dataset = transcode(path, reason)
+        elif reason is None:
             payload = path  # sent from the file, undecoded
         else:
-            payload = memory.holding_with_reason(path, image_reason)  # the file's bytes and the reason
-        rsp = assoc.send_c_store(payload)
-        status = getattr(rsp, "Status", None)
-    except (OSError, ValueError, RuntimeError, AttributeError, NotImplementedError, InvalidDicomError) as exc:
-        error = type(exc).__name__
-    ok = status in STORED_STATUSES
-    ledger.record(outbound, ok, status, error or _status_text(status))
-    return ok
+            if self._memory is None:
+                self._memory = _MemoryFile(self.spool_dir, self._buffer)
+            payload = self._memory.holding_with_reason(path, reason)  # the file's bytes and the reason
+        try:
+            return self.assoc.send_c_store(payload)
+        finally:
+            if self.direct is not None and self.assoc.is_established:
+                self.direct.__enter__()  # send_c_store let the reactor run again: paused anew
+
+    def close(self) -> None:
+        if self._memory is not None:
+            self._memory.close()
+
+
+def _data_set_pieces(part10: memoryview, transfer_syntax: str, reason: str | None) -> list[bytes | memoryview] | None:
+    """The data set of ``part10`` (in ``transfer_syntax``), with (0040,1002) set to ``reason`` if given, as
+    pieces to send in order: the file's bytes untouched around the one element. None when the file meta is
+    not the standard one or names another transfer syntax."""
+    located = file_meta_end_and_syntax(part10)
+    if located is None or located[1] != transfer_syntax:
+        return None
+    meta_end = located[0]
+    if reason is None:
+        return [part10[meta_end:]]
+    edit = text_element_edit(part10, REASON_FOR_THE_REQUESTED_PROCEDURE, "LO", reason)
+    if edit is None:  # re-encoded by pydicom (see with_text_element)
+        edited = with_reason(bytes(part10), reason)
+        located = file_meta_end_and_syntax(edited)
+        if located is None or located[1] != transfer_syntax:
+            return None
+        return [memoryview(edited)[located[0]:]]
+    start, end, encoded = edit
+    return [part10[meta_end:start], encoded, part10[end:]]
 
 
 def with_reason(part10: bytes, reason: str) -> bytes:
@@ -216,7 +281,7 @@ class _MemoryFile:
     Its pages and the read buffer are kept from one object to the next (no allocation, no page faults per
     object), and the edited object is written as three pieces (before, the element, after), never joined."""
 
-    def __init__(self, spool_dir: Path) -> None:
+    def __init__(self, spool_dir: Path, buffer: _ReadBuffer) -> None:
         self._temporary = None
         if hasattr(os, "memfd_create") and Path("/proc/self/fd").is_dir():
             self._fd = os.memfd_create("spine-gateway-outbound", os.MFD_CLOEXEC)
@@ -225,29 +290,17 @@ class _MemoryFile:
             self._temporary = tempfile.NamedTemporaryFile(dir=spool_dir, prefix=".sending-", suffix=".dcm")
             self._fd = self._temporary.fileno()
             self.path = Path(self._temporary.name)
-        self._buffer = bytearray()
+        self._buffer = buffer
 
     def holding_with_reason(self, path: Path, reason: str) -> Path:
         """The file's path, holding the Part 10 object at ``path`` with (0040,1002) set to ``reason``."""
-        with open(path, "rb", buffering=0) as source:
-            size = os.fstat(source.fileno()).st_size
-            if len(self._buffer) < size:
-                self._buffer = bytearray(size)
-            with memoryview(self._buffer) as whole:
-                data = whole[:size]
-                read = 0
-                while read < size:
-                    count = source.readinto(data[read:])
-                    if not count:
-                        raise OSError(f"{path.name} shrank while being read")
-                    read += count
-                edit = text_element_edit(data, REASON_FOR_THE_REQUESTED_PROCEDURE, "LO", reason)
-                if edit is None:
-                    self._write([with_reason(bytes(data), reason)])
-                else:
-                    start, end, encoded = edit
-                    self._write([data[:start], encoded, data[end:]])
-                data.release()
+        data = self._buffer.read(path)
+        edit = text_element_edit(data, REASON_FOR_THE_REQUESTED_PROCEDURE, "LO", reason)
+        if edit is None:
+            self._write([with_reason(bytes(data), reason)])
+        else:
+            start, end, encoded = edit
+            self._write([data[:start], encoded, data[end:]])
         return self.path
 
     def _write(self, pieces: list[bytes | memoryview]) -> None:
@@ -264,6 +317,29 @@ class _MemoryFile:
             self._temporary.close()
         else:
             os.close(self._fd)
+
+
+class _ReadBuffer:
+    """One buffer that a file is read into, kept from one object to the next (no allocation, no page faults
+    per object)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def read(self, path: Path) -> memoryview:
+        """The bytes of the file at ``path``, valid until the next ``read``."""
+        with open(path, "rb", buffering=0) as source:
+            size = os.fstat(source.fileno()).st_size
+            if len(self._buffer) < size:
+                self._buffer = bytearray(size)
+            data = memoryview(self._buffer)[:size]
+            read = 0
+            while read < size:
+                count = source.readinto(data[read:])
+                if not count:
+                    raise OSError(f"{path.name} shrank while being read")
+                read += count
+        return data
 
 
 class _LedgerBatch:
