@@ -338,10 +338,18 @@ class DirectStores:
         """C-STORE the data set encoded as ``data_set`` (pieces sent in order, in the context's transfer syntax).
         Returns what ``send_c_store`` returns: the response's status elements, or an empty Dataset when no
         response came (the association is then aborted, as ``send_c_store`` does, and ``broken`` is set)."""
+        if not self.send(context_id, sop_class_uid, sop_instance_uid, data_set):
+            return Dataset()
+        return self.response()
+
+    def send(self, context_id: int, sop_class_uid: str, sop_instance_uid: str,
+             data_set: Sequence[bytes | memoryview]) -> bool:
+        """The request half of ``store``: True once every byte is with the kernel (the pieces may then be
+        reused), when ``response`` must follow; False when it could not be sent (``broken`` is then set)."""
         assoc = self.assoc
         if self.broken or not assoc.is_established or assoc.dul.state_machine.current_state != "Sta6":
             self.broken = True
-            return Dataset()
+            return False
         self._message_id = self._message_id % 0xFFFF + 1
         command = c_store_command(self._message_id, sop_class_uid, sop_instance_uid)
         buffers = pdata_pdus(context_id, [command], command=True, max_pdu_length=self._max_pdu)
@@ -352,7 +360,13 @@ class DirectStores:
                 send_buffers(transport.socket, buffers)
         except (OSError, ValueError):  # as pynetdicom's own send: the transport connection is closed (Evt17)
             transport.event_queue.put("Evt17")
-            return self._no_response()
+            self._no_response()
+            return False
+        return True
+
+    def response(self) -> Dataset:
+        """The response half of ``store``, after a ``send`` that returned True."""
+        assoc = self.assoc
         try:
             _, response = assoc.dimse.msg_queue.get(timeout=assoc.dimse_timeout)
         except queue.Empty:

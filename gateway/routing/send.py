@@ -8,13 +8,18 @@ the case (``Leg``), backs off the same way and gives up into its own failure sta
 
 Transfer syntaxes: each (SOP class, stored syntax) pair is proposed with the stored syntax first and
 Explicit VR Little Endian second. When the peer accepts the stored syntax the file's bytes go out
-undecoded (``STORE_SEND_CHUNKED_DATASET``); otherwise the dataset is decoded (pylibjpeg) and sent as
-Explicit VR Little Endian.
+undecoded; otherwise the dataset is decoded (pylibjpeg) and sent as Explicit VR Little Endian.
+
+How undecoded bytes go out: with the pynetdicom hooks installed (``dicomnet.install_fast_paths``), the file is
+read into a kept buffer and ``dicomnet.DirectStores`` writes the C-STORE's PDUs, of the peer's maximum size,
+straight to the socket in one gathered send per object, the association's reactor paused once for the whole
+attempt. Without them, pynetdicom's ``send_c_store`` sends the file by path (``STORE_SEND_CHUNKED_DATASET``).
 
 Reason for the Requested Procedure: given a ``reason`` (the study leg passes the notes stage's
 ``Study.notes_reason``), every image gets it in (0040,1002) as it leaves: set in the file's bytes in memory
-(``dicom.rawedit``), which pynetdicom then reads from an anonymous in-memory file (``memfd_create``; a
-temporary file where there is none). The spool keeps each image exactly as the de-identification wrote it.
+(``dicom.rawedit``), the element sent between the file's untouched bytes before and after it; on the stock
+path pynetdicom reads the edited object from an anonymous in-memory file (``memfd_create``; a temporary file
+where there is none). The spool keeps each image exactly as the de-identification wrote it.
 
 The ledger: each response is recorded, but not in its own transaction. Outcomes are written together every
 ``LEDGER_BATCH`` objects or ``LEDGER_FLUSH_S`` seconds, whichever comes first, and always when the attempt
@@ -143,16 +148,28 @@ def send_objects(node: NodeConfig, spool_dir: Path, peer: ReviewerConfig | Dicom
     sent = 0
     tried: set[int] = set()
     sender = _Sender(assoc, spool_dir, reason)
+    awaited: OutboundObject | None = None  # sent, its response not yet read (DirectStores only)
     try:
         with sender.direct if sender.direct is not None else contextlib.nullcontext():
             for outbound in pending:
-                if not assoc.is_established or (sender.direct is not None and sender.direct.broken):
+                if not assoc.is_established or sender.broken:
                     break
                 if lease is not None and not lease.keep():
                     break  # our lease on the case was lost: another node carries on, never both
+                prepared = sender.prepare(outbound)  # while the peer stores the object before
+                if awaited is not None:
+                    sent += sender.finish(awaited, ledger)
+                    awaited = None
+                    if not assoc.is_established or sender.broken:
+                        break
                 tried.add(outbound.id)
-                if sender.store(outbound, ledger):
-                    sent += 1
+                outcome = sender.start(outbound, prepared, ledger)
+                if outcome is None:
+                    awaited = outbound
+                else:
+                    sent += outcome
+            if awaited is not None:
+                sent += sender.finish(awaited, ledger)
     finally:
         try:
             if assoc.is_established:
@@ -180,6 +197,19 @@ def _associate(node: NodeConfig, peer: ReviewerConfig | DicomPeer,
     return ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[NODELAY_HANDLER])
 
 
+_SEND_ERRORS = (OSError, ValueError, RuntimeError, AttributeError, NotImplementedError, InvalidDicomError)
+
+
+@dataclass
+class _Prepared:
+    """An object ready to send: by ``DirectStores`` (its presentation context and data set pieces), else by
+    pynetdicom (no pieces), or not at all (the error)."""
+
+    context_id: int = 0
+    pieces: list[bytes | memoryview] | None = None
+    error: str = ""
+
+
 class _Sender:
     """Sends one object at a time over ``assoc``: its file's bytes as stored (with the reason set in images,
     given one) when the peer accepted the stored syntax, else the decoded dataset (``transcode``).
@@ -197,34 +227,58 @@ class _Sender:
         self._buffer = _ReadBuffer()
         self._memory: _MemoryFile | None = None
 
-    def store(self, outbound: OutboundObject, ledger: _LedgerBatch) -> bool:
-        path = self.spool_dir / outbound.spool_path
+    @property
+    def broken(self) -> bool:
+        return self.direct is not None and self.direct.broken
+
+    def prepare(self, outbound: OutboundObject) -> _Prepared:
+        """What ``start`` sends for ``outbound``: its data set's pieces when ``DirectStores`` sends it (read and
+        edited here, so that this overlaps the peer's storing of the object before), else the stock path; or
+        the error that keeps it from being sent (a missing file raises FileNotFoundError where it is opened)."""
+        if self.direct is None:
+            return _Prepared()
+        context_id = self.direct.context_id(outbound.sop_class_uid, outbound.transfer_syntax)
+        if context_id is None:
+            return _Prepared()
+        try:
+            pieces = _data_set_pieces(self._buffer.read(self.spool_dir / outbound.spool_path),
+                                      outbound.transfer_syntax, self._reason_for(outbound))
+        except _SEND_ERRORS as exc:
+            return _Prepared(error=type(exc).__name__)
+        return _Prepared(context_id, pieces) if pieces is not None else _Prepared()
+
+    def start(self, outbound: OutboundObject, prepared: _Prepared, ledger: _LedgerBatch) -> bool | None:
+        """Send ``outbound`` as prepared: None when its response is to be read by ``finish``, else whether it
+        was stored (recorded in ``ledger``)."""
+        if prepared.error:
+            return self._record(outbound, ledger, None, prepared.error)
+        if prepared.pieces is not None and self.direct is not None:
+            if self.direct.send(prepared.context_id, outbound.sop_class_uid, outbound.sop_instance_uid,
+                                prepared.pieces):
+                return None
+            return self._record(outbound, ledger, None, "")
         status: int | None = None
         error = ""
-        try:  # a missing file raises FileNotFoundError (an OSError) where it is opened
-            image_reason = self.reason if outbound.kind == IMAGE_KIND else None
-            rsp = self._store_direct(path, outbound, image_reason)
-            if rsp is None:
-                rsp = self._store_stock(path, outbound, image_reason)
-            status = getattr(rsp, "Status", None)
-        except (OSError, ValueError, RuntimeError, AttributeError, NotImplementedError, InvalidDicomError) as exc:
+        try:
+            status = getattr(self._store_stock(self.spool_dir / outbound.spool_path, outbound,
+                                               self._reason_for(outbound)), "Status", None)
+        except _SEND_ERRORS as exc:
             error = type(exc).__name__
+        return self._record(outbound, ledger, status, error)
+
+    def finish(self, outbound: OutboundObject, ledger: _LedgerBatch) -> bool:
+        """Read the response to ``outbound``, sent by ``start``, and record it: whether it was stored."""
+        assert self.direct is not None
+        return self._record(outbound, ledger, getattr(self.direct.response(), "Status", None), "")
+
+    def _reason_for(self, outbound: OutboundObject) -> str | None:
+        return self.reason if outbound.kind == IMAGE_KIND else None
+
+    @staticmethod
+    def _record(outbound: OutboundObject, ledger: _LedgerBatch, status: int | None, error: str) -> bool:
         ok = status in STORED_STATUSES
         ledger.record(outbound, ok, status, error or _status_text(status))
         return ok
-
-    def _store_direct(self, path: Path, outbound: OutboundObject, reason: str | None) -> Dataset | None:
-        """The response to the object sent by ``DirectStores``; None when it is not sent that way (no hooks,
-        its stored syntax not accepted, or file meta the in-place reading does not know)."""
-        if self.direct is None:
-            return None
-        context_id = self.direct.context_id(outbound.sop_class_uid, outbound.transfer_syntax)
-        if context_id is None:
-            return None
-        pieces = _data_set_pieces(self._buffer.read(path), outbound.transfer_syntax, reason)
-        if pieces is None:
-            return None
-        return self.direct.store(context_id, outbound.sop_class_uid, outbound.sop_instance_uid, pieces)
 
     def _store_stock(self, path: Path, outbound: OutboundObject, reason: str | None) -> Dataset:
         accepted = _accepted_syntaxes(self.assoc, outbound.sop_class_uid)

@@ -81,17 +81,17 @@ def _received(scp: DcmtkStoreSCP) -> dict[str, bytes]:
 def test_direct_stores_are_in_effect_and_storescp_writes_the_objects_meant(tmp_path, db, storescp, small_study,
                                                                           monkeypatch):
     seen = []
-    direct_store = DirectStores.store
+    direct_send = DirectStores.send
 
     def watched(self, context_id, sop_class_uid, sop_instance_uid, data_set):
         assoc = self.assoc
         seen.append((assoc.is_requestor, assoc._reactor_checkpoint.is_set(), assoc._is_paused, self._max_pdu))
-        return direct_store(self, context_id, sop_class_uid, sop_instance_uid, data_set)
+        return direct_send(self, context_id, sop_class_uid, sop_instance_uid, data_set)
 
     def refused(*args, **kwargs):
         raise AssertionError("the stock path was taken")
 
-    monkeypatch.setattr(DirectStores, "store", watched)
+    monkeypatch.setattr(DirectStores, "send", watched)
     monkeypatch.setattr("pynetdicom.association.Association.send_c_store", refused)
     monkeypatch.setattr(send._MemoryFile, "__init__", refused)
     files = small_study[:5]
