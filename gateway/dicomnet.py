@@ -12,8 +12,8 @@ import sys
 import threading
 import time
 import weakref
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pynetdicom
@@ -554,7 +554,8 @@ def install_fast_paths() -> FastPaths:
     (``encode_command_set``); stored files are sent without being decoded; its per-PDU and per-message log
     handlers are left out (they format every PDU and command set for DEBUG and INFO lines that the gateway
     keeps at WARNING anyway, ``gateway.ops.logs``: a tenth of a bare association's time); and each association
-    is tuned when its connection opens (``tune_association``). Stock pynetdicom is slower, never wrong.
+    is tuned when its connection opens (``tune_association``), a requestor's ready for a delivery's C-STOREs
+    to go straight to its socket (``DirectStores``). Stock pynetdicom is slower, never wrong.
     Call it when the node starts (``GatewayNode.start``) and wherever else associations should be fast.
     """
     global _installed
