@@ -4,8 +4,9 @@ studies by one sender after the other, for comparison. Total instances/s = all i
 of the first storescu to the exit of the last (every C-STORE answered: for the gateway, fsynced and committed).
 
 Medians of interleaved runs in one run of the script; fresh processes and storage for each run. The gateway runs
-the shipped configuration with the stability wait out of the way (so that the pipeline does not de-identify
-while the senders are measured); Orthanc runs its defaults. TCP_NODELAY=1 for DCMTK and Orthanc; the gateway
+the shipped configuration with the stability wait out of the way (so that no case completes while the senders
+are measured; early de-identification still runs beside the receiving, as in production); Orthanc runs its
+defaults. TCP_NODELAY=1 for DCMTK and Orthanc; the gateway
 sets it itself. Optionally ``--py-spy DIR`` records the gateway's stacks (idle threads included, collapsed
 "folded" format, for flamegraph.pl or speedscope) during the last run of each mode (py-spy from PyPI:
 ``.venv/bin/pip install py-spy``; summarise with ``bench/spy_summary.py FILE``).
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from ingest import CACHE, cpu_seconds, send  # noqa: E402
+from ingest import CACHE, cpu_seconds, send, settle  # noqa: E402
 from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc  # noqa: E402
 
 from gateway.demo import write_demo_study  # noqa: E402
@@ -100,6 +101,7 @@ def measure(name: str, work: Path, sets: list[list[Path]], together: bool, cpu: 
                                          "-o", str(spy)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)  # py-spy attaches
+        settle(node.proc.pid)
         before = cpu_seconds(node.proc.pid)
         seconds = sender(node.port, "SPINEGW", sets)
         cpu.append((cpu_seconds(node.proc.pid) - before) / sum(len(s) for s in sets))

@@ -85,6 +85,12 @@ def set_tcp_nodelay(event: evt.Event) -> None:
 # ends as soon as the socket is readable or the association queues something to send (``_ReactorClock``),
 # so the delay only bounds how late it notices a timer or being stopped.
 DUL_POLL_DELAY_S = 0.005
+# An acceptor's association thread looks this long at a time for work (pynetdicom's own loop: every 1 ms). Its
+# work is woken promptly anyway: a DIMSE message queued, a release or abort from the peer (``wake_reactor_on_
+# user_primitive``), a ``send_*`` wanting it paused (``pause_reactor_promptly``). The delay only bounds how late
+# it notices its DUL thread gone or the network timeout, and spares each association a thousand wake-ups a
+# second, each taking the GIL from the thread that receives the data.
+ASSOCIATION_POLL_S = 0.05
 
 
 def tune_association(event: evt.Event) -> None:
@@ -101,6 +107,8 @@ def tune_association(event: evt.Event) -> None:
         send_data_directly(event.assoc)
     else:
         serve_stores_in_dul_thread(event.assoc)
+        pause_reactor_promptly(event.assoc)
+        wake_reactor_on_user_primitive(event.assoc)
     wake_dul_on_send(event.assoc.dul)
     event.assoc.bind(evt.EVT_CONN_CLOSE, close_wake_line)
     event.assoc.dul._run_loop_delay = DUL_POLL_DELAY_S
@@ -127,6 +135,23 @@ def wake_dul_on_send(dul: Any) -> None:
     dul._gateway_wake_writer = writer
     weakref.finalize(dul, reader.close)  # a backstop: close_wake_line closes both when the connection does
     weakref.finalize(dul, writer.close)
+
+
+def wake_reactor_on_user_primitive(assoc: Any) -> None:
+    """Wake the association's thread when its DUL thread hands it an A-RELEASE, A-ABORT or A-P-ABORT (every
+    primitive the DUL puts on ``to_user_queue``), as a queued DIMSE message does; then let that thread look for
+    work every ``ASSOCIATION_POLL_S`` instead of every millisecond (``_wait_for_message``)."""
+    messages = assoc.dimse.msg_queue
+    primitives = assoc.dul.to_user_queue
+    queue_put = primitives.put
+
+    def put_and_wake(item: Any, block: bool = True, timeout: float | None = None) -> None:
+        queue_put(item, block, timeout)
+        with messages.not_empty:
+            messages.not_empty.notify_all()
+
+    primitives.put = put_and_wake
+    assoc._gateway_poll_s = ASSOCIATION_POLL_S
 
 
 def close_wake_line(event: evt.Event) -> None:
@@ -499,8 +524,13 @@ def _wait_for_message(assoc: Any, seconds: float) -> None:
     if messages is None:
         time.sleep(seconds)
         return
+    longer = getattr(assoc, "_gateway_poll_s", None)  # set by wake_reactor_on_user_primitive
     with messages.not_empty:  # holds the queue's mutex: hence _qsize(), as Queue's own methods do
         if not messages._qsize() and assoc._reactor_checkpoint.is_set():  # cleared: a send_* wants it paused
+            # A primitive already waiting (put before this look) gets the short wait; one put after it
+            # notifies under this same mutex, so it cannot slip in between the look and the wait.
+            if longer is not None and not assoc.dul.to_user_queue.qsize():
+                seconds = longer
             messages.not_empty.wait(seconds)
         if messages._qsize():
             # A put notifies one waiter; if that was this reactor, a send_*() blocked on the same queue
@@ -638,6 +668,9 @@ def missing_hook_points() -> list[str]:
     need(lambda: isinstance(probe.acceptor.maximum_length, int), "ServiceUser.maximum_length")
     need(lambda: isinstance(probe.dimse.msg_queue, queue.Queue), "DIMSEServiceProvider.msg_queue")
     need(lambda: isinstance(probe.dul.to_provider_queue, queue.Queue), "DULServiceProvider.to_provider_queue")
+    need(lambda: isinstance(probe.dul.to_user_queue, queue.Queue)
+         and calls(DULServiceProvider.peek_next_pdu, "to_user_queue")
+         and calls(DULServiceProvider.receive_pdu, "to_user_queue"), "DULServiceProvider.to_user_queue")
     need(lambda: isinstance(probe.dul._run_loop_delay, float), "DULServiceProvider._run_loop_delay")
     need(lambda: isinstance(probe.dul.state_machine.current_state, str), "StateMachine.current_state")
     need(lambda: callable(probe.dul.send_pdu) and hasattr(probe.dul, "socket"), "DULServiceProvider.send_pdu")

@@ -21,6 +21,8 @@ PREFIX = "spine_gateway"
 INSTANCE_RESULTS = ("stored", "duplicate", "refused", "failed")
 ASSOCIATION_RESULTS = ("accepted", "rejected", "aborted", "released", "dropped")
 DELIVERY_RESULTS = ("delivered", "failed")
+# Rows committed by one transaction of the receive path's group commit (``gateway.scp.commit``).
+GROUP_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 # Seconds: from a few milliseconds (one small instance) to minutes (a whole study over a slow link).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0, 600.0)
 
@@ -80,6 +82,9 @@ class GatewayMetrics:
         self.retries = Counter(f"{PREFIX}_delivery_retries", "Delivery attempts that were retries", registry=r)
         self.store_seconds = Histogram(f"{PREFIX}_store_seconds", "Time to make one instance durable",
                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.commit_groups = Histogram(f"{PREFIX}_store_commit_rows",
+                                       "Instance rows per receive-path commit (group commit: _count is the number "
+                                       "of commits, _sum the rows)", buckets=GROUP_BUCKETS, registry=r)
         self.deid_seconds = Histogram(f"{PREFIX}_deidentification_seconds", "Time to de-identify one instance",
                                       buckets=LATENCY_BUCKETS, registry=r)
         self.delivery_seconds = Histogram(f"{PREFIX}_delivery_seconds", "Time to deliver one study",
@@ -97,6 +102,10 @@ class GatewayMetrics:
             self.received_bytes.inc(nbytes)
         if result in ("stored", "duplicate"):
             self.store_seconds.observe(seconds)
+
+    def record_commit_group(self, rows: int) -> None:
+        """One receive-path transaction committed (or failed) with ``rows`` instance rows."""
+        self.commit_groups.observe(rows)
 
     def record_association(self, result: str) -> None:
         """An association accepted, rejected, aborted or released, or a connection dropped before negotiating."""
@@ -127,6 +136,11 @@ METRICS = GatewayMetrics()
 def record_instance(result: str, nbytes: int, seconds: float) -> None:
     """See :meth:`GatewayMetrics.record_instance` (on the process's :data:`METRICS`)."""
     METRICS.record_instance(result, nbytes, seconds)
+
+
+def record_commit_group(rows: int) -> None:
+    """See :meth:`GatewayMetrics.record_commit_group`."""
+    METRICS.record_commit_group(rows)
 
 
 def record_association(result: str) -> None:

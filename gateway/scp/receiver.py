@@ -25,6 +25,8 @@ from pydicom.errors import InvalidDicomError
 from gateway import status
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
 from gateway.models import Instance, InstanceState, Series, Study, db, utcnow
+from gateway.ops import metrics
+from gateway.scp.commit import DEFAULT_MAX_GROUP, GroupCommit, Waiting
 from gateway.scp.spool import Spool
 from gateway.dicom.wellformed import check_well_formed
 
@@ -156,24 +158,36 @@ def sha256_hex(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@dataclass(eq=False)
+class PendingRow:
+    """An instance whose row waits for the group commit: identity, digest and where its file goes."""
+
+    header: InstanceHeader
+    received: ReceivedInstance
+    digest: str
+    relative_path: str
+    cache: AssociationCache
+
+
 class InstanceReceiver:
     """Turns a ``ReceivedInstance`` into a spooled file and a committed ``Instance`` row.
 
     The file and the row are made durable side by side, and success is answered only when both are: the
-    digest is computed on one thread while another writes and fsyncs the file, and this one commits the row
-    as soon as the digest is known. A crash between the two can leave a row whose file was never placed;
-    such a receipt was never acknowledged, and ``remove_unplaced_receipts`` deletes it when the node that
-    received it starts again (the row names its node). Readers skip a row whose file is not there yet.
+    handler's thread checks and hashes the dataset while another thread writes and fsyncs the file, then hands
+    the row to the group commit (``gateway.scp.commit``), where it is committed together with the rows of every
+    other association waiting at that moment. A crash between the two can leave a row whose file was never
+    placed; such a receipt was never acknowledged, and ``remove_unplaced_receipts`` deletes it when the node
+    that received it starts again (the row names its node). Readers skip a row whose file is not there yet.
     """
 
     def __init__(self, spool: Spool, source_ids: dict[str, int], node: str | None = None,
-                 commit_timeout_s: float | None = None) -> None:
+                 commit_timeout_s: float | None = None, max_group: int = DEFAULT_MAX_GROUP) -> None:
         self.spool = spool
         self.source_ids = source_ids
         self.node = node
         self.commit_timeout_s = commit_timeout_s  # the longest wait for the database (None: the database's own)
-        # hashlib and file writes release the GIL: digest and file are made on other cores meanwhile.
-        self._hashing = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-hash")
+        self.group = GroupCommit(self._commit_group, max_group=max_group, on_group=metrics.record_commit_group)
+        # File writes release the GIL: the file is written on another core while this thread hashes it.
         self._spooling = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-write")
 
     def receive(self, received: ReceivedInstance, cache: AssociationCache) -> StoreResult:
@@ -181,24 +195,36 @@ class InstanceReceiver:
 
         Raises:
             InvalidInstance: refused (the caller answers with its status and quarantines the bytes).
-            OutOfResources: disk full, database unavailable, or busy past ``commit_timeout_s`` (0xA700). The
-                row is not committed then; a file already placed stays in the content-addressed spool, where
-                a resend of the same bytes finds it (no row refers to it otherwise).
+            OutOfResources: disk full, database unavailable, or busy past ``commit_timeout_s`` (0xA700); for a
+                failed group commit, every instance of the group. The row is not committed then; a file
+                already placed stays in the content-addressed spool, where a resend of the same bytes finds
+                it (no row refers to it otherwise).
             SpoolError: other I/O failures (0xA700).
         """
-        header = parse_header(received)
-        check_context(header, received)
-        hashing: Future[str] = self._hashing.submit(sha256_hex, received.dataset)
+        hashing: Future[str] = Future()
+        # The file is written from here on, while this thread checks and hashes the dataset (hashlib releases
+        # the GIL): it is placed under its digest, or discarded if the instance is refused.
         spooling: Future[Path] = self._spooling.submit(self._spool_file, received, hashing)
         try:
-            with db.connection_context(), bounded_database_wait(self.commit_timeout_s):
-                return self._record(header, received, hashing, spooling, cache)
-        except peewee.OperationalError as exc:
-            if is_busy(exc):
-                raise OutOfResources(f"database busy past {self.commit_timeout_s} s") from exc
-            raise OutOfResources(f"database unavailable: {type(exc).__name__}") from exc
-        except (peewee.InterfaceError, peewee.DatabaseError) as exc:
-            raise OutOfResources(f"database unavailable: {type(exc).__name__}") from exc
+            try:
+                header = parse_header(received)
+                check_context(header, received)
+                digest = sha256_hex(received.dataset)
+            except BaseException:
+                hashing.cancel()  # the writer discards its temporary file
+                raise
+            hashing.set_result(digest)
+            row = PendingRow(header, received, digest, self.spool.relative(self.spool.path_for(digest)), cache)
+            result = self.group.submit(row)
+            try:
+                spooling.result()
+            except (OutOfResources, SpoolError):
+                if not result.duplicate:
+                    self._forget_row(header.sop_instance_uid, digest)
+                raise
+            if result.duplicate and not self._still_stored(header.sop_instance_uid, digest):
+                result = self.group.submit(row)  # removed meanwhile: this receipt is the one now
+            return result
         finally:
             _settle(spooling)
 
@@ -211,26 +237,79 @@ class InstanceReceiver:
             raise
         return self.spool.place(written, digest)
 
-    def _record(self, header: InstanceHeader, received: ReceivedInstance, hashing: Future[str],
-                spooling: Future[Path], cache: AssociationCache) -> StoreResult:
-        versions = self._versions(header.sop_instance_uid)
-        digest = hashing.result()
-        if digest in versions:
-            spooling.result()  # placed again: the earlier receipt may have died before placing its file
-            stored = self._versions(header.sop_instance_uid).get(digest)  # still there (not removed meanwhile)
-            if stored is not None:
-                return StoreResult(stored[1], duplicate=True, version=stored[0])
-            versions = self._versions(header.sop_instance_uid)
-        version = max((v for v, _ in versions.values()), default=0) + 1
-        relative_path = self.spool.relative(self.spool.path_for(digest))
-        result = self._commit(header, received, digest, relative_path, version, cache)
+    def _commit_group(self, group: list[Waiting[PendingRow, StoreResult]]) -> None:
+        """The group commit's work (in the leader's thread): every row of ``group`` in one transaction.
+
+        A row refused on its own (a conflicting write twice) gets its own ``SpoolError``; a transaction that
+        fails raises ``OutOfResources`` for the whole group, whose cached ids are then forgotten.
+        """
         try:
-            spooling.result()
-        except (OutOfResources, SpoolError):
-            if not result.duplicate:
-                self._forget_row(header.sop_instance_uid, digest)
+            with db.connection_context(), bounded_database_wait(self.commit_timeout_s):
+                with _write_transaction():
+                    for waiting in group:
+                        try:
+                            waiting.result = self._write_row(waiting.item)
+                        except SpoolError as exc:
+                            waiting.error = exc
+        except peewee.OperationalError as exc:
+            self._forget_group(group)
+            if is_busy(exc):
+                raise OutOfResources(f"database busy past {self.commit_timeout_s} s") from exc
+            raise OutOfResources(f"database unavailable: {type(exc).__name__}") from exc
+        except (peewee.InterfaceError, peewee.DatabaseError) as exc:
+            self._forget_group(group)
+            raise OutOfResources(f"database unavailable: {type(exc).__name__}") from exc
+        except BaseException:
+            self._forget_group(group)
             raise
-        return result
+
+    def _forget_group(self, group: list[Waiting[PendingRow, StoreResult]]) -> None:
+        for waiting in group:
+            self._forget(waiting.item.header, waiting.item.cache)  # ids cached in a rolled-back transaction
+
+    def _write_row(self, row: PendingRow) -> StoreResult:
+        """Write one row inside the group's transaction (a savepoint of its own on PostgreSQL, whose failed
+        statement would otherwise void the whole transaction). A resend of stored bytes is a duplicate.
+
+        Raises:
+            SpoolError: the row conflicted with another writer twice.
+        """
+        header = row.header
+        for attempt in (1, 2):
+            try:
+                with _row_savepoint():
+                    versions = self._versions(header.sop_instance_uid)
+                    stored = versions.get(row.digest)
+                    if stored is not None:
+                        return StoreResult(stored[1], duplicate=True, version=stored[0])
+                    version = max((v for v, _ in versions.values()), default=0) + 1
+                    study_id, study_key = self._study(header, row.received, row.cache)
+                    series_id = self._series(header, study_id, row.cache)
+                    self._insert(header, row, study_id, series_id, version)
+                    self._touch_study(study_id, row.cache)
+                return StoreResult(study_key, version=version)
+            except peewee.IntegrityError:
+                # Another writer (a node sharing the database) created the same study, series or instance
+                # at the same moment: read again.
+                self._forget(header, row.cache)
+                if attempt == 2:
+                    raise SpoolError("the row could not be committed (a conflicting write twice)") from None
+        raise SpoolError("unreachable")  # pragma: no cover
+
+    def _insert(self, header: InstanceHeader, row: PendingRow, study_id: int, series_id: int, version: int) -> None:
+        """The ``Instance`` row, in plain SQL (peewee's query building cost more than the statement)."""
+        received = row.received
+        db.execute_sql(_INSERT_SQL.format(param=db.param), (
+            study_id, series_id, header.sop_instance_uid, header.sop_class_uid, received.transfer_syntax,
+            version, received.size, row.digest, row.relative_path, received.calling_ae,
+            Instance.received_at.db_value(utcnow()), InstanceState.STORED, self.node))
+
+    def _still_stored(self, sop_instance_uid: str, digest: str) -> bool:
+        try:
+            with db.connection_context():
+                return digest in self._versions(sop_instance_uid)
+        except peewee.PeeweeException as exc:
+            raise OutOfResources(f"database unavailable: {type(exc).__name__}") from exc
 
     def _forget_row(self, sop_instance_uid: str, digest: str) -> None:
         """Take back the row of a receipt whose file could not be written (unless another receipt of the same
@@ -238,8 +317,9 @@ class InstanceReceiver:
         if self.spool.path_for(digest).exists():
             return
         try:
-            Instance.delete().where((Instance.sop_instance_uid == sop_instance_uid) & (Instance.sha256 == digest)
-                                    & (Instance.node == self.node)).execute()
+            with db.connection_context():
+                Instance.delete().where((Instance.sop_instance_uid == sop_instance_uid)
+                                        & (Instance.sha256 == digest) & (Instance.node == self.node)).execute()
         except peewee.PeeweeException:
             pass  # the node's next start removes it (remove_unplaced_receipts)
 
@@ -251,35 +331,6 @@ class InstanceReceiver:
         """
         cursor = db.execute_sql(_VERSIONS_SQL.format(param=db.param), (sop_instance_uid,))
         return {sha: (version, key) for sha, version, key in cursor.fetchall()}
-
-    def _commit(self, header: InstanceHeader, received: ReceivedInstance, digest: str, relative_path: str,
-                version: int, cache: AssociationCache) -> StoreResult:
-        for attempt in (1, 2):
-            try:
-                with _write_transaction():
-                    study_id, study_key = self._study(header, received, cache)
-                    series_id = self._series(header, study_id, cache)
-                    Instance.insert(
-                        study=study_id, series=series_id, sop_instance_uid=header.sop_instance_uid,
-                        sop_class_uid=header.sop_class_uid, transfer_syntax=received.transfer_syntax,
-                        version=version, size=received.size, sha256=digest, spool_path=relative_path,
-                        calling_ae=received.calling_ae, received_at=utcnow(), node=self.node,
-                    ).execute()
-                    self._touch_study(study_id, cache)
-                return StoreResult(study_key, version=version)
-            except peewee.IntegrityError:
-                # Another association created the same study or series at the same moment: re-read it.
-                self._forget(header, cache)
-                if attempt == 2:
-                    stored = self._versions(header.sop_instance_uid).get(digest)
-                    if stored is not None:
-                        return StoreResult(stored[1], duplicate=True, version=stored[0])
-                    raise SpoolError("the row could not be committed (a conflicting write twice)") from None
-                version = max((v for v, _ in self._versions(header.sop_instance_uid).values()), default=0) + 1
-            except Exception:
-                self._forget(header, cache)  # ids cached inside a rolled-back transaction are void
-                raise
-        raise SpoolError("unreachable")  # pragma: no cover
 
     @staticmethod
     def _forget(header: InstanceHeader, cache: AssociationCache) -> None:
@@ -321,6 +372,20 @@ class InstanceReceiver:
 
 _VERSIONS_SQL = (f'SELECT i.sha256, i.version, s."key" FROM "{Instance._meta.table_name}" i '
                  f'JOIN "{Study._meta.table_name}" s ON s.id = i.study_id WHERE i.sop_instance_uid = {{param}}')
+_INSERT_COLUMNS = (Instance.study, Instance.series, Instance.sop_instance_uid, Instance.sop_class_uid,
+                   Instance.transfer_syntax, Instance.version, Instance.size, Instance.sha256, Instance.spool_path,
+                   Instance.calling_ae, Instance.received_at, Instance.state, Instance.node)
+_INSERT_SQL = 'INSERT INTO "{table}" ({columns}) VALUES ({values})'.format(
+    table=Instance._meta.table_name, columns=", ".join(f'"{c.column_name}"' for c in _INSERT_COLUMNS),
+    values=", ".join(["{param}"] * len(_INSERT_COLUMNS)))
+
+
+def _row_savepoint():
+    """Around one row of a group: a savepoint on PostgreSQL (a failed statement there voids the transaction
+    up to the last savepoint); nothing on SQLite, which undoes only the failed statement."""
+    if isinstance(db.obj, peewee.SqliteDatabase):
+        return contextlib.nullcontext()
+    return db.savepoint()
 
 
 def _write_transaction():

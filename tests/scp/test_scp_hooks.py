@@ -22,6 +22,7 @@ from gateway import status
 from gateway.config import GatewayConfig
 from gateway.dicom.command import encode_command_set
 from gateway.dicomnet import (
+    ASSOCIATION_POLL_S,
     DUL_POLL_DELAY_S,
     DirectStores,
     _ReactorClock,
@@ -35,7 +36,7 @@ from gateway.scp.receiver import InstanceReceiver
 from gateway.scp.server import start_scp
 from gateway.scp.spool import Spool
 from support.dicomfiles import dataset_bytes, sop_instance_uid, spool_index
-from support.peers import GatewayProcess, free_port, storescu
+from support.peers import GatewayProcess, free_port, storescu, wait_until
 from support.scu import associate, send
 
 
@@ -88,6 +89,9 @@ def test_every_hook_is_in_effect_on_a_real_association(scp, small_study):
             assert "put" in vars(assoc.dul.to_provider_queue)
         assert acceptor.dul.socket.socket.gettimeout() == 42.0, "accepted sockets get the network timeout"
         assert isinstance(acceptor.dimse.msg_queue, _StoresServedInline)
+        assert acceptor._gateway_poll_s == ASSOCIATION_POLL_S and "put" in vars(acceptor.dul.to_user_queue), \
+            "the association thread sleeps longer and wakes for a release or abort"
+        assert "clear" in vars(acceptor._reactor_checkpoint), "an acceptor's reactor pauses promptly too"
         assert "_serve_request" in vars(requestor), "responses taken by the reactor are given back"
         assert "clear" in vars(requestor._reactor_checkpoint), "the reactor pauses promptly"
         assert "send_pdu" in vars(requestor.dul) and "send" in vars(requestor.dul.socket)
@@ -102,6 +106,27 @@ def test_every_hook_is_in_effect_on_a_real_association(scp, small_study):
         requestor.release()
     assert handlers.store_threads and all(isinstance(t, DULServiceProvider) for t in handlers.store_threads), \
         "C-STOREs are served in the DUL thread (_StoresServedInline)"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("ending", ["release", "abort"])
+def test_the_association_thread_wakes_for_a_release_or_abort_however_long_it_sleeps(scp, small_study, ending):
+    """With the acceptor's association thread set to look for work only once an hour, a C-STORE is still
+    served and the peer's A-RELEASE or A-ABORT is still handled at once: it is woken, not polled."""
+    server, config, _handlers = scp
+    requestor = associate(config.node.port, calling="STMARYS_PACS")
+    assert requestor.is_established
+    acceptor = wait_until(lambda: next((a for a in server.active_associations if a.is_established), None), 10,
+                          "the acceptor's association")
+    acceptor._gateway_poll_s = 3600.0
+    try:
+        assert requestor.send_c_store(small_study[0]).Status == status.SUCCESS
+        assert requestor.send_c_echo().Status == status.SUCCESS  # served by the association thread
+    finally:
+        requestor.release() if ending == "release" else requestor.abort()
+    assert requestor.is_released if ending == "release" else requestor.is_aborted
+    wait_until(lambda: not acceptor.is_alive(), 20, f"the acceptor to end after the peer's {ending}")
+    assert acceptor.is_released if ending == "release" else acceptor.is_aborted
 
 
 ALTERATIONS = {
