@@ -7,10 +7,12 @@ import queue
 import select
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,7 @@ import pynetdicom.association
 import pynetdicom.dimse_messages
 import pynetdicom.dul
 import structlog
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -207,6 +210,7 @@ def send_data_directly(assoc: Any) -> None:
     dul = assoc.dul
     transport = dul.socket
     lock = threading.Lock()
+    dul._gateway_send_lock = lock  # DirectStores writes whole C-STOREs under the same lock
     transport_send = transport.send
 
     def send_whole(bytestream: bytes) -> None:
@@ -224,6 +228,184 @@ def send_data_directly(assoc: Any) -> None:
         queue_pdu(primitive)
 
     dul.send_pdu = send_pdu
+
+
+# --- Requestor side: a delivery's C-STOREs written straight to the socket (``DirectStores``) ---
+
+# A P-DATA-TF PDU holding one PDV: PDU type 04H, reserved, PDU length; PDV item length, presentation context
+# ID, message control header (bit 0: command, bit 1: last fragment). PS3.8 9.3.5 and E.2.
+_PDATA_PDV_HEADER = struct.Struct(">BBIIBB")
+_SENDMSG_BUFFERS = 512  # buffers per sendmsg call, well under the kernel's IOV_MAX (1024)
+# C-STORE-RQ command elements (PS3.7 9.3.1.1), Implicit VR Little Endian: tag and 32-bit length.
+_COMMAND_ELEMENT = struct.Struct("<HHI")
+_C_STORE_RQ = 0x0001
+_MEDIUM_PRIORITY = 0x0002
+_DATA_SET_PRESENT = 0x0001
+
+
+def c_store_command(message_id: int, sop_class_uid: str, sop_instance_uid: str,
+                    priority: int = _MEDIUM_PRIORITY) -> bytes:
+    """The encoded command set of a C-STORE-RQ with a data set: the bytes pynetdicom's ``send_c_store`` sends."""
+    def uid(value: str) -> bytes:
+        raw = value.encode("ascii")
+        return raw + b"\0" if len(raw) % 2 else raw
+
+    def element(tag: int, value: bytes) -> bytes:
+        return _COMMAND_ELEMENT.pack(0, tag, len(value)) + value
+
+    body = b"".join((
+        element(0x0002, uid(sop_class_uid)),
+        element(0x0100, struct.pack("<H", _C_STORE_RQ)),
+        element(0x0110, struct.pack("<H", message_id)),
+        element(0x0700, struct.pack("<H", priority)),
+        element(0x0800, struct.pack("<H", _DATA_SET_PRESENT)),
+        element(0x1000, uid(sop_instance_uid)),
+    ))
+    return element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def pdata_pdus(context_id: int, pieces: Sequence[bytes | memoryview], *, command: bool,
+               max_pdu_length: int) -> list[bytes | memoryview]:
+    """One message part (a command set or a data set, given as ``pieces`` sent in order, never joined) as
+    P-DATA-TF PDUs of at most ``max_pdu_length`` (the peer's; 0: no limit) with one PDV each, as buffers for
+    one gathered send: each PDU's 12-byte header, then slices of the pieces. The fragments are those
+    pynetdicom makes (``max_pdu_length - 6`` bytes each, the last one marked)."""
+    views = [memoryview(piece).cast("B") for piece in pieces if len(piece)]
+    remaining = sum(len(view) for view in views)
+    fragment = max_pdu_length - 6 if max_pdu_length > 6 else max(remaining, 1)
+    flag = 0x01 if command else 0x00
+    buffers: list[bytes | memoryview] = []
+    index = position = 0
+    while True:
+        size = min(fragment, remaining)
+        remaining -= size
+        buffers.append(_PDATA_PDV_HEADER.pack(0x04, 0, size + 6, size + 2, context_id,
+                                              flag | (0x02 if not remaining else 0)))
+        while size:
+            view = views[index]
+            take = min(size, len(view) - position)
+            buffers.append(view[position:position + take])
+            position += take
+            size -= take
+            if position == len(view):
+                index, position = index + 1, 0
+        if not remaining:
+            return buffers
+
+
+def send_buffers(sock: socket.socket, buffers: Sequence[bytes | memoryview]) -> None:
+    """Write every byte of ``buffers`` to ``sock`` in order, in as few ``sendmsg`` calls as the kernel allows
+    (``sendall`` of the joined bytes on TLS, which has no ``sendmsg``). Raises OSError as ``sendall`` does."""
+    if isinstance(sock, ssl.SSLSocket):
+        sock.sendall(b"".join(buffers))
+        return
+    pending = list(buffers)
+    start = 0
+    while start < len(pending):
+        batch = pending[start:start + _SENDMSG_BUFFERS]
+        sent = sock.sendmsg(batch)
+        for buffer in batch:  # skip what went, keep the rest of a buffer sent in part
+            if sent >= len(buffer):
+                sent -= len(buffer)
+                start += 1
+                continue
+            if sent:
+                pending[start] = memoryview(buffer)[sent:]
+            break
+
+
+class DirectStores:
+    """The C-STOREs of one delivery over a requestor association, sent without pynetdicom's per-PDU path.
+
+    ``send_c_store`` pauses the association's reactor before each store and waits until it has; splits the data
+    set into P-DATA primitives that are encoded and sent one by one (32 for a 525 KB image to a peer that
+    takes 16 KiB PDUs, DCMTK's default), and takes a file by path only (so an edited object had to be written
+    to a file first). Here the reactor is paused once, for the whole delivery (``with DirectStores(assoc)``);
+    each store's command set and data set, given as encoded pieces, go out as P-DATA-TF PDUs of the peer's
+    size in one gathered ``sendmsg``; the response is taken off the DIMSE queue, where the DUL thread puts it
+    (or ``(None, None)`` when the association is aborted or its connection closes) and read as
+    ``send_c_store`` reads it. Only with the hooks installed and the association tuned (``available``).
+    """
+
+    def __init__(self, assoc: Any) -> None:
+        self.assoc = assoc
+        self.broken = False  # no response (timeout, abort, connection closed): no further store is sent
+        self.sent = 0        # C-STOREs sent this way
+        self._lock: threading.Lock = assoc.dul._gateway_send_lock
+        self._max_pdu = int(assoc.acceptor.maximum_length or 0)
+        self._message_id = 0
+        self._contexts = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])): cx.context_id
+                          for cx in assoc.accepted_contexts}
+
+    @staticmethod
+    def available(assoc: Any) -> bool:
+        """Whether ``assoc`` is a requestor association tuned with the hooks this needs."""
+        return (fast_paths_installed() and assoc.is_requestor and assoc.is_established
+                and getattr(assoc.dul, "_gateway_send_lock", None) is not None
+                and isinstance(getattr(assoc.dul.socket, "socket", None), socket.socket))
+
+    def __enter__(self) -> DirectStores:
+        assoc = self.assoc
+        assoc._reactor_checkpoint.clear()  # pause_reactor_promptly wakes the reactor to see it
+        while not assoc._is_paused and assoc.is_established and not assoc._kill:
+            time.sleep(0.0001)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.assoc._reactor_checkpoint.set()
+
+    def context_id(self, sop_class_uid: str, transfer_syntax_uid: str) -> int | None:
+        """The accepted presentation context for the pair, None if there is none."""
+        return self._contexts.get((sop_class_uid, transfer_syntax_uid))
+
+    def store(self, context_id: int, sop_class_uid: str, sop_instance_uid: str,
+              data_set: Sequence[bytes | memoryview]) -> Dataset:
+        """C-STORE the data set encoded as ``data_set`` (pieces sent in order, in the context's transfer syntax).
+        Returns what ``send_c_store`` returns: the response's status elements, or an empty Dataset when no
+        response came (the association is then aborted, as ``send_c_store`` does, and ``broken`` is set)."""
+        if not self.send(context_id, sop_class_uid, sop_instance_uid, data_set):
+            return Dataset()
+        return self.response()
+
+    def send(self, context_id: int, sop_class_uid: str, sop_instance_uid: str,
+             data_set: Sequence[bytes | memoryview]) -> bool:
+        """The request half of ``store``: True once every byte is with the kernel (the pieces may then be
+        reused), when ``response`` must follow; False when it could not be sent (``broken`` is then set)."""
+        assoc = self.assoc
+        if self.broken or not assoc.is_established or assoc.dul.state_machine.current_state != "Sta6":
+            self.broken = True
+            return False
+        self._message_id = self._message_id % 0xFFFF + 1
+        command = c_store_command(self._message_id, sop_class_uid, sop_instance_uid)
+        buffers = pdata_pdus(context_id, [command], command=True, max_pdu_length=self._max_pdu)
+        buffers += pdata_pdus(context_id, data_set, command=False, max_pdu_length=self._max_pdu)
+        transport = assoc.dul.socket
+        try:
+            with self._lock:
+                send_buffers(transport.socket, buffers)
+        except (OSError, ValueError):  # as pynetdicom's own send: the transport connection is closed (Evt17)
+            transport.event_queue.put("Evt17")
+            self._no_response()
+            return False
+        return True
+
+    def response(self) -> Dataset:
+        """The response half of ``store``, after a ``send`` that returned True."""
+        assoc = self.assoc
+        try:
+            _, response = assoc.dimse.msg_queue.get(timeout=assoc.dimse_timeout)
+        except queue.Empty:
+            response = None
+        if response is None:
+            return self._no_response()
+        self.sent += 1
+        return assoc._check_received_status(response)
+
+    def _no_response(self) -> Dataset:
+        self.broken = True
+        self.assoc._reactor_checkpoint.set()  # the reactor takes over, and handles the abort or close
+        self.assoc._handle_no_response()
+        return Dataset()
 
 
 def pause_reactor_promptly(assoc: Any) -> None:
@@ -402,7 +584,8 @@ def install_fast_paths() -> FastPaths:
     (``encode_command_set``); stored files are sent without being decoded; its per-PDU and per-message log
     handlers are left out (they format every PDU and command set for DEBUG and INFO lines that the gateway
     keeps at WARNING anyway, ``gateway.ops.logs``: a tenth of a bare association's time); and each association
-    is tuned when its connection opens (``tune_association``). Stock pynetdicom is slower, never wrong.
+    is tuned when its connection opens (``tune_association``), a requestor's ready for a delivery's C-STOREs
+    to go straight to its socket (``DirectStores``). Stock pynetdicom is slower, never wrong.
     Call it when the node starts (``GatewayNode.start``) and wherever else associations should be fast.
     """
     global _installed
@@ -470,11 +653,19 @@ def missing_hook_points() -> list[str]:
     need(lambda: calls(DULServiceProvider._read_pdu_data, "socket", "recv"), "DULServiceProvider._read_pdu_data")
     need(lambda: callable(AssociationSocket.recv) and callable(DULServiceProvider._send), "DULServiceProvider._send")
     need(lambda: isinstance(C_STORE.is_valid_request, property), "C_STORE.is_valid_request")
+    need(lambda: list(inspect.signature(Association._check_received_status).parameters) == ["self", "rsp"],
+         "Association._check_received_status")
+    need(lambda: calls(Association._handle_no_response, "abort"), "Association._handle_no_response")
+    need(lambda: calls(AssociationSocket.send, "socket", "event_queue"), "AssociationSocket.send")
+    need(lambda: calls(Association.send_c_store, "_reactor_checkpoint", "_is_paused", "send_msg", "get_msg"),
+         "Association.send_c_store")
     probe = _probe_association()
     if probe is None:
         missing.append("Association(ae, 'acceptor')")
         return missing
     need(lambda: isinstance(probe._reactor_checkpoint, threading.Event), "Association._reactor_checkpoint")
+    need(lambda: isinstance(probe._is_paused, bool) and isinstance(probe._kill, bool), "Association._is_paused")
+    need(lambda: isinstance(probe.acceptor.maximum_length, int), "ServiceUser.maximum_length")
     need(lambda: isinstance(probe.dimse.msg_queue, queue.Queue), "DIMSEServiceProvider.msg_queue")
     need(lambda: isinstance(probe.dul.to_provider_queue, queue.Queue), "DULServiceProvider.to_provider_queue")
     need(lambda: isinstance(probe.dul.to_user_queue, queue.Queue)

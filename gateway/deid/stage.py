@@ -6,8 +6,9 @@ the Annex E profile, runs the outbound guard against the instance's own identifi
 is the only place it lives. The CPU work runs in worker processes (``gateway.deid.work``); this thread keeps
 the file writes and the database.
 
-Work is not left for the end: instances of a study still being received are de-identified as they come
-(early), so that little remains when the study completes; and instances that arrive after their case moved
+Work is not left for the end: instances of a study still receiving are de-identified once the study pauses
+(early, during the stability wait; not while its instances stream in, when the workers would slow the
+receiving threads), so that little remains when the study completes; and instances that arrive after their case moved
 on are de-identified on their own and join the outbound set (late; the delivery ledger sends what is missing).
 
 Contract: reads ``Study.state`` (``receiving`` and later) and ``Instance.state == stored``; leaves the case
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from itertools import repeat
 
 import structlog
+from peewee import fn
 
 from gateway import cases
 from gateway.deid.engine import DeidMapping, Deidentifier
@@ -41,6 +43,7 @@ from gateway.models import (
     StudyIdentity,
     UidMap,
     db,
+    utcnow,
 )
 from gateway.ops import audit, metrics
 from gateway.pipeline import run_case_stage
@@ -54,6 +57,12 @@ CHUNK = 32  # instances handed to the workers at a time, recorded in one transac
 # the case and writes in the database and the spool, which at every poll (``routing.poll_s``) would take a
 # receiving node's write lock and disk many times a second for a handful of instances each time.
 OUTSIDE_COMPLETION_PERIOD_S = 1.0
+# Early de-identification waits for the study to pause: while its instances are still streaming in, the
+# workers would take the cores from the receiving threads and slow the acknowledgements (bench/e2e.py). With
+# the shipped stability wait (60 s) the pause leaves ample time; a study that trickles in without pausing is
+# taken anyway once its oldest waiting instance is this old.
+EARLY_AFTER_QUIET_S = 2.0
+EARLY_AT_THE_LATEST_S = 30.0
 # At most this much image text is recorded per case (``StudyIdentity.image_text``); beyond it (a private element
 # holding a distinct blob in every image, say) the notes stage's final check reads the image files back instead.
 IMAGE_TEXT_MAX_CHARS = 4_000_000
@@ -101,7 +110,7 @@ class DeidStage:
                      .order_by(Study.urgency.desc(), Study.state_changed_at).limit(BATCH))
         if time.monotonic() >= self._outside_completion_due:
             self._outside_completion_due = time.monotonic() + OUTSIDE_COMPLETION_PERIOD_S
-            ready += self._outside_completion()
+            ready += self._outside_completion(now)
         return ready
 
     def step(self, study: Study, now: dt.datetime) -> bool:
@@ -146,10 +155,19 @@ class DeidStage:
         return count
 
     @staticmethod
-    def _outside_completion() -> list[Study]:
+    def _outside_completion(now: dt.datetime | None = None) -> list[Study]:
+        """Cases with stored instances not yet de-identified: late ones at once; early ones (the study still
+        receiving) once the study has paused for ``EARLY_AFTER_QUIET_S``, or when its oldest waiting instance
+        is ``EARLY_AT_THE_LATEST_S`` old (a study trickling in)."""
+        now = now or utcnow()
+        oldest_waiting = (Instance.select(fn.MIN(Instance.received_at))
+                          .where((Instance.study == Study.id) & (Instance.state == InstanceState.STORED)))
+        early = ((Study.state == CaseState.RECEIVING)
+                 & ((Study.last_received_at <= now - dt.timedelta(seconds=EARLY_AFTER_QUIET_S))
+                    | (oldest_waiting <= now - dt.timedelta(seconds=EARLY_AT_THE_LATEST_S))))
         return list(Study.select().join(Instance)
                     .where((Instance.state == InstanceState.STORED)
-                           & Study.state.in_([CaseState.RECEIVING, *_PAST_DEID])).distinct())
+                           & (Study.state.in_(list(_PAST_DEID)) | early)).distinct())
 
     def _early_or_late(self, study: Study) -> int:
         late = study.state != CaseState.RECEIVING

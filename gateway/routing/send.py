@@ -8,13 +8,18 @@ the case (``Leg``), backs off the same way and gives up into its own failure sta
 
 Transfer syntaxes: each (SOP class, stored syntax) pair is proposed with the stored syntax first and
 Explicit VR Little Endian second. When the peer accepts the stored syntax the file's bytes go out
-undecoded (``STORE_SEND_CHUNKED_DATASET``); otherwise the dataset is decoded (pylibjpeg) and sent as
-Explicit VR Little Endian.
+undecoded; otherwise the dataset is decoded (pylibjpeg) and sent as Explicit VR Little Endian.
+
+How undecoded bytes go out: with the pynetdicom hooks installed (``dicomnet.install_fast_paths``), the file is
+read into a kept buffer and ``dicomnet.DirectStores`` writes the C-STORE's PDUs, of the peer's maximum size,
+straight to the socket in one gathered send per object, the association's reactor paused once for the whole
+attempt. Without them, pynetdicom's ``send_c_store`` sends the file by path (``STORE_SEND_CHUNKED_DATASET``).
 
 Reason for the Requested Procedure: given a ``reason`` (the study leg passes the notes stage's
 ``Study.notes_reason``), every image gets it in (0040,1002) as it leaves: set in the file's bytes in memory
-(``dicom.rawedit``), which pynetdicom then reads from an anonymous in-memory file (``memfd_create``; a
-temporary file where there is none). The spool keeps each image exactly as the de-identification wrote it.
+(``dicom.rawedit``), the element sent between the file's untouched bytes before and after it; on the stock
+path pynetdicom reads the edited object from an anonymous in-memory file (``memfd_create``; a temporary file
+where there is none). The spool keeps each image exactly as the de-identification wrote it.
 
 The ledger: each response is recorded, but not in its own transaction. Outcomes are written together every
 ``LEDGER_BATCH`` objects or ``LEDGER_FLUSH_S`` seconds, whichever comes first, and always when the attempt
@@ -26,6 +31,7 @@ sent that was not; only those few objects may arrive twice.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import random
@@ -45,8 +51,8 @@ from pynetdicom.association import Association
 
 from gateway import cases, wakeup
 from gateway.config import DicomPeer, NodeConfig, RetryConfig, ReviewerConfig
-from gateway.dicom.rawedit import fits_charset, text_element_edit, with_text_element
-from gateway.dicomnet import NODELAY_HANDLER
+from gateway.dicom.rawedit import file_meta_end_and_syntax, fits_charset, text_element_edit, with_text_element
+from gateway.dicomnet import NODELAY_HANDLER, DirectStores
 from gateway.models import CaseState, Delivery, OutboundObject, Study, db, utcnow
 from gateway.routing.errors import RoutingError
 
@@ -141,24 +147,35 @@ def send_objects(node: NodeConfig, spool_dir: Path, peer: ReviewerConfig | Dicom
     ledger = _LedgerBatch(destination)
     sent = 0
     tried: set[int] = set()
-    memory: _MemoryFile | None = None
+    sender = _Sender(assoc, spool_dir, reason)
+    awaited: OutboundObject | None = None  # sent, its response not yet read (DirectStores only)
     try:
-        memory = _MemoryFile(spool_dir) if reason is not None else None
-        for outbound in pending:
-            if not assoc.is_established:
-                break
-            if lease is not None and not lease.keep():
-                break  # our lease on the case was lost: another node carries on, never both
-            tried.add(outbound.id)
-            if _store(assoc, spool_dir, outbound, ledger, reason, memory):
-                sent += 1
+        with sender.direct if sender.direct is not None else contextlib.nullcontext():
+            for outbound in pending:
+                if not assoc.is_established or sender.broken:
+                    break
+                if lease is not None and not lease.keep():
+                    break  # our lease on the case was lost: another node carries on, never both
+                prepared = sender.prepare(outbound)  # while the peer stores the object before
+                if awaited is not None:
+                    sent += sender.finish(awaited, ledger)
+                    awaited = None
+                    if not assoc.is_established or sender.broken:
+                        break
+                tried.add(outbound.id)
+                outcome = sender.start(outbound, prepared, ledger)
+                if outcome is None:
+                    awaited = outbound
+                else:
+                    sent += outcome
+            if awaited is not None:
+                sent += sender.finish(awaited, ledger)
     finally:
         try:
             if assoc.is_established:
                 assoc.release()
         finally:
-            if memory is not None:
-                memory.close()
+            sender.close()
             ledger.flush()
     _count_attempt([o for o in pending if o.id not in tried], destination, "association ended")
     remaining = len(pending) - sent
@@ -180,27 +197,129 @@ def _associate(node: NodeConfig, peer: ReviewerConfig | DicomPeer,
     return ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[NODELAY_HANDLER])
 
 
-def _store(assoc: Association, spool_dir: Path, outbound: OutboundObject, ledger: _LedgerBatch,
-           reason: str | None, memory: _MemoryFile | None) -> bool:
-    path = spool_dir / outbound.spool_path
-    accepted = _accepted_syntaxes(assoc, outbound.sop_class_uid)
-    status: int | None = None
-    error = ""
-    try:  # a missing file raises FileNotFoundError (an OSError) where it is opened
-        image_reason = reason if outbound.kind == IMAGE_KIND else None
+_SEND_ERRORS = (OSError, ValueError, RuntimeError, AttributeError, NotImplementedError, InvalidDicomError)
+
+
+@dataclass
+class _Prepared:
+    """An object ready to send: by ``DirectStores`` (its presentation context and data set pieces), else by
+    pynetdicom (no pieces), or not at all (the error)."""
+
+    context_id: int = 0
+    pieces: list[bytes | memoryview] | None = None
+    error: str = ""
+
+
+class _Sender:
+    """Sends one object at a time over ``assoc``: its file's bytes as stored (with the reason set in images,
+    given one) when the peer accepted the stored syntax, else the decoded dataset (``transcode``).
+
+    With the hooks installed (``dicomnet.DirectStores``) the file is read into a kept buffer and its data set
+    goes straight to the socket, the reason's element written between the two untouched parts of the
+    buffer. Otherwise pynetdicom's ``send_c_store`` sends the file by path, an edited one from an in-memory
+    file (``_MemoryFile``)."""
+
+    def __init__(self, assoc: Association, spool_dir: Path, reason: str | None) -> None:
+        self.assoc = assoc
+        self.spool_dir = spool_dir
+        self.reason = reason
+        self.direct = DirectStores(assoc) if DirectStores.available(assoc) else None
+        self._buffer = _ReadBuffer()
+        self._memory: _MemoryFile | None = None
+
+    @property
+    def broken(self) -> bool:
+        return self.direct is not None and self.direct.broken
+
+    def prepare(self, outbound: OutboundObject) -> _Prepared:
+        """What ``start`` sends for ``outbound``: its data set's pieces when ``DirectStores`` sends it (read and
+        edited here, so that this overlaps the peer's storing of the object before), else the stock path; or
+        the error that keeps it from being sent (a missing file raises FileNotFoundError where it is opened)."""
+        if self.direct is None:
+            return _Prepared()
+        context_id = self.direct.context_id(outbound.sop_class_uid, outbound.transfer_syntax)
+        if context_id is None:
+            return _Prepared()
+        try:
+            pieces = _data_set_pieces(self._buffer.read(self.spool_dir / outbound.spool_path),
+                                      outbound.transfer_syntax, self._reason_for(outbound))
+        except _SEND_ERRORS as exc:
+            return _Prepared(error=type(exc).__name__)
+        return _Prepared(context_id, pieces) if pieces is not None else _Prepared()
+
+    def start(self, outbound: OutboundObject, prepared: _Prepared, ledger: _LedgerBatch) -> bool | None:
+        """Send ``outbound`` as prepared: None when its response is to be read by ``finish``, else whether it
+        was stored (recorded in ``ledger``)."""
+        if prepared.error:
+            return self._record(outbound, ledger, None, prepared.error)
+        if prepared.pieces is not None and self.direct is not None:
+            if self.direct.send(prepared.context_id, outbound.sop_class_uid, outbound.sop_instance_uid,
+                                prepared.pieces):
+                return None
+            return self._record(outbound, ledger, None, "")
+        status: int | None = None
+        error = ""
+        try:
+            status = getattr(self._store_stock(self.spool_dir / outbound.spool_path, outbound,
+                                               self._reason_for(outbound)), "Status", None)
+        except _SEND_ERRORS as exc:
+            error = type(exc).__name__
+        return self._record(outbound, ledger, status, error)
+
+    def finish(self, outbound: OutboundObject, ledger: _LedgerBatch) -> bool:
+        """Read the response to ``outbound``, sent by ``start``, and record it: whether it was stored."""
+        assert self.direct is not None
+        return self._record(outbound, ledger, getattr(self.direct.response(), "Status", None), "")
+
+    def _reason_for(self, outbound: OutboundObject) -> str | None:
+        return self.reason if outbound.kind == IMAGE_KIND else None
+
+    @staticmethod
+    def _record(outbound: OutboundObject, ledger: _LedgerBatch, status: int | None, error: str) -> bool:
+        ok = status in STORED_STATUSES
+        ledger.record(outbound, ok, status, error or _status_text(status))
+        return ok
+
+    def _store_stock(self, path: Path, outbound: OutboundObject, reason: str | None) -> Dataset:
+        accepted = _accepted_syntaxes(self.assoc, outbound.sop_class_uid)
         if outbound.transfer_syntax not in accepted:
-            payload: Path | Dataset = transcode(path, image_reason)
-        elif image_reason is None or memory is None:
+            payload: Path | Dataset = transcode(path, reason)
+        elif reason is None:
             payload = path  # sent from the file, undecoded
         else:
-            payload = memory.holding_with_reason(path, image_reason)  # the file's bytes and the reason
-        rsp = assoc.send_c_store(payload)
-        status = getattr(rsp, "Status", None)
-    except (OSError, ValueError, RuntimeError, AttributeError, NotImplementedError, InvalidDicomError) as exc:
-        error = type(exc).__name__
-    ok = status in STORED_STATUSES
-    ledger.record(outbound, ok, status, error or _status_text(status))
-    return ok
+            if self._memory is None:
+                self._memory = _MemoryFile(self.spool_dir, self._buffer)
+            payload = self._memory.holding_with_reason(path, reason)  # the file's bytes and the reason
+        try:
+            return self.assoc.send_c_store(payload)
+        finally:
+            if self.direct is not None and self.assoc.is_established:
+                self.direct.__enter__()  # send_c_store let the reactor run again: paused anew
+
+    def close(self) -> None:
+        if self._memory is not None:
+            self._memory.close()
+
+
+def _data_set_pieces(part10: memoryview, transfer_syntax: str, reason: str | None) -> list[bytes | memoryview] | None:
+    """The data set of ``part10`` (in ``transfer_syntax``), with (0040,1002) set to ``reason`` if given, as
+    pieces to send in order: the file's bytes untouched around the one element. None when the file meta is
+    not the standard one or names another transfer syntax."""
+    located = file_meta_end_and_syntax(part10)
+    if located is None or located[1] != transfer_syntax:
+        return None
+    meta_end = located[0]
+    if reason is None:
+        return [part10[meta_end:]]
+    edit = text_element_edit(part10, REASON_FOR_THE_REQUESTED_PROCEDURE, "LO", reason)
+    if edit is None:  # re-encoded by pydicom (see with_text_element)
+        edited = with_reason(bytes(part10), reason)
+        located = file_meta_end_and_syntax(edited)
+        if located is None or located[1] != transfer_syntax:
+            return None
+        return [memoryview(edited)[located[0]:]]
+    start, end, encoded = edit
+    return [part10[meta_end:start], encoded, part10[end:]]
 
 
 def with_reason(part10: bytes, reason: str) -> bytes:
@@ -216,7 +335,7 @@ class _MemoryFile:
     Its pages and the read buffer are kept from one object to the next (no allocation, no page faults per
     object), and the edited object is written as three pieces (before, the element, after), never joined."""
 
-    def __init__(self, spool_dir: Path) -> None:
+    def __init__(self, spool_dir: Path, buffer: _ReadBuffer) -> None:
         self._temporary = None
         if hasattr(os, "memfd_create") and Path("/proc/self/fd").is_dir():
             self._fd = os.memfd_create("spine-gateway-outbound", os.MFD_CLOEXEC)
@@ -225,29 +344,17 @@ class _MemoryFile:
             self._temporary = tempfile.NamedTemporaryFile(dir=spool_dir, prefix=".sending-", suffix=".dcm")
             self._fd = self._temporary.fileno()
             self.path = Path(self._temporary.name)
-        self._buffer = bytearray()
+        self._buffer = buffer
 
     def holding_with_reason(self, path: Path, reason: str) -> Path:
         """The file's path, holding the Part 10 object at ``path`` with (0040,1002) set to ``reason``."""
-        with open(path, "rb", buffering=0) as source:
-            size = os.fstat(source.fileno()).st_size
-            if len(self._buffer) < size:
-                self._buffer = bytearray(size)
-            with memoryview(self._buffer) as whole:
-                data = whole[:size]
-                read = 0
-                while read < size:
-                    count = source.readinto(data[read:])
-                    if not count:
-                        raise OSError(f"{path.name} shrank while being read")
-                    read += count
-                edit = text_element_edit(data, REASON_FOR_THE_REQUESTED_PROCEDURE, "LO", reason)
-                if edit is None:
-                    self._write([with_reason(bytes(data), reason)])
-                else:
-                    start, end, encoded = edit
-                    self._write([data[:start], encoded, data[end:]])
-                data.release()
+        data = self._buffer.read(path)
+        edit = text_element_edit(data, REASON_FOR_THE_REQUESTED_PROCEDURE, "LO", reason)
+        if edit is None:
+            self._write([with_reason(bytes(data), reason)])
+        else:
+            start, end, encoded = edit
+            self._write([data[:start], encoded, data[end:]])
         return self.path
 
     def _write(self, pieces: list[bytes | memoryview]) -> None:
@@ -264,6 +371,29 @@ class _MemoryFile:
             self._temporary.close()
         else:
             os.close(self._fd)
+
+
+class _ReadBuffer:
+    """One buffer that a file is read into, kept from one object to the next (no allocation, no page faults
+    per object)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def read(self, path: Path) -> memoryview:
+        """The bytes of the file at ``path``, valid until the next ``read``."""
+        with open(path, "rb", buffering=0) as source:
+            size = os.fstat(source.fileno()).st_size
+            if len(self._buffer) < size:
+                self._buffer = bytearray(size)
+            data = memoryview(self._buffer)[:size]
+            read = 0
+            while read < size:
+                count = source.readinto(data[read:])
+                if not count:
+                    raise OSError(f"{path.name} shrank while being read")
+                read += count
+        return data
 
 
 class _LedgerBatch:

@@ -6,6 +6,7 @@ reactors) or reorders durable writes; these tests hold them to the same bytes an
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import queue
 import random
@@ -27,7 +28,7 @@ from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import encode as pynetdicom_encode
 
 from gateway.deid.options import DeidOptions
-from gateway.deid.stage import DeidStage
+from gateway.deid.stage import EARLY_AFTER_QUIET_S, EARLY_AT_THE_LATEST_S, DeidStage
 from gateway.deid.work import deid_pool
 from gateway.dicom.command import encode_command_set
 from gateway.dicomnet import NODELAY_HANDLER, _StoresServedInline, _wait_for_message, recv_exactly
@@ -319,3 +320,33 @@ def test_a_version_2_database_gains_the_held_header_values_and_keeps_its_identit
         identity = StudyIdentity.get()
         assert identity.patient_name == "DOE^JANE" and identity.header_values == ""
     database.close()
+
+
+def test_early_deidentification_waits_for_the_study_to_pause(receiving, small_study):
+    """While a study's instances stream in, the workers leave the cores to the receiving threads; once the
+    study pauses (or its oldest waiting instance is old, a trickling study), its instances are taken early."""
+    spool = receiving
+    receiver = InstanceReceiver(spool, {}, "node-a")
+    for path in small_study[:3]:
+        receiver.receive(_received(path), AssociationCache())
+    with db.connection_context():
+        options = DeidOptions()
+        stage = DeidStage(options, b"k" * 32, spool, deid_pool(options, b"k" * 32, workers=0))
+        study = Instance.get().study
+        streaming = study.last_received_at
+        assert stage._outside_completion(streaming) == []
+        assert stage.run_once(streaming) == 0
+        assert {i.state for i in Instance.select()} == {InstanceState.STORED}
+
+        paused = streaming + dt.timedelta(seconds=EARLY_AFTER_QUIET_S + 0.5)
+        assert [s.id for s in stage._outside_completion(paused)] == [study.id]
+        stage._outside_completion_due = 0.0
+        stage.run_once(paused)
+        assert {i.state for i in Instance.select()} == {InstanceState.DEIDENTIFIED}
+
+        receiver.receive(_received(small_study[3]), AssociationCache())  # the study goes on, and on
+        trickling = Instance.select().where(Instance.state == InstanceState.STORED).get()
+        Instance.update(received_at=trickling.received_at - dt.timedelta(seconds=EARLY_AT_THE_LATEST_S + 1)).where(
+            Instance.id == trickling.id).execute()
+        assert [s.id for s in stage._outside_completion(study.__class__.get_by_id(study.id).last_received_at)] \
+            == [study.id]

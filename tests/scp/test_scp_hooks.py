@@ -21,7 +21,14 @@ from pynetdicom.transport import AssociationSocket
 from gateway import status
 from gateway.config import GatewayConfig
 from gateway.dicom.command import encode_command_set
-from gateway.dicomnet import ASSOCIATION_POLL_S, DUL_POLL_DELAY_S, _ReactorClock, _StoresServedInline, missing_hook_points
+from gateway.dicomnet import (
+    ASSOCIATION_POLL_S,
+    DUL_POLL_DELAY_S,
+    DirectStores,
+    _ReactorClock,
+    _StoresServedInline,
+    missing_hook_points,
+)
 from gateway.models import open_database
 from gateway.scp.handlers import ScpHandlers
 from gateway.scp.policy import AssociationPolicy
@@ -88,6 +95,8 @@ def test_every_hook_is_in_effect_on_a_real_association(scp, small_study):
         assert "_serve_request" in vars(requestor), "responses taken by the reactor are given back"
         assert "clear" in vars(requestor._reactor_checkpoint), "the reactor pauses promptly"
         assert "send_pdu" in vars(requestor.dul) and "send" in vars(requestor.dul.socket)
+        assert DirectStores.available(requestor), "a delivery's C-STOREs go straight to the socket"
+        assert not DirectStores.available(acceptor)
         assert type(requestor.dul.socket).recv is AssociationSocket.recv  # the class itself is left alone
 
         rsp = requestor.send_c_store(small_study[0])
@@ -129,6 +138,9 @@ ALTERATIONS = {
         "    return _original(self, *args)\n"
         "a.Association._serve_request = _serve_request\n"),
     "config_option_removed": "import pynetdicom._config as c\ndel c.STORE_SEND_CHUNKED_DATASET\n",
+    "status_check_changed": (
+        "import pynetdicom.association as a\n"
+        "a.Association._check_received_status = lambda self, rsp, strict=False: None\n"),
 }
 
 
@@ -153,7 +165,8 @@ def test_a_different_pynetdicom_means_one_warning_and_stock_pynetdicom(tmp_path,
             assert warnings[0]["version"] == "3.1.0"
         else:
             assert {"serve_request_changed": "Association._serve_request",
-                    "config_option_removed": "_config.STORE_SEND_CHUNKED_DATASET"}[alteration] in warnings[0]["reason"]
+                    "config_option_removed": "_config.STORE_SEND_CHUNKED_DATASET",
+                    "status_check_changed": "Association._check_received_status"}[alteration] in warnings[0]["reason"]
     finally:
         node.stop()
 
