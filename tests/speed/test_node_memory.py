@@ -1,0 +1,48 @@
+"""The node's memory at start: the notes engine is loaded, the gazetteer is read in pieces, and nothing the
+node does not need yet (highdicom's tables of the standard, an argon2 hash) is loaded before it listens.
+
+The bound on the started node's peak RSS is generous (about 300 MB measured on 30 November 2026, 410-460 MB
+before): it catches a large table or model loaded at start by mistake, not a few megabytes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from gateway.referral.entities import _RECORD_BOUNDARY, _whole_records, load_gazetteer
+from support.peers import GatewayProcess
+
+STARTED_NODE_PEAK_RSS_MB = 400
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+def test_a_started_node_peaks_well_under_the_bound(tmp_path):
+    node = GatewayProcess(tmp_path, f"sqlite:///{tmp_path}/gateway.db").start()
+    try:
+        assert _peak_rss_mb(node.proc.pid) < STARTED_NODE_PEAK_RSS_MB
+    finally:
+        node.stop()
+
+
+def test_the_cities_file_is_read_in_whole_records():
+    records = "".join(f'"{n}": {{"geonameid": {n}, "name": "Town {n}", "countrycode": "GB", "alternatenames": '
+                      f'["T{n}"]}}, ' for n in range(1000, 1400))
+    text = "{" + records.rstrip(", ") + "}"
+    pieces = list(_whole_records(io.StringIO(text), chunk_chars=500))
+    assert "".join(pieces) == text and len(pieces) > 10
+    end = 0
+    for piece in pieces[:-1]:
+        end += len(piece)
+        assert _RECORD_BOUNDARY.match(text, end - 1), text[end - 20:end + 20]
+
+
+def test_the_gazetteer_has_towns_countries_states_and_local_spellings():
+    places = load_gazetteer()
+    assert {"london", "münchen", "köln", "germany", "texas", "springfield", "basingstoke"} <= places
+    assert len(places) > 100_000
