@@ -45,7 +45,7 @@ def cpu_seconds(pid: int) -> float:
 
 def settle(pid: int, timeout: float = 60.0) -> None:
     """Wait until the freshly started node is idle (under 2 % of a core over a quarter of a second), so that its
-    one-off start-up work finishing in the background (the notes fonts, the notes engine) is not counted as
+    one-off start-up work finishing in the background (highdicom's tables, the notes engine) is not counted as
     CPU per instance."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -221,3 +221,16 @@ def build_notes_sr(evidence: Dataset, notes: ScrubbedNotes, **options: object) -
     """Shorthand for ``NotesSRBuilder(evidence, notes, **options).build()``."""
     return NotesSRBuilder(evidence, notes, **options).build()  # type: ignore[arg-type]
 
+
+COMPREHENSIVE_SR_CLASS_UID = "1.2.840.10008.5.1.4.1.1.88.33"
+
+
+def load_standard_tables() -> None:
+    """Load highdicom's tables of the standard (IODs, modules, attributes) now: highdicom reads them on the
+    first SR it builds, half a second that would otherwise fall on the first case's notes. The node calls
+    this in the background at start."""
+    try:
+        from highdicom._standard_utils import is_attribute_in_iod
+    except ImportError:  # a highdicom without it: the first SR pays, nothing else changes
+        return
+    is_attribute_in_iod("ContentDate", COMPREHENSIVE_SR_CLASS_UID)
