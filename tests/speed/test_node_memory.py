@@ -1,7 +1,7 @@
-"""The node's memory at start: the notes engine is loaded, the gazetteer is read in pieces, and nothing the
-node does not need yet (highdicom's tables of the standard, an argon2 hash) is loaded before it listens.
+"""The node's memory at start: the notes engine and highdicom's tables are loaded, the gazetteer is read in
+pieces, and no argon2 hash is computed at import.
 
-The bound on the started node's peak RSS is generous (about 300 MB measured on 30 November 2026, 410-460 MB
+The bound on the started node's peak RSS is generous (about 345 MB measured on 30 November 2026, 410-460 MB
 before): it catches a large table or model loaded at start by mistake, not a few megabytes."""
 
 from __future__ import annotations
