@@ -79,6 +79,7 @@ _DATE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("day_month", re.compile(rf"(?<![\d.])(\d{{1,2}}){_ORD}(?:\s+of)?\s+{_MONTH}(?![\w])", re.IGNORECASE)),
     ("month_day", re.compile(rf"\b{_MONTH}\s+(\d{{1,2}}){_ORD}(?![\d\w:])", re.IGNORECASE)),
 )
+_WHOLE_DATE_KINDS = frozenset({"ymd", "compact", "dmy_text", "mdy_text", "holiday"})
 # A weekday before a date goes with it ("Mon 11th March 2024").
 _WEEKDAY = re.compile(r"\b(?:mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun|montag|dienstag|mittwoch|donnerstag|"
                       r"freitag|samstag|sonntag|monday|tuesday|wednesday|thursday|friday|saturday|sunday)\.?,?\s+"
@@ -305,6 +306,7 @@ class TextScrubber:
         self._protect_own_tokens(work)
         self._replace_pattern(work, _URL, URL)
         self._replace_pattern(work, _EMAIL, EMAIL)
+        self._replace_whole_dates(work)  # before the clinical values: "VAS 12/04/1971" is no score
         self._replace_pattern(work, CLINICAL_VALUE, None)  # kept as they are: "CRP 120", "L4-L5", "4.2 (5.0)"
         for pattern in self._id_patterns:
             self._replace_pattern(work, pattern, ID)
@@ -369,6 +371,17 @@ class TextScrubber:
             for match in list(pattern.finditer(work.view())):
                 work.claim(match.start(), match.end(), self._date_token(kind, match.groups()))
         self._replace_pattern(work, _WEEKDAY, "")
+
+    def _replace_whole_dates(self, work: _Work) -> None:
+        """Dates that cannot be anything else, claimed before the clinical values so that none keeps a piece of
+        one (a score or a lab value written against it: "VAS 12/04/1971", "CRP 12.04.2020"): the patient's
+        birth date in any form, and every date with its year in four digits or its month in words."""
+        for kind, pattern in _DATE_PATTERNS:
+            for match in list(pattern.finditer(work.view())):
+                token = self._date_token(kind, match.groups())
+                whole = kind in _WHOLE_DATE_KINDS or (kind == "numeric" and len(match.group(3)) == 4)
+                if token == DOB or whole:
+                    work.claim(match.start(), match.end(), token)
 
     def _date_token(self, kind: str, groups: Sequence[str]) -> str:
         candidates = _date_candidates(kind, groups, self._day_first)

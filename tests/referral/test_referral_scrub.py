@@ -42,6 +42,9 @@ def scrubber() -> TextScrubber:
     ("DOB April 12th, 1971", "DOB [DOB]"),
     ("DOB 12.04.71", "DOB [DOB]"),
     ("DOB 19710412", "DOB [DOB]"),
+    ("VAS 12/04/1971", "VAS [DOB]"),             # a score's rule must not keep a piece of the birth date
+    ("CRP 12.04.1971", "CRP [DOB]"),
+    ("VAS 7/10, CRP 12.04.2024", "VAS 7/10, CRP [2024-05-12]"),  # nor of any whole date
     ("MRI on 03/02/2024.", "MRI on [2024-03-04]."),
     ("MRI on 2024-02-03.", "MRI on [2024-03-04]."),
     ("MRI 31/02/2024", "MRI [DATE]"),
