@@ -74,10 +74,22 @@ STAGE_TOPICS: dict[str, frozenset[str]] = {
 ALL_TOPICS = frozenset().union(*STAGE_TOPICS.values())
 
 LISTEN_BACKOFF_S = (0.5, 30.0)  # first and longest wait before the listener reconnects
-PAST_DUE_DELAY_S = 1.0          # a timer asked for the past fires this late (no busy loop on a stuck case)
+PAST_DUE_DELAY_S = 1.0          # a timer asked for the past fires this late (no busy loop on a stuck case)...
+JUST_PASSED_WINDOW_S = 0.25     # ...unless its time passed less than this ago (while it was being set):
+JUST_PASSED_DELAY_S = 0.01      # then it fires at once
 SOCKET_NAME = "wakeup.sock"     # SQLite: the node's datagram socket, in its spool directory
 DATAGRAM_MAX = 512              # a message is a few topic names separated by spaces
 _UNIX_PATH_MAX = 107            # sun_path less its NUL: a longer path is reached through /proc/self/fd
+
+
+def timer_delay_s(when: dt.datetime, now: dt.datetime) -> float:
+    """Seconds from ``now`` until a timer for ``when`` fires. Just past, the time went by while it was worked
+    out (a study turning stable the instant the completion stage looked): at once. Long past: a second later,
+    so that a case stuck in the past makes no busy loop."""
+    delay = (when - now).total_seconds()
+    if delay > 0:
+        return delay
+    return JUST_PASSED_DELAY_S if delay > -JUST_PASSED_WINDOW_S else PAST_DUE_DELAY_S
 
 
 def topics_of(stage_name: str) -> frozenset[str]:
@@ -461,8 +473,7 @@ class Wakeups:
 
     def wake_at(self, topic: str, when: dt.datetime) -> None:
         """Deliver ``topic`` in this node at ``when`` (naive UTC, as in the database)."""
-        delay = (when - utcnow()).total_seconds()
-        self._timers.at(time.monotonic() + (delay if delay > 0 else PAST_DUE_DELAY_S), topic)
+        self._timers.at(time.monotonic() + timer_delay_s(when, utcnow()), topic)
 
     def watch_server(self, server: object) -> None:
         """Wake completion and early de-identification whenever an association with the SCP ends."""

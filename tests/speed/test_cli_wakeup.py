@@ -123,6 +123,8 @@ def test_a_command_with_no_node_running_succeeds(tmp_path):
     reviewer = DcmtkStoreSCP(tmp_path / "reviewer", ae_title="REVIEW_A")
     node = _node(tmp_path / "gw", f"sqlite:///{tmp_path}/gw.db", reviewer)
     node.start()
+    # the node binds its socket just after its DICOM port answers (the wake-ups watch the running server)
+    wait_until(lambda: (node.spool_dir / SOCKET_NAME).exists(), 30, "the node's wake-up socket")
     node.kill()
     assert (node.spool_dir / SOCKET_NAME).exists()
     added = node.cli("referral", "add", str(_referral_file(tmp_path)), check=False)

@@ -3,6 +3,7 @@ timers, and PostgreSQL's NOTIFY (sent in the transaction, heard by a listener th
 
 from __future__ import annotations
 
+import datetime as dt
 import select
 import threading
 
@@ -113,6 +114,15 @@ def test_an_event_topic_and_a_timer_wake_their_stage(case_db):
     assert woken == [wakeup.REFERRAL]
     wakeup.wake_at(wakeup.STABLE, utcnow())  # due now: delivered by the timer thread
     wait_until(lambda: wakeup.STABLE in woken, 30, "the timer to fire")
+
+
+def test_a_timer_just_past_fires_at_once_and_one_long_past_a_second_later():
+    """A study turns stable the instant the completion stage looks: the timer it sets is already a few
+    milliseconds past and must not wait the second meant for a stuck case (it cost every study a second)."""
+    now = utcnow()
+    assert wakeup.timer_delay_s(now + dt.timedelta(seconds=2), now) == 2.0
+    assert wakeup.timer_delay_s(now - dt.timedelta(milliseconds=5), now) == wakeup.JUST_PASSED_DELAY_S < 0.1
+    assert wakeup.timer_delay_s(now - dt.timedelta(seconds=5), now) == wakeup.PAST_DUE_DELAY_S
 
 
 def _listen(url_db: str):
