@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from gateway.models import (
     CaseState,
@@ -26,6 +27,24 @@ def open_db(url: str):
     database = open_database(url, max_connections=4)
     Source.get_or_create(name="st-marys", defaults={"ae_title": "STMARYS_PACS"})
     return database
+
+
+@pytest.fixture
+def db(tmp_path):
+    """A SQLite database with the test source, open for the test."""
+    database = open_db(f"sqlite:///{tmp_path}/gw.db")
+    with database.connection_context():
+        yield database
+
+
+@pytest.fixture
+def storescp(tmp_path):
+    """A DCMTK storescp playing reviewer dr-a (REVIEW_A)."""
+    from support.peers import DcmtkStoreSCP
+
+    scp = DcmtkStoreSCP(tmp_path / "storescp", ae_title="REVIEW_A").start()
+    yield scp
+    scp.stop()
 
 
 _counter = iter(range(1, 10**9))

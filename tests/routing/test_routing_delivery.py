@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
 from structlog.testing import capture_logs
 
@@ -16,7 +17,7 @@ from gateway.config import GatewayConfig
 from gateway.models import CaseState, Delivery, OutboundObject, Study, utcnow
 from gateway.routing.deliver import DeliveryStage, backoff_s, retry_case
 from gateway.routing.send import LEDGER_BATCH
-from routing_db import add_outbound, make_case, open_db
+from routing_db import add_outbound, db, make_case, open_db, storescp  # noqa: F401 - fixtures
 from support.dicomfiles import dataset_bytes, sop_instance_uid
 from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc, free_port, wait_until
 
@@ -29,20 +30,6 @@ def _config(tmp_path: Path, port: int, ae_title: str, **retry) -> GatewayConfig:
         "reviewers": [{"name": "dr-a", "ae_title": ae_title, "host": "127.0.0.1", "port": port}],
         "routing": {"retry": {"max_attempts": 12, "initial_s": 0.2, "max_s": 1.0, **retry}},
     })
-
-
-@pytest.fixture
-def db(tmp_path):
-    database = open_db(f"sqlite:///{tmp_path}/gw.db")
-    with database.connection_context():
-        yield database
-
-
-@pytest.fixture
-def storescp(tmp_path):
-    scp = DcmtkStoreSCP(tmp_path / "storescp", ae_title="REVIEW_A").start()
-    yield scp
-    scp.stop()
 
 
 @pytest.fixture
@@ -282,6 +269,18 @@ def _kill(scp: DcmtkStoreSCP) -> None:
     scp.proc = None
 
 
+def _readable_uids(paths: list[Path]) -> set[str]:
+    """The SOP Instance UIDs of the files that can be read: the kill may leave the file in flight cut short
+    (the reviewer never acknowledged it)."""
+    uids = set()
+    for path in paths:
+        try:
+            uids.add(sop_instance_uid(path))
+        except (InvalidDicomError, EOFError, ValueError):
+            continue
+    return uids
+
+
 def test_the_ledger_after_a_delivery_cut_short_and_the_retry_that_sends_only_the_rest(tmp_path, db, big_study):
     """The reviewer is killed mid-association: the ledger (written in batches) shows as sent exactly what the
     reviewer acknowledged, at most the one object in flight is unaccounted, and the retry sends only the rest."""
@@ -301,7 +300,7 @@ def test_the_ledger_after_a_delivery_cut_short_and_the_retry_that_sends_only_the
         scp.stop()
     row = Study.get_by_id(study.id)
     assert row.state == CaseState.DELIVERING and row.delivery_attempts == 1
-    first = {sop_instance_uid(p) for p in _received(scp)}
+    first = _readable_uids(_received(scp))
     sent = {d.outbound.sop_instance_uid for d in Delivery.select().where(Delivery.state == "sent")}
     assert 60 <= len(sent) < len(big_study)
     assert sent <= first and len(first - sent) <= 1, "the ledger shows every acknowledged object, and only those"

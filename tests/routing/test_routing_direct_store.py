@@ -20,7 +20,7 @@ from gateway.dicomnet import DirectStores, c_store_command, pdata_pdus
 from gateway.models import CaseState, OutboundObject, Study, utcnow
 from gateway.routing import send
 from gateway.routing.deliver import DeliveryStage
-from routing_db import add_outbound, make_case, open_db
+from routing_db import add_outbound, db, make_case, storescp  # noqa: F401 - fixtures
 from support.dicomfiles import dataset_bytes, sop_instance_uid
 from support.peers import DcmtkStoreSCP
 
@@ -35,20 +35,6 @@ def _config(tmp_path: Path, port: int) -> GatewayConfig:
         "sources": [{"name": "st-marys", "ae_title": "STMARYS_PACS"}],
         "reviewers": [{"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": port}],
     })
-
-
-@pytest.fixture
-def db(tmp_path):
-    database = open_db(f"sqlite:///{tmp_path}/gw.db")
-    with database.connection_context():
-        yield database
-
-
-@pytest.fixture
-def storescp(tmp_path):
-    scp = DcmtkStoreSCP(tmp_path / "storescp", ae_title="REVIEW_A").start()
-    yield scp
-    scp.stop()
 
 
 def _deliver_with_reason(tmp_path: Path, storescp: DcmtkStoreSCP, files: list[Path]) -> dict[str, bytes]:
