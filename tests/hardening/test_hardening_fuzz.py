@@ -282,7 +282,14 @@ def test_a_valid_raw_store_is_acknowledged_and_stored(node):
 
 # -- slow clients ------------------------------------------------------------------------------------------
 
+# Pools that start their threads as work comes, not at start (the stage scheduler's, the spool writers'): after a
+# round of slow peers they may hold a thread or two more than just after start. A leak of association threads
+# (one per slow peer: four and six below) still shows.
+LAZY_POOL_THREADS = 2
+
+
 def _settled_threads(pid: int, at_most: int, timeout: float) -> int:
+    at_most += LAZY_POOL_THREADS
     wait_until(lambda: thread_count(pid) <= at_most, timeout, f"the gateway's threads to fall back to {at_most}")
     return thread_count(pid)
 
@@ -298,7 +305,7 @@ def test_slow_clients_hold_slots_until_the_timeouts_then_free_them(tmp_path):
                           # grow a bounded thread or two meanwhile, which this count of association threads is not about
                           extra={"http": {"enabled": False}, "routing": {"wakeups": False}}).start()
     try:
-        baseline = _settled_threads(node.proc.pid, thread_count(node.proc.pid), 5)
+        baseline = thread_count(node.proc.pid)
         silent = [RawPeer(node.port, timeout=30) for _ in range(2)]
         stalled = RawPeer(node.port, timeout=30)
         stalled.send(associate_rq()[:20])  # a partial A-ASSOCIATE-RQ, then nothing
@@ -331,7 +338,9 @@ def _closed(peer: RawPeer) -> bool:
 def test_all_slots_held_by_silent_peers_are_freed_by_the_timeouts(tmp_path):
     node = GatewayProcess(tmp_path / "gw", f"sqlite:///{tmp_path}/gateway.db",
                           node={"max_associations": 3, "acse_timeout_s": 1.5, "negotiation_timeout_s": 1.5,
-                                "network_timeout_s": 2, "dimse_timeout_s": 3}, extra={"http": {"enabled": False}}).start()
+                                "network_timeout_s": 2, "dimse_timeout_s": 3},
+                          # wake-ups off, as above: each ended association would wake the stages on the scheduler's pool
+                          extra={"http": {"enabled": False}, "routing": {"wakeups": False}}).start()
     try:
         baseline = thread_count(node.proc.pid)
         silent = [RawPeer(node.port, timeout=30) for _ in range(6)]

@@ -97,6 +97,7 @@ class GatewayProcess:
 
     def start(self, timeout: float = 30.0) -> GatewayProcess:
         self.write_config()
+        started_before = self._started_events()
         env = {**os.environ, "SPINE_GATEWAY_LOG_STRICT": "1", "PYTHONUNBUFFERED": "1"}
         self.stderr = open(self.workdir / "gateway.stderr", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -110,7 +111,20 @@ class GatewayProcess:
             return echo_ok("127.0.0.1", self.port, calling, self.ae_title, timeout=2)
 
         wait_until(ready, timeout, f"the gateway to answer C-ECHO on port {self.port}", interval=0.1)
+        if self._logs_to_file():  # the DICOM port answers before the stages and wake-ups have started
+            wait_until(lambda: self._started_events() > started_before, timeout, "the gateway's gateway_started",
+                       interval=0.05)
         return self
+
+    def _logs_to_file(self) -> bool:
+        logging = self.config.get("logging") or {}
+        return logging.get("file") == str(self.log_file) and logging.get("level", "info") in ("debug", "info")
+
+    def _started_events(self) -> int:
+        if not self.log_file.exists():
+            return 0
+        return sum(1 for line in self.log_file.read_text(errors="replace").splitlines()
+                   if '"gateway_started"' in line)
 
     def stop(self) -> None:
         if self.proc is not None:
