@@ -109,10 +109,13 @@ class ReceivingProcesses:
             raise
         finally:
             os.close(write_end)
-        assert process.stdin is not None
-        process.stdin.write(self._config_json.encode("utf-8") + b"\n")
-        process.stdin.flush()
         receiver.process, receiver.started_at = process, time.monotonic()
+        try:
+            assert process.stdin is not None
+            process.stdin.write(self._config_json.encode("utf-8") + b"\n")
+            process.stdin.flush()
+        except OSError:
+            pass  # it died at once: its pipe closes, and _hear reports it and starts it again
         receiver.reader = threading.Thread(target=self._hear, args=(receiver, read_end),
                                            name=f"{process_name(receiver.number)}-pipe", daemon=True)
         receiver.reader.start()
@@ -132,16 +135,23 @@ class ReceivingProcesses:
         self._restart_after_exit(receiver, code)
 
     def _restart_after_exit(self, receiver: _Receiver, code: int | None) -> None:
-        receiver.failures = 0 if time.monotonic() - receiver.started_at > RESTART_BACKOFF_S[1] else receiver.failures + 1
-        pause = min(RESTART_BACKOFF_S[1], RESTART_BACKOFF_S[0] * 2 ** max(0, receiver.failures - 1))
+        """Start it again after a pause that doubles (up to RESTART_BACKOFF_S[1]) while it keeps exiting early."""
+        ran_long = time.monotonic() - receiver.started_at > RESTART_BACKOFF_S[1]
+        receiver.failures = 1 if ran_long else receiver.failures + 1
         log.error("receiver_exited", component=process_name(receiver.number), status=code,
-                  reason=f"starting it again in {pause:g} s")
-        if self._stopping.wait(pause):
-            return
-        try:
-            self._spawn(receiver)
-        except OSError as exc:
-            log.error("receiver_not_started", component=process_name(receiver.number), error=str(exc))
+                  reason=f"starting it again in {self._pause(receiver):g} s")
+        while not self._stopping.wait(self._pause(receiver)):
+            try:
+                self._spawn(receiver)
+                return
+            except OSError as exc:
+                receiver.failures += 1
+                log.error("receiver_not_started", component=process_name(receiver.number), error=str(exc),
+                          reason=f"trying again in {self._pause(receiver):g} s")
+
+    @staticmethod
+    def _pause(receiver: _Receiver) -> float:
+        return min(RESTART_BACKOFF_S[1], RESTART_BACKOFF_S[0] * 2 ** max(0, receiver.failures - 1))
 
     def _handle(self, receiver: _Receiver, line: bytes) -> None:
         try:

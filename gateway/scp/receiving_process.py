@@ -157,10 +157,21 @@ def serve(config_json: str, listen_fd: int, channel_fd: int, number: int, node_i
     server = start_scp(config.node, handlers, listening_fd=listen_fd)
     hub.watch_server(server)
     log.info("receiver_started", port=config.node.port)
-    sys.stdin.buffer.read()  # until the node closes it (stop) or dies
+    try:
+        sys.stdin.buffer.read()  # until the node closes it (stop) or dies
+    except _StopAsked:
+        pass
     server.shutdown()
     db.close()
     log.info("receiver_stopped")
+
+
+class _StopAsked(Exception):
+    """SIGTERM (systemd stops every process of the service together): stop as when the node closes our input."""
+
+
+def _stop_asked(signum: int, frame: object) -> None:
+    raise _StopAsked
 
 
 def receiver_identity(node_id: str, number: int) -> str:
@@ -192,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     node_id = args[5]
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at the terminal reaches the node, which stops us
+    signal.signal(signal.SIGTERM, _stop_asked)
     config_json = sys.stdin.buffer.readline().decode("utf-8")
     if not config_json:
         return 0

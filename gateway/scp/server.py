@@ -105,6 +105,14 @@ class GatedAssociationServer(ThreadedAssociationServer):
         if self._inherited is None:
             super().server_activate()
 
+    def server_close(self) -> None:
+        if self._inherited is None:
+            super().server_close()
+            return
+        # Only our descriptor: pynetdicom's shutdown(SHUT_RDWR) would stop the node's socket listening for every
+        # process that shares it.
+        self.socket.close()
+
     def get_request(self) -> tuple[socket.socket, Any]:
         client_socket, address = self.socket.accept()
         if self.ssl_context:

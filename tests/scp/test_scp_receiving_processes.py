@@ -181,6 +181,22 @@ def test_the_receiving_processes_end_with_the_node_stopped_or_killed(tmp_path):
         node.stop()
 
 
+def test_a_receiving_process_sent_sigterm_stops_cleanly_and_is_started_again(tmp_path):
+    """systemd stops a service by sending SIGTERM to each of its processes: a receiving process stops as when the
+    node closes its input (``receiver_stopped``); if the node runs on, it starts the process again."""
+    node = receiving_node(tmp_path / "gw", f"sqlite:///{tmp_path}/gateway.db")
+    try:
+        (first,) = receiving_pids(node)
+        os.kill(first, signal.SIGTERM)
+        wait_until(lambda: events_of(node, "receiver_stopped"), 30, "receiver_stopped")
+        wait_until(lambda: [e for e in events_of(node, "receiver_exited") if e["status"] == 0], 30,
+                   "receiver_exited with status 0")
+        wait_until(lambda: receiving_pids(node) and first not in receiving_pids(node), 30, "a new receiving process")
+        assert echo_ok("127.0.0.1", node.port, "STMARYS_PACS", node.ae_title)
+    finally:
+        node.stop()
+
+
 def test_max_associations_counts_every_process(tmp_path):
     """node.max_associations is the node's, not each process's: with three processes and a limit of 3 the fourth
     association is rejected (transient, local limit), and a released place is taken again."""
