@@ -18,13 +18,18 @@ from gateway.errors import InvalidInstance
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 MAX_DEPTH = 16
+_U16_LITTLE, _U16_BIG = struct.Struct("<H").unpack_from, struct.Struct(">H").unpack_from
+_U32_LITTLE, _U32_BIG = struct.Struct("<I").unpack_from, struct.Struct(">I").unpack_from
+_TAG_LITTLE, _TAG_BIG = struct.Struct("<HH").unpack_from, struct.Struct(">HH").unpack_from
 
 
 class _Walker:
     def __init__(self, data: memoryview, implicit: bool, little: bool, wanted: frozenset[int] = frozenset()) -> None:
         self.data = data
         self.implicit = implicit
-        self.endian = "<" if little else ">"
+        self._unpack_u16 = _U16_LITTLE if little else _U16_BIG
+        self._unpack_u32 = _U32_LITTLE if little else _U32_BIG
+        self._unpack_tag = _TAG_LITTLE if little else _TAG_BIG
         self.wanted = wanted
         self.found: dict[int, bytes] = {}
         self.spans: list[tuple[int, int, int]] = []  # top-level elements: (tag, start, end)
@@ -34,15 +39,16 @@ class _Walker:
         return InvalidInstance("malformed_dataset", status.CANNOT_UNDERSTAND, detail)
 
     def _u16(self, pos: int) -> int:
-        return struct.unpack_from(self.endian + "H", self.data, pos)[0]
+        return self._unpack_u16(self.data, pos)[0]
 
     def _u32(self, pos: int) -> int:
-        return struct.unpack_from(self.endian + "I", self.data, pos)[0]
+        return self._unpack_u32(self.data, pos)[0]
 
     def tag_at(self, pos: int, end: int) -> int:
         if pos + 8 > end:
             raise self.fail("truncated element header")
-        return (self._u16(pos) << 16) | self._u16(pos + 2)
+        group, element = self._unpack_tag(self.data, pos)
+        return (group << 16) | element
 
     def dataset(self, pos: int, end: int, depth: int, until_item_end: bool = False) -> int:
         """Walk elements from ``pos``; return where the dataset ends."""

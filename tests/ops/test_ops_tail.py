@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.ops.logs import FormatOnceRotatingFileHandler
 from gateway.ops.tail import TailFilter, follow_log, format_event, format_json, parse_since
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
@@ -117,8 +118,13 @@ def test_format_event_plain_and_coloured():
 # --- rotation ---------------------------------------------------------------------------------------
 
 
-def _rotating_logger(path: Path, max_bytes: int, backups: int) -> tuple[logging.Logger, logging.Handler]:
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+# the standard library's, and the gateway's own (``configure_logging``), which renders each record once
+ROTATING_HANDLERS = [logging.handlers.RotatingFileHandler, FormatOnceRotatingFileHandler]
+
+
+def _rotating_logger(path: Path, max_bytes: int, backups: int,
+                     handler_class: type = FormatOnceRotatingFileHandler) -> tuple[logging.Logger, logging.Handler]:
+    handler = handler_class(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.Logger(f"tail-test-{path}")  # not registered globally
     logger.addHandler(handler)
@@ -130,14 +136,16 @@ def _line(i: int) -> str:
     return json.dumps({"ts": _ts(0), "level": "info", "event": "tick", "count": i, "study": "k" * 12})
 
 
-def test_reads_rotated_backups_oldest_first_when_not_following(tmp_path):
+@pytest.mark.parametrize("handler_class", ROTATING_HANDLERS)
+def test_reads_rotated_backups_oldest_first_when_not_following(tmp_path, handler_class):
     path = tmp_path / "routing.jsonl"
-    logger, handler = _rotating_logger(path, max_bytes=400, backups=50)
+    logger, handler = _rotating_logger(path, max_bytes=400, backups=50, handler_class=handler_class)
     for i in range(60):
         logger.info(_line(i))
     handler.close()
     assert len(list(tmp_path.glob("routing.jsonl.*"))) > 5
     assert [e["count"] for e in follow_log(path, follow=False)] == list(range(60))
+    assert all(p.stat().st_size <= 400 for p in tmp_path.glob("routing.jsonl*"))
 
 
 def test_follows_across_rotations_every_line_once_in_order(tmp_path):

@@ -11,6 +11,7 @@ import os
 import queue
 import random
 import socket
+import struct
 import threading
 import time
 from io import BytesIO
@@ -23,15 +24,18 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.dimse_messages import C_ECHO_RQ, C_ECHO_RSP, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_ECHO_RSP, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import encode as pynetdicom_encode
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 
 from gateway.deid.options import DeidOptions
 from gateway.deid.stage import EARLY_AFTER_QUIET_S, EARLY_AT_THE_LATEST_S, DeidStage
 from gateway.deid.work import deid_pool
-from gateway.dicom.command import encode_command_set
-from gateway.dicomnet import NODELAY_HANDLER, _StoresServedInline, _wait_for_message, recv_exactly
+from gateway.dicom.command import encode_command_set, store_request_values, store_response_command
+from gateway.dicomnet import (_STOCK_MESSAGE_TO_PRIMITIVE, NODELAY_HANDLER, _ReceivedPData, _StoresServedInline,
+                              _wait_for_message, c_store_command, recv_exactly, store_request_to_primitive)
 from gateway.models import SCHEMA_VERSION, Instance, InstanceState, SchemaVersion, db, migrate, open_database
 from gateway.dicom.filemeta import part10_header
 from gateway.errors import InvalidInstance
@@ -350,3 +354,111 @@ def test_early_deidentification_waits_for_the_study_to_pause(receiving, small_st
             Instance.id == trickling.id).execute()
         assert [s.id for s in stage._outside_completion(study.__class__.get_by_id(study.id).last_received_at)] \
             == [study.id]
+
+
+def _received_message(command: bytes, dataset: bytes = b"\x08\x00\x16\x00\x02\x00\x00\x001\x00") -> DIMSEMessage:
+    """A C-STORE-RQ as pynetdicom's DIMSE layer assembles it from its P-DATA fragments."""
+    message = DIMSEMessage()
+    for value in (b"\x03" + command, b"\x02" + dataset):
+        fragment = P_DATA()
+        fragment.presentation_data_value_list = [[3, value]]
+        message.decode_msg(fragment)
+    return message
+
+
+def _primitive_fields(primitive: C_STORE) -> dict:
+    names = ("MessageID", "Priority", "AffectedSOPClassUID", "AffectedSOPInstanceUID",
+             "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID", "_context_id", "_dataset_path")
+    return {**{name: getattr(primitive, name) for name in names}, "DataSet": primitive.DataSet.getvalue()}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_store_request_read_directly_is_the_primitive_pynetdicom_makes(seed):
+    rng = random.Random(seed)
+    read_directly = 0
+    for _ in range(200):
+        request = C_STORE_RQ()
+        request.primitive_to_message(_store_rq(rng))
+        command = pynetdicom_encode(request.command_set, True, True)
+        read_directly += store_request_values(command) is not None
+        ours = store_request_to_primitive(_received_message(command))
+        theirs = _STOCK_MESSAGE_TO_PRIMITIVE(_received_message(command))
+        assert type(ours) is type(theirs) is C_STORE
+        assert _primitive_fields(ours) == _primitive_fields(theirs)
+    assert read_directly > 100  # those with a C-MOVE originator went to pynetdicom
+
+
+def test_a_store_request_padded_with_spaces_reads_as_pydicom_reads_it():
+    command = c_store_command(9, MR, "1.2.3.4")
+    padded = command.replace(b"1.2.3.4\0", b"1.2.3.4 ").replace(MR.encode() + b"\0", MR.encode() + b" ")
+    ours = store_request_to_primitive(_received_message(padded))
+    theirs = _STOCK_MESSAGE_TO_PRIMITIVE(_received_message(padded))
+    assert _primitive_fields(ours) == _primitive_fields(theirs)
+    assert ours.AffectedSOPInstanceUID == "1.2.3.4"
+
+
+@pytest.mark.parametrize("change", ["truncated", "unknown element", "two message ids", "not ascii", "backslash",
+                                    "empty uid", "c-echo", "no instance uid"])
+def test_a_command_set_not_plainly_a_store_request_is_left_to_pynetdicom(change):
+    command = c_store_command(9, MR, "1.2.3.4")
+    altered = {
+        "truncated": command[:-3],
+        "unknown element": command + struct.pack("<HHI", 0, 0x1030, 2) + b"AE",
+        "two message ids": command.replace(struct.pack("<HHIH", 0, 0x0110, 2, 9),
+                                           struct.pack("<HHIHH", 0, 0x0110, 4, 9, 9)),
+        "not ascii": command.replace(b"1.2.3.4\0", b"1.2.3.\xe4\0"),
+        "backslash": command.replace(b"1.2.3.4\0", b"1.2\\3.4\0"),
+        "empty uid": command.replace(struct.pack("<HHI", 0, 0x1000, 8) + b"1.2.3.4\0", struct.pack("<HHI", 0, 0x1000, 0)),
+        "c-echo": command.replace(struct.pack("<HHIH", 0, 0x0100, 2, 1), struct.pack("<HHIH", 0, 0x0100, 2, 0x30)),
+        "no instance uid": command.replace(struct.pack("<HHI", 0, 0x1000, 8) + b"1.2.3.4\0", b""),
+    }[change]
+    assert altered != command
+    assert store_request_values(altered) is None
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_store_response_sent_directly_is_the_pdu_pynetdicom_sends(seed):
+    rng = random.Random(seed)
+    for _ in range(200):
+        primitive = _store_rsp(rng)
+        primitive.ErrorComment = None
+        if rng.random() < 0.2:
+            primitive.AffectedSOPClassUID = None
+        message = C_STORE_RSP()
+        message.primitive_to_message(primitive)
+        [pdata] = list(message.encode_msg(5, 16384))
+        command = store_response_command(primitive.MessageIDBeingRespondedTo, primitive.Status,
+                                         primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID)
+        assert pdata.presentation_data_value_list == [(5, b"\x03" + command)]
+
+
+def _p_data_tf(values: list[tuple[int, bytes]]) -> bytes:
+    primitive = P_DATA()
+    primitive.presentation_data_value_list = [list(value) for value in values]
+    pdu = P_DATA_TF()
+    pdu.from_primitive(primitive)
+    return pdu.encode()
+
+
+@pytest.mark.parametrize("sizes", [[1], [2, 16_000], [131_072], [7, 1, 300, 5]])
+def test_a_p_data_read_in_place_gives_the_fragments_pynetdicom_gives(sizes):
+    rng = random.Random(len(sizes))
+    values = [(rng.choice([1, 3, 255]), bytes([rng.choice([0, 1, 2, 3])]) + rng.randbytes(size - 1)) for size in sizes]
+    encoded = _p_data_tf(values)
+    stock = P_DATA_TF()
+    stock.decode(encoded)
+    ours = _ReceivedPData(memoryview(bytearray(encoded[6:]))).to_primitive()
+    assert [(cid, bytes(value)) for cid, value in ours.presentation_data_value_list] == \
+        stock.to_primitive().presentation_data_value_list == values
+
+
+@pytest.mark.parametrize("damage", ["item runs past the end", "empty item", "truncated item header"])
+def test_a_damaged_p_data_is_refused_in_place_as_pynetdicom_refuses_it(damage):
+    body = _p_data_tf([(1, b"\x02abc")])[6:]  # item length 5, context 1, "\x02abc"
+    damaged = {"item runs past the end": struct.pack(">L", 99) + body[4:],
+               "empty item": struct.pack(">LB", 0, 1),
+               "truncated item header": body + b"\x00\x00"}[damage]
+    with pytest.raises(Exception):
+        P_DATA_TF().decode(b"\x04\x00" + struct.pack(">L", len(damaged)) + damaged)
+    with pytest.raises(ValueError):
+        _ReceivedPData(memoryview(damaged))

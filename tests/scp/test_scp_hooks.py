@@ -12,12 +12,14 @@ import time
 import pynetdicom
 import pynetdicom._config
 import pynetdicom.association
+import pynetdicom.dimse
 import pynetdicom.dimse_messages
 import pynetdicom.dul
 import pytest
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 
+import gateway.dicomnet
 from gateway import status
 from gateway.config import GatewayConfig
 from gateway.dicom.command import encode_command_set
@@ -28,6 +30,8 @@ from gateway.dicomnet import (
     _ReactorClock,
     _StoresServedInline,
     missing_hook_points,
+    send_msg_store_responses_directly,
+    store_request_to_primitive,
 )
 from gateway.models import open_database
 from gateway.scp.handlers import ScpHandlers
@@ -65,14 +69,17 @@ def scp(tmp_path, database_url, pynetdicom_hooks):
     database.close()
 
 
-def test_every_hook_is_in_effect_on_a_real_association(scp, small_study):
+def test_every_hook_is_in_effect_on_a_real_association(scp, small_study, monkeypatch):
     server, config, handlers = scp
+    used = counting(monkeypatch, "store_request_values", "store_response_command", "_ReceivedPData")
     assert missing_hook_points() == []
     assert isinstance(pynetdicom.association.time, _ReactorClock)
     assert isinstance(pynetdicom.dul.time, _ReactorClock)
     assert pynetdicom.dimse_messages.encode is encode_command_set
     assert pynetdicom._config.LOG_HANDLER_LEVEL == "none"
     assert pynetdicom._config.STORE_SEND_CHUNKED_DATASET is True
+    assert pynetdicom.dimse_messages.C_STORE_RQ.message_to_primitive is store_request_to_primitive
+    assert pynetdicom.dimse.DIMSEServiceProvider.send_msg is send_msg_store_responses_directly
 
     requestor = associate(config.node.port, calling="STMARYS_PACS")
     assert requestor.is_established
@@ -97,6 +104,8 @@ def test_every_hook_is_in_effect_on_a_real_association(scp, small_study):
         assert "send_pdu" in vars(requestor.dul) and "send" in vars(requestor.dul.socket)
         assert DirectStores.available(requestor), "a delivery's C-STOREs go straight to the socket"
         assert not DirectStores.available(acceptor)
+        assert "_read_pdu_data" in vars(acceptor.dul) and "_read_pdu_data" not in vars(requestor.dul), \
+            "an acceptor reads P-DATA in place"
         assert type(requestor.dul.socket).recv is AssociationSocket.recv  # the class itself is left alone
 
         rsp = requestor.send_c_store(small_study[0])
@@ -106,6 +115,22 @@ def test_every_hook_is_in_effect_on_a_real_association(scp, small_study):
         requestor.release()
     assert handlers.store_threads and all(isinstance(t, DULServiceProvider) for t in handlers.store_threads), \
         "C-STOREs are served in the DUL thread (_StoresServedInline)"
+    assert used["store_request_values"] >= 1, "the request's command set was read directly"
+    assert used["store_response_command"] >= 1, "the response was written directly"
+    assert used["_ReceivedPData"] >= 2, "the request's P-DATA (command and data set) were read in place"
+
+
+def counting(monkeypatch, *names: str) -> dict[str, int]:
+    """Count the calls of ``gateway.dicomnet``'s ``names`` (still calling them), to see which paths ran."""
+    calls = dict.fromkeys(names, 0)
+    for name in names:
+        original = getattr(gateway.dicomnet, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(gateway.dicomnet, name, counted)
+    return calls
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -141,6 +166,16 @@ ALTERATIONS = {
     "status_check_changed": (
         "import pynetdicom.association as a\n"
         "a.Association._check_received_status = lambda self, rsp, strict=False: None\n"),
+    "pdu_read_changed": (
+        "import pynetdicom.dul as d\n"
+        "_original = d.DULServiceProvider._read_pdu_data\n"
+        "def _read_pdu_data(self):\n"
+        "    return _original(self)\n"
+        "d.DULServiceProvider._read_pdu_data = _read_pdu_data\n"),
+    "response_sending_changed": (
+        "import pynetdicom.dimse as d\n"
+        "_original = d.DIMSEServiceProvider.send_msg\n"
+        "d.DIMSEServiceProvider.send_msg = lambda self, primitive, context_id: _original(self, primitive, context_id)\n"),
 }
 
 
@@ -166,7 +201,9 @@ def test_a_different_pynetdicom_means_one_warning_and_stock_pynetdicom(tmp_path,
         else:
             assert {"serve_request_changed": "Association._serve_request",
                     "config_option_removed": "_config.STORE_SEND_CHUNKED_DATASET",
-                    "status_check_changed": "Association._check_received_status"}[alteration] in warnings[0]["reason"]
+                    "status_check_changed": "Association._check_received_status",
+                    "pdu_read_changed": "DULServiceProvider._read_pdu_data",
+                    "response_sending_changed": "DIMSEServiceProvider.send_msg"}[alteration] in warnings[0]["reason"]
     finally:
         node.stop()
 
