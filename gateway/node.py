@@ -21,6 +21,7 @@ from gateway.referral.entities import load_engine
 from gateway.referral.http_api import register_referral_routes
 from gateway.referral.mllp import start_hl7_listener
 from gateway.referral.notes_sr import load_standard_tables
+from gateway.referral.sr_tables import install_module_table
 from gateway.referral.stage import NotesStage
 from gateway.referral.stage import warm_up as warm_up_notes
 from gateway.reports.intake import ReportIntake
@@ -74,6 +75,7 @@ class GatewayNode:
                         reason="row committed, file never placed: the node stopped in between")
         self._load_secret()
         load_engine()  # the notes scrubber's model and word lists, once, before the node listens
+        install_module_table()  # highdicom reads its table of module attributes a module at a time, checked first
         threading.Thread(target=load_standard_tables, name="highdicom-tables", daemon=True).start()
         threading.Thread(target=warm_up_notes, name="notes-warm-up", daemon=True).start()
         handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids, self.identity,
