@@ -7,6 +7,8 @@ before): it catches a large table or model loaded at start by mistake, not a few
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 from gateway.referral.entities import _RECORD_BOUNDARY, _whole_records, load_gazetteer
@@ -46,3 +48,21 @@ def test_the_gazetteer_has_towns_countries_states_and_local_spellings():
     places = load_gazetteer()
     assert {"london", "münchen", "köln", "germany", "texas", "springfield", "basingstoke"} <= places
     assert len(places) > 100_000
+
+
+def test_the_cjk_font_is_parsed_for_the_first_letter_that_needs_it_not_at_start():
+    script = """
+from gateway.referral.document import Urgency
+from gateway.referral.notes_pdf import notes_fonts, render_notes_pdf
+from gateway.referral.scrub import ScrubbedNotes
+from gateway.referral.stage import warm_up
+warm_up()
+print(sorted(notes_fonts()))
+render_notes_pdf(ScrubbedNotes(urgency=Urgency.ROUTINE, history="Dvořák, Ελλάδα, Москва."))
+print(sorted(notes_fonts()))
+render_notes_pdf(ScrubbedNotes(urgency=Urgency.ROUTINE, history="Interpreter: 王伟 (son)."))
+print(sorted(notes_fonts()))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    body = "['NotesSans', 'NotesSans-Bold']"
+    assert result.stdout.splitlines() == [body, body, "['NotesCJK', 'NotesSans', 'NotesSans-Bold']"]
