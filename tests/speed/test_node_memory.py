@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.referral.entities import _RECORD_BOUNDARY, _whole_records, load_gazetteer
+from gateway.referral.entities import _RECORD_BOUNDARY, PlaceNames, _whole_records, load_gazetteer
 from support.peers import GatewayProcess
 
 STARTED_NODE_PEAK_RSS_MB = 400
@@ -46,8 +46,19 @@ def test_the_cities_file_is_read_in_whole_records():
 
 def test_the_gazetteer_has_towns_countries_states_and_local_spellings():
     places = load_gazetteer()
-    assert {"london", "münchen", "köln", "germany", "texas", "springfield", "basingstoke"} <= places
+    assert all(name in places for name in ("london", "münchen", "köln", "germany", "texas", "springfield",
+                                           "basingstoke", "new york city", "zürich"))
+    assert not any(name in places for name in ("London", "lond", "londonx", "", "backache"))
     assert len(places) > 100_000
+
+
+def test_place_names_hold_exactly_the_names_given():
+    names = {"london", "münchen", "köln", "zürich", "москва", "北京", "𝔘nicode", "a", "ab", "abc", "b"}
+    places = PlaceNames([*names, "london"])
+    assert len(places) == len(names) and set(places) == names
+    assert all(name in places for name in names)
+    assert not any(name in places for name in ("", "aa", "ac", "lond", "londonn", "münche", "zz", "\x00", 7))
+    assert "" not in PlaceNames([]) and len(PlaceNames([])) == 0 and list(PlaceNames([])) == []
 
 
 def test_the_cjk_font_is_parsed_for_the_first_letter_that_needs_it_not_at_start():
