@@ -5,7 +5,7 @@ SR it builds and keeps it: some 65 MB of Python objects for the rest of the proc
 while parsing. Building a notes SR looks at about 18 of those modules (Patient, General Study, SR Document
 General...). :func:`install_module_table` replaces highdicom's loader with :class:`ModuleAttributeTable`, which
 indexes where each module's list starts in the file (read a megabyte at a time) and parses a module's list the
-first time it is asked for. Same lists, a few hundred kilobytes instead of 65 MB.
+first time it is asked for. Same lists, some 2 MB (the index and the modules read) instead of 65 MB.
 
 The replacement is checked first, like the pynetdicom hooks (``gateway.dicomnet``): highdicom must look its
 table up through ``get_module_attribute_map`` where the SR code uses it, and the file must be the indented
@@ -120,6 +120,7 @@ def install_module_table() -> ModuleTableHook:
 
 
 def _check_and_install() -> ModuleTableHook:
+    global _hooked_loader, _stock_loader
     missing = missing_hook_points()
     table = None
     if not missing:
@@ -133,7 +134,6 @@ def _check_and_install() -> ModuleTableHook:
         log.warning("highdicom_table_hook_not_installed", reason=f"highdicom lacks {', '.join(missing)}",
                     error="highdicom reads its whole table of module attributes (about 65 MB)")
         return ModuleTableHook(False, tuple(missing))
-    global _hooked_loader, _stock_loader
     original = _stock_loader = _highdicom_loader()
 
     def get_module_attribute_map() -> ModuleAttributeTable:
