@@ -38,9 +38,30 @@ def study(instances: int, seed: int = 7) -> list[Path]:
     return files
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _own_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # gone meanwhile
     return (int(fields[11]) + int(fields[12])) / 100.0  # utime + stime, in clock ticks of 10 ms
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live children of ``pid``: the node's receiving processes and de-identification workers."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    children.append(int(entry.name))
+            except OSError:
+                continue
+    return children
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU of the node and of its child processes (the receiving processes share the work of receiving)."""
+    return _own_cpu_seconds(pid) + sum(_own_cpu_seconds(child) for child in child_pids(pid))
 
 
 def settle(pid: int, timeout: float = 60.0) -> None:
@@ -60,6 +81,12 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def receiving_peaks_mb(pid: int) -> list[float]:
+    """Peak RSS of each of the node's receiving processes (``node.receiving_processes``)."""
+    return [peak_rss_mb(child) for child in child_pids(pid)
+            if b"gateway.scp.receiving_process" in Path(f"/proc/{child}/cmdline").read_bytes()]
 
 
 def send(port: int, files: list[Path], called: str, calling: str = "STMARYS_PACS") -> float:
@@ -100,13 +127,13 @@ def run_gateway(workdir: Path, files: list[Path], cpu: list[float]) -> float:
         node.stop()
 
 
-def rss_run(workdir: Path, gigabytes: float) -> tuple[int, float, float]:
+def rss_run(workdir: Path, gigabytes: float) -> tuple[int, float, float, list[float]]:
     files = study(int(gigabytes * 1e9 / 525_000), seed=11)
     node = GatewayProcess(workdir, f"sqlite:///{workdir}/gateway.db",
                           extra={"routing": {"stable_after_s": 3600}}).start()
     try:
         elapsed = send(node.port, files, "SPINEGW")
-        return len(files), elapsed, peak_rss_mb(node.proc.pid)
+        return len(files), elapsed, peak_rss_mb(node.proc.pid), receiving_peaks_mb(node.proc.pid)
     finally:
         node.stop()
 
@@ -135,11 +162,12 @@ def main() -> None:
         print(f"{name:10s} {len(files) / seconds:12.1f} {megabytes / seconds:8.1f}")
     print(f"\nratio gateway/storescp: {median['storescp'] / median['gateway']:.2f}")
     print(f"ratio gateway/orthanc:  {median['orthanc'] / median['gateway']:.2f}")
-    print(f"gateway CPU seconds per instance: {statistics.median(cpu) * 1000:.2f} ms")
+    print(f"gateway CPU seconds per instance (node and its processes): {statistics.median(cpu) * 1000:.2f} ms")
     if args.rss_gb:
         with tempfile.TemporaryDirectory(prefix="bench-rss-", dir="/var/tmp") as tmp:
-            count, elapsed, rss = rss_run(Path(tmp), args.rss_gb)
-        print(f"\npeak RSS receiving {count} instances (~{args.rss_gb:g} GB): {rss:.0f} MB "
+            count, elapsed, rss, receivers = rss_run(Path(tmp), args.rss_gb)
+        print(f"\npeak RSS receiving {count} instances (~{args.rss_gb:g} GB): node {rss:.0f} MB; "
+              f"receiving processes {', '.join(f'{mb:.0f}' for mb in receivers) or 'none'} MB "
               f"({count / elapsed:.1f} instances/s)")
 
 

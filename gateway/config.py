@@ -79,6 +79,7 @@ class NodeConfig(_Section):
     negotiation_timeout_s: SECONDS = Field(5.0, gt=0)
     max_pending_per_host: int = Field(16, ge=1, le=1000)
     store_commit_timeout_s: SECONDS = Field(5.0, gt=0)
+    receiving_processes: int | None = Field(None, ge=0, le=16)  # le: receiving_process.MAX_RECEIVING_PROCESSES
     tls: TLSConfig = TLSConfig()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import socket
 import threading
@@ -35,6 +36,9 @@ from gateway.routing.sla import SlaStage
 from gateway.routing.spine import SpineFilter
 from gateway.scp.handlers import ScpHandlers
 from gateway.scp.receiver import InstanceReceiver, remove_unplaced_receipts
+from gateway.scp.receivers import ReceivingProcesses
+from gateway.scp.receiving_process import MAX_RECEIVING_PROCESSES, processes_sharing, receiver_identity
+from gateway.scp.slots import AssociationSlots
 from gateway.scp.policy import AssociationPolicy
 from gateway.scp.server import start_scp
 from gateway.scp.spool import Spool
@@ -62,6 +66,8 @@ class GatewayNode:
         self.hl7 = None  # the MLLP listener (gateway.referral.mllp) when hl7.enabled
         self.pipeline: Pipeline | None = None
         self.wakeups: wakeup.Wakeups | None = None
+        self.receivers: ReceivingProcesses | None = None
+        self.slots: AssociationSlots | None = None
         self.work_pool: WorkPool | None = None
         self.secret = b""
         self._stop = threading.Event()
@@ -74,11 +80,13 @@ class GatewayNode:
             cases.release_all_of_this_node()
         with db.connection_context():
             source_ids = {row.ae_title: row.id for row in Source.select()}
-        removed = self.spool.prepare()
+        # This node's receiving processes (gateway.scp.receivers) are gone too: their leftovers are ours to clean.
+        receiving = [receiver_identity(self.identity, n) for n in range(1, MAX_RECEIVING_PROCESSES + 1)]
+        removed = self.spool.prepare() + sum(self.spool.remove_partial_of(tag) for tag in receiving)
         if removed:
             log.warning("spool_partial_files_removed", count=removed)
         with db.connection_context():
-            unplaced = remove_unplaced_receipts(self.spool, self.identity)
+            unplaced = sum(remove_unplaced_receipts(self.spool, node) for node in [self.identity, *receiving])
         if unplaced:
             log.warning("unacknowledged_receipts_removed", count=unplaced,
                         reason="row committed, file never placed: the node stopped in between")
@@ -89,12 +97,13 @@ class GatewayNode:
         threading.Thread(target=_warm_up, name="notes-warm-up", daemon=True).start()
         handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids, self.identity,
                                                         commit_timeout_s=self.config.node.store_commit_timeout_s),
-                               ReportIntake(self.spool))
+                               ReportIntake(self.spool), self._association_slots())
         self._start_listeners()  # before the SCP: whoever sees the DICOM port answer finds HTTP up too
         install_fast_paths()  # pynetdicom's hooks, checked first: stock pynetdicom (and one warning) otherwise
         self.server = start_scp(self.config.node, handlers)
         self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)
         self._start_wakeups()
+        self._start_receivers()
         self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s, self.wakeups,
                                  policy=FailurePolicy.of(self.config.routing.case_failures))
         self.pipeline.start()
@@ -109,6 +118,27 @@ class GatewayNode:
                                           local_socket=wakeup.socket_path(self.config.storage.spool_dir)).start()
             self.wakeups.watch_server(self.server)
             wakeup.install(self.wakeups)
+
+    def _start_receivers(self) -> None:
+        """``node.receiving_processes``: more processes accepting on the DICOM port (``gateway.scp.receivers``)."""
+        if self.slots is not None:
+            self.receivers = ReceivingProcesses(self.config, self.server.socket.fileno(), self.identity, self.slots,
+                                                self._deliver_wakeup, self._wake_at).start()
+
+    def _association_slots(self) -> AssociationSlots | None:
+        """``node.max_associations`` counted across the processes that accept on the port, when there are several."""
+        processes = processes_sharing(self.config)
+        if processes > 1:
+            self.slots = AssociationSlots.create(processes, self.config.node.max_associations)
+        return self.slots
+
+    def _deliver_wakeup(self, topic: str) -> None:
+        if self.wakeups is not None:
+            self.wakeups.deliver(topic)
+
+    def _wake_at(self, topic: str, when: dt.datetime) -> None:
+        if self.wakeups is not None:
+            self.wakeups.wake_at(topic, when)
 
     def _load_secret(self) -> None:
         path = self.config.secret_path()
@@ -173,6 +203,9 @@ class GatewayNode:
             self.stop()
 
     def stop(self) -> None:
+        if self.receivers is not None:
+            self.receivers.stop()
+            self.receivers = None
         if self.wakeups is not None:
             wakeup.install(None)
             self.wakeups.stop()

@@ -74,11 +74,19 @@ def _foreign_name(logger: Any, method: str, event_dict: MutableMapping[str, Any]
     return event_dict
 
 
-def configure_logging(config: LoggingConfig, *, strict: bool = False, console: bool = True) -> None:
-    """Set up structlog and the standard library's logging for the whole process."""
+def configure_logging(config: LoggingConfig, *, strict: bool = False, console: bool = True,
+                      defaults: dict[str, str] | None = None, rotate: bool = True) -> None:
+    """Set up structlog and the standard library's logging for the whole process.
+
+    ``defaults``: keys every event of this process carries unless it sets them itself. ``rotate=False``: another
+    process (the node) rotates ``config.file``; this one appends to it and reopens it when it has been rotated
+    (a receiving process, ``gateway.scp.receiving_process``).
+    """
     level = getattr(logging, config.level.upper())
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts")
     shared: list[Any] = [structlog.contextvars.merge_contextvars, structlog.stdlib.add_log_level, timestamper]
+    if defaults:
+        shared.append(_with_defaults(dict(defaults)))
     guard = PhiGuard(strict)
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, guard,
@@ -87,14 +95,8 @@ def configure_logging(config: LoggingConfig, *, strict: bool = False, console: b
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=not strict,
     )
-    foreign_chain = [*shared, _foreign_name, structlog.processors.format_exc_info, guard]
-
-    def formatter(renderer: Any) -> logging.Formatter:
-        return structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-            foreign_pre_chain=foreign_chain,
-        )
-
+    global _foreign_chain
+    _foreign_chain = [*shared, _foreign_name, structlog.processors.format_exc_info, guard]
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -103,15 +105,16 @@ def configure_logging(config: LoggingConfig, *, strict: bool = False, console: b
     if config.file is not None:
         path = Path(config.file)
         path.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.handlers.RotatingFileHandler(
-            path, maxBytes=config.max_bytes, backupCount=config.backups, encoding="utf-8")
-        file_handler.setFormatter(formatter(structlog.processors.JSONRenderer()))
+        file_handler: logging.Handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=config.max_bytes, backupCount=config.backups, encoding="utf-8") if rotate \
+            else logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+        file_handler.setFormatter(_formatter(structlog.processors.JSONRenderer()))
         root.addHandler(file_handler)
     if console:
         human = config.format == "console" and sys.stderr.isatty()
         renderer = structlog.dev.ConsoleRenderer() if human else structlog.processors.JSONRenderer()
         console_handler = logging.StreamHandler(sys.stderr)
-        console_handler.setFormatter(formatter(renderer))
+        console_handler.setFormatter(_formatter(renderer))
         console_handler.addFilter(_not_from_pynetdicom)
         root.addHandler(console_handler)
     # pynetdicom's DEBUG and INFO output prints original UIDs and AE details: keep it at WARNING.
@@ -123,6 +126,25 @@ def configure_logging(config: LoggingConfig, *, strict: bool = False, console: b
     # APScheduler warns each time a tick is skipped because the stage's previous run is still going: that is
     # the design (one run per stage at a time), not news.
     logging.getLogger("apscheduler").setLevel(max(level, logging.ERROR))
+
+
+_foreign_chain: list[Any] = []
+
+
+def _with_defaults(defaults: dict[str, str]) -> Any:
+    def add(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key, value in defaults.items():
+            event_dict.setdefault(key, value)
+        return event_dict
+    return add
+
+
+def _formatter(renderer: Any) -> logging.Formatter:
+    return structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        foreign_pre_chain=_foreign_chain,
+    )
+
 
 
 def _not_from_pynetdicom(record: logging.LogRecord) -> bool:

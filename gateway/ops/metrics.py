@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import peewee
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -89,6 +89,10 @@ class GatewayMetrics:
                                       buckets=LATENCY_BUCKETS, registry=r)
         self.delivery_seconds = Histogram(f"{PREFIX}_delivery_seconds", "Time to deliver one study",
                                           buckets=LATENCY_BUCKETS, registry=r)
+        self.receivers_running = Gauge(f"{PREFIX}_receiving_processes", "Receiving processes running beside the "
+                                       "node (node.receiving_processes)", registry=r)
+        self.receiver_exits = Counter(f"{PREFIX}_receiving_process_exits", "Receiving processes that exited while "
+                                      "the node ran (each is started again)", registry=r)
         for counter, results in ((self.instances, INSTANCE_RESULTS), (self.associations, ASSOCIATION_RESULTS),
                                  (self.deliveries, DELIVERY_RESULTS)):
             for result in results:
@@ -124,6 +128,12 @@ class GatewayMetrics:
         for _ in range(instances):
             self.deid_seconds.observe(seconds / instances)
 
+    def receiving_processes(self, running: int, *, exited: bool = False) -> None:
+        """``running`` receiving processes now; ``exited``: one of them has just exited unasked."""
+        self.receivers_running.set(running)
+        if exited:
+            self.receiver_exits.inc()
+
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""
         return generate_latest(self.registry)
@@ -146,6 +156,11 @@ def record_commit_group(rows: int) -> None:
 def record_association(result: str) -> None:
     """See :meth:`GatewayMetrics.record_association`."""
     METRICS.record_association(result)
+
+
+def receiving_processes(running: int, *, exited: bool = False) -> None:
+    """See :meth:`GatewayMetrics.receiving_processes`."""
+    METRICS.receiving_processes(running, exited=exited)
 
 
 def record_delivery(result: str, seconds: float, *, retry: bool = False) -> None:

@@ -30,6 +30,7 @@ from gateway.ops import audit, metrics
 from gateway.dicom.filemeta import part10_header
 from gateway.scp.policy import AssociationPolicy, AssociationRefused, Caller
 from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance, elapsed_ms
+from gateway.scp.slots import AssociationSlots
 
 log = structlog.get_logger("scp")
 
@@ -44,6 +45,7 @@ class AssociationStats:
     failures: int = 0
     cache: AssociationCache = field(default_factory=AssociationCache)
     studies: dict[str, int] = field(default_factory=dict)  # study key -> instances stored
+    holds_slot: bool = False  # counted in the node-wide AssociationSlots
 
 
 def _named(caller: Caller) -> dict[str, str]:
@@ -71,10 +73,11 @@ class ScpHandlers:
     """Binds the SCP's events to the association policy, the instance receiver and the report intake."""
 
     def __init__(self, policy: AssociationPolicy, receiver: InstanceReceiver,
-                 reports: ReportGate | None = None) -> None:
+                 reports: ReportGate | None = None, slots: AssociationSlots | None = None) -> None:
         self.policy = policy
         self.receiver = receiver
         self.reports = reports
+        self.slots = slots  # node.max_associations across processes (gateway.scp.slots); None: pynetdicom's own
         self._associations: weakref.WeakKeyDictionary[Association, AssociationStats] = weakref.WeakKeyDictionary()
 
     def bindings(self) -> list[tuple]:
@@ -85,6 +88,7 @@ class ScpHandlers:
             (evt.EVT_ABORTED, self.on_closed),
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_CONN_CLOSE, self.on_connection_closed),
         ]
 
     def on_requested(self, event: evt.Event) -> None:
@@ -95,6 +99,8 @@ class ScpHandlers:
         peer = requestor.address
         try:
             caller = self.policy.admit(calling, called, peer)
+            if self.slots is not None and not self.slots.take():
+                raise AssociationRefused.local_limit()
         except AssociationRefused as refusal:
             log.warning("association_rejected", reason=refusal.reason, calling_ae=calling.strip(),
                         called_ae=called.strip(), peer=peer)
@@ -103,7 +109,7 @@ class ScpHandlers:
             metrics.record_association("rejected")
             self._audit("association_refused", calling.strip()[:16], peer, None, "refused", refusal.reason)
             return
-        self._associations[event.assoc] = AssociationStats(caller, peer)
+        self._associations[event.assoc] = AssociationStats(caller, peer, holds_slot=self.slots is not None)
         metrics.record_association("accepted")
         log.info("association_accepted", **_named(caller), calling_ae=caller.ae_title, peer=peer)
 
@@ -111,6 +117,7 @@ class ScpHandlers:
         stats = self._associations.pop(event.assoc, None)
         if stats is None:
             return
+        self._give_back_slot(stats)
         metrics.record_association("aborted" if event.assoc.is_aborted else "released")
         for study_key, count in stats.studies.items():
             self._audit("received", stats.caller.ae_title, stats.peer, study_key, "success", f"{count} instance(s)")
@@ -118,6 +125,17 @@ class ScpHandlers:
                  state="aborted" if event.assoc.is_aborted else "released",
                  instances=stats.instances, bytes=stats.bytes, count=stats.failures,
                  duration_ms=elapsed_ms(stats.started))
+
+    def on_connection_closed(self, event: evt.Event) -> None:
+        """The connection of an association that ended without a release or an abort event still frees its place."""
+        stats = self._associations.pop(event.assoc, None)
+        if stats is not None:
+            self._give_back_slot(stats)
+
+    def _give_back_slot(self, stats: AssociationStats) -> None:
+        if stats.holds_slot and self.slots is not None:
+            stats.holds_slot = False
+            self.slots.give_back()
 
     def on_echo(self, event: evt.Event) -> int:
         """C-ECHO: always 0x0000 (Success) for an admitted caller."""

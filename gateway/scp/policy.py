@@ -27,6 +27,14 @@ class AssociationRefused(Exception):
         self.source = status.SOURCE_SERVICE_USER
         self.diagnostic = diagnostic
 
+    @classmethod
+    def local_limit(cls) -> AssociationRefused:
+        """The node has ``node.max_associations`` open (transient: try again later), as pynetdicom answers."""
+        refusal = cls("too_many_associations", status.DIAG_LOCAL_LIMIT_EXCEEDED)
+        refusal.result = status.REJECTED_TRANSIENT
+        refusal.source = status.SOURCE_SERVICE_PROVIDER_PRESENTATION
+        return refusal
+
 
 class AssociationPolicy:
     """Calling AE title must be a configured source or reviewer (and come from its host when one is set);

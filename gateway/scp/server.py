@@ -22,7 +22,7 @@ from gateway.scp.handlers import ScpHandlers
 def build_ae(node: NodeConfig, known_ae_titles: list[str]) -> AE:
     """An AE accepting C-ECHO and every storage SOP class pynetdicom knows, in the syntaxes we prefer."""
     ae = AE(ae_title=node.ae_title)
-    ae.maximum_associations = node.max_associations
+    ae.maximum_associations = node.max_associations  # where processes share the port: see gateway.scp.slots
     ae.maximum_pdu_size = node.max_pdu_bytes
     ae.acse_timeout = node.acse_timeout_s
     ae.dimse_timeout = node.dimse_timeout_s
@@ -83,10 +83,35 @@ class GatedAssociationServer(ThreadedAssociationServer):
     request_queue_size = socket.SOMAXCONN
     daemon_threads = True
 
-    def __init__(self, *args: Any, gate: NegotiationGate, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, gate: NegotiationGate, listening: socket.socket | None = None,
+                 **kwargs: Any) -> None:
         self.gate = gate
         self.closing = threading.Event()
+        self._inherited = listening
         super().__init__(*args, **kwargs)
+        # Non-blocking: where several processes accept on one socket, all are woken for a connection and the
+        # ones that lose the race get EAGAIN (socketserver ignores it) instead of blocking in accept().
+        self.socket.setblocking(False)
+
+    def server_bind(self) -> None:
+        if self._inherited is None:
+            super().server_bind()
+            return
+        self.socket.close()  # the one TCPServer made: a receiving process uses the node's, already listening
+        self.socket = self._inherited
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self._inherited is None:
+            super().server_activate()
+
+    def server_close(self) -> None:
+        if self._inherited is None:
+            super().server_close()
+            return
+        # Only our descriptor: pynetdicom's shutdown(SHUT_RDWR) would stop the node's socket listening for every
+        # process that shares it.
+        self.socket.close()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         client_socket, address = self.socket.accept()
@@ -110,15 +135,19 @@ class GatedAssociationServer(ThreadedAssociationServer):
         super().shutdown()
 
 
-def start_scp(node: NodeConfig, handlers: ScpHandlers) -> GatedAssociationServer:
+def start_scp(node: NodeConfig, handlers: ScpHandlers, *,
+              listening_fd: int | None = None) -> GatedAssociationServer:
     """Start listening in the background; the caller stops it with ``server.shutdown()``.
 
     As pynetdicom's ``AE.start_server(block=False)``, with ``GatedAssociationServer`` for its server.
+    ``listening_fd``: accept on this socket, already bound and listening (a receiving process, on the node's).
     """
     ae = build_ae(node, handlers.policy.known_ae_titles())
     gate = NegotiationGate(node.negotiation_timeout_s, node.max_pending_per_host)
+    listening = socket.socket(fileno=listening_fd) if listening_fd is not None else None
     server = ae.make_server((node.host, node.port), evt_handlers=handlers.bindings(), ssl_context=tls_context(node),
-                            server_class=GatedAssociationServer, request_handler=GatedRequestHandler, gate=gate)
+                            server_class=GatedAssociationServer, request_handler=GatedRequestHandler, gate=gate,
+                            listening=listening)
     ae._servers.append(server)  # as start_server does: AE.shutdown() stops it, and server.shutdown() expects it
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
     threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{stamp}", daemon=True).start()

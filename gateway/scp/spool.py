@@ -63,6 +63,14 @@ class Spool:
             leftover.unlink(missing_ok=True)
         return len(stale)
 
+    def remove_partial_of(self, node_tag: str) -> int:
+        """Empty ``tmp/<node_tag>/`` (a receiving process of this node that is known to be gone)."""
+        tmp = self.tmp_root / (re.sub(r"[^A-Za-z0-9_.-]", "_", node_tag) or "local")
+        leftovers = list(tmp.iterdir()) if tmp.is_dir() else []
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)
+        return len(leftovers)
+
     def _prepare_object_buckets(self) -> None:
         """Create the 256 ``objects/xx/`` directories up front (and make them durable once), so that the first
         instances received into a new spool do not each pay for a directory creation and two fsyncs."""

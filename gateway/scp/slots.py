@@ -1,0 +1,101 @@
+"""``node.max_associations`` for the whole node, when several processes accept on its port.
+
+Each process counts its own open associations in a slot of a small file in memory (4 bytes a process, a
+``memfd`` the node makes and its receiving processes inherit); a new association is admitted only if the sum of
+all slots is under the limit, read and written under an exclusive ``flock`` so that two processes admitting at
+the same instant cannot both take the last place. The node empties a slot of a receiving process that died (its
+associations died with it).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import tempfile
+import threading
+
+_SLOT = struct.Struct("<i")
+
+
+class AssociationSlots:
+    """The node's open associations, counted per process in ``path``; this process counts in slot ``number``."""
+
+    def __init__(self, fd: int, processes: int, number: int, limit: int) -> None:
+        self._fd = fd
+        self.processes = processes
+        self.number = number
+        self.limit = limit
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, processes: int, limit: int) -> AssociationSlots:
+        """The node's own (slot 0), every slot empty: no process accepts yet."""
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("spine-gateway-associations", os.MFD_CLOEXEC)
+        else:
+            fd = os.dup(tempfile.TemporaryFile().fileno())
+        os.ftruncate(fd, processes * _SLOT.size)
+        return cls(fd, processes, 0, limit)
+
+    @classmethod
+    def inherited(cls, fd: int, processes: int, number: int, limit: int) -> AssociationSlots:
+        """A receiving process's, on the node's file (``fd`` inherited). Opened again, not used as inherited: a
+        ``flock`` belongs to an open file, which the inherited descriptor would share with the node."""
+        own = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+        os.close(fd)
+        return cls(own, processes, number, limit)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def take(self) -> bool:
+        """One more association in this process, if the node has room for it."""
+        with self._locked():
+            counts = self._counts()
+            if sum(counts) >= self.limit:
+                return False
+            self._write(self.number, counts[self.number] + 1)
+            return True
+
+    def give_back(self) -> None:
+        with self._locked():
+            self._write(self.number, max(0, self._counts()[self.number] - 1))
+
+    def empty(self, number: int) -> None:
+        """Slot ``number`` to zero (its process is gone)."""
+        with self._locked():
+            self._write(number, 0)
+
+    def total(self) -> int:
+        with self._locked():
+            return sum(self._counts())
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def _counts(self) -> list[int]:
+        data = os.pread(self._fd, self.processes * _SLOT.size, 0).ljust(self.processes * _SLOT.size, b"\0")
+        return [value for (value,) in _SLOT.iter_unpack(data)]
+
+    def _write(self, number: int, value: int) -> None:
+        os.pwrite(self._fd, _SLOT.pack(value), number * _SLOT.size)
+
+    def _locked(self) -> _FileLock:
+        return _FileLock(self._fd, self._lock)
+
+
+class _FileLock:
+    """The thread lock (flock is per open file, shared by this process's threads) and then the file lock."""
+
+    def __init__(self, fd: int, lock: threading.Lock) -> None:
+        self._fd, self._lock = fd, lock
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc_info: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._lock.release()
+

@@ -1,0 +1,267 @@
+"""Receiving processes (``node.receiving_processes``, ``gateway.scp.receivers``): more processes accept on the node's
+DICOM port and store durably on their own; the node hears their logs, metrics and wake-ups, restarts one that
+dies, and takes them down with it.
+
+To make a receiving process (not the node) take the associations, the node's own process is stopped with
+SIGSTOP: it cannot accept, so the kernel's queue is served by the receiving process alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway import status
+from gateway.demo import write_demo_study
+from gateway.scp.slots import AssociationSlots
+from support.dicomfiles import dataset_bytes, sop_instance_uid, spool_files, spool_index
+from support.peers import GatewayProcess, echo_ok, storescu, wait_until
+from support.scu import associate, send
+from test_scp_receive import instances_in_db, rows
+
+HOUR = 3600.0
+
+
+def receiving_pids(node: GatewayProcess) -> list[int]:
+    """The node's receiving processes still alive (children running ``gateway.scp.receiving_process``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        state = stat.rsplit(")", 1)[1].split()[0]
+        if parent == node.proc.pid and state != "Z" and b"gateway.scp.receiving_process" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def started_receivers(node: GatewayProcess) -> int:
+    return sum(1 for event in node.log_events() if event["event"] == "receiver_started")
+
+
+def events_of(node: GatewayProcess, name: str, component: str = "receiver-1") -> list[dict]:
+    return [e for e in node.log_events() if e["event"] == name and e.get("component") == component]
+
+
+@contextlib.contextmanager
+def node_process_stopped(node: GatewayProcess) -> Iterator[None]:
+    """SIGSTOP the node's own process (its receiving processes run on) until the block ends."""
+    os.kill(node.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(node.proc.pid, signal.SIGCONT)
+
+
+def metric(node: GatewayProcess, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def receiving_node(workdir: Path, database_url: str, processes: int = 1, **node: object) -> GatewayProcess:
+    gateway = GatewayProcess(workdir, database_url, node={"receiving_processes": processes, **node},
+                             extra={"routing": {"stable_after_s": 1.0, "poll_s": HOUR, "echo_interval_s": HOUR}})
+    gateway.start()
+    wait_until(lambda: started_receivers(gateway) >= processes, 60, "the receiving processes")
+    return gateway
+
+
+@pytest.fixture(scope="module")
+def five_studies(tmp_path_factory) -> list[list[Path]]:
+    return [write_demo_study(tmp_path_factory.mktemp(f"sender-{n}"), 20, seed=60 + n, rows=128, cols=128)
+            for n in range(5)]
+
+
+def test_a_receiving_process_stores_durably_and_the_node_hears_it(tmp_path, database_url, small_study):
+    """With the node's own process stopped, its receiving process takes a study from DCMTK's storescu and an
+    unknown caller: the study is acknowledged, on disk and committed before the node runs again; afterwards the
+    node's log has the receiving process's events, /metrics counts them, and the forwarded wake-up completes the
+    case although the stages poll only hourly."""
+    node = receiving_node(tmp_path / "gw", database_url)
+    try:
+        with node_process_stopped(node):
+            result = storescu("127.0.0.1", node.port, small_study, calling="STMARYS_PACS")
+            assert result.returncode == 0 and "Store Failed" not in result.stderr, result.stderr[-500:]
+            stored = instances_in_db(database_url)
+            assert len(stored) == len(small_study), "acknowledged before its row was committed"
+            spool = spool_index(node.spool_dir)
+            assert all(spool[sop_instance_uid(p)] == dataset_bytes(p) for p in small_study)
+            assert not echo_ok("127.0.0.1", node.port, "INTRUDER", node.ae_title)
+        tags = {tag for (tag,) in rows(database_url, "SELECT DISTINCT node FROM instance")}
+        assert len(tags) == 1 and next(iter(tags)).endswith("-r1"), tags
+        wait_until(lambda: len(events_of(node, "instance_stored")) == len(small_study), 30,
+                   "the receiving process's instance_stored events in the node's log")
+        rejected = events_of(node, "association_rejected")
+        assert [e["reason"] for e in rejected] == ["calling_ae_not_recognized"]
+        wait_until(lambda: metric(node, 'spine_gateway_instances_received_total{result="stored"}')
+                   >= len(small_study), 30, "the stored instances in /metrics")
+        wait_until(lambda: [e for e in node.log_events()
+                            if e["event"] == "case_state_changed" and e.get("state") == "complete"], 30,
+                   "completion, woken by the receiving process (stages poll hourly)")
+    finally:
+        node.stop()
+
+
+def test_kill_9_of_a_receiving_process_loses_nothing_acknowledged_and_it_is_restarted(
+        tmp_path, database_url, five_studies):
+    """kill -9 of the receiving process while it takes five senders: every instance it acknowledged has its row
+    and intact file, the node logs the exit and starts it again, and everything sent again is stored once."""
+    node = receiving_node(tmp_path / "gw", database_url)
+    every = [path for files in five_studies for path in files]
+    objects = node.spool_dir / "objects"
+    try:
+        (victim,) = receiving_pids(node)
+        statuses: list[list[int | None]] = [[] for _ in five_studies]
+
+        def sender(index: int, files: list[Path]) -> None:
+            with contextlib.suppress(ConnectionError):
+                statuses[index] = send(node.port, files, calling="STMARYS_PACS")
+
+        with node_process_stopped(node):
+            threads = [threading.Thread(target=sender, args=(i, f)) for i, f in enumerate(five_studies)]
+            for thread in threads:
+                thread.start()
+            wait_until(lambda: objects.exists() and sum(1 for _ in objects.rglob("*.dcm")) >= 30, 120,
+                       "30 instances in the spool", interval=0.005)
+            os.kill(victim, signal.SIGKILL)
+            for thread in threads:
+                thread.join(120)
+        acknowledged = [path for files, codes in zip(five_studies, statuses) for path, code in zip(files, codes)
+                        if code == status.SUCCESS]
+        assert 20 <= len(acknowledged) < len(every), "the kill should land mid-transfer"
+        stored, spool = instances_in_db(database_url), spool_index(node.spool_dir)
+        for path in acknowledged:
+            uid = sop_instance_uid(path)
+            assert uid in stored and spool[uid] == dataset_bytes(path), f"{path.name} acknowledged but lost"
+        wait_until(lambda: events_of(node, "receiver_exited"), 30, "receiver_exited in the node's log")
+        wait_until(lambda: receiving_pids(node) and victim not in receiving_pids(node), 30, "a new receiving process")
+        assert metric(node, "spine_gateway_receiving_process_exits_total") == 1
+        wait_until(lambda: metric(node, "spine_gateway_receiving_processes") == 1, 30, "the gauge back at 1")
+        again = [send(node.port, files, calling="STMARYS_PACS") for files in five_studies]
+        assert again == [[status.SUCCESS] * len(files) for files in five_studies]
+        assert len(instances_in_db(database_url)) == len(every)
+        assert len(spool_files(node.spool_dir)) == len(every)
+    finally:
+        node.stop()
+
+
+def test_the_receiving_processes_end_with_the_node_stopped_or_killed(tmp_path):
+    """A stopped node stops its receiving processes; a node killed with -9 takes them down too, so the port is
+    free at once for the node started again."""
+    node = receiving_node(tmp_path / "gw", f"sqlite:///{tmp_path}/gateway.db", processes=2)
+    pids = receiving_pids(node)
+    assert len(pids) == 2
+    node.stop()
+    assert not any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in pids)
+
+    node = receiving_node(tmp_path / "gw", f"sqlite:///{tmp_path}/gateway.db", processes=2)
+    pids = receiving_pids(node)
+    node.kill()
+    wait_until(lambda: not any(_alive(pid) for pid in pids), 10, "the receiving processes to die with the node")
+    node.start()  # same port: nothing holds it any more
+    try:
+        assert echo_ok("127.0.0.1", node.port, "STMARYS_PACS", node.ae_title)
+    finally:
+        node.stop()
+
+
+def test_a_receiving_process_sent_sigterm_stops_cleanly_and_is_started_again(tmp_path):
+    """systemd stops a service by sending SIGTERM to each of its processes: a receiving process stops as when the
+    node closes its input (``receiver_stopped``); if the node runs on, it starts the process again."""
+    node = receiving_node(tmp_path / "gw", f"sqlite:///{tmp_path}/gateway.db")
+    try:
+        (first,) = receiving_pids(node)
+        os.kill(first, signal.SIGTERM)
+        wait_until(lambda: events_of(node, "receiver_stopped"), 30, "receiver_stopped")
+        wait_until(lambda: [e for e in events_of(node, "receiver_exited") if e["status"] == 0], 30,
+                   "receiver_exited with status 0")
+        wait_until(lambda: receiving_pids(node) and first not in receiving_pids(node), 30, "a new receiving process")
+        assert echo_ok("127.0.0.1", node.port, "STMARYS_PACS", node.ae_title)
+    finally:
+        node.stop()
+
+
+def test_max_associations_counts_every_process(tmp_path):
+    """node.max_associations is the node's, not each process's: with three processes and a limit of 3 the fourth
+    association is rejected (transient, local limit), and a released place is taken again."""
+    node = receiving_node(tmp_path / "gw", f"sqlite:///{tmp_path}/gateway.db", processes=2, max_associations=3)
+    held = [associate(node.port, calling="STMARYS_PACS") for _ in range(3)]
+    try:
+        assert all(a.is_established for a in held)
+        fourth = associate(node.port, calling="STMARYS_PACS")
+        assert fourth.is_rejected
+        assert fourth.acceptor.primitive.result == status.REJECTED_TRANSIENT
+        assert [e for e in node.log_events()
+                if e["event"] == "association_rejected" and e["reason"] == "too_many_associations"]
+        held.pop().release()
+        wait_until(lambda: _established_then_released(node.port), 10, "a place given back")
+    finally:
+        for assoc in held:
+            assoc.release()
+        node.stop()
+
+
+def _established_then_released(port: int) -> bool:
+    assoc = associate(port, calling="STMARYS_PACS")
+    if assoc.is_established:
+        assoc.release()
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class TestAssociationSlots:
+    """The shared count on its own: each ``AssociationSlots`` opens the node's file again, as each process does."""
+
+    def test_the_limit_is_the_sum_of_every_process(self):
+        node = AssociationSlots.create(processes=3, limit=3)
+        first, second = (AssociationSlots.inherited(os.dup(node.fileno()), 3, n, 3) for n in (1, 2))
+        assert node.take() and first.take() and second.take()
+        assert not node.take() and not first.take() and not second.take()
+        second.give_back()
+        assert first.take()
+        assert node.total() == 3
+        first.empty(1)  # its process died with two associations
+        assert node.total() == 1
+
+    def test_threads_and_openers_racing_never_pass_the_limit(self):
+        node = AssociationSlots.create(2, 50)
+        openers = [node, AssociationSlots.inherited(os.dup(node.fileno()), 2, 1, 50)]
+        taken: list[bool] = []
+        lock = threading.Lock()
+
+        def grab(slots: AssociationSlots) -> None:
+            for _ in range(40):
+                got = slots.take()
+                with lock:
+                    taken.append(got)
+
+        threads = [threading.Thread(target=grab, args=(openers[i % 2],)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sum(taken) == 50 and openers[0].total() == 50
