@@ -17,11 +17,13 @@ from gateway.deid.work import WorkPool, deid_pool
 from gateway.dicomnet import install_fast_paths
 from gateway.models import SCHEMA_VERSION, Source, db, open_database, sync_sources
 from gateway.ops.http import HttpServer, standard_health_checks
+from gateway.ops.memory import release_freed_memory
 from gateway.pipeline import FailurePolicy, Pipeline, Stage
 from gateway.referral.entities import load_engine
 from gateway.referral.http_api import register_referral_routes
 from gateway.referral.mllp import start_hl7_listener
 from gateway.referral.notes_sr import load_standard_tables
+from gateway.referral.sr_tables import install_module_table
 from gateway.referral.stage import NotesStage
 from gateway.referral.stage import warm_up as warm_up_notes
 from gateway.reports.intake import ReportIntake
@@ -42,6 +44,14 @@ from gateway.scp.server import start_scp
 from gateway.scp.spool import Spool
 
 log = structlog.get_logger("node")
+
+
+def _warm_up() -> None:
+    """What the first case's notes would otherwise load (highdicom's SR modules, the PDF fonts and layout), then
+    the freed start-up buffers back to the system. In a thread: the node listens meanwhile."""
+    load_standard_tables()
+    warm_up_notes()
+    release_freed_memory()
 
 
 class GatewayNode:
@@ -82,8 +92,9 @@ class GatewayNode:
                         reason="row committed, file never placed: the node stopped in between")
         self._load_secret()
         load_engine()  # the notes scrubber's model and word lists, once, before the node listens
-        threading.Thread(target=load_standard_tables, name="highdicom-tables", daemon=True).start()
-        threading.Thread(target=warm_up_notes, name="notes-warm-up", daemon=True).start()
+        release_freed_memory()  # the buffers the gazetteer was read through, before the warm-up grows the heap
+        install_module_table()  # highdicom reads its table of module attributes a module at a time, checked first
+        threading.Thread(target=_warm_up, name="notes-warm-up", daemon=True).start()
         handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids, self.identity,
                                                         commit_timeout_s=self.config.node.store_commit_timeout_s),
                                ReportIntake(self.spool), self._association_slots())

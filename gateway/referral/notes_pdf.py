@@ -7,7 +7,8 @@ Text is set in DejaVu Sans (Latin with every accent, Greek, Cyrillic) and, for t
 (Chinese, Japanese, Korean), WenQuanYi Micro Hei, both embedded as TrueType subsets: "Dvořák" and "王伟"
 print as letters, not boxes. The fonts come from the Debian packages fonts-dejavu-core and
 fonts-wqy-microhei (scripts/install-system-deps.sh), found at run time; without them the PDF falls back to
-Helvetica (Latin-1 only) and the node logs ``notes_pdf_font`` once. The DICOM object copies the Patient and General Study modules from
+Helvetica (Latin-1 only) and the node logs ``notes_pdf_font`` once. The CJK font is parsed on the first
+letter that needs it, not at start. The DICOM object copies the Patient and General Study modules from
 one de-identified image of the pseudonymous study and lives in its own series (Modality DOC).
 """
 
@@ -17,6 +18,7 @@ import copy
 import datetime
 import functools
 import io
+import threading
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -65,32 +67,60 @@ _FONT_FILES = {  # registered name → (file below a font directory, index in a 
     "NotesSans-Bold": ("dejavu/DejaVuSans-Bold.ttf", 0),
     "NotesCJK": ("wqy/wqy-microhei.ttc", 0),
 }
+#: Registered when the notes are first set (the node's warm-up). The CJK font waits for the first letter DejaVu
+#: Sans lacks: parsed, it holds some 23 MB (a 5 MB collection, a map of 34,600 characters) that most referrals
+#: never need, and parsing it takes about 0.1 s of that first case.
+BODY_FONTS = ("NotesSans", "NotesSans-Bold")
+
+_fonts: dict[str, TTFont] = {}
+_fonts_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
-def notes_fonts() -> dict[str, TTFont]:
-    """The embedded fonts found on this machine, registered with reportlab (once per process)."""
-    fonts: dict[str, TTFont] = {}
+def _font_files() -> dict[str, tuple[Path, int]]:
+    """The font files found on this machine (one warning, once, when one is missing)."""
+    found: dict[str, tuple[Path, int]] = {}
     for name, (relative, index) in _FONT_FILES.items():
         path = next((d / relative for d in FONT_DIRS if (d / relative).is_file()), None)
-        if path is None:
-            continue
-        font = TTFont(name, str(path), subfontIndex=index)
-        pdfmetrics.registerFont(font)
-        fonts[name] = font
-    if "NotesSans" not in fonts or "NotesCJK" not in fonts:
+        if path is not None:
+            found[name] = (path, index)
+    if "NotesSans" not in found or "NotesCJK" not in found:
         log.warning("notes_pdf_font", reason="fonts-dejavu-core or fonts-wqy-microhei missing: "
                                              "letters outside Latin-1 print as boxes in the notes PDF")
-    return fonts
+    return found
+
+
+def _font(name: str) -> TTFont | None:
+    """The font registered with reportlab under ``name``, parsed and registered on first use (once per
+    process); None when its file is missing."""
+    font = _fonts.get(name)
+    if font is not None or name not in _font_files():
+        return font
+    with _fonts_lock:
+        if name not in _fonts:
+            path, index = _font_files()[name]
+            font = TTFont(name, str(path), subfontIndex=index)
+            pdfmetrics.registerFont(font)
+            _fonts[name] = font
+        return _fonts[name]
+
+
+def notes_fonts() -> dict[str, TTFont]:
+    """The embedded fonts registered with reportlab: the body fonts, and the CJK font once a letter needed it."""
+    for name in BODY_FONTS:
+        _font(name)
+    return dict(_fonts)
 
 
 def font_for(char: str) -> str:
     """The registered font that draws ``char``: DejaVu Sans, else the CJK font, else Helvetica."""
-    fonts = notes_fonts()
-    for name in ("NotesSans", "NotesCJK"):
-        if name in fonts and ord(char) in fonts[name].face.charToGlyph:
-            return name
-    return "NotesSans" if "NotesSans" in fonts else "Helvetica"
+    body = _font("NotesSans")
+    if body is not None and ord(char) in body.face.charToGlyph:
+        return "NotesSans"
+    cjk = _font("NotesCJK")
+    if cjk is not None and ord(char) in cjk.face.charToGlyph:
+        return "NotesCJK"
+    return "NotesSans" if body is not None else "Helvetica"
 
 
 def _markup(text: str) -> str:

@@ -40,6 +40,7 @@ from gateway.referral.document import Urgency
 from gateway.referral.notes_base import _NotesBuilder
 from gateway.referral.redflags import FlagFinding
 from gateway.referral.scrub import ScrubbedNotes, ScrubbedPain
+from gateway.referral.sr_tables import install_module_table
 
 __all__ = ["NotesSRBuilder", "build_notes_sr", "EVIDENCE_REQUIRED_ATTRIBUTES"]
 
@@ -196,6 +197,7 @@ class NotesSRBuilder(_NotesBuilder):
 
     def build(self) -> ComprehensiveSR:
         """Build the SR dataset (a highdicom ``ComprehensiveSR``, a pydicom ``Dataset``)."""
+        install_module_table()
         private_scheme = CodingSchemeIdentificationItem(
             designator=codes.PRIVATE_SCHEME,
             name=codes.PRIVATE_SCHEME_NAME,
@@ -226,9 +228,11 @@ COMPREHENSIVE_SR_CLASS_UID = "1.2.840.10008.5.1.4.1.1.88.33"
 
 
 def load_standard_tables() -> None:
-    """Load highdicom's tables of the standard (IODs, modules, attributes) now: highdicom reads them on the
-    first SR it builds, half a second that would otherwise fall on the first case's notes. The node calls
-    this in the background at start."""
+    """Load what highdicom reads of its tables of the standard (IODs, modules, attributes) for the first SR it
+    builds: with the lazy module table (``sr_tables``) a few milliseconds, the SR's own modules; with stock
+    highdicom the whole table, half a second that would otherwise fall on the first case's notes. The node
+    calls this in the background at start, once the table is installed."""
+    install_module_table()
     try:
         from highdicom._standard_utils import is_attribute_in_iod
     except ImportError:  # a highdicom without it: the first SR pays, nothing else changes
