@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the suite's process helpers: real peers started and stopped by PID
 
-from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc, storescu  # noqa: E402
+from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc, child_pids, storescu  # noqa: E402
 
 from gateway.demo import write_demo_study  # noqa: E402
 
@@ -46,22 +46,9 @@ def _own_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / 100.0  # utime + stime, in clock ticks of 10 ms
 
 
-def child_pids(pid: int) -> list[int]:
-    """The live children of ``pid``: the node's receiving processes and de-identification workers."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    children.append(int(entry.name))
-            except OSError:
-                continue
-    return children
-
-
 def cpu_seconds(pid: int) -> float:
     """CPU of the node and of its child processes (the receiving processes share the work of receiving)."""
-    return _own_cpu_seconds(pid) + sum(_own_cpu_seconds(child) for child in child_pids(pid))
+    return _own_cpu_seconds(pid) + sum(_own_cpu_seconds(child) for child in child_pids(pid, b""))
 
 
 def settle(pid: int, timeout: float = 60.0) -> None:
@@ -85,8 +72,7 @@ def peak_rss_mb(pid: int) -> float:
 
 def receiving_peaks_mb(pid: int) -> list[float]:
     """Peak RSS of each of the node's receiving processes (``node.receiving_processes``)."""
-    return [peak_rss_mb(child) for child in child_pids(pid)
-            if b"gateway.scp.receiving_process" in Path(f"/proc/{child}/cmdline").read_bytes()]
+    return [peak_rss_mb(child) for child in child_pids(pid, b"gateway.scp.receiving_process")]
 
 
 def send(port: int, files: list[Path], called: str, calling: str = "STMARYS_PACS") -> float:

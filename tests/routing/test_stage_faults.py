@@ -51,7 +51,7 @@ from gateway.pipeline import FailurePolicy, Pipeline
 from gateway.reports import codes
 from gateway.reports.builder import ImageRef, ReportContent, ReportFinding, ReportSRBuilder
 from routing_db import add_instances
-from support.peers import DcmtkStoreSCP, GatewayProcess, free_port, storescu, wait_until
+from support.peers import DcmtkStoreSCP, GatewayProcess, child_pids, free_port, storescu, wait_until
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 MAX_FAILURES = 2
@@ -406,19 +406,7 @@ def test_a_full_disk_backs_a_case_off_but_never_gives_it_up(site):
 
 def _worker_pids(node_pid: int) -> list[int]:
     """The node's de-identification worker processes (spawned: ``multiprocessing.spawn``)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == node_pid and b"spawn_main" in cmdline:
-            pids.append(int(entry.name))
-    return pids
+    return child_pids(node_pid, b"spawn_main")
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from gateway import status
 from gateway.demo import write_demo_study
 from gateway.scp.slots import AssociationSlots
 from support.dicomfiles import dataset_bytes, sop_instance_uid, spool_files, spool_index
-from support.peers import GatewayProcess, echo_ok, storescu, wait_until
+from support.peers import GatewayProcess, child_pids, echo_ok, storescu, wait_until
 from support.scu import associate, send
 from test_scp_receive import instances_in_db, rows
 
@@ -33,20 +33,7 @@ HOUR = 3600.0
 
 def receiving_pids(node: GatewayProcess) -> list[int]:
     """The node's receiving processes still alive (children running ``gateway.scp.receiving_process``)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        state = stat.rsplit(")", 1)[1].split()[0]
-        if parent == node.proc.pid and state != "Z" and b"gateway.scp.receiving_process" in cmdline:
-            pids.append(int(entry.name))
-    return pids
+    return child_pids(node.proc.pid, b"gateway.scp.receiving_process")
 
 
 def started_receivers(node: GatewayProcess) -> int:

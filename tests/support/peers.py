@@ -54,6 +54,23 @@ def echo_ok(host: str, port: int, calling: str, called: str, timeout: float = 3.
     return result.returncode == 0
 
 
+def child_pids(parent: int, command_contains: bytes) -> list[int]:
+    """Live (not zombie) children of ``parent`` whose command line contains ``command_contains``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == parent and state != "Z" and command_contains in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
 def stop_process(proc: subprocess.Popen, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
     if proc.poll() is not None:
         return
