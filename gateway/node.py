@@ -15,7 +15,7 @@ from gateway.deid.secret import load_or_create_secret
 from gateway.deid.stage import DeidStage
 from gateway.deid.work import WorkPool, deid_pool
 from gateway.dicomnet import install_fast_paths
-from gateway.models import SCHEMA_VERSION, Source, db, open_database, sync_sources
+from gateway.models import SCHEMA_VERSION, db, open_database, sync_sources
 from gateway.ops.http import HttpServer, standard_health_checks
 from gateway.ops.memory import release_freed_memory
 from gateway.pipeline import FailurePolicy, Pipeline, Stage
@@ -26,7 +26,6 @@ from gateway.referral.notes_sr import load_standard_tables
 from gateway.referral.sr_tables import install_module_table
 from gateway.referral.stage import NotesStage
 from gateway.referral.stage import warm_up as warm_up_notes
-from gateway.reports.intake import ReportIntake
 from gateway.reports.stage import ReportStage
 from gateway.routing.assign import AssignmentStage
 from gateway.routing.completion import CompletionStage
@@ -34,13 +33,11 @@ from gateway.routing.deliver import DeliveryStage
 from gateway.routing.health import HealthStage
 from gateway.routing.sla import SlaStage
 from gateway.routing.spine import SpineFilter
-from gateway.scp.handlers import ScpHandlers
-from gateway.scp.receiver import InstanceReceiver, remove_unplaced_receipts
+from gateway.scp.receiver import remove_unplaced_receipts
 from gateway.scp.receivers import ReceivingProcesses
 from gateway.scp.receiving_process import MAX_RECEIVING_PROCESSES, processes_sharing, receiver_identity
 from gateway.scp.slots import AssociationSlots
-from gateway.scp.policy import AssociationPolicy
-from gateway.scp.server import start_scp
+from gateway.scp.server import node_handlers, start_scp
 from gateway.scp.spool import Spool
 
 log = structlog.get_logger("node")
@@ -78,8 +75,6 @@ class GatewayNode:
         cases.set_node_identity(self.identity, self.config.routing.claim_lease_s)
         with db.connection_context():
             cases.release_all_of_this_node()
-        with db.connection_context():
-            source_ids = {row.ae_title: row.id for row in Source.select()}
         # This node's receiving processes (gateway.scp.receivers) are gone too: their leftovers are ours to clean.
         receiving = [receiver_identity(self.identity, n) for n in range(1, MAX_RECEIVING_PROCESSES + 1)]
         removed = self.spool.prepare() + sum(self.spool.remove_partial_of(tag) for tag in receiving)
@@ -95,9 +90,7 @@ class GatewayNode:
         release_freed_memory()  # the buffers the gazetteer was read through, before the warm-up grows the heap
         install_module_table()  # highdicom reads its table of module attributes a module at a time, checked first
         threading.Thread(target=_warm_up, name="notes-warm-up", daemon=True).start()
-        handlers = ScpHandlers(AssociationPolicy(self.config), InstanceReceiver(self.spool, source_ids, self.identity,
-                                                        commit_timeout_s=self.config.node.store_commit_timeout_s),
-                               ReportIntake(self.spool), self._association_slots())
+        handlers = node_handlers(self.config, self.spool, self.identity, self._association_slots())
         self._start_listeners()  # before the SCP: whoever sees the DICOM port answer finds HTTP up too
         install_fast_paths()  # pynetdicom's hooks, checked first: stock pynetdicom (and one warning) otherwise
         self.server = start_scp(self.config.node, handlers)

@@ -12,6 +12,7 @@ Statuses answered to C-STORE:
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from io import BytesIO
@@ -88,6 +89,7 @@ class ScpHandlers:
         self.receiver = receiver
         self.reports = reports
         self.slots = slots  # node.max_associations across processes (gateway.scp.slots); None: pynetdicom's own
+        self._slot_lock = threading.Lock()
         self._associations: weakref.WeakKeyDictionary[Association, AssociationStats] = weakref.WeakKeyDictionary()
 
     def bindings(self) -> list[tuple]:
@@ -137,15 +139,18 @@ class ScpHandlers:
                  duration_ms=elapsed_ms(stats.started))
 
     def on_connection_closed(self, event: evt.Event) -> None:
-        """The connection of an association that ended without a release or an abort event still frees its place."""
-        stats = self._associations.pop(event.assoc, None)
+        """The connection of an association that ended without a release or an abort event still frees its place.
+        The association stays for ``on_closed`` (which may run after this, in another thread) to log and audit."""
+        stats = self._associations.get(event.assoc)
         if stats is not None:
             self._give_back_slot(stats)
 
     def _give_back_slot(self, stats: AssociationStats) -> None:
-        if stats.holds_slot and self.slots is not None:
+        with self._slot_lock:  # on_closed and on_connection_closed may both come, from two threads
+            if not stats.holds_slot or self.slots is None:
+                return
             stats.holds_slot = False
-            self.slots.give_back()
+        self.slots.give_back()
 
     def on_echo(self, event: evt.Event) -> int:
         """C-ECHO: always 0x0000 (Success) for an admitted caller."""

@@ -2,8 +2,8 @@
 
 Each is a ``gateway.scp.receiving_process`` accepting on the node's own listening socket; see that module for
 what it does and why. Each writes its own events to the node's log; the node reads each one's pipe in a thread
-of its own: metrics go to its ``/metrics``, wake-ups to its stages. A receiving process that exits while the node runs is
-logged (``receiver_exited``) and started again after a pause that grows while it keeps failing; the instances it
+of its own: metrics go to its ``/metrics``, wake-ups to its stages. A receiving process that exits while the
+node runs is logged (``receiver_exited``) and started again after a pause that grows while it keeps failing; the instances it
 had acknowledged are on disk and in the database, and the ones it had not are sent again by their senders.
 """
 
@@ -18,22 +18,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
 import structlog
 
 from gateway.config import GatewayConfig
 from gateway.ops import metrics
-from gateway.scp.receiving_process import process_name, resolved_count
+from gateway.scp.receiving_process import FORWARDED_METRICS, process_name, resolved_count
 from gateway.scp.slots import AssociationSlots
 
 log = structlog.get_logger("scp")
 
 RESTART_BACKOFF_S = (1.0, 30.0)  # first and longest pause before a receiving process that exited starts again
 STOP_TIMEOUT_S = 10.0            # a receiving process told to stop is killed after this long
-_METRICS: dict[str, Callable[..., None]] = {
-    "record_instance": metrics.record_instance,
-    "record_commit_group": metrics.record_commit_group,
-    "record_association": metrics.record_association,
-}
+_METRICS: dict[str, Callable[..., None]] = {name: getattr(metrics, name) for name in FORWARDED_METRICS}
 
 
 @dataclass
@@ -60,10 +57,6 @@ class ReceivingProcesses:
         self._config_json = config.model_dump_json(by_alias=True)
         self._stopping = threading.Event()
         self._receivers = [_Receiver(n) for n in range(1, resolved_count(config.node.receiving_processes) + 1)]
-
-    @property
-    def count(self) -> int:
-        return len(self._receivers)
 
     def pids(self) -> list[int]:
         return [r.process.pid for r in self._receivers if r.process is not None and r.process.poll() is None]

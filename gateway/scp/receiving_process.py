@@ -36,7 +36,7 @@ from typing import Any
 
 PR_SET_PDEATHSIG = 1
 MAX_RECEIVING_PROCESSES = 16  # node.receiving_processes's bound (gateway.config)
-_FORWARDED_METRICS = ("record_instance", "record_commit_group", "record_association")
+FORWARDED_METRICS = ("record_instance", "record_commit_group", "record_association")  # gateway.ops.metrics
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -81,7 +81,7 @@ def forward_metrics(channel: Channel) -> None:
                 pass
         return forward
 
-    for name in _FORWARDED_METRICS:
+    for name in FORWARDED_METRICS:
         setattr(metrics, name, forwarder(name))
 
 
@@ -113,7 +113,7 @@ def forwarding_wakeups(channel: Channel, node_id: str) -> Any:
 
 def serve(config_json: str, listen_fd: int, channel_fd: int, number: int, node_id: str, slots_fd: int) -> None:
     """Configure this process from the node's configuration and serve on the inherited socket until the node
-    closes standard input."""
+    closes standard input. (The imports are here, not at the top: ``main`` asks to die with the node first.)"""
     from gateway.config import GatewayConfig
     from gateway.ops.logs import configure_logging
 
@@ -127,12 +127,9 @@ def serve(config_json: str, listen_fd: int, channel_fd: int, number: int, node_i
 
     from gateway import cases, wakeup
     from gateway.dicomnet import install_fast_paths
-    from gateway.models import Source, db, make_database
-    from gateway.reports.intake import ReportIntake
-    from gateway.scp.handlers import ScpHandlers
-    from gateway.scp.policy import AssociationPolicy
-    from gateway.scp.receiver import InstanceReceiver, remove_unplaced_receipts
-    from gateway.scp.server import start_scp
+    from gateway.models import db, make_database
+    from gateway.scp.receiver import remove_unplaced_receipts
+    from gateway.scp.server import node_handlers, start_scp
     from gateway.scp.slots import AssociationSlots
     from gateway.scp.spool import Spool
 
@@ -146,15 +143,11 @@ def serve(config_json: str, listen_fd: int, channel_fd: int, number: int, node_i
     spool.prepare()
     with db.connection_context():
         remove_unplaced_receipts(spool, identity)  # its previous incarnation's, if it died
-        source_ids = {row.ae_title: row.id for row in Source.select()}
     hub = forwarding_wakeups(channel, identity)
     wakeup.install(hub)
     install_fast_paths()
     slots = AssociationSlots.inherited(slots_fd, processes_sharing(config), number, config.node.max_associations)
-    handlers = ScpHandlers(AssociationPolicy(config), InstanceReceiver(
-        spool, source_ids, identity, commit_timeout_s=config.node.store_commit_timeout_s), ReportIntake(spool),
-        slots)
-    server = start_scp(config.node, handlers, listening_fd=listen_fd)
+    server = start_scp(config.node, node_handlers(config, spool, identity, slots), listening_fd=listen_fd)
     hub.watch_server(server)
     log.info("receiver_started", port=config.node.port)
     try:

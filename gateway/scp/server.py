@@ -13,10 +13,16 @@ from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from gateway.config import NodeConfig
+from gateway.config import GatewayConfig, NodeConfig
 from gateway.dicomnet import ACCEPTED_TRANSFER_SYNTAXES
+from gateway.models import Source, db
+from gateway.reports.intake import ReportIntake
 from gateway.scp.gate import Dropped, NegotiationGate
 from gateway.scp.handlers import ScpHandlers
+from gateway.scp.policy import AssociationPolicy
+from gateway.scp.receiver import InstanceReceiver
+from gateway.scp.slots import AssociationSlots
+from gateway.scp.spool import Spool
 
 
 def build_ae(node: NodeConfig, known_ae_titles: list[str]) -> AE:
@@ -34,6 +40,15 @@ def build_ae(node: NodeConfig, known_ae_titles: list[str]) -> AE:
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
     return ae
+
+
+def node_handlers(config: GatewayConfig, spool: Spool, node: str, slots: AssociationSlots | None) -> ScpHandlers:
+    """The handlers of a process accepting on the node's port (the node or one of its receiving processes): the
+    association policy, the instance receiver (its rows tagged ``node``) and the report intake."""
+    with db.connection_context():
+        source_ids = {row.ae_title: row.id for row in Source.select()}
+    receiver = InstanceReceiver(spool, source_ids, node, commit_timeout_s=config.node.store_commit_timeout_s)
+    return ScpHandlers(AssociationPolicy(config), receiver, ReportIntake(spool), slots)
 
 
 def tls_context(node: NodeConfig) -> ssl.SSLContext | None:

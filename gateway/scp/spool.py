@@ -31,13 +31,18 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 STALE_TMP_S = 3600
 
 
+
+def _safe_tag(node_tag: str) -> str:
+    """A node's name as a directory name under ``tmp/``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", node_tag) or "local"
+
 class Spool:
     """Content-addressed, crash-safe storage for received DICOM files."""
 
     def __init__(self, root: Path, min_free_bytes: int = 0, node_tag: str = "local") -> None:
         self.root = Path(root)
         self.min_free_bytes = min_free_bytes
-        self.node_tag = re.sub(r"[^A-Za-z0-9_.-]", "_", node_tag) or "local"
+        self.node_tag = _safe_tag(node_tag)
         self.objects = self.root / "objects"
         self.quarantine_dir = self.root / "quarantine"
         self.outbound = self.root / "outbound"
@@ -65,7 +70,7 @@ class Spool:
 
     def remove_partial_of(self, node_tag: str) -> int:
         """Empty ``tmp/<node_tag>/`` (a receiving process of this node that is known to be gone)."""
-        tmp = self.tmp_root / (re.sub(r"[^A-Za-z0-9_.-]", "_", node_tag) or "local")
+        tmp = self.tmp_root / _safe_tag(node_tag)
         leftovers = list(tmp.iterdir()) if tmp.is_dir() else []
         for leftover in leftovers:
             leftover.unlink(missing_ok=True)

@@ -45,10 +45,11 @@ class Site:
             peer.stop()
 
 
-def start_site(workdir: Path, study: list[Path], database_url: str) -> Site:
-    """Everything running, the study sent by the hospital and delivered to dr-a (case DELIVERED)."""
-    node = GatewayProcess(workdir / "gw", database_url, extra={**FAST, "http": {"host": "127.0.0.1",
-                                                                                "port": free_port()}})
+def start_site(workdir: Path, study: list[Path], database_url: str, node: dict | None = None) -> Site:
+    """Everything running, the study sent by the hospital and delivered to dr-a (case DELIVERED). ``node``: more
+    of the gateway's ``node`` configuration."""
+    node = GatewayProcess(workdir / "gw", database_url, node=node,
+                          extra={**FAST, "http": {"host": "127.0.0.1", "port": free_port()}})
     hospital = Orthanc(workdir / "hospital", "HOSP_PACS",
                        modalities={"gateway": [node.ae_title, "127.0.0.1", node.port]})
     reviewer = Orthanc(workdir / "reviewer", "REVIEW_A")

@@ -106,7 +106,9 @@ def test_the_second_node_is_woken_by_notify(tmp_path, pg_cluster, small_study):
         wait_until(lambda: len(_files(reviewer)) >= len(small_study) + 2, 180, "the study delivered by node B")
         assert "assigned" in _states_logged(node_b), "node B assigned the case: woken by node A's NOTIFY"
         assert "assigned" not in _states_logged(node_a)
-        assert "complete" in _states_logged(node_a) and "complete" not in _states_logged(node_b)
+        # Either node may complete the case (both are woken when instances are received: node A in-process or
+        # by its receiving process, node B by NOTIFY), but only one does.
+        assert (_states_logged(node_a) + _states_logged(node_b)).count("complete") == 1
     finally:
         node_b.stop()
         node_a.stop()
