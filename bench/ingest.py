@@ -12,6 +12,7 @@ TCP_NODELAY=1 is set for the DCMTK tools and Orthanc; the gateway sets it itself
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -124,6 +125,23 @@ def rss_run(workdir: Path, gigabytes: float) -> tuple[int, float, float, list[fl
         node.stop()
 
 
+def durable_write_cpu(files: list[Path]) -> float:
+    """This machine's floor for durable storage: CPU seconds per file (user and kernel) to write each file's bytes to
+    a new file on the spool's file system and fsync it, in a plain loop. Every peer pays about this much per
+    instance to store with full durability; on a VM it varies from day to day with the host."""
+    contents = [path.read_bytes() for path in files]
+    with tempfile.TemporaryDirectory(prefix="bench-fsync-", dir="/var/tmp") as tmp:
+        started = time.process_time()
+        for number, data in enumerate(contents):
+            fd = os.open(f"{tmp}/{number}.dcm", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return (time.process_time() - started) / len(contents)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -149,6 +167,8 @@ def main() -> None:
     print(f"\nratio gateway/storescp: {median['storescp'] / median['gateway']:.2f}")
     print(f"ratio gateway/orthanc:  {median['orthanc'] / median['gateway']:.2f}")
     print(f"gateway CPU seconds per instance (node and its processes): {statistics.median(cpu) * 1000:.2f} ms")
+    print(f"this machine's floor, writing and fsyncing the same files in a plain loop: "
+          f"{durable_write_cpu(files) * 1000:.2f} ms CPU per instance")
     if args.rss_gb:
         with tempfile.TemporaryDirectory(prefix="bench-rss-", dir="/var/tmp") as tmp:
             count, elapsed, rss, receivers = rss_run(Path(tmp), args.rss_gb)

@@ -63,7 +63,7 @@ REPORT = "report"        # a reviewer's report object arrived (also for a case a
 STAGE_TOPICS: dict[str, frozenset[str]] = {
     "completion": frozenset({INSTANCES, STABLE}),
     # not INSTANCES: early de-identification of a study still receiving keeps to its poll, so that it does not
-    # take the CPU from the next sender's ingest (bench/senders.py, senders one after the other)
+    # take the CPU from the next sender's ingest (bench/concurrent.py, senders one after the other)
     "deid": frozenset({S.COMPLETE}),
     "notes": frozenset({S.DEIDENTIFIED, S.HELD, REFERRAL}),
     # a reported case frees a reviewer's capacity: a case held for want of a reviewer may go now

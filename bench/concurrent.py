@@ -11,7 +11,7 @@ sets it itself. Optionally ``--py-spy DIR`` records the gateway's stacks (idle t
 "folded" format, for flamegraph.pl or speedscope) during the last run of each mode (py-spy from PyPI:
 ``.venv/bin/pip install py-spy``; summarise with ``bench/spy_summary.py FILE``).
 
-    scripts/in-private-net.sh .venv/bin/python bench/senders.py [--runs 5] [--senders 5] [--instances 100]
+    scripts/in-private-net.sh .venv/bin/python bench/concurrent.py [--runs 5] [--senders 5] [--instances 100]
         [--receiving-processes N] [--peers storescp,orthanc,gateway]
 """
 
@@ -50,6 +50,13 @@ def studies(count: int, instances: int) -> list[list[Path]]:
     return out
 
 
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks (the first line of /proc/stat)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def at_once(port: int, called: str, sets: list[list[Path]]) -> float:
     errors: list[BaseException] = []
 
@@ -77,19 +84,42 @@ def one_after_another(port: int, called: str, sets: list[list[Path]]) -> float:
     return time.perf_counter() - started
 
 
-def measure(name: str, work: Path, sets: list[list[Path]], together: bool, cpu: list[float],
+def busy_while(send_all, busy: list[float]):
+    """``send_all`` that also appends to ``busy`` the share of the machine's CPU in use while it ran (1.0: every
+    core busy), whoever used it (senders, receiver, kernel)."""
+    def run(port: int, called: str, sets: list[list[Path]]) -> float:
+        before = machine_jiffies()
+        seconds = send_all(port, called, sets)
+        after = machine_jiffies()
+        busy.append((after[0] - before[0]) / max(1, after[1] - before[1]))
+        return seconds
+    return run
+
+
+def measure(name: str, work: Path, sets: list[list[Path]], together: bool, cpu: list[float], busy: list[float],
             spy: Path | None = None, receiving_processes: int | None = None) -> float:
-    sender = at_once if together else one_after_another
+    """Seconds for ``sets`` into a fresh ``name`` peer; appends the peer's own CPU per instance (its process and
+    children) to ``cpu`` and the machine's share of CPU in use to ``busy``."""
+    send_all = busy_while(at_once if together else one_after_another, busy)
+    instances = sum(len(s) for s in sets)
+
+    def timed(pid: int, port: int, called: str) -> float:
+        before = cpu_seconds(pid)
+        seconds = send_all(port, called, sets)
+        cpu.append((cpu_seconds(pid) - before) / instances)
+        return seconds
+
     if name == "storescp":
         peer = DcmtkStoreSCP(work).start()
         try:
-            return sender(peer.port, peer.ae_title, sets)
+            return timed(peer.proc.pid, peer.port, peer.ae_title)
         finally:
             peer.stop()
     if name == "orthanc":
         peer = Orthanc(work, "ORTHANC").start()
         try:
-            return sender(peer.dicom_port, "ORTHANC", sets)
+            settle(peer.proc.pid)
+            return timed(peer.proc.pid, peer.dicom_port, "ORTHANC")
         finally:
             peer.stop()
     node = GatewayProcess(work, f"sqlite:///{work}/gateway.db", node={"receiving_processes": receiving_processes},
@@ -103,10 +133,7 @@ def measure(name: str, work: Path, sets: list[list[Path]], together: bool, cpu: 
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)  # py-spy attaches
         settle(node.proc.pid)
-        before = cpu_seconds(node.proc.pid)
-        seconds = sender(node.port, "SPINEGW", sets)
-        cpu.append((cpu_seconds(node.proc.pid) - before) / sum(len(s) for s in sets))
-        return seconds
+        return timed(node.proc.pid, node.port, "SPINEGW")
     finally:
         if recorder is not None:
             recorder.send_signal(2)  # SIGINT: py-spy writes its output and exits
@@ -129,7 +156,8 @@ def main() -> int:
     megabytes = sum(p.stat().st_size for s in sets for p in s) / 1e6
     peers = tuple(args.peers.split(","))
     times = {(peer, together): [] for peer in peers for together in (True, False)}
-    cpu = {True: [], False: []}
+    cpu = {key: [] for key in times}
+    busy = {key: [] for key in times}
     with tempfile.TemporaryDirectory(prefix="spinegw-conc-", dir="/var/tmp") as tmp:
         for run in range(args.runs):
             for (peer, together), values in times.items():  # interleaved
@@ -138,7 +166,7 @@ def main() -> int:
                 if args.py_spy and peer == "gateway" and run == args.runs - 1:
                     args.py_spy.mkdir(parents=True, exist_ok=True)
                     spy = args.py_spy / f"gateway-{'together' if together else 'serial'}.folded"
-                seconds = measure(peer, work, sets, together, cpu[together] if peer == "gateway" else [], spy,
+                seconds = measure(peer, work, sets, together, cpu[(peer, together)], busy[(peer, together)], spy,
                                   args.receiving_processes)
                 values.append(seconds)
                 mode = f"{args.senders} at once" if together else "one by one"
@@ -147,9 +175,17 @@ def main() -> int:
     rate = {key: total / statistics.median(values) for key, values in times.items()}
     print(f"\n{args.senders} studies x {args.instances} instances ({total} instances, {megabytes:.0f} MB); "
           f"medians of {args.runs} interleaved runs")
-    print(f"{'peer':10s} {f'{args.senders} at once':>14s} {'one by one':>12s}   (instances/s)")
+    print(f"{'':10s} {f'{args.senders} at once':>30s}   {'one by one':>30s}")
+    print(f"{'peer':10s} " + "   ".join([f"{'instances/s':>11s} {'CPU/inst':>8s} {'machine':>8s}"] * 2))
     for peer in peers:
-        print(f"{peer:10s} {rate[(peer, True)]:14.1f} {rate[(peer, False)]:12.1f}")
+        cells = []
+        for together in (True, False):
+            key = (peer, together)
+            cells.append(f"{rate[key]:11.1f} {statistics.median(cpu[key]) * 1000:5.2f} ms "
+                         f"{statistics.median(busy[key]) * 100:7.0f}%")
+        print(f"{peer:10s} " + "   ".join(cells))
+    print("(CPU/inst: the peer's own processes; machine: share of both cores in use while sending, senders and "
+          "kernel included)")
     if "gateway" not in peers:
         return 0
     if "orthanc" in peers:
@@ -157,8 +193,6 @@ def main() -> int:
               f"(target >= 1.20)")
         print(f"gateway / Orthanc, one by one:  {rate[('gateway', False)] / rate[('orthanc', False)]:.2f}")
     print(f"gateway, {args.senders} at once / one by one: {rate[('gateway', True)] / rate[('gateway', False)]:.2f}")
-    print(f"gateway CPU per instance (node and its processes): {statistics.median(cpu[True]) * 1000:.2f} ms at once, "
-          f"{statistics.median(cpu[False]) * 1000:.2f} ms one by one")
     return 0
 
 
