@@ -149,7 +149,10 @@ class _LineReader:
 def _snapshot(path: Path) -> list[tuple[Path, int]]:
     """``[(file, inode)]`` of the backups oldest first, then the current file (absent while rotating).
 
-    Names shift during a rotation, so the directory is scanned until two scans agree.
+    Names shift during a rotation, so the directory is scanned until two scans agree; if they never do (a
+    rotation renaming forty backups while this thread and the writer's take turns), the answer is ``[]``. A
+    scan taken while the names shift can miss a file whose name changed between listing and ``stat``, and
+    reading on from such a view skipped that file's lines.
     """
     previous: list[tuple[Path, int]] | None = None
     for _ in range(_SNAPSHOT_ATTEMPTS):
@@ -157,7 +160,7 @@ def _snapshot(path: Path) -> list[tuple[Path, int]]:
         if current == previous:
             return current
         previous = current
-    return previous or []
+    return []  # still shifting: the caller scans again later rather than trust a torn view
 
 
 def _scan(path: Path) -> list[tuple[Path, int]]:
