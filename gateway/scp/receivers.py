@@ -3,8 +3,9 @@
 Each is a ``gateway.scp.receiving_process`` accepting on the node's own listening socket; see that module for
 what it does and why. Each writes its own events to the node's log; the node reads each one's pipe in a thread
 of its own: metrics go to its ``/metrics``, wake-ups to its stages. A receiving process that exits while the
-node runs is logged (``receiver_exited``) and started again after a pause that grows while it keeps failing; the instances it
-had acknowledged are on disk and in the database, and the ones it had not are sent again by their senders.
+node runs is logged (``receiver_exited``) and started again after a pause that grows while it keeps failing;
+the instances it had acknowledged are on disk and in the database, and the ones it had not are sent again by
+their senders.
 """
 
 from __future__ import annotations

@@ -31,10 +31,10 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 STALE_TMP_S = 3600
 
 
-
 def _safe_tag(node_tag: str) -> str:
     """A node's name as a directory name under ``tmp/``."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", node_tag) or "local"
+
 
 class Spool:
     """Content-addressed, crash-safe storage for received DICOM files."""

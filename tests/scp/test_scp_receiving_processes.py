@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
