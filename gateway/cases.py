@@ -132,6 +132,11 @@ def renew(study: Study, stage: str = "", lease: dt.timedelta | None = None) -> b
         (Study.id == study.id) & (Study.claimed_by == _owner(stage))).execute() == 1
 
 
+def lease_end(study: Study) -> dt.datetime | None:
+    """When the lease on ``study`` ends (None: nobody holds it)."""
+    return Study.select(Study.claimed_until).where(Study.id == study.id).scalar()
+
+
 def release(study: Study, stage: str = "") -> None:
     Study.update(claimed_by=None, claimed_until=None).where(
         (Study.id == study.id) & (Study.claimed_by == _owner(stage))).execute()
@@ -149,6 +154,10 @@ def claimed(study: Study, *states: str, stage: str = "") -> Iterator[bool]:
     ours and the case is still in one of ``states`` (another node may have moved it since it was selected).
     One stage at a time holds a case, in this node as across nodes. The lease is released afterwards."""
     mine = claim(study, stage)
+    if not mine:
+        # Held by another stage or node, whose release wakes this stage; should that wake-up be lost, the
+        # stage still looks again when the lease ends (instead of at its next poll, an hour away perhaps).
+        wakeup.again_after_lease(stage, lease_end(study))
     wakeup.claim_taken()
     try:
         if mine and states:

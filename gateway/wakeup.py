@@ -14,7 +14,9 @@ for any wake-up that is lost.
   connection of its own (``LISTEN``), reconnecting with a backoff; after a reconnect it wakes every stage,
   since notifications sent meanwhile are gone.
 - **Timers** (:func:`wake_at`): work that becomes due with time, not with a write: a study turning stable
-  (``routing.stable_after_s`` after its last instance) and a delivery retry coming due.
+  (``routing.stable_after_s`` after its last instance), a delivery retry coming due, and a case a stage found
+  claimed by another stage or node, at the end of that lease (:func:`again_after_lease`: the holder's release
+  wakes the stage at once, and should that wake-up be lost, the stage still looks again within the lease).
 - **Association ends**: an association that may have stored instances wakes completion, which then sets
   the stability timer (:meth:`Wakeups.watch_server`).
 - **Commands** (``spine-gateway retry``, ``release``, ``referral add``, ``notes approve``, ...) run in a process
@@ -77,6 +79,7 @@ LISTEN_BACKOFF_S = (0.5, 30.0)  # first and longest wait before the listener rec
 PAST_DUE_DELAY_S = 1.0          # a timer asked for the past fires this late (no busy loop on a stuck case)...
 JUST_PASSED_WINDOW_S = 0.25     # ...unless its time passed less than this ago (while it was being set):
 JUST_PASSED_DELAY_S = 0.01      # then it fires at once
+LEASE_END_MARGIN_S = 0.1        # a stage that found a case claimed looks again this long after the lease ends
 SOCKET_NAME = "wakeup.sock"     # SQLite: the node's datagram socket, in its spool directory
 DATAGRAM_MAX = 512              # a message is a few topic names separated by spaces
 _UNIX_PATH_MAX = 107            # sun_path less its NUL: a longer path is reached through /proc/self/fd
@@ -535,6 +538,14 @@ def wake_at(topic: str, when: dt.datetime | None) -> None:
     hub = _hub
     if hub is not None and when is not None:
         hub.wake_at(topic, when)
+
+
+def again_after_lease(stage_name: str, lease_end: dt.datetime | None) -> None:
+    """``stage_name`` found a case claimed until ``lease_end``: wake it then (a backstop for the holder's
+    release, which wakes it at once unless that wake-up is lost)."""
+    topics = sorted(topics_of(stage_name))
+    if topics and lease_end is not None:
+        wake_at(topics[0], lease_end + dt.timedelta(seconds=LEASE_END_MARGIN_S))
 
 
 def claim_taken() -> None:

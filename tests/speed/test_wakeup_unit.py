@@ -103,6 +103,23 @@ def test_a_move_under_a_claim_wakes_the_next_stage_once_the_claim_is_released(ca
         assert could_claim == [True]
 
 
+def test_a_stage_that_finds_a_case_claimed_elsewhere_looks_again_when_the_lease_ends(case_db):
+    """The holder's release normally wakes the stage; should that wake-up be lost (another node died holding the
+    case, a NOTIFY went missing), the stage still looks again at the end of the lease, not at its next poll."""
+    database, _, study, hub = case_db
+    woken_at: list[dt.datetime] = []
+    hub.subscribe(wakeup.topics_of("assignment"), lambda: woken_at.append(utcnow()))
+    with database.connection_context():
+        lease_end = utcnow() + dt.timedelta(seconds=0.5)
+        Study.update(claimed_by="node-b/notes", claimed_until=lease_end).where(Study.id == study.id).execute()
+        with cases.claimed(study, CaseState.NOTES_ATTACHED, stage="assignment") as mine:
+            assert not mine
+        wait_until(lambda: woken_at, 30, "the stage woken at the end of the other node's lease")
+        assert woken_at[0] >= lease_end
+        with cases.claimed(study, CaseState.NOTES_ATTACHED, stage="assignment") as mine:
+            assert mine, "the lease has ended: the case is the stage's now"
+
+
 def test_an_event_topic_and_a_timer_wake_their_stage(case_db):
     database, _, _, hub = case_db
     woken: list[str] = []
