@@ -125,6 +125,11 @@ class NegotiationGate:
         with self._lock:
             return self._pending.get(host, 0)
 
+    def total_pending(self) -> int:
+        """Connections of every host still waiting to negotiate."""
+        with self._lock:
+            return self._total
+
     def dropped(self, host: str, reason: str) -> None:
         metrics.record_association("dropped")
         self._drops.record(host, reason)

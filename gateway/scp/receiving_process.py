@@ -148,6 +148,7 @@ def serve(config_json: str, listen_fd: int, channel_fd: int, number: int, node_i
     install_fast_paths()
     slots = AssociationSlots.inherited(slots_fd, processes_sharing(config), number, config.node.max_associations)
     server = start_scp(config.node, node_handlers(config, spool, identity, slots), listening_fd=listen_fd)
+    slots.accepting()
     hub.watch_server(server)
     log.info("receiver_started", port=config.node.port)
     try:

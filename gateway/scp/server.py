@@ -87,6 +87,11 @@ class GatedRequestHandler(RequestHandler):
         super().handle()
 
 
+BALANCE_WAIT_S = 0.05         # longest a connection waits for a less busy process to accept it
+BALANCE_POLL_S = 0.001        # how often a busier process looks again meanwhile
+BALANCE_EPISODE_GAP_S = 0.01  # a pause longer than this between looks: a new connection is waiting
+
+
 class GatedAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with the gate: a place per host is taken on accept (no thread is started
     for a host whose places are taken), and a TLS handshake happens in the connection's own thread, within
@@ -99,10 +104,12 @@ class GatedAssociationServer(ThreadedAssociationServer):
     daemon_threads = True
 
     def __init__(self, *args: Any, gate: NegotiationGate, listening: socket.socket | None = None,
-                 **kwargs: Any) -> None:
+                 slots: AssociationSlots | None = None, **kwargs: Any) -> None:
         self.gate = gate
         self.closing = threading.Event()
         self._inherited = listening
+        self.slots = slots  # where several processes accept on the port: the busier ones let the others accept
+        self._yielding_since = self._last_yield = float("-inf")
         super().__init__(*args, **kwargs)
         # Non-blocking: where several processes accept on one socket, all are woken for a connection and the
         # ones that lose the race get EAGAIN (socketserver ignores it) instead of blocking in accept().
@@ -129,11 +136,29 @@ class GatedAssociationServer(ThreadedAssociationServer):
         self.socket.close()
 
     def get_request(self) -> tuple[socket.socket, Any]:
+        if not self._my_turn_to_accept():
+            # socketserver ignores the error: the next select finds the connection still there, unless a less
+            # busy process has accepted it meanwhile
+            raise BlockingIOError("a less busy process accepts this connection")
         client_socket, address = self.socket.accept()
         if self.ssl_context:
             client_socket = self.ssl_context.wrap_socket(client_socket, server_side=True,
                                                          do_handshake_on_connect=False)
         return client_socket, address
+
+    def _my_turn_to_accept(self) -> bool:
+        """True unless another process on the port serves fewer associations, and only for ``BALANCE_WAIT_S``
+        per connection (a process that stopped accepting must not hold connections up)."""
+        if self.slots is None:
+            return True
+        now = time.monotonic()
+        if now - self._last_yield > BALANCE_EPISODE_GAP_S:
+            self._yielding_since = now  # a new connection waits, not the one this process just let go
+        if now - self._yielding_since >= BALANCE_WAIT_S or self.slots.least_busy(self.gate.total_pending()):
+            return True
+        self._last_yield = now
+        time.sleep(BALANCE_POLL_S)
+        return False
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         return self.gate.enter(str(client_address[0]))
@@ -162,7 +187,7 @@ def start_scp(node: NodeConfig, handlers: ScpHandlers, *,
     listening = socket.socket(fileno=listening_fd) if listening_fd is not None else None
     server = ae.make_server((node.host, node.port), evt_handlers=handlers.bindings(), ssl_context=tls_context(node),
                             server_class=GatedAssociationServer, request_handler=GatedRequestHandler, gate=gate,
-                            listening=listening)
+                            listening=listening, slots=handlers.slots)
     ae._servers.append(server)  # as start_server does: AE.shutdown() stops it, and server.shutdown() expects it
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
     threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{stamp}", daemon=True).start()

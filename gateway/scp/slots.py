@@ -4,7 +4,11 @@ Each process counts its own open associations in a slot of a small file in memor
 ``memfd`` the node makes and its receiving processes inherit); a new association is admitted only if the sum of
 all slots is under the limit, read and written under an exclusive ``flock`` so that two processes admitting at
 the same instant cannot both take the last place. The node empties a slot of a receiving process that died (its
-associations died with it).
+associations died with it) and marks it ``NOT_ACCEPTING`` until the process starts again.
+
+The same counts share the connections out: a process accepts a new connection only while no other process
+accepting on the port serves fewer associations (:meth:`AssociationSlots.least_busy`), so that five senders
+starting together are spread over every process instead of where the kernel happened to wake first.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import tempfile
 import threading
 
 _SLOT = struct.Struct("<i")
+NOT_ACCEPTING = -1  # a receiving process not started yet, or gone: neither counted nor waited for
 
 
 class AssociationSlots:
@@ -36,7 +41,10 @@ class AssociationSlots:
         else:
             fd = os.dup(tempfile.TemporaryFile().fileno())
         os.ftruncate(fd, processes * _SLOT.size)
-        return cls(fd, processes, 0, limit)
+        slots = cls(fd, processes, 0, limit)
+        for number in range(1, processes):
+            slots._write(number, NOT_ACCEPTING)
+        return slots
 
     @classmethod
     def inherited(cls, fd: int, processes: int, number: int, limit: int) -> AssociationSlots:
@@ -49,13 +57,18 @@ class AssociationSlots:
     def fileno(self) -> int:
         return self._fd
 
+    def accepting(self) -> None:
+        """This process accepts on the port from now on (a receiving process, once its server runs)."""
+        with self._locked():
+            self._write(self.number, max(0, self._counts()[self.number]))
+
     def take(self) -> bool:
         """One more association in this process, if the node has room for it."""
         with self._locked():
             counts = self._counts()
-            if sum(counts) >= self.limit:
+            if sum(max(0, count) for count in counts) >= self.limit:
                 return False
-            self._write(self.number, counts[self.number] + 1)
+            self._write(self.number, max(0, counts[self.number]) + 1)
             return True
 
     def give_back(self) -> None:
@@ -63,13 +76,22 @@ class AssociationSlots:
             self._write(self.number, max(0, self._counts()[self.number] - 1))
 
     def empty(self, number: int) -> None:
-        """Slot ``number`` to zero (its process is gone)."""
+        """Slot ``number``'s process is gone: its associations with it, and it accepts no more until it starts
+        again."""
         with self._locked():
-            self._write(number, 0)
+            self._write(number, NOT_ACCEPTING)
 
     def total(self) -> int:
         with self._locked():
-            return sum(self._counts())
+            return sum(max(0, count) for count in self._counts())
+
+    def least_busy(self, negotiating: int = 0) -> bool:
+        """No other process accepting on the port serves fewer associations than this one, counting this one's
+        ``negotiating`` connections (accepted, not yet associated) as associations."""
+        with self._locked():
+            counts = self._counts()
+        others = [count for number, count in enumerate(counts) if number != self.number and count >= 0]
+        return not others or max(0, counts[self.number]) + negotiating <= min(others)
 
     def close(self) -> None:
         os.close(self._fd)

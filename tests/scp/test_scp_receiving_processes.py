@@ -203,6 +203,28 @@ def test_max_associations_counts_every_process(tmp_path):
         node.stop()
 
 
+def test_associations_are_shared_out_evenly_between_the_processes(tmp_path):
+    """Each new connection goes to a process serving the fewest associations (not to whichever the kernel wakes
+    first), so that senders arriving together are received on every core."""
+    node = receiving_node(tmp_path / "gw", f"sqlite:///{tmp_path}/gateway.db", processes=1)
+    held = []
+
+    def accepted() -> list[str]:
+        return [e.get("component") for e in node.log_events() if e["event"] == "association_accepted"]
+    try:
+        before = len(accepted())  # the start-up check's echo
+        for _ in range(4):
+            held.append(associate(node.port, calling="STMARYS_PACS"))
+            assert held[-1].is_established
+        wait_until(lambda: len(accepted()) == before + 4, 10, "the four associations logged")
+        components = accepted()[before:]
+        assert components.count("receiver-1") == 2, f"2 of 4 associations in the receiving process: {components}"
+    finally:
+        for assoc in held:
+            assoc.release()
+        node.stop()
+
+
 def _established_then_released(port: int) -> bool:
     assoc = associate(port, calling="STMARYS_PACS")
     if assoc.is_established:
@@ -232,6 +254,21 @@ class TestAssociationSlots:
         assert node.total() == 3
         first.empty(1)  # its process died with two associations
         assert node.total() == 1
+
+    def test_a_process_accepts_only_while_no_other_serves_fewer(self):
+        node = AssociationSlots.create(processes=3, limit=10)
+        first, second = (AssociationSlots.inherited(os.dup(node.fileno()), 3, n, 10) for n in (1, 2))
+        assert node.take() and node.least_busy(), "the receiving processes do not accept yet: not waited for"
+        first.accepting()
+        assert not node.least_busy() and first.least_busy()
+        assert not first.least_busy(negotiating=2), "connections still negotiating count as associations"
+        assert first.take() and first.take()
+        assert node.least_busy() and not first.least_busy()
+        second.accepting()
+        assert second.least_busy() and not node.least_busy()
+        second.empty(2)  # it died: the others no longer wait for it
+        assert node.least_busy()
+        assert node.total() == 3
 
     def test_threads_and_openers_racing_never_pass_the_limit(self):
         node = AssociationSlots.create(2, 50)
