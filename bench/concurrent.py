@@ -6,9 +6,9 @@ of the first storescu to the exit of the last (every C-STORE answered: for the g
 Medians of interleaved runs in one run of the script; fresh processes and storage for each run. The gateway runs
 the shipped configuration with the stability wait out of the way (so that no case completes while the senders
 are measured; early de-identification still runs beside the receiving, as in production); Orthanc runs its
-defaults. TCP_NODELAY=1 for DCMTK and Orthanc; the gateway
-sets it itself. Optionally ``--py-spy DIR`` records the gateway's stacks (idle threads included, collapsed
-"folded" format, for flamegraph.pl or speedscope) during the last run of each mode (py-spy from PyPI:
+defaults. TCP_NODELAY=1 for DCMTK and Orthanc; the gateway sets it itself. Optionally ``--py-spy DIR`` records
+the gateway's Python stacks that hold the interpreter lock (its CPU in Python, receiving processes included;
+collapsed "folded" format, for flamegraph.pl or speedscope) during the last run of each mode (py-spy from PyPI:
 ``.venv/bin/pip install py-spy``; summarise with ``bench/spy_summary.py FILE``).
 
     scripts/in-private-net.sh .venv/bin/python bench/concurrent.py [--runs 5] [--senders 5] [--instances 100]
@@ -128,7 +128,7 @@ def measure(name: str, work: Path, sets: list[list[Path]], together: bool, cpu: 
     try:
         if spy is not None:
             recorder = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
-                                         str(node.proc.pid), "--idle", "--rate", "100", "--format", "raw",
+                                         str(node.proc.pid), "--subprocesses", "--gil", "--rate", "100", "--format", "raw",
                                          "-o", str(spy)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)  # py-spy attaches
