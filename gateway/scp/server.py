@@ -14,7 +14,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from gateway.config import GatewayConfig, NodeConfig
-from gateway.dicomnet import ACCEPTED_TRANSFER_SYNTAXES
+from gateway.dicomnet import ACCEPTED_TRANSFER_SYNTAXES, copy_contexts_cheaply
 from gateway.models import Source, db
 from gateway.reports.intake import ReportIntake
 from gateway.scp.gate import Dropped, NegotiationGate
@@ -189,6 +189,7 @@ def start_scp(node: NodeConfig, handlers: ScpHandlers, *,
                             server_class=GatedAssociationServer, request_handler=GatedRequestHandler, gate=gate,
                             listening=listening, slots=handlers.slots)
     ae._servers.append(server)  # as start_server does: AE.shutdown() stops it, and server.shutdown() expects it
+    copy_contexts_cheaply(server)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
     threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{stamp}", daemon=True).start()
     return server

@@ -26,6 +26,7 @@ from gateway.dicom.command import encode_command_set
 from gateway.dicomnet import (
     ASSOCIATION_POLL_S,
     DUL_POLL_DELAY_S,
+    ContextsCopiedCheaply,
     DirectStores,
     _ReactorClock,
     _StoresServedInline,
@@ -107,6 +108,11 @@ def test_every_hook_is_in_effect_on_a_real_association(scp, small_study, monkeyp
         assert "_read_pdu_data" in vars(acceptor.dul) and "_read_pdu_data" not in vars(requestor.dul), \
             "an acceptor reads P-DATA in place"
         assert type(requestor.dul.socket).recv is AssociationSocket.recv  # the class itself is left alone
+        assert isinstance(server.contexts, ContextsCopiedCheaply), "contexts copied cheaply for each association"
+        own, shared = acceptor.acceptor.supported_contexts, server.contexts
+        assert [(c.abstract_syntax, c.transfer_syntax) for c in own] == \
+            [(c.abstract_syntax, c.transfer_syntax) for c in shared]
+        assert all(a is not b and a.transfer_syntax is not b.transfer_syntax for a, b in zip(own, shared))
 
         rsp = requestor.send_c_store(small_study[0])
         assert rsp.Status == status.SUCCESS
