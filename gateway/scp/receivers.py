@@ -150,9 +150,9 @@ class ReceivingProcesses:
     def _handle(self, receiver: _Receiver, line: bytes) -> None:
         try:
             message = json.loads(line)
-            if "metric" in message:
-                name, args = message["metric"]
-                _METRICS[name](*args)
+            if "metrics" in message:
+                for name, args in message["metrics"]:
+                    _METRICS[name](*args)
             elif "wake" in message:
                 self._deliver(str(message["wake"]))
             elif "wake_at" in message:

@@ -2,8 +2,9 @@
 
 One Python process takes about one core for receiving: pynetdicom's PDU handling and our handler run under one
 interpreter lock. The node therefore starts a few lean processes (``gateway.scp.receivers``) that accept on the
-very listening socket the node bound (inherited, never bound again), so that the kernel hands each new
-connection to whichever process takes it first: several senders at once are received on every core.
+very listening socket the node bound (inherited, never bound again); each new connection is taken by a process
+serving the fewest associations (``gateway.scp.slots``), so that several senders at once are received on every
+core.
 
 Each receiving process is durable on its own, exactly as the node's own SCP: the same handlers, the same spool
 (files fsynced and renamed) and the same database (rows committed in its own group commits) before success is
@@ -12,7 +13,9 @@ to the node's log file (appending; the node rotates it) and console itself, with
 each before the C-STORE it tells of is answered. What else the node must hear of it goes up one pipe as JSON
 lines (:class:`Channel`):
 
-- ``{"metric": [name, args]}``: the receiving metrics, which the node counts in its own ``/metrics``;
+- ``{"metrics": [[name, args], ...]}``: the receiving metrics, which the node counts in its own ``/metrics``;
+  gathered for ``METRICS_FLUSH_S`` and sent in one line (one per C-STORE cost both processes a wake-up and a
+  JSON line each);
 - ``{"wake": topic}`` / ``{"wake_at": [topic, iso]}``: the wake-ups its commits make (an association that ended
   wakes completion), delivered to the node's stages.
 
@@ -24,6 +27,7 @@ Instances it had received but not yet acknowledged are never acknowledged; their
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime as dt
 import json
@@ -31,12 +35,14 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
 MAX_RECEIVING_PROCESSES = 16  # node.receiving_processes's bound (gateway.config)
 FORWARDED_METRICS = ("record_instance", "record_commit_group", "record_association")  # gateway.ops.metrics
+METRICS_FLUSH_S = 0.05  # the receiving metrics reach the node's /metrics at most this much later
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -51,22 +57,51 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 class Channel:
-    """JSON lines to the node, one whole line per write, from any thread."""
+    """JSON lines to the node, whole lines per write, from any thread. Metrics wait up to ``METRICS_FLUSH_S`` to
+    go together (:meth:`send_soon`); any other message goes at once, after the metrics gathered before it."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._lock = threading.Lock()
+        self._metrics: list[list[Any]] = []
+        self._flusher: threading.Thread | None = None
 
     def send(self, message: dict[str, Any]) -> None:
-        self.send_line(json.dumps(message, separators=(",", ":"), default=str))
-
-    def send_line(self, line: str) -> None:
-        data = (line + "\n").encode("utf-8")
+        line = json.dumps(message, separators=(",", ":"), default=str)
         with self._lock:
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            self._write(self._metrics_line() + line + "\n")
+
+    def send_soon(self, metric: list[Any]) -> None:
+        """``[name, args]`` of a metric, sent with the others of the next ``METRICS_FLUSH_S``."""
+        with self._lock:
+            self._metrics.append(metric)
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_every, name="metrics-flush", daemon=True)
+                self._flusher.start()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._write(self._metrics_line())
+
+    def _flush_every(self) -> None:
+        while True:
+            time.sleep(METRICS_FLUSH_S)
+            try:
+                self.flush()
+            except OSError:
+                return  # the node is gone
+
+    def _metrics_line(self) -> str:
+        if not self._metrics:
+            return ""
+        metrics, self._metrics = self._metrics, []
+        return json.dumps({"metrics": metrics}, separators=(",", ":"), default=str) + "\n"
+
+    def _write(self, text: str) -> None:
+        view = memoryview(text.encode("utf-8"))
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
 
 
 def forward_metrics(channel: Channel) -> None:
@@ -75,10 +110,7 @@ def forward_metrics(channel: Channel) -> None:
 
     def forwarder(name: str) -> Callable[..., None]:
         def forward(*args: Any) -> None:
-            try:
-                channel.send({"metric": [name, list(args)]})
-            except OSError:
-                pass
+            channel.send_soon([name, list(args)])
         return forward
 
     for name in FORWARDED_METRICS:
@@ -157,6 +189,8 @@ def serve(config_json: str, listen_fd: int, channel_fd: int, number: int, node_i
         pass
     server.shutdown()
     db.close()
+    with contextlib.suppress(OSError):
+        channel.flush()  # the last metrics
     log.info("receiver_stopped")
 
 

@@ -9,10 +9,12 @@ SIGSTOP: it cannot accept, so the kernel's queue is served by the receiving proc
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 
 from gateway import status
 from gateway.demo import write_demo_study
+from gateway.scp.receiving_process import Channel
 from gateway.scp.slots import AssociationSlots
 from support.dicomfiles import dataset_bytes, sop_instance_uid, spool_files, spool_index
 from support.peers import GatewayProcess, child_pids, echo_ok, storescu, wait_until
@@ -288,3 +291,21 @@ class TestAssociationSlots:
         for thread in threads:
             thread.join()
         assert sum(taken) == 50 and openers[0].total() == 50
+
+
+def test_metrics_go_to_the_node_together_and_before_any_message_sent_after_them():
+    """One line for the metrics of a moment (not one per C-STORE), flushed on a timer or ahead of a wake-up."""
+    read_end, write_end = os.pipe()
+    channel = Channel(write_end)
+    with open(read_end, "rb") as pipe:
+        channel.send_soon(["record_instance", ["stored", 10, 0.01]])
+        channel.send_soon(["record_commit_group", [2]])
+        channel.send({"wake": "instances"})
+        assert json.loads(pipe.readline()) == {"metrics": [["record_instance", ["stored", 10, 0.01]],
+                                                           ["record_commit_group", [2]]]}
+        assert json.loads(pipe.readline()) == {"wake": "instances"}
+        channel.send_soon(["record_association", ["accepted"]])
+        started = time.monotonic()
+        assert json.loads(pipe.readline()) == {"metrics": [["record_association", ["accepted"]]]}
+        assert time.monotonic() - started < 5, "flushed by the timer"
+    os.close(write_end)
