@@ -154,11 +154,17 @@ class GatedAssociationServer(ThreadedAssociationServer):
         now = time.monotonic()
         if now - self._last_yield > BALANCE_EPISODE_GAP_S:
             self._yielding_since = now  # a new connection waits, not the one this process just let go
-        if now - self._yielding_since >= BALANCE_WAIT_S or self.slots.least_busy(self.gate.total_pending()):
+        if now - self._yielding_since >= BALANCE_WAIT_S or self._least_busy():
             return True
         self._last_yield = now
         time.sleep(BALANCE_POLL_S)
         return False
+
+    def _least_busy(self) -> bool:
+        try:
+            return self.slots.least_busy(self.gate.total_pending())
+        except OSError:
+            return True  # the shared count cannot be read: accept rather than never
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         return self.gate.enter(str(client_address[0]))

@@ -22,11 +22,18 @@ from pathlib import Path
 import pytest
 
 from gateway import status
+from gateway.config import GatewayConfig
 from gateway.demo import write_demo_study
+from gateway.models import open_database
+from gateway.scp.handlers import ScpHandlers
+from gateway.scp.policy import AssociationPolicy
+from gateway.scp.receiver import InstanceReceiver
 from gateway.scp.receiving_process import Channel
+from gateway.scp.server import start_scp
 from gateway.scp.slots import AssociationSlots
+from gateway.scp.spool import Spool
 from support.dicomfiles import dataset_bytes, sop_instance_uid, spool_files, spool_index
-from support.peers import GatewayProcess, child_pids, echo_ok, storescu, wait_until
+from support.peers import GatewayProcess, child_pids, echo_ok, free_port, storescu, wait_until
 from support.scu import associate, send
 from test_scp_receive import instances_in_db, rows
 
@@ -226,6 +233,34 @@ def test_associations_are_shared_out_evenly_between_the_processes(tmp_path):
         for assoc in held:
             assoc.release()
         node.stop()
+
+
+class _UnreadableCount(AssociationSlots):
+    def least_busy(self, negotiating: int = 0) -> bool:
+        raise OSError("the shared count cannot be read")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_shared_count_that_cannot_be_read_never_stops_a_process_accepting(tmp_path, database_url):
+    config = GatewayConfig.model_validate({
+        "node": {"host": "127.0.0.1", "port": free_port()},
+        "sources": [{"name": "st-marys", "ae_title": "STMARYS_PACS"}],
+        "reviewers": [{"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": 4243}],
+    })
+    database = open_database(database_url, max_connections=4)
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    slots = _UnreadableCount.create(processes=2, limit=10)
+    server = start_scp(config.node, ScpHandlers(AssociationPolicy(config), InstanceReceiver(spool, {}, "test"),
+                                                slots=slots))
+    try:
+        for _ in range(2):  # the second while this process serves more than the other
+            assoc = associate(config.node.port, calling="STMARYS_PACS")
+            assert assoc.is_established
+            assoc.release()
+    finally:
+        server.shutdown()
+        database.close()
 
 
 def _established_then_released(port: int) -> bool:
