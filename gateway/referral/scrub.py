@@ -41,13 +41,13 @@ from gateway.referral.entities import (
 )
 from gateway.referral.redflags import FlagFinding, flags_for
 
-__all__ = ["KnownIdentifiers", "ScrubbedNotes", "ScrubbedPain", "TextScrubber", "scrub_referral"]
+__all__ = ["KnownIdentifiers", "Mark", "ScrubbedNotes", "ScrubbedPain", "TextScrubber", "scrub_referral"]
 
-NAME, ID, DATE, DOB, PHONE, EMAIL, URL, POSTCODE, CONTACT, INSTITUTION, ADDRESS = (
+NAME, ID, DATE, DOB, PHONE, EMAIL, URL, POSTCODE, CONTACT, INSTITUTION, ADDRESS, REDACTED, UNKNOWN = (
     "[NAME]", "[ID]", "[DATE]", "[DOB]", "[PHONE]", "[EMAIL]", "[URL]", "[POSTCODE]", "[CONTACT]",
-    "[INSTITUTION]", "[ADDRESS]",
+    "[INSTITUTION]", "[ADDRESS]", "[REDACTED]", "[REMOVED]",
 )
-_TOKENS = (NAME, ID, DATE, DOB, PHONE, EMAIL, URL, POSTCODE, CONTACT, INSTITUTION, ADDRESS)
+_TOKENS = (NAME, ID, DATE, DOB, PHONE, EMAIL, URL, POSTCODE, CONTACT, INSTITUTION, ADDRESS, REDACTED, UNKNOWN)
 _PROTECTED = re.compile("|".join(re.escape(t) for t in _TOKENS) + r"|\[(\d{4}-\d{2}-\d{2})\]")
 _TITLES = {"dr", "mr", "mrs", "ms", "miss", "mx", "prof", "professor", "sir", "dame", "md", "frcs", "mbbs"}
 _MASK = "\x00"      # claimed by an identifier rule
@@ -169,6 +169,8 @@ class KnownIdentifiers:
         organisations: institutions' departments and addresses, employers, any other organisation.
         phones: telephone numbers, as written anywhere (header or referral).
         emails: e-mail addresses.
+        redactions: phrases a person chose to remove (the referrer before sending, an operator before a
+            release): removed wherever they stand, as ``[REDACTED]``.
     """
 
     names: tuple[str, ...] = ()
@@ -180,10 +182,11 @@ class KnownIdentifiers:
     organisations: tuple[str, ...] = ()
     phones: tuple[str, ...] = ()
     emails: tuple[str, ...] = ()
+    redactions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for attribute in ("names", "ids", "contacts", "institutions", "places", "organisations", "phones",
-                          "emails"):
+                          "emails", "redactions"):
             values = getattr(self, attribute)
             if isinstance(values, str) or not all(isinstance(v, str) for v in values):
                 raise TypeError(f"KnownIdentifiers.{attribute} must be a sequence of str")
@@ -209,6 +212,15 @@ class KnownIdentifiers:
         )
 
 
+@dataclass(frozen=True)
+class Mark:
+    """A span of the original text: removed (``token`` is what replaces it) or kept unknown (``token`` None)."""
+
+    start: int
+    end: int
+    token: str | None
+
+
 @dataclass
 class _Work:
     """Text being scrubbed: folded copy with claimed regions masked, and the claims so far."""
@@ -218,6 +230,7 @@ class _Work:
     origin: list[int]
     masked: list[str]
     claims: list[tuple[int, int, str]] = field(default_factory=list)
+    unknown_kept: list[tuple[int, int]] = field(default_factory=list)  # original positions
 
     def view(self) -> str:
         return "".join(self.masked)
@@ -274,6 +287,7 @@ class TextScrubber:
         whole_names += ["".join(re.split(r"[\s^]+", name)) for name in known.names if _is_cjk(name)]
         whole_names += [part for name in known.names for part in re.split(r"[\s^]+", name)
                         if re.search(r"\w[\-'’]\w", part)]  # double-barrelled: Smith-Jones, O'Brien
+        self._redaction_patterns = _longest_first_patterns(known.redactions, min_length=1)
         self._id_patterns = _longest_first_patterns(known.ids, min_length=1)
         self._contact_patterns = _longest_first_patterns((*known.contacts, *known.phones, *known.emails),
                                                          min_length=5)
@@ -298,12 +312,22 @@ class TextScrubber:
         """The spans of ``text`` that :meth:`scrub` replaces, with their tokens, in order."""
         return sorted(self._scrub(text).claims)
 
+    def marks(self, text: str) -> list[Mark]:
+        """What a person reviewing the scrubbed ``text`` is shown: every span removed (with its token) and every
+        word kept that the scrubber does not know (``token`` None), in order of position in ``text``."""
+        work = self._scrub(text)
+        marks = [Mark(start, end, token) for start, end, token in work.claims]
+        marks += [Mark(start, end, None) for start, end in work.unknown_kept]
+        return sorted(marks, key=lambda m: (m.start, m.end))
+
     def _scrub(self, text: str) -> _Work:
         if not isinstance(text, str):
             raise TypeError("text must be str")
         folded, origin = _fold(text)
         work = _Work(text, folded, origin, list(folded))
         self._protect_own_tokens(work)
+        for pattern in self._redaction_patterns:
+            self._replace_pattern(work, pattern, REDACTED)
         self._replace_pattern(work, _URL, URL)
         self._replace_pattern(work, _EMAIL, EMAIL)
         self._replace_whole_dates(work)  # before the clinical values: "VAS 12/04/1971" is no score
