@@ -154,7 +154,7 @@ def claimed(study: Study, *states: str, stage: str = "") -> Iterator[bool]:
     ours and the case is still in one of ``states`` (another node may have moved it since it was selected).
     One stage at a time holds a case, in this node as across nodes. The lease is released afterwards."""
     mine = claim(study, stage)
-    if not mine:
+    if not mine and wakeup.current() is not None:
         # Held by another stage or node, whose release wakes this stage; should that wake-up be lost, the
         # stage still looks again when the lease ends (instead of at its next poll, an hour away perhaps).
         wakeup.again_after_lease(stage, lease_end(study))

@@ -697,6 +697,10 @@ def send_msg_store_responses_directly(dimse: Any, primitive: Any, context_id: in
 
 
 # The methods the two above replace, as pynetdicom defines them (kept before any install).
+_STOCK_MESSAGE_TO_PRIMITIVE = pynetdicom.dimse_messages.DIMSEMessage.message_to_primitive
+_STOCK_SEND_MSG = pynetdicom.dimse.DIMSEServiceProvider.send_msg
+
+
 _CONTEXT_ATTRIBUTES = frozenset({"_context_id", "_abstract_syntax", "_transfer_syntax", "result", "_scu_role",
                                  "_scp_role", "_as_scp", "_as_scu"})
 
@@ -721,10 +725,6 @@ def copy_contexts_cheaply(server: Any) -> None:
     (``ContextsCopiedCheaply``), when the hooks are installed."""
     if fast_paths_installed() and not isinstance(server.contexts, ContextsCopiedCheaply):
         server.contexts = ContextsCopiedCheaply(server.contexts)
-
-
-_STOCK_MESSAGE_TO_PRIMITIVE = pynetdicom.dimse_messages.DIMSEMessage.message_to_primitive
-_STOCK_SEND_MSG = pynetdicom.dimse.DIMSEServiceProvider.send_msg
 
 
 SUPPORTED_PYNETDICOM = ("3.0.4",)  # the versions whose internals the hooks below were written against and tested on

@@ -6,8 +6,12 @@
 # chromium and chromium-driver (the portal's browser tests drive Debian's chromium through its chromedriver);
 # the notes PDF's fonts (fonts-dejavu-core, fonts-wqy-microhei).
 #
+# the notes scrubber's vocabularies: Debian's word lists (English, German, Swiss German, French, Danish, Swedish,
+# Norwegian, Spanish) and medical word lists (hunspell-en-med, wgerman-medical), read as data
+# (gateway/privacy/vocabulary.py).
+#
 # With --runtime, only what the node itself needs to install and run (`make run`): tesseract and what tesserocr
-# compiles against, and the notes PDF's fonts.
+# compiles against, the notes PDF's fonts and the scrubber's word lists.
 set -eu
 missing=""
 if [ "${1:-}" != "--runtime" ]; then
@@ -26,6 +30,12 @@ command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$missing fonts-dejavu-core"
 # The notes PDF also embeds WenQuanYi Micro Hei for CJK letters.
 [ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing="$missing fonts-wqy-microhei"
+for list in british-english-large:wbritish-large american-english-large:wamerican-large ngerman:wngerman \
+            swiss:wswiss french:wfrench danish:wdanish swedish:wswedish bokmaal:wnorwegian spanish:wspanish \
+            german-medical:wgerman-medical; do
+  [ -f "/usr/share/dict/${list%%:*}" ] || missing="$missing ${list#*:}"
+done
+[ -f /usr/share/hunspell/en_med_glut.dic ] || missing="$missing hunspell-en-med"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "error: missing system packages:$missing (run 'sudo apt-get install$missing')" >&2

@@ -62,7 +62,8 @@ _LEVEL = r"(?:[CTLS]|Th|LWK|BWK|HWK)\s?\d{1,2}"
 #: Clinical values protected from every identifier rule (case-sensitive where case carries meaning).
 CLINICAL_VALUE = re.compile("|".join((
     rf"\b{_LEVEL}(?:[-/–](?:{_LEVEL}|\d{{1,2}}(?![/.\d]))|\s?[-/–]\s?{_LEVEL})*\b",  # L4-L5, L5/S1, C5/6, LWK 1
-    r"\b(?:VAS|NRS|ODI|NDI|mJOA|JOA|EQ-5D|BMI|GCS|ASIA|TLICS|SINS)\s?[A-E]?\d{1,3}(?:[.,]\d+)?(?:\s?/\s?\d{1,3}|\s?%)?(?!\d)",
+    r"\bHLA-?B\s?27\b",
+    r"\b(?:VAS|NRS|ODI|NDI|mJOA|JOA|EQ-5D|BMI|GCS|ASIA|TLICS|SINS|BASDAI|BASFI|ADI|EIFEL|DN4|PHQ-?9|GAD-?7)\s?[A-E]?\d{1,3}(?:[.,]\d+)?(?:\s?/\s?\d{1,3}|\s?%)?(?!\d)",
     r"\b(?:CRP|Hb|Hgb|WCC|WBC|ESR|BSG|PCT|INR|Na|K|Cr|eGFR|HbA1c|PSA|ALP|Ca|Leukozyten|Thrombozyten|Plt)"
     r"\s?(?:of\s)?\d{1,4}(?:[.,]\d+)?(?![\d\w])",
     r"(?<![\d/.\-])\b\d{1,5}(?:[.,]\d+)?\s?(?:mg|g|mcg|µg|ug|ml|mL|l|IU|IE|units|mmol|mV|uV|µV|ms|m/s|cm|mm|kg|Grad|°|%)"

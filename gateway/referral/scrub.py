@@ -25,6 +25,8 @@ import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
+from gateway.privacy.vocabulary import detect_language, is_curated_clinical
+from gateway.referral.allowlist import judge
 from gateway.referral.clinical_terms import CLINICAL_NOUN_AFTER, CLINICAL_VALUE, is_clinical_word
 from gateway.referral.codes import NON_URGENT_FLAGS
 from gateway.referral.document import Referral, Urgency
@@ -99,6 +101,14 @@ _STREET_ADDRESS = re.compile(
     r"Place|Court|Terrace|Gardens|Grove|Square|Rd|St|Ave)\b\.?"
 )
 _DIGIT_RUN = re.compile(r"\d{6,}")
+_EPONYM_TERM = re.compile(
+    r"\b[A-Z][a-z]+(?:[\-][A-Z][a-z]+)?(?:['’]s?[\s\-]*|[\s\-]+)(?i:disease|sign|signs|test|tests|lesion|lesions|cyst|"
+    r"tumou?r|fracture|grade|classification|score|scale|syndrome|palsy|node|nodes|spine|knötchen|knotchen|"
+    r"zeichen|syndrom|krankheit|manoeuvre|maneuver|reflex|phenomenon|criteria|index|arthritis|angle|line|"
+    r"triad|procedure|operation|approach|joint)\b")
+_DRUG_WITH_DOSE = re.compile(
+    r"\b([A-Z][\w\-]{3,}(?:\s+(?:Forte|Retard|SR|CR|XL|LP|Plus|Duo))?)\s+\d+(?:[.,]\d+)?(?:/\d+(?:[.,]\d+)?)?\s?"
+    r"(?:mg|mcg|µg|ug|g|ml|IU|IE|UI|units|mmol)\b")
 _LETTER_TOKEN = re.compile(r"[^\W\d_]+")
 _WORDS = re.compile(r"[^\W\d_]+")
 
@@ -231,6 +241,7 @@ class _Work:
     masked: list[str]
     claims: list[tuple[int, int, str]] = field(default_factory=list)
     unknown_kept: list[tuple[int, int]] = field(default_factory=list)  # original positions
+    named: list[tuple[int, int]] = field(default_factory=list)  # folded positions claimed as names or places
 
     def view(self) -> str:
         return "".join(self.masked)
@@ -241,6 +252,8 @@ class _Work:
         self.masked[start:end] = [_MASK if replacement is not None else _KEPT] * (end - start)
         if replacement is not None:
             self.claims.append((self.origin[start], self.origin[end - 1] + 1, replacement))
+            if replacement in (NAME, ADDRESS, INSTITUTION, UNKNOWN, REDACTED):
+                self.named.append((start, end))
 
     def folded_index(self, position: int) -> int:
         """The folded index where original ``position`` starts (``len`` for the end)."""
@@ -273,7 +286,7 @@ class TextScrubber:
     """
 
     def __init__(self, known: KnownIdentifiers, date_offset_days: int, *, day_first: bool = True,
-                 use_model: bool = True) -> None:
+                 use_model: bool = True, language: str | None = None) -> None:
         if not isinstance(known, KnownIdentifiers):
             raise TypeError("known must be a KnownIdentifiers")
         if isinstance(date_offset_days, bool) or not isinstance(date_offset_days, int):
@@ -281,6 +294,7 @@ class TextScrubber:
         self._offset = datetime.timedelta(days=date_offset_days)
         self._day_first = day_first
         self._use_model = use_model
+        self._language = language
         self._birth_dates = frozenset(known.birth_dates)
         whole_names = [" ".join(p for p in re.split(r"[\s^]+", name) if _fold_plain(p) not in _TITLES)
                        for name in known.names]
@@ -332,6 +346,8 @@ class TextScrubber:
         self._replace_pattern(work, _EMAIL, EMAIL)
         self._replace_whole_dates(work)  # before the clinical values: "VAS 12/04/1971" is no score
         self._replace_pattern(work, CLINICAL_VALUE, None)  # kept as they are: "CRP 120", "L4-L5", "4.2 (5.0)"
+        self._replace_pattern(work, _EPONYM_TERM, None, accept=self._is_eponym_term)
+        self._replace_pattern(work, _DRUG_WITH_DOSE, None, accept=self._is_drug_with_dose)
         for pattern in self._id_patterns:
             self._replace_pattern(work, pattern, ID)
         for pattern in self._contact_patterns:
@@ -354,12 +370,39 @@ class TextScrubber:
         for entity in find_entities(text, use_model=self._use_model):
             self._claim_entities(work, [entity], tokens[entity.kind])
         self._replace_pattern(work, _DIGIT_RUN, ID)
+        self._keep_only_known(work, self._language or detect_language(text))
         return work
 
     @staticmethod
+    def _keep_only_known(work: _Work, language: str) -> None:
+        """The allowlist (:mod:`gateway.referral.allowlist`): what no rule claimed stays only when known."""
+        for judgement in list(judge(work.view(), work.original_slice, language, work.named)):
+            if judgement.token is None:
+                start, end = work.origin[judgement.start], work.origin[judgement.end - 1] + 1
+                work.unknown_kept.append((start, end))
+            else:
+                work.claim(judgement.start, judgement.end, judgement.token)
+
+    def _is_eponym_term(self, match: re.Match[str]) -> bool:
+        """"Paget's disease", "Kemp's test", "Schmorl-Knötchen": an eponym with its clinical noun, not after a
+        title ("Mrs Paget's test results" is the patient), and not a name the node holds that is no clinical word."""
+        eponym = re.match(r"[^\W\d_]+", match.group(0))
+        if eponym is not None and _fold_plain(eponym.group(0)) in self._name_parts:
+            return False
+        return re.search(r"(?i:\b(?:dr|mr|mrs|ms|miss|mx|prof|herr|frau|mme|m)\.?\s*)$",
+                         match.string[max(0, match.start() - 8):match.start()]) is None
+
+    def _is_drug_with_dose(self, match: re.Match[str]) -> bool:
+        """A capitalised word before a dose is a drug ("Tramal 50 mg"), unless it is a name the node holds."""
+        return _fold_plain(match.group(1)) not in self._name_parts
+
+    @staticmethod
     def _claim_entities(work: _Work, entities: Iterable[Entity], token: str) -> None:
-        """Claim each entity's still unclaimed stretches that hold a letter or digit."""
+        """Claim each entity's still unclaimed stretches that hold a letter or digit; an entity made only of
+        clinical words ("Kyphoplastie", "Lumbalgie" taken for places by a model trained on English) is none."""
         for entity in entities:
+            if token != ID and _only_clinical_words(work.original[entity.start:entity.end]):
+                continue
             start, end = work.folded_index(entity.start), work.folded_index(entity.end)
             for run in re.finditer(r"[^\x00\x01]+", work.view()[start:end]):
                 piece = run.group(0)
@@ -475,6 +518,11 @@ def _given_names(name: str) -> list[str]:
         return [g for g in name.split("^")[1:3] if g]
     words = [w for w in re.split(r"[\s,]+", name) if w and _fold_plain(w).rstrip(".") not in _TITLES]
     return words[:-1]
+
+
+def _only_clinical_words(text: str) -> bool:
+    words = _WORDS.findall(text)
+    return bool(words) and all(is_curated_clinical(w) or is_clinical_word(w) for w in words)
 
 
 def _masked_tail(work: _Work, start: int) -> str:

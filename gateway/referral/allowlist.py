@@ -1,0 +1,350 @@
+"""The scrubber's last layer: keep only what is known to be safe.
+
+After the identifier rules (known identifiers, patterns, named entities) have claimed what they recognise, every
+word and number still standing in the text is judged on its own:
+
+* a **word** stays when it is known (:func:`gateway.privacy.vocabulary.is_known_word`: an ordinary word of the
+  text's language or of English, or a clinical word). An unknown word that is capitalised, or written in
+  capitals at five letters or more, goes (a village, a firm, a surname nobody declared); an unknown word in
+  lower case stays (a typo, a rare clinical term) and is *marked* for the person who reviews the notes. A word
+  that ends like a street (Danish -vej, German -straße, Swedish -gatan ...) goes as an address;
+* a **number** stays only as a clinical value: a vertebral level, a score, a dose, a duration or a count with its
+  unit, a year on its own, a number of one or two digits; every other number goes (house numbers of
+  more than two digits, postcodes, national numbers and their fragments, phone numbers in any national format).
+  Clinical values that carry their unit or label are protected earlier (``clinical_terms.CLINICAL_VALUE``).
+
+The functions work on the scrubber's view of the text: folded letters (case kept), with what earlier rules
+claimed masked by ``\\x00`` (removed) or ``\\x01`` (kept).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from gateway.privacy.text import has_non_latin_letters
+from gateway.privacy.words import TITLES
+from gateway.privacy.vocabulary import is_clinical, is_known_word, is_name_when_capitalised
+
+__all__ = ["Judgement", "judge"]
+
+REMOVED, ADDRESS, ID = "[REMOVED]", "[ADDRESS]", "[ID]"
+
+_TOKEN = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
+_CLUSTER = re.compile(r"\+?\(?\d+\)?(?:[ .\-/]\(?\d+\)?)+")  # digit groups joined by single separators
+_STREET_END = re.compile(
+    r"(?:stra(?:ss|ß)e|str|gasse|weg|allee|platz|ring|damm|ufer|chaussee|steig|pfad|zeile|"   # German
+    r"vej|vejen|gade|gaden|stræde|straede|torv|alle|allé|plads|"                            # Danish
+    r"gatan|gata|vagen|vägen|vag|väg|stigen|backe|torget|"                                 # Swedish
+    r"veien|veg|vegen|gate|gaten|stien|"                                                    # Norwegian
+    r"katu|tie|kuja|polku|"                                                                 # Finnish
+    r"gasse)$", re.IGNORECASE)
+_SENTENCE_START = re.compile(r"(?:^|[.!?:;\n(\[•*\-–]\s*|\n\s*\d+[.)]\s*)$")
+_UNIT_AFTER = re.compile(
+    r"\s*[\-]?\s*(?:weeks?|wks?|w|days?|d|months?|mths?|mo|years?|yrs?|y|y/o|yo|hours?|hrs?|h|minutes?|mins?|"
+    r"seconds?|secs?|times|x|episodes?|steps?|yards?|metres?|meters?|m|km|miles?|feet|foot|ft|inch(?:es)?|"
+    r"degrees?|deg|°|pack|packs|pack-years?|cigarettes?|units?|tablets?|tabs?|doses?|levels?|segments?|"
+    r"children|kids|pregnancies|floors?|stairs|flights?|sessions?|injections?|cycles?|per|a\b|an\b|"
+    r"wochen|woche|tagen?|monaten?|monat|jahren?|jahre|jahr|stunden?|minuten|meter|schritte|grad|etagen?|mal|"
+    r"semaines?|jours?|mois|ans?|années?|annees?|heures?|mètres?|metres?|étages?|fois|séances?|"
+    r"uger?|dage|dag|måneder|maaneder|år|timer|ugers|veckor|vecka|dagar|månader|manader|timmar|uker|uke|dager|"
+    r"viikkoa|päivää|kuukautta|vuotta)\b", re.IGNORECASE)
+_LABEL_BEFORE = re.compile(
+    r"(?<![^\W\d_])(?:grade|type|stage|level|score|class|classe|grad|typ|stadium|stufe|kraftgrad|power|mrc|asia|"
+    r"vas|nrs|odi|ndi|gcs|bmi|temp|temperature|bp|hr|rr|sats|spo2|hb|crp|esr|wcc|x|n|nr|no|group|"
+    r"phase|series|image|images|slice|slices|bild|serie|cycle|gravida|para|g|p|day|dag|tag|jour|week|woche|"
+    r"semaine|post-op|postop|pod)\.?\s*[:=]?\s*$", re.IGNORECASE)
+_ID_LABEL_BEFORE = re.compile(r"(?<![^\W\d_])(?:no|\bnr|#|number|nummer|numéro|numero|box|postfach|id|ref|mrn|nhs|ssn|"
+                              r"cpr|pin|code|kode|plate|licen[cs]e)\.?\s*[:=]?\s*$", re.IGNORECASE)
+_CLINICAL_ALNUM = re.compile(
+    r"(?:[CTLS]\d{1,2}|Th\d{1,2}|[A-Za-z]{1,5}-?\d{1,2}[a-z]?|"        # L5, Th12, HLA-B27, PHQ9, SF-36
+    r"\d{1,3}(?:st|nd|rd|th|er|e|ème|eme|x|T|yo|y|yrs?|h|hrs?|min|mins|d|wk|wks|w|mo|mos|mg|mcg|ml|kg|cm|mm|"
+    r"m|km|g|l|°|%)|"                                                  # 3rd, 2x, 54yo, 50mg, 1.5T
+    r"\d{1,2}[:h]\d{2}(?:am|pm)?|\d{1,2}(?:am|pm)|G\d+P\d+)")
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One token the allowlist removes (``token`` its replacement) or keeps unknown (``token`` None); positions
+    in the scrubber's folded view."""
+
+    start: int
+    end: int
+    token: str | None
+
+
+def judge(view: str, original: Callable[[int, int], str], language: str,
+          named: Iterable[tuple[int, int]] = ()) -> Iterator[Judgement]:
+    """Judge every unclaimed token of ``view`` (see the module's docstring).
+
+    Args:
+        view: the folded text with claimed characters masked.
+        original: the original text of a folded ``(start, end)``, to read accents and case as written.
+        language: the language of the text (``vocabulary.LANGUAGES``).
+        named: the spans earlier rules removed as names, places or organisations (a capitalised word next to
+            one is taken with it).
+    """
+    clusters = [(m.start(), m.end()) for m in _CLUSTER.finditer(view) if _cluster_is_identifier(view, m)]
+    tokens: list[_Token] = []
+    for match in _TOKEN.finditer(view):
+        start, end = match.start(), match.end()
+        if any(s <= start and end <= e for s, e in clusters):
+            continue
+        written = original(start, end)
+        if any(c.isdigit() for c in match.group(0)):
+            verdict = _KNOWN if _number_is_clinical(view, start, end) else ID
+        else:
+            verdict = _word_verdict(view, start, end, written, language)
+        tokens.append(_Token(start, end, written, verdict))
+    removed_already = [_Token(start, end, "X", "[MASKED]") for start, end in named]
+    merged = sorted(tokens + removed_already, key=lambda t: t.start)
+    _spread_over_names(view, merged)
+    _remove_nicknames(view, tokens)
+    for start, end in clusters:
+        yield Judgement(start, end, ID)
+    for token in tokens:
+        if token.verdict is not _KNOWN:
+            yield Judgement(token.start, token.end, token.verdict)
+
+
+#: Words that open a line or address someone: never taken into a name they stand before.
+_NOT_ABSORBED = frozenset("""dear re to from cc dr mr mrs ms miss mx prof professor sir madam herr frau sehr
+geehrte geehrter liebe lieber madame monsieur mme mlle cher chère chere kære kaere hej hei bonjour patient pt
+name nom date datum attn fao""".split())
+
+
+_KNOWN = "known"
+_NICKNAME = re.compile(
+    r"(?:\x00|\b(?:known as|goes by|called|aka|a\.k\.a\.|nicknamed|prefers|genannt|gen\.|dit|dite|surnommée?))"
+    r"[\s,]*[\"“”'‘(„«]\s*([A-Z][^\W\d_]+)\s*[\"“”'’)»]|"
+    r"\b(?:known as|goes by|called|aka|nicknamed|genannt|dit|dite|surnommée?)\s+([A-Z][^\W\d_]+)")
+
+
+def _remove_nicknames(view: str, tokens: list[_Token]) -> None:
+    """A nickname given in quotes or brackets after a name, or after "known as", goes wherever it is used."""
+    nicknames = {m.group(1) or m.group(2) for m in _NICKNAME.finditer(view)}
+    if not nicknames:
+        return
+    for token in tokens:
+        if token.verdict in (_KNOWN, None) and view[token.start:token.end] in nicknames:
+            token.verdict = "[NAME]"
+
+
+@dataclass
+class _Token:
+    start: int
+    end: int
+    written: str
+    verdict: str | None
+
+
+_ORG_HEAD = re.compile(
+    r"(?:hospitals?|clinic|clinics|klinik|klinikum|kliniken|clinique|hôpital|hopital|centre|center|zentrum|"
+    r"institute|institut|university|universität|universite|université|college|school|schule|gymnasium|academy|"
+    r"station|brigade|regiment|battalion|bn|division|corps|company|co|ltd|llc|inc|plc|gmbh|ag|sa|sarl|as|ab|"
+    r"group|services|insurance|versicherung|assurance|bank|club|sc|fc|church|kirche|église|eglise|mosque|temple|"
+    r"practice|praxis|cabinet|surgery|cluster|authority|trust|foundation|stiftung|healthcare|health|medicine|"
+    r"medical|care|pharmacy|apotheke|pharmacie|prison|jail|mine|factory|fabrik|hotel|restaurant|cafe|café|"
+    r"supermarket|store|stores|shop|markets?|farm|garage|airlines?|airways|railways?|police|army|navy|"
+    r"force|forces|team|league|building|house|tower|mall|plaza|park|lake|river|road|street|avenue|lane|"
+    r"drive|way|close|crescent|terrace|gardens|square|estate|village|city|county|district)$", re.IGNORECASE)
+_PARTICLES = frozenset("of and for the & de du des la le al el bin von van der den zu y da di dos".split())
+_STATE_CODES = frozenset(
+    "AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY NC ND "
+    "OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY UK GB US USA UAE KSA NI".split())
+
+
+def _is_capitalised(token: _Token) -> bool:
+    return token.written[:1].isupper() and any(c.isalpha() for c in token.written)
+
+
+def _spread_over_names(view: str, tokens: list[_Token]) -> None:
+    """A removed capitalised word takes the capitalised words it stands with (and the particles between
+    them): "Dubai Health", "Blue Cross Blue Shield of Illinois"; a run of capitalised words that ends in an
+    organisation's or a place's head noun goes whole ("National Hospital for Neurology"); a state or country
+    code next to what was removed goes with it ("Marietta, GA"); a token joined to a removed one by a hyphen,
+    slash or dot goes with it ("WC" of "WC3049917284-0001")."""
+    runs = _capitalised_runs(view, tokens)
+    for run in runs:
+        capitals = [t for t in run if _is_capitalised(t)]
+        removed = any(t.verdict not in (_KNOWN, None) and _is_capitalised(t) for t in run)
+        headed = len(capitals) >= 2 and any(_ORG_HEAD.fullmatch(t.written.rstrip(".")) for t in capitals[1:])
+        if (removed and len(capitals) >= 2) or headed:
+            for token in run:
+                if token.verdict in (_KNOWN, None) and token.written.lower().rstrip(".") not in _NOT_ABSORBED \
+                        and not (token.written.isupper() and len(token.written) <= 5):
+                    token.verdict = REMOVED
+    changed = True
+    while changed:
+        changed = False
+        for index, token in enumerate(tokens):
+            if token.verdict not in (_KNOWN, None):
+                continue
+            if _touches_removed(view, tokens, index) or (
+                    token.written in _STATE_CODES and _next_to_removed(view, tokens, index)):
+                token.verdict = ID if any(c.isdigit() for c in token.written) else REMOVED
+                changed = True
+
+
+def _capitalised_runs(view: str, tokens: list[_Token]) -> list[list[_Token]]:
+    """Maximal runs of capitalised tokens on one line, joined by spaces and particles."""
+    runs: list[list[_Token]] = []
+    current: list[_Token] = []
+    for token in tokens:
+        joined = current and re.fullmatch(r"[ \t]{1,2}|[ \t]?&[ \t]?|-", view[current[-1].end:token.start])
+        if _is_capitalised(token) or (joined and token.written.lower() in _PARTICLES):
+            if current and not joined:
+                runs.append(current)
+                current = []
+            current.append(token)
+        else:
+            if current:
+                runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    for run in runs:
+        while run and not _is_capitalised(run[-1]):
+            run.pop()
+    return [run for run in runs if run]
+
+
+def _touches_removed(view: str, tokens: list[_Token], index: int) -> bool:
+    token = tokens[index]
+    if not (any(c.isdigit() for c in token.written) or token.written[:1].isupper()):
+        return False
+    left = view[max(0, token.start - 1):token.start]
+    right = view[token.end:token.end + 1]
+    if left == "\x00" or right == "\x00":
+        return True
+    for other in (tokens[index - 1] if index else None, tokens[index + 1] if index + 1 < len(tokens) else None):
+        if other is None or other.verdict in (_KNOWN, None):
+            continue
+        gap = view[min(token.end, other.end):max(token.start, other.start)]
+        if gap in ("-", "/", "."):
+            return True
+    return re.search(r"\x00[\-/.]$", view[max(0, token.start - 2):token.start]) is not None or \
+        re.match(r"[\-/.]\x00", view[token.end:token.end + 2]) is not None
+
+
+def _next_to_removed(view: str, tokens: list[_Token], index: int) -> bool:
+    token = tokens[index]
+    if re.search(r"\x00[\s,]{0,2}$", view[max(0, token.start - 3):token.start]):
+        return True
+    if re.match(r"[\s,]{0,2}\x00", view[token.end:token.end + 3]):
+        return True
+    for other in (tokens[index - 1] if index else None, tokens[index + 1] if index + 1 < len(tokens) else None):
+        if other is not None and other.verdict not in (_KNOWN, None):
+            gap = view[min(token.end, other.end):max(token.start, other.start)]
+            if re.fullmatch(r"[\s,]{1,3}", gap):
+                return True
+    return False
+
+
+_MONTH_NAMES = frozenset("""
+january february march april june july august september october november december jan feb mar apr jun jul
+aug sep sept oct nov dec januar februar marz maerz juni juli oktober dezember janvier fevrier mars avril mai
+juin juillet aout septembre octobre novembre decembre januari februari maart augusti marts maj
+ramadan ramzan shawwal muharram safar rajab shaban dhul
+""".split())
+_DRUG_BEFORE = re.compile(r"(?:tab|tabs|inj|cap|caps|syp|syr|susp|gel|oint|cr|sr|xl|er|tbl|kps|amp)\.?\s*$",
+                          re.IGNORECASE)
+_DOSE_AFTER = re.compile(r"\s*(?:\(|\s)?\d+(?:[.,]\d+)?(?:/\d+(?:[.,]\d+)?)?\s?(?:mg|mcg|µg|ug|g|ml|iu|ie|units|%|mmol)\b",
+                         re.IGNORECASE)
+
+
+def _word_verdict(view: str, start: int, end: int, written: str, language: str) -> str | None:
+    """``_KNOWN``, None (kept but unknown) or the token that replaces the word."""
+    parts = [p for p in re.split(r"[\-]", _without_possessive(_without_elision(written))) if p]
+    if any(len(p) >= 4 and _STREET_END.search(p) and p.lower() != "gate" for p in parts) and written[:1].isupper():
+        return ADDRESS
+    folded = view[start:end].lower()
+    if folded.rstrip(".") in _NOT_ABSORBED or folded in TITLES:
+        return _KNOWN
+    if folded in _MONTH_NAMES and (written[:1].isupper() or language in ("fr", "da", "sv", "nb")) and \
+            not (folded in ("mar", "dec", "mai", "marts") and language == "en"):
+        return "[DATE]"
+    unknown = [p for p in parts if len(p) > 2 and not is_known_word(p, language)]
+    if any(has_non_latin_letters(p) for p in parts):
+        return REMOVED
+    if not unknown:
+        mid_sentence = not _SENTENCE_START.search(view[max(0, start - 8):start])
+        if mid_sentence and written.istitle() and language != "de" and any(
+                len(p) > 2 and is_name_when_capitalised(p, language) for p in parts):
+            return REMOVED  # Peter, Gemma, Ross: a word of the lists, but as a name
+        return _KNOWN
+    if any(_looks_like_a_name(p, language) for p in unknown):
+        if _DOSE_AFTER.match(view, end) or _DRUG_BEFORE.search(view[max(0, start - 8):start]):
+            return None  # a drug the lists do not know, written with its dose or form ("Tab. Shelcal 500 mg")
+        return REMOVED
+    return None
+
+
+def _looks_like_a_name(part: str, language: str) -> bool:
+    """An unknown word written as names are: capitalised (German capitalises every noun, but an unknown one is
+    no less unknown), or in capitals from five letters (a surname in a form: MUELLER)."""
+    if part.isupper():
+        return len(part) >= 5
+    return part[:1].isupper()
+
+
+def _without_elision(word: str) -> str:
+    """French elided articles and pronouns: l'examen, d'une, qu'il."""
+    head = re.match(r"(?i)(?:l|d|j|qu|n|s|c|m|t)['’](?=\w)", word)
+    return word[head.end():] if head and head.group(0)[:1].islower() else word
+
+
+def _without_possessive(word: str) -> str:
+    return re.sub(r"['’]s?$", "", word)
+
+
+def _cluster_is_identifier(view: str, match: re.Match[str]) -> bool:
+    """A run of digit groups (phone numbers, national numbers, postcodes with a space) is an identifier when it
+    holds five or more digits and is no clinical value: not a dose or a ratio written with its unit
+    ("37.5/325 mg", "30/500"), nor a range or series with its unit."""
+    text = match.group(0)
+    digits = sum(c.isdigit() for c in text)
+    if digits < 5:
+        return False
+    groups = re.findall(r"\d+", text)
+    if re.fullmatch(r"\d{1,3}(?:[.,]\d{1,2})?/\d{1,4}(?:[.,]\d{1,2})?", text) and not _ID_LABEL_BEFORE.search(
+            view[max(0, match.start() - 24):match.start()]):
+        return False  # a ratio or a combined dose: 30/500, 37.5/325, 130/80
+    unit_after = _UNIT_AFTER.match(view, match.end()) is not None or _DOSE_UNIT.match(view, match.end())
+    return not (unit_after and max(len(g) for g in groups) <= 4)
+
+
+_DOSE_UNIT = re.compile(r"\s?(?:mg|mcg|µg|ug|g|ml|iu|ie|units|mmol|mv|uv|µv|ms|mm|cm|kg|%)\b", re.IGNORECASE)
+_LEVEL = re.compile(r"(?:[CTLSD]|Th|LWK|BWK|HWK)\d{1,2}", re.IGNORECASE)
+
+
+def _number_is_clinical(view: str, start: int, end: int) -> bool:
+    token = view[start:end]
+    if token.isdigit():
+        return _plain_number_is_clinical(view, start, end, token)
+    if _CLINICAL_ALNUM.fullmatch(token) or _LEVEL.fullmatch(token):
+        return True
+    parts = token.split("-")
+    if len(parts) > 1 and all(_LEVEL.fullmatch(p) or (p.isdigit() and len(p) <= 2) for p in parts):
+        return True  # D10-D11, L4-5
+    if len(parts) > 1 and all(p.isdigit() and len(p) <= 3 for p in parts):
+        return bool(_UNIT_AFTER.match(view, end) or _DOSE_UNIT.match(view, end))  # 8-12 weeks
+    # "54-year-old", "6-week", "3-monatige": digits joined to a word by a hyphen
+    head = re.fullmatch(r"(\d{1,3})-([^\W\d_]+(?:-[^\W\d_]+)*)", token)
+    return head is not None and int(head.group(1)) < 90
+
+
+def _plain_number_is_clinical(view: str, start: int, end: int, token: str) -> bool:
+    before = view[max(0, start - 24):start]
+    if _ID_LABEL_BEFORE.search(before):
+        return False
+    if _UNIT_AFTER.match(view, end) or _DOSE_UNIT.match(view, end) or _LABEL_BEFORE.search(before):
+        return len(token) <= 4 and not (int(token) >= 90 and re.match(r"\s*-?\s*(?:y|years?|jahre|ans|år)",
+                                                                       view[end:end + 8], re.IGNORECASE))
+    if len(token) <= 2:
+        return True
+    word = re.search(r"([^\W\d_]{4,})\s*[:=]?\s*$", before)
+    if word and len(token) <= 4 and is_clinical(word.group(1)):
+        return True  # a value after its clinical name: "alkaline phosphatase 310", "ferritin 25"
+    return len(token) == 4 and 1900 <= int(token) <= 2039
