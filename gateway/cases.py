@@ -70,7 +70,7 @@ def move(study: Study, target: str, *, reason: str | None = None, **fields: obje
     """Move ``study`` from its current state to ``target`` (and set ``fields``) if nobody moved it first.
 
     Returns False when another worker changed the state in the meantime (the caller leaves the case alone).
-    The reason is kept as ``Study.state_reason``; the stage loop's failure count and back-off start over.
+    The reason is kept whole as ``Study.state_reason``; the stage loop's failure count and back-off start over.
 
     Raises:
         IllegalTransition: the state machine does not allow this move.
@@ -81,7 +81,7 @@ def move(study: Study, target: str, *, reason: str | None = None, **fields: obje
     now = utcnow()
     values = {Study.state: target, Study.state_changed_at: now,
               Study.hold_reason: reason if target == S.HELD else None,
-              Study.state_reason: reason[:64] if reason else None,
+              Study.state_reason: reason or None,
               Study.stage_failures: 0, Study.stage_error: None, Study.stage_retry_at: None,
               **{getattr(Study, name): value for name, value in fields.items()}}
     changed = Study.update(values).where((Study.id == study.id) & (Study.state == current)).execute()
@@ -89,7 +89,7 @@ def move(study: Study, target: str, *, reason: str | None = None, **fields: obje
         return False
     wakeup.notify(target)  # the stages consuming ``target`` run once this commits (gateway.wakeup)
     study.state, study.state_changed_at = target, now
-    study.state_reason = reason[:64] if reason else None
+    study.state_reason = reason or None
     study.stage_failures, study.stage_error, study.stage_retry_at = 0, None, None
     for name, value in fields.items():
         setattr(study, name, value)

@@ -48,8 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     echo.add_argument("--timeout", type=float, default=10.0, help="seconds (default: 10)")
     echo.set_defaults(func=cmd_echo)
 
-    status = commands.add_parser("status", help="studies and instances by state, spool use")
+    status = commands.add_parser("status", help="studies and instances by state, spool use; or one accession's "
+                                                "or referral's cases")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    lookup = status.add_mutually_exclusive_group()
+    lookup.add_argument("--accession", metavar="A", help="only the case(s) and referral(s) of this accession number")
+    lookup.add_argument("--referral", metavar="N", type=int, help="only the case of this referral id")
     status.set_defaults(func=cmd_status)
 
     retry = commands.add_parser("retry", help="send a failed case again on the leg that failed (study to the "
@@ -205,6 +209,8 @@ def cmd_status(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.ops.status import collect_status, render_status
 
     open_command_database(config)
+    if args.accession is not None or args.referral is not None:
+        return _status_lookup(args)
     snapshot = collect_status(config.storage.spool_dir, config.reviewers)
     if args.json:
         print(json.dumps(snapshot, indent=2, sort_keys=True))
@@ -212,6 +218,24 @@ def cmd_status(args: argparse.Namespace, config: GatewayConfig) -> int:
         from rich.console import Console
 
         render_status(snapshot, Console())
+    return EXIT_OK
+
+
+def _status_lookup(args: argparse.Namespace) -> int:
+    """``status --accession A`` / ``--referral N``: that accession's or referral's case(s); exit 1 when none."""
+    from gateway.ops.status import lookup_cases, render_lookup
+
+    entries = lookup_cases(accession=args.accession, referral_id=args.referral)
+    what = f"accession {args.accession}" if args.accession is not None else f"referral {args.referral}"
+    if args.json:
+        print(json.dumps({"lookup": what, "cases": entries}, indent=2, sort_keys=True))
+    elif entries:
+        from rich.console import Console
+
+        render_lookup(entries, Console())
+    if not entries:
+        print(f"spine-gateway: no case or referral for {what}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

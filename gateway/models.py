@@ -108,7 +108,8 @@ class Study(BaseModel):
     claimed_by = CharField(max_length=64, null=True)  # node holding the case while it works on it
     claimed_until = DateTimeField(null=True)
     # Migration 4. Why the case is in its state (the transition's reason, e.g. ``deid:InvalidDicomError``).
-    state_reason = CharField(max_length=64, null=True)
+    # Migration 7: TEXT, whole (a guard hit names its object, attribute path and identifier kind).
+    state_reason = TextField(null=True)
     # A stage's step that raised on this case: how often since the case last changed state, the last error
     # type (``<stage>:<ErrorType>``) and when the stage may try the case again (exponential back-off).
     stage_failures = IntegerField(default=0)
@@ -187,6 +188,20 @@ class StudyIdentity(BaseModel):
     # NULL: not recorded (a case de-identified before migration 6, an unreadable PDF, or more text than
     # IMAGE_TEXT_MAX_CHARS): the final check then reads the image files back. (migration 6)
     image_text = TextField(null=True, default="")
+
+
+class StudyMatchKeys(BaseModel):
+    """What a referral is matched by, read from the study's first received instance (migration 7).
+
+    The receiving side writes it with the study row, so that a referral can be matched to the study (and is
+    never expired) from the moment the study arrives, long before de-identification fills ``StudyIdentity``.
+    PHI: never logged, never sent anywhere.
+    """
+
+    study = ForeignKeyField(Study, unique=True, backref="match_keys", on_delete="CASCADE")
+    accession_number = CharField(max_length=64, default="", index=True)
+    patient_id = CharField(max_length=64, default="")
+    study_date = CharField(max_length=8, default="")  # YYYYMMDD as in the header
 
 
 class UidMap(BaseModel):
@@ -316,7 +331,7 @@ class AuditEvent(BaseModel):
     actor_host = CharField(max_length=64, null=True)
     study_key = CharField(max_length=16, null=True, index=True)
     outcome = CharField(max_length=16, default="success")  # success, refused, failed
-    detail = CharField(max_length=255, default="")
+    detail = TextField(default="")  # TEXT since migration 7 (was 255 characters)
 
 
 class WebUser(BaseModel):
@@ -407,6 +422,16 @@ def _migrate_to_6(database: peewee.Database) -> None:
             database.execute_sql(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {definition}')
 
 
+def _migrate_to_7(database: peewee.Database) -> None:
+    """``study_match_keys`` (a referral is matched from the study's arrival on), and ``study.state_reason`` and
+    ``audit_event.detail`` widened to TEXT, so that a quarantine's reason (object, attribute path, identifier
+    kind) is kept whole. SQLite does not enforce a VARCHAR's length: only PostgreSQL's columns change type."""
+    database.create_tables([StudyMatchKeys], safe=True)
+    if isinstance(database, peewee.PostgresqlDatabase):
+        for table, name in ((Study._meta.table_name, "state_reason"), (AuditEvent._meta.table_name, "detail")):
+            database.execute_sql(f'ALTER TABLE "{table}" ALTER COLUMN "{name}" TYPE TEXT')
+
+
 MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (1, _migrate_to_1),
     (2, _migrate_to_2),
@@ -414,6 +439,7 @@ MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (4, _migrate_to_4),
     (5, _migrate_to_5),
     (6, _migrate_to_6),
+    (7, _migrate_to_7),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

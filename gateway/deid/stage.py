@@ -270,8 +270,9 @@ class DeidStage:
         where = ", ".join(leak_paths)
         log.error("outbound_leak", case=study.key, path=where, reason="identifier_found")
         audit.record("quarantined", actor_ae=None, actor_host=None, study_key=study.key, outcome="refused",
-                     detail=f"identifier found at {where}"[:255])
-        return cases.move(study, CaseState.QUARANTINED, reason="identifier_leak")
+                     detail=f"identifier found at {where}")
+        # The first hit (attribute path and identifier kind, never the value) is the case's reason, whole.
+        return cases.move(study, CaseState.QUARANTINED, reason=f"identifier_leak image:{leak_paths[0]}")
 
     @staticmethod
     def _quarantine_instance(study: Study, instance: Instance, reason: str) -> None:

@@ -95,7 +95,7 @@ def deidentify_file(path: str, source: str, case_label: str) -> DeidWork:
     events = _pixel_events(result.pixels, case_label, sop_class)
     leaks = find_leaks(result.dataset, identifiers)
     if leaks:
-        return DeidWork(leak_paths=[leak.path for leak in leaks], events=events)
+        return DeidWork(leak_paths=[f"{leak.path} ({leak.kind})" for leak in leaks], events=events)
     data = encode(result.dataset)
     return DeidWork(
         data=data, sop_instance_uid=str(result.dataset.SOPInstanceUID),

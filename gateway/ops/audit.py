@@ -21,7 +21,7 @@ from gateway.models import AuditEvent, db
 log = structlog.get_logger("audit")
 OUTCOMES = ("success", "refused", "failed")
 _ACTION = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-_DETAIL_MAX = 255
+_DETAIL_MAX = 2000  # a TEXT column since migration 7; a bound against runaway text only
 
 
 class AuditWriteError(GatewayError):
@@ -38,7 +38,7 @@ def record(action: str, *, actor_ae: str | None, actor_host: str | None, study_k
         actor_host: the peer's host or address, if any.
         study_key: the study's random key (:attr:`gateway.models.Study.key`), never a UID.
         outcome: ``success``, ``refused`` or ``failed``.
-        detail: a short free text for the row only (never logged); it must carry no PHI. Cut to 255 characters.
+        detail: a short free text for the row only (never logged); it must carry no PHI. Cut to 2,000 characters.
 
     Raises:
         ValueError: ``action`` is not snake_case of at most 32 characters, or ``outcome`` is unknown.

@@ -30,6 +30,8 @@ LOG_KEYS = frozenset({
     "logger", "calling_ae", "called_ae", "peer", "reason", "instances", "bytes", "sop_class",
     "transfer_syntax", "ae_title", "port", "version", "count", "free_bytes", "exception", "path",
     "component", "from_version", "to_version", "tls",
+    # the kind of identifier the outbound guard hit (person_name, id, date, ...), never its value
+    "kind",
     # burned-in text (OCR) decisions: counts and a verdict, never the text
     "frames", "boxes_found", "boxes_blanked", "verdict",
 })

@@ -149,3 +149,83 @@ def _render_attention(snapshot: dict[str, Any], console: Any) -> None:
         table.add_row(row["case"], row["state"], row["reason"] or "", row["since"] or "", str(row["failures"]),
                       row["last_error"] or "", row["retry_at"] or "")
     console.print(table)
+
+
+def lookup_cases(*, accession: str | None = None, referral_id: int | None = None) -> list[dict[str, Any]]:
+    """The cases of one accession number or one referral id (``status --accession`` / ``--referral``): each
+    with its state, reason, source, reviewer, times and referral; a referral that waits for its images (or
+    expired without them) appears with ``case`` None.
+
+    Operators are inside the hospital's trust: this look-up names the accession number (never logged).
+    """
+    from gateway.models import Referral, StudyIdentity, StudyMatchKeys
+
+    with db.connection_context():
+        if referral_id is not None:
+            referrals = list(Referral.select().where(Referral.id == referral_id))
+            studies = [r.study for r in referrals if r.study_id is not None]
+        else:
+            referrals = list(Referral.select().where(Referral.accession_number == accession))
+            ids = {row.study_id for model in (StudyMatchKeys, StudyIdentity)
+                   for row in model.select(model.study).where(model.accession_number == accession)}
+            ids |= {r.study_id for r in referrals if r.study_id is not None}
+            studies = list(Study.select().where(Study.id.in_(sorted(ids))).order_by(Study.first_received_at))
+        by_study = {r.study_id: r for r in referrals if r.study_id is not None}
+        found = [_case_entry(study, by_study.get(study.id) or _referral_of(study)) for study in studies]
+        found += [_case_entry(None, r) for r in referrals if r.study_id is None]
+    return found
+
+
+def _referral_of(study: Study) -> Any:
+    from gateway.models import Referral
+
+    return Referral.get_or_none(Referral.study == study.id)
+
+
+def _accession_of(study: Study) -> str | None:
+    from gateway.models import StudyIdentity, StudyMatchKeys
+
+    for model in (StudyMatchKeys, StudyIdentity):
+        row = model.get_or_none(model.study == study.id)
+        if row is not None and row.accession_number.strip():
+            return row.accession_number.strip()
+    return None
+
+
+def _case_entry(study: Study | None, referral: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"case": None, "state": None, "reason": None, "reviewer": None,
+                             "source": referral.source.name if referral is not None else None,
+                             "accession_number": referral.accession_number if referral is not None else None,
+                             "first_received_at": None, "state_changed_at": None, "report_delivered_at": None}
+    if study is not None:
+        entry.update({"case": study.key, "state": study.state, "reason": study.state_reason or study.hold_reason,
+                      "reviewer": study.reviewer, "source": study.source.name if study.source_id else None,
+                      "accession_number": _accession_of(study) or entry["accession_number"],
+                      "first_received_at": _iso(study.first_received_at),
+                      "state_changed_at": _iso(study.state_changed_at),
+                      "report_delivered_at": _iso(study.report_delivered_at)})
+    entry["referral"] = None if referral is None else {
+        "id": referral.id, "state": referral.state, "received_via": referral.received_via,
+        "received_at": _iso(referral.received_at), "matched_at": _iso(referral.matched_at),
+        "approved_by": referral.approved_by}
+    return entry
+
+
+def render_lookup(entries: list[dict[str, Any]], console: Any) -> None:
+    """The look-up's cases as one table; a referral without its study says so in the state column."""
+    from rich.table import Table
+
+    table = Table(title="Cases")
+    for column in ("case", "state", "reason", "source", "accession", "reviewer", "referral", "received",
+                   "since", "report delivered"):
+        table.add_column(column)
+    for entry in entries:
+        referral = entry["referral"]
+        state = entry["state"] or ("waiting for its images" if referral and referral["state"] == "waiting"
+                                   else f"referral {referral['state']}, no study" if referral else "")
+        table.add_row(entry["case"] or "-", state, entry["reason"] or "", entry["source"] or "",
+                      entry["accession_number"] or "", entry["reviewer"] or "",
+                      f"{referral['id']} ({referral['state']})" if referral else "none",
+                      entry["first_received_at"] or (referral["received_at"] if referral else "") or "",
+                      entry["state_changed_at"] or "", entry["report_delivered_at"] or "")
+    console.print(table)

@@ -7,6 +7,7 @@ on stderr and exit 2; for an invalid referral that is one line per problem, each
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ def add_referral_commands(commands: argparse._SubParsersAction) -> None:
     notes_commands = notes.add_subparsers(dest="notes_command", required=True, metavar="ACTION")
     show = notes_commands.add_parser("show", help="original and scrubbed notes of a case, side by side")
     show.add_argument("case", help="the case (study key)")
+    show.add_argument("--json", action="store_true", help="machine-readable output (the same content)")
     show.set_defaults(func=cmd_notes_show)
     approve = notes_commands.add_parser("approve", help="approve the scrubbed notes of a case")
     approve.add_argument("case", help="the case (study key)")
@@ -88,7 +90,7 @@ def cmd_notes_show(args: argparse.Namespace, config: GatewayConfig) -> int:
     from rich.console import Console
 
     from gateway.models import db
-    from gateway.referral.review import UnknownCase, preview_notes, render_preview
+    from gateway.referral.review import UnknownCase, preview_as_dict, preview_notes, render_preview
     from gateway.referral.stage import NotesStageError
 
     _open(config)
@@ -97,7 +99,10 @@ def cmd_notes_show(args: argparse.Namespace, config: GatewayConfig) -> int:
             preview = preview_notes(_stage(config), args.case)
     except (UnknownCase, NotesStageError) as exc:
         raise _usage_error(str(exc)) from None
-    render_preview(preview, Console())
+    if args.json:
+        print(json.dumps(preview_as_dict(preview), indent=2, ensure_ascii=False))
+    else:
+        render_preview(preview, Console())
     return EXIT_OK
 
 

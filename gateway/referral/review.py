@@ -23,7 +23,7 @@ from gateway.referral.matching import matched_referral
 from gateway.referral.scrub import ScrubbedNotes
 from gateway.referral.stage import APPROVAL_ACTION, NotesStage, is_approved, load_document
 
-__all__ = ["NotesPreview", "UnknownCase", "approve_notes", "preview_notes", "render_preview"]
+__all__ = ["NotesPreview", "UnknownCase", "approve_notes", "preview_as_dict", "preview_notes", "render_preview"]
 
 log = structlog.get_logger("notes")
 
@@ -87,6 +87,17 @@ def preview_notes(stage: NotesStage, case: str) -> NotesPreview:
     flags = tuple((f.code.value, "declared" if f.declared else "detected", f.phrase or "") for f in notes.flags)
     return NotesPreview(case=study.key, state=study.state, from_referral=document is not None, rows=rows,
                         flags=flags, urgency=notes.urgency.value, approved=is_approved(study, row))
+
+
+def preview_as_dict(preview: NotesPreview) -> dict[str, object]:
+    """The preview as ``notes show --json`` prints it: the same content as the tables, machine-readable
+    (the originals are PHI, as on the terminal)."""
+    return {"case": preview.case, "state": preview.state,
+            "source_of_notes": "referral" if preview.from_referral else "dicom_header",
+            "fields": [{"field": name, "original": original, "scrubbed": scrubbed}
+                       for name, original, scrubbed in preview.rows],
+            "red_flags": [{"code": code, "source": source, "phrase": phrase} for code, source, phrase in preview.flags],
+            "urgency": preview.urgency, "approved": preview.approved}
 
 
 def render_preview(preview: NotesPreview, console: object) -> None:

@@ -284,7 +284,7 @@ class NotesStage:
         for kind, dataset in built.items():
             leaks = find_leaks(dataset, identifiers)
             if leaks:
-                return self._quarantine(study, f"{kind}:{leaks[0].path}")
+                return self._quarantine(study, self._leak(study, f"{kind}:{leaks[0].path}", leaks[0].kind))
         reason = short_reason(notes)
         with db.atomic():
             self._replace_notes_objects(study, built)
@@ -305,34 +305,39 @@ class NotesStage:
         as they lie in the spool, the reason the delivery adds to every image (as written and as folded for
         an image whose character set is not UTF-8), and every text of the images as the workers read it back
         from their encoded output (``StudyIdentity.image_text``; without it, the image files read back).
-        Returns "<kind>:<attribute path>" of the first leak, or None."""
-        if any(identifiers.kinds_found(text) for text in (reason, fits_charset(reason, None))):
-            return self._leak(study, "image:ReasonForTheRequestedProcedure")
+        Returns the first leak as "<object kind>:<attribute path> (<identifier kind>)", or None."""
+        for text in (reason, fits_charset(reason, None)):
+            kinds = identifiers.kinds_found(text)
+            if kinds:
+                return self._leak(study, "image:ReasonForTheRequestedProcedure", kinds[0])
         identity = StudyIdentity.get(StudyIdentity.study == study.id)
         if identity.image_text is not None:
             recorded = json.loads(identity.image_text) if identity.image_text else {}
             leaks = find_leaks_in_values(((path, text) for text, path in recorded.items()), identifiers)
             if leaks:
-                return self._leak(study, f"image:{leaks[0].path}")
+                return self._leak(study, f"image:{leaks[0].path}", leaks[0].kind)
         rows = OutboundObject.select().where(OutboundObject.study == study.id)
         if identity.image_text is not None:
             rows = rows.where(OutboundObject.kind != "image")  # their text was checked above
         for row in rows.order_by(OutboundObject.id):
             leaks = find_leaks_in_file(self._outbound_path(row), identifiers, pixel_data=row.kind != "image")
             if leaks:
-                return self._leak(study, f"{row.kind}:{leaks[0].path}")
+                return self._leak(study, f"{row.kind}:{leaks[0].path}", leaks[0].kind)
         return None
 
     @staticmethod
-    def _leak(study: Study, where: str) -> str:
-        log.error("outbound_leak", case=study.key, path=where, reason="identifier_found")
-        return where
+    def _leak(study: Study, where: str, identifier_kind: str) -> str:
+        """Log a guard hit by where and which kind of identifier (never its value); return
+        "<where> (<identifier kind>)", the hit as status, the case's reason and the audit row name it."""
+        log.error("outbound_leak", case=study.key, path=where, reason="identifier_found", kind=identifier_kind)
+        return f"{where} ({identifier_kind})"
 
-    def _quarantine(self, study: Study, where: str) -> int:
-        moved = cases.move(study, CaseState.QUARANTINED, reason=f"notes_leak {where}"[:64])
+    def _quarantine(self, study: Study, hit: str) -> int:
+        """QUARANTINED with the whole hit as the reason (``Study.state_reason`` is TEXT since migration 7)."""
+        moved = cases.move(study, CaseState.QUARANTINED, reason=f"notes_leak {hit}")
         if moved:
             audit.record("quarantined", actor_ae=None, actor_host=None, study_key=study.key, outcome="refused",
-                         detail=f"outbound guard hit in {where}")
+                         detail=f"outbound guard hit in {hit}")
         return int(moved)
 
     def _replace_notes_objects(self, study: Study, built: dict[str, Dataset]) -> None:

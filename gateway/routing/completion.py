@@ -1,4 +1,8 @@
-"""Study completion: a study is complete when no instance has arrived for ``routing.stable_after_s``."""
+"""Study completion: a study is complete when no instance has arrived for ``routing.stable_after_s``.
+
+A complete study's referral is matched again here (``gateway.referral.matching.match_study``, a database
+operation any stage may do): the receiving side matched it when the study arrived, unless that failed.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from gateway import cases, wakeup
 from gateway.config import RoutingConfig
 from gateway.models import CaseState, Instance, Study
 from gateway.pipeline import run_case_stage
+from gateway.referral.matching import match_study
 from gateway.routing.spine import SpineFilter
 
 
@@ -55,4 +60,7 @@ class CompletionStage:
     def step(self, study: Study, now: dt.datetime) -> bool:
         if self.spine_filter is not None and self.spine_filter.reject_if_not_spine(study):
             return True
-        return cases.move(study, CaseState.COMPLETE, reason="stable")
+        moved = cases.move(study, CaseState.COMPLETE, reason="stable")
+        if moved:
+            match_study(study)  # again, in case the match at its arrival failed; a database operation only
+        return moved

@@ -20,20 +20,25 @@ from pathlib import Path
 
 import peewee
 import pydicom
+import structlog
 from pydicom.errors import InvalidDicomError
 
 from gateway import status
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
-from gateway.models import Instance, InstanceState, Series, Study, db, utcnow
+from gateway.models import Instance, InstanceState, Series, Study, StudyMatchKeys, db, utcnow
 from gateway.ops import metrics
 from gateway.scp.commit import DEFAULT_MAX_GROUP, GroupCommit, Waiting
 from gateway.scp.spool import Spool
 from gateway.dicom.wellformed import check_well_formed
 
+_log = structlog.get_logger("scp")
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 STUDY_UID, SERIES_UID, SOP_INSTANCE_UID, SOP_CLASS_UID, MODALITY = (
     0x0020000D, 0x0020000E, 0x00080018, 0x00080016, 0x00080060)
-HEADER_TAGS = frozenset({STUDY_UID, SERIES_UID, SOP_INSTANCE_UID, SOP_CLASS_UID, MODALITY})
+# What a referral is matched by (gateway.referral.matching), kept with the study row when it is created.
+ACCESSION_NUMBER, PATIENT_ID, STUDY_DATE = 0x00080050, 0x00100020, 0x00080020
+HEADER_TAGS = frozenset({STUDY_UID, SERIES_UID, SOP_INSTANCE_UID, SOP_CLASS_UID, MODALITY,
+                         ACCESSION_NUMBER, PATIENT_ID, STUDY_DATE})
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,16 @@ class InstanceHeader:
     sop_instance_uid: str
     sop_class_uid: str
     modality: str | None
+    match_keys: MatchKeys | None = None
+
+
+@dataclass(frozen=True)
+class MatchKeys:
+    """The header values a referral is matched by (PHI: kept in ``StudyMatchKeys``, never logged)."""
+
+    accession_number: str = ""
+    patient_id: str = ""
+    study_date: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,7 @@ class StoreResult:
     study_key: str
     duplicate: bool = False
     version: int = 1
+    new_study_id: int | None = None  # this instance created the study row (its referral is looked for then)
 
 
 @dataclass
@@ -99,10 +115,12 @@ def read_header(part10: bytes) -> InstanceHeader:
             "sop_class_uid": ds.get("SOPClassUID"),
         }
         modality = ds.get("Modality")
+        keys = MatchKeys(*(str(ds.get(keyword) or "").strip()[:64]
+                           for keyword in ("AccessionNumber", "PatientID", "StudyDate")))
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OverflowError,
             NotImplementedError, AttributeError, IndexError, UnicodeError, OSError) as exc:
         raise InvalidInstance("malformed_dataset", status.CANNOT_UNDERSTAND, type(exc).__name__) from None
-    return _checked_header(values, modality)
+    return _checked_header(values, modality, keys)
 
 
 def header_from_values(found: dict[int, bytes]) -> InstanceHeader:
@@ -118,7 +136,9 @@ def header_from_values(found: dict[int, bytes]) -> InstanceHeader:
         return raw.decode("ascii", "replace").strip("\0 ") if raw else None
     values = {"study_uid": text(STUDY_UID), "series_uid": text(SERIES_UID),
               "sop_instance_uid": text(SOP_INSTANCE_UID), "sop_class_uid": text(SOP_CLASS_UID)}
-    return _checked_header(values, text(MODALITY))
+    # An accession number or patient ID outside ASCII is matched later, from the de-identification's identity.
+    keys = MatchKeys(*((text(tag) or "")[:64] for tag in (ACCESSION_NUMBER, PATIENT_ID, STUDY_DATE)))
+    return _checked_header(values, text(MODALITY), keys)
 
 
 def parse_header(received: ReceivedInstance) -> InstanceHeader:
@@ -131,7 +151,7 @@ def parse_header(received: ReceivedInstance) -> InstanceHeader:
     return header_from_values(found) if found is not None else read_header(received.part10)
 
 
-def _checked_header(values: dict, modality: object) -> InstanceHeader:
+def _checked_header(values: dict, modality: object, keys: MatchKeys | None = None) -> InstanceHeader:
     missing = [name for name, value in values.items() if not value]
     if missing:
         raise InvalidInstance("missing_uids", status.CANNOT_UNDERSTAND, ",".join(missing))
@@ -139,7 +159,7 @@ def _checked_header(values: dict, modality: object) -> InstanceHeader:
     invalid = [name for name, value in cleaned.items() if len(value) > 64 or not _UID.match(value)]
     if invalid:
         raise InvalidInstance("invalid_uids", status.CANNOT_UNDERSTAND, ",".join(invalid))
-    return InstanceHeader(**cleaned, modality=str(modality)[:16] if modality else None)
+    return InstanceHeader(**cleaned, modality=str(modality)[:16] if modality else None, match_keys=keys)
 
 
 def check_context(header: InstanceHeader, received: ReceivedInstance) -> None:
@@ -224,6 +244,8 @@ class InstanceReceiver:
                 raise
             if result.duplicate and not self._still_stored(header.sop_instance_uid, digest):
                 result = self.group.submit(row)  # removed meanwhile: this receipt is the one now
+            if result.new_study_id is not None:
+                match_on_arrival(result.new_study_id)
             return result
         finally:
             _settle(spooling)
@@ -283,11 +305,11 @@ class InstanceReceiver:
                     if stored is not None:
                         return StoreResult(stored[1], duplicate=True, version=stored[0])
                     version = max((v for v, _ in versions.values()), default=0) + 1
-                    study_id, study_key = self._study(header, row.received, row.cache)
+                    study_id, study_key, created = self._study(header, row.received, row.cache)
                     series_id = self._series(header, study_id, row.cache)
                     self._insert(header, row, study_id, series_id, version)
                     self._touch_study(study_id, row.cache)
-                return StoreResult(study_key, version=version)
+                return StoreResult(study_key, version=version, new_study_id=study_id if created else None)
             except peewee.IntegrityError:
                 # Another writer (a node sharing the database) created the same study, series or instance
                 # at the same moment: read again.
@@ -337,15 +359,21 @@ class InstanceReceiver:
         cache.studies.pop(header.study_uid, None)
         cache.series.pop(header.series_uid, None)
 
-    def _study(self, header: InstanceHeader, received: ReceivedInstance, cache: AssociationCache) -> tuple[int, str]:
+    def _study(self, header: InstanceHeader, received: ReceivedInstance,
+               cache: AssociationCache) -> tuple[int, str, bool]:
+        """The study's row id and key, and whether this instance created it (with its ``StudyMatchKeys``)."""
         if header.study_uid in cache.studies:
-            return cache.studies[header.study_uid]
+            return (*cache.studies[header.study_uid], False)
         row = Study.select(Study.id, Study.key).where(Study.study_uid == header.study_uid).first()
-        if row is None:
+        created = row is None
+        if created:
             row = Study.create(study_uid=header.study_uid, calling_ae=received.calling_ae,
                                source=self.source_ids.get(received.calling_ae))
+            keys = header.match_keys or MatchKeys()
+            StudyMatchKeys.create(study=row.id, accession_number=keys.accession_number,
+                                  patient_id=keys.patient_id, study_date=keys.study_date)
         cache.studies[header.study_uid] = (row.id, row.key)
-        return row.id, row.key
+        return row.id, row.key, created
 
     @staticmethod
     def _series(header: InstanceHeader, study_id: int, cache: AssociationCache) -> int:
@@ -378,6 +406,22 @@ _INSERT_COLUMNS = (Instance.study, Instance.series, Instance.sop_instance_uid, I
 _INSERT_SQL = 'INSERT INTO "{table}" ({columns}) VALUES ({values})'.format(
     table=Instance._meta.table_name, columns=", ".join(f'"{c.column_name}"' for c in _INSERT_COLUMNS),
     values=", ".join(["{param}"] * len(_INSERT_COLUMNS)))
+
+
+def match_on_arrival(study_id: int) -> None:
+    """Match the new study's waiting referral now that its row and match keys are committed.
+
+    The match is a database operation of ``gateway.referral.matching`` (models only), done once per study, after
+    the commit and before the first instance is answered. It never costs the instance its success: a failure is
+    logged, and the completion and notes stages match again.
+    """
+    from gateway.referral.matching import match_arrived_study
+
+    try:
+        with db.connection_context():
+            match_arrived_study(study_id)
+    except peewee.PeeweeException as exc:
+        _log.warning("referral_match_failed", error=type(exc).__name__)
 
 
 def _row_savepoint():

@@ -7,19 +7,35 @@ NotesStage and checks the case state, the referral row, the outbound objects and
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 
 import pydicom
 import pytest
 from structlog.testing import capture_logs
 
 from gateway.demo import write_demo_study
-from gateway.models import AuditEvent, CaseState, OutboundObject, Referral, Study, db, utcnow
+from gateway.models import (
+    AuditEvent,
+    CaseState,
+    OutboundObject,
+    Referral,
+    Source,
+    Study,
+    StudyIdentity,
+    StudyMatchKeys,
+    db,
+    utcnow,
+)
+from gateway.ops.status import collect_status
+from gateway.referral.matching import expire_referrals
+from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance
 from gateway.referral.document import validate_referral_data
 from gateway.referral.errors import ReferralValidationError
 from gateway.referral.intake import store_referral
 from gateway.referral.review import approve_notes, preview_notes
 from gateway.referral.stage import NotesStage
-from referral_cases import close_world, make_world, referral_document
+from referral_cases import SOURCE, SOURCE_AE, close_world, make_world, referral_document
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +206,86 @@ def test_guard_hit_quarantines_the_case_naming_the_path_only(world_factory, stud
     study = Study.get_by_id(study.id)
     assert study.state == CaseState.QUARANTINED
     moved = [e for e in _events(logs, "case_state_changed") if e["state"] == CaseState.QUARANTINED]
-    assert moved[0]["reason"] == "notes_leak notes_sr:AccessionNumber"
-    assert "A1234567" not in repr(logs)
+    assert moved[0]["reason"] == "notes_leak notes_sr:AccessionNumber (id)"
+    assert study.state_reason == "notes_leak notes_sr:AccessionNumber (id)"
+    assert [(e["path"], e["kind"]) for e in _events(logs, "outbound_leak")] == [("notes_sr:AccessionNumber", "id")]
+    audit_row = AuditEvent.get((AuditEvent.action == "quarantined") & (AuditEvent.study_key == study.key))
+    assert audit_row.detail == "outbound guard hit in notes_sr:AccessionNumber (id)"
+    assert "A1234567" not in repr(logs) and "A1234567" not in audit_row.detail
     assert _notes_objects(study) == {}
+
+
+def test_a_deep_guard_hit_is_kept_whole_with_its_kind(world_factory, study_files):
+    world = world_factory(wait_s=3600)
+    _store()
+    study = world.deidentified_case(study_files)
+    identity = StudyIdentity.get(StudyIdentity.study == study.id)
+    # The workers' record of the images' text holds the patient's ID deep in a sequence (as a faulty
+    # de-identification would): the final check finds it, and the whole path goes into the reason.
+    deep = ("RequestAttributesSequence[0].ScheduledProtocolCodeSequence[0].ProtocolContextSequence[0]"
+            ".ContentItemModifierSequence[0].TextValue")
+    StudyIdentity.update(image_text=json.dumps({f"ref {identity.patient_id}": deep})).where(
+        StudyIdentity.id == identity.id).execute()
+    NotesStage(world.config, world.spool).run_once(utcnow())
+    study = Study.get_by_id(study.id)
+    assert study.state == CaseState.QUARANTINED
+    assert study.state_reason == f"notes_leak image:{deep} (id)" and len(study.state_reason) > 64
+    audit_row = AuditEvent.get((AuditEvent.action == "quarantined") & (AuditEvent.study_key == study.key))
+    assert audit_row.detail == f"outbound guard hit in image:{deep} (id)"
+    shown = [row for row in collect_status(world.config.storage.spool_dir)["needs_attention"]
+             if row["case"] == study.key]
+    assert shown[0]["reason"] == study.state_reason
+    assert identity.patient_id not in json.dumps(shown)
+
+
+def _receive(world, files: list[Path]) -> Study:
+    """Receive ``files`` through the real InstanceReceiver, as the C-STORE handler does (one association)."""
+    receiver = InstanceReceiver(world.spool, {SOURCE_AE: Source.get(Source.name == SOURCE).id}, "test")
+    cache = AssociationCache()
+    for path in files:
+        data = Path(path).read_bytes()
+        meta_end = 144 + int.from_bytes(data[140:144], "little")  # preamble, DICM, (0002,0000) and its group
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        result = receiver.receive(ReceivedInstance(
+            meta=data[:meta_end], dataset=data[meta_end:], context_sop_class=header.SOPClassUID,
+            affected_sop_instance=header.SOPInstanceUID, transfer_syntax=header.file_meta.TransferSyntaxUID,
+            calling_ae=SOURCE_AE), cache)
+    db.connect(reuse_if_open=True)
+    return Study.get(Study.key == result.study_key)
+
+
+def test_a_waiting_referral_is_matched_when_its_study_arrives(world_factory, study_files):
+    world = world_factory(wait_s=3600)
+    row = _store()
+    with capture_logs() as logs:
+        study = _receive(world, study_files)
+    assert study.state == CaseState.RECEIVING
+    keys = StudyMatchKeys.get(StudyMatchKeys.study == study.id)
+    assert keys.accession_number == "A1234567"
+    assert Referral.get_by_id(row.id).study_id == study.id
+    assert [(e["case"], e["reason"]) for e in _events(logs, "referral_matched")] == [(study.key, "accession_number")]
+    assert "A1234567" not in repr(logs)
+
+
+def test_a_referral_finds_a_study_still_being_received(world_factory, study_files):
+    world = world_factory(wait_s=3600)
+    study = _receive(world, study_files)
+    row = _store()
+    assert row.state == "matched" and row.study_id == study.id
+
+
+def test_a_referral_never_expires_while_a_study_with_its_accession_is_in_the_node(world_factory, study_files):
+    world = world_factory(wait_s=5)
+    other = _store(accession_number="NOT-HERE")
+    kept = _store()
+    # The study arrived, but the match at arrival did not happen (as if it failed): only the keys are there.
+    study = Study.create(study_uid="1.2.826.0.1.3680043.2.1143.777", source=Source.get(Source.name == SOURCE),
+                         calling_ae=SOURCE_AE)
+    StudyMatchKeys.create(study=study.id, accession_number="A1234567", patient_id="nobody", study_date="")
+    later = utcnow() + dt.timedelta(seconds=60)
+    assert expire_referrals(later, 5) == 1
+    assert Referral.get_by_id(other.id).state == "expired"
+    assert Referral.get_by_id(kept.id).state == "waiting"
+    Study.update(state=CaseState.DELIVERED).where(Study.id == study.id).execute()  # past its notes: no longer
+    assert expire_referrals(later, 5) == 1
+    assert Referral.get_by_id(kept.id).state == "expired"

@@ -37,12 +37,13 @@ def study_files(tmp_path_factory):
     return write_demo_study(tmp_path_factory.mktemp("node-notes-study"), 4, seed=5, rows=64, cols=64)
 
 
-def start_gateway(workdir: Path, database_url: str, monkeypatch, **referrals) -> GatewayProcess:
+def start_gateway(workdir: Path, database_url: str, monkeypatch, routing: dict | None = None,
+                  **referrals) -> GatewayProcess:
     monkeypatch.setenv("SPINE_GATEWAY_API_TOKEN", TOKEN)
     node = GatewayProcess(workdir, database_url, extra={
         "http": {"host": "127.0.0.1", "port": free_port()},
         "hl7": {"enabled": True, "host": "127.0.0.1", "port": free_port(), "facilities": {"STMARYS": "st-marys"}},
-        "routing": {"stable_after_s": 0.5, "poll_s": 0.2},
+        "routing": {"stable_after_s": 0.5, "poll_s": 0.2, **(routing or {})},
         "referrals": {"wait_s": 600, **referrals},
     })
     return node.start()
@@ -52,8 +53,8 @@ def start_gateway(workdir: Path, database_url: str, monkeypatch, **referrals) ->
 def node_factory(tmp_path, monkeypatch):
     started = []
 
-    def make(database_url: str, **referrals) -> GatewayProcess:
-        node = start_gateway(tmp_path / f"gw{len(started)}", database_url, monkeypatch, **referrals)
+    def make(database_url: str, routing: dict | None = None, **referrals) -> GatewayProcess:
+        node = start_gateway(tmp_path / f"gw{len(started)}", database_url, monkeypatch, routing, **referrals)
         started.append(node)
         return node
 
@@ -254,7 +255,8 @@ def test_notes_reach_the_study_without_phi(node_factory, study_files, tmp_path, 
         orthanc.stop()
 
 
-def test_require_approval_waits_in_held_until_approved(node_factory, study_files, tmp_path):
+def test_require_approval_waits_in_held_until_approved(node_factory, study_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # rich's tables in a pipe: wide enough that no cell wraps
     node = node_factory(f"sqlite:///{tmp_path}/gateway.db", require_approval=True)
     assert post(node, json.dumps(referral_document()).encode())[0] == 201
     send_study(node, study_files)
@@ -268,8 +270,43 @@ def test_require_approval_waits_in_held_until_approved(node_factory, study_files
     shown = node.cli("notes", "show", case[1])
     assert "MRN0012345" in shown.stdout  # the original, on the operator's terminal only
     assert "[ID]" in shown.stdout
+    as_json = json.loads(node.cli("notes", "show", case[1], "--json").stdout)
+    assert (as_json["case"], as_json["state"], as_json["source_of_notes"]) == (case[1], "held", "referral")
+    fields = {row["field"]: row for row in as_json["fields"]}
+    assert "MRN0012345" in fields["history"]["original"] and "[ID]" in fields["history"]["scrubbed"]
+    assert all(name in shown.stdout for name in fields), "the same fields as the table"
+    assert as_json["approved"] is False and as_json["urgency"] in ("routine", "soon", "urgent")
     approved = node.cli("notes", "approve", case[1])
     assert f"notes of case {case[1]} approved" in approved.stdout
     wait_for_notes(node)
     assert query(node.config["storage"]["database"], "SELECT approved_by FROM referral")[0][0]
     assert node.cli("notes", "approve", "nosuchcase", check=False).returncode == 2
+
+
+def test_a_referral_is_matched_on_arrival_when_the_study_takes_longer_than_wait_s(node_factory, study_files, tmp_path,
+                                                                                  monkeypatch):
+    """The issue's failure: ``referrals.wait_s`` (1 s) shorter than the study's time between receipt and the
+    notes stage (``stable_after_s`` 4 s). The referral used to expire (``no_study_within_wait_s``) and the case
+    went out with "No referral received" notes; now it is matched when the study arrives."""
+    monkeypatch.setenv("COLUMNS", "250")  # rich's tables in a pipe: wide enough that no cell wraps
+    node = node_factory(f"sqlite:///{tmp_path}/gateway.db", routing={"stable_after_s": 4}, wait_s=1,
+                        on_timeout="route")
+    status, body = post(node, json.dumps(referral_document()).encode())
+    assert status == 201
+    send_study(node, study_files)
+    database = node.config["storage"]["database"]
+    matched = query(database, "SELECT r.state, s.state FROM referral r JOIN study s ON s.id = r.study_id")
+    assert matched == [("matched", "receiving")], "matched when the study arrived, before it completed"
+    case, paths = wait_for_notes(node, timeout=90)
+    found = json.loads(node.cli("status", "--accession", "A1234567", "--json").stdout)["cases"]
+    assert [(e["case"], e["source"], e["referral"]["id"], e["referral"]["state"]) for e in found] == [
+        (case[1], "st-marys", body["id"], "matched")]
+    assert found[0]["state"] != "quarantined" and found[0]["reason"] not in ("awaiting_referral", "no_referral")
+    assert found[0]["first_received_at"] and found[0]["state_changed_at"]
+    table = node.cli("status", "--accession", "A1234567").stdout
+    assert case[1] in table and "st-marys" in table
+    text = _sr_text(paths["notes_sr"][0])
+    assert "No referral received" not in text
+    assert query(database, "SELECT state FROM referral") == [("matched",)]
+    assert query(database, "SELECT detail FROM audit_event WHERE action = 'notes_attached'")[0][0].startswith(
+        "referral;")
