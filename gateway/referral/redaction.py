@@ -187,17 +187,31 @@ def identifier_spans(identifiers: IdentifierSet, text: str) -> list[tuple[int, i
     return spans
 
 
+_SCRUBBER_TOKEN = re.compile(r"\[(?:[A-Z]+|\d{4}-\d{2}-\d{2})\]")
+
+
+def _plain(text: str) -> list[Segment]:
+    """Scrubbed text: the scrubber's own tokens ([NAME], [REDACTED], a shifted date) as ``removed`` chips."""
+    segments, cursor = [], 0
+    for match in _SCRUBBER_TOKEN.finditer(text):
+        if match.start() > cursor:
+            segments.append(Segment(text[cursor:match.start()]))
+        segments.append(Segment(match.group(), "removed"))
+        cursor = match.end()
+    if cursor < len(text):
+        segments.append(Segment(text[cursor:]))
+    return segments
+
+
 def guard_segments(text: str, identifiers: IdentifierSet) -> tuple[Segment, ...]:
-    """``text`` with the outbound guard's matches as ``hit`` segments naming the identifier kind."""
+    """Scrubbed ``text`` with the outbound guard's matches as ``hit`` segments naming the identifier kind."""
     segments: list[Segment] = []
     cursor = 0
     for start, end, kind in identifier_spans(identifiers, text):
-        if start > cursor:
-            segments.append(Segment(text[cursor:start]))
+        segments += _plain(text[cursor:start])
         segments.append(Segment(text[start:end], "hit", kind))
         cursor = end
-    if cursor < len(text):
-        segments.append(Segment(text[cursor:]))
+    segments += _plain(text[cursor:])
     return tuple(segments)
 
 

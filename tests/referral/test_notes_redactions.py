@@ -152,3 +152,13 @@ def test_segments_mark_removed_spans_with_their_token_and_unknown_words():
         redaction.Segment("Seen by "), redaction.Segment("[NAME]", "removed"), redaction.Segment(" re "),
         redaction.Segment("Zolgensma", "unknown"), redaction.Segment(" trial."))
     assert redaction.marked_segments(text, [Mark(8, 18, "[NAME]"), Mark(10, 12, None)])[1].text == "[NAME]"
+
+
+def test_the_guard_view_marks_matches_by_kind_and_the_scrubbers_tokens_as_removed():
+    from gateway.privacy.identifiers import IdentifierSet
+
+    identifiers = IdentifierSet(patient_names=("Hargreaves^Eleanor",), towns=("Thrapston",))
+    segments = redaction.guard_segments("[NAME] of Thrapston, seen [2024-02-03].", identifiers)
+    assert segments == (redaction.Segment("[NAME]", "removed"), redaction.Segment(" of "),
+                        redaction.Segment("Thrapston", "hit", "address"), redaction.Segment(", seen "),
+                        redaction.Segment("[2024-02-03]", "removed"), redaction.Segment("."))
