@@ -44,7 +44,9 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     S.REPORTED: frozenset({S.REPORT_DELIVERED, S.REPORT_FAILED}),
     S.REPORT_FAILED: frozenset({S.REPORTED}),  # spine-gateway retry CASE, or a corrected report arrives
     S.REPORT_DELIVERED: frozenset({S.REPORTED}),  # an addendum from the reviewer goes home too
-    S.QUARANTINED: frozenset({S.COMPLETE}),  # spine-gateway release CASE, after a person looked
+    # spine-gateway release CASE, after a person looked; a notes leak goes back to the notes stage once an
+    # operator redacted the notes (gateway.referral.redaction).
+    S.QUARANTINED: frozenset({S.COMPLETE, S.DEIDENTIFIED}),
     S.REJECTED_NOT_SPINE: frozenset({S.COMPLETE}),  # spine-gateway release CASE: it is spine after all
 }
 # Where a case waits for a person; the stage loop's give-up states are among them.

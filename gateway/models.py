@@ -357,6 +357,17 @@ class WebSession(BaseModel):
     expires_at = DateTimeField(index=True)
 
 
+class NotesRedaction(BaseModel):
+    """A phrase an operator removed from a case's notes after the outbound guard quarantined them (PHI: the
+    phrase is text of the notes). The notes stage hands every phrase of the case to the scrubber, which
+    writes [REDACTED] in its place. (migration 7)"""
+
+    study = ForeignKeyField(Study, backref="notes_redactions", on_delete="CASCADE")
+    phrase = CharField(max_length=200)
+    actor = CharField(max_length=64)  # who: "web:<user>"
+    created_at = DateTimeField(default=utcnow, index=True)
+
+
 MODELS_V1 = [SchemaVersion, Source, Study, Series, Instance, StudyIdentity, UidMap, OutboundObject, Referral,
              Assignment, Delivery, ReportObject, PeerHealth, QuarantinedObject, AuditEvent]
 
@@ -432,6 +443,11 @@ def _migrate_to_7(database: peewee.Database) -> None:
             database.execute_sql(f'ALTER TABLE "{table}" ALTER COLUMN "{name}" TYPE TEXT')
 
 
+def _migrate_to_8(database: peewee.Database) -> None:
+    """``notes_redaction``: the phrases operators removed from a quarantined case's notes."""
+    database.create_tables([NotesRedaction], safe=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (1, _migrate_to_1),
     (2, _migrate_to_2),
@@ -440,6 +456,7 @@ MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (5, _migrate_to_5),
     (6, _migrate_to_6),
     (7, _migrate_to_7),
+    (8, _migrate_to_8),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

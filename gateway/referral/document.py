@@ -20,6 +20,8 @@ from gateway.referral.codes import NON_URGENT_FLAGS, RedFlag
 from gateway.referral.errors import ReferralValidationError
 
 __all__ = [
+    "MAX_REDACTIONS",
+    "MAX_REDACTION_LENGTH",
     "Address",
     "Clinical",
     "Pain",
@@ -50,6 +52,11 @@ def _iso_date(value: Any) -> Any:
 
 IsoDate = Annotated[datetime.date, BeforeValidator(_iso_date)]
 NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+MAX_REDACTIONS = 50
+MAX_REDACTION_LENGTH = 200
+# A phrase to remove from the notes: one line, as long as a short sentence at most.
+Redaction = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_REDACTION_LENGTH,
+                                             pattern=r"^[^\r\n]*$")]
 
 
 class Urgency(str, enum.Enum):
@@ -132,6 +139,10 @@ class Referral(_Strict):
     clinical: Clinical = Field(default_factory=Clinical)
     subspecialty: str | None = None
     study_date: IsoDate | None = None
+    redactions: list[Redaction] = Field(
+        default_factory=list, max_length=MAX_REDACTIONS,
+        description="Words or phrases of the notes a person chose to remove (the referrer, on the portal's "
+                    "preview): each is replaced by [REDACTED] wherever it stands in the notes.")
 
     @property
     def effective_urgency(self) -> Urgency:
@@ -165,6 +176,8 @@ def _describe(error: dict[str, Any]) -> str:
         return "unknown field"
     if kind in {"string_too_short"}:
         return "must not be empty"
+    if kind == "string_pattern_mismatch" and "redactions" in error["loc"]:
+        return "must be one line"
     if kind == "string_too_long":
         return f"must be at most {context.get('max_length')} characters"
     if kind in {"greater_than_equal", "less_than_equal"} and error["loc"][-1] == "intensity":

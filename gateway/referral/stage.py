@@ -32,6 +32,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import pydicom
@@ -46,6 +47,7 @@ from gateway.models import (
     CaseState,
     Instance,
     InstanceState,
+    NotesRedaction,
     OutboundObject,
     Study,
     StudyIdentity,
@@ -71,7 +73,7 @@ from gateway.dicom.rawedit import fits_charset
 from gateway.scp.spool import Spool
 
 __all__ = ["APPROVAL_ACTION", "AWAITING_APPROVAL", "AWAITING_REFERRAL", "NO_REFERRAL", "NotesStage", "NotesStageError",
-           "is_approved", "load_document"]
+           "case_redactions", "is_approved", "known_identifiers", "load_document"]
 
 log = structlog.get_logger("notes")
 
@@ -120,9 +122,11 @@ def warm_up() -> None:
         log.warning("notes_warm_up_failed", error=type(exc).__name__)
 
 
-def known_identifiers(identifiers: IdentifierSet) -> KnownIdentifiers:
-    """The scrubber's view of the case's identifier set (one set for the scrubber and the guard)."""
+def known_identifiers(identifiers: IdentifierSet, redactions: Iterable[str] = ()) -> KnownIdentifiers:
+    """The scrubber's view of the case's identifier set (one set for the scrubber and the guard), with the
+    phrases people chose to remove (``redactions``: the referrer's, an operator's)."""
     return KnownIdentifiers(
+        redactions=tuple(dict.fromkeys(r for r in redactions if r.strip())),
         names=identifiers.person_names,
         ids=identifiers.ids,
         birth_dates=identifiers.birth_dates,
@@ -132,6 +136,14 @@ def known_identifiers(identifiers: IdentifierSet) -> KnownIdentifiers:
         phones=identifiers.phones,
         emails=identifiers.emails,
     )
+
+
+def case_redactions(study: Study, document: Referral | None) -> list[str]:
+    """Every phrase people chose to remove from the notes of ``study``: the referrer's (in the referral
+    document) and the operators' (``NotesRedaction`` rows, after a quarantine), oldest first."""
+    operators = NotesRedaction.select(NotesRedaction.phrase).where(NotesRedaction.study == study.id).order_by(
+        NotesRedaction.id)
+    return [*(document.redactions if document is not None else ()), *(row.phrase for row in operators)]
 
 
 class NotesStage:
@@ -233,7 +245,8 @@ class NotesStage:
         identity = StudyIdentity.get_or_none(StudyIdentity.study == study.id)
         if identity is None:
             raise NotesStageError("the case has no de-identification identity")
-        known = known_identifiers(identifiers or self.identifiers_for(study, document))
+        known = known_identifiers(identifiers or self.identifiers_for(study, document),
+                                  case_redactions(study, document))
         if document is not None:
             return scrub_referral_notes(document, known, identity.date_offset_days,
                                         day_first=self._day_first(study, document))

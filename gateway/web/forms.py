@@ -28,13 +28,19 @@ RED_FLAG_LABELS = {
     RedFlag.NIGHT_OR_REST_PAIN: "Pain at night or at rest",
     RedFlag.NO_IMPROVEMENT_6_WEEKS: "No improvement after 6 weeks",
 }
+ADDRESS_PARTS = ("street", "other", "town", "region", "postcode", "country")
+LIST_FIELDS = ("patient.phones", "patient.other_ids")  # one value a line
 TEXT_FIELDS = ("accession_number", "patient.id", "patient.family", "patient.given", "patient.birth_date",
+               *(f"patient.address.{part}" for part in ADDRESS_PARTS), *LIST_FIELDS, "patient.email",
                "study_date", "urgency", "referrer.name", "referrer.contact", "clinical.history", "clinical.symptoms",
                "clinical.pain.location", "clinical.pain.intensity", "clinical.pain.nature",
                "clinical.pain.duration_weeks", "clinical.pain.radiation", "clinical.examination", "clinical.emg",
                "clinical.prior_treatment", "clinical.prior_imaging", "clinical.question")
 # A problem on a document path is shown next to this form field.
-_FIELD_OF_PATH = {"patient.name": "patient.family", "patient": "patient.id", "clinical.red_flags": "clinical.red_flags"}
+_FIELD_OF_PATH = {"patient.name": "patient.family", "patient": "patient.id", "clinical.red_flags": "clinical.red_flags",
+                  "patient.address": "patient.address.street"}
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_PHONE = re.compile(r"^\+?[\d\s\-()./]*\d[\d\s\-()./]*$")
 LEVELS = ("L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")
 
 
@@ -58,13 +64,33 @@ def _number(text: str) -> int | str:
     return int(text) if re.fullmatch(r"-?\d{1,6}", text) else text
 
 
-def referral_document(form: Mapping[str, Any], flags: list[str], source: str) -> dict[str, Any]:
-    """The referral document the form describes (empty fields left out)."""
-    get = lambda name: _clean(form, name)  # noqa: E731
+def lines(text: str) -> list[str]:
+    """The non-empty lines of a one-value-a-line field (phones, other IDs)."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _patient(get: Any) -> dict[str, Any]:
     family, given = get("patient.family"), get("patient.given")
-    patient = {"id": get("patient.id"), "name": f"{family}^{given}" if given else family}
+    patient: dict[str, Any] = {"id": get("patient.id"), "name": f"{family}^{given}" if given else family}
     if get("patient.birth_date"):
         patient["birth_date"] = get("patient.birth_date")
+    address = {part: get(f"patient.address.{part}") for part in ADDRESS_PARTS if get(f"patient.address.{part}")}
+    if address:
+        patient["address"] = address
+    for name in LIST_FIELDS:
+        if lines(get(name)):
+            patient[name.split(".", 1)[1]] = lines(get(name))
+    if get("patient.email"):
+        patient["email"] = get("patient.email")
+    return patient
+
+
+def referral_document(form: Mapping[str, Any], flags: list[str], source: str,
+                      redactions: list[str] | None = None) -> dict[str, Any]:
+    """The referral document the form describes (empty fields left out); ``redactions``: the phrases the
+    referrer chose to remove on the preview."""
+    get = lambda name: _clean(form, name)  # noqa: E731
+    patient = _patient(get)
     document: dict[str, Any] = {"source": source, "accession_number": get("accession_number"), "patient": patient,
                                 "urgency": get("urgency") or "routine"}
     if get("study_date"):
@@ -83,20 +109,38 @@ def referral_document(form: Mapping[str, Any], flags: list[str], source: str) ->
     if flags:
         clinical["red_flags"] = flags
     document["clinical"] = clinical
+    if redactions:
+        document["redactions"] = list(redactions)
     return document
 
 
-def parse_referral_form(form: Mapping[str, Any], flags: list[str], source: str) -> FormResult:
+def _contact_problems(values: Mapping[str, Any], result: FormResult) -> None:
+    """What the schema takes as free text but a person can mistype: the e-mail address and phone numbers."""
+    if values["patient.email"] and not _EMAIL.match(values["patient.email"]):
+        result.add("patient.email", "write an e-mail address, e.g. name@example.org")
+    for number, phone in enumerate(lines(values["patient.phones"]), start=1):
+        if not _PHONE.match(phone):
+            result.add("patient.phones", f"line {number}: write a phone number (digits, spaces, + ( ) -)")
+
+
+def parse_referral_form(form: Mapping[str, Any], flags: list[str], source: str,
+                        redactions: list[str] | None = None) -> FormResult:
     """Validate the form as a referral: ``value`` is the :class:`Referral`, or ``errors`` by field."""
-    values = {name: _clean(form, name) for name in TEXT_FIELDS}
+    values: dict[str, Any] = {name: _clean(form, name) for name in TEXT_FIELDS}
+    for name in LIST_FIELDS:  # keep the lines as typed
+        values[name] = str(form.get(name) or "").strip()
     values["clinical.red_flags"] = list(flags)
+    values["redactions"] = list(redactions or [])
     result = FormResult(values)
+    _contact_problems(values, result)
     try:
-        result.value = validate_referral_data(referral_document(form, flags, source))
+        document = validate_referral_data(referral_document(form, flags, source, redactions))
     except ReferralValidationError as exc:
         for problem in exc.problems:
             path, _, message = problem.partition(": ")
             result.add(field_of(path), message)
+    else:
+        result.value = None if result.errors else document
     return result
 
 
@@ -104,6 +148,11 @@ def field_of(path: str) -> str:
     """The form field showing a problem on the document's ``path`` (``""``: the form as a whole)."""
     if path in _FIELD_OF_PATH:
         return _FIELD_OF_PATH[path]
+    for name in LIST_FIELDS:
+        if path.startswith(name):
+            return name
+    if path.startswith("redactions"):
+        return "phrase"
     if path.startswith("clinical.red_flags"):
         return "clinical.red_flags"
     if path.startswith("referrer"):

@@ -1,5 +1,6 @@
 """Operator pages: cases by state, the cases that need a person (with the reason), a case's timeline,
-reviewers' load and peer health; and the CLI's actions (retry, release, approve notes) as POST buttons,
+reviewers' load and peer health; for a case the outbound guard quarantined, the hit, the notes with the guard's
+matches and the operator's redactions; and the CLI's actions (retry, release, approve notes) as POST buttons,
 each calling the same function as the CLI and audited with the operator's name."""
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from gateway import cases
 from gateway.models import CaseState
 from gateway.ops import audit
 from gateway.ops.status import collect_status
+from gateway.referral import redaction
 from gateway.referral.review import UnknownCase, approve_notes
+from gateway.referral.stage import NotesStage
 from gateway.routing.deliver import retry_case
 from gateway.web import views
 from gateway.web.app import Page, Refused
@@ -29,11 +32,20 @@ def _study(page: Page):
     return study
 
 
-def case(page: Page) -> Response:
-    study = _study(page)
-    return page.render("ops_case.html", title=f"Case {study.key}", study=study,
+def _page(page: Page, study, *, status: int = 200, error: str = "", release_error: str = "",
+          phrase: str = "", phrase_problem: str = "") -> Response:
+    review = None
+    if redaction.is_notes_leak(study):
+        review = redaction.leak_review(NotesStage(page.portal.config, page.portal.spool), study)
+    return page.render("ops_case.html", status=status, title=f"Case {study.key}", study=study,
                        events=audit.query(case=study.key, limit=500), plain=views.plain_state(study),
-                       when=views.when, done=page.request.query_params.get("done", ""), error="")
+                       when=views.when, done=page.request.query_params.get("done", "") if status == 200 else "",
+                       error=error, review=review, release_error=release_error, phrase=phrase,
+                       errors={"phrase": [phrase_problem]} if phrase_problem else {})
+
+
+def case(page: Page) -> Response:
+    return _page(page, _study(page))
 
 
 def _done(study, what: str) -> Response:
@@ -41,9 +53,20 @@ def _done(study, what: str) -> Response:
 
 
 def _refuse(page: Page, study, message: str) -> Response:
-    return page.render("ops_case.html", status=409, title=f"Case {study.key}", study=study,
-                       events=audit.query(case=study.key, limit=500), plain=views.plain_state(study),
-                       when=views.when, done="", error=message)
+    return _page(page, study, status=409, error=message)
+
+
+def redact(page: Page) -> Response:
+    """A phrase the operator removes from a quarantined case's notes (audited with the operator's name)."""
+    study = _study(page)
+    phrase = str(page.form.get("redact_word") or page.form.get("phrase") or "")
+    stage = NotesStage(page.portal.config, page.portal.spool)
+    try:
+        redaction.add_operator_redaction(study, phrase, redaction.source_texts(stage, study), f"web:{page.user.name}")
+    except redaction.RedactionRefused as refused:
+        page.audit("web_notes_redaction", study_key=study.key, outcome="refused", detail=f"state {study.state}")
+        return _page(page, study, status=409, phrase=phrase, phrase_problem=str(refused))
+    return _done(study, "redacted")
 
 
 def retry(page: Page) -> Response:
@@ -59,11 +82,22 @@ def retry(page: Page) -> Response:
 def release(page: Page) -> Response:
     """As ``spine-gateway release``: QUARANTINED or REJECTED_NOT_SPINE → COMPLETE, de-identified again."""
     study = _study(page)
+    if redaction.is_notes_leak(study):
+        return _release_notes(page, study)
     if study.state not in (CaseState.QUARANTINED, CaseState.REJECTED_NOT_SPINE) or not cases.move(
             study, CaseState.COMPLETE, reason="released"):
         page.audit("web_release", study_key=study.key, outcome="refused", detail=f"state {study.state}")
         return _refuse(page, study, f"The case is {study.state}; only a quarantined or rejected case is released.")
     page.audit("released", study_key=study.key)
+    return _done(study, "release")
+
+
+def _release_notes(page: Page, study) -> Response:
+    """A notes leak goes back to the notes stage with the operators' redactions, never as it stands."""
+    try:
+        redaction.release_redacted(study, f"web:{page.user.name}")
+    except redaction.RedactionRefused as refused:
+        return _page(page, study, status=409, release_error=str(refused))
     return _done(study, "release")
 
 
@@ -83,4 +117,5 @@ ROUTES = [
     ("POST", "/ops/cases/{key}/retry", retry, "ops"),
     ("POST", "/ops/cases/{key}/release", release, "ops"),
     ("POST", "/ops/cases/{key}/approve", approve, "ops"),
+    ("POST", "/ops/cases/{key}/redact", redact, "ops"),
 ]

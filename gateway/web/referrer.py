@@ -1,16 +1,21 @@
-"""Referrer pages: the referral form, the source's cases in plain words, and the returned report."""
+"""Referrer pages: the referral form, the notes as the reviewer will read them (to redact more before they go),
+the source's cases in plain words, and the returned report."""
 
 from __future__ import annotations
 
 from starlette.responses import RedirectResponse, Response
 
+from gateway.models import StudyIdentity
+from gateway.privacy.identifiers import IdentifierSet, from_referral
+from gateway.referral import redaction
 from gateway.referral.codes import RedFlag
-from gateway.referral.stage import load_document
+from gateway.referral.document import MAX_REDACTIONS, Referral
 from gateway.referral.errors import ReferralValidationError
 from gateway.referral.intake import store_referral
+from gateway.referral.stage import NotesStage, case_redactions, load_document
 from gateway.web import views
 from gateway.web.app import Page, Refused
-from gateway.web.forms import RED_FLAG_LABELS, parse_referral_form
+from gateway.web.forms import RED_FLAG_LABELS, TEXT_FIELDS, parse_referral_form
 
 
 def cases(page: Page) -> Response:
@@ -20,7 +25,7 @@ def cases(page: Page) -> Response:
 
 
 def new_form(page: Page) -> Response:
-    return _form(page, {"urgency": "routine", "clinical.red_flags": []}, {})
+    return _form(page, {"urgency": "routine", "clinical.red_flags": [], "redactions": []}, {})
 
 
 def _form(page: Page, values: dict, errors: dict, status: int = 200) -> Response:
@@ -28,19 +33,67 @@ def _form(page: Page, values: dict, errors: dict, status: int = 200) -> Response
                        flags=[(flag.value, RED_FLAG_LABELS[flag]) for flag in RedFlag], source=page.user.source)
 
 
+def _source_identifiers(page: Page, document: Referral) -> tuple[IdentifierSet, bool]:
+    """The identifiers the notes stage will know of a referral whose images it has not seen yet (the
+    referral's own and the source's names), and the source's date order."""
+    source = next((s for s in page.portal.config.sources if s.name == document.source), None)
+    names = (document.source, source.ae_title) if source is not None else (document.source,)
+    return from_referral(document).merged(IdentifierSet(sources=names)), source.day_first if source else True
+
+
+def _preview(page: Page, document: Referral, values: dict, phrase: str = "", problem: str = "",
+             status: int = 200) -> Response:
+    identifiers, day_first = _source_identifiers(page, document)
+    fields = redaction.notes_fields(document, identifiers, 0, day_first=day_first, redactions=document.redactions)
+    return page.render("referrer_preview.html", status=status, title="Check the notes before they go",
+                       values=values, fields=fields, redactions=list(document.redactions), phrase=phrase,
+                       errors={"phrase": [problem]} if problem else {}, text_fields=TEXT_FIELDS,
+                       source=page.user.source)
+
+
 def submit(page: Page) -> Response:
-    flags = [str(f) for f in page.form.getlist("clinical.red_flags")]
-    result = parse_referral_form(page.form, flags, page.user.source)
-    if result.value is not None:
-        try:
-            row = store_referral(result.value, "http")
-        except ReferralValidationError as exc:
-            for problem in exc.problems:
-                result.add("", problem)
-        else:
-            page.audit("web_referral", detail=f"referral {row.id}")
-            return RedirectResponse(f"/referrer?sent={row.id}", status_code=303)
-    return _form(page, result.values, result.errors, status=422)
+    """The form, and the preview it leads to: ``action`` edit (back to the form), redact / a word's button /
+    unredact (the preview again), send (store the referral); anything else shows the preview."""
+    form = page.form
+    flags = [str(f) for f in form.getlist("clinical.red_flags")]
+    redactions = [str(r) for r in form.getlist("redactions") if str(r).strip()]
+    if form.get("unredact"):
+        redactions = [r for r in redactions if r != form.get("unredact")]
+    result = parse_referral_form(form, flags, page.user.source, redactions)
+    action = str(form.get("action") or "preview")
+    if result.value is None or action == "edit":
+        return _form(page, result.values, result.errors, status=422 if result.value is None else 200)
+    phrase = str(form.get("redact_word") or (form.get("phrase") if action == "redact" else "") or "")
+    if phrase:
+        return _add_phrase(page, result, phrase)
+    if action == "send":
+        return _send(page, result)
+    return _preview(page, result.value, result.values)
+
+
+def _add_phrase(page: Page, result, phrase: str) -> Response:
+    document: Referral = result.value
+    try:
+        cleaned = redaction.check_phrase(phrase, [text for _, text in redaction.referral_texts(document)])
+    except redaction.RedactionRefused as refused:
+        return _preview(page, document, result.values, phrase, str(refused), status=422)
+    if cleaned in document.redactions:
+        return _preview(page, document, result.values)
+    if len(document.redactions) >= MAX_REDACTIONS:
+        return _preview(page, document, result.values, phrase, f"At most {MAX_REDACTIONS} phrases.", status=422)
+    document = document.model_copy(update={"redactions": [*document.redactions, cleaned]})
+    return _preview(page, document, {**result.values, "redactions": list(document.redactions)})
+
+
+def _send(page: Page, result) -> Response:
+    try:
+        row = store_referral(result.value, "http")
+    except ReferralValidationError as exc:
+        for problem in exc.problems:
+            result.add("", problem)
+        return _form(page, result.values, result.errors, status=422)
+    page.audit("web_referral", detail=f"referral {row.id}; {len(result.value.redactions)} redaction(s)")
+    return RedirectResponse(f"/referrer?sent={row.id}", status_code=303)
 
 
 def _referral(page: Page):
@@ -54,15 +107,51 @@ def _referral(page: Page):
     return referral
 
 
-def case(page: Page) -> Response:
+def _case_preview(page: Page, referral, document: Referral, study) -> tuple[list, bool]:
+    """The notes as the reviewer will read them, while the referrer may still redact (no notes attached yet):
+    (fields, dates shifted?). Empty once the notes have gone on."""
+    if study is not None and study.state not in redaction.BEFORE_NOTES:
+        return [], False
+    identity = StudyIdentity.get_or_none(StudyIdentity.study == study.id) if study is not None else None
+    if identity is None:
+        identifiers, day_first = _source_identifiers(page, document)
+        return redaction.notes_fields(document, identifiers, 0, day_first=day_first,
+                                      redactions=document.redactions), False
+    stage = NotesStage(page.portal.config, page.portal.spool)
+    identifiers = stage.identifiers_for(study, document)
+    fields = redaction.notes_fields(document, identifiers, identity.date_offset_days,
+                                    day_first=stage._day_first(study, document),
+                                    redactions=case_redactions(study, document))
+    return fields, True
+
+
+def case(page: Page, phrase: str = "", problem: str = "", status: int = 200) -> Response:
     referral = _referral(page)
     study = referral.study if referral.study_id else None
     report = views.returned_report(study, page.portal.spool) if study is not None else None
     if report is not None:
         page.audit("web_report_read", study_key=study.key, detail=f"referral {referral.id}")
-    return page.render("referrer_case.html", title=f"Case {referral.accession_number}", referral=referral,
-                       document=load_document(referral), study=study,
-                       state=views.plain_state(study), report=report, when=views.when)
+    document = load_document(referral)
+    fields, shifted = _case_preview(page, referral, document, study)
+    return page.render("referrer_case.html", status=status, title=f"Case {referral.accession_number}",
+                       referral=referral, document=document, study=study, state=views.plain_state(study),
+                       report=report, when=views.when, fields=fields, shifted=shifted,
+                       redactions=list(document.redactions), phrase=phrase,
+                       errors={"phrase": [problem]} if problem else {},
+                       done=page.request.query_params.get("done", ""))
+
+
+def redact(page: Page) -> Response:
+    """A phrase the referrer removes from a submitted referral's notes (audited), until they are attached."""
+    referral = _referral(page)
+    phrase = str(page.form.get("redact_word") or page.form.get("phrase") or "")
+    try:
+        redaction.add_referrer_redaction(referral, phrase, f"web:{page.user.name}")
+    except redaction.RedactionRefused as refused:
+        page.audit("web_referrer_redaction", study_key=referral.study.key if referral.study_id else None,
+                   outcome="refused", detail=f"referral {referral.id}")
+        return case(page, phrase, str(refused), status=409)
+    return RedirectResponse(f"/referrer/referrals/{referral.id}?done=redacted#notes", status_code=303)
 
 
 def report_pdf(page: Page) -> Response:
@@ -82,4 +171,5 @@ ROUTES = [
     ("POST", "/referrer/new", submit, "referrer"),
     ("GET", "/referrer/referrals/{referral_id}", case, "referrer"),
     ("GET", "/referrer/referrals/{referral_id}/report.pdf", report_pdf, "referrer"),
+    ("POST", "/referrer/referrals/{referral_id}/redact", redact, "referrer"),
 ]

@@ -1,7 +1,7 @@
 """The portal in headless Chromium, against a running gateway with DCMTK peers.
 
 The journey: a referrer signs in and sends a referral through the form (a wrong field first: the message is
-next to it and the input is kept); the study is sent by DCMTK storescu; the referrer sees the case move; the
+next to it and the input is kept), after checking the scrubbed notes; the study is sent by DCMTK storescu; the referrer sees the case move; the
 reviewer opens it from the worklist, sees only pseudonymous notes, writes the report; the report reaches the
 source's storescp re-identified; the referrer reads it (text and PDF). Then the operator's pages. Security:
 another source's case answers 404, a form without its CSRF token 403, the 11th wrong password in a minute is
@@ -125,6 +125,10 @@ def test_the_journey_from_referral_to_report(site, browser):
     browser.click("input[value=no_improvement_6_weeks]")
     browser.shot("referrer-form")
     browser.submit("form[action='/referrer/new'] button[type=submit]")
+    assert "Check the notes before they go" in browser.text()
+    chips = [c.text for c in browser.driver.find_elements("css selector", ".notes-text .chip")]
+    assert chips.count("[NAME]") == 2, chips  # Jane Doe: removed before the referrer sends
+    browser.submit("button[name=action][value=send]")
     assert "Referral" in browser.text() and "received" in browser.text()
     assert "waiting for the images" in browser.text()
 
@@ -244,7 +248,8 @@ def test_a_form_without_its_csrf_token_is_refused(site):
     assert _http(site, "/referrer/new", data=form, cookie=cookie)[0] == 403
     assert _http(site, "/referrer/new", data={**form, "csrf_token": "forged"}, cookie=cookie)[0] == 403
     assert "ACC-CSRF" not in _http(site, "/referrer", cookie=cookie)[1]
-    assert _http(site, "/referrer/new", data={**form, "csrf_token": token}, cookie=cookie)[0] == 303
+    assert _http(site, "/referrer/new", data={**form, "csrf_token": token}, cookie=cookie)[0] == 200  # the check
+    assert _http(site, "/referrer/new", data={**form, "csrf_token": token, "action": "send"}, cookie=cookie)[0] == 303
     assert "ACC-CSRF" in _http(site, "/referrer", cookie=cookie)[1]
     assert _http(site, "/login", data={"name": "ops", "password": PASSWORD})[0] == 403  # sign-in form too
 
@@ -292,6 +297,9 @@ def test_the_referral_schema_is_published(site):
     schema = json.loads(body)
     assert status == 200 and schema["title"] == "spine-gateway referral"
     assert set(schema["required"]) == {"source", "accession_number", "patient"}
+    redactions = schema["properties"]["redactions"]
+    assert redactions["maxItems"] == 50 and redactions["items"]["maxLength"] == 200
+    assert "[REDACTED]" in redactions["description"]
 
 
 def test_operator_actions_call_the_cli_functions_and_are_audited_by_name(site):

@@ -148,3 +148,20 @@ def test_user_commands_answer_mistakes_in_one_line(tmp_path):
     code, out, _ = run("list")
     assert code == 0 and "desk" in out and "disabled" in out
     assert '"reason": "user_added"' in (tmp_path / "routing.jsonl").read_text()
+
+
+def test_the_notes_macro_renders_chips_clickable_unknown_words_and_guard_hits():
+    from gateway.referral.redaction import NotesField, Segment
+    from gateway.web.app import templates
+
+    macros = templates().get_template("_macros.html").module
+    field = NotesField("History", (Segment("Seen by "), Segment("[NAME]", "removed"), Segment(" re "),
+                                   Segment("Zolgensma", "unknown"), Segment(" in "),
+                                   Segment("Thrapston", "hit", "address"), Segment(" <b>.")))
+    html = str(macros.notes([field], clickable=True))
+    assert '<span class="chip" title="removed by the scrubber">[NAME]</span>' in html
+    assert '<button type="submit" class="unknown" name="redact_word" value="Zolgensma"' in html
+    assert 'class="hit" name="redact_word" value="Thrapston"' in html and "<small>address</small>" in html
+    assert "&lt;b&gt;." in html  # the notes' text is escaped
+    shown = str(macros.notes([field]))
+    assert '<mark class="unknown">Zolgensma</mark>' in shown and "<button" not in shown
