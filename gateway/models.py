@@ -342,6 +342,13 @@ class WebSession(BaseModel):
     expires_at = DateTimeField(index=True)
 
 
+class HealthProbe(BaseModel):
+    """A row each node (and ``spine-gateway status``) rewrites to prove the database takes a write (``/healthz``)."""
+
+    name = CharField(max_length=128, unique=True)  # "node:<host>" or "status:<host>"
+    written_at = DateTimeField(default=utcnow)
+
+
 MODELS_V1 = [SchemaVersion, Source, Study, Series, Instance, StudyIdentity, UidMap, OutboundObject, Referral,
              Assignment, Delivery, ReportObject, PeerHealth, QuarantinedObject, AuditEvent]
 
@@ -407,6 +414,11 @@ def _migrate_to_6(database: peewee.Database) -> None:
             database.execute_sql(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {definition}')
 
 
+def _migrate_to_7(database: peewee.Database) -> None:
+    """``health_probe``: the row /healthz and ``status`` write to prove the database takes a write."""
+    database.create_tables([HealthProbe], safe=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (1, _migrate_to_1),
     (2, _migrate_to_2),
@@ -414,6 +426,7 @@ MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (4, _migrate_to_4),
     (5, _migrate_to_5),
     (6, _migrate_to_6),
+    (7, _migrate_to_7),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

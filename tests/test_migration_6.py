@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.models import SchemaVersion, Study, StudyIdentity, migrate, open_database
+from gateway.models import SCHEMA_VERSION, SchemaVersion, Study, StudyIdentity, migrate, open_database
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
@@ -18,7 +18,7 @@ def test_a_version_5_database_upgrades_to_the_reason_and_the_image_text(database
         database.execute_sql('ALTER TABLE "study" DROP COLUMN "notes_reason"')  # what release 5 left behind
         database.execute_sql('ALTER TABLE "study_identity" DROP COLUMN "image_text"')
         SchemaVersion.delete().where(SchemaVersion.version > 5).execute()
-    assert migrate(database) == 6
+    assert migrate(database) == SCHEMA_VERSION
     with database.connection_context():
         assert "notes_reason" in {c.name for c in database.get_columns("study")}
         assert "image_text" in {c.name for c in database.get_columns("study_identity")}
@@ -29,5 +29,5 @@ def test_a_version_5_database_upgrades_to_the_reason_and_the_image_text(database
             "DOE^JANE", '{"PatientID": ["X1"]}', None)
         new = StudyIdentity.create(study=Study.create(study_uid="1.2.3.2", calling_ae="PACS"))
         assert StudyIdentity.get_by_id(new.id).image_text == "", "a new case records its images' text"
-    assert migrate(database) == 6  # again: nothing to do
+    assert migrate(database) == SCHEMA_VERSION  # again: nothing to do
     database.close()

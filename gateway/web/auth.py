@@ -3,8 +3,8 @@
 A session is a random token in an HttpOnly, SameSite=Lax cookie (Secure over https or with
 ``http.secure_cookies``); the database keeps only its SHA-256, the user and the session's CSRF token, which
 every form carries back in a hidden field (a POST without it, or with another, is refused with 403).
-Wrong passwords are counted per user name and client address over a sliding minute: past
-``http.login_attempts_per_minute`` the next attempt is refused before the password is even checked.
+Sign-in attempts are counted as they start, per user name and address, per address and over all addresses, over
+a sliding minute (:class:`LoginLimiter`): past a limit the attempt is refused (429) before any password is hashed.
 """
 
 from __future__ import annotations
@@ -73,33 +73,67 @@ def csrf_ok(expected: str, given: object) -> bool:
 
 
 class LoginLimiter:
-    """Wrong passwords per (user name, address) over the last minute; thread-safe, per process."""
+    """Sign-in attempts over a sliding minute, counted when an attempt starts, before any password is hashed.
 
-    def __init__(self, per_minute: int, clock=time.monotonic) -> None:
+    Three counts, each with its own limit: per (user name, address) (``http.login_attempts_per_minute``; a
+    successful sign-in clears it), per client address (``..._per_address_per_minute``) and over all addresses
+    (``..._global_per_minute``). Counting before the hash is what makes the limits hold under parallel attempts:
+    counted after it, 40 parallel wrong passwords for one user got 28 hashes (issue 28). Thread-safe, per process.
+    """
+
+    def __init__(self, per_minute: int, per_address: int | None = None, global_per_minute: int | None = None,
+                 clock=time.monotonic) -> None:
         self.per_minute = per_minute
+        self.per_address = per_address if per_address is not None else max(per_minute * 3, per_minute)
+        self.global_per_minute = global_per_minute if global_per_minute is not None else per_minute * 12
         self.clock = clock
-        self._failures: dict[tuple[str, str], collections.deque[float]] = {}
+        self._by_name: dict[tuple[str, str], collections.deque[float]] = {}
+        self._by_address: dict[str, collections.deque[float]] = {}
+        self._everyone: collections.deque[float] = collections.deque()
         self._lock = threading.Lock()
 
-    def _recent(self, key: tuple[str, str]) -> collections.deque[float]:
-        failures = self._failures.setdefault(key, collections.deque())
+    def _recent(self, attempts: collections.deque[float]) -> collections.deque[float]:
         horizon = self.clock() - WINDOW_S
-        while failures and failures[0] <= horizon:
-            failures.popleft()
-        return failures
+        while attempts and attempts[0] <= horizon:
+            attempts.popleft()
+        return attempts
+
+    def admit(self, name: str, address: str) -> float | None:
+        """Count an attempt and return None, or refuse it (not counted) with the seconds until one is allowed."""
+        with self._lock:
+            counts = ((self._recent(self._by_name.setdefault((name.lower(), address), collections.deque())),
+                       self.per_minute),
+                      (self._recent(self._by_address.setdefault(address, collections.deque())), self.per_address),
+                      (self._recent(self._everyone), self.global_per_minute))
+            full = [attempts for attempts, limit in counts if len(attempts) >= limit]
+            if full:
+                return max(1.0, max(attempts[0] for attempts in full) + WINDOW_S - self.clock())
+            now = self.clock()
+            for attempts, _ in counts:
+                attempts.append(now)
+            self._forget_idle()
+            return None
 
     def allowed(self, name: str, address: str) -> bool:
-        """False once ``per_minute`` wrong passwords were given for this name from this address this minute."""
+        """True when an attempt would be admitted now (nothing is counted)."""
         with self._lock:
-            return len(self._recent((name.lower(), address))) < self.per_minute
+            return (len(self._recent(self._by_name.get((name.lower(), address), collections.deque())))
+                    < self.per_minute
+                    and len(self._recent(self._by_address.get(address, collections.deque()))) < self.per_address
+                    and len(self._recent(self._everyone)) < self.global_per_minute)
 
     def failed(self, name: str, address: str) -> None:
-        with self._lock:
-            self._recent((name.lower(), address)).append(self.clock())
-            if len(self._failures) > 10000:  # forget idle keys so that a flood of names cannot grow this
-                for key in [k for k, v in self._failures.items() if not v]:
-                    del self._failures[key]
+        """Count one attempt (for callers that check without :meth:`admit`)."""
+        self.admit(name, address)
 
     def succeeded(self, name: str, address: str) -> None:
+        """The right password: the name's count from this address starts again (the address's does not)."""
         with self._lock:
-            self._failures.pop((name.lower(), address), None)
+            self._by_name.pop((name.lower(), address), None)
+
+    def _forget_idle(self) -> None:
+        """Drop keys with no attempt in the window, so that a flood of names or addresses cannot grow the maps."""
+        for table in (self._by_name, self._by_address):
+            if len(table) > 10000:
+                for key in [k for k, v in table.items() if not self._recent(v)]:
+                    del table[key]
