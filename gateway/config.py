@@ -202,7 +202,7 @@ class HttpConfig(_Section):
     max_body_bytes: BYTES = Field(1_048_576, ge=1024, le=100 * 1024 * 1024)
     max_connections: int = Field(512, ge=1, le=100000)
     max_connections_per_client: int = Field(32, ge=1, le=100000)
-    health_probe_timeout_s: SECONDS = Field(2.0, gt=0, le=60)
+    health_probe_timeout_s: SECONDS = Field(5.0, gt=0, le=60)
     health_cache_s: SECONDS = Field(2.0, ge=0, le=60)
 
 

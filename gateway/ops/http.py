@@ -329,7 +329,7 @@ class HttpServer:
             return
         self._socket = _listening_socket(self.config.host, self.config.port)
         limits = ConnectionLimits(self.config.request_header_timeout_s, self.config.request_body_timeout_s,
-                                  self.config.max_connections_per_client)
+                                  self.config.max_connections_per_client, MAX_HEAD_BYTES)
         server = uvicorn.Server(uvicorn.Config(
             self, log_config=None, access_log=False, lifespan="off", server_header=False, date_header=True,
             http=guarded_protocol(limits, ClientConnections(limits.max_connections_per_client)),

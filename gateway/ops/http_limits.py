@@ -25,6 +25,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = structlog.get_logger("http")
 
+HEAD_TOO_LARGE_RESPONSE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\n"
+                           b"content-length: 24\r\nconnection: close\r\n\r\nrequest head too large\r\n")
 TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 16\r\n"
                     b"connection: close\r\n\r\nrequest timeout\n")
 HEAD, BODY = "request_head", "request_body"
@@ -37,6 +39,7 @@ class ConnectionLimits:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_connections_per_client: int = 32
+    max_head_bytes: int = 16 * 1024
 
 
 class ClientConnections:
@@ -89,7 +92,12 @@ def guarded_protocol(limits: ConnectionLimits, clients: ClientConnections) -> ty
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            if not self._admitted:
+            if not self._admitted or self.transport.is_closing():
+                return
+            if self.conn.their_state is h11.IDLE and self._head_too_large(data):
+                _note_refusal("request_head_too_large", self._address)
+                self.transport.write(HEAD_TOO_LARGE_RESPONSE)
+                self.transport.close()
                 return
             super().data_received(data)
             self._keep_deadline()
@@ -130,6 +138,14 @@ def guarded_protocol(limits: ConnectionLimits, clients: ClientConnections) -> ty
                 self.transport.write(TIMEOUT_RESPONSE)
             _note_refusal(f"{phase}_timeout", self._address)
             self.transport.close()
+
+        def _head_too_large(self, data: bytes) -> bool:
+            """h11 bounds a head only while it arrives in pieces; one that comes whole is bounded here."""
+            pending = self.conn.trailing_data[0]
+            if len(pending) + len(data) <= limits.max_head_bytes:
+                return False
+            window = (bytes(pending) + data)[:limits.max_head_bytes + 4]
+            return b"\r\n\r\n" not in window
 
         def _has_partial_head(self) -> bool:
             return bool(self.conn.trailing_data[0])

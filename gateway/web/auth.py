@@ -77,7 +77,9 @@ class LoginLimiter:
 
     Three counts, each with its own limit: per (user name, address) (``http.login_attempts_per_minute``; a
     successful sign-in clears it), per client address (``..._per_address_per_minute``) and over all addresses
-    (``..._global_per_minute``). Counting before the hash is what makes the limits hold under parallel attempts:
+    (``..._global_per_minute``). The global limit applies to addresses that gave a wrong password this minute:
+    a flood from many addresses is held by it, while a user whose address has not failed still gets in (each
+    address's first attempt costs at most one hash, in the bounded pool). Counting before the hash is what makes the limits hold under parallel attempts:
     counted after it, 40 parallel wrong passwords for one user got 28 hashes (issue 28). Thread-safe, per process.
     """
 
@@ -90,7 +92,21 @@ class LoginLimiter:
         self._by_name: dict[tuple[str, str], collections.deque[float]] = {}
         self._by_address: dict[str, collections.deque[float]] = {}
         self._everyone: collections.deque[float] = collections.deque()
+        self._refusals_noted: dict[str, float] = {}
+        self._wrong_by_address: dict[str, float] = {}
         self._lock = threading.Lock()
+
+    def note_refusal(self, address: str) -> bool:
+        """True for the first refusal of ``address`` in a window: audit that one, not each of a flood's thousands
+        (one audit row per refused attempt put the database's writes behind the flood)."""
+        with self._lock:
+            now = self.clock()
+            if now - self._refusals_noted.get(address, now - WINDOW_S - 1) <= WINDOW_S:
+                return False
+            if len(self._refusals_noted) > 10000:
+                self._refusals_noted.clear()
+            self._refusals_noted[address] = now
+            return True
 
     def _recent(self, attempts: collections.deque[float]) -> collections.deque[float]:
         horizon = self.clock() - WINDOW_S
@@ -105,12 +121,16 @@ class LoginLimiter:
                        self.per_minute),
                       (self._recent(self._by_address.setdefault(address, collections.deque())), self.per_address),
                       (self._recent(self._everyone), self.global_per_minute))
+            if self.clock() - self._wrong_by_address.get(address, -2 * WINDOW_S) > WINDOW_S:
+                counts = counts[:2]  # an address without a wrong password this minute: the global limit spares it
             full = [attempts for attempts, limit in counts if len(attempts) >= limit]
             if full:
                 return max(1.0, max(attempts[0] for attempts in full) + WINDOW_S - self.clock())
             now = self.clock()
             for attempts, _ in counts:
                 attempts.append(now)
+            if len(counts) == 2:
+                self._everyone.append(now)
             self._forget_idle()
             return None
 
@@ -120,11 +140,21 @@ class LoginLimiter:
             return (len(self._recent(self._by_name.get((name.lower(), address), collections.deque())))
                     < self.per_minute
                     and len(self._recent(self._by_address.get(address, collections.deque()))) < self.per_address
-                    and len(self._recent(self._everyone)) < self.global_per_minute)
+                    and (self.clock() - self._wrong_by_address.get(address, -2 * WINDOW_S) > WINDOW_S
+                         or len(self._recent(self._everyone)) < self.global_per_minute))
+
+    def wrong_password(self, address: str) -> None:
+        """An admitted attempt from ``address`` gave a wrong password: the global limit applies to it now."""
+        with self._lock:
+            if len(self._wrong_by_address) > 10000:
+                horizon = self.clock() - WINDOW_S
+                self._wrong_by_address = {a: t for a, t in self._wrong_by_address.items() if t > horizon}
+            self._wrong_by_address[address] = self.clock()
 
     def failed(self, name: str, address: str) -> None:
-        """Count one attempt (for callers that check without :meth:`admit`)."""
+        """Count one attempt that gave a wrong password (for callers that check without :meth:`admit`)."""
         self.admit(name, address)
+        self.wrong_password(address)
 
     def succeeded(self, name: str, address: str) -> None:
         """The right password: the name's count from this address starts again (the address's does not)."""

@@ -38,14 +38,17 @@ def login(page: Page) -> Response:
     password = str(page.form.get("password") or "")
     retry_after = page.portal.limiter.admit(name, page.address)
     if retry_after is not None:
-        page.audit("web_login", outcome="refused", detail=f"user {name}: too many attempts")
+        if page.portal.limiter.note_refusal(page.address):
+            page.audit("web_login", outcome="refused",
+                       detail=f"user {name}: too many attempts (further refusals from this address this minute "
+                              "are not recorded one by one)")
         response = page.render("login.html", status=429, title="Sign in", name=name, next=_next(page),
                                error="Too many sign-in attempts. Wait a minute, then try again.")
         response.headers["Retry-After"] = str(math.ceil(retry_after))
         return response
     user = WebUser.get_or_none(WebUser.name == name)
     try:
-        correct = len(password) <= MAX_PASSWORD_CHARS and page.portal.passwords.check(user, password)
+        correct = len(password) <= MAX_PASSWORD_CHARS and page.portal.passwords.check(user, password, page.address)
     except PasswordCheckBusy:
         page.audit("web_login", outcome="refused", detail=f"user {name}: password checks busy")
         response = page.render("login.html", status=503, title="Sign in", name=name, next=_next(page),
@@ -53,6 +56,7 @@ def login(page: Page) -> Response:
         response.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
         return response
     if not correct:
+        page.portal.limiter.wrong_password(page.address)
         page.audit("web_login", outcome="refused", detail=f"user {name}: wrong name or password")
         return page.render("login.html", status=401, title="Sign in", name=name, next=_next(page),
                            error="Wrong user name or password.")
