@@ -192,6 +192,18 @@ class HttpConfig(_Section):
     session_hours: float = Field(8.0, gt=0, le=24 * 30)
     secure_cookies: bool = False
     login_attempts_per_minute: int = Field(10, ge=1, le=1000)
+    login_attempts_per_address_per_minute: int = Field(30, ge=1, le=10000)
+    login_attempts_global_per_minute: int = Field(120, ge=1, le=100000)
+    password_hash_concurrency: int = Field(2, ge=1, le=16)
+    password_hash_wait_s: SECONDS = Field(5.0, gt=0, le=60)
+    request_header_timeout_s: SECONDS = Field(10.0, gt=0, le=300)
+    request_body_timeout_s: SECONDS = Field(30.0, gt=0, le=3600)
+    keep_alive_s: SECONDS = Field(5.0, gt=0, le=300)
+    max_body_bytes: BYTES = Field(1_048_576, ge=1024, le=100 * 1024 * 1024)
+    max_connections: int = Field(512, ge=1, le=100000)
+    max_connections_per_client: int = Field(32, ge=1, le=100000)
+    health_probe_timeout_s: SECONDS = Field(5.0, gt=0, le=60)
+    health_cache_s: SECONDS = Field(2.0, ge=0, le=60)
 
 
 class DeidConfig(DeidOptions):

@@ -360,12 +360,19 @@ class WebSession(BaseModel):
 class NotesRedaction(BaseModel):
     """A phrase an operator removed from a case's notes after the outbound guard quarantined them (PHI: the
     phrase is text of the notes). The notes stage hands every phrase of the case to the scrubber, which
-    writes [REDACTED] in its place. (migration 7)"""
+    writes [REDACTED] in its place. (migration 8)"""
 
     study = ForeignKeyField(Study, backref="notes_redactions", on_delete="CASCADE")
     phrase = CharField(max_length=200)
     actor = CharField(max_length=64)  # who: "web:<user>"
     created_at = DateTimeField(default=utcnow, index=True)
+
+
+class HealthProbe(BaseModel):
+    """A row each node (and ``spine-gateway status``) rewrites to prove the database takes a write (``/healthz``)."""
+
+    name = CharField(max_length=128, unique=True)  # "node:<host>" or "status:<host>"
+    written_at = DateTimeField(default=utcnow)
 
 
 MODELS_V1 = [SchemaVersion, Source, Study, Series, Instance, StudyIdentity, UidMap, OutboundObject, Referral,
@@ -448,6 +455,11 @@ def _migrate_to_8(database: peewee.Database) -> None:
     database.create_tables([NotesRedaction], safe=True)
 
 
+def _migrate_to_9(database: peewee.Database) -> None:
+    """``health_probe``: the row /healthz and ``status`` write to prove the database takes a write."""
+    database.create_tables([HealthProbe], safe=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (1, _migrate_to_1),
     (2, _migrate_to_2),
@@ -457,6 +469,7 @@ MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (6, _migrate_to_6),
     (7, _migrate_to_7),
     (8, _migrate_to_8),
+    (9, _migrate_to_9),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

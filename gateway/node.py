@@ -161,7 +161,8 @@ class GatewayNode:
         """Servers beside the DICOM port: the HTTP API (health, metrics, referrals)."""
         if self.config.http.enabled:
             checks = standard_health_checks(db, self.accepting, self.config.storage.spool_dir,
-                                            self.config.storage.min_free_bytes)
+                                            self.config.storage.min_free_bytes, probe_name=f"node:{socket.gethostname()}",
+                                            probe_timeout_s=self.config.http.health_probe_timeout_s)
             self.http = HttpServer(self.config.http, checks)
             register_referral_routes(self.http)
             self._add_portal(self.http)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.models import AuditEvent, SchemaVersion, Study, StudyMatchKeys, migrate, open_database
+from gateway.models import SCHEMA_VERSION, AuditEvent, SchemaVersion, Study, StudyMatchKeys, migrate, open_database
 
 LONG_REASON = "notes_leak image:" + "ContentSequence[0]." * 6 + "TextValue (person_name)"
 
@@ -21,7 +21,7 @@ def test_a_version_6_database_upgrades_to_match_keys_and_whole_reasons(database_
             database.execute_sql('ALTER TABLE "study" ALTER COLUMN "state_reason" TYPE VARCHAR(64)')
             database.execute_sql('ALTER TABLE "audit_event" ALTER COLUMN "detail" TYPE VARCHAR(255)')
         SchemaVersion.delete().where(SchemaVersion.version > 6).execute()
-    assert migrate(database) == 7
+    assert migrate(database) == SCHEMA_VERSION
     with database.connection_context():
         assert Study.get_by_id(study.id).state_reason == "identifier_leak"
         StudyMatchKeys.create(study=study.id, accession_number="ACC-1", patient_id="P1", study_date="20261201")
@@ -29,5 +29,5 @@ def test_a_version_6_database_upgrades_to_match_keys_and_whole_reasons(database_
         AuditEvent.create(action="quarantined", detail="outbound guard hit in " + LONG_REASON * 5)
         assert Study.get_by_id(study.id).state_reason == LONG_REASON
         assert len(AuditEvent.get(AuditEvent.action == "quarantined").detail) > 255
-    assert migrate(database) == 7  # again: nothing to do
+    assert migrate(database) == SCHEMA_VERSION  # again: nothing to do
     database.close()

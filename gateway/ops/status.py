@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
@@ -40,6 +41,7 @@ def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, 
         ]
     disk = shutil.disk_usage(spool_dir) if Path(spool_dir).exists() else None
     return {
+        "health": node_health(spool_dir),
         "studies_by_state": studies,
         "cases_by_state": studies,
         **routing,
@@ -56,6 +58,16 @@ def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, 
 
 
 ATTENTION_LIMIT = 50
+HEALTH_PROBE_TIMEOUT_S = 5.0
+
+
+def node_health(spool_dir: Path) -> dict[str, Any]:
+    """Whether the spool and the database take a write now (the write probes of ``/healthz``, run here)."""
+    from gateway.ops.http import database_check, run_health_checks, spool_space_check
+
+    return run_health_checks({
+        "database": database_check(db, f"status:{socket.gethostname()}", HEALTH_PROBE_TIMEOUT_S),
+        "spool": spool_space_check(Path(spool_dir), 0, HEALTH_PROBE_TIMEOUT_S)})
 
 
 def needs_attention() -> list[dict[str, Any]]:
@@ -105,6 +117,12 @@ def render_status(snapshot: dict[str, Any], console: Any) -> None:
     free = spool["free_bytes"]
     console.print(f"spool {spool['path']}: {snapshot['stored_bytes'] / 1e6:.1f} MB stored, "
                   f"{(free or 0) / 1e9:.1f} GB free")
+    health = snapshot.get("health") or {}
+    if health.get("status") == "ok":
+        console.print("health: ok (the spool and the database take a write)")
+    elif health:
+        details = "; ".join(f"{name}: {health['checks'][name].get('detail', '')}" for name in health["failed"])
+        console.print(f"health: UNHEALTHY ({details})")
 
 
 def _render_routing(snapshot: dict[str, Any], console: Any) -> None:

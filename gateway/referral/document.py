@@ -58,6 +58,24 @@ MAX_REDACTION_LENGTH = 200
 Redaction = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_REDACTION_LENGTH,
                                              pattern=r"^[^\r\n]*$")]
 
+# Size limits of the free-text fields, in characters (docs/referrals.md). A clinical history of a few pages
+# fits; megabytes do not (issue 28: a 9 MB history held the notes stage at 800 MB for 100 s a try).
+HISTORY_CHARS = 20_000
+NOTE_CHARS = 10_000  # symptoms, examination, EMG, prior treatment, prior imaging
+QUESTION_CHARS = 4_000
+SHORT_TEXT_CHARS = 1_000  # pain location, nature, radiation; referrer contact
+NAME_CHARS = 200  # names, address parts, e-mail
+ID_CHARS = 64  # identifiers, phone numbers, source, subspecialty
+
+HistoryText = Annotated[str, StringConstraints(max_length=HISTORY_CHARS)]
+NoteText = Annotated[str, StringConstraints(max_length=NOTE_CHARS)]
+QuestionText = Annotated[str, StringConstraints(max_length=QUESTION_CHARS)]
+ShortText = Annotated[str, StringConstraints(max_length=SHORT_TEXT_CHARS)]
+NameText = Annotated[str, StringConstraints(max_length=NAME_CHARS)]
+IdText = Annotated[str, StringConstraints(max_length=ID_CHARS)]
+NonEmptyName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_CHARS)]
+NonEmptyId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=ID_CHARS)]
+
 
 class Urgency(str, enum.Enum):
     """Urgency as stated by the referrer."""
@@ -73,12 +91,12 @@ class _Strict(BaseModel):
 class Address(_Strict):
     """A postal address (PHI): every part optional, as the referring system has it."""
 
-    street: str | None = None
-    other: str | None = None  # second line: building, district
-    town: str | None = None
-    region: str | None = None  # county, state
-    postcode: str | None = None
-    country: str | None = None
+    street: NameText | None = None
+    other: NameText | None = None  # second line: building, district
+    town: NameText | None = None
+    region: NameText | None = None  # county, state
+    postcode: IdText | None = None
+    country: NameText | None = None
 
 
 class Patient(_Strict):
@@ -88,56 +106,56 @@ class Patient(_Strict):
     remove them from the notes (and to check that none leaves).
     """
 
-    id: NonEmptyText
-    name: NonEmptyText
+    id: NonEmptyId
+    name: NonEmptyName
     birth_date: IsoDate | None = None
     address: Address | None = None
-    phones: list[NonEmptyText] = Field(default_factory=list, max_length=16)
-    email: str | None = None
-    other_ids: list[NonEmptyText] = Field(default_factory=list, max_length=16)
+    phones: list[NonEmptyId] = Field(default_factory=list, max_length=16)
+    email: NameText | None = None
+    other_ids: list[NonEmptyId] = Field(default_factory=list, max_length=16)
 
 
 class Referrer(_Strict):
     """The referring clinician (PHI)."""
 
-    name: NonEmptyText
-    contact: str | None = None
+    name: NonEmptyName
+    contact: ShortText | None = None
 
 
 class Pain(_Strict):
     """Pain pattern; intensity on a 0-10 numeric rating scale."""
 
-    location: str | None = None
+    location: ShortText | None = None
     intensity: int | None = Field(default=None, ge=0, le=10)
-    nature: str | None = None
+    nature: ShortText | None = None
     duration_weeks: int | None = Field(default=None, ge=0, le=5200)
-    radiation: str | None = None
+    radiation: ShortText | None = None
 
 
 class Clinical(_Strict):
     """Clinical content of the referral (free text may contain identifiers until scrubbed)."""
 
-    history: str | None = None
-    symptoms: str | None = None
+    history: HistoryText | None = None
+    symptoms: NoteText | None = None
     pain: Pain | None = None
-    red_flags: list[RedFlag] = Field(default_factory=list)
-    examination: str | None = None
-    emg: str | None = None
-    prior_treatment: str | None = None
-    prior_imaging: str | None = None
-    question: str | None = None
+    red_flags: list[RedFlag] = Field(default_factory=list, max_length=len(RedFlag))
+    examination: NoteText | None = None
+    emg: NoteText | None = None
+    prior_treatment: NoteText | None = None
+    prior_imaging: NoteText | None = None
+    question: QuestionText | None = None
 
 
 class Referral(_Strict):
     """A referral for a second opinion on spine imaging."""
 
-    source: NonEmptyText
+    source: NonEmptyId
     accession_number: NonEmptyText = Field(max_length=64)
     patient: Patient
     urgency: Urgency = Urgency.ROUTINE
     referrer: Referrer | None = None
     clinical: Clinical = Field(default_factory=Clinical)
-    subspecialty: str | None = None
+    subspecialty: IdText | None = None
     study_date: IsoDate | None = None
     redactions: list[Redaction] = Field(
         default_factory=list, max_length=MAX_REDACTIONS,

@@ -8,6 +8,7 @@ whose CSRF token is missing or wrong (403).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,8 @@ import structlog
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
-from starlette.requests import Request
+from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -29,6 +31,7 @@ from gateway.models import db
 from gateway.ops import audit
 from gateway.scp.spool import Spool
 from gateway.web import auth
+from gateway.web.accounts import PasswordChecks
 
 log = structlog.get_logger("web")
 HERE = Path(__file__).parent
@@ -48,12 +51,14 @@ class Refused(Exception):
 
 @dataclass
 class Portal:
-    """What the pages need: the configuration, the spool, the templates and the login limiter."""
+    """What the pages need: the configuration, the spool, the templates, the login limiter and the bounded
+    password checks."""
 
     config: GatewayConfig
     spool: Spool
     templates: jinja2.Environment
     limiter: auth.LoginLimiter
+    passwords: PasswordChecks
 
 
 @dataclass
@@ -94,19 +99,65 @@ Handler = Callable[[Page], Response]
 
 
 def guard(portal: Portal, handler: Handler, role: str | None) -> Callable[[Request], Any]:
-    """The Starlette endpoint around ``handler``: sign-in, role and CSRF checks, a database connection."""
+    """The Starlette endpoint around ``handler``: sign-in, role and CSRF checks, a database connection.
+
+    What can be refused from the request line and headers is refused before the body is read: a path
+    parameter that no case or referral can have (404), a POST to a role's page without that role's session
+    (redirect to sign-in, or 403), a body larger than the limit (413). Only then is the form read.
+    """
 
     async def endpoint(request: Request) -> Response:
+        if not _plausible_path_params(request):
+            return _short_page(404, "Not found", "Not found.")
         form = None
         if request.method == "POST":
-            declared = request.headers.get("content-length", "")
-            if not declared.isdigit() or int(declared) > MAX_FORM_BYTES:
-                return HTMLResponse("<!doctype html><title>Too large</title><p>The form is too large.</p>",
-                                    status_code=413, headers=_SECURITY_HEADERS)
-            form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+            refusal = await _refusal_before_body(portal, request, role)
+            if refusal is not None:
+                refusal.headers["Connection"] = "close"
+                return refusal
+            try:
+                form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+            except ClientDisconnect:
+                return _short_page(408, "Too slow", "The form did not arrive in time.")
+            except MultiPartException:
+                return _short_page(400, "Bad form", "The form could not be read.")
         return await run_in_threadpool(_run, portal, handler, role, request, form)
 
     return endpoint
+
+
+_PATH_PARAM = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _plausible_path_params(request: Request) -> bool:
+    """Every path parameter is a short token (case keys are 16 characters, referral ids a few digits): a NUL, a
+    control character or a megabyte would otherwise reach the database (PostgreSQL refuses NUL with an error)."""
+    return all(isinstance(value, str) and _PATH_PARAM.fullmatch(value)
+               for value in request.path_params.values())
+
+
+async def _refusal_before_body(portal: Portal, request: Request, role: str | None) -> Response | None:
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit() or int(declared) > min(MAX_FORM_BYTES, portal.config.http.max_body_bytes):
+        return _short_page(413, "Too large", "The form is too large.")
+    if role is None:
+        return None
+    signed_in = await run_in_threadpool(_session_of, request)
+    if signed_in is None:
+        return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+    if signed_in.user.role != role:
+        return _short_page(403, "Not allowed", "This page is not for your role.")
+    return None
+
+
+def _session_of(request: Request) -> auth.SignedIn | None:
+    with db.connection_context():
+        return auth.session_of(request.cookies.get(auth.COOKIE))
+
+
+def _short_page(status: int, title: str, message: str) -> HTMLResponse:
+    return HTMLResponse(f"<!doctype html><title>{title}</title><p>{message}</p>", status_code=status,
+                        headers=dict(_SECURITY_HEADERS))
 
 
 def _run(portal: Portal, handler: Handler, role: str | None, request: Request, form: FormData | None) -> Response:
@@ -151,7 +202,11 @@ def build_portal(config: GatewayConfig, spool: Spool) -> Starlette:
     """The portal application (mounted on the node's HTTP server by :meth:`HttpServer.mount`)."""
     from gateway.web import ops, referrer, reviewer, signin
 
-    portal = Portal(config, spool, templates(), auth.LoginLimiter(config.http.login_attempts_per_minute))
+    http = config.http
+    limiter = auth.LoginLimiter(http.login_attempts_per_minute, http.login_attempts_per_address_per_minute,
+                                http.login_attempts_global_per_minute)
+    portal = Portal(config, spool, templates(), limiter,
+                    PasswordChecks(http.password_hash_concurrency, http.password_hash_wait_s))
     routes = []
     for module in (signin, referrer, reviewer, ops):
         for method, path, handler, role in module.ROUTES:

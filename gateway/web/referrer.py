@@ -17,6 +17,8 @@ from gateway.web import views
 from gateway.web.app import Page, Refused
 from gateway.web.forms import RED_FLAG_LABELS, TEXT_FIELDS, parse_referral_form
 
+MAX_ID_DIGITS = 18  # below 2**63: a row id of SQLite and of PostgreSQL's bigint
+
 
 def cases(page: Page) -> Response:
     source = page.user.source
@@ -97,10 +99,10 @@ def _send(page: Page, result) -> Response:
 
 
 def _referral(page: Page):
-    try:
-        referral_id = int(page.request.path_params["referral_id"])
-    except ValueError:
-        raise Refused(404, "No such case.") from None
+    text = str(page.request.path_params["referral_id"])
+    if not (text.isascii() and text.isdigit() and len(text) <= MAX_ID_DIGITS):
+        raise Refused(404, "No such case.")  # 23 digits overflow the database's integer: 404, not 500
+    referral_id = int(text)
     referral = views.referral_for(page.user.source, referral_id)
     if referral is None:
         raise Refused(404, "No such case.")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 from starlette.responses import RedirectResponse, Response
 
 from gateway.models import WebUser
 from gateway.web import auth
-from gateway.web.accounts import check_password, record_login
+from gateway.web.accounts import PasswordCheckBusy, record_login
 from gateway.web.app import HOME, Page
+
+MAX_PASSWORD_CHARS = 1024  # a longer password is wrong without being hashed (argon2 takes any length)
+BUSY_RETRY_AFTER_S = 2
 
 
 def home(page: Page) -> Response:
@@ -27,15 +32,31 @@ def _next(page: Page) -> str:
 
 
 def login(page: Page) -> Response:
+    """Sign in. The attempt is counted (and refused past a limit, 429) before the password is hashed, and the
+    hash runs in a bounded pool (503 when no slot comes free in time): a flood costs bounded memory and CPU."""
     name = str(page.form.get("name") or "").strip()[:64]
     password = str(page.form.get("password") or "")
-    if not page.portal.limiter.allowed(name, page.address):
-        page.audit("web_login", outcome="refused", detail=f"user {name}: too many attempts")
-        return page.render("login.html", status=429, title="Sign in", name=name, next=_next(page),
-                           error="Too many wrong passwords. Wait a minute, then try again.")
+    retry_after = page.portal.limiter.admit(name, page.address)
+    if retry_after is not None:
+        if page.portal.limiter.note_refusal(page.address):
+            page.audit("web_login", outcome="refused",
+                       detail=f"user {name}: too many attempts (further refusals from this address this minute "
+                              "are not recorded one by one)")
+        response = page.render("login.html", status=429, title="Sign in", name=name, next=_next(page),
+                               error="Too many sign-in attempts. Wait a minute, then try again.")
+        response.headers["Retry-After"] = str(math.ceil(retry_after))
+        return response
     user = WebUser.get_or_none(WebUser.name == name)
-    if not check_password(user, password):
-        page.portal.limiter.failed(name, page.address)
+    try:
+        correct = len(password) <= MAX_PASSWORD_CHARS and page.portal.passwords.check(user, password, page.address)
+    except PasswordCheckBusy:
+        page.audit("web_login", outcome="refused", detail=f"user {name}: password checks busy")
+        response = page.render("login.html", status=503, title="Sign in", name=name, next=_next(page),
+                               error="The portal is busy. Try again in a few seconds.")
+        response.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
+        return response
+    if not correct:
+        page.portal.limiter.wrong_password(page.address)
         page.audit("web_login", outcome="refused", detail=f"user {name}: wrong name or password")
         return page.render("login.html", status=401, title="Sign in", name=name, next=_next(page),
                            error="Wrong user name or password.")

@@ -24,7 +24,7 @@ from gateway.ops.http import (
 from gateway.ops.metrics import GatewayMetrics
 
 TOKEN_ENV = "TEST_GATEWAY_TOKEN"
-CONFIG = HttpConfig(port=0, token_env=TOKEN_ENV)
+CONFIG = HttpConfig(port=0, token_env=TOKEN_ENV, health_cache_s=0)  # each /healthz runs its checks again
 
 
 @pytest.fixture

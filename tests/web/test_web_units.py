@@ -59,6 +59,21 @@ def test_the_limiter_refuses_the_eleventh_wrong_password_for_a_minute():
     assert limiter.allowed("desk", "10.0.0.1")
 
 
+def test_the_limiter_counts_attempts_per_address_and_globally_before_any_check():
+    now = [1000.0]
+    limiter = LoginLimiter(10, per_address=3, global_per_minute=6, clock=lambda: now[0])
+    assert [limiter.admit(f"name{i}", "10.0.0.1") for i in range(3)] == [None] * 3  # counted on admission
+    assert limiter.admit("another", "10.0.0.1") == 60.0  # the address's limit, whatever the name
+    for address in ("10.0.0.2", "10.0.0.3"):
+        assert limiter.admit("x", address) is None
+        limiter.wrong_password(address)
+    assert limiter.admit("x", "10.0.0.2") is None  # the sixth in all
+    assert limiter.admit("y", "10.0.0.3") is not None, "the global limit holds an address that failed"
+    assert limiter.admit("desk", "10.0.0.9") is None, "an address without a wrong password is spared"
+    now[0] += 61
+    assert limiter.admit("another", "10.0.0.1") is None
+
+
 def test_the_referral_form_names_each_field():
     result = parse_referral_form({"patient.family": "Doe", "clinical.pain.intensity": "eleven",
                                   "clinical.pain.duration_weeks": "-1"}, ["sore_toe"], "st-marys")
