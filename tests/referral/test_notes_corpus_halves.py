@@ -1,0 +1,57 @@
+"""The scrubber and the guard on the hand-written corpus halves (tests/referral/corpus/): development and
+held-out, the held-out half written by people who had not read the scrubber and never tuned on.
+
+Issue 23's targets are not all met yet (see docs/privacy.md for the figures of the day): these tests hold the
+figures measured when the allowlist landed as floors, so that a change that loses ground fails, and print both
+halves' reports. Raise the floors as the scrubber improves; never lower them to let a change through.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from corpus_eval import score
+from corpus_files import load
+from notes_eval import report
+
+#: (category, known) -> the lowest recall accepted, held-out half; measured 6 December 2026 minus 1.5 points.
+HELDOUT_FLOORS = {
+    ("name", True): 0.95, ("name", False): 0.90, ("place", True): 0.96, ("place", False): 0.86,
+    ("org", False): 0.75, ("date", True): 0.85, ("date", False): 0.78, ("id", True): 0.98, ("id", False): 0.73,
+    ("phone", True): 0.98, ("phone", False): 0.93,
+}
+KEEP_FLOOR = 0.91
+WRONGFUL_QUARANTINE_CEILING = 0.01
+
+
+@pytest.fixture(scope="module", params=["dev", "heldout"])
+def half(request):
+    items = load(request.param)
+    result, guard = score(items)
+    print(report(request.param, result))
+    print(f"  cases quarantined by the guard {len(guard.quarantined)} of {guard.cases}, "
+          f"wrongly {len(guard.wrongful())}")
+    return request.param, items, result, guard
+
+
+def test_the_halves_are_large_and_varied(half):
+    name, items, _, _ = half
+    assert len(items) >= 150
+    styles = {item.style for item in items}
+    assert {"uk", "us", "de", "fr", "nordic"} <= styles | ({"uk", "us"} if name == "dev" else set())
+    assert {item.language for item in items} >= {"en", "de", "fr"}
+
+
+def test_heldout_recall_holds_its_floor(half):
+    name, _, result, _ = half
+    if name != "heldout":
+        pytest.skip("floors are held on the held-out half")
+    below = {key: result.recall(*key) for key, floor in HELDOUT_FLOORS.items()
+             if (result.recall(*key) or 0) < floor}
+    assert below == {}, report(name, result)
+    assert result.keep_rate() >= KEEP_FLOOR, result.destroyed[:40]
+
+
+def test_few_cases_are_quarantined_for_what_is_no_identifier(half):
+    _, items, _, guard = half
+    assert len(guard.wrongful()) <= max(1, WRONGFUL_QUARANTINE_CEILING * len(items)) + 1, guard.wrongful()
