@@ -103,6 +103,10 @@ _MONTHS_EN = ("january", "february", "march", "april", "may", "june", "july", "a
               "november", "december")
 _MONTHS_DE = ("januar", "februar", "marz", "april", "mai", "juni", "juli", "august", "september", "oktober",
               "november", "dezember")
+_MONTHS_OTHER = (("janvier", "januari", "enero"), ("fevrier", "februari", "febrero", "fevr"),
+                 ("mars", "marts", "marzo"), ("avril", "abril", "avr"), ("maj", "mayo"), ("juin", "junio"),
+                 ("juillet", "julio", "juil"), ("aout", "augusti", "agosto"), ("septembre", "septiembre"),
+                 ("octobre", "octubre"), ("novembre", "noviembre"), ("decembre", "diciembre"))
 _MONTH_EXTRA = {1: ("jan", "janner", "jaenner"), 2: ("feb",), 3: ("mar", "mrz", "maerz"), 4: ("apr",),
                 5: (), 6: ("jun",), 7: ("jul",), 8: ("aug",), 9: ("sep", "sept"), 10: ("oct", "okt"),
                 11: ("nov",), 12: ("dec", "dez")}
@@ -370,9 +374,9 @@ def _date_bodies(day: dt.date) -> list[str]:
     months = f"0?{m}" if m < 10 else f"{m}"
     years = f"(?:{y}|{y % 100:02d})"
     sep = r"[\s./\-]{1,2}"
-    names = (_MONTHS_EN[m - 1], _MONTHS_DE[m - 1], _MONTHS_EN[m - 1][:3], *_MONTH_EXTRA[m])
+    names = (_MONTHS_EN[m - 1], _MONTHS_DE[m - 1], _MONTHS_EN[m - 1][:3], *_MONTH_EXTRA[m], *_MONTHS_OTHER[m - 1])
     month_name = "(?:" + "|".join(sorted(set(names), key=len, reverse=True)) + r")\.?"
-    ordinal = r"(?:st|nd|rd|th|\.)?"
+    ordinal = r"(?:st|nd|rd|th|er|re|e|\.)?"
     return [
         f"{y}{m:02d}{d:02d}",
         f"{y}{sep}{months}{sep}{days}",

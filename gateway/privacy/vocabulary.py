@@ -168,6 +168,18 @@ def _curated_clinical() -> CompactWordSet:
         return CompactWordSet([*words, *CLINICAL_WORDS, *(fold(w) for w in _entries(MEDICAL_LISTS[1]))])
 
 
+@functools.cache
+def _eponyms() -> CompactWordSet:
+    """Folded eponyms: the English medical list's capitalised entries (Parkinson, Graves, Still, Baker)."""
+    with _LOCK:
+        return CompactWordSet(fold(w) for w in _entries(MEDICAL_LISTS[0]) if w[:1].isupper())
+
+
+def is_eponym(word: str) -> bool:
+    """``word`` names a disease, sign or test after a person in the English medical list ("Graves", "Still")."""
+    return fold(word).strip("'’") in _eponyms()
+
+
 def is_curated_clinical(word: str) -> bool:
     """``word`` is a clinical word of the curated lists (stricter than :func:`is_clinical`: the English medical
     list also holds words such as target and boots, which name firms)."""
@@ -178,6 +190,7 @@ def warm_up(languages: Iterable[str] = ("en", "de", "fr")) -> None:
     """Load the word lists before the first referral needs them (a second or two each)."""
     clinical_words()
     _curated_clinical()
+    _eponyms()
     _english_proper()
     _english_capitalised()
     for language in languages:

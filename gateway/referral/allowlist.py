@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from gateway.privacy.text import has_non_latin_letters
 from gateway.privacy.words import TITLES
+from gateway.referral.clinical_terms import is_clinical_word
 from gateway.privacy.vocabulary import is_clinical, is_known_word, is_name_when_capitalised
 
 __all__ = ["Judgement", "judge"]
@@ -32,13 +33,22 @@ __all__ = ["Judgement", "judge"]
 REMOVED, ADDRESS, ID = "[REMOVED]", "[ADDRESS]", "[ID]"
 
 _TOKEN = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
+#: Letter and digit groups of plates and references: "MH 02 FG 4417", "B-EY 4471", "SG/PI/2024/33871".
+_ALNUM_CLUSTER = re.compile(r"(?<![\w\x00\x01])(?:[A-Z]{1,3}|\d+)(?:[ \-/.]{1,2}(?:[A-Z]{1,3}|\d+))+(?![\w\x01])")
+#: Roads and sectors by number: "A39", "US-59", "Route 27", "Interchange 4", "Sec 35".
+_ROAD = re.compile(r"\b(?:[ABMNE]\d{1,4}(?![.,]\d)|(?:US|SR|CR|I|RN|RD|RV|Rte)-?\d{1,4}|(?i:route|highway|hwy|interstate|exit|"
+                   r"junction|interchange|sec|sector|block|plot|lot|space|phase|gali|lane no)\.?\s?\d{1,4}[A-Z]?)\b")
+#: French (and Québec) streets, written in lower case: "rue de l'Arbalète", "avenue du Mont-Royal".
+_FRENCH_STREET = re.compile(r"\b(?:rue|avenue|av\.|boulevard|bd|chemin|allee|impasse|place|quai|cours|route|rang|"
+                            r"lieu-dit|montee|cote)\s+(?:(?:de\s+la|de|du|des|d['’]|l['’]|la|le|les)\s*)?"
+                            r"[A-Z][\w'’\-]+(?:[\s\-][A-Z][\w'’\-]+)*")
 _CLUSTER = re.compile(r"\+?\(?\d+\)?(?:[ .\-/]\(?\d+\)?)+")  # digit groups joined by single separators
 _STREET_END = re.compile(
     r"(?:stra(?:ss|ß)e|str|gasse|weg|allee|platz|ring|damm|ufer|chaussee|steig|pfad|zeile|"   # German
     r"vej|vejen|gade|gaden|stræde|straede|torv|alle|allé|plads|"                            # Danish
     r"gatan|gata|vagen|vägen|vag|väg|stigen|backe|torget|"                                 # Swedish
     r"veien|veg|vegen|gate|gaten|stien|"                                                    # Norwegian
-    r"katu|tie|kuja|polku|"                                                                 # Finnish
+    r"katu|kuja|polku|"                                                                     # Finnish
     r"gasse)$", re.IGNORECASE)
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;\n(\[•*\-–]\s*|\n\s*\d+[.)]\s*)$")
 _UNIT_AFTER = re.compile(
@@ -86,6 +96,13 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
             one is taken with it).
     """
     clusters = [(m.start(), m.end()) for m in _CLUSTER.finditer(view) if _cluster_is_identifier(view, m)]
+    clusters += [(m.start(), m.end()) for m in _ALNUM_CLUSTER.finditer(view)
+                 if sum(c.isdigit() for c in m.group(0)) >= 4 and re.search(r"[A-Z]", m.group(0))
+                 and not re.fullmatch(r"[A-Z]{1,5}[ \-]?\d{1,3}(?:[.,]\d)?/\d{1,3}", m.group(0))
+                 and not any(s <= m.start() < e for s, e in clusters)]
+    clusters += [(m.start(), m.end()) for m in _ROAD.finditer(view) if not any(s <= m.start() < e for s, e in clusters)
+                 and not re.search(r"(?i:typ|type|grade|ao|class|classe|stadium|stage)\W*$", view[max(0, m.start() - 8):m.start()])]
+    clusters += [(m.start(), m.end()) for m in _FRENCH_STREET.finditer(view)]
     tokens: list[_Token] = []
     for match in _TOKEN.finditer(view):
         start, end = match.start(), match.end()
@@ -101,8 +118,14 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
     merged = sorted(tokens + removed_already, key=lambda t: t.start)
     _spread_over_names(view, merged)
     _remove_nicknames(view, tokens)
+    _names_after_titles_and_kin(view, tokens)
     for start, end in clusters:
         yield Judgement(start, end, ID)
+    for index, token in enumerate(tokens[1:], start=1):
+        before = tokens[index - 1]
+        if token.verdict == "[DATE]" and before.verdict in (_KNOWN, None) and _ORDINAL_WORDS.fullmatch(
+                before.written) and re.fullmatch(r"\s{1,2}(?:of\s)?", view[before.end:token.start]):
+            before.verdict = "[DATE]"  # "am dritten Januar", "the thirtieth of October"
     for token in tokens:
         if token.verdict is not _KNOWN:
             yield Judgement(token.start, token.end, token.verdict)
@@ -115,15 +138,45 @@ name nom date datum attn fao""".split())
 
 
 _KNOWN = "known"
+_NAME_LIKE = frozenset({REMOVED, ADDRESS, "[NAME]", "[INSTITUTION]", "[MASKED]"})
 _NICKNAME = re.compile(
     r"(?:\x00|\b(?:known as|goes by|called|aka|a\.k\.a\.|nicknamed|prefers|genannt|gen\.|dit|dite|surnommée?))"
     r"[\s,]*[\"“”'‘(„«]\s*([A-Z][^\W\d_]+)\s*[\"“”'’)»]|"
     r"\b(?:known as|goes by|called|aka|nicknamed|genannt|dit|dite|surnommée?)\s+([A-Z][^\W\d_]+)")
 
 
+_QUOTED_WORD = re.compile(r"[\"“„«]\s?([A-Z][^\W\d_]+)\s?[\"”»]|\(\s?['‘]?([A-Z][^\W\d_]+)['’]?\s?\)")
+_KIN = re.compile(
+    r"(?i:\b(?:dr|mr|mrs|ms|miss|mx|prof|herr|herrn|frau|mme|mlle|m|fru|hr|sgt|doc|"
+    r"husband|wife|partner|son|daughter|mother|mum|mom|father|dad|brother|sister|sister-in-law|brother-in-law|"
+    r"friend|buddy|neighbour|neighbor|carer|caregiver|colleague|nurse|physio|uncle|aunt|niece|nephew|cousin|"
+    r"grandson|granddaughter|fiancée?|caller|ehemann|ehefrau|tochter|sohn|bruder|schwester|mutter|vater|"
+    r"nachbar|nachbarin|kollege|kollegin|mari|femme|épouse|epouse|fils|fille|frère|frere|sœur|soeur|mère|mere|"
+    r"père|pere|voisin|voisine|ami|amie|compagnon|compagne|hustru|datter|søn|son|bror|søster|syster|dotter|"
+    r"mand|maka|make)\.?\s+)$")
+
+
+def _names_after_titles_and_kin(view: str, tokens: list[_Token]) -> None:
+    """A capitalised word after a title, a relative or a role is a name, clinical word or not ("Dr Weber",
+    "sister-in-law Gemma", "sa sœur Véronique"), unless a clinical noun follows ("Dr Weber's fracture" is rare)."""
+    for index, token in enumerate(tokens):
+        if token.verdict not in (_KNOWN, None) or not token.written[:1].isupper() or token.written.isupper():
+            continue
+        if token.written.lower() in _NOT_ABSORBED or token.written.lower() in TITLES:
+            continue
+        if _KIN.search(view[max(0, token.start - 20):token.start]):
+            token.verdict = "[NAME]"
+            following = tokens[index + 1] if index + 1 < len(tokens) else None
+            if following is not None and following.verdict in (_KNOWN, None) and _is_capitalised(following) \
+                    and re.fullmatch(r" ", view[token.end:following.start]) and not following.written.isupper():
+                following.verdict = "[NAME]"
+
+
 def _remove_nicknames(view: str, tokens: list[_Token]) -> None:
-    """A nickname given in quotes or brackets after a name, or after "known as", goes wherever it is used."""
+    """A nickname given in quotes or brackets, or after "known as", goes wherever it is used."""
     nicknames = {m.group(1) or m.group(2) for m in _NICKNAME.finditer(view)}
+    nicknames |= {word for m in _QUOTED_WORD.finditer(view) for word in m.groups()
+                  if word and not is_clinical(word) and not is_clinical_word(word)}
     if not nicknames:
         return
     for token in tokens:
@@ -148,7 +201,15 @@ _ORG_HEAD = re.compile(
     r"medical|care|pharmacy|apotheke|pharmacie|prison|jail|mine|factory|fabrik|hotel|restaurant|cafe|café|"
     r"supermarket|store|stores|shop|markets?|farm|garage|airlines?|airways|railways?|police|army|navy|"
     r"force|forces|team|league|building|house|tower|mall|plaza|park|lake|river|road|street|avenue|lane|"
-    r"drive|way|close|crescent|terrace|gardens|square|estate|village|city|county|district)$", re.IGNORECASE)
+    r"drive|way|close|crescent|terrace|gardens|square|estate|village|city|county|district|"
+    r"sanatorium|ordination|hausarztpraxis|gemeinschaftspraxis|mvz|landesstelle|unfallkasse|krankenkasse|kasse|"
+    r"feuerwache|feuerwehr|berufsfeuerwehr|polizei|bundeswehr|bataillon|kompanie|kaserne|stadtwerke|linien|kg|"
+    r"chu|chr|chum|hôpital|hôpitaux|hopitaux|clinique|cabinet|mairie|régiment|regiment|caserne|lycée|lycee|"
+    r"collège|école|ecole|mutualité|mutualite|mutuelle|librairie|boulangerie|pharmacie|usine|"
+    r"sjukhus|sygehus|sykehus|sairaala|vårdcentral|vardcentral|legekontor|lægehus|laegehus|kommune|kommun|"
+    r"hospitals|healthcare|fitness|motors|airways|logistics|solutions|partners|associates|"
+    r"[^\W\d_]*(?:klinik|klinikum|praxis|kasse|wache|bataillon|schule|versicherung|werke|gmbh))$",
+    re.IGNORECASE)
 _PARTICLES = frozenset("of and for the & de du des la le al el bin von van der den zu y da di dos".split())
 _STATE_CODES = frozenset(
     "AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY NC ND "
@@ -168,13 +229,25 @@ def _spread_over_names(view: str, tokens: list[_Token]) -> None:
     runs = _capitalised_runs(view, tokens)
     for run in runs:
         capitals = [t for t in run if _is_capitalised(t)]
-        removed = any(t.verdict not in (_KNOWN, None) and _is_capitalised(t) for t in run)
-        headed = len(capitals) >= 2 and any(_ORG_HEAD.fullmatch(t.written.rstrip(".")) for t in capitals[1:])
+        removed = any(t.verdict in _NAME_LIKE and _is_capitalised(t) for t in run)
+        headed = len(capitals) >= 2 and any(_ORG_HEAD.fullmatch(t.written.rstrip(".")) for t in capitals)
         if (removed and len(capitals) >= 2) or headed:
             for token in run:
                 if token.verdict in (_KNOWN, None) and token.written.lower().rstrip(".") not in _NOT_ABSORBED \
                         and not (token.written.isupper() and len(token.written) <= 5):
                     token.verdict = REMOVED
+    for index, token in enumerate(tokens[:-1]):
+        after = tokens[index + 1]
+        if token.verdict not in (_KNOWN, None) or after.verdict in (_KNOWN, None) or not _is_capitalised(after):
+            continue
+        gap = view[token.end:after.start]
+        if re.fullmatch(r"\.?/?\s{0,2}", gap) and (re.fullmatch(r"\d{1,4}(?:st|nd|rd|th|e|er|ème)", token.written)
+                                                   or (gap.startswith(".") and token.written.isdigit())):
+            token.verdict = REMOVED  # "82nd Airborne Division", "2e régiment", "3./Panzergrenadierbataillon"
+        elif re.fullmatch(r"\s(?:(?:de|du|des|of|for|am|im|an|der|des)\s)?|\sd['’]", gap) and \
+                _ORG_HEAD.fullmatch(token.written):
+            token.verdict = REMOVED  # "hôpital d'Aurillac", "mairie de Belin-Béliet"
+    _org_tails_and_cues(view, tokens)
     changed = True
     while changed:
         changed = False
@@ -187,12 +260,53 @@ def _spread_over_names(view: str, tokens: list[_Token]) -> None:
                 changed = True
 
 
+_ORG_TAIL = re.compile(
+    r"(?i:health|centre|center|station|clinic|hospital|practice|surgery|school|legekontor|legesenter|lægehus|"
+    r"vårdcentral|vardcentral|vårdcentrum|kommun|kommune|kyrka|kirke|kirkja|skole|skola|skóli|lasarett|sjukhus|"
+    r"sykehus|sygehus|centralsjukhus|sairaala|terveysasema|hf|ehf|as|asa|ab|oy|oyj|gmbh|ag|sa|sas|sarl|llc|inc|ltd|"
+    r"plc|postterminal|terminal|omsorg|site|plant|factory|mine|depot|warehouse|unit|ward|laboratory|lab|"
+    r"university|universitet|högskola|gymnasium|videregående|videregaende|fc|if|bk|ik|sk|club|klubb)")
+_AFFILIATION_CUE = re.compile(
+    r"(?i:\b(?:employer|employed by|works? (?:at|for|in)|worked (?:at|for)|working (?:at|for)|insurer|insured with|"
+    r"carrier|arbeitgeber|dienstgeber|beschäftigt bei|arbeitet bei|versichert bei(?: der)?|chez|pour|travaille à|"
+    r"travaille au|employé (?:à|par)|affiliée? à(?: la)?|at the|at)\s*:?\s*)$")
+
+
+def _org_tails_and_cues(view: str, tokens: list[_Token]) -> None:
+    """The lower-case head of an organisation after its removed name ("Storhaug legesenter", "Hervanta health
+    centre") goes with it; so does a capitalised name after an employer's or an insurer's cue ("Employer:
+    Amazon", "works at Tesco", "insurer (Progressive")."""
+    for index, token in enumerate(tokens):
+        if token.verdict not in _NAME_LIKE:
+            continue
+        for following in tokens[index + 1:index + 4]:
+            if following.verdict not in (_KNOWN, None) or not _ORG_TAIL.fullmatch(following.written):
+                break
+            if not re.fullmatch(r"[ \t]", view[tokens[tokens.index(following) - 1].end:following.start]):
+                break
+            following.verdict = "[INSTITUTION]"
+    for token in tokens:
+        if token.verdict not in (_KNOWN, None) or not token.written[:1].isupper() or token.written.isupper():
+            continue
+        if is_clinical(token.written) or is_clinical_word(token.written) or token.written.lower() in _NOT_ABSORBED:
+            continue
+        cue = _AFFILIATION_CUE.search(view[max(0, token.start - 30):token.start])
+        if cue is not None and (not cue.group(0).lower().startswith("at") or not _is_sentence_word(token)):
+            token.verdict = "[INSTITUTION]"
+
+
+def _is_sentence_word(token: _Token) -> bool:
+    """Words that follow "at" without naming a place ("at Night", "at Rest" in a heading)."""
+    return token.written.lower() in {"night", "rest", "work", "home", "school", "times", "least", "first", "last",
+                                     "present", "the", "this", "that", "risk", "baseline", "onset"}
+
+
 def _capitalised_runs(view: str, tokens: list[_Token]) -> list[list[_Token]]:
     """Maximal runs of capitalised tokens on one line, joined by spaces and particles."""
     runs: list[list[_Token]] = []
     current: list[_Token] = []
     for token in tokens:
-        joined = current and re.fullmatch(r"[ \t]{1,2}|[ \t]?&[ \t]?|-", view[current[-1].end:token.start])
+        joined = current and re.fullmatch(r"[ \t]{1,2}|[ \t]?&[ \t]?|-|[ \t][-–][ \t]", view[current[-1].end:token.start])
         if _is_capitalised(token) or (joined and token.written.lower() in _PARTICLES):
             if current and not joined:
                 runs.append(current)
@@ -247,7 +361,16 @@ january february march april june july august september october november decembe
 aug sep sept oct nov dec januar februar marz maerz juni juli oktober dezember janvier fevrier mars avril mai
 juin juillet aout septembre octobre novembre decembre januari februari maart augusti marts maj
 ramadan ramzan shawwal muharram safar rajab shaban dhul
+christmas xmas easter whitsun hogmanay thanksgiving midsummer weihnachten ostern pfingsten silvester
+neujahr fasching karneval noel paques toussaint reveillon diwali deepavali holi dussehra navratri eid
+onam pongal lohri shivratri jul paske pasky midsommar juhannus
 """.split())
+_ORDINAL_WORDS = re.compile(
+    r"(?i:first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|eleventh|twelfth|thirteenth|"
+    r"[a-z]+teenth|twentieth|thirtieth|twenty-[a-z]+|thirty-first|ersten|zweiten|dritten|vierten|fünften|"
+    r"funften|sechsten|siebten|achten|neunten|zehnten|[a-z]+zehnten|zwanzigsten|[a-z]+zwanzigsten|dreißigsten|"
+    r"dreissigsten|einunddreißigsten|premier|deux|trois|quatre|cinq|six|sept|huit|neuf|dix|onze|douze|treize|"
+    r"quatorze|quinze|seize|dix-[a-z]+|vingt(?:-[a-z]+)?|trente(?:-[a-z]+)?)")
 _DRUG_BEFORE = re.compile(r"(?:tab|tabs|inj|cap|caps|syp|syr|susp|gel|oint|cr|sr|xl|er|tbl|kps|amp)\.?\s*$",
                           re.IGNORECASE)
 _DOSE_AFTER = re.compile(r"\s*(?:\(|\s)?\d+(?:[.,]\d+)?(?:/\d+(?:[.,]\d+)?)?\s?(?:mg|mcg|µg|ug|g|ml|iu|ie|units|%|mmol)\b",
@@ -257,7 +380,10 @@ _DOSE_AFTER = re.compile(r"\s*(?:\(|\s)?\d+(?:[.,]\d+)?(?:/\d+(?:[.,]\d+)?)?\s?(
 def _word_verdict(view: str, start: int, end: int, written: str, language: str) -> str | None:
     """``_KNOWN``, None (kept but unknown) or the token that replaces the word."""
     parts = [p for p in re.split(r"[\-]", _without_possessive(_without_elision(written))) if p]
-    if any(len(p) >= 4 and _STREET_END.search(p) and p.lower() != "gate" for p in parts) and written[:1].isupper():
+    if re.fullmatch(r"[µμ][a-zA-Z]{0,4}", written):
+        return _KNOWN  # µg, µV: a unit, not a Greek word
+    if any(len(p) >= 4 and _STREET_END.search(p) and p.lower() != "gate" and not is_clinical(p) for p in parts) \
+            and written[:1].isupper():
         return ADDRESS
     folded = view[start:end].lower()
     if folded.rstrip(".") in _NOT_ABSORBED or folded in TITLES:
@@ -265,7 +391,7 @@ def _word_verdict(view: str, start: int, end: int, written: str, language: str) 
     if folded in _MONTH_NAMES and (written[:1].isupper() or language in ("fr", "da", "sv", "nb")) and \
             not (folded in ("mar", "dec", "mai", "marts") and language == "en"):
         return "[DATE]"
-    unknown = [p for p in parts if len(p) > 2 and not is_known_word(p, language)]
+    unknown = [p for p in parts if len(p) > 2 and not is_known_word(p, language) and not is_clinical_word(p)]
     if any(has_non_latin_letters(p) for p in parts):
         return REMOVED
     if not unknown:
@@ -275,6 +401,8 @@ def _word_verdict(view: str, start: int, end: int, written: str, language: str) 
             return REMOVED  # Peter, Gemma, Ross: a word of the lists, but as a name
         return _KNOWN
     if any(_looks_like_a_name(p, language) for p in unknown):
+        if written.isupper() and re.match(r"\s{0,2}\x01", view[end:end + 3]):
+            return None  # an acronym before a clinical value: "EVA 8/10", "PIVD L4-L5", "FBA 25 cm"
         if _DOSE_AFTER.match(view, end) or _DRUG_BEFORE.search(view[max(0, start - 8):start]):
             return None  # a drug the lists do not know, written with its dose or form ("Tab. Shelcal 500 mg")
         return REMOVED
@@ -285,7 +413,7 @@ def _looks_like_a_name(part: str, language: str) -> bool:
     """An unknown word written as names are: capitalised (German capitalises every noun, but an unknown one is
     no less unknown), or in capitals from five letters (a surname in a form: MUELLER)."""
     if part.isupper():
-        return len(part) >= 5
+        return len(part) >= 3  # RVH, SUVA, CPAM: an acronym that is no clinical one names a place or a body
     return part[:1].isupper()
 
 
@@ -328,6 +456,9 @@ def _number_is_clinical(view: str, start: int, end: int) -> bool:
     parts = token.split("-")
     if len(parts) > 1 and all(_LEVEL.fullmatch(p) or (p.isdigit() and len(p) <= 2) for p in parts):
         return True  # D10-D11, L4-5
+    if len(parts) > 1 and all((p.isdigit() and len(p) <= 2) or _LEVEL.fullmatch(p) or
+                              (p.isalpha() and (p.isupper() or is_clinical(p) or is_clinical_word(p))) for p in parts):
+        return True  # LWK-1-Fraktur, Th12-Fraktur
     if len(parts) > 1 and all(p.isdigit() and len(p) <= 3 for p in parts):
         return bool(_UNIT_AFTER.match(view, end) or _DOSE_UNIT.match(view, end))  # 8-12 weeks
     # "54-year-old", "6-week", "3-monatige": digits joined to a word by a hyphen

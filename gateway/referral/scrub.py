@@ -25,7 +25,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from gateway.privacy.vocabulary import detect_language, is_curated_clinical
+from gateway.privacy.vocabulary import detect_language, is_curated_clinical, is_eponym
 from gateway.referral.allowlist import judge
 from gateway.referral.clinical_terms import CLINICAL_NOUN_AFTER, CLINICAL_VALUE, is_clinical_word
 from gateway.referral.codes import NON_URGENT_FLAGS
@@ -62,11 +62,16 @@ _MONTHS = {
     "jan": 1, "feb": 2, "mar": 3, "apr": 4, "may": 5, "jun": 6,
     "jul": 7, "aug": 8, "sep": 9, "oct": 10, "nov": 11, "dec": 12,
     "jän": 1, "mae": 3, "maer": 3, "mär": 3, "mai": 5, "okt": 10, "dez": 12,
+    # French (folded: février -> fevrier), Danish, Swedish, Norwegian, Spanish
+    "janv": 1, "fev": 2, "fevr": 2, "avr": 4, "juin": 6, "juil": 7, "aou": 8, "aout": 8, "dece": 12,
+    "mars": 3, "maj": 5, "ene": 1, "abr": 4, "ago": 8, "dic": 12,
 }
 # English and German month names (the text is folded: "März" reads "Marz").
-_MONTH = (r"(jan(?:uary|uar)?|jän(?:ner)?|feb(?:ruary|ruar)?|m(?:ar|ae?r)(?:ch|z)?|apr(?:il)?|ma[yi]|jun[ei]?|"
-          r"jul[yi]?|aug(?:ust)?|sep(?:t(?:ember)?)?|o[ck]t(?:ober)?|nov(?:ember)?|de[cz](?:ember)?)\.?")
-_ORD = r"(?:st|nd|rd|th|\.)?"
+_MONTH = (r"(jan(?:uary|uar|uari|vier|v)?|jän(?:ner)?|feb(?:ruary|ruar|ruari)?|fevr(?:ier)?|fev|"
+          r"m(?:ar|ae?r)(?:ch|z|s|ts)?|apr(?:il)?|avr(?:il)?|ma[yij]|jun[ei]?|juin|"
+          r"jul[yi]?|juil(?:let)?|aug(?:ust|usti)?|aout|sep(?:t(?:ember|embre)?)?|o[ck]t(?:ober|obre)?|"
+          r"nov(?:ember|embre)?|de[cz](?:ember|embre)?)\.?")
+_ORD = r"(?:st|nd|rd|th|er|re|e|\.)?"
 _DATE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("ymd", re.compile(r"(?<![\d.])(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?![\d])")),
     ("numeric", re.compile(r"(?<![\d/.\-])(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{4}|\d{2})(?![\d/\-]|\.\d)")),
@@ -106,6 +111,9 @@ _EPONYM_TERM = re.compile(
     r"tumou?r|fracture|grade|classification|score|scale|syndrome|palsy|node|nodes|spine|knötchen|knotchen|"
     r"zeichen|syndrom|krankheit|manoeuvre|maneuver|reflex|phenomenon|criteria|index|arthritis|angle|line|"
     r"triad|procedure|operation|approach|joint)\b")
+#: "maladie de Charcot", "signe de Lasègue", "Morbus Bechterew", "M. Scheuermann".
+_EPONYM_NAMED = re.compile(r"\b(?i:maladie|signe|syndrome|manoeuvre|manœuvre|morbus)\s+(?:de\s+|d['’])?"
+                           r"[A-Z][a-z]+(?:-[A-Z][a-z]+)?")
 _DRUG_WITH_DOSE = re.compile(
     r"\b([A-Z][\w\-]{3,}(?:\s+(?:Forte|Retard|SR|CR|XL|LP|Plus|Duo))?)\s+\d+(?:[.,]\d+)?(?:/\d+(?:[.,]\d+)?)?\s?"
     r"(?:mg|mcg|µg|ug|g|ml|IU|IE|UI|units|mmol)\b")
@@ -241,6 +249,7 @@ class _Work:
     masked: list[str]
     claims: list[tuple[int, int, str]] = field(default_factory=list)
     unknown_kept: list[tuple[int, int]] = field(default_factory=list)  # original positions
+    language: str = "en"
     named: list[tuple[int, int]] = field(default_factory=list)  # folded positions claimed as names or places
 
     def view(self) -> str:
@@ -306,7 +315,10 @@ class TextScrubber:
         self._contact_patterns = _longest_first_patterns((*known.contacts, *known.phones, *known.emails),
                                                          min_length=5)
         self._institution_patterns = _longest_first_patterns(known.institutions, min_length=4)
-        self._place_patterns = _longest_first_patterns((*known.places, *known.organisations), min_length=4)
+        declared_places = (*known.places, *known.organisations)
+        # An address is written in pieces as often as whole ("Flat 4B, Kestrel House" of a longer street line).
+        pieces = [p.strip() for v in declared_places for p in re.split(r"[,;\n]", v) if len(p.strip()) >= 4]
+        self._place_patterns = _longest_first_patterns((*declared_places, *pieces), min_length=4)
         self._whole_name_patterns = _longest_first_patterns(
             [n for n in whole_names if len(_WORDS.findall(n)) > 1 or _is_cjk(n)], min_length=3)
         parts = {variant for n in known.names for part in _name_parts(n) for variant in _spellings(part)}
@@ -338,16 +350,17 @@ class TextScrubber:
         if not isinstance(text, str):
             raise TypeError("text must be str")
         folded, origin = _fold(text)
-        work = _Work(text, folded, origin, list(folded))
+        work = _Work(text, folded, origin, list(folded), language=self._language or detect_language(text))
         self._protect_own_tokens(work)
         for pattern in self._redaction_patterns:
             self._replace_pattern(work, pattern, REDACTED)
         self._replace_pattern(work, _URL, URL)
         self._replace_pattern(work, _EMAIL, EMAIL)
         self._replace_whole_dates(work)  # before the clinical values: "VAS 12/04/1971" is no score
+        self._replace_pattern(work, _DRUG_WITH_DOSE, None, accept=self._is_drug_with_dose)
         self._replace_pattern(work, CLINICAL_VALUE, None)  # kept as they are: "CRP 120", "L4-L5", "4.2 (5.0)"
         self._replace_pattern(work, _EPONYM_TERM, None, accept=self._is_eponym_term)
-        self._replace_pattern(work, _DRUG_WITH_DOSE, None, accept=self._is_drug_with_dose)
+        self._replace_pattern(work, _EPONYM_NAMED, None, accept=self._is_eponym_term)
         for pattern in self._id_patterns:
             self._replace_pattern(work, pattern, ID)
         for pattern in self._contact_patterns:
@@ -370,7 +383,7 @@ class TextScrubber:
         for entity in find_entities(text, use_model=self._use_model):
             self._claim_entities(work, [entity], tokens[entity.kind])
         self._replace_pattern(work, _DIGIT_RUN, ID)
-        self._keep_only_known(work, self._language or detect_language(text))
+        self._keep_only_known(work, work.language)
         return work
 
     @staticmethod
@@ -386,8 +399,8 @@ class TextScrubber:
     def _is_eponym_term(self, match: re.Match[str]) -> bool:
         """"Paget's disease", "Kemp's test", "Schmorl-Knötchen": an eponym with its clinical noun, not after a
         title ("Mrs Paget's test results" is the patient), and not a name the node holds that is no clinical word."""
-        eponym = re.match(r"[^\W\d_]+", match.group(0))
-        if eponym is not None and _fold_plain(eponym.group(0)) in self._name_parts:
+        eponym = re.search(r"[A-Z][^\W\d_]+", match.group(0))
+        if eponym is not None and _fold_plain(eponym.group(0)) in self._name_parts and not is_eponym(eponym.group(0)):
             return False
         return re.search(r"(?i:\b(?:dr|mr|mrs|ms|miss|mx|prof|herr|frau|mme|m)\.?\s*)$",
                          match.string[max(0, match.start() - 8):match.start()]) is None
@@ -479,9 +492,17 @@ class TextScrubber:
         if not original[:1].isupper():
             return False
         before, after = work.folded[max(0, start - 40):start], work.folded[end:end + 40]
-        if re.search(r"(?:\b(?:dr|mr|mrs|ms|miss|mx|prof|professor|herr|herrn|frau|sir|dame)\.?\s*|"
+        if work.language == "de" and re.search(r"\b[a-zäöüß]+\s+$", before) and not re.search(
+                r"\b(?:herr|herrn|frau|dr|prof|von|zu)\.?\s+$", before):
+            return False  # German writes every noun capitalised: "ein frischer Bruch" is the fracture
+        if re.search(r"(?:\b(?:dr|mr|mrs|ms|miss|mx|prof|professor|herr|herrn|frau|sir|dame|m|mme|mlle|monsieur|"
+                     r"madame|fru|hr|doc|sgt|cpl|pte|capt|maj|col|lt|sr|sra|dott)\.?\s*|"
+                     r"\b(?:name|surname|nom|name ist|heisst|heißt|called|named)\s+(?:is\s+|:\s*)?|"
                      r"\x00[\s,]*|(?:patient|pt|name|nee|geb\.?)[:\s]+)$", _masked_tail(work, start), re.IGNORECASE):
             return True
+        if re.match(rf"\s+{_NAME_VERBS}\b", after) and re.search(r"(?:^|[.!?:;\n(]\s*)$", before) and \
+                _fold_plain(original) in (self._given_parts | self._ambiguous_parts):
+            return True  # "Patrick is a 41-year-old", "Power reports weakness"
         if is_clinical_word(original) and CLINICAL_NOUN_AFTER.match(
                 after[2:] if re.match(r"['’]s\b", after) else after):
             return False  # "Bell's palsy", "Hoffmann sign", "Brown-Séquard"
@@ -539,6 +560,15 @@ def _spellings(part: str) -> set[str]:
     return {part, "".join(umlauts.get(c, c) for c in part)}
 
 
+def _month_number(word: str) -> int:
+    """The month of a month name or abbreviation in any of the notes' languages (folded: "fevrier" is 2)."""
+    word = word.lower().rstrip(".")
+    for length in (4, 3):
+        if word[:length] in _MONTHS:
+            return _MONTHS[word[:length]]
+    raise KeyError(word)
+
+
 def _year(text: str) -> int:
     year = int(text)
     if len(text) == 2:
@@ -563,9 +593,9 @@ def _date_candidates(kind: str, groups: Sequence[str], day_first: bool) -> list[
         month_day = (year, first, second)
         readings = [day_month, month_day] if day_first else [month_day, day_month]
     elif kind == "dmy_text":
-        readings = [(_year(groups[2]), _MONTHS[groups[1][:3].lower()], int(groups[0]))]
+        readings = [(_year(groups[2]), _month_number(groups[1]), int(groups[0]))]
     elif kind == "mdy_text":
-        readings = [(int(groups[2]), _MONTHS[groups[0][:3].lower()], int(groups[1]))]
+        readings = [(int(groups[2]), _month_number(groups[0]), int(groups[1]))]
     elif kind == "holiday":
         month, day = _HOLIDAYS[re.sub(r"[^a-z1]", "", groups[0].lower())]
         readings = [(int(groups[1]), month, day)]
@@ -623,14 +653,18 @@ def scrub_referral(referral: Referral, date_offset_days: int, institution_names:
     if not isinstance(referral, Referral):
         raise TypeError("referral must be a Referral")
     known = known or KnownIdentifiers.from_referral(referral, institution_names)
-    scrubber = TextScrubber(known, date_offset_days, day_first=day_first)
+    clinical, pain = referral.clinical, referral.clinical.pain
+    every_text = [clinical.history, clinical.symptoms, clinical.examination, clinical.emg, clinical.prior_treatment,
+                  clinical.prior_imaging, clinical.question, *((pain.location, pain.nature, pain.radiation) if pain else ())]
+    # One language for the whole referral: a short field ("seit 3 Wochen") says too little on its own.
+    language = detect_language(" ".join(t for t in every_text if t))
+    scrubber = TextScrubber(known, date_offset_days, day_first=day_first, language=language)
 
     def clean(text: str | None) -> str | None:
         return scrubber.scrub(text) if text else None
 
     findings = tuple(replace(f, phrase=clean(f.phrase)) for f in flags_for(referral))
     urgent = referral.urgency is Urgency.URGENT or any(f.code not in NON_URGENT_FLAGS for f in findings)
-    clinical, pain = referral.clinical, referral.clinical.pain
     return ScrubbedNotes(
         urgency=Urgency.URGENT if urgent else Urgency.ROUTINE,
         flags=findings,

@@ -177,7 +177,7 @@ def test_a_referral_only_identifier_in_an_images_retained_text_quarantines_the_c
     store_referral(validate_referral_data(referral_document(referrer={"name": "Dr Imelda Trowbridge"})), "cli")
     case = _run(world, case)
     assert case.state == CaseState.QUARANTINED
-    assert _quarantine_detail(case) == "outbound guard hit in image:SequenceName"
+    assert _quarantine_detail(case) == "outbound guard hit in image:SequenceName (clinician name)"
     assert case.notes_reason is None, "nothing was recorded for the delivery"
 
 
