@@ -1,4 +1,9 @@
-"""A short reason for the requested procedure, for Reason for the Requested Procedure (0040,1002)."""
+"""A short reason for the requested procedure, for Reason for the Requested Procedure (0040,1002).
+
+The reason goes into the header of every image, where no person reviews it: it is made only of the node's own
+words (the urgency and the meaning of the first red flag, from :mod:`gateway.referral.codes`), never of the
+referral's free text. A nickname the scrubber did not know once went into every image of a case this way.
+"""
 
 from __future__ import annotations
 
@@ -30,14 +35,11 @@ def _fit(text: str, limit: int) -> str:
 
 
 def short_reason(notes: ScrubbedNotes) -> str:
-    """At most 64 characters: urgency mark, then the question, else the first red flag or history.
-
-    ``notes`` must already be scrubbed; the result contains nothing that is not in them.
-    """
+    """At most 64 characters: the urgency mark, then the first red flag's meaning, else a fixed phrase; no free
+    text of the notes (see the module's docstring)."""
     if not isinstance(notes, ScrubbedNotes):
         raise TypeError("notes must be a ScrubbedNotes")
     prefix = "URGENT: " if notes.urgency is Urgency.URGENT else ""
-    candidates = [notes.question, *(RED_FLAG_CODES[f.code].meaning for f in notes.flags), notes.history,
-                  notes.symptoms]
-    body = next((_first_sentence(c) for c in candidates if c and _first_sentence(c)), DEFAULT_REASON)
+    flags = [RED_FLAG_CODES[f.code].meaning for f in notes.flags]
+    body = next((_first_sentence(flag) for flag in flags if _first_sentence(flag)), DEFAULT_REASON)
     return _fit(prefix + body, LO_MAX_LENGTH)
