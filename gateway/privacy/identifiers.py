@@ -303,6 +303,15 @@ def _name_parts(group: list[str]) -> list[tuple[str, ...]]:
             for word in group]
 
 
+#: A surname inside a clinical term is no hit ("Jefferson fracture", "Paget's disease", "maladie de Charcot",
+#: "Morbus Bechterew"); the same surname anywhere else is.
+_CLINICAL_NOUN = (r"(?:disease|sign|signs|test|fracture|syndrome|palsy|node|nodes|cyst|tumou?r|lesion|lesions|reflex|"
+                  r"grade|classification|score|scale|phenomenon|manoeuvre|maneuver|zeichen|syndrom|krankheit|"
+                  r"fraktur|knotchen|test|angle|line|joint|arthropathy|criteria|index|triad)")
+_NOT_IN_CLINICAL_TERM = rf"(?!(?:'s|s'|')?[ \t\-]*{_CLINICAL_NOUN}(?![a-z]))"
+_NOT_AFTER_CLINICAL = r"(?<!morbus )(?<!maladie de )(?<!signe de )(?<!syndrome de )(?<!maladie d')(?<!signe d')"
+
+
 def _latin_name_bodies(group: list[str]) -> list[str]:
     """Two name words in reading order ("Jane Doe", "Jane Marie", "Smith-Jones"), or family first with a
     comma ("Doe, Jane"); each word after a title ("Mr Long"); each distinctive word alone ("Hargreaves")."""
@@ -311,7 +320,7 @@ def _latin_name_bodies(group: list[str]) -> list[str]:
     for part in dict.fromkeys(parts):
         bodies.append(_PREFIX_TITLE + _word_body(part))
         if is_distinctive(part):
-            bodies.append(_word_body(part))
+            bodies.append(_NOT_AFTER_CLINICAL + _word_body(part) + _NOT_IN_CLINICAL_TERM)
     for i, first in enumerate(parts):
         for second in parts[i + 1:]:
             if first != second:

@@ -107,7 +107,7 @@ _STREET_ADDRESS = re.compile(
 )
 _DIGIT_RUN = re.compile(r"\d{6,}")
 _EPONYM_TERM = re.compile(
-    r"\b[A-Z][a-z]+(?:[\-][A-Z][a-z]+)?(?:['’]s?[\s\-]*|[\s\-]+)(?i:disease|sign|signs|test|tests|lesion|lesions|cyst|"
+    r"\b[A-Z][a-z]+(?:[\-][A-Z][a-z]+)?(?:['’]s?[ \t\-]*|[ \t\-]+)(?i:disease|sign|signs|test|tests|lesion|lesions|cyst|"
     r"tumou?r|fracture|grade|classification|score|scale|syndrome|palsy|node|nodes|spine|knötchen|knotchen|"
     r"zeichen|syndrom|krankheit|manoeuvre|maneuver|reflex|phenomenon|criteria|index|arthritis|angle|line|"
     r"triad|procedure|operation|approach|joint)\b")
@@ -400,8 +400,11 @@ class TextScrubber:
         """"Paget's disease", "Kemp's test", "Schmorl-Knötchen": an eponym with its clinical noun, not after a
         title ("Mrs Paget's test results" is the patient), and not a name the node holds that is no clinical word."""
         eponym = re.search(r"[A-Z][^\W\d_]+", match.group(0))
-        if eponym is not None and _fold_plain(eponym.group(0)) in self._name_parts and not is_eponym(eponym.group(0)):
-            return False
+        if eponym is not None and not is_eponym(eponym.group(0)):
+            word = _fold_plain(eponym.group(0))
+            if word in self._name_parts or (len(word) >= _FUZZY_MIN_LENGTH and any(
+                    levenshtein_at_most_one(word, part) for part in self._fuzzy_parts)):
+                return False  # a name the node holds, or a slip of it ("Pembertin reflex")
         return re.search(r"(?i:\b(?:dr|mr|mrs|ms|miss|mx|prof|herr|frau|mme|m)\.?\s*)$",
                          match.string[max(0, match.start() - 8):match.start()]) is None
 
