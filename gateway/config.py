@@ -225,6 +225,10 @@ class ReferralsConfig(_Section):
     wait_s: SECONDS = Field(86400.0, ge=0)
     on_timeout: Literal["route", "hold"] = "route"
     require_approval: bool = False
+    # Scrubbing and building one case's notes runs in a worker process for at most this long; past it the
+    # worker is killed and the case quarantined ("time budget exceeded"), while other cases go on (issue 28).
+    time_budget_s: SECONDS = Field(120.0, gt=0)
+    workers: int | None = Field(None, ge=0)  # notes jobs at once; None: one per core; 0: in the stage, no budget
 
 
 class Hl7Config(_Section):
