@@ -93,14 +93,14 @@ class GatewayNode:
         release_freed_memory()  # the buffers the gazetteer was read through, before the warm-up grows the heap
         install_module_table()  # highdicom reads its table of module attributes a module at a time, checked first
         threading.Thread(target=_warm_up, name="notes-warm-up", daemon=True).start()
-        self._notes_workers()
-        if self.notes_workers is not None:
-            threading.Thread(target=self.notes_workers.warm, name="notes-workers-warm-up", daemon=True).start()
         handlers = node_handlers(self.config, self.spool, self.identity, self._association_slots())
         self._start_listeners()  # before the SCP: whoever sees the DICOM port answer finds HTTP up too
         install_fast_paths()  # pynetdicom's hooks, checked first: stock pynetdicom (and one warning) otherwise
         self.server = start_scp(self.config.node, handlers)
         self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)
+        self._notes_workers()  # once the port is ours: a node that cannot start leaves no fork server behind
+        if self.notes_workers is not None:
+            threading.Thread(target=self.notes_workers.warm, name="notes-workers-warm-up", daemon=True).start()
         self._start_wakeups()
         self._start_receivers()
         self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s, self.wakeups,
