@@ -155,6 +155,9 @@ class ReviewerConfig(_Section):
     timezone: str = "UTC"
     urgent: bool = True
     enabled: bool = True
+    # The reviewer answers C-FIND (Study Root, IMAGE level): after an interrupted delivery the node asks which
+    # objects it already has and sends only the others (exactly once); without it they are sent again.
+    query: bool = False
 
     @field_validator("hours")
     @classmethod
