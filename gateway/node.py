@@ -152,7 +152,7 @@ class GatewayNode:
         return [
             CompletionStage(self.config.routing, SpineFilter(self.config.routing, self.config.storage.spool_dir)),
             DeidStage(self.config.deid.options(), self.secret, self.spool, pool=self.work_pool,
-                      case_identifiers=notes.case_identifiers),
+                      case_identifiers=notes.case_identifiers, time_budget_s=self.config.deid.time_budget_s),
             notes,
             # routing (issue 5): after the notes stage
             AssignmentStage(self.config.reviewers, self.config.routing),
