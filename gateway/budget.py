@@ -8,7 +8,8 @@ others' work.
 
 Memory: the workers start lazily (on the first case) from a ``forkserver`` that imported ``preload`` once (the
 scrubber's model and word lists), so each worker shares those pages with it instead of loading its own copy;
-a killed worker is replaced on the next submit, from the same server.
+a killed worker is replaced on the next submit, from the same server. The first submit only starts that warm-up
+(in a thread) and answers "busy": no job's budget pays for the loading, and the stage is woken when it is done.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class BudgetedWorkers:
         self._idle: list[ProcessPoolExecutor] = []
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self._warming: threading.Thread | None = None
+        self._warm = threading.Event()
         self.killed = 0  # workers stopped over budget, for operators and tests
 
     def _worker(self) -> ProcessPoolExecutor | None:
@@ -103,7 +106,7 @@ class BudgetedWorkers:
 
     def warm(self, timeout_s: float = 300.0) -> None:
         """Start the fork server (it loads ``preload``) and one worker now, so that no job's budget pays for
-        the loading; the node runs it in its warm-up thread."""
+        the loading (the first ``submit`` runs it in a thread)."""
         with self._lock:
             worker = self._worker()
         if worker is None:
@@ -116,11 +119,27 @@ class BudgetedWorkers:
             return
         with self._lock:
             self._idle.append(worker)
+        self._warm.set()
+
+    def _warm_in_background(self) -> None:
+        """The first submit's warm-up, once; the stage is woken when it ends."""
+        def warm_then_wake() -> None:
+            self.warm()
+            self._warm.set()  # even a failed warm-up: the next submit starts the server itself
+            if self.on_done is not None:
+                self.on_done()
+
+        self._warming = threading.Thread(target=warm_then_wake, name="budget-warm-up", daemon=True)
+        self._warming.start()
 
     def submit(self, key: str, function: Callable[..., Any], *args: Any) -> bool:
         """Start ``function(*args)`` for ``key`` in a worker; False when every worker is busy (try later) or
         ``key`` has a job already."""
         with self._lock:
+            if not self._warm.is_set():
+                if self._warming is None:
+                    self._warm_in_background()
+                return False
             if key in self._jobs:
                 return False
             worker = self._worker()

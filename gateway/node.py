@@ -98,9 +98,7 @@ class GatewayNode:
         install_fast_paths()  # pynetdicom's hooks, checked first: stock pynetdicom (and one warning) otherwise
         self.server = start_scp(self.config.node, handlers)
         self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)
-        self._notes_workers()  # once the port is ours: a node that cannot start leaves no fork server behind
-        if self.notes_workers is not None:
-            threading.Thread(target=self.notes_workers.warm, name="notes-workers-warm-up", daemon=True).start()
+        self._notes_workers()  # started by the first case's notes (gateway.budget): no memory until needed
         self._start_wakeups()
         self._start_receivers()
         self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s, self.wakeups,
