@@ -155,6 +155,9 @@ class ReviewerConfig(_Section):
     timezone: str = "UTC"
     urgent: bool = True
     enabled: bool = True
+    # The reviewer answers C-FIND (Study Root, IMAGE level): after an interrupted delivery the node asks which
+    # objects it already has and sends only the others (exactly once); without it they are sent again.
+    query: bool = False
 
     @field_validator("hours")
     @classmethod
@@ -214,9 +217,12 @@ class DeidConfig(DeidOptions):
     secret_env: str = "SPINE_GATEWAY_SECRET"
     secret_file: Path | None = None
     workers: int | None = Field(None, ge=0)
+    # Each batch of a case's instances (gateway.deid.stage.CHUNK, 32) is de-identified (OCR included) within this
+    # long in the worker processes; past it they are killed and the case quarantined (issue 28). Not with workers 0.
+    time_budget_s: SECONDS = Field(300.0, gt=0)
 
     def options(self) -> DeidOptions:
-        return DeidOptions(**self.model_dump(exclude={"secret_env", "secret_file", "workers"}))
+        return DeidOptions(**self.model_dump(exclude={"secret_env", "secret_file", "workers", "time_budget_s"}))
 
 
 class ReferralsConfig(_Section):
@@ -225,6 +231,10 @@ class ReferralsConfig(_Section):
     wait_s: SECONDS = Field(86400.0, ge=0)
     on_timeout: Literal["route", "hold"] = "route"
     require_approval: bool = False
+    # Scrubbing and building one case's notes runs in a worker process for at most this long; past it the
+    # worker is killed and the case quarantined ("time budget exceeded"), while other cases go on (issue 28).
+    time_budget_s: SECONDS = Field(120.0, gt=0)
+    workers: int | None = Field(None, ge=0)  # notes jobs at once; None: one per core; 0: in the stage, no budget
 
 
 class Hl7Config(_Section):

@@ -6,16 +6,18 @@ import datetime as dt
 import signal
 import socket
 import threading
+from functools import partial
 
 import structlog
 
 from gateway import __version__, cases, wakeup
+from gateway.budget import BudgetedWorkers, default_workers
 from gateway.config import GatewayConfig
 from gateway.deid.secret import load_or_create_secret
 from gateway.deid.stage import DeidStage
 from gateway.deid.work import WorkPool, deid_pool
 from gateway.dicomnet import install_fast_paths
-from gateway.models import SCHEMA_VERSION, db, open_database, sync_sources
+from gateway.models import SCHEMA_VERSION, CaseState, db, open_database, sync_sources
 from gateway.ops.http import HttpServer, standard_health_checks
 from gateway.ops.memory import release_freed_memory
 from gateway.pipeline import FailurePolicy, Pipeline, Stage
@@ -66,6 +68,7 @@ class GatewayNode:
         self.receivers: ReceivingProcesses | None = None
         self.slots: AssociationSlots | None = None
         self.work_pool: WorkPool | None = None
+        self.notes_workers: BudgetedWorkers | None = None
         self.secret = b""
         self._stop = threading.Event()
 
@@ -95,6 +98,7 @@ class GatewayNode:
         install_fast_paths()  # pynetdicom's hooks, checked first: stock pynetdicom (and one warning) otherwise
         self.server = start_scp(self.config.node, handlers)
         self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)
+        self._notes_workers()  # started by the first case's notes (gateway.budget): no memory until needed
         self._start_wakeups()
         self._start_receivers()
         self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s, self.wakeups,
@@ -142,11 +146,11 @@ class GatewayNode:
 
     def _stages(self) -> list[Stage]:
         """The pipeline, in order. Each stage reads cases in one state and leaves them in the next."""
-        notes = NotesStage(self.config, self.spool)
+        notes = NotesStage(self.config, self.spool, self.notes_workers)
         return [
             CompletionStage(self.config.routing, SpineFilter(self.config.routing, self.config.storage.spool_dir)),
             DeidStage(self.config.deid.options(), self.secret, self.spool, pool=self.work_pool,
-                      case_identifiers=notes.case_identifiers),
+                      case_identifiers=notes.case_identifiers, time_budget_s=self.config.deid.time_budget_s),
             notes,
             # routing (issue 5): after the notes stage
             AssignmentStage(self.config.reviewers, self.config.routing),
@@ -156,6 +160,16 @@ class GatewayNode:
             # reports back home (issue 6): REPORTED → REPORT_DELIVERED
             ReportStage(self.config, self.spool, self.secret),
         ]
+
+    def _notes_workers(self) -> None:
+        """``referrals.workers`` worker processes with ``referrals.time_budget_s`` each (none for 0): a job's end
+        wakes the notes stage."""
+        referrals = self.config.referrals
+        workers = default_workers() if referrals.workers is None else referrals.workers
+        if workers > 0:
+            self.notes_workers = BudgetedWorkers(workers, referrals.time_budget_s,
+                                             preload=["gateway.referral.notes_preload"],
+                                             on_done=partial(self._deliver_wakeup, CaseState.DEIDENTIFIED))
 
     def _start_listeners(self) -> None:
         """Servers beside the DICOM port: the HTTP API (health, metrics, referrals)."""
@@ -207,6 +221,9 @@ class GatewayNode:
         if self.pipeline is not None:
             self.pipeline.stop()
             self.pipeline = None
+        if self.notes_workers is not None:
+            self.notes_workers.shutdown()
+            self.notes_workers = None
         if self.work_pool is not None:
             self.work_pool.shutdown()
             self.work_pool = None

@@ -56,3 +56,8 @@ class IdentifierLeakError(QuarantineError):
 
 class TableError(DeidError):
     """The bundled Annex E table is malformed."""
+
+
+class TimeBudgetExceeded(DeidError):
+    """A batch of a case's instances ran past ``deid.time_budget_s`` in the worker processes (which were
+    killed); the case is quarantined with this message as its reason."""

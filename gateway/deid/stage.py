@@ -29,7 +29,9 @@ import structlog
 from peewee import fn
 
 from gateway import cases
+from gateway.budget import OVER_BUDGET
 from gateway.deid.engine import DeidMapping, Deidentifier
+from gateway.deid.errors import TimeBudgetExceeded
 from gateway.deid.guard import find_leaks_in_values
 from gateway.deid.options import DeidOptions
 from gateway.deid.work import DeidWork, WorkPool, deid_pool, deidentify_file
@@ -85,7 +87,8 @@ class DeidStage:
     name = "deid"
 
     def __init__(self, options: DeidOptions, secret: bytes, spool: Spool, pool: WorkPool | None = None,
-                 case_identifiers: Callable[[Study], IdentifierSet] | None = None) -> None:
+                 case_identifiers: Callable[[Study], IdentifierSet] | None = None,
+                 time_budget_s: float | None = None) -> None:
         self.deidentifier = Deidentifier(options, secret)
         self.options = options
         self.spool = spool
@@ -94,6 +97,7 @@ class DeidStage:
         # late instances are checked against it, as the notes stage checks the others.
         self.case_identifiers = case_identifiers or self._header_identifiers
         self._outside_completion_due = 0.0
+        self.time_budget_s = time_budget_s  # per batch of CHUNK instances, in the workers (None: no budget)
 
     def _header_identifiers(self, study: Study) -> IdentifierSet:
         return identifier_set_for_study(study, None, include_uids=not self.options.retain_uids,
@@ -126,7 +130,10 @@ class DeidStage:
 
     def deidentify_case(self, study: Study) -> bool:
         started = time.perf_counter()
-        outcome = self._process(study, self._latest_stored(study))
+        try:
+            outcome = self._process(study, self._latest_stored(study))
+        except TimeBudgetExceeded as exc:
+            return self._over_budget(study, str(exc))
         if outcome.lease_lost:
             return False  # another node carries on
         if outcome.leak_paths:
@@ -194,7 +201,8 @@ class DeidStage:
                 return outcome
             started = time.perf_counter()
             paths = [str(self.spool.absolute(i.spool_path)) for i in chunk]
-            works = self.pool.run(deidentify_file, paths, repeat(source), repeat(study.key))
+            works = self.pool.run(deidentify_file, paths, repeat(source), repeat(study.key),
+                                  timeout_s=self.time_budget_s)
             ready: list[tuple[Instance, DeidWork]] = []
             for instance, work in zip(chunk, works):
                 if work.quarantine_reason:
@@ -273,6 +281,16 @@ class DeidStage:
                      detail=f"identifier found at {where}")
         # The first hit (attribute path and identifier kind, never the value) is the case's reason, whole.
         return cases.move(study, CaseState.QUARANTINED, reason=f"identifier_leak image:{leak_paths[0]}")
+
+    @staticmethod
+    def _over_budget(study: Study, reason: str) -> bool:
+        """QUARANTINED at once (the same instances would take as long again); what was written stays."""
+        log.error("case_over_budget", component="deid", case=study.key, reason=OVER_BUDGET)
+        moved = cases.move(study, CaseState.QUARANTINED, reason=reason)
+        if moved:
+            audit.record("quarantined", actor_ae=None, actor_host=None, study_key=study.key, outcome="refused",
+                         detail=reason)
+        return moved
 
     @staticmethod
     def _quarantine_instance(study: Study, instance: Instance, reason: str) -> None:

@@ -7,12 +7,15 @@ does not compete with the DICOM receiver for the interpreter lock.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
 from dataclasses import dataclass, field
@@ -24,7 +27,8 @@ import structlog
 from pydicom.dataset import Dataset
 
 from gateway.deid.engine import DeidMapping, Deidentifier, PatientContext
-from gateway.deid.errors import BurnedInRiskError, QuarantineError
+from gateway.budget import OVER_BUDGET
+from gateway.deid.errors import BurnedInRiskError, QuarantineError, TimeBudgetExceeded
 from gateway.deid.guard import UnreadablePDFError, find_leaks, identifiers_from_dataset, searchable_values
 from gateway.deid.options import DeidOptions
 from gateway.privacy.identifiers import header_values
@@ -167,25 +171,46 @@ class WorkPool:
         return ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=_start_worker,
                                    initargs=(os.getpid(), self._initializer, *self._initargs))
 
-    def map(self, function: Callable[..., Any], *iterables: Iterable[Any]) -> Iterator[Any]:
+    def map(self, function: Callable[..., Any], *iterables: Iterable[Any], timeout_s: float | None = None
+            ) -> Iterator[Any]:
         if self._executor is None:
             return log_events(map(function, *iterables))
-        return log_events(self._executor.map(function, *iterables, chunksize=4))
+        return log_events(self._executor.map(function, *iterables, chunksize=4, timeout=timeout_s))
 
-    def run(self, function: Callable[..., Any], *iterables: Iterable[Any]) -> list[Any]:
+    def run(self, function: Callable[..., Any], *iterables: Iterable[Any], timeout_s: float | None = None
+            ) -> list[Any]:
         """``function`` over ``iterables`` (zipped), all results in order; a broken pool is rebuilt once.
+        With ``timeout_s`` (worker processes only: work in this process cannot be stopped) the whole batch must
+        be done within it; else the workers are killed and replaced.
 
         Raises:
             BrokenProcessPool: the rebuilt pool broke as well.
+            TimeBudgetExceeded: the batch ran past ``timeout_s``.
         """
         first, *rest = iterables
         items = list(first)
         arguments = [items, *(list(islice(column, len(items))) for column in rest)]  # kept for a second try
         try:
-            return list(self.map(function, *arguments))
+            return self._run_within(function, arguments, timeout_s)
         except BrokenProcessPool:
             self._rebuild()
-            return list(self.map(function, *arguments))
+            return self._run_within(function, arguments, timeout_s)
+
+    def _run_within(self, function: Callable[..., Any], arguments: list[list[Any]], timeout_s: float | None
+                    ) -> list[Any]:
+        try:
+            return list(self.map(function, *arguments, timeout_s=timeout_s))
+        except FuturesTimeout:
+            self.stop_workers()
+            raise TimeBudgetExceeded(f"deid: {OVER_BUDGET} ({timeout_s:g} s)") from None
+
+    def stop_workers(self) -> None:
+        """Kill every worker (their work is abandoned) and start a new pool."""
+        for pid in self.worker_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        log.warning("worker_stopped", component="deid", reason=OVER_BUDGET)
+        self._rebuild()
 
     def _rebuild(self) -> None:
         with self._lock:

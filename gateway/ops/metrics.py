@@ -80,6 +80,12 @@ class GatewayMetrics:
         self.associations = Counter(f"{PREFIX}_associations", "Associations by result", ["result"], registry=r)
         self.deliveries = Counter(f"{PREFIX}_deliveries", "Study deliveries by result", ["result"], registry=r)
         self.retries = Counter(f"{PREFIX}_delivery_retries", "Delivery attempts that were retries", registry=r)
+        self.resent_after_recovery = Counter(
+            f"{PREFIX}_delivery_resent_after_recovery",
+            "Objects sent again after an interrupted attempt without knowing whether the peer had them", registry=r)
+        self.found_after_recovery = Counter(
+            f"{PREFIX}_delivery_found_after_recovery",
+            "Objects of an interrupted attempt the peer already had (C-FIND), not sent again", registry=r)
         self.store_seconds = Histogram(f"{PREFIX}_store_seconds", "Time to make one instance durable",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.commit_groups = Histogram(f"{PREFIX}_store_commit_rows",
@@ -161,6 +167,13 @@ def record_association(result: str) -> None:
 def receiving_processes(running: int, *, exited: bool = False) -> None:
     """See :meth:`GatewayMetrics.receiving_processes`."""
     METRICS.receiving_processes(running, exited=exited)
+
+
+def record_recovery(found: int, resent: int) -> None:
+    """After an interrupted delivery attempt: ``found`` objects the peer had (not sent again), ``resent`` sent
+    again without knowing (possible duplicates)."""
+    METRICS.found_after_recovery.inc(found)
+    METRICS.resent_after_recovery.inc(resent)
 
 
 def record_delivery(result: str, seconds: float, *, retry: bool = False) -> None:

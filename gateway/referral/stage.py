@@ -39,9 +39,10 @@ import pydicom
 import structlog
 from pydicom.dataset import Dataset
 
-from gateway import cases
+from gateway import cases, wakeup
+from gateway.budget import OVER_BUDGET, BudgetedWorkers
 from gateway.config import GatewayConfig
-from gateway.deid.guard import find_leaks, find_leaks_in_file, find_leaks_in_values
+from gateway.deid.guard import find_leaks_in_file, find_leaks_in_values
 from gateway.models import (
     AuditEvent,
     CaseState,
@@ -52,21 +53,18 @@ from gateway.models import (
     Study,
     StudyIdentity,
     db,
+    utcnow,
 )
 from gateway.models import Referral as ReferralRow
 from gateway.ops import audit
 from gateway.pipeline import run_case_stage
 from gateway.privacy.identifiers import IdentifierSet, identifier_set_for_study
-from gateway.referral.compose import (
-    HEADER_NOTE_KEYWORDS,
-    scrub_header_notes,
-    scrub_referral_notes,
-)
+from gateway.referral.compose import HEADER_NOTE_KEYWORDS
 from gateway.referral.document import Referral
 from gateway.referral.errors import ReferralError
 from gateway.referral.matching import expire_referrals, match_study
-from gateway.referral.notes_pdf import NotesPDFBuilder
-from gateway.referral.notes_sr import EVIDENCE_REQUIRED_ATTRIBUTES, NotesSRBuilder
+from gateway.referral.notes_sr import EVIDENCE_REQUIRED_ATTRIBUTES
+from gateway.referral.notes_work import NotesInput, NotesWork, build_notes, scrub_notes
 from gateway.referral.reason import short_reason
 from gateway.referral.scrub import KnownIdentifiers, ScrubbedNotes
 from gateway.dicom.rawedit import fits_charset
@@ -86,6 +84,14 @@ _UID_KEYWORDS = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOP
 
 class NotesStageError(ReferralError):
     """A case's notes cannot be built (e.g. it has no de-identified image to use as evidence)."""
+
+
+class TimeBudgetExceeded(NotesStageError):
+    """Scrubbing and building a case's notes ran past ``referrals.time_budget_s``."""
+
+
+# The stage looks at a running job again this long after its budget has passed (a backstop to the poll).
+BUDGET_MARGIN_S = 0.2
 
 
 def load_document(referral_row: object) -> Referral:
@@ -156,7 +162,7 @@ class NotesStage:
 
     name = "notes"
 
-    def __init__(self, config: GatewayConfig, spool: Spool) -> None:
+    def __init__(self, config: GatewayConfig, spool: Spool, workers: BudgetedWorkers | None = None) -> None:
         if not isinstance(config, GatewayConfig):
             raise TypeError("config must be a GatewayConfig")
         if not isinstance(spool, Spool):
@@ -164,6 +170,7 @@ class NotesStage:
         self.config = config
         self.referrals = config.referrals
         self.spool = spool
+        self.workers = workers  # None: scrub in this thread, without a budget (commands, tests)
 
     claim_states = (CaseState.DEIDENTIFIED, CaseState.HELD)
 
@@ -242,15 +249,20 @@ class NotesStage:
                   identifiers: IdentifierSet | None = None) -> ScrubbedNotes:
         """The scrubbed notes of ``study``: from its referral, else from the original DICOM header
         (``identifiers``: the case's ``identifiers_for``, when the caller has them already)."""
+        return scrub_notes(self.notes_input(study, document, identifiers))
+
+    def notes_input(self, study: Study, document: Referral | None, identifiers: IdentifierSet | None = None,
+                    evidence: Dataset | None = None) -> NotesInput:
+        """What scrubbing (and, with ``evidence``, building) the notes of ``study`` needs, from the database."""
         identity = StudyIdentity.get_or_none(StudyIdentity.study == study.id)
         if identity is None:
             raise NotesStageError("the case has no de-identification identity")
-        known = known_identifiers(identifiers or self.identifiers_for(study, document),
-                                  case_redactions(study, document))
-        if document is not None:
-            return scrub_referral_notes(document, known, identity.date_offset_days,
-                                        day_first=self._day_first(study, document))
-        return scrub_header_notes(self.header_notes(study), known, identity.date_offset_days)
+        identifiers = identifiers or self.identifiers_for(study, document)
+        known = known_identifiers(identifiers, case_redactions(study, document))
+        return NotesInput(document=document, header_notes=self.header_notes(study) if document is None else {},
+                          known=known, date_offset_days=identity.date_offset_days,
+                          day_first=self._day_first(study, document) if document is not None else True,
+                          evidence=evidence if evidence is not None else Dataset(), identifiers=identifiers)
 
     def _day_first(self, study: Study, document: Referral) -> bool:
         """The date order of the source that sent the study (else the referral's), from the configuration."""
@@ -282,22 +294,51 @@ class NotesStage:
                 setattr(evidence, keyword, "")  # type 2 in the SR: empty is valid
         return evidence
 
+    def _notes_work(self, study: Study, document: Referral | None, identifiers: IdentifierSet) -> NotesWork | None:
+        """The case's scrubbed and built notes: here and now without workers; else from a worker, None while
+        its job runs (the stage is woken when it ends, or when its budget has passed).
+
+        Raises:
+            TimeBudgetExceeded: the job ran past ``referrals.time_budget_s`` (its worker is killed).
+        """
+        if self.workers is None:
+            return build_notes(self._input_with_evidence(study, document, identifiers))
+        job = self.workers.job(study.key)
+        if job is None:
+            given = self._input_with_evidence(study, document, identifiers)
+            if self.workers.submit(study.key, build_notes, given):
+                wakeup.wake_at(CaseState.DEIDENTIFIED,
+                               utcnow() + dt.timedelta(seconds=self.workers.budget_s + BUDGET_MARGIN_S))
+            return None
+        if job.future.done():
+            return self.workers.take(study.key)
+        if self.workers.over_budget(study.key):
+            self.workers.stop(study.key)
+            raise TimeBudgetExceeded(f"notes: {OVER_BUDGET} ({self.workers.budget_s:g} s)")
+        return None
+
+    def _input_with_evidence(self, study: Study, document: Referral | None,
+                             identifiers: IdentifierSet) -> NotesInput:
+        images = list(OutboundObject.select().where((OutboundObject.study == study.id)
+                                                    & (OutboundObject.kind == "image")).order_by(OutboundObject.id))
+        return self.notes_input(study, document, identifiers, self._evidence(images))
+
     def _attach(self, study: Study, document: Referral | None) -> int:
         identifiers = self.identifiers_for(study, document)  # one set, its patterns compiled once
-        notes = self.notes_for(study, document, identifiers)
+        try:
+            work = self._notes_work(study, document, identifiers)
+        except TimeBudgetExceeded as exc:
+            return self._over_budget(study, str(exc))
+        if work is None:
+            return 0
+        notes = work.notes
         for flag in notes.flags:
             status = "declared" if flag.declared and not flag.detected else (
                 "detected" if not flag.declared else "declared_and_detected")
             log.info("red_flag", case=study.key, reason=flag.code.value, status=status)
-        images = list(OutboundObject.select().where((OutboundObject.study == study.id)
-                                                    & (OutboundObject.kind == "image")).order_by(OutboundObject.id))
-        evidence = self._evidence(images)
-        built = {"notes_sr": NotesSRBuilder(evidence, notes).build(),
-                 "notes_pdf": NotesPDFBuilder(evidence, notes).build()}
-        for kind, dataset in built.items():
-            leaks = find_leaks(dataset, identifiers)
-            if leaks:
-                return self._quarantine(study, self._leak(study, f"{kind}:{leaks[0].path}", leaks[0].kind))
+        built = work.built
+        if work.leak is not None:
+            return self._quarantine(study, self._leak(study, *work.leak))
         reason = short_reason(notes)
         with db.atomic():
             self._replace_notes_objects(study, built)
@@ -351,6 +392,17 @@ class NotesStage:
         if moved:
             audit.record("quarantined", actor_ae=None, actor_host=None, study_key=study.key, outcome="refused",
                          detail=f"outbound guard hit in {hit}")
+        return int(moved)
+
+    @staticmethod
+    def _over_budget(study: Study, reason: str) -> int:
+        """QUARANTINED at once (not retried: the same notes would take as long again), with the budget as the
+        reason; an operator can redact and release the case (docs/portal.md)."""
+        log.error("case_over_budget", component="notes", case=study.key, reason=OVER_BUDGET)
+        moved = cases.move(study, CaseState.QUARANTINED, reason=reason)
+        if moved:
+            audit.record("quarantined", actor_ae=None, actor_host=None, study_key=study.key, outcome="refused",
+                         detail=reason)
         return int(moved)
 
     def _replace_notes_objects(self, study: Study, built: dict[str, Dataset]) -> None:

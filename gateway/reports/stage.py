@@ -1,7 +1,8 @@
 """The report stage: REPORTED → (re-identify, deliver to the source) → REPORT_DELIVERED.
 
 For each REPORTED case whose retry time has come: every received report (``ReportObject`` state
-``received``) is re-identified from the stored mapping into ``spool/outbound/<case key>/`` as an
+``received``) is checked for pseudonyms of other cases (``gateway.reports.foreign``: such a report fails
+re-identification and never goes home) and re-identified from the stored mapping into ``spool/outbound/<case key>/`` as an
 ``OutboundObject(kind="report")`` (state ``reidentified``; ``failed`` when it cannot be), then every report
 object not yet stored by the source is sent to the source's ``return`` peer through the delivery function
 shared with the study leg (``gateway.routing.send``: one association per attempt, the per-object ``Delivery`` ledger under
@@ -44,6 +45,7 @@ from gateway.models import (
 )
 from gateway.ops import audit
 from gateway.reports.errors import ReidentificationError
+from gateway.reports.foreign import foreign_pseudonym
 from gateway.reports.reidentify import CaseMapping, Reidentifier, derived_report_uid
 from gateway.pipeline import run_case_stage
 from gateway.routing.deliver import REPORT_KIND
@@ -169,6 +171,9 @@ class ReportStage:
         for report in received:
             try:
                 dataset = pydicom.dcmread(self.spool.absolute(report.spool_path))
+                refused = foreign_pseudonym(dataset, study)
+                if refused is not None:
+                    raise ReidentificationError(f"{refused}: a pseudonym of another case")
                 done += self._reidentify_one(study, report, reidentifier, dataset)
             except (ReidentificationError, pydicom.errors.InvalidDicomError, ValueError, AttributeError,
                     KeyError, TypeError, OSError) as exc:

@@ -19,11 +19,12 @@ import structlog
 
 from gateway import cases
 from gateway.config import GatewayConfig, ReviewerConfig
-from gateway.models import CaseState, Delivery, OutboundObject, Study
+from gateway.models import CaseState, Delivery, OutboundObject, Study, db, utcnow
 from gateway.ops import audit, metrics
 from gateway.pipeline import run_case_stage
 from gateway.routing.assign import reviewer_peer
 from gateway.routing.errors import RoutingError
+from gateway.routing.query import instances_held
 from gateway.routing.send import (  # noqa: F401 - re-exported for the stages and tests that import them here
     FAILED,
     MAX_CONTEXTS,
@@ -96,12 +97,13 @@ class DeliveryStage:
         if reviewer is None:
             log.error("delivery_no_reviewer", case=study.key, reviewer=study.reviewer)
             return False
+        resumed = study.state == CaseState.DELIVERING  # an earlier attempt began: it may have been cut short
         if study.state in (CaseState.ASSIGNED, CaseState.DELIVERED):
             if not cases.move(study, CaseState.DELIVERING, reason="deliver"):
                 return False
         attempt = STUDY_LEG.attempt_of(study)
         started = time.perf_counter()
-        result = self._attempt(study, reviewer)
+        result = self._attempt(study, reviewer, resumed)
         seconds = time.perf_counter() - started
         log.info("delivery_attempt", case=study.key, reviewer=reviewer.name, attempt=attempt, status=result.status,
                  duration_ms=int(seconds * 1000), instances=result.sent)
@@ -132,10 +134,53 @@ class DeliveryStage:
         """The case's outbound objects not yet stored by ``reviewer`` (re-identified reports never: PHI)."""
         return unsent_objects(study, reviewer_peer(reviewer.name), OutboundObject.kind != REPORT_KIND)
 
-    def _attempt(self, study: Study, reviewer: ReviewerConfig) -> AttemptResult:
+    def _attempt(self, study: Study, reviewer: ReviewerConfig, resumed: bool = False) -> AttemptResult:
+        pending = self.pending_objects(study, reviewer)
+        if resumed:
+            pending = self._recover(study, reviewer, pending)
         return send_objects(self.config.node, self.spool_dir, reviewer, reviewer_peer(reviewer.name),
-                            self.pending_objects(study, reviewer), cases.Lease(study, self.name),
-                            reason=study.notes_reason)
+                            pending, cases.Lease(study, self.name), reason=study.notes_reason)
+
+    def _recover(self, study: Study, reviewer: ReviewerConfig, pending: list[OutboundObject]) -> list[OutboundObject]:
+        """Before resending after an interrupted attempt: the objects whose outcome the ledger never got (the
+        node died before writing its batch) may be at the reviewer already. With ``query: true`` the reviewer is
+        asked (``routing.query``) and what it holds is recorded as sent, not sent again (the rest it lacks: they
+        go now, for the first time); otherwise they are all sent again and counted (``spine_gateway_delivery_resent_after_recovery_total``). Returns what to send."""
+        in_doubt = in_doubt_objects(pending, reviewer_peer(reviewer.name))
+        if not in_doubt:
+            return pending
+        held = (instances_held(self.config.node, reviewer, study.pseudo_study_uid)
+                if reviewer.query and study.pseudo_study_uid else None)
+        found = [o for o in in_doubt if held is not None and o.sop_instance_uid in held]
+        if found:
+            mark_found(found, reviewer_peer(reviewer.name))
+        unknown = len(in_doubt) if held is None else 0  # sent again not knowing: each may arrive twice
+        metrics.record_recovery(found=len(found), resent=unknown)
+        log.info("delivery_recovered", case=study.key, reviewer=reviewer.name, instances=len(found), count=unknown,
+                 status="queried" if held is not None else "not_queried")
+        found_ids = {o.id for o in found}
+        return [o for o in pending if o.id not in found_ids]
+
+
+def in_doubt_objects(pending: list[OutboundObject], destination: str) -> list[OutboundObject]:
+    """Those of ``pending`` whose ledger row has no outcome at all (no status, no error): an attempt that ends,
+    however it ends, writes one for every object it tried or did not reach; only a node that died mid-attempt
+    leaves them blank (with those it never reached: they are in doubt too, and a query settles them)."""
+    if not pending:
+        return []
+    blank = {outbound_id for (outbound_id,) in Delivery.select(Delivery.outbound).where(
+        (Delivery.destination == destination) & (Delivery.state == PENDING) & Delivery.last_status.is_null()
+        & Delivery.last_error.is_null() & Delivery.outbound.in_([o.id for o in pending])).tuples()}
+    return [o for o in pending if o.id in blank]
+
+
+def mark_found(found: list[OutboundObject], destination: str) -> None:
+    """Record ``found`` as sent to ``destination``: the reviewer holds them (its C-FIND said so)."""
+    with db.atomic():
+        for start in range(0, len(found), 200):
+            Delivery.update({Delivery.state: SENT, Delivery.sent_at: utcnow(), Delivery.last_error: "found at peer"}
+                            ).where((Delivery.destination == destination)
+                                    & Delivery.outbound.in_([o.id for o in found[start:start + 200]])).execute()
 
 
 def retry_case(study: Study) -> str | None:

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import pytest
 
+import gateway.referral.notes_work as notes_work
 import gateway.referral.stage as notes_stage
 from gateway.models import AuditEvent, CaseState, NotesRedaction, Study
 from gateway.referral import redaction
@@ -65,7 +66,7 @@ def _scrubber_told_only_the_redactions(monkeypatch) -> None:
         for phrase in known.redactions:
             history = re.sub(re.escape(phrase), "[REDACTED]", history, flags=re.IGNORECASE)
         return replace(notes, history=history)
-    monkeypatch.setattr(notes_stage, "scrub_referral_notes", leaky)
+    monkeypatch.setattr(notes_work, "scrub_referral_notes", leaky)
 
 
 def _actions(case: Study) -> list[tuple[str, str, str | None]]:

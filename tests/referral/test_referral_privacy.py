@@ -17,6 +17,7 @@ import pydicom
 import pytest
 from pypdf import PdfReader
 
+import gateway.referral.notes_work as notes_work
 import gateway.referral.stage as notes_stage
 from gateway.deid.guard import searchable_values
 from gateway.demo import DemoPatient
@@ -108,7 +109,7 @@ def _scrubber_told_nothing(monkeypatch) -> None:
     def unscrubbed(referral, known, date_offset_days, **options):
         notes = scrub_referral(referral, date_offset_days, known=KnownIdentifiers(), **options)
         return replace(notes, history=referral.clinical.history)
-    monkeypatch.setattr(notes_stage, "scrub_referral_notes", unscrubbed)
+    monkeypatch.setattr(notes_work, "scrub_referral_notes", unscrubbed)
 
 
 @pytest.mark.parametrize("what", ["maiden name", "mother's birth name", "street", "town",
@@ -123,10 +124,10 @@ def test_a_held_identifier_the_scrubber_missed_is_caught_in_the_sr_and_the_pdf(w
     assert MENTIONS[what] in notes.history
     identifiers = stage.identifiers_for(case, document)
     evidence = stage._evidence(list(OutboundObject.select().where(OutboundObject.study == case.id)))
-    sr = notes_stage.NotesSRBuilder(evidence, notes).build()
-    pdf = notes_stage.NotesPDFBuilder(evidence, notes).build()
-    sr_paths = {leak.path for leak in notes_stage.find_leaks(sr, identifiers)}
-    pdf_paths = {leak.path for leak in notes_stage.find_leaks(pdf, identifiers)}
+    sr = notes_work.NotesSRBuilder(evidence, notes).build()
+    pdf = notes_work.NotesPDFBuilder(evidence, notes).build()
+    sr_paths = {leak.path for leak in notes_work.find_leaks(sr, identifiers)}
+    pdf_paths = {leak.path for leak in notes_work.find_leaks(pdf, identifiers)}
     assert any(path.startswith("ContentSequence[") and path.endswith("TextValue") for path in sr_paths), sr_paths
     assert pdf_paths == {"EncapsulatedDocument/pdf-text"}
 
@@ -142,12 +143,12 @@ def test_unscrubbed_notes_quarantine_the_case_naming_the_path_not_the_value(worl
 
 def test_a_name_only_in_the_red_flag_table_of_the_pdf_is_caught(world, tmp_path, monkeypatch):
     """The red flag's trigger phrase is printed in the PDF's table only (the SR codes the flag)."""
-    scrubbed = notes_stage.scrub_referral_notes
+    scrubbed = notes_work.scrub_referral_notes
 
     def phrase_unscrubbed(referral, known, date_offset_days, **options):
         notes = scrubbed(referral, known, date_offset_days, **options)
         return replace(notes, flags=tuple(replace(f, phrase="pain at night since Thrapston") for f in notes.flags))
-    monkeypatch.setattr(notes_stage, "scrub_referral_notes", phrase_unscrubbed)
+    monkeypatch.setattr(notes_work, "scrub_referral_notes", phrase_unscrubbed)
     document = referral_document()
     document["clinical"]["red_flags"] = ["night_or_rest_pain"]
     case = _run(world, _case(world, tmp_path, document))

@@ -207,7 +207,9 @@ class DcmtkStoreSCP:
 class Orthanc:
     """An Orthanc process of our own (never the system service), HTTP and DICOM on free loopback ports."""
 
-    def __init__(self, workdir: Path, ae_title: str, modalities: dict[str, list] | None = None) -> None:
+    def __init__(self, workdir: Path, ae_title: str, modalities: dict[str, list] | None = None,
+                 extra: dict | None = None) -> None:
+        self.extra = extra or {}  # more of Orthanc's configuration (e.g. LuaScripts, DicomAlwaysAllowFind)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ae_title = ae_title
@@ -234,6 +236,7 @@ class Orthanc:
             "UnknownSopClassAccepted": True,
             "DicomAlwaysAllowStore": True,
             "DicomAlwaysAllowEcho": True,
+            **self.extra,
         }
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(config))

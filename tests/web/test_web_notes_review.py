@@ -21,7 +21,7 @@ from selenium.webdriver.common.by import By
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "referral"))
 
-import gateway.referral.stage as notes_stage  # noqa: E402
+import gateway.referral.notes_work as notes_work  # noqa: E402
 from browser import Browser  # noqa: E402
 from gateway.config import HttpConfig  # noqa: E402
 from gateway.models import AuditEvent, CaseState, NotesRedaction, Study, utcnow  # noqa: E402
@@ -68,7 +68,7 @@ def _scrubber_told_only_the_redactions(monkeypatch) -> None:
         for phrase in known.redactions:
             history = re.sub(re.escape(phrase), "[REDACTED]", history, flags=re.IGNORECASE)
         return replace(notes, history=history)
-    monkeypatch.setattr(notes_stage, "scrub_referral_notes", leaky)
+    monkeypatch.setattr(notes_work, "scrub_referral_notes", leaky)
 
 
 def _select_word(browser: Browser, word: str) -> None:
