@@ -193,8 +193,8 @@ def measure_halves() -> dict:
 
 
 def _cpu_per_referral_ms(items) -> dict:
-    """(mean, max) CPU ms of one referral as the notes stage handles it: identifier set, scrub, guard. The first
-    referral (word lists and model loading) is done before the clock starts."""
+    """(mean, max) CPU ms of one referral as the notes stage handles it: identifier set, scrub, guard. A first
+    referral of each language (word lists and model loading) is done before the clock starts."""
     from gateway.privacy.identifiers import from_referral
     from gateway.referral.compose import scrub_referral_notes
     from gateway.referral.stage import known_identifiers
@@ -205,7 +205,8 @@ def _cpu_per_referral_ms(items) -> dict:
                                      day_first=item.style != "us")
         identifiers.kinds_found(notes.history or "")
 
-    one(items[0])  # warm-up
+    for language in sorted({item.language for item in items}):  # warm-up: each language's lists load once
+        one(next(item for item in items if item.language == language))
     times = []
     for item in items:
         started = time.process_time()
@@ -268,10 +269,16 @@ def real_node_rss() -> dict:
             states = wait_until(done, 600, f"{wanted} cases delivered or stopped", interval=1.0)
             pid = node.proc.pid
             return {"cases": states, "main_mb": _vm_hwm_mb(pid),
-                    "children_mb": [_vm_hwm_mb(child) for child in child_pids(pid, b"")]}
+                    "children_mb": {_role(child): _vm_hwm_mb(child) for child in child_pids(pid, b"")}}
         finally:
             node.stop()
             reviewer.stop()
+
+
+def _role(pid: int) -> str:
+    """A child process by its command line's last word (e.g. the receiving process's module), with its pid."""
+    words = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    return f"{words[-1].decode(errors='replace')[-40:]} ({pid})"
 
 
 def _vm_hwm_mb(pid: int) -> float:
@@ -317,12 +324,12 @@ def print_halves(halves: dict, node: dict) -> None:
     else:
         print(f"real node (spine-gateway serve, {sum(node['cases'].values())} referrals of every style through it to a "
               f"storescp reviewer, cases {node['cases']}): peak RSS main process {node['main_mb']} MB, "
-              f"children {node['children_mb']} MB")
+              f"children (peak MB) {node['children_mb']}")
 
 
 def _run_json(flag: str, env: dict | None = None) -> dict:
     """One measurement in its own process (so that its peak RSS is its own): its last JSON line."""
-    command = [sys.executable, __file__, flag]
+    command = [sys.executable, "-P", __file__, flag]  # -P: bench/concurrent.py must not shadow the stdlib's
     if flag == "--halves-json":
         command = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *command]
     run = subprocess.run(command, capture_output=True, text=True, env=env)
