@@ -276,9 +276,14 @@ def real_node_rss() -> dict:
 
 
 def _role(pid: int) -> str:
-    """A child process by its command line's last word (e.g. the receiving process's module), with its pid."""
-    words = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-    return f"{words[-1].decode(errors='replace')[-40:]} ({pid})"
+    """What a child of the node is, from its command line, with its pid."""
+    command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    for marker, role in ((b"resource_tracker", "multiprocessing resource tracker"),
+                         (b"multiprocessing-fork", "de-identification worker"),
+                         (b"receiving_process", "receiving process")):
+        if marker in command:
+            return f"{role} {pid}"
+    return f"{command.decode(errors='replace')[-40:]} {pid}"
 
 
 def _vm_hwm_mb(pid: int) -> float:
