@@ -17,6 +17,21 @@ compare (``pip install presidio-analyzer==2.2.366 philter-lite==0.6.0``); an eng
 cannot run offline, is reported as such. Library engines see only the text (they have no way to be told the
 known identifiers); the node's scrubber also gets the case's known identifiers, as in production.
 
+The corpus halves (``--halves``, also printed after the engines by default): the node's scrubber and outbound
+guard on the hand-written corpus (tests/referral/corpus/, development half and held-out half side by side), as
+tests/referral/corpus_eval.py scores them: recall per category on identifiers the node holds ("known") and on
+those it was not told about ("unknown"), must-keep clinical terms kept, cases the guard quarantines and how many
+of them wrongly (every annotated identifier the node holds was removed, the hit is on something else), and CPU
+per referral on one core (the process pinned to one CPU, BLAS/OpenMP at one thread): the identifier set built
+from the referral's declared fields, ``scrub_referral_notes`` as the notes stage calls it, and the guard on the
+result. Then the node's peak RSS, measured on a real node (``spine-gateway serve`` as a subprocess, as
+bench/e2e.py starts it): one held-out referral of each style POSTed, its study sent by DCMTK's storescu, the case
+delivered to a storescp reviewer, then VmHWM of the node's main process (which runs the notes stage: scrubber,
+word lists and spaCy model loaded) and of each child process. The real node needs DCMTK and, as root, runs in
+a loopback-only namespace:
+
+    scripts/in-private-net.sh .venv/bin/python bench/notes_privacy.py --halves
+
 Time is CPU time of one referral text (a corpus case, ~0.6-1 kB) on one core, after a warm-up, and of one whole
 referral through ``scrub_referral`` (ten fields); RSS is the process's peak (ru_maxrss) with the engine loaded.
 """
@@ -25,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -151,6 +167,181 @@ def node_rss() -> dict:
             "first_referral_s": round(first_s, 2)}
 
 
+def measure_halves() -> dict:
+    """Scores and CPU per referral of both corpus halves, in a process pinned to one core."""
+    from corpus_eval import score
+    from corpus_files import HALVES, load
+    from notes_corpus import CATEGORIES
+
+    results = {}
+    for half in HALVES:
+        items = load(half)
+        cpu_ms = _cpu_per_referral_ms(items)
+        result, guard = score(items)
+        results[half] = {
+            "cases": len(items), "styles": sorted({item.style for item in items}), "cpu_ms_per_referral": cpu_ms,
+            "recall_known": {c: result.recall(c, True) for c in CATEGORIES},
+            "recall_unknown": {c: result.recall(c, False) for c in CATEGORIES},
+            "spans_known": {c: result.total[(c, True)] for c in CATEGORIES},
+            "spans_unknown": {c: result.total[(c, False)] for c in CATEGORIES},
+            "keep": result.keep_rate(), "keep_total": result.keep_total, "destroyed": len(result.destroyed),
+            "quarantined": len(guard.quarantined), "wrongly": len(guard.wrongful()),
+            "wrongly_cases": [key for key, _, _ in guard.wrongful()],
+        }
+    results["process_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return results
+
+
+def _cpu_per_referral_ms(items) -> dict:
+    """(mean, max) CPU ms of one referral as the notes stage handles it: identifier set, scrub, guard. A first
+    referral of each language (word lists and model loading) is done before the clock starts."""
+    from gateway.privacy.identifiers import from_referral
+    from gateway.referral.compose import scrub_referral_notes
+    from gateway.referral.stage import known_identifiers
+
+    def one(item) -> None:
+        identifiers = from_referral(item.referral)
+        notes = scrub_referral_notes(item.referral, known_identifiers(identifiers), 30,
+                                     day_first=item.style != "us")
+        identifiers.kinds_found(notes.history or "")
+
+    for language in sorted({item.language for item in items}):  # warm-up: each language's lists load once
+        one(next(item for item in items if item.language == language))
+    times = []
+    for item in items:
+        started = time.process_time()
+        one(item)
+        times.append(1000 * (time.process_time() - started))
+    return {"mean": round(sum(times) / len(times), 1), "max": round(max(times), 1)}
+
+
+def one_core_env() -> dict:
+    """The environment of a measuring process held to one thread of BLAS/OpenMP."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def real_node_rss() -> dict:
+    """Peak RSS of a real node (main process and children) after one held-out referral of each style went
+    through it to a storescp reviewer."""
+    import tempfile
+    import urllib.request
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from corpus_files import load
+    from support.peers import DcmtkStoreSCP, GatewayProcess, child_pids, free_port, storescu, wait_until
+
+    from gateway.demo import DemoPatient, write_demo_study
+
+    token = "bench-notes-privacy"
+    os.environ["SPINE_GATEWAY_API_TOKEN"] = token
+    firsts = {}
+    for item in load("heldout"):
+        firsts.setdefault(item.style, item)
+    with tempfile.TemporaryDirectory() as tmp:
+        reviewer = DcmtkStoreSCP(Path(tmp) / "reviewer", ae_title="REVIEW_A")
+        node = GatewayProcess(Path(tmp) / "gw", f"sqlite:///{tmp}/gateway.db",
+                              sources=[{"name": "bench", "ae_title": "BENCH_PACS"}],
+                              reviewers=[{"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1",
+                                          "port": reviewer.port}],
+                              extra={"http": {"host": "127.0.0.1", "port": free_port()},
+                                     "routing": {"stable_after_s": 0.5, "poll_s": 0.2}, "referrals": {"wait_s": 600}})
+        try:
+            reviewer.start()
+            node.start(timeout=120)
+            for index, item in enumerate(firsts.values()):
+                document = item.referral.model_dump(mode="json", exclude_none=True)
+                accession = f"BENCH{index:04d}"
+                document.update(source="bench", accession_number=accession)
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{node.config['http']['port']}/referrals", data=json.dumps(document).encode(),
+                    method="POST", headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+                urllib.request.urlopen(request, timeout=60).close()
+                files = write_demo_study(Path(tmp) / f"study-{index}", 2, seed=index, rows=16, cols=16,
+                                         patient=DemoPatient(accession=accession, patient_id=f"BP{index}"))
+                storescu("127.0.0.1", node.port, files, calling="BENCH_PACS")
+            wanted = len(firsts)
+
+            def done():
+                states = node.status()["cases_by_state"]
+                finished = sum(states.get(s, 0) for s in ("delivered", "quarantined", "failed"))
+                return states if finished >= wanted else None
+
+            states = wait_until(done, 600, f"{wanted} cases delivered or stopped", interval=1.0)
+            pid = node.proc.pid
+            return {"cases": states, "main_mb": _vm_hwm_mb(pid),
+                    "children_mb": {_role(child): _vm_hwm_mb(child) for child in child_pids(pid, b"")}}
+        finally:
+            node.stop()
+            reviewer.stop()
+
+
+def _role(pid: int) -> str:
+    """What a child of the node is, from its command line, with its pid."""
+    command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    for marker, role in ((b"resource_tracker", "multiprocessing resource tracker"),
+                         (b"multiprocessing-fork", "de-identification worker"),
+                         (b"receiving_process", "receiving process")):
+        if marker in command:
+            return f"{role} {pid}"
+    return f"{command.decode(errors='replace')[-40:]} {pid}"
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    return float("nan")
+
+
+def print_halves(halves: dict, node: dict) -> None:
+    from corpus_files import HALVES
+    from notes_corpus import CATEGORIES
+
+    if "error" in halves:
+        print(f"corpus halves not measured: {halves['error']}")
+    else:
+        print("\ncorpus halves (tests/referral/corpus/): the node's scrubber and guard, recall % (spans)")
+        print(f"{'':24s}" + "".join(f"{half:>22s}" for half in HALVES))
+        print(f"{'cases (styles)':24s}" + "".join(
+            f"{halves[h]['cases']:>6d} ({len(halves[h]['styles'])} styles)".rjust(22) for h in HALVES))
+        for known, label in ((True, "known"), (False, "unknown")):
+            for category in CATEGORIES:
+                cells = []
+                for half in HALVES:
+                    value = halves[half]["recall_known" if known else "recall_unknown"][category]
+                    spans = halves[half]["spans_known" if known else "spans_unknown"][category]
+                    cells.append(f"{_pct(value).strip():>6s} ({spans:4d})".rjust(22))
+                print(f"{'recall ' + label + ' ' + category:24s}" + "".join(cells))
+        print(f"{'clinical terms kept':24s}" + "".join(
+            f"{_pct(halves[h]['keep']).strip():>6s} ({halves[h]['keep_total']:4d})".rjust(22) for h in HALVES))
+        print(f"{'quarantined (wrongly)':24s}" + "".join(
+            f"{halves[h]['quarantined']} ({halves[h]['wrongly']})".rjust(22) for h in HALVES))
+        print(f"{'CPU ms/referral mean/max':24s}" + "".join(
+            f"{halves[h]['cpu_ms_per_referral']['mean']}/{halves[h]['cpu_ms_per_referral']['max']}".rjust(22)
+            for h in HALVES))
+        for half in HALVES:
+            if halves[half]["wrongly_cases"]:
+                print(f"wrongly quarantined ({half}): {', '.join(halves[half]['wrongly_cases'])}")
+        print(f"measuring process (one core, scrubber, word lists and model loaded): peak RSS "
+              f"{halves['process_peak_rss_mb']} MB")
+    if "error" in node:
+        print(f"real node not measured: {node['error']}")
+    else:
+        print(f"real node (spine-gateway serve, {sum(node['cases'].values())} referrals of every style through it to a "
+              f"storescp reviewer, cases {node['cases']}): peak RSS main process {node['main_mb']} MB, "
+              f"children (peak MB) {node['children_mb']}")
+
+
+def _run_json(flag: str, env: dict | None = None) -> dict:
+    """One measurement in its own process (so that its peak RSS is its own): its last JSON line."""
+    command = [sys.executable, "-P", __file__, flag]  # -P: bench/concurrent.py must not shadow the stdlib's
+    if flag == "--halves-json":
+        command = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *command]
+    run = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else {"error": (run.stderr.strip().splitlines() or ["no output"])[-1][:200]}
+
+
 def _pct(value) -> str:
     return "  n/a" if value is None else f"{100 * value:5.1f}"
 
@@ -179,7 +370,19 @@ def main() -> int:
     parser.add_argument("--engine", choices=ENGINES, action="append")
     parser.add_argument("--json", action="store_true", help="print one engine's result as JSON (internal)")
     parser.add_argument("--node-rss", action="store_true", help="print the node's peak RSS as JSON (internal)")
+    parser.add_argument("--halves", action="store_true", help="only the corpus halves and the real node's RSS")
+    parser.add_argument("--halves-json", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--real-node-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.halves_json:
+        print(json.dumps(measure_halves()))
+        return 0
+    if args.real_node_json:
+        print(json.dumps(real_node_rss()))
+        return 0
+    if args.halves:
+        print_halves(_run_json("--halves-json", one_core_env()), _run_json("--real-node-json"))
+        return 0
     if args.json:
         print(json.dumps(measure(args.engine[0])))
         return 0
@@ -200,6 +403,8 @@ def main() -> int:
         print(f"node process (every stage imported) with the engine loaded, one referral scrubbed and its PDF "
               f"rendered: peak RSS {node.get('node_peak_rss_mb')} MB; first referral (engine loading) "
               f"{node.get('first_referral_s')} s")
+    if not args.engine:
+        print_halves(_run_json("--halves-json", one_core_env()), _run_json("--real-node-json"))
     return 0
 
 
