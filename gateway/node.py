@@ -21,6 +21,7 @@ from gateway.models import SCHEMA_VERSION, CaseState, db, open_database, sync_so
 from gateway.ops.http import HttpServer, standard_health_checks
 from gateway.ops.memory import release_freed_memory
 from gateway.pipeline import FailurePolicy, Pipeline, Stage
+from gateway.privacy import vocabulary
 from gateway.referral.entities import load_engine
 from gateway.referral.http_api import register_referral_routes
 from gateway.referral.mllp import start_hl7_listener
@@ -50,6 +51,7 @@ def _warm_up() -> None:
     the freed start-up buffers back to the system. In a thread: the node listens meanwhile."""
     load_standard_tables()
     warm_up_notes()
+    vocabulary.warm_up()  # the scrubber's word lists (English, German, French), for the portal's preview too
     release_freed_memory()
 
 
@@ -90,6 +92,10 @@ class GatewayNode:
                         reason="row committed, file never placed: the node stopped in between")
         self._load_secret()
         load_engine()  # the notes scrubber's model and word lists, once, before the node listens
+        missing = vocabulary.missing_lists()
+        if missing:  # their words count as unknown: the notes lose more words, never keep more
+            log.warning("scrubber_word_lists_missing", count=len(missing), path=missing[0],
+                        reason="install the word lists (scripts/install-system-deps.sh --runtime)")
         release_freed_memory()  # the buffers the gazetteer was read through, before the warm-up grows the heap
         install_module_table()  # highdicom reads its table of module attributes a module at a time, checked first
         threading.Thread(target=_warm_up, name="notes-warm-up", daemon=True).start()

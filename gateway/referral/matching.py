@@ -65,11 +65,14 @@ class _Keys:
 
 def _keys_of(study_id: int) -> _Keys | None:
     """The study's match keys: from its arrival, else from its de-identification identity (None: neither)."""
-    for model in (StudyMatchKeys, StudyIdentity):
+    accession = patient_id = study_date = ""
+    for model in (StudyMatchKeys, StudyIdentity):  # a key left empty on arrival (not ASCII) from the identity
         row = model.get_or_none(model.study == study_id)
-        if row is not None and (row.accession_number.strip() or row.patient_id.strip()):
-            return _Keys(row.accession_number, row.patient_id, row.study_date)
-    return None
+        if row is not None:
+            accession = accession or row.accession_number.strip()
+            patient_id = patient_id or row.patient_id.strip()
+            study_date = study_date or (row.study_date or "").strip()
+    return _Keys(accession, patient_id, study_date) if accession or patient_id else None
 
 
 def _iso_date(dicom_date: str) -> str | None:

@@ -2,6 +2,7 @@
 scrubber's model, gazetteer, word lists and compiled rules, highdicom's SR tables, the PDF fonts) by doing one
 small job, so that the workers forked from it share those pages and no job's budget pays for the loading."""
 
+from gateway.privacy import vocabulary
 from gateway.privacy.identifiers import IdentifierSet
 from gateway.referral.document import Referral
 from gateway.referral.entities import load_engine
@@ -24,6 +25,7 @@ def _scrub_sample() -> None:
 
 
 load_engine()
+vocabulary.warm_up()
 load_standard_tables()
 warm_up()
 _scrub_sample()

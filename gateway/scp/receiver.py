@@ -137,8 +137,13 @@ def header_from_values(found: dict[int, bytes]) -> InstanceHeader:
     values = {"study_uid": text(STUDY_UID), "series_uid": text(SERIES_UID),
               "sop_instance_uid": text(SOP_INSTANCE_UID), "sop_class_uid": text(SOP_CLASS_UID)}
     # An accession number or patient ID outside ASCII is matched later, from the de-identification's identity.
-    keys = MatchKeys(*((text(tag) or "")[:64] for tag in (ACCESSION_NUMBER, PATIENT_ID, STUDY_DATE)))
+    # Such a key is left empty here (its bytes depend on the character set), so the identity is used.
+    keys = MatchKeys(*(_ascii_or_empty(text(tag))[:64] for tag in (ACCESSION_NUMBER, PATIENT_ID, STUDY_DATE)))
     return _checked_header(values, text(MODALITY), keys)
+
+
+def _ascii_or_empty(value: str | None) -> str:
+    return "" if not value or "\ufffd" in value else value
 
 
 def parse_header(received: ReceivedInstance) -> InstanceHeader:
