@@ -14,13 +14,14 @@ from corpus_eval import score
 from corpus_files import load
 from notes_eval import report
 
-#: (category, known) -> the lowest recall accepted, held-out half; measured 6 December 2026 minus 1.5 points.
+#: (category, known) -> the lowest recall accepted, held-out half: measured 6 December 2026 (after the tuning on
+#: the development half), less about one point.
 HELDOUT_FLOORS = {
-    ("name", True): 0.95, ("name", False): 0.90, ("place", True): 0.96, ("place", False): 0.86,
-    ("org", False): 0.75, ("date", True): 0.85, ("date", False): 0.78, ("id", True): 0.98, ("id", False): 0.73,
-    ("phone", True): 0.98, ("phone", False): 0.93,
+    ("name", True): 0.96, ("name", False): 0.94, ("place", True): 0.97, ("place", False): 0.90,
+    ("org", False): 0.84, ("date", True): 0.97, ("date", False): 0.87, ("id", True): 0.99, ("id", False): 0.80,
+    ("phone", True): 0.99, ("phone", False): 0.99,
 }
-KEEP_FLOOR = 0.91
+KEEP_FLOOR = 0.935
 WRONGFUL_QUARANTINE_CEILING = 0.01
 
 
@@ -54,4 +55,4 @@ def test_heldout_recall_holds_its_floor(half):
 
 def test_few_cases_are_quarantined_for_what_is_no_identifier(half):
     _, items, _, guard = half
-    assert len(guard.wrongful()) <= max(1, WRONGFUL_QUARANTINE_CEILING * len(items)) + 1, guard.wrongful()
+    assert len(guard.wrongful()) <= WRONGFUL_QUARANTINE_CEILING * len(items), guard.wrongful()
