@@ -15,6 +15,7 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -c "from gateway.privacy import vocabulary; vocabulary.warm_up()"  # the scrubber's word sets, built once
 	touch $(STAMP)
 
 venv: $(STAMP)

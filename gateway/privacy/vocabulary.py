@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import bisect
 import functools
+import hashlib
+import os
 import re
 import threading
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib.resources import files
 from pathlib import Path
 
@@ -53,6 +55,47 @@ LANGUAGES = tuple(WORD_LISTS)
 MEDICAL_LISTS = (Path("/usr/share/hunspell/en_med_glut.dic"), DICT_DIR / "german-medical")
 
 _LOCK = threading.RLock()
+_CACHE_FORMAT = 1
+
+
+def _cache_dir() -> Path:
+    """Where built word sets are kept between runs (``$SPINE_GATEWAY_CACHE``, else the user's cache folder)."""
+    root = os.environ.get("SPINE_GATEWAY_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "spine-gateway" / "vocabulary"
+
+
+def _cached(name: str, sources: Iterable[Path], build: Callable[[], CompactWordSet]) -> CompactWordSet:
+    """``build()``, or the same set saved by an earlier run from the same source files (their paths, sizes and
+    modification times name the cache file): a second or two per list becomes a few milliseconds. A cache that
+    cannot be read or written is simply not used."""
+    stamp = [name, str(_CACHE_FORMAT)]
+    for source in sources:
+        try:
+            info = source.stat()
+            stamp.append(f"{source}:{info.st_size}:{info.st_mtime_ns}")
+        except OSError:
+            stamp.append(f"{source}:missing")
+    path = _cache_dir() / f"{name}-{hashlib.sha256('|'.join(stamp).encode()).hexdigest()[:16]}.bin"
+    try:
+        return CompactWordSet.from_bytes(path.read_bytes())
+    except (OSError, ValueError):
+        pass
+    words = build()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_bytes(words.to_bytes())
+        temporary.replace(path)
+    except OSError:
+        pass
+    return words
+
+
+_WORDS_MODULE = Path(__file__).with_name("words.py")
+
+
+def _curated_path() -> Path:
+    return Path(str(files("gateway.privacy") / "data" / "clinical_words.txt"))
 
 
 class CompactWordSet:
@@ -67,6 +110,19 @@ class CompactWordSet:
             self._starts.append(position)
             position += len(word) + 1
         self._joined = b"\n".join(ordered)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CompactWordSet:
+        """A set saved by :meth:`to_bytes`."""
+        count = int.from_bytes(data[:8], "little")
+        words = cls(())
+        words._starts = array("I")
+        words._starts.frombytes(data[8:8 + 4 * count])
+        words._joined = data[8 + 4 * count:]
+        return words
+
+    def to_bytes(self) -> bytes:
+        return len(self._starts).to_bytes(8, "little") + self._starts.tobytes() + self._joined
 
     def __len__(self) -> int:
         return len(self._starts)
@@ -85,6 +141,11 @@ class CompactWordSet:
 
     def __iter__(self) -> Iterator[str]:
         return (word.decode("utf-8") for word in self._joined.split(b"\n")) if self._joined else iter(())
+
+
+def _fold_entry(word: str) -> str:
+    """:func:`fold` for a word list's entry; most are ASCII, whose folding is lower-casing (ten times faster)."""
+    return word.lower() if word.isascii() else fold(word)
 
 
 def _entries(path: Path) -> Iterator[str]:
@@ -108,29 +169,34 @@ def missing_lists() -> list[str]:
 @functools.cache
 def _common(language: str) -> CompactWordSet:
     """Folded ordinary words of ``language`` (for English, only those the lists write in lower case)."""
-    with _LOCK:
-        paths = [DICT_DIR / name for name in WORD_LISTS[language]]
+    paths = [DICT_DIR / name for name in WORD_LISTS[language]]
+
+    def build() -> CompactWordSet:
         if language == "en":
-            return CompactWordSet(fold(w) for p in paths for w in _entries(p) if not w[0].isupper())
-        return CompactWordSet(fold(w) for p in paths for w in _entries(p))
+            return CompactWordSet(_fold_entry(w) for p in paths for w in _entries(p) if not w[0].isupper())
+        return CompactWordSet(_fold_entry(w) for p in paths for w in _entries(p))
+
+    with _LOCK:
+        return _cached(f"common-{language}", paths, build)
 
 
 @functools.cache
 def _english_proper() -> CompactWordSet:
     """Folded English words the lists write only capitalised: names of people, places and firms."""
+    paths = [DICT_DIR / name for name in WORD_LISTS["en"]]
+    common = _common("en")
     with _LOCK:
-        paths = [DICT_DIR / name for name in WORD_LISTS["en"]]
-        common = _common("en")
-        return CompactWordSet(f for p in paths for w in _entries(p) if w[0].isupper()
-                              for f in (fold(w),) if f not in common)
+        return _cached("proper-en", paths, lambda: CompactWordSet(
+            f for p in paths for w in _entries(p) if w[0].isupper() for f in (_fold_entry(w),) if f not in common))
 
 
 @functools.cache
 def _english_capitalised() -> CompactWordSet:
     """Folded English words the lists write capitalised (first names such as Peter or Gemma are also words)."""
+    paths = [DICT_DIR / name for name in WORD_LISTS["en"]]
     with _LOCK:
-        paths = [DICT_DIR / name for name in WORD_LISTS["en"]]
-        return CompactWordSet(fold(w) for p in paths for w in _entries(p) if w[:1].isupper() and w[1:].islower())
+        return _cached("capitalised-en", paths, lambda: CompactWordSet(
+            _fold_entry(w) for p in paths for w in _entries(p) if w[:1].isupper() and w[1:].islower()))
 
 
 @functools.cache
@@ -138,22 +204,28 @@ def clinical_words() -> CompactWordSet:
     """Folded clinical words: the medical word lists, the curated list and the scrubber's older lists."""
     from gateway.privacy.words import CLINICAL_WORDS
 
+    sources = [*MEDICAL_LISTS, _curated_path(), _WORDS_MODULE, *(DICT_DIR / n for n in WORD_LISTS["en"])]
     with _LOCK:
-        curated = (files("gateway.privacy") / "data" / "clinical_words.txt").read_text(encoding="utf-8")
-        words: set[str] = set(CLINICAL_WORDS)
-        words.update(fold(w) for line in curated.splitlines() if not line.startswith("#")
-                     for w in re.split(r"[\s,]+", line) if w)
-        english, german = MEDICAL_LISTS
-        # The English medical list writes eponyms and other proper nouns capitalised (Parkinson, Baker): they
-        # are names too, and are left to the eponym patterns; German capitalises every noun.
-        medical = [fold(w) for w in _entries(english) if not w[0].isupper()]
-        medical += [fold(w) for w in _entries(german)]
-        # ... and the medical lists hold a few first names in lower case (chloe, sabine: organisms and
-        # vaccines named after people): a name of the English lists that is no English word is not clinical.
-        names = _english_capitalised()
-        common = _common("en")
-        medical = [w for w in medical if w not in names or w in common]
-        return CompactWordSet([*words, *medical])
+        return _cached("clinical", sources, lambda: _build_clinical(CLINICAL_WORDS))
+
+
+def _build_clinical(clinical_words_of_the_scrubber: Iterable[str]) -> CompactWordSet:
+    """The clinical words (see :func:`clinical_words`), built from their lists."""
+    curated = _curated_path().read_text(encoding="utf-8")
+    words: set[str] = set(clinical_words_of_the_scrubber)
+    words.update(fold(w) for line in curated.splitlines() if not line.startswith("#")
+                 for w in re.split(r"[\s,]+", line) if w)
+    english, german = MEDICAL_LISTS
+    # The English medical list writes eponyms and other proper nouns capitalised (Parkinson, Baker): they
+    # are names too, and are left to the eponym patterns; German capitalises every noun.
+    medical = [_fold_entry(w) for w in _entries(english) if not w[0].isupper()]
+    medical += [_fold_entry(w) for w in _entries(german)]
+    # ... and the medical lists hold a few first names in lower case (chloe, sabine: organisms and
+    # vaccines named after people): a name of the English lists that is no English word is not clinical.
+    names = _english_capitalised()
+    common = _common("en")
+    medical = [w for w in medical if w not in names or w in common]
+    return CompactWordSet([*words, *medical])
 
 
 @functools.cache
@@ -161,18 +233,22 @@ def _curated_clinical() -> CompactWordSet:
     """Folded clinical words of the curated lists and the German medical list: no names among them."""
     from gateway.privacy.words import CLINICAL_WORDS
 
-    with _LOCK:
-        curated = (files("gateway.privacy") / "data" / "clinical_words.txt").read_text(encoding="utf-8")
+    def build() -> CompactWordSet:
+        curated = _curated_path().read_text(encoding="utf-8")
         words = {fold(w) for line in curated.splitlines() if not line.startswith("#") for w in re.split(r"[\s,]+", line)
                  if w}
-        return CompactWordSet([*words, *CLINICAL_WORDS, *(fold(w) for w in _entries(MEDICAL_LISTS[1]))])
+        return CompactWordSet([*words, *CLINICAL_WORDS, *(_fold_entry(w) for w in _entries(MEDICAL_LISTS[1]))])
+
+    with _LOCK:
+        return _cached("curated", [_curated_path(), _WORDS_MODULE, MEDICAL_LISTS[1]], build)
 
 
 @functools.cache
 def _eponyms() -> CompactWordSet:
     """Folded eponyms: the English medical list's capitalised entries (Parkinson, Graves, Still, Baker)."""
     with _LOCK:
-        return CompactWordSet(fold(w) for w in _entries(MEDICAL_LISTS[0]) if w[:1].isupper())
+        return _cached("eponyms", [MEDICAL_LISTS[0]], lambda: CompactWordSet(
+            _fold_entry(w) for w in _entries(MEDICAL_LISTS[0]) if w[:1].isupper()))
 
 
 def is_eponym(word: str) -> bool:
