@@ -23,7 +23,7 @@ Every loop is bounded in count and in time; attackers use loopback addresses onl
 hosts). Run as root in the loopback-only namespace:
 
     scripts/in-private-net.sh .venv/bin/python bench/hostile.py [--quick] [--attacks idle,fuzz]
-        [--targets storescp,orthanc,gateway] [--large-mb 400]
+        [--targets orthanc,storescp,gateway] [--large-mb 400]
 
 The full run takes about 20 minutes on two cores (``--quick``: about 8) and writes 2 GB of large instances to a
 temp dir under /var/tmp, removed at the end.
@@ -670,7 +670,8 @@ def attack_login_flood(target: Target, scale: Scale, studies: Studies) -> str:
         for _ in range(10_000):
             if time.monotonic() >= stop_at:
                 return
-            tally.add(str(_sign_in(target, f"user{rng.randrange(10**9)}", "wrong password!", f"127.0.1.{index % 5 + 1}")))
+            name, address = f"user{rng.randrange(10**9)}", f"127.0.1.{index % 5 + 1}"
+            tally.add(str(_sign_in(target, name, "wrong password!", address)))
 
     with ThreadPoolExecutor(scale.login_threads) as pool:
         list(pool.map(flood, range(scale.login_threads)))
@@ -692,17 +693,18 @@ def attack_malformed(target: Target, scale: Scale, studies: Studies) -> str:
     deep = b"[" * 100_000 + b"]" * 100_000
     number = b'{"source": "st-marys", "accession_number": ' + b"9" * 5000 + b"}"
     deadline = time.monotonic() + scale.window_s
+    url = target.http_url
     with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.50"), timeout=30) as http:
-        form = http.get(target.http_url + "/login")
-        csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
-        tally.add(f"sign_in_{http.post(target.http_url + '/login', data={'name': 'desk', 'password': PASSWORD, 'csrf_token': csrf}).status_code}")
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', http.get(url + "/login").text).group(1)
+        signed_in = http.post(url + "/login", data={"name": "desk", "password": PASSWORD, "csrf_token": csrf})
+        tally.add(f"sign_in_{signed_in.status_code}")
+        requests = (("deep", lambda: http.post(url + "/referrals", content=deep, headers=headers)),
+                    ("digits", lambda: http.post(url + "/referrals", content=number, headers=headers)),
+                    ("id23", lambda: http.get(url + "/referrer/referrals/" + "9" * 23)))
         for _ in range(10_000):
             if time.monotonic() >= deadline:
                 break
-            for kind, send in (("deep", lambda: http.post(target.http_url + "/referrals", content=deep, headers=headers)),
-                               ("digits", lambda: http.post(target.http_url + "/referrals", content=number,
-                                                            headers=headers)),
-                               ("id23", lambda: http.get(target.http_url + "/referrer/referrals/" + "9" * 23))):
+            for kind, send in requests:
                 try:
                     tally.add(f"{kind}_{send().status_code}")
                 except httpx.HTTPError:
@@ -769,11 +771,11 @@ def _echo_cell(echoes: list[tuple[float, bool]]) -> str:
 
 HEADER = (f"{'target':8s} {'attack':15s} {'C-ECHO during':>19s} | {'C-ECHO 1 s after':>19s} | "
           f"{'legit store':>15s} | {'peak RSS, vs warm':>15s} | {'lost':>4s} | misses")
-UNITS = (f"{'':8s} {'':15s} {'median/max  fail/n':>19s} | {'median/max  fail/n':>19s} | {'time  vs quiet':>15s} | "
-         f"{'':>15s} | {'':>4s} |")
+UNITS = (f"{'':8s} {'':15s} {'median/max  fail/n':>19s} | {'median/max  fail/n':>19s} | "
+         f"{'time  vs quiet':>15s} | {'':>15s} | {'':>4s} |")
 TARGETS = (f"targets: C-ECHO within {ECHO_TARGET_S * 1000:.0f} ms during and after (none failed); store within "
-           f"{STORE_RATIO_TARGET:.0f}x quiet; RSS total under {RSS_LIMIT_MB} MB and at most {RSS_GROWTH_MB} MB over warm; "
-           f"lost 0")
+           f"{STORE_RATIO_TARGET:.0f}x quiet; RSS total under {RSS_LIMIT_MB} MB and at most {RSS_GROWTH_MB} MB "
+           f"over warm; lost 0")
 
 
 def legit_store(target: Target, files: list[Path]) -> float | None:
@@ -841,6 +843,8 @@ def start_with_retries(target: Target, attempts: int = 3) -> None:
             return
         except PeerStartError as error:
             print(f"{target.name}: start {attempt} of {attempts} failed: {error}", flush=True)
+            for log in [*target.workdir.glob("*.log"), *target.workdir.glob("*.stderr")]:
+                print("    " + "\n    ".join(log.read_text(errors="replace").splitlines()[-5:]), flush=True)
             target.stop()
             if attempt == attempts:
                 raise
@@ -871,7 +875,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short windows and fewer inputs (about 8 minutes)")
     parser.add_argument("--attacks", default=",".join(ALL_ATTACKS), help=f"comma-separated, of {','.join(ALL_ATTACKS)}")
-    parser.add_argument("--targets", default="storescp,orthanc,gateway")
+    parser.add_argument("--targets", default="orthanc,storescp,gateway")
     parser.add_argument("--large-mb", type=int, default=400, help="size of the large instances")
     args = parser.parse_args()
     attacks = [a for a in args.attacks.split(",") if a]
