@@ -26,10 +26,17 @@ from gateway.scp.slots import AssociationSlots
 from gateway.scp.spool import Spool
 
 
+LINGERING_ASSOCIATIONS = 256  # association threads past their end (aborted, waiting for the peer to close)
+
+
 def build_ae(node: NodeConfig, known_ae_titles: list[str]) -> AE:
     """An AE accepting C-ECHO and every storage SOP class pynetdicom knows, in the syntaxes we prefer."""
     ae = AE(ae_title=node.ae_title)
-    ae.maximum_associations = node.max_associations  # where processes share the port: see gateway.scp.slots
+    # The limit is ours (gateway.scp.slots: the node's slots and each peer's share, freed when an association
+    # ends). pynetdicom's own counts its association threads still alive, which includes those of associations
+    # already aborted (a peer's garbage PDU) whose DUL waits out the ARTIM timer for the peer to close: after a
+    # burst of fuzzed PDUs it refused every sender for as long. Its limit stays only as a backstop on threads.
+    ae.maximum_associations = node.max_associations + LINGERING_ASSOCIATIONS
     ae.maximum_pdu_size = node.max_pdu_bytes
     ae.acse_timeout = node.acse_timeout_s
     ae.dimse_timeout = node.dimse_timeout_s

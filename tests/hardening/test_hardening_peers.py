@@ -148,7 +148,7 @@ def test_refused_stores_are_kept_within_the_peers_quarantine_budget(tmp_path, da
         legitimate_traffic_succeeds(node, small_study)
     finally:
         node.stop()
-    (kept,) = query(database_url, "SELECT count(*) FROM quarantinedobject")[0]
+    (kept,) = query(database_url, "SELECT count(*) FROM quarantined_object")[0]
     assert kept == 3, f"{kept} refused objects kept for one peer (budget: 3)"
     files = [p for p in (node.spool_dir / "quarantine").rglob("*") if p.is_file()]
     assert len(files) == 3
