@@ -196,7 +196,8 @@ def test_a_receiving_process_sent_sigterm_stops_cleanly_and_is_started_again(tmp
 def test_max_associations_counts_every_process(tmp_path):
     """node.max_associations is the node's, not each process's: with three processes and a limit of 3 the fourth
     association is rejected (transient, local limit), and a released place is taken again."""
-    node = receiving_node(tmp_path / "gw", f"sqlite:///{tmp_path}/gateway.db", processes=2, max_associations=3)
+    node = receiving_node(tmp_path / "gw", f"sqlite:///{tmp_path}/gateway.db", processes=2, max_associations=3,
+                          max_associations_per_peer=3)
     held = [associate(node.port, calling="STMARYS_PACS") for _ in range(3)]
     try:
         assert all(a.is_established for a in held)
