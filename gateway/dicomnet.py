@@ -689,7 +689,7 @@ class BoundedDataSet(io.BytesIO):
         path = self._spill_dir / f"{os.urandom(8).hex()}.part"
         self._fd, self.path = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), path
         self._hash = hashlib.sha256()
-        _write_fd(fd, memoryview(self.meta))
+        _write_fd(self._fd, memoryview(self.meta))
         with self.getbuffer() as held:
             self._append(held)
         self.seek(0)

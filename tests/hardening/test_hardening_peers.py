@@ -214,7 +214,7 @@ def test_large_instances_stream_to_the_spool_and_oversized_ones_are_refused(tmp_
     it arrives) and are stored intact; one over node.max_instance_bytes is refused with 0xA700 on the same
     association, which then goes on serving."""
     node = GatewayProcess(tmp_path / "gw", database_url,
-                          node={"receiving_processes": 0, "max_instance_bytes": 450 * 1024 * 1024}).start()
+                          node={"receiving_processes": 0, "max_instance_bytes": 450 * 1024 * 1024}).start(timeout=120)
     big = []
     for n in range(4):
         path = tmp_path / f"large-{n}.dcm"
@@ -264,3 +264,41 @@ def test_large_instances_stream_to_the_spool_and_oversized_ones_are_refused(tmp_
     finally:
         node.stop()
     assert [e for e in events(node, "instance_refused") if e["reason"] == "instance_too_large"]
+
+
+def _fuzz(port: int, count: int, seed: int) -> None:
+    """``count`` fuzzed PDUs, every other one after a valid A-ASSOCIATE-RQ, each on its own connection."""
+    import random
+
+    noise = random.Random(seed)
+    for n in range(count):
+        try:
+            peer = RawPeer(port, timeout=5)
+        except OSError:
+            continue
+        try:
+            if n % 2 and not peer.associate():
+                continue
+            body = bytes(noise.randrange(256) for _ in range(noise.randrange(0, 64)))
+            peer.send(struct.pack(">BBI", noise.randrange(1, 9), 0, noise.choice([len(body), 1 << 20])) + body)
+        finally:
+            peer.close()
+
+
+def test_fuzzed_pdus_leave_c_echo_answered_within_a_second(tmp_path, database_url, small_study):
+    """800 fuzzed PDUs, half after a valid association: C-ECHO answered within 1 s during and after (every sender
+    used to be refused for about 18 s afterwards, by pynetdicom counting the aborted associations' threads)."""
+    node = GatewayProcess(tmp_path / "gw", database_url).start()
+    try:
+        fuzzers = [threading.Thread(target=_fuzz, args=(node.port, 400, seed)) for seed in (1, 2)]
+        for fuzzer in fuzzers:
+            fuzzer.start()
+        during = echoscu(node.port, seconds=1)
+        for fuzzer in fuzzers:
+            fuzzer.join(ATTACK_DEADLINE_S * 3)
+        assert during.returncode == 0, f"C-ECHO not answered within 1 s during the fuzz: {during.stderr}"
+        after = echoscu(node.port, seconds=1)
+        assert after.returncode == 0, f"C-ECHO not answered within 1 s after the fuzz: {after.stderr}"
+        legitimate_traffic_succeeds(node, small_study)
+    finally:
+        node.stop()
