@@ -572,6 +572,11 @@ def _read_pdu(dul: Any) -> None:
             pdu, event = _ReceivedPData(memoryview(body)), "Evt10"
         else:
             pdu, event = dul._decode_pdu(bytearray(header) + body)
+            if event == "Evt16":
+                # An A-ABORT's source and reason are checked only when the state machine's AA-3 turns it into a
+                # primitive, where an invalid one raises and kills the DUL thread without an abort event (its
+                # association then ends unannounced): checked here, it is an undecodable PDU (Evt19) instead.
+                pdu.to_primitive()
         dul.event_queue.put(event)
     except Exception as exc:  # noqa: BLE001 - as pynetdicom: any undecodable PDU is Evt19
         log.warning("pdu_read_failed", reason="undecodable PDU", error=type(exc).__name__)
@@ -994,7 +999,9 @@ def missing_hook_points() -> list[str]:
          and list(inspect.signature(DULServiceProvider._decode_pdu).parameters) == ["self", "bytestream"]
          and all(calls(action, "_recv_pdu", "to_primitive") for action in (pynetdicom.fsm.DT_2, pynetdicom.fsm.AR_6))
          and pynetdicom.fsm.TRANSITION_TABLE[("Evt10", "Sta6")] == "DT-2"
-         and pynetdicom.dul._PDU_TYPES[b"\x04"] == (P_DATA_TF, "Evt10"), "DULServiceProvider._read_pdu_data")
+         and pynetdicom.dul._PDU_TYPES[b"\x04"] == (P_DATA_TF, "Evt10")
+         and pynetdicom.dul._PDU_TYPES[b"\x07"] == (pynetdicom.pdu.A_ABORT_RQ, "Evt16")
+         and calls(pynetdicom.fsm.AA_3, "_recv_pdu", "to_primitive"), "DULServiceProvider._read_pdu_data")
     need(lambda: callable(AssociationSocket.recv) and callable(DULServiceProvider._send), "DULServiceProvider._send")
     need(lambda: isinstance(C_STORE.is_valid_request, property), "C_STORE.is_valid_request")
     need(lambda: list(inspect.signature(Association._check_received_status).parameters) == ["self", "rsp"],

@@ -71,6 +71,18 @@ def _received_bytes(dataset: BytesIO) -> memoryview | bytes:
         return dataset.getvalue()
 
 
+def _then(run: Any, ended: Any) -> Any:
+    """``run`` (a thread's ``run``), then ``ended`` whether it returned or raised: an association's thread is its
+    life (``threading.Thread.run``), whichever of pynetdicom's paths ends it."""
+    def run_then_end() -> None:
+        try:
+            run()
+        finally:
+            ended()
+
+    return run_then_end
+
+
 def _status(code: int, comment: str = "") -> Dataset:
     rsp = Dataset()
     rsp.Status = code
@@ -116,6 +128,7 @@ class ScpHandlers:
         return [
             NODELAY_HANDLER,
             *bounded,
+            (evt.EVT_CONN_OPEN, self.on_connection_opened),
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_RELEASED, self.on_closed),
             (evt.EVT_ABORTED, self.on_closed),
@@ -172,16 +185,33 @@ class ScpHandlers:
         self._audit("association_refused", calling[:16], peer, None, "refused",
                     reason if count == 1 else f"{reason} ({count} times)")
 
+    def on_connection_opened(self, event: evt.Event) -> None:
+        """Have the association's thread call ``on_association_ended`` when it ends, however it ends."""
+        assoc = event.assoc
+        if isinstance(assoc, threading.Thread):
+            assoc.run = _then(assoc.run, lambda: self.on_association_ended(assoc))  # type: ignore[method-assign]
+
     def on_closed(self, event: evt.Event) -> None:
-        stats = self._associations.pop(event.assoc, None)
+        self._closed(event.assoc)
+
+    def on_association_ended(self, assoc: Association) -> None:
+        """The association's thread has ended: if no release or abort event came (pynetdicom ends an association
+        without one when its DUL thread dies of an exception, as on an A-ABORT PDU whose source is invalid), it is
+        closed here, and its place under the slots and its peers' shares given back."""
+        self._closed(assoc)
+
+    def _closed(self, assoc: Association) -> None:
+        """Give back the association's place, log and audit its end: once, whichever of ``on_closed`` and
+        ``on_association_ended`` comes first (the stats are popped atomically)."""
+        stats = self._associations.pop(assoc, None)
         if stats is None:
             return
         self._give_back_slot(stats)
-        metrics.record_association("aborted" if event.assoc.is_aborted else "released")
+        aborted = assoc.is_aborted or not assoc.is_released
+        metrics.record_association("aborted" if aborted else "released")
         for study_key, count in stats.studies.items():
             self._audit("received", stats.caller.ae_title, stats.peer, study_key, "success", f"{count} instance(s)")
-        log.info("association_closed", **_named(stats.caller),
-                 state="aborted" if event.assoc.is_aborted else "released",
+        log.info("association_closed", **_named(stats.caller), state="aborted" if aborted else "released",
                  instances=stats.instances, bytes=stats.bytes, count=stats.failures,
                  duration_ms=elapsed_ms(stats.started))
 
