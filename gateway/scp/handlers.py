@@ -38,7 +38,7 @@ from gateway.scp.gate import Throttle
 from gateway.scp.quarantine import QuarantineBudget
 from gateway.scp.policy import AssociationPolicy, AssociationRefused, Caller
 from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance, elapsed_ms
-from gateway.scp.slots import AssociationSlots
+from gateway.scp.slots import NODE_FULL, AssociationSlots
 
 log = structlog.get_logger("scp")
 
@@ -147,10 +147,14 @@ class ScpHandlers:
             caller = self.policy.admit(calling, called, peer)
             peer_keys = self._take_slot(caller, peer)
         except AssociationRefused as refusal:
+            # logged before the answer (a peer that has its A-ASSOCIATE-RJ finds the line written), audited after
+            count = self._log_rejection(refusal.reason, calling.strip(), called.strip(), peer)
             event.assoc.acse.send_reject(refusal.result, refusal.source, refusal.diagnostic)
             event.assoc.kill()
             metrics.record_association("rejected")
-            self._rejected(refusal.reason, calling.strip(), called.strip(), peer)
+            if count is not None:
+                self._audit("association_refused", calling.strip()[:16], peer, None, "refused",
+                            refusal.reason if count == 1 else f"{refusal.reason} ({count} times)")
             return
         self._associations[event.assoc] = AssociationStats(caller, peer, holds_slot=self.slots is not None,
                                                            peer_keys=peer_keys)
@@ -167,23 +171,22 @@ class ScpHandlers:
         if self.slots is None:
             return ()
         shares = {f"ae:{caller.ae_title}": self.ae_share, f"host:{peer}": self.host_share}
-        full = self.slots.take(shares)
-        if full == "node":
+        full = self.slots.take_within(shares)
+        if full == NODE_FULL:
             raise AssociationRefused.local_limit()
         if full is not None:
             raise AssociationRefused.over_share("ae_share_exceeded" if full.startswith("ae:") else "host_share_exceeded")
         return tuple(shares)
 
-    def _rejected(self, reason: str, calling: str, called: str, peer: str) -> None:
-        """Log and audit a rejected association once per (reason, calling AE, host) every few seconds, with the
-        count of rejections it stands for: a peer reconnecting in a loop must not flood the log or the audit."""
+    def _log_rejection(self, reason: str, calling: str, called: str, peer: str) -> int | None:
+        """Log a rejected association once per (reason, calling AE, host) every few seconds, with the count of
+        rejections it stands for (returned, for the audit row; None when held back): a peer reconnecting in a
+        loop must not flood the log or the audit."""
         count = self._rejections.due((reason, calling[:16], peer))
-        if count is None:
-            return
-        log.warning("association_rejected", reason=reason, calling_ae=calling, called_ae=called, peer=peer,
-                    count=count)
-        self._audit("association_refused", calling[:16], peer, None, "refused",
-                    reason if count == 1 else f"{reason} ({count} times)")
+        if count is not None:
+            log.warning("association_rejected", reason=reason, calling_ae=calling, called_ae=called, peer=peer,
+                        count=count)
+        return count
 
     def on_connection_opened(self, event: evt.Event) -> None:
         """Have the association's thread call ``on_association_ended`` when it ends, however it ends."""

@@ -28,6 +28,7 @@ import threading
 _SLOT = struct.Struct("<i")
 _PEER = struct.Struct("<Qi4x")  # a peer key's hash (0: free entry) and this process's associations of it
 KEYS_PER_ASSOCIATION = 2  # the calling AE title and the calling host
+NODE_FULL = "node"  # take_within's answer when node.max_associations are all taken
 NOT_ACCEPTING = -1  # a receiving process not started yet, or gone: neither counted nor waited for
 
 
@@ -70,15 +71,18 @@ class AssociationSlots:
         with self._locked():
             self._write(self.number, max(0, self._counts()[self.number]))
 
-    def take(self, peers: dict[str, int] | None = None) -> str | None:
+    def take(self) -> bool:
+        """One more association in this process, if the node has room for it; True when taken."""
+        return self.take_within({}) is None
+
+    def take_within(self, peers: dict[str, int]) -> str | None:
         """One more association in this process, if the node has room for it and each of ``peers`` (key ->
         its share) holds fewer associations than its share. Returns None when taken, else what is full:
-        ``"node"`` or the key of the first peer at its share."""
-        peers = peers or {}
+        ``NODE_FULL`` or the key of the first peer at its share."""
         with self._locked():
             counts = self._counts()
             if sum(max(0, count) for count in counts) >= self.limit:
-                return "node"
+                return NODE_FULL
             for key, share in peers.items():
                 if self._peer_total(_key_hash(key)) >= share:
                     return key
@@ -88,7 +92,7 @@ class AssociationSlots:
             return None
 
     def give_back(self, peers: tuple[str, ...] | list[str] = ()) -> None:
-        """One association of this process (and of each of ``peers``, as given to ``take``) has ended."""
+        """One association of this process (and of each of ``peers``, as given to ``take_within``) has ended."""
         with self._locked():
             self._write(self.number, max(0, self._counts()[self.number] - 1))
             for key in peers:

@@ -309,6 +309,22 @@ class TestAssociationSlots:
         assert node.least_busy()
         assert node.total() == 3
 
+    def test_a_peer_holds_at_most_its_share_in_every_process_together(self):
+        node = AssociationSlots.create(processes=2, limit=10)
+        other = AssociationSlots.inherited(os.dup(node.fileno()), 2, 1, 10)
+        shares = {"ae:PACS": 2, "host:10.0.0.1": 3}
+        assert node.take_within(shares) is None and other.take_within(shares) is None
+        assert node.take_within(shares) == "ae:PACS" and other.take_within(shares) == "ae:PACS"
+        assert other.take_within({"ae:OTHER": 2, "host:10.0.0.1": 3}) is None
+        assert node.take_within({"ae:THIRD": 2, "host:10.0.0.1": 3}) == "host:10.0.0.1"
+        assert node.peer_total("ae:PACS") == 2 and node.peer_total("host:10.0.0.1") == 3 and node.total() == 3
+        node.give_back(tuple(shares))
+        assert other.take_within(shares) is None, "a share given back in one process is free in the other"
+        other.empty(1)  # its process died with its three associations: their shares with them
+        assert node.peer_total("ae:PACS") == 0 and node.peer_total("host:10.0.0.1") == 0 and node.total() == 0
+        assert node.take_within({"ae:x": 1}) is None and node.take_within({"ae:y": 1}) is None
+        assert AssociationSlots.create(1, 2).take_within({}) is None
+
     def test_threads_and_openers_racing_never_pass_the_limit(self):
         node = AssociationSlots.create(2, 50)
         openers = [node, AssociationSlots.inherited(os.dup(node.fileno()), 2, 1, 50)]
