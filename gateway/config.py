@@ -78,9 +78,26 @@ class NodeConfig(_Section):
     network_timeout_s: SECONDS = Field(60.0, gt=0)
     negotiation_timeout_s: SECONDS = Field(5.0, gt=0)
     max_pending_per_host: int = Field(16, ge=1, le=1000)
+    max_associations_per_peer: int | None = Field(None, ge=1, le=1000)
+    max_associations_per_host: int | None = Field(None, ge=1, le=1000)
+    max_instance_bytes: BYTES = Field(2 * 1024**3, ge=1024)
     store_commit_timeout_s: SECONDS = Field(5.0, gt=0)
     receiving_processes: int | None = Field(None, ge=0, le=16)  # le: receiving_process.MAX_RECEIVING_PROCESSES
     tls: TLSConfig = TLSConfig()
+
+    @property
+    def ae_share(self) -> int:
+        """Associations one calling AE title may hold at once: ``max_associations_per_peer``, else a quarter of
+        ``max_associations`` and at least 2, so that one peer never takes every slot."""
+        share = self.max_associations_per_peer or max(2, self.max_associations // 4)
+        return min(share, self.max_associations)
+
+    @property
+    def host_share(self) -> int:
+        """Associations one calling host may hold at once: ``max_associations_per_host``, else half of
+        ``max_associations`` and at least the AE title's share (a PACS may call with several AE titles)."""
+        share = self.max_associations_per_host or max(self.ae_share, self.max_associations // 2)
+        return min(share, self.max_associations)
 
 
 class StorageConfig(_Section):
@@ -140,7 +157,8 @@ _HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
 class ReviewerConfig(_Section):
     """A reviewer in the second-opinion pool: its workstation's DICOM address, what it reads and when.
 
-    ``modalities`` empty means every modality. ``hours`` is ``HH:MM-HH:MM`` in ``timezone`` (an IANA name);
+    ``calling_hosts``: the addresses its associations (reports) may come from, as a source's ``host``; empty
+    (the default) admits its AE title from any host. ``modalities`` empty means every modality. ``hours`` is ``HH:MM-HH:MM`` in ``timezone`` (an IANA name);
     ``00:00-24:00`` is always on, and a range whose end is before its start runs over midnight.
     """
 
@@ -148,6 +166,7 @@ class ReviewerConfig(_Section):
     ae_title: AETitle
     host: str
     port: int = Field(ge=1, le=65535)
+    calling_hosts: list[str] = Field(default_factory=list)
     modalities: list[str] = Field(default_factory=list)
     subspecialties: list[str] = Field(default_factory=list)
     max_open_cases: int = Field(10, ge=1)
@@ -292,6 +311,14 @@ class RoutingConfig(_Section):
     echo_interval_s: SECONDS = Field(60.0, gt=0)
 
 
+class QuarantineConfig(_Section):
+    """What is kept of refused C-STOREs, per calling AE title: past either budget, a refusal is answered and
+    its bytes dropped, so that a peer sending garbage cannot fill the spool or the table."""
+
+    max_bytes_per_peer: BYTES = Field(1024**3, ge=0)
+    max_objects_per_peer: int = Field(1000, ge=0)
+
+
 class RetentionConfig(_Section):
     """How long originals stay in the spool once the report is home."""
 
@@ -310,6 +337,7 @@ class GatewayConfig(_Section):
     hl7: Hl7Config = Hl7Config()
     routing: RoutingConfig = RoutingConfig()
     retention: RetentionConfig = RetentionConfig()
+    quarantine: QuarantineConfig = QuarantineConfig()
     sources: list[SourceConfig] = Field(default_factory=list)
     reviewers: list[ReviewerConfig] = Field(default_factory=list)
 

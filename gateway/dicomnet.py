@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
+import io
+import os
 import queue
 import select
 import socket
@@ -14,7 +17,9 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pynetdicom
@@ -42,11 +47,13 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import evt
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
 from gateway.dicom.command import encode_command_set, store_request_values, store_response_command
+from gateway.dicom.filemeta import part10_header
 
 log = structlog.get_logger("dicomnet")
 
@@ -565,6 +572,11 @@ def _read_pdu(dul: Any) -> None:
             pdu, event = _ReceivedPData(memoryview(body)), "Evt10"
         else:
             pdu, event = dul._decode_pdu(bytearray(header) + body)
+            if event == "Evt16":
+                # An A-ABORT's source and reason are checked only when the state machine's AA-3 turns it into a
+                # primitive, where an invalid one raises and kills the DUL thread without an abort event (its
+                # association then ends unannounced): checked here, it is an undecodable PDU (Evt19) instead.
+                pdu.to_primitive()
         dul.event_queue.put(event)
     except Exception as exc:  # noqa: BLE001 - as pynetdicom: any undecodable PDU is Evt19
         log.warning("pdu_read_failed", reason="undecodable PDU", error=type(exc).__name__)
@@ -591,6 +603,155 @@ def recv_exactly(sock: socket.socket, nr_bytes: int) -> bytearray:
             break
         received += count
     return buffer
+
+
+# --- Acceptor side: a received data set bounded in size, and written to the spool once it is large ---
+
+# A data set is held in memory up to this size (every image of an ordinary study, one copy in the kernel's
+# buffer size order); beyond it, it goes on to a file in the spool as it arrives, so that four 400 MB instances
+# received at once cost the process four times this, not 1.6 GB.
+SPILL_AFTER_BYTES = 16 * 1024 * 1024
+
+
+class BoundedDataSet(io.BytesIO):
+    """A C-STORE request's data set as pynetdicom's ``decode_msg`` writes it, fragment by fragment.
+
+    - Up to ``SPILL_AFTER_BYTES`` it is an ordinary ``BytesIO`` (the hot path reads its buffer, as before).
+    - Past that, its bytes so far and every later fragment go to a new file in ``spill_dir`` (the spool's own
+      ``tmp/``), preceded by the Part 10 header from ``meta`` (called once, when it spills), and are hashed on
+      the way (SHA-256 of the data set alone, as the spool names files): the receiver then renames that file
+      into the spool instead of writing the bytes again (``path``, ``meta``, ``size``, ``digest``).
+    - Past ``limit`` bytes it keeps nothing more (``too_large``): what it held is dropped, the rest of the
+      message is read and counted only, and the handler refuses it.
+    - A write failure (a full disk) is kept in ``failed`` and ends the keeping the same way.
+    """
+
+    def __init__(self, limit: int, spill_dir: Path, meta: Callable[[], bytes]) -> None:
+        super().__init__()
+        self.limit = limit
+        self.size = 0  # data set bytes received so far
+        self.too_large = False
+        self.failed: OSError | None = None
+        self.meta = b""
+        self.path: Path | None = None
+        self._spill_dir = spill_dir
+        self._make_meta = meta
+        self._fd = -1
+        self._hash: Any = None
+
+    @property
+    def spilled(self) -> bool:
+        return self.path is not None
+
+    def write(self, data: Any) -> int:
+        count = len(data)
+        self.size += count
+        if self.too_large or self.failed is not None:
+            return count
+        if self.size > self.limit:
+            self.too_large = True
+            self._drop()
+            return count
+        if self.path is None and self.size <= SPILL_AFTER_BYTES:
+            return super().write(data)
+        try:
+            if self.path is None:
+                self._spill()
+            self._append(data)
+        except OSError as exc:
+            self.failed = exc
+            self._drop()
+        return count
+
+    def digest(self) -> str:
+        return self._hash.hexdigest()
+
+    def finish(self) -> Path:
+        """Make the spilled file durable (fsync) and close it; returns its path.
+
+        Raises:
+            OSError: the write or the fsync failed.
+        """
+        if self.failed is not None:
+            raise self.failed
+        fd, self._fd = self._fd, -1
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return self.path  # type: ignore[return-value]
+
+    def discard(self) -> None:
+        """Remove the spilled file (best effort): refused, failed, or the association ended mid-message."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+    def _spill(self) -> None:
+        self.meta = self._make_meta()
+        path = self._spill_dir / f"{os.urandom(8).hex()}.part"
+        self._fd, self.path = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), path
+        self._hash = hashlib.sha256()
+        _write_fd(self._fd, memoryview(self.meta))
+        with self.getbuffer() as held:
+            self._append(held)
+        self.seek(0)
+        self.truncate(0)  # frees the buffer
+
+    def _append(self, data: Any) -> None:
+        self._hash.update(data)
+        _write_fd(self._fd, memoryview(data).cast("B"))
+
+    def _drop(self) -> None:
+        self.discard()
+        self.seek(0)
+        self.truncate(0)
+
+
+def _write_fd(fd: int, view: memoryview) -> None:
+    while len(view):
+        view = view[os.write(fd, view):]
+
+
+def bound_received_data_sets(event: evt.Event, limit: int, spill_dir: Path) -> None:
+    """EVT_CONN_OPEN handler of an SCP: each data set this association receives is a ``BoundedDataSet`` (at most
+    ``limit`` bytes kept; spilled to ``spill_dir`` past ``SPILL_AFTER_BYTES``). Only with the hooks installed
+    (``install_fast_paths``): stock pynetdicom keeps each data set whole in memory, and the C-STORE handler
+    refuses one over ``limit`` only once it has arrived."""
+    if not fast_paths_installed() or event.assoc.is_requestor:
+        return
+    assoc = event.assoc
+    dimse = assoc.dimse
+    stock_receive = dimse.receive_primitive
+
+    def receive_primitive(primitive: Any) -> None:
+        if dimse.message is None:
+            message = DIMSEMessage()
+            message.data_set = BoundedDataSet(limit, spill_dir, lambda: _message_meta(message, assoc))
+            dimse.message = message
+        stock_receive(primitive)
+
+    dimse.receive_primitive = receive_primitive
+    assoc.bind(evt.EVT_CONN_CLOSE, _discard_unfinished_data_set)
+
+
+def _message_meta(message: Any, assoc: Any) -> bytes:
+    """The Part 10 header of the C-STORE request being received (its command set is decoded before its data
+    set arrives)."""
+    command = message.command_set
+    context = assoc._accepted_cx[message.context_id]
+    return part10_header(str(command.AffectedSOPClassUID or ""), str(command.AffectedSOPInstanceUID or ""),
+                         str(context.transfer_syntax[0]))
+
+
+def _discard_unfinished_data_set(event: evt.Event) -> None:
+    """EVT_CONN_CLOSE: a message cut off by the end of its association leaves no file behind."""
+    message = getattr(event.assoc.dimse, "message", None)
+    data_set = getattr(message, "data_set", None)
+    if isinstance(data_set, BoundedDataSet):
+        data_set.discard()
 
 
 class _ReactorClock:
@@ -838,7 +999,9 @@ def missing_hook_points() -> list[str]:
          and list(inspect.signature(DULServiceProvider._decode_pdu).parameters) == ["self", "bytestream"]
          and all(calls(action, "_recv_pdu", "to_primitive") for action in (pynetdicom.fsm.DT_2, pynetdicom.fsm.AR_6))
          and pynetdicom.fsm.TRANSITION_TABLE[("Evt10", "Sta6")] == "DT-2"
-         and pynetdicom.dul._PDU_TYPES[b"\x04"] == (P_DATA_TF, "Evt10"), "DULServiceProvider._read_pdu_data")
+         and pynetdicom.dul._PDU_TYPES[b"\x04"] == (P_DATA_TF, "Evt10")
+         and pynetdicom.dul._PDU_TYPES[b"\x07"] == (pynetdicom.pdu.A_ABORT_RQ, "Evt16")
+         and calls(pynetdicom.fsm.AA_3, "_recv_pdu", "to_primitive"), "DULServiceProvider._read_pdu_data")
     need(lambda: callable(AssociationSocket.recv) and callable(DULServiceProvider._send), "DULServiceProvider._send")
     need(lambda: isinstance(C_STORE.is_valid_request, property), "C_STORE.is_valid_request")
     need(lambda: list(inspect.signature(Association._check_received_status).parameters) == ["self", "rsp"],
@@ -849,6 +1012,11 @@ def missing_hook_points() -> list[str]:
          "Association.send_c_store")
     need(lambda: calls(RequestHandler._create_association, "deepcopy", "server", "contexts")
          and set(vars(PresentationContext())) == _CONTEXT_ATTRIBUTES, "RequestHandler._create_association")
+    need(lambda: calls(pynetdicom.dimse.DIMSEServiceProvider.receive_primitive, "message", "DIMSEMessage",
+                       "decode_msg")
+         and calls(DIMSEMessage.decode_msg, "write", "data_set", "_data_set_file")
+         and not pynetdicom._config.STORE_RECV_CHUNKED_DATASET
+         and isinstance(DIMSEMessage().data_set, io.BytesIO), "DIMSEServiceProvider.receive_primitive")
     probe = _probe_association()
     if probe is None:
         missing.append("Association(ae, 'acceptor')")
@@ -862,6 +1030,7 @@ def missing_hook_points() -> list[str]:
          and calls(DULServiceProvider.peek_next_pdu, "to_user_queue")
          and calls(DULServiceProvider.receive_pdu, "to_user_queue"), "DULServiceProvider.to_user_queue")
     need(lambda: isinstance(probe.dul._run_loop_delay, float), "DULServiceProvider._run_loop_delay")
+    need(lambda: probe.dimse.message is None and isinstance(probe._accepted_cx, dict), "DIMSEServiceProvider.message")
     need(lambda: isinstance(probe.dul.state_machine.current_state, str), "StateMachine.current_state")
     need(lambda: callable(probe.dul.send_pdu) and hasattr(probe.dul, "socket"), "DULServiceProvider.send_pdu")
     need(lambda: isinstance(probe.is_established, bool) and isinstance(probe.is_requestor, bool),

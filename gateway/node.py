@@ -124,15 +124,14 @@ class GatewayNode:
 
     def _start_receivers(self) -> None:
         """``node.receiving_processes``: more processes accepting on the DICOM port (``gateway.scp.receivers``)."""
-        if self.slots is not None:
+        if self.slots is not None and self.slots.processes > 1:
             self.receivers = ReceivingProcesses(self.config, self.server.socket.fileno(), self.identity, self.slots,
                                                 self._deliver_wakeup, self._wake_at).start()
 
     def _association_slots(self) -> AssociationSlots | None:
-        """``node.max_associations`` counted across the processes that accept on the port, when there are several."""
-        processes = processes_sharing(self.config)
-        if processes > 1:
-            self.slots = AssociationSlots.create(processes, self.config.node.max_associations)
+        """``node.max_associations`` and each peer's share of it, counted across the processes that accept on the
+        port (this one alone, or with its receiving processes)."""
+        self.slots = AssociationSlots.create(processes_sharing(self.config), self.config.node.max_associations)
         return self.slots
 
     def _deliver_wakeup(self, topic: str) -> None:

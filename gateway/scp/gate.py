@@ -11,8 +11,10 @@ Here a connection first waits in the gate, in its own short-lived thread, holdin
   connection must finish its handshake within the same deadline;
 - a connection that closes first, sends anything else, or is too slow (one byte a second) is dropped at once
   when that is known, and at the deadline at the latest;
-- each host may have at most ``node.max_pending_per_host`` connections in the gate at once, and all hosts together
-  ``MAX_PENDING_TOTAL``; more are closed on arrival, before a thread is started for them.
+- each host may have at most ``node.max_pending_per_host`` connections in the gate at once: a new one displaces
+  the host's oldest silent connection (``displaced_by_newer``), so that 40 silent connections from a source's
+  own host do not keep that source's real association out until the deadline; all hosts together may have
+  ``MAX_PENDING_TOTAL``, and more are closed on arrival, before a thread is started for them.
 
 The gate only peeks at the bytes (``MSG_PEEK``): a connection that passes reaches pynetdicom untouched, and
 pynetdicom negotiates as before. Over TLS the decrypted bytes cannot be peeked, so there the gate covers the
@@ -62,29 +64,43 @@ class Dropped(Exception):
 
 
 @dataclass
-class _DropLog:
-    """One ``connection_dropped`` line per (host, reason) each interval, with the count it stands for."""
+class Throttle:
+    """Lets one event per key through each interval and counts the ones it held back, so that a peer repeating
+    itself in a loop (reconnecting, sending garbage) costs one log line every ``interval_s``, not one each time."""
 
     interval_s: float = DROP_LOG_INTERVAL_S
-    _last: dict[tuple[str, str], float] = field(default_factory=dict)
-    _unlogged: dict[tuple[str, str], int] = field(default_factory=dict)
+    _last: dict[object, float] = field(default_factory=dict)
+    _unlogged: dict[object, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(self, host: str, reason: str) -> None:
-        key = (host, reason)
+    def due(self, key: object) -> int | None:
+        """The number of events of ``key`` this one stands for (itself and those held back since the last one
+        let through), or None when it is held back."""
         now = time.monotonic()
         with self._lock:
             count = self._unlogged.get(key, 0) + 1
             if now - self._last.get(key, -self.interval_s) < self.interval_s:
                 self._unlogged[key] = count
-                return
+                return None
             self._last[key] = now
             self._unlogged.pop(key, None)
             if len(self._last) > 10_000:  # a scan from many addresses: forget the oldest
                 for stale in sorted(self._last, key=self._last.__getitem__)[:5_000]:
                     self._last.pop(stale, None)
                     self._unlogged.pop(stale, None)
-        log.warning("connection_dropped", reason=reason, peer=host, count=count)
+        return count
+
+
+@dataclass
+class _DropLog:
+    """One ``connection_dropped`` line per (host, reason) each interval, with the count it stands for."""
+
+    throttle: Throttle = field(default_factory=Throttle)
+
+    def record(self, host: str, reason: str) -> None:
+        count = self.throttle.due((host, reason))
+        if count is not None:
+            log.warning("connection_dropped", reason=reason, peer=host, count=count)
 
 
 class NegotiationGate:
@@ -93,37 +109,53 @@ class NegotiationGate:
     def __init__(self, timeout_s: float, max_pending_per_host: int) -> None:
         self.timeout_s = timeout_s
         self.max_pending_per_host = max_pending_per_host
-        self._pending: dict[str, int] = {}
+        self._pending: dict[str, list[Any]] = {}  # host -> its connections in the gate, oldest first
         self._total = 0
         self._lock = threading.Lock()
         self._drops = _DropLog()
 
-    def enter(self, host: str) -> bool:
-        """Take a place in the gate for ``host``; False (and the drop recorded) when its places are all taken."""
+    def enter(self, host: str, sock: Any = None) -> bool:
+        """Take a place in the gate for ``sock`` from ``host``. When the host's places are all taken, the host's
+        oldest connection that has sent nothing (else its oldest) is displaced: shut down, its place given to
+        ``sock``, so that a host's silent connections cannot lock out its own real sender (which sends its
+        request at once and leaves the gate). False (and the drop recorded) only when the gate is full."""
+        displaced = None
         with self._lock:
-            waiting = self._pending.get(host, 0)
-            if waiting >= self.max_pending_per_host or self._total >= MAX_PENDING_TOTAL:
+            waiting = self._pending.setdefault(host, [])
+            if len(waiting) >= self.max_pending_per_host and waiting:
+                displaced = _oldest_silent(waiting)
+                waiting.remove(displaced)
+                self._total -= 1
+            if self._total >= MAX_PENDING_TOTAL:
                 admitted = False
+                if not waiting:
+                    self._pending.pop(host, None)
             else:
-                self._pending[host] = waiting + 1
+                waiting.append(sock)
                 self._total += 1
                 admitted = True
+        if displaced is not None:
+            _shut(displaced)
+            self.dropped(host, "displaced_by_newer")
         if not admitted:
             self.dropped(host, "too_many_pending")
         return admitted
 
-    def leave(self, host: str) -> None:
+    def leave(self, host: str, sock: Any = None) -> bool:
+        """Give ``sock``'s place back; False if it no longer had one (it was displaced)."""
         with self._lock:
+            waiting = self._pending.get(host, [])
+            if sock not in waiting:
+                return False
+            waiting.remove(sock)
             self._total = max(0, self._total - 1)
-            left = self._pending.get(host, 1) - 1
-            if left > 0:
-                self._pending[host] = left
-            else:
+            if not waiting:
                 self._pending.pop(host, None)
+            return True
 
     def pending(self, host: str) -> int:
         with self._lock:
-            return self._pending.get(host, 0)
+            return len(self._pending.get(host, ()))
 
     def total_pending(self) -> int:
         """Connections of every host still waiting to negotiate."""
@@ -156,6 +188,31 @@ class NegotiationGate:
         if not version & 1 or request[PDU_HEADER.size + RQ_FIXED_FIELDS] != APPLICATION_CONTEXT_ITEM:
             raise Dropped("not_an_association_request")
         _peek_at_least(sock, wanted, deadline)
+
+
+def _oldest_silent(waiting: list[Any]) -> Any:
+    """The first of ``waiting`` (oldest first) with no byte received yet, else the oldest."""
+    for sock in waiting:
+        try:
+            if sock is not None and not isinstance(sock, ssl.SSLSocket):
+                sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                continue  # it has sent something (or closed): a sender, maybe slow
+        except BlockingIOError:
+            return sock
+        except OSError:
+            return sock
+        return sock
+    return waiting[0]
+
+
+def _shut(sock: Any) -> None:
+    """End a displaced connection: its thread in the gate sees the hang-up and leaves."""
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _peek_at_least(sock: socket.socket, count: int, deadline: float) -> bytes:

@@ -2,7 +2,10 @@
 
 Statuses answered to C-STORE:
     0x0000  stored durably (or already stored with the same bytes)
-    0xA700  out of resources: disk full, free space under the floor, database unavailable
+    0xA700  out of resources: disk full, free space under the floor, database unavailable; or an instance larger
+            than ``node.max_instance_bytes`` (refused as soon as its size passes it, nothing of it kept: PS3.4
+            Table B.2-1's A7xx "Refused: Out of Resources" is the status for an SCP that will not take this
+            much, where Cxxx "Cannot understand" would claim the data set was unreadable)
     0xA900  the dataset's SOP Class/Instance UID contradicts the request or its presentation context
     0xC000  cannot understand: undecodable dataset, or missing/invalid Study, Series or SOP Instance UID
     0x0124  refused, not authorized: the caller may not store this here (a reviewer may store only its report
@@ -25,14 +28,17 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 
 from gateway import status
-from gateway.dicomnet import NODELAY_HANDLER
+from gateway.dicomnet import NODELAY_HANDLER, BoundedDataSet, bound_received_data_sets
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
 from gateway.models import QuarantinedObject, db
+from gateway.reports.codes import REPORT_CLASSES
 from gateway.ops import audit, metrics
 from gateway.dicom.filemeta import part10_header
+from gateway.scp.gate import Throttle
+from gateway.scp.quarantine import QuarantineBudget
 from gateway.scp.policy import AssociationPolicy, AssociationRefused, Caller
 from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance, elapsed_ms
-from gateway.scp.slots import AssociationSlots
+from gateway.scp.slots import NODE_FULL, AssociationSlots
 
 log = structlog.get_logger("scp")
 
@@ -48,6 +54,7 @@ class AssociationStats:
     cache: AssociationCache = field(default_factory=AssociationCache)
     studies: dict[str, int] = field(default_factory=dict)  # study key -> instances stored
     holds_slot: bool = False  # counted in the node-wide AssociationSlots
+    peer_keys: tuple[str, ...] = ()  # its AE title's and host's keys in those slots' per-peer counts
 
 
 def _named(caller: Caller) -> dict[str, str]:
@@ -62,6 +69,18 @@ def _received_bytes(dataset: BytesIO) -> memoryview | bytes:
         return dataset.getbuffer()
     except (AttributeError, BufferError, ValueError):
         return dataset.getvalue()
+
+
+def _then(run: Any, ended: Any) -> Any:
+    """``run`` (a thread's ``run``), then ``ended`` whether it returned or raised: an association's thread is its
+    life (``threading.Thread.run``), whichever of pynetdicom's paths ends it."""
+    def run_then_end() -> None:
+        try:
+            run()
+        finally:
+            ended()
+
+    return run_then_end
 
 
 def _status(code: int, comment: str = "") -> Dataset:
@@ -84,17 +103,32 @@ class ScpHandlers:
     """Binds the SCP's events to the association policy, the instance receiver and the report intake."""
 
     def __init__(self, policy: AssociationPolicy, receiver: InstanceReceiver,
-                 reports: ReportGate | None = None, slots: AssociationSlots | None = None) -> None:
+                 reports: ReportGate | None = None, slots: AssociationSlots | None = None, *,
+                 ae_share: int | None = None, host_share: int | None = None,
+                 quarantine: QuarantineBudget | None = None, max_instance_bytes: int | None = None) -> None:
         self.policy = policy
         self.receiver = receiver
         self.reports = reports
         self.slots = slots  # node.max_associations across processes (gateway.scp.slots); None: pynetdicom's own
+        limit = slots.limit if slots is not None else 1000
+        self.ae_share = ae_share or limit  # node.ae_share / host_share: a peer's part of the slots
+        self.host_share = host_share or limit
+        self.quarantine = quarantine  # None: every refused C-STORE is kept (tests of the handlers alone)
+        self.max_instance_bytes = max_instance_bytes
+        self._rejections = Throttle()
+        self._over_budget = Throttle()
         self._slot_lock = threading.Lock()
         self._associations: weakref.WeakKeyDictionary[Association, AssociationStats] = weakref.WeakKeyDictionary()
 
     def bindings(self) -> list[tuple]:
+        bounded = []
+        if self.max_instance_bytes is not None:
+            bounded = [(evt.EVT_CONN_OPEN, bound_received_data_sets,
+                        [self.max_instance_bytes, self.receiver.spool.tmp])]
         return [
             NODELAY_HANDLER,
+            *bounded,
+            (evt.EVT_CONN_OPEN, self.on_connection_opened),
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_RELEASED, self.on_closed),
             (evt.EVT_ABORTED, self.on_closed),
@@ -111,30 +145,76 @@ class ScpHandlers:
         peer = requestor.address
         try:
             caller = self.policy.admit(calling, called, peer)
-            if self.slots is not None and not self.slots.take():
-                raise AssociationRefused.local_limit()
+            peer_keys = self._take_slot(caller, peer)
         except AssociationRefused as refusal:
-            log.warning("association_rejected", reason=refusal.reason, calling_ae=calling.strip(),
-                        called_ae=called.strip(), peer=peer)
+            # logged before the answer (a peer that has its A-ASSOCIATE-RJ finds the line written), audited after
+            count = self._log_rejection(refusal.reason, calling.strip(), called.strip(), peer)
             event.assoc.acse.send_reject(refusal.result, refusal.source, refusal.diagnostic)
             event.assoc.kill()
             metrics.record_association("rejected")
-            self._audit("association_refused", calling.strip()[:16], peer, None, "refused", refusal.reason)
+            if count is not None:
+                self._audit("association_refused", calling.strip()[:16], peer, None, "refused",
+                            refusal.reason if count == 1 else f"{refusal.reason} ({count} times)")
             return
-        self._associations[event.assoc] = AssociationStats(caller, peer, holds_slot=self.slots is not None)
+        self._associations[event.assoc] = AssociationStats(caller, peer, holds_slot=self.slots is not None,
+                                                           peer_keys=peer_keys)
         metrics.record_association("accepted")
         log.info("association_accepted", **_named(caller), calling_ae=caller.ae_title, peer=peer)
 
+    def _take_slot(self, caller: Caller, peer: str) -> tuple[str, ...]:
+        """A place under ``node.max_associations`` and under the caller's AE title's and host's shares of it.
+        Returns the peer keys to give back with the place.
+
+        Raises:
+            AssociationRefused: the node is full, or the AE title or host holds its share (transient).
+        """
+        if self.slots is None:
+            return ()
+        shares = {f"ae:{caller.ae_title}": self.ae_share, f"host:{peer}": self.host_share}
+        full = self.slots.take_within(shares)
+        if full == NODE_FULL:
+            raise AssociationRefused.local_limit()
+        if full is not None:
+            raise AssociationRefused.over_share("ae_share_exceeded" if full.startswith("ae:") else "host_share_exceeded")
+        return tuple(shares)
+
+    def _log_rejection(self, reason: str, calling: str, called: str, peer: str) -> int | None:
+        """Log a rejected association once per (reason, calling AE, host) every few seconds, with the count of
+        rejections it stands for (returned, for the audit row; None when held back): a peer reconnecting in a
+        loop must not flood the log or the audit."""
+        count = self._rejections.due((reason, calling[:16], peer))
+        if count is not None:
+            log.warning("association_rejected", reason=reason, calling_ae=calling, called_ae=called, peer=peer,
+                        count=count)
+        return count
+
+    def on_connection_opened(self, event: evt.Event) -> None:
+        """Have the association's thread call ``on_association_ended`` when it ends, however it ends."""
+        assoc = event.assoc
+        if isinstance(assoc, threading.Thread):
+            assoc.run = _then(assoc.run, lambda: self.on_association_ended(assoc))  # type: ignore[method-assign]
+
     def on_closed(self, event: evt.Event) -> None:
-        stats = self._associations.pop(event.assoc, None)
+        self._closed(event.assoc)
+
+    def on_association_ended(self, assoc: Association) -> None:
+        """The association's thread has ended: if no release or abort event came (pynetdicom ends an association
+        without one when its DUL thread dies of an exception, as on an A-ABORT PDU whose source is invalid), it is
+        closed here, and its place under the slots and its peers' shares given back."""
+        self._closed(assoc)
+
+    def _closed(self, assoc: Association) -> None:
+        """Give back the association's place, log and audit its end: once, whichever of ``on_closed`` and
+        ``on_association_ended`` comes first (the stats are popped atomically)."""
+        stats = self._associations.pop(assoc, None)
         if stats is None:
             return
         self._give_back_slot(stats)
-        metrics.record_association("aborted" if event.assoc.is_aborted else "released")
+        aborted = assoc.is_aborted or not assoc.is_released
+        metrics.record_association("aborted" if aborted else "released")
         for study_key, count in stats.studies.items():
             self._audit("received", stats.caller.ae_title, stats.peer, study_key, "success", f"{count} instance(s)")
-        log.info("association_closed", **_named(stats.caller),
-                 state="aborted" if event.assoc.is_aborted else "released",
+        log.info("association_closed", **_named(stats.caller), state="aborted" if aborted else "released",
                  instances=stats.instances, bytes=stats.bytes, count=stats.failures,
                  duration_ms=elapsed_ms(stats.started))
 
@@ -150,7 +230,7 @@ class ScpHandlers:
             if not stats.holds_slot or self.slots is None:
                 return
             stats.holds_slot = False
-        self.slots.give_back()
+        self.slots.give_back(stats.peer_keys)
 
     def on_echo(self, event: evt.Event) -> int:
         """C-ECHO: always 0x0000 (Success) for an admitted caller."""
@@ -163,6 +243,12 @@ class ScpHandlers:
         if stats is None:  # not admitted through on_requested: cannot happen, refuse rather than guess
             return _status(status.NOT_AUTHORIZED, "association not admitted")
         received: ReceivedInstance | None = None
+        data_set = event.request.DataSet
+        size = data_set.size if isinstance(data_set, BoundedDataSet) else len(_received_bytes(data_set))
+        if self.max_instance_bytes is not None and size > self.max_instance_bytes:
+            return self._too_large(stats, size, started)
+        if isinstance(data_set, BoundedDataSet) and data_set.failed is not None:
+            return self._fail(stats, status.OUT_OF_RESOURCES, "spool_error", str(data_set.failed), started)
         try:
             received = self._received(event, stats)
             if stats.caller.role != "source":
@@ -178,6 +264,9 @@ class ScpHandlers:
             return self._fail(stats, status.OUT_OF_RESOURCES, "out_of_resources", str(exc), started)
         except SpoolError as exc:
             return self._fail(stats, status.OUT_OF_RESOURCES, "spool_error", str(exc), started)
+        finally:
+            if isinstance(data_set, BoundedDataSet):
+                data_set.discard()  # a spilled file not placed in the spool (placed: already renamed away)
         stats.instances += 1
         stats.bytes += received.size
         stats.studies[result.study_key] = stats.studies.get(result.study_key, 0) + 1
@@ -203,6 +292,20 @@ class ScpHandlers:
                         f"{received.context_sop_class} from reviewer {stats.caller.name}")
         return _status(status.SUCCESS)
 
+    def _too_large(self, stats: AssociationStats, size: int, started: float) -> Dataset:
+        """An instance over ``node.max_instance_bytes``: refused with 0xA700, nothing of it kept (it was dropped
+        as it arrived), logged and audited once per peer every few seconds."""
+        stats.failures += 1
+        metrics.record_instance("refused", 0, time.perf_counter() - started)
+        count = self._over_budget.due((stats.caller.ae_title, "instance_too_large"))
+        if count is not None:
+            log.warning("instance_refused", **_named(stats.caller), status=status.OUT_OF_RESOURCES,
+                        reason="instance_too_large", bytes=size, count=count, duration_ms=elapsed_ms(started))
+            self._audit("instance_refused", stats.caller.ae_title, stats.peer, None, "refused",
+                        f"instance_too_large: {size} bytes over node.max_instance_bytes"
+                        + (f" ({count} times)" if count > 1 else ""))
+        return _status(status.OUT_OF_RESOURCES, "instance_too_large")
+
     @staticmethod
     def _received(event: evt.Event, stats: AssociationStats) -> ReceivedInstance:
         """The request as the receiver takes it: the dataset's bytes as sent, and the file meta to put before it.
@@ -217,19 +320,51 @@ class ScpHandlers:
             meta = part10_header(str(request.AffectedSOPClassUID or ""), affected_instance, transfer_syntax)
         except UnicodeEncodeError:
             raise InvalidInstance("invalid_uids", status.CANNOT_UNDERSTAND, "request UIDs") from None
+        context_sop_class = str(event.context.abstract_syntax)
+        data_set = request.DataSet
+        spilled = data_set if isinstance(data_set, BoundedDataSet) and data_set.spilled else None
+        dataset: bytes | memoryview = _received_bytes(data_set) if spilled is None else b""
+        if spilled is not None and (stats.caller.role != "source" or context_sop_class in REPORT_CLASSES):
+            # a report (or a source's SR or PDF, checked by the report intake) is read in memory, as every
+            # report is: a report of more than SPILL_AFTER_BYTES is rare, and at most max_instance_bytes
+            with open(spilled.finish(), "rb") as file:
+                file.seek(len(spilled.meta))
+                dataset = file.read()
+            spilled.discard()
+            spilled = None
         return ReceivedInstance(
-            meta=meta,
-            dataset=_received_bytes(request.DataSet),
-            context_sop_class=str(event.context.abstract_syntax),
+            meta=meta if spilled is None else spilled.meta,
+            dataset=dataset,
+            context_sop_class=context_sop_class,
             affected_sop_instance=affected_instance,
             transfer_syntax=transfer_syntax,
             calling_ae=stats.caller.ae_title,
+            spilled=spilled,
         )
 
     def _refuse(self, stats: AssociationStats, part10: bytes, code: int, reason: str, detail: str,
                 started: float, event: str = "instance_refused", study_key: str | None = None) -> Dataset:
-        """Answer a refusal, keep the bytes in quarantine, record why (logged and audited as ``event``)."""
+        """Answer a refusal, keep the bytes in quarantine within the peer's budget, record why (logged and
+        audited as ``event``; past the budget, once per peer and reason every few seconds, with a count)."""
         stats.failures += 1
+        metrics.record_instance("refused", len(part10), time.perf_counter() - started)
+        if self.quarantine is not None and not self.quarantine.allows(stats.caller.ae_title, len(part10)):
+            count = self._over_budget.due((stats.caller.ae_title, reason))
+            if count is not None:
+                log.warning(event, **_named(stats.caller), case=study_key, status=code, reason=reason, count=count,
+                            error="quarantine budget of the peer spent: not kept",
+                            duration_ms=elapsed_ms(started))
+                self._audit(event, stats.caller.ae_title, stats.peer, study_key, "refused",
+                            f"{reason} ({count} times, not kept: quarantine budget spent)")
+            return _status(code, reason)
+        self._keep(stats, part10, code, reason, detail)
+        log.warning(event, **_named(stats.caller), case=study_key, status=code, reason=reason,
+                    duration_ms=elapsed_ms(started))
+        self._audit(event, stats.caller.ae_title, stats.peer, study_key, "refused", reason)
+        return _status(code, reason)
+
+    def _keep(self, stats: AssociationStats, part10: bytes, code: int, reason: str, detail: str) -> None:
+        """The refused bytes in the spool's quarantine and their row (best effort: never raises)."""
         path = self.receiver.spool.quarantine(part10) if part10 else None
         try:
             with db.connection_context():
@@ -239,11 +374,6 @@ class ScpHandlers:
                     spool_path=self.receiver.spool.relative(path) if path and path.name else None)
         except Exception:  # noqa: BLE001 - the refusal must still be answered and logged
             log.error("quarantine_record_failed", reason=reason, **_named(stats.caller))
-        log.warning(event, **_named(stats.caller), case=study_key, status=code, reason=reason,
-                    duration_ms=elapsed_ms(started))
-        metrics.record_instance("refused", len(part10), time.perf_counter() - started)
-        self._audit(event, stats.caller.ae_title, stats.peer, study_key, "refused", reason)
-        return _status(code, reason)
 
     @staticmethod
     def _audit(action: str, actor_ae: str, peer: str, study_key: str | None, outcome: str, detail: str) -> None:

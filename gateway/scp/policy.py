@@ -30,15 +30,25 @@ class AssociationRefused(Exception):
     @classmethod
     def local_limit(cls) -> AssociationRefused:
         """The node has ``node.max_associations`` open (transient: try again later), as pynetdicom answers."""
-        refusal = cls("too_many_associations", status.DIAG_LOCAL_LIMIT_EXCEEDED)
+        return cls._transient("too_many_associations")
+
+    @classmethod
+    def over_share(cls, reason: str) -> AssociationRefused:
+        """The calling AE title or host already holds its share of the slots (``node.peer_share``): transient,
+        local limit exceeded, as for the node's own limit; ``reason`` says which of the two."""
+        return cls._transient(reason)
+
+    @classmethod
+    def _transient(cls, reason: str) -> AssociationRefused:
+        refusal = cls(reason, status.DIAG_LOCAL_LIMIT_EXCEEDED)
         refusal.result = status.REJECTED_TRANSIENT
         refusal.source = status.SOURCE_SERVICE_PROVIDER_PRESENTATION
         return refusal
 
 
 class AssociationPolicy:
-    """Calling AE title must be a configured source or reviewer (and come from its host when one is set);
-    the called AE title must be ours."""
+    """Calling AE title must be a configured source or reviewer (and come from its host, a source's ``host`` or a
+    reviewer's ``calling_hosts``, when one is set); the called AE title must be ours."""
 
     def __init__(self, config: GatewayConfig) -> None:
         self.own_ae_title = config.node.ae_title
@@ -61,6 +71,8 @@ class AssociationPolicy:
             return Caller("source", source.name, calling_ae)
         reviewer = self.reviewers.get(calling_ae)
         if reviewer is not None:
+            if reviewer.calling_hosts and peer_host not in reviewer.calling_hosts:
+                raise AssociationRefused("calling_host_not_allowed", status.DIAG_CALLING_AE_NOT_RECOGNIZED)
             return Caller("reviewer", reviewer.name, calling_ae)
         raise AssociationRefused("calling_ae_not_recognized", status.DIAG_CALLING_AE_NOT_RECOGNIZED)
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import peewee
 import pydicom
@@ -72,10 +73,13 @@ class ReceivedInstance:
     affected_sop_instance: str
     transfer_syntax: str
     calling_ae: str
+    # A data set too large to hold, already in a file of the spool's tmp/ (``gateway.dicomnet.BoundedDataSet``:
+    # ``path`` holding ``meta`` and the data set, ``size``, ``digest()``, ``finish()``); ``dataset`` is then empty.
+    spilled: Any = None
 
     @property
     def size(self) -> int:
-        return len(self.meta) + len(self.dataset)
+        return len(self.meta) + (self.spilled.size if self.spilled is not None else len(self.dataset))
 
     @property
     def part10(self) -> bytes:
@@ -100,14 +104,14 @@ class AssociationCache:
     touched: dict[int, float] = field(default_factory=dict)  # study id -> monotonic time of the last touch
 
 
-def read_header(part10: bytes) -> InstanceHeader:
-    """Parse the header (never the pixel data) and check the UIDs.
+def read_header(part10: bytes | Path) -> InstanceHeader:
+    """Parse the header (never the pixel data) of a Part 10 file, in memory or on disk, and check the UIDs.
 
     Raises:
         InvalidInstance: undecodable (0xC000 family) or missing/invalid UIDs.
     """
     try:
-        ds = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=True)
+        ds = pydicom.dcmread(part10 if isinstance(part10, Path) else io.BytesIO(part10), stop_before_pixels=True)
         values = {
             "study_uid": ds.get("StudyInstanceUID"),
             "series_uid": ds.get("SeriesInstanceUID"),
@@ -154,6 +158,27 @@ def parse_header(received: ReceivedInstance) -> InstanceHeader:
     """
     found = check_well_formed(received.dataset, received.transfer_syntax, HEADER_TAGS)
     return header_from_values(found) if found is not None else read_header(received.part10)
+
+
+def _spilled_header(received: ReceivedInstance, path: Path) -> InstanceHeader:
+    """``parse_header`` of a spilled instance, on a memory map of its file (a deflated one: by pydicom from the
+    file, stopping before the pixel data).
+
+    Raises:
+        InvalidInstance: malformed, or missing/invalid UIDs (0xC000).
+    """
+    import mmap
+
+    if received.transfer_syntax == "1.2.840.10008.1.2.1.99":  # deflated: not walked
+        return read_header(path)
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)[len(received.meta):]
+        try:
+            found = check_well_formed(view, received.transfer_syntax, HEADER_TAGS)
+            found = {tag: bytes(value) for tag, value in (found or {}).items()}
+        finally:
+            view.release()
+    return header_from_values(found)
 
 
 def _checked_header(values: dict, modality: object, keys: MatchKeys | None = None) -> InstanceHeader:
@@ -226,6 +251,8 @@ class InstanceReceiver:
                 it (no row refers to it otherwise).
             SpoolError: other I/O failures (0xA700).
         """
+        if received.spilled is not None:
+            return self._receive_spilled(received, cache)
         hashing: Future[str] = Future()
         # The file is written from here on, while this thread checks and hashes the dataset (hashlib releases
         # the GIL): it is placed under its digest, or discarded if the instance is refused.
@@ -254,6 +281,29 @@ class InstanceReceiver:
             return result
         finally:
             _settle(spooling)
+
+    def _receive_spilled(self, received: ReceivedInstance, cache: AssociationCache) -> StoreResult:
+        """``receive`` for a data set already written to a file as it arrived (hashed on the way): its header is
+        walked in that file through a memory map (the walk reads element headers and skips their values, so the
+        pixel data's pages are never read in), then the file is made durable and renamed into the spool, and its
+        row committed. Raises as ``receive``."""
+        spilled = received.spilled
+        try:
+            path = spilled.finish()
+        except OSError as exc:
+            raise self.spool.io_error(exc) from exc
+        header = _spilled_header(received, path)
+        check_context(header, received)
+        self.spool.check_free_space(0)
+        digest = spilled.digest()
+        self.spool.place(path, digest)
+        row = PendingRow(header, received, digest, self.spool.relative(self.spool.path_for(digest)), cache)
+        result = self.group.submit(row)
+        if result.duplicate and not self._still_stored(header.sop_instance_uid, digest):
+            result = self.group.submit(row)
+        if result.new_study_id is not None:
+            match_on_arrival(result.new_study_id)
+        return result
 
     def _spool_file(self, received: ReceivedInstance, hashing: Future[str]) -> Path:
         written = self.spool.write_temporary((received.meta, received.dataset))

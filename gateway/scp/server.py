@@ -20,15 +20,23 @@ from gateway.reports.intake import ReportIntake
 from gateway.scp.gate import Dropped, NegotiationGate
 from gateway.scp.handlers import ScpHandlers
 from gateway.scp.policy import AssociationPolicy
+from gateway.scp.quarantine import QuarantineBudget
 from gateway.scp.receiver import InstanceReceiver
 from gateway.scp.slots import AssociationSlots
 from gateway.scp.spool import Spool
 
 
+LINGERING_ASSOCIATIONS = 256  # association threads past their end (aborted, waiting for the peer to close)
+
+
 def build_ae(node: NodeConfig, known_ae_titles: list[str]) -> AE:
     """An AE accepting C-ECHO and every storage SOP class pynetdicom knows, in the syntaxes we prefer."""
     ae = AE(ae_title=node.ae_title)
-    ae.maximum_associations = node.max_associations  # where processes share the port: see gateway.scp.slots
+    # The limit is ours (gateway.scp.slots: the node's slots and each peer's share, freed when an association
+    # ends). pynetdicom's own counts its association threads still alive, which includes those of associations
+    # already aborted (a peer's garbage PDU) whose DUL waits out the ARTIM timer for the peer to close: after a
+    # burst of fuzzed PDUs it refused every sender for as long. Its limit stays only as a backstop on threads.
+    ae.maximum_associations = node.max_associations + LINGERING_ASSOCIATIONS
     ae.maximum_pdu_size = node.max_pdu_bytes
     ae.acse_timeout = node.acse_timeout_s
     ae.dimse_timeout = node.dimse_timeout_s
@@ -48,7 +56,11 @@ def node_handlers(config: GatewayConfig, spool: Spool, node: str, slots: Associa
     with db.connection_context():
         source_ids = {row.ae_title: row.id for row in Source.select()}
     receiver = InstanceReceiver(spool, source_ids, node, commit_timeout_s=config.node.store_commit_timeout_s)
-    return ScpHandlers(AssociationPolicy(config), receiver, ReportIntake(spool), slots)
+    return ScpHandlers(AssociationPolicy(config), receiver, ReportIntake(spool), slots,
+                       ae_share=config.node.ae_share, host_share=config.node.host_share,
+                       quarantine=QuarantineBudget(config.quarantine.max_bytes_per_peer,
+                                                   config.quarantine.max_objects_per_peer),
+                       max_instance_bytes=config.node.max_instance_bytes)
 
 
 def tls_context(node: NodeConfig) -> ssl.SSLContext | None:
@@ -73,17 +85,23 @@ class GatedRequestHandler(RequestHandler):
 
     def handle(self) -> None:
         started = time.monotonic()
-        gate, host = self.server.gate, str(self.client_address[0])
+        gate, host, sock = self.server.gate, str(self.client_address[0]), self.request
         try:
             if self.server.closing.is_set():
                 raise Dropped("server_stopping")
-            gate.wait_for_request(self.request, started)
+            gate.wait_for_request(sock, started)
         except (Dropped, OSError) as failure:
-            gate.dropped(host, failure.reason if isinstance(failure, Dropped) else "closed_before_request")
-            self.server.shutdown_request(self.request)
+            reason = failure.reason if isinstance(failure, Dropped) else "closed_before_request"
+            if gate.leave(host, sock):  # else displaced, and recorded as such by the gate
+                gate.dropped(host, reason)
+            self.server.shutdown_request(sock)
             return
-        finally:
-            gate.leave(host)
+        except BaseException:
+            gate.leave(host, sock)
+            raise
+        if not gate.leave(host, sock):  # displaced (and shut) just as its request arrived
+            self.server.shutdown_request(sock)
+            return
         super().handle()
 
 
@@ -167,13 +185,13 @@ class GatedAssociationServer(ThreadedAssociationServer):
             return True  # the shared count cannot be read: accept rather than never
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        return self.gate.enter(str(client_address[0]))
+        return self.gate.enter(str(client_address[0]), request)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self.gate.leave(str(client_address[0]))  # no thread will
+            self.gate.leave(str(client_address[0]), request)  # no thread will
             raise
 
     def shutdown(self) -> None:

@@ -6,6 +6,11 @@ all slots is under the limit, read and written under an exclusive ``flock`` so t
 the same instant cannot both take the last place. The node empties a slot of a receiving process that died (its
 associations died with it) and marks it ``NOT_ACCEPTING`` until the process starts again.
 
+The same file counts each peer's associations, so that one calling AE title or one calling host holds at most
+its share of the limit (``node.peer_share``) in all processes together: after the per-process counts, each
+process has a table of ``(peer key hash, count)`` entries for the associations it holds (two entries an
+association at most: its AE title and its host), emptied with its slot when it dies.
+
 The same counts share the connections out: a process accepts a new connection only while no other process
 accepting on the port serves fewer associations (:meth:`AssociationSlots.least_busy`), so that five senders
 starting together are spread over every process instead of where the kernel happened to wake first.
@@ -14,12 +19,16 @@ starting together are spread over every process instead of where the kernel happ
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import struct
 import tempfile
 import threading
 
 _SLOT = struct.Struct("<i")
+_PEER = struct.Struct("<Qi4x")  # a peer key's hash (0: free entry) and this process's associations of it
+KEYS_PER_ASSOCIATION = 2  # the calling AE title and the calling host
+NODE_FULL = "node"  # take_within's answer when node.max_associations are all taken
 NOT_ACCEPTING = -1  # a receiving process not started yet, or gone: neither counted nor waited for
 
 
@@ -40,7 +49,7 @@ class AssociationSlots:
             fd = os.memfd_create("spine-gateway-associations", os.MFD_CLOEXEC)
         else:
             fd = os.dup(tempfile.TemporaryFile().fileno())
-        os.ftruncate(fd, processes * _SLOT.size)
+        os.ftruncate(fd, processes * _SLOT.size + processes * _peer_table_size(limit))
         slots = cls(fd, processes, 0, limit)
         for number in range(1, processes):
             slots._write(number, NOT_ACCEPTING)
@@ -63,23 +72,43 @@ class AssociationSlots:
             self._write(self.number, max(0, self._counts()[self.number]))
 
     def take(self) -> bool:
-        """One more association in this process, if the node has room for it."""
+        """One more association in this process, if the node has room for it; True when taken."""
+        return self.take_within({}) is None
+
+    def take_within(self, peers: dict[str, int]) -> str | None:
+        """One more association in this process, if the node has room for it and each of ``peers`` (key ->
+        its share) holds fewer associations than its share. Returns None when taken, else what is full:
+        ``NODE_FULL`` or the key of the first peer at its share."""
         with self._locked():
             counts = self._counts()
             if sum(max(0, count) for count in counts) >= self.limit:
-                return False
+                return NODE_FULL
+            for key, share in peers.items():
+                if self._peer_total(_key_hash(key)) >= share:
+                    return key
             self._write(self.number, max(0, counts[self.number]) + 1)
-            return True
+            for key in peers:
+                self._count_peer(_key_hash(key), +1)
+            return None
 
-    def give_back(self) -> None:
+    def give_back(self, peers: tuple[str, ...] | list[str] = ()) -> None:
+        """One association of this process (and of each of ``peers``, as given to ``take_within``) has ended."""
         with self._locked():
             self._write(self.number, max(0, self._counts()[self.number] - 1))
+            for key in peers:
+                self._count_peer(_key_hash(key), -1)
+
+    def peer_total(self, key: str) -> int:
+        """Associations of peer ``key`` in every process."""
+        with self._locked():
+            return self._peer_total(_key_hash(key))
 
     def empty(self, number: int) -> None:
         """Slot ``number``'s process is gone: its associations with it, and it accepts no more until it starts
         again."""
         with self._locked():
             self._write(number, NOT_ACCEPTING)
+            os.pwrite(self._fd, bytes(self._table_size), self._table_offset(number))
 
     def total(self) -> int:
         with self._locked():
@@ -103,8 +132,49 @@ class AssociationSlots:
     def _write(self, number: int, value: int) -> None:
         os.pwrite(self._fd, _SLOT.pack(value), number * _SLOT.size)
 
+    @property
+    def _table_size(self) -> int:
+        return _peer_table_size(self.limit)
+
+    def _table_offset(self, number: int) -> int:
+        return self.processes * _SLOT.size + number * self._table_size
+
+    def _table(self, number: int) -> list[tuple[int, int]]:
+        data = os.pread(self._fd, self._table_size, self._table_offset(number)).ljust(self._table_size, b"\0")
+        return list(_PEER.iter_unpack(data))
+
+    def _peer_total(self, key_hash: int) -> int:
+        return sum(count for number in range(self.processes) for hashed, count in self._table(number)
+                   if hashed == key_hash and count > 0)
+
+    def _count_peer(self, key_hash: int, change: int) -> None:
+        """Add ``change`` to this process's count of the peer; an entry at zero is freed."""
+        table = self._table(self.number)
+        index = next((i for i, (hashed, _) in enumerate(table) if hashed == key_hash), None)
+        if index is None:
+            if change < 0:
+                return
+            index = next((i for i, (hashed, _) in enumerate(table) if hashed == 0), None)
+            if index is None:  # cannot happen: an entry per key of each association this process holds
+                return
+            count = 0
+        else:
+            count = table[index][1]
+        count = max(0, count + change)
+        entry = _PEER.pack(key_hash if count else 0, count)
+        os.pwrite(self._fd, entry, self._table_offset(self.number) + index * _PEER.size)
+
     def _locked(self) -> _FileLock:
         return _FileLock(self._fd, self._lock)
+
+
+def _peer_table_size(limit: int) -> int:
+    return limit * KEYS_PER_ASSOCIATION * _PEER.size
+
+
+def _key_hash(key: str) -> int:
+    """A peer key's 64-bit hash, never 0 (the free entry's mark)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") or 1
 
 
 class _FileLock:

@@ -235,8 +235,10 @@ def c_echo_command(message_id: int = 1) -> bytes:
 class RawPeer:
     """A TCP connection speaking (or abusing) the DICOM upper layer by hand."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 10.0, source: str | None = None) -> None:
+        """``source``: the local address to connect from (another host, on loopback: 127.0.0.2)."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def send(self, data: bytes) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import sqlite3
 import threading
 import time
@@ -15,7 +16,9 @@ import pynetdicom.association
 import pynetdicom.dimse
 import pynetdicom.dimse_messages
 import pynetdicom.dul
+import pynetdicom.fsm
 import pytest
+from pydicom import dcmread
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 
@@ -39,6 +42,7 @@ from gateway.scp.handlers import ScpHandlers
 from gateway.scp.policy import AssociationPolicy
 from gateway.scp.receiver import InstanceReceiver
 from gateway.scp.server import start_scp
+from gateway.scp.slots import AssociationSlots
 from gateway.scp.spool import Spool
 from support.dicomfiles import dataset_bytes, sop_instance_uid, spool_index
 from support.peers import GatewayProcess, free_port, storescu, wait_until
@@ -238,3 +242,136 @@ def test_a_commit_held_up_by_the_database_answers_a700_within_the_bound(tmp_path
     finally:
         blocker.close()
         node.stop()
+
+
+@pytest.fixture
+def bounded_scp(tmp_path, database_url, pynetdicom_hooks):
+    """The gateway's SCP in this process as a node builds it: the node's slots with each peer's share (4 places, 2
+    a peer) and ``node.max_instance_bytes`` (1 MiB), so that received data sets are ``BoundedDataSet``s."""
+    config = GatewayConfig.model_validate({
+        "node": {"host": "127.0.0.1", "port": free_port(), "max_associations": 4},
+        "sources": [{"name": "st-marys", "ae_title": "STMARYS_PACS"}],
+    })
+    database = open_database(database_url, max_connections=8)
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    slots = AssociationSlots.create(1, config.node.max_associations)
+    handlers = ScpHandlers(AssociationPolicy(config), InstanceReceiver(spool, {}, "test"), slots=slots,
+                           ae_share=2, host_share=4, max_instance_bytes=1024 * 1024)
+    handlers.data_sets = []
+    serve = handlers.on_store
+
+    def on_store(event):
+        data_set = event.request.DataSet
+        handlers.data_sets.append((type(data_set), getattr(data_set, "spilled", None)))
+        return serve(event)
+    handlers.on_store = on_store
+    server = start_scp(config.node, handlers)
+    yield server, config, spool, slots, handlers
+    server.shutdown()
+    slots.close()
+    database.close()
+
+
+def test_a_data_set_past_the_spill_size_goes_to_the_spool_as_it_arrives(bounded_scp, small_study, monkeypatch):
+    """On the real library, the acceptor's DIMSE layer receives into a ``BoundedDataSet`` (the
+    ``receive_primitive`` hook is in effect): past ``SPILL_AFTER_BYTES`` (lowered here to 8 KiB, under one
+    instance of the small study) each is written to the spool's tmp/ as it arrives, renamed into the spool, and
+    stored intact; a data set under it stays in memory."""
+    _server, config, spool, _slots, handlers = bounded_scp
+    monkeypatch.setattr(gateway.dicomnet, "SPILL_AFTER_BYTES", 8 * 1024)
+    spilled = counting(monkeypatch, "_write_fd")
+    statuses = send(config.node.port, small_study[:3], calling="STMARYS_PACS")
+    assert statuses == [status.SUCCESS] * 3
+    recorded = handlers.data_sets
+    assert recorded == [(gateway.dicomnet.BoundedDataSet, True)] * 3, recorded
+    assert spilled["_write_fd"] >= 6, "each spilled data set written to its file (its meta and its fragments)"
+    stored = spool_index(spool.root)
+    for path in small_study[:3]:
+        assert stored.get(sop_instance_uid(path)) == dataset_bytes(path), f"{path.name} not stored intact"
+    assert not list(spool.tmp.rglob("*.part")), "a spilled file left behind in tmp/"
+
+    monkeypatch.setattr(gateway.dicomnet, "SPILL_AFTER_BYTES", 16 * 1024 * 1024)
+    assert send(config.node.port, small_study[3:4], calling="STMARYS_PACS") == [status.SUCCESS]
+    assert handlers.data_sets[-1] == (gateway.dicomnet.BoundedDataSet, False)
+
+
+def test_a_data_set_over_max_instance_bytes_is_refused_a700_and_the_association_goes_on(bounded_scp, tmp_path,
+                                                                                       small_study):
+    """An instance over ``node.max_instance_bytes`` is answered 0xA700 and nothing of it is kept; the next
+    instance on the same association is stored."""
+    _server, config, spool, _slots, _handlers = bounded_scp
+
+    large = dcmread(small_study[0])
+    large.PixelData = bytes(1100 * 1024)
+    large.Rows, large.Columns = 550, 1024
+    oversized = tmp_path / "oversized.dcm"
+    large.save_as(oversized, enforce_file_format=True)
+    statuses = send(config.node.port, [oversized, small_study[1]], calling="STMARYS_PACS")
+    assert statuses == [status.OUT_OF_RESOURCES, status.SUCCESS]
+    stored = spool_index(spool.root)
+    assert sop_instance_uid(oversized) not in stored
+    assert stored.get(sop_instance_uid(small_study[1])) == dataset_bytes(small_study[1])
+    assert not list(spool.tmp.rglob("*.part"))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the DUL thread made to die
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("ending", ["invalid_abort_source", "dul_thread_dies"])
+def test_an_association_ended_without_an_abort_event_gives_its_place_back(bounded_scp, monkeypatch, ending):
+    """The 800-PDU fuzz kept one AE title refused ("ae_share_exceeded") after it: an A-ABORT PDU with an invalid
+    source made pynetdicom's state machine raise in AA-3, its DUL thread died, and the association ended with no
+    release or abort event, its place under the slots and its AE title's share never given back. Both causes
+    are covered: the A-ABORT is checked when read (an undecodable PDU, Evt19, an orderly abort), and the end
+    of the association's thread gives the place back whatever ended it (here AA-3 made to raise)."""
+    _server, config, _spool, slots, _handlers = bounded_scp
+    if ending == "dul_thread_dies":
+        description, _action, state = pynetdicom.fsm.ACTIONS["AA-3"]
+
+        def raising(dul):
+            raise RuntimeError("AA-3 failed")
+        monkeypatch.setitem(pynetdicom.fsm.ACTIONS, "AA-3", (description, raising, state))
+    source = 0x22 if ending == "invalid_abort_source" else 0x00
+    for _ in range(3 * 2):  # three times the AE title's share
+        peer = socket.create_connection(("127.0.0.1", config.node.port), timeout=10)
+        try:
+            peer.sendall(associate_rq(calling="STMARYS_PACS"))
+            assert read_pdu(peer)[0] == 0x02, "A-ASSOCIATE-AC: the AE title's place was not given back"
+            peer.sendall(struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, source, 0))
+            answer = read_pdu(peer)
+            if ending == "invalid_abort_source":  # an undecodable PDU: the gateway aborts in order (AA-8)
+                assert answer is not None and answer[0] == 0x07, answer
+        finally:
+            peer.close()
+        wait_until(lambda: slots.total() == 0, 5, "the aborted association's place to be given back")
+    assert slots.peer_total("ae:STMARYS_PACS") == 0 and slots.peer_total("host:127.0.0.1") == 0
+    requestor = associate(config.node.port, calling="STMARYS_PACS")
+    assert requestor.is_established
+    requestor.release()
+
+
+def associate_rq(calling: str) -> bytes:
+    """An A-ASSOCIATE-RQ to SPINEGW proposing Verification in Explicit VR Little Endian."""
+    def item(item_type: int, body: bytes) -> bytes:
+        return struct.pack(">BBH", item_type, 0, len(body)) + body
+
+    items = item(0x10, b"1.2.840.10008.3.1.1.1")
+    items += item(0x20, struct.pack(">BBBB", 1, 0, 0, 0) + item(0x30, b"1.2.840.10008.1.1")
+                  + item(0x40, b"1.2.840.10008.1.2.1"))
+    items += item(0x50, item(0x51, struct.pack(">I", 16384)))
+    body = struct.pack(">HH", 1, 0) + b"SPINEGW".ljust(16) + calling.encode().ljust(16) + bytes(32) + items
+    return struct.pack(">BBI", 0x01, 0, len(body)) + body
+
+
+def read_pdu(sock: socket.socket) -> tuple[int, bytes] | None:
+    """The next PDU (type, body), or None when the connection closed or timed out."""
+    data = b""
+    try:
+        while len(data) < 6 or len(data) < 6 + struct.unpack(">I", data[2:6])[0]:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            data += chunk
+    except OSError:
+        return None
+    return data[0], data[6:]

@@ -196,7 +196,8 @@ def test_a_receiving_process_sent_sigterm_stops_cleanly_and_is_started_again(tmp
 def test_max_associations_counts_every_process(tmp_path):
     """node.max_associations is the node's, not each process's: with three processes and a limit of 3 the fourth
     association is rejected (transient, local limit), and a released place is taken again."""
-    node = receiving_node(tmp_path / "gw", f"sqlite:///{tmp_path}/gateway.db", processes=2, max_associations=3)
+    node = receiving_node(tmp_path / "gw", f"sqlite:///{tmp_path}/gateway.db", processes=2, max_associations=3,
+                          max_associations_per_peer=3)
     held = [associate(node.port, calling="STMARYS_PACS") for _ in range(3)]
     try:
         assert all(a.is_established for a in held)
@@ -307,6 +308,22 @@ class TestAssociationSlots:
         second.empty(2)  # it died: the others no longer wait for it
         assert node.least_busy()
         assert node.total() == 3
+
+    def test_a_peer_holds_at_most_its_share_in_every_process_together(self):
+        node = AssociationSlots.create(processes=2, limit=10)
+        other = AssociationSlots.inherited(os.dup(node.fileno()), 2, 1, 10)
+        shares = {"ae:PACS": 2, "host:10.0.0.1": 3}
+        assert node.take_within(shares) is None and other.take_within(shares) is None
+        assert node.take_within(shares) == "ae:PACS" and other.take_within(shares) == "ae:PACS"
+        assert other.take_within({"ae:OTHER": 2, "host:10.0.0.1": 3}) is None
+        assert node.take_within({"ae:THIRD": 2, "host:10.0.0.1": 3}) == "host:10.0.0.1"
+        assert node.peer_total("ae:PACS") == 2 and node.peer_total("host:10.0.0.1") == 3 and node.total() == 3
+        node.give_back(tuple(shares))
+        assert other.take_within(shares) is None, "a share given back in one process is free in the other"
+        other.empty(1)  # its process died with its three associations: their shares with them
+        assert node.peer_total("ae:PACS") == 0 and node.peer_total("host:10.0.0.1") == 0 and node.total() == 0
+        assert node.take_within({"ae:x": 1}) is None and node.take_within({"ae:y": 1}) is None
+        assert AssociationSlots.create(1, 2).take_within({}) is None
 
     def test_threads_and_openers_racing_never_pass_the_limit(self):
         node = AssociationSlots.create(2, 50)
