@@ -121,13 +121,6 @@ class BudgetedWorkers:
             self._idle.append(worker)
         self._warm.set()
 
-    def warm_soon(self) -> None:
-        """Start the warm-up in a thread now (the node does at start: the first case then finds a worker ready
-        instead of waiting the fork server's loading, several seconds)."""
-        with self._lock:
-            if not self._warm.is_set() and self._warming is None:
-                self._warm_in_background()
-
     def _warm_in_background(self) -> None:
         """The first submit's warm-up, once; the stage is woken when it ends."""
         def warm_then_wake() -> None:

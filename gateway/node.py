@@ -175,7 +175,6 @@ class GatewayNode:
             self.notes_workers = BudgetedWorkers(workers, referrals.time_budget_s,
                                              preload=["gateway.referral.notes_preload"],
                                              on_done=partial(self._deliver_wakeup, CaseState.DEIDENTIFIED))
-            self.notes_workers.warm_soon()
 
     def _start_listeners(self) -> None:
         """Servers beside the DICOM port: the HTTP API (health, metrics, referrals)."""

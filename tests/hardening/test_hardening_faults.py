@@ -222,7 +222,10 @@ def test_reviewer_that_never_answers_bounded_attempts_no_thread_leak_then_failed
     node = GatewayProcess(tmp_path / "gw", url, reviewers=[reviewer_config(silent.port)],
                           node={"acse_timeout_s": 1, "network_timeout_s": 2, "dimse_timeout_s": 2},
                           extra=fast_extra(routing={"retry": {"initial_s": 0.2, "max_s": 0.5, "max_attempts": 3},
-                                                    "echo_interval_s": 0.5})).start()
+                                                    "echo_interval_s": 0.5},
+                                           # notes in the stage's thread: the notes workers' start (seconds)
+                                           # must not let the health check mark the silent reviewer down first
+                                           referrals={"workers": 0})).start()
     files = studies[2][:5]
     ledger = Ledger()
     try:
