@@ -59,13 +59,14 @@ def _candidates(report: Dataset) -> Iterable[tuple[str, str, str]]:
 
 
 def _foreign_values(study: Study, found: dict[tuple[str, str], str]) -> set[tuple[str, str]]:
-    """Those of ``found`` that the node issued for a case other than ``study`` (a patient ID shared with the
-    case, the same patient's other study, is the case's own)."""
+    """Those of ``found`` that the node issued for a case other than ``study`` (a patient ID or an accession
+    number equal to the case's own, as another study of the same patient or order has, is the case's own)."""
     def values(kind: str) -> list[str]:
         return [value for k, value in found if k == kind]
 
     own = StudyIdentity.get_or_none(StudyIdentity.study == study.id)
     own_patient_id = own.pseudo_patient_id if own is not None else ""
+    own_accession = own.pseudo_accession_number if own is not None else ""
     foreign: set[tuple[str, str]] = set()
     if uids := values("uid"):
         foreign |= {("uid", u) for u in UidMap.select(UidMap.pseudo_uid).where(
@@ -75,7 +76,8 @@ def _foreign_values(study: Study, found: dict[tuple[str, str], str]) -> set[tupl
     if patient_ids := [v for v in values("patient_id") if v != own_patient_id]:
         foreign |= {("patient_id", v) for v in StudyIdentity.select(StudyIdentity.pseudo_patient_id).where(
             StudyIdentity.pseudo_patient_id.in_(patient_ids)).scalars()}
-    if accessions := values("accession_number"):
+    # The same original accession gives the same pseudonym: equal to the case's own, it is the case's own.
+    if accessions := [v for v in values("accession_number") if v != own_accession]:
         foreign |= {("accession_number", v) for v in StudyIdentity.select(
             StudyIdentity.pseudo_accession_number).where(StudyIdentity.pseudo_accession_number.in_(accessions)
                                                          & (StudyIdentity.study != study.id)).scalars()}
