@@ -9,8 +9,7 @@ which is lossy for this purpose (hl7apy 1.3.5; each point is proved in ``tests/r
 - hl7apy has no unescaping at all, and ``to_er7()`` of a parsed text field escapes again every escape
   sequence it does not know: ``\\X41\\`` comes back as ``\\E\\X41\\E\\``, ``\\.br\\`` as
   ``\\E\\.br\\E\\``;
-- numeric components are stored as numbers, so a telephone's ``020`` comes back as ``20``;
-- in its tolerant mode a field of a simple type that holds components loses their positions.
+- numeric components are stored as numbers, so a telephone's ``020`` comes back as ``20``.
 
 Field mapping:
 
@@ -102,8 +101,9 @@ def unescape(text: str, separators: Separators = DEFAULT_SEPARATORS) -> str:
     ``\F\ \S\ \T\ \R\ \E\`` (and v2.7 ``\P\``) become the message's own separators, ``\Xhh..\`` the bytes
     it spells (UTF-8, else Latin-1), ``\.br\`` and the other formatting commands line breaks or nothing;
     highlighting (``\H\ \N\``), character-set switches (``\C..\ \M..\``) and local escapes (``\Z..\``)
-    are dropped. A sequence that is unknown or not closed stays as written, so a sender's unescaped
-    ``C:\dir\file`` survives. ``\`` stands for the message's escape character throughout.
+    are dropped. An escape character that opens no known sequence stays as written, and the reading
+    goes on from the next one (which may open a sequence), so a sender's unescaped ``C:\dir\file``
+    survives. ``\`` stands for the message's escape character throughout.
     """
     escape = separators.escape
     parts: list[str] = []
@@ -112,28 +112,32 @@ def unescape(text: str, separators: Separators = DEFAULT_SEPARATORS) -> str:
         end = text.find(escape, start + 1)
         if end < 0:
             break
-        parts.append(text[position:start])
-        parts.append(_escape_sequence(text[start + 1:end], separators, text[start:end + 1]))
-        position = end + 1
+        meaning = _escape_sequence(text[start + 1:end], separators)
+        if meaning is None:  # not a sequence: the escape character and what follows it are text
+            parts.append(text[position:end])
+        else:
+            parts.append(text[position:start] + meaning)
+            end += 1
+        position = end
     parts.append(text[position:])
     return "".join(parts)
 
 
-def _escape_sequence(body: str, separators: Separators, written: str) -> str:
-    """The text one escape sequence stands for; ``written`` (the sequence as sent) when unknown."""
+def _escape_sequence(body: str, separators: Separators) -> str | None:
+    """The text one escape sequence stands for; None when ``body`` is not a known sequence."""
     named = {"F": separators.field, "S": separators.component, "T": separators.subcomponent,
              "R": separators.repetition, "E": separators.escape, "P": separators.truncation,
              "H": "", "N": ""}
     if body in named:
-        return named[body] if named[body] is not None else written
+        return named[body]
     if body[:1] == "X":
-        return _hex_text(body[1:]) or written
+        return _hex_text(body[1:])
     if body[:1] in ("Z", "C", "M") and len(body) > 1:
         return ""
     formatting = _FORMATTING.fullmatch(body)
     if formatting:
         return _formatting_text(formatting.group(1), formatting.group(2))
-    return written
+    return None
 
 
 def _hex_text(digits: str) -> str | None:
