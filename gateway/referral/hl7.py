@@ -207,10 +207,12 @@ class _Message:
 def _normalise(raw: str | bytes) -> str:
     if isinstance(raw, bytes):
         try:
-            raw = raw.decode("utf-8")
+            decoded = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raw = raw.decode("latin-1")
-    text = raw.strip("\x0b\x1c\r\n ")
+            decoded = raw.decode("latin-1")
+    else:
+        decoded = raw
+    text = decoded.strip("\x0b\x1c\r\n ")
     return text.replace("\r\n", "\r").replace("\n", "\r")
 
 
@@ -434,7 +436,8 @@ def parse_hl7_referral(raw: str | bytes | Message, facility_sources: Mapping[str
     """Parse an ORM^O01 or OMI^O23 message into a :class:`Referral`.
 
     Args:
-        raw: the ER7 message (segments separated by CR; LF and MLLP framing are tolerated).
+        raw: the ER7 message (segments separated by CR; LF and MLLP framing are tolerated); an hl7apy
+            ``Message`` is read from its ``to_er7()``.
         facility_sources: sending facility (MSH-4, first component) -> gateway source name.
 
     Raises:

@@ -215,13 +215,13 @@ def test_ack_reason_is_cut_before_it_is_escaped():
 def test_hl7apy_escapes_an_escape_sequence_it_does_not_know_again():
     written = with_examination(ORM, r"a\X41\b\.br\c")
     message = parse_message(written, find_groups=False)
-    obx = [segment for segment in message.children if segment.name == "OBX"][-1]
+    obx = [segment for segment in message.children if segment.name == "OBX"][-1]  # the examination
     assert obx.obx_5.to_er7() == r"a\E\X41\E\b\E\.br\E\c"
     assert parse_hl7_referral(written, SOURCES).clinical.examination == "aAb\nc"
 
 
 def test_hl7apy_drops_the_leading_zero_of_a_numeric_component():
     written = ORM.replace("^PRN^PH^^44^20^79460123", "^PRN^PH^^44^020^079460123", 1)
-    pid = [segment for segment in parse_message(written, find_groups=False).children if segment.name == "PID"][0]
+    pid = next(segment for segment in parse_message(written, find_groups=False).children if segment.name == "PID")
     assert pid.pid_13.to_er7() == "^PRN^PH^^44^20^79460123"
     assert parse_hl7_referral(written, SOURCES).patient.phones == ["+44 020 079460123"]
