@@ -10,12 +10,15 @@ import datetime as dt
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pydicom
 import pytest
 import yaml
 from structlog.testing import capture_logs
+
+from gateway.budget import BudgetedWorkers
 
 from gateway.demo import write_demo_study
 from gateway.models import (
@@ -158,6 +161,27 @@ def test_timeout_hold(world_factory, study_files):
     assert _store().study_id == study.id
     assert stage.run_once(utcnow()) == 1
     assert Study.get_by_id(study.id).state == CaseState.NOTES_ATTACHED
+
+
+def test_the_wait_timeout_is_logged_once_while_the_notes_are_scrubbed_in_a_worker(world_factory, study_files):
+    """The case stays where it is while a worker scrubs its notes (or while the workers start); the stage passes
+    over it again and again, and says once that its referral wait is over."""
+    world = world_factory(wait_s=0.01, on_timeout="route")
+    study = world.deidentified_case(study_files)
+    workers = BudgetedWorkers(1, 120.0, preload=["gateway.referral.notes_preload"])
+    stage = NotesStage(world.config, world.spool, workers)
+    passes, deadline = 0, time.monotonic() + 120
+    try:
+        with capture_logs() as logs:
+            while Study.get_by_id(study.id).state != CaseState.NOTES_ATTACHED:
+                assert time.monotonic() < deadline, "the worker never gave the notes back"
+                stage.run_once(utcnow() + dt.timedelta(seconds=1))
+                passes += 1
+                time.sleep(0.05)
+    finally:
+        workers.shutdown()
+    assert passes > 3  # the workers' start and the scrubbing took several passes
+    assert [e["case"] for e in _events(logs, "referral_wait_timeout")] == [study.key]
 
 
 def test_referral_expires_without_study(world_factory):
