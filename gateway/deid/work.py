@@ -172,7 +172,14 @@ def encode(dataset: Dataset) -> bytes:
 
 
 def encode_to_file(dataset: Dataset, tmp_dir: str) -> Path:
-    """``dataset`` encoded into a new file under ``tmp_dir``, fsynced: durable before the stage renames it."""
+    """``dataset`` encoded into a new file under ``tmp_dir``, fsynced: durable before the stage renames it.
+
+    Its bulk values (pixel data) are handed to pydicom as buffers sharing their bytes, which it writes to the
+    file in chunks; given as bytes, pydicom encodes each element into a buffer of its own first, a second copy
+    of a 400 MB instance."""
+    for element in dataset:
+        if element.VR in _BULK_VRS and isinstance(element.value, bytes) and len(element.value) > _BULK_BYTES:
+            element.value = io.BytesIO(element.value)  # shares the bytes (copy on write)
     target = Path(tmp_dir) / f"{secrets.token_hex(8)}.part"
     try:
         with open(target, "xb") as out:
@@ -183,6 +190,10 @@ def encode_to_file(dataset: Dataset, tmp_dir: str) -> Path:
         target.unlink(missing_ok=True)
         raise
     return target
+
+
+_BULK_VRS = ("OB", "OW")
+_BULK_BYTES = 1 << 20
 
 
 def file_sha256(path: Path) -> str:
