@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/gateway.yaml
 
-.PHONY: run test system-deps venv bench bench-ingest clean
+.PHONY: run test test-fast system-deps venv bench bench-ingest clean
 
 $(STAMP): requirements.txt setup.cfg pyproject.toml
 	scripts/install-system-deps.sh --runtime
@@ -31,6 +31,11 @@ run: $(STAMP)
 ## Install everything, then run the whole suite in a private network namespace (loopback only).
 test: $(STAMP) system-deps
 	scripts/run-tests.sh $(PYTEST_ARGS)
+
+## The fast tier for daily work (a few minutes): the suite without the tests marked slow, i.e. those that start a
+## real peer (a node, DCMTK, Orthanc, PostgreSQL, chromium; marked in tests/conftest.py) or take seconds each.
+test-fast: $(STAMP) system-deps
+	scripts/run-tests.sh -m "not slow" $(PYTEST_ARGS)
 
 bench: bench-ingest
 

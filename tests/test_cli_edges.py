@@ -20,6 +20,8 @@ from gateway.ops.logs import LOG_KEYS
 from gateway.ops.status import collect_status
 from support.peers import free_port
 
+pytestmark = pytest.mark.slow  # runs the CLI in fresh processes, 1.5-8 s a test
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
@@ -78,6 +79,7 @@ def test_different_patients_never_share_a_patient_pseudonym(first: str, second: 
     assert -3650 <= offset <= -365
 
 
+@pytest.mark.slow  # hypothesis, many examples: 2 s
 @settings(max_examples=100, deadline=None)
 @given(original=st.from_regex(r"[12](\.[1-9][0-9]{0,8}){2,12}", fullmatch=True))
 def test_uid_pseudonym_is_a_valid_short_uid(original: str) -> None:

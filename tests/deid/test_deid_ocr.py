@@ -38,6 +38,7 @@ from gateway.deid.ocr import _Viewer
 from gateway.deid.ocr_engine import engine_for
 from gateway.deid.ocr_match import birth_date_forms, fold, identifiers_found, is_identifier_piece, search_terms
 from gateway.deid.options import BurnedInPolicy, OcrOptions
+from support.dicomfiles import pydicom_file_param
 
 SECRET = b"ocr-tests-secret-0123456789abcdef"
 ROWS, COLUMNS = 420, 360
@@ -303,7 +304,7 @@ def test_pydicom_bundles_secondary_capture_and_ultrasound_files():
     assert len(SC_AND_US) >= 10
 
 
-@pytest.mark.parametrize("path", SC_AND_US, ids=[p.rsplit("/", 1)[-1] for p in SC_AND_US])
+@pytest.mark.parametrize("path", [pydicom_file_param(path) for path in SC_AND_US])
 def test_pydicom_secondary_capture_and_ultrasound_files_are_cleaned_or_quarantined(tmp_path, path):
     import warnings
 

@@ -13,6 +13,8 @@ from notes_eval import evaluate, known_identifiers, report, scrubber_engine
 
 from gateway.referral.scrub import TextScrubber
 
+pytestmark = pytest.mark.slow  # scores the whole notes corpus (25 s and more)
+
 
 @pytest.fixture(scope="module")
 def cases():

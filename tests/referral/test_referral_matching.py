@@ -142,6 +142,7 @@ def test_timeout_route_uses_the_header_notes(world_factory, study_files):
     assert any("Low back pain radiating to the left leg" in text for text in texts)  # AdditionalPatientHistory
 
 
+@pytest.mark.slow  # waits out the referral's hold
 def test_timeout_hold(world_factory, study_files):
     world = world_factory(wait_s=0.01, on_timeout="hold")
     study = world.deidentified_case(study_files)

@@ -49,6 +49,7 @@ from support.peers import free_port
 MR = "1.2.840.10008.5.1.4.1.1.4"
 
 
+@pytest.mark.slow  # waits for socket timeouts: 3.5 s
 def test_recv_exactly_reads_a_whole_pdu_and_stops_short_only_when_the_peer_closes():
     left, right = socket.socketpair()
     payload = bytes(random.Random(1).getrandbits(8) for _ in range(300_000))
@@ -286,6 +287,7 @@ def test_a_store_service_failing_in_the_dul_thread_leaves_the_association_servin
     assert inline.get_nowait() == (3, echo)
 
 
+@pytest.mark.slow  # runs many associations: 2 s
 def test_associations_do_not_leak_their_wake_up_sockets():
     ae = AE("SPINEGW")
     ae.add_supported_context("1.2.840.10008.1.1")

@@ -24,6 +24,7 @@ def database(tmp_path):
     database.close_all()
 
 
+@pytest.mark.slow  # argon2 hashes at full cost: 3 s
 def test_accounts_are_checked_hashed_and_disabled(database):
     with pytest.raises(AccountError, match="--source"):
         add_user(CONFIG, "x", "referrer", "long enough password")
@@ -133,6 +134,7 @@ def test_the_sla_clock_reads_in_words():
     assert sla_clock(None, now) == ("no deadline", False)
 
 
+@pytest.mark.slow  # runs the CLI in fresh processes: 18 s
 def test_user_commands_answer_mistakes_in_one_line(tmp_path):
     import subprocess
     import sys
