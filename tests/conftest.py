@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydicom import config as pydicom_config
 
-from support.peers import GatewayProcess, PostgresCluster
 from gateway.demo import write_demo_study
 from gateway.dicomnet import install_fast_paths
+from support.peers import GatewayProcess, PostgresCluster
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,8 +4,8 @@ call, the ``retry`` of each leg."""
 
 from __future__ import annotations
 
-import ast
 import argparse
+import ast
 import re
 import subprocess
 import sys
@@ -86,7 +86,8 @@ def test_config_is_accepted_before_or_after_every_command(tmp_path):
     missing = _run("status", "--config", str(tmp_path / "nowhere.yaml"))
     _one_line_usage_error(missing)
 
-    def leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    def leaves(parser: argparse.ArgumentParser,
+               path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
         found = []
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):

@@ -30,7 +30,7 @@ from peewee import fn
 
 from gateway import cases
 from gateway.budget import OVER_BUDGET
-from gateway.deid.engine import DeidMapping, Deidentifier
+from gateway.deid.engine import Deidentifier, DeidMapping
 from gateway.deid.errors import TimeBudgetExceeded
 from gateway.deid.guard import find_leaks_in_values
 from gateway.deid.options import DeidOptions

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures.process import BrokenProcessPool
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
 from multiprocessing import get_context
 from typing import Any
 
@@ -26,8 +26,8 @@ import pydicom
 import structlog
 from pydicom.dataset import Dataset
 
-from gateway.deid.engine import DeidMapping, Deidentifier, PatientContext
 from gateway.budget import OVER_BUDGET
+from gateway.deid.engine import Deidentifier, DeidMapping, PatientContext
 from gateway.deid.errors import BurnedInRiskError, QuarantineError, TimeBudgetExceeded
 from gateway.deid.guard import UnreadablePDFError, find_leaks, identifiers_from_dataset, searchable_values
 from gateway.deid.options import DeidOptions

@@ -68,10 +68,11 @@ def _unescape(text: str) -> str:
 
 def _normalise(raw: str | bytes) -> str:
     if isinstance(raw, bytes):
+        encoded = raw
         try:
-            raw = raw.decode("utf-8")
+            raw = encoded.decode("utf-8")
         except UnicodeDecodeError:
-            raw = raw.decode("latin-1")
+            raw = encoded.decode("latin-1")
     text = raw.strip("\x0b\x1c\r\n ")
     return text.replace("\r\n", "\r").replace("\n", "\r")
 

@@ -65,7 +65,8 @@ def test_another_secret_gives_other_pseudonyms() -> None:
     assert first.dataset.PatientID != other.dataset.PatientID
 
 
-_IDS = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="\\"), min_size=1, max_size=64)
+_IDS = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="\\"),
+               min_size=1, max_size=64)
 
 
 @settings(max_examples=200, deadline=None)

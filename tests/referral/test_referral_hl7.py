@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from hl7apy.parser import parse_message
-from hypothesis import given, settings, strategies as st
-
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.referral.codes import RedFlag
 from gateway.referral.document import Referral, Urgency

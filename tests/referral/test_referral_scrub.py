@@ -7,7 +7,8 @@ import re
 import unicodedata
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.referral.scrub import KnownIdentifiers, TextScrubber, levenshtein_at_most_one
 

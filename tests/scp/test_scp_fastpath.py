@@ -34,15 +34,31 @@ from gateway.deid.options import DeidOptions
 from gateway.deid.stage import EARLY_AFTER_QUIET_S, EARLY_AT_THE_LATEST_S, DeidStage
 from gateway.deid.work import deid_pool
 from gateway.dicom.command import encode_command_set, store_request_values, store_response_command
-from gateway.dicomnet import (_STOCK_MESSAGE_TO_PRIMITIVE, NODELAY_HANDLER, _ReceivedPData, _StoresServedInline,
-                              _wait_for_message, c_store_command, recv_exactly, store_request_to_primitive)
-from gateway.models import SCHEMA_VERSION, Instance, InstanceState, SchemaVersion, db, migrate, open_database
 from gateway.dicom.filemeta import part10_header
-from gateway.errors import InvalidInstance
-from gateway.scp.receiver import (HEADER_TAGS, AssociationCache, InstanceReceiver, ReceivedInstance,
-                                  header_from_values, parse_header, read_header, remove_unplaced_receipts)
-from gateway.scp.spool import Spool
 from gateway.dicom.wellformed import check_well_formed
+from gateway.dicomnet import (
+    _STOCK_MESSAGE_TO_PRIMITIVE,
+    NODELAY_HANDLER,
+    _ReceivedPData,
+    _StoresServedInline,
+    _wait_for_message,
+    c_store_command,
+    recv_exactly,
+    store_request_to_primitive,
+)
+from gateway.errors import InvalidInstance
+from gateway.models import SCHEMA_VERSION, Instance, InstanceState, SchemaVersion, db, migrate, open_database
+from gateway.scp.receiver import (
+    HEADER_TAGS,
+    AssociationCache,
+    InstanceReceiver,
+    ReceivedInstance,
+    header_from_values,
+    parse_header,
+    read_header,
+    remove_unplaced_receipts,
+)
+from gateway.scp.spool import Spool
 from support.dicomfiles import dataset_bytes
 from support.peers import free_port
 
@@ -410,7 +426,8 @@ def test_a_command_set_not_plainly_a_store_request_is_left_to_pynetdicom(change)
                                            struct.pack("<HHIHH", 0, 0x0110, 4, 9, 9)),
         "not ascii": command.replace(b"1.2.3.4\0", b"1.2.3.\xe4\0"),
         "backslash": command.replace(b"1.2.3.4\0", b"1.2\\3.4\0"),
-        "empty uid": command.replace(struct.pack("<HHI", 0, 0x1000, 8) + b"1.2.3.4\0", struct.pack("<HHI", 0, 0x1000, 0)),
+        "empty uid": command.replace(struct.pack("<HHI", 0, 0x1000, 8) + b"1.2.3.4\0",
+                                     struct.pack("<HHI", 0, 0x1000, 0)),
         "c-echo": command.replace(struct.pack("<HHIH", 0, 0x0100, 2, 1), struct.pack("<HHIH", 0, 0x0100, 2, 0x30)),
         "no instance uid": command.replace(struct.pack("<HHI", 0, 0x1000, 8) + b"1.2.3.4\0", b""),
     }[change]

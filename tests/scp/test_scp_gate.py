@@ -54,7 +54,7 @@ def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
         return True
     except (ConnectionResetError, BrokenPipeError):
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
 
 
