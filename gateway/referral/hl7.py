@@ -1,6 +1,17 @@
 """HL7 v2 order messages (ORM^O01, OMI^O23) to :class:`Referral`, and their acknowledgements.
 
-Parsing is done by hl7apy (segments taken flat, ``find_groups=False``). Field mapping:
+hl7apy reads the envelope: it takes the separators from MSH-1 (field) and MSH-2 (component, repetition,
+escape, subcomponent, and in v2.7 truncation), checks the MSH segment and the message structure, and
+builds the ACK. Field values are read from each segment's text, split with *those* separators and then
+unescaped by :func:`unescape` (HL7 v2.5 chapter 2.7). They are not read through hl7apy's element tree,
+which is lossy for this purpose (hl7apy 1.3.5; each point is proved in ``tests/referral/test_hl7_escapes.py``):
+
+- hl7apy has no unescaping at all, and ``to_er7()`` of a parsed text field escapes again every escape
+  sequence it does not know: ``\\X41\\`` comes back as ``\\E\\X41\\E\\``, ``\\.br\\`` as
+  ``\\E\\.br\\E\\``;
+- numeric components are stored as numbers, so a telephone's ``020`` comes back as ``20``.
+
+Field mapping:
 
 =====================  ==========================================================================
 Referral field         HL7 source
@@ -26,8 +37,10 @@ OBX by OBX-3.1         72514-3 (LOINC) pain intensity; RF red flag (OBX-5.1 code
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from hl7apy.core import Message
 from hl7apy.exceptions import HL7apyException
@@ -37,14 +50,13 @@ from gateway.referral import codes
 from gateway.referral.document import Referral, validate_referral_data
 from gateway.referral.errors import HL7ParseError, ReferralValidationError
 
-__all__ = ["SUPPORTED_MESSAGE_TYPES", "build_ack", "parse_hl7_referral"]
+__all__ = ["SUPPORTED_MESSAGE_TYPES", "Separators", "build_ack", "parse_hl7_referral", "unescape"]
 
 SUPPORTED_MESSAGE_TYPES = frozenset({("ORM", "O01"), ("OMI", "O23")})
 _URGENT_PRIORITIES = {"S", "A"}
 # ERR-3 codes from HL7 table 0357.
 _ERROR_APPLICATION = "207^Application internal error^HL70357"
 _ERROR_REJECTED = "200^Unsupported message type^HL70357"
-_ESCAPES = {"\\F\\": "|", "\\S\\": "^", "\\T\\": "&", "\\R\\": "~", "\\E\\": "\\", "\\.br\\": "\n"}
 _OBX_TEXT_FIELDS = {
     codes.PRESENTING_SYMPTOMS.value: "symptoms",
     codes.EXAMINATION.value: "examination",
@@ -60,67 +72,220 @@ _OBX_PAIN_FIELDS = {
 }
 
 
-def _unescape(text: str) -> str:
-    for escaped, plain in _ESCAPES.items():
-        text = text.replace(escaped, plain)
-    return text
+class Separators(NamedTuple):
+    r"""A message's own encoding characters (MSH-1 and MSH-2); the defaults are ``|^~\&``."""
+
+    field: str = "|"
+    component: str = "^"
+    repetition: str = "~"
+    escape: str = "\\"
+    subcomponent: str = "&"
+    truncation: str | None = None  # v2.7: the fifth character of MSH-2, when present
+
+    @classmethod
+    def of(cls, message: Message) -> Separators:
+        """The separators hl7apy read from the message's MSH-1 and MSH-2."""
+        chars = message.encoding_chars
+        return cls(chars["FIELD"], chars["COMPONENT"], chars["REPETITION"], chars["ESCAPE"],
+                   chars["SUBCOMPONENT"], chars.get("TRUNCATION"))
+
+
+DEFAULT_SEPARATORS = Separators()
+# Formatting commands of FT (chapter 2.7.6) as plain text: line breaks kept, layout dropped.
+_FORMATTING = re.compile(r"\.(br|sp|ce|sk|fi|nf|in|ti)(?:\s*([+-]?\d+))?")
+
+
+def unescape(text: str, separators: Separators = DEFAULT_SEPARATORS) -> str:
+    r"""Resolve HL7 v2 escape sequences (chapter 2.7) in one component or subcomponent, left to right.
+
+    ``\F\ \S\ \T\ \R\ \E\`` (and v2.7 ``\P\``) become the message's own separators, ``\Xhh..\`` the bytes
+    it spells (UTF-8, else Latin-1), ``\.br\`` and the other formatting commands line breaks or nothing;
+    highlighting (``\H\ \N\``), character-set switches (``\C..\ \M..\``) and local escapes (``\Z..\``)
+    are dropped. An escape character that opens no known sequence stays as written, and the reading
+    goes on from the next one (which may open a sequence), so a sender's unescaped ``C:\dir\file``
+    survives. ``\`` stands for the message's escape character throughout.
+    """
+    escape = separators.escape
+    parts: list[str] = []
+    position = 0
+    while (start := text.find(escape, position)) >= 0:
+        end = text.find(escape, start + 1)
+        if end < 0:
+            break
+        meaning = _escape_sequence(text[start + 1:end], separators)
+        if meaning is None:  # not a sequence: the escape character and what follows it are text
+            parts.append(text[position:end])
+        else:
+            parts.append(text[position:start] + meaning)
+            end += 1
+        position = end
+    parts.append(text[position:])
+    return "".join(parts)
+
+
+def _escape_sequence(body: str, separators: Separators) -> str | None:
+    """The text one escape sequence stands for; None when ``body`` is not a known sequence."""
+    named = {"F": separators.field, "S": separators.component, "T": separators.subcomponent,
+             "R": separators.repetition, "E": separators.escape, "P": separators.truncation,
+             "H": "", "N": ""}
+    if body in named:
+        return named[body]
+    if body[:1] == "X":
+        return _hex_text(body[1:])
+    if body[:1] in ("Z", "C", "M") and len(body) > 1:
+        return ""
+    formatting = _FORMATTING.fullmatch(body)
+    if formatting:
+        return _formatting_text(formatting.group(1), formatting.group(2))
+    return None
+
+
+def _hex_text(digits: str) -> str | None:
+    r"""``\Xhh..\``: the bytes as text (line ends as ``\n``); None when not an even run of hex digits."""
+    if not digits or len(digits) % 2 or not re.fullmatch(r"[0-9A-Fa-f]+", digits):
+        return None
+    data = bytes.fromhex(digits)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _formatting_text(command: str, number: str | None) -> str:
+    count = int(number) if number else 1
+    if command == "br":
+        return "\n"
+    if command == "sp":
+        return "\n" * (1 + max(count, 0))  # end the line, then skip ``count`` lines
+    if command == "ce":
+        return "\n"
+    if command == "sk":
+        return " " * max(count, 0)
+    return ""  # .fi .nf .in .ti: fill and indent, nothing in plain text
+
+
+def _escape(text: str) -> str:
+    """Plain text as one ER7 value in the default separators (the ACK's), on one line."""
+    text = text.replace("\\", "\\E\\")
+    for plain, escaped in (("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\")):
+        text = text.replace(plain, escaped)
+    return " ".join(text.split())
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """One segment's fields as written (``fields[n]`` is SEG-n), and the message's separators."""
+
+    name: str
+    fields: tuple[str, ...]
+    separators: Separators
+
+    def field(self, number: int) -> str:
+        return self.fields[number] if number < len(self.fields) else ""
+
+
+@dataclass(frozen=True)
+class _Message:
+    """A parsed message: hl7apy's reading of it, and its segments as written."""
+
+    hl7apy: Message
+    segments: tuple[_Segment, ...]
+
+    @property
+    def msh(self) -> _Segment:
+        return self.segments[0]
+
+    def all(self, name: str) -> list[_Segment]:
+        return [segment for segment in self.segments if segment.name == name]
+
+    def first(self, name: str) -> _Segment | None:
+        found = self.all(name)
+        return found[0] if found else None
 
 
 def _normalise(raw: str | bytes) -> str:
     if isinstance(raw, bytes):
-        encoded = raw
         try:
-            raw = encoded.decode("utf-8")
+            decoded = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raw = encoded.decode("latin-1")
-    text = raw.strip("\x0b\x1c\r\n ")
+            decoded = raw.decode("latin-1")
+    else:
+        decoded = raw
+    text = decoded.strip("\x0b\x1c\r\n ")
     return text.replace("\r\n", "\r").replace("\n", "\r")
 
 
-def _parse(raw: str | bytes | Message) -> Message:
+def _parse(raw: str | bytes | Message) -> _Message:
     if isinstance(raw, Message):
-        return raw
+        raw = raw.to_er7()
     if not isinstance(raw, (str, bytes)):
         raise TypeError("message must be str, bytes or hl7apy Message")
     text = _normalise(raw)
     if not text.startswith("MSH"):
         raise HL7ParseError("not an HL7 v2 message: does not start with an MSH segment")
     try:
-        return parse_message(text, find_groups=False)
+        message = parse_message(text, find_groups=False)
     except (HL7apyException, ValueError, IndexError) as exc:
         raise HL7ParseError(f"malformed HL7 message ({type(exc).__name__})") from None
+    separators = Separators.of(message)
+    return _Message(message, tuple(_split_segment(line.strip(), separators)
+                                   for line in text.split("\r") if line.strip()))
 
 
-def _segments(message: Message, name: str) -> list[Any]:
-    return [child for child in message.children if child.name == name]
+def _split_segment(text: str, separators: Separators) -> _Segment:
+    """Fields of one segment as written; MSH-1 is the field separator itself, MSH-2 the rest of MSH-2."""
+    parts = text.split(separators.field)
+    if parts[0] == "MSH":
+        return _Segment("MSH", ("MSH", separators.field, *parts[1:]), separators)
+    return _Segment(parts[0], tuple(parts), separators)
 
 
-def _first(message: Message, name: str) -> Any | None:
-    found = _segments(message, name)
-    return found[0] if found else None
-
-
-def _components(segment: Any, field: int, repetition: int = 0) -> list[str]:
-    """Components of one repetition of a field, unescaped; [] when the field is absent."""
+def _leaves(segment: _Segment | None, field: int, repetition: int = 0) -> list[list[str]]:
+    """One repetition of a field as components of unescaped subcomponents; [] when absent."""
     if segment is None:
         return []
-    fields = [child for child in segment.children if child.name == f"{segment.name}_{field}"]
-    if len(fields) <= repetition:
+    text = segment.field(field)
+    if not text:
         return []
-    separator = "^"
-    return [_unescape(part) for part in fields[repetition].to_er7().split(separator)]
+    separators = segment.separators
+    repetitions = [text] if (segment.name, field) == ("MSH", 2) else text.split(separators.repetition)
+    if len(repetitions) <= repetition:
+        return []
+    return [[unescape(sub, separators) for sub in component.split(separators.subcomponent)]
+            for component in repetitions[repetition].split(separators.component)]
 
 
-def _component(segment: Any, field: int, component: int = 1) -> str:
+def _repetition_count(segment: _Segment | None, field: int) -> int:
+    if segment is None or not segment.field(field):
+        return 0
+    return len(segment.field(field).split(segment.separators.repetition))
+
+
+def _components(segment: _Segment | None, field: int, repetition: int = 0) -> list[str]:
+    """The first subcomponent of each component of one repetition, unescaped; [] when absent."""
+    return [subcomponents[0] for subcomponents in _leaves(segment, field, repetition)]
+
+
+def _component(segment: _Segment | None, field: int, component: int = 1) -> str:
     parts = _components(segment, field)
-    return parts[component - 1].split("&")[0].strip() if len(parts) >= component else ""
+    return parts[component - 1].strip() if len(parts) >= component else ""
 
 
-def _repetitions(segment: Any, field: int) -> list[list[str]]:
+def _repetitions(segment: _Segment | None, field: int) -> list[list[str]]:
+    return [_components(segment, field, index) for index in range(_repetition_count(segment, field))]
+
+
+def _text(segment: _Segment | None, field: int, component_joiner: str | None = None) -> str:
+    """A text field whole: every repetition, component and subcomponent unescaped, joined again by the
+    separators the sender wrote (so ``pain & numbness`` stays whole) or ``component_joiner``."""
     if segment is None:
-        return []
-    count = len([c for c in segment.children if c.name == f"{segment.name}_{field}"])
-    return [_components(segment, field, index) for index in range(count)]
+        return ""
+    separators = segment.separators
+    joiner = separators.component if component_joiner is None else component_joiner
+    return separators.repetition.join(
+        joiner.join(separators.subcomponent.join(subs) for subs in _leaves(segment, field, index))
+        for index in range(_repetition_count(segment, field)))
 
 
 def _coded_text(parts: list[str]) -> str:
@@ -144,17 +309,17 @@ def _person(parts: list[str]) -> str:
     return " ".join(p for p in (parts[5:6] + parts[2:3] + parts[1:2]) if p.strip()).strip()
 
 
-def _message_type(message: Message) -> tuple[str, str]:
+def _message_type(message: _Message) -> tuple[str, str]:
     parts = _components(message.msh, 9)
     return (parts[0] if parts else "", parts[1] if len(parts) > 1 else "")
 
 
-def _accession(message: Message) -> str:
+def _accession(message: _Message) -> str:
     candidates = [
-        (_first(message, "IPC"), 1),
-        (_first(message, "OBR"), 18),
-        (_first(message, "OBR"), 3),
-        (_first(message, "ORC"), 3),
+        (message.first("IPC"), 1),
+        (message.first("OBR"), 18),
+        (message.first("OBR"), 3),
+        (message.first("ORC"), 3),
     ]
     for segment, field in candidates:
         value = _component(segment, field)
@@ -163,14 +328,14 @@ def _accession(message: Message) -> str:
     raise HL7ParseError("no accession number: IPC-1, OBR-18, OBR-3 and ORC-3 are all empty")
 
 
-def _is_urgent(message: Message) -> bool:
-    orc, obr, tq1 = _first(message, "ORC"), _first(message, "OBR"), _first(message, "TQ1")
+def _is_urgent(message: _Message) -> bool:
+    orc, obr, tq1 = message.first("ORC"), message.first("OBR"), message.first("TQ1")
     priorities = [_component(tq1, 9), _component(orc, 7, 6), _component(obr, 27, 6), _component(obr, 5)]
     return any(p.upper() in _URGENT_PRIORITIES for p in priorities if p)
 
 
-def _referrer(message: Message) -> dict[str, str] | None:
-    orc, obr = _first(message, "ORC"), _first(message, "OBR")
+def _referrer(message: _Message) -> dict[str, str] | None:
+    orc, obr = message.first("ORC"), message.first("OBR")
     name = _person(_components(orc, 12)) or _person(_components(obr, 16))
     if not name:
         return None
@@ -189,8 +354,8 @@ def _telephone(parts: list[str]) -> str:
     return parts[0] if parts else ""
 
 
-def _patient(pid: Any) -> dict[str, Any]:
-    ids = [parts[0].split("&")[0].strip() for parts in _repetitions(pid, 3) if parts and parts[0].strip()]
+def _patient(pid: _Segment) -> dict[str, Any]:
+    ids = [parts[0].strip() for parts in _repetitions(pid, 3) if parts and parts[0].strip()]
     patient: dict[str, Any] = {
         "id": ids[0] if ids else "",
         "name": "^".join(p for p in _components(pid, 5)[:2]),
@@ -215,7 +380,7 @@ def _patient(pid: Any) -> dict[str, Any]:
 def _address(parts: list[str]) -> dict[str, str]:
     """XAD to the referral's address: street (SAD.1), other, city, state, postcode, country."""
     names = ("street", "other", "town", "region", "postcode", "country")
-    return {name: part.split("&")[0].strip() for name, part in zip(names, parts) if part.split("&")[0].strip()}
+    return {name: part.strip() for name, part in zip(names, parts) if part.strip()}
 
 
 def _join(*texts: str | None) -> str | None:
@@ -223,17 +388,17 @@ def _join(*texts: str | None) -> str | None:
     return "\n".join(kept) if kept else None
 
 
-def _apply_observations(message: Message, clinical: dict[str, Any], pain: dict[str, Any]) -> None:
-    for obx in _segments(message, "OBX"):
+def _apply_observations(message: _Message, clinical: dict[str, Any], pain: dict[str, Any]) -> None:
+    for obx in message.all("OBX"):
         code = _component(obx, 3)
-        value = "~".join("^".join(parts) for parts in _repetitions(obx, 5))
+        value = _text(obx, 5)
         label = f"OBX-3 {code}"
         if code == codes.PAIN_INTENSITY.value:
             pain["intensity"] = _int(value, f"{label} pain intensity")
         elif code == codes.PAIN_DURATION.value:
             pain["duration_weeks"] = _int(value, f"{label} pain duration")
         elif code in ("RF", "REDFLAG"):
-            clinical["red_flags"].append(value.split("^")[0].strip())
+            clinical["red_flags"].append(_component(obx, 5))
         elif code in _OBX_PAIN_FIELDS:
             pain[_OBX_PAIN_FIELDS[code]] = _join(pain.get(_OBX_PAIN_FIELDS[code]), value)
         elif code in _OBX_TEXT_FIELDS:
@@ -251,12 +416,12 @@ def _int(value: str, what: str) -> int:
         raise HL7ParseError(f"{what}: not a number") from None
 
 
-def _clinical(message: Message) -> dict[str, Any]:
-    obr = _first(message, "OBR")
-    diagnoses = [_coded_text(parts) for dg1 in _segments(message, "DG1") for parts in [_components(dg1, 3)]]
+def _clinical(message: _Message) -> dict[str, Any]:
+    obr = message.first("OBR")
+    diagnoses = [_coded_text(parts) for dg1 in message.all("DG1") for parts in [_components(dg1, 3)]]
     clinical: dict[str, Any] = {
-        "history": _join(_component(obr, 13), *(f"Diagnosis: {d}" for d in diagnoses if d)),
-        "symptoms": _join(*(" ".join(_components(nte, 3)) for nte in _segments(message, "NTE"))),
+        "history": _join(_text(obr, 13), *(f"Diagnosis: {d}" for d in diagnoses if d)),
+        "symptoms": _join(*(_text(nte, 3, component_joiner=" ") for nte in message.all("NTE"))),
         "question": _join(*(_coded_text(parts) for parts in _repetitions(obr, 31))),
         "red_flags": [],
     }
@@ -271,7 +436,8 @@ def parse_hl7_referral(raw: str | bytes | Message, facility_sources: Mapping[str
     """Parse an ORM^O01 or OMI^O23 message into a :class:`Referral`.
 
     Args:
-        raw: the ER7 message (segments separated by CR; LF and MLLP framing are tolerated).
+        raw: the ER7 message (segments separated by CR; LF and MLLP framing are tolerated); an hl7apy
+            ``Message`` is read from its ``to_er7()``.
         facility_sources: sending facility (MSH-4, first component) -> gateway source name.
 
     Raises:
@@ -285,10 +451,10 @@ def parse_hl7_referral(raw: str | bytes | Message, facility_sources: Mapping[str
     facility = _component(message.msh, 4)
     if facility not in facility_sources:
         raise HL7ParseError("MSH-4: sending facility is not mapped to a source")
-    pid = _first(message, "PID")
+    pid = message.first("PID")
     if pid is None:
         raise HL7ParseError("PID segment missing")
-    obr, orc, tq1 = _first(message, "OBR"), _first(message, "ORC"), _first(message, "TQ1")
+    obr, orc, tq1 = message.first("OBR"), message.first("ORC"), message.first("TQ1")
     study_date = _component(tq1, 7) or _component(obr, 7) or _component(orc, 7, 4)
     data: dict[str, Any] = {
         "source": facility_sources[facility],
@@ -319,19 +485,19 @@ def build_ack(message: str | bytes | Message, accept: bool, error_text: str | No
     """
     original = _parse(message)
     msh = original.msh
-    ack = Message("ACK", version=msh.msh_12.to_er7().split("^")[0] or "2.5")
-    ack.msh.msh_3 = msh.msh_5.to_er7()
-    ack.msh.msh_4 = msh.msh_6.to_er7()
-    ack.msh.msh_5 = msh.msh_3.to_er7()
-    ack.msh.msh_6 = msh.msh_4.to_er7()
-    trigger = _message_type(original)[1]
+    ack = Message("ACK", version=_component(msh, 12) or "2.5")
+    ack.msh.msh_3 = _reencoded(msh, 5)
+    ack.msh.msh_4 = _reencoded(msh, 6)
+    ack.msh.msh_5 = _reencoded(msh, 3)
+    ack.msh.msh_6 = _reencoded(msh, 4)
+    trigger = _escape(_message_type(original)[1])
     ack.msh.msh_9 = f"ACK^{trigger}^ACK" if trigger else "ACK"
     ack.msh.msh_10 = control_id or "ACK" + datetime.datetime.now(datetime.UTC).strftime("%y%m%d%H%M%S%f")[:16]
-    ack.msh.msh_11 = msh.msh_11.to_er7() or "P"
+    ack.msh.msh_11 = _reencoded(msh, 11) or "P"
     ack.msa.msa_1 = "AA" if accept else ("AR" if reject else "AE")
-    ack.msa.msa_2 = msh.msh_10.to_er7()
+    ack.msa.msa_2 = _reencoded(msh, 10)
     if not accept:
-        reason = _escape(error_text or "message not accepted")[:80]
+        reason = _escape((error_text or "message not accepted")[:80])
         ack.msa.msa_3 = reason
         ack.add_segment("ERR")
         ack.err.err_3 = _ERROR_REJECTED if reject else _ERROR_APPLICATION
@@ -340,8 +506,7 @@ def build_ack(message: str | bytes | Message, accept: bool, error_text: str | No
     return ack.to_er7()
 
 
-def _escape(text: str) -> str:
-    text = text.replace("\\", "\\E\\")
-    for plain, escaped in (("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\")):
-        text = text.replace(plain, escaped)
-    return " ".join(text.split())
+def _reencoded(segment: _Segment, field: int) -> str:
+    """A field of the original (first repetition) in the ACK's default separators: the original may use
+    others (MSH-1, MSH-2), so its text cannot be copied as written."""
+    return "^".join("&".join(_escape(sub) for sub in subs) for subs in _leaves(segment, field)).rstrip("^&")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, Protocol
@@ -41,6 +40,7 @@ from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedIns
 from gateway.scp.slots import NODE_FULL, AssociationSlots
 
 log = structlog.get_logger("scp")
+SWEEP_S = 0.5  # how often a receiving process looks for associations that ended unannounced (ScpHandlers.sweep_ended)
 
 
 @dataclass
@@ -69,18 +69,6 @@ def _received_bytes(dataset: BytesIO) -> memoryview | bytes:
         return dataset.getbuffer()
     except (AttributeError, BufferError, ValueError):
         return dataset.getvalue()
-
-
-def _then(run: Any, ended: Any) -> Any:
-    """``run`` (a thread's ``run``), then ``ended`` whether it returned or raised: an association's thread is its
-    life (``threading.Thread.run``), whichever of pynetdicom's paths ends it."""
-    def run_then_end() -> None:
-        try:
-            run()
-        finally:
-            ended()
-
-    return run_then_end
 
 
 def _status(code: int, comment: str = "") -> Dataset:
@@ -118,7 +106,9 @@ class ScpHandlers:
         self._rejections = Throttle()
         self._over_budget = Throttle()
         self._slot_lock = threading.Lock()
-        self._associations: weakref.WeakKeyDictionary[Association, AssociationStats] = weakref.WeakKeyDictionary()
+        # held strongly: an association's place is given back by _closed, never dropped with the object
+        self._associations: dict[Association, AssociationStats] = {}
+        self._sweeper: threading.Thread | None = None
 
     def bindings(self) -> list[tuple]:
         bounded = []
@@ -128,7 +118,6 @@ class ScpHandlers:
         return [
             NODELAY_HANDLER,
             *bounded,
-            (evt.EVT_CONN_OPEN, self.on_connection_opened),
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_RELEASED, self.on_closed),
             (evt.EVT_ABORTED, self.on_closed),
@@ -158,6 +147,8 @@ class ScpHandlers:
             return
         self._associations[event.assoc] = AssociationStats(caller, peer, holds_slot=self.slots is not None,
                                                            peer_keys=peer_keys)
+        with self._slot_lock:
+            self._start_sweeper()
         metrics.record_association("accepted")
         log.info("association_accepted", **_named(caller), calling_ae=caller.ae_title, peer=peer)
 
@@ -170,6 +161,7 @@ class ScpHandlers:
         """
         if self.slots is None:
             return ()
+        self.sweep_ended()
         shares = {f"ae:{caller.ae_title}": self.ae_share, f"host:{peer}": self.host_share}
         full = self.slots.take_within(shares)
         if full == NODE_FULL:
@@ -189,24 +181,34 @@ class ScpHandlers:
                         count=count)
         return count
 
-    def on_connection_opened(self, event: evt.Event) -> None:
-        """Have the association's thread call ``on_association_ended`` when it ends, however it ends."""
-        assoc = event.assoc
-        if isinstance(assoc, threading.Thread):
-            assoc.run = _then(assoc.run, lambda: self.on_association_ended(assoc))  # type: ignore[method-assign]
-
     def on_closed(self, event: evt.Event) -> None:
         self._closed(event.assoc)
 
-    def on_association_ended(self, assoc: Association) -> None:
-        """The association's thread has ended: if no release or abort event came (pynetdicom ends an association
-        without one when its DUL thread dies of an exception, as on an A-ABORT PDU whose source is invalid), it is
-        closed here, and its place under the slots and its peers' shares given back."""
-        self._closed(assoc)
+    def sweep_ended(self) -> None:
+        """Close every association whose thread has ended without a release or abort event (pynetdicom ends one
+        so when its DUL thread dies of an exception, as on an A-ABORT PDU whose source is invalid): its place
+        under the slots and its peers' shares is given back. Public API only (``Thread.is_alive``), so it holds
+        on stock pynetdicom as well."""
+        for assoc in [assoc for assoc in list(self._associations) if not assoc.is_alive()]:
+            self._closed(assoc)
+
+    def _start_sweeper(self) -> None:
+        """Sweep ended associations every ``SWEEP_S`` while this process serves: a place held by an association
+        that ended unannounced is back within that time even when no other caller comes to this process."""
+        if self._sweeper is not None:
+            return
+
+        def sweep_forever() -> None:
+            while True:
+                time.sleep(SWEEP_S)
+                self.sweep_ended()
+
+        self._sweeper = threading.Thread(target=sweep_forever, name="association-sweeper", daemon=True)
+        self._sweeper.start()
 
     def _closed(self, assoc: Association) -> None:
         """Give back the association's place, log and audit its end: once, whichever of ``on_closed`` and
-        ``on_association_ended`` comes first (the stats are popped atomically)."""
+        ``sweep_ended`` comes first (the stats are popped atomically)."""
         stats = self._associations.pop(assoc, None)
         if stats is None:
             return

@@ -277,7 +277,7 @@ class InstanceReceiver:
             if result.duplicate and not self._still_stored(header.sop_instance_uid, digest):
                 result = self.group.submit(row)  # removed meanwhile: this receipt is the one now
             if result.new_study_id is not None:
-                match_on_arrival(result.new_study_id)
+                match_after_answer(result.new_study_id)
             return result
         finally:
             _settle(spooling)
@@ -302,7 +302,7 @@ class InstanceReceiver:
         if result.duplicate and not self._still_stored(header.sop_instance_uid, digest):
             result = self.group.submit(row)
         if result.new_study_id is not None:
-            match_on_arrival(result.new_study_id)
+            match_after_answer(result.new_study_id)
         return result
 
     def _spool_file(self, received: ReceivedInstance, hashing: Future[str]) -> Path:
@@ -463,12 +463,26 @@ _INSERT_SQL = 'INSERT INTO "{table}" ({columns}) VALUES ({values})'.format(
     values=", ".join(["{param}"] * len(_INSERT_COLUMNS)))
 
 
+_matcher: ThreadPoolExecutor | None = None
+_matcher_lock = threading.Lock()
+
+
+def match_after_answer(study_id: int) -> None:
+    """Match the new study's waiting referral in this process's one matching thread, so that the first instance
+    of a study is answered without waiting for it (its row and match keys are already committed)."""
+    global _matcher
+    with _matcher_lock:
+        if _matcher is None:
+            _matcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="referral-match")
+    _matcher.submit(match_on_arrival, study_id)
+
+
 def match_on_arrival(study_id: int) -> None:
     """Match the new study's waiting referral now that its row and match keys are committed.
 
     The match is a database operation of ``gateway.referral.matching`` (models only), done once per study, after
-    the commit and before the first instance is answered. It never costs the instance its success: a failure is
-    logged, and the completion and notes stages match again.
+    the commit. It never costs the instance its success: a failure is logged, and the completion and notes
+    stages match again (also when the process ends before its matching thread came to it).
     """
     from gateway.referral.matching import match_arrived_study
 

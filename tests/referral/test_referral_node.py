@@ -11,6 +11,7 @@ import json
 import re
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -184,6 +185,23 @@ def test_each_intake_path_stores_a_valid_referral(node_factory, tmp_path):
     assert all(e["source"] == "st-marys" for e in received)
 
 
+def test_hl7_in_its_own_separators_is_stored_over_mllp(node_factory, tmp_path):
+    """MSH#*%!$: every separator other than the default, read from MSH-1/MSH-2, with escapes in a text field."""
+    node = node_factory(f"sqlite:///{tmp_path}/gateway.db")
+    orm = (FIXTURES / "orm_o01.hl7").read_bytes().decode()
+    custom = orm.translate(str.maketrans("|^~\\&", "#*%!$")).replace(
+        "Reduced ankle reflex on the left, EHL power 4/5.", "EHL power 4!S!5 !F! ankle!.br!reflex a^b|c !E!F!E!")
+    assert custom.startswith("MSH#*%!$#RIS#STMARYS*")
+    answer = send_hl7(node, custom.encode())
+    assert "\rMSA|AA|MSG00001" in answer and "|SPINEGW|SPINEGW|RIS|STMARYS^2.16.840.1.113883.19.4.1^ISO|" in answer
+    rows = query(node.config["storage"]["database"],
+                 "SELECT accession_number, patient_id, patient_name, birth_date, received_via, document FROM referral")
+    assert [row[:5] for row in rows] == [("A1234567", "MRN0012345", "Doe^Jane", "1971-04-12", "hl7")]
+    clinical = json.loads(rows[0][5])["clinical"]
+    assert clinical["examination"] == "EHL power 4*5 # ankle\nreflex a^b|c !F!"
+    assert clinical["question"] == "Exclude nerve root compression at L4-L5 or L5/S1"
+
+
 def _sr_text(path: Path) -> str:
     dump = subprocess.run(["/usr/bin/dsrdump", "-Ee", "+Pc", str(path)], capture_output=True, text=True)
     assert dump.returncode == 0, dump.stderr
@@ -296,6 +314,11 @@ def test_a_referral_is_matched_on_arrival_when_the_study_takes_longer_than_wait_
     send_study(node, study_files)
     database = node.config["storage"]["database"]
     matched = query(database, "SELECT r.state, s.state FROM referral r JOIN study s ON s.id = r.study_id")
+    for _ in range(20):  # matched by the receiving process's matching thread, just after the first answer
+        if matched and matched[0][0] == "matched":
+            break
+        time.sleep(0.1)
+        matched = query(database, "SELECT r.state, s.state FROM referral r JOIN study s ON s.id = r.study_id")
     assert matched == [("matched", "receiving")], "matched when the study arrived, before it completed"
     case, paths = wait_for_notes(node, timeout=90)
     found = json.loads(node.cli("status", "--accession", "A1234567", "--json").stdout)["cases"]
