@@ -7,8 +7,10 @@ Exit codes: 0 success, 1 the operation failed (e.g. a peer did not answer), 2 a 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -166,6 +168,7 @@ def cmd_serve(args: argparse.Namespace, config: GatewayConfig) -> int:
     if overrides:
         config = load_config(args.config, overrides={"node": overrides})
     _configure_logging(config, to_file=True)
+    faulthandler.register(signal.SIGUSR2, all_threads=True)  # kill -USR2 <pid>: every thread's stack to stderr
     from gateway.node import GatewayNode
 
     try:

@@ -8,8 +8,10 @@ does not compete with the DICOM receiver for the interpreter lock.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
+import secrets
 import signal
 import threading
 import time
@@ -20,7 +22,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import islice
 from multiprocessing import get_context
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import pydicom
 import structlog
@@ -49,6 +52,12 @@ class DeidWork:
     """The outcome for one file: either ``data`` to write, or why it must not leave."""
 
     data: bytes = b""
+    data_path: str | None = None
+    """Instead of ``data``, for an object over ``LARGE_OBJECT_BYTES``: a durable file under the spool's
+    ``tmp/`` that the worker wrote (its bytes never cross the process boundary), renamed into place by the
+    stage. ``size`` and ``sha256`` are then the file's."""
+    size: int = 0
+    sha256: str = ""
     sop_instance_uid: str = ""
     sop_class_uid: str = ""
     transfer_syntax: str = ""
@@ -78,8 +87,15 @@ def init_worker(options_json: str, secret: bytes) -> None:
     _deidentifier = Deidentifier(DeidOptions.model_validate_json(options_json), secret)
 
 
-def deidentify_file(path: str, source: str, case_label: str) -> DeidWork:
-    """Read one original from the spool, de-identify it, check it with the outbound guard, encode it."""
+LARGE_OBJECT_BYTES = 16 * 1024 * 1024
+"""An original larger than this is written by its worker straight to a file (``DeidWork.data_path``): the
+object is then held once, as its dataset, in the worker, and never in the node's process (encoded in memory and
+sent back it was held four times: dataset, buffer, bytes, and the node's copy)."""
+
+
+def deidentify_file(path: str, source: str, case_label: str, tmp_dir: str | None = None) -> DeidWork:
+    """Read one original from the spool, de-identify it, check it with the outbound guard, encode it
+    (into ``tmp_dir`` when the original is over ``LARGE_OBJECT_BYTES``)."""
     assert _deidentifier is not None, "init_worker was not called"
     options = _deidentifier.options
     original = pydicom.dcmread(path)
@@ -100,19 +116,27 @@ def deidentify_file(path: str, source: str, case_label: str) -> DeidWork:
     leaks = find_leaks(result.dataset, identifiers)
     if leaks:
         return DeidWork(leak_paths=[f"{leak.path} ({leak.kind})" for leak in leaks], events=events)
+    described: dict[str, Any] = dict(sop_instance_uid=str(result.dataset.SOPInstanceUID),
+                     sop_class_uid=str(result.dataset.SOPClassUID),
+                     transfer_syntax=str(result.dataset.file_meta.TransferSyntaxUID), mapping=result.mapping,
+                     identity=identity, header=header, events=events)
+    if tmp_dir is not None and os.path.getsize(path) > LARGE_OBJECT_BYTES:
+        written = encode_to_file(result.dataset, tmp_dir)
+        del result, original  # the dataset's memory goes before the file is read back
+        with open(written, "rb") as stored:
+            text_values = encoded_text_values(stored)
+        return DeidWork(data_path=str(written), size=os.path.getsize(written), sha256=file_sha256(written),
+                        text_values=text_values, **described)
     data = encode(result.dataset)
-    return DeidWork(
-        data=data, sop_instance_uid=str(result.dataset.SOPInstanceUID),
-        sop_class_uid=str(result.dataset.SOPClassUID),
-        transfer_syntax=str(result.dataset.file_meta.TransferSyntaxUID), mapping=result.mapping,
-        identity=identity, header=header, text_values=encoded_text_values(data), events=events)
+    return DeidWork(data=data, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                    text_values=encoded_text_values(io.BytesIO(data)), **described)
 
 
-def encoded_text_values(data: bytes) -> list[tuple[str, str]] | None:
-    """The searchable texts of the encoded object ``data``, read back from the bytes that will be written
+def encoded_text_values(encoded: BinaryIO) -> list[tuple[str, str]] | None:
+    """The searchable texts of the encoded object, read back from the bytes that will be written
     (not from the dataset that made them), each text once with the first path it was found at; None when
     an Encapsulated PDF in it cannot be read."""
-    dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    dataset = pydicom.dcmread(encoded, stop_before_pixels=True)
     try:
         values = searchable_values(dataset)
     except UnreadablePDFError:
@@ -145,6 +169,28 @@ def encode(dataset: Dataset) -> bytes:
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def encode_to_file(dataset: Dataset, tmp_dir: str) -> Path:
+    """``dataset`` encoded into a new file under ``tmp_dir``, fsynced: durable before the stage renames it."""
+    target = Path(tmp_dir) / f"{secrets.token_hex(8)}.part"
+    try:
+        with open(target, "xb") as out:
+            dataset.save_as(out, enforce_file_format=True)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stored:
+        while chunk := stored.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class WorkPool:

@@ -38,7 +38,7 @@ from pathlib import Path
 from gateway.privacy.text import fold
 
 __all__ = ["LANGUAGES", "CompactWordSet", "clinical_words", "detect_language", "is_clinical", "is_known_word",
-           "is_proper_name", "missing_lists", "warm_up"]
+           "missing_lists", "warm_up"]
 
 DICT_DIR = Path("/usr/share/dict")
 #: Word lists per language (files of ``DICT_DIR``).
@@ -181,16 +181,6 @@ def _common(language: str) -> CompactWordSet:
 
 
 @functools.cache
-def _english_proper() -> CompactWordSet:
-    """Folded English words the lists write only capitalised: names of people, places and firms."""
-    paths = [DICT_DIR / name for name in WORD_LISTS["en"]]
-    common = _common("en")
-    with _LOCK:
-        return _cached("proper-en", paths, lambda: CompactWordSet(
-            f for p in paths for w in _entries(p) if w[0].isupper() for f in (_fold_entry(w),) if f not in common))
-
-
-@functools.cache
 def _english_capitalised() -> CompactWordSet:
     """Folded English words the lists write capitalised (first names such as Peter or Gemma are also words)."""
     paths = [DICT_DIR / name for name in WORD_LISTS["en"]]
@@ -267,7 +257,6 @@ def warm_up(languages: Iterable[str] = ("en", "de", "fr")) -> None:
     clinical_words()
     _curated_clinical()
     _eponyms()
-    _english_proper()
     _english_capitalised()
     for language in languages:
         _common(language)
@@ -280,14 +269,6 @@ def is_clinical(word: str) -> bool:
     folded = fold(word).strip("'’")
     return folded in clinical_words() or any(folded.endswith(suffix) and folded[: -len(suffix)] in clinical_words()
                                              for suffix in ("s", "es", "'s"))
-
-
-def is_proper_name(word: str, language: str = "en") -> bool:
-    """``word`` is known to English only as a proper noun ("Hargreaves", "Kalamazoo"), and is no word of
-    ``language`` either ("Mann" is a German word and an English name)."""
-    folded = fold(word).strip("'’")
-    return (folded in _english_proper() and folded not in _common("en") and not is_clinical(word)
-            and (language == "en" or folded not in _common(language)))
 
 
 def is_name_when_capitalised(word: str, language: str) -> bool:

@@ -281,10 +281,10 @@ def _org_tails_and_cues(view: str, tokens: list[_Token]) -> None:
     for index, token in enumerate(tokens):
         if token.verdict not in _NAME_LIKE:
             continue
-        for following in tokens[index + 1:index + 4]:
+        for before, following in zip(tokens[index:index + 3], tokens[index + 1:index + 4]):
             if following.verdict not in (_KNOWN, None) or not _ORG_TAIL.fullmatch(following.written):
                 break
-            if not re.fullmatch(r"[ \t]", view[tokens[tokens.index(following) - 1].end:following.start]):
+            if not re.fullmatch(r"[ \t]", view[before.end:following.start]):
                 break
             following.verdict = "[INSTITUTION]"
     for token in tokens:
@@ -404,7 +404,7 @@ def _word_verdict(view: str, start: int, end: int, written: str, language: str) 
                 len(p) > 2 and is_name_when_capitalised(p, language) for p in parts):
             return REMOVED  # Peter, Gemma, Ross: a word of the lists, but as a name
         return _KNOWN
-    if any(_looks_like_a_name(p, language) for p in unknown):
+    if any(_looks_like_a_name(p) for p in unknown):
         if written.isupper() and re.match(r"\s{0,2}\x01", view[end:end + 3]):
             return None  # an acronym before a clinical value: "EVA 8/10", "PIVD L4-L5", "FBA 25 cm"
         if _DOSE_AFTER.match(view, end) or _DRUG_BEFORE.search(view[max(0, start - 8):start]):
@@ -413,9 +413,9 @@ def _word_verdict(view: str, start: int, end: int, written: str, language: str) 
     return None
 
 
-def _looks_like_a_name(part: str, language: str) -> bool:
-    """An unknown word written as names are: capitalised (German capitalises every noun, but an unknown one is
-    no less unknown), or in capitals from five letters (a surname in a form: MUELLER)."""
+def _looks_like_a_name(part: str) -> bool:
+    """An unknown word written as names are: capitalised, in any language (German capitalises every noun, but
+    an unknown one is no less unknown), or in capitals from three letters (a surname in a form: MUELLER)."""
     if part.isupper():
         return len(part) >= 3  # RVH, SUVA, CPAM: an acronym that is no clinical one names a place or a body
     return part[:1].isupper()

@@ -108,7 +108,7 @@ def cmd_notes_show(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 def cmd_notes_approve(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.models import db
-    from gateway.referral.review import UnknownCase, approve_notes
+    from gateway.referral.review import ApprovalRefused, UnknownCase, approve_notes
 
     _open(config)
     try:
@@ -116,5 +116,8 @@ def cmd_notes_approve(args: argparse.Namespace, config: GatewayConfig) -> int:
             who = approve_notes(args.case)
     except UnknownCase as exc:
         raise _usage_error(str(exc)) from None
+    except ApprovalRefused as exc:
+        raise _usage_error(f"case {args.case}: {exc} (redact on the case's portal page, /ops/cases/{args.case}; "
+                           "an identifier in the images: spine-gateway release)") from None
     print(f"notes of case {args.case} approved by {who}")
     return EXIT_OK

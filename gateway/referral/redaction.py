@@ -43,6 +43,7 @@ __all__ = [
     "check_phrase",
     "guard_segments",
     "identifier_spans",
+    "is_guard_hit",
     "is_notes_leak",
     "marked_segments",
     "notes_fields",
@@ -53,6 +54,8 @@ __all__ = [
 #: A case in these states has no notes attached yet: the referrer may still redact.
 BEFORE_NOTES = (CaseState.RECEIVING, CaseState.COMPLETE, CaseState.DEIDENTIFIED, CaseState.HELD)
 NOTES_LEAK = "notes_leak"
+#: The first word of the reason of a quarantine by the outbound guard: in the notes or in the images.
+GUARD_HIT_REASONS = (NOTES_LEAK, "identifier_leak")
 _LABELS = {"history": "History", "symptoms": "Symptoms", "pain.location": "Pain: location",
            "pain.nature": "Pain: nature", "pain.radiation": "Pain: radiation", "examination": "Examination",
            "emg": "EMG / nerve conduction", "prior_treatment": "Prior treatment", "prior_imaging": "Prior imaging",
@@ -272,6 +275,13 @@ def add_referrer_redaction(row: ReferralRow, phrase: str, actor: str) -> str:
 def is_notes_leak(study: Study) -> bool:
     """Whether the outbound guard quarantined ``study``'s notes (or what the notes put in the images)."""
     return study.state == CaseState.QUARANTINED and (study.state_reason or "").startswith(NOTES_LEAK)
+
+
+def is_guard_hit(study: Study) -> bool:
+    """Whether the outbound guard quarantined ``study``: an identifier in the notes (``notes_leak``) or in the
+    images (``identifier_leak``). Such a case goes on only through a release that runs the guard again."""
+    reason = (study.state_reason or "").split(" ", 1)[0]
+    return study.state == CaseState.QUARANTINED and reason in GUARD_HIT_REASONS
 
 
 def add_operator_redaction(study: Study, phrase: str, source_texts: Iterable[str], actor: str) -> NotesRedaction:

@@ -20,10 +20,12 @@ from gateway.ops import audit
 from gateway.referral.compose import HEADER_NOTE_KEYWORDS
 from gateway.referral.errors import ReferralError
 from gateway.referral.matching import matched_referral
+from gateway.referral.redaction import is_guard_hit
 from gateway.referral.scrub import ScrubbedNotes
 from gateway.referral.stage import APPROVAL_ACTION, NotesStage, is_approved, load_document
 
-__all__ = ["NotesPreview", "UnknownCase", "approve_notes", "preview_as_dict", "preview_notes", "render_preview"]
+__all__ = ["ApprovalRefused", "NotesPreview", "UnknownCase", "approve_notes", "preview_as_dict", "preview_notes",
+           "render_preview"]
 
 log = structlog.get_logger("notes")
 
@@ -33,6 +35,15 @@ _PAIN_FIELDS = ("location", "nature", "radiation")
 
 class UnknownCase(ReferralError):
     """No case has this key."""
+
+
+class ApprovalRefused(ReferralError):
+    """The notes of this case cannot be approved (the outbound guard quarantined it); the message says why and
+    what to do instead."""
+
+
+GUARD_HIT_NOT_APPROVED = ("A guard hit is never approved as it stands: remove what the outbound guard found and "
+                          "release the case (the guard runs again), or leave it quarantined.")
 
 
 @dataclass(frozen=True)
@@ -129,9 +140,15 @@ def approve_notes(case: str, user: str | None = None) -> str:
 
     Raises:
         UnknownCase: no case has this key.
+        ApprovalRefused: the outbound guard quarantined the case (audited ``notes_approved``, refused).
     """
     study = _study(case)
     who = (user or getpass.getuser())[:64]
+    if is_guard_hit(study):
+        audit.record(APPROVAL_ACTION, actor_ae=None, actor_host=None, study_key=study.key, outcome="refused",
+                     detail=f"by {who}; a guard hit ({study.state_reason.split(' ', 1)[0]}) is not approved")
+        log.warning("notes_approval_refused", case=study.key, reason="guard_hit")
+        raise ApprovalRefused(GUARD_HIT_NOT_APPROVED)
     row = matched_referral(study)
     if row is not None:
         ReferralRow.update(approved_at=utcnow(), approved_by=who).where(ReferralRow.id == row.id).execute()

@@ -171,6 +171,10 @@ class NotesStage:
         self.referrals = config.referrals
         self.spool = spool
         self.workers = workers  # None: scrub in this thread, without a budget (commands, tests)
+        # The state change at which each waiting case's referral wait was logged as over (case key →
+        # state_changed_at): the case stays where it is while its notes are scrubbed in a worker, one pass after
+        # another, and the timeout is news once.
+        self._timeouts_logged: dict[str, dt.datetime] = {}
 
     claim_states = (CaseState.DEIDENTIFIED, CaseState.HELD)
 
@@ -184,7 +188,10 @@ class NotesStage:
         return 0
 
     def due(self, now: dt.datetime) -> list[Study]:
-        return self._cases()
+        waiting = self._cases()
+        keys = {study.key for study in waiting}
+        self._timeouts_logged = {k: at for k, at in self._timeouts_logged.items() if k in keys}
+        return waiting
 
     def step(self, study: Study, now: dt.datetime) -> bool:
         return bool(self._advance(study, now))
@@ -209,12 +216,19 @@ class NotesStage:
             waited_s = (now - study.state_changed_at).total_seconds()
             if waited_s < self.referrals.wait_s:
                 return self._hold(study, AWAITING_REFERRAL)
-            log.info("referral_wait_timeout", case=study.key, reason=self.referrals.on_timeout)
+            self._log_timeout(study)
             if self.referrals.on_timeout == "hold":
                 return self._hold(study, NO_REFERRAL)
         if self.referrals.require_approval and not is_approved(study, referral_row):
             return self._hold(study, AWAITING_APPROVAL)
         return self._attach(study, document)
+
+    def _log_timeout(self, study: Study) -> None:
+        """Log ``referral_wait_timeout`` once per case and state change, not at every pass while its notes are
+        in a worker."""
+        if self._timeouts_logged.get(study.key) != study.state_changed_at:
+            self._timeouts_logged[study.key] = study.state_changed_at
+            log.info("referral_wait_timeout", case=study.key, reason=self.referrals.on_timeout)
 
     @staticmethod
     def _hold(study: Study, reason: str) -> int:

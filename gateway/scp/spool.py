@@ -151,10 +151,12 @@ class Spool:
         """
         return self.write_outbound_batch(case_key, [(name, data)])[0]
 
-    def write_outbound_batch(self, case_key: str, objects: Sequence[tuple[str, bytes]]) -> list[Path]:
+    def write_outbound_batch(self, case_key: str, objects: Sequence[tuple[str, bytes | Path]]) -> list[Path]:
         """``write_outbound`` for several objects at once: each file is written and fsynced (several at a
         time, so that the file system can commit them together), then renamed into place, and the directory
         is fsynced once for all. Each file is whole under its name; the names are all durable on return.
+        An object given as a ``Path`` is a file already written and fsynced under ``tmp/`` (a large object
+        encoded by its de-identification worker): it is only renamed into place.
 
         Raises:
             OutOfResources: below the free-space floor, or the disk filled up while writing (every earlier
@@ -164,13 +166,19 @@ class Spool:
         if not objects:
             return []
         directory = self.outbound / case_key
-        self.check_free_space(sum(len(data) for _, data in objects))
+        in_memory = [data for _, data in objects if not isinstance(data, Path)]
+        try:
+            self.check_free_space(sum(len(data) for data in in_memory))
+        except OutOfResources:
+            _remove_written(objects)
+            raise
         self._ensure_dir(directory)
-        futures = [self._writers.submit(self._write_synced, (data,)) for _, data in objects]
+        futures = [None if isinstance(data, Path) else self._writers.submit(self._write_synced, (data,))
+                   for _, data in objects]
         written, failure = [], None
-        for future in futures:
+        for (_, data), future in zip(objects, futures):
             try:
-                written.append(future.result())
+                written.append(data if future is None else future.result())
             except (OutOfResources, SpoolError) as exc:
                 failure = failure or exc
         if failure is not None:
@@ -270,3 +278,10 @@ def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
             views.pop(0)
         if views and written:
             views[0] = views[0][written:]
+
+
+def _remove_written(objects: Sequence[tuple[str, bytes | Path]]) -> None:
+    """The already-written temporary files of a batch that will not be placed."""
+    for _, data in objects:
+        if isinstance(data, Path):
+            data.unlink(missing_ok=True)

@@ -1,7 +1,8 @@
 """Operator pages: cases by state, the cases that need a person (with the reason), a case's timeline,
 reviewers' load and peer health; for a case the outbound guard quarantined, the hit, the notes with the guard's
 matches and the operator's redactions; and the CLI's actions (retry, release, approve notes) as POST buttons,
-each calling the same function as the CLI and audited with the operator's name."""
+each calling the same function as the CLI and audited with the operator's name. A guard hit is never approved
+as it stands: its page offers no approval, and the approve action refuses it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from gateway.models import CaseState
 from gateway.ops import audit
 from gateway.ops.status import collect_status
 from gateway.referral import redaction
-from gateway.referral.review import UnknownCase, approve_notes
+from gateway.referral.review import ApprovalRefused, UnknownCase, approve_notes
 from gateway.referral.stage import NotesStage
 from gateway.routing.deliver import retry_case
 from gateway.web import views
@@ -33,14 +34,15 @@ def _study(page: Page):
 
 
 def _page(page: Page, study, *, status: int = 200, error: str = "", release_error: str = "",
-          phrase: str = "", phrase_problem: str = "") -> Response:
+          approve_error: str = "", phrase: str = "", phrase_problem: str = "") -> Response:
     review = None
     if redaction.is_notes_leak(study):
         review = redaction.leak_review(NotesStage(page.portal.config, page.portal.spool), study)
     return page.render("ops_case.html", status=status, title=f"Case {study.key}", study=study,
                        events=audit.query(case=study.key, limit=500), plain=views.plain_state(study),
                        when=views.when, done=page.request.query_params.get("done", "") if status == 200 else "",
-                       error=error, review=review, release_error=release_error, phrase=phrase,
+                       error=error, review=review, release_error=release_error, approve_error=approve_error,
+                       guard_hit=redaction.is_guard_hit(study), phrase=phrase,
                        errors={"phrase": [phrase_problem]} if phrase_problem else {})
 
 
@@ -102,11 +104,16 @@ def _release_notes(page: Page, study) -> Response:
 
 
 def approve(page: Page) -> Response:
+    """As ``notes approve``; a case the outbound guard quarantined is refused (409, the message next to the
+    actions): the page offers no approval for it, only redaction and release."""
     study = _study(page)
     try:
         approve_notes(study.key, user=f"web:{page.user.name}")
     except UnknownCase:
         raise Refused(404, "No such case.") from None
+    except ApprovalRefused as refused:
+        page.audit("web_notes_approved", study_key=study.key, outcome="refused", detail="guard hit")
+        return _page(page, study, status=409, approve_error=str(refused))
     page.audit("web_notes_approved", study_key=study.key)
     return _done(study, "approve")
 

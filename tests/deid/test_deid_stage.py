@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -120,3 +121,41 @@ def test_a_worker_that_starts_after_its_node_died_leaves_too():
     finally:
         if worker.poll() is None:
             worker.kill()
+
+
+def _large_copy(template: Path, target: Path, megabytes: int) -> Path:
+    """``template`` (an MR image of the study) as a multi-frame instance of about ``megabytes`` MB."""
+    dataset = pydicom.dcmread(template)
+    frame = bytes(dataset.PixelData)
+    frames = megabytes * 1_000_000 // len(frame) + 1
+    dataset.NumberOfFrames = frames
+    dataset.PixelData = frame * frames
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    dataset.save_as(target, enforce_file_format=True)
+    return target
+
+
+def test_a_large_instance_is_written_by_its_worker_and_placed_whole(tmp_path, small_study):
+    """An original over ``LARGE_OBJECT_BYTES`` is encoded by its worker into the spool's tmp/ and renamed into
+    the outbound folder (its bytes never sent back to the node's process): the result is de-identified, its
+    recorded size and digest are the file's, and nothing is left in tmp/."""
+    from gateway.deid.work import LARGE_OBJECT_BYTES
+
+    url = f"sqlite:///{tmp_path}/gateway.db"
+    large = _large_copy(small_study[0], tmp_path / "large.dcm", 2 * LARGE_OBJECT_BYTES // 1_000_000)
+    node = GatewayProcess(tmp_path / "gw", url, extra=FAST).start()
+    try:
+        assert storescu("127.0.0.1", node.port, [*small_study[1:4], large], calling="STMARYS_PACS").returncode == 0
+        wait_until(lambda: len(_outbound(node, url)) == 4, 120, "every instance de-identified")
+        original = pydicom.dcmread(large)
+        rows = _query(url, "SELECT spool_path, size, sha256 FROM outbound_object WHERE kind = 'image'")
+        (spool_path, size, sha256), = [row for row in rows if (node.spool_dir / row[0]).stat().st_size > 1 << 24]
+        path = node.spool_dir / spool_path
+        assert size == path.stat().st_size and sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+        out = pydicom.dcmread(path)
+        assert out.PatientIdentityRemoved == "YES" and out.StudyInstanceUID.startswith("2.25.")
+        assert out.PixelData == original.PixelData
+        assert find_leaks(out, identifiers_from_dataset(original)) == []
+        assert not [p for p in (node.spool_dir / "tmp").rglob("*") if p.is_file()], "a worker's file was left"
+    finally:
+        node.stop()

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pydicom
 import pytest
+import yaml
 from structlog.testing import capture_logs
 
+from gateway.budget import BudgetedWorkers
 from gateway.demo import write_demo_study
 from gateway.models import (
     AuditEvent,
@@ -32,8 +37,8 @@ from gateway.referral.document import validate_referral_data
 from gateway.referral.errors import ReferralValidationError
 from gateway.referral.intake import store_referral
 from gateway.referral.matching import expire_referrals
-from gateway.referral.review import approve_notes, preview_notes
-from gateway.referral.stage import NotesStage
+from gateway.referral.review import ApprovalRefused, approve_notes, preview_notes
+from gateway.referral.stage import NotesStage, is_approved
 from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance
 from referral_cases import SOURCE, SOURCE_AE, close_world, make_world, referral_document
 
@@ -158,6 +163,27 @@ def test_timeout_hold(world_factory, study_files):
     assert Study.get_by_id(study.id).state == CaseState.NOTES_ATTACHED
 
 
+def test_the_wait_timeout_is_logged_once_while_the_notes_are_scrubbed_in_a_worker(world_factory, study_files):
+    """The case stays where it is while a worker scrubs its notes (or while the workers start); the stage passes
+    over it again and again, and says once that its referral wait is over."""
+    world = world_factory(wait_s=0.01, on_timeout="route")
+    study = world.deidentified_case(study_files)
+    workers = BudgetedWorkers(1, 120.0, preload=["gateway.referral.notes_preload"])
+    stage = NotesStage(world.config, world.spool, workers)
+    passes, deadline = 0, time.monotonic() + 120
+    try:
+        with capture_logs() as logs:
+            while Study.get_by_id(study.id).state != CaseState.NOTES_ATTACHED:
+                assert time.monotonic() < deadline, "the worker never gave the notes back"
+                stage.run_once(utcnow() + dt.timedelta(seconds=1))
+                passes += 1
+                time.sleep(0.05)
+    finally:
+        workers.shutdown()
+    assert passes > 3  # the workers' start and the scrubbing took several passes
+    assert [e["case"] for e in _events(logs, "referral_wait_timeout")] == [study.key]
+
+
 def test_referral_expires_without_study(world_factory):
     world = world_factory(wait_s=5)
     row = _store()
@@ -214,6 +240,51 @@ def test_guard_hit_quarantines_the_case_naming_the_path_only(world_factory, stud
     assert audit_row.detail == "outbound guard hit in notes_sr:AccessionNumber (id)"
     assert "A1234567" not in repr(logs) and "A1234567" not in audit_row.detail
     assert _notes_objects(study) == {}
+
+    with pytest.raises(ApprovalRefused, match="never approved as it stands"):
+        approve_notes(study.key, user="operator1")
+    refused = AuditEvent.get((AuditEvent.action == "notes_approved") & (AuditEvent.study_key == study.key))
+    assert refused.outcome == "refused" and refused.detail == "by operator1; a guard hit (notes_leak) is not approved"
+    assert not is_approved(study, Referral.get(Referral.study == study.id))
+    assert Referral.get(Referral.study == study.id).approved_at is None
+    assert Study.get_by_id(study.id).state == CaseState.QUARANTINED
+
+
+def _cli(world, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """``spine-gateway`` run as an operator runs it, on the world's database and spool."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({
+        "storage": {"database": world.config.storage.database, "spool_dir": str(world.config.storage.spool_dir),
+                    "min_free_bytes": 0},
+        "logging": {"file": str(tmp_path / "cli-log.jsonl")},
+        "sources": [{"name": SOURCE, "ae_title": SOURCE_AE}]}))
+    return subprocess.run([sys.executable, "-m", "gateway", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize(("reason", "approvable"), [
+    ("notes_leak notes_pdf:EncapsulatedDocument/pdf-text (person_name)", False),
+    ("identifier_leak image:OtherPatientIDsSequence[0].PatientID (id)", False),
+    ("notes: time budget exceeded (30 s)", True),
+])
+def test_notes_approve_refuses_a_guard_hit_in_one_line(world_factory, study_files, tmp_path, reason, approvable):
+    """``notes approve`` on a quarantined case: a guard hit (in the notes or in the images) is refused with one
+    line and exit code 2, audited; another quarantine (the notes over their time budget) may be approved."""
+    world = world_factory(wait_s=3600)
+    study = world.deidentified_case(study_files)
+    Study.update(state=CaseState.QUARANTINED, state_reason=reason).where(Study.id == study.id).execute()
+    done = _cli(world, tmp_path, "notes", "approve", study.key)
+    outcomes = [e.outcome for e in AuditEvent.select().where((AuditEvent.action == "notes_approved")
+                                                              & (AuditEvent.study_key == study.key))]
+    if approvable:
+        assert done.returncode == 0, done.stderr
+        assert outcomes == ["success"]
+        return
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"spine-gateway: case {study.key}: A guard hit is never approved")
+    assert outcomes == ["refused"] and not is_approved(study, None)
+    assert Study.get_by_id(study.id).state == CaseState.QUARANTINED
 
 
 def test_a_deep_guard_hit_is_kept_whole_with_its_kind(world_factory, study_files):

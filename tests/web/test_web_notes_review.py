@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.wait import WebDriverWait
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "referral"))
 
@@ -84,6 +86,17 @@ def _select_word(browser: Browser, word: str) -> None:
     ActionChains(browser.driver).move_to_element(target).release().perform()
 
 
+def _post_from_the_page(browser: Browser, action: str) -> None:
+    """Submit a POST to ``action`` from the current page, with its CSRF token, as the browser would."""
+    old = browser.driver.find_element(By.TAG_NAME, "html")
+    browser.driver.execute_script("""
+        const form = document.createElement("form"); form.method = "post"; form.action = arguments[0];
+        const token = document.querySelector("input[name=csrf_token]").cloneNode();
+        form.appendChild(token); document.body.appendChild(form); form.submit();""", action)
+    WebDriverWait(browser.driver, 60).until(staleness_of(old))
+    WebDriverWait(browser.driver, 60).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+
 def test_the_referrer_checks_redacts_and_sends_then_the_operator_clears_a_guard_hit(portal, tmp_path, monkeypatch):
     world, browser = portal
     browser.login("stmarys", PASSWORD)
@@ -146,7 +159,15 @@ def test_the_referrer_checks_redacts_and_sends_then_the_operator_clears_a_guard_
     text = browser.text()
     assert "What the outbound guard found" in text and "notes_sr:ContentSequence[" in text
     assert "patient name" in text and "address" in text
+    assert browser.driver.find_elements(By.CSS_SELECTOR, "form[action$='/approve']") == []  # never approved
+    assert "a guard hit is never approved as it stands" in browser.driver.find_element(By.ID, "approve-note").text
     browser.shot("ops-quarantined-case")
+    _post_from_the_page(browser, f"/ops/cases/{case.key}/approve")  # as a stale page or a hand-made request would
+    assert "never approved as it stands" in browser.problem("approve")
+    assert Study.get_by_id(case.id).state == CaseState.QUARANTINED
+    refusals = {(e.action, e.outcome) for e in AuditEvent.select().where(AuditEvent.study_key == case.key)}
+    assert {("notes_approved", "refused"), ("web_notes_approved", "refused")} <= refusals
+    assert ("notes_approved", "success") not in refusals
     browser.submit("form[action$='/release'] button")
     assert "never released as it stands" in browser.problem("release")
     assert Study.get_by_id(case.id).state == CaseState.QUARANTINED
@@ -165,4 +186,5 @@ def test_the_referrer_checks_redacts_and_sends_then_the_operator_clears_a_guard_
     assert Study.get_by_id(case.id).state == CaseState.NOTES_ATTACHED
     browser.open(f"/ops/cases/{case.key}")
     assert "notes_release" in browser.text() and "notes_attached" in browser.text()
+    assert browser.driver.find_elements(By.CSS_SELECTOR, "form[action$='/approve'] button")  # no guard hit now
     browser.shot("ops-released-case")

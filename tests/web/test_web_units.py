@@ -24,6 +24,36 @@ def database(tmp_path):
     database.close_all()
 
 
+def test_password_checks_hash_at_the_lowest_cpu_priority_one_per_address(database):
+    """A sign-in flood's argon2id hashes run in threads at nice 19 (argon2's own lane threads inherit it), so
+    DICOM and pages keep their latency on a two-core host; one check per address at a time."""
+    import os
+    import threading
+
+    user = add_user(CONFIG, "desk", "referrer", "long enough password", source="st-marys")
+    checks = accounts.PasswordChecks(concurrency=1, wait_s=5)
+    nice = checks.hashing.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
+    assert nice == accounts.HASHING_NICE == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19, "only the hashing threads give way"
+    assert checks.check(user, "long enough password", "10.0.0.1")
+    assert not checks.check(user, "wrong password!", "10.0.0.1")
+    started, release = threading.Event(), threading.Event()
+    checks.hashing.submit(lambda: (started.set(), release.wait(10)))  # the slot's thread kept busy
+    waiting = threading.Thread(target=checks.check, args=(user, "long enough password", "10.0.0.2"))
+    waiting.start()
+    started.wait(5)
+    for _ in range(100):  # the waiting check has registered its address
+        if "10.0.0.2" in checks._addresses:
+            break
+        threading.Event().wait(0.05)
+    try:
+        with pytest.raises(accounts.PasswordCheckBusy, match="under way"):
+            checks.check(user, "long enough password", "10.0.0.2")
+    finally:
+        release.set()
+        waiting.join(10)
+
+
 @pytest.mark.slow  # argon2 hashes at full cost: 3 s
 def test_accounts_are_checked_hashed_and_disabled(database):
     with pytest.raises(AccountError, match="--source"):
