@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/gateway.yaml
 
-.PHONY: run test system-deps venv bench bench-ingest clean
+.PHONY: run test test-fast lint system-deps venv bench bench-ingest clean
 
 $(STAMP): requirements.txt setup.cfg pyproject.toml
 	scripts/install-system-deps.sh --runtime
@@ -28,9 +28,19 @@ system-deps:
 run: $(STAMP)
 	$(BIN)/spine-gateway --config $(CONFIG) serve
 
-## Install everything, then run the whole suite in a private network namespace (loopback only).
-test: $(STAMP) system-deps
+## Install everything, lint (failing fast), then run the whole suite in a private network namespace (loopback only).
+test: lint system-deps
 	scripts/run-tests.sh $(PYTEST_ARGS)
+
+## The fast tier for daily work (a few minutes): the suite without the tests marked slow, i.e. those that start a
+## real peer (a node, DCMTK, Orthanc, PostgreSQL, chromium; marked in tests/conftest.py) or take seconds each.
+test-fast: $(STAMP) system-deps
+	scripts/run-tests.sh -m "not slow" $(PYTEST_ARGS)
+
+## ruff over the tree and mypy over gateway/ (both configured in pyproject.toml), pinned in requirements.txt.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: bench-ingest
 

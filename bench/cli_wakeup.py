@@ -24,9 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from support.peers import DcmtkStoreSCP, GatewayProcess, storescu, wait_until  # noqa: E402
-
 from gateway.demo import DemoPatient, write_demo_study  # noqa: E402
+from support.peers import DcmtkStoreSCP, GatewayProcess, storescu, wait_until  # noqa: E402
 
 
 def _event_time(node: GatewayProcess, accession_case: set[str], state: str) -> tuple[str, float] | None:
@@ -68,7 +67,7 @@ def main() -> None:
                                          "the notes attached")
                 waits.append(attached - exited)
                 done.add(case)
-                wait_until(lambda: any(e["event"] == "case_state_changed" and e["case"] == case
+                wait_until(lambda case=case: any(e["event"] == "case_state_changed" and e["case"] == case
                                        and e["state"] == "delivered" for e in node.log_events()), 120, "delivered")
         finally:
             node.stop()

@@ -32,9 +32,9 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from ingest import CACHE, cpu_seconds, send, settle  # noqa: E402
-from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc  # noqa: E402
 
 from gateway.demo import write_demo_study  # noqa: E402
+from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc  # noqa: E402
 
 
 def studies(count: int, instances: int) -> list[list[Path]]:
@@ -128,8 +128,8 @@ def measure(name: str, work: Path, sets: list[list[Path]], together: bool, cpu: 
     try:
         if spy is not None:
             recorder = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
-                                         str(node.proc.pid), "--subprocesses", "--gil", "--rate", "100", "--format", "raw",
-                                         "-o", str(spy)],
+                                         str(node.proc.pid), "--subprocesses", "--gil", "--rate", "100",
+                                         "--format", "raw", "-o", str(spy)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)  # py-spy attaches
         settle(node.proc.pid)

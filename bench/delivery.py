@@ -89,9 +89,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from ingest import CACHE, send, study
-    from support.peers import DcmtkStoreSCP
 
     from gateway.demo import write_demo_study
+    from support.peers import DcmtkStoreSCP
 
     spool = Path(study(args.instances)[0]).parent
     extras = CACHE / "delivery-extras"

@@ -45,9 +45,9 @@ sys.path.insert(0, str(REPO / "tests"))  # the suite's process helpers: real pee
 sys.path.insert(0, str(REPO / "bench"))
 
 from ingest import study  # noqa: E402
-from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc, storescu, wait_until  # noqa: E402
 
 from gateway.demo import DemoPatient  # noqa: E402
+from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc, storescu, wait_until  # noqa: E402
 
 SHIPPED = yaml.safe_load((REPO / "config" / "gateway.yaml").read_text())
 REFERRAL = {"source": "st-marys", "accession_number": DemoPatient().accession, "urgency": "routine",

@@ -60,6 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "hardening"))
 
+from gateway.demo import write_demo_study  # noqa: E402
 from hardening_support import (  # noqa: E402
     RawPeer,
     associate_rq,
@@ -77,8 +78,6 @@ from support.peers import (  # noqa: E402
     PeerStartError,
     free_port,
 )
-
-from gateway.demo import write_demo_study  # noqa: E402
 
 ECHO_TARGET_S = 1.0
 STORE_RATIO_TARGET = 2.0
@@ -429,7 +428,7 @@ def _hold_until_cut(sock: socket.socket, deadline: float) -> bool:
         try:
             if not sock.recv(4096):
                 return True
-        except socket.timeout:
+        except TimeoutError:
             continue
         except OSError:
             return True

@@ -23,9 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the suite's process helpers: real peers started and stopped by PID
 
-from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc, child_pids, storescu  # noqa: E402
-
 from gateway.demo import write_demo_study  # noqa: E402
+from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc, child_pids, storescu  # noqa: E402
 
 CACHE = REPO / "bench" / "out"
 

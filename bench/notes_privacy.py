@@ -64,10 +64,9 @@ def _engine(name: str):
     from notes_eval import scrubber_engine
 
     if name in ("chosen", "rules"):
-        from referral_cases import PHI_REFERRAL
-
         from gateway.referral.document import Referral
         from gateway.referral.scrub import scrub_referral
+        from referral_cases import PHI_REFERRAL
 
         use_model = name == "chosen"
         referral = Referral.model_validate(PHI_REFERRAL)
@@ -153,11 +152,10 @@ def node_rss() -> dict:
     scrubbing one referral and building its notes SR and PDF."""
     import gateway.cli  # noqa: F401 - the node's command line pulls in every stage
     import gateway.node  # noqa: F401
-    from referral_cases import PHI_REFERRAL
-
     from gateway.referral.document import Referral
     from gateway.referral.notes_pdf import render_notes_pdf
     from gateway.referral.scrub import scrub_referral
+    from referral_cases import PHI_REFERRAL
 
     started = time.perf_counter()
     notes = scrub_referral(Referral.model_validate(PHI_REFERRAL), 30)
@@ -228,9 +226,8 @@ def real_node_rss() -> dict:
 
     sys.path.insert(0, str(ROOT / "tests"))
     from corpus_files import load
-    from support.peers import DcmtkStoreSCP, GatewayProcess, child_pids, free_port, storescu, wait_until
-
     from gateway.demo import DemoPatient, write_demo_study
+    from support.peers import DcmtkStoreSCP, GatewayProcess, child_pids, free_port, storescu, wait_until
 
     token = "bench-notes-privacy"
     os.environ["SPINE_GATEWAY_API_TOKEN"] = token

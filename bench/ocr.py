@@ -21,10 +21,9 @@ os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "deid"))
 
-from ocr_images import Text, anatomy, burn, dx_dataset  # noqa: E402
-
 from gateway.deid import Deidentifier, DeidOptions, PatientContext  # noqa: E402
 from gateway.deid.options import OcrOptions  # noqa: E402
+from ocr_images import Text, anatomy, burn, dx_dataset  # noqa: E402
 
 ROWS, COLUMNS = 2500, 2000
 
@@ -64,7 +63,8 @@ def main() -> int:
             first_rss = rss_mb()
         trajectory.append(round(rss_mb()))
     warm = times[1:] or times
-    print(f"images: {len(times)} of {COLUMNS}x{ROWS} 16-bit (12 stored), window: {'header' if args.window else 'min-max'}, "
+    print(f"images: {len(times)} of {COLUMNS}x{ROWS} 16-bit (12 stored), "
+          f"window: {'header' if args.window else 'min-max'}, "
           f"noise {args.noise:.1%}, read at {'half size' if args.reduce_from else 'full size'}")
     print(f"first image (engine start): {times[0]:.2f} s")
     print(f"per image after the first: mean {sum(warm) / len(warm):.2f} s, max {max(warm):.2f} s (wall clock)")

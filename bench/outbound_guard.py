@@ -28,11 +28,11 @@ from ingest import study  # noqa: E402  (the same cached synthetic study)
 from gateway.deid import Deidentifier, DeidOptions, PatientContext  # noqa: E402
 from gateway.deid.guard import find_leaks, find_leaks_in_file  # noqa: E402
 from gateway.privacy.identifiers import IdentifierSet, from_header, header_values  # noqa: E402
+from gateway.referral.document import Urgency  # noqa: E402
 from gateway.referral.notes_pdf import NotesPDFBuilder  # noqa: E402
 from gateway.referral.notes_sr import NotesSRBuilder  # noqa: E402
-from privacy_cases import HEADER  # noqa: E402
-from gateway.referral.document import Urgency  # noqa: E402
 from gateway.referral.scrub import ScrubbedNotes  # noqa: E402
+from privacy_cases import HEADER  # noqa: E402
 
 
 def main() -> None:

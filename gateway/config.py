@@ -158,7 +158,8 @@ class ReviewerConfig(_Section):
     """A reviewer in the second-opinion pool: its workstation's DICOM address, what it reads and when.
 
     ``calling_hosts``: the addresses its associations (reports) may come from, as a source's ``host``; empty
-    (the default) admits its AE title from any host. ``modalities`` empty means every modality. ``hours`` is ``HH:MM-HH:MM`` in ``timezone`` (an IANA name);
+    (the default) admits its AE title from any host. ``modalities`` empty means every modality. ``hours`` is
+    ``HH:MM-HH:MM`` in ``timezone`` (an IANA name);
     ``00:00-24:00`` is always on, and a range whose end is before its start runs over midnight.
     """
 
@@ -348,7 +349,7 @@ class GatewayConfig(_Section):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{kind}: duplicate name {dupes[0]!r}")
-        titles = [p.ae_title for p in [*self.sources, *self.reviewers]]
+        titles = [p.ae_title for p in self.sources] + [p.ae_title for p in self.reviewers]
         dupes = sorted({t for t in titles if titles.count(t) > 1})
         if dupes:
             raise ValueError(f"AE title {dupes[0]!r} is used by more than one source or reviewer")
@@ -356,7 +357,8 @@ class GatewayConfig(_Section):
         if unknown:
             raise ValueError(f"hl7.facilities: {unknown[0]!r} is not a configured source")
         if not self.sources and not self.reviewers:
-            raise ValueError("sources: at least one source or reviewer is required (an empty allowlist would accept anyone)")
+            raise ValueError("sources: at least one source or reviewer is required "
+                             "(an empty allowlist would accept anyone)")
         return self
 
     def secret_path(self) -> Path:

@@ -16,8 +16,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Sequence
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,16 +31,16 @@ import pynetdicom.fsm
 import structlog
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
-    JPEGLosslessSV1,
     JPEGLossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
@@ -521,7 +520,7 @@ class _ReceivedPData:
     def to_primitive(self) -> P_DATA:
         primitive = P_DATA()
         primitive.presentation_data_value_list = []
-        primitive.presentation_data_value_list.extend(self.values)  # appended unchecked, as P_DATA_TF does
+        primitive.presentation_data_value_list.extend(self.values)  # type: ignore[arg-type]  # memoryviews, unchecked, as P_DATA_TF appends
         return primitive
 
 
@@ -733,7 +732,7 @@ def bound_received_data_sets(event: evt.Event, limit: int, spill_dir: Path) -> N
             dimse.message = message
         stock_receive(primitive)
 
-    dimse.receive_primitive = receive_primitive
+    dimse.receive_primitive = receive_primitive  # type: ignore[method-assign]  # this association's own hook
     assoc.bind(evt.EVT_CONN_CLOSE, _discard_unfinished_data_set)
 
 
@@ -846,7 +845,7 @@ def send_msg_store_responses_directly(dimse: Any, primitive: Any, context_id: in
     if (type(primitive) is C_STORE and primitive.MessageIDBeingRespondedTo is not None
             and primitive.ErrorComment is None and primitive.OffendingElement is None
             and not dimse.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
-        command = store_response_command(primitive.MessageIDBeingRespondedTo, primitive.Status,
+        command = store_response_command(primitive.MessageIDBeingRespondedTo, primitive.Status,  # type: ignore[arg-type]  # an answer has one
                                          primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID)
         max_pdu = dimse.maximum_pdu_size
         if command is not None and (not max_pdu or len(command) <= max_pdu - 6):
@@ -910,7 +909,8 @@ def install_fast_paths() -> FastPaths:
 
     The hooks: pynetdicom's reactor sleeps wake early (``_ReactorClock``); command sets encode quickly
     (``encode_command_set``); a received C-STORE's command set is read and its response written directly
-    (``store_request_to_primitive``, ``send_msg_store_responses_directly``); stored files are sent without being decoded; its per-PDU and per-message log
+    (``store_request_to_primitive``, ``send_msg_store_responses_directly``); stored files are sent without being
+    decoded; its per-PDU and per-message log
     handlers are left out (they format every PDU and command set for DEBUG and INFO lines that the gateway
     keeps at WARNING anyway, ``gateway.ops.logs``: a tenth of a bare association's time); and each association
     is tuned when its connection opens (``tune_association``), a requestor's ready for a delivery's C-STOREs
@@ -940,8 +940,8 @@ def _check_and_install() -> FastPaths:
         return FastPaths(False, version, missing)
     for module in (pynetdicom.association, pynetdicom.dul):
         if not isinstance(module.time, _ReactorClock):
-            module.time = _ReactorClock()  # type: ignore[assignment]
-    pynetdicom.dimse_messages.encode = encode_command_set  # type: ignore[assignment]
+            module.time = _ReactorClock()  # type: ignore[attr-defined]
+    pynetdicom.dimse_messages.encode = encode_command_set
     pynetdicom.dimse_messages.C_STORE_RQ.message_to_primitive = store_request_to_primitive  # type: ignore
     pynetdicom.dimse.DIMSEServiceProvider.send_msg = send_msg_store_responses_directly  # type: ignore
     pynetdicom._config.LOG_HANDLER_LEVEL = "none"

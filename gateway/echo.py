@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import
 
 from gateway.dicomnet import NODELAY_HANDLER
 

@@ -32,9 +32,5 @@ class InvalidInstance(GatewayError):
 
 
 class DatabaseUnavailable(GatewayError):
-    """The database cannot be reached."""
-
-
-class DatabaseUnavailable(GatewayError):
     """The database cannot be reached or opened (an outage, a wrong ``storage.database``): at the CLI, one
     line and exit code 2, like any situation the user has to fix."""

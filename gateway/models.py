@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 import peewee
 from peewee import (
+    AutoField,
     BigIntegerField,
     CharField,
     DatabaseProxy,
@@ -48,6 +49,11 @@ def new_study_key() -> str:
 
 
 class BaseModel(Model):
+    # peewee adds an auto-increment ``id`` primary key to every model that names no other (all but
+    # SchemaVersion), and a ``<name>_id`` column beside each ForeignKeyField: both are declared for the type
+    # checker only (here, and after each foreign key); an annotation creates no field.
+    id: AutoField[int]
+
     class Meta:
         database = db
         legacy_table_names = False
@@ -91,6 +97,7 @@ class Study(BaseModel):
     key = CharField(max_length=16, unique=True, default=new_study_key)
     study_uid = CharField(max_length=64, unique=True)
     source = ForeignKeyField(Source, null=True, backref="studies", on_delete="RESTRICT")
+    source_id: int | None
     calling_ae = CharField(max_length=16)
     state = CharField(max_length=32, default=CaseState.RECEIVING, index=True)
     state_changed_at = DateTimeField(default=utcnow)
@@ -127,6 +134,7 @@ class Study(BaseModel):
 
 class Series(BaseModel):
     study = ForeignKeyField(Study, backref="series", on_delete="CASCADE")
+    study_id: int
     series_uid = CharField(max_length=64, unique=True)
     modality = CharField(max_length=16, null=True)
 
@@ -140,7 +148,9 @@ class InstanceState:
 
 class Instance(BaseModel):
     study = ForeignKeyField(Study, backref="instances", on_delete="CASCADE")
+    study_id: int
     series = ForeignKeyField(Series, backref="instances", on_delete="CASCADE")
+    series_id: int
     sop_instance_uid = CharField(max_length=64, index=True)
     sop_class_uid = CharField(max_length=64)
     transfer_syntax = CharField(max_length=64)
@@ -164,6 +174,7 @@ class StudyIdentity(BaseModel):
     """
 
     study = ForeignKeyField(Study, unique=True, backref="identity", on_delete="CASCADE")
+    study_id: int
     patient_name = CharField(max_length=324, default="")
     patient_id = CharField(max_length=64, default="")
     birth_date = CharField(max_length=8, default="")
@@ -199,6 +210,7 @@ class StudyMatchKeys(BaseModel):
     """
 
     study = ForeignKeyField(Study, unique=True, backref="match_keys", on_delete="CASCADE")
+    study_id: int
     accession_number = CharField(max_length=64, default="", index=True)
     patient_id = CharField(max_length=64, default="")
     study_date = CharField(max_length=8, default="")  # YYYYMMDD as in the header
@@ -210,13 +222,16 @@ class UidMap(BaseModel):
     original_uid = CharField(max_length=64, unique=True)
     pseudo_uid = CharField(max_length=64, unique=True)
     study = ForeignKeyField(Study, backref="uid_maps", on_delete="CASCADE")
+    study_id: int
 
 
 class OutboundObject(BaseModel):
     """A de-identified object ready to leave: an image, or the notes SR / PDF the gateway built."""
 
     study = ForeignKeyField(Study, backref="outbound", on_delete="CASCADE")
+    study_id: int
     instance = ForeignKeyField(Instance, null=True, backref="outbound", on_delete="CASCADE")
+    instance_id: int | None
     kind = CharField(max_length=16, default="image")  # image, notes_sr, notes_pdf, report
     sop_instance_uid = CharField(max_length=64, unique=True)
     sop_class_uid = CharField(max_length=64)
@@ -231,6 +246,7 @@ class Referral(BaseModel):
     """A referral and its clinical notes. Patient and referrer fields are for matching and scrubbing only."""
 
     source = ForeignKeyField(Source, backref="referrals", on_delete="RESTRICT")
+    source_id: int
     accession_number = CharField(max_length=64, index=True)
     patient_id = CharField(max_length=64, index=True)
     patient_name = CharField(max_length=324, default="")
@@ -243,6 +259,7 @@ class Referral(BaseModel):
     received_at = DateTimeField(default=utcnow, index=True)
     state = CharField(max_length=16, default="waiting", index=True)  # waiting, matched, expired
     study = ForeignKeyField(Study, null=True, unique=True, backref="referrals", on_delete="SET NULL")
+    study_id: int | None
     matched_at = DateTimeField(null=True)
     approved_at = DateTimeField(null=True)
     approved_by = CharField(max_length=64, null=True)
@@ -252,6 +269,7 @@ class Assignment(BaseModel):
     """Every assignment of a case to a reviewer, with why; ``active`` marks the current one."""
 
     study = ForeignKeyField(Study, backref="assignments", on_delete="CASCADE")
+    study_id: int
     reviewer = CharField(max_length=64, index=True)
     assigned_at = DateTimeField(default=utcnow)
     reason = CharField(max_length=255)
@@ -264,6 +282,7 @@ class Delivery(BaseModel):
     """The per-object delivery ledger: one row per outbound object and destination."""
 
     outbound = ForeignKeyField(OutboundObject, backref="deliveries", on_delete="CASCADE")
+    outbound_id: int
     destination = CharField(max_length=80)  # "reviewer:<name>" or "source:<name>"
     state = CharField(max_length=16, default="pending", index=True)  # pending, sent, failed
     attempts = IntegerField(default=0)
@@ -283,6 +302,7 @@ class ReportObject(BaseModel):
     """
 
     study = ForeignKeyField(Study, backref="reports", on_delete="CASCADE")
+    study_id: int
     reviewer = CharField(max_length=64)
     calling_ae = CharField(max_length=16)
     sop_class_uid = CharField(max_length=64)
@@ -294,6 +314,7 @@ class ReportObject(BaseModel):
     received_at = DateTimeField(default=utcnow)
     state = CharField(max_length=16, default="received", index=True)  # received, reidentified, failed
     outbound = ForeignKeyField(OutboundObject, null=True, backref="report", on_delete="SET NULL")
+    outbound_id: int | None
 
 
 class PeerHealth(BaseModel):
@@ -352,6 +373,7 @@ class WebSession(BaseModel):
 
     token_sha256 = CharField(max_length=64, unique=True)
     user = ForeignKeyField(WebUser, backref="sessions", on_delete="CASCADE")
+    user_id: int
     csrf_token = CharField(max_length=64)
     created_at = DateTimeField(default=utcnow)
     expires_at = DateTimeField(index=True)
@@ -363,6 +385,7 @@ class NotesRedaction(BaseModel):
     writes [REDACTED] in its place. (migration 8)"""
 
     study = ForeignKeyField(Study, backref="notes_redactions", on_delete="CASCADE")
+    study_id: int
     phrase = CharField(max_length=200)
     actor = CharField(max_length=64)  # who: "web:<user>"
     created_at = DateTimeField(default=utcnow, index=True)
@@ -410,7 +433,7 @@ def _migrate_to_4(database: peewee.Database) -> None:
     the table for a NOT NULL column, and dropping the old ``study`` table would cascade to its children."""
     table = Study._meta.table_name
     present = {column.name for column in database.get_columns(table)}
-    timestamp = database._field_types["DATETIME"]
+    timestamp = database._field_types["DATETIME"]  # type: ignore[attr-defined]  # peewee-private
     definitions = {
         "state_reason": "VARCHAR(64)", "stage_failures": "INTEGER NOT NULL DEFAULT 0",
         "stage_error": "VARCHAR(64)", "stage_retry_at": timestamp,

@@ -39,8 +39,8 @@ from gateway.routing.spine import SpineFilter
 from gateway.scp.receiver import remove_unplaced_receipts
 from gateway.scp.receivers import ReceivingProcesses
 from gateway.scp.receiving_process import MAX_RECEIVING_PROCESSES, processes_sharing, receiver_identity
-from gateway.scp.slots import AssociationSlots
 from gateway.scp.server import node_handlers, start_scp
+from gateway.scp.slots import AssociationSlots
 from gateway.scp.spool import Spool
 
 log = structlog.get_logger("node")
@@ -180,7 +180,8 @@ class GatewayNode:
         """Servers beside the DICOM port: the HTTP API (health, metrics, referrals)."""
         if self.config.http.enabled:
             checks = standard_health_checks(db, self.accepting, self.config.storage.spool_dir,
-                                            self.config.storage.min_free_bytes, probe_name=f"node:{socket.gethostname()}",
+                                            self.config.storage.min_free_bytes,
+                                            probe_name=f"node:{socket.gethostname()}",
                                             probe_timeout_s=self.config.http.health_probe_timeout_s)
             self.http = HttpServer(self.config.http, checks)
             register_referral_routes(self.http)

@@ -7,7 +7,8 @@ Stages never call each other. Every stage runs in the same loop (``StageLoop``),
 A *case stage* (``CaseStage``) says which cases are due and how to advance one. The loop claims the cases one
 at a time (``gateway.cases.claimed``) and runs the stage's ``step`` for each. A step that raises is logged
 (``case_step_failed``: stage, case, error type; never the message, which may carry PHI), the case backs off
-exponentially (``Study.stage_failures``, ``Study.stage_retry_at``), and after ``routing.case_failures.max_failures`` failures
+exponentially (``Study.stage_failures``, ``Study.stage_retry_at``), and after ``routing.case_failures.max_failures``
+failures
 it goes to the stage's give-up state (QUARANTINED, FAILED or REPORT_FAILED) with the reason
 ``<stage>:<ErrorType>``. Other cases keep flowing: one broken case never holds up a healthy one. A failure of
 the node's surroundings (disk full, database away: ``node_wide``) backs the case off but never gives it up.
@@ -59,8 +60,12 @@ class CaseStage(Protocol):
     backing off (e.g. a case still receiving). ``prepare(now)``: work before the cases, or nothing.
     """
 
-    name: str
-    claim_states: tuple[str, ...]
+    # read-only properties, so that a stage's class attributes (``claim_states = (CaseState.X,)``) satisfy them
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def claim_states(self) -> tuple[str, ...]: ...
 
     def due(self, now: dt.datetime) -> Iterable[Study]: ...
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 from pydicom import config as pydicom_config
 
-from support.peers import GatewayProcess, PostgresCluster
 from gateway.demo import write_demo_study
 from gateway.dicomnet import install_fast_paths
+from support.peers import GatewayProcess, PostgresCluster
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -61,3 +62,77 @@ def gateway(tmp_path, database_url):
     node = GatewayProcess(tmp_path / "gw", database_url).start()
     yield node
     node.stop()
+
+
+# The fast tier (`make test-fast`, `pytest -m "not slow"`): every test that starts a real peer is marked slow here,
+# found from its code rather than listed by hand, so that a new end-to-end test lands in the slow tier by itself.
+# Tests slow for another reason (OCR of large images, many hypothesis examples, CLI subprocesses) carry
+# ``pytest.mark.slow`` in their own module.
+
+TESTS = Path(__file__).parent
+
+#: Names whose use starts a real peer: a gateway node with its processes (``GatewayProcess``, the in-process
+#: ``GatewayNode``), DCMTK storescp/storescu, Orthanc, a PostgreSQL cluster, chromium (``Browser``).
+PEER_STARTERS = frozenset({
+    "GatewayProcess", "GatewayNode", "DcmtkStoreSCP", "storescu", "Orthanc", "PostgresCluster", "pg_cluster",
+    "Browser",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _starts_peers(item):
+            item.add_marker(pytest.mark.slow)
+
+
+def _starts_peers(item: pytest.Item) -> bool:
+    """True when the test runs on PostgreSQL, or when its code, a fixture it uses, or a test helper either of them
+    calls names a peer starter."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and callspec.params.get("database_url") == "postgresql":
+        return True
+    if not PEER_STARTERS.isdisjoint(item.fixturenames):
+        return True
+    functions = [item.function] if isinstance(item, pytest.Function) else []
+    for name in item.fixturenames:
+        functions += [definition.func for definition in item._fixtureinfo.name2fixturedefs.get(name, ())]
+    seen: set[int] = set()
+    return any(_reaches_peer_starter(function, seen) for function in functions)
+
+
+def _reaches_peer_starter(function: object, seen: set[int]) -> bool:
+    """Follow the global names a test function uses into the functions and classes of tests/ it calls."""
+    function = getattr(function, "__wrapped__", function)
+    code, namespace = getattr(function, "__code__", None), getattr(function, "__globals__", {})
+    if code is None or id(code) in seen:
+        return False
+    seen.add(id(code))
+    for names in _names_of(code):
+        if not PEER_STARTERS.isdisjoint(names):
+            return True
+        for name in names:
+            target = namespace.get(name)
+            if _is_test_code(target) and any(_reaches_peer_starter(f, seen) for f in _functions_of(target)):
+                return True
+    return False
+
+
+def _names_of(code):
+    """The global and attribute names of a code object and of the functions and lambdas nested in it."""
+    yield code.co_names
+    for constant in code.co_consts:
+        if hasattr(constant, "co_names"):
+            yield from _names_of(constant)
+
+
+def _is_test_code(target: object) -> bool:
+    """A function or class of the suite itself (a test module or a helper under tests/), not of a library."""
+    module = sys.modules.get(getattr(target, "__module__", None) or "")
+    path = getattr(module, "__file__", None)
+    return callable(target) and path is not None and Path(path).is_relative_to(TESTS)
+
+
+def _functions_of(target: object) -> list[object]:
+    if isinstance(target, type):
+        return [member for member in vars(target).values() if callable(member)]
+    return [target]

@@ -4,8 +4,8 @@ call, the ``retry`` of each leg."""
 
 from __future__ import annotations
 
-import ast
 import argparse
+import ast
 import re
 import subprocess
 import sys
@@ -19,6 +19,8 @@ from gateway.models import CaseState, Study, db, open_database
 from gateway.ops.logs import LOG_KEYS
 from gateway.ops.status import collect_status
 from support.peers import free_port
+
+pytestmark = pytest.mark.slow  # runs the CLI in fresh processes, 1.5-8 s a test
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +86,8 @@ def test_config_is_accepted_before_or_after_every_command(tmp_path):
     missing = _run("status", "--config", str(tmp_path / "nowhere.yaml"))
     _one_line_usage_error(missing)
 
-    def leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    def leaves(parser: argparse.ArgumentParser,
+               path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
         found = []
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):

@@ -10,6 +10,8 @@ import yaml
 
 from gateway.models import AuditEvent, CaseState, Study, db, open_database
 
+pytestmark = pytest.mark.slow  # runs the CLI in fresh processes, 5 s a test
+
 
 @pytest.mark.parametrize("state", [CaseState.QUARANTINED, CaseState.REJECTED_NOT_SPINE])
 def test_release_moves_the_case_back_to_complete(tmp_path, state):

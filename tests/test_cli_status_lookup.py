@@ -7,9 +7,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from gateway.models import Referral, Source, Study, StudyMatchKeys, db, open_database, sync_sources
+
+pytestmark = pytest.mark.slow  # runs the CLI in fresh processes: 12 s
 
 
 def test_lookup_by_accession_and_referral(tmp_path):

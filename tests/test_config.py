@@ -104,6 +104,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
+@pytest.mark.slow  # runs the CLI in fresh processes: 5 s
 def test_cli_check_config_exit_codes_and_no_traceback(tmp_path):
     good = _cli("--config", str(SHIPPED), "check-config", cwd=tmp_path)
     assert good.returncode == 0 and "configuration OK" in good.stdout
@@ -115,6 +116,7 @@ def test_cli_check_config_exit_codes_and_no_traceback(tmp_path):
     assert missing.returncode == 2 and "cannot read the configuration file" in missing.stderr
 
 
+@pytest.mark.slow  # runs the CLI in fresh processes: 10 s
 def test_cli_serve_on_a_taken_port_is_one_line(tmp_path):
     import socket
 

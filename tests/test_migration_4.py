@@ -23,7 +23,8 @@ def test_a_version_2_database_upgrades_to_the_stage_loop_and_the_report_leg(data
     with database.connection_context():
         image_leg = Study.create(study_uid="1.2.3.1", calling_ae="PACS", state=CaseState.FAILED, delivery_attempts=12)
         report_leg = Study.create(study_uid="1.2.3.2", calling_ae="PACS", state=CaseState.FAILED, delivery_attempts=3)
-        ReportObject.create(study=report_leg, reviewer="dr-a", calling_ae="DR_A", sop_class_uid="1.2.840.10008.5.1.4.1.1.88.11",
+        ReportObject.create(study=report_leg, reviewer="dr-a", calling_ae="DR_A",
+                            sop_class_uid="1.2.840.10008.5.1.4.1.1.88.11",
                             sop_instance_uid="2.25.99", transfer_syntax="1.2.840.10008.1.2.1", spool_path="x",
                             sha256="0" * 64, size=1)
         for column in STAGE_LOOP_COLUMNS:  # make it what release 2 left behind

@@ -15,7 +15,8 @@ def test_a_version_6_database_upgrades_to_match_keys_and_whole_reasons(database_
     database = open_database(database_url)
     postgres = database_url.startswith("postgres")
     with database.connection_context():
-        study = Study.create(study_uid="1.2.3.1", calling_ae="PACS", state="quarantined", state_reason="identifier_leak")
+        study = Study.create(study_uid="1.2.3.1", calling_ae="PACS", state="quarantined",
+                             state_reason="identifier_leak")
         database.execute_sql('DROP TABLE "study_match_keys"')  # what release 6 left behind
         if postgres:
             database.execute_sql('ALTER TABLE "study" ALTER COLUMN "state_reason" TYPE VARCHAR(64)')

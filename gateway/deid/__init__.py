@@ -11,7 +11,7 @@ This package knows no network and no database, and logs nothing identifying.
 """
 
 from gateway.deid.burned_in import burned_in_risk
-from gateway.deid.engine import DeidMapping, DeidResult, Deidentifier, PatientContext
+from gateway.deid.engine import Deidentifier, DeidMapping, DeidResult, PatientContext
 from gateway.deid.errors import (
     BurnedInRiskError,
     DeidError,

@@ -35,7 +35,7 @@ class ResolvedAction:
 
 
 def _tags(*keywords: str) -> frozenset[int]:
-    return frozenset(tag_for_keyword(keyword) for keyword in keywords)
+    return frozenset(tag_for_keyword(keyword) for keyword in keywords)  # type: ignore[misc]  # all known keywords
 
 
 # Combined codes (X/Z, X/D, Z/D, X/Z/D) depend on the attribute's Type in the IOD, which the profile

@@ -88,7 +88,7 @@ def _as_list(value: object) -> list[object]:
     if value is None:
         return []
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return list(value)  # type: ignore[arg-type]
+        return list(value)  # type: ignore[call-overload]  # a MultiValue, matched by name
     return [value]
 
 

@@ -11,7 +11,8 @@ Two views of "the patient's identifiers":
 - :class:`gateway.privacy.identifiers.IdentifierSet`, everything the node holds for the case (header,
   referral, source): what the notes stage checks every outbound object against, the notes objects as
   written (:func:`find_leaks_in_file`) and the images' text as the workers read it back from their output
-  (:func:`searchable_values`, :func:`find_leaks_in_values`). Text is folded (case, accents, ß, transliteration) and the search terms
+  (:func:`searchable_values`, :func:`find_leaks_in_values`). Text is folded (case, accents, ß, transliteration) and the
+  search terms
   come from :meth:`IdentifierSet.search_terms`; an Encapsulated PDF is also searched in its extracted text
   (its streams are compressed), reported as ``EncapsulatedDocument/pdf-text``.
 """
@@ -304,5 +305,5 @@ def _values(value: object) -> list[object]:
     if value is None or value == "":
         return []
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return list(value)  # type: ignore[arg-type]
+        return list(value)  # type: ignore[call-overload]  # a MultiValue, matched by name
     return [value]

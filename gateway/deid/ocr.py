@@ -14,6 +14,7 @@ re-encoded lossily); Lossy Image Compression and its companions are left as they
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from pydicom import uid as dicom_uid
@@ -182,7 +183,8 @@ def _frames(dataset: Dataset, options: OcrOptions) -> np.ndarray:
     try:
         pixels = dataset.pixel_array
     except Exception as failure:  # noqa: BLE001 - pydicom and its plugins raise many types on bad data
-        raise BurnedInRiskError(f"burned-in text check: pixel data cannot be decoded ({type(failure).__name__})")
+        raise BurnedInRiskError(
+            f"burned-in text check: pixel data cannot be decoded ({type(failure).__name__})") from failure
     samples = int(dataset.get("SamplesPerPixel", 1) or 1)
     single = pixels.ndim == (3 if samples > 1 else 2)
     return np.array(pixels[None, ...] if single else pixels, copy=True)
@@ -207,7 +209,7 @@ def _store(dataset: Dataset, frames: np.ndarray) -> None:
     if samples > 1:
         dataset.PhotometricInterpretation = "RGB"  # pydicom hands colour out as RGB, whatever it was stored as
         dataset.PlanarConfiguration = 0
-    order = ">" if dataset.file_meta.TransferSyntaxUID == dicom_uid.ExplicitVRBigEndian else "<"
+    order: Literal[">", "<"] = ">" if dataset.file_meta.TransferSyntaxUID == dicom_uid.ExplicitVRBigEndian else "<"
     data = frames.astype(frames.dtype.newbyteorder(order), copy=False).tobytes()
     dataset.PixelData = data + b"\0" if len(data) % 2 else data
 

@@ -22,15 +22,15 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from itertools import repeat
+from pathlib import Path
 
 import structlog
 from peewee import fn
 
 from gateway import cases
 from gateway.budget import OVER_BUDGET
-from gateway.deid.engine import DeidMapping, Deidentifier
+from gateway.deid.engine import Deidentifier, DeidMapping
 from gateway.deid.errors import TimeBudgetExceeded
 from gateway.deid.guard import find_leaks_in_values
 from gateway.deid.options import DeidOptions

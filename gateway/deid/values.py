@@ -6,8 +6,8 @@ import datetime as dt
 import re
 from typing import Any
 
-from pydicom.sequence import Sequence
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 
 _MAX_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 64, "ST": 1024, "LT": 10240, "UC": 10240}
 _TEXT_DUMMY = "ANONYMIZED"

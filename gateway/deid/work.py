@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures.process import BrokenProcessPool
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -29,8 +29,8 @@ import pydicom
 import structlog
 from pydicom.dataset import Dataset
 
-from gateway.deid.engine import DeidMapping, Deidentifier, PatientContext
 from gateway.budget import OVER_BUDGET
+from gateway.deid.engine import Deidentifier, DeidMapping, PatientContext
 from gateway.deid.errors import BurnedInRiskError, QuarantineError, TimeBudgetExceeded
 from gateway.deid.guard import UnreadablePDFError, find_leaks, identifiers_from_dataset, searchable_values
 from gateway.deid.options import DeidOptions
@@ -116,7 +116,7 @@ def deidentify_file(path: str, source: str, case_label: str, tmp_dir: str | None
     leaks = find_leaks(result.dataset, identifiers)
     if leaks:
         return DeidWork(leak_paths=[f"{leak.path} ({leak.kind})" for leak in leaks], events=events)
-    described = dict(sop_instance_uid=str(result.dataset.SOPInstanceUID),
+    described: dict[str, Any] = dict(sop_instance_uid=str(result.dataset.SOPInstanceUID),
                      sop_class_uid=str(result.dataset.SOPClassUID),
                      transfer_syntax=str(result.dataset.file_meta.TransferSyntaxUID), mapping=result.mapping,
                      identity=identity, header=header, events=events)

@@ -14,9 +14,9 @@ import unicodedata
 
 import pydicom
 
-from gateway.errors import InvalidInstance
 from gateway.dicom.vr import LONG_LENGTH_VR_BYTES, SHORT_MULTI_VALUED_TEXT_VRS, padding
 from gateway.dicom.wellformed import DEFLATED, top_level_elements
+from gateway.errors import InvalidInstance
 
 _META_START = 132  # 128-byte preamble and "DICM"
 _TRANSFER_SYNTAX = 0x00020010

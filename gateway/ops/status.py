@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import shutil
 import socket
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import peewee

@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from gateway.privacy.text import has_non_latin_letters
+from gateway.privacy.vocabulary import is_clinical, is_known_word, is_name_when_capitalised
 from gateway.privacy.words import TITLES
 from gateway.referral.clinical_terms import is_clinical_word
-from gateway.privacy.vocabulary import is_clinical, is_known_word, is_name_when_capitalised
 
 __all__ = ["Judgement", "judge"]
 
@@ -36,7 +36,8 @@ _TOKEN = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
 #: Letter and digit groups of plates and references: "MH 02 FG 4417", "B-EY 4471", "SG/PI/2024/33871".
 _ALNUM_CLUSTER = re.compile(r"(?<![\w\x00\x01])(?:[A-Z]{1,3}|\d+)(?:[ \-/.]{1,2}(?:[A-Z]{1,3}|\d+))+(?![\w\x01])")
 #: Roads and sectors by number: "A39", "US-59", "Route 27", "Interchange 4", "Sec 35".
-_ROAD = re.compile(r"\b(?:[ABMNE]\d{1,4}(?![.,]\d)|(?:US|SR|CR|I|RN|RD|RV|Rte)-?\d{1,4}|(?i:route|highway|hwy|interstate|exit|"
+_ROAD = re.compile(r"\b(?:[ABMNE]\d{1,4}(?![.,]\d)|(?:US|SR|CR|I|RN|RD|RV|Rte)-?\d{1,4}|"
+                   r"(?i:route|highway|hwy|interstate|exit|"
                    r"junction|interchange|sec|sector|block|plot|lot|space|phase|gali|lane no)\.?\s?\d{1,4}[A-Z]?)\b")
 #: French (and Québec) streets, written in lower case: "rue de l'Arbalète", "avenue du Mont-Royal".
 _FRENCH_STREET = re.compile(r"\b(?:rue|avenue|av\.|boulevard|bd|chemin|allee|impasse|place|quai|cours|route|rang|"
@@ -101,7 +102,8 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
                  and not re.fullmatch(r"[A-Z]{1,5}[ \-]?\d{1,3}(?:[.,]\d)?/\d{1,3}", m.group(0))
                  and not any(s <= m.start() < e for s, e in clusters)]
     clusters += [(m.start(), m.end()) for m in _ROAD.finditer(view) if not any(s <= m.start() < e for s, e in clusters)
-                 and not re.search(r"(?i:typ|type|grade|ao|class|classe|stadium|stage)\W*$", view[max(0, m.start() - 8):m.start()])]
+                 and not re.search(r"(?i:typ|type|grade|ao|class|classe|stadium|stage)\W*$",
+                                   view[max(0, m.start() - 8):m.start()])]
     clusters += [(m.start(), m.end()) for m in _FRENCH_STREET.finditer(view)]
     tokens: list[_Token] = []
     for match in _TOKEN.finditer(view):
@@ -306,7 +308,8 @@ def _capitalised_runs(view: str, tokens: list[_Token]) -> list[list[_Token]]:
     runs: list[list[_Token]] = []
     current: list[_Token] = []
     for token in tokens:
-        joined = current and re.fullmatch(r"[ \t]{1,2}|[ \t]?&[ \t]?|-|[ \t][-–][ \t]", view[current[-1].end:token.start])
+        joined = current and re.fullmatch(r"[ \t]{1,2}|[ \t]?&[ \t]?|-|[ \t][-–][ \t]",
+                                          view[current[-1].end:token.start])
         if _is_capitalised(token) or (joined and token.written.lower() in _PARTICLES):
             if current and not joined:
                 runs.append(current)
@@ -373,7 +376,8 @@ _ORDINAL_WORDS = re.compile(
     r"quatorze|quinze|seize|dix-[a-z]+|vingt(?:-[a-z]+)?|trente(?:-[a-z]+)?)")
 _DRUG_BEFORE = re.compile(r"(?:tab|tabs|inj|cap|caps|syp|syr|susp|gel|oint|cr|sr|xl|er|tbl|kps|amp)\.?\s*$",
                           re.IGNORECASE)
-_DOSE_AFTER = re.compile(r"\s*(?:\(|\s)?\d+(?:[.,]\d+)?(?:/\d+(?:[.,]\d+)?)?\s?(?:mg|mcg|µg|ug|g|ml|iu|ie|units|%|mmol)\b",
+_DOSE_AFTER = re.compile(r"\s*(?:\(|\s)?\d+(?:[.,]\d+)?(?:/\d+(?:[.,]\d+)?)?\s?"
+                         r"(?:mg|mcg|µg|ug|g|ml|iu|ie|units|%|mmol)\b",
                          re.IGNORECASE)
 
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic_core import ErrorDetails
 
 from gateway.referral.codes import NON_URGENT_FLAGS, RedFlag
 from gateway.referral.errors import ReferralValidationError
@@ -185,7 +186,7 @@ def _may_echo(location: tuple[int | str, ...]) -> bool:
     return bool(names) and names[-1] in _ECHOABLE_LEAVES
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     kind = error["type"]
     context = error.get("ctx") or {}
     if kind == "missing":

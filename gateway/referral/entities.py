@@ -23,9 +23,9 @@ from __future__ import annotations
 import functools
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TextIO
+from typing import IO
 
 import phonenumbers
 from stdnum.gb import nhs
@@ -279,7 +279,8 @@ def _phones(text: str) -> list[Entity]:
         for leniency in (phonenumbers.Leniency.VALID, phonenumbers.Leniency.POSSIBLE):
             for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=leniency, max_tries=200):
                 start, end = match.start, match.end
-                if leniency is phonenumbers.Leniency.POSSIBLE and not _phone_label_before(text, start, match.raw_string):
+                if (leniency is phonenumbers.Leniency.POSSIBLE
+                        and not _phone_label_before(text, start, match.raw_string)):
                     continue
                 if start > 0 and text[start - 1] == "(" and ")" in match.raw_string[:6]:
                     start -= 1  # "(555) 123-4567": the matcher leaves the opening parenthesis out
@@ -378,14 +379,14 @@ _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _RECORD_BOUNDARY = re.compile(r'\}, "\d+": \{')
 
 
-def _whole_records(stream: TextIO, chunk_chars: int = 1 << 20) -> Iterator[str]:
+def _whole_records(stream: IO[str], chunk_chars: int = 1 << 20) -> Iterator[str]:
     """The text of ``stream`` in pieces of about ``chunk_chars`` that end between two city records."""
     with stream:
         rest = ""
         while chunk := stream.read(chunk_chars):
             text = rest + chunk
             cut = None
-            for cut in _RECORD_BOUNDARY.finditer(text):
+            for cut in _RECORD_BOUNDARY.finditer(text):  # noqa: B007 - the last boundary is the one kept
                 pass
             if cut is None:
                 rest = text

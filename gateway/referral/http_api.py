@@ -3,7 +3,8 @@
 Answers: 201 ``{"id": <referral id>}`` when stored; 400 ``{"problems": [...]}`` when the body is not
 JSON (or nests deeper than Python's parser goes, or holds a number of more than :data:`MAX_NUMBER_CHARS`
 characters, NaN or Infinity: hostile shapes that must answer 4xx, never 500); 413 past ``http.max_body_bytes``
-(checked by the server before this handler); 422 ``{"problems": [...]}`` when the document is invalid or names an unknown source (nothing is
+(checked by the server before this handler); 422 ``{"problems": [...]}`` when the document is invalid or names an
+unknown source (nothing is
 stored then); 401 without the right token (enforced by :class:`gateway.ops.http.HttpServer`).
 """
 

@@ -24,7 +24,8 @@ from gateway.referral.redaction import is_guard_hit
 from gateway.referral.scrub import ScrubbedNotes
 from gateway.referral.stage import APPROVAL_ACTION, NotesStage, is_approved, load_document
 
-__all__ = ["ApprovalRefused", "NotesPreview", "UnknownCase", "approve_notes", "preview_as_dict", "preview_notes", "render_preview"]
+__all__ = ["ApprovalRefused", "NotesPreview", "UnknownCase", "approve_notes", "preview_as_dict", "preview_notes",
+           "render_preview"]
 
 log = structlog.get_logger("notes")
 

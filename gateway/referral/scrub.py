@@ -107,7 +107,8 @@ _STREET_ADDRESS = re.compile(
 )
 _DIGIT_RUN = re.compile(r"\d{6,}")
 _EPONYM_TERM = re.compile(
-    r"\b[A-Z][a-z]+(?:[\-][A-Z][a-z]+)?(?:['’]s?[ \t\-]*|[ \t\-]+)(?i:disease|sign|signs|test|tests|lesion|lesions|cyst|"
+    r"\b[A-Z][a-z]+(?:[\-][A-Z][a-z]+)?(?:['’]s?[ \t\-]*|[ \t\-]+)"
+    r"(?i:disease|sign|signs|test|tests|lesion|lesions|cyst|"
     r"tumou?r|fracture|grade|classification|score|scale|syndrome|palsy|node|nodes|spine|knötchen|knotchen|"
     r"zeichen|syndrom|krankheit|manoeuvre|maneuver|reflex|phenomenon|criteria|index|arthritis|angle|line|"
     r"triad|procedure|operation|approach|joint)\b")
@@ -658,7 +659,8 @@ def scrub_referral(referral: Referral, date_offset_days: int, institution_names:
     known = known or KnownIdentifiers.from_referral(referral, institution_names)
     clinical, pain = referral.clinical, referral.clinical.pain
     every_text = [clinical.history, clinical.symptoms, clinical.examination, clinical.emg, clinical.prior_treatment,
-                  clinical.prior_imaging, clinical.question, *((pain.location, pain.nature, pain.radiation) if pain else ())]
+                  clinical.prior_imaging, clinical.question,
+                  *((pain.location, pain.nature, pain.radiation) if pain else ())]
     # One language for the whole referral: a short field ("seit 3 Wochen") says too little on its own.
     language = detect_language(" ".join(t for t in every_text if t))
     scrubber = TextScrubber(known, date_offset_days, day_first=day_first, language=language)

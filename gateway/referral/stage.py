@@ -43,6 +43,7 @@ from gateway import cases, wakeup
 from gateway.budget import OVER_BUDGET, BudgetedWorkers
 from gateway.config import GatewayConfig
 from gateway.deid.guard import find_leaks_in_file, find_leaks_in_values
+from gateway.dicom.rawedit import fits_charset
 from gateway.models import (
     AuditEvent,
     CaseState,
@@ -67,7 +68,6 @@ from gateway.referral.notes_sr import EVIDENCE_REQUIRED_ATTRIBUTES
 from gateway.referral.notes_work import NotesInput, NotesWork, build_notes, scrub_notes
 from gateway.referral.reason import short_reason
 from gateway.referral.scrub import KnownIdentifiers, ScrubbedNotes
-from gateway.dicom.rawedit import fits_charset
 from gateway.scp.spool import Spool
 
 __all__ = ["APPROVAL_ACTION", "AWAITING_APPROVAL", "AWAITING_REFERRAL", "NO_REFERRAL", "NotesStage", "NotesStageError",

@@ -198,7 +198,7 @@ class Reidentifier:
         for keyword in REMOVED_DEID_KEYWORDS:
             if keyword in ds:
                 delattr(ds, keyword)
-        for path, parent, elem in walk(ds):
+        for _path, _parent, elem in walk(ds):
             self._restore_element(elem, uids)
         self._set_patient_and_study(ds)
         ds.SeriesInstanceUID, ds.SOPInstanceUID = series_uid, sop_uid

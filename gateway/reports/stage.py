@@ -2,10 +2,12 @@
 
 For each REPORTED case whose retry time has come: every received report (``ReportObject`` state
 ``received``) is checked for pseudonyms of other cases (``gateway.reports.foreign``: such a report fails
-re-identification and never goes home) and re-identified from the stored mapping into ``spool/outbound/<case key>/`` as an
+re-identification and never goes home) and re-identified from the stored mapping into ``spool/outbound/<case key>/`` as
+an
 ``OutboundObject(kind="report")`` (state ``reidentified``; ``failed`` when it cannot be), then every report
 object not yet stored by the source is sent to the source's ``return`` peer through the delivery function
-shared with the study leg (``gateway.routing.send``: one association per attempt, the per-object ``Delivery`` ledger under
+shared with the study leg (``gateway.routing.send``: one association per attempt, the per-object ``Delivery`` ledger
+under
 ``source:<name>``). All stored: REPORT_DELIVERED with ``report_delivered_at`` (turnaround = that minus
 ``first_received_at``). The report leg has its own attempt counter and retry time (``Study.report_attempts``,
 ``Study.report_next_attempt_at``) and its own failure state: failed attempts back off like image delivery;
@@ -30,7 +32,7 @@ import pydicom.errors
 import structlog
 from pydicom.dataset import Dataset
 
-from gateway import cases, wakeup
+from gateway import cases
 from gateway.config import GatewayConfig, SourceConfig
 from gateway.models import (
     CaseState,
@@ -44,10 +46,10 @@ from gateway.models import (
     utcnow,
 )
 from gateway.ops import audit
+from gateway.pipeline import run_case_stage
 from gateway.reports.errors import ReidentificationError
 from gateway.reports.foreign import foreign_pseudonym
 from gateway.reports.reidentify import CaseMapping, Reidentifier, derived_report_uid
-from gateway.pipeline import run_case_stage
 from gateway.routing.deliver import REPORT_KIND
 from gateway.routing.send import REPORT_LEG, SENT, send_objects, unsent_objects
 from gateway.scp.spool import Spool

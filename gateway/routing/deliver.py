@@ -145,7 +145,8 @@ class DeliveryStage:
         """Before resending after an interrupted attempt: the objects whose outcome the ledger never got (the
         node died before writing its batch) may be at the reviewer already. With ``query: true`` the reviewer is
         asked (``routing.query``) and what it holds is recorded as sent, not sent again (the rest it lacks: they
-        go now, for the first time); otherwise they are all sent again and counted (``spine_gateway_delivery_resent_after_recovery_total``). Returns what to send."""
+        go now, for the first time); otherwise they are all sent again and counted
+        (``spine_gateway_delivery_resent_after_recovery_total``). Returns what to send."""
         in_doubt = in_doubt_objects(pending, reviewer_peer(reviewer.name))
         if not in_doubt:
             return pending

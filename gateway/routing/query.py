@@ -12,7 +12,7 @@ from __future__ import annotations
 import structlog
 from pydicom.dataset import Dataset
 from pynetdicom import AE
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from gateway.config import NodeConfig, ReviewerConfig
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import threading
 import time
-from io import BytesIO
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Any, Protocol
 
 import structlog
@@ -27,15 +27,15 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 
 from gateway import status
+from gateway.dicom.filemeta import part10_header
 from gateway.dicomnet import NODELAY_HANDLER, BoundedDataSet, bound_received_data_sets
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
 from gateway.models import QuarantinedObject, db
-from gateway.reports.codes import REPORT_CLASSES
 from gateway.ops import audit, metrics
-from gateway.dicom.filemeta import part10_header
+from gateway.reports.codes import REPORT_CLASSES
 from gateway.scp.gate import Throttle
-from gateway.scp.quarantine import QuarantineBudget
 from gateway.scp.policy import AssociationPolicy, AssociationRefused, Caller
+from gateway.scp.quarantine import QuarantineBudget
 from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance, elapsed_ms
 from gateway.scp.slots import NODE_FULL, AssociationSlots
 
@@ -167,7 +167,8 @@ class ScpHandlers:
         if full == NODE_FULL:
             raise AssociationRefused.local_limit()
         if full is not None:
-            raise AssociationRefused.over_share("ae_share_exceeded" if full.startswith("ae:") else "host_share_exceeded")
+            raise AssociationRefused.over_share("ae_share_exceeded" if full.startswith("ae:")
+                                                else "host_share_exceeded")
         return tuple(shares)
 
     def _log_rejection(self, reason: str, calling: str, called: str, peer: str) -> int | None:

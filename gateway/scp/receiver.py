@@ -25,12 +25,12 @@ import structlog
 from pydicom.errors import InvalidDicomError
 
 from gateway import status
+from gateway.dicom.wellformed import check_well_formed
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
 from gateway.models import Instance, InstanceState, Series, Study, StudyMatchKeys, db, utcnow
 from gateway.ops import metrics
 from gateway.scp.commit import DEFAULT_MAX_GROUP, GroupCommit, Waiting
 from gateway.scp.spool import Spool
-from gateway.dicom.wellformed import check_well_formed
 
 _log = structlog.get_logger("scp")
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")

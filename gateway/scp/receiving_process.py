@@ -157,6 +157,8 @@ def serve(config_json: str, listen_fd: int, channel_fd: int, number: int, node_i
                       defaults={"component": process_name(number)}, rotate=False)
     forward_metrics(channel)
 
+    import structlog
+
     from gateway import cases, wakeup
     from gateway.dicomnet import install_fast_paths
     from gateway.models import db, make_database
@@ -164,8 +166,6 @@ def serve(config_json: str, listen_fd: int, channel_fd: int, number: int, node_i
     from gateway.scp.server import node_handlers, start_scp
     from gateway.scp.slots import AssociationSlots
     from gateway.scp.spool import Spool
-
-    import structlog
 
     log = structlog.get_logger("scp")
     identity = receiver_identity(node_id, number)

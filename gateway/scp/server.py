@@ -6,7 +6,7 @@ import socket
 import ssl
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pynetdicom import AE, AllStoragePresentationContexts
@@ -24,7 +24,6 @@ from gateway.scp.quarantine import QuarantineBudget
 from gateway.scp.receiver import InstanceReceiver
 from gateway.scp.slots import AssociationSlots
 from gateway.scp.spool import Spool
-
 
 LINGERING_ASSOCIATIONS = 256  # association threads past their end (aborted, waiting for the peer to close)
 
@@ -214,7 +213,7 @@ def start_scp(node: NodeConfig, handlers: ScpHandlers, *,
                             listening=listening, slots=handlers.slots)
     ae._servers.append(server)  # as start_server does: AE.shutdown() stops it, and server.shutdown() expects it
     copy_contexts_cheaply(server)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{stamp}", daemon=True).start()
     return server
 

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
-from argon2.low_level import ARGON2_VERSION
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from argon2.low_level import ARGON2_VERSION
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
@@ -94,7 +94,8 @@ class PasswordChecks:
     A flood of sign-ins then costs bounded memory and CPU: the others wait up to ``wait_s`` for a slot and are
     refused (:class:`PasswordCheckBusy`) after it. One client address has at most one check running or waiting
     (a second is refused at once), so the queue is as long as the number of addresses, not of requests, and a
-    user from another address is not kept waiting behind a flood's hundreds. Unbounded, 48 parallel sign-ins took the node to 1.5 GB and
+    user from another address is not kept waiting behind a flood's hundreds. Unbounded, 48 parallel sign-ins took the
+    node to 1.5 GB and
     /healthz to 13.9 s (issue 28).
     """
 

@@ -79,7 +79,8 @@ class LoginLimiter:
     successful sign-in clears it), per client address (``..._per_address_per_minute``) and over all addresses
     (``..._global_per_minute``). The global limit applies to addresses that gave a wrong password this minute:
     a flood from many addresses is held by it, while a user whose address has not failed still gets in (each
-    address's first attempt costs at most one hash, in the bounded pool). Counting before the hash is what makes the limits hold under parallel attempts:
+    address's first attempt costs at most one hash, in the bounded pool). Counting before the hash is what makes the
+    limits hold under parallel attempts:
     counted after it, 40 parallel wrong passwords for one user got 28 hashes (issue 28). Thread-safe, per process.
     """
 

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.referral.codes import RedFlag
-from gateway.referral.document import Referral, validate_referral_data
+from gateway.referral.document import validate_referral_data
 from gateway.referral.errors import ReferralValidationError
 from gateway.reports.findings import Finding, FindingsDocument
 
@@ -98,6 +98,7 @@ def referral_document(form: Mapping[str, Any], flags: list[str], source: str,
     if get("referrer.name") or get("referrer.contact"):
         document["referrer"] = {"name": get("referrer.name"),
                                 **({"contact": get("referrer.contact")} if get("referrer.contact") else {})}
+    pain: dict[str, Any]  # strings, then numbers where the field is one
     pain = {name: get(f"clinical.pain.{name}") for name in ("location", "intensity", "nature", "duration_weeks",
                                                              "radiation")}
     pain = {k: (_number(v) if k in ("intensity", "duration_weeks") else v) for k, v in pain.items() if v}

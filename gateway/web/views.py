@@ -11,13 +11,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-import pydicom
 import peewee
+import pydicom
 from pydicom.dataset import Dataset
 
-from gateway.models import CaseState, OutboundObject, ReportObject, Study, utcnow
+from gateway.models import CaseState, OutboundObject, ReportObject, Source, Study, utcnow
 from gateway.models import Referral as ReferralRow
-from gateway.models import Source
 from gateway.scp.spool import Spool
 
 S = CaseState

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
@@ -64,7 +65,8 @@ def test_another_secret_gives_other_pseudonyms() -> None:
     assert first.dataset.PatientID != other.dataset.PatientID
 
 
-_IDS = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="\\"), min_size=1, max_size=64)
+_IDS = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="\\"),
+               min_size=1, max_size=64)
 
 
 @settings(max_examples=200, deadline=None)
@@ -78,6 +80,7 @@ def test_different_patients_never_share_a_patient_pseudonym(first: str, second: 
     assert -3650 <= offset <= -365
 
 
+@pytest.mark.slow  # hypothesis, many examples: 2 s
 @settings(max_examples=100, deadline=None)
 @given(original=st.from_regex(r"[12](\.[1-9][0-9]{0,8}){2,12}", fullmatch=True))
 def test_uid_pseudonym_is_a_valid_short_uid(original: str) -> None:

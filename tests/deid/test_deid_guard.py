@@ -53,7 +53,8 @@ def test_identifier_in_nested_sequence_is_reported_by_path() -> None:
     ds = clean_dataset()
     ds.ReferencedStudySequence[0].StudyDescription = "follow-up for kowalczyk"
     leaks = find_leaks(ds, IDENTIFIERS)
-    assert [(leak.path, leak.kind) for leak in leaks] == [("ReferencedStudySequence[0].StudyDescription", "patient name")]
+    assert [(leak.path, leak.kind) for leak in leaks] == [
+        ("ReferencedStudySequence[0].StudyDescription", "patient name")]
 
 
 def test_identifier_in_private_tag_bytes_is_reported_by_tag() -> None:

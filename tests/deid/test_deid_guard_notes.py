@@ -109,7 +109,8 @@ def _pdf_with(text: str, font: str) -> Dataset:
     return dataset
 
 
-@pytest.mark.parametrize(("text", "font"), [("患者王伟，腰痛。", "STSong-Light"), ("ワン・ウェイさん、腰痛。", "HeiseiMin-W3"),
+@pytest.mark.parametrize(("text", "font"), [("患者王伟，腰痛。", "STSong-Light"),
+                                            ("ワン・ウェイさん、腰痛。", "HeiseiMin-W3"),
                                             ("患者王 伟", "STSong-Light")])
 def test_ideographic_and_phonetic_name_groups_are_found_in_the_sr_and_the_pdf_text(text, font):
     identifiers = _held(PatientName="WANG^WEI=王^伟=ワン^ウェイ")

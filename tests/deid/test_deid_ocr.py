@@ -12,6 +12,17 @@ import subprocess
 
 import numpy as np
 import pytest
+from pydicom import uid as dicom_uid
+from structlog.testing import capture_logs
+
+from gateway.deid import BurnedInRiskError, Deidentifier, DeidOptions, PatientContext
+from gateway.deid import ocr as ocr_module
+from gateway.deid.errors import BurnedInTextError, OcrUnavailableError
+from gateway.deid.guard import identifiers_from_dataset
+from gateway.deid.ocr import _Viewer
+from gateway.deid.ocr_engine import engine_for
+from gateway.deid.ocr_match import birth_date_forms, fold, identifiers_found, is_identifier_piece, search_terms
+from gateway.deid.options import BurnedInPolicy, OcrOptions
 from ocr_images import (
     ACCESSION_TEXT,
     BIRTH_TEXT,
@@ -27,17 +38,7 @@ from ocr_images import (
     dx_dataset,
     reread,
 )
-from pydicom import uid as dicom_uid
-from structlog.testing import capture_logs
-
-from gateway.deid import BurnedInRiskError, Deidentifier, DeidOptions, PatientContext
-from gateway.deid import ocr as ocr_module
-from gateway.deid.errors import BurnedInTextError, OcrUnavailableError
-from gateway.deid.guard import identifiers_from_dataset
-from gateway.deid.ocr import _Viewer
-from gateway.deid.ocr_engine import engine_for
-from gateway.deid.ocr_match import birth_date_forms, fold, identifiers_found, is_identifier_piece, search_terms
-from gateway.deid.options import BurnedInPolicy, OcrOptions
+from support.dicomfiles import pydicom_file_param
 
 SECRET = b"ocr-tests-secret-0123456789abcdef"
 ROWS, COLUMNS = 420, 360
@@ -291,7 +292,8 @@ def _bundled_sc_and_us() -> list[str]:
             except Exception:  # noqa: BLE001 - some bundled files are broken on purpose
                 continue
             kind = RISKY_SOP_CLASSES.get(str(ds.get("SOPClassUID", "")), "")
-            if ("secondary capture" in kind or "ultrasound" in kind) and "PixelData" in pydicom.dcmread(path, force=True):
+            if (("secondary capture" in kind or "ultrasound" in kind)
+                    and "PixelData" in pydicom.dcmread(path, force=True)):
                 found.append(path)
     return found
 
@@ -303,7 +305,7 @@ def test_pydicom_bundles_secondary_capture_and_ultrasound_files():
     assert len(SC_AND_US) >= 10
 
 
-@pytest.mark.parametrize("path", SC_AND_US, ids=[p.rsplit("/", 1)[-1] for p in SC_AND_US])
+@pytest.mark.parametrize("path", [pydicom_file_param(path) for path in SC_AND_US])
 def test_pydicom_secondary_capture_and_ultrasound_files_are_cleaned_or_quarantined(tmp_path, path):
     import warnings
 

@@ -7,13 +7,13 @@ import subprocess
 
 import pydicom
 import pytest
-from ocr_images import PATIENT, Text, anatomy, burn, dx_dataset
 from pydicom.uid import generate_uid
 
 from gateway.deid.guard import identifiers_from_dataset
 from gateway.deid.ocr import _Viewer
 from gateway.deid.ocr_engine import engine_for
 from gateway.deid.ocr_match import identifiers_found, search_terms
+from ocr_images import PATIENT, Text, anatomy, burn, dx_dataset
 from support.peers import DcmtkStoreSCP, GatewayProcess, storescu, wait_until
 
 FAST = {"routing": {"stable_after_s": 0.5, "poll_s": 0.2}, "referrals": {"wait_s": 0.0, "on_timeout": "route"}}

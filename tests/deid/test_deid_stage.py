@@ -25,7 +25,8 @@ def _query(url: str, sql: str) -> list[tuple]:
 
 
 def _outbound(node: GatewayProcess, url: str) -> list[Path]:
-    return [node.spool_dir / row[0] for row in _query(url, "SELECT spool_path FROM outbound_object WHERE kind = 'image'")]
+    rows = _query(url, "SELECT spool_path FROM outbound_object WHERE kind = 'image'")
+    return [node.spool_dir / row[0] for row in rows]
 
 
 def test_study_split_over_two_associations_is_deidentified_as_one(tmp_path, database_url, small_study):
@@ -74,7 +75,8 @@ def test_same_study_sent_again_keeps_its_pseudonyms(tmp_path, small_study):
         node.start()
         try:
             assert storescu("127.0.0.1", node.port, small_study, calling="STMARYS_PACS").returncode == 0
-            wait_until(lambda: len(_outbound(node, url)) == len(small_study), 60, "every instance de-identified")
+            wait_until(lambda node=node, url=url: len(_outbound(node, url)) == len(small_study), 60,
+                       "every instance de-identified")
             results.append(sorted(_query(url, "SELECT original_uid, pseudo_uid FROM uid_map")))
         finally:
             node.stop()

@@ -19,7 +19,7 @@ from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
-from gateway.deid import DeidOptions, Deidentifier, PatientContext
+from gateway.deid import Deidentifier, DeidOptions, PatientContext
 from gateway.deid.actions import resolve_combined
 
 SECRET = b"table-test-secret-0123456789abcdef"
@@ -180,7 +180,8 @@ def _shifted(value: str, days: int) -> str:
     return day.strftime("%Y%m%d") + value[8:]
 
 
-def check_element(out: Dataset, planted: Planted, code: str, deidentifier: Deidentifier, offset: int | None) -> set[str]:
+def check_element(out: Dataset, planted: Planted, code: str, deidentifier: Deidentifier,
+                  offset: int | None) -> set[str]:
     """Assert the fate of one planted element; return the markers allowed to survive because of it."""
     where = f"{planted.row['tag']} {planted.row['name']} ({code})"
     present = planted.tag in out

@@ -12,6 +12,7 @@ from pydicom.data import get_testdata_files
 from pydicom.filewriter import dcmwrite
 
 from gateway.deid import Deidentifier, PatientContext, QuarantineError
+from support.dicomfiles import pydicom_file_param
 
 SECRET = b"testfiles-secret-0123456789abcdef"
 BUNDLED = [Path(path) for path in get_testdata_files() if Path(path).is_file()]
@@ -27,7 +28,7 @@ def test_pydicom_bundles_enough_files() -> None:
     assert len(BUNDLED) > 100
 
 
-@pytest.mark.parametrize("path", BUNDLED, ids=[path.name for path in BUNDLED])
+@pytest.mark.parametrize("path", [pydicom_file_param(path) for path in BUNDLED])
 def test_bundled_file_is_deidentified_or_quarantined(path: Path) -> None:
     original = _read(path)
     deidentifier = Deidentifier(None, SECRET)

@@ -11,6 +11,8 @@ import pytest
 from gateway.deid.errors import TimeBudgetExceeded
 from gateway.deid.work import WorkPool
 
+pytestmark = pytest.mark.slow  # starts de-identification worker processes and waits out their budget
+
 
 def _nothing() -> None:
     return None

@@ -238,7 +238,7 @@ def test_reviewer_that_never_answers_bounded_attempts_no_thread_leak_then_failed
         (key,), = query(url, "SELECT key FROM study")
         for round_number in (2, 3):
             node.cli("retry", key)
-            wait_until(lambda: _states(url).get("failed") == 1 and sum(
+            wait_until(lambda round_number=round_number: _states(url).get("failed") == 1 and sum(
                 e["event"] == "delivery_attempt" for e in node.log_events()) == 3 * round_number, 60,
                 f"retry round {round_number} to fail again")
         assert len(silent.accepted) >= 9, "every attempt reached the peer"

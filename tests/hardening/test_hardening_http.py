@@ -8,7 +8,6 @@ sign-in flood and parallel wrong passwords. And health that tells the truth: a f
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -201,7 +200,7 @@ def _closed(sock: socket.socket) -> bool:
         return True
     except (ConnectionResetError, BrokenPipeError):
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
 
 

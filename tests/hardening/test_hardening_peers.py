@@ -16,7 +16,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -32,7 +31,7 @@ from hardening_support import (
     query,
 )
 from support.dicomfiles import dataset_bytes, sop_instance_uid, spool_index
-from support.peers import DCMTK, NODELAY_ENV, GatewayProcess, storescu, wait_until
+from support.peers import DCMTK, NODELAY_ENV, GatewayProcess, storescu
 
 OTHER_HOST = "127.0.0.2"  # loopback, yet another calling host than 127.0.0.1
 ATTACK_DEADLINE_S = 60.0

@@ -18,10 +18,10 @@ import time
 
 import pytest
 
+from gateway.demo import write_demo_study
 from hardening_support import GATEWAY_AE, SOURCE_AE, associate_rq, query
 from support.dicomfiles import dataset_bytes, sop_instance_uid, spool_index
 from support.peers import DCMTK, NODELAY_ENV, GatewayProcess, storescu
-from gateway.demo import write_demo_study
 
 NEGOTIATION_TIMEOUT_S = 3.0
 _RESPONSE = re.compile(r"Received Store Response \(([^)]*)\)")
@@ -44,7 +44,7 @@ def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
         return True
     except (ConnectionResetError, BrokenPipeError):
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
 
 
@@ -71,7 +71,7 @@ class SlowSender(threading.Thread):
                 try:
                     if self.sock.recv(1) == b"":
                         break
-                except socket.timeout:
+                except TimeoutError:
                     continue
         except OSError:
             pass

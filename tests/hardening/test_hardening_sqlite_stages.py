@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pydicom
 
+from gateway.config import RoutingConfig
 from gateway.deid.options import DeidOptions
 from gateway.deid.stage import DeidStage
 from gateway.demo import write_demo_study
 from gateway.models import CaseState, Instance, Series, Source, Study, db, open_database, utcnow
 from gateway.routing.completion import CompletionStage
-from gateway.config import RoutingConfig
 from gateway.scp.spool import Spool
 
 

@@ -163,7 +163,7 @@ def test_follows_across_rotations_every_line_once_in_order(tmp_path):
             for i in range(start, start + burst):
                 logger.info(_line(i))
             with progress:
-                progress.wait_for(lambda: len(seen) >= start + burst or stop.is_set(), timeout=DEADLINE_S)
+                progress.wait_for(lambda start=start: len(seen) >= start + burst or stop.is_set(), timeout=DEADLINE_S)
 
     writer = threading.Thread(target=write)
     watchdog = threading.Timer(DEADLINE_S, stop.set)

@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from corpus_files import CorpusCase
-from notes_eval import Score, covered, evaluate
-
 from gateway.privacy.identifiers import from_referral
 from gateway.referral.scrub import TextScrubber
 from gateway.referral.stage import known_identifiers
+from notes_eval import Score, covered, evaluate
 
 
 @dataclass

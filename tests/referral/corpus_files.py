@@ -26,9 +26,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from notes_corpus import Case, parse
-
 from gateway.referral.document import Referral
+from notes_corpus import Case, parse
 
 ROOT = Path(__file__).parent / "corpus"
 HALVES = ("dev", "heldout")

@@ -110,7 +110,8 @@ _HAND: list[tuple[str, str, dict, str]] = [
                               "names_extra": []},
      "Dear colleague, I would be grateful if you could see [[name!:Pauline Ashworth]]. Kind regards, "
      "[[name:Dr Alasdair MacLeod]], [[org:Kingsway Health Centre]], [[place:12 Kingsway]], "
-     "[[place:Dundee]] [[place:DD3 8TW]]. Tel [[phone:01382 000 111]]. {{Spinal stenosis}}, {{neurogenic claudication}}."),
+     "[[place:Dundee]] [[place:DD3 8TW]]. Tel [[phone:01382 000 111]]. {{Spinal stenosis}}, "
+     "{{neurogenic claudication}}."),
     ("hand-dates-mixed", "uk", {"names": ["Curtis^Neil"], "ids": ["C4455"], "birth_dates": [D(1964, 12, 25)]},
      "[[name!:Neil Curtis]], born [[date!:Christmas Day 1964]]. Fell on [[date:1st March]], admitted "
      "[[date:03/03/24]], discharged [[date:Mon 11th March 2024]]. Review [[date:2024-04-02]]. "

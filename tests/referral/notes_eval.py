@@ -16,9 +16,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from notes_corpus import CATEGORIES, Case, Span
-
 from gateway.referral.scrub import KnownIdentifiers, TextScrubber
+from notes_corpus import CATEGORIES, Case, Span
 
 Removed = list[tuple[int, int, str]]
 Engine = Callable[[Case], Removed]

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.referral.scrub import TextScrubber
 from notes_corpus import CATEGORIES, SEED, all_cases, generated_cases
 from notes_eval import evaluate, known_identifiers, report, scrubber_engine
 
-from gateway.referral.scrub import TextScrubber
+pytestmark = pytest.mark.slow  # scores the whole notes corpus (25 s and more)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from corpus_eval import score
 from corpus_files import load
 from notes_eval import report
 
+pytestmark = pytest.mark.slow  # scores each corpus half: a minute or more of scrubbing
+
 #: (category, known) -> the lowest recall accepted, held-out half: measured 6 December 2026 (after the tuning on
 #: the development half), less about one point.
 HELDOUT_FLOORS = {

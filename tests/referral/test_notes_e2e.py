@@ -85,7 +85,8 @@ def _referral(case, source: str, patient: DemoPatient) -> dict:
     birth = patient.birth_date
     return {
         "source": source, "accession_number": patient.accession, "urgency": "routine",
-        "patient": {"id": patient.patient_id, "name": patient.name, "birth_date": f"{birth[:4]}-{birth[4:6]}-{birth[6:]}"},
+        "patient": {"id": patient.patient_id, "name": patient.name,
+                    "birth_date": f"{birth[:4]}-{birth[4:6]}-{birth[6:]}"},
         "referrer": {"name": patient.referring.replace("^", " ")},
         "study_date": f"{patient.study_date[:4]}-{patient.study_date[4:6]}-{patient.study_date[6:]}",
         "clinical": {"history": case.text, "question": "Disc herniation L5/S1 with root compression?"},

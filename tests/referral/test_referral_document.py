@@ -8,7 +8,8 @@ import json
 
 import pytest
 import yaml
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.referral.codes import RedFlag
 from gateway.referral.document import Referral, Urgency, parse_referral

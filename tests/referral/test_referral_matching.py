@@ -19,7 +19,6 @@ import yaml
 from structlog.testing import capture_logs
 
 from gateway.budget import BudgetedWorkers
-
 from gateway.demo import write_demo_study
 from gateway.models import (
     AuditEvent,
@@ -34,13 +33,13 @@ from gateway.models import (
     utcnow,
 )
 from gateway.ops.status import collect_status
-from gateway.referral.matching import expire_referrals
-from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance
 from gateway.referral.document import validate_referral_data
 from gateway.referral.errors import ReferralValidationError
 from gateway.referral.intake import store_referral
+from gateway.referral.matching import expire_referrals
 from gateway.referral.review import ApprovalRefused, approve_notes, preview_notes
 from gateway.referral.stage import NotesStage, is_approved
+from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance
 from referral_cases import SOURCE, SOURCE_AE, close_world, make_world, referral_document
 
 
@@ -148,6 +147,7 @@ def test_timeout_route_uses_the_header_notes(world_factory, study_files):
     assert any("Low back pain radiating to the left leg" in text for text in texts)  # AdditionalPatientHistory
 
 
+@pytest.mark.slow  # waits out the referral's hold
 def test_timeout_hold(world_factory, study_files):
     world = world_factory(wait_s=0.01, on_timeout="hold")
     study = world.deidentified_case(study_files)
@@ -347,7 +347,7 @@ def test_a_referral_finds_a_study_still_being_received(world_factory, study_file
 
 
 def test_a_referral_never_expires_while_a_study_with_its_accession_is_in_the_node(world_factory, study_files):
-    world = world_factory(wait_s=5)
+    world_factory(wait_s=5)
     other = _store(accession_number="NOT-HERE")
     kept = _store()
     # The study arrived, but the match at arrival did not happen (as if it failed): only the keys are there.

@@ -20,8 +20,8 @@ from pypdf import PdfReader
 import gateway.referral.notes_work as notes_work
 import gateway.referral.stage as notes_stage
 from gateway.deid.guard import searchable_values
-from gateway.demo import DemoPatient
 from gateway.deid.stage import DeidStage
+from gateway.demo import DemoPatient
 from gateway.models import (
     AuditEvent,
     CaseState,
@@ -191,7 +191,8 @@ def _receive_late(world, study: Study, path) -> Instance:
                                      defaults={"study": study, "modality": header.Modality})
     return Instance.create(study=study, series=series, sop_instance_uid=header.SOPInstanceUID,
                            sop_class_uid=header.SOPClassUID, transfer_syntax=header.file_meta.TransferSyntaxUID,
-                           size=len(data), sha256=digest, spool_path=world.spool.relative(world.spool.store(data, digest)),
+                           size=len(data), sha256=digest,
+                           spool_path=world.spool.relative(world.spool.store(data, digest)),
                            calling_ae=study.calling_ae)
 
 

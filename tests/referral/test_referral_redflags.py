@@ -94,11 +94,6 @@ def test_phrasings(text, expected):
     assert {flag.code for flag in detect_red_flags(text)} == expected
 
 
-def test_table_is_large_and_balanced():
-    assert len(PHRASINGS) >= 40
-    assert sum(1 for _, e in PHRASINGS if not e) >= 15
-
-
 def test_detected_flag_reports_span_and_trigger():
     text = "Stable. Saddle Anaesthesia since Monday."
     [flag] = detect_red_flags(text)

@@ -7,7 +7,8 @@ import re
 import unicodedata
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.referral.scrub import KnownIdentifiers, TextScrubber, levenshtein_at_most_one
 
@@ -144,6 +145,7 @@ interleaved = st.lists(
 ).map(lambda pairs: "".join(word + separator for word, separator in pairs))
 
 
+@pytest.mark.slow  # hypothesis over the full scrubber: 7 s
 @settings(max_examples=300, deadline=None)
 @given(interleaved)
 def test_no_known_identifier_survives(text):
@@ -151,6 +153,7 @@ def test_no_known_identifier_survives(text):
     assert _survivors(output) == []
 
 
+@pytest.mark.slow  # hypothesis over the full scrubber: 10 s
 @settings(max_examples=300, deadline=None)
 @given(interleaved | st.text(max_size=80))
 def test_scrubbing_is_idempotent(text):
@@ -159,6 +162,7 @@ def test_scrubbing_is_idempotent(text):
     assert scrubber.scrub(once) == once
 
 
+@pytest.mark.slow  # hypothesis over the full scrubber: 3 s
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.sampled_from(CLINICAL_WORDS), max_size=20))
 def test_clinical_words_alone_are_untouched(words):

@@ -57,6 +57,7 @@ def test_the_hook_is_in_effect_on_the_real_highdicom(deidentified_image):
     assert 0 < table._module.cache_info().currsize < 40  # only the modules the SR needed were parsed
 
 
+@pytest.mark.slow  # parses highdicom's whole table twice: 4 s
 def test_every_module_reads_as_highdicom_reads_it(stock_table):
     table = ModuleAttributeTable(sr_tables._table_path())
     assert list(table) == list(stock_table) and len(table) == len(stock_table)
@@ -67,12 +68,13 @@ def test_every_module_reads_as_highdicom_reads_it(stock_table):
         table["no-such-module"]
 
 
-@pytest.mark.parametrize("chunk_bytes", [7, 100, 4096])
+@pytest.mark.parametrize("chunk_bytes", [pytest.param(7, marks=pytest.mark.slow), 100, 4096])  # 7: 10 s
 def test_the_index_is_the_same_whatever_the_chunk_size(chunk_bytes):
     path = sr_tables._table_path()
     assert ModuleAttributeTable(path, chunk_bytes)._starts == ModuleAttributeTable(path)._starts
 
 
+@pytest.mark.slow  # builds the SR with highdicom's whole table: 2 s
 def test_the_notes_sr_is_the_same_as_with_highdicom_own_table(deidentified_image, monkeypatch):
     install_module_table()
     lazy = build_notes_sr(deidentified_image, _notes(), series_instance_uid="2.25.1", sop_instance_uid="2.25.2")

@@ -43,7 +43,7 @@ def _content(images, **overrides) -> ReportContent:
 def _dsrdump(ds, path) -> tuple[int, list[str], str]:
     ds.save_as(path, enforce_file_format=True)
     result = subprocess.run(["/usr/bin/dsrdump", str(path)], capture_output=True, text=True, errors="replace")
-    return result.returncode, [l for l in result.stderr.splitlines() if l[:2] in ("E:", "W:", "F:")], result.stdout
+    return result.returncode, [ln for ln in result.stderr.splitlines() if ln[:2] in ("E:", "W:", "F:")], result.stdout
 
 
 @pytest.mark.parametrize("name", sorted(codes.SR_CLASS_BY_NAME))

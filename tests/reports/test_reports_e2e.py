@@ -27,6 +27,7 @@ from report_peers import (
 from support.peers import storescu, wait_until
 from support.scu import send
 
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("reports-site")

@@ -53,6 +53,7 @@ def test_reports_findings_unreadable_file(tmp_path):
         load_findings(tmp_path / "missing.yaml")
 
 
+@pytest.mark.slow  # hypothesis, many examples: 2 s
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(st.text(max_size=300),
                  st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),

@@ -44,9 +44,11 @@ def _other_case(database) -> dict:
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
         key, patient_id, accession, study_uid = connection.execute(
             "SELECT s.key, i.pseudo_patient_id, i.pseudo_accession_number, s.pseudo_study_uid "
-            f"FROM {Study._meta.table_name} s JOIN {StudyIdentity._meta.table_name} i ON i.study_id = s.id WHERE s.state = 'held'").fetchone()
+            f"FROM {Study._meta.table_name} s JOIN {StudyIdentity._meta.table_name} i ON i.study_id = s.id "
+            "WHERE s.state = 'held'").fetchone()
         image_uid = connection.execute(
-            f"SELECT o.sop_instance_uid FROM {OutboundObject._meta.table_name} o JOIN {Study._meta.table_name} s ON o.study_id = s.id "
+            f"SELECT o.sop_instance_uid FROM {OutboundObject._meta.table_name} o "
+            f"JOIN {Study._meta.table_name} s ON o.study_id = s.id "
             "WHERE s.key = ? AND o.kind = 'image'", (key,)).fetchone()[0]
     return {"key": key, "patient_id": patient_id, "accession": accession, "study_uid": study_uid,
             "image_uid": image_uid}

@@ -90,7 +90,7 @@ def test_reports_reidentified_sr_has_originals_and_reads_cleanly(case, tmp_path,
     assert result.file_meta.MediaStorageSOPInstanceUID == result.SOPInstanceUID
     assert report.PatientID == mapping.pseudo_patient_id, "the reviewer's report is left unchanged"
     dump = _dsrdump(result, tmp_path / "home.dcm")
-    assert dump.returncode == 0 and not [l for l in dump.stderr.splitlines() if l[:2] in ("E:", "W:")], dump.stderr
+    assert dump.returncode == 0 and not [ln for ln in dump.stderr.splitlines() if ln[:2] in ("E:", "W:")], dump.stderr
 
 
 def test_reports_new_uids_are_derived_and_key_objects_follow_their_report(case):

@@ -90,7 +90,7 @@ def add_instances(study: Study, spool_dir: Path, files: list[Path]) -> None:
     case last received something."""
     objects = Path(spool_dir) / "objects"
     objects.mkdir(parents=True, exist_ok=True)
-    for index, path in enumerate(files):
+    for path in files:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         series, _ = Series.get_or_create(series_uid=str(ds.SeriesInstanceUID),
                                          defaults={"study": study, "modality": str(ds.get("Modality", ""))})

@@ -32,8 +32,8 @@ import yaml
 
 from gateway import cases
 from gateway.config import GatewayConfig
-from gateway.demo import write_demo_study
 from gateway.deid.work import deid_pool
+from gateway.demo import write_demo_study
 from gateway.models import (
     CaseState,
     Delivery,
@@ -259,7 +259,7 @@ def test_a_poisoned_case_does_not_hold_up_a_healthy_one(site, poison, stage, how
 
     assert len(site.delivered_to_reviewer(healthy)) > 4, "the healthy case's images, notes SR and PDF"
     with db.connection_context():
-        expected = OutboundObject.select().where((OutboundObject.study == healthy.id)).count()
+        expected = OutboundObject.select().where(OutboundObject.study == healthy.id).count()
     assert len(site.delivered_to_reviewer(healthy)) == expected
     row = site.state(poisoned)
     assert row.state_reason == reason

@@ -34,21 +34,38 @@ from gateway.deid.options import DeidOptions
 from gateway.deid.stage import EARLY_AFTER_QUIET_S, EARLY_AT_THE_LATEST_S, DeidStage
 from gateway.deid.work import deid_pool
 from gateway.dicom.command import encode_command_set, store_request_values, store_response_command
-from gateway.dicomnet import (_STOCK_MESSAGE_TO_PRIMITIVE, NODELAY_HANDLER, _ReceivedPData, _StoresServedInline,
-                              _wait_for_message, c_store_command, recv_exactly, store_request_to_primitive)
-from gateway.models import SCHEMA_VERSION, Instance, InstanceState, SchemaVersion, db, migrate, open_database
 from gateway.dicom.filemeta import part10_header
-from gateway.errors import InvalidInstance
-from gateway.scp.receiver import (HEADER_TAGS, AssociationCache, InstanceReceiver, ReceivedInstance,
-                                  header_from_values, parse_header, read_header, remove_unplaced_receipts)
-from gateway.scp.spool import Spool
 from gateway.dicom.wellformed import check_well_formed
+from gateway.dicomnet import (
+    _STOCK_MESSAGE_TO_PRIMITIVE,
+    NODELAY_HANDLER,
+    _ReceivedPData,
+    _StoresServedInline,
+    _wait_for_message,
+    c_store_command,
+    recv_exactly,
+    store_request_to_primitive,
+)
+from gateway.errors import InvalidInstance
+from gateway.models import SCHEMA_VERSION, Instance, InstanceState, SchemaVersion, db, migrate, open_database
+from gateway.scp.receiver import (
+    HEADER_TAGS,
+    AssociationCache,
+    InstanceReceiver,
+    ReceivedInstance,
+    header_from_values,
+    parse_header,
+    read_header,
+    remove_unplaced_receipts,
+)
+from gateway.scp.spool import Spool
 from support.dicomfiles import dataset_bytes
 from support.peers import free_port
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
 
 
+@pytest.mark.slow  # waits for socket timeouts: 3.5 s
 def test_recv_exactly_reads_a_whole_pdu_and_stops_short_only_when_the_peer_closes():
     left, right = socket.socketpair()
     payload = bytes(random.Random(1).getrandbits(8) for _ in range(300_000))
@@ -286,6 +303,7 @@ def test_a_store_service_failing_in_the_dul_thread_leaves_the_association_servin
     assert inline.get_nowait() == (3, echo)
 
 
+@pytest.mark.slow  # runs many associations: 2 s
 def test_associations_do_not_leak_their_wake_up_sockets():
     ae = AE("SPINEGW")
     ae.add_supported_context("1.2.840.10008.1.1")
@@ -408,7 +426,8 @@ def test_a_command_set_not_plainly_a_store_request_is_left_to_pynetdicom(change)
                                            struct.pack("<HHIHH", 0, 0x0110, 4, 9, 9)),
         "not ascii": command.replace(b"1.2.3.4\0", b"1.2.3.\xe4\0"),
         "backslash": command.replace(b"1.2.3.4\0", b"1.2\\3.4\0"),
-        "empty uid": command.replace(struct.pack("<HHI", 0, 0x1000, 8) + b"1.2.3.4\0", struct.pack("<HHI", 0, 0x1000, 0)),
+        "empty uid": command.replace(struct.pack("<HHI", 0, 0x1000, 8) + b"1.2.3.4\0",
+                                     struct.pack("<HHI", 0, 0x1000, 0)),
         "c-echo": command.replace(struct.pack("<HHIH", 0, 0x0100, 2, 1), struct.pack("<HHIH", 0, 0x0100, 2, 0x30)),
         "no instance uid": command.replace(struct.pack("<HHI", 0, 0x1000, 8) + b"1.2.3.4\0", b""),
     }[change]
@@ -458,7 +477,7 @@ def test_a_damaged_p_data_is_refused_in_place_as_pynetdicom_refuses_it(damage):
     damaged = {"item runs past the end": struct.pack(">L", 99) + body[4:],
                "empty item": struct.pack(">LB", 0, 1),
                "truncated item header": body + b"\x00\x00"}[damage]
-    with pytest.raises(Exception):
+    with pytest.raises((AssertionError, struct.error)):  # what stock pynetdicom 3.0.4 raises on each
         P_DATA_TF().decode(b"\x04\x00" + struct.pack(">L", len(damaged)) + damaged)
     with pytest.raises(ValueError):
         _ReceivedPData(memoryview(damaged))

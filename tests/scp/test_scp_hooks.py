@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import sqlite3
+import struct
 import threading
 import time
 
@@ -185,7 +185,8 @@ ALTERATIONS = {
     "response_sending_changed": (
         "import pynetdicom.dimse as d\n"
         "_original = d.DIMSEServiceProvider.send_msg\n"
-        "d.DIMSEServiceProvider.send_msg = lambda self, primitive, context_id: _original(self, primitive, context_id)\n"),
+        "d.DIMSEServiceProvider.send_msg = "
+        "lambda self, primitive, context_id: _original(self, primitive, context_id)\n"),
 }
 
 

@@ -10,9 +10,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from gateway.routing.send import REASON_FOR_THE_REQUESTED_PROCEDURE, with_reason
 from gateway.dicom.rawedit import file_meta_end_and_syntax, set_text_element
 from gateway.dicom.wellformed import top_level_elements
+from gateway.routing.send import REASON_FOR_THE_REQUESTED_PROCEDURE, with_reason
 
 FILES = ["CT_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR_small_jp2klossless.dcm",
          "SC_rgb_rle.dcm", "JPEG2000.dcm"]

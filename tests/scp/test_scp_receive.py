@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
-import urllib.request
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pydicom

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gateway.ops.memory import _malloc_trim, release_freed_memory
 from gateway.referral.entities import _RECORD_BOUNDARY, PlaceNames, _whole_records, load_gazetteer
 from support.peers import GatewayProcess
@@ -48,6 +50,7 @@ def test_the_cities_file_is_read_in_whole_records():
         assert _RECORD_BOUNDARY.match(text, end - 1), text[end - 20:end + 20]
 
 
+@pytest.mark.slow  # builds the gazetteer: 3 s
 def test_the_gazetteer_has_towns_countries_states_and_local_spellings():
     places = load_gazetteer()
     assert all(name in places for name in ("london", "münchen", "köln", "germany", "texas", "springfield",
@@ -65,6 +68,7 @@ def test_place_names_hold_exactly_the_names_given():
     assert "" not in PlaceNames([]) and len(PlaceNames([])) == 0 and list(PlaceNames([])) == []
 
 
+@pytest.mark.slow  # a fresh interpreter rendering a PDF: 6 s
 def test_the_cjk_font_is_parsed_for_the_first_letter_that_needs_it_not_at_start():
     script = """
 from gateway.referral.document import Urgency

@@ -31,3 +31,16 @@ def spool_index(spool_dir: Path) -> dict[str, bytes]:
         assert hashlib.sha256(data).hexdigest() == path.stem, f"{path.name}: content does not match its digest"
         index[sop_instance_uid(path)] = data
     return index
+
+
+#: pydicom's bundled files whose pixels take seconds to decode and OCR (colour, large or many frames: 3-30 s each
+#: on 2 cores): their cases are in the slow tier.
+SLOW_PYDICOM_FILES = frozenset({"examples_ybr_color.dcm", "examples_jpeg2k.dcm", "examples_rgb_color.dcm"})
+
+
+def pydicom_file_param(path: Path | str) -> object:
+    """``path`` as a pytest parameter named by its file name, marked slow when it is one of ``SLOW_PYDICOM_FILES``."""
+    import pytest
+
+    name = Path(path).name
+    return pytest.param(path, id=name, marks=[pytest.mark.slow] if name in SLOW_PYDICOM_FILES else [])

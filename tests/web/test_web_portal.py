@@ -1,7 +1,8 @@
 """The portal in headless Chromium, against a running gateway with DCMTK peers.
 
 The journey: a referrer signs in and sends a referral through the form (a wrong field first: the message is
-next to it and the input is kept), after checking the scrubbed notes; the study is sent by DCMTK storescu; the referrer sees the case move; the
+next to it and the input is kept), after checking the scrubbed notes; the study is sent by DCMTK storescu; the referrer
+sees the case move; the
 reviewer opens it from the worklist, sees only pseudonymous notes, writes the report; the report reaches the
 source's storescp re-identified; the referrer reads it (text and PDF). Then the operator's pages. Security:
 another source's case answers 404, a form without its CSRF token 403, the 11th wrong password in a minute is
@@ -174,7 +175,7 @@ def test_the_journey_from_referral_to_report(site, browser):
 
     browser.login("stmarys", PASSWORD)
     assert "reported" in browser.text()
-    browser.submit(f"a[href^='/referrer/referrals/']")
+    browser.submit("a[href^='/referrer/referrals/']")
     text = browser.text()
     assert "Left paracentral disc extrusion" in text and "Answer to the clinical question" in text
     browser.shot("referrer-report")

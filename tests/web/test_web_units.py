@@ -54,6 +54,7 @@ def test_password_checks_hash_at_the_lowest_cpu_priority_one_per_address(databas
         waiting.join(10)
 
 
+@pytest.mark.slow  # argon2 hashes at full cost: 3 s
 def test_accounts_are_checked_hashed_and_disabled(database):
     with pytest.raises(AccountError, match="--source"):
         add_user(CONFIG, "x", "referrer", "long enough password")
@@ -163,6 +164,7 @@ def test_the_sla_clock_reads_in_words():
     assert sla_clock(None, now) == ("no deadline", False)
 
 
+@pytest.mark.slow  # runs the CLI in fresh processes: 18 s
 def test_user_commands_answer_mistakes_in_one_line(tmp_path):
     import subprocess
     import sys
