@@ -36,8 +36,8 @@ def worker(spool: Path, extras: Path, port: int, ae_title: str, modes: list[str]
     import pydicom
 
     from gateway.config import DicomPeer, NodeConfig
-    from gateway.dicomnet import install_fast_paths
-    from gateway.models import CaseState, OutboundObject
+    from gateway.dicom.net import install_fast_paths
+    from gateway.storage.models import CaseState, OutboundObject
     from gateway.routing.send import send_objects, unsent_objects
     from routing_db import make_case, open_db
 

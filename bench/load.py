@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "hardening")]
 
-from gateway.dicomnet import install_fast_paths  # noqa: E402
+from gateway.dicom.net import install_fast_paths  # noqa: E402
 from hardening_load import make_studies, run_load  # noqa: E402
 from support.peers import PostgresCluster  # noqa: E402
 

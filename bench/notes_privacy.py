@@ -150,7 +150,7 @@ def measure(name: str) -> dict:
 def node_rss() -> dict:
     """Peak RSS of a process holding the whole node (every stage imported) with the engine loaded, after
     scrubbing one referral and building its notes SR and PDF."""
-    import gateway.cli  # noqa: F401 - the node's command line pulls in every stage
+    import gateway.cli.main  # noqa: F401 - the node's command line pulls in every stage
     import gateway.node  # noqa: F401
     from gateway.referral.document import Referral
     from gateway.referral.notes_pdf import render_notes_pdf
@@ -195,7 +195,7 @@ def _cpu_per_referral_ms(items) -> dict:
     referral of each language (word lists and model loading) is done before the clock starts."""
     from gateway.privacy.identifiers import from_referral
     from gateway.referral.compose import scrub_referral_notes
-    from gateway.referral.stage import known_identifiers
+    from gateway.stages.referral import known_identifiers
 
     def one(item) -> None:
         identifiers = from_referral(item.referral)

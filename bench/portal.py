@@ -21,9 +21,9 @@ import urllib.request
 from pathlib import Path
 
 from gateway.config import GatewayConfig
-from gateway.models import db, open_database, sync_sources
+from gateway.storage.models import db, open_database, sync_sources
 from gateway.ops.http import HttpServer
-from gateway.scp.spool import Spool
+from gateway.storage.spool import Spool
 from gateway.web.accounts import add_user
 from gateway.web.app import build_portal
 

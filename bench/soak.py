@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "hardening")]
 
 from gateway.demo import write_demo_study  # noqa: E402
-from gateway.dicomnet import install_fast_paths  # noqa: E402
+from gateway.dicom.net import install_fast_paths  # noqa: E402
 from hardening_flow import Ledger, send_files, uid_of, unacknowledged, wait_all_delivered  # noqa: E402
 from hardening_load import SOURCES  # noqa: E402
 from hardening_support import CountingReviewer, fast_extra, reviewer_config  # noqa: E402

@@ -237,7 +237,7 @@ class DeidConfig(DeidOptions):
     secret_env: str = "SPINE_GATEWAY_SECRET"
     secret_file: Path | None = None
     workers: int | None = Field(None, ge=0)
-    # Each batch of a case's instances (gateway.deid.stage.CHUNK, 32) is de-identified (OCR included) within this
+    # Each batch of a case's instances (gateway.stages.deid.CHUNK, 32) is de-identified (OCR included) within this
     # long in the worker processes; past it they are killed and the case quarantined (issue 28). Not with workers 0.
     time_budget_s: SECONDS = Field(300.0, gt=0)
 

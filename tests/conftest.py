@@ -9,7 +9,7 @@ import pytest
 from pydicom import config as pydicom_config
 
 from gateway.demo import write_demo_study
-from gateway.dicomnet import install_fast_paths
+from gateway.dicom.net import install_fast_paths
 from support.peers import GatewayProcess, PostgresCluster
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.cli import _parser
-from gateway.models import CaseState, Study, db, open_database
+from gateway.cli.main import _parser
+from gateway.storage.models import CaseState, Study, db, open_database
 from gateway.ops.logs import LOG_KEYS
 from gateway.ops.status import collect_status
 from support.peers import free_port

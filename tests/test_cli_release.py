@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from gateway.models import AuditEvent, CaseState, Study, db, open_database
+from gateway.storage.models import AuditEvent, CaseState, Study, db, open_database
 
 pytestmark = pytest.mark.slow  # runs the CLI in fresh processes, 5 s a test
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from gateway.models import Referral, Source, Study, StudyMatchKeys, db, open_database, sync_sources
+from gateway.storage.models import Referral, Source, Study, StudyMatchKeys, db, open_database, sync_sources
 
 pytestmark = pytest.mark.slow  # runs the CLI in fresh processes: 12 s
 

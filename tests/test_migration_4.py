@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.models import (
+from gateway.storage.models import (
     STAGE_LOOP_COLUMNS,
     CaseState,
     OutboundObject,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.models import SCHEMA_VERSION, SchemaVersion, Study, StudyIdentity, migrate, open_database
+from gateway.storage.models import SCHEMA_VERSION, SchemaVersion, Study, StudyIdentity, migrate, open_database
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)

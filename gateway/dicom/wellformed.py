@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from gateway import status
+from gateway.dicom import status
 from gateway.dicom.vr import LONG_LENGTH_VR_BYTES, SHORT_LENGTH_VR_BYTES
 from gateway.errors import InvalidInstance
 

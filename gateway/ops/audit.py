@@ -1,6 +1,6 @@
 """The audit trail: every action on patient data, as a database row and one structured log event.
 
-A row (:class:`gateway.models.AuditEvent`) records who (calling AE title and host), what (the action and the
+A row (:class:`gateway.storage.models.AuditEvent`) records who (calling AE title and host), what (the action and the
 study's random key), when and the outcome. The same facts go to the log as one ``audit`` event using only
 allowlisted keys (``reason`` = action, ``calling_ae``, ``peer``, ``study``, ``status`` = outcome); the free
 ``detail`` stays in the database. Neither ever holds a patient identifier: callers pass study keys, never UIDs.
@@ -16,7 +16,7 @@ import peewee
 import structlog
 
 from gateway.errors import GatewayError
-from gateway.models import AuditEvent, db
+from gateway.storage.models import AuditEvent, db
 
 log = structlog.get_logger("audit")
 OUTCOMES = ("success", "refused", "failed")
@@ -36,7 +36,7 @@ def record(action: str, *, actor_ae: str | None, actor_host: str | None, study_k
         action: what happened, a short snake_case verb (``received``, ``refused``, ``sent``, ``purged`` …).
         actor_ae: the AE title that acted (the calling or called peer), if any.
         actor_host: the peer's host or address, if any.
-        study_key: the study's random key (:attr:`gateway.models.Study.key`), never a UID.
+        study_key: the study's random key (:attr:`gateway.storage.models.Study.key`), never a UID.
         outcome: ``success``, ``refused`` or ``failed``.
         detail: a short free text for the row only (never logged); it must carry no PHI. Cut to 2,000 characters.
 

@@ -165,7 +165,7 @@ def write_database_probe(database: peewee.Database | peewee.DatabaseProxy, probe
     Raises:
         peewee.DatabaseError (or a driver's error): the database refused or could not make the write durable.
     """
-    from gateway.models import HealthProbe, utcnow
+    from gateway.storage.models import HealthProbe, utcnow
 
     with database.connection_context(), database.atomic():
         HealthProbe.insert(name=probe_name[:128], written_at=utcnow()).on_conflict(

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from gateway.models import Study, db
+from gateway.storage.models import Study, db
 
 PREFIX = "spine_gateway"
 INSTANCE_RESULTS = ("stored", "duplicate", "refused", "failed")

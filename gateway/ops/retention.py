@@ -21,7 +21,7 @@ from pathlib import Path
 import peewee
 import structlog
 
-from gateway.models import Instance, ReportObject, Series, Study, db
+from gateway.storage.models import Instance, ReportObject, Series, Study, db
 from gateway.ops import audit
 
 log = structlog.get_logger("retention")

@@ -10,7 +10,7 @@ from typing import Any
 
 import peewee
 
-from gateway.models import Instance, QuarantinedObject, Study, db
+from gateway.storage.models import Instance, QuarantinedObject, Study, db
 
 
 def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def node_health(spool_dir: Path) -> dict[str, Any]:
 def needs_attention() -> list[dict[str, Any]]:
     """Cases waiting for a person (quarantined, failed, report_failed) and cases a stage is backing off after
     a failure, newest first, with why: the state's reason, the last error and how many failures."""
-    from gateway.cases import STUCK_STATES
+    from gateway.storage.cases import STUCK_STATES
 
     query = (Study.select().where(Study.state.in_(STUCK_STATES) | (Study.stage_failures > 0))
              .order_by(Study.state_changed_at.desc()).limit(ATTENTION_LIMIT))
@@ -176,7 +176,7 @@ def lookup_cases(*, accession: str | None = None, referral_id: int | None = None
 
     Operators are inside the hospital's trust: this look-up names the accession number (never logged).
     """
-    from gateway.models import Referral, StudyIdentity, StudyMatchKeys
+    from gateway.storage.models import Referral, StudyIdentity, StudyMatchKeys
 
     with db.connection_context():
         if referral_id is not None:
@@ -195,13 +195,13 @@ def lookup_cases(*, accession: str | None = None, referral_id: int | None = None
 
 
 def _referral_of(study: Study) -> Any:
-    from gateway.models import Referral
+    from gateway.storage.models import Referral
 
     return Referral.get_or_none(Referral.study == study.id)
 
 
 def _accession_of(study: Study) -> str | None:
-    from gateway.models import StudyIdentity, StudyMatchKeys
+    from gateway.storage.models import StudyIdentity, StudyMatchKeys
 
     for model in (StudyMatchKeys, StudyIdentity):
         row = model.get_or_none(model.study == study.id)

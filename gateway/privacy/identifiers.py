@@ -576,7 +576,7 @@ def identifier_set_for_study(study: Any, referral: Any | None = None, *, include
     Raises:
         LookupError: the study has no ``StudyIdentity`` yet (it was not de-identified).
     """
-    from gateway.models import Source, StudyIdentity, UidMap
+    from gateway.storage.models import Source, StudyIdentity, UidMap
 
     identity = StudyIdentity.get_or_none(StudyIdentity.study == study.id)
     if identity is None:

@@ -16,7 +16,7 @@ from http import HTTPStatus
 
 import structlog
 
-from gateway.models import db
+from gateway.storage.models import db
 from gateway.ops.http import HttpServer, Request, Response
 from gateway.referral.document import validate_referral_data
 from gateway.referral.errors import ReferralValidationError

@@ -14,7 +14,7 @@ from typing import Literal
 
 import structlog
 
-from gateway import models, wakeup
+from gateway.storage import models, wakeup
 from gateway.ops import audit
 from gateway.referral.document import Referral
 from gateway.referral.errors import ReferralValidationError

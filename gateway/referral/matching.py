@@ -18,7 +18,7 @@ import datetime as dt
 import peewee
 import structlog
 
-from gateway.models import CaseState, Referral, Study, StudyIdentity, StudyMatchKeys, utcnow
+from gateway.storage.models import CaseState, Referral, Study, StudyIdentity, StudyMatchKeys, utcnow
 
 __all__ = [
     "BEFORE_NOTES",

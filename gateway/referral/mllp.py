@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import structlog
 
 from gateway.config import Hl7Config
-from gateway.models import db
+from gateway.storage.models import db
 from gateway.ops.serving import serve_in_thread, stop_serving
 from gateway.referral.document import Referral
 from gateway.referral.errors import HL7ParseError, ReferralValidationError

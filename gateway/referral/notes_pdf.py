@@ -34,7 +34,7 @@ from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from gateway.referral import codes
-from gateway.referral.charset import specific_character_set
+from gateway.dicom.charset import specific_character_set
 from gateway.referral.document import Urgency
 from gateway.referral.notes_base import _NotesBuilder
 from gateway.referral.scrub import ScrubbedNotes

@@ -2,7 +2,7 @@
 
 Scrubbing the notes (the model, the word lists, the identifier rules) and building and guarding the notes SR and
 PDF take milliseconds for a referral as people write them and can take minutes for an adversarial one (20,000
-characters of capitalised words, say). The notes stage (``gateway.referral.stage``) runs this in a
+characters of capitalised words, say). The notes stage (``gateway.stages.referral``) runs this in a
 ``gateway.budget.BudgetedWorkers`` worker: past ``referrals.time_budget_s`` the worker is killed and the case
 quarantined, while the other cases go on. Everything in and out is picklable; nothing here touches the database
 or the spool.

@@ -22,16 +22,16 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway import cases
-from gateway.models import CaseState, NotesRedaction, Study, db, utcnow
-from gateway.models import Referral as ReferralRow
+from gateway.storage import cases
+from gateway.storage.models import CaseState, NotesRedaction, Study, db, utcnow
+from gateway.storage.models import Referral as ReferralRow
 from gateway.ops import audit
 from gateway.privacy.identifiers import IdentifierSet
 from gateway.privacy.text import fold
 from gateway.referral.document import MAX_REDACTION_LENGTH, MAX_REDACTIONS, Referral, validate_referral_data
 from gateway.referral.errors import ReferralError, ReferralValidationError
 from gateway.referral.scrub import REDACTED, KnownIdentifiers, Mark, ScrubbedNotes, TextScrubber
-from gateway.referral.stage import known_identifiers, load_document
+from gateway.stages.referral import known_identifiers, load_document
 
 __all__ = [
     "BEFORE_NOTES",
@@ -353,7 +353,7 @@ class LeakReview:
 def guard_hit_path(study: Study) -> str:
     """The full "<object>:<attribute path>" of the last quarantine of ``study`` (its audit row; the state
     reason is cut at 64 characters)."""
-    from gateway.models import AuditEvent
+    from gateway.storage.models import AuditEvent
 
     last = (AuditEvent.select().where((AuditEvent.study_key == study.key) & (AuditEvent.action == "quarantined"))
             .order_by(AuditEvent.at.desc(), AuditEvent.id.desc()).first())

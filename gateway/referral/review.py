@@ -13,16 +13,16 @@ from dataclasses import dataclass
 
 import structlog
 
-from gateway import wakeup
-from gateway.models import Referral as ReferralRow
-from gateway.models import Study, utcnow
+from gateway.storage import wakeup
+from gateway.storage.models import Referral as ReferralRow
+from gateway.storage.models import Study, utcnow
 from gateway.ops import audit
 from gateway.referral.compose import HEADER_NOTE_KEYWORDS
 from gateway.referral.errors import ReferralError
 from gateway.referral.matching import matched_referral
 from gateway.referral.redaction import is_guard_hit
 from gateway.referral.scrub import ScrubbedNotes
-from gateway.referral.stage import APPROVAL_ACTION, NotesStage, is_approved, load_document
+from gateway.stages.referral import APPROVAL_ACTION, NotesStage, is_approved, load_document
 
 __all__ = ["ApprovalRefused", "NotesPreview", "UnknownCase", "approve_notes", "preview_as_dict", "preview_notes",
            "render_preview"]

@@ -7,7 +7,7 @@ General...). :func:`install_module_table` replaces highdicom's loader with :clas
 indexes where each module's list starts in the file (read a megabyte at a time) and parses a module's list the
 first time it is asked for. Same lists, some 2 MB (the index and the modules read) instead of 65 MB.
 
-The replacement is checked first, like the pynetdicom hooks (``gateway.dicomnet``): highdicom must look its
+The replacement is checked first, like the pynetdicom hooks (``gateway.dicom.net``): highdicom must look its
 table up through ``get_module_attribute_map`` where the SR code uses it, and the file must be the indented
 JSON object the index reads. Otherwise highdicom stays stock (one warning): the node then needs the 65 MB,
 nothing else changes.

@@ -33,7 +33,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from gateway.referral.charset import specific_character_set
+from gateway.dicom.charset import specific_character_set
 from gateway.reports import codes
 from gateway.reports.codes import Code
 from gateway.reports.reidentify import string_values

@@ -17,8 +17,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
 from gateway.config import GatewayConfig
-from gateway.dicomnet import NODELAY_HANDLER
-from gateway.models import OutboundObject, Study
+from gateway.dicom.net import NODELAY_HANDLER
+from gateway.storage.models import OutboundObject, Study
 from gateway.reports import codes
 from gateway.reports.builder import (
     ImageRef,
@@ -30,7 +30,7 @@ from gateway.reports.builder import (
 )
 from gateway.reports.errors import ReportBuildError
 from gateway.reports.findings import FindingsDocument
-from gateway.scp.spool import Spool
+from gateway.storage.spool import Spool
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway import status
+from gateway.dicom import status
 from gateway.errors import GatewayError, InvalidInstance
 
 

@@ -18,10 +18,10 @@ from collections.abc import Iterable
 
 from pydicom.dataset import Dataset
 
-from gateway.models import Study, StudyIdentity, UidMap
+from gateway.storage.models import Study, StudyIdentity, UidMap
 from gateway.reports.reidentify import string_values, walk
 
-# The shapes of the pseudonyms gateway.deid.pseudonym and gateway.models.new_study_key issue.
+# The shapes of the pseudonyms gateway.deid.pseudonym and gateway.storage.models.new_study_key issue.
 _PATIENT_ID = re.compile(r"(?<![A-Za-z0-9])SPGW[0-9A-F]{16}(?![A-Za-z0-9])")
 _ACCESSION = re.compile(r"(?<![A-Za-z0-9])A[0-9A-F]{15}(?![A-Za-z0-9])")
 _CASE_KEY = re.compile(r"(?<![A-Za-z0-9])[0-9a-f]{12}(?![A-Za-z0-9])")  # also in SPINEGW^<key>

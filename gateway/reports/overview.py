@@ -11,7 +11,7 @@ from typing import Any
 
 import peewee
 
-from gateway.models import ReportObject, Study
+from gateway.storage.models import ReportObject, Study
 
 RECENT = 10
 

@@ -11,9 +11,9 @@ from typing import Any
 import peewee
 
 from gateway.config import ReviewerConfig
-from gateway.models import Assignment, CaseState, PeerHealth, Study
-from gateway.routing.assign import NO_REVIEWER, OPEN_STATES, open_cases
-from gateway.routing.sla import SLA_BREACHED
+from gateway.storage.models import Assignment, CaseState, PeerHealth, Study
+from gateway.stages.assign import NO_REVIEWER, OPEN_STATES, open_cases
+from gateway.stages.sla import SLA_BREACHED
 
 # States where a case sits until the gateway (not a person or a reviewer) moves it on.
 FINAL_STATES = (CaseState.REPORT_DELIVERED, CaseState.REJECTED_NOT_SPINE)

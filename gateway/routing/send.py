@@ -10,8 +10,8 @@ Transfer syntaxes: each (SOP class, stored syntax) pair is proposed with the sto
 Explicit VR Little Endian second. When the peer accepts the stored syntax the file's bytes go out
 undecoded; otherwise the dataset is decoded (pylibjpeg) and sent as Explicit VR Little Endian.
 
-How undecoded bytes go out: with the pynetdicom hooks installed (``dicomnet.install_fast_paths``), the file is
-read into a kept buffer and ``dicomnet.DirectStores`` writes the C-STORE's PDUs, of the peer's maximum size,
+How undecoded bytes go out: with the pynetdicom hooks installed (``gateway.dicom.net.install_fast_paths``), the file is
+read into a kept buffer and ``gateway.dicom.net.DirectStores`` writes the C-STORE's PDUs, of the peer's maximum size,
 straight to the socket in one gathered send per object, the association's reactor paused once for the whole
 attempt. Without them, pynetdicom's ``send_c_store`` sends the file by path (``STORE_SEND_CHUNKED_DATASET``).
 
@@ -49,11 +49,11 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
-from gateway import cases, wakeup
+from gateway.storage import cases, wakeup
 from gateway.config import DicomPeer, NodeConfig, RetryConfig, ReviewerConfig
 from gateway.dicom.rawedit import file_meta_end_and_syntax, fits_charset, text_element_edit, with_text_element
-from gateway.dicomnet import NODELAY_HANDLER, DirectStores
-from gateway.models import CaseState, Delivery, OutboundObject, Study, db, utcnow
+from gateway.dicom.net import NODELAY_HANDLER, DirectStores
+from gateway.storage.models import CaseState, Delivery, OutboundObject, Study, db, utcnow
 from gateway.routing.errors import RoutingError
 
 SENT, PENDING, FAILED = "sent", "pending", "failed"
@@ -87,7 +87,7 @@ class Leg:
     failed_state: str
     attempts: peewee.Field
     next_attempt_at: peewee.Field
-    retry_topic: str  # the wake-up (gateway.wakeup) that runs the leg's stage when the retry is due
+    retry_topic: str  # the wake-up (gateway.storage.wakeup) that runs the leg's stage when the retry is due
 
     def attempt_of(self, study: Study) -> int:
         """The number of the attempt about to be made (1-based)."""
@@ -214,7 +214,7 @@ class _Sender:
     """Sends one object at a time over ``assoc``: its file's bytes as stored (with the reason set in images,
     given one) when the peer accepted the stored syntax, else the decoded dataset (``transcode``).
 
-    With the hooks installed (``dicomnet.DirectStores``) the file is read into a kept buffer and its data set
+    With the hooks installed (``gateway.dicom.net.DirectStores``) the file is read into a kept buffer and its data set
     goes straight to the socket, the reason's element written between the two untouched parts of the
     buffer. Otherwise pynetdicom's ``send_c_store`` sends the file by path, an edited one from an in-memory
     file (``_MemoryFile``)."""

@@ -10,7 +10,7 @@ Statuses answered to C-STORE:
     0xC000  cannot understand: undecodable dataset, or missing/invalid Study, Series or SOP Instance UID
     0x0124  refused, not authorized: the caller may not store this here (a reviewer may store only its report
             for a case assigned to it; a source may not store a report into a pseudonymous study: see
-            ``gateway.reports.intake``)
+            ``gateway.scp.report_intake``)
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.association import Association
 
-from gateway import status
+from gateway.dicom import status
 from gateway.dicom.filemeta import part10_header
-from gateway.dicomnet import NODELAY_HANDLER, BoundedDataSet, bound_received_data_sets
+from gateway.dicom.net import NODELAY_HANDLER, BoundedDataSet, bound_received_data_sets
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
-from gateway.models import QuarantinedObject, db
+from gateway.storage.models import QuarantinedObject, db
 from gateway.ops import audit, metrics
 from gateway.reports.codes import REPORT_CLASSES
 from gateway.scp.gate import Throttle
@@ -80,7 +80,7 @@ def _status(code: int, comment: str = "") -> Dataset:
 
 
 class ReportGate(Protocol):
-    """What the SCP needs of the report intake (``gateway.reports.intake.ReportIntake``)."""
+    """What the SCP needs of the report intake (``gateway.scp.report_intake.ReportIntake``)."""
 
     def receive(self, received: ReceivedInstance, reviewer: str) -> Any: ...
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway import status
+from gateway.dicom import status
 from gateway.config import GatewayConfig
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import peewee
 from peewee import fn
 
-from gateway.models import QuarantinedObject, db
+from gateway.storage.models import QuarantinedObject, db
 
 
 class QuarantineBudget:

@@ -24,13 +24,13 @@ import pydicom
 import structlog
 from pydicom.errors import InvalidDicomError
 
-from gateway import status
+from gateway.dicom import status
 from gateway.dicom.wellformed import check_well_formed
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
-from gateway.models import Instance, InstanceState, Series, Study, StudyMatchKeys, db, utcnow
+from gateway.storage.models import Instance, InstanceState, Series, Study, StudyMatchKeys, db, utcnow
 from gateway.ops import metrics
 from gateway.scp.commit import DEFAULT_MAX_GROUP, GroupCommit, Waiting
-from gateway.scp.spool import Spool
+from gateway.storage.spool import Spool
 
 _log = structlog.get_logger("scp")
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
@@ -73,7 +73,7 @@ class ReceivedInstance:
     affected_sop_instance: str
     transfer_syntax: str
     calling_ae: str
-    # A data set too large to hold, already in a file of the spool's tmp/ (``gateway.dicomnet.BoundedDataSet``:
+    # A data set too large to hold, already in a file of the spool's tmp/ (``gateway.dicom.net.BoundedDataSet``:
     # ``path`` holding ``meta`` and the data set, ``size``, ``digest()``, ``finish()``); ``dataset`` is then empty.
     spilled: Any = None
 

@@ -120,7 +120,7 @@ def forward_metrics(channel: Channel) -> None:
 def forwarding_wakeups(channel: Channel, node_id: str) -> Any:
     """Wake-ups whose delivery goes to the node's stages through ``channel`` (on PostgreSQL the NOTIFY sent in
     the transaction still reaches every node, as in a node)."""
-    from gateway import wakeup
+    from gateway.storage import wakeup
 
     class ForwardingWakeups(wakeup.Wakeups):
         def __init__(self) -> None:
@@ -159,13 +159,13 @@ def serve(config_json: str, listen_fd: int, channel_fd: int, number: int, node_i
 
     import structlog
 
-    from gateway import cases, wakeup
-    from gateway.dicomnet import install_fast_paths
-    from gateway.models import db, make_database
+    from gateway.storage import cases, wakeup
+    from gateway.dicom.net import install_fast_paths
+    from gateway.storage.models import db, make_database
     from gateway.scp.receiver import remove_unplaced_receipts
     from gateway.scp.server import node_handlers, start_scp
     from gateway.scp.slots import AssociationSlots
-    from gateway.scp.spool import Spool
+    from gateway.storage.spool import Spool
 
     log = structlog.get_logger("scp")
     identity = receiver_identity(node_id, number)

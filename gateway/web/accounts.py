@@ -21,7 +21,7 @@ from argon2.low_level import ARGON2_VERSION
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
-from gateway.models import WebUser, db, utcnow
+from gateway.storage.models import WebUser, db, utcnow
 
 ROLES = ("referrer", "reviewer", "ops")
 HASHING_NICE = 19
@@ -170,7 +170,7 @@ def disable_user(name: str) -> None:
     Raises:
         AccountError: no such user.
     """
-    from gateway.models import WebSession
+    from gateway.storage.models import WebSession
 
     with db.atomic():
         user = WebUser.get_or_none(WebUser.name == name)

@@ -27,9 +27,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway.config import GatewayConfig
-from gateway.models import db
+from gateway.storage.models import db
 from gateway.ops import audit
-from gateway.scp.spool import Spool
+from gateway.storage.spool import Spool
 from gateway.web import auth
 from gateway.web.accounts import PasswordChecks
 

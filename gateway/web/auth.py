@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from gateway.models import WebSession, WebUser, utcnow
+from gateway.storage.models import WebSession, WebUser, utcnow
 
 COOKIE = "spine_session"
 ANONYMOUS_CSRF_COOKIE = "spine_csrf"  # the sign-in form's CSRF token (double-submit: cookie and hidden field)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from starlette.responses import RedirectResponse, Response
 
-from gateway.models import StudyIdentity
+from gateway.storage.models import StudyIdentity
 from gateway.privacy.identifiers import IdentifierSet, from_referral
 from gateway.referral import redaction
 from gateway.referral.codes import RedFlag
 from gateway.referral.document import MAX_REDACTIONS, Referral
 from gateway.referral.errors import ReferralValidationError
 from gateway.referral.intake import store_referral
-from gateway.referral.stage import NotesStage, case_redactions, load_document
+from gateway.stages.referral import NotesStage, case_redactions, load_document
 from gateway.web import views
 from gateway.web.app import Page, Refused
 from gateway.web.forms import RED_FLAG_LABELS, TEXT_FIELDS, parse_referral_form

@@ -6,7 +6,7 @@ import math
 
 from starlette.responses import RedirectResponse, Response
 
-from gateway.models import WebUser
+from gateway.storage.models import WebUser
 from gateway.web import auth
 from gateway.web.accounts import PasswordCheckBusy, record_login
 from gateway.web.app import HOME, Page

@@ -15,9 +15,9 @@ import peewee
 import pydicom
 from pydicom.dataset import Dataset
 
-from gateway.models import CaseState, OutboundObject, ReportObject, Source, Study, utcnow
-from gateway.models import Referral as ReferralRow
-from gateway.scp.spool import Spool
+from gateway.storage.models import CaseState, OutboundObject, ReportObject, Source, Study, utcnow
+from gateway.storage.models import Referral as ReferralRow
+from gateway.storage.spool import Spool
 
 S = CaseState
 _PLAIN = {
@@ -258,7 +258,7 @@ def scrubbed_notes(study: Study, spool: Spool) -> list[tuple[int, str, str]]:
 
 def attention_cases() -> list[dict[str, Any]]:
     """Held, quarantined, failed and rejected cases with the reason (the hold reason or the last audit event)."""
-    from gateway.models import AuditEvent
+    from gateway.storage.models import AuditEvent
 
     rows = []
     for study in Study.select().where(Study.state.in_(ATTENTION)).order_by(Study.state_changed_at.desc()).limit(200):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pydicom
 
 from gateway.deid.guard import find_leaks, identifiers_from_dataset
-from gateway.models import make_database
+from gateway.storage.models import make_database
 from support.dicomfiles import sop_instance_uid
 from support.peers import GatewayProcess, storescu, wait_until
 

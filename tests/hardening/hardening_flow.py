@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 from pynetdicom import AE, StoragePresentationContexts, _config
 
-from gateway.dicomnet import NODELAY_HANDLER
+from gateway.dicom.net import NODELAY_HANDLER
 from hardening_support import GATEWAY_AE, SOURCE_AE, CountingReviewer, DeliveryAccount, account
 from support.peers import GatewayProcess, wait_until
 

@@ -23,8 +23,8 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.sop_class import Verification
 
-from gateway.dicomnet import ACCEPTED_TRANSFER_SYNTAXES, NODELAY_HANDLER
-from gateway.models import make_database
+from gateway.dicom.net import ACCEPTED_TRANSFER_SYNTAXES, NODELAY_HANDLER
+from gateway.storage.models import make_database
 from support.peers import free_port
 
 SOURCE_AE = "STMARYS_PACS"

@@ -1,6 +1,6 @@
 """pynetdicom's reactor can take a C-STORE response off the DIMSE queue before ``send_c_store`` does (its
 pause races; pynetdicom #435, #875): the gateway then waited ``dimse_timeout`` and sent the object again.
-Seen once or twice per 3,000-instance run of bench/load.py. ``gateway.dicomnet`` gives such a response back
+Seen once or twice per 3,000-instance run of bench/load.py. ``gateway.dicom.net`` gives such a response back
 to the waiting sender; this drives the reactor's side of the race by hand on a real association."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pydicom.uid import MRImageStorage
 from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 
-from gateway.dicomnet import NODELAY_HANDLER
+from gateway.dicom.net import NODELAY_HANDLER
 from hardening_support import CountingReviewer
 
 

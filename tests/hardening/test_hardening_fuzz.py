@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from gateway.dicomnet import NODELAY_HANDLER
+from gateway.dicom.net import NODELAY_HANDLER
 from hardening_support import (
     GATEWAY_AE,
     MR_STORAGE,

@@ -20,11 +20,11 @@ import pydicom
 
 from gateway.config import RoutingConfig
 from gateway.deid.options import DeidOptions
-from gateway.deid.stage import DeidStage
+from gateway.stages.deid import DeidStage
 from gateway.demo import write_demo_study
-from gateway.models import CaseState, Instance, Series, Source, Study, db, open_database, utcnow
-from gateway.routing.completion import CompletionStage
-from gateway.scp.spool import Spool
+from gateway.storage.models import CaseState, Instance, Series, Source, Study, db, open_database, utcnow
+from gateway.stages.completion import CompletionStage
+from gateway.storage.spool import Spool
 
 
 class Committer:

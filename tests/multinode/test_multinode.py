@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from gateway.models import make_database
+from gateway.storage.models import make_database
 from support.peers import GatewayProcess, storescu, wait_until
 from support.recorder import RecordingSCP
 

@@ -10,7 +10,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from gateway.config import LoggingConfig
-from gateway.models import AuditEvent, db, open_database
+from gateway.storage.models import AuditEvent, db, open_database
 from gateway.ops import audit
 from gateway.ops.logs import LOG_KEYS, configure_logging
 

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.models import Study, db, make_database, open_database
+from gateway.storage.models import Study, db, make_database, open_database
 from gateway.ops.http import (
     HealthCheckFailed,
     HttpConfig,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.models import AuditEvent, Instance, Series, Study, db, open_database
+from gateway.storage.models import AuditEvent, Instance, Series, Study, db, open_database
 from gateway.ops.retention import REPORT_DELIVERED, plan_purge, purge
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)

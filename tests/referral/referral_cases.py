@@ -15,8 +15,8 @@ from pathlib import Path
 import pydicom
 
 from gateway.config import GatewayConfig
-from gateway.deid.stage import DeidStage
-from gateway.models import (
+from gateway.stages.deid import DeidStage
+from gateway.storage.models import (
     CaseState,
     Instance,
     Series,
@@ -27,7 +27,7 @@ from gateway.models import (
     sync_sources,
     utcnow,
 )
-from gateway.scp.spool import Spool
+from gateway.storage.spool import Spool
 
 SOURCE = "st-marys"
 SOURCE_AE = "STMARYS_PACS"

@@ -14,13 +14,13 @@ from dataclasses import replace
 import pytest
 
 import gateway.referral.notes_work as notes_work
-import gateway.referral.stage as notes_stage
-from gateway.models import AuditEvent, CaseState, NotesRedaction, Study
+import gateway.stages.referral as notes_stage
+from gateway.storage.models import AuditEvent, CaseState, NotesRedaction, Study
 from gateway.referral import redaction
 from gateway.referral.document import validate_referral_data
 from gateway.referral.errors import ReferralValidationError
 from gateway.referral.scrub import KnownIdentifiers, Mark, scrub_referral
-from gateway.referral.stage import NotesStage
+from gateway.stages.referral import NotesStage
 from privacy_cases import MENTIONS, referral_document
 from test_referral_privacy import _case, _delivered_texts, _run, world  # noqa: F401 - the fixture
 
@@ -131,7 +131,7 @@ def test_a_case_not_quarantined_for_its_notes_is_not_redacted_or_released_here(w
 
 
 def test_the_referrer_redacts_a_submitted_referral_until_the_notes_are_attached(world, tmp_path):
-    from gateway.models import Referral as ReferralRow
+    from gateway.storage.models import Referral as ReferralRow
 
     case = _case(world, tmp_path, referral_document(clinical={"history": HISTORY}))
     row = ReferralRow.get()

@@ -19,7 +19,7 @@ import pydicom
 import pytest
 
 from gateway.demo import DemoPatient, write_demo_study
-from gateway.models import Study, make_database
+from gateway.storage.models import Study, make_database
 from support.peers import GatewayProcess, free_port, storescu, wait_until
 
 BUDGET_S = 4.0

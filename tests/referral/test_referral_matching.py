@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from gateway.budget import BudgetedWorkers
 from gateway.demo import write_demo_study
-from gateway.models import (
+from gateway.storage.models import (
     AuditEvent,
     CaseState,
     OutboundObject,
@@ -38,7 +38,7 @@ from gateway.referral.errors import ReferralValidationError
 from gateway.referral.intake import store_referral
 from gateway.referral.matching import expire_referrals
 from gateway.referral.review import ApprovalRefused, approve_notes, preview_notes
-from gateway.referral.stage import NotesStage, is_approved
+from gateway.stages.referral import NotesStage, is_approved
 from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance
 from referral_cases import SOURCE, SOURCE_AE, close_world, make_world, referral_document
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from gateway import status
+from gateway.dicom import status
 from gateway.demo import write_demo_study
 from report_peers import (
     PATIENT,

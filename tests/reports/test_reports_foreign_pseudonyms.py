@@ -15,7 +15,7 @@ import sqlite3
 import pytest
 
 from gateway.demo import DemoPatient, write_demo_study
-from gateway.models import OutboundObject, Study, StudyIdentity
+from gateway.storage.models import OutboundObject, Study, StudyIdentity
 from report_peers import hospital_instances, reviewer_images, reviewer_sr, start_site
 from support.peers import storescu, wait_until
 

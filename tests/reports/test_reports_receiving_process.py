@@ -13,7 +13,7 @@ import signal
 
 import pydicom
 
-from gateway import status
+from gateway.dicom import status
 from gateway.demo import write_demo_study
 from report_peers import PATIENT, hospital_instances, reviewer_images, reviewer_sr, start_site
 from support.peers import wait_until

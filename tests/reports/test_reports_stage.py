@@ -11,7 +11,7 @@ from gateway.config import GatewayConfig
 from gateway.deid.engine import Deidentifier, PatientContext
 from gateway.deid.options import DeidOptions
 from gateway.demo import DemoPatient, write_demo_study
-from gateway.models import (
+from gateway.storage.models import (
     CaseState,
     Delivery,
     OutboundObject,
@@ -26,9 +26,9 @@ from gateway.models import (
 )
 from gateway.reports import codes
 from gateway.reports.builder import ImageRef, ReportContent, ReportFinding, ReportSRBuilder
-from gateway.reports.stage import ReportStage
-from gateway.routing.deliver import DeliveryStage, retry_case
-from gateway.scp.spool import Spool
+from gateway.stages.reports import ReportStage
+from gateway.stages.deliver import DeliveryStage, retry_case
+from gateway.storage.spool import Spool
 from support.peers import DcmtkStoreSCP, free_port
 
 SECRET = b"0123456789abcdef0123456789abcdef"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from gateway.models import (
+from gateway.storage.models import (
     CaseState,
     Instance,
     OutboundObject,

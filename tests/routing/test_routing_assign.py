@@ -8,8 +8,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway.config import ReviewerConfig, RoutingConfig
-from gateway.models import Assignment, CaseState, PeerHealth, Study, utcnow
-from gateway.routing.assign import NO_REVIEWER, AssignmentStage, within_hours
+from gateway.storage.models import Assignment, CaseState, PeerHealth, Study, utcnow
+from gateway.stages.assign import NO_REVIEWER, AssignmentStage, within_hours
 from routing_db import make_case, open_db
 
 ROUTING = RoutingConfig()

@@ -1,4 +1,4 @@
-"""A delivery's C-STOREs written straight to the socket (``dicomnet.DirectStores``): in effect on a real association
+"""A delivery's C-STOREs written straight to the socket (``gateway.dicom.net.DirectStores``): in effect on a real association
 to a real DCMTK storescp, the peer writing byte for byte the objects meant (with the reason in images only), the
 PDUs those pynetdicom would send, and the stock path (pynetdicom's ``send_c_store``) still right without it."""
 
@@ -16,10 +16,10 @@ from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 
 from gateway.config import GatewayConfig
-from gateway.dicomnet import DirectStores, c_store_command, pdata_pdus
-from gateway.models import CaseState, OutboundObject, Study, utcnow
+from gateway.dicom.net import DirectStores, c_store_command, pdata_pdus
+from gateway.storage.models import CaseState, OutboundObject, Study, utcnow
 from gateway.routing import send
-from gateway.routing.deliver import DeliveryStage
+from gateway.stages.deliver import DeliveryStage
 from routing_db import add_outbound, db, make_case, storescp  # noqa: F401 - fixtures
 from support.dicomfiles import dataset_bytes, sop_instance_uid
 from support.peers import DcmtkStoreSCP

@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from gateway.models import CaseState, Delivery, Study
+from gateway.storage.models import CaseState, Delivery, Study
 from routing_db import add_outbound, make_case, open_db
 from support.peers import GatewayProcess, Orthanc, free_port, wait_until
 

@@ -30,11 +30,11 @@ import pydicom
 import pytest
 import yaml
 
-from gateway import cases
+from gateway.storage import cases
 from gateway.config import GatewayConfig
 from gateway.deid.work import deid_pool
 from gateway.demo import write_demo_study
-from gateway.models import (
+from gateway.storage.models import (
     CaseState,
     Delivery,
     OutboundObject,
@@ -47,7 +47,7 @@ from gateway.models import (
     utcnow,
 )
 from gateway.node import GatewayNode
-from gateway.pipeline import FailurePolicy, Pipeline
+from gateway.stages.pipeline import FailurePolicy, Pipeline
 from gateway.reports import codes
 from gateway.reports.builder import ImageRef, ReportContent, ReportFinding, ReportSRBuilder
 from routing_db import add_instances

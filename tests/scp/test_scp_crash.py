@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 
-from gateway import status
+from gateway.dicom import status
 from support.dicomfiles import dataset_bytes, sop_instance_uid, spool_files, spool_index
 from support.peers import GatewayProcess, wait_until
 from support.scu import send

@@ -31,12 +31,12 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
 from gateway.deid.options import DeidOptions
-from gateway.deid.stage import EARLY_AFTER_QUIET_S, EARLY_AT_THE_LATEST_S, DeidStage
+from gateway.stages.deid import EARLY_AFTER_QUIET_S, EARLY_AT_THE_LATEST_S, DeidStage
 from gateway.deid.work import deid_pool
 from gateway.dicom.command import encode_command_set, store_request_values, store_response_command
 from gateway.dicom.filemeta import part10_header
 from gateway.dicom.wellformed import check_well_formed
-from gateway.dicomnet import (
+from gateway.dicom.net import (
     _STOCK_MESSAGE_TO_PRIMITIVE,
     NODELAY_HANDLER,
     _ReceivedPData,
@@ -47,7 +47,7 @@ from gateway.dicomnet import (
     store_request_to_primitive,
 )
 from gateway.errors import InvalidInstance
-from gateway.models import SCHEMA_VERSION, Instance, InstanceState, SchemaVersion, db, migrate, open_database
+from gateway.storage.models import SCHEMA_VERSION, Instance, InstanceState, SchemaVersion, db, migrate, open_database
 from gateway.scp.receiver import (
     HEADER_TAGS,
     AssociationCache,
@@ -58,7 +58,7 @@ from gateway.scp.receiver import (
     read_header,
     remove_unplaced_receipts,
 )
-from gateway.scp.spool import Spool
+from gateway.storage.spool import Spool
 from support.dicomfiles import dataset_bytes
 from support.peers import free_port
 
@@ -328,7 +328,7 @@ def test_associations_do_not_leak_their_wake_up_sockets():
 
 
 def test_a_version_2_database_gains_the_held_header_values_and_keeps_its_identities(tmp_path):
-    from gateway.models import CaseState, Source, Study, StudyIdentity
+    from gateway.storage.models import CaseState, Source, Study, StudyIdentity
     database = open_database(f"sqlite:///{tmp_path}/old.db")
     with database.connection_context():
         source = Source.create(name="st-marys", ae_title="STMARYS_PACS")

@@ -11,14 +11,14 @@ import ssl
 import pytest
 import trustme
 
-from gateway import status
+from gateway.dicom import status
 from gateway.config import GatewayConfig
-from gateway.models import open_database
+from gateway.storage.models import open_database
 from gateway.scp.handlers import ScpHandlers
 from gateway.scp.policy import AssociationPolicy
 from gateway.scp.receiver import InstanceReceiver
 from gateway.scp.server import start_scp
-from gateway.scp.spool import Spool
+from gateway.storage.spool import Spool
 from support.peers import free_port
 from support.scu import associate
 

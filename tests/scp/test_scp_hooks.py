@@ -1,4 +1,4 @@
-"""The gateway's pynetdicom hooks (``gateway.dicomnet``): in effect on a real association when installed; when
+"""The gateway's pynetdicom hooks (``gateway.dicom.net``): in effect on a real association when installed; when
 pynetdicom is not what they were made for, one warning and stock pynetdicom, and the node still stores."""
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from pydicom import dcmread
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 
-import gateway.dicomnet
-from gateway import status
+import gateway.dicom.net
+from gateway.dicom import status
 from gateway.config import GatewayConfig
 from gateway.dicom.command import encode_command_set
-from gateway.dicomnet import (
+from gateway.dicom.net import (
     ASSOCIATION_POLL_S,
     DUL_POLL_DELAY_S,
     ContextsCopiedCheaply,
@@ -37,13 +37,13 @@ from gateway.dicomnet import (
     send_msg_store_responses_directly,
     store_request_to_primitive,
 )
-from gateway.models import open_database
+from gateway.storage.models import open_database
 from gateway.scp.handlers import ScpHandlers
 from gateway.scp.policy import AssociationPolicy
 from gateway.scp.receiver import InstanceReceiver
 from gateway.scp.server import start_scp
 from gateway.scp.slots import AssociationSlots
-from gateway.scp.spool import Spool
+from gateway.storage.spool import Spool
 from support.dicomfiles import dataset_bytes, sop_instance_uid, spool_index
 from support.peers import GatewayProcess, free_port, storescu, wait_until
 from support.scu import associate, send
@@ -131,15 +131,15 @@ def test_every_hook_is_in_effect_on_a_real_association(scp, small_study, monkeyp
 
 
 def counting(monkeypatch, *names: str) -> dict[str, int]:
-    """Count the calls of ``gateway.dicomnet``'s ``names`` (still calling them), to see which paths ran."""
+    """Count the calls of ``gateway.dicom.net``'s ``names`` (still calling them), to see which paths ran."""
     calls = dict.fromkeys(names, 0)
     for name in names:
-        original = getattr(gateway.dicomnet, name)
+        original = getattr(gateway.dicom.net, name)
 
         def counted(*args, _name=name, _original=original, **kwargs):
             calls[_name] += 1
             return _original(*args, **kwargs)
-        monkeypatch.setattr(gateway.dicomnet, name, counted)
+        monkeypatch.setattr(gateway.dicom.net, name, counted)
     return calls
 
 
@@ -280,21 +280,21 @@ def test_a_data_set_past_the_spill_size_goes_to_the_spool_as_it_arrives(bounded_
     instance of the small study) each is written to the spool's tmp/ as it arrives, renamed into the spool, and
     stored intact; a data set under it stays in memory."""
     _server, config, spool, _slots, handlers = bounded_scp
-    monkeypatch.setattr(gateway.dicomnet, "SPILL_AFTER_BYTES", 8 * 1024)
+    monkeypatch.setattr(gateway.dicom.net, "SPILL_AFTER_BYTES", 8 * 1024)
     spilled = counting(monkeypatch, "_write_fd")
     statuses = send(config.node.port, small_study[:3], calling="STMARYS_PACS")
     assert statuses == [status.SUCCESS] * 3
     recorded = handlers.data_sets
-    assert recorded == [(gateway.dicomnet.BoundedDataSet, True)] * 3, recorded
+    assert recorded == [(gateway.dicom.net.BoundedDataSet, True)] * 3, recorded
     assert spilled["_write_fd"] >= 6, "each spilled data set written to its file (its meta and its fragments)"
     stored = spool_index(spool.root)
     for path in small_study[:3]:
         assert stored.get(sop_instance_uid(path)) == dataset_bytes(path), f"{path.name} not stored intact"
     assert not list(spool.tmp.rglob("*.part")), "a spilled file left behind in tmp/"
 
-    monkeypatch.setattr(gateway.dicomnet, "SPILL_AFTER_BYTES", 16 * 1024 * 1024)
+    monkeypatch.setattr(gateway.dicom.net, "SPILL_AFTER_BYTES", 16 * 1024 * 1024)
     assert send(config.node.port, small_study[3:4], calling="STMARYS_PACS") == [status.SUCCESS]
-    assert handlers.data_sets[-1] == (gateway.dicomnet.BoundedDataSet, False)
+    assert handlers.data_sets[-1] == (gateway.dicom.net.BoundedDataSet, False)
 
 
 def test_a_data_set_over_max_instance_bytes_is_refused_a700_and_the_association_goes_on(bounded_scp, tmp_path,

@@ -15,8 +15,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from gateway import status
-from gateway.models import make_database
+from gateway.dicom import status
+from gateway.storage.models import make_database
 from support.dicomfiles import dataset_bytes, sop_instance_uid, spool_index
 from support.peers import GatewayProcess, Orthanc, echo_ok, storescu, wait_until
 from support.scu import associate, send

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.demo import DemoPatient
-from gateway.wakeup import SOCKET_NAME
+from gateway.storage.wakeup import SOCKET_NAME
 from support.peers import DcmtkStoreSCP, GatewayProcess, storescu, wait_until
 
 HOUR = 3600.0

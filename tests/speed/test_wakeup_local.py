@@ -1,4 +1,4 @@
-"""The SQLite channel for commands (gateway.wakeup): a node's Unix datagram socket in its spool directory, poked
+"""The SQLite channel for commands (gateway.storage.wakeup): a node's Unix datagram socket in its spool directory, poked
 by a command once its transaction has committed. Owner-only, topic names only, a stale file taken over, a live
 one left alone, deep spool directories, and a command with no node carrying on silently."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import cases, wakeup
-from gateway.models import CaseState, Source, Study, db, open_database
+from gateway.storage import cases, wakeup
+from gateway.storage.models import CaseState, Source, Study, db, open_database
 from support.peers import wait_until
 
 

@@ -10,8 +10,8 @@ import threading
 import psycopg2
 import pytest
 
-from gateway import cases, wakeup
-from gateway.models import CaseState, Source, Study, db, make_database, open_database, utcnow
+from gateway.storage import cases, wakeup
+from gateway.storage.models import CaseState, Source, Study, db, make_database, open_database, utcnow
 from support.peers import wait_until
 
 

@@ -13,7 +13,7 @@ from collections import Counter
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
-from gateway.dicomnet import ACCEPTED_TRANSFER_SYNTAXES, NODELAY_HANDLER
+from gateway.dicom.net import ACCEPTED_TRANSFER_SYNTAXES, NODELAY_HANDLER
 from support.peers import free_port
 
 

@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, _config
 from pynetdicom.sop_class import Verification
 
-from gateway.dicomnet import NODELAY_HANDLER
+from gateway.dicom.net import NODELAY_HANDLER
 
 # Files are sent as their raw bytes, undecoded (like DCMTK), so malformed test datasets reach the gateway.
 _config.STORE_SEND_CHUNKED_DATASET = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import GatewayConfig
-from gateway.models import MIGRATIONS, SchemaVersion, WebUser, db, make_database, migrate, open_database
+from gateway.storage.models import MIGRATIONS, SchemaVersion, WebUser, db, make_database, migrate, open_database
 from gateway.web import accounts
 from gateway.web.accounts import AccountError, add_user, check_password, disable_user, list_users
 from gateway.web.auth import LoginLimiter, session_of, start_session

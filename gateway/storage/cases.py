@@ -22,10 +22,10 @@ from collections.abc import Iterator
 
 import structlog
 
-from gateway import wakeup
+from gateway.storage import wakeup
 from gateway.errors import GatewayError
-from gateway.models import CaseState as S
-from gateway.models import Study, utcnow
+from gateway.storage.models import CaseState as S
+from gateway.storage.models import Study, utcnow
 
 log = structlog.get_logger("cases")
 
@@ -89,7 +89,7 @@ def move(study: Study, target: str, *, reason: str | None = None, **fields: obje
     changed = Study.update(values).where((Study.id == study.id) & (Study.state == current)).execute()
     if not changed:
         return False
-    wakeup.notify(target)  # the stages consuming ``target`` run once this commits (gateway.wakeup)
+    wakeup.notify(target)  # the stages consuming ``target`` run once this commits (gateway.storage.wakeup)
     study.state, study.state_changed_at = target, now
     study.state_reason = reason or None
     study.stage_failures, study.stage_error, study.stage_retry_at = 0, None, None

@@ -40,13 +40,13 @@ def add_referral_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _usage_error(message: str) -> Exception:
-    from gateway.cli import UsageError
+    from gateway.cli.main import UsageError
 
     return UsageError(message)
 
 
 def _open(config: GatewayConfig) -> None:
-    from gateway.cli import open_command_database
+    from gateway.cli.main import open_command_database
     from gateway.ops.logs import configure_logging
 
     configure_logging(config.logging, strict=os.environ.get("SPINE_GATEWAY_LOG_STRICT") == "1", console=False)
@@ -54,7 +54,7 @@ def _open(config: GatewayConfig) -> None:
 
 
 def cmd_referral_add(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.models import db
+    from gateway.storage.models import db
     from gateway.referral.document import parse_referral
     from gateway.referral.errors import ReferralValidationError
     from gateway.referral.intake import store_referral
@@ -80,8 +80,8 @@ def cmd_referral_add(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def _stage(config: GatewayConfig):  # noqa: ANN202 - a NotesStage (imported late to keep the CLI light)
-    from gateway.referral.stage import NotesStage
-    from gateway.scp.spool import Spool
+    from gateway.stages.referral import NotesStage
+    from gateway.storage.spool import Spool
 
     return NotesStage(config, Spool(config.storage.spool_dir, config.storage.min_free_bytes))
 
@@ -89,9 +89,9 @@ def _stage(config: GatewayConfig):  # noqa: ANN202 - a NotesStage (imported late
 def cmd_notes_show(args: argparse.Namespace, config: GatewayConfig) -> int:
     from rich.console import Console
 
-    from gateway.models import db
+    from gateway.storage.models import db
     from gateway.referral.review import UnknownCase, preview_as_dict, preview_notes, render_preview
-    from gateway.referral.stage import NotesStageError
+    from gateway.stages.referral import NotesStageError
 
     _open(config)
     try:
@@ -107,7 +107,7 @@ def cmd_notes_show(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_notes_approve(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.models import db
+    from gateway.storage.models import db
     from gateway.referral.review import ApprovalRefused, UnknownCase, approve_notes
 
     _open(config)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import structlog
 
 from gateway.config import GatewayConfig
-from gateway.echo import EchoResult, echo
-from gateway.models import PeerHealth
+from gateway.dicom.echo import EchoResult, echo
+from gateway.storage.models import PeerHealth
 
 log = structlog.get_logger("routing.health")
 ECHO_TIMEOUT_S = 5.0

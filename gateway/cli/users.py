@@ -36,13 +36,13 @@ def add_user_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _usage(message: str) -> Exception:
-    from gateway.cli import UsageError
+    from gateway.cli.main import UsageError
 
     return UsageError(message)
 
 
 def _open(config: GatewayConfig) -> None:
-    from gateway.cli import _configure_logging, open_command_database
+    from gateway.cli.main import _configure_logging, open_command_database
 
     _configure_logging(config, to_file=True)  # the audit event goes to the log file, as for retry and release
     open_command_database(config)
@@ -58,7 +58,7 @@ def _password(from_stdin: bool) -> str:
 
 
 def cmd_user_add(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.models import db
+    from gateway.storage.models import db
     from gateway.ops import audit
     from gateway.web.accounts import AccountError, add_user
 
@@ -76,7 +76,7 @@ def cmd_user_add(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_user_list(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.models import db
+    from gateway.storage.models import db
     from gateway.web.accounts import list_users
 
     _open(config)
@@ -93,7 +93,7 @@ def cmd_user_list(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_user_disable(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.models import db
+    from gateway.storage.models import db
     from gateway.ops import audit
     from gateway.web.accounts import AccountError, disable_user
 

@@ -10,10 +10,10 @@ import datetime as dt
 
 from peewee import fn
 
-from gateway import cases, wakeup
+from gateway.storage import cases, wakeup
 from gateway.config import RoutingConfig
-from gateway.models import CaseState, Instance, Study
-from gateway.pipeline import run_case_stage
+from gateway.storage.models import CaseState, Instance, Study
+from gateway.stages.pipeline import run_case_stage
 from gateway.referral.matching import match_study
 from gateway.routing.spine import SpineFilter
 

@@ -39,12 +39,12 @@ import pydicom
 import structlog
 from pydicom.dataset import Dataset
 
-from gateway import cases, wakeup
+from gateway.storage import cases, wakeup
 from gateway.budget import OVER_BUDGET, BudgetedWorkers
 from gateway.config import GatewayConfig
 from gateway.deid.guard import find_leaks_in_file, find_leaks_in_values
 from gateway.dicom.rawedit import fits_charset
-from gateway.models import (
+from gateway.storage.models import (
     AuditEvent,
     CaseState,
     Instance,
@@ -56,9 +56,9 @@ from gateway.models import (
     db,
     utcnow,
 )
-from gateway.models import Referral as ReferralRow
+from gateway.storage.models import Referral as ReferralRow
 from gateway.ops import audit
-from gateway.pipeline import run_case_stage
+from gateway.stages.pipeline import run_case_stage
 from gateway.privacy.identifiers import IdentifierSet, identifier_set_for_study
 from gateway.referral.compose import HEADER_NOTE_KEYWORDS
 from gateway.referral.document import Referral
@@ -68,7 +68,7 @@ from gateway.referral.notes_sr import EVIDENCE_REQUIRED_ATTRIBUTES
 from gateway.referral.notes_work import NotesInput, NotesWork, build_notes, scrub_notes
 from gateway.referral.reason import short_reason
 from gateway.referral.scrub import KnownIdentifiers, ScrubbedNotes
-from gateway.scp.spool import Spool
+from gateway.storage.spool import Spool
 
 __all__ = ["APPROVAL_ACTION", "AWAITING_APPROVAL", "AWAITING_REFERRAL", "NO_REFERRAL", "NotesStage", "NotesStageError",
            "case_redactions", "is_approved", "known_identifiers", "load_document"]

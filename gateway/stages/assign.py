@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import peewee
 import structlog
 
-from gateway import cases
+from gateway.storage import cases
 from gateway.config import ReviewerConfig, RoutingConfig
-from gateway.models import Assignment, CaseState, PeerHealth, Referral, Series, Study, utcnow
-from gateway.pipeline import run_case_stage
+from gateway.storage.models import Assignment, CaseState, PeerHealth, Referral, Series, Study, utcnow
+from gateway.stages.pipeline import run_case_stage
 
 log = structlog.get_logger("routing.assign")
 

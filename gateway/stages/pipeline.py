@@ -2,10 +2,10 @@
 
 Stages never call each other. Every stage runs in the same loop (``StageLoop``), scheduled every
 ``routing.poll_s``, one run at a time per stage, and woken at once by a committed state change
-(``gateway.wakeup``) or ``Pipeline.wake``.
+(``gateway.storage.wakeup``) or ``Pipeline.wake``.
 
 A *case stage* (``CaseStage``) says which cases are due and how to advance one. The loop claims the cases one
-at a time (``gateway.cases.claimed``) and runs the stage's ``step`` for each. A step that raises is logged
+at a time (``gateway.storage.cases.claimed``) and runs the stage's ``step`` for each. A step that raises is logged
 (``case_step_failed``: stage, case, error type; never the message, which may carry PHI), the case backs off
 exponentially (``Study.stage_failures``, ``Study.stage_retry_at``), and after ``routing.case_failures.max_failures``
 failures
@@ -33,9 +33,9 @@ import peewee
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from gateway import cases, wakeup
+from gateway.storage import cases, wakeup
 from gateway.errors import SpoolError
-from gateway.models import Study, db, utcnow
+from gateway.storage.models import Study, db, utcnow
 from gateway.ops import audit
 
 log = structlog.get_logger("pipeline")
@@ -187,7 +187,7 @@ class StageLoop:
 
 class Pipeline:
     """Every stage's loop on one scheduler: each runs every ``poll_s``, and at once when woken (``wake``, or a
-    committed state change through ``wakeups``, see ``gateway.wakeup``); one run at a time per stage."""
+    committed state change through ``wakeups``, see ``gateway.storage.wakeup``); one run at a time per stage."""
 
     def __init__(self, stages: Sequence[Stage], poll_s: float, wakeups: wakeup.Wakeups | None = None, *,
                  policy: FailurePolicy = DEFAULT_POLICY) -> None:
@@ -200,7 +200,7 @@ class Pipeline:
 
     def start(self) -> None:
         for name, loop in self.loops.items():
-            # wake-ups (gateway.wakeup): one run at a time per stage, a wake-up during a run makes one more
+            # wake-ups (gateway.storage.wakeup): one run at a time per stage, a wake-up during a run makes one more
             run = wakeup.CoalescedRun(loop.run_logged, kick=partial(self._run_now, name))
             self._runs[name] = run
             self.scheduler.add_job(run.run, "interval", seconds=self.poll_s, id=name, max_instances=2,

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import structlog
 
-from gateway import cases
+from gateway.storage import cases
 from gateway.config import GatewayConfig, ReviewerConfig
-from gateway.models import CaseState, Delivery, OutboundObject, Study, db, utcnow
+from gateway.storage.models import CaseState, Delivery, OutboundObject, Study, db, utcnow
 from gateway.ops import audit, metrics
-from gateway.pipeline import run_case_stage
-from gateway.routing.assign import reviewer_peer
+from gateway.stages.pipeline import run_case_stage
+from gateway.stages.assign import reviewer_peer
 from gateway.routing.errors import RoutingError
 from gateway.routing.query import instances_held
 from gateway.routing.send import (  # noqa: F401 - re-exported for the stages and tests that import them here

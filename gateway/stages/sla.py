@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import structlog
 
-from gateway import cases
+from gateway.storage import cases
 from gateway.config import ReviewerConfig, RoutingConfig
-from gateway.models import Assignment, CaseState, Study
-from gateway.pipeline import run_case_stage
-from gateway.routing.assign import (
+from gateway.storage.models import Assignment, CaseState, Study
+from gateway.stages.pipeline import run_case_stage
+from gateway.stages.assign import (
     OPEN_STATES,
     CaseNeeds,
     ReviewerPool,

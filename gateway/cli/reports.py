@@ -36,8 +36,8 @@ def add_report_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_report_create(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.cli import UsageError, open_command_database
-    from gateway.models import Study, db
+    from gateway.cli.main import UsageError, open_command_database
+    from gateway.storage.models import Study, db
     from gateway.ops.logs import configure_logging
     from gateway.reports import codes
     from gateway.reports.create import (
@@ -49,7 +49,7 @@ def cmd_report_create(args: argparse.Namespace, config: GatewayConfig) -> int:
     )
     from gateway.reports.errors import FindingsError, ReportBuildError
     from gateway.reports.findings import load_findings
-    from gateway.scp.spool import Spool
+    from gateway.storage.spool import Spool
 
     configure_logging(config.logging, strict=os.environ.get("SPINE_GATEWAY_LOG_STRICT") == "1", console=False)
     try:

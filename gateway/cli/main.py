@@ -18,9 +18,9 @@ from typing import Any
 from gateway import __version__
 from gateway.config import CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH, GatewayConfig, load_config
 from gateway.errors import ConfigError, DatabaseUnavailable, GatewayError
-from gateway.referral.commands import add_referral_commands
-from gateway.reports.commands import add_report_commands
-from gateway.web.commands import add_user_commands
+from gateway.cli.referral import add_referral_commands
+from gateway.cli.reports import add_report_commands
+from gateway.cli.users import add_user_commands
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -121,7 +121,7 @@ def _accept_config_after_command(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     import peewee
 
-    from gateway import wakeup
+    from gateway.storage import wakeup
     from gateway.deid.secret import SecretError
 
     args = _parser().parse_args(argv)
@@ -199,7 +199,7 @@ def _echo_target(peer: str, config: GatewayConfig, called_ae: str | None) -> tup
 
 
 def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.echo import echo
+    from gateway.dicom.echo import echo
 
     _configure_logging(config, to_file=False)
     ae_title, host, port = _echo_target(args.peer, config, args.called_ae)
@@ -243,8 +243,8 @@ def _status_lookup(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.models import db
-    from gateway.routing.deliver import retry_case
+    from gateway.storage.models import db
+    from gateway.stages.deliver import retry_case
 
     _configure_logging(config, to_file=True)
     open_command_database(config)
@@ -265,8 +265,8 @@ def cmd_release(args: argparse.Namespace, config: GatewayConfig) -> int:
     """QUARANTINED or REJECTED_NOT_SPINE → COMPLETE: the case is de-identified (and checked) again from scratch."""
     import getpass
 
-    from gateway import cases
-    from gateway.models import CaseState, db
+    from gateway.storage import cases
+    from gateway.storage.models import CaseState, db
     from gateway.ops import audit
 
     _configure_logging(config, to_file=True)
@@ -284,7 +284,7 @@ def cmd_release(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 def _case(key: str) -> Any:
     """The case (study row) with this key, or a one-line usage error."""
-    from gateway.models import Study
+    from gateway.storage.models import Study
 
     study = Study.get_or_none(Study.key == key)
     if study is None:
@@ -295,12 +295,12 @@ def _case(key: str) -> Any:
 def open_command_database(config: GatewayConfig) -> None:
     """Open the database for a command: the one place where every command that writes gets at it.
 
-    With ``routing.wakeups`` it also installs the command's wake-ups (``gateway.wakeup.CommandWakeups``): a
+    With ``routing.wakeups`` it also installs the command's wake-ups (``gateway.storage.wakeup.CommandWakeups``): a
     case the command moves wakes the node's stage at once, through NOTIFY on PostgreSQL and the node's socket
     on SQLite, instead of at the node's next poll.
     """
-    from gateway import wakeup
-    from gateway.models import open_database
+    from gateway.storage import wakeup
+    from gateway.storage.models import open_database
 
     try:
         database = open_database(config.storage.database, max_connections=2)

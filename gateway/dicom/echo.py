@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import
 
-from gateway.dicomnet import NODELAY_HANDLER
+from gateway.dicom.net import NODELAY_HANDLER
 
 
 @dataclass(frozen=True)

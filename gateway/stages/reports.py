@@ -32,9 +32,9 @@ import pydicom.errors
 import structlog
 from pydicom.dataset import Dataset
 
-from gateway import cases
+from gateway.storage import cases
 from gateway.config import GatewayConfig, SourceConfig
-from gateway.models import (
+from gateway.storage.models import (
     CaseState,
     Delivery,
     OutboundObject,
@@ -46,13 +46,13 @@ from gateway.models import (
     utcnow,
 )
 from gateway.ops import audit
-from gateway.pipeline import run_case_stage
+from gateway.stages.pipeline import run_case_stage
 from gateway.reports.errors import ReidentificationError
 from gateway.reports.foreign import foreign_pseudonym
 from gateway.reports.reidentify import CaseMapping, Reidentifier, derived_report_uid
-from gateway.routing.deliver import REPORT_KIND
+from gateway.stages.deliver import REPORT_KIND
 from gateway.routing.send import REPORT_LEG, SENT, send_objects, unsent_objects
-from gateway.scp.spool import Spool
+from gateway.storage.spool import Spool
 
 log = structlog.get_logger("reports")
 

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from gateway.errors import OutOfResources, SpoolError
-from gateway.models import utcnow
+from gateway.storage.models import utcnow
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 STALE_TMP_S = 3600

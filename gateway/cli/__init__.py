@@ -1,0 +1,1 @@
+"""The command line, ``spine-gateway``: ``main`` parses, the command modules act."""
