@@ -18,15 +18,12 @@ from typing import Any
 from gateway import __version__
 from gateway.config import CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH, GatewayConfig, load_config
 from gateway.errors import ConfigError, DatabaseUnavailable, GatewayError
+from gateway.cli.common import UsageError, configure_logging, open_command_database
 from gateway.cli.referral import add_referral_commands
 from gateway.cli.reports import add_report_commands
 from gateway.cli.users import add_user_commands
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(GatewayError):
-    """A command-line mistake: reported in one line, exit code 2."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -156,18 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         wakeup.install(hub)  # the command's own wake-ups (open_command_database) end with it
 
 
-def _configure_logging(config: GatewayConfig, *, to_file: bool) -> None:
-    from gateway.ops.logs import configure_logging
-
-    logging_config = config.logging if to_file else config.logging.model_copy(update={"file": None})
-    configure_logging(logging_config, strict=os.environ.get("SPINE_GATEWAY_LOG_STRICT") == "1")
-
-
 def cmd_serve(args: argparse.Namespace, config: GatewayConfig) -> int:
     overrides = {k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None}
     if overrides:
         config = load_config(args.config, overrides={"node": overrides})
-    _configure_logging(config, to_file=True)
+    configure_logging(config, to_file=True)
     faulthandler.register(signal.SIGUSR2, all_threads=True)  # kill -USR2 <pid>: every thread's stack to stderr
     from gateway.node import GatewayNode
 
@@ -201,7 +191,7 @@ def _echo_target(peer: str, config: GatewayConfig, called_ae: str | None) -> tup
 def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.dicom.echo import echo
 
-    _configure_logging(config, to_file=False)
+    configure_logging(config, to_file=False)
     ae_title, host, port = _echo_target(args.peer, config, args.called_ae)
     result = echo(config.node.ae_title, ae_title, host, port, args.timeout)
     print(f"{args.peer}: {result.message} ({result.duration_ms} ms)")
@@ -246,7 +236,7 @@ def cmd_retry(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.storage.models import db
     from gateway.stages.deliver import retry_case
 
-    _configure_logging(config, to_file=True)
+    configure_logging(config, to_file=True)
     open_command_database(config)
     with db.connection_context():
         study = _case(args.case)
@@ -269,7 +259,7 @@ def cmd_release(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.storage.models import CaseState, db
     from gateway.ops import audit
 
-    _configure_logging(config, to_file=True)
+    configure_logging(config, to_file=True)
     open_command_database(config)
     with db.connection_context():
         study = _case(args.case)
@@ -290,25 +280,6 @@ def _case(key: str) -> Any:
     if study is None:
         raise UsageError(f"no case {key!r}")
     return study
-
-
-def open_command_database(config: GatewayConfig) -> None:
-    """Open the database for a command: the one place where every command that writes gets at it.
-
-    With ``routing.wakeups`` it also installs the command's wake-ups (``gateway.storage.wakeup.CommandWakeups``): a
-    case the command moves wakes the node's stage at once, through NOTIFY on PostgreSQL and the node's socket
-    on SQLite, instead of at the node's next poll.
-    """
-    from gateway.storage import wakeup
-    from gateway.storage.models import open_database
-
-    try:
-        database = open_database(config.storage.database, max_connections=2)
-    except Exception as exc:  # noqa: BLE001 - a database the CLI cannot open is the user's situation, not a bug
-        raise DatabaseUnavailable(f"cannot open the database ({type(exc).__name__}); check storage.database and "
-                                  "that the database server is running") from None
-    if config.routing.wakeups and wakeup.current() is None:  # in a node's own process, the node's do it
-        wakeup.install(wakeup.CommandWakeups(database, config.storage.spool_dir))
 
 
 def cmd_tail(args: argparse.Namespace, config: GatewayConfig) -> int:

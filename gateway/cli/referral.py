@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from gateway.cli.common import UsageError, open_command_database
 from gateway.config import GatewayConfig
 
 __all__ = ["add_referral_commands", "cmd_notes_approve", "cmd_notes_show", "cmd_referral_add"]
@@ -39,14 +40,7 @@ def add_referral_commands(commands: argparse._SubParsersAction) -> None:
     approve.set_defaults(func=cmd_notes_approve)
 
 
-def _usage_error(message: str) -> Exception:
-    from gateway.cli.main import UsageError
-
-    return UsageError(message)
-
-
 def _open(config: GatewayConfig) -> None:
-    from gateway.cli.main import open_command_database
     from gateway.ops.logs import configure_logging
 
     configure_logging(config.logging, strict=os.environ.get("SPINE_GATEWAY_LOG_STRICT") == "1", console=False)
@@ -63,7 +57,7 @@ def cmd_referral_add(args: argparse.Namespace, config: GatewayConfig) -> int:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise _usage_error(f"{path}: cannot read ({exc.strerror})") from None
+        raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
     fmt = "yaml" if path.suffix.lower() in _YAML_SUFFIXES else "json"
     try:
         referral = parse_referral(data, fmt)
@@ -98,7 +92,7 @@ def cmd_notes_show(args: argparse.Namespace, config: GatewayConfig) -> int:
         with db.connection_context():
             preview = preview_notes(_stage(config), args.case)
     except (UnknownCase, NotesStageError) as exc:
-        raise _usage_error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps(preview_as_dict(preview), indent=2, ensure_ascii=False))
     else:
@@ -115,9 +109,9 @@ def cmd_notes_approve(args: argparse.Namespace, config: GatewayConfig) -> int:
         with db.connection_context():
             who = approve_notes(args.case)
     except UnknownCase as exc:
-        raise _usage_error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     except ApprovalRefused as exc:
-        raise _usage_error(f"case {args.case}: {exc} (redact on the case's portal page, /ops/cases/{args.case}; "
-                           "an identifier in the images: spine-gateway release)") from None
+        raise UsageError(f"case {args.case}: {exc} (redact on the case's portal page, /ops/cases/{args.case}; "
+                         "an identifier in the images: spine-gateway release)") from None
     print(f"notes of case {args.case} approved by {who}")
     return EXIT_OK

@@ -10,6 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
+from gateway.cli.common import UsageError, open_command_database
 from gateway.config import GatewayConfig
 
 __all__ = ["add_report_commands", "cmd_report_create"]
@@ -36,7 +37,6 @@ def add_report_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_report_create(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.cli.main import UsageError, open_command_database
     from gateway.storage.models import Study, db
     from gateway.ops.logs import configure_logging
     from gateway.reports import codes

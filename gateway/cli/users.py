@@ -8,6 +8,7 @@ import json
 import sys
 from dataclasses import asdict
 
+from gateway.cli.common import UsageError, configure_logging, open_command_database
 from gateway.config import GatewayConfig
 
 __all__ = ["add_user_commands"]
@@ -35,16 +36,8 @@ def add_user_commands(commands: argparse._SubParsersAction) -> None:
     disable.set_defaults(func=cmd_user_disable)
 
 
-def _usage(message: str) -> Exception:
-    from gateway.cli.main import UsageError
-
-    return UsageError(message)
-
-
 def _open(config: GatewayConfig) -> None:
-    from gateway.cli.main import _configure_logging, open_command_database
-
-    _configure_logging(config, to_file=True)  # the audit event goes to the log file, as for retry and release
+    configure_logging(config, to_file=True)  # the audit event goes to the log file, as for retry and release
     open_command_database(config)
 
 
@@ -53,7 +46,7 @@ def _password(from_stdin: bool) -> str:
         return sys.stdin.readline().rstrip("\r\n")
     first = getpass.getpass("password: ")
     if first != getpass.getpass("password again: "):
-        raise _usage("the two passwords differ")
+        raise UsageError("the two passwords differ")
     return first
 
 
@@ -70,7 +63,7 @@ def cmd_user_add(args: argparse.Namespace, config: GatewayConfig) -> int:
             audit.record("user_added", actor_ae=None, actor_host=getpass.getuser()[:64], study_key=None,
                          detail=f"user {args.name} role {args.role}")
     except AccountError as exc:
-        raise _usage(str(exc)) from None
+        raise UsageError(str(exc)) from None
     print(f"user {args.name} added ({args.role})")
     return EXIT_OK
 
@@ -104,6 +97,6 @@ def cmd_user_disable(args: argparse.Namespace, config: GatewayConfig) -> int:
             audit.record("user_disabled", actor_ae=None, actor_host=getpass.getuser()[:64], study_key=None,
                          detail=f"user {args.name}")
     except AccountError as exc:
-        raise _usage(str(exc)) from None
+        raise UsageError(str(exc)) from None
     print(f"user {args.name} disabled")
     return EXIT_OK

@@ -21,7 +21,7 @@ for any wake-up that is lost.
   the stability timer (:meth:`Wakeups.watch_server`).
 - **Commands** (``spine-gateway retry``, ``release``, ``referral add``, ``notes approve``, ...) run in a process
   of their own, which runs no stage: the CLI installs :class:`CommandWakeups` where it opens the database
-  (``gateway.cli.main.open_command_database``), so the same :func:`notify` calls reach the node. On PostgreSQL that is
+  (``gateway.cli.common.open_command_database``), so the same :func:`notify` calls reach the node. On PostgreSQL that is
   the NOTIFY above, sent in the command's transaction and heard by every node. On SQLite (one node per
   database) the node binds a Unix datagram socket, ``wakeup.sock`` in its spool directory (mode 0600, taken
   over at start when a node that is gone left it behind, removed at stop), and the command sends it the topic
