@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,72 +27,16 @@ from starlette.staticfiles import StaticFiles
 
 from gateway.config import GatewayConfig
 from gateway.storage.models import db
-from gateway.ops import audit
 from gateway.storage.spool import Spool
 from gateway.web import auth
 from gateway.web.accounts import PasswordChecks
+from gateway.web.page import SECURITY_HEADERS, Page, Portal, Refused
 
 log = structlog.get_logger("web")
 HERE = Path(__file__).parent
 MAX_FORM_FIELDS = 200
 MAX_FORM_BYTES = 1024 * 1024
-HOME = {"referrer": "/referrer", "reviewer": "/reviewer", "ops": "/ops"}
 
-
-class Refused(Exception):
-    """Answer with this status and a short page (403, 404)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass
-class Portal:
-    """What the pages need: the configuration, the spool, the templates, the login limiter and the bounded
-    password checks."""
-
-    config: GatewayConfig
-    spool: Spool
-    templates: jinja2.Environment
-    limiter: auth.LoginLimiter
-    passwords: PasswordChecks
-
-
-@dataclass
-class Page:
-    portal: Portal
-    request: Request
-    signed_in: auth.SignedIn | None
-    form: FormData | None
-    anonymous_csrf: str = ""
-
-    @property
-    def user(self) -> Any:
-        return self.signed_in.user if self.signed_in else None
-
-    @property
-    def address(self) -> str:
-        return self.request.client.host if self.request.client else "-"
-
-    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-        html = self.portal.templates.get_template(template).render(
-            user=self.user, csrf=self.signed_in.csrf_token if self.signed_in else self.anonymous_csrf,
-            path=self.request.url.path, **context)
-        return HTMLResponse(html, status_code=status, headers=_SECURITY_HEADERS)
-
-    def audit(self, action: str, study_key: str | None = None, outcome: str = "success", detail: str = "") -> None:
-        """An audit row naming the portal user (``actor_host``: ``web:<name>``) and their address."""
-        who = self.user.name if self.user is not None else "-"
-        audit.record(action, actor_ae=None, actor_host=f"web:{who}"[:64], study_key=study_key, outcome=outcome,
-                     detail=f"by {who} from {self.address}" + (f"; {detail}" if detail else ""))
-
-
-_SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
-                     "Referrer-Policy": "same-origin",
-                     "Content-Security-Policy": "default-src 'self'; style-src 'self'; img-src 'self' data:; "
-                                                "frame-ancestors 'none'; form-action 'self'"}
 
 Handler = Callable[[Page], Response]
 
@@ -157,7 +100,7 @@ def _session_of(request: Request) -> auth.SignedIn | None:
 
 def _short_page(status: int, title: str, message: str) -> HTMLResponse:
     return HTMLResponse(f"<!doctype html><title>{title}</title><p>{message}</p>", status_code=status,
-                        headers=dict(_SECURITY_HEADERS))
+                        headers=dict(SECURITY_HEADERS))
 
 
 def _run(portal: Portal, handler: Handler, role: str | None, request: Request, form: FormData | None) -> Response:
@@ -217,9 +160,9 @@ def build_portal(config: GatewayConfig, spool: Spool) -> Starlette:
 
 async def _not_found(_request: Request, _exc: Exception) -> Response:
     return HTMLResponse("<!doctype html><title>Not found</title><p>Not found. <a href=\"/\">Home</a></p>",
-                        status_code=404, headers=_SECURITY_HEADERS)
+                        status_code=404, headers=SECURITY_HEADERS)
 
 
 async def _not_allowed(_request: Request, _exc: Exception) -> Response:
     return HTMLResponse("<!doctype html><title>Method not allowed</title><p>Method not allowed.</p>",
-                        status_code=405, headers=_SECURITY_HEADERS)
+                        status_code=405, headers=SECURITY_HEADERS)

@@ -17,7 +17,7 @@ from gateway.referral.review import ApprovalRefused, UnknownCase, approve_notes
 from gateway.stages.referral import NotesStage
 from gateway.stages.deliver import retry_case
 from gateway.web import views
-from gateway.web.app import Page, Refused
+from gateway.web.page import Page, Refused
 
 
 def overview(page: Page) -> Response:

@@ -14,7 +14,7 @@ from gateway.referral.errors import ReferralValidationError
 from gateway.referral.intake import store_referral
 from gateway.stages.referral import NotesStage, case_redactions, load_document
 from gateway.web import views
-from gateway.web.app import Page, Refused
+from gateway.web.page import Page, Refused
 from gateway.web.forms import RED_FLAG_LABELS, TEXT_FIELDS, parse_referral_form
 
 MAX_ID_DIGITS = 18  # below 2**63: a row id of SQLite and of PostgreSQL's bigint

@@ -19,7 +19,7 @@ from gateway.reports.create import (
 )
 from gateway.reports.errors import ReportBuildError
 from gateway.web import views
-from gateway.web.app import Page, Refused
+from gateway.web.page import Page, Refused
 from gateway.web.forms import LEVELS, parse_report_form
 
 

@@ -9,7 +9,7 @@ from starlette.responses import RedirectResponse, Response
 from gateway.storage.models import WebUser
 from gateway.web import auth
 from gateway.web.accounts import PasswordCheckBusy, record_login
-from gateway.web.app import HOME, Page
+from gateway.web.page import HOME, Page
 
 MAX_PASSWORD_CHARS = 1024  # a longer password is wrong without being hashed (argon2 takes any length)
 BUSY_RETRY_AFTER_S = 2
