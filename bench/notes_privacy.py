@@ -195,7 +195,7 @@ def _cpu_per_referral_ms(items) -> dict:
     referral of each language (word lists and model loading) is done before the clock starts."""
     from gateway.privacy.identifiers import from_referral
     from gateway.referral.compose import scrub_referral_notes
-    from gateway.stages.referral import known_identifiers
+    from gateway.referral.notes_case import known_identifiers
 
     def one(item) -> None:
         identifiers = from_referral(item.referral)

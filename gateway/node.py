@@ -29,7 +29,7 @@ from gateway.referral.mllp import start_hl7_listener
 from gateway.referral.notes_sr import load_standard_tables
 from gateway.referral.sr_tables import install_module_table
 from gateway.stages.referral import NotesStage
-from gateway.stages.referral import warm_up as warm_up_notes
+from gateway.referral.notes_case import warm_up as warm_up_notes
 from gateway.stages.reports import ReportStage
 from gateway.stages.assign import AssignmentStage
 from gateway.stages.completion import CompletionStage

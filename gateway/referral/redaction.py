@@ -31,7 +31,7 @@ from gateway.privacy.text import fold
 from gateway.referral.document import MAX_REDACTION_LENGTH, MAX_REDACTIONS, Referral, validate_referral_data
 from gateway.referral.errors import ReferralError, ReferralValidationError
 from gateway.referral.scrub import REDACTED, KnownIdentifiers, Mark, ScrubbedNotes, TextScrubber
-from gateway.stages.referral import known_identifiers, load_document
+from gateway.referral.notes_case import known_identifiers, load_document
 
 __all__ = [
     "BEFORE_NOTES",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -22,7 +23,10 @@ from gateway.referral.errors import ReferralError
 from gateway.referral.matching import matched_referral
 from gateway.referral.redaction import is_guard_hit
 from gateway.referral.scrub import ScrubbedNotes
-from gateway.stages.referral import APPROVAL_ACTION, NotesStage, is_approved, load_document
+from gateway.referral.notes_case import APPROVAL_ACTION, is_approved, load_document
+
+if TYPE_CHECKING:  # the stage is handed in by the entry point; this library does not import it
+    from gateway.stages.referral import NotesStage
 
 __all__ = ["ApprovalRefused", "NotesPreview", "UnknownCase", "approve_notes", "preview_as_dict", "preview_notes",
            "render_preview"]

@@ -12,7 +12,8 @@ from gateway.referral.codes import RedFlag
 from gateway.referral.document import MAX_REDACTIONS, Referral
 from gateway.referral.errors import ReferralValidationError
 from gateway.referral.intake import store_referral
-from gateway.stages.referral import NotesStage, case_redactions, load_document
+from gateway.stages.referral import NotesStage
+from gateway.referral.notes_case import case_redactions, load_document
 from gateway.web import views
 from gateway.web.page import Page, Refused
 from gateway.web.forms import RED_FLAG_LABELS, TEXT_FIELDS, parse_referral_form

@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 
 import gateway.referral.notes_work as notes_work
-import gateway.stages.referral as notes_stage
+import gateway.referral.notes_case as notes_case
 from gateway.storage.models import AuditEvent, CaseState, NotesRedaction, Study
 from gateway.referral import redaction
 from gateway.referral.document import validate_referral_data
@@ -136,7 +136,7 @@ def test_the_referrer_redacts_a_submitted_referral_until_the_notes_are_attached(
     case = _case(world, tmp_path, referral_document(clinical={"history": HISTORY}))
     row = ReferralRow.get()
     assert redaction.add_referrer_redaction(row, "  Kettering  Tyre Depot ", "web:stmarys") == EMPLOYER
-    assert notes_stage.load_document(ReferralRow.get_by_id(row.id)).redactions == [EMPLOYER]
+    assert notes_case.load_document(ReferralRow.get_by_id(row.id)).redactions == [EMPLOYER]
     case = _run(world, case)
     assert case.state == CaseState.NOTES_ATTACHED
     assert "[REDACTED]" in _notes(world, case)["notes_sr"]

@@ -74,7 +74,7 @@ def test_the_cjk_font_is_parsed_for_the_first_letter_that_needs_it_not_at_start(
 from gateway.referral.document import Urgency
 from gateway.referral.notes_pdf import notes_fonts, render_notes_pdf
 from gateway.referral.scrub import ScrubbedNotes
-from gateway.stages.referral import warm_up
+from gateway.referral.notes_case import warm_up
 warm_up()
 print(sorted(notes_fonts()))
 render_notes_pdf(ScrubbedNotes(urgency=Urgency.ROUTINE, history="Dvořák, Ελλάδα, Москва."))

@@ -30,7 +30,8 @@ from gateway.storage.models import AuditEvent, CaseState, NotesRedaction, Study,
 from gateway.storage.models import Referral as ReferralRow  # noqa: E402
 from gateway.ops.http import HttpServer  # noqa: E402
 from gateway.referral.scrub import KnownIdentifiers, scrub_referral  # noqa: E402
-from gateway.stages.referral import NotesStage, load_document  # noqa: E402
+from gateway.stages.referral import NotesStage  # noqa: E402
+from gateway.referral.notes_case import load_document
 from gateway.web.accounts import add_user  # noqa: E402
 from gateway.web.app import build_portal  # noqa: E402
 from privacy_cases import PATIENT, write_held_study  # noqa: E402
