@@ -12,8 +12,7 @@ import peewee
 
 from gateway.config import ReviewerConfig
 from gateway.storage.models import Assignment, CaseState, PeerHealth, Study
-from gateway.stages.assign import NO_REVIEWER, OPEN_STATES, open_cases
-from gateway.stages.sla import SLA_BREACHED
+from gateway.routing.assignment import NO_REVIEWER, OPEN_STATES, SLA_BREACHED, open_cases
 
 # States where a case sits until the gateway (not a person or a reviewer) moves it on.
 FINAL_STATES = (CaseState.REPORT_DELIVERED, CaseState.REJECTED_NOT_SPINE)

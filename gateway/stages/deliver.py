@@ -22,7 +22,7 @@ from gateway.config import GatewayConfig, ReviewerConfig
 from gateway.storage.models import CaseState, Delivery, OutboundObject, Study, db, utcnow
 from gateway.ops import audit, metrics
 from gateway.stages.pipeline import run_case_stage
-from gateway.stages.assign import reviewer_peer
+from gateway.routing.assignment import reviewer_peer
 from gateway.routing.errors import RoutingError
 from gateway.routing.query import instances_held
 from gateway.routing.send import (  # noqa: F401 - re-exported for the stages and tests that import them here

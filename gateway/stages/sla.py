@@ -17,8 +17,9 @@ from gateway.storage import cases
 from gateway.config import ReviewerConfig, RoutingConfig
 from gateway.storage.models import Assignment, CaseState, Study
 from gateway.stages.pipeline import run_case_stage
-from gateway.stages.assign import (
+from gateway.routing.assignment import (
     OPEN_STATES,
+    SLA_BREACHED,
     CaseNeeds,
     ReviewerPool,
     last_assigned,
@@ -28,7 +29,6 @@ from gateway.stages.assign import (
 )
 
 log = structlog.get_logger("routing.sla")
-SLA_BREACHED = "sla_breached"
 # A flagged case still DELIVERING is reassigned once its attempt settles.
 REASSIGNABLE = (CaseState.ASSIGNED, CaseState.DELIVERED, CaseState.FAILED)
 

@@ -9,7 +9,8 @@ from structlog.testing import capture_logs
 
 from gateway.config import ReviewerConfig, RoutingConfig
 from gateway.storage.models import Assignment, CaseState, PeerHealth, Study, utcnow
-from gateway.stages.assign import NO_REVIEWER, AssignmentStage, within_hours
+from gateway.routing.assignment import NO_REVIEWER, within_hours
+from gateway.stages.assign import AssignmentStage
 from routing_db import make_case, open_db
 
 ROUTING = RoutingConfig()

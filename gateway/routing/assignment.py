@@ -1,0 +1,150 @@
+"""Who may read a case and who is free: the rules of reviewer assignment, read and written in the database.
+
+The assignment stage (:mod:`gateway.stages.assign`) and the SLA stage (:mod:`gateway.stages.sla`) apply them;
+the routing overview of ``spine-gateway status`` reads the same load and the same states.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import peewee
+
+from gateway.config import ReviewerConfig, RoutingConfig
+from gateway.storage.models import Assignment, CaseState, PeerHealth, Referral, Series, Study
+
+NO_REVIEWER = "no_reviewer"
+# What the SLA stage logs, and writes before the new reason, when it takes a case from a reviewer past its SLA.
+SLA_BREACHED = "sla_breached"
+# A case counts against a reviewer's capacity from assignment until the report comes back.
+OPEN_STATES = (CaseState.ASSIGNED, CaseState.DELIVERING, CaseState.DELIVERED, CaseState.FAILED)
+# Objects that are not images say nothing about who can read the study.
+NON_IMAGE_MODALITIES = frozenset({"SR", "KO", "PR", "DOC", "OT", "REG", "SEG"})
+
+
+def reviewer_peer(name: str) -> str:
+    """The ``PeerHealth.name`` and ``Delivery.destination`` of a reviewer."""
+    return f"reviewer:{name}"
+
+
+def within_hours(reviewer: ReviewerConfig, now_utc: dt.datetime) -> bool:
+    """Is ``now_utc`` (naive UTC) inside ``reviewer.hours`` in ``reviewer.timezone``? Ranges may span midnight."""
+    start_text, end_text = reviewer.hours.split("-")
+    start, end = _minutes(start_text), _minutes(end_text)
+    if (start, end) == (0, 24 * 60) or start == end:
+        return True
+    local = now_utc.replace(tzinfo=dt.UTC).astimezone(zoneinfo.ZoneInfo(reviewer.timezone))
+    minute = local.hour * 60 + local.minute
+    return start <= minute < end if start < end else (minute >= start or minute < end)
+
+
+def _minutes(hhmm: str) -> int:
+    hours, minutes = hhmm.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def open_cases() -> dict[str, int]:
+    """Reviewer name → cases assigned to it and not yet reported."""
+    query = (Study.select(Study.reviewer, peewee.fn.COUNT(Study.id))
+             .where(Study.state.in_(OPEN_STATES) & Study.reviewer.is_null(False))
+             .group_by(Study.reviewer))
+    return dict(query.tuples())
+
+
+def last_assigned() -> dict[str, dt.datetime]:
+    """Reviewer name → when it was last given a case (the round-robin memory)."""
+    query = (Assignment.select(Assignment.reviewer, peewee.fn.MAX(Assignment.assigned_at))
+             .group_by(Assignment.reviewer))
+    return dict(query.tuples())
+
+
+def unhealthy_peers() -> set[str]:
+    return {name for (name,) in PeerHealth.select(PeerHealth.name).where(PeerHealth.ok == False).tuples()}  # noqa: E712
+
+
+@dataclass(frozen=True)
+class CaseNeeds:
+    """What a case asks of its reviewer."""
+
+    modalities: frozenset[str]
+    subspecialty: str | None
+    urgent: bool
+
+    @classmethod
+    def of(cls, study: Study) -> CaseNeeds:
+        modalities = frozenset(
+            m.strip().upper() for (m,) in Series.select(Series.modality).where(Series.study == study).tuples()
+            if m and m.strip().upper() not in NON_IMAGE_MODALITIES)
+        referral = Referral.get_or_none(Referral.study == study)
+        subspecialty = referral.subspecialty if referral is not None and referral.subspecialty else None
+        urgent = study.urgency == "urgent" or (referral is not None and referral.urgency == "urgent")
+        return cls(modalities, subspecialty, urgent)
+
+
+@dataclass(frozen=True)
+class Choice:
+    reviewer: ReviewerConfig
+    reason: str
+
+
+class ReviewerPool:
+    """The configured reviewers and the rules that pick one for a case."""
+
+    def __init__(self, reviewers: Sequence[ReviewerConfig]) -> None:
+        self.reviewers = list(reviewers)
+
+    def by_name(self, name: str | None) -> ReviewerConfig | None:
+        return next((r for r in self.reviewers if r.name == name), None)
+
+    def choose(self, needs: CaseNeeds, now: dt.datetime, load: dict[str, int], recent: dict[str, dt.datetime],
+               down: set[str], exclude: Iterable[str] = ()) -> Choice | None:
+        """The best eligible reviewer for a case with ``needs``, or None. ``load`` is open cases by name."""
+        excluded = set(exclude)
+        eligible: list[tuple[ReviewerConfig, bool]] = []
+        for reviewer in self.reviewers:
+            if reviewer.name in excluded or not self._can_take(reviewer, needs, load, down):
+                continue
+            in_hours = within_hours(reviewer, now)
+            if in_hours or (needs.urgent and reviewer.urgent):
+                eligible.append((reviewer, in_hours))
+        if not eligible:
+            return None
+        never = dt.datetime.min
+        order = {r.name: i for i, r in enumerate(self.reviewers)}
+        eligible.sort(key=lambda pair: (load.get(pair[0].name, 0), recent.get(pair[0].name, never),
+                                        order[pair[0].name]))
+        best, in_hours = eligible[0]
+        tied = sum(1 for r, _ in eligible if load.get(r.name, 0) == load.get(best.name, 0)) > 1
+        parts = ["urgent" if needs.urgent else "routine", f"open_cases={load.get(best.name, 0)}",
+                 "in_hours" if in_hours else "on_call_out_of_hours"]
+        if needs.subspecialty:
+            parts.append("subspecialty")
+        if tied:
+            parts.append("round_robin")
+        return Choice(best, " ".join(parts))
+
+    @staticmethod
+    def _can_take(reviewer: ReviewerConfig, needs: CaseNeeds, load: dict[str, int], down: set[str]) -> bool:
+        if not reviewer.enabled or reviewer_peer(reviewer.name) in down:
+            return False
+        if load.get(reviewer.name, 0) >= reviewer.max_open_cases:
+            return False
+        if reviewer.modalities and not needs.modalities <= {m.upper() for m in reviewer.modalities}:
+            return False
+        wanted = needs.subspecialty
+        return not wanted or wanted.lower() in {s.lower() for s in reviewer.subspecialties}
+
+
+def sla_due(routing: RoutingConfig, urgent: bool, now: dt.datetime) -> dt.datetime:
+    hours = routing.sla_h.urgent if urgent else routing.sla_h.routine
+    return now + dt.timedelta(hours=hours)
+
+
+def record_assignment(study: Study, reviewer: str, reason: str, now: dt.datetime) -> Assignment:
+    """End the case's active assignment (if any) and make ``reviewer`` the active one."""
+    (Assignment.update(active=False, ended_at=now, ended_reason="reassigned")
+     .where((Assignment.study == study) & (Assignment.active == True)).execute())  # noqa: E712
+    return Assignment.create(study=study, reviewer=reviewer, reason=reason, assigned_at=now)
