@@ -10,18 +10,32 @@ Typical use::
 This package knows no network and no database, and logs nothing identifying.
 """
 
-from gateway.deid.burned_in import burned_in_risk
-from gateway.deid.engine import Deidentifier, DeidMapping, DeidResult, PatientContext
-from gateway.deid.errors import (
-    BurnedInRiskError,
-    DeidError,
-    IdentifierLeakError,
-    QuarantineError,
-    UnsupportedObjectError,
-)
-from gateway.deid.guard import Leak, PatientIdentifiers, assert_no_leaks, find_leaks, identifiers_from_dataset
-from gateway.deid.options import BlankRegion, BurnedInPolicy, DeidOptions, OcrOptions, PrivateTagRule
-from gateway.deid.secret import load_or_create_secret
+import importlib
+from typing import Any
+
+# Each public name and the module that defines it. Loaded on first use (PEP 562), so that importing one light
+# module of the package (``gateway.deid.options``, which the configuration needs) does not load the engine,
+# pydicom and the OCR code with it.
+_HOME = {
+    "burned_in_risk": "burned_in",
+    "DeidMapping": "engine", "DeidResult": "engine", "Deidentifier": "engine", "PatientContext": "engine",
+    "BurnedInRiskError": "errors", "DeidError": "errors", "IdentifierLeakError": "errors",
+    "QuarantineError": "errors", "UnsupportedObjectError": "errors",
+    "Leak": "guard", "PatientIdentifiers": "guard", "assert_no_leaks": "guard", "find_leaks": "guard",
+    "identifiers_from_dataset": "guard",
+    "BlankRegion": "options", "BurnedInPolicy": "options", "DeidOptions": "options", "OcrOptions": "options",
+    "PrivateTagRule": "options",
+    "load_or_create_secret": "secret",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BlankRegion",
