@@ -1,0 +1,201 @@
+"""The layers of the gateway (docs/architecture.md), read from the code's own imports.
+
+Every import of a ``gateway`` module counts, at the top of a file or inside a function, except those under
+``if TYPE_CHECKING:`` (annotations only; nothing is loaded). A module may import its own layer and the layers
+below it; an import up is allowed only where INTENDED_UPWARD writes it down with its reason. No two modules may
+import each other, directly or round a loop. Run alone: ``python -m pytest tests/test_architecture.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+GATEWAY = Path(__file__).resolve().parent.parent / "gateway"
+
+# From the ground up. A module belongs to the layer of the longest prefix that names it.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("foundation", ("gateway", "gateway.errors", "gateway.config", "gateway.budget", "gateway.demo")),
+    ("dicom", ("gateway.dicom",)),
+    ("storage", ("gateway.storage",)),
+    ("ops", ("gateway.ops",)),
+    ("privacy", ("gateway.privacy",)),
+    ("deid", ("gateway.deid",)),
+    ("libraries", ("gateway.referral", "gateway.reports", "gateway.routing")),
+    ("stages", ("gateway.stages",)),
+    # The servers: the DICOM SCP, the portal, the status read-out that the portal and the CLI show, and the
+    # referral intake over HTTP and MLLP (still in referral/ until the HL7 and one-HTTP-style work moves them).
+    ("servers", ("gateway.scp", "gateway.web", "gateway.ops.status", "gateway.referral.http_api",
+                 "gateway.referral.mllp")),
+    ("node", ("gateway.node",)),
+    # The process's entry: ``serve`` starts the node, every other command works on the database alone.
+    ("cli", ("gateway.cli", "gateway.__main__")),
+]
+
+# Imports up that are meant, each with its reason.
+INTENDED_UPWARD: dict[tuple[str, str], str] = {
+    ("gateway.config", "gateway.deid.options"):
+        "the configuration holds the de-identification profile's switches; deid.options needs only deid.table "
+        "and deid.errors, never the engine (test_config_loads_no_engine)",
+    ("gateway.privacy.words", "gateway.referral.codes"):
+        "a word the notes SR and PDF print themselves is too common to identify anyone; referral.codes is data "
+        "with no imports of its own, read lazily",
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(GATEWAY.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in GATEWAY.rglob("*.py")}
+
+
+def layer_of(module: str) -> int:
+    best, best_length = None, -1
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            matches = module == prefix or (prefix != "gateway" and module.startswith(prefix + "."))
+            if matches and len(prefix) > best_length:
+                best, best_length = index, len(prefix)
+    assert best is not None, f"{module} is in no layer: add it to LAYERS"
+    return best
+
+
+def _type_checking_only(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return True
+    return False
+
+
+def _resolve(name: str) -> str | None:
+    """The gateway module that an imported name lives in (``gateway.storage.models.Study`` -> its module)."""
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def imports_of(module: str) -> set[str]:
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
+    package = module if MODULES[module].name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            names = [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        if _type_checking_only(node, parents):
+            continue
+        for name in names:
+            target = _resolve(name) if name.startswith("gateway") else None
+            if target and target != module:
+                found.add(target)
+    return found
+
+
+GRAPH = {module: imports_of(module) for module in MODULES}
+
+
+def test_every_module_is_in_a_layer():
+    for module in MODULES:
+        layer_of(module)
+
+
+def test_no_import_runs_up_a_layer_unless_written_down():
+    upward = sorted(
+        f"{module} ({LAYERS[layer_of(module)][0]}) -> {target} ({LAYERS[layer_of(target)][0]})"
+        for module, targets in GRAPH.items() for target in targets
+        if layer_of(target) > layer_of(module) and (module, target) not in INTENDED_UPWARD)
+    assert not upward, "imports up a layer:\n" + "\n".join(upward)
+
+
+def test_the_intended_imports_up_still_exist():
+    """An entry of INTENDED_UPWARD whose import is gone must go too, or the list hides a new one later."""
+    stale = [pair for pair in INTENDED_UPWARD if pair[1] not in GRAPH.get(pair[0], ())]
+    assert not stale, stale
+
+
+def test_no_import_circle():
+    circles = _circles(GRAPH)
+    assert not circles, "import circles:\n" + "\n".join(" -> ".join(circle) for circle in circles)
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10 * len(graph)))
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return groups
+
+
+def test_the_circle_finder_finds_a_circle():
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+HEAVY = ("gateway.deid.engine", "gateway.deid.ocr", "gateway.deid.guard", "pydicom", "pynetdicom",
+         "gateway.storage.models", "peewee")
+
+_IMPORT_CONFIG = """
+import sys, time
+started = time.perf_counter()
+import {module}
+elapsed = time.perf_counter() - started
+print(elapsed)
+print(" ".join(sorted(name for name in {heavy!r} if name in sys.modules)))
+"""
+
+
+def _import_in_fresh_process(module: str) -> tuple[float, set[str]]:
+    result = subprocess.run([sys.executable, "-c", _IMPORT_CONFIG.format(module=module, heavy=HEAVY)],
+                            cwd=GATEWAY.parent, capture_output=True, text=True, check=True)
+    elapsed, loaded = result.stdout.splitlines()
+    return float(elapsed), set(loaded.split())
+
+
+def test_config_loads_no_engine():
+    """``import gateway.config`` (every command's first step) loads no de-identification engine, no pydicom and
+    no database: it takes less than half the time of importing the engine in a fresh process."""
+    config_s, loaded = _import_in_fresh_process("gateway.config")
+    assert not loaded, f"import gateway.config loaded {sorted(loaded)}"
+    engine_s, engine_loaded = _import_in_fresh_process("gateway.deid.engine")
+    assert "pydicom" in engine_loaded  # the probe sees a heavy import when there is one
+    assert config_s < engine_s / 2, f"gateway.config {config_s:.2f} s, gateway.deid.engine {engine_s:.2f} s"
