@@ -6,6 +6,7 @@ within their working hours in their time zone — or, for an urgent case, are ur
 out of hours. Urgent cases are assigned first, then the oldest; each goes to the eligible reviewer with the
 fewest open cases, ties broken by round robin (the one least recently assigned, persisted in
 ``Assignment``). No eligible reviewer: the case is HELD with reason ``no_reviewer`` and retried every tick.
+The rules themselves are :mod:`gateway.routing.assignment`; this stage applies them case by case.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from gateway.routing.assignment import (
 from gateway.stages.pipeline import run_case_stage
 
 log = structlog.get_logger("routing.assign")
+
 
 def _needs_for_order(study: Study) -> CaseNeeds:
     """The case's needs, to order the queue; a case whose needs cannot be read sorts as routine (its own step
