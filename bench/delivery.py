@@ -37,8 +37,8 @@ def worker(spool: Path, extras: Path, port: int, ae_title: str, modes: list[str]
 
     from gateway.config import DicomPeer, NodeConfig
     from gateway.dicom.net import install_fast_paths
-    from gateway.storage.models import CaseState, OutboundObject
     from gateway.routing.send import send_objects, unsent_objects
+    from gateway.storage.models import CaseState, OutboundObject
     from routing_db import make_case, open_db
 
     install_fast_paths()

@@ -21,8 +21,8 @@ import urllib.request
 from pathlib import Path
 
 from gateway.config import GatewayConfig
-from gateway.storage.models import db, open_database, sync_sources
 from gateway.ops.http import HttpServer
+from gateway.storage.models import db, open_database, sync_sources
 from gateway.storage.spool import Spool
 from gateway.web.accounts import add_user
 from gateway.web.app import build_portal

@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gateway.config import RoutingConfig  # noqa: E402
-from gateway.storage.models import CaseState, Instance, Series, Source, Study, db, open_database, utcnow  # noqa: E402
-from gateway.stages.pipeline import FailurePolicy, run_case_stage  # noqa: E402
 from gateway.stages.completion import CompletionStage  # noqa: E402
+from gateway.stages.pipeline import FailurePolicy, run_case_stage  # noqa: E402
+from gateway.storage.models import CaseState, Instance, Series, Source, Study, db, open_database, utcnow  # noqa: E402
 
 
 def make_cases(count: int, tag: str) -> list[Study]:

@@ -11,37 +11,37 @@ from functools import partial
 import structlog
 
 from gateway import __version__
-from gateway.storage import cases, wakeup
 from gateway.budget import BudgetedWorkers, default_workers
 from gateway.config import GatewayConfig
 from gateway.deid.secret import load_or_create_secret
-from gateway.stages.deid import DeidStage
 from gateway.deid.work import WorkPool, deid_pool
 from gateway.dicom.net import install_fast_paths
-from gateway.storage.models import SCHEMA_VERSION, CaseState, db, open_database, sync_sources
 from gateway.ops.http import HttpServer, standard_health_checks
 from gateway.ops.memory import release_freed_memory
-from gateway.stages.pipeline import FailurePolicy, Pipeline, Stage
 from gateway.privacy import vocabulary
 from gateway.referral.entities import load_engine
 from gateway.referral.http_api import register_referral_routes
 from gateway.referral.mllp import start_hl7_listener
+from gateway.referral.notes_case import warm_up as warm_up_notes
 from gateway.referral.notes_sr import load_standard_tables
 from gateway.referral.sr_tables import install_module_table
-from gateway.stages.referral import NotesStage
-from gateway.referral.notes_case import warm_up as warm_up_notes
-from gateway.stages.reports import ReportStage
-from gateway.stages.assign import AssignmentStage
-from gateway.stages.completion import CompletionStage
-from gateway.stages.deliver import DeliveryStage
-from gateway.stages.health import HealthStage
-from gateway.stages.sla import SlaStage
 from gateway.routing.spine import SpineFilter
 from gateway.scp.receiver import remove_unplaced_receipts
 from gateway.scp.receivers import ReceivingProcesses
 from gateway.scp.receiving_process import MAX_RECEIVING_PROCESSES, processes_sharing, receiver_identity
 from gateway.scp.server import node_handlers, start_scp
 from gateway.scp.slots import AssociationSlots
+from gateway.stages.assign import AssignmentStage
+from gateway.stages.completion import CompletionStage
+from gateway.stages.deid import DeidStage
+from gateway.stages.deliver import DeliveryStage
+from gateway.stages.health import HealthStage
+from gateway.stages.pipeline import FailurePolicy, Pipeline, Stage
+from gateway.stages.referral import NotesStage
+from gateway.stages.reports import ReportStage
+from gateway.stages.sla import SlaStage
+from gateway.storage import cases, wakeup
+from gateway.storage.models import SCHEMA_VERSION, CaseState, db, open_database, sync_sources
 from gateway.storage.spool import Spool
 
 log = structlog.get_logger("node")

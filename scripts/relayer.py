@@ -63,8 +63,8 @@ MOVES: dict[str, str] = {
 }
 
 NEW_PACKAGES: dict[str, str | None] = {
-    "gateway/storage/__init__.py": '"""Storage: the database (models, migrations), the case state machine, its wake-ups and the spool."""\n',
-    "gateway/stages/__init__.py": '"""Stages: every step of the pipeline and the loop that runs them. Stages meet in the database."""\n',
+    "gateway/storage/__init__.py": '"""Storage: the database (models, migrations), the case state machine, its wake-ups and the spool."""\n',  # noqa: E501
+    "gateway/stages/__init__.py": '"""Stages: every step of the pipeline and the loop that runs them. Stages meet in the database."""\n',  # noqa: E501
     "gateway/cli/__init__.py": '"""The command line, ``spine-gateway``: ``main`` parses, the command modules act."""\n',
 }
 
@@ -119,7 +119,7 @@ def child_modules(root: Path, package: str) -> set[str]:
     folder = root / package.replace(".", "/")
     if not folder.is_dir():
         return {new.rpartition(".")[2] for new in MOVES.values() if new.startswith(package + ".")}
-    return {p.stem for p in folder.glob("*.py") if p.stem != "__init__"} | {p.name for p in folder.iterdir() if p.is_dir()}
+    return {p.stem for p in folder.glob("*.py") if p.stem != "__init__"} | {p.name for p in folder.iterdir() if p.is_dir()}  # noqa: E501
 
 
 def defined_names(root: Path, module: str) -> set[str]:
@@ -286,7 +286,7 @@ def tracked_text_files(root: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dry-run", action="store_true", help="list the moves and the files to rewrite; change nothing")
+    parser.add_argument("--dry-run", action="store_true", help="list the moves and the files to rewrite; change nothing")  # noqa: E501
     args = parser.parse_args(argv)
     root = Path(git("rev-parse", "--show-toplevel", root=Path.cwd()).strip())
     for step in move_files(root, args.dry_run):

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from gateway.cli.main import _parser
-from gateway.storage.models import CaseState, Study, db, open_database
 from gateway.ops.logs import LOG_KEYS
 from gateway.ops.status import collect_status
+from gateway.storage.models import CaseState, Study, db, open_database
 from support.peers import free_port
 
 pytestmark = pytest.mark.slow  # runs the CLI in fresh processes, 1.5-8 s a test

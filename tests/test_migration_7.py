@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.storage.models import SCHEMA_VERSION, AuditEvent, SchemaVersion, Study, StudyMatchKeys, migrate, open_database
+from gateway.storage.models import (
+    SCHEMA_VERSION,
+    AuditEvent,
+    SchemaVersion,
+    Study,
+    StudyMatchKeys,
+    migrate,
+    open_database,
+)
 
 LONG_REASON = "notes_leak image:" + "ContentSequence[0]." * 6 + "TextValue (person_name)"
 

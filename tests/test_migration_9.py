@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.storage.models import SCHEMA_VERSION, HealthProbe, SchemaVersion, Study, migrate, open_database
 from gateway.ops.http import write_database_probe
+from gateway.storage.models import SCHEMA_VERSION, HealthProbe, SchemaVersion, Study, migrate, open_database
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)

@@ -9,19 +9,18 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
-import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from gateway import __version__
-from gateway.config import CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH, GatewayConfig, load_config
-from gateway.errors import ConfigError, DatabaseUnavailable, GatewayError
 from gateway.cli.common import UsageError, configure_logging, open_command_database
 from gateway.cli.referral import add_referral_commands
 from gateway.cli.reports import add_report_commands
 from gateway.cli.users import add_user_commands
+from gateway.config import CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH, GatewayConfig, load_config
+from gateway.errors import ConfigError, DatabaseUnavailable, GatewayError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -118,8 +117,8 @@ def _accept_config_after_command(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     import peewee
 
-    from gateway.storage import wakeup
     from gateway.deid.secret import SecretError
+    from gateway.storage import wakeup
 
     args = _parser().parse_args(argv)
     hub = wakeup.current()  # a command run inside a process with a node keeps that node's wake-ups
@@ -233,8 +232,8 @@ def _status_lookup(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.storage.models import db
     from gateway.stages.deliver import retry_case
+    from gateway.storage.models import db
 
     configure_logging(config, to_file=True)
     open_command_database(config)
@@ -255,9 +254,9 @@ def cmd_release(args: argparse.Namespace, config: GatewayConfig) -> int:
     """QUARANTINED or REJECTED_NOT_SPINE → COMPLETE: the case is de-identified (and checked) again from scratch."""
     import getpass
 
+    from gateway.ops import audit
     from gateway.storage import cases
     from gateway.storage.models import CaseState, db
-    from gateway.ops import audit
 
     configure_logging(config, to_file=True)
     open_command_database(config)

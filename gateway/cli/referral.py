@@ -48,10 +48,10 @@ def _open(config: GatewayConfig) -> None:
 
 
 def cmd_referral_add(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.storage.models import db
     from gateway.referral.document import parse_referral
     from gateway.referral.errors import ReferralValidationError
     from gateway.referral.intake import store_referral
+    from gateway.storage.models import db
 
     path: Path = args.file
     try:
@@ -83,9 +83,9 @@ def _stage(config: GatewayConfig):  # noqa: ANN202 - a NotesStage (imported late
 def cmd_notes_show(args: argparse.Namespace, config: GatewayConfig) -> int:
     from rich.console import Console
 
-    from gateway.storage.models import db
     from gateway.referral.review import UnknownCase, preview_as_dict, preview_notes, render_preview
     from gateway.stages.referral import NotesStageError
+    from gateway.storage.models import db
 
     _open(config)
     try:
@@ -101,8 +101,8 @@ def cmd_notes_show(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_notes_approve(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.storage.models import db
     from gateway.referral.review import ApprovalRefused, UnknownCase, approve_notes
+    from gateway.storage.models import db
 
     _open(config)
     try:

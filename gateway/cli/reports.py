@@ -37,7 +37,6 @@ def add_report_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_report_create(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.storage.models import Study, db
     from gateway.ops.logs import configure_logging
     from gateway.reports import codes
     from gateway.reports.create import (
@@ -49,6 +48,7 @@ def cmd_report_create(args: argparse.Namespace, config: GatewayConfig) -> int:
     )
     from gateway.reports.errors import FindingsError, ReportBuildError
     from gateway.reports.findings import load_findings
+    from gateway.storage.models import Study, db
     from gateway.storage.spool import Spool
 
     configure_logging(config.logging, strict=os.environ.get("SPINE_GATEWAY_LOG_STRICT") == "1", console=False)

@@ -51,8 +51,8 @@ def _password(from_stdin: bool) -> str:
 
 
 def cmd_user_add(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.storage.models import db
     from gateway.ops import audit
+    from gateway.storage.models import db
     from gateway.web.accounts import AccountError, add_user
 
     password = _password(args.password_stdin)
@@ -86,8 +86,8 @@ def cmd_user_list(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_user_disable(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.storage.models import db
     from gateway.ops import audit
+    from gateway.storage.models import db
     from gateway.web.accounts import AccountError, disable_user
 
     _open(config)

@@ -21,8 +21,8 @@ from pathlib import Path
 import peewee
 import structlog
 
-from gateway.storage.models import Instance, ReportObject, Series, Study, db
 from gateway.ops import audit
+from gateway.storage.models import Instance, ReportObject, Series, Study, db
 
 log = structlog.get_logger("retention")
 REPORT_DELIVERED = "report_delivered"

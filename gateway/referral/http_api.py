@@ -16,11 +16,11 @@ from http import HTTPStatus
 
 import structlog
 
-from gateway.storage.models import db
 from gateway.ops.http import HttpServer, Request, Response
 from gateway.referral.document import validate_referral_data
 from gateway.referral.errors import ReferralValidationError
 from gateway.referral.intake import store_referral
+from gateway.storage.models import db
 
 __all__ = ["REFERRALS_PATH", "handle_post_referral", "register_referral_routes"]
 

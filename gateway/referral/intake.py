@@ -14,11 +14,11 @@ from typing import Literal
 
 import structlog
 
-from gateway.storage import models, wakeup
 from gateway.ops import audit
 from gateway.referral.document import Referral
 from gateway.referral.errors import ReferralValidationError
 from gateway.referral.matching import match_referral
+from gateway.storage import models, wakeup
 
 __all__ = ["INTAKE_PATHS", "IntakePath", "store_referral"]
 

@@ -39,12 +39,12 @@ from dataclasses import dataclass
 import structlog
 
 from gateway.config import Hl7Config
-from gateway.storage.models import db
 from gateway.ops.serving import serve_in_thread, stop_serving
 from gateway.referral.document import Referral
 from gateway.referral.errors import HL7ParseError, ReferralValidationError
 from gateway.referral.hl7 import build_ack, parse_hl7_referral
 from gateway.referral.intake import store_referral
+from gateway.storage.models import db
 
 __all__ = ["END_BLOCK", "MAX_MESSAGE_BYTES", "START_BLOCK", "MllpLimits", "MllpServer", "answer_message",
            "frame", "start_hl7_listener", "unframe"]

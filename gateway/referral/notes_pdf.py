@@ -33,8 +33,8 @@ from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
-from gateway.referral import codes
 from gateway.dicom.charset import specific_character_set
+from gateway.referral import codes
 from gateway.referral.document import Urgency
 from gateway.referral.notes_base import _NotesBuilder
 from gateway.referral.scrub import ScrubbedNotes

@@ -6,9 +6,9 @@ from gateway.privacy import vocabulary
 from gateway.privacy.identifiers import IdentifierSet
 from gateway.referral.document import Referral
 from gateway.referral.entities import load_engine
+from gateway.referral.notes_case import known_identifiers, warm_up
 from gateway.referral.notes_sr import load_standard_tables
 from gateway.referral.notes_work import NotesInput, scrub_notes
-from gateway.referral.notes_case import known_identifiers, warm_up
 
 _SAMPLE = {"source": "warm-up", "accession_number": "A1", "urgency": "routine",
            "patient": {"id": "ID1", "name": "Doe^Jane", "birth_date": "1970-01-01"},

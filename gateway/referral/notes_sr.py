@@ -34,8 +34,8 @@ from highdicom.sr import (
 )
 from pydicom.dataset import Dataset
 
-from gateway.referral import codes
 from gateway.dicom.charset import specific_character_set
+from gateway.referral import codes
 from gateway.referral.document import Urgency
 from gateway.referral.notes_base import _NotesBuilder
 from gateway.referral.redflags import FlagFinding

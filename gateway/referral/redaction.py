@@ -22,16 +22,16 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway.storage import cases
-from gateway.storage.models import CaseState, NotesRedaction, Study, db, utcnow
-from gateway.storage.models import Referral as ReferralRow
 from gateway.ops import audit
 from gateway.privacy.identifiers import IdentifierSet
 from gateway.privacy.text import fold
 from gateway.referral.document import MAX_REDACTION_LENGTH, MAX_REDACTIONS, Referral, validate_referral_data
 from gateway.referral.errors import ReferralError, ReferralValidationError
-from gateway.referral.scrub import REDACTED, KnownIdentifiers, Mark, ScrubbedNotes, TextScrubber
 from gateway.referral.notes_case import known_identifiers, load_document
+from gateway.referral.scrub import REDACTED, KnownIdentifiers, Mark, ScrubbedNotes, TextScrubber
+from gateway.storage import cases
+from gateway.storage.models import CaseState, NotesRedaction, Study, db, utcnow
+from gateway.storage.models import Referral as ReferralRow
 
 __all__ = [
     "BEFORE_NOTES",

@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from gateway.storage import wakeup
-from gateway.storage.models import Referral as ReferralRow
-from gateway.storage.models import Study, utcnow
 from gateway.ops import audit
 from gateway.referral.compose import HEADER_NOTE_KEYWORDS
 from gateway.referral.errors import ReferralError
 from gateway.referral.matching import matched_referral
+from gateway.referral.notes_case import APPROVAL_ACTION, is_approved, load_document
 from gateway.referral.redaction import is_guard_hit
 from gateway.referral.scrub import ScrubbedNotes
-from gateway.referral.notes_case import APPROVAL_ACTION, is_approved, load_document
+from gateway.storage import wakeup
+from gateway.storage.models import Referral as ReferralRow
+from gateway.storage.models import Study, utcnow
 
 if TYPE_CHECKING:  # the stage is handed in by the entry point; this library does not import it
     from gateway.stages.referral import NotesStage

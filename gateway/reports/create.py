@@ -18,7 +18,6 @@ from pynetdicom import AE
 
 from gateway.config import GatewayConfig
 from gateway.dicom.net import NODELAY_HANDLER
-from gateway.storage.models import OutboundObject, Study
 from gateway.reports import codes
 from gateway.reports.builder import (
     ImageRef,
@@ -30,6 +29,7 @@ from gateway.reports.builder import (
 )
 from gateway.reports.errors import ReportBuildError
 from gateway.reports.findings import FindingsDocument
+from gateway.storage.models import OutboundObject, Study
 from gateway.storage.spool import Spool
 
 

@@ -18,8 +18,8 @@ from collections.abc import Iterable
 
 from pydicom.dataset import Dataset
 
-from gateway.storage.models import Study, StudyIdentity, UidMap
 from gateway.reports.reidentify import string_values, walk
+from gateway.storage.models import Study, StudyIdentity, UidMap
 
 # The shapes of the pseudonyms gateway.deid.pseudonym and gateway.storage.models.new_study_key issue.
 _PATIENT_ID = re.compile(r"(?<![A-Za-z0-9])SPGW[0-9A-F]{16}(?![A-Za-z0-9])")

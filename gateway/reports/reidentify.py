@@ -32,8 +32,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from gateway.deid.engine import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, PATIENT_NAME_PREFIX
 from gateway.deid.pseudonym import uuid_derived_uid
-from gateway.dicom.vr import FREE_TEXT_VRS
 from gateway.dicom.charset import specific_character_set
+from gateway.dicom.vr import FREE_TEXT_VRS
 from gateway.reports.codes import REPORT_CLASSES
 from gateway.reports.errors import ReidentificationError
 

@@ -11,8 +11,8 @@ from typing import Any
 import peewee
 
 from gateway.config import ReviewerConfig
-from gateway.storage.models import Assignment, CaseState, PeerHealth, Study
 from gateway.routing.assignment import NO_REVIEWER, OPEN_STATES, SLA_BREACHED, open_cases
+from gateway.storage.models import Assignment, CaseState, PeerHealth, Study
 
 # States where a case sits until the gateway (not a person or a reviewer) moves it on.
 FINAL_STATES = (CaseState.REPORT_DELIVERED, CaseState.REJECTED_NOT_SPINE)

@@ -49,12 +49,12 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
-from gateway.storage import cases, wakeup
 from gateway.config import DicomPeer, NodeConfig, RetryConfig, ReviewerConfig
-from gateway.dicom.rawedit import file_meta_end_and_syntax, fits_charset, text_element_edit, with_text_element
 from gateway.dicom.net import NODELAY_HANDLER, DirectStores
-from gateway.storage.models import CaseState, Delivery, OutboundObject, Study, db, utcnow
+from gateway.dicom.rawedit import file_meta_end_and_syntax, fits_charset, text_element_edit, with_text_element
 from gateway.routing.errors import RoutingError
+from gateway.storage import cases, wakeup
+from gateway.storage.models import CaseState, Delivery, OutboundObject, Study, db, utcnow
 
 SENT, PENDING, FAILED = "sent", "pending", "failed"
 # C-STORE statuses that mean stored: success and the warnings (coercion, elements discarded, mismatch).

@@ -23,8 +23,8 @@ import structlog
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from gateway.storage import cases
 from gateway.config import SPINE_BODY_PARTS, SPINE_KEYWORDS, RoutingConfig
+from gateway.storage import cases
 from gateway.storage.models import CaseState, Instance, Study
 
 log = structlog.get_logger("routing.spine")

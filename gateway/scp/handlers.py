@@ -30,7 +30,6 @@ from gateway.dicom import status
 from gateway.dicom.filemeta import part10_header
 from gateway.dicom.net import NODELAY_HANDLER, BoundedDataSet, bound_received_data_sets
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
-from gateway.storage.models import QuarantinedObject, db
 from gateway.ops import audit, metrics
 from gateway.reports.codes import REPORT_CLASSES
 from gateway.scp.gate import Throttle
@@ -38,6 +37,7 @@ from gateway.scp.policy import AssociationPolicy, AssociationRefused, Caller
 from gateway.scp.quarantine import QuarantineBudget
 from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance, elapsed_ms
 from gateway.scp.slots import NODE_FULL, AssociationSlots
+from gateway.storage.models import QuarantinedObject, db
 
 log = structlog.get_logger("scp")
 SWEEP_S = 0.5  # how often a receiving process looks for associations that ended unannounced (ScpHandlers.sweep_ended)

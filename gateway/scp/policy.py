@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.dicom import status
 from gateway.config import GatewayConfig
+from gateway.dicom import status
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ from pydicom.errors import InvalidDicomError
 from gateway.dicom import status
 from gateway.dicom.wellformed import check_well_formed
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
-from gateway.storage.models import Instance, InstanceState, Series, Study, StudyMatchKeys, db, utcnow
 from gateway.ops import metrics
 from gateway.scp.commit import DEFAULT_MAX_GROUP, GroupCommit, Waiting
+from gateway.storage.models import Instance, InstanceState, Series, Study, StudyMatchKeys, db, utcnow
 from gateway.storage.spool import Spool
 
 _log = structlog.get_logger("scp")

@@ -159,12 +159,12 @@ def serve(config_json: str, listen_fd: int, channel_fd: int, number: int, node_i
 
     import structlog
 
-    from gateway.storage import cases, wakeup
     from gateway.dicom.net import install_fast_paths
-    from gateway.storage.models import db, make_database
     from gateway.scp.receiver import remove_unplaced_receipts
     from gateway.scp.server import node_handlers, start_scp
     from gateway.scp.slots import AssociationSlots
+    from gateway.storage import cases, wakeup
+    from gateway.storage.models import db, make_database
     from gateway.storage.spool import Spool
 
     log = structlog.get_logger("scp")

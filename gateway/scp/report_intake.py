@@ -29,12 +29,12 @@ from dataclasses import dataclass
 import peewee
 import structlog
 
-from gateway.storage import cases, wakeup
 from gateway.errors import OutOfResources
-from gateway.storage.models import CaseState, ReportObject, Study, db
 from gateway.reports.codes import REPORT_CLASSES
 from gateway.reports.errors import ReportRefused
 from gateway.scp.receiver import ReceivedInstance, check_context, parse_header
+from gateway.storage import cases, wakeup
+from gateway.storage.models import CaseState, ReportObject, Study, db
 from gateway.storage.spool import Spool
 
 log = structlog.get_logger("reports.intake")

@@ -15,14 +15,14 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from gateway.config import GatewayConfig, NodeConfig
 from gateway.dicom.net import ACCEPTED_TRANSFER_SYNTAXES, copy_contexts_cheaply
-from gateway.storage.models import Source, db
-from gateway.scp.report_intake import ReportIntake
 from gateway.scp.gate import Dropped, NegotiationGate
 from gateway.scp.handlers import ScpHandlers
 from gateway.scp.policy import AssociationPolicy
 from gateway.scp.quarantine import QuarantineBudget
 from gateway.scp.receiver import InstanceReceiver
+from gateway.scp.report_intake import ReportIntake
 from gateway.scp.slots import AssociationSlots
+from gateway.storage.models import Source, db
 from gateway.storage.spool import Spool
 
 LINGERING_ASSOCIATIONS = 256  # association threads past their end (aborted, waiting for the peer to close)

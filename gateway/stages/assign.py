@@ -16,9 +16,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from gateway.storage import cases
 from gateway.config import ReviewerConfig, RoutingConfig
-from gateway.storage.models import CaseState, Study, utcnow
 from gateway.routing.assignment import (
     NO_REVIEWER,
     CaseNeeds,
@@ -31,6 +29,8 @@ from gateway.routing.assignment import (
     unhealthy_peers,
 )
 from gateway.stages.pipeline import run_case_stage
+from gateway.storage import cases
+from gateway.storage.models import CaseState, Study, utcnow
 
 log = structlog.get_logger("routing.assign")
 

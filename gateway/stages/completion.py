@@ -10,12 +10,12 @@ import datetime as dt
 
 from peewee import fn
 
-from gateway.storage import cases, wakeup
 from gateway.config import RoutingConfig
-from gateway.storage.models import CaseState, Instance, Study
-from gateway.stages.pipeline import run_case_stage
 from gateway.referral.matching import match_study
 from gateway.routing.spine import SpineFilter
+from gateway.stages.pipeline import run_case_stage
+from gateway.storage import cases, wakeup
+from gateway.storage.models import CaseState, Instance, Study
 
 
 class CompletionStage:

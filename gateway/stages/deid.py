@@ -28,13 +28,16 @@ from pathlib import Path
 import structlog
 from peewee import fn
 
-from gateway.storage import cases
 from gateway.budget import OVER_BUDGET
 from gateway.deid.engine import Deidentifier, DeidMapping
 from gateway.deid.errors import TimeBudgetExceeded
 from gateway.deid.guard import find_leaks_in_values
 from gateway.deid.options import DeidOptions
 from gateway.deid.work import LARGE_OBJECT_BYTES, DeidWork, WorkPool, deid_pool, deidentify_file
+from gateway.ops import audit, metrics
+from gateway.privacy.identifiers import IdentifierSet, identifier_set_for_study, merge_header_values
+from gateway.stages.pipeline import run_case_stage
+from gateway.storage import cases
 from gateway.storage.models import (
     CaseState,
     Delivery,
@@ -47,9 +50,6 @@ from gateway.storage.models import (
     db,
     utcnow,
 )
-from gateway.ops import audit, metrics
-from gateway.stages.pipeline import run_case_stage
-from gateway.privacy.identifiers import IdentifierSet, identifier_set_for_study, merge_header_values
 from gateway.storage.spool import Spool
 
 log = structlog.get_logger("deid")

@@ -17,11 +17,8 @@ from pathlib import Path
 
 import structlog
 
-from gateway.storage import cases
 from gateway.config import GatewayConfig, ReviewerConfig
-from gateway.storage.models import CaseState, Delivery, OutboundObject, Study, db, utcnow
 from gateway.ops import audit, metrics
-from gateway.stages.pipeline import run_case_stage
 from gateway.routing.assignment import reviewer_peer
 from gateway.routing.errors import RoutingError
 from gateway.routing.query import instances_held
@@ -40,6 +37,9 @@ from gateway.routing.send import (  # noqa: F401 - re-exported for the stages an
     transcode,
     unsent_objects,
 )
+from gateway.stages.pipeline import run_case_stage
+from gateway.storage import cases
+from gateway.storage.models import CaseState, Delivery, OutboundObject, Study, db, utcnow
 
 log = structlog.get_logger("routing.deliver")
 

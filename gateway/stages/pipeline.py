@@ -33,10 +33,10 @@ import peewee
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from gateway.storage import cases, wakeup
 from gateway.errors import SpoolError
-from gateway.storage.models import Study, db, utcnow
 from gateway.ops import audit
+from gateway.storage import cases, wakeup
+from gateway.storage.models import Study, db, utcnow
 
 log = structlog.get_logger("pipeline")
 

@@ -38,11 +38,23 @@ import pydicom
 import structlog
 from pydicom.dataset import Dataset
 
-from gateway.storage import cases, wakeup
 from gateway.budget import OVER_BUDGET, BudgetedWorkers
 from gateway.config import GatewayConfig
 from gateway.deid.guard import find_leaks_in_file, find_leaks_in_values
 from gateway.dicom.rawedit import fits_charset
+from gateway.ops import audit
+from gateway.privacy.identifiers import IdentifierSet, identifier_set_for_study
+from gateway.referral.compose import HEADER_NOTE_KEYWORDS
+from gateway.referral.document import Referral
+from gateway.referral.errors import ReferralError
+from gateway.referral.matching import expire_referrals, match_study
+from gateway.referral.notes_case import case_redactions, is_approved, known_identifiers, load_document
+from gateway.referral.notes_sr import EVIDENCE_REQUIRED_ATTRIBUTES
+from gateway.referral.notes_work import NotesInput, NotesWork, build_notes, scrub_notes
+from gateway.referral.reason import short_reason
+from gateway.referral.scrub import ScrubbedNotes
+from gateway.stages.pipeline import run_case_stage
+from gateway.storage import cases, wakeup
 from gateway.storage.models import (
     CaseState,
     Instance,
@@ -54,19 +66,6 @@ from gateway.storage.models import (
     utcnow,
 )
 from gateway.storage.models import Referral as ReferralRow
-from gateway.ops import audit
-from gateway.stages.pipeline import run_case_stage
-from gateway.privacy.identifiers import IdentifierSet, identifier_set_for_study
-from gateway.referral.compose import HEADER_NOTE_KEYWORDS
-from gateway.referral.document import Referral
-from gateway.referral.errors import ReferralError
-from gateway.referral.matching import expire_referrals, match_study
-from gateway.referral.notes_case import case_redactions, is_approved, known_identifiers, load_document
-from gateway.referral.notes_sr import EVIDENCE_REQUIRED_ATTRIBUTES
-from gateway.referral.notes_work import NotesInput, NotesWork, build_notes, scrub_notes
-from gateway.referral.reason import short_reason
-from gateway.referral.scrub import ScrubbedNotes
-from gateway.dicom.rawedit import fits_charset
 from gateway.storage.spool import Spool
 
 __all__ = ["AWAITING_APPROVAL", "AWAITING_REFERRAL", "NO_REFERRAL", "NotesStage", "NotesStageError"]

@@ -32,8 +32,15 @@ import pydicom.errors
 import structlog
 from pydicom.dataset import Dataset
 
-from gateway.storage import cases
 from gateway.config import GatewayConfig, SourceConfig
+from gateway.ops import audit
+from gateway.reports.errors import ReidentificationError
+from gateway.reports.foreign import foreign_pseudonym
+from gateway.reports.reidentify import CaseMapping, Reidentifier, derived_report_uid
+from gateway.routing.send import REPORT_LEG, SENT, send_objects, unsent_objects
+from gateway.stages.deliver import REPORT_KIND
+from gateway.stages.pipeline import run_case_stage
+from gateway.storage import cases
 from gateway.storage.models import (
     CaseState,
     Delivery,
@@ -45,13 +52,6 @@ from gateway.storage.models import (
     db,
     utcnow,
 )
-from gateway.ops import audit
-from gateway.stages.pipeline import run_case_stage
-from gateway.reports.errors import ReidentificationError
-from gateway.reports.foreign import foreign_pseudonym
-from gateway.reports.reidentify import CaseMapping, Reidentifier, derived_report_uid
-from gateway.stages.deliver import REPORT_KIND
-from gateway.routing.send import REPORT_LEG, SENT, send_objects, unsent_objects
 from gateway.storage.spool import Spool
 
 log = structlog.get_logger("reports")

@@ -13,10 +13,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from gateway.storage import cases
 from gateway.config import ReviewerConfig, RoutingConfig
-from gateway.storage.models import Assignment, CaseState, Study
-from gateway.stages.pipeline import run_case_stage
 from gateway.routing.assignment import (
     OPEN_STATES,
     SLA_BREACHED,
@@ -27,6 +24,9 @@ from gateway.routing.assignment import (
     sla_due,
     unhealthy_peers,
 )
+from gateway.stages.pipeline import run_case_stage
+from gateway.storage import cases
+from gateway.storage.models import Assignment, CaseState, Study
 
 log = structlog.get_logger("routing.sla")
 # A flagged case still DELIVERING is reassigned once its attempt settles.

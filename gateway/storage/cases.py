@@ -22,8 +22,8 @@ from collections.abc import Iterator
 
 import structlog
 
-from gateway.storage import wakeup
 from gateway.errors import GatewayError
+from gateway.storage import wakeup
 from gateway.storage.models import CaseState as S
 from gateway.storage.models import Study, utcnow
 

@@ -73,7 +73,8 @@ class Source(BaseModel):
 
 
 class CaseState:
-    """States of a case (one study sent for a second opinion). ``gateway.storage.cases`` holds the allowed transitions."""
+    """States of a case (one study sent for a second opinion). ``gateway.storage.cases`` holds the allowed
+    transitions."""
 
     RECEIVING = "receiving"            # instances arriving
     COMPLETE = "complete"              # no new instance for routing.stable_after_s

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from starlette.responses import RedirectResponse, Response
 
-from gateway.storage import cases
-from gateway.storage.models import CaseState
 from gateway.ops import audit
 from gateway.ops.status import collect_status
 from gateway.referral import redaction
 from gateway.referral.review import ApprovalRefused, UnknownCase, approve_notes
-from gateway.stages.referral import NotesStage
 from gateway.stages.deliver import retry_case
+from gateway.stages.referral import NotesStage
+from gateway.storage import cases
+from gateway.storage.models import CaseState
 from gateway.web import views
 from gateway.web.page import Page, Refused
 

@@ -66,8 +66,8 @@ class Page:
 
     def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         html = self.portal.templates.get_template(template).render(
-            user=self.user, csrf=self.signed_in.csrf_token if self.signed_in else self.anonymous_csrf, path=self.request.url.path,
-            **context)
+            user=self.user, csrf=self.signed_in.csrf_token if self.signed_in else self.anonymous_csrf,
+            path=self.request.url.path, **context)
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
     def audit(self, action: str, study_key: str | None = None, outcome: str = "success", detail: str = "") -> None:

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 from starlette.responses import RedirectResponse, Response
 
-from gateway.storage.models import StudyIdentity
 from gateway.privacy.identifiers import IdentifierSet, from_referral
 from gateway.referral import redaction
 from gateway.referral.codes import RedFlag
 from gateway.referral.document import MAX_REDACTIONS, Referral
 from gateway.referral.errors import ReferralValidationError
 from gateway.referral.intake import store_referral
-from gateway.stages.referral import NotesStage
 from gateway.referral.notes_case import case_redactions, load_document
+from gateway.stages.referral import NotesStage
+from gateway.storage.models import StudyIdentity
 from gateway.web import views
-from gateway.web.page import Page, Refused
 from gateway.web.forms import RED_FLAG_LABELS, TEXT_FIELDS, parse_referral_form
+from gateway.web.page import Page, Refused
 
 MAX_ID_DIGITS = 18  # below 2**63: a row id of SQLite and of PostgreSQL's bigint
 

@@ -19,8 +19,8 @@ from gateway.reports.create import (
 )
 from gateway.reports.errors import ReportBuildError
 from gateway.web import views
-from gateway.web.page import Page, Refused
 from gateway.web.forms import LEVELS, parse_report_form
+from gateway.web.page import Page, Refused
 
 
 def worklist(page: Page) -> Response:

@@ -20,10 +20,10 @@ import pydicom
 
 from gateway.config import RoutingConfig
 from gateway.deid.options import DeidOptions
-from gateway.stages.deid import DeidStage
 from gateway.demo import write_demo_study
-from gateway.storage.models import CaseState, Instance, Series, Source, Study, db, open_database, utcnow
 from gateway.stages.completion import CompletionStage
+from gateway.stages.deid import DeidStage
+from gateway.storage.models import CaseState, Instance, Series, Source, Study, db, open_database, utcnow
 from gateway.storage.spool import Spool
 
 

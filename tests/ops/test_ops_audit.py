@@ -10,9 +10,9 @@ import structlog
 from structlog.testing import capture_logs
 
 from gateway.config import LoggingConfig
-from gateway.storage.models import AuditEvent, db, open_database
 from gateway.ops import audit
 from gateway.ops.logs import LOG_KEYS, configure_logging
+from gateway.storage.models import AuditEvent, db, open_database
 
 PHI_DETAIL = "DOE^JOHN 1960-01-01 MRN 123456"
 

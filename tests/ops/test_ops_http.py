@@ -10,7 +10,6 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.storage.models import Study, db, make_database, open_database
 from gateway.ops.http import (
     HealthCheckFailed,
     HttpConfig,
@@ -22,6 +21,7 @@ from gateway.ops.http import (
     standard_health_checks,
 )
 from gateway.ops.metrics import GatewayMetrics
+from gateway.storage.models import Study, db, make_database, open_database
 
 TOKEN_ENV = "TEST_GATEWAY_TOKEN"
 CONFIG = HttpConfig(port=0, token_env=TOKEN_ENV, health_cache_s=0)  # each /healthz runs its checks again

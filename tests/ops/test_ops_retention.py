@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.storage.models import AuditEvent, Instance, Series, Study, db, open_database
 from gateway.ops.retention import REPORT_DELIVERED, plan_purge, purge
+from gateway.storage.models import AuditEvent, Instance, Series, Study, db, open_database
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 OLD = dt.datetime(2026, 9, 1, 12, 0)  # naive UTC, as stored

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from corpus_files import CorpusCase
 from gateway.privacy.identifiers import from_referral
-from gateway.referral.scrub import TextScrubber
 from gateway.referral.notes_case import known_identifiers
+from gateway.referral.scrub import TextScrubber
 from notes_eval import Score, covered, evaluate
 
 

@@ -16,12 +16,12 @@ from pypdf import PdfReader
 
 from gateway.config import SourceConfig
 from gateway.demo import DemoPatient, write_demo_study
-from gateway.storage.models import OutboundObject, Study, StudyIdentity, db, utcnow
 from gateway.referral.document import Referral, Urgency, validate_referral_data
 from gateway.referral.intake import store_referral
 from gateway.referral.notes_pdf import font_for, notes_fonts, render_notes_pdf
 from gateway.referral.scrub import KnownIdentifiers, ScrubbedNotes, scrub_referral
 from gateway.stages.referral import NotesStage
+from gateway.storage.models import OutboundObject, Study, StudyIdentity, db, utcnow
 from referral_cases import SOURCE, SOURCE_AE, close_world, make_world, referral_document
 
 

@@ -13,14 +13,14 @@ from dataclasses import replace
 
 import pytest
 
-import gateway.referral.notes_work as notes_work
 import gateway.referral.notes_case as notes_case
-from gateway.storage.models import AuditEvent, CaseState, NotesRedaction, Study
+import gateway.referral.notes_work as notes_work
 from gateway.referral import redaction
 from gateway.referral.document import validate_referral_data
 from gateway.referral.errors import ReferralValidationError
 from gateway.referral.scrub import KnownIdentifiers, Mark, scrub_referral
 from gateway.stages.referral import NotesStage
+from gateway.storage.models import AuditEvent, CaseState, NotesRedaction, Study
 from privacy_cases import MENTIONS, referral_document
 from test_referral_privacy import _case, _delivered_texts, _run, world  # noqa: F401 - the fixture
 

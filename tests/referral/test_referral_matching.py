@@ -20,6 +20,14 @@ from structlog.testing import capture_logs
 
 from gateway.budget import BudgetedWorkers
 from gateway.demo import write_demo_study
+from gateway.ops.status import collect_status
+from gateway.referral.document import validate_referral_data
+from gateway.referral.errors import ReferralValidationError
+from gateway.referral.intake import store_referral
+from gateway.referral.matching import expire_referrals
+from gateway.referral.review import ApprovalRefused, approve_notes, preview_notes
+from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance
+from gateway.stages.referral import NotesStage, is_approved
 from gateway.storage.models import (
     AuditEvent,
     CaseState,
@@ -32,14 +40,6 @@ from gateway.storage.models import (
     db,
     utcnow,
 )
-from gateway.ops.status import collect_status
-from gateway.referral.document import validate_referral_data
-from gateway.referral.errors import ReferralValidationError
-from gateway.referral.intake import store_referral
-from gateway.referral.matching import expire_referrals
-from gateway.referral.review import ApprovalRefused, approve_notes, preview_notes
-from gateway.stages.referral import NotesStage, is_approved
-from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance
 from referral_cases import SOURCE, SOURCE_AE, close_world, make_world, referral_document
 
 

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from gateway.config import Hl7Config
-from gateway.storage.models import Referral
 from gateway.referral.intake import store_referral
 from gateway.referral.mllp import END_BLOCK, MllpLimits, MllpServer, answer_message, frame, unframe
+from gateway.storage.models import Referral
 from referral_cases import close_world, make_world
 
 ORM = (Path(__file__).parent / "fixtures" / "orm_o01.hl7").read_bytes()

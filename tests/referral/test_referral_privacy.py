@@ -20,8 +20,13 @@ from pypdf import PdfReader
 import gateway.referral.notes_work as notes_work
 import gateway.stages.referral as notes_stage
 from gateway.deid.guard import searchable_values
-from gateway.stages.deid import DeidStage
 from gateway.demo import DemoPatient
+from gateway.privacy.identifiers import identifier_set_for_study
+from gateway.referral.document import Urgency, validate_referral_data
+from gateway.referral.intake import store_referral
+from gateway.referral.scrub import KnownIdentifiers, ScrubbedNotes, scrub_referral
+from gateway.stages.deid import DeidStage
+from gateway.stages.referral import NotesStage
 from gateway.storage.models import (
     AuditEvent,
     CaseState,
@@ -33,11 +38,6 @@ from gateway.storage.models import (
     StudyIdentity,
     utcnow,
 )
-from gateway.privacy.identifiers import identifier_set_for_study
-from gateway.referral.document import Urgency, validate_referral_data
-from gateway.referral.intake import store_referral
-from gateway.referral.scrub import KnownIdentifiers, ScrubbedNotes, scrub_referral
-from gateway.stages.referral import NotesStage
 from privacy_cases import HEADER, MENTIONS, PATIENT, referral_document, write_held_study
 from referral_cases import SECRET, close_world, make_world
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from gateway.dicom import status
 from gateway.demo import write_demo_study
+from gateway.dicom import status
 from report_peers import (
     PATIENT,
     dsrdump_problems,

@@ -13,8 +13,8 @@ import signal
 
 import pydicom
 
-from gateway.dicom import status
 from gateway.demo import write_demo_study
+from gateway.dicom import status
 from report_peers import PATIENT, hospital_instances, reviewer_images, reviewer_sr, start_site
 from support.peers import wait_until
 from support.scu import send

@@ -11,6 +11,10 @@ from gateway.config import GatewayConfig
 from gateway.deid.engine import Deidentifier, PatientContext
 from gateway.deid.options import DeidOptions
 from gateway.demo import DemoPatient, write_demo_study
+from gateway.reports import codes
+from gateway.reports.builder import ImageRef, ReportContent, ReportFinding, ReportSRBuilder
+from gateway.stages.deliver import DeliveryStage, retry_case
+from gateway.stages.reports import ReportStage
 from gateway.storage.models import (
     CaseState,
     Delivery,
@@ -24,10 +28,6 @@ from gateway.storage.models import (
     open_database,
     utcnow,
 )
-from gateway.reports import codes
-from gateway.reports.builder import ImageRef, ReportContent, ReportFinding, ReportSRBuilder
-from gateway.stages.reports import ReportStage
-from gateway.stages.deliver import DeliveryStage, retry_case
 from gateway.storage.spool import Spool
 from support.peers import DcmtkStoreSCP, free_port
 

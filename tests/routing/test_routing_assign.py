@@ -8,9 +8,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway.config import ReviewerConfig, RoutingConfig
-from gateway.storage.models import Assignment, CaseState, PeerHealth, Study, utcnow
 from gateway.routing.assignment import NO_REVIEWER, within_hours
 from gateway.stages.assign import AssignmentStage
+from gateway.storage.models import Assignment, CaseState, PeerHealth, Study, utcnow
 from routing_db import make_case, open_db
 
 ROUTING = RoutingConfig()

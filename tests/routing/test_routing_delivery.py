@@ -14,9 +14,9 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
 from structlog.testing import capture_logs
 
 from gateway.config import GatewayConfig
-from gateway.storage.models import CaseState, Delivery, OutboundObject, Study, utcnow
-from gateway.stages.deliver import DeliveryStage, backoff_s, retry_case
 from gateway.routing.send import LEDGER_BATCH
+from gateway.stages.deliver import DeliveryStage, backoff_s, retry_case
+from gateway.storage.models import CaseState, Delivery, OutboundObject, Study, utcnow
 from routing_db import add_outbound, db, make_case, open_db, storescp  # noqa: F401 - fixtures
 from support.dicomfiles import dataset_bytes, sop_instance_uid
 from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc, free_port, wait_until

@@ -1,6 +1,7 @@
-"""A delivery's C-STOREs written straight to the socket (``gateway.dicom.net.DirectStores``): in effect on a real association
-to a real DCMTK storescp, the peer writing byte for byte the objects meant (with the reason in images only), the
-PDUs those pynetdicom would send, and the stock path (pynetdicom's ``send_c_store``) still right without it."""
+"""A delivery's C-STOREs written straight to the socket (``gateway.dicom.net.DirectStores``): in effect on a real
+association to a real DCMTK storescp, the peer writing byte for byte the objects meant (with the reason in images
+only), the PDUs those pynetdicom would send, and the stock path (pynetdicom's ``send_c_store``) still right without
+it."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from pynetdicom.pdu import P_DATA_TF
 
 from gateway.config import GatewayConfig
 from gateway.dicom.net import DirectStores, c_store_command, pdata_pdus
-from gateway.storage.models import CaseState, OutboundObject, Study, utcnow
 from gateway.routing import send
 from gateway.stages.deliver import DeliveryStage
+from gateway.storage.models import CaseState, OutboundObject, Study, utcnow
 from routing_db import add_outbound, db, make_case, storescp  # noqa: F401 - fixtures
 from support.dicomfiles import dataset_bytes, sop_instance_uid
 from support.peers import DcmtkStoreSCP

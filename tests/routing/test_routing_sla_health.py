@@ -8,10 +8,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway.config import GatewayConfig, ReviewerConfig, RoutingConfig
-from gateway.storage.models import Assignment, CaseState, PeerHealth, Study, utcnow
 from gateway.stages.assign import AssignmentStage
 from gateway.stages.health import HealthStage
 from gateway.stages.sla import SlaStage
+from gateway.storage.models import Assignment, CaseState, PeerHealth, Study, utcnow
 from routing_db import make_case, open_db
 from support.peers import DcmtkStoreSCP, GatewayProcess, free_port
 

@@ -9,11 +9,11 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from gateway.storage import cases
 from gateway.config import RoutingConfig
-from gateway.storage.models import CaseState, Study, utcnow
-from gateway.stages.completion import CompletionStage
 from gateway.routing.spine import SpineDecision, SpineFilter, SpineRules, is_spine
+from gateway.stages.completion import CompletionStage
+from gateway.storage import cases
+from gateway.storage.models import CaseState, Study, utcnow
 from routing_db import add_instances, make_case, open_db, write_head_ct
 
 

@@ -30,10 +30,14 @@ import pydicom
 import pytest
 import yaml
 
-from gateway.storage import cases
 from gateway.config import GatewayConfig
 from gateway.deid.work import deid_pool
 from gateway.demo import write_demo_study
+from gateway.node import GatewayNode
+from gateway.reports import codes
+from gateway.reports.builder import ImageRef, ReportContent, ReportFinding, ReportSRBuilder
+from gateway.stages.pipeline import FailurePolicy, Pipeline
+from gateway.storage import cases
 from gateway.storage.models import (
     CaseState,
     Delivery,
@@ -46,10 +50,6 @@ from gateway.storage.models import (
     sync_sources,
     utcnow,
 )
-from gateway.node import GatewayNode
-from gateway.stages.pipeline import FailurePolicy, Pipeline
-from gateway.reports import codes
-from gateway.reports.builder import ImageRef, ReportContent, ReportFinding, ReportSRBuilder
 from routing_db import add_instances
 from support.peers import DcmtkStoreSCP, GatewayProcess, child_pids, free_port, storescu, wait_until
 

@@ -31,11 +31,9 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
 from gateway.deid.options import DeidOptions
-from gateway.stages.deid import EARLY_AFTER_QUIET_S, EARLY_AT_THE_LATEST_S, DeidStage
 from gateway.deid.work import deid_pool
 from gateway.dicom.command import encode_command_set, store_request_values, store_response_command
 from gateway.dicom.filemeta import part10_header
-from gateway.dicom.wellformed import check_well_formed
 from gateway.dicom.net import (
     _STOCK_MESSAGE_TO_PRIMITIVE,
     NODELAY_HANDLER,
@@ -46,8 +44,8 @@ from gateway.dicom.net import (
     recv_exactly,
     store_request_to_primitive,
 )
+from gateway.dicom.wellformed import check_well_formed
 from gateway.errors import InvalidInstance
-from gateway.storage.models import SCHEMA_VERSION, Instance, InstanceState, SchemaVersion, db, migrate, open_database
 from gateway.scp.receiver import (
     HEADER_TAGS,
     AssociationCache,
@@ -58,6 +56,8 @@ from gateway.scp.receiver import (
     read_header,
     remove_unplaced_receipts,
 )
+from gateway.stages.deid import EARLY_AFTER_QUIET_S, EARLY_AT_THE_LATEST_S, DeidStage
+from gateway.storage.models import SCHEMA_VERSION, Instance, InstanceState, SchemaVersion, db, migrate, open_database
 from gateway.storage.spool import Spool
 from support.dicomfiles import dataset_bytes
 from support.peers import free_port

@@ -11,13 +11,13 @@ import ssl
 import pytest
 import trustme
 
-from gateway.dicom import status
 from gateway.config import GatewayConfig
-from gateway.storage.models import open_database
+from gateway.dicom import status
 from gateway.scp.handlers import ScpHandlers
 from gateway.scp.policy import AssociationPolicy
 from gateway.scp.receiver import InstanceReceiver
 from gateway.scp.server import start_scp
+from gateway.storage.models import open_database
 from gateway.storage.spool import Spool
 from support.peers import free_port
 from support.scu import associate

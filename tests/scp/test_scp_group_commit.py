@@ -14,8 +14,8 @@ from urllib.parse import urlparse
 import psycopg2
 import pytest
 
-from gateway.dicom import status
 from gateway.demo import write_demo_study
+from gateway.dicom import status
 from gateway.scp.commit import GroupCommit, Waiting
 from support.dicomfiles import dataset_bytes, sop_instance_uid, spool_files, spool_index
 from support.peers import GatewayProcess, storescu, wait_until

@@ -23,8 +23,8 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 
 import gateway.dicom.net
-from gateway.dicom import status
 from gateway.config import GatewayConfig
+from gateway.dicom import status
 from gateway.dicom.command import encode_command_set
 from gateway.dicom.net import (
     ASSOCIATION_POLL_S,
@@ -37,12 +37,12 @@ from gateway.dicom.net import (
     send_msg_store_responses_directly,
     store_request_to_primitive,
 )
-from gateway.storage.models import open_database
 from gateway.scp.handlers import ScpHandlers
 from gateway.scp.policy import AssociationPolicy
 from gateway.scp.receiver import InstanceReceiver
 from gateway.scp.server import start_scp
 from gateway.scp.slots import AssociationSlots
+from gateway.storage.models import open_database
 from gateway.storage.spool import Spool
 from support.dicomfiles import dataset_bytes, sop_instance_uid, spool_index
 from support.peers import GatewayProcess, free_port, storescu, wait_until

@@ -21,16 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from gateway.dicom import status
 from gateway.config import GatewayConfig
 from gateway.demo import write_demo_study
-from gateway.storage.models import open_database
+from gateway.dicom import status
 from gateway.scp.handlers import ScpHandlers
 from gateway.scp.policy import AssociationPolicy
 from gateway.scp.receiver import InstanceReceiver
 from gateway.scp.receiving_process import Channel
 from gateway.scp.server import start_scp
 from gateway.scp.slots import AssociationSlots
+from gateway.storage.models import open_database
 from gateway.storage.spool import Spool
 from support.dicomfiles import dataset_bytes, sop_instance_uid, spool_files, spool_index
 from support.peers import GatewayProcess, child_pids, echo_ok, free_port, storescu, wait_until

@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "referral"))
 import gateway.referral.notes_work as notes_work  # noqa: E402
 from browser import Browser  # noqa: E402
 from gateway.config import HttpConfig  # noqa: E402
-from gateway.storage.models import AuditEvent, CaseState, NotesRedaction, Study, utcnow  # noqa: E402
-from gateway.storage.models import Referral as ReferralRow  # noqa: E402
 from gateway.ops.http import HttpServer  # noqa: E402
+from gateway.referral.notes_case import load_document
 from gateway.referral.scrub import KnownIdentifiers, scrub_referral  # noqa: E402
 from gateway.stages.referral import NotesStage  # noqa: E402
-from gateway.referral.notes_case import load_document
+from gateway.storage.models import AuditEvent, CaseState, NotesRedaction, Study, utcnow  # noqa: E402
+from gateway.storage.models import Referral as ReferralRow  # noqa: E402
 from gateway.web.accounts import add_user  # noqa: E402
 from gateway.web.app import build_portal  # noqa: E402
 from privacy_cases import PATIENT, write_held_study  # noqa: E402
