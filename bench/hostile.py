@@ -815,8 +815,25 @@ def _safely(attack, target: Target, scale: Scale, studies: Studies) -> str:
         return f"attack error: {type(error).__name__}: {error}"
 
 
+def settled_rss_kib(root: int, least_s: float = 12.0, most_s: float = 40.0) -> int:
+    """The tree's RSS total once three samples 1 s apart are within 5 MB of each other, looked at after
+    ``least_s`` (the node de-identifies a study early 2 s after it paused, its worker then starts in a few
+    seconds) and at most ``most_s``."""
+    started = time.monotonic()
+    samples = [tree_rss_kib(root)]
+    while time.monotonic() - started < most_s:
+        time.sleep(1.0)
+        samples.append(tree_rss_kib(root))
+        settled = len(samples) >= 3 and max(samples[-3:]) - min(samples[-3:]) < 5 * 1024
+        if settled and time.monotonic() - started >= least_s:
+            break
+    return samples[-1]
+
+
 def baseline(target: Target, scale: Scale, studies: Studies, sampler: RssSampler) -> tuple[float, int]:
-    """Quiet median store time and the warm RSS total after it (the tree settled for 2 s)."""
+    """Quiet median store time and the warm RSS total after it, once the tree has settled: the quiet studies'
+    processing starts the node's standing processes (its de-identification worker, about 80 MB), which belong to
+    its warm total, not to the first attack's growth."""
     times = []
     for _ in range(scale.baseline_runs):
         seconds = legit_store(target, studies.fresh())
@@ -824,8 +841,7 @@ def baseline(target: Target, scale: Scale, studies: Studies, sampler: RssSampler
             raise SystemExit(f"{target.name}: the quiet baseline store failed")
         times.append(seconds)
     echoes = [echo_seconds(target.port, target.called) for _ in range(3)]
-    time.sleep(2.0)  # let the tree settle before the warm figure
-    warm = tree_rss_kib(target.root_pid())
+    warm = settled_rss_kib(target.root_pid())
     sampler.take_peak()
     quiet = statistics.median(times)
     print(f"{target.name:8s} {'(quiet)':15s} {_echo_cell(echoes)} | {'':19s} | {quiet:6.1f} s {1:5.2f}x | "
