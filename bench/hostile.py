@@ -138,11 +138,12 @@ def echo_seconds(port: int, called: str) -> tuple[float, bool]:
 _RESPONSE = re.compile(r"Received Store Response \(([^)]*)\)")
 
 
-def store_files(port: int, called: str, files: list[Path], timeout: float) -> tuple[float, list[Path]]:
+def store_files(port: int, called: str, files: list[Path], timeout: float, calling: str = LEGIT_AE
+                ) -> tuple[float, list[Path]]:
     """DCMTK storescu of ``files`` in one association: (seconds, the files answered Success)."""
     started = time.perf_counter()
     try:
-        result = subprocess.run([str(DCMTK / "storescu"), "-v", "-aet", LEGIT_AE, "-aec", called, "-nh", "-to", "10",
+        result = subprocess.run([str(DCMTK / "storescu"), "-v", "-aet", calling, "-aec", called, "-nh", "-to", "10",
                                  "-ta", "30", "-td", "60", "127.0.0.1", str(port), *map(str, files)],
                                 capture_output=True, text=True, env={**os.environ, **NODELAY_ENV}, timeout=timeout)
         statuses = _RESPONSE.findall(result.stdout + result.stderr)
@@ -567,7 +568,9 @@ def _large(count: int):
     def attack(target: Target, scale: Scale, studies: Studies) -> str:
         files = [studies.large(index, scale.large_mb) for index in range(count)]
         with ThreadPoolExecutor(count) as pool:
-            results = list(pool.map(lambda path: store_files(target.port, target.called, [path], 900), files))
+            # from another source (its own AE title's share of the slots), as the legitimate C-ECHO is measured
+            results = list(pool.map(lambda path: store_files(target.port, target.called, [path], 900, FLOOD_AE),
+                                    files))
         stored = [path for _, done in results for path in done]
         target.acknowledged |= {sop_uid(path) for path in stored}
         return f"{count} x {scale.large_mb} MB: {len(stored)} acknowledged, " + \

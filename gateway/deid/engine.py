@@ -15,7 +15,7 @@ from pydicom.tag import BaseTag
 
 from gateway.deid.actions import Action, CompiledActions, ResolvedAction, compile_actions
 from gateway.deid.burned_in import blank_pixels, blank_region_for, burned_in_risk, ocr_reason
-from gateway.deid.errors import BurnedInRiskError, UnsupportedObjectError
+from gateway.deid.errors import BurnedInRiskError, QuarantineError, UnsupportedObjectError
 from gateway.deid.guard import PatientIdentifiers, identifiers_from_dataset
 from gateway.deid.ocr import PixelReport, clean_burned_in_text
 from gateway.deid.options import BlankRegion, BurnedInPolicy, DeidOptions
@@ -198,6 +198,14 @@ class Deidentifier:
             refusal = BurnedInRiskError(reason)
             refusal.report = PixelReport(verdict="quarantined", reason=reason)
             raise refusal from failure
+
+    def leaves_pixels(self, dataset: Dataset) -> bool:
+        """True when :meth:`deidentify` would neither read nor change ``dataset``'s pixel data (no burned-in
+        text to clean or check); False also when it would refuse the object (it then says why itself)."""
+        try:
+            return self._check_supported(dataset) is None
+        except QuarantineError:
+            return False
 
     def patient_pseudonym(self, source: str, original_patient_id: str) -> str:
         """The Patient ID that :meth:`deidentify` gives this patient of this source."""

@@ -34,6 +34,7 @@ from gateway.deid.engine import Deidentifier, DeidMapping, PatientContext
 from gateway.deid.errors import BurnedInRiskError, QuarantineError, TimeBudgetExceeded
 from gateway.deid.guard import UnreadablePDFError, find_leaks, identifiers_from_dataset, searchable_values
 from gateway.deid.options import DeidOptions
+from gateway.dicom.bulk import detach_pixel_data
 from gateway.privacy.identifiers import header_values
 
 log = structlog.get_logger("deid")
@@ -98,7 +99,9 @@ def deidentify_file(path: str, source: str, case_label: str, tmp_dir: str | None
     (into ``tmp_dir`` when the original is over ``LARGE_OBJECT_BYTES``)."""
     assert _deidentifier is not None, "init_worker was not called"
     options = _deidentifier.options
-    original = pydicom.dcmread(path)
+    large = tmp_dir is not None and os.path.getsize(path) > LARGE_OBJECT_BYTES
+    original = pydicom.dcmread(path, defer_size=_BULK_BYTES if large else None)
+    detached = detach_pixel_data(original, path) if large and _deidentifier.leaves_pixels(original) else None
     # Everything needed from the original is taken first: it is then de-identified in place (no copy of the
     # pixel data).
     identifiers = identifiers_from_dataset(original, include_uids=not options.retain_uids,
@@ -120,8 +123,15 @@ def deidentify_file(path: str, source: str, case_label: str, tmp_dir: str | None
                      sop_class_uid=str(result.dataset.SOPClassUID),
                      transfer_syntax=str(result.dataset.file_meta.TransferSyntaxUID), mapping=result.mapping,
                      identity=identity, header=header, events=events)
-    if tmp_dir is not None and os.path.getsize(path) > LARGE_OBJECT_BYTES:
-        written = encode_to_file(result.dataset, tmp_dir)
+    if large and tmp_dir is not None:
+        window = detached.window() if detached is not None else None
+        if window is not None:
+            result.dataset.add(window)  # the original's pixel data, unread, written in chunks
+        try:
+            written = encode_to_file(result.dataset, tmp_dir)
+        finally:
+            if window is not None:
+                window.value.close()
         del result, original  # the dataset's memory goes before the file is read back
         with open(written, "rb") as stored:
             text_values = encoded_text_values(stored)
