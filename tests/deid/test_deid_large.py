@@ -13,9 +13,9 @@ import pytest
 from gateway.deid import work
 from gateway.deid.options import DeidOptions
 from gateway.demo import write_demo_study
+from gateway.dicom.bulk import FileWindow, detach_pixel_data
 
 pytestmark = pytest.mark.slow  # a 20 MB original de-identified four times: about 15 s
-from gateway.dicom.bulk import FileWindow, detach_pixel_data
 
 
 @pytest.fixture(scope="module")
