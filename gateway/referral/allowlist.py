@@ -41,7 +41,7 @@ _ROAD = re.compile(r"\b(?:[ABMNE]\d{1,4}(?![.,]\d)|(?:US|SR|CR|I|RN|RD|RV|Rte)-?
                    r"junction|interchange|sec|sector|block|plot|lot|space|phase|gali|lane no)\.?\s?\d{1,4}[A-Z]?)\b")
 #: French (and Québec) streets, written in lower case: "rue de l'Arbalète", "avenue du Mont-Royal".
 _FRENCH_STREET = re.compile(r"\b(?:rue|avenue|av\.|boulevard|bd|chemin|allee|impasse|place|quai|cours|route|rang|"
-                            r"lieu-dit|montee|cote)\s+(?:(?:de\s+la|de|du|des|d['’]|l['’]|la|le|les)\s*)?"
+                            r"lieu-dit|montee|cote)\s+(?:(?:de\s+la|de|du|des|d['’]|l['’]|la|le|les)\s*){0,2}"
                             r"[A-Z][\w'’\-]+(?:[\s\-][A-Z][\w'’\-]+)*")
 _CLUSTER = re.compile(r"\+?\(?\d+\)?(?:[ .\-/]\(?\d+\)?)+")  # digit groups joined by single separators
 _STREET_END = re.compile(
@@ -101,10 +101,11 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
                  if sum(c.isdigit() for c in m.group(0)) >= 4 and re.search(r"[A-Z]", m.group(0))
                  and not re.fullmatch(r"[A-Z]{1,5}[ \-]?\d{1,3}(?:[.,]\d)?/\d{1,3}", m.group(0))
                  and not any(s <= m.start() < e for s, e in clusters)]
-    clusters += [(m.start(), m.end()) for m in _ROAD.finditer(view) if not any(s <= m.start() < e for s, e in clusters)
-                 and not re.search(r"(?i:typ|type|grade|ao|class|classe|stadium|stage)\W*$",
-                                   view[max(0, m.start() - 8):m.start()])]
-    clusters += [(m.start(), m.end()) for m in _FRENCH_STREET.finditer(view)]
+    streets = [(m.start(), m.end()) for m in _ROAD.finditer(view) if not any(s <= m.start() < e for s, e in clusters)
+               and not re.search(r"(?i:typ|type|grade|ao|class|classe|stadium|stage)\W*$",
+                                 view[max(0, m.start() - 8):m.start()])]
+    streets += [(m.start(), m.end()) for m in _FRENCH_STREET.finditer(view)]
+    clusters += streets
     tokens: list[_Token] = []
     for match in _TOKEN.finditer(view):
         start, end = match.start(), match.end()
@@ -122,7 +123,7 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
     _remove_nicknames(view, tokens)
     _names_after_titles_and_kin(view, tokens)
     for start, end in clusters:
-        yield Judgement(start, end, ID)
+        yield Judgement(start, end, ADDRESS if (start, end) in streets else ID)
     for index, token in enumerate(tokens[1:], start=1):
         before = tokens[index - 1]
         if token.verdict == "[DATE]" and before.verdict in (_KNOWN, None) and _ORDINAL_WORDS.fullmatch(

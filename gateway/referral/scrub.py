@@ -67,7 +67,7 @@ _MONTHS = {
     "mars": 3, "maj": 5, "ene": 1, "abr": 4, "ago": 8, "dic": 12,
 }
 # English and German month names (the text is folded: "März" reads "Marz").
-_MONTH = (r"(jan(?:uary|uar|uari|vier|v)?|jän(?:ner)?|feb(?:ruary|ruar|ruari)?|fevr(?:ier)?|fev|"
+_MONTH = (r"(jan(?:uary|uar|uari|vier|v|ner)?|jän(?:ner)?|feb(?:ruary|ruar|ruari)?|fevr(?:ier)?|fev|"
           r"m(?:ar|ae?r)(?:ch|z|s|ts)?|apr(?:il)?|avr(?:il)?|ma[yij]|jun[ei]?|juin|"
           r"jul[yi]?|juil(?:let)?|aug(?:ust|usti)?|aout|sep(?:t(?:ember|embre)?)?|o[ck]t(?:ober|obre)?|"
           r"nov(?:ember|embre)?|de[cz](?:ember|embre)?)\.?")
@@ -84,12 +84,14 @@ _DATE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
                            re.IGNORECASE)),
     ("month_year", re.compile(rf"\b{_MONTH}\s+(\d{{4}})(?!\d)", re.IGNORECASE)),
     ("day_month", re.compile(rf"(?<![\d.])(\d{{1,2}}){_ORD}(?:\s+of)?\s+{_MONTH}(?![\w])", re.IGNORECASE)),
-    ("month_day", re.compile(rf"\b{_MONTH}\s+(\d{{1,2}}){_ORD}(?![\d\w:])", re.IGNORECASE)),
+    ("month_day", re.compile(rf"\b{_MONTH}\s+(\d{{1,2}}){_ORD}(?![\d\w]|:\d)", re.IGNORECASE)),
 )
 _WHOLE_DATE_KINDS = frozenset({"ymd", "compact", "dmy_text", "mdy_text", "holiday"})
 # A weekday before a date goes with it ("Mon 11th March 2024").
 _WEEKDAY = re.compile(r"\b(?:mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun|montag|dienstag|mittwoch|donnerstag|"
-                      r"freitag|samstag|sonntag|monday|tuesday|wednesday|thursday|friday|saturday|sunday)\.?,?\s+"
+                      r"freitag|samstag|sonntag|monday|tuesday|wednesday|thursday|friday|saturday|sunday|"
+                      r"lundi|mardi|mercredi|jeudi|vendredi|samedi|dimanche|mandag|tirsdag|tisdag|onsdag|torsdag|"
+                      r"fredag|lordag|sondag|maandag)\.?,?\s+"
                       r"(?=\[|\x00)", re.IGNORECASE)
 _HOLIDAYS = {"christmasday": (12, 25), "christmaseve": (12, 24), "boxingday": (12, 26), "newyearsday": (1, 1),
              "newyearday": (1, 1), "newyearseve": (12, 31), "newyeareve": (12, 31), "heiligabend": (12, 24),
@@ -105,6 +107,18 @@ _STREET_ADDRESS = re.compile(
     r"\b\d{1,4}[a-zA-Z]?,?\s+(?:[A-Z][a-z]+\s+){1,3}(?:Road|Street|Avenue|Lane|Drive|Close|Way|Crescent|"
     r"Place|Court|Terrace|Gardens|Grove|Square|Rd|St|Ave)\b\.?"
 )
+#: US post-office and rural-route boxes: "PO Box 988", "Rt. 3 Box 190", "RR 2, Box 14", "HC 61 Box 3".
+_BOX_ADDRESS = re.compile(r"\b(?:P\.?\s?O\.?\s?Box|Post\s+Office\s+Box|(?:R\.?\s?R\.?|Rte?\.?|Route|H\.?\s?C\.?|"
+                          r"Star\s+Route)\s*\d{1,4},?\s*Box)\s*#?\s*\d{1,6}\b", re.IGNORECASE)
+#: A street named by its ending, with its house number: "Nørrebrogade 88", "Hauptstraße 12/3/7", "Storgata 91".
+_NAMED_STREET_NUMBER = re.compile(
+    r"\b[A-Z][^\W\d_]*(?:stra(?:ss|ß)e|gasse|weg|allee|platz|vej|gade|gatan|gata|gate|veien|vegen|vägen|vagen|"
+    r"väg|vag|katu|kuja)\s+\d{1,4}[a-zA-Z]?(?:/\d{1,3}){0,3}\b")
+#: A day and month in figures without the year, where only a date can stand ("am 14.01.", "(21.6.)").
+_DAY_MONTH_FIGURES = re.compile(
+    r"(?:(?<=\()|(?<=\bam )|(?<=\bvom )|(?<=\bseit )|(?<=\bbis )|(?<=\bab )|(?<=\bzum )|(?<=\bden )|(?<=\bon )|"
+    r"(?<=\bsince )|(?<=\bfrom )|(?<=\buntil )|(?<=\bfra )|(?<=\btil )|(?<=\ble )|(?<=\bdu )|(?<=\bau ))"
+    r"(?:0?[1-9]|[12]\d|3[01])\.(?:0?[1-9]|1[0-2])\.(?!\d)")
 _DIGIT_RUN = re.compile(r"\d{6,}")
 _EPONYM_TERM = re.compile(
     r"\b[A-Z][a-z]+(?:[\-][A-Z][a-z]+)?(?:['’]s?[ \t\-]*|[ \t\-]+)"
@@ -373,8 +387,10 @@ class TextScrubber:
         self._replace_pattern(work, _US_ZIP, POSTCODE)
         self._claim_entities(work, [e for e in numbers if e.kind == PHONE_NUMBER], PHONE)
         self._replace_pattern(work, _STREET_ADDRESS, ADDRESS)
-        for pattern in self._place_patterns:
+        for pattern in self._place_patterns:  # declared first: a declared address is taken whole
             self._replace_pattern(work, pattern, ADDRESS)
+        self._replace_pattern(work, _BOX_ADDRESS, ADDRESS)
+        self._replace_pattern(work, _NAMED_STREET_NUMBER, ADDRESS)
         for pattern in self._institution_patterns:
             self._replace_pattern(work, pattern, INSTITUTION)
         for pattern in self._whole_name_patterns:
@@ -454,6 +470,7 @@ class TextScrubber:
         for kind, pattern in _DATE_PATTERNS:
             for match in list(pattern.finditer(work.view())):
                 work.claim(match.start(), match.end(), self._date_token(kind, match.groups()))
+        self._replace_pattern(work, _DAY_MONTH_FIGURES, DATE)
         self._replace_pattern(work, _WEEKDAY, "")
 
     def _replace_whole_dates(self, work: _Work) -> None:

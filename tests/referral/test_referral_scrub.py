@@ -67,6 +67,27 @@ def test_identifiers_are_replaced(scrubber, text, expected):
     assert scrubber.scrub(text) == expected
 
 
+@pytest.mark.parametrize("text,language,expected", [
+    ("prior address PO Box 988, then", "en", "prior address [ADDRESS], then"),
+    ("prior address Rt. 3 Box 190, then", "en", "prior address [ADDRESS], then"),
+    ("lives RR 2, Box 14 with", "en", "lives [ADDRESS] with"),
+    ("bor på Nørrebrogade 88, st.", "da", "bor på [ADDRESS], st."),
+    ("wohnt Hauptstraße 12/3/7 in", "de", "wohnt [ADDRESS] in"),
+    ("MRT am 14.01. und", "de", "MRT am [DATE] und"),
+    ("a fall on the steps (21.6.) with", "en", "a fall on the steps ([DATE]) with"),
+    ("CRP 1.5. Normal", "en", "CRP 1.5. Normal"),          # a value, not a date: no date word before it
+    ("MRT vom 9. Jänner 2025", "de", "MRT vom [2025-02-08]"),
+    ("appelé le lundi 17 mars", "fr", "appelé le [DATE]"),
+    ("Exam March 18: positive", "en", "Exam [DATE]: positive"),
+    ("libraire, rue de l'Arbalète, se plaint", "fr", "libraire, [ADDRESS], se plaint"),
+])
+def test_addresses_and_dates_written_as_other_countries_write_them(text, language, expected):
+    """Forms the development half showed missing: US post-office and rural-route boxes, a street named by its
+    ending with its house number, a day and month in figures after a date word, Austrian "Jänner", French and
+    Nordic weekdays, "Month DD:", a French street with two particles."""
+    assert TextScrubber(KNOWN, OFFSET, language=language).scrub(text) == expected
+
+
 CLINICAL = ("L4-L5 L5/S1 S1 C5/6 T12 VAS 7/10 3/5 power 10 weeks 8 kg 2.5 mg EHL 4/5 "
             "SLR 40 degrees 12 months Grade 2 listhesis")
 
