@@ -202,7 +202,8 @@ _ORG_HEAD = re.compile(
     r"group|services|insurance|versicherung|assurance|bank|club|sc|fc|church|kirche|église|eglise|mosque|temple|"
     r"practice|praxis|cabinet|surgery|cluster|authority|trust|foundation|stiftung|healthcare|health|medicine|"
     r"medical|care|pharmacy|apotheke|pharmacie|prison|jail|mine|factory|fabrik|hotel|restaurant|cafe|café|"
-    r"supermarket|store|stores|shop|markets?|farm|garage|airlines?|airways|railways?|police|army|navy|"
+    r"supermarket|store|stores|shop|markets?|farm|garage|airlines?|airways|railways?|police|army|navy|motors|"
+    r"industries|logistics|systems|technologies|solutions|partners|associates|"
     r"force|forces|team|league|building|house|tower|mall|plaza|park|lake|river|road|street|avenue|lane|"
     r"drive|way|close|crescent|terrace|gardens|square|estate|village|city|county|district|"
     r"sanatorium|ordination|hausarztpraxis|gemeinschaftspraxis|mvz|landesstelle|unfallkasse|krankenkasse|kasse|"
@@ -217,6 +218,11 @@ _PARTICLES = frozenset("of and for the & de du des la le al el bin von van der d
 _STATE_CODES = frozenset(
     "AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY NC ND "
     "OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY UK GB US USA UAE KSA NI".split())
+
+
+def is_org_head(word: str) -> bool:
+    """An organisation's head noun ("Center", "Hospitals", "Motors"): what names a place or firm, no eponym."""
+    return _ORG_HEAD.fullmatch(word.lower().rstrip(".")) is not None
 
 
 def _is_capitalised(token: _Token) -> bool:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from gateway.privacy.vocabulary import detect_language, is_curated_clinical, is_eponym
-from gateway.referral.allowlist import judge
+from gateway.referral.allowlist import is_org_head, judge
 from gateway.referral.clinical_terms import CLINICAL_NOUN_AFTER, CLINICAL_VALUE, is_clinical_word
 from gateway.referral.codes import NON_URGENT_FLAGS
 from gateway.referral.document import Referral, Urgency
@@ -417,6 +417,8 @@ class TextScrubber:
         """"Paget's disease", "Kemp's test", "Schmorl-Knötchen": an eponym with its clinical noun, not after a
         title ("Mrs Paget's test results" is the patient), and not a name the node holds that is no clinical word."""
         eponym = re.search(r"[A-Z][^\W\d_]+", match.group(0))
+        if eponym is not None and is_org_head(eponym.group(0)):
+            return False  # "Medical Center - Spine", "KIMS Hospitals Spine Centre": a firm's name, no eponym
         if eponym is not None and not is_eponym(eponym.group(0)):
             word = _fold_plain(eponym.group(0))
             if word in self._name_parts or (len(word) >= _FUZZY_MIN_LENGTH and any(
