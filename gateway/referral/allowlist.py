@@ -97,10 +97,12 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
             one is taken with it).
     """
     clusters = [(m.start(), m.end()) for m in _CLUSTER.finditer(view) if _cluster_is_identifier(view, m)]
-    clusters += [(m.start(), m.end()) for m in _ALNUM_CLUSTER.finditer(view)
-                 if sum(c.isdigit() for c in m.group(0)) >= 4 and re.search(r"[A-Z]", m.group(0))
-                 and not re.fullmatch(r"[A-Z]{1,5}[ \-]?\d{1,3}(?:[.,]\d)?/\d{1,3}", m.group(0))
-                 and not any(s <= m.start() < e for s, e in clusters)]
+    alphanumeric = [(m.start(), m.end()) for m in _ALNUM_CLUSTER.finditer(view)
+                    if sum(c.isdigit() for c in m.group(0)) >= 4 and re.search(r"[A-Z]", m.group(0))
+                    and not re.fullmatch(r"[A-Z]{1,5}[ \-]?\d{1,3}(?:[.,]\d)?/\d{1,3}", m.group(0))
+                    and not any(s <= m.start() < e for s, e in clusters)]
+    # a reference with its letters ("BR-25-00877") replaces the bare number cluster found inside it
+    clusters = [(s, e) for s, e in clusters if not any(a <= s and e <= b for a, b in alphanumeric)] + alphanumeric
     streets = [(m.start(), m.end()) for m in _ROAD.finditer(view) if not any(s <= m.start() < e for s, e in clusters)
                and not re.search(r"(?i:typ|type|grade|ao|class|classe|stadium|stage)\W*$",
                                  view[max(0, m.start() - 8):m.start()])]
@@ -118,6 +120,8 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
             verdict = _word_verdict(view, start, end, written, language)
         tokens.append(_Token(start, end, written, verdict))
     removed_already = [_Token(start, end, "X", "[MASKED]") for start, end in named]
+    # a number cluster removed here takes a letter prefix joined to it ("BR-25-00877", "SG/PI/2024/33871")
+    removed_already += [_Token(start, end, "0", "[CLUSTER]") for start, end in clusters]
     merged = sorted(tokens + removed_already, key=lambda t: t.start)
     _spread_over_names(view, merged)
     _remove_nicknames(view, tokens)

@@ -83,6 +83,8 @@ def test_identifiers_are_replaced(scrubber, text, expected):
     ("a retired General Motors line engineer", "en", "a retired [INSTITUTION] line engineer"),
     ("KIMS Hospitals Spine Centre on", "en", "[INSTITUTION] on"),  # a firm's head noun is no eponym
     ("Paget's disease, Kemp's test", "en", "Paget's disease, Kemp's test"),
+    ("solicitors' ref: SG/PI/2024/33871 and", "en", "solicitors' ref: [ID] and"),  # the letters go with the number
+    ("the claim BR-25-00877 requests", "en", "the claim [ID] requests"),
 ])
 def test_addresses_and_dates_written_as_other_countries_write_them(text, language, expected):
     """Forms the development half showed missing: US post-office and rural-route boxes, a street named by its
