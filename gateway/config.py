@@ -217,7 +217,7 @@ class HttpConfig(_Section):
     login_attempts_per_minute: int = Field(10, ge=1, le=1000)
     login_attempts_per_address_per_minute: int = Field(30, ge=1, le=10000)
     login_attempts_global_per_minute: int = Field(120, ge=1, le=100000)
-    password_hash_concurrency: int = Field(1, ge=1, le=16)  # one core stays free for DICOM and pages
+    password_hash_concurrency: int = Field(2, ge=1, le=16)
     password_hash_wait_s: SECONDS = Field(5.0, gt=0, le=60)
     request_header_timeout_s: SECONDS = Field(10.0, gt=0, le=300)
     request_body_timeout_s: SECONDS = Field(30.0, gt=0, le=3600)
