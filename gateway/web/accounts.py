@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -102,7 +103,9 @@ class PasswordChecks:
     def __init__(self, concurrency: int, wait_s: float) -> None:
         self.concurrency = concurrency
         self.wait_s = wait_s
-        self._slots = threading.BoundedSemaphore(concurrency)
+        self._free = concurrency
+        self._turns = threading.Condition()
+        self._first_waiting = 0  # checks from addresses with no wrong password this minute, waiting for a slot
         # argon2id runs its lanes in threads of its own, which take the nice value of the thread that starts
         # them: hashed in these threads, a flood's hashes give way to DICOM and pages (C-ECHO 0.8-1.7 s otherwise)
         self.hashing = ThreadPoolExecutor(concurrency, thread_name_prefix="password-check",
@@ -110,8 +113,10 @@ class PasswordChecks:
         self._addresses: set[str] = set()
         self._lock = threading.Lock()
 
-    def check(self, user: WebUser | None, password: str, address: str = "-") -> bool:
-        """:func:`check_password` in a slot.
+    def check(self, user: WebUser | None, password: str, address: str = "-", first: bool = False) -> bool:
+        """:func:`check_password` in a slot. ``first``: the address gave no wrong password lately (the login
+        limiter knows); its check takes the next free slot before those of addresses that did, so a sign-in
+        flood does not keep a legitimate user waiting past ``wait_s``.
 
         Raises:
             PasswordCheckBusy: ``address`` has a check running or waiting, or no slot came free within ``wait_s``.
@@ -121,15 +126,35 @@ class PasswordChecks:
                 raise PasswordCheckBusy("a password check from this address is under way")
             self._addresses.add(address)
         try:
-            if not self._slots.acquire(timeout=self.wait_s):
+            if not self._take_slot(first):
                 raise PasswordCheckBusy(f"no password check slot free within {self.wait_s:g} s")
             try:
                 return self.hashing.submit(check_password, user, password).result()
             finally:
-                self._slots.release()
+                self._give_back_slot()
         finally:
             with self._lock:
                 self._addresses.discard(address)
+
+    def _take_slot(self, first: bool) -> bool:
+        deadline = time.monotonic() + self.wait_s
+        with self._turns:
+            self._first_waiting += first
+            try:
+                while self._free == 0 or (not first and self._first_waiting > 0):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._turns.wait(remaining)
+                self._free -= 1
+                return True
+            finally:
+                self._first_waiting -= first
+
+    def _give_back_slot(self) -> None:
+        with self._turns:
+            self._free += 1
+            self._turns.notify_all()
 
 
 def add_user(config: GatewayConfig, name: str, role: str, password: str, *, source: str | None = None,

@@ -144,6 +144,11 @@ class LoginLimiter:
                     and (self.clock() - self._wrong_by_address.get(address, -2 * WINDOW_S) > WINDOW_S
                          or len(self._recent(self._everyone)) < self.global_per_minute))
 
+    def suspect(self, address: str) -> bool:
+        """``address`` gave a wrong password within the last minute."""
+        with self._lock:
+            return self.clock() - self._wrong_by_address.get(address, -2 * WINDOW_S) <= WINDOW_S
+
     def wrong_password(self, address: str) -> None:
         """An admitted attempt from ``address`` gave a wrong password: the global limit applies to it now."""
         with self._lock:

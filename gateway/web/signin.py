@@ -48,7 +48,8 @@ def login(page: Page) -> Response:
         return response
     user = WebUser.get_or_none(WebUser.name == name)
     try:
-        correct = len(password) <= MAX_PASSWORD_CHARS and page.portal.passwords.check(user, password, page.address)
+        correct = len(password) <= MAX_PASSWORD_CHARS and page.portal.passwords.check(
+            user, password, page.address, first=not page.portal.limiter.suspect(page.address))
     except PasswordCheckBusy:
         page.audit("web_login", outcome="refused", detail=f"user {name}: password checks busy")
         response = page.render("login.html", status=503, title="Sign in", name=name, next=_next(page),

@@ -55,6 +55,46 @@ def test_password_checks_hash_at_the_lowest_cpu_priority_one_per_address(databas
 
 
 @pytest.mark.slow  # argon2 hashes at full cost: 3 s
+def test_a_clean_address_takes_the_next_password_slot_before_a_suspect_one(database):
+    """During a sign-in flood, a check from an address that gave no wrong password lately (``first``) is served
+    before the flood's waiting checks, whichever came first."""
+    import threading
+    import time
+
+    user = add_user(CONFIG, "desk", "referrer", "long enough password", source="st-marys")
+    checks = accounts.PasswordChecks(concurrency=1, wait_s=30)
+    release = threading.Event()
+    checks.hashing.submit(release.wait, 30)  # the one hashing thread busy: the slot's holder waits behind it
+    done: dict[str, float] = {}
+
+    def sign_in(address: str, first: bool) -> None:
+        checks.check(user, "wrong password!", address, first=first)
+        done[address] = time.monotonic()
+
+    holder = threading.Thread(target=sign_in, args=("10.0.0.1", False))
+    holder.start()
+    _wait_for(lambda: checks._free == 0)
+    flood = threading.Thread(target=sign_in, args=("10.0.0.2", False))
+    flood.start()
+    time.sleep(0.2)  # the flood's check is waiting first
+    clean = threading.Thread(target=sign_in, args=("10.0.0.3", True))
+    clean.start()
+    _wait_for(lambda: checks._first_waiting == 1)
+    release.set()
+    for thread in (holder, flood, clean):
+        thread.join(60)
+    assert done["10.0.0.3"] < done["10.0.0.2"], "the clean address waited behind the flood"
+
+
+def _wait_for(condition, seconds: float = 10) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
 def test_accounts_are_checked_hashed_and_disabled(database):
     with pytest.raises(AccountError, match="--source"):
         add_user(CONFIG, "x", "referrer", "long enough password")
