@@ -191,12 +191,21 @@ class DcmtkStoreSCP:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> DcmtkStoreSCP:
-        self.proc = subprocess.Popen(
-            [str(DCMTK / "storescp"), "-aet", self.ae_title, "-od", str(self.out_dir), *self.extra_args,
-             str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **NODELAY_ENV})
-        wait_until(lambda: echo_ok("127.0.0.1", self.port, "PROBE", self.ae_title), 20, "storescp")
-        return self
+        """Start storescp; if it exits at once (its port was taken between choosing and binding it, as under
+        a busy suite), again on another free port, three times at most."""
+        for _ in range(3):
+            self.proc = subprocess.Popen(
+                [str(DCMTK / "storescp"), "-aet", self.ae_title, "-od", str(self.out_dir), *self.extra_args,
+                 str(self.port)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **NODELAY_ENV})
+            proc = self.proc
+            wait_until(lambda proc=proc: proc.poll() is not None
+                       or echo_ok("127.0.0.1", self.port, "PROBE", self.ae_title), 20, "storescp")
+            if proc.poll() is None:
+                return self
+            self.proc = None
+            self.port = free_port()
+        raise PeerStartError("storescp exited at start three times")
 
     def stop(self) -> None:
         if self.proc is not None:
