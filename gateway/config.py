@@ -320,6 +320,34 @@ class QuarantineConfig(_Section):
     max_objects_per_peer: int = Field(1000, ge=0)
 
 
+class AtnaConfig(_Section):
+    """Audit messages (DICOM PS3.15 A.5, IHE ATNA) for the hospital's audit record repository: every row of
+    the audit trail, sent as RFC 5424 syslog over TLS (RFC 5425) or UDP (RFC 5426). Rows wait in the database
+    while the collector is down and go in order when it is back."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(6514, ge=1, le=65535)
+    transport: Literal["tls", "udp"] = "tls"
+    ca_file: Path | None = None  # the collector's CA (TLS: required)
+    cert_file: Path | None = None  # the node's client certificate, when the collector asks for one
+    key_file: Path | None = None
+    audit_source_id: str | None = Field(None, max_length=64)  # default: the node's AE title
+    enterprise_site_id: str | None = Field(None, max_length=64)
+    interval_s: SECONDS = Field(5.0, gt=0)
+    batch: int = Field(200, ge=1, le=10000)
+    timeout_s: SECONDS = Field(10.0, gt=0, le=300)
+    from_start: bool = False  # first run: send the whole audit trail (default: from the first run on)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> AtnaConfig:
+        if self.enabled and self.transport == "tls" and self.ca_file is None:
+            raise ValueError("ca_file is required when transport is tls (a collector is never trusted blind)")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
 class RetentionConfig(_Section):
     """How long originals stay in the spool once the report is home."""
 
@@ -339,6 +367,7 @@ class GatewayConfig(_Section):
     routing: RoutingConfig = RoutingConfig()
     retention: RetentionConfig = RetentionConfig()
     quarantine: QuarantineConfig = QuarantineConfig()
+    atna: AtnaConfig = AtnaConfig()
     sources: list[SourceConfig] = Field(default_factory=list)
     reviewers: list[ReviewerConfig] = Field(default_factory=list)
 
