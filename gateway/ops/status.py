@@ -10,7 +10,7 @@ from typing import Any
 
 import peewee
 
-from gateway.storage.models import Instance, QuarantinedObject, Study, db
+from gateway.storage.models import AuditEvent, ExportCursor, Instance, QuarantinedObject, Study, db
 
 
 def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, Any]:
@@ -32,6 +32,7 @@ def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, 
         total_bytes = Instance.select(peewee.fn.COALESCE(peewee.fn.SUM(Instance.size), 0)).scalar()
         quarantined = QuarantinedObject.select().count()
         attention = needs_attention()
+        audit_export = audit_export_status()
         recent = [
             {"study": key, "state": state, "instances": count, "last_received_at": last.isoformat() + "Z"}
             for key, state, count, last in (
@@ -52,9 +53,21 @@ def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, 
         "quarantined": quarantined,
         "recent_studies": recent,
         "needs_attention": attention,
+        "audit_export": audit_export,
         "spool": {"path": str(spool_dir), "free_bytes": disk.free if disk else None,
                   "total_bytes": disk.total if disk else None},
     }
+
+
+def audit_export_status() -> dict[str, Any] | None:
+    """How far the audit messages (ATNA) reached the collector: rows waiting, sent, the last error; None
+    when the export never ran."""
+    cursor = ExportCursor.get_or_none(ExportCursor.name == "atna")
+    if cursor is None:
+        return None
+    waiting = AuditEvent.select().where(AuditEvent.id > cursor.last_id).count()
+    return {"waiting": waiting, "sent": cursor.sent, "last_sent_at": _iso(cursor.last_sent_at),
+            "last_error": cursor.last_error}
 
 
 ATTENTION_LIMIT = 50
@@ -117,6 +130,11 @@ def render_status(snapshot: dict[str, Any], console: Any) -> None:
     free = spool["free_bytes"]
     console.print(f"spool {spool['path']}: {snapshot['stored_bytes'] / 1e6:.1f} MB stored, "
                   f"{(free or 0) / 1e9:.1f} GB free")
+    export = snapshot.get("audit_export")
+    if export is not None:
+        state = f"collector FAILING: {export['last_error']}" if export["last_error"] else "collector ok"
+        console.print(f"audit messages (ATNA): {export['waiting']} waiting, {export['sent']} sent, "
+                      f"last {export['last_sent_at'] or 'never'}; {state}")
     health = snapshot.get("health") or {}
     if health.get("status") == "ok":
         console.print("health: ok (the spool and the database take a write)")

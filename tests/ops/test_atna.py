@@ -180,8 +180,11 @@ def test_a_collector_down_for_a_while_gets_every_message_in_order_when_it_is_bac
             paths = write_demo_study(copy, instances=2, rows=64, cols=64, seed=n + 1)
             assert storescu("127.0.0.1", node.port, paths, calling="STMARYS_PACS").returncode == 0
         wait_until(lambda: _audit_rows(node) >= 4 and _cursor_error(node), 30, "a failed send recorded")
+        down = node.status()["audit_export"]
+        assert down["waiting"] >= 4 and "Connection refused" in down["last_error"]
         collector.start()
         wait_until(lambda: len(collector.received()) >= _audit_rows(node), 60, "every waiting message")
+        wait_until(lambda: node.status()["audit_export"]["last_error"] is None, 30, "the export's error cleared")
     finally:
         node.stop()
         collector.stop()
