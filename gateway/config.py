@@ -12,8 +12,8 @@ Sources, in order of precedence (later wins):
 init values, the environment it is given, the file), so a test's dict environment is read without touching
 ``os.environ``. Every model refuses unknown keys, so a misspelt key is an error naming the key and the file
 (and the variable, when the environment set it), never silently ignored: that holds for a prefixed variable
-naming no section too, which pydantic-settings alone would ignore. ``config/gateway.yaml`` documents every option next to its default, and a test checks
-that it lists every field of these models.
+naming no section too, which pydantic-settings alone would ignore. ``config/gateway.yaml`` documents every
+option next to its default, and a test checks that it lists every field of these models.
 """
 
 from __future__ import annotations
