@@ -10,7 +10,7 @@ from typing import Any
 
 import peewee
 
-from gateway.storage.models import AuditEvent, ExportCursor, Instance, QuarantinedObject, Study, db
+from gateway.storage.models import AuditEvent, ExportCursor, Instance, QuarantinedObject, Study, db, tuple_rows
 
 
 def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, Any]:
@@ -25,20 +25,19 @@ def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, 
     with db.connection_context():
         routing = routing_snapshot(reviewers)
         reports = reports_snapshot()
-        studies = {state: count for state, count in
-                   Study.select(Study.state, peewee.fn.COUNT(Study.id)).group_by(Study.state).tuples()}
-        instances = {state: count for state, count in
-                     Instance.select(Instance.state, peewee.fn.COUNT(Instance.id)).group_by(Instance.state).tuples()}
+        studies = dict(tuple_rows(Study.select(Study.state, peewee.fn.COUNT(Study.id)).group_by(Study.state)))
+        instances = dict(tuple_rows(
+            Instance.select(Instance.state, peewee.fn.COUNT(Instance.id)).group_by(Instance.state)))
         total_bytes = Instance.select(peewee.fn.COALESCE(peewee.fn.SUM(Instance.size), 0)).scalar()
         quarantined = QuarantinedObject.select().count()
         attention = needs_attention()
         audit_export = audit_export_status()
         recent = [
             {"study": key, "state": state, "instances": count, "last_received_at": last.isoformat() + "Z"}
-            for key, state, count, last in (
+            for key, state, count, last in tuple_rows(
                 Study.select(Study.key, Study.state, peewee.fn.COUNT(Instance.id), Study.last_received_at)
                 .join(Instance, peewee.JOIN.LEFT_OUTER).group_by(Study.id)
-                .order_by(Study.last_received_at.desc()).limit(20).tuples())
+                .order_by(Study.last_received_at.desc()).limit(20))
         ]
     disk = shutil.disk_usage(spool_dir) if Path(spool_dir).exists() else None
     return {
@@ -199,7 +198,7 @@ def lookup_cases(*, accession: str | None = None, referral_id: int | None = None
     with db.connection_context():
         if referral_id is not None:
             referrals = list(Referral.select().where(Referral.id == referral_id))
-            studies = [r.study for r in referrals if r.study_id is not None]
+            studies = [r.study for r in referrals if r.study is not None]
         else:
             referrals = list(Referral.select().where(Referral.accession_number == accession))
             ids = {row.study_id for model in (StudyMatchKeys, StudyIdentity)
@@ -235,7 +234,7 @@ def _case_entry(study: Study | None, referral: Any) -> dict[str, Any]:
                              "first_received_at": None, "state_changed_at": None, "report_delivered_at": None}
     if study is not None:
         entry.update({"case": study.key, "state": study.state, "reason": study.state_reason or study.hold_reason,
-                      "reviewer": study.reviewer, "source": study.source.name if study.source_id else None,
+                      "reviewer": study.reviewer, "source": study.source.name if study.source is not None else None,
                       "accession_number": _accession_of(study) or entry["accession_number"],
                       "first_received_at": _iso(study.first_received_at),
                       "state_changed_at": _iso(study.state_changed_at),

@@ -28,9 +28,10 @@ import datetime as dt
 import hashlib
 import hmac
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -138,8 +139,13 @@ class TextRestorer:
 
     def restore(self, text: str) -> str:
         for pattern, replacement in self._pairs:
-            text = pattern.sub(lambda _match, value=replacement: value, text)
+            text = pattern.sub(_as_it_is(replacement), text)
         return text
+
+
+def _as_it_is(value: str) -> Callable[[re.Match[str]], str]:
+    """A ``re.sub`` replacement that inserts ``value`` unchanged (a string replacement would read its backslashes)."""
+    return lambda _match: value
 
 
 def _date_forms(yyyymmdd: str) -> list[str]:
@@ -151,7 +157,7 @@ def _same_form(form: str, shifted: str, original: str) -> str:
     return _date_forms(original)[_date_forms(shifted).index(form)]
 
 
-def walk(dataset: Dataset, path: str = "") -> Iterator[tuple[str, Dataset, object]]:
+def walk(dataset: Dataset, path: str = "") -> Iterator[tuple[str, Dataset, DataElement]]:
     """Every data element of ``dataset`` and its sequences, depth first, with its path (keywords only)."""
     for elem in list(dataset):
         here = f"{path}{elem.keyword or elem.tag}"

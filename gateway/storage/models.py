@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import peewee
@@ -41,6 +42,12 @@ db = DatabaseProxy()
 def utcnow() -> dt.datetime:
     """Naive UTC timestamps everywhere in the database (SQLite has no time zones)."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def tuple_rows(query: peewee.BaseQuery) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``query`` as plain tuples (``query.tuples()``), said once here: peewee's stubs type iterating
+    any model query as its model instances ("Study object is not iterable"), which is wrong after ``tuples()``."""
+    return cast("Iterator[tuple[Any, ...]]", iter(query.tuples()))
 
 
 def new_study_key() -> str:
