@@ -140,12 +140,33 @@ class LoggingConfig(_Section):
     backups: int = Field(10, ge=0)
 
 
+class PeerTLSConfig(_Section):
+    """TLS on the associations the gateway opens to one peer (PS3.15 B.1; TLS 1.2 or later). A peer with
+    ``enabled`` is only ever contacted through TLS: its certificate must be signed by ``ca_file`` and name
+    ``server_name`` (default: the peer's host); the gateway's own certificate is offered when given."""
+
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _files(self) -> PeerTLSConfig:
+        if self.enabled and self.ca_file is None:
+            raise ValueError("ca_file is required when enabled is true (a peer is never trusted blind)")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
 class DicomPeer(_Section):
     """An application entity the gateway connects to."""
 
     ae_title: AETitle
     host: str
     port: int = Field(ge=1, le=65535)
+    tls: PeerTLSConfig = PeerTLSConfig()
 
 
 class SourceConfig(_Section):
@@ -193,6 +214,7 @@ class ReviewerConfig(_Section):
     # The reviewer answers C-FIND (Study Root, IMAGE level): after an interrupted delivery the node asks which
     # objects it already has and sends only the others (exactly once); without it they are sent again.
     query: bool = False
+    tls: PeerTLSConfig = PeerTLSConfig()  # the associations the gateway opens to this reviewer
 
     @field_validator("hours")
     @classmethod

@@ -174,25 +174,28 @@ def cmd_check_config(args: argparse.Namespace, config: GatewayConfig) -> int:
     return EXIT_OK
 
 
-def _echo_target(peer: str, config: GatewayConfig, called_ae: str | None) -> tuple[str, str, int]:
+def _echo_target(peer: str, config: GatewayConfig, called_ae: str | None) -> tuple[str, str, int, Any]:
+    """The peer's AE title, host, port and TLS arguments (a configured peer's TLS is used as the node uses it)."""
+    from gateway.dicom.tls import tls_args
+
     for reviewer in config.reviewers:
         if reviewer.name == peer:
-            return reviewer.ae_title, reviewer.host, reviewer.port
+            return reviewer.ae_title, reviewer.host, reviewer.port, tls_args(reviewer)
     for source in config.sources:
         if source.name == peer and source.return_ is not None:
-            return source.return_.ae_title, source.return_.host, source.return_.port
+            return source.return_.ae_title, source.return_.host, source.return_.port, tls_args(source.return_)
     host, sep, port = peer.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise UsageError(f"unknown peer {peer!r}: give a reviewer or source name, or HOST:PORT")
-    return called_ae or "ANY-SCP", host, int(port)
+    return called_ae or "ANY-SCP", host, int(port), None
 
 
 def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.dicom.echo import echo
 
     configure_logging(config, to_file=False)
-    ae_title, host, port = _echo_target(args.peer, config, args.called_ae)
-    result = echo(config.node.ae_title, ae_title, host, port, args.timeout)
+    ae_title, host, port, tls = _echo_target(args.peer, config, args.called_ae)
+    result = echo(config.node.ae_title, ae_title, host, port, args.timeout, tls)
     print(f"{args.peer}: {result.message} ({result.duration_ms} ms)")
     return EXIT_OK if result.ok else EXIT_FAILED
 

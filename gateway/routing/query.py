@@ -15,6 +15,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
 from gateway.config import NodeConfig, ReviewerConfig
+from gateway.dicom.net import NODELAY_HANDLER
+from gateway.dicom.tls import tls_args
 
 log = structlog.get_logger("routing.query")
 
@@ -30,7 +32,8 @@ def instances_held(node: NodeConfig, reviewer: ReviewerConfig, study_uid: str) -
                                                              node.network_timeout_s)
     ae.connection_timeout = node.acse_timeout_s
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate(reviewer.host, reviewer.port, ae_title=reviewer.ae_title)
+    assoc = ae.associate(reviewer.host, reviewer.port, ae_title=reviewer.ae_title, evt_handlers=[NODELAY_HANDLER],
+                         tls_args=tls_args(reviewer))
     if not assoc.is_established:
         log.warning("reviewer_query_failed", reviewer=reviewer.name, reason="no association")
         return None

@@ -52,6 +52,7 @@ from pynetdicom.association import Association
 from gateway.config import DicomPeer, NodeConfig, RetryConfig, ReviewerConfig
 from gateway.dicom.net import NODELAY_HANDLER, DirectStores
 from gateway.dicom.rawedit import file_meta_end_and_syntax, fits_charset, text_element_edit, with_text_element
+from gateway.dicom.tls import tls_args
 from gateway.routing.errors import RoutingError
 from gateway.storage import cases, wakeup
 from gateway.storage.models import CaseState, Delivery, OutboundObject, Study, db, utcnow
@@ -194,7 +195,8 @@ def _associate(node: NodeConfig, peer: ReviewerConfig | DicomPeer,
     ae.maximum_pdu_size = node.max_pdu_bytes
     for sop_class, syntaxes in contexts.items():
         ae.add_requested_context(sop_class, syntaxes)
-    return ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[NODELAY_HANDLER])
+    return ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[NODELAY_HANDLER],
+                        tls_args=tls_args(peer))
 
 
 _SEND_ERRORS = (OSError, ValueError, RuntimeError, AttributeError, NotImplementedError, InvalidDicomError)

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import structlog
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, PeerTLSConfig
 from gateway.dicom.echo import EchoResult, echo
+from gateway.dicom.tls import tls_args
 from gateway.storage.models import PeerHealth
 
 log = structlog.get_logger("routing.health")
@@ -28,12 +29,13 @@ class Peer:
     ae_title: str
     host: str
     port: int
+    tls: PeerTLSConfig = PeerTLSConfig()
 
 
 def configured_peers(config: GatewayConfig) -> list[Peer]:
     """Every reviewer, and every source that has a return address."""
-    peers = [Peer(f"reviewer:{r.name}", r.ae_title, r.host, r.port) for r in config.reviewers]
-    peers += [Peer(f"source:{s.name}", s.return_.ae_title, s.return_.host, s.return_.port)
+    peers = [Peer(f"reviewer:{r.name}", r.ae_title, r.host, r.port, r.tls) for r in config.reviewers]
+    peers += [Peer(f"source:{s.name}", s.return_.ae_title, s.return_.host, s.return_.port, s.return_.tls)
               for s in config.sources if s.return_ is not None]
     return peers
 
@@ -73,7 +75,7 @@ class HealthStage:
 
     def check(self, peer: Peer, now: dt.datetime) -> bool:
         """One C-ECHO; True when the peer's state changed."""
-        result = self.echo(self.own_ae_title, peer.ae_title, peer.host, peer.port, ECHO_TIMEOUT_S)
+        result = self.echo(self.own_ae_title, peer.ae_title, peer.host, peer.port, ECHO_TIMEOUT_S, tls_args(peer))
         change = record_health(peer, result, now)
         if change is None:
             return False

@@ -59,10 +59,12 @@ def stopped_unless_up(stop: Callable[[], None]) -> Iterator[None]:
         raise
 
 
-def echo_ok(host: str, port: int, calling: str, called: str, timeout: float = 3.0) -> bool:
-    """One C-ECHO with DCMTK's echoscu: True on success."""
+def echo_ok(host: str, port: int, calling: str, called: str, timeout: float = 3.0,
+            extra_args: list[str] | None = None) -> bool:
+    """One C-ECHO with DCMTK's echoscu (``extra_args``: e.g. its TLS options): True on success."""
     result = subprocess.run(
-        [str(DCMTK / "echoscu"), "-aet", calling, "-aec", called, "-to", str(int(timeout)), host, str(port)],
+        [str(DCMTK / "echoscu"), "-aet", calling, "-aec", called, "-to", str(int(timeout)), *(extra_args or []),
+         host, str(port)],
         capture_output=True, env={**os.environ, **NODELAY_ENV}, timeout=timeout + 5)
     return result.returncode == 0
 
@@ -196,26 +198,35 @@ def storescu(host: str, port: int, paths: list[Path] | Path, *, calling: str, ca
 class DcmtkStoreSCP:
     """DCMTK storescp writing what it receives into ``out_dir``."""
 
-    def __init__(self, workdir: Path, ae_title: str = "STORESCP", extra_args: list[str] | None = None) -> None:
+    def __init__(self, workdir: Path, ae_title: str = "STORESCP", extra_args: list[str] | None = None,
+                 probe_args: list[str] | None = None) -> None:
         self.out_dir = Path(workdir) / "received"
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.ae_title = ae_title
         self.port = free_port()
         self.extra_args = extra_args or []
+        self.probe_args = probe_args or []  # echoscu's options for the start probe (TLS: its own +tls ...)
+        self.log_path = Path(workdir) / "storescp.log"
         self.proc: subprocess.Popen | None = None
+
+    def log_text(self) -> str:
+        """What storescp printed (with ``-v`` in ``extra_args``: every association and its calling AE)."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def start(self) -> DcmtkStoreSCP:
         """Start storescp; if it exits at once (its port was taken between choosing and binding it, as under
         a busy suite), again on another free port, three times at most."""
         for _ in range(3):
-            self.proc = subprocess.Popen(
-                [str(DCMTK / "storescp"), "-aet", self.ae_title, "-od", str(self.out_dir), *self.extra_args,
-                 str(self.port)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **NODELAY_ENV})
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    [str(DCMTK / "storescp"), "-aet", self.ae_title, "-od", str(self.out_dir), *self.extra_args,
+                     str(self.port)],
+                    stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **NODELAY_ENV})
             proc = self.proc
             with stopped_unless_up(self.stop):
                 wait_until(lambda proc=proc: proc.poll() is not None
-                           or echo_ok("127.0.0.1", self.port, "PROBE", self.ae_title), 20, "storescp")
+                           or echo_ok("127.0.0.1", self.port, "PROBE", self.ae_title,
+                                      extra_args=self.probe_args), 20, "storescp")
             if proc.poll() is None:
                 return self
             self.proc = None
