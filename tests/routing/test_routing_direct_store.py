@@ -27,6 +27,8 @@ from routing_db import add_outbound, db, make_case, storescp  # noqa: F401 - fix
 from support.dicomfiles import dataset_bytes, sop_instance_uid
 from support.peers import DcmtkStoreSCP
 
+pytestmark = pytest.mark.dicom_e2e  # run a second time with the pynetdicom hooks off (make test-hooks-off)
+
 REASON = "Low back pain; query L5 root"
 MR = "1.2.840.10008.5.1.4.1.1.4"
 

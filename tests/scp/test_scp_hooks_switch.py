@@ -38,6 +38,8 @@ from support.dicomfiles import dataset_bytes, sop_instance_uid, spool_index
 from support.peers import GatewayProcess, free_port, storescu, wait_until
 from support.scu import associate
 
+pytestmark = pytest.mark.dicom_e2e  # run a second time with the pynetdicom hooks off (make test-hooks-off)
+
 
 @pytest.mark.parametrize(("value", "on"), [(None, True), ("on", True), ("off", False), (" OFF ", False)])
 def test_the_switch_reads_on_or_off(value, on):
