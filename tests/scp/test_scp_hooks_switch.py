@@ -22,6 +22,7 @@ from gateway.dicom.net import (
     DOCUMENTED_SETTINGS,
     HOOKS_SWITCH,
     _ReactorClock,
+    apply_documented_settings,
     fast_paths_installed,
     hooks_switched_on,
     send_msg_store_responses_directly,
@@ -67,6 +68,19 @@ def test_the_hooks_are_in_this_process_exactly_when_the_switch_is_on(pynetdicom_
     assert hooked == [on] * len(hooked)
     for name, value in DOCUMENTED_SETTINGS.items():
         assert getattr(pynetdicom._config, name) == value, name
+
+
+def test_a_documented_setting_this_pynetdicom_lacks_or_types_otherwise_is_left_alone(monkeypatch):
+    """The documented settings' fallback: one removed (or of another type) in some future pynetdicom is not
+    created or overwritten; pynetdicom's own default holds, and the others are still set."""
+    monkeypatch.delattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET")
+    monkeypatch.setattr(pynetdicom._config, "LOG_HANDLER_LEVEL", 10)
+    assert apply_documented_settings() == []
+    assert not hasattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET")
+    assert pynetdicom._config.LOG_HANDLER_LEVEL == 10
+    monkeypatch.setattr(pynetdicom._config, "LOG_HANDLER_LEVEL", "standard")
+    assert apply_documented_settings() == ["LOG_HANDLER_LEVEL"]
+    assert pynetdicom._config.LOG_HANDLER_LEVEL == "none"
 
 
 @pytest.fixture
