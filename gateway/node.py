@@ -78,6 +78,7 @@ class GatewayNode:
         self._stop = threading.Event()
 
     def start(self) -> None:
+        install_fast_paths()  # pynetdicom's hooks, checked first: stock pynetdicom (and one warning) otherwise
         open_database(self.config.storage.database, max_connections=self.config.node.max_associations + 8)
         sync_sources([(s.name, s.ae_title) for s in self.config.sources])
         cases.set_node_identity(self.identity, self.config.routing.claim_lease_s)
@@ -104,7 +105,6 @@ class GatewayNode:
         threading.Thread(target=_warm_up, name="notes-warm-up", daemon=True).start()
         handlers = node_handlers(self.config, self.spool, self.identity, self._association_slots())
         self._start_listeners()  # before the SCP: whoever sees the DICOM port answer finds HTTP up too
-        install_fast_paths()  # pynetdicom's hooks, checked first: stock pynetdicom (and one warning) otherwise
         self.server = start_scp(self.config.node, handlers)
         self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)
         self._notes_workers()  # started by the first case's notes (gateway.budget): no memory until needed

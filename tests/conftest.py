@@ -9,7 +9,7 @@ import pytest
 from pydicom import config as pydicom_config
 
 from gateway.demo import write_demo_study
-from gateway.dicom.net import install_fast_paths
+from gateway.dicom.net import HOOKS_SWITCH, hooks_switched_on, install_fast_paths
 from support.peers import GatewayProcess, PostgresCluster
 
 
@@ -25,10 +25,23 @@ def strict_dicom():
 @pytest.fixture(scope="session", autouse=True)
 def pynetdicom_hooks():
     """The gateway's pynetdicom hooks, as a node installs them when it starts; in-process SCPs and SCUs of the
-    tests run with them. Installing them must succeed on the pinned pynetdicom."""
+    tests run with them. Installing them must succeed on the pinned pynetdicom; with
+    ``SPINE_GATEWAY_PYNETDICOM_HOOKS=off`` (the hooks-off run of ``make test``) they must not be installed, here
+    or in the nodes the tests start (which inherit the variable), so that run cannot silently run hooked."""
     installed = install_fast_paths()
-    assert installed.installed, f"pynetdicom hooks not installed: {installed}"
+    if hooks_switched_on():
+        assert installed.installed, f"pynetdicom hooks not installed: {installed}"
+    else:
+        assert not installed.installed and installed.switched_off, f"pynetdicom hooks installed: {installed}"
     return installed
+
+
+@pytest.fixture
+def hooks_on(pynetdicom_hooks):
+    """For a test of the hooks themselves: skipped in the hooks-off run."""
+    if not pynetdicom_hooks.installed:
+        pytest.skip(f"pynetdicom hooks switched off ({HOOKS_SWITCH}=off)")
+    return pynetdicom_hooks
 
 
 @pytest.fixture(scope="session")

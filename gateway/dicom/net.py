@@ -10,13 +10,14 @@ import os
 import queue
 import select
 import socket
+import socketserver
 import ssl
 import struct
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from gateway.dicom.command import encode_command_set, store_request_values, store_response_command
 from gateway.dicom.filemeta import part10_header
+from gateway.errors import ConfigError
 
 log = structlog.get_logger("dicomnet")
 
@@ -889,14 +891,33 @@ def copy_contexts_cheaply(server: Any) -> None:
 
 SUPPORTED_PYNETDICOM = ("3.0.4",)  # the versions whose internals the hooks below were written against and tested on
 
+# ``off`` turns every hook off for the process (and, inherited, for the nodes and receiving processes it starts):
+# the path a pynetdicom upgrade takes, which ``make test`` runs the DICOM end-to-end tests on a second time.
+HOOKS_SWITCH = "SPINE_GATEWAY_PYNETDICOM_HOOKS"
+_SWITCH_VALUES = {"on": True, "off": False}
+
+# pynetdicom's documented configuration (``pynetdicom._config``, "Configuration Options" in its API reference),
+# set on every version that has it, hooks on or off: not internals, so an upgrade keeps them.
+DOCUMENTED_SETTINGS: dict[str, object] = {
+    # Its per-PDU and per-message log handlers format every PDU and command set for DEBUG and INFO lines that
+    # the gateway keeps at WARNING anyway (``gateway.ops.logs``): a tenth of a bare association's time.
+    "LOG_HANDLER_LEVEL": "none",
+    # send_c_store(path) sends the file's data set bytes as stored instead of decoding and re-encoding them (a
+    # delivery sends a path only over a context that accepted the file's own transfer syntax). Without it, the
+    # file is decoded and sent encoded again in the same syntax: slower, same data.
+    "STORE_SEND_CHUNKED_DATASET": True,
+}
+
 
 @dataclass(frozen=True)
 class FastPaths:
-    """What ``install_fast_paths`` found: whether the hooks are in effect, and if not, why."""
+    """What ``install_fast_paths`` found: whether the hooks are in effect, and if not, why (``missing``: the
+    pynetdicom attributes not as the hooks expect; ``switched_off``: ``SPINE_GATEWAY_PYNETDICOM_HOOKS=off``)."""
 
     installed: bool
     version: str
     missing: tuple[str, ...] = ()
+    switched_off: bool = False
 
 
 _installed: FastPaths | None = None
@@ -915,8 +936,14 @@ def install_fast_paths() -> FastPaths:
     keeps at WARNING anyway, ``gateway.ops.logs``: a tenth of a bare association's time); and each association
     is tuned when its connection opens (``tune_association``), a requestor's ready for a delivery's C-STOREs
     to go straight to its socket (``DirectStores``); and an SCP's contexts are copied for each association
-    without validating every UID again (``copy_contexts_cheaply``). Stock pynetdicom is slower, never wrong.
+    without validating every UID again (``copy_contexts_cheaply``); an SCP's server is registered with its AE
+    as ``AE.start_server`` does (``register_server``). Stock pynetdicom is slower, never wrong: every caller
+    asks ``fast_paths_installed`` (or a function here that does) before relying on a hook. The documented
+    settings (``DOCUMENTED_SETTINGS``) are set in either case.
     Call it when the node starts (``GatewayNode.start``) and wherever else associations should be fast.
+
+    Raises:
+        ConfigError: ``SPINE_GATEWAY_PYNETDICOM_HOOKS`` is set to neither ``on`` nor ``off``.
     """
     global _installed
     with _install_lock:
@@ -926,11 +953,30 @@ def install_fast_paths() -> FastPaths:
 
 
 def fast_paths_installed() -> bool:
+    """Whether the hooks are in effect in this process (``install_fast_paths`` ran, and found them right)."""
     return _installed is not None and _installed.installed
 
 
+def hooks_switched_on(environ: Mapping[str, str] | None = None) -> bool:
+    """``SPINE_GATEWAY_PYNETDICOM_HOOKS``: ``on`` (or unset) lets the hooks be installed, ``off`` keeps pynetdicom
+    stock. Any other value is refused rather than guessed (a misspelt ``off`` must not run hooked).
+
+    Raises:
+        ConfigError: the variable holds another value.
+    """
+    value = (os.environ if environ is None else environ).get(HOOKS_SWITCH, "on").strip().lower()
+    if value not in _SWITCH_VALUES:
+        raise ConfigError(f"{HOOKS_SWITCH}={value!r}: expected 'on' or 'off'")
+    return _SWITCH_VALUES[value]
+
+
 def _check_and_install() -> FastPaths:
+    apply_documented_settings()
     version = str(getattr(pynetdicom, "__version__", "unknown"))
+    if not hooks_switched_on():
+        log.warning("pynetdicom_hooks_not_installed", version=version, reason=f"{HOOKS_SWITCH}=off",
+                    error="running stock pynetdicom (slower)")
+        return FastPaths(False, version, switched_off=True)
     missing = tuple(missing_hook_points())
     if version not in SUPPORTED_PYNETDICOM or missing:
         differs = f"lacks {', '.join(missing)}" if missing else "is not a version the hooks know"
@@ -944,20 +990,47 @@ def _check_and_install() -> FastPaths:
     pynetdicom.dimse_messages.encode = encode_command_set
     pynetdicom.dimse_messages.C_STORE_RQ.message_to_primitive = store_request_to_primitive  # type: ignore
     pynetdicom.dimse.DIMSEServiceProvider.send_msg = send_msg_store_responses_directly  # type: ignore
-    pynetdicom._config.LOG_HANDLER_LEVEL = "none"
-    # send_c_store(path) sends the file's dataset bytes as stored instead of decoding and re-encoding them
-    # (a delivery sends a path only over a context that accepted the file's own transfer syntax).
-    pynetdicom._config.STORE_SEND_CHUNKED_DATASET = True
     return FastPaths(True, version)
+
+
+def apply_documented_settings() -> list[str]:
+    """Set each of ``DOCUMENTED_SETTINGS`` that this pynetdicom has with a value of the same type; returns the
+    names set (one it lacks is left out: pynetdicom's default then holds, see each setting's comment)."""
+    applied = []
+    for name, value in DOCUMENTED_SETTINGS.items():
+        if isinstance(getattr(pynetdicom._config, name, None), type(value)):
+            setattr(pynetdicom._config, name, value)
+            applied.append(name)
+    return applied
+
+
+def register_server(ae: Any, server: Any) -> bool:
+    """Register ``server`` (made by ``ae.make_server``) with ``ae`` as ``AE.start_server(block=False)`` does, so
+    that ``AE.shutdown()`` stops it and its own ``shutdown()`` finds it to remove. pynetdicom offers no public
+    way to run a server of one's own class in the background (``start_server`` fixes the class), and the list is
+    private (``AE._servers``): registered only with the hooks installed. Returns whether it was; when not, stop
+    the server with ``stop_unregistered_server``."""
+    if not fast_paths_installed():
+        return False
+    ae._servers.append(server)
+    return True
+
+
+def stop_unregistered_server(server: Any) -> None:
+    """Stop a server that ``register_server`` left unregistered: what ``AssociationServer.shutdown`` does but
+    remove it from its AE's list (socketserver's ``shutdown``, then ``server_close``)."""
+    socketserver.BaseServer.shutdown(server)
+    server.server_close()
 
 
 def missing_hook_points() -> list[str]:
     """Every pynetdicom attribute the hooks replace or rely on that is absent or not of the expected shape."""
+    from pynetdicom.ae import ApplicationEntity as AE
     from pynetdicom.association import Association
     from pynetdicom.dimse_messages import DIMSEMessage
     from pynetdicom.dul import DULServiceProvider
     from pynetdicom.presentation import PresentationContext
-    from pynetdicom.transport import AssociationSocket, RequestHandler
+    from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler
 
     missing: list[str] = []
 
@@ -1010,6 +1083,8 @@ def missing_hook_points() -> list[str]:
     need(lambda: calls(AssociationSocket.send, "socket", "event_queue"), "AssociationSocket.send")
     need(lambda: calls(Association.send_c_store, "_reactor_checkpoint", "_is_paused", "send_msg", "get_msg"),
          "Association.send_c_store")
+    need(lambda: calls(AssociationServer.shutdown, "_servers", "remove") and calls(AE.shutdown, "_servers")
+         and isinstance(AE()._servers, list), "AE._servers")
     need(lambda: calls(RequestHandler._create_association, "deepcopy", "server", "contexts")
          and set(vars(PresentationContext())) == _CONTEXT_ATTRIBUTES, "RequestHandler._create_association")
     need(lambda: calls(pynetdicom.dimse.DIMSEServiceProvider.receive_primitive, "message", "DIMSEMessage",

@@ -13,7 +13,8 @@ undecoded; otherwise the dataset is decoded (pylibjpeg) and sent as Explicit VR 
 How undecoded bytes go out: with the pynetdicom hooks installed (``gateway.dicom.net.install_fast_paths``), the file is
 read into a kept buffer and ``gateway.dicom.net.DirectStores`` writes the C-STORE's PDUs, of the peer's maximum size,
 straight to the socket in one gathered send per object, the association's reactor paused once for the whole
-attempt. Without them, pynetdicom's ``send_c_store`` sends the file by path (``STORE_SEND_CHUNKED_DATASET``).
+attempt. Without them, pynetdicom's ``send_c_store`` sends the file by path (undecoded where pynetdicom has the
+documented ``STORE_SEND_CHUNKED_DATASET``, which ``install_fast_paths`` sets on any version, hooks on or off).
 
 Reason for the Requested Procedure: given a ``reason`` (the study leg passes the notes stage's
 ``Study.notes_reason``), every image gets it in (0040,1002) as it leaves: set in the file's bytes in memory
@@ -46,11 +47,11 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.association import Association
 
 from gateway.config import DicomPeer, NodeConfig, RetryConfig, ReviewerConfig
-from gateway.dicom.net import NODELAY_HANDLER, DirectStores
+from gateway.dicom.net import NODELAY_HANDLER, DirectStores, install_fast_paths
 from gateway.dicom.rawedit import file_meta_end_and_syntax, fits_charset, text_element_edit, with_text_element
 from gateway.dicom.tls import tls_args
 from gateway.routing.errors import RoutingError
@@ -139,8 +140,7 @@ def send_objects(node: NodeConfig, spool_dir: Path, peer: ReviewerConfig | Dicom
     """
     if not pending:
         return AttemptResult("delivered")
-    # Send stored files as they are, without decoding them (only when the syntax is accepted as stored).
-    _config.STORE_SEND_CHUNKED_DATASET = True
+    install_fast_paths()  # once per process: the hooks, and stored files sent undecoded by the stock path too
     assoc = _associate(node, peer, pending)
     if not assoc.is_established:
         _count_attempt(pending, destination, "no association")

@@ -14,7 +14,12 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from gateway.config import GatewayConfig, NodeConfig
-from gateway.dicom.net import ACCEPTED_TRANSFER_SYNTAXES, copy_contexts_cheaply
+from gateway.dicom.net import (
+    ACCEPTED_TRANSFER_SYNTAXES,
+    copy_contexts_cheaply,
+    register_server,
+    stop_unregistered_server,
+)
 from gateway.scp.gate import Dropped, NegotiationGate
 from gateway.scp.handlers import ScpHandlers
 from gateway.scp.policy import AssociationPolicy
@@ -127,6 +132,7 @@ class GatedAssociationServer(ThreadedAssociationServer):
         self._inherited = listening
         self.slots = slots  # where several processes accept on the port: the busier ones let the others accept
         self._yielding_since = self._last_yield = float("-inf")
+        self.registered = False  # with its AE, as AE.start_server does (gateway.dicom.net.register_server)
         super().__init__(*args, **kwargs)
         # Non-blocking: where several processes accept on one socket, all are woken for a connection and the
         # ones that lose the race get EAGAIN (socketserver ignores it) instead of blocking in accept().
@@ -195,7 +201,10 @@ class GatedAssociationServer(ThreadedAssociationServer):
 
     def shutdown(self) -> None:
         self.closing.set()
-        super().shutdown()
+        if self.registered:
+            super().shutdown()  # pynetdicom's: also takes it off its AE's list
+        else:
+            stop_unregistered_server(self)
 
 
 def start_scp(node: NodeConfig, handlers: ScpHandlers, *,
@@ -211,7 +220,7 @@ def start_scp(node: NodeConfig, handlers: ScpHandlers, *,
     server = ae.make_server((node.host, node.port), evt_handlers=handlers.bindings(), ssl_context=tls_context(node),
                             server_class=GatedAssociationServer, request_handler=GatedRequestHandler, gate=gate,
                             listening=listening, slots=handlers.slots)
-    ae._servers.append(server)  # as start_server does: AE.shutdown() stops it, and server.shutdown() expects it
+    server.registered = register_server(ae, server)
     copy_contexts_cheaply(server)
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{stamp}", daemon=True).start()

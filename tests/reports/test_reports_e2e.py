@@ -27,6 +27,8 @@ from report_peers import (
 from support.peers import storescu, wait_until
 from support.scu import send
 
+pytestmark = pytest.mark.dicom_e2e  # run a second time with the pynetdicom hooks off (make test-hooks-off)
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):

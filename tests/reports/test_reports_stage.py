@@ -6,6 +6,7 @@ home without walking the study leg's states."""
 from __future__ import annotations
 
 import pydicom
+import pytest
 
 from gateway.config import GatewayConfig
 from gateway.deid.engine import Deidentifier, PatientContext
@@ -30,6 +31,8 @@ from gateway.storage.models import (
 )
 from gateway.storage.spool import Spool
 from support.peers import DcmtkStoreSCP, free_port
+
+pytestmark = pytest.mark.dicom_e2e  # run a second time with the pynetdicom hooks off (make test-hooks-off)
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 PATIENT = DemoPatient()

@@ -21,6 +21,8 @@ from routing_db import add_outbound, db, make_case, open_db, storescp  # noqa: F
 from support.dicomfiles import dataset_bytes, sop_instance_uid
 from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc, free_port, wait_until
 
+pytestmark = pytest.mark.dicom_e2e  # run a second time with the pynetdicom hooks off (make test-hooks-off)
+
 
 def _config(tmp_path: Path, port: int, ae_title: str, **retry) -> GatewayConfig:
     return GatewayConfig.model_validate({

@@ -10,6 +10,8 @@ import random
 from pathlib import Path
 
 import pydicom
+import pynetdicom._config
+import pynetdicom.association
 import pytest
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
@@ -24,6 +26,8 @@ from gateway.storage.models import CaseState, OutboundObject, Study, utcnow
 from routing_db import add_outbound, db, make_case, storescp  # noqa: F401 - fixtures
 from support.dicomfiles import dataset_bytes, sop_instance_uid
 from support.peers import DcmtkStoreSCP
+
+pytestmark = pytest.mark.dicom_e2e  # run a second time with the pynetdicom hooks off (make test-hooks-off)
 
 REASON = "Low back pain; query L5 root"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -66,7 +70,7 @@ def _received(scp: DcmtkStoreSCP) -> dict[str, bytes]:
 
 
 def test_direct_stores_are_in_effect_and_storescp_writes_the_objects_meant(tmp_path, db, storescp, small_study,
-                                                                          monkeypatch):
+                                                                          monkeypatch, hooks_on):
     seen = []
     direct_send = DirectStores.send
 
@@ -92,6 +96,9 @@ def test_direct_stores_are_in_effect_and_storescp_writes_the_objects_meant(tmp_p
 
 def test_without_direct_stores_the_stock_path_writes_the_same_objects(tmp_path, db, storescp, small_study,
                                                                       monkeypatch):
+    """Also the path of the hooks-off run and of an unknown pynetdicom: ``send_c_store`` by path, the files sent
+    undecoded (``STORE_SEND_CHUNKED_DATASET``, a documented setting that ``install_fast_paths`` sets either way:
+    pynetdicom never reads them with ``dcmread``)."""
     monkeypatch.setattr(DirectStores, "available", staticmethod(lambda assoc: False))
     memory_files = []
     memory_init = send._MemoryFile.__init__
@@ -100,8 +107,12 @@ def test_without_direct_stores_the_stock_path_writes_the_same_objects(tmp_path, 
         memory_files.append(self)
         memory_init(self, *args)
 
+    decoded = []
     monkeypatch.setattr(send._MemoryFile, "__init__", counted)
+    monkeypatch.setattr(pynetdicom.association, "dcmread", lambda *args, **kwargs: decoded.append(args))
     expected = _deliver_with_reason(tmp_path, storescp, small_study[:5])
+    assert pynetdicom._config.STORE_SEND_CHUNKED_DATASET is True
+    assert decoded == [], "pynetdicom decoded a file it should have sent as stored"
     assert len(memory_files) == 1, "pynetdicom sent the edited images from the in-memory file"
     assert _received(storescp) == expected
 

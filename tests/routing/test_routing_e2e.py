@@ -18,6 +18,8 @@ from gateway.demo import DemoPatient, write_demo_study
 from routing_db import write_head_ct
 from support.peers import GatewayProcess, Orthanc, free_port, storescu, wait_until
 
+pytestmark = pytest.mark.dicom_e2e  # run a second time with the pynetdicom hooks off (make test-hooks-off)
+
 PATIENT = DemoPatient()
 FAST = {"routing": {"stable_after_s": 0.5, "poll_s": 0.2, "echo_interval_s": 1.0,
                     "retry": {"initial_s": 0.2, "max_s": 1.0, "max_attempts": 12}},

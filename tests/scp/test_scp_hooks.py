@@ -29,6 +29,7 @@ from gateway.dicom.command import encode_command_set
 from gateway.dicom.net import (
     ASSOCIATION_POLL_S,
     DUL_POLL_DELAY_S,
+    HOOKS_SWITCH,
     ContextsCopiedCheaply,
     DirectStores,
     _ReactorClock,
@@ -50,7 +51,7 @@ from support.scu import associate, send
 
 
 @pytest.fixture
-def scp(tmp_path, database_url, pynetdicom_hooks):
+def scp(tmp_path, database_url, hooks_on):
     """The gateway's own SCP in this process (``start_scp``, ``ScpHandlers``), recording where C-STOREs run."""
     config = GatewayConfig.model_validate({
         "node": {"host": "127.0.0.1", "port": free_port(), "network_timeout_s": 42.0},
@@ -198,6 +199,7 @@ def test_a_different_pynetdicom_means_one_warning_and_stock_pynetdicom(tmp_path,
     site.mkdir()
     (site / "sitecustomize.py").write_text("import pynetdicom\n" + ALTERATIONS[alteration])
     monkeypatch.setenv("PYTHONPATH", f"{site}:{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv(HOOKS_SWITCH, "on")  # the check itself finds the difference, in the hooks-off run too
     node = GatewayProcess(tmp_path / "gw", database_url).start()
     try:
         result = storescu("127.0.0.1", node.port, small_study, calling="STMARYS_PACS")
@@ -246,7 +248,7 @@ def test_a_commit_held_up_by_the_database_answers_a700_within_the_bound(tmp_path
 
 
 @pytest.fixture
-def bounded_scp(tmp_path, database_url, pynetdicom_hooks):
+def bounded_scp(tmp_path, database_url, hooks_on):
     """The gateway's SCP in this process as a node builds it: the node's slots with each peer's share (4 places, 2
     a peer) and ``node.max_instance_bytes`` (1 MiB), so that received data sets are ``BoundedDataSet``s."""
     config = GatewayConfig.model_validate({

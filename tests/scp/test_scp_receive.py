@@ -21,6 +21,8 @@ from support.dicomfiles import dataset_bytes, sop_instance_uid, spool_index
 from support.peers import GatewayProcess, Orthanc, echo_ok, storescu, wait_until
 from support.scu import associate, send
 
+pytestmark = pytest.mark.dicom_e2e  # run a second time with the pynetdicom hooks off (make test-hooks-off)
+
 
 def rows(database_url: str, sql: str) -> list[tuple]:
     database = make_database(database_url, max_connections=2)
