@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from gateway.config import GatewayConfig
@@ -143,6 +145,34 @@ def test_the_limiter_counts_attempts_per_address_and_globally_before_any_check()
     assert limiter.admit("desk", "10.0.0.9") is None, "an address without a wrong password is spared"
     now[0] += 61
     assert limiter.admit("another", "10.0.0.1") is None
+
+
+def test_the_limiter_stays_bounded_under_random_names_and_addresses():
+    """A flood of random user names from random addresses (IPv6 gives an attacker millions) keeps each table at
+    its bound, refused attempts add no key, and the newest keys are the ones kept."""
+    now = [1000.0]
+    limiter = LoginLimiter(10, per_address=3, global_per_minute=6, clock=lambda: now[0], max_keys=500)
+    rng = random.Random(28)
+    for i in range(20_000):
+        address = f"2001:db8::{rng.randrange(1 << 32):x}"
+        if limiter.admit(f"user{rng.randrange(10**9)}", address) is None and i % 3 == 0:
+            limiter.wrong_password(address)
+        limiter.note_refusal(address)
+        now[0] += 0.001  # 20,000 attempts within 20 s: every key is still inside the window
+    assert limiter.tracked_keys() <= 4 * 500
+    assert [limiter.admit("desk", "10.0.0.1") for _ in range(3)] == [None] * 3
+    assert limiter.admit("desk", "10.0.0.1") is not None, "the newest keys keep their counts"
+
+
+def test_a_refused_attempt_adds_no_key():
+    now = [1000.0]
+    limiter = LoginLimiter(10, per_address=3, global_per_minute=6, clock=lambda: now[0])
+    for i in range(3):
+        assert limiter.admit(f"name{i}", "10.0.0.1") is None
+    before = limiter.tracked_keys()
+    for i in range(1000):
+        assert limiter.admit(f"random{i}", "10.0.0.1") is not None
+    assert limiter.tracked_keys() == before
 
 
 def test_the_referral_form_names_each_field():
