@@ -353,8 +353,8 @@ def _process_label(pid: int) -> str:
     return Path(words[0]).name if words else "?"
 
 
-def process_memory(root: int) -> list[tuple[int, str, int, int]]:
-    """(pid, label, VmRSS KiB, VmHWM KiB) of every process of ``root``'s tree."""
+def process_memory(root: int) -> list[tuple[int, str, int, int, int]]:
+    """(pid, label, VmRSS KiB, VmHWM KiB, threads) of every process of ``root``'s tree."""
     rows = []
     for pid in tree_pids(root):
         try:
@@ -362,20 +362,21 @@ def process_memory(root: int) -> list[tuple[int, str, int, int]]:
                 fields = dict(line.split(":", 1) for line in status if ":" in line)
         except OSError:
             continue
-        kib = {key: int(fields.get(key, "0 kB").split()[0]) for key in ("VmRSS", "VmHWM")}
-        rows.append((pid, _process_label(pid), kib["VmRSS"], kib["VmHWM"]))
+        kib = {key: int(fields.get(key, "0 kB").split()[0]) for key in ("VmRSS", "VmHWM", "Threads")}
+        rows.append((pid, _process_label(pid), kib["VmRSS"], kib["VmHWM"], kib["Threads"]))
     return rows
 
 
 def memory_line(root: int) -> str:
-    """One line: each process's RSS now and its high-water mark, in MB (the kernel's VmRSS and VmHWM)."""
-    return "  ".join(f"{pid} {label} {rss / 1024:.0f}/{hwm / 1024:.0f}" for pid, label, rss, hwm
+    """One line: each process's RSS now and its high-water mark in MB (the kernel's VmRSS and VmHWM), and its
+    threads."""
+    return "  ".join(f"{pid} {label} {rss / 1024:.0f}/{hwm / 1024:.0f} {threads}t" for pid, label, rss, hwm, threads
                      in process_memory(root))
 
 
 def tree_rss_kib(root: int) -> int:
     """VmRSS summed over ``root`` and all its descendants (children, grandchildren), from one scan of /proc."""
-    return sum(rss for _, _, rss, _ in process_memory(root))
+    return sum(rss for _, _, rss, _, _ in process_memory(root))
 
 
 class RssSampler(threading.Thread):
@@ -893,7 +894,7 @@ def baseline(target: Target, scale: Scale, studies: Studies, sampler: RssSampler
     quiet = statistics.median(times)
     print(f"{target.name:8s} {'(quiet)':15s} {_echo_cell(echoes)} | {'':19s} | {quiet:6.1f} s {1:5.2f}x | "
           f"{warm / 1024:5.0f} MB (warm) | {target.lost():4d} |", flush=True)
-    print(f"{'':24s} RSS/HWM MB per process, {_load()}: {memory_line(target.root_pid())}", flush=True)
+    print(f"{'':24s} RSS/HWM MB, threads per process, {_load()}: {memory_line(target.root_pid())}", flush=True)
     return quiet, warm
 
 
@@ -929,7 +930,8 @@ def run_target(target: Target, attacks: list[str], scale: Scale, studies: Studie
             print(row.cells(), flush=True)
             print(f"{'':24s} attack saw: {row.seen}", flush=True)
             if target.alive():
-                print(f"{'':24s} RSS/HWM MB per process, {_load()}: {memory_line(target.root_pid())}", flush=True)
+                print(f"{'':24s} RSS/HWM MB, threads per process, {_load()}: {memory_line(target.root_pid())}",
+                      flush=True)
     finally:
         sampler.stop()
         target.stop()

@@ -17,7 +17,7 @@ from gateway.deid.secret import load_or_create_secret
 from gateway.deid.work import WorkPool, deid_pool
 from gateway.dicom.net import install_fast_paths
 from gateway.ops.http import HttpServer, standard_health_checks
-from gateway.ops.memory import release_freed_memory
+from gateway.ops.memory import HeapTrimmer, release_freed_memory
 from gateway.privacy import vocabulary
 from gateway.referral.entities import load_engine
 from gateway.referral.http_api import register_referral_routes
@@ -73,6 +73,7 @@ class GatewayNode:
         self.work_pool: WorkPool | None = None
         self.notes_workers: BudgetedWorkers | None = None
         self.secret = b""
+        self.heap_trimmer: HeapTrimmer | None = None
         self._stop = threading.Event()
 
     def start(self) -> None:
@@ -111,6 +112,7 @@ class GatewayNode:
         self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s, self.wakeups,
                                  policy=FailurePolicy.of(self.config.routing.case_failures))
         self.pipeline.start()
+        self.heap_trimmer = HeapTrimmer().start()  # what an attack's threads freed, back to the system
         log.info("gateway_started", ae_title=self.config.node.ae_title, port=self.config.node.port,
                  version=__version__, to_version=SCHEMA_VERSION, tls=self.config.node.tls.enabled)
 
@@ -218,6 +220,9 @@ class GatewayNode:
             self.stop()
 
     def stop(self) -> None:
+        if self.heap_trimmer is not None:
+            self.heap_trimmer.stop()
+            self.heap_trimmer = None
         if self.receivers is not None:
             self.receivers.stop()
             self.receivers = None
