@@ -119,6 +119,25 @@ def test_accounts_are_checked_hashed_and_disabled(database):
     assert [a.enabled for a in list_users()] == [False]
 
 
+def test_a_hash_with_the_old_parameters_still_verifies_and_is_replaced_at_sign_in(database):
+    """Hashes stored before the parameters changed (argon2-cffi's default, 64 MiB) keep working, and the next
+    successful sign-in stores one with today's (19 MiB): each check then holds a third of the memory."""
+    from argon2 import PasswordHasher
+    from argon2 import extract_parameters
+
+    user = add_user(CONFIG, "desk", "referrer", "long enough password", source="st-marys")
+    assert extract_parameters(user.password_hash).memory_cost == accounts.HASH_MEMORY_KIB == 19 * 1024
+    old = PasswordHasher().hash("long enough password")
+    WebUser.update(password_hash=old).where(WebUser.id == user.id).execute()
+    user = WebUser.get(WebUser.name == "desk")
+    assert check_password(user, "long enough password")
+    assert accounts.rehash_if_outdated(user, "long enough password")
+    stored = WebUser.get(WebUser.name == "desk").password_hash
+    assert stored != old and extract_parameters(stored).memory_cost == 19 * 1024
+    assert check_password(WebUser.get(WebUser.name == "desk"), "long enough password")
+    assert not accounts.rehash_if_outdated(WebUser.get(WebUser.name == "desk"), "long enough password")
+
+
 def test_the_limiter_refuses_the_eleventh_wrong_password_for_a_minute():
     now = [1000.0]
     limiter = LoginLimiter(10, clock=lambda: now[0])
