@@ -115,7 +115,7 @@ class HeapTrimmer:
     quiet node is not trimmed at all. The level follows the RSS after each trim, so memory still in use (a
     cache that grew) costs one trim, not one every interval."""
 
-    def __init__(self, interval_s: float = 5.0, slack_bytes: int = 16 * MIB,
+    def __init__(self, interval_s: float = 5.0, slack_bytes: int = 8 * MIB,
                  rss: Callable[[], int] = rss_bytes, trim: Callable[[], bool] = release_freed_memory) -> None:
         self.interval_s, self.slack_bytes = interval_s, slack_bytes
         self._rss, self._trim = rss, trim
