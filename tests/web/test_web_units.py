@@ -122,8 +122,7 @@ def test_accounts_are_checked_hashed_and_disabled(database):
 def test_a_hash_with_the_old_parameters_still_verifies_and_is_replaced_at_sign_in(database):
     """Hashes stored before the parameters changed (argon2-cffi's default, 64 MiB) keep working, and the next
     successful sign-in stores one with today's (19 MiB): each check then holds a third of the memory."""
-    from argon2 import PasswordHasher
-    from argon2 import extract_parameters
+    from argon2 import PasswordHasher, extract_parameters
 
     user = add_user(CONFIG, "desk", "referrer", "long enough password", source="st-marys")
     assert extract_parameters(user.password_hash).memory_cost == accounts.HASH_MEMORY_KIB == 19 * 1024
