@@ -353,6 +353,15 @@ def _process_label(pid: int) -> str:
     return Path(words[0]).name if words else "?"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time ``pid`` has used so far (its threads', not its children's)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_memory(root: int) -> list[tuple[int, str, int, int, int]]:
     """(pid, label, VmRSS KiB, VmHWM KiB, threads) of every process of ``root``'s tree."""
     rows = []
@@ -368,10 +377,11 @@ def process_memory(root: int) -> list[tuple[int, str, int, int, int]]:
 
 
 def memory_line(root: int) -> str:
-    """One line: each process's RSS now and its high-water mark in MB (the kernel's VmRSS and VmHWM), and its
-    threads."""
-    return "  ".join(f"{pid} {label} {rss / 1024:.0f}/{hwm / 1024:.0f} {threads}t" for pid, label, rss, hwm, threads
-                     in process_memory(root))
+    """One line: each process's RSS now and its high-water mark in MB (the kernel's VmRSS and VmHWM), its threads
+    and the CPU seconds it used so far (the difference between two lines is an attack's cost, whatever the
+    machine's load)."""
+    return "  ".join(f"{pid} {label} {rss / 1024:.0f}/{hwm / 1024:.0f} {threads}t {cpu_seconds(pid):.0f}s"
+                     for pid, label, rss, hwm, threads in process_memory(root))
 
 
 def tree_rss_kib(root: int) -> int:
@@ -894,7 +904,8 @@ def baseline(target: Target, scale: Scale, studies: Studies, sampler: RssSampler
     quiet = statistics.median(times)
     print(f"{target.name:8s} {'(quiet)':15s} {_echo_cell(echoes)} | {'':19s} | {quiet:6.1f} s {1:5.2f}x | "
           f"{warm / 1024:5.0f} MB (warm) | {target.lost():4d} |", flush=True)
-    print(f"{'':24s} RSS/HWM MB, threads per process, {_load()}: {memory_line(target.root_pid())}", flush=True)
+    print(f"{'':24s} RSS/HWM MB, threads, CPU s per process, {_load()}: {memory_line(target.root_pid())}",
+          flush=True)
     return quiet, warm
 
 
@@ -930,7 +941,7 @@ def run_target(target: Target, attacks: list[str], scale: Scale, studies: Studie
             print(row.cells(), flush=True)
             print(f"{'':24s} attack saw: {row.seen}", flush=True)
             if target.alive():
-                print(f"{'':24s} RSS/HWM MB, threads per process, {_load()}: {memory_line(target.root_pid())}",
+                print(f"{'':24s} RSS/HWM MB, threads, CPU s per process, {_load()}: {memory_line(target.root_pid())}",
                       flush=True)
     finally:
         sampler.stop()
