@@ -315,8 +315,8 @@ class GatewayTarget(Target):
 
 # -- measuring ---------------------------------------------------------------------------------------------
 
-def tree_rss_kib(root: int) -> int:
-    """VmRSS summed over ``root`` and all its descendants (children, grandchildren), from one scan of /proc."""
+def tree_pids(root: int) -> list[int]:
+    """``root`` and all its descendants, parents first."""
     parents: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -327,16 +327,66 @@ def tree_rss_kib(root: int) -> int:
         except (OSError, IndexError, ValueError):
             continue
         parents.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [root]
+    found, todo = [], [root]
     while todo:
-        pid = todo.pop()
-        todo.extend(parents.get(pid, []))
+        pid = todo.pop(0)
+        found.append(pid)
+        todo.extend(sorted(parents.get(pid, [])))
+    return found
+
+
+def _process_label(pid: int) -> str:
+    """A short name for one of the node's processes: the module it runs, or what multiprocessing started."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [word.decode(errors="replace") for word in argv if word]
+    for marker in ("-m", "-c"):
+        if marker in words[:3]:
+            following = words[words.index(marker) + 1] if words.index(marker) + 1 < len(words) else ""
+            if "forkserver" in following:
+                return "forkserver"
+            if "spawn_main" in following or "resource_tracker" in following:
+                return "mp-" + ("tracker" if "resource_tracker" in following else "spawn")
+            return following.split()[0][:24] if marker == "-m" else following[:24]
+    return Path(words[0]).name if words else "?"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time ``pid`` has used so far (its threads', not its children's)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_memory(root: int) -> list[tuple[int, str, int, int, int]]:
+    """(pid, label, VmRSS KiB, VmHWM KiB, threads) of every process of ``root``'s tree."""
+    rows = []
+    for pid in tree_pids(root):
         try:
             with open(f"/proc/{pid}/status") as status:
-                total += next((int(line.split()[1]) for line in status if line.startswith("VmRSS:")), 0)
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
         except OSError:
             continue
-    return total
+        kib = {key: int(fields.get(key, "0 kB").split()[0]) for key in ("VmRSS", "VmHWM", "Threads")}
+        rows.append((pid, _process_label(pid), kib["VmRSS"], kib["VmHWM"], kib["Threads"]))
+    return rows
+
+
+def memory_line(root: int) -> str:
+    """One line: each process's RSS now and its high-water mark in MB (the kernel's VmRSS and VmHWM), its threads
+    and the CPU seconds it used so far (the difference between two lines is an attack's cost, whatever the
+    machine's load)."""
+    return "  ".join(f"{pid} {label} {rss / 1024:.0f}/{hwm / 1024:.0f} {threads}t {cpu_seconds(pid):.0f}s"
+                     for pid, label, rss, hwm, threads in process_memory(root))
+
+
+def tree_rss_kib(root: int) -> int:
+    """VmRSS summed over ``root`` and all its descendants (children, grandchildren), from one scan of /proc."""
+    return sum(rss for _, _, rss, _, _ in process_memory(root))
 
 
 class RssSampler(threading.Thread):
@@ -780,6 +830,11 @@ TARGETS = (f"targets: C-ECHO within {ECHO_TARGET_S * 1000:.0f} ms during and aft
            f"over warm; lost 0")
 
 
+def _load() -> str:
+    """The machine's load average over the last minute, to read the figures beside (a shared host)."""
+    return f"load {os.getloadavg()[0]:.2f}"
+
+
 def legit_store(target: Target, files: list[Path]) -> float | None:
     """The legitimate study, recorded as acknowledged; its seconds, or None when not all were acknowledged."""
     seconds, done = store_files(target.port, target.called, files, 300)
@@ -849,6 +904,8 @@ def baseline(target: Target, scale: Scale, studies: Studies, sampler: RssSampler
     quiet = statistics.median(times)
     print(f"{target.name:8s} {'(quiet)':15s} {_echo_cell(echoes)} | {'':19s} | {quiet:6.1f} s {1:5.2f}x | "
           f"{warm / 1024:5.0f} MB (warm) | {target.lost():4d} |", flush=True)
+    print(f"{'':24s} RSS/HWM MB, threads, CPU s per process, {_load()}: {memory_line(target.root_pid())}",
+          flush=True)
     return quiet, warm
 
 
@@ -883,6 +940,9 @@ def run_target(target: Target, attacks: list[str], scale: Scale, studies: Studie
             rows.append(row)
             print(row.cells(), flush=True)
             print(f"{'':24s} attack saw: {row.seen}", flush=True)
+            if target.alive():
+                print(f"{'':24s} RSS/HWM MB, threads, CPU s per process, {_load()}: {memory_line(target.root_pid())}",
+                      flush=True)
     finally:
         sampler.stop()
         target.stop()

@@ -18,7 +18,7 @@ from gateway.deid.work import WorkPool, deid_pool
 from gateway.dicom.net import install_fast_paths
 from gateway.ops import audit
 from gateway.ops.http import HttpServer, standard_health_checks
-from gateway.ops.memory import release_freed_memory
+from gateway.ops.memory import HeapTrimmer, release_freed_memory
 from gateway.privacy import vocabulary
 from gateway.referral.entities import load_engine
 from gateway.referral.http_api import register_referral_routes
@@ -75,6 +75,7 @@ class GatewayNode:
         self.work_pool: WorkPool | None = None
         self.notes_workers: BudgetedWorkers | None = None
         self.secret = b""
+        self.heap_trimmer: HeapTrimmer | None = None
         self._stop = threading.Event()
 
     def start(self) -> None:
@@ -117,6 +118,7 @@ class GatewayNode:
                 stage.open_cursor()  # before the start is recorded: the collector's first message is the start
         self._audit_activity("node_started")
         self.pipeline.start()
+        self.heap_trimmer = HeapTrimmer().start()  # what an attack's threads freed, back to the system
         log.info("gateway_started", ae_title=self.config.node.ae_title, port=self.config.node.port,
                  version=__version__, to_version=SCHEMA_VERSION, tls=self.config.node.tls.enabled)
 
@@ -239,6 +241,9 @@ class GatewayNode:
             self.stop()
 
     def stop(self) -> None:
+        if self.heap_trimmer is not None:
+            self.heap_trimmer.stop()
+            self.heap_trimmer = None
         if self.receivers is not None:
             self.receivers.stop()
             self.receivers = None

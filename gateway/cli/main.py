@@ -158,6 +158,11 @@ def cmd_serve(args: argparse.Namespace, config: GatewayConfig) -> int:
         config = load_config(args.config, overrides={"node": overrides})
     configure_logging(config, to_file=True)
     faulthandler.register(signal.SIGUSR2, all_threads=True)  # kill -USR2 <pid>: every thread's stack to stderr
+    from gateway.ops.memory import limit_malloc_arenas, quiet_value_warnings, trace_allocations_if_asked
+
+    quiet_value_warnings()  # a fuzzed request's UIDs would each stay in Python's warning registry
+    limit_malloc_arenas()  # before the node's threads start (gateway.ops.memory), for its children too
+    trace_allocations_if_asked()  # SPINE_GATEWAY_TRACEMALLOC=FRAMES: kill -USR1 <pid> writes the allocation sites
     from gateway.node import GatewayNode
 
     try:

@@ -160,6 +160,7 @@ def serve(config_json: str, listen_fd: int, channel_fd: int, number: int, node_i
     import structlog
 
     from gateway.dicom.net import install_fast_paths
+    from gateway.ops.memory import HeapTrimmer, quiet_value_warnings, trace_allocations_if_asked
     from gateway.scp.receiver import remove_unplaced_receipts
     from gateway.scp.server import node_handlers, start_scp
     from gateway.scp.slots import AssociationSlots
@@ -168,6 +169,8 @@ def serve(config_json: str, listen_fd: int, channel_fd: int, number: int, node_i
     from gateway.storage.spool import Spool
 
     log = structlog.get_logger("scp")
+    trace_allocations_if_asked()  # as the node: SPINE_GATEWAY_TRACEMALLOC, kill -USR1 <pid>
+    quiet_value_warnings()  # as the node: a fuzzed request's UIDs would each stay in the warning registry
     identity = receiver_identity(node_id, number)
     cases.set_node_identity(identity, config.routing.claim_lease_s)
     db.initialize(make_database(config.storage.database, max_connections=config.node.max_associations + 4))
@@ -183,10 +186,12 @@ def serve(config_json: str, listen_fd: int, channel_fd: int, number: int, node_i
     slots.accepting()
     hub.watch_server(server)
     log.info("receiver_started", port=config.node.port)
+    trimmer = HeapTrimmer().start()  # what an attack's association threads freed, back to the system
     try:
         sys.stdin.buffer.read()  # until the node closes it (stop) or dies
     except _StopAsked:
         pass
+    trimmer.stop()
     server.shutdown()
     db.close()
     with contextlib.suppress(OSError):

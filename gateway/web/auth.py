@@ -13,17 +13,18 @@ import collections
 import datetime as dt
 import hashlib
 import hmac
+import math
 import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from gateway.storage.models import WebSession, WebUser, utcnow
 
 COOKIE = "spine_session"
 ANONYMOUS_CSRF_COOKIE = "spine_csrf"  # the sign-in form's CSRF token (double-submit: cookie and hidden field)
 WINDOW_S = 60.0
+MAX_TRACKED_KEYS = 10_000  # per table of the login limiter: a few megabytes at most
 
 
 @dataclass(frozen=True)
@@ -83,81 +84,94 @@ class LoginLimiter:
     address's first attempt costs at most one hash, in the bounded pool). Counting before the hash is what makes the
     limits hold under parallel attempts:
     counted after it, 40 parallel wrong passwords for one user got 28 hashes (issue 28). Thread-safe, per process.
+
+    Memory is bounded whatever the names and addresses: a refused attempt adds no key, and each table keeps at
+    most ``max_keys`` keys, the least recently seen dropped first (:class:`_RecentTable`). A flood of random
+    names or addresses therefore costs at most a few megabytes; a dropped key only starts its count again.
     """
 
     def __init__(self, per_minute: int, per_address: int | None = None, global_per_minute: int | None = None,
-                 clock=time.monotonic) -> None:
+                 clock=time.monotonic, max_keys: int = MAX_TRACKED_KEYS) -> None:
         self.per_minute = per_minute
         self.per_address = per_address if per_address is not None else max(per_minute * 3, per_minute)
         self.global_per_minute = global_per_minute if global_per_minute is not None else per_minute * 12
         self.clock = clock
-        self._by_name: dict[tuple[str, str], collections.deque[float]] = {}
-        self._by_address: dict[str, collections.deque[float]] = {}
+        self._by_name = _RecentTable(max_keys)      # (lower-case name, address) -> attempt times
+        self._by_address = _RecentTable(max_keys)   # address -> attempt times
         self._everyone: collections.deque[float] = collections.deque()
-        self._refusals_noted: dict[str, float] = {}
-        self._wrong_by_address: dict[str, float] = {}
+        self._refusals_noted = _RecentTable(max_keys)  # address -> [time of its last audited refusal]
+        self._wrong_by_address = _RecentTable(max_keys)  # address -> [time of its last wrong password]
         self._lock = threading.Lock()
+
+    def tracked_keys(self) -> int:
+        """Keys held in all tables together (for tests and operators: bounded by 4 x ``max_keys``)."""
+        with self._lock:
+            return sum(len(table) for table in (self._by_name, self._by_address, self._refusals_noted,
+                                                self._wrong_by_address))
 
     def note_refusal(self, address: str) -> bool:
         """True for the first refusal of ``address`` in a window: audit that one, not each of a flood's thousands
         (one audit row per refused attempt put the database's writes behind the flood)."""
         with self._lock:
             now = self.clock()
-            if now - self._refusals_noted.get(address, now - WINDOW_S - 1) <= WINDOW_S:
+            if now - self._last(self._refusals_noted, address) <= WINDOW_S:
                 return False
-            if len(self._refusals_noted) > 10000:
-                self._refusals_noted.clear()
-            self._refusals_noted[address] = now
+            self._refusals_noted.put(address, [now])
             return True
 
-    def _recent(self, attempts: collections.deque[float]) -> collections.deque[float]:
+    def _last(self, table: _RecentTable, key: object) -> float:
+        times = table.get(key)
+        return times[-1] if times else -math.inf
+
+    def _recent(self, attempts: list[float]) -> list[float]:
         horizon = self.clock() - WINDOW_S
-        while attempts and attempts[0] <= horizon:
-            attempts.popleft()
+        kept = [when for when in attempts if when > horizon]
+        attempts[:] = kept
         return attempts
+
+    def _counts(self, name: str, address: str) -> list[tuple[list[float], int]]:
+        """Each count that applies to an attempt of ``name`` from ``address``, with its limit (nothing added)."""
+        counts: list[tuple[list[float], int]] = [
+            (self._recent(self._by_name.get((name.lower(), address)) or []), self.per_minute),
+            (self._recent(self._by_address.get(address) or []), self.per_address)]
+        if self.clock() - self._last(self._wrong_by_address, address) <= WINDOW_S:
+            counts.append((self._recent_everyone(), self.global_per_minute))
+        return counts
+
+    def _recent_everyone(self) -> list[float]:
+        horizon = self.clock() - WINDOW_S
+        while self._everyone and self._everyone[0] <= horizon:
+            self._everyone.popleft()
+        return list(self._everyone)
 
     def admit(self, name: str, address: str) -> float | None:
         """Count an attempt and return None, or refuse it (not counted) with the seconds until one is allowed."""
         with self._lock:
-            counts: tuple[tuple[collections.deque[float], int], ...]  # the global count is dropped below
-            counts = ((self._recent(self._by_name.setdefault((name.lower(), address), collections.deque())),
-                       self.per_minute),
-                      (self._recent(self._by_address.setdefault(address, collections.deque())), self.per_address),
-                      (self._recent(self._everyone), self.global_per_minute))
-            if self.clock() - self._wrong_by_address.get(address, -2 * WINDOW_S) > WINDOW_S:
-                counts = counts[:2]  # an address without a wrong password this minute: the global limit spares it
+            counts = self._counts(name, address)
             full = [attempts for attempts, limit in counts if len(attempts) >= limit]
             if full:
                 return max(1.0, max(attempts[0] for attempts in full) + WINDOW_S - self.clock())
             now = self.clock()
-            for attempts, _ in counts:
-                attempts.append(now)
-            if len(counts) == 2:
-                self._everyone.append(now)
-            self._forget_idle()
+            key = (name.lower(), address)
+            self._by_name.put(key, [*counts[0][0], now])
+            self._by_address.put(address, [*counts[1][0], now])
+            self._everyone.append(now)
             return None
 
     def allowed(self, name: str, address: str) -> bool:
         """True when an attempt would be admitted now (nothing is counted)."""
         with self._lock:
-            return (len(self._recent(self._by_name.get((name.lower(), address), collections.deque())))
-                    < self.per_minute
-                    and len(self._recent(self._by_address.get(address, collections.deque()))) < self.per_address
-                    and (self.clock() - self._wrong_by_address.get(address, -2 * WINDOW_S) > WINDOW_S
-                         or len(self._recent(self._everyone)) < self.global_per_minute))
+            return all(len(attempts) < limit for attempts, limit in self._counts(name, address))
 
     def suspect(self, address: str) -> bool:
         """``address`` gave a wrong password within the last minute."""
         with self._lock:
-            return self.clock() - self._wrong_by_address.get(address, -2 * WINDOW_S) <= WINDOW_S
+            return self.clock() - self._last(self._wrong_by_address, address) <= WINDOW_S
 
     def wrong_password(self, address: str) -> None:
         """An admitted attempt from ``address`` gave a wrong password: the global limit applies to it now."""
         with self._lock:
-            if len(self._wrong_by_address) > 10000:
-                horizon = self.clock() - WINDOW_S
-                self._wrong_by_address = {a: t for a, t in self._wrong_by_address.items() if t > horizon}
-            self._wrong_by_address[address] = self.clock()
+            self._wrong_by_address.put(address, [self.clock()])
 
     def failed(self, name: str, address: str) -> None:
         """Count one attempt that gave a wrong password (for callers that check without :meth:`admit`)."""
@@ -167,12 +181,28 @@ class LoginLimiter:
     def succeeded(self, name: str, address: str) -> None:
         """The right password: the name's count from this address starts again (the address's does not)."""
         with self._lock:
-            self._by_name.pop((name.lower(), address), None)
+            self._by_name.pop((name.lower(), address))
 
-    def _forget_idle(self) -> None:
-        """Drop keys with no attempt in the window, so that a flood of names or addresses cannot grow the maps."""
-        tables: tuple[dict[Any, collections.deque[float]], ...] = (self._by_name, self._by_address)
-        for table in tables:
-            if len(table) > 10000:
-                for key in [k for k, v in table.items() if not self._recent(v)]:
-                    del table[key]
+
+class _RecentTable:
+    """A map of at most ``max_keys`` keys in the order they were last written: writing one more drops the key
+    written least recently (a plain dict keeps insertion order; a write moves its key to the end)."""
+
+    def __init__(self, max_keys: int) -> None:
+        self.max_keys = max_keys
+        self._items: dict[object, list[float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: object) -> list[float] | None:
+        return self._items.get(key)
+
+    def put(self, key: object, times: list[float]) -> None:
+        self._items.pop(key, None)
+        self._items[key] = times
+        while len(self._items) > self.max_keys:
+            del self._items[next(iter(self._items))]
+
+    def pop(self, key: object) -> None:
+        self._items.pop(key, None)

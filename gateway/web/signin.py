@@ -8,7 +8,7 @@ from starlette.responses import RedirectResponse, Response
 
 from gateway.storage.models import WebUser
 from gateway.web import auth
-from gateway.web.accounts import PasswordCheckBusy, record_login
+from gateway.web.accounts import PasswordCheckBusy, record_login, rehash_if_outdated
 from gateway.web.page import HOME, Page
 
 MAX_PASSWORD_CHARS = 1024  # a longer password is wrong without being hashed (argon2 takes any length)
@@ -62,6 +62,7 @@ def login(page: Page) -> Response:
         return page.render("login.html", status=401, title="Sign in", name=name, next=_next(page),
                            error="Wrong user name or password.")
     page.portal.limiter.succeeded(name, page.address)
+    rehash_if_outdated(user, password)  # a hash made with older, costlier parameters: once per user
     token = auth.start_session(user, page.portal.config.http.session_hours)
     record_login(user)
     page.signed_in = auth.SignedIn(user, "")

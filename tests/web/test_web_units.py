@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from gateway.config import GatewayConfig
@@ -117,6 +119,24 @@ def test_accounts_are_checked_hashed_and_disabled(database):
     assert [a.enabled for a in list_users()] == [False]
 
 
+def test_a_hash_with_the_old_parameters_still_verifies_and_is_replaced_at_sign_in(database):
+    """Hashes stored before the parameters changed (argon2-cffi's default, 64 MiB) keep working, and the next
+    successful sign-in stores one with today's (19 MiB): each check then holds a third of the memory."""
+    from argon2 import PasswordHasher, extract_parameters
+
+    user = add_user(CONFIG, "desk", "referrer", "long enough password", source="st-marys")
+    assert extract_parameters(user.password_hash).memory_cost == accounts.HASH_MEMORY_KIB == 19 * 1024
+    old = PasswordHasher().hash("long enough password")
+    WebUser.update(password_hash=old).where(WebUser.id == user.id).execute()
+    user = WebUser.get(WebUser.name == "desk")
+    assert check_password(user, "long enough password")
+    assert accounts.rehash_if_outdated(user, "long enough password")
+    stored = WebUser.get(WebUser.name == "desk").password_hash
+    assert stored != old and extract_parameters(stored).memory_cost == 19 * 1024
+    assert check_password(WebUser.get(WebUser.name == "desk"), "long enough password")
+    assert not accounts.rehash_if_outdated(WebUser.get(WebUser.name == "desk"), "long enough password")
+
+
 def test_the_limiter_refuses_the_eleventh_wrong_password_for_a_minute():
     now = [1000.0]
     limiter = LoginLimiter(10, clock=lambda: now[0])
@@ -143,6 +163,34 @@ def test_the_limiter_counts_attempts_per_address_and_globally_before_any_check()
     assert limiter.admit("desk", "10.0.0.9") is None, "an address without a wrong password is spared"
     now[0] += 61
     assert limiter.admit("another", "10.0.0.1") is None
+
+
+def test_the_limiter_stays_bounded_under_random_names_and_addresses():
+    """A flood of random user names from random addresses (IPv6 gives an attacker millions) keeps each table at
+    its bound, refused attempts add no key, and the newest keys are the ones kept."""
+    now = [1000.0]
+    limiter = LoginLimiter(10, per_address=3, global_per_minute=6, clock=lambda: now[0], max_keys=500)
+    rng = random.Random(28)
+    for i in range(20_000):
+        address = f"2001:db8::{rng.randrange(1 << 32):x}"
+        if limiter.admit(f"user{rng.randrange(10**9)}", address) is None and i % 3 == 0:
+            limiter.wrong_password(address)
+        limiter.note_refusal(address)
+        now[0] += 0.001  # 20,000 attempts within 20 s: every key is still inside the window
+    assert limiter.tracked_keys() <= 4 * 500
+    assert [limiter.admit("desk", "10.0.0.1") for _ in range(3)] == [None] * 3
+    assert limiter.admit("desk", "10.0.0.1") is not None, "the newest keys keep their counts"
+
+
+def test_a_refused_attempt_adds_no_key():
+    now = [1000.0]
+    limiter = LoginLimiter(10, per_address=3, global_per_minute=6, clock=lambda: now[0])
+    for i in range(3):
+        assert limiter.admit(f"name{i}", "10.0.0.1") is None
+    before = limiter.tracked_keys()
+    for i in range(1000):
+        assert limiter.admit(f"random{i}", "10.0.0.1") is not None
+    assert limiter.tracked_keys() == before
 
 
 def test_the_referral_form_names_each_field():
