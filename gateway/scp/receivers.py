@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from gateway.backoff import Backoff
 from gateway.config import GatewayConfig
 from gateway.ops import metrics
 from gateway.scp.receiving_process import FORWARDED_METRICS, process_name, resolved_count
@@ -30,6 +31,7 @@ from gateway.scp.slots import AssociationSlots
 log = structlog.get_logger("scp")
 
 RESTART_BACKOFF_S = (1.0, 30.0)  # first and longest pause before a receiving process that exited starts again
+RESTART_BACKOFF = Backoff(*RESTART_BACKOFF_S)
 STOP_TIMEOUT_S = 10.0            # a receiving process told to stop is killed after this long
 _METRICS: dict[str, Callable[..., None]] = {name: getattr(metrics, name) for name in FORWARDED_METRICS}
 
@@ -145,7 +147,7 @@ class ReceivingProcesses:
 
     @staticmethod
     def _pause(receiver: _Receiver) -> float:
-        return min(RESTART_BACKOFF_S[1], RESTART_BACKOFF_S[0] * 2 ** max(0, receiver.failures - 1))
+        return RESTART_BACKOFF.wait_s(receiver.failures)
 
     def _handle(self, receiver: _Receiver, line: bytes) -> None:
         try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import random
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -33,6 +32,7 @@ import peewee
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from gateway.backoff import Backoff
 from gateway.errors import SpoolError
 from gateway.ops import audit
 from gateway.storage import cases, wakeup
@@ -89,8 +89,8 @@ class FailurePolicy:
         return cls(config.max_failures, config.initial_s, config.max_s)  # type: ignore[attr-defined]
 
     def backoff_s(self, failures: int) -> float:
-        ceiling = min(self.max_s, self.initial_s * (2 ** max(failures - 1, 0)))
-        return random.uniform(ceiling / 2, ceiling)
+        """Seconds before the loop tries the case again after its ``failures``-th failure."""
+        return Backoff(self.initial_s, self.max_s, jitter=True).wait_s(failures)
 
 
 DEFAULT_POLICY = FailurePolicy()

@@ -49,6 +49,7 @@ from pathlib import Path
 import peewee
 import structlog
 
+from gateway.backoff import Backoff
 from gateway.storage.models import CaseState as S
 from gateway.storage.models import db, utcnow
 
@@ -76,6 +77,7 @@ STAGE_TOPICS: dict[str, frozenset[str]] = {
 ALL_TOPICS = frozenset().union(*STAGE_TOPICS.values())
 
 LISTEN_BACKOFF_S = (0.5, 30.0)  # first and longest wait before the listener reconnects
+LISTEN_BACKOFF = Backoff(*LISTEN_BACKOFF_S)
 PAST_DUE_DELAY_S = 1.0          # a timer asked for the past fires this late (no busy loop on a stuck case)...
 JUST_PASSED_WINDOW_S = 0.25     # ...unless its time passed less than this ago (while it was being set):
 JUST_PASSED_DELAY_S = 0.01      # then it fires at once
@@ -210,17 +212,18 @@ class PgListener:
     def _loop(self) -> None:
         import psycopg2  # only with PostgreSQL
 
-        backoff, first = LISTEN_BACKOFF_S[0], True
+        failures, first = 0, True
         while not self._stop.is_set():
             try:
                 self._listen(first)
-                backoff = LISTEN_BACKOFF_S[0]
+                failures = 0
             except (psycopg2.Error, OSError) as exc:
                 self.connected.clear()
+                failures += 1
+                wait = LISTEN_BACKOFF.wait_s(failures)
                 log.warning("wakeup_listener_lost", component="wakeup", error=type(exc).__name__,
-                            reason=f"reconnecting in {backoff:.1f} s; the poll carries on meanwhile")
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, LISTEN_BACKOFF_S[1])
+                            reason=f"reconnecting in {wait:.1f} s; the poll carries on meanwhile")
+                self._stop.wait(wait)
             finally:
                 self._close()
             first = False
