@@ -9,6 +9,7 @@ import threading
 from functools import partial
 
 import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from gateway import __version__
 from gateway.budget import BudgetedWorkers, default_workers
@@ -67,6 +68,8 @@ class GatewayNode:
         self.http: HttpServer | None = None
         self.hl7 = None  # the MLLP listener (gateway.referral.mllp) when hl7.enabled
         self.pipeline: Pipeline | None = None
+        # the stages' runs and the wake-up timers: one scheduler, started with the wake-ups, shut down by the pipeline
+        self.scheduler: BackgroundScheduler | None = None
         self.wakeups: wakeup.Wakeups | None = None
         self.receivers: ReceivingProcesses | None = None
         self.slots: AssociationSlots | None = None
@@ -106,10 +109,12 @@ class GatewayNode:
         self.server = start_scp(self.config.node, handlers)
         self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)
         self._notes_workers()  # started by the first case's notes (gateway.budget): no memory until needed
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.scheduler.start()
         self._start_wakeups()
         self._start_receivers()
         self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s, self.wakeups,
-                                 policy=FailurePolicy.of(self.config.routing.case_failures))
+                                 policy=FailurePolicy.of(self.config.routing.case_failures), scheduler=self.scheduler)
         self.pipeline.start()
         log.info("gateway_started", ae_title=self.config.node.ae_title, port=self.config.node.port,
                  version=__version__, to_version=SCHEMA_VERSION, tls=self.config.node.tls.enabled)
@@ -118,8 +123,8 @@ class GatewayNode:
         """``routing.wakeups``: stages woken by committed state changes, by NOTIFY from other nodes and commands
         (PostgreSQL), and by commands through the socket in the spool directory (SQLite)."""
         if self.config.routing.wakeups:
-            self.wakeups = wakeup.Wakeups(self.identity,
-                                          local_socket=wakeup.socket_path(self.config.storage.spool_dir)).start()
+            self.wakeups = wakeup.Wakeups(self.identity, local_socket=wakeup.socket_path(self.config.storage.spool_dir),
+                                          scheduler=self.scheduler).start()
             self.wakeups.watch_server(self.server)
             wakeup.install(self.wakeups)
 
@@ -228,6 +233,10 @@ class GatewayNode:
         if self.pipeline is not None:
             self.pipeline.stop()
             self.pipeline = None
+        if self.scheduler is not None:
+            if self.scheduler.running:  # started, but the node stopped before its pipeline was built
+                self.scheduler.shutdown(wait=True)
+            self.scheduler = None
         if self.notes_workers is not None:
             self.notes_workers.shutdown()
             self.notes_workers = None

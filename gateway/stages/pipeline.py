@@ -190,11 +190,13 @@ class Pipeline:
     committed state change through ``wakeups``, see ``gateway.storage.wakeup``); one run at a time per stage."""
 
     def __init__(self, stages: Sequence[Stage], poll_s: float, wakeups: wakeup.Wakeups | None = None, *,
-                 policy: FailurePolicy = DEFAULT_POLICY) -> None:
+                 policy: FailurePolicy = DEFAULT_POLICY, scheduler: BackgroundScheduler | None = None) -> None:
+        """``scheduler``: the node's, shared with the wake-up timers (started here unless running already, shut
+        down by ``stop``); without it, one of the pipeline's own."""
         self.stages = list(stages)
         self.poll_s = poll_s
         self.loops = {stage.name: StageLoop(stage, policy) for stage in self.stages}
-        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.scheduler = scheduler if scheduler is not None else BackgroundScheduler(timezone="UTC")
         self.wakeups = wakeups
         self._runs: dict[str, wakeup.CoalescedRun] = {}
 
@@ -207,7 +209,8 @@ class Pipeline:
                                    coalesce=True, misfire_grace_time=None, next_run_time=dt.datetime.now(dt.UTC))
             if self.wakeups is not None:
                 self.wakeups.subscribe(wakeup.topics_of(name), run.wake)
-        self.scheduler.start()
+        if not self.scheduler.running:
+            self.scheduler.start()
 
     def wake(self, stage_name: str) -> None:
         """Run the stage called ``stage_name`` now (a run going on runs once more when it ends)."""
