@@ -167,9 +167,10 @@ class _Timers:
         self._due: dict[str, list[dt.datetime]] = {}
         self._lock = threading.Lock()
         self._stopped = False
+        # now, not at start: a timer set before the hub starts waits on the scheduler, which knows its executor
+        self._scheduler.add_executor(ThreadPoolExecutor(max_workers=2), self.EXECUTOR)
 
     def start(self) -> None:
-        self._scheduler.add_executor(ThreadPoolExecutor(max_workers=2), self.EXECUTOR)
         if self._own:
             self._scheduler.start()
 
