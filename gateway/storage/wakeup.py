@@ -47,17 +47,17 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import peewee
 import structlog
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.jobstores.base import JobLookupError
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.schedulers.base import BaseScheduler
 
 from gateway.backoff import Backoff
 from gateway.storage.models import CaseState as S
 from gateway.storage.models import db, utcnow
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.base import BaseScheduler
 
 log = structlog.get_logger("wakeup")
 
@@ -155,6 +155,8 @@ class _Timers:
     earlier without losing the later one: when the job fires, the times now past are dropped (one delivery
     serves them all) and the job is armed again for the next. The same time asked twice is kept once (times are
     rounded up to 10 ms). The jobs run on an executor of their own, so that a busy stage never delays a wake-up.
+    APScheduler is imported only when a timer needs it: a receiving process or a CLI command, whose hubs keep
+    no timer, stays without it.
     """
 
     EXECUTOR = "wakeup-timers"
@@ -163,16 +165,31 @@ class _Timers:
     def __init__(self, deliver: Callable[[str], None], scheduler: BaseScheduler | None = None) -> None:
         self._deliver = deliver
         self._own = scheduler is None
-        self._scheduler = scheduler if scheduler is not None else BackgroundScheduler(timezone="UTC")
+        self._given = scheduler
+        self._scheduler_made: BaseScheduler | None = None
+        self._making = threading.Lock()
         self._due: dict[str, list[dt.datetime]] = {}
         self._lock = threading.Lock()
         self._stopped = False
-        # now, not at start: a timer set before the hub starts waits on the scheduler, which knows its executor
-        self._scheduler.add_executor(ThreadPoolExecutor(max_workers=2), self.EXECUTOR)
+
+    @property
+    def _scheduler(self) -> BaseScheduler:
+        """The node's scheduler or our own, made on first use, with our executor added (before any job: a timer
+        set before the hub starts waits on the scheduler, which then knows its executor)."""
+        with self._making:
+            if self._scheduler_made is None:
+                from apscheduler.executors.pool import ThreadPoolExecutor
+                from apscheduler.schedulers.background import BackgroundScheduler
+
+                made = self._given if self._given is not None else BackgroundScheduler(timezone="UTC")
+                made.add_executor(ThreadPoolExecutor(max_workers=2), self.EXECUTOR)
+                self._scheduler_made = made
+            return self._scheduler_made
 
     def start(self) -> None:
+        scheduler = self._scheduler
         if self._own:
-            self._scheduler.start()
+            scheduler.start()
 
     def at(self, when: dt.datetime, topic: str) -> None:
         """Deliver ``topic`` at ``when`` (aware UTC)."""
@@ -194,6 +211,11 @@ class _Timers:
 
     def stop(self) -> None:
         """Cancel every timer; none is delivered after this returns (a delivery under way may finish)."""
+        if self._scheduler_made is None:
+            self._stopped = True
+            return  # never used: nothing to cancel, and no scheduler to make now
+        from apscheduler.jobstores.base import JobLookupError
+
         with self._lock:
             self._stopped = True
             topics, self._due = list(self._due), {}

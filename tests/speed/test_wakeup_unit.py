@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import select
+import subprocess
+import sys
 import threading
 
 import peewee
@@ -273,3 +275,15 @@ def test_postgresql_notify_is_sent_in_the_transaction_and_heard_by_other_nodes(c
         wait_until(lambda: woken == [CaseState.REPORTED], 30, "NOTIFY heard after the reconnection")
         sender.close()
     other_node.close()
+
+
+def test_a_hub_that_keeps_no_timer_never_loads_the_scheduler():
+    """A receiving process or a CLI command builds a hub whose timers go elsewhere: APScheduler stays unloaded."""
+    code = ("import sys, peewee\n"
+            "from gateway.storage import wakeup\n"
+            "hub = wakeup.CommandWakeups(peewee.SqliteDatabase(':memory:'), '/nonexistent')\n"
+            "hub.wake_at(wakeup.STABLE, None)\n"
+            "hub.stop()\n"
+            "print('apscheduler' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
