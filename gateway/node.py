@@ -8,7 +8,9 @@ import socket
 import threading
 from functools import partial
 
+import peewee
 import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from gateway import __version__
 from gateway.budget import BudgetedWorkers, default_workers
@@ -19,6 +21,7 @@ from gateway.dicom.net import install_fast_paths
 from gateway.ops import audit
 from gateway.ops.http import HttpServer, standard_health_checks
 from gateway.ops.memory import HeapTrimmer, release_freed_memory
+from gateway.ops.metrics import METRICS
 from gateway.privacy import vocabulary
 from gateway.referral.entities import load_engine
 from gateway.referral.http_api import register_referral_routes
@@ -35,6 +38,7 @@ from gateway.scp.slots import AssociationSlots
 from gateway.stages.assign import AssignmentStage
 from gateway.stages.atna import AtnaStage
 from gateway.stages.completion import CompletionStage
+from gateway.stages.context import NodeContext
 from gateway.stages.deid import DeidStage
 from gateway.stages.deliver import DeliveryStage
 from gateway.stages.health import HealthStage
@@ -69,6 +73,9 @@ class GatewayNode:
         self.http: HttpServer | None = None
         self.hl7 = None  # the MLLP listener (gateway.referral.mllp) when hl7.enabled
         self.pipeline: Pipeline | None = None
+        # the stages' runs and the wake-up timers: one scheduler, started with the wake-ups, shut down by the pipeline
+        self.scheduler: BackgroundScheduler | None = None
+        self.context: NodeContext | None = None  # built once at start (gateway.stages.context)
         self.wakeups: wakeup.Wakeups | None = None
         self.receivers: ReceivingProcesses | None = None
         self.slots: AssociationSlots | None = None
@@ -80,11 +87,13 @@ class GatewayNode:
 
     def start(self) -> None:
         install_fast_paths()  # pynetdicom's hooks, checked first: stock pynetdicom (and one warning) otherwise
-        open_database(self.config.storage.database, max_connections=self.config.node.max_associations + 8)
+        database = open_database(self.config.storage.database, max_connections=self.config.node.max_associations + 8)
         sync_sources([(s.name, s.ae_title) for s in self.config.sources])
-        cases.set_node_identity(self.identity, self.config.routing.claim_lease_s)
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.context = self._node_context(database)
+        self.context.install()
         with db.connection_context():
-            cases.release_all_of_this_node()
+            cases.release_all_of_this_node(self.context.owner)
         # This node's receiving processes (gateway.scp.receivers) are gone too: their leftovers are ours to clean.
         receiving = [receiver_identity(self.identity, n) for n in range(1, MAX_RECEIVING_PROCESSES + 1)]
         removed = self.spool.prepare() + sum(self.spool.remove_partial_of(tag) for tag in receiving)
@@ -109,10 +118,11 @@ class GatewayNode:
         self.server = start_scp(self.config.node, handlers)
         self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)
         self._notes_workers()  # started by the first case's notes (gateway.budget): no memory until needed
+        self.scheduler.start()
         self._start_wakeups()
         self._start_receivers()
-        self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s, self.wakeups,
-                                 policy=FailurePolicy.of(self.config.routing.case_failures))
+        self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s, policy=FailurePolicy.of(
+            self.config.routing.case_failures), scheduler=self.scheduler, context=self.context)
         for stage in self.pipeline.stages:
             if isinstance(stage, AtnaStage):
                 stage.open_cursor()  # before the start is recorded: the collector's first message is the start
@@ -122,20 +132,28 @@ class GatewayNode:
         log.info("gateway_started", ae_title=self.config.node.ae_title, port=self.config.node.port,
                  version=__version__, to_version=SCHEMA_VERSION, tls=self.config.node.tls.enabled)
 
+    def _node_context(self, database: peewee.Database) -> NodeContext:
+        """The one context the stages and servers share: the database, this node's lease owner, its wake-up hub
+        (``routing.wakeups``; its timers on the node's scheduler) and the metrics."""
+        owner = cases.LeaseOwner(self.identity, dt.timedelta(seconds=self.config.routing.claim_lease_s))
+        hub = None
+        if self.config.routing.wakeups:
+            hub = wakeup.Wakeups(self.identity, database, scheduler=self.scheduler,
+                                 local_socket=wakeup.socket_path(self.config.storage.spool_dir))
+        return NodeContext(database, owner, hub, METRICS)
+
     def _start_wakeups(self) -> None:
         """``routing.wakeups``: stages woken by committed state changes, by NOTIFY from other nodes and commands
         (PostgreSQL), and by commands through the socket in the spool directory (SQLite)."""
-        if self.config.routing.wakeups:
-            self.wakeups = wakeup.Wakeups(self.identity,
-                                          local_socket=wakeup.socket_path(self.config.storage.spool_dir)).start()
+        if self.context is not None and self.context.wakeups is not None:
+            self.wakeups = self.context.wakeups.start()
             self.wakeups.watch_server(self.server)
-            wakeup.install(self.wakeups)
 
     def _start_receivers(self) -> None:
         """``node.receiving_processes``: more processes accepting on the DICOM port (``gateway.scp.receivers``)."""
-        if self.slots is not None and self.slots.processes > 1:
-            self.receivers = ReceivingProcesses(self.config, self.server.socket.fileno(), self.identity, self.slots,
-                                                self._deliver_wakeup, self._wake_at).start()
+        if self.slots is not None and self.slots.processes > 1 and self.context is not None:
+            self.receivers = ReceivingProcesses(self.config, self.server.socket.fileno(), self.slots,
+                                                self.context).start()
 
     def _association_slots(self) -> AssociationSlots | None:
         """``node.max_associations`` and each peer's share of it, counted across the processes that accept on the
@@ -147,10 +165,6 @@ class GatewayNode:
         if self.wakeups is not None:
             self.wakeups.deliver(topic)
 
-    def _wake_at(self, topic: str, when: dt.datetime) -> None:
-        if self.wakeups is not None:
-            self.wakeups.wake_at(topic, when)
-
     def _load_secret(self) -> None:
         path = self.config.secret_path()
         self.secret, created = load_or_create_secret(self.config.deid.secret_env, path)
@@ -160,19 +174,21 @@ class GatewayNode:
 
     def _stages(self) -> list[Stage]:
         """The pipeline, in order. Each stage reads cases in one state and leaves them in the next."""
-        notes = NotesStage(self.config, self.spool, self.notes_workers)
+        config, context = self.config, self.context
+        notes = NotesStage(config, self.spool, self.notes_workers, context=context)
         return [
-            CompletionStage(self.config.routing, SpineFilter(self.config.routing, self.config.storage.spool_dir)),
-            DeidStage(self.config.deid.options(), self.secret, self.spool, pool=self.work_pool,
-                      case_identifiers=notes.case_identifiers, time_budget_s=self.config.deid.time_budget_s),
+            CompletionStage(config.routing, SpineFilter(config.routing, config.storage.spool_dir), context=context),
+            DeidStage(config.deid.options(), self.secret, self.spool, pool=self.work_pool,
+                      case_identifiers=notes.case_identifiers, time_budget_s=config.deid.time_budget_s,
+                      context=context),
             notes,
             # routing (issue 5): after the notes stage
-            AssignmentStage(self.config.reviewers, self.config.routing),
-            DeliveryStage(self.config),
-            SlaStage(self.config.reviewers, self.config.routing),
-            HealthStage(self.config),
+            AssignmentStage(config.reviewers, config.routing, context=context),
+            DeliveryStage.of(config, context=context),
+            SlaStage(config.reviewers, config.routing, context=context),
+            HealthStage.of(config, context=context),
             # reports back home (issue 6): REPORTED → REPORT_DELIVERED
-            ReportStage(self.config, self.spool, self.secret),
+            ReportStage(config, self.spool, self.secret, context=context),
             *self._audit_export(),
         ]
 
@@ -247,14 +263,19 @@ class GatewayNode:
         if self.receivers is not None:
             self.receivers.stop()
             self.receivers = None
+        if self.context is not None:
+            self.context.uninstall()
         if self.wakeups is not None:
-            wakeup.install(None)
             self.wakeups.stop()
             self.wakeups = None
         if self.pipeline is not None:
             self.pipeline.stop()
             self.pipeline = None
             self._audit_activity("node_stopped")
+        if self.scheduler is not None:
+            if self.scheduler.running:  # started, but the node stopped before its pipeline was built
+                self.scheduler.shutdown(wait=True)
+            self.scheduler = None
         if self.notes_workers is not None:
             self.notes_workers.shutdown()
             self.notes_workers = None

@@ -17,7 +17,8 @@ GATEWAY = Path(__file__).resolve().parent.parent / "gateway"
 
 # From the ground up. A module belongs to the layer of the longest prefix that names it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("gateway", "gateway.errors", "gateway.config", "gateway.budget", "gateway.demo")),
+    ("foundation", ("gateway", "gateway.errors", "gateway.config", "gateway.budget", "gateway.backoff",
+                    "gateway.demo")),
     ("dicom", ("gateway.dicom",)),
     ("storage", ("gateway.storage",)),
     ("ops", ("gateway.ops",)),

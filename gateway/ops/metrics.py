@@ -134,6 +134,12 @@ class GatewayMetrics:
         for _ in range(instances):
             self.deid_seconds.observe(seconds / instances)
 
+    def record_recovery(self, found: int, resent: int) -> None:
+        """After an interrupted delivery attempt: ``found`` objects the peer had (not sent again), ``resent``
+        sent again without knowing (possible duplicates)."""
+        self.found_after_recovery.inc(found)
+        self.resent_after_recovery.inc(resent)
+
     def receiving_processes(self, running: int, *, exited: bool = False) -> None:
         """``running`` receiving processes now; ``exited``: one of them has just exited unasked."""
         self.receivers_running.set(running)
@@ -172,8 +178,7 @@ def receiving_processes(running: int, *, exited: bool = False) -> None:
 def record_recovery(found: int, resent: int) -> None:
     """After an interrupted delivery attempt: ``found`` objects the peer had (not sent again), ``resent`` sent
     again without knowing (possible duplicates)."""
-    METRICS.found_after_recovery.inc(found)
-    METRICS.resent_after_recovery.inc(resent)
+    METRICS.record_recovery(found, resent)
 
 
 def record_delivery(result: str, seconds: float, *, retry: bool = False) -> None:

@@ -50,6 +50,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
+from gateway.backoff import Backoff
 from gateway.config import DicomPeer, NodeConfig, RetryConfig, ReviewerConfig
 from gateway.dicom.net import NODELAY_HANDLER, DirectStores, install_fast_paths
 from gateway.dicom.rawedit import file_meta_end_and_syntax, fits_charset, text_element_edit, with_text_element
@@ -122,10 +123,9 @@ def backoff_s(retry: RetryConfig, attempt: int, rng: random.Random | None = None
     """Seconds to wait after failed attempt number ``attempt`` (1-based): exponential, capped, with jitter.
 
     The wait is drawn uniformly from the upper half of ``min(max_s, initial_s * 2**(attempt-1))``, so that
-    cases failing together do not retry together.
+    cases failing together do not retry together (``gateway.backoff.Backoff`` with jitter).
     """
-    ceiling = min(retry.max_s, retry.initial_s * (2 ** max(attempt - 1, 0)))
-    return (rng or random).uniform(ceiling / 2, ceiling)
+    return Backoff(retry.initial_s, retry.max_s, jitter=True).wait_s(attempt, rng)
 
 
 def send_objects(node: NodeConfig, spool_dir: Path, peer: ReviewerConfig | DicomPeer, destination: str,

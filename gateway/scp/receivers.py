@@ -22,16 +22,17 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from gateway.backoff import Backoff
 from gateway.config import GatewayConfig
-from gateway.ops import metrics
 from gateway.scp.receiving_process import FORWARDED_METRICS, process_name, resolved_count
 from gateway.scp.slots import AssociationSlots
+from gateway.stages.context import NodeContext
 
 log = structlog.get_logger("scp")
 
 RESTART_BACKOFF_S = (1.0, 30.0)  # first and longest pause before a receiving process that exited starts again
+RESTART_BACKOFF = Backoff(*RESTART_BACKOFF_S)
 STOP_TIMEOUT_S = 10.0            # a receiving process told to stop is killed after this long
-_METRICS: dict[str, Callable[..., None]] = {name: getattr(metrics, name) for name in FORWARDED_METRICS}
 
 
 @dataclass
@@ -45,16 +46,18 @@ class _Receiver:
 
 class ReceivingProcesses:
     """Starts ``node.receiving_processes`` receiving processes on ``listening`` (the node's bound socket) and keeps
-    them running until :meth:`stop`."""
+    them running until :meth:`stop`. What they send up the pipe goes to the node's ``context``: their metrics
+    to its metrics, their wake-ups to its hub (and timers)."""
 
-    def __init__(self, config: GatewayConfig, listening_fd: int, node_id: str, slots: AssociationSlots,
-                 deliver: Callable[[str], None], wake_at: Callable[[str, dt.datetime], None]) -> None:
+    def __init__(self, config: GatewayConfig, listening_fd: int, slots: AssociationSlots,
+                 context: NodeContext) -> None:
         self.config = config
         self.listening_fd = listening_fd
         self.slots = slots
-        self.node_id = node_id
-        self._deliver = deliver
-        self._wake_at = wake_at
+        self.context = context
+        self.node_id = context.node_id
+        self._forwarded: dict[str, Callable[..., None]] = {
+            name: getattr(context.metrics, name) for name in FORWARDED_METRICS}
         self._config_json = config.model_dump_json(by_alias=True)
         self._stopping = threading.Event()
         self._receivers = [_Receiver(n) for n in range(1, resolved_count(config.node.receiving_processes) + 1)]
@@ -113,7 +116,7 @@ class ReceivingProcesses:
         receiver.reader = threading.Thread(target=self._hear, args=(receiver, read_end),
                                            name=f"{process_name(receiver.number)}-pipe", daemon=True)
         receiver.reader.start()
-        metrics.receiving_processes(len(self.pids()))
+        self.context.metrics.receiving_processes(len(self.pids()))
 
     def _hear(self, receiver: _Receiver, read_end: int) -> None:
         """Read one receiving process's pipe until it closes, then restart the process unless the node stops."""
@@ -125,7 +128,7 @@ class ReceivingProcesses:
         self.slots.empty(receiver.number)  # its associations ended with it
         if self._stopping.is_set():
             return
-        metrics.receiving_processes(len(self.pids()), exited=True)
+        self.context.metrics.receiving_processes(len(self.pids()), exited=True)
         self._restart_after_exit(receiver, code)
 
     def _restart_after_exit(self, receiver: _Receiver, code: int | None) -> None:
@@ -145,19 +148,20 @@ class ReceivingProcesses:
 
     @staticmethod
     def _pause(receiver: _Receiver) -> float:
-        return min(RESTART_BACKOFF_S[1], RESTART_BACKOFF_S[0] * 2 ** max(0, receiver.failures - 1))
+        return RESTART_BACKOFF.wait_s(receiver.failures)
 
     def _handle(self, receiver: _Receiver, line: bytes) -> None:
         try:
             message = json.loads(line)
             if "metrics" in message:
                 for name, args in message["metrics"]:
-                    _METRICS[name](*args)
+                    self._forwarded[name](*args)
             elif "wake" in message:
-                self._deliver(str(message["wake"]))
+                if self.context.wakeups is not None:
+                    self.context.wakeups.deliver(str(message["wake"]))
             elif "wake_at" in message:
                 topic, when = message["wake_at"]
-                self._wake_at(str(topic), dt.datetime.fromisoformat(when))
+                self.context.wake_at(str(topic), dt.datetime.fromisoformat(when))
         except Exception as exc:  # noqa: BLE001 - one bad line never stops the node hearing the process
             log.warning("receiver_message_unreadable", component=process_name(receiver.number),
                         error=type(exc).__name__)

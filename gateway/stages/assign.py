@@ -12,23 +12,18 @@ The rules themselves are :mod:`gateway.routing.assignment`; this stage applies t
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 
 import structlog
 
-from gateway.config import ReviewerConfig, RoutingConfig
 from gateway.routing.assignment import (
     NO_REVIEWER,
     CaseNeeds,
     Choice,
-    ReviewerPool,
-    last_assigned,
-    open_cases,
     record_assignment,
     sla_due,
-    unhealthy_peers,
 )
 from gateway.stages.pipeline import run_case_stage
+from gateway.stages.reviewer_choice import ReviewerChoosingStage
 from gateway.storage import cases
 from gateway.storage.models import CaseState, Study, utcnow
 
@@ -44,17 +39,10 @@ def _needs_for_order(study: Study) -> CaseNeeds:
         return CaseNeeds(frozenset(), None, False)
 
 
-class AssignmentStage:
+class AssignmentStage(ReviewerChoosingStage):
     """NOTES_ATTACHED and HELD(no_reviewer) → ASSIGNED, or NOTES_ATTACHED → HELD(no_reviewer)."""
 
     name = "assignment"
-
-    def __init__(self, reviewers: Sequence[ReviewerConfig], routing: RoutingConfig) -> None:
-        self.pool = ReviewerPool(reviewers)
-        self.routing = routing
-        self._load: dict[str, int] = {}
-        self._recent: dict[str, dt.datetime] = {}
-        self._down: set[str] = set()
 
     def waiting(self) -> list[tuple[Study, CaseNeeds]]:
         """Cases to assign: urgent first, then oldest."""
@@ -74,7 +62,7 @@ class AssignmentStage:
         """The waiting cases; the reviewers' load is read once for the whole run."""
         pending = self.waiting()
         if pending:
-            self._load, self._recent, self._down = open_cases(), last_assigned(), unhealthy_peers()
+            self.read_load()
         return [study for study, _ in pending]
 
     def step(self, study: Study, now: dt.datetime) -> bool:

@@ -13,18 +13,21 @@ from peewee import fn
 from gateway.config import RoutingConfig
 from gateway.referral.matching import match_study
 from gateway.routing.spine import SpineFilter
+from gateway.stages.context import NodeContext, WithNodeContext
 from gateway.stages.pipeline import run_case_stage
 from gateway.storage import cases, wakeup
 from gateway.storage.models import CaseState, Instance, Study
 
 
-class CompletionStage:
+class CompletionStage(WithNodeContext):
     """RECEIVING → COMPLETE once the study has been quiet for ``stable_after_s``."""
 
     name = "completion"
     claim_states = (CaseState.RECEIVING,)
 
-    def __init__(self, routing: RoutingConfig, spine_filter: SpineFilter | None = None) -> None:
+    def __init__(self, routing: RoutingConfig, spine_filter: SpineFilter | None = None, *,
+                 context: NodeContext | None = None) -> None:
+        self._context = context
         self.stable_after = dt.timedelta(seconds=routing.stable_after_s)
         self.spine_filter = spine_filter  # non-spine studies go to REJECTED_NOT_SPINE instead of COMPLETE
 
@@ -40,7 +43,7 @@ class CompletionStage:
                         & (last_instance <= cutoff))
                  .order_by(Study.last_received_at))
         # list(): fetched whole before any write; on SQLite a half-read cursor makes the writes fail at once.
-        wakeup.wake_at(wakeup.STABLE, self.next_stable_at(now))
+        self.context.wake_at(wakeup.STABLE, self.next_stable_at(now))
         return list(quiet)
 
     def next_stable_at(self, now: dt.datetime | None = None) -> dt.datetime | None:

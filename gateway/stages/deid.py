@@ -34,8 +34,9 @@ from gateway.deid.errors import TimeBudgetExceeded
 from gateway.deid.guard import find_leaks_in_values
 from gateway.deid.options import DeidOptions
 from gateway.deid.work import LARGE_OBJECT_BYTES, DeidWork, WorkPool, deid_pool, deidentify_file
-from gateway.ops import audit, metrics
+from gateway.ops import audit
 from gateway.privacy.identifiers import IdentifierSet, identifier_set_for_study, merge_header_values
+from gateway.stages.context import NodeContext, WithNodeContext
 from gateway.stages.pipeline import run_case_stage
 from gateway.storage import cases
 from gateway.storage.models import (
@@ -81,14 +82,15 @@ class Outcome:
     lease_lost: bool = False
 
 
-class DeidStage:
+class DeidStage(WithNodeContext):
     """COMPLETE → DEIDENTIFIED (or QUARANTINED); early and late instances on the side."""
 
     name = "deid"
 
     def __init__(self, options: DeidOptions, secret: bytes, spool: Spool, pool: WorkPool | None = None,
                  case_identifiers: Callable[[Study], IdentifierSet] | None = None,
-                 time_budget_s: float | None = None) -> None:
+                 time_budget_s: float | None = None, *, context: NodeContext | None = None) -> None:
+        self._context = context
         self.deidentifier = Deidentifier(options, secret)
         self.options = options
         self.spool = spool
@@ -194,7 +196,7 @@ class DeidStage:
         outcome = Outcome()
         case_set: list[IdentifierSet] = []  # the case's identifiers, looked up once, at the first late instance
         source = study.source.name if study.source_id else study.calling_ae
-        lease = cases.Lease(study, self.name)
+        lease = cases.Lease(study, self.name, self.context.owner)
         for chunk in _chunks(instances, CHUNK):
             if not lease.keep():
                 outcome.lease_lost = True
@@ -226,7 +228,7 @@ class DeidStage:
             self._record(study, written)
             outcome.done += len(written)
             if written:
-                metrics.observe_deidentification(time.perf_counter() - started, len(written))
+                self.context.metrics.observe_deidentification(time.perf_counter() - started, len(written))
         return outcome
 
     def _late_leak(self, study: Study, work: DeidWork, case_set: list[IdentifierSet]) -> bool:

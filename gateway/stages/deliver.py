@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
 
-from gateway.config import GatewayConfig, ReviewerConfig
-from gateway.ops import audit, metrics
+from gateway.config import GatewayConfig, NodeConfig, RetryConfig, ReviewerConfig
+from gateway.ops import audit
 from gateway.routing.assignment import reviewer_peer
 from gateway.routing.errors import RoutingError
 from gateway.routing.query import instances_held
@@ -37,6 +38,7 @@ from gateway.routing.send import (  # noqa: F401 - re-exported for the stages an
     transcode,
     unsent_objects,
 )
+from gateway.stages.context import NodeContext, WithNodeContext
 from gateway.stages.pipeline import run_case_stage
 from gateway.storage import cases
 from gateway.storage.models import CaseState, Delivery, OutboundObject, Study, db, utcnow
@@ -50,16 +52,23 @@ class UnknownReviewer(RoutingError):
     """A case names a reviewer that is no longer in the configuration."""
 
 
-class DeliveryStage:
+class DeliveryStage(WithNodeContext):
     """Sends due cases (ASSIGNED, DELIVERING whose retry time has come, DELIVERED with unsent objects)."""
 
     name = "delivery"
 
-    def __init__(self, config: GatewayConfig) -> None:
-        self.config = config
-        self.reviewers = {r.name: r for r in config.reviewers}
-        self.spool_dir = Path(config.storage.spool_dir)
-        self.retry = config.routing.retry
+    def __init__(self, node: NodeConfig, reviewers: Sequence[ReviewerConfig], spool_dir: Path | str,
+                 retry: RetryConfig, *, context: NodeContext | None = None) -> None:
+        self.node = node
+        self.reviewers = {r.name: r for r in reviewers}
+        self.spool_dir = Path(spool_dir)
+        self.retry = retry
+        self._context = context
+
+    @classmethod
+    def of(cls, config: GatewayConfig, *, context: NodeContext | None = None) -> DeliveryStage:
+        """The stage from the whole configuration: the sections it uses."""
+        return cls(config.node, config.reviewers, config.storage.spool_dir, config.routing.retry, context=context)
 
     def due(self, now: dt.datetime) -> list[Study]:
         ready = (Study.select().where(
@@ -114,13 +123,13 @@ class DeliveryStage:
     def _delivered(self, study: Study, reviewer: ReviewerConfig, attempt: int, seconds: float,
                    result: AttemptResult) -> bool:
         moved = cases.move(study, CaseState.DELIVERED, reason="all_objects_sent", **STUDY_LEG.reset())
-        metrics.record_delivery("delivered", seconds, retry=attempt > 1)
+        self.context.metrics.record_delivery("delivered", seconds, retry=attempt > 1)
         audit.record("sent", actor_ae=reviewer.ae_title, actor_host=reviewer.host, study_key=study.key,
                      detail=f"{result.sent} object(s) to reviewer {reviewer.name}, attempt {attempt}")
         return moved
 
     def _failed_attempt(self, study: Study, reviewer: ReviewerConfig, attempt: int, seconds: float) -> bool:
-        metrics.record_delivery("failed", seconds, retry=attempt > 1)
+        self.context.metrics.record_delivery("failed", seconds, retry=attempt > 1)
         if attempt >= self.retry.max_attempts:
             moved = STUDY_LEG.give_up(study, attempt, "max_attempts")
             log.error("delivery_failed", case=study.key, reviewer=reviewer.name, attempt=attempt)
@@ -138,8 +147,8 @@ class DeliveryStage:
         pending = self.pending_objects(study, reviewer)
         if resumed:
             pending = self._recover(study, reviewer, pending)
-        return send_objects(self.config.node, self.spool_dir, reviewer, reviewer_peer(reviewer.name),
-                            pending, cases.Lease(study, self.name), reason=study.notes_reason)
+        return send_objects(self.node, self.spool_dir, reviewer, reviewer_peer(reviewer.name),
+                            pending, cases.Lease(study, self.name, self.context.owner), reason=study.notes_reason)
 
     def _recover(self, study: Study, reviewer: ReviewerConfig, pending: list[OutboundObject]) -> list[OutboundObject]:
         """Before resending after an interrupted attempt: the objects whose outcome the ledger never got (the
@@ -150,13 +159,13 @@ class DeliveryStage:
         in_doubt = in_doubt_objects(pending, reviewer_peer(reviewer.name))
         if not in_doubt:
             return pending
-        held = (instances_held(self.config.node, reviewer, study.pseudo_study_uid)
+        held = (instances_held(self.node, reviewer, study.pseudo_study_uid)
                 if reviewer.query and study.pseudo_study_uid else None)
         found = [o for o in in_doubt if held is not None and o.sop_instance_uid in held]
         if found:
             mark_found(found, reviewer_peer(reviewer.name))
         unknown = len(in_doubt) if held is None else 0  # sent again not knowing: each may arrive twice
-        metrics.record_recovery(found=len(found), resent=unknown)
+        self.context.metrics.record_recovery(found=len(found), resent=unknown)
         log.info("delivery_recovered", case=study.key, reviewer=reviewer.name, instances=len(found), count=unknown,
                  status="queried" if held is not None else "not_queried")
         found_ids = {o.id for o in found}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -17,6 +17,7 @@ import structlog
 from gateway.config import GatewayConfig, PeerTLSConfig
 from gateway.dicom.echo import EchoResult, echo
 from gateway.dicom.tls import tls_args
+from gateway.stages.context import NodeContext, WithNodeContext
 from gateway.storage.models import PeerHealth
 
 log = structlog.get_logger("routing.health")
@@ -55,17 +56,26 @@ def record_health(peer: Peer, result: EchoResult, now: dt.datetime) -> bool | No
     return result.ok if changed else None
 
 
-class HealthStage:
+class HealthStage(WithNodeContext):
     """C-ECHOes every configured peer every ``echo_interval_s`` (the pipeline calls it every ``poll_s``)."""
 
     name = "peer_health"
 
-    def __init__(self, config: GatewayConfig, echo_fn: Callable[..., EchoResult] = echo) -> None:
-        self.own_ae_title = config.node.ae_title
-        self.peers = configured_peers(config)
-        self.interval = config.routing.echo_interval_s
+    def __init__(self, own_ae_title: str, peers: Sequence[Peer], interval_s: float,
+                 echo_fn: Callable[..., EchoResult] = echo, *, context: NodeContext | None = None) -> None:
+        self.own_ae_title = own_ae_title
+        self.peers = list(peers)
+        self.interval = interval_s
         self.echo = echo_fn
+        self._context = context
         self._last_run: float | None = None
+
+    @classmethod
+    def of(cls, config: GatewayConfig, echo_fn: Callable[..., EchoResult] = echo, *,
+           context: NodeContext | None = None) -> HealthStage:
+        """The stage from the whole configuration: the node's AE title, every peer, ``routing.echo_interval_s``."""
+        return cls(config.node.ae_title, configured_peers(config), config.routing.echo_interval_s, echo_fn,
+                   context=context)
 
     def run_once(self, now: dt.datetime) -> int:
         if self._last_run is not None and time.monotonic() - self._last_run < self.interval:

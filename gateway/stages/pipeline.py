@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import random
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -33,8 +32,10 @@ import peewee
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from gateway.backoff import Backoff
 from gateway.errors import SpoolError
 from gateway.ops import audit
+from gateway.stages.context import NodeContext
 from gateway.storage import cases, wakeup
 from gateway.storage.models import Study, db, utcnow
 
@@ -89,21 +90,23 @@ class FailurePolicy:
         return cls(config.max_failures, config.initial_s, config.max_s)  # type: ignore[attr-defined]
 
     def backoff_s(self, failures: int) -> float:
-        ceiling = min(self.max_s, self.initial_s * (2 ** max(failures - 1, 0)))
-        return random.uniform(ceiling / 2, ceiling)
+        """Seconds before the loop tries the case again after its ``failures``-th failure."""
+        return Backoff(self.initial_s, self.max_s, jitter=True).wait_s(failures)
 
 
 DEFAULT_POLICY = FailurePolicy()
 
 
-def run_case_stage(stage: CaseStage, now: dt.datetime, policy: FailurePolicy = DEFAULT_POLICY) -> int:
-    """One run of ``stage``: its ``prepare``, then each due case claimed and stepped on its own."""
+def run_case_stage(stage: CaseStage, now: dt.datetime, policy: FailurePolicy = DEFAULT_POLICY, *,
+                   owner: cases.LeaseOwner | None = None) -> int:
+    """One run of ``stage``: its ``prepare``, then each due case claimed (by ``owner``, the node's; else the
+    process's) and stepped on its own."""
     prepare = getattr(stage, "prepare", None)
     moved = prepare(now) if prepare is not None else 0
     for study in list(stage.due(now)):
         if study.stage_retry_at is not None and study.stage_retry_at > now:
             continue  # backing off after a failure
-        with cases.claimed(study, *stage.claim_states, stage=stage.name) as mine:
+        with cases.claimed(study, *stage.claim_states, stage=stage.name, owner=owner) as mine:
             if not mine:
                 continue
             try:
@@ -148,18 +151,22 @@ def case_failed(stage: CaseStage, study: Study, exc: BaseException, policy: Fail
 
 class StageLoop:
     """One stage's run: a case stage through ``run_case_stage`` (with the node's ``FailurePolicy``), any other
-    stage's own ``run_once``. ``Pipeline`` schedules it and wakes it; ``tick()`` runs it here and now."""
+    stage's own ``run_once``. ``Pipeline`` schedules it and wakes it; ``tick()`` runs it here and now. With the
+    node's ``context``, its database and lease owner; without, the process's."""
 
-    def __init__(self, stage: Stage, policy: FailurePolicy = DEFAULT_POLICY) -> None:
+    def __init__(self, stage: Stage, policy: FailurePolicy = DEFAULT_POLICY,
+                 context: NodeContext | None = None) -> None:
         self.stage = stage
         self.policy = policy
         self.name = stage.name
+        self.context = context
         self._running = threading.Lock()
 
     def run_once(self, now: dt.datetime) -> int:
         """One run (the caller holds a database connection)."""
         if isinstance(self.stage, CaseStage):
-            return run_case_stage(self.stage, now, self.policy)
+            owner = self.context.owner if self.context is not None else None
+            return run_case_stage(self.stage, now, self.policy, owner=owner)
         return self.stage.run_once(now)
 
     def tick(self) -> None:
@@ -175,7 +182,7 @@ class StageLoop:
         next run tries again."""
         started = time.perf_counter()
         try:
-            with db.connection_context():
+            with (self.context.database if self.context is not None else db).connection_context():
                 moved = self.run_once(utcnow())
         except Exception as exc:  # noqa: BLE001 - logged with its traceback; the next tick tries again
             log.exception("stage_failed", component=self.name, error=type(exc).__name__)
@@ -190,12 +197,16 @@ class Pipeline:
     committed state change through ``wakeups``, see ``gateway.storage.wakeup``); one run at a time per stage."""
 
     def __init__(self, stages: Sequence[Stage], poll_s: float, wakeups: wakeup.Wakeups | None = None, *,
-                 policy: FailurePolicy = DEFAULT_POLICY) -> None:
+                 policy: FailurePolicy = DEFAULT_POLICY, scheduler: BackgroundScheduler | None = None,
+                 context: NodeContext | None = None) -> None:
+        """``scheduler``: the node's, shared with the wake-up timers (started here unless running already, shut
+        down by ``stop``); without it, one of the pipeline's own. ``context``: the node's (its database, lease
+        owner and, when ``wakeups`` is not given, its wake-up hub)."""
         self.stages = list(stages)
         self.poll_s = poll_s
-        self.loops = {stage.name: StageLoop(stage, policy) for stage in self.stages}
-        self.scheduler = BackgroundScheduler(timezone="UTC")
-        self.wakeups = wakeups
+        self.loops = {stage.name: StageLoop(stage, policy, context) for stage in self.stages}
+        self.scheduler = scheduler if scheduler is not None else BackgroundScheduler(timezone="UTC")
+        self.wakeups = wakeups if wakeups is not None or context is None else context.wakeups
         self._runs: dict[str, wakeup.CoalescedRun] = {}
 
     def start(self) -> None:
@@ -207,7 +218,8 @@ class Pipeline:
                                    coalesce=True, misfire_grace_time=None, next_run_time=dt.datetime.now(dt.UTC))
             if self.wakeups is not None:
                 self.wakeups.subscribe(wakeup.topics_of(name), run.wake)
-        self.scheduler.start()
+        if not self.scheduler.running:
+            self.scheduler.start()
 
     def wake(self, stage_name: str) -> None:
         """Run the stage called ``stage_name`` now (a run going on runs once more when it ends)."""

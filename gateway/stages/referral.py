@@ -53,8 +53,9 @@ from gateway.referral.notes_sr import EVIDENCE_REQUIRED_ATTRIBUTES
 from gateway.referral.notes_work import NotesInput, NotesWork, build_notes, scrub_notes
 from gateway.referral.reason import short_reason
 from gateway.referral.scrub import ScrubbedNotes
+from gateway.stages.context import NodeContext, WithNodeContext
 from gateway.stages.pipeline import run_case_stage
-from gateway.storage import cases, wakeup
+from gateway.storage import cases
 from gateway.storage.models import (
     CaseState,
     Instance,
@@ -96,7 +97,7 @@ def _encode(dataset: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-class NotesStage:
+class NotesStage(WithNodeContext):
     """Attach each de-identified case's scrubbed notes (SR + PDF) to its pseudonymous study.
 
     Args:
@@ -106,7 +107,9 @@ class NotesStage:
 
     name = "notes"
 
-    def __init__(self, config: GatewayConfig, spool: Spool, workers: BudgetedWorkers | None = None) -> None:
+    def __init__(self, config: GatewayConfig, spool: Spool, workers: BudgetedWorkers | None = None, *,
+                 context: NodeContext | None = None) -> None:
+        self._context = context
         if not isinstance(config, GatewayConfig):
             raise TypeError("config must be a GatewayConfig")
         if not isinstance(spool, Spool):
@@ -265,7 +268,7 @@ class NotesStage:
         if job is None:
             given = self._input_with_evidence(study, document, identifiers)
             if self.workers.submit(study.key, build_notes, given):
-                wakeup.wake_at(CaseState.DEIDENTIFIED,
+                self.context.wake_at(CaseState.DEIDENTIFIED,
                                utcnow() + dt.timedelta(seconds=self.workers.budget_s + BUDGET_MARGIN_S))
             return None
         if job.future.done():

@@ -38,6 +38,7 @@ from gateway.reports.errors import ReidentificationError
 from gateway.reports.foreign import foreign_pseudonym
 from gateway.reports.reidentify import CaseMapping, Reidentifier, derived_report_uid
 from gateway.routing.send import REPORT_LEG, SENT, send_objects, unsent_objects
+from gateway.stages.context import NodeContext, WithNodeContext
 from gateway.stages.deliver import REPORT_KIND
 from gateway.stages.pipeline import run_case_stage
 from gateway.storage import cases
@@ -90,12 +91,14 @@ def encode(dataset: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-class ReportStage:
+class ReportStage(WithNodeContext):
     """REPORTED → REPORT_DELIVERED (or REPORT_FAILED). See the module docstring."""
 
     name = "reports"
 
-    def __init__(self, config: GatewayConfig, spool: Spool, secret: bytes) -> None:
+    def __init__(self, config: GatewayConfig, spool: Spool, secret: bytes, *,
+                 context: NodeContext | None = None) -> None:
+        self._context = context
         self.config = config
         self.spool = spool
         self.secret = secret
@@ -242,7 +245,7 @@ class ReportStage:
         attempt = REPORT_LEG.attempt_of(study)
         started = time.perf_counter()
         result = send_objects(self.config.node, self.spool.root, source.return_, source_peer(source.name), pending,
-                              cases.Lease(study, self.name))
+                              cases.Lease(study, self.name, self.context.owner))
         seconds = time.perf_counter() - started
         log.info("report_delivery_attempt", case=study.key, source=source.name, attempt=attempt,
                  status=result.status, instances=result.sent, duration_ms=int(seconds * 1000))

@@ -9,22 +9,17 @@ is delivered to it by the delivery stage. A case still DELIVERING is reassigned 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 
 import structlog
 
-from gateway.config import ReviewerConfig, RoutingConfig
 from gateway.routing.assignment import (
     OPEN_STATES,
     SLA_BREACHED,
     CaseNeeds,
-    ReviewerPool,
-    last_assigned,
-    open_cases,
     sla_due,
-    unhealthy_peers,
 )
 from gateway.stages.pipeline import run_case_stage
+from gateway.stages.reviewer_choice import ReviewerChoosingStage
 from gateway.storage import cases
 from gateway.storage.models import Assignment, CaseState, Study
 
@@ -33,17 +28,10 @@ log = structlog.get_logger("routing.sla")
 REASSIGNABLE = (CaseState.ASSIGNED, CaseState.DELIVERED, CaseState.FAILED)
 
 
-class SlaStage:
+class SlaStage(ReviewerChoosingStage):
     """Flags cases past their report deadline and, when configured, reassigns them."""
 
     name = "sla"
-
-    def __init__(self, reviewers: Sequence[ReviewerConfig], routing: RoutingConfig) -> None:
-        self.pool = ReviewerPool(reviewers)
-        self.routing = routing
-        self._load: dict[str, int] = {}
-        self._recent: dict[str, dt.datetime] = {}
-        self._down: set[str] = set()
 
     claim_states = OPEN_STATES
 
@@ -57,7 +45,7 @@ class SlaStage:
                                             & (Study.sla_due_at <= now) & Study.sla_flagged_at.is_null()))
         if not self.routing.reassign_after_sla:
             return overdue
-        self._load, self._recent, self._down = open_cases(), last_assigned(), unhealthy_peers()
+        self.read_load()
         flagged = list(Study.select().where(Study.state.in_(REASSIGNABLE) & Study.sla_flagged_at.is_null(False)))
         return overdue + flagged
 

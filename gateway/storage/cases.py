@@ -19,6 +19,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import structlog
 
@@ -100,38 +101,61 @@ def move(study: Study, target: str, *, reason: str | None = None, **fields: obje
     return True
 
 
-LEASE = dt.timedelta(seconds=120)
-_node_id = f"{socket.gethostname()}:{os.getpid()}"
+DEFAULT_LEASE = dt.timedelta(seconds=120)
 
 
-def set_node_identity(name: str, lease_s: float | None = None) -> None:
-    """Name this process for claims (the node does it at start: ``<host>-<DICOM port>``) and set the lease."""
-    global _node_id, LEASE
-    _node_id = name[:64]
-    if lease_s is not None:
-        LEASE = dt.timedelta(seconds=lease_s)
+@dataclass(frozen=True)
+class LeaseOwner:
+    """Who claims cases and for how long: the node's name (``<host>-<DICOM port>``; a receiving process has its
+    own) and ``routing.claim_lease_s``. A claim is written as ``<node_id>/<stage>``."""
+
+    node_id: str
+    lease: dt.timedelta = DEFAULT_LEASE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "node_id", self.node_id[:64])
+
+    def owner(self, stage: str) -> str:
+        return f"{self.node_id}/{stage}"[:64] if stage else self.node_id
+
+
+# The process's owner, for the code that claims without being handed one (libraries, the CLI, the receiving
+# process). Set only through set_node_identity, by node.py (NodeContext.install) and the receiving process's entry.
+_process_owner = LeaseOwner(f"{socket.gethostname()}:{os.getpid()}")
+
+
+def set_node_identity(name: str, lease_s: float | None = None) -> LeaseOwner:
+    """Name this process for claims and set the lease: the one setter of the process's owner, called by the node
+    at start (through its ``NodeContext``) and by a receiving process's entry. Returns the owner set."""
+    global _process_owner
+    _process_owner = LeaseOwner(name, DEFAULT_LEASE if lease_s is None else dt.timedelta(seconds=lease_s))
+    return _process_owner
+
+
+def process_owner() -> LeaseOwner:
+    return _process_owner
 
 
 def node_identity() -> str:
-    return _node_id
+    return _process_owner.node_id
 
 
-def _owner(stage: str) -> str:
-    return f"{_node_id}/{stage}"[:64] if stage else _node_id
-
-
-def claim(study: Study, stage: str = "", lease: dt.timedelta | None = None) -> bool:
+def claim(study: Study, stage: str = "", lease: dt.timedelta | None = None, *,
+          owner: LeaseOwner | None = None) -> bool:
     """Take (or renew) ``stage``'s lease on ``study``; False when another stage or live node holds it."""
-    now, lease, owner = utcnow(), lease or LEASE, _owner(stage)
-    free = Study.claimed_until.is_null() | (Study.claimed_until < now) | (Study.claimed_by == owner)
-    return Study.update(claimed_by=owner, claimed_until=now + lease).where(
+    owner = owner or _process_owner
+    now, lease, holder = utcnow(), lease or owner.lease, owner.owner(stage)
+    free = Study.claimed_until.is_null() | (Study.claimed_until < now) | (Study.claimed_by == holder)
+    return Study.update(claimed_by=holder, claimed_until=now + lease).where(
         (Study.id == study.id) & free).execute() == 1
 
 
-def renew(study: Study, stage: str = "", lease: dt.timedelta | None = None) -> bool:
+def renew(study: Study, stage: str = "", lease: dt.timedelta | None = None, *,
+          owner: LeaseOwner | None = None) -> bool:
     """Extend our lease; False when it was lost (expired and taken by another node): stop working then."""
-    return Study.update(claimed_until=utcnow() + (lease or LEASE)).where(
-        (Study.id == study.id) & (Study.claimed_by == _owner(stage))).execute() == 1
+    owner = owner or _process_owner
+    return Study.update(claimed_until=utcnow() + (lease or owner.lease)).where(
+        (Study.id == study.id) & (Study.claimed_by == owner.owner(stage))).execute() == 1
 
 
 def lease_end(study: Study) -> dt.datetime | None:
@@ -139,23 +163,25 @@ def lease_end(study: Study) -> dt.datetime | None:
     return Study.select(Study.claimed_until).where(Study.id == study.id).scalar()
 
 
-def release(study: Study, stage: str = "") -> None:
+def release(study: Study, stage: str = "", *, owner: LeaseOwner | None = None) -> None:
+    holder = (owner or _process_owner).owner(stage)
     Study.update(claimed_by=None, claimed_until=None).where(
-        (Study.id == study.id) & (Study.claimed_by == _owner(stage))).execute()
+        (Study.id == study.id) & (Study.claimed_by == holder)).execute()
 
 
-def release_all_of_this_node() -> int:
+def release_all_of_this_node(owner: LeaseOwner | None = None) -> int:
     """At start-up: leases this node held before it stopped are void."""
+    node_id = (owner or _process_owner).node_id
     return Study.update(claimed_by=None, claimed_until=None).where(
-        (Study.claimed_by == _node_id) | Study.claimed_by.startswith(f"{_node_id}/")).execute()
+        (Study.claimed_by == node_id) | Study.claimed_by.startswith(f"{node_id}/")).execute()
 
 
 @contextlib.contextmanager
-def claimed(study: Study, *states: str, stage: str = "") -> Iterator[bool]:
+def claimed(study: Study, *states: str, stage: str = "", owner: LeaseOwner | None = None) -> Iterator[bool]:
     """``with claimed(study, <states>, stage=...) as mine:`` work on the case only if ``mine``: the lease is
     ours and the case is still in one of ``states`` (another node may have moved it since it was selected).
     One stage at a time holds a case, in this node as across nodes. The lease is released afterwards."""
-    mine = claim(study, stage)
+    mine = claim(study, stage, owner=owner)
     if not mine and wakeup.current() is not None:
         # Held by another stage or node, whose release wakes this stage; should that wake-up be lost, the
         # stage still looks again when the lease ends (instead of at its next poll, an hour away perhaps).
@@ -169,19 +195,20 @@ def claimed(study: Study, *states: str, stage: str = "") -> Iterator[bool]:
         yield mine
     finally:
         with wakeup.releasing_claim():  # wake-ups for moves made under the claim go out once it is released
-            release(study, stage)
+            release(study, stage, owner=owner)
 
 
 class Lease:
     """Keeps a claim alive during long work: ``keep()`` renews it once a third of the lease has passed, and
     says False when it was lost (then stop: another node has taken the case over)."""
 
-    def __init__(self, study: Study, stage: str) -> None:
+    def __init__(self, study: Study, stage: str, owner: LeaseOwner | None = None) -> None:
         self.study, self.stage = study, stage
+        self.owner = owner or _process_owner
         self.renewed = time.monotonic()
 
     def keep(self) -> bool:
-        if time.monotonic() - self.renewed < LEASE.total_seconds() / 3:
+        if time.monotonic() - self.renewed < self.owner.lease.total_seconds() / 3:
             return True
         self.renewed = time.monotonic()
-        return renew(self.study, self.stage)
+        return renew(self.study, self.stage, owner=self.owner)

@@ -17,6 +17,9 @@ for any wake-up that is lost.
   (``routing.stable_after_s`` after its last instance), a delivery retry coming due, and a case a stage found
   claimed by another stage or node, at the end of that lease (:func:`again_after_lease`: the holder's release
   wakes the stage at once, and should that wake-up be lost, the stage still looks again within the lease).
+  They are APScheduler date jobs on the node's scheduler, the one the pipeline runs its stages on
+  (``Wakeups(scheduler=...)``); a hub built without one (tests) runs a scheduler of its own. A receiving
+  process keeps no timer: it forwards them to the node (``gateway.scp.receiving_process``).
 - **Association ends**: an association that may have stored instances wakes completion, which then sets
   the stability timer (:meth:`Wakeups.watch_server`).
 - **Commands** (``spine-gateway retry``, ``release``, ``referral add``, ``notes approve``, ...) run in a process
@@ -41,16 +44,20 @@ import os
 import select
 import socket
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import peewee
 import structlog
 
+from gateway.backoff import Backoff
 from gateway.storage.models import CaseState as S
 from gateway.storage.models import db, utcnow
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.base import BaseScheduler
 
 log = structlog.get_logger("wakeup")
 
@@ -76,6 +83,7 @@ STAGE_TOPICS: dict[str, frozenset[str]] = {
 ALL_TOPICS = frozenset().union(*STAGE_TOPICS.values())
 
 LISTEN_BACKOFF_S = (0.5, 30.0)  # first and longest wait before the listener reconnects
+LISTEN_BACKOFF = Backoff(*LISTEN_BACKOFF_S)
 PAST_DUE_DELAY_S = 1.0          # a timer asked for the past fires this late (no busy loop on a stuck case)...
 JUST_PASSED_WINDOW_S = 0.25     # ...unless its time passed less than this ago (while it was being set):
 JUST_PASSED_DELAY_S = 0.01      # then it fires at once
@@ -139,48 +147,106 @@ class CoalescedRun:
 
 
 class _Timers:
-    """One thread delivering topics at given monotonic times."""
+    """Topics delivered at given times, as APScheduler date jobs: one job per topic, at the earliest time asked
+    for it, on the node's scheduler (the one the pipeline runs its stages on) or, without one, on a scheduler
+    of its own (tests, a hub alone).
 
-    def __init__(self, deliver: Callable[[str], None]) -> None:
+    Every time asked for is kept (``_due``, a heap per topic), so arming an earlier time moves the topic's job
+    earlier without losing the later one: when the job fires, the times now past are dropped (one delivery
+    serves them all) and the job is armed again for the next. The same time asked twice is kept once (times are
+    rounded up to 10 ms). The jobs run on an executor of their own, so that a busy stage never delays a wake-up.
+    APScheduler is imported only when a timer needs it: a receiving process or a CLI command, whose hubs keep
+    no timer, stays without it.
+    """
+
+    EXECUTOR = "wakeup-timers"
+    JOB_PREFIX = "wakeup-timer:"
+
+    def __init__(self, deliver: Callable[[str], None], scheduler: BaseScheduler | None = None) -> None:
         self._deliver = deliver
-        self._heap: list[tuple[float, str]] = []
-        self._cv = threading.Condition()
+        self._own = scheduler is None
+        self._given = scheduler
+        self._scheduler_made: BaseScheduler | None = None
+        self._making = threading.Lock()
+        self._due: dict[str, list[dt.datetime]] = {}
+        self._lock = threading.Lock()
         self._stopped = False
-        self._thread = threading.Thread(target=self._loop, name="wakeup-timers", daemon=True)
+
+    @property
+    def _scheduler(self) -> BaseScheduler:
+        """The node's scheduler or our own, made on first use, with our executor added (before any job: a timer
+        set before the hub starts waits on the scheduler, which then knows its executor)."""
+        with self._making:
+            if self._scheduler_made is None:
+                from apscheduler.executors.pool import ThreadPoolExecutor
+                from apscheduler.schedulers.background import BackgroundScheduler
+
+                made = self._given if self._given is not None else BackgroundScheduler(timezone="UTC")
+                made.add_executor(ThreadPoolExecutor(max_workers=2), self.EXECUTOR)
+                self._scheduler_made = made
+            return self._scheduler_made
 
     def start(self) -> None:
-        self._thread.start()
+        scheduler = self._scheduler
+        if self._own:
+            scheduler.start()
 
-    def at(self, deadline: float, topic: str) -> None:
-        with self._cv:
-            entry = (round(deadline, 2), topic)
-            if entry not in self._heap:
-                heapq.heappush(self._heap, entry)
-                self._cv.notify()
+    def at(self, when: dt.datetime, topic: str) -> None:
+        """Deliver ``topic`` at ``when`` (aware UTC)."""
+        when += dt.timedelta(microseconds=-when.microsecond % 10_000)  # up to the next 10 ms: never early
+        with self._lock:
+            if self._stopped:
+                return
+            times = self._due.setdefault(topic, [])
+            if when in times:
+                return
+            heapq.heappush(times, when)
+            if times[0] == when:
+                self._arm(topic, when)
 
-    def pending(self) -> list[tuple[float, str]]:
-        with self._cv:
-            return sorted(self._heap)
+    def pending(self) -> list[tuple[dt.datetime, str]]:
+        """Every time still to come, with its topic, earliest first."""
+        with self._lock:
+            return sorted((when, topic) for topic, times in self._due.items() for when in times)
 
     def stop(self) -> None:
-        with self._cv:
+        """Cancel every timer; none is delivered after this returns (a delivery under way may finish)."""
+        if self._scheduler_made is None:
             self._stopped = True
-            self._cv.notify()
-        if self._thread.is_alive():
-            self._thread.join(5)
+            return  # never used: nothing to cancel, and no scheduler to make now
+        from apscheduler.jobstores.base import JobLookupError
 
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
-                    self._cv.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
-                if self._stopped:
-                    return
-                due: set[str] = set()
-                while self._heap and self._heap[0][0] <= time.monotonic():
-                    due.add(heapq.heappop(self._heap)[1])
-            for topic in due:
-                self._deliver(topic)
+        with self._lock:
+            self._stopped = True
+            topics, self._due = list(self._due), {}
+            for topic in topics:
+                with contextlib.suppress(JobLookupError):
+                    self._scheduler.remove_job(self.JOB_PREFIX + topic)
+        if self._own:
+            if self._scheduler.running:
+                self._scheduler.shutdown(wait=True)
+        else:
+            with contextlib.suppress(KeyError):  # the node's scheduler may be shut down already
+                self._scheduler.remove_executor(self.EXECUTOR)
+
+    def _arm(self, topic: str, when: dt.datetime) -> None:
+        """The topic's job, (re)placed at ``when`` (the caller holds the lock)."""
+        self._scheduler.add_job(self._fire, "date", run_date=when, args=[topic], id=self.JOB_PREFIX + topic,
+                                name=self.JOB_PREFIX + topic, executor=self.EXECUTOR, replace_existing=True,
+                                misfire_grace_time=None)
+
+    def _fire(self, topic: str) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            times, now = self._due.get(topic, []), dt.datetime.now(dt.UTC)
+            while times and times[0] <= now:
+                heapq.heappop(times)
+            if times:
+                self._arm(topic, times[0])
+            else:
+                self._due.pop(topic, None)
+        self._deliver(topic)
 
 
 class PgListener:
@@ -210,17 +276,18 @@ class PgListener:
     def _loop(self) -> None:
         import psycopg2  # only with PostgreSQL
 
-        backoff, first = LISTEN_BACKOFF_S[0], True
+        failures, first = 0, True
         while not self._stop.is_set():
             try:
                 self._listen(first)
-                backoff = LISTEN_BACKOFF_S[0]
+                failures = 0
             except (psycopg2.Error, OSError) as exc:
                 self.connected.clear()
+                failures += 1
+                wait = LISTEN_BACKOFF.wait_s(failures)
                 log.warning("wakeup_listener_lost", component="wakeup", error=type(exc).__name__,
-                            reason=f"reconnecting in {backoff:.1f} s; the poll carries on meanwhile")
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, LISTEN_BACKOFF_S[1])
+                            reason=f"reconnecting in {wait:.1f} s; the poll carries on meanwhile")
+                self._stop.wait(wait)
             finally:
                 self._close()
             first = False
@@ -406,10 +473,12 @@ class Wakeups:
     """The node's wake-ups: subscriptions by topic, delivery after commit, timers, and the PostgreSQL side."""
 
     def __init__(self, node_id: str, database: peewee.Database | None = None, *,
-                 local_socket: Path | None = None) -> None:
+                 local_socket: Path | None = None, scheduler: BaseScheduler | None = None) -> None:
+        """``scheduler``: the node's (the pipeline's), which then carries the timers; without it the hub runs a
+        scheduler of its own from ``start`` to ``stop``."""
         self.node_id = node_id
         self._subscribers: dict[str, list[Callable[[], None]]] = defaultdict(list)
-        self._timers = _Timers(self.deliver)
+        self._timers = _Timers(self.deliver, scheduler)
         database = database if database is not None else db.obj
         self._pg = isinstance(database, peewee.PostgresqlDatabase)
         self.listener = PgListener(_pg_connect_fn(database), node_id, self.deliver, self.deliver_all) \
@@ -476,7 +545,11 @@ class Wakeups:
 
     def wake_at(self, topic: str, when: dt.datetime) -> None:
         """Deliver ``topic`` in this node at ``when`` (naive UTC, as in the database)."""
-        self._timers.at(time.monotonic() + timer_delay_s(when, utcnow()), topic)
+        self._timers.at(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=timer_delay_s(when, utcnow())), topic)
+
+    def pending_timers(self) -> list[tuple[dt.datetime, str]]:
+        """The timers still to fire (aware UTC, topic), earliest first."""
+        return self._timers.pending()
 
     def watch_server(self, server: object) -> None:
         """Wake completion and early de-identification whenever an association with the SCP ends."""

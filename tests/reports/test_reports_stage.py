@@ -112,7 +112,7 @@ def test_reports_stage_delivers_once_backs_off_fails_and_retries(tmp_path, datab
             up = ReportStage(_config(tmp_path, scp.port), spool, SECRET)
             assert retry_case(study) == "report"
             assert Study.get_by_id(study.id).state == CaseState.REPORTED and study.report_attempts == 0
-            images_delivery = DeliveryStage(up.config)
+            images_delivery = DeliveryStage.of(up.config)
             assert study.id not in {s.id for s in images_delivery.due(utcnow())}, "a report is no image to resend"
             assert images_delivery.pending_objects(study, up.config.reviewers[0]) == [], "never to a reviewer"
             assert _run(up) == 1  # home

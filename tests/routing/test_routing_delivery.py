@@ -54,7 +54,7 @@ def test_delivered_to_storescp_undecoded_with_a_ledger_row_each(tmp_path, db, st
     study = make_case(CaseState.ASSIGNED, reviewer="dr-a")
     add_outbound(study, config.storage.spool_dir, small_study)
     with capture_logs() as logs:
-        assert DeliveryStage(config).run_once(utcnow()) == 1
+        assert DeliveryStage.of(config).run_once(utcnow()) == 1
     assert Study.get_by_id(study.id).state == CaseState.DELIVERED
     received = {sop_instance_uid(p): dataset_bytes(p) for p in _received(storescp)}
     assert received == {sop_instance_uid(p): dataset_bytes(p) for p in small_study}, "bytes sent as stored"
@@ -68,7 +68,7 @@ def test_late_object_is_sent_alone_after_delivery(tmp_path, db, storescp, small_
     config = _config(tmp_path, storescp.port, "REVIEW_A")
     study = make_case(CaseState.ASSIGNED, reviewer="dr-a")
     add_outbound(study, config.storage.spool_dir, small_study[:-1])
-    stage = DeliveryStage(config)
+    stage = DeliveryStage.of(config)
     stage.run_once(utcnow())
     assert Study.get_by_id(study.id).state == CaseState.DELIVERED
     assert stage.run_once(utcnow()) == 0, "nothing missing, nothing sent"
@@ -86,7 +86,7 @@ def test_reviewer_down_then_up_delivered_once_after_retries(tmp_path, db, small_
     config = _config(tmp_path, orthanc.dicom_port, "REVIEW_A")
     study = make_case(CaseState.ASSIGNED, reviewer="dr-a")
     add_outbound(study, config.storage.spool_dir, small_study)
-    stage = DeliveryStage(config)
+    stage = DeliveryStage.of(config)
     with capture_logs() as logs:
         stage.run_once(utcnow())
         row = Study.get_by_id(study.id)
@@ -114,7 +114,7 @@ def test_after_max_attempts_failed_with_an_alert_then_retry_resends(tmp_path, db
     config = _config(tmp_path, free_port(), "REVIEW_A", max_attempts=2)
     study = make_case(CaseState.ASSIGNED, reviewer="dr-a")
     add_outbound(study, config.storage.spool_dir, small_study[:2])
-    stage = DeliveryStage(config)
+    stage = DeliveryStage.of(config)
     with capture_logs() as logs:
         wait_until(lambda: stage.run_once(utcnow()) and Study.get_by_id(study.id).state == CaseState.FAILED, 20,
                    "the case to fail")
@@ -122,7 +122,7 @@ def test_after_max_attempts_failed_with_an_alert_then_retry_resends(tmp_path, db
     assert alert["log_level"] == "error" and alert["case"] == study.key and alert["attempt"] == 2
     assert retry_case(Study.get_by_id(study.id))
     assert Study.get_by_id(study.id).state == CaseState.DELIVERING and Study.get_by_id(study.id).delivery_attempts == 0
-    stage = DeliveryStage(_config(tmp_path, orthanc.dicom_port, "REVIEW_A"))  # the reviewer's address fixed
+    stage = DeliveryStage.of(_config(tmp_path, orthanc.dicom_port, "REVIEW_A"))  # the reviewer's address fixed
     stage.run_once(utcnow())
     assert Study.get_by_id(study.id).state == CaseState.DELIVERED and _orthanc_instances(orthanc) == 2
     assert not retry_case(Study.get_by_id(study.id)), "only a failed case can be retried"
@@ -152,7 +152,7 @@ def test_explicit_little_endian_only_destination_gets_transcoded_pixels(tmp_path
         config = _config(tmp_path, scp.port, "REVIEW_A")
         study = make_case(CaseState.ASSIGNED, reviewer="dr-a")
         add_outbound(study, config.storage.spool_dir, compressed)
-        DeliveryStage(config).run_once(utcnow())
+        DeliveryStage.of(config).run_once(utcnow())
         assert Study.get_by_id(study.id).state == CaseState.DELIVERED
         received = {sop_instance_uid(p): pydicom.dcmread(p) for p in _received(scp)}
     finally:
@@ -219,7 +219,7 @@ def test_images_leave_with_the_notes_reason_and_the_spool_keeps_them_as_written(
     rows = add_outbound(study, config.storage.spool_dir, small_study[:4])
     OutboundObject.update(kind="notes_sr").where(OutboundObject.id == rows[-1].id).execute()  # not an image
     spooled = {row.sop_instance_uid: (Path(config.storage.spool_dir) / row.spool_path).read_bytes() for row in rows}
-    assert DeliveryStage(config).run_once(utcnow()) == 1
+    assert DeliveryStage.of(config).run_once(utcnow()) == 1
     assert Study.get_by_id(study.id).state == CaseState.DELIVERED
     received = {sop_instance_uid(p): p for p in _received(storescp)}
     assert set(received) == set(spooled)
@@ -255,7 +255,7 @@ def test_the_reason_fits_each_images_character_set_and_transcoded_images_get_it_
         study = make_case(CaseState.ASSIGNED, reviewer="dr-a")
         Study.update(notes_reason=reason).where(Study.id == study.id).execute()
         add_outbound(study, config.storage.spool_dir, list(files.values()))
-        DeliveryStage(config).run_once(utcnow())
+        DeliveryStage.of(config).run_once(utcnow())
         assert Study.get_by_id(study.id).state == CaseState.DELIVERED
         received = {sop_instance_uid(p): pydicom.dcmread(p) for p in _received(scp)}
     finally:
@@ -291,7 +291,7 @@ def test_the_ledger_after_a_delivery_cut_short_and_the_retry_that_sends_only_the
     study = make_case(CaseState.ASSIGNED, reviewer="dr-a")
     Study.update(notes_reason=REASON).where(Study.id == study.id).execute()
     add_outbound(study, config.storage.spool_dir, big_study)
-    stage = DeliveryStage(config)
+    stage = DeliveryStage.of(config)
     killer = threading.Thread(target=lambda: (wait_until(lambda: len(_received(scp)) >= 60, 60, "60 objects"),
                                               _kill(scp)))
     killer.start()

@@ -55,7 +55,7 @@ def _deliver_with_reason(tmp_path: Path, storescp: DcmtkStoreSCP, files: list[Pa
         spooled = (Path(config.storage.spool_dir) / row.spool_path).read_bytes()
         meant = spooled if row.id == rows[-1].id else send.with_reason(spooled, REASON)
         expected[row.sop_instance_uid] = dataset_bytes_of(meant)
-    assert DeliveryStage(config).run_once(utcnow()) == 1
+    assert DeliveryStage.of(config).run_once(utcnow()) == 1
     assert Study.get_by_id(study.id).state == CaseState.DELIVERED
     return expected
 

@@ -64,7 +64,7 @@ def test_peer_health_by_c_echo_logs_down_and_up(tmp_path, db):
                      "return": {"ae_title": "PACS", "host": "127.0.0.1", "port": free_port()}}],
         "reviewers": [{"name": "dr-a", "ae_title": "DR_A", "host": "127.0.0.1", "port": scp.port}],
         "routing": {"echo_interval_s": 0.01}})
-    stage = HealthStage(config)
+    stage = HealthStage.of(config)
     with capture_logs() as logs:
         stage.run_once(utcnow())
         assert {p.name: p.ok for p in PeerHealth.select()} == {"reviewer:dr-a": False, "source:st-marys": False}

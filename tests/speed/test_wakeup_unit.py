@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import select
+import subprocess
+import sys
 import threading
 
+import peewee
 import psycopg2
 import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from gateway.storage import cases, wakeup
 from gateway.storage.models import CaseState, Source, Study, db, make_database, open_database, utcnow
@@ -142,6 +146,90 @@ def test_a_timer_just_past_fires_at_once_and_one_long_past_a_second_later():
     assert wakeup.timer_delay_s(now - dt.timedelta(seconds=5), now) == wakeup.PAST_DUE_DELAY_S
 
 
+@pytest.fixture
+def shared_scheduler():
+    """A scheduler standing for the node's: the hub's timers go on it, not on a thread of their own."""
+    scheduler = BackgroundScheduler(timezone="UTC")
+    scheduler.start()
+    yield scheduler
+    scheduler.shutdown(wait=True)
+
+
+def _timer_hub(scheduler=None) -> tuple[wakeup.Wakeups, list[tuple[str, dt.datetime]]]:
+    hub = wakeup.Wakeups("node-a", peewee.SqliteDatabase(":memory:"), scheduler=scheduler).start()
+    delivered: list[tuple[str, dt.datetime]] = []
+    hub.subscribe({wakeup.STABLE, CaseState.DELIVERING},
+                  lambda: delivered.append((wakeup.STABLE, utcnow())))
+    return hub, delivered
+
+
+def test_timers_are_date_jobs_on_the_node_scheduler_one_per_topic(shared_scheduler):
+    hub, delivered = _timer_hub(shared_scheduler)
+    try:
+        soon = utcnow() + dt.timedelta(seconds=0.3)
+        hub.wake_at(wakeup.STABLE, soon + dt.timedelta(seconds=60))
+        hub.wake_at(wakeup.STABLE, soon + dt.timedelta(seconds=30))
+        hub.wake_at(wakeup.STABLE, soon + dt.timedelta(seconds=30))  # the same time twice is kept once
+        jobs = [job for job in shared_scheduler.get_jobs() if job.id.startswith("wakeup-timer:")]
+        assert [job.id for job in jobs] == ["wakeup-timer:stable"], "one job per topic"
+        assert len(hub.pending_timers()) == 2
+        assert not any(t.name == "wakeup-timers" for t in threading.enumerate()), "no timer thread of its own"
+        hub.wake_at(wakeup.STABLE, soon)  # earlier: the topic's job moves to it
+        moved = shared_scheduler.get_job("wakeup-timer:stable").next_run_time
+        assert abs((moved - soon.replace(tzinfo=dt.UTC)).total_seconds()) < 0.05
+        wait_until(lambda: delivered, 30, "the earliest timer to fire")
+        assert delivered[0][1] >= soon and len(delivered) == 1
+        assert [when for when, _ in hub.pending_timers()] == sorted(when for when, _ in hub.pending_timers())
+        assert len(hub.pending_timers()) == 2, "the later times are still to come, not replaced"
+        job = shared_scheduler.get_job("wakeup-timer:stable")
+        assert abs((job.next_run_time - (soon + dt.timedelta(seconds=30)).replace(tzinfo=dt.UTC))
+                   .total_seconds()) < 0.05, "re-armed for the next time"
+    finally:
+        hub.stop()
+
+
+def test_a_later_timer_still_fires_after_an_earlier_one(shared_scheduler):
+    hub, delivered = _timer_hub(shared_scheduler)
+    try:
+        first, second = utcnow() + dt.timedelta(seconds=0.6), utcnow() + dt.timedelta(seconds=0.2)
+        hub.wake_at(CaseState.DELIVERING, first)
+        hub.wake_at(CaseState.DELIVERING, second)  # armed after, due before
+        wait_until(lambda: len(delivered) == 2, 30, "both timers to fire")
+        assert second <= delivered[0][1] < first <= delivered[1][1]
+        assert hub.pending_timers() == [] and shared_scheduler.get_job("wakeup-timer:delivering") is None
+    finally:
+        hub.stop()
+
+
+def test_stopping_the_hub_cancels_its_timers_and_leaves_the_node_scheduler_running(shared_scheduler):
+    hub, delivered = _timer_hub(shared_scheduler)
+    hub.wake_at(wakeup.STABLE, utcnow() + dt.timedelta(seconds=0.3))
+    hub.stop()
+    assert hub.pending_timers() == [] and shared_scheduler.get_jobs() == []
+    later = threading.Event()  # a job of the same scheduler, due after the cancelled timer
+    shared_scheduler.add_job(later.set, "date", run_date=utcnow().replace(tzinfo=dt.UTC) + dt.timedelta(seconds=0.6))
+    assert later.wait(30) and shared_scheduler.running
+    assert delivered == [], "a cancelled timer fired"
+    hub.wake_at(wakeup.STABLE, utcnow())  # a stopped hub arms nothing
+    assert hub.pending_timers() == [] and shared_scheduler.get_jobs() == []
+
+
+def _scheduler_threads() -> int:
+    return sum(1 for thread in threading.enumerate() if thread.name == "APScheduler")
+
+
+def test_a_hub_without_a_scheduler_runs_its_own_until_stopped():
+    before = _scheduler_threads()
+    hub, delivered = _timer_hub()
+    assert _scheduler_threads() == before + 1
+    hub.wake_at(wakeup.STABLE, utcnow())
+    wait_until(lambda: delivered, 30, "the timer to fire on the hub's own scheduler")
+    hub.wake_at(wakeup.STABLE, utcnow() + dt.timedelta(seconds=60))
+    hub.stop()
+    assert hub.pending_timers() == []
+    assert _scheduler_threads() == before, "its scheduler is shut down"
+
+
 def _listen(url_db: str):
     conn = psycopg2.connect(**url_db)
     conn.autocommit = True
@@ -187,3 +275,15 @@ def test_postgresql_notify_is_sent_in_the_transaction_and_heard_by_other_nodes(c
         wait_until(lambda: woken == [CaseState.REPORTED], 30, "NOTIFY heard after the reconnection")
         sender.close()
     other_node.close()
+
+
+def test_a_hub_that_keeps_no_timer_never_loads_the_scheduler():
+    """A receiving process or a CLI command builds a hub whose timers go elsewhere: APScheduler stays unloaded."""
+    code = ("import sys, peewee\n"
+            "from gateway.storage import wakeup\n"
+            "hub = wakeup.CommandWakeups(peewee.SqliteDatabase(':memory:'), '/nonexistent')\n"
+            "hub.wake_at(wakeup.STABLE, None)\n"
+            "hub.stop()\n"
+            "print('apscheduler' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert result.stdout.strip() == "False", result.stderr

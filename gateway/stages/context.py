@@ -1,0 +1,72 @@
+"""The node context: what a running node shares with its stages and servers, built once by ``gateway/node.py``.
+
+It holds the open database, who claims cases and for how long (``cases.LeaseOwner``), the wake-up hub and the
+metrics. The stages and servers get it as a constructor argument and use it, instead of reaching module
+globals. Some globals stay, because code that is not handed a context reads them: the peewee models are bound
+to ``models.db`` (a proxy ``open_database`` initialises), and the case state machine's claims, ``cases.move``'s
+wake-ups and ``send``'s retry timers are called from libraries, the CLI and the receiving processes. Each of
+those has one setter, called by :meth:`NodeContext.install` in the node and by the entry of the receiving
+process (``gateway.scp.receiving_process``) or of a CLI command (``gateway.cli.common``).
+
+A stage built without a context (tests, the CLI, the portal's actions) uses :meth:`NodeContext.of_process`,
+the context read from those globals at the moment it is used.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import peewee
+
+from gateway.ops.metrics import METRICS, GatewayMetrics
+from gateway.storage import cases, wakeup
+from gateway.storage.models import db
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """The node's shared parts: ``database``, ``owner`` (node id and lease), ``wakeups`` (None: off), ``metrics``."""
+
+    database: peewee.Database | peewee.DatabaseProxy
+    owner: cases.LeaseOwner
+    wakeups: wakeup.Wakeups | None
+    metrics: GatewayMetrics
+
+    @classmethod
+    def of_process(cls) -> NodeContext:
+        """The context of a process that built none (a test, a CLI command): its globals as they are now."""
+        return cls(db, cases.process_owner(), wakeup.current(), METRICS)
+
+    @property
+    def node_id(self) -> str:
+        return self.owner.node_id
+
+    @property
+    def lease(self) -> dt.timedelta:
+        return self.owner.lease
+
+    def install(self) -> None:
+        """Hand the owner and the wake-up hub to the code that reads the process's globals (see the module's
+        docstring); the node calls it once, at start, and ``uninstall`` at stop."""
+        cases.set_node_identity(self.owner.node_id, self.owner.lease.total_seconds())
+        wakeup.install(self.wakeups)
+
+    def uninstall(self) -> None:
+        wakeup.install(None)
+
+    def wake_at(self, topic: str, when: dt.datetime | None) -> None:
+        """Work under ``topic`` becomes due at ``when`` (naive UTC); None, or wake-ups off: the poll finds it."""
+        if self.wakeups is not None and when is not None:
+            self.wakeups.wake_at(topic, when)
+
+
+class WithNodeContext:
+    """A stage or server that may be handed the node's context: ``self.context`` is that one, or, when none was
+    handed (tests, the CLI), the process's context read at the moment it is used."""
+
+    _context: NodeContext | None = None
+
+    @property
+    def context(self) -> NodeContext:
+        return self._context if self._context is not None else NodeContext.of_process()

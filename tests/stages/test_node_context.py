@@ -1,0 +1,127 @@
+"""The node context (gateway/stages/context.py): a stage handed one claims, wakes and counts through it, not
+through the process's globals; ``install`` is the one way the node hands its parts to those globals."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from gateway.config import ReviewerConfig, RoutingConfig
+from gateway.ops.metrics import METRICS, GatewayMetrics
+from gateway.stages.assign import AssignmentStage
+from gateway.stages.completion import CompletionStage
+from gateway.stages.context import NodeContext
+from gateway.stages.pipeline import StageLoop
+from gateway.stages.sla import SlaStage
+from gateway.storage import cases, wakeup
+from gateway.storage.models import CaseState, Instance, Series, Study, open_database, utcnow
+
+LEASE = dt.timedelta(seconds=45)
+
+
+@pytest.fixture
+def context(tmp_path):
+    """A node's context on SQLite, with its wake-up timers on a scheduler standing for the node's; the process's
+    own globals are left as a process without a node has them (no hub, another owner)."""
+    database = open_database(f"sqlite:///{tmp_path}/gw.db", max_connections=4)
+    scheduler = BackgroundScheduler(timezone="UTC")
+    scheduler.start()
+    hub = wakeup.Wakeups("node-ctx-11112", database, scheduler=scheduler).start()
+    yield NodeContext(database, cases.LeaseOwner("node-ctx-11112", LEASE), hub, GatewayMetrics(database))
+    hub.stop()
+    scheduler.shutdown(wait=True)
+    database.close()
+
+
+def _receiving_study(now: dt.datetime) -> Study:
+    study = Study.create(study_uid="2.25.24", calling_ae="STMARYS_PACS", state=CaseState.RECEIVING,
+                         first_received_at=now, last_received_at=now)
+    series = Series.create(study=study, series_uid="2.25.24.1", modality="MR")
+    Instance.create(study=study, series=series, sop_instance_uid="2.25.24.1.1",
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.4", transfer_syntax="1.2.840.10008.1.2.1", size=1,
+                    sha256="0" * 64, spool_path="objects/x.dcm",
+                    calling_ae="STMARYS_PACS", received_at=now)
+    return study
+
+
+class _ClaimProbe:
+    """A case stage that records, from inside its step, who holds the case and until when."""
+
+    name = "probe"
+    claim_states = (CaseState.RECEIVING,)
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dt.datetime]] = []
+
+    def due(self, now: dt.datetime) -> list[Study]:
+        return list(Study.select())
+
+    def step(self, study: Study, now: dt.datetime) -> bool:
+        row = Study.get_by_id(study.id)
+        self.seen.append((row.claimed_by, row.claimed_until))
+        return False
+
+    def give_up(self, study: Study) -> None:
+        return None
+
+
+def test_the_stage_loop_claims_with_the_owner_and_lease_of_its_context(context):
+    assert cases.node_identity() != context.node_id, "the process's own owner must differ for this test to tell"
+    with context.database.connection_context():
+        _receiving_study(utcnow())
+    probe = _ClaimProbe()
+    before = utcnow()
+    StageLoop(probe, context=context).run_logged()  # opens its connection on the context's database
+    assert len(probe.seen) == 1
+    holder, until = probe.seen[0]
+    assert holder == "node-ctx-11112/probe"
+    assert before + LEASE <= until <= utcnow() + LEASE
+    with context.database.connection_context():
+        assert Study.get().claimed_by is None, "released after the step"
+
+
+def test_completion_sets_its_stability_timer_on_the_hub_of_its_context(context):
+    assert wakeup.current() is None, "no process hub: a timer can only reach the context's"
+    now = utcnow()
+    with context.database.connection_context():
+        _receiving_study(now)
+        assert CompletionStage(RoutingConfig(stable_after_s=30), context=context).due(now) == []
+    ((when, topic),) = context.wakeups.pending_timers()
+    assert topic == wakeup.STABLE
+    assert abs((when.replace(tzinfo=None) - (now + dt.timedelta(seconds=30))).total_seconds()) < 0.1
+
+
+def test_install_hands_the_owner_and_hub_to_the_process_and_uninstall_takes_the_hub_back(context):
+    saved = cases.process_owner()
+    try:
+        context.install()
+        assert cases.process_owner() == context.owner and wakeup.current() is context.wakeups
+        assert NodeContext.of_process().owner == context.owner
+        assert NodeContext.of_process().wakeups is context.wakeups and NodeContext.of_process().metrics is METRICS
+        context.uninstall()
+        assert wakeup.current() is None
+    finally:
+        cases.set_node_identity(saved.node_id, saved.lease.total_seconds())
+        wakeup.install(None)
+
+
+def test_a_stage_built_without_a_context_reads_the_process_as_it_is_when_used(context):
+    stage = CompletionStage(RoutingConfig())
+    assert stage.context.wakeups is None
+    wakeup.install(context.wakeups)
+    try:
+        assert stage.context.wakeups is context.wakeups, "read when used, not frozen at construction"
+    finally:
+        wakeup.install(None)
+
+
+def test_assignment_and_sla_share_one_start(context):
+    reviewers = [ReviewerConfig(name="dr-a", ae_title="REVIEW_A", host="127.0.0.1", port=11113)]
+    routing = RoutingConfig()
+    for stage_class in (AssignmentStage, SlaStage):
+        stage = stage_class(reviewers, routing, context=context)
+        assert stage.routing is routing and stage.context is context
+        assert [r.name for r in stage.pool.reviewers] == ["dr-a"]
+        assert (stage._load, stage._recent, stage._down) == ({}, {}, set())
