@@ -194,3 +194,36 @@ def test_scrubbing_is_idempotent(text):
 def test_clinical_words_alone_are_untouched(words):
     text = " ; ".join(words)  # separators keep numbers apart, so nothing looks like a phone number
     assert TextScrubber(KNOWN, OFFSET).scrub(text) == text
+
+
+@pytest.mark.parametrize("text,language,day_first,expected", [
+    ("worse since the 4th of March 2023.", "en", True, "worse since [2023-04-03]."),   # its article goes with it
+    ("pain from early May, then", "en", True, "pain from [DATE], then"),
+    ("worse since the first week of June", "en", True, "worse since [DATE]"),
+    ("douleurs depuis la mi-février", "fr", True, "douleurs depuis la [DATE]"),
+    ("Schmerzen seit Anfang März", "de", True, "Schmerzen seit [DATE]"),
+    ("hospitalisé du 3 au 8 avril 2024 pour", "fr", True, "hospitalisé [2024-05-08] pour"),
+    ("PSA normal Oct '23, then", "en", True, "PSA normal [DATE], then"),
+    ("born 3 Safar 1402 in", "en", True, "born [DATE] in"),
+    ("family gives 14 Dhu al-Hijjah 1440.", "en", True, "family gives [DATE]."),
+    ("came back on the 21st. Then", "en", True, "came back on [DATE]. Then"),
+    ("Seen Tuesday the 9th with her son", "en", True, "Seen [DATE] with her son"),
+    ("crash on Friday evening, 13th June 2024", "en", True, "crash on [2024-07-13]"),
+    ("born thirtieth of June 1948 in", "en", True, "born [DATE] in"),
+    ("slipped on ice 4/2. Then", "en", True, "slipped on ice [DATE]. Then"),
+    ("MRI 7/23 shows", "en", False, "MRI [DATE] shows"),
+])
+def test_dates_in_the_forms_letters_write_them(text, language, day_first, expected):
+    """A date takes the words written as part of it (article, part of the month, first day of a range, an
+    apostrophe year, a spelled ordinal day); Hijri dates; a day alone as an ordinal after "the" or a weekday;
+    a day and month in figures without the year."""
+    assert TextScrubber(KNOWN, OFFSET, day_first=day_first, language=language).scrub(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "MRC 4/5 and VAS 7/10", "cough for 3/7", "4/12 history of pain", "1/2 tab nocte", "L4/5 disc", "2/3 of the canal",
+    "power 3/9", "Flat 2/1", "twice on the 3rd floor", "the 2nd opinion",
+])
+def test_figures_that_are_no_day_and_month_stay(text):
+    """Scores, powers, British durations, fractions, levels and address numbers are no dates."""
+    assert "DATE" not in TextScrubber(KNOWN, OFFSET, language="en").scrub(text)
