@@ -163,7 +163,7 @@ def _plausible(text: str, start: int, end: int, kind: str) -> bool:
 # --- context rules -----------------------------------------------------------------------------------
 
 _CAP = r"(?:[^\W\d_a-zß-ÿ][^\W\d_]*(?:['’\-][^\W\d_]+)*|[^\W\d_a-z]\.)"          # Capitalised word or initial
-_NAME_SEQ = rf"{_CAP}(?:[ \t]+(?:{_CAP}|van|von|der|de|da|del|la|le|ten|zu|bin|al|O’|O'))*"
+_NAME_SEQ = rf"{_CAP}(?:[ \t]+(?:{_CAP}|(?:van|von|der|de|da|del|la|le|ten|zu|bin|al)\b|O’|O'))*"
 _TITLE = (r"(?:Dr\.?(?:\s?med\.)?|Mr\.?|Mrs\.?|Ms\.?|Miss|Mx\.?|Prof\.?(?:\s?Dr\.?)?(?:\s?med\.)?|Professor|"
           r"Herrn?|Frau|Sister|Nurse|Schwester|Pfleger)")
 _RELATIVE = (r"(?:husband|wife|partner|son|daughter|mother|mum|mom|father|dad|brother|sister|"

@@ -139,6 +139,9 @@ _HOLIDAYS = {"christmasday": (12, 25), "christmaseve": (12, 24), "boxingday": (1
              "newyearday": (1, 1), "newyearseve": (12, 31), "newyeareve": (12, 31), "heiligabend": (12, 24),
              "silvester": (12, 31), "neujahr": (1, 1), "1weihnachtstag": (12, 25)}
 _URL = re.compile(r"\b(?:https?://|ftp://|www\.)[^\s<>\"]+", re.IGNORECASE)
+#: A web address written without its scheme: "Amazon.com", "nav.no".
+_DOMAIN = re.compile(r"\b[A-Za-z][\w\-]*(?:\.[\w\-]+)*\.(?:com|net|org|io|gov|edu|co\.uk|org\.uk|nhs\.uk|de|fr|dk|no|se|fi|"
+                     r"is|in|ae|sa|qa|om|bh|kw)\b(?![.\-]\w)")
 _EMAIL = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+", re.IGNORECASE)
 _UK_POSTCODE = re.compile(r"\b(?:[A-Z]{1,2}\d[A-Z\d]?|GIR) ?\d[ABD-HJLNP-UW-Z]{2}\b")
 _US_STATES = ("AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH "
@@ -423,6 +426,7 @@ class TextScrubber:
             self._replace_pattern(work, pattern, REDACTED)
         self._replace_pattern(work, _URL, URL)
         self._replace_pattern(work, _EMAIL, EMAIL)
+        self._replace_pattern(work, _DOMAIN, URL)
         self._replace_whole_dates(work)  # before the clinical values: "VAS 12/04/1971" is no score
         self._replace_pattern(work, _DRUG_WITH_DOSE, None, accept=self._is_drug_with_dose)
         self._replace_pattern(work, CLINICAL_VALUE, None)  # kept as they are: "CRP 120", "L4-L5", "4.2 (5.0)"

@@ -227,3 +227,40 @@ def test_dates_in_the_forms_letters_write_them(text, language, day_first, expect
 def test_figures_that_are_no_day_and_month_stay(text):
     """Scores, powers, British durations, fractions, levels and address numbers are no dates."""
     assert "DATE" not in TextScrubber(KNOWN, OFFSET, language="en").scrub(text)
+
+
+@pytest.mark.parametrize("text,language,expected", [
+    ("IRM faite à l'hôpital Pontchaillou le", "fr", "IRM faite à [INSTITUTION] [REMOVED] le"),   # head first
+    ("suivi au centre hospitalier du Vexin depuis", "fr",
+     "suivi au [INSTITUTION] [INSTITUTION] [INSTITUTION] [REMOVED] depuis"),
+    ("Dr Martin, Cabinet médical du Grand Chêne, Brest", "fr",
+     "Dr [NAME], [INSTITUTION] [INSTITUTION] [INSTITUTION] [INSTITUTION], [ADDRESS]"),
+    ("Vorstellung in der Hausarztpraxis am Rosengarten.", "de",
+     "Vorstellung in der [INSTITUTION] [INSTITUTION] [INSTITUTION]."),
+    ("served with 3rd Battalion and 7 Corps", "en", "served with [INSTITUTION] [INSTITUTION] and [INSTITUTION] "
+                                                    "[INSTITUTION]"),               # a numbered unit
+    ("ancien du 2e régiment étranger", "fr", "ancien du [INSTITUTION] [INSTITUTION] étranger"),
+    ("GP at Kleppe legesenter, then Askøy sykehuset", "en",
+     "GP at [ADDRESS] [INSTITUTION], then [INSTITUTION] [INSTITUTION]"),   # a Nordic head after the name
+    ("Her car insurer (Steadfast, claim 22) asks", "en", "Her car insurer ([INSTITUTION], claim 22) asks"),
+    ("member of SDIS 35 since", "fr", "member of [REMOVED] [INSTITUTION] since"),  # a number of the name
+    ("works for Amazon.com as", "en", "works for [URL] as"),                           # a web address
+])
+def test_organisations_written_as_their_languages_build_them(text, language, expected):
+    """Organisation names head first (French, German, Nordic), numbered units, a Nordic head after a name removed,
+    an employer's or insurer's cue before a bracket, a number written after an organisation's acronym."""
+    assert TextScrubber(KNOWN, OFFSET, language=language).scrub(text) == expected
+
+
+@pytest.mark.parametrize("text,language", [
+    ("ne tolère plus la station debout", "fr"),
+    ("pain in the centre of the L4 vertebra", "en"),
+    ("seen in the clinic for Pain follow up", "en"),
+    ("Handgelenksextension KG 4/5 rechts", "de"),
+    ("3 ward rounds a day", "en"),
+])
+def test_clinical_phrases_near_organisation_heads_stay(text, language):
+    """A head noun in a clinical phrase, a clinical word after "clinic for", a power grade after a removed word."""
+    scrubbed = TextScrubber(KNOWN, OFFSET, language=language).scrub(text)
+    assert "[INSTITUTION]" not in scrubbed
+    assert "KG 4/5" in scrubbed or "KG" not in text
