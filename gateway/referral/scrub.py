@@ -140,8 +140,8 @@ _HOLIDAYS = {"christmasday": (12, 25), "christmaseve": (12, 24), "boxingday": (1
              "silvester": (12, 31), "neujahr": (1, 1), "1weihnachtstag": (12, 25)}
 _URL = re.compile(r"\b(?:https?://|ftp://|www\.)[^\s<>\"]+", re.IGNORECASE)
 #: A web address written without its scheme: "Amazon.com", "nav.no".
-_DOMAIN = re.compile(r"\b[A-Za-z][\w\-]*(?:\.[\w\-]+)*\.(?:com|net|org|io|gov|edu|co\.uk|org\.uk|nhs\.uk|de|fr|dk|no|se|fi|"
-                     r"is|in|ae|sa|qa|om|bh|kw)\b(?![.\-]\w)")
+_DOMAIN = re.compile(r"\b[A-Za-z][\w\-]*(?:\.[\w\-]+)*\.(?:com|net|org|io|gov|edu|co\.uk|org\.uk|nhs\.uk|de|fr|dk|"
+                     r"no|se|fi|is|in|ae|sa|qa|om|bh|kw)\b(?![.\-]\w)")
 _EMAIL = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+", re.IGNORECASE)
 _UK_POSTCODE = re.compile(r"\b(?:[A-Z]{1,2}\d[A-Z\d]?|GIR) ?\d[ABD-HJLNP-UW-Z]{2}\b")
 _US_STATES = ("AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH "
