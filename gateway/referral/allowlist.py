@@ -38,7 +38,14 @@ _ALNUM_CLUSTER = re.compile(r"(?<![\w\x00\x01])(?:[A-Z]{1,3}|\d+)(?:[ \-/.]{1,2}
 #: Roads and sectors by number: "A39", "US-59", "Route 27", "Interchange 4", "Sec 35".
 _ROAD = re.compile(r"\b(?:[ABMNE]\d{1,4}(?![.,]\d)|(?:US|SR|CR|I|RN|RD|RV|Rte)-?\d{1,4}|"
                    r"(?i:route|highway|hwy|interstate|exit|"
-                   r"junction|interchange|sec|sector|block|plot|lot|space|phase|gali|lane no)\.?\s?\d{1,4}[A-Z]?)\b")
+                   r"junction|interchange|sec|sector|block|plot|lot|space|phase|gali|lane no)\.?\s?\d{1,4}[A-Z]?|"
+                   # a street, zone, building or door by its number, as Gulf and Indian addresses give them
+                   r"(?:Street|Road|Zone|Building|Bldg|Villa|Flat|Apt|Apartment|Room|House|Door)\.?\s?(?:No\.?\s?)?"
+                   r"\d{1,4}[A-Z]?|(?:No|Door No|H\.?\s?No)\.\s?\d{1,4}/\d{1,4}[A-Z]?)\b")
+#: Place names joined by their particle ("Luc-sur-Mer", "Frankfurt-am-Main") or named for a saint ("Saint-Denis").
+_HYPHENATED_PLACE = re.compile(r"[A-ZÀ-Ý][^\W\d_]+(?:-(?:sur|sous|en|lès|les|le|la|de|du|des|aux|au|am|an|der|"
+                               r"upon|on|by|in|under)-[A-ZÀ-Ý][^\W\d_]+)+|(?:Saint|Sainte|Sankt|San|Santa)-[A-ZÀ-Ý][^\W\d_]+"
+                               r"(?:-[A-ZÀ-Ý][^\W\d_]+)*")
 #: French (and Québec) streets, written in lower case: "rue de l'Arbalète", "avenue du Mont-Royal".
 _FRENCH_STREET = re.compile(r"\b(?:rue|avenue|av\.|boulevard|bd|chemin|allee|impasse|place|quai|cours|route|rang|"
                             r"lieu-dit|montee|cote)\s+(?:(?:de\s+la|de|du|des|d['’]|l['’]|la|le|les)\s*){0,2}"
@@ -312,7 +319,9 @@ _HEAD_FIRST = re.compile(
     r"caserne|régiment|regiment|bataillon|klinik|kliniken|klinikum|universitätsklinik|universitatsklinik|"
     r"universitätsklinikum|praxis|hausarztpraxis|gemeinschaftspraxis|physio|physiotherapie|schule|hospital|"
     r"clinic|school|university|maison|résidence|residence|ehpad|chu|chr|chum|mutualité|mutualite|mutuelle|"
-    r"commission|ministère|ministere|ministerium|sjukhus|sykehus|sygehus|deild|legevakt|fakultät|faculté)")
+    r"commission|ministère|ministere|ministerium|sjukhus|sykehus|sygehus|deild|legevakt|fakultät|faculté|"
+    r"boulevard|avenue|rue|chemin|allée|allee|impasse|quai)")
+_STREET_HEAD = re.compile(r"(?i:boulevard|avenue|rue|chemin|allée|allee|impasse|quai)")
 _HEAD_JOINERS = frozenset("""de du des d l la le les et à a au aux en sur für fur am im an der die das dem den
 zum zur of for the and på i av af ved""".split())
 _ROMAN = re.compile(r"(?:I{1,3}|IV|VI{0,3}|IX|X{1,3})")
@@ -328,9 +337,10 @@ def _head_first_organisations(view: str, tokens: list[_Token]) -> None:
         end = _name_after_head(view, tokens, index)
         if end is None:
             continue
+        label = ADDRESS if _STREET_HEAD.fullmatch(_without_elision(token.written)) else "[INSTITUTION]"
         for word in tokens[index:end + 1]:
             if word.verdict in (_KNOWN, None):
-                word.verdict = "[INSTITUTION]"
+                word.verdict = label
 
 
 def _name_after_head(view: str, tokens: list[_Token], index: int) -> int | None:
@@ -422,15 +432,16 @@ _LOWER_UNIT_HEAD = re.compile(r"(?i:régiment|regiment|bataillon|battalion|compa
 
 
 def _numbers_after_organisations(view: str, tokens: list[_Token]) -> None:
-    """A number written after an organisation's name or acronym is part of it ("SDIS 35", "IBEW Local 584",
-    "Leeco No. 62", a boat's "VE 15"): it goes when no unit follows it."""
+    """A number written after an organisation's or a place's name is part of it ("SDIS 35", "IBEW Local 584",
+    "Leeco No. 62", a boat's "VE 15", "Paris 13e", "Saint-Denis (93)"): it goes when no unit follows it."""
     for index, token in enumerate(tokens[1:], start=1):
         before = tokens[index - 1]
-        if token.verdict not in (_KNOWN, None) or not re.fullmatch(r"\d{1,4}", token.written):
+        if token.verdict not in (_KNOWN, None) or not re.fullmatch(r"\d{1,4}|\d{1,2}(?:e|ème|eme)", token.written):
             continue
         if before.verdict not in _NAME_LIKE or not (before.verdict == "[INSTITUTION]" or before.written.isupper()):
             continue
-        if re.fullmatch(r"[ \t]|[ \t]No\.?[ \t]", view[before.end:token.start], re.IGNORECASE) and \
+        bracketed = view[before.end:token.start] == " (" and view[token.end:token.end + 1] == ")"
+        if (bracketed or re.fullmatch(r"[ \t]|[ \t]No\.?[ \t]", view[before.end:token.start], re.IGNORECASE)) and \
                 not _UNIT_AFTER.match(view, token.end) and not _DOSE_UNIT.match(view, token.end):
             token.verdict = "[INSTITUTION]"
 
@@ -556,6 +567,8 @@ def _word_verdict(view: str, start: int, end: int, written: str, language: str) 
         return _KNOWN  # µg, µV: a unit, not a Greek word
     if any(len(p) >= 4 and _STREET_END.search(p) and p.lower() != "gate" and not is_clinical(p) for p in parts) \
             and written[:1].isupper():
+        return ADDRESS
+    if _HYPHENATED_PLACE.fullmatch(written):
         return ADDRESS
     folded = view[start:end].lower()
     if folded.rstrip(".") in _NOT_ABSORBED or folded in TITLES:

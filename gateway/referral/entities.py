@@ -451,7 +451,18 @@ def _gazetteer_entities(text: str) -> Iterator[Entity]:
                     index = stop
                     break
             else:
+                if _district_of_a_place(text, words[index], places):
+                    yield Entity(words[index].start(), words[index].end(), PLACE)
                 index += 1
+
+
+def _district_of_a_place(text: str, word: re.Match[str], places: PlaceNames) -> bool:
+    """A town joined to its district by a hyphen ("München-Karlsfeld", "Düsseldorf-Oberkassel"): its first part is
+    a known place of four letters or more, and the whole no clinical word ("Guillain-Barré")."""
+    head, hyphen, rest = word.group(0).partition("-")
+    if not hyphen or len(head) < 4 or not rest[:1].isupper() or head.lower() not in places:
+        return False
+    return not is_clinical_word(word.group(0)) and _place_here(text, word.start(), word.start() + len(head), head)
 
 
 def _place_here(text: str, start: int, end: int, value: str) -> bool:

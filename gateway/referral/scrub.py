@@ -158,7 +158,12 @@ _BOX_ADDRESS = re.compile(r"\b(?:P\.?\s?O\.?\s?Box|Post\s+Office\s+Box|(?:R\.?\s
 #: A street named by its ending, with its house number: "Nørrebrogade 88", "Hauptstraße 12/3/7", "Storgata 91".
 _NAMED_STREET_NUMBER = re.compile(
     r"\b[A-Z][^\W\d_]*(?:stra(?:ss|ß)e|gasse|weg|allee|platz|vej|gade|gatan|gata|gate|veien|vegen|vägen|vagen|"
-    r"väg|vag|katu|kuja)\s+\d{1,4}[a-zA-Z]?(?:/\d{1,3}){0,3}\b")
+    r"väg|vag|katu|kuja)\s+\d{1,4}[a-zA-Z]?(?:/\d{1,3}){0,3}\b"
+    # with its floor and door as Danish and Norwegian addresses give them: "40, st. mf.", "2. tv.", "leil. H0402"
+    r"(?:,?\s+(?:st|kl|\d{1,2})\.\s?(?:tv|th|mf)\b\.?|,?\s+leil\.?\s?[HUKL]\d{4}\b)?")
+#: A Paris, Lyon or Marseille district: "13e arrondissement", "dans le 13e".
+_ARRONDISSEMENT = re.compile(r"\b\d{1,2}(?:e|er|ème|eme)\s+arr(?:ondissement\b|\.)|"
+                             r"(?<=\bdans le )\d{1,2}(?:e|ème|eme)\b(?![\s\-]*[^\W\d_])")
 #: A day and month in figures without the year, where only a date can stand ("am 14.01.", "(21.6.)").
 _DAY_MONTH_FIGURES = re.compile(
     r"(?:(?<=\()|(?<=\bam )|(?<=\bvom )|(?<=\bseit )|(?<=\bbis )|(?<=\bab )|(?<=\bzum )|(?<=\bden )|(?<=\bon )|"
@@ -447,6 +452,7 @@ class TextScrubber:
             self._replace_pattern(work, pattern, ADDRESS)
         self._replace_pattern(work, _BOX_ADDRESS, ADDRESS)
         self._replace_pattern(work, _NAMED_STREET_NUMBER, ADDRESS)
+        self._replace_pattern(work, _ARRONDISSEMENT, ADDRESS)
         for pattern in self._institution_patterns:
             self._replace_pattern(work, pattern, INSTITUTION)
         for pattern in self._whole_name_patterns:

@@ -264,3 +264,21 @@ def test_clinical_phrases_near_organisation_heads_stay(text, language):
     scrubbed = TextScrubber(KNOWN, OFFSET, language=language).scrub(text)
     assert "[INSTITUTION]" not in scrubbed
     assert "KG 4/5" in scrubbed or "KG" not in text
+
+
+@pytest.mark.parametrize("text,language,expected", [
+    ("bor Nyvej 12, 2. tv., 8000 Aarhus", "da", "bor [ADDRESS], [ID] [INSTITUTION]"),  # floor and door go too
+    ("bor Storgata 3, leil. H0301, i byen", "nb", "bor [ADDRESS], i byen"),
+    ("vit dans le 11e, seul", "fr", "vit dans le [ADDRESS], seul"),                  # a district of Paris
+    ("He lives at Villa 9, Road 1203, Block 312.", "en", "He lives at [ADDRESS] [INSTITUTION], [ADDRESS], [ADDRESS]."),
+    ("Room No. 7, First Floor", "en", "[ADDRESS], [INSTITUTION]"),
+    ("chute sur le boulevard de Strasbourg hier", "fr", "chute sur le [ADDRESS] [ADDRESS] [ADDRESS] hier"),
+    ("née à Bourg-en-Bresse et vit à Saint-Brieuc (22).", "fr", "née à [ADDRESS] et vit à [ADDRESS] ([INSTITUTION])."),
+    ("tätig in Stuttgart-Vaihingen seit", "de", "tätig in [ADDRESS] seit"),         # a town and its district
+    ("Brown-Séquard syndrome and Guillain-Barré", "en", "Brown-Séquard syndrome and Guillain-Barré"),
+])
+def test_places_written_as_their_countries_write_them(text, language, expected):
+    """Nordic floor and door after a street number, Paris districts, streets, zones and buildings by number,
+    French streets whose name was removed, place names joined by a particle or named for a saint, a town
+    joined to its district by a hyphen; hyphenated eponyms stay."""
+    assert TextScrubber(KNOWN, OFFSET, language=language).scrub(text) == expected
