@@ -277,6 +277,7 @@ def _spread_over_names(view: str, tokens: list[_Token]) -> None:
     _numbered_units(view, tokens)
     _org_tails_and_cues(view, tokens)
     _numbers_after_organisations(view, tokens)
+    _acronyms_and_forms_beside_organisations(view, tokens)
     changed = True
     while changed:
         changed = False
@@ -443,6 +444,32 @@ def _numbers_after_organisations(view: str, tokens: list[_Token]) -> None:
         bracketed = view[before.end:token.start] == " (" and view[token.end:token.end + 1] == ")"
         if (bracketed or re.fullmatch(r"[ \t]|[ \t]No\.?[ \t]", view[before.end:token.start], re.IGNORECASE)) and \
                 not _UNIT_AFTER.match(view, token.end) and not _DOSE_UNIT.match(view, token.end):
+            token.verdict = "[INSTITUTION]"
+
+
+_LEGAL_FORM = re.compile(r"(?i:ltd|inc|llc|plc|gmbh|corp|bv|nv|oy|oyj|sarl|sas|pty|pvt)")
+
+
+def _acronyms_and_forms_beside_organisations(view: str, tokens: list[_Token]) -> None:
+    """A short acronym written against an organisation's or a place's removed name is part of it ("MC Liège",
+    "UZ Brussel", "IF Metall", "Oakland PD", "AP-HM"), unless it is a clinical abbreviation or a state code;
+    so is a legal form after an abbreviation's dot ("Pvt. Ltd.")."""
+    for index, token in enumerate(tokens):
+        if token.verdict not in (_KNOWN, None):
+            continue
+        neighbours = [(tokens[index - 1], view[tokens[index - 1].end:token.start])] if index else []
+        if index + 1 < len(tokens):
+            neighbours.append((tokens[index + 1], view[token.end:tokens[index + 1].start]))
+        beside = [n for n, gap in neighbours if n.verdict in ("[INSTITUTION]", "[MASKED]") and gap in (" ", "-")]
+        if not beside:
+            continue
+        word = token.written
+        if re.fullmatch(r"[A-Z]{2,5}", word) and word not in _STATE_CODES and not is_clinical(word) \
+                and not is_clinical_word(word) and word.lower() not in _NOT_ABSORBED and word.lower() not in TITLES:
+            token.verdict = "[INSTITUTION]"
+    for before, token in zip(tokens, tokens[1:]):
+        if token.verdict in (_KNOWN, None) and before.verdict in _NAME_LIKE and _LEGAL_FORM.fullmatch(token.written) \
+                and re.fullmatch(r"\.?,?[ \t]", view[before.end:token.start]):
             token.verdict = "[INSTITUTION]"
 
 

@@ -282,3 +282,12 @@ def test_places_written_as_their_countries_write_them(text, language, expected):
     French streets whose name was removed, place names joined by a particle or named for a saint, a town
     joined to its district by a hyphen; hyphenated eponyms stay."""
     assert TextScrubber(KNOWN, OFFSET, language=language).scrub(text) == expected
+
+
+@pytest.mark.parametrize("text,language,expected", [
+    ("assurée à la MC Namur depuis", "fr", "assurée à la [INSTITUTION] [ADDRESS] depuis"),
+    ("works at Zendrix Pvt. Ltd. as a clerk", "en", "works at [INSTITUTION][INSTITUTION]. as a clerk"),
+    ("MRI at Zendrix Hospital: MRI normal", "en", "MRI at [INSTITUTION]: MRI normal"),  # a clinical acronym stays
+])
+def test_acronyms_and_legal_forms_beside_an_organisation_go_with_it(text, language, expected):
+    assert TextScrubber(KNOWN, OFFSET, language=language).scrub(text) == expected
