@@ -22,7 +22,7 @@ from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway.config import GatewayConfig
@@ -150,7 +150,7 @@ def build_portal(config: GatewayConfig, spool: Spool) -> Starlette:
                                 http.login_attempts_global_per_minute)
     portal = Portal(config, spool, templates(), limiter,
                     PasswordChecks(http.password_hash_concurrency, http.password_hash_wait_s))
-    routes = []
+    routes: list[BaseRoute] = []
     for module in (signin, referrer, reviewer, ops):
         for method, path, handler, role in module.ROUTES:
             routes.append(Route(path, guard(portal, handler, role), methods=[method]))
