@@ -38,7 +38,14 @@ _ALNUM_CLUSTER = re.compile(r"(?<![\w\x00\x01])(?:[A-Z]{1,3}|\d+)(?:[ \-/.]{1,2}
 #: Roads and sectors by number: "A39", "US-59", "Route 27", "Interchange 4", "Sec 35".
 _ROAD = re.compile(r"\b(?:[ABMNE]\d{1,4}(?![.,]\d)|(?:US|SR|CR|I|RN|RD|RV|Rte)-?\d{1,4}|"
                    r"(?i:route|highway|hwy|interstate|exit|"
-                   r"junction|interchange|sec|sector|block|plot|lot|space|phase|gali|lane no)\.?\s?\d{1,4}[A-Z]?)\b")
+                   r"junction|interchange|sec|sector|block|plot|lot|space|phase|gali|lane no)\.?\s?\d{1,4}[A-Z]?|"
+                   # a street, zone, building or door by its number, as Gulf and Indian addresses give them
+                   r"(?:Street|Road|Zone|Building|Bldg|Villa|Flat|Apt|Apartment|Room|House|Door)\.?\s?(?:No\.?\s?)?"
+                   r"\d{1,4}[A-Z]?|(?:No|Door No|H\.?\s?No)\.\s?\d{1,4}/\d{1,4}[A-Z]?)\b")
+#: Place names joined by their particle ("Luc-sur-Mer", "Frankfurt-am-Main") or named for a saint ("Saint-Denis").
+_HYPHENATED_PLACE = re.compile(r"[A-ZÀ-Ý][^\W\d_]+(?:-(?:sur|sous|en|lès|les|le|la|de|du|des|aux|au|am|an|der|"
+                               r"upon|on|by|in|under)-[A-ZÀ-Ý][^\W\d_]+)+|(?:Saint|Sainte|Sankt|San|Santa)-[A-ZÀ-Ý][^\W\d_]+"
+                               r"(?:-[A-ZÀ-Ý][^\W\d_]+)*")
 #: French (and Québec) streets, written in lower case: "rue de l'Arbalète", "avenue du Mont-Royal".
 _FRENCH_STREET = re.compile(r"\b(?:rue|avenue|av\.|boulevard|bd|chemin|allee|impasse|place|quai|cours|route|rang|"
                             r"lieu-dit|montee|cote)\s+(?:(?:de\s+la|de|du|des|d['’]|l['’]|la|le|les)\s*){0,2}"
@@ -208,7 +215,8 @@ _ORG_HEAD = re.compile(
     r"practice|praxis|cabinet|surgery|cluster|authority|trust|foundation|stiftung|healthcare|health|medicine|"
     r"medical|care|pharmacy|apotheke|pharmacie|prison|jail|mine|factory|fabrik|hotel|restaurant|cafe|café|"
     r"supermarket|store|stores|shop|markets?|farm|garage|airlines?|airways|railways?|police|army|navy|motors|"
-    r"industries|logistics|systems|technologies|solutions|partners|associates|"
+    r"industries|logistics|systems|technologies|solutions|partners|associates|laboratory|laboratories|dairy|"
+    r"rehab|rugby|administration|commission|mutualité|poste|"
     r"force|forces|team|league|building|house|tower|mall|plaza|park|lake|river|road|street|avenue|lane|"
     r"drive|way|close|crescent|terrace|gardens|square|estate|village|city|county|district|"
     r"sanatorium|ordination|hausarztpraxis|gemeinschaftspraxis|mvz|landesstelle|unfallkasse|krankenkasse|kasse|"
@@ -219,7 +227,7 @@ _ORG_HEAD = re.compile(
     r"hospitals|healthcare|fitness|motors|airways|logistics|solutions|partners|associates|"
     r"[^\W\d_]*(?:klinik|klinikum|praxis|kasse|wache|bataillon|schule|versicherung|werke|gmbh))$",
     re.IGNORECASE)
-_PARTICLES = frozenset("of and for the & de du des la le al el bin von van der den zu y da di dos".split())
+_PARTICLES = frozenset("of and for the & de du des la le al el bin von van der den zu y da di dos på af av ved".split())
 _STATE_CODES = frozenset(
     "AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY NC ND "
     "OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY UK GB US USA UAE KSA NI".split())
@@ -245,10 +253,15 @@ def _spread_over_names(view: str, tokens: list[_Token]) -> None:
         capitals = [t for t in run if _is_capitalised(t)]
         removed = any(t.verdict in _NAME_LIKE and _is_capitalised(t) for t in run)
         headed = len(capitals) >= 2 and any(_ORG_HEAD.fullmatch(t.written.rstrip(".")) for t in capitals)
+        headed_by_word = headed and any(_ORG_HEAD.fullmatch(t.written.rstrip(".")) and not t.written.isupper()
+                                        for t in capitals)
         if (removed and len(capitals) >= 2) or headed:
             for token in run:
+                short_capitals = token.written.isupper() and len(token.written) <= 5 and not (
+                    headed_by_word and token.written.isalpha() and not is_clinical(token.written)
+                    and not is_clinical_word(token.written) and token.written not in _STATE_CODES)
                 if token.verdict in (_KNOWN, None) and token.written.lower().rstrip(".") not in _NOT_ABSORBED \
-                        and not (token.written.isupper() and len(token.written) <= 5):
+                        and not short_capitals:
                     token.verdict = REMOVED
     for index, token in enumerate(tokens[:-1]):
         after = tokens[index + 1]
@@ -261,7 +274,11 @@ def _spread_over_names(view: str, tokens: list[_Token]) -> None:
         elif re.fullmatch(r"\s(?:(?:de|du|des|of|for|am|im|an|der|des)\s)?|\sd['’]", gap) and \
                 _ORG_HEAD.fullmatch(token.written):
             token.verdict = REMOVED  # "hôpital d'Aurillac", "mairie de Belin-Béliet"
+    _head_first_organisations(view, tokens)
+    _numbered_units(view, tokens)
     _org_tails_and_cues(view, tokens)
+    _numbers_after_organisations(view, tokens)
+    _acronyms_and_forms_beside_organisations(view, tokens)
     changed = True
     while changed:
         changed = False
@@ -275,15 +292,186 @@ def _spread_over_names(view: str, tokens: list[_Token]) -> None:
 
 
 _ORG_TAIL = re.compile(
-    r"(?i:health|centre|center|station|clinic|hospital|practice|surgery|school|legekontor|legesenter|lægehus|"
-    r"vårdcentral|vardcentral|vårdcentrum|kommun|kommune|kyrka|kirke|kirkja|skole|skola|skóli|lasarett|sjukhus|"
-    r"sykehus|sygehus|centralsjukhus|sairaala|terveysasema|hf|ehf|as|asa|ab|oy|oyj|gmbh|ag|sa|sas|sarl|llc|inc|ltd|"
-    r"plc|postterminal|terminal|omsorg|site|plant|factory|mine|depot|warehouse|unit|ward|laboratory|lab|"
-    r"university|universitet|högskola|gymnasium|videregående|videregaende|fc|if|bk|ik|sk|club|klubb)")
+    r"(?i:health|centre|center|station|clinic|hospital|practice|surgery|school|hf|ehf|as|asa|ab|oy|oyj|gmbh|ag|sa|"
+    r"sas|sarl|llc|inc|ltd|plc|site|plant|factory|mine|depot|warehouse|unit|ward|laboratory|lab|garage|yard|"
+    r"dairy|mill|works|university|fc|if|bk|ik|sk|club|"
+    # Nordic heads, alone or at the end of a compound, with or without their definite ending
+    r"[^\W\d_]*(?:legekontor|legesenter|legevakt|lægehus|laegehus|lægepraksis|vårdcentral|vardcentral|vårdcentrum|"
+    r"hälsocentral|halsocentral|kommun|kommune|kyrka|kirke|kirkja|skole|skola|skóli|lasarett|sjukhus|sjukehus|sykehus|"
+    r"sygehus|sairaala|terveysasema|terveyskeskus|fysioterapia|fysioterapi|postterminal|terminal|omsorg|"
+    r"universitet|högskola|hogskola|gymnasium|videregående|videregaende|klubb|sameby|förening|forening|"
+    r"forbund|förbund|rederi|verkstad|verksted|værksted)(?:et|en|an|n|a|t)?)")
+#: Where a place's own lower-case head follows its name: "Hebbal flyover", "Cutbona jetty".
+_PLACE_TAIL = re.compile(r"(?i:flyover|jetty|bridge|junction|chowk|bazaar|quay|pier|harbour|harbor|marina|"
+                         r"roundabout|crossing|underpass|overpass|länken|lanken|leden|broen|bron)")
 _AFFILIATION_CUE = re.compile(
     r"(?i:\b(?:employer|employed by|works? (?:at|for|in)|worked (?:at|for)|working (?:at|for)|insurer|insured with|"
     r"carrier|arbeitgeber|dienstgeber|beschäftigt bei|arbeitet bei|versichert bei(?: der)?|chez|pour|travaille à|"
-    r"travaille au|employé (?:à|par)|affiliée? à(?: la)?|at the|at)\s*:?\s*)$")
+    r"travaille au|employé (?:à|par)|affiliée? à(?: la)?|arbejder (?:hos|på|for)|arbeider (?:i|på|for|hos)|"
+    r"arbetar (?:på|för|hos)|jobber (?:i|på|for|hos)|drives for|rides for|driver for|rider for|at the|at)"
+    r"\s*[:(]?\s*)$")
+
+
+#: Heads that open an organisation's name in French, German and the Nordic languages (and in English names
+#: built the same way): "hôpital Lariboisière", "centre hospitalier du Chinonais", "Klinik für Neurologie",
+#: "Hausarztpraxis am Lindenkeller", "Institut Gustave-Roussy".
+_HEAD_FIRST = re.compile(
+    r"(?i:hôpital|hopital|hôpitaux|hopitaux|centre|center|clinique|cliniques|cabinet|maternité|maternite|mairie|"
+    r"institut|institute|université|universite|universität|universitat|école|ecole|lycée|lycee|collège|college|"
+    r"caserne|régiment|regiment|bataillon|klinik|kliniken|klinikum|universitätsklinik|universitatsklinik|"
+    r"universitätsklinikum|praxis|hausarztpraxis|gemeinschaftspraxis|physio|physiotherapie|schule|hospital|"
+    r"clinic|school|university|maison|résidence|residence|ehpad|chu|chr|chum|mutualité|mutualite|mutuelle|"
+    r"commission|ministère|ministere|ministerium|sjukhus|sykehus|sygehus|deild|legevakt|fakultät|faculté|"
+    r"boulevard|avenue|rue|chemin|allée|allee|impasse|quai)")
+_STREET_HEAD = re.compile(r"(?i:boulevard|avenue|rue|chemin|allée|allee|impasse|quai)")
+_HEAD_JOINERS = frozenset("""de du des d l la le les et à a au aux en sur für fur am im an der die das dem den
+zum zur of for the and på i av af ved""".split())
+_ROMAN = re.compile(r"(?:I{1,3}|IV|VI{0,3}|IX|X{1,3})")
+
+
+def _head_first_organisations(view: str, tokens: list[_Token]) -> None:
+    """An organisation head followed, within a few lower-case words and particles on the same line, by a name
+    (removed already, or capitalised): the head, the words between and the name go together ("hôpital
+    d'Aurillac", "Centre de santé Henri-Barbusse", "Cabinet de kiné du Port")."""
+    for index, token in enumerate(tokens):
+        if token.verdict not in (_KNOWN, None) or not _HEAD_FIRST.fullmatch(_without_elision(token.written)):
+            continue
+        end = _name_after_head(view, tokens, index)
+        if end is None:
+            continue
+        label = ADDRESS if _STREET_HEAD.fullmatch(_without_elision(token.written)) else "[INSTITUTION]"
+        for word in tokens[index:end + 1]:
+            if word.verdict in (_KNOWN, None):
+                word.verdict = label
+
+
+def _name_after_head(view: str, tokens: list[_Token], index: int) -> int | None:
+    """The index of the last word of the name that follows the head at ``index``, or None."""
+    lower_words = 0
+    position = index + 1
+    while position < len(tokens) and position <= index + 6:
+        token, before = tokens[position], tokens[position - 1]
+        if not re.fullmatch(r"[ \t]{1,2}|['’]|[ \t]?[-–][ \t]?", view[before.end:token.start]):
+            return None
+        bare = _without_elision(token.written)
+        if token.verdict in _NAME_LIKE or (_is_name_word(token) and (tokens[index].written[:1].isupper() or not (
+                is_clinical(token.written) or is_clinical_word(token.written)))):
+            return _end_of_name(view, tokens, position)  # "clinic for Pain" is no name; "Klinik für Neurologie" is
+        if token.written.lower() in _HEAD_JOINERS or bare.lower() in _HEAD_JOINERS:
+            position += 1
+            continue
+        if bare.islower() and token.verdict in (_KNOWN, None) and lower_words < 2:
+            lower_words += 1
+            position += 1
+            continue
+        if bare[:1].isupper() and bare != token.written and bare.isalpha():
+            return _end_of_name(view, tokens, position)  # "d'Aurillac", "l'Arbalète"
+        return None
+    return None
+
+
+def _is_name_word(token: _Token) -> bool:
+    """A capitalised word of letters (no level such as "L4", no acronym of a clinical test)."""
+    word = _without_possessive(token.written)
+    return word[:1].isupper() and any(c.islower() for c in word) and word.replace("-", "").isalpha() \
+        and word.lower() not in _NOT_ABSORBED
+
+
+def _end_of_name(view: str, tokens: list[_Token], position: int) -> int:
+    """The name that starts at ``position`` runs on through capitalised words, removed words, Roman numerals and
+    the particles between them ("Bout du Monde", "Toulouse III – Paul Sabatier")."""
+    last = position
+    probe = position + 1
+    while probe < len(tokens) and re.fullmatch(r"['’]?[ \t]{1,2}|-|[ \t]?[-–][ \t]?",
+                                               view[tokens[probe - 1].end:tokens[probe].start]):
+        token = tokens[probe]
+        if token.verdict in _NAME_LIKE or _is_name_word(token) or _ROMAN.fullmatch(token.written):
+            last = probe
+        elif token.written.lower() not in _HEAD_JOINERS:
+            break
+        probe += 1
+    return last
+
+
+#: The head of a numbered unit: "4 Corps", "3rd Battalion", "1st Bn", "Riverton 4th Ward", "2e régiment".
+_UNIT_HEAD = re.compile(
+    r"(?i:corps|battalion|bn|regiment|regt|brigade|bde|division|div|company|coy|squadron|sqn|platoon|troop|"
+    r"battery|wing|fleet|infantry|rifles|artillery|engineers|signals|para|commando|ward|legion|régiment|"
+    r"bataillon|compagnie|escadron|kompanie|staffel|geschwader|[^\W\d_]*bataillon|precinct|district|local|"
+    r"station|unit|lodge|chapter|post)")
+
+
+def _numbered_units(view: str, tokens: list[_Token]) -> None:
+    """A number or ordinal before a capitalised run that names a unit, or before a name removed already (as a
+    military unit is written: "4 JAT", "14 Sikh Light Infantry"), goes with it; so does the run."""
+    for index, token in enumerate(tokens[:-1]):
+        if token.verdict not in (_KNOWN, None) or not re.fullmatch(r"\d{1,3}(?:st|nd|rd|th|e|er|ème)?", token.written):
+            continue
+        run: list[_Token] = []
+        probe = index + 1
+        while probe < len(tokens) and re.fullmatch(r"\.?/?[ \t]{0,2}|['’][ \t]", view[tokens[probe - 1].end:
+                                                                                      tokens[probe].start]):
+            following = tokens[probe]
+            if not (_is_capitalised(following) and not any(c.isdigit() for c in following.written)):
+                break
+            run.append(following)
+            probe += 1
+        following = tokens[index + 1]
+        if not run and _LOWER_UNIT_HEAD.fullmatch(following.written) and re.fullmatch(r"[ \t]", view[
+                token.end:following.start]):
+            token.verdict = following.verdict = "[INSTITUTION]"  # "2e régiment étranger", "3 bataillon"
+            continue
+        if not run or view[token.end:run[0].start] == "":
+            continue
+        if any(_UNIT_HEAD.fullmatch(t.written) for t in run) or \
+                (run[0].verdict in _NAME_LIKE and not _UNIT_AFTER.match(view, token.end)):
+            for word in [token, *run]:
+                if word.verdict in (_KNOWN, None):
+                    word.verdict = "[INSTITUTION]"
+
+
+_LOWER_UNIT_HEAD = re.compile(r"(?i:régiment|regiment|bataillon|battalion|compagnie|escadron|brigade|kompanie)")
+
+
+def _numbers_after_organisations(view: str, tokens: list[_Token]) -> None:
+    """A number written after an organisation's or a place's name is part of it ("SDIS 35", "IBEW Local 584",
+    "Leeco No. 62", a boat's "VE 15", "Paris 13e", "Saint-Denis (93)"): it goes when no unit follows it."""
+    for index, token in enumerate(tokens[1:], start=1):
+        before = tokens[index - 1]
+        if token.verdict not in (_KNOWN, None) or not re.fullmatch(r"\d{1,4}|\d{1,2}(?:e|ème|eme)", token.written):
+            continue
+        if before.verdict not in _NAME_LIKE or not (before.verdict == "[INSTITUTION]" or before.written.isupper()):
+            continue
+        bracketed = view[before.end:token.start] == " (" and view[token.end:token.end + 1] == ")"
+        if (bracketed or re.fullmatch(r"[ \t]|[ \t]No\.?[ \t]", view[before.end:token.start], re.IGNORECASE)) and \
+                not _UNIT_AFTER.match(view, token.end) and not _DOSE_UNIT.match(view, token.end):
+            token.verdict = "[INSTITUTION]"
+
+
+_LEGAL_FORM = re.compile(r"(?i:ltd|inc|llc|plc|gmbh|corp|bv|nv|oy|oyj|sarl|sas|pty|pvt)")
+
+
+def _acronyms_and_forms_beside_organisations(view: str, tokens: list[_Token]) -> None:
+    """A short acronym written against an organisation's or a place's removed name is part of it ("MC Liège",
+    "UZ Brussel", "IF Metall", "Oakland PD", "AP-HM"), unless it is a clinical abbreviation or a state code;
+    so is a legal form after an abbreviation's dot ("Pvt. Ltd.")."""
+    for index, token in enumerate(tokens):
+        if token.verdict not in (_KNOWN, None):
+            continue
+        neighbours = [(tokens[index - 1], view[tokens[index - 1].end:token.start])] if index else []
+        if index + 1 < len(tokens):
+            neighbours.append((tokens[index + 1], view[token.end:tokens[index + 1].start]))
+        beside = [n for n, gap in neighbours if n.verdict in ("[INSTITUTION]", "[MASKED]") and gap in (" ", "-")]
+        if not beside:
+            continue
+        word = token.written
+        if re.fullmatch(r"[A-Z]{2,5}", word) and word not in _STATE_CODES and not is_clinical(word) \
+                and not is_clinical_word(word) and word.lower() not in _NOT_ABSORBED and word.lower() not in TITLES:
+            token.verdict = "[INSTITUTION]"
+    for before, token in zip(tokens, tokens[1:]):
+        if token.verdict in (_KNOWN, None) and before.verdict in _NAME_LIKE and _LEGAL_FORM.fullmatch(token.written) \
+                and re.fullmatch(r"\.?,?[ \t]", view[before.end:token.start]):
+            token.verdict = "[INSTITUTION]"
 
 
 def _org_tails_and_cues(view: str, tokens: list[_Token]) -> None:
@@ -293,12 +481,19 @@ def _org_tails_and_cues(view: str, tokens: list[_Token]) -> None:
     for index, token in enumerate(tokens):
         if token.verdict not in _NAME_LIKE:
             continue
-        for before, following in zip(tokens[index:index + 3], tokens[index + 1:index + 4]):
-            if following.verdict not in (_KNOWN, None) or not _ORG_TAIL.fullmatch(following.written):
+        between: list[_Token] = []
+        for before, following in zip(tokens[index:index + 4], tokens[index + 1:index + 5]):
+            if following.verdict not in (_KNOWN, None) or not re.fullmatch(r"[ \t]", view[before.end:following.start]):
                 break
-            if not re.fullmatch(r"[ \t]", view[before.end:following.start]):
+            tail = _ORG_TAIL.fullmatch(following.written) or _PLACE_TAIL.fullmatch(following.written)
+            if tail is None and following.verdict is None and following.written.islower() and len(between) < 1:
+                between.append(following)  # a word of the name in its own language: "Oulun kaupungin fysioterapia"
+                continue
+            if tail is None:
                 break
-            following.verdict = "[INSTITUTION]"
+            for word in [*between, following]:
+                word.verdict = "[INSTITUTION]" if _ORG_TAIL.fullmatch(following.written) else ADDRESS
+            between = []
     for token in tokens:
         if token.verdict not in (_KNOWN, None) or not token.written[:1].isupper() or token.written.isupper():
             continue
@@ -320,7 +515,7 @@ def _capitalised_runs(view: str, tokens: list[_Token]) -> list[list[_Token]]:
     runs: list[list[_Token]] = []
     current: list[_Token] = []
     for token in tokens:
-        joined = current and re.fullmatch(r"[ \t]{1,2}|[ \t]?&[ \t]?|-|[ \t][-–][ \t]",
+        joined = current and re.fullmatch(r"['’]?[ \t]{1,2}|[ \t]?&[ \t]?|-|[ \t][-–][ \t]",
                                           view[current[-1].end:token.start])
         if _is_capitalised(token) or (joined and token.written.lower() in _PARTICLES):
             if current and not joined:
@@ -400,6 +595,8 @@ def _word_verdict(view: str, start: int, end: int, written: str, language: str) 
         return _KNOWN  # µg, µV: a unit, not a Greek word
     if any(len(p) >= 4 and _STREET_END.search(p) and p.lower() != "gate" and not is_clinical(p) for p in parts) \
             and written[:1].isupper():
+        return ADDRESS
+    if _HYPHENATED_PLACE.fullmatch(written):
         return ADDRESS
     folded = view[start:end].lower()
     if folded.rstrip(".") in _NOT_ABSORBED or folded in TITLES:

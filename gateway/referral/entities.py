@@ -163,7 +163,7 @@ def _plausible(text: str, start: int, end: int, kind: str) -> bool:
 # --- context rules -----------------------------------------------------------------------------------
 
 _CAP = r"(?:[^\W\d_a-zß-ÿ][^\W\d_]*(?:['’\-][^\W\d_]+)*|[^\W\d_a-z]\.)"          # Capitalised word or initial
-_NAME_SEQ = rf"{_CAP}(?:[ \t]+(?:{_CAP}|van|von|der|de|da|del|la|le|ten|zu|bin|al|O’|O'))*"
+_NAME_SEQ = rf"{_CAP}(?:[ \t]+(?:{_CAP}|(?:van|von|der|de|da|del|la|le|ten|zu|bin|al)\b|O’|O'))*"
 _TITLE = (r"(?:Dr\.?(?:\s?med\.)?|Mr\.?|Mrs\.?|Ms\.?|Miss|Mx\.?|Prof\.?(?:\s?Dr\.?)?(?:\s?med\.)?|Professor|"
           r"Herrn?|Frau|Sister|Nurse|Schwester|Pfleger)")
 _RELATIVE = (r"(?:husband|wife|partner|son|daughter|mother|mum|mom|father|dad|brother|sister|"
@@ -451,7 +451,18 @@ def _gazetteer_entities(text: str) -> Iterator[Entity]:
                     index = stop
                     break
             else:
+                if _district_of_a_place(text, words[index], places):
+                    yield Entity(words[index].start(), words[index].end(), PLACE)
                 index += 1
+
+
+def _district_of_a_place(text: str, word: re.Match[str], places: PlaceNames) -> bool:
+    """A town joined to its district by a hyphen ("München-Karlsfeld", "Düsseldorf-Oberkassel"): its first part is
+    a known place of four letters or more, and the whole no clinical word ("Guillain-Barré")."""
+    head, hyphen, rest = word.group(0).partition("-")
+    if not hyphen or len(head) < 4 or not rest[:1].isupper() or head.lower() not in places:
+        return False
+    return not is_clinical_word(word.group(0)) and _place_here(text, word.start(), word.start() + len(head), head)
 
 
 def _place_here(text: str, start: int, end: int, value: str) -> bool:

@@ -91,12 +91,57 @@ _WHOLE_DATE_KINDS = frozenset({"ymd", "compact", "dmy_text", "mdy_text", "holida
 _WEEKDAY = re.compile(r"\b(?:mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun|montag|dienstag|mittwoch|donnerstag|"
                       r"freitag|samstag|sonntag|monday|tuesday|wednesday|thursday|friday|saturday|sunday|"
                       r"lundi|mardi|mercredi|jeudi|vendredi|samedi|dimanche|mandag|tirsdag|tisdag|onsdag|torsdag|"
-                      r"fredag|lordag|sondag|maandag)\.?,?\s+"
-                      r"(?=\[|\x00)", re.IGNORECASE)
+                      r"fredag|lordag|sondag|maandag)\.?,?\s+(?:(?:night|morning|evening|afternoon|soir|matin|abend|"
+                      r"morgen|nachmittag)\s*,?\s+)?(?=\[|\x00)", re.IGNORECASE)
+#: The Hijri months (gulf-style letters give the Hijri date beside the Gregorian): "21 Rajab 1409".
+_HIJRI_MONTH = (r"(?:muharram|safar|rabi[\s\-]?(?:al|ul|el)?[\s\-]?(?:awwal|thani|akhir|sani)|"
+                r"jumad[ae][\s\-]?(?:al|ul|el)?[\s\-]?(?:awwal|ula|thani|akhirah?|sani)|rajab|sha['’]?ban|"
+                r"ramadan|ramzan|shawwal|dhu[\s\-]?(?:al|l)?[\s\-]?(?:qi['’]?dah?|hijjah?))")
+_HIJRI_DATE = re.compile(rf"(?<![\d.])\d{{1,2}}\s+(?i:{_HIJRI_MONTH})(?:,?\s+\d{{4}}(?:\s*(?:AH|H)\b)?)?")
+#: Words written as part of a date just before it: its article ("the 3rd of May"), where in the month it fell
+#: ("early June", "mi-janvier", "Anfang März") and the first day of a range ("du 20 au 24 janvier").
+_DATE_LEAD = re.compile(
+    r"(?i:\b(?:the\s+(?:(?:first|second|third|fourth|last)\s+(?:week|weekend|days?)\s+of\s+)?|"
+    r"(?:early|late|mid|end\s+of|beginning\s+of|start\s+of|middle\s+of|fin|début|debut|mi|anfang|mitte|ende)"
+    r"[\s\-]+(?:(?:of|de|d['’])\s*)?|"
+    r"(?:(?:from|between|du|vom|fra|entre|le)\s+)?\d{1,2}(?:st|nd|rd|th|er|\.)?\s*(?:to|and|au|bis|til|till|et|-|–)\s*|"
+    r"(?:(?:twenty|thirty)[\s\-]?)?(?:first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|eleventh|"
+    r"twelfth|[a-z]+teenth|twentieth|thirtieth|(?:[a-z]+und)?(?:ersten|zweiten|dritten|vierten|fünften|funften|"
+    r"sechsten|siebten|achten|neunten|zehnten|elften|zwölften|zwolften|[a-zäöü]+zehnten|zwanzigsten|"
+    r"dreißigsten|dreissigsten)|premier|deux|trois|quatre|cinq|six|sept|huit|neuf|dix|onze|douze|treize|"
+    r"quatorze|quinze|seize|dix-[a-z]+|vingt(?:[\s\-][a-z]+)*|trente(?:[\s\-][a-z]+)*)\s+(?:of\s+)?))$")
+#: A year written with an apostrophe after its month ("Jan '24").
+#: A month without its day, written with where in it something fell ("early June", "mi-février", "Anfang März")
+#: or with an apostrophe year ("Jan '24").
+_MONTH_IN_PART = re.compile(
+    rf"\b(?i:early|late|mid|end\s+of|beginning\s+of|start\s+of|middle\s+of|fin|début|debut|mi|anfang|mitte|ende|"
+    rf"(?:the\s+)?(?:first|second|third|fourth|last)\s+(?:week|weekend|days?|half|fortnight)\s+of)"
+    rf"[\s\-]+(?:(?:of|de|d['’])\s*)?(?i:{_MONTH})(?![\w])|\b(?i:{_MONTH})\s?['’]\d{{2}}(?!\d)")
+_SHIFTED_DATE = re.compile(r"\[\d{4}-\d{2}-\d{2}\]")
+_DATE_TAIL = re.compile(r"\s?['’]\d{2}(?!\d)")
+#: A day written alone as an ordinal, where only a date can stand: after "the" or a weekday and before the end
+#: of the clause ("came in on the 15th.", "Friday 7th,", "Thursday the 12th with").
+_ORDINAL_DAY = re.compile(
+    r"(?i:\b(?:the|(?:mon|tues|wednes|thurs|fri|satur|sun)day(?:\s+the)?)\s+"
+    r"(?:[1-9]|[12]\d|3[01])(?:st|nd|rd|th))\b(?=\s*(?:[.,;:)\n]|$|(?i:\s+(?:with|and|at|in|when|after|before|"
+    r"until|for|but|or|he|she|they|we|i)\b)))")
+#: A day and month in figures without the year ("fell off his bike 3/9.", "CT 8/29"): not a score or a power
+#: (x/5, x/10), no UK duration (x/7, x/12, x/52), no proper fraction (1/2, 3/4), no level (L4/5), no value with
+#: its unit, label or an acronym before it ("MRC 4/5", "Schober 10/12", "ZCQ 3/9").
+_DAY_MONTH_SLASH = re.compile(r"(?<![\w/.\-+\x00\x01])(\d{1,2})/(\d{1,2})(?![\w/\x00\x01]|[.,]\d)")
+_NOT_DATE_BEFORE = re.compile(
+    r"(?i:\b(?:grade|graded|power|score|strength|mrc|vas|nrs|eva|gcs|scale|level|ratio|lag|stage|class|reflexes|"
+    r"reflex|tone|sensation|x|tab|tabs|take|takes|taking|dose|approx|about|only|than|plus|ca|"
+    r"flat|apt|apartment|unit|no|nr|room|house|box|block|plot|door|villa|building|lot|#)\.?)\s*[:=]?\s*$")
+_NOT_DATE_AFTER = re.compile(r"(?i:\s*(?:of\b|tabs?\b|tablets?\b|cups?\b|doses?\b|mg\b|ml\b|g\b|x\b|times\b|%|"
+                             r"power\b|strength\b|in\b))")
 _HOLIDAYS = {"christmasday": (12, 25), "christmaseve": (12, 24), "boxingday": (12, 26), "newyearsday": (1, 1),
              "newyearday": (1, 1), "newyearseve": (12, 31), "newyeareve": (12, 31), "heiligabend": (12, 24),
              "silvester": (12, 31), "neujahr": (1, 1), "1weihnachtstag": (12, 25)}
 _URL = re.compile(r"\b(?:https?://|ftp://|www\.)[^\s<>\"]+", re.IGNORECASE)
+#: A web address written without its scheme: "Amazon.com", "nav.no".
+_DOMAIN = re.compile(r"\b[A-Za-z][\w\-]*(?:\.[\w\-]+)*\.(?:com|net|org|io|gov|edu|co\.uk|org\.uk|nhs\.uk|de|fr|dk|"
+                     r"no|se|fi|is|in|ae|sa|qa|om|bh|kw)\b(?![.\-]\w)")
 _EMAIL = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+", re.IGNORECASE)
 _UK_POSTCODE = re.compile(r"\b(?:[A-Z]{1,2}\d[A-Z\d]?|GIR) ?\d[ABD-HJLNP-UW-Z]{2}\b")
 _US_STATES = ("AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH "
@@ -113,7 +158,12 @@ _BOX_ADDRESS = re.compile(r"\b(?:P\.?\s?O\.?\s?Box|Post\s+Office\s+Box|(?:R\.?\s
 #: A street named by its ending, with its house number: "Nørrebrogade 88", "Hauptstraße 12/3/7", "Storgata 91".
 _NAMED_STREET_NUMBER = re.compile(
     r"\b[A-Z][^\W\d_]*(?:stra(?:ss|ß)e|gasse|weg|allee|platz|vej|gade|gatan|gata|gate|veien|vegen|vägen|vagen|"
-    r"väg|vag|katu|kuja)\s+\d{1,4}[a-zA-Z]?(?:/\d{1,3}){0,3}\b")
+    r"väg|vag|katu|kuja)\s+\d{1,4}[a-zA-Z]?(?:/\d{1,3}){0,3}\b"
+    # with its floor and door as Danish and Norwegian addresses give them: "40, st. mf.", "2. tv.", "leil. H0402"
+    r"(?:,?\s+(?:st|kl|\d{1,2})\.\s?(?:tv|th|mf)\b\.?|,?\s+leil\.?\s?[HUKL]\d{4}\b)?")
+#: A Paris, Lyon or Marseille district: "13e arrondissement", "dans le 13e".
+_ARRONDISSEMENT = re.compile(r"\b\d{1,2}(?:e|er|ème|eme)\s+arr(?:ondissement\b|\.)|"
+                             r"(?<=\bdans le )\d{1,2}(?:e|ème|eme)\b(?![\s\-]*[^\W\d_])")
 #: A day and month in figures without the year, where only a date can stand ("am 14.01.", "(21.6.)").
 _DAY_MONTH_FIGURES = re.compile(
     r"(?:(?<=\()|(?<=\bam )|(?<=\bvom )|(?<=\bseit )|(?<=\bbis )|(?<=\bab )|(?<=\bzum )|(?<=\bden )|(?<=\bon )|"
@@ -279,6 +329,16 @@ class _Work:
             if replacement in (NAME, ADDRESS, INSTITUTION, UNKNOWN, REDACTED):
                 self.named.append((start, end))
 
+    def extend_claim(self, original_start: int, start: int, end: int) -> None:
+        """Widen the claim that starts at ``original_start`` to the folded ``start:end`` (one token for a date
+        and the words written with it), when what it takes in is still unclaimed."""
+        index = next(i for i, claim in enumerate(self.claims) if claim[0] == original_start)
+        old_start, old_end = self.folded_index(self.claims[index][0]), self.folded_index(self.claims[index][1])
+        if any(c in (_MASK, _KEPT) for c in self.masked[start:old_start] + self.masked[old_end:end]):
+            return
+        self.masked[start:end] = [_MASK] * (end - start)
+        self.claims[index] = (self.origin[start], self.origin[end - 1] + 1, self.claims[index][2])
+
     def folded_index(self, position: int) -> int:
         """The folded index where original ``position`` starts (``len`` for the end)."""
         return bisect.bisect_left(self.origin, position)
@@ -371,6 +431,7 @@ class TextScrubber:
             self._replace_pattern(work, pattern, REDACTED)
         self._replace_pattern(work, _URL, URL)
         self._replace_pattern(work, _EMAIL, EMAIL)
+        self._replace_pattern(work, _DOMAIN, URL)
         self._replace_whole_dates(work)  # before the clinical values: "VAS 12/04/1971" is no score
         self._replace_pattern(work, _DRUG_WITH_DOSE, None, accept=self._is_drug_with_dose)
         self._replace_pattern(work, CLINICAL_VALUE, None)  # kept as they are: "CRP 120", "L4-L5", "4.2 (5.0)"
@@ -391,6 +452,7 @@ class TextScrubber:
             self._replace_pattern(work, pattern, ADDRESS)
         self._replace_pattern(work, _BOX_ADDRESS, ADDRESS)
         self._replace_pattern(work, _NAMED_STREET_NUMBER, ADDRESS)
+        self._replace_pattern(work, _ARRONDISSEMENT, ADDRESS)
         for pattern in self._institution_patterns:
             self._replace_pattern(work, pattern, INSTITUTION)
         for pattern in self._whole_name_patterns:
@@ -473,7 +535,40 @@ class TextScrubber:
             for match in list(pattern.finditer(work.view())):
                 work.claim(match.start(), match.end(), self._date_token(kind, match.groups()))
         self._replace_pattern(work, _DAY_MONTH_FIGURES, DATE)
+        self._replace_pattern(work, _HIJRI_DATE, DATE)
+        self._replace_pattern(work, _MONTH_IN_PART, DATE, accept=_is_month_word)
+        self._replace_pattern(work, _ORDINAL_DAY, DATE)
+        self._replace_pattern(work, _DAY_MONTH_SLASH, DATE, accept=self._is_day_and_month)
         self._replace_pattern(work, _WEEKDAY, "")
+        self._extend_dates(work)
+
+    def _is_day_and_month(self, match: re.Match[str]) -> bool:
+        """"3/9" is a date only where it reads as a valid day and month and as no score, duration or fraction."""
+        first, second = int(match.group(1)), int(match.group(2))
+        day, month = (first, second) if self._day_first else (second, first)
+        if _safe_date(2000, month, day) is None or second in (5, 10) or (first <= second <= 4):
+            return False
+        if self._day_first and second in (7, 12):
+            return False  # "3/7", "4/12": three days, four months in British notes
+        view = match.string
+        return _NOT_DATE_BEFORE.search(view[max(0, match.start() - 16):match.start()]) is None and \
+            _NOT_DATE_AFTER.match(view, match.end()) is None
+
+    @staticmethod
+    def _extend_dates(work: _Work) -> None:
+        """A date claimed takes the words written as part of it: its article, where in the month it fell, the
+        first day of its range and an apostrophe year (:data:`_DATE_LEAD`, :data:`_DATE_TAIL`)."""
+        dates = [(s, e) for s, e, token in work.claims if token in (DATE, DOB) or _SHIFTED_DATE.fullmatch(token)]
+        for start, end in dates:
+            folded_start, folded_end = work.folded_index(start), work.folded_index(end)
+            view = work.view()
+            lead = _DATE_LEAD.search(view[max(0, folded_start - 40):folded_start])
+            if lead is not None and lead.group(0).strip():
+                work.extend_claim(start, folded_start - len(lead.group(0)), folded_end)
+                folded_start -= len(lead.group(0))
+            tail = _DATE_TAIL.match(view, folded_end)
+            if tail is not None:
+                work.extend_claim(start, folded_start, tail.end())
 
     def _replace_whole_dates(self, work: _Work) -> None:
         """Dates that cannot be anything else, claimed before the clinical values so that none keeps a piece of
@@ -581,6 +676,12 @@ def _spellings(part: str) -> set[str]:
     """A folded name part and its German transliteration (Müller → mueller, Strauß → strauss)."""
     umlauts = {"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", "æ": "ae", "ø": "oe"}
     return {part, "".join(umlauts.get(c, c) for c in part)}
+
+
+def _is_month_word(match: re.Match[str]) -> bool:
+    """"late May" is a month; "early may" and "mid march" in lower case are words of English."""
+    month = re.search(r"[^\W\d_]+(?=\W*(?:['’]\d{2})?$)", match.group(0))
+    return month is None or month.group(0)[:1].isupper() or month.group(0).lower() not in ("may", "march", "mar")
 
 
 def _month_number(word: str) -> int:

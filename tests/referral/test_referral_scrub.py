@@ -194,3 +194,100 @@ def test_scrubbing_is_idempotent(text):
 def test_clinical_words_alone_are_untouched(words):
     text = " ; ".join(words)  # separators keep numbers apart, so nothing looks like a phone number
     assert TextScrubber(KNOWN, OFFSET).scrub(text) == text
+
+
+@pytest.mark.parametrize("text,language,day_first,expected", [
+    ("worse since the 4th of March 2023.", "en", True, "worse since [2023-04-03]."),   # its article goes with it
+    ("pain from early May, then", "en", True, "pain from [DATE], then"),
+    ("worse since the first week of June", "en", True, "worse since [DATE]"),
+    ("douleurs depuis la mi-février", "fr", True, "douleurs depuis la [DATE]"),
+    ("Schmerzen seit Anfang März", "de", True, "Schmerzen seit [DATE]"),
+    ("hospitalisé du 3 au 8 avril 2024 pour", "fr", True, "hospitalisé [2024-05-08] pour"),
+    ("PSA normal Oct '23, then", "en", True, "PSA normal [DATE], then"),
+    ("born 3 Safar 1402 in", "en", True, "born [DATE] in"),
+    ("family gives 14 Dhu al-Hijjah 1440.", "en", True, "family gives [DATE]."),
+    ("came back on the 21st. Then", "en", True, "came back on [DATE]. Then"),
+    ("Seen Tuesday the 9th with her son", "en", True, "Seen [DATE] with her son"),
+    ("crash on Friday evening, 13th June 2024", "en", True, "crash on [2024-07-13]"),
+    ("born thirtieth of June 1948 in", "en", True, "born [DATE] in"),
+    ("slipped on ice 4/2. Then", "en", True, "slipped on ice [DATE]. Then"),
+    ("MRI 7/23 shows", "en", False, "MRI [DATE] shows"),
+])
+def test_dates_in_the_forms_letters_write_them(text, language, day_first, expected):
+    """A date takes the words written as part of it (article, part of the month, first day of a range, an
+    apostrophe year, a spelled ordinal day); Hijri dates; a day alone as an ordinal after "the" or a weekday;
+    a day and month in figures without the year."""
+    assert TextScrubber(KNOWN, OFFSET, day_first=day_first, language=language).scrub(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "MRC 4/5 and VAS 7/10", "cough for 3/7", "4/12 history of pain", "1/2 tab nocte", "L4/5 disc", "2/3 of the canal",
+    "power 3/9", "Flat 2/1", "twice on the 3rd floor", "the 2nd opinion",
+])
+def test_figures_that_are_no_day_and_month_stay(text):
+    """Scores, powers, British durations, fractions, levels and address numbers are no dates."""
+    assert "DATE" not in TextScrubber(KNOWN, OFFSET, language="en").scrub(text)
+
+
+@pytest.mark.parametrize("text,language,expected", [
+    ("IRM faite à l'hôpital Pontchaillou le", "fr", "IRM faite à [INSTITUTION] [REMOVED] le"),   # head first
+    ("suivi au centre hospitalier du Vexin depuis", "fr",
+     "suivi au [INSTITUTION] [INSTITUTION] [INSTITUTION] [REMOVED] depuis"),
+    ("Dr Martin, Cabinet médical du Grand Chêne, Brest", "fr",
+     "Dr [NAME], [INSTITUTION] [INSTITUTION] [INSTITUTION] [INSTITUTION], [ADDRESS]"),
+    ("Vorstellung in der Hausarztpraxis am Rosengarten.", "de",
+     "Vorstellung in der [INSTITUTION] [INSTITUTION] [INSTITUTION]."),
+    ("served with 3rd Battalion and 7 Corps", "en", "served with [INSTITUTION] [INSTITUTION] and [INSTITUTION] "
+                                                    "[INSTITUTION]"),               # a numbered unit
+    ("ancien du 2e régiment étranger", "fr", "ancien du [INSTITUTION] [INSTITUTION] étranger"),
+    ("GP at Kleppe legesenter, then Askøy sykehuset", "en",
+     "GP at [ADDRESS] [INSTITUTION], then [INSTITUTION] [INSTITUTION]"),   # a Nordic head after the name
+    ("Her car insurer (Steadfast, claim 22) asks", "en", "Her car insurer ([INSTITUTION], claim 22) asks"),
+    ("member of SDIS 35 since", "fr", "member of [REMOVED] [INSTITUTION] since"),  # a number of the name
+    ("works for Amazon.com as", "en", "works for [URL] as"),                           # a web address
+])
+def test_organisations_written_as_their_languages_build_them(text, language, expected):
+    """Organisation names head first (French, German, Nordic), numbered units, a Nordic head after a name removed,
+    an employer's or insurer's cue before a bracket, a number written after an organisation's acronym."""
+    assert TextScrubber(KNOWN, OFFSET, language=language).scrub(text) == expected
+
+
+@pytest.mark.parametrize("text,language", [
+    ("ne tolère plus la station debout", "fr"),
+    ("pain in the centre of the L4 vertebra", "en"),
+    ("seen in the clinic for Pain follow up", "en"),
+    ("Handgelenksextension KG 4/5 rechts", "de"),
+    ("3 ward rounds a day", "en"),
+])
+def test_clinical_phrases_near_organisation_heads_stay(text, language):
+    """A head noun in a clinical phrase, a clinical word after "clinic for", a power grade after a removed word."""
+    scrubbed = TextScrubber(KNOWN, OFFSET, language=language).scrub(text)
+    assert "[INSTITUTION]" not in scrubbed
+    assert "KG 4/5" in scrubbed or "KG" not in text
+
+
+@pytest.mark.parametrize("text,language,expected", [
+    ("bor Nyvej 12, 2. tv., 8000 Aarhus", "da", "bor [ADDRESS], [ID] [INSTITUTION]"),  # floor and door go too
+    ("bor Storgata 3, leil. H0301, i byen", "nb", "bor [ADDRESS], i byen"),
+    ("vit dans le 11e, seul", "fr", "vit dans le [ADDRESS], seul"),                  # a district of Paris
+    ("He lives at Villa 9, Road 1203, Block 312.", "en", "He lives at [ADDRESS] [INSTITUTION], [ADDRESS], [ADDRESS]."),
+    ("Room No. 7, First Floor", "en", "[ADDRESS], [INSTITUTION]"),
+    ("chute sur le boulevard de Strasbourg hier", "fr", "chute sur le [ADDRESS] [ADDRESS] [ADDRESS] hier"),
+    ("née à Bourg-en-Bresse et vit à Saint-Brieuc (22).", "fr", "née à [ADDRESS] et vit à [ADDRESS] ([INSTITUTION])."),
+    ("tätig in Stuttgart-Vaihingen seit", "de", "tätig in [ADDRESS] seit"),         # a town and its district
+    ("Brown-Séquard syndrome and Guillain-Barré", "en", "Brown-Séquard syndrome and Guillain-Barré"),
+])
+def test_places_written_as_their_countries_write_them(text, language, expected):
+    """Nordic floor and door after a street number, Paris districts, streets, zones and buildings by number,
+    French streets whose name was removed, place names joined by a particle or named for a saint, a town
+    joined to its district by a hyphen; hyphenated eponyms stay."""
+    assert TextScrubber(KNOWN, OFFSET, language=language).scrub(text) == expected
+
+
+@pytest.mark.parametrize("text,language,expected", [
+    ("assurée à la MC Namur depuis", "fr", "assurée à la [INSTITUTION] [ADDRESS] depuis"),
+    ("works at Zendrix Pvt. Ltd. as a clerk", "en", "works at [INSTITUTION][INSTITUTION]. as a clerk"),
+    ("MRI at Zendrix Hospital: MRI normal", "en", "MRI at [INSTITUTION]: MRI normal"),  # a clinical acronym stays
+])
+def test_acronyms_and_legal_forms_beside_an_organisation_go_with_it(text, language, expected):
+    assert TextScrubber(KNOWN, OFFSET, language=language).scrub(text) == expected
