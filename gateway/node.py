@@ -21,7 +21,7 @@ from gateway.ops.memory import release_freed_memory
 from gateway.privacy import vocabulary
 from gateway.referral.entities import load_engine
 from gateway.referral.http_api import register_referral_routes
-from gateway.referral.mllp import start_hl7_listener
+from gateway.mllp.server import start_hl7_listener
 from gateway.referral.notes_case import warm_up as warm_up_notes
 from gateway.referral.notes_sr import load_standard_tables
 from gateway.referral.sr_tables import install_module_table
@@ -65,7 +65,7 @@ class GatewayNode:
         self.spool = Spool(config.storage.spool_dir, config.storage.min_free_bytes, node_tag=self.identity)
         self.server = None
         self.http: HttpServer | None = None
-        self.hl7 = None  # the MLLP listener (gateway.referral.mllp) when hl7.enabled
+        self.hl7 = None  # the MLLP listener (gateway.mllp) when hl7.enabled
         self.pipeline: Pipeline | None = None
         self.wakeups: wakeup.Wakeups | None = None
         self.receivers: ReceivingProcesses | None = None

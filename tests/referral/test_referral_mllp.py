@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from gateway.config import Hl7Config
 from gateway.referral.intake import store_referral
-from gateway.referral.mllp import END_BLOCK, MllpLimits, MllpServer, answer_message, frame, unframe
+from gateway.mllp.server import END_BLOCK, MllpLimits, MllpServer, answer_message, frame, unframe
 from gateway.storage.models import Referral
 from referral_cases import close_world, make_world
 
