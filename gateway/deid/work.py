@@ -128,15 +128,14 @@ def deidentify_file(path: str, source: str, case_label: str, tmp_dir: str | None
         if window is not None:
             result.dataset.add(window)  # the original's pixel data, unread, written in chunks
         try:
-            written = encode_to_file(result.dataset, tmp_dir)
+            written, size, sha256 = encode_to_file(result.dataset, tmp_dir)
         finally:
             if window is not None:
                 window.value.close()
         del result, original  # the dataset's memory goes before the file is read back
         with open(written, "rb") as stored:
             text_values = encoded_text_values(stored)
-        return DeidWork(data_path=str(written), size=os.path.getsize(written), sha256=file_sha256(written),
-                        text_values=text_values, **described)
+        return DeidWork(data_path=str(written), size=size, sha256=sha256, text_values=text_values, **described)
     data = encode(result.dataset)
     return DeidWork(data=data, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
                     text_values=encoded_text_values(io.BytesIO(data)), **described)
@@ -181,8 +180,9 @@ def encode(dataset: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def encode_to_file(dataset: Dataset, tmp_dir: str) -> Path:
-    """``dataset`` encoded into a new file under ``tmp_dir``, fsynced: durable before the stage renames it.
+def encode_to_file(dataset: Dataset, tmp_dir: str) -> tuple[Path, int, str]:
+    """``dataset`` encoded into a new file under ``tmp_dir``, fsynced: durable before the stage renames it;
+    with its size and SHA-256, taken from the bytes as they are written (a 400 MB file is not read back).
 
     Its bulk values (pixel data) are handed to pydicom as buffers sharing their bytes, which it writes to the
     file in chunks; given as bytes, pydicom encodes each element into a buffer of its own first, a second copy
@@ -193,13 +193,46 @@ def encode_to_file(dataset: Dataset, tmp_dir: str) -> Path:
     target = Path(tmp_dir) / f"{secrets.token_hex(8)}.part"
     try:
         with open(target, "xb") as out:
-            dataset.save_as(out, enforce_file_format=True)
+            hashing = HashingWriter(out)
+            dataset.save_as(hashing, enforce_file_format=True)
             out.flush()
             os.fsync(out.fileno())
     except BaseException:
         target.unlink(missing_ok=True)
         raise
-    return target
+    if hashing.rewound:
+        return target, os.path.getsize(target), file_sha256(target)
+    return target, hashing.size, hashing.digest.hexdigest()
+
+
+class HashingWriter(io.RawIOBase):
+    """A file being written, hashed and counted on the way. pydicom writes forwards only today; should a
+    version seek back to patch a length, ``rewound`` says the digest no longer covers the file."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        self._raw = raw
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.rewound = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        written = self._raw.write(data)
+        self.digest.update(memoryview(data).cast("B")[:written])
+        self.size += written
+        return written
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        position = self._raw.seek(offset, whence)
+        if position != self.size:
+            self.rewound = True
+        return position
 
 
 _BULK_VRS = ("OB", "OW")

@@ -4,6 +4,7 @@ as the in-memory path, written without the pixel data being read."""
 from __future__ import annotations
 
 import hashlib
+import io
 import tracemalloc
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from gateway.deid import work
 from gateway.deid.options import DeidOptions
+from gateway.deid.work import HashingWriter
 from gateway.demo import write_demo_study
 from gateway.dicom.bulk import FileWindow, detach_pixel_data
 
@@ -87,3 +89,14 @@ def test_detach_takes_only_a_deferred_native_last_element(large_mr, tmp_path):
     path = tmp_path / "padded.dcm"
     padded.save_as(path, enforce_file_format=True)
     assert detach_pixel_data(pydicom.dcmread(path, defer_size=1 << 20), str(path)) is None
+
+
+def test_a_writer_that_seeks_back_says_its_digest_no_longer_covers_the_file(tmp_path):
+    with open(tmp_path / "out.bin", "wb") as out:
+        hashing = HashingWriter(out)
+        hashing.write(b"abcd")
+        hashing.seek(0, io.SEEK_END)
+        assert not hashing.rewound
+        hashing.seek(1)
+        hashing.write(b"X")
+    assert hashing.rewound

@@ -14,6 +14,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,17 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> 
             return value
         time.sleep(interval)
     raise PeerStartError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@contextmanager
+def stopped_unless_up(stop: Callable[[], None]) -> Iterator[None]:
+    """Stop a peer's process (``stop``, by its PID) when it does not come up: a test whose peer failed to start
+    leaves no process behind."""
+    try:
+        yield
+    except BaseException:
+        stop()
+        raise
 
 
 def echo_ok(host: str, port: int, calling: str, called: str, timeout: float = 3.0) -> bool:
@@ -112,7 +125,7 @@ class GatewayProcess:
     def write_config(self) -> None:
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
-    def start(self, timeout: float = 30.0) -> GatewayProcess:
+    def start(self, timeout: float = 60.0) -> GatewayProcess:
         self.write_config()
         started_before = self._started_events()
         env = {**os.environ, "SPINE_GATEWAY_LOG_STRICT": "1", "PYTHONUNBUFFERED": "1"}
@@ -127,10 +140,11 @@ class GatewayProcess:
                 raise PeerStartError(f"gateway exited with {self.proc.returncode}; see {self.workdir}/gateway.stderr")
             return echo_ok("127.0.0.1", self.port, calling, self.ae_title, timeout=2)
 
-        wait_until(ready, timeout, f"the gateway to answer C-ECHO on port {self.port}", interval=0.1)
-        if self._logs_to_file():  # the DICOM port answers before the stages and wake-ups have started
-            wait_until(lambda: self._started_events() > started_before, timeout, "the gateway's gateway_started",
-                       interval=0.05)
+        with stopped_unless_up(self.stop):
+            wait_until(ready, timeout, f"the gateway to answer C-ECHO on port {self.port}", interval=0.1)
+            if self._logs_to_file():  # the DICOM port answers before the stages and wake-ups have started
+                wait_until(lambda: self._started_events() > started_before, timeout,
+                           "the gateway's gateway_started", interval=0.05)
         return self
 
     def _logs_to_file(self) -> bool:
@@ -199,8 +213,9 @@ class DcmtkStoreSCP:
                  str(self.port)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **NODELAY_ENV})
             proc = self.proc
-            wait_until(lambda proc=proc: proc.poll() is not None
-                       or echo_ok("127.0.0.1", self.port, "PROBE", self.ae_title), 20, "storescp")
+            with stopped_unless_up(self.stop):
+                wait_until(lambda proc=proc: proc.poll() is not None
+                           or echo_ok("127.0.0.1", self.port, "PROBE", self.ae_title), 20, "storescp")
             if proc.poll() is None:
                 return self
             self.proc = None
@@ -252,7 +267,8 @@ class Orthanc:
         self.log = open(self.workdir / "orthanc.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([str(ORTHANC), str(config_path)], stdout=self.log, stderr=self.log,
                                      env={**os.environ, **NODELAY_ENV}, cwd=self.workdir)
-        wait_until(self._http_up, 60, f"Orthanc HTTP on port {self.http_port} (see {self.workdir}/orthanc.log)")
+        with stopped_unless_up(self.stop):
+            wait_until(self._http_up, 60, f"Orthanc HTTP on port {self.http_port} (see {self.workdir}/orthanc.log)")
         return self
 
     def _http_up(self) -> bool:
@@ -321,7 +337,8 @@ class PostgresCluster:
                                 "-c", "max_connections=200"])
         self.log = open(self.dir / "postgres.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
-        wait_until(self._accepting, 60, f"PostgreSQL on port {self.port} (see {self.dir}/postgres.log)")
+        with stopped_unless_up(self.stop_server):
+            wait_until(self._accepting, 60, f"PostgreSQL on port {self.port} (see {self.dir}/postgres.log)")
 
     def _accepting(self) -> bool:
         if self.proc.poll() is not None:
