@@ -4,23 +4,38 @@ Sources, in order of precedence (later wins):
 
 1. the YAML file (``--config PATH``, else ``$SPINE_GATEWAY_CONFIG``, else ``config/gateway.yaml``);
 2. environment variables ``SPINE_GATEWAY__<SECTION>__<KEY>`` (e.g. ``SPINE_GATEWAY__NODE__PORT=11113``),
-   derived from the model itself, so every scalar option can be overridden without a hand-kept list;
+   read by pydantic-settings from the model itself, so every option can be overridden without a hand-kept
+   list (a list or mapping value is written as JSON: ``SPINE_GATEWAY__ROUTING__BODY_PARTS='["LSPINE"]'``);
 3. the command-line flags that were actually passed.
 
-Every model refuses unknown keys, so a misspelt key is an error naming the key and the file, never
-silently ignored. ``config/gateway.yaml`` documents every option next to its default, and a test checks
-that it lists every field of these models.
+``GatewayConfig`` is a pydantic-settings root and ``load_config`` builds its three sources itself (flags as
+init values, the environment it is given, the file), so a test's dict environment is read without touching
+``os.environ``. Every model refuses unknown keys, so a misspelt key is an error naming the key and the file
+(and the variable, when the environment set it), never silently ignored: that holds for a prefixed variable
+naming no section too, which pydantic-settings alone would ignore. ``config/gateway.yaml`` documents every
+option next to its default, and a test checks that it lists every field of these models.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    YamlConfigSettingsSource,
+)
 
 from gateway.deid.options import DeidOptions
 from gateway.errors import ConfigError
@@ -320,14 +335,49 @@ class QuarantineConfig(_Section):
     max_objects_per_peer: int = Field(1000, ge=0)
 
 
+class AtnaConfig(_Section):
+    """Audit messages (DICOM PS3.15 A.5, IHE ATNA) for the hospital's audit record repository: every row of
+    the audit trail, sent as RFC 5424 syslog over TLS (RFC 5425) or UDP (RFC 5426). Rows wait in the database
+    while the collector is down and go in order when it is back."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(6514, ge=1, le=65535)
+    transport: Literal["tls", "udp"] = "tls"
+    ca_file: Path | None = None  # the collector's CA (TLS: required)
+    cert_file: Path | None = None  # the node's client certificate, when the collector asks for one
+    key_file: Path | None = None
+    audit_source_id: str | None = Field(None, max_length=64)  # default: the node's AE title
+    enterprise_site_id: str | None = Field(None, max_length=64)
+    interval_s: SECONDS = Field(5.0, gt=0)
+    batch: int = Field(200, ge=1, le=10000)
+    timeout_s: SECONDS = Field(10.0, gt=0, le=300)
+    from_start: bool = False  # first run: send the whole audit trail (default: from the first run on)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> AtnaConfig:
+        if self.enabled and self.transport == "tls" and self.ca_file is None:
+            raise ValueError("ca_file is required when transport is tls (a collector is never trusted blind)")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
 class RetentionConfig(_Section):
     """How long originals stay in the spool once the report is home."""
 
     days: int = Field(30, ge=0)
 
 
-class GatewayConfig(_Section):
-    """The whole configuration, handed down whole."""
+class GatewayConfig(BaseSettings):
+    """The whole configuration, handed down whole.
+
+    A pydantic-settings root: ``load_config`` gives it its three sources (flags, environment, file). Built
+    directly (``GatewayConfig(...)``, ``model_validate``), it reads only what it is given: no environment, no file.
+    """
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, populate_by_name=True, validate_default=False,
+                                      env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False)
 
     node: NodeConfig = NodeConfig()
     storage: StorageConfig = StorageConfig()
@@ -339,6 +389,7 @@ class GatewayConfig(_Section):
     routing: RoutingConfig = RoutingConfig()
     retention: RetentionConfig = RetentionConfig()
     quarantine: QuarantineConfig = QuarantineConfig()
+    atna: AtnaConfig = AtnaConfig()
     sources: list[SourceConfig] = Field(default_factory=list)
     reviewers: list[ReviewerConfig] = Field(default_factory=list)
 
@@ -361,6 +412,16 @@ class GatewayConfig(_Section):
                              "(an empty allowlist would accept anyone)")
         return self
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the values passed: the environment and the file are ``load_config``'s to add, so that a test
+        or a tool building a config from a dict never picks up a developer's ``SPINE_GATEWAY__*``."""
+        return (init_settings,)
+
     def secret_path(self) -> Path:
         """Where the pseudonym key is kept when the environment does not give it: beside the SQLite database,
         or, with PostgreSQL, in the spool directory (which several nodes share)."""
@@ -377,23 +438,83 @@ class GatewayConfig(_Section):
         return next((r for r in self.reviewers if r.ae_title == ae_title), None)
 
 
-def load_config(path: Path | str | None = None, environ: dict[str, str] | None = None,
+def load_config(path: Path | str | None = None, environ: Mapping[str, str] | None = None,
                 overrides: dict[str, Any] | None = None) -> GatewayConfig:
-    """Read, merge and validate the configuration.
+    """Read, merge and validate the configuration: ``overrides`` (the flags passed), then ``environ`` (the
+    process environment when None; a test's dict is read as it is, ``os.environ`` untouched), then the file.
 
     Raises:
         ConfigError: the file is missing or unreadable, or a key, type or value is wrong. Its message is
-            one line naming the file and the key.
+            one line naming the file and the key (and the environment variable, when one set it).
     """
-    environ = dict(os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
     config_path = Path(path or environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
-    data = _read_yaml(config_path)
-    _merge(data, _environment_overrides(environ))
-    _merge(data, overrides or {})
+    sources = (
+        InitSettingsSource(GatewayConfig, init_kwargs=overrides or {}),
+        _EnvironmentSource(GatewayConfig, environ),
+        _YamlFileSource(GatewayConfig, config_path),
+    )
     try:
-        return GatewayConfig.model_validate(data)
+        return GatewayConfig(_build_sources=(sources, {}))
     except ValidationError as exc:
-        raise ConfigError(f"{config_path}: {_describe(exc)}") from None
+        raise ConfigError(f"{config_path}: {_describe(exc, environ)}") from None
+    except SettingsError as exc:  # an environment value that must be JSON (a list, a section) is not
+        raise ConfigError(f"{config_path}: {exc.__cause__ or exc}") from None
+
+
+class _YamlFileSource(YamlConfigSettingsSource):
+    """The YAML file, read by ``_read_yaml``: unlike pydantic-settings' own reading, a missing file, a YAML
+    syntax error or a top level that is no mapping is a ConfigError naming the file, and keys keep their case
+    (``Node:`` is an unknown key, as every nested key is)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls, yaml_file=path)
+        self.init_kwargs = dict(self.yaml_data)
+
+    def _read_files(self, files: Any, deep_merge: bool = False) -> dict[str, Any]:
+        return _read_yaml(Path(files))
+
+
+class _EnvironmentSource(EnvSettingsSource):
+    """``SPINE_GATEWAY__<SECTION>__<KEY>`` from the given mapping instead of ``os.environ``.
+
+    pydantic-settings drops a prefixed variable that names no section; this source hands it on as an extra key,
+    so that ``SPINE_GATEWAY__NOED__PORT`` is refused like any unknown key rather than silently ignored.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): value for name, value in self._environ.items()}
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        prefix = self.env_prefix.lower()
+        for name, value in self.env_vars.items():
+            section = name[len(prefix):].split(self.env_nested_delimiter or "__")[0] if name.startswith(prefix) else ""
+            if section and section not in self.settings_cls.model_fields:
+                data[section] = value
+        return data
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            raise ValueError(f"{_variable_named(field_name, value, self._environ)}: not valid JSON "
+                             "(a list or a section is written as JSON, e.g. '[\"SPINE\", \"LUMBAR\"]')") from None
+
+
+def _variable_named(key: str, value: str, environ: Mapping[str, str]) -> str:
+    """The prefixed environment variable that gave ``key`` its ``value`` (for error messages)."""
+    suffix = key.upper()
+    for name, given in environ.items():
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and (upper == ENV_PREFIX + suffix or upper.endswith("__" + suffix)):
+            if given == value:
+                return name
+    return ENV_PREFIX + suffix
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -414,35 +535,24 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _environment_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    """``SPINE_GATEWAY__NODE__PORT=11113`` → ``{"node": {"port": "11113"}}`` (pydantic converts types)."""
-    result: dict[str, Any] = {}
-    for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        parts = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
-        if not parts:
-            continue
-        target = result
-        for part in parts[:-1]:
-            target = target.setdefault(part, {})
-        target[parts[-1]] = value
-    return result
+def _variables_under(loc: tuple[int | str, ...], environ: Mapping[str, str]) -> list[str]:
+    """The prefixed environment variables that set the key at ``loc``: the one naming it, else those inside it."""
+    if not loc:
+        return []
+    key = ENV_PREFIX + "__".join(str(p) for p in loc).upper()
+    names = sorted(name for name in environ if name.upper() == key or name.upper().startswith(key + "__"))
+    return [name for name in names if name.upper() == key] or names
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-
-
-def _describe(exc: ValidationError) -> str:
-    """All problems, each as ``key.path: message``, joined on one line."""
+def _describe(exc: ValidationError, environ: Mapping[str, str]) -> str:
+    """All problems, each as ``key.path: message``, joined on one line; a key set from the environment names
+    its variable (``node.port (SPINE_GATEWAY__NODE__PORT): ...``), since the file does not hold that value."""
     problems = []
     for error in exc.errors():
         where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        variables = _variables_under(error["loc"], environ)
+        if variables:
+            where += f" ({', '.join(variables)})"
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key"

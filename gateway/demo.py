@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from gateway import __version__
 
 GATEWAY_UID_ROOT = "1.2.826.0.1.3680043.10.1512."  # a test root for generated demo data
-IMPLEMENTATION_CLASS_UID = GATEWAY_UID_ROOT + "0.1"
+IMPLEMENTATION_CLASS_UID = UID(GATEWAY_UID_ROOT + "0.1")
 
 SERIES_PLAN = (
     # description, protocol, orientation (row, column direction cosines), TR, TE

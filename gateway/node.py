@@ -20,6 +20,7 @@ from gateway.dicom.net import install_fast_paths
 from gateway.http.app import build_application
 from gateway.http.server import HttpServer
 from gateway.mllp.server import start_hl7_listener
+from gateway.ops import audit
 from gateway.ops.health import standard_health_checks
 from gateway.ops.memory import release_freed_memory
 from gateway.privacy import vocabulary
@@ -34,6 +35,7 @@ from gateway.scp.receiving_process import MAX_RECEIVING_PROCESSES, processes_sha
 from gateway.scp.server import node_handlers, start_scp
 from gateway.scp.slots import AssociationSlots
 from gateway.stages.assign import AssignmentStage
+from gateway.stages.atna import AtnaStage
 from gateway.stages.completion import CompletionStage
 from gateway.stages.deid import DeidStage
 from gateway.stages.deliver import DeliveryStage
@@ -112,6 +114,10 @@ class GatewayNode:
         self._start_receivers()
         self.pipeline = Pipeline(self._stages(), self.config.routing.poll_s, self.wakeups,
                                  policy=FailurePolicy.of(self.config.routing.case_failures))
+        for stage in self.pipeline.stages:
+            if isinstance(stage, AtnaStage):
+                stage.open_cursor()  # before the start is recorded: the collector's first message is the start
+        self._audit_activity("node_started")
         self.pipeline.start()
         log.info("gateway_started", ae_title=self.config.node.ae_title, port=self.config.node.port,
                  version=__version__, to_version=SCHEMA_VERSION, tls=self.config.node.tls.enabled)
@@ -167,7 +173,14 @@ class GatewayNode:
             HealthStage(self.config),
             # reports back home (issue 6): REPORTED → REPORT_DELIVERED
             ReportStage(self.config, self.spool, self.secret),
+            *self._audit_export(),
         ]
+
+    def _audit_export(self) -> list[Stage]:
+        """``atna.enabled``: the audit trail to the hospital's collector."""
+        if not self.config.atna.enabled:
+            return []
+        return [AtnaStage(self.config.atna, self.config.node.ae_title, self.identity)]
 
     def _notes_workers(self) -> None:
         """``referrals.workers`` worker processes with ``referrals.time_budget_s`` each (none for 0): a job's end
@@ -199,6 +212,14 @@ class GatewayNode:
         return build_application(self.config.http, checks, portal=portal_routes(self.config, self.spool),
                                  portal_error_page=error_page)
 
+    def _audit_activity(self, action: str) -> None:
+        """The node's start and stop in the audit trail (an ATNA Application Activity message)."""
+        try:
+            audit.record(action, actor_ae=self.config.node.ae_title, actor_host=None, study_key=None,
+                         detail=f"node {self.identity}")
+        except audit.AuditWriteError:
+            pass  # logged by audit.record; a node that cannot write its database says so elsewhere too
+
     def accepting(self) -> bool:
         """The DICOM port is open and pynetdicom's acceptor thread is alive."""
         server = self.server
@@ -227,6 +248,7 @@ class GatewayNode:
         if self.pipeline is not None:
             self.pipeline.stop()
             self.pipeline = None
+            self._audit_activity("node_stopped")
         if self.notes_workers is not None:
             self.notes_workers.shutdown()
             self.notes_workers = None

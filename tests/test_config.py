@@ -83,6 +83,8 @@ MINIMAL = "sources:\n  - {name: st-marys, ae_title: STMARYS_PACS}\n"
     ("sources: []\n", "at least one source or reviewer"),
     ("sources:\n  - {name: a, ae_title: X}\n  - {name: b, ae_title: X}\n", "AE title 'X' is used by more than one"),
     ("node: [1, 2\n", "not valid YAML at line"),
+    ("Node: {port: 11113}\n" + MINIMAL, "Node: unknown key"),  # keys keep their case, at the top level too
+    ("- node\n", "the top level must be a mapping"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path, text, expected):
     path = _write(tmp_path, text)
@@ -92,11 +94,63 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, text, expected):
     assert expected in message and str(path) in message and "\n" not in message
 
 
+def test_missing_file_is_one_line_not_an_empty_config(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the configuration file"):
+        load_config(tmp_path / "nope.yaml", environ={"SPINE_GATEWAY__NODE__PORT": "11113"})
+
+
 def test_environment_overrides_the_file(tmp_path):
     path = _write(tmp_path, MINIMAL)
     config = load_config(path, environ={"SPINE_GATEWAY__NODE__PORT": "11113", "SPINE_GATEWAY__LOGGING__LEVEL": "debug"})
     assert config.node.port == 11113 and config.logging.level == "debug"
     assert load_config(None, environ={"SPINE_GATEWAY_CONFIG": str(path)}).sources[0].name == "st-marys"
+
+
+def test_flags_over_environment_over_file_over_defaults(tmp_path):
+    path = _write(tmp_path, "node: {port: 11120, host: 127.0.0.1}\nlogging: {level: warning}\n" + MINIMAL)
+    environ = {"SPINE_GATEWAY__NODE__PORT": "11121", "SPINE_GATEWAY__NODE__AE_TITLE": "FROMENV"}
+    config = load_config(path, environ=environ, overrides={"node": {"port": 11122}})
+    assert config.node.port == 11122  # the flag passed wins over the environment and the file
+    assert config.node.ae_title == "FROMENV"  # the environment wins over the default
+    assert config.node.host == "127.0.0.1" and config.logging.level == "warning"  # the file's, merged section-wise
+    assert config.node.max_associations == 20  # the default
+
+
+def test_given_environment_is_read_instead_of_the_process_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPINE_GATEWAY__NODE__PORT", "11130")
+    path = _write(tmp_path, MINIMAL)
+    assert load_config(path, environ={}).node.port == 11112
+    assert load_config(path).node.port == 11130
+    # Built directly, the model reads only what it is given, never the process environment.
+    assert GatewayConfig(sources=[{"name": "a", "ae_title": "A"}]).node.port == 11112
+
+
+@pytest.mark.parametrize(("variable", "value", "expected"), [
+    ("SPINE_GATEWAY__NOED__PORT", "11113", "noed (SPINE_GATEWAY__NOED__PORT): unknown key"),
+    ("SPINE_GATEWAY__NODE__PROT", "11113", "node.prot (SPINE_GATEWAY__NODE__PROT): unknown key"),
+    ("SPINE_GATEWAY__NODE__PORT", "many", "node.port (SPINE_GATEWAY__NODE__PORT): Input should be a valid integer"),
+    ("SPINE_GATEWAY__ROUTING__BODY_PARTS", "SPINE", "SPINE_GATEWAY__ROUTING__BODY_PARTS: not valid JSON"),
+    ("SPINE_GATEWAY__NODE", "11113", "node (SPINE_GATEWAY__NODE): Input should be a valid dictionary"),
+    ("SPINE_GATEWAY__NODE", "{port", "SPINE_GATEWAY__NODE: not valid JSON"),
+])
+def test_bad_environment_variable_is_one_line_naming_it(tmp_path, variable, value, expected):
+    path = _write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={variable: value})
+    message = str(info.value)
+    assert expected in message and str(path) in message and "\n" not in message
+
+
+def test_environment_sets_lists_and_maps_as_json_and_nested_keys(tmp_path):
+    path = _write(tmp_path, MINIMAL)
+    config = load_config(path, environ={
+        "SPINE_GATEWAY__ROUTING__BODY_PARTS": '["LSPINE", "SACRUM"]',
+        "SPINE_GATEWAY__ROUTING__RETRY__MAX_ATTEMPTS": "3",
+        "SPINE_GATEWAY__HL7__FACILITIES": '{"STMARYS": "st-marys"}',
+        "spine_gateway__logging__level": "error",  # names are read without regard to case
+    })
+    assert config.routing.body_parts == ["LSPINE", "SACRUM"] and config.routing.retry.max_attempts == 3
+    assert config.hl7.facilities == {"STMARYS": "st-marys"} and config.logging.level == "error"
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

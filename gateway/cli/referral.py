@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 from gateway.cli.common import UsageError, open_command_database
 from gateway.config import GatewayConfig
@@ -58,7 +59,7 @@ def cmd_referral_add(args: argparse.Namespace, config: GatewayConfig) -> int:
         data = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
-    fmt = "yaml" if path.suffix.lower() in _YAML_SUFFIXES else "json"
+    fmt: Literal["json", "yaml"] = "yaml" if path.suffix.lower() in _YAML_SUFFIXES else "json"
     try:
         referral = parse_referral(data, fmt)
         _open(config)
@@ -68,7 +69,7 @@ def cmd_referral_add(args: argparse.Namespace, config: GatewayConfig) -> int:
         for problem in exc.problems:
             print(f"spine-gateway: {path.name}: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    matched = f", matched to case {row.study.key}" if row.study_id else ", waiting for its study"
+    matched = f", matched to case {row.study.key}" if row.study is not None else ", waiting for its study"
     print(f"referral {row.id} stored{matched}")
     return EXIT_OK
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 from pydicom import uid as dicom_uid
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -25,7 +27,7 @@ from gateway.dicom.vr import FREE_TEXT_VRS
 
 PATIENT_NAME_PREFIX = "SPINEGW"
 IMPLEMENTATION_VERSION_NAME = "SPINEGW_0_1"
-IMPLEMENTATION_CLASS_UID = uuid_derived_uid(b"spine-gateway implementation class".ljust(16, b"\0"))
+IMPLEMENTATION_CLASS_UID = dicom_uid.UID(uuid_derived_uid(b"spine-gateway implementation class".ljust(16, b"\0")))
 
 PATIENT_NAME = tag_for_keyword("PatientName")
 PATIENT_ID = tag_for_keyword("PatientID")
@@ -195,9 +197,9 @@ class Deidentifier:
             raise
         except Exception as failure:  # noqa: BLE001 - hostile pixels may break any step: fail closed
             reason = f"burned-in text check failed ({type(failure).__name__})"
-            refusal = BurnedInRiskError(reason)
-            refusal.report = PixelReport(verdict="quarantined", reason=reason)
-            raise refusal from failure
+            refused = BurnedInRiskError(reason)
+            refused.report = PixelReport(verdict="quarantined", reason=reason)
+            raise refused from failure
 
     def leaves_pixels(self, dataset: Dataset) -> bool:
         """True when :meth:`deidentify` would neither read nor change ``dataset``'s pixel data (no burned-in
@@ -449,10 +451,10 @@ class Deidentifier:
             dataset.preamble = b"\x00" * 128  # a preamble may hold a TIFF header or anything else
 
 
-def _transfer_syntax(old_meta: Dataset, dataset: Dataset) -> str:
+def _transfer_syntax(old_meta: Dataset, dataset: Dataset) -> dicom_uid.UID:
     syntax = old_meta.get("TransferSyntaxUID")
     if syntax:
-        return str(syntax)
+        return dicom_uid.UID(str(syntax))
     implicit, little = getattr(dataset, "original_encoding", (None, None))
     if implicit:
         return dicom_uid.ImplicitVRLittleEndian
@@ -494,8 +496,8 @@ def _private_creator(dataset: Dataset, creator_tag: int) -> str | None:
 def _as_text(value: object) -> str:
     if value is None:
         return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(part) for part in value)  # type: ignore[union-attr]
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":  # pydicom's, by name
+        return "\\".join(str(part) for part in cast("Iterable[object]", value))
     return str(value)
 
 

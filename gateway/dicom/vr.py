@@ -4,11 +4,37 @@ Each row says how a VR is encoded (the explicit VR header with a 4-byte length, 
 value is characters, whether several values are joined by backslashes, and whether its characters follow a
 fixed grammar (dates, times, numbers, UIDs, ages) rather than being free text. The sets below are drawn
 from it; nowhere else lists VRs.
+
+The rows are derived from pydicom's own VR sets (``pydicom.valuerep``, pydicom 3.0), so that the byte-level
+walk and pydicom's reader agree on every VR:
+
+- the VRs: ``STANDARD_VR`` (the 34 of PS3.5 Table 6.2-1; the ambiguous "US or SS" kinds are not VRs on the wire);
+- ``long_length``: ``EXPLICIT_VR_LENGTH_32``;
+- ``text``: ``STR_VR``;
+- ``multi_valued``: text not in ``ALLOW_BACKSLASH`` (LT, ST, UT, where a backslash is a character);
+- ``formatted``: the text VRs that hold numbers (``FLOAT_VR`` or ``INT_VR``: DS, IS), and the ones below.
+
+What pydicom does not say, kept here:
+
+- ``_SINGLE_VALUED_TEXT``: UR always has a VM of one (PS3.5 6.4), which pydicom's sets do not say (it is not
+  in ``ALLOW_BACKSLASH``), so it is not multi-valued;
+- ``_GRAMMAR_TEXT``: AS, DA, DT, TM, UI have a fixed grammar (age, date, date-time, time, UID); pydicom has no
+  set for them (``DEFAULT_CHARSET_VR`` also holds AE, CS and UR, which are names, codes and addresses);
+- ``padding``: UI is padded with NUL, every other text VR with a space (PS3.5 6.2).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
+
+from pydicom.valuerep import (
+    ALLOW_BACKSLASH,
+    EXPLICIT_VR_LENGTH_32,
+    FLOAT_VR,
+    INT_VR,
+    STANDARD_VR,
+    STR_VR,
+)
 
 
 class VR(NamedTuple):
@@ -18,45 +44,21 @@ class VR(NamedTuple):
     formatted: bool     # characters with a fixed grammar (date, time, number, UID, age), not free text
 
 
-_BINARY = VR(False, False, False, False)
-_LONG_BINARY = VR(True, False, False, False)
+_SINGLE_VALUED_TEXT = frozenset({"UR"})
+_GRAMMAR_TEXT = frozenset({"AS", "DA", "DT", "TM", "UI"})
 
-TABLE: dict[str, VR] = {
-    "AE": VR(False, True, True, False),
-    "AS": VR(False, True, True, True),
-    "AT": _BINARY,
-    "CS": VR(False, True, True, False),
-    "DA": VR(False, True, True, True),
-    "DS": VR(False, True, True, True),
-    "DT": VR(False, True, True, True),
-    "FD": _BINARY,
-    "FL": _BINARY,
-    "IS": VR(False, True, True, True),
-    "LO": VR(False, True, True, False),
-    "LT": VR(False, True, False, False),
-    "OB": _LONG_BINARY,
-    "OD": _LONG_BINARY,
-    "OF": _LONG_BINARY,
-    "OL": _LONG_BINARY,
-    "OV": _LONG_BINARY,
-    "OW": _LONG_BINARY,
-    "PN": VR(False, True, True, False),
-    "SH": VR(False, True, True, False),
-    "SL": _BINARY,
-    "SQ": _LONG_BINARY,
-    "SS": _BINARY,
-    "ST": VR(False, True, False, False),
-    "SV": _LONG_BINARY,
-    "TM": VR(False, True, True, True),
-    "UC": VR(True, True, True, False),
-    "UI": VR(False, True, True, True),
-    "UL": _BINARY,
-    "UN": _LONG_BINARY,
-    "UR": VR(True, True, False, False),
-    "US": _BINARY,
-    "UT": VR(True, True, False, False),
-    "UV": _LONG_BINARY,
-}
+
+def _row(name: str) -> VR:
+    text = name in STR_VR
+    return VR(
+        long_length=name in EXPLICIT_VR_LENGTH_32,
+        text=text,
+        multi_valued=text and name not in ALLOW_BACKSLASH and name not in _SINGLE_VALUED_TEXT,
+        formatted=text and (name in FLOAT_VR or name in INT_VR or name in _GRAMMAR_TEXT),
+    )
+
+
+TABLE: dict[str, VR] = {name: _row(name) for name in sorted(str(vr.value) for vr in STANDARD_VR)}
 
 LONG_LENGTH_VRS = frozenset(name for name, vr in TABLE.items() if vr.long_length)
 SHORT_LENGTH_VRS = frozenset(name for name, vr in TABLE.items() if not vr.long_length)

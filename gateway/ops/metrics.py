@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from gateway.storage.models import Study, db
+from gateway.storage.models import Study, db, tuple_rows
 
 PREFIX = "spine_gateway"
 INSTANCE_RESULTS = ("stored", "duplicate", "refused", "failed")
@@ -65,7 +65,7 @@ class CaseStateCollector:
     def _counts(self) -> dict[str, int]:
         with self.database.connection_context():
             query = Study.select(Study.state, peewee.fn.COUNT(Study.id)).group_by(Study.state)
-            return {state: count for state, count in query.tuples()}
+            return {state: count for state, count in tuple_rows(query)}
 
 
 class GatewayMetrics:

@@ -96,8 +96,8 @@ def plan_purge(now: dt.datetime, days: int, *, spool_dir: Path) -> list[PurgeIte
             reports = {r.spool_path for r in ReportObject.select(ReportObject.spool_path)
                        .where(ReportObject.study == study.id)}
             paths = {i.spool_path for i in instances} | reports
-            shared = {p for (p,) in Instance.select(Instance.spool_path)
-                      .where(Instance.spool_path.in_(list(paths)) & Instance.study.not_in(selected)).tuples()}
+            shared = set(Instance.select(Instance.spool_path)
+                         .where(Instance.spool_path.in_(list(paths)) & Instance.study.not_in(selected)).scalars())
             files = tuple(sorted(SpoolFile(p, f) for p in paths - shared
                                  if (f := _spool_file(spool_dir, p)) is not None))
             items.append(PurgeItem(study.id, study.key, getattr(study, delivered_at.name), len(instances),

@@ -10,7 +10,7 @@ from typing import Any
 
 import peewee
 
-from gateway.storage.models import Instance, QuarantinedObject, Study, db
+from gateway.storage.models import AuditEvent, ExportCursor, Instance, QuarantinedObject, Study, db, tuple_rows
 
 
 def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, Any]:
@@ -25,19 +25,19 @@ def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, 
     with db.connection_context():
         routing = routing_snapshot(reviewers)
         reports = reports_snapshot()
-        studies = {state: count for state, count in
-                   Study.select(Study.state, peewee.fn.COUNT(Study.id)).group_by(Study.state).tuples()}
-        instances = {state: count for state, count in
-                     Instance.select(Instance.state, peewee.fn.COUNT(Instance.id)).group_by(Instance.state).tuples()}
+        studies = dict(tuple_rows(Study.select(Study.state, peewee.fn.COUNT(Study.id)).group_by(Study.state)))
+        instances = dict(tuple_rows(
+            Instance.select(Instance.state, peewee.fn.COUNT(Instance.id)).group_by(Instance.state)))
         total_bytes = Instance.select(peewee.fn.COALESCE(peewee.fn.SUM(Instance.size), 0)).scalar()
         quarantined = QuarantinedObject.select().count()
         attention = needs_attention()
+        audit_export = audit_export_status()
         recent = [
             {"study": key, "state": state, "instances": count, "last_received_at": last.isoformat() + "Z"}
-            for key, state, count, last in (
+            for key, state, count, last in tuple_rows(
                 Study.select(Study.key, Study.state, peewee.fn.COUNT(Instance.id), Study.last_received_at)
                 .join(Instance, peewee.JOIN.LEFT_OUTER).group_by(Study.id)
-                .order_by(Study.last_received_at.desc()).limit(20).tuples())
+                .order_by(Study.last_received_at.desc()).limit(20))
         ]
     disk = shutil.disk_usage(spool_dir) if Path(spool_dir).exists() else None
     return {
@@ -52,9 +52,21 @@ def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, 
         "quarantined": quarantined,
         "recent_studies": recent,
         "needs_attention": attention,
+        "audit_export": audit_export,
         "spool": {"path": str(spool_dir), "free_bytes": disk.free if disk else None,
                   "total_bytes": disk.total if disk else None},
     }
+
+
+def audit_export_status() -> dict[str, Any] | None:
+    """How far the audit messages (ATNA) reached the collector: rows waiting, sent, the last error; None
+    when the export never ran."""
+    cursor = ExportCursor.get_or_none(ExportCursor.name == "atna")
+    if cursor is None:
+        return None
+    waiting = AuditEvent.select().where(AuditEvent.id > cursor.last_id).count()
+    return {"waiting": waiting, "sent": cursor.sent, "last_sent_at": _iso(cursor.last_sent_at),
+            "last_error": cursor.last_error}
 
 
 ATTENTION_LIMIT = 50
@@ -117,6 +129,11 @@ def render_status(snapshot: dict[str, Any], console: Any) -> None:
     free = spool["free_bytes"]
     console.print(f"spool {spool['path']}: {snapshot['stored_bytes'] / 1e6:.1f} MB stored, "
                   f"{(free or 0) / 1e9:.1f} GB free")
+    export = snapshot.get("audit_export")
+    if export is not None:
+        state = f"collector FAILING: {export['last_error']}" if export["last_error"] else "collector ok"
+        console.print(f"audit messages (ATNA): {export['waiting']} waiting, {export['sent']} sent, "
+                      f"last {export['last_sent_at'] or 'never'}; {state}")
     health = snapshot.get("health") or {}
     if health.get("status") == "ok":
         console.print("health: ok (the spool and the database take a write)")
@@ -181,7 +198,7 @@ def lookup_cases(*, accession: str | None = None, referral_id: int | None = None
     with db.connection_context():
         if referral_id is not None:
             referrals = list(Referral.select().where(Referral.id == referral_id))
-            studies = [r.study for r in referrals if r.study_id is not None]
+            studies = [r.study for r in referrals if r.study is not None]
         else:
             referrals = list(Referral.select().where(Referral.accession_number == accession))
             ids = {row.study_id for model in (StudyMatchKeys, StudyIdentity)
@@ -217,7 +234,7 @@ def _case_entry(study: Study | None, referral: Any) -> dict[str, Any]:
                              "first_received_at": None, "state_changed_at": None, "report_delivered_at": None}
     if study is not None:
         entry.update({"case": study.key, "state": study.state, "reason": study.state_reason or study.hold_reason,
-                      "reviewer": study.reviewer, "source": study.source.name if study.source_id else None,
+                      "reviewer": study.reviewer, "source": study.source.name if study.source is not None else None,
                       "accession_number": _accession_of(study) or entry["accession_number"],
                       "first_received_at": _iso(study.first_received_at),
                       "state_changed_at": _iso(study.state_changed_at),

@@ -38,7 +38,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 from gateway.privacy.text import fold, has_non_latin_letters, spelling_variants, words
 from gateway.privacy.words import TITLES, is_distinctive
@@ -519,7 +519,8 @@ def header_values(dataset: Any) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
 
     def keep(keyword: str, value: object) -> None:
-        items = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+        several = isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"  # pydicom's, by name
+        items = list(cast("Iterable[object]", value)) if several else [value]
         bucket = found.setdefault(keyword, [])
         for item in items:
             text = str(item or "").strip()

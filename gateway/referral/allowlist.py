@@ -114,6 +114,7 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
         if any(s <= start and end <= e for s, e in clusters):
             continue
         written = original(start, end)
+        verdict: str | None
         if any(c.isdigit() for c in match.group(0)):
             verdict = _KNOWN if _number_is_clinical(view, start, end) else ID
         else:

@@ -7,8 +7,9 @@ this module scrubs with them and returns :class:`~gateway.referral.scrub.Scrubbe
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
-from gateway.referral.codes import NON_URGENT_FLAGS
+from gateway.referral.codes import NON_URGENT_FLAGS, RedFlag
 from gateway.referral.document import Referral, Urgency
 from gateway.referral.redflags import FlagFinding, detect_red_flags
 from gateway.referral.scrub import KnownIdentifiers, ScrubbedNotes, TextScrubber, scrub_referral
@@ -52,8 +53,8 @@ def scrub_header_notes(header_notes: Mapping[str, str], known: KnownIdentifiers,
     if unknown:
         raise ValueError(f"not a header notes keyword: {unknown[0]}")
     scrubber = TextScrubber(known, date_offset_days)
-    fields: dict[str, str | None] = {}
-    phrases: dict = {}
+    fields: dict[str, Any] = {}  # ScrubbedNotes' text fields by name
+    phrases: dict[RedFlag, str] = {}
     for keyword, text in header_notes.items():
         if text and text.strip():
             fields[HEADER_NOTE_KEYWORDS[keyword]] = scrubber.scrub(text)
@@ -61,5 +62,5 @@ def scrub_header_notes(header_notes: Mapping[str, str], known: KnownIdentifiers,
                 phrases.setdefault(detected.code, scrubber.scrub(detected.trigger_phrase))
     fields["history"] = " ".join(filter(None, [NO_REFERRAL_NOTE, fields.get("history")]))
     findings = tuple(FlagFinding(code, False, True, phrase) for code, phrase in sorted(
-        phrases.items(), key=lambda item: list(type(item[0])).index(item[0])))
+        phrases.items(), key=lambda item: list(RedFlag).index(item[0])))
     return ScrubbedNotes(urgency=_urgency(False, findings), flags=findings, **fields)

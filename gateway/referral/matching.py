@@ -18,7 +18,7 @@ import datetime as dt
 import peewee
 import structlog
 
-from gateway.storage.models import CaseState, Referral, Study, StudyIdentity, StudyMatchKeys, utcnow
+from gateway.storage.models import CaseState, Referral, Study, StudyIdentity, StudyMatchKeys, tuple_rows, utcnow
 
 __all__ = [
     "BEFORE_NOTES",
@@ -182,7 +182,7 @@ def _accessions_in_node(source_ids: set[int]) -> set[tuple[int, str]]:
     in_node = Study.state.in_(BEFORE_NOTES) & Study.source.in_(sorted(source_ids)) & Study.id.not_in(taken)
     found: set[tuple[int, str]] = set()
     for model in (StudyMatchKeys, StudyIdentity):
-        pairs = model.select(Study.source, model.accession_number).join(Study).where(in_node).tuples()
+        pairs = tuple_rows(model.select(Study.source, model.accession_number).join(Study).where(in_node))
         found |= {(source_id, accession.strip()) for source_id, accession in pairs if accession.strip()}
     return found
 

@@ -24,7 +24,7 @@ from xml.sax.saxutils import escape
 
 import structlog
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import getSampleStyleSheet
@@ -256,8 +256,8 @@ class NotesPDFBuilder(_NotesBuilder):
         now = datetime.datetime.now()
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = ENCAPSULATED_PDF_STORAGE
-        ds.file_meta.MediaStorageSOPInstanceUID = self._sop_instance_uid
+        ds.file_meta.MediaStorageSOPClassUID = UID(ENCAPSULATED_PDF_STORAGE)
+        ds.file_meta.MediaStorageSOPInstanceUID = UID(self._sop_instance_uid)
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.SOPClassUID = ENCAPSULATED_PDF_STORAGE
         ds.SOPInstanceUID = self._sop_instance_uid

@@ -27,6 +27,7 @@ from highdicom.sr import (
     CodedConcept,
     ComprehensiveSR,
     ContainerContentItem,
+    ContentItem,
     ContentSequence,
     NumContentItem,
     RelationshipTypeValues,
@@ -63,7 +64,7 @@ def _text(name: codes.Code, value: str | None) -> list[TextContentItem]:
     return [TextContentItem(_concept(name), value, CONTAINS)] if value else []
 
 
-def _container(name: codes.Code, children: Sequence[Dataset]) -> list[ContainerContentItem]:
+def _container(name: codes.Code, children: Sequence[ContentItem]) -> list[ContentItem]:
     """A CONTAINS container holding ``children``; none at all when there are no children."""
     if not children:
         return []
@@ -80,11 +81,11 @@ class PainPatternSection:
             raise TypeError("pain must be a ScrubbedPain or None")
         self._pain = pain
 
-    def items(self) -> list[Dataset]:
+    def items(self) -> list[ContentItem]:
         pain = self._pain
         if pain is None:
             return []
-        children: list[Dataset] = [
+        children: list[ContentItem] = [
             *_text(codes.PAIN_LOCATION, pain.location),
             *_text(codes.PAIN_NATURE, pain.nature),
             *_text(codes.PAIN_RADIATION, pain.radiation),
@@ -104,7 +105,7 @@ class HistorySection:
     def __init__(self, notes: ScrubbedNotes) -> None:
         self._notes = notes
 
-    def items(self) -> list[Dataset]:
+    def items(self) -> list[ContentItem]:
         notes = self._notes
         children = [
             *_text(codes.HISTORY, notes.history),
@@ -132,7 +133,7 @@ class RedFlagsSection:
             return codes.RED_FLAG_DECLARED_AND_DETECTED
         return codes.RED_FLAG_DECLARED if flag.declared else codes.RED_FLAG_DETECTED
 
-    def items(self) -> list[Dataset]:
+    def items(self) -> list[ContentItem]:
         children = [
             CodeContentItem(_concept(self._provenance(flag)), _concept(codes.RED_FLAG_CODES[flag.code]), CONTAINS)
             for flag in self._flags
@@ -146,7 +147,7 @@ class RequestSection:
     def __init__(self, question: str | None) -> None:
         self._question = question
 
-    def items(self) -> list[Dataset]:
+    def items(self) -> list[ContentItem]:
         return _container(codes.REQUEST, _text(codes.CLINICAL_QUESTION, self._question))
 
 

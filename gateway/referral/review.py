@@ -150,7 +150,7 @@ def approve_notes(case: str, user: str | None = None) -> str:
     who = (user or getpass.getuser())[:64]
     if is_guard_hit(study):
         audit.record(APPROVAL_ACTION, actor_ae=None, actor_host=None, study_key=study.key, outcome="refused",
-                     detail=f"by {who}; a guard hit ({study.state_reason.split(' ', 1)[0]}) is not approved")
+                     detail=f"by {who}; a guard hit ({(study.state_reason or '').split(' ', 1)[0]}) is not approved")
         log.warning("notes_approval_refused", case=study.key, reason="guard_hit")
         raise ApprovalRefused(GUARD_HIT_NOT_APPROVED)
     row = matched_referral(study)

@@ -130,7 +130,7 @@ def _check_and_install() -> ModuleTableHook:
             missing.append(f"{TABLE_FILE} ({type(exc).__name__})")
     if table is not None and not all(module in table for module in _EXPECTED_MODULES):
         missing.append(f"{TABLE_FILE} (modules)")
-    if missing:
+    if missing or table is None:  # table is None only when something is missing
         log.warning("highdicom_table_hook_not_installed", reason=f"highdicom lacks {', '.join(missing)}",
                     error="highdicom reads its whole table of module attributes (about 65 MB)")
         return ModuleTableHook(False, tuple(missing))

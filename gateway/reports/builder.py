@@ -31,7 +31,7 @@ from xml.sax.saxutils import escape
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from gateway.dicom.charset import specific_character_set
 from gateway.reports import codes
@@ -217,8 +217,8 @@ class _DocumentBuilder:
     def _base(self) -> Dataset:
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = self.sop_class_uid
-        ds.file_meta.MediaStorageSOPInstanceUID = self.sop_instance_uid
+        ds.file_meta.MediaStorageSOPClassUID = UID(self.sop_class_uid)
+        ds.file_meta.MediaStorageSOPInstanceUID = UID(self.sop_instance_uid)
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.SOPClassUID, ds.SOPInstanceUID = self.sop_class_uid, self.sop_instance_uid
         ds.InstanceCreationDate, ds.InstanceCreationTime = self._date(), self._time()

@@ -37,7 +37,7 @@ from gateway.storage.spool import Spool
 class CaseImages:
     """The case's de-identified images, by SOP Instance UID and by Instance Number."""
 
-    evidence: Dataset | None = None
+    evidence: Dataset  # the first image's headers: the report copies patient and study from it
     modality: str = ""
     by_uid: dict[str, ImageRef] = field(default_factory=dict)
     by_number: dict[int, list[ImageRef]] = field(default_factory=dict)
@@ -67,19 +67,22 @@ def case_images(study: Study, spool: Spool) -> CaseImages:
     Raises:
         ReportBuildError: the case has no de-identified image.
     """
-    images = CaseImages()
+    evidence: Dataset | None = None  # only the first image's headers are kept
+    modality = ""
+    by_uid: dict[str, ImageRef] = {}
+    by_number: dict[int, list[ImageRef]] = {}
     rows = OutboundObject.select().where((OutboundObject.study == study) & (OutboundObject.kind == "image"))
     for row in rows.order_by(OutboundObject.id):
         ds = pydicom.dcmread(spool.absolute(row.spool_path), stop_before_pixels=True)
         ref = ImageRef(str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID))
-        images.evidence = images.evidence or ds
-        images.modality = images.modality or str(ds.get("Modality", ""))
-        images.by_uid[ref.sop_instance_uid] = ref
+        evidence = evidence or ds
+        modality = modality or str(ds.get("Modality", ""))
+        by_uid[ref.sop_instance_uid] = ref
         if ds.get("InstanceNumber") is not None:
-            images.by_number.setdefault(int(ds.InstanceNumber), []).append(ref)
-    if images.evidence is None:
+            by_number.setdefault(int(ds.InstanceNumber), []).append(ref)
+    if evidence is None:
         raise ReportBuildError(f"case {study.key} has no de-identified images")
-    return images
+    return CaseImages(evidence, modality, by_uid, by_number)
 
 
 def report_content(document: FindingsDocument, images: CaseImages) -> ReportContent:

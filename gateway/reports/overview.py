@@ -11,18 +11,18 @@ from typing import Any
 
 import peewee
 
-from gateway.storage.models import ReportObject, Study
+from gateway.storage.models import ReportObject, Study, tuple_rows
 
 RECENT = 10
 
 
 def reports_snapshot() -> dict[str, Any]:
     """Counts of report objects by state, and turnaround figures over every case whose report is home."""
-    objects = dict(ReportObject.select(ReportObject.state, peewee.fn.COUNT(ReportObject.id))
-                   .group_by(ReportObject.state).tuples())
-    rows = list(Study.select(Study.key, Study.first_received_at, Study.report_delivered_at)
-                .where(Study.report_delivered_at.is_null(False))
-                .order_by(Study.report_delivered_at.desc()).tuples())
+    objects = dict(tuple_rows(ReportObject.select(ReportObject.state, peewee.fn.COUNT(ReportObject.id))
+                              .group_by(ReportObject.state)))
+    rows = list(tuple_rows(Study.select(Study.key, Study.first_received_at, Study.report_delivered_at)
+                           .where(Study.report_delivered_at.is_null(False))
+                           .order_by(Study.report_delivered_at.desc())))
     seconds = [max((home - first).total_seconds(), 0.0) for _, first, home in rows]
     turnaround = {"cases": len(seconds), "median_s": None, "max_s": None}
     if seconds:

@@ -12,7 +12,11 @@ The report is patched through the stored mapping (never rebuilt), so the reviewe
   is shifted back; free text (and every other string) is searched for the case's pseudonyms (the case key,
   ``SPINEGW^<key>``, the pseudo patient ID and accession number) and shifted dates, replaced by originals;
 * PatientIdentityRemoved, De-identification Method (and its code sequence) and Longitudinal Temporal
-  Information Modified are removed; the file meta is rebuilt.
+  Information Modified are removed; the file meta is rebuilt;
+* the values the top level carried before (the pseudonyms the reviewer saw, the reviewer's UIDs) are kept in
+  a new item of the Original Attributes Sequence (reason COERCE, as IHE's Import Reconciliation Workflow
+  asks), so that the hospital can audit what the gateway changed. They are pseudonyms, never PHI, and go
+  only home to the hospital with the report.
 
 Everything here is PHI once it runs: nothing is logged, errors name attribute paths only.
 """
@@ -24,9 +28,10 @@ import datetime as dt
 import hashlib
 import hmac
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -37,6 +42,10 @@ from gateway.dicom.vr import FREE_TEXT_VRS
 from gateway.reports.codes import REPORT_CLASSES
 from gateway.reports.errors import ReidentificationError
 
+COERCED_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+                    "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber", "StudyDate", "StudyTime", "StudyID",
+                    "ReferringPhysicianName", "StudyDescription")
+MODIFYING_SYSTEM = "spine-gateway"
 REMOVED_DEID_KEYWORDS = ("PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
                          "LongitudinalTemporalInformationModified")
 _TEXT_VRS = FREE_TEXT_VRS - {"AE", "CS", "UR"}  # what a reviewer writes: names, descriptions, free text
@@ -130,8 +139,13 @@ class TextRestorer:
 
     def restore(self, text: str) -> str:
         for pattern, replacement in self._pairs:
-            text = pattern.sub(lambda _match, value=replacement: value, text)
+            text = pattern.sub(_as_it_is(replacement), text)
         return text
+
+
+def _as_it_is(value: str) -> Callable[[re.Match[str]], str]:
+    """A ``re.sub`` replacement that inserts ``value`` unchanged (a string replacement would read its backslashes)."""
+    return lambda _match: value
 
 
 def _date_forms(yyyymmdd: str) -> list[str]:
@@ -143,7 +157,7 @@ def _same_form(form: str, shifted: str, original: str) -> str:
     return _date_forms(original)[_date_forms(shifted).index(form)]
 
 
-def walk(dataset: Dataset, path: str = "") -> Iterator[tuple[str, Dataset, object]]:
+def walk(dataset: Dataset, path: str = "") -> Iterator[tuple[str, Dataset, DataElement]]:
     """Every data element of ``dataset`` and its sequences, depth first, with its path (keywords only)."""
     for elem in list(dataset):
         here = f"{path}{elem.keyword or elem.tag}"
@@ -205,6 +219,7 @@ class Reidentifier:
         self._set_character_set(ds)
         self._rebuild_file_meta(ds)
         self._check_no_pseudonym_left(ds)
+        record_coercion(ds, report)  # after the check: the item holds the pseudonyms on purpose
         return ds
 
     def _check(self, report: Dataset) -> None:
@@ -282,6 +297,23 @@ class Reidentifier:
                 raise ReidentificationError(f"{path}: pseudonymous UID left after re-identification")
             if elem.VR in _TEXT_VRS and any(marker in str(v) for v in _values(elem) for marker in markers):
                 raise ReidentificationError(f"{path}: pseudonym left after re-identification")
+
+
+def record_coercion(ds: Dataset, before: Dataset, now: dt.datetime | None = None) -> None:
+    """Append to ``ds``'s Original Attributes Sequence the values of :data:`COERCED_KEYWORDS` that ``before``
+    held and ``ds`` no longer holds (PS3.3 C.12.1: Modified Attributes Sequence, reason COERCE)."""
+    modified = Dataset()
+    for keyword in COERCED_KEYWORDS:
+        if keyword in before and (keyword not in ds or ds[keyword].value != before[keyword].value):
+            modified.add(copy.deepcopy(before[keyword]))
+    if len(modified) == 0:
+        return
+    item = Dataset()
+    item.ModifiedAttributesSequence = [modified]
+    item.AttributeModificationDateTime = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%d%H%M%S.%f+0000")
+    item.ModifyingSystem = MODIFYING_SYSTEM
+    item.ReasonForTheAttributeModification = "COERCE"
+    ds.OriginalAttributesSequence = [*ds.get("OriginalAttributesSequence", []), item]
 
 
 def _values(elem) -> list:

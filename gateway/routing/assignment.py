@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import peewee
 
 from gateway.config import ReviewerConfig, RoutingConfig
-from gateway.storage.models import Assignment, CaseState, PeerHealth, Referral, Series, Study
+from gateway.storage.models import Assignment, CaseState, PeerHealth, Referral, Series, Study, tuple_rows
 
 NO_REVIEWER = "no_reviewer"
 # What the SLA stage logs, and writes before the new reason, when it takes a case from a reviewer past its SLA.
@@ -51,18 +51,18 @@ def open_cases() -> dict[str, int]:
     query = (Study.select(Study.reviewer, peewee.fn.COUNT(Study.id))
              .where(Study.state.in_(OPEN_STATES) & Study.reviewer.is_null(False))
              .group_by(Study.reviewer))
-    return dict(query.tuples())
+    return dict(tuple_rows(query))
 
 
 def last_assigned() -> dict[str, dt.datetime]:
     """Reviewer name → when it was last given a case (the round-robin memory)."""
     query = (Assignment.select(Assignment.reviewer, peewee.fn.MAX(Assignment.assigned_at))
              .group_by(Assignment.reviewer))
-    return dict(query.tuples())
+    return dict(tuple_rows(query))
 
 
 def unhealthy_peers() -> set[str]:
-    return {name for (name,) in PeerHealth.select(PeerHealth.name).where(PeerHealth.ok == False).tuples()}  # noqa: E712
+    return set(PeerHealth.select(PeerHealth.name).where(PeerHealth.ok == False).scalars())  # noqa: E712
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class CaseNeeds:
     @classmethod
     def of(cls, study: Study) -> CaseNeeds:
         modalities = frozenset(
-            m.strip().upper() for (m,) in Series.select(Series.modality).where(Series.study == study).tuples()
+            m.strip().upper() for m in Series.select(Series.modality).where(Series.study == study).scalars()
             if m and m.strip().upper() not in NON_IMAGE_MODALITIES)
         referral = Referral.get_or_none(Referral.study == study)
         subspecialty = referral.subspecialty if referral is not None and referral.subspecialty else None

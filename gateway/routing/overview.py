@@ -12,7 +12,7 @@ import peewee
 
 from gateway.config import ReviewerConfig
 from gateway.routing.assignment import NO_REVIEWER, OPEN_STATES, SLA_BREACHED, open_cases
-from gateway.storage.models import Assignment, CaseState, PeerHealth, Study
+from gateway.storage.models import Assignment, CaseState, PeerHealth, Study, tuple_rows
 
 # States where a case sits until the gateway (not a person or a reviewer) moves it on.
 FINAL_STATES = (CaseState.REPORT_DELIVERED, CaseState.REJECTED_NOT_SPINE)
@@ -24,11 +24,12 @@ def _iso(moment: Any) -> str | None:
 
 def reviewer_rows(reviewers: Sequence[ReviewerConfig]) -> list[dict[str, Any]]:
     load = open_cases()
-    flagged = dict(Study.select(Study.reviewer, peewee.fn.COUNT(Study.id))
-                   .where(Study.state.in_(OPEN_STATES) & Study.sla_flagged_at.is_null(False))
-                   .group_by(Study.reviewer).tuples())
-    ended = dict(Assignment.select(Assignment.reviewer, peewee.fn.COUNT(Assignment.id))
-                 .where(Assignment.ended_reason == SLA_BREACHED).group_by(Assignment.reviewer).tuples())
+    flagged: dict[str, int] = dict(tuple_rows(
+        Study.select(Study.reviewer, peewee.fn.COUNT(Study.id))
+        .where(Study.state.in_(OPEN_STATES) & Study.sla_flagged_at.is_null(False)).group_by(Study.reviewer)))
+    ended: dict[str, int] = dict(tuple_rows(
+        Assignment.select(Assignment.reviewer, peewee.fn.COUNT(Assignment.id))
+        .where(Assignment.ended_reason == SLA_BREACHED).group_by(Assignment.reviewer)))
     health = {row.name: row for row in PeerHealth.select()}
     rows = []
     for reviewer in reviewers:
@@ -55,7 +56,7 @@ def oldest_waiting() -> dict[str, dict[str, Any]]:
     oldest: dict[str, dict[str, Any]] = {}
     query = (Study.select(Study.state, Study.key, Study.state_changed_at, Study.hold_reason, Study.state_reason)
              .where(Study.state.not_in(FINAL_STATES)).order_by(Study.state_changed_at))
-    for state, key, since, hold_reason, state_reason in query.tuples():
+    for state, key, since, hold_reason, state_reason in tuple_rows(query):
         if state not in oldest:
             oldest[state] = {"case": key, "since": _iso(since), "reason": hold_reason or state_reason}
     return oldest

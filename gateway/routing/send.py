@@ -438,9 +438,9 @@ def unsent_objects(study: Study, destination: str, which: peewee.Expression) -> 
     ``destination``, in creation order; their ledger rows are created as needed."""
     objects = list(OutboundObject.select().where((OutboundObject.study == study) & which)
                    .order_by(OutboundObject.id))
-    sent = {outbound_id for (outbound_id,) in Delivery.select(Delivery.outbound).where(
+    sent = set(Delivery.select(Delivery.outbound).where(
         (Delivery.destination == destination) & (Delivery.state == SENT)
-        & Delivery.outbound.in_([o.id for o in objects])).tuples()} if objects else set()
+        & Delivery.outbound.in_([o.id for o in objects])).scalars()) if objects else set()
     pending = [o for o in objects if o.id not in sent]
     if pending:
         # The missing ledger rows, in one statement (an existing row, failed or pending, is kept as it is).

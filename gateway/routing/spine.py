@@ -25,7 +25,7 @@ from pydicom.errors import InvalidDicomError
 
 from gateway.config import SPINE_BODY_PARTS, SPINE_KEYWORDS, RoutingConfig
 from gateway.storage import cases
-from gateway.storage.models import CaseState, Instance, Study
+from gateway.storage.models import CaseState, Instance, Study, tuple_rows
 
 log = structlog.get_logger("routing.spine")
 
@@ -134,7 +134,7 @@ def read_study_headers(study: Study, spool_dir: Path, per_series: int = 1) -> li
     headers: list[Dataset] = []
     seen: dict[int, int] = {}
     query = Instance.select(Instance.series, Instance.spool_path).where(Instance.study == study).order_by(Instance.id)
-    for series_id, spool_path in query.tuples():
+    for series_id, spool_path in tuple_rows(query):
         if seen.get(series_id, 0) >= per_series:
             continue
         try:
@@ -170,5 +170,5 @@ class SpineFilter:
         moved = cases.move(study, CaseState.REJECTED_NOT_SPINE, reason=decision.reason)
         if moved:
             log.info("case_not_spine", case=study.key, reason=decision.reason,
-                     source=study.source.name if study.source_id else None)
+                     source=study.source.name if study.source is not None else None)
         return moved

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import peewee
@@ -41,6 +42,12 @@ db = DatabaseProxy()
 def utcnow() -> dt.datetime:
     """Naive UTC timestamps everywhere in the database (SQLite has no time zones)."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def tuple_rows(query: peewee.BaseQuery) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``query`` as plain tuples (``query.tuples()``), said once here: peewee's stubs type iterating
+    any model query as its model instances ("Study object is not iterable"), which is wrong after ``tuples()``."""
+    return cast("Iterator[tuple[Any, ...]]", iter(query.tuples()))
 
 
 def new_study_key() -> str:
@@ -356,6 +363,19 @@ class AuditEvent(BaseModel):
     detail = TextField(default="")  # TEXT since migration 7 (was 255 characters)
 
 
+class ExportCursor(BaseModel):
+    """How far an exporter of the audit trail got (``atna``: the last row the collector took), and which node
+    holds the export for now, so that two nodes sharing the database do not send the same rows."""
+
+    name = CharField(max_length=32, unique=True)
+    last_id = IntegerField(default=0)
+    claimed_by = CharField(max_length=64, null=True)
+    claimed_until = DateTimeField(null=True)
+    sent = IntegerField(default=0)
+    last_error = CharField(max_length=255, null=True)
+    last_sent_at = DateTimeField(null=True)
+
+
 class WebUser(BaseModel):
     """An account of the web portal: a referrer (one source), a reviewer (one reviewer) or an operator."""
 
@@ -484,6 +504,11 @@ def _migrate_to_9(database: peewee.Database) -> None:
     database.create_tables([HealthProbe], safe=True)
 
 
+def _migrate_to_10(database: peewee.Database) -> None:
+    """``export_cursor``: how far the audit messages (ATNA) reached the hospital's collector."""
+    database.create_tables([ExportCursor], safe=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (1, _migrate_to_1),
     (2, _migrate_to_2),
@@ -494,6 +519,7 @@ MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (7, _migrate_to_7),
     (8, _migrate_to_8),
     (9, _migrate_to_9),
+    (10, _migrate_to_10),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -173,12 +173,13 @@ class Spool:
             _remove_written(objects)
             raise
         self._ensure_dir(directory)
-        futures = [None if isinstance(data, Path) else self._writers.submit(self._write_synced, (data,))
+        pending = [data if isinstance(data, Path) else self._writers.submit(self._write_synced, (data,))
                    for _, data in objects]
-        written, failure = [], None
-        for (_, data), future in zip(objects, futures):
+        written: list[Path] = []
+        failure: OutOfResources | SpoolError | None = None
+        for item in pending:
             try:
-                written.append(data if future is None else future.result())
+                written.append(item if isinstance(item, Path) else item.result())
             except (OutOfResources, SpoolError) as exc:
                 failure = failure or exc
         if failure is not None:

@@ -17,6 +17,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.storage.models import WebSession, WebUser, utcnow
 
@@ -118,6 +119,7 @@ class LoginLimiter:
     def admit(self, name: str, address: str) -> float | None:
         """Count an attempt and return None, or refuse it (not counted) with the seconds until one is allowed."""
         with self._lock:
+            counts: tuple[tuple[collections.deque[float], int], ...]  # the global count is dropped below
             counts = ((self._recent(self._by_name.setdefault((name.lower(), address), collections.deque())),
                        self.per_minute),
                       (self._recent(self._by_address.setdefault(address, collections.deque())), self.per_address),
@@ -169,7 +171,8 @@ class LoginLimiter:
 
     def _forget_idle(self) -> None:
         """Drop keys with no attempt in the window, so that a flood of names or addresses cannot grow the maps."""
-        for table in (self._by_name, self._by_address):
+        tables: tuple[dict[Any, collections.deque[float]], ...] = (self._by_name, self._by_address)
+        for table in tables:
             if len(table) > 10000:
                 for key in [k for k, v in table.items() if not self._recent(v)]:
                     del table[key]

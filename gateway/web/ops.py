@@ -61,7 +61,7 @@ def _refuse(page: Page, study, message: str) -> Response:
 def redact(page: Page) -> Response:
     """A phrase the operator removes from a quarantined case's notes (audited with the operator's name)."""
     study = _study(page)
-    phrase = str(page.form.get("redact_word") or page.form.get("phrase") or "")
+    phrase = str(page.posted.get("redact_word") or page.posted.get("phrase") or "")
     stage = NotesStage(page.portal.config, page.portal.spool)
     try:
         redaction.add_operator_redaction(study, phrase, redaction.source_texts(stage, study), f"web:{page.user.name}")

@@ -61,6 +61,12 @@ class Page:
         return self.signed_in.user if self.signed_in else None
 
     @property
+    def posted(self) -> FormData:
+        """The form of a POST handler (the application reads it before the handler runs: ``form`` is None only on
+        a GET); empty on a GET, so that a handler reading it needs no None check."""
+        return self.form if self.form is not None else FormData()
+
+    @property
     def address(self) -> str:
         return self.request.client.host if self.request.client else "-"
 

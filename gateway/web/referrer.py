@@ -57,7 +57,7 @@ def _preview(page: Page, document: Referral, values: dict, phrase: str = "", pro
 def submit(page: Page) -> Response:
     """The form, and the preview it leads to: ``action`` edit (back to the form), redact / a word's button /
     unredact (the preview again), send (store the referral); anything else shows the preview."""
-    form = page.form
+    form = page.posted
     flags = [str(f) for f in form.getlist("clinical.red_flags")]
     redactions = [str(r) for r in form.getlist("redactions") if str(r).strip()]
     if form.get("unredact"):
@@ -132,7 +132,7 @@ def case(page: Page, phrase: str = "", problem: str = "", status: int = 200) -> 
     referral = _referral(page)
     study = referral.study if referral.study_id else None
     report = views.returned_report(study, page.portal.spool) if study is not None else None
-    if report is not None:
+    if report is not None and study is not None:
         page.audit("web_report_read", study_key=study.key, detail=f"referral {referral.id}")
     document = load_document(referral)
     fields, shifted = _case_preview(page, referral, document, study)
@@ -147,7 +147,7 @@ def case(page: Page, phrase: str = "", problem: str = "", status: int = 200) -> 
 def redact(page: Page) -> Response:
     """A phrase the referrer removes from a submitted referral's notes (audited), until they are attached."""
     referral = _referral(page)
-    phrase = str(page.form.get("redact_word") or page.form.get("phrase") or "")
+    phrase = str(page.posted.get("redact_word") or page.posted.get("phrase") or "")
     try:
         redaction.add_referrer_redaction(referral, phrase, f"web:{page.user.name}")
     except redaction.RedactionRefused as refused:
@@ -161,7 +161,7 @@ def report_pdf(page: Page) -> Response:
     referral = _referral(page)
     study = referral.study if referral.study_id else None
     report = views.returned_report(study, page.portal.spool) if study is not None else None
-    if report is None or report.pdf is None:
+    if study is None or report is None or report.pdf is None:
         raise Refused(404, "There is no PDF report for this case yet.")
     page.audit("web_report_pdf", study_key=study.key, detail=f"referral {referral.id}")
     return Response(report.pdf, media_type="application/pdf", headers={

@@ -50,7 +50,7 @@ def case(page: Page, values: dict | None = None, errors: dict | None = None, sta
 def submit(page: Page) -> Response:
     study = _case(page)
     index = views.images_index(study, page.portal.spool)
-    result = parse_report_form(page.form, index.by_position)
+    result = parse_report_form(page.posted, index.by_position)
     if result.value is None:
         return case(page, result.values, result.errors, status=422)
     try:

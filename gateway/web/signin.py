@@ -34,15 +34,15 @@ def _next(page: Page) -> str:
 def login(page: Page) -> Response:
     """Sign in. The attempt is counted (and refused past a limit, 429) before the password is hashed, and the
     hash runs in a bounded pool (503 when no slot comes free in time): a flood costs bounded memory and CPU."""
-    name = str(page.form.get("name") or "").strip()[:64]
-    password = str(page.form.get("password") or "")
+    name = str(page.posted.get("name") or "").strip()[:64]
+    password = str(page.posted.get("password") or "")
     retry_after = page.portal.limiter.admit(name, page.address)
     if retry_after is not None:
         if page.portal.limiter.note_refusal(page.address):
             page.audit("web_login", outcome="refused",
                        detail=f"user {name}: too many attempts (further refusals from this address this minute "
                               "are not recorded one by one)")
-        response = page.render("login.html", status=429, title="Sign in", name=name, next=_next(page),
+        response: Response = page.render("login.html", status=429, title="Sign in", name=name, next=_next(page),
                                error="Too many sign-in attempts. Wait a minute, then try again.")
         response.headers["Retry-After"] = str(math.ceil(retry_after))
         return response
@@ -56,7 +56,7 @@ def login(page: Page) -> Response:
                                error="The portal is busy. Try again in a few seconds.")
         response.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
         return response
-    if not correct:
+    if not correct or user is None:  # check_password is never correct without a user
         page.portal.limiter.wrong_password(page.address)
         page.audit("web_login", outcome="refused", detail=f"user {name}: wrong name or password")
         return page.render("login.html", status=401, title="Sign in", name=name, next=_next(page),

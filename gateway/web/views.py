@@ -267,8 +267,9 @@ def attention_cases() -> list[dict[str, Any]]:
             last = (AuditEvent.select().where((AuditEvent.study_key == study.key) & (AuditEvent.outcome != "success"))
                     .order_by(AuditEvent.at.desc()).first())
             reason = f"{last.action}: {last.detail}" if last is not None else ""
+        source = study.source.name if study.source is not None else ""
         rows.append({"key": study.key, "state": study.state, "reason": reason or "-",
-                     "since": when(study.state_changed_at), "source": study.source.name if study.source_id else "",
+                     "since": when(study.state_changed_at), "source": source,
                      "reviewer": study.reviewer or ""})
     return rows
 

@@ -41,6 +41,7 @@ from gateway.storage.models import (
     utcnow,
 )
 from referral_cases import SOURCE, SOURCE_AE, close_world, make_world, referral_document
+from support.peers import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -331,10 +332,11 @@ def test_a_waiting_referral_is_matched_when_its_study_arrives(world_factory, stu
     row = _store()
     with capture_logs() as logs:
         study = _receive(world, study_files)
+        # matched in the receiving side's matching thread, once the first instance is answered
+        wait_until(lambda: Referral.get_by_id(row.id).study_id == study.id, 20, "the match after the answer")
     assert study.state == CaseState.RECEIVING
     keys = StudyMatchKeys.get(StudyMatchKeys.study == study.id)
     assert keys.accession_number == "A1234567"
-    assert Referral.get_by_id(row.id).study_id == study.id
     assert [(e["case"], e["reason"]) for e in _events(logs, "referral_matched")] == [(study.key, "accession_number")]
     assert "A1234567" not in repr(logs)
 

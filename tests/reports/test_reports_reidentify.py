@@ -160,3 +160,23 @@ def test_reports_walk_visits_nested_items(case):
     report = ReportSRBuilder(pseudonymous[0], _content(pseudonymous)).build()
     paths = [path for path, _, _ in walk(report)]
     assert any(p.startswith("ContentSequence[") and p.endswith("ReferencedSOPInstanceUID") for p in paths)
+
+
+def test_reports_what_was_replaced_is_kept_for_the_hospital_in_original_attributes(case):
+    """IHE Import Reconciliation: the home report's Original Attributes Sequence holds the pseudonymous values
+    its top level carried, with the reason COERCE; nothing else of the report holds them."""
+    _originals, pseudonymous, mapping = case
+    report = ReportSRBuilder(pseudonymous[0], _content(pseudonymous)).build()
+    previous = report.get("OriginalAttributesSequence", [])
+    result = Reidentifier(mapping, SECRET).reidentify(report)
+
+    item = result.OriginalAttributesSequence[-1]
+    assert len(result.OriginalAttributesSequence) == len(previous) + 1
+    assert (item.ReasonForTheAttributeModification, item.ModifyingSystem) == ("COERCE", "spine-gateway")
+    assert len(item.AttributeModificationDateTime) >= 14
+    (replaced,) = item.ModifiedAttributesSequence
+    assert (replaced.PatientID, str(replaced.PatientName)) == (mapping.pseudo_patient_id, f"SPINEGW^{CASE_KEY}")
+    assert replaced.StudyInstanceUID == mapping.pseudo_study_uid
+    assert (replaced.SOPInstanceUID, replaced.SeriesInstanceUID) == (report.SOPInstanceUID, report.SeriesInstanceUID)
+    assert replaced.AccessionNumber == mapping.pseudo_accession_number
+    assert "PatientSex" not in replaced, "a value the gateway did not change is not listed"
