@@ -21,11 +21,12 @@ import urllib.request
 from pathlib import Path
 
 from gateway.config import GatewayConfig
-from gateway.ops.http import HttpServer
+from gateway.http.app import build_application
+from gateway.http.server import HttpServer
 from gateway.storage.models import db, open_database, sync_sources
 from gateway.storage.spool import Spool
 from gateway.web.accounts import add_user
-from gateway.web.app import build_portal
+from gateway.web.app import error_page, portal_routes
 
 PASSWORD = "a long bench password"
 
@@ -78,8 +79,8 @@ def main() -> None:
     with db.connection_context():
         sync_sources([("st-marys", "HOSP_PACS")])
         add_user(config, "desk", "referrer", PASSWORD, source="st-marys")
-    server = HttpServer(config.http, {})
-    server.mount(build_portal(config, Spool(config.storage.spool_dir)))
+    portal = portal_routes(config, Spool(config.storage.spool_dir))
+    server = HttpServer(config.http, build_application(config.http, {}, portal=portal, portal_error_page=error_page))
     server.start()
     base = f"http://127.0.0.1:{server.port}"
     try:

@@ -11,6 +11,7 @@ from functools import partial
 import peewee
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
+from starlette.applications import Starlette
 
 from gateway import __version__
 from gateway.budget import BudgetedWorkers, default_workers
@@ -18,14 +19,15 @@ from gateway.config import GatewayConfig
 from gateway.deid.secret import load_or_create_secret
 from gateway.deid.work import WorkPool, deid_pool
 from gateway.dicom.net import install_fast_paths
+from gateway.http.app import build_application
+from gateway.http.server import HttpServer
+from gateway.mllp.server import start_hl7_listener
 from gateway.ops import audit
-from gateway.ops.http import HttpServer, standard_health_checks
+from gateway.ops.health import standard_health_checks
 from gateway.ops.memory import HeapTrimmer, release_freed_memory
 from gateway.ops.metrics import METRICS
 from gateway.privacy import vocabulary
 from gateway.referral.entities import load_engine
-from gateway.referral.http_api import register_referral_routes
-from gateway.referral.mllp import start_hl7_listener
 from gateway.referral.notes_case import warm_up as warm_up_notes
 from gateway.referral.notes_sr import load_standard_tables
 from gateway.referral.sr_tables import install_module_table
@@ -71,7 +73,7 @@ class GatewayNode:
         self.spool = Spool(config.storage.spool_dir, config.storage.min_free_bytes, node_tag=self.identity)
         self.server = None
         self.http: HttpServer | None = None
-        self.hl7 = None  # the MLLP listener (gateway.referral.mllp) when hl7.enabled
+        self.hl7 = None  # the MLLP listener (gateway.mllp) when hl7.enabled
         self.pipeline: Pipeline | None = None
         # the stages' runs and the wake-up timers: one scheduler, started with the wake-ups, shut down by the pipeline
         self.scheduler: BackgroundScheduler | None = None
@@ -209,27 +211,24 @@ class GatewayNode:
                                              on_done=partial(self._deliver_wakeup, CaseState.DEIDENTIFIED))
 
     def _start_listeners(self) -> None:
-        """Servers beside the DICOM port: the HTTP API (health, metrics, referrals)."""
+        """Servers beside the DICOM port: the HTTP application (health, metrics, referrals, portal) and MLLP."""
         if self.config.http.enabled:
-            checks = standard_health_checks(db, self.accepting, self.config.storage.spool_dir,
-                                            self.config.storage.min_free_bytes,
-                                            probe_name=f"node:{socket.gethostname()}",
-                                            probe_timeout_s=self.config.http.health_probe_timeout_s)
-            self.http = HttpServer(self.config.http, checks)
-            register_referral_routes(self.http)
-            self._add_portal(self.http)
+            self.http = HttpServer(self.config.http, self._http_application())
             self.http.start()
         self.hl7 = start_hl7_listener(self.config.hl7)
 
-    def _add_portal(self, http: HttpServer) -> None:
-        """The referral schema, and the web portal when ``http.portal`` (gateway.web)."""
-        from gateway.web.schema import SCHEMA_PATH, handle_schema
+    def _http_application(self) -> Starlette:
+        """Every HTTP endpoint on one application, built here once: ``/healthz``, ``/metrics``, the referral
+        API and, when ``http.portal``, the web portal (gateway.web)."""
+        checks = standard_health_checks(db, self.accepting, self.config.storage.spool_dir,
+                                        self.config.storage.min_free_bytes, probe_name=f"node:{socket.gethostname()}",
+                                        probe_timeout_s=self.config.http.health_probe_timeout_s)
+        if not self.config.http.portal:
+            return build_application(self.config.http, checks)
+        from gateway.web.app import error_page, portal_routes
 
-        http.add_route("GET", SCHEMA_PATH, handle_schema, auth=False)
-        if self.config.http.portal:
-            from gateway.web.app import build_portal
-
-            http.mount(build_portal(self.config, self.spool))
+        return build_application(self.config.http, checks, portal=portal_routes(self.config, self.spool),
+                                 portal_error_page=error_page)
 
     def _audit_activity(self, action: str) -> None:
         """The node's start and stop in the audit trail (an ATNA Application Activity message)."""

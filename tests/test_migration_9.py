@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.ops.http import write_database_probe
+from gateway.ops.health import write_database_probe
 from gateway.storage.models import SCHEMA_VERSION, HealthProbe, SchemaVersion, Study, migrate, open_database
 
 

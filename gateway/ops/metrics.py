@@ -1,7 +1,7 @@
 """Prometheus metrics, in a registry of their own (never the process-global one).
 
 The stages call the small ``record_*``/``observe_*`` functions below; they update :data:`METRICS`, which
-``GET /metrics`` renders (:mod:`gateway.ops.http`). Cases by state are not counted as they change but read
+``GET /metrics`` renders (:mod:`gateway.http.health`). Cases by state are not counted as they change but read
 from the database at scrape time, so the gauge is right even after a restart. Label values are checked
 against fixed sets: an unbounded label (a study key, a peer address) would grow the registry without end.
 """

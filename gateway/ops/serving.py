@@ -1,4 +1,4 @@
-"""Running a standard-library socket server in a daemon thread, and stopping it (HTTP API, HL7/MLLP)."""
+"""Running a standard-library socket server in a daemon thread, and stopping it (the MLLP listener, gateway.mllp)."""
 
 from __future__ import annotations
 

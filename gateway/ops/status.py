@@ -75,7 +75,7 @@ HEALTH_PROBE_TIMEOUT_S = 5.0
 
 def node_health(spool_dir: Path) -> dict[str, Any]:
     """Whether the spool and the database take a write now (the write probes of ``/healthz``, run here)."""
-    from gateway.ops.http import database_check, run_health_checks, spool_space_check
+    from gateway.ops.health import database_check, run_health_checks, spool_space_check
 
     return run_health_checks({
         "database": database_check(db, f"status:{socket.gethostname()}", HEALTH_PROBE_TIMEOUT_S),

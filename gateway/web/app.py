@@ -1,4 +1,5 @@
-"""The portal's Starlette application: routes, the sign-in guard, CSRF and rendering.
+"""The portal's routes, the sign-in guard, CSRF and rendering; served on the node's one HTTP application
+(:mod:`gateway.http.app`), beside the API.
 
 Every page handler is a plain function run in a worker thread inside a database connection; it receives a
 :class:`Page` (the request, the signed-in user, the posted form) and returns a response. ``guard`` refuses
@@ -16,9 +17,9 @@ from urllib.parse import quote
 
 import jinja2
 import structlog
-from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -141,8 +142,9 @@ def templates() -> jinja2.Environment:
     return env
 
 
-def build_portal(config: GatewayConfig, spool: Spool) -> Starlette:
-    """The portal application (mounted on the node's HTTP server by :meth:`HttpServer.mount`)."""
+def portal_routes(config: GatewayConfig, spool: Spool) -> list[BaseRoute]:
+    """The portal's pages and static files, for the node's one HTTP application
+    (:func:`gateway.http.app.build_application`, with :func:`error_page` for its 404 and 405)."""
     from gateway.web import ops, referrer, reviewer, signin
 
     http = config.http
@@ -155,14 +157,13 @@ def build_portal(config: GatewayConfig, spool: Spool) -> Starlette:
         for method, path, handler, role in module.ROUTES:
             routes.append(Route(path, guard(portal, handler, role), methods=[method]))
     routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
-    return Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
+    return routes
 
 
-async def _not_found(_request: Request, _exc: Exception) -> Response:
+async def error_page(_request: Request, exc: HTTPException) -> Response:
+    """The portal's short page for a path it does not have (404) or a method a page does not take (405)."""
+    if exc.status_code == 405:
+        return HTMLResponse("<!doctype html><title>Method not allowed</title><p>Method not allowed.</p>",
+                            status_code=405, headers={**SECURITY_HEADERS, **(exc.headers or {})})
     return HTMLResponse("<!doctype html><title>Not found</title><p>Not found. <a href=\"/\">Home</a></p>",
                         status_code=404, headers=SECURITY_HEADERS)
-
-
-async def _not_allowed(_request: Request, _exc: Exception) -> Response:
-    return HTMLResponse("<!doctype html><title>Method not allowed</title><p>Method not allowed.</p>",
-                        status_code=405, headers=SECURITY_HEADERS)

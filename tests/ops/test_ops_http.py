@@ -1,44 +1,54 @@
-"""The HTTP server over real sockets: /healthz, /metrics and bearer-token routes."""
+"""The node's HTTP application over real sockets: /healthz, /metrics, the referral API with its bearer token
+(refused before the body is read), 404 and 405, the body limit, and the portal's routes beside the API."""
 
 from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
+from email.message import Message
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.routing import Route
+from structlog.testing import capture_logs
 
-from gateway.ops.http import (
-    HealthCheckFailed,
-    HttpConfig,
-    HttpServer,
-    Request,
-    Response,
-    RouteError,
-    database_check,
-    standard_health_checks,
-)
+from gateway.config import GatewayConfig, HttpConfig
+from gateway.http.app import build_application
+from gateway.http.server import HttpServer
+from gateway.ops.health import HealthCheckFailed, database_check, standard_health_checks
 from gateway.ops.metrics import GatewayMetrics
-from gateway.storage.models import Study, db, make_database, open_database
+from gateway.storage.models import Referral, Study, db, make_database, open_database, sync_sources
+from gateway.storage.spool import Spool
+from gateway.web.app import error_page, portal_routes
 
 TOKEN_ENV = "TEST_GATEWAY_TOKEN"
+TOKEN = "s3cret-token"
 CONFIG = HttpConfig(port=0, token_env=TOKEN_ENV, health_cache_s=0)  # each /healthz runs its checks again
+REFERRAL = {"source": "st-marys", "accession_number": "ACC-1", "patient": {"id": "P-1", "name": "DOE^JANE"}}
 
 
 @pytest.fixture
 def database(tmp_path):
     database = open_database(f"sqlite:///{tmp_path}/gw.db", max_connections=4)
+    with db.connection_context():
+        sync_sources([("st-marys", "HOSP_PACS")])
     yield database
     database.close_all()
 
 
 @pytest.fixture
 def serve():
+    """Serve an application (default: no checks, this test's metrics, the token set) until the test ends."""
     servers: list[HttpServer] = []
 
-    def start(server: HttpServer) -> HttpServer:
+    def start(app=None, config: HttpConfig = CONFIG, **options) -> HttpServer:
+        options.setdefault("metrics", GatewayMetrics())
+        options.setdefault("environ", {TOKEN_ENV: TOKEN})
+        server = HttpServer(config, app or build_application(config, options.pop("checks", {}), **options))
         server.start()
         servers.append(server)
         return server
@@ -49,14 +59,14 @@ def serve():
 
 
 def _get(server: HttpServer, path: str, method: str = "GET", headers: dict | None = None,
-         body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+         body: bytes | None = None) -> tuple[int, Message, bytes]:
     request = urllib.request.Request(f"http://127.0.0.1:{server.port}{path}", data=body, method=method,
                                      headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, dict(response.headers), response.read()
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
+        return error.code, error.headers, error.read()
 
 
 def _closed_port() -> int:
@@ -73,7 +83,7 @@ def test_config_refuses_unknown_keys():
 
 def test_healthz_ok_with_a_working_database(database, tmp_path, serve):
     checks = standard_health_checks(database, lambda: True, tmp_path, min_free_bytes=1)
-    server = serve(HttpServer(CONFIG, checks, metrics=GatewayMetrics(database)))
+    server = serve(checks=checks, metrics=GatewayMetrics(database))
     code, headers, body = _get(server, "/healthz")
     assert code == 200
     assert headers["Content-Type"] == "application/json"
@@ -84,7 +94,7 @@ def test_healthz_ok_with_a_working_database(database, tmp_path, serve):
 def test_healthz_503_when_the_database_is_unreachable(tmp_path, serve):
     unreachable = make_database(f"postgresql://gw:secret@127.0.0.1:{_closed_port()}/gateway")
     checks = standard_health_checks(unreachable, lambda: True, tmp_path, min_free_bytes=1)
-    server = serve(HttpServer(CONFIG, checks, metrics=GatewayMetrics(unreachable)))
+    server = serve(checks=checks, metrics=GatewayMetrics(unreachable))
     code, _, body = _get(server, "/healthz")
     assert code == 503
     report = json.loads(body)
@@ -96,7 +106,7 @@ def test_healthz_503_when_the_database_is_unreachable(tmp_path, serve):
 def test_healthz_503_names_the_scp_and_spool_checks(database, tmp_path, serve):
     accepting = {"value": False}
     checks = standard_health_checks(database, lambda: accepting["value"], tmp_path, min_free_bytes=10**18)
-    server = serve(HttpServer(CONFIG, checks, metrics=GatewayMetrics(database)))
+    server = serve(checks=checks, metrics=GatewayMetrics(database))
     code, _, body = _get(server, "/healthz")
     assert code == 503
     report = json.loads(body)
@@ -129,7 +139,7 @@ def test_metrics_text_parses_and_matches_what_was_recorded(database, serve):
     metrics.record_delivery("delivered", 12.0)
     metrics.record_delivery("failed", 3.0, retry=True)
     metrics.observe_deidentification(1.5)
-    server = serve(HttpServer(CONFIG, {}, metrics=metrics))
+    server = serve(metrics=metrics)
     code, headers, body = _get(server, "/metrics")
     assert code == 200 and headers["Content-Type"].startswith("text/plain")
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -159,7 +169,7 @@ def test_metrics_text_parses_and_matches_what_was_recorded(database, serve):
 
 def test_metrics_still_scrape_when_the_database_is_down(serve):
     unreachable = make_database(f"postgresql://gw@127.0.0.1:{_closed_port()}/gateway")
-    server = serve(HttpServer(CONFIG, {}, metrics=GatewayMetrics(unreachable)))
+    server = serve(metrics=GatewayMetrics(unreachable))
     code, _, body = _get(server, "/metrics")
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
     assert code == 200
@@ -175,57 +185,120 @@ def test_metrics_refuse_unknown_results():
         metrics.record_association("maybe")
 
 
-def _echo(request: Request) -> Response:
-    return Response.json(200, {"method": request.method, "body": request.json()})
 
 
-def test_bearer_token_routes(serve):
-    server = HttpServer(CONFIG, {}, metrics=GatewayMetrics(), environ={TOKEN_ENV: "s3cret-token"})
-    server.add_route("POST", "/echo", _echo)
-    serve(server)
-    body = b'{"a": 1}'
-    assert _get(server, "/echo", "POST", body=body)[0] == 401
-    assert _get(server, "/echo", "POST", {"Authorization": "Bearer wrong"}, body)[0] == 401
-    assert _get(server, "/echo", "POST", {"Authorization": "Basic s3cret-token"}, body)[0] == 401
-    code, headers, _ = _get(server, "/echo", "POST", {"Authorization": "Bearer s3cret-token-and-more"}, body)
+def _post_referral(server: HttpServer, body: bytes, token: str | None = TOKEN, scheme: str = "Bearer"):
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"{scheme} {token}"
+    return _get(server, "/referrals", "POST", headers, body)
+
+
+def _stored_referrals() -> int:
+    with db.connection_context():
+        return Referral.select().count()
+
+
+def test_a_referral_with_the_token_is_stored(database, serve):
+    server = serve()
+    code, headers, body = _post_referral(server, json.dumps(REFERRAL).encode())
+    assert code == 201, body
+    assert headers["Content-Type"] == "application/json" and headers["Cache-Control"] == "no-store"
+    assert json.loads(body)["id"] > 0 and _stored_referrals() == 1
+    code, _, body = _post_referral(server, json.dumps({**REFERRAL, "source": "nowhere"}).encode())
+    assert code == 422 and json.loads(body)["problems"] and _stored_referrals() == 1
+
+
+def test_bearer_token_is_checked_in_constant_time_and_by_scheme(database, serve):
+    server = serve()
+    document = json.dumps(REFERRAL).encode()
+    assert _post_referral(server, document, token=None)[0] == 401
+    assert _post_referral(server, document, token="wrong")[0] == 401
+    assert _post_referral(server, document, scheme="Basic")[0] == 401
+    code, headers, _ = _post_referral(server, document, token=TOKEN + "-and-more")
     assert code == 401 and headers["WWW-Authenticate"].startswith("Bearer")
-    code, _, answer = _get(server, "/echo", "POST", {"authorization": "Bearer s3cret-token"}, body)
-    assert code == 200 and json.loads(answer) == {"method": "POST", "body": {"a": 1}}
-    assert _get(server, "/metrics")[0] == 200  # unauthenticated route needs no token
+    assert _stored_referrals() == 0
+    assert _post_referral(server, document, scheme="bearer")[0] == 201  # the scheme's case does not matter
+    assert _get(server, "/metrics")[0] == 200 and _get(server, "/referrals/schema")[0] == 200  # open routes
 
 
 def test_authenticated_routes_503_without_a_configured_token(serve):
-    server = HttpServer(CONFIG, {}, metrics=GatewayMetrics(), environ={})
-    server.add_route("POST", "/echo", _echo)
-    serve(server)
-    code, _, body = _get(server, "/echo", "POST", {"Authorization": "Bearer "}, b"{}")
+    server = serve(environ={})
+    code, _, body = _post_referral(server, b"{}", token="")
     assert code == 503 and json.loads(body) == {"error": "API token not configured"}
 
 
-def test_unknown_path_wrong_method_and_failing_handler(serve):
-    def broken(_request: Request) -> Response:
-        raise RuntimeError("boom")
+def _head_only(port: int, head: str) -> tuple[str, float]:
+    """Send a request head announcing a 5 MB body and none of it: what the node answers, and how fast."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head.encode() + b"Content-Type: application/json\r\nContent-Length: 5000000\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)  # socket.timeout (a test failure) if the node waits for the body
+            if not chunk:
+                break
+            answer += chunk
+    return answer.decode("latin-1"), time.monotonic() - started
 
-    server = HttpServer(CONFIG, {}, metrics=GatewayMetrics())
-    server.add_route("GET", "/broken", broken, auth=False)
-    serve(server)
-    assert _get(server, "/nowhere")[0] == 404
-    code, headers, _ = _get(server, "/healthz", "POST", body=b"")
-    assert code == 405 and headers["Allow"] == "GET"
-    code, _, body = _get(server, "/broken")
-    assert code == 500 and b"boom" not in body
+
+@pytest.mark.parametrize("environ, authorization, status", [
+    ({TOKEN_ENV: TOKEN}, "", "401"),
+    ({TOKEN_ENV: TOKEN}, "Authorization: Bearer wrong\r\n", "401"),
+    ({}, f"Authorization: Bearer {TOKEN}\r\n", "503"),
+])
+def test_an_authenticated_route_refuses_without_reading_the_body(serve, environ, authorization, status):
+    """The refusal comes from the headers alone, at once, with ``Connection: close``: the node waits for none
+    of the announced body (its body deadline is 30 s; the client gives up after 5)."""
+    server = serve(environ=environ)
+    answer, seconds = _head_only(server.port, f"POST /referrals HTTP/1.1\r\nHost: x\r\n{authorization}")
+    assert answer.startswith(f"HTTP/1.1 {status}"), answer
+    assert "connection: close" in answer.lower() and seconds < 5
 
 
-def test_routes_cannot_be_registered_twice_or_malformed():
-    server = HttpServer(CONFIG, {}, metrics=GatewayMetrics())
-    with pytest.raises(RouteError, match="already registered"):
-        server.add_route("GET", "/healthz", _echo)
-    with pytest.raises(RouteError, match="invalid route"):
-        server.add_route("GET", "referrals", _echo)
+def _allowed(headers: Message) -> set[str]:
+    return set(headers["Allow"].split(", "))  # Starlette lists a route's methods in no fixed order
+
+
+def test_wrong_paths_and_methods_are_refused_before_the_body(serve):
+    server = serve()
+    for head, status in (("POST /nowhere HTTP/1.1\r\nHost: x\r\n", "404"),
+                         ("POST /healthz HTTP/1.1\r\nHost: x\r\n", "405")):
+        answer, _ = _head_only(server.port, head)
+        assert answer.startswith(f"HTTP/1.1 {status}") and "connection: close" in answer.lower(), answer
+    code, _, body = _get(server, "/nowhere")
+    assert code == 404 and json.loads(body) == {"error": "not found"}
+    code, headers, body = _get(server, "/healthz", "POST", body=b"")
+    assert code == 405 and _allowed(headers) == {"GET", "HEAD"} and json.loads(body) == {"error": "method not allowed"}
+    code, headers, _ = _get(server, "/referrals")
+    assert code == 405 and headers["Allow"] == "POST"
+
+
+def test_a_body_over_the_limit_is_refused_and_nothing_stored(database, serve):
+    server = serve(max_body_bytes=10)
+    code, headers, body = _post_referral(server, b"x" * 11)
+    assert code == 413 and json.loads(body) == {"error": "bad or too large body"}
+    assert _post_referral(server, b'{"a": 1}')[0] == 422  # within the limit: read and validated
+    assert _stored_referrals() == 0
+
+
+def test_a_failing_endpoint_answers_500_naming_no_detail(tmp_path, serve):
+    """The database's directory is gone: storing the referral raises; the answer is a bare 500 and the log
+    names the exception's type only (its message could quote the request)."""
+    database = open_database(f"sqlite:///{tmp_path}/sub/gw.db")
+    database.close_all()
+    (tmp_path / "sub" / "gw.db").unlink()
+    (tmp_path / "sub").rmdir()
+    server = serve()
+    with capture_logs() as logs:
+        code, _, body = _post_referral(server, json.dumps(REFERRAL).encode())
+    assert code == 500 and json.loads(body) == {"error": "internal error"}
+    failed = [event for event in logs if event["event"] == "http_handler_failed"]
+    assert failed and failed[0]["error"] == "OperationalError" and failed[0]["path"] == "/referrals"
 
 
 def test_port_before_start_and_stop_is_idempotent():
-    server = HttpServer(CONFIG, {}, metrics=GatewayMetrics())
+    server = HttpServer(CONFIG, build_application(CONFIG, {}, metrics=GatewayMetrics()))
     with pytest.raises(RuntimeError, match="not started"):
         _ = server.port
     server.start()
@@ -234,16 +307,29 @@ def test_port_before_start_and_stop_is_idempotent():
     server.stop()
 
 
-def test_a_body_over_the_limit_is_refused_before_the_handler_runs(serve):
-    calls = []
+def _portal(tmp_path: Path) -> list:
+    config = GatewayConfig.model_validate({"storage": {"database": f"sqlite:///{tmp_path}/gw.db",
+                                                       "spool_dir": str(tmp_path / "spool")},
+                                           "sources": [{"name": "st-marys", "ae_title": "HOSP_PACS"}]})
+    return portal_routes(config, Spool(config.storage.spool_dir))
 
-    def record(request: Request) -> Response:
-        calls.append(request.body)
-        return Response.json(200, {})
 
-    server = HttpServer(CONFIG, {}, metrics=GatewayMetrics(), max_body_bytes=10)
-    server.add_route("POST", "/small", record, auth=False)
-    serve(server)
-    assert _get(server, "/small", "POST", body=b"x" * 11)[0] == 413
-    assert _get(server, "/small", "POST", body=b"x" * 10)[0] == 200
-    assert calls == [b"x" * 10]
+def test_the_portal_shares_the_router_with_the_api(tmp_path, serve):
+    """API paths answer JSON (405 included), every other unknown path the portal's page."""
+    server = serve(portal=_portal(tmp_path), portal_error_page=error_page)
+    code, headers, body = _get(server, "/nowhere")
+    assert code == 404 and headers["Content-Type"].startswith("text/html") and b"Not found" in body
+    assert _get(server, "/static/missing.css")[0] == 404
+    code, headers, body = _get(server, "/healthz", "POST", body=b"")
+    assert code == 405 and _allowed(headers) == {"GET", "HEAD"} and json.loads(body)["error"] == "method not allowed"
+    code, headers, body = _get(server, "/login", "PUT", body=b"")
+    assert code == 405 and headers["Content-Type"].startswith("text/html") and headers["Allow"]
+    assert _get(server, "/metrics")[0] == 200
+
+
+def test_a_portal_route_cannot_take_an_api_path(tmp_path):
+    async def elsewhere(_request):
+        raise AssertionError("never served")
+
+    with pytest.raises(ValueError, match="/healthz"):
+        build_application(CONFIG, {}, portal=[*_portal(tmp_path), Route("/healthz", elsewhere)])

@@ -22,7 +22,7 @@ import yaml
 from pypdf import PdfReader
 
 from gateway.demo import write_demo_study
-from gateway.referral.mllp import END_BLOCK, frame
+from gateway.mllp.server import END_BLOCK, frame
 from gateway.storage.models import make_database
 from referral_cases import PHI_VALUES, SOURCE_AE, referral_document
 from support.peers import GatewayProcess, Orthanc, free_port, storescu, wait_until

@@ -26,14 +26,15 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "referral"))
 import gateway.referral.notes_work as notes_work  # noqa: E402
 from browser import Browser  # noqa: E402
 from gateway.config import HttpConfig  # noqa: E402
-from gateway.ops.http import HttpServer  # noqa: E402
+from gateway.http.app import build_application  # noqa: E402
+from gateway.http.server import HttpServer  # noqa: E402
 from gateway.referral.notes_case import load_document
 from gateway.referral.scrub import KnownIdentifiers, scrub_referral  # noqa: E402
 from gateway.stages.referral import NotesStage  # noqa: E402
 from gateway.storage.models import AuditEvent, CaseState, NotesRedaction, Study, utcnow  # noqa: E402
 from gateway.storage.models import Referral as ReferralRow  # noqa: E402
 from gateway.web.accounts import add_user  # noqa: E402
-from gateway.web.app import build_portal  # noqa: E402
+from gateway.web.app import error_page, portal_routes  # noqa: E402
 from privacy_cases import PATIENT, write_held_study  # noqa: E402
 from referral_cases import close_world, make_world  # noqa: E402
 
@@ -49,8 +50,9 @@ def portal(tmp_path, monkeypatch):
     world = make_world(tmp_path)
     for name, role, source in (("stmarys", "referrer", "st-marys"), ("ops", "ops", None)):
         add_user(world.config, name, role, PASSWORD, source=source)
-    server = HttpServer(HttpConfig(port=0), {})
-    server.mount(build_portal(world.config, world.spool))
+    http = HttpConfig(port=0)
+    server = HttpServer(http, build_application(http, {}, portal=portal_routes(world.config, world.spool),
+                                                portal_error_page=error_page))
     browser = None
     try:
         server.start()
