@@ -169,13 +169,26 @@ class DicomPeer(_Section):
     tls: PeerTLSConfig = PeerTLSConfig()
 
 
+class Hl7ResultsConfig(_Section):
+    """Where a source's RIS/EHR takes the report as an HL7 v2 ORU^R01 over MLLP (plain TCP), and how long the
+    gateway waits for its ACK (connecting, sending and reading the answer together)."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    receiving_application: str = Field("", max_length=180)
+    receiving_facility: str = Field("", max_length=180)
+    timeout_s: SECONDS = Field(30.0, gt=0)
+
+
 class SourceConfig(_Section):
-    """A hospital or imaging centre allowed to send studies, and where its reports go back to."""
+    """A hospital or imaging centre allowed to send studies, and where its reports go back to (DICOM
+    ``return``; and, with ``hl7_results``, as an ORU^R01 to its RIS/EHR)."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     ae_title: AETitle
     host: str | None = None
     return_: DicomPeer | None = Field(None, alias="return")
+    hl7_results: Hl7ResultsConfig | None = None
     locale: str = Field("en-GB", pattern=r"^[a-z]{2}-[A-Z]{2}$")
     date_order: Literal["day_first", "month_first"] | None = None
 

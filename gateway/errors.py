@@ -34,3 +34,11 @@ class InvalidInstance(GatewayError):
 class DatabaseUnavailable(GatewayError):
     """The database cannot be reached or opened (an outage, a wrong ``storage.database``): at the CLI, one
     line and exit code 2, like any situation the user has to fix."""
+
+
+class MllpError(GatewayError):
+    """An MLLP exchange with a peer went wrong (refused, reset, closed early, not one frame): send again later."""
+
+
+class MllpTimeout(MllpError):
+    """The peer did not answer within the exchange's deadline."""

@@ -44,6 +44,7 @@ from gateway.stages.context import NodeContext
 from gateway.stages.deid import DeidStage
 from gateway.stages.deliver import DeliveryStage
 from gateway.stages.health import HealthStage
+from gateway.stages.oru import OruStage
 from gateway.stages.pipeline import FailurePolicy, Pipeline, Stage
 from gateway.stages.referral import NotesStage
 from gateway.stages.reports import ReportStage
@@ -191,6 +192,8 @@ class GatewayNode:
             HealthStage.of(config, context=context),
             # reports back home (issue 6): REPORTED → REPORT_DELIVERED
             ReportStage(config, self.spool, self.secret, context=context),
+            # the re-identified report also as HL7 ORU^R01 to sources with hl7_results (issue 25)
+            OruStage(config, self.spool, context=context),
             *self._audit_export(),
         ]
 

@@ -24,7 +24,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("ops", ("gateway.ops",)),
     ("privacy", ("gateway.privacy",)),
     ("deid", ("gateway.deid",)),
-    ("libraries", ("gateway.referral", "gateway.reports", "gateway.routing")),
+    # The MLLP client is a library (the ORU stage sends through it); the MLLP server is a way in.
+    ("libraries", ("gateway.referral", "gateway.reports", "gateway.routing", "gateway.mllp.client")),
     ("stages", ("gateway.stages",)),
     # The servers, the ways in: the DICOM SCP, the portal, the one HTTP application, the MLLP server, and the
     # status read-out that the portal and the CLI show (it reads every layer; it stays in ops/ for now).

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import structlog
 
 from gateway.config import Hl7Config
+from gateway.mllp.client import END_BLOCK, START_BLOCK, frame
 from gateway.ops.serving import serve_in_thread, stop_serving
 from gateway.referral.document import Referral
 from gateway.referral.errors import HL7ParseError, ReferralValidationError
@@ -49,8 +50,6 @@ from gateway.storage.models import db
 __all__ = ["END_BLOCK", "MAX_MESSAGE_BYTES", "START_BLOCK", "MllpLimits", "MllpServer", "answer_message",
            "frame", "start_hl7_listener", "unframe"]
 
-START_BLOCK = b"\x0b"
-END_BLOCK = b"\x1c\x0d"
 MAX_MESSAGE_BYTES = 1024 * 1024
 READ_TIMEOUT_S = 30.0
 MESSAGE_DEADLINE_S = 120.0
@@ -62,12 +61,6 @@ Store = Callable[[Referral], object]
 
 class MllpFramingError(HL7ParseError):
     """Bytes that are not one MLLP frame."""
-
-
-def frame(message: str | bytes) -> bytes:
-    """Wrap an ER7 message in MLLP framing."""
-    data = message.encode("utf-8") if isinstance(message, str) else message
-    return START_BLOCK + data + END_BLOCK
 
 
 def unframe(data: bytes) -> bytes:

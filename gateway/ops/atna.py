@@ -83,6 +83,7 @@ EVENTS: dict[str, Event] = {
     "report_received": Event(TRANSFERRED, "C", direction="inbound"),
     "sent": Event(TRANSFERRED, "R", direction="outbound"),
     "report_sent": Event(TRANSFERRED, "R", direction="outbound"),
+    "oru_sent": Event(TRANSFERRED, "R", direction="outbound"),
     "deidentified": Event(ACCESSED, "C"),
     "notes_attached": Event(ACCESSED, "C"),
     "report_reidentified": Event(ACCESSED, "U"),

@@ -152,6 +152,9 @@ class Referral(_Strict):
 
     source: NonEmptyId
     accession_number: NonEmptyText = Field(max_length=64)
+    order_number: IdText | None = Field(
+        None, description="The placer order number of the order (HL7 ORC-2, else OBR-2): the report goes back "
+                          "under it (ORU^R01 OBR-2).")
     patient: Patient
     urgency: Urgency = Urgency.ROUTINE
     referrer: Referrer | None = None

@@ -18,6 +18,7 @@ Referral field         HL7 source
 =====================  ==========================================================================
 source                 MSH-4 sending facility (HD.1), mapped through the ``facility_sources`` dict
 accession_number       IPC-1 (OMI), else OBR-18 placer field 1, else OBR-3 / ORC-3 filler order
+order_number           ORC-2 placer order number (EI.1), else OBR-2
 patient.id/name/dob    PID-3 (first CX.1), PID-5 (XPN family^given), PID-7 (date part)
 patient.other_ids      PID-3 repetitions after the first (CX.1)
 patient.address        PID-11 (first XAD: street^other^city^state^postcode^country)
@@ -459,6 +460,7 @@ def parse_hl7_referral(raw: str | bytes | Message, facility_sources: Mapping[str
     data: dict[str, Any] = {
         "source": facility_sources[facility],
         "accession_number": _accession(message),
+        "order_number": _component(orc, 2) or _component(obr, 2) or None,
         "patient": _patient(pid),
         "urgency": "urgent" if _is_urgent(message) else "routine",
         "referrer": _referrer(message),

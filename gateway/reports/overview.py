@@ -11,7 +11,7 @@ from typing import Any
 
 import peewee
 
-from gateway.storage.models import ReportObject, Study, tuple_rows
+from gateway.storage.models import ReportObject, ResultMessage, Study, tuple_rows
 
 RECENT = 10
 
@@ -29,7 +29,24 @@ def reports_snapshot() -> dict[str, Any]:
         turnaround.update(median_s=round(statistics.median(seconds), 1), max_s=round(max(seconds), 1))
     recent = [{"case": key, "turnaround_s": round(value, 1), "report_delivered_at": home.isoformat() + "Z"}
               for (key, _, home), value in zip(rows[:RECENT], seconds[:RECENT])]
-    return {"report_objects_by_state": objects, "turnaround": turnaround, "recent_reports": recent}
+    return {"report_objects_by_state": objects, "turnaround": turnaround, "recent_reports": recent,
+            **result_messages_snapshot()}
+
+
+def result_messages_snapshot() -> dict[str, Any]:
+    """The HL7 leg (ORU^R01 to the RIS/EHR): messages by state, and those not sent (pending with an error, or
+    failed) by case key, with the last ACK code and the gateway's own reason."""
+    by_state = dict(tuple_rows(ResultMessage.select(ResultMessage.state, peewee.fn.COUNT(ResultMessage.id))
+                               .group_by(ResultMessage.state)))
+    troubled = (ResultMessage.select(ResultMessage, Study.key).join(Study)
+                .where((ResultMessage.state == "failed")
+                       | ((ResultMessage.state == "pending") & ResultMessage.last_error.is_null(False)))
+                .order_by(ResultMessage.id.desc()).limit(RECENT))
+    rows = [{"case": row.study.key, "state": row.state, "attempts": row.attempts, "last_ack_code": row.last_ack_code,
+             "last_error": row.last_error,
+             "next_attempt_at": row.next_attempt_at.isoformat() + "Z" if row.state == "pending" else None}
+            for row in troubled]
+    return {"result_messages_by_state": by_state, "result_messages_not_sent": rows}
 
 
 def _duration(seconds: float | None) -> str:

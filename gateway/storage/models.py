@@ -412,6 +412,29 @@ class NotesRedaction(BaseModel):
     created_at = DateTimeField(default=utcnow, index=True)
 
 
+class ResultMessage(BaseModel):
+    """One re-identified report on its way to the source's RIS/EHR as an HL7 v2 ORU^R01 (migration 11): the HL7
+    leg's own delivery state, beside the SR leg's ``Delivery`` rows. The message itself (PHI) is never stored:
+    it is built again from the outbound report for each attempt, under the same ``control_id`` (MSH-10).
+
+    ``state``: pending (due at ``next_attempt_at``), sent (the receiver answered AA/CA) or failed (AR/CR, or
+    ``routing.retry.max_attempts`` attempts without AA). ``last_error`` is the gateway's own words, never the
+    receiver's text."""
+
+    study = ForeignKeyField(Study, backref="result_messages", on_delete="CASCADE")
+    study_id: int
+    outbound = ForeignKeyField(OutboundObject, unique=True, backref="result_message", on_delete="CASCADE")
+    outbound_id: int
+    state = CharField(max_length=16, default="pending", index=True)  # pending, sent, failed
+    attempts = IntegerField(default=0)
+    next_attempt_at = DateTimeField(default=utcnow, index=True)
+    control_id = CharField(max_length=20, unique=True)
+    last_ack_code = CharField(max_length=2, null=True)  # MSA-1 of the last answer: AA, AE, AR, CA, CE, CR
+    last_error = CharField(max_length=255, null=True)
+    created_at = DateTimeField(default=utcnow)
+    sent_at = DateTimeField(null=True)
+
+
 class HealthProbe(BaseModel):
     """A row each node (and ``spine-gateway status``) rewrites to prove the database takes a write (``/healthz``)."""
 
@@ -509,6 +532,11 @@ def _migrate_to_10(database: peewee.Database) -> None:
     database.create_tables([ExportCursor], safe=True)
 
 
+def _migrate_to_11(database: peewee.Database) -> None:
+    """``result_message``: the HL7 ORU^R01 leg of each re-identified report (its own attempts and state)."""
+    database.create_tables([ResultMessage], safe=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (1, _migrate_to_1),
     (2, _migrate_to_2),
@@ -520,6 +548,7 @@ MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (8, _migrate_to_8),
     (9, _migrate_to_9),
     (10, _migrate_to_10),
+    (11, _migrate_to_11),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -45,9 +45,11 @@ class Site:
             peer.stop()
 
 
-def start_site(workdir: Path, study: list[Path], database_url: str, node: dict | None = None) -> Site:
+def start_site(workdir: Path, study: list[Path], database_url: str, node: dict | None = None, *,
+               source: dict | None = None, referral_extra: dict | None = None) -> Site:
     """Everything running, the study sent by the hospital and delivered to dr-a (case DELIVERED). ``node``: more
-    of the gateway's ``node`` configuration."""
+    of the gateway's ``node`` configuration; ``source``: more of the source's (e.g. ``hl7_results``);
+    ``referral_extra``: more of the referral's fields."""
     node = GatewayProcess(workdir / "gw", database_url, node=node,
                           extra={**FAST, "http": {"host": "127.0.0.1", "port": free_port()}})
     hospital = Orthanc(workdir / "hospital", "HOSP_PACS",
@@ -58,13 +60,13 @@ def start_site(workdir: Path, study: list[Path], database_url: str, node: dict |
         hospital.start()
         reviewer.start()
         node.config["sources"] = [{"name": "st-marys", "ae_title": "HOSP_PACS", "return": {
-            "ae_title": "HOSP_PACS", "host": "127.0.0.1", "port": hospital.dicom_port}}]
+            "ae_title": "HOSP_PACS", "host": "127.0.0.1", "port": hospital.dicom_port}, **(source or {})}]
         node.config["reviewers"] = [
             {"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": reviewer.dicom_port},
             {"name": "dr-b", "ae_title": "REVIEW_B", "host": "127.0.0.1", "port": free_port(), "enabled": False}]
         node.start()
         referral = workdir / "referral.json"
-        referral.write_text(json.dumps(REFERRAL))
+        referral.write_text(json.dumps({**REFERRAL, **(referral_extra or {})}))
         node.cli("referral", "add", str(referral))
         answers = hospital.upload(study)
         hospital.post("/modalities/gateway/store", answers[0]["ParentStudy"].encode())
