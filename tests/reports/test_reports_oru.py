@@ -11,6 +11,7 @@ import base64
 import datetime as dt
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 from hl7apy.parser import parse_message
@@ -118,6 +119,18 @@ def test_oru_is_no_referral_order():
 
     with pytest.raises(HL7ParseError, match="MSH-9"):
         parse_hl7_referral(build_oru(_report()), {"SPINEGW": "st-marys"})
+
+
+ORM = (Path(__file__).parent.parent / "referral" / "fixtures" / "orm_o01.hl7").read_bytes()
+
+
+def test_the_referral_keeps_the_placer_order_number():
+    """ORC-2 (else OBR-2): the number the ORU's OBR-2 sends back."""
+    assert parse_hl7_referral(ORM, {"STMARYS": "st-marys"}).order_number == "PLC123"
+    without_orc = ORM.replace(b"ORC|NW|PLC123^RIS|", b"ORC|NW||")
+    assert parse_hl7_referral(without_orc, {"STMARYS": "st-marys"}).order_number == "PLC123", "from OBR-2"
+    neither = without_orc.replace(b"OBR|1|PLC123^RIS|", b"OBR|1||")
+    assert parse_hl7_referral(neither, {"STMARYS": "st-marys"}).order_number is None
 
 
 def test_report_text_and_pdf_of_an_sr_and_of_an_encapsulated_pdf():
