@@ -13,10 +13,13 @@ import socket
 import threading
 from pathlib import Path
 
+import peewee
 import pytest
 from hl7apy.parser import parse_message
 from pydicom.dataset import Dataset
+from structlog.testing import capture_logs
 
+from gateway.config import GatewayConfig
 from gateway.demo import write_demo_study
 from gateway.errors import MllpError, MllpTimeout
 from gateway.mllp.client import END_BLOCK, exchange, frame
@@ -30,9 +33,15 @@ from gateway.reports.oru import (
     report_pdf,
     report_text,
 )
+from gateway.stages.oru import OruStage
+from gateway.stages.reports import ReportStage
+from gateway.storage.models import AuditEvent, CaseState, ResultMessage, Study, open_database, utcnow
+from gateway.storage.spool import Spool
 from report_peers import PATIENT, reviewer_images, reviewer_sr, start_site
 from support.peers import wait_until
 from support.scu import send
+from test_reports_stage import SECRET
+from test_reports_stage import _reported_case as reported_case
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 4 + b"\n%%EOF\n"
 AWKWARD = "Pipes | carets ^ tildes ~ backslashes \\ and ampersands & stay text: C:\\dir\\F\\"
@@ -243,8 +252,14 @@ class Listener:
                                  f"|P|2.5\rMSA|{code}|{control_id}\r"))
 
     def stop(self) -> None:
+        """Stop listening (shutdown wakes the blocked accept; a close alone leaves the kernel accepting)."""
+        try:
+            self._socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._socket.close()
         self._thread.join(10)
+        assert not self._thread.is_alive(), "the test listener's thread did not end"
 
 
 @pytest.fixture
@@ -376,3 +391,56 @@ def test_oru_answered_ar_fails_and_is_not_sent_again(oru_site):
     wait_until(lambda: site.node.status()["cases_by_state"] == {"report_delivered": 1}, 120,
                "the SR leg goes on regardless")
     assert len(ris.messages()) == before + 1, "AR is final: no retry"
+
+
+# --- the stage on its own: no ACK, no listener, the last attempt ------------------------------------------------
+
+
+def _stage_config(tmp_path, port: int, max_attempts: int) -> GatewayConfig:
+    return GatewayConfig.model_validate({
+        "storage": {"spool_dir": str(tmp_path / "spool"), "min_free_bytes": 0},
+        "routing": {"retry": {"initial_s": 0.01, "max_s": 0.02, "max_attempts": max_attempts}},
+        "sources": [{"name": "st-marys", "ae_title": "HOSP_PACS",
+                     "return": {"ae_title": "STORESCP", "host": "127.0.0.1", "port": 104},
+                     "hl7_results": {"host": "127.0.0.1", "port": port, "timeout_s": 0.5}}],
+        "reviewers": [{"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": 104}]})
+
+
+def test_oru_stage_retries_without_ack_and_fails_after_the_last_attempt(tmp_path, database_url, listener):
+    listener.answer_with([None, None])  # keeps the connection and never answers
+    database = open_database(database_url)
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    config = _stage_config(tmp_path, listener.port, max_attempts=3)
+    try:
+        with database.connection_context(), capture_logs() as logs:
+            study, _ = reported_case(tmp_path, spool)
+            assert ReportStage(config, spool, SECRET).reidentify_received(study) == 1
+            stage = OruStage(config, spool)
+            assert stage.run_once(utcnow()) == 0
+            (row,) = ResultMessage.select()
+            assert (row.state, row.attempts, row.last_ack_code) == ("pending", 1, None)
+            assert row.last_error == "no ACK within 0.5 s" and row.next_attempt_at > utcnow() - dt.timedelta(seconds=1)
+            listener.stop()  # the RIS goes away: the next attempt finds the port closed
+            assert _run_when_due(stage) == 0
+            row = ResultMessage.get_by_id(row.id)
+            assert (row.state, row.attempts) == ("pending", 2) and row.last_error.startswith("connection failed")
+            assert _run_when_due(stage) == 1
+            row = ResultMessage.get_by_id(row.id)
+            assert (row.state, row.attempts) == ("failed", 3) and row.last_error.startswith("gave up after 3")
+            assert _run_when_due(stage) == 0, "a failed message is never sent again"
+            assert Study.get_by_id(study.id).state == CaseState.REPORTED, "the HL7 leg moves no case"
+            (audit_row,) = AuditEvent.select().where(AuditEvent.action == "oru_sent")
+            assert audit_row.outcome == "failed"
+        assert [e["status"] for e in logs if e["event"] == "oru_attempt"] == ["none"] * 3
+        logged = repr(logs)
+        assert PATIENT.patient_id not in logged and PATIENT.accession not in logged and "DOE" not in logged
+        assert len(listener.messages()) == 1
+    finally:
+        database.close()
+
+
+def _run_when_due(stage: OruStage) -> int:
+    """One run at the time the pending message is due (its back-off is a few hundredths of a second)."""
+    due_at = ResultMessage.select(peewee.fn.MAX(ResultMessage.next_attempt_at)).scalar() or utcnow()
+    return stage.run_once(max(due_at, utcnow()) + dt.timedelta(milliseconds=1))
