@@ -66,6 +66,13 @@ def render_reports(snapshot: dict[str, Any], console: Any) -> None:
     turnaround = reports["turnaround"]
     console.print(f"reports home: {turnaround['cases']} case(s), turnaround median "
                   f"{_duration(turnaround['median_s'])}, max {_duration(turnaround['max_s'])}")
+    messages = reports.get("result_messages_by_state") or {}
+    if messages:
+        console.print("reports to the RIS/EHR (HL7 ORU^R01): "
+                      + ", ".join(f"{state} {messages[state]}" for state in sorted(messages)))
+    for row in reports.get("result_messages_not_sent", []):
+        console.print(f"  ORU {row['state']}: case {row['case']}, {row['attempts']} attempt(s), "
+                      f"ACK {row['last_ack_code'] or '-'}: {row['last_error'] or ''}")
     table = Table(title="Most recent reports home")
     for column in ("case", "turnaround", "report_delivered_at"):
         table.add_column(column)

@@ -391,6 +391,8 @@ def test_oru_answered_ar_fails_and_is_not_sent_again(oru_site):
     wait_until(lambda: site.node.status()["cases_by_state"] == {"report_delivered": 1}, 120,
                "the SR leg goes on regardless")
     assert len(ris.messages()) == before + 1, "AR is final: no retry"
+    shown = site.node.cli("status").stdout
+    assert "reports to the RIS/EHR (HL7 ORU^R01): failed 1, sent 2" in shown and "ACK AR" in shown
 
 
 # --- the stage on its own: no ACK, no listener, the last attempt ------------------------------------------------
