@@ -10,16 +10,16 @@ Segments (original acknowledgement mode: the receiver answers one ACK):
 =====  =========================================================================================================
 MSH    ``|^~\\&``, sending application the gateway's AE title (MSH-3/-4), receiving application and facility
        from ``hl7_results`` (MSH-5/-6), ``ORU^R01^ORU_R01``, MSH-10 the result message's control ID, ``P``,
-       ``2.5``, MSH-18 ``UNICODE UTF-8``
+       ``2.5``, MSH-7 the time the message is built, MSH-18 ``UNICODE UTF-8``
 PID    PID-3 the ORIGINAL patient ID, PID-5 the original name (DICOM ``Family^Given^Middle^Prefix^Suffix`` is
        XPN's component order), PID-7 birth date, PID-8 sex
 ORC    ``RE`` (observations to follow), ORC-2 the referral's placer order number, ORC-3 the accession, ``CM``
 OBR    OBR-2 the placer order number; the accession number as OBR-3 (filler order number: the RIS that
        performed the study gives it) and again as OBR-18 (placer field 1), where most RIS put the accession
-       and where the gateway's own referral parser reads it first; OBR-4 the report's title code; OBR-22 the
-       time of the report; OBR-25 ``F`` (final)
+       and where the gateway's own referral parser reads it first; OBR-4 the report's title code; OBR-7 and
+       OBR-22 the time the reviewer's report arrived; OBR-25 ``F`` (final) or ``C`` (corrected)
 OBX    1..n ``TX``, one per line of the report text (an empty line is kept as an empty OBX-5), then one ``ED``
-       ``^application^pdf^Base64^<data>`` with the report as PDF; OBX-11 ``F``
+       ``^application^pdf^Base64^<data>`` with the report as PDF; OBX-11 as OBR-25
 =====  =========================================================================================================
 
 Every value comes from the caller; the message holds PHI and is never logged or stored.
@@ -80,7 +80,7 @@ class OruReport:
     text_lines: Sequence[str]
     pdf: bytes
     result_status: str = "F"  # OBR-25: F final, C corrected (a report after one already sent)
-    reported_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    reported_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))  # OBR-7, OBR-22
 
     def __post_init__(self) -> None:
         if not self.patient_id.strip():
@@ -95,14 +95,15 @@ class OruReport:
             raise ValueError("MSH-10 is 1 to 20 characters")
 
 
-def build_oru(report: OruReport) -> bytes:
-    """The ER7 message (segments ended by CR), UTF-8 encoded."""
-    timestamp = report.reported_at.astimezone(dt.UTC).strftime("%Y%m%d%H%M%S+0000")
+def build_oru(report: OruReport, created_at: dt.datetime | None = None) -> bytes:
+    """The ER7 message (segments ended by CR), UTF-8 encoded; MSH-7 is ``created_at`` (default now)."""
+    created = _hl7_time(created_at or dt.datetime.now(dt.UTC))
+    timestamp = _hl7_time(report.reported_at)
     name = report.patient_name.split("=")[0].split("^")  # the alphabetic group only
     order, accession = escape(report.order_number), escape(report.accession_number)
     segments = [
         "|".join(["MSH", "^~\\&", escape(report.sending_application), escape(report.sending_application),
-                  escape(report.receiving_application), escape(report.receiving_facility), timestamp, "",
+                  escape(report.receiving_application), escape(report.receiving_facility), created, "",
                   "ORU^R01^ORU_R01", escape(report.control_id), "P", "2.5", "", "", "", "", "", "UNICODE UTF-8"]),
         "|".join(["PID", "1", "", escape(report.patient_id), "", _components(*name), "", escape(report.birth_date),
                   escape(report.sex)]),
@@ -117,6 +118,10 @@ def build_oru(report: OruReport) -> bytes:
     segments.append("|".join(["OBX", str(len(lines) + 1), "ED", _components(*PDF_CODE), "1",
                               f"^application^pdf^Base64^{encoded}", "", "", "", "", "", report.result_status]))
     return ("\r".join(segments) + "\r").encode("utf-8")
+
+
+def _hl7_time(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y%m%d%H%M%S+0000")
 
 
 class AckError(ValueError):

@@ -171,6 +171,8 @@ class OruStage(WithNodeContext):
             raise OruBuildError("StudyIdentity: no stored identity for the case")
         referral = Referral.get_or_none(Referral.study == study)
         document = json.loads(referral.document) if referral is not None else {}
+        received = ReportObject.get_or_none(ReportObject.outbound == outbound.id)
+        reported_at = (received.received_at if received is not None else message.created_at).replace(tzinfo=dt.UTC)
         lines = report_text(dataset)
         corrected = ResultMessage.select().where((ResultMessage.study == study) & (ResultMessage.id < message.id)
                                                  & (ResultMessage.state == SENT)).exists()
@@ -180,7 +182,7 @@ class OruStage(WithNodeContext):
             patient_id=identity.patient_id, patient_name=identity.patient_name, birth_date=identity.birth_date,
             sex=identity.sex, accession_number=identity.accession_number or document.get("accession_number", ""),
             order_number=document.get("order_number") or "", title=report_title(dataset), text_lines=lines,
-            pdf=report_pdf(dataset, lines), result_status="C" if corrected else "F")
+            pdf=report_pdf(dataset, lines), result_status="C" if corrected else "F", reported_at=reported_at)
 
     # -- outcomes ------------------------------------------------------------------------------------
 
