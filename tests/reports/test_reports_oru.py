@@ -83,6 +83,16 @@ def test_oru_reads_back_with_hl7apy():
     assert all(o.obx_11.to_er7() == "F" for o in observations)
 
 
+def test_oru_is_a_valid_oru_r01_for_hl7apy_strict():
+    """The v2.5 ORU_R01 structure and data types, checked by hl7apy at its STRICT level. With a tiny PDF: hl7apy
+    1.3.5 holds ED data to 199 characters when strict (HL7 v2.5 itself allows OBX-5 99,999)."""
+    from hl7apy.consts import VALIDATION_LEVEL
+
+    message = parse_message(build_oru(_report(pdf=b"%PDF-1.4 tiny")).decode(), find_groups=True,
+                            validation_level=VALIDATION_LEVEL.STRICT)
+    assert message.name == "ORU_R01" and message.validate()
+
+
 def test_oru_text_is_escaped_and_comes_back_as_written():
     er7 = build_oru(_report())
     texts = [fields[5] for fields in _segments(er7, "OBX") if fields[2] == "TX"]
