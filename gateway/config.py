@@ -324,6 +324,18 @@ class RetryConfig(_Section):
     max_s: SECONDS = Field(600.0, gt=0)
 
 
+class CommitmentConfig(_Section):
+    """Storage Commitment (Push Model) as SCP: each report (N-EVENT-REPORT) goes to the requesting source's
+    ``return`` address in a new association; one that does not get through is tried again after waits doubling
+    from ``initial_s`` up to ``max_s`` (jittered), ``max_attempts`` times in all, then left ``failed`` in
+    ``status`` for an operator. ``max_instances``: the most SOP instances one request may name (more: refused)."""
+
+    max_attempts: int = Field(20, ge=1)
+    initial_s: SECONDS = Field(5.0, gt=0)
+    max_s: SECONDS = Field(600.0, gt=0)
+    max_instances: int = Field(10000, ge=1)
+
+
 class CaseFailuresConfig(_Section):
     """A stage's step that raises on one case: the case backs off (doubling from ``initial_s`` up to ``max_s``)
     and, after ``max_failures``, goes to QUARANTINED, FAILED or REPORT_FAILED with the error as its reason."""
@@ -412,6 +424,7 @@ class GatewayConfig(BaseSettings):
     retention: RetentionConfig = RetentionConfig()
     quarantine: QuarantineConfig = QuarantineConfig()
     atna: AtnaConfig = AtnaConfig()
+    commitment: CommitmentConfig = CommitmentConfig()
     sources: list[SourceConfig] = Field(default_factory=list)
     reviewers: list[ReviewerConfig] = Field(default_factory=list)
 

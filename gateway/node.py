@@ -39,6 +39,7 @@ from gateway.scp.server import node_handlers, start_scp
 from gateway.scp.slots import AssociationSlots
 from gateway.stages.assign import AssignmentStage
 from gateway.stages.atna import AtnaStage
+from gateway.stages.commitment import CommitmentStage
 from gateway.stages.completion import CompletionStage
 from gateway.stages.context import NodeContext
 from gateway.stages.deid import DeidStage
@@ -191,6 +192,8 @@ class GatewayNode:
             HealthStage.of(config, context=context),
             # reports back home (issue 6): REPORTED → REPORT_DELIVERED
             ReportStage(config, self.spool, self.secret, context=context),
+            # Storage Commitment (issue 25): the reports of the requests the SCP kept
+            CommitmentStage(config, context=context),
             *self._audit_export(),
         ]
 
