@@ -13,7 +13,6 @@ import sqlite3
 from pathlib import Path
 
 import pydicom
-import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
