@@ -3,6 +3,7 @@ database and spool: each failure reason, another source's instance, and a repeat
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 
 import pytest
@@ -10,7 +11,17 @@ from pydicom.dataset import Dataset
 
 from gateway.dicom.commitment import InvalidCommitmentRequest, read_request
 from gateway.storage import commitments
-from gateway.storage.models import CommitmentState, Instance, InstanceState, Series, Source, Study, open_database
+from gateway.storage.models import (
+    CommitmentRequest,
+    CommitmentState,
+    Instance,
+    InstanceState,
+    Series,
+    Source,
+    Study,
+    open_database,
+    utcnow,
+)
 from gateway.storage.spool import Spool
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -18,8 +29,8 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 @pytest.fixture
-def stored(tmp_path):
-    database = open_database(f"sqlite:///{tmp_path}/gateway.db")
+def stored(tmp_path, database_url):
+    database = open_database(database_url)
     spool = Spool(tmp_path / "spool")
     spool.prepare()
     with database.connection_context():
@@ -38,6 +49,7 @@ def stored(tmp_path):
     database.close()
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_each_reference_is_committed_or_fails_with_its_reason(stored):
     database, spool = stored
     with database.connection_context():
@@ -56,6 +68,7 @@ def test_each_reference_is_committed_or_fails_with_its_reason(stored):
                               ((MR, "2.25.9.9.9"), 0x0112)]
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_a_repeated_transaction_is_reported_again_not_twice(stored):
     database, _ = stored
     with database.connection_context():
@@ -68,6 +81,26 @@ def test_a_repeated_transaction_is_reported_again_not_twice(stored):
         assert commitments.references_of(again) == [(MR, "2.25.1.1.0"), (MR, "2.25.x")]
         other, new = commitments.record_request("south", "SOUTH", "2.25.77", [(MR, "2.25.2.1.0")])
         assert new and other.id != first.id
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_one_node_claims_a_due_request_and_a_failed_try_backs_it_off(stored):
+    database, _ = stored
+    with database.connection_context():
+        commitments.record_request("north", "NORTH", "2.25.78", [(MR, "2.25.1.1.0")])
+        now = utcnow()
+        [request] = commitments.due(now)
+        [same] = commitments.due(now)  # a second node reads the same row
+        assert commitments.claim(request, now, dt.timedelta(seconds=60))
+        assert not commitments.claim(same, now, dt.timedelta(seconds=60))
+        assert commitments.due(now) == []
+        commitments.mark_not_delivered(request, "no association", now + dt.timedelta(seconds=5))
+        assert commitments.due(now) == [] and len(commitments.due(now + dt.timedelta(seconds=6))) == 1
+        pending = commitments.summary()["open"]
+        assert [(row["state"], row["attempts"], row["last_error"]) for row in pending] == [
+            ("pending", 1, "no association")]
+        commitments.mark_not_delivered(CommitmentRequest.get_by_id(request.id), "refused", None)
+        assert commitments.summary()["by_state"] == {"failed": 1}
 
 
 def test_a_request_without_what_it_needs_is_refused_with_its_status():

@@ -13,6 +13,7 @@ import sqlite3
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
@@ -20,6 +21,8 @@ from pynetdicom import AE
 
 from gateway.demo import write_demo_study
 from support.peers import GatewayProcess, Orthanc, free_port, wait_until
+
+pytestmark = pytest.mark.dicom_e2e  # run a second time with the pynetdicom hooks off (make test-hooks-off)
 
 PUSH_MODEL = "1.2.840.10008.1.20.1"
 WELL_KNOWN = "1.2.840.10008.1.20.1.1"
