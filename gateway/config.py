@@ -214,6 +214,11 @@ class ReviewerConfig(_Section):
     # The reviewer answers C-FIND (Study Root, IMAGE level): after an interrupted delivery the node asks which
     # objects it already has and sends only the others (exactly once); without it they are sent again.
     query: bool = False
+    # The reviewer is a Storage Commitment SCP: a delivery counts as done only once the reviewer has committed
+    # every object (N-ACTION after the C-STOREs, its N-EVENT-REPORT back on a new association to the gateway);
+    # without its report within ``commitment_wait_s`` the node asks again (an attempt of the study leg).
+    storage_commitment: bool = False
+    commitment_wait_s: SECONDS = Field(300.0, gt=0)
     tls: PeerTLSConfig = PeerTLSConfig()  # the associations the gateway opens to this reviewer
 
     @field_validator("hours")

@@ -17,7 +17,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_role
 
-from gateway.config import DicomPeer, NodeConfig
+from gateway.config import DicomPeer, NodeConfig, ReviewerConfig
 from gateway.dicom import status
 from gateway.dicom.net import NODELAY_HANDLER
 from gateway.dicom.tls import tls_args
@@ -141,3 +141,70 @@ def send_report(node: NodeConfig, peer: DicomPeer, event_type: int, information:
         raise ReportNotDelivered("no answer to the N-EVENT-REPORT")
     if code != status.SUCCESS:
         raise ReportNotDelivered(f"N-EVENT-REPORT answered 0x{int(code):04X}")
+
+
+class RequestNotAccepted(Exception):
+    """A Storage Commitment request (N-ACTION) to a reviewer did not get a success: no association, the SOP class
+    not accepted, no answer, or a failure status."""
+
+
+def request_commitment(node: NodeConfig, peer: ReviewerConfig, transaction_uid: str,
+                       references: Sequence[Reference]) -> None:
+    """Ask ``peer`` (as the SCU of the Push Model) to commit ``references``, in a new association; its report
+    comes back later, on an association it opens to the gateway.
+
+    Raises:
+        RequestNotAccepted: see the class.
+    """
+    ae = AE(ae_title=node.ae_title)
+    ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = (node.acse_timeout_s, node.dimse_timeout_s,
+                                                             node.network_timeout_s)
+    ae.connection_timeout = node.acse_timeout_s
+    ae.add_requested_context(STORAGE_COMMITMENT_PUSH_MODEL, SYNTAXES)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[NODELAY_HANDLER],
+                         tls_args=tls_args(peer))
+    if not assoc.is_established:
+        raise RequestNotAccepted("association rejected" if assoc.is_rejected else "no association")
+    information = Dataset()
+    information.TransactionUID = transaction_uid
+    information.ReferencedSOPSequence = DicomSequence([_item(reference) for reference in references])
+    try:
+        if not assoc.accepted_contexts:
+            raise RequestNotAccepted("storage commitment not accepted by the reviewer")
+        answer, _reply = assoc.send_n_action(information, REQUEST_STORAGE_COMMITMENT, STORAGE_COMMITMENT_PUSH_MODEL,
+                                             WELL_KNOWN_INSTANCE)
+    except (RuntimeError, ValueError) as exc:
+        raise RequestNotAccepted(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    code = answer.get("Status") if answer else None
+    if code is None:
+        raise RequestNotAccepted("no answer to the N-ACTION")
+    if code != status.SUCCESS:
+        raise RequestNotAccepted(f"N-ACTION answered 0x{int(code):04X}")
+
+
+@dataclass(frozen=True)
+class ReceivedReport:
+    transaction_uid: str
+    committed: list[str]  # SOP Instance UIDs
+    failed: list[tuple[str, int]]  # (SOP Instance UID, Failure Reason)
+
+
+def read_report(event_type: int | None, information: Dataset | None) -> ReceivedReport:
+    """A reviewer's N-EVENT-REPORT about a request of ours.
+
+    Raises:
+        InvalidCommitmentRequest: not Event Type 1 or 2 (0x0113 no such event type), no Transaction UID (0x0120).
+    """
+    if event_type not in (ALL_COMMITTED, SOME_FAILED):
+        raise InvalidCommitmentRequest("no_such_event_type", status.NO_SUCH_EVENT_TYPE)
+    transaction_uid = str((information or Dataset()).get("TransactionUID", "") or "").strip()
+    if information is None or not transaction_uid:
+        raise InvalidCommitmentRequest("missing_transaction_uid", status.MISSING_ATTRIBUTE)
+    committed = [str(item.get("ReferencedSOPInstanceUID", "") or "")
+                 for item in information.get("ReferencedSOPSequence") or []]
+    failed = [(str(item.get("ReferencedSOPInstanceUID", "") or ""), int(item.get("FailureReason", 0x0110) or 0x0110))
+              for item in information.get("FailedSOPSequence") or []]
+    return ReceivedReport(transaction_uid, [uid for uid in committed if uid], [f for f in failed if f[0]])

@@ -10,6 +10,14 @@ Statuses answered to N-ACTION:
     0x0124  refused, not authorized: a reviewer, or a source without a ``return`` address (the gateway reports
             only in a new association: see docs/conformance-statement.md)
     0x0110  processing failure: the request could not be kept (database unavailable)
+
+Statuses answered to N-EVENT-REPORT (a reviewer's report on a request of ours, ``reviewers[].storage_commitment``):
+    0x0000  recorded in the delivery ledger (a transaction we do not know changes nothing, and is logged)
+    0x0113  no such event type (only 1 and 2 exist)
+    0x0120  no Transaction UID
+    0x0124  refused, not authorized: the caller is not a reviewer
+    0x0110  processing failure: the report could not be recorded (database unavailable; the reviewer may send it
+            again)
 """
 
 from __future__ import annotations
@@ -21,11 +29,11 @@ from pynetdicom import evt
 
 from gateway.config import GatewayConfig
 from gateway.dicom import status
-from gateway.dicom.commitment import InvalidCommitmentRequest, read_request
+from gateway.dicom.commitment import InvalidCommitmentRequest, read_report, read_request
 from gateway.ops import audit
 from gateway.scp.policy import Caller
-from gateway.storage import commitments
-from gateway.storage.models import db
+from gateway.storage import commitments, wakeup
+from gateway.storage.models import CaseState, Study, db, utcnow
 
 log = structlog.get_logger("scp")
 
@@ -61,11 +69,45 @@ class CommitmentIntake:
                     + ("" if new else ", repeated transaction: reported again"))
         return status.SUCCESS, None
 
-    @staticmethod
-    def _information(event: evt.Event) -> Dataset | None:
-        """The Action Information, decoded; None when it cannot be (treated as missing)."""
+    def take_report(self, event: evt.Event, caller: Caller, peer: str) -> tuple[int, Dataset | None]:
+        """A reviewer's N-EVENT-REPORT: see the module's docstring for the statuses."""
+        if caller.role != "reviewer":
+            return self._refused(caller, peer, status.NOT_AUTHORIZED, "not_a_reviewer")
         try:
-            information = event.action_information
+            report = read_report(event.event_type, self._information(event, "event_information"))
+        except InvalidCommitmentRequest as invalid:
+            return self._refused(caller, peer, invalid.status, invalid.reason)
+        try:
+            with db.connection_context():
+                committed, failed, studies = commitments.record_reviewer_report(
+                    f"reviewer:{caller.name}", report.transaction_uid, report.committed, report.failed)
+                self._wake_delivery(studies)
+        except peewee.DatabaseError as exc:
+            log.error("commitment_report_not_recorded", reviewer=caller.name, error=type(exc).__name__,
+                      status=status.PROCESSING_FAILURE)
+            return status.PROCESSING_FAILURE, None
+        known = bool(committed or failed)
+        log.info("commitment_report_received", reviewer=caller.name, instances=committed, count=failed,
+                 status=status.SUCCESS, reason=None if known else "unknown_transaction")
+        self._audit("commitment_report_received", caller, peer, "success" if known and not failed else "failed",
+                    f"{committed} committed, {failed} not committed" if known else "unknown transaction")
+        return status.SUCCESS, None
+
+    @staticmethod
+    def _wake_delivery(study_ids: list[int]) -> None:
+        """The cases concerned are due now: the delivery stage moves them on (done, or objects sent again)."""
+        if not study_ids:
+            return
+        now = utcnow()
+        Study.update(next_attempt_at=now).where(Study.id.in_(study_ids)
+                                                & (Study.state == CaseState.DELIVERING)).execute()
+        wakeup.wake_at(CaseState.DELIVERING, now)
+
+    @staticmethod
+    def _information(event: evt.Event, name: str = "action_information") -> Dataset | None:
+        """The Action (or Event) Information, decoded; None when it cannot be (treated as missing)."""
+        try:
+            information = getattr(event, name)
             information.get("TransactionUID")  # pydicom decodes lazily: the first read may raise
             return information
         except Exception:  # noqa: BLE001 - a hostile data set: any decoding error is a missing attribute

@@ -127,6 +127,7 @@ class ScpHandlers:
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
             (evt.EVT_N_ACTION, self.on_n_action),
+            (evt.EVT_N_EVENT_REPORT, self.on_n_event_report),
             (evt.EVT_CONN_CLOSE, self.on_connection_closed),
         ]
 
@@ -249,6 +250,14 @@ class ScpHandlers:
         if stats is None or self.commitments is None:
             return status.NOT_AUTHORIZED, None
         return self.commitments.take(event, stats.caller, stats.peer)
+
+    def on_n_event_report(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        """N-EVENT-REPORT, Storage Commitment Push Model (a reviewer's report on our request): see
+        ``gateway.scp.commitment_intake`` for the statuses."""
+        stats = self._associations.get(event.assoc)
+        if stats is None or self.commitments is None:
+            return status.NOT_AUTHORIZED, None
+        return self.commitments.take_report(event, stats.caller, stats.peer)
 
     def on_store(self, event: evt.Event) -> Dataset | int:
         """C-STORE: see the module docstring for the statuses."""

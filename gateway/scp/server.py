@@ -53,7 +53,9 @@ def build_ae(node: NodeConfig, known_ae_titles: list[str]) -> AE:
     ae.require_called_aet = True
     ae.require_calling_aet = known_ae_titles
     ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES)
-    ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, COMMITMENT_SYNTAXES)
+    # Both roles: a source asks us (we are its SCP); a reviewer reports to us on a request of ours, proposing the
+    # SCP role for itself through SCP/SCU Role Selection (PS3.4 J.3.3), which is accepted as proposed.
+    ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, COMMITMENT_SYNTAXES, scu_role=True, scp_role=True)
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
     return ae

@@ -20,8 +20,10 @@ import peewee
 from gateway.storage.models import (
     CommitmentRequest,
     CommitmentState,
+    Delivery,
     Instance,
     InstanceState,
+    OutboundObject,
     Source,
     Study,
     db,
@@ -154,3 +156,54 @@ def summary() -> dict[str, object]:
                   "next_attempt_at": row.next_attempt_at.isoformat() + "Z" if row.state == "pending" else None,
                   "last_error": row.last_error} for row in open_rows],
     }
+
+
+# Toward reviewers with ``storage_commitment``: the delivery ledger (``Delivery``) records the commitment.
+
+SENT = "sent"  # as gateway.routing.send (the ledger's states)
+PENDING = "pending"
+
+
+def uncommitted(study_id: int, destination: str) -> list[tuple[Delivery, OutboundObject]]:
+    """The case's objects sent to ``destination`` and not yet committed there, with their ledger rows."""
+    rows = (Delivery.select(Delivery, OutboundObject).join(OutboundObject)
+            .where((OutboundObject.study == study_id) & (Delivery.destination == destination)
+                   & (Delivery.state == SENT) & Delivery.committed_at.is_null())
+            .order_by(OutboundObject.id))
+    return [(row, row.outbound) for row in rows]
+
+
+def mark_asked(delivery_ids: Sequence[int], transaction_uid: str, at: dt.datetime) -> None:
+    with db.atomic():
+        for start in range(0, len(delivery_ids), CHUNK):
+            Delivery.update(commitment_uid=transaction_uid, commitment_requested_at=at).where(
+                Delivery.id.in_(list(delivery_ids[start:start + CHUNK]))).execute()
+
+
+def record_reviewer_report(destination: str, transaction_uid: str, committed: Sequence[str],
+                           failed: Sequence[tuple[str, int]]) -> tuple[int, int, list[int]]:
+    """A reviewer's report on one of our requests: committed objects get ``committed_at``; failed ones go back to
+    pending in the ledger (sent again at the next attempt). Only rows of that transaction and destination
+    change. Returns (committed, failed, the ids of the cases concerned)."""
+    now = utcnow()
+    mine = (Delivery.destination == destination) & (Delivery.commitment_uid == transaction_uid)
+    changed = [0, 0]
+    studies: set[int] = set()
+    with db.atomic():
+        for index, uids in ((0, list(committed)), (1, [uid for uid, _ in failed])):
+            for start in range(0, len(uids), CHUNK):
+                objects = OutboundObject.select(OutboundObject.id).where(
+                    OutboundObject.sop_instance_uid.in_(uids[start:start + CHUNK]))
+                rows = list(tuple_rows(Delivery.select(Delivery.id, OutboundObject.study).join(OutboundObject)
+                                       .where(mine & Delivery.outbound.in_(objects))))
+                ids = [row_id for row_id, _ in rows]
+                studies.update(study_id for _, study_id in rows)
+                if not ids:
+                    continue
+                if index == 0:
+                    Delivery.update(committed_at=now).where(Delivery.id.in_(ids)).execute()
+                else:
+                    Delivery.update(state=PENDING, commitment_uid=None, commitment_requested_at=None, sent_at=None,
+                                    last_error="not committed by the reviewer").where(Delivery.id.in_(ids)).execute()
+                changed[index] += len(ids)
+    return changed[0], changed[1], sorted(studies)

@@ -297,6 +297,11 @@ class Delivery(BaseModel):
     last_status = IntegerField(null=True)
     last_error = CharField(max_length=255, null=True)
     sent_at = DateTimeField(null=True)
+    # Migration 12. Storage Commitment toward a reviewer that offers it: the transaction of the N-ACTION that asked
+    # about this object and when, and when the reviewer's report said it was committed (the delivery is done then).
+    commitment_uid = CharField(max_length=64, null=True, index=True)
+    commitment_requested_at = DateTimeField(null=True)
+    committed_at = DateTimeField(null=True)
 
     class Meta:
         indexes = ((("outbound", "destination"), True),)
@@ -543,9 +548,18 @@ def _migrate_to_10(database: peewee.Database) -> None:
 
 
 def _migrate_to_12(database: peewee.Database) -> None:
-    """``commitment_request``: Storage Commitment requests kept until their report is answered. (Number 11 is
-    taken by another branch of the same issue; ``migrate`` applies every missing number, in order.)"""
+    """``commitment_request``: Storage Commitment requests kept until their report is answered; and the delivery
+    ledger's commitment columns (toward reviewers with ``storage_commitment``), NULL on existing rows. (Number 11
+    is taken by another branch of the same issue; ``migrate`` applies every missing number, in order.)"""
     database.create_tables([CommitmentRequest], safe=True)
+    table = Delivery._meta.table_name
+    timestamp = database._field_types["DATETIME"]  # type: ignore[attr-defined]  # peewee-private
+    present = {column.name for column in database.get_columns(table)}
+    for name, definition in (("commitment_uid", "VARCHAR(64)"), ("commitment_requested_at", timestamp),
+                             ("committed_at", timestamp)):
+        if name not in present:
+            database.execute_sql(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {definition}')
+    database.execute_sql(f'CREATE INDEX IF NOT EXISTS "{table}_commitment_uid" ON "{table}" ("commitment_uid")')
 
 
 MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [

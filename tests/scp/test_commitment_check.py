@@ -14,8 +14,10 @@ from gateway.storage import commitments
 from gateway.storage.models import (
     CommitmentRequest,
     CommitmentState,
+    Delivery,
     Instance,
     InstanceState,
+    OutboundObject,
     Series,
     Source,
     Study,
@@ -120,3 +122,29 @@ def test_a_request_without_what_it_needs_is_refused_with_its_status():
         read_request(1, information, 1)
     assert too_many.value.status == 0x0115
     assert read_request(1, information, 2).references == [(MR, "2.25.5.1"), (MR, "2.25.5.1")]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_reviewers_report_commits_its_transactions_objects_and_sends_the_failed_ones_again(stored):
+    database, _ = stored
+    destination = "reviewer:dr-a"
+    with database.connection_context():
+        study = Study.get(Study.study_uid == "2.25.1")
+        rows = []
+        for i in range(3):
+            outbound = OutboundObject.create(study=study, sop_instance_uid=f"2.25.50.{i}", sop_class_uid=MR,
+                                             transfer_syntax="1.2.840.10008.1.2.1", spool_path=f"outbound/x/{i}.dcm",
+                                             sha256="0" * 64, size=1)
+            rows.append(Delivery.create(outbound=outbound, destination=destination, state="sent"))
+        assert [o.sop_instance_uid for _, o in commitments.uncommitted(study.id, destination)] == [
+            "2.25.50.0", "2.25.50.1", "2.25.50.2"]
+        commitments.mark_asked([r.id for r in rows[:2]], "2.25.900", utcnow())
+        # the third object was asked about in another transaction: this report cannot touch it
+        committed, failed, studies = commitments.record_reviewer_report(
+            destination, "2.25.900", ["2.25.50.0", "2.25.50.2"], [("2.25.50.1", 0x0112)])
+        assert (committed, failed, studies) == (1, 1, [study.id])
+        states = {d.outbound.sop_instance_uid: (d.state, d.committed_at is not None, d.commitment_uid)
+                  for d in Delivery.select()}
+        assert states == {"2.25.50.0": ("sent", True, "2.25.900"), "2.25.50.1": ("pending", False, None),
+                          "2.25.50.2": ("sent", False, None)}
+        assert commitments.record_reviewer_report(destination, "2.25.901", ["2.25.50.2"], []) == (0, 0, [])
