@@ -148,7 +148,12 @@ def render_status(snapshot: dict[str, Any], console: Any) -> None:
 
 def _render_commitments(summary: dict[str, Any] | None, console: Any) -> None:
     """Storage Commitment requests: counts by state, and each pending or failed one with its last error."""
-    if not summary or not summary["by_state"]:
+    if not summary:
+        return
+    if summary.get("awaiting_reviewers"):
+        console.print(f"storage commitment: {summary['awaiting_reviewers']} object(s) sent to reviewers not committed "
+                      "yet (their cases stay delivering)")
+    if not summary["by_state"]:
         return
     counts = ", ".join(f"{count} {state}" for state, count in sorted(summary["by_state"].items()))
     console.print(f"storage commitment requests: {counts}")

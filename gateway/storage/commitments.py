@@ -36,6 +36,7 @@ NO_SUCH_OBJECT_INSTANCE = 0x0112  # as gateway.dicom.status; storage does not im
 CLASS_INSTANCE_CONFLICT = 0x0119
 PROCESSING_FAILURE = 0x0110
 CHUNK = 500  # UIDs per query (SQLite's limit on bound parameters)
+SENT, PENDING = "sent", "pending"  # the delivery ledger's states, as gateway.routing.send
 
 Reference = tuple[str, str]  # (SOP Class UID, SOP Instance UID)
 
@@ -140,16 +141,20 @@ def mark_not_delivered(request: CommitmentRequest, error: str, retry_at: dt.date
 
 
 def summary() -> dict[str, object]:
-    """For ``status``: requests by state, and the pending and failed ones with their attempts and last error
-    (by source and row id: a transaction UID is the requester's and may identify nothing, but is not shown)."""
+    """For ``status``: the sources' requests by state, the pending and failed ones with their attempts and last
+    error (by source and row id: the transaction UID is not shown), and the objects sent to reviewers that were
+    asked about and are not committed yet (``awaiting_reviewers``)."""
     by_state: dict[str, int] = dict(tuple_rows(
         CommitmentRequest.select(CommitmentRequest.state, peewee.fn.COUNT(CommitmentRequest.id))
         .group_by(CommitmentRequest.state)))
     open_rows = (CommitmentRequest.select()
                  .where(CommitmentRequest.state.in_([CommitmentState.PENDING, CommitmentState.FAILED]))
                  .order_by(CommitmentRequest.requested_at).limit(50))
+    awaiting = (Delivery.select().where((Delivery.state == SENT) & Delivery.commitment_uid.is_null(False)
+                                        & Delivery.committed_at.is_null()).count())
     return {
         "by_state": by_state,
+        "awaiting_reviewers": awaiting,
         "open": [{"id": row.id, "source": row.source, "state": row.state, "attempts": row.attempts,
                   "instances": len(json.loads(row.sop_references)),
                   "requested_at": row.requested_at.isoformat() + "Z",
@@ -160,8 +165,6 @@ def summary() -> dict[str, object]:
 
 # Toward reviewers with ``storage_commitment``: the delivery ledger (``Delivery``) records the commitment.
 
-SENT = "sent"  # as gateway.routing.send (the ledger's states)
-PENDING = "pending"
 
 
 def uncommitted(study_id: int, destination: str) -> list[tuple[Delivery, OutboundObject]]:
