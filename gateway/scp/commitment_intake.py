@@ -58,6 +58,7 @@ class CommitmentIntake:
             with db.connection_context():
                 row, new = commitments.record_request(caller.name, caller.ae_title, request.transaction_uid,
                                                       request.references)
+            wakeup.notify(wakeup.COMMITMENT)  # the commitment stage sends the report now, not at its next poll
         except peewee.DatabaseError as exc:
             log.error("commitment_not_kept", source=caller.name, error=type(exc).__name__,
                       status=status.PROCESSING_FAILURE)

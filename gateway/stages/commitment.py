@@ -19,7 +19,7 @@ from gateway.config import GatewayConfig
 from gateway.dicom.commitment import Failure, ReportNotDelivered, report, send_report
 from gateway.ops import audit
 from gateway.stages.context import NodeContext, WithNodeContext
-from gateway.storage import commitments
+from gateway.storage import commitments, wakeup
 from gateway.storage.models import CommitmentRequest, utcnow
 
 log = structlog.get_logger("commitment")
@@ -69,6 +69,7 @@ class CommitmentStage(WithNodeContext):
         last = attempt >= self.config.commitment.max_attempts
         retry_at = None if last else utcnow() + dt.timedelta(seconds=self.backoff.wait_s(attempt))
         commitments.mark_not_delivered(request, error, retry_at)
+        self.context.wake_at(wakeup.COMMITMENT, retry_at)  # the retry runs when due, not at a later poll
         log.warning("commitment_report_failed", source=request.source, attempt=attempt, error=error,
                     status="failed" if last else "retrying")
         if last:

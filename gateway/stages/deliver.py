@@ -46,7 +46,7 @@ from gateway.routing.send import (  # noqa: F401 - re-exported for the stages an
 )
 from gateway.stages.context import NodeContext, WithNodeContext
 from gateway.stages.pipeline import run_case_stage
-from gateway.storage import cases, commitments, wakeup
+from gateway.storage import cases, commitments
 from gateway.storage.models import CaseState, Delivery, OutboundObject, Study, db, utcnow
 
 log = structlog.get_logger("routing.deliver")
@@ -167,7 +167,7 @@ class DeliveryStage(WithNodeContext):
         asked = [row.commitment_requested_at or now for row, _ in waiting]
         due = min(at if at + wait > now else now for at in asked) + wait
         Study.update(next_attempt_at=due).where(Study.id == study.id).execute()
-        wakeup.wake_at(CaseState.DELIVERING, due)
+        self.context.wake_at(CaseState.DELIVERING, due)
         return False
 
     def _delivered(self, study: Study, reviewer: ReviewerConfig, attempt: int, seconds: float,

@@ -26,7 +26,9 @@ pytestmark = pytest.mark.dicom_e2e  # run a second time with the pynetdicom hook
 
 PUSH_MODEL = "1.2.840.10008.1.20.1"
 WELL_KNOWN = "1.2.840.10008.1.20.1.1"
-FAST = {"routing": {"poll_s": 0.2, "stable_after_s": 600},
+# The stages' poll is slow on purpose: a report goes out promptly because the kept request, and each retry when
+# due, wake the commitment stage (gateway.storage.wakeup), not because a poll comes by.
+FAST = {"routing": {"poll_s": 60, "stable_after_s": 600},
         "commitment": {"initial_s": 0.2, "max_s": 1.0, "max_attempts": 50}}
 ORTHANC_AE = "ORTHANC_SRC"
 
@@ -55,7 +57,7 @@ def _ask_commitment(orthanc: Orthanc, references: list[dict]) -> str:
     return answer["ID"]
 
 
-def _report(orthanc: Orthanc, transaction: str, timeout: float = 60) -> dict:
+def _report(orthanc: Orthanc, transaction: str, timeout: float = 20) -> dict:
     def done():
         report = orthanc.get(f"/storage-commitment/{transaction}")
         return report if report.get("Status") != "Pending" else None
@@ -158,7 +160,7 @@ def test_a_report_that_cannot_be_sent_shows_in_status_and_is_sent_after_a_restar
             open_requests = node.status()["commitments"]["open"]
             return open_requests if open_requests and open_requests[0]["attempts"] >= 2 else None
 
-        pending = wait_until(retried, 60, "the report tried twice and still pending")[0]
+        pending = wait_until(retried, 20, "the report tried twice and still pending")[0]
         assert pending["state"] == "pending" and pending["last_error"] and pending["instances"] == 2
         assert orthanc.get(f"/storage-commitment/{transaction}")["Status"] == "Pending"
 
