@@ -150,25 +150,36 @@ class DeliveryStage(WithNodeContext):
             if attempt >= self.retry.max_attempts:
                 return self._failed_attempt(study, reviewer, attempt, seconds)
             Study.update(delivery_attempts=attempt).where(Study.id == study.id).execute()
-        if to_ask:
-            transaction_uid = generate_uid(prefix=None)
-            try:
-                request_commitment(self.node, reviewer, transaction_uid,
-                                   [(outbound.sop_class_uid, outbound.sop_instance_uid) for _, outbound in to_ask])
-            except RequestNotAccepted as exc:
-                log.warning("commitment_request_failed", case=study.key, reviewer=reviewer.name, attempt=attempt,
-                            error=str(exc))
-                return self._failed_attempt(study, reviewer, attempt, seconds)
-            commitments.mark_asked([row.id for row, _ in to_ask], transaction_uid, now)
-            log.info("commitment_requested_from_reviewer", case=study.key, reviewer=reviewer.name,
-                     instances=len(to_ask))
-            audit.record("commitment_asked", actor_ae=reviewer.ae_title, actor_host=reviewer.host,
-                         study_key=study.key, detail=f"{len(to_ask)} object(s) asked to reviewer {reviewer.name}")
-        asked = [row.commitment_requested_at or now for row, _ in waiting]
-        due = min(at if at + wait > now else now for at in asked) + wait
+        # When to look again (the report not come by then): set before the N-ACTION leaves, so that a report that
+        # comes back at once (the SCP makes the case due now) is never overwritten by it.
+        due = min(row.commitment_requested_at if row.commitment_requested_at is not None
+                  and row.commitment_requested_at + wait > now else now for row, _ in waiting) + wait
         Study.update(next_attempt_at=due).where(Study.id == study.id).execute()
+        if to_ask and not self._ask(study, reviewer, attempt, to_ask, now):
+            return self._failed_attempt(study, reviewer, attempt, seconds)
         self.context.wake_at(CaseState.DELIVERING, due)
         return False
+
+    def _ask(self, study: Study, reviewer: ReviewerConfig, attempt: int,
+             to_ask: list[tuple[Delivery, OutboundObject]], now: dt.datetime) -> bool:
+        """One N-ACTION about ``to_ask``; False when the reviewer did not accept it. The transaction is in the
+        ledger before the N-ACTION leaves: the reviewer's report may come back (on its own association, to the
+        SCP) before the N-ACTION's answer has been read here."""
+        transaction_uid = generate_uid(prefix=None)
+        asked_ids = [row.id for row, _ in to_ask]
+        commitments.mark_asked(asked_ids, transaction_uid, now)
+        try:
+            request_commitment(self.node, reviewer, transaction_uid,
+                               [(outbound.sop_class_uid, outbound.sop_instance_uid) for _, outbound in to_ask])
+        except RequestNotAccepted as exc:
+            commitments.mark_asked(asked_ids, None, None)  # not asked after all: asked at the next attempt
+            log.warning("commitment_request_failed", case=study.key, reviewer=reviewer.name, attempt=attempt,
+                        error=str(exc))
+            return False
+        log.info("commitment_requested_from_reviewer", case=study.key, reviewer=reviewer.name, instances=len(to_ask))
+        audit.record("commitment_asked", actor_ae=reviewer.ae_title, actor_host=reviewer.host, study_key=study.key,
+                     detail=f"{len(to_ask)} object(s) asked to reviewer {reviewer.name}")
+        return True
 
     def _delivered(self, study: Study, reviewer: ReviewerConfig, attempt: int, seconds: float,
                    result: AttemptResult, reason: str = "all_objects_sent") -> bool:

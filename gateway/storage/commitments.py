@@ -176,7 +176,8 @@ def uncommitted(study_id: int, destination: str) -> list[tuple[Delivery, Outboun
     return [(row, row.outbound) for row in rows]
 
 
-def mark_asked(delivery_ids: Sequence[int], transaction_uid: str, at: dt.datetime) -> None:
+def mark_asked(delivery_ids: Sequence[int], transaction_uid: str | None, at: dt.datetime | None) -> None:
+    """The objects asked about in ``transaction_uid`` at ``at`` (both None: not asked, after all)."""
     with db.atomic():
         for start in range(0, len(delivery_ids), CHUNK):
             Delivery.update(commitment_uid=transaction_uid, commitment_requested_at=at).where(
