@@ -227,6 +227,11 @@ class ReviewerConfig(_Section):
     # The reviewer answers C-FIND (Study Root, IMAGE level): after an interrupted delivery the node asks which
     # objects it already has and sends only the others (exactly once); without it they are sent again.
     query: bool = False
+    # The reviewer is a Storage Commitment SCP: a delivery counts as done only once the reviewer has committed
+    # every object (N-ACTION after the C-STOREs, its N-EVENT-REPORT back on a new association to the gateway);
+    # without its report within ``commitment_wait_s`` the node asks again (an attempt of the study leg).
+    storage_commitment: bool = False
+    commitment_wait_s: SECONDS = Field(300.0, gt=0)
     tls: PeerTLSConfig = PeerTLSConfig()  # the associations the gateway opens to this reviewer
 
     @field_validator("hours")
@@ -337,6 +342,18 @@ class RetryConfig(_Section):
     max_s: SECONDS = Field(600.0, gt=0)
 
 
+class CommitmentConfig(_Section):
+    """Storage Commitment (Push Model) as SCP: each report (N-EVENT-REPORT) goes to the requesting source's
+    ``return`` address in a new association; one that does not get through is tried again after waits doubling
+    from ``initial_s`` up to ``max_s`` (jittered), ``max_attempts`` times in all, then left ``failed`` in
+    ``status`` for an operator. ``max_instances``: the most SOP instances one request may name (more: refused)."""
+
+    max_attempts: int = Field(20, ge=1)
+    initial_s: SECONDS = Field(5.0, gt=0)
+    max_s: SECONDS = Field(600.0, gt=0)
+    max_instances: int = Field(10000, ge=1)
+
+
 class CaseFailuresConfig(_Section):
     """A stage's step that raises on one case: the case backs off (doubling from ``initial_s`` up to ``max_s``)
     and, after ``max_failures``, goes to QUARANTINED, FAILED or REPORT_FAILED with the error as its reason."""
@@ -425,6 +442,7 @@ class GatewayConfig(BaseSettings):
     retention: RetentionConfig = RetentionConfig()
     quarantine: QuarantineConfig = QuarantineConfig()
     atna: AtnaConfig = AtnaConfig()
+    commitment: CommitmentConfig = CommitmentConfig()
     sources: list[SourceConfig] = Field(default_factory=list)
     reviewers: list[ReviewerConfig] = Field(default_factory=list)
 

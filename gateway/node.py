@@ -39,6 +39,7 @@ from gateway.scp.server import node_handlers, start_scp
 from gateway.scp.slots import AssociationSlots
 from gateway.stages.assign import AssignmentStage
 from gateway.stages.atna import AtnaStage
+from gateway.stages.commitment import CommitmentStage
 from gateway.stages.completion import CompletionStage
 from gateway.stages.context import NodeContext
 from gateway.stages.deid import DeidStage
@@ -194,6 +195,8 @@ class GatewayNode:
             ReportStage(config, self.spool, self.secret, context=context),
             # the re-identified report also as HL7 ORU^R01 to sources with hl7_results (issue 25)
             OruStage(config, self.spool, context=context),
+            # Storage Commitment (issue 25): the reports of the requests the SCP kept
+            CommitmentStage(config, context=context),
             *self._audit_export(),
         ]
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import peewee
 
+from gateway.storage import commitments
 from gateway.storage.models import AuditEvent, ExportCursor, Instance, QuarantinedObject, Study, db, tuple_rows
 
 
@@ -32,6 +33,7 @@ def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, 
         quarantined = QuarantinedObject.select().count()
         attention = needs_attention()
         audit_export = audit_export_status()
+        commitment = commitments.summary()
         recent = [
             {"study": key, "state": state, "instances": count, "last_received_at": last.isoformat() + "Z"}
             for key, state, count, last in tuple_rows(
@@ -53,6 +55,7 @@ def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, 
         "recent_studies": recent,
         "needs_attention": attention,
         "audit_export": audit_export,
+        "commitments": commitment,
         "spool": {"path": str(spool_dir), "free_bytes": disk.free if disk else None,
                   "total_bytes": disk.total if disk else None},
     }
@@ -134,12 +137,30 @@ def render_status(snapshot: dict[str, Any], console: Any) -> None:
         state = f"collector FAILING: {export['last_error']}" if export["last_error"] else "collector ok"
         console.print(f"audit messages (ATNA): {export['waiting']} waiting, {export['sent']} sent, "
                       f"last {export['last_sent_at'] or 'never'}; {state}")
+    _render_commitments(snapshot.get("commitments"), console)
     health = snapshot.get("health") or {}
     if health.get("status") == "ok":
         console.print("health: ok (the spool and the database take a write)")
     elif health:
         details = "; ".join(f"{name}: {health['checks'][name].get('detail', '')}" for name in health["failed"])
         console.print(f"health: UNHEALTHY ({details})")
+
+
+def _render_commitments(summary: dict[str, Any] | None, console: Any) -> None:
+    """Storage Commitment requests: counts by state, and each pending or failed one with its last error."""
+    if not summary:
+        return
+    if summary.get("awaiting_reviewers"):
+        console.print(f"storage commitment: {summary['awaiting_reviewers']} object(s) sent to reviewers not committed "
+                      "yet (their cases stay delivering)")
+    if not summary["by_state"]:
+        return
+    counts = ", ".join(f"{count} {state}" for state, count in sorted(summary["by_state"].items()))
+    console.print(f"storage commitment requests: {counts}")
+    for row in summary["open"]:
+        console.print(f"  request {row['id']} from {row['source']}: {row['state']}, {row['instances']} instance(s), "
+                      f"{row['attempts']} tries, next {row['next_attempt_at'] or '-'}, "
+                      f"last error {row['last_error'] or '-'}")
 
 
 def _render_routing(snapshot: dict[str, Any], console: Any) -> None:

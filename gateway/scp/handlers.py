@@ -32,6 +32,7 @@ from gateway.dicom.net import NODELAY_HANDLER, BoundedDataSet, bound_received_da
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
 from gateway.ops import audit, metrics
 from gateway.reports.codes import REPORT_CLASSES
+from gateway.scp.commitment_intake import CommitmentIntake
 from gateway.scp.gate import Throttle
 from gateway.scp.policy import AssociationPolicy, AssociationRefused, Caller
 from gateway.scp.quarantine import QuarantineBudget
@@ -93,7 +94,8 @@ class ScpHandlers:
     def __init__(self, policy: AssociationPolicy, receiver: InstanceReceiver,
                  reports: ReportGate | None = None, slots: AssociationSlots | None = None, *,
                  ae_share: int | None = None, host_share: int | None = None,
-                 quarantine: QuarantineBudget | None = None, max_instance_bytes: int | None = None) -> None:
+                 quarantine: QuarantineBudget | None = None, max_instance_bytes: int | None = None,
+                 commitments: CommitmentIntake | None = None) -> None:
         self.policy = policy
         self.receiver = receiver
         self.reports = reports
@@ -103,6 +105,7 @@ class ScpHandlers:
         self.host_share = host_share or limit
         self.quarantine = quarantine  # None: every refused C-STORE is kept (tests of the handlers alone)
         self.max_instance_bytes = max_instance_bytes
+        self.commitments = commitments  # Storage Commitment requests (None: every N-ACTION refused)
         self._rejections = Throttle()
         self._over_budget = Throttle()
         self._slot_lock = threading.Lock()
@@ -123,6 +126,8 @@ class ScpHandlers:
             (evt.EVT_ABORTED, self.on_closed),
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_N_ACTION, self.on_n_action),
+            (evt.EVT_N_EVENT_REPORT, self.on_n_event_report),
             (evt.EVT_CONN_CLOSE, self.on_connection_closed),
         ]
 
@@ -238,6 +243,21 @@ class ScpHandlers:
     def on_echo(self, event: evt.Event) -> int:
         """C-ECHO: always 0x0000 (Success) for an admitted caller."""
         return status.SUCCESS
+
+    def on_n_action(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        """N-ACTION, Storage Commitment Push Model: see ``gateway.scp.commitment_intake`` for the statuses."""
+        stats = self._associations.get(event.assoc)
+        if stats is None or self.commitments is None:
+            return status.NOT_AUTHORIZED, None
+        return self.commitments.take(event, stats.caller, stats.peer)
+
+    def on_n_event_report(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        """N-EVENT-REPORT, Storage Commitment Push Model (a reviewer's report on our request): see
+        ``gateway.scp.commitment_intake`` for the statuses."""
+        stats = self._associations.get(event.assoc)
+        if stats is None or self.commitments is None:
+            return status.NOT_AUTHORIZED, None
+        return self.commitments.take_report(event, stats.caller, stats.peer)
 
     def on_store(self, event: evt.Event) -> Dataset | int:
         """C-STORE: see the module docstring for the statuses."""

@@ -14,12 +14,15 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from gateway.config import GatewayConfig, NodeConfig
+from gateway.dicom.commitment import STORAGE_COMMITMENT_PUSH_MODEL
+from gateway.dicom.commitment import SYNTAXES as COMMITMENT_SYNTAXES
 from gateway.dicom.net import (
     ACCEPTED_TRANSFER_SYNTAXES,
     copy_contexts_cheaply,
     register_server,
     stop_unregistered_server,
 )
+from gateway.scp.commitment_intake import CommitmentIntake
 from gateway.scp.gate import Dropped, NegotiationGate
 from gateway.scp.handlers import ScpHandlers
 from gateway.scp.policy import AssociationPolicy
@@ -34,7 +37,8 @@ LINGERING_ASSOCIATIONS = 256  # association threads past their end (aborted, wai
 
 
 def build_ae(node: NodeConfig, known_ae_titles: list[str]) -> AE:
-    """An AE accepting C-ECHO and every storage SOP class pynetdicom knows, in the syntaxes we prefer."""
+    """An AE accepting C-ECHO, Storage Commitment Push Model (N-ACTION) and every storage SOP class pynetdicom
+    knows, in the syntaxes we prefer."""
     ae = AE(ae_title=node.ae_title)
     # The limit is ours (gateway.scp.slots: the node's slots and each peer's share, freed when an association
     # ends). pynetdicom's own counts its association threads still alive, which includes those of associations
@@ -49,6 +53,9 @@ def build_ae(node: NodeConfig, known_ae_titles: list[str]) -> AE:
     ae.require_called_aet = True
     ae.require_calling_aet = known_ae_titles
     ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES)
+    # Both roles: a source asks us (we are its SCP); a reviewer reports to us on a request of ours, proposing the
+    # SCP role for itself through SCP/SCU Role Selection (PS3.4 J.3.3), which is accepted as proposed.
+    ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, COMMITMENT_SYNTAXES, scu_role=True, scp_role=True)
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
     return ae
@@ -64,7 +71,8 @@ def node_handlers(config: GatewayConfig, spool: Spool, node: str, slots: Associa
                        ae_share=config.node.ae_share, host_share=config.node.host_share,
                        quarantine=QuarantineBudget(config.quarantine.max_bytes_per_peer,
                                                    config.quarantine.max_objects_per_peer),
-                       max_instance_bytes=config.node.max_instance_bytes)
+                       max_instance_bytes=config.node.max_instance_bytes,
+                       commitments=CommitmentIntake(config))
 
 
 def tls_context(node: NodeConfig) -> ssl.SSLContext | None:

@@ -1,5 +1,9 @@
 """Delivery: every de-identified object of a case to its reviewer, once, over one association per attempt.
 
+A reviewer with ``storage_commitment``: the case is DELIVERED only once the reviewer has committed every object
+(Storage Commitment Push Model: an N-ACTION after the C-STOREs, the reviewer's N-EVENT-REPORT recorded in the
+ledger by the SCP, ``Delivery.committed_at``); an object it reports not committed is sent again.
+
 ASSIGNED → DELIVERING → DELIVERED, or FAILED after ``routing.retry.max_attempts`` (the study leg's own
 counter, ``Study.delivery_attempts``). The per-object ledger (``Delivery``, destination ``reviewer:<name>``)
 records each C-STORE response (in batches, see ``routing.send``), so a retry, a restart after ``kill -9`` or an
@@ -17,8 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
+from pydicom.uid import generate_uid
 
 from gateway.config import GatewayConfig, NodeConfig, RetryConfig, ReviewerConfig
+from gateway.dicom.commitment import RequestNotAccepted, request_commitment
 from gateway.ops import audit
 from gateway.routing.assignment import reviewer_peer
 from gateway.routing.errors import RoutingError
@@ -40,7 +46,7 @@ from gateway.routing.send import (  # noqa: F401 - re-exported for the stages an
 )
 from gateway.stages.context import NodeContext, WithNodeContext
 from gateway.stages.pipeline import run_case_stage
-from gateway.storage import cases
+from gateway.storage import cases, commitments
 from gateway.storage.models import CaseState, Delivery, OutboundObject, Study, db, utcnow
 
 log = structlog.get_logger("routing.deliver")
@@ -116,13 +122,68 @@ class DeliveryStage(WithNodeContext):
         seconds = time.perf_counter() - started
         log.info("delivery_attempt", case=study.key, reviewer=reviewer.name, attempt=attempt, status=result.status,
                  duration_ms=int(seconds * 1000), instances=result.sent)
+        if result.status == "delivered" and reviewer.storage_commitment:
+            return self._committed_or_ask(study, reviewer, attempt, seconds, result)
         if result.status == "delivered":
             return self._delivered(study, reviewer, attempt, seconds, result)
         return self._failed_attempt(study, reviewer, attempt, seconds)
 
+    def _committed_or_ask(self, study: Study, reviewer: ReviewerConfig, attempt: int, seconds: float,
+                          result: AttemptResult) -> bool:
+        """Every object sent to a reviewer that offers Storage Commitment: DELIVERED once it has committed them all
+        (its reports, recorded by the SCP in the ledger); until then the objects not asked about, or asked about
+        more than ``commitment_wait_s`` ago (that counts as a failed attempt), are asked about in a new N-ACTION,
+        and the case waits for the report in DELIVERING."""
+        destination = reviewer_peer(reviewer.name)
+        waiting = commitments.uncommitted(study.id, destination)
+        if not waiting:
+            return self._delivered(study, reviewer, attempt, seconds, result, reason="all_objects_committed")
+        now = utcnow()
+        wait = dt.timedelta(seconds=reviewer.commitment_wait_s)
+        expired = [row for row, _ in waiting if row.commitment_requested_at is not None
+                   and row.commitment_requested_at + wait <= now]
+        to_ask = [(row, outbound) for row, outbound in waiting
+                  if row.commitment_requested_at is None or row.commitment_requested_at + wait <= now]
+        if expired:
+            log.warning("commitment_report_missing", case=study.key, reviewer=reviewer.name, attempt=attempt,
+                        instances=len(expired))
+            if attempt >= self.retry.max_attempts:
+                return self._failed_attempt(study, reviewer, attempt, seconds)
+            Study.update(delivery_attempts=attempt).where(Study.id == study.id).execute()
+        # When to look again (the report not come by then): set before the N-ACTION leaves, so that a report that
+        # comes back at once (the SCP makes the case due now) is never overwritten by it.
+        due = min(row.commitment_requested_at if row.commitment_requested_at is not None
+                  and row.commitment_requested_at + wait > now else now for row, _ in waiting) + wait
+        Study.update(next_attempt_at=due).where(Study.id == study.id).execute()
+        if to_ask and not self._ask(study, reviewer, attempt, to_ask, now):
+            return self._failed_attempt(study, reviewer, attempt, seconds)
+        self.context.wake_at(CaseState.DELIVERING, due)
+        return False
+
+    def _ask(self, study: Study, reviewer: ReviewerConfig, attempt: int,
+             to_ask: list[tuple[Delivery, OutboundObject]], now: dt.datetime) -> bool:
+        """One N-ACTION about ``to_ask``; False when the reviewer did not accept it. The transaction is in the
+        ledger before the N-ACTION leaves: the reviewer's report may come back (on its own association, to the
+        SCP) before the N-ACTION's answer has been read here."""
+        transaction_uid = generate_uid(prefix=None)
+        asked_ids = [row.id for row, _ in to_ask]
+        commitments.mark_asked(asked_ids, transaction_uid, now)
+        try:
+            request_commitment(self.node, reviewer, transaction_uid,
+                               [(outbound.sop_class_uid, outbound.sop_instance_uid) for _, outbound in to_ask])
+        except RequestNotAccepted as exc:
+            commitments.mark_asked(asked_ids, None, None)  # not asked after all: asked at the next attempt
+            log.warning("commitment_request_failed", case=study.key, reviewer=reviewer.name, attempt=attempt,
+                        error=str(exc))
+            return False
+        log.info("commitment_requested_from_reviewer", case=study.key, reviewer=reviewer.name, instances=len(to_ask))
+        audit.record("commitment_asked", actor_ae=reviewer.ae_title, actor_host=reviewer.host, study_key=study.key,
+                     detail=f"{len(to_ask)} object(s) asked to reviewer {reviewer.name}")
+        return True
+
     def _delivered(self, study: Study, reviewer: ReviewerConfig, attempt: int, seconds: float,
-                   result: AttemptResult) -> bool:
-        moved = cases.move(study, CaseState.DELIVERED, reason="all_objects_sent", **STUDY_LEG.reset())
+                   result: AttemptResult, reason: str = "all_objects_sent") -> bool:
+        moved = cases.move(study, CaseState.DELIVERED, reason=reason, **STUDY_LEG.reset())
         self.context.metrics.record_delivery("delivered", seconds, retry=attempt > 1)
         audit.record("sent", actor_ae=reviewer.ae_title, actor_host=reviewer.host, study_key=study.key,
                      detail=f"{result.sent} object(s) to reviewer {reviewer.name}, attempt {attempt}")

@@ -297,6 +297,11 @@ class Delivery(BaseModel):
     last_status = IntegerField(null=True)
     last_error = CharField(max_length=255, null=True)
     sent_at = DateTimeField(null=True)
+    # Migration 12. Storage Commitment toward a reviewer that offers it: the transaction of the N-ACTION that asked
+    # about this object and when, and when the reviewer's report said it was committed (the delivery is done then).
+    commitment_uid = CharField(max_length=64, null=True, index=True)
+    commitment_requested_at = DateTimeField(null=True)
+    committed_at = DateTimeField(null=True)
 
     class Meta:
         indexes = ((("outbound", "destination"), True),)
@@ -442,6 +447,39 @@ class HealthProbe(BaseModel):
     written_at = DateTimeField(default=utcnow)
 
 
+class CommitmentState:
+    PENDING = "pending"    # the N-EVENT-REPORT is still to be sent (first try, or retrying after a failure)
+    REPORTED = "reported"  # the requester answered the N-EVENT-REPORT with success
+    FAILED = "failed"      # no report got through in ``commitment.max_attempts`` tries: for an operator
+
+
+class CommitmentRequest(BaseModel):
+    """A source's Storage Commitment request (N-ACTION), kept until its N-EVENT-REPORT has been answered, so that
+    a restart of the node or a requester that is offline still gets its report later.
+
+    ``sop_references``: the requested instances as JSON, ``[[SOP Class UID, SOP Instance UID], ...]``. These are
+    original UIDs, as in ``instance``: never logged. One row per (source, transaction UID): a request repeated
+    with the same transaction UID is reported again, not twice.
+    """
+
+    source = CharField(max_length=64)  # the configured source's name
+    calling_ae = CharField(max_length=16)
+    transaction_uid = CharField(max_length=64)
+    sop_references = TextField()
+    state = CharField(max_length=16, default=CommitmentState.PENDING, index=True)
+    attempts = IntegerField(default=0)
+    next_attempt_at = DateTimeField(default=utcnow, index=True)
+    last_error = TextField(null=True)
+    requested_at = DateTimeField(default=utcnow)
+    reported_at = DateTimeField(null=True)
+    event_type = IntegerField(null=True)  # of the last report built: 1 all committed, 2 some failed
+    failed_count = IntegerField(null=True)
+
+    class Meta:
+        table_name = "commitment_request"
+        indexes = ((("source", "transaction_uid"), True),)
+
+
 MODELS_V1 = [SchemaVersion, Source, Study, Series, Instance, StudyIdentity, UidMap, OutboundObject, Referral,
              Assignment, Delivery, ReportObject, PeerHealth, QuarantinedObject, AuditEvent]
 
@@ -537,6 +575,21 @@ def _migrate_to_11(database: peewee.Database) -> None:
     database.create_tables([ResultMessage], safe=True)
 
 
+def _migrate_to_12(database: peewee.Database) -> None:
+    """``commitment_request``: Storage Commitment requests kept until their report is answered; and the delivery
+    ledger's commitment columns (toward reviewers with ``storage_commitment``), NULL on existing rows. (Number 11
+    is taken by another branch of the same issue; ``migrate`` applies every missing number, in order.)"""
+    database.create_tables([CommitmentRequest], safe=True)
+    table = Delivery._meta.table_name
+    timestamp = database._field_types["DATETIME"]  # type: ignore[attr-defined]  # peewee-private
+    present = {column.name for column in database.get_columns(table)}
+    for name, definition in (("commitment_uid", "VARCHAR(64)"), ("commitment_requested_at", timestamp),
+                             ("committed_at", timestamp)):
+        if name not in present:
+            database.execute_sql(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {definition}')
+    database.execute_sql(f'CREATE INDEX IF NOT EXISTS "{table}_commitment_uid" ON "{table}" ("commitment_uid")')
+
+
 MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (1, _migrate_to_1),
     (2, _migrate_to_2),
@@ -549,6 +602,7 @@ MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (9, _migrate_to_9),
     (10, _migrate_to_10),
     (11, _migrate_to_11),
+    (12, _migrate_to_12),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -611,13 +665,15 @@ def migrate(database: peewee.Database) -> int:
             if isinstance(database, peewee.PostgresqlDatabase):
                 # Two nodes starting together on one database: only one migrates at a time.
                 database.execute_sql("SELECT pg_advisory_xact_lock(7355608)")
-            current = SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar() or 0
+            # Every number not yet applied, not only those above the highest: branches merged out of order
+            # (a database at 12 before 11 was merged) still get each step once.
+            applied = {version for (version,) in tuple_rows(SchemaVersion.select(SchemaVersion.version))}
             for version, step in MIGRATIONS:
-                if version > current:
+                if version not in applied:
                     step(database)
                     SchemaVersion.create(version=version)
-                    current = version
-    return current
+                    applied.add(version)
+    return max(applied, default=0)
 
 
 def sync_sources(names_and_titles: list[tuple[str, str]]) -> None:

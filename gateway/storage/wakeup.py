@@ -67,6 +67,7 @@ INSTANCES = "instances"  # an association that may have stored instances ended
 STABLE = "stable"        # a receiving study has had no instance for routing.stable_after_s
 REFERRAL = "referral"    # a referral arrived or its notes were approved (it may release a held case)
 REPORT = "report"        # a reviewer's report object arrived (also for a case already reported)
+COMMITMENT = "commitment"  # a source's Storage Commitment request was kept, or its report's retry is due
 
 # Stage name -> the topics that may give it work. A stage not listed runs on its poll only (SLA, peer checks).
 STAGE_TOPICS: dict[str, frozenset[str]] = {
@@ -79,6 +80,7 @@ STAGE_TOPICS: dict[str, frozenset[str]] = {
     "assignment": frozenset({S.NOTES_ATTACHED, S.HELD, S.REPORTED, S.REPORT_DELIVERED}),
     "delivery": frozenset({S.ASSIGNED, S.DELIVERING}),
     "reports": frozenset({S.REPORTED, S.DELIVERED, REPORT}),
+    "commitment": frozenset({COMMITMENT}),
 }
 ALL_TOPICS = frozenset().union(*STAGE_TOPICS.values())
 
