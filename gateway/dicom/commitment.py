@@ -9,13 +9,15 @@ association's requestor, acts as the SCP of the service.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_role
+from pynetdicom.association import Association
 
 from gateway.config import DicomPeer, NodeConfig, ReviewerConfig
 from gateway.dicom import status
@@ -116,31 +118,10 @@ def send_report(node: NodeConfig, peer: DicomPeer, event_type: int, information:
     Raises:
         ReportNotDelivered: no association, the context not accepted, no answer, or a failure status.
     """
-    ae = AE(ae_title=node.ae_title)
-    ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = (node.acse_timeout_s, node.dimse_timeout_s,
-                                                             node.network_timeout_s)
-    ae.connection_timeout = node.acse_timeout_s
-    ae.add_requested_context(STORAGE_COMMITMENT_PUSH_MODEL, SYNTAXES)
     role = build_role(STORAGE_COMMITMENT_PUSH_MODEL, scu_role=False, scp_role=True)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=[role],
-                         evt_handlers=[NODELAY_HANDLER], tls_args=tls_args(peer))
-    if not assoc.is_established:
-        raise ReportNotDelivered("association rejected" if assoc.is_rejected else "no association")
-    try:
-        if not assoc.accepted_contexts:
-            raise ReportNotDelivered("storage commitment not accepted by the requester")
-        answer, _reply = assoc.send_n_event_report(information, event_type, STORAGE_COMMITMENT_PUSH_MODEL,
-                                                   WELL_KNOWN_INSTANCE)
-    except (RuntimeError, ValueError) as exc:
-        raise ReportNotDelivered(f"{type(exc).__name__}: {exc}") from None
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    code = answer.get("Status") if answer else None
-    if code is None:
-        raise ReportNotDelivered("no answer to the N-EVENT-REPORT")
-    if code != status.SUCCESS:
-        raise ReportNotDelivered(f"N-EVENT-REPORT answered 0x{int(code):04X}")
+    _exchange(node, peer, ReportNotDelivered, "the requester", "N-EVENT-REPORT",
+              lambda assoc: assoc.send_n_event_report(information, event_type, STORAGE_COMMITMENT_PUSH_MODEL,
+                                                      WELL_KNOWN_INSTANCE), ext_neg=[role])
 
 
 class RequestNotAccepted(Exception):
@@ -156,33 +137,41 @@ def request_commitment(node: NodeConfig, peer: ReviewerConfig, transaction_uid: 
     Raises:
         RequestNotAccepted: see the class.
     """
+    information = Dataset()
+    information.TransactionUID = transaction_uid
+    information.ReferencedSOPSequence = DicomSequence([_item(reference) for reference in references])
+    _exchange(node, peer, RequestNotAccepted, "the reviewer", "N-ACTION",
+              lambda assoc: assoc.send_n_action(information, REQUEST_STORAGE_COMMITMENT,
+                                                STORAGE_COMMITMENT_PUSH_MODEL, WELL_KNOWN_INSTANCE))
+
+
+def _exchange(node: NodeConfig, peer: DicomPeer | ReviewerConfig, failure: type[Exception], who: str, what: str,
+              send: Callable[[Association], tuple[Any, Any]], ext_neg: list[Any] | None = None) -> None:
+    """One Storage Commitment message in a new association to ``peer`` (its TLS as configured), released after;
+    anything short of a success status raises ``failure`` with the reason."""
     ae = AE(ae_title=node.ae_title)
     ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = (node.acse_timeout_s, node.dimse_timeout_s,
                                                              node.network_timeout_s)
     ae.connection_timeout = node.acse_timeout_s
     ae.add_requested_context(STORAGE_COMMITMENT_PUSH_MODEL, SYNTAXES)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[NODELAY_HANDLER],
-                         tls_args=tls_args(peer))
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=ext_neg,
+                         evt_handlers=[NODELAY_HANDLER], tls_args=tls_args(peer))
     if not assoc.is_established:
-        raise RequestNotAccepted("association rejected" if assoc.is_rejected else "no association")
-    information = Dataset()
-    information.TransactionUID = transaction_uid
-    information.ReferencedSOPSequence = DicomSequence([_item(reference) for reference in references])
+        raise failure("association rejected" if assoc.is_rejected else "no association")
     try:
         if not assoc.accepted_contexts:
-            raise RequestNotAccepted("storage commitment not accepted by the reviewer")
-        answer, _reply = assoc.send_n_action(information, REQUEST_STORAGE_COMMITMENT, STORAGE_COMMITMENT_PUSH_MODEL,
-                                             WELL_KNOWN_INSTANCE)
+            raise failure(f"storage commitment not accepted by {who}")
+        answer, _reply = send(assoc)
     except (RuntimeError, ValueError) as exc:
-        raise RequestNotAccepted(f"{type(exc).__name__}: {exc}") from None
+        raise failure(f"{type(exc).__name__}: {exc}") from None
     finally:
         if assoc.is_established:
             assoc.release()
     code = answer.get("Status") if answer else None
     if code is None:
-        raise RequestNotAccepted("no answer to the N-ACTION")
+        raise failure(f"no answer to the {what}")
     if code != status.SUCCESS:
-        raise RequestNotAccepted(f"N-ACTION answered 0x{int(code):04X}")
+        raise failure(f"{what} answered 0x{int(code):04X}")
 
 
 @dataclass(frozen=True)
