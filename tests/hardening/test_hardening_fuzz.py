@@ -36,7 +36,7 @@ from hardening_support import (
     query,
     thread_count,
 )
-from support.peers import GatewayProcess, wait_until
+from support.peers import GatewayProcess, PeerStartError, wait_until
 
 ECHO_DEADLINE_S = 10.0
 TRIED: Counter = Counter()
@@ -290,7 +290,10 @@ LAZY_POOL_THREADS = 2
 
 def _settled_threads(pid: int, at_most: int, timeout: float) -> int:
     at_most += LAZY_POOL_THREADS
-    wait_until(lambda: thread_count(pid) <= at_most, timeout, f"the gateway's threads to fall back to {at_most}")
+    try:
+        wait_until(lambda: thread_count(pid) <= at_most, timeout, f"the gateway's threads to fall back to {at_most}")
+    except PeerStartError as exc:
+        raise PeerStartError(f"{exc} (still {thread_count(pid)})") from None
     return thread_count(pid)
 
 
