@@ -6,5 +6,5 @@
 - ``api.py`` is what the API endpoints share: JSON answers, the bearer token checked before the body is read,
   the bounded body, one line in the log for a failing endpoint.
 - ``server.py`` serves an application: the listening socket, uvicorn in a thread, and the protocol-level limits
-  of issue 28 (:mod:`gateway.ops.http_limits`).
+  of issue 28 (:mod:`gateway.http.limits`).
 """

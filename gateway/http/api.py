@@ -109,7 +109,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     Raises:
         BodyRefused: 400 for a malformed Content-Length, 413 over ``limit``.
         starlette.requests.ClientDisconnect: the client went away, or missed the body deadline (answered 408
-            by the protocol layer, :mod:`gateway.ops.http_limits`).
+            by the protocol layer, :mod:`gateway.http.limits`).
     """
     declared = request.headers.get("content-length")
     if declared is not None:

@@ -2,7 +2,7 @@
 
 The limits below the application (issue 28) are set here: the size of a request head (:data:`MAX_HEAD_BYTES`),
 the deadlines for the head and the body and the connections per client address
-(:func:`gateway.ops.http_limits.guarded_protocol`), the idle time of a kept-alive connection and the node's
+(:func:`gateway.http.limits.guarded_protocol`), the idle time of a kept-alive connection and the node's
 connections in all (``http.max_connections``; uvicorn answers 503 beyond).
 """
 
@@ -16,7 +16,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from gateway.config import HttpConfig
-from gateway.ops.http_limits import ClientConnections, ConnectionLimits, guarded_protocol
+from gateway.http.limits import ClientConnections, ConnectionLimits, guarded_protocol
 
 log = structlog.get_logger("http")
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers together (h11 answers 400 beyond, ours 431)
