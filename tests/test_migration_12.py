@@ -35,7 +35,10 @@ def test_a_version_10_database_gets_the_commitment_request_table(database_url):
         CommitmentRequest.create(source="st-marys", calling_ae="PACS", transaction_uid="2.25.1", sop_references="[]")
         assert Study.select().count() == 1
         assert CommitmentRequest.get().state == "pending"
-        assert set(NEW_LEDGER_COLUMNS) <= {column.name for column in database.get_columns("delivery")}
+        types = {column.name: column.data_type for column in database.get_columns("delivery")}
+        assert set(NEW_LEDGER_COLUMNS) <= set(types)
+        # the added timestamps are the type create_tables gives a DateTimeField (sent_at was never dropped)
+        assert types["commitment_requested_at"] == types["committed_at"] == types["sent_at"]
     assert migrate(database) == SCHEMA_VERSION
     with database.connection_context():
         assert CommitmentRequest.select().count() == 1

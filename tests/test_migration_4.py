@@ -1,5 +1,6 @@
 """Migration 4 on a database of release 2: the stage loop's and the report leg's columns are added with their
-defaults, rows are kept, and a case FAILED on its report leg becomes REPORT_FAILED."""
+defaults and the column types create_tables would give them, rows are kept, and a case FAILED on its report
+leg becomes REPORT_FAILED."""
 
 from __future__ import annotations
 
@@ -32,7 +33,10 @@ def test_a_version_2_database_upgrades_to_the_stage_loop_and_the_report_leg(data
         SchemaVersion.delete().where(SchemaVersion.version > 2).execute()
     assert migrate(database) >= 4
     with database.connection_context():
-        assert set(STAGE_LOOP_COLUMNS) <= {c.name for c in database.get_columns("study")}
+        types = {c.name: c.data_type for c in database.get_columns("study")}
+        assert set(STAGE_LOOP_COLUMNS) <= set(types)
+        # the added timestamps are the type create_tables gives a DateTimeField (sla_due_at was never dropped)
+        assert types["stage_retry_at"] == types["report_next_attempt_at"] == types["sla_due_at"]
         image_leg, report_leg = Study.get_by_id(image_leg.id), Study.get_by_id(report_leg.id)
         assert (image_leg.state, image_leg.delivery_attempts, image_leg.stage_failures) == (CaseState.FAILED, 12, 0)
         assert report_leg.state == CaseState.REPORT_FAILED and report_leg.report_attempts == 0

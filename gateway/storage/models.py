@@ -484,6 +484,13 @@ MODELS_V1 = [SchemaVersion, Source, Study, Series, Instance, StudyIdentity, UidM
              Assignment, Delivery, ReportObject, PeerHealth, QuarantinedObject, AuditEvent]
 
 
+def timestamp_column(database: peewee.Database) -> str:
+    """The column type of a ``DateTimeField`` on ``database``'s backend, as ``create_tables`` makes it: peewee's
+    PostgreSQL database maps DATETIME to ``TIMESTAMP`` (without time zone; our values are naive UTC), SQLite and
+    MySQL keep ``DATETIME``. For the migrations that add such a column with ``ALTER TABLE``."""
+    return "TIMESTAMP" if isinstance(database, peewee.PostgresqlDatabase) else "DATETIME"
+
+
 def _migrate_to_1(database: peewee.Database) -> None:
     database.create_tables(MODELS_V1)
 
@@ -515,7 +522,7 @@ def _migrate_to_4(database: peewee.Database) -> None:
     the table for a NOT NULL column, and dropping the old ``study`` table would cascade to its children."""
     table = Study._meta.table_name
     present = {column.name for column in database.get_columns(table)}
-    timestamp = database._field_types["DATETIME"]  # type: ignore[attr-defined]  # peewee-private
+    timestamp = timestamp_column(database)
     definitions = {
         "state_reason": "VARCHAR(64)", "stage_failures": "INTEGER NOT NULL DEFAULT 0",
         "stage_error": "VARCHAR(64)", "stage_retry_at": timestamp,
@@ -581,7 +588,7 @@ def _migrate_to_12(database: peewee.Database) -> None:
     is taken by another branch of the same issue; ``migrate`` applies every missing number, in order.)"""
     database.create_tables([CommitmentRequest], safe=True)
     table = Delivery._meta.table_name
-    timestamp = database._field_types["DATETIME"]  # type: ignore[attr-defined]  # peewee-private
+    timestamp = timestamp_column(database)
     present = {column.name for column in database.get_columns(table)}
     for name, definition in (("commitment_uid", "VARCHAR(64)"), ("commitment_requested_at", timestamp),
                              ("committed_at", timestamp)):
