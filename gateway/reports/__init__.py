@@ -2,5 +2,6 @@
 
 Layers, each importing only from those before it::
 
-    codes, errors → reidentify → findings, builder (``report create``) → intake (SCP edge) → stage (ReportStage)
+    codes, errors, content (reading SR content items) → reidentify → findings, builder (``report create``), oru
+    (the ORU^R01 and its ACK); the stages and the SCP intake use them from above
 """

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
+from gateway.reports.content import concept_name, content_items, item_value
+
 __all__ = ["ENCAPSULATED_PDF", "Ack", "AckError", "OruReport", "build_oru", "escape", "read_ack", "report_pdf",
            "report_text", "report_title"]
 
@@ -181,34 +183,12 @@ def report_text(dataset: Dataset) -> list[str]:
 
 
 def _content_lines(container: Dataset, depth: int, lines: list[str]) -> None:
-    for item in container.get("ContentSequence", []):
-        if item.get("ValueType") == "IMAGE" or item.get("RelationshipType") == "HAS CONCEPT MOD":
-            continue
-        names = item.get("ConceptNameCodeSequence")
-        name = str(names[0].get("CodeMeaning", "")) if names else ""
-        value = _value(item)
+    for level, item in content_items(container, depth):
+        name = concept_name(item)
+        value = item_value(item, plain_names=True, dates_and_uids=True)
         for number, part in enumerate(value.splitlines() or [""]):
             label = f"{name}: " if name and number == 0 else ""
-            lines.append(("  " * depth + label + part).rstrip())
-        _content_lines(item, depth + 1, lines)
-
-
-def _value(item: Dataset) -> str:
-    kind = item.get("ValueType", "")
-    if kind == "TEXT":
-        return str(item.get("TextValue", ""))
-    if kind == "CODE" and item.get("ConceptCodeSequence"):
-        return str(item.ConceptCodeSequence[0].get("CodeMeaning", ""))
-    if kind == "NUM" and item.get("MeasuredValueSequence"):
-        measured = item.MeasuredValueSequence[0]
-        units = measured.get("MeasurementUnitsCodeSequence")
-        unit = f" {units[0].CodeValue}" if units and units[0].CodeValue not in ("1", "{score}") else ""
-        return f"{measured.NumericValue}{unit}"
-    if kind == "PNAME":
-        return str(item.get("PersonName", "")).replace("^", " ").strip()
-    if kind in ("DATE", "TIME", "DATETIME", "UIDREF"):
-        return str(item.get({"DATE": "Date", "TIME": "Time", "DATETIME": "DateTime", "UIDREF": "UID"}[kind], ""))
-    return ""
+            lines.append(("  " * level + label + part).rstrip())
 
 
 def report_title(dataset: Dataset) -> tuple[str, str, str]:

@@ -15,6 +15,7 @@ import peewee
 import pydicom
 from pydicom.dataset import Dataset
 
+from gateway.reports.content import concept_name, content_items, item_value
 from gateway.storage.models import CaseState, OutboundObject, ReportObject, Source, Study, utcnow
 from gateway.storage.models import Referral as ReferralRow
 from gateway.storage.spool import Spool
@@ -123,38 +124,11 @@ def returned_report(study: Study, spool: Spool) -> ReportView | None:
 # --- SR content -----------------------------------------------------------------------------------------------
 
 
-def _meaning(item: Dataset) -> str:
-    names = item.get("ConceptNameCodeSequence")
-    return str(names[0].CodeMeaning) if names else ""
-
-
-def _value(item: Dataset) -> str:
-    kind = item.get("ValueType", "")
-    if kind == "TEXT":
-        return str(item.get("TextValue", ""))
-    if kind == "CODE" and item.get("ConceptCodeSequence"):
-        return str(item.ConceptCodeSequence[0].CodeMeaning)
-    if kind == "NUM" and item.get("MeasuredValueSequence"):
-        measured = item.MeasuredValueSequence[0]
-        units = measured.get("MeasurementUnitsCodeSequence")
-        unit = f" {units[0].CodeValue}" if units and units[0].CodeValue not in ("1", "{score}") else ""
-        return f"{measured.NumericValue}{unit}"
-    if kind == "PNAME":
-        return str(item.get("PersonName", ""))
-    if kind == "IMAGE" and item.get("ReferencedSOPSequence"):
-        return "key image"
-    return ""
-
-
 def sr_lines(dataset: Dataset, depth: int = 0) -> list[tuple[int, str, str]]:
-    """(depth, concept name, value) for every content item, in document order; IMAGE references are left out."""
-    lines: list[tuple[int, str, str]] = []
-    for item in dataset.get("ContentSequence", []):
-        if item.get("ValueType") == "IMAGE" or item.get("RelationshipType") == "HAS CONCEPT MOD":
-            continue
-        lines.append((depth, _meaning(item), _value(item)))
-        lines.extend(sr_lines(item, depth + 1))
-    return lines
+    """(depth, concept name, value) for every content item, in document order; IMAGE references are left out.
+    Person names are shown as stored (``Doe^Jane``)."""
+    return [(level, concept_name(item), item_value(item, image_label="key image"))
+            for level, item in content_items(dataset, depth)]
 
 
 # --- reviewer -------------------------------------------------------------------------------------------------
