@@ -179,7 +179,7 @@ class GatewayNode:
     def _stages(self) -> list[Stage]:
         """The pipeline, in order. Each stage reads cases in one state and leaves them in the next."""
         config, context = self.config, self.context
-        notes = NotesStage(config, self.spool, self.notes_workers, context=context)
+        notes = NotesStage.of(config, self.spool, self.notes_workers, context=context)
         return [
             CompletionStage(config.routing, SpineFilter(config.routing, config.storage.spool_dir), context=context),
             DeidStage(config.deid.options(), self.secret, self.spool, pool=self.work_pool,
@@ -192,9 +192,9 @@ class GatewayNode:
             SlaStage(config.reviewers, config.routing, context=context),
             HealthStage.of(config, context=context),
             # reports back home (issue 6): REPORTED → REPORT_DELIVERED
-            ReportStage(config, self.spool, self.secret, context=context),
+            ReportStage.of(config, self.spool, self.secret, context=context),
             # the re-identified report also as HL7 ORU^R01 to sources with hl7_results (issue 25)
-            OruStage(config, self.spool, context=context),
+            OruStage.of(config, self.spool, context=context),
             # Storage Commitment (issue 25): the reports of the requests the SCP kept
             CommitmentStage(config, context=context),
             *self._audit_export(),

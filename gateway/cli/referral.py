@@ -78,7 +78,7 @@ def _stage(config: GatewayConfig):  # noqa: ANN202 - a NotesStage (imported late
     from gateway.stages.referral import NotesStage
     from gateway.storage.spool import Spool
 
-    return NotesStage(config, Spool(config.storage.spool_dir, config.storage.min_free_bytes))
+    return NotesStage.of(config, Spool(config.storage.spool_dir, config.storage.min_free_bytes))
 
 
 def cmd_notes_show(args: argparse.Namespace, config: GatewayConfig) -> int:

@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import secrets
 import time
+from collections.abc import Sequence
 
 import peewee
 import pydicom
@@ -34,7 +35,7 @@ import pydicom.errors
 import structlog
 
 from gateway.backoff import Backoff
-from gateway.config import GatewayConfig, Hl7ResultsConfig, SourceConfig
+from gateway.config import GatewayConfig, Hl7ResultsConfig, RetryConfig, SourceConfig
 from gateway.errors import MllpError, MllpTimeout
 from gateway.mllp.client import exchange
 from gateway.ops import audit
@@ -75,13 +76,20 @@ class OruStage(WithNodeContext):
 
     name = "oru"
 
-    def __init__(self, config: GatewayConfig, spool: Spool, *, context: NodeContext | None = None) -> None:
+    def __init__(self, sending_application: str, sources: Sequence[SourceConfig], retry: RetryConfig, spool: Spool,
+                 *, context: NodeContext | None = None) -> None:
         self._context = context
         self.spool = spool
-        self.sending_application = config.node.ae_title
-        self.sources = {s.name: s for s in config.sources if s.hl7_results is not None}
-        self.retry = config.routing.retry
+        self.sending_application = sending_application  # MSH-3: the node's AE title
+        self.sources = {s.name: s for s in sources if s.hl7_results is not None}
+        self.retry = retry
         self.backoff = Backoff(self.retry.initial_s, self.retry.max_s, jitter=True)
+
+    @classmethod
+    def of(cls, config: GatewayConfig, spool: Spool, *, context: NodeContext | None = None) -> OruStage:
+        """The stage from the whole configuration: the sections it uses (``node.ae_title``, ``sources``,
+        ``routing.retry``)."""
+        return cls(config.node.ae_title, config.sources, config.routing.retry, spool, context=context)
 
     def run_once(self, now: dt.datetime) -> int:
         if not self.sources:

@@ -32,6 +32,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pydicom
@@ -39,7 +40,7 @@ import structlog
 from pydicom.dataset import Dataset
 
 from gateway.budget import OVER_BUDGET, BudgetedWorkers
-from gateway.config import GatewayConfig
+from gateway.config import DeidConfig, GatewayConfig, ReferralsConfig, SourceConfig
 from gateway.deid.guard import find_leaks_in_file, find_leaks_in_values
 from gateway.dicom.rawedit import fits_charset
 from gateway.ops import audit
@@ -101,27 +102,38 @@ class NotesStage(WithNodeContext):
     """Attach each de-identified case's scrubbed notes (SR + PDF) to its pseudonymous study.
 
     Args:
-        config: the whole configuration (``referrals`` is read).
+        referrals: the ``referrals`` section (how long to wait for a referral, the notes' limits).
+        deid: the ``deid`` section (what the images keep, so the notes need not remove it).
+        sources: the ``sources`` (each one's date order).
         spool: where originals are read and outbound objects written.
+
+    :meth:`of` builds it from the whole configuration.
     """
 
     name = "notes"
 
-    def __init__(self, config: GatewayConfig, spool: Spool, workers: BudgetedWorkers | None = None, *,
-                 context: NodeContext | None = None) -> None:
+    def __init__(self, referrals: ReferralsConfig, deid: DeidConfig, sources: Sequence[SourceConfig], spool: Spool,
+                 workers: BudgetedWorkers | None = None, *, context: NodeContext | None = None) -> None:
         self._context = context
-        if not isinstance(config, GatewayConfig):
-            raise TypeError("config must be a GatewayConfig")
+        if not isinstance(referrals, ReferralsConfig):
+            raise TypeError("referrals must be a ReferralsConfig")
         if not isinstance(spool, Spool):
             raise TypeError("spool must be a Spool")
-        self.config = config
-        self.referrals = config.referrals
+        self.referrals = referrals
+        self.deid = deid
+        self.sources = {source.name: source for source in sources}
         self.spool = spool
         self.workers = workers  # None: scrub in this thread, without a budget (commands, tests)
         # The state change at which each waiting case's referral wait was logged as over (case key →
         # state_changed_at): the case stays where it is while its notes are scrubbed in a worker, one pass after
         # another, and the timeout is news once.
         self._timeouts_logged: dict[str, dt.datetime] = {}
+
+    @classmethod
+    def of(cls, config: GatewayConfig, spool: Spool, workers: BudgetedWorkers | None = None, *,
+           context: NodeContext | None = None) -> NotesStage:
+        """The stage from the whole configuration: the sections it uses."""
+        return cls(config.referrals, config.deid, config.sources, spool, workers, context=context)
 
     claim_states = (CaseState.DEIDENTIFIED, CaseState.HELD)
 
@@ -193,7 +205,7 @@ class NotesStage(WithNodeContext):
     def identifiers_for(self, study: Study, document: Referral | None) -> IdentifierSet:
         """Everything the node holds for ``study``, less what the de-identification options keep in the
         images (the institution under Retain Institution Identity, UIDs under Retain UIDs)."""
-        options = self.config.deid
+        options = self.deid
         try:
             return identifier_set_for_study(study, document, include_uids=not options.retain_uids,
                                             include_institution=not options.retain_institution_id)
@@ -228,7 +240,7 @@ class NotesStage(WithNodeContext):
     def _day_first(self, study: Study, document: Referral) -> bool:
         """The date order of the source that sent the study (else the referral's), from the configuration."""
         names = [study.source.name if study.source_id is not None else None, document.source]
-        source = next((s for name in names for s in self.config.sources if s.name == name), None)
+        source = next((self.sources[name] for name in names if name in self.sources), None)
         return True if source is None else source.day_first
 
     def header_notes(self, study: Study) -> dict[str, str]:

@@ -26,13 +26,14 @@ import datetime as dt
 import hashlib
 import io
 import time
+from collections.abc import Sequence
 
 import pydicom
 import pydicom.errors
 import structlog
 from pydicom.dataset import Dataset
 
-from gateway.config import GatewayConfig, SourceConfig
+from gateway.config import GatewayConfig, NodeConfig, RetryConfig, SourceConfig
 from gateway.ops import audit
 from gateway.reports.errors import ReidentificationError
 from gateway.reports.foreign import foreign_pseudonym
@@ -96,14 +97,21 @@ class ReportStage(WithNodeContext):
 
     name = "reports"
 
-    def __init__(self, config: GatewayConfig, spool: Spool, secret: bytes, *,
-                 context: NodeContext | None = None) -> None:
+    def __init__(self, node: NodeConfig, sources: Sequence[SourceConfig], retry: RetryConfig, spool: Spool,
+                 secret: bytes, *, context: NodeContext | None = None) -> None:
         self._context = context
-        self.config = config
+        self.node = node
         self.spool = spool
         self.secret = secret
-        self.sources = {s.name: s for s in config.sources}
-        self.retry = config.routing.retry
+        self.sources = {s.name: s for s in sources}
+        self.retry = retry
+
+    @classmethod
+    def of(cls, config: GatewayConfig, spool: Spool, secret: bytes, *,
+           context: NodeContext | None = None) -> ReportStage:
+        """The stage from the whole configuration: the sections it uses (``node``, ``sources``,
+        ``routing.retry``)."""
+        return cls(config.node, config.sources, config.routing.retry, spool, secret, context=context)
 
     claim_states = (CaseState.REPORTED,)  # one node per case, never two
 
@@ -244,7 +252,7 @@ class ReportStage(WithNodeContext):
     def _deliver(self, study: Study, source: SourceConfig, pending: list[OutboundObject]) -> bool:
         attempt = REPORT_LEG.attempt_of(study)
         started = time.perf_counter()
-        result = send_objects(self.config.node, self.spool.root, source.return_, source_peer(source.name), pending,
+        result = send_objects(self.node, self.spool.root, source.return_, source_peer(source.name), pending,
                               cases.Lease(study, self.name, self.context.owner))
         seconds = time.perf_counter() - started
         log.info("report_delivery_attempt", case=study.key, source=source.name, attempt=attempt,

@@ -113,7 +113,7 @@ def test_the_notes_stage_reads_dates_in_the_source_order(tmp_path, us_study):
             clinical={"history": "Injury on 11/3/2023. MRI 2/10/2024 at Mercy General Hospital."})
         store_referral(validate_referral_data(document), "cli")
         study = world.deidentified_case(us_study)
-        assert NotesStage(world.config, world.spool).run_once(utcnow()) == 1
+        assert NotesStage.of(world.config, world.spool).run_once(utcnow()) == 1
         offset = dt.timedelta(days=StudyIdentity.get(StudyIdentity.study == study.id).date_offset_days)
         row = OutboundObject.get((OutboundObject.study == study.id) & (OutboundObject.kind == "notes_sr"))
         text = "\n".join(str(e.value) for e in pydicom.dcmread(world.spool.absolute(row.spool_path)).iterall()

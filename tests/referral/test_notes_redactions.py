@@ -79,7 +79,7 @@ def test_an_operator_redacts_what_the_guard_found_releases_and_the_case_goes_on(
     text = f"Low back pain for 10 weeks. Lives in {MENTIONS['town']}, works for {MENTIONS['maiden name']} & Co."
     case = _run(world, _case(world, tmp_path, referral_document(clinical={"history": text})))
     assert case.state == CaseState.QUARANTINED and redaction.is_notes_leak(case)
-    stage = NotesStage(world.config, world.spool)
+    stage = NotesStage.of(world.config, world.spool)
 
     review = redaction.leak_review(stage, case)
     assert review.where.startswith("notes_sr:ContentSequence[")

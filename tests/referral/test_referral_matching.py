@@ -79,7 +79,7 @@ def test_referral_first_then_study(world_factory, study_files):
     assert row.state == "waiting" and row.study_id is None
     study = world.deidentified_case(study_files)
     with capture_logs() as logs:
-        assert NotesStage(world.config, world.spool).run_once(utcnow()) == 1
+        assert NotesStage.of(world.config, world.spool).run_once(utcnow()) == 1
     study = Study.get_by_id(study.id)
     assert study.state == CaseState.NOTES_ATTACHED
     assert study.urgency == "urgent"  # declared progressive deficit, detected cauda equina
@@ -98,7 +98,7 @@ def test_referral_first_then_study(world_factory, study_files):
 def test_study_first_then_referral(world_factory, study_files):
     world = world_factory(wait_s=3600)
     study = world.deidentified_case(study_files)
-    stage = NotesStage(world.config, world.spool)
+    stage = NotesStage.of(world.config, world.spool)
     assert stage.run_once(utcnow()) == 1
     assert Study.get_by_id(study.id).hold_reason == "awaiting_referral"
     assert stage.run_once(utcnow()) == 0  # still waiting: no move, no new object
@@ -117,7 +117,7 @@ def test_match_by_patient_id_and_study_date_when_accession_differs(world_factory
     row = _store(accession_number="OTHER-ACC")
     study = world.deidentified_case(study_files)
     with capture_logs() as logs:
-        NotesStage(world.config, world.spool).run_once(utcnow())
+        NotesStage.of(world.config, world.spool).run_once(utcnow())
     assert Referral.get_by_id(row.id).study_id == study.id
     assert _events(logs, "referral_matched")[0]["reason"] == "patient_id_study_date"
 
@@ -129,7 +129,7 @@ def test_no_match_from_another_source(world_factory, study_files):
         _store(source="elsewhere")
     assert refused.value.problems == ["source: not a configured source"]
     assert Referral.select().count() == 0
-    NotesStage(world.config, world.spool).run_once(utcnow())
+    NotesStage.of(world.config, world.spool).run_once(utcnow())
     assert Study.get_by_id(study.id).hold_reason == "awaiting_referral"
 
 
@@ -137,7 +137,7 @@ def test_timeout_route_uses_the_header_notes(world_factory, study_files):
     world = world_factory(wait_s=0.01, on_timeout="route")
     study = world.deidentified_case(study_files)
     with capture_logs() as logs:
-        NotesStage(world.config, world.spool).run_once(utcnow() + dt.timedelta(seconds=1))
+        NotesStage.of(world.config, world.spool).run_once(utcnow() + dt.timedelta(seconds=1))
     study = Study.get_by_id(study.id)
     assert study.state == CaseState.NOTES_ATTACHED
     assert _events(logs, "referral_wait_timeout")[0]["reason"] == "route"
@@ -152,7 +152,7 @@ def test_timeout_route_uses_the_header_notes(world_factory, study_files):
 def test_timeout_hold(world_factory, study_files):
     world = world_factory(wait_s=0.01, on_timeout="hold")
     study = world.deidentified_case(study_files)
-    stage = NotesStage(world.config, world.spool)
+    stage = NotesStage.of(world.config, world.spool)
     stage.run_once(utcnow() + dt.timedelta(seconds=1))
     study = Study.get_by_id(study.id)
     assert (study.state, study.hold_reason) == (CaseState.HELD, "no_referral")
@@ -170,7 +170,7 @@ def test_the_wait_timeout_is_logged_once_while_the_notes_are_scrubbed_in_a_worke
     world = world_factory(wait_s=0.01, on_timeout="route")
     study = world.deidentified_case(study_files)
     workers = BudgetedWorkers(1, 120.0, preload=["gateway.referral.notes_preload"])
-    stage = NotesStage(world.config, world.spool, workers)
+    stage = NotesStage.of(world.config, world.spool, workers)
     passes, deadline = 0, time.monotonic() + 120
     try:
         with capture_logs() as logs:
@@ -188,7 +188,7 @@ def test_the_wait_timeout_is_logged_once_while_the_notes_are_scrubbed_in_a_worke
 def test_referral_expires_without_study(world_factory):
     world = world_factory(wait_s=5)
     row = _store()
-    stage = NotesStage(world.config, world.spool)
+    stage = NotesStage.of(world.config, world.spool)
     stage.run_once(utcnow())
     assert Referral.get_by_id(row.id).state == "waiting"
     with capture_logs() as logs:
@@ -201,7 +201,7 @@ def test_approval_holds_until_approved(world_factory, study_files):
     world = world_factory(wait_s=3600, require_approval=True)
     _store()
     study = world.deidentified_case(study_files)
-    stage = NotesStage(world.config, world.spool)
+    stage = NotesStage.of(world.config, world.spool)
     stage.run_once(utcnow())
     study = Study.get_by_id(study.id)
     assert (study.state, study.hold_reason) == (CaseState.HELD, "awaiting_approval")
@@ -230,7 +230,7 @@ def test_guard_hit_quarantines_the_case_naming_the_path_only(world_factory, stud
     dataset.AccessionNumber = "A1234567"
     dataset.save_as(path, enforce_file_format=True)
     with capture_logs() as logs:
-        NotesStage(world.config, world.spool).run_once(utcnow())
+        NotesStage.of(world.config, world.spool).run_once(utcnow())
     study = Study.get_by_id(study.id)
     assert study.state == CaseState.QUARANTINED
     moved = [e for e in _events(logs, "case_state_changed") if e["state"] == CaseState.QUARANTINED]
@@ -299,7 +299,7 @@ def test_a_deep_guard_hit_is_kept_whole_with_its_kind(world_factory, study_files
             ".ContentItemModifierSequence[0].TextValue")
     StudyIdentity.update(image_text=json.dumps({f"ref {identity.patient_id}": deep})).where(
         StudyIdentity.id == identity.id).execute()
-    NotesStage(world.config, world.spool).run_once(utcnow())
+    NotesStage.of(world.config, world.spool).run_once(utcnow())
     study = Study.get_by_id(study.id)
     assert study.state == CaseState.QUARANTINED
     assert study.state_reason == f"notes_leak image:{deep} (id)" and len(study.state_reason) > 64

@@ -56,7 +56,7 @@ def _case(world, tmp_path, document: dict, **study) -> Study:
 
 
 def _run(world, case: Study) -> Study:
-    NotesStage(world.config, world.spool).run_once(utcnow())
+    NotesStage.of(world.config, world.spool).run_once(utcnow())
     return Study.get_by_id(case.id)
 
 
@@ -118,7 +118,7 @@ def test_a_held_identifier_the_scrubber_missed_is_caught_in_the_sr_and_the_pdf(w
     """Each held identifier alone in the notes, unscrubbed: both the SR and the PDF are caught."""
     text = f"Low back pain for 10 weeks. Note: {MENTIONS[what]}."
     case = _case(world, tmp_path, referral_document(clinical={"history": text}))
-    stage = NotesStage(world.config, world.spool)
+    stage = NotesStage.of(world.config, world.spool)
     document = validate_referral_data(referral_document(clinical={"history": text}))
     notes = ScrubbedNotes(urgency=Urgency.ROUTINE, history=text)  # as if the scrubber had missed it
     assert MENTIONS[what] in notes.history
@@ -208,7 +208,7 @@ def test_a_late_instance_is_checked_against_the_whole_case_too(world, tmp_path):
     store_referral(validate_referral_data(referral_document(referrer={"name": "Dr Imelda Trowbridge"})), "cli")
     assert _run(world, case).state == CaseState.NOTES_ATTACHED
     leaking, clean = (_receive_late(world, case, path) for path in files[2:])
-    notes = NotesStage(world.config, world.spool)
+    notes = NotesStage.of(world.config, world.spool)
     deid = DeidStage(world.config.deid.options(), SECRET, world.spool, case_identifiers=notes.case_identifiers)
     deid.step(Study.get_by_id(case.id), utcnow())
     assert Instance.get_by_id(leaking.id).state == InstanceState.QUARANTINED

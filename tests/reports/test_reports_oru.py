@@ -431,8 +431,8 @@ def test_oru_stage_retries_without_ack_and_fails_after_the_last_attempt(tmp_path
     try:
         with database.connection_context(), capture_logs() as logs:
             study, _ = reported_case(tmp_path, spool)
-            assert ReportStage(config, spool, SECRET).reidentify_received(study) == 1
-            stage = OruStage(config, spool)
+            assert ReportStage.of(config, spool, SECRET).reidentify_received(study) == 1
+            stage = OruStage.of(config, spool)
             assert stage.run_once(utcnow()) == 0
             (row,) = ResultMessage.select()
             assert (row.state, row.attempts, row.last_ack_code) == ("pending", 1, None)

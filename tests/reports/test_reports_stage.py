@@ -92,7 +92,7 @@ def test_reports_stage_delivers_once_backs_off_fails_and_retries(tmp_path, datab
         with db.connection_context():
             study, originals = _reported_case(tmp_path, spool)
             # The hospital is down: attempts back off, then the case fails.
-            down = ReportStage(_config(tmp_path, free_port(), max_attempts=2), spool, SECRET)
+            down = ReportStage.of(_config(tmp_path, free_port(), max_attempts=2), spool, SECRET)
             assert _run(down) == 0
             study = Study.get_by_id(study.id)
             assert study.state == CaseState.REPORTED and study.report_attempts == 1
@@ -109,12 +109,13 @@ def test_reports_stage_delivers_once_backs_off_fails_and_retries(tmp_path, datab
 
             # Up again, the operator retries the report leg: REPORT_FAILED → REPORTED, then home.
             scp.start()
-            up = ReportStage(_config(tmp_path, scp.port), spool, SECRET)
+            up_config = _config(tmp_path, scp.port)
+            up = ReportStage.of(up_config, spool, SECRET)
             assert retry_case(study) == "report"
             assert Study.get_by_id(study.id).state == CaseState.REPORTED and study.report_attempts == 0
-            images_delivery = DeliveryStage.of(up.config)
+            images_delivery = DeliveryStage.of(up_config)
             assert study.id not in {s.id for s in images_delivery.due(utcnow())}, "a report is no image to resend"
-            assert images_delivery.pending_objects(study, up.config.reviewers[0]) == [], "never to a reviewer"
+            assert images_delivery.pending_objects(study, up_config.reviewers[0]) == [], "never to a reviewer"
             assert _run(up) == 1  # home
             study = Study.get_by_id(study.id)
             assert study.state == CaseState.REPORT_DELIVERED and study.report_delivered_at is not None
@@ -141,7 +142,7 @@ def test_reports_stage_without_return_destination_fails_the_case(tmp_path, datab
     try:
         with db.connection_context():
             study, _ = _reported_case(tmp_path, spool)
-            assert _run(ReportStage(config, spool, SECRET)) == 1
+            assert _run(ReportStage.of(config, spool, SECRET)) == 1
             assert Study.get_by_id(study.id).state == CaseState.REPORT_FAILED
             assert not OutboundObject.select().where(OutboundObject.kind == "report").exists()
     finally:

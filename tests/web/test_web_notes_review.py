@@ -153,7 +153,7 @@ def test_the_referrer_checks_redacts_and_sends_then_the_operator_clears_a_guard_
 
     _scrubber_told_only_the_redactions(monkeypatch)
     case = world.deidentified_case(write_held_study(tmp_path / "study", header={}))
-    NotesStage(world.config, world.spool).run_once(utcnow())
+    NotesStage.of(world.config, world.spool).run_once(utcnow())
     case = Study.get_by_id(case.id)
     assert case.state == CaseState.QUARANTINED, case.state_reason
 
@@ -185,7 +185,7 @@ def test_the_referrer_checks_redacts_and_sends_then_the_operator_clears_a_guard_
     assert {r.actor for r in NotesRedaction.select()} == {"web:ops"}
     browser.submit("form[action$='/release'] button")
     assert "Done: release" in browser.text()
-    NotesStage(world.config, world.spool).run_once(utcnow())
+    NotesStage.of(world.config, world.spool).run_once(utcnow())
     assert Study.get_by_id(case.id).state == CaseState.NOTES_ATTACHED
     browser.open(f"/ops/cases/{case.key}")
     assert "notes_release" in browser.text() and "notes_attached" in browser.text()
