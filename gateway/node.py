@@ -117,7 +117,7 @@ class GatewayNode:
         release_freed_memory()  # the buffers the gazetteer was read through, before the warm-up grows the heap
         install_module_table()  # highdicom reads its table of module attributes a module at a time, checked first
         threading.Thread(target=_warm_up, name="notes-warm-up", daemon=True).start()
-        handlers = node_handlers(self.config, self.spool, self.identity, self._association_slots())
+        handlers = node_handlers(self.config, self.spool, self.identity, self._association_slots(), self.context)
         self._start_listeners()  # before the SCP: whoever sees the DICOM port answer finds HTTP up too
         self.server = start_scp(self.config.node, handlers)
         self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)

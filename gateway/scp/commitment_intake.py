@@ -22,28 +22,35 @@ Statuses answered to N-EVENT-REPORT (a reviewer's report on a request of ours, `
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import peewee
 import structlog
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 
-from gateway.config import GatewayConfig
+from gateway.config import CommitmentConfig, SourceConfig
 from gateway.dicom import status
 from gateway.dicom.commitment import InvalidCommitmentRequest, read_report, read_request
 from gateway.ops import audit
 from gateway.scp.policy import Caller
-from gateway.storage import commitments, wakeup
-from gateway.storage.models import CaseState, Study, db, utcnow
+from gateway.stages.context import NodeContext, WithNodeContext
+from gateway.storage import commitments
+from gateway.storage.models import CaseState, Study, utcnow
+from gateway.storage.wakeup import COMMITMENT
 
 log = structlog.get_logger("scp")
 
 
-class CommitmentIntake:
-    """Takes a source's N-ACTION: checks it, keeps it, answers."""
+class CommitmentIntake(WithNodeContext):
+    """Takes a source's N-ACTION: checks it, keeps it, answers. ``commitment``, ``sources``: those sections of
+    the configuration; ``context``: the node's (its database and wake-ups)."""
 
-    def __init__(self, config: GatewayConfig) -> None:
-        self.max_instances = config.commitment.max_instances
-        self.with_return = {source.ae_title for source in config.sources if source.return_ is not None}
+    def __init__(self, commitment: CommitmentConfig, sources: Sequence[SourceConfig], *,
+                 context: NodeContext | None = None) -> None:
+        self.max_instances = commitment.max_instances
+        self.with_return = {source.ae_title for source in sources if source.return_ is not None}
+        self._context = context
 
     def take(self, event: evt.Event, caller: Caller, peer: str) -> tuple[int, Dataset | None]:
         """The N-ACTION's answer: see the module's docstring for the statuses."""
@@ -55,10 +62,10 @@ class CommitmentIntake:
         except InvalidCommitmentRequest as invalid:
             return self._refused(caller, peer, invalid.status, invalid.reason)
         try:
-            with db.connection_context():
+            with self.context.database.connection_context():
                 row, new = commitments.record_request(caller.name, caller.ae_title, request.transaction_uid,
                                                       request.references)
-            wakeup.notify(wakeup.COMMITMENT)  # the commitment stage sends the report now, not at its next poll
+            self.context.notify(COMMITMENT)  # the commitment stage sends the report now, not at its next poll
         except peewee.DatabaseError as exc:
             log.error("commitment_not_kept", source=caller.name, error=type(exc).__name__,
                       status=status.PROCESSING_FAILURE)
@@ -79,7 +86,7 @@ class CommitmentIntake:
         except InvalidCommitmentRequest as invalid:
             return self._refused(caller, peer, invalid.status, invalid.reason)
         try:
-            with db.connection_context():
+            with self.context.database.connection_context():
                 committed, failed, studies = commitments.record_reviewer_report(
                     f"reviewer:{caller.name}", report.transaction_uid, report.committed, report.failed)
                 self._wake_delivery(studies)
@@ -94,15 +101,14 @@ class CommitmentIntake:
                     f"{committed} committed, {failed} not committed" if known else "unknown transaction")
         return status.SUCCESS, None
 
-    @staticmethod
-    def _wake_delivery(study_ids: list[int]) -> None:
+    def _wake_delivery(self, study_ids: list[int]) -> None:
         """The cases concerned are due now: the delivery stage moves them on (done, or objects sent again)."""
         if not study_ids:
             return
         now = utcnow()
         Study.update(next_attempt_at=now).where(Study.id.in_(study_ids)
                                                 & (Study.state == CaseState.DELIVERING)).execute()
-        wakeup.wake_at(CaseState.DELIVERING, now)
+        self.context.wake_at(CaseState.DELIVERING, now)
 
     @staticmethod
     def _information(event: evt.Event, name: str = "action_information") -> Dataset | None:

@@ -37,7 +37,7 @@ from typing import Any
 
 import structlog
 
-from gateway.ops import metrics
+from gateway.ops.metrics import GatewayMetrics
 
 log = structlog.get_logger("scp.gate")
 
@@ -104,10 +104,12 @@ class _DropLog:
 
 
 class NegotiationGate:
-    """Admits connections to negotiation; see the module docstring."""
+    """Admits connections to negotiation; see the module docstring. ``metrics``: where each drop is counted
+    (the node's, or a receiving process's that forwards them to the node)."""
 
-    def __init__(self, timeout_s: float, max_pending_per_host: int) -> None:
+    def __init__(self, timeout_s: float, max_pending_per_host: int, *, metrics: GatewayMetrics) -> None:
         self.timeout_s = timeout_s
+        self.metrics = metrics
         self.max_pending_per_host = max_pending_per_host
         self._pending: dict[str, list[Any]] = {}  # host -> its connections in the gate, oldest first
         self._total = 0
@@ -163,7 +165,7 @@ class NegotiationGate:
             return self._total
 
     def dropped(self, host: str, reason: str) -> None:
-        metrics.record_association("dropped")
+        self.metrics.record_association("dropped")
         self._drops.record(host, reason)
 
     def wait_for_request(self, sock: socket.socket, started: float) -> None:

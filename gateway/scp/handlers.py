@@ -30,7 +30,7 @@ from gateway.dicom import status
 from gateway.dicom.filemeta import part10_header
 from gateway.dicom.net import NODELAY_HANDLER, BoundedDataSet, bound_received_data_sets
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
-from gateway.ops import audit, metrics
+from gateway.ops import audit
 from gateway.reports.codes import REPORT_CLASSES
 from gateway.scp.commitment_intake import CommitmentIntake
 from gateway.scp.gate import Throttle
@@ -38,7 +38,8 @@ from gateway.scp.policy import AssociationPolicy, AssociationRefused, Caller
 from gateway.scp.quarantine import QuarantineBudget
 from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance, elapsed_ms
 from gateway.scp.slots import NODE_FULL, AssociationSlots
-from gateway.storage.models import QuarantinedObject, db
+from gateway.stages.context import NodeContext, WithNodeContext
+from gateway.storage.models import QuarantinedObject
 
 log = structlog.get_logger("scp")
 SWEEP_S = 0.5  # how often a receiving process looks for associations that ended unannounced (ScpHandlers.sweep_ended)
@@ -88,14 +89,16 @@ class ReportGate(Protocol):
     def check_source_upload(self, received: ReceivedInstance) -> None: ...
 
 
-class ScpHandlers:
-    """Binds the SCP's events to the association policy, the instance receiver and the report intake."""
+class ScpHandlers(WithNodeContext):
+    """Binds the SCP's events to the association policy, the instance receiver and the report intake.
+    ``context``: the process's database and metrics (the node's; a receiving process's forward to the node)."""
 
     def __init__(self, policy: AssociationPolicy, receiver: InstanceReceiver,
                  reports: ReportGate | None = None, slots: AssociationSlots | None = None, *,
                  ae_share: int | None = None, host_share: int | None = None,
                  quarantine: QuarantineBudget | None = None, max_instance_bytes: int | None = None,
-                 commitments: CommitmentIntake | None = None) -> None:
+                 commitments: CommitmentIntake | None = None, context: NodeContext | None = None) -> None:
+        self._context = context
         self.policy = policy
         self.receiver = receiver
         self.reports = reports
@@ -145,7 +148,7 @@ class ScpHandlers:
             count = self._log_rejection(refusal.reason, calling.strip(), called.strip(), peer)
             event.assoc.acse.send_reject(refusal.result, refusal.source, refusal.diagnostic)
             event.assoc.kill()
-            metrics.record_association("rejected")
+            self.context.metrics.record_association("rejected")
             if count is not None:
                 self._audit("association_refused", calling.strip()[:16], peer, None, "refused",
                             refusal.reason if count == 1 else f"{refusal.reason} ({count} times)")
@@ -154,7 +157,7 @@ class ScpHandlers:
                                                            peer_keys=peer_keys)
         with self._slot_lock:
             self._start_sweeper()
-        metrics.record_association("accepted")
+        self.context.metrics.record_association("accepted")
         log.info("association_accepted", **_named(caller), calling_ae=caller.ae_title, peer=peer)
 
     def _take_slot(self, caller: Caller, peer: str) -> tuple[str, ...]:
@@ -219,7 +222,7 @@ class ScpHandlers:
             return
         self._give_back_slot(stats)
         aborted = assoc.is_aborted or not assoc.is_released
-        metrics.record_association("aborted" if aborted else "released")
+        self.context.metrics.record_association("aborted" if aborted else "released")
         for study_key, count in stats.studies.items():
             self._audit("received", stats.caller.ae_title, stats.peer, study_key, "success", f"{count} instance(s)")
         log.info("association_closed", **_named(stats.caller), state="aborted" if aborted else "released",
@@ -293,8 +296,8 @@ class ScpHandlers:
         stats.instances += 1
         stats.bytes += received.size
         stats.studies[result.study_key] = stats.studies.get(result.study_key, 0) + 1
-        metrics.record_instance("duplicate" if result.duplicate else "stored", received.size,
-                                time.perf_counter() - started)
+        self.context.metrics.record_instance("duplicate" if result.duplicate else "stored", received.size,
+                                             time.perf_counter() - started)
         log.info("instance_duplicate" if result.duplicate else "instance_stored", case=result.study_key,
                  source=stats.caller.name, status=status.SUCCESS, version=result.version, bytes=received.size,
                  sop_class=received.context_sop_class, duration_ms=elapsed_ms(started))
@@ -319,7 +322,7 @@ class ScpHandlers:
         """An instance over ``node.max_instance_bytes``: refused with 0xA700, nothing of it kept (it was dropped
         as it arrived), logged and audited once per peer every few seconds."""
         stats.failures += 1
-        metrics.record_instance("refused", 0, time.perf_counter() - started)
+        self.context.metrics.record_instance("refused", 0, time.perf_counter() - started)
         count = self._over_budget.due((stats.caller.ae_title, "instance_too_large"))
         if count is not None:
             log.warning("instance_refused", **_named(stats.caller), status=status.OUT_OF_RESOURCES,
@@ -370,7 +373,7 @@ class ScpHandlers:
         """Answer a refusal, keep the bytes in quarantine within the peer's budget, record why (logged and
         audited as ``event``; past the budget, once per peer and reason every few seconds, with a count)."""
         stats.failures += 1
-        metrics.record_instance("refused", len(part10), time.perf_counter() - started)
+        self.context.metrics.record_instance("refused", len(part10), time.perf_counter() - started)
         if self.quarantine is not None and not self.quarantine.allows(stats.caller.ae_title, len(part10)):
             count = self._over_budget.due((stats.caller.ae_title, reason))
             if count is not None:
@@ -390,7 +393,7 @@ class ScpHandlers:
         """The refused bytes in the spool's quarantine and their row (best effort: never raises)."""
         path = self.receiver.spool.quarantine(part10) if part10 else None
         try:
-            with db.connection_context():
+            with self.context.database.connection_context():
                 QuarantinedObject.create(
                     calling_ae=stats.caller.ae_title, peer_host=stats.peer, reason=reason, detail=detail[:500],
                     status=code, size=len(part10),
@@ -407,10 +410,9 @@ class ScpHandlers:
         except Exception:  # noqa: BLE001 - audit.record has already logged why
             pass
 
-    @staticmethod
-    def _fail(stats: AssociationStats, code: int, reason: str, detail: str, started: float) -> Dataset:
+    def _fail(self, stats: AssociationStats, code: int, reason: str, detail: str, started: float) -> Dataset:
         stats.failures += 1
-        metrics.record_instance("failed", 0, time.perf_counter() - started)
+        self.context.metrics.record_instance("failed", 0, time.perf_counter() - started)
         log.error("instance_not_stored", **_named(stats.caller), status=code, reason=reason, error=detail,
                   duration_ms=elapsed_ms(started))
         return _status(code, reason)

@@ -13,15 +13,19 @@ from __future__ import annotations
 import peewee
 from peewee import fn
 
-from gateway.storage.models import QuarantinedObject, db
+from gateway.stages.context import NodeContext, WithNodeContext
+from gateway.storage.models import QuarantinedObject
 
 
-class QuarantineBudget:
-    """``quarantine.max_bytes_per_peer`` and ``max_objects_per_peer`` for one calling AE title."""
+class QuarantineBudget(WithNodeContext):
+    """``quarantine.max_bytes_per_peer`` and ``max_objects_per_peer`` for one calling AE title, counted in the
+    database of ``context`` (the node's)."""
 
-    def __init__(self, max_bytes_per_peer: int, max_objects_per_peer: int) -> None:
+    def __init__(self, max_bytes_per_peer: int, max_objects_per_peer: int, *,
+                 context: NodeContext | None = None) -> None:
         self.max_bytes = max_bytes_per_peer
         self.max_objects = max_objects_per_peer
+        self._context = context
 
     def allows(self, calling_ae: str, size: int) -> bool:
         """Whether a refused object of ``size`` bytes from ``calling_ae`` may be kept; False also when the
@@ -29,7 +33,7 @@ class QuarantineBudget:
         if self.max_objects <= 0 or size > self.max_bytes:
             return False
         try:
-            with db.connection_context():
+            with self.context.database.connection_context():
                 kept, total = (QuarantinedObject
                                .select(fn.COUNT(QuarantinedObject.id), fn.COALESCE(fn.SUM(QuarantinedObject.size), 0))
                                .where(QuarantinedObject.calling_ae == calling_ae)

@@ -27,9 +27,9 @@ from pydicom.errors import InvalidDicomError
 from gateway.dicom import status
 from gateway.dicom.wellformed import check_well_formed
 from gateway.errors import InvalidInstance, OutOfResources, SpoolError
-from gateway.ops import metrics
 from gateway.scp.commit import DEFAULT_MAX_GROUP, GroupCommit, Waiting
-from gateway.storage.models import Instance, InstanceState, Series, Study, StudyMatchKeys, db, utcnow
+from gateway.stages.context import NodeContext, WithNodeContext
+from gateway.storage.models import Instance, InstanceState, Series, Study, StudyMatchKeys, utcnow
 from gateway.storage.spool import Spool
 
 _log = structlog.get_logger("scp")
@@ -219,7 +219,7 @@ class PendingRow:
     cache: AssociationCache
 
 
-class InstanceReceiver:
+class InstanceReceiver(WithNodeContext):
     """Turns a ``ReceivedInstance`` into a spooled file and a committed ``Instance`` row.
 
     The file and the row are made durable side by side, and success is answered only when both are: the
@@ -231,14 +231,19 @@ class InstanceReceiver:
     """
 
     def __init__(self, spool: Spool, source_ids: dict[str, int], node: str | None = None,
-                 commit_timeout_s: float | None = None, max_group: int = DEFAULT_MAX_GROUP) -> None:
+                 commit_timeout_s: float | None = None, max_group: int = DEFAULT_MAX_GROUP, *,
+                 context: NodeContext | None = None) -> None:
+        self._context = context  # the database the rows go to, the metrics the group sizes go to
         self.spool = spool
         self.source_ids = source_ids
         self.node = node
         self.commit_timeout_s = commit_timeout_s  # the longest wait for the database (None: the database's own)
-        self.group = GroupCommit(self._commit_group, max_group=max_group, on_group=metrics.record_commit_group)
+        self.group = GroupCommit(self._commit_group, max_group=max_group, on_group=self._record_group)
         # File writes release the GIL: the file is written on another core while this thread hashes it.
         self._spooling = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-write")
+
+    def _record_group(self, rows: int) -> None:
+        self.context.metrics.record_commit_group(rows)
 
     def receive(self, received: ReceivedInstance, cache: AssociationCache) -> StoreResult:
         """Store one instance durably.
@@ -277,7 +282,7 @@ class InstanceReceiver:
             if result.duplicate and not self._still_stored(header.sop_instance_uid, digest):
                 result = self.group.submit(row)  # removed meanwhile: this receipt is the one now
             if result.new_study_id is not None:
-                match_after_answer(result.new_study_id)
+                match_after_answer(result.new_study_id, self.context.database)
             return result
         finally:
             _settle(spooling)
@@ -302,7 +307,7 @@ class InstanceReceiver:
         if result.duplicate and not self._still_stored(header.sop_instance_uid, digest):
             result = self.group.submit(row)
         if result.new_study_id is not None:
-            match_after_answer(result.new_study_id)
+            match_after_answer(result.new_study_id, self.context.database)
         return result
 
     def _spool_file(self, received: ReceivedInstance, hashing: Future[str]) -> Path:
@@ -320,9 +325,10 @@ class InstanceReceiver:
         A row refused on its own (a conflicting write twice) gets its own ``SpoolError``; a transaction that
         fails raises ``OutOfResources`` for the whole group, whose cached ids are then forgotten.
         """
+        database = self.context.database
         try:
-            with db.connection_context(), bounded_database_wait(self.commit_timeout_s):
-                with _write_transaction():
+            with database.connection_context(), bounded_database_wait(database, self.commit_timeout_s):
+                with _write_transaction(database):
                     for waiting in group:
                         try:
                             waiting.result = self._write_row(waiting.item)
@@ -354,7 +360,7 @@ class InstanceReceiver:
         header = row.header
         for attempt in (1, 2):
             try:
-                with _row_savepoint():
+                with _row_savepoint(self.context.database):
                     versions = self._versions(header.sop_instance_uid)
                     stored = versions.get(row.digest)
                     if stored is not None:
@@ -375,15 +381,15 @@ class InstanceReceiver:
 
     def _insert(self, header: InstanceHeader, row: PendingRow, study_id: int, series_id: int, version: int) -> None:
         """The ``Instance`` row, in plain SQL (peewee's query building cost more than the statement)."""
-        received = row.received
-        db.execute_sql(_INSERT_SQL.format(param=db.param), (
+        received, database = row.received, self.context.database
+        database.execute_sql(_INSERT_SQL.format(param=database.param), (
             study_id, series_id, header.sop_instance_uid, header.sop_class_uid, received.transfer_syntax,
             version, received.size, row.digest, row.relative_path, received.calling_ae,
             Instance.received_at.db_value(utcnow()), InstanceState.STORED, self.node))
 
     def _still_stored(self, sop_instance_uid: str, digest: str) -> bool:
         try:
-            with db.connection_context():
+            with self.context.database.connection_context():
                 return digest in self._versions(sop_instance_uid)
         except peewee.PeeweeException as exc:
             raise OutOfResources(f"database unavailable: {type(exc).__name__}") from exc
@@ -394,19 +400,19 @@ class InstanceReceiver:
         if self.spool.path_for(digest).exists():
             return
         try:
-            with db.connection_context():
+            with self.context.database.connection_context():
                 Instance.delete().where((Instance.sop_instance_uid == sop_instance_uid)
                                         & (Instance.sha256 == digest) & (Instance.node == self.node)).execute()
         except peewee.PeeweeException:
             pass  # the node's next start removes it (remove_unplaced_receipts)
 
-    @staticmethod
-    def _versions(sop_instance_uid: str) -> dict[str, tuple[int, str]]:
+    def _versions(self, sop_instance_uid: str) -> dict[str, tuple[int, str]]:
         """sha256 → (version, study key) of every stored version of this SOP instance (usually none).
 
         Plain SQL: asked once per received instance, and peewee's query building cost more than the query.
         """
-        cursor = db.execute_sql(_VERSIONS_SQL.format(param=db.param), (sop_instance_uid,))
+        database = self.context.database
+        cursor = database.execute_sql(_VERSIONS_SQL.format(param=database.param), (sop_instance_uid,))
         return {sha: (version, key) for sha, version, key in cursor.fetchall()}
 
     @staticmethod
@@ -467,17 +473,17 @@ _matcher: ThreadPoolExecutor | None = None
 _matcher_lock = threading.Lock()
 
 
-def match_after_answer(study_id: int) -> None:
+def match_after_answer(study_id: int, database: Database) -> None:
     """Match the new study's waiting referral in this process's one matching thread, so that the first instance
     of a study is answered without waiting for it (its row and match keys are already committed)."""
     global _matcher
     with _matcher_lock:
         if _matcher is None:
             _matcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="referral-match")
-    _matcher.submit(match_on_arrival, study_id)
+    _matcher.submit(match_on_arrival, study_id, database)
 
 
-def match_on_arrival(study_id: int) -> None:
+def match_on_arrival(study_id: int, database: Database) -> None:
     """Match the new study's waiting referral now that its row and match keys are committed.
 
     The match is a database operation of ``gateway.referral.matching`` (models only), done once per study, after
@@ -487,65 +493,78 @@ def match_on_arrival(study_id: int) -> None:
     from gateway.referral.matching import match_arrived_study
 
     try:
-        with db.connection_context():
+        with database.connection_context():
             match_arrived_study(study_id)
     except peewee.PeeweeException as exc:
         _log.warning("referral_match_failed", error=type(exc).__name__)
 
 
-def _row_savepoint():
+Database = peewee.Database | peewee.DatabaseProxy
+
+
+def _is_sqlite(database: Database) -> bool:
+    """Whether ``database`` (or the database a proxy stands for) is SQLite."""
+    return isinstance(database.obj if isinstance(database, peewee.DatabaseProxy) else database,
+                      peewee.SqliteDatabase)
+
+
+def _row_savepoint(database: Database):
     """Around one row of a group: a savepoint on PostgreSQL (a failed statement there voids the transaction
     up to the last savepoint); nothing on SQLite, which undoes only the failed statement."""
-    if isinstance(db.obj, peewee.SqliteDatabase):
+    if _is_sqlite(database):
         return contextlib.nullcontext()
-    return db.savepoint()
+    return database.savepoint()
 
 
-def _write_transaction():
+def _write_transaction(database: Database):
     """A transaction that reads then writes. On SQLite it takes the write lock up front (BEGIN IMMEDIATE):
     a deferred transaction that reads first cannot upgrade while another association writes, and SQLite
     then fails at once with "database is locked" instead of waiting ``busy_timeout``, which under
     concurrent associations turned good instances into 0xA700."""
-    if isinstance(db.obj, peewee.SqliteDatabase):
-        return db.atomic("IMMEDIATE")
-    return _BoundedPostgresTransaction()
+    if _is_sqlite(database):
+        return database.atomic("IMMEDIATE")
+    return _BoundedPostgresTransaction(database)
 
 
 _wait_bound = threading.local()  # the bound in force in this thread (see bounded_database_wait)
 
 
 class _BoundedPostgresTransaction:
-    """``db.atomic()`` whose lock and statement waits end at the thread's bound (``SET LOCAL``, so they end
+    """``database.atomic()`` whose lock and statement waits end at the thread's bound (``SET LOCAL``, so they end
     with the transaction)."""
 
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
     def __enter__(self) -> None:
-        self._atomic = db.atomic()
+        self._atomic = self.database.atomic()
         self._atomic.__enter__()
         milliseconds = getattr(_wait_bound, "milliseconds", None)
         if milliseconds:
-            db.execute_sql(f"SET LOCAL lock_timeout = {milliseconds}; SET LOCAL statement_timeout = {milliseconds}")
+            self.database.execute_sql(f"SET LOCAL lock_timeout = {milliseconds}; "
+                                      f"SET LOCAL statement_timeout = {milliseconds}")
 
     def __exit__(self, *exc_info: object) -> bool | None:
         return self._atomic.__exit__(*exc_info)
 
 
 @contextlib.contextmanager
-def bounded_database_wait(seconds: float | None) -> Iterator[None]:
+def bounded_database_wait(database: Database, seconds: float | None) -> Iterator[None]:
     """Within the block, a wait for the database (SQLite's lock, PostgreSQL's locks and statements) ends after
     ``seconds`` with ``peewee.OperationalError`` (see ``is_busy``) instead of stalling the association.
 
     SQLite's ``busy_timeout`` is the connection's, so it is set for the block and put back after it (the
-    pooled connection serves other threads next). Must run inside ``db.connection_context()``.
+    pooled connection serves other threads next). Must run inside ``database.connection_context()``.
     """
     if not seconds:
         yield
         return
     milliseconds = max(1, int(seconds * 1000))
-    sqlite = isinstance(db.obj, peewee.SqliteDatabase)
+    sqlite = _is_sqlite(database)
     previous = None
     if sqlite:
-        previous = _sqlite_busy_timeout()
-        db.execute_sql(f"PRAGMA busy_timeout = {milliseconds}")
+        previous = _sqlite_busy_timeout(database)
+        database.execute_sql(f"PRAGMA busy_timeout = {milliseconds}")
     _wait_bound.milliseconds = milliseconds
     try:
         yield
@@ -553,16 +572,16 @@ def bounded_database_wait(seconds: float | None) -> Iterator[None]:
         _wait_bound.milliseconds = None
         if sqlite and previous is not None:
             try:
-                db.execute_sql(f"PRAGMA busy_timeout = {int(previous)}")
+                database.execute_sql(f"PRAGMA busy_timeout = {int(previous)}")
             except peewee.PeeweeException:
                 pass  # the connection is broken: the pool discards it
 
 
-def _sqlite_busy_timeout() -> int:
+def _sqlite_busy_timeout(database: Database) -> int:
     """The busy timeout every pooled SQLite connection is opened with (``models.make_database``), read once."""
     global _SQLITE_BUSY_TIMEOUT_MS
     if _SQLITE_BUSY_TIMEOUT_MS is None:
-        _SQLITE_BUSY_TIMEOUT_MS = int(db.execute_sql("PRAGMA busy_timeout").fetchone()[0])
+        _SQLITE_BUSY_TIMEOUT_MS = int(database.execute_sql("PRAGMA busy_timeout").fetchone()[0])
     return _SQLITE_BUSY_TIMEOUT_MS
 
 

@@ -36,7 +36,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
@@ -104,17 +103,22 @@ class Channel:
             view = view[written:]
 
 
-def forward_metrics(channel: Channel) -> None:
-    """Make this process's receiving metrics go to the node (which serves ``/metrics``) instead of counting here."""
-    from gateway.ops import metrics
+def forwarding_metrics(channel: Channel) -> Any:
+    """This process's receiving metrics, counted by the node (which serves ``/metrics``) instead of here: the
+    handlers are handed them in the process's context."""
+    from gateway.ops.metrics import GatewayMetrics
 
-    def forwarder(name: str) -> Callable[..., None]:
-        def forward(*args: Any) -> None:
-            channel.send_soon([name, list(args)])
-        return forward
+    class ForwardingMetrics(GatewayMetrics):
+        def record_instance(self, result: str, nbytes: int, seconds: float) -> None:
+            channel.send_soon(["record_instance", [result, nbytes, seconds]])
 
-    for name in FORWARDED_METRICS:
-        setattr(metrics, name, forwarder(name))
+        def record_commit_group(self, rows: int) -> None:
+            channel.send_soon(["record_commit_group", [rows]])
+
+        def record_association(self, result: str) -> None:
+            channel.send_soon(["record_association", [result]])
+
+    return ForwardingMetrics()
 
 
 def forwarding_wakeups(channel: Channel, node_id: str) -> Any:
@@ -155,7 +159,6 @@ def serve(config_json: str, listen_fd: int, channel_fd: int, number: int, node_i
     # tells of is answered (as in the node); the node alone rotates the file.
     configure_logging(config.logging, strict=os.environ.get("SPINE_GATEWAY_LOG_STRICT") == "1",
                       defaults={"component": process_name(number)}, rotate=False)
-    forward_metrics(channel)
 
     import structlog
 
@@ -164,7 +167,8 @@ def serve(config_json: str, listen_fd: int, channel_fd: int, number: int, node_i
     from gateway.scp.receiver import remove_unplaced_receipts
     from gateway.scp.server import node_handlers, start_scp
     from gateway.scp.slots import AssociationSlots
-    from gateway.storage import cases, wakeup
+    from gateway.stages.context import NodeContext
+    from gateway.storage import cases
     from gateway.storage.models import db, make_database
     from gateway.storage.spool import Spool
 
@@ -172,17 +176,19 @@ def serve(config_json: str, listen_fd: int, channel_fd: int, number: int, node_i
     trace_allocations_if_asked()  # as the node: SPINE_GATEWAY_TRACEMALLOC, kill -USR1 <pid>
     quiet_value_warnings()  # as the node: a fuzzed request's UIDs would each stay in the warning registry
     identity = receiver_identity(node_id, number)
-    cases.set_node_identity(identity, config.routing.claim_lease_s)
-    db.initialize(make_database(config.storage.database, max_connections=config.node.max_associations + 4))
+    database = make_database(config.storage.database, max_connections=config.node.max_associations + 4)
+    db.initialize(database)  # the models' proxy (gateway.storage.models): bound once, for the whole process
     spool = Spool(config.storage.spool_dir, config.storage.min_free_bytes, node_tag=identity)
     spool.prepare()
-    with db.connection_context():
+    with database.connection_context():
         remove_unplaced_receipts(spool, identity)  # its previous incarnation's, if it died
     hub = forwarding_wakeups(channel, identity)
-    wakeup.install(hub)
+    context = NodeContext(database, cases.LeaseOwner(identity, dt.timedelta(seconds=config.routing.claim_lease_s)), hub,
+                          forwarding_metrics(channel))
+    context.install()  # for the case state machine, called by the report intake (see gateway.stages.context)
     install_fast_paths()
     slots = AssociationSlots.inherited(slots_fd, processes_sharing(config), number, config.node.max_associations)
-    server = start_scp(config.node, node_handlers(config, spool, identity, slots), listening_fd=listen_fd)
+    server = start_scp(config.node, node_handlers(config, spool, identity, slots, context), listening_fd=listen_fd)
     slots.accepting()
     hub.watch_server(server)
     log.info("receiver_started", port=config.node.port)
@@ -193,7 +199,7 @@ def serve(config_json: str, listen_fd: int, channel_fd: int, number: int, node_i
         pass
     trimmer.stop()
     server.shutdown()
-    db.close()
+    database.close()
     with contextlib.suppress(OSError):
         channel.flush()  # the last metrics
     log.info("receiver_stopped")

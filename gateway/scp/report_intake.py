@@ -33,9 +33,11 @@ from gateway.errors import OutOfResources
 from gateway.reports.codes import REPORT_CLASSES
 from gateway.reports.errors import ReportRefused
 from gateway.scp.receiver import ReceivedInstance, check_context, parse_header
-from gateway.storage import cases, wakeup
-from gateway.storage.models import CaseState, ReportObject, Study, db
+from gateway.stages.context import NodeContext, WithNodeContext
+from gateway.storage import cases
+from gateway.storage.models import CaseState, ReportObject, Study
 from gateway.storage.spool import Spool
+from gateway.storage.wakeup import REPORT
 
 log = structlog.get_logger("reports.intake")
 
@@ -51,11 +53,13 @@ class ReportReceipt:
     duplicate: bool = False
 
 
-class ReportIntake:
-    """Accepts reviewers' reports into the spool and the database (see the module docstring)."""
+class ReportIntake(WithNodeContext):
+    """Accepts reviewers' reports into the spool and the database (see the module docstring); ``context``: the
+    node's (its database and wake-ups)."""
 
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: Spool, *, context: NodeContext | None = None) -> None:
         self.spool = spool
+        self._context = context
 
     def receive(self, received: ReceivedInstance, reviewer: str) -> ReportReceipt:
         """Store one report sent by ``reviewer`` (its configured name) durably, or refuse it.
@@ -71,7 +75,7 @@ class ReportIntake:
         if header.sop_class_uid not in REPORT_CLASSES:
             raise ReportRefused("not_a_report_class")
         try:
-            with db.connection_context():
+            with self.context.database.connection_context():
                 study = self._assigned_case(header.study_uid, reviewer)
                 digest = hashlib.sha256(received.dataset).hexdigest()
                 path = self.spool.store((received.meta, received.dataset), digest)
@@ -90,10 +94,10 @@ class ReportIntake:
             raise ReportRefused("case_not_awaiting_report", study_key=study.key)
         return study
 
-    @staticmethod
-    def _commit(study: Study, header, received: ReceivedInstance, reviewer: str, digest: str,
+    def _commit(self, study: Study, header, received: ReceivedInstance, reviewer: str, digest: str,
                 relative_path: str) -> ReportReceipt:
-        with db.atomic():
+        context = self.context
+        with context.database.atomic():
             existing = ReportObject.get_or_none(ReportObject.sop_instance_uid == header.sop_instance_uid)
             if existing is not None:
                 if existing.sha256 == digest and existing.study_id == study.id:
@@ -103,15 +107,14 @@ class ReportIntake:
                                 sop_class_uid=header.sop_class_uid, sop_instance_uid=header.sop_instance_uid,
                                 transfer_syntax=received.transfer_syntax, spool_path=relative_path, sha256=digest,
                                 size=received.size)
-            wakeup.notify(wakeup.REPORT)  # the report stage runs once this commits (also for a reported case)
+            context.notify(REPORT)  # the report stage runs once this commits (also for a reported case)
             if study.state != CaseState.REPORTED and not cases.move(
                     study, CaseState.REPORTED, reason="report_received", report_next_attempt_at=None,
                     report_attempts=0):
                 raise OutOfResources("the case changed state while the report arrived; send it again")
         return ReportReceipt(study.key)
 
-    @staticmethod
-    def check_source_upload(received: ReceivedInstance) -> None:
+    def check_source_upload(self, received: ReceivedInstance) -> None:
         """Refuse a source's SR or PDF into a study the gateway pseudonymised; anything else passes.
 
         Raises:
@@ -121,7 +124,7 @@ class ReportIntake:
         if received.context_sop_class not in REPORT_CLASSES:
             return
         header = parse_header(received)
-        with db.connection_context():
+        with self.context.database.connection_context():
             pseudonymous = Study.get_or_none(Study.pseudo_study_uid == header.study_uid)
         if pseudonymous is not None:
             raise ReportRefused("source_report_into_pseudonymous_study", study_key=pseudonymous.key)

@@ -30,7 +30,8 @@ from gateway.scp.quarantine import QuarantineBudget
 from gateway.scp.receiver import InstanceReceiver
 from gateway.scp.report_intake import ReportIntake
 from gateway.scp.slots import AssociationSlots
-from gateway.storage.models import Source, db
+from gateway.stages.context import NodeContext
+from gateway.storage.models import Source
 from gateway.storage.spool import Spool
 
 LINGERING_ASSOCIATIONS = 256  # association threads past their end (aborted, waiting for the peer to close)
@@ -61,18 +62,22 @@ def build_ae(node: NodeConfig, known_ae_titles: list[str]) -> AE:
     return ae
 
 
-def node_handlers(config: GatewayConfig, spool: Spool, node: str, slots: AssociationSlots | None) -> ScpHandlers:
+def node_handlers(config: GatewayConfig, spool: Spool, node: str, slots: AssociationSlots | None,
+                  context: NodeContext) -> ScpHandlers:
     """The handlers of a process accepting on the node's port (the node or one of its receiving processes): the
-    association policy, the instance receiver (its rows tagged ``node``) and the report intake."""
-    with db.connection_context():
+    association policy, the instance receiver (its rows tagged ``node``) and the report intake, each handed
+    ``context``: the process's database, wake-ups and metrics (a receiving process's forward to the node)."""
+    with context.database.connection_context():
         source_ids = {row.ae_title: row.id for row in Source.select()}
-    receiver = InstanceReceiver(spool, source_ids, node, commit_timeout_s=config.node.store_commit_timeout_s)
-    return ScpHandlers(AssociationPolicy(config), receiver, ReportIntake(spool), slots,
+    receiver = InstanceReceiver(spool, source_ids, node, commit_timeout_s=config.node.store_commit_timeout_s,
+                                context=context)
+    return ScpHandlers(AssociationPolicy(config), receiver, ReportIntake(spool, context=context), slots,
                        ae_share=config.node.ae_share, host_share=config.node.host_share,
                        quarantine=QuarantineBudget(config.quarantine.max_bytes_per_peer,
-                                                   config.quarantine.max_objects_per_peer),
+                                                   config.quarantine.max_objects_per_peer, context=context),
                        max_instance_bytes=config.node.max_instance_bytes,
-                       commitments=CommitmentIntake(config))
+                       commitments=CommitmentIntake(config.commitment, config.sources, context=context),
+                       context=context)
 
 
 def tls_context(node: NodeConfig) -> ssl.SSLContext | None:
@@ -223,7 +228,7 @@ def start_scp(node: NodeConfig, handlers: ScpHandlers, *,
     ``listening_fd``: accept on this socket, already bound and listening (a receiving process, on the node's).
     """
     ae = build_ae(node, handlers.policy.known_ae_titles())
-    gate = NegotiationGate(node.negotiation_timeout_s, node.max_pending_per_host)
+    gate = NegotiationGate(node.negotiation_timeout_s, node.max_pending_per_host, metrics=handlers.context.metrics)
     listening = socket.socket(fileno=listening_fd) if listening_fd is not None else None
     server = ae.make_server((node.host, node.port), evt_handlers=handlers.bindings(), ssl_context=tls_context(node),
                             server_class=GatedAssociationServer, request_handler=GatedRequestHandler, gate=gate,

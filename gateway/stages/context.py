@@ -55,6 +55,12 @@ class NodeContext:
     def uninstall(self) -> None:
         wakeup.install(None)
 
+    def notify(self, topic: str) -> None:
+        """There is work under ``topic`` in the current transaction: its stages are woken after the commit (in
+        this node and, on PostgreSQL, in every node); wake-ups off: the poll finds it."""
+        if self.wakeups is not None:
+            self.wakeups.notify(topic)
+
     def wake_at(self, topic: str, when: dt.datetime | None) -> None:
         """Work under ``topic`` becomes due at ``when`` (naive UTC); None, or wake-ups off: the poll finds it."""
         if self.wakeups is not None and when is not None:
