@@ -23,6 +23,7 @@ from pathlib import Path
 from gateway.config import GatewayConfig
 from gateway.http.app import build_application
 from gateway.http.server import HttpServer
+from gateway.stages.context import NodeContext
 from gateway.storage.models import db, open_database, sync_sources
 from gateway.storage.spool import Spool
 from gateway.web.accounts import add_user
@@ -79,8 +80,10 @@ def main() -> None:
     with db.connection_context():
         sync_sources([("st-marys", "HOSP_PACS")])
         add_user(config, "desk", "referrer", PASSWORD, source="st-marys")
-    portal = portal_routes(config, Spool(config.storage.spool_dir))
-    server = HttpServer(config.http, build_application(config.http, {}, portal=portal, portal_error_page=error_page))
+    context = NodeContext.of_process()
+    portal = portal_routes(config, Spool(config.storage.spool_dir), context)
+    server = HttpServer(config.http, build_application(config.http, {}, context=context, portal=portal,
+                                                       portal_error_page=error_page))
     server.start()
     base = f"http://127.0.0.1:{server.port}"
     try:

@@ -226,14 +226,16 @@ class GatewayNode:
     def _http_application(self) -> Starlette:
         """Every HTTP endpoint on one application, built here once: ``/healthz``, ``/metrics``, the referral
         API and, when ``http.portal``, the web portal (gateway.web)."""
-        checks = standard_health_checks(db, self.accepting, self.config.storage.spool_dir,
+        assert self.context is not None  # built by start, before the listeners
+        checks = standard_health_checks(self.context.database, self.accepting, self.config.storage.spool_dir,
                                         self.config.storage.min_free_bytes, probe_name=f"node:{socket.gethostname()}",
                                         probe_timeout_s=self.config.http.health_probe_timeout_s)
         if not self.config.http.portal:
-            return build_application(self.config.http, checks)
+            return build_application(self.config.http, checks, context=self.context)
         from gateway.web.app import error_page, portal_routes
 
-        return build_application(self.config.http, checks, portal=portal_routes(self.config, self.spool),
+        return build_application(self.config.http, checks, context=self.context,
+                                 portal=portal_routes(self.config, self.spool, self.context),
                                  portal_error_page=error_page)
 
     def _audit_activity(self, action: str) -> None:

@@ -24,13 +24,13 @@ from gateway.http.api import BearerToken, answer, closing
 from gateway.http.health import HealthEndpoints
 from gateway.http.referrals import referral_routes
 from gateway.ops.health import HealthCheck
-from gateway.ops.metrics import METRICS, GatewayMetrics
+from gateway.stages.context import NodeContext
 
 ErrorPage = Callable[[Request, HTTPException], Awaitable[Response]]
 
 
-def build_application(config: HttpConfig, health_checks: Mapping[str, HealthCheck], *,
-                      metrics: GatewayMetrics | None = None, environ: Mapping[str, str] | None = None,
+def build_application(config: HttpConfig, health_checks: Mapping[str, HealthCheck], *, context: NodeContext,
+                      environ: Mapping[str, str] | None = None,
                       max_body_bytes: int | None = None, portal: Sequence[BaseRoute] = (),
                       portal_error_page: ErrorPage | None = None) -> Starlette:
     """The application the node serves (built once, by :mod:`gateway.node`).
@@ -38,7 +38,7 @@ def build_application(config: HttpConfig, health_checks: Mapping[str, HealthChec
     Args:
         config: the API token's environment variable, the body limit, the health verdict's cache time.
         health_checks: name → check, run for ``GET /healthz`` (:mod:`gateway.ops.health`).
-        metrics: whose registry ``GET /metrics`` renders (default: the process's :data:`METRICS`).
+        context: the node's: the database ``POST /referrals`` stores in, the metrics ``GET /metrics`` renders.
         environ: where the API token is read, at each request (default: ``os.environ``).
         max_body_bytes: the largest request body an API route reads (default: ``http.max_body_bytes``).
         portal: the portal's routes (none: no portal).
@@ -47,10 +47,10 @@ def build_application(config: HttpConfig, health_checks: Mapping[str, HealthChec
     Raises:
         ValueError: a portal route takes a path of the API's.
     """
-    health = HealthEndpoints(health_checks, metrics or METRICS, config.health_cache_s)
+    health = HealthEndpoints(health_checks, context.metrics, config.health_cache_s)
     token = BearerToken(config.token_env, environ)
     body_limit = config.max_body_bytes if max_body_bytes is None else max_body_bytes
-    api: list[BaseRoute] = [*health.routes(), *referral_routes(token, body_limit)]
+    api: list[BaseRoute] = [*health.routes(), *referral_routes(token, body_limit, context.database)]
     api_paths = frozenset(route.path for route in api if isinstance(route, Route))
     taken = sorted(api_paths & {getattr(route, "path", "") for route in portal})
     if taken:

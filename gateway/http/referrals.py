@@ -19,6 +19,7 @@ import math
 from http import HTTPStatus
 from typing import Any
 
+import peewee
 import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -38,18 +39,19 @@ from gateway.http.api import (
 from gateway.referral.document import Referral, validate_referral_data
 from gateway.referral.errors import ReferralValidationError
 from gateway.referral.intake import store_referral
-from gateway.storage.models import db
 
 __all__ = ["REFERRALS_PATH", "SCHEMA_PATH", "parse_json_body", "referral_routes", "referral_schema"]
 
 REFERRALS_PATH = "/referrals"
 SCHEMA_PATH = "/referrals/schema"
 MAX_NUMBER_CHARS = 32  # no field of a referral needs a longer number; int() of 5,000 digits raises ValueError
+Database = peewee.Database | peewee.DatabaseProxy
 log = structlog.get_logger("referral")
 
 
-def referral_routes(token: BearerToken, max_body_bytes: int) -> list[Route]:
-    """``POST /referrals`` behind ``token`` with bodies up to ``max_body_bytes``, and the schema (open)."""
+def referral_routes(token: BearerToken, max_body_bytes: int, database: Database) -> list[Route]:
+    """``POST /referrals`` behind ``token`` with bodies up to ``max_body_bytes``, stored in ``database``, and
+    the schema (open)."""
 
     async def post_referral(request: Request) -> Response:
         try:
@@ -58,7 +60,7 @@ def referral_routes(token: BearerToken, max_body_bytes: int) -> list[Route]:
             return closing(answer({"error": str(refused)}, refused.status), request)
         except ClientDisconnect:  # gone, or past the body deadline (answered 408 by the protocol layer)
             return answer({"error": "request body not received"}, HTTPStatus.REQUEST_TIMEOUT)
-        status, payload = await run_in_threadpool(take_referral, body)
+        status, payload = await run_in_threadpool(take_referral, body, database)
         return answer(payload, status)
 
     return [Route(REFERRALS_PATH, logged_failures(authenticated(post_referral, token)), methods=["POST"]),
@@ -101,7 +103,7 @@ def parse_json_body(body: bytes) -> object:
         raise ValueError("nested too deeply") from None
 
 
-def take_referral(body: bytes) -> tuple[int, dict[str, Any]]:
+def take_referral(body: bytes, database: Database) -> tuple[int, dict[str, Any]]:
     """Parse, validate and store the referral in ``body``: the status and the JSON answer (module docstring).
     Run in a worker thread: it parses and writes to the database."""
     try:
@@ -112,7 +114,7 @@ def take_referral(body: bytes) -> tuple[int, dict[str, Any]]:
         return HTTPStatus.BAD_REQUEST, {"problems": ["<document>: not valid JSON"]}
     try:
         referral = validate_referral_data(data)
-        with db.connection_context():
+        with database.connection_context():
             row = store_referral(referral, "http")
     except ReferralValidationError as exc:
         log.info("referral_refused", reason="http", count=len(exc.problems))

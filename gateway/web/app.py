@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway.config import GatewayConfig
-from gateway.storage.models import db
+from gateway.stages.context import NodeContext
 from gateway.storage.spool import Spool
 from gateway.web import auth
 from gateway.web.accounts import PasswordChecks
@@ -86,7 +86,7 @@ async def _refusal_before_body(portal: Portal, request: Request, role: str | Non
         return _short_page(413, "Too large", "The form is too large.")
     if role is None:
         return None
-    signed_in = await run_in_threadpool(_session_of, request)
+    signed_in = await run_in_threadpool(_session_of, portal, request)
     if signed_in is None:
         return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
     if signed_in.user.role != role:
@@ -94,8 +94,8 @@ async def _refusal_before_body(portal: Portal, request: Request, role: str | Non
     return None
 
 
-def _session_of(request: Request) -> auth.SignedIn | None:
-    with db.connection_context():
+def _session_of(portal: Portal, request: Request) -> auth.SignedIn | None:
+    with portal.context.database.connection_context():
         return auth.session_of(request.cookies.get(auth.COOKIE))
 
 
@@ -105,7 +105,7 @@ def _short_page(status: int, title: str, message: str) -> HTMLResponse:
 
 
 def _run(portal: Portal, handler: Handler, role: str | None, request: Request, form: FormData | None) -> Response:
-    with db.connection_context():
+    with portal.context.database.connection_context():
         signed_in = auth.session_of(request.cookies.get(auth.COOKIE))
         anonymous_csrf = request.cookies.get(auth.ANONYMOUS_CSRF_COOKIE) or ""
         page = Page(portal, request, signed_in, form, anonymous_csrf or auth.new_csrf_token())
@@ -142,16 +142,17 @@ def templates() -> jinja2.Environment:
     return env
 
 
-def portal_routes(config: GatewayConfig, spool: Spool) -> list[BaseRoute]:
+def portal_routes(config: GatewayConfig, spool: Spool, context: NodeContext) -> list[BaseRoute]:
     """The portal's pages and static files, for the node's one HTTP application
-    (:func:`gateway.http.app.build_application`, with :func:`error_page` for its 404 and 405)."""
+    (:func:`gateway.http.app.build_application`, with :func:`error_page` for its 404 and 405). ``context``: the
+    node's (the pages' database connections; the stages a page runs)."""
     from gateway.web import ops, referrer, reviewer, signin
 
     http = config.http
     limiter = auth.LoginLimiter(http.login_attempts_per_minute, http.login_attempts_per_address_per_minute,
                                 http.login_attempts_global_per_minute)
     portal = Portal(config, spool, templates(), limiter,
-                    PasswordChecks(http.password_hash_concurrency, http.password_hash_wait_s))
+                    PasswordChecks(http.password_hash_concurrency, http.password_hash_wait_s), context)
     routes: list[BaseRoute] = []
     for module in (signin, referrer, reviewer, ops):
         for method, path, handler, role in module.ROUTES:

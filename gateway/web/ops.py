@@ -37,7 +37,8 @@ def _page(page: Page, study, *, status: int = 200, error: str = "", release_erro
           approve_error: str = "", phrase: str = "", phrase_problem: str = "") -> Response:
     review = None
     if redaction.is_notes_leak(study):
-        review = redaction.leak_review(NotesStage.of(page.portal.config, page.portal.spool), study)
+        notes = NotesStage.of(page.portal.config, page.portal.spool, context=page.portal.context)
+        review = redaction.leak_review(notes, study)
     return page.render("ops_case.html", status=status, title=f"Case {study.key}", study=study,
                        events=audit.query(case=study.key, limit=500), plain=views.plain_state(study),
                        when=views.when, done=page.request.query_params.get("done", "") if status == 200 else "",
@@ -62,7 +63,7 @@ def redact(page: Page) -> Response:
     """A phrase the operator removes from a quarantined case's notes (audited with the operator's name)."""
     study = _study(page)
     phrase = str(page.posted.get("redact_word") or page.posted.get("phrase") or "")
-    stage = NotesStage.of(page.portal.config, page.portal.spool)
+    stage = NotesStage.of(page.portal.config, page.portal.spool, context=page.portal.context)
     try:
         redaction.add_operator_redaction(study, phrase, redaction.source_texts(stage, study), f"web:{page.user.name}")
     except redaction.RedactionRefused as refused:

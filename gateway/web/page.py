@@ -16,6 +16,7 @@ from starlette.responses import HTMLResponse
 
 from gateway.config import GatewayConfig
 from gateway.ops import audit
+from gateway.stages.context import NodeContext
 from gateway.storage.spool import Spool
 from gateway.web import auth
 from gateway.web.accounts import PasswordChecks
@@ -38,14 +39,15 @@ class Refused(Exception):
 
 @dataclass
 class Portal:
-    """What the pages need: the configuration, the spool, the templates, the login limiter and the bounded
-    password checks."""
+    """What the pages need: the configuration, the spool, the templates, the login limiter, the bounded
+    password checks, and the node's context (its database; the stages a page runs take it)."""
 
     config: GatewayConfig
     spool: Spool
     templates: jinja2.Environment
     limiter: auth.LoginLimiter
     passwords: PasswordChecks
+    context: NodeContext
 
 
 @dataclass

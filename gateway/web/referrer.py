@@ -120,7 +120,7 @@ def _case_preview(page: Page, referral, document: Referral, study) -> tuple[list
         identifiers, day_first = _source_identifiers(page, document)
         return redaction.notes_fields(document, identifiers, 0, day_first=day_first,
                                       redactions=document.redactions), False
-    stage = NotesStage.of(page.portal.config, page.portal.spool)
+    stage = NotesStage.of(page.portal.config, page.portal.spool, context=page.portal.context)
     identifiers = stage.identifiers_for(study, document)
     fields = redaction.notes_fields(document, identifiers, identity.date_offset_days,
                                     day_first=stage._day_first(study, document),

@@ -21,6 +21,8 @@ from gateway.http.app import build_application
 from gateway.http.server import HttpServer
 from gateway.ops.health import HealthCheckFailed, database_check, standard_health_checks
 from gateway.ops.metrics import GatewayMetrics
+from gateway.stages.context import NodeContext
+from gateway.storage.cases import LeaseOwner
 from gateway.storage.models import Referral, Study, db, make_database, open_database, sync_sources
 from gateway.storage.spool import Spool
 from gateway.web.app import error_page, portal_routes
@@ -28,6 +30,11 @@ from gateway.web.app import error_page, portal_routes
 TOKEN_ENV = "TEST_GATEWAY_TOKEN"
 TOKEN = "s3cret-token"
 CONFIG = HttpConfig(port=0, token_env=TOKEN_ENV, health_cache_s=0)  # each /healthz runs its checks again
+def _context(metrics: GatewayMetrics | None = None) -> NodeContext:
+    """What the node hands the application: the database (the models' proxy here) and metrics of the test's own."""
+    return NodeContext(db, LeaseOwner("test"), None, metrics or GatewayMetrics())
+
+
 REFERRAL = {"source": "st-marys", "accession_number": "ACC-1", "patient": {"id": "P-1", "name": "DOE^JANE"}}
 
 
@@ -42,11 +49,12 @@ def database(tmp_path):
 
 @pytest.fixture
 def serve():
-    """Serve an application (default: no checks, this test's metrics, the token set) until the test ends."""
+    """Serve an application (default: no checks, this test's metrics, the token set) until the test ends;
+    ``metrics=``: the metrics of its context."""
     servers: list[HttpServer] = []
 
     def start(app=None, config: HttpConfig = CONFIG, **options) -> HttpServer:
-        options.setdefault("metrics", GatewayMetrics())
+        options["context"] = _context(options.pop("metrics", None))
         options.setdefault("environ", {TOKEN_ENV: TOKEN})
         server = HttpServer(config, app or build_application(config, options.pop("checks", {}), **options))
         server.start()
@@ -298,7 +306,7 @@ def test_a_failing_endpoint_answers_500_naming_no_detail(tmp_path, serve):
 
 
 def test_port_before_start_and_stop_is_idempotent():
-    server = HttpServer(CONFIG, build_application(CONFIG, {}, metrics=GatewayMetrics()))
+    server = HttpServer(CONFIG, build_application(CONFIG, {}, context=_context()))
     with pytest.raises(RuntimeError, match="not started"):
         _ = server.port
     server.start()
@@ -311,7 +319,7 @@ def _portal(tmp_path: Path) -> list:
     config = GatewayConfig.model_validate({"storage": {"database": f"sqlite:///{tmp_path}/gw.db",
                                                        "spool_dir": str(tmp_path / "spool")},
                                            "sources": [{"name": "st-marys", "ae_title": "HOSP_PACS"}]})
-    return portal_routes(config, Spool(config.storage.spool_dir))
+    return portal_routes(config, Spool(config.storage.spool_dir), _context())
 
 
 def test_the_portal_shares_the_router_with_the_api(tmp_path, serve):
@@ -332,4 +340,4 @@ def test_a_portal_route_cannot_take_an_api_path(tmp_path):
         raise AssertionError("never served")
 
     with pytest.raises(ValueError, match="/healthz"):
-        build_application(CONFIG, {}, portal=[*_portal(tmp_path), Route("/healthz", elsewhere)])
+        build_application(CONFIG, {}, context=_context(), portal=[*_portal(tmp_path), Route("/healthz", elsewhere)])

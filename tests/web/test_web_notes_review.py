@@ -30,6 +30,7 @@ from gateway.http.app import build_application  # noqa: E402
 from gateway.http.server import HttpServer  # noqa: E402
 from gateway.referral.notes_case import load_document
 from gateway.referral.scrub import KnownIdentifiers, scrub_referral  # noqa: E402
+from gateway.stages.context import NodeContext  # noqa: E402
 from gateway.stages.referral import NotesStage  # noqa: E402
 from gateway.storage.models import AuditEvent, CaseState, NotesRedaction, Study, utcnow  # noqa: E402
 from gateway.storage.models import Referral as ReferralRow  # noqa: E402
@@ -51,7 +52,9 @@ def portal(tmp_path, monkeypatch):
     for name, role, source in (("stmarys", "referrer", "st-marys"), ("ops", "ops", None)):
         add_user(world.config, name, role, PASSWORD, source=source)
     http = HttpConfig(port=0)
-    server = HttpServer(http, build_application(http, {}, portal=portal_routes(world.config, world.spool),
+    context = NodeContext.of_process()
+    server = HttpServer(http, build_application(http, {}, context=context,
+                                                portal=portal_routes(world.config, world.spool, context),
                                                 portal_error_page=error_page))
     browser = None
     try:
