@@ -197,3 +197,75 @@ def test_config_loads_no_engine():
     print(f"import gateway.config {float(config_s):.2f} s; then gateway.deid.engine {float(engine_s):.2f} s")
     assert not after_config, f"import gateway.config loaded {after_config}"
     assert "pydicom" in after_engine  # the probe sees a heavy import when there is one
+
+
+# The process's globals that the servers must not reach (issue 24): the node hands them in, in its context
+# (gateway.stages.context.NodeContext). Module -> the names of it that are globals (functions over one included).
+PROCESS_GLOBALS: dict[str, frozenset[str]] = {
+    "gateway.storage.models": frozenset({"db"}),
+    "gateway.ops.metrics": frozenset({"METRICS"}) | frozenset(
+        node.name for node in ast.parse((GATEWAY / "ops" / "metrics.py").read_text(encoding="utf-8")).body
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")),
+    "gateway.storage.wakeup": frozenset({"install", "current", "notify", "wake_at", "again_after_lease"}),
+    "gateway.storage.cases": frozenset({"set_node_identity", "process_owner", "node_identity"}),
+}
+SERVERS = ("gateway.scp", "gateway.http", "gateway.web")
+# A process's entry binds the models' proxy and installs its context, as gateway/node.py does for the node.
+PROCESS_ENTRIES = frozenset({"gateway.scp.receiving_process"})
+
+
+def globals_reached(source: str, module: str = "gateway.x") -> set[str]:
+    """``module.name`` of every process global that ``source`` imports by name or reads through its module."""
+    package = module.rpartition(".")[0]
+    aliases: dict[str, str] = {}  # local name -> gateway module
+    found = set()
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname and alias.name in PROCESS_GLOBALS:
+                    aliases[alias.asname] = alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                if alias.name in PROCESS_GLOBALS.get(base, ()):
+                    found.add(f"{base}.{alias.name}")
+                if f"{base}.{alias.name}" in PROCESS_GLOBALS:
+                    aliases[alias.asname or alias.name] = f"{base}.{alias.name}"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            dotted = ast.unparse(node.value)
+            target = aliases.get(dotted) or (dotted if dotted in PROCESS_GLOBALS else None)
+            if target and node.attr in PROCESS_GLOBALS[target]:
+                found.add(f"{target}.{node.attr}")
+    return found
+
+
+def test_the_servers_reach_no_process_global():
+    """The SCP, the HTTP application and the portal get the database, the metrics, the wake-ups and the lease
+    owner from the node's context; only a process's entry binds and installs them."""
+    reached = sorted(
+        f"{module}: {name}" for module, path in MODULES.items()
+        if module.startswith(SERVERS) and module not in PROCESS_ENTRIES
+        for name in globals_reached(path.read_text(encoding="utf-8"), module))
+    assert not reached, "process globals reached by a server:\n" + "\n".join(reached)
+
+
+def test_the_global_finder_finds_each_way_of_reaching_one():
+    source = """
+from gateway.storage.models import Study, db
+from gateway.ops import metrics
+from gateway.storage import wakeup as hub
+import gateway.storage.cases as cases
+from ..ops.metrics import METRICS
+metrics.record_instance("stored", 1, 0.1)
+hub.notify("report")
+cases.set_node_identity("n")
+cases.move(None, "x")
+"""
+    assert globals_reached(source, "gateway.scp.handlers") == {
+        "gateway.storage.models.db", "gateway.ops.metrics.record_instance", "gateway.storage.wakeup.notify",
+        "gateway.storage.cases.set_node_identity", "gateway.ops.metrics.METRICS"}

@@ -22,7 +22,7 @@ from argon2.low_level import ARGON2_VERSION
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
-from gateway.storage.models import WebUser, db, utcnow
+from gateway.storage.models import WebUser, utcnow
 
 ROLES = ("referrer", "reviewer", "ops")
 HASHING_NICE = 19
@@ -192,7 +192,7 @@ def add_user(config: GatewayConfig, name: str, role: str, password: str, *, sour
     if role != "referrer" and source or role != "reviewer" and reviewer:
         raise AccountError("--source is for referrers and --reviewer for reviewers only")
     password_hash = hash_password(password)
-    with db.atomic():
+    with WebUser._meta.database.atomic():  # the database the accounts' models are bound to
         if WebUser.get_or_none(WebUser.name == name) is not None:
             raise AccountError(f"user {name!r} exists already")
         return WebUser.create(name=name, role=role, source=source, reviewer=reviewer, password_hash=password_hash)
@@ -213,7 +213,7 @@ def disable_user(name: str) -> None:
     """
     from gateway.storage.models import WebSession
 
-    with db.atomic():
+    with WebUser._meta.database.atomic():  # the database the accounts' models are bound to
         user = WebUser.get_or_none(WebUser.name == name)
         if user is None:
             raise AccountError(f"no user {name!r}")
