@@ -261,11 +261,11 @@ from gateway.ops import metrics
 from gateway.storage import wakeup as hub
 import gateway.storage.cases as cases
 from ..ops.metrics import METRICS
-metrics.record_instance("stored", 1, 0.1)
+metrics.METRICS.record_instance("stored", 1, 0.1)
 hub.notify("report")
 cases.set_node_identity("n")
 cases.move(None, "x")
 """
     assert globals_reached(source, "gateway.scp.handlers") == {
-        "gateway.storage.models.db", "gateway.ops.metrics.record_instance", "gateway.storage.wakeup.notify",
-        "gateway.storage.cases.set_node_identity", "gateway.ops.metrics.METRICS"}
+        "gateway.storage.models.db", "gateway.ops.metrics.METRICS", "gateway.storage.wakeup.notify",
+        "gateway.storage.cases.set_node_identity"}

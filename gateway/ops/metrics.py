@@ -1,9 +1,10 @@
 """Prometheus metrics, in a registry of their own (never the process-global one).
 
-The stages call the small ``record_*``/``observe_*`` functions below; they update :data:`METRICS`, which
-``GET /metrics`` renders (:mod:`gateway.http.health`). Cases by state are not counted as they change but read
-from the database at scrape time, so the gauge is right even after a restart. Label values are checked
-against fixed sets: an unbounded label (a study key, a peer address) would grow the registry without end.
+The node puts :data:`METRICS` in its context (:mod:`gateway.stages.context`); the stages and servers count on
+the context's ``metrics`` (a :class:`GatewayMetrics`), which ``GET /metrics`` renders (:mod:`gateway.http.health`).
+Cases by state are not counted as they change but read from the database at scrape time, so the gauge is right
+even after a restart. Label values are checked against fixed sets: an unbounded label (a study key, a peer
+address) would grow the registry without end.
 """
 
 from __future__ import annotations
@@ -152,40 +153,4 @@ class GatewayMetrics:
 
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-METRICS = GatewayMetrics()
-
-
-def record_instance(result: str, nbytes: int, seconds: float) -> None:
-    """See :meth:`GatewayMetrics.record_instance` (on the process's :data:`METRICS`)."""
-    METRICS.record_instance(result, nbytes, seconds)
-
-
-def record_commit_group(rows: int) -> None:
-    """See :meth:`GatewayMetrics.record_commit_group`."""
-    METRICS.record_commit_group(rows)
-
-
-def record_association(result: str) -> None:
-    """See :meth:`GatewayMetrics.record_association`."""
-    METRICS.record_association(result)
-
-
-def receiving_processes(running: int, *, exited: bool = False) -> None:
-    """See :meth:`GatewayMetrics.receiving_processes`."""
-    METRICS.receiving_processes(running, exited=exited)
-
-
-def record_recovery(found: int, resent: int) -> None:
-    """After an interrupted delivery attempt: ``found`` objects the peer had (not sent again), ``resent`` sent
-    again without knowing (possible duplicates)."""
-    METRICS.record_recovery(found, resent)
-
-
-def record_delivery(result: str, seconds: float, *, retry: bool = False) -> None:
-    """See :meth:`GatewayMetrics.record_delivery`."""
-    METRICS.record_delivery(result, seconds, retry=retry)
-
-
-def observe_deidentification(seconds: float, instances: int = 1) -> None:
-    """See :meth:`GatewayMetrics.observe_deidentification`."""
-    METRICS.observe_deidentification(seconds, instances)
+METRICS = GatewayMetrics()  # the node's registry: read through a NodeContext, never by a server directly
