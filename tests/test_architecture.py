@@ -27,9 +27,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # The MLLP client is a library (the ORU stage sends through it); the MLLP server is a way in.
     ("libraries", ("gateway.referral", "gateway.reports", "gateway.routing", "gateway.mllp.client")),
     ("stages", ("gateway.stages",)),
-    # The servers, the ways in: the DICOM SCP, the portal, the one HTTP application, the MLLP server, and the
+    # The servers, the ways in: the DICOM SCP, the portal, the one HTTP application, the MLLP server, DICOMweb, and the
     # status read-out that the portal and the CLI show (it reads every layer; it stays in ops/ for now).
-    ("servers", ("gateway.scp", "gateway.web", "gateway.http", "gateway.mllp", "gateway.ops.status")),
+    ("servers", ("gateway.scp", "gateway.web", "gateway.http", "gateway.mllp", "gateway.dicomweb",
+                 "gateway.ops.status")),
     ("node", ("gateway.node",)),
     # The process's entry: ``serve`` starts the node, every other command works on the database alone.
     ("cli", ("gateway.cli", "gateway.__main__")),

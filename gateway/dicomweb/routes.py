@@ -1,0 +1,181 @@
+"""The DICOMweb endpoints under ``/dicomweb``, for the node's one HTTP application.
+
+Every request is authenticated from its headers (:func:`gateway.dicomweb.access.caller_of`) before anything else
+and before any body is read; a UID in the path that is not a UID answers 404 at once. The work (database, spool)
+runs in a worker thread inside a database connection; what is served is audited (:class:`AccessTrail`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+import structlog
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.config import GatewayConfig
+from gateway.dicomweb import qido
+from gateway.dicomweb.access import AccessTrail, Caller, caller_of, refusal, visible_case, visible_cases
+from gateway.dicomweb.objects import CaseObjects
+from gateway.http.api import closing
+from gateway.storage.models import db
+from gateway.storage.spool import Spool
+
+log = structlog.get_logger("dicomweb")
+PREFIX = "/dicomweb"
+DICOM_JSON = "application/dicom+json"
+NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+UID_PARAMS = ("study", "series", "instance")
+
+Work = Callable[[Caller, Request], Response]
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(json.dumps(payload), status_code=status, media_type=DICOM_JSON, headers=NO_STORE)
+
+
+def _not_found(what: str = "no such study, series or instance") -> Response:
+    return refusal(HTTPStatus.NOT_FOUND, what)
+
+
+class DicomWeb:
+    """The endpoints (see the module docstring); ``routes()`` hands them to the HTTP application."""
+
+    def __init__(self, config: GatewayConfig, spool: Spool, trail: AccessTrail | None = None) -> None:
+        self.config = config
+        self.spool = spool
+        self.trail = trail or AccessTrail()
+
+    # --- plumbing -------------------------------------------------------------------------------------------
+
+    def _endpoint(self, work: Work) -> Callable[[Request], Awaitable[Response]]:
+        @functools.wraps(work)
+        async def endpoint(request: Request) -> Response:
+            caller = await caller_of(request, self.config)
+            if isinstance(caller, Response):
+                return closing(caller, request)
+            if not all(_UID.fullmatch(str(request.path_params[name])) and len(str(request.path_params[name])) <= 64
+                       for name in UID_PARAMS if name in request.path_params):
+                return closing(_not_found(), request)
+            try:
+                return await run_in_threadpool(self._run, work, caller, request)
+            except Exception as exc:  # noqa: BLE001 - the edge: one line naming the type only (no PHI)
+                log.error("dicomweb_failed", error=type(exc).__name__, reason=request.url.path[:64],
+                          reviewer=caller.reviewer)
+                return refusal(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+
+        return endpoint
+
+    @staticmethod
+    def _run(work: Work, caller: Caller, request: Request) -> Response:
+        with db.connection_context():
+            return work(caller, request)
+
+    def _case(self, caller: Caller, request: Request) -> CaseObjects | None:
+        study = visible_case(caller.reviewer, str(request.path_params["study"]))
+        return CaseObjects(study, self.spool) if study is not None else None
+
+    @staticmethod
+    def _url(request: Request) -> Callable[..., str]:
+        base = str(request.base_url).rstrip("/") + PREFIX
+
+        def url(study: str, series: str | None = None, instance: str | None = None) -> str:
+            path = f"{base}/studies/{study}"
+            if series is not None:
+                path += f"/series/{series}"
+            if instance is not None:
+                path += f"/instances/{instance}"
+            return path
+
+        return url
+
+    @staticmethod
+    def _query(request: Request) -> qido.Query | Response:
+        try:
+            return qido.Query(request.query_params.multi_items())
+        except qido.BadQuery as exc:
+            return refusal(HTTPStatus.BAD_REQUEST, str(exc))
+
+    # --- QIDO-RS ----------------------------------------------------------------------------------------------
+
+    def search_studies(self, caller: Caller, request: Request) -> Response:
+        query = self._query(request)
+        if isinstance(query, Response):
+            return query
+        url = self._url(request)
+        results = [r for r in (qido.study_result(CaseObjects(study, self.spool), query, url)
+                               for study in visible_cases(caller.reviewer)) if r is not None]
+        chosen = query.keep(results)
+        self.trail.searched(caller, "studies", len(chosen))
+        return _json(chosen)
+
+    def search_series(self, caller: Caller, request: Request) -> Response:
+        query = self._query(request)
+        if isinstance(query, Response):
+            return query
+        url = self._url(request)
+        if "study" in request.path_params:
+            case = self._case(caller, request)
+            if case is None:
+                return _not_found()
+            chosen = query.keep(qido.series_results(case, query, url))
+            self.trail.searched(caller, "series", len(chosen), case.study)
+            return _json(chosen)
+        results = [r for study in visible_cases(caller.reviewer)
+                   for r in qido.series_results(CaseObjects(study, self.spool), query, url)]
+        chosen = query.keep(results)
+        self.trail.searched(caller, "series", len(chosen))
+        return _json(chosen)
+
+    def search_instances(self, caller: Caller, request: Request) -> Response:
+        query = self._query(request)
+        if isinstance(query, Response):
+            return query
+        url = self._url(request)
+        params = request.path_params
+        if "study" not in params:
+            results = []
+            for study in visible_cases(caller.reviewer):
+                case = CaseObjects(study, self.spool)
+                results.extend(qido.instance_results(case, case.objects, query, url))
+            chosen = query.keep(results)
+            self.trail.searched(caller, "instances", len(chosen))
+            return _json(chosen)
+        found = self._case(caller, request)
+        if found is None:
+            return _not_found()
+        case = found
+        members = case.series(str(params["series"])) if "series" in params else case.objects
+        if "series" in params and not members:
+            return _not_found()
+        chosen = query.keep(qido.instance_results(case, members, query, url))
+        self.trail.searched(caller, "instances", len(chosen), case.study)
+        return _json(chosen)
+
+    # --- routes -------------------------------------------------------------------------------------------------
+
+    def routes(self) -> list[BaseRoute]:
+        p = PREFIX
+        get: list[tuple[str, Work]] = [
+            (f"{p}/studies", self.search_studies),
+            (f"{p}/series", self.search_series),
+            (f"{p}/instances", self.search_instances),
+            (f"{p}/studies/{{study}}/series", self.search_series),
+            (f"{p}/studies/{{study}}/instances", self.search_instances),
+            (f"{p}/studies/{{study}}/series/{{series}}/instances", self.search_instances),
+        ]
+        routes: list[BaseRoute] = [Route(path, self._endpoint(work), methods=["GET"]) for path, work in get]
+        return routes
+
+
+def dicomweb_routes(config: GatewayConfig, spool: Spool) -> list[BaseRoute]:
+    """The DICOMweb routes, for :func:`gateway.http.app.build_application`."""
+    return DicomWeb(config, spool).routes()
