@@ -17,13 +17,13 @@ from typing import Any
 import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from gateway.config import GatewayConfig
-from gateway.dicomweb import qido
+from gateway.dicomweb import qido, wado
 from gateway.dicomweb.access import AccessTrail, Caller, caller_of, refusal, visible_case, visible_cases
-from gateway.dicomweb.objects import CaseObjects
+from gateway.dicomweb.objects import CaseObjects, Served
 from gateway.http.api import closing
 from gateway.storage.models import db
 from gateway.storage.spool import Spool
@@ -104,6 +104,18 @@ class DicomWeb:
         except qido.BadQuery as exc:
             return refusal(HTTPStatus.BAD_REQUEST, str(exc))
 
+    def _selected(self, caller: Caller, request: Request) -> tuple[CaseObjects, list[Served]] | Response:
+        """The case and the objects a WADO path names (the study, a series, or one instance), or 404."""
+        case = self._case(caller, request)
+        if case is None:
+            return _not_found()
+        params = request.path_params
+        if "instance" in params:
+            served = case.instance(str(params["series"]), str(params["instance"]))
+            return (case, [served]) if served is not None else _not_found()
+        objects = case.series(str(params["series"])) if "series" in params else case.objects
+        return (case, objects) if objects else _not_found()
+
     # --- QIDO-RS ----------------------------------------------------------------------------------------------
 
     def search_studies(self, caller: Caller, request: Request) -> Response:
@@ -160,20 +172,94 @@ class DicomWeb:
         self.trail.searched(caller, "instances", len(chosen), case.study)
         return _json(chosen)
 
+    # --- WADO-RS ----------------------------------------------------------------------------------------------
+
+    def retrieve(self, caller: Caller, request: Request) -> Response:
+        selected = self._selected(caller, request)
+        if isinstance(selected, Response):
+            return selected
+        case, objects = selected
+        try:
+            wado.check_acceptable(objects, request.headers.get("accept", ""))
+        except wado.NotAcceptable as exc:
+            return refusal(HTTPStatus.NOT_ACCEPTABLE, str(exc))
+        self.trail.retrieved(caller, case.study, _level(request), len(objects))
+        mark = wado.boundary()
+        return StreamingResponse(wado.multipart_instances(case, objects, mark), headers=NO_STORE,
+                                 media_type=f'multipart/related; type="application/dicom"; boundary={mark}')
+
+    def metadata(self, caller: Caller, request: Request) -> Response:
+        selected = self._selected(caller, request)
+        if isinstance(selected, Response):
+            return selected
+        case, objects = selected
+        self.trail.retrieved(caller, case.study, f"{_level(request)} metadata", len(objects))
+        return _json(wado.metadata(case, objects))
+
+    def frames(self, caller: Caller, request: Request) -> Response:
+        selected = self._selected(caller, request)
+        if isinstance(selected, Response):
+            return selected
+        case, (served,) = selected
+        try:
+            numbers = wado.frame_numbers(str(request.path_params["frames"]))
+            frames = wado.frames_of(case.dataset(served), numbers)
+        except wado.BadFrames as exc:
+            return refusal(exc.status, str(exc))
+        self.trail.retrieved(caller, case.study, "frames", 1, repeat_key=f"frames:{served.series_uid}")
+        mark = wado.boundary()
+        return Response(wado.multipart_frames(frames, mark), headers=NO_STORE,
+                        media_type=f'multipart/related; type="application/octet-stream"; boundary={mark}')
+
+    def rendered(self, caller: Caller, request: Request) -> Response:
+        selected = self._selected(caller, request)
+        if isinstance(selected, Response):
+            return selected
+        case, (served,) = selected
+        try:
+            media_type = wado.rendered_type(request.headers.get("accept", ""))
+            frame = wado.frame_numbers(str(request.path_params.get("frames", "1")))
+            quality = request.query_params.get("quality")
+            if quality is not None and (not quality.isdigit() or not 1 <= int(quality) <= 100):
+                raise wado.BadFrames("quality is 1 to 100", 400)
+            image = wado.rendered(case.dataset(served), frame[0], media_type, request.query_params.get("window"),
+                                  int(quality) if quality else None)
+        except wado.NotAcceptable as exc:
+            return refusal(HTTPStatus.NOT_ACCEPTABLE, str(exc))
+        except wado.BadFrames as exc:
+            return refusal(exc.status, str(exc))
+        self.trail.retrieved(caller, case.study, "rendered", 1, repeat_key=f"rendered:{served.series_uid}")
+        return Response(image, media_type=media_type, headers=NO_STORE)
+
     # --- routes -------------------------------------------------------------------------------------------------
 
     def routes(self) -> list[BaseRoute]:
         p = PREFIX
+        instance = f"{p}/studies/{{study}}/series/{{series}}/instances/{{instance}}"
         get: list[tuple[str, Work]] = [
             (f"{p}/studies", self.search_studies),
             (f"{p}/series", self.search_series),
             (f"{p}/instances", self.search_instances),
+            (f"{p}/studies/{{study}}", self.retrieve),
+            (f"{p}/studies/{{study}}/metadata", self.metadata),
             (f"{p}/studies/{{study}}/series", self.search_series),
             (f"{p}/studies/{{study}}/instances", self.search_instances),
+            (f"{p}/studies/{{study}}/series/{{series}}", self.retrieve),
+            (f"{p}/studies/{{study}}/series/{{series}}/metadata", self.metadata),
             (f"{p}/studies/{{study}}/series/{{series}}/instances", self.search_instances),
+            (instance, self.retrieve),
+            (f"{instance}/metadata", self.metadata),
+            (f"{instance}/rendered", self.rendered),
+            (f"{instance}/frames/{{frames}}", self.frames),
+            (f"{instance}/frames/{{frames}}/rendered", self.rendered),
         ]
         routes: list[BaseRoute] = [Route(path, self._endpoint(work), methods=["GET"]) for path, work in get]
         return routes
+
+
+def _level(request: Request) -> str:
+    params = request.path_params
+    return "instance" if "instance" in params else "series" if "series" in params else "study"
 
 
 def dicomweb_routes(config: GatewayConfig, spool: Spool) -> list[BaseRoute]:
