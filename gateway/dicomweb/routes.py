@@ -16,16 +16,16 @@ from typing import Any
 
 import structlog
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from gateway.config import GatewayConfig
-from gateway.dicomweb import qido, wado
+from gateway.dicomweb import qido, stow, wado
 from gateway.dicomweb.access import AccessTrail, Caller, caller_of, refusal, visible_case, visible_cases
 from gateway.dicomweb.objects import CaseObjects, Served
-from gateway.http.api import closing
-from gateway.storage.models import db
+from gateway.http.api import BodyRefused, closing, read_body
+from gateway.storage.models import Study, db
 from gateway.storage.spool import Spool
 
 log = structlog.get_logger("dicomweb")
@@ -231,6 +231,48 @@ class DicomWeb:
         self.trail.retrieved(caller, case.study, "rendered", 1, repeat_key=f"rendered:{served.series_uid}")
         return Response(image, media_type=media_type, headers=NO_STORE)
 
+    # --- STOW-RS ----------------------------------------------------------------------------------------------
+
+    async def stow(self, request: Request) -> Response:
+        """Authenticated and the study (if named) checked before the body is read; then the parts are C-STOREd
+        to the node's own SCP as the caller's reviewer (:mod:`gateway.dicomweb.stow`)."""
+        caller = await caller_of(request, self.config)
+        if isinstance(caller, Response):
+            return closing(caller, request)
+        study_uid = request.path_params.get("study")
+        if study_uid is not None:
+            study = await run_in_threadpool(self._visible, caller, str(study_uid))
+            if study is None or not _UID.fullmatch(str(study_uid)):
+                return closing(_not_found(), request)
+        try:
+            body = await read_body(request, self.config.http.max_body_bytes)
+            parts = stow.parts_of(request.headers.get("content-type", ""), body)
+        except BodyRefused as exc:
+            return closing(refusal(exc.status, "bad or too large body"), request)
+        except ClientDisconnect:
+            return refusal(HTTPStatus.REQUEST_TIMEOUT, "the body did not arrive in time")
+        except stow.BadStow as exc:
+            return refusal(exc.status_code, str(exc))
+        return await run_in_threadpool(self._stow, caller, request, parts, study_uid)
+
+    def _visible(self, caller: Caller, study_uid: str) -> Study | None:
+        with db.connection_context():
+            return visible_case(caller.reviewer, study_uid) if _UID.fullmatch(study_uid) else None
+
+    def _stow(self, caller: Caller, request: Request, parts: list[bytes], study_uid: str | None) -> Response:
+        reviewer = next((r for r in self.config.reviewers if r.name == caller.reviewer), None)
+        if reviewer is None:
+            return refusal(HTTPStatus.UNAUTHORIZED, "the reviewer is no longer configured")
+        try:
+            outcomes = stow.store(parts, reviewer.ae_title, self.config, study_uid)
+        except stow.ReportBuildError:
+            log.error("dicomweb_stow_unreachable", reviewer=caller.reviewer)
+            return refusal(HTTPStatus.SERVICE_UNAVAILABLE, "the node's DICOM port did not answer; send it again")
+        url = self._url(request)(study_uid) if study_uid else str(request.base_url).rstrip("/") + PREFIX + "/studies"
+        code, answer = stow.response(outcomes, url)
+        log.info("dicomweb_stored", reviewer=caller.reviewer, status=code, instances=len(outcomes))
+        return _json(answer, code)
+
     # --- routes -------------------------------------------------------------------------------------------------
 
     def routes(self) -> list[BaseRoute]:
@@ -254,6 +296,8 @@ class DicomWeb:
             (f"{instance}/frames/{{frames}}/rendered", self.rendered),
         ]
         routes: list[BaseRoute] = [Route(path, self._endpoint(work), methods=["GET"]) for path, work in get]
+        routes += [Route(f"{p}/studies", self.stow, methods=["POST"]),
+                   Route(f"{p}/studies/{{study}}", self.stow, methods=["POST"])]
         return routes
 
 
