@@ -93,9 +93,9 @@ def _part_type(head: bytes) -> str:
 
 
 def _dataset(part: bytes) -> Dataset | None:
-    try:
-        dataset = pydicom.dcmread(io.BytesIO(part))
-    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError):
+    try:  # force: a part may be the file meta and the data set without the preamble (pydicom's dcmwrite default)
+        dataset = pydicom.dcmread(io.BytesIO(part), force=True)
+    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, AttributeError, OSError):
         return None
     if "SOPInstanceUID" not in dataset or "SOPClassUID" not in dataset:
         return None
