@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pydicom
 from pydicom.dataset import Dataset
 
+from gateway.dicom.rawedit import fits_charset
 from gateway.routing.send import part10_as_sent
 from gateway.storage.models import OutboundObject, Study
 from gateway.storage.spool import Spool
@@ -59,8 +60,7 @@ class CaseObjects:
         return self.study.notes_reason if row.kind == "image" else None
 
     def _header(self, row: OutboundObject) -> Dataset:
-        return _cached_header(str(self.spool.absolute(row.spool_path)), row.sha256, row.transfer_syntax,
-                              self._reason(row))
+        return _cached_header(str(self.spool.absolute(row.spool_path)), row.sha256, self._reason(row))
 
     def part10(self, served: Served) -> bytes:
         """The object's Part 10 bytes as the delivery stage sends them (see the module docstring)."""
@@ -96,11 +96,11 @@ def _order(served: Served) -> tuple[int, int, int]:
 
 
 @functools.lru_cache(maxsize=HEADER_CACHE)
-def _cached_header(path: str, sha256: str, transfer_syntax: str, reason: str | None) -> Dataset:
-    """The header of the file at ``path`` as sent (``sha256`` and ``reason`` in the key: a new object or another
-    reason is another entry)."""
-    import io
-
-    with open(path, "rb") as handle:
-        data = handle.read()
-    return pydicom.dcmread(io.BytesIO(part10_as_sent(data, transfer_syntax, reason)), stop_before_pixels=True)
+def _cached_header(path: str, sha256: str, reason: str | None) -> Dataset:
+    """The header of the file at ``path`` as sent: read up to the pixel data, with ``reason`` in (0040,1002) as
+    the delivery writes it (the same value; ``sha256`` and ``reason`` are in the key: a new object or another
+    reason is another entry). Only the header is read: a study's first search does not read its pixels."""
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    if reason is not None:
+        header.ReasonForTheRequestedProcedure = fits_charset(reason, header.get("SpecificCharacterSet"))
+    return header

@@ -157,8 +157,7 @@ def rendered(dataset: Dataset, frame: int, media_type: str, window: str | None, 
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         values = np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float64)
         center, width = _window(dataset, values, window)
-        low = center - 0.5 - (width - 1) / 2
-        scaled = np.clip((values - low) / max(width - 1, 1.0), 0.0, 1.0) * 255.0
+        scaled = _linear_window(values, center, width)
         if photometric == "MONOCHROME1":
             scaled = 255.0 - scaled
         image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
@@ -171,6 +170,13 @@ def rendered(dataset: Dataset, frame: int, media_type: str, window: str | None, 
     options: dict[str, Any] = {"quality": quality} if quality is not None and media_type == "image/jpeg" else {}
     image.save(out, format=RENDERED_TYPES[media_type], **options)
     return out.getvalue()
+
+
+def _linear_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1, the LINEAR function, onto 0-255 (a width of 1 is a threshold at center - 0.5)."""
+    if width <= 1:
+        return np.where(values <= center - 0.5, 0.0, 255.0)
+    return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0) * 255.0
 
 
 def _window(dataset: Dataset, values: np.ndarray, asked: str | None) -> tuple[float, float]:

@@ -122,6 +122,11 @@ def test_qido_and_wado_of_the_assigned_case_are_what_its_storescp_received(site,
     assert frame == stored.PixelData
     metadata = web.retrieve_instance_metadata(*uids)
     assert "7FE00010" not in metadata and metadata["00100020"]["Value"] == [str(stored.PatientID)]
+    expected = pydicom.Dataset()
+    for element in stored:
+        if element.tag != 0x7FE00010:
+            expected.add(element)
+    assert metadata == expected.to_json_dict(), "the header storescp holds, reason for the procedure included"
     assert len(web.retrieve_study_metadata(case.pseudo_study_uid)) == len(received)
     for media_type, kind in (("image/jpeg", "JPEG"), ("image/png", "PNG")):
         picture = Image.open(io.BytesIO(web.retrieve_instance_rendered(*uids, media_types=(media_type,))))
