@@ -118,6 +118,7 @@ def test_qido_and_wado_of_the_assigned_case_are_what_its_storescp_received(site,
     image = next(i for i in instances if i["00080060"]["Value"] == ["MR"])
     uids = (case.pseudo_study_uid, image["0020000E"]["Value"][0], image["00080018"]["Value"][0])
     stored = pydicom.dcmread(io.BytesIO(received[uids[2]]))
+    assert stored.ReasonForTheRequestedProcedure, "written by the delivery as the image left: served the same"
     (frame,) = web.retrieve_instance_frames(*uids, frame_numbers=[1])
     assert frame == stored.PixelData
     metadata = web.retrieve_instance_metadata(*uids)
