@@ -27,6 +27,7 @@ from reports.report_peers import reviewer_sr
 from support.peers import wait_until
 
 NOT_AUTHORIZED = 0x0124
+pytestmark = pytest.mark.dicom_e2e  # run a second time with the pynetdicom hooks off (make test-hooks-off)
 
 
 @pytest.fixture(scope="module")
