@@ -48,11 +48,15 @@ class Served:
 class CaseObjects:
     """What the reviewer of ``study`` is served of it (call inside a database connection)."""
 
-    def __init__(self, study: Study, spool: Spool) -> None:
+    def __init__(self, study: Study, spool: Spool, sop_instance_uid: str | None = None) -> None:
+        """All the case's objects, or only the one ``sop_instance_uid`` names (a frame, a rendered image: one
+        row read, not the whole study's)."""
         self.study = study
         self.spool = spool
-        rows = (OutboundObject.select().where((OutboundObject.study == study) & (OutboundObject.kind != REPORT_KIND))
-                .order_by(OutboundObject.id))
+        which = (OutboundObject.study == study) & (OutboundObject.kind != REPORT_KIND)
+        if sop_instance_uid is not None:
+            which &= OutboundObject.sop_instance_uid == sop_instance_uid
+        rows = OutboundObject.select().where(which).order_by(OutboundObject.id)
         self.objects = [Served(row, self._header(row)) for row in rows]
         self.objects.sort(key=_order)
 

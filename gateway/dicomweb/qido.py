@@ -129,12 +129,9 @@ def _vr(tag: int) -> str:
 def _json(header: Dataset, tags: set[int] | None) -> dict[str, Any]:
     """The DICOM JSON of ``header``'s top-level attributes in ``tags`` (all when None), no sequences' bulk data."""
     chosen = Dataset()
-    for element in header:
-        if element.tag.group == 0x0002:
-            continue
-        if tags is None or int(element.tag) in tags:
-            if element.VR in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
-                continue
+    elements = header if tags is None else (header[tag] for tag in sorted(tags) if tag in header)
+    for element in elements:
+        if element.tag.group != 0x0002 and element.VR not in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
             chosen.add(element)
     return chosen.to_json_dict()
 

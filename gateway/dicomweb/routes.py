@@ -79,9 +79,9 @@ class DicomWeb:
         with db.connection_context():
             return work(caller, request)
 
-    def _case(self, caller: Caller, request: Request) -> CaseObjects | None:
+    def _case(self, caller: Caller, request: Request, instance: str | None = None) -> CaseObjects | None:
         study = visible_case(caller.reviewer, str(request.path_params["study"]))
-        return CaseObjects(study, self.spool) if study is not None else None
+        return CaseObjects(study, self.spool, instance) if study is not None else None
 
     @staticmethod
     def _url(request: Request) -> Callable[..., str]:
@@ -106,10 +106,10 @@ class DicomWeb:
 
     def _selected(self, caller: Caller, request: Request) -> tuple[CaseObjects, list[Served]] | Response:
         """The case and the objects a WADO path names (the study, a series, or one instance), or 404."""
-        case = self._case(caller, request)
+        params = request.path_params
+        case = self._case(caller, request, str(params["instance"]) if "instance" in params else None)
         if case is None:
             return _not_found()
-        params = request.path_params
         if "instance" in params:
             served = case.instance(str(params["series"]), str(params["instance"]))
             return (case, [served]) if served is not None else _not_found()
@@ -241,8 +241,7 @@ class DicomWeb:
             return closing(caller, request)
         study_uid = request.path_params.get("study")
         if study_uid is not None:
-            study = await run_in_threadpool(self._visible, caller, str(study_uid))
-            if study is None or not _UID.fullmatch(str(study_uid)):
+            if await run_in_threadpool(self._visible, caller, str(study_uid)) is None:
                 return closing(_not_found(), request)
         try:
             body = await read_body(request, self.config.http.max_body_bytes)
