@@ -7,7 +7,7 @@ issues dr-a a token, then times with ``requests``: the first QIDO search of the 
 spool), a warm one, WADO-RS of the whole study (multipart/related, every byte), every image's first frame asked one
 at a time (as a viewer scrolls), and rendered JPEGs. Prints medians; throughput in MB/s and objects/s.
 
-    python bench/dicomweb.py [--instances 300] [--repeat 5]
+    python -P bench/dicomweb.py [--instances 300] [--repeat 5]   # -P: bench/concurrent.py hides the stdlib's
 """
 
 from __future__ import annotations
