@@ -3,17 +3,23 @@
 Starts the node's HTTP server with the DICOMweb routes on a fresh SQLite database (no DICOM, no pipeline), puts a
 synthetic study (``--instances`` MR images of 512x512, about 525 KB each) in the spool as the outbound objects of a
 case delivered to dr-a (with a reason for the procedure, which the node writes into each image as it serves it),
-issues dr-a a token, then times with ``requests``: the first QIDO search of the study (every header read from the
-spool), a warm one, WADO-RS of the whole study (multipart/related, every byte), every image's first frame asked one
-at a time (as a viewer scrolls), and rendered JPEGs. Prints medians; throughput in MB/s and objects/s.
+issues dr-a a token, and an Orthanc of our own with Debian's DICOMweb plugin (``orthanc-dicomweb``) holding the same
+files; then times, with ``requests``, their rounds interleaved: a warm QIDO search of the study's instances, WADO-RS
+of the whole study (multipart/related, every byte), every image's first frame asked one at a time (as a viewer
+scrolls), and a rendered JPEG. Prints medians, the ratio Orthanc / gateway (above 1: the gateway is faster), and the
+gateway's throughput. Run it in the loopback-only namespace (Orthanc binds every interface):
 
-    python -P bench/dicomweb.py [--instances 300] [--repeat 5]   # -P: bench/concurrent.py hides the stdlib's
+    scripts/in-private-net.sh .venv/bin/python -P bench/dicomweb.py [--instances 300] [--repeat 5] [--no-orthanc]
+
+(``-P``: the script's folder is not put on the path, where ``bench/concurrent.py`` would hide the standard library's
+``concurrent``.)
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -57,10 +63,15 @@ def put_case(config: GatewayConfig, spool: Spool, files: list[Path]) -> str:
     return str(first.StudyInstanceUID)
 
 
+ORTHANC_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # Debian's orthanc-dicomweb
+DICOM_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--no-orthanc", action="store_true", help="time the node alone")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dicomweb-bench-"))
     config = GatewayConfig.model_validate({
@@ -76,54 +87,85 @@ def main() -> None:
         token = tokens.issue(config, "dr-a")
     server = HttpServer(config.http, build_application(config.http, {}, dicomweb=dicomweb_routes(config, spool)))
     server.start()
-    base = f"http://127.0.0.1:{server.port}/dicomweb"
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {token}"
+    gateway = requests.Session()
+    gateway.headers["Authorization"] = f"Bearer {token}"
+    peers = {"spine-gateway": (gateway, f"http://127.0.0.1:{server.port}/dicomweb")}
+    orthanc = None
     try:
-        run(session, base, study_uid, args.repeat)
+        if not args.no_orthanc and ORTHANC_PLUGIN.exists():
+            orthanc = _orthanc(work, files)
+            peers["Orthanc"] = (requests.Session(), orthanc.url("/dicom-web"))
+        elif not args.no_orthanc:
+            print(f"(no {ORTHANC_PLUGIN}: apt-get install orthanc-dicomweb to compare with Orthanc)")
+        run(peers, study_uid, args.repeat)
     finally:
         server.stop()
+        if orthanc is not None:
+            orthanc.stop()
 
 
-def run(session: requests.Session, base: str, study_uid: str, repeat: int) -> None:
-    def search() -> list:
-        answer = session.get(f"{base}/studies/{study_uid}/instances", timeout=300)
-        assert answer.status_code == 200, answer.status_code
-        return answer.json()
+def _orthanc(work: Path, files: list[Path]):
+    """An Orthanc of our own with Debian's DICOMweb plugin, holding the same files."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from support.peers import Orthanc
 
-    print(f"QIDO instances, first (headers read)   {seconds(search) * 1000:8.1f} ms")
-    warm = statistics.median(seconds(search) for _ in range(repeat))
-    print(f"QIDO instances, warm (median)          {warm * 1000:8.1f} ms")
-    instances = search()
-    size = [0]
+    orthanc = Orthanc(work / "orthanc", "ORTHANC", extra={
+        "Plugins": [str(ORTHANC_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}).start()
+    try:
+        orthanc.upload(files)
+    except BaseException:
+        orthanc.stop()
+        raise
+    return orthanc
 
-    def retrieve() -> None:
-        answer = session.get(f"{base}/studies/{study_uid}", timeout=600,
-                             headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
-        assert answer.status_code == 200, answer.status_code
-        size[0] = len(answer.content)
 
-    whole = statistics.median(seconds(retrieve) for _ in range(repeat))
-    print(f"WADO-RS study ({len(instances)} objects, {size[0] / 1e6:.0f} MB)  {whole:8.2f} s   "
-          f"{size[0] / 1e6 / whole:6.1f} MB/s   {len(instances) / whole:6.1f} objects/s")
+def run(peers: dict, study_uid: str, repeat: int) -> None:
+    """Each measure on every peer, their rounds interleaved; prints medians and the ratio to Orthanc."""
+    results: dict[str, dict[str, float]] = {name: {} for name in peers}
+    instances: dict[str, list] = {}
+    for name, (session, base) in peers.items():
+        started = time.perf_counter()
+        instances[name] = _get(session, f"{base}/studies/{study_uid}/instances").json()
+        print(f"{name}: first QIDO of the study's instances {(time.perf_counter() - started) * 1000:.0f} ms")
+    measures = {
+        "QIDO instances (warm), ms": lambda s, b, i: _get(s, f"{b}/studies/{study_uid}/instances"),
+        "WADO-RS whole study, s": lambda s, b, i: _get(s, f"{b}/studies/{study_uid}", DICOM_ACCEPT),
+        "frames one at a time, s": lambda s, b, i: [_get(s, _instance_url(b, study_uid, item) + "/frames/1")
+                                                     for item in i],
+        "rendered JPEG, ms": lambda s, b, i: _get(s, _instance_url(b, study_uid, i[len(i) // 2]) + "/rendered",
+                                                  "image/jpeg"),
+    }
+    size = len(_get(peers["spine-gateway"][0], f"{peers['spine-gateway'][1]}/studies/{study_uid}",
+                    DICOM_ACCEPT).content)
+    for label, measure in measures.items():
+        times: dict[str, list[float]] = {name: [] for name in peers}
+        for _ in range(repeat):
+            for name, (session, base) in peers.items():
+                times[name].append(seconds(lambda m=measure, s=session, b=base, n=name: m(s, b, instances[n])))
+        for name in peers:
+            results[name][label] = statistics.median(times[name]) * (1000 if label.endswith("ms") else 1)
+    count = len(instances["spine-gateway"])
+    print(f"{count} objects, {size / 1e6:.0f} MB; medians of {repeat} interleaved rounds")
+    for label in measures:
+        row = "  ".join(f"{name} {results[name][label]:8.2f}" for name in peers)
+        ratio = (f"   Orthanc / gateway {results['Orthanc'][label] / results['spine-gateway'][label]:5.2f}"
+                 if "Orthanc" in results else "")
+        print(f"{label:28} {row}{ratio}")
+    whole = results["spine-gateway"]["WADO-RS whole study, s"]
+    scroll = results["spine-gateway"]["frames one at a time, s"]
+    print(f"spine-gateway: WADO-RS {size / 1e6 / whole:.1f} MB/s, {count / whole:.1f} objects/s; "
+          f"frames {count / scroll:.1f}/s")
 
-    def frames() -> None:
-        for item in instances:
-            series, sop = item["0020000E"]["Value"][0], item["00080018"]["Value"][0]
-            answer = session.get(f"{base}/studies/{study_uid}/series/{series}/instances/{sop}/frames/1", timeout=60)
-            assert answer.status_code == 200, answer.status_code
 
-    scroll = seconds(frames)
-    print(f"WADO-RS frames, one image at a time    {scroll:8.2f} s   {len(instances) / scroll:6.1f} frames/s")
+def _get(session: requests.Session, url: str, accept: str | None = None) -> requests.Response:
+    answer = session.get(url, headers={"Accept": accept} if accept else {}, timeout=600)
+    assert answer.status_code == 200, (url, answer.status_code)
+    return answer
 
-    def rendered() -> None:
-        item = instances[len(instances) // 2]
-        series, sop = item["0020000E"]["Value"][0], item["00080018"]["Value"][0]
-        answer = session.get(f"{base}/studies/{study_uid}/series/{series}/instances/{sop}/rendered", timeout=60)
-        assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
 
-    one = statistics.median(seconds(rendered) for _ in range(repeat * 4))
-    print(f"WADO-RS rendered JPEG (median)         {one * 1000:8.1f} ms")
+def _instance_url(base: str, study_uid: str, item: dict) -> str:
+    series, sop = item["0020000E"]["Value"][0], item["00080018"]["Value"][0]
+    return f"{base}/studies/{study_uid}/series/{series}/instances/{sop}"
 
 
 if __name__ == "__main__":
