@@ -252,7 +252,11 @@ class DicomWeb:
             return refusal(HTTPStatus.REQUEST_TIMEOUT, "the body did not arrive in time")
         except stow.BadStow as exc:
             return refusal(exc.status_code, str(exc))
-        return await run_in_threadpool(self._stow, caller, request, parts, study_uid)
+        try:
+            return await run_in_threadpool(self._stow, caller, request, parts, study_uid)
+        except Exception as exc:  # noqa: BLE001 - the edge: one line naming the type only (no PHI)
+            log.error("dicomweb_failed", error=type(exc).__name__, reason="stow", reviewer=caller.reviewer)
+            return refusal(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
 
     def _visible(self, caller: Caller, study_uid: str) -> Study | None:
         with db.connection_context():
