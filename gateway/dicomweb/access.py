@@ -13,6 +13,8 @@ A reviewer sees a case when it is assigned to them (``Study.reviewer``, set by t
 ``Assignment`` row) and open for them, the portal's rule (:data:`gateway.web.views.OPEN_FOR_REVIEWER`: DELIVERING,
 DELIVERED, REPORTED). Every other study (another reviewer's, unassigned, closed, or an original Study Instance UID,
 which is never a pseudonymous one) does not exist for them: 404, never 403, so that its existence does not leak.
+A STOW naming a study may also name one of the reviewer's cases whose report went home (an addendum), as the
+report intake takes it by C-STORE.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.config import GatewayConfig
 from gateway.dicomweb import tokens
 from gateway.ops import audit
+from gateway.scp.report_intake import ACCEPTING_STATES
 from gateway.storage.models import Study, db
 from gateway.web import auth
 from gateway.web.views import OPEN_FOR_REVIEWER
@@ -91,6 +94,14 @@ def visible_cases(reviewer: str):
     """The cases ``reviewer`` may see (a query; call inside a database connection)."""
     return Study.select().where((Study.reviewer == reviewer) & Study.state.in_(OPEN_FOR_REVIEWER)
                                 & Study.pseudo_study_uid.is_null(False)).order_by(Study.id)
+
+
+def reportable_case(reviewer: str, pseudo_study_uid: str) -> Study | None:
+    """The case a ``POST /studies/{study}`` of ``reviewer`` may name: one of its own that is open or still takes
+    a report (the report intake's states: an addendum after the report went home is taken, as by C-STORE)."""
+    states = set(OPEN_FOR_REVIEWER) | set(ACCEPTING_STATES)
+    return Study.get_or_none((Study.reviewer == reviewer) & Study.state.in_(sorted(states))
+                             & (Study.pseudo_study_uid == pseudo_study_uid))
 
 
 def visible_case(reviewer: str, pseudo_study_uid: str) -> Study | None:

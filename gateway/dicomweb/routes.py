@@ -22,7 +22,15 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.config import GatewayConfig
 from gateway.dicomweb import qido, stow, wado
-from gateway.dicomweb.access import AccessTrail, Caller, caller_of, refusal, visible_case, visible_cases
+from gateway.dicomweb.access import (
+    AccessTrail,
+    Caller,
+    caller_of,
+    refusal,
+    reportable_case,
+    visible_case,
+    visible_cases,
+)
 from gateway.dicomweb.objects import CaseObjects, Served
 from gateway.http.api import BodyRefused, closing, read_body
 from gateway.storage.models import Study, db
@@ -260,7 +268,7 @@ class DicomWeb:
 
     def _visible(self, caller: Caller, study_uid: str) -> Study | None:
         with db.connection_context():
-            return visible_case(caller.reviewer, study_uid) if _UID.fullmatch(study_uid) else None
+            return reportable_case(caller.reviewer, study_uid) if _UID.fullmatch(study_uid) else None
 
     def _stow(self, caller: Caller, request: Request, parts: list[bytes], study_uid: str | None) -> Response:
         reviewer = next((r for r in self.config.reviewers if r.name == caller.reviewer), None)

@@ -226,6 +226,16 @@ def test_stow_of_a_report_goes_through_the_report_intake(site, tokens):
     audit = site.node.cli("audit", "--case", case.key, "--json").stdout
     assert '"report_received"' in audit
 
+    # An addendum from the portal's session (a viewer opened from the portal): with the session's CSRF header.
+    cookie, csrf = site.session("dr-a")
+    addendum = reviewer_sr(_images(site, "dr-a"), text="Addendum: no foraminal stenosis (portal session).")
+    answer = _stow(site, addendum, {"Cookie": cookie, "X-CSRF-Token": csrf},
+                   f"/dicomweb/studies/{case.pseudo_study_uid}")
+    assert answer.status_code == 200, answer.text
+    wait_until(lambda: len([p for p in Path(site.hospital.out_dir).iterdir()
+                            if pydicom.dcmread(p, stop_before_pixels=True).Modality == "SR"]) == 2, 180,
+               "the addendum delivered home")
+
 
 def test_dicomweb_does_not_answer_the_portals_pages(site, tokens):
     request = urllib.request.Request(f"{site.url}/dicomweb/nothing-here",
