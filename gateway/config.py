@@ -267,6 +267,7 @@ class HttpConfig(_Section):
     port: int = Field(8080, ge=0, le=65535)
     token_env: str = "SPINE_GATEWAY_API_TOKEN"
     portal: bool = True
+    dicomweb: bool = True
     session_hours: float = Field(8.0, gt=0, le=24 * 30)
     secure_cookies: bool = False
     login_attempts_per_minute: int = Field(10, ge=1, le=1000)

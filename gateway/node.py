@@ -230,13 +230,18 @@ class GatewayNode:
         checks = standard_health_checks(self.context.database, self.accepting, self.config.storage.spool_dir,
                                         self.config.storage.min_free_bytes, probe_name=f"node:{socket.gethostname()}",
                                         probe_timeout_s=self.config.http.health_probe_timeout_s)
+        dicomweb: list = []
+        if self.config.http.dicomweb:
+            from gateway.dicomweb.routes import dicomweb_routes
+
+            dicomweb = dicomweb_routes(self.config, self.spool, self.context)
         if not self.config.http.portal:
-            return build_application(self.config.http, checks, context=self.context)
+            return build_application(self.config.http, checks, context=self.context, dicomweb=dicomweb)
         from gateway.web.app import error_page, portal_routes
 
         return build_application(self.config.http, checks, context=self.context,
                                  portal=portal_routes(self.config, self.spool, self.context),
-                                 portal_error_page=error_page)
+                                 portal_error_page=error_page, dicomweb=dicomweb)
 
     def _audit_activity(self, action: str) -> None:
         """The node's start and stop in the audit trail (an ATNA Application Activity message)."""

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install the real DICOM peers and the database the test suite and benchmarks use, when missing:
-# DCMTK (storescu, storescp, echoscu, dcmdump, dsrdump), Orthanc, PostgreSQL 15, iproute2, util-linux (unshare);
+# DCMTK (storescu, storescp, echoscu, dcmdump, dsrdump), Orthanc and its DICOMweb plugin, PostgreSQL 15, iproute2,
+# util-linux (unshare);
 # tesseract with its English data (the OCR of burned-in text), the headers and pkg-config that tesserocr
 # compiles against (pip builds it from source on `make venv`), and the DejaVu font the OCR tests draw with;
 # chromium and chromium-driver (the portal's browser tests drive Debian's chromium through its chromedriver);
@@ -17,6 +18,8 @@ missing=""
 if [ "${1:-}" != "--runtime" ]; then
   [ -x /usr/bin/storescu ] && [ -x /usr/bin/dsrdump ] || missing="$missing dcmtk"
   [ -x /usr/sbin/Orthanc ] || missing="$missing orthanc"
+  # Orthanc's DICOMweb plugin: bench/dicomweb.py compares the node's DICOMweb with it on the same study.
+  [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$missing orthanc-dicomweb"
   [ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$missing postgresql-15"
   command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
   command -v unshare >/dev/null 2>&1 || missing="$missing util-linux"

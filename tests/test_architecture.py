@@ -27,9 +27,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # The MLLP client is a library (the ORU stage sends through it); the MLLP server is a way in.
     ("libraries", ("gateway.referral", "gateway.reports", "gateway.routing", "gateway.mllp.client")),
     ("stages", ("gateway.stages",)),
-    # The servers, the ways in: the DICOM SCP, the portal, the one HTTP application, the MLLP server, and the
+    # The servers, the ways in: the DICOM SCP, the portal, the one HTTP application, the MLLP server, DICOMweb, and the
     # status read-out that the portal and the CLI show (it reads every layer; it stays in ops/ for now).
-    ("servers", ("gateway.scp", "gateway.web", "gateway.http", "gateway.mllp", "gateway.ops.status")),
+    ("servers", ("gateway.scp", "gateway.web", "gateway.http", "gateway.mllp", "gateway.dicomweb",
+                 "gateway.ops.status")),
     ("node", ("gateway.node",)),
     # The process's entry: ``serve`` starts the node, every other command works on the database alone.
     ("cli", ("gateway.cli", "gateway.__main__")),
@@ -209,7 +210,7 @@ PROCESS_GLOBALS: dict[str, frozenset[str]] = {
     "gateway.storage.wakeup": frozenset({"install", "current", "notify", "wake_at", "again_after_lease"}),
     "gateway.storage.cases": frozenset({"set_node_identity", "process_owner", "node_identity"}),
 }
-SERVERS = ("gateway.scp", "gateway.http", "gateway.web")
+SERVERS = ("gateway.scp", "gateway.http", "gateway.web", "gateway.dicomweb")
 # A process's entry binds the models' proxy and installs its context, as gateway/node.py does for the node.
 PROCESS_ENTRIES = frozenset({"gateway.scp.receiving_process"})
 

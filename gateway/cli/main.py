@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.cli.common import UsageError, configure_logging, open_command_database
+from gateway.cli.dicomweb import add_dicomweb_commands
 from gateway.cli.referral import add_referral_commands
 from gateway.cli.reports import add_report_commands
 from gateway.cli.users import add_user_commands
@@ -97,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     add_referral_commands(commands)
     add_report_commands(commands)
     add_user_commands(commands)
+    add_dicomweb_commands(commands)
     _accept_config_after_command(parser)
     return parser
 

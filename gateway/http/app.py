@@ -2,6 +2,7 @@
 
 API (JSON): ``GET /healthz`` and ``GET /metrics`` (open, on their own threads: :mod:`gateway.http.health`),
 ``POST /referrals`` (bearer token) and ``GET /referrals/schema`` (open) (:mod:`gateway.http.referrals`).
+DICOMweb for the reviewers (``/dicomweb/...``: :mod:`gateway.dicomweb`, handed in by the node) comes next.
 The portal's routes (:func:`gateway.web.app.portal_routes`) follow them on the same router, so that a wrong
 method on any path answers 405 with ``Allow``, and an unknown path 404: as JSON on the API's paths or without
 the portal, as the portal's page otherwise. Both refusals are decided from the request line alone; the
@@ -26,13 +27,14 @@ from gateway.http.referrals import referral_routes
 from gateway.ops.health import HealthCheck
 from gateway.stages.context import NodeContext
 
+DICOMWEB_PREFIX = "/dicomweb/"
 ErrorPage = Callable[[Request, HTTPException], Awaitable[Response]]
 
 
 def build_application(config: HttpConfig, health_checks: Mapping[str, HealthCheck], *, context: NodeContext,
                       environ: Mapping[str, str] | None = None,
                       max_body_bytes: int | None = None, portal: Sequence[BaseRoute] = (),
-                      portal_error_page: ErrorPage | None = None) -> Starlette:
+                      portal_error_page: ErrorPage | None = None, dicomweb: Sequence[BaseRoute] = ()) -> Starlette:
     """The application the node serves (built once, by :mod:`gateway.node`).
 
     Args:
@@ -43,6 +45,7 @@ def build_application(config: HttpConfig, health_checks: Mapping[str, HealthChec
         max_body_bytes: the largest request body an API route reads (default: ``http.max_body_bytes``).
         portal: the portal's routes (none: no portal).
         portal_error_page: the portal's 404 and 405 page, for paths that are not the API's.
+        dicomweb: the DICOMweb routes, all under ``/dicomweb`` (none: no DICOMweb); a 404 or 405 there is JSON.
 
     Raises:
         ValueError: a portal route takes a path of the API's.
@@ -56,7 +59,7 @@ def build_application(config: HttpConfig, health_checks: Mapping[str, HealthChec
     if taken:
         raise ValueError(f"portal routes take the API's paths: {', '.join(taken)}")
     refused = _refusals(api_paths, portal_error_page)
-    return Starlette(routes=[*api, *portal], exception_handlers={404: refused, 405: refused})
+    return Starlette(routes=[*api, *dicomweb, *portal], exception_handlers={404: refused, 405: refused})
 
 
 def _refusals(api_paths: frozenset[str],
@@ -64,7 +67,8 @@ def _refusals(api_paths: frozenset[str],
     async def refused(request: Request, exc: Exception) -> Response:
         if not isinstance(exc, HTTPException):  # registered for 404 and 405 only: Starlette's HTTPException
             raise exc
-        if portal_error_page is not None and request.scope["path"] not in api_paths:
+        path = request.scope["path"]
+        if portal_error_page is not None and path not in api_paths and not path.startswith(DICOMWEB_PREFIX):
             return closing(await portal_error_page(request, exc), request)
         reason = HTTPStatus(exc.status_code).phrase.lower()
         return closing(answer({"error": reason}, exc.status_code, exc.headers), request)

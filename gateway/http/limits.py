@@ -11,11 +11,15 @@ loop's thread (so the counts need no lock):
   or from the end of the previous response on a keep-alive connection), else 408 and close;
 - the body must be in within ``request_body_timeout_s`` of the headers, else 408 (if nothing was answered
   yet) and close; the application then sees the client disconnect.
+
+Every admitted connection gets TCP_NODELAY (:func:`_no_delay`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections import Counter
 from dataclasses import dataclass
 
@@ -82,6 +86,7 @@ def guarded_protocol(limits: ConnectionLimits, clients: ClientConnections) -> ty
                 _note_refusal("too_many_connections", self._address)
                 transport.abort()
                 return
+            _no_delay(transport)
             self._keep_deadline()
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -155,6 +160,16 @@ def guarded_protocol(limits: ConnectionLimits, clients: ClientConnections) -> ty
 
 _last_noted: dict[tuple[str, str], float] = {}
 NOTE_EVERY_S = 10.0
+
+
+def _no_delay(transport: asyncio.BaseTransport) -> None:
+    """TCP_NODELAY on an accepted connection. Without it (the listening socket is handed to uvicorn ready-made,
+    and the accepted ones came without it), a small answer written as head then body waited for the client's
+    delayed ACK: a 3 KB DICOMweb metadata answer took 52 ms instead of 14, a rendered JPEG 60 instead of 8."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _note_refusal(reason: str, address: str) -> None:

@@ -54,6 +54,7 @@ TRANSFERRED = _dcm("110104", "DICOM Instances Transferred")
 ACCESSED = _dcm("110103", "DICOM Instances Accessed")
 DELETED = _dcm("110105", "DICOM Study Deleted")
 IMPORT = _dcm("110107", "Import")
+QUERY = _dcm("110112", "Query")
 AUTHENTICATION = _dcm("110114", "User Authentication")
 SECURITY_ALERT = _dcm("110113", "Security Alert")
 APPLICATION_ACTIVITY = _dcm("110100", "Application Activity")
@@ -91,6 +92,10 @@ EVENTS: dict[str, Event] = {
     "web_report_read": Event(ACCESSED, "R"),
     "web_report_pdf": Event(ACCESSED, "R"),
     "web_report_written": Event(ACCESSED, "C"),
+    "dicomweb_retrieved": Event(ACCESSED, "R"),
+    "dicomweb_searched": Event(QUERY, "E"),
+    "dicomweb_token_issued": Event(SECURITY_ALERT, "E", USER_SECURITY_CHANGED),
+    "dicomweb_token_revoked": Event(SECURITY_ALERT, "E", USER_SECURITY_CHANGED),
     "purged": Event(DELETED, "D"),
     "referral_received": Event(IMPORT, "C"),
     "web_referral": Event(IMPORT, "C"),

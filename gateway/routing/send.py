@@ -324,6 +324,18 @@ def _data_set_pieces(part10: memoryview, transfer_syntax: str, reason: str | Non
     return [part10[meta_end:start], encoded, part10[end:]]
 
 
+def part10_as_sent(part10: bytes, transfer_syntax: str, reason: str | None) -> bytes:
+    """The Part 10 object ``part10`` as the study leg sends it: its own file meta, then the data set a reviewer
+    receives by C-STORE (with ``reason`` in (0040,1002) when given, edited exactly as :class:`_Sender` edits
+    it). DICOMweb serves this, so that a reviewer reading over the web gets the bytes a workstation gets."""
+    pieces = _data_set_pieces(memoryview(part10), transfer_syntax, reason)
+    if pieces is None:  # no standard file meta: the stock path re-encodes it, as pynetdicom does
+        return part10 if reason is None else with_reason(part10, reason)
+    located = file_meta_end_and_syntax(part10)
+    meta_end = located[0] if located is not None else 0
+    return b"".join([part10[:meta_end], *(bytes(piece) for piece in pieces)])
+
+
 def with_reason(part10: bytes, reason: str) -> bytes:
     """The Part 10 object ``part10`` with Reason for the Requested Procedure (0040,1002) set to ``reason``."""
     return with_text_element(part10, REASON_FOR_THE_REQUESTED_PROCEDURE, "LO", reason)

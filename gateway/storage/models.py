@@ -480,6 +480,25 @@ class CommitmentRequest(BaseModel):
         indexes = ((("source", "transaction_uid"), True),)
 
 
+class DicomwebToken(BaseModel):
+    """A bearer token of one reviewer's own DICOMweb viewer or workstation (migration 14), issued and revoked by
+    ops (``spine-gateway dicomweb token``). The token is ``<token_id>.<secret>``: the row is found by its public
+    ``token_id`` and the secret's SHA-256 compared in constant time; the secret itself is never stored (it is
+    shown once, at issue)."""
+
+    token_id = CharField(max_length=16, unique=True)
+    secret_sha256 = CharField(max_length=64)
+    reviewer = CharField(max_length=64, index=True)  # the configured reviewer it acts as
+    label = CharField(max_length=64, default="")     # what it is for (e.g. "home workstation"), never PHI
+    issued_at = DateTimeField(default=utcnow)
+    issued_by = CharField(max_length=64, default="")
+    revoked_at = DateTimeField(null=True)
+    last_used_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "dicomweb_token"
+
+
 MODELS_V1 = [SchemaVersion, Source, Study, Series, Instance, StudyIdentity, UidMap, OutboundObject, Referral,
              Assignment, Delivery, ReportObject, PeerHealth, QuarantinedObject, AuditEvent]
 
@@ -597,6 +616,12 @@ def _migrate_to_12(database: peewee.Database) -> None:
     database.execute_sql(f'CREATE INDEX IF NOT EXISTS "{table}_commitment_uid" ON "{table}" ("commitment_uid")')
 
 
+def _migrate_to_14(database: peewee.Database) -> None:
+    """``dicomweb_token``: the reviewers' DICOMweb bearer tokens (hashed). (Number 13 is taken by another branch;
+    ``migrate`` applies every missing number, in order.)"""
+    database.create_tables([DicomwebToken], safe=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (1, _migrate_to_1),
     (2, _migrate_to_2),
@@ -610,6 +635,7 @@ MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (10, _migrate_to_10),
     (11, _migrate_to_11),
     (12, _migrate_to_12),
+    (14, _migrate_to_14),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
