@@ -43,7 +43,10 @@ ECHO_DEADLINE_S = 10.0
 TRIED: Counter = Counter()
 _uids = itertools.count(1)
 # Every node option the fuzzer relies on: short timeouts so that a stalled peer is dropped within seconds.
-FUZZ_NODE = {"max_associations": 6, "acse_timeout_s": 2, "network_timeout_s": 3, "dimse_timeout_s": 5}
+# No association rate: the hostile inputs come from the legitimate source's own AE title and host, an association
+# or two per example, at up to 50 a second here (node.association_rate_per_peer is tested in test_hardening_peers).
+FUZZ_NODE = {"max_associations": 6, "acse_timeout_s": 2, "network_timeout_s": 3, "dimse_timeout_s": 5,
+             "association_rate_per_peer": None}
 # Examples per hostile-input test; bench/fuzz.py raises it for a long run (and draws new examples).
 EXAMPLES = int(os.environ.get("SPINE_GATEWAY_FUZZ_EXAMPLES", "100"))
 HYPOTHESIS = settings(max_examples=EXAMPLES, deadline=None,
