@@ -95,6 +95,7 @@ class NodeConfig(_Section):
     max_pending_per_host: int = Field(16, ge=1, le=1000)
     max_associations_per_peer: int | None = Field(None, ge=1, le=1000)
     max_associations_per_host: int | None = Field(None, ge=1, le=1000)
+    association_rate_per_peer: float | None = Field(20.0, gt=0)
     max_instance_bytes: BYTES = Field(2 * 1024**3, ge=1024)
     store_commit_timeout_s: SECONDS = Field(5.0, gt=0)
     receiving_processes: int | None = Field(None, ge=0, le=16)  # le: receiving_process.MAX_RECEIVING_PROCESSES

@@ -46,7 +46,7 @@ from gateway.stages.deid import DeidStage
 from gateway.stages.deliver import DeliveryStage
 from gateway.stages.health import HealthStage
 from gateway.stages.oru import OruStage
-from gateway.stages.pipeline import FailurePolicy, Pipeline, Stage
+from gateway.stages.pipeline import FailurePolicy, Pipeline, Stage, stage_scheduler
 from gateway.stages.referral import NotesStage
 from gateway.stages.reports import ReportStage
 from gateway.stages.sla import SlaStage
@@ -93,7 +93,7 @@ class GatewayNode:
         install_fast_paths()  # pynetdicom's hooks, checked first: stock pynetdicom (and one warning) otherwise
         database = open_database(self.config.storage.database, max_connections=self.config.node.max_associations + 8)
         sync_sources([(s.name, s.ae_title) for s in self.config.sources])
-        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.scheduler = stage_scheduler()
         self.context = self._node_context(database)
         self.context.install()
         with db.connection_context():

@@ -122,8 +122,59 @@ def tune_association(event: evt.Event) -> None:
         pause_reactor_promptly(event.assoc)
         wake_reactor_on_user_primitive(event.assoc)
     wake_dul_on_send(event.assoc.dul)
+    abort_on_events_out_of_state(event.assoc.dul)
     event.assoc.bind(evt.EVT_CONN_CLOSE, close_wake_line)
     event.assoc.dul._run_loop_delay = DUL_POLL_DELAY_S
+
+
+# Events that stand for a primitive the local user queued for the DUL (``_process_recv_primitive`` looks at it on
+# ``to_provider_queue`` and leaves it there for the action to take) and for a PDU the peer sent (left on
+# ``_recv_pdu`` for the action): an event dropped must take its item with it, or the next turn finds it again.
+_LOCAL_EVENTS = frozenset({"Evt1", "Evt2", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
+_PEER_PDU_EVENTS = frozenset({"Evt3", "Evt4", "Evt6", "Evt10", "Evt12", "Evt13", "Evt16"})
+_INVALID_PDU_EVENT = "Evt19"    # PS3.8 9.2: an unrecognised or invalid PDU; AA-8 in an open association
+_AWAITING_CLOSE = "Sta13"       # an A-ABORT (or A-RELEASE-RP) sent: nothing left to say to the peer
+
+
+def abort_on_events_out_of_state(dul: Any) -> None:
+    """Give ``dul``'s state machine a ``do_action`` that survives an event its transition table has no entry for.
+
+    pynetdicom raises ``InvalidEventError`` there, in the DUL thread, which dies with a traceback and leaves the
+    association to end without an abort and its socket open. Fuzz input races it: a peer sends an A-RELEASE-RQ
+    and then an invalid PDU; the DUL answers the second with an A-ABORT (AA-8, state 13) while the association's
+    thread answers the first, and that A-RELEASE response (Evt14) arrives in state 13. Here such an event is
+    logged and dropped with the primitive or PDU it stands for; if the association is still open (any state but
+    idle, awaiting transport, awaiting close), it is aborted as for an invalid PDU (Evt19: an A-ABORT to the peer,
+    an A-P-ABORT to the association, the ARTIM timer), so the DUL and association threads end as after any
+    abort."""
+    machine = dul.state_machine
+    stock = machine.do_action
+    table = pynetdicom.fsm.TRANSITION_TABLE
+
+    def do_action(event: str) -> None:
+        state = machine.current_state
+        if (event, state) in table:
+            stock(event)
+            return
+        _take_item_of(dul, event)
+        abort = state != _AWAITING_CLOSE and (_INVALID_PDU_EVENT, state) in table
+        log.warning("association_event_unexpected", state=state, kind=event,
+                    reason="aborted as for an invalid PDU" if abort else "dropped: the association is ending")
+        if abort:
+            stock(_INVALID_PDU_EVENT)
+
+    machine.do_action = do_action
+
+
+def _take_item_of(dul: Any, event: str) -> None:
+    """Remove what ``event`` stands for from its queue: the user's primitive at the head of ``to_provider_queue``
+    (only the DUL thread takes from it, so the head is the one the event was made from) or the peer's PDU."""
+    source = dul.to_provider_queue if event in _LOCAL_EVENTS else dul._recv_pdu if event in _PEER_PDU_EVENTS else None
+    if source is not None:
+        try:
+            source.get_nowait()
+        except queue.Empty:
+            pass
 
 
 def wake_dul_on_send(dul: Any) -> None:
@@ -934,7 +985,9 @@ def install_fast_paths() -> FastPaths:
     decoded; its per-PDU and per-message log
     handlers are left out (they format every PDU and command set for DEBUG and INFO lines that the gateway
     keeps at WARNING anyway, ``gateway.ops.logs``: a tenth of a bare association's time); and each association
-    is tuned when its connection opens (``tune_association``), a requestor's ready for a delivery's C-STOREs
+    is tuned when its connection opens (``tune_association``: among others, an event its state machine has no
+    entry for aborts the association instead of killing its DUL thread, ``abort_on_events_out_of_state``), a
+    requestor's ready for a delivery's C-STOREs
     to go straight to its socket (``DirectStores``); and an SCP's contexts are copied for each association
     without validating every UID again (``copy_contexts_cheaply``); an SCP's server is registered with its AE
     as ``AE.start_server`` does (``register_server``). Stock pynetdicom is slower, never wrong: every caller
@@ -1105,6 +1158,14 @@ def missing_hook_points() -> list[str]:
          and calls(DULServiceProvider.peek_next_pdu, "to_user_queue")
          and calls(DULServiceProvider.receive_pdu, "to_user_queue"), "DULServiceProvider.to_user_queue")
     need(lambda: isinstance(probe.dul._run_loop_delay, float), "DULServiceProvider._run_loop_delay")
+    need(lambda: isinstance(probe.dul._recv_pdu, queue.Queue)
+         and list(inspect.signature(probe.dul.state_machine.do_action).parameters) == ["event"]
+         and calls(pynetdicom.fsm.StateMachine.do_action, "TRANSITION_TABLE", "InvalidEventError")
+         and calls(DULServiceProvider.run_reactor, "state_machine", "do_action")
+         and calls(DULServiceProvider._process_recv_primitive, "to_provider_queue", "event_queue")
+         and all(pynetdicom.fsm.TRANSITION_TABLE[(_INVALID_PDU_EVENT, state)] == "AA-8"
+                 for state in ("Sta3", "Sta5", "Sta6", "Sta7", "Sta8", "Sta9", "Sta10", "Sta11", "Sta12")),
+         "StateMachine.do_action")
     need(lambda: probe.dimse.message is None and isinstance(probe._accepted_cx, dict), "DIMSEServiceProvider.message")
     need(lambda: isinstance(probe.dul.state_machine.current_state, str), "StateMachine.current_state")
     need(lambda: callable(probe.dul.send_pdu) and hasattr(probe.dul, "socket"), "DULServiceProvider.send_pdu")

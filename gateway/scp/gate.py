@@ -42,6 +42,7 @@ from gateway.ops.metrics import GatewayMetrics
 log = structlog.get_logger("scp.gate")
 
 A_ASSOCIATE_RQ = 0x01
+A_ASSOCIATE_RJ = 0x03
 PDU_HEADER = struct.Struct(">BBL")
 # Fixed fields of an A-ASSOCIATE-RQ after its 6-byte header: version, reserved, called and calling AE titles,
 # 32 reserved bytes (PS3.8 9.3.2); then the variable items, the Application Context Item (10H) first.
@@ -190,6 +191,31 @@ class NegotiationGate:
         if not version & 1 or request[PDU_HEADER.size + RQ_FIXED_FIELDS] != APPLICATION_CONTEXT_ITEM:
             raise Dropped("not_an_association_request")
         _peek_at_least(sock, wanted, deadline)
+
+
+def requested_ae_titles(sock: Any) -> tuple[str, str] | None:
+    """The called and calling AE titles of the A-ASSOCIATE-RQ that ``wait_for_request`` found waiting on ``sock``
+    (peeked, left in place), or None over TLS, where the request cannot be peeked."""
+    if isinstance(sock, ssl.SSLSocket):
+        return None
+    start = PDU_HEADER.size + 4  # after the protocol version and the reserved field
+    try:
+        request = sock.recv(start + 32, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:
+        return None
+    if len(request) < start + 32:
+        return None
+    called, calling = request[start:start + 16], request[start + 16:start + 32]
+    return called.decode("ascii", "replace").strip(), calling.decode("ascii", "replace").strip()
+
+
+def reject(sock: Any, result: int, source: int, diagnostic: int) -> None:
+    """Answer the request waiting on ``sock`` with an A-ASSOCIATE-RJ PDU (PS3.8 9.3.4) written straight to the
+    socket, without reading the request: the caller closes the connection next."""
+    try:
+        sock.sendall(PDU_HEADER.pack(A_ASSOCIATE_RJ, 0, 4) + bytes((0, result, source, diagnostic)))
+    except OSError:
+        pass  # the peer has gone already: nothing to answer
 
 
 def _oldest_silent(waiting: list[Any]) -> Any:

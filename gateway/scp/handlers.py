@@ -36,6 +36,7 @@ from gateway.scp.commitment_intake import CommitmentIntake
 from gateway.scp.gate import Throttle
 from gateway.scp.policy import AssociationPolicy, AssociationRefused, Caller
 from gateway.scp.quarantine import QuarantineBudget
+from gateway.scp.rate import AssociationRate
 from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance, elapsed_ms
 from gateway.scp.slots import NODE_FULL, AssociationSlots
 from gateway.stages.context import NodeContext, WithNodeContext
@@ -97,7 +98,8 @@ class ScpHandlers(WithNodeContext):
                  reports: ReportGate | None = None, slots: AssociationSlots | None = None, *,
                  ae_share: int | None = None, host_share: int | None = None,
                  quarantine: QuarantineBudget | None = None, max_instance_bytes: int | None = None,
-                 commitments: CommitmentIntake | None = None, context: NodeContext | None = None) -> None:
+                 commitments: CommitmentIntake | None = None, rate: AssociationRate | None = None,
+                 context: NodeContext | None = None) -> None:
         self._context = context
         self.policy = policy
         self.receiver = receiver
@@ -109,6 +111,7 @@ class ScpHandlers(WithNodeContext):
         self.quarantine = quarantine  # None: every refused C-STORE is kept (tests of the handlers alone)
         self.max_instance_bytes = max_instance_bytes
         self.commitments = commitments  # Storage Commitment requests (None: every N-ACTION refused)
+        self.rate = rate  # node.association_rate_per_peer, checked in the gate (None: no limit)
         self._rejections = Throttle()
         self._over_budget = Throttle()
         self._slot_lock = threading.Lock()
@@ -148,10 +151,7 @@ class ScpHandlers(WithNodeContext):
             count = self._log_rejection(refusal.reason, calling.strip(), called.strip(), peer)
             event.assoc.acse.send_reject(refusal.result, refusal.source, refusal.diagnostic)
             event.assoc.kill()
-            self.context.metrics.record_association("rejected")
-            if count is not None:
-                self._audit("association_refused", calling.strip()[:16], peer, None, "refused",
-                            refusal.reason if count == 1 else f"{refusal.reason} ({count} times)")
+            self._rejected(refusal, calling, peer, count)
             return
         self._associations[event.assoc] = AssociationStats(caller, peer, holds_slot=self.slots is not None,
                                                            peer_keys=peer_keys)
@@ -159,6 +159,35 @@ class ScpHandlers(WithNodeContext):
             self._start_sweeper()
         self.context.metrics.record_association("accepted")
         log.info("association_accepted", **_named(caller), calling_ae=caller.ae_title, peer=peer)
+
+    def _rejected(self, refusal: AssociationRefused, calling: str, peer: str, count: int | None) -> None:
+        """Count a rejected association and audit it (``count``: from ``_log_rejection``, None when held back)."""
+        self.context.metrics.record_association("rejected")
+        if count is not None:
+            self._audit("association_refused", calling.strip()[:16], peer, None, "refused",
+                        refusal.reason if count == 1 else f"{refusal.reason} ({count} times)")
+
+    def rate_refusal(self, peer: str, calling: str | None, called: str | None) -> AssociationRefused | None:
+        """Called in the negotiation gate's thread for a connection that has sent its A-ASSOCIATE-RQ, before an
+        association is made of it: the refusal to answer when its host, or its AE title, opens associations
+        faster than ``node.association_rate_per_peer`` (logged and audited here), else None. ``calling`` and
+        ``called``: the AE titles of the request (None over TLS, where the gate cannot read them: the host's rate
+        alone applies). The AE title counts only when the policy admits it from this host, so that a peer calling
+        with another's AE title from elsewhere spends its own host's rate, not that AE title's."""
+        if self.rate is None:
+            return None
+        keys = [f"host:{peer}"]
+        if calling is not None and called is not None:
+            try:
+                keys.append(f"ae:{self.policy.admit(calling, called, peer).ae_title}")
+            except AssociationRefused:
+                pass  # refused in negotiation, with its own reason
+        if self.rate.take(keys) is None:
+            return None
+        refusal = AssociationRefused.over_rate()
+        count = self._log_rejection(refusal.reason, (calling or "").strip(), (called or "").strip(), peer)
+        self._rejected(refusal, calling or "", peer, count)
+        return refusal
 
     def _take_slot(self, caller: Caller, peer: str) -> tuple[str, ...]:
         """A place under ``node.max_associations`` and under the caller's AE title's and host's shares of it.

@@ -39,6 +39,12 @@ class AssociationRefused(Exception):
         return cls._transient(reason)
 
     @classmethod
+    def over_rate(cls) -> AssociationRefused:
+        """The calling host or AE title opens associations faster than ``node.association_rate_per_peer``
+        (transient, local limit exceeded: it may try again in a moment)."""
+        return cls._transient("association_rate_exceeded")
+
+    @classmethod
     def _transient(cls, reason: str) -> AssociationRefused:
         refusal = cls(reason, status.DIAG_LOCAL_LIMIT_EXCEEDED)
         refusal.result = status.REJECTED_TRANSIENT

@@ -6,6 +6,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,10 +24,11 @@ from gateway.dicom.net import (
     stop_unregistered_server,
 )
 from gateway.scp.commitment_intake import CommitmentIntake
-from gateway.scp.gate import Dropped, NegotiationGate
+from gateway.scp.gate import Dropped, NegotiationGate, reject, requested_ae_titles
 from gateway.scp.handlers import ScpHandlers
-from gateway.scp.policy import AssociationPolicy
+from gateway.scp.policy import AssociationPolicy, AssociationRefused
 from gateway.scp.quarantine import QuarantineBudget
+from gateway.scp.rate import AssociationRate
 from gateway.scp.receiver import InstanceReceiver
 from gateway.scp.report_intake import ReportIntake
 from gateway.scp.slots import AssociationSlots
@@ -77,7 +79,13 @@ def node_handlers(config: GatewayConfig, spool: Spool, node: str, slots: Associa
                                                    config.quarantine.max_objects_per_peer, context=context),
                        max_instance_bytes=config.node.max_instance_bytes,
                        commitments=CommitmentIntake(config.commitment, config.sources, context=context),
-                       context=context)
+                       rate=association_rate(config), context=context)
+
+
+def association_rate(config: GatewayConfig) -> AssociationRate | None:
+    """``node.association_rate_per_peer``'s buckets for one accepting process (None: no limit)."""
+    per_s = config.node.association_rate_per_peer
+    return AssociationRate(per_s) if per_s is not None else None
 
 
 def tls_context(node: NodeConfig) -> ssl.SSLContext | None:
@@ -119,7 +127,24 @@ class GatedRequestHandler(RequestHandler):
         if not gate.leave(host, sock):  # displaced (and shut) just as its request arrived
             self.server.shutdown_request(sock)
             return
+        if self._over_rate(host, sock):
+            self.server.shutdown_request(sock)
+            return
         super().handle()
+
+    def _over_rate(self, host: str, sock: Any) -> bool:
+        """The host or AE title opens associations too fast (``gateway.scp.rate``): answered with an
+        A-ASSOCIATE-RJ here, before pynetdicom makes an association (and its threads) of the request."""
+        check = self.server.rate_refusal
+        if check is None:
+            return False
+        titles = requested_ae_titles(sock)
+        called, calling = titles if titles is not None else (None, None)
+        refusal = check(host, calling, called)
+        if refusal is None:
+            return False
+        reject(sock, refusal.result, refusal.source, refusal.diagnostic)
+        return True
 
 
 BALANCE_WAIT_S = 0.05         # longest a connection waits for a less busy process to accept it
@@ -139,8 +164,11 @@ class GatedAssociationServer(ThreadedAssociationServer):
     daemon_threads = True
 
     def __init__(self, *args: Any, gate: NegotiationGate, listening: socket.socket | None = None,
-                 slots: AssociationSlots | None = None, **kwargs: Any) -> None:
+                 slots: AssociationSlots | None = None,
+                 rate_refusal: Callable[[str, str | None, str | None], AssociationRefused | None] | None = None,
+                 **kwargs: Any) -> None:
         self.gate = gate
+        self.rate_refusal = rate_refusal  # ScpHandlers.rate_refusal, when node.association_rate_per_peer is set
         self.closing = threading.Event()
         self._inherited = listening
         self.slots = slots  # where several processes accept on the port: the busier ones let the others accept
@@ -232,7 +260,8 @@ def start_scp(node: NodeConfig, handlers: ScpHandlers, *,
     listening = socket.socket(fileno=listening_fd) if listening_fd is not None else None
     server = ae.make_server((node.host, node.port), evt_handlers=handlers.bindings(), ssl_context=tls_context(node),
                             server_class=GatedAssociationServer, request_handler=GatedRequestHandler, gate=gate,
-                            listening=listening, slots=handlers.slots)
+                            listening=listening, slots=handlers.slots,
+                            rate_refusal=handlers.rate_refusal if handlers.rate is not None else None)
     server.registered = register_server(ae, server)
     copy_contexts_cheaply(server)
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")

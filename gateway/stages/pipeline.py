@@ -24,12 +24,14 @@ import errno
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import peewee
 import structlog
+from apscheduler.executors.pool import BasePoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from gateway.backoff import Backoff
@@ -192,6 +194,39 @@ class StageLoop:
                       duration_ms=int((time.perf_counter() - started) * 1000))
 
 
+# Stage runs at once, at most: apscheduler's default pool size, which the stages always ran on.
+STAGE_THREADS = 10
+_PRESTART_TIMEOUT_S = 30.0
+
+
+class StartedThreadPool(BasePoolExecutor):
+    """A pool like apscheduler's ``ThreadPoolExecutor``, with every one of its threads started when the scheduler
+    starts, named ``stage-run_N``. concurrent.futures starts a pool's threads one at a time, as runs overlap, and
+    never ends them: since the ORU and Storage Commitment stages made ten stages, all firing each ``poll_s``, the
+    pool grew from about five threads just after start to its ten over the next half-minute, which read as
+    threads left behind by whatever ran meanwhile (an attack, in the hardening tests). Started whole, the node's
+    thread count is fixed from its start on."""
+
+    def __init__(self, max_workers: int = STAGE_THREADS) -> None:
+        self.threads = ThreadPoolExecutor(max_workers, thread_name_prefix="stage-run")
+        self.max_workers = max_workers
+        super().__init__(self.threads)
+
+    def start(self, scheduler: Any, alias: str) -> None:
+        super().start(scheduler, alias)
+        # A task per thread, each waiting until all have started: no thread is idle meanwhile, so each submit
+        # starts a new one (public API only, no private counter of the pool).
+        everyone = threading.Barrier(self.max_workers, timeout=_PRESTART_TIMEOUT_S)
+        started = [self.threads.submit(everyone.wait) for _ in range(self.max_workers)]
+        for future in started:
+            future.result()
+
+
+def stage_scheduler() -> BackgroundScheduler:
+    """The scheduler the stages run on (and the wake-up timers beside them), its threads started with it."""
+    return BackgroundScheduler(timezone="UTC", executors={"default": StartedThreadPool()})
+
+
 class Pipeline:
     """Every stage's loop on one scheduler: each runs every ``poll_s``, and at once when woken (``wake``, or a
     committed state change through ``wakeups``, see ``gateway.storage.wakeup``); one run at a time per stage."""
@@ -205,7 +240,7 @@ class Pipeline:
         self.stages = list(stages)
         self.poll_s = poll_s
         self.loops = {stage.name: StageLoop(stage, policy, context) for stage in self.stages}
-        self.scheduler = scheduler if scheduler is not None else BackgroundScheduler(timezone="UTC")
+        self.scheduler = scheduler if scheduler is not None else stage_scheduler()
         self.wakeups = wakeups if wakeups is not None or context is None else context.wakeups
         self._runs: dict[str, wakeup.CoalescedRun] = {}
 

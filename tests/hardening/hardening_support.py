@@ -10,9 +10,11 @@ abort the association after N instances to play a reviewer that misbehaves.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -57,6 +59,17 @@ def fast_extra(http_port: int | None = None, **sections: dict) -> dict:
 def thread_count(pid: int) -> int:
     """Threads of process ``pid``, from /proc."""
     return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def thread_stacks(pid: int, stderr_path: Path, settle_s: float = 1.0) -> str:
+    """Every thread's stack in process ``pid`` (a node started by ``spine-gateway serve``, which dumps them to its
+    stderr on SIGUSR2 with faulthandler): what to show when its threads do not fall back."""
+    before = stderr_path.stat().st_size if stderr_path.exists() else 0
+    os.kill(pid, signal.SIGUSR2)
+    time.sleep(settle_s)  # the dump is written by the signal handler in one go; a diagnostic, not synchronisation
+    with open(stderr_path, "rb") as stderr:
+        stderr.seek(before)
+        return stderr.read().decode(errors="replace")
 
 
 def peak_rss_kib(pid: int) -> int:

@@ -34,6 +34,8 @@ from support.dicomfiles import dataset_bytes, sop_instance_uid, spool_index
 from support.peers import DCMTK, NODELAY_ENV, GatewayProcess, storescu
 
 OTHER_HOST = "127.0.0.2"  # loopback, yet another calling host than 127.0.0.1
+OTHER_SOURCE_AE = "CITY_PACS"  # a source admitted from any host: a PACS gone wrong
+TWO_SOURCES = [{"name": "st-marys", "ae_title": SOURCE_AE}, {"name": "city", "ae_title": OTHER_SOURCE_AE}]
 ATTACK_DEADLINE_S = 60.0
 _STATUS = re.compile(r"Received Store Response \(([^)]*)\)")
 
@@ -267,17 +269,19 @@ def test_large_instances_stream_to_the_spool_and_oversized_ones_are_refused(tmp_
 
 
 def _fuzz(port: int, count: int, seed: int) -> None:
-    """``count`` fuzzed PDUs, every other one after a valid A-ASSOCIATE-RQ, each on its own connection."""
+    """``count`` fuzzed PDUs, every other one after a valid A-ASSOCIATE-RQ, each on its own connection, from
+    another host than the legitimate source's, calling as another source (as bench/hostile.py does: the source's
+    own AE title and host would spend their own association rate, ``node.association_rate_per_peer``)."""
     import random
 
     noise = random.Random(seed)
     for n in range(count):
         try:
-            peer = RawPeer(port, timeout=5)
+            peer = RawPeer(port, timeout=5, source=OTHER_HOST)
         except OSError:
             continue
         try:
-            if n % 2 and not peer.associate():
+            if n % 2 and not peer.associate(calling=OTHER_SOURCE_AE):
                 continue
             body = bytes(noise.randrange(256) for _ in range(noise.randrange(0, 64)))
             peer.send(struct.pack(">BBI", noise.randrange(1, 9), 0, noise.choice([len(body), 1 << 20])) + body)
@@ -288,7 +292,7 @@ def _fuzz(port: int, count: int, seed: int) -> None:
 def test_fuzzed_pdus_leave_c_echo_answered_within_a_second(tmp_path, database_url, small_study):
     """800 fuzzed PDUs, half after a valid association: C-ECHO answered within 1 s during and after (every sender
     used to be refused for about 18 s afterwards, by pynetdicom counting the aborted associations' threads)."""
-    node = GatewayProcess(tmp_path / "gw", database_url).start(timeout=120)
+    node = GatewayProcess(tmp_path / "gw", database_url, sources=TWO_SOURCES).start(timeout=120)
     try:
         fuzzers = [threading.Thread(target=_fuzz, args=(node.port, 400, seed)) for seed in (1, 2)]
         for fuzzer in fuzzers:
@@ -300,5 +304,53 @@ def test_fuzzed_pdus_leave_c_echo_answered_within_a_second(tmp_path, database_ur
         after = echoscu(node.port, seconds=1)
         assert after.returncode == 0, f"C-ECHO not answered within 1 s after the fuzz: {after.stderr}"
         legitimate_traffic_succeeds(node, small_study)
+    finally:
+        node.stop()
+
+
+def _hammer(port: int, deadline: float, answers: list[tuple[int, ...]]) -> None:
+    """Associations from another host as fast as one thread goes, each released by closing at once: the A-ASSOCIATE
+    answer of each, as (PDU type,) or, for an A-ASSOCIATE-RJ, (type, result, source, reason)."""
+    while time.monotonic() < deadline:
+        try:
+            peer = RawPeer(port, timeout=5, source=OTHER_HOST)
+        except OSError:
+            continue
+        try:
+            peer.send(associate_rq(calling=OTHER_SOURCE_AE))
+            answer = peer.read_pdu()
+        finally:
+            peer.close()
+        if answer is not None:
+            answers.append((answer[0], *answer[1][1:4]) if answer[0] == 0x03 else (answer[0],))
+
+
+def test_a_host_hammering_associations_is_refused_past_its_rate_and_others_get_in(tmp_path, database_url):
+    """One host opens associations as fast as four threads go: past ``node.association_rate_per_peer`` (5 a second
+    here) it gets A-ASSOCIATE-RJ, rejected-transient, local-limit-exceeded, answered before any association is
+    made of the request; a DCMTK echoscu from another host and AE title meanwhile gets in every time."""
+    node = GatewayProcess(tmp_path / "gw", database_url, sources=TWO_SOURCES,
+                          node={"association_rate_per_peer": 5}).start(timeout=120)
+    try:
+        answers: list[tuple[int, ...]] = []
+        deadline = time.monotonic() + 6
+        hammers = [threading.Thread(target=_hammer, args=(node.port, deadline, answers)) for _ in range(4)]
+        for hammer in hammers:
+            hammer.start()
+        try:
+            echoes = [echoscu(node.port) for _ in range(3)]
+        finally:
+            for hammer in hammers:
+                hammer.join(ATTACK_DEADLINE_S)
+        for echo in echoes:
+            assert echo.returncode == 0, f"C-ECHO refused while another host hammered: {echo.stderr}"
+        refused = [a for a in answers if a[0] == 0x03]
+        accepted = [a for a in answers if a[0] == 0x02]
+        assert refused and set(refused) == {(0x03, 2, 3, 2)}, f"rejected-transient, local limit: {set(refused)}"
+        assert accepted, "the hammering host was never let in: its rate is a rate, not a ban"
+        rejected = events(node, "association_rejected")
+        assert {(e["reason"], e["peer"]) for e in rejected} == {("association_rate_exceeded", OTHER_HOST)}
+        opened = [e for e in node.log_events() if e["event"] == "association_accepted" and e["source"] == "city"]
+        assert len(opened) == len(accepted), "a request refused for its rate was made an association all the same"
     finally:
         node.stop()

@@ -18,8 +18,11 @@ import pynetdicom.dimse_messages
 import pynetdicom.dul
 import pynetdicom.fsm
 import pytest
+import structlog.testing
 from pydicom import dcmread
+from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.transport import AssociationSocket
 
 import gateway.dicom.net
@@ -100,6 +103,7 @@ def test_every_hook_is_in_effect_on_a_real_association(scp, small_study, monkeyp
             assert assoc.dul._run_loop_delay == DUL_POLL_DELAY_S
             assert assoc.dul._gateway_wake.fileno() >= 0, "the DUL wakes when something is queued"
             assert "put" in vars(assoc.dul.to_provider_queue)
+            assert "do_action" in vars(assoc.dul.state_machine), "an event out of state aborts, not kills the DUL"
         assert acceptor.dul.socket.socket.gettimeout() == 42.0, "accepted sockets get the network timeout"
         assert isinstance(acceptor.dimse.msg_queue, _StoresServedInline)
         assert acceptor._gateway_poll_s == ASSOCIATION_POLL_S and "put" in vars(acceptor.dul.to_user_queue), \
@@ -378,3 +382,41 @@ def read_pdu(sock: socket.socket) -> tuple[int, bytes] | None:
     except OSError:
         return None
     return data[0], data[6:]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_event_out_of_state_in_the_state_machine_is_dropped_and_the_threads_end(bounded_scp, monkeypatch):
+    """The fuzz's A-RELEASE-RQ followed by invalid PDUs: the DUL answers the first invalid one with an A-ABORT
+    (AA-8, state 13, where it stays while more bytes are to be read) while the association's thread answers the
+    release, and that A-RELEASE response (Evt14) arrives in state 13, where pynetdicom's state machine has no
+    entry. Stock, it raised ``InvalidEventError`` and the DUL thread died with a traceback. Here the association's
+    thread is held until the DUL is in state 13 (kept there by the invalid PDUs still to read), so the race goes
+    that way every time: the event is logged and dropped (``abort_on_events_out_of_state``), no thread dies, the
+    peer gets the A-ABORT, and both threads end and give the place back."""
+    server, config, _spool, slots, _handlers = bounded_scp
+    died: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
+    peer = socket.create_connection(("127.0.0.1", config.node.port), timeout=10)
+    try:
+        peer.sendall(associate_rq(calling="STMARYS_PACS"))
+        assert read_pdu(peer)[0] == 0x02
+        acceptor = wait_until(lambda: next((a for a in server.active_associations if a.is_established), None), 10,
+                              "the acceptor's association")
+
+        def hold_the_release_answer(event):
+            if isinstance(event.primitive, A_RELEASE):
+                wait_until(lambda: acceptor.dul.state_machine.current_state == "Sta13", 10, "the DUL's A-ABORT",
+                           interval=0.0005)
+        acceptor.bind(evt.EVT_ACSE_RECV, hold_the_release_answer)
+        unknown_pdu = struct.pack(">BBI", 0x09, 0, 0)
+        with structlog.testing.capture_logs() as logs:
+            peer.sendall(struct.pack(">BBIL", 0x05, 0, 4, 0) + unknown_pdu * 4000)  # A-RELEASE-RQ, then junk
+            answer = read_pdu(peer)
+            assert answer is not None and answer[0] == 0x07, f"an A-ABORT, not {answer}"
+            wait_until(lambda: not acceptor.is_alive() and not acceptor.dul.is_alive(), 20, "both threads to end")
+    finally:
+        peer.close()
+    wait_until(lambda: slots.total() == 0, 5, "the association's place to be given back")
+    assert died == [], f"a thread died: {died!r}"
+    unexpected = [e for e in logs if e["event"] == "association_event_unexpected"]
+    assert [(e["kind"], e["state"]) for e in unexpected] == [("Evt14", "Sta13")], unexpected
