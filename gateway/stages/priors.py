@@ -61,7 +61,7 @@ class PriorsStage(WithNodeContext):
             return 0
         moved = 0
         for study in priors.due_to_begin(self.peers):
-            source = study.source.name if study.source_id is not None else ""
+            source = getattr(study.source, "name", "")
             if priors.begin(study, source, self.rules.wait_s) is not None:
                 log.info("priors_started", case=study.key, source=source)
                 moved += 1
