@@ -10,6 +10,7 @@ the case goes after ``priors.wait_s`` and its notes say the priors could not be 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import signal
 from pathlib import Path
 
@@ -139,8 +140,9 @@ def test_the_case_reaches_the_reviewer_with_its_spine_priors_under_the_same_pseu
         assert "CT LSPINE, 10 months before this study" in notes
         assert "HEAD" not in notes and "could not" not in notes
 
-        audit = node.cli("audit").stdout
-        assert "priors_queried" in audit and "priors_retrieved" in audit
+        audit = json.loads(node.cli("audit", "--json").stdout)
+        actions = [(event["action"], event["outcome"]) for event in audit]
+        assert ("priors_queried", "success") in actions and actions.count(("priors_retrieved", "success")) == 2
         assert not any("MRN0012345" in line or "DOE" in line for line in node.log_file.read_text().splitlines())
     finally:
         node.stop()
