@@ -6,7 +6,10 @@ import pytest
 
 from gateway.config import PriorsConfig
 from gateway.dicom.qr import FoundSeries, FoundStudy
+from gateway.routing import priors as priors_lib
 from gateway.routing.priors import choose, relative_interval
+from gateway.storage.models import CaseState, PriorFetch, PriorFetchState, PriorStudy, Study, utcnow
+from routing_db import db, make_case  # noqa: F401 - the fixture
 
 CURRENT = "1.2.3.100"
 STUDIES = [
@@ -79,3 +82,48 @@ def test_a_study_without_body_parts_in_its_series_is_judged_by_its_description()
 ])
 def test_relative_interval(prior, current, said):
     assert relative_interval(prior, current) == said
+
+
+# --- the case's fetch in the database: what the notes wait for and what they say ---
+
+
+
+def _waiting(sources: list[str]) -> set[int]:
+    return {s.id for s in Study.select().where(priors_lib.notes_wait_for_priors(sources))}
+
+
+def test_the_notes_wait_until_the_priors_are_done_or_given_up(db):  # noqa: F811 - the fixture
+    case = make_case(CaseState.DEIDENTIFIED)
+    assert _waiting(["st-marys"]) == {case.id}, "not begun: the priors stage has not looked yet"
+    assert _waiting(["other-source"]) == set(), "a source without a PACS: nothing to wait for"
+    assert [s.id for s in priors_lib.due_to_begin(["st-marys"])] == [case.id]
+    fetch = priors_lib.begin(case, "st-marys", 60)
+    assert fetch is not None and priors_lib.begin(case, "st-marys", 60) is None, "one fetch per case"
+    assert priors_lib.due_to_begin(["st-marys"]) == []
+    for state in (PriorFetchState.RETRIEVING, PriorFetchState.DEIDENTIFYING):
+        assert priors_lib.set_state(fetch, state)
+        assert _waiting(["st-marys"]) == {case.id}
+    assert priors_lib.set_state(fetch, PriorFetchState.DONE)
+    assert _waiting(["st-marys"]) == set()
+    assert PriorFetch.get_by_id(fetch.id).finished_at is not None
+
+
+def test_the_notes_say_which_priors_came_and_which_did_not(db):  # noqa: F811 - the fixture
+    case = make_case(CaseState.DEIDENTIFIED)
+    assert priors_lib.notes_summary(case, "20261120") is None, "no fetch: nothing to say"
+    fetch = priors_lib.begin(case, "st-marys", 60)
+    priors_lib.record_choice(fetch, [])
+    assert fetch.state == PriorFetchState.DONE
+    assert priors_lib.notes_summary(case, "20261120") == priors_lib.NONE_FOUND_NOTE + "."
+
+    other = make_case(CaseState.DEIDENTIFIED)
+    fetch = priors_lib.begin(other, "st-marys", 60)
+    priors_lib.record_choice(fetch, [priors_lib.ChosenPrior("1.2.3.1", "20240815", "MR", "LSPINE"),
+                                     priors_lib.ChosenPrior("1.2.3.2", "20260120", "CT", "LSPINE")])
+    PriorStudy.update(state="retrieved", instances=3, retrieved_at=utcnow()).where(
+        PriorStudy.study_uid == "1.2.3.1").execute()
+    priors_lib.set_state(fetch, PriorFetchState.UNAVAILABLE, reason="no association")
+    text = priors_lib.notes_summary(other, "20261120")
+    assert text == ("Prior 1: MR LSPINE, 2 years 3 months before this study (3 instances)\n"
+                    + priors_lib.UNAVAILABLE_NOTE + " (some of them).")
+    assert "2024" not in text and "1.2.3" not in text
