@@ -95,6 +95,7 @@ def _delivered(node: GatewayProcess) -> dict | None:
     return states if states == {"delivered": 1} else None
 
 
+@pytest.mark.dicom_e2e  # run a second time with the pynetdicom hooks off (make test-hooks-off)
 def test_the_case_reaches_the_reviewer_with_its_spine_priors_under_the_same_pseudonyms(tmp_path):
     current = write_demo_study(tmp_path / "current", 4, seed=20, rows=32, cols=32)
     pacs_studies = _pacs_studies(tmp_path)
