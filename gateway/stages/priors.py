@@ -65,17 +65,28 @@ class PriorsStage(WithNodeContext):
             if priors.begin(study, source, self.rules.wait_s) is not None:
                 log.info("priors_started", case=study.key, source=source)
                 moved += 1
-        due = PriorFetch.select().where(PriorFetch.state.in_(list(WORKING)) & (PriorFetch.next_attempt_at <= now))
+        due = PriorFetch.select().where(PriorFetch.state.in_(list(WORKING)) & (PriorFetch.next_attempt_at <= utcnow()))
         for fetch in list(due.order_by(PriorFetch.started_at)):
             holder = self.context.owner.owner(STAGE)
             if not priors.claim(fetch, holder, self.context.lease):
                 continue
             try:
-                moved += self._step(fetch)
+                moved += self._steps(fetch)
             except Exception as exc:  # noqa: BLE001 - one broken case must not stop the others
                 self._failed(fetch, type(exc).__name__)
             finally:
                 priors.release(fetch, holder)
+        return moved
+
+    def _steps(self, fetch: PriorFetch) -> int:
+        """The fetch's steps one after the other (query, retrieve, ...), each committed, until one has to wait (a
+        retry, the de-identification) or the fetch is finished: no poll interval between them."""
+        moved = 0
+        while fetch.state in WORKING:
+            state = fetch.state
+            if not self._step(fetch) or fetch.state == state:
+                break
+            moved += 1
         return moved
 
     def _step(self, fetch: PriorFetch) -> int:
