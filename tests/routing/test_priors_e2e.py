@@ -141,6 +141,7 @@ def test_the_case_reaches_the_reviewer_with_its_spine_priors_under_the_same_pseu
         assert "CT LSPINE, 10 months before this study" in notes
         assert "HEAD" not in notes and "could not" not in notes
 
+        assert node.status()["priors_by_state"] == {"done": 1}
         audit = json.loads(node.cli("audit", "--json").stdout)
         actions = [(event["action"], event["outcome"]) for event in audit]
         assert ("priors_queried", "success") in actions and actions.count(("priors_retrieved", "success")) == 2
@@ -164,6 +165,7 @@ def test_a_pacs_that_is_down_delays_the_case_at_most_the_wait_and_the_notes_say_
         assert len({ds.StudyInstanceUID for ds in received}) == 1 and len(received) == 3 + 2
         assert "Priors could not be retrieved from the source's PACS; the case went without them." in \
             _sr_text(received)
+        assert node.status()["priors_by_state"] == {"unavailable": 1}
         events = [event for event in node.log_events() if event.get("event") == "priors_unavailable"]
         assert len(events) == 1 and events[0]["attempt"] >= 1
     finally:
