@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -134,7 +135,7 @@ def find_series(node: NodeConfig, peer: DicomPeer, study_uid: str, timeout_s: fl
 def _values(value: Any) -> tuple[str, ...]:
     if value is None or value == "":
         return ()
-    items = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+    items = value if isinstance(value, (list, tuple, MultiValue)) else [value]
     return tuple(str(item).strip().upper() for item in items if str(item).strip())
 
 
