@@ -25,6 +25,10 @@ TCP_NODELAY=1 for the DCMTK tools and Orthanc; the gateway sets it on its own so
     scripts/in-private-net.sh .venv/bin/python bench/e2e.py [--runs 5] [--instances 300] [--poll-only]
 
 ``--poll-only`` also times the gateway with ``routing.wakeups: false`` (the shipped poll alone), for comparison.
+``--priors N`` also times the gateway with priors: an Orthanc of its own plays the source's PACS (``query_retrieve``)
+holding N earlier lumbar MR studies of the patient (``--prior-instances`` each, default ``--instances``); the
+study is complete at the reviewer once the priors are there too. The delay priors add is the difference of the
+two medians (and the ``priors_finished`` log event's duration: de-identification to priors done).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from ingest import study  # noqa: E402
 
-from gateway.demo import DemoPatient  # noqa: E402
+from gateway.demo import DemoPatient, write_demo_study  # noqa: E402
 from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc, storescu, wait_until  # noqa: E402
 
 SHIPPED = yaml.safe_load((REPO / "config" / "gateway.yaml").read_text())
@@ -100,32 +104,52 @@ def _ts(event: dict) -> dt.datetime:
     return dt.datetime.fromisoformat(event["ts"].replace("Z", "+00:00"))
 
 
-def gateway(files: list[Path], work: Path, report: Path | None, wakeups: bool = True
-            ) -> tuple[float, float | None, float | None, Path | None]:
+def prior_studies(count: int, instances: int, work: Path) -> list[list[Path]]:
+    """``count`` earlier lumbar MR studies of the demo patient, a year apart (rules: within 10 years, spine, MR)."""
+    return [write_demo_study(work / f"prior-{number}", instances, seed=100 + number,
+                             patient=DemoPatient(study_date=f"{2025 - number}0601", accession=f"A90000{number:02d}"))
+            for number in range(count)]
+
+
+PRIORS_LOG: list[float] = []  # the priors_finished events' durations (de-identified -> priors done), seconds
+
+
+def gateway(files: list[Path], work: Path, report: Path | None, wakeups: bool = True,
+            priors: list[list[Path]] | None = None) -> tuple[float, float | None, float | None, Path | None]:
     """(study seconds minus the stability wait, report wall seconds, report seconds in the log, built report)."""
     reviewer = DcmtkStoreSCP(work / "reviewer", ae_title="REVIEWER").start()
     source = DcmtkStoreSCP(work / "source", ae_title="STMARYS_PACS").start()
+    pacs = Orthanc(work / "pacs", "STMARYS_QR") if priors else None
     node_shipped = {k: v for k, v in SHIPPED["node"].items() if k not in ("host", "port", "ae_title")}
     routing = {**SHIPPED["routing"], "wakeups": wakeups and SHIPPED["routing"].get("wakeups", True)}
     node = GatewayProcess(
         work / "gw", f"sqlite:///{work}/gw/gateway.db", node=node_shipped,
         sources=[{"name": "st-marys", "ae_title": "STMARYS_PACS",
-                  "return": {"ae_title": "STMARYS_PACS", "host": "127.0.0.1", "port": source.port}}],
+                  "return": {"ae_title": "STMARYS_PACS", "host": "127.0.0.1", "port": source.port},
+                  **({"query_retrieve": {"ae_title": "STMARYS_QR", "host": "127.0.0.1", "port": pacs.dicom_port}}
+                     if pacs is not None else {})}],
         reviewers=[{"name": "dr-a", "ae_title": "REVIEWER", "host": "127.0.0.1", "port": reviewer.port}],
         extra={"routing": routing, "deid": SHIPPED["deid"], "referrals": SHIPPED["referrals"],
                "http": {"enabled": False}})
     stable_after = float(SHIPPED["routing"]["stable_after_s"])
     try:
+        if pacs is not None:
+            pacs.modalities = {"gateway": ["SPINEGW", "127.0.0.1", node.port]}
+            pacs.start()
+            for paths in priors or []:
+                pacs.upload(paths)
         node.start()
         (work / "referral.json").write_text(json.dumps(REFERRAL))
         node.cli("referral", "add", str(work / "referral.json"))
-        expected = len(files) + 2  # the images, the notes SR and the notes PDF
+        expected = len(files) + 2 + sum(map(len, priors or []))  # the images, the notes SR and PDF, the priors
         started = time.perf_counter()
         send(node.port, files, "STMARYS_PACS", "SPINEGW")
         wait_until(lambda: received(reviewer) >= expected, 900, "the gateway to deliver the study", POLL_INTERVAL)
         study_s = time.perf_counter() - started - stable_after
         wait_until(lambda: any(e["event"] == "case_state_changed" and e.get("state") == "delivered"
                                for e in node.log_events()), 60, "the delivery to be committed")
+        if pacs is not None:
+            PRIORS_LOG.extend(e["duration_ms"] / 1000 for e in node.log_events() if e["event"] == "priors_finished")
         report_wall = report_log = None
         if report is None:
             case_key = node.status()["recent_studies"][0]["study"]
@@ -143,6 +167,8 @@ def gateway(files: list[Path], work: Path, report: Path | None, wakeups: bool = 
         return study_s, report_wall, report_log, report
     finally:
         node.stop()
+        if pacs is not None:
+            pacs.stop()
         source.stop()
         reviewer.stop()
 
@@ -159,12 +185,16 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=300)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--poll-only", action="store_true", help="also the gateway with routing.wakeups false")
+    parser.add_argument("--priors", type=int, default=0, help="also the gateway with this many priors in a PACS")
+    parser.add_argument("--prior-instances", type=int, default=None, help="instances of each prior")
     args = parser.parse_args()
     files = study(args.instances)
     megabytes = sum(p.stat().st_size for p in files) / 1e6
     times: dict[str, list[float]] = {"plain": [], "forward": [], "anonymize": [], "gateway": []}
     if args.poll_only:
         times["gateway, poll only"] = []
+    if args.priors:
+        times["gateway, priors"] = []
     report_wall: list[float] = []
     report_log: list[float] = []
     report: Path | None = None
@@ -174,6 +204,7 @@ def main() -> int:
         key.write_text("ab" * 32 + "\n")
         SHIPPED["deid"]["secret_file"] = str(key)
         *_, report = gateway(files, Path(tmp) / "warm-up", None)
+        priors = prior_studies(args.priors, args.prior_instances or args.instances, Path(tmp) / "priors")
         for run in range(args.runs):
             for name in times:  # interleaved, so that drifts of the (shared) machine hit every path alike
                 work = Path(tmp) / f"{name.replace(', ', '-')}-{run}"
@@ -182,7 +213,8 @@ def main() -> int:
                 elif name in ("forward", "anonymize"):
                     seconds = orthanc(files, work, anonymize=name == "anonymize")
                 else:
-                    seconds, wall, logged, _ = gateway(files, work, report, wakeups=name == "gateway")
+                    seconds, wall, logged, _ = gateway(files, work, report, wakeups=name != "gateway, poll only",
+                                                       priors=priors if name == "gateway, priors" else None)
                     if name == "gateway":
                         report_wall.append(wall)
                         report_log.append(logged)
@@ -195,12 +227,16 @@ def main() -> int:
           f"subtracted, wakeups {routing.get('wakeups', True)})")
     labels = {"plain": "storescu -> storescp", "forward": "storescu -> Orthanc -> forward",
               "anonymize": "storescu -> Orthanc -> anonymize -> forward",
-              "gateway": "storescu -> spine-gateway -> reviewer", "gateway, poll only": "  same, wakeups: false"}
+              "gateway": "storescu -> spine-gateway -> reviewer", "gateway, poll only": "  same, wakeups: false",
+              "gateway, priors": f"  same, with {args.priors} prior(s) from a PACS"}
     for name, seconds in median.items():
         print(f"{labels[name]:45s} {seconds:7.2f} s   (runs: {', '.join(f'{v:.2f}' for v in times[name])})")
     print(f"gateway / Orthanc anonymize+forward: {median['gateway'] / median['anonymize']:5.2f}  (target <= 0.70)")
     print(f"gateway / Orthanc forward:           {median['gateway'] / median['forward']:5.2f}")
     print(f"gateway / storescu->storescp:        {median['gateway'] / median['plain']:5.2f}")
+    if args.priors:
+        print(f"delay priors add: {median['gateway, priors'] - median['gateway']:.2f} s (medians); de-identified -> "
+              f"priors done in the log: {statistics.median(PRIORS_LOG):.2f} s")
     print(f"report received -> re-identified report at the source: {statistics.median(report_wall):.3f} s wall "
           f"(storescu call to file), {statistics.median(report_log):.3f} s in the gateway's log (target < 1 s)")
     return 0

@@ -190,6 +190,9 @@ class SourceConfig(_Section):
     host: str | None = None
     return_: DicomPeer | None = Field(None, alias="return")
     hl7_results: Hl7ResultsConfig | None = None
+    # The source's PACS as a Query/Retrieve SCP (Study Root C-FIND and C-GET): with it, each case's earlier
+    # studies of the patient that the ``priors`` rules select go to the reviewer with the case.
+    query_retrieve: DicomPeer | None = None
     locale: str = Field("en-GB", pattern=r"^[a-z]{2}-[A-Z]{2}$")
     date_order: Literal["day_first", "month_first"] | None = None
 
@@ -381,6 +384,23 @@ class RoutingConfig(_Section):
     echo_interval_s: SECONDS = Field(60.0, gt=0)
 
 
+PRIOR_MODALITIES = ["MR", "CT", "CR", "DX"]
+
+
+class PriorsConfig(_Section):
+    """Earlier studies of the patient (priors) fetched from a source's ``query_retrieve`` PACS once its case is
+    de-identified: at most ``max_priors``, the newest first, no older than ``max_years`` before the case's study,
+    with one of ``modalities`` and a series whose Body Part Examined is one of ``body_parts`` (or, with none, a
+    study description holding one of them). The case waits for them at most ``wait_s``, then goes without
+    (its notes say so)."""
+
+    max_priors: int = Field(3, ge=0, le=20)
+    max_years: float = Field(10.0, gt=0)
+    modalities: list[str] = Field(default_factory=lambda: list(PRIOR_MODALITIES))
+    body_parts: list[str] = Field(default_factory=lambda: list(SPINE_BODY_PARTS))
+    wait_s: SECONDS = Field(300.0, gt=0)
+
+
 class QuarantineConfig(_Section):
     """What is kept of refused C-STOREs, per calling AE title: past either budget, a refusal is answered and
     its bytes dropped, so that a peer sending garbage cannot fill the spool or the table."""
@@ -445,6 +465,7 @@ class GatewayConfig(BaseSettings):
     quarantine: QuarantineConfig = QuarantineConfig()
     atna: AtnaConfig = AtnaConfig()
     commitment: CommitmentConfig = CommitmentConfig()
+    priors: PriorsConfig = PriorsConfig()
     sources: list[SourceConfig] = Field(default_factory=list)
     reviewers: list[ReviewerConfig] = Field(default_factory=list)
 

@@ -47,6 +47,7 @@ from gateway.stages.deliver import DeliveryStage
 from gateway.stages.health import HealthStage
 from gateway.stages.oru import OruStage
 from gateway.stages.pipeline import FailurePolicy, Pipeline, Stage, stage_scheduler
+from gateway.stages.priors import PriorsStage
 from gateway.stages.referral import NotesStage
 from gateway.stages.reports import ReportStage
 from gateway.stages.sla import SlaStage
@@ -185,6 +186,8 @@ class GatewayNode:
             DeidStage(config.deid.options(), self.secret, self.spool, pool=self.work_pool,
                       case_identifiers=notes.case_identifiers, time_budget_s=config.deid.time_budget_s,
                       context=context),
+            # priors (issue 25): a source's PACS asked for the patient's earlier studies before the notes list them
+            PriorsStage(config, self.spool, context=context),
             notes,
             # routing (issue 5): after the notes stage
             AssignmentStage(config.reviewers, config.routing, context=context),

@@ -85,6 +85,7 @@ EVENTS: dict[str, Event] = {
     "sent": Event(TRANSFERRED, "R", direction="outbound"),
     "report_sent": Event(TRANSFERRED, "R", direction="outbound"),
     "oru_sent": Event(TRANSFERRED, "R", direction="outbound"),
+    "priors_retrieved": Event(TRANSFERRED, "C", direction="inbound"),  # C-GET: the source's PACS sent a prior
     "deidentified": Event(ACCESSED, "C"),
     "notes_attached": Event(ACCESSED, "C"),
     "report_reidentified": Event(ACCESSED, "U"),

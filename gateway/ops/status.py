@@ -11,7 +11,16 @@ from typing import Any
 import peewee
 
 from gateway.storage import commitments
-from gateway.storage.models import AuditEvent, ExportCursor, Instance, QuarantinedObject, Study, db, tuple_rows
+from gateway.storage.models import (
+    AuditEvent,
+    ExportCursor,
+    Instance,
+    PriorFetch,
+    QuarantinedObject,
+    Study,
+    db,
+    tuple_rows,
+)
 
 
 def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, Any]:
@@ -34,6 +43,8 @@ def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, 
         attention = needs_attention()
         audit_export = audit_export_status()
         commitment = commitments.summary()
+        priors = dict(tuple_rows(PriorFetch.select(PriorFetch.state, peewee.fn.COUNT(PriorFetch.id))
+                                 .group_by(PriorFetch.state)))
         recent = [
             {"study": key, "state": state, "instances": count, "last_received_at": last.isoformat() + "Z"}
             for key, state, count, last in tuple_rows(
@@ -56,6 +67,7 @@ def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, 
         "needs_attention": attention,
         "audit_export": audit_export,
         "commitments": commitment,
+        "priors_by_state": priors,
         "spool": {"path": str(spool_dir), "free_bytes": disk.free if disk else None,
                   "total_bytes": disk.total if disk else None},
     }
@@ -138,6 +150,10 @@ def render_status(snapshot: dict[str, Any], console: Any) -> None:
         console.print(f"audit messages (ATNA): {export['waiting']} waiting, {export['sent']} sent, "
                       f"last {export['last_sent_at'] or 'never'}; {state}")
     _render_commitments(snapshot.get("commitments"), console)
+    priors = snapshot.get("priors_by_state") or {}
+    if priors:
+        console.print("priors (cases' fetches from their source's PACS): "
+                      + ", ".join(f"{count} {state}" for state, count in sorted(priors.items())))
     health = snapshot.get("health") or {}
     if health.get("status") == "ok":
         console.print("health: ok (the spool and the database take a write)")

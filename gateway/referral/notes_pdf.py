@@ -57,7 +57,7 @@ _REQUIRED = ("StudyInstanceUID", "PatientID", "PatientName")
 _SECTIONS = (
     ("History", "history"), ("Symptoms", "symptoms"), ("Examination", "examination"),
     ("EMG / nerve conduction", "emg"), ("Prior treatment", "prior_treatment"),
-    ("Prior imaging", "prior_imaging"), ("Clinical question", "question"),
+    ("Prior imaging", "prior_imaging"), ("Priors sent with the case", "priors"), ("Clinical question", "question"),
 )
 
 

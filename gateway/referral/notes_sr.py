@@ -7,7 +7,8 @@ tree uses only CONTAINER, TEXT, CODE and NUM items (what OHIF renders)::
     CONTAINER Clinical Information (55752-0, LN)
       CODE    Referral urgency = Routine | Urgent
       CONTAINER History (11329-0, LN)       TEXT history, symptoms, examination, EMG/NCS,
-                                            prior treatment, prior imaging;
+                                            prior treatment, prior imaging, priors sent
+                                            with the case (the gateway's list, relative dates);
         CONTAINER Pain pattern              TEXT location, character, radiation;
                                             NUM duration (wk), NUM intensity 0-10 ({score})
       CONTAINER Indications (18785-6, LN)   one CODE per red flag; its concept name says whether
@@ -115,6 +116,7 @@ class HistorySection:
             *_text(codes.EMG_NCS, notes.emg),
             *_text(codes.PRIOR_TREATMENT, notes.prior_treatment),
             *_text(codes.PRIOR_IMAGING, notes.prior_imaging),
+            *_text(codes.PRIORS_SENT, notes.priors),
         ]
         return _container(codes.HISTORY, children)
 

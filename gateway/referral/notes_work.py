@@ -10,6 +10,7 @@ or the spool.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -35,6 +36,7 @@ class NotesInput:
     day_first: bool
     evidence: Dataset
     identifiers: IdentifierSet
+    priors: str | None = None  # what the gateway says of the case's priors (gateway.routing.priors.notes_summary)
 
 
 @dataclass
@@ -57,6 +59,8 @@ def scrub_notes(given: NotesInput) -> ScrubbedNotes:
 def build_notes(given: NotesInput) -> NotesWork:
     """Scrub, build the SR and the PDF, and guard both against the case's identifiers."""
     notes = scrub_notes(given)
+    if given.priors:
+        notes = dataclasses.replace(notes, priors=given.priors)
     work = NotesWork(notes, {"notes_sr": NotesSRBuilder(given.evidence, notes).build(),
                              "notes_pdf": NotesPDFBuilder(given.evidence, notes).build()})
     for kind, dataset in work.built.items():

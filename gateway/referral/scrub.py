@@ -754,11 +754,14 @@ class ScrubbedNotes:
     prior_imaging: str | None = None
     question: str | None = None
     subspecialty: str | None = None
+    # Not the referrer's words: the gateway's list of the priors sent with the case (modality, body part, date
+    # relative to the case's study; gateway.routing.priors), or why there are none.
+    priors: str | None = None
 
     def texts(self) -> list[str]:
         """Every free-text value of the notes (for checks and previews)."""
         values = [self.history, self.symptoms, self.examination, self.emg, self.prior_treatment,
-                  self.prior_imaging, self.question, self.subspecialty]
+                  self.prior_imaging, self.question, self.subspecialty, self.priors]
         if self.pain is not None:
             values += [self.pain.location, self.pain.nature, self.pain.radiation]
         values += [f.phrase for f in self.flags]

@@ -54,6 +54,7 @@ from gateway.referral.notes_sr import EVIDENCE_REQUIRED_ATTRIBUTES
 from gateway.referral.notes_work import NotesInput, NotesWork, build_notes, scrub_notes
 from gateway.referral.reason import short_reason
 from gateway.referral.scrub import ScrubbedNotes
+from gateway.routing import priors
 from gateway.stages.context import NodeContext, WithNodeContext
 from gateway.stages.pipeline import run_case_stage
 from gateway.storage import cases
@@ -159,11 +160,13 @@ class NotesStage(WithNodeContext):
     def give_up(study: Study) -> str:
         return CaseState.QUARANTINED
 
-    @staticmethod
-    def _cases() -> list[Study]:
+    def _cases(self) -> list[Study]:
         waiting = (Study.state == CaseState.DEIDENTIFIED) | (
             (Study.state == CaseState.HELD) & Study.hold_reason.in_([AWAITING_REFERRAL, AWAITING_APPROVAL,
                                                                      NO_REFERRAL]))
+        with_pacs = [source.name for source in self.config.sources if source.query_retrieve is not None]
+        if with_pacs:  # the priors stage's work comes first (gateway.stages.priors)
+            waiting &= ~priors.notes_wait_for_priors(with_pacs)
         return list(Study.select().where(waiting).order_by(Study.state_changed_at))
 
     def _advance(self, study: Study, now: dt.datetime) -> int:
@@ -234,6 +237,7 @@ class NotesStage(WithNodeContext):
         known = known_identifiers(identifiers, case_redactions(study, document))
         return NotesInput(document=document, header_notes=self.header_notes(study) if document is None else {},
                           known=known, date_offset_days=identity.date_offset_days,
+                          priors=priors.notes_summary(study, identity.study_date),
                           day_first=self._day_first(study, document) if document is not None else True,
                           evidence=evidence if evidence is not None else Dataset(), identifiers=identifiers)
 

@@ -480,6 +480,62 @@ class CommitmentRequest(BaseModel):
         indexes = ((("source", "transaction_uid"), True),)
 
 
+class PriorFetchState:
+    QUERYING = "querying"        # the PACS is to be asked (C-FIND) which earlier studies it holds
+    RETRIEVING = "retrieving"    # the chosen priors are to be fetched (C-GET), instance by instance
+    DEIDENTIFYING = "deidentifying"  # every prior fetched; waiting for the de-identification stage to take them
+    DONE = "done"                # the priors (possibly none) are with the case; the notes stage may go on
+    UNAVAILABLE = "unavailable"  # the PACS did not answer or failed within ``priors.wait_s``: the case goes without
+    FINISHED = (DONE, UNAVAILABLE)
+
+
+class PriorFetch(BaseModel):
+    """The priors of one case (migration 13): where fetching them stands, so that a node killed at any point
+    picks the work up where it was. The notes stage waits while a case's row is not finished (``PriorFetchState``);
+    ``deadline_at`` (the case's de-identification plus ``priors.wait_s``) bounds that wait.
+
+    ``claimed_by``/``claimed_until``: the priors stage's own lease (not the case's, which the de-identification
+    stage takes meanwhile for the retrieved instances)."""
+
+    study = ForeignKeyField(Study, unique=True, backref="prior_fetch", on_delete="CASCADE")
+    study_id: int
+    source = CharField(max_length=64)
+    state = CharField(max_length=16, default=PriorFetchState.QUERYING, index=True)
+    reason = CharField(max_length=255, null=True)  # why UNAVAILABLE (the gateway's own words, no PHI)
+    attempts = IntegerField(default=0)
+    next_attempt_at = DateTimeField(default=utcnow)
+    started_at = DateTimeField(default=utcnow)
+    deadline_at = DateTimeField()
+    finished_at = DateTimeField(null=True)
+    claimed_by = CharField(max_length=64, null=True)
+    claimed_until = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "prior_fetch"
+
+
+class PriorStudy(BaseModel):
+    """One earlier study of the case's patient that the rules chose (migration 13). ``study_uid`` and
+    ``study_date`` are the PACS's original values: PHI, never logged and never sent; the notes carry only the
+    interval to the case's own study. Its instances are ``Instance`` rows of the case (in series of their own)."""
+
+    fetch = ForeignKeyField(PriorFetch, backref="priors", on_delete="CASCADE")
+    fetch_id: int
+    study = ForeignKeyField(Study, backref="priors", on_delete="CASCADE")
+    study_id: int
+    study_uid = CharField(max_length=64)
+    study_date = CharField(max_length=8, default="")
+    modalities = CharField(max_length=64, default="")  # e.g. "MR" or "CT\\SR"
+    body_part = CharField(max_length=64, default="")
+    state = CharField(max_length=16, default="pending", index=True)  # pending, retrieved, failed
+    instances = IntegerField(default=0)  # instances the PACS sent for it
+    retrieved_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "prior_study"
+        indexes = ((("study", "study_uid"), True),)
+
+
 class DicomwebToken(BaseModel):
     """A bearer token of one reviewer's own DICOMweb viewer or workstation (migration 14), issued and revoked by
     ops (``spine-gateway dicomweb token``). The token is ``<token_id>.<secret>``: the row is found by its public
@@ -616,6 +672,11 @@ def _migrate_to_12(database: peewee.Database) -> None:
     database.execute_sql(f'CREATE INDEX IF NOT EXISTS "{table}_commitment_uid" ON "{table}" ("commitment_uid")')
 
 
+def _migrate_to_13(database: peewee.Database) -> None:
+    """``prior_fetch`` and ``prior_study``: the priors of each case, fetched from its source's PACS."""
+    database.create_tables([PriorFetch, PriorStudy], safe=True)
+
+
 def _migrate_to_14(database: peewee.Database) -> None:
     """``dicomweb_token``: the reviewers' DICOMweb bearer tokens (hashed). (Number 13 is taken by another branch;
     ``migrate`` applies every missing number, in order.)"""
@@ -635,6 +696,7 @@ MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (10, _migrate_to_10),
     (11, _migrate_to_11),
     (12, _migrate_to_12),
+    (13, _migrate_to_13),
     (14, _migrate_to_14),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]

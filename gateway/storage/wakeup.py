@@ -67,6 +67,7 @@ INSTANCES = "instances"  # an association that may have stored instances ended
 STABLE = "stable"        # a receiving study has had no instance for routing.stable_after_s
 REFERRAL = "referral"    # a referral arrived or its notes were approved (it may release a held case)
 REPORT = "report"        # a reviewer's report object arrived (also for a case already reported)
+PRIORS = "priors"        # a case's priors moved on (instances retrieved, or the fetch finished or is due again)
 COMMITMENT = "commitment"  # a source's Storage Commitment request was kept, or its report's retry is due
 
 # Stage name -> the topics that may give it work. A stage not listed runs on its poll only (SLA, peer checks).
@@ -74,8 +75,9 @@ STAGE_TOPICS: dict[str, frozenset[str]] = {
     "completion": frozenset({INSTANCES, STABLE}),
     # not INSTANCES: early de-identification of a study still receiving keeps to its poll, so that it does not
     # take the CPU from the next sender's ingest (bench/concurrent.py, senders one after the other)
-    "deid": frozenset({S.COMPLETE}),
-    "notes": frozenset({S.DEIDENTIFIED, S.HELD, REFERRAL}),
+    "deid": frozenset({S.COMPLETE, PRIORS}),
+    "priors": frozenset({S.DEIDENTIFIED, PRIORS}),
+    "notes": frozenset({S.DEIDENTIFIED, S.HELD, REFERRAL, PRIORS}),
     # a reported case frees a reviewer's capacity: a case held for want of a reviewer may go now
     "assignment": frozenset({S.NOTES_ATTACHED, S.HELD, S.REPORTED, S.REPORT_DELIVERED}),
     "delivery": frozenset({S.ASSIGNED, S.DELIVERING}),

@@ -1,0 +1,261 @@
+"""Priors: which earlier studies of a case's patient go with it, how one retrieved instance joins the case, and what
+the notes say about them.
+
+The priors stage (``gateway.stages.priors``) asks the source's PACS and records its choice here (``PriorStudy``);
+each instance the PACS sends back becomes a stored ``Instance`` of the case itself, in a series of its own, so that
+the de-identification stage makes it pseudonymous like a late instance of the case: the same patient pseudonym and
+the same date shift, both derived from the source and the original Patient ID (``gateway.deid.pseudonym``), and
+pseudonymous UIDs of its own. The notes stage waits (:func:`notes_wait_for_priors`) until the case's priors are
+with it or given up, then lists them with their date relative to the case's study (:func:`notes_summary`), never
+an original date.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import peewee
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from gateway.config import PriorsConfig
+from gateway.dicom import status
+from gateway.dicom.qr import FoundSeries, FoundStudy
+from gateway.storage.models import (
+    CaseState,
+    Instance,
+    InstanceState,
+    PriorFetch,
+    PriorFetchState,
+    PriorStudy,
+    Series,
+    Source,
+    Study,
+    db,
+    utcnow,
+)
+from gateway.storage.spool import Spool
+
+UNAVAILABLE_NOTE = "Priors could not be retrieved from the source's PACS"
+NONE_FOUND_NOTE = "No earlier study of the patient matched the priors rules"
+_CODE_STRING = re.compile(r"[^A-Z0-9_ ]")
+_HEADER_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality"]
+
+
+@dataclass(frozen=True)
+class ChosenPrior:
+    study_uid: str
+    study_date: str
+    modalities: str
+    body_part: str
+
+
+def _date(value: str) -> dt.date | None:
+    try:
+        return dt.datetime.strptime(value.strip()[:8], "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def _code(value: str) -> str:
+    """A code string from the PACS, kept to what a CS may hold (it is printed in the notes)."""
+    return _CODE_STRING.sub("", value.upper())[:16]
+
+
+def choose(found: Iterable[FoundStudy], *, current_uid: str, current_date: str, rules: PriorsConfig,
+           series_of: Callable[[str], list[FoundSeries]]) -> list[ChosenPrior]:
+    """The priors to fetch among ``found``, the newest first, at most ``rules.max_priors``: studies other than the
+    case's own, dated on or before its study and at most ``rules.max_years`` earlier, with one of
+    ``rules.modalities`` and one of ``rules.body_parts`` in a series' Body Part Examined (or, when no series names
+    one, in the study description). ``series_of`` asks the PACS for a study's series (only for the candidates that
+    pass the dates and the study-level modalities)."""
+    today = _date(current_date)
+    if today is None or rules.max_priors == 0:
+        return []
+    earliest = today - dt.timedelta(days=round(rules.max_years * 365.25))
+    wanted_modalities = {m.upper() for m in rules.modalities}
+    wanted_parts = {p.upper() for p in rules.body_parts}
+    dated = [(day, study) for study in found if study.study_uid != current_uid
+             and (day := _date(study.study_date)) is not None and earliest <= day <= today]
+    chosen: list[ChosenPrior] = []
+    for _, study in sorted(dated, key=lambda item: item[0], reverse=True):
+        if study.modalities and not wanted_modalities & set(study.modalities):
+            continue
+        prior = _matching_series(study, series_of(study.study_uid), wanted_modalities, wanted_parts)
+        if prior is not None:
+            chosen.append(prior)
+            if len(chosen) >= rules.max_priors:
+                break
+    return chosen
+
+
+def _matching_series(study: FoundStudy, series: list[FoundSeries], modalities: set[str],
+                     parts: set[str]) -> ChosenPrior | None:
+    images = [s for s in series if s.modality in modalities] or (
+        [FoundSeries(m, "") for m in study.modalities if m in modalities] if not series else [])
+    if not images:
+        return None
+    named = [s for s in images if s.body_part]
+    matching = [s for s in named if s.body_part in parts]
+    if not named:
+        description = study.description.upper()
+        if any(part in description for part in parts):
+            matching = images
+    if not matching:
+        return None
+    modality_text = "\\".join(sorted({s.modality for s in matching}))
+    return ChosenPrior(study.study_uid, study.study_date, _code(modality_text.replace("\\", " ")),
+                       _code(next((s.body_part for s in matching if s.body_part), "")))
+
+
+def relative_interval(prior_date: str, current_date: str) -> str:
+    """``prior_date`` said relative to ``current_date``: "2 years 3 months before", "5 days before", "the same
+    day". Whole calendar months, then days when under a month; never a date."""
+    prior, current = _date(prior_date), _date(current_date)
+    if prior is None or current is None:
+        return "date unknown"
+    months = (current.year - prior.year) * 12 + current.month - prior.month - (1 if current.day < prior.day else 0)
+    if months <= 0:
+        days = (current - prior).days
+        return "the same day" if days == 0 else f"{days} day{'s' * (days != 1)} before"
+    years, months = divmod(months, 12)
+    parts = [f"{years} year{'s' * (years != 1)}"] if years else []
+    parts += [f"{months} month{'s' * (months != 1)}"] if months else []
+    return " ".join(parts) + " before"
+
+
+def notes_summary(study: Study, current_date: str) -> str | None:
+    """What the notes say about the case's priors (None: its source has no PACS to ask, or fetching never began):
+    one line per prior retrieved (modality, body part, date relative to the case's study), and a line when
+    some or all could not be retrieved."""
+    fetch = PriorFetch.get_or_none(PriorFetch.study == study.id)
+    if fetch is None:
+        return None
+    priors = list(PriorStudy.select().where(PriorStudy.fetch == fetch.id).order_by(PriorStudy.study_date.desc()))
+    retrieved = [p for p in priors if p.state == "retrieved" and p.instances]
+    lines = [f"Prior {number}: {prior.modalities or 'unknown modality'} {prior.body_part or 'unknown body part'}, "
+             f"{relative_interval(prior.study_date, current_date)} this study ({prior.instances} instances)"
+             for number, prior in enumerate(retrieved, 1)]
+    if fetch.state == PriorFetchState.UNAVAILABLE or len(retrieved) < len(priors):
+        lines.append(UNAVAILABLE_NOTE + (" (some of them)." if retrieved else "; the case went without them."))
+    elif not priors:
+        lines.append(NONE_FOUND_NOTE + ".")
+    return "\n".join(lines)
+
+
+def notes_wait_for_priors(source_names: Iterable[str]) -> peewee.Expression:
+    """The cases the notes stage leaves alone for now: those whose priors are being fetched, and the de-identified
+    cases of a source with a PACS to ask whose fetching has not begun (the priors stage creates its row)."""
+    unfinished = PriorFetch.select(PriorFetch.study).where(PriorFetch.state.not_in(list(PriorFetchState.FINISHED)))
+    begun = PriorFetch.select(PriorFetch.study)
+    with_pacs = Source.select(Source.id).where(Source.name.in_(list(source_names)))
+    not_begun = (Study.state == CaseState.DEIDENTIFIED) & Study.source.in_(with_pacs) & Study.id.not_in(begun)
+    return Study.id.in_(unfinished) | not_begun
+
+
+def due_to_begin(source_names: Iterable[str], limit: int = 20) -> list[Study]:
+    """De-identified cases of a source with a PACS to ask, whose priors have not been looked for yet."""
+    with_pacs = Source.select(Source.id).where(Source.name.in_(list(source_names)))
+    begun = PriorFetch.select(PriorFetch.study)
+    return list(Study.select().where((Study.state == CaseState.DEIDENTIFIED) & Study.source.in_(with_pacs)
+                                     & Study.id.not_in(begun)).order_by(Study.state_changed_at).limit(limit))
+
+
+def begin(study: Study, source: str, wait_s: float) -> PriorFetch | None:
+    """The case's fetch row, QUERYING until ``wait_s`` from now (None: another node made it first)."""
+    now = utcnow()
+    try:
+        with db.atomic():
+            return PriorFetch.create(study=study.id, source=source, started_at=now, next_attempt_at=now,
+                                     deadline_at=now + dt.timedelta(seconds=wait_s))
+    except peewee.IntegrityError:
+        return None
+
+
+def claim(fetch: PriorFetch, holder: str, lease: dt.timedelta) -> bool:
+    """Take (or renew) the priors stage's lease on ``fetch``; False when another node holds it."""
+    now = utcnow()
+    free = PriorFetch.claimed_until.is_null() | (PriorFetch.claimed_until < now) | (PriorFetch.claimed_by == holder)
+    return PriorFetch.update(claimed_by=holder, claimed_until=now + lease).where(
+        (PriorFetch.id == fetch.id) & free).execute() == 1
+
+
+def release(fetch: PriorFetch, holder: str) -> None:
+    PriorFetch.update(claimed_by=None, claimed_until=None).where(
+        (PriorFetch.id == fetch.id) & (PriorFetch.claimed_by == holder)).execute()
+
+
+def set_state(fetch: PriorFetch, state: str, **fields: object) -> bool:
+    """Move ``fetch`` from the state it was read in to ``state`` (False: someone moved it first)."""
+    values = {PriorFetch.state: state, **{getattr(PriorFetch, name): value for name, value in fields.items()}}
+    if state in PriorFetchState.FINISHED:
+        values[PriorFetch.finished_at] = utcnow()
+    changed = PriorFetch.update(values).where((PriorFetch.id == fetch.id) & (PriorFetch.state == fetch.state)).execute()
+    if changed:
+        fetch.state = state
+        for name, value in fields.items():
+            setattr(fetch, name, value)
+    return bool(changed)
+
+
+def record_choice(fetch: PriorFetch, chosen: list[ChosenPrior]) -> None:
+    """The priors chosen, and the fetch moved on (RETRIEVING, or DONE when there is none), in one transaction."""
+    with db.atomic():
+        for prior in chosen:
+            PriorStudy.insert(fetch=fetch.id, study=fetch.study_id, study_uid=prior.study_uid,
+                              study_date=prior.study_date, modalities=prior.modalities,
+                              body_part=prior.body_part).on_conflict_ignore().execute()
+        set_state(fetch, PriorFetchState.RETRIEVING if chosen else PriorFetchState.DONE)
+
+
+def stored_instances_left(study_id: int) -> int:
+    """Instances of the case still waiting for de-identification (the retrieved priors' among them)."""
+    return Instance.select().where((Instance.study == study_id) & (Instance.state == InstanceState.STORED)).count()
+
+
+class PriorInstanceStore:
+    """Keeps each instance a C-GET brings: durable in the spool, then a stored ``Instance`` of the case, in a
+    series of its own. Only instances of the prior being retrieved are kept (anything else: 0xA900)."""
+
+    def __init__(self, spool: Spool, prior: PriorStudy, calling_ae: str, renew: Callable[[], object]) -> None:
+        self.spool, self.prior, self.calling_ae, self.renew = spool, prior, calling_ae, renew
+
+    def __call__(self, data: bytes) -> int:
+        try:
+            header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+            uids = [str(header.get(keyword, "") or "") for keyword in _HEADER_TAGS[:4]]
+            syntax = str(header.file_meta.TransferSyntaxUID)
+        except (InvalidDicomError, AttributeError, ValueError, TypeError, EOFError):
+            return status.CANNOT_UNDERSTAND
+        if uids[0] != self.prior.study_uid or not all(uids):
+            return status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.spool.store(data, digest)  # durable (fsync) before the row
+        with db.connection_context():
+            self.renew()
+            self._record(uids, str(header.get("Modality", "") or "")[:16] or None, syntax, len(data), digest,
+                         self.spool.relative(path))
+        return status.SUCCESS
+
+    def _record(self, uids: list[str], modality: str | None, syntax: str, size: int, digest: str,
+                relative: str) -> None:
+        _, series_uid, sop_instance_uid, sop_class_uid = uids
+        case_id = self.prior.study_id
+        with db.atomic():
+            if Instance.select().where((Instance.sop_instance_uid == sop_instance_uid)
+                                       & (Instance.sha256 == digest)).exists():
+                return  # fetched again after a restart: already kept
+            series = Series.get_or_none(Series.series_uid == series_uid) or Series.create(
+                study=case_id, series_uid=series_uid, modality=modality)
+            version = (Instance.select(peewee.fn.MAX(Instance.version))
+                       .where(Instance.sop_instance_uid == sop_instance_uid).scalar() or 0) + 1
+            Instance.create(study=case_id, series=series.id, sop_instance_uid=sop_instance_uid,
+                            sop_class_uid=sop_class_uid, transfer_syntax=syntax, version=version, size=size,
+                            sha256=digest, spool_path=relative, calling_ae=self.calling_ae[:16],
+                            state=InstanceState.STORED, node=None)
+            PriorStudy.update(instances=PriorStudy.instances + 1).where(PriorStudy.id == self.prior.id).execute()
