@@ -164,7 +164,7 @@ class NotesStage(WithNodeContext):
         waiting = (Study.state == CaseState.DEIDENTIFIED) | (
             (Study.state == CaseState.HELD) & Study.hold_reason.in_([AWAITING_REFERRAL, AWAITING_APPROVAL,
                                                                      NO_REFERRAL]))
-        with_pacs = [source.name for source in self.config.sources if source.query_retrieve is not None]
+        with_pacs = [name for name, source in self.sources.items() if source.query_retrieve is not None]
         if with_pacs:  # the priors stage's work comes first (gateway.stages.priors)
             waiting &= ~priors.notes_wait_for_priors(with_pacs)
         return list(Study.select().where(waiting).order_by(Study.state_changed_at))
