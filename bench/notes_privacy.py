@@ -218,27 +218,40 @@ def print_dev_misses(category: str | None = None) -> None:
     its line before and after scrubbing. The held-out half is never printed: it is measured, not tuned on."""
     from corpus_eval import score, scrubber_for
     from corpus_files import load
-    from notes_eval import report
+    from notes_eval import covered, report, significant_positions
 
     items = load("dev")
     scrubbers = {id(item.case): scrubber_for(item) for item in items}
     by_case = {item.case.key: item for item in items}
     result, guard = score(items)
 
-    def line_of(key: str, text: str) -> tuple[str, str]:
-        item = by_case[key]
-        lines = [line for line in item.case.text.splitlines() if text in line] or [item.case.text[:200]]
-        scrubber = scrubbers[id(item.case)]
-        return lines[0].strip(), scrubber.scrub(lines[0]).strip()
+    def line_at(key: str, text: str, position: int | None) -> tuple[str, str]:
+        case = by_case[key].case
+        if position is None:
+            position = max(case.text.find(text), 0)
+        start = case.text.rfind("\n", 0, position) + 1
+        end = case.text.find("\n", position)
+        line = case.text[start:end if end >= 0 else len(case.text)]
+        return line.strip(), scrubbers[id(case)].scrub(line).strip()
+
+    def position_of(key: str, text: str, spans: list) -> int | None:
+        gone = covered(scrubbers[id(by_case[key].case)].spans(by_case[key].case.text))
+        for span in spans:
+            if span.text == text and not significant_positions(by_case[key].case, span) <= gone:
+                return span.start
+        return None
 
     for key, cat, known, text in result.misses:
         if category in (None, cat):
-            before, after = line_of(key, text)
+            before, after = line_at(key, text, position_of(key, text, by_case[key].case.spans))
             print(f"MISS {cat}{'!' if known else ''} {key} [{by_case[key].style}/{by_case[key].language}] "
                   f"{text!r}\n    in:  {before}\n    out: {after}")
     if category in (None, "keep"):
         for key, term in result.destroyed:
-            before, after = line_of(key, term)
+            removed = scrubbers[id(by_case[key].case)].spans(by_case[key].case.text)
+            where = next((s.start for s in by_case[key].case.keep if s.text == term and any(
+                a < s.end and s.start < b for a, b, _ in removed)), None)
+            before, after = line_at(key, term, where)
             print(f"LOST keep {key} [{by_case[key].style}/{by_case[key].language}] {term!r}\n    in:  {before}"
                   f"\n    out: {after}")
     print(report("dev", result))

@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from gateway.privacy.text import has_non_latin_letters
-from gateway.privacy.vocabulary import is_clinical, is_known_word, is_name_when_capitalised
-from gateway.privacy.words import TITLES
+from gateway.privacy.vocabulary import is_clinical, is_clinical_acronym, is_known_word, is_name_when_capitalised
+from gateway.privacy.words import TITLES, zipf
 from gateway.referral.clinical_terms import is_clinical_word
 
 __all__ = ["Judgement", "judge"]
@@ -604,6 +604,15 @@ def _word_verdict(view: str, start: int, end: int, written: str, language: str) 
     if folded in _MONTH_NAMES and (written[:1].isupper() or language in ("fr", "da", "sv", "nb")) and \
             not (folded in ("mar", "dec", "mai", "marts") and language == "en"):
         return "[DATE]"
+    if _ACRONYM.fullmatch(written):
+        if _ISSUER_LABEL_AFTER.match(view, end):
+            return REMOVED  # the issuer of a number: "RVH no. RVH4471209", "DHA licence 00441723", "GOSH MRN"
+        if is_clinical_acronym(written) or is_clinical_word(written):
+            return _KNOWN
+        if not _ordinary_in_capitals(view, start, end, written):
+            if re.match(r"\s{0,2}\x01", view[end:end + 3]) or _DOSE_AFTER.match(view, end):
+                return None  # an acronym before a clinical value: "EVA 8/10", "PIVD L4-L5", "FBA 25 cm"
+            return REMOVED
     unknown = [p for p in parts if len(p) > 2 and not is_known_word(p, language) and not is_clinical_word(p)]
     if any(has_non_latin_letters(p) for p in parts):
         return REMOVED
@@ -620,6 +629,26 @@ def _word_verdict(view: str, start: int, end: int, written: str, language: str) 
             return None  # a drug the lists do not know, written with its dose or form ("Tab. Shelcal 500 mg")
         return REMOVED
     return None
+
+
+#: A word in capitals short enough to be an acronym; a longer one is judged as a word (headings: "HISTORY").
+_ACRONYM = re.compile(r"[A-ZÀ-ÞÅÆØ]{3,5}")
+_ISSUER_LABEL_AFTER = re.compile(r"[ \t]+(?i:no\.|nr\.?|number|licen[cs]e|mrn|id|#|card|reg\.|regd?\.? no)(?!\w)")
+_CAPITALS_AROUND = re.compile(r"[A-ZÀ-Þ]{2,}[ \t]+$")
+
+
+def _ordinary_in_capitals(view: str, start: int, end: int, written: str) -> bool:
+    """A word in capitals that is an ordinary word as written: a very common one anywhere ("NOT given", "PLAN"),
+    a common one in a heading (followed by a colon or among other words in capitals: "EXAM:", "PAST HISTORY").
+    Anything else in capitals is an acronym, known only as a clinical one: UPS, GOSH, NAV name a firm, a
+    hospital, an agency, whatever "ups" or "gosh" mean in lower case."""
+    frequency = zipf(written)
+    if frequency >= 5.0:
+        return True
+    heading = re.match(r"[ \t]*:", view[end:end + 3]) is not None or \
+        _CAPITALS_AROUND.search(view[max(0, start - 24):start]) is not None or \
+        re.match(r"[ \t]+[A-ZÀ-Þ]{2,}\b", view[end:end + 24]) is not None
+    return heading and frequency >= 4.0
 
 
 def _looks_like_a_name(part: str) -> bool:
