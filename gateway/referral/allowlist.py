@@ -28,7 +28,7 @@ from gateway.privacy.vocabulary import is_clinical, is_clinical_acronym, is_know
 from gateway.privacy.words import TITLES, zipf
 from gateway.referral.clinical_terms import is_clinical_word
 
-__all__ = ["Judgement", "judge"]
+__all__ = ["Judgement", "is_org_head", "is_org_tail", "judge"]
 
 REMOVED, ADDRESS, ID = "[REMOVED]", "[ADDRESS]", "[ID]"
 
@@ -79,7 +79,8 @@ _CLINICAL_ALNUM = re.compile(
     r"(?:[CTLS]\d{1,2}|Th\d{1,2}|[A-Za-z]{1,5}-?\d{1,2}[a-z]?|"        # L5, Th12, HLA-B27, PHQ9, SF-36
     r"\d{1,3}(?:st|nd|rd|th|er|e|ème|eme|x|T|yo|y|yrs?|h|hrs?|min|mins|d|wk|wks|w|mo|mos|mg|mcg|ml|kg|cm|mm|"
     r"m|km|g|l|°|%)|"                                                  # 3rd, 2x, 54yo, 50mg, 1.5T
-    r"\d{1,2}[:h]\d{2}(?:am|pm)?|\d{1,2}(?:am|pm)|G\d+P\d+)")
+    r"\d{1,2}[:h]\d{2}(?:am|pm)?|\d{1,2}(?:am|pm)|G\d+P\d+|"
+    r"q\d{1,2}(?:h|hr|hrs|d|wk|wks|w|mo|m)?)")                          # dosing intervals: q8h, q2wk
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,11 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
     _spread_over_names(view, merged)
     _remove_nicknames(view, tokens)
     _names_after_titles_and_kin(view, tokens)
+    street_starts = {start for start, _ in streets}
+    for token in tokens:  # the authority a road is numbered by: "BIA Route 27", "FM 1960", "NY Route 9"
+        if token.verdict in (_KNOWN, None) and re.fullmatch(r"[A-Z]{2,5}", token.written) and \
+                token.end + 1 in street_starts and view[token.end] == " ":
+            token.verdict = ADDRESS
     for start, end in clusters:
         yield Judgement(start, end, ADDRESS if (start, end) in streets else ID)
     for index, token in enumerate(tokens[1:], start=1):
@@ -236,6 +242,11 @@ _STATE_CODES = frozenset(
 def is_org_head(word: str) -> bool:
     """An organisation's head noun ("Center", "Hospitals", "Motors"): what names a place or firm, no eponym."""
     return _ORG_HEAD.fullmatch(word.lower().rstrip(".")) is not None
+
+
+def is_org_tail(word: str) -> bool:
+    """An organisation's head written after its name, also as the end of a Nordic compound ("centralsjukhus")."""
+    return _ORG_TAIL.fullmatch(word) is not None
 
 
 def _is_capitalised(token: _Token) -> bool:
@@ -666,7 +677,8 @@ def _without_elision(word: str) -> str:
 
 
 def _without_possessive(word: str) -> str:
-    return re.sub(r"['’]s?$", "", word)
+    """The word without its possessive or an English contraction's tail ("Paget's", "I'd", "we'll", "don't")."""
+    return re.sub(r"['’](?:s|d|m|ve|ll|re|t)?$|n['’]t$", "", word)
 
 
 def _cluster_is_identifier(view: str, match: re.Match[str]) -> bool:
@@ -708,6 +720,13 @@ def _number_is_clinical(view: str, start: int, end: int) -> bool:
     return head is not None and int(head.group(1)) < 90
 
 
+def _names_a_value(word: str) -> bool:
+    """A clinical word, score or acronym that a value follows: a drug, a test, a titre, a scale."""
+    if word.isupper():
+        return is_clinical_acronym(word) or is_clinical_word(word)
+    return (len(word) >= 4 and is_clinical(word)) or is_clinical_word(word)
+
+
 def _plain_number_is_clinical(view: str, start: int, end: int, token: str) -> bool:
     before = view[max(0, start - 24):start]
     if _ID_LABEL_BEFORE.search(before):
@@ -717,7 +736,7 @@ def _plain_number_is_clinical(view: str, start: int, end: int, token: str) -> bo
                                                                        view[end:end + 8], re.IGNORECASE))
     if len(token) <= 2:
         return True
-    word = re.search(r"([^\W\d_]{4,})\s*[:=]?\s*$", before)
-    if word and len(token) <= 4 and is_clinical(word.group(1)):
-        return True  # a value after its clinical name: "alkaline phosphatase 310", "ferritin 25"
+    word = re.search(r"([^\W\d_](?:[^\W\d_]|-(?=[^\W\d_])){2,})\s*[:=]?\s*(?:\d{1,4}(?:[.,]\d{1,2})?\s?[/:]\s?)?$", before)
+    if word and len(token) <= 4 and _names_a_value(word.group(1)):
+        return True  # a value after its clinical name: "alkaline phosphatase 310", "co-codamol 30/500", "titre 1:1280"
     return len(token) == 4 and 1900 <= int(token) <= 2039
