@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from gateway.privacy.text import has_non_latin_letters
-from gateway.privacy.vocabulary import is_clinical, is_clinical_acronym, is_known_word, is_name_when_capitalised
+from gateway.privacy.vocabulary import (is_clinical, is_clinical_acronym, is_curated_clinical, is_known_word,
+                                       is_name_when_capitalised)
 from gateway.privacy.words import TITLES, zipf
 from gateway.referral.clinical_terms import is_clinical_word
 
@@ -133,6 +134,7 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
     removed_already += [_Token(start, end, "0", "[CLUSTER]") for start, end in clusters]
     merged = sorted(tokens + removed_already, key=lambda t: t.start)
     _spread_over_names(view, merged)
+    _capitalised_names_mid_sentence(view, tokens, language)
     _remove_nicknames(view, tokens)
     _names_after_titles_and_kin(view, tokens)
     street_starts = {start for start, _ in streets}
@@ -513,6 +515,55 @@ def _org_tails_and_cues(view: str, tokens: list[_Token]) -> None:
         cue = _AFFILIATION_CUE.search(view[max(0, token.start - 30):token.start])
         if cue is not None and (not cue.group(0).lower().startswith("at") or not _is_sentence_word(token)):
             token.verdict = "[INSTITUTION]"
+
+
+#: Where a writer capitalises an ordinary word: a line's or a sentence's start, after a colon or a bullet.
+_CAPITALISED_BY_POSITION = re.compile(r"(?:^|[.!?:;•*\n]\s*|\n\s*\d+[.)]\s*|\n\s*[\-–]\s*)$")
+#: Languages that write ordinary nouns in lower case (German capitalises every noun).
+_LOWER_CASE_NOUNS = frozenset({"en", "fr", "da", "sv", "nb", "es"})
+
+
+def _capitalised_names_mid_sentence(view: str, tokens: list[_Token], language: str) -> None:
+    """Two or more capitalised words in the middle of a sentence are a name, whatever words they are made of
+    ("Elephant Physio", "Peachtree Spine & Sports", "Viking Line", "(Western Command)"): where ordinary words
+    are written in lower case, capitals mark a proper noun. A run made only of clinical words ("Cauda Equina
+    Syndrome"), of acronyms, titles or month names stays."""
+    if language not in _LOWER_CASE_NOUNS:
+        return
+    for run in _capitalised_runs(view, tokens):
+        words = [t for t in run if _is_capitalised(t) and t.written.isalpha() and len(t.written) >= 2]
+        if len(words) < 2 or all(t.written.isupper() for t in words) or any(
+                t.verdict not in (_KNOWN, None) for t in words):
+            continue
+        if _NAMED_INSTRUMENT.fullmatch(words[-1].written) or re.match(r"[ \t]*\d", view[run[-1].end:]) or any(
+                t.written.isupper() and _clinical_not_everyday(t.written) for t in words):
+            continue  # a named scale, sign or score: "Clinical Frailty Scale 6", "AO Spine", "TLSO Brace"
+        if _CAPITALISED_BY_POSITION.search(view[max(0, run[0].start - 12):run[0].start]):
+            continue
+        if any(t.written.lower() in _NOT_ABSORBED or t.written.lower() in TITLES or
+               _fold_month(t.written) in _MONTH_NAMES for t in words):
+            continue
+        if all(_clinical_not_everyday(t.written) for t in words):
+            continue
+        for token in run:
+            if token.verdict in (_KNOWN, None) and token.written.lower() not in _PARTICLES:
+                token.verdict = "[INSTITUTION]"
+
+
+_NAMED_INSTRUMENT = re.compile(r"(?i:scale|score|test|sign|syndrome|disease|classification|grade|criteria|index|"
+                               r"questionnaire|inventory|manoeuvre|maneuver|reflex|brace|collar|orthosis)")
+
+
+def _clinical_not_everyday(word: str) -> bool:
+    """A clinical word of the curated lists, a clinical acronym, or a word of the medical lists that everyday
+    English does not use ("Cauda", "Equina"; not "Elephant", which the medical list also holds)."""
+    if word.isupper():
+        return is_clinical_acronym(word) or is_clinical_word(word)
+    return is_curated_clinical(word) or is_clinical_word(word) or (is_clinical(word) and zipf(word) < 4.0)
+
+
+def _fold_month(word: str) -> str:
+    return word.lower().rstrip(".")
 
 
 def _is_sentence_word(token: _Token) -> bool:

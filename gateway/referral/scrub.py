@@ -25,7 +25,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from gateway.privacy.vocabulary import detect_language, is_curated_clinical, is_eponym
+from gateway.privacy.vocabulary import detect_language, is_clinical, is_curated_clinical, is_eponym, is_known_word
 from gateway.referral.allowlist import is_org_head, judge
 from gateway.referral.clinical_terms import CLINICAL_NOUN_AFTER, CLINICAL_VALUE, is_clinical_word
 from gateway.referral.codes import NON_URGENT_FLAGS
@@ -173,7 +173,7 @@ _DIGIT_RUN = re.compile(r"\d{6,}")
 _EPONYM_TERM = re.compile(
     r"\b[A-Z][a-z]+(?:[\-][A-Z][a-z]+)?(?:['’]s?[ \t\-]*|[ \t\-]+)"
     r"(?i:disease|sign|signs|test|tests|lesion|lesions|cyst|"
-    r"tumou?r|fracture|grade|classification|score|scale|syndrome|palsy|node|nodes|spine|knötchen|knotchen|"
+    r"tumou?r|fracture|grade|classification|score|scale|syndrome|palsy|node|nodes|(?<=['’]s )spine|knötchen|knotchen|"
     r"zeichen|syndrom|krankheit|manoeuvre|maneuver|reflex|phenomenon|criteria|index|arthritis|angle|line|"
     r"triad|procedure|operation|approach|joint)\b")
 #: "maladie de Charcot", "signe de Lasègue", "Morbus Bechterew", "M. Scheuermann".
@@ -482,6 +482,8 @@ class TextScrubber:
         if eponym is not None and is_org_head(eponym.group(0)):
             return False  # "Medical Center - Spine", "KIMS Hospitals Spine Centre": a firm's name, no eponym
         if eponym is not None and not is_eponym(eponym.group(0)):
+            if is_known_word(eponym.group(0), "en") and not is_clinical(eponym.group(0)):
+                return False  # an ordinary word names no sign: "Comprehensive Spine Center", "Northside Pain"
             word = _fold_plain(eponym.group(0))
             if word in self._name_parts or (len(word) >= _FUZZY_MIN_LENGTH and any(
                     levenshtein_at_most_one(word, part) for part in self._fuzzy_parts)):
