@@ -35,7 +35,8 @@ REMOVED, ADDRESS, ID = "[REMOVED]", "[ADDRESS]", "[ID]"
 
 _TOKEN = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
 #: Letter and digit groups of plates and references: "MH 02 FG 4417", "B-EY 4471", "SG/PI/2024/33871".
-_ALNUM_CLUSTER = re.compile(r"(?<![\w\x00\x01])(?:[A-Z]{1,3}|\d+)(?:[ \-/.]{1,2}(?:[A-Z]{1,3}|\d+))+(?![\w\x01])")
+_ALNUM_CLUSTER = re.compile(r"(?<![\w\x00\x01])(?:[A-ZÀ-Þ]{1,3}|[A-ZÀ-Þ]{4,6}(?=-)|\d+)"
+                            r"(?:(?:[ /.]{1,2}|-)(?:[A-ZÀ-Þ]{1,3}|\d+)|-[A-ZÀ-Þ]{4,6})+(?![\w\x01])")
 #: Roads and sectors by number: "A39", "US-59", "Route 27", "Interchange 4", "Sec 35".
 _ROAD = re.compile(r"\b(?:[ABMNE]\d{1,4}(?![.,]\d)|(?:US|SR|CR|I|RN|RD|RV|Rte)-?\d{1,4}|"
                    r"(?i:route|highway|hwy|interstate|exit|"
@@ -109,9 +110,16 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
     alphanumeric = [(m.start(), m.end()) for m in _ALNUM_CLUSTER.finditer(view)
                     if sum(c.isdigit() for c in m.group(0)) >= 4 and re.search(r"[A-Z]", m.group(0))
                     and not re.fullmatch(r"[A-Z]{1,5}[ \-]?\d{1,3}(?:[.,]\d)?/\d{1,3}", m.group(0))
-                    and not any(s <= m.start() < e for s, e in clusters)]
-    # a reference with its letters ("BR-25-00877") replaces the bare number cluster found inside it
-    clusters = [(s, e) for s, e in clusters if not any(a <= s and e <= b for a, b in alphanumeric)] + alphanumeric
+                    and not _clinical_with_value(m.group(0))]
+    # a reference with its letters ("BR-25-00877", "12 170279 K 005") replaces the bare number clusters it
+    # overlaps, and takes in what they held beyond it (a closing bracket)
+    whole = []
+    for a, b in alphanumeric:
+        overlapping = [(s, e) for s, e in clusters if s < b and a < e]
+        whole.append((min([a, *(s for s, _ in overlapping)]), max([b, *(e for _, e in overlapping)])))
+    clusters = [(s, e) for s, e in clusters if not any(s < b and a < e for a, b in whole)]
+    clusters = sorted(set(clusters + [w for w in whole if not any(o != w and o[0] <= w[0] and w[1] <= o[1]
+                                                                for o in whole)]))
     streets = [(m.start(), m.end()) for m in _ROAD.finditer(view) if not any(s <= m.start() < e for s, e in clusters)
                and not re.search(r"(?i:typ|type|grade|ao|class|classe|stadium|stage)\W*$",
                                  view[max(0, m.start() - 8):m.start()])]
@@ -137,6 +145,7 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
     _capitalised_names_mid_sentence(view, tokens, language)
     _remove_nicknames(view, tokens)
     _names_after_titles_and_kin(view, tokens)
+    _titles_and_credentials_of_names(view, merged)
     street_starts = {start for start, _ in streets}
     for token in tokens:  # the authority a road is numbered by: "BIA Route 27", "FM 1960", "NY Route 9"
         if token.verdict in (_KNOWN, None) and re.fullmatch(r"[A-Z]{2,5}", token.written) and \
@@ -195,11 +204,45 @@ def _names_after_titles_and_kin(view: str, tokens: list[_Token]) -> None:
                 following.verdict = "[NAME]"
 
 
+#: Ranks, academic and professional titles written before a name ("PD Dr.", "Mag.", "Oberfeldarzt", "Sgt").
+_TITLE_BEFORE = re.compile(
+    r"(?:PD|Mag|Dipl|Ing|DI|OA|OÄ|Prim|Univ|Doz|Sgt|Cpl|Capt|Cpt|Maj|Col|Lt|Det|Insp|Cst|PC|Pte|Spc|Sr|Br|Fr|"
+    r"Rev|Hon|Shri|Smt|Sri|Kum|Staff|Nurse|Sister|Officer|Sergeant|Sergent|Corporal|Captain|Major|Colonel|"
+    r"Lieutenant|Detective|Constable|Private|Conscript|Matron|Adv|Advocate|Er|"
+    r"[^\W\d_]*(?:arzt|ärztin|aerztin|schwester|pfleger|feldwebel|leutnant|hauptmann|meister))")
+#: Credentials written after a name ("Maria Castellanos, DO", "Luis Ortega, PA-C", "Kim R., RN").
+_CREDENTIAL_AFTER = re.compile(
+    r"(?:MD|DO|PA|PA-C|NP|APRN|FNP|FNP-BC|DNP|RN|BSN|LPN|CNA|PT|DPT|OT|OTR|DC|PhD|MBBS|MBChB|MRCP|FRCP|FRCS|"
+    r"FRCR|MRCGP|FRACS|FACS|MS|MCh|DNB|MPT|BPT|CRNA|LCSW|PsyD|Dr\.?\s?med)")
+
+
+def _titles_and_credentials_of_names(view: str, tokens: list[_Token]) -> None:
+    """A rank or a title right before a removed name ("PD Dr. [NAME]", "Oberfeldarzt Dr. [NAME]") and a
+    credential right after it (", DO", ", PA-C") are part of the name as written."""
+    for index, token in enumerate(tokens):
+        if token.verdict not in ("[NAME]", "[MASKED]", REMOVED):
+            continue
+        probe = index - 1
+        while probe >= 0 and re.fullmatch(r"\.?[ \t]{1,2}", view[tokens[probe].end:token.start if probe == index - 1
+                                                                     else tokens[probe + 1].start]):
+            before = tokens[probe]
+            if before.verdict in (_KNOWN, None) and _TITLE_BEFORE.fullmatch(before.written):
+                before.verdict = "[NAME]"
+            elif before.written.lower().rstrip(".") not in ("dr", "prof", "med", "herr", "frau", "mr", "mrs", "ms"):
+                break
+            probe -= 1
+        if index + 1 < len(tokens):
+            after = tokens[index + 1]
+            if after.verdict in (_KNOWN, None) and _CREDENTIAL_AFTER.fullmatch(after.written) and \
+                    re.fullmatch(r"\.?,[ \t]", view[token.end:after.start]):
+                after.verdict = "[NAME]"
+
+
 def _remove_nicknames(view: str, tokens: list[_Token]) -> None:
     """A nickname given in quotes or brackets, or after "known as", goes wherever it is used."""
     nicknames = {m.group(1) or m.group(2) for m in _NICKNAME.finditer(view)}
     nicknames |= {word for m in _QUOTED_WORD.finditer(view) for word in m.groups()
-                  if word and not is_clinical(word) and not is_clinical_word(word)}
+                  if word and not is_curated_clinical(word) and not is_clinical_word(word)}
     if not nicknames:
         return
     for token in tokens:
@@ -730,6 +773,14 @@ def _without_elision(word: str) -> str:
 def _without_possessive(word: str) -> str:
     """The word without its possessive or an English contraction's tail ("Paget's", "I'd", "we'll", "don't")."""
     return re.sub(r"['’](?:s|d|m|ve|ll|re|t)?$|n['’]t$", "", word)
+
+
+def _clinical_with_value(text: str) -> bool:
+    """A clinical acronym with a value or a year, not a reference: "MRI 2024", "SF-36 12", "CT 2023"."""
+    letters = re.findall(r"[^\W\d_]+", text)
+    numbers = re.findall(r"\d+", text)
+    return all(is_clinical_acronym(w) or is_clinical_word(w) for w in letters) and len(numbers) <= 2 and \
+        all(len(n) <= 4 for n in numbers)
 
 
 def _cluster_is_identifier(view: str, match: re.Match[str]) -> bool:
