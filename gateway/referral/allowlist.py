@@ -29,7 +29,7 @@ from gateway.privacy.vocabulary import (is_clinical, is_clinical_acronym, is_cur
 from gateway.privacy.words import TITLES, zipf
 from gateway.referral.clinical_terms import is_clinical_word
 
-__all__ = ["Judgement", "is_org_head", "is_org_tail", "judge"]
+__all__ = ["Judgement", "is_day_or_month", "is_org_head", "is_org_tail", "judge"]
 
 REMOVED, ADDRESS, ID = "[REMOVED]", "[ADDRESS]", "[ID]"
 
@@ -153,6 +153,7 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
             token.verdict = ADDRESS
     for start, end in clusters:
         yield Judgement(start, end, ADDRESS if (start, end) in streets else ID)
+    _words_of_dates(view, tokens)
     for index, token in enumerate(tokens[1:], start=1):
         before = tokens[index - 1]
         if token.verdict == "[DATE]" and before.verdict in (_KNOWN, None) and _ORDINAL_WORDS.fullmatch(
@@ -693,6 +694,59 @@ _DOSE_AFTER = re.compile(r"\s*(?:\(|\s)?\d+(?:[.,]\d+)?(?:/\d+(?:[.,]\d+)?)?\s?"
                          re.IGNORECASE)
 
 
+_WEEKDAYS = frozenset("""monday tuesday wednesday thursday friday saturday sunday mon tue tues wed thu thur thurs
+fri sat sun montag dienstag mittwoch donnerstag freitag samstag sonntag lundi mardi mercredi jeudi vendredi samedi
+dimanche mandag tirsdag onsdag torsdag fredag lordag lørdag sondag søndag tisdag lördag söndag""".split())
+#: Words written before a day or a holiday as part of the date: "last Tues", "réveillon de Noël", "Christmas Eve".
+_DATE_LEAD_WORDS = frozenset("""last next this réveillon reveillon veille lendemain eve nuit jour day night
+vorabend heiligabend""".split())
+
+
+_SPELLED_YEAR_START = re.compile(r"(?i:mille|nineteen|eighteen|neunzehnhundert|achtzehnhundert)")
+_SPELLED_NUMBER = re.compile(
+    r"(?i:neuf|huit|cent|vingt|trente|quarante|cinquante|soixante|dix|onze|douze|treize|quatorze|quinze|seize|"
+    r"un|une|deux|trois|quatre|cinq|six|sept|et|hundred|and|ten|eleven|twelve|[a-z]+teen|twenty|thirty|forty|"
+    r"fifty|sixty|seventy|eighty|ninety|one|two|three|four|five|seven|eight|nine)(?:-[a-z]+)*")
+
+
+def is_day_or_month(word: str) -> bool:
+    """A weekday or a month, in full or abbreviated, in one of the scrubber's languages."""
+    folded = word.lower().rstrip(".")
+    return folded in _WEEKDAYS or folded in _MONTH_NAMES
+
+
+def _words_of_dates(view: str, tokens: list[_Token]) -> None:
+    """A day, month or holiday removed takes the words written as part of it ("last Tues", "réveillon de Noël")."""
+    for index, token in enumerate(tokens):
+        if token.verdict != "[DATE]":
+            continue
+        probe = index - 1
+        if probe >= 1 and tokens[probe].written.lower() in ("de", "du", "of") and \
+                tokens[probe - 1].written.lower() in _DATE_LEAD_WORDS:
+            probe -= 1
+        if probe >= 0 and tokens[probe].written.lower() in _DATE_LEAD_WORDS and \
+                tokens[probe].verdict in (_KNOWN, None) and \
+                re.fullmatch(r"[ \t]+(?:(?:de|du|of)[ \t]+)?", view[tokens[probe].end:token.start]):
+            for word in tokens[probe:index]:
+                word.verdict = "[DATE]"
+    for index, token in enumerate(tokens[1:-1], start=1):  # "réveillon de Noël", "first of May"
+        if token.verdict in (_KNOWN, None) and token.written.lower() in ("de", "du", "of") and \
+                tokens[index - 1].verdict == "[DATE]" and tokens[index + 1].verdict == "[DATE]":
+            token.verdict = "[DATE]"
+    in_year = False  # a year spelled out after its month: "novembre mille neuf cent cinquante-trois"
+    for before, token in zip(tokens, tokens[1:]):
+        spaced = re.fullmatch(r"[ \t]+", view[before.end:token.start]) is not None
+        if token.verdict not in (_KNOWN, None) or not spaced:
+            in_year = False
+            continue
+        if before.verdict == "[DATE]" and _SPELLED_YEAR_START.fullmatch(token.written):
+            in_year = True
+        elif not (in_year and _SPELLED_NUMBER.fullmatch(token.written)):
+            in_year = False
+        if in_year:
+            token.verdict = "[DATE]"
+
+
 def _word_verdict(view: str, start: int, end: int, written: str, language: str) -> str | None:
     """``_KNOWN``, None (kept but unknown) or the token that replaces the word."""
     parts = [p for p in re.split(r"[\-]", _without_possessive(_without_elision(written))) if p]
@@ -706,6 +760,8 @@ def _word_verdict(view: str, start: int, end: int, written: str, language: str) 
     folded = view[start:end].lower()
     if folded.rstrip(".") in _NOT_ABSORBED or folded in TITLES:
         return _KNOWN
+    if folded.rstrip(".") in _WEEKDAYS and written[:1].isupper() and len(folded) > 3:
+        return "[DATE]"
     if folded in _MONTH_NAMES and (written[:1].isupper() or language in ("fr", "da", "sv", "nb")) and \
             not (folded in ("mar", "dec", "mai", "marts") and language == "en"):
         return "[DATE]"

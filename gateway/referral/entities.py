@@ -137,6 +137,12 @@ def _medical_only(word: str) -> bool:
         COMMON_WORD_ZIPF
 
 
+def _is_day_or_month(word: str) -> bool:
+    from gateway.referral.allowlist import is_day_or_month
+
+    return is_day_or_month(word)
+
+
 def _named_by_its_head(word: str) -> bool:
     """The last word of a span names an organisation or a place ("Vasa centralsjukhus", "Spine Centre")."""
     from gateway.referral.allowlist import is_org_head, is_org_tail
@@ -166,6 +172,8 @@ def _plausible(text: str, start: int, end: int, kind: str) -> bool:
         return False
     if any(_medical_only(w) for w in words) and not _named_by_its_head(words[-1]):
         return False
+    if all(_is_day_or_month(w) for w in words):
+        return False  # "Tues", "Monday": a date, which the scrubber removes as one
     if not (words[0][0].isupper() and words[-1][0].isupper()):  # "Zugezogen aus", "Kassiererin bei"
         return False
     if any(w.lower().rstrip(".") in _TITLE_WORDS_BARE for w in words[-1:]):
