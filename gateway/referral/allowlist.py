@@ -24,8 +24,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from gateway.privacy.text import has_non_latin_letters
-from gateway.privacy.vocabulary import (is_clinical, is_clinical_acronym, is_curated_clinical, is_known_word,
-                                       is_name_when_capitalised)
+from gateway.privacy.vocabulary import (
+    is_clinical,
+    is_clinical_acronym,
+    is_curated_clinical,
+    is_known_word,
+    is_name_when_capitalised,
+)
 from gateway.privacy.words import TITLES, zipf
 from gateway.referral.clinical_terms import is_clinical_word
 
@@ -551,14 +556,17 @@ def _org_tails_and_cues(view: str, tokens: list[_Token]) -> None:
             for word in [*between, following]:
                 word.verdict = "[INSTITUTION]" if _ORG_TAIL.fullmatch(following.written) else ADDRESS
             between = []
-    for token in tokens:
+    for index, token in enumerate(tokens):
         if token.verdict not in (_KNOWN, None) or not token.written[:1].isupper() or token.written.isupper():
             continue
-        if is_clinical(token.written) or is_clinical_word(token.written) or token.written.lower() in _NOT_ABSORBED:
-            continue
+        if _clinical_not_everyday(token.written) or token.written.lower() in _NOT_ABSORBED:
+            continue  # "Progressive" after "insurer (" names a firm; "Sciatica" after "at" does not
         cue = _AFFILIATION_CUE.search(view[max(0, token.start - 30):token.start])
-        if cue is not None and (not cue.group(0).lower().startswith("at") or not _is_sentence_word(token)):
-            token.verdict = "[INSTITUTION]"
+        coordinated = index >= 1 and tokens[index - 1].verdict == "[INSTITUTION]" and re.fullmatch(
+            r"[ \t]+(?:and|et|und|og|och|y|or|ou|oder|eller|&)[ \t]+", view[tokens[index - 1].end:token.start])
+        if (cue is not None and (not cue.group(0).lower().startswith("at") or not _is_sentence_word(token))) or \
+                coordinated:
+            token.verdict = "[INSTITUTION]"  # and the employer named with it: "pour Uber et Bolt"
 
 
 #: Where a writer capitalises an ordinary word: a line's or a sentence's start, after a colon or a bullet.
@@ -576,7 +584,7 @@ def _capitalised_names_mid_sentence(view: str, tokens: list[_Token], language: s
         return
     for run in _capitalised_runs(view, tokens):
         words = [t for t in run if _is_capitalised(t) and t.written.isalpha() and len(t.written) >= 2]
-        if len(words) < 2 or all(t.written.isupper() for t in words) or any(
+        if len(words) < 2 or all(t.written.isupper() for t in words) or all(
                 t.verdict not in (_KNOWN, None) for t in words):
             continue
         if _NAMED_INSTRUMENT.fullmatch(words[-1].written) or re.match(r"[ \t]*\d", view[run[-1].end:]) or any(
@@ -587,8 +595,9 @@ def _capitalised_names_mid_sentence(view: str, tokens: list[_Token], language: s
         if any(t.written.lower() in _NOT_ABSORBED or t.written.lower() in TITLES or
                _fold_month(t.written) in _MONTH_NAMES for t in words):
             continue
-        if all(_clinical_not_everyday(t.written) for t in words):
-            continue
+        partly_removed = any(t.verdict not in (_KNOWN, None) for t in words)
+        if not partly_removed and all(_clinical_not_everyday(t.written) for t in words):
+            continue  # a name partly removed takes its clinical words with it: "[Elephant] Physio"
         for token in run:
             if token.verdict in (_KNOWN, None) and token.written.lower() not in _PARTICLES:
                 token.verdict = "[INSTITUTION]"
@@ -878,6 +887,11 @@ def _number_is_clinical(view: str, start: int, end: int) -> bool:
     return head is not None and int(head.group(1)) < 90
 
 
+#: The word a value follows, with the first number of a ratio or a dose pair between them ("30/" of 30/500).
+_VALUE_NAME_BEFORE = re.compile(r"([^\W\d_](?:[^\W\d_]|-(?=[^\W\d_])){2,})\s*[:=]?\s*"
+                                r"(?:\d{1,4}(?:[.,]\d{1,2})?\s?[/:]\s?)?$")
+
+
 def _names_a_value(word: str) -> bool:
     """A clinical word, score or acronym that a value follows: a drug, a test, a titre, a scale."""
     if word.isupper():
@@ -894,7 +908,7 @@ def _plain_number_is_clinical(view: str, start: int, end: int, token: str) -> bo
                                                                        view[end:end + 8], re.IGNORECASE))
     if len(token) <= 2:
         return True
-    word = re.search(r"([^\W\d_](?:[^\W\d_]|-(?=[^\W\d_])){2,})\s*[:=]?\s*(?:\d{1,4}(?:[.,]\d{1,2})?\s?[/:]\s?)?$", before)
+    word = _VALUE_NAME_BEFORE.search(before)
     if word and len(token) <= 4 and _names_a_value(word.group(1)):
-        return True  # a value after its clinical name: "alkaline phosphatase 310", "co-codamol 30/500", "titre 1:1280"
+        return True  # after its clinical name: "alkaline phosphatase 310", "co-codamol 30/500", "titre 1:1280"
     return len(token) == 4 and 1900 <= int(token) <= 2039
