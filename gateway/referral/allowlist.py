@@ -777,7 +777,7 @@ def _word_verdict(view: str, start: int, end: int, written: str, language: str) 
     if _ACRONYM.fullmatch(written):
         if _ISSUER_LABEL_AFTER.match(view, end):
             return REMOVED  # the issuer of a number: "RVH no. RVH4471209", "DHA licence 00441723", "GOSH MRN"
-        if is_clinical_acronym(written) or is_clinical_word(written):
+        if is_clinical_acronym(written) or is_clinical_word(written) or folded in _FORM_LABELS:
             return _KNOWN
         if not _ordinary_in_capitals(view, start, end, written):
             if re.match(r"\s{0,2}\x01", view[end:end + 3]) or _DOSE_AFTER.match(view, end):
@@ -801,6 +801,10 @@ def _word_verdict(view: str, start: int, end: int, written: str, language: str) 
     return None
 
 
+#: Labels of referral forms written in capitals: known words, but never clinical ones, so that no number after
+#: them passes for a clinical value ("Acct 8831", "ext. 22" stay identifiers).
+_FORM_LABELS = frozenset("""dob dod mrn ssn npi ein nhs chi upi pid hcn acct tel fax ext ref req dept ward bed
+fao attn enc encl pto""".split())
 #: A word in capitals short enough to be an acronym; a longer one is judged as a word (headings: "HISTORY").
 _ACRONYM = re.compile(r"[A-ZÀ-ÞÅÆØ]{3,5}")
 _ISSUER_LABEL_AFTER = re.compile(r"[ \t]+(?i:no\.|nr\.?|number|licen[cs]e|mrn|id|#|card|reg\.|regd?\.? no)(?!\w)")
