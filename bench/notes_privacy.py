@@ -213,6 +213,52 @@ def _cpu_per_referral_ms(items) -> dict:
     return {"mean": round(sum(times) / len(times), 1), "max": round(max(times), 1)}
 
 
+def print_dev_misses(category: str | None = None) -> None:
+    """Every identifier the scrubber left and every clinical term it destroyed on the development half, each with
+    its line before and after scrubbing. The held-out half is never printed: it is measured, not tuned on."""
+    from corpus_eval import score, scrubber_for
+    from corpus_files import load
+    from notes_eval import covered, report, significant_positions
+
+    items = load("dev")
+    scrubbers = {id(item.case): scrubber_for(item) for item in items}
+    by_case = {item.case.key: item for item in items}
+    result, guard = score(items)
+
+    def line_at(key: str, text: str, position: int | None) -> tuple[str, str]:
+        case = by_case[key].case
+        if position is None:
+            position = max(case.text.find(text), 0)
+        start = case.text.rfind("\n", 0, position) + 1
+        end = case.text.find("\n", position)
+        line = case.text[start:end if end >= 0 else len(case.text)]
+        return line.strip(), scrubbers[id(case)].scrub(line).strip()
+
+    def position_of(key: str, text: str, spans: list) -> int | None:
+        gone = covered(scrubbers[id(by_case[key].case)].spans(by_case[key].case.text))
+        for span in spans:
+            if span.text == text and not significant_positions(by_case[key].case, span) <= gone:
+                return span.start
+        return None
+
+    for key, cat, known, text in result.misses:
+        if category in (None, cat):
+            before, after = line_at(key, text, position_of(key, text, by_case[key].case.spans))
+            print(f"MISS {cat}{'!' if known else ''} {key} [{by_case[key].style}/{by_case[key].language}] "
+                  f"{text!r}\n    in:  {before}\n    out: {after}")
+    if category in (None, "keep"):
+        for key, term in result.destroyed:
+            removed = scrubbers[id(by_case[key].case)].spans(by_case[key].case.text)
+            where = next((s.start for s in by_case[key].case.keep if s.text == term and any(
+                a < s.end and s.start < b for a, b, _ in removed)), None)
+            before, after = line_at(key, term, where)
+            print(f"LOST keep {key} [{by_case[key].style}/{by_case[key].language}] {term!r}\n    in:  {before}"
+                  f"\n    out: {after}")
+    print(report("dev", result))
+    print(f"  cases quarantined by the guard {len(guard.quarantined)} of {guard.cases}, wrongly {len(guard.wrongful())}"
+          f" {guard.wrongful()}")
+
+
 def one_core_env() -> dict:
     """The environment of a measuring process held to one thread of BLAS/OpenMP."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -368,9 +414,14 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one engine's result as JSON (internal)")
     parser.add_argument("--node-rss", action="store_true", help="print the node's peak RSS as JSON (internal)")
     parser.add_argument("--halves", action="store_true", help="only the corpus halves and the real node's RSS")
+    parser.add_argument("--misses", nargs="?", const="all", metavar="CATEGORY",
+                        help="print the development half's misses and destroyed clinical terms (a category, or keep)")
     parser.add_argument("--halves-json", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--real-node-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.misses:
+        print_dev_misses(None if args.misses == "all" else args.misses)
+        return 0
     if args.halves_json:
         print(json.dumps(measure_halves()))
         return 0

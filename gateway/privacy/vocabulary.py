@@ -37,8 +37,8 @@ from pathlib import Path
 
 from gateway.privacy.text import fold
 
-__all__ = ["LANGUAGES", "CompactWordSet", "clinical_words", "detect_language", "is_clinical", "is_known_word",
-           "missing_lists", "warm_up"]
+__all__ = ["LANGUAGES", "CompactWordSet", "clinical_words", "detect_language", "is_clinical", "is_clinical_acronym",
+           "is_known_word", "missing_lists", "warm_up"]
 
 DICT_DIR = Path("/usr/share/dict")
 #: Word lists per language (files of ``DICT_DIR``).
@@ -246,6 +246,22 @@ def is_eponym(word: str) -> bool:
     return fold(word).strip("'’") in _eponyms()
 
 
+@functools.cache
+def _acronyms() -> CompactWordSet:
+    """Folded clinical acronyms: the English medical list's entries in capitals (TLSO, BMD, MRSA, DEXA)."""
+    with _LOCK:
+        return _cached("acronyms", [MEDICAL_LISTS[0]], lambda: CompactWordSet(
+            _fold_entry(w) for w in _entries(MEDICAL_LISTS[0]) if w.isupper() and w.isalpha()))
+
+
+def is_clinical_acronym(word: str) -> bool:
+    """``word`` is a clinical acronym: one the English medical list writes in capitals, or a clinical word of the
+    lists (the curated list writes its acronyms in lower case: mri, lbp, tlics). An ordinary word is no acronym:
+    UPS, GOSH or CHUM written in capitals name a firm or a hospital, not what "ups" or "gosh" mean."""
+    folded = fold(word).strip("'’")
+    return folded in _acronyms() or folded in clinical_words()
+
+
 def is_curated_clinical(word: str) -> bool:
     """``word`` is a clinical word of the curated lists (stricter than :func:`is_clinical`: the English medical
     list also holds words such as target and boots, which name firms)."""
@@ -257,6 +273,7 @@ def warm_up(languages: Iterable[str] = ("en", "de", "fr")) -> None:
     clinical_words()
     _curated_clinical()
     _eponyms()
+    _acronyms()
     _english_capitalised()
     for language in languages:
         _common(language)

@@ -96,6 +96,11 @@ def _zipf(word: str) -> float:
     return max(zipf_frequency(word, language, wordlist="small") for language in _LANGUAGES)
 
 
+def zipf(word: str) -> float:
+    """The Zipf frequency of ``word`` (folded) in English or German, whichever is higher (wordfreq's small lists)."""
+    return _zipf(fold(word).strip("'"))
+
+
 def is_common(word: str) -> bool:
     """Whether ``word`` (one word, any case or accents) is too common to identify anyone on its own."""
     folded = fold(word).strip("'")

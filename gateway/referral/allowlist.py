@@ -24,17 +24,24 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from gateway.privacy.text import has_non_latin_letters
-from gateway.privacy.vocabulary import is_clinical, is_known_word, is_name_when_capitalised
-from gateway.privacy.words import TITLES
+from gateway.privacy.vocabulary import (
+    is_clinical,
+    is_clinical_acronym,
+    is_curated_clinical,
+    is_known_word,
+    is_name_when_capitalised,
+)
+from gateway.privacy.words import TITLES, zipf
 from gateway.referral.clinical_terms import is_clinical_word
 
-__all__ = ["Judgement", "judge"]
+__all__ = ["Judgement", "is_day_or_month", "is_org_head", "is_org_tail", "judge"]
 
 REMOVED, ADDRESS, ID = "[REMOVED]", "[ADDRESS]", "[ID]"
 
 _TOKEN = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
 #: Letter and digit groups of plates and references: "MH 02 FG 4417", "B-EY 4471", "SG/PI/2024/33871".
-_ALNUM_CLUSTER = re.compile(r"(?<![\w\x00\x01])(?:[A-Z]{1,3}|\d+)(?:[ \-/.]{1,2}(?:[A-Z]{1,3}|\d+))+(?![\w\x01])")
+_ALNUM_CLUSTER = re.compile(r"(?<![\w\x00\x01])(?:[A-ZÀ-Þ]{1,3}|[A-ZÀ-Þ]{4,6}(?=-)|\d+)"
+                            r"(?:(?:[ /.]{1,2}|-)(?:[A-ZÀ-Þ]{1,3}|\d+)|-[A-ZÀ-Þ]{4,6})+(?![\w\x01])")
 #: Roads and sectors by number: "A39", "US-59", "Route 27", "Interchange 4", "Sec 35".
 _ROAD = re.compile(r"\b(?:[ABMNE]\d{1,4}(?![.,]\d)|(?:US|SR|CR|I|RN|RD|RV|Rte)-?\d{1,4}|"
                    r"(?i:route|highway|hwy|interstate|exit|"
@@ -79,7 +86,8 @@ _CLINICAL_ALNUM = re.compile(
     r"(?:[CTLS]\d{1,2}|Th\d{1,2}|[A-Za-z]{1,5}-?\d{1,2}[a-z]?|"        # L5, Th12, HLA-B27, PHQ9, SF-36
     r"\d{1,3}(?:st|nd|rd|th|er|e|ème|eme|x|T|yo|y|yrs?|h|hrs?|min|mins|d|wk|wks|w|mo|mos|mg|mcg|ml|kg|cm|mm|"
     r"m|km|g|l|°|%)|"                                                  # 3rd, 2x, 54yo, 50mg, 1.5T
-    r"\d{1,2}[:h]\d{2}(?:am|pm)?|\d{1,2}(?:am|pm)|G\d+P\d+)")
+    r"\d{1,2}[:h]\d{2}(?:am|pm)?|\d{1,2}(?:am|pm)|G\d+P\d+|"
+    r"q\d{1,2}(?:h|hr|hrs|d|wk|wks|w|mo|m)?)")                          # dosing intervals: q8h, q2wk
 
 
 @dataclass(frozen=True)
@@ -107,9 +115,16 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
     alphanumeric = [(m.start(), m.end()) for m in _ALNUM_CLUSTER.finditer(view)
                     if sum(c.isdigit() for c in m.group(0)) >= 4 and re.search(r"[A-Z]", m.group(0))
                     and not re.fullmatch(r"[A-Z]{1,5}[ \-]?\d{1,3}(?:[.,]\d)?/\d{1,3}", m.group(0))
-                    and not any(s <= m.start() < e for s, e in clusters)]
-    # a reference with its letters ("BR-25-00877") replaces the bare number cluster found inside it
-    clusters = [(s, e) for s, e in clusters if not any(a <= s and e <= b for a, b in alphanumeric)] + alphanumeric
+                    and not _clinical_with_value(m.group(0))]
+    # a reference with its letters ("BR-25-00877", "12 170279 K 005") replaces the bare number clusters it
+    # overlaps, and takes in what they held beyond it (a closing bracket)
+    whole = []
+    for a, b in alphanumeric:
+        overlapping = [(s, e) for s, e in clusters if s < b and a < e]
+        whole.append((min([a, *(s for s, _ in overlapping)]), max([b, *(e for _, e in overlapping)])))
+    clusters = [(s, e) for s, e in clusters if not any(s < b and a < e for a, b in whole)]
+    clusters = sorted(set(clusters + [w for w in whole if not any(o != w and o[0] <= w[0] and w[1] <= o[1]
+                                                                for o in whole)]))
     streets = [(m.start(), m.end()) for m in _ROAD.finditer(view) if not any(s <= m.start() < e for s, e in clusters)
                and not re.search(r"(?i:typ|type|grade|ao|class|classe|stadium|stage)\W*$",
                                  view[max(0, m.start() - 8):m.start()])]
@@ -132,10 +147,18 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
     removed_already += [_Token(start, end, "0", "[CLUSTER]") for start, end in clusters]
     merged = sorted(tokens + removed_already, key=lambda t: t.start)
     _spread_over_names(view, merged)
+    _capitalised_names_mid_sentence(view, tokens, language)
     _remove_nicknames(view, tokens)
     _names_after_titles_and_kin(view, tokens)
+    _titles_and_credentials_of_names(view, merged)
+    street_starts = {start for start, _ in streets}
+    for token in tokens:  # the authority a road is numbered by: "BIA Route 27", "FM 1960", "NY Route 9"
+        if token.verdict in (_KNOWN, None) and re.fullmatch(r"[A-Z]{2,5}", token.written) and \
+                token.end + 1 in street_starts and view[token.end] == " ":
+            token.verdict = ADDRESS
     for start, end in clusters:
         yield Judgement(start, end, ADDRESS if (start, end) in streets else ID)
+    _words_of_dates(view, tokens)
     for index, token in enumerate(tokens[1:], start=1):
         before = tokens[index - 1]
         if token.verdict == "[DATE]" and before.verdict in (_KNOWN, None) and _ORDINAL_WORDS.fullmatch(
@@ -187,11 +210,45 @@ def _names_after_titles_and_kin(view: str, tokens: list[_Token]) -> None:
                 following.verdict = "[NAME]"
 
 
+#: Ranks, academic and professional titles written before a name ("PD Dr.", "Mag.", "Oberfeldarzt", "Sgt").
+_TITLE_BEFORE = re.compile(
+    r"(?:PD|Mag|Dipl|Ing|DI|OA|OÄ|Prim|Univ|Doz|Sgt|Cpl|Capt|Cpt|Maj|Col|Lt|Det|Insp|Cst|PC|Pte|Spc|Sr|Br|Fr|"
+    r"Rev|Hon|Shri|Smt|Sri|Kum|Staff|Nurse|Sister|Officer|Sergeant|Sergent|Corporal|Captain|Major|Colonel|"
+    r"Lieutenant|Detective|Constable|Private|Conscript|Matron|Adv|Advocate|Er|"
+    r"[^\W\d_]*(?:arzt|ärztin|aerztin|schwester|pfleger|feldwebel|leutnant|hauptmann|meister))")
+#: Credentials written after a name ("Maria Castellanos, DO", "Luis Ortega, PA-C", "Kim R., RN").
+_CREDENTIAL_AFTER = re.compile(
+    r"(?:MD|DO|PA|PA-C|NP|APRN|FNP|FNP-BC|DNP|RN|BSN|LPN|CNA|PT|DPT|OT|OTR|DC|PhD|MBBS|MBChB|MRCP|FRCP|FRCS|"
+    r"FRCR|MRCGP|FRACS|FACS|MS|MCh|DNB|MPT|BPT|CRNA|LCSW|PsyD|Dr\.?\s?med)")
+
+
+def _titles_and_credentials_of_names(view: str, tokens: list[_Token]) -> None:
+    """A rank or a title right before a removed name ("PD Dr. [NAME]", "Oberfeldarzt Dr. [NAME]") and a
+    credential right after it (", DO", ", PA-C") are part of the name as written."""
+    for index, token in enumerate(tokens):
+        if token.verdict not in ("[NAME]", "[MASKED]", REMOVED):
+            continue
+        probe = index - 1
+        while probe >= 0 and re.fullmatch(r"\.?[ \t]{1,2}", view[tokens[probe].end:token.start if probe == index - 1
+                                                                     else tokens[probe + 1].start]):
+            before = tokens[probe]
+            if before.verdict in (_KNOWN, None) and _TITLE_BEFORE.fullmatch(before.written):
+                before.verdict = "[NAME]"
+            elif before.written.lower().rstrip(".") not in ("dr", "prof", "med", "herr", "frau", "mr", "mrs", "ms"):
+                break
+            probe -= 1
+        if index + 1 < len(tokens):
+            after = tokens[index + 1]
+            if after.verdict in (_KNOWN, None) and _CREDENTIAL_AFTER.fullmatch(after.written) and \
+                    re.fullmatch(r"\.?,[ \t]", view[token.end:after.start]):
+                after.verdict = "[NAME]"
+
+
 def _remove_nicknames(view: str, tokens: list[_Token]) -> None:
     """A nickname given in quotes or brackets, or after "known as", goes wherever it is used."""
     nicknames = {m.group(1) or m.group(2) for m in _NICKNAME.finditer(view)}
     nicknames |= {word for m in _QUOTED_WORD.finditer(view) for word in m.groups()
-                  if word and not is_clinical(word) and not is_clinical_word(word)}
+                  if word and not is_curated_clinical(word) and not is_clinical_word(word)}
     if not nicknames:
         return
     for token in tokens:
@@ -236,6 +293,11 @@ _STATE_CODES = frozenset(
 def is_org_head(word: str) -> bool:
     """An organisation's head noun ("Center", "Hospitals", "Motors"): what names a place or firm, no eponym."""
     return _ORG_HEAD.fullmatch(word.lower().rstrip(".")) is not None
+
+
+def is_org_tail(word: str) -> bool:
+    """An organisation's head written after its name, also as the end of a Nordic compound ("centralsjukhus")."""
+    return _ORG_TAIL.fullmatch(word) is not None
 
 
 def _is_capitalised(token: _Token) -> bool:
@@ -494,14 +556,67 @@ def _org_tails_and_cues(view: str, tokens: list[_Token]) -> None:
             for word in [*between, following]:
                 word.verdict = "[INSTITUTION]" if _ORG_TAIL.fullmatch(following.written) else ADDRESS
             between = []
-    for token in tokens:
+    for index, token in enumerate(tokens):
         if token.verdict not in (_KNOWN, None) or not token.written[:1].isupper() or token.written.isupper():
             continue
-        if is_clinical(token.written) or is_clinical_word(token.written) or token.written.lower() in _NOT_ABSORBED:
-            continue
+        if _clinical_not_everyday(token.written) or token.written.lower() in _NOT_ABSORBED:
+            continue  # "Progressive" after "insurer (" names a firm; "Sciatica" after "at" does not
         cue = _AFFILIATION_CUE.search(view[max(0, token.start - 30):token.start])
-        if cue is not None and (not cue.group(0).lower().startswith("at") or not _is_sentence_word(token)):
-            token.verdict = "[INSTITUTION]"
+        coordinated = index >= 1 and tokens[index - 1].verdict == "[INSTITUTION]" and re.fullmatch(
+            r"[ \t]+(?:and|et|und|og|och|y|or|ou|oder|eller|&)[ \t]+", view[tokens[index - 1].end:token.start])
+        if (cue is not None and (not cue.group(0).lower().startswith("at") or not _is_sentence_word(token))) or \
+                coordinated:
+            token.verdict = "[INSTITUTION]"  # and the employer named with it: "pour Uber et Bolt"
+
+
+#: Where a writer capitalises an ordinary word: a line's or a sentence's start, after a colon or a bullet.
+_CAPITALISED_BY_POSITION = re.compile(r"(?:^|[.!?:;•*\n]\s*|\n\s*\d+[.)]\s*|\n\s*[\-–]\s*)$")
+#: Languages that write ordinary nouns in lower case (German capitalises every noun).
+_LOWER_CASE_NOUNS = frozenset({"en", "fr", "da", "sv", "nb", "es"})
+
+
+def _capitalised_names_mid_sentence(view: str, tokens: list[_Token], language: str) -> None:
+    """Two or more capitalised words in the middle of a sentence are a name, whatever words they are made of
+    ("Elephant Physio", "Peachtree Spine & Sports", "Viking Line", "(Western Command)"): where ordinary words
+    are written in lower case, capitals mark a proper noun. A run made only of clinical words ("Cauda Equina
+    Syndrome"), of acronyms, titles or month names stays."""
+    if language not in _LOWER_CASE_NOUNS:
+        return
+    for run in _capitalised_runs(view, tokens):
+        words = [t for t in run if _is_capitalised(t) and t.written.isalpha() and len(t.written) >= 2]
+        if len(words) < 2 or all(t.written.isupper() for t in words) or all(
+                t.verdict not in (_KNOWN, None) for t in words):
+            continue
+        if _NAMED_INSTRUMENT.fullmatch(words[-1].written) or re.match(r"[ \t]*\d", view[run[-1].end:]) or any(
+                t.written.isupper() and _clinical_not_everyday(t.written) for t in words):
+            continue  # a named scale, sign or score: "Clinical Frailty Scale 6", "AO Spine", "TLSO Brace"
+        if _CAPITALISED_BY_POSITION.search(view[max(0, run[0].start - 12):run[0].start]):
+            continue
+        if any(t.written.lower() in _NOT_ABSORBED or t.written.lower() in TITLES or
+               _fold_month(t.written) in _MONTH_NAMES for t in words):
+            continue
+        partly_removed = any(t.verdict not in (_KNOWN, None) for t in words)
+        if not partly_removed and all(_clinical_not_everyday(t.written) for t in words):
+            continue  # a name partly removed takes its clinical words with it: "[Elephant] Physio"
+        for token in run:
+            if token.verdict in (_KNOWN, None) and token.written.lower() not in _PARTICLES:
+                token.verdict = "[INSTITUTION]"
+
+
+_NAMED_INSTRUMENT = re.compile(r"(?i:scale|score|test|sign|syndrome|disease|classification|grade|criteria|index|"
+                               r"questionnaire|inventory|manoeuvre|maneuver|reflex|brace|collar|orthosis)")
+
+
+def _clinical_not_everyday(word: str) -> bool:
+    """A clinical word of the curated lists, a clinical acronym, or a word of the medical lists that everyday
+    English does not use ("Cauda", "Equina"; not "Elephant", which the medical list also holds)."""
+    if word.isupper():
+        return is_clinical_acronym(word) or is_clinical_word(word)
+    return is_curated_clinical(word) or is_clinical_word(word) or (is_clinical(word) and zipf(word) < 4.0)
+
+
+def _fold_month(word: str) -> str:
+    return word.lower().rstrip(".")
 
 
 def _is_sentence_word(token: _Token) -> bool:
@@ -588,6 +703,59 @@ _DOSE_AFTER = re.compile(r"\s*(?:\(|\s)?\d+(?:[.,]\d+)?(?:/\d+(?:[.,]\d+)?)?\s?"
                          re.IGNORECASE)
 
 
+_WEEKDAYS = frozenset("""monday tuesday wednesday thursday friday saturday sunday mon tue tues wed thu thur thurs
+fri sat sun montag dienstag mittwoch donnerstag freitag samstag sonntag lundi mardi mercredi jeudi vendredi samedi
+dimanche mandag tirsdag onsdag torsdag fredag lordag lørdag sondag søndag tisdag lördag söndag""".split())
+#: Words written before a day or a holiday as part of the date: "last Tues", "réveillon de Noël", "Christmas Eve".
+_DATE_LEAD_WORDS = frozenset("""last next this réveillon reveillon veille lendemain eve nuit jour day night
+vorabend heiligabend""".split())
+
+
+_SPELLED_YEAR_START = re.compile(r"(?i:mille|nineteen|eighteen|neunzehnhundert|achtzehnhundert)")
+_SPELLED_NUMBER = re.compile(
+    r"(?i:neuf|huit|cent|vingt|trente|quarante|cinquante|soixante|dix|onze|douze|treize|quatorze|quinze|seize|"
+    r"un|une|deux|trois|quatre|cinq|six|sept|et|hundred|and|ten|eleven|twelve|[a-z]+teen|twenty|thirty|forty|"
+    r"fifty|sixty|seventy|eighty|ninety|one|two|three|four|five|seven|eight|nine)(?:-[a-z]+)*")
+
+
+def is_day_or_month(word: str) -> bool:
+    """A weekday or a month, in full or abbreviated, in one of the scrubber's languages."""
+    folded = word.lower().rstrip(".")
+    return folded in _WEEKDAYS or folded in _MONTH_NAMES
+
+
+def _words_of_dates(view: str, tokens: list[_Token]) -> None:
+    """A day, month or holiday removed takes the words written as part of it ("last Tues", "réveillon de Noël")."""
+    for index, token in enumerate(tokens):
+        if token.verdict != "[DATE]":
+            continue
+        probe = index - 1
+        if probe >= 1 and tokens[probe].written.lower() in ("de", "du", "of") and \
+                tokens[probe - 1].written.lower() in _DATE_LEAD_WORDS:
+            probe -= 1
+        if probe >= 0 and tokens[probe].written.lower() in _DATE_LEAD_WORDS and \
+                tokens[probe].verdict in (_KNOWN, None) and \
+                re.fullmatch(r"[ \t]+(?:(?:de|du|of)[ \t]+)?", view[tokens[probe].end:token.start]):
+            for word in tokens[probe:index]:
+                word.verdict = "[DATE]"
+    for index, token in enumerate(tokens[1:-1], start=1):  # "réveillon de Noël", "first of May"
+        if token.verdict in (_KNOWN, None) and token.written.lower() in ("de", "du", "of") and \
+                tokens[index - 1].verdict == "[DATE]" and tokens[index + 1].verdict == "[DATE]":
+            token.verdict = "[DATE]"
+    in_year = False  # a year spelled out after its month: "novembre mille neuf cent cinquante-trois"
+    for before, token in zip(tokens, tokens[1:]):
+        spaced = re.fullmatch(r"[ \t]+", view[before.end:token.start]) is not None
+        if token.verdict not in (_KNOWN, None) or not spaced:
+            in_year = False
+            continue
+        if before.verdict == "[DATE]" and _SPELLED_YEAR_START.fullmatch(token.written):
+            in_year = True
+        elif not (in_year and _SPELLED_NUMBER.fullmatch(token.written)):
+            in_year = False
+        if in_year:
+            token.verdict = "[DATE]"
+
+
 def _word_verdict(view: str, start: int, end: int, written: str, language: str) -> str | None:
     """``_KNOWN``, None (kept but unknown) or the token that replaces the word."""
     parts = [p for p in re.split(r"[\-]", _without_possessive(_without_elision(written))) if p]
@@ -601,9 +769,20 @@ def _word_verdict(view: str, start: int, end: int, written: str, language: str) 
     folded = view[start:end].lower()
     if folded.rstrip(".") in _NOT_ABSORBED or folded in TITLES:
         return _KNOWN
+    if folded.rstrip(".") in _WEEKDAYS and written[:1].isupper() and len(folded) > 3:
+        return "[DATE]"
     if folded in _MONTH_NAMES and (written[:1].isupper() or language in ("fr", "da", "sv", "nb")) and \
             not (folded in ("mar", "dec", "mai", "marts") and language == "en"):
         return "[DATE]"
+    if _ACRONYM.fullmatch(written):
+        if _ISSUER_LABEL_AFTER.match(view, end):
+            return REMOVED  # the issuer of a number: "RVH no. RVH4471209", "DHA licence 00441723", "GOSH MRN"
+        if is_clinical_acronym(written) or is_clinical_word(written) or folded in _FORM_LABELS:
+            return _KNOWN
+        if not _ordinary_in_capitals(view, start, end, written):
+            if re.match(r"\s{0,2}\x01", view[end:end + 3]) or _DOSE_AFTER.match(view, end):
+                return None  # an acronym before a clinical value: "EVA 8/10", "PIVD L4-L5", "FBA 25 cm"
+            return REMOVED
     unknown = [p for p in parts if len(p) > 2 and not is_known_word(p, language) and not is_clinical_word(p)]
     if any(has_non_latin_letters(p) for p in parts):
         return REMOVED
@@ -622,6 +801,30 @@ def _word_verdict(view: str, start: int, end: int, written: str, language: str) 
     return None
 
 
+#: Labels of referral forms written in capitals: known words, but never clinical ones, so that no number after
+#: them passes for a clinical value ("Acct 8831", "ext. 22" stay identifiers).
+_FORM_LABELS = frozenset("""dob dod mrn ssn npi ein nhs chi upi pid hcn acct tel fax ext ref req dept ward bed
+fao attn enc encl pto""".split())
+#: A word in capitals short enough to be an acronym; a longer one is judged as a word (headings: "HISTORY").
+_ACRONYM = re.compile(r"[A-ZÀ-ÞÅÆØ]{3,5}")
+_ISSUER_LABEL_AFTER = re.compile(r"[ \t]+(?i:no\.|nr\.?|number|licen[cs]e|mrn|id|#|card|reg\.|regd?\.? no)(?!\w)")
+_CAPITALS_AROUND = re.compile(r"[A-ZÀ-Þ]{2,}[ \t]+$")
+
+
+def _ordinary_in_capitals(view: str, start: int, end: int, written: str) -> bool:
+    """A word in capitals that is an ordinary word as written: a very common one anywhere ("NOT given", "PLAN"),
+    a common one in a heading (followed by a colon or among other words in capitals: "EXAM:", "PAST HISTORY").
+    Anything else in capitals is an acronym, known only as a clinical one: UPS, GOSH, NAV name a firm, a
+    hospital, an agency, whatever "ups" or "gosh" mean in lower case."""
+    frequency = zipf(written)
+    if frequency >= 5.0:
+        return True
+    heading = re.match(r"[ \t]*:", view[end:end + 3]) is not None or \
+        _CAPITALS_AROUND.search(view[max(0, start - 24):start]) is not None or \
+        re.match(r"[ \t]+[A-ZÀ-Þ]{2,}\b", view[end:end + 24]) is not None
+    return heading and frequency >= 4.0
+
+
 def _looks_like_a_name(part: str) -> bool:
     """An unknown word written as names are: capitalised, in any language (German capitalises every noun, but
     an unknown one is no less unknown), or in capitals from three letters (a surname in a form: MUELLER)."""
@@ -637,7 +840,16 @@ def _without_elision(word: str) -> str:
 
 
 def _without_possessive(word: str) -> str:
-    return re.sub(r"['’]s?$", "", word)
+    """The word without its possessive or an English contraction's tail ("Paget's", "I'd", "we'll", "don't")."""
+    return re.sub(r"['’](?:s|d|m|ve|ll|re|t)?$|n['’]t$", "", word)
+
+
+def _clinical_with_value(text: str) -> bool:
+    """A clinical acronym with a value or a year, not a reference: "MRI 2024", "SF-36 12", "CT 2023"."""
+    letters = re.findall(r"[^\W\d_]+", text)
+    numbers = re.findall(r"\d+", text)
+    return all(is_clinical_acronym(w) or is_clinical_word(w) for w in letters) and len(numbers) <= 2 and \
+        all(len(n) <= 4 for n in numbers)
 
 
 def _cluster_is_identifier(view: str, match: re.Match[str]) -> bool:
@@ -679,6 +891,18 @@ def _number_is_clinical(view: str, start: int, end: int) -> bool:
     return head is not None and int(head.group(1)) < 90
 
 
+#: The word a value follows, with the first number of a ratio or a dose pair between them ("30/" of 30/500).
+_VALUE_NAME_BEFORE = re.compile(r"([^\W\d_](?:[^\W\d_]|-(?=[^\W\d_])){2,})\s*[:=]?\s*"
+                                r"(?:\d{1,4}(?:[.,]\d{1,2})?\s?[/:]\s?)?$")
+
+
+def _names_a_value(word: str) -> bool:
+    """A clinical word, score or acronym that a value follows: a drug, a test, a titre, a scale."""
+    if word.isupper():
+        return is_clinical_acronym(word) or is_clinical_word(word)
+    return (len(word) >= 4 and is_clinical(word)) or is_clinical_word(word)
+
+
 def _plain_number_is_clinical(view: str, start: int, end: int, token: str) -> bool:
     before = view[max(0, start - 24):start]
     if _ID_LABEL_BEFORE.search(before):
@@ -688,7 +912,7 @@ def _plain_number_is_clinical(view: str, start: int, end: int, token: str) -> bo
                                                                        view[end:end + 8], re.IGNORECASE))
     if len(token) <= 2:
         return True
-    word = re.search(r"([^\W\d_]{4,})\s*[:=]?\s*$", before)
-    if word and len(token) <= 4 and is_clinical(word.group(1)):
-        return True  # a value after its clinical name: "alkaline phosphatase 310", "ferritin 25"
+    word = _VALUE_NAME_BEFORE.search(before)
+    if word and len(token) <= 4 and _names_a_value(word.group(1)):
+        return True  # after its clinical name: "alkaline phosphatase 310", "co-codamol 30/500", "titre 1:1280"
     return len(token) == 4 and 1900 <= int(token) <= 2039

@@ -32,7 +32,7 @@ from stdnum.gb import nhs
 from stdnum.us import ssn
 from wordfreq import zipf_frequency
 
-from gateway.privacy.vocabulary import CompactWordSet
+from gateway.privacy.vocabulary import CompactWordSet, is_clinical, is_clinical_acronym
 from gateway.referral.clinical_terms import CLINICAL_NOUN_AFTER, is_clinical_word
 
 __all__ = ["Entity", "PERSON", "PLACE", "ORGANISATION", "IDENTIFIER", "PHONE_NUMBER", "find_entities",
@@ -127,6 +127,29 @@ def _any_language_word(word: str) -> bool:
         MODEL_WORD_ZIPF
 
 
+def _medical_only(word: str) -> bool:
+    """A word only medicine uses: a clinical acronym in capitals (MRC, TLSO, B/L's letters aside) or a word of the
+    clinical lists that is no everyday word ("Gibbus", "Sciatica"; not "Target" or "Boots", which name firms).
+    The model takes such words, capitalised at the start of a line, for people and organisations."""
+    if word.isupper() and len(word) >= 3:
+        return is_clinical_acronym(word)
+    return len(word) >= 5 and is_clinical(word) and max(_zipf(word.lower(), "en"), _zipf(word.lower(), "de")) < \
+        COMMON_WORD_ZIPF
+
+
+def _is_day_or_month(word: str) -> bool:
+    from gateway.referral.allowlist import is_day_or_month
+
+    return is_day_or_month(word)
+
+
+def _named_by_its_head(word: str) -> bool:
+    """The last word of a span names an organisation or a place ("Vasa centralsjukhus", "Spine Centre")."""
+    from gateway.referral.allowlist import is_org_head, is_org_tail
+
+    return is_org_head(word) or is_org_tail(word)
+
+
 def _trim(text: str, start: int, end: int) -> tuple[int, int] | None:
     """The span without leading titles, articles and trailing punctuation; None when nothing is left."""
     words = list(_WORD.finditer(text, start, end))
@@ -147,6 +170,10 @@ def _plausible(text: str, start: int, end: int, kind: str) -> bool:
         return False
     if not words or any(is_clinical_word(w) for w in words) or any(c.isdigit() for c in value):
         return False
+    if any(_medical_only(w) for w in words) and not _named_by_its_head(words[-1]):
+        return False
+    if all(_is_day_or_month(w) for w in words):
+        return False  # "Tues", "Monday": a date, which the scrubber removes as one
     if not (words[0][0].isupper() and words[-1][0].isupper()):  # "Zugezogen aus", "Kassiererin bei"
         return False
     if any(w.lower().rstrip(".") in _TITLE_WORDS_BARE for w in words[-1:]):

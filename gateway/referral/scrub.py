@@ -25,7 +25,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from gateway.privacy.vocabulary import detect_language, is_curated_clinical, is_eponym
+from gateway.privacy.vocabulary import detect_language, is_clinical, is_curated_clinical, is_eponym, is_known_word
 from gateway.referral.allowlist import is_org_head, judge
 from gateway.referral.clinical_terms import CLINICAL_NOUN_AFTER, CLINICAL_VALUE, is_clinical_word
 from gateway.referral.codes import NON_URGENT_FLAGS
@@ -101,7 +101,7 @@ _HIJRI_DATE = re.compile(rf"(?<![\d.])\d{{1,2}}\s+(?i:{_HIJRI_MONTH})(?:,?\s+\d{
 #: Words written as part of a date just before it: its article ("the 3rd of May"), where in the month it fell
 #: ("early June", "mi-janvier", "Anfang März") and the first day of a range ("du 20 au 24 janvier").
 _DATE_LEAD = re.compile(
-    r"(?i:\b(?:the\s+(?:(?:first|second|third|fourth|last)\s+(?:week|weekend|days?)\s+of\s+)?|"
+    r"(?i:\b(?:the\s+(?:(?:first|second|third|fourth|last)\s+(?:week|weekend|days?)\s+of\s+)?|le\s+|den\s+|"
     r"(?:early|late|mid|end\s+of|beginning\s+of|start\s+of|middle\s+of|fin|début|debut|mi|anfang|mitte|ende)"
     r"[\s\-]+(?:(?:of|de|d['’])\s*)?|"
     r"(?:(?:from|between|du|vom|fra|entre|le)\s+)?\d{1,2}(?:st|nd|rd|th|er|\.)?\s*(?:to|and|au|bis|til|till|et|-|–)\s*|"
@@ -118,7 +118,14 @@ _MONTH_IN_PART = re.compile(
     rf"(?:the\s+)?(?:first|second|third|fourth|last)\s+(?:week|weekend|days?|half|fortnight)\s+of)"
     rf"[\s\-]+(?:(?:of|de|d['’])\s*)?(?i:{_MONTH})(?![\w])|\b(?i:{_MONTH})\s?['’]\d{{2}}(?!\d)")
 _SHIFTED_DATE = re.compile(r"\[\d{4}-\d{2}-\d{2}\]")
-_DATE_TAIL = re.compile(r"\s?['’]\d{2}(?!\d)")
+_DATE_TAIL = re.compile(r"\s?['’]\d{2}(?!\d)|"
+                        # a year spelled out: "mille neuf cent cinquante-trois", "nineteen fifty-three"
+                        r"(?i:\s+(?:mille|nineteen|eighteen|neunzehnhundert|achtzehnhundert)"
+                        r"(?:[\s\-]+(?:neuf|huit|cent|vingt|trente|quarante|cinquante|soixante|dix|onze|douze|treize|"
+                        r"quatorze|quinze|seize|un|une|deux|trois|quatre|cinq|six|sept|et|hundred|and|ten|eleven|"
+                        r"twelve|[a-z]+teen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|one|two|three|four|"
+                        r"five|six|seven|eight|nine|[a-zäöü]+und[a-zäöü]+zig|zwanzig|dreißig|vierzig|fünfzig|"
+                        r"sechzig|siebzig|achtzig|neunzig))+)")
 #: A day written alone as an ordinal, where only a date can stand: after "the" or a weekday and before the end
 #: of the clause ("came in on the 15th.", "Friday 7th,", "Thursday the 12th with").
 _ORDINAL_DAY = re.compile(
@@ -173,7 +180,7 @@ _DIGIT_RUN = re.compile(r"\d{6,}")
 _EPONYM_TERM = re.compile(
     r"\b[A-Z][a-z]+(?:[\-][A-Z][a-z]+)?(?:['’]s?[ \t\-]*|[ \t\-]+)"
     r"(?i:disease|sign|signs|test|tests|lesion|lesions|cyst|"
-    r"tumou?r|fracture|grade|classification|score|scale|syndrome|palsy|node|nodes|spine|knötchen|knotchen|"
+    r"tumou?r|fracture|grade|classification|score|scale|syndrome|palsy|node|nodes|(?<=['’]s )spine|knötchen|knotchen|"
     r"zeichen|syndrom|krankheit|manoeuvre|maneuver|reflex|phenomenon|criteria|index|arthritis|angle|line|"
     r"triad|procedure|operation|approach|joint)\b")
 #: "maladie de Charcot", "signe de Lasègue", "Morbus Bechterew", "M. Scheuermann".
@@ -482,6 +489,8 @@ class TextScrubber:
         if eponym is not None and is_org_head(eponym.group(0)):
             return False  # "Medical Center - Spine", "KIMS Hospitals Spine Centre": a firm's name, no eponym
         if eponym is not None and not is_eponym(eponym.group(0)):
+            if is_known_word(eponym.group(0), "en") and not is_clinical(eponym.group(0)):
+                return False  # an ordinary word names no sign: "Comprehensive Spine Center", "Northside Pain"
             word = _fold_plain(eponym.group(0))
             if word in self._name_parts or (len(word) >= _FUZZY_MIN_LENGTH and any(
                     levenshtein_at_most_one(word, part) for part in self._fuzzy_parts)):
