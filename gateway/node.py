@@ -31,6 +31,7 @@ from gateway.referral.entities import load_engine
 from gateway.referral.notes_case import warm_up as warm_up_notes
 from gateway.referral.notes_sr import load_standard_tables
 from gateway.referral.sr_tables import install_module_table
+from gateway.routing.assignment import unsatisfiable_rules
 from gateway.routing.spine import SpineFilter
 from gateway.scp.receiver import remove_unplaced_receipts
 from gateway.scp.receivers import ReceivingProcesses
@@ -135,6 +136,8 @@ class GatewayNode:
         self.heap_trimmer = HeapTrimmer().start()  # what an attack's threads freed, back to the system
         log.info("gateway_started", ae_title=self.config.node.ae_title, port=self.config.node.port,
                  version=__version__, to_version=SCHEMA_VERSION, tls=self.config.node.tls.enabled)
+        for warning in unsatisfiable_rules(self.config.reviewers):
+            log.warning("routing_unsatisfiable", reason=warning)
 
     def _node_context(self, database: peewee.Database) -> NodeContext:
         """The one context the stages and servers share: the database, this node's lease owner, its wake-up hub

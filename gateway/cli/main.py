@@ -174,8 +174,12 @@ def cmd_serve(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.routing.assignment import unsatisfiable_rules
+
     print(f"configuration OK: AE {config.node.ae_title} on port {config.node.port}, "
           f"{len(config.sources)} source(s), {len(config.reviewers)} reviewer(s)")
+    for warning in unsatisfiable_rules(config.reviewers):
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -86,11 +86,15 @@ def node_health(spool_dir: Path) -> dict[str, Any]:
 
 
 def needs_attention() -> list[dict[str, Any]]:
-    """Cases waiting for a person (quarantined, failed, report_failed) and cases a stage is backing off after
-    a failure, newest first, with why: the state's reason, the last error and how many failures."""
+    """Cases waiting for a person (quarantined, failed, report_failed), held cases (waiting for a reviewer, a
+    referral or an approval) and cases a stage is backing off after a failure, newest first, with why: the
+    state's reason (for a case held for want of a reviewer, the words the log and the portal show), the last
+    error and how many failures."""
     from gateway.storage.cases import STUCK_STATES
+    from gateway.storage.models import CaseState
 
-    query = (Study.select().where(Study.state.in_(STUCK_STATES) | (Study.stage_failures > 0))
+    waiting = (*STUCK_STATES, CaseState.HELD)
+    query = (Study.select().where(Study.state.in_(waiting) | (Study.stage_failures > 0))
              .order_by(Study.state_changed_at.desc()).limit(ATTENTION_LIMIT))
     return [{"case": study.key, "state": study.state, "reason": study.state_reason or study.hold_reason,
              "since": _iso(study.state_changed_at), "failures": study.stage_failures,
@@ -198,7 +202,7 @@ def _render_attention(snapshot: dict[str, Any], console: Any) -> None:
     if not rows:
         console.print("no case needs attention")
         return
-    table = Table(title="Cases needing attention (retry CASE / release CASE)")
+    table = Table(title="Cases needing attention (retry CASE / release CASE)", show_lines=False)
     for column in ("case", "state", "reason", "since", "failures", "last error", "next try"):
         table.add_column(column)
     for row in rows:

@@ -15,6 +15,7 @@ import peewee
 import pydicom
 from pydicom.dataset import Dataset
 
+from gateway.routing.assignment import NO_REVIEWER
 from gateway.storage.models import CaseState, OutboundObject, ReportObject, Source, Study, utcnow
 from gateway.storage.models import Referral as ReferralRow
 from gateway.storage.spool import Spool
@@ -36,7 +37,7 @@ _PLAIN = {
     S.REJECTED_NOT_SPINE: "not a spine study: not sent",
 }
 _HELD = {"awaiting_referral": "waiting for the referral", "no_referral": "waiting for the referral",
-         "no_reviewer": "waiting for a free reviewer", "awaiting_approval": "waiting for the notes to be checked"}
+         "no_reviewer": "waiting for a reviewer", "awaiting_approval": "waiting for the notes to be checked"}
 OPEN_FOR_REVIEWER = (S.DELIVERING, S.DELIVERED, S.REPORTED)
 ATTENTION = (S.HELD, S.QUARANTINED, S.FAILED, S.REPORT_FAILED, S.REJECTED_NOT_SPINE)
 
@@ -46,7 +47,10 @@ def plain_state(study: Study | None) -> str:
     if study is None:
         return "waiting for the images"
     if study.state == S.HELD:
-        return _HELD.get(study.hold_reason or "", "on hold (the operators are told)")
+        plain = _HELD.get(study.hold_reason or "", "on hold (the operators are told)")
+        if study.hold_reason == NO_REVIEWER and study.state_reason and study.state_reason != NO_REVIEWER:
+            return f"{plain}: {study.state_reason}"
+        return plain
     return _PLAIN.get(study.state, study.state.replace("_", " "))
 
 
@@ -262,7 +266,7 @@ def attention_cases() -> list[dict[str, Any]]:
 
     rows = []
     for study in Study.select().where(Study.state.in_(ATTENTION)).order_by(Study.state_changed_at.desc()).limit(200):
-        reason = study.hold_reason
+        reason = study.state_reason or study.hold_reason
         if not reason:
             last = (AuditEvent.select().where((AuditEvent.study_key == study.key) & (AuditEvent.outcome != "success"))
                     .order_by(AuditEvent.at.desc()).first())
