@@ -196,19 +196,21 @@ def _render_routing(snapshot: dict[str, Any], console: Any) -> None:
 
 
 def _render_attention(snapshot: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
+    """One line per case (its whole key, state and since), its reason whole on the next: a table would fold
+    the reason into a column a few characters wide on a terminal of 80."""
+    from rich.markup import escape
 
     rows = snapshot.get("needs_attention", [])
     if not rows:
         console.print("no case needs attention")
         return
-    table = Table(title="Cases needing attention (retry CASE / release CASE)", show_lines=False)
-    for column in ("case", "state", "reason", "since", "failures", "last error", "next try"):
-        table.add_column(column)
+    console.print(f"[bold]Cases needing attention[/bold] ({len(rows)}; retry CASE / release CASE)")
     for row in rows:
-        table.add_row(row["case"], row["state"], row["reason"] or "", row["since"] or "", str(row["failures"]),
-                      row["last_error"] or "", row["retry_at"] or "")
-    console.print(table)
+        failures = (f", {row['failures']} failure(s), last {row['last_error'] or '-'}, next try "
+                    f"{row['retry_at'] or '-'}" if row["failures"] else "")
+        console.print(f"  {row['case']}  {row['state']}  since {row['since'] or '-'}{escape(failures)}",
+                      soft_wrap=True)
+        console.print(f"    {escape(row['reason'] or '-')}", soft_wrap=True)
 
 
 def lookup_cases(*, accession: str | None = None, referral_id: int | None = None) -> list[dict[str, Any]]:
