@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -191,6 +200,9 @@ class SourceConfig(_Section):
     hl7_results: Hl7ResultsConfig | None = None
     locale: str = Field("en-GB", pattern=r"^[a-z]{2}-[A-Z]{2}$")
     date_order: Literal["day_first", "month_first"] | None = None
+    # The lines at the top of the hospital's copy of a report PDF (its name, department, address); empty: the
+    # source's name. The copy also carries the patient's identity, re-identified as the SR is.
+    letterhead: list[Annotated[str, StringConstraints(max_length=120)]] = Field(default_factory=list, max_length=6)
 
     @property
     def day_first(self) -> bool:
@@ -233,6 +245,11 @@ class ReviewerConfig(_Section):
     storage_commitment: bool = False
     commitment_wait_s: SECONDS = Field(300.0, gt=0)
     tls: PeerTLSConfig = PeerTLSConfig()  # the associations the gateway opens to this reviewer
+    # Who signs the reports written in the portal under this reviewer's account: a DICOM person name
+    # (Family^Given^Middle^Prefix^Suffix); set, the report is VERIFIED with it; null: UNVERIFIED.
+    signing_name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[^\\=]+$")
+    qualification: str | None = Field(None, min_length=1, max_length=64)  # e.g. "FRCR, consultant neuroradiologist"
+    organization: str | None = Field(None, min_length=1, max_length=64)  # the reviewing service, as signed
 
     @field_validator("hours")
     @classmethod
