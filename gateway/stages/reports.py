@@ -176,7 +176,7 @@ class ReportStage(WithNodeContext):
                 self._report_failed(study, report, str(exc))
             return 0
         done = 0
-        signed = self._signature(received)
+        signed = self._signature(study)
         for report in received:
             try:
                 dataset = pydicom.dcmread(self.spool.absolute(report.spool_path))
@@ -205,10 +205,12 @@ class ReportStage(WithNodeContext):
             uids[report.sop_instance_uid] = derived_report_uid(self.secret, "instance", report.sop_instance_uid)
         return uids
 
-    def _signature(self, received: list[ReportObject]) -> Dataset:
-        """The verification of the report's SR among ``received`` (flag, observer, organization, date): what
-        the hospital's copy of its PDF says of the report's status; an empty dataset when there is no SR."""
-        for report in received:
+    def _signature(self, study: Study) -> Dataset:
+        """The verification of the case's latest report SR (flag, observer, organization, date): what the
+        hospital's copy of its PDF says of the report's status (the SR comes first in one report's
+        association); an empty dataset when there is no SR."""
+        reports = ReportObject.select().where(ReportObject.study == study).order_by(ReportObject.id.desc())
+        for report in reports:
             if report.sop_class_uid not in codes.SR_CLASSES or report.sop_class_uid == codes.KEY_OBJECT_SELECTION:
                 continue
             try:

@@ -139,6 +139,9 @@ def _run(portal: Portal, handler: Handler, role: str | None, request: Request, f
 def templates() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    from gateway.reports.reidentify import readable_name
+
+    env.filters["readable_name"] = readable_name  # Family^Given as "Given Family": no DICOM on a page
     return env
 
 

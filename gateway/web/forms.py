@@ -10,9 +10,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gateway.config import ReviewerConfig
 from gateway.referral.codes import RedFlag
 from gateway.referral.document import validate_referral_data
 from gateway.referral.errors import ReferralValidationError
+from gateway.reports.builder import ANSWER_PREFIX
 from gateway.reports.findings import Finding, FindingsDocument
 
 RED_FLAG_LABELS = {
@@ -166,7 +168,7 @@ def field_of(path: str) -> str:
 # --- the reviewer's report ------------------------------------------------------------------------------------
 
 REPORT_FIELDS = (*(f"finding.{level}" for level in LEVELS), *(f"images.{level}" for level in LEVELS),
-                 "finding.other", "images.other", "impression", "answer", "recommendation", "observer")
+                 "finding.other", "images.other", "impression", "answer", "recommendation")
 _IMAGE_REF = re.compile(r"^\s*(?:(\d{1,6})\s*[:/]\s*)?(\d{1,6})\s*$")
 
 
@@ -192,8 +194,11 @@ def image_refs(text: str, positions: Mapping[tuple[int, int], str]) -> tuple[lis
     return refs, problems
 
 
-def parse_report_form(form: Mapping[str, Any], positions: Mapping[tuple[int, int], str]) -> FormResult:
-    """Validate the report form: ``value`` is the :class:`FindingsDocument`, or ``errors`` by field."""
+def parse_report_form(form: Mapping[str, Any], positions: Mapping[tuple[int, int], str],
+                      signer: ReviewerConfig | None = None) -> FormResult:
+    """Validate the report form: ``value`` is the :class:`FindingsDocument`, or ``errors`` by field. The report
+    is signed with the account's reviewer's ``signing_name`` (never a typed name): VERIFIED; without one,
+    UNVERIFIED."""
     values = {name: _clean(form, name) for name in REPORT_FIELDS}
     result = FormResult(values)
     findings = []
@@ -218,15 +223,15 @@ def parse_report_form(form: Mapping[str, Any], positions: Mapping[tuple[int, int
         return result
     impressions = [values["impression"]]
     if values["answer"]:
-        impressions.append(f"Answer to the clinical question: {values['answer']}")
+        impressions.append(f"{ANSWER_PREFIX}{values['answer']}")
     try:
         result.value = FindingsDocument(
             findings=findings, impressions=impressions,
             recommendations=[values["recommendation"]] if values["recommendation"] else [],
-            observer=values["observer"] or None)
+            observer=signer.signing_name if signer else None, organization=signer.organization if signer else None)
     except ValidationError as exc:
         for error in exc.errors():
-            name = {"observer": "observer", "impressions": "impression", "recommendations": "recommendation"}.get(
+            name = {"impressions": "impression", "recommendations": "recommendation"}.get(
                 str(error["loc"][0]), "")
             result.add(name, error["msg"])
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from starlette.responses import RedirectResponse, Response
 
+from gateway.config import ReviewerConfig
 from gateway.reports import codes
 from gateway.reports.create import (
     build_report_objects,
@@ -35,6 +36,11 @@ def _case(page: Page):
     return study
 
 
+def _signer(page: Page) -> ReviewerConfig | None:
+    """The configured reviewer the account is: its ``signing_name`` signs the report."""
+    return next((r for r in page.portal.config.reviewers if r.name == page.user.reviewer), None)
+
+
 def case(page: Page, values: dict | None = None, errors: dict | None = None, status: int = 200) -> Response:
     study = _case(page)
     index = views.images_index(study, page.portal.spool)
@@ -44,13 +50,13 @@ def case(page: Page, values: dict | None = None, errors: dict | None = None, sta
     return page.render("reviewer_case.html", status=status, title=f"Case {study.key}", study=study,
                        notes=views.scrubbed_notes(study, page.portal.spool), series=index.series, levels=LEVELS,
                        values=values or {}, errors=errors or {}, clock=clock, overdue=overdue,
-                       reported=study.state == views.S.REPORTED)
+                       reported=study.state == views.S.REPORTED, signer=_signer(page))
 
 
 def submit(page: Page) -> Response:
     study = _case(page)
     index = views.images_index(study, page.portal.spool)
-    result = parse_report_form(page.posted, index.by_position)
+    result = parse_report_form(page.posted, index.by_position, _signer(page))
     if result.value is None:
         return case(page, result.values, result.errors, status=422)
     try:

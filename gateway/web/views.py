@@ -8,13 +8,17 @@ the gateway built from the scrubbed notes (the same object the reviewer's workst
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import peewee
 import pydicom
+import pydicom.errors
 from pydicom.dataset import Dataset
 
+from gateway.reports.builder import ANSWER_PREFIX
+from gateway.reports.reidentify import readable_name
 from gateway.routing.assignment import NO_REVIEWER
 from gateway.storage.models import CaseState, OutboundObject, ReportObject, Source, Study, utcnow
 from gateway.storage.models import Referral as ReferralRow
@@ -99,10 +103,29 @@ def referral_for(source_name: str, referral_id: int) -> ReferralRow | None:
             .where((ReferralRow.id == referral_id) & (Source.name == source_name)).first())
 
 
+_STATUS = {"VERIFIED": "final: signed by the reviewer", "UNVERIFIED": "preliminary: not signed"}
+
+
+@dataclass
+class ReportFindingView:
+    text: str
+    key_images: list[str] = field(default_factory=list)  # "series 3, image 12"
+
+
 @dataclass
 class ReportView:
-    """The re-identified report of a case: its text (SR content) and its PDF when one was written."""
+    """The re-identified report of a case in a clinician's words (no DICOM vocabulary): who signed it and its
+    status, the clinical information, the findings with their key images, the impression, the answer to the
+    clinical question, the recommendations; ``lines`` for the rest of a report the gateway did not write."""
 
+    title: str = ""
+    reviewer: str = ""
+    status: str = ""
+    clinical: list[str] = field(default_factory=list)
+    findings: list[ReportFindingView] = field(default_factory=list)
+    impressions: list[str] = field(default_factory=list)
+    answer: str = ""
+    recommendations: list[str] = field(default_factory=list)
     lines: list[tuple[int, str, str]] = field(default_factory=list)
     pdf: bytes | None = None
     received: str = ""
@@ -118,10 +141,68 @@ def returned_report(study: Study, spool: Spool) -> ReportView | None:
         dataset = pydicom.dcmread(spool.absolute(outbound.spool_path))
         if "EncapsulatedDocument" in dataset and view.pdf is None:
             view.pdf = bytes(dataset.EncapsulatedDocument).rstrip(b"\0") + b"\n"
-        elif dataset.get("ContentSequence") and not view.lines and dataset.get("ValueType") == "CONTAINER":
-            view.lines = sr_lines(dataset)
+        elif dataset.get("ContentSequence") and not view.title and dataset.get("ValueType") == "CONTAINER":
+            read_sr(dataset, view, _ImagePositions(study, spool))
         view.received = view.received or when(report.received_at)
-    return view if (view.lines or view.pdf) else None
+    return view if (view.title or view.pdf) else None
+
+
+class _ImagePositions(dict):
+    """Original SOP Instance UID → "series N, image M" (the numbers the hospital's PACS shows), read from the
+    original's header in the spool when a key image asks for it."""
+
+    def __init__(self, study: Study, spool: Spool) -> None:
+        super().__init__()
+        self.study, self.spool = study, spool
+
+    def __missing__(self, uid: str) -> str:
+        from gateway.storage.models import Instance
+
+        row = Instance.get_or_none((Instance.study == self.study) & (Instance.sop_instance_uid == uid))
+        place = "an image of the study"
+        if row is not None:
+            try:
+                header = pydicom.dcmread(self.spool.absolute(row.spool_path), stop_before_pixels=True,
+                                         specific_tags=["SeriesNumber", "InstanceNumber"])
+                place = f"series {header.get('SeriesNumber', '?')}, image {header.get('InstanceNumber', '?')}"
+            except (OSError, pydicom.errors.InvalidDicomError, ValueError):
+                pass
+        self[uid] = place
+        return place
+
+
+def read_sr(dataset: Dataset, view: ReportView, positions: Mapping[str, str]) -> None:
+    """Fill ``view`` from a TID 2000 report: its sections by their codes; anything else as generic lines."""
+    view.title = _meaning(dataset) or "Report"
+    view.status = _STATUS.get(str(dataset.get("VerificationFlag", "")), "")
+    verifier = (dataset.get("VerifyingObserverSequence") or [None])[0]
+    if verifier is not None and verifier.get("VerifyingObserverName"):
+        view.reviewer = readable_name(str(verifier.VerifyingObserverName))
+    for item in dataset.get("ContentSequence", []):
+        name, kind = _meaning(item), item.get("ValueType")
+        children = [child for child in item.get("ContentSequence", []) if child.get("ValueType") == "TEXT"]
+        if kind == "PNAME" and not view.reviewer:
+            view.reviewer = readable_name(str(item.get("PersonName", "")))
+        elif kind in ("PNAME", "CODE"):  # the observer's type, the language: DICOM's, not the reader's
+            continue
+        elif name == "Clinical Information":
+            view.clinical += [_value(child) for child in children]
+        elif name == "Findings":
+            view.findings += [ReportFindingView(_value(child), [
+                positions[str(image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)]
+                for image in child.get("ContentSequence", [])
+                if image.get("ValueType") == "IMAGE" and image.get("ReferencedSOPSequence")]) for child in children]
+        elif name == "Impressions":
+            for text in (_value(child) for child in children):
+                if text.startswith(ANSWER_PREFIX):
+                    view.answer = text[len(ANSWER_PREFIX):]
+                else:
+                    view.impressions.append(text)
+        elif name == "Recommendations":
+            view.recommendations += [_value(child) for child in children]
+        else:
+            view.lines.append((0, name, _value(item)))
+            view.lines.extend(sr_lines(item, 1))
 
 
 # --- SR content -----------------------------------------------------------------------------------------------

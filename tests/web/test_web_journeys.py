@@ -1,5 +1,11 @@
 """The journeys of issue 27 in headless Chromium, against a running gateway with DCMTK peers and the shipped
-configuration's one reviewer (dr-a, no subspecialty).
+configuration's one reviewer (dr-a, no subspecialty; a signing name, qualification and organization added) and
+source (a letterhead added).
+
+A report written in the portal: signed from the account (VERIFIED, nothing typed), it reaches the hospital's
+PACS with the hospital's copy of its PDF (letterhead, the patient's identity; never in front of the reviewer),
+and the referrer reads it in clinical words: who signed it, the answer to the question under its own heading,
+the key images by series and image number, no DICOM vocabulary.
 
 A referral asking for a subspecialty no reviewer lists: the case is held, and why is said in the same words in
 ``spine-gateway status``, the log, the operators' overview and case page, and the referrer's list and case page.
@@ -8,14 +14,17 @@ Screenshots go to the test's tmp dir (``SPINE_GATEWAY_SHOTS`` names another dire
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pydicom
 import pytest
 import yaml
+from pypdf import PdfReader
 
 from browser import Browser
 from gateway.demo import DemoPatient, write_demo_study
@@ -49,7 +58,9 @@ class Site:
         self.node.config["sources"] = shipped["sources"]
         self.node.config["sources"][0]["return"]["port"] = self.hospital.port
         self.node.config["reviewers"] = shipped["reviewers"]
-        self.node.config["reviewers"][0]["port"] = self.reviewer.port
+        self.node.config["reviewers"][0].update(port=self.reviewer.port, signing_name="Reviewer^Ann",
+                                                qualification="FRCR", organization="Spine Review Partners")
+        self.node.config["sources"][0]["letterhead"] = ["St Mary's Hospital NHS Trust", "Department of Radiology"]
         self.node.start()
         for name, role, scope in (("stmarys", "referrer", ["--source", "st-marys"]),
                                   ("dr-a", "reviewer", ["--reviewer", "dr-a"]), ("ops", "ops", [])):
@@ -99,7 +110,7 @@ def test_a_held_case_says_why_in_the_same_words_everywhere(site, browser, tmp_pa
     study = write_demo_study(tmp_path / "study", 4, seed=7, rows=64, cols=64)
     sent = storescu("127.0.0.1", site.node.port, study, calling="STMARYS_PACS")
     assert sent.returncode == 0, sent.stderr
-    wait_until(lambda: site.node.status()["cases_by_state"] == {"held": 1}, 180, "the case held")
+    wait_until(lambda: site.node.status()["cases_by_state"].get("held") == 1, 180, "the case held")
 
     status = site.node.cli("status").stdout
     assert f"    {HELD_WHY}\n" in status, status
@@ -119,3 +130,72 @@ def test_a_held_case_says_why_in_the_same_words_everywhere(site, browser, tmp_pa
     browser.submit("a[href^='/referrer/referrals/']")
     assert HELD_WHY in browser.text()
     browser.shot("held-referrer-case")
+
+
+def _study_of_another_patient(out: Path) -> list[Path]:
+    """The demo study as a second patient (the demo's seed changes only the UIDs)."""
+    files = write_demo_study(out, 4, seed=11, rows=64, cols=64)
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.PatientName, ds.PatientID, ds.AccessionNumber = "ROE^RICHARD", "MRN0099999", "A7654321"
+        ds.PatientBirthDate = "19600102"
+        ds.save_as(path)
+    return files
+
+
+def _reviewer_pdf_text(site: Site) -> str:
+    pdfs = [pydicom.dcmread(p) for p in site.reviewer.out_dir.iterdir()]
+    return " ".join(page.extract_text() for ds in pdfs if "EncapsulatedDocument" in ds
+                    for page in PdfReader(io.BytesIO(bytes(ds.EncapsulatedDocument))).pages)
+
+
+def test_a_report_signed_in_the_portal_reaches_the_hospital_and_the_referrer_in_clinical_words(site, browser,
+                                                                                              tmp_path):
+    referral = docs_referral()
+    referral.update(accession_number="A7654321", patient={"id": "MRN0099999", "name": "Roe^Richard",
+                                                          "birth_date": "1960-01-02"})
+    path = tmp_path / "referral.json"
+    path.write_text(json.dumps(referral))
+    site.node.cli("referral", "add", str(path))
+    sent = storescu("127.0.0.1", site.node.port, _study_of_another_patient(tmp_path / "study"),
+                    calling="STMARYS_PACS")
+    assert sent.returncode == 0, sent.stderr
+    wait_until(lambda: site.node.status()["cases_by_state"].get("delivered") == 1, 180, "delivered to dr-a")
+
+    browser.login("dr-a", PASSWORD)
+    browser.submit("table a[href^='/reviewer/cases/']")
+    assert "Signed as Ann Reviewer, FRCR (Spine Review Partners)" in browser.text()
+    assert not browser.driver.find_elements("name", "observer"), "the name is the account's, never typed"
+    series = browser.driver.find_elements("css selector", "section table tbody tr")[0].text.split()
+    browser.fill("finding.L4-L5", "Left paracentral disc extrusion compressing the left L5 root.")
+    browser.fill("images.L4-L5", f"{series[0]}:{series[3].split('–')[0]}")
+    browser.fill("impression", "L4-L5 disc extrusion with left L5 root compression.")
+    browser.fill("answer", "Yes: an extrusion at L4-L5 compresses the left L5 root.")
+    browser.fill("recommendation", "Spinal surgery opinion.")
+    browser.shot("report-reviewer-form")
+    browser.submit("form[action$='/report'] button[type=submit]")
+    wait_until(lambda: site.node.status()["cases_by_state"].get("report_delivered") == 1, 180, "the report home")
+
+    home = [pydicom.dcmread(p) for p in site.hospital.out_dir.iterdir()]
+    (sr,) = [ds for ds in home if ds.Modality == "SR"]
+    assert sr.VerificationFlag == "VERIFIED" and str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == \
+        "Reviewer^Ann"
+    (pdf,) = [ds for ds in home if ds.Modality == "DOC"]
+    text = " ".join(" ".join(page.extract_text() for page in PdfReader(io.BytesIO(bytes(
+        pdf.EncapsulatedDocument))).pages).split())
+    for expected in ("St Mary's Hospital NHS Trust", "ROE, RICHARD", "MRN0099999", "2 Jan 1960", "A7654321",
+                     "Ann Reviewer, FRCR", "final, verified (signed)", "Answer to the clinical question"):
+        assert expected in text, text
+    reviewer_text = _reviewer_pdf_text(site)
+    for identifier in ("ROE", "Roe", "MRN0099999", "1960", "A7654321", "St Mary"):
+        assert identifier not in reviewer_text, identifier
+
+    browser.login("stmarys", PASSWORD)
+    browser.submit("a[href^='/referrer/referrals/']:not([href$='/1'])")
+    report = browser.driver.find_element("id", "report").text
+    assert "Reported by Ann Reviewer · final: signed by the reviewer" in report
+    assert "Answer to your question" in report and "Yes: an extrusion at L4-L5" in report
+    assert "key images: series" in report
+    for dicom_ism in ("Observer Type", "Person Observer Name", "^", "Impressions", "Language"):
+        assert dicom_ism not in report, dicom_ism
+    browser.shot("report-referrer")

@@ -177,7 +177,7 @@ def test_the_journey_from_referral_to_report(site, browser):
     assert "reported" in browser.text()
     browser.submit("a[href^='/referrer/referrals/']")
     text = browser.text()
-    assert "Left paracentral disc extrusion" in text and "Answer to the clinical question" in text
+    assert "Left paracentral disc extrusion" in text and "Answer to your question" in text
     browser.shot("referrer-report")
     pdf_link = browser.driver.find_element("link text", "Open the PDF").get_attribute("href")
     request = urllib.request.Request(pdf_link, headers={"Cookie": f"spine_session={browser.cookie('spine_session')}"})
