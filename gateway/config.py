@@ -203,6 +203,8 @@ class SourceConfig(_Section):
     # The lines at the top of the hospital's copy of a report PDF (its name, department, address); empty: the
     # source's name. The copy also carries the patient's identity, re-identified as the SR is.
     letterhead: list[Annotated[str, StringConstraints(max_length=120)]] = Field(default_factory=list, max_length=6)
+    critical_emails: list[str] = Field(default_factory=list)  # told of a critical result of this source's cases
+    critical_webhooks: list[str] = Field(default_factory=list)  # POSTed a JSON notice (http:// or https://)
 
     @property
     def day_first(self) -> bool:
@@ -371,6 +373,27 @@ class CommitmentConfig(_Section):
     max_instances: int = Field(10000, ge=1)
 
 
+class CriticalConfig(_Section):
+    """Critical results: a reviewer flags a report critical (and says whom to call); each address of the case's
+    source (``sources[].critical_emails``, ``critical_webhooks``) is told at once, by e-mail (SMTP) or an HTTP
+    POST (JSON), with no PHI: only the source and a link to the portal. A notice that does not get through is
+    tried again after waits doubling from ``initial_s`` up to ``max_s``, ``max_attempts`` times in all. A
+    critical result the referrer has not acknowledged in the portal after ``escalate_after_s`` is escalated to
+    ``ops_emails`` and ``ops_webhooks``."""
+
+    portal_url: str = Field("http://127.0.0.1:8080", max_length=200)  # the links' base, as the readers reach it
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(25, ge=1, le=65535)
+    sender: str = Field("spine-gateway@localhost", max_length=200)
+    timeout_s: SECONDS = Field(10.0, gt=0)
+    escalate_after_s: SECONDS = Field(1800.0, gt=0)
+    ops_emails: list[str] = Field(default_factory=list)
+    ops_webhooks: list[str] = Field(default_factory=list)
+    max_attempts: int = Field(20, ge=1)
+    initial_s: SECONDS = Field(5.0, gt=0)
+    max_s: SECONDS = Field(600.0, gt=0)
+
+
 class CaseFailuresConfig(_Section):
     """A stage's step that raises on one case: the case backs off (doubling from ``initial_s`` up to ``max_s``)
     and, after ``max_failures``, goes to QUARANTINED, FAILED or REPORT_FAILED with the error as its reason."""
@@ -460,6 +483,7 @@ class GatewayConfig(BaseSettings):
     quarantine: QuarantineConfig = QuarantineConfig()
     atna: AtnaConfig = AtnaConfig()
     commitment: CommitmentConfig = CommitmentConfig()
+    critical: CriticalConfig = CriticalConfig()
     sources: list[SourceConfig] = Field(default_factory=list)
     reviewers: list[ReviewerConfig] = Field(default_factory=list)
 

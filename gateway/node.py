@@ -43,6 +43,7 @@ from gateway.stages.atna import AtnaStage
 from gateway.stages.commitment import CommitmentStage
 from gateway.stages.completion import CompletionStage
 from gateway.stages.context import NodeContext
+from gateway.stages.critical import CriticalNoticeStage
 from gateway.stages.deid import DeidStage
 from gateway.stages.deliver import DeliveryStage
 from gateway.stages.health import HealthStage
@@ -200,6 +201,8 @@ class GatewayNode:
             OruStage(config, self.spool, context=context),
             # Storage Commitment (issue 25): the reports of the requests the SCP kept
             CommitmentStage(config, context=context),
+            # critical results (issue 27): notices by e-mail and webhook, escalation to the operators
+            CriticalNoticeStage(config, context=context),
             *self._audit_export(),
         ]
 

@@ -13,7 +13,11 @@ from __future__ import annotations
 import datetime as dt
 import io
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape
+
+if TYPE_CHECKING:
+    from pypdf import PageObject
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _SEX = {"F": "female", "M": "male", "O": "other"}
@@ -98,7 +102,7 @@ def _cover(header: HospitalHeader) -> bytes:
     return buffer.getvalue()
 
 
-def _footer(text: str, width: float, height: float) -> object:
+def _footer(text: str, width: float, height: float) -> PageObject:
     from pypdf import PdfReader
     from reportlab.pdfgen import canvas
 

@@ -168,7 +168,8 @@ def field_of(path: str) -> str:
 # --- the reviewer's report ------------------------------------------------------------------------------------
 
 REPORT_FIELDS = (*(f"finding.{level}" for level in LEVELS), *(f"images.{level}" for level in LEVELS),
-                 "finding.other", "images.other", "impression", "answer", "recommendation")
+                 "finding.other", "images.other", "impression", "answer", "recommendation", "critical",
+                 "critical.contact")
 _IMAGE_REF = re.compile(r"^\s*(?:(\d{1,6})\s*[:/]\s*)?(\d{1,6})\s*$")
 
 
@@ -219,6 +220,12 @@ def parse_report_form(form: Mapping[str, Any], positions: Mapping[tuple[int, int
         result.add("finding.L1-L2", "describe at least one level (or other findings)")
     if not values["impression"]:
         result.add("impression", "required")
+    if values["critical"] and not values["critical.contact"]:
+        result.add("critical.contact", "say whom the referrer should call (name, role, telephone)")
+    elif values["critical.contact"] and not values["critical"]:
+        result.add("critical", "tick it to flag the result critical, or leave whom to call empty")
+    elif len(values["critical.contact"]) > 200:
+        result.add("critical.contact", f"must be at most 200 characters (got {len(values['critical.contact'])})")
     if result.errors:
         return result
     impressions = [values["impression"]]

@@ -13,7 +13,7 @@ from gateway.referral.errors import ReferralValidationError
 from gateway.referral.intake import store_referral
 from gateway.referral.notes_case import case_redactions, load_document
 from gateway.stages.referral import NotesStage
-from gateway.storage.models import StudyIdentity
+from gateway.storage.models import CriticalResult, StudyIdentity, utcnow
 from gateway.web import views
 from gateway.web.forms import RED_FLAG_LABELS, TEXT_FIELDS, parse_referral_form
 from gateway.web.page import Page, Refused
@@ -141,7 +141,22 @@ def case(page: Page, phrase: str = "", problem: str = "", status: int = 200) -> 
                        report=report, when=views.when, fields=fields, shifted=shifted,
                        redactions=list(document.redactions), phrase=phrase,
                        errors={"phrase": [problem]} if problem else {},
-                       done=page.request.query_params.get("done", ""))
+                       done=page.request.query_params.get("done", ""),
+                       critical=CriticalResult.get_or_none(CriticalResult.study == study) if study else None)
+
+
+def acknowledge(page: Page) -> Response:
+    """The referrer has read a critical result (audited); its escalation to the operators is then not sent."""
+    referral = _referral(page)
+    study = referral.study if referral.study_id else None
+    critical = CriticalResult.get_or_none(CriticalResult.study == study) if study is not None else None
+    if critical is None or study is None:
+        raise Refused(404, "This case has no critical result.")
+    changed = CriticalResult.update(acknowledged_at=utcnow(), acknowledged_by=page.user.name).where(
+        (CriticalResult.id == critical.id) & CriticalResult.acknowledged_at.is_null()).execute()
+    if changed:
+        page.audit("critical_result_acknowledged", study_key=study.key, detail=f"referral {referral.id}")
+    return RedirectResponse(f"/referrer/referrals/{referral.id}", status_code=303)
 
 
 def redact(page: Page) -> Response:
@@ -175,4 +190,5 @@ ROUTES = [
     ("GET", "/referrer/referrals/{referral_id}", case, "referrer"),
     ("GET", "/referrer/referrals/{referral_id}/report.pdf", report_pdf, "referrer"),
     ("POST", "/referrer/referrals/{referral_id}/redact", redact, "referrer"),
+    ("POST", "/referrer/referrals/{referral_id}/acknowledge", acknowledge, "referrer"),
 ]

@@ -19,6 +19,7 @@ from gateway.reports.create import (
     send_as_reviewer,
 )
 from gateway.reports.errors import ReportBuildError
+from gateway.stages.critical import flag_critical
 from gateway.web import views
 from gateway.web.forms import LEVELS, parse_report_form
 from gateway.web.page import Page, Refused
@@ -79,6 +80,8 @@ def submit(page: Page) -> Response:
             result.add("", f"The gateway did not take the report ({answers}). Send it again, or call an operator.")
         return case(page, result.values, result.errors, status=502)
     page.audit("web_report_written", study_key=study.key, detail=f"{len(objects)} object(s)")
+    if result.values.get("critical"):
+        flag_critical(study, result.values["critical.contact"], f"web:{page.user.name}", page.portal.config)
     return RedirectResponse(f"/reviewer?sent={study.key}", status_code=303)
 
 

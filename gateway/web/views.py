@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from gateway.reports.builder import ANSWER_PREFIX
 from gateway.reports.reidentify import readable_name
 from gateway.routing.assignment import NO_REVIEWER
-from gateway.storage.models import CaseState, OutboundObject, ReportObject, Source, Study, utcnow
+from gateway.storage.models import CaseState, CriticalResult, OutboundObject, ReportObject, Source, Study, utcnow
 from gateway.storage.models import Referral as ReferralRow
 from gateway.storage.spool import Spool
 
@@ -74,6 +74,18 @@ class ReferrerRow:
     state: str
     received: str
     updated: str
+    patient_id: str = ""
+    birth_date: str = ""
+    critical: str = ""  # "" (none), "new" (not acknowledged) or "acknowledged"
+
+
+def critical_state(study: Study | None) -> str:
+    if study is None:
+        return ""
+    critical = CriticalResult.get_or_none(CriticalResult.study == study)
+    if critical is None:
+        return ""
+    return "acknowledged" if critical.acknowledged_at else "new"
 
 
 def referrer_cases(source_name: str) -> list[ReferrerRow]:
@@ -87,14 +99,17 @@ def referrer_cases(source_name: str) -> list[ReferrerRow]:
         rows.append(ReferrerRow(f"/referrer/referrals/{referral.id}", referral.accession_number,
                                 referral.patient_name.replace("^", ", ", 1).replace("^", " "), referral.urgency,
                                 plain_state(study), when(referral.received_at),
-                                when(study.state_changed_at if study else referral.received_at)))
+                                when(study.state_changed_at if study else referral.received_at),
+                                referral.patient_id, referral.birth_date, critical_state(study)))
     unmatched = (Study.select().join(Source).switch(Study).join(ReferralRow, peewee.JOIN.LEFT_OUTER)
                  .where((Source.name == source_name) & ReferralRow.id.is_null())
                  .order_by(Study.first_received_at.desc()).limit(500))
     for study in unmatched:
         rows.append(ReferrerRow(None, "", "(images without a referral)", study.urgency, plain_state(study),
-                                when(study.first_received_at), when(study.state_changed_at)))
-    return rows
+                                when(study.first_received_at), when(study.state_changed_at),
+                                critical=critical_state(study)))
+    # critical results not yet acknowledged first, then urgent, each group newest first (the order is stable)
+    return sorted(rows, key=lambda row: (row.critical != "new", row.urgency != "urgent"))
 
 
 def referral_for(source_name: str, referral_id: int) -> ReferralRow | None:

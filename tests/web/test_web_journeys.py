@@ -28,6 +28,7 @@ from pypdf import PdfReader
 
 from browser import Browser
 from gateway.demo import DemoPatient, write_demo_study
+from support.mailsink import SmtpSink, WebhookSink
 from support.peers import DcmtkStoreSCP, GatewayProcess, free_port, storescu, wait_until
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/chromium").exists() or not Path("/usr/bin/chromedriver").exists(),
@@ -46,21 +47,29 @@ class Site:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
+        self.smtp, self.webhook = SmtpSink(), WebhookSink()
         self.hospital = DcmtkStoreSCP(workdir / "hospital", "STMARYS_PACS")
         self.reviewer = DcmtkStoreSCP(workdir / "reviewer", "REVIEW_A")
         self.node = GatewayProcess(workdir / "gw", f"sqlite:///{workdir}/gateway.db", extra={
             **FAST, "http": {"host": "127.0.0.1", "port": free_port()}})
 
     def start(self) -> None:
+        self.smtp.start()
+        self.webhook.start()
         self.hospital.start()
         self.reviewer.start()
+        self.node.config["critical"] = {
+            "portal_url": self.url, "smtp_port": self.smtp.port, "escalate_after_s": 4.0, "initial_s": 0.5,
+            "ops_emails": ["ops@hospital.example"]}
         shipped = yaml.safe_load((ROOT / "config" / "gateway.yaml").read_text())
         self.node.config["sources"] = shipped["sources"]
         self.node.config["sources"][0]["return"]["port"] = self.hospital.port
         self.node.config["reviewers"] = shipped["reviewers"]
         self.node.config["reviewers"][0].update(port=self.reviewer.port, signing_name="Reviewer^Ann",
                                                 qualification="FRCR", organization="Spine Review Partners")
-        self.node.config["sources"][0]["letterhead"] = ["St Mary's Hospital NHS Trust", "Department of Radiology"]
+        self.node.config["sources"][0].update(letterhead=["St Mary's Hospital NHS Trust", "Department of Radiology"],
+                                              critical_emails=["radiology@stmarys.example"],
+                                              critical_webhooks=[self.webhook.url])
         self.node.start()
         for name, role, scope in (("stmarys", "referrer", ["--source", "st-marys"]),
                                   ("dr-a", "reviewer", ["--reviewer", "dr-a"]), ("ops", "ops", [])):
@@ -73,7 +82,7 @@ class Site:
         return f"http://127.0.0.1:{self.node.config['http']['port']}"
 
     def stop(self) -> None:
-        for peer in (self.node, self.reviewer, self.hospital):
+        for peer in (self.node, self.reviewer, self.hospital, self.smtp, self.webhook):
             peer.stop()
 
 
@@ -172,6 +181,10 @@ def test_a_report_signed_in_the_portal_reaches_the_hospital_and_the_referrer_in_
     browser.fill("impression", "L4-L5 disc extrusion with left L5 root compression.")
     browser.fill("answer", "Yes: an extrusion at L4-L5 compresses the left L5 root.")
     browser.fill("recommendation", "Spinal surgery opinion.")
+    browser.fill("critical.contact", "On-call spinal surgeon, 020 7946 0000")
+    browser.submit("form[action$='/report'] button[type=submit]")
+    assert "tick it to flag the result critical" in browser.problem("critical"), "whom to call, but no flag"
+    browser.click("input[name=critical]")
     browser.shot("report-reviewer-form")
     browser.submit("form[action$='/report'] button[type=submit]")
     wait_until(lambda: site.node.status()["cases_by_state"].get("report_delivered") == 1, 180, "the report home")
@@ -199,3 +212,33 @@ def test_a_report_signed_in_the_portal_reaches_the_hospital_and_the_referrer_in_
     for dicom_ism in ("Observer Type", "Person Observer Name", "^", "Impressions", "Language"):
         assert dicom_ism not in report, dicom_ism
     browser.shot("report-referrer")
+
+    # the critical result: told at once by e-mail and webhook (no PHI: a link), shown first and in red, escalated
+    # to the operators for want of an acknowledgement, then acknowledged
+    wait_until(lambda: len(site.smtp.messages) >= 2 and site.webhook.bodies, 60, "the notices and the escalation")
+    (told,) = [m for m in site.smtp.messages if "radiology@stmarys.example" in m["To"]]
+    (escalated,) = [m for m in site.smtp.messages if "ops@hospital.example" in m["To"]]
+    (hook,) = site.webhook.bodies
+    referral_link = f"{site.url}/referrer/referrals/2"
+    assert referral_link in told.get_content() and hook["link"] == referral_link and hook["event"] == "critical_result"
+    assert "/ops/cases/" in escalated.get_content() and "not acknowledged" in escalated["Subject"]
+    for notice in (told.as_string(), escalated.as_string(), json.dumps(hook)):
+        for identifier in ("ROE", "Roe", "MRN0099999", "1960", "A7654321", "020 7946", "extrusion"):
+            assert identifier not in notice, identifier
+    browser.open("/referrer")
+    first = browser.driver.find_elements("css selector", "tbody tr")[0]
+    assert "A7654321" in first.text and "critical result: act now" in first.text and "MRN0099999" in first.text
+    assert first.get_attribute("class") == "critical-row"
+    browser.shot("critical-referrer-cases")
+    browser.submit("tbody tr:first-child a")
+    banner = browser.driver.find_element("id", "critical")
+    assert "Whom to call: On-call spinal surgeon, 020 7946 0000" in banner.text
+    assert banner.value_of_css_property("border-top-color") == "rgba(197, 48, 48, 1)", "red"
+    browser.shot("critical-referrer-case")
+    browser.submit("#critical button[type=submit]")
+    assert "Acknowledged by stmarys" in browser.driver.find_element("id", "critical").text
+    actions = {row["action"]: row["outcome"] for row in json.loads(site.node.cli("audit", "--json", "--limit",
+                                                                                  "1000").stdout)}
+    for action in ("critical_result_flagged", "critical_notice_sent", "critical_result_escalated",
+                   "critical_result_acknowledged"):
+        assert actions.get(action) == "success", (action, actions)
