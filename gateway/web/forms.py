@@ -37,7 +37,8 @@ TEXT_FIELDS = ("accession_number", "patient.id", "patient.family", "patient.give
                "study_date", "urgency", "referrer.name", "referrer.contact", "clinical.history", "clinical.symptoms",
                "clinical.pain.location", "clinical.pain.intensity", "clinical.pain.nature",
                "clinical.pain.duration_weeks", "clinical.pain.radiation", "clinical.examination", "clinical.emg",
-               "clinical.prior_treatment", "clinical.prior_imaging", "clinical.question")
+               "clinical.prior_treatment", "clinical.prior_imaging", "clinical.question",
+               "replaces")  # the id of the referral a correction replaces (hidden)
 # A problem on a document path is shown next to this form field.
 _FIELD_OF_PATH = {"patient.name": "patient.family", "patient": "patient.id", "clinical.red_flags": "clinical.red_flags",
                   "patient.address": "patient.address.street"}
@@ -117,6 +118,40 @@ def referral_document(form: Mapping[str, Any], flags: list[str], source: str,
     return document
 
 
+def form_values(document: Any) -> dict[str, Any]:
+    """The form's fields filled from a stored referral document (a :class:`Referral`): to correct it."""
+    data = document.model_dump(mode="json", exclude_none=True)
+    patient, clinical = data.get("patient", {}), data.get("clinical", {})
+    family, _, given = str(patient.get("name", "")).partition("^")
+    values: dict[str, Any] = {
+        "accession_number": data.get("accession_number", ""), "patient.id": patient.get("id", ""),
+        "patient.family": family, "patient.given": given.replace("^", " ").strip(),
+        "patient.birth_date": patient.get("birth_date", ""), "patient.email": patient.get("email", ""),
+        "patient.phones": "\n".join(patient.get("phones", [])),
+        "patient.other_ids": "\n".join(patient.get("other_ids", [])),
+        "study_date": data.get("study_date", ""), "urgency": data.get("urgency", "routine"),
+        "referrer.name": data.get("referrer", {}).get("name", ""),
+        "referrer.contact": data.get("referrer", {}).get("contact", ""),
+        "clinical.red_flags": list(clinical.get("red_flags", [])), "redactions": list(data.get("redactions", []))}
+    for part in ADDRESS_PARTS:
+        values[f"patient.address.{part}"] = patient.get("address", {}).get(part, "")
+    for name in ("history", "symptoms", "examination", "emg", "prior_treatment", "prior_imaging", "question"):
+        values[f"clinical.{name}"] = clinical.get(name, "")
+    for name, value in clinical.get("pain", {}).items():
+        values[f"clinical.pain.{name}"] = str(value)
+    return values
+
+
+def _name_problems(values: Mapping[str, Any], result: FormResult) -> None:
+    """The form joins the family and given names as Family^Given: a ^ (or = and \\) typed in either would
+    change what the PACS reads as the family name."""
+    for name in ("patient.family", "patient.given"):
+        typed = [c for c in "^=\\" if c in values[name]]
+        if typed:
+            result.add(name, f"write the name without {' or '.join(typed)} (the gateway joins family and given "
+                             "names itself)")
+
+
 def _contact_problems(values: Mapping[str, Any], result: FormResult) -> None:
     """What the schema takes as free text but a person can mistype: the e-mail address and phone numbers."""
     if values["patient.email"] and not _EMAIL.match(values["patient.email"]):
@@ -136,6 +171,7 @@ def parse_referral_form(form: Mapping[str, Any], flags: list[str], source: str,
     values["redactions"] = list(redactions or [])
     result = FormResult(values)
     _contact_problems(values, result)
+    _name_problems(values, result)
     try:
         document = validate_referral_data(referral_document(form, flags, source, redactions))
     except ReferralValidationError as exc:

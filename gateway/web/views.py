@@ -58,6 +58,43 @@ def plain_state(study: Study | None) -> str:
     return _PLAIN.get(study.state, study.state.replace("_", " "))
 
 
+def referral_state(referral: ReferralRow, study: Study | None) -> str:
+    """Where a referral is, in plain words: its case's state once matched."""
+    if study is None and referral.state == "withdrawn":
+        return "withdrawn"
+    if study is None and referral.state == "expired":
+        return "expired: no images arrived in time"
+    return plain_state(study)
+
+
+_SUBMITTED = (("accession_number", "Accession number"), ("study_date", "Study date"), ("urgency", "Urgency"),
+              ("subspecialty", "Subspecialty asked for"), ("referrer.name", "Referring clinician"),
+              ("referrer.contact", "Contact"), ("clinical.history", "History"), ("clinical.symptoms", "Symptoms"),
+              ("clinical.pain.location", "Pain: location"), ("clinical.pain.intensity", "Pain: intensity (0-10)"),
+              ("clinical.pain.nature", "Pain: nature"), ("clinical.pain.duration_weeks", "Pain: weeks"),
+              ("clinical.pain.radiation", "Pain: radiation"), ("clinical.red_flags", "Red flags"),
+              ("clinical.examination", "Examination"), ("clinical.emg", "EMG / nerve conduction"),
+              ("clinical.prior_treatment", "Prior treatment"), ("clinical.prior_imaging", "Prior imaging"),
+              ("clinical.question", "Question for the reviewer"))
+
+
+def submitted_fields(document: Any) -> list[tuple[str, str]]:
+    """(label, value) of every field the referral was sent with, in the form's order, as written."""
+    from gateway.web.forms import RED_FLAG_LABELS
+
+    data = document.model_dump(mode="json", exclude_none=True)
+    rows = []
+    for path, label in _SUBMITTED:
+        value: Any = data
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if path == "clinical.red_flags" and value:
+            value = "; ".join(RED_FLAG_LABELS.get(flag, flag) for flag in value)  # type: ignore[call-overload]
+        if value not in (None, "", []):
+            rows.append((label, str(value)))
+    return rows
+
+
 def when(moment: dt.datetime | None) -> str:
     return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
 
@@ -98,7 +135,7 @@ def referrer_cases(source_name: str) -> list[ReferrerRow]:
         study = referral.study if referral.study_id else None
         rows.append(ReferrerRow(f"/referrer/referrals/{referral.id}", referral.accession_number,
                                 referral.patient_name.replace("^", ", ", 1).replace("^", " "), referral.urgency,
-                                plain_state(study), when(referral.received_at),
+                                referral_state(referral, study), when(referral.received_at),
                                 when(study.state_changed_at if study else referral.received_at),
                                 referral.patient_id, referral.birth_date, critical_state(study)))
     unmatched = (Study.select().join(Source).switch(Study).join(ReferralRow, peewee.JOIN.LEFT_OUTER)

@@ -242,3 +242,49 @@ def test_a_report_signed_in_the_portal_reaches_the_hospital_and_the_referrer_in_
     for action in ("critical_result_flagged", "critical_notice_sent", "critical_result_escalated",
                    "critical_result_acknowledged"):
         assert actions.get(action) == "success", (action, actions)
+
+
+def test_a_referral_is_validated_as_a_pacs_needs_it_then_corrected_and_withdrawn(site, browser):
+    browser.login("stmarys", PASSWORD)
+    browser.open("/referrer/new")
+    browser.fill("patient.family", "Poe^Edgar")
+    browser.fill("patient.id", "MRN\\0055555")
+    browser.fill("patient.birth_date", "01012030")  # typed into a date input: 2030-01-01
+    browser.fill("accession_number", "A5555555")
+    browser.fill("clinical.question", "Canal stenosis at L3-L4?")
+    browser.submit("form[action='/referrer/new'] button[type=submit]")
+    assert "without ^" in browser.problem("patient.family")
+    assert "backslash" in browser.problem("patient.id")
+    assert "in the future" in browser.problem("patient.birth_date")
+    assert browser.driver.find_element("name", "clinical.question").get_attribute("value") == \
+        "Canal stenosis at L3-L4?", "the input is kept"
+    browser.shot("referral-validation")
+
+    browser.fill("patient.family", "Poe")
+    browser.fill("patient.given", "Edgar")
+    browser.fill("patient.id", "MRN0055555")
+    browser.fill("patient.birth_date", "01191959")
+    browser.submit("form[action='/referrer/new'] button[type=submit]")
+    browser.submit("button[name=action][value=send]")
+    browser.submit("a[data-accession='A5555555']")
+    submitted = browser.driver.find_element("id", "submitted").text
+    assert "Accession number\nA5555555" in submitted and "Canal stenosis at L3-L4?" in submitted
+    browser.shot("referral-as-sent")
+
+    browser.submit("a[href$='/edit']")
+    assert browser.driver.find_element("name", "patient.family").get_attribute("value") == "Poe"
+    browser.fill("accession_number", "A5555556")
+    browser.fill("clinical.question", "Canal stenosis at L3-L4 or L4-L5?")
+    browser.submit("form[action='/referrer/new'] button[type=submit]")
+    browser.submit("button[name=action][value=send]")
+    rows = {row.find_element("css selector", "td").text: row.text
+            for row in browser.driver.find_elements("css selector", "tbody tr")}
+    assert "withdrawn" in rows["A5555555"] and "waiting for the images" in rows["A5555556"]
+    browser.shot("referral-corrected")
+
+    browser.submit("a[data-accession='A5555556']")
+    assert "L3-L4 or L4-L5?" in browser.driver.find_element("id", "submitted").text
+    browser.submit("#referral-actions button[type=submit]")
+    assert "withdrawn" in browser.text() and not browser.driver.find_elements("id", "referral-actions")
+    actions = [row["action"] for row in json.loads(site.node.cli("audit", "--json", "--limit", "1000").stdout)]
+    assert "web_referral_corrected" in actions and "web_referral_withdrawn" in actions
