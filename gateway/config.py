@@ -2,7 +2,8 @@
 
 Sources, in order of precedence (later wins):
 
-1. the YAML file (``--config PATH``, else ``$SPINE_GATEWAY_CONFIG``, else ``config/gateway.yaml``);
+1. the YAML file (``--config PATH``, else ``$SPINE_GATEWAY_CONFIG``, else ``/etc/spine-gateway/gateway.yaml``,
+   else the repository's ``config/gateway.yaml``: :func:`find_config`);
 2. environment variables ``SPINE_GATEWAY__<SECTION>__<KEY>`` (e.g. ``SPINE_GATEWAY__NODE__PORT=11113``),
    read by pydantic-settings from the model itself, so every option can be overridden without a hand-kept
    list (a list or mapping value is written as JSON: ``SPINE_GATEWAY__ROUTING__BODY_PARTS='["LSPINE"]'``);
@@ -52,6 +53,8 @@ from gateway.errors import ConfigError
 SECONDS = float
 BYTES = int
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
+SYSTEM_CONFIG_PATH = Path("/etc/spine-gateway/gateway.yaml")
+REPOSITORY_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "gateway.yaml"
 CONFIG_PATH_ENV = "SPINE_GATEWAY_CONFIG"
 ENV_PREFIX = "SPINE_GATEWAY__"
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: 16 chars, no backslash
@@ -532,6 +535,18 @@ class GatewayConfig(BaseSettings):
         return next((r for r in self.reviewers if r.ae_title == ae_title), None)
 
 
+def find_config(path: Path | str | None, environ: Mapping[str, str]) -> Path:
+    """The configuration file: ``path`` (``--config``), else ``$SPINE_GATEWAY_CONFIG``, else
+    ``/etc/spine-gateway/gateway.yaml``, else the repository's ``config/gateway.yaml`` (beside the package, so
+    that the CLI finds it from any directory), else ``config/gateway.yaml`` of the working directory."""
+    if path or environ.get(CONFIG_PATH_ENV):
+        return Path(path or environ[CONFIG_PATH_ENV])
+    for candidate in (SYSTEM_CONFIG_PATH, REPOSITORY_CONFIG_PATH):
+        if candidate.is_file():
+            return candidate
+    return DEFAULT_CONFIG_PATH
+
+
 def load_config(path: Path | str | None = None, environ: Mapping[str, str] | None = None,
                 overrides: dict[str, Any] | None = None) -> GatewayConfig:
     """Read, merge and validate the configuration: ``overrides`` (the flags passed), then ``environ`` (the
@@ -542,7 +557,7 @@ def load_config(path: Path | str | None = None, environ: Mapping[str, str] | Non
             one line naming the file and the key (and the environment variable, when one set it).
     """
     environ = os.environ if environ is None else environ
-    config_path = Path(path or environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
+    config_path = find_config(path, environ)
     sources = (
         InitSettingsSource(GatewayConfig, init_kwargs=overrides or {}),
         _EnvironmentSource(GatewayConfig, environ),
@@ -551,9 +566,9 @@ def load_config(path: Path | str | None = None, environ: Mapping[str, str] | Non
     try:
         return GatewayConfig(_build_sources=(sources, {}))
     except ValidationError as exc:
-        raise ConfigError(f"{config_path}: {_describe(exc, environ)}") from None
+        raise ConfigError(_describe(exc, environ, config_path)) from None
     except SettingsError as exc:  # an environment value that must be JSON (a list, a section) is not
-        raise ConfigError(f"{config_path}: {exc.__cause__ or exc}") from None
+        raise ConfigError(f"environment: {exc.__cause__ or exc}") from None
 
 
 class _YamlFileSource(YamlConfigSettingsSource):
@@ -638,15 +653,15 @@ def _variables_under(loc: tuple[int | str, ...], environ: Mapping[str, str]) -> 
     return [name for name in names if name.upper() == key] or names
 
 
-def _describe(exc: ValidationError, environ: Mapping[str, str]) -> str:
-    """All problems, each as ``key.path: message``, joined on one line; a key set from the environment names
-    its variable (``node.port (SPINE_GATEWAY__NODE__PORT): ...``), since the file does not hold that value."""
+def _describe(exc: ValidationError, environ: Mapping[str, str], config_path: Path) -> str:
+    """All problems, each as ``where: key.path: message``, joined on one line: ``where`` is the file, or, for a
+    key set from the environment, its variable (``environment SPINE_GATEWAY__NODE__PORT: node.port: ...``),
+    since the file does not hold that value."""
     problems = []
     for error in exc.errors():
         where = ".".join(str(p) for p in error["loc"]) or "(top level)"
         variables = _variables_under(error["loc"], environ)
-        if variables:
-            where += f" ({', '.join(variables)})"
+        where = (f"environment {', '.join(variables)}: {where}" if variables else f"{config_path}: {where}")
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key"
