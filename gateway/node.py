@@ -6,6 +6,7 @@ import datetime as dt
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from functools import partial
 
 import peewee
@@ -257,11 +258,13 @@ class GatewayNode:
             return False
         return any(t.name.startswith("AcceptorServer@") and t.is_alive() for t in threading.enumerate())
 
-    def serve_forever(self) -> None:
-        """Run until SIGTERM or SIGINT."""
+    def serve_forever(self, on_started: Callable[[], None] | None = None) -> None:
+        """Run until SIGTERM or SIGINT; ``on_started`` once the node listens (the CLI's start-up line)."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self._stop.set())
         self.start()
+        if on_started is not None:
+            on_started()
         try:
             self._stop.wait()
         finally:

@@ -15,11 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
-from gateway.cli.common import UsageError, configure_logging, open_command_database
+from gateway.cli.common import VERBOSE, UsageError, configure_logging, open_command_database
 from gateway.cli.referral import add_referral_commands
 from gateway.cli.reports import add_report_commands
 from gateway.cli.users import add_user_commands
-from gateway.config import CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH, GatewayConfig, load_config
+from gateway.config import (
+    CONFIG_PATH_ENV,
+    REPOSITORY_CONFIG_PATH,
+    SYSTEM_CONFIG_PATH,
+    GatewayConfig,
+    load_config,
+)
 from gateway.errors import ConfigError, DatabaseUnavailable, GatewayError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -28,8 +34,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spine-gateway", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=None,
-                        help=f"configuration file (default: ${CONFIG_PATH_ENV}, else {DEFAULT_CONFIG_PATH})")
+                        help=f"configuration file (default: ${CONFIG_PATH_ENV}, else {SYSTEM_CONFIG_PATH}, else "
+                             f"{REPOSITORY_CONFIG_PATH})")
     parser.add_argument("--version", action="version", version=f"spine-gateway {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also print a command's log events on stderr (they always go to the log file)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gateway (DICOM SCP) until stopped")
@@ -121,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.storage import wakeup
 
     args = _parser().parse_args(argv)
+    VERBOSE[0] = args.verbose
     hub = wakeup.current()  # a command run inside a process with a node keeps that node's wake-ups
     try:
         config = None if getattr(args, "needs_config", True) is False else load_config(args.config)
@@ -152,11 +162,20 @@ def main(argv: list[str] | None = None) -> int:
         wakeup.install(hub)  # the command's own wake-ups (open_command_database) end with it
 
 
+def started_line(config: GatewayConfig) -> str:
+    """The one human line a node prints once it listens: where, and how to use it."""
+    node, http = config.node, config.http
+    portal = f"; portal and API http://{http.host}:{http.port}/" if http.enabled else ""
+    log = f"; log {config.logging.file}" if config.logging.file else ""
+    return (f"spine-gateway {__version__} listening: DICOM AE {node.ae_title} on {node.host}:{node.port}{portal}"
+            f"{log}. In another terminal: spine-gateway status, spine-gateway tail -f. Ctrl-C stops.")
+
+
 def cmd_serve(args: argparse.Namespace, config: GatewayConfig) -> int:
     overrides = {k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None}
     if overrides:
         config = load_config(args.config, overrides={"node": overrides})
-    configure_logging(config, to_file=True)
+    configure_logging(config, to_file=True, console=True)
     faulthandler.register(signal.SIGUSR2, all_threads=True)  # kill -USR2 <pid>: every thread's stack to stderr
     from gateway.ops.memory import limit_malloc_arenas, quiet_value_warnings, trace_allocations_if_asked
 
@@ -166,7 +185,8 @@ def cmd_serve(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.node import GatewayNode
 
     try:
-        GatewayNode(config).serve_forever()
+        GatewayNode(config).serve_forever(on_started=lambda: print(started_line(config), file=sys.stderr,
+                                                                   flush=True))
     except OSError as exc:
         raise GatewayError(f"cannot start: {exc.strerror or exc} (node.host {config.node.host}, "
                            f"node.port {config.node.port})") from None

@@ -121,6 +121,8 @@ def test_a_held_case_says_why_in_the_same_words_everywhere(site, browser, tmp_pa
     assert sent.returncode == 0, sent.stderr
     wait_until(lambda: site.node.status()["cases_by_state"].get("held") == 1, 180, "the case held")
 
+    started = (site.node.workdir / "gateway.stderr").read_text()
+    assert f"listening: DICOM AE SPINEGW on 127.0.0.1:{site.node.port}; portal and API {site.url}/" in started
     status = site.node.cli("status").stdout
     assert f"    {HELD_WHY}\n" in status, status
     held = [e for e in site.node.log_events() if e["event"] == "no_reviewer"]

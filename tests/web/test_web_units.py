@@ -272,11 +272,15 @@ def test_user_commands_answer_mistakes_in_one_line(tmp_path):
         return done.returncode, done.stdout, done.stderr
 
     assert run("add", "desk", "--role", "referrer", "--source", "nowhere", "--password-stdin")[0:3:2] == (
-        2, "spine-gateway: a referrer needs --source, the name of a configured source\n")
+        2, "spine-gateway: --source nowhere: no source of that name is configured (configured: st-marys)\n")
+    assert run("add", "ann", "--role", "reviewer", "--password-stdin")[0:3:2] == (
+        2, "spine-gateway: a reviewer needs --reviewer, the name of a configured reviewer (configured: dr-a)\n")
+    assert run("add", "ann", "--role", "reviewer", "--reviewer", "nobody", "--password-stdin")[0:3:2] == (
+        2, "spine-gateway: --reviewer nobody: no reviewer of that name is configured (configured: dr-a)\n")
     assert run("add", "desk", "--role", "referrer", "--source", "st-marys", "--password-stdin",
                password="short")[0] == 2
-    assert run("add", "desk", "--role", "referrer", "--source", "st-marys", "--password-stdin")[:2] == (
-        0, "user desk added (referrer)\n")
+    assert run("add", "desk", "--role", "referrer", "--source", "st-marys", "--password-stdin") == (
+        0, "user desk added (referrer)\n", ""), "the command's log events go to the log file, not the terminal"
     assert run("add", "desk", "--role", "ops", "--password-stdin")[0] == 2
     assert run("disable", "nobody")[0] == 2
     assert run("disable", "desk")[0] == 0
