@@ -299,8 +299,9 @@ class ReportStage(WithNodeContext):
         result = send_objects(self.config.node, self.spool.root, source.return_, source_peer(source.name), pending,
                               cases.Lease(study, self.name, self.context.owner))
         seconds = time.perf_counter() - started
-        log.info("report_delivery_attempt", case=study.key, source=source.name, attempt=attempt,
-                 status=result.status, instances=result.sent, duration_ms=int(seconds * 1000))
+        emit = log.info if result.status == "delivered" else log.warning  # every failed attempt at warning
+        emit("report_delivery_attempt", case=study.key, source=source.name, attempt=attempt,
+             status=result.status, instances=result.sent, duration_ms=int(seconds * 1000))
         if result.status == "delivered":
             return self._delivered(study, source, attempt, result.sent)
         return self._failed_attempt(study, source, attempt)

@@ -308,7 +308,8 @@ def test_operator_actions_call_the_cli_functions_and_are_audited_by_name(site):
 
     cookie, token = _signed_in(site, "ops")
     key = re.search(r"/ops/cases/([0-9a-f]+)", _http(site, "/ops", cookie=cookie)[1]).group(1)
-    assert _http(site, f"/ops/cases/{key}/approve", data={"csrf_token": token}, cookie=cookie)[0] == 303
+    status, page = _http(site, f"/ops/cases/{key}/approve", data={"csrf_token": token}, cookie=cookie)
+    assert status == 409 and "nothing to approve: the case is report_delivered" in page, "no approval after the fact"
     status, page = _http(site, f"/ops/cases/{key}/retry", data={"csrf_token": token}, cookie=cookie)
     assert status == 409 and "only a failed case can be retried" in page
     status, page = _http(site, f"/ops/cases/{key}/release", data={"csrf_token": token}, cookie=cookie)
