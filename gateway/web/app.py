@@ -142,7 +142,23 @@ def templates() -> jinja2.Environment:
     from gateway.reports.reidentify import readable_name
 
     env.filters["readable_name"] = readable_name  # Family^Given as "Given Family": no DICOM on a page
+    env.filters["uid_names"] = uid_names
     return env
+
+
+_UID = re.compile(r"\b1\.2\.840\.10008\.[0-9.]+[0-9]\b")
+
+
+def uid_names(text: str) -> str:
+    """Standard UIDs (SOP classes, transfer syntaxes) in a text by their DICOM names: an operator reads
+    "Encapsulated PDF Storage", not 1.2.840.10008.5.1.4.1.1.104.1. Unknown UIDs stay as they are."""
+    from pydicom.uid import UID
+
+    def name(match: re.Match[str]) -> str:
+        uid = UID(match.group(0))
+        return uid.name if uid.name != str(uid) else str(uid)
+
+    return _UID.sub(name, text or "")
 
 
 def portal_routes(config: GatewayConfig, spool: Spool) -> list[BaseRoute]:

@@ -23,7 +23,8 @@ from gateway.web.page import Page, Refused
 def overview(page: Page) -> Response:
     snapshot = collect_status(page.portal.config.storage.spool_dir, page.portal.config.reviewers)
     return page.render("ops_overview.html", title="Operations", snapshot=snapshot,
-                       attention=views.attention_cases(), done=page.request.query_params.get("done", ""))
+                       attention=views.attention_cases(), done=page.request.query_params.get("done", ""),
+                       waiting=views.waiting_referrals(page.portal.config.referrals.wait_s))
 
 
 def _study(page: Page):

@@ -411,5 +411,16 @@ def attention_cases() -> list[dict[str, Any]]:
     return rows
 
 
+def waiting_referrals(wait_s: float) -> list[dict[str, Any]]:
+    """Referrals still waiting for their images, oldest first, with when they expire (``referrals.wait_s``).
+    The operators are inside the hospital's trust: the accession number is shown (never logged)."""
+    rows = (ReferralRow.select(ReferralRow, Source).join(Source)
+            .where((ReferralRow.state == "waiting") & ReferralRow.study.is_null())
+            .order_by(ReferralRow.received_at).limit(200))
+    return [{"id": r.id, "source": r.source.name, "accession": r.accession_number, "urgency": r.urgency,
+             "received": when(r.received_at), "expires": when(r.received_at + dt.timedelta(seconds=wait_s))}
+            for r in rows]
+
+
 def case_summary(key: str) -> Study | None:
     return Study.get_or_none(Study.key == key)

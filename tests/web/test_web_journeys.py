@@ -239,6 +239,13 @@ def test_a_report_signed_in_the_portal_reaches_the_hospital_and_the_referrer_in_
     browser.shot("critical-referrer-case")
     browser.submit("#critical button[type=submit]")
     assert "Acknowledged by stmarys" in browser.driver.find_element("id", "critical").text
+    browser.login("ops", PASSWORD)
+    key = json.loads(site.node.cli("status", "--accession", "A7654321", "--json").stdout)["cases"][0]["case"]
+    browser.open(f"/ops/cases/{key}")
+    timeline = browser.text()
+    assert "Encapsulated PDF Storage" in timeline and "1.2.840.10008.5.1.4.1.1.104.1" not in timeline
+    assert "Approve the notes" not in timeline, "no approval is offered on a reported case"
+    browser.shot("ops-reported-case")
     actions = {row["action"]: row["outcome"] for row in json.loads(site.node.cli("audit", "--json", "--limit",
                                                                                   "1000").stdout)}
     for action in ("critical_result_flagged", "critical_notice_sent", "critical_result_escalated",
@@ -284,6 +291,11 @@ def test_a_referral_is_validated_as_a_pacs_needs_it_then_corrected_and_withdrawn
     assert "withdrawn" in rows["A5555555"] and "waiting for the images" in rows["A5555556"]
     browser.shot("referral-corrected")
 
+    browser.login("ops", PASSWORD)
+    waiting = browser.driver.find_element("id", "waiting-referrals").text
+    assert "A5555556" in waiting and "A5555555" not in waiting, "the operators see the referral waiting"
+    browser.shot("ops-waiting-referrals")
+    browser.login("stmarys", PASSWORD)
     browser.submit("a[data-accession='A5555556']")
     assert "L3-L4 or L4-L5?" in browser.driver.find_element("id", "submitted").text
     browser.submit("#referral-actions button[type=submit]")

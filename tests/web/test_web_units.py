@@ -304,3 +304,11 @@ def test_the_notes_macro_renders_chips_clickable_unknown_words_and_guard_hits():
     assert "&lt;b&gt;." in html  # the notes' text is escaped
     shown = str(macros.notes([field]))
     assert '<mark class="unknown">Zolgensma</mark>' in shown and "<button" not in shown
+
+
+def test_standard_uids_are_named_on_the_operators_pages():
+    from gateway.web.app import uid_names
+
+    named = uid_names("1.2.840.10008.5.1.4.1.1.104.1 from reviewer dr-a")
+    assert named == "Encapsulated PDF Storage from reviewer dr-a"
+    assert uid_names("2.25.123 and 1.2.840.10008.9.9.9.9") == "2.25.123 and 1.2.840.10008.9.9.9.9", "unknown: kept"
