@@ -74,3 +74,20 @@ def test_every_configuration_fragment_of_the_operations_guide_is_valid(fragment,
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(merged))
     load_config(path, environ={})
+
+
+def test_the_findings_file_example_of_docs_reports_is_valid():
+    from gateway.reports.findings import parse_findings
+
+    (example,) = blocks("reports.md", "yaml")
+    document = parse_findings(example)
+    assert document.observer == "Reviewer^Ann" and len(document.findings) == 2 and document.findings[0].images == [1]
+
+
+def test_the_findings_file_keys_are_all_documented():
+    from gateway.reports.findings import Finding, FindingsDocument
+
+    table = (ROOT / "docs" / "reports.md").read_text()
+    keys = [*FindingsDocument.model_fields, *(f"findings[].{name}" for name in Finding.model_fields)]
+    missing = [key for key in keys if f"| `{key}` |" not in table and key != "findings"]
+    assert not missing, missing
