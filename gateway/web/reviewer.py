@@ -47,7 +47,7 @@ def case(page: Page, values: dict | None = None, errors: dict | None = None, sta
     index = views.images_index(study, page.portal.spool)
     if values is None:
         page.audit("web_case_opened", study_key=study.key)
-    clock, overdue = views.sla_clock(study.sla_due_at, views.utcnow())
+    clock, overdue = views.case_clock(study, views.utcnow())
     return page.render("reviewer_case.html", status=status, title=f"Case {study.key}", study=study,
                        notes=views.scrubbed_notes(study, page.portal.spool), series=index.series, levels=LEVELS,
                        values=values or {}, errors=errors or {}, clock=clock, overdue=overdue,

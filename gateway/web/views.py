@@ -321,13 +321,25 @@ def sla_clock(due: dt.datetime | None, now: dt.datetime) -> tuple[str, bool]:
     return (f"{text} left", False) if seconds >= 0 else (f"overdue by {text}", True)
 
 
+def case_clock(study: Study, now: dt.datetime) -> tuple[str, bool]:
+    """The SLA clock of a case: running until its first report arrives, then stopped at that moment."""
+    reported = (ReportObject.select(peewee.fn.MIN(ReportObject.received_at))
+                .where(ReportObject.study == study).scalar())
+    if reported is None or study.sla_due_at is None:
+        return sla_clock(study.sla_due_at, now)
+    text, late = sla_clock(study.sla_due_at, reported)
+    if late:
+        return f"stopped at the report ({when(reported)}), {text.replace('overdue by', 'late by')}", True
+    return f"stopped at the report ({when(reported)}), {text.replace(' left', '')} before the deadline", False
+
+
 def worklist(reviewer: str) -> list[WorklistRow]:
     """The reviewer's open cases: urgent first, then by SLA deadline."""
     now = utcnow()
     rows = []
     cases = Study.select().where((Study.reviewer == reviewer) & Study.state.in_(OPEN_FOR_REVIEWER))
     for study in cases:
-        clock, overdue = sla_clock(study.sla_due_at, now)
+        clock, overdue = case_clock(study, now)
         state = "report sent" if study.state == S.REPORTED else (
             "images arriving" if study.state == S.DELIVERING else "to report")
         rows.append(WorklistRow(study.key, study.urgency == "urgent", state, when(study.state_changed_at),
