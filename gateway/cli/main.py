@@ -101,7 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo-study", help="write a synthetic lumbar spine MR study (Part 10 files)")
     demo.add_argument("out_dir", type=Path)
     demo.add_argument("--instances", type=int, default=300, help="number of images (default: 300)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0,
+                      help="another study of another patient (name, ID, birth date, accession) for each seed; "
+                           "0 (the default): Jane Doe, MRN0012345, A1234567")
     demo.set_defaults(func=cmd_demo_study, needs_config=False)
     add_referral_commands(commands)
     add_report_commands(commands)
@@ -381,12 +383,14 @@ def cmd_deid(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_demo_study(args: argparse.Namespace, _config: None) -> int:
-    from gateway.demo import write_demo_study
+    from gateway.demo import demo_patient, write_demo_study
 
     if args.instances < 1:
         raise UsageError("--instances must be at least 1")
-    paths = write_demo_study(args.out_dir, args.instances, seed=args.seed)
-    print(f"wrote {len(paths)} instances to {args.out_dir}")
+    patient = demo_patient(args.seed)
+    paths = write_demo_study(args.out_dir, args.instances, seed=args.seed, patient=patient)
+    print(f"wrote {len(paths)} instances to {args.out_dir}: patient {patient.name}, ID {patient.patient_id}, "
+          f"accession {patient.accession}")
     return EXIT_OK
 
 
