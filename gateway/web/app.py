@@ -83,7 +83,7 @@ def _plausible_path_params(request: Request) -> bool:
 async def _refusal_before_body(portal: Portal, request: Request, role: str | None) -> Response | None:
     declared = request.headers.get("content-length", "")
     if not declared.isdigit() or int(declared) > min(MAX_FORM_BYTES, portal.config.http.max_body_bytes):
-        return _short_page(413, "Too large", "The form is too large.")
+        return _too_large_page(min(MAX_FORM_BYTES, portal.config.http.max_body_bytes))
     if role is None:
         return None
     signed_in = await run_in_threadpool(_session_of, request)
@@ -97,6 +97,21 @@ async def _refusal_before_body(portal: Portal, request: Request, role: str | Non
 def _session_of(request: Request) -> auth.SignedIn | None:
     with db.connection_context():
         return auth.session_of(request.cookies.get(auth.COOKIE))
+
+
+def _too_large_page(limit: int) -> HTMLResponse:
+    """413 for a form over the limit, refused unread: styled as the portal, with the limits and the way back to
+    what was typed (the browser's back keeps a form's fields)."""
+    from gateway.referral.document import HISTORY_CHARS, NOTE_CHARS, QUESTION_CHARS
+
+    body = (f"<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>Too large</title>"
+            f"<link rel=\"stylesheet\" href=\"/static/portal.css\"><main><h1>The form is too large</h1>"
+            f"<p class=\"error\" role=\"alert\">Nothing was sent: the gateway takes a form of at most "
+            f"{limit // 1024} KB. The history takes at most {HISTORY_CHARS:,} characters, the question "
+            f"{QUESTION_CHARS:,}, every other note {NOTE_CHARS:,}.</p>"
+            f"<p>Go back with your browser's Back button: the form keeps what you typed. Shorten the longest "
+            f"field, then send it again.</p></main></html>")
+    return HTMLResponse(body, status_code=413, headers=dict(SECURITY_HEADERS))
 
 
 def _short_page(status: int, title: str, message: str) -> HTMLResponse:

@@ -3,12 +3,21 @@ the source's cases in plain words, and the returned report."""
 
 from __future__ import annotations
 
+import json
+
 from starlette.responses import RedirectResponse, Response
 
 from gateway.privacy.identifiers import IdentifierSet, from_referral
 from gateway.referral import redaction
 from gateway.referral.codes import RedFlag
-from gateway.referral.document import MAX_REDACTIONS, Referral
+from gateway.referral.document import (
+    HISTORY_CHARS,
+    MAX_REDACTIONS,
+    NOTE_CHARS,
+    QUESTION_CHARS,
+    SHORT_TEXT_CHARS,
+    Referral,
+)
 from gateway.referral.errors import ReferralValidationError
 from gateway.referral.intake import store_referral
 from gateway.referral.matching import ReferralState
@@ -35,7 +44,16 @@ def new_form(page: Page) -> Response:
 
 def _form(page: Page, values: dict, errors: dict, status: int = 200) -> Response:
     return page.render("referrer_form.html", status=status, title="New referral", values=values, errors=errors,
-                       flags=[(flag.value, RED_FLAG_LABELS[flag]) for flag in RedFlag], source=page.user.source)
+                       flags=[(flag.value, RED_FLAG_LABELS[flag]) for flag in RedFlag], source=page.user.source,
+                       limits=json.dumps({"fields": FIELD_LIMITS}))
+
+
+# What the form's script checks before sending (the schema's limits, gateway.referral.document).
+FIELD_LIMITS = {"clinical.history": HISTORY_CHARS, "clinical.question": QUESTION_CHARS,
+                **{f"clinical.{name}": NOTE_CHARS
+                   for name in ("symptoms", "examination", "emg", "prior_treatment", "prior_imaging")},
+                **{f"clinical.pain.{name}": SHORT_TEXT_CHARS for name in ("location", "nature", "radiation")},
+                "referrer.contact": SHORT_TEXT_CHARS}
 
 
 def _source_identifiers(page: Page, document: Referral) -> tuple[IdentifierSet, bool]:

@@ -269,6 +269,15 @@ def test_a_referral_is_validated_as_a_pacs_needs_it_then_corrected_and_withdrawn
         "Canal stenosis at L3-L4?", "the input is kept"
     browser.shot("referral-validation")
 
+    big = "document.getElementsByName('clinical.history')[0].value = 'x'.repeat(2 * 1024 * 1024)"
+    browser.driver.execute_script(big)
+    browser.click("form[action='/referrer/new'] button[type=submit]")  # the form's script stops it: not sent
+    assert "must be at most 20,000 characters (got 2,097,152)" in browser.driver.find_element(
+        "id", "clinical.history-limit-problem").text
+    assert browser.driver.find_element("name", "clinical.question").get_attribute("value") == \
+        "Canal stenosis at L3-L4?", "the input is kept"
+    browser.shot("referral-too-long")
+    browser.driver.execute_script("document.getElementsByName('clinical.history')[0].value = ''")
     browser.fill("patient.family", "Poe")
     browser.fill("patient.given", "Edgar")
     browser.fill("patient.id", "MRN0055555")
