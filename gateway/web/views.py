@@ -89,7 +89,7 @@ def submitted_fields(document: Any) -> list[tuple[str, str]]:
         for part in path.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         if path == "clinical.red_flags" and value:
-            value = "; ".join(RED_FLAG_LABELS.get(flag, flag) for flag in value)  # type: ignore[call-overload]
+            value = "; ".join(RED_FLAG_LABELS.get(flag, flag) for flag in value)
         if value not in (None, "", []):
             rows.append((label, str(value)))
     return rows
