@@ -228,7 +228,26 @@ def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
     ae_title, host, port, tls = _echo_target(args.peer, config, args.called_ae)
     result = echo(config.node.ae_title, ae_title, host, port, args.timeout, tls)
     print(f"{args.peer}: {result.message} ({result.duration_ms} ms)")
+    _record_peer_health(args.peer, result, config)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _record_peer_health(name: str, result: Any, config: GatewayConfig) -> None:
+    """A configured peer's C-ECHO is its health check too (as the node's own): a reviewer found answering again
+    is eligible at the next assignment. Without a database at hand the echo's answer stands alone."""
+    from gateway.stages.health import configured_peers, record_health
+    from gateway.storage.models import db, utcnow
+
+    peer = next((p for p in configured_peers(config) if p.name in (f"reviewer:{name}", f"source:{name}")), None)
+    if peer is None:
+        return
+    try:
+        open_command_database(config)
+        with db.connection_context():
+            record_health(peer, result, utcnow())
+    except DatabaseUnavailable:
+        print("spine-gateway: the peer's state in the database is not updated (the database is unavailable)",
+              file=sys.stderr)
 
 
 def cmd_status(args: argparse.Namespace, config: GatewayConfig) -> int:
