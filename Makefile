@@ -6,8 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/gateway.yaml
+PREFIX ?= $(HOME)/.local
 
-.PHONY: run test test-fast test-hooks-off lint system-deps venv bench bench-ingest clean
+.PHONY: run install test test-fast test-hooks-off lint system-deps venv bench bench-ingest clean
 
 $(STAMP): requirements.txt setup.cfg pyproject.toml
 	scripts/install-system-deps.sh --runtime
@@ -26,7 +27,15 @@ system-deps:
 
 ## Start the gateway on its embedded default: SQLite and a spool under var/, config/gateway.yaml.
 run: $(STAMP)
+	@echo "spine-gateway: the CLI is $(abspath $(BIN))/spine-gateway; 'make install' puts it on PATH ($(PREFIX)/bin),"
+	@echo "  or: export PATH=$(abspath $(BIN)):\$$PATH. It finds config/gateway.yaml from any directory."
 	$(BIN)/spine-gateway --config $(CONFIG) serve
+
+## Put `spine-gateway` on PATH: a link in $(PREFIX)/bin (default ~/.local/bin) to the venv's command.
+install: $(STAMP)
+	mkdir -p $(PREFIX)/bin
+	ln -sf $(abspath $(BIN))/spine-gateway $(PREFIX)/bin/spine-gateway
+	@case ":$$PATH:" in *":$(PREFIX)/bin:"*) ;; *) echo "spine-gateway: add $(PREFIX)/bin to PATH";; esac
 
 ## Install everything, lint (failing fast), then run the whole suite in a private network namespace (loopback only),
 ## then the DICOM end-to-end tests a second time with the pynetdicom hooks off (test-hooks-off).

@@ -2,7 +2,8 @@
 
 Sources, in order of precedence (later wins):
 
-1. the YAML file (``--config PATH``, else ``$SPINE_GATEWAY_CONFIG``, else ``config/gateway.yaml``);
+1. the YAML file (``--config PATH``, else ``$SPINE_GATEWAY_CONFIG``, else ``/etc/spine-gateway/gateway.yaml``,
+   else the repository's ``config/gateway.yaml``: :func:`find_config`);
 2. environment variables ``SPINE_GATEWAY__<SECTION>__<KEY>`` (e.g. ``SPINE_GATEWAY__NODE__PORT=11113``),
    read by pydantic-settings from the model itself, so every option can be overridden without a hand-kept
    list (a list or mapping value is written as JSON: ``SPINE_GATEWAY__ROUTING__BODY_PARTS='["LSPINE"]'``);
@@ -25,7 +26,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -43,6 +53,8 @@ from gateway.errors import ConfigError
 SECONDS = float
 BYTES = int
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
+SYSTEM_CONFIG_PATH = Path("/etc/spine-gateway/gateway.yaml")
+REPOSITORY_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "gateway.yaml"
 CONFIG_PATH_ENV = "SPINE_GATEWAY_CONFIG"
 ENV_PREFIX = "SPINE_GATEWAY__"
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: 16 chars, no backslash
@@ -195,6 +207,11 @@ class SourceConfig(_Section):
     query_retrieve: DicomPeer | None = None
     locale: str = Field("en-GB", pattern=r"^[a-z]{2}-[A-Z]{2}$")
     date_order: Literal["day_first", "month_first"] | None = None
+    # The lines at the top of the hospital's copy of a report PDF (its name, department, address); empty: the
+    # source's name. The copy also carries the patient's identity, re-identified as the SR is.
+    letterhead: list[Annotated[str, StringConstraints(max_length=120)]] = Field(default_factory=list, max_length=6)
+    critical_emails: list[str] = Field(default_factory=list)  # told of a critical result of this source's cases
+    critical_webhooks: list[str] = Field(default_factory=list)  # POSTed a JSON notice (http:// or https://)
 
     @property
     def day_first(self) -> bool:
@@ -237,6 +254,11 @@ class ReviewerConfig(_Section):
     storage_commitment: bool = False
     commitment_wait_s: SECONDS = Field(300.0, gt=0)
     tls: PeerTLSConfig = PeerTLSConfig()  # the associations the gateway opens to this reviewer
+    # Who signs the reports written in the portal under this reviewer's account: a DICOM person name
+    # (Family^Given^Middle^Prefix^Suffix); set, the report is VERIFIED with it; null: UNVERIFIED.
+    signing_name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[^\\=]+$")
+    qualification: str | None = Field(None, min_length=1, max_length=64)  # e.g. "FRCR, consultant neuroradiologist"
+    organization: str | None = Field(None, min_length=1, max_length=64)  # the reviewing service, as signed
 
     @field_validator("hours")
     @classmethod
@@ -359,6 +381,27 @@ class CommitmentConfig(_Section):
     max_instances: int = Field(10000, ge=1)
 
 
+class CriticalConfig(_Section):
+    """Critical results: a reviewer flags a report critical (and says whom to call); each address of the case's
+    source (``sources[].critical_emails``, ``critical_webhooks``) is told at once, by e-mail (SMTP) or an HTTP
+    POST (JSON), with no PHI: only the source and a link to the portal. A notice that does not get through is
+    tried again after waits doubling from ``initial_s`` up to ``max_s``, ``max_attempts`` times in all. A
+    critical result the referrer has not acknowledged in the portal after ``escalate_after_s`` is escalated to
+    ``ops_emails`` and ``ops_webhooks``."""
+
+    portal_url: str = Field("http://127.0.0.1:8080", max_length=200)  # the links' base, as the readers reach it
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(25, ge=1, le=65535)
+    sender: str = Field("spine-gateway@localhost", max_length=200)
+    timeout_s: SECONDS = Field(10.0, gt=0)
+    escalate_after_s: SECONDS = Field(1800.0, gt=0)
+    ops_emails: list[str] = Field(default_factory=list)
+    ops_webhooks: list[str] = Field(default_factory=list)
+    max_attempts: int = Field(20, ge=1)
+    initial_s: SECONDS = Field(5.0, gt=0)
+    max_s: SECONDS = Field(600.0, gt=0)
+
+
 class CaseFailuresConfig(_Section):
     """A stage's step that raises on one case: the case backs off (doubling from ``initial_s`` up to ``max_s``)
     and, after ``max_failures``, goes to QUARANTINED, FAILED or REPORT_FAILED with the error as its reason."""
@@ -466,6 +509,7 @@ class GatewayConfig(BaseSettings):
     atna: AtnaConfig = AtnaConfig()
     commitment: CommitmentConfig = CommitmentConfig()
     priors: PriorsConfig = PriorsConfig()
+    critical: CriticalConfig = CriticalConfig()
     sources: list[SourceConfig] = Field(default_factory=list)
     reviewers: list[ReviewerConfig] = Field(default_factory=list)
 
@@ -514,6 +558,18 @@ class GatewayConfig(BaseSettings):
         return next((r for r in self.reviewers if r.ae_title == ae_title), None)
 
 
+def find_config(path: Path | str | None, environ: Mapping[str, str]) -> Path:
+    """The configuration file: ``path`` (``--config``), else ``$SPINE_GATEWAY_CONFIG``, else
+    ``/etc/spine-gateway/gateway.yaml``, else the repository's ``config/gateway.yaml`` (beside the package, so
+    that the CLI finds it from any directory), else ``config/gateway.yaml`` of the working directory."""
+    if path or environ.get(CONFIG_PATH_ENV):
+        return Path(path or environ[CONFIG_PATH_ENV])
+    for candidate in (SYSTEM_CONFIG_PATH, REPOSITORY_CONFIG_PATH):
+        if candidate.is_file():
+            return candidate
+    return DEFAULT_CONFIG_PATH
+
+
 def load_config(path: Path | str | None = None, environ: Mapping[str, str] | None = None,
                 overrides: dict[str, Any] | None = None) -> GatewayConfig:
     """Read, merge and validate the configuration: ``overrides`` (the flags passed), then ``environ`` (the
@@ -524,7 +580,7 @@ def load_config(path: Path | str | None = None, environ: Mapping[str, str] | Non
             one line naming the file and the key (and the environment variable, when one set it).
     """
     environ = os.environ if environ is None else environ
-    config_path = Path(path or environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
+    config_path = find_config(path, environ)
     sources = (
         InitSettingsSource(GatewayConfig, init_kwargs=overrides or {}),
         _EnvironmentSource(GatewayConfig, environ),
@@ -533,9 +589,9 @@ def load_config(path: Path | str | None = None, environ: Mapping[str, str] | Non
     try:
         return GatewayConfig(_build_sources=(sources, {}))
     except ValidationError as exc:
-        raise ConfigError(f"{config_path}: {_describe(exc, environ)}") from None
+        raise ConfigError(_describe(exc, environ, config_path)) from None
     except SettingsError as exc:  # an environment value that must be JSON (a list, a section) is not
-        raise ConfigError(f"{config_path}: {exc.__cause__ or exc}") from None
+        raise ConfigError(f"environment: {exc.__cause__ or exc}") from None
 
 
 class _YamlFileSource(YamlConfigSettingsSource):
@@ -620,15 +676,15 @@ def _variables_under(loc: tuple[int | str, ...], environ: Mapping[str, str]) -> 
     return [name for name in names if name.upper() == key] or names
 
 
-def _describe(exc: ValidationError, environ: Mapping[str, str]) -> str:
-    """All problems, each as ``key.path: message``, joined on one line; a key set from the environment names
-    its variable (``node.port (SPINE_GATEWAY__NODE__PORT): ...``), since the file does not hold that value."""
+def _describe(exc: ValidationError, environ: Mapping[str, str], config_path: Path) -> str:
+    """All problems, each as ``where: key.path: message``, joined on one line: ``where`` is the file, or, for a
+    key set from the environment, its variable (``environment SPINE_GATEWAY__NODE__PORT: node.port: ...``),
+    since the file does not hold that value."""
     problems = []
     for error in exc.errors():
         where = ".".join(str(p) for p in error["loc"]) or "(top level)"
         variables = _variables_under(error["loc"], environ)
-        if variables:
-            where += f" ({', '.join(variables)})"
+        where = (f"environment {', '.join(variables)}: {where}" if variables else f"{config_path}: {where}")
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key"

@@ -113,6 +113,25 @@ def make_instance(patient: DemoPatient, study_uid: str, series_uid: str, frame_o
     return ds
 
 
+_FAMILIES = ("ROE", "POE", "LEE", "KHAN", "NOWAK", "SILVA", "OKAFOR", "MURPHY", "HANSEN", "ROSSI")
+_GIVEN = ("RICHARD", "MARY", "AMIR", "ELENA", "JOHN", "AISHA", "PETER", "SOFIA", "DAVID", "INGRID")
+
+
+def demo_patient(seed: int) -> DemoPatient:
+    """The demo patient of ``seed``: seed 0 is the default Jane Doe; any other seed is another patient (name, ID,
+    birth date, sex, accession), the same one every time, so a second demo study needs no dcmodify."""
+    if seed == 0:
+        return DemoPatient()
+    rng = np.random.default_rng(seed)
+    given = str(rng.choice(_GIVEN))
+    return DemoPatient(name=f"{rng.choice(_FAMILIES)}^{given}", patient_id=f"MRN{seed % 10**7:07d}",
+                       birth_date=f"{1940 + int(rng.integers(0, 60))}{int(rng.integers(1, 13)):02d}"
+                                  f"{int(rng.integers(1, 29)):02d}",
+                       sex="F" if given in ("MARY", "ELENA", "AISHA", "SOFIA", "INGRID") else "M",
+                       accession=f"A{seed % 10**7:07d}", institution="St Mary's Hospital",
+                       referring="SMITH^ALAN^DR", study_date="20261120")
+
+
 def write_demo_study(out_dir: Path, instances: int = 300, *, patient: DemoPatient | None = None,
                      seed: int = 0, rows: int = 512, cols: int = 512) -> list[Path]:
     """Write ``instances`` files split over three series; return their paths."""

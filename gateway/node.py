@@ -6,6 +6,7 @@ import datetime as dt
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from functools import partial
 
 import peewee
@@ -31,6 +32,7 @@ from gateway.referral.entities import load_engine
 from gateway.referral.notes_case import warm_up as warm_up_notes
 from gateway.referral.notes_sr import load_standard_tables
 from gateway.referral.sr_tables import install_module_table
+from gateway.routing.assignment import unsatisfiable_rules
 from gateway.routing.spine import SpineFilter
 from gateway.scp.receiver import remove_unplaced_receipts
 from gateway.scp.receivers import ReceivingProcesses
@@ -42,6 +44,7 @@ from gateway.stages.atna import AtnaStage
 from gateway.stages.commitment import CommitmentStage
 from gateway.stages.completion import CompletionStage
 from gateway.stages.context import NodeContext
+from gateway.stages.critical import CriticalNoticeStage
 from gateway.stages.deid import DeidStage
 from gateway.stages.deliver import DeliveryStage
 from gateway.stages.health import HealthStage
@@ -136,6 +139,8 @@ class GatewayNode:
         self.heap_trimmer = HeapTrimmer().start()  # what an attack's threads freed, back to the system
         log.info("gateway_started", ae_title=self.config.node.ae_title, port=self.config.node.port,
                  version=__version__, to_version=SCHEMA_VERSION, tls=self.config.node.tls.enabled)
+        for warning in unsatisfiable_rules(self.config.reviewers):
+            log.warning("routing_unsatisfiable", reason=warning)
 
     def _node_context(self, database: peewee.Database) -> NodeContext:
         """The one context the stages and servers share: the database, this node's lease owner, its wake-up hub
@@ -200,6 +205,8 @@ class GatewayNode:
             OruStage.of(config, self.spool, context=context),
             # Storage Commitment (issue 25): the reports of the requests the SCP kept
             CommitmentStage(config, context=context),
+            # critical results (issue 27): notices by e-mail and webhook, escalation to the operators
+            CriticalNoticeStage(config, context=context),
             *self._audit_export(),
         ]
 
@@ -261,11 +268,13 @@ class GatewayNode:
             return False
         return any(t.name.startswith("AcceptorServer@") and t.is_alive() for t in threading.enumerate())
 
-    def serve_forever(self) -> None:
-        """Run until SIGTERM or SIGINT."""
+    def serve_forever(self, on_started: Callable[[], None] | None = None) -> None:
+        """Run until SIGTERM or SIGINT; ``on_started`` once the node listens (the CLI's start-up line)."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self._stop.set())
         self.start()
+        if on_started is not None:
+            on_started()
         try:
             self._stop.wait()
         finally:

@@ -160,3 +160,23 @@ def test_retry_knows_which_leg_it_retries(tmp_path):
         CaseState.DELIVERING, 0, "operator_retry")
     assert (report_leg.state, report_leg.report_attempts, report_leg.delivery_attempts) == (
         CaseState.REPORTED, 0, 1), "the report leg's counter starts over; the study leg's is untouched"
+
+
+def test_demo_study_with_a_seed_is_another_patient(tmp_path):
+    """``demo-study --seed N`` writes another patient's study (a second demo case needs no dcmodify); the same
+    seed gives the same patient, seed 0 the default one."""
+    import subprocess
+    import sys
+
+    import pydicom
+
+    def patient_of(seed: int, out: str) -> tuple[str, str, str]:
+        done = subprocess.run([sys.executable, "-m", "gateway", "demo-study", str(tmp_path / out), "--instances", "2",
+                               "--seed", str(seed)], capture_output=True, text=True, timeout=120, check=True)
+        assert done.stderr == "" and "patient" in done.stdout
+        ds = pydicom.dcmread(sorted((tmp_path / out).iterdir())[0])
+        return str(ds.PatientName), str(ds.PatientID), str(ds.AccessionNumber)
+
+    default, seeded, again = patient_of(0, "a"), patient_of(7, "b"), patient_of(7, "c")
+    assert default == ("DOE^JANE^MARIE", "MRN0012345", "A1234567")
+    assert seeded == again and all(x != y for x, y in zip(default, seeded))

@@ -126,19 +126,43 @@ def test_given_environment_is_read_instead_of_the_process_one(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize(("variable", "value", "expected"), [
-    ("SPINE_GATEWAY__NOED__PORT", "11113", "noed (SPINE_GATEWAY__NOED__PORT): unknown key"),
-    ("SPINE_GATEWAY__NODE__PROT", "11113", "node.prot (SPINE_GATEWAY__NODE__PROT): unknown key"),
-    ("SPINE_GATEWAY__NODE__PORT", "many", "node.port (SPINE_GATEWAY__NODE__PORT): Input should be a valid integer"),
-    ("SPINE_GATEWAY__ROUTING__BODY_PARTS", "SPINE", "SPINE_GATEWAY__ROUTING__BODY_PARTS: not valid JSON"),
-    ("SPINE_GATEWAY__NODE", "11113", "node (SPINE_GATEWAY__NODE): Input should be a valid dictionary"),
-    ("SPINE_GATEWAY__NODE", "{port", "SPINE_GATEWAY__NODE: not valid JSON"),
+    ("SPINE_GATEWAY__NOED__PORT", "11113", "environment SPINE_GATEWAY__NOED__PORT: noed: unknown key"),
+    ("SPINE_GATEWAY__NODE__PROT", "11113", "environment SPINE_GATEWAY__NODE__PROT: node.prot: unknown key"),
+    ("SPINE_GATEWAY__NODE__PORT", "many",
+     "environment SPINE_GATEWAY__NODE__PORT: node.port: Input should be a valid integer"),
+    ("SPINE_GATEWAY__ROUTING__BODY_PARTS", "SPINE", "environment: SPINE_GATEWAY__ROUTING__BODY_PARTS: not valid JSON"),
+    ("SPINE_GATEWAY__NODE", "11113", "environment SPINE_GATEWAY__NODE: node: Input should be a valid dictionary"),
+    ("SPINE_GATEWAY__NODE", "{port", "environment: SPINE_GATEWAY__NODE: not valid JSON"),
 ])
 def test_bad_environment_variable_is_one_line_naming_it(tmp_path, variable, value, expected):
+    """The variable is named, and the file (which does not hold the value) is not blamed."""
     path = _write(tmp_path, MINIMAL)
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={variable: value})
     message = str(info.value)
-    assert expected in message and str(path) in message and "\n" not in message
+    assert expected in message and str(path) not in message and "\n" not in message
+
+
+def test_a_bad_value_in_the_file_names_the_file(tmp_path):
+    path = _write(tmp_path, MINIMAL + "node:\n  port: many\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert str(info.value).startswith(f"{path}: node.port: Input should be a valid integer")
+
+
+def test_the_configuration_is_found_from_any_directory(tmp_path, monkeypatch):
+    """--config, then $SPINE_GATEWAY_CONFIG, then /etc/spine-gateway/gateway.yaml, then the repository's."""
+    from gateway import config as config_module
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG_PATH", tmp_path / "etc" / "gateway.yaml")
+    assert config_module.find_config(None, {}) == config_module.REPOSITORY_CONFIG_PATH
+    assert load_config(None, environ={}).node.ae_title == "SPINEGW", "the repository's, outside the repository"
+    (tmp_path / "etc").mkdir()
+    system = _write(tmp_path / "etc", MINIMAL)
+    assert config_module.find_config(None, {}) == system
+    assert config_module.find_config(None, {"SPINE_GATEWAY_CONFIG": "/x.yaml"}) == Path("/x.yaml")
+    assert config_module.find_config("/y.yaml", {"SPINE_GATEWAY_CONFIG": "/x.yaml"}) == Path("/y.yaml")
 
 
 def test_environment_sets_lists_and_maps_as_json_and_nested_keys(tmp_path):

@@ -16,12 +16,18 @@ class UsageError(GatewayError):
     """A command-line mistake: reported in one line, exit code 2."""
 
 
-def configure_logging(config: GatewayConfig, *, to_file: bool) -> None:
-    """Log as the configuration says; a command that only reads (echo) keeps its log off the node's file."""
+VERBOSE = [False]  # -v: a command's log events also on stderr (set by main before the command runs)
+
+
+def configure_logging(config: GatewayConfig, *, to_file: bool, console: bool | None = None) -> None:
+    """Log as the configuration says; a command that only reads (echo) keeps its log off the node's file. A
+    command's events go to the log file only, not between its own output, unless ``-v`` (``serve`` passes
+    ``console=True``)."""
     from gateway.ops import logs
 
     logging_config = config.logging if to_file else config.logging.model_copy(update={"file": None})
-    logs.configure_logging(logging_config, strict=os.environ.get("SPINE_GATEWAY_LOG_STRICT") == "1")
+    logs.configure_logging(logging_config, strict=os.environ.get("SPINE_GATEWAY_LOG_STRICT") == "1",
+                           console=VERBOSE[0] if console is None else console)
 
 
 def open_command_database(config: GatewayConfig) -> None:

@@ -15,12 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
-from gateway.cli.common import UsageError, configure_logging, open_command_database
+from gateway.cli.common import VERBOSE, UsageError, configure_logging, open_command_database
 from gateway.cli.dicomweb import add_dicomweb_commands
 from gateway.cli.referral import add_referral_commands
 from gateway.cli.reports import add_report_commands
 from gateway.cli.users import add_user_commands
-from gateway.config import CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH, GatewayConfig, load_config
+from gateway.config import (
+    CONFIG_PATH_ENV,
+    REPOSITORY_CONFIG_PATH,
+    SYSTEM_CONFIG_PATH,
+    GatewayConfig,
+    load_config,
+)
 from gateway.errors import ConfigError, DatabaseUnavailable, GatewayError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -29,8 +35,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spine-gateway", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=None,
-                        help=f"configuration file (default: ${CONFIG_PATH_ENV}, else {DEFAULT_CONFIG_PATH})")
+                        help=f"configuration file (default: ${CONFIG_PATH_ENV}, else {SYSTEM_CONFIG_PATH}, else "
+                             f"{REPOSITORY_CONFIG_PATH})")
     parser.add_argument("--version", action="version", version=f"spine-gateway {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also print a command's log events on stderr (they always go to the log file)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gateway (DICOM SCP) until stopped")
@@ -93,7 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo-study", help="write a synthetic lumbar spine MR study (Part 10 files)")
     demo.add_argument("out_dir", type=Path)
     demo.add_argument("--instances", type=int, default=300, help="number of images (default: 300)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0,
+                      help="another study of another patient (name, ID, birth date, accession) for each seed; "
+                           "0 (the default): Jane Doe, MRN0012345, A1234567")
     demo.set_defaults(func=cmd_demo_study, needs_config=False)
     add_referral_commands(commands)
     add_report_commands(commands)
@@ -123,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.storage import wakeup
 
     args = _parser().parse_args(argv)
+    VERBOSE[0] = args.verbose
     hub = wakeup.current()  # a command run inside a process with a node keeps that node's wake-ups
     try:
         config = None if getattr(args, "needs_config", True) is False else load_config(args.config)
@@ -154,11 +166,20 @@ def main(argv: list[str] | None = None) -> int:
         wakeup.install(hub)  # the command's own wake-ups (open_command_database) end with it
 
 
+def started_line(config: GatewayConfig) -> str:
+    """The one human line a node prints once it listens: where, and how to use it."""
+    node, http = config.node, config.http
+    portal = f"; portal and API http://{http.host}:{http.port}/" if http.enabled else ""
+    log = f"; log {config.logging.file}" if config.logging.file else ""
+    return (f"spine-gateway {__version__} listening: DICOM AE {node.ae_title} on {node.host}:{node.port}{portal}"
+            f"{log}. In another terminal: spine-gateway status, spine-gateway tail -f. Ctrl-C stops.")
+
+
 def cmd_serve(args: argparse.Namespace, config: GatewayConfig) -> int:
     overrides = {k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None}
     if overrides:
         config = load_config(args.config, overrides={"node": overrides})
-    configure_logging(config, to_file=True)
+    configure_logging(config, to_file=True, console=True)
     faulthandler.register(signal.SIGUSR2, all_threads=True)  # kill -USR2 <pid>: every thread's stack to stderr
     from gateway.ops.memory import limit_malloc_arenas, quiet_value_warnings, trace_allocations_if_asked
 
@@ -168,7 +189,8 @@ def cmd_serve(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.node import GatewayNode
 
     try:
-        GatewayNode(config).serve_forever()
+        GatewayNode(config).serve_forever(on_started=lambda: print(started_line(config), file=sys.stderr,
+                                                                   flush=True))
     except OSError as exc:
         raise GatewayError(f"cannot start: {exc.strerror or exc} (node.host {config.node.host}, "
                            f"node.port {config.node.port})") from None
@@ -176,8 +198,12 @@ def cmd_serve(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.routing.assignment import unsatisfiable_rules
+
     print(f"configuration OK: AE {config.node.ae_title} on port {config.node.port}, "
           f"{len(config.sources)} source(s), {len(config.reviewers)} reviewer(s)")
+    for warning in unsatisfiable_rules(config.reviewers):
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -204,7 +230,26 @@ def cmd_echo(args: argparse.Namespace, config: GatewayConfig) -> int:
     ae_title, host, port, tls = _echo_target(args.peer, config, args.called_ae)
     result = echo(config.node.ae_title, ae_title, host, port, args.timeout, tls)
     print(f"{args.peer}: {result.message} ({result.duration_ms} ms)")
+    _record_peer_health(args.peer, result, config)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _record_peer_health(name: str, result: Any, config: GatewayConfig) -> None:
+    """A configured peer's C-ECHO is its health check too (as the node's own): a reviewer found answering again
+    is eligible at the next assignment. Without a database at hand the echo's answer stands alone."""
+    from gateway.stages.health import configured_peers, record_health
+    from gateway.storage.models import db, utcnow
+
+    peer = next((p for p in configured_peers(config) if p.name in (f"reviewer:{name}", f"source:{name}")), None)
+    if peer is None:
+        return
+    try:
+        open_command_database(config)
+        with db.connection_context():
+            record_health(peer, result, utcnow())
+    except DatabaseUnavailable:
+        print("spine-gateway: the peer's state in the database is not updated (the database is unavailable)",
+              file=sys.stderr)
 
 
 def cmd_status(args: argparse.Namespace, config: GatewayConfig) -> int:
@@ -359,12 +404,14 @@ def cmd_deid(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_demo_study(args: argparse.Namespace, _config: None) -> int:
-    from gateway.demo import write_demo_study
+    from gateway.demo import demo_patient, write_demo_study
 
     if args.instances < 1:
         raise UsageError("--instances must be at least 1")
-    paths = write_demo_study(args.out_dir, args.instances, seed=args.seed)
-    print(f"wrote {len(paths)} instances to {args.out_dir}")
+    patient = demo_patient(args.seed)
+    paths = write_demo_study(args.out_dir, args.instances, seed=args.seed, patient=patient)
+    print(f"wrote {len(paths)} instances to {args.out_dir}: patient {patient.name}, ID {patient.patient_id}, "
+          f"accession {patient.accession}")
     return EXIT_OK
 
 

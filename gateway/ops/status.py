@@ -98,11 +98,15 @@ def node_health(spool_dir: Path) -> dict[str, Any]:
 
 
 def needs_attention() -> list[dict[str, Any]]:
-    """Cases waiting for a person (quarantined, failed, report_failed) and cases a stage is backing off after
-    a failure, newest first, with why: the state's reason, the last error and how many failures."""
+    """Cases waiting for a person (quarantined, failed, report_failed), held cases (waiting for a reviewer, a
+    referral or an approval) and cases a stage is backing off after a failure, newest first, with why: the
+    state's reason (for a case held for want of a reviewer, the words the log and the portal show), the last
+    error and how many failures."""
     from gateway.storage.cases import STUCK_STATES
+    from gateway.storage.models import CaseState
 
-    query = (Study.select().where(Study.state.in_(STUCK_STATES) | (Study.stage_failures > 0))
+    waiting = (*STUCK_STATES, CaseState.HELD)
+    query = (Study.select().where(Study.state.in_(waiting) | (Study.stage_failures > 0))
              .order_by(Study.state_changed_at.desc()).limit(ATTENTION_LIMIT))
     return [{"case": study.key, "state": study.state, "reason": study.state_reason or study.hold_reason,
              "since": _iso(study.state_changed_at), "failures": study.stage_failures,
@@ -208,19 +212,21 @@ def _render_routing(snapshot: dict[str, Any], console: Any) -> None:
 
 
 def _render_attention(snapshot: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
+    """One line per case (its whole key, state and since), its reason whole on the next: a table would fold
+    the reason into a column a few characters wide on a terminal of 80."""
+    from rich.markup import escape
 
     rows = snapshot.get("needs_attention", [])
     if not rows:
         console.print("no case needs attention")
         return
-    table = Table(title="Cases needing attention (retry CASE / release CASE)")
-    for column in ("case", "state", "reason", "since", "failures", "last error", "next try"):
-        table.add_column(column)
+    console.print(f"[bold]Cases needing attention[/bold] ({len(rows)}; retry CASE / release CASE)")
     for row in rows:
-        table.add_row(row["case"], row["state"], row["reason"] or "", row["since"] or "", str(row["failures"]),
-                      row["last_error"] or "", row["retry_at"] or "")
-    console.print(table)
+        failures = (f", {row['failures']} failure(s), last {row['last_error'] or '-'}, next try "
+                    f"{row['retry_at'] or '-'}" if row["failures"] else "")
+        console.print(f"  {row['case']}  {row['state']}  since {row['since'] or '-'}{escape(failures)}",
+                      soft_wrap=True)
+        console.print(f"    {escape(row['reason'] or '-')}", soft_wrap=True)
 
 
 def lookup_cases(*, accession: str | None = None, referral_id: int | None = None) -> list[dict[str, Any]]:

@@ -14,7 +14,17 @@ import re
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import ErrorDetails
 
 from gateway.referral.codes import NON_URGENT_FLAGS, RedFlag
@@ -52,6 +62,40 @@ def _iso_date(value: Any) -> Any:
 
 
 IsoDate = Annotated[datetime.date, BeforeValidator(_iso_date)]
+EARLIEST_DATE = datetime.date(1900, 1, 1)  # before it, a date is a typing slip (0001-01-01), not a patient's
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _plausible_date(value: datetime.date | None, what: str, *, days_ahead: int = 0) -> datetime.date | None:
+    """A date a PACS would take: from 1900, not in the future (``days_ahead`` allowed: time zones)."""
+    if value is None:
+        return None
+    if value < EARLIEST_DATE:
+        raise ValueError(f"{what} before 1900: check the year (got {value.isoformat()})")
+    if value > datetime.date.today() + datetime.timedelta(days=days_ahead):
+        raise ValueError(f"{what} in the future: check the date (got {value.isoformat()})")
+    return value
+
+
+def _dicom_id(value: str) -> str:
+    """A DICOM LO value (patient ID): no backslash (the value separator), no control character."""
+    if "\\" in value:
+        raise ValueError("must not contain a backslash (\\): DICOM uses it to separate values")
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters (tabs, line breaks)")
+    return value
+
+
+def _dicom_name(value: str) -> str:
+    """A DICOM person name: Family^Given^Middle^Prefix^Suffix, the family name first and not empty."""
+    if "\\" in value or "=" in value or _CONTROL.search(value):
+        raise ValueError("must not contain a backslash, an equals sign or control characters")
+    parts = value.split("^")
+    if len(parts) > 5:
+        raise ValueError(f"has {len(parts)} parts: write Family^Given^Middle^Prefix^Suffix (at most 5)")
+    if not parts[0].strip():
+        raise ValueError("the family name (before the first ^) must not be empty")
+    return value
 NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 MAX_REDACTIONS = 50
 MAX_REDACTION_LENGTH = 200
@@ -107,13 +151,18 @@ class Patient(_Strict):
     remove them from the notes (and to check that none leaves).
     """
 
-    id: NonEmptyId
-    name: NonEmptyName
+    id: Annotated[NonEmptyId, AfterValidator(_dicom_id)]
+    name: Annotated[NonEmptyName, AfterValidator(_dicom_name)]
     birth_date: IsoDate | None = None
     address: Address | None = None
     phones: list[NonEmptyId] = Field(default_factory=list, max_length=16)
     email: NameText | None = None
     other_ids: list[NonEmptyId] = Field(default_factory=list, max_length=16)
+
+    @field_validator("birth_date")
+    @classmethod
+    def _plausible_birth(cls, value: datetime.date | None) -> datetime.date | None:
+        return _plausible_date(value, "a birth date")
 
 
 class Referrer(_Strict):
@@ -165,6 +214,16 @@ class Referral(_Strict):
         default_factory=list, max_length=MAX_REDACTIONS,
         description="Words or phrases of the notes a person chose to remove (the referrer, on the portal's "
                     "preview): each is replaced by [REDACTED] wherever it stands in the notes.")
+
+    @field_validator("study_date")
+    @classmethod
+    def _plausible_study(cls, value: datetime.date | None, info: ValidationInfo) -> datetime.date | None:
+        value = _plausible_date(value, "a study date", days_ahead=1)
+        patient = info.data.get("patient")
+        born = patient.birth_date if isinstance(patient, Patient) else None
+        if value is not None and born is not None and value < born:
+            raise ValueError(f"before the patient's birth date ({born.isoformat()}): check both dates")
+        return value
 
     @property
     def effective_urgency(self) -> Urgency:

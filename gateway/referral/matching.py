@@ -40,6 +40,7 @@ class ReferralState:
     WAITING = "waiting"
     MATCHED = "matched"
     EXPIRED = "expired"
+    WITHDRAWN = "withdrawn"  # by its referrer before its images arrived (or replaced by a correction)
 
 
 #: Hold reasons under which a study still takes a referral that arrives.

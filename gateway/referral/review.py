@@ -22,8 +22,8 @@ from gateway.referral.notes_case import APPROVAL_ACTION, is_approved, load_docum
 from gateway.referral.redaction import is_guard_hit
 from gateway.referral.scrub import ScrubbedNotes
 from gateway.storage import wakeup
+from gateway.storage.models import CaseState, Study, utcnow
 from gateway.storage.models import Referral as ReferralRow
-from gateway.storage.models import Study, utcnow
 
 if TYPE_CHECKING:  # the stage is handed in by the entry point; this library does not import it
     from gateway.stages.referral import NotesStage
@@ -44,6 +44,16 @@ class UnknownCase(ReferralError):
 class ApprovalRefused(ReferralError):
     """The notes of this case cannot be approved (the outbound guard quarantined it); the message says why and
     what to do instead."""
+
+
+# The notes are approved before they leave with the study: a case past them (with a reviewer, reported) has no
+# approval to give, and one would only write a misleading ``notes_approved`` to the audit trail.
+NOTES_APPROVABLE_STATES = frozenset({CaseState.RECEIVING, CaseState.COMPLETE, CaseState.DEIDENTIFIED,
+                                     CaseState.HELD, CaseState.QUARANTINED, CaseState.NOTES_ATTACHED})
+
+
+def approval_applies(study: Study) -> bool:
+    return study.state in NOTES_APPROVABLE_STATES
 
 
 GUARD_HIT_NOT_APPROVED = ("A guard hit is never approved as it stands: remove what the outbound guard found and "
@@ -144,10 +154,16 @@ def approve_notes(case: str, user: str | None = None) -> str:
 
     Raises:
         UnknownCase: no case has this key.
-        ApprovalRefused: the outbound guard quarantined the case (audited ``notes_approved``, refused).
+        ApprovalRefused: the outbound guard quarantined the case, or the case is past its notes (with a reviewer
+            or reported): audited ``notes_approved``, refused.
     """
     study = _study(case)
     who = (user or getpass.getuser())[:64]
+    if not approval_applies(study):
+        audit.record(APPROVAL_ACTION, actor_ae=None, actor_host=None, study_key=study.key, outcome="refused",
+                     detail=f"by {who}; the case is {study.state}: its notes went with the study already")
+        raise ApprovalRefused(f"nothing to approve: the case is {study.state}, its notes went with the study "
+                              "to the reviewer already")
     if is_guard_hit(study):
         audit.record(APPROVAL_ACTION, actor_ae=None, actor_host=None, study_key=study.key, outcome="refused",
                      detail=f"by {who}; a guard hit ({(study.state_reason or '').split(' ', 1)[0]}) is not approved")

@@ -36,9 +36,14 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from gateway.dicom.charset import specific_character_set
 from gateway.reports import codes
 from gateway.reports.codes import Code
-from gateway.reports.reidentify import string_values
+from gateway.reports.reidentify import readable_name, string_values
 
 MANUFACTURER = "spine-gateway"
+# (0040,A027) Verifying Organization is Type 1: a report signed without one is verified for the service.
+DEFAULT_ORGANIZATION = "spine-gateway second-opinion service"
+# How a report files the answer to the referral's clinical question among its impressions (TID 2000 has no
+# section of its own for it); pages and the PDF show it under its own heading.
+ANSWER_PREFIX = "Answer to the clinical question: "
 SR_SERIES_NUMBER, KO_SERIES_NUMBER, PDF_SERIES_NUMBER = 995, 996, 997
 _PATIENT_STUDY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
                            "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
@@ -305,11 +310,11 @@ class ReportSRBuilder(_DocumentBuilder):
         ds = self._base()
         self._sr_document(ds, self.content.referenced_images())
         ds.CompletionFlag = "COMPLETE"
-        if self.content.observer_name and self.content.organization:
+        if self.content.observer_name:  # signed by a named reviewer: VERIFIED, whichever way it was written
             ds.VerificationFlag = "VERIFIED"
             verifier = Dataset()
             verifier.VerifyingObserverName = self.content.observer_name
-            verifier.VerifyingOrganization = self.content.organization
+            verifier.VerifyingOrganization = self.content.organization or DEFAULT_ORGANIZATION
             verifier.VerificationDateTime = self.now.strftime("%Y%m%d%H%M%S")
             verifier.VerifyingObserverIdentificationCodeSequence = []
             ds.VerifyingObserverSequence = [verifier]
@@ -376,10 +381,12 @@ def render_report_pdf(content: ReportContent) -> bytes:
 
     section("Clinical information", [content.clinical_information] if content.clinical_information else [])
     section("Findings", [f.text + (f" (key images: {len(f.images)})" if f.images else "") for f in content.findings])
-    section("Impressions", content.impressions)
+    answers = [text[len(ANSWER_PREFIX):] for text in content.impressions if text.startswith(ANSWER_PREFIX)]
+    section("Answer to the clinical question", answers)
+    section("Impressions", [text for text in content.impressions if not text.startswith(ANSWER_PREFIX)])
     section("Recommendations", content.recommendations)
     if content.observer_name:
-        section("Reported by", [content.observer_name.replace("^", " ").strip()])
+        section("Reported by", [readable_name(content.observer_name)])
     document.build(flow)
     return buffer.getvalue()
 

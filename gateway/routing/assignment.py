@@ -126,6 +126,30 @@ class ReviewerPool:
             parts.append("round_robin")
         return Choice(best, " ".join(parts))
 
+    def why_none(self, needs: CaseNeeds, now: dt.datetime, load: dict[str, int], down: set[str]) -> str:
+        """Why no reviewer can take a case with ``needs`` now, in the words every surface shows (the log, ``status``,
+        the operators' and the referrer's pages): what the case asks, and how many of the pool match.
+
+        A need no configured reviewer meets at all comes first ("no reviewer with subspecialty spine is
+        configured: 0 of 1 reviewers match"); otherwise each reviewer's first obstacle is counted.
+        """
+        total = len(self.reviewers)
+        if not total:
+            return "no reviewer is configured"
+        wanted = needs.subspecialty
+        if wanted and not any(wanted.lower() in {s.lower() for s in r.subspecialties} for r in self.reviewers):
+            return f"no reviewer with subspecialty {wanted} is configured: 0 of {total} reviewers match"
+        if needs.modalities and not any(_reads(r, needs) for r in self.reviewers):
+            modalities = ", ".join(sorted(needs.modalities))
+            return f"no reviewer reading {modalities} is configured: 0 of {total} reviewers match"
+        obstacles: dict[str, int] = {}
+        for reviewer in self.reviewers:
+            obstacle = _obstacle(reviewer, needs, now, load, down)
+            if obstacle:
+                obstacles[obstacle] = obstacles.get(obstacle, 0) + 1
+        detail = ", ".join(f"{count} {obstacle}" for obstacle, count in obstacles.items())
+        return f"no reviewer free now: 0 of {total} reviewers can take it ({detail})"
+
     @staticmethod
     def _can_take(reviewer: ReviewerConfig, needs: CaseNeeds, load: dict[str, int], down: set[str]) -> bool:
         if not reviewer.enabled or reviewer_peer(reviewer.name) in down:
@@ -138,6 +162,29 @@ class ReviewerPool:
         return not wanted or wanted.lower() in {s.lower() for s in reviewer.subspecialties}
 
 
+def _reads(reviewer: ReviewerConfig, needs: CaseNeeds) -> bool:
+    return not reviewer.modalities or needs.modalities <= {m.upper() for m in reviewer.modalities}
+
+
+def _obstacle(reviewer: ReviewerConfig, needs: CaseNeeds, now: dt.datetime, load: dict[str, int],
+              down: set[str]) -> str:
+    """The first rule that keeps ``reviewer`` from the case, in words ('' when none does)."""
+    wanted = needs.subspecialty
+    if wanted and wanted.lower() not in {s.lower() for s in reviewer.subspecialties}:
+        return f"without subspecialty {wanted}"
+    if not _reads(reviewer, needs):
+        return f"not reading {', '.join(sorted(needs.modalities))}"
+    if not reviewer.enabled:
+        return "disabled"
+    if reviewer_peer(reviewer.name) in down:
+        return "not answering C-ECHO"
+    if load.get(reviewer.name, 0) >= reviewer.max_open_cases:
+        return "at max_open_cases"
+    if not within_hours(reviewer, now) and not (needs.urgent and reviewer.urgent):
+        return "out of working hours"
+    return ""
+
+
 def sla_due(routing: RoutingConfig, urgent: bool, now: dt.datetime) -> dt.datetime:
     hours = routing.sla_h.urgent if urgent else routing.sla_h.routine
     return now + dt.timedelta(hours=hours)
@@ -148,3 +195,30 @@ def record_assignment(study: Study, reviewer: str, reason: str, now: dt.datetime
     (Assignment.update(active=False, ended_at=now, ended_reason="reassigned")
      .where((Assignment.study == study) & (Assignment.active == True)).execute())  # noqa: E712
     return Assignment.create(study=study, reviewer=reviewer, reason=reason, assigned_at=now)
+
+
+SPINE_IMAGING = ("MR", "CT", "CR", "DX")  # what a spine study is made of (the README's MRI, CT and X-ray)
+
+
+def unsatisfiable_rules(reviewers: Sequence[ReviewerConfig]) -> list[str]:
+    """What the configured pool can never take, one line each (``check-config`` warns, the node logs them at
+    start): such cases are held for ever, each with the reason :meth:`ReviewerPool.why_none` gives."""
+    enabled = [r for r in reviewers if r.enabled]
+    if not reviewers:
+        return ["no reviewer is configured: every case is held (no_reviewer)"]
+    if not enabled:
+        return [f"every reviewer is disabled (0 of {len(reviewers)} enabled): every case is held (no_reviewer)"]
+    warnings = []
+    if not any(r.subspecialties for r in reviewers):
+        warnings.append(f"no reviewer lists a subspecialty (0 of {len(reviewers)}): a referral asking for one "
+                        "(\"subspecialty\": ...) is held until a reviewer lists it")
+    unread = [m for m in SPINE_IMAGING if not any(not r.modalities or m in {x.upper() for x in r.modalities}
+                                                  for r in enabled)]
+    if unread:
+        warnings.append(f"no enabled reviewer reads {', '.join(unread)}: such studies are held (no_reviewer)")
+    always_on = any(_minutes(r.hours.split("-")[0]) == _minutes(r.hours.split("-")[1]) % (24 * 60)
+                    for r in enabled)
+    if not always_on and not any(r.urgent for r in enabled):
+        warnings.append("no enabled reviewer is on call (urgent: true) nor always on: an urgent case out of every "
+                        "reviewer's hours waits until one starts")
+    return warnings

@@ -5,7 +5,8 @@ asks for (if any), are under ``max_open_cases``, answered their last C-ECHO (or 
 within their working hours in their time zone — or, for an urgent case, are urgent-capable (on call) even
 out of hours. Urgent cases are assigned first, then the oldest; each goes to the eligible reviewer with the
 fewest open cases, ties broken by round robin (the one least recently assigned, persisted in
-``Assignment``). No eligible reviewer: the case is HELD with reason ``no_reviewer`` and retried every tick.
+``Assignment``). No eligible reviewer: the case is HELD with hold reason ``no_reviewer`` and, as its state
+reason, why in words (:meth:`ReviewerPool.why_none`), and retried every tick.
 The rules themselves are :mod:`gateway.routing.assignment`; this stage applies them case by case.
 """
 
@@ -69,7 +70,7 @@ class AssignmentStage(ReviewerChoosingStage):
         needs = CaseNeeds.of(study)
         choice = self.pool.choose(needs, now, self._load, self._recent, self._down)
         if choice is None:
-            return bool(self._hold(study))
+            return bool(self._hold(study, self.pool.why_none(needs, now, self._load, self._down)))
         if not self._assign(study, choice, needs, now):
             return False
         self._load[choice.reviewer.name] = self._load.get(choice.reviewer.name, 0) + 1
@@ -80,11 +81,19 @@ class AssignmentStage(ReviewerChoosingStage):
     def give_up(study: Study) -> str:
         return CaseState.QUARANTINED
 
-    def _hold(self, study: Study) -> int:
+    def _hold(self, study: Study, why: str) -> int:
+        """Hold the case (``hold_reason`` no_reviewer) with ``why`` as its reason; a held case whose reason
+        changed (a reviewer filled up, went out of hours) gets the new one, logged once."""
         if study.state == CaseState.HELD:
+            if study.state_reason != why:
+                changed = (Study.update(state_reason=why)
+                           .where((Study.id == study.id) & (Study.state == CaseState.HELD)).execute())
+                if changed:
+                    study.state_reason = why
+                    log.warning("no_reviewer", case=study.key, reason=why)
             return 0
-        if cases.move(study, CaseState.HELD, reason=NO_REVIEWER):
-            log.warning("no_reviewer", case=study.key)
+        if cases.move(study, CaseState.HELD, reason=NO_REVIEWER, state_reason=why):
+            log.warning("no_reviewer", case=study.key, reason=why)
             return 1
         return 0
 

@@ -120,8 +120,9 @@ class DeliveryStage(WithNodeContext):
         started = time.perf_counter()
         result = self._attempt(study, reviewer, resumed)
         seconds = time.perf_counter() - started
-        log.info("delivery_attempt", case=study.key, reviewer=reviewer.name, attempt=attempt, status=result.status,
-                 duration_ms=int(seconds * 1000), instances=result.sent)
+        emit = log.info if result.status == "delivered" else log.warning  # every failed attempt at warning
+        emit("delivery_attempt", case=study.key, reviewer=reviewer.name, attempt=attempt, status=result.status,
+             duration_ms=int(seconds * 1000), instances=result.sent)
         if result.status == "delivered" and reviewer.storage_commitment:
             return self._committed_or_ask(study, reviewer, attempt, seconds, result)
         if result.status == "delivered":

@@ -35,9 +35,12 @@ from pydicom.dataset import Dataset
 
 from gateway.config import GatewayConfig, NodeConfig, RetryConfig, SourceConfig
 from gateway.ops import audit
+from gateway.reports import codes
+from gateway.reports.builder import DEFAULT_ORGANIZATION
 from gateway.reports.errors import ReidentificationError
 from gateway.reports.foreign import foreign_pseudonym
-from gateway.reports.reidentify import CaseMapping, Reidentifier, derived_report_uid
+from gateway.reports.hospital_copy import HospitalHeader, hospital_copy
+from gateway.reports.reidentify import CaseMapping, Reidentifier, derived_report_uid, readable_name
 from gateway.routing.send import REPORT_LEG, SENT, send_objects, unsent_objects
 from gateway.stages.context import NodeContext, WithNodeContext
 from gateway.stages.deliver import REPORT_KIND
@@ -181,13 +184,14 @@ class ReportStage(WithNodeContext):
                 self._report_failed(study, report, str(exc))
             return 0
         done = 0
+        signed = self._signature(study)
         for report in received:
             try:
                 dataset = pydicom.dcmread(self.spool.absolute(report.spool_path))
                 refused = foreign_pseudonym(dataset, study)
                 if refused is not None:
                     raise ReidentificationError(f"{refused}: a pseudonym of another case")
-                done += self._reidentify_one(study, report, reidentifier, dataset)
+                done += self._reidentify_one(study, report, reidentifier, dataset, signed)
             except (ReidentificationError, pydicom.errors.InvalidDicomError, ValueError, AttributeError,
                     KeyError, TypeError, OSError) as exc:
                 self._report_failed(study, report, str(exc) if isinstance(exc, ReidentificationError)
@@ -209,10 +213,58 @@ class ReportStage(WithNodeContext):
             uids[report.sop_instance_uid] = derived_report_uid(self.secret, "instance", report.sop_instance_uid)
         return uids
 
+    def _signature(self, study: Study) -> Dataset:
+        """The verification of the case's latest report SR (flag, observer, organization, date): what the
+        hospital's copy of its PDF says of the report's status (the SR comes first in one report's
+        association); an empty dataset when there is no SR."""
+        reports = ReportObject.select().where(ReportObject.study == study).order_by(ReportObject.id.desc())
+        for report in reports:
+            if report.sop_class_uid not in codes.SR_CLASSES or report.sop_class_uid == codes.KEY_OBJECT_SELECTION:
+                continue
+            try:
+                return pydicom.dcmread(self.spool.absolute(report.spool_path), stop_before_pixels=True,
+                                       specific_tags=["VerificationFlag", "VerifyingObserverSequence",
+                                                      "ContentDate"])
+            except (OSError, pydicom.errors.InvalidDicomError, ValueError):
+                continue
+        return Dataset()
+
+    def _hospital_header(self, study: Study, mapping: CaseMapping, report: Dataset,
+                         signed: Dataset) -> HospitalHeader:
+        source = self.sources.get(study.source.name) if study.source_id else None
+        reviewer = next((r for r in self.config.reviewers if r.name == study.reviewer), None)
+        verifier = (signed.get("VerifyingObserverSequence") or [Dataset()])[0]
+        name = str(verifier.get("VerifyingObserverName", "") or "")
+        return HospitalHeader(
+            letterhead=tuple(source.letterhead) if source and source.letterhead else (study.source.name,),
+            patient_name=mapping.patient_name, patient_id=mapping.patient_id, birth_date=mapping.birth_date,
+            sex=mapping.sex, accession=mapping.accession_number, study_date=mapping.study_date,
+            study_description=mapping.study_description, referring=mapping.referring_physician,
+            service=(reviewer.organization if reviewer and reviewer.organization else "")
+            or str(verifier.get("VerifyingOrganization", "") or "") or DEFAULT_ORGANIZATION,
+            reviewer=readable_name(name), qualification=reviewer.qualification or "" if reviewer and name else "",
+            report_date=str(signed.get("ContentDate", "") or report.get("ContentDate", "") or ""),
+            status=str(signed.get("VerificationFlag", "") or "UNVERIFIED"))
+
+    @staticmethod
+    def _as_hospital_copy(result: Dataset, header: HospitalHeader) -> None:
+        """The re-identified PDF's document becomes the hospital's copy; one pypdf cannot read goes as written
+        (its DICOM header carries the patient's identity all the same)."""
+        length = int(result.get("EncapsulatedDocumentLength") or len(result.EncapsulatedDocument))
+        try:
+            pdf = hospital_copy(bytes(result.EncapsulatedDocument)[:length], header)
+        except ValueError:
+            log.warning("report_pdf_unreadable", reason="sent without the hospital's cover page")
+            return
+        result.EncapsulatedDocumentLength = len(pdf)
+        result.EncapsulatedDocument = pdf + (b"\x00" if len(pdf) % 2 else b"")
+
     def _reidentify_one(self, study: Study, report: ReportObject, reidentifier: Reidentifier,
-                        dataset: Dataset) -> int:
+                        dataset: Dataset, signed: Dataset) -> int:
         started = time.perf_counter()
         result = reidentifier.reidentify(dataset)
+        if str(result.SOPClassUID) == codes.ENCAPSULATED_PDF and "EncapsulatedDocument" in result:
+            self._as_hospital_copy(result, self._hospital_header(study, reidentifier.mapping, result, signed))
         data = encode(result)
         sop_uid = str(result.SOPInstanceUID)
         path = self.spool.write_outbound(study.key, f"report-{sop_uid}.dcm", data)
@@ -255,8 +307,9 @@ class ReportStage(WithNodeContext):
         result = send_objects(self.node, self.spool.root, source.return_, source_peer(source.name), pending,
                               cases.Lease(study, self.name, self.context.owner))
         seconds = time.perf_counter() - started
-        log.info("report_delivery_attempt", case=study.key, source=source.name, attempt=attempt,
-                 status=result.status, instances=result.sent, duration_ms=int(seconds * 1000))
+        emit = log.info if result.status == "delivered" else log.warning  # every failed attempt at warning
+        emit("report_delivery_attempt", case=study.key, source=source.name, attempt=attempt,
+             status=result.status, instances=result.sent, duration_ms=int(seconds * 1000))
         if result.status == "delivered":
             return self._delivered(study, source, attempt, result.sent)
         return self._failed_attempt(study, source, attempt)

@@ -440,6 +440,37 @@ class ResultMessage(BaseModel):
     sent_at = DateTimeField(null=True)
 
 
+class CriticalResult(BaseModel):
+    """A report its reviewer flagged critical or urgent (migration 15): whom to call (the reviewer's words, shown
+    to the referrer, never in a notice), and whether the referrer acknowledged it and when the operators were
+    told for want of that."""
+
+    study = ForeignKeyField(Study, unique=True, backref="critical", on_delete="CASCADE")
+    study_id: int
+    contact = CharField(max_length=200, default="")
+    flagged_by = CharField(max_length=64)  # "web:<user>" or "cli"
+    flagged_at = DateTimeField(default=utcnow, index=True)
+    acknowledged_at = DateTimeField(null=True)
+    acknowledged_by = CharField(max_length=64, null=True)
+    escalated_at = DateTimeField(null=True)
+
+
+class CriticalNotice(BaseModel):
+    """One notice of a critical result to one address (migration 15), with its own attempts: ``channel`` email
+    or webhook, ``escalation`` for the operators'; ``state`` pending, sent or failed."""
+
+    critical = ForeignKeyField(CriticalResult, backref="notices", on_delete="CASCADE")
+    critical_id: int
+    channel = CharField(max_length=16)
+    escalation = peewee.BooleanField(default=False)
+    target = CharField(max_length=255)
+    state = CharField(max_length=16, default="pending", index=True)
+    attempts = IntegerField(default=0)
+    next_attempt_at = DateTimeField(default=utcnow, index=True)
+    last_error = CharField(max_length=255, null=True)
+    sent_at = DateTimeField(null=True)
+
+
 class HealthProbe(BaseModel):
     """A row each node (and ``spine-gateway status``) rewrites to prove the database takes a write (``/healthz``)."""
 
@@ -683,6 +714,12 @@ def _migrate_to_14(database: peewee.Database) -> None:
     database.create_tables([DicomwebToken], safe=True)
 
 
+def _migrate_to_15(database: peewee.Database) -> None:
+    """``critical_result`` and ``critical_notice``: reports flagged critical and their notices (e-mail, webhook,
+    escalation). (Numbers 13 and 14 are other branches'; ``migrate`` applies every missing number, in order.)"""
+    database.create_tables([CriticalResult, CriticalNotice], safe=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (1, _migrate_to_1),
     (2, _migrate_to_2),
@@ -698,6 +735,7 @@ MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (12, _migrate_to_12),
     (13, _migrate_to_13),
     (14, _migrate_to_14),
+    (15, _migrate_to_15),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

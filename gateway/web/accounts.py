@@ -173,6 +173,17 @@ class PasswordChecks:
             self._turns.notify_all()
 
 
+def _check_scope(role: str, flag: str, kind: str, given_role: str, given: str | None, names: list[str]) -> None:
+    """A referrer's source or a reviewer's reviewer: given, and configured (the message lists the names)."""
+    if given_role != role:
+        return
+    configured = f"configured: {', '.join(names)}" if names else f"no {kind} is configured"
+    if not given:
+        raise AccountError(f"a {role} needs {flag}, the name of a configured {kind} ({configured})")
+    if given not in names:
+        raise AccountError(f"{flag} {given}: no {kind} of that name is configured ({configured})")
+
+
 def add_user(config: GatewayConfig, name: str, role: str, password: str, *, source: str | None = None,
              reviewer: str | None = None) -> WebUser:
     """Create an account (call inside a database connection).
@@ -185,10 +196,8 @@ def add_user(config: GatewayConfig, name: str, role: str, password: str, *, sour
         raise AccountError("the user name must be 1-64 letters, digits, '.', '_', '@' or '-'")
     if role not in ROLES:
         raise AccountError(f"--role must be one of {', '.join(ROLES)}")
-    if role == "referrer" and source not in {s.name for s in config.sources}:
-        raise AccountError("a referrer needs --source, the name of a configured source")
-    if role == "reviewer" and reviewer not in {r.name for r in config.reviewers}:
-        raise AccountError("a reviewer needs --reviewer, the name of a configured reviewer")
+    _check_scope("referrer", "--source", "source", role, source, [s.name for s in config.sources])
+    _check_scope("reviewer", "--reviewer", "reviewer", role, reviewer, [r.name for r in config.reviewers])
     if role != "referrer" and source or role != "reviewer" and reviewer:
         raise AccountError("--source is for referrers and --reviewer for reviewers only")
     password_hash = hash_password(password)

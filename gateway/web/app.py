@@ -83,7 +83,7 @@ def _plausible_path_params(request: Request) -> bool:
 async def _refusal_before_body(portal: Portal, request: Request, role: str | None) -> Response | None:
     declared = request.headers.get("content-length", "")
     if not declared.isdigit() or int(declared) > min(MAX_FORM_BYTES, portal.config.http.max_body_bytes):
-        return _short_page(413, "Too large", "The form is too large.")
+        return _too_large_page(min(MAX_FORM_BYTES, portal.config.http.max_body_bytes))
     if role is None:
         return None
     signed_in = await run_in_threadpool(_session_of, portal, request)
@@ -97,6 +97,21 @@ async def _refusal_before_body(portal: Portal, request: Request, role: str | Non
 def _session_of(portal: Portal, request: Request) -> auth.SignedIn | None:
     with portal.context.database.connection_context():
         return auth.session_of(request.cookies.get(auth.COOKIE))
+
+
+def _too_large_page(limit: int) -> HTMLResponse:
+    """413 for a form over the limit, refused unread: styled as the portal, with the limits and the way back to
+    what was typed (the browser's back keeps a form's fields)."""
+    from gateway.referral.document import HISTORY_CHARS, NOTE_CHARS, QUESTION_CHARS
+
+    body = (f"<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>Too large</title>"
+            f"<link rel=\"stylesheet\" href=\"/static/portal.css\"><main><h1>The form is too large</h1>"
+            f"<p class=\"error\" role=\"alert\">Nothing was sent: the gateway takes a form of at most "
+            f"{limit // 1024} KB. The history takes at most {HISTORY_CHARS:,} characters, the question "
+            f"{QUESTION_CHARS:,}, every other note {NOTE_CHARS:,}.</p>"
+            f"<p>Go back with your browser's Back button: the form keeps what you typed. Shorten the longest "
+            f"field, then send it again.</p></main></html>")
+    return HTMLResponse(body, status_code=413, headers=dict(SECURITY_HEADERS))
 
 
 def _short_page(status: int, title: str, message: str) -> HTMLResponse:
@@ -139,7 +154,26 @@ def _run(portal: Portal, handler: Handler, role: str | None, request: Request, f
 def templates() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    from gateway.reports.reidentify import readable_name
+
+    env.filters["readable_name"] = readable_name  # Family^Given as "Given Family": no DICOM on a page
+    env.filters["uid_names"] = uid_names
     return env
+
+
+_UID = re.compile(r"\b1\.2\.840\.10008\.[0-9.]+[0-9]\b")
+
+
+def uid_names(text: str) -> str:
+    """Standard UIDs (SOP classes, transfer syntaxes) in a text by their DICOM names: an operator reads
+    "Encapsulated PDF Storage", not 1.2.840.10008.5.1.4.1.1.104.1. Unknown UIDs stay as they are."""
+    from pydicom.uid import UID
+
+    def name(match: re.Match[str]) -> str:
+        uid = UID(match.group(0))
+        return uid.name if uid.name != str(uid) else str(uid)
+
+    return _UID.sub(name, text or "")
 
 
 def portal_routes(config: GatewayConfig, spool: Spool, context: NodeContext) -> list[BaseRoute]:

@@ -10,9 +10,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gateway.config import ReviewerConfig
 from gateway.referral.codes import RedFlag
 from gateway.referral.document import validate_referral_data
 from gateway.referral.errors import ReferralValidationError
+from gateway.reports.builder import ANSWER_PREFIX
 from gateway.reports.findings import Finding, FindingsDocument
 
 RED_FLAG_LABELS = {
@@ -35,7 +37,8 @@ TEXT_FIELDS = ("accession_number", "patient.id", "patient.family", "patient.give
                "study_date", "urgency", "referrer.name", "referrer.contact", "clinical.history", "clinical.symptoms",
                "clinical.pain.location", "clinical.pain.intensity", "clinical.pain.nature",
                "clinical.pain.duration_weeks", "clinical.pain.radiation", "clinical.examination", "clinical.emg",
-               "clinical.prior_treatment", "clinical.prior_imaging", "clinical.question")
+               "clinical.prior_treatment", "clinical.prior_imaging", "clinical.question",
+               "replaces")  # the id of the referral a correction replaces (hidden)
 # A problem on a document path is shown next to this form field.
 _FIELD_OF_PATH = {"patient.name": "patient.family", "patient": "patient.id", "clinical.red_flags": "clinical.red_flags",
                   "patient.address": "patient.address.street"}
@@ -115,6 +118,40 @@ def referral_document(form: Mapping[str, Any], flags: list[str], source: str,
     return document
 
 
+def form_values(document: Any) -> dict[str, Any]:
+    """The form's fields filled from a stored referral document (a :class:`Referral`): to correct it."""
+    data = document.model_dump(mode="json", exclude_none=True)
+    patient, clinical = data.get("patient", {}), data.get("clinical", {})
+    family, _, given = str(patient.get("name", "")).partition("^")
+    values: dict[str, Any] = {
+        "accession_number": data.get("accession_number", ""), "patient.id": patient.get("id", ""),
+        "patient.family": family, "patient.given": given.replace("^", " ").strip(),
+        "patient.birth_date": patient.get("birth_date", ""), "patient.email": patient.get("email", ""),
+        "patient.phones": "\n".join(patient.get("phones", [])),
+        "patient.other_ids": "\n".join(patient.get("other_ids", [])),
+        "study_date": data.get("study_date", ""), "urgency": data.get("urgency", "routine"),
+        "referrer.name": data.get("referrer", {}).get("name", ""),
+        "referrer.contact": data.get("referrer", {}).get("contact", ""),
+        "clinical.red_flags": list(clinical.get("red_flags", [])), "redactions": list(data.get("redactions", []))}
+    for part in ADDRESS_PARTS:
+        values[f"patient.address.{part}"] = patient.get("address", {}).get(part, "")
+    for name in ("history", "symptoms", "examination", "emg", "prior_treatment", "prior_imaging", "question"):
+        values[f"clinical.{name}"] = clinical.get(name, "")
+    for name, value in clinical.get("pain", {}).items():
+        values[f"clinical.pain.{name}"] = str(value)
+    return values
+
+
+def _name_problems(values: Mapping[str, Any], result: FormResult) -> None:
+    """The form joins the family and given names as Family^Given: a ^ (or = and \\) typed in either would
+    change what the PACS reads as the family name."""
+    for name in ("patient.family", "patient.given"):
+        typed = [c for c in "^=\\" if c in values[name]]
+        if typed:
+            result.add(name, f"write the name without {' or '.join(typed)} (the gateway joins family and given "
+                             "names itself)")
+
+
 def _contact_problems(values: Mapping[str, Any], result: FormResult) -> None:
     """What the schema takes as free text but a person can mistype: the e-mail address and phone numbers."""
     if values["patient.email"] and not _EMAIL.match(values["patient.email"]):
@@ -134,6 +171,7 @@ def parse_referral_form(form: Mapping[str, Any], flags: list[str], source: str,
     values["redactions"] = list(redactions or [])
     result = FormResult(values)
     _contact_problems(values, result)
+    _name_problems(values, result)
     try:
         document = validate_referral_data(referral_document(form, flags, source, redactions))
     except ReferralValidationError as exc:
@@ -166,7 +204,8 @@ def field_of(path: str) -> str:
 # --- the reviewer's report ------------------------------------------------------------------------------------
 
 REPORT_FIELDS = (*(f"finding.{level}" for level in LEVELS), *(f"images.{level}" for level in LEVELS),
-                 "finding.other", "images.other", "impression", "answer", "recommendation", "observer")
+                 "finding.other", "images.other", "impression", "answer", "recommendation", "critical",
+                 "critical.contact")
 _IMAGE_REF = re.compile(r"^\s*(?:(\d{1,6})\s*[:/]\s*)?(\d{1,6})\s*$")
 
 
@@ -192,8 +231,11 @@ def image_refs(text: str, positions: Mapping[tuple[int, int], str]) -> tuple[lis
     return refs, problems
 
 
-def parse_report_form(form: Mapping[str, Any], positions: Mapping[tuple[int, int], str]) -> FormResult:
-    """Validate the report form: ``value`` is the :class:`FindingsDocument`, or ``errors`` by field."""
+def parse_report_form(form: Mapping[str, Any], positions: Mapping[tuple[int, int], str],
+                      signer: ReviewerConfig | None = None) -> FormResult:
+    """Validate the report form: ``value`` is the :class:`FindingsDocument`, or ``errors`` by field. The report
+    is signed with the account's reviewer's ``signing_name`` (never a typed name): VERIFIED; without one,
+    UNVERIFIED."""
     values = {name: _clean(form, name) for name in REPORT_FIELDS}
     result = FormResult(values)
     findings = []
@@ -214,19 +256,25 @@ def parse_report_form(form: Mapping[str, Any], positions: Mapping[tuple[int, int
         result.add("finding.L1-L2", "describe at least one level (or other findings)")
     if not values["impression"]:
         result.add("impression", "required")
+    if values["critical"] and not values["critical.contact"]:
+        result.add("critical.contact", "say whom the referrer should call (name, role, telephone)")
+    elif values["critical.contact"] and not values["critical"]:
+        result.add("critical", "tick it to flag the result critical, or leave whom to call empty")
+    elif len(values["critical.contact"]) > 200:
+        result.add("critical.contact", f"must be at most 200 characters (got {len(values['critical.contact'])})")
     if result.errors:
         return result
     impressions = [values["impression"]]
     if values["answer"]:
-        impressions.append(f"Answer to the clinical question: {values['answer']}")
+        impressions.append(f"{ANSWER_PREFIX}{values['answer']}")
     try:
         result.value = FindingsDocument(
             findings=findings, impressions=impressions,
             recommendations=[values["recommendation"]] if values["recommendation"] else [],
-            observer=values["observer"] or None)
+            observer=signer.signing_name if signer else None, organization=signer.organization if signer else None)
     except ValidationError as exc:
         for error in exc.errors():
-            name = {"observer": "observer", "impressions": "impression", "recommendations": "recommendation"}.get(
+            name = {"impressions": "impression", "recommendations": "recommendation"}.get(
                 str(error["loc"][0]), "")
             result.add(name, error["msg"])
     return result

@@ -11,7 +11,7 @@ from starlette.responses import RedirectResponse, Response
 from gateway.ops import audit
 from gateway.ops.status import collect_status
 from gateway.referral import redaction
-from gateway.referral.review import ApprovalRefused, UnknownCase, approve_notes
+from gateway.referral.review import ApprovalRefused, UnknownCase, approval_applies, approve_notes
 from gateway.stages.deliver import retry_case
 from gateway.stages.referral import NotesStage
 from gateway.storage import cases
@@ -23,7 +23,8 @@ from gateway.web.page import Page, Refused
 def overview(page: Page) -> Response:
     snapshot = collect_status(page.portal.config.storage.spool_dir, page.portal.config.reviewers)
     return page.render("ops_overview.html", title="Operations", snapshot=snapshot,
-                       attention=views.attention_cases(), done=page.request.query_params.get("done", ""))
+                       attention=views.attention_cases(), done=page.request.query_params.get("done", ""),
+                       waiting=views.waiting_referrals(page.portal.config.referrals.wait_s))
 
 
 def _study(page: Page):
@@ -44,6 +45,7 @@ def _page(page: Page, study, *, status: int = 200, error: str = "", release_erro
                        when=views.when, done=page.request.query_params.get("done", "") if status == 200 else "",
                        error=error, review=review, release_error=release_error, approve_error=approve_error,
                        guard_hit=redaction.is_guard_hit(study), phrase=phrase,
+                       approvable=approval_applies(study),
                        errors={"phrase": [phrase_problem]} if phrase_problem else {})
 
 
@@ -113,7 +115,8 @@ def approve(page: Page) -> Response:
     except UnknownCase:
         raise Refused(404, "No such case.") from None
     except ApprovalRefused as refused:
-        page.audit("web_notes_approved", study_key=study.key, outcome="refused", detail="guard hit")
+        page.audit("web_notes_approved", study_key=study.key, outcome="refused",
+                   detail="guard hit" if approval_applies(study) else f"case {study.state}")
         return _page(page, study, status=409, approve_error=str(refused))
     page.audit("web_notes_approved", study_key=study.key)
     return _done(study, "approve")

@@ -3,19 +3,30 @@ the source's cases in plain words, and the returned report."""
 
 from __future__ import annotations
 
+import json
+
 from starlette.responses import RedirectResponse, Response
 
 from gateway.privacy.identifiers import IdentifierSet, from_referral
 from gateway.referral import redaction
 from gateway.referral.codes import RedFlag
-from gateway.referral.document import MAX_REDACTIONS, Referral
+from gateway.referral.document import (
+    HISTORY_CHARS,
+    MAX_REDACTIONS,
+    NOTE_CHARS,
+    QUESTION_CHARS,
+    SHORT_TEXT_CHARS,
+    Referral,
+)
 from gateway.referral.errors import ReferralValidationError
 from gateway.referral.intake import store_referral
+from gateway.referral.matching import ReferralState
 from gateway.referral.notes_case import case_redactions, load_document
 from gateway.stages.referral import NotesStage
-from gateway.storage.models import StudyIdentity
+from gateway.storage.models import CriticalResult, StudyIdentity, db, utcnow
+from gateway.storage.models import Referral as ReferralRow
 from gateway.web import views
-from gateway.web.forms import RED_FLAG_LABELS, TEXT_FIELDS, parse_referral_form
+from gateway.web.forms import RED_FLAG_LABELS, TEXT_FIELDS, form_values, parse_referral_form
 from gateway.web.page import Page, Refused
 
 MAX_ID_DIGITS = 18  # below 2**63: a row id of SQLite and of PostgreSQL's bigint
@@ -33,7 +44,16 @@ def new_form(page: Page) -> Response:
 
 def _form(page: Page, values: dict, errors: dict, status: int = 200) -> Response:
     return page.render("referrer_form.html", status=status, title="New referral", values=values, errors=errors,
-                       flags=[(flag.value, RED_FLAG_LABELS[flag]) for flag in RedFlag], source=page.user.source)
+                       flags=[(flag.value, RED_FLAG_LABELS[flag]) for flag in RedFlag], source=page.user.source,
+                       limits=json.dumps({"fields": FIELD_LIMITS}))
+
+
+# What the form's script checks before sending (the schema's limits, gateway.referral.document).
+FIELD_LIMITS = {"clinical.history": HISTORY_CHARS, "clinical.question": QUESTION_CHARS,
+                **{f"clinical.{name}": NOTE_CHARS
+                   for name in ("symptoms", "examination", "emg", "prior_treatment", "prior_imaging")},
+                **{f"clinical.pain.{name}": SHORT_TEXT_CHARS for name in ("location", "nature", "radiation")},
+                "referrer.contact": SHORT_TEXT_CHARS}
 
 
 def _source_identifiers(page: Page, document: Referral) -> tuple[IdentifierSet, bool]:
@@ -88,15 +108,63 @@ def _add_phrase(page: Page, result, phrase: str) -> Response:
     return _preview(page, document, {**result.values, "redactions": list(document.redactions)})
 
 
+WAITING, WITHDRAWN = ReferralState.WAITING, ReferralState.WITHDRAWN
+
+
 def _send(page: Page, result) -> Response:
+    replaces = _replaced(page, str(result.values.get("replaces") or ""))
     try:
-        row = store_referral(result.value, "http")
+        with db.atomic():
+            if replaces is not None and not _withdraw(replaces):
+                result.add("", f"Referral {replaces.id} can no longer be corrected: its images have arrived "
+                               "(or it was withdrawn). Nothing was sent.")
+                return _form(page, result.values, result.errors, status=409)
+            row = store_referral(result.value, "http")
     except ReferralValidationError as exc:
         for problem in exc.problems:
             result.add("", problem)
         return _form(page, result.values, result.errors, status=422)
     page.audit("web_referral", detail=f"referral {row.id}; {len(result.value.redactions)} redaction(s)")
+    if replaces is not None:
+        page.audit("web_referral_corrected", detail=f"referral {replaces.id} replaced by {row.id}")
     return RedirectResponse(f"/referrer?sent={row.id}", status_code=303)
+
+
+def _replaced(page: Page, text: str):
+    """The referral a correction replaces (of the account's source), or None."""
+    if not (text.isascii() and text.isdigit() and len(text) <= MAX_ID_DIGITS):
+        return None
+    return views.referral_for(page.user.source, int(text))
+
+
+def correctable(referral) -> bool:
+    """A referral may be corrected or withdrawn until its images arrive (it is then the case's)."""
+    return referral.study_id is None and referral.state == WAITING
+
+
+def _withdraw(referral) -> bool:
+    """Withdraw ``referral`` if it is still waiting for its images (one conditional UPDATE); True if done."""
+    return bool(ReferralRow.update(state=WITHDRAWN).where(
+        (ReferralRow.id == referral.id) & (ReferralRow.state == WAITING) & ReferralRow.study.is_null()).execute())
+
+
+def edit(page: Page) -> Response:
+    """The form filled with a waiting referral, to send corrected (it then replaces the first)."""
+    referral = _referral(page)
+    if not correctable(referral):
+        raise Refused(409, "This referral can no longer be corrected: its images have arrived, or it was withdrawn.")
+    values = form_values(load_document(referral))
+    return _form(page, {**values, "replaces": str(referral.id)}, {})
+
+
+def withdraw(page: Page) -> Response:
+    """Withdraw a referral whose images have not arrived (audited): it is never matched."""
+    referral = _referral(page)
+    if not _withdraw(referral):
+        return case(page, problem_action="This referral can no longer be withdrawn: its images have arrived.",
+                    status=409)
+    page.audit("web_referral_withdrawn", detail=f"referral {referral.id}")
+    return RedirectResponse(f"/referrer/referrals/{referral.id}", status_code=303)
 
 
 def _referral(page: Page):
@@ -128,7 +196,7 @@ def _case_preview(page: Page, referral, document: Referral, study) -> tuple[list
     return fields, True
 
 
-def case(page: Page, phrase: str = "", problem: str = "", status: int = 200) -> Response:
+def case(page: Page, phrase: str = "", problem: str = "", status: int = 200, problem_action: str = "") -> Response:
     referral = _referral(page)
     study = referral.study if referral.study_id else None
     report = views.returned_report(study, page.portal.spool) if study is not None else None
@@ -137,11 +205,28 @@ def case(page: Page, phrase: str = "", problem: str = "", status: int = 200) -> 
     document = load_document(referral)
     fields, shifted = _case_preview(page, referral, document, study)
     return page.render("referrer_case.html", status=status, title=f"Case {referral.accession_number}",
-                       referral=referral, document=document, study=study, state=views.plain_state(study),
+                       referral=referral, document=document, study=study,
+                       state=views.referral_state(referral, study), correctable=correctable(referral),
+                       submitted=views.submitted_fields(document), problem_action=problem_action,
                        report=report, when=views.when, fields=fields, shifted=shifted,
                        redactions=list(document.redactions), phrase=phrase,
                        errors={"phrase": [problem]} if problem else {},
-                       done=page.request.query_params.get("done", ""))
+                       done=page.request.query_params.get("done", ""),
+                       critical=CriticalResult.get_or_none(CriticalResult.study == study) if study else None)
+
+
+def acknowledge(page: Page) -> Response:
+    """The referrer has read a critical result (audited); its escalation to the operators is then not sent."""
+    referral = _referral(page)
+    study = referral.study if referral.study_id else None
+    critical = CriticalResult.get_or_none(CriticalResult.study == study) if study is not None else None
+    if critical is None or study is None:
+        raise Refused(404, "This case has no critical result.")
+    changed = CriticalResult.update(acknowledged_at=utcnow(), acknowledged_by=page.user.name).where(
+        (CriticalResult.id == critical.id) & CriticalResult.acknowledged_at.is_null()).execute()
+    if changed:
+        page.audit("critical_result_acknowledged", study_key=study.key, detail=f"referral {referral.id}")
+    return RedirectResponse(f"/referrer/referrals/{referral.id}", status_code=303)
 
 
 def redact(page: Page) -> Response:
@@ -175,4 +260,7 @@ ROUTES = [
     ("GET", "/referrer/referrals/{referral_id}", case, "referrer"),
     ("GET", "/referrer/referrals/{referral_id}/report.pdf", report_pdf, "referrer"),
     ("POST", "/referrer/referrals/{referral_id}/redact", redact, "referrer"),
+    ("POST", "/referrer/referrals/{referral_id}/acknowledge", acknowledge, "referrer"),
+    ("GET", "/referrer/referrals/{referral_id}/edit", edit, "referrer"),
+    ("POST", "/referrer/referrals/{referral_id}/withdraw", withdraw, "referrer"),
 ]

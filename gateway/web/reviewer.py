@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from starlette.responses import RedirectResponse, Response
 
+from gateway.config import ReviewerConfig
 from gateway.reports import codes
 from gateway.reports.create import (
     build_report_objects,
@@ -18,6 +19,7 @@ from gateway.reports.create import (
     send_as_reviewer,
 )
 from gateway.reports.errors import ReportBuildError
+from gateway.stages.critical import flag_critical
 from gateway.web import views
 from gateway.web.forms import LEVELS, parse_report_form
 from gateway.web.page import Page, Refused
@@ -35,22 +37,27 @@ def _case(page: Page):
     return study
 
 
+def _signer(page: Page) -> ReviewerConfig | None:
+    """The configured reviewer the account is: its ``signing_name`` signs the report."""
+    return next((r for r in page.portal.config.reviewers if r.name == page.user.reviewer), None)
+
+
 def case(page: Page, values: dict | None = None, errors: dict | None = None, status: int = 200) -> Response:
     study = _case(page)
     index = views.images_index(study, page.portal.spool)
     if values is None:
         page.audit("web_case_opened", study_key=study.key)
-    clock, overdue = views.sla_clock(study.sla_due_at, views.utcnow())
+    clock, overdue = views.case_clock(study, views.utcnow())
     return page.render("reviewer_case.html", status=status, title=f"Case {study.key}", study=study,
                        notes=views.scrubbed_notes(study, page.portal.spool), series=index.series, levels=LEVELS,
                        values=values or {}, errors=errors or {}, clock=clock, overdue=overdue,
-                       reported=study.state == views.S.REPORTED)
+                       reported=study.state == views.S.REPORTED, signer=_signer(page))
 
 
 def submit(page: Page) -> Response:
     study = _case(page)
     index = views.images_index(study, page.portal.spool)
-    result = parse_report_form(page.posted, index.by_position)
+    result = parse_report_form(page.posted, index.by_position, _signer(page))
     if result.value is None:
         return case(page, result.values, result.errors, status=422)
     try:
@@ -73,6 +80,8 @@ def submit(page: Page) -> Response:
             result.add("", f"The gateway did not take the report ({answers}). Send it again, or call an operator.")
         return case(page, result.values, result.errors, status=502)
     page.audit("web_report_written", study_key=study.key, detail=f"{len(objects)} object(s)")
+    if result.values.get("critical"):
+        flag_critical(study, result.values["critical.contact"], f"web:{page.user.name}", page.portal.config)
     return RedirectResponse(f"/reviewer?sent={study.key}", status_code=303)
 
 

@@ -8,15 +8,20 @@ the gateway built from the scrubbed notes (the same object the reviewer's workst
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import peewee
 import pydicom
+import pydicom.errors
 from pydicom.dataset import Dataset
 
+from gateway.reports.builder import ANSWER_PREFIX
 from gateway.reports.content import concept_name, content_items, item_value
-from gateway.storage.models import CaseState, OutboundObject, ReportObject, Source, Study, utcnow
+from gateway.reports.reidentify import readable_name
+from gateway.routing.assignment import NO_REVIEWER
+from gateway.storage.models import CaseState, CriticalResult, OutboundObject, ReportObject, Source, Study, utcnow
 from gateway.storage.models import Referral as ReferralRow
 from gateway.storage.spool import Spool
 
@@ -37,7 +42,7 @@ _PLAIN = {
     S.REJECTED_NOT_SPINE: "not a spine study: not sent",
 }
 _HELD = {"awaiting_referral": "waiting for the referral", "no_referral": "waiting for the referral",
-         "no_reviewer": "waiting for a free reviewer", "awaiting_approval": "waiting for the notes to be checked"}
+         "no_reviewer": "waiting for a reviewer", "awaiting_approval": "waiting for the notes to be checked"}
 OPEN_FOR_REVIEWER = (S.DELIVERING, S.DELIVERED, S.REPORTED)
 ATTENTION = (S.HELD, S.QUARANTINED, S.FAILED, S.REPORT_FAILED, S.REJECTED_NOT_SPINE)
 
@@ -47,8 +52,48 @@ def plain_state(study: Study | None) -> str:
     if study is None:
         return "waiting for the images"
     if study.state == S.HELD:
-        return _HELD.get(study.hold_reason or "", "on hold (the operators are told)")
+        plain = _HELD.get(study.hold_reason or "", "on hold (the operators are told)")
+        if study.hold_reason == NO_REVIEWER and study.state_reason and study.state_reason != NO_REVIEWER:
+            return f"{plain}: {study.state_reason}"
+        return plain
     return _PLAIN.get(study.state, study.state.replace("_", " "))
+
+
+def referral_state(referral: ReferralRow, study: Study | None) -> str:
+    """Where a referral is, in plain words: its case's state once matched."""
+    if study is None and referral.state == "withdrawn":
+        return "withdrawn"
+    if study is None and referral.state == "expired":
+        return "expired: no images arrived in time"
+    return plain_state(study)
+
+
+_SUBMITTED = (("accession_number", "Accession number"), ("study_date", "Study date"), ("urgency", "Urgency"),
+              ("subspecialty", "Subspecialty asked for"), ("referrer.name", "Referring clinician"),
+              ("referrer.contact", "Contact"), ("clinical.history", "History"), ("clinical.symptoms", "Symptoms"),
+              ("clinical.pain.location", "Pain: location"), ("clinical.pain.intensity", "Pain: intensity (0-10)"),
+              ("clinical.pain.nature", "Pain: nature"), ("clinical.pain.duration_weeks", "Pain: weeks"),
+              ("clinical.pain.radiation", "Pain: radiation"), ("clinical.red_flags", "Red flags"),
+              ("clinical.examination", "Examination"), ("clinical.emg", "EMG / nerve conduction"),
+              ("clinical.prior_treatment", "Prior treatment"), ("clinical.prior_imaging", "Prior imaging"),
+              ("clinical.question", "Question for the reviewer"))
+
+
+def submitted_fields(document: Any) -> list[tuple[str, str]]:
+    """(label, value) of every field the referral was sent with, in the form's order, as written."""
+    from gateway.web.forms import RED_FLAG_LABELS
+
+    data = document.model_dump(mode="json", exclude_none=True)
+    rows = []
+    for path, label in _SUBMITTED:
+        value: Any = data
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if path == "clinical.red_flags" and value:
+            value = "; ".join(RED_FLAG_LABELS.get(flag, flag) for flag in value)
+        if value not in (None, "", []):
+            rows.append((label, str(value)))
+    return rows
 
 
 def when(moment: dt.datetime | None) -> str:
@@ -67,6 +112,18 @@ class ReferrerRow:
     state: str
     received: str
     updated: str
+    patient_id: str = ""
+    birth_date: str = ""
+    critical: str = ""  # "" (none), "new" (not acknowledged) or "acknowledged"
+
+
+def critical_state(study: Study | None) -> str:
+    if study is None:
+        return ""
+    critical = CriticalResult.get_or_none(CriticalResult.study == study)
+    if critical is None:
+        return ""
+    return "acknowledged" if critical.acknowledged_at else "new"
 
 
 def referrer_cases(source_name: str) -> list[ReferrerRow]:
@@ -79,15 +136,18 @@ def referrer_cases(source_name: str) -> list[ReferrerRow]:
         study = referral.study if referral.study_id else None
         rows.append(ReferrerRow(f"/referrer/referrals/{referral.id}", referral.accession_number,
                                 referral.patient_name.replace("^", ", ", 1).replace("^", " "), referral.urgency,
-                                plain_state(study), when(referral.received_at),
-                                when(study.state_changed_at if study else referral.received_at)))
+                                referral_state(referral, study), when(referral.received_at),
+                                when(study.state_changed_at if study else referral.received_at),
+                                referral.patient_id, referral.birth_date, critical_state(study)))
     unmatched = (Study.select().join(Source).switch(Study).join(ReferralRow, peewee.JOIN.LEFT_OUTER)
                  .where((Source.name == source_name) & ReferralRow.id.is_null())
                  .order_by(Study.first_received_at.desc()).limit(500))
     for study in unmatched:
         rows.append(ReferrerRow(None, "", "(images without a referral)", study.urgency, plain_state(study),
-                                when(study.first_received_at), when(study.state_changed_at)))
-    return rows
+                                when(study.first_received_at), when(study.state_changed_at),
+                                critical=critical_state(study)))
+    # critical results not yet acknowledged first, then urgent, each group newest first (the order is stable)
+    return sorted(rows, key=lambda row: (row.critical != "new", row.urgency != "urgent"))
 
 
 def referral_for(source_name: str, referral_id: int) -> ReferralRow | None:
@@ -96,10 +156,29 @@ def referral_for(source_name: str, referral_id: int) -> ReferralRow | None:
             .where((ReferralRow.id == referral_id) & (Source.name == source_name)).first())
 
 
+_STATUS = {"VERIFIED": "final: signed by the reviewer", "UNVERIFIED": "preliminary: not signed"}
+
+
+@dataclass
+class ReportFindingView:
+    text: str
+    key_images: list[str] = field(default_factory=list)  # "series 3, image 12"
+
+
 @dataclass
 class ReportView:
-    """The re-identified report of a case: its text (SR content) and its PDF when one was written."""
+    """The re-identified report of a case in a clinician's words (no DICOM vocabulary): who signed it and its
+    status, the clinical information, the findings with their key images, the impression, the answer to the
+    clinical question, the recommendations; ``lines`` for the rest of a report the gateway did not write."""
 
+    title: str = ""
+    reviewer: str = ""
+    status: str = ""
+    clinical: list[str] = field(default_factory=list)
+    findings: list[ReportFindingView] = field(default_factory=list)
+    impressions: list[str] = field(default_factory=list)
+    answer: str = ""
+    recommendations: list[str] = field(default_factory=list)
     lines: list[tuple[int, str, str]] = field(default_factory=list)
     pdf: bytes | None = None
     received: str = ""
@@ -115,10 +194,68 @@ def returned_report(study: Study, spool: Spool) -> ReportView | None:
         dataset = pydicom.dcmread(spool.absolute(outbound.spool_path))
         if "EncapsulatedDocument" in dataset and view.pdf is None:
             view.pdf = bytes(dataset.EncapsulatedDocument).rstrip(b"\0") + b"\n"
-        elif dataset.get("ContentSequence") and not view.lines and dataset.get("ValueType") == "CONTAINER":
-            view.lines = sr_lines(dataset)
+        elif dataset.get("ContentSequence") and not view.title and dataset.get("ValueType") == "CONTAINER":
+            read_sr(dataset, view, _ImagePositions(study, spool))
         view.received = view.received or when(report.received_at)
-    return view if (view.lines or view.pdf) else None
+    return view if (view.title or view.pdf) else None
+
+
+class _ImagePositions(dict):
+    """Original SOP Instance UID → "series N, image M" (the numbers the hospital's PACS shows), read from the
+    original's header in the spool when a key image asks for it."""
+
+    def __init__(self, study: Study, spool: Spool) -> None:
+        super().__init__()
+        self.study, self.spool = study, spool
+
+    def __missing__(self, uid: str) -> str:
+        from gateway.storage.models import Instance
+
+        row = Instance.get_or_none((Instance.study == self.study) & (Instance.sop_instance_uid == uid))
+        place = "an image of the study"
+        if row is not None:
+            try:
+                header = pydicom.dcmread(self.spool.absolute(row.spool_path), stop_before_pixels=True,
+                                         specific_tags=["SeriesNumber", "InstanceNumber"])
+                place = f"series {header.get('SeriesNumber', '?')}, image {header.get('InstanceNumber', '?')}"
+            except (OSError, pydicom.errors.InvalidDicomError, ValueError):
+                pass
+        self[uid] = place
+        return place
+
+
+def read_sr(dataset: Dataset, view: ReportView, positions: Mapping[str, str]) -> None:
+    """Fill ``view`` from a TID 2000 report: its sections by their codes; anything else as generic lines."""
+    view.title = concept_name(dataset) or "Report"
+    view.status = _STATUS.get(str(dataset.get("VerificationFlag", "")), "")
+    verifier = (dataset.get("VerifyingObserverSequence") or [None])[0]
+    if verifier is not None and verifier.get("VerifyingObserverName"):
+        view.reviewer = readable_name(str(verifier.VerifyingObserverName))
+    for item in dataset.get("ContentSequence", []):
+        name, kind = concept_name(item), item.get("ValueType")
+        children = [child for child in item.get("ContentSequence", []) if child.get("ValueType") == "TEXT"]
+        if kind == "PNAME" and not view.reviewer:
+            view.reviewer = readable_name(str(item.get("PersonName", "")))
+        elif kind in ("PNAME", "CODE"):  # the observer's type, the language: DICOM's, not the reader's
+            continue
+        elif name == "Clinical Information":
+            view.clinical += [item_value(child, image_label="key image") for child in children]
+        elif name == "Findings":
+            view.findings += [ReportFindingView(item_value(child, image_label="key image"), [
+                positions[str(image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)]
+                for image in child.get("ContentSequence", [])
+                if image.get("ValueType") == "IMAGE" and image.get("ReferencedSOPSequence")]) for child in children]
+        elif name == "Impressions":
+            for text in (item_value(child, image_label="key image") for child in children):
+                if text.startswith(ANSWER_PREFIX):
+                    view.answer = text[len(ANSWER_PREFIX):]
+                else:
+                    view.impressions.append(text)
+        elif name == "Recommendations":
+            view.recommendations += [item_value(child, image_label="key image") for child in children]
+        else:
+            view.lines.append((0, name, item_value(item, image_label="key image")))
+            view.lines.extend(sr_lines(item, 1))
 
 
 # --- SR content -----------------------------------------------------------------------------------------------
@@ -158,13 +295,25 @@ def sla_clock(due: dt.datetime | None, now: dt.datetime) -> tuple[str, bool]:
     return (f"{text} left", False) if seconds >= 0 else (f"overdue by {text}", True)
 
 
+def case_clock(study: Study, now: dt.datetime) -> tuple[str, bool]:
+    """The SLA clock of a case: running until its first report arrives, then stopped at that moment."""
+    reported = (ReportObject.select(peewee.fn.MIN(ReportObject.received_at))
+                .where(ReportObject.study == study).scalar())
+    if reported is None or study.sla_due_at is None:
+        return sla_clock(study.sla_due_at, now)
+    text, late = sla_clock(study.sla_due_at, reported)
+    if late:
+        return f"stopped at the report ({when(reported)}), {text.replace('overdue by', 'late by')}", True
+    return f"stopped at the report ({when(reported)}), {text.replace(' left', '')} before the deadline", False
+
+
 def worklist(reviewer: str) -> list[WorklistRow]:
     """The reviewer's open cases: urgent first, then by SLA deadline."""
     now = utcnow()
     rows = []
     cases = Study.select().where((Study.reviewer == reviewer) & Study.state.in_(OPEN_FOR_REVIEWER))
     for study in cases:
-        clock, overdue = sla_clock(study.sla_due_at, now)
+        clock, overdue = case_clock(study, now)
         state = "report sent" if study.state == S.REPORTED else (
             "images arriving" if study.state == S.DELIVERING else "to report")
         rows.append(WorklistRow(study.key, study.urgency == "urgent", state, when(study.state_changed_at),
@@ -236,7 +385,7 @@ def attention_cases() -> list[dict[str, Any]]:
 
     rows = []
     for study in Study.select().where(Study.state.in_(ATTENTION)).order_by(Study.state_changed_at.desc()).limit(200):
-        reason = study.hold_reason
+        reason = study.state_reason or study.hold_reason
         if not reason:
             last = (AuditEvent.select().where((AuditEvent.study_key == study.key) & (AuditEvent.outcome != "success"))
                     .order_by(AuditEvent.at.desc()).first())
@@ -246,6 +395,17 @@ def attention_cases() -> list[dict[str, Any]]:
                      "since": when(study.state_changed_at), "source": source,
                      "reviewer": study.reviewer or ""})
     return rows
+
+
+def waiting_referrals(wait_s: float) -> list[dict[str, Any]]:
+    """Referrals still waiting for their images, oldest first, with when they expire (``referrals.wait_s``).
+    The operators are inside the hospital's trust: the accession number is shown (never logged)."""
+    rows = (ReferralRow.select(ReferralRow, Source).join(Source)
+            .where((ReferralRow.state == "waiting") & ReferralRow.study.is_null())
+            .order_by(ReferralRow.received_at).limit(200))
+    return [{"id": r.id, "source": r.source.name, "accession": r.accession_number, "urgency": r.urgency,
+             "received": when(r.received_at), "expires": when(r.received_at + dt.timedelta(seconds=wait_s))}
+            for r in rows]
 
 
 def case_summary(key: str) -> Study | None:

@@ -363,3 +363,16 @@ def test_a_referral_never_expires_while_a_study_with_its_accession_is_in_the_nod
     Study.update(state=CaseState.DELIVERED).where(Study.id == study.id).execute()  # past its notes: no longer
     assert expire_referrals(later, 5) == 1
     assert Referral.get_by_id(kept.id).state == "expired"
+
+
+def test_notes_approve_refuses_a_case_past_its_notes(world_factory, study_files, tmp_path):
+    """A case with a reviewer or reported has no notes to approve: refused in one line, audited as refused, and
+    no ``notes_approved`` success is written (issue 27: a report_failed case was 'approved')."""
+    world = world_factory(wait_s=3600)
+    study = world.deidentified_case(study_files)
+    Study.update(state=CaseState.REPORT_FAILED).where(Study.id == study.id).execute()
+    done = _cli(world, tmp_path, "notes", "approve", study.key)
+    assert done.returncode == 2 and "nothing to approve: the case is report_failed" in done.stderr
+    outcomes = [e.outcome for e in AuditEvent.select().where((AuditEvent.action == "notes_approved")
+                                                              & (AuditEvent.study_key == study.key))]
+    assert outcomes == ["refused"]

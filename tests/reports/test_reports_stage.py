@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pydicom
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.config import GatewayConfig
 from gateway.deid.engine import Deidentifier, PatientContext
@@ -147,3 +148,20 @@ def test_reports_stage_without_return_destination_fails_the_case(tmp_path, datab
             assert not OutboundObject.select().where(OutboundObject.kind == "report").exists()
     finally:
         database.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_every_failed_report_attempt_is_logged_at_warning(tmp_path, database_url):
+    """Not only the final give-up: an operator tailing at warning sees the peer failing from the first attempt."""
+    database = open_database(database_url)
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    try:
+        with db.connection_context():
+            study, _ = _reported_case(tmp_path, spool)
+            with capture_logs() as logs:
+                _run(ReportStage(_config(tmp_path, free_port(), max_attempts=5), spool, SECRET))
+    finally:
+        database.close()
+    (attempt,) = [e for e in logs if e["event"] == "report_delivery_attempt"]
+    assert attempt["log_level"] == "warning" and attempt["attempt"] == 1 and attempt["status"] != "delivered"

@@ -139,3 +139,49 @@ def test_no_eligible_reviewer_holds_then_assigns_when_one_is_back(db):
     PeerHealth.update(ok=True).execute()
     assert stage.run_once(utcnow()) == 1
     assert _state(study).state == CaseState.ASSIGNED and _state(study).reviewer == "dr-a"
+
+
+def test_a_held_case_says_why_and_the_reason_follows_the_pool(db):
+    """The reason is the case's ``state_reason`` (what status, the log and the pages show), named by the rule."""
+    stage = AssignmentStage([_reviewer("dr-a", modalities=["MR"])], ROUTING)
+    wants = make_case(subspecialty="spine")
+    reads = make_case(modalities=("CT",))
+    with capture_logs() as logs:
+        stage.run_once(utcnow())
+    assert _state(wants).state_reason == "no reviewer with subspecialty spine is configured: 0 of 1 reviewers match"
+    assert _state(reads).state_reason == "no reviewer reading CT is configured: 0 of 1 reviewers match"
+    held = {e["case"]: e["reason"] for e in logs if e["event"] == "no_reviewer"}
+    assert held == {wants.key: _state(wants).state_reason, reads.key: _state(reads).state_reason}
+
+
+def test_a_held_case_for_want_of_a_free_reviewer_counts_each_obstacle(db):
+    now = utcnow()
+    PeerHealth.create(name="reviewer:dr-down", ok=False)
+    make_case(CaseState.ASSIGNED, reviewer="dr-full")
+    reviewers = [_reviewer("dr-full", max_open_cases=1), _reviewer("dr-down"), _reviewer("dr-off", enabled=False),
+                 _reviewer("dr-day", hours=_hours_excluding(now)), _reviewer("dr-ct", modalities=["CT"])]
+    stage = AssignmentStage(reviewers, ROUTING)
+    study = make_case()
+    with capture_logs() as logs:
+        stage.run_once(now)
+        stage.run_once(now)
+    assert _state(study).state_reason == (
+        "no reviewer free now: 0 of 5 reviewers can take it (1 at max_open_cases, 1 not answering C-ECHO, "
+        "1 disabled, 1 out of working hours, 1 not reading MR)")
+    assert len([e for e in logs if e["event"] == "no_reviewer"]) == 1, "logged once while the reason stands"
+    with capture_logs() as logs:
+        AssignmentStage([r for r in reviewers if r.name != "dr-down"], ROUTING).run_once(now)
+    assert _state(study).state_reason == ("no reviewer free now: 0 of 4 reviewers can take it (1 at max_open_cases, "
+                                          "1 disabled, 1 out of working hours, 1 not reading MR)"), "the new reason"
+    assert [e["reason"] for e in logs if e["event"] == "no_reviewer"] == [_state(study).state_reason]
+
+
+def test_status_lists_a_held_case_with_its_reason(db):
+    from gateway.ops.status import needs_attention
+
+    AssignmentStage([_reviewer("dr-a")], ROUTING).run_once(utcnow())
+    study = make_case(subspecialty="spine")
+    AssignmentStage([_reviewer("dr-a")], ROUTING).run_once(utcnow())
+    (listed,) = [row for row in needs_attention() if row["case"] == study.key]
+    assert (listed["state"], listed["reason"]) == (
+        CaseState.HELD, "no reviewer with subspecialty spine is configured: 0 of 1 reviewers match")

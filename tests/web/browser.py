@@ -43,7 +43,17 @@ class Browser:
         field.send_keys(value)
 
     def click(self, css: str) -> None:
-        self.driver.find_element(By.CSS_SELECTOR, css).click()
+        """Click the element; found again once when chromedriver answers that the node it found left the
+        document (a race of its inspector with a page still settling, seen under load)."""
+        from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+        try:
+            self.driver.find_element(By.CSS_SELECTOR, css).click()
+        except (StaleElementReferenceException, WebDriverException) as exc:
+            if "does not belong to the document" not in str(exc) and not isinstance(
+                    exc, StaleElementReferenceException):
+                raise
+            self.driver.find_element(By.CSS_SELECTOR, css).click()
 
     def submit(self, css: str) -> None:
         """Click a submit button or link and wait until the next page has replaced this one."""

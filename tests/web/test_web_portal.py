@@ -177,7 +177,7 @@ def test_the_journey_from_referral_to_report(site, browser):
     assert "reported" in browser.text()
     browser.submit("a[href^='/referrer/referrals/']")
     text = browser.text()
-    assert "Left paracentral disc extrusion" in text and "Answer to the clinical question" in text
+    assert "Left paracentral disc extrusion" in text and "Answer to your question" in text
     browser.shot("referrer-report")
     pdf_link = browser.driver.find_element("link text", "Open the PDF").get_attribute("href")
     request = urllib.request.Request(pdf_link, headers={"Cookie": f"spine_session={browser.cookie('spine_session')}"})
@@ -308,7 +308,8 @@ def test_operator_actions_call_the_cli_functions_and_are_audited_by_name(site):
 
     cookie, token = _signed_in(site, "ops")
     key = re.search(r"/ops/cases/([0-9a-f]+)", _http(site, "/ops", cookie=cookie)[1]).group(1)
-    assert _http(site, f"/ops/cases/{key}/approve", data={"csrf_token": token}, cookie=cookie)[0] == 303
+    status, page = _http(site, f"/ops/cases/{key}/approve", data={"csrf_token": token}, cookie=cookie)
+    assert status == 409 and "nothing to approve: the case is report_delivered" in page, "no approval after the fact"
     status, page = _http(site, f"/ops/cases/{key}/retry", data={"csrf_token": token}, cookie=cookie)
     assert status == 409 and "only a failed case can be retried" in page
     status, page = _http(site, f"/ops/cases/{key}/release", data={"csrf_token": token}, cookie=cookie)
@@ -316,8 +317,9 @@ def test_operator_actions_call_the_cli_functions_and_are_audited_by_name(site):
     assert _http(site, "/ops/cases/000000000000", cookie=cookie)[0] == 404
     events = json.loads(site.node.cli("audit", "--case", key, "--json").stdout)
     by_action = {(e["action"], e["outcome"]): e for e in events}
-    assert by_action[("notes_approved", "success")]["detail"] == "approved by web:ops"
-    assert by_action[("web_notes_approved", "success")]["actor_host"] == "web:ops"
+    assert by_action[("notes_approved", "refused")]["detail"].startswith("by web:ops; the case is report_delivered")
+    assert ("notes_approved", "success") not in by_action, "no approval after the fact (issue 27)"
+    assert by_action[("web_notes_approved", "refused")]["actor_host"] == "web:ops"
     assert by_action[("web_retry", "refused")]["actor_host"] == "web:ops"
     assert by_action[("web_release", "refused")]["detail"].startswith("by ops from 127.0.0.1")
     assert site.node.status()["cases_by_state"] == {"report_delivered": 1}

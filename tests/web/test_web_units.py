@@ -272,11 +272,15 @@ def test_user_commands_answer_mistakes_in_one_line(tmp_path):
         return done.returncode, done.stdout, done.stderr
 
     assert run("add", "desk", "--role", "referrer", "--source", "nowhere", "--password-stdin")[0:3:2] == (
-        2, "spine-gateway: a referrer needs --source, the name of a configured source\n")
+        2, "spine-gateway: --source nowhere: no source of that name is configured (configured: st-marys)\n")
+    assert run("add", "ann", "--role", "reviewer", "--password-stdin")[0:3:2] == (
+        2, "spine-gateway: a reviewer needs --reviewer, the name of a configured reviewer (configured: dr-a)\n")
+    assert run("add", "ann", "--role", "reviewer", "--reviewer", "nobody", "--password-stdin")[0:3:2] == (
+        2, "spine-gateway: --reviewer nobody: no reviewer of that name is configured (configured: dr-a)\n")
     assert run("add", "desk", "--role", "referrer", "--source", "st-marys", "--password-stdin",
                password="short")[0] == 2
-    assert run("add", "desk", "--role", "referrer", "--source", "st-marys", "--password-stdin")[:2] == (
-        0, "user desk added (referrer)\n")
+    assert run("add", "desk", "--role", "referrer", "--source", "st-marys", "--password-stdin") == (
+        0, "user desk added (referrer)\n", ""), "the command's log events go to the log file, not the terminal"
     assert run("add", "desk", "--role", "ops", "--password-stdin")[0] == 2
     assert run("disable", "nobody")[0] == 2
     assert run("disable", "desk")[0] == 0
@@ -300,3 +304,11 @@ def test_the_notes_macro_renders_chips_clickable_unknown_words_and_guard_hits():
     assert "&lt;b&gt;." in html  # the notes' text is escaped
     shown = str(macros.notes([field]))
     assert '<mark class="unknown">Zolgensma</mark>' in shown and "<button" not in shown
+
+
+def test_standard_uids_are_named_on_the_operators_pages():
+    from gateway.web.app import uid_names
+
+    named = uid_names("1.2.840.10008.5.1.4.1.1.104.1 from reviewer dr-a")
+    assert named == "Encapsulated PDF Storage from reviewer dr-a"
+    assert uid_names("2.25.123 and 1.2.840.10008.9.9.9.9") == "2.25.123 and 1.2.840.10008.9.9.9.9", "unknown: kept"
