@@ -33,7 +33,7 @@ import pydicom.errors
 import structlog
 from pydicom.dataset import Dataset
 
-from gateway.config import GatewayConfig, NodeConfig, RetryConfig, SourceConfig
+from gateway.config import GatewayConfig, NodeConfig, RetryConfig, ReviewerConfig, SourceConfig
 from gateway.ops import audit
 from gateway.reports import codes
 from gateway.reports.builder import DEFAULT_ORGANIZATION
@@ -101,9 +101,11 @@ class ReportStage(WithNodeContext):
     name = "reports"
 
     def __init__(self, node: NodeConfig, sources: Sequence[SourceConfig], retry: RetryConfig, spool: Spool,
-                 secret: bytes, *, context: NodeContext | None = None) -> None:
+                 secret: bytes, *, reviewers: Sequence[ReviewerConfig] = (),
+                 context: NodeContext | None = None) -> None:
         self._context = context
         self.node = node
+        self.reviewers = {r.name: r for r in reviewers}  # who signed, for the hospital's copy of the PDF
         self.spool = spool
         self.secret = secret
         self.sources = {s.name: s for s in sources}
@@ -113,8 +115,9 @@ class ReportStage(WithNodeContext):
     def of(cls, config: GatewayConfig, spool: Spool, secret: bytes, *,
            context: NodeContext | None = None) -> ReportStage:
         """The stage from the whole configuration: the sections it uses (``node``, ``sources``,
-        ``routing.retry``)."""
-        return cls(config.node, config.sources, config.routing.retry, spool, secret, context=context)
+        ``routing.retry``, ``reviewers``)."""
+        return cls(config.node, config.sources, config.routing.retry, spool, secret, reviewers=config.reviewers,
+                   context=context)
 
     claim_states = (CaseState.REPORTED,)  # one node per case, never two
 
@@ -232,7 +235,7 @@ class ReportStage(WithNodeContext):
     def _hospital_header(self, study: Study, mapping: CaseMapping, report: Dataset,
                          signed: Dataset) -> HospitalHeader:
         source = self.sources.get(study.source.name) if study.source_id else None
-        reviewer = next((r for r in self.config.reviewers if r.name == study.reviewer), None)
+        reviewer = self.reviewers.get(study.reviewer or "")
         verifier = (signed.get("VerifyingObserverSequence") or [Dataset()])[0]
         name = str(verifier.get("VerifyingObserverName", "") or "")
         return HospitalHeader(

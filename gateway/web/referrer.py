@@ -23,7 +23,7 @@ from gateway.referral.intake import store_referral
 from gateway.referral.matching import ReferralState
 from gateway.referral.notes_case import case_redactions, load_document
 from gateway.stages.referral import NotesStage
-from gateway.storage.models import CriticalResult, StudyIdentity, db, utcnow
+from gateway.storage.models import CriticalResult, StudyIdentity, utcnow
 from gateway.storage.models import Referral as ReferralRow
 from gateway.web import views
 from gateway.web.forms import RED_FLAG_LABELS, TEXT_FIELDS, form_values, parse_referral_form
@@ -114,7 +114,7 @@ WAITING, WITHDRAWN = ReferralState.WAITING, ReferralState.WITHDRAWN
 def _send(page: Page, result) -> Response:
     replaces = _replaced(page, str(result.values.get("replaces") or ""))
     try:
-        with db.atomic():
+        with page.portal.context.database.atomic():
             if replaces is not None and not _withdraw(replaces):
                 result.add("", f"Referral {replaces.id} can no longer be corrected: its images have arrived "
                                "(or it was withdrawn). Nothing was sent.")

@@ -97,7 +97,7 @@ def test_the_pdf_home_carries_the_letterhead_identity_and_signature(tmp_path, da
     try:
         with db.connection_context():
             study, reviewers_pdf = _reported_case(tmp_path, spool, "Reviewer^Ann")
-            assert ReportStage(_config(tmp_path), spool, SECRET).reidentify_received(study) == 2
+            assert ReportStage.of(_config(tmp_path), spool, SECRET).reidentify_received(study) == 2
             (home,) = [pydicom.dcmread(spool.absolute(o.spool_path)) for o in OutboundObject.select()
                        if o.sop_class_uid == codes.ENCAPSULATED_PDF]
     finally:
@@ -126,7 +126,7 @@ def test_an_unsigned_report_says_so_on_the_hospitals_copy(tmp_path, database_url
     try:
         with db.connection_context():
             study, _ = _reported_case(tmp_path, spool, None)
-            ReportStage(_config(tmp_path), spool, SECRET).reidentify_received(study)
+            ReportStage.of(_config(tmp_path), spool, SECRET).reidentify_received(study)
             (home,) = [pydicom.dcmread(spool.absolute(o.spool_path)) for o in OutboundObject.select()
                        if o.sop_class_uid == codes.ENCAPSULATED_PDF]
     finally:

@@ -160,7 +160,7 @@ def test_every_failed_report_attempt_is_logged_at_warning(tmp_path, database_url
         with db.connection_context():
             study, _ = _reported_case(tmp_path, spool)
             with capture_logs() as logs:
-                _run(ReportStage(_config(tmp_path, free_port(), max_attempts=5), spool, SECRET))
+                _run(ReportStage.of(_config(tmp_path, free_port(), max_attempts=5), spool, SECRET))
     finally:
         database.close()
     (attempt,) = [e for e in logs if e["event"] == "report_delivery_attempt"]
