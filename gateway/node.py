@@ -161,7 +161,7 @@ class GatewayNode:
 
     def _start_receivers(self) -> None:
         """``node.receiving_processes``: more processes accepting on the DICOM port (``gateway.scp.receivers``)."""
-        if self.slots is not None and self.slots.processes > 1 and self.context is not None:
+        if self.slots is not None and self.slots.processes > 1 and self.context is not None and self.server:
             self.receivers = ReceivingProcesses(self.config, self.server.socket.fileno(), self.slots,
                                                 self.context).start()
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pynetdicom import AE, AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from gateway.config import GatewayConfig, NodeConfig
@@ -262,7 +262,7 @@ def start_scp(node: NodeConfig, handlers: ScpHandlers, *,
                             server_class=GatedAssociationServer, request_handler=GatedRequestHandler, gate=gate,
                             listening=listening, slots=handlers.slots,
                             rate_refusal=handlers.rate_refusal if handlers.rate is not None else None)
-    server.registered = register_server(ae, server)
+    server.registered = register_server(ae, server)  # type: ignore[attr-defined]  # ours, read at stop
     copy_contexts_cheaply(server)
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{stamp}", daemon=True).start()

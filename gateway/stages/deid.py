@@ -269,7 +269,7 @@ class DeidStage(WithNodeContext):
         """
         latest: dict[str, Instance] = {}
         stored = [instance for instance in
-                  study.instances.where(Instance.state == InstanceState.STORED).order_by(Instance.version)
+                  study.instances.where(Instance.state == InstanceState.STORED)  # type: ignore[attr-defined]  # peewee backref.order_by(Instance.version)
                   if self.spool.absolute(instance.spool_path).exists()]
         for instance in stored:
             previous = latest.get(instance.sop_instance_uid)
