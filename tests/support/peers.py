@@ -183,7 +183,9 @@ class GatewayProcess:
     def log_events(self) -> list[dict]:
         if not self.log_file.exists():
             return []
-        return [json.loads(line) for line in self.log_file.read_text().splitlines() if line.strip()]
+        # Only whole lines: the node may be half-way through writing the last one.
+        complete = self.log_file.read_text().rpartition("\n")[0]
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def storescu(host: str, port: int, paths: list[Path] | Path, *, calling: str, called: str = "SPINEGW",
