@@ -24,7 +24,7 @@ from PIL import Image
 from dicomweb_site import PATIENTS, Site
 from gateway.dicom.rawedit import file_meta_end_and_syntax
 from reports.report_peers import reviewer_sr
-from support.peers import wait_until
+from support.peers import started, wait_until
 
 NOT_AUTHORIZED = 0x0124
 pytestmark = pytest.mark.dicom_e2e  # run a second time with the pynetdicom hooks off (make test-hooks-off)
@@ -32,12 +32,8 @@ pytestmark = pytest.mark.dicom_e2e  # run a second time with the pynetdicom hook
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    site = Site(tmp_path_factory.mktemp("dicomweb-site"))
-    try:
-        site.start()
+    with started(Site(tmp_path_factory.mktemp("dicomweb-site"))) as site:
         yield site
-    finally:
-        site.stop()
 
 
 @pytest.fixture(scope="module")

@@ -384,3 +384,13 @@ class PostgresCluster:
     def destroy(self) -> None:
         self.stop_server()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextmanager
+def started(peer):
+    """``peer`` started for the block and stopped after it, also when its start or the block fails."""
+    try:
+        peer.start()
+        yield peer
+    finally:
+        peer.stop()

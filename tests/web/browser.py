@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from selenium import webdriver
@@ -100,3 +103,13 @@ class Browser:
     def quit(self) -> None:
         self.driver.quit()
         self.profile.cleanup()
+
+
+@contextmanager
+def browser_for(url: str, tmp_path_factory) -> Iterator[Browser]:
+    """A browser on ``url``, screenshots in ``$SPINE_GATEWAY_SHOTS`` or a fresh folder of the run; quit at the end."""
+    browser = Browser(url, Path(os.environ.get("SPINE_GATEWAY_SHOTS") or tmp_path_factory.mktemp("shots")))
+    try:
+        yield browser
+    finally:
+        browser.quit()

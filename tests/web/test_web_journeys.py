@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,10 +25,10 @@ import pytest
 import yaml
 from pypdf import PdfReader
 
-from browser import Browser
+from browser import browser_for
 from gateway.demo import DemoPatient, write_demo_study
 from support.mailsink import SmtpSink, WebhookSink
-from support.peers import DcmtkStoreSCP, GatewayProcess, free_port, storescu, wait_until
+from support.peers import DcmtkStoreSCP, GatewayProcess, free_port, started, storescu, wait_until
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/chromium").exists() or not Path("/usr/bin/chromedriver").exists(),
                                 reason="Debian's chromium and chromium-driver (scripts/install-system-deps.sh)")
@@ -88,20 +87,14 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    site = Site(tmp_path_factory.mktemp("journeys"))
-    try:
-        site.start()
+    with started(Site(tmp_path_factory.mktemp("journeys"))) as site:
         yield site
-    finally:
-        site.stop()
 
 
 @pytest.fixture(scope="module")
 def browser(site, tmp_path_factory):
-    shots = Path(os.environ.get("SPINE_GATEWAY_SHOTS") or tmp_path_factory.mktemp("shots"))
-    browser = Browser(site.url, shots)
-    yield browser
-    browser.quit()
+    with browser_for(site.url, tmp_path_factory) as browser:
+        yield browser
 
 
 def docs_referral() -> dict:

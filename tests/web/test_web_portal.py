@@ -12,7 +12,6 @@ refused, a referrer cannot open reviewer or operator pages. Screenshots go to th
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -24,9 +23,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from browser import Browser
+from browser import browser_for
 from gateway.demo import DemoPatient, write_demo_study
-from support.peers import DcmtkStoreSCP, GatewayProcess, free_port, storescu, wait_until
+from support.peers import DcmtkStoreSCP, GatewayProcess, free_port, started, storescu, wait_until
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/chromium").exists() or not Path("/usr/bin/chromedriver").exists(),
                                 reason="Debian's chromium and chromium-driver (scripts/install-system-deps.sh)")
@@ -79,20 +78,14 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    site = Site(tmp_path_factory.mktemp("web-site"))
-    try:
-        site.start()
+    with started(Site(tmp_path_factory.mktemp("web-site"))) as site:
         yield site
-    finally:
-        site.stop()
 
 
 @pytest.fixture(scope="module")
 def browser(site, tmp_path_factory):
-    shots = Path(os.environ.get("SPINE_GATEWAY_SHOTS") or tmp_path_factory.mktemp("shots"))
-    browser = Browser(site.url, shots)
-    yield browser
-    browser.quit()
+    with browser_for(site.url, tmp_path_factory) as browser:
+        yield browser
 
 
 def _state(site: Site) -> dict:
