@@ -657,30 +657,41 @@ def open_database(url: str, max_connections: int = 32) -> peewee.Database:
     return database
 
 
+#: The PostgreSQL advisory lock (transaction-scoped) under which one node at a time brings the schema up to date.
+SCHEMA_LOCK = 7355608
+
+
 def migrate(database: peewee.Database) -> int:
-    """Apply every migration newer than the database's version; return the version reached."""
-    with database.connection_context():
-        database.create_tables([SchemaVersion])
-        with database.atomic():
-            if isinstance(database, peewee.PostgresqlDatabase):
-                # Two nodes starting together on one database: only one migrates at a time.
-                database.execute_sql("SELECT pg_advisory_xact_lock(7355608)")
-            # Every number not yet applied, not only those above the highest: branches merged out of order
-            # (a database at 12 before 11 was merged) still get each step once.
-            applied = {version for (version,) in tuple_rows(SchemaVersion.select(SchemaVersion.version))}
-            for version, step in MIGRATIONS:
-                if version not in applied:
-                    step(database)
-                    SchemaVersion.create(version=version)
-                    applied.add(version)
+    """Apply every migration newer than the database's version; return the version reached.
+
+    Any number of nodes may start at once, on a fresh database or an old one: one transaction, whose first
+    statement takes the schema lock, creates ``schema_version`` and applies the missing steps, so the others wait
+    and then find nothing left to do. PostgreSQL: an advisory lock (two concurrent ``CREATE TABLE IF NOT EXISTS``
+    collide in the catalogue with an IntegrityError, so the table's creation must be under it too). SQLite: the
+    transaction begins IMMEDIATE (``make_database``), which takes the database's write lock at once; the others
+    wait for it through the busy timeout."""
+    with database.connection_context(), database.atomic():
+        if isinstance(database, peewee.PostgresqlDatabase):
+            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        database.create_tables([SchemaVersion], safe=True)
+        # Every number not yet applied, not only those above the highest: branches merged out of order
+        # (a database at 12 before 11 was merged) still get each step once.
+        applied = {version for (version,) in tuple_rows(SchemaVersion.select(SchemaVersion.version))}
+        for version, step in MIGRATIONS:
+            if version not in applied:
+                step(database)
+                SchemaVersion.create(version=version)
+                applied.add(version)
     return max(applied, default=0)
 
 
 def sync_sources(names_and_titles: list[tuple[str, str]]) -> None:
-    """Make the ``source`` table hold every configured source (rows are never deleted: studies refer to them)."""
+    """Make the ``source`` table hold every configured source (rows are never deleted: studies refer to them).
+
+    Safe when several nodes start at once: each row is inserted unless it is there (``ON CONFLICT DO NOTHING``;
+    SQLite: ``INSERT OR IGNORE``), then its AE title set where it differs; in name order, so that two nodes'
+    transactions never wait on each other round a loop."""
     with db.atomic():
-        for name, ae_title in names_and_titles:
-            row, created = Source.get_or_create(name=name, defaults={"ae_title": ae_title})
-            if not created and row.ae_title != ae_title:
-                row.ae_title = ae_title
-                row.save()
+        for name, ae_title in sorted(names_and_titles):
+            Source.insert(name=name, ae_title=ae_title).on_conflict_ignore().execute()
+            Source.update(ae_title=ae_title).where((Source.name == name) & (Source.ae_title != ae_title)).execute()
