@@ -688,10 +688,11 @@ def migrate(database: peewee.Database) -> int:
 def sync_sources(names_and_titles: list[tuple[str, str]]) -> None:
     """Make the ``source`` table hold every configured source (rows are never deleted: studies refer to them).
 
-    Safe when several nodes start at once: each row is inserted unless it is there (``ON CONFLICT DO NOTHING``;
-    SQLite: ``INSERT OR IGNORE``), then its AE title set where it differs; in name order, so that two nodes'
-    transactions never wait on each other round a loop."""
+    Safe when several nodes start at once: one statement per source inserts its row or, when another node's is
+    there, sets the AE title where it differs (``INSERT ... ON CONFLICT (name) DO UPDATE ... WHERE``, never
+    read-then-create); in name order, so that two nodes' transactions never wait on each other round a loop."""
     with db.atomic():
         for name, ae_title in sorted(names_and_titles):
-            Source.insert(name=name, ae_title=ae_title).on_conflict_ignore().execute()
-            Source.update(ae_title=ae_title).where((Source.name == name) & (Source.ae_title != ae_title)).execute()
+            Source.insert(name=name, ae_title=ae_title).on_conflict(
+                conflict_target=[Source.name], update={Source.ae_title: peewee.EXCLUDED.ae_title},
+                where=(Source.ae_title != peewee.EXCLUDED.ae_title)).execute()

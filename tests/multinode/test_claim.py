@@ -50,9 +50,10 @@ def _objects(study: Study, count: int, *, sent: int) -> list[OutboundObject]:
     """``count`` outbound objects of ``study``, the first ``sent`` of them stored by the reviewer."""
     rows = []
     for n in range(count):
-        outbound = OutboundObject.create(study=study, kind="image", sop_instance_uid=f"2.25.9{study.id}{n}",
-                                         sop_class_uid="1.2.840.10008.5.1.4.1.1.4", transfer_syntax="1.2.840.10008.1.2.1",
-                                         spool_path=f"outbound/{study.key}/{n}.dcm", sha256="0" * 64, size=1)
+        outbound = OutboundObject.create(
+            study=study, kind="image", sop_instance_uid=f"2.25.9{study.id}{n}",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.4", transfer_syntax="1.2.840.10008.1.2.1",
+            spool_path=f"outbound/{study.key}/{n}.dcm", sha256="0" * 64, size=1)
         Delivery.create(outbound=outbound, destination=DESTINATION, state="sent" if n < sent else "pending",
                         sent_at=utcnow() if n < sent else None, last_status=0 if n < sent else None)
         rows.append(outbound)

@@ -5,9 +5,10 @@
 A full node takes seconds to start (DICOM, HTTP, the notes scrubber's model); these take a fraction of one, so
 the race at start-up can be run many times. Run as a script, this file is one such process:
 
-    python tests/support/startup.py CONFIG_YAML START_AT_EPOCH
+    python tests/support/startup.py CONFIG_YAML
 
-It exits 0 when the start-up went through; otherwise 1, with the line ``spine-gateway`` would print on stderr.
+It imports its code, says ``ready`` on stdout, waits for a line on stdin (the go, given to all at once), then
+exits 0 when the start-up went through; otherwise 1, with the line ``spine-gateway`` would print on stderr.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,27 +40,33 @@ def write_config(path: Path, database_url: str, sources: list[dict]) -> Path:
     return path
 
 
-def start_at_once(config_paths: list[Path], *, lead_s: float = 1.5, timeout: float = 120) -> list[StartResult]:
+def start_at_once(config_paths: list[Path], *, timeout: float = 120) -> list[StartResult]:
     """One start-up process per configuration, let go together once all have imported their code; their results.
     Every process is waited for (and killed by its PID if it outlives ``timeout``)."""
-    start_at = time.time() + lead_s + 0.3 * len(config_paths)  # importing takes about 0.3 s of CPU each
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(TESTS)]))}
-    procs = [subprocess.Popen([sys.executable, __file__, str(path), repr(start_at)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True, env=env) for path in config_paths]
-    results = []
+    procs = []
     try:
+        for path in config_paths:
+            procs.append(subprocess.Popen([sys.executable, __file__, str(path)], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        for proc in procs:
+            proc.stdout.readline()  # "ready" (or nothing: it failed before, and says why on stderr)
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = []
         for proc in procs:
             _, stderr = proc.communicate(timeout=timeout)
             results.append(StartResult(proc.returncode, stderr.strip()))
+        return results
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
-    return results
 
 
-def _start_up(config_path: str, start_at: float) -> int:
+def _start_up(config_path: str) -> int:
     from gateway.config import load_config
     from gateway.storage.models import open_database, sync_sources
 
@@ -70,7 +76,8 @@ def _start_up(config_path: str, start_at: float) -> int:
     except ImportError:  # a checkout before issue 29 (bench/start_together.py runs any checkout's code)
         def database_failure(exc: BaseException) -> str:
             return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    time.sleep(max(0.0, start_at - time.time()))
+    print("ready", flush=True)
+    sys.stdin.readline()
     try:
         open_database(config.storage.database, max_connections=2)
         sync_sources([(s.name, s.ae_title) for s in config.sources])
@@ -81,4 +88,4 @@ def _start_up(config_path: str, start_at: float) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_start_up(sys.argv[1], float(sys.argv[2])))
+    sys.exit(_start_up(sys.argv[1]))
