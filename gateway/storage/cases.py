@@ -148,7 +148,7 @@ def claim(study: Study, stage: str = "", lease: dt.timedelta | None = None, *,
 
     One compare-and-set UPDATE: with ``states``, only while the case is in one of them; with ``condition`` (a
     stage's own test of what makes a case due, e.g. the delivery's "something left to send"), only while that
-    holds too. A case another node has just finished is then never taken, not taken and found finished after."""
+    holds too: a case another node has just finished is not taken at all (rather than taken, then found done)."""
     owner = owner or _process_owner
     now, lease, holder = utcnow(), lease or owner.lease, owner.owner(stage)
     free = Study.claimed_until.is_null() | (Study.claimed_until < now) | (Study.claimed_by == holder)
