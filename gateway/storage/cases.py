@@ -5,7 +5,8 @@ both move the same case, and it is one log event. Stages find their work by stat
 next state: this module is how they hand over, never by calling each other.
 
 Several nodes may share one database. Before working on a case, a stage *claims* it: a lease written with a
-compare-and-set UPDATE (``claimed_by``/``claimed_until``, taken only when free, expired or already ours),
+compare-and-set UPDATE (``claimed_by``/``claimed_until``, taken only when free, expired or already ours, and
+only while the case is in a state the stage works on and meets the stage's own condition, if any),
 renewed while the work goes on and released at the end. A node that dies loses its leases when they expire
 and another node picks its cases up. The node's identity is stable across restarts (host and DICOM port), so
 a restarted node takes its own cases back at once.
