@@ -1,7 +1,7 @@
 """Any number of nodes may start at once, on a fresh database or an old one; a start-up that fails anyway says
 what failed.
 
-Before issue 29, three nodes starting at once on a fresh PostgreSQL database failed in 11 of 20 rounds
+Before issue 29, three nodes starting at once on a fresh PostgreSQL database failed in 14 of 20 rounds
 (``bench/start_together.py``): ``schema_version`` was created before the advisory lock was taken, and the source
 rows with a get-or-create race. The rounds here run a node's start-up on the database (``support/startup.py``:
 the migrations and the source rows, through the calls ``GatewayNode.start`` makes) in three processes let go
