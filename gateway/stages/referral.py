@@ -301,7 +301,11 @@ class NotesStage(WithNodeContext):
         if work.leak is not None:
             return self._quarantine(study, self._leak(study, *work.leak))
         reason = short_reason(notes)
-        with db.atomic() as transaction:
+        with db.atomic():
+            if not cases.lock_if_still(study):
+                # Another node attached its notes meanwhile (it took the case over when this node's lease ran
+                # out): the case keeps that pair; a second one would go to the reviewer beside it.
+                return 0
             self._replace_notes_objects(study, built)
             leak = self._final_check(study, identifiers, reason)
             if leak is not None:
@@ -309,10 +313,6 @@ class NotesStage(WithNodeContext):
             moved = cases.move(study, CaseState.NOTES_ATTACHED,
                                reason="referral" if document is not None else NO_REFERRAL,
                                urgency=notes.urgency.value, notes_reason=reason)
-            if not moved:
-                # Another node attached its notes first (it took the case over when this node's lease ran out):
-                # the case keeps those, not a second pair that would go to the reviewer beside them.
-                transaction.rollback()
         if moved:
             audit.record("notes_attached", actor_ae=None, actor_host=None, study_key=study.key,
                          detail=f"{'referral' if document is not None else 'no referral'}; "

@@ -103,6 +103,13 @@ def move(study: Study, target: str, *, reason: str | None = None, **fields: obje
     return True
 
 
+def lock_if_still(study: Study) -> bool:
+    """In a transaction: lock the case's row until the commit if it is still in ``study.state``; False when another
+    worker has moved it since (on PostgreSQL, after waiting for that worker's transaction to end). Work that
+    replaces a case's rows before it moves the case takes this first, so that two nodes never both do it."""
+    return Study.update(state=Study.state).where((Study.id == study.id) & (Study.state == study.state)).execute() == 1
+
+
 DEFAULT_LEASE = dt.timedelta(seconds=120)
 
 
