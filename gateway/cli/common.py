@@ -30,6 +30,30 @@ def configure_logging(config: GatewayConfig, *, to_file: bool, console: bool | N
                            console=VERBOSE[0] if console is None else console)
 
 
+# What the driver says when there is no database to talk to (psycopg2, sqlite3): only then is the server's state
+# the thing to check. Any other failure (a constraint, a lock, a statement the schema refuses) is named as it is.
+_NO_CONNECTION = ("could not connect", "connection to server", "server closed the connection", "connection refused",
+                  "could not translate host name", "terminating connection", "the database system is",
+                  "password authentication failed", "does not exist", "unable to open database file",
+                  "connection already closed", "no route to host", "timeout expired")
+
+
+def database_failure(exc: BaseException) -> str:
+    """One line naming what failed in the database: unavailable (no connection: check the server and
+    ``storage.database``) or a statement it refused (the error's type and the first line of its message, the
+    constraint or lock involved; never the DETAIL line, which quotes the row's values)."""
+    import peewee
+
+    first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+    said = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+    if isinstance(exc, peewee.InterfaceError) or (
+            isinstance(exc, peewee.OperationalError) and any(sign in first_line.lower() for sign in _NO_CONNECTION)):
+        return f"the database is unavailable ({said}); check storage.database and that the database server is running"
+    if isinstance(exc, peewee.OperationalError):
+        return f"a database operation failed ({said})"
+    return f"the database refused a statement ({said})"
+
+
 def open_command_database(config: GatewayConfig) -> None:
     """Open the database for a command: the one place where every command that writes gets at it.
 
@@ -43,7 +67,6 @@ def open_command_database(config: GatewayConfig) -> None:
     try:
         database = open_database(config.storage.database, max_connections=2)
     except Exception as exc:  # noqa: BLE001 - a database the CLI cannot open is the user's situation, not a bug
-        raise DatabaseUnavailable(f"cannot open the database ({type(exc).__name__}); check storage.database and "
-                                  "that the database server is running") from None
+        raise DatabaseUnavailable(f"cannot open the database: {database_failure(exc)}") from None
     if config.routing.wakeups and wakeup.current() is None:  # in a node's own process, the node's do it
         wakeup.install(wakeup.CommandWakeups(database, config.storage.spool_dir))

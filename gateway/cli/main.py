@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
-from gateway.cli.common import VERBOSE, UsageError, configure_logging, open_command_database
+from gateway.cli.common import VERBOSE, UsageError, configure_logging, database_failure, open_command_database
 from gateway.cli.dicomweb import add_dicomweb_commands
 from gateway.cli.referral import add_referral_commands
 from gateway.cli.reports import add_report_commands
@@ -146,12 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spine-gateway: {exc} (set it to at least 32 hex digits, or unset it to use the key file)",
               file=sys.stderr)
         return EXIT_USAGE
-    except peewee.DatabaseError as exc:  # an outage in the middle of a command: never a traceback
-        print(f"spine-gateway: the database is unavailable ({type(exc).__name__}); check storage.database "
-              "and that the database server is running", file=sys.stderr)
-        return EXIT_USAGE
-    except peewee.InterfaceError as exc:
-        print(f"spine-gateway: the database is unavailable ({type(exc).__name__})", file=sys.stderr)
+    except (peewee.DatabaseError, peewee.InterfaceError) as exc:  # an outage, a refused statement: no traceback
+        print(f"spine-gateway: {database_failure(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except GatewayError as exc:
         print(f"spine-gateway: {exc}", file=sys.stderr)

@@ -20,7 +20,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import peewee
 import structlog
+from peewee import fn
 from pydicom.uid import generate_uid
 
 from gateway.config import GatewayConfig, NodeConfig, RetryConfig, ReviewerConfig
@@ -77,12 +79,21 @@ class DeliveryStage(WithNodeContext):
         return cls(config.node, config.reviewers, config.storage.spool_dir, config.routing.retry, context=context)
 
     def due(self, now: dt.datetime) -> list[Study]:
-        ready = (Study.select().where(
-            (Study.state == CaseState.ASSIGNED)
-            | ((Study.state == CaseState.DELIVERING)
-               & (Study.next_attempt_at.is_null() | (Study.next_attempt_at <= now))))
-            .order_by(Study.urgency.desc(), Study.state_changed_at))
+        ready = Study.select().where(_sending_due(now)).order_by(Study.urgency.desc(), Study.state_changed_at)
         return [*ready, *self._delivered_with_missing()]
+
+    @staticmethod
+    def claim_condition(study: Study, now: dt.datetime) -> peewee.Expression:
+        """What must still hold when the case is claimed (in the claim's own UPDATE, ``cases.claim``): it is still
+        due, and a DELIVERED case still has an object its reviewer has not stored. Selected as due, a case may
+        have been delivered by another node since: it is left alone, not sent again with nothing to send."""
+        destination = reviewer_peer(study.reviewer or "")
+        sent = (Delivery.select(Delivery.outbound).join(OutboundObject)
+                .where((OutboundObject.study == study.id) & (Delivery.destination == destination)
+                       & (Delivery.state == SENT)))
+        unsent = OutboundObject.select(OutboundObject.id).where(
+            (OutboundObject.study == study.id) & (OutboundObject.kind != REPORT_KIND) & OutboundObject.id.not_in(sent))
+        return _sending_due(now) | ((Study.state == CaseState.DELIVERED) & fn.EXISTS(unsent))
 
     @staticmethod
     def _delivered_with_missing() -> list[Study]:
@@ -113,6 +124,8 @@ class DeliveryStage(WithNodeContext):
             log.error("delivery_no_reviewer", case=study.key, reviewer=study.reviewer)
             return False
         resumed = study.state == CaseState.DELIVERING  # an earlier attempt began: it may have been cut short
+        if study.state == CaseState.DELIVERED and not self.pending_objects(study, reviewer):
+            return False  # delivered meanwhile (the claim's condition saw the ledger before it was complete)
         if study.state in (CaseState.ASSIGNED, CaseState.DELIVERED):
             if not cases.move(study, CaseState.DELIVERING, reason="deliver"):
                 return False
@@ -184,10 +197,18 @@ class DeliveryStage(WithNodeContext):
 
     def _delivered(self, study: Study, reviewer: ReviewerConfig, attempt: int, seconds: float,
                    result: AttemptResult, reason: str = "all_objects_sent") -> bool:
-        moved = cases.move(study, CaseState.DELIVERED, reason=reason, **STUDY_LEG.reset())
+        """The case DELIVERED, and its transfer audited once as ``sent``, in one transaction. The count is every
+        object that went to the reviewer in this delivery (since the case went DELIVERING: this attempt and any
+        before it that a failure, a dead node or a commitment wait cut short); a delivery that transferred nothing
+        is not a transfer and writes no ``sent``."""
+        started = study.state_changed_at  # the case went DELIVERING then (the move below sets it anew)
+        with db.atomic():
+            moved = cases.move(study, CaseState.DELIVERED, reason=reason, **STUDY_LEG.reset())
+            transferred = max(result.sent, sent_since(study, reviewer_peer(reviewer.name), started)) if moved else 0
+            if transferred:
+                audit.record("sent", actor_ae=reviewer.ae_title, actor_host=reviewer.host, study_key=study.key,
+                             detail=f"{transferred} object(s) to reviewer {reviewer.name}, attempt {attempt}")
         self.context.metrics.record_delivery("delivered", seconds, retry=attempt > 1)
-        audit.record("sent", actor_ae=reviewer.ae_title, actor_host=reviewer.host, study_key=study.key,
-                     detail=f"{result.sent} object(s) to reviewer {reviewer.name}, attempt {attempt}")
         return moved
 
     def _failed_attempt(self, study: Study, reviewer: ReviewerConfig, attempt: int, seconds: float) -> bool:
@@ -232,6 +253,24 @@ class DeliveryStage(WithNodeContext):
                  status="queried" if held is not None else "not_queried")
         found_ids = {o.id for o in found}
         return [o for o in pending if o.id not in found_ids]
+
+
+def _sending_due(now: dt.datetime) -> peewee.Expression:
+    """A case to send: ASSIGNED, or DELIVERING whose retry time has come."""
+    return ((Study.state == CaseState.ASSIGNED)
+            | ((Study.state == CaseState.DELIVERING)
+               & (Study.next_attempt_at.is_null() | (Study.next_attempt_at <= now))))
+
+
+def sent_since(study: Study, destination: str, since: dt.datetime | None) -> int:
+    """How many of the case's objects (reports excepted) the ledger shows stored by ``destination`` since
+    ``since`` (None: ever)."""
+    query = (Delivery.select().join(OutboundObject)
+             .where((OutboundObject.study == study.id) & (Delivery.destination == destination)
+                    & (Delivery.state == SENT) & (OutboundObject.kind != REPORT_KIND)))
+    if since is not None:
+        query = query.where(Delivery.sent_at >= since)
+    return int(query.count())
 
 
 def in_doubt_objects(pending: list[OutboundObject], destination: str) -> list[OutboundObject]:

@@ -43,10 +43,13 @@ def configured_peers(config: GatewayConfig) -> list[Peer]:
 
 def record_health(peer: Peer, result: EchoResult, now: dt.datetime) -> bool | None:
     """Write the check; return the new state when it changed (or is a first failure), else None."""
-    row = PeerHealth.get_or_none(PeerHealth.name == peer.name)
     detail = result.message[:255]
-    if row is None:
-        PeerHealth.create(name=peer.name, ok=result.ok, checked_at=now, changed_at=now, detail=detail)
+    # Several nodes check the same peers, all at once when they start together: a peer's first row is inserted
+    # unless another node's is there (ON CONFLICT DO NOTHING), never read-then-created.
+    PeerHealth.insert(name=peer.name, ok=result.ok, checked_at=now, changed_at=now,
+                      detail=detail).on_conflict_ignore().execute()
+    row = PeerHealth.get(PeerHealth.name == peer.name)
+    if row.checked_at == now:  # the row this check inserted: the peer's first result
         return None if result.ok else False
     changed = row.ok != result.ok
     values = {PeerHealth.ok: result.ok, PeerHealth.checked_at: now, PeerHealth.detail: detail}

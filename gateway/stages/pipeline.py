@@ -61,6 +61,8 @@ class CaseStage(Protocol):
     order (the loop skips those backing off). ``step(study, now)``: advance one claimed case, True (or a count)
     when it changed something. ``give_up(study)``: the state a case goes to after too many failures, or None to keep
     backing off (e.g. a case still receiving). ``prepare(now)``: work before the cases, or nothing.
+    ``claim_condition(study, now)``, optional: what must still hold of the case, beyond its state, for the claim to
+    be taken (a peewee expression on ``Study``, checked in the claim's own UPDATE: ``cases.claim``), or nothing.
     """
 
     # read-only properties, so that a stage's class attributes (``claim_states = (CaseState.X,)``) satisfy them
@@ -105,10 +107,12 @@ def run_case_stage(stage: CaseStage, now: dt.datetime, policy: FailurePolicy = D
     process's) and stepped on its own."""
     prepare = getattr(stage, "prepare", None)
     moved = prepare(now) if prepare is not None else 0
+    claim_condition = getattr(stage, "claim_condition", None)
     for study in list(stage.due(now)):
         if study.stage_retry_at is not None and study.stage_retry_at > now:
             continue  # backing off after a failure
-        with cases.claimed(study, *stage.claim_states, stage=stage.name, owner=owner) as mine:
+        condition = claim_condition(study, now) if claim_condition is not None else None
+        with cases.claimed(study, *stage.claim_states, stage=stage.name, owner=owner, condition=condition) as mine:
             if not mine:
                 continue
             try:

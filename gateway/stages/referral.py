@@ -318,6 +318,10 @@ class NotesStage(WithNodeContext):
             return self._quarantine(study, self._leak(study, *work.leak))
         reason = short_reason(notes)
         with db.atomic():
+            if not cases.lock_if_still(study):
+                # Another node attached its notes meanwhile (it took the case over when this node's lease ran
+                # out): the case keeps that pair; a second one would go to the reviewer beside it.
+                return 0
             self._replace_notes_objects(study, built)
             leak = self._final_check(study, identifiers, reason)
             if leak is not None:

@@ -5,7 +5,8 @@ both move the same case, and it is one log event. Stages find their work by stat
 next state: this module is how they hand over, never by calling each other.
 
 Several nodes may share one database. Before working on a case, a stage *claims* it: a lease written with a
-compare-and-set UPDATE (``claimed_by``/``claimed_until``, taken only when free, expired or already ours),
+compare-and-set UPDATE (``claimed_by``/``claimed_until``, taken only when free, expired or already ours, and
+only while the case is in a state the stage works on and meets the stage's own condition, if any),
 renewed while the work goes on and released at the end. A node that dies loses its leases when they expire
 and another node picks its cases up. The node's identity is stable across restarts (host and DICOM port), so
 a restarted node takes its own cases back at once.
@@ -21,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import peewee
 import structlog
 
 from gateway.errors import GatewayError
@@ -101,6 +103,13 @@ def move(study: Study, target: str, *, reason: str | None = None, **fields: obje
     return True
 
 
+def lock_if_still(study: Study) -> bool:
+    """In a transaction: lock the case's row until the commit if it is still in ``study.state``; False when another
+    worker has moved it since (on PostgreSQL, after waiting for that worker's transaction to end). Work that
+    replaces a case's rows before it moves the case takes this first, so that two nodes never both do it."""
+    return Study.update(state=Study.state).where((Study.id == study.id) & (Study.state == study.state)).execute() == 1
+
+
 DEFAULT_LEASE = dt.timedelta(seconds=120)
 
 
@@ -141,13 +150,22 @@ def node_identity() -> str:
 
 
 def claim(study: Study, stage: str = "", lease: dt.timedelta | None = None, *,
-          owner: LeaseOwner | None = None) -> bool:
-    """Take (or renew) ``stage``'s lease on ``study``; False when another stage or live node holds it."""
+          owner: LeaseOwner | None = None, states: tuple[str, ...] = (),
+          condition: peewee.Expression | None = None) -> bool:
+    """Take (or renew) ``stage``'s lease on ``study``; False when another stage or live node holds it.
+
+    One compare-and-set UPDATE: with ``states``, only while the case is in one of them; with ``condition`` (a
+    stage's own test of what makes a case due, e.g. the delivery's "something left to send"), only while that
+    holds too: a case another node has just finished is not taken at all (rather than taken, then found done)."""
     owner = owner or _process_owner
     now, lease, holder = utcnow(), lease or owner.lease, owner.owner(stage)
     free = Study.claimed_until.is_null() | (Study.claimed_until < now) | (Study.claimed_by == holder)
-    return Study.update(claimed_by=holder, claimed_until=now + lease).where(
-        (Study.id == study.id) & free).execute() == 1
+    where = (Study.id == study.id) & free
+    if states:
+        where &= Study.state.in_(states)
+    if condition is not None:
+        where &= condition
+    return Study.update(claimed_by=holder, claimed_until=now + lease).where(where).execute() == 1
 
 
 def renew(study: Study, stage: str = "", lease: dt.timedelta | None = None, *,
@@ -177,25 +195,37 @@ def release_all_of_this_node(owner: LeaseOwner | None = None) -> int:
 
 
 @contextlib.contextmanager
-def claimed(study: Study, *states: str, stage: str = "", owner: LeaseOwner | None = None) -> Iterator[bool]:
+def claimed(study: Study, *states: str, stage: str = "", owner: LeaseOwner | None = None,
+            condition: peewee.Expression | None = None) -> Iterator[bool]:
     """``with claimed(study, <states>, stage=...) as mine:`` work on the case only if ``mine``: the lease is
-    ours and the case is still in one of ``states`` (another node may have moved it since it was selected).
-    One stage at a time holds a case, in this node as across nodes. The lease is released afterwards."""
-    mine = claim(study, stage, owner=owner)
+    ours, taken only while the case is in one of ``states`` and meets ``condition`` (another node may have moved
+    it since it was selected; see ``claim``). One stage at a time holds a case, in this node as across nodes.
+    Once ``mine``, ``study`` holds the row as it is now, under the lease. The lease is released afterwards."""
+    mine = claim(study, stage, owner=owner, states=states, condition=condition)
     if not mine and wakeup.current() is not None:
         # Held by another stage or node, whose release wakes this stage; should that wake-up be lost, the
         # stage still looks again when the lease ends (instead of at its next poll, an hour away perhaps).
-        wakeup.again_after_lease(stage, lease_end(study))
+        # (Not taken with no live lease on it: the case is no longer this stage's; nothing to look at again.)
+        end = lease_end(study)
+        if end is not None and end >= utcnow():
+            wakeup.again_after_lease(stage, end)
     wakeup.claim_taken()
     try:
-        if mine and states:
-            current = Study.select(Study.state).where(Study.id == study.id).scalar()
-            mine = current in states
-            study.state = current
+        if mine:
+            _refresh(study)
         yield mine
     finally:
         with wakeup.releasing_claim():  # wake-ups for moves made under the claim go out once it is released
-            release(study, stage, owner=owner)
+            if mine:
+                release(study, stage, owner=owner)
+
+
+def _refresh(study: Study) -> None:
+    """``study``'s fields as the database holds them now (it was selected before the claim: its state, attempts
+    or times may have changed since)."""
+    current = Study.get_or_none(Study.id == study.id)
+    if current is not None:
+        study.__data__.update(current.__data__)  # the row's values, without loading related rows
 
 
 class Lease:

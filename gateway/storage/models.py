@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -790,30 +791,71 @@ def open_database(url: str, max_connections: int = 32) -> peewee.Database:
     return database
 
 
+#: The PostgreSQL advisory lock (transaction-scoped) under which one node at a time brings the schema up to date.
+SCHEMA_LOCK = 7355608
+
+
+#: Tries of a start-up step on SQLite that found the database locked (see ``_retry_if_locked``).
+LOCKED_TRIES = 8
+
+
+def _retry_if_locked(database: peewee.Database, work: Callable[[], Any]) -> Any:
+    """``work()``, tried again on SQLite when it fails with "database is locked": nodes that open a fresh SQLite
+    database at the same moment can be refused at once, without the busy timeout, while one of them switches the
+    file to WAL (``PRAGMA journal_mode``). Waits doubling from 50 ms, jittered; the last failure is raised."""
+    from gateway.backoff import Backoff
+
+    backoff = Backoff(0.05, 2.0, jitter=True)
+    for attempt in range(1, LOCKED_TRIES + 1):
+        try:
+            return work()
+        except peewee.OperationalError as exc:
+            if not isinstance(database, peewee.SqliteDatabase) or "locked" not in str(exc) or attempt == LOCKED_TRIES:
+                raise
+            time.sleep(backoff.wait_s(attempt))
+    raise AssertionError("unreachable")
+
+
 def migrate(database: peewee.Database) -> int:
-    """Apply every migration newer than the database's version; return the version reached."""
-    with database.connection_context():
-        database.create_tables([SchemaVersion])
-        with database.atomic():
-            if isinstance(database, peewee.PostgresqlDatabase):
-                # Two nodes starting together on one database: only one migrates at a time.
-                database.execute_sql("SELECT pg_advisory_xact_lock(7355608)")
-            # Every number not yet applied, not only those above the highest: branches merged out of order
-            # (a database at 12 before 11 was merged) still get each step once.
-            applied = {version for (version,) in tuple_rows(SchemaVersion.select(SchemaVersion.version))}
-            for version, step in MIGRATIONS:
-                if version not in applied:
-                    step(database)
-                    SchemaVersion.create(version=version)
-                    applied.add(version)
+    """Apply every migration newer than the database's version; return the version reached (on SQLite, tried
+    again while the database is locked by another node's start: ``_retry_if_locked``).
+
+    Any number of nodes may start at once, on a fresh database or an old one: one transaction, whose first
+    statement takes the schema lock, creates ``schema_version`` and applies the missing steps, so the others wait
+    and then find nothing left to do. PostgreSQL: an advisory lock (two concurrent ``CREATE TABLE IF NOT EXISTS``
+    collide in the catalogue with an IntegrityError, so the table's creation must be under it too). SQLite: the
+    transaction begins IMMEDIATE (``make_database``), which takes the database's write lock at once; the others
+    wait for it through the busy timeout."""
+    return int(_retry_if_locked(database, lambda: _migrate_once(database)))
+
+
+def _migrate_once(database: peewee.Database) -> int:
+    with database.connection_context(), database.atomic():
+        if isinstance(database, peewee.PostgresqlDatabase):
+            database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        database.create_tables([SchemaVersion], safe=True)
+        # Every number not yet applied, not only those above the highest: branches merged out of order
+        # (a database at 12 before 11 was merged) still get each step once.
+        applied = {version for (version,) in tuple_rows(SchemaVersion.select(SchemaVersion.version))}
+        for version, step in MIGRATIONS:
+            if version not in applied:
+                step(database)
+                SchemaVersion.create(version=version)
+                applied.add(version)
     return max(applied, default=0)
 
 
 def sync_sources(names_and_titles: list[tuple[str, str]]) -> None:
-    """Make the ``source`` table hold every configured source (rows are never deleted: studies refer to them)."""
-    with db.atomic():
-        for name, ae_title in names_and_titles:
-            row, created = Source.get_or_create(name=name, defaults={"ae_title": ae_title})
-            if not created and row.ae_title != ae_title:
-                row.ae_title = ae_title
-                row.save()
+    """Make the ``source`` table hold every configured source (rows are never deleted: studies refer to them).
+
+    Safe when several nodes start at once: one statement per source inserts its row or, when another node's is
+    there, sets the AE title where it differs (``INSERT ... ON CONFLICT (name) DO UPDATE ... WHERE``, never
+    read-then-create); in name order, so that two nodes' transactions never wait on each other round a loop."""
+    def upsert() -> None:
+        with db.atomic():
+            for name, ae_title in sorted(names_and_titles):
+                Source.insert(name=name, ae_title=ae_title).on_conflict(
+                    conflict_target=[Source.name], update={Source.ae_title: peewee.EXCLUDED.ae_title},
+                    where=(Source.ae_title != peewee.EXCLUDED.ae_title)).execute()
+
+    _retry_if_locked(db.obj, upsert)

@@ -36,6 +36,23 @@ def _safe_tag(node_tag: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", node_tag) or "local"
 
 
+def _entries(directory: Path) -> list[Path]:
+    """The files in another node's ``tmp/`` directory, which that node (alive, sharing the spool) may be renaming
+    away or removing meanwhile: gone is empty, never an error that stops this node's start."""
+    try:
+        return list(directory.iterdir())
+    except FileNotFoundError:
+        return []
+
+
+def _modified(path: Path) -> float:
+    """``path``'s modification time; +inf when it went meanwhile (renamed into place by its node: not stale)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
+
+
 class Spool:
     """Content-addressed, crash-safe storage for received DICOM files."""
 
@@ -63,7 +80,7 @@ class Spool:
         cutoff = time.time() - STALE_TMP_S
         stale = [p for p in self.tmp.iterdir()]
         stale += [p for d in self.tmp_root.iterdir() if d.is_dir() and d != self.tmp
-                  for p in d.iterdir() if p.stat().st_mtime < cutoff]
+                  for p in _entries(d) if _modified(p) < cutoff]
         for leftover in stale:
             leftover.unlink(missing_ok=True)
         return len(stale)

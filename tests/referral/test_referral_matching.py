@@ -376,3 +376,20 @@ def test_notes_approve_refuses_a_case_past_its_notes(world_factory, study_files,
     outcomes = [e.outcome for e in AuditEvent.select().where((AuditEvent.action == "notes_approved")
                                                               & (AuditEvent.study_key == study.key))]
     assert outcomes == ["refused"]
+
+
+def test_a_node_that_lost_the_case_to_another_leaves_that_nodes_notes_alone(world_factory, study_files):
+    """Two nodes build a case's notes (the first one's lease ran out under load, the second took the case over):
+    the one that comes second finds the case moved and leaves the first one's pair as it is, rows and files; it
+    neither replaces them nor adds a second pair (seen: 16 objects at the reviewer for a 14-object case)."""
+    world = world_factory(wait_s=0, on_timeout="route")
+    study = world.deidentified_case(study_files)
+    stage = NotesStage.of(world.config, world.spool)
+    second_node_view = Study.get_by_id(study.id)  # selected while DEIDENTIFIED
+    assert stage.run_once(utcnow() + dt.timedelta(seconds=1)) == 1
+    first = {kind: (row.sop_instance_uid, row.spool_path) for kind, row in _notes_objects(study).items()}
+    assert set(first) == {"notes_sr", "notes_pdf"}
+    assert stage._attach(second_node_view, None) == 0
+    assert {kind: (row.sop_instance_uid, row.spool_path) for kind, row in _notes_objects(study).items()} == first
+    assert all(world.spool.absolute(path).exists() for _, path in first.values())
+    assert Study.get_by_id(study.id).state == CaseState.NOTES_ATTACHED
