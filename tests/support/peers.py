@@ -102,8 +102,9 @@ class GatewayProcess:
 
     def __init__(self, workdir: Path, database_url: str, *, sources: list[dict] | None = None,
                  reviewers: list[dict] | None = None, node: dict | None = None, storage: dict | None = None,
-                 extra: dict | None = None) -> None:
+                 extra: dict | None = None, probe_args: list[str] | None = None) -> None:
         self.workdir = Path(workdir)
+        self.probe_args = probe_args or []  # echoscu's options for the start probe (a TLS port: its +tls ...)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.http_port = free_port()
@@ -140,7 +141,7 @@ class GatewayProcess:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise PeerStartError(f"gateway exited with {self.proc.returncode}; see {self.workdir}/gateway.stderr")
-            return echo_ok("127.0.0.1", self.port, calling, self.ae_title, timeout=2)
+            return echo_ok("127.0.0.1", self.port, calling, self.ae_title, timeout=2, extra_args=self.probe_args)
 
         with stopped_unless_up(self.stop):
             wait_until(ready, timeout, f"the gateway to answer C-ECHO on port {self.port}", interval=0.1)
