@@ -86,6 +86,7 @@ EVENTS: dict[str, Event] = {
     "report_sent": Event(TRANSFERRED, "R", direction="outbound"),
     "oru_sent": Event(TRANSFERRED, "R", direction="outbound"),
     "priors_retrieved": Event(TRANSFERRED, "C", direction="inbound"),  # C-GET: the source's PACS sent a prior
+    "priors_queried": Event(QUERY, "E", direction="outbound"),  # C-FIND: the gateway asked the source's PACS
     "deidentified": Event(ACCESSED, "C"),
     "notes_attached": Event(ACCESSED, "C"),
     "report_reidentified": Event(ACCESSED, "U"),
