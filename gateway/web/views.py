@@ -18,7 +18,7 @@ import pydicom.errors
 from pydicom.dataset import Dataset
 
 from gateway.reports.builder import ANSWER_PREFIX
-from gateway.reports.content import concept_name, content_items, item_value
+from gateway.reports.content import concept_name, content_items, human_concept_name, item_value
 from gateway.reports.reidentify import readable_name
 from gateway.routing.assignment import NO_REVIEWER
 from gateway.storage.models import CaseState, CriticalResult, OutboundObject, ReportObject, Source, Study, utcnow
@@ -254,7 +254,7 @@ def read_sr(dataset: Dataset, view: ReportView, positions: Mapping[str, str]) ->
         elif name == "Recommendations":
             view.recommendations += [item_value(child, image_label="key image") for child in children]
         else:
-            view.lines.append((0, name, item_value(item, image_label="key image")))
+            view.lines.append((0, human_concept_name(item), item_value(item, image_label="key image", human=True)))
             view.lines.extend(sr_lines(item, 1))
 
 
@@ -262,9 +262,9 @@ def read_sr(dataset: Dataset, view: ReportView, positions: Mapping[str, str]) ->
 
 
 def sr_lines(dataset: Dataset, depth: int = 0) -> list[tuple[int, str, str]]:
-    """(depth, concept name, value) for every content item, in document order; IMAGE references are left out.
-    Person names are shown as stored (``Doe^Jane``)."""
-    return [(level, concept_name(item), item_value(item, image_label="key image"))
+    """(depth, label, value) for every content item, in document order; IMAGE references are left out. Labels
+    and numbers as people read them ("Pain severity (0-10)", "10 weeks"); person names as stored (``Doe^Jane``)."""
+    return [(level, human_concept_name(item), item_value(item, image_label="key image", human=True))
             for level, item in content_items(dataset, depth)]
 
 

@@ -280,3 +280,15 @@ def test_short_reason_is_made_of_the_nodes_own_words(notes):
     bare = ScrubbedNotes(urgency=Urgency.ROUTINE, question="Is surgery needed for Sunny?")
     assert short_reason(bare) == "Spine imaging second opinion"
     assert len(short_reason(notes)) <= LO_MAX_LENGTH
+
+
+def test_the_reviewer_reads_the_notes_coded_items_in_human_words(sr):
+    """The page's lines of the notes SR: labels and numbers as a clinician writes them, the SR's codes kept."""
+    from gateway.web.views import sr_lines
+
+    lines = {name: value for _, name, value in sr_lines(sr)}
+    assert lines["Pain severity (0-10)"] == "7" and lines["Pain duration"] == "10 weeks"
+    assert not [name for name in lines if "[" in name or "Reported" in name]
+    codes = [item.ConceptNameCodeSequence[0].CodeValue for item in sr.iterall() if item.keyword == "ContentSequence"
+             for item in item.value if "ConceptNameCodeSequence" in item]
+    assert "72514-3" in codes

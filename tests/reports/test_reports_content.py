@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from gateway.reports.content import concept_name, content_items, item_value
+from gateway.reports.content import concept_name, content_items, human_concept_name, human_quantity, item_value
 from gateway.reports.oru import report_text
 from gateway.web.views import sr_lines
 
@@ -73,3 +73,25 @@ def test_the_options_change_only_their_own_value_type():
     text = report.ContentSequence[1]
     assert {item_value(text, plain_names=flag, dates_and_uids=flag, image_label="x") for flag in (False, True)} == {
         "Disc extrusion."}
+
+
+def test_numbers_and_units_as_people_read_them():
+    assert [human_quantity(v, u) for v, u in (("10.0", "wk"), ("1", "wk"), ("7.0", "{score}"), ("2.50", "cm"),
+                                              ("3", "d"), ("6", "mo"), ("45", "a"), ("2", "yr"), ("1.5", "h"),
+                                              ("20", "min"), ("8.0", "mm"), ("500", "mg"), ("30.0", "%"),
+                                              ("4", "kg"), ("1E+1", "d"))] == [
+        "10 weeks", "1 week", "7", "2.5 centimetres", "3 days", "6 months", "45 years", "2 years", "1.5 hours",
+        "20 minutes", "8 millimetres", "500 milligrams", "30%", "4 kg", "10 days"]
+
+
+def test_a_loinc_long_name_is_read_as_its_label_and_the_oru_keeps_the_coded_form():
+    severity = _item("NUM", "Pain severity - 0-10 verbal numeric rating [Score] - Reported",
+                     MeasuredValueSequence=Sequence([Dataset()]))
+    severity.ConceptNameCodeSequence[0].CodeValue = "72514-3"
+    severity.ConceptNameCodeSequence[0].CodingSchemeDesignator = "LN"
+    severity.MeasuredValueSequence[0].NumericValue = "7.0"
+    severity.MeasuredValueSequence[0].MeasurementUnitsCodeSequence = Sequence([_code("{score}", "score")])
+    assert (human_concept_name(severity), item_value(severity, human=True)) == ("Pain severity (0-10)", "7")
+    other = _item("TEXT", "Back pain [Interpretation] - Reported", TextValue="x")
+    assert human_concept_name(other) == "Back pain"
+    assert item_value(severity) == "7.0", "the HL7 message keeps the value as coded"

@@ -169,6 +169,11 @@ def test_a_report_signed_in_the_portal_reaches_the_hospital_and_the_referrer_in_
     browser.login("dr-a", PASSWORD)
     browser.submit("table a[href^='/reviewer/cases/']")
     assert "Signed as Ann Reviewer, FRCR (Spine Review Partners)" in browser.text()
+    notes = browser.driver.find_element("css selector", "section .report").text
+    assert "Pain severity (0-10): 7" in notes and "Pain duration: 10 weeks" in notes, notes
+    for dicom_ism in ("[Score]", "- Reported", "7.0", " wk"):
+        assert dicom_ism not in notes, dicom_ism
+    browser.shot("reviewer-notes")
     assert not browser.driver.find_elements("name", "observer"), "the name is the account's, never typed"
     series = browser.driver.find_elements("css selector", "section table tbody tr")[0].text.split()
     browser.fill("finding.L4-L5", "Left paracentral disc extrusion compressing the left L5 root.")
