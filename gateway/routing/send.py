@@ -100,6 +100,11 @@ class Leg:
         """Fields that start the leg's attempts over (for ``cases.move``)."""
         return {self.attempts.name: 0, self.next_attempt_at.name: None}
 
+    def done(self, attempt: int) -> dict[str, object]:
+        """Fields of a leg that succeeded at attempt ``attempt`` (for ``cases.move``): the attempts it took are
+        kept for the operator to see ("1" for a first-attempt delivery), nothing is due any more."""
+        return {self.attempts.name: attempt, self.next_attempt_at.name: None}
+
     def retry_later(self, study: Study, attempt: int, retry: RetryConfig) -> None:
         """Record failed attempt ``attempt`` and when the next one is due."""
         next_at = utcnow() + dt.timedelta(seconds=backoff_s(retry, attempt))

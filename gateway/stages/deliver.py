@@ -127,7 +127,8 @@ class DeliveryStage(WithNodeContext):
         if study.state == CaseState.DELIVERED and not self.pending_objects(study, reviewer):
             return False  # delivered meanwhile (the claim's condition saw the ledger before it was complete)
         if study.state in (CaseState.ASSIGNED, CaseState.DELIVERED):
-            if not cases.move(study, CaseState.DELIVERING, reason="deliver"):
+            # a new delivery (a DELIVERED case with a late object) counts its attempts afresh
+            if not cases.move(study, CaseState.DELIVERING, reason="deliver", **STUDY_LEG.reset()):
                 return False
         attempt = STUDY_LEG.attempt_of(study)
         started = time.perf_counter()
@@ -203,7 +204,7 @@ class DeliveryStage(WithNodeContext):
         is not a transfer and writes no ``sent``."""
         started = study.state_changed_at  # the case went DELIVERING then (the move below sets it anew)
         with db.atomic():
-            moved = cases.move(study, CaseState.DELIVERED, reason=reason, **STUDY_LEG.reset())
+            moved = cases.move(study, CaseState.DELIVERED, reason=reason, **STUDY_LEG.done(attempt))
             transferred = max(result.sent, sent_since(study, reviewer_peer(reviewer.name), started)) if moved else 0
             if transferred:
                 audit.record("sent", actor_ae=reviewer.ae_title, actor_host=reviewer.host, study_key=study.key,

@@ -320,7 +320,7 @@ class ReportStage(WithNodeContext):
     def _delivered(self, study: Study, source: SourceConfig, attempt: int, sent: int) -> bool:
         now = utcnow()
         moved = cases.move(study, CaseState.REPORT_DELIVERED, reason="report_delivered", report_delivered_at=now,
-                           **REPORT_LEG.reset())
+                           **REPORT_LEG.done(attempt))
         turnaround = now - study.first_received_at
         log.info("report_delivered", case=study.key, source=source.name, instances=sent,
                  duration_ms=int(turnaround.total_seconds() * 1000))

@@ -120,6 +120,7 @@ def test_reports_stage_delivers_once_backs_off_fails_and_retries(tmp_path, datab
             assert _run(up) == 1  # home
             study = Study.get_by_id(study.id)
             assert study.state == CaseState.REPORT_DELIVERED and study.report_delivered_at is not None
+            assert study.report_attempts == 1, "home at the first attempt after the operator's retry"
             assert Delivery.get(Delivery.outbound == outbound).state == "sent"
             assert _run(up) == 0, "nothing is sent twice"
         received = list(scp.out_dir.iterdir())

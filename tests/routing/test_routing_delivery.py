@@ -62,6 +62,7 @@ def test_delivered_to_storescp_undecoded_with_a_ledger_row_each(tmp_path, db, st
     assert all(d.destination == "reviewer:dr-a" and d.last_status == 0 for d in Delivery.select())
     attempt, = [e for e in logs if e["event"] == "delivery_attempt"]
     assert attempt["status"] == "delivered" and attempt["instances"] == len(small_study) and attempt["attempt"] == 1
+    assert Study.get_by_id(study.id).delivery_attempts == 1, "the attempts it took, as the operator's page shows"
 
 
 def test_late_object_is_sent_alone_after_delivery(tmp_path, db, storescp, small_study):
@@ -77,6 +78,8 @@ def test_late_object_is_sent_alone_after_delivery(tmp_path, db, storescp, small_
         stage.run_once(utcnow())
     assert Study.get_by_id(study.id).state == CaseState.DELIVERED
     assert [e["instances"] for e in logs if e["event"] == "delivery_attempt"] == [1]
+    assert [e["attempt"] for e in logs if e["event"] == "delivery_attempt"] == [1], "a new delivery counts afresh"
+    assert Study.get_by_id(study.id).delivery_attempts == 1
     assert all(d.attempts == 1 for d in Delivery.select())
     assert len(_received(storescp)) == len(small_study)
 
@@ -106,6 +109,7 @@ def test_reviewer_down_then_up_delivered_once_after_retries(tmp_path, db, small_
     assert [e["status"] for e in attempts][-1] == "delivered" and len(attempts) >= 4
     assert all(e["status"] == "no_association" for e in attempts[:-1])
     assert [e["attempt"] for e in attempts] == list(range(1, len(attempts) + 1))
+    assert Study.get_by_id(study.id).delivery_attempts == len(attempts)
     # Each ledger row counts every attempt of its leg, the ones that found no association too; stored once.
     assert all(d.state == "sent" and d.attempts == len(attempts) for d in Delivery.select())
 

@@ -243,6 +243,8 @@ def test_a_report_signed_in_the_portal_reaches_the_hospital_and_the_referrer_in_
     timeline = browser.text()
     assert "Encapsulated PDF Storage" in timeline and "1.2.840.10008.5.1.4.1.1.104.1" not in timeline
     assert "Approve the notes" not in timeline, "no approval is offered on a reported case"
+    attempts = browser.driver.find_element("xpath", "//dt[.='Delivery attempts']/following-sibling::dd[1]").text
+    assert attempts == "1", "delivered at the first attempt"
     browser.shot("ops-reported-case")
     actions = {row["action"]: row["outcome"] for row in json.loads(site.node.cli("audit", "--json", "--limit",
                                                                                   "1000").stdout)}
