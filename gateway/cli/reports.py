@@ -1,4 +1,5 @@
-"""The report command of ``spine-gateway``: ``report create CASE --findings FILE [--pdf] [--key-images] [--as ...]``.
+"""The report command of ``spine-gateway``: ``report create CASE --findings FILE [--pdf] [--key-images] [--as ...]
+[--critical [--call WHOM]]``.
 
 Thin: parse, open the database, call ``gateway.reports.create``, print one line per object, return an exit
 code (0 all stored, 1 a refusal or no answer, 2 a user mistake: bad findings file, unknown case or image).
@@ -16,6 +17,7 @@ from gateway.config import GatewayConfig
 __all__ = ["add_report_commands", "cmd_report_create"]
 
 EXIT_OK, EXIT_FAILED = 0, 1
+CALL_MAX = 200  # CriticalResult.contact, as the portal's reviewer form
 
 
 def add_report_commands(commands: argparse._SubParsersAction) -> None:
@@ -33,6 +35,12 @@ def add_report_commands(commands: argparse._SubParsersAction) -> None:
     create.add_argument("--key-images", action="store_true", help="also send a Key Object Selection")
     create.add_argument("--out", type=Path, help="also write the objects into this directory")
     create.add_argument("--no-send", action="store_true", help="build (and --out) only; send nothing")
+    create.add_argument("--critical", action="store_true",
+                        help="flag the result critical or urgent once the report is stored: the source's "
+                             "critical_emails and critical_webhooks are told, the operators if not acknowledged")
+    create.add_argument("--call", default="", metavar="WHOM",
+                        help=f"with --critical: whom the referrer should call (name, role, telephone; at most "
+                             f"{CALL_MAX} characters), shown only in the referrer's portal, never in a notice")
     create.set_defaults(func=cmd_report_create)
 
 
@@ -52,6 +60,7 @@ def cmd_report_create(args: argparse.Namespace, config: GatewayConfig) -> int:
     from gateway.storage.spool import Spool
 
     configure_logging(config.logging, strict=os.environ.get("SPINE_GATEWAY_LOG_STRICT") == "1", console=False)
+    _check_critical(args)
     try:
         document = load_findings(args.findings)
         open_command_database(config)
@@ -82,4 +91,34 @@ def cmd_report_create(args: argparse.Namespace, config: GatewayConfig) -> int:
     for dataset, code in zip(objects, statuses):
         answer = "no answer" if code is None else f"0x{code:04X}"
         print(f"case {args.case}: {dataset.Modality} {dataset.SOPClassUID.name}: {answer}")
-    return EXIT_OK if all(code == 0 for code in statuses) else EXIT_FAILED
+    if not all(code == 0 for code in statuses):
+        if args.critical:
+            print(f"case {args.case}: not flagged critical (the report was not stored): send it again")
+        return EXIT_FAILED
+    if args.critical:
+        print(_flag_critical(args, config))
+    return EXIT_OK
+
+
+def _check_critical(args: argparse.Namespace) -> None:
+    """The portal's rules for the critical flag, as usage errors."""
+    if args.call and not args.critical:
+        raise UsageError("--call says whom to call about a critical result: add --critical, or leave --call out")
+    if args.critical and args.no_send:
+        raise UsageError("--critical flags a report that is sent: leave out --no-send")
+    if len(args.call) > CALL_MAX:
+        raise UsageError(f"--call must be at most {CALL_MAX} characters (got {len(args.call)})")
+
+
+def _flag_critical(args: argparse.Namespace, config: GatewayConfig) -> str:
+    """Flag the case's result critical (as the portal does, after the report is stored); the line to print."""
+    from gateway.stages.critical import flag_critical
+    from gateway.storage.models import Study, db
+
+    with db.connection_context():
+        study = Study.get(Study.key == args.case)
+        critical = flag_critical(study, args.call.strip(), "cli", config)
+        notices = critical.notices.count() if critical is not None else 0
+    if critical is None:
+        return f"case {args.case}: flagged critical already (the first flag and its notices stand)"
+    return f"case {args.case}: flagged critical; {notices} notice(s) to send"

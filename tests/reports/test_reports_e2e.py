@@ -8,6 +8,7 @@ hospital PACS down when the report arrives, then up again (the report arrives on
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pydicom
@@ -162,10 +163,21 @@ def test_reports_create_builds_valid_srs_and_sends_them_in_as_the_reviewer(site,
     unknown = site.node.cli("report", "create", "nosuchcase", "--findings", str(findings), check=False)
     assert unknown.returncode == 2 and "no case" in unknown.stderr
 
+    call = site.node.cli("report", "create", case_key, "--findings", str(findings), "--call", "on-call surgeon",
+                         check=False)
+    assert call.returncode == 2 and call.stderr.count("\n") == 1 and "add --critical" in call.stderr
+    long_call = site.node.cli("report", "create", case_key, "--findings", str(findings), "--critical", "--call",
+                              "x" * 201, check=False)
+    assert long_call.returncode == 2 and "at most 200 characters" in long_call.stderr
+
     before = len(site.hospital.get("/instances"))
     sent = site.node.cli("report", "create", case_key, "--findings", str(findings), "--as", "comprehensive",
-                         "--pdf", "--key-images")
+                         "--pdf", "--key-images", "--critical", "--call", "On-call spinal surgeon, 020 7946 0000")
     assert sent.stdout.count(": 0x0000") == 3, sent.stdout
+    assert f"case {case_key}: flagged critical; 0 notice(s) to send" in sent.stdout, sent.stdout
+    flagged = [row for row in json.loads(site.node.cli("audit", "--json", "--limit", "1000").stdout)
+               if row["action"] == "critical_result_flagged"]
+    assert [(row["study"], row["detail"]) for row in flagged] == [(case_key, "by cli; 0 notice(s) to send")], flagged
     wait_until(lambda: len(site.hospital.get("/instances")) == before + 3, 60, "SR, PDF and KO home")
     wait_until(lambda: site.node.status()["cases_by_state"] == {"report_delivered": 1}, 120, "the case home again")
     originals = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in site.originals}
