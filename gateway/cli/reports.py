@@ -113,12 +113,13 @@ def _check_critical(args: argparse.Namespace) -> None:
 def _flag_critical(args: argparse.Namespace, config: GatewayConfig) -> str:
     """Flag the case's result critical (as the portal does, after the report is stored); the line to print."""
     from gateway.stages.critical import flag_critical
-    from gateway.storage.models import Study, db
+    from gateway.storage.models import CriticalNotice, Study, db
 
     with db.connection_context():
         study = Study.get(Study.key == args.case)
         critical = flag_critical(study, args.call.strip(), "cli", config)
-        notices = critical.notices.count() if critical is not None else 0
+        notices = (CriticalNotice.select().where(CriticalNotice.critical == critical).count()
+                   if critical is not None else 0)
     if critical is None:
         return f"case {args.case}: flagged critical already (the first flag and its notices stand)"
     return f"case {args.case}: flagged critical; {notices} notice(s) to send"
