@@ -87,15 +87,23 @@ def _dicom_id(value: str) -> str:
 
 
 def _dicom_name(value: str) -> str:
-    """A DICOM person name: Family^Given^Middle^Prefix^Suffix, the family name first and not empty."""
-    if "\\" in value or "=" in value or _CONTROL.search(value):
-        raise ValueError("must not contain a backslash, an equals sign or control characters")
-    parts = value.split("^")
-    if len(parts) > 5:
-        raise ValueError(f"has {len(parts)} parts: write Family^Given^Middle^Prefix^Suffix (at most 5)")
-    if not parts[0].strip():
+    """A DICOM person name: Family^Given^Middle^Prefix^Suffix, the family name first and not empty; up to three
+    component groups separated by ``=`` (alphabetic=ideographic=phonetic, PS3.5 6.2.1.1), as a PACS takes them."""
+    if "\\" in value or _CONTROL.search(value):
+        raise ValueError("must not contain a backslash or control characters")
+    groups = value.split("=")
+    if len(groups) > 3:
+        raise ValueError(f"has {len(groups)} groups: write alphabetic=ideographic=phonetic (at most 3)")
+    for group in groups:
+        parts = group.split("^")
+        if len(parts) > 5:
+            raise ValueError(f"has {len(parts)} parts: write Family^Given^Middle^Prefix^Suffix (at most 5)")
+    first = next((group for group in groups if group.strip()), "")
+    if not first.split("^")[0].strip():
         raise ValueError("the family name (before the first ^) must not be empty")
     return value
+
+
 NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 MAX_REDACTIONS = 50
 MAX_REDACTION_LENGTH = 200

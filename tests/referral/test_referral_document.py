@@ -181,3 +181,21 @@ def test_a_bad_address_is_named_without_echoing_it():
         parse_referral(json.dumps(document))
     assert error.value.problems == ["patient.address.flat: unknown field", "patient.phones: must be a list"]
     assert "736415" not in str(error.value.problems)
+
+
+@pytest.mark.parametrize("name", ["Al Mansoori^Khalid=المنصوري^خالد", "Yamada^Tarou=山田^太郎=やまだ^たろう",
+                                  "=山田^太郎"])
+def test_a_name_with_component_groups_is_a_dicom_name(name):
+    document = copy.deepcopy(VALID)
+    document["patient"]["name"] = name
+    assert parse_referral(json.dumps(document)).patient.name == name
+
+
+@pytest.mark.parametrize(("name", "problem"), [("A=B=C=D", "at most 3"), ("^Jane", "family name"),
+                                               ("Doe\\Jane", "backslash")])
+def test_a_name_a_pacs_cannot_take_is_refused(name, problem):
+    document = copy.deepcopy(VALID)
+    document["patient"]["name"] = name
+    with pytest.raises(ReferralValidationError) as refused:
+        parse_referral(json.dumps(document))
+    assert problem in str(refused.value)
