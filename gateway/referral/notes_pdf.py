@@ -158,7 +158,8 @@ def _pain_table(notes: ScrubbedNotes, styles: dict) -> list[object]:
         return []
     rows = [(label, value) for label, value in (
         ("Location", pain.location), ("Character", pain.nature), ("Radiation", pain.radiation),
-        ("Duration", f"{pain.duration_weeks} weeks" if pain.duration_weeks is not None else None),
+        ("Duration", (f"{pain.duration_weeks} week" + ("" if pain.duration_weeks == 1 else "s"))
+         if pain.duration_weeks is not None else None),
     ) if value]
     flow: list[object] = [Paragraph("Pain pattern", styles["Heading2"])]
     if rows:

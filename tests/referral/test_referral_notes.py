@@ -292,3 +292,17 @@ def test_the_reviewer_reads_the_notes_coded_items_in_human_words(sr):
     codes = [item.ConceptNameCodeSequence[0].CodeValue for item in sr.iterall() if item.keyword == "ContentSequence"
              for item in item.value if "ConceptNameCodeSequence" in item]
     assert "72514-3" in codes
+
+
+@pytest.mark.parametrize(("weeks", "written"), [(1, "Duration 1 week"), (10, "Duration 10 weeks")])
+def test_the_notes_pdf_writes_the_pain_in_human_words(weeks, written):
+    from gateway.referral.document import Urgency as _Urgency
+    from gateway.referral.notes_pdf import render_notes_pdf
+    from gateway.referral.scrub import ScrubbedPain
+
+    notes = ScrubbedNotes(urgency=_Urgency.ROUTINE, question="Root compression?",
+                          pain=ScrubbedPain(intensity=7, duration_weeks=weeks))
+    text = " ".join(" ".join(page.extract_text() for page in PdfReader(io.BytesIO(render_notes_pdf(notes))).pages)
+                    .split())
+    assert re.search(rf"{written}\b", text) and "Pain intensity: 7/10" in text, text
+    assert "[Score]" not in text and "7.0" not in text
