@@ -220,9 +220,14 @@ _ORG_WORDS = (r"(?:Surgery|Hospital|Medical Cent(?:re|er)|Health Cent(?:re|er)|M
 _ORG_PREFIX = (r"(?:Grundschule|Realschule|Gymnasium|Gesamtschule|Hauptschule|Schule|Berufsschule|"
                r"University of|Universität|Universitätsklinikum|Klinikum|Klinik|Praxis|MVZ|Hospital de|"
                r"Hospital|St\.?|Saint|Royal|Kindergarten|Helios|Asklepios|Sana|Vivantes|Charité)")
+# A department written after its organisation's name is part of it: "St Mary's A&E", "Royal Free Hospital
+# Emergency Department" are one organisation (and "A&E" alone, a department of no named place, is no entity).
+_DEPARTMENT = r"(?:A\s?&\s?E|Emergency Department|Emergency Dept\.?|Casualty|ED)"
 _ORG_RULES = (
-    re.compile(rf"(?P<n>(?:{_CAP}\s+|&\s+|and\s+|of\s+|de\s+|am\s+|an\s+der\s+){{0,4}}{_CAP}\s+{_ORG_WORDS})\b"),
-    re.compile(rf"(?P<n>\b{_ORG_PREFIX}\s+(?:{_CAP}|am|an|der|de|and|of|&)(?:\s+(?:{_CAP}|am|an|der|de|and|of|&))*)"),
+    re.compile(rf"(?P<n>(?:{_CAP}\s+|&\s+|and\s+|of\s+|de\s+|am\s+|an\s+der\s+){{0,4}}{_CAP}\s+{_ORG_WORDS}"
+               rf"(?:\s+{_DEPARTMENT})?)\b"),
+    re.compile(rf"(?P<n>\b{_ORG_PREFIX}\s+(?:{_CAP}|am|an|der|de|and|of|&)(?:\s+(?:{_DEPARTMENT}\b|{_CAP}|"
+               rf"(?:am|an|der|de|and|of)\b|&))*)"),  # "de" a word, never the start of "department"
     re.compile(rf"(?i:\b(?:works?|working|worked|employed|employee|job|retired|cashier|driver|assistant|"
                rf"manager|operative|stacker|stocker|cook|nurse|teacher|guard|cleaner|landscaper|labourer|"
                rf"laborer|builder|engineer|student|tätig|arbeitet|beschäftigt|angestellt|Schlosser|"

@@ -510,12 +510,36 @@ class TextScrubber:
             if token != ID and _only_clinical_words(work.original[entity.start:entity.end]):
                 continue
             start, end = work.folded_index(entity.start), work.folded_index(entity.end)
+            pieces = []
             for run in re.finditer(r"[^\x00\x01]+", work.view()[start:end]):
                 piece = run.group(0)
                 if any(c.isalnum() for c in piece):
                     lead = len(piece) - len(piece.lstrip(" ,;:)'’-" if ")" in piece else " ,;:()'’-"))
                     trail = len(piece) - len(piece.rstrip(" ,;:()'’-"))
-                    work.claim(start + run.start() + lead, start + run.end() - trail, token)
+                    pieces.append((start + run.start() + lead, start + run.end() - trail))
+            if pieces and not TextScrubber._widen_claim(work, entity, token, pieces):
+                for piece_start, piece_end in pieces:
+                    work.claim(piece_start, piece_end, token)
+
+    @staticmethod
+    def _widen_claim(work: _Work, entity: Entity, token: str, pieces: list[tuple[int, int]]) -> bool:
+        """One entity is one token: when a claim of the same kind already stands inside it (a known institution
+        "St Mary's" in "St Mary's A&E"), that claim takes in the entity's unclaimed pieces, rather than each
+        piece becoming a token of its own ("[INSTITUTION] [INSTITUTION]&E"). False when there is no such claim,
+        or another claim stands between (each piece is then claimed alone)."""
+        if token == ID:
+            return False
+        inside = [claim for claim in work.claims
+                  if claim[2] == token and entity.start <= claim[0] and claim[1] <= entity.end]
+        if len(inside) != 1:
+            return False
+        claim_start, claim_end = work.folded_index(inside[0][0]), work.folded_index(inside[0][1])
+        start, end = min(pieces[0][0], claim_start), max(pieces[-1][1], claim_end)
+        if any(c in (_MASK, _KEPT) for c in work.masked[start:claim_start] + work.masked[claim_end:end]):
+            return False
+        work.extend_claim(inside[0][0], start, end)
+        work.named.append((start, end))
+        return True
 
     def _protect_own_tokens(self, work: _Work) -> None:
         for match in _PROTECTED.finditer(work.view()):

@@ -286,8 +286,49 @@ def test_places_written_as_their_countries_write_them(text, language, expected):
 
 @pytest.mark.parametrize("text,language,expected", [
     ("assurée à la MC Namur depuis", "fr", "assurée à la [INSTITUTION] [ADDRESS] depuis"),
-    ("works at Zendrix Pvt. Ltd. as a clerk", "en", "works at [INSTITUTION][INSTITUTION]. as a clerk"),
+    ("works at Zendrix Pvt. Ltd. as a clerk", "en", "works at [INSTITUTION]. as a clerk"),  # one token
     ("MRI at Zendrix Hospital: MRI normal", "en", "MRI at [INSTITUTION]: MRI normal"),  # a clinical acronym stays
 ])
 def test_acronyms_and_legal_forms_beside_an_organisation_go_with_it(text, language, expected):
     assert TextScrubber(KNOWN, OFFSET, language=language).scrub(text) == expected
+
+
+def _source_scrubber() -> TextScrubber:
+    """The scrubber as the notes stage builds it for a case of the source ``st-marys`` (no other identifier)."""
+    from gateway.privacy.identifiers import IdentifierSet
+    from gateway.referral.notes_case import known_identifiers
+
+    return TextScrubber(known_identifiers(IdentifierSet(sources=("st-marys",))), 0)
+
+
+@pytest.mark.parametrize(("text", "scrubbed"), [
+    ("Seen at St Mary's A&E last week.", "Seen at [INSTITUTION] last week."),
+    ("Seen in the St Mary's A & E department.", "Seen in the [INSTITUTION] department."),
+    ("Seen at St Mary's Hospital A&E.", "Seen at [INSTITUTION]."),
+    ("Seen at St Mary's Hospital last week.", "Seen at [INSTITUTION] last week."),
+    ("Attended A&E twice.", "Attended A&E twice."),  # a department of no named place: a clinical word
+])
+def test_an_organisation_with_its_department_is_one_institution(text, scrubbed):
+    """Issue 27: "St Mary's A&E" became "[INSTITUTION] [INSTITUTION]&E" (the source's name one token, the rest of
+    the organisation another, the department word cut in two)."""
+    assert _source_scrubber().scrub(text) == scrubbed
+
+
+def test_the_docs_example_keeps_its_drug_classes_and_loses_its_hospital():
+    """Issue 27: "NSAIDs" of the docs' example referral became "[INSTITUTION]"; the notes stage's scrubbing (the
+    identifier set of the referral's declared fields) keeps it, and a hospital named with its department goes."""
+    import json
+    from pathlib import Path
+
+    from gateway.privacy.identifiers import from_referral
+    from gateway.referral.compose import scrub_referral_notes
+    from gateway.referral.document import parse_referral
+    from gateway.referral.notes_case import known_identifiers
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "referrals.md").read_text()
+    example = json.loads(docs.split("## A full example", 1)[1].split("```json\n", 1)[1].split("```", 1)[0])
+    example["clinical"]["history"] += " Seen at St Mary's A&E; NSAIDs and PPIs from the GP."
+    referral = parse_referral(json.dumps(example))
+    notes = scrub_referral_notes(referral, known_identifiers(from_referral(referral)), 30)
+    assert notes.prior_treatment == "NSAIDs and physiotherapy for 6 weeks."
+    assert notes.history.endswith(" Seen at [INSTITUTION]; NSAIDs and PPIs from the GP."), notes.history
