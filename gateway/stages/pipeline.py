@@ -63,6 +63,9 @@ class CaseStage(Protocol):
     backing off (e.g. a case still receiving). ``prepare(now)``: work before the cases, or nothing.
     ``claim_condition(study, now)``, optional: what must still hold of the case, beyond its state, for the claim to
     be taken (a peewee expression on ``Study``, checked in the claim's own UPDATE: ``cases.claim``), or nothing.
+    ``takes_lease``, optional (True if absent): False for a stage whose step is one conditional state change
+    (``cases.move``), which needs no lease and must not wait for another stage's (completion, which the early
+    de-identification of the same study would otherwise hold up until its work ends: issue 29).
     """
 
     # read-only properties, so that a stage's class attributes (``claim_states = (CaseState.X,)``) satisfy them
@@ -108,9 +111,13 @@ def run_case_stage(stage: CaseStage, now: dt.datetime, policy: FailurePolicy = D
     prepare = getattr(stage, "prepare", None)
     moved = prepare(now) if prepare is not None else 0
     claim_condition = getattr(stage, "claim_condition", None)
+    takes_lease = getattr(stage, "takes_lease", True)
     for study in list(stage.due(now)):
         if study.stage_retry_at is not None and study.stage_retry_at > now:
             continue  # backing off after a failure
+        if not takes_lease:
+            moved += step_unclaimed(stage, study, now, policy)
+            continue
         condition = claim_condition(study, now) if claim_condition is not None else None
         with cases.claimed(study, *stage.claim_states, stage=stage.name, owner=owner, condition=condition) as mine:
             if not mine:
@@ -120,6 +127,15 @@ def run_case_stage(stage: CaseStage, now: dt.datetime, policy: FailurePolicy = D
             except Exception as exc:  # noqa: BLE001 - one broken case must not stop the others
                 moved += case_failed(stage, study, exc, policy)
     return moved
+
+
+def step_unclaimed(stage: CaseStage, study: Study, now: dt.datetime, policy: FailurePolicy) -> int:
+    """One step of a stage that takes no lease (``takes_lease = False``), beside any claim another stage holds on
+    the case: its state change is conditional (``cases.move``), so only one worker, stage or node makes it."""
+    try:
+        return int(stage.step(study, now))
+    except Exception as exc:  # noqa: BLE001 - one broken case must not stop the others
+        return int(case_failed(stage, study, exc, policy))
 
 
 def node_wide(exc: BaseException) -> bool:

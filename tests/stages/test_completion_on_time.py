@@ -1,0 +1,65 @@
+"""A study is declared complete at its stability deadline, whatever the de-identification backlog (issue 29).
+
+A running node (a subprocess) receives a study of a few hundred small instances through DCMTK storescu. Its
+de-identification stage takes the study's early instances (``gateway.stages.deid``: once the study has paused
+for ``EARLY_AFTER_QUIET_S``) before ``routing.stable_after_s`` has passed, and works through them for longer than
+the rest of the wait. The node's log must show the study complete (``case_state_changed`` to ``complete``) at its
+deadline: ``stable_after_s`` after the last instance was stored, with a margin for a loaded machine, and well
+before the de-identification of the study ends. Before the fix completion waited for the early work's claim,
+then for its own poll: completion came as the case was de-identified, many seconds late.
+
+The check is an order of logged events (complete before the backlog ends), not a speed figure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from gateway.demo import write_demo_study
+from support.peers import GatewayProcess, storescu, wait_until
+
+STABLE_AFTER_S = 4.0   # past the early de-identification's 2 s pause, so that the early work is under way
+MARGIN_S = 3.0         # the scheduling slack allowed on a loaded machine
+INSTANCES = 800  # de-identified in about 10 s on a quiet two-core machine: longer than the wait and its margin
+
+
+@pytest.fixture(scope="module")
+def many_small(tmp_path_factory) -> list[Path]:
+    return write_demo_study(tmp_path_factory.mktemp("many-small"), INSTANCES, seed=7, rows=64, cols=64)
+
+
+def _at(event: dict) -> dt.datetime:
+    return dt.datetime.fromisoformat(event["ts"].replace("Z", "+00:00"))
+
+
+def test_completion_comes_at_the_deadline_while_the_study_is_deidentified(tmp_path, many_small):
+    node = GatewayProcess(tmp_path / "gw", f"sqlite:///{tmp_path}/gateway.db", extra={
+        # one de-identification worker (the default on two cores); the poll of a second keeps early work prompt
+        "deid": {"workers": 1},
+        "routing": {"stable_after_s": STABLE_AFTER_S, "poll_s": 1.0, "echo_interval_s": 3600},
+    }).start()
+    try:
+        sent = storescu("127.0.0.1", node.port, many_small, calling="STMARYS_PACS")
+        assert sent.returncode == 0, sent.stderr
+        wait_until(lambda: any(e.get("event") == "case_deidentified" for e in node.log_events()), 180,
+                   "the study de-identified")
+        events = node.log_events()
+    finally:
+        node.stop()
+    stored = [_at(e) for e in events if e.get("event") == "instance_stored"]
+    assert len(stored) == INSTANCES
+    complete = [_at(e) for e in events if e.get("event") == "case_state_changed" and e.get("state") == "complete"]
+    deidentified = [_at(e) for e in events if e.get("event") == "case_deidentified"]
+    assert len(complete) == 1 and len(deidentified) == 1
+    last_stored = max(stored)
+    backlog_s = (deidentified[0] - last_stored).total_seconds()
+    # the scenario took place: the study's de-identification went on past the deadline and its margin
+    assert backlog_s > STABLE_AFTER_S + MARGIN_S, f"de-identified {backlog_s:.1f} s after the last instance"
+    waited_s = (complete[0] - last_stored).total_seconds()
+    assert STABLE_AFTER_S <= waited_s + 0.05, "complete before the stability wait"  # log timestamps: 1 ms grain
+    assert waited_s <= STABLE_AFTER_S + MARGIN_S, (
+        f"complete {waited_s:.1f} s after the last instance (wait {STABLE_AFTER_S} s), "
+        f"de-identified at {backlog_s:.1f} s")
