@@ -5,7 +5,8 @@ Stages never call each other. Every stage runs in the same loop (``StageLoop``),
 (``gateway.storage.wakeup``) or ``Pipeline.wake``.
 
 A *case stage* (``CaseStage``) says which cases are due and how to advance one. The loop claims the cases one
-at a time (``gateway.storage.cases.claimed``) and runs the stage's ``step`` for each. A step that raises is logged
+at a time (``gateway.storage.cases.claimed``) and runs the stage's ``step`` for each (a stage whose step is one
+conditional state change, completion, takes no claim: ``takes_lease``). A step that raises is logged
 (``case_step_failed``: stage, case, error type; never the message, which may carry PHI), the case backs off
 exponentially (``Study.stage_failures``, ``Study.stage_retry_at``), and after ``routing.case_failures.max_failures``
 failures
