@@ -30,6 +30,7 @@ class CompletionStage(WithNodeContext):
     # next poll: 12 s after its last instance with a 2 s wait (issue 29). Now it is decided at the deadline; the
     # de-identification stage, woken by COMPLETE, takes the case over once its early run ends.
     takes_lease = False
+    own_thread = True  # nor wait for a thread of the shared pool while other stages' runs hold them all
 
     def __init__(self, routing: RoutingConfig, spine_filter: SpineFilter | None = None, *,
                  context: NodeContext | None = None) -> None:

@@ -46,7 +46,8 @@ log = structlog.get_logger("pipeline")
 
 
 class Stage(Protocol):
-    """One step of the pipeline."""
+    """One step of the pipeline. ``own_thread``, optional (False if absent): its runs take a thread of their own
+    instead of one of the shared pool's ``STAGE_THREADS``, so that they never wait for other stages' runs."""
 
     name: str
 
@@ -228,8 +229,8 @@ class StartedThreadPool(BasePoolExecutor):
     threads left behind by whatever ran meanwhile (an attack, in the hardening tests). Started whole, the node's
     thread count is fixed from its start on."""
 
-    def __init__(self, max_workers: int = STAGE_THREADS) -> None:
-        self.threads = ThreadPoolExecutor(max_workers, thread_name_prefix="stage-run")
+    def __init__(self, max_workers: int = STAGE_THREADS, name: str = "stage-run") -> None:
+        self.threads = ThreadPoolExecutor(max_workers, thread_name_prefix=name)
         self.max_workers = max_workers
         super().__init__(self.threads)
 
@@ -271,11 +272,21 @@ class Pipeline:
             run = wakeup.CoalescedRun(loop.run_logged, kick=partial(self._run_now, name))
             self._runs[name] = run
             self.scheduler.add_job(run.run, "interval", seconds=self.poll_s, id=name, max_instances=2,
-                                   coalesce=True, misfire_grace_time=None, next_run_time=dt.datetime.now(dt.UTC))
+                                   coalesce=True, misfire_grace_time=None, next_run_time=dt.datetime.now(dt.UTC),
+                                   executor=self._executor_of(loop.stage))
             if self.wakeups is not None:
                 self.wakeups.subscribe(wakeup.topics_of(name), run.wake)
         if not self.scheduler.running:
             self.scheduler.start()
+
+    def _executor_of(self, stage: Stage) -> str:
+        """The shared pool, or for a stage with ``own_thread`` (completion: a study is complete at its deadline,
+        however long the other stages' runs take) a thread of its own, started with the scheduler."""
+        if not getattr(stage, "own_thread", False):
+            return "default"
+        alias = f"stage:{stage.name}"
+        self.scheduler.add_executor(StartedThreadPool(1, name=f"stage-{stage.name}"), alias)
+        return alias
 
     def wake(self, stage_name: str) -> None:
         """Run the stage called ``stage_name`` now (a run going on runs once more when it ends)."""

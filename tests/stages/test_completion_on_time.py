@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,9 @@ import pytest
 from gateway.config import RoutingConfig
 from gateway.demo import write_demo_study
 from gateway.stages.completion import CompletionStage
-from gateway.stages.pipeline import StageLoop
+from gateway.stages.pipeline import STAGE_THREADS, Pipeline, StageLoop
 from gateway.storage import cases
-from gateway.storage.models import CaseState, Study, utcnow
+from gateway.storage.models import CaseState, Study, open_database, utcnow
 from support.peers import GatewayProcess, storescu, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "routing"))
@@ -45,6 +46,7 @@ def many_small(tmp_path_factory) -> list[Path]:
 @pytest.fixture
 def case_db(tmp_path):
     database = open_db(f"sqlite:///{tmp_path}/gw.db")
+    open_database(f"sqlite:///{tmp_path}/gw.db", max_connections=STAGE_THREADS + 8)  # a connection per stage run
     with database.connection_context():
         yield database
     database.close_all()
@@ -61,6 +63,38 @@ def test_a_quiet_study_held_by_the_early_deidentification_is_complete_all_the_sa
     current = Study.get_by_id(study.id)
     assert current.state == CaseState.COMPLETE
     assert current.claimed_by == cases.process_owner().owner("deid"), "the early work keeps its lease"
+
+
+class BusyStage:
+    """A stage whose run holds its thread until ``release`` is set (a long de-identification, a delivery waiting for
+    a peer)."""
+
+    def __init__(self, name: str, running: threading.Semaphore, release: threading.Event) -> None:
+        self.name, self._running, self._release = name, running, release
+
+    def run_once(self, now: dt.datetime) -> int:
+        self._running.release()
+        self._release.wait(60)
+        return 0
+
+
+@pytest.mark.usefixtures("case_db")
+def test_completion_runs_while_other_stages_hold_every_thread_of_the_shared_pool(tmp_path):
+    # quiet in a second: not due at the pipeline's start, when its first run may still find a thread free
+    study = make_case(CaseState.RECEIVING, received_at=utcnow() - dt.timedelta(seconds=1))
+    add_instances(study, tmp_path / "spool", write_demo_study(tmp_path / "study", 1, seed=4, rows=32, cols=32))
+    running, release = threading.Semaphore(0), threading.Event()
+    busy = [BusyStage(f"busy-{n}", running, release) for n in range(STAGE_THREADS)]
+    pipeline = Pipeline([CompletionStage(RoutingConfig(stable_after_s=2)), *busy], poll_s=0.2)
+    pipeline.start()
+    try:
+        for _ in busy:
+            assert running.acquire(timeout=30), "the busy stages did not all start"
+        wait_until(lambda: Study.get_by_id(study.id).state == CaseState.COMPLETE, 20,
+                   "the study complete while the shared pool is busy")
+    finally:
+        release.set()
+        pipeline.stop()
 
 
 def _at(event: dict) -> dt.datetime:
