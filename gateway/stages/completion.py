@@ -24,6 +24,13 @@ class CompletionStage(WithNodeContext):
 
     name = "completion"
     claim_states = (CaseState.RECEIVING,)
+    # No lease: the step is one conditional state change (RECEIVING → COMPLETE, or REJECTED_NOT_SPINE), which two
+    # nodes cannot both make. With a lease, a study whose early instances the de-identification stage was working
+    # through (its lease, renewed until the whole batch was done) became complete only after that work and the
+    # next poll: 12 s after its last instance with a 2 s wait (issue 29). Now it is decided at the deadline; the
+    # de-identification stage, woken by COMPLETE, takes the case over once its early run ends.
+    takes_lease = False
+    own_thread = True  # nor wait for a thread of the shared pool while other stages' runs hold them all
 
     def __init__(self, routing: RoutingConfig, spine_filter: SpineFilter | None = None, *,
                  context: NodeContext | None = None) -> None:

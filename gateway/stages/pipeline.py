@@ -5,7 +5,8 @@ Stages never call each other. Every stage runs in the same loop (``StageLoop``),
 (``gateway.storage.wakeup``) or ``Pipeline.wake``.
 
 A *case stage* (``CaseStage``) says which cases are due and how to advance one. The loop claims the cases one
-at a time (``gateway.storage.cases.claimed``) and runs the stage's ``step`` for each. A step that raises is logged
+at a time (``gateway.storage.cases.claimed``) and runs the stage's ``step`` for each (a stage whose step is one
+conditional state change, completion, takes no claim: ``takes_lease``). A step that raises is logged
 (``case_step_failed``: stage, case, error type; never the message, which may carry PHI), the case backs off
 exponentially (``Study.stage_failures``, ``Study.stage_retry_at``), and after ``routing.case_failures.max_failures``
 failures
@@ -45,7 +46,8 @@ log = structlog.get_logger("pipeline")
 
 
 class Stage(Protocol):
-    """One step of the pipeline."""
+    """One step of the pipeline. ``own_thread``, optional (False if absent): its runs take a thread of their own
+    instead of one of the shared pool's ``STAGE_THREADS``, so that they never wait for other stages' runs."""
 
     name: str
 
@@ -63,6 +65,9 @@ class CaseStage(Protocol):
     backing off (e.g. a case still receiving). ``prepare(now)``: work before the cases, or nothing.
     ``claim_condition(study, now)``, optional: what must still hold of the case, beyond its state, for the claim to
     be taken (a peewee expression on ``Study``, checked in the claim's own UPDATE: ``cases.claim``), or nothing.
+    ``takes_lease``, optional (True if absent): False for a stage whose step is one conditional state change
+    (``cases.move``), which needs no lease and must not wait for another stage's (completion, which the early
+    de-identification of the same study would otherwise hold up until its work ends: issue 29).
     """
 
     # read-only properties, so that a stage's class attributes (``claim_states = (CaseState.X,)``) satisfy them
@@ -108,9 +113,13 @@ def run_case_stage(stage: CaseStage, now: dt.datetime, policy: FailurePolicy = D
     prepare = getattr(stage, "prepare", None)
     moved = prepare(now) if prepare is not None else 0
     claim_condition = getattr(stage, "claim_condition", None)
+    takes_lease = getattr(stage, "takes_lease", True)
     for study in list(stage.due(now)):
         if study.stage_retry_at is not None and study.stage_retry_at > now:
             continue  # backing off after a failure
+        if not takes_lease:
+            moved += step_unclaimed(stage, study, now, policy)
+            continue
         condition = claim_condition(study, now) if claim_condition is not None else None
         with cases.claimed(study, *stage.claim_states, stage=stage.name, owner=owner, condition=condition) as mine:
             if not mine:
@@ -120,6 +129,15 @@ def run_case_stage(stage: CaseStage, now: dt.datetime, policy: FailurePolicy = D
             except Exception as exc:  # noqa: BLE001 - one broken case must not stop the others
                 moved += case_failed(stage, study, exc, policy)
     return moved
+
+
+def step_unclaimed(stage: CaseStage, study: Study, now: dt.datetime, policy: FailurePolicy) -> int:
+    """One step of a stage that takes no lease (``takes_lease = False``), beside any claim another stage holds on
+    the case: its state change is conditional (``cases.move``), so only one worker, stage or node makes it."""
+    try:
+        return int(stage.step(study, now))
+    except Exception as exc:  # noqa: BLE001 - one broken case must not stop the others
+        return int(case_failed(stage, study, exc, policy))
 
 
 def node_wide(exc: BaseException) -> bool:
@@ -211,8 +229,8 @@ class StartedThreadPool(BasePoolExecutor):
     threads left behind by whatever ran meanwhile (an attack, in the hardening tests). Started whole, the node's
     thread count is fixed from its start on."""
 
-    def __init__(self, max_workers: int = STAGE_THREADS) -> None:
-        self.threads = ThreadPoolExecutor(max_workers, thread_name_prefix="stage-run")
+    def __init__(self, max_workers: int = STAGE_THREADS, name: str = "stage-run") -> None:
+        self.threads = ThreadPoolExecutor(max_workers, thread_name_prefix=name)
         self.max_workers = max_workers
         super().__init__(self.threads)
 
@@ -254,11 +272,21 @@ class Pipeline:
             run = wakeup.CoalescedRun(loop.run_logged, kick=partial(self._run_now, name))
             self._runs[name] = run
             self.scheduler.add_job(run.run, "interval", seconds=self.poll_s, id=name, max_instances=2,
-                                   coalesce=True, misfire_grace_time=None, next_run_time=dt.datetime.now(dt.UTC))
+                                   coalesce=True, misfire_grace_time=None, next_run_time=dt.datetime.now(dt.UTC),
+                                   executor=self._executor_of(loop.stage))
             if self.wakeups is not None:
                 self.wakeups.subscribe(wakeup.topics_of(name), run.wake)
         if not self.scheduler.running:
             self.scheduler.start()
+
+    def _executor_of(self, stage: Stage) -> str:
+        """The shared pool, or for a stage with ``own_thread`` (completion: a study is complete at its deadline,
+        however long the other stages' runs take) a thread of its own, started with the scheduler."""
+        if not getattr(stage, "own_thread", False):
+            return "default"
+        alias = f"stage:{stage.name}"
+        self.scheduler.add_executor(StartedThreadPool(1, name=f"stage-{stage.name}"), alias)
+        return alias
 
     def wake(self, stage_name: str) -> None:
         """Run the stage called ``stage_name`` now (a run going on runs once more when it ends)."""

@@ -199,7 +199,8 @@ def claimed(study: Study, *states: str, stage: str = "", owner: LeaseOwner | Non
             condition: peewee.Expression | None = None) -> Iterator[bool]:
     """``with claimed(study, <states>, stage=...) as mine:`` work on the case only if ``mine``: the lease is
     ours, taken only while the case is in one of ``states`` and meets ``condition`` (another node may have moved
-    it since it was selected; see ``claim``). One stage at a time holds a case, in this node as across nodes.
+    it since it was selected; see ``claim``). One stage at a time holds a case, in this node as across nodes
+    (completion takes no lease: ``CaseStage.takes_lease``).
     Once ``mine``, ``study`` holds the row as it is now, under the lease. The lease is released afterwards."""
     mine = claim(study, stage, owner=owner, states=states, condition=condition)
     if not mine and wakeup.current() is not None:
