@@ -9,10 +9,7 @@ of the whole study (multipart/related, every byte), every image's first frame as
 scrolls), and a rendered JPEG. Prints medians, the ratio Orthanc / gateway (above 1: the gateway is faster), and the
 gateway's throughput. Run it in the loopback-only namespace (Orthanc binds every interface):
 
-    scripts/in-private-net.sh .venv/bin/python -P bench/dicomweb.py [--instances 300] [--repeat 5] [--no-orthanc]
-
-(``-P``: the script's folder is not put on the path, where ``bench/concurrent.py`` would hide the standard library's
-``concurrent``.)
+    scripts/in-private-net.sh .venv/bin/python bench/dicomweb.py [--instances 300] [--repeat 5] [--no-orthanc]
 """
 
 from __future__ import annotations

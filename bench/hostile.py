@@ -34,7 +34,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This folder holds bench/concurrent.py, which would shadow the standard library's ``concurrent`` package.
+# This folder holds bench/concurrent_senders.py, which would shadow the standard library's ``concurrent`` package.
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse  # noqa: E402

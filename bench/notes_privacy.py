@@ -377,7 +377,7 @@ def print_halves(halves: dict, node: dict) -> None:
 
 def _run_json(flag: str, env: dict | None = None) -> dict:
     """One measurement in its own process (so that its peak RSS is its own): its last JSON line."""
-    command = [sys.executable, "-P", __file__, flag]  # -P: bench/concurrent.py must not shadow the stdlib's
+    command = [sys.executable, "-P", __file__, flag]  # -P: bench/concurrent_senders.py must not shadow the stdlib's
     if flag == "--halves-json":
         command = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *command]
     run = subprocess.run(command, capture_output=True, text=True, env=env)

@@ -74,7 +74,7 @@ COMMITMENT = "commitment"  # a source's Storage Commitment request was kept, or 
 STAGE_TOPICS: dict[str, frozenset[str]] = {
     "completion": frozenset({INSTANCES, STABLE}),
     # not INSTANCES: early de-identification of a study still receiving keeps to its poll, so that it does not
-    # take the CPU from the next sender's ingest (bench/concurrent.py, senders one after the other)
+    # take the CPU from the next sender's ingest (bench/concurrent_senders.py, senders one after the other)
     "deid": frozenset({S.COMPLETE, PRIORS}),
     "priors": frozenset({S.DEIDENTIFIED, PRIORS}),
     "notes": frozenset({S.DEIDENTIFIED, S.HELD, REFERRAL, PRIORS}),

@@ -22,7 +22,7 @@ from support.peers import free_port
 
 pytestmark = pytest.mark.slow  # runs the CLI in fresh processes, 1.5-8 s a test
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(tmp_path: Path, database: str) -> Path:

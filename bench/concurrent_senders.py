@@ -11,7 +11,7 @@ the gateway's Python stacks that hold the interpreter lock (its CPU in Python, r
 collapsed "folded" format, for flamegraph.pl or speedscope) during the last run of each mode (py-spy from PyPI:
 ``.venv/bin/pip install py-spy``; summarise with ``bench/spy_summary.py FILE``).
 
-    scripts/in-private-net.sh .venv/bin/python bench/concurrent.py [--runs 5] [--senders 5] [--instances 100]
+    scripts/in-private-net.sh .venv/bin/python bench/concurrent_senders.py [--runs 5] [--senders 5] [--instances 100]
         [--receiving-processes N] [--peers storescp,orthanc,gateway]
 """
 
