@@ -90,9 +90,12 @@ def test_a_reviewer_bound_to_its_host_is_refused_from_another_and_logged_once(tm
 
 def test_one_ae_title_holds_only_its_share_of_the_slots(tmp_path, database_url, small_study):
     """25 idle associations attempted with a reviewer's AE title: it gets its share (2 of 8), the rest are
-    rejected transient "local limit exceeded", and the source keeps being served."""
+    rejected transient "local limit exceeded", and the source keeps being served. The shares alone are tested:
+    the 25 attempts come from the source's host, so the host's association rate (20 a second, tested below)
+    would refuse the source's storescu that follows them within the second."""
     node = GatewayProcess(tmp_path / "gw", database_url,
-                          node={"max_associations": 8, "receiving_processes": 1}).start()
+                          node={"max_associations": 8, "receiving_processes": 1,
+                                "association_rate_per_peer": None}).start()
     held: list[RawPeer] = []
     try:
         deadline = time.monotonic() + ATTACK_DEADLINE_S
