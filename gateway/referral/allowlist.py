@@ -38,7 +38,10 @@ __all__ = ["Judgement", "is_day_or_month", "is_org_head", "is_org_tail", "judge"
 
 REMOVED, ADDRESS, ID = "[REMOVED]", "[ADDRESS]", "[ID]"
 
-_TOKEN = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
+#: A word or number; the vowel signs of the Indic, Thai and Myanmar scripts (marks, no letters to ``\w``) are
+#: part of the word they stand in.
+_TOKEN = re.compile(r"(?:[^\W_]|[\u0900-\u0DFF\u0E00-\u0E7F\u1000-\u109F])+"
+                    r"(?:['’\-](?:[^\W_]|[\u0900-\u0DFF\u0E00-\u0E7F\u1000-\u109F])+)*")
 #: Letter and digit groups of plates and references: "MH 02 FG 4417", "B-EY 4471", "SG/PI/2024/33871".
 _ALNUM_CLUSTER = re.compile(r"(?<![\w\x00\x01])(?:[A-ZÀ-Þ]{1,3}|[A-ZÀ-Þ]{4,6}(?=-)|\d+)"
                             r"(?:(?:[ /.]{1,2}|-)(?:[A-ZÀ-Þ]{1,3}|\d+)|-[A-ZÀ-Þ]{4,6})+(?![\w\x01])")
@@ -874,6 +877,8 @@ _LEVEL = re.compile(r"(?:[CTLSD]|Th|LWK|BWK|HWK)\d{1,2}", re.IGNORECASE)
 
 def _number_is_clinical(view: str, start: int, end: int) -> bool:
     token = view[start:end]
+    if any(c.isdigit() and not c.isascii() for c in token):
+        return False  # digits of another script ("২৩ এপ্রিল"): clinical values are written in Western digits
     if token.isdigit():
         return _plain_number_is_clinical(view, start, end, token)
     if _CLINICAL_ALNUM.fullmatch(token) or _LEVEL.fullmatch(token):

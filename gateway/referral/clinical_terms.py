@@ -21,7 +21,7 @@ jendrassik chaddock oppenheim gordon wartenberg mennell trendelenburg bechterew 
 chiari arnold klippel feil modic pfirrmann meyerding frankel asia jefferson hangman chance smith
 robinson cloward tuffier mckenzie williams barthel glasgow karnofsky nurick japanese wiltse ranawat
 tokuhashi tomita spinal kummell kummel baastrup bertolotti marfan ehlers danlos parkinson guillain barre
-charcot gowers tarlov schmorl crohn addison bell down cushing lyme hodgkin sjogren reiter still bouchard heberden
+charcot graves gowers tarlov schmorl crohn addison bell down cushing lyme hodgkin sjogren reiter still bouchard heberden
 claudicatio spinalis
 horner harrington cotrel dubousset luque roy camille magerl tile anderson dalonzo weber
 """.split())

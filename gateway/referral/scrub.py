@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from gateway.privacy.vocabulary import detect_language, is_clinical, is_curated_clinical, is_eponym, is_known_word
+from gateway.privacy.words import EPONYM_TAIL
 from gateway.referral.allowlist import is_org_head, judge
 from gateway.referral.clinical_terms import CLINICAL_NOUN_AFTER, CLINICAL_VALUE, is_clinical_word
 from gateway.referral.codes import NON_URGENT_FLAGS
@@ -183,6 +184,9 @@ _EPONYM_TERM = re.compile(
     r"tumou?r|fracture|grade|classification|score|scale|syndrome|palsy|node|nodes|(?<=['’]s )spine|knötchen|knotchen|"
     r"zeichen|syndrom|krankheit|manoeuvre|maneuver|reflex|phenomenon|criteria|index|arthritis|angle|line|"
     r"triad|procedure|operation|approach|joint)\b")
+#: The same with the guard's wider tail: modifiers between the eponym and its noun ("Adams forward bend test",
+#: "Charcot spinal arthropathy"), and the orthoses named after a place ("Milwaukee brace").
+_EPONYM_WIDE = re.compile(rf"\b[A-Z][a-z]+(?:-[A-Z][a-z]+)?(?i:{EPONYM_TAIL})")
 #: "maladie de Charcot", "signe de Lasègue", "Morbus Bechterew", "M. Scheuermann".
 _EPONYM_NAMED = re.compile(r"\b(?i:maladie|signe|syndrome|manoeuvre|manœuvre|morbus)\s+(?:de\s+|d['’])?"
                            r"[A-Z][a-z]+(?:-[A-Z][a-z]+)?")
@@ -443,6 +447,7 @@ class TextScrubber:
         self._replace_pattern(work, _DRUG_WITH_DOSE, None, accept=self._is_drug_with_dose)
         self._replace_pattern(work, CLINICAL_VALUE, None)  # kept as they are: "CRP 120", "L4-L5", "4.2 (5.0)"
         self._replace_pattern(work, _EPONYM_TERM, None, accept=self._is_eponym_term)
+        self._replace_pattern(work, _EPONYM_WIDE, None, accept=self._is_eponym_term)
         self._replace_pattern(work, _EPONYM_NAMED, None, accept=self._is_eponym_term)
         for pattern in self._id_patterns:
             self._replace_pattern(work, pattern, ID)
@@ -488,7 +493,7 @@ class TextScrubber:
         eponym = re.search(r"[A-Z][^\W\d_]+", match.group(0))
         if eponym is not None and is_org_head(eponym.group(0)):
             return False  # "Medical Center - Spine", "KIMS Hospitals Spine Centre": a firm's name, no eponym
-        if eponym is not None and not is_eponym(eponym.group(0)):
+        if eponym is not None and not is_eponym(eponym.group(0)) and not is_clinical_word(eponym.group(0)):
             if is_known_word(eponym.group(0), "en") and not is_clinical(eponym.group(0)):
                 return False  # an ordinary word names no sign: "Comprehensive Spine Center", "Northside Pain"
             word = _fold_plain(eponym.group(0))
@@ -651,6 +656,10 @@ class TextScrubber:
                      r"\b(?:name|surname|nom|name ist|heisst|heißt|called|named)\s+(?:is\s+|:\s*)?|"
                      r"\x00[\s,]*|(?:patient|pt|name|nee|geb\.?)[:\s]+)$", _masked_tail(work, start), re.IGNORECASE):
             return True
+        if _NAME_BETWEEN.search(_masked_tail(work, start)):
+            return True  # after the given name and a middle initial or nickname: "Harold W. Parkinson"
+        if re.search(r"[\"“„«]$", before) and re.match(r"[\"”»]", after):
+            return True  # quoted alone, the name itself: "transliterated as \"Sjogren\""
         if re.match(rf"\s+{_NAME_VERBS}\b", after) and re.search(r"(?:^|[.!?:;\n(]\s*)$", before) and \
                 _fold_plain(original) in (self._given_parts | self._ambiguous_parts):
             return True  # "Patrick is a 41-year-old", "Power reports weakness"
@@ -676,6 +685,9 @@ class TextScrubber:
         word = re.match(r"[\s,]+([^\W\d_]+)", after)
         return word is not None and word.group(1).lower() in self._name_parts
 
+
+#: A removed name, then a middle initial or a nickname in quotes or brackets, before a surname.
+_NAME_BETWEEN = re.compile(r"\x00\.?[\s,]+(?:[a-z]\.?|[\"“'‘(][^\"”'’)\n]{1,24}[\"”'’)])\s+$", re.IGNORECASE)
 
 _NAME_VERBS = (r"(?:is|was|has|had|reports?|reported|says|said|states|stated|describes|described|complains|"
                r"presents|presented|denies|denied|feels|felt|tells|told|attends|attended|came|went|lives|lived|"
