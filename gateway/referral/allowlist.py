@@ -344,6 +344,7 @@ def _spread_over_names(view: str, tokens: list[_Token], language: str) -> None:
     _org_tails_and_cues(view, tokens, language)
     _numbers_after_organisations(view, tokens)
     _acronyms_and_forms_beside_organisations(view, tokens)
+    _towns_after_removed_names(view, tokens)
     changed = True
     while changed:
         changed = False
@@ -511,6 +512,19 @@ def _numbers_after_organisations(view: str, tokens: list[_Token]) -> None:
         if (bracketed or re.fullmatch(r"[ \t]|[ \t]No\.?[ \t]", view[before.end:token.start], re.IGNORECASE)) and \
                 not _UNIT_AFTER.match(view, token.end) and not _DOSE_UNIT.match(view, token.end):
             token.verdict = "[INSTITUTION]"
+
+
+def _towns_after_removed_names(view: str, tokens: list[_Token]) -> None:
+    """A known place written after a removed name and a comma, at the end of its clause, is that name's town
+    ("Nuffield Orthopaedic Centre, Oxford", "Dr Nguyen, Paris"), even when it is also a word."""
+    from gateway.referral.entities import load_gazetteer  # the entities module loads the allowlist lazily too
+
+    for before, token in zip(tokens, tokens[1:]):
+        if token.verdict not in (_KNOWN, None) or before.verdict not in _NAME_LIKE or not token.written.istitle():
+            continue
+        if re.fullmatch(r",[ \t]+", view[before.end:token.start]) and re.match(r"[ \t]*(?:[.,;)\n]|$)", view[token.end:]) \
+                and token.written.lower() in load_gazetteer() and not is_clinical_word(token.written):
+            token.verdict = ADDRESS
 
 
 _LEGAL_FORM = re.compile(r"(?i:ltd|inc|llc|plc|gmbh|corp|bv|nv|oy|oyj|sarl|sas|pty|pvt)")

@@ -66,25 +66,32 @@ _MONTHS = {
     # French (folded: février -> fevrier), Danish, Swedish, Norwegian, Spanish
     "janv": 1, "fev": 2, "fevr": 2, "avr": 4, "juin": 6, "juil": 7, "aou": 8, "aout": 8, "dece": 12,
     "mars": 3, "maj": 5, "ene": 1, "abr": 4, "ago": 8, "dic": 12,
+    # Italian, Dutch, Icelandic (folded: ágúst -> agust)
+    "gen": 1, "maa": 3, "mag": 5, "mei": 5, "giu": 6, "lug": 7, "agu": 8, "set": 9, "ott": 10,
 }
 # English and German month names (the text is folded: "März" reads "Marz").
 _MONTH = (r"(jan(?:uary|uar|uari|vier|v|ner)?|jän(?:ner)?|feb(?:ruary|ruar|ruari)?|fevr(?:ier)?|fev|"
           r"m(?:ar|ae?r)(?:ch|z|s|ts)?|apr(?:il)?|avr(?:il)?|ma[yij]|jun[ei]?|juin|"
           r"jul[yi]?|juil(?:let)?|aug(?:ust|usti)?|aout|sep(?:t(?:ember|embre)?)?|o[ck]t(?:ober|obre)?|"
-          r"nov(?:ember|embre)?|de[cz](?:ember|embre)?)\.?")
+          r"nov(?:ember|embre)?|de[cz](?:ember|embre)?|"
+          # Spanish, Italian, Portuguese, Dutch and Icelandic names, written in full
+          r"enero|febrero|marzo|abril|mayo|junio|julio|agosto|se[pt]?tiembre|octubre|noviembre|diciembre|"
+          r"gennaio|febbraio|aprile|maggio|giugno|luglio|settembre|ottobre|dicembre|maart|mei|augustus|agust|"
+          r"janeiro|fevereiro|marco|maio|junho|julho|setembro|outubro|novembro|dezembro)\.?")
 _ORD = r"(?:st|nd|rd|th|er|re|e|\.)?"
 _DATE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("ymd", re.compile(r"(?<![\d.])(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?![\d])")),
     ("numeric", re.compile(r"(?<![\d/.\-])(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{4}|\d{2})(?![\d/\-]|\.\d)")),
     ("compact", re.compile(r"(?<!\d)((?:19|20)\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)")),
-    ("dmy_text", re.compile(rf"(?<!\d)(\d{{1,2}}){_ORD}(?:\s+of)?[\s\-.]*{_MONTH}[\s\-.,]*(\d{{4}}|\d{{2}})(?!\d)",
+    ("dmy_text", re.compile(rf"(?<!\d)(\d{{1,2}}){_ORD}(?:\s+(?:of|de|del|do|da))?[\s\-.]*{_MONTH}[\s\-.,]*"
+                            rf"(?:(?:de|del|do)\s+)?(\d{{4}}|\d{{2}})(?!\d)",
                             re.IGNORECASE)),
     ("mdy_text", re.compile(rf"\b{_MONTH}\s+(\d{{1,2}}){_ORD},?\s+(\d{{4}})(?!\d)", re.IGNORECASE)),
     ("holiday", re.compile(r"\b(christmas day|christmas eve|boxing day|new year'?s day|new year'?s eve|"
                            r"heiligabend|silvester|neujahr|1\. weihnachtstag)(?:\s+(?:of\s+)?)(\d{4})(?!\d)",
                            re.IGNORECASE)),
     ("month_year", re.compile(rf"\b{_MONTH}\s+(\d{{4}})(?!\d)", re.IGNORECASE)),
-    ("day_month", re.compile(rf"(?<![\d.])(\d{{1,2}}){_ORD}(?:\s+of)?\s+{_MONTH}(?![\w])", re.IGNORECASE)),
+    ("day_month", re.compile(rf"(?<![\d.])(\d{{1,2}}){_ORD}(?:\s+(?:of|de|del))?\s+{_MONTH}(?![\w])", re.IGNORECASE)),
     ("month_day", re.compile(rf"\b{_MONTH}\s+(\d{{1,2}}){_ORD}(?![\d\w]|:\d)", re.IGNORECASE)),
 )
 _WHOLE_DATE_KINDS = frozenset({"ymd", "compact", "dmy_text", "mdy_text", "holiday"})
@@ -512,7 +519,8 @@ class TextScrubber:
         """Claim each entity's still unclaimed stretches that hold a letter or digit; an entity made only of
         clinical words ("Kyphoplastie", "Lumbalgie" taken for places by a model trained on English) is none."""
         for entity in entities:
-            if token != ID and _only_clinical_words(work.original[entity.start:entity.end]):
+            if token != ID and _only_clinical_words(work.original[entity.start:entity.end]) and \
+                    not _place_after_preposition(work.original, entity):
                 continue
             start, end = work.folded_index(entity.start), work.folded_index(entity.end)
             pieces = []
@@ -702,6 +710,18 @@ def _given_names(name: str) -> list[str]:
         return [g for g in name.split("^")[1:3] if g]
     words = [w for w in re.split(r"[\s,]+", name) if w and _fold_plain(w).rstrip(".") not in _TITLES]
     return words[:-1]
+
+
+#: Where a capitalised word is a place even when a scale is named after it ("lives in Oxford", "Oxford scale").
+_RESIDENCE_BEFORE = re.compile(r"(?i:\b(?:in|from|at|near|aus|nach|bei|im|à|a|en|i|fra|från)\s+)$")
+
+
+def _place_after_preposition(text: str, entity: Entity) -> bool:
+    """A place the gazetteer names, capitalised after a place preposition and with no clinical noun after it."""
+    value = text[entity.start:entity.end]
+    return entity.kind == PLACE and value[:1].isupper() and not value.isupper() and \
+        _RESIDENCE_BEFORE.search(text[max(0, entity.start - 8):entity.start]) is not None and \
+        CLINICAL_NOUN_AFTER.match(text, entity.end) is None
 
 
 def _only_clinical_words(text: str) -> bool:
