@@ -22,7 +22,8 @@ import functools
 
 from gateway.privacy.text import fold, words
 
-__all__ = ["CLINICAL_TERM_NOUNS", "CLINICAL_WORDS", "COMMON_ZIPF", "EPONYM_MODIFIERS", "EPONYM_TAIL", "MIN_DISTINCTIVE_LENGTH", "TITLES", "is_common", "is_distinctive",
+__all__ = ["CLINICAL_TERM_NOUNS", "CLINICAL_WORDS", "COMMON_ZIPF", "EPONYM_MODIFIERS", "EPONYM_TAIL",
+           "MIN_DISTINCTIVE_LENGTH", "TITLES", "is_common", "is_distinctive",
            "notes_vocabulary"]
 
 #: Zipf frequency from which a word counts as common (4.5: about once in 30,000 words; "long" is 5.8,

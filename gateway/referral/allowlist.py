@@ -20,7 +20,7 @@ claimed masked by ``\\x00`` (removed) or ``\\x01`` (kept).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 
 from gateway.privacy.text import has_non_latin_letters
@@ -104,7 +104,7 @@ class Judgement:
 
 
 def judge(view: str, original: Callable[[int, int], str], language: str,
-          named: Iterable[tuple[int, int]] = ()) -> Iterator[Judgement]:
+          named: Iterable[tuple[int, int]] = (), places: Container[str] = ()) -> Iterator[Judgement]:
     """Judge every unclaimed token of ``view`` (see the module's docstring).
 
     Args:
@@ -113,6 +113,7 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
         language: the language of the text (``vocabulary.LANGUAGES``).
         named: the spans earlier rules removed as names, places or organisations (a capitalised word next to
             one is taken with it).
+        places: lower-case names of known places (the gazetteer): a town written after a removed name.
     """
     clusters = [(m.start(), m.end()) for m in _CLUSTER.finditer(view) if _cluster_is_identifier(view, m)]
     alphanumeric = [(m.start(), m.end()) for m in _ALNUM_CLUSTER.finditer(view)
@@ -149,7 +150,7 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
     # a number cluster removed here takes a letter prefix joined to it ("BR-25-00877", "SG/PI/2024/33871")
     removed_already += [_Token(start, end, "0", "[CLUSTER]") for start, end in clusters]
     merged = sorted(tokens + removed_already, key=lambda t: t.start)
-    _spread_over_names(view, merged, language)
+    _spread_over_names(view, merged, language, places)
     _capitalised_names_mid_sentence(view, tokens, language)
     _remove_nicknames(view, tokens)
     _names_after_titles_and_kin(view, tokens)
@@ -307,7 +308,7 @@ def _is_capitalised(token: _Token) -> bool:
     return token.written[:1].isupper() and any(c.isalpha() for c in token.written)
 
 
-def _spread_over_names(view: str, tokens: list[_Token], language: str) -> None:
+def _spread_over_names(view: str, tokens: list[_Token], language: str, places: Container[str]) -> None:
     """A removed capitalised word takes the capitalised words it stands with (and the particles between
     them): "Dubai Health", "Blue Cross Blue Shield of Illinois"; a run of capitalised words that ends in an
     organisation's or a place's head noun goes whole ("National Hospital for Neurology"); a state or country
@@ -344,7 +345,7 @@ def _spread_over_names(view: str, tokens: list[_Token], language: str) -> None:
     _org_tails_and_cues(view, tokens, language)
     _numbers_after_organisations(view, tokens)
     _acronyms_and_forms_beside_organisations(view, tokens)
-    _towns_after_removed_names(view, tokens)
+    _towns_after_removed_names(view, tokens, places)
     changed = True
     while changed:
         changed = False
@@ -514,16 +515,15 @@ def _numbers_after_organisations(view: str, tokens: list[_Token]) -> None:
             token.verdict = "[INSTITUTION]"
 
 
-def _towns_after_removed_names(view: str, tokens: list[_Token]) -> None:
+def _towns_after_removed_names(view: str, tokens: list[_Token], places: Container[str]) -> None:
     """A known place written after a removed name and a comma, at the end of its clause, is that name's town
     ("Nuffield Orthopaedic Centre, Oxford", "Dr Nguyen, Paris"), even when it is also a word."""
-    from gateway.referral.entities import load_gazetteer  # the entities module loads the allowlist lazily too
-
     for before, token in zip(tokens, tokens[1:]):
         if token.verdict not in (_KNOWN, None) or before.verdict not in _NAME_LIKE or not token.written.istitle():
             continue
-        if re.fullmatch(r",[ \t]+", view[before.end:token.start]) and re.match(r"[ \t]*(?:[.,;)\n]|$)", view[token.end:]) \
-                and token.written.lower() in load_gazetteer() and not is_clinical_word(token.written):
+        clause_ends = re.match(r"[ \t]*(?:[.,;)\n]|$)", view[token.end:]) is not None
+        if re.fullmatch(r",[ \t]+", view[before.end:token.start]) and clause_ends \
+                and token.written.lower() in places and not is_clinical_word(token.written):
             token.verdict = ADDRESS
 
 

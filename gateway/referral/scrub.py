@@ -41,6 +41,7 @@ from gateway.referral.entities import (
     find_entities,
     find_numbers,
     is_common_word,
+    load_gazetteer,
 )
 from gateway.referral.redflags import FlagFinding, flags_for
 
@@ -487,7 +488,7 @@ class TextScrubber:
     @staticmethod
     def _keep_only_known(work: _Work, language: str) -> None:
         """The allowlist (:mod:`gateway.referral.allowlist`): what no rule claimed stays only when known."""
-        for judgement in list(judge(work.view(), work.original_slice, language, work.named)):
+        for judgement in list(judge(work.view(), work.original_slice, language, work.named, load_gazetteer())):
             if judgement.token is None:
                 start, end = work.origin[judgement.start], work.origin[judgement.end - 1] + 1
                 work.unknown_kept.append((start, end))
