@@ -72,7 +72,8 @@ class SlaStage(ReviewerChoosingStage):
 
     def _reassign(self, study: Study, now: dt.datetime) -> bool:
         needs = CaseNeeds.of(study)
-        choice = self.pool.choose(needs, now, self._load, self._recent, self._down, exclude=[study.reviewer or ""])
+        choice = self.pool.choose(needs, now, self._load, self._recent, self._down,
+                                  exclude=[study.reviewer or "", *self._pull])
         if choice is None:
             return False
         reason = f"{SLA_BREACHED} {choice.reason}"
