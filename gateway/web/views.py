@@ -32,6 +32,7 @@ _PLAIN = {
     S.DEIDENTIFIED: "received, being prepared",
     S.NOTES_ATTACHED: "received, waiting for a reviewer",
     S.ASSIGNED: "sent to a reviewer",
+    S.POOLED: "waiting for a reviewer to take it from the pool",
     S.DELIVERING: "being sent to a reviewer",
     S.DELIVERED: "with a reviewer",
     S.REPORTED: "report written, on its way back",
