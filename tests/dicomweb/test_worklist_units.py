@@ -27,7 +27,6 @@ from gateway.storage.models import (
     Workitem,
     WorkitemEvent,
     db,
-    open_database,
     utcnow,
 )
 from gateway.storage.workitems import (
@@ -100,13 +99,6 @@ def test_cancellation_requests_go_to_the_performer_only_while_in_progress():
 
 
 # --- the pool in the database ---------------------------------------------------------------------------------------
-
-@pytest.fixture
-def database(tmp_path):
-    database = open_database(f"sqlite:///{tmp_path}/gw.db", max_connections=4)
-    with db.connection_context():
-        yield database
-    database.close_all()
 
 
 def pooled_case(modality: str = "MR", urgent: bool = False, number: int = 1) -> Workitem:
