@@ -144,8 +144,10 @@ class Worklist:
             search = ups.Search(request.query_params.multi_items())
         except ups.BadSearch as exc:
             return refusal(HTTPStatus.BAD_REQUEST, str(exc))
-        candidates = Workitem.select(Workitem, Study).join(Study).order_by(Workitem.priority, Workitem.due_at,
-                                                                            Workitem.id)
+        # the open workitems and the caller's own: a final workitem is its claimer's business only
+        candidates = (Workitem.select(Workitem, Study).join(Study)
+                      .where(Workitem.state.in_(workitems.OPEN) | (Workitem.claimed_by == reviewer.name))
+                      .order_by(Workitem.priority, Workitem.due_at, Workitem.id))
         items = [self._item(w, reviewer, request) for w in candidates if pool.visible(reviewer, w)]
         chosen = search.keep(items)
         audit.record("worklist_searched", actor_ae=None, actor_host=caller.actor, study_key=None,

@@ -16,6 +16,7 @@ from gateway.dicomweb import ups
 from gateway.routing import pool
 from gateway.routing.assignment import CaseNeeds
 from gateway.stages.pool import PoolStage
+from gateway.stages.sla import SlaStage
 from gateway.storage import cases, workitems
 from gateway.storage.models import (
     Assignment,
@@ -210,6 +211,18 @@ def test_a_case_that_leaves_the_pool_cancels_its_workitem(database):
     assert cases.move(study, CaseState.QUARANTINED, reason="operator")
     assert PoolStage().run_once(utcnow()) == 1
     assert (fresh(workitem).state, fresh(workitem).cancel_reason) == (CANCELED, "case_quarantined")
+
+
+def test_a_pooled_case_nobody_claimed_by_its_deadline_is_flagged_and_stays_in_the_pool(database):
+    workitem = pooled_case()
+    study = Study.get_by_id(workitem.study_id)
+    routing = CONFIG.routing.model_copy(update={"reassign_after_sla": True})
+    stage = SlaStage(CONFIG.reviewers, routing)
+    assert stage.run_once(study.sla_due_at - dt.timedelta(seconds=1)) == 0
+    assert stage.run_once(study.sla_due_at) == 1
+    flagged = Study.get_by_id(study.id)
+    assert flagged.sla_flagged_at is not None and flagged.state == CaseState.POOLED
+    assert fresh(workitem).state == SCHEDULED
 
 
 def test_a_reviewer_at_its_max_open_cases_cannot_claim(database):
