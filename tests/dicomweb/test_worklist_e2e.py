@@ -21,7 +21,7 @@ import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 
-from dicomweb_site import FAST, PATIENTS, _study_uid
+from dicomweb_site import FAST, PATIENTS, Site, _study_uid
 from gateway.demo import write_demo_study
 from reports.report_peers import reviewer_sr
 from support.peers import DcmtkStoreSCP, GatewayProcess, free_port, started, storescu, wait_until
@@ -46,7 +46,10 @@ class PoolSite:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.node.config['http']['port']}/dicomweb"
+        return f"http://127.0.0.1:{self.node.config['http']['port']}"
+
+    user_add = Site.user_add  # portal accounts and sessions, as for the rest of DICOMweb
+    session = Site.session
 
     def start(self) -> None:
         self.hospital.start()
@@ -73,13 +76,14 @@ class PoolSite:
         for name in ("dr-a", "dr-b", "dr-neuro"):
             issued = self.node.cli("dicomweb", "token", "issue", name, "--label", "test viewer")
             self.tokens[name] = issued.stdout.splitlines()[0].strip()
+        self.user_add("dr-b", "reviewer", "--reviewer", "dr-b")
 
     def stop(self) -> None:
         for peer in (self.node, self.hospital):
             peer.stop()
 
     def http(self, reviewer: str) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60,
+        return httpx.Client(base_url=self.url + "/dicomweb", timeout=60,
                             headers={"Authorization": f"Bearer {self.tokens[reviewer]}"})
 
     def sql(self, statement: str, *args: object) -> list[tuple]:
@@ -145,11 +149,16 @@ def test_the_pool_from_claim_to_completion(site):
     wait_until(lambda: state_of(b, uid) == "SCHEDULED", 120, "the abandoned claim back in the pool")
     assert a.get(f"/studies/{pseudo_study}/metadata").status_code == 404
 
-    # dr-b claims, reads the case, and reports; dr-a's report is refused by the intake.
+    # dr-b claims in the portal's session (with its CSRF token), reads the case, and reports; dr-a's report is
+    # refused by the intake.
     transaction = f"2.25.{uuid.uuid4().int}"
-    assert claim(b, uid, transaction).status_code == 200
-    images = DICOMwebClient(url=site.url, headers={"Authorization": f"Bearer {site.tokens['dr-b']}"}).retrieve_study(
-        pseudo_study)
+    cookie, csrf = site.session("dr-b")
+    portal = httpx.Client(base_url=site.url + "/dicomweb", timeout=60, headers={"Cookie": cookie})
+    assert claim(portal, uid, transaction).status_code == 403, "a PUT in a session needs the CSRF token"
+    portal.headers["X-CSRF-Token"] = csrf
+    assert claim(portal, uid, transaction).status_code == 200
+    reader = DICOMwebClient(url=site.url + "/dicomweb", headers={"Authorization": f"Bearer {site.tokens['dr-b']}"})
+    images = reader.retrieve_study(pseudo_study)
     mr = sorted((ds for ds in images if ds.Modality == "MR"), key=lambda ds: int(ds.InstanceNumber))
     assert len(mr) == 6 and all(ds.StudyInstanceUID == pseudo_study for ds in mr)
     wrong = stow(a, reviewer_sr(mr, text="From the wrong reviewer."))
@@ -169,6 +178,8 @@ def test_the_pool_from_claim_to_completion(site):
     events = b.get("/subscribers/B_VIEWER/events", params={"after": 0}).json()["events"]
     assert [(e["report"]["00001002"]["Value"][0], e["report"][STATE]["Value"][0]) for e in events] == [
         (1, "IN PROGRESS"), (2, "IN PROGRESS"), (1, "SCHEDULED"), (1, "IN PROGRESS"), (1, "COMPLETED")]
+    assert site.sql("SELECT COUNT(*) FROM delivery WHERE destination LIKE 'reviewer:%'") == [(0,)], \
+        "nothing is pushed to a pull reviewer"
     actions = [row[0] for row in site.sql("SELECT action FROM audit_event WHERE action LIKE 'worklist_%' "
                                           "AND action != 'worklist_searched' ORDER BY id")]
     assert actions == ["worklist_claimed", "worklist_cancel_requested", "worklist_claim_timed_out",

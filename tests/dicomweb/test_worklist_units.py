@@ -15,6 +15,7 @@ from gateway.config import GatewayConfig
 from gateway.dicomweb import ups
 from gateway.routing import pool
 from gateway.routing.assignment import CaseNeeds
+from gateway.stages.deliver import DeliveryStage
 from gateway.stages.pool import PoolStage
 from gateway.stages.sla import SlaStage
 from gateway.storage import cases, workitems
@@ -22,6 +23,7 @@ from gateway.storage.models import (
     Assignment,
     AuditEvent,
     CaseState,
+    OutboundObject,
     Series,
     Study,
     StudyIdentity,
@@ -53,6 +55,7 @@ CONFIG = GatewayConfig.model_validate({"sources": [{"name": "st-marys", "ae_titl
                                        "reviewers": REVIEWERS})
 A, B, CT_ONLY, PUSH = CONFIG.reviewers
 NAME, MRN = "DOE^JANE", "MRN0012345"
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 
 # --- the state machine, every pair ----------------------------------------------------------------------------
@@ -140,6 +143,18 @@ def test_the_claim_assigns_the_case_and_a_second_claim_is_refused(database):
         pool.claim(workitem.__class__(**{**workitem.__data__, "state": SCHEDULED}), B, "2.25.3", 600, "token:b")
     assert Study.get_by_id(workitem.study_id).reviewer == "dr-a"
     assert AuditEvent.select().where(AuditEvent.action == "worklist_claimed").count() == 1
+
+
+def test_a_claimed_case_is_never_pushed_to_its_pull_reviewer(database, tmp_path):
+    workitem = pooled_case()
+    study = Study.get_by_id(workitem.study_id)
+    OutboundObject.create(study=study, kind="image", sop_instance_uid="2.25.77", sop_class_uid=MR_IMAGE,
+                          transfer_syntax="1.2.840.10008.1.2.1", spool_path="x.dcm", sha256="0" * 64, size=1)
+    pool.claim(workitem, A, "2.25.1", 600, "token:a")
+    delivery = DeliveryStage.of(CONFIG)
+    assert delivery.due(utcnow()) == [], "the objects it was never sent are not missing: it reads them over DICOMweb"
+    assert not delivery.deliver(Study.get_by_id(study.id))
+    assert Study.get_by_id(study.id).state == CaseState.DELIVERED
 
 
 def test_two_claims_at_once_one_wins(database, tmp_path):
