@@ -14,7 +14,7 @@ import pytest
 from gateway.config import GatewayConfig
 from gateway.dicomweb import ups
 from gateway.routing import pool
-from gateway.routing.assignment import CaseNeeds
+from gateway.routing.assignment import CaseNeeds, ReviewerPool
 from gateway.stages.deliver import DeliveryStage
 from gateway.stages.pool import PoolStage
 from gateway.stages.sla import SlaStage
@@ -125,6 +125,15 @@ def test_a_pooled_case_is_seen_by_its_eligible_pull_reviewers_only(database):
     assert (workitem.state, workitem.priority, workitem.modalities) == (SCHEDULED, "HIGH", "MR")
     assert [pool.visible(r, workitem) for r in (A, B, CT_ONLY, PUSH)] == [True, True, False, False]
     assert [e.state for e in WorkitemEvent.select()] == [SCHEDULED]
+
+
+def test_a_pull_reviewer_is_chosen_whatever_a_c_echo_said_before_it_pulled():
+    needs = CaseNeeds(frozenset({"MR"}), "spine", False)
+    down = {"reviewer:dr-a", "reviewer:dr-b", "reviewer:dr-push"}
+    choice = ReviewerPool(CONFIG.reviewers).choose(needs, utcnow(), {}, {}, down)
+    assert choice is not None and choice.reviewer.name == "dr-a"
+    push_only = ReviewerPool([PUSH])
+    assert push_only.choose(CaseNeeds(frozenset({"MR"}), None, False), utcnow(), {}, {}, down) is None
 
 
 def test_the_claim_assigns_the_case_and_a_second_claim_is_refused(database):
