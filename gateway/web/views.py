@@ -159,10 +159,19 @@ def referral_for(source_name: str, referral_id: int) -> ReferralRow | None:
 _STATUS = {"VERIFIED": "final: signed by the reviewer", "UNVERIFIED": "preliminary: not signed"}
 
 
+@dataclass(frozen=True)
+class KeyImage:
+    """A key image of a finding: where the hospital's PACS has it ("series 3, image 12") and the node's
+    de-identified copy it is drawn from (an :class:`OutboundObject` id; None when the node has none)."""
+
+    place: str
+    image_id: int | None = None
+
+
 @dataclass
 class ReportFindingView:
     text: str
-    key_images: list[str] = field(default_factory=list)  # "series 3, image 12"
+    key_images: list[KeyImage] = field(default_factory=list)
 
 
 @dataclass
@@ -201,18 +210,19 @@ def returned_report(study: Study, spool: Spool) -> ReportView | None:
 
 
 class _ImagePositions(dict):
-    """Original SOP Instance UID → "series N, image M" (the numbers the hospital's PACS shows), read from the
-    original's header in the spool when a key image asks for it."""
+    """Original SOP Instance UID → :class:`KeyImage`: "series N, image M" (the numbers the hospital's PACS shows,
+    read from the original's header in the spool) and the case's de-identified copy of that image, the one the
+    reviewer saw and referenced, looked up when a key image asks for it."""
 
     def __init__(self, study: Study, spool: Spool) -> None:
         super().__init__()
         self.study, self.spool = study, spool
 
-    def __missing__(self, uid: str) -> str:
+    def __missing__(self, uid: str) -> KeyImage:
         from gateway.storage.models import Instance
 
         row = Instance.get_or_none((Instance.study == self.study) & (Instance.sop_instance_uid == uid))
-        place = "an image of the study"
+        place, copy = "an image of the study", None
         if row is not None:
             try:
                 header = pydicom.dcmread(self.spool.absolute(row.spool_path), stop_before_pixels=True,
@@ -220,11 +230,21 @@ class _ImagePositions(dict):
                 place = f"series {header.get('SeriesNumber', '?')}, image {header.get('InstanceNumber', '?')}"
             except (OSError, pydicom.errors.InvalidDicomError, ValueError):
                 pass
-        self[uid] = place
-        return place
+            copy = (OutboundObject.select(OutboundObject.id)
+                    .where((OutboundObject.instance == row) & (OutboundObject.kind == "image"))
+                    .order_by(OutboundObject.id.desc()).scalar())
+        self[uid] = KeyImage(place, copy)
+        return self[uid]
 
 
-def read_sr(dataset: Dataset, view: ReportView, positions: Mapping[str, str]) -> None:
+def key_image_copy(study: Study, image_id: int) -> OutboundObject | None:
+    """The case's de-identified image ``image_id`` (an :class:`OutboundObject` of kind image), or None if the
+    case has no such image: what the referrer's page draws a key image from."""
+    return OutboundObject.get_or_none((OutboundObject.id == image_id) & (OutboundObject.study == study)
+                                      & (OutboundObject.kind == "image"))
+
+
+def read_sr(dataset: Dataset, view: ReportView, positions: Mapping[str, KeyImage]) -> None:
     """Fill ``view`` from a TID 2000 report: its sections by their codes; anything else as generic lines."""
     view.title = concept_name(dataset) or "Report"
     view.status = _STATUS.get(str(dataset.get("VerificationFlag", "")), "")
