@@ -355,6 +355,7 @@ class SeriesRow:
     instances: int
     first: int | None
     last: int | None
+    description: str = ""  # the de-identified copy's Series Description, as de-identification kept it
 
 
 @dataclass
@@ -366,9 +367,12 @@ class CaseImagesIndex:
 
 
 def images_index(study: Study, spool: Spool) -> CaseImagesIndex:
-    tags = ["SeriesNumber", "InstanceNumber", "Modality", "SOPInstanceUID"]
+    """The case's series as the reviewer received them, read from the de-identified copies only (their
+    descriptions are what the Clean Descriptors option left, or nothing)."""
+    tags = ["SeriesNumber", "InstanceNumber", "Modality", "SOPInstanceUID", "SeriesDescription"]
     by_series: dict[str, list[int]] = {}
     modality: dict[str, str] = {}
+    description: dict[str, str] = {}
     by_position: dict[tuple[int, int], str] = {}
     images = OutboundObject.select().where((OutboundObject.study == study) & (OutboundObject.kind == "image"))
     for row in images:
@@ -377,12 +381,13 @@ def images_index(study: Study, spool: Spool) -> CaseImagesIndex:
         number = header.get("InstanceNumber")
         by_series.setdefault(series, [])
         modality[series] = str(header.get("Modality", ""))
+        description[series] = description.get(series) or str(header.get("SeriesDescription", "") or "").strip()
         if number is not None:
             by_series[series].append(int(number))
             if series.isdigit():
                 by_position[(int(series), int(number))] = str(header.SOPInstanceUID)
     rows = [SeriesRow(series, modality[series], len(numbers), min(numbers, default=None),
-                      max(numbers, default=None))
+                      max(numbers, default=None), description[series])
             for series, numbers in sorted(by_series.items(), key=lambda kv: (len(kv[0]), kv[0]))]
     return CaseImagesIndex(rows, by_position)
 
