@@ -39,7 +39,7 @@ MAX_ID_DIGITS = 18  # below 2**63: a row id of SQLite and of PostgreSQL's bigint
 def cases(page: Page) -> Response:
     source = page.user.source
     return page.render("referrer_cases.html", title="Your cases", source=source, rows=views.referrer_cases(source),
-                       sent=page.request.query_params.get("sent", ""))
+                       dates=_dates(page), sent=page.request.query_params.get("sent", ""))
 
 
 def _source_config(page: Page):
@@ -222,7 +222,8 @@ def case(page: Page, phrase: str = "", problem: str = "", status: int = 200, pro
     return page.render("referrer_case.html", status=status, title=f"Case {referral.accession_number}",
                        referral=referral, document=document, study=study,
                        state=views.referral_state(referral, study), correctable=correctable(referral),
-                       submitted=views.submitted_fields(document), problem_action=problem_action,
+                       submitted=views.submitted_fields(document, _dates(page)), dates=_dates(page),
+                       problem_action=problem_action,
                        report=report, when=views.when, fields=fields, shifted=shifted,
                        redactions=list(document.redactions), phrase=phrase,
                        errors={"phrase": [problem]} if problem else {},

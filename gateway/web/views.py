@@ -24,6 +24,7 @@ from gateway.routing.assignment import NO_REVIEWER
 from gateway.storage.models import CaseState, CriticalResult, OutboundObject, ReportObject, Source, Study, utcnow
 from gateway.storage.models import Referral as ReferralRow
 from gateway.storage.spool import Spool
+from gateway.web.dates import ISO_DATES, DateFormat
 
 S = CaseState
 _PLAIN = {
@@ -79,9 +80,10 @@ _SUBMITTED = (("accession_number", "Accession number"), ("study_date", "Study da
               ("clinical.question", "Question for the reviewer"))
 
 
-def submitted_fields(document: Any) -> list[tuple[str, str]]:
-    """(label, value) of every field the referral was sent with, in the form's order, as written."""
-    from gateway.web.forms import RED_FLAG_LABELS
+def submitted_fields(document: Any, dates: DateFormat = ISO_DATES) -> list[tuple[str, str]]:
+    """(label, value) of every field the referral was sent with, in the form's order, as written (its dates in
+    the source's format, ``dates``)."""
+    from gateway.web.forms import DATE_FIELDS, RED_FLAG_LABELS
 
     data = document.model_dump(mode="json", exclude_none=True)
     rows = []
@@ -91,6 +93,8 @@ def submitted_fields(document: Any) -> list[tuple[str, str]]:
             value = value.get(part) if isinstance(value, dict) else None
         if path == "clinical.red_flags" and value:
             value = "; ".join(RED_FLAG_LABELS.get(flag, flag) for flag in value)
+        if path in DATE_FIELDS and value:
+            value = dates.written(str(value))
         if value not in (None, "", []):
             rows.append((label, str(value)))
     return rows
