@@ -5,7 +5,8 @@ source (a letterhead added).
 A report written in the portal: signed from the account (VERIFIED, nothing typed), it reaches the hospital's
 PACS with the hospital's copy of its PDF (letterhead, the patient's identity; never in front of the reviewer),
 and the referrer reads it in clinical words: who signed it, the answer to the question under its own heading,
-the key images by series and image number, no DICOM vocabulary.
+the key images as thumbnails drawn from the node's de-identified copy (with their series and image numbers), no
+DICOM vocabulary. The referral form's dates are typed in the source's format (dd/mm/yyyy for the UK source).
 
 A referral asking for a subspecialty no reviewer lists: the case is held, and why is said in the same words in
 ``spine-gateway status``, the log, the operators' overview and case page, and the referrer's list and case page.
