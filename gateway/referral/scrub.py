@@ -184,7 +184,10 @@ _ARRONDISSEMENT = re.compile(r"\b\d{1,2}(?:e|er|ème|eme)\s+arr(?:ondissement\b|
 _DAY_MONTH_FIGURES = re.compile(
     r"(?:(?<=\()|(?<=\bam )|(?<=\bvom )|(?<=\bseit )|(?<=\bbis )|(?<=\bab )|(?<=\bzum )|(?<=\bden )|(?<=\bon )|"
     r"(?<=\bsince )|(?<=\bfrom )|(?<=\buntil )|(?<=\bfra )|(?<=\btil )|(?<=\ble )|(?<=\bdu )|(?<=\bau ))"
-    r"(?:0?[1-9]|[12]\d|3[01])\.(?:0?[1-9]|1[0-2])\.(?!\d)")
+    r"(?:0?[1-9]|[12]\d|3[01])\.(?:0?[1-9]|1[0-2])\.(?!\d)|"
+    # without a cue when written with two-digit day and month and the closing dot ("15.04.", "03.11."): no
+    # clinical value is written so (the labelled ones are protected before)
+    r"(?<![\w.,/\-])(?:0[1-9]|[12]\d|3[01])\.(?:0[1-9]|1[0-2])\.(?![\d\w])")
 _DIGIT_RUN = re.compile(r"\d{6,}")
 _EPONYM_TERM = re.compile(
     r"\b[A-Z][a-z]+(?:[\-][A-Z][a-z]+)?(?:['’]s?[ \t\-]*|[ \t\-]+)"

@@ -69,6 +69,8 @@ def test_a_common_word_surname_stays_a_word_elsewhere():
     ("Referred from Nuffield Orthopaedic Centre, Oxford\nPower 4/5 (Oxford scale).", "en",
      ["Nuffield", "Centre, Oxford"], ["Oxford scale"]),
     ("He lives in Oxford and drives for Uber and Bolt.", "en", ["Oxford", "Uber", "Bolt"], []),
+    ("Sturz 15.04. beim Skifahren, Kontrolle 03.11. geplant; Hb 12.1, VAS 7.5.", "de", ["15.04.", "03.11."],
+     ["Hb 12.1", "VAS 7.5"]),
 ])
 def test_other_scripts_languages_and_forms(text, language, gone, kept):
     out = _scrubbed(text, language=language)
