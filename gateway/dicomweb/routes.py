@@ -68,7 +68,9 @@ class DicomWeb:
 
     # --- plumbing -------------------------------------------------------------------------------------------
 
-    def _endpoint(self, work: Work) -> Callable[[Request], Awaitable[Response]]:
+    def _endpoint(self, work: Work, template: str) -> Callable[[Request], Awaitable[Response]]:
+        """``work`` behind the caller's authentication; a failure is logged with the route's ``template``,
+        never the request's path (its UIDs are a user's: possibly an original study's)."""
         @functools.wraps(work)
         async def endpoint(request: Request) -> Response:
             caller = await caller_of(request, self.config, self.database)
@@ -80,8 +82,7 @@ class DicomWeb:
             try:
                 return await run_in_threadpool(self._run, work, caller, request)
             except Exception as exc:  # noqa: BLE001 - the edge: one line naming the type only (no PHI)
-                log.error("dicomweb_failed", error=type(exc).__name__, reason=request.url.path[:64],
-                          reviewer=caller.reviewer)
+                log.error("dicomweb_failed", error=type(exc).__name__, reason=template, reviewer=caller.reviewer)
                 return refusal(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
 
         return endpoint
@@ -309,7 +310,7 @@ class DicomWeb:
             (f"{instance}/frames/{{frames}}", self.frames),
             (f"{instance}/frames/{{frames}}/rendered", self.rendered),
         ]
-        routes: list[BaseRoute] = [Route(path, self._endpoint(work), methods=["GET"]) for path, work in get]
+        routes: list[BaseRoute] = [Route(path, self._endpoint(work, path), methods=["GET"]) for path, work in get]
         routes += [Route(f"{p}/studies", self.stow, methods=["POST"]),
                    Route(f"{p}/studies/{{study}}", self.stow, methods=["POST"])]
         return routes

@@ -1,20 +1,26 @@
 """DICOMweb's pieces without a node: tokens, QIDO matching, STOW bodies and answers, frames and rendered images,
-the audit of repeated frame requests."""
+the audit of repeated frame requests, what a failing endpoint logs."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
+from starlette.applications import Starlette
+from structlog.testing import capture_logs
 
 from gateway.config import GatewayConfig
 from gateway.dicomweb import qido, stow, tokens, wado
 from gateway.dicomweb.access import AccessTrail
+from gateway.dicomweb.routes import DicomWeb
 from gateway.storage.models import DicomwebToken, db, open_database
+from gateway.storage.spool import Spool
 
 CONFIG = GatewayConfig.model_validate({
     "sources": [{"name": "st-marys", "ae_title": "HOSP_PACS"}],
@@ -145,3 +151,27 @@ def test_a_viewer_asking_frame_after_frame_is_audited_once_in_a_while():
     assert trail._due(("token:abcd1234", "case", "frames:1.2.4")), "another series"
     now[0] = 301.0
     assert trail._due(key)
+
+
+class _FailingMetadata(DicomWeb):
+    def metadata(self, caller, request):
+        raise RuntimeError(f"could not read {request.path_params['study']}")
+
+
+def test_a_failing_endpoint_logs_its_route_template_never_the_uids_of_its_path(database, tmp_path):
+    web = _FailingMetadata(CONFIG, Spool(tmp_path / "spool"), db)
+    token = tokens.issue(CONFIG, "dr-a")
+    original = "1.2.826.0.1.3680043.2.1125.424242"
+
+    async def get(path: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=Starlette(routes=web.routes()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            return await client.get(path, headers={"Authorization": f"Bearer {token}"})
+
+    with capture_logs() as logs:
+        answer = asyncio.run(get(f"/dicomweb/studies/{original}/series/{original}9/metadata"))
+    assert answer.status_code == 500
+    failed = [entry for entry in logs if entry["event"] == "dicomweb_failed"]
+    assert failed == [{"event": "dicomweb_failed", "log_level": "error", "error": "RuntimeError",
+                       "reason": "/dicomweb/studies/{study}/series/{series}/metadata", "reviewer": "dr-a"}]
+    assert original not in repr(logs)
