@@ -25,7 +25,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("privacy", ("gateway.privacy",)),
     ("deid", ("gateway.deid",)),
     # The MLLP client is a library (the ORU stage sends through it); the MLLP server is a way in.
-    ("libraries", ("gateway.referral", "gateway.reports", "gateway.routing", "gateway.mllp.client")),
+    ("libraries", ("gateway.referral", "gateway.reports", "gateway.routing", "gateway.mllp.client",
+                   "gateway.accounts")),
     ("stages", ("gateway.stages",)),
     # The servers, the ways in: the DICOM SCP, the portal, the one HTTP application, the MLLP server, DICOMweb, and the
     # status read-out that the portal and the CLI show (it reads every layer; it stays in ops/ for now).

@@ -1,4 +1,4 @@
-"""``spine-gateway user add|list|disable``: portal accounts (thin: parse, call :mod:`gateway.web.accounts`)."""
+"""``spine-gateway user add|list|disable``: portal accounts (thin: parse, call :mod:`gateway.accounts.users`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from gateway.cli.common import UsageError, configure_logging, open_command_datab
 from gateway.config import GatewayConfig
 
 if TYPE_CHECKING:
-    from gateway.web.accounts import Account
+    from gateway.accounts.users import Account
 
 __all__ = ["add_user_commands"]
 
@@ -53,9 +53,9 @@ def _password(from_stdin: bool) -> str:
 
 
 def cmd_user_add(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.accounts.users import AccountError, add_user
     from gateway.ops import audit
     from gateway.storage.models import db
-    from gateway.web.accounts import AccountError, add_user
 
     password = _password(args.password_stdin)
     _open(config)
@@ -71,8 +71,8 @@ def cmd_user_add(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_user_list(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.accounts.users import list_users
     from gateway.storage.models import db
-    from gateway.web.accounts import list_users
 
     _open(config)
     with db.connection_context():
@@ -88,9 +88,9 @@ def _account_line(a: Account) -> str:
 
 
 def cmd_user_disable(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.accounts.users import AccountError, disable_user
     from gateway.ops import audit
     from gateway.storage.models import db
-    from gateway.web.accounts import AccountError, disable_user
 
     _open(config)
     try:

@@ -8,12 +8,12 @@ import json
 
 import pytest
 
+from gateway.accounts.users import add_user, disable_user
 from gateway.cli import dicomweb as dicomweb_commands
 from gateway.cli import users as user_commands
 from gateway.config import GatewayConfig
 from gateway.dicomweb import tokens
 from gateway.storage.models import db, open_database
-from gateway.web.accounts import add_user, disable_user
 
 CONFIG = GatewayConfig.model_validate({
     "sources": [{"name": "st-marys", "ae_title": "HOSP_PACS"}],
