@@ -129,6 +129,18 @@ def test_the_intended_imports_up_still_exist():
     assert not stale, stale
 
 
+# The CLI is an entry point beside the servers: it starts the node (``serve``) and prints the status read-out that
+# the portal shows too, and reaches into no other way in (what a command and a server share is a library).
+CLI_REACHES = {"gateway.node", "gateway.ops.status"}
+
+
+def test_the_cli_reaches_into_no_server():
+    reached = sorted(f"{module} -> {target}" for module, targets in GRAPH.items()
+                     if LAYERS[layer_of(module)][0] == "cli" for target in targets
+                     if LAYERS[layer_of(target)][0] == "servers" and target not in CLI_REACHES)
+    assert not reached, "the CLI reaches into a server's package:\n" + "\n".join(reached)
+
+
 def test_no_import_circle():
     circles = _circles(GRAPH)
     assert not circles, "import circles:\n" + "\n".join(" -> ".join(circle) for circle in circles)

@@ -1,5 +1,5 @@
 """``spine-gateway dicomweb token issue|revoke|list``: the reviewers' DICOMweb bearer tokens (thin: parse, call
-:mod:`gateway.dicomweb.tokens`). A token is printed once, at issue; the database keeps only its hash."""
+:mod:`gateway.accounts.tokens`). A token is printed once, at issue; the database keeps only its hash."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from gateway.cli.common import UsageError, configure_logging, open_command_datab
 from gateway.config import GatewayConfig
 
 if TYPE_CHECKING:
-    from gateway.dicomweb.tokens import TokenInfo
+    from gateway.accounts.tokens import TokenInfo
 
 __all__ = ["add_dicomweb_commands"]
 
@@ -43,7 +43,7 @@ def _open(config: GatewayConfig) -> None:
 
 
 def cmd_token_issue(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.dicomweb.tokens import TokenError, issue
+    from gateway.accounts.tokens import TokenError, issue
     from gateway.ops import audit
     from gateway.storage.models import db
 
@@ -63,7 +63,7 @@ def cmd_token_issue(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.dicomweb.tokens import TokenError, revoke
+    from gateway.accounts.tokens import TokenError, revoke
     from gateway.ops import audit
     from gateway.storage.models import db
 
@@ -80,7 +80,7 @@ def cmd_token_revoke(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.dicomweb.tokens import listed
+    from gateway.accounts.tokens import listed
     from gateway.storage.models import db
 
     _open(config)

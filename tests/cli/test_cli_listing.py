@@ -8,11 +8,11 @@ import json
 
 import pytest
 
+from gateway.accounts import tokens
 from gateway.accounts.users import add_user, disable_user
 from gateway.cli import dicomweb as dicomweb_commands
 from gateway.cli import users as user_commands
 from gateway.config import GatewayConfig
-from gateway.dicomweb import tokens
 from gateway.storage.models import db, open_database
 
 CONFIG = GatewayConfig.model_validate({

@@ -15,8 +15,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 from starlette.applications import Starlette
 from structlog.testing import capture_logs
 
+from gateway.accounts import tokens
 from gateway.config import GatewayConfig
-from gateway.dicomweb import qido, stow, tokens, wado
+from gateway.dicomweb import qido, stow, wado
 from gateway.dicomweb.access import AccessTrail
 from gateway.dicomweb.routes import DicomWeb
 from gateway.storage.models import DicomwebToken, db, open_database
