@@ -5,15 +5,21 @@ home without walking the study leg's states."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pydicom
 import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
 from structlog.testing import capture_logs
 
 from gateway.config import GatewayConfig
 from gateway.demo import DemoPatient
+from gateway.ops.metrics import GatewayMetrics
+from gateway.stages.context import NodeContext
 from gateway.stages.deliver import DeliveryStage, retry_case
 from gateway.stages.reports import ReportStage
-from gateway.storage.models import CaseState, Delivery, OutboundObject, ReportObject, Study, utcnow
+from gateway.storage import cases, wakeup
+from gateway.storage.models import CaseState, Delivery, OutboundObject, ReportObject, Study, db, utcnow
 from support.peers import DcmtkStoreSCP, free_port
 
 pytestmark = pytest.mark.dicom_e2e  # run a second time with the pynetdicom hooks off (make test-hooks-off)
@@ -21,10 +27,10 @@ pytestmark = pytest.mark.dicom_e2e  # run a second time with the pynetdicom hook
 PATIENT = DemoPatient()
 
 
-def _config(tmp_path, port: int, max_attempts: int = 3) -> GatewayConfig:
+def _config(tmp_path, port: int, max_attempts: int = 3, initial_s: float = 0.01) -> GatewayConfig:
     return GatewayConfig.model_validate({
         "storage": {"spool_dir": str(tmp_path / "spool"), "min_free_bytes": 0},
-        "routing": {"retry": {"initial_s": 0.01, "max_s": 0.02, "max_attempts": max_attempts}},
+        "routing": {"retry": {"initial_s": initial_s, "max_s": max(initial_s, 0.02), "max_attempts": max_attempts}},
         "sources": [{"name": "st-marys", "ae_title": "HOSP_PACS",
                      "return": {"ae_title": "STORESCP", "host": "127.0.0.1", "port": port}}],
         "reviewers": [{"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": 104}]})
@@ -99,3 +105,26 @@ def test_every_failed_report_attempt_is_logged_at_warning(tmp_path, report_spool
         _run(ReportStage.of(_config(tmp_path, free_port(), max_attempts=5), report_spool, case.secret))
     (attempt,) = [e for e in logs if e["event"] == "report_delivery_attempt"]
     assert attempt["log_level"] == "warning" and attempt["attempt"] == 1 and attempt["status"] != "delivered"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_failed_report_attempt_sets_its_retry_timer_on_the_hub_of_its_context(tmp_path, report_spool,
+                                                                                reported_case):
+    assert wakeup.current() is None, "no process hub: the timer can only reach the context's"
+    scheduler = BackgroundScheduler(timezone="UTC")
+    scheduler.start()
+    hub = wakeup.Wakeups("node-ctx-11112", db.obj, scheduler=scheduler).start()
+    try:
+        context = NodeContext(db, cases.LeaseOwner("node-ctx-11112", dt.timedelta(seconds=45)), hub,
+                              GatewayMetrics(db.obj))
+        case = reported_case()
+        # a retry an hour away: its timer is still pending when the test looks
+        stage = ReportStage.of(_config(tmp_path, free_port(), max_attempts=5, initial_s=3600), report_spool,
+                               case.secret, context=context)
+        assert _run(stage) == 0
+        due = Study.get_by_id(case.study.id).report_next_attempt_at
+        (when,) = [when.replace(tzinfo=None) for when, topic in hub.pending_timers() if topic == CaseState.REPORTED]
+        assert due is not None and abs((when - due).total_seconds()) < 0.1, "the retry runs when due"
+    finally:
+        hub.stop()
+        scheduler.shutdown(wait=True)
