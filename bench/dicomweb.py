@@ -24,9 +24,9 @@ from pathlib import Path
 import pydicom
 import requests
 
+from gateway.accounts import tokens
 from gateway.config import GatewayConfig
 from gateway.demo import write_demo_study
-from gateway.dicomweb import tokens
 from gateway.dicomweb.routes import dicomweb_routes
 from gateway.http.app import build_application
 from gateway.http.server import HttpServer

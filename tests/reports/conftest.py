@@ -26,6 +26,7 @@ PATIENT = DemoPatient()
 class ReportedCase:
     study: Study
     originals: list[pydicom.Dataset]
+    images: list[pydicom.Dataset]  # the originals de-identified; the report's finding references the first
     pdf: pydicom.Dataset | None  # the reviewer's PDF, as the reviewer wrote it (``with_pdf``)
     secret: bytes = SECRET  # the pseudonym key it was de-identified with
 
@@ -54,13 +55,13 @@ def reported_case(tmp_path, report_spool) -> Callable[..., ReportedCase]:
         images = _pseudonymised(study, originals)
         refs = tuple(ImageRef(str(d.SOPClassUID), str(d.SOPInstanceUID), str(d.SeriesInstanceUID)) for d in images)
         content = ReportContent(title=codes.TITLES["mri-spine"],
-                                findings=(ReportFinding("L4-L5: disc extrusion.", refs),),
+                                findings=(ReportFinding("L4-L5: disc extrusion.", refs[:1]),),
                                 impressions=("Extrusion compressing the left L5 root.",), observer_name=observer)
         _spool_report(report_spool, study, tmp_path, ReportSRBuilder(images[0], content).build(), "a")
         pdf = ReportPDFBuilder(images[0], content).build() if with_pdf else None
         if pdf is not None:
             _spool_report(report_spool, study, tmp_path, pdf, "b")
-        return ReportedCase(Study.get_by_id(study.id), originals, pdf)
+        return ReportedCase(Study.get_by_id(study.id), originals, images, pdf)
 
     return make
 

@@ -16,7 +16,7 @@ from gateway.reports import codes
 from gateway.reports.builder import ImageRef, ReportContent, ReportFinding, ReportSRBuilder
 from gateway.reports.hospital_copy import readable_date
 from gateway.stages.reports import ReportStage
-from gateway.storage.models import OutboundObject
+from gateway.storage.models import OutboundObject, Study
 from gateway.storage.spool import Spool
 
 PATIENT = DemoPatient()
@@ -38,8 +38,19 @@ def _pdf_text(data: bytes) -> str:
     return "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(data)).pages)
 
 
+def _spool_key_image(spool: Spool, study: Study, tmp_path, image: pydicom.Dataset) -> None:
+    """The de-identified image the report references, as the node keeps it (an outbound image)."""
+    path = tmp_path / "key-image.dcm"
+    image.save_as(path, enforce_file_format=True)
+    stored = spool.store(path.read_bytes(), "c" * 64)
+    OutboundObject.create(study=study, kind="image", sop_instance_uid=image.SOPInstanceUID,
+                          sop_class_uid=image.SOPClassUID, transfer_syntax=image.file_meta.TransferSyntaxUID,
+                          spool_path=spool.relative(stored), sha256="c" * 64, size=path.stat().st_size)
+
+
 def _home_pdf(tmp_path, spool: Spool, case) -> pydicom.Dataset:
-    """The case's report re-identified; the PDF that goes home."""
+    """The case's report re-identified, its key image kept by the node; the PDF that goes home."""
+    _spool_key_image(spool, case.study, tmp_path, case.images[0])
     assert ReportStage.of(_config(tmp_path), spool, case.secret).reidentify_received(case.study) == 2
     (home,) = [pydicom.dcmread(spool.absolute(o.spool_path)) for o in OutboundObject.select()
                if o.sop_class_uid == codes.ENCAPSULATED_PDF]
@@ -50,6 +61,9 @@ def _home_pdf(tmp_path, spool: Spool, case) -> pydicom.Dataset:
 def test_the_pdf_home_carries_the_letterhead_identity_and_signature(tmp_path, report_spool, reported_case):
     case = reported_case("Reviewer^Ann", with_pdf=True)
     home = _home_pdf(tmp_path, report_spool, case)
+    cover = PdfReader(io.BytesIO(bytes(home.EncapsulatedDocument))).pages[0]
+    assert len(cover.images) == 1, "the key image, drawn on the cover"
+    assert "Key images series 1, image 1" in " ".join(cover.extract_text().split())
     text = _pdf_text(bytes(home.EncapsulatedDocument)[:int(home.EncapsulatedDocumentLength)])
     flat = " ".join(text.split())
     for expected in ("St Mary's Hospital NHS Trust", "Department of Radiology", "DOE, JANE MARIE", PATIENT.patient_id,
