@@ -1,6 +1,7 @@
 """The reviewer's image viewer (dwv, vendored by scripts/install-viewer.py) in headless Chromium, against a running
-node: a case delivered to dr-a by DCMTK, the case page opens, both panes draw the case's series from the node's own
-DICOMweb (the canvas's pixels are not blank), the mouse wheel moves to another image (other pixels), window/level
+node: a case delivered to dr-a by DCMTK, with a prior the priors stage fetched from the source's PACS (Orthanc), the
+case page opens, both panes draw from the node's own DICOMweb (the canvas's pixels are not blank: the case's first
+series, and the prior beside it), the mouse wheel moves to another image (other pixels), window/level
 changes them, and the image picked as a key image reaches the report SR the hospital's storescp receives.
 Screenshots go to the test's tmp dir (``SPINE_GATEWAY_SHOTS`` names another directory to keep them).
 """
@@ -21,7 +22,7 @@ from selenium.webdriver.support.wait import WebDriverWait
 
 from browser import browser_for
 from gateway.demo import DemoPatient, write_demo_study
-from support.peers import DcmtkStoreSCP, GatewayProcess, free_port, started, storescu, wait_until
+from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc, free_port, started, storescu, wait_until
 
 VENDOR = Path(__file__).resolve().parents[2] / "gateway" / "web" / "static" / "vendor" / "installed.json"
 pytestmark = [
@@ -30,6 +31,7 @@ pytestmark = [
     pytest.mark.skipif(not VENDOR.exists(), reason="the viewer is not vendored (make viewer)"),
 ]
 PATIENT = DemoPatient()
+PACS_AE = "STMARYS_QR"
 PASSWORD = "correct horse battery"
 FAST = {"routing": {"stable_after_s": 0.5, "poll_s": 0.2, "echo_interval_s": 1.0,
                     "retry": {"initial_s": 0.2, "max_s": 1.0, "max_attempts": 200}},
@@ -61,12 +63,24 @@ class Site:
         self.node = GatewayProcess(workdir / "gw", f"sqlite:///{workdir}/gateway.db", extra={
             **FAST, "http": {"host": "127.0.0.1", "port": free_port()}})
         self.study = write_demo_study(workdir / "study", 12, seed=7, rows=128, cols=128)
+        # The PACS's earlier MR of the patient: one series, numbered apart from the case's.
+        self.prior = write_demo_study(workdir / "prior", 1, seed=8, rows=128, cols=128,
+                                      patient=DemoPatient(study_date="20250815", accession="A2000001"))
+        for path in self.prior:
+            ds = pydicom.dcmread(path)
+            ds.SeriesNumber = 11
+            ds.save_as(path, enforce_file_format=True)
+        self.pacs = Orthanc(workdir / "pacs", PACS_AE)
 
     def start(self) -> None:
         self.hospital.start()
         self.reviewer.start()
+        self.pacs.modalities = {"gateway": [self.node.ae_title, "127.0.0.1", self.node.port]}
+        self.pacs.start()
+        self.pacs.upload(self.prior)
         self.node.config["sources"] = [{"name": "st-marys", "ae_title": "HOSP_PACS", "return": {
-            "ae_title": "HOSP_PACS", "host": "127.0.0.1", "port": self.hospital.port}}]
+            "ae_title": "HOSP_PACS", "host": "127.0.0.1", "port": self.hospital.port},
+            "query_retrieve": {"ae_title": PACS_AE, "host": "127.0.0.1", "port": self.pacs.dicom_port}}]
         self.node.config["reviewers"] = [
             {"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": self.reviewer.port}]
         self.node.start()
@@ -89,7 +103,7 @@ class Site:
         return f"http://127.0.0.1:{self.node.config['http']['port']}"
 
     def stop(self) -> None:
-        for peer in (self.node, self.reviewer, self.hospital):
+        for peer in (self.node, self.pacs, self.reviewer, self.hospital):
             peer.stop()
 
 
@@ -124,7 +138,9 @@ def test_the_viewer_draws_scrolls_and_picks_a_key_image_for_the_report(site, bro
     wait_for(browser, lambda: all(pane(browser, i)["loaded"] == "true" and pane(browser, i)["instance"]
                                   for i in (0, 1)), "both panes loaded and showing an image")
     first, second = pane(browser, 0), pane(browser, 1)
-    assert first["series"] != second["series"], "two series side by side"
+    assert (first["series"], second["series"]) == ("1", "11"), "the case's first series, and the prior beside it"
+    chosen = Select(browser.driver.find_element("css selector", ".pane[data-pane='1'] .series-choice"))
+    assert chosen.first_selected_option.text.startswith("Prior 20"), chosen.first_selected_option.text
     drawn = [wait_for(browser, lambda i=i: (p := pixels(browser, i))["lit"] > p["total"] // 20 and p,
                       f"pane {i} drawn") for i in (0, 1)]
     assert all(p["total"] > 0 for p in drawn)
