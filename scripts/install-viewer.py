@@ -73,10 +73,17 @@ def fetch(name: str, version: str, integrity: str) -> bytes:
             data = answer.read()
     except OSError as exc:
         raise InstallError(f"{name} {version}: could not fetch {url} ({exc})") from exc
+    return verified(f"{name} {version}", data, integrity)
+
+
+def verified(what: str, data: bytes, integrity: str) -> bytes:
+    """``data`` if its digest is the pinned Subresource-Integrity string (``sha512-<base64>``), else InstallError."""
     algorithm, _, expected = integrity.partition("-")
-    actual = base64.b64encode(hashlib.new(algorithm, data).digest()).decode()
+    if algorithm != "sha512":
+        raise InstallError(f"{what}: the pin must be a sha512 integrity, not {algorithm!r}")
+    actual = base64.b64encode(hashlib.sha512(data).digest()).decode()
     if actual != expected:
-        raise InstallError(f"{name} {version}: integrity mismatch ({algorithm} {actual}, expected {expected})")
+        raise InstallError(f"{what}: integrity mismatch (sha512 {actual}, pinned {expected}): not installed")
     return data
 
 
@@ -100,6 +107,7 @@ def unpack(name: str, data: bytes, files: dict[str, str], into: Path) -> None:
 
 
 def rewrite_imports(into: Path) -> None:
+    """dwv's bare imports become the local modules of :data:`SHIMS`, written beside it."""
     module = into / "dwv" / "dwv.min.js"
     text = module.read_text(encoding="utf-8")
     for bare, (shim, global_name) in SHIMS.items():
