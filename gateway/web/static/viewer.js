@@ -136,6 +136,9 @@ class Pane {
       root.dataset.firstImageMs = String(Math.round(performance.now()));
       say("Scroll with the mouse wheel or the arrows; drag to change the window (Window/level tool).");
     }
+    if (!root.dataset.allDrawnMs && panes.every((pane) => pane.renders > 0)) {
+      root.dataset.allDrawnMs = String(Math.round(performance.now()));
+    }
   }
 
   layer() {
