@@ -195,6 +195,8 @@ class DicomWeb:
         except wado.NotAcceptable as exc:
             return refusal(HTTPStatus.NOT_ACCEPTABLE, str(exc))
         self.trail.retrieved(caller, case.study, _level(request), len(objects))
+        if "instance" in request.path_params and wado.single_part(request.headers.get("accept", "")):
+            return Response(case.part10(objects[0]), media_type="application/dicom", headers=NO_STORE)
         mark = wado.boundary()
         return StreamingResponse(wado.multipart_instances(case, objects, mark), headers=NO_STORE,
                                  media_type=f'multipart/related; type="application/dicom"; boundary={mark}')

@@ -145,3 +145,12 @@ def test_a_viewer_asking_frame_after_frame_is_audited_once_in_a_while():
     assert trail._due(("token:abcd1234", "case", "frames:1.2.4")), "another series"
     now[0] = 301.0
     assert trail._due(key)
+
+
+def test_an_instance_is_served_single_part_only_when_asked_for_without_multipart():
+    assert wado.single_part("application/dicom")
+    assert wado.single_part("application/dicom; transfer-syntax=*")
+    assert not wado.single_part('multipart/related; type="application/dicom"')
+    assert not wado.single_part('multipart/related; type="application/dicom", application/dicom')
+    assert not wado.single_part("application/dicom+json")
+    assert not wado.single_part("*/*") and not wado.single_part("")

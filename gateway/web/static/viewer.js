@@ -9,7 +9,8 @@ const caseStudy = root.dataset.study;
 const dicomweb = root.dataset.dicomweb;
 const statusLine = document.getElementById("viewer-status");
 const NOT_IMAGES = new Set(["SR", "DOC", "KO", "PR"]);
-const WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*';
+const WADO_ACCEPT = "application/dicom"; // one instance a request, single part: drawn as it arrives
+const BATCH = 6;                          // requests in flight for one pane
 const TOOLS = ["Scroll", "WindowLevel", "ZoomAndPan"];
 
 let violations = 0;
@@ -69,9 +70,12 @@ const positions = new Map();
 
 async function listInstances(series) {
   const found = await dicomJson(`/studies/${caseStudy}/series/${series.uid}/instances`);
-  for (const item of found) {
-    positions.set(first(item, "00080018"), {series: series.number, instance: first(item, "00200013")});
+  const instances = found.map((item) => ({uid: first(item, "00080018"), number: first(item, "00200013")}));
+  instances.sort((a, b) => (a.number ?? 0) - (b.number ?? 0));
+  for (const instance of instances) {
+    positions.set(instance.uid, {series: series.number, instance: instance.number});
   }
+  return instances.map((i) => `${dicomweb}/studies/${caseStudy}/series/${series.uid}/instances/${i.uid}`);
 }
 
 class Pane {
@@ -84,6 +88,7 @@ class Pane {
     this.app = null;
     this.dataId = null;
     this.renders = 0;
+    this.firstRender = Promise.resolve();
     for (const [index, series] of allSeries.entries()) {
       this.choice.add(new Option(describe(series), String(index)));
     }
@@ -94,6 +99,9 @@ class Pane {
   }
 
   newApp() {
+    this.firstRender = new Promise((resolve) => {
+      this.drawn = resolve;
+    });
     if (this.app) {
       this.app.reset();
     }
@@ -108,6 +116,7 @@ class Pane {
       this.describeSlice();
     });
     app.addEventListener("renderend", () => this.rendered());
+    app.addEventListener("loadend", () => this.drawn()); // drawn, or nothing to draw: the next pane goes on
     app.addEventListener("positionchange", () => this.describeSlice());
     app.addEventListener("error", (event) => {
       root.dataset.lastError = String((event.error && event.error.message) || event.message || event.type);
@@ -121,15 +130,16 @@ class Pane {
     this.element.dataset.loaded = "false";
     this.element.dataset.series = String(series.number);
     this.choice.value = String(this.allSeries.indexOf(series));
-    await listInstances(series);
+    const urls = await listInstances(series);
     const app = this.newApp();
-    // The whole series in one WADO-RS request (multipart): dwv stacks its instances into one volume.
-    this.dataId = app.loadURLs([`${dicomweb}/studies/${caseStudy}/series/${series.uid}`],
-                               {requestHeaders: [{name: "Accept", value: WADO_ACCEPT}]});
+    // WADO-RS, instance by instance: dwv stacks them into one volume and draws the first as soon as it is read.
+    this.dataId = app.loadURLs(urls, {requestHeaders: [{name: "Accept", value: WADO_ACCEPT}], batchSize: BATCH});
+    await this.firstRender;
   }
 
   rendered() {
     this.renders += 1;
+    this.drawn();
     this.element.dataset.renders = String(this.renders);
     if (!root.dataset.firstImageMs) {
       // From the page's navigation start: opening the case to its first image drawn.
@@ -224,7 +234,10 @@ async function start() {
       }
     }
   });
-  await Promise.all(panes.map((pane, index) => pane.show(chosen[index])));
+  // One pane after the other: the first image gets the whole link (a series is one WADO-RS request).
+  for (const [index, pane] of panes.entries()) {
+    await pane.show(chosen[index]);
+  }
 }
 
 start().catch((error) => say(`The images could not be opened: ${error.message}. Reload the page, or ask an operator.`));
