@@ -23,18 +23,14 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests" / "web")]
 
 from browser import Browser  # noqa: E402 - tests/web/browser.py: Debian's chromium through chromedriver
-from dicomweb import put_case  # noqa: E402 - bench/dicomweb.py
-
-from gateway.config import GatewayConfig  # noqa: E402
-from gateway.demo import write_demo_study  # noqa: E402
+from dicomweb import bench_case  # noqa: E402 - bench/dicomweb.py
 from gateway.dicomweb.routes import dicomweb_routes  # noqa: E402
 from gateway.http.app import build_application  # noqa: E402
 from gateway.http.server import HttpServer  # noqa: E402
 from gateway.ops.metrics import GatewayMetrics  # noqa: E402
 from gateway.stages.context import NodeContext  # noqa: E402
 from gateway.storage.cases import LeaseOwner  # noqa: E402
-from gateway.storage.models import Study, db, open_database  # noqa: E402
-from gateway.storage.spool import Spool  # noqa: E402
+from gateway.storage.models import Study, db  # noqa: E402
 from gateway.web.accounts import add_user  # noqa: E402
 from gateway.web.app import error_page, portal_routes  # noqa: E402
 from gateway.web.reviewer import VIEWER_INSTALLED  # noqa: E402
@@ -51,15 +47,7 @@ def main() -> None:
     if not VIEWER_INSTALLED.exists():
         sys.exit("bench/viewer.py: the viewer is not installed (make viewer)")
     work = Path(tempfile.mkdtemp(prefix="viewer-bench-"))
-    config = GatewayConfig.model_validate({
-        "storage": {"database": f"sqlite:///{work}/gw.db", "spool_dir": str(work / "spool"), "min_free_bytes": 0},
-        "http": {"port": 0}, "sources": [{"name": "st-marys", "ae_title": "HOSP_PACS"}],
-        "reviewers": [{"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": 4243}]})
-    open_database(config.storage.database, max_connections=16)
-    spool = Spool(config.storage.spool_dir)
-    spool.prepare()
-    files = write_demo_study(work / "study", args.instances, seed=3, rows=args.size, cols=args.size)
-    study_uid = put_case(config, spool, files)
+    config, spool, _, study_uid = bench_case(work, args.instances, args.size)
     with db.connection_context():
         add_user(config, "dr-a", "reviewer", PASSWORD, reviewer="dr-a")
         key = Study.get(Study.pseudo_study_uid == study_uid).key

@@ -26,7 +26,6 @@ from gateway.web import views
 from gateway.web.forms import LEVELS, parse_report_form
 from gateway.web.page import Page, Refused
 
-
 VIEWER_INSTALLED = Path(__file__).parent / "static" / "vendor" / "installed.json"  # scripts/install-viewer.py
 
 

@@ -8,7 +8,6 @@ Screenshots go to the test's tmp dir (``SPINE_GATEWAY_SHOTS`` names another dire
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -84,13 +83,7 @@ class Site:
         self.node.config["reviewers"] = [
             {"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": self.reviewer.port}]
         self.node.start()
-        referral = self.workdir / "referral.json"
-        referral.write_text(json.dumps({
-            "source": "st-marys", "accession_number": PATIENT.accession, "urgency": "routine",
-            "patient": {"id": PATIENT.patient_id, "name": PATIENT.name, "birth_date": "1971-04-12"},
-            "referrer": {"name": "Dr Alan Smith"},
-            "clinical": {"history": "Low back pain for 10 weeks.", "question": "L4-L5 disc herniation?"}}))
-        self.node.cli("referral", "add", str(referral))
+        self.node.add_referral(PATIENT, self.workdir / "referral.json")
         sent = storescu("127.0.0.1", self.node.port, self.study, calling="HOSP_PACS")
         assert sent.returncode == 0, sent.stderr
         wait_until(lambda: self.node.status()["cases_by_state"] == {"delivered": 1}, 180, "the case delivered")
