@@ -143,8 +143,15 @@ def test_the_viewer_draws_scrolls_and_picks_a_key_image_for_the_report(site, bro
 
     # The mouse wheel (the Scroll tool) moves pane 0 to another image: another instance, other pixels.
     layer = browser.driver.find_element("id", "pane-0")
-    ActionChains(browser.driver).scroll_from_origin(ScrollOrigin.from_element(layer), 0, 120).perform()
-    wait_for(browser, lambda: pane(browser, 0)["instance"] not in ("", first["instance"]), "pane 0 scrolled")
+    wheel = [120]
+
+    def scrolled() -> bool:
+        """One wheel notch, down then up then down...: the image shown may be the first or the last."""
+        ActionChains(browser.driver).scroll_from_origin(ScrollOrigin.from_element(layer), 0, wheel[0]).perform()
+        wheel[0] = -wheel[0]
+        return pane(browser, 0)["instance"] not in ("", first["instance"])
+
+    wait_for(browser, scrolled, "pane 0 scrolled")
     scrolled = wait_for(browser, lambda: (p := pixels(browser, 0))["digest"] != drawn[0]["digest"] and p,
                         "pane 0 redrawn")
     assert scrolled["lit"] > scrolled["total"] // 20
