@@ -157,6 +157,14 @@ def test_the_viewer_draws_scrolls_and_picks_a_key_image_for_the_report(site, bro
     assert scrolled["lit"] > scrolled["total"] // 20
     browser.shot("viewer-scrolled")
 
+    # The arrows follow the instance numbers (series 1 holds instances 1 to 4).
+    here = int(pane(browser, 0)["instance"])
+    ahead, back = (".next", ".previous") if here < 4 else (".previous", ".next")
+    browser.click(f".pane[data-pane='0'] {ahead}")
+    wait_for(browser, lambda: pane(browser, 0)["instance"] == str(here + 1 if here < 4 else here - 1), "an arrow")
+    browser.click(f".pane[data-pane='0'] {back}")
+    wait_for(browser, lambda: pane(browser, 0)["instance"] == str(here), "the arrow back")
+
     # Window/level: a drag with the tool changes the pixels of the same image.
     browser.click("button[data-tool=WindowLevel]")
     before = pixels(browser, 0)

@@ -87,6 +87,7 @@ class Pane {
     this.layerGroup = element.querySelector(".layer-group");
     this.app = null;
     this.dataId = null;
+    this.reversed = undefined;
     this.renders = 0;
     this.firstRender = Promise.resolve();
     for (const [index, series] of allSeries.entries()) {
@@ -99,6 +100,7 @@ class Pane {
   }
 
   newApp() {
+    this.reversed = undefined;
     this.firstRender = new Promise((resolve) => {
       this.drawn = resolve;
     });
@@ -169,13 +171,23 @@ class Pane {
   }
 
   step(direction) {
+    // The arrows follow the instance numbers; dwv's slice axis may run the other way (then it is reversed once seen).
     const group = this.app && this.app.getActiveLayerGroup();
     const helper = group && group.getPositionHelper();
-    if (helper) {
-      if (direction > 0) {
-        helper.incrementPositionAlongScroll();
-      } else {
-        helper.decrementPositionAlongScroll();
+    if (!helper) {
+      return;
+    }
+    const move = (forward) => (forward ? helper.incrementPositionAlongScroll() : helper.decrementPositionAlongScroll());
+    const before = this.currentPosition();
+    const forward = (direction > 0) !== Boolean(this.reversed);
+    if (move(forward) && this.reversed === undefined) {
+      const after = this.currentPosition();
+      if (before && after && before.instance !== after.instance) {
+        this.reversed = Math.sign(after.instance - before.instance) !== Math.sign(direction);
+        if (this.reversed) {
+          move(!forward);
+          move(!forward);
+        }
       }
     }
   }
