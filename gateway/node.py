@@ -50,6 +50,7 @@ from gateway.stages.deliver import DeliveryStage
 from gateway.stages.health import HealthStage
 from gateway.stages.oru import OruStage
 from gateway.stages.pipeline import FailurePolicy, Pipeline, Stage, stage_scheduler
+from gateway.stages.pool import PoolStage
 from gateway.stages.priors import PriorsStage
 from gateway.stages.referral import NotesStage
 from gateway.stages.reports import ReportStage
@@ -198,6 +199,8 @@ class GatewayNode:
             AssignmentStage(config.reviewers, config.routing, context=context),
             DeliveryStage.of(config, context=context),
             SlaStage(config.reviewers, config.routing, context=context),
+            # the pool worklist (issue 26): reports complete its workitems, abandoned claims go back to the pool
+            PoolStage(context=context),
             HealthStage.of(config, context=context),
             # reports back home (issue 6): REPORTED → REPORT_DELIVERED
             ReportStage.of(config, self.spool, self.secret, context=context),

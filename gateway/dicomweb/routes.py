@@ -33,6 +33,7 @@ from gateway.dicomweb.access import (
     visible_cases,
 )
 from gateway.dicomweb.objects import CaseObjects, Served
+from gateway.dicomweb.worklist import Worklist
 from gateway.http.api import BodyRefused, closing, read_body
 from gateway.stages.context import NodeContext
 from gateway.storage.models import Study
@@ -60,11 +61,12 @@ class DicomWeb:
     """The endpoints (see the module docstring); ``routes()`` hands them to the HTTP application."""
 
     def __init__(self, config: GatewayConfig, spool: Spool, database: peewee.Database | peewee.DatabaseProxy,
-                 trail: AccessTrail | None = None) -> None:
+                 trail: AccessTrail | None = None, worklist: Worklist | None = None) -> None:
         self.config = config
         self.database = database
         self.spool = spool
         self.trail = trail or AccessTrail()
+        self.worklist = worklist
 
     # --- plumbing -------------------------------------------------------------------------------------------
 
@@ -317,6 +319,8 @@ class DicomWeb:
         routes: list[BaseRoute] = [Route(path, self._endpoint(work), methods=["GET"]) for path, work in get]
         routes += [Route(f"{p}/studies", self.stow, methods=["POST"]),
                    Route(f"{p}/studies/{{study}}", self.stow, methods=["POST"])]
+        if self.worklist is not None:
+            routes += self.worklist.routes()
         return routes
 
 
@@ -327,4 +331,4 @@ def _level(request: Request) -> str:
 
 def dicomweb_routes(config: GatewayConfig, spool: Spool, context: NodeContext) -> list[BaseRoute]:
     """The DICOMweb routes, for :func:`gateway.http.app.build_application`."""
-    return DicomWeb(config, spool, context.database).routes()
+    return DicomWeb(config, spool, context.database, worklist=Worklist(config, context, PREFIX)).routes()

@@ -79,8 +79,14 @@ class DeliveryStage(WithNodeContext):
         return cls(config.node, config.reviewers, config.storage.spool_dir, config.routing.retry, context=context)
 
     def due(self, now: dt.datetime) -> list[Study]:
+        """The cases to send; never one a pull reviewer claimed from the pool: it reads it over DICOMweb, and the
+        objects it was never sent are not missing (gateway.routing.pool)."""
         ready = Study.select().where(_sending_due(now)).order_by(Study.urgency.desc(), Study.state_changed_at)
-        return [*ready, *self._delivered_with_missing()]
+        return [study for study in (*ready, *self._delivered_with_missing()) if not self._pulls(study)]
+
+    def _pulls(self, study: Study) -> bool:
+        reviewer = self.reviewers.get(study.reviewer or "")
+        return reviewer is not None and reviewer.mode == "pull"
 
     @staticmethod
     def claim_condition(study: Study, now: dt.datetime) -> peewee.Expression:
@@ -123,6 +129,8 @@ class DeliveryStage(WithNodeContext):
         if reviewer is None:
             log.error("delivery_no_reviewer", case=study.key, reviewer=study.reviewer)
             return False
+        if reviewer.mode == "pull":
+            return False  # claimed from the pool: nothing is pushed to it (``due`` leaves it out already)
         resumed = study.state == CaseState.DELIVERING  # an earlier attempt began: it may have been cut short
         if study.state == CaseState.DELIVERED and not self.pending_objects(study, reviewer):
             return False  # delivered meanwhile (the claim's condition saw the ledger before it was complete)

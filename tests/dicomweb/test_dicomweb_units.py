@@ -14,20 +14,13 @@ from pydicom.uid import ExplicitVRLittleEndian
 from gateway.config import GatewayConfig
 from gateway.dicomweb import qido, stow, tokens, wado
 from gateway.dicomweb.access import AccessTrail
-from gateway.storage.models import DicomwebToken, db, open_database
+from gateway.storage.models import DicomwebToken
 
 CONFIG = GatewayConfig.model_validate({
     "sources": [{"name": "st-marys", "ae_title": "HOSP_PACS"}],
     "reviewers": [{"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": 4243},
                   {"name": "dr-b", "ae_title": "REVIEW_B", "host": "127.0.0.1", "port": 4244, "enabled": False}]})
 
-
-@pytest.fixture
-def database(tmp_path):
-    database = open_database(f"sqlite:///{tmp_path}/gw.db", max_connections=2)
-    with db.connection_context():
-        yield database
-    database.close_all()
 
 
 def test_a_token_acts_as_its_reviewer_until_revoked_and_only_its_hash_is_kept(database):

@@ -61,6 +61,16 @@ def _spool_report(spool: Spool, study: Study, tmp_path, ds: pydicom.Dataset, nam
                         spool_path=spool.relative(stored), sha256=name * 32, size=len(data))
 
 
+def _spool_key_image(spool: Spool, study: Study, tmp_path, image: pydicom.Dataset) -> None:
+    """The de-identified image the report references, as the node keeps it (an outbound image)."""
+    path = tmp_path / "key-image.dcm"
+    image.save_as(path, enforce_file_format=True)
+    stored = spool.store(path.read_bytes(), "c" * 64)
+    OutboundObject.create(study=study, kind="image", sop_instance_uid=image.SOPInstanceUID,
+                          sop_class_uid=image.SOPClassUID, transfer_syntax=image.file_meta.TransferSyntaxUID,
+                          spool_path=spool.relative(stored), sha256="c" * 64, size=path.stat().st_size)
+
+
 def _reported_case(tmp_path, spool: Spool, observer: str | None) -> tuple[Study, pydicom.Dataset]:
     originals = [pydicom.dcmread(p) for p in write_demo_study(tmp_path / "study", 2, seed=3, rows=16, cols=16)]
     source = Source.create(name="st-marys", ae_title="HOSP_PACS")
@@ -79,6 +89,7 @@ def _reported_case(tmp_path, spool: Spool, observer: str | None) -> tuple[Study,
                          date_offset_days=mapping.date_offset_days or 0)
     Study.update(pseudo_study_uid=results[0].dataset.StudyInstanceUID).where(Study.id == study.id).execute()
     image = results[0].dataset
+    _spool_key_image(spool, study, tmp_path, image)
     ref = ImageRef(str(image.SOPClassUID), str(image.SOPInstanceUID), str(image.SeriesInstanceUID))
     content = ReportContent(title=codes.TITLES["mri-spine"],
                             findings=(ReportFinding("L4-L5: disc extrusion.", (ref,)),),
@@ -102,6 +113,9 @@ def test_the_pdf_home_carries_the_letterhead_identity_and_signature(tmp_path, da
                        if o.sop_class_uid == codes.ENCAPSULATED_PDF]
     finally:
         database.close()
+    cover = PdfReader(io.BytesIO(bytes(home.EncapsulatedDocument))).pages[0]
+    assert len(cover.images) == 1, "the key image, drawn on the cover"
+    assert "Key images series 1, image 1" in " ".join(cover.extract_text().split())
     text = _pdf_text(bytes(home.EncapsulatedDocument)[:int(home.EncapsulatedDocumentLength)])
     flat = " ".join(text.split())
     for expected in ("St Mary's Hospital NHS Trust", "Department of Radiology", "DOE, JANE MARIE", PATIENT.patient_id,
