@@ -64,7 +64,7 @@ def test_dwvs_bare_imports_become_local_modules(tmp_path):
 
 def _case_page(viewer: bool) -> str:
     study = SimpleNamespace(key="9d07a611c438abcd", urgency="routine", pseudo_study_uid="2.25.1234")
-    series = [SimpleNamespace(number="1", modality="MR", instances=4, first=1, last=4)]
+    series = [SimpleNamespace(number="1", modality="MR", description="SAG T2", instances=4, first=1, last=4)]
     return templates().get_template("reviewer_case.html").render(
         user=SimpleNamespace(role="reviewer", name="dr-a", source=None, reviewer="dr-a"), csrf="token",
         path="/reviewer/cases/x", title="Case", study=study, notes=[], series=series, levels=LEVELS, values={},
@@ -75,7 +75,7 @@ def test_the_case_page_says_when_the_viewer_is_not_installed():
     page = _case_page(viewer=False)
     assert "The image viewer is not installed on this node" in page and "make viewer" in page
     assert "<script" not in page
-    assert "<td>1</td><td>MR</td><td>4</td>" in page, "the series are still listed"
+    assert "<td>1</td><td>MR</td><td>SAG T2</td><td>4</td>" in page, "the series are still listed, described"
 
 
 def test_the_viewer_loads_only_the_nodes_own_scripts_under_the_portals_policy():
