@@ -197,6 +197,11 @@ class DicomWeb:
             wado.check_acceptable(objects, request.headers.get("accept", ""))
         except wado.NotAcceptable as exc:
             return refusal(HTTPStatus.NOT_ACCEPTABLE, str(exc))
+        if "instance" in request.path_params and wado.single_part(request.headers.get("accept", "")):
+            # a viewer loading a series instance by instance: audited as frames are, once in a while per series
+            self.trail.retrieved(caller, case.study, "instances one at a time", 1,
+                                 repeat_key=f"instance:{objects[0].series_uid}")
+            return Response(case.part10(objects[0]), media_type="application/dicom", headers=NO_STORE)
         self.trail.retrieved(caller, case.study, _level(request), len(objects))
         mark = wado.boundary()
         return StreamingResponse(wado.multipart_instances(case, objects, mark), headers=NO_STORE,

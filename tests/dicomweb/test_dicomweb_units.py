@@ -168,3 +168,12 @@ def test_a_failing_endpoint_logs_its_route_template_never_the_uids_of_its_path(d
     assert failed == [{"event": "dicomweb_failed", "log_level": "error", "error": "RuntimeError",
                        "reason": "/dicomweb/studies/{study}/series/{series}/metadata", "reviewer": "dr-a"}]
     assert original not in repr(logs)
+
+
+def test_an_instance_is_served_single_part_only_when_asked_for_without_multipart():
+    assert wado.single_part("application/dicom")
+    assert wado.single_part("application/dicom; transfer-syntax=*")
+    assert not wado.single_part('multipart/related; type="application/dicom"')
+    assert not wado.single_part('multipart/related; type="application/dicom", application/dicom')
+    assert not wado.single_part("application/dicom+json")
+    assert not wado.single_part("*/*") and not wado.single_part("")
