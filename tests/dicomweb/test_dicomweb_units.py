@@ -20,6 +20,8 @@ from gateway.config import GatewayConfig
 from gateway.dicomweb import qido, stow, wado
 from gateway.dicomweb.access import AccessTrail
 from gateway.dicomweb.routes import DicomWeb
+from gateway.dicomweb.worklist import Worklist
+from gateway.stages.context import NodeContext
 from gateway.storage.models import DicomwebToken, db
 from gateway.storage.spool import Spool
 
@@ -151,23 +153,37 @@ class _FailingMetadata(DicomWeb):
         raise RuntimeError(f"could not read {request.path_params['study']}")
 
 
-def test_a_failing_endpoint_logs_its_route_template_never_the_uids_of_its_path(database, tmp_path):
-    web = _FailingMetadata(CONFIG, Spool(tmp_path / "spool"), db)
-    token = tokens.issue(CONFIG, "dr-a")
-    original = "1.2.826.0.1.3680043.2.1125.424242"
+class _FailingWorkitem(Worklist):
+    def retrieve(self, caller, reviewer, request, body):
+        raise RuntimeError(f"could not read {request.path_params['workitem']}")
 
-    async def get(path: str) -> httpx.Response:
-        transport = httpx.ASGITransport(app=Starlette(routes=web.routes()))
+
+def _failure_logged(routes: list, path: str, token: str) -> list[dict]:
+    """The ``dicomweb_failed`` lines of one GET of ``path`` that answered 500."""
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=Starlette(routes=routes))
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             return await client.get(path, headers={"Authorization": f"Bearer {token}"})
 
     with capture_logs() as logs:
-        answer = asyncio.run(get(f"/dicomweb/studies/{original}/series/{original}9/metadata"))
+        answer = asyncio.run(get())
     assert answer.status_code == 500
-    failed = [entry for entry in logs if entry["event"] == "dicomweb_failed"]
+    return [entry for entry in logs if entry["event"] == "dicomweb_failed"]
+
+
+def test_a_failing_endpoint_logs_its_route_template_never_the_uids_of_its_path(database, tmp_path):
+    token = tokens.issue(CONFIG, "dr-a")
+    original = "1.2.826.0.1.3680043.2.1125.424242"
+    web = _FailingMetadata(CONFIG, Spool(tmp_path / "spool"), db)
+    failed = _failure_logged(web.routes(), f"/dicomweb/studies/{original}/series/{original}9/metadata", token)
     assert failed == [{"event": "dicomweb_failed", "log_level": "error", "error": "RuntimeError",
                        "reason": "/dicomweb/studies/{study}/series/{series}/metadata", "reviewer": "dr-a"}]
-    assert original not in repr(logs)
+    assert original not in repr(failed)
+    worklist = _FailingWorkitem(CONFIG, NodeContext.of_process(), "/dicomweb")
+    failed = _failure_logged(worklist.routes(), f"/dicomweb/workitems/{original}", token)
+    assert failed == [{"event": "dicomweb_failed", "log_level": "error", "error": "RuntimeError",
+                       "reason": "/dicomweb/workitems/{workitem}", "reviewer": "dr-a"}]
 
 
 def test_an_instance_is_served_single_part_only_when_asked_for_without_multipart():
