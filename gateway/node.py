@@ -193,7 +193,7 @@ class GatewayNode:
                       case_identifiers=notes.case_identifiers, time_budget_s=config.deid.time_budget_s,
                       context=context),
             # priors (issue 25): a source's PACS asked for the patient's earlier studies before the notes list them
-            PriorsStage(config, self.spool, context=context),
+            PriorsStage.of(config, self.spool, context=context),
             notes,
             # routing (issue 5): after the notes stage
             AssignmentStage(config.reviewers, config.routing, context=context),

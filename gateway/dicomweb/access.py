@@ -2,7 +2,7 @@
 
 A request is a reviewer's by one of two credentials, both read from its headers before any body is read:
 
-* ``Authorization: Bearer <token>``: a token ops issued to that reviewer (:mod:`gateway.dicomweb.tokens`); an
+* ``Authorization: Bearer <token>``: a token ops issued to that reviewer (:mod:`gateway.accounts.tokens`); an
   ``Authorization`` header that is not a live token answers 401, whatever cookie comes with it;
 * the portal's session cookie of a signed-in reviewer account; a POST, PUT or DELETE with it must also carry the
   session's CSRF token in ``X-CSRF-Token`` (403 without it), as every portal form carries it.
@@ -29,8 +29,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.accounts import tokens
 from gateway.config import GatewayConfig
-from gateway.dicomweb import tokens
 from gateway.ops import audit
 from gateway.scp.report_intake import ACCEPTING_STATES
 from gateway.storage.models import Study

@@ -68,6 +68,14 @@ def check_acceptable(objects: list[Served], accept: str) -> None:
         raise NotAcceptable("the instances are served in their stored transfer syntax only")
 
 
+def single_part(accept: str) -> bool:
+    """True when ``accept`` asks for one instance as a single ``application/dicom`` part, not multipart (PS3.18
+    allows it for an instance; the portal's viewer loads a series instance by instance this way, and draws the
+    first before the rest arrive)."""
+    ranges = [r.split(";")[0].strip().lower() for r in accept.split(",") if r.strip()]
+    return "application/dicom" in ranges and not any(r.startswith("multipart/") or r == "*/*" for r in ranges)
+
+
 def multipart_instances(case: CaseObjects, objects: list[Served], mark: str) -> Iterator[bytes]:
     """The body of a multipart/related answer of ``objects``, read one file at a time."""
     for served in objects:

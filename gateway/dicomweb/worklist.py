@@ -84,7 +84,10 @@ class Worklist:
 
     # --- plumbing -------------------------------------------------------------------------------------------
 
-    def _endpoint(self, handler: Handler, *, with_body: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    def _endpoint(self, handler: Handler, template: str, *,
+                  with_body: bool = False) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` behind the caller's authentication; a failure is logged with the route's ``template``, never
+        the request's path (as DICOMweb's other routes)."""
         async def endpoint(request: Request) -> Response:
             caller = await caller_of(request, self.config, self.database)
             if isinstance(caller, Response):
@@ -113,8 +116,7 @@ class Worklist:
             try:
                 return await run_in_threadpool(self._run, handler, caller, reviewer, request, body)
             except Exception as exc:  # noqa: BLE001 - the edge: one line naming the type only (no PHI)
-                log.error("dicomweb_failed", error=type(exc).__name__, reason=request.url.path[:64],
-                          reviewer=caller.reviewer)
+                log.error("dicomweb_failed", error=type(exc).__name__, reason=template, reviewer=caller.reviewer)
                 return refusal(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
 
         return endpoint
@@ -268,16 +270,18 @@ class Worklist:
     def routes(self) -> list[BaseRoute]:
         p, item = self.prefix, f"{self.prefix}/workitems/{{workitem}}"
         subscriber = f"{item}/subscribers/{{aet}}"
-        return [
-            Route(f"{p}/workitems", self._endpoint(self.search), methods=["GET"]),
-            Route(item, self._endpoint(self.retrieve), methods=["GET"]),
-            Route(f"{item}/state", self._endpoint(self.change_state, with_body=True), methods=["PUT"]),
-            Route(f"{item}/cancelrequest", self._endpoint(self.cancel_request, with_body=True), methods=["POST"]),
-            Route(subscriber, self._endpoint(self.subscribe), methods=["POST"]),
-            Route(subscriber, self._endpoint(self.unsubscribe), methods=["DELETE"]),
-            Route(f"{subscriber}/suspend", self._endpoint(self.suspend), methods=["POST"]),
-            Route(f"{p}/subscribers/{{aet}}/events", self._endpoint(self.events), methods=["GET"]),
+        endpoints: list[tuple[str, str, Handler, bool]] = [  # method, path, handler, with a body
+            ("GET", f"{p}/workitems", self.search, False),
+            ("GET", item, self.retrieve, False),
+            ("PUT", f"{item}/state", self.change_state, True),
+            ("POST", f"{item}/cancelrequest", self.cancel_request, True),
+            ("POST", subscriber, self.subscribe, False),
+            ("DELETE", subscriber, self.unsubscribe, False),
+            ("POST", f"{subscriber}/suspend", self.suspend, False),
+            ("GET", f"{p}/subscribers/{{aet}}/events", self.events, False),
         ]
+        return [Route(path, self._endpoint(handler, path, with_body=body), methods=[method])
+                for method, path, handler, body in endpoints]
 
 
 def subscribed_events(reviewer: ReviewerConfig, aet: str, after: int) -> tuple[list[dict[str, Any]], int]:

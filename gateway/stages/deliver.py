@@ -228,7 +228,8 @@ class DeliveryStage(WithNodeContext):
             audit.record("sent", actor_ae=reviewer.ae_title, actor_host=reviewer.host, study_key=study.key,
                          outcome="failed", detail=f"gave up after {attempt} attempt(s)")
             return moved
-        STUDY_LEG.retry_later(study, attempt, self.retry)
+        retry_at = STUDY_LEG.retry_later(study, attempt, self.retry)
+        self.context.wake_at(STUDY_LEG.retry_topic, retry_at)  # the retry runs when due, not at a later poll
         return False
 
     def pending_objects(self, study: Study, reviewer: ReviewerConfig) -> list[OutboundObject]:

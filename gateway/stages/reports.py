@@ -336,5 +336,6 @@ class ReportStage(WithNodeContext):
             audit.record("report_sent", actor_ae=source.return_.ae_title, actor_host=source.return_.host,
                          study_key=study.key, outcome="failed", detail=f"gave up after {attempt} attempt(s)")
             return REPORT_LEG.give_up(study, attempt, "report_delivery_failed")
-        REPORT_LEG.retry_later(study, attempt, self.retry)
+        retry_at = REPORT_LEG.retry_later(study, attempt, self.retry)
+        self.context.wake_at(REPORT_LEG.retry_topic, retry_at)  # the retry runs when due, not at a later poll
         return False

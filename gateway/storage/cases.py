@@ -227,9 +227,9 @@ def claimed(study: Study, *states: str, stage: str = "", owner: LeaseOwner | Non
 def _refresh(study: Study) -> None:
     """``study``'s fields as the database holds them now (it was selected before the claim: its state, attempts
     or times may have changed since)."""
-    current = Study.get_or_none(Study.id == study.id)
-    if current is not None:
-        study.__data__.update(current.__data__)  # the row's values, without loading related rows
+    row = Study.select().where(Study.id == study.id).dicts().get_or_none()  # a foreign key as its id: no join
+    for name, value in (row or {}).items():
+        setattr(study, name, value)  # a foreign key whose id changed drops the related row it had loaded
 
 
 class Lease:
