@@ -177,9 +177,10 @@ def test_a_report_signed_in_the_portal_reaches_the_hospital_and_the_referrer_in_
         assert dicom_ism not in notes, dicom_ism
     browser.shot("reviewer-notes")
     assert not browser.driver.find_elements("name", "observer"), "the name is the account's, never typed"
-    series = browser.driver.find_elements("css selector", "section table tbody tr")[0].text.split()
+    first_row = browser.driver.find_elements("css selector", "section table tbody tr")[0]
+    series = [cell.text for cell in first_row.find_elements("css selector", "td")]  # number ... instance numbers
     browser.fill("finding.L4-L5", "Left paracentral disc extrusion compressing the left L5 root.")
-    browser.fill("images.L4-L5", f"{series[0]}:{series[3].split('–')[0]}")
+    browser.fill("images.L4-L5", f"{series[0]}:{series[-1].split('–')[0]}")
     browser.fill("impression", "L4-L5 disc extrusion with left L5 root compression.")
     browser.fill("answer", "Yes: an extrusion at L4-L5 compresses the left L5 root.")
     browser.fill("recommendation", "Spinal surgery opinion.")

@@ -142,8 +142,9 @@ def test_the_journey_from_referral_to_report(site, browser):
     only_the_assigned_reviewer_sees(site, browser.driver.current_url.rsplit("/", 1)[1])
     for identifier in IDENTIFIERS:
         assert identifier not in html, identifier
-    series = browser.driver.find_elements("css selector", "section table tbody tr")[0].text.split()
-    key_image = f"{series[0]}:{series[3].split('–')[0]}"
+    first_row = browser.driver.find_elements("css selector", "section table tbody tr")[0]
+    series = [cell.text for cell in first_row.find_elements("css selector", "td")]  # number ... instance numbers
+    key_image = f"{series[0]}:{series[-1].split('–')[0]}"
     browser.fill("finding.L4-L5", "Left paracentral disc extrusion compressing the left L5 root.")
     browser.fill("images.L4-L5", "99:99")
     browser.fill("impression", "L4-L5 disc extrusion with left L5 root compression.")
