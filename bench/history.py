@@ -28,6 +28,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -176,7 +177,7 @@ def fill(first: int, last: int, per_case: int, total: int) -> float:
                 name = table._meta.table_name
                 db.execute_sql(f"SELECT setval(pg_get_serial_sequence('\"{name}\"', 'id'), "
                                f"(SELECT COALESCE(MAX(id), 1) FROM \"{name}\"))")
-        db.execute_sql("ANALYZE")
+            db.execute_sql("ANALYZE")  # as autovacuum would after such a load; the node never runs ANALYZE on SQLite
     return time.perf_counter() - started
 
 
@@ -341,6 +342,7 @@ def main() -> int:
     parser.add_argument("--study-instances", type=int, default=100, help="instances of the study sent at each size")
     parser.add_argument("--repeat", type=int, default=10, help="status timings per size")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: the peers are stopped by the finally blocks
     sizes = sorted(int(s) for s in args.sizes.split(","))
     key_dir = Path(tempfile.mkdtemp(prefix="history-key-"))
     (key_dir / "secret.key").write_text("ab" * 32 + "\n")
