@@ -151,19 +151,28 @@ def notes_summary(study: Study, current_date: str) -> str | None:
 def notes_wait_for_priors(source_names: Iterable[str]) -> peewee.Expression:
     """The cases the notes stage leaves alone for now: those whose priors are being fetched, and the de-identified
     cases of a source with a PACS to ask whose fetching has not begun (the priors stage creates its row)."""
-    unfinished = PriorFetch.select(PriorFetch.study).where(PriorFetch.state.not_in(list(PriorFetchState.FINISHED)))
-    begun = PriorFetch.select(PriorFetch.study)
+    unfinished = PriorFetch.select(PriorFetch.study).where(PriorFetch.state.in_(WORKING))
     with_pacs = Source.select(Source.id).where(Source.name.in_(list(source_names)))
-    not_begun = (Study.state == CaseState.DEIDENTIFIED) & Study.source.in_(with_pacs) & Study.id.not_in(begun)
+    not_begun = (Study.state == CaseState.DEIDENTIFIED) & Study.source.in_(with_pacs) & _not_begun()
     return Study.id.in_(unfinished) | not_begun
+
+
+#: The states of a fetch under way, named: ``state IN`` is served by the state's index, where ``NOT IN`` the
+#: finished states read every fetch of the history.
+WORKING = [PriorFetchState.QUERYING, PriorFetchState.RETRIEVING, PriorFetchState.DEIDENTIFYING]
+
+
+def _not_begun() -> peewee.Expression:
+    """The case has no fetch row: ``NOT EXISTS`` (an index look-up per candidate case), not ``NOT IN (every fetch's
+    case)``, which PostgreSQL answers by reading every fetch of the history."""
+    return ~peewee.fn.EXISTS(PriorFetch.select(PriorFetch.id).where(PriorFetch.study == Study.id))
 
 
 def due_to_begin(source_names: Iterable[str], limit: int = 20) -> list[Study]:
     """De-identified cases of a source with a PACS to ask, whose priors have not been looked for yet."""
     with_pacs = Source.select(Source.id).where(Source.name.in_(list(source_names)))
-    begun = PriorFetch.select(PriorFetch.study)
     return list(Study.select().where((Study.state == CaseState.DEIDENTIFIED) & Study.source.in_(with_pacs)
-                                     & Study.id.not_in(begun)).order_by(Study.state_changed_at).limit(limit))
+                                     & _not_begun()).order_by(Study.state_changed_at).limit(limit))
 
 
 def begin(study: Study, source: str, wait_s: float) -> PriorFetch | None:

@@ -38,7 +38,7 @@ from gateway.storage.spool import Spool
 log = structlog.get_logger("priors")
 RETRY = Backoff(1.0, 30.0)
 STAGE = "priors"
-WORKING = (PriorFetchState.QUERYING, PriorFetchState.RETRIEVING, PriorFetchState.DEIDENTIFYING)
+WORKING = priors.WORKING
 
 
 class PriorsStage(WithNodeContext):
