@@ -79,13 +79,18 @@ def node_handlers(config: GatewayConfig, spool: Spool, node: str, slots: Associa
                                                    config.quarantine.max_objects_per_peer, context=context),
                        max_instance_bytes=config.node.max_instance_bytes,
                        commitments=CommitmentIntake(config.commitment, config.sources, context=context),
-                       rate=association_rate(config), context=context)
+                       rate=association_rate(config, slots), context=context)
 
 
-def association_rate(config: GatewayConfig) -> AssociationRate | None:
-    """``node.association_rate_per_peer``'s buckets for one accepting process (None: no limit)."""
+def association_rate(config: GatewayConfig, slots: AssociationSlots | None) -> AssociationRate | None:
+    """``node.association_rate_per_peer``'s buckets (None: no limit): the node's, in its association file when
+    receiving processes accept on the port too, else this process's."""
     per_s = config.node.association_rate_per_peer
-    return AssociationRate(per_s) if per_s is not None else None
+    if per_s is None:
+        return None
+    if slots is not None and slots.processes > 1:
+        return AssociationRate(per_s, buckets=slots.rate_buckets())
+    return AssociationRate(per_s)
 
 
 def tls_context(node: NodeConfig) -> ssl.SSLContext | None:

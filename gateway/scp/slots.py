@@ -14,22 +14,32 @@ association at most: its AE title and its host), emptied with its slot when it d
 The same counts share the connections out: a process accepts a new connection only while no other process
 accepting on the port serves fewer associations (:meth:`AssociationSlots.least_busy`), so that five senders
 starting together are spread over every process instead of where the kernel happened to wake first.
+
+The file's last part holds the node's association-rate buckets (``gateway.scp.rate``), so that a peer's rate is
+counted once for all the processes: ``RATE_BUCKETS`` entries of ``(peer key hash, tokens, when counted)``, a key
+kept in a window of ``RATE_PROBES`` entries from its hash; when a window is full, its entry refilled or seen
+longest ago gives way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import struct
 import tempfile
 import threading
+from collections.abc import Callable
 
 _SLOT = struct.Struct("<i")
 _PEER = struct.Struct("<Qi4x")  # a peer key's hash (0: free entry) and this process's associations of it
 KEYS_PER_ASSOCIATION = 2  # the calling AE title and the calling host
 NODE_FULL = "node"  # take_within's answer when node.max_associations are all taken
 NOT_ACCEPTING = -1  # a receiving process not started yet, or gone: neither counted nor waited for
+_BUCKET = struct.Struct("<Qdd")  # a peer key's hash (0: free entry), its tokens, when they were counted
+RATE_BUCKETS = 4096
+RATE_PROBES = 8
 
 
 class AssociationSlots:
@@ -49,8 +59,8 @@ class AssociationSlots:
             fd = os.memfd_create("spine-gateway-associations", os.MFD_CLOEXEC)
         else:
             fd = os.dup(tempfile.TemporaryFile().fileno())
-        os.ftruncate(fd, processes * _SLOT.size + processes * _peer_table_size(limit))
         slots = cls(fd, processes, 0, limit)
+        os.ftruncate(fd, slots._rate_offset + RATE_BUCKETS * _BUCKET.size)
         for number in range(1, processes):
             slots._write(number, NOT_ACCEPTING)
         return slots
@@ -122,8 +132,16 @@ class AssociationSlots:
         others = [count for number, count in enumerate(counts) if number != self.number and count >= 0]
         return not others or max(0, counts[self.number]) + negotiating <= min(others)
 
+    def rate_buckets(self) -> SharedRateBuckets:
+        """The node's association-rate buckets, kept in this file (``gateway.scp.rate.Buckets``)."""
+        return SharedRateBuckets(self)
+
     def close(self) -> None:
         os.close(self._fd)
+
+    @property
+    def _rate_offset(self) -> int:
+        return self._table_offset(self.processes)
 
     def _counts(self) -> list[int]:
         data = os.pread(self._fd, self.processes * _SLOT.size, 0).ljust(self.processes * _SLOT.size, b"\0")
@@ -166,6 +184,46 @@ class AssociationSlots:
 
     def _locked(self) -> _FileLock:
         return _FileLock(self._fd, self._lock)
+
+
+class SharedRateBuckets:
+    """``gateway.scp.rate.Buckets`` in the node's association file, under its lock: every process that accepts
+    on the port reads and spends the same buckets."""
+
+    def __init__(self, slots: AssociationSlots) -> None:
+        self._slots = slots
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        return self._slots._locked()
+
+    def get(self, key: str) -> tuple[float, float] | None:
+        key_hash = _key_hash(key)
+        return next(((tokens, counted) for hashed, tokens, counted in self._window(key_hash)[1]
+                     if hashed == key_hash), None)
+
+    def put(self, key: str, bucket: tuple[float, float],
+            forgettable: Callable[[tuple[float, float]], bool]) -> None:
+        key_hash = _key_hash(key)
+        start, window = self._window(key_hash)
+        index = self._place(key_hash, window, forgettable)
+        os.pwrite(self._slots.fileno(), _BUCKET.pack(key_hash, *bucket),
+                  self._slots._rate_offset + (start + index) * _BUCKET.size)
+
+    @staticmethod
+    def _place(key_hash: int, window: list[tuple[int, float, float]],
+               forgettable: Callable[[tuple[float, float]], bool]) -> int:
+        """The key's own entry in its window, else a free or refilled one, else the one counted longest ago."""
+        for wanted in (lambda e: e[0] == key_hash, lambda e: e[0] == 0, lambda e: forgettable((e[1], e[2]))):
+            index = next((i for i, entry in enumerate(window) if wanted(entry)), None)
+            if index is not None:
+                return index
+        return min(range(len(window)), key=lambda i: window[i][2])
+
+    def _window(self, key_hash: int) -> tuple[int, list[tuple[int, float, float]]]:
+        start = key_hash % (RATE_BUCKETS - RATE_PROBES + 1)  # a window never wraps past the end
+        size = RATE_PROBES * _BUCKET.size
+        data = os.pread(self._slots.fileno(), size, self._slots._rate_offset + start * _BUCKET.size).ljust(size, b"\0")
+        return start, list(_BUCKET.iter_unpack(data))
 
 
 def _peer_table_size(limit: int) -> int:

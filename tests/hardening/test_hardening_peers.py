@@ -331,12 +331,14 @@ def _hammer(port: int, deadline: float, answers: list[tuple[int, ...]]) -> None:
 def test_a_host_hammering_associations_is_refused_past_its_rate_and_others_get_in(tmp_path, database_url):
     """One host opens associations as fast as four threads go: past ``node.association_rate_per_peer`` (5 a second
     here) it gets A-ASSOCIATE-RJ, rejected-transient, local-limit-exceeded, answered before any association is
-    made of the request; a DCMTK echoscu from another host and AE title meanwhile gets in every time."""
+    made of the request; a DCMTK echoscu from another host and AE title meanwhile gets in every time. The rate is
+    the node's: three processes accept on the port, and together they admit no more than one rate."""
     node = GatewayProcess(tmp_path / "gw", database_url, sources=TWO_SOURCES,
-                          node={"association_rate_per_peer": 5}).start(timeout=120)
+                          node={"association_rate_per_peer": 5, "receiving_processes": 2}).start(timeout=120)
     try:
         answers: list[tuple[int, ...]] = []
-        deadline = time.monotonic() + 6
+        started = time.monotonic()
+        deadline = started + 6
         hammers = [threading.Thread(target=_hammer, args=(node.port, deadline, answers)) for _ in range(4)]
         for hammer in hammers:
             hammer.start()
@@ -345,12 +347,14 @@ def test_a_host_hammering_associations_is_refused_past_its_rate_and_others_get_i
         finally:
             for hammer in hammers:
                 hammer.join(ATTACK_DEADLINE_S)
+        elapsed = time.monotonic() - started
         for echo in echoes:
             assert echo.returncode == 0, f"C-ECHO refused while another host hammered: {echo.stderr}"
         refused = [a for a in answers if a[0] == 0x03]
         accepted = [a for a in answers if a[0] == 0x02]
         assert refused and set(refused) == {(0x03, 2, 3, 2)}, f"rejected-transient, local limit: {set(refused)}"
         assert accepted, "the hammering host was never let in: its rate is a rate, not a ban"
+        assert len(accepted) <= 5 * (1 + elapsed) + 1, f"{len(accepted)} in {elapsed:.1f} s: a rate per process"
         rejected = events(node, "association_rejected")
         assert {(e["reason"], e["peer"]) for e in rejected} == {("association_rate_exceeded", OTHER_HOST)}
         opened = [e for e in node.log_events() if e["event"] == "association_accepted" and e["source"] == "city"]
