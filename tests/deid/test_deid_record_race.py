@@ -34,17 +34,11 @@ from gateway.storage.spool import Spool
 from support.peers import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "routing"))
-from routing_db import make_case, open_db  # noqa: E402
+from routing_db import case_db, make_case  # noqa: E402, F401 - case_db: the fixture below
+
+pytestmark = pytest.mark.usefixtures("case_db")  # the database of database_url, open for each test
 
 OBJECTS = 3
-
-
-@pytest.fixture
-def case_db(database_url):
-    database = open_db(database_url)
-    with database.connection_context():
-        yield database
-    database.close_all()
 
 
 def _stage(tmp_path: Path) -> DeidStage:
@@ -77,7 +71,7 @@ def _blocked_on_a_lock() -> bool:
                           "AND datname = current_database()").fetchone()[0] >= 1
 
 
-def test_two_runs_recording_the_same_chunk_leave_one_row_per_object(case_db, tmp_path):
+def test_two_runs_recording_the_same_chunk_leave_one_row_per_object(tmp_path):
     stage = _stage(tmp_path)
     study = make_case(CaseState.COMPLETE)
     chunk = _chunk(study)
@@ -124,7 +118,7 @@ def test_two_runs_recording_the_same_chunk_leave_one_row_per_object(case_db, tmp
         == OBJECTS
 
 
-def test_a_newer_version_replaces_its_object_and_is_sent_again_but_the_same_one_is_not(case_db, tmp_path):
+def test_a_newer_version_replaces_its_object_and_is_sent_again_but_the_same_one_is_not(tmp_path):
     stage = _stage(tmp_path)
     study = make_case(CaseState.COMPLETE)
     chunk = _chunk(study)

@@ -19,15 +19,9 @@ from gateway.storage.models import CaseState, Instance, InstanceState, PriorFetc
 from gateway.storage.spool import Spool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from routing_db import make_case, open_db  # noqa: E402
+from routing_db import case_db, make_case  # noqa: E402, F401 - case_db: the fixture below
 
-
-@pytest.fixture
-def case_db(database_url):
-    database = open_db(database_url)
-    with database.connection_context():
-        yield database
-    database.close_all()
+pytestmark = pytest.mark.usefixtures("case_db")  # the database of database_url, open for each test
 
 
 @pytest.fixture
@@ -54,7 +48,7 @@ def _stored(study) -> int:
     return Instance.select().where((Instance.study == study) & (Instance.state == InstanceState.STORED)).count()
 
 
-def test_rows_are_committed_a_batch_at_a_time_and_all_by_flush(case_db, spool, prior_files):
+def test_rows_are_committed_a_batch_at_a_time_and_all_by_flush(spool, prior_files):
     study = make_case(CaseState.DEIDENTIFIED)
     prior = _prior(study, prior_files)
     renewals = []
@@ -78,7 +72,7 @@ def test_rows_are_committed_a_batch_at_a_time_and_all_by_flush(case_db, spool, p
     assert (_stored(study), PriorStudy.get_by_id(prior.id).instances) == (5, 5)
 
 
-def test_a_batch_that_fails_to_commit_is_kept_for_the_next(case_db, spool, prior_files):
+def test_a_batch_that_fails_to_commit_is_kept_for_the_next(spool, prior_files):
     study = make_case(CaseState.DEIDENTIFIED)
     prior = _prior(study, prior_files)
     failures = [peewee.OperationalError("the database went away")]
@@ -97,7 +91,7 @@ def test_a_batch_that_fails_to_commit_is_kept_for_the_next(case_db, spool, prior
     assert _stored(study) == 3
 
 
-def test_an_instance_of_another_study_is_refused_and_not_kept(case_db, spool, tmp_path, prior_files):
+def test_an_instance_of_another_study_is_refused_and_not_kept(spool, tmp_path, prior_files):
     study = make_case(CaseState.DEIDENTIFIED)
     prior = _prior(study, prior_files)
     other = write_demo_study(tmp_path / "other", 1, seed=4, rows=32, cols=32)[0].read_bytes()
