@@ -141,6 +141,8 @@ def _hot_paths(tmp_path: Path) -> None:
     PriorsStage(config, spool, context=context).run_once(now)
     collect_status(tmp_path / "spool", config.reviewers)
     views.attention_cases()
+    views.referrer_cases("st-marys")
+    views.worklist("dr-a")
     views.waiting_referrals(config.referrals.wait_s)
     plan_purge(dt.datetime.now(dt.UTC), 30, spool_dir=tmp_path / "spool")
 
