@@ -29,7 +29,9 @@ COPY requirements.txt ./
 RUN pip install -r requirements.txt
 
 COPY . ./
-RUN pip install --no-deps --no-build-isolation . \
+# The portal's DICOM viewer, fetched at build time (pinned, integrity-checked), served by the node itself.
+RUN python scripts/install-viewer.py \
+    && pip install --no-deps --no-build-isolation . \
     && groupadd --system gateway \
     && useradd --system --gid gateway --home-dir /var/lib/spine-gateway --shell /usr/sbin/nologin gateway \
     && mkdir -p /etc/spine-gateway /var/lib/spine-gateway \

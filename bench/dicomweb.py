@@ -24,9 +24,9 @@ from pathlib import Path
 import pydicom
 import requests
 
+from gateway.accounts import tokens
 from gateway.config import GatewayConfig
 from gateway.demo import write_demo_study
-from gateway.dicomweb import tokens
 from gateway.dicomweb.routes import dicomweb_routes
 from gateway.http.app import build_application
 from gateway.http.server import HttpServer
@@ -63,6 +63,20 @@ def put_case(config: GatewayConfig, spool: Spool, files: list[Path]) -> str:
     return str(first.StudyInstanceUID)
 
 
+def bench_case(work: Path, instances: int, size: int = 512) -> tuple[GatewayConfig, Spool, list[Path], str]:
+    """A fresh SQLite node in ``work`` with a demo study of ``instances`` images delivered to dr-a: its config, spool,
+    files and pseudonymous study UID."""
+    config = GatewayConfig.model_validate({
+        "storage": {"database": f"sqlite:///{work}/gw.db", "spool_dir": str(work / "spool"), "min_free_bytes": 0},
+        "http": {"port": 0}, "sources": [{"name": "st-marys", "ae_title": "HOSP_PACS"}],
+        "reviewers": [{"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": 4243}]})
+    open_database(config.storage.database, max_connections=16)
+    spool = Spool(config.storage.spool_dir)
+    spool.prepare()
+    files = write_demo_study(work / "study", instances, seed=3, rows=size, cols=size)
+    return config, spool, files, put_case(config, spool, files)
+
+
 ORTHANC_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # Debian's orthanc-dicomweb
 DICOM_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
@@ -74,15 +88,7 @@ def main() -> None:
     parser.add_argument("--no-orthanc", action="store_true", help="time the node alone")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dicomweb-bench-"))
-    config = GatewayConfig.model_validate({
-        "storage": {"database": f"sqlite:///{work}/gw.db", "spool_dir": str(work / "spool"), "min_free_bytes": 0},
-        "http": {"port": 0}, "sources": [{"name": "st-marys", "ae_title": "HOSP_PACS"}],
-        "reviewers": [{"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": 4243}]})
-    open_database(config.storage.database, max_connections=16)
-    spool = Spool(config.storage.spool_dir)
-    spool.prepare()
-    files = write_demo_study(work / "study", args.instances, seed=3)
-    study_uid = put_case(config, spool, files)
+    config, spool, files, study_uid = bench_case(work, args.instances)
     with db.connection_context():
         token = tokens.issue(config, "dr-a")
     context = NodeContext(db, LeaseOwner("bench"), None, GatewayMetrics())

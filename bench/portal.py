@@ -20,13 +20,13 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from gateway.accounts.users import add_user
 from gateway.config import GatewayConfig
 from gateway.http.app import build_application
 from gateway.http.server import HttpServer
 from gateway.stages.context import NodeContext
 from gateway.storage.models import db, open_database, sync_sources
 from gateway.storage.spool import Spool
-from gateway.web.accounts import add_user
 from gateway.web.app import error_page, portal_routes
 
 PASSWORD = "a long bench password"

@@ -245,6 +245,9 @@ class ReviewerConfig(_Section):
     timezone: str = "UTC"
     urgent: bool = True
     enabled: bool = True
+    # How cases reach it: ``push`` (C-STORE to its PACS, as assigned) or ``pull`` (it claims cases from the pool
+    # worklist, UPS-RS, and reads them over DICOMweb; nothing is sent to ``host``/``port``).
+    mode: Literal["push", "pull"] = "push"
     # The reviewer answers C-FIND (Study Root, IMAGE level): after an interrupted delivery the node asks which
     # objects it already has and sends only the others (exactly once); without it they are sent again.
     query: bool = False
@@ -425,6 +428,7 @@ class RoutingConfig(_Section):
     retry: RetryConfig = RetryConfig()
     case_failures: CaseFailuresConfig = CaseFailuresConfig()
     echo_interval_s: SECONDS = Field(60.0, gt=0)
+    pool_claim_timeout_s: SECONDS = Field(14400.0, gt=0)
 
 
 PRIOR_MODALITIES = ["MR", "CT", "CR", "DX"]

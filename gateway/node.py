@@ -50,6 +50,7 @@ from gateway.stages.deliver import DeliveryStage
 from gateway.stages.health import HealthStage
 from gateway.stages.oru import OruStage
 from gateway.stages.pipeline import FailurePolicy, Pipeline, Stage, stage_scheduler
+from gateway.stages.pool import PoolStage
 from gateway.stages.priors import PriorsStage
 from gateway.stages.referral import NotesStage
 from gateway.stages.reports import ReportStage
@@ -192,12 +193,14 @@ class GatewayNode:
                       case_identifiers=notes.case_identifiers, time_budget_s=config.deid.time_budget_s,
                       context=context),
             # priors (issue 25): a source's PACS asked for the patient's earlier studies before the notes list them
-            PriorsStage(config, self.spool, context=context),
+            PriorsStage.of(config, self.spool, context=context),
             notes,
             # routing (issue 5): after the notes stage
             AssignmentStage(config.reviewers, config.routing, context=context),
             DeliveryStage.of(config, context=context),
             SlaStage(config.reviewers, config.routing, context=context),
+            # the pool worklist (issue 26): reports complete its workitems, abandoned claims go back to the pool
+            PoolStage(context=context),
             HealthStage.of(config, context=context),
             # reports back home (issue 6): REPORTED → REPORT_DELIVERED
             ReportStage.of(config, self.spool, self.secret, context=context),

@@ -25,7 +25,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("privacy", ("gateway.privacy",)),
     ("deid", ("gateway.deid",)),
     # The MLLP client is a library (the ORU stage sends through it); the MLLP server is a way in.
-    ("libraries", ("gateway.referral", "gateway.reports", "gateway.routing", "gateway.mllp.client")),
+    ("libraries", ("gateway.referral", "gateway.reports", "gateway.routing", "gateway.mllp.client",
+                   "gateway.accounts")),
     ("stages", ("gateway.stages",)),
     # The servers, the ways in: the DICOM SCP, the portal, the one HTTP application, the MLLP server, DICOMweb, and the
     # status read-out that the portal and the CLI show (it reads every layer; it stays in ops/ for now).
@@ -126,6 +127,18 @@ def test_the_intended_imports_up_still_exist():
     """An entry of INTENDED_UPWARD whose import is gone must go too, or the list hides a new one later."""
     stale = [pair for pair in INTENDED_UPWARD if pair[1] not in GRAPH.get(pair[0], ())]
     assert not stale, stale
+
+
+# The CLI is an entry point beside the servers: it starts the node (``serve``) and prints the status read-out that
+# the portal shows too, and reaches into no other way in (what a command and a server share is a library).
+CLI_REACHES = {"gateway.node", "gateway.ops.status"}
+
+
+def test_the_cli_reaches_into_no_server():
+    reached = sorted(f"{module} -> {target}" for module, targets in GRAPH.items()
+                     if LAYERS[layer_of(module)][0] == "cli" for target in targets
+                     if LAYERS[layer_of(target)][0] == "servers" and target not in CLI_REACHES)
+    assert not reached, "the CLI reaches into a server's package:\n" + "\n".join(reached)
 
 
 def test_no_import_circle():

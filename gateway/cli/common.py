@@ -1,4 +1,5 @@
-"""What every command module shares: the one-line mistake, the database a command opens, its logging.
+"""What every command module shares: the one-line mistake, the database a command opens, its logging, the printing
+of JSON and of listings.
 
 Its own module so that ``main`` (which gathers the commands) and the command modules (referral, reports,
 users) both import it, and neither imports the other back.
@@ -6,15 +7,23 @@ users) both import it, and neither imports the other back.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.config import GatewayConfig
 from gateway.errors import DatabaseUnavailable, GatewayError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+Row = TypeVar("Row", bound="DataclassInstance")
+
 
 class UsageError(GatewayError):
     """A command-line mistake: reported in one line, exit code 2."""
-
 
 VERBOSE = [False]  # -v: a command's log events also on stderr (set by main before the command runs)
 
@@ -28,6 +37,20 @@ def configure_logging(config: GatewayConfig, *, to_file: bool, console: bool | N
     logging_config = config.logging if to_file else config.logging.model_copy(update={"file": None})
     logs.configure_logging(logging_config, strict=os.environ.get("SPINE_GATEWAY_LOG_STRICT") == "1",
                            console=VERBOSE[0] if console is None else console)
+
+
+def print_json(payload: Any, *, ascii_only: bool = True) -> None:
+    """``payload`` as indented JSON on stdout (``ascii_only=False`` keeps the notes' letters as they are)."""
+    print(json.dumps(payload, indent=2, ensure_ascii=ascii_only))
+
+
+def print_listing(rows: Sequence[Row], *, as_json: bool, line: Callable[[Row], str]) -> None:
+    """A listing command's rows (dataclasses): as a JSON array with ``as_json``, else one ``line(row)`` each."""
+    if as_json:
+        print_json([asdict(row) for row in rows])
+        return
+    for row in rows:
+        print(line(row))
 
 
 # What the driver says when there is no database to talk to (psycopg2, sqlite3): only then is the server's state

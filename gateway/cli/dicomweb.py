@@ -1,15 +1,17 @@
 """``spine-gateway dicomweb token issue|revoke|list``: the reviewers' DICOMweb bearer tokens (thin: parse, call
-:mod:`gateway.dicomweb.tokens`). A token is printed once, at issue; the database keeps only its hash."""
+:mod:`gateway.accounts.tokens`). A token is printed once, at issue; the database keeps only its hash."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
-import json
-from dataclasses import asdict
+from typing import TYPE_CHECKING
 
-from gateway.cli.common import UsageError, configure_logging, open_command_database
+from gateway.cli.common import UsageError, configure_logging, open_command_database, print_listing
 from gateway.config import GatewayConfig
+
+if TYPE_CHECKING:
+    from gateway.accounts.tokens import TokenInfo
 
 __all__ = ["add_dicomweb_commands"]
 
@@ -41,7 +43,7 @@ def _open(config: GatewayConfig) -> None:
 
 
 def cmd_token_issue(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.dicomweb.tokens import TokenError, issue
+    from gateway.accounts.tokens import TokenError, issue
     from gateway.ops import audit
     from gateway.storage.models import db
 
@@ -61,7 +63,7 @@ def cmd_token_issue(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.dicomweb.tokens import TokenError, revoke
+    from gateway.accounts.tokens import TokenError, revoke
     from gateway.ops import audit
     from gateway.storage.models import db
 
@@ -78,17 +80,17 @@ def cmd_token_revoke(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace, config: GatewayConfig) -> int:
-    from gateway.dicomweb.tokens import listed
+    from gateway.accounts.tokens import listed
     from gateway.storage.models import db
 
     _open(config)
     with db.connection_context():
         rows = listed(args.reviewer)
-    if args.json:
-        print(json.dumps([asdict(row) for row in rows], indent=2))
-        return EXIT_OK
-    for row in rows:
-        state = f"revoked {row.revoked_at}" if row.revoked_at else "live"
-        print(f"{row.token_id}  {row.reviewer:20} {state:28} issued {row.issued_at} by {row.issued_by or '-':12} "
-              f"last used {row.last_used_at or 'never'}  {row.label}")
+    print_listing(rows, as_json=args.json, line=_token_line)
     return EXIT_OK
+
+
+def _token_line(row: TokenInfo) -> str:
+    state = f"revoked {row.revoked_at}" if row.revoked_at else "live"
+    return (f"{row.token_id}  {row.reviewer:20} {state:28} issued {row.issued_at} by {row.issued_by or '-':12} "
+            f"last used {row.last_used_at or 'never'}  {row.label}")

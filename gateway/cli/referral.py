@@ -7,13 +7,12 @@ on stderr and exit 2; for an invalid referral that is one line per problem, each
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Literal
 
-from gateway.cli.common import UsageError, open_command_database
+from gateway.cli.common import UsageError, open_command_database, print_json
 from gateway.config import GatewayConfig
 
 __all__ = ["add_referral_commands", "cmd_notes_approve", "cmd_notes_show", "cmd_referral_add"]
@@ -95,7 +94,7 @@ def cmd_notes_show(args: argparse.Namespace, config: GatewayConfig) -> int:
     except (UnknownCase, NotesStageError) as exc:
         raise UsageError(str(exc)) from None
     if args.json:
-        print(json.dumps(preview_as_dict(preview), indent=2, ensure_ascii=False))
+        print_json(preview_as_dict(preview), ascii_only=False)
     else:
         render_preview(preview, Console())
     return EXIT_OK

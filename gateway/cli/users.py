@@ -1,15 +1,17 @@
-"""``spine-gateway user add|list|disable``: portal accounts (thin: parse, call :mod:`gateway.web.accounts`)."""
+"""``spine-gateway user add|list|disable``: portal accounts (thin: parse, call :mod:`gateway.accounts.users`)."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import sys
-from dataclasses import asdict
+from typing import TYPE_CHECKING
 
-from gateway.cli.common import UsageError, configure_logging, open_command_database
+from gateway.cli.common import UsageError, configure_logging, open_command_database, print_listing
 from gateway.config import GatewayConfig
+
+if TYPE_CHECKING:
+    from gateway.accounts.users import Account
 
 __all__ = ["add_user_commands"]
 
@@ -51,9 +53,9 @@ def _password(from_stdin: bool) -> str:
 
 
 def cmd_user_add(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.accounts.users import AccountError, add_user
     from gateway.ops import audit
     from gateway.storage.models import db
-    from gateway.web.accounts import AccountError, add_user
 
     password = _password(args.password_stdin)
     _open(config)
@@ -69,26 +71,26 @@ def cmd_user_add(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 
 def cmd_user_list(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.accounts.users import list_users
     from gateway.storage.models import db
-    from gateway.web.accounts import list_users
 
     _open(config)
     with db.connection_context():
         accounts = list_users()
-    if args.json:
-        print(json.dumps([asdict(a) for a in accounts], indent=2))
-        return EXIT_OK
-    for a in accounts:
-        scope = a.source or a.reviewer or "-"
-        print(f"{a.name:24} {a.role:9} {scope:20} {'enabled' if a.enabled else 'disabled':9} "
-              f"last login {a.last_login_at or 'never'}")
+    print_listing(accounts, as_json=args.json, line=_account_line)
     return EXIT_OK
 
 
+def _account_line(a: Account) -> str:
+    scope = a.source or a.reviewer or "-"
+    return (f"{a.name:24} {a.role:9} {scope:20} {'enabled' if a.enabled else 'disabled':9} "
+            f"last login {a.last_login_at or 'never'}")
+
+
 def cmd_user_disable(args: argparse.Namespace, config: GatewayConfig) -> int:
+    from gateway.accounts.users import AccountError, disable_user
     from gateway.ops import audit
     from gateway.storage.models import db
-    from gateway.web.accounts import AccountError, disable_user
 
     _open(config)
     try:

@@ -2,10 +2,10 @@
 
 A request is a reviewer's by one of two credentials, both read from its headers before any body is read:
 
-* ``Authorization: Bearer <token>``: a token ops issued to that reviewer (:mod:`gateway.dicomweb.tokens`); an
+* ``Authorization: Bearer <token>``: a token ops issued to that reviewer (:mod:`gateway.accounts.tokens`); an
   ``Authorization`` header that is not a live token answers 401, whatever cookie comes with it;
-* the portal's session cookie of a signed-in reviewer account; a POST with it must also carry the session's CSRF
-  token in ``X-CSRF-Token`` (403 without it), as every portal form carries it.
+* the portal's session cookie of a signed-in reviewer account; a POST, PUT or DELETE with it must also carry the
+  session's CSRF token in ``X-CSRF-Token`` (403 without it), as every portal form carries it.
 
 Neither: 401 with ``WWW-Authenticate: Bearer``. A session of another role (referrer, ops): 403.
 
@@ -29,8 +29,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.accounts import tokens
 from gateway.config import GatewayConfig
-from gateway.dicomweb import tokens
 from gateway.ops import audit
 from gateway.scp.report_intake import ACCEPTING_STATES
 from gateway.storage.models import Study
@@ -77,8 +77,10 @@ async def caller_of(request: Request, config: GatewayConfig,
         return refusal(HTTPStatus.UNAUTHORIZED, "sign in to the portal, or send a bearer token")
     if signed_in.user.role != "reviewer" or not signed_in.user.reviewer:
         return refusal(HTTPStatus.FORBIDDEN, "DICOMweb is for reviewers")
-    if request.method == "POST" and not auth.csrf_ok(signed_in.csrf_token, request.headers.get(CSRF_HEADER)):
-        return refusal(HTTPStatus.FORBIDDEN, "a POST with the portal's session needs its CSRF token in X-CSRF-Token")
+    unsafe = request.method in ("POST", "PUT", "DELETE")
+    if unsafe and not auth.csrf_ok(signed_in.csrf_token, request.headers.get(CSRF_HEADER)):
+        return refusal(HTTPStatus.FORBIDDEN,
+                       "a POST, PUT or DELETE with the portal's session needs its CSRF token in X-CSRF-Token")
     return Caller(str(signed_in.user.reviewer), f"web:{signed_in.user.name}"[:64], address)
 
 

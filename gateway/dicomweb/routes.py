@@ -33,6 +33,7 @@ from gateway.dicomweb.access import (
     visible_cases,
 )
 from gateway.dicomweb.objects import CaseObjects, Served
+from gateway.dicomweb.worklist import Worklist
 from gateway.http.api import BodyRefused, closing, read_body
 from gateway.stages.context import NodeContext
 from gateway.storage.models import Study
@@ -60,15 +61,18 @@ class DicomWeb:
     """The endpoints (see the module docstring); ``routes()`` hands them to the HTTP application."""
 
     def __init__(self, config: GatewayConfig, spool: Spool, database: peewee.Database | peewee.DatabaseProxy,
-                 trail: AccessTrail | None = None) -> None:
+                 trail: AccessTrail | None = None, worklist: Worklist | None = None) -> None:
         self.config = config
         self.database = database
         self.spool = spool
         self.trail = trail or AccessTrail()
+        self.worklist = worklist
 
     # --- plumbing -------------------------------------------------------------------------------------------
 
-    def _endpoint(self, work: Work) -> Callable[[Request], Awaitable[Response]]:
+    def _endpoint(self, work: Work, template: str) -> Callable[[Request], Awaitable[Response]]:
+        """``work`` behind the caller's authentication; a failure is logged with the route's ``template``,
+        never the request's path (its UIDs are a user's: possibly an original study's)."""
         @functools.wraps(work)
         async def endpoint(request: Request) -> Response:
             caller = await caller_of(request, self.config, self.database)
@@ -80,8 +84,7 @@ class DicomWeb:
             try:
                 return await run_in_threadpool(self._run, work, caller, request)
             except Exception as exc:  # noqa: BLE001 - the edge: one line naming the type only (no PHI)
-                log.error("dicomweb_failed", error=type(exc).__name__, reason=request.url.path[:64],
-                          reviewer=caller.reviewer)
+                log.error("dicomweb_failed", error=type(exc).__name__, reason=template, reviewer=caller.reviewer)
                 return refusal(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
 
         return endpoint
@@ -194,6 +197,11 @@ class DicomWeb:
             wado.check_acceptable(objects, request.headers.get("accept", ""))
         except wado.NotAcceptable as exc:
             return refusal(HTTPStatus.NOT_ACCEPTABLE, str(exc))
+        if "instance" in request.path_params and wado.single_part(request.headers.get("accept", "")):
+            # a viewer loading a series instance by instance: audited as frames are, once in a while per series
+            self.trail.retrieved(caller, case.study, "instances one at a time", 1,
+                                 repeat_key=f"instance:{objects[0].series_uid}")
+            return Response(case.part10(objects[0]), media_type="application/dicom", headers=NO_STORE)
         self.trail.retrieved(caller, case.study, _level(request), len(objects))
         mark = wado.boundary()
         return StreamingResponse(wado.multipart_instances(case, objects, mark), headers=NO_STORE,
@@ -309,9 +317,11 @@ class DicomWeb:
             (f"{instance}/frames/{{frames}}", self.frames),
             (f"{instance}/frames/{{frames}}/rendered", self.rendered),
         ]
-        routes: list[BaseRoute] = [Route(path, self._endpoint(work), methods=["GET"]) for path, work in get]
+        routes: list[BaseRoute] = [Route(path, self._endpoint(work, path), methods=["GET"]) for path, work in get]
         routes += [Route(f"{p}/studies", self.stow, methods=["POST"]),
                    Route(f"{p}/studies/{{study}}", self.stow, methods=["POST"])]
+        if self.worklist is not None:
+            routes += self.worklist.routes()
         return routes
 
 
@@ -322,4 +332,4 @@ def _level(request: Request) -> str:
 
 def dicomweb_routes(config: GatewayConfig, spool: Spool, context: NodeContext) -> list[BaseRoute]:
     """The DICOMweb routes, for :func:`gateway.http.app.build_application`."""
-    return DicomWeb(config, spool, context.database).routes()
+    return DicomWeb(config, spool, context.database, worklist=Worklist(config, context, PREFIX)).routes()

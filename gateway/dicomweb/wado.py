@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import io
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from gateway.dicom import render
 from gateway.dicomweb.objects import CaseObjects, Served
 
 BULK_THRESHOLD = 1024
@@ -66,6 +66,14 @@ def check_acceptable(objects: list[Served], accept: str) -> None:
     allowed = accepted_syntaxes(accept)
     if allowed is not None and any(o.transfer_syntax not in allowed for o in objects):
         raise NotAcceptable("the instances are served in their stored transfer syntax only")
+
+
+def single_part(accept: str) -> bool:
+    """True when ``accept`` asks for one instance as a single ``application/dicom`` part, not multipart (PS3.18
+    allows it for an instance; the portal's viewer loads a series instance by instance this way, and draws the
+    first before the rest arrive)."""
+    ranges = [r.split(";")[0].strip().lower() for r in accept.split(",") if r.strip()]
+    return "application/dicom" in ranges and not any(r.startswith("multipart/") or r == "*/*" for r in ranges)
 
 
 def multipart_instances(case: CaseObjects, objects: list[Served], mark: str) -> Iterator[bytes]:
@@ -137,71 +145,31 @@ def frames_of(dataset: Dataset, numbers: list[int]) -> list[bytes]:
 
 
 def rendered(dataset: Dataset, frame: int, media_type: str, window: str | None, quality: int | None) -> bytes:
-    """Frame ``frame`` (1-based) of ``dataset`` as a JPEG or PNG image (see the module docstring).
+    """Frame ``frame`` (1-based) of ``dataset`` as a JPEG or PNG image (see the module docstring), drawn by
+    :mod:`gateway.dicom.render`.
 
     Raises:
         BadFrames: no pixel data, or no such frame (404); a malformed window (400).
     """
-    from PIL import Image
-    from pydicom.pixels import apply_modality_lut
-
-    if "PixelData" not in dataset:
-        raise BadFrames("the instance has no pixel data", 404)
-    count = int(dataset.get("NumberOfFrames", 1) or 1)
-    if frame > count:
-        raise BadFrames(f"the instance has {count} frame(s)", 404)
-    pixels = dataset.pixel_array
-    if count > 1:
-        pixels = pixels[frame - 1]
-    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
-    if photometric in ("MONOCHROME1", "MONOCHROME2"):
-        values = np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float64)
-        center, width = _window(dataset, values, window)
-        scaled = _linear_window(values, center, width)
-        if photometric == "MONOCHROME1":
-            scaled = 255.0 - scaled
-        image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
-    else:
-        from pydicom.pixels import convert_color_space
-
-        rgb = convert_color_space(pixels, photometric, "RGB") if photometric.startswith("YBR") else pixels
-        image = Image.fromarray(np.asarray(rgb, dtype=np.uint8), mode="RGB")
-    out = io.BytesIO()
-    options: dict[str, Any] = {"quality": quality} if quality is not None and media_type == "image/jpeg" else {}
-    image.save(out, format=RENDERED_TYPES[media_type], **options)
-    return out.getvalue()
+    try:
+        image = render.frame_image(dataset, frame, _window(window))
+    except render.NotAnImage as exc:
+        raise BadFrames(str(exc), 404) from None
+    return render.encoded(image, RENDERED_TYPES[media_type], quality)
 
 
-def _linear_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
-    """PS3.3 C.11.2.1.2.1, the LINEAR function, onto 0-255 (a width of 1 is a threshold at center - 0.5)."""
-    if width <= 1:
-        return np.where(values <= center - 0.5, 0.0, 255.0)
-    return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0) * 255.0
-
-
-def _window(dataset: Dataset, values: np.ndarray, asked: str | None) -> tuple[float, float]:
-    if asked:
-        parts = asked.split(",")
-        try:
-            center, width = float(parts[0]), float(parts[1])
-        except (IndexError, ValueError):
-            raise BadFrames("window is center,width[,function]", 400) from None
-        if width < 1:
-            raise BadFrames("the window's width is at least 1", 400)
-        return center, width
-    center, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
-    if center is not None and width is not None:
-        try:
-            return _first(center), max(_first(width), 1.0)
-        except (TypeError, ValueError):
-            pass
-    low, high = float(values.min()), float(values.max())
-    return (low + high) / 2, max(high - low, 1.0)
-
-
-def _first(value: Any) -> float:
-    """The first of a multi-valued DS (Window Center and Width may hold several windows)."""
-    return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) else float(value)
+def _window(asked: str | None) -> tuple[float, float] | None:
+    """The ``window`` parameter's center and width; None without one (the data set's own is used)."""
+    if not asked:
+        return None
+    parts = asked.split(",")
+    try:
+        center, width = float(parts[0]), float(parts[1])
+    except (IndexError, ValueError):
+        raise BadFrames("window is center,width[,function]", 400) from None
+    if width < 1:
+        raise BadFrames("the window's width is at least 1", 400)
+    return center, width
 
 
 def rendered_type(accept: str) -> str:

@@ -85,7 +85,11 @@ class HttpServer:
             self.app, log_config=None, access_log=False, lifespan="off", server_header=False, date_header=True,
             http=guarded_protocol(limits, ClientConnections(limits.max_connections_per_client)),
             h11_max_incomplete_event_size=MAX_HEAD_BYTES, timeout_keep_alive=config.keep_alive_s,
-            proxy_headers=False, limit_concurrency=config.max_connections)
+            proxy_headers=False, limit_concurrency=config.max_connections,
+            # No WebSocket is served. With uvicorn's default (``auto``: wsproto is installed) an upgrade request
+            # handed the connection to a WebSocket protocol, whose end never gave the client's slot back: 32
+            # upgrade requests from one address (or through the TLS proxy, from everyone) locked it out.
+            ws="none")
 
     def stop(self) -> None:
         """Stop serving and close the socket (idempotent)."""

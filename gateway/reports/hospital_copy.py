@@ -3,8 +3,9 @@
 The reviewer wrote the PDF against pseudonyms and it stays as written; the copy that goes home gets a first
 page in front of it, with the source's letterhead, the patient's identity (name, ID, birth date, sex: the
 originals, re-identified as the SR's header is), the study (accession, date, description, referring
-clinician), and the report (the reviewing service, the reviewer with qualification, the report's date and
-status); and a footer on every page naming the patient, the accession and the page. It is built only by the
+clinician), the report (the reviewing service, the reviewer with qualification, the report's date and
+status) and its key images as thumbnails (drawn from the node's de-identified copy, :mod:`gateway.reports.key_images`);
+and a footer on every page naming the patient, the accession and the page. It is built only by the
 reports stage, on the way home (PHI: nothing here is logged), never in front of a reviewer.
 """
 
@@ -13,11 +14,13 @@ from __future__ import annotations
 import datetime as dt
 import io
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
 
 if TYPE_CHECKING:
     from pypdf import PageObject
+
+    from gateway.reports.key_images import KeyImageThumbnail
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _SEX = {"F": "female", "M": "male", "O": "other"}
@@ -58,6 +61,7 @@ class HospitalHeader:
     qualification: str
     report_date: str  # YYYYMMDD
     status: str  # VERIFIED or UNVERIFIED
+    key_images: tuple[KeyImageThumbnail, ...] = ()  # drawn from the de-identified copy (reports.key_images)
 
     @property
     def patient_line(self) -> str:
@@ -95,11 +99,33 @@ def _cover(header: HospitalHeader) -> bytes:
                    for name, value in header.rows()], colWidths=(130, 330))
     table.setStyle(TableStyle([("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.lightgrey),
                                ("VALIGN", (0, 0), (-1, -1), "TOP")]))
-    flow += [table, Spacer(1, 12),
+    flow += [table, *_key_images(header, styles), Spacer(1, 12),
              Paragraph("The report follows as the reviewer wrote it; the reviewer did not see the patient's "
                        "identity.", styles["Italic"])]
     document.build(flow)
     return buffer.getvalue()
+
+
+KEY_IMAGE_PT = 110  # the longer side of a key image on the cover, in points
+KEY_IMAGES_A_ROW = 4
+
+
+def _key_images(header: HospitalHeader, styles: Any) -> list[object]:
+    """The report's key images under a heading, four a row, each with its place ("series 3, image 12")."""
+    if not header.key_images:
+        return []
+    from reportlab.platypus import Image, Paragraph, Spacer, Table
+
+    cells: list[object] = []
+    for thumbnail in header.key_images:
+        picture = Image(io.BytesIO(thumbnail.jpeg))
+        scale = KEY_IMAGE_PT / max(picture.imageWidth, picture.imageHeight)
+        picture.drawWidth, picture.drawHeight = picture.imageWidth * scale, picture.imageHeight * scale
+        cells.append([picture, Paragraph(escape(thumbnail.place), styles["Normal"])])
+    rows = [cells[start:start + KEY_IMAGES_A_ROW] for start in range(0, len(cells), KEY_IMAGES_A_ROW)]
+    rows[-1] += [""] * (KEY_IMAGES_A_ROW - len(rows[-1]))  # a short last row
+    return [Spacer(1, 12), Paragraph("Key images", styles["Heading3"]),
+            Table(rows, colWidths=(KEY_IMAGE_PT + 5,) * KEY_IMAGES_A_ROW, hAlign="LEFT")]
 
 
 def _footer(text: str, width: float, height: float) -> PageObject:

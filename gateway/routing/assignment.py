@@ -152,7 +152,7 @@ class ReviewerPool:
 
     @staticmethod
     def _can_take(reviewer: ReviewerConfig, needs: CaseNeeds, load: dict[str, int], down: set[str]) -> bool:
-        if not reviewer.enabled or reviewer_peer(reviewer.name) in down:
+        if not reviewer.enabled or _down(reviewer, down):
             return False
         if load.get(reviewer.name, 0) >= reviewer.max_open_cases:
             return False
@@ -160,6 +160,12 @@ class ReviewerPool:
             return False
         wanted = needs.subspecialty
         return not wanted or wanted.lower() in {s.lower() for s in reviewer.subspecialties}
+
+
+def _down(reviewer: ReviewerConfig, down: set[str]) -> bool:
+    """A push reviewer whose last C-ECHO failed; a pull reviewer is never checked (it has no PACS the node sends
+    to), so a check from before it pulled does not count."""
+    return reviewer.mode == "push" and reviewer_peer(reviewer.name) in down
 
 
 def _reads(reviewer: ReviewerConfig, needs: CaseNeeds) -> bool:
@@ -176,7 +182,7 @@ def _obstacle(reviewer: ReviewerConfig, needs: CaseNeeds, now: dt.datetime, load
         return f"not reading {', '.join(sorted(needs.modalities))}"
     if not reviewer.enabled:
         return "disabled"
-    if reviewer_peer(reviewer.name) in down:
+    if _down(reviewer, down):
         return "not answering C-ECHO"
     if load.get(reviewer.name, 0) >= reviewer.max_open_cases:
         return "at max_open_cases"

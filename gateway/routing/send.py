@@ -56,7 +56,7 @@ from gateway.dicom.net import NODELAY_HANDLER, DirectStores, install_fast_paths
 from gateway.dicom.rawedit import file_meta_end_and_syntax, fits_charset, text_element_edit, with_text_element
 from gateway.dicom.tls import tls_args
 from gateway.routing.errors import RoutingError
-from gateway.storage import cases, wakeup
+from gateway.storage import cases
 from gateway.storage.models import CaseState, Delivery, OutboundObject, Study, db, utcnow
 
 SENT, PENDING, FAILED = "sent", "pending", "failed"
@@ -90,7 +90,8 @@ class Leg:
     failed_state: str
     attempts: peewee.Field
     next_attempt_at: peewee.Field
-    retry_topic: str  # the wake-up (gateway.storage.wakeup) that runs the leg's stage when the retry is due
+    retry_topic: str  # the wake-up (gateway.storage.wakeup) that runs the leg's stage when the retry is due: the
+    # stage sets its timer on its context's hub for the time ``retry_later`` answers
 
     def attempt_of(self, study: Study) -> int:
         """The number of the attempt about to be made (1-based)."""
@@ -105,13 +106,13 @@ class Leg:
         kept for the operator to see ("1" for a first-attempt delivery), nothing is due any more."""
         return {self.attempts.name: attempt, self.next_attempt_at.name: None}
 
-    def retry_later(self, study: Study, attempt: int, retry: RetryConfig) -> None:
-        """Record failed attempt ``attempt`` and when the next one is due."""
+    def retry_later(self, study: Study, attempt: int, retry: RetryConfig) -> dt.datetime:
+        """Record failed attempt ``attempt`` and when the next one is due; returns that time."""
         next_at = utcnow() + dt.timedelta(seconds=backoff_s(retry, attempt))
         Study.update({self.attempts: attempt, self.next_attempt_at: next_at}).where(Study.id == study.id).execute()
         setattr(study, self.attempts.name, attempt)
         setattr(study, self.next_attempt_at.name, next_at)
-        wakeup.wake_at(self.retry_topic, next_at)  # the retry runs when due, not at a later poll
+        return next_at
 
     def give_up(self, study: Study, attempt: int, reason: str) -> bool:
         """The leg's failure state, with its attempts kept for the operator to see."""

@@ -23,6 +23,7 @@ from gateway.routing.assignment import (
     record_assignment,
     sla_due,
 )
+from gateway.routing.pool import put_in_pool
 from gateway.stages.pipeline import run_case_stage
 from gateway.stages.reviewer_choice import ReviewerChoosingStage
 from gateway.storage import cases
@@ -71,6 +72,9 @@ class AssignmentStage(ReviewerChoosingStage):
         choice = self.pool.choose(needs, now, self._load, self._recent, self._down)
         if choice is None:
             return bool(self._hold(study, self.pool.why_none(needs, now, self._load, self._down)))
+        if choice.reviewer.mode == "pull":
+            # the pool: any eligible pull reviewer claims it (gateway.routing.pool); it counts on nobody's load yet
+            return put_in_pool(study, needs, sla_due(self.routing, needs.urgent, now), choice.reason, now)
         if not self._assign(study, choice, needs, now):
             return False
         self._load[choice.reviewer.name] = self._load.get(choice.reviewer.name, 0) + 1

@@ -3,8 +3,8 @@
 It holds the open database, who claims cases and for how long (``cases.LeaseOwner``), the wake-up hub and the
 metrics. The stages and servers get it as a constructor argument and use it, instead of reaching module
 globals. Some globals stay, because code that is not handed a context reads them: the peewee models are bound
-to ``models.db`` (a proxy ``open_database`` initialises), and the case state machine's claims, ``cases.move``'s
-wake-ups and ``send``'s retry timers are called from libraries, the CLI and the receiving processes. Each of
+to ``models.db`` (a proxy ``open_database`` initialises), and the case state machine's claims and ``cases.move``'s
+wake-ups are called from libraries, the CLI and the receiving processes. Each of
 those has one setter, called by :meth:`NodeContext.install` in the node and by the entry of the receiving
 process (``gateway.scp.receiving_process``) or of a CLI command (``gateway.cli.common``).
 

@@ -79,8 +79,14 @@ class DeliveryStage(WithNodeContext):
         return cls(config.node, config.reviewers, config.storage.spool_dir, config.routing.retry, context=context)
 
     def due(self, now: dt.datetime) -> list[Study]:
+        """The cases to send; never one a pull reviewer claimed from the pool: it reads it over DICOMweb, and the
+        objects it was never sent are not missing (gateway.routing.pool)."""
         ready = Study.select().where(_sending_due(now)).order_by(Study.urgency.desc(), Study.state_changed_at)
-        return [*ready, *self._delivered_with_missing()]
+        return [study for study in (*ready, *self._delivered_with_missing()) if not self._pulls(study)]
+
+    def _pulls(self, study: Study) -> bool:
+        reviewer = self.reviewers.get(study.reviewer or "")
+        return reviewer is not None and reviewer.mode == "pull"
 
     @staticmethod
     def claim_condition(study: Study, now: dt.datetime) -> peewee.Expression:
@@ -123,6 +129,8 @@ class DeliveryStage(WithNodeContext):
         if reviewer is None:
             log.error("delivery_no_reviewer", case=study.key, reviewer=study.reviewer)
             return False
+        if reviewer.mode == "pull":
+            return False  # claimed from the pool: nothing is pushed to it (``due`` leaves it out already)
         resumed = study.state == CaseState.DELIVERING  # an earlier attempt began: it may have been cut short
         if study.state == CaseState.DELIVERED and not self.pending_objects(study, reviewer):
             return False  # delivered meanwhile (the claim's condition saw the ledger before it was complete)
@@ -220,7 +228,8 @@ class DeliveryStage(WithNodeContext):
             audit.record("sent", actor_ae=reviewer.ae_title, actor_host=reviewer.host, study_key=study.key,
                          outcome="failed", detail=f"gave up after {attempt} attempt(s)")
             return moved
-        STUDY_LEG.retry_later(study, attempt, self.retry)
+        retry_at = STUDY_LEG.retry_later(study, attempt, self.retry)
+        self.context.wake_at(STUDY_LEG.retry_topic, retry_at)  # the retry runs when due, not at a later poll
         return False
 
     def pending_objects(self, study: Study, reviewer: ReviewerConfig) -> list[OutboundObject]:

@@ -35,7 +35,8 @@ class Peer:
 
 def configured_peers(config: GatewayConfig) -> list[Peer]:
     """Every reviewer, and every source that has a return address."""
-    peers = [Peer(f"reviewer:{r.name}", r.ae_title, r.host, r.port, r.tls) for r in config.reviewers]
+    peers = [Peer(f"reviewer:{r.name}", r.ae_title, r.host, r.port, r.tls) for r in config.reviewers
+             if r.mode == "push"]  # a pull reviewer has no PACS the node sends to
     peers += [Peer(f"source:{s.name}", s.return_.ae_title, s.return_.host, s.return_.port, s.return_.tls)
               for s in config.sources if s.return_ is not None]
     return peers

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Sequence
 
 import structlog
 
 from gateway.backoff import Backoff
-from gateway.config import DicomPeer, GatewayConfig
+from gateway.config import DicomPeer, GatewayConfig, NodeConfig, PriorsConfig, SourceConfig
 from gateway.dicom.qr import QueryRetrieveFailed, find_series, find_studies, get_study
 from gateway.ops import audit
 from gateway.routing import priors
@@ -48,13 +49,18 @@ class PriorsStage(WithNodeContext):
 
     name = STAGE
 
-    def __init__(self, config: GatewayConfig, spool: Spool, *, context: NodeContext | None = None) -> None:
-        self.config = config
-        self.rules = config.priors
+    def __init__(self, node: NodeConfig, rules: PriorsConfig, sources: Sequence[SourceConfig], spool: Spool, *,
+                 context: NodeContext | None = None) -> None:
+        self.node = node  # the node's AE title and timeouts, as the SCU that asks the PACS
+        self.rules = rules
         self.spool = spool
-        self.peers: dict[str, DicomPeer] = {s.name: s.query_retrieve for s in config.sources
-                                            if s.query_retrieve is not None}
+        self.peers: dict[str, DicomPeer] = {s.name: s.query_retrieve for s in sources if s.query_retrieve is not None}
         self._context = context
+
+    @classmethod
+    def of(cls, config: GatewayConfig, spool: Spool, *, context: NodeContext | None = None) -> PriorsStage:
+        """The stage from the whole configuration: the sections it uses (``node``, ``priors``, ``sources``)."""
+        return cls(config.node, config.priors, config.sources, spool, context=context)
 
     def run_once(self, now: dt.datetime) -> int:
         """Begin the new cases' fetching, then take each unfinished fetch one step on (one broken case is logged and
@@ -115,10 +121,10 @@ class PriorsStage(WithNodeContext):
             return self._finish(fetch, study, PriorFetchState.UNAVAILABLE, "nothing to ask by")
         started = time.perf_counter()
         try:
-            found = find_studies(self.config.node, peer, identity.patient_id, self._remaining_s(fetch))
+            found = find_studies(self.node, peer, identity.patient_id, self._remaining_s(fetch))
             chosen = priors.choose(found, current_uid=study.study_uid, current_date=identity.study_date,
                                    rules=self.rules, series_of=lambda uid: find_series(
-                                       self.config.node, peer, uid, self._remaining_s(fetch)))
+                                       self.node, peer, uid, self._remaining_s(fetch)))
         except QueryRetrieveFailed as exc:
             self._audit("priors_queried", peer, study, "failed", exc.reason)
             return self._retry(fetch, study, exc.reason)
@@ -143,11 +149,11 @@ class PriorsStage(WithNodeContext):
             store = priors.PriorInstanceStore(self.spool, prior, peer.ae_title,
                                               lambda: priors.claim(fetch, holder, self.context.lease))
             try:
-                result = get_study(self.config.node, peer, prior.study_uid, store, self._remaining_s(fetch))
+                result = get_study(self.node, peer, prior.study_uid, store, self._remaining_s(fetch))
             except QueryRetrieveFailed as exc:
                 store.flush()
                 self._audit("priors_retrieved", peer, study, "failed", exc.reason)
-                wakeup.notify(wakeup.PRIORS)  # what did arrive is de-identified meanwhile
+                self.context.notify(wakeup.PRIORS)  # what did arrive is de-identified meanwhile
                 return self._retry(fetch, study, exc.reason)
             store.flush()  # every instance's row committed before the prior counts as retrieved
             PriorStudy.update(state="retrieved" if result.stored else "failed", retrieved_at=utcnow()).where(
@@ -157,7 +163,7 @@ class PriorsStage(WithNodeContext):
             self._audit("priors_retrieved", peer, study, "success" if result.stored else "failed",
                         f"{result.stored} instance(s) of a prior stored, {result.failed} failed at the PACS")
         priors.set_state(fetch, PriorFetchState.DEIDENTIFYING)
-        wakeup.notify(wakeup.PRIORS)  # the de-identification stage takes the instances now
+        self.context.notify(wakeup.PRIORS)  # the de-identification stage takes the instances now
         return 1
 
     def _retry(self, fetch: PriorFetch, study: Study, reason: str) -> int:
@@ -195,7 +201,7 @@ class PriorsStage(WithNodeContext):
                                               & (PriorStudy.state == "retrieved")).count()
         log.info("priors_finished", case=study.key, source=fetch.source, status=state, count=retrieved,
                  duration_ms=int((utcnow() - fetch.started_at).total_seconds() * 1000))
-        wakeup.notify(wakeup.PRIORS)  # the notes stage may take the case now
+        self.context.notify(wakeup.PRIORS)  # the notes stage may take the case now
         return 1
 
     def _audit(self, action: str, peer: DicomPeer, study: Study, outcome: str, detail: str) -> None:

@@ -40,6 +40,7 @@ from gateway.reports.builder import DEFAULT_ORGANIZATION
 from gateway.reports.errors import ReidentificationError
 from gateway.reports.foreign import foreign_pseudonym
 from gateway.reports.hospital_copy import HospitalHeader, hospital_copy
+from gateway.reports.key_images import key_image_thumbnails
 from gateway.reports.reidentify import CaseMapping, Reidentifier, derived_report_uid, readable_name
 from gateway.routing.send import REPORT_LEG, SENT, send_objects, unsent_objects
 from gateway.stages.context import NodeContext, WithNodeContext
@@ -217,9 +218,9 @@ class ReportStage(WithNodeContext):
         return uids
 
     def _signature(self, study: Study) -> Dataset:
-        """The verification of the case's latest report SR (flag, observer, organization, date): what the
-        hospital's copy of its PDF says of the report's status (the SR comes first in one report's
-        association); an empty dataset when there is no SR."""
+        """The verification of the case's latest report SR (flag, observer, organization, date) and its content
+        (its key images): what the hospital's copy of its PDF says of the report's status (the SR comes first in
+        one report's association); an empty dataset when there is no SR."""
         reports = ReportObject.select().where(ReportObject.study == study).order_by(ReportObject.id.desc())
         for report in reports:
             if report.sop_class_uid not in codes.SR_CLASSES or report.sop_class_uid == codes.KEY_OBJECT_SELECTION:
@@ -227,7 +228,7 @@ class ReportStage(WithNodeContext):
             try:
                 return pydicom.dcmread(self.spool.absolute(report.spool_path), stop_before_pixels=True,
                                        specific_tags=["VerificationFlag", "VerifyingObserverSequence",
-                                                      "ContentDate"])
+                                                      "ContentDate", "ContentSequence"])
             except (OSError, pydicom.errors.InvalidDicomError, ValueError):
                 continue
         return Dataset()
@@ -247,7 +248,8 @@ class ReportStage(WithNodeContext):
             or str(verifier.get("VerifyingOrganization", "") or "") or DEFAULT_ORGANIZATION,
             reviewer=readable_name(name), qualification=reviewer.qualification or "" if reviewer and name else "",
             report_date=str(signed.get("ContentDate", "") or report.get("ContentDate", "") or ""),
-            status=str(signed.get("VerificationFlag", "") or "UNVERIFIED"))
+            status=str(signed.get("VerificationFlag", "") or "UNVERIFIED"),
+            key_images=key_image_thumbnails(study, self.spool, signed))
 
     @staticmethod
     def _as_hospital_copy(result: Dataset, header: HospitalHeader) -> None:
@@ -334,5 +336,6 @@ class ReportStage(WithNodeContext):
             audit.record("report_sent", actor_ae=source.return_.ae_title, actor_host=source.return_.host,
                          study_key=study.key, outcome="failed", detail=f"gave up after {attempt} attempt(s)")
             return REPORT_LEG.give_up(study, attempt, "report_delivery_failed")
-        REPORT_LEG.retry_later(study, attempt, self.retry)
+        retry_at = REPORT_LEG.retry_later(study, attempt, self.retry)
+        self.context.wake_at(REPORT_LEG.retry_topic, retry_at)  # the retry runs when due, not at a later poll
         return False

@@ -23,6 +23,8 @@ class ReviewerChoosingStage(WithNodeContext):
         self._load: dict[str, int] = {}
         self._recent: dict[str, dt.datetime] = {}
         self._down: set[str] = set()
+        # pull reviewers claim from the pool; a case is never pushed to one (the SLA's reassignment skips them)
+        self._pull = [r.name for r in reviewers if r.mode == "pull"]
 
     def read_load(self) -> None:
         self._load, self._recent, self._down = open_cases(), last_assigned(), unhealthy_peers()

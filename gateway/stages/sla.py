@@ -26,6 +26,9 @@ from gateway.storage.models import Assignment, CaseState, Study
 log = structlog.get_logger("routing.sla")
 # A flagged case still DELIVERING is reassigned once its attempt settles.
 REASSIGNABLE = (CaseState.ASSIGNED, CaseState.DELIVERED, CaseState.FAILED)
+# A pooled case nobody claimed by its deadline is flagged too (it stays in the pool: it has no reviewer to take it
+# from).
+FLAGGED_STATES = (*OPEN_STATES, CaseState.POOLED)
 
 
 class SlaStage(ReviewerChoosingStage):
@@ -33,7 +36,7 @@ class SlaStage(ReviewerChoosingStage):
 
     name = "sla"
 
-    claim_states = OPEN_STATES
+    claim_states = FLAGGED_STATES
 
     def run_once(self, now: dt.datetime) -> int:
         return run_case_stage(self, now)
@@ -41,7 +44,7 @@ class SlaStage(ReviewerChoosingStage):
     def due(self, now: dt.datetime) -> list[Study]:
         """Cases past their deadline not yet flagged, then (with ``reassign_after_sla``) flagged cases that can
         go to another reviewer; the reviewers' load is read once for the run."""
-        overdue = list(Study.select().where(Study.state.in_(OPEN_STATES) & Study.sla_due_at.is_null(False)
+        overdue = list(Study.select().where(Study.state.in_(FLAGGED_STATES) & Study.sla_due_at.is_null(False)
                                             & (Study.sla_due_at <= now) & Study.sla_flagged_at.is_null()))
         if not self.routing.reassign_after_sla:
             return overdue
@@ -72,7 +75,8 @@ class SlaStage(ReviewerChoosingStage):
 
     def _reassign(self, study: Study, now: dt.datetime) -> bool:
         needs = CaseNeeds.of(study)
-        choice = self.pool.choose(needs, now, self._load, self._recent, self._down, exclude=[study.reviewer or ""])
+        choice = self.pool.choose(needs, now, self._load, self._recent, self._down,
+                                  exclude=[study.reviewer or "", *self._pull])
         if choice is None:
             return False
         reason = f"{SLA_BREACHED} {choice.reason}"

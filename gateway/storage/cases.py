@@ -36,13 +36,16 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     S.RECEIVING: frozenset({S.COMPLETE, S.REJECTED_NOT_SPINE, S.QUARANTINED}),
     S.COMPLETE: frozenset({S.DEIDENTIFIED, S.QUARANTINED, S.REJECTED_NOT_SPINE}),
     S.DEIDENTIFIED: frozenset({S.NOTES_ATTACHED, S.HELD, S.QUARANTINED}),
-    S.HELD: frozenset({S.DEIDENTIFIED, S.NOTES_ATTACHED, S.QUARANTINED, S.ASSIGNED}),
-    S.NOTES_ATTACHED: frozenset({S.ASSIGNED, S.HELD, S.QUARANTINED}),
+    S.HELD: frozenset({S.DEIDENTIFIED, S.NOTES_ATTACHED, S.QUARANTINED, S.ASSIGNED, S.POOLED}),
+    S.NOTES_ATTACHED: frozenset({S.ASSIGNED, S.HELD, S.QUARANTINED, S.POOLED}),
+    # The pool (pull reviewers): a claim gives the case to its reviewer, to read over DICOMweb; a claim abandoned
+    # or given back returns it to the pool (gateway.routing.pool).
+    S.POOLED: frozenset({S.DELIVERED, S.HELD, S.QUARANTINED}),
     # The study leg: to the reviewer.
     S.ASSIGNED: frozenset({S.DELIVERING, S.FAILED}),
     S.DELIVERING: frozenset({S.DELIVERED, S.FAILED, S.REPORTED}),
     S.FAILED: frozenset({S.DELIVERING, S.ASSIGNED}),  # spine-gateway retry CASE; or reassigned after the SLA
-    S.DELIVERED: frozenset({S.REPORTED, S.DELIVERING, S.ASSIGNED}),
+    S.DELIVERED: frozenset({S.REPORTED, S.DELIVERING, S.ASSIGNED, S.POOLED}),
     # The report leg: home to the source.
     S.REPORTED: frozenset({S.REPORT_DELIVERED, S.REPORT_FAILED}),
     S.REPORT_FAILED: frozenset({S.REPORTED}),  # spine-gateway retry CASE, or a corrected report arrives
@@ -224,9 +227,9 @@ def claimed(study: Study, *states: str, stage: str = "", owner: LeaseOwner | Non
 def _refresh(study: Study) -> None:
     """``study``'s fields as the database holds them now (it was selected before the claim: its state, attempts
     or times may have changed since)."""
-    current = Study.get_or_none(Study.id == study.id)
-    if current is not None:
-        study.__data__.update(current.__data__)  # the row's values, without loading related rows
+    row = Study.select().where(Study.id == study.id).dicts().get_or_none()  # a foreign key as its id: no join
+    for name, value in (row or {}).items():
+        setattr(study, name, value)  # a foreign key whose id changed drops the related row it had loaded
 
 
 class Lease:

@@ -89,6 +89,7 @@ class CaseState:
     DEIDENTIFIED = "deidentified"      # every instance de-identified into the outbound area
     NOTES_ATTACHED = "notes_attached"  # the referral's notes (SR + PDF) built into the pseudonymous study
     ASSIGNED = "assigned"
+    POOLED = "pooled"                  # in the pool worklist (a UPS workitem), waiting for a pull reviewer's claim
     DELIVERING = "delivering"
     DELIVERED = "delivered"
     REPORTED = "reported"
@@ -587,6 +588,68 @@ class DicomwebToken(BaseModel):
         table_name = "dicomweb_token"
 
 
+class Workitem(BaseModel):
+    """A case in the pool worklist: one UPS workitem (PS3.4 Annex CC, served by UPS-RS under
+    ``/dicomweb/workitems``; migration 16). Everything here is pseudonymous: the case's key and pseudonymous
+    Study Instance UID, what the case asks of its reviewer (to decide who may claim it), and the claim.
+
+    ``state`` is the UPS Procedure Step State (``gateway.storage.workitems`` holds its machine). A case has at most
+    one workitem that is not final (CANCELED, COMPLETED); a claim its reviewer cancels leaves a new one SCHEDULED.
+    ``transaction_sha256``: the SHA-256 of the claimer's Transaction UID, which the claimer alone knows."""
+
+    uid = CharField(max_length=64, unique=True)  # the workitem's SOP Instance UID (2.25.<random>)
+    study = ForeignKeyField(Study, backref="workitems", on_delete="CASCADE")
+    study_id: int
+    pseudo_patient_id = CharField(max_length=64, default="")  # the de-identified images' Patient ID
+    state = CharField(max_length=16, index=True)
+    priority = CharField(max_length=8)  # HIGH (urgent or red flags), MEDIUM
+    modalities = CharField(max_length=64, default="")  # the case's image modalities, "MR\\CT"
+    subspecialty = CharField(max_length=64, null=True)
+    scheduled_at = DateTimeField(default=utcnow)  # Scheduled Procedure Step Start DateTime
+    due_at = DateTimeField()  # the SLA deadline: Expected Completion and Scheduled Procedure Step Expiration DateTime
+    claimed_by = CharField(max_length=64, null=True, index=True)  # the pull reviewer holding or having held it
+    claimed_at = DateTimeField(null=True)
+    claim_expires_at = DateTimeField(null=True, index=True)
+    transaction_sha256 = CharField(max_length=64, null=True)
+    cancel_reason = CharField(max_length=64, null=True)  # the node's own words, never PHI
+    changed_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "workitem"
+
+
+class WorkitemSubscription(BaseModel):
+    """A reviewer's subscription to the events of one workitem, or of every workitem it may see (``workitem``
+    null: the global subscription; ``suspended``: a suspended global subscription takes no new workitem)."""
+
+    reviewer = CharField(max_length=64, index=True)
+    ae_title = CharField(max_length=16)  # the subscriber's AE title, as in the request's path
+    workitem = ForeignKeyField(Workitem, null=True, backref="subscriptions", on_delete="CASCADE")
+    workitem_id: int | None
+    deletion_lock = peewee.BooleanField(default=False)
+    suspended = peewee.BooleanField(default=False)
+    created_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "workitem_subscription"
+        indexes = ((("reviewer", "ae_title", "workitem"), True),)
+
+
+class WorkitemEvent(BaseModel):
+    """The event log of the workitems (UPS event reports, PS3.4 CC.2.4): what subscribers read, in ``id`` order,
+    over the WebSocket or the polling resource. ``event_type``: 1 State Report, 2 Cancel Requested."""
+
+    workitem = ForeignKeyField(Workitem, backref="events", on_delete="CASCADE")
+    workitem_id: int
+    event_type = IntegerField()
+    state = CharField(max_length=16)
+    reason = CharField(max_length=64, null=True)
+    created_at = DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = "workitem_event"
+
+
 MODELS_V1 = [SchemaVersion, Source, Study, Series, Instance, StudyIdentity, UidMap, OutboundObject, Referral,
              Assignment, Delivery, ReportObject, PeerHealth, QuarantinedObject, AuditEvent]
 
@@ -721,6 +784,12 @@ def _migrate_to_15(database: peewee.Database) -> None:
     database.create_tables([CriticalResult, CriticalNotice], safe=True)
 
 
+def _migrate_to_16(database: peewee.Database) -> None:
+    """``workitem``, ``workitem_subscription`` and ``workitem_event``: the pool worklist (UPS-RS). (Other numbers are
+    other branches'; ``migrate`` applies every missing number, in order.)"""
+    database.create_tables([Workitem, WorkitemSubscription, WorkitemEvent], safe=True)
+
+
 #: The indexes of migration 19, as ``create_tables`` names them: (table, column).
 HISTORY_INDEXES = (("instance", "spool_path"), ("study", "stage_failures"), ("study", "report_delivered_at"),
                    ("assignment", "ended_reason"))
@@ -752,6 +821,7 @@ MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (13, _migrate_to_13),
     (14, _migrate_to_14),
     (15, _migrate_to_15),
+    (16, _migrate_to_16),
     (19, _migrate_to_19),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -69,6 +69,7 @@ REFERRAL = "referral"    # a referral arrived or its notes were approved (it may
 REPORT = "report"        # a reviewer's report object arrived (also for a case already reported)
 PRIORS = "priors"        # a case's priors moved on (instances retrieved, or the fetch finished or is due again)
 COMMITMENT = "commitment"  # a source's Storage Commitment request was kept, or its report's retry is due
+WORKLIST = "worklist"    # a pool workitem's claim may have ended (its timeout is due, or its claimer gave it back)
 
 # Stage name -> the topics that may give it work. A stage not listed runs on its poll only (SLA, peer checks).
 STAGE_TOPICS: dict[str, frozenset[str]] = {
@@ -83,6 +84,8 @@ STAGE_TOPICS: dict[str, frozenset[str]] = {
     "delivery": frozenset({S.ASSIGNED, S.DELIVERING}),
     "reports": frozenset({S.REPORTED, S.DELIVERED, REPORT}),
     "commitment": frozenset({COMMITMENT}),
+    # the pool: a report completes its workitem; a claim's timeout returns it to the pool
+    "pool": frozenset({S.REPORTED, S.QUARANTINED, S.ASSIGNED, WORKLIST}),
 }
 ALL_TOPICS = frozenset().union(*STAGE_TOPICS.values())
 

@@ -26,11 +26,11 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from gateway.accounts.users import PasswordChecks
 from gateway.config import GatewayConfig
 from gateway.stages.context import NodeContext
 from gateway.storage.spool import Spool
 from gateway.web import auth
-from gateway.web.accounts import PasswordChecks
 from gateway.web.page import SECURITY_HEADERS, Page, Portal, Refused
 
 log = structlog.get_logger("web")

@@ -16,6 +16,7 @@ from gateway.referral.document import validate_referral_data
 from gateway.referral.errors import ReferralValidationError
 from gateway.reports.builder import ANSWER_PREFIX
 from gateway.reports.findings import Finding, FindingsDocument
+from gateway.web.dates import ISO_DATES, DateFormat
 
 RED_FLAG_LABELS = {
     RedFlag.CAUDA_EQUINA: "Cauda equina symptoms (saddle anaesthesia, bladder or bowel dysfunction)",
@@ -44,6 +45,7 @@ _FIELD_OF_PATH = {"patient.name": "patient.family", "patient": "patient.id", "cl
                   "patient.address": "patient.address.street"}
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _PHONE = re.compile(r"^\+?[\d\s\-()./]*\d[\d\s\-()./]*$")
+DATE_FIELDS = ("patient.birth_date", "study_date")  # typed in the source's format (gateway.web.dates)
 LEVELS = ("L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")
 
 
@@ -118,8 +120,9 @@ def referral_document(form: Mapping[str, Any], flags: list[str], source: str,
     return document
 
 
-def form_values(document: Any) -> dict[str, Any]:
-    """The form's fields filled from a stored referral document (a :class:`Referral`): to correct it."""
+def form_values(document: Any, dates: DateFormat = ISO_DATES) -> dict[str, Any]:
+    """The form's fields filled from a stored referral document (a :class:`Referral`): to correct it; its
+    dates written in the source's format."""
     data = document.model_dump(mode="json", exclude_none=True)
     patient, clinical = data.get("patient", {}), data.get("clinical", {})
     family, _, given = str(patient.get("name", "")).partition("^")
@@ -139,6 +142,8 @@ def form_values(document: Any) -> dict[str, Any]:
         values[f"clinical.{name}"] = clinical.get(name, "")
     for name, value in clinical.get("pain", {}).items():
         values[f"clinical.pain.{name}"] = str(value)
+    for name in DATE_FIELDS:
+        values[name] = dates.written(values[name])
     return values
 
 
@@ -162,8 +167,9 @@ def _contact_problems(values: Mapping[str, Any], result: FormResult) -> None:
 
 
 def parse_referral_form(form: Mapping[str, Any], flags: list[str], source: str,
-                        redactions: list[str] | None = None) -> FormResult:
-    """Validate the form as a referral: ``value`` is the :class:`Referral`, or ``errors`` by field."""
+                        redactions: list[str] | None = None, dates: DateFormat = ISO_DATES) -> FormResult:
+    """Validate the form as a referral: ``value`` is the :class:`Referral`, or ``errors`` by field. The dates
+    are read in ``dates``, the source's format; ``values`` keeps them as typed."""
     values: dict[str, Any] = {name: _clean(form, name) for name in TEXT_FIELDS}
     for name in LIST_FIELDS:  # keep the lines as typed
         values[name] = str(form.get(name) or "").strip()
@@ -173,7 +179,8 @@ def parse_referral_form(form: Mapping[str, Any], flags: list[str], source: str,
     _contact_problems(values, result)
     _name_problems(values, result)
     try:
-        document = validate_referral_data(referral_document(form, flags, source, redactions))
+        document = validate_referral_data(referral_document(_with_iso_dates(form, dates, result), flags, source,
+                                                            redactions))
     except ReferralValidationError as exc:
         for problem in exc.problems:
             path, _, message = problem.partition(": ")
@@ -181,6 +188,20 @@ def parse_referral_form(form: Mapping[str, Any], flags: list[str], source: str,
     else:
         result.value = None if result.errors else document
     return result
+
+
+def _with_iso_dates(form: Mapping[str, Any], dates: DateFormat, result: FormResult) -> dict[str, Any]:
+    """The form's fields with its dates as ISO dates; a date that cannot be read is left out and its problem
+    put next to its field (the referral is then not sent)."""
+    fields = {name: str(form.get(name) or "") for name in TEXT_FIELDS}
+    for name in DATE_FIELDS:
+        if fields[name].strip():
+            try:
+                fields[name] = dates.parse(fields[name])
+            except ValueError as exc:
+                result.add(name, str(exc))
+                fields[name] = ""
+    return fields
 
 
 def field_of(path: str) -> str:

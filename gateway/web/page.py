@@ -14,12 +14,12 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from gateway.accounts.users import PasswordChecks
 from gateway.config import GatewayConfig
 from gateway.ops import audit
 from gateway.stages.context import NodeContext
 from gateway.storage.spool import Spool
 from gateway.web import auth
-from gateway.web.accounts import PasswordChecks
 
 HOME = {"referrer": "/referrer", "reviewer": "/reviewer", "ops": "/ops"}
 SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pydicom
+import pydicom.errors
 from starlette.responses import RedirectResponse, Response
 
+from gateway.dicom import render
 from gateway.privacy.identifiers import IdentifierSet, from_referral
 from gateway.referral import redaction
 from gateway.referral.codes import RedFlag
@@ -26,8 +29,9 @@ from gateway.stages.referral import NotesStage
 from gateway.storage.models import CriticalResult, StudyIdentity, utcnow
 from gateway.storage.models import Referral as ReferralRow
 from gateway.web import views
+from gateway.web.dates import ISO_DATES, DateFormat
 from gateway.web.forms import RED_FLAG_LABELS, TEXT_FIELDS, form_values, parse_referral_form
-from gateway.web.page import Page, Refused
+from gateway.web.page import SECURITY_HEADERS, Page, Refused
 
 MAX_ID_DIGITS = 18  # below 2**63: a row id of SQLite and of PostgreSQL's bigint
 
@@ -35,7 +39,18 @@ MAX_ID_DIGITS = 18  # below 2**63: a row id of SQLite and of PostgreSQL's bigint
 def cases(page: Page) -> Response:
     source = page.user.source
     return page.render("referrer_cases.html", title="Your cases", source=source, rows=views.referrer_cases(source),
-                       sent=page.request.query_params.get("sent", ""))
+                       dates=_dates(page), sent=page.request.query_params.get("sent", ""))
+
+
+def _source_config(page: Page):
+    """The configured source the referrer's account belongs to (None if it left the configuration)."""
+    return next((s for s in page.portal.config.sources if s.name == page.user.source), None)
+
+
+def _dates(page: Page) -> DateFormat:
+    """How the account's source writes dates (the form's date fields)."""
+    source = _source_config(page)
+    return DateFormat.of(source.locale, source.day_first) if source is not None else ISO_DATES
 
 
 def new_form(page: Page) -> Response:
@@ -45,7 +60,7 @@ def new_form(page: Page) -> Response:
 def _form(page: Page, values: dict, errors: dict, status: int = 200) -> Response:
     return page.render("referrer_form.html", status=status, title="New referral", values=values, errors=errors,
                        flags=[(flag.value, RED_FLAG_LABELS[flag]) for flag in RedFlag], source=page.user.source,
-                       limits=json.dumps({"fields": FIELD_LIMITS}))
+                       limits=json.dumps({"fields": FIELD_LIMITS}), dates=_dates(page))
 
 
 # What the form's script checks before sending (the schema's limits, gateway.referral.document).
@@ -82,7 +97,7 @@ def submit(page: Page) -> Response:
     redactions = [str(r) for r in form.getlist("redactions") if str(r).strip()]
     if form.get("unredact"):
         redactions = [r for r in redactions if r != form.get("unredact")]
-    result = parse_referral_form(form, flags, page.user.source, redactions)
+    result = parse_referral_form(form, flags, page.user.source, redactions, _dates(page))
     action = str(form.get("action") or "preview")
     if result.value is None or action == "edit":
         return _form(page, result.values, result.errors, status=422 if result.value is None else 200)
@@ -153,7 +168,7 @@ def edit(page: Page) -> Response:
     referral = _referral(page)
     if not correctable(referral):
         raise Refused(409, "This referral can no longer be corrected: its images have arrived, or it was withdrawn.")
-    values = form_values(load_document(referral))
+    values = form_values(load_document(referral), _dates(page))
     return _form(page, {**values, "replaces": str(referral.id)}, {})
 
 
@@ -207,7 +222,8 @@ def case(page: Page, phrase: str = "", problem: str = "", status: int = 200, pro
     return page.render("referrer_case.html", status=status, title=f"Case {referral.accession_number}",
                        referral=referral, document=document, study=study,
                        state=views.referral_state(referral, study), correctable=correctable(referral),
-                       submitted=views.submitted_fields(document), problem_action=problem_action,
+                       submitted=views.submitted_fields(document, _dates(page)), dates=_dates(page),
+                       problem_action=problem_action,
                        report=report, when=views.when, fields=fields, shifted=shifted,
                        redactions=list(document.redactions), phrase=phrase,
                        errors={"phrase": [problem]} if problem else {},
@@ -253,12 +269,35 @@ def report_pdf(page: Page) -> Response:
         "Content-Disposition": f'inline; filename="report-{referral.id}.pdf"', "Cache-Control": "no-store"})
 
 
+def key_image(page: Page) -> Response:
+    """A key image of the case's report, drawn from the node's de-identified copy of the case (the referrer's
+    own images): a thumbnail, or with ``?size=large`` a larger picture (audited)."""
+    referral = _referral(page)
+    study = referral.study if referral.study_id else None
+    text = str(page.request.path_params["image_id"])
+    copy = None
+    if study is not None and text.isascii() and text.isdigit() and len(text) <= MAX_ID_DIGITS:
+        copy = views.key_image_copy(study, int(text))
+    if study is None or copy is None:
+        raise Refused(404, "No such image.")
+    large = page.request.query_params.get("size") == "large"
+    try:
+        picture = render.thumbnail_jpeg(pydicom.dcmread(page.portal.spool.absolute(copy.spool_path)),
+                                        render.LARGE_PX if large else render.THUMBNAIL_PX)
+    except (OSError, ValueError, RuntimeError, NotImplementedError, pydicom.errors.InvalidDicomError):
+        raise Refused(404, "This image cannot be shown here: open it in your PACS.") from None
+    size = "large" if large else "thumbnail"
+    page.audit("web_key_image", study_key=study.key, detail=f"referral {referral.id}; {size}")
+    return Response(picture, media_type="image/jpeg", headers=SECURITY_HEADERS)
+
+
 ROUTES = [
     ("GET", "/referrer", cases, "referrer"),
     ("GET", "/referrer/new", new_form, "referrer"),
     ("POST", "/referrer/new", submit, "referrer"),
     ("GET", "/referrer/referrals/{referral_id}", case, "referrer"),
     ("GET", "/referrer/referrals/{referral_id}/report.pdf", report_pdf, "referrer"),
+    ("GET", "/referrer/referrals/{referral_id}/key-images/{image_id}", key_image, "referrer"),
     ("POST", "/referrer/referrals/{referral_id}/redact", redact, "referrer"),
     ("POST", "/referrer/referrals/{referral_id}/acknowledge", acknowledge, "referrer"),
     ("GET", "/referrer/referrals/{referral_id}/edit", edit, "referrer"),

@@ -7,6 +7,8 @@ gateway's own SCP with the assigned reviewer's AE title: the same intake, the sa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from starlette.responses import RedirectResponse, Response
 
 from gateway.config import ReviewerConfig
@@ -23,6 +25,8 @@ from gateway.stages.critical import flag_critical
 from gateway.web import views
 from gateway.web.forms import LEVELS, parse_report_form
 from gateway.web.page import Page, Refused
+
+VIEWER_INSTALLED = Path(__file__).parent / "static" / "vendor" / "installed.json"  # scripts/install-viewer.py
 
 
 def worklist(page: Page) -> Response:
@@ -51,7 +55,8 @@ def case(page: Page, values: dict | None = None, errors: dict | None = None, sta
     return page.render("reviewer_case.html", status=status, title=f"Case {study.key}", study=study,
                        notes=views.scrubbed_notes(study, page.portal.spool), series=index.series, levels=LEVELS,
                        values=values or {}, errors=errors or {}, clock=clock, overdue=overdue,
-                       reported=study.state == views.S.REPORTED, signer=_signer(page))
+                       reported=study.state == views.S.REPORTED, signer=_signer(page),
+                       viewer=VIEWER_INSTALLED.exists())
 
 
 def submit(page: Page) -> Response:

@@ -6,9 +6,9 @@ import math
 
 from starlette.responses import RedirectResponse, Response
 
+from gateway.accounts.users import PasswordCheckBusy, record_login, rehash_if_outdated
 from gateway.storage.models import WebUser
 from gateway.web import auth
-from gateway.web.accounts import PasswordCheckBusy, record_login, rehash_if_outdated
 from gateway.web.page import HOME, Page
 
 MAX_PASSWORD_CHARS = 1024  # a longer password is wrong without being hashed (argon2 takes any length)

@@ -24,6 +24,7 @@ from gateway.routing.assignment import NO_REVIEWER
 from gateway.storage.models import CaseState, CriticalResult, OutboundObject, ReportObject, Source, Study, utcnow
 from gateway.storage.models import Referral as ReferralRow
 from gateway.storage.spool import Spool
+from gateway.web.dates import ISO_DATES, DateFormat
 
 S = CaseState
 _PLAIN = {
@@ -32,6 +33,7 @@ _PLAIN = {
     S.DEIDENTIFIED: "received, being prepared",
     S.NOTES_ATTACHED: "received, waiting for a reviewer",
     S.ASSIGNED: "sent to a reviewer",
+    S.POOLED: "waiting for a reviewer to take it from the pool",
     S.DELIVERING: "being sent to a reviewer",
     S.DELIVERED: "with a reviewer",
     S.REPORTED: "report written, on its way back",
@@ -79,9 +81,10 @@ _SUBMITTED = (("accession_number", "Accession number"), ("study_date", "Study da
               ("clinical.question", "Question for the reviewer"))
 
 
-def submitted_fields(document: Any) -> list[tuple[str, str]]:
-    """(label, value) of every field the referral was sent with, in the form's order, as written."""
-    from gateway.web.forms import RED_FLAG_LABELS
+def submitted_fields(document: Any, dates: DateFormat = ISO_DATES) -> list[tuple[str, str]]:
+    """(label, value) of every field the referral was sent with, in the form's order, as written (its dates in
+    the source's format, ``dates``)."""
+    from gateway.web.forms import DATE_FIELDS, RED_FLAG_LABELS
 
     data = document.model_dump(mode="json", exclude_none=True)
     rows = []
@@ -91,6 +94,8 @@ def submitted_fields(document: Any) -> list[tuple[str, str]]:
             value = value.get(part) if isinstance(value, dict) else None
         if path == "clinical.red_flags" and value:
             value = "; ".join(RED_FLAG_LABELS.get(flag, flag) for flag in value)
+        if path in DATE_FIELDS and value:
+            value = dates.written(str(value))
         if value not in (None, "", []):
             rows.append((label, str(value)))
     return rows
@@ -159,10 +164,19 @@ def referral_for(source_name: str, referral_id: int) -> ReferralRow | None:
 _STATUS = {"VERIFIED": "final: signed by the reviewer", "UNVERIFIED": "preliminary: not signed"}
 
 
+@dataclass(frozen=True)
+class KeyImage:
+    """A key image of a finding: where the hospital's PACS has it ("series 3, image 12") and the node's
+    de-identified copy it is drawn from (an :class:`OutboundObject` id; None when the node has none)."""
+
+    place: str
+    image_id: int | None = None
+
+
 @dataclass
 class ReportFindingView:
     text: str
-    key_images: list[str] = field(default_factory=list)  # "series 3, image 12"
+    key_images: list[KeyImage] = field(default_factory=list)
 
 
 @dataclass
@@ -201,18 +215,19 @@ def returned_report(study: Study, spool: Spool) -> ReportView | None:
 
 
 class _ImagePositions(dict):
-    """Original SOP Instance UID → "series N, image M" (the numbers the hospital's PACS shows), read from the
-    original's header in the spool when a key image asks for it."""
+    """Original SOP Instance UID → :class:`KeyImage`: "series N, image M" (the numbers the hospital's PACS shows,
+    read from the original's header in the spool) and the case's de-identified copy of that image, the one the
+    reviewer saw and referenced, looked up when a key image asks for it."""
 
     def __init__(self, study: Study, spool: Spool) -> None:
         super().__init__()
         self.study, self.spool = study, spool
 
-    def __missing__(self, uid: str) -> str:
+    def __missing__(self, uid: str) -> KeyImage:
         from gateway.storage.models import Instance
 
         row = Instance.get_or_none((Instance.study == self.study) & (Instance.sop_instance_uid == uid))
-        place = "an image of the study"
+        place, copy = "an image of the study", None
         if row is not None:
             try:
                 header = pydicom.dcmread(self.spool.absolute(row.spool_path), stop_before_pixels=True,
@@ -220,11 +235,21 @@ class _ImagePositions(dict):
                 place = f"series {header.get('SeriesNumber', '?')}, image {header.get('InstanceNumber', '?')}"
             except (OSError, pydicom.errors.InvalidDicomError, ValueError):
                 pass
-        self[uid] = place
-        return place
+            copy = (OutboundObject.select(OutboundObject.id)
+                    .where((OutboundObject.instance == row) & (OutboundObject.kind == "image"))
+                    .order_by(OutboundObject.id.desc()).scalar())
+        self[uid] = KeyImage(place, copy)
+        return self[uid]
 
 
-def read_sr(dataset: Dataset, view: ReportView, positions: Mapping[str, str]) -> None:
+def key_image_copy(study: Study, image_id: int) -> OutboundObject | None:
+    """The case's de-identified image ``image_id`` (an :class:`OutboundObject` of kind image), or None if the
+    case has no such image: what the referrer's page draws a key image from."""
+    return OutboundObject.get_or_none((OutboundObject.id == image_id) & (OutboundObject.study == study)
+                                      & (OutboundObject.kind == "image"))
+
+
+def read_sr(dataset: Dataset, view: ReportView, positions: Mapping[str, KeyImage]) -> None:
     """Fill ``view`` from a TID 2000 report: its sections by their codes; anything else as generic lines."""
     view.title = concept_name(dataset) or "Report"
     view.status = _STATUS.get(str(dataset.get("VerificationFlag", "")), "")
@@ -335,6 +360,7 @@ class SeriesRow:
     instances: int
     first: int | None
     last: int | None
+    description: str = ""  # the de-identified copy's Series Description, as de-identification kept it
 
 
 @dataclass
@@ -346,9 +372,12 @@ class CaseImagesIndex:
 
 
 def images_index(study: Study, spool: Spool) -> CaseImagesIndex:
-    tags = ["SeriesNumber", "InstanceNumber", "Modality", "SOPInstanceUID"]
+    """The case's series as the reviewer received them, read from the de-identified copies only (their
+    descriptions are what the Clean Descriptors option left, or nothing)."""
+    tags = ["SeriesNumber", "InstanceNumber", "Modality", "SOPInstanceUID", "SeriesDescription"]
     by_series: dict[str, list[int]] = {}
     modality: dict[str, str] = {}
+    description: dict[str, str] = {}
     by_position: dict[tuple[int, int], str] = {}
     images = OutboundObject.select().where((OutboundObject.study == study) & (OutboundObject.kind == "image"))
     for row in images:
@@ -357,12 +386,13 @@ def images_index(study: Study, spool: Spool) -> CaseImagesIndex:
         number = header.get("InstanceNumber")
         by_series.setdefault(series, [])
         modality[series] = str(header.get("Modality", ""))
+        description[series] = description.get(series) or str(header.get("SeriesDescription", "") or "").strip()
         if number is not None:
             by_series[series].append(int(number))
             if series.isdigit():
                 by_position[(int(series), int(number))] = str(header.SOPInstanceUID)
     rows = [SeriesRow(series, modality[series], len(numbers), min(numbers, default=None),
-                      max(numbers, default=None))
+                      max(numbers, default=None), description[series])
             for series, numbers in sorted(by_series.items(), key=lambda kv: (len(kv[0]), kv[0]))]
     return CaseImagesIndex(rows, by_position)
 

@@ -4,7 +4,6 @@ referral (held: never assigned). Tokens issued by the CLI; the database read for
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 import subprocess
@@ -71,14 +70,7 @@ class Site:
             for name, scp in self.reviewers.items()]
         self.node.start()
         for name in ("a", "b"):
-            patient = PATIENTS[name]
-            referral = self.workdir / f"referral-{name}.json"
-            referral.write_text(json.dumps({
-                "source": "st-marys", "accession_number": patient.accession, "urgency": "routine",
-                "patient": {"id": patient.patient_id, "name": patient.name, "birth_date": "1971-04-12"},
-                "referrer": {"name": "Dr Alan Smith"},
-                "clinical": {"history": "Low back pain for 10 weeks.", "question": "L4-L5 disc herniation?"}}))
-            self.node.cli("referral", "add", str(referral))
+            self.node.add_referral(PATIENTS[name], self.workdir / f"referral-{name}.json")
         # One at a time: the least loaded reviewer takes the next case, dr-a first (the configuration's order).
         for name, reviewer, expected in (("a", "dr-a", {"delivered": 1}), ("b", "dr-b", {"delivered": 2})):
             sent = storescu("127.0.0.1", self.node.port, self.studies[name], calling="HOSP_PACS")

@@ -1,33 +1,34 @@
 """DICOMweb's pieces without a node: tokens, QIDO matching, STOW bodies and answers, frames and rendered images,
-the audit of repeated frame requests."""
+the audit of repeated frame requests, what a failing endpoint logs."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
+from starlette.applications import Starlette
+from structlog.testing import capture_logs
 
+from gateway.accounts import tokens
 from gateway.config import GatewayConfig
-from gateway.dicomweb import qido, stow, tokens, wado
+from gateway.dicomweb import qido, stow, wado
 from gateway.dicomweb.access import AccessTrail
-from gateway.storage.models import DicomwebToken, db, open_database
+from gateway.dicomweb.routes import DicomWeb
+from gateway.dicomweb.worklist import Worklist
+from gateway.stages.context import NodeContext
+from gateway.storage.models import DicomwebToken, db
+from gateway.storage.spool import Spool
 
 CONFIG = GatewayConfig.model_validate({
     "sources": [{"name": "st-marys", "ae_title": "HOSP_PACS"}],
     "reviewers": [{"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": 4243},
                   {"name": "dr-b", "ae_title": "REVIEW_B", "host": "127.0.0.1", "port": 4244, "enabled": False}]})
-
-
-@pytest.fixture
-def database(tmp_path):
-    database = open_database(f"sqlite:///{tmp_path}/gw.db", max_connections=2)
-    with db.connection_context():
-        yield database
-    database.close_all()
 
 
 def test_a_token_acts_as_its_reviewer_until_revoked_and_only_its_hash_is_kept(database):
@@ -145,3 +146,50 @@ def test_a_viewer_asking_frame_after_frame_is_audited_once_in_a_while():
     assert trail._due(("token:abcd1234", "case", "frames:1.2.4")), "another series"
     now[0] = 301.0
     assert trail._due(key)
+
+
+class _FailingMetadata(DicomWeb):
+    def metadata(self, caller, request):
+        raise RuntimeError(f"could not read {request.path_params['study']}")
+
+
+class _FailingWorkitem(Worklist):
+    def retrieve(self, caller, reviewer, request, body):
+        raise RuntimeError(f"could not read {request.path_params['workitem']}")
+
+
+def _failure_logged(routes: list, path: str, token: str) -> list[dict]:
+    """The ``dicomweb_failed`` lines of one GET of ``path`` that answered 500."""
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=Starlette(routes=routes))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            return await client.get(path, headers={"Authorization": f"Bearer {token}"})
+
+    with capture_logs() as logs:
+        answer = asyncio.run(get())
+    assert answer.status_code == 500
+    return [entry for entry in logs if entry["event"] == "dicomweb_failed"]
+
+
+def test_a_failing_endpoint_logs_its_route_template_never_the_uids_of_its_path(database, tmp_path):
+    token = tokens.issue(CONFIG, "dr-a")
+    original = "1.2.826.0.1.3680043.2.1125.424242"
+    web = _FailingMetadata(CONFIG, Spool(tmp_path / "spool"), db)
+    failed = _failure_logged(web.routes(), f"/dicomweb/studies/{original}/series/{original}9/metadata", token)
+    assert failed == [{"event": "dicomweb_failed", "log_level": "error", "error": "RuntimeError",
+                       "reason": "/dicomweb/studies/{study}/series/{series}/metadata", "reviewer": "dr-a"}]
+    assert original not in repr(failed)
+    worklist = _FailingWorkitem(CONFIG, NodeContext.of_process(), "/dicomweb")
+    failed = _failure_logged(worklist.routes(), f"/dicomweb/workitems/{original}", token)
+    assert failed == [{"event": "dicomweb_failed", "log_level": "error", "error": "RuntimeError",
+                       "reason": "/dicomweb/workitems/{workitem}", "reviewer": "dr-a"}]
+
+
+def test_an_instance_is_served_single_part_only_when_asked_for_without_multipart():
+    assert wado.single_part("application/dicom")
+    assert wado.single_part("application/dicom; transfer-syntax=*")
+    assert not wado.single_part('multipart/related; type="application/dicom"')
+    assert not wado.single_part('multipart/related; type="application/dicom", application/dicom')
+    assert not wado.single_part("application/dicom+json")
+    assert not wado.single_part("*/*") and not wado.single_part("")

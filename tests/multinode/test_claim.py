@@ -18,7 +18,7 @@ from gateway.config import GatewayConfig
 from gateway.stages.deliver import DeliveryStage
 from gateway.stages.pipeline import run_case_stage
 from gateway.storage import cases
-from gateway.storage.models import AuditEvent, CaseState, Delivery, OutboundObject, Study, db, utcnow
+from gateway.storage.models import AuditEvent, CaseState, Delivery, OutboundObject, Source, Study, db, utcnow
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "routing"))
 from routing_db import case_db, make_case  # noqa: E402, F401 - case_db: the fixture below
@@ -95,6 +95,19 @@ def test_the_claim_is_a_compare_and_set_on_the_state(tmp_path):
                        condition=stage.claim_condition(selected, utcnow())) as mine:
         assert mine and selected.state == CaseState.ASSIGNED
         assert Study.get_by_id(study.id).claimed_by == NODE_B.owner("delivery")
+
+
+def test_a_claimed_case_holds_the_row_as_it_is_now_related_rows_too():
+    study = make_case(CaseState.ASSIGNED, reviewer="dr-a")
+    selected = Study.get_by_id(study.id)
+    assert selected.source.name == "st-marys"  # the related row, loaded before the claim
+    elsewhere = Source.create(name="elsewhere", ae_title="ELSEWHERE")
+    Study.update(reviewer="dr-b", delivery_attempts=2, source=elsewhere).where(Study.id == study.id).execute()
+    with cases.claimed(selected, CaseState.ASSIGNED, stage="delivery", owner=NODE_A) as mine:
+        assert mine
+        assert (selected.reviewer, selected.delivery_attempts) == ("dr-b", 2)
+        assert selected.claimed_by == NODE_A.owner("delivery"), "the claim's own lease, as written"
+        assert selected.source.name == "elsewhere", "not the source loaded before"
 
 
 def test_the_claim_condition_takes_only_a_case_with_something_to_send(tmp_path):

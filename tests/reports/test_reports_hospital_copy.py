@@ -11,27 +11,14 @@ import pytest
 from pypdf import PdfReader
 
 from gateway.config import GatewayConfig
-from gateway.deid.engine import Deidentifier, PatientContext
-from gateway.deid.options import DeidOptions
 from gateway.demo import DemoPatient, write_demo_study
 from gateway.reports import codes
-from gateway.reports.builder import ImageRef, ReportContent, ReportFinding, ReportPDFBuilder, ReportSRBuilder
+from gateway.reports.builder import ImageRef, ReportContent, ReportFinding, ReportSRBuilder
 from gateway.reports.hospital_copy import readable_date
 from gateway.stages.reports import ReportStage
-from gateway.storage.models import (
-    CaseState,
-    OutboundObject,
-    ReportObject,
-    Source,
-    Study,
-    StudyIdentity,
-    UidMap,
-    db,
-    open_database,
-)
+from gateway.storage.models import OutboundObject, Study
 from gateway.storage.spool import Spool
 
-SECRET = b"0123456789abcdef0123456789abcdef"
 PATIENT = DemoPatient()
 IDENTITY = ("DOE, JANE MARIE", "JANE MARIE DOE", PATIENT.patient_id, "12 Apr 1971", PATIENT.accession,
             "SMITH", "St Mary's Hospital NHS Trust")
@@ -51,57 +38,32 @@ def _pdf_text(data: bytes) -> str:
     return "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(data)).pages)
 
 
-def _spool_report(spool: Spool, study: Study, tmp_path, ds: pydicom.Dataset, name: str) -> None:
-    path = tmp_path / f"{name}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    data = path.read_bytes()
-    stored = spool.store(data, name * 32)
-    ReportObject.create(study=study, reviewer="dr-a", calling_ae="REVIEW_A", sop_class_uid=ds.SOPClassUID,
-                        sop_instance_uid=ds.SOPInstanceUID, transfer_syntax=ds.file_meta.TransferSyntaxUID,
-                        spool_path=spool.relative(stored), sha256=name * 32, size=len(data))
+def _spool_key_image(spool: Spool, study: Study, tmp_path, image: pydicom.Dataset) -> None:
+    """The de-identified image the report references, as the node keeps it (an outbound image)."""
+    path = tmp_path / "key-image.dcm"
+    image.save_as(path, enforce_file_format=True)
+    stored = spool.store(path.read_bytes(), "c" * 64)
+    OutboundObject.create(study=study, kind="image", sop_instance_uid=image.SOPInstanceUID,
+                          sop_class_uid=image.SOPClassUID, transfer_syntax=image.file_meta.TransferSyntaxUID,
+                          spool_path=spool.relative(stored), sha256="c" * 64, size=path.stat().st_size)
 
 
-def _reported_case(tmp_path, spool: Spool, observer: str | None) -> tuple[Study, pydicom.Dataset]:
-    originals = [pydicom.dcmread(p) for p in write_demo_study(tmp_path / "study", 2, seed=3, rows=16, cols=16)]
-    source = Source.create(name="st-marys", ae_title="HOSP_PACS")
-    study = Study.create(study_uid=originals[0].StudyInstanceUID, source=source, calling_ae="HOSP_PACS",
-                         state=CaseState.REPORTED, reviewer="dr-a")
-    results = [Deidentifier(DeidOptions(), SECRET).deidentify(ds, PatientContext("st-marys", study.key))
-               for ds in originals]
-    for original, pseudo in {k: v for r in results for k, v in r.mapping.uids.items()}.items():
-        UidMap.create(original_uid=original, pseudo_uid=pseudo, study=study)
-    mapping = results[0].mapping
-    StudyIdentity.create(study=study, patient_name=PATIENT.name, patient_id=PATIENT.patient_id,
-                         birth_date=PATIENT.birth_date, sex=PATIENT.sex, accession_number=PATIENT.accession,
-                         study_date=PATIENT.study_date, study_time=str(originals[0].StudyTime),
-                         referring_physician=PATIENT.referring, study_description="MRI LUMBAR SPINE",
-                         pseudo_patient_id=mapping.patient_id, pseudo_accession_number=mapping.accession or "",
-                         date_offset_days=mapping.date_offset_days or 0)
-    Study.update(pseudo_study_uid=results[0].dataset.StudyInstanceUID).where(Study.id == study.id).execute()
-    image = results[0].dataset
-    ref = ImageRef(str(image.SOPClassUID), str(image.SOPInstanceUID), str(image.SeriesInstanceUID))
-    content = ReportContent(title=codes.TITLES["mri-spine"],
-                            findings=(ReportFinding("L4-L5: disc extrusion.", (ref,)),),
-                            impressions=("Extrusion compressing the left L5 root.",), observer_name=observer)
-    _spool_report(spool, study, tmp_path, ReportSRBuilder(image, content).build(), "a")
-    pdf = ReportPDFBuilder(image, content).build()
-    _spool_report(spool, study, tmp_path, pdf, "b")
-    return Study.get_by_id(study.id), pdf
+def _home_pdf(tmp_path, spool: Spool, case) -> pydicom.Dataset:
+    """The case's report re-identified, its key image kept by the node; the PDF that goes home."""
+    _spool_key_image(spool, case.study, tmp_path, case.images[0])
+    assert ReportStage.of(_config(tmp_path), spool, case.secret).reidentify_received(case.study) == 2
+    (home,) = [pydicom.dcmread(spool.absolute(o.spool_path)) for o in OutboundObject.select()
+               if o.sop_class_uid == codes.ENCAPSULATED_PDF]
+    return home
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_the_pdf_home_carries_the_letterhead_identity_and_signature(tmp_path, database_url):
-    database = open_database(database_url)
-    spool = Spool(tmp_path / "spool")
-    spool.prepare()
-    try:
-        with db.connection_context():
-            study, reviewers_pdf = _reported_case(tmp_path, spool, "Reviewer^Ann")
-            assert ReportStage.of(_config(tmp_path), spool, SECRET).reidentify_received(study) == 2
-            (home,) = [pydicom.dcmread(spool.absolute(o.spool_path)) for o in OutboundObject.select()
-                       if o.sop_class_uid == codes.ENCAPSULATED_PDF]
-    finally:
-        database.close()
+def test_the_pdf_home_carries_the_letterhead_identity_and_signature(tmp_path, report_spool, reported_case):
+    case = reported_case("Reviewer^Ann", with_pdf=True)
+    home = _home_pdf(tmp_path, report_spool, case)
+    cover = PdfReader(io.BytesIO(bytes(home.EncapsulatedDocument))).pages[0]
+    assert len(cover.images) == 1, "the key image, drawn on the cover"
+    assert "Key images series 1, image 1" in " ".join(cover.extract_text().split())
     text = _pdf_text(bytes(home.EncapsulatedDocument)[:int(home.EncapsulatedDocumentLength)])
     flat = " ".join(text.split())
     for expected in ("St Mary's Hospital NHS Trust", "Department of Radiology", "DOE, JANE MARIE", PATIENT.patient_id,
@@ -113,24 +75,14 @@ def test_the_pdf_home_carries_the_letterhead_identity_and_signature(tmp_path, da
     pages = len(PdfReader(io.BytesIO(bytes(home.EncapsulatedDocument))).pages)
     assert flat.count(f"DOE, JANE MARIE · ID {PATIENT.patient_id}") == pages, "the footer on every page"
     assert f"page {pages} of {pages}" in flat
-    reviewer_text = " ".join(_pdf_text(bytes(reviewers_pdf.EncapsulatedDocument)).split())
+    reviewer_text = " ".join(_pdf_text(bytes(case.pdf.EncapsulatedDocument)).split())
     for identifier in IDENTITY + ("1971", "Doe", "DOE"):
         assert identifier not in reviewer_text, identifier
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_an_unsigned_report_says_so_on_the_hospitals_copy(tmp_path, database_url):
-    database = open_database(database_url)
-    spool = Spool(tmp_path / "spool")
-    spool.prepare()
-    try:
-        with db.connection_context():
-            study, _ = _reported_case(tmp_path, spool, None)
-            ReportStage.of(_config(tmp_path), spool, SECRET).reidentify_received(study)
-            (home,) = [pydicom.dcmread(spool.absolute(o.spool_path)) for o in OutboundObject.select()
-                       if o.sop_class_uid == codes.ENCAPSULATED_PDF]
-    finally:
-        database.close()
+def test_an_unsigned_report_says_so_on_the_hospitals_copy(tmp_path, report_spool, reported_case):
+    home = _home_pdf(tmp_path, report_spool, reported_case(None, with_pdf=True))
     flat = " ".join(_pdf_text(bytes(home.EncapsulatedDocument)).split())
     assert "preliminary, unverified (not signed)" in flat and "Reviewer not signed" in flat
 

@@ -35,13 +35,10 @@ from gateway.reports.oru import (
 )
 from gateway.stages.oru import OruStage
 from gateway.stages.reports import ReportStage
-from gateway.storage.models import AuditEvent, CaseState, ResultMessage, Study, open_database, utcnow
-from gateway.storage.spool import Spool
+from gateway.storage.models import AuditEvent, CaseState, ResultMessage, Study, utcnow
 from report_peers import PATIENT, reviewer_images, reviewer_sr, start_site
 from support.peers import wait_until
 from support.scu import send
-from test_reports_stage import SECRET
-from test_reports_stage import _reported_case as reported_case
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 4 + b"\n%%EOF\n"
 AWKWARD = "Pipes | carets ^ tildes ~ backslashes \\ and ampersands & stay text: C:\\dir\\F\\"
@@ -422,38 +419,34 @@ def _stage_config(tmp_path, port: int, max_attempts: int) -> GatewayConfig:
         "reviewers": [{"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": 104}]})
 
 
-def test_oru_stage_retries_without_ack_and_fails_after_the_last_attempt(tmp_path, database_url, listener):
+def test_oru_stage_retries_without_ack_and_fails_after_the_last_attempt(tmp_path, report_spool, reported_case,
+                                                                         listener):
     listener.answer_with([None, None])  # keeps the connection and never answers
-    database = open_database(database_url)
-    spool = Spool(tmp_path / "spool")
-    spool.prepare()
+    spool = report_spool
     config = _stage_config(tmp_path, listener.port, max_attempts=3)
-    try:
-        with database.connection_context(), capture_logs() as logs:
-            study, _ = reported_case(tmp_path, spool)
-            assert ReportStage.of(config, spool, SECRET).reidentify_received(study) == 1
-            stage = OruStage.of(config, spool)
-            assert stage.run_once(utcnow()) == 0
-            (row,) = ResultMessage.select()
-            assert (row.state, row.attempts, row.last_ack_code) == ("pending", 1, None)
-            assert row.last_error == "no ACK within 0.5 s" and row.next_attempt_at > utcnow() - dt.timedelta(seconds=1)
-            listener.stop()  # the RIS goes away: the next attempt finds the port closed
-            assert _run_when_due(stage) == 0
-            row = ResultMessage.get_by_id(row.id)
-            assert (row.state, row.attempts) == ("pending", 2) and row.last_error.startswith("connection failed")
-            assert _run_when_due(stage) == 1
-            row = ResultMessage.get_by_id(row.id)
-            assert (row.state, row.attempts) == ("failed", 3) and row.last_error.startswith("gave up after 3")
-            assert _run_when_due(stage) == 0, "a failed message is never sent again"
-            assert Study.get_by_id(study.id).state == CaseState.REPORTED, "the HL7 leg moves no case"
-            (audit_row,) = AuditEvent.select().where(AuditEvent.action == "oru_sent")
-            assert audit_row.outcome == "failed"
-        assert [e["status"] for e in logs if e["event"] == "oru_attempt"] == ["none"] * 3
-        logged = repr(logs)
-        assert PATIENT.patient_id not in logged and PATIENT.accession not in logged and "DOE" not in logged
-        assert len(listener.messages()) == 1
-    finally:
-        database.close()
+    with capture_logs() as logs:
+        case = reported_case()
+        assert ReportStage.of(config, spool, case.secret).reidentify_received(case.study) == 1
+        stage = OruStage.of(config, spool)
+        assert stage.run_once(utcnow()) == 0
+        (row,) = ResultMessage.select()
+        assert (row.state, row.attempts, row.last_ack_code) == ("pending", 1, None)
+        assert row.last_error == "no ACK within 0.5 s" and row.next_attempt_at > utcnow() - dt.timedelta(seconds=1)
+        listener.stop()  # the RIS goes away: the next attempt finds the port closed
+        assert _run_when_due(stage) == 0
+        row = ResultMessage.get_by_id(row.id)
+        assert (row.state, row.attempts) == ("pending", 2) and row.last_error.startswith("connection failed")
+        assert _run_when_due(stage) == 1
+        row = ResultMessage.get_by_id(row.id)
+        assert (row.state, row.attempts) == ("failed", 3) and row.last_error.startswith("gave up after 3")
+        assert _run_when_due(stage) == 0, "a failed message is never sent again"
+        assert Study.get_by_id(case.study.id).state == CaseState.REPORTED, "the HL7 leg moves no case"
+        (audit_row,) = AuditEvent.select().where(AuditEvent.action == "oru_sent")
+        assert audit_row.outcome == "failed"
+    assert [e["status"] for e in logs if e["event"] == "oru_attempt"] == ["none"] * 3
+    logged = repr(logs)
+    assert PATIENT.patient_id not in logged and PATIENT.accession not in logged and "DOE" not in logged
+    assert len(listener.messages()) == 1
 
 
 def _run_when_due(stage: OruStage) -> int:

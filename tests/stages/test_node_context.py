@@ -8,15 +8,27 @@ import datetime as dt
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from gateway.config import ReviewerConfig, RoutingConfig
+from gateway.config import GatewayConfig, ReviewerConfig, RoutingConfig
 from gateway.ops.metrics import METRICS, GatewayMetrics
 from gateway.stages.assign import AssignmentStage
 from gateway.stages.completion import CompletionStage
 from gateway.stages.context import NodeContext
 from gateway.stages.pipeline import StageLoop
+from gateway.stages.priors import PriorsStage
 from gateway.stages.sla import SlaStage
 from gateway.storage import cases, wakeup
-from gateway.storage.models import CaseState, Instance, Series, Study, open_database, utcnow
+from gateway.storage.models import (
+    CaseState,
+    Instance,
+    PriorFetch,
+    PriorFetchState,
+    Series,
+    Source,
+    Study,
+    open_database,
+    utcnow,
+)
+from gateway.storage.spool import Spool
 
 LEASE = dt.timedelta(seconds=45)
 
@@ -125,3 +137,22 @@ def test_assignment_and_sla_share_one_start(context):
         assert stage.routing is routing and stage.context is context
         assert [r.name for r in stage.pool.reviewers] == ["dr-a"]
         assert (stage._load, stage._recent, stage._down) == ({}, {}, set())
+
+
+def test_the_priors_stage_takes_its_sections_and_wakes_the_notes_through_its_context(context, tmp_path):
+    config = GatewayConfig.model_validate({"sources": [
+        {"name": "st-marys", "ae_title": "STMARYS_PACS",
+         "query_retrieve": {"ae_title": "STMARYS_QR", "host": "127.0.0.1", "port": 11119}},
+        {"name": "clinic", "ae_title": "CLINIC_PACS"}]})
+    stage = PriorsStage.of(config, Spool(tmp_path / "spool"), context=context)
+    assert (stage.node, stage.rules, list(stage.peers)) == (config.node, config.priors, ["st-marys"])
+    assert wakeup.current() is None, "no process hub: a wake-up can only reach the context's"
+    woken: list[str] = []
+    context.wakeups.subscribe([wakeup.PRIORS], lambda: woken.append(wakeup.PRIORS))
+    with context.database.connection_context():
+        source = Source.create(name="st-marys", ae_title="STMARYS_PACS")
+        Study.create(study_uid="2.25.25", source=source, calling_ae="STMARYS_PACS", state=CaseState.DEIDENTIFIED)
+        assert stage.run_once(utcnow()) == 2, "begun, then finished at once: no identity to ask the PACS by"
+        fetch = PriorFetch.get()
+    assert (fetch.state, fetch.reason) == (PriorFetchState.UNAVAILABLE, "nothing to ask by")
+    assert woken, "the notes stage is woken through the stage's context"

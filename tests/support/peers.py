@@ -181,6 +181,16 @@ class GatewayProcess:
     def status(self) -> dict:
         return json.loads(self.cli("status", "--json").stdout)
 
+    def add_referral(self, patient, path: Path, source: str = "st-marys") -> None:
+        """A routine referral of ``patient`` (a ``gateway.demo.DemoPatient``) by ``source``, written to ``path`` and
+        added with ``referral add``."""
+        path.write_text(json.dumps({
+            "source": source, "accession_number": patient.accession, "urgency": "routine",
+            "patient": {"id": patient.patient_id, "name": patient.name, "birth_date": "1971-04-12"},
+            "referrer": {"name": "Dr Alan Smith"},
+            "clinical": {"history": "Low back pain for 10 weeks.", "question": "L4-L5 disc herniation?"}}))
+        self.cli("referral", "add", str(path))
+
     def log_events(self) -> list[dict]:
         if not self.log_file.exists():
             return []

@@ -62,7 +62,7 @@ class Browser:
         """Click a submit button or link and wait until the next page has replaced this one."""
         old = self.driver.find_element(By.TAG_NAME, "html")
         self.click(css)
-        WebDriverWait(self.driver, 60).until(staleness_of(old))
+        WebDriverWait(self.driver, 60).until(lambda _: _left_the_document(old))
         WebDriverWait(self.driver, 60).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
     def text(self) -> str:
@@ -103,6 +103,20 @@ class Browser:
     def quit(self) -> None:
         self.driver.quit()
         self.profile.cleanup()
+
+
+def _left_the_document(element) -> bool:
+    """True once ``element`` is gone from the page (the next page has replaced it). Chromedriver answers either
+    a stale element reference or, when its inspector asks about the node in that instant, "does not belong to
+    the document" (seen under load): both say the node left."""
+    from selenium.common.exceptions import WebDriverException
+
+    try:
+        return staleness_of(element)(None)
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
 
 
 @contextmanager

@@ -5,7 +5,8 @@ source (a letterhead added).
 A report written in the portal: signed from the account (VERIFIED, nothing typed), it reaches the hospital's
 PACS with the hospital's copy of its PDF (letterhead, the patient's identity; never in front of the reviewer),
 and the referrer reads it in clinical words: who signed it, the answer to the question under its own heading,
-the key images by series and image number, no DICOM vocabulary.
+the key images as thumbnails drawn from the node's de-identified copy (with their series and image numbers), no
+DICOM vocabulary. The referral form's dates are typed in the source's format (dd/mm/yyyy for the UK source).
 
 A referral asking for a subspecialty no reviewer lists: the case is held, and why is said in the same words in
 ``spine-gateway status``, the log, the operators' overview and case page, and the referrer's list and case page.
@@ -24,6 +25,7 @@ import pydicom
 import pytest
 import yaml
 from pypdf import PdfReader
+from selenium.webdriver.support.wait import WebDriverWait
 
 from browser import browser_for
 from gateway.demo import DemoPatient, write_demo_study
@@ -208,7 +210,7 @@ def test_a_report_signed_in_the_portal_reaches_the_hospital_and_the_referrer_in_
     report = browser.driver.find_element("id", "report").text
     assert "Reported by Ann Reviewer · final: signed by the reviewer" in report
     assert "Answer to your question" in report and "Yes: an extrusion at L4-L5" in report
-    assert "key images: series" in report
+    _key_images_are_pictures_of_the_case(site, browser, series[0])
     for dicom_ism in ("Observer Type", "Person Observer Name", "^", "Impressions", "Language"):
         assert dicom_ism not in report, dicom_ism
     browser.shot("report-referrer")
@@ -253,18 +255,44 @@ def test_a_report_signed_in_the_portal_reaches_the_hospital_and_the_referrer_in_
         assert actions.get(action) == "success", (action, actions)
 
 
+def _key_images_are_pictures_of_the_case(site: Site, browser, series: str) -> None:
+    """The finding's key image is a thumbnail drawn from the node's de-identified copy, its place in words,
+    opening larger; another case's image is not found."""
+    wait = WebDriverWait(browser.driver, 60)
+    (figure,) = browser.driver.find_elements("css selector", "#report .key-images figure")
+    assert figure.find_element("tag name", "figcaption").text.startswith(f"series {series}, image ")
+    image = figure.find_element("tag name", "img")
+    wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image))
+    width, height = browser.driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]",
+                                                  image)
+    assert width == height == 64, "the demo's 64 x 64 image, drawn (never scaled up)"
+    link = figure.find_element("tag name", "a").get_attribute("href")
+    assert link == image.get_attribute("src") + "?size=large"
+    referral = link.split("/referrer/referrals/", 1)[1].split("/", 1)[0]
+    browser.open(f"/referrer/referrals/{referral}/key-images/999999")
+    assert "No such image." in browser.text()
+    browser.driver.back()
+    wait.until(lambda d: d.find_elements("css selector", "#report .key-images img"))
+
+
 def test_a_referral_is_validated_as_a_pacs_needs_it_then_corrected_and_withdrawn(site, browser):
     browser.login("stmarys", PASSWORD)
     browser.open("/referrer/new")
     browser.fill("patient.family", "Poe^Edgar")
     browser.fill("patient.id", "MRN\\0055555")
-    browser.fill("patient.birth_date", "01012030")  # typed into a date input: 2030-01-01
+    birth_date = browser.driver.find_element("name", "patient.birth_date")
+    assert (birth_date.get_attribute("type"), birth_date.get_attribute("placeholder")) == ("text", "dd/mm/yyyy"), \
+        "the UK source's format, whatever the browser's locale"
+    browser.fill("patient.birth_date", "01/01/2030")
+    browser.fill("study_date", "12/31/2020")  # a US date at a UK source
     browser.fill("accession_number", "A5555555")
     browser.fill("clinical.question", "Canal stenosis at L3-L4?")
     browser.submit("form[action='/referrer/new'] button[type=submit]")
     assert "without ^" in browser.problem("patient.family")
     assert "backslash" in browser.problem("patient.id")
     assert "in the future" in browser.problem("patient.birth_date")
+    assert browser.problem("study_date") == "there is no such date: write it as dd/mm/yyyy, e.g. 19/01/1959"
+    assert browser.driver.find_element("name", "study_date").get_attribute("value") == "12/31/2020", "kept"
     assert browser.driver.find_element("name", "clinical.question").get_attribute("value") == \
         "Canal stenosis at L3-L4?", "the input is kept"
     browser.shot("referral-validation")
@@ -281,16 +309,20 @@ def test_a_referral_is_validated_as_a_pacs_needs_it_then_corrected_and_withdrawn
     browser.fill("patient.family", "Poe")
     browser.fill("patient.given", "Edgar")
     browser.fill("patient.id", "MRN0055555")
-    browser.fill("patient.birth_date", "01191959")
+    browser.fill("patient.birth_date", "19/01/1959")
+    browser.fill("study_date", "31/12/2020")
     browser.submit("form[action='/referrer/new'] button[type=submit]")
     browser.submit("button[name=action][value=send]")
     browser.submit("a[data-accession='A5555555']")
     submitted = browser.driver.find_element("id", "submitted").text
     assert "Accession number\nA5555555" in submitted and "Canal stenosis at L3-L4?" in submitted
+    assert "Study date\n31/12/2020" in submitted, "as written, in the source's format"
+    assert "born 19/01/1959" in browser.text()
     browser.shot("referral-as-sent")
 
     browser.submit("a[href$='/edit']")
     assert browser.driver.find_element("name", "patient.family").get_attribute("value") == "Poe"
+    assert browser.driver.find_element("name", "patient.birth_date").get_attribute("value") == "19/01/1959"
     browser.fill("accession_number", "A5555556")
     browser.fill("clinical.question", "Canal stenosis at L3-L4 or L4-L5?")
     browser.submit("form[action='/referrer/new'] button[type=submit]")

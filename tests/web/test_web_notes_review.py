@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "referral"))
 
 import gateway.referral.notes_work as notes_work  # noqa: E402
 from browser import Browser  # noqa: E402
+from gateway.accounts.users import add_user  # noqa: E402
 from gateway.config import HttpConfig  # noqa: E402
 from gateway.http.app import build_application  # noqa: E402
 from gateway.http.server import HttpServer  # noqa: E402
@@ -34,7 +35,6 @@ from gateway.stages.context import NodeContext  # noqa: E402
 from gateway.stages.referral import NotesStage  # noqa: E402
 from gateway.storage.models import AuditEvent, CaseState, NotesRedaction, Study, utcnow  # noqa: E402
 from gateway.storage.models import Referral as ReferralRow  # noqa: E402
-from gateway.web.accounts import add_user  # noqa: E402
 from gateway.web.app import error_page, portal_routes  # noqa: E402
 from privacy_cases import PATIENT, write_held_study  # noqa: E402
 from referral_cases import close_world, make_world  # noqa: E402

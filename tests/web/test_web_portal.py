@@ -99,7 +99,7 @@ def test_the_journey_from_referral_to_report(site, browser):
     browser.fill("patient.family", "Doe")
     browser.fill("patient.given", "Jane")
     browser.fill("patient.id", PATIENT.patient_id)
-    browser.fill("patient.birth_date", "04121971")  # typed into a date input: 1971-04-12
+    browser.fill("patient.birth_date", "12/04/1971")  # the source's format (en-GB): 1971-04-12
     browser.fill("clinical.pain.intensity", "12")
     browser.fill("clinical.history", "Jane Doe, 55, low back pain for 10 weeks after lifting.")
     browser.submit("form[action='/referrer/new'] button[type=submit]")

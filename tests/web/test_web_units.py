@@ -6,10 +6,10 @@ import random
 
 import pytest
 
+from gateway.accounts import users as accounts
+from gateway.accounts.users import AccountError, add_user, check_password, disable_user, list_users
 from gateway.config import GatewayConfig
 from gateway.storage.models import MIGRATIONS, SchemaVersion, WebUser, db, make_database, migrate, open_database
-from gateway.web import accounts
-from gateway.web.accounts import AccountError, add_user, check_password, disable_user, list_users
 from gateway.web.auth import LoginLimiter, session_of, start_session
 from gateway.web.forms import parse_referral_form, parse_report_form
 

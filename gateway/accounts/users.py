@@ -1,4 +1,5 @@
-"""Portal accounts: ``spine-gateway user add|list|disable``, password hashing (argon2id) and checking.
+"""Portal accounts, for the portal and ``spine-gateway user add|list|disable``: password hashing (argon2id) and
+checking.
 
 A referrer account writes for one configured source, a reviewer account is one configured reviewer, an
 operator account sees everything the ``status`` command shows. Passwords are stored only as argon2id hashes.
