@@ -138,7 +138,7 @@ def _hot_paths(tmp_path: Path) -> None:
     for stage in stages:
         if hasattr(stage, "due"):
             stage.due(now)
-    PriorsStage(config, spool, context=context).run_once(now)
+    PriorsStage.of(config, spool, context=context).run_once(now)
     collect_status(tmp_path / "spool", config.reviewers)
     views.attention_cases()
     views.referrer_cases("st-marys")
