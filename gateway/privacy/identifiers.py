@@ -41,7 +41,7 @@ from functools import cached_property
 from typing import Any, cast
 
 from gateway.privacy.text import fold, has_non_latin_letters, spelling_variants, words
-from gateway.privacy.words import TITLES, is_distinctive
+from gateway.privacy.words import EPONYM_TAIL, TITLES, is_distinctive
 
 __all__ = [
     "HEADER_KEYWORDS",
@@ -305,10 +305,7 @@ def _name_parts(group: list[str]) -> list[tuple[str, ...]]:
 
 #: A surname inside a clinical term is no hit ("Jefferson fracture", "Paget's disease", "maladie de Charcot",
 #: "Morbus Bechterew"); the same surname anywhere else is.
-_CLINICAL_NOUN = (r"(?:disease|sign|signs|test|fracture|syndrome|palsy|node|nodes|cyst|tumou?r|lesion|lesions|reflex|"
-                  r"grade|classification|score|scale|phenomenon|manoeuvre|maneuver|zeichen|syndrom|krankheit|"
-                  r"fraktur|knotchen|test|angle|line|joint|arthropathy|criteria|index|triad)")
-_NOT_IN_CLINICAL_TERM = rf"(?!(?:'s|s'|')?[ \t\-]*{_CLINICAL_NOUN}(?![a-z]))"
+_NOT_IN_CLINICAL_TERM = rf"(?!{EPONYM_TAIL})"
 _NOT_AFTER_CLINICAL = r"(?<!morbus )(?<!maladie de )(?<!signe de )(?<!syndrome de )(?<!maladie d')(?<!signe d')"
 
 

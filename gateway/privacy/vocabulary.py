@@ -259,7 +259,8 @@ def is_clinical_acronym(word: str) -> bool:
     lists (the curated list writes its acronyms in lower case: mri, lbp, tlics). An ordinary word is no acronym:
     UPS, GOSH or CHUM written in capitals name a firm or a hospital, not what "ups" or "gosh" mean."""
     folded = fold(word).strip("'’")
-    return folded in _acronyms() or folded in clinical_words()
+    # the English medical list's lower-case entries are words, not acronyms (chum, target, boots)
+    return folded in _acronyms() or folded in _curated_clinical()
 
 
 def is_curated_clinical(word: str) -> bool:

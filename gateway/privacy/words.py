@@ -22,7 +22,8 @@ import functools
 
 from gateway.privacy.text import fold, words
 
-__all__ = ["CLINICAL_WORDS", "COMMON_ZIPF", "MIN_DISTINCTIVE_LENGTH", "TITLES", "is_common", "is_distinctive",
+__all__ = ["CLINICAL_TERM_NOUNS", "CLINICAL_WORDS", "COMMON_ZIPF", "EPONYM_MODIFIERS", "EPONYM_TAIL",
+           "MIN_DISTINCTIVE_LENGTH", "TITLES", "is_common", "is_distinctive",
            "notes_vocabulary"]
 
 #: Zipf frequency from which a word counts as common (4.5: about once in 30,000 words; "long" is 5.8,
@@ -30,6 +31,23 @@ __all__ = ["CLINICAL_WORDS", "COMMON_ZIPF", "MIN_DISTINCTIVE_LENGTH", "TITLES", 
 COMMON_ZIPF = 4.5
 MIN_DISTINCTIVE_LENGTH = 3
 _LANGUAGES = ("en", "de")
+
+#: The nouns that make a surname before them a clinical term ("Paget's disease", "Hoffmann sign", "Milwaukee
+#: brace"), as a regular expression of folded words; the scrubber and the guard read the same list.
+CLINICAL_TERM_NOUNS = (r"(?:disease|sign|signs|test|tests|fracture|syndrome|palsy|node|nodes|cyst|tumou?r|lesion|"
+                       r"lesions|reflex|grade|classification|score|scale|phenomenon|manoeuvre|maneuver|zeichen|"
+                       r"syndrom|krankheit|fraktur|knotchen|angle|line|joint|arthropathy|neuropathy|criteria|index|"
+                       r"triad|brace|collar|orthosis|corset|jacket)")
+#: Words that stand between an eponym and its noun ("Adams forward bend test", "Charcot spinal arthropathy"): a
+#: closed list, so that no verb or article ("Smith had a test") lets a surname pass for an eponym.
+EPONYM_MODIFIERS = (r"(?:forward|bend|spinal|neuropathic|neurogenic|flexion|extension|rotation|compression|"
+                    r"distraction|hip|knee|neck|head|lumbar|thoracic|cervical|sacroiliac|straight|leg|raise|"
+                    r"crossed|reverse|reversed|modified|provocation|release|tension|stress|standing|seated|"
+                    r"sitting|prone|supine|thumb|finger|hand|arm|foot|toe)")
+#: An eponym's tail up to its clinical noun, after the eponym (folded text): a possessive, at most two
+#: modifiers, the noun.
+EPONYM_TAIL = (rf"(?:'s|s'|'|’s|s’|’)?(?:[ \t\-]+{EPONYM_MODIFIERS}){{0,2}}[ \t\-]+{CLINICAL_TERM_NOUNS}"
+               r"(?![^\W\d_])")
 
 #: Titles and honorifics, in the languages of the notes; never an identifier on their own.
 TITLES = frozenset("""

@@ -20,7 +20,7 @@ claimed masked by ``\\x00`` (removed) or ``\\x01`` (kept).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 
 from gateway.privacy.text import has_non_latin_letters
@@ -38,7 +38,10 @@ __all__ = ["Judgement", "is_day_or_month", "is_org_head", "is_org_tail", "judge"
 
 REMOVED, ADDRESS, ID = "[REMOVED]", "[ADDRESS]", "[ID]"
 
-_TOKEN = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
+#: A word or number; the vowel signs of the Indic, Thai and Myanmar scripts (marks, no letters to ``\w``) are
+#: part of the word they stand in.
+_TOKEN = re.compile(r"(?:[^\W_]|[\u0900-\u0DFF\u0E00-\u0E7F\u1000-\u109F])+"
+                    r"(?:['’\-](?:[^\W_]|[\u0900-\u0DFF\u0E00-\u0E7F\u1000-\u109F])+)*")
 #: Letter and digit groups of plates and references: "MH 02 FG 4417", "B-EY 4471", "SG/PI/2024/33871".
 _ALNUM_CLUSTER = re.compile(r"(?<![\w\x00\x01])(?:[A-ZÀ-Þ]{1,3}|[A-ZÀ-Þ]{4,6}(?=-)|\d+)"
                             r"(?:(?:[ /.]{1,2}|-)(?:[A-ZÀ-Þ]{1,3}|\d+)|-[A-ZÀ-Þ]{4,6})+(?![\w\x01])")
@@ -101,7 +104,7 @@ class Judgement:
 
 
 def judge(view: str, original: Callable[[int, int], str], language: str,
-          named: Iterable[tuple[int, int]] = ()) -> Iterator[Judgement]:
+          named: Iterable[tuple[int, int]] = (), places: Container[str] = ()) -> Iterator[Judgement]:
     """Judge every unclaimed token of ``view`` (see the module's docstring).
 
     Args:
@@ -110,10 +113,11 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
         language: the language of the text (``vocabulary.LANGUAGES``).
         named: the spans earlier rules removed as names, places or organisations (a capitalised word next to
             one is taken with it).
+        places: lower-case names of known places (the gazetteer): a town written after a removed name.
     """
     clusters = [(m.start(), m.end()) for m in _CLUSTER.finditer(view) if _cluster_is_identifier(view, m)]
     alphanumeric = [(m.start(), m.end()) for m in _ALNUM_CLUSTER.finditer(view)
-                    if sum(c.isdigit() for c in m.group(0)) >= 4 and re.search(r"[A-Z]", m.group(0))
+                    if _enough_digits(view, m) and re.search(r"[A-Z]", m.group(0))
                     and not re.fullmatch(r"[A-Z]{1,5}[ \-]?\d{1,3}(?:[.,]\d)?/\d{1,3}", m.group(0))
                     and not _clinical_with_value(m.group(0))]
     # a reference with its letters ("BR-25-00877", "12 170279 K 005") replaces the bare number clusters it
@@ -146,7 +150,7 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
     # a number cluster removed here takes a letter prefix joined to it ("BR-25-00877", "SG/PI/2024/33871")
     removed_already += [_Token(start, end, "0", "[CLUSTER]") for start, end in clusters]
     merged = sorted(tokens + removed_already, key=lambda t: t.start)
-    _spread_over_names(view, merged)
+    _spread_over_names(view, merged, language, places)
     _capitalised_names_mid_sentence(view, tokens, language)
     _remove_nicknames(view, tokens)
     _names_after_titles_and_kin(view, tokens)
@@ -304,7 +308,7 @@ def _is_capitalised(token: _Token) -> bool:
     return token.written[:1].isupper() and any(c.isalpha() for c in token.written)
 
 
-def _spread_over_names(view: str, tokens: list[_Token]) -> None:
+def _spread_over_names(view: str, tokens: list[_Token], language: str, places: Container[str]) -> None:
     """A removed capitalised word takes the capitalised words it stands with (and the particles between
     them): "Dubai Health", "Blue Cross Blue Shield of Illinois"; a run of capitalised words that ends in an
     organisation's or a place's head noun goes whole ("National Hospital for Neurology"); a state or country
@@ -338,9 +342,10 @@ def _spread_over_names(view: str, tokens: list[_Token]) -> None:
             token.verdict = REMOVED  # "hôpital d'Aurillac", "mairie de Belin-Béliet"
     _head_first_organisations(view, tokens)
     _numbered_units(view, tokens)
-    _org_tails_and_cues(view, tokens)
+    _org_tails_and_cues(view, tokens, language)
     _numbers_after_organisations(view, tokens)
     _acronyms_and_forms_beside_organisations(view, tokens)
+    _towns_after_removed_names(view, tokens, places)
     changed = True
     while changed:
         changed = False
@@ -510,6 +515,18 @@ def _numbers_after_organisations(view: str, tokens: list[_Token]) -> None:
             token.verdict = "[INSTITUTION]"
 
 
+def _towns_after_removed_names(view: str, tokens: list[_Token], places: Container[str]) -> None:
+    """A known place written after a removed name and a comma, at the end of its clause, is that name's town
+    ("Nuffield Orthopaedic Centre, Oxford", "Dr Nguyen, Paris"), even when it is also a word."""
+    for before, token in zip(tokens, tokens[1:]):
+        if token.verdict not in (_KNOWN, None) or before.verdict not in _NAME_LIKE or not token.written.istitle():
+            continue
+        clause_ends = re.match(r"[ \t]*(?:[.,;)\n]|$)", view[token.end:]) is not None
+        if re.fullmatch(r",[ \t]+", view[before.end:token.start]) and clause_ends \
+                and token.written.lower() in places and not is_clinical_word(token.written):
+            token.verdict = ADDRESS
+
+
 _LEGAL_FORM = re.compile(r"(?i:ltd|inc|llc|plc|gmbh|corp|bv|nv|oy|oyj|sarl|sas|pty|pvt)")
 
 
@@ -536,7 +553,7 @@ def _acronyms_and_forms_beside_organisations(view: str, tokens: list[_Token]) ->
             token.verdict = "[INSTITUTION]"
 
 
-def _org_tails_and_cues(view: str, tokens: list[_Token]) -> None:
+def _org_tails_and_cues(view: str, tokens: list[_Token], language: str) -> None:
     """The lower-case head of an organisation after its removed name ("Storhaug legesenter", "Hervanta health
     centre") goes with it; so does a capitalised name after an employer's or an insurer's cue ("Employer:
     Amazon", "works at Tesco", "insurer (Progressive")."""
@@ -562,11 +579,32 @@ def _org_tails_and_cues(view: str, tokens: list[_Token]) -> None:
         if _clinical_not_everyday(token.written) or token.written.lower() in _NOT_ABSORBED:
             continue  # "Progressive" after "insurer (" names a firm; "Sciatica" after "at" does not
         cue = _AFFILIATION_CUE.search(view[max(0, token.start - 30):token.start])
-        coordinated = index >= 1 and tokens[index - 1].verdict == "[INSTITUTION]" and re.fullmatch(
-            r"[ \t]+(?:and|et|und|og|och|y|or|ou|oder|eller|&)[ \t]+", view[tokens[index - 1].end:token.start])
+        partner = _coordinated_with(view, tokens, index)
         if (cue is not None and (not cue.group(0).lower().startswith("at") or not _is_sentence_word(token))) or \
-                coordinated:
-            token.verdict = "[INSTITUTION]"  # and the employer named with it: "pour Uber et Bolt"
+                partner is not None and (partner.verdict == "[INSTITUTION]" or language in _LOWER_CASE_NOUNS):
+            # and what is named with it: "pour Uber et Bolt", "her sons Tom and Grace"
+            token.verdict = "[INSTITUTION]" if partner is None or partner.verdict == "[INSTITUTION]" else REMOVED
+
+
+_CONJUNCTION = re.compile(r"(?i:and|et|und|og|och|y|or|ou|oder|eller)")
+
+
+def _coordinated_with(view: str, tokens: list[_Token], index: int) -> _Token | None:
+    """The removed name, place or organisation that the token at ``index`` is joined to by a conjunction ("Uber
+    et Bolt", "Tom and Grace"), if any."""
+    token = tokens[index]
+    if index >= 1 and tokens[index - 1].verdict in _NAME_LIKE and re.fullmatch(
+            r"[ \t]*&[ \t]*", view[tokens[index - 1].end:token.start]):
+        return tokens[index - 1]
+    if index < 2:
+        return None
+    partner, conjunction = tokens[index - 2], tokens[index - 1]
+    if partner.verdict in _NAME_LIKE and \
+            _CONJUNCTION.fullmatch(conjunction.written) and \
+            re.fullmatch(r"[ \t]+", view[partner.end:conjunction.start]) and \
+            re.fullmatch(r"[ \t]+", view[conjunction.end:token.start]):
+        return partner
+    return None
 
 
 #: Where a writer capitalises an ordinary word: a line's or a sentence's start, after a colon or a bullet.
@@ -844,6 +882,13 @@ def _without_possessive(word: str) -> str:
     return re.sub(r"['’](?:s|d|m|ve|ll|re|t)?$|n['’]t$", "", word)
 
 
+def _enough_digits(view: str, match: re.Match[str]) -> bool:
+    """A reference holds four digits or more; its tail after a removed number may hold fewer: the letter and
+    serial number of a German pension number ("12 170279 K 005"), the check group of a reference."""
+    digits = sum(c.isdigit() for c in match.group(0))
+    return digits >= 4 or (digits >= 2 and view[max(0, match.start() - 2):match.start()] in ("\x00 ", "\x00-"))
+
+
 def _clinical_with_value(text: str) -> bool:
     """A clinical acronym with a value or a year, not a reference: "MRI 2024", "SF-36 12", "CT 2023"."""
     letters = re.findall(r"[^\W\d_]+", text)
@@ -874,6 +919,8 @@ _LEVEL = re.compile(r"(?:[CTLSD]|Th|LWK|BWK|HWK)\d{1,2}", re.IGNORECASE)
 
 def _number_is_clinical(view: str, start: int, end: int) -> bool:
     token = view[start:end]
+    if any(c.isdigit() and not c.isascii() for c in token):
+        return False  # digits of another script ("২৩ এপ্রিল"): clinical values are written in Western digits
     if token.isdigit():
         return _plain_number_is_clinical(view, start, end, token)
     if _CLINICAL_ALNUM.fullmatch(token) or _LEVEL.fullmatch(token):

@@ -21,7 +21,7 @@ jendrassik chaddock oppenheim gordon wartenberg mennell trendelenburg bechterew 
 chiari arnold klippel feil modic pfirrmann meyerding frankel asia jefferson hangman chance smith
 robinson cloward tuffier mckenzie williams barthel glasgow karnofsky nurick japanese wiltse ranawat
 tokuhashi tomita spinal kummell kummel baastrup bertolotti marfan ehlers danlos parkinson guillain barre
-charcot gowers tarlov schmorl crohn addison bell down cushing lyme hodgkin sjogren reiter still bouchard heberden
+charcot graves gowers tarlov schmorl crohn addison bell down cushing lyme hodgkin sjogren reiter still bouchard heberden
 claudicatio spinalis
 horner harrington cotrel dubousset luque roy camille magerl tile anderson dalonzo weber
 """.split())
@@ -65,7 +65,7 @@ CLINICAL_VALUE = re.compile("|".join((
     r"\bHLA-?B\s?27\b",
     r"\b(?:VAS|NRS|ODI|NDI|mJOA|JOA|EQ-5D|BMI|GCS|ASIA|TLICS|SINS|BASDAI|BASFI|ADI|EIFEL|DN4|PHQ-?9|GAD-?7)\s?[A-E]?\d{1,3}(?:[.,]\d+)?(?:\s?/\s?\d{1,3}|\s?%)?(?!\d)",
     r"\b(?:CRP|Hb|Hgb|WCC|WBC|ESR|BSG|PCT|INR|Na|K|Cr|eGFR|HbA1c|PSA|ALP|Ca|Leukozyten|Thrombozyten|Plt)"
-    r"\s?(?:of\s)?\d{1,4}(?:[.,]\d+)?(?![\d\w])",
+    r"\s?(?:of\s)?(?:0|[1-9]\d{0,3})(?:[.,]\d+)?(?![\d\w])",  # no leading zero: "K 005" is a serial
     r"(?<![\d/.\-])\b\d{1,5}(?:[.,]\d+)?\s?(?:mg|g|mcg|µg|ug|ml|mL|l|IU|IE|units|mmol|mV|uV|µV|ms|m/s|cm|mm|kg|Grad|°|%)"
     r"(?![\w])",
     r"\b\d+[.,]\d+\s?\(\d+[.,]\d+\)(?:\s+\d+(?:[.,]\d+)?\s?\(\d+(?:[.,]\d+)?\))*\s?(?:mV|uV|µV|ms|m/s)?",

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from gateway.privacy.vocabulary import detect_language, is_clinical, is_curated_clinical, is_eponym, is_known_word
+from gateway.privacy.words import EPONYM_TAIL
 from gateway.referral.allowlist import is_org_head, judge
 from gateway.referral.clinical_terms import CLINICAL_NOUN_AFTER, CLINICAL_VALUE, is_clinical_word
 from gateway.referral.codes import NON_URGENT_FLAGS
@@ -40,6 +41,7 @@ from gateway.referral.entities import (
     find_entities,
     find_numbers,
     is_common_word,
+    load_gazetteer,
 )
 from gateway.referral.redflags import FlagFinding, flags_for
 
@@ -65,25 +67,32 @@ _MONTHS = {
     # French (folded: février -> fevrier), Danish, Swedish, Norwegian, Spanish
     "janv": 1, "fev": 2, "fevr": 2, "avr": 4, "juin": 6, "juil": 7, "aou": 8, "aout": 8, "dece": 12,
     "mars": 3, "maj": 5, "ene": 1, "abr": 4, "ago": 8, "dic": 12,
+    # Italian, Dutch, Icelandic (folded: ágúst -> agust)
+    "gen": 1, "maa": 3, "mag": 5, "mei": 5, "giu": 6, "lug": 7, "agu": 8, "set": 9, "ott": 10,
 }
 # English and German month names (the text is folded: "März" reads "Marz").
 _MONTH = (r"(jan(?:uary|uar|uari|vier|v|ner)?|jän(?:ner)?|feb(?:ruary|ruar|ruari)?|fevr(?:ier)?|fev|"
           r"m(?:ar|ae?r)(?:ch|z|s|ts)?|apr(?:il)?|avr(?:il)?|ma[yij]|jun[ei]?|juin|"
           r"jul[yi]?|juil(?:let)?|aug(?:ust|usti)?|aout|sep(?:t(?:ember|embre)?)?|o[ck]t(?:ober|obre)?|"
-          r"nov(?:ember|embre)?|de[cz](?:ember|embre)?)\.?")
+          r"nov(?:ember|embre)?|de[cz](?:ember|embre)?|"
+          # Spanish, Italian, Portuguese, Dutch and Icelandic names, written in full
+          r"enero|febrero|marzo|abril|mayo|junio|julio|agosto|se[pt]?tiembre|octubre|noviembre|diciembre|"
+          r"gennaio|febbraio|aprile|maggio|giugno|luglio|settembre|ottobre|dicembre|maart|mei|augustus|agust|"
+          r"janeiro|fevereiro|marco|maio|junho|julho|setembro|outubro|novembro|dezembro)\.?")
 _ORD = r"(?:st|nd|rd|th|er|re|e|\.)?"
 _DATE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("ymd", re.compile(r"(?<![\d.])(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?![\d])")),
     ("numeric", re.compile(r"(?<![\d/.\-])(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{4}|\d{2})(?![\d/\-]|\.\d)")),
     ("compact", re.compile(r"(?<!\d)((?:19|20)\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)")),
-    ("dmy_text", re.compile(rf"(?<!\d)(\d{{1,2}}){_ORD}(?:\s+of)?[\s\-.]*{_MONTH}[\s\-.,]*(\d{{4}}|\d{{2}})(?!\d)",
+    ("dmy_text", re.compile(rf"(?<!\d)(\d{{1,2}}){_ORD}(?:\s+(?:of|de|del|do|da))?[\s\-.]*{_MONTH}[\s\-.,]*"
+                            rf"(?:(?:de|del|do)\s+)?(\d{{4}}|\d{{2}})(?!\d)",
                             re.IGNORECASE)),
     ("mdy_text", re.compile(rf"\b{_MONTH}\s+(\d{{1,2}}){_ORD},?\s+(\d{{4}})(?!\d)", re.IGNORECASE)),
     ("holiday", re.compile(r"\b(christmas day|christmas eve|boxing day|new year'?s day|new year'?s eve|"
                            r"heiligabend|silvester|neujahr|1\. weihnachtstag)(?:\s+(?:of\s+)?)(\d{4})(?!\d)",
                            re.IGNORECASE)),
     ("month_year", re.compile(rf"\b{_MONTH}\s+(\d{{4}})(?!\d)", re.IGNORECASE)),
-    ("day_month", re.compile(rf"(?<![\d.])(\d{{1,2}}){_ORD}(?:\s+of)?\s+{_MONTH}(?![\w])", re.IGNORECASE)),
+    ("day_month", re.compile(rf"(?<![\d.])(\d{{1,2}}){_ORD}(?:\s+(?:of|de|del))?\s+{_MONTH}(?![\w])", re.IGNORECASE)),
     ("month_day", re.compile(rf"\b{_MONTH}\s+(\d{{1,2}}){_ORD}(?![\d\w]|:\d)", re.IGNORECASE)),
 )
 _WHOLE_DATE_KINDS = frozenset({"ymd", "compact", "dmy_text", "mdy_text", "holiday"})
@@ -175,7 +184,10 @@ _ARRONDISSEMENT = re.compile(r"\b\d{1,2}(?:e|er|ème|eme)\s+arr(?:ondissement\b|
 _DAY_MONTH_FIGURES = re.compile(
     r"(?:(?<=\()|(?<=\bam )|(?<=\bvom )|(?<=\bseit )|(?<=\bbis )|(?<=\bab )|(?<=\bzum )|(?<=\bden )|(?<=\bon )|"
     r"(?<=\bsince )|(?<=\bfrom )|(?<=\buntil )|(?<=\bfra )|(?<=\btil )|(?<=\ble )|(?<=\bdu )|(?<=\bau ))"
-    r"(?:0?[1-9]|[12]\d|3[01])\.(?:0?[1-9]|1[0-2])\.(?!\d)")
+    r"(?:0?[1-9]|[12]\d|3[01])\.(?:0?[1-9]|1[0-2])\.(?!\d)|"
+    # without a cue when written with two-digit day and month and the closing dot ("15.04.", "03.11."): no
+    # clinical value is written so (the labelled ones are protected before)
+    r"(?<![\w.,/\-])(?:0[1-9]|[12]\d|3[01])\.(?:0[1-9]|1[0-2])\.(?![\d\w])")
 _DIGIT_RUN = re.compile(r"\d{6,}")
 _EPONYM_TERM = re.compile(
     r"\b[A-Z][a-z]+(?:[\-][A-Z][a-z]+)?(?:['’]s?[ \t\-]*|[ \t\-]+)"
@@ -183,6 +195,9 @@ _EPONYM_TERM = re.compile(
     r"tumou?r|fracture|grade|classification|score|scale|syndrome|palsy|node|nodes|(?<=['’]s )spine|knötchen|knotchen|"
     r"zeichen|syndrom|krankheit|manoeuvre|maneuver|reflex|phenomenon|criteria|index|arthritis|angle|line|"
     r"triad|procedure|operation|approach|joint)\b")
+#: The same with the guard's wider tail: modifiers between the eponym and its noun ("Adams forward bend test",
+#: "Charcot spinal arthropathy"), and the orthoses named after a place ("Milwaukee brace").
+_EPONYM_WIDE = re.compile(rf"\b[A-Z][a-z]+(?:-[A-Z][a-z]+)?(?i:{EPONYM_TAIL})")
 #: "maladie de Charcot", "signe de Lasègue", "Morbus Bechterew", "M. Scheuermann".
 _EPONYM_NAMED = re.compile(r"\b(?i:maladie|signe|syndrome|manoeuvre|manœuvre|morbus)\s+(?:de\s+|d['’])?"
                            r"[A-Z][a-z]+(?:-[A-Z][a-z]+)?")
@@ -443,6 +458,7 @@ class TextScrubber:
         self._replace_pattern(work, _DRUG_WITH_DOSE, None, accept=self._is_drug_with_dose)
         self._replace_pattern(work, CLINICAL_VALUE, None)  # kept as they are: "CRP 120", "L4-L5", "4.2 (5.0)"
         self._replace_pattern(work, _EPONYM_TERM, None, accept=self._is_eponym_term)
+        self._replace_pattern(work, _EPONYM_WIDE, None, accept=self._is_eponym_term)
         self._replace_pattern(work, _EPONYM_NAMED, None, accept=self._is_eponym_term)
         for pattern in self._id_patterns:
             self._replace_pattern(work, pattern, ID)
@@ -475,7 +491,7 @@ class TextScrubber:
     @staticmethod
     def _keep_only_known(work: _Work, language: str) -> None:
         """The allowlist (:mod:`gateway.referral.allowlist`): what no rule claimed stays only when known."""
-        for judgement in list(judge(work.view(), work.original_slice, language, work.named)):
+        for judgement in list(judge(work.view(), work.original_slice, language, work.named, load_gazetteer())):
             if judgement.token is None:
                 start, end = work.origin[judgement.start], work.origin[judgement.end - 1] + 1
                 work.unknown_kept.append((start, end))
@@ -488,7 +504,7 @@ class TextScrubber:
         eponym = re.search(r"[A-Z][^\W\d_]+", match.group(0))
         if eponym is not None and is_org_head(eponym.group(0)):
             return False  # "Medical Center - Spine", "KIMS Hospitals Spine Centre": a firm's name, no eponym
-        if eponym is not None and not is_eponym(eponym.group(0)):
+        if eponym is not None and not is_eponym(eponym.group(0)) and not is_clinical_word(eponym.group(0)):
             if is_known_word(eponym.group(0), "en") and not is_clinical(eponym.group(0)):
                 return False  # an ordinary word names no sign: "Comprehensive Spine Center", "Northside Pain"
             word = _fold_plain(eponym.group(0))
@@ -507,7 +523,8 @@ class TextScrubber:
         """Claim each entity's still unclaimed stretches that hold a letter or digit; an entity made only of
         clinical words ("Kyphoplastie", "Lumbalgie" taken for places by a model trained on English) is none."""
         for entity in entities:
-            if token != ID and _only_clinical_words(work.original[entity.start:entity.end]):
+            if token != ID and _only_clinical_words(work.original[entity.start:entity.end]) and \
+                    not _place_after_preposition(work.original, entity):
                 continue
             start, end = work.folded_index(entity.start), work.folded_index(entity.end)
             pieces = []
@@ -651,6 +668,10 @@ class TextScrubber:
                      r"\b(?:name|surname|nom|name ist|heisst|heißt|called|named)\s+(?:is\s+|:\s*)?|"
                      r"\x00[\s,]*|(?:patient|pt|name|nee|geb\.?)[:\s]+)$", _masked_tail(work, start), re.IGNORECASE):
             return True
+        if _NAME_BETWEEN.search(_masked_tail(work, start)):
+            return True  # after the given name and a middle initial or nickname: "Harold W. Parkinson"
+        if re.search(r"[\"“„«]$", before) and re.match(r"[\"”»]", after):
+            return True  # quoted alone, the name itself: "transliterated as \"Sjogren\""
         if re.match(rf"\s+{_NAME_VERBS}\b", after) and re.search(r"(?:^|[.!?:;\n(]\s*)$", before) and \
                 _fold_plain(original) in (self._given_parts | self._ambiguous_parts):
             return True  # "Patrick is a 41-year-old", "Power reports weakness"
@@ -677,6 +698,9 @@ class TextScrubber:
         return word is not None and word.group(1).lower() in self._name_parts
 
 
+#: A removed name, then a middle initial or a nickname in quotes or brackets, before a surname.
+_NAME_BETWEEN = re.compile(r"\x00\.?[\s,]+(?:[a-z]\.?|[\"“'‘(][^\"”'’)\n]{1,24}[\"”'’)])\s+$", re.IGNORECASE)
+
 _NAME_VERBS = (r"(?:is|was|has|had|reports?|reported|says|said|states|stated|describes|described|complains|"
                r"presents|presented|denies|denied|feels|felt|tells|told|attends|attended|came|went|lives|lived|"
                r"works|worked|walks|would|will|can|could|does|did|notes|noticed|wants|wishes|asks|asked|"
@@ -690,6 +714,18 @@ def _given_names(name: str) -> list[str]:
         return [g for g in name.split("^")[1:3] if g]
     words = [w for w in re.split(r"[\s,]+", name) if w and _fold_plain(w).rstrip(".") not in _TITLES]
     return words[:-1]
+
+
+#: Where a capitalised word is a place even when a scale is named after it ("lives in Oxford", "Oxford scale").
+_RESIDENCE_BEFORE = re.compile(r"(?i:\b(?:in|from|at|near|aus|nach|bei|im|à|a|en|i|fra|från)\s+)$")
+
+
+def _place_after_preposition(text: str, entity: Entity) -> bool:
+    """A place the gazetteer names, capitalised after a place preposition and with no clinical noun after it."""
+    value = text[entity.start:entity.end]
+    return entity.kind == PLACE and value[:1].isupper() and not value.isupper() and \
+        _RESIDENCE_BEFORE.search(text[max(0, entity.start - 8):entity.start]) is not None and \
+        CLINICAL_NOUN_AFTER.match(text, entity.end) is None
 
 
 def _only_clinical_words(text: str) -> bool:

@@ -21,12 +21,14 @@ pytestmark = pytest.mark.slow  # scores each corpus half: a minute or more of sc
 #: point. Not told: names 96.7, places 92.1, organisations 91.5, dates 93.6, IDs 92.7, phones 95.7 % (measured
 #: before the fix that keeps form labels out of the clinical words: 'Tel', 'Ext', 'Acct' had made the number after
 #: them a clinical value; the floor stays at 99 %, run this test to see it hold); clinical terms kept 95.4 %.
+#: Raised after the eponym, name-form, script and acronym rules of session 34 (measured the same way): told names
+#: 98.1 %, organisations not told 92.1 %, dates not told 94.2 %, clinical terms kept 95.7 %.
 HELDOUT_FLOORS = {
-    ("name", True): 0.96, ("name", False): 0.95, ("place", True): 0.97, ("place", False): 0.91,
-    ("org", False): 0.90, ("date", True): 0.98, ("date", False): 0.92, ("id", True): 0.99, ("id", False): 0.91,
+    ("name", True): 0.97, ("name", False): 0.95, ("place", True): 0.97, ("place", False): 0.91,
+    ("org", False): 0.91, ("date", True): 0.98, ("date", False): 0.93, ("id", True): 0.99, ("id", False): 0.91,
     ("phone", True): 0.99, ("phone", False): 0.99,
 }
-KEEP_FLOOR = 0.945
+KEEP_FLOOR = 0.947
 WRONGFUL_QUARANTINE_CEILING = 0.01
 
 
