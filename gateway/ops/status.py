@@ -47,10 +47,7 @@ def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, 
                                  .group_by(PriorFetch.state)))
         recent = [
             {"study": key, "state": state, "instances": count, "last_received_at": last.isoformat() + "Z"}
-            for key, state, count, last in tuple_rows(
-                Study.select(Study.key, Study.state, peewee.fn.COUNT(Instance.id), Study.last_received_at)
-                .join(Instance, peewee.JOIN.LEFT_OUTER).group_by(Study.id)
-                .order_by(Study.last_received_at.desc()).limit(20))
+            for key, state, count, last in tuple_rows(recent_cases(RECENT_CASES))
         ]
     disk = shutil.disk_usage(spool_dir) if Path(spool_dir).exists() else None
     return {
@@ -71,6 +68,19 @@ def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, 
         "spool": {"path": str(spool_dir), "free_bytes": disk.free if disk else None,
                   "total_bytes": disk.total if disk else None},
     }
+
+
+RECENT_CASES = 20
+
+
+def recent_cases(limit: int) -> peewee.SelectQuery:
+    """The ``limit`` cases received last, each with its instance count: the cases are chosen first (the index of
+    ``last_received_at``), then only their instances counted (grouping every case of the history first, then
+    taking 20, read the whole history at every ``status``)."""
+    latest = Study.select(Study.id).order_by(Study.last_received_at.desc()).limit(limit)
+    return (Study.select(Study.key, Study.state, peewee.fn.COUNT(Instance.id), Study.last_received_at)
+            .join(Instance, peewee.JOIN.LEFT_OUTER).where(Study.id.in_(latest)).group_by(Study.id)
+            .order_by(Study.last_received_at.desc()))
 
 
 def audit_export_status() -> dict[str, Any] | None:

@@ -6,25 +6,31 @@ stored by the source (``Study.report_delivered_at``). Cases appear by their rand
 
 from __future__ import annotations
 
+import datetime as dt
 import statistics
 from typing import Any
 
 import peewee
 
-from gateway.storage.models import ReportObject, ResultMessage, Study, tuple_rows
+from gateway.storage.models import ReportObject, ResultMessage, Study, tuple_rows, utcnow
 
 RECENT = 10
+#: The turnaround is taken over the cases whose report came home in this many days (over the whole history, every
+#: ``status`` read every case ever reported).
+TURNAROUND_DAYS = 30
 
 
 def reports_snapshot() -> dict[str, Any]:
-    """Counts of report objects by state, and turnaround figures over every case whose report is home."""
+    """Counts of report objects by state, and turnaround figures over the cases whose report came home in the last
+    ``TURNAROUND_DAYS``."""
     objects = dict(tuple_rows(ReportObject.select(ReportObject.state, peewee.fn.COUNT(ReportObject.id))
                               .group_by(ReportObject.state)))
+    since = utcnow() - dt.timedelta(days=TURNAROUND_DAYS)
     rows = list(tuple_rows(Study.select(Study.key, Study.first_received_at, Study.report_delivered_at)
-                           .where(Study.report_delivered_at.is_null(False))
+                           .where(Study.report_delivered_at >= since)
                            .order_by(Study.report_delivered_at.desc())))
     seconds = [max((home - first).total_seconds(), 0.0) for _, first, home in rows]
-    turnaround = {"cases": len(seconds), "median_s": None, "max_s": None}
+    turnaround = {"cases": len(seconds), "days": TURNAROUND_DAYS, "median_s": None, "max_s": None}
     if seconds:
         turnaround.update(median_s=round(statistics.median(seconds), 1), max_s=round(max(seconds), 1))
     recent = [{"case": key, "turnaround_s": round(value, 1), "report_delivered_at": home.isoformat() + "Z"}
@@ -64,7 +70,8 @@ def render_reports(snapshot: dict[str, Any], console: Any) -> None:
     if not reports:
         return
     turnaround = reports["turnaround"]
-    console.print(f"reports home: {turnaround['cases']} case(s), turnaround median "
+    console.print(f"reports home in the last {turnaround.get('days', TURNAROUND_DAYS)} days: {turnaround['cases']} "
+                  "case(s), turnaround median "
                   f"{_duration(turnaround['median_s'])}, max {_duration(turnaround['max_s'])}")
     messages = reports.get("result_messages_by_state") or {}
     if messages:

@@ -18,6 +18,13 @@ from gateway.storage.models import Assignment, CaseState, PeerHealth, Study, tup
 FINAL_STATES = (CaseState.REPORT_DELIVERED, CaseState.REJECTED_NOT_SPINE)
 
 
+def open_states() -> list[str]:
+    """Every state but the final ones, named (``state IN``, which the state's index serves, where ``NOT IN`` the final
+    states read every case of the history)."""
+    return [value for name, value in vars(CaseState).items()
+            if not name.startswith("_") and isinstance(value, str) and value not in FINAL_STATES]
+
+
 def _iso(moment: Any) -> str | None:
     return None if moment is None else moment.isoformat() + "Z"
 
@@ -55,7 +62,7 @@ def oldest_waiting() -> dict[str, dict[str, Any]]:
     """State → the case that has been in it longest (and since when)."""
     oldest: dict[str, dict[str, Any]] = {}
     query = (Study.select(Study.state, Study.key, Study.state_changed_at, Study.hold_reason, Study.state_reason)
-             .where(Study.state.not_in(FINAL_STATES)).order_by(Study.state_changed_at))
+             .where(Study.state.in_(open_states())).order_by(Study.state_changed_at))
     for state, key, since, hold_reason, state_reason in tuple_rows(query):
         if state not in oldest:
             oldest[state] = {"case": key, "since": _iso(since), "reason": hold_reason or state_reason}

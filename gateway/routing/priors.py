@@ -16,8 +16,10 @@ import datetime as dt
 import hashlib
 import io
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import peewee
 import pydicom
@@ -26,6 +28,7 @@ from pydicom.errors import InvalidDicomError
 from gateway.config import PriorsConfig
 from gateway.dicom import status
 from gateway.dicom.qr import FoundSeries, FoundStudy
+from gateway.errors import SpoolError
 from gateway.storage.models import (
     CaseState,
     Instance,
@@ -37,6 +40,7 @@ from gateway.storage.models import (
     Source,
     Study,
     db,
+    tuple_rows,
     utcnow,
 )
 from gateway.storage.spool import Spool
@@ -151,19 +155,28 @@ def notes_summary(study: Study, current_date: str) -> str | None:
 def notes_wait_for_priors(source_names: Iterable[str]) -> peewee.Expression:
     """The cases the notes stage leaves alone for now: those whose priors are being fetched, and the de-identified
     cases of a source with a PACS to ask whose fetching has not begun (the priors stage creates its row)."""
-    unfinished = PriorFetch.select(PriorFetch.study).where(PriorFetch.state.not_in(list(PriorFetchState.FINISHED)))
-    begun = PriorFetch.select(PriorFetch.study)
+    unfinished = PriorFetch.select(PriorFetch.study).where(PriorFetch.state.in_(WORKING))
     with_pacs = Source.select(Source.id).where(Source.name.in_(list(source_names)))
-    not_begun = (Study.state == CaseState.DEIDENTIFIED) & Study.source.in_(with_pacs) & Study.id.not_in(begun)
+    not_begun = (Study.state == CaseState.DEIDENTIFIED) & Study.source.in_(with_pacs) & _not_begun()
     return Study.id.in_(unfinished) | not_begun
+
+
+#: The states of a fetch under way, named: ``state IN`` is served by the state's index, where ``NOT IN`` the
+#: finished states read every fetch of the history.
+WORKING = [PriorFetchState.QUERYING, PriorFetchState.RETRIEVING, PriorFetchState.DEIDENTIFYING]
+
+
+def _not_begun() -> peewee.Expression:
+    """The case has no fetch row: ``NOT EXISTS`` (an index look-up per candidate case), not ``NOT IN (every fetch's
+    case)``, which PostgreSQL answers by reading every fetch of the history."""
+    return ~peewee.fn.EXISTS(PriorFetch.select(PriorFetch.id).where(PriorFetch.study == Study.id))
 
 
 def due_to_begin(source_names: Iterable[str], limit: int = 20) -> list[Study]:
     """De-identified cases of a source with a PACS to ask, whose priors have not been looked for yet."""
     with_pacs = Source.select(Source.id).where(Source.name.in_(list(source_names)))
-    begun = PriorFetch.select(PriorFetch.study)
     return list(Study.select().where((Study.state == CaseState.DEIDENTIFIED) & Study.source.in_(with_pacs)
-                                     & Study.id.not_in(begun)).order_by(Study.state_changed_at).limit(limit))
+                                     & _not_begun()).order_by(Study.state_changed_at).limit(limit))
 
 
 def begin(study: Study, source: str, wait_s: float) -> PriorFetch | None:
@@ -218,12 +231,45 @@ def stored_instances_left(study_id: int) -> int:
     return Instance.select().where((Instance.study == study_id) & (Instance.state == InstanceState.STORED)).count()
 
 
-class PriorInstanceStore:
-    """Keeps each instance a C-GET brings: durable in the spool, then a stored ``Instance`` of the case, in a
-    series of its own. Only instances of the prior being retrieved are kept (anything else: 0xA900)."""
+#: Instances of a prior recorded per transaction, and the longest a kept instance waits for its row: the lease on the
+#: fetch is renewed at each batch too.
+PRIOR_BATCH = 64
+PRIOR_BATCH_S = 2.0
 
-    def __init__(self, spool: Spool, prior: PriorStudy, calling_ae: str, renew: Callable[[], object]) -> None:
+
+@dataclass(frozen=True)
+class _Kept:
+    """An instance of a prior whose file is in the spool (fsynced, its name not yet synced) and whose row is not
+    yet committed."""
+
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    modality: str | None
+    syntax: str
+    size: int
+    digest: str
+    path: Path
+
+
+class PriorInstanceStore:
+    """Keeps each instance a C-GET brings, in a series of its own: its file whole and fsynced in the spool before
+    the PACS is answered, its row (a stored ``Instance`` of the case) committed with the others of its batch
+    (``PRIOR_BATCH`` instances or ``PRIOR_BATCH_S``: one directory sync round and one commit a batch), and every
+    row committed by ``flush()``, which the stage calls before the prior counts as retrieved. Only instances of the
+    prior being retrieved are kept (anything else: 0xA900).
+
+    Durability is the gateway's own here: it pulls, and the PACS keeps every instance whatever it was answered.
+    An instance answered success whose row a crash lost leaves the prior pending, so the next C-GET brings it
+    again (what was recorded is skipped); a batch that fails to commit stays kept for the next (that instance is
+    answered 0xA700)."""
+
+    def __init__(self, spool: Spool, prior: PriorStudy, calling_ae: str, renew: Callable[[], object],
+                 batch: int = PRIOR_BATCH, batch_s: float = PRIOR_BATCH_S) -> None:
         self.spool, self.prior, self.calling_ae, self.renew = spool, prior, calling_ae, renew
+        self.batch, self.batch_s = batch, batch_s
+        self.kept: list[_Kept] = []
+        self._oldest = 0.0
 
     def __call__(self, data: bytes) -> int:
         try:
@@ -235,27 +281,59 @@ class PriorInstanceStore:
         if uids[0] != self.prior.study_uid or not all(uids):
             return status.DATASET_DOES_NOT_MATCH_SOP_CLASS
         digest = hashlib.sha256(data).hexdigest()
-        path = self.spool.store(data, digest)  # durable (fsync) before the row
-        with db.connection_context():
-            self.renew()
-            self._record(uids, str(header.get("Modality", "") or "")[:16] or None, syntax, len(data), digest,
-                         self.spool.relative(path))
+        path = self.spool.store(data, digest, sync_name=False)  # whole and fsynced; its name synced with the batch
+        if not self.kept:
+            self._oldest = time.monotonic()
+        self.kept.append(_Kept(uids[1], uids[2], uids[3], str(header.get("Modality", "") or "")[:16] or None,
+                               syntax, len(data), digest, path))
+        if len(self.kept) >= self.batch or time.monotonic() - self._oldest >= self.batch_s:
+            try:
+                self.flush()
+            except (peewee.DatabaseError, SpoolError):
+                return status.OUT_OF_RESOURCES  # the batch stays kept: the next one or ``flush()`` tries it again
         return status.SUCCESS
 
-    def _record(self, uids: list[str], modality: str | None, syntax: str, size: int, digest: str,
-                relative: str) -> None:
-        _, series_uid, sop_instance_uid, sop_class_uid = uids
+    def flush(self) -> None:
+        """Make the kept instances' names durable and commit their rows, in one transaction.
+
+        Raises:
+            peewee.DatabaseError: the commit failed (the instances stay kept).
+            SpoolError: the spool's directories could not be synced (likewise).
+        """
+        if not self.kept:
+            return
+        self.spool.sync_names(kept.path for kept in self.kept)
+        with db.connection_context():
+            self.renew()
+            self._record(self.kept)
+        self.kept = []
+
+    def _record(self, kept: list[_Kept]) -> None:
         case_id = self.prior.study_id
+        uids = sorted({item.sop_instance_uid for item in kept})
         with db.atomic():
-            if Instance.select().where((Instance.sop_instance_uid == sop_instance_uid)
-                                       & (Instance.sha256 == digest)).exists():
-                return  # fetched again after a restart: already kept
-            series = Series.get_or_none(Series.series_uid == series_uid) or Series.create(
-                study=case_id, series_uid=series_uid, modality=modality)
-            version = (Instance.select(peewee.fn.MAX(Instance.version))
-                       .where(Instance.sop_instance_uid == sop_instance_uid).scalar() or 0) + 1
-            Instance.create(study=case_id, series=series.id, sop_instance_uid=sop_instance_uid,
-                            sop_class_uid=sop_class_uid, transfer_syntax=syntax, version=version, size=size,
-                            sha256=digest, spool_path=relative, calling_ae=self.calling_ae[:16],
-                            state=InstanceState.STORED, node=None)
-            PriorStudy.update(instances=PriorStudy.instances + 1).where(PriorStudy.id == self.prior.id).execute()
+            known = set(tuple_rows(Instance.select(Instance.sop_instance_uid, Instance.sha256)
+                                   .where(Instance.sop_instance_uid.in_(uids))))
+            versions = dict(tuple_rows(Instance.select(Instance.sop_instance_uid, peewee.fn.MAX(Instance.version))
+                                       .where(Instance.sop_instance_uid.in_(uids))
+                                       .group_by(Instance.sop_instance_uid)))
+            series_ids: dict[str, int] = {}
+            rows = []
+            for item in kept:
+                if (item.sop_instance_uid, item.digest) in known:
+                    continue  # fetched again after a restart (or twice in one retrieval): already kept
+                known.add((item.sop_instance_uid, item.digest))
+                if item.series_uid not in series_ids:
+                    series = Series.get_or_none(Series.series_uid == item.series_uid) or Series.create(
+                        study=case_id, series_uid=item.series_uid, modality=item.modality)
+                    series_ids[item.series_uid] = series.id
+                versions[item.sop_instance_uid] = (versions.get(item.sop_instance_uid) or 0) + 1
+                rows.append({"study": case_id, "series": series_ids[item.series_uid],
+                             "sop_instance_uid": item.sop_instance_uid, "sop_class_uid": item.sop_class_uid,
+                             "transfer_syntax": item.syntax, "version": versions[item.sop_instance_uid],
+                             "size": item.size, "sha256": item.digest, "spool_path": self.spool.relative(item.path),
+                             "calling_ae": self.calling_ae[:16], "state": InstanceState.STORED, "node": None})
+            if rows:
+                Instance.insert_many(rows).execute()
+                PriorStudy.update(instances=PriorStudy.instances + len(rows)).where(
+                    PriorStudy.id == self.prior.id).execute()

@@ -310,11 +310,14 @@ class DeidStage(WithNodeContext):
         (series may name other operators or performing physicians) gathered into ``header_values``."""
         identity = StudyIdentity.get_or_none(StudyIdentity.study == study)
         if identity is None:
+            # Insert-or-nothing, then read: a run that lost its lease may be recording the same case at this
+            # moment, and a plain insert would fail on the other's row (``_record_outbound``).
             first = works[0]
             mapping = first.mapping
-            identity = StudyIdentity.create(study=study, **first.identity, pseudo_patient_id=mapping.patient_id,
-                                            pseudo_accession_number=mapping.accession or "",
-                                            date_offset_days=mapping.date_offset_days or 0)
+            StudyIdentity.insert(study=study, **first.identity, pseudo_patient_id=mapping.patient_id,
+                                 pseudo_accession_number=mapping.accession or "",
+                                 date_offset_days=mapping.date_offset_days or 0).on_conflict_ignore().execute()
+            identity = StudyIdentity.get(StudyIdentity.study == study)
         merged = merge_header_values(identity.header_values, *(work.header for work in works))
         image_text = merge_image_text(identity.image_text, [work.text_values for work in works])
         changes = {}
@@ -334,19 +337,25 @@ class DeidStage(WithNodeContext):
 
     @staticmethod
     def _record_outbound(study: Study, instance: Instance, work: DeidWork, relative: str) -> None:
+        """The object's row, inserted or, when its SOP instance already has one, replaced: in one statement
+        (``INSERT ... ON CONFLICT (sop_instance_uid) DO UPDATE``), never read-then-insert. Two runs can record
+        the same object at once: a run that lost its lease goes on with the chunk it holds while the case's new
+        holder records the same instances; on PostgreSQL the second insert waited for the first's commit and
+        then failed on the unique SOP Instance UID, failing the whole chunk. Both wrote the same bytes, so the
+        later simply rewrites the row."""
         values = {
-            "study": study.id, "instance": instance.id, "kind": "image",
-            "sop_instance_uid": work.sop_instance_uid, "sop_class_uid": work.sop_class_uid,
-            "transfer_syntax": work.transfer_syntax, "spool_path": relative,
-            "sha256": work.sha256, "size": work.size,
+            OutboundObject.study: study.id, OutboundObject.instance: instance.id, OutboundObject.kind: "image",
+            OutboundObject.sop_instance_uid: work.sop_instance_uid, OutboundObject.sop_class_uid: work.sop_class_uid,
+            OutboundObject.transfer_syntax: work.transfer_syntax, OutboundObject.spool_path: relative,
+            OutboundObject.sha256: work.sha256, OutboundObject.size: work.size,
         }
-        existing = OutboundObject.get_or_none(OutboundObject.sop_instance_uid == work.sop_instance_uid)
-        if existing is None:
-            OutboundObject.insert(values).execute()
-            return
-        # A newer version of an object already out: replace it, and let the ledger send it again.
-        OutboundObject.update(values).where(OutboundObject.id == existing.id).execute()
-        Delivery.update(state="pending").where(Delivery.outbound == existing.id).execute()
+        # A newer version (another instance row) of an object already out replaces it: the ledger sends it again.
+        older_version = OutboundObject.select(OutboundObject.id).where(
+            (OutboundObject.sop_instance_uid == work.sop_instance_uid) & (OutboundObject.instance != instance.id))
+        Delivery.update(state="pending").where(Delivery.outbound.in_(older_version)).execute()
+        replaced = [field for field in values if field is not OutboundObject.sop_instance_uid]
+        OutboundObject.insert(values).on_conflict(conflict_target=[OutboundObject.sop_instance_uid],
+                                                  preserve=replaced).execute()
 
 
 def merge_image_text(stored: str | None, more: list[list[tuple[str, str]] | None]) -> str | None:

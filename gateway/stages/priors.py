@@ -7,8 +7,10 @@ any point resumes where it was:
 1. QUERYING: C-FIND (Study Root, STUDY level) by the patient's original Patient ID, then the SERIES level of the
    candidates for their body parts; the choice is recorded (``PriorStudy``) and the row goes to RETRIEVING (or DONE
    when nothing matched);
-2. RETRIEVING: one C-GET per chosen prior; every instance is durable in the spool and a stored ``Instance`` of the
-   case before the PACS is answered (``gateway.routing.priors.PriorInstanceStore``); then DEIDENTIFYING;
+2. RETRIEVING: one C-GET per chosen prior; every instance is whole and fsynced in the spool before the PACS is
+   answered, and its row (a stored ``Instance`` of the case) committed with its batch
+   (``gateway.routing.priors.PriorInstanceStore``), all of them before the prior is marked retrieved (a prior not
+   marked is retrieved again after a crash: the PACS still holds it); then DEIDENTIFYING;
 3. DEIDENTIFYING: the de-identification stage takes the stored instances as late instances of the case (same
    patient pseudonym and date shift); once none is left, DONE.
 
@@ -39,7 +41,7 @@ from gateway.storage.spool import Spool
 log = structlog.get_logger("priors")
 RETRY = Backoff(1.0, 30.0)
 STAGE = "priors"
-WORKING = (PriorFetchState.QUERYING, PriorFetchState.RETRIEVING, PriorFetchState.DEIDENTIFYING)
+WORKING = priors.WORKING
 
 
 class PriorsStage(WithNodeContext):
@@ -149,9 +151,11 @@ class PriorsStage(WithNodeContext):
             try:
                 result = get_study(self.node, peer, prior.study_uid, store, self._remaining_s(fetch))
             except QueryRetrieveFailed as exc:
+                store.flush()
                 self._audit("priors_retrieved", peer, study, "failed", exc.reason)
                 self.context.notify(wakeup.PRIORS)  # what did arrive is de-identified meanwhile
                 return self._retry(fetch, study, exc.reason)
+            store.flush()  # every instance's row committed before the prior counts as retrieved
             PriorStudy.update(state="retrieved" if result.stored else "failed", retrieved_at=utcnow()).where(
                 PriorStudy.id == prior.id).execute()
             log.info("prior_retrieved", case=study.key, source=fetch.source, instances=result.stored,

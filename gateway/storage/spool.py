@@ -20,7 +20,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -115,8 +115,11 @@ class Spool:
     def absolute(self, relative: str) -> Path:
         return self.root / relative
 
-    def store(self, data: bytes | Sequence[bytes | memoryview], digest: str) -> Path:
+    def store(self, data: bytes | Sequence[bytes | memoryview], digest: str, *, sync_name: bool = True) -> Path:
         """Write ``data`` under its digest, durably. Returns the final path.
+
+        With ``sync_name`` False the file is whole and fsynced but its name is not yet durable: the caller makes it
+        so with ``sync_names`` before anything refers to it (several files' names in one go).
 
         Raises:
             OutOfResources: free space is below the configured floor, or the disk filled up.
@@ -126,12 +129,26 @@ class Spool:
         size = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else sum(len(part) for part in data)
         if final.exists() and final.stat().st_size == size:
             # Complete by construction (renamed only after fsync); make sure its name is durable too.
-            self._fsync_dir(final.parent)
+            if sync_name:
+                self._fsync_dir(final.parent)
             return final
         self.check_free_space(size)
         self._ensure_dir(final.parent)
-        self._write_atomically(final, data)
+        self._write_atomically(final, data, sync_name=sync_name)
         return final
+
+    def sync_names(self, paths: Iterable[Path]) -> None:
+        """Make the names of files ``store`` wrote with ``sync_name`` False durable: each directory fsynced once
+        (after the first, the journal usually holds the others' renames already).
+
+        Raises:
+            SpoolError: the directory could not be synced.
+        """
+        try:
+            for directory in sorted({path.parent for path in paths}):
+                self._fsync_dir(directory)
+        except OSError as exc:
+            raise self.io_error(exc) from exc
 
     def write_temporary(self, parts: Sequence[bytes | memoryview]) -> Path:
         """Write ``parts`` one after the other into a new file under ``tmp/`` and fsync it; return its path.
@@ -226,13 +243,15 @@ class Spool:
         if self.min_free_bytes and self.free_bytes() - needed < self.min_free_bytes:
             raise OutOfResources("free space in the spool is below storage.min_free_bytes")
 
-    def _write_atomically(self, final: Path, data: bytes | Sequence[bytes | memoryview]) -> None:
+    def _write_atomically(self, final: Path, data: bytes | Sequence[bytes | memoryview], *,
+                          sync_name: bool = True) -> None:
         tmp = self._write_synced((data,) if isinstance(data, (bytes, bytearray, memoryview)) else data)
-        self._rename_durably([tmp], [final])
+        self._rename_durably([tmp], [final], sync_names=sync_name)
 
-    def _rename_durably(self, written: Sequence[Path], finals: Sequence[Path]) -> None:
+    def _rename_durably(self, written: Sequence[Path], finals: Sequence[Path], *, sync_names: bool = True) -> None:
         """Rename fsynced temporary files to their final names (all in one directory) and fsync that
-        directory once. On failure the temporary files not yet renamed are removed.
+        directory once (unless ``sync_names`` is False: ``sync_names()`` later). On failure the temporary files not
+        yet renamed are removed.
 
         Raises:
             OutOfResources: the disk filled up.
@@ -242,7 +261,8 @@ class Spool:
             self._ensure_dir(finals[0].parent)
             for tmp, final in zip(written, finals):
                 os.rename(tmp, final)
-            self._fsync_dir(finals[0].parent)
+            if sync_names:
+                self._fsync_dir(finals[0].parent)
         except OSError as exc:
             for tmp in written:
                 tmp.unlink(missing_ok=True)

@@ -21,19 +21,13 @@ from gateway.storage import cases
 from gateway.storage.models import AuditEvent, CaseState, Delivery, OutboundObject, Source, Study, db, utcnow
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "routing"))
-from routing_db import make_case, open_db  # noqa: E402
+from routing_db import case_db, make_case  # noqa: E402, F401 - case_db: the fixture below
+
+pytestmark = pytest.mark.usefixtures("case_db")  # the database of database_url, open for each test
 
 NODE_A = cases.LeaseOwner("host-11112", dt.timedelta(seconds=30))
 NODE_B = cases.LeaseOwner("host-11113", dt.timedelta(seconds=30))
 DESTINATION = "reviewer:dr-a"
-
-
-@pytest.fixture
-def case_db(database_url):
-    database = open_db(database_url)
-    with database.connection_context():
-        yield database
-    database.close_all()
 
 
 def _stage(tmp_path: Path) -> DeliveryStage:
@@ -65,7 +59,7 @@ def _audited_sent(study: Study) -> list[str]:
         (AuditEvent.study_key == study.key) & (AuditEvent.action == "sent") & (AuditEvent.outcome == "success"))]
 
 
-def test_a_case_delivered_by_another_node_after_it_was_selected_is_not_claimed_again(case_db, tmp_path):
+def test_a_case_delivered_by_another_node_after_it_was_selected_is_not_claimed_again(tmp_path):
     """The issue's race: node B selects the case while node A delivers it; A finishes (ledger, DELIVERED, lease
     released); B's claim must not be taken, so no second attempt, no delivering -> delivered with 0 objects."""
     stage = _stage(tmp_path)
@@ -88,7 +82,7 @@ def test_a_case_delivered_by_another_node_after_it_was_selected_is_not_claimed_a
     assert _audited_sent(study) == []
 
 
-def test_the_claim_is_a_compare_and_set_on_the_state(case_db, tmp_path):
+def test_the_claim_is_a_compare_and_set_on_the_state(tmp_path):
     stage = _stage(tmp_path)
     study = make_case(CaseState.ASSIGNED, reviewer="dr-a")
     selected = Study.get_by_id(study.id)
@@ -103,7 +97,7 @@ def test_the_claim_is_a_compare_and_set_on_the_state(case_db, tmp_path):
         assert Study.get_by_id(study.id).claimed_by == NODE_B.owner("delivery")
 
 
-def test_a_claimed_case_holds_the_row_as_it_is_now_related_rows_too(case_db):
+def test_a_claimed_case_holds_the_row_as_it_is_now_related_rows_too():
     study = make_case(CaseState.ASSIGNED, reviewer="dr-a")
     selected = Study.get_by_id(study.id)
     assert selected.source.name == "st-marys"  # the related row, loaded before the claim
@@ -116,7 +110,7 @@ def test_a_claimed_case_holds_the_row_as_it_is_now_related_rows_too(case_db):
         assert selected.source.name == "elsewhere", "not the source loaded before"
 
 
-def test_the_claim_condition_takes_only_a_case_with_something_to_send(case_db, tmp_path):
+def test_the_claim_condition_takes_only_a_case_with_something_to_send(tmp_path):
     stage = _stage(tmp_path)
     now = utcnow()
     delivered = make_case(CaseState.DELIVERED, reviewer="dr-a")
@@ -134,7 +128,7 @@ def test_the_claim_condition_takes_only_a_case_with_something_to_send(case_db, t
     assert taken == {delivered.key: False, late.key: True, backing_off.key: False, due_again.key: True}
 
 
-def test_concurrent_claims_on_one_case_one_wins(case_db, tmp_path):
+def test_concurrent_claims_on_one_case_one_wins(tmp_path):
     """Three nodes claim the same due case at the same moment, each on its own connection (the test's pool has
     four): exactly one gets it."""
     stage = _stage(tmp_path)
@@ -157,7 +151,7 @@ def test_concurrent_claims_on_one_case_one_wins(case_db, tmp_path):
     assert sorted(results) == [False, False, True]
 
 
-def test_a_delivery_with_nothing_to_send_writes_no_sent(case_db, tmp_path):
+def test_a_delivery_with_nothing_to_send_writes_no_sent(tmp_path):
     """Reassigned back to a reviewer that holds every object already: the case is delivered, nothing transferred,
     and the audit says no 'sent'."""
     stage = _stage(tmp_path)
@@ -168,7 +162,7 @@ def test_a_delivery_with_nothing_to_send_writes_no_sent(case_db, tmp_path):
     assert _audited_sent(study) == []
 
 
-def test_a_transfer_finished_by_a_dead_node_is_audited_once_by_the_node_that_takes_over(case_db, tmp_path):
+def test_a_transfer_finished_by_a_dead_node_is_audited_once_by_the_node_that_takes_over(tmp_path):
     """Node A sent every object and died before moving the case: B finds nothing left to send, moves it
     DELIVERED and writes the one 'sent' of A's transfer (nobody wrote it); a later run writes none."""
     stage = _stage(tmp_path)

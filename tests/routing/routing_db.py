@@ -30,6 +30,15 @@ def open_db(url: str):
 
 
 @pytest.fixture
+def case_db(database_url):
+    """The database of ``database_url`` (SQLite, then PostgreSQL) with the test source, open for the test."""
+    database = open_db(database_url)
+    with database.connection_context():
+        yield database
+    database.close_all()
+
+
+@pytest.fixture
 def db(tmp_path):
     """A SQLite database with the test source, open for the test."""
     database = open_db(f"sqlite:///{tmp_path}/gw.db")
