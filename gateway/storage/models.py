@@ -116,7 +116,7 @@ class Study(BaseModel):
     pseudo_study_uid = CharField(max_length=64, null=True, unique=True)
     first_received_at = DateTimeField(default=utcnow)
     last_received_at = DateTimeField(default=utcnow, index=True)
-    report_delivered_at = DateTimeField(null=True, index=True)  # indexed (migration 19): purge, status's turnaround
+    report_delivered_at = DateTimeField(null=True, index=True)  # indexed (migration 17): purge, status's turnaround
     reviewer = CharField(max_length=64, null=True, index=True)  # name of the assigned reviewer
     sla_due_at = DateTimeField(null=True)
     sla_flagged_at = DateTimeField(null=True)
@@ -129,7 +129,7 @@ class Study(BaseModel):
     state_reason = TextField(null=True)
     # A stage's step that raised on this case: how often since the case last changed state, the last error
     # type (``<stage>:<ErrorType>``) and when the stage may try the case again (exponential back-off).
-    stage_failures = IntegerField(default=0, index=True)  # indexed (migration 19): status's cases needing attention
+    stage_failures = IntegerField(default=0, index=True)  # indexed (migration 17): status's cases needing attention
     stage_error = CharField(max_length=64, null=True)
     stage_retry_at = DateTimeField(null=True)
     # The report leg's own attempts (the study leg has ``delivery_attempts`` and ``next_attempt_at``).
@@ -167,7 +167,7 @@ class Instance(BaseModel):
     version = IntegerField(default=1)
     size = BigIntegerField()
     sha256 = CharField(max_length=64)
-    spool_path = CharField(max_length=255, index=True)  # indexed (migration 19): purge's shared-file check
+    spool_path = CharField(max_length=255, index=True)  # indexed (migration 17): purge's shared-file check
     calling_ae = CharField(max_length=16)
     received_at = DateTimeField(default=utcnow)
     state = CharField(max_length=32, default=InstanceState.STORED, index=True)
@@ -285,7 +285,7 @@ class Assignment(BaseModel):
     reason = CharField(max_length=255)
     active = peewee.BooleanField(default=True, index=True)
     ended_at = DateTimeField(null=True)
-    ended_reason = CharField(max_length=64, null=True, index=True)  # indexed (migration 19): status's SLA breaches
+    ended_reason = CharField(max_length=64, null=True, index=True)  # indexed (migration 17): status's SLA breaches
 
 
 class Delivery(BaseModel):
@@ -790,17 +790,16 @@ def _migrate_to_16(database: peewee.Database) -> None:
     database.create_tables([Workitem, WorkitemSubscription, WorkitemEvent], safe=True)
 
 
-#: The indexes of migration 19, as ``create_tables`` names them: (table, column).
+#: The indexes of migration 17, as ``create_tables`` names them: (table, column).
 HISTORY_INDEXES = (("instance", "spool_path"), ("study", "stage_failures"), ("study", "report_delivered_at"),
                    ("assignment", "ended_reason"))
 
 
-def _migrate_to_19(database: peewee.Database) -> None:
+def _migrate_to_17(database: peewee.Database) -> None:
     """Indexes for queries that read the whole history on every call (bench/history.py): purge's check that no
     other case refers to a spool file (``instance.spool_path``) and its choice of the cases reported before the
     cut-off (``study.report_delivered_at``, status's turnaround too), status's cases with stage failures
-    (``study.stage_failures``) and reviewers' SLA breaches (``assignment.ended_reason``). (Numbers 16-18 are other
-    branches'; ``migrate`` applies every missing number, in order.)"""
+    (``study.stage_failures``) and reviewers' SLA breaches (``assignment.ended_reason``)."""
     for table, column in HISTORY_INDEXES:
         database.execute_sql(f'CREATE INDEX IF NOT EXISTS "{table}_{column}" ON "{table}" ("{column}")')
 
@@ -822,7 +821,7 @@ MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (14, _migrate_to_14),
     (15, _migrate_to_15),
     (16, _migrate_to_16),
-    (19, _migrate_to_19),
+    (17, _migrate_to_17),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -28,7 +28,7 @@ def test_a_version_2_database_upgrades_to_the_stage_loop_and_the_report_leg(data
                             sop_class_uid="1.2.840.10008.5.1.4.1.1.88.11",
                             sop_instance_uid="2.25.99", transfer_syntax="1.2.840.10008.1.2.1", spool_path="x",
                             sha256="0" * 64, size=1)
-        database.execute_sql('DROP INDEX "study_stage_failures"')  # migration 19's, on a column release 2 lacked
+        database.execute_sql('DROP INDEX "study_stage_failures"')  # migration 17's, on a column release 2 lacked
         for column in STAGE_LOOP_COLUMNS:  # make it what release 2 left behind
             database.execute_sql(f'ALTER TABLE "study" DROP COLUMN "{column}"')
         SchemaVersion.delete().where(SchemaVersion.version > 2).execute()

@@ -1,4 +1,4 @@
-"""Migration 19 on a database of release 15: the indexes of queries that read the whole history (purge's shared-file
+"""Migration 17 on a database of release 15: the indexes of queries that read the whole history (purge's shared-file
 check and its cut-off, status's cases with failures and SLA breaches); rows are kept, migrating again does nothing."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def _indexes(database, table: str) -> set[str]:
 def test_a_version_15_database_gets_the_history_indexes(database_url):
     database = open_database(database_url)
     with database.connection_context():
-        Study.create(study_uid="1.2.3.19", calling_ae="PACS", state="received")
+        Study.create(study_uid="1.2.3.17", calling_ae="PACS", state="received")
         for table, column in HISTORY_INDEXES:  # what release 15 left behind: no such index
             database.execute_sql(f'DROP INDEX "{table}_{column}"')
             assert f"{table}_{column}" not in _indexes(database, table)
