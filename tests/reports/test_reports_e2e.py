@@ -117,7 +117,7 @@ def test_reports_round_trip_hospital_down_then_up(site, tmp_path):
     snapshot = site.node.status()["reports"]
     assert snapshot["turnaround"]["cases"] == 1 and snapshot["turnaround"]["median_s"] > 0
     assert snapshot["report_objects_by_state"] == {"reidentified": 1}
-    assert "reports home: 1 case(s)" in site.node.cli("status").stdout
+    assert "reports home in the last 30 days: 1 case(s)" in site.node.cli("status").stdout
     received = _events(site.node, "report_received")
     assert len(received) == 1 and received[0]["reviewer"] == "dr-a"
     carried = [e for e in _events(site.node, "association_closed") if e.get("reviewer") == "dr-a" and e["instances"]]
