@@ -140,6 +140,10 @@ class Study(BaseModel):
     # were made). NULL: no reason to add (not yet through the notes stage, or through it before migration 6,
     # when the images on disk got it themselves).
     notes_reason = CharField(max_length=64, null=True)
+    # Migration 18. Whether a referral is matched to the case (``referral.study``), kept by the database's triggers
+    # on ``referral`` (no code writes it), so that the referrer's "images without a referral" reads an index
+    # (``study_unreferred``: source, this, first received) instead of every study of its source.
+    has_referral = peewee.BooleanField(default=False)
 
 
 class Series(BaseModel):
@@ -154,6 +158,8 @@ class InstanceState:
     DEIDENTIFIED = "deidentified"  # its outbound object exists
     QUARANTINED = "quarantined"    # refused by de-identification (burned-in risk, unsupported, leak)
     SUPERSEDED = "superseded"      # a newer version of the same SOP instance arrived
+
+    ALL = (STORED, DEIDENTIFIED, QUARANTINED, SUPERSEDED)
 
 
 class Instance(BaseModel):
@@ -175,6 +181,27 @@ class Instance(BaseModel):
 
     class Meta:
         indexes = ((("sop_instance_uid", "sha256"), True),)
+
+
+class InstanceTally(BaseModel):
+    """The instance rows by state and the bytes they hold, for ``status`` (migration 18): kept by the database's
+    triggers on ``instance`` in the transaction that inserts, deletes or moves a row (a rolled-back transaction
+    leaves them as they were), never written by code. Summed over ``TALLY_SLOTS`` rows: on PostgreSQL each
+    connection adds to the row of its backend, so that concurrent writers seldom wait on one row's lock."""
+
+    slot = IntegerField(primary_key=True)
+    stored = BigIntegerField(default=0)
+    deidentified = BigIntegerField(default=0)
+    quarantined = BigIntegerField(default=0)
+    superseded = BigIntegerField(default=0)
+    bytes = BigIntegerField(default=0)  # the sum of ``instance.size`` over every row: the spool's originals
+
+    class Meta:
+        table_name = "instance_tally"
+
+
+#: The rows of ``instance_tally`` (PostgreSQL; SQLite writes one at a time and uses slot 0 only).
+TALLY_SLOTS = 64
 
 
 class StudyIdentity(BaseModel):
@@ -804,6 +831,135 @@ def _migrate_to_17(database: peewee.Database) -> None:
         database.execute_sql(f'CREATE INDEX IF NOT EXISTS "{table}_{column}" ON "{table}" ("{column}")')
 
 
+def _tally_terms(row: str, sign: str) -> list[str]:
+    """``instance_tally``'s SET terms adding (``sign`` "+") or taking away ("-") the instance row ``row`` (NEW or
+    OLD of a trigger)."""
+    terms = [f'"{state}" = "{state}" {sign} CASE WHEN {row}."state" = \'{state}\' THEN 1 ELSE 0 END'
+             for state in InstanceState.ALL]
+    return [*terms, f'"bytes" = "bytes" {sign} {row}."size"']
+
+
+def _tally_update(slot: str, *changes: tuple[str, str]) -> str:
+    """The UPDATE of ``instance_tally``'s row ``slot`` for ``changes``, each (NEW or OLD, "+" or "-")."""
+    terms: dict[str, list[str]] = {}
+    for row, sign in changes:
+        for term in _tally_terms(row, sign):
+            column, _, change = term.partition(" = ")
+            terms.setdefault(column, [column]).append(change.partition(" ")[2])
+    body = ", ".join(f"{column} = " + " ".join(parts) for column, parts in terms.items())
+    return f'UPDATE "instance_tally" SET {body} WHERE "slot" = {slot}'
+
+
+def _tally_triggers(database: peewee.Database) -> list[str]:
+    """The statements creating the triggers of migration 18: ``instance_tally`` follows ``instance``, and
+    ``study.has_referral`` follows ``referral.study``."""
+    changed = ('(OLD."state" IS DISTINCT FROM NEW."state" OR OLD."size" IS DISTINCT FROM NEW."size")')
+    referral_changed = 'OLD."study_id" IS DISTINCT FROM NEW."study_id"'
+    if isinstance(database, peewee.PostgresqlDatabase):
+        slot = f"mod(pg_backend_pid(), {TALLY_SLOTS})"
+        flag = 'UPDATE "study" SET "has_referral" = {value} WHERE "id" = {row}."study_id"'
+        return [
+            f"""CREATE OR REPLACE FUNCTION instance_tally_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'INSERT' THEN {_tally_update(slot, ("NEW", "+"))};
+  ELSIF TG_OP = 'DELETE' THEN {_tally_update(slot, ("OLD", "-"))};
+  ELSE {_tally_update(slot, ("NEW", "+"), ("OLD", "-"))};
+  END IF;
+  RETURN NULL;
+END $$""",
+            f"""CREATE OR REPLACE FUNCTION study_referral_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP <> 'INSERT' AND OLD."study_id" IS NOT NULL THEN {flag.format(value="FALSE", row="OLD")};
+  END IF;
+  IF TG_OP <> 'DELETE' AND NEW."study_id" IS NOT NULL THEN {flag.format(value="TRUE", row="NEW")};
+  END IF;
+  RETURN NULL;
+END $$""",
+            'DROP TRIGGER IF EXISTS instance_tally_rows ON "instance"',
+            'CREATE TRIGGER instance_tally_rows AFTER INSERT OR DELETE ON "instance" FOR EACH ROW '
+            "EXECUTE FUNCTION instance_tally_change()",
+            'DROP TRIGGER IF EXISTS instance_tally_moves ON "instance"',
+            f'CREATE TRIGGER instance_tally_moves AFTER UPDATE OF "state", "size" ON "instance" FOR EACH ROW '
+            f"WHEN {changed} EXECUTE FUNCTION instance_tally_change()",
+            'DROP TRIGGER IF EXISTS study_referral_rows ON "referral"',
+            'CREATE TRIGGER study_referral_rows AFTER INSERT OR DELETE ON "referral" FOR EACH ROW '
+            "EXECUTE FUNCTION study_referral_change()",
+            'DROP TRIGGER IF EXISTS study_referral_moves ON "referral"',
+            f'CREATE TRIGGER study_referral_moves AFTER UPDATE OF "study_id" ON "referral" FOR EACH ROW '
+            f"WHEN ({referral_changed}) EXECUTE FUNCTION study_referral_change()",
+        ]
+    flag = 'UPDATE "study" SET "has_referral" = {value} WHERE "id" = {row}."study_id";'
+    changed = changed.replace("IS DISTINCT FROM", "IS NOT")  # SQLite's spelling before 3.39
+    referral_changed = referral_changed.replace("IS DISTINCT FROM", "IS NOT")
+    return [
+        f'CREATE TRIGGER IF NOT EXISTS instance_tally_insert AFTER INSERT ON "instance" '
+        f'BEGIN {_tally_update("0", ("NEW", "+"))}; END',
+        f'CREATE TRIGGER IF NOT EXISTS instance_tally_delete AFTER DELETE ON "instance" '
+        f'BEGIN {_tally_update("0", ("OLD", "-"))}; END',
+        f'CREATE TRIGGER IF NOT EXISTS instance_tally_move AFTER UPDATE OF "state", "size" ON "instance" '
+        f'WHEN {changed} BEGIN {_tally_update("0", ("NEW", "+"), ("OLD", "-"))}; END',
+        f'CREATE TRIGGER IF NOT EXISTS study_referral_insert AFTER INSERT ON "referral" '
+        f'WHEN NEW."study_id" IS NOT NULL BEGIN {flag.format(value=1, row="NEW")} END',
+        f'CREATE TRIGGER IF NOT EXISTS study_referral_delete AFTER DELETE ON "referral" '
+        f'WHEN OLD."study_id" IS NOT NULL BEGIN {flag.format(value=0, row="OLD")} END',
+        f'CREATE TRIGGER IF NOT EXISTS study_referral_move AFTER UPDATE OF "study_id" ON "referral" '
+        f'WHEN {referral_changed} BEGIN {flag.format(value=0, row="OLD")} {flag.format(value=1, row="NEW")} END',
+    ]
+
+
+def recount_instance_tally() -> None:
+    """Set ``instance_tally`` from a full count of ``instance`` (migration 18 on an existing database). Only in a
+    transaction that holds ``instance`` against writers (the migration's, after creating the triggers)."""
+    counts = dict(tuple_rows(Instance.select(Instance.state, peewee.fn.COUNT(Instance.id)).group_by(Instance.state)))
+    total = Instance.select(peewee.fn.COALESCE(peewee.fn.SUM(Instance.size), 0)).scalar()
+    InstanceTally.delete().execute()
+    slots = TALLY_SLOTS if isinstance(db.obj, peewee.PostgresqlDatabase) else 1
+    InstanceTally.insert_many([{"slot": slot} for slot in range(slots)]).execute()
+    InstanceTally.update(bytes=int(total or 0), **{state: counts.get(state, 0) for state in InstanceState.ALL}).where(
+        InstanceTally.slot == 0).execute()
+
+
+def instance_tally() -> tuple[dict[str, int], int]:
+    """The instance rows by state (states with none left out) and the bytes they hold, from ``instance_tally``: a
+    read of at most ``TALLY_SLOTS`` rows whatever the history, exact as a full count."""
+    sums = [peewee.fn.COALESCE(peewee.fn.SUM(getattr(InstanceTally, state)), 0) for state in InstanceState.ALL]
+    *counts, total = InstanceTally.select(*sums, peewee.fn.COALESCE(peewee.fn.SUM(InstanceTally.bytes), 0)).scalar(
+        as_tuple=True)
+    return {state: int(n) for state, n in zip(InstanceState.ALL, counts, strict=True) if n}, int(total)
+
+
+def _migrate_to_18(database: peewee.Database) -> None:
+    """Bounded ``status`` and referrer's list at a year's history (bench/history.py): ``instance_tally`` (instances
+    by state, the spool's bytes) and ``study.has_referral``, each kept by triggers in the writing transaction and
+    filled once here; the referrer's lists read indexes (``study_unreferred``, ``referral_source_received``), and
+    the objects sent to reviewers awaiting their Storage Commitment a partial index (``delivery_awaiting_commit``),
+    a reviewer's open cases (worklist, load) ``study_reviewer_state``.
+
+    The triggers come first: creating one takes ``instance`` (``referral``) from writers until the migration
+    commits, so the counts after it miss no row another node was writing."""
+    database.create_tables([InstanceTally], safe=True)
+    if "has_referral" not in {column.name for column in database.get_columns(Study._meta.table_name)}:
+        kind = "BOOLEAN NOT NULL DEFAULT FALSE" if isinstance(database, peewee.PostgresqlDatabase) else \
+            "INTEGER NOT NULL DEFAULT 0"
+        database.execute_sql(f'ALTER TABLE "study" ADD COLUMN "has_referral" {kind}')
+    for statement in _tally_triggers(database):
+        database.execute_sql(statement)
+    recount_instance_tally()
+    Study.update(has_referral=Study.id.in_(Referral.select(Referral.study).where(Referral.study.is_null(False)))
+                 ).execute()
+    for statement in MIGRATION_18_INDEXES:
+        database.execute_sql(statement)
+
+
+MIGRATION_18_INDEXES = (
+    'CREATE INDEX IF NOT EXISTS "study_unreferred" ON "study" ("source_id", "has_referral", "first_received_at")',
+    'CREATE INDEX IF NOT EXISTS "referral_source_received" ON "referral" ("source_id", "received_at")',
+    'CREATE INDEX IF NOT EXISTS "study_reviewer_state" ON "study" ("reviewer", "state")',
+    'CREATE INDEX IF NOT EXISTS "delivery_awaiting_commit" ON "delivery" ("id") '
+    'WHERE "commitment_uid" IS NOT NULL AND "committed_at" IS NULL',
+)
+
+
 MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (1, _migrate_to_1),
     (2, _migrate_to_2),
@@ -822,6 +978,7 @@ MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (15, _migrate_to_15),
     (16, _migrate_to_16),
     (17, _migrate_to_17),
+    (18, _migrate_to_18),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
