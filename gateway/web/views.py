@@ -148,38 +148,43 @@ class ReferrerPage:
 
 def referrer_cases(source_name: str, before: dt.datetime | None = None, limit: int = REFERRER_PAGE) -> ReferrerPage:
     """The source's referrals and its studies that no referral matched yet, newest first, received before
-    ``before`` (the previous page's end), ``limit`` rows; each read from an index in that order (``referral``'s
-    source and time, ``study_unreferred``), so a page costs the same whatever the source's history."""
+    ``before`` (the previous page's end), ``limit`` rows (more when rows share the time at the page's end: they
+    stay together); each read from an index in that order (``referral``'s source and time, ``study_unreferred``),
+    so a page costs the same whatever the source's history."""
     source = Source.get_or_none(Source.name == source_name)
     if source is None:
         return ReferrerPage([], None)
-    mine = ReferralRow.source == source.id
-    unreferred = (Study.source == source.id) & (Study.has_referral == False)  # noqa: E712
-    if before is not None:
-        mine &= ReferralRow.received_at < before
-        unreferred &= Study.first_received_at < before
-    referrals = (ReferralRow.select(ReferralRow, Study).join(Study, peewee.JOIN.LEFT_OUTER).where(mine)
-                 .order_by(ReferralRow.received_at.desc()).limit(limit + 1))
-    unmatched = Study.select().where(unreferred).order_by(Study.first_received_at.desc()).limit(limit + 1)
-    found = [(referral.received_at, referral, referral.study if referral.study_id else None) for referral in referrals]
-    found += [(study.first_received_at, None, study) for study in unmatched]
-    found.sort(key=lambda entry: entry[0], reverse=True)
-    page, older = _page_of(found, limit)
+    found = _listed(source.id, limit + 1, before=before)
+    page, older = found[:limit], None
+    if len(found) > limit:
+        older = page[-1][0]
+        if found[limit][0] == older:  # the next row shares the last one's time: all rows of that time on this page
+            page = [entry for entry in page if entry[0] != older] + _listed(source.id, None, at=older)
     critical = _critical_states([study.id for _, _, study in page if study is not None])
     rows = [_referrer_row(referral, study, critical.get(study.id, "") if study else "") for _, referral, study in page]
     # critical results not yet acknowledged first, then urgent, each group newest first (the order is stable)
     return ReferrerPage(sorted(rows, key=lambda row: (row.critical != "new", row.urgency != "urgent")), older)
 
 
-def _page_of(found: list[tuple[dt.datetime, Any, Any]], limit: int) -> tuple[list, dt.datetime | None]:
-    """The first ``limit`` of ``found`` (newest first) and the time the next page starts before; rows sharing the
-    time of the first row left out go to the next page with it (the next page reads strictly before)."""
-    if len(found) <= limit:
-        return found, None
-    page = found[:limit]
-    while len(page) > 1 and page[-1][0] == found[len(page)][0]:
-        page.pop()
-    return page, page[-1][0]
+def _listed(source_id: int, limit: int | None, *, before: dt.datetime | None = None,
+            at: dt.datetime | None = None) -> list[tuple[dt.datetime, ReferralRow | None, Study | None]]:
+    """(time, referral, study) of the source's referrals and unreferred studies received before ``before`` (or at
+    ``at``), newest first, ``limit`` of each table at most."""
+    mine = ReferralRow.source == source_id
+    unreferred = (Study.source == source_id) & (Study.has_referral == False)  # noqa: E712
+    if before is not None:
+        mine &= ReferralRow.received_at < before
+        unreferred &= Study.first_received_at < before
+    if at is not None:
+        mine &= ReferralRow.received_at == at
+        unreferred &= Study.first_received_at == at
+    referrals = (ReferralRow.select(ReferralRow, Study).join(Study, peewee.JOIN.LEFT_OUTER).where(mine)
+                 .order_by(ReferralRow.received_at.desc()).limit(limit))
+    unmatched = Study.select().where(unreferred).order_by(Study.first_received_at.desc()).limit(limit)
+    found: list[tuple[dt.datetime, ReferralRow | None, Study | None]] = [
+        (referral.received_at, referral, referral.study if referral.study_id else None) for referral in referrals]
+    found += [(study.first_received_at, None, study) for study in unmatched]
+    return sorted(found, key=lambda entry: entry[0], reverse=True)
 
 
 def _referrer_row(referral: ReferralRow | None, study: Study | None, critical: str) -> ReferrerRow:
