@@ -933,7 +933,8 @@ def _migrate_to_18(database: peewee.Database) -> None:
     by state, the spool's bytes) and ``study.has_referral``, each kept by triggers in the writing transaction and
     filled once here; the referrer's lists read indexes (``study_unreferred``, ``referral_source_received``), and
     the objects sent to reviewers awaiting their Storage Commitment a partial index (``delivery_awaiting_commit``),
-    a reviewer's open cases (worklist, load) ``study_reviewer_state``.
+    a reviewer's open cases (worklist, load) ``study_reviewer_state``, and the critical results not yet acknowledged
+    (first on the referrer's list) the partial ``critical_result_open``.
 
     The triggers come first: creating one takes ``instance`` (``referral``) from writers until the migration
     commits, so the counts after it miss no row another node was writing."""
@@ -955,6 +956,8 @@ MIGRATION_18_INDEXES = (
     'CREATE INDEX IF NOT EXISTS "study_unreferred" ON "study" ("source_id", "has_referral", "first_received_at")',
     'CREATE INDEX IF NOT EXISTS "referral_source_received" ON "referral" ("source_id", "received_at")',
     'CREATE INDEX IF NOT EXISTS "study_reviewer_state" ON "study" ("reviewer", "state")',
+    'CREATE INDEX IF NOT EXISTS "critical_result_open" ON "critical_result" ("study_id") '
+    'WHERE "acknowledged_at" IS NULL',
     'CREATE INDEX IF NOT EXISTS "delivery_awaiting_commit" ON "delivery" ("id") '
     'WHERE "commitment_uid" IS NOT NULL AND "committed_at" IS NULL',
 )

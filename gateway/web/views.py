@@ -160,10 +160,27 @@ def referrer_cases(source_name: str, before: dt.datetime | None = None, limit: i
         older = page[-1][0]
         if found[limit][0] == older:  # the next row shares the last one's time: all rows of that time on this page
             page = [entry for entry in page if entry[0] != older] + _listed(source.id, None, at=older)
+    if before is None:  # a critical result not yet acknowledged is on the first page, however old its case
+        listed = {study.id for _, _, study in page if study is not None}
+        page += [entry for entry in _unacknowledged(source.id) if entry[2].id not in listed]
     critical = _critical_states([study.id for _, _, study in page if study is not None])
+    if before is not None:  # ... and only there
+        page = [entry for entry in page if entry[2] is None or critical.get(entry[2].id) != "new"]
     rows = [_referrer_row(referral, study, critical.get(study.id, "") if study else "") for _, referral, study in page]
     # critical results not yet acknowledged first, then urgent, each group newest first (the order is stable)
     return ReferrerPage(sorted(rows, key=lambda row: (row.critical != "new", row.urgency != "urgent")), older)
+
+
+def _unacknowledged(source_id: int) -> list[tuple[dt.datetime, ReferralRow | None, Study]]:
+    """(time, referral, study) of the source's cases with a critical result not yet acknowledged (a partial index,
+    ``critical_result_open``, holds only those)."""
+    studies = (Study.select().join(CriticalResult)
+               .where(CriticalResult.acknowledged_at.is_null() & (Study.source == source_id)))
+    found: list[tuple[dt.datetime, ReferralRow | None, Study]] = []
+    for study in studies:
+        referral = ReferralRow.get_or_none(ReferralRow.study == study.id)
+        found.append((referral.received_at if referral else study.first_received_at, referral, study))
+    return found
 
 
 def _listed(source_id: int, limit: int | None, *, before: dt.datetime | None = None,

@@ -40,6 +40,7 @@ from gateway.storage.models import (
     Assignment,
     AuditEvent,
     CaseState,
+    CriticalResult,
     Delivery,
     Instance,
     OutboundObject,
@@ -93,6 +94,8 @@ def _fill(source: Source) -> None:
         series = Series.create(study=study, series_uid=f"2.25.3{n}", modality="MR")
         Assignment.create(study=study, reviewer="dr-a", reason="history", active=False, ended_reason="reported")
         PriorFetch.create(study=study, source="st-marys", state="done", deadline_at=delivered)
+        if n == CASES - 1:  # not acknowledged: on the referrer's first page however old
+            CriticalResult.create(study=study, flagged_by="cli")
         Referral.create(source=source, accession_number=f"HA{n}", patient_id=f"HP{n}", document="{}",
                         received_via="http", received_at=delivered - dt.timedelta(days=2), state="matched",
                         study=study, matched_at=delivered - dt.timedelta(days=1))

@@ -58,9 +58,25 @@ def test_the_pages_hold_every_case_once_newest_first(sources):
             break
         before = page.older
     assert sorted(row for page in pages for row in page) == sorted(expected)  # each once
-    assert all(min(newer)[0] > max(older)[0] for newer, older in zip(pages, pages[1:], strict=False))
+    in_place = [[row for row in page if row[1] != "A7"] for page in pages]  # A7, critical, is on the first page
+    assert all(min(newer)[0] > max(older)[0] for newer, older in zip(in_place, in_place[1:], strict=False))
     assert len(pages) >= 4 and max(len(page) for page in pages) > 3  # rows sharing a time kept together
     assert views.referrer_cases("st-marys").older is None  # one page of the default size holds them all
     assert [row.critical for row in views.referrer_cases("st-marys").rows if row.accession == "A7"] == ["new"]
     assert views.referrer_cases("st-marys").rows[0].accession == "A7"  # an unacknowledged critical result first
+    assert ("A7", "new") in [(row.accession, row.critical) for row in views.referrer_cases("st-marys", limit=3).rows]
+
+
+def test_a_critical_result_not_acknowledged_is_on_the_first_page_only(sources):
+    expected = _fill(*sources)
+    first = views.referrer_cases("st-marys", limit=3)
+    assert first.rows[0].accession == "A7" and first.rows[0].critical == "new" and len(first.rows) > 3
+    rest, before = [], first.older
+    while before is not None:
+        page = views.referrer_cases("st-marys", before, limit=3)
+        rest += [(row.received, row.accession) for row in page.rows]
+        before = page.older
+    assert sorted([(row.received, row.accession) for row in first.rows] + rest) == sorted(expected)
+    CriticalResult.update(acknowledged_at=utcnow()).execute()  # acknowledged: back in its place, one page further
+    assert "A7" not in [row.accession for row in views.referrer_cases("st-marys", limit=3).rows]
     assert views.referrer_cases("nowhere") == views.ReferrerPage([], None)
