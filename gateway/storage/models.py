@@ -908,15 +908,18 @@ END $$""",
 
 
 def recount_instance_tally() -> None:
-    """Set ``instance_tally`` from a full count of ``instance`` (migration 18 on an existing database). Only in a
-    transaction that holds ``instance`` against writers (the migration's, after creating the triggers)."""
-    counts = dict(tuple_rows(Instance.select(Instance.state, peewee.fn.COUNT(Instance.id)).group_by(Instance.state)))
-    total = Instance.select(peewee.fn.COALESCE(peewee.fn.SUM(Instance.size), 0)).scalar()
-    InstanceTally.delete().execute()
-    slots = TALLY_SLOTS if isinstance(db.obj, peewee.PostgresqlDatabase) else 1
-    InstanceTally.insert_many([{"slot": slot} for slot in range(slots)]).execute()
-    InstanceTally.update(bytes=int(total or 0), **{state: counts.get(state, 0) for state in InstanceState.ALL}).where(
-        InstanceTally.slot == 0).execute()
+    """Set ``instance_tally`` from a full count of ``instance``, in one transaction: migration 18 on an existing
+    database (whose transaction holds ``instance`` against writers once the triggers exist), or by hand after a
+    restore of data only, while no node writes (docs/operations.md §9)."""
+    with db.atomic():
+        counts = dict(tuple_rows(Instance.select(Instance.state, peewee.fn.COUNT(Instance.id))
+                                 .group_by(Instance.state)))
+        total = Instance.select(peewee.fn.COALESCE(peewee.fn.SUM(Instance.size), 0)).scalar()
+        InstanceTally.delete().execute()
+        slots = TALLY_SLOTS if isinstance(db.obj, peewee.PostgresqlDatabase) else 1
+        InstanceTally.insert_many([{"slot": slot} for slot in range(slots)]).execute()
+        InstanceTally.update(bytes=int(total or 0), **{state: counts.get(state, 0) for state in InstanceState.ALL}
+                             ).where(InstanceTally.slot == 0).execute()
 
 
 def instance_tally() -> tuple[dict[str, int], int]:

@@ -21,6 +21,7 @@ from gateway.storage.models import (
     instance_tally,
     migrate,
     open_database,
+    recount_instance_tally,
 )
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
@@ -176,3 +177,14 @@ def _back_to_release_17(database: peewee.Database) -> None:
         database.execute_sql(f'DROP TRIGGER "{name}"' + (f' ON "{table}"' if table else ""))
     database.execute_sql('DROP TABLE "instance_tally"')
     database.execute_sql("DELETE FROM schema_version WHERE version = 18")
+
+
+def test_a_recount_puts_a_wrong_tally_right(database):
+    """After rows loaded with the triggers off (a restore of data only), the documented recount mends the tally."""
+    _, source = database
+    study, series = _case(source, 0)
+    Instance.insert_many([_instance(study, series, n) for n in range(3)]).execute()
+    db.execute_sql('UPDATE "instance_tally" SET "stored" = "stored" + 40, "bytes" = 7')
+    assert instance_tally() != _full_count()
+    recount_instance_tally()
+    assert instance_tally() == _full_count() == ({InstanceState.STORED: 3}, 3000)
