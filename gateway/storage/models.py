@@ -187,7 +187,8 @@ class InstanceTally(BaseModel):
     """The instance rows by state and the bytes they hold, for ``status`` (migration 18): kept by the database's
     triggers on ``instance`` in the transaction that inserts, deletes or moves a row (a rolled-back transaction
     leaves them as they were), never written by code. Summed over ``TALLY_SLOTS`` rows: on PostgreSQL each
-    connection adds to the row of its backend, so that concurrent writers seldom wait on one row's lock."""
+    connection adds to the row of its backend, once per statement, so that concurrent writers seldom wait on one
+    row's lock."""
 
     slot = IntegerField(primary_key=True)
     stored = BigIntegerField(default=0)
@@ -852,45 +853,13 @@ def _tally_update(slot: str, *changes: tuple[str, str]) -> str:
 
 def _tally_triggers(database: peewee.Database) -> list[str]:
     """The statements creating the triggers of migration 18: ``instance_tally`` follows ``instance``, and
-    ``study.has_referral`` follows ``referral.study``."""
-    changed = ('(OLD."state" IS DISTINCT FROM NEW."state" OR OLD."size" IS DISTINCT FROM NEW."size")')
-    referral_changed = 'OLD."study_id" IS DISTINCT FROM NEW."study_id"'
+    ``study.has_referral`` follows ``referral.study``. SQLite has row-level triggers only (it writes one
+    transaction at a time, so a single tally row, slot 0)."""
     if isinstance(database, peewee.PostgresqlDatabase):
-        slot = f"mod(pg_backend_pid(), {TALLY_SLOTS})"
-        flag = 'UPDATE "study" SET "has_referral" = {value} WHERE "id" = {row}."study_id"'
-        return [
-            f"""CREATE OR REPLACE FUNCTION instance_tally_change() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF TG_OP = 'INSERT' THEN {_tally_update(slot, ("NEW", "+"))};
-  ELSIF TG_OP = 'DELETE' THEN {_tally_update(slot, ("OLD", "-"))};
-  ELSE {_tally_update(slot, ("NEW", "+"), ("OLD", "-"))};
-  END IF;
-  RETURN NULL;
-END $$""",
-            f"""CREATE OR REPLACE FUNCTION study_referral_change() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF TG_OP <> 'INSERT' AND OLD."study_id" IS NOT NULL THEN {flag.format(value="FALSE", row="OLD")};
-  END IF;
-  IF TG_OP <> 'DELETE' AND NEW."study_id" IS NOT NULL THEN {flag.format(value="TRUE", row="NEW")};
-  END IF;
-  RETURN NULL;
-END $$""",
-            'DROP TRIGGER IF EXISTS instance_tally_rows ON "instance"',
-            'CREATE TRIGGER instance_tally_rows AFTER INSERT OR DELETE ON "instance" FOR EACH ROW '
-            "EXECUTE FUNCTION instance_tally_change()",
-            'DROP TRIGGER IF EXISTS instance_tally_moves ON "instance"',
-            f'CREATE TRIGGER instance_tally_moves AFTER UPDATE OF "state", "size" ON "instance" FOR EACH ROW '
-            f"WHEN {changed} EXECUTE FUNCTION instance_tally_change()",
-            'DROP TRIGGER IF EXISTS study_referral_rows ON "referral"',
-            'CREATE TRIGGER study_referral_rows AFTER INSERT OR DELETE ON "referral" FOR EACH ROW '
-            "EXECUTE FUNCTION study_referral_change()",
-            'DROP TRIGGER IF EXISTS study_referral_moves ON "referral"',
-            f'CREATE TRIGGER study_referral_moves AFTER UPDATE OF "study_id" ON "referral" FOR EACH ROW '
-            f"WHEN ({referral_changed}) EXECUTE FUNCTION study_referral_change()",
-        ]
+        return [*_postgres_tally_triggers(), *_postgres_referral_triggers()]
     flag = 'UPDATE "study" SET "has_referral" = {value} WHERE "id" = {row}."study_id";'
-    changed = changed.replace("IS DISTINCT FROM", "IS NOT")  # SQLite's spelling before 3.39
-    referral_changed = referral_changed.replace("IS DISTINCT FROM", "IS NOT")
+    changed = '(OLD."state" IS NOT NEW."state" OR OLD."size" IS NOT NEW."size")'  # IS NOT: IS DISTINCT FROM
+    referral_changed = 'OLD."study_id" IS NOT NEW."study_id"'
     return [
         f'CREATE TRIGGER IF NOT EXISTS instance_tally_insert AFTER INSERT ON "instance" '
         f'BEGIN {_tally_update("0", ("NEW", "+"))}; END',
@@ -904,6 +873,64 @@ END $$""",
         f'WHEN OLD."study_id" IS NOT NULL BEGIN {flag.format(value=0, row="OLD")} END',
         f'CREATE TRIGGER IF NOT EXISTS study_referral_move AFTER UPDATE OF "study_id" ON "referral" '
         f'WHEN {referral_changed} BEGIN {flag.format(value=0, row="OLD")} {flag.format(value=1, row="NEW")} END',
+    ]
+
+
+def _postgres_tally_triggers() -> list[str]:
+    """PostgreSQL: statement-level triggers over the statement's rows (transition tables), so that a statement
+    writing many instance rows (a group commit, a case's de-identification, a purge) adds to the tally once, and
+    one changing no state or size not at all: each connection adds to its backend's row."""
+    def sums(rows: str, sign: str) -> str:
+        counts = [f"{sign}count(*) FILTER (WHERE state = '{state}')" for state in InstanceState.ALL]
+        return f"SELECT ARRAY[{', '.join(counts)}, {sign}COALESCE(sum(size), 0)]::bigint[] FROM {rows}"
+
+    terms = ", ".join(f'"{column}" = "{column}" + d[{n}]'
+                      for n, column in enumerate([*InstanceState.ALL, "bytes"], start=1))
+    zero = ", ".join("0" for _ in range(len(InstanceState.ALL) + 1))
+    events = (("inserts", "INSERT", "NEW TABLE AS new_rows"), ("deletes", "DELETE", "OLD TABLE AS old_rows"),
+              ("updates", "UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"))
+    return [
+        f"""CREATE OR REPLACE FUNCTION instance_tally_change() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  d bigint[];
+  o bigint[];
+BEGIN
+  IF TG_OP = 'INSERT' THEN {sums("new_rows", "")} INTO d;
+  ELSIF TG_OP = 'DELETE' THEN {sums("old_rows", "-")} INTO d;
+  ELSE
+    {sums("new_rows", "")} INTO d;
+    {sums("old_rows", "-")} INTO o;
+    SELECT array_agg(a + b ORDER BY n) INTO d FROM unnest(d, o) WITH ORDINALITY AS t(a, b, n);
+  END IF;
+  IF d <> ARRAY[{zero}]::bigint[] THEN
+    UPDATE "instance_tally" SET {terms} WHERE "slot" = mod(pg_backend_pid(), {TALLY_SLOTS});
+  END IF;
+  RETURN NULL;
+END $$""",
+        *[statement for name, event, tables in events for statement in (
+            f'DROP TRIGGER IF EXISTS instance_tally_{name} ON "instance"',
+            f'CREATE TRIGGER instance_tally_{name} AFTER {event} ON "instance" REFERENCING {tables} '
+            "FOR EACH STATEMENT EXECUTE FUNCTION instance_tally_change()")],
+    ]
+
+
+def _postgres_referral_triggers() -> list[str]:
+    flag = 'UPDATE "study" SET "has_referral" = {value} WHERE "id" = {row}."study_id"'
+    return [
+        f"""CREATE OR REPLACE FUNCTION study_referral_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP <> 'INSERT' AND OLD."study_id" IS NOT NULL THEN {flag.format(value="FALSE", row="OLD")};
+  END IF;
+  IF TG_OP <> 'DELETE' AND NEW."study_id" IS NOT NULL THEN {flag.format(value="TRUE", row="NEW")};
+  END IF;
+  RETURN NULL;
+END $$""",
+        'DROP TRIGGER IF EXISTS study_referral_rows ON "referral"',
+        'CREATE TRIGGER study_referral_rows AFTER INSERT OR DELETE ON "referral" FOR EACH ROW '
+        "EXECUTE FUNCTION study_referral_change()",
+        'DROP TRIGGER IF EXISTS study_referral_moves ON "referral"',
+        'CREATE TRIGGER study_referral_moves AFTER UPDATE OF "study_id" ON "referral" FOR EACH ROW '
+        'WHEN (OLD."study_id" IS DISTINCT FROM NEW."study_id") EXECUTE FUNCTION study_referral_change()',
     ]
 
 

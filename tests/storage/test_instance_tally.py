@@ -169,7 +169,8 @@ def test_migration_18_counts_an_existing_database(database):
 
 def _back_to_release_17(database: peewee.Database) -> None:
     postgres = isinstance(database, peewee.PostgresqlDatabase)
-    triggers = [("instance", "instance_tally_rows"), ("instance", "instance_tally_moves"),
+    triggers = [("instance", "instance_tally_inserts"), ("instance", "instance_tally_deletes"),
+                ("instance", "instance_tally_updates"),
                 ("referral", "study_referral_rows"), ("referral", "study_referral_moves")] if postgres else [
         (None, name) for name in ("instance_tally_insert", "instance_tally_delete", "instance_tally_move",
                                   "study_referral_insert", "study_referral_delete", "study_referral_move")]
