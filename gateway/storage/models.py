@@ -988,7 +988,7 @@ MIGRATION_18_INDEXES = (
     'CREATE INDEX IF NOT EXISTS "study_reviewer_state" ON "study" ("reviewer", "state")',
     'CREATE INDEX IF NOT EXISTS "critical_result_open" ON "critical_result" ("study_id") '
     'WHERE "acknowledged_at" IS NULL',
-    'CREATE INDEX IF NOT EXISTS "delivery_awaiting_commit" ON "delivery" ("id") '
+    'CREATE INDEX IF NOT EXISTS "delivery_awaiting_commit" ON "delivery" ("state") '
     'WHERE "commitment_uid" IS NOT NULL AND "committed_at" IS NULL',
 )
 
