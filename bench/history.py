@@ -13,6 +13,9 @@ and referral settings, ``stable_after_s`` 2) is started on that database and mea
   -> notes attached, -> assigned, -> delivered (at a DCMTK storescp reviewer), and per instance;
 - ``spine-gateway status --json`` (CLI wall time, Python's start included) and the status snapshot in process
   (``collect_status``, what the operators' page and ``status`` build), ``--repeat`` times each, median and p95;
+- the data of the portal's list pages, built in process as their handlers build it, ``--repeat`` times each: the
+  operators' overview (status snapshot, cases needing attention, waiting referrals), the referrer's case list (its
+  first page) and the reviewer's worklist;
 - ``spine-gateway purge --dry-run`` of a day's worth (``--days 364``: the cases reported 364-365 days ago);
 - growth: the node's log bytes and audit rows for the one case, the database's size.
 
