@@ -30,6 +30,9 @@ from gateway.web import views
 from gateway.web.page import Page, Refused
 
 TAKEN = "Another reviewer claimed this case a moment ago: it is no longer in the pool."
+# Body Part Examined (PS3.16 Annex L) of the spine, in words; another value is shown as it stands
+BODY_PARTS = {"CSPINE": "cervical spine", "TSPINE": "thoracic spine", "LSPINE": "lumbar spine",
+              "SSPINE": "sacrum", "SPINE": "spine", "WHOLESPINE": "whole spine", "COCCYX": "coccyx"}
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,8 @@ def case_glance(study: Study, spool: Spool) -> tuple[str, tuple[str, ...]]:
         if image is not None:
             header = pydicom.dcmread(spool.absolute(image.spool_path), stop_before_pixels=True,
                                      specific_tags=["BodyPartExamined"])
-            body_part = str(header.get("BodyPartExamined", "") or "")
+            code = str(header.get("BodyPartExamined", "") or "").strip().upper()
+            body_part = BODY_PARTS.get(code, code)
         if notes is not None:
             flags = tuple(_red_flags(pydicom.dcmread(spool.absolute(notes.spool_path))))
     except (OSError, pydicom.errors.InvalidDicomError, ValueError):

@@ -63,7 +63,7 @@ def test_two_reviewers_claim_give_back_and_report_from_the_pool_page(site, brows
     a.submit("nav a[href='/reviewer/pool']")
     assert case_rows(a) == [key]
     row = a.driver.find_element(By.CSS_SELECTOR, f"tr[data-case='{key}']").text
-    assert "LSPINE" in row and "MR" in row and "spine" in row, row
+    assert "lumbar spine" in row and "MR" in row and "spine" in row, row
     for identifying in (PATIENTS["a"].name.split("^")[0], PATIENTS["a"].patient_id, PATIENTS["a"].accession,
                         _study_uid(site.study[0])):
         assert identifying not in a.html()
