@@ -41,13 +41,12 @@ from gateway.storage.spool import Spool
 from gateway.web.app import portal_routes
 from gateway.web.auth import COOKIE, session_of, start_session
 
-REVIEWERS = [
-    {"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": 4243, "mode": "pull",
-     "subspecialties": ["spine"]},
-    {"name": "dr-b", "ae_title": "REVIEW_B", "host": "127.0.0.1", "port": 4244, "mode": "pull",
-     "subspecialties": ["spine"], "max_open_cases": 1},
-    {"name": "dr-push", "ae_title": "REVIEW_P", "host": "127.0.0.1", "port": 4246, "subspecialties": ["spine"]},
-]
+# Three spine reviewers: two pull (dr-b takes one open case at most), one push.
+REVIEWERS = [{"name": name, "ae_title": ae_title, "host": "127.0.0.1", "port": port, "mode": mode,
+              "subspecialties": ["spine"], **extra}
+             for name, ae_title, port, mode, extra in (("dr-a", "REVIEW_A", 4243, "pull", {}),
+                                                        ("dr-b", "REVIEW_B", 4244, "pull", {"max_open_cases": 1}),
+                                                        ("dr-push", "REVIEW_P", 4246, "push", {}))]
 PATIENT_NAME, MRN, ORIGINAL_UID = "DOE^JANE", "MRN0012345", "1.2.826.0.1.3680043.77"
 TIMEOUT_S = 3600.0
 
