@@ -1,6 +1,7 @@
 """A node with DCMTK peers for the DICOMweb tests: a hospital storescp (the source's return), two reviewers'
 storescp (dr-a, dr-b), and three studies sent by storescu: one assigned to dr-a, one to dr-b, one without a
-referral (held: never assigned). Tokens issued by the CLI; the database read for the cases' UIDs."""
+referral (held: never assigned). Tokens issued by the CLI; the database read for the cases' UIDs. ``PoolSite``: a
+node whose reviewers all pull, with one case pooled (the UPS-RS test and the pool's browser test)."""
 
 from __future__ import annotations
 
