@@ -58,8 +58,8 @@ class ClaimView:
 
 
 def _claim(page: Page, study: Study, renew: bool) -> ClaimView | None:
-    """The reviewer's claim on ``study``, if it holds one; ``renew``: opening the page renews it (the reviewer is
-    at work on it), as "I am still working on this" does."""
+    """The reviewer's claim on ``study``, if it holds one; ``renew``: the page shown renews it (opened, or a report
+    sent back for correction: the reviewer is at work on it), as "I am still working on this" does."""
     workitem = pool.held_by(page.user.reviewer, study)
     if workitem is None:
         return None
@@ -80,7 +80,7 @@ def case(page: Page, values: dict | None = None, errors: dict | None = None, sta
                        notes=views.scrubbed_notes(study, page.portal.spool), series=index.series, levels=LEVELS,
                        values=values or {}, errors=errors or {}, clock=clock, overdue=overdue,
                        reported=study.state == views.S.REPORTED, signer=_signer(page),
-                       viewer=VIEWER_INSTALLED.exists(), claim=_claim(page, study, renew=opened),
+                       viewer=VIEWER_INSTALLED.exists(), claim=_claim(page, study, renew=not claim_problem),
                        claim_problem=claim_problem,
                        claim_timeout=views.duration(page.portal.config.routing.pool_claim_timeout_s))
 

@@ -242,6 +242,10 @@ def test_the_case_page_renews_the_claim_and_gives_it_back(site):
     Workitem.update(claim_expires_at=soon).where(Workitem.id == workitem.id).execute()
     a.get(f"/reviewer/cases/{key}")
     assert Workitem.get_by_id(workitem.id).claim_expires_at > soon, "opening the page renews the claim"
+    Workitem.update(claim_expires_at=soon).where(Workitem.id == workitem.id).execute()
+    corrected = a.post(f"/reviewer/cases/{key}/report", data={"csrf_token": csrf, "finding.L4-L5": "Normal."})
+    assert corrected.status_code == 422, "no impression: the form comes back for a correction"
+    assert Workitem.get_by_id(workitem.id).claim_expires_at > soon, "a report sent back renews the claim"
 
     given = a.post(f"/reviewer/cases/{key}/give-back", data={"csrf_token": csrf})
     assert given.status_code == 303 and given.headers["location"] == f"/reviewer/pool?given_back={key}"
