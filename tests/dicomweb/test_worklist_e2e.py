@@ -96,6 +96,13 @@ def test_the_pool_from_claim_to_completion(site):
     assert claim(portal, uid, transaction).status_code == 403, "a PUT in a session needs the CSRF token"
     portal.headers["X-CSRF-Token"] = csrf
     assert claim(portal, uid, transaction).status_code == 200
+    # Still at work: an update with the claim's Transaction UID renews the claim; another UID does not.
+    ends = site.sql("SELECT claim_expires_at FROM workitem WHERE uid = ?", uid)
+    progress = {"00741002": {"vr": "SQ", "Value": [{"00741006": {"vr": "ST", "Value": ["reading"]}}]}}
+    stranger = b.post(f"/workitems/{uid}", params={"transaction": f"2.25.{uuid.uuid4().int}"}, json=progress)
+    assert stranger.status_code == 409 and "C301" in stranger.headers["Warning"]
+    assert portal.post(f"/workitems/{uid}", params={"transaction": transaction}, json=progress).status_code == 200
+    assert site.sql("SELECT claim_expires_at FROM workitem WHERE uid = ?", uid) > ends
     reader = DICOMwebClient(url=site.url + "/dicomweb", headers={"Authorization": f"Bearer {site.tokens['dr-b']}"})
     images = reader.retrieve_study(pseudo_study)
     mr = sorted((ds for ds in images if ds.Modality == "MR"), key=lambda ds: int(ds.InstanceNumber))
@@ -122,4 +129,4 @@ def test_the_pool_from_claim_to_completion(site):
     actions = [row[0] for row in site.sql("SELECT action FROM audit_event WHERE action LIKE 'worklist_%' "
                                           "AND action != 'worklist_searched' ORDER BY id")]
     assert actions == ["worklist_claimed", "worklist_cancel_requested", "worklist_claim_timed_out",
-                       "worklist_claimed", "worklist_completed"]
+                       "worklist_claimed", "worklist_claim_renewed", "worklist_completed"]
