@@ -20,6 +20,7 @@ from starlette.responses import RedirectResponse, Response
 from gateway.config import ReviewerConfig
 from gateway.referral.codes import INDICATIONS
 from gateway.routing import pool
+from gateway.routing.assignment import open_cases
 from gateway.storage import workitems
 from gateway.storage.models import OutboundObject, Study, Workitem, utcnow
 from gateway.storage.spool import Spool
@@ -73,10 +74,10 @@ def pool_rows(reviewer: ReviewerConfig, spool: Spool, now: dt.datetime) -> list[
 def pool_row(workitem: Workitem, spool: Spool, now: dt.datetime, problem: str = "", taken: bool = False) -> PoolRow:
     body_part, flags = case_glance(workitem.study, spool)
     clock, overdue = views.sla_clock(workitem.due_at, now)
+    waiting = views.duration((now - workitem.scheduled_at).total_seconds())
     return PoolRow(workitem.uid, workitem.study.key, workitem.priority == "HIGH", flags,
                    workitem.modalities.replace("\\", ", "), body_part, workitem.subspecialty or "",
-                   views.when(workitem.due_at), clock, overdue, views.duration((now - workitem.scheduled_at)
-                                                                               .total_seconds()), problem, taken)
+                   views.when(workitem.due_at), clock, overdue, waiting, problem, taken)
 
 
 def case_glance(study: Study, spool: Spool) -> tuple[str, tuple[str, ...]]:
@@ -152,9 +153,11 @@ def refused_row(workitem: Workitem, reviewer: ReviewerConfig, spool: Spool) -> P
     """The row of a workitem whose claim was just refused, with why (read again: what happened meanwhile)."""
     now = utcnow()
     current = Workitem.select(Workitem, Study).join(Study).where(Workitem.id == workitem.id).get()
-    if current.state == workitems.SCHEDULED:
+    if current.state == workitems.SCHEDULED and open_cases().get(reviewer.name, 0) >= reviewer.max_open_cases:
         return pool_row(current, spool, now, f"You have {reviewer.max_open_cases} open cases, the most your account "
                                              "takes (max_open_cases): send a report before claiming another.")
+    if current.state == workitems.SCHEDULED:
+        return pool_row(current, spool, now, "This case is being taken out of the pool: reload the list.", taken=True)
     if current.state == workitems.IN_PROGRESS:
         return pool_row(current, spool, now, TAKEN, taken=True)
     relisted = workitems.open_workitem(current.study)

@@ -298,3 +298,17 @@ def test_the_claimer_renews_its_claim_with_a_ups_rs_update(site):
     in_body = {"00081195": {"vr": "UI", "Value": ["2.25.42"]}}
     assert a.post(url, json=in_body, headers=headers).status_code == 200, "the Transaction UID in the body"
     assert AuditEvent.select().where(AuditEvent.action == "worklist_claim_renewed").count() == 2
+
+
+def test_after_the_report_the_claim_is_complete_and_the_buttons_say_so(site):
+    workitem = site.pooled()
+    a, csrf = site.browser("dr-a")
+    key = workitem.study.key
+    assert claim(a, csrf, workitem).status_code == 303
+    Study.update(state=CaseState.REPORTED).where(Study.id == workitem.study_id).execute()
+    assert pool.complete(Workitem.get_by_id(workitem.id), "pool_stage")
+    assert "Give back to the pool" not in a.get(f"/reviewer/cases/{key}").text, "no claim left to act on"
+    for action in ("renew", "give-back"):
+        late = a.post(f"/reviewer/cases/{key}/{action}", data={"csrf_token": csrf})
+        assert late.status_code == 409 and "your report has been sent, so the claim is complete" in late.text
+    assert Study.get_by_id(workitem.study_id).state == CaseState.REPORTED
