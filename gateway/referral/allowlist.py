@@ -34,7 +34,7 @@ from gateway.privacy.vocabulary import (
 from gateway.privacy.words import TITLES, zipf
 from gateway.referral.clinical_terms import is_clinical_word
 
-__all__ = ["Judgement", "is_day_or_month", "is_org_head", "is_org_tail", "judge"]
+__all__ = ["HOLIDAY_RUN", "HOLIDAY_WORDS", "Judgement", "is_day_or_month", "is_org_head", "is_org_tail", "judge"]
 
 REMOVED, ADDRESS, ID = "[REMOVED]", "[ADDRESS]", "[ID]"
 
@@ -719,15 +719,47 @@ def _next_to_removed(view: str, tokens: list[_Token], index: int) -> bool:
     return False
 
 
+#: Holidays and feasts that date an event in the notes' languages and national styles (folded: "Pâques" reads
+#: "paques"), one word each; the words that make a holiday of two with them are in :data:`HOLIDAY_RUN`.
+HOLIDAY_WORDS = frozenset("""
+christmas xmas easter whitsun whitsunday pentecost hogmanay thanksgiving midsummer halloween hanukkah chanukah
+passover pesach purim kippur hashanah weihnachten weihnachtstag ostern ostermontag ostersonntag karfreitag
+grundonnerstag pfingsten pfingstmontag pfingstsonntag himmelfahrt fronleichnam allerheiligen allerseelen
+silvester neujahr fasching fastnacht karneval rosenmontag aschermittwoch nikolaustag reformationstag heiligabend
+nationalfeiertag noel paques pentecote toussaint reveillon chandeleur epiphanie assomption navidad nochebuena
+nochevieja diwali deepavali deepawali holi dussehra dasara navratri onam pongal lohri shivratri mahashivratri
+chaturthi janmashtami rakhi baisakhi vaisakhi ugadi sankranti bihu chhath gurpurab eid bakrid ramadan ramazan
+ramzan ashura mawlid paske pasky pinse midsommar midsommarafton juhannus joulu jouluaatto vappu juleaften
+julaften juledag julafton juldagen reveillon nytarsaften nyarsafton nytarsdag nyarsdagen pinsedag paskedag grundlovsdag
+""".split())
+#: Holidays of more than one word, none of them a holiday word alone.
+_HOLIDAY_PHRASES = (r"good\s+friday|shrove\s+tuesday|ash\s+wednesday|maundy\s+thursday|palm\s+sunday|"
+                    r"holy\s+(?:saturday|week)|mardi\s+gras|bank\s+holiday|new\s+year(?:['’]s)?|nouvel\s+an|"
+                    r"jour\s+de\s+l['’]an|saint[\s\-]sylvestre|f[eê]te\s+(?:nationale|du\s+travail)|"
+                    r"tag\s+der\s+(?:arbeit|deutschen\s+einheit)|semana\s+santa|store\s+bededag|"
+                    r"kristi\s+himmelfartsdag|sankt\s?hans|guy\s+fawkes|burns\s+night|bonfire\s+night|"
+                    r"(?:independence|republic|national|liberation|labou?r|memorial|veterans|remembrance|anzac|"
+                    r"bastille|armistice|mother['’]s|father['’]s|valentine['’]s|(?:st\.?|saint)\s+[a-z]+['’]s)"
+                    r"\s+day")
+#: A holiday as written in a date: the words before it that belong to it ("Maha Shivratri", "Good Friday",
+#: "Eid al-Fitr", "Yom Kippur"), the holiday, the words after it ("day", "Eve", "Monday", "weekend") and a
+#: year ("Boxing Day 2023" with its year is shifted by the scrubber's date patterns first).
+_HOLIDAY_LEAD = (r"maha|good|holy|palm|ash|shrove|maundy|easter|whit|ganesh|vinayaka|makar|raksha|durga|karwa|"
+                 r"karva|bhai|gudi|yom|rosh|eid|chinese|lunar|hari|guru|mardi|lundi|veille|lendemain|"
+                 r"reveillon|st\.?|saint|sankt|new\s+year['’]?s?")
+_HOLIDAY_TAIL = (r"day|eve|night|weekend|morning|holidays?|break|vacation|monday|sunday|friday|saturday|"
+                 r"al[\-\s]fitr|al[\-\s]adha|ul[\-\s]fitr|ul[\-\s]adha|ul[\-\s]azha|bandhan|padwa|puja|"
+                 r"chauth|dooj|jayanti|purnima|ferien|feiertage?|abend|montag|sonntag|dag|dagen|aften|afton")
+HOLIDAY_RUN = re.compile(
+    rf"(?:\b(?i:{_HOLIDAY_LEAD})[ \t\-]+(?i:(?:de|du|of)[ \t]+|d['’])?)*"
+    rf"\b(?i:{_HOLIDAY_PHRASES}|{'|'.join(sorted(HOLIDAY_WORDS, key=len, reverse=True))})"
+    rf"(?:['’]s)?\b(?:[ \t\-]+(?i:(?:de\s+|du\s+|of\s+)?(?:{_HOLIDAY_TAIL}))\b)*(?:,?[ \t]+(?:19|20)\d{{2}}(?!\d))?")
 _MONTH_NAMES = frozenset("""
 january february march april june july august september october november december jan feb mar apr jun jul
 aug sep sept oct nov dec januar februar marz maerz juni juli oktober dezember janvier fevrier mars avril mai
 juin juillet aout septembre octobre novembre decembre januari februari maart augusti marts maj
 ramadan ramzan shawwal muharram safar rajab shaban dhul
-christmas xmas easter whitsun hogmanay thanksgiving midsummer weihnachten ostern pfingsten silvester
-neujahr fasching karneval noel paques toussaint reveillon diwali deepavali holi dussehra navratri eid
-onam pongal lohri shivratri jul paske pasky midsommar juhannus
-""".split())
+""".split()) | HOLIDAY_WORDS
 _ORDINAL_WORDS = re.compile(
     r"(?i:first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|eleventh|twelfth|thirteenth|"
     r"[a-z]+teenth|twentieth|thirtieth|twenty-[a-z]+|thirty-first|ersten|zweiten|dritten|vierten|fünften|"

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 
 from gateway.privacy.vocabulary import detect_language, is_clinical, is_curated_clinical, is_eponym, is_known_word
 from gateway.privacy.words import EPONYM_TAIL
-from gateway.referral.allowlist import is_org_head, judge
+from gateway.referral.allowlist import HOLIDAY_RUN, is_org_head, judge
 from gateway.referral.clinical_terms import CLINICAL_NOUN_AFTER, CLINICAL_VALUE, is_clinical_word
 from gateway.referral.codes import NON_URGENT_FLAGS
 from gateway.referral.document import Referral, Urgency
@@ -69,10 +69,14 @@ _MONTHS = {
     "janv": 1, "fev": 2, "fevr": 2, "avr": 4, "juin": 6, "juil": 7, "aou": 8, "aout": 8, "dece": 12,
     "mars": 3, "maj": 5, "ene": 1, "abr": 4, "ago": 8, "dic": 12,
     # Italian, Dutch, Icelandic (folded: ágúst -> agust)
+    # Finnish (folded: kesäkuu -> kesakuu)
+    "tamm": 1, "helm": 2, "maal": 3, "huht": 4, "touk": 5, "kesa": 6, "hein": 7, "elok": 8, "syys": 9, "loka": 10,
+    "marr": 11, "joul": 12,
     "gen": 1, "maa": 3, "mag": 5, "mei": 5, "giu": 6, "lug": 7, "agu": 8, "set": 9, "ott": 10,
 }
 # English and German month names (the text is folded: "März" reads "Marz").
-_MONTH = (r"(jan(?:uary|uar|uari|vier|v|ner)?|jän(?:ner)?|feb(?:ruary|ruar|ruari)?|fevr(?:ier)?|fev|"
+_MONTH = (r"((?:tammi|helmi|maalis|huhti|touko|kesa|heina|elo|syys|loka|marras|joulu)kuu(?:ta|n|ssa)?|"  # Finnish
+          r"jan(?:uary|uar|uari|vier|v|ner)?|jän(?:ner)?|feb(?:ruary|ruar|ruari)?|fevr(?:ier)?|fev|"
           r"m(?:ar|ae?r)(?:ch|z|s|ts)?|apr(?:il)?|avr(?:il)?|ma[yij]|jun[ei]?|juin|"
           r"jul[yi]?|juil(?:let)?|aug(?:ust|usti)?|aout|sep(?:t(?:ember|embre)?)?|o[ck]t(?:ober|obre)?|"
           r"nov(?:ember|embre)?|de[cz](?:ember|embre)?|"
@@ -608,6 +612,7 @@ class TextScrubber:
                 work.claim(match.start(), match.end(), self._date_token(kind, match.groups()))
         self._replace_pattern(work, _DAY_MONTH_FIGURES, DATE)
         self._replace_pattern(work, _HIJRI_DATE, DATE)
+        self._replace_pattern(work, HOLIDAY_RUN, DATE)  # "Maha Shivratri day", "Easter Monday", "Eid al-Fitr 2024"
         self._replace_pattern(work, _MONTH_IN_PART, DATE, accept=_is_month_word)
         self._replace_pattern(work, _ORDINAL_DAY, DATE)
         self._replace_pattern(work, _DAY_MONTH_SLASH, DATE, accept=self._is_day_and_month)

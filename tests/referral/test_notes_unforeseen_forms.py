@@ -2,9 +2,14 @@
 
 - an eponym of two words ("Pedro Pons sign", "Klippel Feil syndrome") is a clinical term for the scrubber and the
   guard; a name the node holds, or a word after a title or a person's preposition, before the sign is no part of it;
+- a holiday dates an event with the words written as part of it, in the notes' languages and national styles
+  ("Maha Shivratri day", "Easter Monday", "Eid al-Fitr 2024", "Tag der Deutschen Einheit", "lendemain de Noël");
+  a Finnish month name is a month;
 """
 
 from __future__ import annotations
+
+import re
 
 import pytest
 
@@ -42,3 +47,32 @@ def test_a_name_before_an_eponym_still_goes(name, text, gone):
 
 def test_an_ordinary_word_before_an_eponym_is_judged_on_its_own():
     assert _scrubbed("Positive Babinski sign on the left.") == "Positive Babinski sign on the left."
+
+
+@pytest.mark.parametrize("language,text,holiday", [
+    ("en", "Sudden back pain on Maha Shivratri day while lifting water.", "Maha Shivratri day"),
+    ("en", "Fell from a ladder on Easter Monday.", "Easter Monday"),
+    ("en", "Worse since Eid al-Fitr 2024, no trauma.", "Eid al-Fitr 2024"),
+    ("en", "Pain began over the Memorial Day weekend.", "Memorial Day weekend"),
+    ("en", "Symptoms since Good Friday.", "Good Friday"),
+    ("en", "Slipped on ice on St Patrick's Day.", "St Patrick's Day"),
+    ("en", "Lumbago after carrying boxes at Thanksgiving 2023.", "Thanksgiving 2023"),
+    ("de", "Am Rosenmontag auf dem Umzug gestürzt.", "Rosenmontag"),
+    ("de", "Am Tag der Deutschen Einheit beim Wandern gestürzt.", "Tag der Deutschen Einheit"),
+    ("fr", "Chute dans l'escalier le lendemain de Noël.", "lendemain de Noël"),
+    ("fr", "Lombalgie depuis la Toussaint 2023.", "Toussaint 2023"),
+])
+def test_a_holiday_goes_with_the_words_written_as_part_of_it(language, text, holiday):
+    out = _scrubbed(text, language=language)
+    assert "[DATE]" in out, out
+    assert not any(re.search(rf"\b{word}\b", out) for word in holiday.split()), out
+
+
+def test_holiday_words_inside_other_words_stay():
+    assert _scrubbed("Back from holiday, pain on holding the child.") == \
+        "Back from holiday, pain on holding the child."
+
+
+def test_a_finnish_month_name_is_a_month():
+    out = TextScrubber(KnownIdentifiers(), 30, language="en").scrub("Fell on 12 tammikuuta 2024 on ice.")
+    assert out == "Fell on [2024-02-11] on ice.", out
