@@ -55,6 +55,7 @@ def test_an_ordinary_word_before_an_eponym_is_judged_on_its_own():
     ("en", "Worse since Eid al-Fitr 2024, no trauma.", "Eid al-Fitr 2024"),
     ("en", "Pain began over the Memorial Day weekend.", "Memorial Day weekend"),
     ("en", "Symptoms since Good Friday.", "Good Friday"),
+    ("en", "Date: 20th Ramzan, seen in clinic.", "20th Ramzan"),
     ("en", "Slipped on ice on St Patrick's Day.", "St Patrick's Day"),
     ("en", "Lumbago after carrying boxes at Thanksgiving 2023.", "Thanksgiving 2023"),
     ("de", "Am Rosenmontag auf dem Umzug gestürzt.", "Rosenmontag"),
