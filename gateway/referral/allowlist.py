@@ -168,6 +168,8 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
         if token.verdict == "[DATE]" and before.verdict in (_KNOWN, None) and _ORDINAL_WORDS.fullmatch(
                 before.written) and re.fullmatch(r"\s{1,2}(?:of\s)?", view[before.end:token.start]):
             before.verdict = "[DATE]"  # "am dritten Januar", "the thirtieth of October"
+    _particles_inside_names(view, merged)
+    _org_tails(view, merged, capitalised_only=True)  # again: a name removed by the later rules takes its head
     for token in tokens:
         if token.verdict is not _KNOWN:
             yield Judgement(token.start, token.end, token.verdict)
@@ -246,6 +248,35 @@ def _titles_and_credentials_of_names(view: str, tokens: list[_Token]) -> None:
             if after.verdict in (_KNOWN, None) and _CREDENTIAL_AFTER.fullmatch(after.written) and \
                     re.fullmatch(r"\.?,[ \t]", view[token.end:after.start]):
                 after.verdict = "[NAME]"
+
+
+_JOINING_PARTICLES = frozenset("""of and for the de du des la le al el bin von van der den zu y da di dos på af av
+ved et und og och e i""".split())
+_CONJUNCTIONS = frozenset("and und et og och y e i".split())
+
+
+def _particles_inside_names(view: str, tokens: list[_Token]) -> None:
+    """One or two particles between two removed parts of a name on the same line are part of that name
+    ("[Houillères] du [Bassin] du [Nord]", "[Cercle Nautique] et [Touristique]", "[Bank] of the [West]"); a
+    conjunction joins only within an organisation's name ("[Peter] and [Anna]", "[Leeds] and [York]" are two)."""
+    for index, token in enumerate(tokens):
+        if token.verdict not in _NAME_LIKE:
+            continue
+        following = index + 1
+        while following < len(tokens) and following <= index + 2 and tokens[following].verdict in (_KNOWN, None) \
+                and tokens[following].written.lower() in _JOINING_PARTICLES:
+            following += 1
+        if following == index + 1 or following >= len(tokens) or tokens[following].verdict not in _NAME_LIKE:
+            continue
+        between = tokens[index + 1:following]
+        if not all(re.fullmatch(r"[ \t]+", view[a.end:b.start]) for a, b in zip(tokens[index:following],
+                                                                               tokens[index + 1:following + 1])):
+            continue
+        if any(word.written.lower() in _CONJUNCTIONS for word in between) and token.verdict != "[INSTITUTION]":
+            continue  # "[Peter] and [Anna]", "[Leeds] and [York]": two names; "[Cercle Nautique] et ..." is one
+        label = token.verdict if token.verdict != "[MASKED]" else tokens[following].verdict
+        for word in between:
+            word.verdict = label if label != "[MASKED]" else REMOVED
 
 
 def _remove_nicknames(view: str, tokens: list[_Token]) -> None:
@@ -361,7 +392,426 @@ def _spread_over_names(view: str, tokens: list[_Token], language: str, places: C
 _ORG_TAIL = re.compile(
     r"(?i:health|centre|center|station|clinic|hospital|practice|surgery|school|hf|ehf|as|asa|ab|oy|oyj|gmbh|ag|sa|"
     r"sas|sarl|llc|inc|ltd|plc|site|plant|factory|mine|depot|warehouse|unit|ward|laboratory|lab|garage|yard|"
-    r"dairy|mill|works|university|fc|if|bk|ik|sk|club|"
+    r"dairy|mill|works|university|fc|if|bk|ik|sk|club|pd|fd|afb|police|sheriff|precinct|barracks|platoon|company|"
+    r"squadron|battalion|regiment|brigade|"
+    # Nordic heads, alone or at the end of a compound, with or without their definite ending
+    r"[^\W\d_]*(?:legekontor|legesenter|legevakt|lægehus|laegehus|lægepraksis|vårdcentral|vardcentral|vårdcentrum|"
+    r"hälsocentral|halsocentral|kommun|kommune|kyrka|kirke|kirkja|skole|skola|skóli|lasarett|sjukhus|sjukehus|sykehus|"
+    r"sygehus|sairaala|terveysasema|terveyskeskus|fysioterapia|fysioterapi|postterminal|terminal|omsorg|"
+    r"universitet|högskola|hogskola|gymnasium|videregående|videregaende|klubb|sameby|förening|forening|"
+    r"forbund|förbund|rederi|verkstad|verksted|værksted)(?:et|en|an|n|a|t)?)")
+#: Where a place's own lower-case head follows its name: "Hebbal flyover", "Cutbona jetty".
+_PLACE_TAIL = re.compile(r"(?i:flyover|jetty|bridge|junction|chowk|bazaar|quay|pier|harbour|harbor|marina|"
+                         r"roundabout|crossing|underpass|overpass|länken|lanken|leden|broen|bron)")
+_AFFILIATION_CUE = re.compile(
+    r"(?i:\b(?:employer|employed by|works? (?:at|for|in)|worked (?:at|for)|working (?:at|for)|insurer|insured with|"
+    r"carrier|arbeitgeber|dienstgeber|beschäftigt bei|arbeitet bei|versichert bei(?: der)?|chez|pour|travaille à|"
+    r"travaille au|employé (?:à|par)|affiliée? à(?: la)?|arbejder (?:hos|på|for)|arbeider (?:i|på|for|hos)|"
+    r"arbetar (?:på|för|hos)|jobber (?:i|på|for|hos)|drives for|rides for|driver for|rider for|at the|at)"
+    r"\s*[:(]?\s*)$")
+
+
+#: Heads that open an organisation's name in French, German and the Nordic languages (and in English names
+#: built the same way): "hôpital Lariboisière", "centre hospitalier du Chinonais", "Klinik für Neurologie",
+#: "Hausarztpraxis am Lindenkeller", "Institut Gustave-Roussy".
+_HEAD_FIRST = re.compile(
+    r"(?i:hôpital|hopital|hôpitaux|hopitaux|centre|center|clinique|cliniques|cabinet|maternité|maternite|mairie|"
+    r"institut|institute|université|universite|universität|universitat|école|ecole|lycée|lycee|collège|college|"
+    r"caserne|régiment|regiment|bataillon|klinik|kliniken|klinikum|universitätsklinik|universitatsklinik|"
+    r"universitätsklinikum|praxis|hausarztpraxis|gemeinschaftspraxis|physio|physiotherapie|schule|hospital|"
+    r"clinic|school|university|maison|résidence|residence|ehpad|chu|chr|chum|mutualité|mutualite|mutuelle|"
+    r"commission|ministère|ministere|ministerium|sjukhus|sykehus|sygehus|deild|legevakt|fakultät|faculté|"
+    r"boulevard|avenue|rue|chemin|allée|allee|impasse|quai)")
+_STREET_HEAD = re.compile(r"(?i:boulevard|avenue|rue|chemin|allée|allee|impasse|quai)")
+_HEAD_JOINERS = frozenset("""de du des d l la le les et à a au aux en sur für fur am im an der die das dem den
+zum zur of for the and på i av af ved""".split())
+_ROMAN = re.compile(r"(?:I{1,3}|IV|VI{0,3}|IX|X{1,3})")
+
+
+def _head_first_organisations(view: str, tokens: list[_Token]) -> None:
+    """An organisation head followed, within a few lower-case words and particles on the same line, by a name
+    (removed already, or capitalised): the head, the words between and the name go together ("hôpital
+    d'Aurillac", "Centre de santé Henri-Barbusse", "Cabinet de kiné du Port")."""
+    for index, token in enumerate(tokens):
+        if token.verdict not in (_KNOWN, None) or not _HEAD_FIRST.fullmatch(_without_elision(token.written)):
+            continue
+        end = _name_after_head(view, tokens, index)
+        if end is None:
+            continue
+        label = ADDRESS if _STREET_HEAD.fullmatch(_without_elision(token.written)) else "[INSTITUTION]"
+        for word in tokens[index:end + 1]:
+            if word.verdict in (_KNOWN, None):
+                word.verdict = label
+
+
+def _name_after_head(view: str, tokens: list[_Token], index: int) -> int | None:
+    """The index of the last word of the name that follows the head at ``index``, or None."""
+    lower_words = 0
+    position = index + 1
+    while position < len(tokens) and position <= index + 6:
+        token, before = tokens[position], tokens[position - 1]
+        if not re.fullmatch(r"[ \t]{1,2}|['’]|[ \t]?[-–][ \t]?", view[before.end:token.start]):
+            return None
+        bare = _without_elision(token.written)
+        if token.verdict in _NAME_LIKE or (_is_name_word(token) and (tokens[index].written[:1].isupper() or not (
+                is_clinical(token.written) or is_clinical_word(token.written)))):
+            return _end_of_name(view, tokens, position)  # "clinic for Pain" is no name; "Klinik für Neurologie" is
+        if token.written.lower() in _HEAD_JOINERS or bare.lower() in _HEAD_JOINERS:
+            position += 1
+            continue
+        if bare.islower() and token.verdict in (_KNOWN, None) and lower_words < 2:
+            lower_words += 1
+            position += 1
+            continue
+        if bare[:1].isupper() and bare != token.written and bare.isalpha():
+            return _end_of_name(view, tokens, position)  # "d'Aurillac", "l'Arbalète"
+        return None
+    return None
+
+
+def _is_name_word(token: _Token) -> bool:
+    """A capitalised word of letters (no level such as "L4", no acronym of a clinical test)."""
+    word = _without_possessive(token.written)
+    return word[:1].isupper() and any(c.islower() for c in word) and word.replace("-", "").isalpha() \
+        and word.lower() not in _NOT_ABSORBED
+
+
+def _end_of_name(view: str, tokens: list[_Token], position: int) -> int:
+    """The name that starts at ``position`` runs on through capitalised words, removed words, Roman numerals and
+    the particles between them ("Bout du Monde", "Toulouse III – Paul Sabatier")."""
+    last = position
+    probe = position + 1
+    while probe < len(tokens) and re.fullmatch(r"['’]?[ \t]{1,2}|-|[ \t]?[-–][ \t]?",
+                                               view[tokens[probe - 1].end:tokens[probe].start]):
+        token = tokens[probe]
+        if token.verdict in _NAME_LIKE or _is_name_word(token) or _ROMAN.fullmatch(token.written):
+            last = probe
+        elif token.written.lower() not in _HEAD_JOINERS:
+            break
+        probe += 1
+    return last
+
+
+#: The head of a numbered unit: "4 Corps", "3rd Battalion", "1st Bn", "Riverton 4th Ward", "2e régiment".
+_UNIT_HEAD = re.compile(
+    r"(?i:corps|battalion|bn|regiment|regt|brigade|bde|division|div|company|coy|squadron|sqn|platoon|troop|"
+    r"battery|wing|fleet|infantry|rifles|artillery|engineers|signals|para|commando|ward|legion|régiment|"
+    r"bataillon|compagnie|escadron|kompanie|staffel|geschwader|[^\W\d_]*bataillon|precinct|district|local|"
+    r"station|unit|lodge|chapter|post)")
+
+
+def _numbered_units(view: str, tokens: list[_Token]) -> None:
+    """A number or ordinal before a capitalised run that names a unit, or before a name removed already (as a
+    military unit is written: "4 JAT", "14 Sikh Light Infantry"), goes with it; so does the run."""
+    for index, token in enumerate(tokens[:-1]):
+        if token.verdict not in (_KNOWN, None) or not re.fullmatch(r"\d{1,3}(?:st|nd|rd|th|e|er|ème)?", token.written):
+            continue
+        run: list[_Token] = []
+        probe = index + 1
+        while probe < len(tokens) and re.fullmatch(r"\.?/?[ \t]{0,2}|['’][ \t]", view[tokens[probe - 1].end:
+                                                                                      tokens[probe].start]):
+            following = tokens[probe]
+            if not (_is_capitalised(following) and not any(c.isdigit() for c in following.written)):
+                break
+            run.append(following)
+            probe += 1
+        following = tokens[index + 1]
+        if not run and _LOWER_UNIT_HEAD.fullmatch(following.written) and re.fullmatch(r"[ \t]", view[
+                token.end:following.start]):
+            token.verdict = following.verdict = "[INSTITUTION]"  # "2e régiment étranger", "3 bataillon"
+            continue
+        if not run or view[token.end:run[0].start] == "":
+            continue
+        if any(_UNIT_HEAD.fullmatch(t.written) for t in run) or \
+                (run[0].verdict in _NAME_LIKE and not _UNIT_AFTER.match(view, token.end)):
+            for word in [token, *run]:
+                if word.verdict in (_KNOWN, None):
+                    word.verdict = "[INSTITUTION]"
+
+
+_LOWER_UNIT_HEAD = re.compile(r"(?i:régiment|regiment|bataillon|battalion|compagnie|escadron|brigade|kompanie)")
+
+
+def _numbers_after_organisations(view: str, tokens: list[_Token]) -> None:
+    """A number written after an organisation's or a place's name is part of it ("SDIS 35", "IBEW Local 584",
+    "Leeco No. 62", a boat's "VE 15", "Paris 13e", "Saint-Denis (93)"): it goes when no unit follows it."""
+    for index, token in enumerate(tokens[1:], start=1):
+        before = tokens[index - 1]
+        if token.verdict not in (_KNOWN, None) or not re.fullmatch(r"\d{1,4}|\d{1,2}(?:e|ème|eme)", token.written):
+            continue
+        if before.verdict not in _NAME_LIKE or not (before.verdict == "[INSTITUTION]" or before.written.isupper()):
+            continue
+        bracketed = view[before.end:token.start] == " (" and view[token.end:token.end + 1] == ")"
+        if (bracketed or re.fullmatch(r"[ \t]|[ \t]No\.?[ \t]", view[before.end:token.start], re.IGNORECASE)) and \
+                not _UNIT_AFTER.match(view, token.end) and not _DOSE_UNIT.match(view, token.end):
+            token.verdict = "[INSTITUTION]"
+
+
+def _towns_after_removed_names(view: str, tokens: list[_Token], places: Container[str]) -> None:
+    """A known place written after a removed name and a comma, at the end of its clause, is that name's town
+    ("Nuffield Orthopaedic Centre, Oxford", "Dr Nguyen, Paris"), even when it is also a word."""
+    for before, token in zip(tokens, tokens[1:]):
+        if token.verdict not in (_KNOWN, None) or before.verdict not in _NAME_LIKE or not token.written.istitle():
+            continue
+        clause_ends = re.match(r"[ \t]*(?:[.,;)\n]|$)", view[token.end:]) is not None
+        if re.fullmatch(r",[ \t]+", view[before.end:token.start]) and clause_ends \
+                and token.written.lower() in places and not is_clinical_word(token.written):
+            token.verdict = ADDRESS
+
+
+_LEGAL_FORM = re.compile(r"(?i:ltd|inc|llc|plc|gmbh|corp|bv|nv|oy|oyj|sarl|sas|pty|pvt)")
+
+
+def _acronyms_and_forms_beside_organisations(view: str, tokens: list[_Token]) -> None:
+    """A short acronym written against an organisation's or a place's removed name is part of it ("MC Liège",
+    "UZ Brussel", "IF Metall", "Oakland PD", "AP-HM"), unless it is a clinical abbreviation or a state code;
+    so is a legal form after an abbreviation's dot ("Pvt. Ltd.")."""
+    for index, token in enumerate(tokens):
+        if token.verdict not in (_KNOWN, None):
+            continue
+        neighbours = [(tokens[index - 1], view[tokens[index - 1].end:token.start])] if index else []
+        if index + 1 < len(tokens):
+            neighbours.append((tokens[index + 1], view[token.end:tokens[index + 1].start]))
+        beside = [n for n, gap in neighbours if n.verdict in ("[INSTITUTION]", "[MASKED]") and gap in (" ", "-")]
+        if not beside:
+            continue
+        word = token.written
+        if re.fullmatch(r"[A-Z]{2,5}", word) and word not in _STATE_CODES and not is_clinical(word) \
+                and not is_clinical_word(word) and word.lower() not in _NOT_ABSORBED and word.lower() not in TITLES:
+            token.verdict = "[INSTITUTION]"
+    for before, token in zip(tokens, tokens[1:]):
+        if token.verdict in (_KNOWN, None) and before.verdict in _NAME_LIKE and _LEGAL_FORM.fullmatch(token.written) \
+                and re.fullmatch(r"\.?,?[ \t]", view[before.end:token.start]):
+            token.verdict = "[INSTITUTION]"
+
+
+def _org_tails(view: str, tokens: list[_Token], capitalised_only: bool = False) -> None:
+    """An organisation's or a place's head written after its removed name goes with it ("Storhaug legesenter",
+    "[St Anne]'s Ward", "[Oakland] PD", "[Hebbal] flyover")."""
+    for index, token in enumerate(tokens):
+        if token.verdict not in _NAME_LIKE:
+            continue
+        between: list[_Token] = []
+        for before, following in zip(tokens[index:index + 4], tokens[index + 1:index + 5]):
+            gap = view[before.end:following.start]
+            if before is token and following.written == "s" and gap in ("'", "’"):
+                following.start -= 1  # the possessive of a masked name, with its apostrophe: "[St Anne]'s Ward"
+                between.append(following)
+                continue
+            possessive = (before is token and re.fullmatch(r"['’]s?[ \t]", gap) or between[-1:] and
+                          between[-1].written == "s") and following.written[:1].isupper()
+            if between[-1:] and between[-1].written == "s" and not possessive:
+                break
+            if following.verdict not in (_KNOWN, None) or not (re.fullmatch(r"[ \t]", gap) or possessive) or (
+                    capitalised_only and not following.written[:1].isupper()):
+                break
+            tail = _ORG_TAIL.fullmatch(following.written) or _PLACE_TAIL.fullmatch(following.written)
+            if tail is None and following.verdict is None and following.written.islower() and len(between) < 1:
+                between.append(following)  # a word of the name in its own language: "Oulun kaupungin fysioterapia"
+                continue
+            if tail is None:
+                break
+            for word in [*between, following]:
+                word.verdict = "[INSTITUTION]" if _ORG_TAIL.fullmatch(following.written) else ADDRESS
+            between = []
+
+
+def _org_tails_and_cues(view: str, tokens: list[_Token], language: str) -> None:
+    """The lower-case head of an organisation after its removed name ("Storhaug legesenter", "Hervanta health
+    centre") goes with it; so does a capitalised name after an employer's or an insurer's cue ("Employer:
+    Amazon", "works at Tesco", "insurer (Progressive")."""
+    _org_tails(view, tokens)
+    for index, token in enumerate(tokens):
+        if token.verdict not in (_KNOWN, None) or not token.written[:1].isupper() or token.written.isupper():
+            continue
+        if token.written.lower() in _NOT_ABSORBED or token.written.lower() in TITLES:
+            continue
+        if _KIN.search(view[max(0, token.start - 20):token.start]):
+            token.verdict = "[NAME]"
+            following = tokens[index + 1] if index + 1 < len(tokens) else None
+            if following is not None and following.verdict in (_KNOWN, None) and _is_capitalised(following) \
+                    and re.fullmatch(r" ", view[token.end:following.start]) and not following.written.isupper():
+                following.verdict = "[NAME]"
+
+
+#: Ranks, academic and professional titles written before a name ("PD Dr.", "Mag.", "Oberfeldarzt", "Sgt").
+_TITLE_BEFORE = re.compile(
+    r"(?:PD|Mag|Dipl|Ing|DI|OA|OÄ|Prim|Univ|Doz|Sgt|Cpl|Capt|Cpt|Maj|Col|Lt|Det|Insp|Cst|PC|Pte|Spc|Sr|Br|Fr|"
+    r"Rev|Hon|Shri|Smt|Sri|Kum|Staff|Nurse|Sister|Officer|Sergeant|Sergent|Corporal|Captain|Major|Colonel|"
+    r"Lieutenant|Detective|Constable|Private|Conscript|Matron|Adv|Advocate|Er|"
+    r"[^\W\d_]*(?:arzt|ärztin|aerztin|schwester|pfleger|feldwebel|leutnant|hauptmann|meister))")
+#: Credentials written after a name ("Maria Castellanos, DO", "Luis Ortega, PA-C", "Kim R., RN").
+_CREDENTIAL_AFTER = re.compile(
+    r"(?:MD|DO|PA|PA-C|NP|APRN|FNP|FNP-BC|DNP|RN|BSN|LPN|CNA|PT|DPT|OT|OTR|DC|PhD|MBBS|MBChB|MRCP|FRCP|FRCS|"
+    r"FRCR|MRCGP|FRACS|FACS|MS|MCh|DNB|MPT|BPT|CRNA|LCSW|PsyD|Dr\.?\s?med)")
+
+
+def _titles_and_credentials_of_names(view: str, tokens: list[_Token]) -> None:
+    """A rank or a title right before a removed name ("PD Dr. [NAME]", "Oberfeldarzt Dr. [NAME]") and a
+    credential right after it (", DO", ", PA-C") are part of the name as written."""
+    for index, token in enumerate(tokens):
+        if token.verdict not in ("[NAME]", "[MASKED]", REMOVED):
+            continue
+        probe = index - 1
+        while probe >= 0 and re.fullmatch(r"\.?[ \t]{1,2}", view[tokens[probe].end:token.start if probe == index - 1
+                                                                     else tokens[probe + 1].start]):
+            before = tokens[probe]
+            if before.verdict in (_KNOWN, None) and _TITLE_BEFORE.fullmatch(before.written):
+                before.verdict = "[NAME]"
+            elif before.written.lower().rstrip(".") not in ("dr", "prof", "med", "herr", "frau", "mr", "mrs", "ms"):
+                break
+            probe -= 1
+        if index + 1 < len(tokens):
+            after = tokens[index + 1]
+            if after.verdict in (_KNOWN, None) and _CREDENTIAL_AFTER.fullmatch(after.written) and \
+                    re.fullmatch(r"\.?,[ \t]", view[token.end:after.start]):
+                after.verdict = "[NAME]"
+
+
+_JOINING_PARTICLES = frozenset("""of and for the de du des la le al el bin von van der den zu y da di dos på af av
+ved et und og och e i""".split())
+_CONJUNCTIONS = frozenset("and und et og och y e i".split())
+
+
+def _particles_inside_names(view: str, tokens: list[_Token]) -> None:
+    """One or two particles between two removed parts of a name on the same line are part of that name
+    ("[Houillères] du [Bassin] du [Nord]", "[Cercle Nautique] et [Touristique]", "[Bank] of the [West]"); a
+    conjunction joins only within an organisation's name ("[Peter] and [Anna]", "[Leeds] and [York]" are two)."""
+    for index, token in enumerate(tokens):
+        if token.verdict not in _NAME_LIKE:
+            continue
+        following = index + 1
+        while following < len(tokens) and following <= index + 2 and tokens[following].verdict in (_KNOWN, None) \
+                and tokens[following].written.lower() in _JOINING_PARTICLES:
+            following += 1
+        if following == index + 1 or following >= len(tokens) or tokens[following].verdict not in _NAME_LIKE:
+            continue
+        between = tokens[index + 1:following]
+        if not all(re.fullmatch(r"[ \t]+", view[a.end:b.start]) for a, b in zip(tokens[index:following],
+                                                                               tokens[index + 1:following + 1])):
+            continue
+        if any(word.written.lower() in _CONJUNCTIONS for word in between) and token.verdict != "[INSTITUTION]":
+            continue  # "[Peter] and [Anna]", "[Leeds] and [York]": two names; "[Cercle Nautique] et ..." is one
+        label = token.verdict if token.verdict != "[MASKED]" else tokens[following].verdict
+        for word in between:
+            word.verdict = label if label != "[MASKED]" else REMOVED
+
+
+def _remove_nicknames(view: str, tokens: list[_Token]) -> None:
+    """A nickname given in quotes or brackets, or after "known as", goes wherever it is used."""
+    nicknames = {m.group(1) or m.group(2) for m in _NICKNAME.finditer(view)}
+    nicknames |= {word for m in _QUOTED_WORD.finditer(view) for word in m.groups()
+                  if word and not is_curated_clinical(word) and not is_clinical_word(word)}
+    if not nicknames:
+        return
+    for token in tokens:
+        if token.verdict in (_KNOWN, None) and view[token.start:token.end] in nicknames:
+            token.verdict = "[NAME]"
+
+
+@dataclass
+class _Token:
+    start: int
+    end: int
+    written: str
+    verdict: str | None
+
+
+_ORG_HEAD = re.compile(
+    r"(?:hospitals?|clinic|clinics|klinik|klinikum|kliniken|clinique|hôpital|hopital|centre|center|zentrum|"
+    r"institute|institut|university|universität|universite|université|college|school|schule|gymnasium|academy|"
+    r"station|brigade|regiment|battalion|bn|division|corps|company|co|ltd|llc|inc|plc|gmbh|ag|sa|sarl|as|ab|"
+    r"group|services|insurance|versicherung|assurance|bank|club|sc|fc|church|kirche|église|eglise|mosque|temple|"
+    r"practice|praxis|cabinet|surgery|cluster|authority|trust|foundation|stiftung|healthcare|health|medicine|"
+    r"medical|care|pharmacy|apotheke|pharmacie|prison|jail|mine|factory|fabrik|hotel|restaurant|cafe|café|"
+    r"supermarket|store|stores|shop|markets?|farm|garage|airlines?|airways|railways?|police|army|navy|motors|"
+    r"industries|logistics|systems|technologies|solutions|partners|associates|laboratory|laboratories|dairy|"
+    r"rehab|rugby|administration|commission|mutualité|poste|"
+    r"force|forces|team|league|building|house|tower|mall|plaza|park|lake|river|road|street|avenue|lane|"
+    r"drive|way|close|crescent|terrace|gardens|square|estate|village|city|county|district|"
+    r"sanatorium|ordination|hausarztpraxis|gemeinschaftspraxis|mvz|landesstelle|unfallkasse|krankenkasse|kasse|"
+    r"feuerwache|feuerwehr|berufsfeuerwehr|polizei|bundeswehr|bataillon|kompanie|kaserne|stadtwerke|linien|kg|"
+    r"chu|chr|chum|hôpital|hôpitaux|hopitaux|clinique|cabinet|mairie|régiment|regiment|caserne|lycée|lycee|"
+    r"collège|école|ecole|mutualité|mutualite|mutuelle|librairie|boulangerie|pharmacie|usine|"
+    r"sjukhus|sygehus|sykehus|sairaala|vårdcentral|vardcentral|legekontor|lægehus|laegehus|kommune|kommun|"
+    r"hospitals|healthcare|fitness|motors|airways|logistics|solutions|partners|associates|"
+    r"[^\W\d_]*(?:klinik|klinikum|praxis|kasse|wache|bataillon|schule|versicherung|werke|gmbh))$",
+    re.IGNORECASE)
+_PARTICLES = frozenset("of and for the & de du des la le al el bin von van der den zu y da di dos på af av ved".split())
+_STATE_CODES = frozenset(
+    "AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY NC ND "
+    "OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY UK GB US USA UAE KSA NI".split())
+
+
+def is_org_head(word: str) -> bool:
+    """An organisation's head noun ("Center", "Hospitals", "Motors"): what names a place or firm, no eponym."""
+    return _ORG_HEAD.fullmatch(word.lower().rstrip(".")) is not None
+
+
+def is_org_tail(word: str) -> bool:
+    """An organisation's head written after its name, also as the end of a Nordic compound ("centralsjukhus")."""
+    return _ORG_TAIL.fullmatch(word) is not None
+
+
+def _is_capitalised(token: _Token) -> bool:
+    return token.written[:1].isupper() and any(c.isalpha() for c in token.written)
+
+
+def _spread_over_names(view: str, tokens: list[_Token], language: str, places: Container[str]) -> None:
+    """A removed capitalised word takes the capitalised words it stands with (and the particles between
+    them): "Dubai Health", "Blue Cross Blue Shield of Illinois"; a run of capitalised words that ends in an
+    organisation's or a place's head noun goes whole ("National Hospital for Neurology"); a state or country
+    code next to what was removed goes with it ("Marietta, GA"); a token joined to a removed one by a hyphen,
+    slash or dot goes with it ("WC" of "WC3049917284-0001")."""
+    runs = _capitalised_runs(view, tokens)
+    for run in runs:
+        capitals = [t for t in run if _is_capitalised(t)]
+        removed = any(t.verdict in _NAME_LIKE and _is_capitalised(t) for t in run)
+        headed = len(capitals) >= 2 and any(_ORG_HEAD.fullmatch(t.written.rstrip(".")) for t in capitals)
+        headed_by_word = headed and any(_ORG_HEAD.fullmatch(t.written.rstrip(".")) and not t.written.isupper()
+                                        for t in capitals)
+        if (removed and len(capitals) >= 2) or headed:
+            for token in run:
+                short_capitals = token.written.isupper() and len(token.written) <= 5 and not (
+                    headed_by_word and token.written.isalpha() and not is_clinical(token.written)
+                    and not is_clinical_word(token.written) and token.written not in _STATE_CODES)
+                if token.verdict in (_KNOWN, None) and token.written.lower().rstrip(".") not in _NOT_ABSORBED \
+                        and not short_capitals:
+                    token.verdict = REMOVED
+    for index, token in enumerate(tokens[:-1]):
+        after = tokens[index + 1]
+        if token.verdict not in (_KNOWN, None) or after.verdict in (_KNOWN, None) or not _is_capitalised(after):
+            continue
+        gap = view[token.end:after.start]
+        if re.fullmatch(r"\.?/?\s{0,2}", gap) and (re.fullmatch(r"\d{1,4}(?:st|nd|rd|th|e|er|ème)", token.written)
+                                                   or (gap.startswith(".") and token.written.isdigit())):
+            token.verdict = REMOVED  # "82nd Airborne Division", "2e régiment", "3./Panzergrenadierbataillon"
+        elif re.fullmatch(r"\s(?:(?:de|du|des|of|for|am|im|an|der|des)\s)?|\sd['’]", gap) and \
+                _ORG_HEAD.fullmatch(token.written):
+            token.verdict = REMOVED  # "hôpital d'Aurillac", "mairie de Belin-Béliet"
+    _head_first_organisations(view, tokens)
+    _numbered_units(view, tokens)
+    _org_tails_and_cues(view, tokens, language)
+    _numbers_after_organisations(view, tokens)
+    _acronyms_and_forms_beside_organisations(view, tokens)
+    _towns_after_removed_names(view, tokens, places)
+    changed = True
+    while changed:
+        changed = False
+        for index, token in enumerate(tokens):
+            if token.verdict not in (_KNOWN, None):
+                continue
+            if _touches_removed(view, tokens, index) or (
+                    token.written in _STATE_CODES and _next_to_removed(view, tokens, index)):
+                token.verdict = ID if any(c.isdigit() for c in token.written) else REMOVED
+                changed = True
+
+
+_ORG_TAIL = re.compile(
+    r"(?i:health|centre|center|station|clinic|hospital|practice|surgery|school|hf|ehf|as|asa|ab|oy|oyj|gmbh|ag|sa|"
+    r"sas|sarl|llc|inc|ltd|plc|site|plant|factory|mine|depot|warehouse|unit|ward|laboratory|lab|garage|yard|"
+    r"dairy|mill|works|university|fc|if|bk|ik|sk|club|pd|fd|afb|police|sheriff|precinct|barracks|platoon|company|"
+    r"squadron|battalion|regiment|brigade|"
     # Nordic heads, alone or at the end of a compound, with or without their definite ending
     r"[^\W\d_]*(?:legekontor|legesenter|legevakt|lægehus|laegehus|lægepraksis|vårdcentral|vardcentral|vårdcentrum|"
     r"hälsocentral|halsocentral|kommun|kommune|kyrka|kirke|kirkja|skole|skola|skóli|lasarett|sjukhus|sjukehus|sykehus|"
@@ -562,7 +1012,9 @@ def _org_tails_and_cues(view: str, tokens: list[_Token], language: str) -> None:
             continue
         between: list[_Token] = []
         for before, following in zip(tokens[index:index + 4], tokens[index + 1:index + 5]):
-            if following.verdict not in (_KNOWN, None) or not re.fullmatch(r"[ \t]", view[before.end:following.start]):
+            gap = view[before.end:following.start]
+            if following.verdict not in (_KNOWN, None) or not (re.fullmatch(r"[ \t]", gap) or (
+                    before is token and re.fullmatch(r"['’]s?[ \t]", gap))):  # "[St Anne]'s Ward"
                 break
             tail = _ORG_TAIL.fullmatch(following.written) or _PLACE_TAIL.fullmatch(following.written)
             if tail is None and following.verdict is None and following.written.islower() and len(between) < 1:

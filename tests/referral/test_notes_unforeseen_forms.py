@@ -5,6 +5,9 @@
 - a holiday dates an event with the words written as part of it, in the notes' languages and national styles
   ("Maha Shivratri day", "Easter Monday", "Eid al-Fitr 2024", "Tag der Deutschen Einheit", "lendemain de Noël");
   a Finnish month name is a month;
+- an organisation made of ordinary words goes whole: the particles between its removed words ("Houillères du
+  Bassin du Nord", "Cercle Nautique et Touristique du Lacydon") and a head written after it, also after a
+  possessive ("St Anne's Ward", "Oakland PD"), but not an ordinary word after a person's possessive;
 """
 
 from __future__ import annotations
@@ -77,3 +80,21 @@ def test_holiday_words_inside_other_words_stay():
 def test_a_finnish_month_name_is_a_month():
     out = TextScrubber(KnownIdentifiers(), 30, language="en").scrub("Fell on 12 tammikuuta 2024 on ice.")
     assert out == "Fell on [2024-02-11] on ice.", out
+
+
+@pytest.mark.parametrize("language,text,organisation", [
+    ("fr", "Ancien mineur aux Houillères du Bassin du Nord, il décrit une claudication.",
+     "Houillères du Bassin du Nord"),
+    ("fr", "Il fait de la voile au Cercle Nautique et Touristique du Lacydon depuis dix ans.",
+     "Cercle Nautique et Touristique du Lacydon"),
+    ("en", "She was nursed on St Anne's Ward after the fall.", "St Anne's Ward"),
+    ("en", "He is a detective with Oakland PD and drives a lot.", "Oakland PD"),
+])
+def test_an_organisation_of_ordinary_words_goes_whole(language, text, organisation):
+    out = _scrubbed(text, language=language)
+    assert not any(re.search(rf"\b{re.escape(word)}\b", out) for word in re.findall(r"\w+", organisation)
+                   if word not in ("s",)), out
+
+
+def test_an_ordinary_word_after_a_possessive_name_stays():
+    assert "company car" in _scrubbed("Mrs Smith's company car was damaged.")
