@@ -272,11 +272,18 @@ def _particles_inside_names(view: str, tokens: list[_Token]) -> None:
         if not all(re.fullmatch(r"[ \t]+", view[a.end:b.start]) for a, b in zip(tokens[index:following],
                                                                                tokens[index + 1:following + 1])):
             continue
-        if any(word.written.lower() in _CONJUNCTIONS for word in between) and token.verdict != "[INSTITUTION]":
-            continue  # "[Peter] and [Anna]", "[Leeds] and [York]": two names; "[Cercle Nautique] et ..." is one
+        if any(word.written.lower() in _CONJUNCTIONS for word in between) and (
+                token.verdict != "[INSTITUTION]" or _starts_an_organisation(tokens[following:following + 2])):
+            continue  # "[Peter] and [Anna]", "[3rd Battalion] and [7 Corps]": two; "[Cercle Nautique] et ..." is one
         label = token.verdict if token.verdict != "[MASKED]" else tokens[following].verdict
         for word in between:
             word.verdict = label if label != "[MASKED]" else REMOVED
+
+
+def _starts_an_organisation(words: list[_Token]) -> bool:
+    """The words after a conjunction name an organisation of their own: a number or an organisation's head."""
+    return bool(words) and (words[0].written[:1].isdigit() or any(
+        _ORG_HEAD.fullmatch(word.written.rstrip(".")) for word in words))
 
 
 def _remove_nicknames(view: str, tokens: list[_Token]) -> None:
@@ -690,11 +697,18 @@ def _particles_inside_names(view: str, tokens: list[_Token]) -> None:
         if not all(re.fullmatch(r"[ \t]+", view[a.end:b.start]) for a, b in zip(tokens[index:following],
                                                                                tokens[index + 1:following + 1])):
             continue
-        if any(word.written.lower() in _CONJUNCTIONS for word in between) and token.verdict != "[INSTITUTION]":
-            continue  # "[Peter] and [Anna]", "[Leeds] and [York]": two names; "[Cercle Nautique] et ..." is one
+        if any(word.written.lower() in _CONJUNCTIONS for word in between) and (
+                token.verdict != "[INSTITUTION]" or _starts_an_organisation(tokens[following:following + 2])):
+            continue  # "[Peter] and [Anna]", "[3rd Battalion] and [7 Corps]": two; "[Cercle Nautique] et ..." is one
         label = token.verdict if token.verdict != "[MASKED]" else tokens[following].verdict
         for word in between:
             word.verdict = label if label != "[MASKED]" else REMOVED
+
+
+def _starts_an_organisation(words: list[_Token]) -> bool:
+    """The words after a conjunction name an organisation of their own: a number or an organisation's head."""
+    return bool(words) and (words[0].written[:1].isdigit() or any(
+        _ORG_HEAD.fullmatch(word.written.rstrip(".")) for word in words))
 
 
 def _remove_nicknames(view: str, tokens: list[_Token]) -> None:
