@@ -93,6 +93,14 @@ _CLINICAL_ALNUM = re.compile(
     r"q\d{1,2}(?:h|hr|hrs|d|wk|wks|w|mo|m)?)")                          # dosing intervals: q8h, q2wk
 
 
+def _muscle_grade(view: str, match: re.Match[str]) -> bool:
+    """"M4" after a muscle or a movement is a strength grade (M0-M5); a motorway is written after "the" or a
+    preposition ("off the M4", "via M5")."""
+    return re.fullmatch(r"M[0-5]", match.group(0)) is not None and re.search(
+        r"(?i:\b(?:the|on|off|near|via|from|to|onto|along|junction|j)\W*)$",
+        view[max(0, match.start() - 12):match.start()]) is None
+
+
 @dataclass(frozen=True)
 class Judgement:
     """One token the allowlist removes (``token`` its replacement) or keeps unknown (``token`` None); positions
@@ -131,7 +139,7 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
                                                                 for o in whole)]))
     streets = [(m.start(), m.end()) for m in _ROAD.finditer(view) if not any(s <= m.start() < e for s, e in clusters)
                and not re.search(r"(?i:typ|type|grade|ao|class|classe|stadium|stage)\W*$",
-                                 view[max(0, m.start() - 8):m.start()])]
+                                 view[max(0, m.start() - 8):m.start()]) and not _muscle_grade(view, m)]
     streets += [(m.start(), m.end()) for m in _FRENCH_STREET.finditer(view)]
     clusters += streets
     tokens: list[_Token] = []
@@ -356,7 +364,9 @@ def _spread_over_names(view: str, tokens: list[_Token], language: str, places: C
     for run in runs:
         capitals = [t for t in run if _is_capitalised(t)]
         removed = any(t.verdict in _NAME_LIKE and _is_capitalised(t) for t in run)
-        headed = len(capitals) >= 2 and any(_ORG_HEAD.fullmatch(t.written.rstrip(".")) for t in capitals)
+        heads = [t for t in capitals if _ORG_HEAD.fullmatch(t.written.rstrip(".")) and not re.match(
+            r"[ \t]{0,2}\x01", view[t.end:t.end + 3])]  # "Fußheber KG 2/5": a strength grade, no firm's "KG"
+        headed = len(capitals) >= 2 and bool(heads)
         headed_by_word = headed and any(_ORG_HEAD.fullmatch(t.written.rstrip(".")) and not t.written.isupper()
                                         for t in capitals)
         if (removed and len(capitals) >= 2) or headed:
@@ -781,7 +791,9 @@ def _spread_over_names(view: str, tokens: list[_Token], language: str, places: C
     for run in runs:
         capitals = [t for t in run if _is_capitalised(t)]
         removed = any(t.verdict in _NAME_LIKE and _is_capitalised(t) for t in run)
-        headed = len(capitals) >= 2 and any(_ORG_HEAD.fullmatch(t.written.rstrip(".")) for t in capitals)
+        heads = [t for t in capitals if _ORG_HEAD.fullmatch(t.written.rstrip(".")) and not re.match(
+            r"[ \t]{0,2}\x01", view[t.end:t.end + 3])]  # "Fußheber KG 2/5": a strength grade, no firm's "KG"
+        headed = len(capitals) >= 2 and bool(heads)
         headed_by_word = headed and any(_ORG_HEAD.fullmatch(t.written.rstrip(".")) and not t.written.isupper()
                                         for t in capitals)
         if (removed and len(capitals) >= 2) or headed:

@@ -8,6 +8,10 @@
 - an organisation made of ordinary words goes whole: the particles between its removed words ("Houillères du
   Bassin du Nord", "Cercle Nautique et Touristique du Lacydon") and a head written after it, also after a
   possessive ("St Anne's Ward", "Oakland PD"), but not an ordinary word after a person's possessive;
+- a clinical word is known by its form where no list holds it: a Greek or Latin ending ("Dorsalgie",
+  "Laminoplastie") or a German compound with a clinical head ("Sphinktertonus", "Rippenserienfraktur"); a surname
+  built of words ("Steinberg", "Blumenthal") is none; a strength grade is no firm ("Fußheber KG 2/5") and no
+  motorway ("flexion M4"), while "off the M4" is one.
 """
 
 from __future__ import annotations
@@ -98,3 +102,31 @@ def test_an_organisation_of_ordinary_words_goes_whole(language, text, organisati
 
 def test_an_ordinary_word_after_a_possessive_name_stays():
     assert "company car" in _scrubbed("Mrs Smith's company car was damaged.")
+
+
+@pytest.mark.parametrize("word", ["Dorsalgie", "Laminoplastie", "Sequestrektomie", "Hyperkyphose", "Paraparese",
+                                  "Sphinktertonus", "Rippenserienfraktur", "Sinterungsfraktur", "Fußheber"])
+def test_a_clinical_word_is_known_by_its_form(word):
+    from gateway.referral.clinical_terms import is_clinical_word
+
+    assert is_clinical_word(word)
+
+
+@pytest.mark.parametrize("word", ["Steinberg", "Blumenthal", "Rosenthal", "Lindemann", "Schwarzkopf", "Politis"])
+def test_a_surname_built_of_words_is_no_clinical_form(word):
+    from gateway.referral.clinical_terms import is_clinical_word
+
+    assert not is_clinical_word(word)
+
+
+@pytest.mark.parametrize("language,text", [
+    ("de", "Klinisch: Fußheber KG 2/5 rechts, Paraparese KG 3/5 bds., Sphinktertonus vermindert."),
+    ("de", "Kraft Ellbogenflexion M4, Hypästhesie C6, Dorsalgie seit Wochen."),
+    ("fr", "Déficit du triceps sural droit M4, réflexe achilléen aboli."),
+])
+def test_clinical_findings_written_like_firms_or_roads_stay(language, text):
+    assert _scrubbed(text, language=language) == text
+
+
+def test_a_motorway_after_the_is_a_place():
+    assert "M4" not in _scrubbed("Lives just off the M4 and drives daily.")
