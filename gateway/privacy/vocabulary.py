@@ -300,8 +300,8 @@ _CLINICAL_HEAD_MIN = 5  # "-berg", "-mann" are no heads: "Steinberg" stays a nam
 
 def is_clinical_form(word: str) -> bool:
     """``word`` is clinical by its form: a Greek or Latin clinical ending after a stem, or a compound whose head
-    (of five letters or more) is a word of the curated clinical list and whose first part a known word ("Sphinktertonus",
-    "Rippenserienfraktur", "Fußheber")."""
+    (of five letters or more) is a word of the curated clinical list and whose first part a known word
+    ("Sphinktertonus", "Rippenserienfraktur", "Fußheber")."""
     folded = fold(word).strip("'’")
     if _CLINICAL_ENDING.fullmatch(folded):
         return True

@@ -111,7 +111,8 @@ _WEEKDAY = re.compile(r"\b(?:mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun|montag|
 _HIJRI_MONTH = (r"(?:muharram|safar|rabi[\s\-]?(?:al|ul|el)?[\s\-]?(?:awwal|thani|akhir|sani)|"
                 r"jumad[ae][\s\-]?(?:al|ul|el)?[\s\-]?(?:awwal|ula|thani|akhirah?|sani)|rajab|sha['’]?ban|"
                 r"ramadan|ramzan|shawwal|dhu[\s\-]?(?:al|l)?[\s\-]?(?:qi['’]?dah?|hijjah?))")
-_HIJRI_DATE = re.compile(rf"(?<![\d.])\d{{1,2}}(?:st|nd|rd|th)?\s+(?i:{_HIJRI_MONTH})(?:,?\s+\d{{4}}(?:\s*(?:AH|H)\b)?)?")
+_HIJRI_DATE = re.compile(rf"(?<![\d.])\d{{1,2}}(?:st|nd|rd|th)?\s+(?i:{_HIJRI_MONTH})"
+                         rf"(?:,?\s+\d{{4}}(?:\s*(?:AH|H)\b)?)?")
 #: Words written as part of a date just before it: its article ("the 3rd of May"), where in the month it fell
 #: ("early June", "mi-janvier", "Anfang März") and the first day of a range ("du 20 au 24 janvier").
 _DATE_LEAD = re.compile(

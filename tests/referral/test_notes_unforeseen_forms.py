@@ -11,7 +11,9 @@
 - a clinical word is known by its form where no list holds it: a Greek or Latin ending ("Dorsalgie",
   "Laminoplastie") or a German compound with a clinical head ("Sphinktertonus", "Rippenserienfraktur"); a surname
   built of words ("Steinberg", "Blumenthal") is none; a strength grade is no firm ("Fußheber KG 2/5") and no
-  motorway ("flexion M4"), while "off the M4" is one.
+  motorway ("flexion M4"), while "off the M4" is one;
+- for the guard, a surname that is an ordinary word is the name where it is written capitalised ("Mr Baker",
+  "BAKER", "Baker has pain"), not in lower case ("a retired baker"); a rare surname is a hit in any case.
 """
 
 from __future__ import annotations
@@ -130,3 +132,19 @@ def test_clinical_findings_written_like_firms_or_roads_stay(language, text):
 
 def test_a_motorway_after_the_is_a_place():
     assert "M4" not in _scrubbed("Lives just off the M4 and drives daily.")
+
+
+@pytest.mark.parametrize("text,hit", [
+    ("Retired baker, owned a corner shop for 40 years.", False),
+    ("Baker's cyst on the right.", False),
+    ("Mr Baker was seen today.", True),
+    ("BAKER, walks with a stick.", True),
+    ("Baker has pain on walking.", True),
+    ("seen: baker reginald", True),        # with the given name: the name in any case
+])
+def test_the_guard_reads_an_ordinary_word_surname_by_its_capital(text, hit):
+    assert bool(IdentifierSet(patient_names=("Baker^Reginald",)).kinds_found(text)) is hit
+
+
+def test_the_guard_finds_a_rare_surname_in_any_case():
+    assert IdentifierSet(patient_names=("Hargreaves^Tom",)).kinds_found("then hargreaves came") == ["patient name"]
