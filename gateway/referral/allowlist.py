@@ -795,7 +795,7 @@ nationalfeiertag noel paques pentecote toussaint reveillon chandeleur epiphanie 
 nochevieja diwali deepavali deepawali holi dussehra dasara navratri onam pongal lohri shivratri mahashivratri
 chaturthi janmashtami rakhi baisakhi vaisakhi ugadi sankranti bihu chhath gurpurab eid bakrid ramadan ramazan
 ramzan ashura mawlid paske pasky pinse midsommar midsommarafton juhannus joulu jouluaatto vappu juleaften
-julaften juledag julafton juldagen nytarsaften nyarsafton nytarsdag nyarsdagen pinsedag paskedag grundlovsdag
+julaften juledag julafton juldagen walpurgis walpurgisnacht valborg nytarsaften nyarsafton nytarsdag nyarsdagen pinsedag paskedag grundlovsdag
 """.split())
 #: Holidays of more than one word, none of them a holiday word alone.
 _HOLIDAY_PHRASES = (r"good\s+friday|shrove\s+tuesday|ash\s+wednesday|maundy\s+thursday|palm\s+sunday|"
@@ -803,6 +803,7 @@ _HOLIDAY_PHRASES = (r"good\s+friday|shrove\s+tuesday|ash\s+wednesday|maundy\s+th
                     r"jour\s+de\s+l['’]an|saint[\s\-]sylvestre|f[eê]te\s+(?:nationale|du\s+travail)|"
                     r"tag\s+der\s+(?:arbeit|deutschen\s+einheit)|semana\s+santa|store\s+bededag|"
                     r"kristi\s+himmelfartsdag|sankt\s?hans|guy\s+fawkes|burns\s+night|bonfire\s+night|"
+                    r"fourth\s+of\s+july|f[eê]te\s+du\s+canada|je[uû]ne\s+genevois|canada\s+day|"
                     r"(?:independence|republic|national|liberation|labou?r|memorial|veterans|remembrance|anzac|"
                     r"bastille|armistice|mother['’]s|father['’]s|valentine['’]s|(?:st\.?|saint)\s+[a-z]+['’]s)"
                     r"\s+day")
@@ -811,7 +812,8 @@ _HOLIDAY_PHRASES = (r"good\s+friday|shrove\s+tuesday|ash\s+wednesday|maundy\s+th
 #: year ("Boxing Day 2023" with its year is shifted by the scrubber's date patterns first).
 _HOLIDAY_LEAD = (r"maha|good|holy|palm|ash|shrove|maundy|easter|whit|ganesh|vinayaka|makar|raksha|durga|karwa|"
                  r"karva|bhai|gudi|yom|rosh|eid|chinese|lunar|hari|guru|mardi|lundi|veille|lendemain|"
-                 r"reveillon|st\.?|saint|sankt|new\s+year['’]?s?")
+                 r"reveillon|st\.?|saint|sankt|new\s+year['’]?s?|soir|nuit|matin|"
+                 r"(?:the\s+)?(?:first|second|third|last)\s+(?:day|days|night|week|weekend)(?:\s+of)?")
 _HOLIDAY_TAIL = (r"day|eve|night|weekend|morning|holidays?|break|vacation|monday|sunday|friday|saturday|"
                  r"al[\-\s]fitr|al[\-\s]adha|ul[\-\s]fitr|ul[\-\s]adha|ul[\-\s]azha|bandhan|padwa|puja|"
                  r"chauth|dooj|jayanti|purnima|ferien|feiertage?|abend|montag|sonntag|dag|dagen|aften|afton")

@@ -71,6 +71,9 @@ def test_an_ordinary_word_before_an_eponym_is_judged_on_its_own():
     ("de", "Am Tag der Deutschen Einheit beim Wandern gestürzt.", "Tag der Deutschen Einheit"),
     ("fr", "Chute dans l'escalier le lendemain de Noël.", "lendemain de Noël"),
     ("fr", "Lombalgie depuis la Toussaint 2023.", "Toussaint 2023"),
+    ("fr", "Chute dans l'escalier le soir du réveillon.", "soir du réveillon"),
+    ("en", "Fell on the first day of Eid al-Fitr, no head injury.", "first day of Eid al-Fitr"),
+    ("en", "Born on Walpurgis Night 1990 in a small town.", "Walpurgis Night 1990"),
 ])
 def test_a_holiday_goes_with_the_words_written_as_part_of_it(language, text, holiday):
     out = _scrubbed(text, language=language)
