@@ -795,7 +795,8 @@ nationalfeiertag noel paques pentecote toussaint reveillon chandeleur epiphanie 
 nochevieja diwali deepavali deepawali holi dussehra dasara navratri onam pongal lohri shivratri mahashivratri
 chaturthi janmashtami rakhi baisakhi vaisakhi ugadi sankranti bihu chhath gurpurab eid bakrid ramadan ramazan
 ramzan ashura mawlid paske pasky pinse midsommar midsommarafton juhannus joulu jouluaatto vappu juleaften
-julaften juledag julafton juldagen walpurgis walpurgisnacht valborg nytarsaften nyarsafton nytarsdag nyarsdagen pinsedag paskedag grundlovsdag
+julaften juledag julafton juldagen walpurgis walpurgisnacht valborg nytarsaften nyarsafton nytarsdag nyarsdagen
+pinsedag paskedag grundlovsdag
 """.split())
 #: Holidays of more than one word, none of them a holiday word alone.
 _HOLIDAY_PHRASES = (r"good\s+friday|shrove\s+tuesday|ash\s+wednesday|maundy\s+thursday|palm\s+sunday|"
