@@ -177,6 +177,7 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
                 before.written) and re.fullmatch(r"\s{1,2}(?:of\s)?", view[before.end:token.start]):
             before.verdict = "[DATE]"  # "am dritten Januar", "the thirtieth of October"
     _particles_inside_names(view, merged)
+    _house_numbers_of_streets(view, merged)
     _org_tails(view, merged, capitalised_only=True)  # again: a name removed by the later rules takes its head
     for token in tokens:
         if token.verdict is not _KNOWN:
@@ -286,6 +287,33 @@ def _particles_inside_names(view: str, tokens: list[_Token]) -> None:
         label = token.verdict if token.verdict != "[MASKED]" else tokens[following].verdict
         for word in between:
             word.verdict = label if label != "[MASKED]" else REMOVED
+
+
+#: A street's head written as its own word after the street's name: "Bygdøy allé", "Kongens gate".
+_STREET_WORD = re.compile(r"(?i:all[ée]|alle|vej|gade|gate|gata|gatan|v[äa]g|v[äa]gen|veien|vegen|weg|platz|plads|"
+                          r"torv|torget|stra(?:ss|ß)e|str|gasse|ring|damm|ufer|kuja|katu|tie)\.?")
+
+
+def _house_numbers_of_streets(view: str, tokens: list[_Token]) -> None:
+    """A street removed takes its own head written as a word after it ("[Bygdøy] allé") and its house number
+    written right before or after it ("4 [place du Marché]", "[Kieler Straße] 40"), not a count with its unit."""
+    for index, token in enumerate(tokens):
+        street = token.verdict == ADDRESS or (token.verdict == "[CLUSTER]" and _FRENCH_STREET.match(view, token.start))
+        after = tokens[index + 1] if index + 1 < len(tokens) else None
+        if token.verdict in _NAME_LIKE and after is not None and after.verdict in (_KNOWN, None) and \
+                _STREET_WORD.fullmatch(after.written) and view[token.end:after.start] == " ":
+            after.verdict = token.verdict = ADDRESS
+            street, token = True, after
+            after = tokens[index + 2] if index + 2 < len(tokens) else None
+        if not street:
+            continue
+        for number in (tokens[index - 1] if index else None, after):
+            if number is None or number.verdict not in (_KNOWN, None) or \
+                    not re.fullmatch(r"\d{1,4}[a-zA-Z]?", number.written):
+                continue
+            gap = view[number.end:token.start] if number.end <= token.start else view[token.end:number.start]
+            if gap == " " and not _UNIT_AFTER.match(view, number.end):
+                number.verdict = ADDRESS
 
 
 def _starts_an_organisation(words: list[_Token]) -> bool:

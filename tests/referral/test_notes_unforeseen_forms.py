@@ -13,6 +13,8 @@
   "Laminoplastie") or a German compound with a clinical head ("Sphinktertonus", "Rippenserienfraktur"); a surname
   built of words ("Steinberg", "Blumenthal") is none; a strength grade is no firm ("Fußheber KG 2/5") and no
   motorway ("flexion M4"), while "off the M4" is one;
+- a street removed takes its head written as a word after it ("Bygdøy allé") and its house number before or after
+  it ("4 place du Marché", "Kieler Straße 40"); a count after a place ("Leeds 3 days a week") stays;
 - for the guard, a surname that is an ordinary word is the name where it is written capitalised ("Mr Baker",
   "BAKER", "Baker has pain"), not in lower case ("a retired baker"); a rare surname is a hit in any case.
 """
@@ -139,3 +141,17 @@ def test_the_guard_reads_an_ordinary_word_surname_by_its_capital(text, hit):
 
 def test_the_guard_finds_a_rare_surname_in_any_case():
     assert IdentifierSet(patient_names=("Hargreaves^Tom",)).kinds_found("then hargreaves came") == ["patient name"]
+
+
+@pytest.mark.parametrize("language,text,gone", [
+    ("de", "Wohnhaft Kieler Straße 40, Hamburg, seit Jahren.", ("Kieler", "40")),
+    ("fr", "Domicilié 4 place du Marché à Vevey depuis 2010.", ("4", "Marché")),
+    ("en", "Address: Bygdøy allé 5, Oslo.", ("Bygdøy", "allé", "5")),
+])
+def test_a_street_goes_with_its_head_and_house_number(language, text, gone):
+    out = _scrubbed(text, language=language)
+    assert not any(re.search(rf"(?<!\w){re.escape(word)}(?!\w)", out) for word in gone), out
+
+
+def test_a_count_after_a_place_stays():
+    assert "3 days a week" in _scrubbed("Works in Leeds 3 days a week.")
