@@ -24,9 +24,9 @@ pytestmark = pytest.mark.slow  # scores each corpus half: a minute or more of sc
 #: Raised after the eponym, name-form, script and acronym rules of session 34 (measured the same way): told names
 #: 98.1 %, organisations not told 92.1 %, dates not told 94.2 %, clinical terms kept 95.7 %.
 #: Raised after the two-word eponym, holiday, particle, organisation-head and clinical-form rules of session 35:
-#: organisations not told 92.5 %, dates not told 94.8 %, clinical terms kept 96.4 %.
+#: places not told 93.4 %, organisations not told 92.5 %, dates not told 94.8 %, clinical terms kept 96.4 %.
 HELDOUT_FLOORS = {
-    ("name", True): 0.97, ("name", False): 0.95, ("place", True): 0.97, ("place", False): 0.91,
+    ("name", True): 0.97, ("name", False): 0.95, ("place", True): 0.97, ("place", False): 0.93,
     ("org", False): 0.92, ("date", True): 0.98, ("date", False): 0.94, ("id", True): 0.99, ("id", False): 0.91,
     ("phone", True): 0.99, ("phone", False): 0.99,
 }
