@@ -388,8 +388,10 @@ def _start_worker(node_pid: int, initializer: Callable[..., None], *initargs: An
 
 
 def default_workers() -> int:
-    """One worker per core but one (left to the DICOM receiver), at least one."""
-    return max(1, (os.cpu_count() or 1) - 1)
+    """One worker per core. The stage works on a study once its instances have stopped coming (at completion, or
+    early once it pauses), so the workers seldom compete with its receiving threads; on two cores a second
+    worker took the 300-instance study through the pool in 6.2 s instead of 8.6 s (bench/deid.py, issue 29)."""
+    return max(1, os.cpu_count() or 1)
 
 
 def deid_pool(options: DeidOptions, secret: bytes, workers: int | None = None) -> WorkPool:
