@@ -33,6 +33,7 @@ from pydicom.dataset import Dataset
 
 from gateway.deid.errors import IdentifierLeakError
 from gateway.deid.pseudonym import is_standard_uid
+from gateway.dicom import undecoded
 from gateway.dicom.vr import TEXT_VRS
 from gateway.privacy.identifiers import IdentifierSet
 
@@ -298,18 +299,18 @@ def _parse_date(value: object) -> date | None:
         return None
 
 
-def _elements(dataset: Dataset) -> Iterator[DataElement]:
-    """Every element of ``dataset`` and of its sequences' items, as ``_walk`` (without the paths)."""
-    for elem in dataset:
+def _uid_elements(dataset: Dataset) -> Iterator[DataElement]:
+    """Every UI element of ``dataset`` and of its sequences' items (others may be left out undecoded)."""
+    for elem in undecoded.elements(dataset, lambda tag, vr: vr == "UI"):
         if elem.VR == "SQ":
             for item in elem.value:
-                yield from _elements(item)
+                yield from _uid_elements(item)
         else:
             yield elem
 
 
 def _instance_uids(dataset: Dataset) -> Iterator[str]:
-    for elem in _elements(dataset):
+    for elem in _uid_elements(dataset):
         if elem.VR != "UI" or elem.VM == 0:
             continue
         keyword = _keyword(elem.tag)
