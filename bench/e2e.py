@@ -22,7 +22,16 @@ source's storescp (playing the PACS), and from the gateway's ``report_received``
 TCP_NODELAY=1 for the DCMTK tools and Orthanc; the gateway sets it on its own sockets. Run as root through
 ``scripts/in-private-net.sh`` (servers in a network namespace with only loopback):
 
-    scripts/in-private-net.sh .venv/bin/python bench/e2e.py [--runs 5] [--instances 300] [--poll-only]
+    scripts/in-private-net.sh .venv/bin/python bench/e2e.py [--runs 5] [--instances 300] [--stable-s 2] [--poll-only]
+    scripts/in-private-net.sh .venv/bin/python bench/e2e.py --sustained --stable-s 2 --runs 1
+
+``--stable-s S`` sets the gateway's ``routing.stable_after_s`` (subtracted as before): with the shipped 60 s, the
+de-identification runs during the wait and does not show; with 2 s it does. ``--deid-workers N`` sets ``deid.workers``.
+
+``--sustained`` times, instead, 10 different 300-instance studies (``--instances``) sent by 5 storescu senders at once,
+each sending its two studies back to back: until every case (with its notes) is at the reviewer, against Orthanc
+receiving the same studies, each anonymized (``/anonymize``) and forwarded the moment its sender is done; the
+gateway's stability wait is subtracted once (the last study's).
 
 ``--poll-only`` also times the gateway with ``routing.wakeups: false`` (the shipped poll alone), for comparison.
 ``--priors N`` also times the gateway with priors: an Orthanc of its own plays the source's PACS (``query_retrieve``)

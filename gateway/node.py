@@ -126,7 +126,7 @@ class GatewayNode:
         self._start_listeners()  # before the SCP: whoever sees the DICOM port answer finds HTTP up too
         self.server = start_scp(self.config.node, handlers)
         self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)
-        self._notes_workers()  # started by the first case's notes (gateway.budget): no memory until needed
+        self._notes_workers()  # started when a first case arrives (the notes stage): no memory until then
         self.scheduler.start()
         self._start_wakeups()
         self._start_receivers()
