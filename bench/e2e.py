@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -61,7 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the suite's process helpers: real peers started and stopped by PID
 sys.path.insert(0, str(REPO / "bench"))
 
-from ingest import CACHE, study  # noqa: E402
+from ingest import cached_study, study  # noqa: E402
 
 from gateway.demo import DemoPatient, write_demo_study  # noqa: E402
 from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc, storescu, wait_until  # noqa: E402
@@ -198,16 +197,9 @@ SUSTAINED_SENDERS = 5
 
 def sustained_studies(instances: int) -> list[list[Path]]:
     """``SUSTAINED_STUDIES`` different studies (patients, accessions, UIDs, pixels), cached beside ``study``'s."""
-    studies = []
-    for number in range(SUSTAINED_STUDIES):
-        folder = CACHE / f"sustained-{instances}-{number}"
-        files = sorted(folder.glob("*.dcm"))
-        if len(files) != instances:
-            shutil.rmtree(folder, ignore_errors=True)
-            patient = DemoPatient(patient_id=f"MRN{7000000 + number}", accession=f"A8{number:06d}")
-            files = write_demo_study(folder, instances, seed=200 + number, patient=patient)
-        studies.append(files)
-    return studies
+    return [cached_study(f"sustained-{instances}-{number}", instances, 200 + number,
+                         DemoPatient(patient_id=f"MRN{7000000 + number}", accession=f"A8{number:06d}"))
+            for number in range(SUSTAINED_STUDIES)]
 
 
 def send_back_to_back(port: int, studies: list[list[Path]], called: str,
