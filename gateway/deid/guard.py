@@ -181,15 +181,20 @@ def find_leaks(dataset: Dataset, identifiers: PatientIdentifiers | IdentifierSet
     """
     if isinstance(identifiers, IdentifierSet):
         return _find_in_case(dataset, identifiers)
-    return find_leaks_in_texts(searchable_values(dataset, pdf=False), identifiers)
+    patterns = _compile(identifiers)
+    if not patterns:
+        return []  # nothing to look for: the dataset is not even walked
+    return _leaks(searchable_values(dataset, pdf=False), patterns)
 
 
 def find_leaks_in_texts(values: Iterable[tuple[str, str]], identifiers: PatientIdentifiers) -> list[Leak]:
     """Every identifier of ``identifiers`` (one instance's) in ``values`` ((attribute path, text) pairs, as
     :func:`searchable_values` gives them), as :func:`find_leaks` reports them."""
-    patterns = _compile(identifiers)
-    if not patterns:
-        return []
+    return _leaks(values, _compile(identifiers))
+
+
+def _leaks(values: Iterable[tuple[str, str]], patterns: list[tuple[str, re.Pattern[str] | _UidMatcher]]
+           ) -> list[Leak]:
     return [Leak(path, kind) for path, text in values for kind, pattern in patterns if pattern.search(text)]
 
 
