@@ -9,21 +9,13 @@ import pytest
 from gateway.accounts import users as accounts
 from gateway.accounts.users import AccountError, add_user, check_password, disable_user, list_users
 from gateway.config import GatewayConfig
-from gateway.storage.models import MIGRATIONS, SchemaVersion, WebUser, db, make_database, migrate, open_database
+from gateway.storage.models import MIGRATIONS, SchemaVersion, WebUser, db, make_database, migrate
 from gateway.web.auth import LoginLimiter, session_of, start_session
 from gateway.web.forms import parse_referral_form, parse_report_form
 
 CONFIG = GatewayConfig.model_validate({
     "sources": [{"name": "st-marys", "ae_title": "HOSP_PACS"}],
     "reviewers": [{"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": 4243}]})
-
-
-@pytest.fixture
-def database(tmp_path):
-    database = open_database(f"sqlite:///{tmp_path}/gw.db", max_connections=2)
-    with db.connection_context():
-        yield database
-    database.close_all()
 
 
 def test_password_checks_hash_at_the_lowest_cpu_priority_one_per_address(database):
