@@ -207,9 +207,9 @@ class GatewayNode:
             # the re-identified report also as HL7 ORU^R01 to sources with hl7_results (issue 25)
             OruStage.of(config, self.spool, context=context),
             # Storage Commitment (issue 25): the reports of the requests the SCP kept
-            CommitmentStage(config, context=context),
+            CommitmentStage.of(config, context=context),
             # critical results (issue 27): notices by e-mail and webhook, escalation to the operators
-            CriticalNoticeStage(config, context=context),
+            CriticalNoticeStage(config.critical, context=context),
             *self._audit_export(),
         ]
 

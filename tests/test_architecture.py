@@ -283,3 +283,45 @@ cases.move(None, "x")
     assert globals_reached(source, "gateway.scp.handlers") == {
         "gateway.storage.models.db", "gateway.ops.metrics.METRICS", "gateway.storage.wakeup.notify",
         "gateway.storage.cases.set_node_identity"}
+
+
+def whole_config_takers(source: str) -> set[str]:
+    """The classes of ``source`` with a ``run_once`` (a stage) whose constructor takes the whole configuration
+    (a parameter annotated ``GatewayConfig``)."""
+    found = set()
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        methods = {item.name: item for item in node.body if isinstance(item, ast.FunctionDef)}
+        init = methods.get("__init__")
+        if "run_once" not in methods or init is None:
+            continue
+        arguments = [*init.args.args, *init.args.kwonlyargs]
+        if any(argument.annotation is not None and "GatewayConfig" in ast.unparse(argument.annotation)
+               for argument in arguments):
+            found.add(node.name)
+    return found
+
+
+def test_every_stage_takes_the_sections_it_uses():
+    """A stage's constructor takes the configuration's sections it reads, never the whole object; a stage that
+    reads several picks them in a classmethod ``of(config)`` (``PriorsStage.of``)."""
+    takers = sorted(f"{module}: {name}" for module, path in MODULES.items() if module.startswith("gateway.stages")
+                    for name in whole_config_takers(path.read_text(encoding="utf-8")))
+    assert not takers, "stages taking the whole configuration:\n" + "\n".join(takers)
+
+
+def test_the_whole_config_finder_finds_a_stage_taking_it():
+    source = """
+class Taker:
+    def __init__(self, config: GatewayConfig, *, context=None): ...
+    def run_once(self, now): ...
+class Picker:
+    def __init__(self, routing: RoutingConfig): ...
+    @classmethod
+    def of(cls, config: GatewayConfig): ...
+    def run_once(self, now): ...
+class NotAStage:
+    def __init__(self, config: GatewayConfig): ...
+"""
+    assert whole_config_takers(source) == {"Taker"}
