@@ -221,7 +221,7 @@ PROCESS_GLOBALS: dict[str, frozenset[str]] = {
         node.name for node in ast.parse((GATEWAY / "ops" / "metrics.py").read_text(encoding="utf-8")).body
         if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")),
     "gateway.storage.wakeup": frozenset({"install", "current", "notify", "wake_at", "again_after_lease"}),
-    "gateway.storage.cases": frozenset({"set_node_identity", "process_owner", "node_identity"}),
+    "gateway.storage.cases": frozenset({"process_owner"}),
 }
 SERVERS = ("gateway.scp", "gateway.http", "gateway.web", "gateway.dicomweb")
 # A process's entry binds the models' proxy and installs its context, as gateway/node.py does for the node.
@@ -277,12 +277,12 @@ import gateway.storage.cases as cases
 from ..ops.metrics import METRICS
 metrics.METRICS.record_instance("stored", 1, 0.1)
 hub.notify("report")
-cases.set_node_identity("n")
+cases.claim(None, "x", owner=cases.process_owner())
 cases.move(None, "x")
 """
     assert globals_reached(source, "gateway.scp.handlers") == {
         "gateway.storage.models.db", "gateway.ops.metrics.METRICS", "gateway.storage.wakeup.notify",
-        "gateway.storage.cases.set_node_identity"}
+        "gateway.storage.cases.process_owner"}
 
 
 def whole_config_takers(source: str) -> set[str]:

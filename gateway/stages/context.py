@@ -47,9 +47,8 @@ class NodeContext:
         return self.owner.lease
 
     def install(self) -> None:
-        """Hand the owner and the wake-up hub to the code that reads the process's globals (see the module's
-        docstring); the node calls it once, at start, and ``uninstall`` at stop."""
-        cases.set_node_identity(self.owner.node_id, self.owner.lease.total_seconds())
+        """Hand the wake-up hub to the code that reads the process's (see the module's docstring); the node calls
+        it once, at start, and ``uninstall`` at stop."""
         wakeup.install(self.wakeups)
 
     def uninstall(self) -> None:

@@ -107,9 +107,9 @@ DEFAULT_POLICY = FailurePolicy()
 
 
 def run_case_stage(stage: CaseStage, now: dt.datetime, policy: FailurePolicy = DEFAULT_POLICY, *,
-                   owner: cases.LeaseOwner | None = None) -> int:
-    """One run of ``stage``: its ``prepare``, then each due case claimed (by ``owner``, the node's; else the
-    process's) and stepped on its own."""
+                   owner: cases.LeaseOwner) -> int:
+    """One run of ``stage``: its ``prepare``, then each due case claimed by ``owner`` (its context's) and stepped
+    on its own."""
     prepare = getattr(stage, "prepare", None)
     moved = prepare(now) if prepare is not None else 0
     claim_condition = getattr(stage, "claim_condition", None)
@@ -189,7 +189,7 @@ class StageLoop:
     def run_once(self, now: dt.datetime) -> int:
         """One run (the caller holds a database connection)."""
         if isinstance(self.stage, CaseStage):
-            owner = self.context.owner if self.context is not None else None
+            owner = (self.context or NodeContext.of_process()).owner
             return run_case_stage(self.stage, now, self.policy, owner=owner)
         return self.stage.run_once(now)
 
