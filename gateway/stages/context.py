@@ -15,11 +15,12 @@ the context read from those globals at the moment it is used.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 
 import peewee
 
-from gateway.ops.metrics import METRICS, GatewayMetrics
+from gateway.ops.metrics import GatewayMetrics
 from gateway.storage import cases, wakeup
 from gateway.storage.models import db
 
@@ -36,7 +37,7 @@ class NodeContext:
     @classmethod
     def of_process(cls) -> NodeContext:
         """The context of a process that built none (a test, a CLI command): its globals as they are now."""
-        return cls(db, cases.process_owner(), wakeup.current(), METRICS)
+        return cls(db, cases.process_owner(), wakeup.current(), _process_metrics())
 
     @property
     def node_id(self) -> str:
@@ -64,6 +65,13 @@ class NodeContext:
         """Work under ``topic`` becomes due at ``when`` (naive UTC); None, or wake-ups off: the poll finds it."""
         if self.wakeups is not None and when is not None:
             self.wakeups.wake_at(topic, when)
+
+
+@functools.cache
+def _process_metrics() -> GatewayMetrics:
+    """What a process that built no context counts on (a test, a CLI command): one registry, which nothing
+    renders. A node counts on the one it builds and hands in its context, never on this."""
+    return GatewayMetrics()
 
 
 class WithNodeContext:

@@ -9,7 +9,7 @@ import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from gateway.config import GatewayConfig, ReviewerConfig, RoutingConfig
-from gateway.ops.metrics import METRICS, GatewayMetrics
+from gateway.ops.metrics import GatewayMetrics
 from gateway.stages.assign import AssignmentStage
 from gateway.stages.completion import CompletionStage
 from gateway.stages.context import NodeContext
@@ -111,7 +111,8 @@ def test_install_hands_the_hub_to_the_process_and_uninstall_takes_it_back(contex
     try:
         context.install()
         assert wakeup.current() is context.wakeups
-        assert NodeContext.of_process().wakeups is context.wakeups and NodeContext.of_process().metrics is METRICS
+        assert NodeContext.of_process().wakeups is context.wakeups
+        assert NodeContext.of_process().metrics is NodeContext.of_process().metrics is not context.metrics
         assert NodeContext.of_process().owner == cases.process_owner() != context.owner
         context.uninstall()
         assert wakeup.current() is None
@@ -133,6 +134,26 @@ def test_a_case_stage_run_alone_claims_with_the_owner_of_its_context(context, tm
         stage.step = lambda case, now: holders.append(Study.get_by_id(case.id).claimed_by) or False
         stage.run_once(utcnow())
     assert holders == ["node-ctx-11112/deid"]
+
+
+def test_each_node_builds_its_own_metrics(tmp_path):
+    """The node's metrics are its context's, built by the node: no module-level registry, so two nodes in one
+    process (tests) count apart, and a context-less process's counts never reach a node's ``/metrics``."""
+    from gateway import node as node_module
+    from gateway.ops import metrics as metrics_module
+
+    assert not any(isinstance(value, GatewayMetrics) for value in vars(metrics_module).values())
+    config = GatewayConfig.model_validate({"storage": {"database": f"sqlite:///{tmp_path}/gw.db",
+                                                       "spool_dir": str(tmp_path / "spool")},
+                                           "routing": {"wakeups": False},
+                                           "sources": [{"name": "st-marys", "ae_title": "STMARYS_PACS"}]})
+    database = open_database(config.storage.database, max_connections=2)
+    try:
+        first, second = (node_module.GatewayNode(config)._node_context(database) for _ in range(2))
+    finally:
+        database.close()
+    assert first.metrics is not second.metrics
+    assert NodeContext.of_process().metrics not in (first.metrics, second.metrics)
 
 
 def test_a_stage_built_without_a_context_reads_the_process_as_it_is_when_used(context):
