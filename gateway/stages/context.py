@@ -1,15 +1,16 @@
 """The node context: what a running node shares with its stages and servers, built once by ``gateway/node.py``.
 
 It holds the open database, who claims cases and for how long (``cases.LeaseOwner``), the wake-up hub and the
-metrics. The stages and servers get it as a constructor argument and use it, instead of reaching module
-globals. Some globals stay, because code that is not handed a context reads them: the peewee models are bound
-to ``models.db`` (a proxy ``open_database`` initialises), and the case state machine's claims and ``cases.move``'s
-wake-ups are called from libraries, the CLI and the receiving processes. Each of
-those has one setter, called by :meth:`NodeContext.install` in the node and by the entry of the receiving
-process (``gateway.scp.receiving_process``) or of a CLI command (``gateway.cli.common``).
+metrics, all built by the node. The stages and servers get it as a constructor argument and use it, instead of
+reaching module globals; every claim names its owner. Two globals stay, because code that is not handed a
+context reads them: the peewee models are bound to ``models.db`` (a proxy ``open_database`` initialises), and
+``cases.move``'s wake-ups are called from libraries, the CLI and the receiving processes. The hub has one
+setter, called by :meth:`NodeContext.install` in the node and by the entry of the receiving process
+(``gateway.scp.receiving_process``) or of a CLI command (``gateway.cli.common``).
 
-A stage built without a context (tests, the CLI, the portal's actions) uses :meth:`NodeContext.of_process`,
-the context read from those globals at the moment it is used.
+A stage built without a context (tests, the CLI) uses :meth:`NodeContext.of_process`, read at the moment it is
+used: the models' database, the hub installed then, the process's owner ``<host>:<pid>`` and metrics of the
+process's own, which nothing renders.
 """
 
 from __future__ import annotations
