@@ -183,7 +183,7 @@ def portal_routes(config: GatewayConfig, spool: Spool, context: NodeContext) -> 
     """The portal's pages and static files, for the node's one HTTP application
     (:func:`gateway.http.app.build_application`, with :func:`error_page` for its 404 and 405). ``context``: the
     node's (the pages' database connections; the stages a page runs)."""
-    from gateway.web import ops, referrer, reviewer, signin
+    from gateway.web import claims, ops, referrer, reviewer, signin
 
     http = config.http
     limiter = auth.LoginLimiter(http.login_attempts_per_minute, http.login_attempts_per_address_per_minute,
@@ -191,7 +191,7 @@ def portal_routes(config: GatewayConfig, spool: Spool, context: NodeContext) -> 
     portal = Portal(config, spool, templates(), limiter,
                     PasswordChecks(http.password_hash_concurrency, http.password_hash_wait_s), context)
     routes: list[BaseRoute] = []
-    for module in (signin, referrer, reviewer, ops):
+    for module in (signin, referrer, reviewer, claims, ops):
         for method, path, handler, role in module.ROUTES:
             routes.append(Route(path, guard(portal, handler, role, path), methods=[method]))
     routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
