@@ -94,6 +94,15 @@ def test_the_stage_loop_claims_with_the_owner_and_lease_of_its_context(context):
         assert Study.get().claimed_by is None, "released after the step"
 
 
+def test_a_stage_loop_without_a_context_claims_with_the_owner_of_its_stage(context):
+    probe = _ClaimProbe()
+    probe.context = context  # a stage handed the node's context, in a loop built without one
+    with context.database.connection_context():
+        _receiving_study(utcnow())
+        StageLoop(probe).run_once(utcnow())
+    assert [holder for holder, _ in probe.seen] == ["node-ctx-11112/probe"]
+
+
 def test_completion_sets_its_stability_timer_on_the_hub_of_its_context(context):
     assert wakeup.current() is None, "no process hub: a timer can only reach the context's"
     now = utcnow()
