@@ -32,6 +32,7 @@ How a value is searched for:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 import unicodedata
@@ -533,6 +534,8 @@ def header_values(dataset: Any) -> dict[str, list[str]]:
     Nested values count too (``OtherPatientIDsSequence`` items' Patient ID is kept under
     ``OtherPatientIDs``); multi-valued elements give one value each; person names keep all their groups.
     """
+    from gateway.dicom import undecoded  # here: pydicom is loaded only by what reads DICOM
+
     found: dict[str, list[str]] = {}
 
     def keep(keyword: str, value: object) -> None:
@@ -545,7 +548,8 @@ def header_values(dataset: Any) -> dict[str, list[str]]:
                 bucket.append(text)
 
     def walk(ds: Any, nested: bool) -> None:
-        for elem in ds:
+        # Elements of other keywords are left undecoded (``dicom.undecoded``): the writer copies their bytes.
+        for elem in undecoded.elements(ds, lambda tag, vr: _keyword(tag) in _HEADER_KEYWORD_SET):
             if elem.VR == "SQ":
                 for item in elem.value or ():
                     walk(item, True)
@@ -555,6 +559,15 @@ def header_values(dataset: Any) -> dict[str, list[str]]:
 
     walk(dataset, False)
     return {keyword: values for keyword, values in found.items() if values}
+
+
+_HEADER_KEYWORD_SET = frozenset(HEADER_KEYWORDS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _keyword(tag: int) -> str:
+    from pydicom.datadict import dictionary_has_tag, dictionary_keyword
+    return dictionary_keyword(tag) if dictionary_has_tag(tag) else ""
 
 
 def merge_header_values(stored: str, *more: Mapping[str, Sequence[str]]) -> str:
