@@ -112,7 +112,7 @@ def submit(page: Page) -> Response:
         return case(page, result.values, result.errors, status=502)
     page.audit("web_report_written", study_key=study.key, detail=f"{len(objects)} object(s)")
     if result.values.get("critical"):
-        flag_critical(study, result.values["critical.contact"], f"web:{page.user.name}", page.portal.config)
+        flag_critical(study, result.values["critical.contact"], f"web:{page.user.name}", page.portal.config.sources)
     return RedirectResponse(f"/reviewer?sent={study.key}", status_code=303)
 
 
