@@ -186,9 +186,11 @@ class Instance(BaseModel):
 class InstanceTally(BaseModel):
     """The instance rows by state and the bytes they hold, for ``status`` (migration 18): kept by the database's
     triggers on ``instance`` in the transaction that inserts, deletes or moves a row (a rolled-back transaction
-    leaves them as they were), never written by code. Summed over ``TALLY_SLOTS`` rows: on PostgreSQL each
-    connection adds to the row of its backend, once per statement, so that concurrent writers seldom wait on one
-    row's lock."""
+    leaves them as they were), never written by code. The sum of its rows is the tally: slot 0 on SQLite (one
+    writer at a time); on PostgreSQL each backend adds to a row of its own (slot = its process id), once per
+    statement, so that no two connections ever wait on one row's lock (with shared rows, two transactions holding
+    one tally row and another row in opposite order deadlocked), and :func:`fold_instance_tally` folds the rows
+    of backends that are gone into slot 0."""
 
     slot = IntegerField(primary_key=True)
     stored = BigIntegerField(default=0)
@@ -201,8 +203,8 @@ class InstanceTally(BaseModel):
         table_name = "instance_tally"
 
 
-#: The rows of ``instance_tally`` (PostgreSQL; SQLite writes one at a time and uses slot 0 only).
-TALLY_SLOTS = 64
+#: PostgreSQL: past this many rows, reading the tally first folds the rows of backends that are gone.
+TALLY_FOLD_ROWS = 64
 
 
 class StudyIdentity(BaseModel):
@@ -879,13 +881,16 @@ def _tally_triggers(database: peewee.Database) -> list[str]:
 def _postgres_tally_triggers() -> list[str]:
     """PostgreSQL: statement-level triggers over the statement's rows (transition tables), so that a statement
     writing many instance rows (a group commit, a case's de-identification, a purge) adds to the tally once, and
-    one changing no state or size not at all: each connection adds to its backend's row."""
+    one changing no state or size not at all: each connection adds to its backend's own row (created on its
+    first change), which no other connection writes."""
     def sums(rows: str, sign: str) -> str:
         counts = [f"{sign}count(*) FILTER (WHERE state = '{state}')" for state in InstanceState.ALL]
         return f"SELECT ARRAY[{', '.join(counts)}, {sign}COALESCE(sum(size), 0)]::bigint[] FROM {rows}"
 
-    terms = ", ".join(f'"{column}" = "{column}" + d[{n}]'
-                      for n, column in enumerate([*InstanceState.ALL, "bytes"], start=1))
+    columns = [*InstanceState.ALL, "bytes"]
+    names = ", ".join(f'"{column}"' for column in columns)
+    values = ", ".join(f"d[{n}]" for n in range(1, len(columns) + 1))
+    terms = ", ".join(f'"{column}" = "instance_tally"."{column}" + EXCLUDED."{column}"' for column in columns)
     zero = ", ".join("0" for _ in range(len(InstanceState.ALL) + 1))
     events = (("inserts", "INSERT", "NEW TABLE AS new_rows"), ("deletes", "DELETE", "OLD TABLE AS old_rows"),
               ("updates", "UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"))
@@ -903,7 +908,8 @@ BEGIN
     SELECT array_agg(a + b ORDER BY n) INTO d FROM unnest(d, o) WITH ORDINALITY AS t(a, b, n);
   END IF;
   IF d <> ARRAY[{zero}]::bigint[] THEN
-    UPDATE "instance_tally" SET {terms} WHERE "slot" = mod(pg_backend_pid(), {TALLY_SLOTS});
+    INSERT INTO "instance_tally" ("slot", {names}) VALUES (pg_backend_pid(), {values})
+      ON CONFLICT ("slot") DO UPDATE SET {terms};
   END IF;
   RETURN NULL;
 END $$""",
@@ -943,15 +949,36 @@ def recount_instance_tally() -> None:
                                  .group_by(Instance.state)))
         total = Instance.select(peewee.fn.COALESCE(peewee.fn.SUM(Instance.size), 0)).scalar()
         InstanceTally.delete().execute()
-        slots = TALLY_SLOTS if isinstance(db.obj, peewee.PostgresqlDatabase) else 1
-        InstanceTally.insert_many([{"slot": slot} for slot in range(slots)]).execute()
+        InstanceTally.insert(slot=0).execute()
         InstanceTally.update(bytes=int(total or 0), **{state: counts.get(state, 0) for state in InstanceState.ALL}
                              ).where(InstanceTally.slot == 0).execute()
 
 
+def fold_instance_tally() -> int:
+    """PostgreSQL: add the tally rows of backends that are gone to slot 0 and delete them, so that the table holds
+    about a row per live connection; the number of rows folded (0 on SQLite, or while another fold runs). Only
+    rows no live backend writes are touched, and one fold at a time (an advisory lock), so it waits on no writer."""
+    if not isinstance(db.obj, peewee.PostgresqlDatabase):
+        return 0
+    columns = [*InstanceState.ALL, "bytes"]
+    sums = ", ".join(f'"{c}" = "instance_tally"."{c}" + (SELECT COALESCE(sum("{c}"), 0) FROM gone)' for c in columns)
+    with db.atomic():
+        if not db.execute_sql("SELECT pg_try_advisory_xact_lock(%s)", (TALLY_FOLD_LOCK,)).fetchone()[0]:
+            return 0
+        cursor = db.execute_sql(
+            'WITH gone AS (DELETE FROM "instance_tally" WHERE "slot" <> 0 AND "slot" NOT IN '
+            "(SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL) RETURNING *) "
+            f'UPDATE "instance_tally" SET {sums} WHERE "slot" = 0 RETURNING (SELECT count(*) FROM gone)')
+        row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
 def instance_tally() -> tuple[dict[str, int], int]:
     """The instance rows by state (states with none left out) and the bytes they hold, from ``instance_tally``: a
-    read of at most ``TALLY_SLOTS`` rows whatever the history, exact as a full count."""
+    read of slot 0 and a row per connection that changed instances since the last fold (folded first when there
+    are more than ``TALLY_FOLD_ROWS``), exact as a full count whatever the history."""
+    if InstanceTally.select().count() > TALLY_FOLD_ROWS:
+        fold_instance_tally()
     sums = [peewee.fn.COALESCE(peewee.fn.SUM(getattr(InstanceTally, state)), 0) for state in InstanceState.ALL]
     *counts, total = InstanceTally.select(*sums, peewee.fn.COALESCE(peewee.fn.SUM(InstanceTally.bytes), 0)).scalar(
         as_tuple=True)
@@ -1068,6 +1095,7 @@ def open_database(url: str, max_connections: int = 32) -> peewee.Database:
 
 #: The PostgreSQL advisory lock (transaction-scoped) under which one node at a time brings the schema up to date.
 SCHEMA_LOCK = 7355608
+TALLY_FOLD_LOCK = 7355609  # one fold of instance_tally at a time (fold_instance_tally)
 
 
 #: Tries of a start-up step on SQLite that found the database locked (see ``_retry_if_locked``).

@@ -6,6 +6,7 @@ they equal a full count, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import threading
+import time
 
 import peewee
 import pytest
@@ -189,3 +190,68 @@ def test_a_recount_puts_a_wrong_tally_right(database):
     assert instance_tally() != _full_count()
     recount_instance_tally()
     assert instance_tally() == _full_count() == ({InstanceState.STORED: 3}, 3000)
+
+
+def test_two_connections_locking_a_study_and_the_tally_in_opposite_order_do_not_deadlock(database):
+    """PostgreSQL: each backend writes its own tally row. With rows shared by backend id modulo 64, two
+    connections on one row deadlocked when one held the tally row and waited for a study row the other held while
+    the other, inserting instances, waited for the tally row: PostgreSQL then aborted one (a C-STORE answered
+    0xA700). Here two connections that would have shared a row do just that, and both commit."""
+    database_, source = database
+    if not isinstance(database_, peewee.PostgresqlDatabase):
+        pytest.skip("SQLite has one writer at a time")
+    import psycopg2
+
+    study, series = _case(source, 1)
+    opened, pair = [], None
+    try:
+        while pair is None and len(opened) < 65:  # 65 connections hold two backend ids equal modulo 64
+            connection = psycopg2.connect(dbname=database_.database, **database_.connect_params)
+            connection.autocommit = False
+            pid = connection.get_backend_pid()
+            pair = next(((other, connection) for other in opened if other.get_backend_pid() % 64 == pid % 64), None)
+            opened.append(connection)
+        first, second = pair
+        insert = ('INSERT INTO "instance" (study_id, series_id, sop_instance_uid, sop_class_uid, transfer_syntax, '
+                  "size, sha256, spool_path, calling_ae, state, received_at, version) "
+                  "VALUES (%s, %s, %s, '1.2', '1.2.840.10008.1.2.1', 10, %s, %s, 'STMARYS_PACS', 'stored', now(), 1)")
+        touch = 'UPDATE "study" SET "calling_ae" = "calling_ae" WHERE "id" = %s'
+        first.cursor().execute(insert, (study.id, series.id, "2.25.61", "a", "objects/a"))
+        second.cursor().execute(touch, (study.id,))
+        blocked = threading.Thread(target=lambda: (first.cursor().execute(touch, (study.id,)), first.commit()))
+        blocked.start()  # waits for the study row, holding its tally row
+        second.cursor().execute(insert, (study.id, series.id, "2.25.62", "b", "objects/b"))
+        second.commit()
+        blocked.join(timeout=60)
+        assert not blocked.is_alive()
+    finally:
+        for connection in opened:
+            connection.close()
+    assert instance_tally() == _full_count() == ({InstanceState.STORED: 2}, 20)
+
+
+def test_the_rows_of_connections_that_are_gone_are_folded_into_one(database):
+    """PostgreSQL: a row per backend that changed instances; once those backends are gone, reading the tally past
+    TALLY_FOLD_ROWS rows folds them into slot 0, and the sum stays exact."""
+    database_, source = database
+    if not isinstance(database_, peewee.PostgresqlDatabase):
+        pytest.skip("SQLite keeps slot 0 only")
+    import psycopg2
+
+    from gateway.storage.models import TALLY_FOLD_ROWS, InstanceTally, fold_instance_tally
+
+    study, series = _case(source, 2)
+    for n in range(TALLY_FOLD_ROWS + 2):
+        connection = psycopg2.connect(dbname=database_.database, **database_.connect_params)
+        with connection, connection.cursor() as cursor:
+            cursor.execute('INSERT INTO "instance" (study_id, series_id, sop_instance_uid, sop_class_uid, '
+                           "transfer_syntax, size, sha256, spool_path, calling_ae, state, received_at, version) VALUES "
+                           "(%s, %s, %s, '1.2', '1.2.840.10008.1.2.1', 5, %s, %s, 'STMARYS_PACS', 'stored', now(), 1)",
+                           (study.id, series.id, f"2.25.63.{n}", f"f{n}", f"objects/f{n}"))
+        connection.close()
+    assert InstanceTally.select().count() > TALLY_FOLD_ROWS
+    deadline = time.monotonic() + 30
+    while InstanceTally.select().count() > 2 and time.monotonic() < deadline:
+        fold_instance_tally()  # a backend leaves pg_stat_activity shortly after its connection closes
+    assert InstanceTally.select().count() <= 2  # slot 0 and this test's own connection
+    assert instance_tally() == _full_count() == ({InstanceState.STORED: TALLY_FOLD_ROWS + 2}, 5 * (TALLY_FOLD_ROWS + 2))
