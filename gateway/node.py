@@ -158,7 +158,6 @@ class GatewayNode:
         (PostgreSQL), and by commands through the socket in the spool directory (SQLite)."""
         if self.context is not None and self.context.wakeups is not None:
             self.wakeups = self.context.wakeups.start()
-            self.wakeups.watch_server(self.server)
 
     def _start_receivers(self) -> None:
         """``node.receiving_processes``: more processes accepting on the DICOM port (``gateway.scp.receivers``)."""
