@@ -181,6 +181,10 @@ class GatedAssociationServer(ThreadedAssociationServer):
         self.slots = slots  # where several processes accept on the port: the busier ones let the others accept
         self._yielding_since = self._last_yield = float("-inf")
         self._last_collection = time.monotonic()
+        # This process's other work, counted as associations when choosing who accepts (the node: its HTTP
+        # connections): during a sign-in flood the node's threads held the GIL and a legitimate store it had
+        # accepted took 10x its quiet time, while its receiving process stood idle (issue 28).
+        self.other_work: Callable[[], int] = lambda: 0
         self.registered = False  # with its AE, as AE.start_server does (gateway.dicom.net.register_server)
         super().__init__(*args, **kwargs)
         # Non-blocking: where several processes accept on one socket, all are woken for a connection and the
@@ -234,7 +238,7 @@ class GatedAssociationServer(ThreadedAssociationServer):
 
     def _least_busy(self) -> bool:
         try:
-            return self.slots.least_busy(self.gate.total_pending())
+            return self.slots.least_busy(self.gate.total_pending() + self.other_work())
         except OSError:
             return True  # the shared count cannot be read: accept rather than never
 
