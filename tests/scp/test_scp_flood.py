@@ -1,24 +1,30 @@
-"""What a flood of short associations from another host costs the node (issue 28: a legitimate source's study
-took 3 s instead of 0.1 s during bench/hostile.py's flood). Only an association that stored instances wakes the
-completion stage when it ends (each C-ECHO association woke it, and its queries ran the whole flood); the
-accepting loop's full garbage collections are bounded in time, not one per 60 connections."""
+"""What a flood from another client costs the node (issue 28: a legitimate source's study took 3 s instead of 0.1 s
+during bench/hostile.py's flood of short associations, 8.5 s during its sign-in flood). Only an association that
+stored instances wakes the completion stage when it ends (each C-ECHO association woke it, and its queries ran the
+whole flood); the accepting loop's full garbage collections are bounded in time, not one per 60 connections; the
+node's open HTTP connections count as its work when it and its receiving processes share the DICOM port, so that
+during an HTTP flood they, not the node's busy threads, take the associations."""
 
 from __future__ import annotations
 
 import datetime as dt
 import gc
+import os
 import socket
 import time
 
 import pytest
+from starlette.applications import Starlette
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, HttpConfig
 from gateway.dicom import status
+from gateway.http.server import HttpServer
 from gateway.ops.metrics import GatewayMetrics
 from gateway.scp.handlers import ScpHandlers
 from gateway.scp.policy import AssociationPolicy
 from gateway.scp.receiver import InstanceReceiver
 from gateway.scp.server import FULL_COLLECTION_EVERY_S, start_scp
+from gateway.scp.slots import AssociationSlots
 from gateway.stages.context import NodeContext
 from gateway.storage import cases, wakeup
 from gateway.storage.models import open_database
@@ -89,3 +95,42 @@ def test_a_burst_of_connections_makes_at_most_one_full_collection_per_interval(t
     finally:
         server.shutdown()
         database.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_process_busy_with_other_work_lets_the_others_accept(tmp_path, database_url):
+    config = _config()
+    database = open_database(database_url, max_connections=4)
+    node_slots = AssociationSlots.create(processes=2, limit=10)
+    receiver_slots = AssociationSlots.inherited(os.dup(node_slots.fileno()), 2, 1, 10)
+    receiver_slots.accepting()
+    server = start_scp(config.node, ScpHandlers(AssociationPolicy(config), InstanceReceiver(_spool(tmp_path), {},
+                                                                                            "balance-test"),
+                                                slots=node_slots))
+    try:
+        assert server._least_busy(), "neither serves an association: the node may accept"
+        open_http = [3]
+        server.other_work = lambda: open_http[0]
+        assert not server._least_busy(), "three HTTP connections: the idle receiving process accepts"
+        assert receiver_slots.take() and receiver_slots.take() and receiver_slots.take()
+        assert server._least_busy(), "the receiving process serves as many: the node accepts again"
+    finally:
+        server.shutdown()
+        database.close()
+
+
+def test_the_http_server_counts_its_open_connections():
+    server = HttpServer(HttpConfig(port=0), Starlette())
+    server.start()
+    held = []
+    try:
+        assert server.open_connections() == 0
+        held = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(3)]
+        wait_until(lambda: server.open_connections() == 3, 30, "three connections counted")
+        for sock in held:
+            sock.close()
+        wait_until(lambda: server.open_connections() == 0, 30, "closed connections no longer counted")
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
