@@ -26,7 +26,7 @@ from gateway.mllp.server import start_hl7_listener
 from gateway.ops import audit
 from gateway.ops.health import standard_health_checks
 from gateway.ops.memory import HeapTrimmer, release_freed_memory
-from gateway.ops.metrics import METRICS
+from gateway.ops.metrics import GatewayMetrics
 from gateway.privacy import vocabulary
 from gateway.referral.entities import load_engine
 from gateway.referral.notes_case import warm_up as warm_up_notes
@@ -154,7 +154,7 @@ class GatewayNode:
         if self.config.routing.wakeups:
             hub = wakeup.Wakeups(self.identity, database, scheduler=self.scheduler,
                                  local_socket=wakeup.socket_path(self.config.storage.spool_dir))
-        return NodeContext(database, owner, hub, METRICS)
+        return NodeContext(database, owner, hub, GatewayMetrics(database))
 
     def _start_wakeups(self) -> None:
         """``routing.wakeups``: stages woken by committed state changes, by NOTIFY from other nodes and commands
@@ -209,9 +209,9 @@ class GatewayNode:
             # the re-identified report also as HL7 ORU^R01 to sources with hl7_results (issue 25)
             OruStage.of(config, self.spool, context=context),
             # Storage Commitment (issue 25): the reports of the requests the SCP kept
-            CommitmentStage(config, context=context),
+            CommitmentStage.of(config, context=context),
             # critical results (issue 27): notices by e-mail and webhook, escalation to the operators
-            CriticalNoticeStage(config, context=context),
+            CriticalNoticeStage(config.critical, context=context),
             *self._audit_export(),
         ]
 

@@ -10,6 +10,7 @@ from pydicom import config as pydicom_config
 
 from gateway.demo import write_demo_study
 from gateway.dicom.net import HOOKS_SWITCH, hooks_switched_on, install_fast_paths
+from gateway.storage.models import db, open_database
 from support.peers import GatewayProcess, PostgresCluster
 
 
@@ -79,6 +80,17 @@ def database_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/gateway.db"
     return request.getfixturevalue("pg_cluster").new_database()
+
+
+@pytest.fixture
+def database(tmp_path):
+    """A fresh SQLite database of the test's own, migrated and bound to the models, with a connection open for
+    the test (and room for a few threads): the fast tests' database. A test module that needs another one (no
+    connection held, rows made first) defines its own ``database``."""
+    database = open_database(f"sqlite:///{tmp_path}/gw.db", max_connections=4)
+    with db.connection_context():
+        yield database
+    database.close_all()
 
 
 @pytest.fixture(scope="session")

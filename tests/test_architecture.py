@@ -217,11 +217,12 @@ def test_config_loads_no_engine():
 # (gateway.stages.context.NodeContext). Module -> the names of it that are globals (functions over one included).
 PROCESS_GLOBALS: dict[str, frozenset[str]] = {
     "gateway.storage.models": frozenset({"db"}),
+    # METRICS, the node's registry, is gone (each node builds its own); named so that it cannot come back unseen
     "gateway.ops.metrics": frozenset({"METRICS"}) | frozenset(
         node.name for node in ast.parse((GATEWAY / "ops" / "metrics.py").read_text(encoding="utf-8")).body
         if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")),
     "gateway.storage.wakeup": frozenset({"install", "current", "notify", "wake_at", "again_after_lease"}),
-    "gateway.storage.cases": frozenset({"set_node_identity", "process_owner", "node_identity"}),
+    "gateway.storage.cases": frozenset({"process_owner"}),
 }
 SERVERS = ("gateway.scp", "gateway.http", "gateway.web", "gateway.dicomweb")
 # A process's entry binds the models' proxy and installs its context, as gateway/node.py does for the node.
@@ -277,9 +278,51 @@ import gateway.storage.cases as cases
 from ..ops.metrics import METRICS
 metrics.METRICS.record_instance("stored", 1, 0.1)
 hub.notify("report")
-cases.set_node_identity("n")
+cases.claim(None, "x", owner=cases.process_owner())
 cases.move(None, "x")
 """
     assert globals_reached(source, "gateway.scp.handlers") == {
         "gateway.storage.models.db", "gateway.ops.metrics.METRICS", "gateway.storage.wakeup.notify",
-        "gateway.storage.cases.set_node_identity"}
+        "gateway.storage.cases.process_owner"}
+
+
+def whole_config_takers(source: str) -> set[str]:
+    """The classes of ``source`` with a ``run_once`` (a stage) whose constructor takes the whole configuration
+    (a parameter annotated ``GatewayConfig``)."""
+    found = set()
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        methods = {item.name: item for item in node.body if isinstance(item, ast.FunctionDef)}
+        init = methods.get("__init__")
+        if "run_once" not in methods or init is None:
+            continue
+        arguments = [*init.args.args, *init.args.kwonlyargs]
+        if any(argument.annotation is not None and "GatewayConfig" in ast.unparse(argument.annotation)
+               for argument in arguments):
+            found.add(node.name)
+    return found
+
+
+def test_every_stage_takes_the_sections_it_uses():
+    """A stage's constructor takes the configuration's sections it reads, never the whole object; a stage that
+    reads several picks them in a classmethod ``of(config)`` (``PriorsStage.of``)."""
+    takers = sorted(f"{module}: {name}" for module, path in MODULES.items() if module.startswith("gateway.stages")
+                    for name in whole_config_takers(path.read_text(encoding="utf-8")))
+    assert not takers, "stages taking the whole configuration:\n" + "\n".join(takers)
+
+
+def test_the_whole_config_finder_finds_a_stage_taking_it():
+    source = """
+class Taker:
+    def __init__(self, config: GatewayConfig, *, context=None): ...
+    def run_once(self, now): ...
+class Picker:
+    def __init__(self, routing: RoutingConfig): ...
+    @classmethod
+    def of(cls, config: GatewayConfig): ...
+    def run_once(self, now): ...
+class NotAStage:
+    def __init__(self, config: GatewayConfig): ...
+"""
+    assert whole_config_takers(source) == {"Taker"}

@@ -117,7 +117,7 @@ def _flag_critical(args: argparse.Namespace, config: GatewayConfig) -> str:
 
     with db.connection_context():
         study = Study.get(Study.key == args.case)
-        critical = flag_critical(study, args.call.strip(), "cli", config)
+        critical = flag_critical(study, args.call.strip(), "cli", config.sources)
         notices = (CriticalNotice.select().where(CriticalNotice.critical == critical).count()
                    if critical is not None else 0)
     if critical is None:

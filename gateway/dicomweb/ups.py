@@ -16,6 +16,7 @@ from gateway.storage import workitems
 from gateway.storage.models import Workitem, WorkitemEvent
 
 STATE, PRIORITY, TRANSACTION_UID, REASON = "00741000", "00741200", "00081195", "00741238"
+PROGRESS = "00741002"  # UPS Progress Information Sequence: what a performer's update may carry
 START, EXPECTED, EXPIRATION = "00404005", "00404011", "00404008"
 # Search keys matched (keyword or tag): single values exactly, date-times as ranges (``A-B``, either end open).
 MATCHED = {"ProcedureStepState": STATE, "ScheduledProcedureStepPriority": PRIORITY,

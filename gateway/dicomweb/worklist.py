@@ -13,8 +13,13 @@ those it claimed (:func:`gateway.routing.pool.visible`); any other workitem does
   1.2.840.10008.5.1.4.34.5 (with ``/suspend``); events are read by polling
   ``GET /subscribers/{aet}/events?after=N`` (the node's alternative to the standard's WebSocket channel).
 
-Creating or updating a workitem's attributes is the node's alone (405). A refused state change answers 409 (400 for
-a request without the attributes it needs) with the UPS status in a ``Warning: 299`` header.
+* ``POST /workitems/{uid}?transaction=<Transaction UID>`` (update): the claimer says it is still at work, and its
+  claim is renewed (:func:`gateway.routing.pool.renew`); the only attribute taken is the UPS Progress Information
+  Sequence, which the node does not keep.
+
+Creating a workitem, and updating its other attributes, is the node's alone (405, 400). A refused state change or
+update answers 409 (400 for a request without the attributes it needs) with the UPS status in a ``Warning: 299``
+header.
 """
 
 from __future__ import annotations
@@ -201,6 +206,35 @@ class Worklist:
             raise WorkitemRefused(0xC304, "the report completes the workitem: send it (STOW-RS or C-STORE)")
         return Response(status_code=HTTPStatus.OK, headers=NO_STORE)
 
+    def update(self, caller: Caller, reviewer: ReviewerConfig, request: Request, body: Any) -> Response:
+        """Update Workitem (PS3.18 §11.6) by the claimer, with its Transaction UID (``?transaction=``, or (0008,1195)
+        in the body): the claim is renewed for ``routing.pool_claim_timeout_s`` from now. The standard has no lease
+        to extend; a performer's update is its sign of life, so the node reads it as one."""
+        workitem = self._visible(reviewer, request.path_params["workitem"])
+        if workitem is None:
+            return _not_found()
+        others = sorted(set(body) - {ups.PROGRESS, ups.TRANSACTION_UID})
+        if others:
+            return refusal(HTTPStatus.BAD_REQUEST, "an update takes only the UPS Progress Information Sequence "
+                                                   f"(00741002); the node's own: {', '.join(others[:8])[:80]}")
+        transaction_uid = request.query_params.get("transaction") or _text(body, ups.TRANSACTION_UID)
+        try:
+            if workitem.state == workitems.SCHEDULED:
+                raise WorkitemRefused(workitems.NOT_IN_PROGRESS, "a SCHEDULED workitem is the node's: claim it")
+            if workitem.state in workitems.FINAL:
+                raise WorkitemRefused(workitems.MAY_NO_LONGER_BE_UPDATED)
+            if workitem.claimed_by != reviewer.name or not workitems.holds(workitem, transaction_uid):
+                raise WorkitemRefused(workitems.WRONG_TRANSACTION_UID)
+            expires = pool.renew(workitem, reviewer.name, self.config.routing.pool_claim_timeout_s)
+            if expires is None:
+                raise WorkitemRefused(workitems.MAY_NO_LONGER_BE_UPDATED, "the claim ended meanwhile")
+        except WorkitemRefused as exc:
+            return _refused(exc)
+        audit.record("worklist_claim_renewed", actor_ae=None, actor_host=caller.actor, study_key=workitem.study.key,
+                     detail=f"by an update of reviewer {reviewer.name}, claim until {expires:%H:%M:%S}")
+        kept = _warning("the progress is not kept; the update renewed the claim") if ups.PROGRESS in body else {}
+        return Response(status_code=HTTPStatus.OK, headers={**NO_STORE, **kept})
+
     def cancel_request(self, caller: Caller, reviewer: ReviewerConfig, request: Request, body: Any) -> Response:
         workitem = self._visible(reviewer, request.path_params["workitem"])
         if workitem is None:
@@ -273,6 +307,7 @@ class Worklist:
         endpoints: list[tuple[str, str, Handler, bool]] = [  # method, path, handler, with a body
             ("GET", f"{p}/workitems", self.search, False),
             ("GET", item, self.retrieve, False),
+            ("POST", item, self.update, True),
             ("PUT", f"{item}/state", self.change_state, True),
             ("POST", f"{item}/cancelrequest", self.cancel_request, True),
             ("POST", subscriber, self.subscribe, False),

@@ -86,17 +86,18 @@ def authenticated(endpoint: Endpoint, token: BearerToken) -> Endpoint:
     return guarded
 
 
-def logged_failures(endpoint: Endpoint) -> Endpoint:
-    """``endpoint`` answering 500 when it raises, with one log line naming the exception's type only (its
-    message may quote the request: PHI). One broken endpoint must not take the server down."""
+def logged_failures(endpoint: Endpoint, route: str) -> Endpoint:
+    """``endpoint``, served at the path template ``route``, answering 500 when it raises, with one log line
+    naming the exception's type and ``route`` only: the exception's message may quote the request, and the
+    request's path may hold what a user typed (an original UID, a name). One broken endpoint must not take the
+    server down."""
 
     @functools.wraps(endpoint)
     async def answered(request: Request) -> Response:
         try:
             return await endpoint(request)
         except Exception as exc:  # noqa: BLE001 - the edge: anything unexpected is a 500 and a log line
-            log.error("http_handler_failed", path=request.url.path[:64], error=type(exc).__name__,
-                      component="http")
+            log.error("http_handler_failed", reason=route, error=type(exc).__name__, component="http")
             return answer({"error": "internal error"}, HTTPStatus.INTERNAL_SERVER_ERROR)
 
     return answered

@@ -63,7 +63,8 @@ def referral_routes(token: BearerToken, max_body_bytes: int, database: Database)
         status, payload = await run_in_threadpool(take_referral, body, database)
         return answer(payload, status)
 
-    return [Route(REFERRALS_PATH, logged_failures(authenticated(post_referral, token)), methods=["POST"]),
+    guarded = logged_failures(authenticated(post_referral, token), REFERRALS_PATH)
+    return [Route(REFERRALS_PATH, guarded, methods=["POST"]),
             Route(SCHEMA_PATH, get_schema, methods=["GET"])]
 
 

@@ -102,6 +102,7 @@ EVENTS: dict[str, Event] = {
     "worklist_completed": Event(ACCESSED, "U"),
     "worklist_claim_timed_out": Event(ACCESSED, "U"),
     "worklist_claim_given_back": Event(ACCESSED, "U"),
+    "worklist_claim_renewed": Event(ACCESSED, "U"),
     "worklist_canceled": Event(ACCESSED, "U"),
     "worklist_cancel_requested": Event(ACCESSED, "E"),
     "dicomweb_token_issued": Event(SECURITY_ALERT, "E", USER_SECURITY_CHANGED),

@@ -1,7 +1,8 @@
 """Prometheus metrics, in a registry of their own (never the process-global one).
 
-The node puts :data:`METRICS` in its context (:mod:`gateway.stages.context`); the stages and servers count on
-the context's ``metrics`` (a :class:`GatewayMetrics`), which ``GET /metrics`` renders (:mod:`gateway.http.health`).
+The node builds one :class:`GatewayMetrics` and puts it in its context (:mod:`gateway.stages.context`); the stages
+and servers count on the context's ``metrics``, which ``GET /metrics`` renders (:mod:`gateway.http.health`). There
+is no module-level registry: two nodes in one process (tests) count apart.
 Cases by state are not counted as they change but read from the database at scrape time, so the gauge is right
 even after a restart. Label values are checked against fixed sets: an unbounded label (a study key, a peer
 address) would grow the registry without end.
@@ -153,4 +154,3 @@ class GatewayMetrics:
 
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-METRICS = GatewayMetrics()  # the node's registry: read through a NodeContext, never by a server directly

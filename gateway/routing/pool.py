@@ -117,7 +117,9 @@ def give_back(workitem: Workitem, reason: str, actor: str, now: dt.datetime | No
             return False
         claimer = workitem.claimed_by
         target = workitems.SCHEDULED if reason == TIMED_OUT else workitems.CANCELED
-        if not workitems.settle(workitem, workitems.IN_PROGRESS, target, reason, now):
+        # a time-out only of a claim still past its end: a renewal that came meanwhile wins
+        if not workitems.settle(workitem, workitems.IN_PROGRESS, target, reason, now,
+                                expired_by=now if reason == TIMED_OUT else None):
             return False
         if not cases.move(study, CaseState.POOLED, reason=reason, reviewer=None):
             transaction.rollback()
@@ -132,6 +134,28 @@ def give_back(workitem: Workitem, reason: str, actor: str, now: dt.datetime | No
                      detail=f"workitem back in the pool from reviewer {claimer}")
     log.info("case_pooled", case=study.key, reason=reason, reviewer=claimer)
     return True
+
+
+def renew(workitem: Workitem, reviewer: str, timeout_s: float, now: dt.datetime | None = None) -> dt.datetime | None:
+    """The claimer says it is still working on the case: its claim now ends ``timeout_s`` from ``now``. None when
+    ``reviewer`` does not hold the workitem any more (the claim ran out and the pool stage took it back, or it was
+    given back, or the report completed it). A conditional UPDATE, so the timeout and a renewal never both win."""
+    now = now or utcnow()
+    expires = now + dt.timedelta(seconds=timeout_s)
+    renewed = Workitem.update(claim_expires_at=expires).where(
+        (Workitem.id == workitem.id) & (Workitem.state == workitems.IN_PROGRESS)
+        & (Workitem.claimed_by == reviewer)).execute()
+    if not renewed:
+        return None
+    workitem.claim_expires_at = expires
+    log.info("claim_renewed", case=workitem.study.key, reviewer=reviewer)
+    return expires
+
+
+def held_by(reviewer: str, study: Study) -> Workitem | None:
+    """The case's workitem that ``reviewer`` holds IN PROGRESS, if any."""
+    return Workitem.get_or_none((Workitem.study == study) & (Workitem.state == workitems.IN_PROGRESS)
+                                & (Workitem.claimed_by == reviewer))
 
 
 def complete(workitem: Workitem, actor: str, now: dt.datetime | None = None) -> bool:

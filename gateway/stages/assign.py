@@ -58,7 +58,7 @@ class AssignmentStage(ReviewerChoosingStage):
     claim_states = (CaseState.NOTES_ATTACHED, CaseState.HELD)
 
     def run_once(self, now: dt.datetime) -> int:
-        return run_case_stage(self, now)
+        return run_case_stage(self, now, owner=self.context.owner)
 
     def due(self, now: dt.datetime) -> list[Study]:
         """The waiting cases; the reviewers' load is read once for the whole run."""

@@ -11,11 +11,13 @@ at each try, so a report says what is durable at the moment it is sent.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 
 from gateway.backoff import Backoff
-from gateway.config import GatewayConfig
+from gateway.config import CommitmentConfig, GatewayConfig, NodeConfig, SourceConfig
 from gateway.dicom.commitment import Failure, ReportNotDelivered, report, send_report
 from gateway.ops import audit
 from gateway.stages.context import NodeContext, WithNodeContext
@@ -30,11 +32,20 @@ class CommitmentStage(WithNodeContext):
 
     name = "commitment"
 
-    def __init__(self, config: GatewayConfig, *, context: NodeContext | None = None) -> None:
-        self.config = config
-        self.backoff = Backoff(config.commitment.initial_s, config.commitment.max_s, jitter=True)
-        self.returns = {source.name: source.return_ for source in config.sources}
+    def __init__(self, node: NodeConfig, commitment: CommitmentConfig, sources: Sequence[SourceConfig],
+                 spool_dir: Path | str, *, context: NodeContext | None = None) -> None:
+        self.node = node  # the node's AE title and timeouts, as the SCU that sends the report
+        self.commitment = commitment
+        self.backoff = Backoff(commitment.initial_s, commitment.max_s, jitter=True)
+        self.returns = {source.name: source.return_ for source in sources}
+        self.spool_dir = Path(spool_dir)
         self._context = context
+
+    @classmethod
+    def of(cls, config: GatewayConfig, *, context: NodeContext | None = None) -> CommitmentStage:
+        """The stage from the whole configuration: the sections it uses (``node``, ``commitment``, the sources'
+        return addresses, ``storage.spool_dir``)."""
+        return cls(config.node, config.commitment, config.sources, config.storage.spool_dir, context=context)
 
     def run_once(self, now: dt.datetime) -> int:
         reported = 0
@@ -47,13 +58,13 @@ class CommitmentStage(WithNodeContext):
         """One try at the request's report; 1 when it got through."""
         peer = self.returns.get(request.source)
         references = commitments.references_of(request)
-        checked = commitments.check(request.source, references, self.config.storage.spool_dir)
+        checked = commitments.check(request.source, references, self.spool_dir)
         failures = [Failure(reference, reason) for reference, reason in checked.failed]
         event_type, information = report(request.transaction_uid, checked.committed, failures)
         try:
             if peer is None:  # the source lost its return address since the request (a config change)
                 raise ReportNotDelivered("the source has no return address")
-            send_report(self.config.node, peer, event_type, information)
+            send_report(self.node, peer, event_type, information)
         except ReportNotDelivered as exc:
             self._not_delivered(request, str(exc))
             return 0
@@ -66,7 +77,7 @@ class CommitmentStage(WithNodeContext):
 
     def _not_delivered(self, request: CommitmentRequest, error: str) -> None:
         attempt = request.attempts + 1
-        last = attempt >= self.config.commitment.max_attempts
+        last = attempt >= self.commitment.max_attempts
         retry_at = None if last else utcnow() + dt.timedelta(seconds=self.backoff.wait_s(attempt))
         commitments.mark_not_delivered(request, error, retry_at)
         self.context.wake_at(wakeup.COMMITMENT, retry_at)  # the retry runs when due, not at a later poll

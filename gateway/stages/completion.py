@@ -39,7 +39,7 @@ class CompletionStage(WithNodeContext):
         self.spine_filter = spine_filter  # non-spine studies go to REJECTED_NOT_SPINE instead of COMPLETE
 
     def run_once(self, now: dt.datetime) -> int:
-        return run_case_stage(self, now)
+        return run_case_stage(self, now, owner=self.context.owner)
 
     def due(self, now: dt.datetime) -> list[Study]:
         cutoff = now - self.stable_after

@@ -1,25 +1,27 @@
 """The node context: what a running node shares with its stages and servers, built once by ``gateway/node.py``.
 
 It holds the open database, who claims cases and for how long (``cases.LeaseOwner``), the wake-up hub and the
-metrics. The stages and servers get it as a constructor argument and use it, instead of reaching module
-globals. Some globals stay, because code that is not handed a context reads them: the peewee models are bound
-to ``models.db`` (a proxy ``open_database`` initialises), and the case state machine's claims and ``cases.move``'s
-wake-ups are called from libraries, the CLI and the receiving processes. Each of
-those has one setter, called by :meth:`NodeContext.install` in the node and by the entry of the receiving
-process (``gateway.scp.receiving_process``) or of a CLI command (``gateway.cli.common``).
+metrics, all built by the node. The stages and servers get it as a constructor argument and use it, instead of
+reaching module globals; every claim names its owner. Two globals stay, because code that is not handed a
+context reads them: the peewee models are bound to ``models.db`` (a proxy ``open_database`` initialises), and
+``cases.move``'s wake-ups are called from libraries, the CLI and the receiving processes. The hub has one
+setter, called by :meth:`NodeContext.install` in the node and by the entry of the receiving process
+(``gateway.scp.receiving_process``) or of a CLI command (``gateway.cli.common``).
 
-A stage built without a context (tests, the CLI, the portal's actions) uses :meth:`NodeContext.of_process`,
-the context read from those globals at the moment it is used.
+A stage built without a context (tests, the CLI) uses :meth:`NodeContext.of_process`, read at the moment it is
+used: the models' database, the hub installed then, the process's owner ``<host>:<pid>`` and metrics of the
+process's own, which nothing renders.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 
 import peewee
 
-from gateway.ops.metrics import METRICS, GatewayMetrics
+from gateway.ops.metrics import GatewayMetrics
 from gateway.storage import cases, wakeup
 from gateway.storage.models import db
 
@@ -36,7 +38,7 @@ class NodeContext:
     @classmethod
     def of_process(cls) -> NodeContext:
         """The context of a process that built none (a test, a CLI command): its globals as they are now."""
-        return cls(db, cases.process_owner(), wakeup.current(), METRICS)
+        return cls(db, cases.process_owner(), wakeup.current(), _process_metrics())
 
     @property
     def node_id(self) -> str:
@@ -47,9 +49,8 @@ class NodeContext:
         return self.owner.lease
 
     def install(self) -> None:
-        """Hand the owner and the wake-up hub to the code that reads the process's globals (see the module's
-        docstring); the node calls it once, at start, and ``uninstall`` at stop."""
-        cases.set_node_identity(self.owner.node_id, self.owner.lease.total_seconds())
+        """Hand the wake-up hub to the code that reads the process's (see the module's docstring); the node calls
+        it once, at start, and ``uninstall`` at stop."""
         wakeup.install(self.wakeups)
 
     def uninstall(self) -> None:
@@ -65,6 +66,13 @@ class NodeContext:
         """Work under ``topic`` becomes due at ``when`` (naive UTC); None, or wake-ups off: the poll finds it."""
         if self.wakeups is not None and when is not None:
             self.wakeups.wake_at(topic, when)
+
+
+@functools.cache
+def _process_metrics() -> GatewayMetrics:
+    """What a process that built no context counts on (a test, a CLI command): one registry, which nothing
+    renders. A node counts on the one it builds and hands in its context, never on this."""
+    return GatewayMetrics()
 
 
 class WithNodeContext:

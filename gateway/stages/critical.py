@@ -22,12 +22,13 @@ import json
 import smtplib
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from email.message import EmailMessage
 
 import structlog
 
 from gateway.backoff import Backoff
-from gateway.config import CriticalConfig, GatewayConfig
+from gateway.config import CriticalConfig, SourceConfig
 from gateway.ops import audit
 from gateway.stages.context import NodeContext, WithNodeContext
 from gateway.storage.models import CriticalNotice, CriticalResult, Referral, Source, Study, db, utcnow
@@ -42,10 +43,12 @@ class NoticeFailed(Exception):
     """A notice did not get through (the gateway's own words, never the peer's answer)."""
 
 
-def flag_critical(study: Study, contact: str, flagged_by: str, config: GatewayConfig) -> CriticalResult | None:
-    """Record a critical result of ``study`` and queue its notices; None when it was flagged already."""
+def flag_critical(study: Study, contact: str, flagged_by: str,
+                  sources: Sequence[SourceConfig]) -> CriticalResult | None:
+    """Record a critical result of ``study`` and queue its notices to the addresses its source has in
+    ``sources`` (the configuration's); None when it was flagged already."""
     source_row = Source.get_or_none(Source.id == study.source_id) if study.source_id else None
-    source = next((s for s in config.sources if source_row is not None and s.name == source_row.name), None)
+    source = next((s for s in sources if source_row is not None and s.name == source_row.name), None)
     with db.atomic():
         if CriticalResult.get_or_none(CriticalResult.study == study) is not None:
             return None
@@ -74,10 +77,10 @@ class CriticalNoticeStage(WithNodeContext):
 
     name = "critical"
 
-    def __init__(self, config: GatewayConfig, *, context: NodeContext | None = None) -> None:
+    def __init__(self, critical: CriticalConfig, *, context: NodeContext | None = None) -> None:
         self._context = context
-        self.critical = config.critical
-        self.backoff = Backoff(config.critical.initial_s, config.critical.max_s, jitter=True)
+        self.critical = critical
+        self.backoff = Backoff(critical.initial_s, critical.max_s, jitter=True)
 
     def run_once(self, now: dt.datetime) -> int:
         done = self.escalate(now)

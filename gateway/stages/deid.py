@@ -108,7 +108,7 @@ class DeidStage(WithNodeContext):
     claim_states = (CaseState.COMPLETE, CaseState.RECEIVING, *_PAST_DEID)
 
     def run_once(self, now: dt.datetime) -> int:
-        return run_case_stage(self, now)
+        return run_case_stage(self, now, owner=self.context.owner)
 
     def due(self, now: dt.datetime) -> list[Study]:
         """COMPLETE cases, urgent then oldest, and (at most once a second) cases with early or late instances."""
@@ -153,15 +153,6 @@ class DeidStage(WithNodeContext):
         pseudo_study_uid = study.study_uid if self.options.retain_uids else \
             self.deidentifier.uid_pseudonym(study.study_uid)
         return cases.move(study, CaseState.DEIDENTIFIED, reason="deidentified", pseudo_study_uid=pseudo_study_uid)
-
-    def deidentify_outside_completion(self) -> int:
-        """Early instances (study still receiving) and late ones (case already de-identified)."""
-        count = 0
-        for study in self._outside_completion():
-            with cases.claimed(study, CaseState.RECEIVING, *_PAST_DEID, stage=self.name) as mine:
-                if mine:
-                    count += self._early_or_late(study)
-        return count
 
     @staticmethod
     def _outside_completion(now: dt.datetime | None = None) -> list[Study]:

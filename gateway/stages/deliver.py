@@ -116,7 +116,7 @@ class DeliveryStage(WithNodeContext):
     claim_states = (CaseState.ASSIGNED, CaseState.DELIVERING, CaseState.DELIVERED)
 
     def run_once(self, now: dt.datetime) -> int:
-        return run_case_stage(self, now)
+        return run_case_stage(self, now, owner=self.context.owner)
 
     def step(self, study: Study, now: dt.datetime) -> bool:
         return self.deliver(study)

@@ -107,9 +107,9 @@ DEFAULT_POLICY = FailurePolicy()
 
 
 def run_case_stage(stage: CaseStage, now: dt.datetime, policy: FailurePolicy = DEFAULT_POLICY, *,
-                   owner: cases.LeaseOwner | None = None) -> int:
-    """One run of ``stage``: its ``prepare``, then each due case claimed (by ``owner``, the node's; else the
-    process's) and stepped on its own."""
+                   owner: cases.LeaseOwner) -> int:
+    """One run of ``stage``: its ``prepare``, then each due case claimed by ``owner`` (its context's) and stepped
+    on its own."""
     prepare = getattr(stage, "prepare", None)
     moved = prepare(now) if prepare is not None else 0
     claim_condition = getattr(stage, "claim_condition", None)
@@ -176,7 +176,8 @@ def case_failed(stage: CaseStage, study: Study, exc: BaseException, policy: Fail
 class StageLoop:
     """One stage's run: a case stage through ``run_case_stage`` (with the node's ``FailurePolicy``), any other
     stage's own ``run_once``. ``Pipeline`` schedules it and wakes it; ``tick()`` runs it here and now. With the
-    node's ``context``, its database and lease owner; without, the process's."""
+    node's ``context``, its database and lease owner; without, the process's database and the stage's own
+    context's owner (the process's when the stage has none either)."""
 
     def __init__(self, stage: Stage, policy: FailurePolicy = DEFAULT_POLICY,
                  context: NodeContext | None = None) -> None:
@@ -189,8 +190,8 @@ class StageLoop:
     def run_once(self, now: dt.datetime) -> int:
         """One run (the caller holds a database connection)."""
         if isinstance(self.stage, CaseStage):
-            owner = self.context.owner if self.context is not None else None
-            return run_case_stage(self.stage, now, self.policy, owner=owner)
+            context = self.context or getattr(self.stage, "context", None) or NodeContext.of_process()
+            return run_case_stage(self.stage, now, self.policy, owner=context.owner)
         return self.stage.run_once(now)
 
     def tick(self) -> None:

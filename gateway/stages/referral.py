@@ -141,7 +141,7 @@ class NotesStage(WithNodeContext):
     def run_once(self, now: dt.datetime) -> int:
         """Advance every case waiting for notes; return how many changed state (one broken case is backed
         off, then quarantined, by the shared stage loop; the others go on)."""
-        return run_case_stage(self, now)
+        return run_case_stage(self, now, owner=self.context.owner)
 
     def prepare(self, now: dt.datetime) -> int:
         expire_referrals(now, self.referrals.wait_s)

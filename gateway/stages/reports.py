@@ -123,7 +123,7 @@ class ReportStage(WithNodeContext):
     claim_states = (CaseState.REPORTED,)  # one node per case, never two
 
     def run_once(self, now: dt.datetime) -> int:
-        return run_case_stage(self, now)
+        return run_case_stage(self, now, owner=self.context.owner)
 
     @staticmethod
     def prepare(now: dt.datetime) -> int:

@@ -39,7 +39,7 @@ class SlaStage(ReviewerChoosingStage):
     claim_states = FLAGGED_STATES
 
     def run_once(self, now: dt.datetime) -> int:
-        return run_case_stage(self, now)
+        return run_case_stage(self, now, owner=self.context.owner)
 
     def due(self, now: dt.datetime) -> list[Study]:
         """Cases past their deadline not yet flagged, then (with ``reassign_after_sla``) flagged cases that can

@@ -131,36 +131,20 @@ class LeaseOwner:
         return f"{self.node_id}/{stage}"[:64] if stage else self.node_id
 
 
-# The process's owner, for the code that claims without being handed one (libraries, the CLI, the receiving
-# process). Set only through set_node_identity, by node.py (NodeContext.install) and the receiving process's entry.
-_process_owner = LeaseOwner(f"{socket.gethostname()}:{os.getpid()}")
-
-
-def set_node_identity(name: str, lease_s: float | None = None) -> LeaseOwner:
-    """Name this process for claims and set the lease: the one setter of the process's owner, called by the node
-    at start (through its ``NodeContext``) and by a receiving process's entry. Returns the owner set."""
-    global _process_owner
-    _process_owner = LeaseOwner(name, DEFAULT_LEASE if lease_s is None else dt.timedelta(seconds=lease_s))
-    return _process_owner
-
-
 def process_owner() -> LeaseOwner:
-    return _process_owner
-
-
-def node_identity() -> str:
-    return _process_owner.node_id
+    """The owner of a process that built no node context (a test, a CLI command): ``<host>:<pid>``. A node and each
+    of its receiving processes claim with their context's owner, handed to every claim (``owner=``)."""
+    return LeaseOwner(f"{socket.gethostname()}:{os.getpid()}")
 
 
 def claim(study: Study, stage: str = "", lease: dt.timedelta | None = None, *,
-          owner: LeaseOwner | None = None, states: tuple[str, ...] = (),
+          owner: LeaseOwner, states: tuple[str, ...] = (),
           condition: peewee.Expression | None = None) -> bool:
     """Take (or renew) ``stage``'s lease on ``study``; False when another stage or live node holds it.
 
     One compare-and-set UPDATE: with ``states``, only while the case is in one of them; with ``condition`` (a
     stage's own test of what makes a case due, e.g. the delivery's "something left to send"), only while that
     holds too: a case another node has just finished is not taken at all (rather than taken, then found done)."""
-    owner = owner or _process_owner
     now, lease, holder = utcnow(), lease or owner.lease, owner.owner(stage)
     free = Study.claimed_until.is_null() | (Study.claimed_until < now) | (Study.claimed_by == holder)
     where = (Study.id == study.id) & free
@@ -171,10 +155,8 @@ def claim(study: Study, stage: str = "", lease: dt.timedelta | None = None, *,
     return Study.update(claimed_by=holder, claimed_until=now + lease).where(where).execute() == 1
 
 
-def renew(study: Study, stage: str = "", lease: dt.timedelta | None = None, *,
-          owner: LeaseOwner | None = None) -> bool:
+def renew(study: Study, stage: str = "", lease: dt.timedelta | None = None, *, owner: LeaseOwner) -> bool:
     """Extend our lease; False when it was lost (expired and taken by another node): stop working then."""
-    owner = owner or _process_owner
     return Study.update(claimed_until=utcnow() + (lease or owner.lease)).where(
         (Study.id == study.id) & (Study.claimed_by == owner.owner(stage))).execute() == 1
 
@@ -184,21 +166,21 @@ def lease_end(study: Study) -> dt.datetime | None:
     return Study.select(Study.claimed_until).where(Study.id == study.id).scalar()
 
 
-def release(study: Study, stage: str = "", *, owner: LeaseOwner | None = None) -> None:
-    holder = (owner or _process_owner).owner(stage)
+def release(study: Study, stage: str = "", *, owner: LeaseOwner) -> None:
+    holder = owner.owner(stage)
     Study.update(claimed_by=None, claimed_until=None).where(
         (Study.id == study.id) & (Study.claimed_by == holder)).execute()
 
 
-def release_all_of_this_node(owner: LeaseOwner | None = None) -> int:
+def release_all_of_this_node(owner: LeaseOwner) -> int:
     """At start-up: leases this node held before it stopped are void."""
-    node_id = (owner or _process_owner).node_id
+    node_id = owner.node_id
     return Study.update(claimed_by=None, claimed_until=None).where(
         (Study.claimed_by == node_id) | Study.claimed_by.startswith(f"{node_id}/")).execute()
 
 
 @contextlib.contextmanager
-def claimed(study: Study, *states: str, stage: str = "", owner: LeaseOwner | None = None,
+def claimed(study: Study, *states: str, stage: str = "", owner: LeaseOwner,
             condition: peewee.Expression | None = None) -> Iterator[bool]:
     """``with claimed(study, <states>, stage=...) as mine:`` work on the case only if ``mine``: the lease is
     ours, taken only while the case is in one of ``states`` and meets ``condition`` (another node may have moved
@@ -236,9 +218,9 @@ class Lease:
     """Keeps a claim alive during long work: ``keep()`` renews it once a third of the lease has passed, and
     says False when it was lost (then stop: another node has taken the case over)."""
 
-    def __init__(self, study: Study, stage: str, owner: LeaseOwner | None = None) -> None:
+    def __init__(self, study: Study, stage: str, owner: LeaseOwner) -> None:
         self.study, self.stage = study, stage
-        self.owner = owner or _process_owner
+        self.owner = owner
         self.renewed = time.monotonic()
 
     def keep(self) -> bool:

@@ -149,20 +149,25 @@ def take(workitem: Workitem, reviewer: str, transaction_uid: str, expires_at: dt
 
 
 def settle(workitem: Workitem, current: str, target: str, reason: str | None = None,
-           now: dt.datetime | None = None) -> bool:
+           now: dt.datetime | None = None, expired_by: dt.datetime | None = None) -> bool:
     """``current`` -> ``target`` (COMPLETED, CANCELED, or SCHEDULED again after an abandoned claim, which clears the
-    claim); False when the workitem was no longer in ``current``."""
+    claim); False when the workitem was no longer in ``current`` (or, with ``expired_by``, its claim was renewed
+    past that moment)."""
     fields: dict[str, object] = dict(state=target, changed_at=now or utcnow(), claim_expires_at=None)
     if target == SCHEDULED:
         fields.update(claimed_by=None, claimed_at=None, transaction_sha256=None)
     if target == CANCELED:
         fields["cancel_reason"] = (reason or "")[:64] or None
-    return _move(workitem, current, fields, reason)
+    return _move(workitem, current, fields, reason, expired_by)
 
 
-def _move(workitem: Workitem, current: str, fields: dict[str, object], reason: str | None = None) -> bool:
+def _move(workitem: Workitem, current: str, fields: dict[str, object], reason: str | None = None,
+          expired_by: dt.datetime | None = None) -> bool:
+    condition = (Workitem.id == workitem.id) & (Workitem.state == current)
+    if expired_by is not None:
+        condition &= Workitem.claim_expires_at <= expired_by
     changed = Workitem.update({getattr(Workitem, name): value for name, value in fields.items()}).where(
-        (Workitem.id == workitem.id) & (Workitem.state == current)).execute()
+        condition).execute()
     if not changed:
         return False
     for name, value in fields.items():

@@ -42,8 +42,10 @@ MAX_FORM_BYTES = 1024 * 1024
 Handler = Callable[[Page], Response]
 
 
-def guard(portal: Portal, handler: Handler, role: str | None) -> Callable[[Request], Any]:
-    """The Starlette endpoint around ``handler``: sign-in, role and CSRF checks, a database connection.
+def guard(portal: Portal, handler: Handler, role: str | None, route: str) -> Callable[[Request], Any]:
+    """The Starlette endpoint around ``handler``, served at the path template ``route``: sign-in, role and CSRF
+    checks, a database connection. Its log lines name ``route``, never the request's path: a user can type an
+    original UID or a patient's name into a URL.
 
     What can be refused from the request line and headers is refused before the body is read: a path
     parameter that no case or referral can have (404), a POST to a role's page without that role's session
@@ -65,7 +67,7 @@ def guard(portal: Portal, handler: Handler, role: str | None) -> Callable[[Reque
                 return _short_page(408, "Too slow", "The form did not arrive in time.")
             except MultiPartException:
                 return _short_page(400, "Bad form", "The form could not be read.")
-        return await run_in_threadpool(_run, portal, handler, role, request, form)
+        return await run_in_threadpool(_run, portal, handler, role, route, request, form)
 
     return endpoint
 
@@ -119,7 +121,8 @@ def _short_page(status: int, title: str, message: str) -> HTMLResponse:
                         headers=dict(SECURITY_HEADERS))
 
 
-def _run(portal: Portal, handler: Handler, role: str | None, request: Request, form: FormData | None) -> Response:
+def _run(portal: Portal, handler: Handler, role: str | None, route: str, request: Request,
+         form: FormData | None) -> Response:
     with portal.context.database.connection_context():
         signed_in = auth.session_of(request.cookies.get(auth.COOKIE))
         anonymous_csrf = request.cookies.get(auth.ANONYMOUS_CSRF_COOKIE) or ""
@@ -141,11 +144,11 @@ def _run(portal: Portal, handler: Handler, role: str | None, request: Request, f
             return response
         except Refused as refusal:
             if refusal.status == 403 and signed_in is not None:
-                log.warning("web_refused", status=refusal.status, reason=request.url.path[:64])
+                log.warning("web_refused", status=refusal.status, reason=route)
             return page.render("error.html", status=refusal.status, message=refusal.message,
                                title="Not allowed" if refusal.status == 403 else "Not found")
         except Exception as exc:  # noqa: BLE001 - only the type is logged: a message may quote a form (PHI)
-            log.error("web_handler_failed", error=type(exc).__name__, reason=request.url.path[:64])
+            log.error("web_handler_failed", error=type(exc).__name__, reason=route)
             return page.render("error.html", status=500, title="Something went wrong",
                                message="The page could not be shown. The operators find the error in the log "
                                        "(web_handler_failed); try again, or ask them.")
@@ -180,7 +183,7 @@ def portal_routes(config: GatewayConfig, spool: Spool, context: NodeContext) -> 
     """The portal's pages and static files, for the node's one HTTP application
     (:func:`gateway.http.app.build_application`, with :func:`error_page` for its 404 and 405). ``context``: the
     node's (the pages' database connections; the stages a page runs)."""
-    from gateway.web import ops, referrer, reviewer, signin
+    from gateway.web import claims, ops, referrer, reviewer, signin
 
     http = config.http
     limiter = auth.LoginLimiter(http.login_attempts_per_minute, http.login_attempts_per_address_per_minute,
@@ -188,9 +191,9 @@ def portal_routes(config: GatewayConfig, spool: Spool, context: NodeContext) -> 
     portal = Portal(config, spool, templates(), limiter,
                     PasswordChecks(http.password_hash_concurrency, http.password_hash_wait_s), context)
     routes: list[BaseRoute] = []
-    for module in (signin, referrer, reviewer, ops):
+    for module in (signin, referrer, reviewer, claims, ops):
         for method, path, handler, role in module.ROUTES:
-            routes.append(Route(path, guard(portal, handler, role), methods=[method]))
+            routes.append(Route(path, guard(portal, handler, role, path), methods=[method]))
     routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
     return routes
 

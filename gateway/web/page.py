@@ -69,13 +69,20 @@ class Page:
         return self.form if self.form is not None else FormData()
 
     @property
+    def pulls(self) -> bool:
+        """The signed-in account is a reviewer in ``mode: pull`` (its menu offers "Cases to claim")."""
+        user = self.user
+        return user is not None and user.role == "reviewer" and any(
+            r.name == user.reviewer and r.mode == "pull" for r in self.portal.config.reviewers)
+
+    @property
     def address(self) -> str:
         return self.request.client.host if self.request.client else "-"
 
     def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         html = self.portal.templates.get_template(template).render(
             user=self.user, csrf=self.signed_in.csrf_token if self.signed_in else self.anonymous_csrf,
-            path=self.request.url.path, **context)
+            path=self.request.url.path, pool_link=self.pulls, **context)
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
     def audit(self, action: str, study_key: str | None = None, outcome: str = "success", detail: str = "") -> None:

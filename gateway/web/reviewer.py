@@ -7,6 +7,7 @@ gateway's own SCP with the assigned reviewer's AE title: the same intake, the sa
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.responses import RedirectResponse, Response
@@ -21,7 +22,9 @@ from gateway.reports.create import (
     send_as_reviewer,
 )
 from gateway.reports.errors import ReportBuildError
+from gateway.routing import pool
 from gateway.stages.critical import flag_critical
+from gateway.storage.models import Study
 from gateway.web import views
 from gateway.web.forms import LEVELS, parse_report_form
 from gateway.web.page import Page, Refused
@@ -46,17 +49,40 @@ def _signer(page: Page) -> ReviewerConfig | None:
     return next((r for r in page.portal.config.reviewers if r.name == page.user.reviewer), None)
 
 
-def case(page: Page, values: dict | None = None, errors: dict | None = None, status: int = 200) -> Response:
+@dataclass(frozen=True)
+class ClaimView:
+    """The reviewer's claim on a case it took from the pool: until when it holds, and whether it was just renewed."""
+
+    expires: str
+    renewed: bool
+
+
+def _claim(page: Page, study: Study, renew: bool) -> ClaimView | None:
+    """The reviewer's claim on ``study``, if it holds one; ``renew``: the page shown renews it (opened, or a report
+    sent back for correction: the reviewer is at work on it), as "I am still working on this" does."""
+    workitem = pool.held_by(page.user.reviewer, study)
+    if workitem is None:
+        return None
+    if renew:
+        pool.renew(workitem, page.user.reviewer, page.portal.config.routing.pool_claim_timeout_s)
+    return ClaimView(views.when(workitem.claim_expires_at), page.request.query_params.get("renewed") == "1")
+
+
+def case(page: Page, values: dict | None = None, errors: dict | None = None, status: int = 200,
+         claim_problem: str = "") -> Response:
     study = _case(page)
     index = views.images_index(study, page.portal.spool)
-    if values is None:
+    opened = values is None and not claim_problem
+    if opened:
         page.audit("web_case_opened", study_key=study.key)
     clock, overdue = views.case_clock(study, views.utcnow())
     return page.render("reviewer_case.html", status=status, title=f"Case {study.key}", study=study,
                        notes=views.scrubbed_notes(study, page.portal.spool), series=index.series, levels=LEVELS,
                        values=values or {}, errors=errors or {}, clock=clock, overdue=overdue,
                        reported=study.state == views.S.REPORTED, signer=_signer(page),
-                       viewer=VIEWER_INSTALLED.exists())
+                       viewer=VIEWER_INSTALLED.exists(), claim=_claim(page, study, renew=not claim_problem),
+                       claim_problem=claim_problem,
+                       claim_timeout=views.duration(page.portal.config.routing.pool_claim_timeout_s))
 
 
 def submit(page: Page) -> Response:
@@ -86,7 +112,7 @@ def submit(page: Page) -> Response:
         return case(page, result.values, result.errors, status=502)
     page.audit("web_report_written", study_key=study.key, detail=f"{len(objects)} object(s)")
     if result.values.get("critical"):
-        flag_critical(study, result.values["critical.contact"], f"web:{page.user.name}", page.portal.config)
+        flag_critical(study, result.values["critical.contact"], f"web:{page.user.name}", page.portal.config.sources)
     return RedirectResponse(f"/reviewer?sent={study.key}", status_code=303)
 
 

@@ -307,16 +307,20 @@ class WorklistRow:
     overdue: bool
 
 
+def duration(seconds: float) -> str:
+    """A span as people read it: "15 min", "3 h 20 min", "2 d 4 h" (the sign is dropped)."""
+    span = int(abs(seconds)) // 60
+    if span >= 48 * 60:
+        return f"{span // 1440} d {span % 1440 // 60} h"
+    return f"{span // 60} h {span % 60:02d} min" if span >= 60 else f"{span} min"
+
+
 def sla_clock(due: dt.datetime | None, now: dt.datetime) -> tuple[str, bool]:
     """("3 h 20 min left" or "overdue by 15 min", overdue?)."""
     if due is None:
         return "no deadline", False
     seconds = int((due - now).total_seconds())
-    span = abs(seconds) // 60
-    if span >= 48 * 60:
-        text = f"{span // 1440} d {span % 1440 // 60} h"
-    else:
-        text = f"{span // 60} h {span % 60:02d} min" if span >= 60 else f"{span} min"
+    text = duration(seconds)
     return (f"{text} left", False) if seconds >= 0 else (f"overdue by {text}", True)
 
 

@@ -1,9 +1,11 @@
 """A node with DCMTK peers for the DICOMweb tests: a hospital storescp (the source's return), two reviewers'
 storescp (dr-a, dr-b), and three studies sent by storescu: one assigned to dr-a, one to dr-b, one without a
-referral (held: never assigned). Tokens issued by the CLI; the database read for the cases' UIDs."""
+referral (held: never assigned). Tokens issued by the CLI; the database read for the cases' UIDs. ``PoolSite``: a
+node whose reviewers all pull, with one case pooled (the UPS-RS test and the pool's browser test)."""
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import subprocess
@@ -13,6 +15,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 from gateway.demo import DemoPatient, write_demo_study
 from support.peers import DcmtkStoreSCP, GatewayProcess, free_port, storescu, wait_until
@@ -126,6 +130,65 @@ class Site:
     def stop(self) -> None:
         for peer in (self.node, *self.reviewers.values(), self.hospital):
             peer.stop()
+
+
+class PoolSite:
+    """A node whose reviewers all pull, a hospital storescp for the report home, one spine MR case pooled."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.hospital = DcmtkStoreSCP(workdir / "hospital", "HOSP_PACS")
+        routing = {**FAST["routing"], "pool_claim_timeout_s": 600.0}
+        self.node = GatewayProcess(workdir / "gw", f"sqlite:///{workdir}/gateway.db", extra={
+            **FAST, "routing": routing, "http": {"host": "127.0.0.1", "port": free_port()}})
+        self.study = write_demo_study(workdir / "study", 6, patient=PATIENTS["a"], seed=41, rows=64, cols=64)
+        self.tokens: dict[str, str] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.node.config['http']['port']}"
+
+    user_add = Site.user_add  # portal accounts and sessions, as for the rest of DICOMweb
+    session = Site.session
+
+    def start(self) -> None:
+        self.hospital.start()
+        self.node.config["sources"] = [{"name": "st-marys", "ae_title": "HOSP_PACS", "return": {
+            "ae_title": "HOSP_PACS", "host": "127.0.0.1", "port": self.hospital.port}}]
+        self.node.config["reviewers"] = [
+            {"name": name, "ae_title": ae_title, "host": "127.0.0.1", "port": free_port(), "mode": "pull",
+             "subspecialties": subspecialties}
+            for name, ae_title, subspecialties in (("dr-a", "REVIEW_A", ["spine"]), ("dr-b", "REVIEW_B", ["spine"]),
+                                                   ("dr-neuro", "REVIEW_N", ["neuro"]))]
+        self.node.start()
+        patient = PATIENTS["a"]
+        referral = self.workdir / "referral.json"
+        referral.write_text(json.dumps({
+            "source": "st-marys", "accession_number": patient.accession, "urgency": "routine",
+            "subspecialty": "spine",
+            "patient": {"id": patient.patient_id, "name": patient.name, "birth_date": "1971-04-12"},
+            "referrer": {"name": "Dr Alan Smith"},
+            "clinical": {"history": "Low back pain for 10 weeks.", "question": "L4-L5 disc herniation?"}}))
+        self.node.cli("referral", "add", str(referral))
+        sent = storescu("127.0.0.1", self.node.port, self.study, calling="HOSP_PACS")
+        assert sent.returncode == 0, sent.stderr
+        wait_until(lambda: self.node.status()["cases_by_state"] == {"pooled": 1}, 180, "the case pooled")
+        for name in ("dr-a", "dr-b", "dr-neuro"):
+            issued = self.node.cli("dicomweb", "token", "issue", name, "--label", "test viewer")
+            self.tokens[name] = issued.stdout.splitlines()[0].strip()
+        self.user_add("dr-b", "reviewer", "--reviewer", "dr-b")
+
+    def stop(self) -> None:
+        for peer in (self.node, self.hospital):
+            peer.stop()
+
+    def http(self, reviewer: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url + "/dicomweb", timeout=60,
+                            headers={"Authorization": f"Bearer {self.tokens[reviewer]}"})
+
+    def sql(self, statement: str, *args: object) -> list[tuple]:
+        with sqlite3.connect(f"{self.workdir}/gateway.db", timeout=30) as connection:
+            return connection.execute(statement, args).fetchall()
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

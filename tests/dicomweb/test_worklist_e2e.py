@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import sqlite3
 import uuid
 from pathlib import Path
 
@@ -21,74 +20,14 @@ import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 
-from dicomweb_site import FAST, PATIENTS, Site, _study_uid
-from gateway.demo import write_demo_study
+from dicomweb_site import PATIENTS, PoolSite, _study_uid
 from reports.report_peers import reviewer_sr
-from support.peers import DcmtkStoreSCP, GatewayProcess, free_port, started, storescu, wait_until
+from support.peers import started, wait_until
 
 GLOBAL = "1.2.840.10008.5.1.4.34.5"
 STATE, TRANSACTION = "00741000", "00081195"
 NOT_AUTHORIZED = 0x0124
 pytestmark = pytest.mark.dicom_e2e
-
-
-class PoolSite:
-    """A node whose reviewers all pull, a hospital storescp for the report home, one spine MR case pooled."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.hospital = DcmtkStoreSCP(workdir / "hospital", "HOSP_PACS")
-        routing = {**FAST["routing"], "pool_claim_timeout_s": 600.0}
-        self.node = GatewayProcess(workdir / "gw", f"sqlite:///{workdir}/gateway.db", extra={
-            **FAST, "routing": routing, "http": {"host": "127.0.0.1", "port": free_port()}})
-        self.study = write_demo_study(workdir / "study", 6, patient=PATIENTS["a"], seed=41, rows=64, cols=64)
-        self.tokens: dict[str, str] = {}
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.node.config['http']['port']}"
-
-    user_add = Site.user_add  # portal accounts and sessions, as for the rest of DICOMweb
-    session = Site.session
-
-    def start(self) -> None:
-        self.hospital.start()
-        self.node.config["sources"] = [{"name": "st-marys", "ae_title": "HOSP_PACS", "return": {
-            "ae_title": "HOSP_PACS", "host": "127.0.0.1", "port": self.hospital.port}}]
-        self.node.config["reviewers"] = [
-            {"name": name, "ae_title": ae_title, "host": "127.0.0.1", "port": free_port(), "mode": "pull",
-             "subspecialties": subspecialties}
-            for name, ae_title, subspecialties in (("dr-a", "REVIEW_A", ["spine"]), ("dr-b", "REVIEW_B", ["spine"]),
-                                                   ("dr-neuro", "REVIEW_N", ["neuro"]))]
-        self.node.start()
-        patient = PATIENTS["a"]
-        referral = self.workdir / "referral.json"
-        referral.write_text(json.dumps({
-            "source": "st-marys", "accession_number": patient.accession, "urgency": "routine",
-            "subspecialty": "spine",
-            "patient": {"id": patient.patient_id, "name": patient.name, "birth_date": "1971-04-12"},
-            "referrer": {"name": "Dr Alan Smith"},
-            "clinical": {"history": "Low back pain for 10 weeks.", "question": "L4-L5 disc herniation?"}}))
-        self.node.cli("referral", "add", str(referral))
-        sent = storescu("127.0.0.1", self.node.port, self.study, calling="HOSP_PACS")
-        assert sent.returncode == 0, sent.stderr
-        wait_until(lambda: self.node.status()["cases_by_state"] == {"pooled": 1}, 180, "the case pooled")
-        for name in ("dr-a", "dr-b", "dr-neuro"):
-            issued = self.node.cli("dicomweb", "token", "issue", name, "--label", "test viewer")
-            self.tokens[name] = issued.stdout.splitlines()[0].strip()
-        self.user_add("dr-b", "reviewer", "--reviewer", "dr-b")
-
-    def stop(self) -> None:
-        for peer in (self.node, self.hospital):
-            peer.stop()
-
-    def http(self, reviewer: str) -> httpx.Client:
-        return httpx.Client(base_url=self.url + "/dicomweb", timeout=60,
-                            headers={"Authorization": f"Bearer {self.tokens[reviewer]}"})
-
-    def sql(self, statement: str, *args: object) -> list[tuple]:
-        with sqlite3.connect(f"{self.workdir}/gateway.db", timeout=30) as connection:
-            return connection.execute(statement, args).fetchall()
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +96,13 @@ def test_the_pool_from_claim_to_completion(site):
     assert claim(portal, uid, transaction).status_code == 403, "a PUT in a session needs the CSRF token"
     portal.headers["X-CSRF-Token"] = csrf
     assert claim(portal, uid, transaction).status_code == 200
+    # Still at work: an update with the claim's Transaction UID renews the claim; another UID does not.
+    ends = site.sql("SELECT claim_expires_at FROM workitem WHERE uid = ?", uid)
+    progress = {"00741002": {"vr": "SQ", "Value": [{"00741006": {"vr": "ST", "Value": ["reading"]}}]}}
+    stranger = b.post(f"/workitems/{uid}", params={"transaction": f"2.25.{uuid.uuid4().int}"}, json=progress)
+    assert stranger.status_code == 409 and "C301" in stranger.headers["Warning"]
+    assert portal.post(f"/workitems/{uid}", params={"transaction": transaction}, json=progress).status_code == 200
+    assert site.sql("SELECT claim_expires_at FROM workitem WHERE uid = ?", uid) > ends
     reader = DICOMwebClient(url=site.url + "/dicomweb", headers={"Authorization": f"Bearer {site.tokens['dr-b']}"})
     images = reader.retrieve_study(pseudo_study)
     mr = sorted((ds for ds in images if ds.Modality == "MR"), key=lambda ds: int(ds.InstanceNumber))
@@ -183,4 +129,4 @@ def test_the_pool_from_claim_to_completion(site):
     actions = [row[0] for row in site.sql("SELECT action FROM audit_event WHERE action LIKE 'worklist_%' "
                                           "AND action != 'worklist_searched' ORDER BY id")]
     assert actions == ["worklist_claimed", "worklist_cancel_requested", "worklist_claim_timed_out",
-                       "worklist_claimed", "worklist_completed"]
+                       "worklist_claimed", "worklist_claim_renewed", "worklist_completed"]

@@ -302,7 +302,35 @@ def test_a_failing_endpoint_answers_500_naming_no_detail(tmp_path, serve):
         code, _, body = _post_referral(server, json.dumps(REFERRAL).encode())
     assert code == 500 and json.loads(body) == {"error": "internal error"}
     failed = [event for event in logs if event["event"] == "http_handler_failed"]
-    assert failed and failed[0]["error"] == "OperationalError" and failed[0]["path"] == "/referrals"
+    assert failed and failed[0]["error"] == "OperationalError" and failed[0]["reason"] == "/referrals"
+
+
+def test_a_failing_endpoint_logs_its_route_never_the_path_a_user_typed():
+    """A user can type an original UID or a name into a URL: the failure's line names the route's template."""
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+
+    from gateway.http.api import logged_failures
+
+    original_uid, name = "1.2.826.0.1.3680043.2.1125.424242", "Smithers-Jane"
+
+    async def failing(request):
+        raise RuntimeError(f"nothing for {request.path_params['patient']}")
+
+    route = "/referrals/{patient}/{study}"
+    app = Starlette(routes=[Route(route, logged_failures(failing, route))])
+
+    async def get() -> int:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+            return (await client.get(f"/referrals/{name}/{original_uid}", params={"name": name})).status_code
+
+    with capture_logs() as logs:
+        assert asyncio.run(get()) == 500
+    assert logs == [{"event": "http_handler_failed", "log_level": "error", "reason": route, "error": "RuntimeError",
+                     "component": "http"}]
+    assert original_uid not in repr(logs) and name not in repr(logs)
 
 
 def test_port_before_start_and_stop_is_idempotent():

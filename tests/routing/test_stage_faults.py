@@ -374,16 +374,19 @@ def test_wake_runs_a_stage_at_once(site):
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_deidentification_histogram_counts_instances(site):
-    from gateway.ops.metrics import METRICS
+    from gateway.stages.context import NodeContext
+
+    metrics = site.stages["deid"].context.metrics  # the site's stages have no node context: the process's
 
     def observed() -> float:
-        return METRICS.registry.get_sample_value("spine_gateway_deidentification_seconds_count") or 0.0
+        return metrics.registry.get_sample_value("spine_gateway_deidentification_seconds_count") or 0.0
 
     before = observed()
     healthy = site.receive("healthy", seed=46)
     site.run_until(lambda: Study.get_by_id(healthy.id).state == CaseState.DELIVERED, "the case delivered")
     assert observed() - before == 4, "one observation per de-identified instance, as its help says"
-    assert "instance" in METRICS.deid_seconds._documentation
+    assert "instance" in metrics.deid_seconds._documentation
+    assert metrics is NodeContext.of_process().metrics
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

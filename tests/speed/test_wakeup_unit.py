@@ -18,6 +18,8 @@ from gateway.storage import cases, wakeup
 from gateway.storage.models import CaseState, Source, Study, db, make_database, open_database, utcnow
 from support.peers import wait_until
 
+OWNER = cases.LeaseOwner("node-a")  # the claims' owner, as a node's context hands it in
+
 
 def test_a_wake_during_a_run_makes_exactly_one_more_run_and_never_two_at_once():
     started, release = threading.Event(), threading.Event()
@@ -95,11 +97,11 @@ def test_a_move_under_a_claim_wakes_the_next_stage_once_the_claim_is_released(ca
     could_claim: list[bool] = []
 
     def next_stage() -> None:
-        could_claim.append(cases.claim(Study.get_by_id(study.id), "delivery"))
+        could_claim.append(cases.claim(Study.get_by_id(study.id), "delivery", owner=OWNER))
 
     hub.subscribe({CaseState.ASSIGNED}, next_stage)
     with database.connection_context():
-        with cases.claimed(study, CaseState.NOTES_ATTACHED, stage="assignment") as mine:
+        with cases.claimed(study, CaseState.NOTES_ATTACHED, stage="assignment", owner=OWNER) as mine:
             assert mine
             with db.atomic():
                 assert cases.move(study, CaseState.ASSIGNED, reason="test")
@@ -116,11 +118,11 @@ def test_a_stage_that_finds_a_case_claimed_elsewhere_looks_again_when_the_lease_
     with database.connection_context():
         lease_end = utcnow() + dt.timedelta(seconds=0.5)
         Study.update(claimed_by="node-b/notes", claimed_until=lease_end).where(Study.id == study.id).execute()
-        with cases.claimed(study, CaseState.NOTES_ATTACHED, stage="assignment") as mine:
+        with cases.claimed(study, CaseState.NOTES_ATTACHED, stage="assignment", owner=OWNER) as mine:
             assert not mine
         wait_until(lambda: woken_at, 30, "the stage woken at the end of the other node's lease")
         assert woken_at[0] >= lease_end
-        with cases.claimed(study, CaseState.NOTES_ATTACHED, stage="assignment") as mine:
+        with cases.claimed(study, CaseState.NOTES_ATTACHED, stage="assignment", owner=OWNER) as mine:
             assert mine, "the lease has ended: the case is the stage's now"
 
 

@@ -57,7 +57,7 @@ def test_a_quiet_study_held_by_the_early_deidentification_is_complete_all_the_sa
     study = make_case(CaseState.RECEIVING, received_at=utcnow() - dt.timedelta(seconds=10))
     add_instances(study, tmp_path / "spool", write_demo_study(tmp_path / "study", 2, seed=3, rows=32, cols=32))
     # the de-identification stage's early run on the study, its lease renewed for as long as it works
-    assert cases.claim(study, "deid", states=(CaseState.RECEIVING,))
+    assert cases.claim(study, "deid", states=(CaseState.RECEIVING,), owner=cases.process_owner())
     loop = StageLoop(CompletionStage(RoutingConfig(stable_after_s=2)))
     assert loop.run_once(utcnow()) == 1
     current = Study.get_by_id(study.id)

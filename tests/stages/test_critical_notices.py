@@ -49,9 +49,9 @@ def test_the_notices_go_once_with_a_link_and_no_phi(case):
     try:
         config = _config(smtp.port, [hook.url])
         with db.atomic():
-            assert flag_critical(study, "on-call surgeon 020 7946 0000", "web:dr-a", config) is not None
-            assert flag_critical(study, "again", "web:dr-a", config) is None, "one flag per case"
-        stage = CriticalNoticeStage(config)
+            assert flag_critical(study, "on-call surgeon 020 7946 0000", "web:dr-a", config.sources) is not None
+            assert flag_critical(study, "again", "web:dr-a", config.sources) is None, "one flag per case"
+        stage = CriticalNoticeStage(config.critical)
         _run_until_settled(stage)
         (message,), (body,) = smtp.messages, hook.bodies
     finally:
@@ -67,9 +67,9 @@ def test_the_notices_go_once_with_a_link_and_no_phi(case):
 def test_an_address_that_does_not_answer_is_retried_at_warning_then_failed(case):
     study, _ = case
     config = _config(free_port(), ["ftp://nowhere"])
-    flag_critical(study, "x", "cli", config)
+    flag_critical(study, "x", "cli", config.sources)
     with capture_logs() as logs:
-        _run_until_settled(CriticalNoticeStage(config))
+        _run_until_settled(CriticalNoticeStage(config.critical))
     failed = [e for e in logs if e["event"] == "critical_notice_failed"]
     assert len(failed) == 4 and {e["log_level"] for e in failed} == {"warning"}, "every failed attempt, 2 each"
     assert [e["status"] for e in failed if e["peer"] == "email"] == ["retrying", "failed"]
@@ -81,15 +81,15 @@ def test_escalated_only_when_not_acknowledged_in_time(case):
     smtp = SmtpSink().start()
     try:
         config = _config(smtp.port, [], escalate_after_s=60, ops_emails=["ops@hospital.example"])
-        critical = flag_critical(study, "x", "cli", config)
-        stage = CriticalNoticeStage(config)
+        critical = flag_critical(study, "x", "cli", config.sources)
+        stage = CriticalNoticeStage(config.critical)
         assert stage.escalate(utcnow()) == 0, "not yet"
         assert stage.escalate(utcnow() + dt.timedelta(seconds=61)) == 1
         assert stage.escalate(utcnow() + dt.timedelta(seconds=120)) == 0, "once"
         _run_until_settled(stage)
         assert [m["To"] for m in smtp.messages if "not acknowledged" in m["Subject"]] == ["ops@hospital.example"]
         other = Study.create(study_uid="1.2.4", source=study.source, calling_ae="HOSP_PACS", state="reported")
-        flag_critical(other, "y", "cli", config)
+        flag_critical(other, "y", "cli", config.sources)
         CriticalResult.update(acknowledged_at=utcnow()).where(CriticalResult.study == other).execute()
         assert stage.escalate(utcnow() + dt.timedelta(seconds=61)) == 0, "acknowledged: no escalation"
     finally:

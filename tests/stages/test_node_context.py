@@ -9,7 +9,7 @@ import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from gateway.config import GatewayConfig, ReviewerConfig, RoutingConfig
-from gateway.ops.metrics import METRICS, GatewayMetrics
+from gateway.ops.metrics import GatewayMetrics
 from gateway.stages.assign import AssignmentStage
 from gateway.stages.completion import CompletionStage
 from gateway.stages.context import NodeContext
@@ -80,7 +80,7 @@ class _ClaimProbe:
 
 
 def test_the_stage_loop_claims_with_the_owner_and_lease_of_its_context(context):
-    assert cases.node_identity() != context.node_id, "the process's own owner must differ for this test to tell"
+    assert cases.process_owner() != context.owner, "the process's own owner must differ for this test to tell"
     with context.database.connection_context():
         _receiving_study(utcnow())
     probe = _ClaimProbe()
@@ -94,6 +94,15 @@ def test_the_stage_loop_claims_with_the_owner_and_lease_of_its_context(context):
         assert Study.get().claimed_by is None, "released after the step"
 
 
+def test_a_stage_loop_without_a_context_claims_with_the_owner_of_its_stage(context):
+    probe = _ClaimProbe()
+    probe.context = context  # a stage handed the node's context, in a loop built without one
+    with context.database.connection_context():
+        _receiving_study(utcnow())
+        StageLoop(probe).run_once(utcnow())
+    assert [holder for holder, _ in probe.seen] == ["node-ctx-11112/probe"]
+
+
 def test_completion_sets_its_stability_timer_on_the_hub_of_its_context(context):
     assert wakeup.current() is None, "no process hub: a timer can only reach the context's"
     now = utcnow()
@@ -105,18 +114,55 @@ def test_completion_sets_its_stability_timer_on_the_hub_of_its_context(context):
     assert abs((when.replace(tzinfo=None) - (now + dt.timedelta(seconds=30))).total_seconds()) < 0.1
 
 
-def test_install_hands_the_owner_and_hub_to_the_process_and_uninstall_takes_the_hub_back(context):
-    saved = cases.process_owner()
+def test_install_hands_the_hub_to_the_process_and_uninstall_takes_it_back(context):
+    """The lease owner is no process state: installing a node's context leaves a context-less process's owner as
+    it is (a claim names its owner), and hands over the wake-up hub only."""
     try:
         context.install()
-        assert cases.process_owner() == context.owner and wakeup.current() is context.wakeups
-        assert NodeContext.of_process().owner == context.owner
-        assert NodeContext.of_process().wakeups is context.wakeups and NodeContext.of_process().metrics is METRICS
+        assert wakeup.current() is context.wakeups
+        assert NodeContext.of_process().wakeups is context.wakeups
+        assert NodeContext.of_process().metrics is NodeContext.of_process().metrics is not context.metrics
+        assert NodeContext.of_process().owner == cases.process_owner() != context.owner
         context.uninstall()
         assert wakeup.current() is None
     finally:
-        cases.set_node_identity(saved.node_id, saved.lease.total_seconds())
         wakeup.install(None)
+
+
+def test_a_case_stage_run_alone_claims_with_the_owner_of_its_context(context, tmp_path):
+    """A case stage run by its own ``run_once`` (not through the stage loop) claims as its context's owner,
+    never as the process."""
+    from gateway.deid.options import DeidOptions
+    from gateway.stages.deid import DeidStage
+
+    holders: list[str] = []
+    stage = DeidStage(DeidOptions(), b"k" * 32, Spool(tmp_path / "spool"), context=context)
+    with context.database.connection_context():
+        study = _receiving_study(utcnow())
+        stage.due = lambda now: [study]
+        stage.step = lambda case, now: holders.append(Study.get_by_id(case.id).claimed_by) or False
+        stage.run_once(utcnow())
+    assert holders == ["node-ctx-11112/deid"]
+
+
+def test_each_node_builds_its_own_metrics(tmp_path):
+    """The node's metrics are its context's, built by the node: no module-level registry, so two nodes in one
+    process (tests) count apart, and a context-less process's counts never reach a node's ``/metrics``."""
+    from gateway import node as node_module
+    from gateway.ops import metrics as metrics_module
+
+    assert not any(isinstance(value, GatewayMetrics) for value in vars(metrics_module).values())
+    config = GatewayConfig.model_validate({"storage": {"database": f"sqlite:///{tmp_path}/gw.db",
+                                                       "spool_dir": str(tmp_path / "spool")},
+                                           "routing": {"wakeups": False},
+                                           "sources": [{"name": "st-marys", "ae_title": "STMARYS_PACS"}]})
+    database = open_database(config.storage.database, max_connections=2)
+    try:
+        first, second = (node_module.GatewayNode(config)._node_context(database) for _ in range(2))
+    finally:
+        database.close()
+    assert first.metrics is not second.metrics
+    assert NodeContext.of_process().metrics not in (first.metrics, second.metrics)
 
 
 def test_a_stage_built_without_a_context_reads_the_process_as_it_is_when_used(context):

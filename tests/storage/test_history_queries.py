@@ -134,7 +134,7 @@ def _hot_paths(tmp_path: Path) -> None:
         AssignmentStage(config.reviewers, config.routing, context=context),
         DeliveryStage.of(config, context=context), SlaStage(config.reviewers, config.routing, context=context),
         ReportStage.of(config, spool, b"k" * 32, context=context), OruStage.of(config, spool, context=context),
-        CommitmentStage(config, context=context), CriticalNoticeStage(config, context=context)]
+        CommitmentStage.of(config, context=context), CriticalNoticeStage(config.critical, context=context)]
     for stage in stages:
         if hasattr(stage, "due"):
             stage.due(now)

@@ -9,21 +9,13 @@ import pytest
 from gateway.accounts import users as accounts
 from gateway.accounts.users import AccountError, add_user, check_password, disable_user, list_users
 from gateway.config import GatewayConfig
-from gateway.storage.models import MIGRATIONS, SchemaVersion, WebUser, db, make_database, migrate, open_database
+from gateway.storage.models import MIGRATIONS, SchemaVersion, WebUser, db, make_database, migrate
 from gateway.web.auth import OTHER_ADDRESSES, LoginLimiter, RefusedSignIns, session_of, start_session
 from gateway.web.forms import parse_referral_form, parse_report_form
 
 CONFIG = GatewayConfig.model_validate({
     "sources": [{"name": "st-marys", "ae_title": "HOSP_PACS"}],
     "reviewers": [{"name": "dr-a", "ae_title": "REVIEW_A", "host": "127.0.0.1", "port": 4243}]})
-
-
-@pytest.fixture
-def database(tmp_path):
-    database = open_database(f"sqlite:///{tmp_path}/gw.db", max_connections=2)
-    with db.connection_context():
-        yield database
-    database.close_all()
 
 
 def test_password_checks_hash_at_the_lowest_cpu_priority_one_per_address(database):
@@ -345,3 +337,57 @@ def test_standard_uids_are_named_on_the_operators_pages():
     named = uid_names("1.2.840.10008.5.1.4.1.1.104.1 from reviewer dr-a")
     assert named == "Encapsulated PDF Storage from reviewer dr-a"
     assert uid_names("2.25.123 and 1.2.840.10008.9.9.9.9") == "2.25.123 and 1.2.840.10008.9.9.9.9", "unknown: kept"
+
+
+# What a user might type into a URL: an original Study Instance UID and a patient's name.
+MARKER_UID = "1.2.826.0.1.3680043.2.1125.424242"
+MARKER_NAME = "Smithers-Jane"
+
+
+def test_the_portal_logs_a_refused_or_failed_page_by_its_route_never_its_path(database, tmp_path):
+    """``web_refused`` and ``web_handler_failed`` name the page's route template: the request's path (and query)
+    is what a user typed, possibly an original UID or a name."""
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+    from structlog.testing import capture_logs
+
+    from gateway.accounts.users import PasswordChecks
+    from gateway.ops.metrics import GatewayMetrics
+    from gateway.stages.context import NodeContext
+    from gateway.storage.cases import LeaseOwner
+    from gateway.storage.spool import Spool
+    from gateway.web import auth
+    from gateway.web.app import guard, templates
+    from gateway.web.page import Portal, Refused
+
+    def refusing(_page):
+        raise Refused(403, "not yours")
+
+    def failing(page):
+        raise RuntimeError(f"no case {page.request.path_params['study']} of {page.request.path_params['patient']}")
+
+    portal = Portal(CONFIG, Spool(tmp_path / "spool"), templates(), LoginLimiter(10, 10, 100),
+                    PasswordChecks(1, 5), NodeContext(db, LeaseOwner("test"), None, GatewayMetrics()))
+    route = "/referrer/{patient}/studies/{study}"
+    app = Starlette(routes=[Route(route, guard(portal, refusing, "referrer", route)),
+                            Route(f"{route}/notes", guard(portal, failing, "referrer", f"{route}/notes"))])
+    session = start_session(add_user(CONFIG, "desk", "referrer", "long enough password", source="st-marys"), 1)
+
+    async def get(path: str) -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway",
+                                     cookies={auth.COOKIE: session}) as client:
+            return (await client.get(path, params={"name": MARKER_NAME})).status_code
+
+    path = f"/referrer/{MARKER_NAME}/studies/{MARKER_UID}"
+    with capture_logs() as logs:
+        assert asyncio.run(get(path)) == 403
+        assert asyncio.run(get(f"{path}/notes")) == 500
+    lines = [entry for entry in logs if entry["event"] in ("web_refused", "web_handler_failed")]
+    assert lines == [{"event": "web_refused", "log_level": "warning", "status": 403, "reason": route},
+                     {"event": "web_handler_failed", "log_level": "error", "error": "RuntimeError",
+                      "reason": f"{route}/notes"}]
+    assert MARKER_UID not in repr(logs) and MARKER_NAME not in repr(logs)

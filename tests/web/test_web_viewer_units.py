@@ -68,7 +68,8 @@ def _case_page(viewer: bool) -> str:
     return templates().get_template("reviewer_case.html").render(
         user=SimpleNamespace(role="reviewer", name="dr-a", source=None, reviewer="dr-a"), csrf="token",
         path="/reviewer/cases/x", title="Case", study=study, notes=[], series=series, levels=LEVELS, values={},
-        errors={}, clock="4 d left", overdue=False, reported=False, signer=None, viewer=viewer)
+        errors={}, clock="4 d left", overdue=False, reported=False, signer=None, viewer=viewer, pool_link=False,
+        claim=None, claim_problem="", claim_timeout="4 h 00 min")
 
 
 def test_the_case_page_says_when_the_viewer_is_not_installed():
