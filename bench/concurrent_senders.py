@@ -31,23 +31,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from ingest import CACHE, cpu_seconds, send, settle  # noqa: E402
+from ingest import cached_study, cpu_seconds, send, settle  # noqa: E402
 
-from gateway.demo import write_demo_study  # noqa: E402
 from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc  # noqa: E402
 
 
 def studies(count: int, instances: int) -> list[list[Path]]:
     """``count`` distinct studies (own patient seed, own UIDs) of ``instances`` each, cached under bench/out."""
-    out = []
-    for n in range(count):
-        folder = CACHE / f"concurrent-{instances}-{n}"
-        files = sorted(folder.glob("*.dcm"))
-        if len(files) != instances:
-            shutil.rmtree(folder, ignore_errors=True)
-            files = write_demo_study(folder, instances, seed=100 + n)
-        out.append(files)
-    return out
+    return [cached_study(f"concurrent-{instances}-{n}", instances, 100 + n) for n in range(count)]
 
 
 def machine_jiffies() -> tuple[int, int]:

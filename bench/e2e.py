@@ -22,7 +22,16 @@ source's storescp (playing the PACS), and from the gateway's ``report_received``
 TCP_NODELAY=1 for the DCMTK tools and Orthanc; the gateway sets it on its own sockets. Run as root through
 ``scripts/in-private-net.sh`` (servers in a network namespace with only loopback):
 
-    scripts/in-private-net.sh .venv/bin/python bench/e2e.py [--runs 5] [--instances 300] [--poll-only]
+    scripts/in-private-net.sh .venv/bin/python bench/e2e.py [--runs 5] [--instances 300] [--stable-s 2] [--poll-only]
+    scripts/in-private-net.sh .venv/bin/python bench/e2e.py --sustained --stable-s 2 --runs 1
+
+``--stable-s S`` sets the gateway's ``routing.stable_after_s`` (subtracted as before): with the shipped 60 s, the
+de-identification runs during the wait and does not show; with 2 s it does. ``--deid-workers N`` sets ``deid.workers``.
+
+``--sustained`` times, instead, 10 different 300-instance studies (``--instances``) sent by 5 storescu senders at once,
+each sending its two studies back to back: until every case (with its notes) is at the reviewer, against Orthanc
+receiving the same studies, each anonymized (``/anonymize``) and forwarded the moment its sender is done; the
+gateway's stability wait is subtracted once (the last study's).
 
 ``--poll-only`` also times the gateway with ``routing.wakeups: false`` (the shipped poll alone), for comparison.
 ``--priors N`` also times the gateway with priors: an Orthanc of its own plays the source's PACS (``query_retrieve``)
@@ -40,15 +49,18 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import pydicom
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the suite's process helpers: real peers started and stopped by PID
 sys.path.insert(0, str(REPO / "bench"))
 
-from ingest import study  # noqa: E402
+from ingest import cached_study, study  # noqa: E402
 
 from gateway.demo import DemoPatient, write_demo_study  # noqa: E402
 from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc, storescu, wait_until  # noqa: E402
@@ -114,15 +126,12 @@ def prior_studies(count: int, instances: int, work: Path) -> list[list[Path]]:
 PRIORS_LOG: list[float] = []  # the priors_finished events' durations (de-identified -> priors done), seconds
 
 
-def gateway(files: list[Path], work: Path, report: Path | None, wakeups: bool = True,
-            priors: list[list[Path]] | None = None) -> tuple[float, float | None, float | None, Path | None]:
-    """(study seconds minus the stability wait, report wall seconds, report seconds in the log, built report)."""
-    reviewer = DcmtkStoreSCP(work / "reviewer", ae_title="REVIEWER").start()
-    source = DcmtkStoreSCP(work / "source", ae_title="STMARYS_PACS").start()
-    pacs = Orthanc(work / "pacs", "STMARYS_QR") if priors else None
+def gateway_node(work: Path, reviewer: DcmtkStoreSCP, source: DcmtkStoreSCP, pacs: Orthanc | None = None,
+                 wakeups: bool = True) -> GatewayProcess:
+    """The node with the shipped configuration (only addresses, paths and peers set here), not started."""
     node_shipped = {k: v for k, v in SHIPPED["node"].items() if k not in ("host", "port", "ae_title")}
     routing = {**SHIPPED["routing"], "wakeups": wakeups and SHIPPED["routing"].get("wakeups", True)}
-    node = GatewayProcess(
+    return GatewayProcess(
         work / "gw", f"sqlite:///{work}/gw/gateway.db", node=node_shipped,
         sources=[{"name": "st-marys", "ae_title": "STMARYS_PACS",
                   "return": {"ae_title": "STMARYS_PACS", "host": "127.0.0.1", "port": source.port},
@@ -131,6 +140,15 @@ def gateway(files: list[Path], work: Path, report: Path | None, wakeups: bool = 
         reviewers=[{"name": "dr-a", "ae_title": "REVIEWER", "host": "127.0.0.1", "port": reviewer.port}],
         extra={"routing": routing, "deid": SHIPPED["deid"], "referrals": SHIPPED["referrals"],
                "http": {"enabled": False}})
+
+
+def gateway(files: list[Path], work: Path, report: Path | None, wakeups: bool = True,
+            priors: list[list[Path]] | None = None) -> tuple[float, float | None, float | None, Path | None]:
+    """(study seconds minus the stability wait, report wall seconds, report seconds in the log, built report)."""
+    reviewer = DcmtkStoreSCP(work / "reviewer", ae_title="REVIEWER").start()
+    source = DcmtkStoreSCP(work / "source", ae_title="STMARYS_PACS").start()
+    pacs = Orthanc(work / "pacs", "STMARYS_QR") if priors else None
+    node = gateway_node(work, reviewer, source, pacs, wakeups)
     stable_after = float(SHIPPED["routing"]["stable_after_s"])
     try:
         if pacs is not None:
@@ -173,6 +191,114 @@ def gateway(files: list[Path], work: Path, report: Path | None, wakeups: bool = 
         reviewer.stop()
 
 
+SUSTAINED_STUDIES = 10
+SUSTAINED_SENDERS = 5
+
+
+def sustained_studies(instances: int) -> list[list[Path]]:
+    """``SUSTAINED_STUDIES`` different studies (patients, accessions, UIDs, pixels), cached beside ``study``'s."""
+    return [cached_study(f"sustained-{instances}-{number}", instances, 200 + number,
+                         DemoPatient(patient_id=f"MRN{7000000 + number}", accession=f"A8{number:06d}"))
+            for number in range(SUSTAINED_STUDIES)]
+
+
+def send_back_to_back(port: int, studies: list[list[Path]], called: str,
+                      after_each: Callable[[list[Path]], None] | None = None) -> None:
+    """``SUSTAINED_SENDERS`` storescu senders at once, each sending its share of ``studies`` one after the other
+    (one association per study); ``after_each`` is called with each study the moment its sender is done."""
+    def sender(share: list[list[Path]]) -> None:
+        for files in share:
+            send(port, files, "STMARYS_PACS", called)
+            if after_each is not None:
+                after_each(files)
+
+    with ThreadPoolExecutor(SUSTAINED_SENDERS) as senders:
+        shares = [studies[number::SUSTAINED_SENDERS] for number in range(SUSTAINED_SENDERS)]
+        for finished in [senders.submit(sender, share) for share in shares]:
+            finished.result()
+
+
+def orthanc_sustained(studies: list[list[Path]], work: Path) -> float:
+    """Orthanc receiving the studies from the senders; each anonymized and forwarded the moment it is whole."""
+    scp = DcmtkStoreSCP(work / "reviewer", ae_title="REVIEWER").start()
+    peer = Orthanc(work / "orthanc", "ORTHANC", modalities={"reviewer": ["REVIEWER", "127.0.0.1", scp.port]})
+    uids = {id(files): str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID) for files in studies}
+    peer.start()
+    total = sum(map(len, studies))
+    try:
+        with ThreadPoolExecutor(len(studies)) as forwarders:
+            forwarded: list[Future] = []
+            started = time.perf_counter()
+
+            def forward(files: list[Path]) -> None:
+                study_id, = peer.post("/tools/find", {"Level": "Study", "Query": {"StudyInstanceUID": uids[id(files)]}})
+                anonymized = peer.post(f"/studies/{study_id}/anonymize", {"Force": False})["ID"]
+                peer.post("/modalities/reviewer/store", {"Resources": [anonymized], "Synchronous": True}, timeout=900)
+
+            send_back_to_back(peer.dicom_port, studies, "ORTHANC",
+                              lambda files: forwarded.append(forwarders.submit(forward, files)))
+            for done in forwarded:
+                done.result()
+            wait_until(lambda: received(scp) >= total, 900, "every forwarded study", SUSTAINED_POLL)
+            return time.perf_counter() - started
+    finally:
+        peer.stop()
+        scp.stop()
+
+
+SUSTAINED_POLL = 0.05  # the reviewer's folder holds thousands of files: looked at less often
+
+
+def gateway_sustained(studies: list[list[Path]], work: Path) -> float:
+    """The node receiving the studies from the senders (referrals added beforehand) until every case, with its
+    notes, is at the reviewer; the stability wait subtracted once (the last study's)."""
+    reviewer = DcmtkStoreSCP(work / "reviewer", ae_title="REVIEWER").start()
+    source = DcmtkStoreSCP(work / "source", ae_title="STMARYS_PACS").start()
+    node = gateway_node(work, reviewer, source)
+    expected = sum(map(len, studies)) + 2 * len(studies)  # the images, each case's notes SR and PDF
+    try:
+        node.start()
+        for number, files in enumerate(studies):
+            first = pydicom.dcmread(files[0], stop_before_pixels=True)
+            referral = {**REFERRAL, "accession_number": str(first.AccessionNumber),
+                        "patient": {"id": str(first.PatientID), "name": "Doe^Jane"}}
+            (work / f"referral-{number}.json").write_text(json.dumps(referral))
+            node.cli("referral", "add", str(work / f"referral-{number}.json"))
+        started = time.perf_counter()
+        send_back_to_back(node.port, studies, "SPINEGW")
+        wait_until(lambda: received(reviewer) >= expected, 1800, "the gateway to deliver every case", SUSTAINED_POLL)
+        return time.perf_counter() - started - float(SHIPPED["routing"]["stable_after_s"])
+    finally:
+        node.stop()
+        source.stop()
+        reviewer.stop()
+
+
+def sustained(instances: int, runs: int) -> None:
+    studies = sustained_studies(instances)
+    total = sum(map(len, studies))
+    times: dict[str, list[float]] = {"anonymize": [], "gateway": []}
+    with tempfile.TemporaryDirectory(prefix="spinegw-e2e-", dir="/var/tmp") as tmp:
+        key = Path(tmp) / "secret.key"
+        key.write_text("ab" * 32 + "\n")
+        SHIPPED["deid"]["secret_file"] = str(key)
+        for run in range(runs):
+            for name, values in times.items():
+                work = Path(tmp) / f"sustained-{name}-{run}"
+                seconds = orthanc_sustained(studies, work) if name == "anonymize" else gateway_sustained(studies, work)
+                values.append(seconds)
+                print(f"  run {run + 1} {name:10s} {seconds:7.2f} s  {total / seconds:6.1f} instances/s", flush=True)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    print(f"\nsustained: {len(studies)} studies of {instances} instances from {SUSTAINED_SENDERS} senders back to "
+          f"back; medians of {runs} interleaved run(s); stable_after_s {SHIPPED['routing']['stable_after_s']} "
+          f"subtracted once")
+    print(f"Orthanc receive + anonymize + forward   {median['anonymize']:7.2f} s  {total / median['anonymize']:6.1f} "
+          f"instances/s")
+    print(f"spine-gateway to the reviewer           {median['gateway']:7.2f} s  {total / median['gateway']:6.1f} "
+          f"instances/s")
+    print(f"gateway throughput / Orthanc's: {median['anonymize'] / median['gateway']:5.2f}  (target >= 1.20)")
+
+
 def _report_events(node: GatewayProcess) -> tuple[dict, dict] | None:
     events = node.log_events()
     got = next((e for e in events if e["event"] == "report_received"), None)
@@ -187,7 +313,22 @@ def main() -> int:
     parser.add_argument("--poll-only", action="store_true", help="also the gateway with routing.wakeups false")
     parser.add_argument("--priors", type=int, default=0, help="also the gateway with this many priors in a PACS")
     parser.add_argument("--prior-instances", type=int, default=None, help="instances of each prior")
+    parser.add_argument("--stable-s", type=float, default=None,
+                        help="routing.stable_after_s for the gateway (default: the shipped 60 s), so that the work "
+                             "done during the wait shows")
+    parser.add_argument("--sustained", action="store_true",
+                        help=f"instead: {SUSTAINED_STUDIES} different studies from {SUSTAINED_SENDERS} senders back "
+                             "to back, gateway against Orthanc anonymizing and forwarding each")
+    parser.add_argument("--deid-workers", type=int, default=None, help="deid.workers for the gateway (default: "
+                        "the shipped value)")
     args = parser.parse_args()
+    if args.stable_s is not None:
+        SHIPPED["routing"]["stable_after_s"] = args.stable_s
+    if args.deid_workers is not None:
+        SHIPPED["deid"]["workers"] = args.deid_workers
+    if args.sustained:
+        sustained(args.instances, args.runs)
+        return 0
     files = study(args.instances)
     megabytes = sum(p.stat().st_size for p in files) / 1e6
     times: dict[str, list[float]] = {"plain": [], "forward": [], "anonymize": [], "gateway": []}

@@ -13,6 +13,9 @@ and referral settings, ``stable_after_s`` 2) is started on that database and mea
   -> notes attached, -> assigned, -> delivered (at a DCMTK storescp reviewer), and per instance;
 - ``spine-gateway status --json`` (CLI wall time, Python's start included) and the status snapshot in process
   (``collect_status``, what the operators' page and ``status`` build), ``--repeat`` times each, median and p95;
+- the data of the portal's list pages, built in process as their handlers build it, ``--repeat`` times each: the
+  operators' overview (status snapshot, cases needing attention, waiting referrals), the referrer's case list (its
+  first page) and the reviewer's worklist;
 - ``spine-gateway purge --dry-run`` of a day's worth (``--days 364``: the cases reported 364-365 days ago);
 - growth: the node's log bytes and audit rows for the one case, the database's size.
 
@@ -281,8 +284,30 @@ def in_process(url: str, spool: Path, key: str, repeat: int) -> dict[str, Any]:
             size = db.execute_sql("SELECT pg_database_size(current_database())").fetchone()[0]
         else:
             size = os.path.getsize(db.obj.database)
+    collect_status(spool)  # once untimed: the first call imports the overview modules
     snapshot = timed(lambda: collect_status(spool), repeat)
-    return {"status_snapshot": snapshot, "audit_rows": audit_rows, "db_bytes": size}
+    return {"status_snapshot": snapshot, "audit_rows": audit_rows, "db_bytes": size, **portal_lists(spool, repeat)}
+
+
+def portal_lists(spool: Path, repeat: int) -> dict[str, list[float]]:
+    """The data of the portal's list pages, built in this process as their handlers build it (the HTML around
+    it is not timed): the operators' overview (the status snapshot, the cases needing attention, the waiting
+    referrals), the referrer's case list and the reviewer's worklist."""
+    from gateway.ops.status import collect_status
+    from gateway.web import views
+
+    def ops_page() -> None:
+        collect_status(spool)
+        views.attention_cases()
+        views.waiting_referrals(86400)
+
+    pages = {"ops_page": ops_page, "referrer_page": lambda: views.referrer_cases("st-marys"),
+             "worklist_page": lambda: views.worklist("dr-a")}
+    timings = {}
+    for name, build in pages.items():
+        with db.connection_context():
+            timings[name] = timed(build, repeat)
+    return timings
 
 
 # --- the run -------------------------------------------------------------------------------------------------------
@@ -322,6 +347,8 @@ def figures(row: dict[str, Any]) -> dict[str, float]:
         "status CLI p95 s": p95(row["status_cli"]),
         "snapshot med ms": statistics.median(row["status_snapshot"]) * 1000,
         "snapshot p95 ms": p95(row["status_snapshot"]) * 1000,
+        **{f"{name.replace('_', ' ')} {kind} ms": pick(row[name]) * 1000 for name in
+           ("ops_page", "referrer_page", "worklist_page") for kind, pick in (("med", statistics.median), ("p95", p95))},
         "purge day s": statistics.median(row["purge_day"]),
         "log KB/case": row["log_bytes"] / 1000,
         "audit rows/case": row["audit_rows"],

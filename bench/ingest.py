@@ -23,18 +23,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the suite's process helpers: real peers started and stopped by PID
 
-from gateway.demo import write_demo_study  # noqa: E402
+from gateway.demo import DemoPatient, write_demo_study  # noqa: E402
 from support.peers import DcmtkStoreSCP, GatewayProcess, Orthanc, child_pids, storescu  # noqa: E402
 
 CACHE = REPO / "bench" / "out"
 
 
 def study(instances: int, seed: int = 7) -> list[Path]:
-    folder = CACHE / f"study-{instances}"
+    return cached_study(f"study-{instances}", instances, seed)
+
+
+def cached_study(name: str, instances: int, seed: int, patient: DemoPatient | None = None) -> list[Path]:
+    """The demo study kept under ``bench/out/<name>``, written once (again when its count of files is not right)."""
+    folder = CACHE / name
     files = sorted(folder.glob("*.dcm"))
     if len(files) != instances:
         shutil.rmtree(folder, ignore_errors=True)
-        files = write_demo_study(folder, instances, seed=seed)
+        files = write_demo_study(folder, instances, seed=seed, patient=patient)
     return files
 
 

@@ -132,6 +132,17 @@ class BudgetedWorkers:
         self._warming = threading.Thread(target=warm_then_wake, name="budget-warm-up", daemon=True)
         self._warming.start()
 
+    @property
+    def warming_started(self) -> bool:
+        return self._warming is not None or self._warm.is_set()
+
+    def start_warming(self) -> None:
+        """Start the warm-up in the background now (once), when work for the workers is on its way, so that the
+        first job does not wait for it."""
+        with self._lock:
+            if not self.warming_started:
+                self._warm_in_background()
+
     def submit(self, key: str, function: Callable[..., Any], *args: Any) -> bool:
         """Start ``function(*args)`` for ``key`` in a worker; False when every worker is busy (try later) or
         ``key`` has a job already."""

@@ -129,7 +129,7 @@ class GatewayNode:
             server.other_work = self.http.open_connections
         self.server = server
         self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)
-        self._notes_workers()  # started by the first case's notes (gateway.budget): no memory until needed
+        self._notes_workers()  # started when a first case arrives (the notes stage): no memory until then
         self.scheduler.start()
         self._start_wakeups()
         self._start_receivers()

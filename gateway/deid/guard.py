@@ -19,6 +19,7 @@ Two views of "the patient's identifiers":
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,11 +27,13 @@ from datetime import date
 from pathlib import Path
 
 import pydicom
+from pydicom.datadict import dictionary_has_tag, dictionary_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from gateway.deid.errors import IdentifierLeakError
 from gateway.deid.pseudonym import is_standard_uid
+from gateway.dicom import undecoded
 from gateway.dicom.vr import TEXT_VRS
 from gateway.privacy.identifiers import IdentifierSet
 
@@ -65,8 +68,36 @@ class Leak:
 def _bounded(alternatives: list[str], boundary: str) -> re.Pattern[str] | None:
     if not alternatives:
         return None
-    body = "|".join(sorted(set(alternatives), key=len, reverse=True))
-    return re.compile(f"(?<!{boundary})(?:{body})(?!{boundary})", re.IGNORECASE)
+    return _bounded_pattern(tuple(sorted(set(alternatives), key=len, reverse=True)), boundary)
+
+
+@functools.lru_cache(maxsize=256)
+def _bounded_pattern(alternatives: tuple[str, ...], boundary: str) -> re.Pattern[str]:
+    """Compiled once per case: the patient's names, IDs and dates are the same in each of its instances."""
+    return re.compile(f"(?<!{boundary})(?:{'|'.join(alternatives)})(?!{boundary})", re.IGNORECASE)
+
+
+_UID_CHARACTERS = re.compile(r"[0-9.]+")
+
+
+class _UidMatcher:
+    """Whether a text holds one of ``uids`` standing alone (not inside a longer run of digits and dots): the same
+    answer as the bounded pattern of the UIDs, without compiling a pattern per instance (each instance has its
+    own SOP Instance UID). A UID made only of digits and dots stands alone exactly when it is a whole run of
+    digits and dots in the text; any other value (malformed) is searched with the bounded pattern."""
+
+    def __init__(self, uids: Iterable[str]) -> None:
+        values = [v for v in uids if v.strip()]
+        self._plain = frozenset(v for v in values if _UID_CHARACTERS.fullmatch(v))
+        self._other = _bounded([re.escape(v) for v in values if v not in self._plain], "[0-9.]")
+
+    def __bool__(self) -> bool:
+        return bool(self._plain) or self._other is not None
+
+    def search(self, text: str) -> bool:
+        if self._plain and any(run in self._plain for run in _UID_CHARACTERS.findall(text)):
+            return True
+        return self._other is not None and self._other.search(text) is not None
 
 
 def _date_forms(value: date) -> list[str]:
@@ -87,7 +118,7 @@ def _long_enough(values: tuple[str, ...]) -> list[str]:
     return [re.escape(v.strip()) for v in values if len(v.strip()) >= MIN_NAME_PART]
 
 
-def _compile(identifiers: PatientIdentifiers) -> list[tuple[str, re.Pattern[str]]]:
+def _compile(identifiers: PatientIdentifiers) -> list[tuple[str, re.Pattern[str] | _UidMatcher]]:
     word = "[A-Za-z0-9]"
     names = [re.escape(p) for p in identifiers.name_parts if len(p) >= MIN_NAME_PART]
     referring = [re.escape(p) for p in identifiers.referring_physician_name_parts if len(p) >= MIN_NAME_PART]
@@ -98,15 +129,23 @@ def _compile(identifiers: PatientIdentifiers) -> list[tuple[str, re.Pattern[str]
         "birth date": _bounded([re.escape(f) for d in identifiers.birth_dates for f in _date_forms(d)], "[0-9]"),
         "institution name": _bounded([_flexible_spaces(v) for v in identifiers.institution_names if v.strip()], word),
         "referring physician name": _bounded(referring, word),
-        "uid": _bounded([re.escape(v) for v in identifiers.uids if v.strip()], "[0-9.]"),
     }
-    return [(kind, pattern) for kind, pattern in candidates.items() if pattern is not None]
+    patterns: list[tuple[str, re.Pattern[str] | _UidMatcher]] = [
+        (kind, pattern) for kind, pattern in candidates.items() if pattern is not None]
+    uids = _UidMatcher(identifiers.uids)
+    return [*patterns, ("uid", uids)] if uids else patterns
 
 
 def _element_name(elem: DataElement) -> str:
-    if elem.tag.is_private or not elem.keyword:
+    if elem.tag.is_private or not _keyword(elem.tag):
         return f"({elem.tag.group:04X},{elem.tag.element:04X})"
-    return elem.keyword
+    return _keyword(elem.tag)
+
+
+@functools.lru_cache(maxsize=4096)
+def _keyword(tag: int) -> str:
+    """``DataElement.keyword``, looked up once per tag (it was a tenth of the guard's time)."""
+    return dictionary_keyword(tag) if dictionary_has_tag(tag) else ""
 
 
 def _searchable_text(elem: DataElement) -> str | None:
@@ -144,15 +183,19 @@ def find_leaks(dataset: Dataset, identifiers: PatientIdentifiers | IdentifierSet
         return _find_in_case(dataset, identifiers)
     patterns = _compile(identifiers)
     if not patterns:
-        return []
-    leaks: list[Leak] = []
-    for source, prefix in _sources(dataset):
-        for path, elem in _walk(source, prefix):
-            text = _searchable_text(elem)
-            if not text:
-                continue
-            leaks.extend(Leak(path, kind) for kind, pattern in patterns if pattern.search(text))
-    return leaks
+        return []  # nothing to look for: the dataset is not even walked
+    return _leaks(searchable_values(dataset, pdf=False), patterns)
+
+
+def find_leaks_in_texts(values: Iterable[tuple[str, str]], identifiers: PatientIdentifiers) -> list[Leak]:
+    """Every identifier of ``identifiers`` (one instance's) in ``values`` ((attribute path, text) pairs, as
+    :func:`searchable_values` gives them), as :func:`find_leaks` reports them."""
+    return _leaks(values, _compile(identifiers))
+
+
+def _leaks(values: Iterable[tuple[str, str]], patterns: list[tuple[str, re.Pattern[str] | _UidMatcher]]
+           ) -> list[Leak]:
+    return [Leak(path, kind) for path, text in values for kind, pattern in patterns if pattern.search(text)]
 
 
 def _sources(dataset: Dataset) -> list[tuple[Dataset, str]]:
@@ -167,9 +210,9 @@ def _find_in_case(dataset: Dataset, identifiers: IdentifierSet) -> list[Leak]:
     return find_leaks_in_values(searchable_values(dataset), identifiers)
 
 
-def searchable_values(dataset: Dataset) -> list[tuple[str, str]]:
+def searchable_values(dataset: Dataset, *, pdf: bool = True) -> list[tuple[str, str]]:
     """Every text the case-level guard searches in ``dataset`` (file meta included), as (attribute path,
-    text): the values :func:`find_leaks` reads, and an Encapsulated PDF's extracted text at
+    text): the values :func:`find_leaks` reads, and (``pdf``) an Encapsulated PDF's extracted text at
     ``<path>/pdf-text``. The pixel data is never among them.
 
     Raises:
@@ -181,7 +224,7 @@ def searchable_values(dataset: Dataset) -> list[tuple[str, str]]:
             text = _searchable_text(elem)
             if text:
                 values.append((path, text))
-            if elem.tag == ENCAPSULATED_DOCUMENT_TAG and _is_pdf(source):
+            if pdf and elem.tag == ENCAPSULATED_DOCUMENT_TAG and _is_pdf(source):
                 values.append((f"{path}/pdf-text", pdf_text(elem.value)))
     return values
 
@@ -261,9 +304,22 @@ def _parse_date(value: object) -> date | None:
         return None
 
 
+def _uid_elements(dataset: Dataset) -> Iterator[DataElement]:
+    """Every UI element of ``dataset`` and of its sequences' items (others may be left out undecoded)."""
+    for elem in undecoded.elements(dataset, lambda tag, vr: vr == "UI"):
+        if elem.VR == "SQ":
+            for item in elem.value:
+                yield from _uid_elements(item)
+        else:
+            yield elem
+
+
 def _instance_uids(dataset: Dataset) -> Iterator[str]:
-    for _, elem in _walk(dataset, ""):
-        if elem.VR != "UI" or elem.VM == 0 or "ClassUID" in (elem.keyword or "") or elem.keyword == "TransferSyntaxUID":
+    for elem in _uid_elements(dataset):
+        if elem.VR != "UI" or elem.VM == 0:
+            continue
+        keyword = _keyword(elem.tag)
+        if "ClassUID" in keyword or keyword == "TransferSyntaxUID":
             continue
         values = elem.value if elem.VM > 1 else [elem.value]
         yield from (str(v).strip() for v in values if str(v).strip() and not is_standard_uid(str(v)))

@@ -19,6 +19,7 @@ from gateway.storage.models import (
     QuarantinedObject,
     Study,
     db,
+    instance_tally,
     tuple_rows,
 )
 
@@ -36,19 +37,14 @@ def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, 
         routing = routing_snapshot(reviewers)
         reports = reports_snapshot()
         studies = dict(tuple_rows(Study.select(Study.state, peewee.fn.COUNT(Study.id)).group_by(Study.state)))
-        instances = dict(tuple_rows(
-            Instance.select(Instance.state, peewee.fn.COUNT(Instance.id)).group_by(Instance.state)))
-        total_bytes = Instance.select(peewee.fn.COALESCE(peewee.fn.SUM(Instance.size), 0)).scalar()
+        instances, total_bytes = instance_tally()
         quarantined = QuarantinedObject.select().count()
         attention = needs_attention()
         audit_export = audit_export_status()
         commitment = commitments.summary()
         priors = dict(tuple_rows(PriorFetch.select(PriorFetch.state, peewee.fn.COUNT(PriorFetch.id))
                                  .group_by(PriorFetch.state)))
-        recent = [
-            {"study": key, "state": state, "instances": count, "last_received_at": last.isoformat() + "Z"}
-            for key, state, count, last in tuple_rows(recent_cases(RECENT_CASES))
-        ]
+        recent = recent_cases(RECENT_CASES)
     disk = shutil.disk_usage(spool_dir) if Path(spool_dir).exists() else None
     return {
         "health": node_health(spool_dir),
@@ -73,14 +69,17 @@ def collect_status(spool_dir: Path, reviewers: Sequence[Any] = ()) -> dict[str, 
 RECENT_CASES = 20
 
 
-def recent_cases(limit: int) -> peewee.SelectQuery:
-    """The ``limit`` cases received last, each with its instance count: the cases are chosen first (the index of
-    ``last_received_at``), then only their instances counted (grouping every case of the history first, then
+def recent_cases(limit: int) -> list[dict[str, Any]]:
+    """The ``limit`` cases received last, each with its instance count: the cases read first from the index of
+    ``last_received_at``, then only their instances counted (grouping every case of the history first, then
     taking 20, read the whole history at every ``status``)."""
-    latest = Study.select(Study.id).order_by(Study.last_received_at.desc()).limit(limit)
-    return (Study.select(Study.key, Study.state, peewee.fn.COUNT(Instance.id), Study.last_received_at)
-            .join(Instance, peewee.JOIN.LEFT_OUTER).where(Study.id.in_(latest)).group_by(Study.id)
-            .order_by(Study.last_received_at.desc()))
+    latest = list(tuple_rows(Study.select(Study.id, Study.key, Study.state, Study.last_received_at)
+                             .order_by(Study.last_received_at.desc()).limit(limit)))
+    ids = [row[0] for row in latest]
+    counts = dict(tuple_rows(Instance.select(Instance.study, peewee.fn.COUNT(Instance.id))
+                             .where(Instance.study.in_(ids)).group_by(Instance.study))) if ids else {}
+    return [{"study": key, "state": state, "instances": counts.get(study_id, 0),
+             "last_received_at": last.isoformat() + "Z"} for study_id, key, state, last in latest]
 
 
 def audit_export_status() -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ How a value is searched for:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 import unicodedata
@@ -41,7 +42,7 @@ from functools import cached_property
 from typing import Any, cast
 
 from gateway.privacy.text import fold, has_non_latin_letters, spelling_variants, words
-from gateway.privacy.words import EPONYM_TAIL, TITLES, is_distinctive
+from gateway.privacy.words import EPONYM_TAIL, TITLES, is_distinctive, zipf
 
 __all__ = [
     "HEADER_KEYWORDS",
@@ -291,6 +292,12 @@ def _name_terms(kind: str, names: Sequence[str]) -> list[SearchTerm]:
                 raw_bodies += _raw_name_bodies(group)
             folded_bodies += _latin_name_bodies(group)
     terms = _alternation(kind, folded_bodies)
+    capitalised = [_capitalised_body(part) for name in names for group in name_groups(name)
+                   if not any(has_non_latin_letters(w) for w in group)
+                   for word in _name_parts(group) for part in word if is_distinctive(part) and _ordinary_word(part)]
+    if capitalised:
+        terms.append(SearchTerm(kind, re.compile(
+            rf"(?<![^\W_])(?:{'|'.join(sorted(set(capitalised), key=len, reverse=True))})(?![^\W_])"), folded=False))
     if raw_bodies:
         unique = sorted(set(raw_bodies), key=len, reverse=True)
         terms.append(SearchTerm(kind, re.compile("|".join(unique)), folded=False))
@@ -306,6 +313,7 @@ def _name_parts(group: list[str]) -> list[tuple[str, ...]]:
 #: A surname inside a clinical term is no hit ("Jefferson fracture", "Paget's disease", "maladie de Charcot",
 #: "Morbus Bechterew"); the same surname anywhere else is.
 _NOT_IN_CLINICAL_TERM = rf"(?!{EPONYM_TAIL})"
+_ORDINARY_ZIPF = 3.5  # "baker" 4.2, "stone" 4.9; "hargreaves" 2.8, "kettering" 2.9
 _NOT_AFTER_CLINICAL = r"(?<!morbus )(?<!maladie de )(?<!signe de )(?<!syndrome de )(?<!maladie d')(?<!signe d')"
 
 
@@ -316,7 +324,7 @@ def _latin_name_bodies(group: list[str]) -> list[str]:
     bodies: list[str] = []
     for part in dict.fromkeys(parts):
         bodies.append(_PREFIX_TITLE + _word_body(part))
-        if is_distinctive(part):
+        if is_distinctive(part) and not _ordinary_word(part):
             bodies.append(_NOT_AFTER_CLINICAL + _word_body(part) + _NOT_IN_CLINICAL_TERM)
     for i, first in enumerate(parts):
         for second in parts[i + 1:]:
@@ -324,6 +332,19 @@ def _latin_name_bodies(group: list[str]) -> list[str]:
                 bodies.append(_word_body(first) + _NAME_JOIN + _word_body(second))
                 bodies.append(_word_body(second) + r"\s*,\s*" + _word_body(first))
     return bodies
+
+
+def _ordinary_word(part: str) -> bool:
+    """A name word that is also an ordinary English word ("baker", "stone", "walker"): alone, it is the name
+    only where it is written capitalised ("Baker", "BAKER"); "a retired baker" is the word."""
+    return part.isascii() and part.isalpha() and zipf(part) >= _ORDINARY_ZIPF
+
+
+def _capitalised_body(part: str) -> str:
+    """``part`` as written with a capital first letter (the rest in any case), not inside a clinical term."""
+    not_after = "".join(f"(?<!(?i:{re.escape(p)}))" for p in ("morbus ", "maladie de ", "signe de ",
+                                                              "syndrome de ", "maladie d'", "signe d'"))
+    return not_after + re.escape(part[0].upper()) + f"(?i:{_word_body(part[1:])}{_NOT_IN_CLINICAL_TERM})"
 
 
 def _raw_name_bodies(group: list[str]) -> list[str]:
@@ -513,6 +534,8 @@ def header_values(dataset: Any) -> dict[str, list[str]]:
     Nested values count too (``OtherPatientIDsSequence`` items' Patient ID is kept under
     ``OtherPatientIDs``); multi-valued elements give one value each; person names keep all their groups.
     """
+    from gateway.dicom import undecoded  # here: pydicom is loaded only by what reads DICOM
+
     found: dict[str, list[str]] = {}
 
     def keep(keyword: str, value: object) -> None:
@@ -525,7 +548,8 @@ def header_values(dataset: Any) -> dict[str, list[str]]:
                 bucket.append(text)
 
     def walk(ds: Any, nested: bool) -> None:
-        for elem in ds:
+        # Elements of other keywords are left undecoded (``dicom.undecoded``): the writer copies their bytes.
+        for elem in undecoded.elements(ds, lambda tag, vr: _keyword(tag) in _HEADER_KEYWORD_SET):
             if elem.VR == "SQ":
                 for item in elem.value or ():
                     walk(item, True)
@@ -535,6 +559,15 @@ def header_values(dataset: Any) -> dict[str, list[str]]:
 
     walk(dataset, False)
     return {keyword: values for keyword, values in found.items() if values}
+
+
+_HEADER_KEYWORD_SET = frozenset(HEADER_KEYWORDS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _keyword(tag: int) -> str:
+    from pydicom.datadict import dictionary_has_tag, dictionary_keyword
+    return dictionary_keyword(tag) if dictionary_has_tag(tag) else ""
 
 
 def merge_header_values(stored: str, *more: Mapping[str, Sequence[str]]) -> str:

@@ -289,6 +289,36 @@ def is_clinical(word: str) -> bool:
                                              for suffix in ("s", "es", "'s"))
 
 
+#: The Greek and Latin endings of clinical words in the notes' languages, after a stem of four letters or more:
+#: "Dorsalgie", "Laminoplastie", "Sequestrektomie", "Hyperkyphose" are clinical even where no list holds them.
+_CLINICAL_ENDING = re.compile(
+    r"[^\W\d_]{4,}(?:ektomie|ectomie|ectomy|plastie|plasty|algie|algia|parese|paresis|plegie|plegia|pathie|pathy|"
+    r"itis|tomie|otomy|skopie|scopie|oscopy|graphie|grafie|ography|kyphose|lordose|skoliose|stenose|arthrose|"
+    r"chondrose|listhese|kyphosis|lordosis|scoliosis|stenosis|arthrosis)(?:n|en|s)?")
+_CLINICAL_HEAD_MIN = 5  # "-berg", "-mann" are no heads: "Steinberg" stays a name
+
+
+def is_clinical_form(word: str) -> bool:
+    """``word`` is clinical by its form: a Greek or Latin clinical ending after a stem, or a compound whose head
+    (of five letters or more) is a word of the curated clinical list and whose first part a known word
+    ("Sphinktertonus", "Rippenserienfraktur", "Fußheber")."""
+    folded = fold(word).strip("'’")
+    if _CLINICAL_ENDING.fullmatch(folded):
+        return True
+    if len(folded) < 4 + _CLINICAL_HEAD_MIN or not folded.isalpha():
+        return False
+    for cut in range(4, len(folded) - _CLINICAL_HEAD_MIN + 1):
+        head = folded[cut:]
+        if not any(len(form) >= _CLINICAL_HEAD_MIN and is_curated_clinical(form) for form in (
+                head, *(head[:-len(ending)] for ending in ("en", "n", "s") if head.endswith(ending)))):
+            continue
+        for link in _LINKS:
+            stem = folded[:cut - len(link)] if link and folded[:cut].endswith(link) else folded[:cut]
+            if (not link or folded[:cut].endswith(link)) and len(stem) >= 4 and is_known_word(stem, "de"):
+                return True
+    return False
+
+
 def is_name_when_capitalised(word: str, language: str) -> bool:
     """``word`` is a proper noun of English (a first name, a surname, a place: Peter, Gemma, Ross) that is neither
     a clinical word nor a word of ``language`` when that is not English: written capitalised in the middle of a

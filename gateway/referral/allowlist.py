@@ -34,7 +34,7 @@ from gateway.privacy.vocabulary import (
 from gateway.privacy.words import TITLES, zipf
 from gateway.referral.clinical_terms import is_clinical_word
 
-__all__ = ["Judgement", "is_day_or_month", "is_org_head", "is_org_tail", "judge"]
+__all__ = ["HOLIDAY_RUN", "HOLIDAY_WORDS", "Judgement", "is_day_or_month", "is_org_head", "is_org_tail", "judge"]
 
 REMOVED, ADDRESS, ID = "[REMOVED]", "[ADDRESS]", "[ID]"
 
@@ -93,6 +93,14 @@ _CLINICAL_ALNUM = re.compile(
     r"q\d{1,2}(?:h|hr|hrs|d|wk|wks|w|mo|m)?)")                          # dosing intervals: q8h, q2wk
 
 
+def _muscle_grade(view: str, match: re.Match[str]) -> bool:
+    """"M4" after a muscle or a movement is a strength grade (M0-M5); a motorway is written after "the" or a
+    preposition ("off the M4", "via M5")."""
+    return re.fullmatch(r"M[0-5]", match.group(0)) is not None and re.search(
+        r"(?i:\b(?:the|on|off|near|via|from|to|onto|along|junction|j)\W*)$",
+        view[max(0, match.start() - 12):match.start()]) is None
+
+
 @dataclass(frozen=True)
 class Judgement:
     """One token the allowlist removes (``token`` its replacement) or keeps unknown (``token`` None); positions
@@ -131,7 +139,7 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
                                                                 for o in whole)]))
     streets = [(m.start(), m.end()) for m in _ROAD.finditer(view) if not any(s <= m.start() < e for s, e in clusters)
                and not re.search(r"(?i:typ|type|grade|ao|class|classe|stadium|stage)\W*$",
-                                 view[max(0, m.start() - 8):m.start()])]
+                                 view[max(0, m.start() - 8):m.start()]) and not _muscle_grade(view, m)]
     streets += [(m.start(), m.end()) for m in _FRENCH_STREET.finditer(view)]
     clusters += streets
     tokens: list[_Token] = []
@@ -168,6 +176,9 @@ def judge(view: str, original: Callable[[int, int], str], language: str,
         if token.verdict == "[DATE]" and before.verdict in (_KNOWN, None) and _ORDINAL_WORDS.fullmatch(
                 before.written) and re.fullmatch(r"\s{1,2}(?:of\s)?", view[before.end:token.start]):
             before.verdict = "[DATE]"  # "am dritten Januar", "the thirtieth of October"
+    _particles_inside_names(view, merged)
+    _house_numbers_of_streets(view, merged)
+    _org_tails(view, merged, capitalised_only=True)  # again: a name removed by the later rules takes its head
     for token in tokens:
         if token.verdict is not _KNOWN:
             yield Judgement(token.start, token.end, token.verdict)
@@ -248,6 +259,69 @@ def _titles_and_credentials_of_names(view: str, tokens: list[_Token]) -> None:
                 after.verdict = "[NAME]"
 
 
+_JOINING_PARTICLES = frozenset("""of and for the de du des la le al el bin von van der den zu y da di dos på af av
+ved et und og och e i""".split())
+_CONJUNCTIONS = frozenset("and und et og och y e i".split())
+
+
+def _particles_inside_names(view: str, tokens: list[_Token]) -> None:
+    """One or two particles between two removed parts of a name on the same line are part of that name
+    ("[Houillères] du [Bassin] du [Nord]", "[Cercle Nautique] et [Touristique]", "[Bank] of the [West]"); a
+    conjunction joins only within an organisation's name ("[Peter] and [Anna]", "[Leeds] and [York]" are two)."""
+    for index, token in enumerate(tokens):
+        if token.verdict not in _NAME_LIKE:
+            continue
+        following = index + 1
+        while following < len(tokens) and following <= index + 2 and tokens[following].verdict in (_KNOWN, None) \
+                and tokens[following].written.lower() in _JOINING_PARTICLES:
+            following += 1
+        if following == index + 1 or following >= len(tokens) or tokens[following].verdict not in _NAME_LIKE:
+            continue
+        between = tokens[index + 1:following]
+        if not all(re.fullmatch(r"[ \t]+", view[a.end:b.start]) for a, b in zip(tokens[index:following],
+                                                                               tokens[index + 1:following + 1])):
+            continue
+        if any(word.written.lower() in _CONJUNCTIONS for word in between) and (
+                token.verdict != "[INSTITUTION]" or _starts_an_organisation(tokens[following:following + 2])):
+            continue  # "[Peter] and [Anna]", "[3rd Battalion] and [7 Corps]": two; "[Cercle Nautique] et ..." is one
+        label = token.verdict if token.verdict != "[MASKED]" else tokens[following].verdict
+        for word in between:
+            word.verdict = label if label != "[MASKED]" else REMOVED
+
+
+#: A street's head written as its own word after the street's name: "Bygdøy allé", "Kongens gate".
+_STREET_WORD = re.compile(r"(?i:all[ée]|alle|vej|gade|gate|gata|gatan|v[äa]g|v[äa]gen|veien|vegen|weg|platz|plads|"
+                          r"torv|torget|stra(?:ss|ß)e|str|gasse|ring|damm|ufer|kuja|katu|tie)\.?")
+
+
+def _house_numbers_of_streets(view: str, tokens: list[_Token]) -> None:
+    """A street removed takes its own head written as a word after it ("[Bygdøy] allé") and its house number
+    written right before or after it ("4 [place du Marché]", "[Kieler Straße] 40"), not a count with its unit."""
+    for index, token in enumerate(tokens):
+        street = token.verdict == ADDRESS or (token.verdict == "[CLUSTER]" and _FRENCH_STREET.match(view, token.start))
+        after = tokens[index + 1] if index + 1 < len(tokens) else None
+        if token.verdict in _NAME_LIKE and after is not None and after.verdict in (_KNOWN, None) and \
+                _STREET_WORD.fullmatch(after.written) and view[token.end:after.start] == " ":
+            after.verdict = token.verdict = ADDRESS
+            street, token = True, after
+            after = tokens[index + 2] if index + 2 < len(tokens) else None
+        if not street:
+            continue
+        for number in (tokens[index - 1] if index else None, after):
+            if number is None or number.verdict not in (_KNOWN, None) or \
+                    not re.fullmatch(r"\d{1,4}[a-zA-Z]?", number.written):
+                continue
+            gap = view[number.end:token.start] if number.end <= token.start else view[token.end:number.start]
+            if gap == " " and not _UNIT_AFTER.match(view, number.end):
+                number.verdict = ADDRESS
+
+
+def _starts_an_organisation(words: list[_Token]) -> bool:
+    """The words after a conjunction name an organisation of their own: a number or an organisation's head."""
+    return bool(words) and (words[0].written[:1].isdigit() or any(
+        _ORG_HEAD.fullmatch(word.written.rstrip(".")) for word in words))
+
+
 def _remove_nicknames(view: str, tokens: list[_Token]) -> None:
     """A nickname given in quotes or brackets, or after "known as", goes wherever it is used."""
     nicknames = {m.group(1) or m.group(2) for m in _NICKNAME.finditer(view)}
@@ -318,7 +392,9 @@ def _spread_over_names(view: str, tokens: list[_Token], language: str, places: C
     for run in runs:
         capitals = [t for t in run if _is_capitalised(t)]
         removed = any(t.verdict in _NAME_LIKE and _is_capitalised(t) for t in run)
-        headed = len(capitals) >= 2 and any(_ORG_HEAD.fullmatch(t.written.rstrip(".")) for t in capitals)
+        heads = [t for t in capitals if _ORG_HEAD.fullmatch(t.written.rstrip(".")) and not re.match(
+            r"[ \t]{0,2}\x01", view[t.end:t.end + 3])]  # "Fußheber KG 2/5": a strength grade, no firm's "KG"
+        headed = len(capitals) >= 2 and bool(heads)
         headed_by_word = headed and any(_ORG_HEAD.fullmatch(t.written.rstrip(".")) and not t.written.isupper()
                                         for t in capitals)
         if (removed and len(capitals) >= 2) or headed:
@@ -361,7 +437,8 @@ def _spread_over_names(view: str, tokens: list[_Token], language: str, places: C
 _ORG_TAIL = re.compile(
     r"(?i:health|centre|center|station|clinic|hospital|practice|surgery|school|hf|ehf|as|asa|ab|oy|oyj|gmbh|ag|sa|"
     r"sas|sarl|llc|inc|ltd|plc|site|plant|factory|mine|depot|warehouse|unit|ward|laboratory|lab|garage|yard|"
-    r"dairy|mill|works|university|fc|if|bk|ik|sk|club|"
+    r"dairy|mill|works|university|fc|if|bk|ik|sk|club|pd|fd|afb|police|sheriff|precinct|barracks|platoon|company|"
+    r"squadron|battalion|regiment|brigade|"
     # Nordic heads, alone or at the end of a compound, with or without their definite ending
     r"[^\W\d_]*(?:legekontor|legesenter|legevakt|lægehus|laegehus|lægepraksis|vårdcentral|vardcentral|vårdcentrum|"
     r"hälsocentral|halsocentral|kommun|kommune|kyrka|kirke|kirkja|skole|skola|skóli|lasarett|sjukhus|sjukehus|sykehus|"
@@ -553,16 +630,25 @@ def _acronyms_and_forms_beside_organisations(view: str, tokens: list[_Token]) ->
             token.verdict = "[INSTITUTION]"
 
 
-def _org_tails_and_cues(view: str, tokens: list[_Token], language: str) -> None:
-    """The lower-case head of an organisation after its removed name ("Storhaug legesenter", "Hervanta health
-    centre") goes with it; so does a capitalised name after an employer's or an insurer's cue ("Employer:
-    Amazon", "works at Tesco", "insurer (Progressive")."""
+def _org_tails(view: str, tokens: list[_Token], capitalised_only: bool = False) -> None:
+    """An organisation's or a place's head written after its removed name goes with it ("Storhaug legesenter",
+    "[St Anne]'s Ward", "[Oakland] PD", "[Hebbal] flyover")."""
     for index, token in enumerate(tokens):
         if token.verdict not in _NAME_LIKE:
             continue
         between: list[_Token] = []
         for before, following in zip(tokens[index:index + 4], tokens[index + 1:index + 5]):
-            if following.verdict not in (_KNOWN, None) or not re.fullmatch(r"[ \t]", view[before.end:following.start]):
+            gap = view[before.end:following.start]
+            if before is token and following.written == "s" and gap in ("'", "’"):
+                following.start -= 1  # the possessive of a masked name, with its apostrophe: "[St Anne]'s Ward"
+                between.append(following)
+                continue
+            possessive = (before is token and re.fullmatch(r"['’]s?[ \t]", gap) or between[-1:] and
+                          between[-1].written == "s") and following.written[:1].isupper()
+            if between[-1:] and between[-1].written == "s" and not possessive:
+                break
+            if following.verdict not in (_KNOWN, None) or not (re.fullmatch(r"[ \t]", gap) or possessive) or (
+                    capitalised_only and not following.written[:1].isupper()):
                 break
             tail = _ORG_TAIL.fullmatch(following.written) or _PLACE_TAIL.fullmatch(following.written)
             if tail is None and following.verdict is None and following.written.islower() and len(between) < 1:
@@ -573,6 +659,13 @@ def _org_tails_and_cues(view: str, tokens: list[_Token], language: str) -> None:
             for word in [*between, following]:
                 word.verdict = "[INSTITUTION]" if _ORG_TAIL.fullmatch(following.written) else ADDRESS
             between = []
+
+
+def _org_tails_and_cues(view: str, tokens: list[_Token], language: str) -> None:
+    """The lower-case head of an organisation after its removed name ("Storhaug legesenter", "Hervanta health
+    centre") goes with it; so does a capitalised name after an employer's or an insurer's cue ("Employer:
+    Amazon", "works at Tesco", "insurer (Progressive")."""
+    _org_tails(view, tokens)
     for index, token in enumerate(tokens):
         if token.verdict not in (_KNOWN, None) or not token.written[:1].isupper() or token.written.isupper():
             continue
@@ -719,15 +812,50 @@ def _next_to_removed(view: str, tokens: list[_Token], index: int) -> bool:
     return False
 
 
+#: Holidays and feasts that date an event in the notes' languages and national styles (folded: "Pâques" reads
+#: "paques"), one word each; the words that make a holiday of two with them are in :data:`HOLIDAY_RUN`.
+HOLIDAY_WORDS = frozenset("""
+christmas xmas easter whitsun whitsunday pentecost hogmanay thanksgiving midsummer halloween hanukkah chanukah
+passover pesach purim kippur hashanah weihnachten weihnachtstag ostern ostermontag ostersonntag karfreitag
+grundonnerstag pfingsten pfingstmontag pfingstsonntag himmelfahrt fronleichnam allerheiligen allerseelen
+silvester neujahr fasching fastnacht karneval rosenmontag aschermittwoch nikolaustag reformationstag heiligabend
+nationalfeiertag noel paques pentecote toussaint reveillon chandeleur epiphanie assomption navidad nochebuena
+nochevieja diwali deepavali deepawali holi dussehra dasara navratri onam pongal lohri shivratri mahashivratri
+chaturthi janmashtami rakhi baisakhi vaisakhi ugadi sankranti bihu chhath gurpurab eid bakrid ramadan ramazan
+ramzan ashura mawlid paske pasky pinse midsommar midsommarafton juhannus joulu jouluaatto vappu juleaften
+julaften juledag julafton juldagen walpurgis walpurgisnacht valborg nytarsaften nyarsafton nytarsdag nyarsdagen
+pinsedag paskedag grundlovsdag
+""".split())
+#: Holidays of more than one word, none of them a holiday word alone.
+_HOLIDAY_PHRASES = (r"good\s+friday|shrove\s+tuesday|ash\s+wednesday|maundy\s+thursday|palm\s+sunday|"
+                    r"holy\s+(?:saturday|week)|mardi\s+gras|bank\s+holiday|new\s+year(?:['’]s)?|nouvel\s+an|"
+                    r"jour\s+de\s+l['’]an|saint[\s\-]sylvestre|f[eê]te\s+(?:nationale|du\s+travail)|"
+                    r"tag\s+der\s+(?:arbeit|deutschen\s+einheit)|semana\s+santa|store\s+bededag|"
+                    r"kristi\s+himmelfartsdag|sankt\s?hans|guy\s+fawkes|burns\s+night|bonfire\s+night|"
+                    r"fourth\s+of\s+july|f[eê]te\s+du\s+canada|je[uû]ne\s+genevois|canada\s+day|"
+                    r"(?:independence|republic|national|liberation|labou?r|memorial|veterans|remembrance|anzac|"
+                    r"bastille|armistice|mother['’]s|father['’]s|valentine['’]s|(?:st\.?|saint)\s+[a-z]+['’]s)"
+                    r"\s+day")
+#: A holiday as written in a date: the words before it that belong to it ("Maha Shivratri", "Good Friday",
+#: "Eid al-Fitr", "Yom Kippur"), the holiday, the words after it ("day", "Eve", "Monday", "weekend") and a
+#: year ("Boxing Day 2023" with its year is shifted by the scrubber's date patterns first).
+_HOLIDAY_LEAD = (r"maha|good|holy|palm|ash|shrove|maundy|easter|whit|ganesh|vinayaka|makar|raksha|durga|karwa|"
+                 r"karva|bhai|gudi|yom|rosh|eid|chinese|lunar|hari|guru|mardi|lundi|veille|lendemain|"
+                 r"reveillon|st\.?|saint|sankt|new\s+year['’]?s?|soir|nuit|matin|"
+                 r"(?:the\s+)?(?:first|second|third|last)\s+(?:day|days|night|week|weekend)(?:\s+of)?")
+_HOLIDAY_TAIL = (r"day|eve|night|weekend|morning|holidays?|break|vacation|monday|sunday|friday|saturday|"
+                 r"al[\-\s]fitr|al[\-\s]adha|ul[\-\s]fitr|ul[\-\s]adha|ul[\-\s]azha|bandhan|padwa|puja|"
+                 r"chauth|dooj|jayanti|purnima|ferien|feiertage?|abend|montag|sonntag|dag|dagen|aften|afton")
+HOLIDAY_RUN = re.compile(
+    rf"(?:\b(?i:{_HOLIDAY_LEAD})[ \t\-]+(?i:(?:de|du|of)[ \t]+|d['’])?)*"
+    rf"\b(?i:{_HOLIDAY_PHRASES}|{'|'.join(sorted(HOLIDAY_WORDS, key=len, reverse=True))})"
+    rf"(?:['’]s)?\b(?:[ \t\-]+(?i:(?:de\s+|du\s+|of\s+)?(?:{_HOLIDAY_TAIL}))\b)*(?:,?[ \t]+(?:19|20)\d{{2}}(?!\d))?")
 _MONTH_NAMES = frozenset("""
 january february march april june july august september october november december jan feb mar apr jun jul
 aug sep sept oct nov dec januar februar marz maerz juni juli oktober dezember janvier fevrier mars avril mai
 juin juillet aout septembre octobre novembre decembre januari februari maart augusti marts maj
 ramadan ramzan shawwal muharram safar rajab shaban dhul
-christmas xmas easter whitsun hogmanay thanksgiving midsummer weihnachten ostern pfingsten silvester
-neujahr fasching karneval noel paques toussaint reveillon diwali deepavali holi dussehra navratri eid
-onam pongal lohri shivratri jul paske pasky midsommar juhannus
-""".split())
+""".split()) | HOLIDAY_WORDS
 _ORDINAL_WORDS = re.compile(
     r"(?i:first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|eleventh|twelfth|thirteenth|"
     r"[a-z]+teenth|twentieth|thirtieth|twenty-[a-z]+|thirty-first|ersten|zweiten|dritten|vierten|fünften|"

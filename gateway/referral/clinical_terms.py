@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from gateway.privacy.vocabulary import is_clinical_form
+
 __all__ = ["CLINICAL_NOUN_AFTER", "CLINICAL_VALUE", "EPONYMS", "is_clinical_word"]
 
 #: Eponyms (folded, lower case): removed only where they are plainly a person's name.
@@ -81,9 +83,12 @@ def _fold(word: str) -> str:
 
 
 def is_clinical_word(word: str) -> bool:
-    """True when ``word`` (any case, any accents) is an eponym or clinical abbreviation of the list."""
+    """True when ``word`` (any case, any accents) is an eponym or clinical abbreviation of the list, or clinical
+    by its form (:func:`gateway.privacy.vocabulary.is_clinical_form`)."""
     folded = _fold(word).strip(".'’")
     if folded in EPONYMS or folded in _ABBREVIATIONS:
         return True
     parts = [p for p in re.split(r"[\-/]", folded) if p]
-    return len(parts) > 1 and any(p in EPONYMS or p in _ABBREVIATIONS for p in parts)
+    if len(parts) > 1 and any(p in EPONYMS or p in _ABBREVIATIONS for p in parts):
+        return True
+    return is_clinical_form(word)

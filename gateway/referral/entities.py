@@ -179,7 +179,7 @@ def _plausible(text: str, start: int, end: int, kind: str) -> bool:
     if any(w.lower().rstrip(".") in _TITLE_WORDS_BARE for w in words[-1:]):
         return False
     if len(words) == 1 and (_any_language_word(words[0]) or len(words[0]) < 2):
-        return _name_context(text, start, end) if kind == PERSON else False
+        return name_context(text, start, end) if kind == PERSON else False
     if len(words) == 1 and words[0].isupper() and len(words[0]) <= 4:  # MRI, EHL, NHS, TX…
         return False
     if kind == PLACE and len(words) == 1:
@@ -269,7 +269,7 @@ _KVNR_LIKE = re.compile(r"\b[A-Z]\d{9}\b")
 _LEADING_WORD = re.compile(rf"(?i:{_RELATIVE}|{_INTRO}|Hausärztin|Hausarzt|Kollege|Kollegin)")
 
 
-def _name_context(text: str, start: int, end: int) -> bool:
+def name_context(text: str, start: int, end: int) -> bool:
     """A capitalised word is used as a name: after a title, relative or introducer, or possessive."""
     before = text[max(0, start - 40):start]
     if re.search(rf"(?:\b{_TITLE}|(?i:\b{_RELATIVE})|(?i:\b{_INTRO}))[\s,:(]*$", before):

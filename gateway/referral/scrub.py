@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 
 from gateway.privacy.vocabulary import detect_language, is_clinical, is_curated_clinical, is_eponym, is_known_word
 from gateway.privacy.words import EPONYM_TAIL
-from gateway.referral.allowlist import is_org_head, judge
+from gateway.referral.allowlist import HOLIDAY_RUN, is_org_head, judge
 from gateway.referral.clinical_terms import CLINICAL_NOUN_AFTER, CLINICAL_VALUE, is_clinical_word
 from gateway.referral.codes import NON_URGENT_FLAGS
 from gateway.referral.document import Referral, Urgency
@@ -42,6 +42,7 @@ from gateway.referral.entities import (
     find_numbers,
     is_common_word,
     load_gazetteer,
+    name_context,
 )
 from gateway.referral.redflags import FlagFinding, flags_for
 
@@ -68,10 +69,14 @@ _MONTHS = {
     "janv": 1, "fev": 2, "fevr": 2, "avr": 4, "juin": 6, "juil": 7, "aou": 8, "aout": 8, "dece": 12,
     "mars": 3, "maj": 5, "ene": 1, "abr": 4, "ago": 8, "dic": 12,
     # Italian, Dutch, Icelandic (folded: ágúst -> agust)
+    # Finnish (folded: kesäkuu -> kesakuu)
+    "tamm": 1, "helm": 2, "maal": 3, "huht": 4, "touk": 5, "kesa": 6, "hein": 7, "elok": 8, "syys": 9, "loka": 10,
+    "marr": 11, "joul": 12,
     "gen": 1, "maa": 3, "mag": 5, "mei": 5, "giu": 6, "lug": 7, "agu": 8, "set": 9, "ott": 10,
 }
 # English and German month names (the text is folded: "März" reads "Marz").
-_MONTH = (r"(jan(?:uary|uar|uari|vier|v|ner)?|jän(?:ner)?|feb(?:ruary|ruar|ruari)?|fevr(?:ier)?|fev|"
+_MONTH = (r"((?:tammi|helmi|maalis|huhti|touko|kesa|heina|elo|syys|loka|marras|joulu)kuu(?:ta|n|ssa)?|"  # Finnish
+          r"jan(?:uary|uar|uari|vier|v|ner)?|jän(?:ner)?|feb(?:ruary|ruar|ruari)?|fevr(?:ier)?|fev|"
           r"m(?:ar|ae?r)(?:ch|z|s|ts)?|apr(?:il)?|avr(?:il)?|ma[yij]|jun[ei]?|juin|"
           r"jul[yi]?|juil(?:let)?|aug(?:ust|usti)?|aout|sep(?:t(?:ember|embre)?)?|o[ck]t(?:ober|obre)?|"
           r"nov(?:ember|embre)?|de[cz](?:ember|embre)?|"
@@ -106,7 +111,8 @@ _WEEKDAY = re.compile(r"\b(?:mon|tue|tues|wed|thu|thur|thurs|fri|sat|sun|montag|
 _HIJRI_MONTH = (r"(?:muharram|safar|rabi[\s\-]?(?:al|ul|el)?[\s\-]?(?:awwal|thani|akhir|sani)|"
                 r"jumad[ae][\s\-]?(?:al|ul|el)?[\s\-]?(?:awwal|ula|thani|akhirah?|sani)|rajab|sha['’]?ban|"
                 r"ramadan|ramzan|shawwal|dhu[\s\-]?(?:al|l)?[\s\-]?(?:qi['’]?dah?|hijjah?))")
-_HIJRI_DATE = re.compile(rf"(?<![\d.])\d{{1,2}}\s+(?i:{_HIJRI_MONTH})(?:,?\s+\d{{4}}(?:\s*(?:AH|H)\b)?)?")
+_HIJRI_DATE = re.compile(rf"(?<![\d.])\d{{1,2}}(?:st|nd|rd|th)?\s+(?i:{_HIJRI_MONTH})"
+                         rf"(?:,?\s+\d{{4}}(?:\s*(?:AH|H)\b)?)?")
 #: Words written as part of a date just before it: its article ("the 3rd of May"), where in the month it fell
 #: ("early June", "mi-janvier", "Anfang März") and the first day of a range ("du 20 au 24 janvier").
 _DATE_LEAD = re.compile(
@@ -198,6 +204,9 @@ _EPONYM_TERM = re.compile(
 #: The same with the guard's wider tail: modifiers between the eponym and its noun ("Adams forward bend test",
 #: "Charcot spinal arthropathy"), and the orthoses named after a place ("Milwaukee brace").
 _EPONYM_WIDE = re.compile(rf"\b[A-Z][a-z]+(?:-[A-Z][a-z]+)?(?i:{EPONYM_TAIL})")
+#: An eponym of two persons or of a person's two names, written with a space ("Pedro Pons sign", "Guillain
+#: Barré syndrome", "Arnold Chiari malformation" is hyphenated or spaced alike).
+_EPONYM_DOUBLE = re.compile(rf"\b([A-Z][^\W\d_]+)[ \t]+([A-Z][^\W\d_]+)(?i:{EPONYM_TAIL})")
 #: "maladie de Charcot", "signe de Lasègue", "Morbus Bechterew", "M. Scheuermann".
 _EPONYM_NAMED = re.compile(r"\b(?i:maladie|signe|syndrome|manoeuvre|manœuvre|morbus)\s+(?:de\s+|d['’])?"
                            r"[A-Z][a-z]+(?:-[A-Z][a-z]+)?")
@@ -457,6 +466,7 @@ class TextScrubber:
         self._replace_whole_dates(work)  # before the clinical values: "VAS 12/04/1971" is no score
         self._replace_pattern(work, _DRUG_WITH_DOSE, None, accept=self._is_drug_with_dose)
         self._replace_pattern(work, CLINICAL_VALUE, None)  # kept as they are: "CRP 120", "L4-L5", "4.2 (5.0)"
+        self._replace_pattern(work, _EPONYM_DOUBLE, None, accept=self._is_double_eponym)
         self._replace_pattern(work, _EPONYM_TERM, None, accept=self._is_eponym_term)
         self._replace_pattern(work, _EPONYM_WIDE, None, accept=self._is_eponym_term)
         self._replace_pattern(work, _EPONYM_NAMED, None, accept=self._is_eponym_term)
@@ -502,17 +512,34 @@ class TextScrubber:
         """"Paget's disease", "Kemp's test", "Schmorl-Knötchen": an eponym with its clinical noun, not after a
         title ("Mrs Paget's test results" is the patient), and not a name the node holds that is no clinical word."""
         eponym = re.search(r"[A-Z][^\W\d_]+", match.group(0))
-        if eponym is not None and is_org_head(eponym.group(0)):
+        return (eponym is None or self._may_name_a_sign(eponym.group(0))) and not _after_title(match)
+
+    def _is_double_eponym(self, match: re.Match[str]) -> bool:
+        """"Pedro Pons sign": the second word is a listed eponym or clinical word that may name a sign, and the
+        first is part of the eponym: a listed eponym, or a word the vocabulary does not know (an ordinary word
+        before it, "Positive Babinski sign", is no part of the eponym and is judged on its own)."""
+        first, second = match.group(1), match.group(2)
+        if not (is_eponym(second) or is_clinical(second)) or not self._may_name_a_sign(second):
+            return False
+        if not self._may_name_a_sign(first) or _fold_plain(first) in self._name_parts | self._ambiguous_parts:
+            return False  # a name the node holds before an eponym is the patient's: "Jane Babinski sign"
+        before = match.string[max(0, match.start() - 40):match.start()]
+        if name_context(match.string, match.start(), match.start(1) + len(first)) or _PERSON_PREPOSITION.search(before):
+            return False  # "seen by Smith Babinski sign", "letter to Hargreaves Babinski sign": a person named first
+        return is_eponym(first) or not is_known_word(first, "en")
+
+    def _may_name_a_sign(self, word: str) -> bool:
+        """A capitalised ``word`` before a clinical noun may be an eponym: no firm's head word, and either a
+        listed eponym or clinical word, or an unknown word that is no name the node holds (nor a slip of one)."""
+        if is_org_head(word):
             return False  # "Medical Center - Spine", "KIMS Hospitals Spine Centre": a firm's name, no eponym
-        if eponym is not None and not is_eponym(eponym.group(0)) and not is_clinical_word(eponym.group(0)):
-            if is_known_word(eponym.group(0), "en") and not is_clinical(eponym.group(0)):
-                return False  # an ordinary word names no sign: "Comprehensive Spine Center", "Northside Pain"
-            word = _fold_plain(eponym.group(0))
-            if word in self._name_parts or (len(word) >= _FUZZY_MIN_LENGTH and any(
-                    levenshtein_at_most_one(word, part) for part in self._fuzzy_parts)):
-                return False  # a name the node holds, or a slip of it ("Pembertin reflex")
-        return re.search(r"(?i:\b(?:dr|mr|mrs|ms|miss|mx|prof|herr|frau|mme|m)\.?\s*)$",
-                         match.string[max(0, match.start() - 8):match.start()]) is None
+        if is_eponym(word) or is_clinical_word(word):
+            return True
+        if is_known_word(word, "en") and not is_clinical(word):
+            return False  # an ordinary word names no sign: "Comprehensive Spine Center", "Northside Pain"
+        folded = _fold_plain(word)
+        return folded not in self._name_parts and not (len(folded) >= _FUZZY_MIN_LENGTH and any(
+            levenshtein_at_most_one(folded, part) for part in self._fuzzy_parts))  # "Pembertin reflex"
 
     def _is_drug_with_dose(self, match: re.Match[str]) -> bool:
         """A capitalised word before a dose is a drug ("Tramal 50 mg"), unless it is a name the node holds."""
@@ -586,6 +613,7 @@ class TextScrubber:
                 work.claim(match.start(), match.end(), self._date_token(kind, match.groups()))
         self._replace_pattern(work, _DAY_MONTH_FIGURES, DATE)
         self._replace_pattern(work, _HIJRI_DATE, DATE)
+        self._replace_pattern(work, HOLIDAY_RUN, DATE)  # "Maha Shivratri day", "Easter Monday", "Eid al-Fitr 2024"
         self._replace_pattern(work, _MONTH_IN_PART, DATE, accept=_is_month_word)
         self._replace_pattern(work, _ORDINAL_DAY, DATE)
         self._replace_pattern(work, _DAY_MONTH_SLASH, DATE, accept=self._is_day_and_month)
@@ -699,6 +727,15 @@ class TextScrubber:
 
 
 #: A removed name, then a middle initial or a nickname in quotes or brackets, before a surname.
+def _after_title(match: re.Match[str]) -> bool:
+    """``match`` stands after a title ("Mrs Paget's test results" is the patient, no eponym)."""
+    return re.search(r"(?i:\b(?:dr|mr|mrs|ms|miss|mx|prof|herr|frau|mme|m)\.?\s*)$",
+                     match.string[max(0, match.start() - 8):match.start()]) is not None
+
+
+#: Words after which a capitalised word is more likely a person than the first half of an eponym.
+_PERSON_PREPOSITION = re.compile(r"(?i:\b(?:by|to|from|with|and|for|cc|von|durch|für|an|par|pour|avec|et)[\s:,]+)$")
+
 _NAME_BETWEEN = re.compile(r"\x00\.?[\s,]+(?:[a-z]\.?|[\"“'‘(][^\"”'’)\n]{1,24}[\"”'’)])\s+$", re.IGNORECASE)
 
 _NAME_VERBS = (r"(?:is|was|has|had|reports?|reported|says|said|states|stated|describes|described|complains|"

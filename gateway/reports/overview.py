@@ -26,17 +26,41 @@ def reports_snapshot() -> dict[str, Any]:
     objects = dict(tuple_rows(ReportObject.select(ReportObject.state, peewee.fn.COUNT(ReportObject.id))
                               .group_by(ReportObject.state)))
     since = utcnow() - dt.timedelta(days=TURNAROUND_DAYS)
-    rows = list(tuple_rows(Study.select(Study.key, Study.first_received_at, Study.report_delivered_at)
-                           .where(Study.report_delivered_at >= since)
-                           .order_by(Study.report_delivered_at.desc())))
-    seconds = [max((home - first).total_seconds(), 0.0) for _, first, home in rows]
-    turnaround = {"cases": len(seconds), "days": TURNAROUND_DAYS, "median_s": None, "max_s": None}
-    if seconds:
-        turnaround.update(median_s=round(statistics.median(seconds), 1), max_s=round(max(seconds), 1))
-    recent = [{"case": key, "turnaround_s": round(value, 1), "report_delivered_at": home.isoformat() + "Z"}
-              for (key, _, home), value in zip(rows[:RECENT], seconds[:RECENT])]
+    window = Study.report_delivered_at >= since
+    cases, median, longest = _turnaround(window)
+    turnaround: dict[str, Any] = {"cases": cases, "days": TURNAROUND_DAYS, "median_s": None, "max_s": None}
+    if cases:
+        turnaround.update(median_s=round(median, 1), max_s=round(longest, 1))
+    latest = Study.select(Study.key, Study.first_received_at, Study.report_delivered_at).where(window).order_by(
+        Study.report_delivered_at.desc()).limit(RECENT)
+    recent = [{"case": key, "turnaround_s": round(max((home - first).total_seconds(), 0.0), 1),
+               "report_delivered_at": home.isoformat() + "Z"} for key, first, home in tuple_rows(latest)]
     return {"report_objects_by_state": objects, "turnaround": turnaround, "recent_reports": recent,
             **result_messages_snapshot()}
+
+
+def _turnaround(window: peewee.Expression) -> tuple[int, float, float]:
+    """The cases of ``window``, their median and longest turnaround in seconds, computed by the database (a month
+    at a year's volume is thousands of cases, whose timestamps Python would parse one by one): PostgreSQL returns
+    the three; SQLite, which has no median, the seconds of each case."""
+    seconds = _turnaround_s()
+    if isinstance(Study._meta.database.obj, peewee.PostgresqlDatabase):
+        clamped = peewee.fn.GREATEST(seconds, 0)
+        median = peewee.NodeList((peewee.fn.percentile_cont(0.5), peewee.SQL("WITHIN GROUP (ORDER BY"), clamped,
+                                  peewee.SQL(")")))
+        cases, middle, longest = Study.select(peewee.fn.COUNT(Study.id), median, peewee.fn.MAX(clamped)).where(
+            window).scalar(as_tuple=True)
+        return int(cases), float(middle or 0), float(longest or 0)
+    values = [max(float(value), 0.0) for (value,) in tuple_rows(Study.select(seconds).where(window))]
+    return len(values), statistics.median(values) if values else 0.0, max(values, default=0.0)
+
+
+def _turnaround_s() -> peewee.Node:
+    """A case's seconds from first received to report delivered, as an expression of the database's dialect."""
+    if isinstance(Study._meta.database.obj, peewee.PostgresqlDatabase):
+        return peewee.fn.EXTRACT(peewee.NodeList((peewee.SQL("EPOCH FROM"),
+                                                  Study.report_delivered_at - Study.first_received_at)))
+    return (peewee.fn.julianday(Study.report_delivered_at) - peewee.fn.julianday(Study.first_received_at)) * 86400
 
 
 def result_messages_snapshot() -> dict[str, Any]:

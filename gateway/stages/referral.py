@@ -145,7 +145,16 @@ class NotesStage(WithNodeContext):
 
     def prepare(self, now: dt.datetime) -> int:
         expire_referrals(now, self.referrals.wait_s)
+        self._warm_workers_for_coming_cases()
         return 0
+
+    def _warm_workers_for_coming_cases(self) -> None:
+        """The notes workers are started (seconds of loading) once a first case is on its way to this stage, while
+        it is still received or de-identified, not when its notes are due (issue 29: 5 s of a 2 s-wait study)."""
+        if self.workers is None or self.workers.warming_started:
+            return
+        if Study.select().where(Study.state.in_([CaseState.RECEIVING, CaseState.COMPLETE])).exists():
+            self.workers.start_warming()
 
     def due(self, now: dt.datetime) -> list[Study]:
         waiting = self._cases()

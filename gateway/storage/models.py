@@ -140,6 +140,10 @@ class Study(BaseModel):
     # were made). NULL: no reason to add (not yet through the notes stage, or through it before migration 6,
     # when the images on disk got it themselves).
     notes_reason = CharField(max_length=64, null=True)
+    # Migration 18. Whether a referral is matched to the case (``referral.study``), kept by the database's triggers
+    # on ``referral`` (no code writes it), so that the referrer's "images without a referral" reads an index
+    # (``study_unreferred``: source, this, first received) instead of every study of its source.
+    has_referral = peewee.BooleanField(default=False)
 
 
 class Series(BaseModel):
@@ -154,6 +158,8 @@ class InstanceState:
     DEIDENTIFIED = "deidentified"  # its outbound object exists
     QUARANTINED = "quarantined"    # refused by de-identification (burned-in risk, unsupported, leak)
     SUPERSEDED = "superseded"      # a newer version of the same SOP instance arrived
+
+    ALL = (STORED, DEIDENTIFIED, QUARANTINED, SUPERSEDED)
 
 
 class Instance(BaseModel):
@@ -175,6 +181,30 @@ class Instance(BaseModel):
 
     class Meta:
         indexes = ((("sop_instance_uid", "sha256"), True),)
+
+
+class InstanceTally(BaseModel):
+    """The instance rows by state and the bytes they hold, for ``status`` (migration 18): kept by the database's
+    triggers on ``instance`` in the transaction that inserts, deletes or moves a row (a rolled-back transaction
+    leaves them as they were), never written by code. The sum of its rows is the tally: slot 0 on SQLite (one
+    writer at a time); on PostgreSQL each backend adds to a row of its own (slot = its process id), once per
+    statement, so that no two connections ever wait on one row's lock (with shared rows, two transactions holding
+    one tally row and another row in opposite order deadlocked), and :func:`fold_instance_tally` folds the rows
+    of backends that are gone into slot 0."""
+
+    slot = IntegerField(primary_key=True)
+    stored = BigIntegerField(default=0)
+    deidentified = BigIntegerField(default=0)
+    quarantined = BigIntegerField(default=0)
+    superseded = BigIntegerField(default=0)
+    bytes = BigIntegerField(default=0)  # the sum of ``instance.size`` over every row: the spool's originals
+
+    class Meta:
+        table_name = "instance_tally"
+
+
+#: PostgreSQL: past this many rows, reading the tally first folds the rows of backends that are gone.
+TALLY_FOLD_ROWS = 64
 
 
 class StudyIdentity(BaseModel):
@@ -804,6 +834,192 @@ def _migrate_to_17(database: peewee.Database) -> None:
         database.execute_sql(f'CREATE INDEX IF NOT EXISTS "{table}_{column}" ON "{table}" ("{column}")')
 
 
+def _tally_terms(row: str, sign: str) -> list[str]:
+    """``instance_tally``'s SET terms adding (``sign`` "+") or taking away ("-") the instance row ``row`` (NEW or
+    OLD of a trigger)."""
+    terms = [f'"{state}" = "{state}" {sign} CASE WHEN {row}."state" = \'{state}\' THEN 1 ELSE 0 END'
+             for state in InstanceState.ALL]
+    return [*terms, f'"bytes" = "bytes" {sign} {row}."size"']
+
+
+def _tally_update(slot: str, *changes: tuple[str, str]) -> str:
+    """The UPDATE of ``instance_tally``'s row ``slot`` for ``changes``, each (NEW or OLD, "+" or "-")."""
+    terms: dict[str, list[str]] = {}
+    for row, sign in changes:
+        for term in _tally_terms(row, sign):
+            column, _, change = term.partition(" = ")
+            terms.setdefault(column, [column]).append(change.partition(" ")[2])
+    body = ", ".join(f"{column} = " + " ".join(parts) for column, parts in terms.items())
+    return f'UPDATE "instance_tally" SET {body} WHERE "slot" = {slot}'
+
+
+def _tally_triggers(database: peewee.Database) -> list[str]:
+    """The statements creating the triggers of migration 18: ``instance_tally`` follows ``instance``, and
+    ``study.has_referral`` follows ``referral.study``. SQLite has row-level triggers only (it writes one
+    transaction at a time, so a single tally row, slot 0)."""
+    if isinstance(database, peewee.PostgresqlDatabase):
+        return [*_postgres_tally_triggers(), *_postgres_referral_triggers()]
+    flag = 'UPDATE "study" SET "has_referral" = {value} WHERE "id" = {row}."study_id";'
+    changed = '(OLD."state" IS NOT NEW."state" OR OLD."size" IS NOT NEW."size")'  # IS NOT: IS DISTINCT FROM
+    referral_changed = 'OLD."study_id" IS NOT NEW."study_id"'
+    return [
+        f'CREATE TRIGGER IF NOT EXISTS instance_tally_insert AFTER INSERT ON "instance" '
+        f'BEGIN {_tally_update("0", ("NEW", "+"))}; END',
+        f'CREATE TRIGGER IF NOT EXISTS instance_tally_delete AFTER DELETE ON "instance" '
+        f'BEGIN {_tally_update("0", ("OLD", "-"))}; END',
+        f'CREATE TRIGGER IF NOT EXISTS instance_tally_move AFTER UPDATE OF "state", "size" ON "instance" '
+        f'WHEN {changed} BEGIN {_tally_update("0", ("NEW", "+"), ("OLD", "-"))}; END',
+        f'CREATE TRIGGER IF NOT EXISTS study_referral_insert AFTER INSERT ON "referral" '
+        f'WHEN NEW."study_id" IS NOT NULL BEGIN {flag.format(value=1, row="NEW")} END',
+        f'CREATE TRIGGER IF NOT EXISTS study_referral_delete AFTER DELETE ON "referral" '
+        f'WHEN OLD."study_id" IS NOT NULL BEGIN {flag.format(value=0, row="OLD")} END',
+        f'CREATE TRIGGER IF NOT EXISTS study_referral_move AFTER UPDATE OF "study_id" ON "referral" '
+        f'WHEN {referral_changed} BEGIN {flag.format(value=0, row="OLD")} {flag.format(value=1, row="NEW")} END',
+    ]
+
+
+def _postgres_tally_triggers() -> list[str]:
+    """PostgreSQL: statement-level triggers over the statement's rows (transition tables), so that a statement
+    writing many instance rows (a group commit, a case's de-identification, a purge) adds to the tally once, and
+    one changing no state or size not at all: each connection adds to its backend's own row (created on its
+    first change), which no other connection writes."""
+    def sums(rows: str, sign: str) -> str:
+        counts = [f"{sign}count(*) FILTER (WHERE state = '{state}')" for state in InstanceState.ALL]
+        return f"SELECT ARRAY[{', '.join(counts)}, {sign}COALESCE(sum(size), 0)]::bigint[] FROM {rows}"
+
+    columns = [*InstanceState.ALL, "bytes"]
+    names = ", ".join(f'"{column}"' for column in columns)
+    values = ", ".join(f"d[{n}]" for n in range(1, len(columns) + 1))
+    terms = ", ".join(f'"{column}" = "instance_tally"."{column}" + EXCLUDED."{column}"' for column in columns)
+    zero = ", ".join("0" for _ in range(len(InstanceState.ALL) + 1))
+    events = (("inserts", "INSERT", "NEW TABLE AS new_rows"), ("deletes", "DELETE", "OLD TABLE AS old_rows"),
+              ("updates", "UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"))
+    return [
+        f"""CREATE OR REPLACE FUNCTION instance_tally_change() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  d bigint[];
+  o bigint[];
+BEGIN
+  IF TG_OP = 'INSERT' THEN {sums("new_rows", "")} INTO d;
+  ELSIF TG_OP = 'DELETE' THEN {sums("old_rows", "-")} INTO d;
+  ELSE
+    {sums("new_rows", "")} INTO d;
+    {sums("old_rows", "-")} INTO o;
+    SELECT array_agg(a + b ORDER BY n) INTO d FROM unnest(d, o) WITH ORDINALITY AS t(a, b, n);
+  END IF;
+  IF d <> ARRAY[{zero}]::bigint[] THEN
+    INSERT INTO "instance_tally" ("slot", {names}) VALUES (pg_backend_pid(), {values})
+      ON CONFLICT ("slot") DO UPDATE SET {terms};
+  END IF;
+  RETURN NULL;
+END $$""",
+        *[statement for name, event, tables in events for statement in (
+            f'DROP TRIGGER IF EXISTS instance_tally_{name} ON "instance"',
+            f'CREATE TRIGGER instance_tally_{name} AFTER {event} ON "instance" REFERENCING {tables} '
+            "FOR EACH STATEMENT EXECUTE FUNCTION instance_tally_change()")],
+    ]
+
+
+def _postgres_referral_triggers() -> list[str]:
+    flag = 'UPDATE "study" SET "has_referral" = {value} WHERE "id" = {row}."study_id"'
+    return [
+        f"""CREATE OR REPLACE FUNCTION study_referral_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP <> 'INSERT' AND OLD."study_id" IS NOT NULL THEN {flag.format(value="FALSE", row="OLD")};
+  END IF;
+  IF TG_OP <> 'DELETE' AND NEW."study_id" IS NOT NULL THEN {flag.format(value="TRUE", row="NEW")};
+  END IF;
+  RETURN NULL;
+END $$""",
+        'DROP TRIGGER IF EXISTS study_referral_rows ON "referral"',
+        'CREATE TRIGGER study_referral_rows AFTER INSERT OR DELETE ON "referral" FOR EACH ROW '
+        "EXECUTE FUNCTION study_referral_change()",
+        'DROP TRIGGER IF EXISTS study_referral_moves ON "referral"',
+        'CREATE TRIGGER study_referral_moves AFTER UPDATE OF "study_id" ON "referral" FOR EACH ROW '
+        'WHEN (OLD."study_id" IS DISTINCT FROM NEW."study_id") EXECUTE FUNCTION study_referral_change()',
+    ]
+
+
+def recount_instance_tally() -> None:
+    """Set ``instance_tally`` from a full count of ``instance``, in one transaction: migration 18 on an existing
+    database (whose transaction holds ``instance`` against writers once the triggers exist), or by hand after a
+    restore of data only, while no node writes (docs/operations.md §9)."""
+    with db.atomic():
+        counts = dict(tuple_rows(Instance.select(Instance.state, peewee.fn.COUNT(Instance.id))
+                                 .group_by(Instance.state)))
+        total = Instance.select(peewee.fn.COALESCE(peewee.fn.SUM(Instance.size), 0)).scalar()
+        InstanceTally.delete().execute()
+        InstanceTally.insert(slot=0).execute()
+        InstanceTally.update(bytes=int(total or 0), **{state: counts.get(state, 0) for state in InstanceState.ALL}
+                             ).where(InstanceTally.slot == 0).execute()
+
+
+def fold_instance_tally() -> int:
+    """PostgreSQL: add the tally rows of backends that are gone to slot 0 and delete them, so that the table holds
+    about a row per live connection; the number of rows folded (0 on SQLite, or while another fold runs). Only
+    rows no live backend writes are touched, and one fold at a time (an advisory lock), so it waits on no writer."""
+    if not isinstance(db.obj, peewee.PostgresqlDatabase):
+        return 0
+    columns = [*InstanceState.ALL, "bytes"]
+    sums = ", ".join(f'"{c}" = "instance_tally"."{c}" + (SELECT COALESCE(sum("{c}"), 0) FROM gone)' for c in columns)
+    with db.atomic():
+        if not db.execute_sql("SELECT pg_try_advisory_xact_lock(%s)", (TALLY_FOLD_LOCK,)).fetchone()[0]:
+            return 0
+        cursor = db.execute_sql(
+            'WITH gone AS (DELETE FROM "instance_tally" WHERE "slot" <> 0 AND "slot" NOT IN '
+            "(SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL) RETURNING *) "
+            f'UPDATE "instance_tally" SET {sums} WHERE "slot" = 0 RETURNING (SELECT count(*) FROM gone)')
+        row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+def instance_tally() -> tuple[dict[str, int], int]:
+    """The instance rows by state (states with none left out) and the bytes they hold, from ``instance_tally``: a
+    read of slot 0 and a row per connection that changed instances since the last fold (folded first when there
+    are more than ``TALLY_FOLD_ROWS``), exact as a full count whatever the history."""
+    if InstanceTally.select().count() > TALLY_FOLD_ROWS:
+        fold_instance_tally()
+    sums = [peewee.fn.COALESCE(peewee.fn.SUM(getattr(InstanceTally, state)), 0) for state in InstanceState.ALL]
+    *counts, total = InstanceTally.select(*sums, peewee.fn.COALESCE(peewee.fn.SUM(InstanceTally.bytes), 0)).scalar(
+        as_tuple=True)
+    return {state: int(n) for state, n in zip(InstanceState.ALL, counts, strict=True) if n}, int(total)
+
+
+def _migrate_to_18(database: peewee.Database) -> None:
+    """Bounded ``status`` and referrer's list at a year's history (bench/history.py): ``instance_tally`` (instances
+    by state, the spool's bytes) and ``study.has_referral``, each kept by triggers in the writing transaction and
+    filled once here; the referrer's lists read indexes (``study_unreferred``, ``referral_source_received``), and
+    the objects sent to reviewers awaiting their Storage Commitment a partial index (``delivery_awaiting_commit``),
+    a reviewer's open cases (worklist, load) ``study_reviewer_state``, and the critical results not yet acknowledged
+    (first on the referrer's list) the partial ``critical_result_open``.
+
+    The triggers come first: creating one takes ``instance`` (``referral``) from writers until the migration
+    commits, so the counts after it miss no row another node was writing."""
+    database.create_tables([InstanceTally], safe=True)
+    if "has_referral" not in {column.name for column in database.get_columns(Study._meta.table_name)}:
+        kind = "BOOLEAN NOT NULL DEFAULT FALSE" if isinstance(database, peewee.PostgresqlDatabase) else \
+            "INTEGER NOT NULL DEFAULT 0"
+        database.execute_sql(f'ALTER TABLE "study" ADD COLUMN "has_referral" {kind}')
+    for statement in _tally_triggers(database):
+        database.execute_sql(statement)
+    recount_instance_tally()
+    Study.update(has_referral=Study.id.in_(Referral.select(Referral.study).where(Referral.study.is_null(False)))
+                 ).execute()
+    for statement in MIGRATION_18_INDEXES:
+        database.execute_sql(statement)
+
+
+MIGRATION_18_INDEXES = (
+    'CREATE INDEX IF NOT EXISTS "study_unreferred" ON "study" ("source_id", "has_referral", "first_received_at")',
+    'CREATE INDEX IF NOT EXISTS "referral_source_received" ON "referral" ("source_id", "received_at")',
+    'CREATE INDEX IF NOT EXISTS "study_reviewer_state" ON "study" ("reviewer", "state")',
+    'CREATE INDEX IF NOT EXISTS "critical_result_open" ON "critical_result" ("study_id") '
+    'WHERE "acknowledged_at" IS NULL',
+    'CREATE INDEX IF NOT EXISTS "delivery_awaiting_commit" ON "delivery" ("state") '
+    'WHERE "commitment_uid" IS NOT NULL AND "committed_at" IS NULL',
+)
+
+
 MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (1, _migrate_to_1),
     (2, _migrate_to_2),
@@ -822,6 +1038,7 @@ MIGRATIONS: list[tuple[int, Callable[[peewee.Database], None]]] = [
     (15, _migrate_to_15),
     (16, _migrate_to_16),
     (17, _migrate_to_17),
+    (18, _migrate_to_18),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -878,6 +1095,7 @@ def open_database(url: str, max_connections: int = 32) -> peewee.Database:
 
 #: The PostgreSQL advisory lock (transaction-scoped) under which one node at a time brings the schema up to date.
 SCHEMA_LOCK = 7355608
+TALLY_FOLD_LOCK = 7355609  # one fold of instance_tally at a time (fold_instance_tally)
 
 
 #: Tries of a start-up step on SQLite that found the database locked (see ``_retry_if_locked``).

@@ -3,6 +3,7 @@ the source's cases in plain words, and the returned report."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pydicom
@@ -38,8 +39,21 @@ MAX_ID_DIGITS = 18  # below 2**63: a row id of SQLite and of PostgreSQL's bigint
 
 def cases(page: Page) -> Response:
     source = page.user.source
-    return page.render("referrer_cases.html", title="Your cases", source=source, rows=views.referrer_cases(source),
-                       dates=_dates(page), sent=page.request.query_params.get("sent", ""))
+    before = _moment(page.request.query_params.get("before", ""))
+    listed = views.referrer_cases(source, before)
+    older = f"/referrer?before={listed.older.isoformat()}" if listed.older else None
+    return page.render("referrer_cases.html", title="Your cases", source=source, rows=listed.rows, older=older,
+                       first=before is None, dates=_dates(page), sent=page.request.query_params.get("sent", ""))
+
+
+def _moment(text: str) -> dt.datetime | None:
+    """The ``before`` of an "older cases" link (an ISO time without zone, as the link writes it); None (the first
+    page) when absent or not such a time."""
+    try:
+        moment = dt.datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+    return moment if moment is None or moment.tzinfo is None else None
 
 
 def _source_config(page: Page):

@@ -125,34 +125,95 @@ class ReferrerRow:
 def critical_state(study: Study | None) -> str:
     if study is None:
         return ""
-    critical = CriticalResult.get_or_none(CriticalResult.study == study)
-    if critical is None:
-        return ""
-    return "acknowledged" if critical.acknowledged_at else "new"
+    return _critical_states([study.id]).get(study.id, "")
 
 
-def referrer_cases(source_name: str) -> list[ReferrerRow]:
-    """The source's referrals (newest first), then its studies that no referral matched yet."""
-    rows = []
-    referrals = (ReferralRow.select(ReferralRow, Study).join(Study, peewee.JOIN.LEFT_OUTER)
-                 .switch(ReferralRow).join(Source).where(Source.name == source_name)
-                 .order_by(ReferralRow.received_at.desc()).limit(500))
-    for referral in referrals:
-        study = referral.study if referral.study_id else None
-        rows.append(ReferrerRow(f"/referrer/referrals/{referral.id}", referral.accession_number,
-                                referral.patient_name.replace("^", ", ", 1).replace("^", " "), referral.urgency,
-                                referral_state(referral, study), when(referral.received_at),
-                                when(study.state_changed_at if study else referral.received_at),
-                                referral.patient_id, referral.birth_date, critical_state(study)))
-    unmatched = (Study.select().join(Source).switch(Study).join(ReferralRow, peewee.JOIN.LEFT_OUTER)
-                 .where((Source.name == source_name) & ReferralRow.id.is_null())
-                 .order_by(Study.first_received_at.desc()).limit(500))
-    for study in unmatched:
-        rows.append(ReferrerRow(None, "", "(images without a referral)", study.urgency, plain_state(study),
-                                when(study.first_received_at), when(study.state_changed_at),
-                                critical=critical_state(study)))
+def _critical_states(study_ids: list[int]) -> dict[int, str]:
+    """Study id → "new" (a critical result not acknowledged) or "acknowledged", for those with one: one query."""
+    rows = CriticalResult.select(CriticalResult.study, CriticalResult.acknowledged_at).where(
+        CriticalResult.study.in_(study_ids)) if study_ids else []
+    return {row.study_id: "acknowledged" if row.acknowledged_at else "new" for row in rows}
+
+
+REFERRER_PAGE = 100  # rows of the referrer's case list per page
+
+
+@dataclass(frozen=True)
+class ReferrerPage:
+    """One page of the referrer's case list and where the next, older, page starts (None: this is the last)."""
+
+    rows: list[ReferrerRow]
+    older: dt.datetime | None
+
+
+def referrer_cases(source_name: str, before: dt.datetime | None = None, limit: int = REFERRER_PAGE) -> ReferrerPage:
+    """The source's referrals and its studies that no referral matched yet, newest first, received before
+    ``before`` (the previous page's end), ``limit`` rows (more when rows share the time at the page's end: they
+    stay together); each read from an index in that order (``referral``'s source and time, ``study_unreferred``),
+    so a page costs the same whatever the source's history."""
+    source = Source.get_or_none(Source.name == source_name)
+    if source is None:
+        return ReferrerPage([], None)
+    found = _listed(source.id, limit + 1, before=before)
+    page, older = found[:limit], None
+    if len(found) > limit:
+        older = page[-1][0]
+        if found[limit][0] == older:  # the next row shares the last one's time: all rows of that time on this page
+            page = [entry for entry in page if entry[0] != older] + _listed(source.id, None, at=older)
+    if before is None:  # a critical result not yet acknowledged is on the first page, however old its case
+        listed = {study.id for _, _, study in page if study is not None}
+        page += [entry for entry in _unacknowledged(source.id) if entry[2].id not in listed]
+    critical = _critical_states([study.id for _, _, study in page if study is not None])
+    if before is not None:  # ... and only there
+        page = [entry for entry in page if entry[2] is None or critical.get(entry[2].id) != "new"]
+    rows = [_referrer_row(referral, study, critical.get(study.id, "") if study else "") for _, referral, study in page]
     # critical results not yet acknowledged first, then urgent, each group newest first (the order is stable)
-    return sorted(rows, key=lambda row: (row.critical != "new", row.urgency != "urgent"))
+    return ReferrerPage(sorted(rows, key=lambda row: (row.critical != "new", row.urgency != "urgent")), older)
+
+
+def _unacknowledged(source_id: int) -> list[tuple[dt.datetime, ReferralRow | None, Study]]:
+    """(time, referral, study) of the source's cases with a critical result not yet acknowledged (a partial index,
+    ``critical_result_open``, holds only those)."""
+    studies = (Study.select().join(CriticalResult)
+               .where(CriticalResult.acknowledged_at.is_null() & (Study.source == source_id)))
+    found: list[tuple[dt.datetime, ReferralRow | None, Study]] = []
+    for study in studies:
+        referral = ReferralRow.get_or_none(ReferralRow.study == study.id)
+        found.append((referral.received_at if referral else study.first_received_at, referral, study))
+    return found
+
+
+def _listed(source_id: int, limit: int | None, *, before: dt.datetime | None = None,
+            at: dt.datetime | None = None) -> list[tuple[dt.datetime, ReferralRow | None, Study | None]]:
+    """(time, referral, study) of the source's referrals and unreferred studies received before ``before`` (or at
+    ``at``), newest first, ``limit`` of each table at most."""
+    mine = ReferralRow.source == source_id
+    unreferred = (Study.source == source_id) & (Study.has_referral == False)  # noqa: E712
+    if before is not None:
+        mine &= ReferralRow.received_at < before
+        unreferred &= Study.first_received_at < before
+    if at is not None:
+        mine &= ReferralRow.received_at == at
+        unreferred &= Study.first_received_at == at
+    referrals = (ReferralRow.select(ReferralRow, Study).join(Study, peewee.JOIN.LEFT_OUTER).where(mine)
+                 .order_by(ReferralRow.received_at.desc()).limit(limit))
+    unmatched = Study.select().where(unreferred).order_by(Study.first_received_at.desc()).limit(limit)
+    found: list[tuple[dt.datetime, ReferralRow | None, Study | None]] = [
+        (referral.received_at, referral, referral.study if referral.study_id else None) for referral in referrals]
+    found += [(study.first_received_at, None, study) for study in unmatched]
+    return sorted(found, key=lambda entry: entry[0], reverse=True)
+
+
+def _referrer_row(referral: ReferralRow | None, study: Study | None, critical: str) -> ReferrerRow:
+    if referral is None:
+        assert study is not None
+        return ReferrerRow(None, "", "(images without a referral)", study.urgency, plain_state(study),
+                           when(study.first_received_at), when(study.state_changed_at), critical=critical)
+    return ReferrerRow(f"/referrer/referrals/{referral.id}", referral.accession_number,
+                       referral.patient_name.replace("^", ", ", 1).replace("^", " "), referral.urgency,
+                       referral_state(referral, study), when(referral.received_at),
+                       when(study.state_changed_at if study else referral.received_at),
+                       referral.patient_id, referral.birth_date, critical)
 
 
 def referral_for(source_name: str, referral_id: int) -> ReferralRow | None:

@@ -23,12 +23,14 @@ pytestmark = pytest.mark.slow  # scores each corpus half: a minute or more of sc
 #: them a clinical value; the floor stays at 99 %, run this test to see it hold); clinical terms kept 95.4 %.
 #: Raised after the eponym, name-form, script and acronym rules of session 34 (measured the same way): told names
 #: 98.1 %, organisations not told 92.1 %, dates not told 94.2 %, clinical terms kept 95.7 %.
+#: Raised after the two-word eponym, holiday, particle, organisation-head and clinical-form rules of session 35:
+#: places not told 93.4 %, organisations not told 92.5 %, dates not told 94.8 %, clinical terms kept 96.4 %.
 HELDOUT_FLOORS = {
-    ("name", True): 0.97, ("name", False): 0.95, ("place", True): 0.97, ("place", False): 0.91,
-    ("org", False): 0.91, ("date", True): 0.98, ("date", False): 0.93, ("id", True): 0.99, ("id", False): 0.91,
+    ("name", True): 0.97, ("name", False): 0.95, ("place", True): 0.97, ("place", False): 0.93,
+    ("org", False): 0.92, ("date", True): 0.98, ("date", False): 0.94, ("id", True): 0.99, ("id", False): 0.91,
     ("phone", True): 0.99, ("phone", False): 0.99,
 }
-KEEP_FLOOR = 0.947
+KEEP_FLOOR = 0.96
 WRONGFUL_QUARANTINE_CEILING = 0.01
 
 

@@ -24,6 +24,9 @@ def _scrubbed(text: str, name: str = "Doe^Jane", language: str = "en") -> str:
     ("Adams^Brittany", "Adams forward-bend test"),
     ("Charcot^Louis", "Charcot spinal arthropathy"),
     ("Graves^Melissa", "Graves' disease"),
+    ("Doe^Jane", "Pedro Pons sign"),              # an eponym of two words
+    ("Doe^Jane", "Klippel Feil syndrome"),
+    ("Feil^Jonas", "Klippel Feil syndrome"),
 ])
 def test_an_eponym_with_words_before_its_noun_is_kept_by_scrubber_and_guard(name, term):
     text = f"On examination the {term} was discussed with Ms {name.split('^')[1]}."

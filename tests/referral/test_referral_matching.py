@@ -185,6 +185,26 @@ def test_the_wait_timeout_is_logged_once_while_the_notes_are_scrubbed_in_a_worke
     assert [e["case"] for e in _events(logs, "referral_wait_timeout")] == [study.key]
 
 
+@pytest.mark.slow  # starts the notes workers' fork server
+def test_the_notes_workers_start_while_a_first_case_is_still_received(world_factory, study_files):
+    """Issue 29: the workers (seconds of loading) are started when a first case arrives, not when its notes are due,
+    where they took 5 s of a study sent with a 2 s stability wait; with no case on its way, none is started."""
+    world = world_factory()
+    workers = BudgetedWorkers(1, 120.0, preload=["gateway.referral.notes_preload"])
+    stage = NotesStage.of(world.config, world.spool, workers)
+    try:
+        stage.run_once(utcnow())
+        assert not workers.warming_started and workers.worker_pids() == []
+        study = world.receive_complete(study_files)
+        Study.update(state=CaseState.RECEIVING).where(Study.id == study.id).execute()
+        stage.run_once(utcnow())
+        assert workers.warming_started
+        wait_until(lambda: workers.worker_pids(), 120, "the notes worker to start")
+        assert Study.get_by_id(study.id).state == CaseState.RECEIVING  # the stage only started its workers
+    finally:
+        workers.shutdown()
+
+
 def test_referral_expires_without_study(world_factory):
     world = world_factory(wait_s=5)
     row = _store()

@@ -26,6 +26,7 @@ def test_a_version_10_database_gets_the_commitment_request_table(database_url):
         Study.create(study_uid="1.2.3.12", calling_ae="PACS", state="received")
         database.drop_tables([CommitmentRequest])  # what release 10 left behind: no table, no ledger columns
         database.execute_sql('DROP INDEX IF EXISTS "delivery_commitment_uid"')
+        database.execute_sql('DROP INDEX IF EXISTS "delivery_awaiting_commit"')  # migration 18's, on these columns
         for column in NEW_LEDGER_COLUMNS:
             database.execute_sql(f'ALTER TABLE "delivery" DROP COLUMN "{column}"')
         SchemaVersion.delete().where(SchemaVersion.version > 10).execute()
