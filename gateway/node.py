@@ -124,7 +124,10 @@ class GatewayNode:
         threading.Thread(target=_warm_up, name="notes-warm-up", daemon=True).start()
         handlers = node_handlers(self.config, self.spool, self.identity, self._association_slots(), self.context)
         self._start_listeners()  # before the SCP: whoever sees the DICOM port answer finds HTTP up too
-        self.server = start_scp(self.config.node, handlers)
+        server = start_scp(self.config.node, handlers)
+        if self.http is not None:  # its HTTP connections count as the node's work where processes share the port
+            server.other_work = self.http.open_connections
+        self.server = server
         self.work_pool = deid_pool(self.config.deid.options(), self.secret, self.config.deid.workers)
         self._notes_workers()  # started when a first case arrives (the notes stage): no memory until then
         self.scheduler.start()
@@ -158,7 +161,6 @@ class GatewayNode:
         (PostgreSQL), and by commands through the socket in the spool directory (SQLite)."""
         if self.context is not None and self.context.wakeups is not None:
             self.wakeups = self.context.wakeups.start()
-            self.wakeups.watch_server(self.server)
 
     def _start_receivers(self) -> None:
         """``node.receiving_processes``: more processes accepting on the DICOM port (``gateway.scp.receivers``)."""

@@ -52,15 +52,18 @@ class ClientConnections:
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self._open: Counter[str] = Counter()
+        self.total = 0  # all addresses together: read from other threads (one int, no lock needed to read it)
 
     def admit(self, address: str) -> bool:
         """Count a new connection from ``address``; False (and not counted) when it already holds ``cap``."""
         if self._open[address] >= self.cap:
             return False
         self._open[address] += 1
+        self.total += 1
         return True
 
     def release(self, address: str) -> None:
+        self.total -= 1
         self._open[address] -= 1
         if self._open[address] <= 0:
             del self._open[address]

@@ -40,6 +40,11 @@ class HttpServer:
         self._server: uvicorn.Server | None = None
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self.clients = ClientConnections(config.max_connections_per_client)
+
+    def open_connections(self) -> int:
+        """HTTP connections open now (any thread may ask)."""
+        return self.clients.total
 
     @property
     def port(self) -> int:
@@ -83,7 +88,7 @@ class HttpServer:
                                   config.max_connections_per_client, MAX_HEAD_BYTES)
         return uvicorn.Config(
             self.app, log_config=None, access_log=False, lifespan="off", server_header=False, date_header=True,
-            http=guarded_protocol(limits, ClientConnections(limits.max_connections_per_client)),
+            http=guarded_protocol(limits, self.clients),
             h11_max_incomplete_event_size=MAX_HEAD_BYTES, timeout_keep_alive=config.keep_alive_s,
             proxy_headers=False, limit_concurrency=config.max_connections,
             # No WebSocket is served. With uvicorn's default (``auto``: wsproto is installed) an upgrade request

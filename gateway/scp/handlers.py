@@ -40,6 +40,7 @@ from gateway.scp.rate import AssociationRate
 from gateway.scp.receiver import AssociationCache, InstanceReceiver, ReceivedInstance, elapsed_ms
 from gateway.scp.slots import NODE_FULL, AssociationSlots
 from gateway.stages.context import NodeContext, WithNodeContext
+from gateway.storage import wakeup
 from gateway.storage.models import QuarantinedObject
 
 log = structlog.get_logger("scp")
@@ -254,6 +255,10 @@ class ScpHandlers(WithNodeContext):
         self.context.metrics.record_association("aborted" if aborted else "released")
         for study_key, count in stats.studies.items():
             self._audit("received", stats.caller.ae_title, stats.peer, study_key, "success", f"{count} instance(s)")
+        if stats.instances and self.context.wakeups is not None:
+            # completion looks at the studies receiving (and sets their stability timer) after an association
+            # that stored something, not after every one: a flood of C-ECHO associations kept it querying
+            self.context.wakeups.deliver(wakeup.INSTANCES)
         log.info("association_closed", **_named(stats.caller), state="aborted" if aborted else "released",
                  instances=stats.instances, bytes=stats.bytes, count=stats.failures,
                  duration_ms=elapsed_ms(stats.started))

@@ -190,7 +190,6 @@ def serve(config_json: str, listen_fd: int, channel_fd: int, number: int, node_i
     slots = AssociationSlots.inherited(slots_fd, processes_sharing(config), number, config.node.max_associations)
     server = start_scp(config.node, node_handlers(config, spool, identity, slots, context), listening_fd=listen_fd)
     slots.accepting()
-    hub.watch_server(server)
     log.info("receiver_started", port=config.node.port)
     trimmer = HeapTrimmer().start()  # what an attack's association threads freed, back to the system
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import ssl
 import threading
@@ -36,6 +37,7 @@ from gateway.stages.context import NodeContext
 from gateway.storage.models import Source
 from gateway.storage.spool import Spool
 
+FULL_COLLECTION_EVERY_S = 10.0  # at most one full garbage collection by the accepting loop in this time
 LINGERING_ASSOCIATIONS = 256  # association threads past their end (aborted, waiting for the peer to close)
 
 
@@ -178,6 +180,11 @@ class GatedAssociationServer(ThreadedAssociationServer):
         self._inherited = listening
         self.slots = slots  # where several processes accept on the port: the busier ones let the others accept
         self._yielding_since = self._last_yield = float("-inf")
+        self._last_collection = time.monotonic()
+        # This process's other work, counted as associations when choosing who accepts (the node: its HTTP
+        # connections): during a sign-in flood the node's threads held the GIL and a legitimate store it had
+        # accepted took 10x its quiet time, while its receiving process stood idle (issue 28).
+        self.other_work: Callable[[], int] = lambda: 0
         self.registered = False  # with its AE, as AE.start_server does (gateway.dicom.net.register_server)
         super().__init__(*args, **kwargs)
         # Non-blocking: where several processes accept on one socket, all are woken for a connection and the
@@ -231,9 +238,21 @@ class GatedAssociationServer(ThreadedAssociationServer):
 
     def _least_busy(self) -> bool:
         try:
-            return self.slots.least_busy(self.gate.total_pending())
+            return self.slots.least_busy(self.gate.total_pending() + self.other_work())
         except OSError:
             return True  # the shared count cannot be read: accept rather than never
+
+    def service_actions(self) -> None:
+        """pynetdicom's runs a full garbage collection every 60 turns of the accepting loop (ended associations'
+        threads are in reference cycles). A turn is every connection, and every wake-up of a process that lets
+        another accept it, so a flood of short associations made it several a second: in the node (a heap of
+        250 MB) the accepting thread then held the GIL most of the time (8 of 10 py-spy samples during
+        bench/hostile.py's flood), and pages, stages and the associations it served waited (issue 28). The
+        same collection, at most once every :data:`FULL_COLLECTION_EVERY_S`."""
+        now = time.monotonic()
+        if now - self._last_collection >= FULL_COLLECTION_EVERY_S:
+            self._last_collection = now
+            gc.collect()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         return self.gate.enter(str(client_address[0]), request)

@@ -20,8 +20,9 @@ for any wake-up that is lost.
   They are APScheduler date jobs on the node's scheduler, the one the pipeline runs its stages on
   (``Wakeups(scheduler=...)``); a hub built without one (tests) runs a scheduler of its own. A receiving
   process keeps no timer: it forwards them to the node (``gateway.scp.receiving_process``).
-- **Association ends**: an association that may have stored instances wakes completion, which then sets
-  the stability timer (:meth:`Wakeups.watch_server`).
+- **Association ends**: an association that stored instances wakes completion when it ends, which then sets
+  the stability timer (``gateway.scp.handlers``; an association that stored nothing, such as a C-ECHO, wakes
+  nothing: a flood of them kept completion querying while a legitimate study waited for its commits).
 - **Commands** (``spine-gateway retry``, ``release``, ``referral add``, ``notes approve``, ...) run in a process
   of their own, which runs no stage: the CLI installs :class:`CommandWakeups` where it opens the database
   (``gateway.cli.common.open_command_database``), so the same :func:`notify` calls reach the node. On PostgreSQL that is
@@ -63,7 +64,7 @@ log = structlog.get_logger("wakeup")
 
 CHANNEL = "spine_gateway_wakeup"
 # Topics that are events, not case states.
-INSTANCES = "instances"  # an association that may have stored instances ended
+INSTANCES = "instances"  # an association that stored instances ended
 STABLE = "stable"        # a receiving study has had no instance for routing.stable_after_s
 REFERRAL = "referral"    # a referral arrived or its notes were approved (it may release a held case)
 REPORT = "report"        # a reviewer's report object arrived (also for a case already reported)
@@ -557,16 +558,6 @@ class Wakeups:
     def pending_timers(self) -> list[tuple[dt.datetime, str]]:
         """The timers still to fire (aware UTC, topic), earliest first."""
         return self._timers.pending()
-
-    def watch_server(self, server: object) -> None:
-        """Wake completion and early de-identification whenever an association with the SCP ends."""
-        from pynetdicom import evt
-
-        for event in (evt.EVT_RELEASED, evt.EVT_ABORTED):
-            server.bind(event, self._association_ended)
-
-    def _association_ended(self, event: object) -> None:
-        self.deliver(INSTANCES)
 
 
 class CommandWakeups(Wakeups):

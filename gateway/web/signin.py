@@ -7,6 +7,7 @@ import math
 from starlette.responses import RedirectResponse, Response
 
 from gateway.accounts.users import PasswordCheckBusy, record_login, rehash_if_outdated
+from gateway.ops import audit
 from gateway.storage.models import WebUser
 from gateway.web import auth
 from gateway.web.page import HOME, Page
@@ -33,15 +34,15 @@ def _next(page: Page) -> str:
 
 def login(page: Page) -> Response:
     """Sign in. The attempt is counted (and refused past a limit, 429) before the password is hashed, and the
-    hash runs in a bounded pool (503 when no slot comes free in time): a flood costs bounded memory and CPU."""
+    hash runs in a bounded pool (503 when no slot comes free in time): a flood costs bounded memory and CPU.
+    A refused attempt is audited only as its address's first in a minute (:class:`auth.RefusedSignIns`): a flood
+    makes no database write per attempt, for DICOM stores to wait behind."""
     name = str(page.posted.get("name") or "").strip()[:64]
     password = str(page.posted.get("password") or "")
+    _audit_held_back(page.portal.limiter.refusals)
     retry_after = page.portal.limiter.admit(name, page.address)
     if retry_after is not None:
-        if page.portal.limiter.note_refusal(page.address):
-            page.audit("web_login", outcome="refused",
-                       detail=f"user {name}: too many attempts (further refusals from this address this minute "
-                              "are not recorded one by one)")
+        _refused(page, name, "too many attempts")
         response: Response = page.render("login.html", status=429, title="Sign in", name=name, next=_next(page),
                                error="Too many sign-in attempts. Wait a minute, then try again.")
         response.headers["Retry-After"] = str(math.ceil(retry_after))
@@ -51,14 +52,14 @@ def login(page: Page) -> Response:
         correct = len(password) <= MAX_PASSWORD_CHARS and page.portal.passwords.check(
             user, password, page.address, first=not page.portal.limiter.suspect(page.address))
     except PasswordCheckBusy:
-        page.audit("web_login", outcome="refused", detail=f"user {name}: password checks busy")
+        _refused(page, name, "password checks busy")
         response = page.render("login.html", status=503, title="Sign in", name=name, next=_next(page),
                                error="The portal is busy. Try again in a few seconds.")
         response.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
         return response
     if not correct or user is None:  # check_password is never correct without a user
         page.portal.limiter.wrong_password(page.address)
-        page.audit("web_login", outcome="refused", detail=f"user {name}: wrong name or password")
+        _refused(page, name, "wrong name or password")
         return page.render("login.html", status=401, title="Sign in", name=name, next=_next(page),
                            error="Wrong user name or password.")
     page.portal.limiter.succeeded(name, page.address)
@@ -72,6 +73,21 @@ def login(page: Page) -> Response:
     response.set_cookie(auth.COOKIE, token, max_age=int(page.portal.config.http.session_hours * 3600),
                         httponly=True, samesite="lax", secure=secure, path="/")
     return response
+
+
+def _refused(page: Page, name: str, reason: str) -> None:
+    """Audit a refused sign-in if it is its address's first this minute (else it is counted for a later row)."""
+    detail = page.portal.limiter.refusals.note(page.address, reason)
+    if detail is not None:
+        page.audit("web_login", outcome="refused", detail=f"user {name}: {detail}")
+
+
+def _audit_held_back(refusals: auth.RefusedSignIns) -> None:
+    """The refusals held back for addresses that did not come back: one row each (the actor is unknown)."""
+    for address, detail in refusals.due():
+        where = "other addresses" if address == auth.OTHER_ADDRESSES else address
+        audit.record("web_login", actor_ae=None, actor_host="web:-", study_key=None, outcome="refused",
+                     detail=f"from {where}; {detail}")
 
 
 def logout(page: Page) -> Response:

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hardening_support import GATEWAY_AE, SOURCE_AE
+from hardening_support import GATEWAY_AE, SOURCE_AE, query
 from support.peers import DCMTK, NODELAY_ENV, GatewayProcess, wait_until
 
 TOKEN = "hardening-token-0123456789"
@@ -91,6 +91,7 @@ class Node:
     """A started node with a referrer account, and the legitimate client's actions."""
 
     def __init__(self, workdir: Path, database_url: str, storage: dict | None = None) -> None:
+        self.database_url = database_url
         self.gateway = GatewayProcess(workdir, database_url, storage=storage,
                                       extra={"routing": {"poll_s": 0.5}})
         self.gateway.config["http"]["health_cache_s"] = 0.5
@@ -324,6 +325,11 @@ def test_a_sign_in_flood_leaves_the_node_bounded_and_serving(node):
         peak = watch.stop()
     assert counts.get(401, 0) <= 5 * 30, counts  # at most the five addresses' limits were hashed
     assert counts.get(429, 0) > 0 and counts.get(500, 0) == 0, counts
+    refused_rows = query(node.database_url, "SELECT detail FROM audit_event WHERE action = 'web_login' "
+                                                    "AND outcome = 'refused' AND detail LIKE '%from 127.0.1.%'")
+    # one row per address for its first refusal (the flood is shorter than a minute), not one per refusal: each
+    # row is a write the legitimate source's C-STORE commits wait behind
+    assert 1 <= len(refused_rows) <= 5, (len(refused_rows), sum(counts.values()))
     assert peak - warm < RSS_GROWTH_LIMIT_KIB, f"RSS grew {(peak - warm) // 1024} MB"
 
 

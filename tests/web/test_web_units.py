@@ -10,7 +10,7 @@ from gateway.accounts import users as accounts
 from gateway.accounts.users import AccountError, add_user, check_password, disable_user, list_users
 from gateway.config import GatewayConfig
 from gateway.storage.models import MIGRATIONS, SchemaVersion, WebUser, db, make_database, migrate
-from gateway.web.auth import LoginLimiter, session_of, start_session
+from gateway.web.auth import OTHER_ADDRESSES, LoginLimiter, RefusedSignIns, session_of, start_session
 from gateway.web.forms import parse_referral_form, parse_report_form
 
 CONFIG = GatewayConfig.model_validate({
@@ -167,11 +167,44 @@ def test_the_limiter_stays_bounded_under_random_names_and_addresses():
         address = f"2001:db8::{rng.randrange(1 << 32):x}"
         if limiter.admit(f"user{rng.randrange(10**9)}", address) is None and i % 3 == 0:
             limiter.wrong_password(address)
-        limiter.note_refusal(address)
+        limiter.refusals.note(address, "too many attempts")
         now[0] += 0.001  # 20,000 attempts within 20 s: every key is still inside the window
     assert limiter.tracked_keys() <= 4 * 500
     assert [limiter.admit("desk", "10.0.0.1") for _ in range(3)] == [None] * 3
     assert limiter.admit("desk", "10.0.0.1") is not None, "the newest keys keep their counts"
+
+
+def test_refused_sign_ins_make_one_audit_row_per_address_per_minute():
+    """A flood of refusals from one address: its first is audited, the rest of its minute are counted into its
+    next row, or into a row of their own once a further minute has passed without one."""
+    now = [1000.0]
+    refusals = RefusedSignIns(clock=lambda: now[0])
+    assert refusals.note("10.0.0.1", "password checks busy") == "password checks busy"
+    for reason in ["wrong name or password"] * 3 + ["too many attempts"] * 500:
+        now[0] += 0.01
+        assert refusals.note("10.0.0.1", reason) is None
+    assert refusals.note("10.0.0.2", "too many attempts") == "too many attempts", "each address has its own minute"
+    assert refusals.due() == []
+    now[0] += 60
+    detail = refusals.note("10.0.0.1", "wrong name or password")
+    assert detail == ("wrong name or password; 503 further refused sign-in(s), not recorded one by one: "
+                      "500 too many attempts, 3 wrong name or password")
+    refusals.note("10.0.0.1", "too many attempts")
+    assert refusals.due() == [], "10.0.0.2's minute held nothing back"
+    now[0] += 120
+    assert refusals.due() == [("10.0.0.1", "1 further refused sign-in(s), not recorded one by one: "
+                                           "1 too many attempts")]
+    assert refusals.due() == [] and refusals.tracked_keys() == 0
+
+
+def test_refused_sign_ins_from_many_addresses_make_a_bounded_number_of_rows():
+    now = [1000.0]
+    refusals = RefusedSignIns(clock=lambda: now[0], rows_per_minute=5)
+    details = [refusals.note(f"10.0.1.{i}", "too many attempts") for i in range(200)]
+    assert sum(detail is not None for detail in details) == 5
+    now[0] += 120
+    assert refusals.due() == [(OTHER_ADDRESSES, "195 further refused sign-in(s), not recorded one by one: "
+                                                "195 too many attempts")]
 
 
 def test_a_refused_attempt_adds_no_key():
