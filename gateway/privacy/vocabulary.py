@@ -291,9 +291,11 @@ def is_clinical(word: str) -> bool:
 
 #: The Greek and Latin endings of clinical words in the notes' languages, after a stem of four letters or more:
 #: "Dorsalgie", "Laminoplastie", "Sequestrektomie", "Hyperkyphose" are clinical even where no list holds them.
+#: "-itis" not after a, o or u: "Petraitis", "Jonaitis", "Moraitis" are surnames (Lithuanian, Greek), while the
+#: inflammations have a consonant, "e" or "i" there ("discitis", "osteitis", "sacroiliitis").
 _CLINICAL_ENDING = re.compile(
     r"[^\W\d_]{4,}(?:ektomie|ectomie|ectomy|plastie|plasty|algie|algia|parese|paresis|plegie|plegia|pathie|pathy|"
-    r"itis|tomie|otomy|skopie|scopie|oscopy|graphie|grafie|ography|kyphose|lordose|skoliose|stenose|arthrose|"
+    r"(?<![aou])itis|tomie|otomy|skopie|scopie|oscopy|graphie|grafie|ography|kyphose|lordose|skoliose|stenose|arthrose|"
     r"chondrose|listhese|kyphosis|lordosis|scoliosis|stenosis|arthrosis)(?:n|en|s)?")
 _CLINICAL_HEAD_MIN = 5  # "-berg", "-mann" are no heads: "Steinberg" stays a name
 
@@ -309,7 +311,7 @@ def is_clinical_form(word: str) -> bool:
         return False
     for cut in range(4, len(folded) - _CLINICAL_HEAD_MIN + 1):
         head = folded[cut:]
-        if not any(len(form) >= _CLINICAL_HEAD_MIN and is_curated_clinical(form) for form in (
+        if is_eponym(head) or not any(len(form) >= _CLINICAL_HEAD_MIN and is_curated_clinical(form) for form in (
                 head, *(head[:-len(ending)] for ending in ("en", "n", "s") if head.endswith(ending)))):
             continue
         for link in _LINKS:

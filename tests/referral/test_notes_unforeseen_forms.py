@@ -155,3 +155,19 @@ def test_a_street_goes_with_its_head_and_house_number(language, text, gone):
 
 def test_a_count_after_a_place_stays():
     assert "3 days a week" in _scrubbed("Works in Leeds 3 days a week.")
+
+
+@pytest.mark.parametrize("text,surname", [
+    ("Her GP, Dr Petraitis, referred her after the fall.", "Petraitis"),
+    ("Mrs Jonaitis called to say the pain is worse.", "Jonaitis"),
+    ("Reviewed with Moraitis in the spinal clinic.", "Moraitis"),
+    ("Seen by Dr Adomaitis on the ward round.", "Adomaitis"),
+])
+def test_a_surname_ending_in_itis_is_no_inflammation(text, surname):
+    """Review of session 35: the '-itis' ending made 'Petraitis' a clinical word, kept by the allowlist."""
+    assert surname not in _scrubbed(text), _scrubbed(text)
+
+
+def test_the_inflammations_stay_clinical_by_their_form():
+    text = "Discitis at L4/5 with osteitis of the endplates; no sacroiliitis."
+    assert _scrubbed(text) == text
