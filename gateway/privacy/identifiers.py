@@ -207,8 +207,22 @@ class IdentifierSet:
 
     def _search(self, text: str) -> list[str]:
         folded, raw = fold(text), _nfkc(text)
-        return list(dict.fromkeys(term.kind for term in self._compiled
+        terms = self._compiled if any(c.isupper() for c in raw) else self._compiled + self._lowercase_text_terms
+        return list(dict.fromkeys(term.kind for term in terms
                                   if term.pattern.search(folded if term.folded else raw)))
+
+    @cached_property
+    def _lowercase_text_terms(self) -> tuple[SearchTerm, ...]:
+        """A text written without capitals cannot tell "Baker" from "a baker": there, a surname that is an ordinary
+        word is a hit as written (the guard then errs towards quarantine, as before the capital rule)."""
+        terms: list[SearchTerm] = []
+        for kind, names in (("patient name", self.patient_names), ("relative name", self.relative_names),
+                            ("clinician name", self.clinician_names)):
+            ordinary = [_word_body(part) + _NOT_IN_CLINICAL_TERM for name in names for group in name_groups(name)
+                        if not any(has_non_latin_letters(w) for w in group)
+                        for word in _name_parts(group) for part in word if is_distinctive(part) and _ordinary_word(part)]
+            terms += _alternation(kind, ordinary)
+        return tuple(terms)
 
     @cached_property
     def _memo(self) -> dict[str, list[str]]:

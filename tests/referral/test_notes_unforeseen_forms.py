@@ -134,6 +134,9 @@ def test_a_motorway_after_the_is_a_place():
     ("BAKER, walks with a stick.", True),
     ("Baker has pain on walking.", True),
     ("seen: baker reginald", True),        # with the given name: the name in any case
+    ("spoke with baker about her back pain", True),   # a text without capitals cannot tell: the name
+    ("retired baker, lifts flour sacks", True),
+    ("baker's cyst on the right", False),             # inside a clinical term, even there
 ])
 def test_the_guard_reads_an_ordinary_word_surname_by_its_capital(text, hit):
     assert bool(IdentifierSet(patient_names=("Baker^Reginald",)).kinds_found(text)) is hit
