@@ -225,7 +225,8 @@ class Worklist:
                 raise WorkitemRefused(workitems.MAY_NO_LONGER_BE_UPDATED)
             if workitem.claimed_by != reviewer.name or not workitems.holds(workitem, transaction_uid):
                 raise WorkitemRefused(workitems.WRONG_TRANSACTION_UID)
-            expires = pool.renew(workitem, reviewer.name, self.config.routing.pool_claim_timeout_s)
+            expires = pool.renew(workitem, reviewer.name, self.config.routing.pool_claim_timeout_s,
+                                 transaction_sha256=workitem.transaction_sha256)
             if expires is None:
                 raise WorkitemRefused(workitems.MAY_NO_LONGER_BE_UPDATED, "the claim ended meanwhile")
         except WorkitemRefused as exc:

@@ -218,9 +218,11 @@ class IdentifierSet:
         terms: list[SearchTerm] = []
         for kind, names in (("patient name", self.patient_names), ("relative name", self.relative_names),
                             ("clinician name", self.clinician_names)):
-            ordinary = [_word_body(part) + _NOT_IN_CLINICAL_TERM for name in names for group in name_groups(name)
+            ordinary = [_word_body(part) + _NOT_IN_CLINICAL_TERM
+                        for name in names for group in name_groups(name)
                         if not any(has_non_latin_letters(w) for w in group)
-                        for word in _name_parts(group) for part in word if is_distinctive(part) and _ordinary_word(part)]
+                        for word in _name_parts(group) for part in word
+                        if is_distinctive(part) and _ordinary_word(part)]
             terms += _alternation(kind, ordinary)
         return tuple(terms)
 

@@ -136,15 +136,19 @@ def give_back(workitem: Workitem, reason: str, actor: str, now: dt.datetime | No
     return True
 
 
-def renew(workitem: Workitem, reviewer: str, timeout_s: float, now: dt.datetime | None = None) -> dt.datetime | None:
+def renew(workitem: Workitem, reviewer: str, timeout_s: float, now: dt.datetime | None = None,
+          transaction_sha256: str | None = None) -> dt.datetime | None:
     """The claimer says it is still working on the case: its claim now ends ``timeout_s`` from ``now``. None when
     ``reviewer`` does not hold the workitem any more (the claim ran out and the pool stage took it back, or it was
-    given back, or the report completed it). A conditional UPDATE, so the timeout and a renewal never both win."""
+    given back, or the report completed it), or, with ``transaction_sha256``, holds it under another claim (it ran
+    out and was claimed again: an update with the old Transaction UID renews nothing). A conditional UPDATE, so
+    the timeout and a renewal never both win."""
     now = now or utcnow()
     expires = now + dt.timedelta(seconds=timeout_s)
+    same_claim = (Workitem.transaction_sha256 == transaction_sha256) if transaction_sha256 else True
     renewed = Workitem.update(claim_expires_at=expires).where(
         (Workitem.id == workitem.id) & (Workitem.state == workitems.IN_PROGRESS)
-        & (Workitem.claimed_by == reviewer)).execute()
+        & (Workitem.claimed_by == reviewer) & same_claim).execute()
     if not renewed:
         return None
     workitem.claim_expires_at = expires

@@ -58,13 +58,14 @@ class ClaimView:
 
 
 def _claim(page: Page, study: Study, renew: bool) -> ClaimView | None:
-    """The reviewer's claim on ``study``, if it holds one; ``renew``: the page shown renews it (opened, or a report
-    sent back for correction: the reviewer is at work on it), as "I am still working on this" does."""
+    """The reviewer's claim on ``study``, if it holds one; ``renew``: the page answers a posted report sent back
+    for correction (the reviewer is at work on it), which renews the claim as "I am still working on this" does.
+    Opening the page (a GET) changes nothing: a tab left open or reloaded does not keep a claim from the pool."""
     workitem = pool.held_by(page.user.reviewer, study)
     if workitem is None:
         return None
-    if renew:
-        pool.renew(workitem, page.user.reviewer, page.portal.config.routing.pool_claim_timeout_s)
+    if renew and pool.renew(workitem, page.user.reviewer, page.portal.config.routing.pool_claim_timeout_s) is None:
+        return None
     return ClaimView(views.when(workitem.claim_expires_at), page.request.query_params.get("renewed") == "1")
 
 
@@ -73,6 +74,7 @@ def case(page: Page, values: dict | None = None, errors: dict | None = None, sta
     study = _case(page)
     index = views.images_index(study, page.portal.spool)
     opened = values is None and not claim_problem
+    sent_back = values is not None and not claim_problem
     if opened:
         page.audit("web_case_opened", study_key=study.key)
     clock, overdue = views.case_clock(study, views.utcnow())
@@ -80,7 +82,7 @@ def case(page: Page, values: dict | None = None, errors: dict | None = None, sta
                        notes=views.scrubbed_notes(study, page.portal.spool), series=index.series, levels=LEVELS,
                        values=values or {}, errors=errors or {}, clock=clock, overdue=overdue,
                        reported=study.state == views.S.REPORTED, signer=_signer(page),
-                       viewer=VIEWER_INSTALLED.exists(), claim=_claim(page, study, renew=not claim_problem),
+                       viewer=VIEWER_INSTALLED.exists(), claim=_claim(page, study, renew=sent_back),
                        claim_problem=claim_problem,
                        claim_timeout=views.duration(page.portal.config.routing.pool_claim_timeout_s))
 

@@ -241,7 +241,7 @@ def test_the_case_page_renews_the_claim_and_gives_it_back(site):
     assert "Renewed: the case stays yours until" in a.get(renewed.headers["location"]).text
     Workitem.update(claim_expires_at=soon).where(Workitem.id == workitem.id).execute()
     a.get(f"/reviewer/cases/{key}")
-    assert Workitem.get_by_id(workitem.id).claim_expires_at > soon, "opening the page renews the claim"
+    assert Workitem.get_by_id(workitem.id).claim_expires_at == soon, "opening the page (a GET) changes nothing"
     Workitem.update(claim_expires_at=soon).where(Workitem.id == workitem.id).execute()
     corrected = a.post(f"/reviewer/cases/{key}/report", data={"csrf_token": csrf, "finding.L4-L5": "Normal."})
     assert corrected.status_code == 422, "no impression: the form comes back for a correction"
@@ -312,3 +312,19 @@ def test_after_the_report_the_claim_is_complete_and_the_buttons_say_so(site):
         late = a.post(f"/reviewer/cases/{key}/{action}", data={"csrf_token": csrf})
         assert late.status_code == 409 and "your report has been sent, so the claim is complete" in late.text
     assert Study.get_by_id(workitem.study_id).state == CaseState.REPORTED
+
+
+def test_an_update_with_a_claims_old_transaction_uid_renews_nothing(site):
+    """Review of session 35: the UPS-RS update checked the Transaction UID on the row it had read; were the claim
+    to run out and be claimed again in between, the old UID renewed the new claim. The renewal is now conditioned on
+    the claim the UID opened."""
+    workitem = site.pooled()
+    a = next(r for r in site.config.reviewers if r.name == "dr-a")
+    pool.claim(workitem, a, "2.25.51", TIMEOUT_S, "token:a")
+    read_with_the_old_claim = Workitem.get_by_id(workitem.id)
+    Workitem.update(transaction_sha256=workitems.transaction_digest("2.25.52")).where(
+        Workitem.id == workitem.id).execute()  # the claim ran out and dr-a claimed again, under another UID
+    assert pool.renew(read_with_the_old_claim, "dr-a", TIMEOUT_S,
+                      transaction_sha256=read_with_the_old_claim.transaction_sha256) is None
+    current = Workitem.get_by_id(workitem.id)
+    assert pool.renew(current, "dr-a", TIMEOUT_S, transaction_sha256=current.transaction_sha256) is not None
