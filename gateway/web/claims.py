@@ -167,7 +167,8 @@ def refused_row(workitem: Workitem, reviewer: ReviewerConfig, spool: Spool) -> P
 
 
 def renew(page: Page) -> Response:
-    """"I am still working on this": the claim's timeout starts again (opening the case page does the same)."""
+    """"I am still working on this": the claim's timeout starts again (so does a report sent back for
+    correction; opening the case page does not)."""
     reviewer = pull_reviewer(page)
     study = views.reviewer_case(reviewer.name, str(page.request.path_params["key"]))
     workitem = pool.held_by(reviewer.name, study) if study is not None else None
